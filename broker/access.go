@@ -1,0 +1,85 @@
+package broker
+
+import (
+	"bytes"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// gate refuses new connections while the broker shuts down.
+type gate struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (g *gate) ID() string { return "tether-gate" }
+
+func (g *gate) Provides(b byte) bool { return b == mqtt.OnConnect }
+
+// OnConnect refuses a CONNECT once Shutdown has begun: the engine then
+// closes the connection without attaching it.
+func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if g.b.closing.Load() {
+		return errShuttingDown
+	}
+	return nil
+}
+
+// policy is the access hook used when no registry is wired in: everyone
+// may do anything when anonymous access is allowed, and nobody may connect
+// otherwise (CONNACK "not authorized": 0x87 for MQTT 5, 0x05 for 3.1.1).
+type policy struct {
+	mqtt.HookBase
+	allow bool
+	srv   *mqtt.Server
+}
+
+func (p *policy) ID() string { return "tether-policy" }
+
+func (p *policy) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+}
+
+// OnConnect refuses every client with "not authorized" unless anonymous
+// access is allowed.
+func (p *policy) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if p.allow {
+		return nil
+	}
+	return Refuse(p.srv, cl, packets.ErrNotAuthorized)
+}
+
+func (p *policy) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	return p.allow
+}
+
+func (p *policy) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	return p.allow
+}
+
+// Refuse sends a CONNACK with code (mapped to its MQTT 3.1.1 return code
+// for older clients [MQTT-3.2.2-4]) and returns the error that makes the
+// engine close the connection. Use it from an OnConnect hook.
+func Refuse(srv *mqtt.Server, cl *mqtt.Client, code packets.Code) error {
+	if cl.Properties.ProtocolVersion < 5 {
+		switch code {
+		case packets.ErrNotAuthorized, packets.ErrBadUsernameOrPassword:
+			code = packets.Err3NotAuthorized
+		case packets.ErrServerBusy, packets.ErrServerUnavailable, packets.ErrServerShuttingDown,
+			packets.ErrConnectionRateExceeded, packets.ErrQuotaExceeded:
+			code = packets.Err3ServerUnavailable
+		}
+		// SendConnack sends codes below 0x80 as success; 3.1.1 refusals
+		// are written directly.
+		if code.Code < packets.ErrUnspecifiedError.Code {
+			_ = cl.WritePacket(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Connack},
+				ReasonCode:  code.Code,
+			})
+			return code
+		}
+	}
+	_ = srv.SendConnack(cl, code, false, nil)
+	return code
+}

@@ -1,0 +1,278 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	mqttl "github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/listeners"
+)
+
+// Broker is the MQTT engine with Tether's listeners and hooks.
+type Broker struct {
+	// Server is the engine. Its inline client is enabled, so the broker
+	// can publish (status, desired twins, commands) as itself.
+	Server *mqtt.Server
+
+	cfg configs.Config
+	log *slog.Logger
+
+	// The listeners; nil when disabled.
+	TCP *listeners.TCP
+	TLS *listeners.TCP
+	WS  *listeners.WebSocket
+	WSS *listeners.WebSocket
+
+	closing  atomic.Bool
+	shutdown sync.Once
+	done     chan struct{}
+	err      error
+}
+
+// Options are what New needs besides the configuration.
+type Options struct {
+	// Logger receives the broker's log; nil means slog.Default().
+	Logger *slog.Logger
+	// TLS is the server certificate configuration for the TLS and WSS
+	// listeners; nil disables both.
+	TLS *tls.Config
+	// Hooks are added to the engine after the broker's own, in order.
+	Hooks []mqtt.Hook
+	// Access decides who connects and what they may touch. Nil means the
+	// configuration's policy: everyone when auth.allow_anonymous, else
+	// nobody.
+	Access mqtt.Hook
+}
+
+// Capabilities returns the engine capabilities that cfg asks for. The
+// engine's own defaults are not safe for a server: no packet size limit,
+// retained messages deleted after 24 h, an 8,192-slot send queue per client.
+func Capabilities(cfg configs.MQTT) *mqtt.Capabilities {
+	c := mqtt.NewDefaultServerCapabilities()
+	c.MaximumPacketSize = cfg.MaxPacketSize
+	c.MaximumClientWritesPending = cfg.ClientQueueSize
+	c.ReceiveMaximum = cfg.ReceiveMaximum
+	c.MaximumInflight = cfg.MaxInflight
+	c.MaximumSessionExpiryInterval = uint32(min(cfg.MaxSessionExpiry/time.Second, math.MaxUint32))
+	// 0: no broker-imposed expiry; a message (retained ones too) lives
+	// until its own MQTT 5 Message Expiry Interval, if any.
+	c.MaximumMessageExpiryInterval = int64(cfg.MaxMessageExpiry / time.Second)
+	// Topic aliases cost memory per client; keep them modest.
+	c.TopicAliasMaximum = 64
+	return c
+}
+
+// New assembles a broker; nothing listens until Start.
+func New(cfg configs.Config, opts Options) (*Broker, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities:             Capabilities(cfg.MQTT),
+		ClientNetWriteBufferSize: cfg.MQTT.WriteBufferSize,
+		ClientNetReadBufferSize:  cfg.MQTT.ReadBufferSize,
+		Logger:                   log.With("component", "mqtt"),
+		SysTopicResendInterval:   int64(cfg.MQTT.SysInterval / time.Second),
+		InlineClient:             true,
+	})
+	b := &Broker{Server: srv, cfg: cfg, log: log, done: make(chan struct{})}
+
+	if err := srv.AddHook(&gate{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add gate hook: %w", err)
+	}
+	access := opts.Access
+	if access == nil {
+		access = &policy{allow: cfg.Auth.AllowAnonymous, srv: srv}
+	}
+	if err := srv.AddHook(access, nil); err != nil {
+		return nil, fmt.Errorf("broker: add access hook: %w", err)
+	}
+	for _, h := range opts.Hooks {
+		if err := srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
+		}
+	}
+
+	ct := cfg.MQTT.ConnectTimeout
+	if cfg.MQTT.Addr != configs.Off {
+		b.TCP = listeners.NewTCP(cfg.MQTT.Addr, &listeners.TCPOptions{ConnectTimeout: ct})
+	}
+	if opts.TLS != nil && cfg.MQTT.TLSAddr != configs.Off {
+		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct})
+	}
+	var proxies []*net.IPNet
+	for _, p := range cfg.HTTP.TrustedProxies {
+		n, err := configs.ParseCIDROrIP(p)
+		if err != nil {
+			return nil, fmt.Errorf("broker: http.trusted_proxies %q: %w", p, err)
+		}
+		proxies = append(proxies, n)
+	}
+	wsOpts := listeners.WebSocketOptions{
+		OriginPatterns: cfg.HTTP.AllowedOrigins,
+		TrustedProxies: proxies,
+		ConnectTimeout: ct,
+	}
+	if cfg.HTTP.Addr != configs.Off {
+		o := wsOpts
+		b.WS = listeners.NewWebSocket(&o)
+	}
+	if opts.TLS != nil && cfg.HTTP.HTTPSAddr != configs.Off {
+		o := wsOpts
+		o.Secure = true
+		b.WSS = listeners.NewWebSocket(&o)
+	}
+	for _, l := range b.listeners() {
+		if err := srv.AddListener(l); err != nil {
+			return nil, fmt.Errorf("broker: listener %s on %s: %w", l.ID(), l.Address(), err)
+		}
+	}
+	return b, nil
+}
+
+// listener is what the broker needs of each of its listeners.
+type listener interface {
+	mqttl.Listener
+	Stop()
+	CloseConns()
+	Stats() *listeners.Stats
+}
+
+// listeners returns the enabled listeners.
+func (b *Broker) listeners() []listener {
+	var out []listener
+	if b.TCP != nil {
+		out = append(out, b.TCP)
+	}
+	if b.TLS != nil {
+		out = append(out, b.TLS)
+	}
+	if b.WS != nil {
+		out = append(out, b.WS)
+	}
+	if b.WSS != nil {
+		out = append(out, b.WSS)
+	}
+	return out
+}
+
+// Start binds the listeners and starts the engine. A listener that cannot
+// bind stops start-up with the reason.
+func (b *Broker) Start() error {
+	if err := b.Server.Serve(); err != nil {
+		return fmt.Errorf("broker: start: %w", err)
+	}
+	for _, l := range b.listeners() {
+		if l.Protocol() == listeners.TCPTransport || l.Protocol() == listeners.TLSTransport {
+			b.log.Info("mqtt listening", "transport", l.ID(), "addr", l.Address())
+		}
+	}
+	return nil
+}
+
+// Closing reports whether Shutdown has begun.
+func (b *Broker) Closing() bool { return b.closing.Load() }
+
+// Shutdown stops the broker in an order that keeps clear of the engine's
+// known races around Server.Close (mochi-mqtt issues 508 and 541: clients
+// still attaching while Close disconnects the ones it knows and then waits
+// on its WaitGroup, and listeners' Serve loops still calling establish while
+// Close runs):
+//
+//  1. the gate hook refuses every new CONNECT, and each listener stops
+//     accepting (sockets closed, /mqtt answers 503), so no connection can
+//     start attaching once Close begins;
+//  2. every connected MQTT 5 client is sent DISCONNECT 0x8B (server shutting
+//     down) [MQTT-3.14.2-1]; 3.1.1 clients, which have no such packet, are
+//     simply closed;
+//  3. whatever is still open when the clients have gone, or ctx ends, is
+//     closed by the listeners, which wait until the engine has finished with
+//     each connection;
+//  4. only then Server.Close runs: it has nothing left to wait for, and it
+//     stops the hooks, which flush what they hold to SQLite.
+//
+// Shutdown is idempotent; later calls wait for the first and return its
+// error.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.shutdown.Do(func() {
+		defer close(b.done)
+		b.closing.Store(true)
+		for _, l := range b.listeners() {
+			l.Stop()
+		}
+		for _, cl := range b.Server.Clients.GetAll() {
+			if cl.Net.Inline {
+				continue
+			}
+			if cl.Properties.ProtocolVersion == 5 {
+				_ = b.Server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			} else {
+				cl.Stop(packets.ErrServerShuttingDown)
+			}
+		}
+		// Give clients a moment to go by themselves, then close the rest.
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for b.openConns() > 0 {
+			select {
+			case <-ctx.Done():
+				b.log.Warn("shutdown grace over: closing remaining connections", "open", b.openConns())
+				goto closeAll
+			case <-tick.C:
+			}
+		}
+	closeAll:
+		for _, l := range b.listeners() {
+			l.CloseConns()
+		}
+		b.err = b.Server.Close()
+	})
+	<-b.done
+	return b.err
+}
+
+func (b *Broker) openConns() int64 {
+	var n int64
+	for _, l := range b.listeners() {
+		n += l.Stats().Open.Load()
+	}
+	return n
+}
+
+// WebSocketHandler is the /mqtt handler for the HTTP server, or nil when
+// the HTTP listener is off.
+func (b *Broker) WebSocketHandler() http.Handler {
+	if b.WS == nil {
+		return nil
+	}
+	return b.WS
+}
+
+// SecureWebSocketHandler is the /mqtt handler for the HTTPS server, or nil.
+func (b *Broker) SecureWebSocketHandler() http.Handler {
+	if b.WSS == nil {
+		return nil
+	}
+	return b.WSS
+}
+
+// Transport returns the transport ("tcp", "tls", "ws", "wss") a client
+// connected over.
+func Transport(cl *mqtt.Client) string { return cl.Net.Listener }
+
+// errShuttingDown refuses a CONNECT that arrives during shutdown.
+var errShuttingDown = errors.New("broker shutting down")

@@ -1,0 +1,9 @@
+// Package broker assembles Tether's MQTT broker: the mochi-mqtt v2 engine
+// with safe capabilities, Tether's listeners (TCP, TLS, WebSocket, WSS),
+// the access hook that decides who connects and what they may touch, the
+// Prometheus collector, and an orderly shutdown.
+//
+// Hooks run on the publishing client's goroutine: nothing here does SQLite
+// I/O synchronously inside a hook; work for the database is queued and
+// written in batches by the devices package.
+package broker

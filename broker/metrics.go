@@ -1,0 +1,82 @@
+package broker
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exposes the broker's figures to Prometheus. It reads the
+// engine's and the listeners' atomic counters at scrape time, so counting
+// costs nothing per packet beyond what the engine already does.
+type Collector struct {
+	b *Broker
+
+	conns, accepted, refused, bytesIn, bytesOut *prometheus.Desc
+	clients, packetsIn, packetsOut              *prometheus.Desc
+	msgsIn, msgsOut, msgsDropped, retained      *prometheus.Desc
+	inflight, inflightDropped, subscriptions    *prometheus.Desc
+}
+
+// NewCollector returns a collector for b; register it with a registry.
+func NewCollector(b *Broker) *Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("tether_"+name, help, labels, nil)
+	}
+	return &Collector{
+		b:               b,
+		conns:           d("connections", "Open network connections by transport.", "transport"),
+		accepted:        d("connections_accepted_total", "Connections handed to the MQTT engine, by transport.", "transport"),
+		refused:         d("connections_refused_total", "Connections refused before the MQTT engine saw them (shutting down, upgrade refused), by transport.", "transport"),
+		bytesIn:         d("bytes_received_total", "Bytes received, by transport.", "transport"),
+		bytesOut:        d("bytes_sent_total", "Bytes sent, by transport.", "transport"),
+		clients:         d("mqtt_clients_connected", "MQTT clients connected now."),
+		packetsIn:       d("mqtt_packets_received_total", "MQTT packets received."),
+		packetsOut:      d("mqtt_packets_sent_total", "MQTT packets sent."),
+		msgsIn:          d("mqtt_messages_received_total", "PUBLISH messages received."),
+		msgsOut:         d("mqtt_messages_sent_total", "PUBLISH messages sent."),
+		msgsDropped:     d("mqtt_messages_dropped_total", "PUBLISH messages dropped because a subscriber's queue was full."),
+		retained:        d("mqtt_retained_messages", "Retained messages held."),
+		inflight:        d("mqtt_inflight_messages", "QoS 1/2 messages in flight."),
+		inflightDropped: d("mqtt_inflight_dropped_total", "QoS 1/2 messages dropped from flight (expired or over the limit)."),
+		subscriptions:   d("mqtt_subscriptions", "Subscriptions held."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.conns, c.accepted, c.refused, c.bytesIn, c.bytesOut,
+		c.clients, c.packetsIn, c.packetsOut, c.msgsIn, c.msgsOut, c.msgsDropped, c.retained,
+		c.inflight, c.inflightDropped, c.subscriptions} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, l := range c.b.listeners() {
+		s, t := l.Stats(), l.ID()
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(s.Open.Load()), t)
+		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(s.Accepted.Load()), t)
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(s.Refused.Load()), t)
+		ch <- prometheus.MustNewConstMetric(c.bytesIn, prometheus.CounterValue, float64(s.BytesIn.Load()), t)
+		ch <- prometheus.MustNewConstMetric(c.bytesOut, prometheus.CounterValue, float64(s.BytesOut.Load()), t)
+	}
+	i := c.b.Server.Info
+	g := func(d *prometheus.Desc, v *int64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(atomic.LoadInt64(v)))
+	}
+	n := func(d *prometheus.Desc, v *int64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(atomic.LoadInt64(v)))
+	}
+	g(c.clients, &i.ClientsConnected)
+	n(c.packetsIn, &i.PacketsReceived)
+	n(c.packetsOut, &i.PacketsSent)
+	n(c.msgsIn, &i.MessagesReceived)
+	n(c.msgsOut, &i.MessagesSent)
+	n(c.msgsDropped, &i.MessagesDropped)
+	g(c.retained, &i.Retained)
+	g(c.inflight, &i.Inflight)
+	n(c.inflightDropped, &i.InflightDropped)
+	g(c.subscriptions, &i.Subscriptions)
+}

@@ -1,0 +1,243 @@
+package configs
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Sample is configs/tether.yaml: every key with its default and a comment.
+//
+//go:embed tether.yaml
+var Sample []byte
+
+// Config is the whole configuration of `tether serve`.
+type Config struct {
+	DataDir   string    `yaml:"data_dir"`
+	Log       Log       `yaml:"log"`
+	MQTT      MQTT      `yaml:"mqtt"`
+	HTTP      HTTP      `yaml:"http"`
+	TLS       TLS       `yaml:"tls"`
+	Auth      Auth      `yaml:"auth"`
+	Telemetry Telemetry `yaml:"telemetry"`
+	Limits    Limits    `yaml:"limits"`
+}
+
+// Log configures the process log.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// MQTT configures the MQTT listeners and the engine's capabilities.
+type MQTT struct {
+	Addr             string        `yaml:"addr"`
+	TLSAddr          string        `yaml:"tls_addr"`
+	MaxPacketSize    uint32        `yaml:"max_packet_size"`
+	ClientQueueSize  int32         `yaml:"client_queue_size"`
+	ReceiveMaximum   uint16        `yaml:"receive_maximum"`
+	MaxInflight      uint16        `yaml:"max_inflight"`
+	MaxSessionExpiry time.Duration `yaml:"max_session_expiry"`
+	MaxMessageExpiry time.Duration `yaml:"max_message_expiry"`
+	SysInterval      time.Duration `yaml:"sys_interval"`
+	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
+	ShutdownGrace    time.Duration `yaml:"shutdown_grace"`
+	ReadBufferSize   int           `yaml:"read_buffer_size"`
+	WriteBufferSize  int           `yaml:"write_buffer_size"`
+}
+
+// HTTP configures the HTTP(S) server: dashboard, API, /mqtt, /metrics.
+type HTTP struct {
+	Addr             string        `yaml:"addr"`
+	HTTPSAddr        string        `yaml:"https_addr"`
+	AllowedOrigins   []string      `yaml:"allowed_origins"`
+	TrustedProxies   []string      `yaml:"trusted_proxies"`
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+// TLS names the certificate and key for the TLS and HTTPS listeners.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Auth configures who may connect.
+type Auth struct {
+	AllowAnonymous bool          `yaml:"allow_anonymous"`
+	TokenTTL       time.Duration `yaml:"token_ttl"`
+}
+
+// Telemetry configures the telemetry history.
+type Telemetry struct {
+	Retention     time.Duration `yaml:"retention"`
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	QueueSize     int           `yaml:"queue_size"`
+}
+
+// Limits keep one client from hurting the others. 0 means unlimited.
+type Limits struct {
+	MaxConnections      int `yaml:"max_connections"`
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+}
+
+// Default returns the built-in defaults; configs/tether.yaml states the same.
+func Default() Config {
+	return Config{
+		DataDir: "./data",
+		Log:     Log{Level: "info", Format: "text"},
+		MQTT: MQTT{
+			Addr:             ":1883",
+			TLSAddr:          ":8883",
+			MaxPacketSize:    1 << 20,
+			ClientQueueSize:  256,
+			ReceiveMaximum:   256,
+			MaxInflight:      1024,
+			MaxSessionExpiry: 7 * 24 * time.Hour,
+			MaxMessageExpiry: 0,
+			SysInterval:      time.Second,
+			ConnectTimeout:   10 * time.Second,
+			ShutdownGrace:    10 * time.Second,
+			ReadBufferSize:   2048,
+			WriteBufferSize:  2048,
+		},
+		HTTP: HTTP{
+			Addr:             ":8080",
+			HTTPSAddr:        ":8443",
+			HandshakeTimeout: 10 * time.Second,
+		},
+		Auth:      Auth{TokenTTL: 12 * time.Hour},
+		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 65536},
+	}
+}
+
+// Off is the address value that disables a listener.
+const Off = "off"
+
+// Parse reads YAML from r over the defaults. Unknown keys are an error.
+func Parse(r io.Reader) (Config, error) {
+	c := Default()
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	return c, nil
+}
+
+// ParseFile reads the YAML file at path over the defaults.
+func ParseFile(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Default(), fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(bytes.NewReader(b))
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate reports every bad value, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, a...)...))
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	for key, addr := range map[string]string{
+		"mqtt.addr": c.MQTT.Addr, "mqtt.tls_addr": c.MQTT.TLSAddr,
+		"http.addr": c.HTTP.Addr, "http.https_addr": c.HTTP.HTTPSAddr,
+	} {
+		if addr == Off {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "%q is not host:port or %q (%v)", addr, Off, err)
+		}
+	}
+	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+		bad("tls", "cert and key must be given together (cert %q, key %q)", c.TLS.Cert, c.TLS.Key)
+	}
+	if c.MQTT.MaxPacketSize != 0 && c.MQTT.MaxPacketSize < 64 {
+		bad("mqtt.max_packet_size", "%d is too small (at least 64 bytes, or 0 for the MQTT maximum)", c.MQTT.MaxPacketSize)
+	}
+	if c.MQTT.ClientQueueSize < 1 {
+		bad("mqtt.client_queue_size", "must be at least 1")
+	}
+	if c.MQTT.ReceiveMaximum < 1 {
+		bad("mqtt.receive_maximum", "must be at least 1")
+	}
+	if c.MQTT.MaxSessionExpiry < 0 || c.MQTT.MaxSessionExpiry > time.Duration(1<<32-1)*time.Second {
+		bad("mqtt.max_session_expiry", "must be between 0 and 136y")
+	}
+	if c.MQTT.MaxMessageExpiry < 0 {
+		bad("mqtt.max_message_expiry", "must not be negative (0 keeps messages until their own expiry)")
+	}
+	if c.MQTT.SysInterval < time.Second {
+		bad("mqtt.sys_interval", "must be at least 1s")
+	}
+	for key, d := range map[string]time.Duration{
+		"mqtt.connect_timeout": c.MQTT.ConnectTimeout, "mqtt.shutdown_grace": c.MQTT.ShutdownGrace,
+		"http.handshake_timeout": c.HTTP.HandshakeTimeout, "auth.token_ttl": c.Auth.TokenTTL,
+		"telemetry.flush_interval": c.Telemetry.FlushInterval, "telemetry.retention": c.Telemetry.Retention,
+	} {
+		if d <= 0 {
+			bad(key, "must be a positive duration such as 10s")
+		}
+	}
+	if c.MQTT.ReadBufferSize < 512 || c.MQTT.WriteBufferSize < 512 {
+		bad("mqtt.read_buffer_size/write_buffer_size", "must be at least 512")
+	}
+	if c.Telemetry.QueueSize < 1 {
+		bad("telemetry.queue_size", "must be at least 1")
+	}
+	for _, p := range c.HTTP.TrustedProxies {
+		if _, err := ParseCIDROrIP(p); err != nil {
+			bad("http.trusted_proxies", "%q: %v", p, err)
+		}
+	}
+	if c.Limits.MaxConnections < 0 || c.Limits.MaxConnectionsPerIP < 0 {
+		bad("limits", "must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// ParseCIDROrIP parses "10.0.0.0/8" or a single address such as "127.0.0.1".
+func ParseCIDROrIP(s string) (*net.IPNet, error) {
+	if strings.Contains(s, "/") {
+		_, n, err := net.ParseCIDR(s)
+		return n, err
+	}
+	ip := net.ParseIP(s)
+	if ip == nil {
+		return nil, fmt.Errorf("not an IP address or CIDR")
+	}
+	bits := 128
+	if ip4 := ip.To4(); ip4 != nil {
+		ip, bits = ip4, 32
+	}
+	return &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}, nil
+}
+
+// TLSEnabled reports whether a certificate and key are configured.
+func (c *Config) TLSEnabled() bool { return c.TLS.Cert != "" && c.TLS.Key != "" }

@@ -1,0 +1,159 @@
+package listeners
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqttl "github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// Transport names, which are also the listener ids.
+const (
+	TCPTransport = "tcp"
+	TLSTransport = "tls"
+	WSTransport  = "ws"
+	WSSTransport = "wss"
+)
+
+// Stats are a listener's running totals, safe to read at any time.
+type Stats struct {
+	Accepted atomic.Int64 // connections handed to the engine
+	Refused  atomic.Int64 // connections refused before the engine saw them
+	Open     atomic.Int64 // connections open now
+	BytesIn  atomic.Int64
+	BytesOut atomic.Int64
+}
+
+// ErrClosed is returned for a connection that arrives after Close.
+var ErrClosed = errors.New("listener closed")
+
+// conns is the part every listener shares: the engine's establish callback,
+// the set of live connections, and the closed flag.
+type conns struct {
+	id             string
+	connectTimeout time.Duration
+	log            *slog.Logger
+	stats          Stats
+
+	ready     chan struct{} // closed once Serve has given us establish
+	establish mqttl.EstablishFn
+
+	// mu guards the fields below.
+	mu     sync.Mutex
+	closed bool
+	live   map[net.Conn]struct{}
+	wg     sync.WaitGroup // one per connection inside the engine
+}
+
+func newConns(id string, connectTimeout time.Duration) *conns {
+	return &conns{
+		id:             id,
+		connectTimeout: connectTimeout,
+		log:            slog.Default(),
+		ready:          make(chan struct{}),
+		live:           map[net.Conn]struct{}{},
+	}
+}
+
+// serve records the engine's callback; the engine calls it once.
+func (c *conns) serve(establish mqttl.EstablishFn) {
+	c.mu.Lock()
+	if c.establish == nil {
+		c.establish = establish
+		close(c.ready)
+	}
+	c.mu.Unlock()
+}
+
+// hand gives conn to the engine and blocks until the engine is done with
+// it. A connection that arrives after stop, or before the engine started
+// serving, is closed at once.
+func (c *conns) hand(conn net.Conn) error {
+	select {
+	case <-c.ready:
+	default:
+		c.stats.Refused.Add(1)
+		conn.Close()
+		return errors.New("listener not serving yet")
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		c.stats.Refused.Add(1)
+		conn.Close()
+		return ErrClosed
+	}
+	cc := &countingConn{Conn: conn, stats: &c.stats}
+	c.live[cc] = struct{}{}
+	// Added under mu, so that once stop has set closed no Add can follow
+	// the Wait in wait (a sync.WaitGroup must not Add during Wait).
+	c.wg.Add(1)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.live, cc)
+		c.mu.Unlock()
+		c.stats.Open.Add(-1)
+		c.wg.Done()
+	}()
+	c.stats.Accepted.Add(1)
+	c.stats.Open.Add(1)
+	// [MQTT-3.1.4] The server may close a connection that sends no CONNECT
+	// within a reasonable time: the engine replaces this deadline with the
+	// keep-alive one once CONNECT is read.
+	if c.connectTimeout > 0 {
+		_ = cc.SetDeadline(time.Now().Add(c.connectTimeout))
+	}
+	err := c.establish(c.id, cc)
+	_ = cc.Close()
+	if err != nil {
+		c.log.Debug("mqtt connection ended", "transport", c.id, "remote", conn.RemoteAddr().String(), "error", err)
+	}
+	return err
+}
+
+// stop refuses further connections. It is idempotent.
+func (c *conns) stop() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+}
+
+// closeAll closes every live connection; the engine then sees them end.
+func (c *conns) closeAll() {
+	c.mu.Lock()
+	list := make([]net.Conn, 0, len(c.live))
+	for conn := range c.live {
+		list = append(list, conn)
+	}
+	c.mu.Unlock()
+	for _, conn := range list {
+		_ = conn.Close()
+	}
+}
+
+// wait blocks until every connection handed to the engine has ended.
+// Call it only after stop.
+func (c *conns) wait() { c.wg.Wait() }
+
+// countingConn counts bytes for its listener's Stats.
+type countingConn struct {
+	net.Conn
+	stats *Stats
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.stats.BytesIn.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.stats.BytesOut.Add(int64(n))
+	return n, err
+}

@@ -1,0 +1,13 @@
+// Package listeners holds Tether's network listeners for the mochi-mqtt
+// engine: MQTT over TCP and TLS (tcp.go) and MQTT over WebSocket and secure
+// WebSocket (websocket.go, written on github.com/coder/websocket rather
+// than mochi's gorilla listener).
+//
+// Every listener tracks the connections it hands to the engine (conns.go),
+// so that shutdown can stop accepting, then close what is left, before the
+// engine's own Close runs; counts bytes per transport; and bounds the time a
+// client may take to send CONNECT.
+//
+// Listener ids are the transport names "tcp", "tls", "ws" and "wss": the
+// engine reports a client's listener id, and that is its transport.
+package listeners
