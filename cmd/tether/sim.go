@@ -2,11 +2,100 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
+	"os"
+
+	"github.com/tether-iot/tether/simulator"
 )
 
-// runSim is not built yet.
+// runSim runs a simulated device fleet against a broker (SPEC §8) and
+// prints a JSON summary as the last line of stdout.
 func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not implemented yet")
+	fs := newFlagSet("sim", "sim [flags]", stderr)
+	broker := fs.String("broker", "", "broker URL, e.g. tcp://127.0.0.1:1883 or ws://127.0.0.1:8080/mqtt (default: the --server host, else 127.0.0.1, on the transport's port)")
+	transport := fs.String("transport", "", "tcp, tls, ws or wss (default: the --broker scheme, else tcp)")
+	server := fs.String("server", os.Getenv("TETHER_SERVER"), "Tether API URL to register the devices through, e.g. http://127.0.0.1:8080 (or TETHER_SERVER)")
+	token := fs.String("token", os.Getenv("TETHER_TOKEN"), "API token for --server (or TETHER_TOKEN)")
+	creds := fs.String("creds", "", "credentials file of the devices: JSON lines or a JSON array of {\"id\",\"secret\"}")
+	credsOut := fs.String("creds-out", "", "write the credentials of devices registered through --server to this file (mode 0600)")
+	devices := fs.Int("devices", 0, "number of devices (default 10, or every device in --creds)")
+	prefix := fs.String("prefix", "", "device id prefix for registered devices (default sim-XXXX- with a random XXXX)")
+	profile := fs.String("profile", "", "fleet file (YAML) or the name of a built-in profile: thermostat, power-meter, gps-tracker (default: all three)")
+	interval := fs.Duration("interval", 0, "telemetry period of every device (default: each profile's)")
+	jitter := fs.Float64("jitter", 0.1, "± share by which each wait varies")
+	qos := fs.Uint("qos", 0, "telemetry QoS: 0, 1 or 2")
+	duration := fs.Duration("duration", 0, "how long to run (0: until interrupted)")
+	clean := fs.Bool("clean", false, "use clean sessions instead of persistent ones")
+	churn := fs.Float64("churn", 0, "share of the fleet dropping off abruptly per minute, e.g. 0.05")
+	churnDown := fs.Duration("churn-downtime", 0, "how long a churned device stays away (default 30s)")
+	conc := fs.Int("connect-concurrency", 32, "connects in flight at once")
+	every := fs.Duration("progress", 0, "progress line period on stderr (default 5s; negative: none)")
+	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss)")
+	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the broker's TLS certificate (development only)")
+	allowRemote := fs.Bool("allow-remote", false, "allow a broker that is not on a loopback address")
+	seed := fs.Uint64("seed", 0, "random seed (default: random)")
+	verbose := fs.Bool("verbose", false, "log each device's connect failures and odd messages to stderr")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *qos > 2 {
+		return fmt.Errorf("--qos: %d is not 0, 1 or 2", *qos)
+	}
+
+	raw := *broker
+	if raw == "" {
+		raw = simulator.BrokerFromServer(*server, *transport)
+	}
+	ep, err := simulator.ParseEndpoint(raw, *transport, "")
+	if err != nil {
+		return err
+	}
+	fleet, err := simulator.LoadFleet(*profile)
+	if err != nil {
+		return err
+	}
+	cfg := simulator.SimConfig{
+		Endpoint: ep, AllowRemote: *allowRemote,
+		TLS:   simulator.TLSOptions{CAFile: *ca, InsecureSkipVerify: *insecure},
+		Fleet: fleet, Devices: *devices, Prefix: *prefix,
+		Interval: *interval, Jitter: *jitter, QoS: byte(*qos), Duration: *duration,
+		CleanSession: *clean, Churn: *churn, ChurnDowntime: *churnDown,
+		ConnectConcurrency: *conc, Progress: *every, Seed: *seed,
+	}
+	if *verbose {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	switch {
+	case *creds != "":
+		if cfg.Credentials, err = simulator.LoadCredentials(*creds); err != nil {
+			return err
+		}
+	case *server != "":
+		cfg.Provisioner = &simulator.Provisioner{Server: *server, Token: *token}
+		if cfg.Devices == 0 {
+			cfg.Devices = 10
+		}
+		if *credsOut != "" {
+			f, err := os.OpenFile(*credsOut, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+			if err != nil {
+				return fmt.Errorf("open --creds-out: %w", err)
+			}
+			defer f.Close()
+			cfg.CredsOut = f
+		}
+	default:
+		if cfg.Devices == 0 {
+			cfg.Devices = 10
+		}
+		fmt.Fprintln(stderr, "sim: no --creds or --server: devices connect without a password (for brokers that allow anonymous clients)")
+	}
+
+	sum, err := simulator.RunSim(ctx, cfg, stderr)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(stdout).Encode(sum)
 }

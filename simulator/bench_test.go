@@ -1,0 +1,166 @@
+package simulator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"testing"
+	"time"
+)
+
+func TestBenchTraffic(t *testing.T) {
+	b := startBroker(t)
+	tests := []struct {
+		name      string
+		scenario  string
+		transport string
+		pubs      int
+		subs      int
+		qos       byte
+	}{
+		{"fanin qos1", ScenarioFanin, TransportTCP, 4, 1, 1},
+		{"pairs qos1", ScenarioPairs, TransportTCP, 3, 3, 1},
+		{"fanout qos1", ScenarioFanout, TransportTCP, 1, 3, 1},
+		{"fanin qos0 ws", ScenarioFanin, TransportWS, 2, 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := b.tcp
+			if tt.transport == TransportWS {
+				addr = b.ws
+			}
+			ep, err := ParseEndpoint(addr, tt.transport, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var progress bytes.Buffer
+			res, err := RunBench(context.Background(), BenchConfig{
+				Endpoint: ep, Scenario: tt.scenario, QoS: tt.qos, Size: 100,
+				Duration: 400 * time.Millisecond, Pubs: tt.pubs, Subs: tt.subs,
+				Rate: 300, Progress: 100 * time.Millisecond,
+			}, &progress)
+			if err != nil {
+				t.Fatal(err)
+			}
+			line, err := json.Marshal(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s", line)
+			if res.Sent == 0 || res.Received == 0 {
+				t.Fatalf("nothing sent or received: %s", line)
+			}
+			if res.Lost != 0 || res.Loss != 0 || res.Received != res.Expected {
+				t.Fatalf("loss: %s", line)
+			}
+			if want := int64(tt.subs) * res.Sent; tt.scenario != ScenarioPairs && res.Expected != want {
+				t.Fatalf("expected %d messages, result says %d", want, res.Expected)
+			}
+			if res.LatencyMS.P50 <= 0 || res.LatencyMS.P99 < res.LatencyMS.P50 || res.LatencyMS.Max < res.LatencyMS.P99 {
+				t.Fatalf("latency percentiles out of order: %+v", res.LatencyMS)
+			}
+			if res.Conns != tt.pubs+tt.subs || res.ConnectErrors != 0 || res.ConnectPerSec <= 0 {
+				t.Fatalf("connect figures: %s", line)
+			}
+			if !bytes.Contains(progress.Bytes(), []byte("bench "+tt.scenario)) {
+				t.Fatalf("no progress line in %q", progress.String())
+			}
+		})
+	}
+}
+
+func TestBenchConns(t *testing.T) {
+	b := startBroker(t)
+	ep, _ := ParseEndpoint(b.tcp, "", "")
+	res, err := RunBench(context.Background(), BenchConfig{
+		Endpoint: ep, Scenario: ScenarioConns, Conns: 50, Duration: 100 * time.Millisecond,
+		PID: os.Getpid(), // the broker runs in this process
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Conns != 50 || res.ConnectErrors != 0 || res.ConnectPerSec <= 0 {
+		t.Fatalf("connect figures: %+v", res)
+	}
+	if res.BrokerRSSKB <= 0 || res.BrokerRSSBeforeKB <= 0 || res.BrokerPeakRSSKB < res.BrokerRSSKB {
+		t.Fatalf("broker memory: %+v", res)
+	}
+	waitFor(t, 5*time.Second, "clients to leave the broker", func() bool { return b.Clients.Len() <= 1 })
+}
+
+func TestBenchRefusesRemoteBroker(t *testing.T) {
+	ep, _ := ParseEndpoint("tcp://192.0.2.1:1883", "", "")
+	_, err := RunBench(context.Background(), BenchConfig{Endpoint: ep, Scenario: ScenarioFanin}, nil)
+	if !errors.Is(err, ErrRemote) {
+		t.Fatalf("want ErrRemote, got %v", err)
+	}
+	_, err = RunSim(context.Background(), SimConfig{Endpoint: ep, Devices: 1}, nil)
+	if !errors.Is(err, ErrRemote) {
+		t.Fatalf("sim: want ErrRemote, got %v", err)
+	}
+}
+
+func TestBenchConfigErrors(t *testing.T) {
+	ep, _ := ParseEndpoint("", "", "")
+	for _, cfg := range []BenchConfig{
+		{Scenario: "storm"},
+		{Scenario: ScenarioFanin, QoS: 3},
+		{Scenario: ScenarioFanin, Size: 8},
+		{Scenario: ScenarioPairs, Pubs: 3, Subs: 2},
+		{Scenario: ScenarioFanin, Rate: -1},
+	} {
+		cfg.Endpoint = ep
+		if _, err := RunBench(context.Background(), cfg, nil); err == nil {
+			t.Errorf("%+v: no error", cfg)
+		}
+	}
+}
+
+func TestPayloadRoundTrip(t *testing.T) {
+	now := time.Now()
+	for _, size := range []int{0, headerSize, 64, 4096} {
+		p := encodePayload(size, now, 7, 1234567)
+		if len(p) != max(size, headerSize) {
+			t.Fatalf("size %d: payload of %d bytes", size, len(p))
+		}
+		sent, pub, seq, ok := decodePayload(p)
+		if !ok || sent != now.UnixNano() || pub != 7 || seq != 1234567 {
+			t.Fatalf("size %d: decoded %d %d %d %v", size, sent, pub, seq, ok)
+		}
+	}
+	if _, _, _, ok := decodePayload([]byte("short")); ok {
+		t.Fatal("short payload decoded")
+	}
+}
+
+func TestHistogram(t *testing.T) {
+	var h histogram
+	for i := 1; i <= 1000; i++ {
+		h.record(time.Duration(i) * time.Microsecond)
+	}
+	within := func(got, want time.Duration) bool {
+		d := got - want
+		return d > -want/20 && d < want/20
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500 * time.Microsecond}, {0.99, 990 * time.Microsecond}, {1, time.Millisecond}} {
+		if got := h.quantile(c.q); !within(got, c.want) {
+			t.Errorf("quantile %g = %s, want about %s", c.q, got, c.want)
+		}
+	}
+	var o histogram
+	o.record(time.Hour) // beyond the top bucket: capped, max still exact
+	h.merge(&o)
+	if s := h.summary(); s.Max != 3600000 {
+		t.Errorf("max %g ms, want 3600000", s.Max)
+	}
+	for i := range histBuckets {
+		if histIndex(histValue(i)) != i {
+			t.Fatalf("bucket %d: value %d maps to %d", i, histValue(i), histIndex(histValue(i)))
+		}
+	}
+}

@@ -1,0 +1,127 @@
+package simulator
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/coder/websocket"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// TLSOptions configure tls and wss connections. The zero value verifies the
+// broker against the system roots.
+type TLSOptions struct {
+	CAFile             string // PEM file of extra roots, e.g. from `tether certs dev`
+	InsecureSkipVerify bool   // do not verify the broker's certificate (development only)
+}
+
+// config builds the client TLS configuration for serverName.
+func (o TLSOptions) config(serverName string) (*tls.Config, error) {
+	cfg := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.InsecureSkipVerify}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("load CA file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("load CA file %s: no PEM certificates found", o.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// dialer opens the network connection under each MQTT client. It does this
+// itself instead of leaving it to paho so that every transport, WebSocket
+// included, goes through coder/websocket and one timeout, and so that the
+// simulator can drop a connection abruptly (churn) by closing it.
+type dialer struct {
+	ep      Endpoint
+	tls     *tls.Config  // nil for tcp and ws
+	http    *http.Client // for ws and wss
+	timeout time.Duration
+}
+
+// newDialer prepares connections to ep.
+func newDialer(ep Endpoint, opts TLSOptions, timeout time.Duration) (*dialer, error) {
+	d := &dialer{ep: ep, timeout: timeout}
+	if ep.Transport == TransportTLS || ep.Transport == TransportWSS {
+		cfg, err := opts.config(ep.Hostname())
+		if err != nil {
+			return nil, fmt.Errorf("new dialer: %w", err)
+		}
+		d.tls = cfg
+	}
+	if ep.Transport == TransportWS || ep.Transport == TransportWSS {
+		d.http = &http.Client{Transport: &http.Transport{
+			TLSClientConfig:     d.tls,
+			TLSHandshakeTimeout: timeout,
+			DisableKeepAlives:   true,
+		}}
+	}
+	return d, nil
+}
+
+// dial opens one connection to the broker.
+func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	switch d.ep.Transport {
+	case TransportTCP:
+		var nd net.Dialer
+		return nd.DialContext(ctx, "tcp", d.ep.Host)
+	case TransportTLS:
+		td := tls.Dialer{Config: d.tls}
+		return td.DialContext(ctx, "tcp", d.ep.Host)
+	case TransportWS, TransportWSS:
+		scheme := "http"
+		if d.ep.Transport == TransportWSS {
+			scheme = "https"
+		}
+		u := url.URL{Scheme: scheme, Host: d.ep.Host, Path: d.ep.Path}
+		c, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
+			HTTPClient:   d.http,
+			Subprotocols: []string{"mqtt"},
+		})
+		if err != nil {
+			if resp != nil {
+				return nil, fmt.Errorf("websocket handshake: status %d: %w", resp.StatusCode, err)
+			}
+			return nil, fmt.Errorf("websocket handshake: %w", err)
+		}
+		if c.Subprotocol() != "mqtt" {
+			c.Close(websocket.StatusProtocolError, "mqtt subprotocol required")
+			return nil, fmt.Errorf("websocket handshake: broker did not accept subprotocol mqtt")
+		}
+		c.SetReadLimit(-1) // MQTT packets span messages; paho bounds their size.
+		// The NetConn lives until it is closed, so it gets its own context.
+		return websocket.NetConn(context.Background(), c, websocket.MessageBinary), nil
+	}
+	return nil, fmt.Errorf("dial: unknown transport %q", d.ep.Transport)
+}
+
+// openFn returns the paho hook that opens a connection and hands it to
+// track (which may be nil) so the caller can close it abruptly.
+func (d *dialer) openFn(track func(net.Conn)) mqtt.OpenConnectionFunc {
+	return func(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
+		conn, err := d.dial(context.Background())
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", d.ep.URL(), err)
+		}
+		if track != nil {
+			track(conn)
+		}
+		return conn, nil
+	}
+}
