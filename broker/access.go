@@ -7,7 +7,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// gate refuses new connections while the broker shuts down.
+// gate refuses new connections while the broker shuts down, and tells
+// MQTT 5 clients the broker's maximum packet size.
 type gate struct {
 	mqtt.HookBase
 	b *Broker
@@ -15,15 +16,28 @@ type gate struct {
 
 func (g *gate) ID() string { return "tether-gate" }
 
-func (g *gate) Provides(b byte) bool { return b == mqtt.OnConnect }
+func (g *gate) Provides(b byte) bool { return b == mqtt.OnConnect || b == mqtt.OnPacketEncode }
 
-// OnConnect refuses a CONNECT once Shutdown has begun: the engine then
-// closes the connection without attaching it.
+// OnConnect refuses a CONNECT once Shutdown has begun, with CONNACK
+// "server unavailable" (0x88; 0x03 for 3.1.1): the engine then closes the
+// connection without attaching it.
 func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if g.b.closing.Load() {
+		_ = Refuse(g.b.Server, cl, packets.ErrServerUnavailable)
 		return errShuttingDown
 	}
 	return nil
+}
+
+// OnPacketEncode adds Maximum Packet Size to a successful MQTT 5 CONNACK,
+// which the engine leaves out, so that clients know not to send more
+// [MQTT-3.2.2-15].
+func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode < packets.ErrUnspecifiedError.Code &&
+		cl.Properties.ProtocolVersion == 5 && g.b.cfg.MQTT.MaxPacketSize > 0 {
+		pk.Properties.MaximumPacketSize = g.b.cfg.MQTT.MaxPacketSize
+	}
+	return pk
 }
 
 // policy is the access hook used when no registry is wired in: everyone

@@ -35,6 +35,9 @@ type Broker struct {
 	TLS *listeners.TCP
 	WS  *listeners.WebSocket
 	WSS *listeners.WebSocket
+	// Limits is the connection limiter all listeners share; it is also
+	// the Prometheus collector of its refusals.
+	Limits *listeners.Limiter
 
 	closing  atomic.Bool
 	shutdown sync.Once
@@ -98,6 +101,9 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	if access == nil {
 		access = &policy{allow: cfg.Auth.AllowAnonymous, srv: srv}
 	}
+	if h, ok := access.(interface{ bind(*mqtt.Server) }); ok {
+		h.bind(srv) // the access hook refuses and publishes through the engine
+	}
 	if err := srv.AddHook(access, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
 	}
@@ -107,12 +113,18 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		}
 	}
 
-	ct := cfg.MQTT.ConnectTimeout
+	ct, mps := cfg.MQTT.ConnectTimeout, cfg.MQTT.MaxPacketSize
+	b.Limits = listeners.NewLimiter(listeners.LimitOptions{
+		MaxConnections:      cfg.Limits.MaxConnections,
+		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
+		ConnectionRatePerIP: cfg.Limits.ConnectionRatePerIP,
+	})
+	lim := b.Limits
 	if cfg.MQTT.Addr != configs.Off {
-		b.TCP = listeners.NewTCP(cfg.MQTT.Addr, &listeners.TCPOptions{ConnectTimeout: ct})
+		b.TCP = listeners.NewTCP(cfg.MQTT.Addr, &listeners.TCPOptions{ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim})
 	}
 	if opts.TLS != nil && cfg.MQTT.TLSAddr != configs.Off {
-		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct})
+		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim})
 	}
 	var proxies []*net.IPNet
 	for _, p := range cfg.HTTP.TrustedProxies {
@@ -126,6 +138,8 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		OriginPatterns: cfg.HTTP.AllowedOrigins,
 		TrustedProxies: proxies,
 		ConnectTimeout: ct,
+		MaxPacketSize:  mps,
+		Limits:         lim,
 	}
 	if cfg.HTTP.Addr != configs.Off {
 		o := wsOpts
@@ -184,24 +198,37 @@ func (b *Broker) Start() error {
 	return nil
 }
 
+// Abort releases the sockets New bound, when Start was never called or
+// failed; a started broker is stopped with Shutdown instead.
+func (b *Broker) Abort() {
+	b.closing.Store(true)
+	for _, l := range b.listeners() {
+		l.Stop()
+	}
+}
+
 // Closing reports whether Shutdown has begun.
 func (b *Broker) Closing() bool { return b.closing.Load() }
 
 // Shutdown stops the broker in an order that keeps clear of the engine's
-// known races around Server.Close (mochi-mqtt issues 508 and 541: clients
-// still attaching while Close disconnects the ones it knows and then waits
-// on its WaitGroup, and listeners' Serve loops still calling establish while
-// Close runs):
+// races around Server.Close (mochi-mqtt issues 508 and 541). Close waits on
+// a WaitGroup that each connection's goroutine Adds to itself, in
+// attachClient, so a connection still being established when Close runs
+// can Add during that Wait (a documented WaitGroup misuse that can panic),
+// and clients the engine does not know yet are never disconnected, so the
+// Wait can hang. Hence:
 //
-//  1. the gate hook refuses every new CONNECT, and each listener stops
-//     accepting (sockets closed, /mqtt answers 503), so no connection can
-//     start attaching once Close begins;
-//  2. every connected MQTT 5 client is sent DISCONNECT 0x8B (server shutting
-//     down) [MQTT-3.14.2-1]; 3.1.1 clients, which have no such packet, are
-//     simply closed;
-//  3. whatever is still open when the clients have gone, or ctx ends, is
-//     closed by the listeners, which wait until the engine has finished with
-//     each connection;
+//  1. the gate hook refuses every new CONNECT (CONNACK "server
+//     unavailable"), and each listener stops accepting (sockets closed,
+//     /mqtt answers 503), so no connection starts attaching from now on;
+//  2. every connected MQTT 5 client is sent DISCONNECT 0x8B (server
+//     shutting down) [MQTT-3.14.2-1]; 3.1.1 clients, which have no such
+//     packet, are simply closed. Clients that were attaching while step 1
+//     ran show up in the engine a moment later; the wait below rescans and
+//     disconnects them too;
+//  3. whatever is still open when ctx ends is closed by the listeners,
+//     which then wait until the engine has returned from every connection
+//     they handed it (so the engine's WaitGroup is back at zero for good);
 //  4. only then Server.Close runs: it has nothing left to wait for, and it
 //     stops the hooks, which flush what they hold to SQLite.
 //
@@ -214,35 +241,47 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		for _, l := range b.listeners() {
 			l.Stop()
 		}
-		for _, cl := range b.Server.Clients.GetAll() {
-			if cl.Net.Inline {
-				continue
-			}
-			if cl.Properties.ProtocolVersion == 5 {
-				_ = b.Server.DisconnectClient(cl, packets.ErrServerShuttingDown)
-			} else {
-				cl.Stop(packets.ErrServerShuttingDown)
-			}
-		}
-		// Give clients a moment to go by themselves, then close the rest.
+		told := map[*mqtt.Client]bool{}
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
-		for b.openConns() > 0 {
+	wait:
+		for {
+			b.disconnectAll(told)
+			if b.openConns() == 0 {
+				break
+			}
 			select {
 			case <-ctx.Done():
 				b.log.Warn("shutdown grace over: closing remaining connections", "open", b.openConns())
-				goto closeAll
+				break wait
 			case <-tick.C:
 			}
 		}
-	closeAll:
 		for _, l := range b.listeners() {
 			l.CloseConns()
 		}
-		b.err = b.Server.Close()
+		if err := b.Server.Close(); err != nil {
+			b.err = fmt.Errorf("broker: close: %w", err)
+		}
 	})
 	<-b.done
 	return b.err
+}
+
+// disconnectAll disconnects every connected client not in told, and adds
+// it there.
+func (b *Broker) disconnectAll(told map[*mqtt.Client]bool) {
+	for _, cl := range b.Server.Clients.GetAll() {
+		if cl.Net.Inline || told[cl] || cl.Closed() {
+			continue
+		}
+		told[cl] = true
+		if cl.Properties.ProtocolVersion == 5 {
+			_ = b.Server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		} else {
+			cl.Stop(packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 func (b *Broker) openConns() int64 {

@@ -86,6 +86,17 @@ type Telemetry struct {
 type Limits struct {
 	MaxConnections      int `yaml:"max_connections"`
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// ConnectionRatePerIP: new MQTT connections per second from one
+	// address (a burst of as many is allowed).
+	ConnectionRatePerIP int `yaml:"connection_rate_per_ip"`
+	// PublishRatePerClient: PUBLISH packets per second from one client;
+	// a faster client is slowed down, not disconnected.
+	PublishRatePerClient int `yaml:"publish_rate_per_client"`
+	// HTTPMaxBodyBytes: the largest HTTP request body accepted (413 beyond).
+	HTTPMaxBodyBytes int64 `yaml:"http_max_body_bytes"`
+	// HTTPReadTimeout: time allowed to read a whole HTTP request, headers
+	// and body.
+	HTTPReadTimeout time.Duration `yaml:"http_read_timeout"`
 }
 
 // Default returns the built-in defaults; configs/tether.yaml states the same.
@@ -111,10 +122,13 @@ func Default() Config {
 		HTTP: HTTP{
 			Addr:             ":8080",
 			HTTPSAddr:        ":8443",
+			AllowedOrigins:   []string{},
+			TrustedProxies:   []string{},
 			HandshakeTimeout: 10 * time.Second,
 		},
 		Auth:      Auth{TokenTTL: 12 * time.Hour},
 		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 65536},
+		Limits:    Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second},
 	}
 }
 
@@ -122,12 +136,22 @@ func Default() Config {
 const Off = "off"
 
 // Parse reads YAML from r over the defaults. Unknown keys are an error.
+// Errors name the key and its line, such as
+// "mqtt.max_packet_size (line 12): cannot unmarshal !!str `lots` into uint32".
 func Parse(r io.Reader) (Config, error) {
 	c := Default()
-	dec := yaml.NewDecoder(r)
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return c, fmt.Errorf("config: read: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config: %w", err)
+		return c, fmt.Errorf("config: %w", nameKeys(data, err))
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return c, errors.New("config: more than one YAML document (remove the second ---)")
 	}
 	return c, nil
 }
@@ -164,10 +188,11 @@ func (c *Config) Validate() error {
 	default:
 		bad("log.format", "%q is not one of text, json", c.Log.Format)
 	}
-	for key, addr := range map[string]string{
-		"mqtt.addr": c.MQTT.Addr, "mqtt.tls_addr": c.MQTT.TLSAddr,
-		"http.addr": c.HTTP.Addr, "http.https_addr": c.HTTP.HTTPSAddr,
+	for _, a := range []struct{ key, addr string }{
+		{"mqtt.addr", c.MQTT.Addr}, {"mqtt.tls_addr", c.MQTT.TLSAddr},
+		{"http.addr", c.HTTP.Addr}, {"http.https_addr", c.HTTP.HTTPSAddr},
 	} {
+		key, addr := a.key, a.addr
 		if addr == Off {
 			continue
 		}
@@ -196,17 +221,23 @@ func (c *Config) Validate() error {
 	if c.MQTT.SysInterval < time.Second {
 		bad("mqtt.sys_interval", "must be at least 1s")
 	}
-	for key, d := range map[string]time.Duration{
-		"mqtt.connect_timeout": c.MQTT.ConnectTimeout, "mqtt.shutdown_grace": c.MQTT.ShutdownGrace,
-		"http.handshake_timeout": c.HTTP.HandshakeTimeout, "auth.token_ttl": c.Auth.TokenTTL,
-		"telemetry.flush_interval": c.Telemetry.FlushInterval, "telemetry.retention": c.Telemetry.Retention,
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{
+		{"mqtt.connect_timeout", c.MQTT.ConnectTimeout}, {"mqtt.shutdown_grace", c.MQTT.ShutdownGrace},
+		{"http.handshake_timeout", c.HTTP.HandshakeTimeout}, {"auth.token_ttl", c.Auth.TokenTTL},
+		{"telemetry.flush_interval", c.Telemetry.FlushInterval}, {"telemetry.retention", c.Telemetry.Retention},
 	} {
-		if d <= 0 {
-			bad(key, "must be a positive duration such as 10s")
+		if d.d <= 0 {
+			bad(d.key, "must be a positive duration such as 10s")
 		}
 	}
-	if c.MQTT.ReadBufferSize < 512 || c.MQTT.WriteBufferSize < 512 {
-		bad("mqtt.read_buffer_size/write_buffer_size", "must be at least 512")
+	if c.MQTT.ReadBufferSize < 512 {
+		bad("mqtt.read_buffer_size", "%d is too small (at least 512)", c.MQTT.ReadBufferSize)
+	}
+	if c.MQTT.WriteBufferSize < 512 {
+		bad("mqtt.write_buffer_size", "%d is too small (at least 512)", c.MQTT.WriteBufferSize)
 	}
 	if c.Telemetry.QueueSize < 1 {
 		bad("telemetry.queue_size", "must be at least 1")
@@ -216,8 +247,23 @@ func (c *Config) Validate() error {
 			bad("http.trusted_proxies", "%q: %v", p, err)
 		}
 	}
-	if c.Limits.MaxConnections < 0 || c.Limits.MaxConnectionsPerIP < 0 {
-		bad("limits", "must not be negative")
+	if c.Limits.MaxConnections < 0 {
+		bad("limits.max_connections", "must not be negative")
+	}
+	if c.Limits.MaxConnectionsPerIP < 0 {
+		bad("limits.max_connections_per_ip", "must not be negative")
+	}
+	if c.Limits.ConnectionRatePerIP < 0 {
+		bad("limits.connection_rate_per_ip", "must not be negative (0 = unlimited)")
+	}
+	if c.Limits.PublishRatePerClient < 0 {
+		bad("limits.publish_rate_per_client", "must not be negative (0 = unlimited)")
+	}
+	if c.Limits.HTTPMaxBodyBytes < 1024 {
+		bad("limits.http_max_body_bytes", "%d is too small (at least 1024)", c.Limits.HTTPMaxBodyBytes)
+	}
+	if c.Limits.HTTPReadTimeout <= 0 {
+		bad("limits.http_read_timeout", "must be a positive duration such as 30s")
 	}
 	return errors.Join(errs...)
 }

@@ -1,8 +1,10 @@
 package configs
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -39,17 +41,26 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 		}
 		return nil
 	}
-	for key := range keys {
-		if err := apply(EnvName(key), key); err != nil {
-			return err
-		}
+	// Long names first, then the aliases, each in a fixed order, so that
+	// an alias wins over its long name and errors come out the same way
+	// every time.
+	var errs []error
+	for _, key := range sortedKeys(keys) {
+		errs = append(errs, apply(EnvName(key), key))
 	}
-	for env, key := range envAliases {
-		if err := apply(env, key); err != nil {
-			return err
-		}
+	for _, env := range sortedKeys(envAliases) {
+		errs = append(errs, apply(env, envAliases[env]))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Set sets the value at a dotted key from its string form, as a flag would.

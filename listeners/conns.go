@@ -36,6 +36,8 @@ var ErrClosed = errors.New("listener closed")
 type conns struct {
 	id             string
 	connectTimeout time.Duration
+	maxPacketSize  uint32 // 0: no limit
+	limits         *Limiter // nil: no connection limits
 	log            *slog.Logger
 	stats          Stats
 
@@ -49,13 +51,24 @@ type conns struct {
 	wg     sync.WaitGroup // one per connection inside the engine
 }
 
-func newConns(id string, connectTimeout time.Duration) *conns {
+func newConns(id string, connectTimeout time.Duration, maxPacketSize uint32) *conns {
 	return &conns{
 		id:             id,
 		connectTimeout: connectTimeout,
+		maxPacketSize:  maxPacketSize,
 		log:            slog.Default(),
 		ready:          make(chan struct{}),
 		live:           map[net.Conn]struct{}{},
+	}
+}
+
+// waitReady waits until the engine has called Serve, or done is closed.
+func (c *conns) waitReady(done <-chan struct{}) bool {
+	select {
+	case <-c.ready:
+		return true
+	case <-done:
+		return false
 	}
 }
 
@@ -87,6 +100,14 @@ func (c *conns) hand(conn net.Conn) error {
 		conn.Close()
 		return ErrClosed
 	}
+	release, ok := c.limits.admit(conn.RemoteAddr())
+	if !ok {
+		c.mu.Unlock()
+		c.stats.Refused.Add(1)
+		conn.Close()
+		return ErrLimited
+	}
+	defer release()
 	cc := &countingConn{Conn: conn, stats: &c.stats}
 	c.live[cc] = struct{}{}
 	// Added under mu, so that once stop has set closed no Add can follow
@@ -102,14 +123,18 @@ func (c *conns) hand(conn net.Conn) error {
 	}()
 	c.stats.Accepted.Add(1)
 	c.stats.Open.Add(1)
+	var ec net.Conn = cc
+	if c.maxPacketSize > 0 {
+		ec = &limitConn{Conn: cc, max: c.maxPacketSize}
+	}
 	// [MQTT-3.1.4] The server may close a connection that sends no CONNECT
 	// within a reasonable time: the engine replaces this deadline with the
 	// keep-alive one once CONNECT is read.
 	if c.connectTimeout > 0 {
-		_ = cc.SetDeadline(time.Now().Add(c.connectTimeout))
+		_ = ec.SetDeadline(time.Now().Add(c.connectTimeout))
 	}
-	err := c.establish(c.id, cc)
-	_ = cc.Close()
+	err := c.establish(c.id, ec)
+	_ = ec.Close()
 	if err != nil {
 		c.log.Debug("mqtt connection ended", "transport", c.id, "remote", conn.RemoteAddr().String(), "error", err)
 	}

@@ -3,6 +3,7 @@ package listeners
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -18,10 +19,11 @@ type TCP struct {
 	addr string
 	tls  *tls.Config
 
-	// mu guards ln.
-	mu sync.Mutex
-	ln net.Listener
-	wg sync.WaitGroup // the accept loop
+	// lmu guards the fields below.
+	lmu     sync.Mutex
+	ln      net.Listener
+	stopped bool
+	wg      sync.WaitGroup // the accept loop; Add only under lmu and before stopped
 }
 
 // TCPOptions configures a TCP or TLS listener. A nil *TCPOptions means
@@ -32,6 +34,13 @@ type TCPOptions struct {
 	// ConnectTimeout bounds the time from accept to CONNECT (and, for TLS,
 	// the handshake). 0 means 10 s; negative means none.
 	ConnectTimeout time.Duration
+	// MaxPacketSize is the largest MQTT packet accepted, in bytes; a larger
+	// one disconnects its sender (with DISCONNECT 0x95 for MQTT 5). 0 means
+	// no limit.
+	MaxPacketSize uint32
+	// Limits admits or refuses each new connection (see Limiter); nil
+	// means no limits. Share one Limiter among a broker's listeners.
+	Limits *Limiter
 }
 
 // NewTCP returns a listener for addr ("host:port"; port 0 picks one).
@@ -43,7 +52,9 @@ func NewTCP(addr string, opts *TCPOptions) *TCP {
 	if opts.TLS != nil {
 		id = TLSTransport
 	}
-	return &TCP{conns: newConns(id, connectTimeout(opts.ConnectTimeout)), addr: addr, tls: opts.TLS}
+	l := &TCP{conns: newConns(id, connectTimeout(opts.ConnectTimeout), opts.MaxPacketSize), addr: addr, tls: opts.TLS}
+	l.limits = opts.Limits
+	return l
 }
 
 func connectTimeout(d time.Duration) time.Duration {
@@ -64,8 +75,8 @@ func (l *TCP) Protocol() string { return l.id }
 
 // Address is the bound address once Init has run.
 func (l *TCP) Address() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.lmu.Lock()
+	defer l.lmu.Unlock()
 	if l.ln != nil {
 		return l.ln.Addr().String()
 	}
@@ -83,37 +94,43 @@ func (l *TCP) Init(log *slog.Logger) error {
 	}
 	ln, err := net.Listen("tcp", l.addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("listen %s on %s: %w", l.id, l.addr, err)
 	}
 	if l.tls != nil {
 		ln = tls.NewListener(ln, l.tls)
 	}
-	l.mu.Lock()
+	l.lmu.Lock()
 	l.ln = ln
-	l.mu.Unlock()
+	l.lmu.Unlock()
 	return nil
 }
 
-// Serve accepts connections until Close.
+// Serve accepts connections until Stop.
 func (l *TCP) Serve(establish mqttl.EstablishFn) {
 	l.serve(establish)
+	l.lmu.Lock()
+	if l.stopped || l.ln == nil {
+		l.lmu.Unlock()
+		return
+	}
+	// Added under lmu before stopped is set, so Stop's Wait cannot race it.
 	l.wg.Add(1)
-	defer l.wg.Done()
-	l.mu.Lock()
 	ln := l.ln
-	l.mu.Unlock()
+	l.lmu.Unlock()
+	defer l.wg.Done()
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// EMFILE and friends: wait a little, as net/http does.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// EMFILE, ENFILE, ECONNABORTED and friends: the socket is
+			// still good, so wait a little and go on, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("mqtt accept failed: retrying", "transport", l.id, "error", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
 		}
 		backoff = 0
 		go l.hand(conn)
@@ -124,11 +141,12 @@ func (l *TCP) Serve(establish mqttl.EstablishFn) {
 // on until CloseConns or the engine ends them. Idempotent.
 func (l *TCP) Stop() {
 	l.stop()
-	l.mu.Lock()
+	l.lmu.Lock()
+	l.stopped = true
 	if l.ln != nil {
 		_ = l.ln.Close()
 	}
-	l.mu.Unlock()
+	l.lmu.Unlock()
 	l.wg.Wait()
 }
 

@@ -32,6 +32,13 @@ type WebSocketOptions struct {
 	// ConnectTimeout bounds the time from upgrade to CONNECT. 0 means
 	// 10 s; negative means none.
 	ConnectTimeout time.Duration
+	// MaxPacketSize is the largest MQTT packet accepted, in bytes; a larger
+	// one disconnects its sender (with DISCONNECT 0x95 for MQTT 5). 0 means
+	// no limit.
+	MaxPacketSize uint32
+	// Limits admits or refuses each new connection (see Limiter); nil
+	// means no limits. Share one Limiter among a broker's listeners.
+	Limits *Limiter
 }
 
 // WebSocket serves MQTT over WebSocket as an http.Handler, mounted by the
@@ -58,7 +65,9 @@ func NewWebSocket(opts *WebSocketOptions) *WebSocket {
 	if opts.Secure {
 		id = WSSTransport
 	}
-	return &WebSocket{conns: newConns(id, connectTimeout(opts.ConnectTimeout)), opts: *opts}
+	l := &WebSocket{conns: newConns(id, connectTimeout(opts.ConnectTimeout), opts.MaxPacketSize), opts: *opts}
+	l.limits = opts.Limits
+	return l
 }
 
 // ID is the transport name, "ws" or "wss".
@@ -114,6 +123,11 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 // blocking until it ends: http.Server does not track hijacked connections,
 // so this listener does (see CloseConns).
 func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// The engine starts each listener's Serve on its own goroutine; wait
+	// for it rather than upgrade a connection nobody will serve.
+	if !l.waitReady(r.Context().Done()) {
+		return
+	}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -140,6 +154,7 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Subprotocols:       []string{Subprotocol},
 		OriginPatterns:     l.opts.OriginPatterns,
 		InsecureSkipVerify: l.opts.InsecureSkipVerify,
+		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
 		// Accept has written the response (403 for a foreign origin).

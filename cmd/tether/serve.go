@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,6 +23,8 @@ import (
 	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/dashboard"
+	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/listeners"
 )
 
 // serveFlags maps each `tether serve` flag to its configuration key.
@@ -115,19 +118,21 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log.Info("tether started", "version", version(), "http", a.httpAddr(), "mqtt", a.mqttAddr())
+	var failed error
 	select {
 	case <-ctx.Done():
 		log.Info("signal received: shutting down", "grace", cfg.MQTT.ShutdownGrace)
-	case err := <-a.failed:
-		log.Error("listener failed: shutting down", "error", err)
+	case failed = <-a.failed:
+		log.Error("listener failed: shutting down", "error", failed)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.MQTT.ShutdownGrace)
 	defer cancel()
 	if err := a.shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		return fmt.Errorf("shutdown: %w", errors.Join(failed, err))
 	}
 	log.Info("tether stopped")
-	return nil
+	// A listener that failed is an error exit even after an orderly stop.
+	return failed
 }
 
 // app is a running Tether: broker, HTTP servers and their shared parts.
@@ -135,6 +140,17 @@ type app struct {
 	cfg    configs.Config
 	log    *slog.Logger
 	broker *broker.Broker
+	// db is the one SQLite database, opened first and closed last (after
+	// the broker's Shutdown has stopped the hooks that write to it).
+	db *devices.DB
+	// store is the MQTT session store (a broker hook on db).
+	store *broker.Storage
+	// registry holds devices, users, tokens and sessions (on db); auth is
+	// the broker's access hook on it.
+	registry *devices.Registry
+	auth     *broker.Auth
+	// data holds telemetry history, commands and twins (on db).
+	data *deviceData
 
 	httpLn, httpsLn net.Listener
 	httpSrv         []*http.Server
@@ -146,9 +162,10 @@ type app struct {
 }
 
 // startApp builds and starts everything cfg asks for. On error nothing is
-// left running.
-func startApp(cfg configs.Config, log *slog.Logger) (a *app, err error) {
-	a = &app{cfg: cfg, log: log, failed: make(chan error, 4)}
+// left running. (The result is unnamed on purpose: the deferred clean-ups
+// below use a, which a named result would have set to nil by then.)
+func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
+	a := &app{cfg: cfg, log: log, failed: make(chan error, 4)}
 	var tlsConf *tls.Config
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
@@ -157,20 +174,86 @@ func startApp(cfg configs.Config, log *slog.Logger) (a *app, err error) {
 		}
 		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf})
+	if a.db, err = devices.OpenDB(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	a.store = broker.NewStorage(a.db, &broker.StorageOptions{Logger: log})
+	defer func() {
+		if err != nil {
+			_ = a.store.Stop()
+			_ = a.db.Close()
+		}
+	}()
+	if a.registry, err = devices.OpenRegistry(context.Background(), a.db, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = a.registry.Close() // before the deferred db.Close above
+		}
+	}()
+	// First start: create user admin. The generated password is the one
+	// secret ever written to the log, once.
+	generated, err := a.registry.EnsureAdmin(context.Background(), os.Getenv("TETHER_ADMIN_PASSWORD"))
+	if err != nil {
+		return nil, err
+	}
+	if generated != "" {
+		log.Warn("first start: created user admin with a generated password; it is shown only this once, "+
+			"change it or keep it safe (set TETHER_ADMIN_PASSWORD on first start to choose it)",
+			"user", devices.AdminUser, "password", generated)
+	}
+	if a.data, err = openDeviceData(cfg, a.db, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = a.data.close()
+		}
+	}()
+	a.auth = broker.NewAuth(broker.AuthOptions{
+		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log,
+	})
+	// The session store stays the last hook: it must see each PUBLISH as
+	// the other hooks left it.
+	pubLimit := broker.NewPublishLimit(cfg.Limits.PublishRatePerClient)
+	clock := dashboard.NewClientClock() // connection times for GET /api/v1/clients
+	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit, clock}, a.data.hooks()...), a.store)})
 	if err != nil {
 		return nil, err
 	}
 	a.broker = b
+	a.store.Attach(b.Server)
+	a.data.attach(b.Server)
+	defer func() {
+		if err != nil {
+			b.Abort() // release the MQTT sockets New bound
+		}
+	}()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(broker.NewCollector(b))
+	httpLimit := listeners.NewHTTPLimit(cfg.Limits.HTTPMaxBodyBytes)
+	reg.MustRegister(a.store.Collector(), pubLimit, b.Limits, httpLimit)
+	reg.MustRegister(a.auth)
+	reg.MustRegister(a.data.collectors()...)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	api, err := dashboard.NewAPI(dashboard.APIOptions{
+		Registry: a.registry, Broker: b, Clients: clock, Logger: log, Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
+		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
+		TrustedProxies: cfg.HTTP.TrustedProxies,
+	})
+	if err != nil {
+		return nil, err
+	}
 
 	ready := func() error {
 		if b.Closing() {
 			return errors.New("shutting down")
+		}
+		if err := a.store.Healthy(); err != nil {
+			return err
 		}
 		return nil
 	}
@@ -200,13 +283,16 @@ func startApp(cfg configs.Config, log *slog.Logger) (a *app, err error) {
 	}
 	serve := func(ln net.Listener, mqttHandler http.Handler, secure bool) {
 		srv := &http.Server{
-			Handler: dashboard.NewHandler(dashboard.Options{
+			Handler: httpLimit.Handler(dashboard.NewHandler(dashboard.Options{
 				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Logger: log,
-			}),
+				API: api, UI: dashboard.UI(),
+			})),
 			ReadHeaderTimeout: cfg.HTTP.HandshakeTimeout,
-			IdleTimeout:       2 * time.Minute,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+			// Headers and body; a hijacked WebSocket loses this deadline.
+			ReadTimeout:    cfg.Limits.HTTPReadTimeout,
+			IdleTimeout:    2 * time.Minute,
+			MaxHeaderBytes: 64 << 10,
+			ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		}
 		a.httpSrv = append(a.httpSrv, srv)
 		a.wg.Add(1)
@@ -251,6 +337,9 @@ func (a *app) shutdown(ctx context.Context) error {
 			}
 		}
 		a.wg.Wait()
+		errs = append(errs, a.data.close())     // flushes telemetry, commands, twins
+		errs = append(errs, a.registry.Close()) // flushes presence
+		errs = append(errs, a.db.Close())
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr

@@ -1,0 +1,273 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// AuthOptions configure the access hook. Zero durations mean the defaults.
+type AuthOptions struct {
+	// Registry authenticates devices and users. Required.
+	Registry *devices.Registry
+	// AllowAnonymous lets clients without credentials in, with full
+	// access (auth.allow_anonymous). Clients that do send credentials
+	// are still checked.
+	AllowAnonymous bool
+	// Logger receives the hook's log; nil means slog.Default().
+	Logger *slog.Logger
+	// FailureDelay is the delay before refusing the second failed login in
+	// a row from one address or for one name; it doubles with each further
+	// failure up to MaxFailureDelay (defaults 250ms and 5s). Failures older
+	// than FailureWindow (default 5m) are forgotten.
+	FailureDelay, MaxFailureDelay, FailureWindow time.Duration
+}
+
+// Auth is the access hook (Options.Access): it authenticates every CONNECT
+// against the device registry, holds the connected identity of each client
+// in memory, decides every publish, subscribe and delivery from it (SPEC
+// §5; see auth_acl.go), publishes devices' presence, and disconnects a device
+// or user the registry revokes.
+//
+// It is also a prometheus.Collector for its counters.
+type Auth struct {
+	mqtt.HookBase
+
+	reg   *devices.Registry
+	anon  bool
+	log   *slog.Logger
+	srv   *mqtt.Server
+	fails *failures
+	m     *authMetrics
+
+	// clients maps each connected *mqtt.Client to its *conn.
+	clients sync.Map
+	// current maps a device id to the *mqtt.Client that last
+	// authenticated as it, so that a connection taken over by a newer one
+	// does not mark the device offline.
+	current sync.Map
+
+	// stopMu guards stopped and wg.Add, so that no revocation starts
+	// once Stop waits.
+	stopMu  sync.Mutex
+	stopped bool
+	stop    chan struct{}
+	wg      sync.WaitGroup // revocation goroutines
+}
+
+// conn is what the hook knows of one connected client.
+type conn struct {
+	id        devices.Identity
+	anonymous bool
+	// revoked: being disconnected; may do nothing more.
+	revoked bool
+	// pub and sub are the ACL patterns of a device (auth_acl.go).
+	pub, sub []string
+}
+
+// NewAuth returns the access hook; pass it as Options.Access. The broker
+// binds it to its engine in New.
+func NewAuth(opts AuthOptions) *Auth {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Auth{
+		reg:   opts.Registry,
+		anon:  opts.AllowAnonymous,
+		log:   log.With("component", "auth"),
+		fails: newFailures(opts.FailureDelay, opts.MaxFailureDelay, opts.FailureWindow),
+		m:     newAuthMetrics(),
+		stop:  make(chan struct{}),
+	}
+	a.reg.OnRevoke(a.revoke)
+	return a
+}
+
+// bind gives the hook the engine it serves; broker.New calls it.
+func (a *Auth) bind(srv *mqtt.Server) { a.srv = srv }
+
+// ID implements mqtt.Hook.
+func (a *Auth) ID() string { return "tether-auth" }
+
+// Provides implements mqtt.Hook.
+func (a *Auth) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnStarted:
+		return true
+	}
+	return false
+}
+
+// Stop implements mqtt.Hook: it ends pending login delays and waits for
+// revocations in progress. The engine calls it from Server.Close.
+func (a *Auth) Stop() error {
+	a.stopMu.Lock()
+	if !a.stopped {
+		a.stopped = true
+		close(a.stop)
+	}
+	a.stopMu.Unlock()
+	a.wg.Wait()
+	return nil
+}
+
+// OnConnect authenticates the client, or refuses it with the CONNACK code
+// that says why [MQTT-3.2.2-6]: 0x86 bad username or password (3.1.1:
+// 0x05) for wrong, unknown or disabled credentials, 0x87 not authorized
+// (3.1.1: 0x05) without credentials, 0x85 client identifier not valid
+// (3.1.1: 0x02) when a device's client id is not its id or someone else
+// takes a device's client id. It runs on the connecting client's own
+// goroutine: its bcrypt (people's passwords) and its failure delay hold up
+// nobody else.
+func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
+	transport := Transport(cl)
+	if pass == "" {
+		// No credentials (a name alone is none): anonymous, if allowed.
+		if !a.anon {
+			return a.refuse(cl, "", packets.ErrNotAuthorized, "no_credentials")
+		}
+		a.clients.Store(cl, &conn{anonymous: true})
+		a.m.logins.WithLabelValues("anonymous", transport).Inc()
+		return nil
+	}
+	id, err := a.reg.Authenticate(context.Background(), user, pass)
+	if err != nil {
+		if !errors.Is(err, devices.ErrUnauthorized) {
+			a.log.Error("authenticate", "client", cl.ID, "username", user, "error", err)
+		}
+		return a.refuse(cl, user, packets.ErrBadUsernameOrPassword, "bad_credentials")
+	}
+	c := &conn{id: id}
+	if id.Kind == devices.KindDevice {
+		if cl.ID != id.Name { // a device's client id is its id (SPEC §5)
+			return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
+		}
+		c.pub, c.sub = devicePatterns(id.Name)
+	} else if a.reg.HasDevice(cl.ID) {
+		// A person must not take over a device's session.
+		return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
+	}
+	a.fails.succeeded(user)
+	a.clients.Store(cl, c)
+	if id.Kind == devices.KindDevice {
+		a.current.Store(id.Name, cl)
+	}
+	a.m.logins.WithLabelValues(id.Kind, transport).Inc()
+	a.log.Debug("client authenticated", "client", cl.ID, "kind", id.Kind, "name", id.Name, "via", id.Via, "transport", transport)
+	return nil
+}
+
+// refuse counts a failed login, waits the failure delay for the remote
+// address and the name, then sends the refusal CONNACK.
+func (a *Auth) refuse(cl *mqtt.Client, user string, code packets.Code, reason string) error {
+	a.m.failures.WithLabelValues(reason, Transport(cl)).Inc()
+	d := a.fails.failed(remoteIP(cl.Net.Remote), user)
+	if d > 0 {
+		a.m.delayed.Inc()
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-a.stop:
+			t.Stop()
+		}
+	}
+	a.log.Debug("login refused", "client", cl.ID, "username", user, "remote", cl.Net.Remote,
+		"reason", reason, "delay", d)
+	return Refuse(a.srv, cl, code)
+}
+
+// OnConnectAuthenticate lets in the clients OnConnect accepted.
+func (a *Auth) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	_, ok := a.clients.Load(cl)
+	return ok
+}
+
+// OnSessionEstablished publishes a device's presence once its CONNACK is
+// sent.
+func (a *Auth) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if c := a.conn(cl); c != nil && c.id.Kind == devices.KindDevice {
+		a.online(cl, c.id.Name)
+	}
+}
+
+// OnDisconnect forgets the client and records a device offline unless a
+// newer connection has taken its session over.
+func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	v, ok := a.clients.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	if c := v.(*conn); c.id.Kind == devices.KindDevice {
+		a.offline(cl, c.id.Name)
+	}
+}
+
+func (a *Auth) conn(cl *mqtt.Client) *conn {
+	v, ok := a.clients.Load(cl)
+	if !ok {
+		return nil
+	}
+	return v.(*conn)
+}
+
+// revoke disconnects every client that rv matches (a device disabled,
+// deleted or rotated; a user deleted; a session logged out; a token
+// revoked). Registry.OnRevoke calls it after the change is committed; it
+// does not block the caller.
+func (a *Auth) revoke(rv devices.Revocation) {
+	a.stopMu.Lock()
+	defer a.stopMu.Unlock()
+	if a.stopped {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		matched := false
+		defer func() {
+			// A deleted device that was not connected: its retained
+			// status goes now (a connected one's goes as it disconnects).
+			if !matched && rv.SessionID == "" && rv.TokenID == "" && !a.reg.HasDevice(rv.Name) {
+				a.clearStatus(rv.Name)
+			}
+		}()
+		a.clients.Range(func(k, v any) bool {
+			cl, c := k.(*mqtt.Client), v.(*conn)
+			if c.anonymous || c.revoked || !rv.Matches(c.id) {
+				return true
+			}
+			matched = true
+			a.m.revoked.Inc()
+			a.log.Info("disconnecting revoked client", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name)
+			// Forget it now, so that nothing it sends meanwhile passes
+			// the ACL.
+			a.clients.Store(cl, &conn{id: c.id, revoked: true})
+			if cl.Properties.ProtocolVersion == 5 {
+				_ = a.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+			} else {
+				cl.Stop(packets.ErrNotAuthorized)
+			}
+			return true
+		})
+	}()
+}
+
+// Identity returns who cl connected as; ok is false for a client the hook
+// does not know (or an anonymous one, when allowed). For GET /clients.
+func (a *Auth) Identity(cl *mqtt.Client) (id devices.Identity, ok bool) {
+	c := a.conn(cl)
+	if c == nil || c.anonymous {
+		return devices.Identity{}, false
+	}
+	return c.id, true
+}

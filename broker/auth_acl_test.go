@@ -1,0 +1,123 @@
+package broker
+
+import (
+	"testing"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+func TestWithin(t *testing.T) {
+	tests := []struct {
+		filter, pattern string
+		want            bool
+	}{
+		{"devices/a/telemetry", "devices/a/telemetry", true},
+		{"devices/a/telemetry/x", "devices/a/telemetry", false},
+		{"devices/a", "devices/a/telemetry", false},
+		{"devices/a/commands", "devices/a/commands/#", true},
+		{"devices/a/commands/reboot", "devices/a/commands/#", true},
+		{"devices/a/commands/+", "devices/a/commands/#", true},
+		{"devices/a/commands/#", "devices/a/commands/#", true},
+		{"devices/+/commands/#", "devices/a/commands/#", false},
+		{"devices/#", "devices/a/commands/#", false},
+		{"#", "devices/a/commands/#", false},
+		{"+/a/commands/x", "devices/a/commands/#", false},
+		{"devices/b/commands/x", "devices/+/commands/#", true},
+		{"devices/+/commands/x", "devices/+/commands/#", true},
+		{"devices/b/twin/desired", "devices/+/commands/#", false},
+		{"devices//commands/x", "devices/a/commands/#", false},
+		{"$SYS/broker/uptime", "$SYS/#", true},
+		{"$SYS/#", "devices/#", false},
+	}
+	for _, tt := range tests {
+		if got := within(tt.filter, tt.pattern); got != tt.want {
+			t.Errorf("within(%q, %q) = %v, want %v", tt.filter, tt.pattern, got, tt.want)
+		}
+	}
+}
+
+func TestACLRules(t *testing.T) {
+	dev := func(id string) *conn {
+		pub, sub := devicePatterns(id)
+		return &conn{id: devices.Identity{Kind: devices.KindDevice, Name: id}, pub: pub, sub: sub}
+	}
+	user := func(role string) *conn {
+		return &conn{id: devices.Identity{Kind: devices.KindUser, Name: "u", Role: role}}
+	}
+	const pub, sub = true, false
+	tests := []struct {
+		name  string
+		c     *conn
+		topic string
+		write bool
+		want  bool
+	}{
+		{"device own telemetry", dev("a"), "devices/a/telemetry", pub, true},
+		{"device own reported", dev("a"), "devices/a/twin/reported", pub, true},
+		{"device own response", dev("a"), "devices/a/responses/c1", pub, true},
+		{"device own status", dev("a"), "devices/a/status", pub, false},
+		{"device own desired", dev("a"), "devices/a/twin/desired", pub, false},
+		{"device own command", dev("a"), "devices/a/commands/x", pub, false},
+		{"device other telemetry", dev("a"), "devices/b/telemetry", pub, false},
+		{"device other response", dev("a"), "devices/b/responses/c1", pub, false},
+		{"device elsewhere", dev("a"), "plain/topic", pub, false},
+		{"device sub own commands", dev("a"), "devices/a/commands/#", sub, true},
+		{"device sub own desired", dev("a"), "devices/a/twin/desired", sub, true},
+		{"device sub own telemetry", dev("a"), "devices/a/telemetry", sub, false},
+		{"device sub other commands", dev("a"), "devices/b/commands/#", sub, false},
+		{"device sub all commands", dev("a"), "devices/+/commands/#", sub, false},
+		{"device sub devices/#", dev("a"), "devices/#", sub, false},
+		{"device sub #", dev("a"), "#", sub, false},
+		{"device sub shared own", dev("a"), "$share/g/devices/a/commands/#", sub, true},
+		{"device sub shared other", dev("a"), "$share/g/devices/b/commands/#", sub, false},
+		{"device sub $SYS", dev("a"), "$SYS/#", sub, false},
+		{"device prefix id", dev("a"), "devices/ab/commands/x", sub, false},
+		{"viewer reads devices", user(devices.RoleViewer), "devices/#", sub, true},
+		{"viewer reads $SYS", user(devices.RoleViewer), "$SYS/#", sub, true},
+		{"viewer reads #", user(devices.RoleViewer), "#", sub, false},
+		{"viewer reads other", user(devices.RoleViewer), "plain/topic", sub, false},
+		{"viewer sends command", user(devices.RoleViewer), "devices/a/commands/x", pub, false},
+		{"viewer publishes telemetry", user(devices.RoleViewer), "devices/a/telemetry", pub, false},
+		{"operator sends command", user(devices.RoleOperator), "devices/a/commands/x", pub, true},
+		{"operator reads", user(devices.RoleOperator), "devices/+/responses/#", sub, true},
+		{"operator sets desired", user(devices.RoleOperator), "devices/a/twin/desired", pub, false},
+		{"operator fakes status", user(devices.RoleOperator), "devices/a/status", pub, false},
+		{"operator fakes telemetry", user(devices.RoleOperator), "devices/a/telemetry", pub, false},
+		{"admin anything", user(devices.RoleAdmin), "#", sub, true},
+		{"admin publishes anywhere", user(devices.RoleAdmin), "devices/a/twin/desired", pub, true},
+		{"anonymous (allowed)", &conn{anonymous: true}, "#", sub, true},
+		{"revoked admin", &conn{id: devices.Identity{Kind: devices.KindUser, Role: devices.RoleAdmin}, revoked: true}, "x", pub, false},
+		{"user without role", user(""), "devices/#", sub, false},
+	}
+	for _, tt := range tests {
+		if got := tt.c.allows(tt.topic, tt.write); got != tt.want {
+			t.Errorf("%s: allows(%q, write=%v) = %v, want %v", tt.name, tt.topic, tt.write, got, tt.want)
+		}
+	}
+}
+
+func TestFailureDelay(t *testing.T) {
+	f := newFailures(10e6, 80e6, 0) // 10ms doubling to 80ms
+	var got []int64
+	for range 6 {
+		got = append(got, int64(f.failed("10.0.0.1", "x"))/1e6)
+	}
+	want := []int64{0, 10, 20, 40, 80, 80}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("delays %v ms, want %v", got, want)
+		}
+	}
+	// Another address, another name: not slowed.
+	if d := f.failed("10.0.0.2", "y"); d != 0 {
+		t.Fatalf("other client delayed %v", d)
+	}
+	// The same name from elsewhere is.
+	if d := f.failed("10.0.0.3", "x"); d != 80e6 {
+		t.Fatalf("same name elsewhere: %v", d)
+	}
+	f.succeeded("x")
+	if d := f.failed("10.0.0.4", "x"); d != 0 {
+		t.Fatalf("after success: %v", d)
+	}
+}

@@ -1,0 +1,54 @@
+package broker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// authMetrics are the access hook's counters.
+type authMetrics struct {
+	logins   *prometheus.CounterVec
+	failures *prometheus.CounterVec
+	delayed  prometheus.Counter
+	denied   *prometheus.CounterVec
+	revoked  prometheus.Counter
+	presence *prometheus.CounterVec
+}
+
+func newAuthMetrics() *authMetrics {
+	return &authMetrics{
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_auth_logins_total", Help: "MQTT logins accepted, by kind (device, user, anonymous) and transport.",
+		}, []string{"kind", "transport"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_auth_failures_total", Help: "MQTT logins refused, by reason (bad_credentials, no_credentials, client_id) and transport.",
+		}, []string{"reason", "transport"}),
+		delayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_auth_failures_delayed_total", Help: "Refused MQTT logins slowed down because of earlier failures from the same address or for the same name.",
+		}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_acl_denied_total", Help: "Publishes and subscriptions/deliveries the ACL refused.",
+		}, []string{"action"}),
+		revoked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_auth_revoked_disconnects_total", Help: "Clients disconnected because their device or user was disabled, deleted or re-keyed.",
+		}),
+		presence: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_device_presence_total", Help: "Device presence changes published, by state (online, offline).",
+		}, []string{"state"}),
+	}
+}
+
+func (m *authMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.presence}
+}
+
+// Describe implements prometheus.Collector.
+func (a *Auth) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range a.m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (a *Auth) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range a.m.collectors() {
+		c.Collect(ch)
+	}
+}

@@ -1,0 +1,93 @@
+package broker
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// Status is the retained payload of devices/{id}/status (SPEC §4).
+type Status struct {
+	Online    bool   `json:"online"`
+	Since     string `json:"since"` // RFC 3339
+	Transport string `json:"transport"`
+}
+
+// StatusTopic is the topic of a device's retained status.
+func StatusTopic(id string) string { return "devices/" + id + "/status" }
+
+// online records device id connected through cl: in the registry (queued)
+// and as its retained status.
+func (a *Auth) online(cl *mqtt.Client, id string) {
+	now := time.Now().UTC()
+	a.reg.RecordPresence(devices.Presence{
+		DeviceID: id, Online: true, At: now, Transport: Transport(cl),
+		RemoteAddr: cl.Net.Remote, ProtocolVersion: int(cl.Properties.ProtocolVersion),
+	})
+	a.publishStatus(id, Status{Online: true, Since: now.Format(time.RFC3339), Transport: Transport(cl)})
+	a.m.presence.WithLabelValues("online").Inc()
+}
+
+// offline records device id disconnected from cl, unless a newer
+// connection for the same id has authenticated since: a session taken
+// over by a reconnect must not flap to offline. The newer connection
+// counts only while it is open: if it failed before attaching, nobody
+// else would say offline.
+func (a *Auth) offline(cl *mqtt.Client, id string) {
+	if v, ok := a.current.Load(id); ok && v != cl && !v.(*mqtt.Client).Closed() {
+		return
+	}
+	a.current.CompareAndDelete(id, cl)
+	if !a.reg.HasDevice(id) { // deleted: its status goes too
+		a.clearStatus(id)
+		return
+	}
+	now := time.Now().UTC()
+	a.reg.RecordPresence(devices.Presence{DeviceID: id, Online: false, At: now})
+	a.publishStatus(id, Status{Online: false, Since: now.Format(time.RFC3339), Transport: Transport(cl)})
+	a.m.presence.WithLabelValues("offline").Inc()
+}
+
+// clearStatus removes a deleted device's retained status (an empty
+// retained message deletes it [MQTT-3.3.1-10]).
+func (a *Auth) clearStatus(id string) {
+	if err := a.srv.Publish(StatusTopic(id), nil, true, 0); err != nil {
+		a.log.Warn("clear status", "device", id, "error", err)
+	}
+}
+
+func (a *Auth) publishStatus(id string, s Status) {
+	b, _ := json.Marshal(s)
+	if err := a.srv.Publish(StatusTopic(id), b, true, 1); err != nil {
+		a.log.Warn("publish status", "device", id, "error", err)
+	}
+}
+
+// OnStarted turns retained statuses that still say online (the broker was
+// killed before it could say otherwise) to offline, except for devices
+// that have connected since.
+func (a *Auth) OnStarted() {
+	now := time.Now().UTC().Format(time.RFC3339)
+	for topic, pk := range a.srv.Topics.Retained.GetAll() {
+		rest, ok := strings.CutPrefix(topic, "devices/")
+		if !ok {
+			continue
+		}
+		id, ok := strings.CutSuffix(rest, "/status")
+		if !ok || strings.Contains(id, "/") {
+			continue
+		}
+		var s Status
+		if json.Unmarshal(pk.Payload, &s) != nil || !s.Online {
+			continue
+		}
+		if _, connected := a.current.Load(id); connected {
+			continue
+		}
+		a.publishStatus(id, Status{Online: false, Since: now, Transport: s.Transport})
+	}
+}

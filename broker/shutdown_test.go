@@ -1,0 +1,104 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/tether-iot/tether/configs"
+)
+
+// TestShutdown: MQTT 5 clients get DISCONNECT 0x8B, 3.1.1 clients are
+// closed, nothing is accepted afterwards, and Shutdown is idempotent.
+func TestShutdown(t *testing.T) {
+	b, _ := testBroker(t, nil)
+	v5, _, _ := dialConnect(t, b.TCP.Address(), 5, "five")
+	v3, _, _ := dialConnect(t, b.TCP.Address(), 4, "three")
+	addr := b.TCP.Address()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Shutdown took %v with only well-behaved clients", d)
+	}
+	for _, tt := range []struct {
+		name string
+		c    net.Conn
+		want []byte
+	}{
+		{"mqtt 5", v5, []byte{0xe0}},
+		{"mqtt 3.1.1", v3, nil},
+	} {
+		tt.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, _ := io.ReadAll(tt.c)
+		if !bytes.HasPrefix(got, tt.want) {
+			t.Errorf("%s client read %x, want %x...", tt.name, got, tt.want)
+		}
+		if tt.want != nil && (len(got) < 3 || got[2] != 0x8B) {
+			t.Errorf("%s client read %x, want DISCONNECT 0x8B", tt.name, got)
+		}
+		if tt.want == nil && len(got) != 0 {
+			t.Errorf("%s client read %x, want a plain close", tt.name, got)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("TCP listener still accepts after Shutdown")
+	}
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatalf("second Shutdown: %v", err)
+	}
+	if !b.Closing() {
+		t.Fatal("Closing() false after Shutdown")
+	}
+}
+
+// TestShutdownGrace: a connection that is not an MQTT client yet (a
+// WebSocket that never sent CONNECT) holds Shutdown only until ctx ends;
+// then it is closed, and the WebSocket handler answers 503.
+func TestShutdownGrace(t *testing.T) {
+	b, wsURL := testBroker(t, func(c *configs.Config) { c.MQTT.ConnectTimeout = time.Minute })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	deadline := time.Now().Add(5 * time.Second)
+	for b.WS.Stats().Open.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the WebSocket connection never reached the engine")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	grace, cancelGrace := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelGrace()
+	start := time.Now()
+	if err := b.Shutdown(grace); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("Shutdown took %v, want about the 300ms grace", d)
+	}
+	if _, _, err := ws.Read(ctx); err == nil {
+		t.Fatal("connection still open after Shutdown")
+	}
+	if n := b.WS.Stats().Open.Load(); n != 0 {
+		t.Fatalf("%d connections open after Shutdown", n)
+	}
+	_, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+	if err == nil || resp == nil || resp.StatusCode != 503 {
+		t.Fatalf("upgrade after Shutdown: %v, %v; want 503", resp, err)
+	}
+}

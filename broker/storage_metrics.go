@@ -1,0 +1,59 @@
+package broker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// storeMetrics are the session store's counts.
+type storeMetrics struct {
+	commits, ops, errors, dropped, unsafeAcks prometheus.Counter
+	commitSeconds                             prometheus.Histogram
+
+	queueBytes func() int   // set by NewStorage
+	healthy    func() error // set by NewStorage
+
+	queueDesc, healthyDesc *prometheus.Desc
+}
+
+func newStoreMetrics() *storeMetrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_store_" + name, Help: help})
+	}
+	return &storeMetrics{
+		commits:    c("commits_total", "Session store transactions committed."),
+		ops:        c("ops_written_total", "Session store changes written."),
+		errors:     c("errors_total", "Session store transactions that failed (and were retried)."),
+		dropped:    c("ops_dropped_total", "Session store changes dropped because SQLite failed for longer than the queue could hold (the store is then rewritten from memory)."),
+		unsafeAcks: c("acks_not_durable_total", "QoS 1/2 acknowledgements sent before their message was on disk, because the store was failing or slower than its commit timeout."),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tether_store_commit_seconds",
+			Help:    "Time to write and commit one session store batch.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1, 5},
+		}),
+		queueDesc:   prometheus.NewDesc("tether_store_queue_bytes", "Bytes of session store changes waiting to be written.", nil, nil),
+		healthyDesc: prometheus.NewDesc("tether_store_healthy", "1 when the session store is writing, 0 while SQLite fails.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (m *storeMetrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.commitSeconds} {
+		c.Describe(ch)
+	}
+	ch <- m.queueDesc
+	ch <- m.healthyDesc
+}
+
+// Collect implements prometheus.Collector.
+func (m *storeMetrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.commitSeconds} {
+		c.Collect(ch)
+	}
+	ch <- prometheus.MustNewConstMetric(m.queueDesc, prometheus.GaugeValue, float64(m.queueBytes()))
+	h := 1.0
+	if m.healthy() != nil {
+		h = 0
+	}
+	ch <- prometheus.MustNewConstMetric(m.healthyDesc, prometheus.GaugeValue, h)
+}
+
+// Collector returns the store's Prometheus collector.
+func (s *Storage) Collector() prometheus.Collector { return s.metrics }

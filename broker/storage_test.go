@@ -1,0 +1,365 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
+)
+
+// storeNode is a broker with a session store on dir's database.
+type storeNode struct {
+	b     *Broker
+	store *Storage
+	db    *devices.DB
+	addr  string
+}
+
+func storeLogger() *slog.Logger {
+	if os.Getenv("TETHER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func startStoreNode(t *testing.T, dir string, opts *StorageOptions) *storeNode {
+	t.Helper()
+	db, err := devices.OpenDB(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := configs.Default()
+	cfg.DataDir = dir
+	cfg.MQTT.Addr = "127.0.0.1:0"
+	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
+	cfg.MQTT.MaxInflight = 5000
+	cfg.Auth.AllowAnonymous = true
+	o := StorageOptions{Logger: storeLogger()}
+	if opts != nil {
+		o = *opts
+		o.Logger = storeLogger()
+	}
+	st := NewStorage(db, &o)
+	b, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
+	if err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	st.Attach(b.Server)
+	if err := b.Start(); err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	n := &storeNode{b: b, store: st, db: db, addr: b.TCP.Address()}
+	t.Cleanup(n.stop)
+	return n
+}
+
+// stop shuts the broker down (which stops and flushes the store), then
+// closes the database. Idempotent.
+func (n *storeNode) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = n.b.Shutdown(ctx)
+	_ = n.db.Close()
+}
+
+// storeClient connects a 3.1.1 client; clean=false makes it persistent.
+func storeClient(t *testing.T, addr, id string, clean bool, onMsg func(paho3.Message)) paho3.Client {
+	t.Helper()
+	o := paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
+		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(5 * time.Second).SetOrderMatters(false)
+	if onMsg != nil {
+		o.SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { onMsg(m) })
+	}
+	c := paho3.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+func waitToken(t *testing.T, what string, tok paho3.Token) {
+	t.Helper()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("%s: %v", what, tok.Error())
+	}
+}
+
+func storeCheckFor(t *testing.T, d time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", d, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// received collects payloads, safe for paho's goroutines.
+type received struct {
+	mu  sync.Mutex
+	got map[string]int
+}
+
+func (r *received) add(m paho3.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.got == nil {
+		r.got = map[string]int{}
+	}
+	r.got[string(m.Payload())]++
+}
+
+func (r *received) distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got)
+}
+
+func TestStorageSessionAndRetainedSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	n := startStoreNode(t, dir, nil)
+	sub := storeClient(t, n.addr, "sub-persistent", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("store/t/#", 1, nil))
+	sub.Disconnect(100)
+
+	pub := storeClient(t, n.addr, "pub", true, nil)
+	const count = 500
+	for i := range count {
+		waitToken(t, "publish", pub.Publish("store/t/x", 1, false, fmt.Sprintf("m%d", i)))
+	}
+	waitToken(t, "publish retained", pub.Publish("store/r", 1, true, "kept"))
+	pub.Disconnect(100)
+	n.stop()
+
+	n2 := startStoreNode(t, dir, nil)
+	var got received
+	storeClient(t, n2.addr, "sub-persistent", false, got.add)
+	storeCheckFor(t, 10*time.Second, func() error {
+		if d := got.distinct(); d < count {
+			return fmt.Errorf("subscriber has %d of %d messages", d, count)
+		}
+		return nil
+	})
+	var ret received
+	c := storeClient(t, n2.addr, "late", true, ret.add)
+	waitToken(t, "subscribe retained", c.Subscribe("store/r", 1, nil))
+	storeCheckFor(t, 5*time.Second, func() error {
+		if ret.distinct() != 1 {
+			return fmt.Errorf("retained message not delivered")
+		}
+		return nil
+	})
+}
+
+// After each PUBACK the publisher receives, the message is on disk for
+// the offline persistent subscriber: as a fan-out record or an inflight
+// row.
+func TestStorageAckedMeansOnDisk(t *testing.T) {
+	n := startStoreNode(t, t.TempDir(), nil)
+	sub := storeClient(t, n.addr, "sub-off", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("ack/#", 1, nil))
+	sub.Disconnect(100)
+	pub := storeClient(t, n.addr, "pub-ack", true, nil)
+	for i := range 200 {
+		p := fmt.Sprintf("a%d", i)
+		waitToken(t, "publish", pub.Publish("ack/x", 1, false, p))
+		var found int
+		err := n.db.R.QueryRow(`SELECT COUNT(*) FROM (
+			SELECT payload FROM mqtt_inflight WHERE client_id = 'sub-off' AND payload = ?1
+			UNION ALL SELECT m.payload FROM mqtt_pending p JOIN mqtt_messages m ON m.seq = p.seq
+			WHERE p.client_id = 'sub-off' AND m.payload = ?1)`, []byte(p)).Scan(&found)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if found == 0 {
+			t.Fatalf("message %s acknowledged but not on disk", p)
+		}
+	}
+}
+
+// Many publishers at once share transactions.
+func TestStorageGroupCommit(t *testing.T) {
+	n := startStoreNode(t, t.TempDir(), nil)
+	sub := storeClient(t, n.addr, "sub-gc", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("gc/#", 1, nil))
+	sub.Disconnect(100)
+	const pubs, each = 8, 100
+	var wg sync.WaitGroup
+	for p := range pubs {
+		c := storeClient(t, n.addr, fmt.Sprintf("gc-pub-%d", p), true, nil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			toks := make([]paho3.Token, 0, each)
+			for i := range each {
+				toks = append(toks, c.Publish("gc/x", 1, false, fmt.Sprintf("%d-%d", p, i)))
+			}
+			for _, tk := range toks {
+				tk.WaitTimeout(10 * time.Second)
+			}
+		}()
+	}
+	wg.Wait()
+	commits := testCounter(t, n.store.metrics.commits)
+	if commits >= pubs*each {
+		t.Errorf("%v commits for %d messages: no grouping", commits, pubs*each)
+	}
+	t.Logf("%d messages in %v commits", pubs*each, commits)
+}
+
+// When SQLite cannot write (here: the database may not grow, as on a full
+// disk), routing goes on, Healthy reports the fault, and the store
+// catches up once the fault clears.
+func TestStorageDiskFullRecovers(t *testing.T) {
+	n := startStoreNode(t, t.TempDir(), &StorageOptions{MaxQueueBytes: 256 << 10})
+	var got received
+	sub := storeClient(t, n.addr, "sub-full", false, got.add)
+	waitToken(t, "subscribe", sub.Subscribe("full/#", 1, nil))
+	storeCheckFor(t, 5*time.Second, func() error { return n.store.Healthy() })
+
+	var pages int
+	if err := n.db.W.QueryRow(`PRAGMA page_count`).Scan(&pages); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.db.W.Exec(fmt.Sprintf(`PRAGMA max_page_count = %d`, pages)); err != nil {
+		t.Fatal(err)
+	}
+	pub := storeClient(t, n.addr, "pub-full", true, nil)
+	big := strings.Repeat("x", 8<<10)
+	const count = 200 // 1.6 MB: more than the queue may hold
+	for i := range count {
+		waitToken(t, "publish", pub.Publish("full/x", 1, false, fmt.Sprintf("%d-%s", i, big)))
+	}
+	storeCheckFor(t, 5*time.Second, func() error {
+		if n.store.Healthy() == nil {
+			return fmt.Errorf("store reports healthy on a full database")
+		}
+		return nil
+	})
+	storeCheckFor(t, 10*time.Second, func() error {
+		if d := got.distinct(); d < count {
+			return fmt.Errorf("routing: subscriber has %d of %d", d, count)
+		}
+		return nil
+	})
+	if _, err := n.db.W.Exec(`PRAGMA max_page_count = 1073741823`); err != nil {
+		t.Fatal(err)
+	}
+	storeCheckFor(t, 15*time.Second, func() error { return n.store.Healthy() })
+	// The store holds the session again (rewritten from memory).
+	storeCheckFor(t, 5*time.Second, func() error {
+		var subs int
+		if err := n.db.R.QueryRow(`SELECT COUNT(*) FROM mqtt_subscriptions WHERE client_id = 'sub-full'`).Scan(&subs); err != nil {
+			return err
+		}
+		if subs != 1 {
+			return fmt.Errorf("%d subscriptions stored after recovery", subs)
+		}
+		return nil
+	})
+	if testCounter(t, n.store.metrics.unsafeAcks) == 0 {
+		t.Error("acknowledgements without durability were not counted")
+	}
+}
+
+func testCounter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// BenchmarkStorageQoS1 publishes QoS 1 messages from 8 publishers to an
+// offline persistent subscriber through an in-process broker with the
+// store: b.N acknowledged messages.
+func BenchmarkStorageQoS1(b *testing.B) {
+	dir := b.TempDir()
+	db, err := devices.OpenDB(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := configs.Default()
+	cfg.MQTT.Addr = "127.0.0.1:0"
+	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
+	cfg.MQTT.MaxInflight = 65000
+	cfg.Auth.AllowAnonymous = true
+	st := NewStorage(db, &StorageOptions{Logger: storeLogger()})
+	br, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	st.Attach(br.Server)
+	if err := br.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { br.Shutdown(context.Background()); db.Close() }()
+	addr := br.TCP.Address()
+	connect := func(id string, clean bool) paho3.Client {
+		c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
+			SetCleanSession(clean).SetAutoReconnect(false))
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			b.Fatal(tok.Error())
+		}
+		return c
+	}
+	sub := connect("bench-sub", false)
+	sub.Subscribe("bench/#", 1, nil).Wait()
+	sub.Disconnect(50)
+	const pubs = 8
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for p := range pubs {
+		c := connect(fmt.Sprint("bench-pub-", p), true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var toks []paho3.Token
+			for i := p; i < b.N; i += pubs {
+				toks = append(toks, c.Publish("bench/x", 1, false, "0123456789012345678901234567890123456789"))
+				if len(toks) >= 64 {
+					toks[0].Wait()
+					toks = toks[1:]
+				}
+			}
+			for _, tk := range toks {
+				tk.Wait()
+			}
+			c.Disconnect(0)
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")
+	b.ReportMetric(float64(b.N)/max(testCounterB(st.metrics.commits), 1), "msg/commit")
+}
+
+func testCounterB(c prometheus.Counter) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
+}

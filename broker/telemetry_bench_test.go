@@ -1,0 +1,238 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
+)
+
+// benchDevices is how many device connections publish in the benchmarks.
+const benchDevices = 1000
+
+// BenchmarkTelemetryRouting measures, with 1,000 devices publishing QoS 0
+// telemetry over TCP and one subscriber to devices/+/telemetry, the rate
+// the broker routes messages with the history writer off and on, and with
+// it on the rate points reach SQLite. b.N is the number of messages.
+//
+//	go test -run XXX -bench TelemetryRouting -benchtime 3000000x ./broker/
+func BenchmarkTelemetryRouting(b *testing.B) {
+	for _, history := range []bool{false, true} {
+		b.Run(fmt.Sprintf("history=%v", history), func(b *testing.B) {
+			benchRouting(b, history)
+		})
+	}
+}
+
+func benchRouting(b *testing.B, history bool) {
+	ctx := context.Background()
+	log := storeLogger()
+	cfg := configs.Default()
+	cfg.MQTT.Addr = "127.0.0.1:0"
+	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
+	cfg.MQTT.ClientQueueSize = 1 << 16 // one subscriber takes everything
+	cfg.Auth.AllowAnonymous = true
+	var hooks []mqtt.Hook
+	var tel *devices.Telemetry
+	if history {
+		db, err := devices.OpenDB(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.W.Exec(`CREATE TABLE devices (id TEXT PRIMARY KEY, last_seen TEXT, last_values TEXT NOT NULL DEFAULT '{}')`); err != nil {
+			b.Fatal(err)
+		}
+		for i := range benchDevices {
+			if _, err := db.W.Exec(`INSERT INTO devices(id) VALUES (?)`, fmt.Sprintf("dev-%04d", i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if tel, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{Logger: log}); err != nil {
+			b.Fatal(err)
+		}
+		defer tel.Close()
+		hooks = append(hooks, NewTelemetryHook(tel, log))
+	}
+	br, err := New(cfg, Options{Logger: log, Hooks: hooks})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := br.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_ = br.Shutdown(sctx)
+	}()
+	addr := br.TCP.Address()
+
+	sub := rawConnect(b, addr, "watcher")
+	defer sub.Close()
+	rawSubscribe(b, sub, "devices/+/telemetry")
+	var received atomic.Int64
+	var lastAt atomic.Int64
+	go func() {
+		r := bufio.NewReaderSize(sub, 1<<16)
+		for {
+			typ, n, err := readPacket(r)
+			if err != nil {
+				return
+			}
+			_ = n
+			if typ == packets.Publish {
+				received.Add(1)
+				lastAt.Store(time.Now().UnixNano())
+			}
+		}
+	}()
+
+	conns := make([]net.Conn, benchDevices)
+	msgs := make([][]byte, benchDevices)
+	for i := range conns {
+		id := fmt.Sprintf("dev-%04d", i)
+		conns[i] = rawConnect(b, addr, id)
+		defer conns[i].Close()
+		var buf bytes.Buffer
+		// 16 messages per write: a device sending a burst.
+		for k := range 16 {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+				TopicName: "devices/" + id + "/telemetry",
+				Payload:   fmt.Appendf(nil, `{"temp":%d.5,"hum":%d,"on":true,"fw":"1.2.3"}`, 20+k, 40+i%20)}
+			if err := pk.PublishEncode(&buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		msgs[i] = buf.Bytes()
+	}
+	rounds := (b.N + 16*benchDevices - 1) / (16 * benchDevices)
+	total := int64(rounds * 16 * benchDevices)
+	// Publishers keep at most window messages ahead of the subscriber, so
+	// that the rate measured is what the broker sustains without dropping
+	// at the subscriber's queue.
+	const writers, window = 8, 20000
+	var sent atomic.Int64
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				for i := w; i < benchDevices; i += writers {
+					for sent.Load()-received.Load() > window {
+						time.Sleep(50 * time.Microsecond)
+					}
+					sent.Add(16)
+					if _, err := conns[i].Write(msgs[i]); err != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// Wait until the subscriber has everything, or nothing comes for 2s.
+	for prev := int64(-1); ; {
+		time.Sleep(100 * time.Millisecond)
+		got := received.Load()
+		if got >= total {
+			break
+		}
+		if got == prev && time.Since(time.Unix(0, lastAt.Load())) > 2*time.Second {
+			break
+		}
+		prev = got
+	}
+	routed := time.Duration(lastAt.Load() - start.UnixNano())
+	b.Logf("received by broker %d, dropped by broker %d, routed %d in %v", atomic.LoadInt64(&br.Server.Info.MessagesReceived), atomic.LoadInt64(&br.Server.Info.MessagesDropped), received.Load(), routed)
+	b.ReportMetric(float64(received.Load())/routed.Seconds(), "routed/s")
+	b.ReportMetric(float64(total-received.Load()), "not-routed")
+	if tel != nil {
+		if err := tel.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		el := time.Since(start)
+		stored, dropped := tel.Stats()
+		b.ReportMetric(float64(stored)/el.Seconds(), "stored/s")
+		b.ReportMetric(float64(dropped), "dropped")
+	}
+	b.StopTimer()
+}
+
+func rawConnect(tb testing.TB, addr, id string) net.Conn {
+	tb.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true}}
+	if err := pk.ConnectEncode(&buf); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		tb.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0]>>4 != packets.Connack || ack[3] != 0 {
+		tb.Fatalf("connect %s: %v %x", id, err, ack)
+	}
+	return c
+}
+
+func rawSubscribe(tb testing.TB, c net.Conn, filter string) {
+	tb.Helper()
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: filter}}}
+	if err := pk.SubscribeEncode(&buf); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		tb.Fatal(err)
+	}
+	ack := make([]byte, 5)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0]>>4 != packets.Suback {
+		tb.Fatalf("subscribe: %v %x", err, ack)
+	}
+}
+
+// readPacket reads one MQTT packet's fixed header and skips its body.
+func readPacket(r *bufio.Reader) (byte, int, error) {
+	h, err := r.ReadByte()
+	if err != nil {
+		return 0, 0, err
+	}
+	n, mul := 0, 1
+	for {
+		d, err := r.ReadByte()
+		if err != nil {
+			return 0, 0, err
+		}
+		n += int(d&127) * mul
+		if d&128 == 0 {
+			break
+		}
+		mul *= 128
+	}
+	if _, err := r.Discard(n); err != nil {
+		return 0, 0, err
+	}
+	return h >> 4, n, nil
+}

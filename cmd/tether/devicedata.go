@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
+)
+
+// deviceData is telemetry history, commands and twins: their stores on
+// the database and the broker hooks that feed them.
+type deviceData struct {
+	telemetry *devices.Telemetry
+	commands  *devices.Commands
+	twins     *devices.Twins
+
+	telemetryHook *broker.TelemetryHook
+	commandHook   *broker.CommandHook
+	twinHook      *broker.TwinHook
+}
+
+// openDeviceData opens the three stores on db (migrating their
+// components) and builds their hooks. On error nothing is left running.
+func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *deviceData, err error) {
+	ctx := context.Background()
+	d = &deviceData{}
+	defer func() {
+		if err != nil {
+			_ = d.close()
+		}
+	}()
+	if d.telemetry, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{
+		FlushInterval: cfg.Telemetry.FlushInterval,
+		QueueSize:     cfg.Telemetry.QueueSize,
+		Retention:     cfg.Telemetry.Retention,
+		Logger:        log,
+	}); err != nil {
+		return nil, err
+	}
+	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{Logger: log}); err != nil {
+		return nil, err
+	}
+	if d.twins, err = devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log}); err != nil {
+		return nil, err
+	}
+	d.telemetryHook = broker.NewTelemetryHook(d.telemetry, log)
+	d.commandHook = broker.NewCommandHook(d.commands, log)
+	d.twinHook = broker.NewTwinHook(d.twins, log)
+	return d, nil
+}
+
+// hooks are the broker hooks, to go before the session store.
+func (d *deviceData) hooks() []mqtt.Hook {
+	return []mqtt.Hook{d.telemetryHook, d.commandHook, d.twinHook}
+}
+
+// attach lets the command and twin hooks publish on srv.
+func (d *deviceData) attach(srv *mqtt.Server) {
+	d.commandHook.Attach(srv)
+	d.twinHook.Attach(srv)
+}
+
+func (d *deviceData) collectors() []prometheus.Collector {
+	return []prometheus.Collector{d.telemetry.Collector(), d.commands.Collector(), d.twins.Collector()}
+}
+
+// close flushes and stops the stores; call it after the broker has stopped
+// and before the database closes. Idempotent.
+func (d *deviceData) close() error {
+	var errs []error
+	if d.telemetry != nil {
+		errs = append(errs, d.telemetry.Close())
+	}
+	if d.commands != nil {
+		errs = append(errs, d.commands.Close())
+	}
+	if d.twins != nil {
+		errs = append(errs, d.twins.Close())
+	}
+	return errors.Join(errs...)
+}

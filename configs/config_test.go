@@ -1,0 +1,244 @@
+package configs
+
+import (
+	"bytes"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// TestSampleIsDefault proves configs/tether.yaml states the defaults.
+func TestSampleIsDefault(t *testing.T) {
+	got, err := Parse(bytes.NewReader(Sample))
+	if err != nil {
+		t.Fatalf("parse the sample: %v", err)
+	}
+	if want := Default(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("the sample does not parse to Default():\n got %+v\nwant %+v", got, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Fatalf("the defaults do not validate: %v", err)
+	}
+}
+
+// TestSampleHasEveryKey walks Config and finds each key in the sample.
+func TestSampleHasEveryKey(t *testing.T) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(Sample, &doc); err != nil {
+		t.Fatal(err)
+	}
+	inSample := map[string]bool{}
+	var collect func(n *yaml.Node, prefix string)
+	collect = func(n *yaml.Node, prefix string) {
+		if n.Kind == yaml.DocumentNode {
+			collect(n.Content[0], prefix)
+			return
+		}
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := prefix + n.Content[i].Value
+			inSample[key] = true
+			collect(n.Content[i+1], key+".")
+		}
+	}
+	collect(&doc, "")
+	c := Default()
+	keys := map[string]reflect.Value{}
+	walk(reflect.ValueOf(&c).Elem(), "", keys)
+	if len(keys) < 30 {
+		t.Fatalf("walk found only %d keys", len(keys))
+	}
+	for _, k := range sortedKeys(keys) {
+		if !inSample[k] {
+			t.Errorf("key %s is not documented in configs/tether.yaml", k)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		check      func(c Config) bool
+		wantErr    string
+	}{
+		{"empty file", "", func(c Config) bool { return reflect.DeepEqual(c, Default()) }, ""},
+		{"one key", "mqtt:\n  addr: 127.0.0.1:1999\n", func(c Config) bool {
+			return c.MQTT.Addr == "127.0.0.1:1999" && c.HTTP.Addr == ":8080"
+		}, ""},
+		{"duration", "mqtt:\n  shutdown_grace: 3s\n", func(c Config) bool { return c.MQTT.ShutdownGrace == 3*time.Second }, ""},
+		{"list", "http:\n  allowed_origins: [a.example.com, '*.b.example']\n", func(c Config) bool {
+			return reflect.DeepEqual(c.HTTP.AllowedOrigins, []string{"a.example.com", "*.b.example"})
+		}, ""},
+		{"unknown key", "mqtt:\n  adr: :1\n", nil, "mqtt.adr (line 2): unknown key"},
+		{"wrong type", "mqtt:\n  max_packet_size: lots\n", nil, "mqtt.max_packet_size (line 2): cannot unmarshal"},
+		{"bare number as duration", "mqtt:\n  connect_timeout: 10\n", nil, "mqtt.connect_timeout (line 2): cannot unmarshal"},
+		{"list item", "http:\n  trusted_proxies:\n    - 10.0.0.1\n    - [x]\n", nil, "http.trusted_proxies (line 4)"},
+		{"two documents", "data_dir: a\n---\ndata_dir: b\n", nil, "more than one YAML document"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse(strings.NewReader(tt.yaml))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(c) {
+				t.Fatalf("unexpected config %+v", c)
+			}
+		})
+	}
+}
+
+// TestValidate: each bad value is reported with its key.
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		key    string
+		mutate func(c *Config)
+	}{
+		{"data_dir", func(c *Config) { c.DataDir = "" }},
+		{"log.level", func(c *Config) { c.Log.Level = "loud" }},
+		{"log.format", func(c *Config) { c.Log.Format = "xml" }},
+		{"mqtt.addr", func(c *Config) { c.MQTT.Addr = "1883" }},
+		{"mqtt.tls_addr", func(c *Config) { c.MQTT.TLSAddr = "nope" }},
+		{"http.addr", func(c *Config) { c.HTTP.Addr = "localhost" }},
+		{"http.https_addr", func(c *Config) { c.HTTP.HTTPSAddr = "" }},
+		{"tls", func(c *Config) { c.TLS.Cert = "cert.pem" }},
+		{"mqtt.max_packet_size", func(c *Config) { c.MQTT.MaxPacketSize = 10 }},
+		{"mqtt.client_queue_size", func(c *Config) { c.MQTT.ClientQueueSize = 0 }},
+		{"mqtt.receive_maximum", func(c *Config) { c.MQTT.ReceiveMaximum = 0 }},
+		{"mqtt.max_session_expiry", func(c *Config) { c.MQTT.MaxSessionExpiry = -time.Second }},
+		{"mqtt.max_message_expiry", func(c *Config) { c.MQTT.MaxMessageExpiry = -time.Second }},
+		{"mqtt.sys_interval", func(c *Config) { c.MQTT.SysInterval = time.Millisecond }},
+		{"mqtt.connect_timeout", func(c *Config) { c.MQTT.ConnectTimeout = 0 }},
+		{"mqtt.shutdown_grace", func(c *Config) { c.MQTT.ShutdownGrace = -1 }},
+		{"mqtt.read_buffer_size", func(c *Config) { c.MQTT.ReadBufferSize = 10 }},
+		{"mqtt.write_buffer_size", func(c *Config) { c.MQTT.WriteBufferSize = 10 }},
+		{"http.handshake_timeout", func(c *Config) { c.HTTP.HandshakeTimeout = 0 }},
+		{"http.trusted_proxies", func(c *Config) { c.HTTP.TrustedProxies = []string{"10.0.0.0/33"} }},
+		{"auth.token_ttl", func(c *Config) { c.Auth.TokenTTL = 0 }},
+		{"telemetry.retention", func(c *Config) { c.Telemetry.Retention = 0 }},
+		{"telemetry.flush_interval", func(c *Config) { c.Telemetry.FlushInterval = 0 }},
+		{"telemetry.queue_size", func(c *Config) { c.Telemetry.QueueSize = 0 }},
+		{"limits.max_connections", func(c *Config) { c.Limits.MaxConnections = -1 }},
+		{"limits.max_connections_per_ip", func(c *Config) { c.Limits.MaxConnectionsPerIP = -1 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			c := Default()
+			tt.mutate(&c)
+			err := c.Validate()
+			if err == nil || !strings.HasPrefix(err.Error(), tt.key+":") {
+				t.Fatalf("Validate() = %v, want an error starting %q", err, tt.key+":")
+			}
+		})
+	}
+	t.Run("off disables", func(t *testing.T) {
+		c := Default()
+		c.MQTT.Addr, c.HTTP.Addr = Off, Off
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestApplyEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		check   func(c Config) bool
+		wantErr string
+	}{
+		{"long name", map[string]string{"TETHER_MQTT_ADDR": "127.0.0.1:1"},
+			func(c Config) bool { return c.MQTT.Addr == "127.0.0.1:1" }, ""},
+		{"alias", map[string]string{"TETHER_ALLOW_ANONYMOUS": "true"},
+			func(c Config) bool { return c.Auth.AllowAnonymous }, ""},
+		{"alias wins over long name", map[string]string{"TETHER_AUTH_ALLOW_ANONYMOUS": "false", "TETHER_ALLOW_ANONYMOUS": "true"},
+			func(c Config) bool { return c.Auth.AllowAnonymous }, ""},
+		{"tls aliases", map[string]string{"TETHER_TLS_ADDR": ":1", "TETHER_HTTPS_ADDR": ":2", "TETHER_TLS_CERT": "c", "TETHER_TLS_KEY": "k"},
+			func(c Config) bool {
+				return c.MQTT.TLSAddr == ":1" && c.HTTP.HTTPSAddr == ":2" && c.TLS.Cert == "c" && c.TLS.Key == "k"
+			}, ""},
+		{"duration", map[string]string{"TETHER_MQTT_SHUTDOWN_GRACE": "2s"},
+			func(c Config) bool { return c.MQTT.ShutdownGrace == 2*time.Second }, ""},
+		{"list", map[string]string{"TETHER_HTTP_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16"},
+			func(c Config) bool {
+				return reflect.DeepEqual(c.HTTP.TrustedProxies, []string{"10.0.0.1", "192.168.0.0/16"})
+			}, ""},
+		{"data dir", map[string]string{"TETHER_DATA_DIR": "/var/lib/tether"},
+			func(c Config) bool { return c.DataDir == "/var/lib/tether" }, ""},
+		{"other TETHER_ variables are not keys", map[string]string{"TETHER_TOKEN": "x", "TETHER_ADMIN_PASSWORD": "y"},
+			func(c Config) bool { return reflect.DeepEqual(c, Default()) }, ""},
+		{"bad bool", map[string]string{"TETHER_ALLOW_ANONYMOUS": "yes please"}, nil, "TETHER_ALLOW_ANONYMOUS (auth.allow_anonymous)"},
+		{"bad number", map[string]string{"TETHER_MQTT_MAX_PACKET_SIZE": "-1"}, nil, "TETHER_MQTT_MAX_PACKET_SIZE (mqtt.max_packet_size)"},
+		{"bad duration", map[string]string{"TETHER_MQTT_CONNECT_TIMEOUT": "10"}, nil, "TETHER_MQTT_CONNECT_TIMEOUT (mqtt.connect_timeout)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			err := c.ApplyEnv(func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(c) {
+				t.Fatalf("unexpected config %+v", c)
+			}
+		})
+	}
+}
+
+func TestSet(t *testing.T) {
+	c := Default()
+	if err := c.Set("mqtt.addr", "off"); err != nil || c.MQTT.Addr != Off {
+		t.Fatalf("Set mqtt.addr: %v, %q", err, c.MQTT.Addr)
+	}
+	if err := c.Set("no.such", "1"); err == nil {
+		t.Fatal("Set of an unknown key succeeded")
+	}
+	if err := c.Set("mqtt.receive_maximum", "70000"); err == nil || !strings.HasPrefix(err.Error(), "mqtt.receive_maximum:") {
+		t.Fatalf("Set of a value out of range: %v", err)
+	}
+}
+
+func TestParseCIDROrIP(t *testing.T) {
+	for _, tt := range []struct {
+		in, contains string
+		ok           bool
+	}{
+		{"10.0.0.0/8", "10.1.2.3", true},
+		{"127.0.0.1", "127.0.0.1", true},
+		{"::1", "::1", true},
+		{"fd00::/8", "fd12::1", true},
+		{"nonsense", "", false},
+		{"10.0.0.0/40", "", false},
+	} {
+		n, err := ParseCIDROrIP(tt.in)
+		if (err == nil) != tt.ok {
+			t.Errorf("ParseCIDROrIP(%q) error %v", tt.in, err)
+			continue
+		}
+		if tt.ok && !n.Contains(parseIP(tt.contains)) {
+			t.Errorf("%s does not contain %s", n, tt.contains)
+		}
+	}
+}
+
+func parseIP(s string) []byte {
+	n, _ := ParseCIDROrIP(s)
+	return n.IP
+}

@@ -1,0 +1,203 @@
+package dashboard
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/devices"
+)
+
+// APIPrefix is where the JSON API is mounted; every route path in the
+// route table is relative to it.
+const APIPrefix = "/api/v1"
+
+// APIOptions are what the JSON API serves. Registry is required.
+type APIOptions struct {
+	// Registry holds devices, users, tokens and sessions.
+	Registry *devices.Registry
+	// Broker is the running MQTT broker, for /clients and /broker; nil
+	// answers those routes with 503.
+	Broker *broker.Broker
+	// Clients remembers when each MQTT client connected (add it to the
+	// broker's hooks); nil leaves "connected_since" empty.
+	Clients *ClientClock
+	// Telemetry, Commands and Twins serve the device data routes; nil
+	// answers them with 503.
+	Telemetry *devices.Telemetry
+	Commands  *broker.CommandHook
+	Twins     *broker.TwinHook
+	// TrustedProxies are the addresses (IPs or CIDRs, as in
+	// http.trusted_proxies) whose X-Forwarded-For is believed when
+	// slowing down failed logins by address.
+	TrustedProxies []string
+	// Logger receives request errors; nil means slog.Default().
+	Logger *slog.Logger
+	// Metrics, when set, receives the API's counters.
+	Metrics prometheus.Registerer
+	// TokenTTL is the lifetime of a login session; 0 means 12 hours.
+	TokenTTL time.Duration
+	// Now is the clock; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+// API is the JSON API under /api/v1. Build it with NewAPI.
+type API struct {
+	reg     *devices.Registry
+	broker  *broker.Broker
+	clients *ClientClock
+	log     *slog.Logger
+	ttl     time.Duration
+	now     func() time.Time
+
+	telemetry *devices.Telemetry
+	commands  *broker.CommandHook
+	twins     *broker.TwinHook
+
+	proxies []*net.IPNet
+	logins  *loginLimiter
+	metrics *apiMetrics
+	mux     *http.ServeMux
+	table   []route
+}
+
+// NewAPI returns the JSON API handler, to be mounted at /api/v1/ (see
+// Options.API). It fails when a required option is missing or its metrics
+// cannot be registered.
+func NewAPI(o APIOptions) (*API, error) {
+	if o.Registry == nil {
+		return nil, errors.New("api: a registry is required")
+	}
+	a := &API{
+		reg:     o.Registry,
+		broker:  o.Broker,
+		clients: o.Clients,
+		log:     o.Logger,
+		ttl:     o.TokenTTL,
+		now:     o.Now,
+
+		telemetry: o.Telemetry,
+		commands:  o.Commands,
+		twins:     o.Twins,
+	}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	if a.ttl <= 0 {
+		a.ttl = 12 * time.Hour
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	for _, p := range o.TrustedProxies {
+		n, err := parseCIDROrIP(p)
+		if err != nil {
+			return nil, fmt.Errorf("api: trusted proxy %q: %w", p, err)
+		}
+		a.proxies = append(a.proxies, n)
+	}
+	a.metrics = newAPIMetrics()
+	if o.Metrics != nil {
+		if err := o.Metrics.Register(a.metrics); err != nil {
+			return nil, errors.Join(errors.New("api: register metrics"), err)
+		}
+	}
+	a.logins = newLoginLimiter(a.now)
+	a.table = a.routes()
+	a.mux = http.NewServeMux()
+	for _, rt := range a.table {
+		a.mux.Handle(rt.Method+" "+APIPrefix+rt.Path, a.wrap(rt))
+	}
+	a.mux.HandleFunc(APIPrefix+"/", a.notFound)
+	return a, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// Access levels of a route: who may call it.
+const (
+	// public routes need no credentials.
+	public = ""
+	// viewer, operator and admin routes need a user with at least that
+	// role (devices.Identity.Can).
+	viewer   = devices.RoleViewer
+	operator = devices.RoleOperator
+	admin    = devices.RoleAdmin
+)
+
+// route is one entry of the route table.
+type route struct {
+	// Method and Path (relative to APIPrefix, with {name} wildcards as in
+	// net/http patterns) select the route; openapi.json has one operation
+	// for each pair.
+	Method, Path string
+	// Role is the least role allowed (public, viewer, operator, admin).
+	Role string
+	// Handle serves the request; an error it returns becomes the error
+	// body (see apiError).
+	Handle handlerFunc
+}
+
+// handlerFunc serves one API request. It writes the response itself on
+// success and returns an error otherwise: an *apiError picks the status
+// and the message the client sees; any other error is logged and answered
+// with a bare 500.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// routes is the API's route table: the one place that says which routes
+// exist and who may call them. Add a route with one line pointing at a
+// handler in its own file (api_telemetry.go, api_commands.go, ...), and
+// describe it in openapi.json: TestOpenAPIMatchesRoutes fails until both
+// agree.
+func (a *API) routes() []route {
+	return []route{
+		{"POST", "/auth/login", public, a.login},
+		{"POST", "/auth/logout", viewer, a.logout},
+
+		{"GET", "/devices", viewer, a.listDevices},
+		{"POST", "/devices", admin, a.createDevice},
+		{"POST", "/devices/bulk", admin, a.createDevices},
+		{"GET", "/devices/{id}", viewer, a.getDevice},
+		{"PATCH", "/devices/{id}", admin, a.updateDevice},
+		{"DELETE", "/devices/{id}", admin, a.deleteDevice},
+		{"POST", "/devices/{id}/secret", admin, a.rotateSecret},
+		{"GET", "/devices/{id}/telemetry", viewer, a.getTelemetry},
+		{"GET", "/devices/{id}/commands", viewer, a.listCommands},
+		{"POST", "/devices/{id}/commands", operator, a.sendCommand},
+		{"GET", "/commands/{cmdId}", viewer, a.getCommand},
+		{"GET", "/devices/{id}/twin", viewer, a.getTwin},
+		{"PATCH", "/devices/{id}/twin", operator, a.patchTwin},
+
+		{"GET", "/clients", viewer, a.listClients},
+		{"GET", "/broker", viewer, a.brokerStats},
+
+		{"GET", "/users", admin, a.listUsers},
+		{"POST", "/users", admin, a.createUser},
+		{"POST", "/tokens", admin, a.createToken},
+
+		{"GET", "/openapi.json", public, a.openAPI},
+	}
+}
+
+// parseCIDROrIP parses "10.0.0.0/8" or a single address.
+func parseCIDROrIP(s string) (*net.IPNet, error) {
+	if _, n, err := net.ParseCIDR(s); err == nil {
+		return n, nil
+	}
+	ip := net.ParseIP(s)
+	if ip == nil {
+		return nil, errors.New("not an IP address or CIDR")
+	}
+	bits := 128
+	if ip4 := ip.To4(); ip4 != nil {
+		ip, bits = ip4, 32
+	}
+	return &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}, nil
+}

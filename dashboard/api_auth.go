@@ -1,0 +1,279 @@
+package dashboard
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// SessionCookie is the name of the cookie login sets for browsers. Its
+// value is the session JWT that login also returns as "token".
+const SessionCookie = "tether_session"
+
+// CSRFHeader must be present (any non-empty value, the web UI sends
+// "tether") on a cookie-authenticated request that changes something. A
+// page on another origin cannot add it without a CORS preflight, which
+// the API never grants. Bearer-token requests do not need it.
+const CSRFHeader = "X-Requested-With"
+
+// caller is who made a request and with what, as the auth step found it.
+type caller struct {
+	id devices.Identity
+	// token is the bearer token or cookie value (for logout); never log it.
+	token string
+	// cookie is true when the credentials came in the session cookie.
+	cookie bool
+}
+
+type callerKey struct{}
+
+// identity returns the authenticated identity of r. On a public route it
+// is the zero Identity (whose Can is always false).
+func identity(r *http.Request) devices.Identity {
+	c, _ := r.Context().Value(callerKey{}).(caller)
+	return c.id
+}
+
+// requireRole returns a 403 unless r's identity has at least role. The
+// route table already enforces each route's role; use this inside a
+// handler when one route needs more for some inputs.
+func requireRole(r *http.Request, role string) error {
+	if !identity(r).Can(role) {
+		return forbidden("this needs the " + role + " role")
+	}
+	return nil
+}
+
+// authorize authenticates r for route rt and returns r with the caller in
+// its context, or a 401/403.
+func (a *API) authorize(rt route, r *http.Request) (*http.Request, error) {
+	if rt.Role == public {
+		return r, nil
+	}
+	c, err := a.authenticate(r)
+	if err != nil {
+		return r, err
+	}
+	if c.cookie && !safeMethod(r.Method) {
+		if err := a.checkCSRF(r, true); err != nil {
+			return r, err
+		}
+	}
+	if !c.id.Can(rt.Role) {
+		return r, forbidden("this needs the " + rt.Role + " role")
+	}
+	return r.WithContext(context.WithValue(r.Context(), callerKey{}, c)), nil
+}
+
+// authenticate finds r's credentials: "Authorization: Bearer" (an API
+// token or a session JWT) first, else the session cookie.
+func (a *API) authenticate(r *http.Request) (caller, error) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		tok = strings.TrimSpace(tok)
+		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+			return caller{}, unauthorized("the Authorization header must be \"Bearer TOKEN\"")
+		}
+		id, err := a.verify(r.Context(), tok)
+		if err != nil {
+			return caller{}, err
+		}
+		return caller{id: id, token: tok}, nil
+	}
+	if ck, err := r.Cookie(SessionCookie); err == nil && ck.Value != "" {
+		id, err := a.reg.VerifySession(ck.Value)
+		if err != nil {
+			return caller{}, credentialError(err)
+		}
+		return caller{id: id, token: ck.Value, cookie: true}, nil
+	}
+	return caller{}, unauthorized("authentication required: log in, or send Authorization: Bearer TOKEN")
+}
+
+// verify checks a bearer token: an API token ("tth_...") or a session JWT.
+func (a *API) verify(ctx context.Context, tok string) (devices.Identity, error) {
+	var id devices.Identity
+	var err error
+	if strings.HasPrefix(tok, devices.TokenPrefix) {
+		id, err = a.reg.AuthenticateToken(ctx, tok)
+	} else {
+		id, err = a.reg.VerifySession(tok)
+	}
+	if err != nil {
+		return id, credentialError(err)
+	}
+	if id.Kind != devices.KindUser {
+		return id, unauthorized("invalid or expired token")
+	}
+	return id, nil
+}
+
+// credentialError maps a failed token check: a bad token is a 401, any
+// other failure a 500.
+func credentialError(err error) error {
+	if errors.Is(err, devices.ErrUnauthorized) || errors.Is(err, devices.ErrNotFound) {
+		return &apiError{Status: http.StatusUnauthorized, Code: codeUnauthorized, Msg: "invalid or expired token"}
+	}
+	return err
+}
+
+// csrf guards cookie-authenticated requests; net/http's check refuses a
+// browser's cross-origin request by its Sec-Fetch-Site or Origin header.
+var csrf = http.NewCrossOriginProtection()
+
+// checkCSRF refuses a cross-origin browser request, and, when needHeader,
+// one without CSRFHeader.
+func (a *API) checkCSRF(r *http.Request, needHeader bool) error {
+	if err := csrf.Check(r); err != nil {
+		return &apiError{Status: http.StatusForbidden, Code: codeCSRF, Msg: "cross-origin request refused", Err: err}
+	}
+	if needHeader && r.Header.Get(CSRFHeader) == "" {
+		return &apiError{Status: http.StatusForbidden, Code: codeCSRF,
+			Msg: "a request authenticated by cookie must send the " + CSRFHeader + " header"}
+	}
+	return nil
+}
+
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
+}
+
+// loginRequest is the body of POST /auth/login.
+type loginRequest struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// loginResponse is what login returns.
+type loginResponse struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// login checks a user's password and starts a session: the token in the
+// body (for scripts and the dashboard's MQTT password) and in an HttpOnly
+// cookie (for the browser's API calls). Repeated failures from one
+// address or for one name are answered 429 for a growing while.
+func (a *API) login(w http.ResponseWriter, r *http.Request) error {
+	if err := a.checkCSRF(r, false); err != nil {
+		return err
+	}
+	var req loginRequest
+	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
+		return err
+	}
+	if req.Username == "" || req.Password == "" {
+		return badRequest(codeInvalid, "username and password are required")
+	}
+	addr := a.clientIP(r)
+	name := req.Username
+	if !devices.ValidID(name) || len(req.Password) > devices.MaxPassword {
+		// No such user can exist: refuse without a password hash, and
+		// keep only a bounded name in the limiter.
+		name = ""
+	}
+	if wait := a.logins.wait(addr, name); wait > 0 {
+		a.metrics.logins.WithLabelValues("throttled").Inc()
+		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
+			Msg: "too many failed logins: try again later", RetryAfter: int(wait.Seconds() + 0.999)}
+	}
+	u, err := devices.User{}, devices.ErrUnauthorized
+	if name != "" {
+		u, err = a.reg.AuthenticateUser(r.Context(), req.Username, req.Password)
+	}
+	if errors.Is(err, devices.ErrUnauthorized) || errors.Is(err, devices.ErrNotFound) {
+		a.logins.fail(addr, name)
+		a.metrics.logins.WithLabelValues("failed").Inc()
+		a.log.Debug("api: login failed", "remote", addr)
+		return unauthorized("wrong user name or password")
+	}
+	if err != nil {
+		return err
+	}
+	a.logins.succeed(addr, name)
+	tok, exp, err := a.reg.IssueSession(r.Context(), u, a.ttl)
+	if err != nil {
+		return err
+	}
+	a.metrics.logins.WithLabelValues("ok").Inc()
+	a.log.Info("api: login", "user", u.Username, "remote", addr)
+	http.SetCookie(w, &http.Cookie{
+		Name:     SessionCookie,
+		Value:    tok,
+		Path:     "/",
+		Expires:  exp,
+		MaxAge:   int(time.Until(exp).Seconds()),
+		HttpOnly: true,
+		Secure:   a.overTLS(r),
+		SameSite: http.SameSiteStrictMode,
+	})
+	writeJSON(w, http.StatusOK, loginResponse{Token: tok, ExpiresAt: exp.UTC()})
+	return nil
+}
+
+// logout ends the caller's session, if it is one (an API token stays
+// valid: revoke those separately), and clears the cookie.
+func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
+	c, _ := r.Context().Value(callerKey{}).(caller)
+	if !strings.HasPrefix(c.token, devices.TokenPrefix) {
+		if err := a.reg.RevokeSession(r.Context(), c.token); err != nil && !errors.Is(err, devices.ErrUnauthorized) {
+			return err
+		}
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name: SessionCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: a.overTLS(r), SameSite: http.SameSiteStrictMode,
+	})
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// clientIP is the address a request came from: the peer's, or, when the
+// peer is a trusted proxy, the nearest untrusted address in its
+// X-Forwarded-For.
+func (a *API) clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if len(a.proxies) == 0 || !a.trusted(host) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		h := strings.TrimSpace(hops[i])
+		if net.ParseIP(h) == nil {
+			break
+		}
+		if host = h; !a.trusted(h) {
+			break
+		}
+	}
+	return host
+}
+
+// overTLS reports whether the client reached us over TLS: directly, or
+// through a trusted proxy that says so in X-Forwarded-Proto. The session
+// cookie is then marked Secure.
+func (a *API) overTLS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	return err == nil && a.trusted(host) && strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+}
+
+func (a *API) trusted(ip string) bool {
+	p := net.ParseIP(ip)
+	for _, n := range a.proxies {
+		if p != nil && n.Contains(p) {
+			return true
+		}
+	}
+	return false
+}

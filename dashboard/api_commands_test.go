@@ -1,0 +1,262 @@
+package dashboard
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
+)
+
+// dataEnv is an API env with telemetry, commands and twins wired to a
+// broker (anonymous access) that test devices connect to over TCP.
+type dataEnv struct {
+	*apiEnv
+	mqttAddr string
+	tel      *devices.Telemetry
+}
+
+func newDataEnv(t *testing.T) *dataEnv {
+	t.Helper()
+	ctx := context.Background()
+	db, err := devices.OpenDB(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := testLogger()
+	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds, err := devices.OpenCommands(ctx, db, &devices.CommandsOptions{SweepInterval: 50 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	twins, err := devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, th := broker.NewCommandHook(cmds, log), broker.NewTwinHook(twins, log)
+	cfg := configs.Default()
+	cfg.MQTT.Addr = "127.0.0.1:0"
+	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
+	cfg.Auth.AllowAnonymous = true
+	b, err := broker.New(cfg, broker.Options{Logger: log, Hooks: []mqtt.Hook{broker.NewTelemetryHook(tel, log), ch, th}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.Attach(b.Server)
+	th.Attach(b.Server)
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = b.Shutdown(sctx)
+		tel.Close()
+		cmds.Close()
+		twins.Close()
+		db.Close()
+	})
+	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins = tel, ch, th })
+	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel}
+}
+
+func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// device connects an MQTT 3.1.1 device that answers commands with answer
+// ("ok", "error", or "" for silence).
+func (e *dataEnv) device(t *testing.T, id, answer string) paho3.Client {
+	t.Helper()
+	var c paho3.Client
+	o := paho3.NewClientOptions().AddBroker("tcp://" + e.mqttAddr).SetClientID(id).
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetOrderMatters(false)
+	c = paho3.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	tok := c.Subscribe("devices/"+id+"/commands/#", 1, func(_ paho3.Client, m paho3.Message) {
+		if answer == "" {
+			return
+		}
+		var cmd struct{ ID string }
+		_ = json.Unmarshal(m.Payload(), &cmd)
+		r := `{"status":"ok","result":{"pong":true}}`
+		if answer == "error" {
+			r = `{"status":"error","error":"nope"}`
+		}
+		go c.Publish("devices/"+id+"/responses/"+cmd.ID, 1, false, r)
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	return c
+}
+
+func TestCommandRoutes(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-ok"})
+	e.createDevice(devices.NewDevice{ID: "dev-err"})
+	e.createDevice(devices.NewDevice{ID: "dev-mute"})
+	e.device(t, "dev-ok", "ok")
+	e.device(t, "dev-err", "error")
+	e.device(t, "dev-mute", "")
+	op, view := e.tokens["operator"], e.tokens["viewer"]
+	for _, tc := range []struct {
+		name, device, token string
+		body                any
+		status              int
+		want                string
+	}{
+		{"wait succeeded", "dev-ok", op, map[string]any{"name": "ping", "params": map[string]any{"a": 1}, "wait": true, "timeout": 5}, 200, devices.StatusSucceeded},
+		{"wait failed", "dev-err", op, map[string]any{"name": "ping", "wait": true, "timeout": 5}, 200, devices.StatusFailed},
+		{"wait expired", "dev-mute", op, map[string]any{"name": "ping", "wait": true, "timeout": 1}, 200, devices.StatusExpired},
+		{"no wait", "dev-mute", op, map[string]any{"name": "ping"}, 202, devices.StatusPending},
+		{"viewer refused", "dev-ok", view, map[string]any{"name": "ping"}, 403, ""},
+		{"unknown device", "ghost", op, map[string]any{"name": "ping"}, 404, ""},
+		{"bad name", "dev-ok", op, map[string]any{"name": "a/b"}, 400, ""},
+		{"params not object", "dev-ok", op, map[string]any{"name": "x", "params": []int{1}}, 400, ""},
+		{"timeout too long", "dev-ok", op, map[string]any{"name": "x", "timeout": 1e9}, 400, ""},
+		{"unknown field", "dev-ok", op, map[string]any{"name": "x", "colour": "red"}, 400, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer e.use(t)()
+			res, body := e.do("POST", "/devices/"+tc.device+"/commands", tc.token, tc.body)
+			e.mustStatus(res, body, tc.status)
+			if tc.want == "" {
+				return
+			}
+			cmd := decode[devices.Command](t, body)
+			if cmd.Status != tc.want || cmd.DeviceID != tc.device || cmd.ID == "" {
+				t.Fatalf("command %s", body)
+			}
+			res, body = e.do("GET", "/commands/"+cmd.ID, view, nil)
+			e.mustStatus(res, body, 200)
+			if got := decode[devices.Command](t, body); got.ID != cmd.ID {
+				t.Fatalf("get %s", body)
+			}
+		})
+	}
+	res, body := e.do("GET", "/devices/dev-mute/commands?limit=1", view, nil)
+	e.mustStatus(res, body, 200)
+	l := decode[struct {
+		Commands   []devices.Command `json:"commands"`
+		NextCursor string            `json:"next_cursor"`
+	}](t, body)
+	if len(l.Commands) != 1 || l.NextCursor == "" {
+		t.Fatalf("history %s", body)
+	}
+	res, body = e.do("GET", "/devices/dev-mute/commands?cursor="+l.NextCursor, view, nil)
+	e.mustStatus(res, body, 200)
+	if !strings.Contains(string(body), `"expired"`) {
+		t.Fatalf("second page %s", body)
+	}
+	res, body = e.do("GET", "/commands/cmd-none", view, nil)
+	e.mustStatus(res, body, 404)
+}
+
+func TestTwinRoutes(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	op, view := e.tokens["operator"], e.tokens["viewer"]
+	res, body := e.do("PATCH", "/devices/dev-1/twin", view, map[string]any{"desired": map[string]any{"rate": 5}})
+	e.mustStatus(res, body, 403)
+	for _, bad := range []any{`{"desired":[1]}`, `{"desired":{"version":2}}`, `{}`, `{"reported":{}}`} {
+		res, body = e.do("PATCH", "/devices/dev-1/twin", op, bad)
+		e.mustStatus(res, body, 400)
+	}
+	res, body = e.do("PATCH", "/devices/dev-1/twin", op, map[string]any{"desired": map[string]any{"rate": 5, "mode": "eco"}})
+	e.mustStatus(res, body, 200)
+	tw := decode[devices.Twin](t, body)
+	if tw.DesiredVersion != 1 || len(tw.Delta) != 2 {
+		t.Fatalf("twin %s", body)
+	}
+	dev := e.device(t, "dev-1", "")
+	got := make(chan []byte, 4)
+	dev.Subscribe("devices/dev-1/twin/desired", 1, func(_ paho3.Client, m paho3.Message) { got <- m.Payload() })
+	select {
+	case p := <-got:
+		if !strings.Contains(string(p), `"version":1`) {
+			t.Fatalf("desired %s", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no retained desired state")
+	}
+	dev.Publish("devices/dev-1/twin/reported", 1, false, `{"rate":5,"mode":"eco"}`).Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		res, body = e.do("GET", "/devices/dev-1/twin", view, nil)
+		e.mustStatus(res, body, 200)
+		tw = decode[devices.Twin](t, body)
+		if len(tw.Delta) == 0 && tw.ReportedVersion == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delta never emptied: %s", body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	res, body = e.do("GET", "/devices/ghost/twin", view, nil)
+	e.mustStatus(res, body, 404)
+}
+
+func TestTelemetryRoutes(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	view := e.tokens["viewer"]
+	dev := e.device(t, "dev-1", "")
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 6 {
+		p := `{"temp":` + []string{"1", "2", "3", "4", "5", "6"}[i] + `,"ts":"` + base.Add(time.Duration(i)*20*time.Second).Format(time.RFC3339) + `"}`
+		dev.Publish("devices/dev-1/telemetry", 1, false, p).Wait()
+	}
+	from, to := base.Format(time.RFC3339), base.Add(time.Hour).Format(time.RFC3339)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, _ := e.tel.Stats(); s == 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("telemetry not stored")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	res, body := e.do("GET", "/devices/dev-1/telemetry?from="+from+"&to="+to+"&limit=4", view, nil)
+	e.mustStatus(res, body, 200)
+	pts := decode[struct {
+		Points []devices.Point `json:"points"`
+	}](t, body)
+	if len(pts.Points) != 4 || pts.Points[0].Values["temp"] != 1.0 {
+		t.Fatalf("points %s", body)
+	}
+	res, body = e.do("GET", "/devices/dev-1/telemetry?from="+from+"&to="+to+"&step=1m", view, nil)
+	e.mustStatus(res, body, 200)
+	bs := decode[struct {
+		Buckets []devices.Bucket `json:"buckets"`
+	}](t, body)
+	if len(bs.Buckets) != 2 || bs.Buckets[0].Max["temp"] != 3 || bs.Buckets[1].Avg["temp"] != 5 {
+		t.Fatalf("buckets %s", body)
+	}
+	for _, q := range []string{"?from=yesterday", "?limit=0", "?step=fast", "?colour=red", "?from=" + to + "&to=" + from, "?step=1ms&from=" + from + "&to=" + to} {
+		res, body = e.do("GET", "/devices/dev-1/telemetry"+q, view, nil)
+		e.mustStatus(res, body, 400)
+	}
+	res, body = e.do("GET", "/devices/ghost/telemetry", view, nil)
+	e.mustStatus(res, body, 404)
+	res, body = e.do("GET", "/devices/dev-1/telemetry", "", nil)
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", res.StatusCode)
+	}
+}

@@ -1,0 +1,174 @@
+package dashboard
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// deviceList is the body of GET /devices.
+type deviceList struct {
+	Devices    []devices.Device `json:"devices"`
+	NextCursor string           `json:"next_cursor"`
+}
+
+// deviceSecrets is the body of POST /devices/bulk, both ways.
+type bulkRequest struct {
+	Devices []devices.NewDevice `json:"devices"`
+}
+
+type bulkResponse struct {
+	Devices []devices.DeviceSecret `json:"devices"`
+}
+
+// pathID returns the {id} of r's path, or a 404 when it cannot be a
+// device id.
+func pathID(r *http.Request) (string, error) {
+	id := r.PathValue("id")
+	if !devices.ValidID(id) {
+		return "", notFound("device")
+	}
+	return id, nil
+}
+
+// listDevices: GET /devices?status=&type=&label=&q=&limit=&cursor=
+func (a *API) listDevices(w http.ResponseWriter, r *http.Request) error {
+	q, err := query(r, "status", "type", "label", "q", "limit", "cursor")
+	if err != nil {
+		return err
+	}
+	limit, err := pageLimit(q)
+	if err != nil {
+		return err
+	}
+	switch q.Get("status") {
+	case "", "online", "offline":
+	default:
+		return badRequest(codeInvalid, "status must be online or offline")
+	}
+	list, next, err := a.reg.ListDevices(r.Context(), devices.DeviceFilter{
+		Status: q.Get("status"),
+		Type:   q.Get("type"),
+		Label:  q.Get("label"),
+		Text:   q.Get("q"),
+		Limit:  limit,
+		Cursor: q.Get("cursor"),
+	})
+	if err != nil {
+		return registryError(err, "device")
+	}
+	if list == nil {
+		list = []devices.Device{}
+	}
+	writeJSON(w, http.StatusOK, deviceList{Devices: list, NextCursor: next})
+	return nil
+}
+
+// createDevice: POST /devices {"id"?, "name", "type", "labels"} → 201, the
+// device with its secret.
+func (a *API) createDevice(w http.ResponseWriter, r *http.Request) error {
+	var nd devices.NewDevice
+	if err := decodeJSON(w, r, maxBody, &nd); err != nil {
+		return err
+	}
+	d, secret, err := a.reg.CreateDevice(r.Context(), nd)
+	if err != nil {
+		return registryError(err, "device")
+	}
+	a.log.Info("api: device registered", "device", d.ID, "by", identity(r).Name)
+	w.Header().Set("Location", APIPrefix+"/devices/"+url.PathEscape(d.ID))
+	writeJSON(w, http.StatusCreated, devices.DeviceSecret{Device: d, Secret: secret})
+	return nil
+}
+
+// createDevices: POST /devices/bulk {"devices":[...]} → 201, all of them
+// with their secrets, or none registered.
+func (a *API) createDevices(w http.ResponseWriter, r *http.Request) error {
+	var req bulkRequest
+	if err := decodeJSON(w, r, maxBulkBody, &req); err != nil {
+		return err
+	}
+	switch {
+	case len(req.Devices) == 0:
+		return badRequest(codeInvalid, "devices must list at least one device")
+	case len(req.Devices) > devices.MaxBulk:
+		return &apiError{Status: http.StatusRequestEntityTooLarge, Code: codeTooLarge,
+			Msg: fmt.Sprintf("at most %d devices per call", devices.MaxBulk)}
+	}
+	out, err := a.reg.CreateDevices(r.Context(), req.Devices)
+	if err != nil {
+		return registryError(err, "device")
+	}
+	a.log.Info("api: devices registered", "count", len(out), "by", identity(r).Name)
+	writeJSON(w, http.StatusCreated, bulkResponse{Devices: out})
+	return nil
+}
+
+// getDevice: GET /devices/{id}.
+func (a *API) getDevice(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	d, err := a.reg.Device(r.Context(), id)
+	if err != nil {
+		return registryError(err, "device")
+	}
+	writeJSON(w, http.StatusOK, d)
+	return nil
+}
+
+// updateDevice: PATCH /devices/{id} {"name"?, "type"?, "labels"?,
+// "enabled"?}; labels replaces the whole set.
+func (a *API) updateDevice(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	var p devices.DevicePatch
+	if err := decodeJSON(w, r, maxBody, &p); err != nil {
+		return err
+	}
+	d, err := a.reg.UpdateDevice(r.Context(), id, p)
+	if err != nil {
+		return registryError(err, "device")
+	}
+	a.log.Info("api: device updated", "device", d.ID, "by", identity(r).Name)
+	writeJSON(w, http.StatusOK, d)
+	return nil
+}
+
+// deleteDevice: DELETE /devices/{id} → 204; the device is disconnected.
+func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	if err := a.reg.DeleteDevice(r.Context(), id); err != nil {
+		return registryError(err, "device")
+	}
+	a.log.Info("api: device deleted", "device", id, "by", identity(r).Name)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// rotateSecret: POST /devices/{id}/secret → the device with its new
+// secret; the old one stops working and its connection is closed.
+func (a *API) rotateSecret(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	if r.ContentLength > 0 {
+		return badRequest(codeBadRequest, "this request takes no body")
+	}
+	d, secret, err := a.reg.RotateSecret(r.Context(), id)
+	if err != nil {
+		return registryError(err, "device")
+	}
+	a.log.Info("api: device secret rotated", "device", d.ID, "by", identity(r).Name)
+	writeJSON(w, http.StatusOK, devices.DeviceSecret{Device: d, Secret: secret})
+	return nil
+}

@@ -1,0 +1,38 @@
+package dashboard
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// apiMetrics are the API's counters; they are a prometheus.Collector.
+type apiMetrics struct {
+	requests *prometheus.CounterVec
+	logins   *prometheus.CounterVec
+}
+
+func newAPIMetrics() *apiMetrics {
+	m := &apiMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_api_requests_total",
+			Help: "API requests answered, by route and status code.",
+		}, []string{"route", "code"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_api_logins_total",
+			Help: "API login attempts by result: ok, failed (wrong name or password), throttled (refused with 429 after repeated failures).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"ok", "failed", "throttled"} {
+		m.logins.WithLabelValues(r)
+	}
+	return m
+}
+
+// Describe implements prometheus.Collector.
+func (m *apiMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.requests.Describe(ch)
+	m.logins.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *apiMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.requests.Collect(ch)
+	m.logins.Collect(ch)
+}

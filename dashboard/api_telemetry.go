@@ -1,0 +1,107 @@
+package dashboard
+
+import (
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// Telemetry query defaults.
+const (
+	defaultTelemetryRange = time.Hour
+	defaultTelemetryLimit = 1000
+)
+
+// unavailable is a 503 for a part of the API that is not wired in.
+func unavailable(what string) *apiError {
+	return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Msg: what + " is not available"}
+}
+
+type pointsResponse struct {
+	Points []devices.Point `json:"points"`
+}
+
+type bucketsResponse struct {
+	Buckets []devices.Bucket `json:"buckets"`
+}
+
+// getTelemetry: GET /devices/{id}/telemetry?from=&to=&limit=&step=
+// from and to are RFC 3339 or Unix milliseconds (default: the last hour);
+// limit 1..10000 (default 1000); step a duration such as 1m (or seconds),
+// which returns per-bucket min/avg/max instead of points.
+func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
+	if a.telemetry == nil {
+		return unavailable("telemetry history")
+	}
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	q, err := query(r, "from", "to", "limit", "step")
+	if err != nil {
+		return err
+	}
+	to, err := timeParam(q, "to", a.now())
+	if err != nil {
+		return err
+	}
+	from, err := timeParam(q, "from", to.Add(-defaultTelemetryRange))
+	if err != nil {
+		return err
+	}
+	if to.Before(from) {
+		return badRequest(codeInvalid, "to is before from")
+	}
+	if _, err := a.reg.Device(r.Context(), id); err != nil {
+		return registryError(err, "device")
+	}
+	if s := q.Get("step"); s != "" {
+		if q.Has("limit") {
+			return badRequest(codeInvalid, "limit and step do not go together")
+		}
+		step, err := time.ParseDuration(s)
+		if err != nil {
+			n, nerr := strconv.ParseFloat(s, 64)
+			if nerr != nil {
+				return badRequest(codeInvalid, "step must be a duration such as 1m or 30s, or seconds")
+			}
+			step = time.Duration(n * float64(time.Second))
+		}
+		bs, err := a.telemetry.Buckets(r.Context(), id, from, to, step)
+		if err != nil {
+			return registryError(err, "device")
+		}
+		writeJSON(w, http.StatusOK, bucketsResponse{Buckets: bs})
+		return nil
+	}
+	limit := defaultTelemetryLimit
+	if s := q.Get("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > devices.MaxTelemetryPoints {
+			return badRequest(codeInvalid, "limit must be a whole number from 1 to %d", devices.MaxTelemetryPoints)
+		}
+	}
+	pts, err := a.telemetry.Points(r.Context(), id, from, to, limit)
+	if err != nil {
+		return registryError(err, "device")
+	}
+	writeJSON(w, http.StatusOK, pointsResponse{Points: pts})
+	return nil
+}
+
+// timeParam reads an RFC 3339 or Unix-milliseconds query parameter.
+func timeParam(q url.Values, name string, def time.Time) (time.Time, error) {
+	s := q.Get(name)
+	if s == "" {
+		return def, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.UnixMilli(ms), nil
+	}
+	return time.Time{}, badRequest(codeInvalid, "%s must be RFC 3339 (2026-01-02T15:04:05Z) or Unix milliseconds", name)
+}

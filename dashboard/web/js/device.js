@@ -1,0 +1,188 @@
+// The device page: status and connection, latest values, a live chart per
+// numeric metric (the last hour from the telemetry API, then streamed from
+// devices/{id}/telemetry), the command console and the twin.
+
+import { h, fill, frame, fmtNum, fmtTime, fmtAgo, statusPill } from './util.js';
+import { get, can, enc } from './api.js';
+import { live } from './live.js';
+import { fleet } from './fleet.js';
+import { timeChart } from './chart.js';
+import { commandConsole } from './commands.js';
+import { twinPanel } from './twin.js';
+import { deviceActions } from './admin.js';
+
+const WINDOW = 3600;   // seconds of history on the charts
+const MAX_POINTS = 4000;
+
+export function deviceView(main, [id]) {
+  const cleanups = [];
+  let dev = null;
+  const title = h('h1', { text: id });
+  const sub = h('div', { class: 'muted small mono', text: id });
+  const pill = h('span', { id: 'device-status' });
+  const details = h('dl', { class: 'kv', id: 'device-details' });
+  const values = h('div', { class: 'values', id: 'latest-values' }, h('span', { class: 'muted', text: 'No telemetry yet.' }));
+  const charts = h('div', { class: 'charts', id: 'charts' });
+  const actions = h('div', { class: 'actions' });
+  main.append(
+    h('p', { class: 'small' }, h('a', { href: '#/devices', text: '← Devices' })),
+    h('div', { class: 'head' }, h('div', {}, h('div', { class: 'row' }, title, pill), sub), actions),
+    h('div', { class: 'grid two' },
+      h('section', { class: 'panel' }, h('h2', { text: 'Connection' }), details),
+      h('section', { class: 'panel' }, h('h2', { text: 'Latest values' }), values)),
+    charts);
+
+  const drawDetails = () => {
+    if (!dev) return;
+    title.textContent = dev.name || dev.id;
+    sub.hidden = !dev.name || dev.name === dev.id;
+    fill(pill, statusPill(dev.online, dev.enabled));
+    const row = (k, v) => [h('dt', { text: k }), h('dd', {}, v ?? '—')];
+    fill(details,
+      row('Status', dev.online ? 'online since ' + fmtTime(dev.last_seen) : 'offline, last seen ' + fmtAgo(dev.last_seen)),
+      row('Transport', dev.transport || '—'),
+      dev.remote_addr ? row('Address', h('span', { class: 'mono', text: dev.remote_addr })) : null,
+      dev.protocol_version ? row('MQTT version', { 3: '3.1', 4: '3.1.1', 5: '5.0' }[dev.protocol_version] || String(dev.protocol_version)) : null,
+      row('Type', dev.type || '—'),
+      row('Labels', Object.keys(dev.labels || {}).length ? Object.entries(dev.labels).map(([k, v]) => h('span', { class: 'label-tag', text: v ? `${k}=${v}` : k })) : '—'),
+      row('Enabled', dev.enabled === false ? 'no — connections are refused' : 'yes'),
+      dev.created_at ? row('Registered', fmtTime(dev.created_at)) : null);
+  };
+
+  // Latest values and charts.
+  const latest = {};           // metric -> value
+  const series = new Map();    // metric -> {t: [], v: [], chart, el}
+  const valueEls = new Map();
+  const drawValues = frame(() => {
+    const keys = Object.keys(latest).sort();
+    if (!keys.length) return;
+    if (valueEls.size !== keys.length || keys.some((k) => !valueEls.has(k))) {
+      valueEls.clear();
+      fill(values, keys.map((k) => {
+        const v = h('div', { class: 'v' });
+        valueEls.set(k, v);
+        return h('div', { class: 'metric', dataset: { metric: k } }, h('div', { class: 'k', text: k }), v);
+      }));
+    }
+    for (const k of keys) {
+      const txt = fmtNum(latest[k]);
+      const el = valueEls.get(k);
+      if (el.textContent !== txt) el.textContent = txt;
+    }
+  }, 200);
+
+  const seriesFor = (metric) => {
+    let s = series.get(metric);
+    if (s) return s;
+    const el = h('div', { class: 'chart-body' });
+    const last = h('span', { class: 'muted small' });
+    const panel = h('section', { class: 'panel chart', dataset: { metric } }, h('h3', {}, h('span', { text: metric }), last), el);
+    // Keep the charts in metric order.
+    const after = [...charts.children].find((c) => c.dataset.metric > metric);
+    charts.insertBefore(panel, after || null);
+    s = { t: [], v: [], el, last, chart: null };
+    s.chart = timeChart(el, [{ label: metric }], [s.t, s.v]);
+    series.set(metric, s);
+    return s;
+  };
+  const push = (metric, t, v) => {
+    const s = seriesFor(metric);
+    if (s.t.length && t < s.t[s.t.length - 1]) return; // late point: the history has it
+    s.t.push(t); s.v.push(v);
+    const cut = t - WINDOW;
+    let drop = 0;
+    while (drop < s.t.length && (s.t[drop] < cut || s.t.length - drop > MAX_POINTS)) drop++;
+    if (drop) { s.t.splice(0, drop); s.v.splice(0, drop); }
+    s.last.textContent = fmtNum(v);
+    s.chart.set([s.t, s.v]);
+  };
+
+  const onTelemetry = (_topic, text) => {
+    let m;
+    try { m = JSON.parse(text); } catch { return; }
+    if (!m || typeof m !== 'object' || Array.isArray(m)) return;
+    const t = tsOf(m.ts);
+    for (const [k, v] of Object.entries(m)) {
+      if (k === 'ts') continue;
+      latest[k] = v;
+      if (typeof v === 'number' && isFinite(v)) push(k, t, v);
+    }
+    drawValues();
+  };
+  const onStatus = (_topic, text) => {
+    try {
+      const st = JSON.parse(text);
+      if (!dev) return;
+      dev.online = !!st.online;
+      if (st.transport) dev.transport = st.transport;
+      if (st.since) dev.last_seen = st.since;
+      drawDetails();
+    } catch { /* ignore a malformed status */ }
+  };
+
+  const load = async () => {
+    try {
+      dev = await get('/devices/' + enc(id));
+    } catch (e) {
+      if (closed) return false;
+      fill(main, h('p', { class: 'small' }, h('a', { href: '#/devices', text: '← Devices' })),
+        h('div', { class: 'panel' }, h('h1', { text: id }), h('p', { class: 'error', text: e.status === 404 ? 'No such device.' : e.message })));
+      return false;
+    }
+    fleet.put(dev);
+    drawDetails();
+    if (can('admin')) fill(actions, deviceActions(dev, (d) => { dev = d; drawDetails(); }));
+    Object.assign(latest, dev.last_values || {});
+    drawValues();
+    return true;
+  };
+
+  let closed = false; // the view was left while loading
+  (async () => {
+    if (!(await load()) || closed) return;
+    await loadHistory(id, push);
+    if (closed) return;
+    // Then stream; points older than the last history point are skipped.
+    cleanups.push(live.on(`devices/${id}/telemetry`, onTelemetry));
+    cleanups.push(live.on(`devices/${id}/status`, onStatus));
+    const cmd = commandConsole(id);
+    const twin = twinPanel(id);
+    main.append(h('div', { class: 'grid two' }, cmd.el, twin.el));
+    cleanups.push(cmd.close, twin.close);
+  })();
+  const ago = setInterval(drawDetails, 15000);
+  cleanups.push(() => clearInterval(ago));
+
+  return () => {
+    closed = true;
+    drawValues.cancel();
+    for (const f of cleanups) f();
+    for (const s of series.values()) s.chart.destroy();
+  };
+}
+
+// loadHistory fetches the last hour in one-minute buckets (their mean), or
+// raw points when the server returns those.
+async function loadHistory(id, push) {
+  const to = new Date(), from = new Date(to - WINDOW * 1000);
+  const range = `from=${enc(from.toISOString())}&to=${enc(to.toISOString())}`;
+  let r = null;
+  // step as a Go duration, else in seconds, else raw points.
+  for (const q of [`${range}&step=1m`, `${range}&step=60`, `${range}&limit=1000`]) {
+    try { r = await get(`/devices/${enc(id)}/telemetry?${q}`); break; } catch (e) { if (e.status !== 400) return; }
+  }
+  if (r && r.buckets) {
+    const bs = [...r.buckets].sort((a, b) => tsOf(a.ts) - tsOf(b.ts));
+    for (const b of bs) for (const [k, v] of Object.entries(b.avg || {})) if (typeof v === 'number') push(k, tsOf(b.ts), v);
+  } else if (r && r.points) {
+    const pts = [...r.points].sort((a, b) => tsOf(a.ts) - tsOf(b.ts));
+    for (const p of pts) for (const [k, v] of Object.entries(p.values || {})) if (typeof v === 'number') push(k, tsOf(p.ts), v);
+  }
+}
+
+// tsOf turns a telemetry timestamp (RFC 3339 or Unix ms) into Unix seconds.
+function tsOf(ts) {
+  if (typeof ts === 'number') return ts > 1e11 ? ts / 1000 : ts;
+  if (typeof ts === 'string') { const t = Date.parse(ts); if (!isNaN(t)) return t / 1000; }
+  return Date.now() / 1000;
+}

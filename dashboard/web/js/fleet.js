@@ -1,0 +1,127 @@
+// The fleet: every registered device, loaded once from the API in pages
+// of 1,000 and kept current from the retained devices/+/status messages.
+// Views read fleet.devices and redraw (throttled) when fleet.version moves.
+
+import { allDevices, get, enc } from './api.js';
+import { live } from './live.js';
+
+class Fleet {
+  constructor() {
+    this.byId = new Map();
+    this.version = 0;
+    this.loaded = false;
+    this.loading = null;
+    this.fns = new Set();
+    this.unknown = new Set(); // ids seen on status topics but not loaded yet
+    this.early = new Map();   // id -> status received before the first load
+    this.fetchTimer = 0;
+    this.stopLive = null;
+  }
+
+  // load fetches the registry (once; again with force) and starts following
+  // status messages.
+  load(force = false) {
+    if (this.loading && !force) return this.loading;
+    this.loadedAt = Date.now();
+    this.loading = (async () => {
+      const t0 = performance.now();
+      const next = new Map();
+      await allDevices((page) => { for (const d of page) next.set(d.id, this.merge(this.byId.get(d.id), d)); });
+      this.byId = next;
+      this.loaded = true;
+      // Statuses that arrived before the registry did.
+      for (const [id, st] of this.early) this.applyStatus(id, st);
+      this.early.clear();
+      this.loadMs = performance.now() - t0; // for the measurements
+      this.changed();
+    })();
+    if (!this.stopLive) this.stopLive = live.on('devices/+/status', (topic, text) => this.onStatus(topic, text));
+    this.loading.catch(() => { this.loading = null; });
+    return this.loading;
+  }
+
+  // refresh reloads the registry when the last load is older than maxAge
+  // ms, to pick up devices registered elsewhere that have not connected.
+  refresh(maxAge = 30000) {
+    if (this.loaded && Date.now() - this.loadedAt > maxAge) this.load(true).catch(() => {});
+  }
+
+  // merge keeps the live status when it is newer than what the API says.
+  merge(old, d) {
+    if (old && old._statusAt && (!d.last_seen || new Date(d.last_seen) <= old._statusAt)) {
+      d.online = old.online;
+      d.transport = old.transport;
+      d.last_seen = old.last_seen;
+      d._statusAt = old._statusAt;
+    }
+    return d;
+  }
+
+  onStatus(topic, text) {
+    const id = topic.slice(8, -7); // devices/{id}/status
+    let st;
+    try { st = JSON.parse(text); } catch { return; }
+    if (!st || typeof st !== 'object') return;
+    if (!this.loaded) { this.early.set(id, st); return; }
+    this.applyStatus(id, st);
+    this.changed();
+  }
+
+  applyStatus(id, st) {
+    let d = this.byId.get(id);
+    if (!d) {
+      d = { id, name: id, type: '', labels: {}, enabled: true, _stub: true };
+      this.byId.set(id, d);
+      this.unknown.add(id);
+      this.fetchUnknownSoon();
+    }
+    d.online = !!st.online;
+    if (st.transport) d.transport = st.transport;
+    if (st.since) { d.last_seen = st.since; d._statusAt = new Date(st.since); }
+  }
+
+  fetchUnknownSoon() {
+    clearTimeout(this.fetchTimer);
+    this.fetchTimer = setTimeout(async () => {
+      const ids = [...this.unknown].slice(0, 50);
+      for (const id of ids) {
+        this.unknown.delete(id);
+        try { this.put(await get('/devices/' + enc(id))); } catch (e) { if (e.status === 404) this.remove(id); }
+      }
+      if (this.unknown.size) this.fetchUnknownSoon();
+    }, 500);
+  }
+
+  put(d) { this.byId.set(d.id, this.merge(this.byId.get(d.id), d)); this.changed(); }
+  remove(id) { if (this.byId.delete(id)) this.changed(); }
+
+  onChange(f) { this.fns.add(f); return () => this.fns.delete(f); }
+  changed() { this.version++; for (const f of this.fns) f(); }
+
+  counts() {
+    let online = 0, disabled = 0;
+    const transports = {};
+    for (const d of this.byId.values()) {
+      if (d.enabled === false) disabled++;
+      if (d.online) {
+        online++;
+        const t = d.transport || 'unknown';
+        transports[t] = (transports[t] || 0) + 1;
+      }
+    }
+    return { total: this.byId.size, online, offline: this.byId.size - online, disabled, transports };
+  }
+
+  reset() {
+    if (this.stopLive) this.stopLive();
+    this.stopLive = null;
+    this.byId = new Map();
+    this.loaded = false;
+    this.loading = null;
+    this.early.clear();
+    this.changed();
+  }
+}
+
+export const fleet = new Fleet();
+window.tetherFleet = fleet; // for the browser tests and measurements

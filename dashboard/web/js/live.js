@@ -1,0 +1,104 @@
+// The dashboard's MQTT connection: MQTT.js over /mqtt (wss when the page
+// is https), the session token as password. Views subscribe with
+// live.on(filter, handler); the subscriptions are counted, and made again
+// after every reconnect (a broker restart), so views never notice.
+
+import { topicMatch } from './util.js';
+
+const decoder = new TextDecoder();
+
+class Live {
+  constructor() {
+    this.client = null;
+    this.state = 'offline';   // connecting | online | offline
+    this.subs = new Map();    // filter -> Set of handlers
+    this.stateFns = new Set();
+    this.onRefused = () => {};
+    this.received = 0;        // messages received, for the measurements
+  }
+
+  connect(s) {
+    this.close();
+    const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/mqtt';
+    this.setState('connecting');
+    const client = window.mqtt.connect(url, {
+      protocolVersion: 5,
+      clientId: 'dashboard-' + s.username + '-' + Math.random().toString(36).slice(2, 10),
+      username: s.username,
+      password: s.token,
+      clean: true,
+      keepalive: 30,
+      reconnectPeriod: 2000,
+      connectTimeout: 10000,
+      resubscribe: false, // done here, from this.subs, on every connect
+    });
+    this.client = client;
+    client.on('connect', () => {
+      this.setState('online');
+      const filters = [...this.subs.keys()];
+      if (filters.length) client.subscribe(filters, { qos: 0 });
+    });
+    client.on('reconnect', () => this.setState('connecting'));
+    client.on('close', () => { if (this.client === client) this.setState(client.reconnecting ? 'connecting' : 'offline'); });
+    client.on('offline', () => this.setState('offline'));
+    client.on('error', (err) => {
+      // CONNACK refusals: MQTT 5 0x86 bad user name or password, 0x87 not
+      // authorized; 3.1.1 return codes 4 and 5. The token is no good.
+      if ([134, 135, 4, 5].includes(err && err.code)) {
+        this.close();
+        this.onRefused(err);
+      }
+    });
+    client.on('message', (topic, payload, packet) => this.dispatch(topic, payload, packet));
+  }
+
+  dispatch(topic, payload, packet) {
+    this.received++;
+    let text = null;
+    for (const [filter, handlers] of this.subs) {
+      if (!topicMatch(filter, topic)) continue;
+      if (text === null) text = decoder.decode(payload);
+      for (const f of handlers) {
+        try { f(topic, text, packet); } catch (e) { console.error('handler for', filter, e); }
+      }
+    }
+  }
+
+  // on subscribes handler to filter and returns the function that undoes it.
+  on(filter, handler) {
+    let set = this.subs.get(filter);
+    if (!set) {
+      set = new Set();
+      this.subs.set(filter, set);
+      if (this.client && this.client.connected) this.client.subscribe(filter, { qos: 0 });
+    }
+    set.add(handler);
+    return () => {
+      set.delete(handler);
+      if (set.size === 0 && this.subs.get(filter) === set) {
+        this.subs.delete(filter);
+        if (this.client && this.client.connected) this.client.unsubscribe(filter);
+      }
+    };
+  }
+
+  onState(f) { this.stateFns.add(f); f(this.state); return () => this.stateFns.delete(f); }
+
+  setState(s) {
+    if (s === this.state) return;
+    this.state = s;
+    for (const f of this.stateFns) f(s);
+  }
+
+  close() {
+    if (this.client) {
+      const c = this.client;
+      this.client = null;
+      c.end(true);
+    }
+    this.setState('offline');
+  }
+}
+
+export const live = new Live();
+window.tetherLive = live; // for the browser tests and measurements

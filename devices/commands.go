@@ -1,0 +1,477 @@
+package devices
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// commandsSchema is the "commands" component's migrations (DB.Migrate).
+// Times are Unix milliseconds. A released step is never edited.
+var commandsSchema = []string{
+	`CREATE TABLE commands (
+		id         TEXT PRIMARY KEY,
+		device_id  TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		params     TEXT NOT NULL DEFAULT '{}',
+		status     TEXT NOT NULL,
+		result     TEXT,
+		error      TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL
+	);
+	CREATE INDEX commands_device ON commands(device_id, created_at, id);
+	CREATE INDEX commands_open ON commands(expires_at) WHERE status IN ('pending', 'delivered');`,
+}
+
+// Command statuses (SPEC §7). A command only moves forward:
+// pending → delivered → succeeded | failed, or expired from pending or
+// delivered.
+const (
+	StatusPending   = "pending"
+	StatusDelivered = "delivered"
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusExpired   = "expired"
+)
+
+// Command limits and defaults.
+const (
+	DefaultCommandTimeout = 30 * time.Second
+	MaxCommandTimeout     = 24 * time.Hour
+	MaxCommandParams      = 64 << 10 // bytes of params JSON
+	MaxCommandResult      = 64 << 10 // bytes of result JSON
+	MaxCommandError       = 1024     // bytes of an error message
+	MaxCommandName        = 64
+)
+
+// Command is one command sent to a device, as the API shows it (SPEC §6).
+type Command struct {
+	ID        string          `json:"id"`
+	DeviceID  string          `json:"device_id"`
+	Name      string          `json:"name"`
+	Params    json.RawMessage `json:"params"`
+	Status    string          `json:"status"`
+	Result    json.RawMessage `json:"result"`
+	Error     string          `json:"error"`
+	CreatedAt time.Time       `json:"created_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
+	ExpiresAt time.Time       `json:"expires_at"`
+}
+
+// Done reports whether the command has reached its outcome.
+func (c Command) Done() bool {
+	return c.Status == StatusSucceeded || c.Status == StatusFailed || c.Status == StatusExpired
+}
+
+// NewCommand is what sending a command takes.
+type NewCommand struct {
+	// ID is the command's id; empty means a new random one.
+	ID       string
+	DeviceID string
+	Name     string
+	// Params is a JSON object, or empty for {}.
+	Params json.RawMessage
+	// Timeout is how long the command may take; 0 means
+	// DefaultCommandTimeout.
+	Timeout time.Duration
+}
+
+// CommandsOptions configure a Commands store; zero fields take defaults.
+type CommandsOptions struct {
+	// SweepInterval is how often expired commands are closed (default 1s).
+	SweepInterval time.Duration
+	// QueueSize is how many updates from MQTT hooks may wait (default 16384).
+	QueueSize int
+	Logger    *slog.Logger
+}
+
+// Commands stores commands and their outcomes ("commands" component).
+//
+// Creating from the API is synchronous. What the broker sees on the MQTT
+// goroutines (a command published by an operator, a delivery, a response)
+// is queued with the Record* methods, which never block, and written in
+// order by one writer goroutine. Close stops the writer after draining.
+type Commands struct {
+	db  *DB
+	log *slog.Logger
+	o   CommandsOptions
+
+	queue chan commandOp
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
+
+	// mu guards the fields below.
+	mu sync.Mutex
+	// open maps each command not yet done to its device id, so that the
+	// broker can tell a command's packets from others without SQLite.
+	open map[string]string
+	// changed maps a command id to a channel closed at its next change.
+	changed map[string]chan struct{}
+
+	stats commandStats
+}
+
+type commandStats struct {
+	created                                  [2]atomic.Int64 // api, mqtt
+	succeeded, failed, expired, delivered    atomic.Int64
+	lateResponses, unknownResponses, dropped atomic.Int64
+	writeErrors                              atomic.Int64
+}
+
+// commandOp is one queued change.
+type commandOp struct {
+	kind   byte // 'c' create, 'd' delivered, 'r' response
+	cmd    Command
+	id     string
+	ok     bool
+	result []byte
+	errMsg string
+	at     time.Time
+}
+
+// OpenCommands migrates the "commands" component, loads the open
+// commands and starts the writer and the expiry sweeper.
+func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, error) {
+	var opts CommandsOptions
+	if o != nil {
+		opts = *o
+	}
+	if opts.SweepInterval <= 0 {
+		opts.SweepInterval = time.Second
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 16384
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := db.Migrate(ctx, "commands", commandsSchema); err != nil {
+		return nil, err
+	}
+	c := &Commands{
+		db: db, log: opts.Logger, o: opts,
+		queue:   make(chan commandOp, opts.QueueSize),
+		stop:    make(chan struct{}),
+		open:    map[string]string{},
+		changed: map[string]chan struct{}{},
+	}
+	rows, err := db.R.QueryContext(ctx, `SELECT id, device_id FROM commands WHERE status IN ('pending', 'delivered')`)
+	if err != nil {
+		return nil, fmt.Errorf("open commands: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, dev string
+		if err := rows.Scan(&id, &dev); err != nil {
+			return nil, fmt.Errorf("open commands: %w", err)
+		}
+		c.open[id] = dev
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("open commands: %w", err)
+	}
+	c.wg.Add(1)
+	go c.run()
+	return c, nil
+}
+
+// Close stops the sweeper and the writer after writing what is queued.
+// Idempotent; it does not close the DB.
+func (c *Commands) Close() error {
+	c.once.Do(func() { close(c.stop) })
+	c.wg.Wait()
+	return nil
+}
+
+// NewCommandID returns a new random command id.
+func NewCommandID() string {
+	b := make([]byte, 15)
+	_, _ = rand.Read(b)
+	return "cmd-" + strings.ToLower(base64.RawURLEncoding.EncodeToString(b)[:20])
+}
+
+// Check validates nc and fills in its defaults: the id, {} for empty params,
+// the timeout.
+func (nc *NewCommand) Check() error {
+	if nc.ID == "" {
+		nc.ID = NewCommandID()
+	} else if !ValidID(nc.ID) || len(nc.ID) > 64 {
+		return invalid("id", "must be 1 to 64 of A-Z a-z 0-9 . _ -")
+	}
+	if !ValidID(nc.DeviceID) {
+		return invalid("device_id", "not a device id")
+	}
+	if !ValidID(nc.Name) || len(nc.Name) > MaxCommandName {
+		return invalid("name", "must be 1 to %d of A-Z a-z 0-9 . _ -", MaxCommandName)
+	}
+	p := strings.TrimSpace(string(nc.Params))
+	if p == "" || p == "null" {
+		nc.Params = json.RawMessage("{}")
+	} else {
+		if len(p) > MaxCommandParams {
+			return invalid("params", "larger than %d bytes", MaxCommandParams)
+		}
+		var m map[string]json.RawMessage
+		if p[0] != '{' || json.Unmarshal([]byte(p), &m) != nil {
+			return invalid("params", "must be a JSON object")
+		}
+		nc.Params = json.RawMessage(p)
+	}
+	switch {
+	case nc.Timeout == 0:
+		nc.Timeout = DefaultCommandTimeout
+	case nc.Timeout < time.Second || nc.Timeout > MaxCommandTimeout:
+		return invalid("timeout", "must be between 1 and %d seconds", int(MaxCommandTimeout/time.Second))
+	}
+	return nil
+}
+
+func (nc NewCommand) command(now time.Time) Command {
+	return Command{
+		ID: nc.ID, DeviceID: nc.DeviceID, Name: nc.Name, Params: nc.Params,
+		Status: StatusPending, CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(nc.Timeout),
+	}
+}
+
+// Create stores a new pending command (from the API) and returns it. An id
+// already taken is ErrConflict.
+func (c *Commands) Create(ctx context.Context, nc NewCommand) (Command, error) {
+	if err := nc.Check(); err != nil {
+		return Command{}, err
+	}
+	cmd := nc.command(time.Now().UTC())
+	res, err := c.db.W.ExecContext(ctx, insertCommand, cmdArgs(cmd)...)
+	if err != nil {
+		return Command{}, fmt.Errorf("create command: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Command{}, fmt.Errorf("create command %s: %w", cmd.ID, ErrConflict)
+	}
+	c.mu.Lock()
+	c.open[cmd.ID] = cmd.DeviceID
+	c.mu.Unlock()
+	c.stats.created[0].Add(1)
+	return cmd, nil
+}
+
+const insertCommand = `INSERT INTO commands(id, device_id, name, params, status, created_at, updated_at, expires_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING`
+
+func cmdArgs(cmd Command) []any {
+	return []any{cmd.ID, cmd.DeviceID, cmd.Name, string(cmd.Params), cmd.Status,
+		cmd.CreatedAt.UnixMilli(), cmd.UpdatedAt.UnixMilli(), cmd.ExpiresAt.UnixMilli()}
+}
+
+// RecordSent queues a command that an operator published over MQTT. nc
+// must have passed Check. It never blocks; it returns false (and counts)
+// when the queue is full. A command id already open is left as it is (a
+// retransmission).
+func (c *Commands) RecordSent(nc NewCommand) bool {
+	c.mu.Lock()
+	_, dup := c.open[nc.ID]
+	if !dup {
+		c.open[nc.ID] = nc.DeviceID
+	}
+	c.mu.Unlock()
+	if dup {
+		return true
+	}
+	if !c.enqueue(commandOp{kind: 'c', cmd: nc.command(time.Now().UTC())}) {
+		c.mu.Lock()
+		delete(c.open, nc.ID)
+		c.mu.Unlock()
+		return false
+	}
+	c.stats.created[1].Add(1)
+	return true
+}
+
+// RecordDelivered queues "the device has received command id".
+func (c *Commands) RecordDelivered(id string) {
+	c.enqueue(commandOp{kind: 'd', id: id, at: time.Now().UTC()})
+}
+
+// RecordResponse queues a device's answer to command id: ok with result,
+// or an error message. A response to a command that is done already or
+// was never sent is counted (late, unknown) and otherwise ignored.
+func (c *Commands) RecordResponse(id string, ok bool, result []byte, errMsg string) {
+	if len(result) > MaxCommandResult {
+		result = nil
+		if ok {
+			ok, errMsg = false, "result too large"
+		}
+	}
+	if len(errMsg) > MaxCommandError {
+		errMsg = errMsg[:MaxCommandError]
+	}
+	c.enqueue(commandOp{kind: 'r', id: id, ok: ok, result: result, errMsg: errMsg, at: time.Now().UTC()})
+}
+
+func (c *Commands) enqueue(op commandOp) bool {
+	select {
+	case <-c.stop:
+		c.stats.dropped.Add(1)
+		return false
+	default:
+	}
+	select {
+	case c.queue <- op:
+		return true
+	default:
+		c.stats.dropped.Add(1)
+		return false
+	}
+}
+
+// OpenFor returns the device id of command id while it is open (not done).
+func (c *Commands) OpenFor(id string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dev, ok := c.open[id]
+	return dev, ok
+}
+
+// Get returns command id, or ErrNotFound.
+func (c *Commands) Get(ctx context.Context, id string) (Command, error) {
+	cmd, err := scanCommand(c.db.R.QueryRowContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Command{}, fmt.Errorf("command %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Command{}, fmt.Errorf("get command %s: %w", id, err)
+	}
+	return cmd, nil
+}
+
+const commandColumns = `id, device_id, name, params, status, result, error, created_at, updated_at, expires_at`
+
+func scanCommand(s interface{ Scan(...any) error }) (Command, error) {
+	var c Command
+	var params string
+	var result sql.NullString
+	var created, updated, expires int64
+	if err := s.Scan(&c.ID, &c.DeviceID, &c.Name, &params, &c.Status, &result, &c.Error, &created, &updated, &expires); err != nil {
+		return c, err
+	}
+	c.Params = json.RawMessage(params)
+	if result.Valid {
+		c.Result = json.RawMessage(result.String)
+	}
+	c.CreatedAt, c.UpdatedAt, c.ExpiresAt = time.UnixMilli(created).UTC(), time.UnixMilli(updated).UTC(), time.UnixMilli(expires).UTC()
+	return c, nil
+}
+
+// List returns device's commands, newest first, limit (1 to MaxPage; 0
+// means 100) per page, and the cursor of the next page ("" at the end).
+func (c *Commands) List(ctx context.Context, device string, limit int, cursor string) ([]Command, string, error) {
+	switch {
+	case limit == 0:
+		limit = 100
+	case limit < 0 || limit > 1000:
+		return nil, "", invalid("limit", "must be between 1 and 1000")
+	}
+	beforeTS, beforeID := int64(1<<62), ""
+	if cursor != "" {
+		b, err := base64.RawURLEncoding.DecodeString(cursor)
+		ts, id, ok := strings.Cut(string(b), ":")
+		n, perr := strconv.ParseInt(ts, 10, 64)
+		if err != nil || !ok || perr != nil {
+			return nil, "", invalid("cursor", "not a cursor this server issued")
+		}
+		beforeTS, beforeID = n, id
+	}
+	rows, err := c.db.R.QueryContext(ctx, `SELECT `+commandColumns+` FROM commands
+		WHERE device_id = ? AND (created_at < ? OR (created_at = ? AND id < ?))
+		ORDER BY created_at DESC, id DESC LIMIT ?`, device, beforeTS, beforeTS, beforeID, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list commands: %w", err)
+	}
+	defer rows.Close()
+	out := []Command{}
+	for rows.Next() {
+		cmd, err := scanCommand(rows)
+		if err != nil {
+			return nil, "", fmt.Errorf("list commands: %w", err)
+		}
+		out = append(out, cmd)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list commands: %w", err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		l := out[limit-1]
+		next = base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(l.CreatedAt.UnixMilli(), 10) + ":" + l.ID))
+	}
+	return out, next, nil
+}
+
+// Wait returns command id once it is done, or when ctx ends (then with the
+// command as it is and ctx's error).
+func (c *Commands) Wait(ctx context.Context, id string) (Command, error) {
+	for {
+		ch := c.watch(id)
+		cmd, err := c.Get(ctx, id)
+		if err != nil || cmd.Done() {
+			return cmd, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return cmd, ctx.Err()
+		}
+	}
+}
+
+// watch returns a channel closed at command id's next change.
+func (c *Commands) watch(id string) chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch, ok := c.changed[id]
+	if !ok {
+		ch = make(chan struct{})
+		c.changed[id] = ch
+	}
+	return ch
+}
+
+// notify wakes the watchers of id; done forgets it as an open command.
+func (c *Commands) notify(id string, done bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ch, ok := c.changed[id]; ok {
+		close(ch)
+		delete(c.changed, id)
+	}
+	if done {
+		delete(c.open, id)
+	}
+}
+
+// Expire closes command id as expired if it is still open, and returns it.
+func (c *Commands) Expire(ctx context.Context, id string) (Command, error) {
+	res, err := c.db.W.ExecContext(ctx, `UPDATE commands SET status = 'expired', updated_at = ?
+		WHERE id = ? AND status IN ('pending', 'delivered')`, time.Now().UnixMilli(), id)
+	if err != nil {
+		return Command{}, fmt.Errorf("expire command %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		c.stats.expired.Add(1)
+		c.notify(id, true)
+	}
+	return c.Get(ctx, id)
+}

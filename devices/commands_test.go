@@ -1,0 +1,157 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func openTestCommands(t *testing.T) *Commands {
+	t.Helper()
+	db := openTestDB(t)
+	c, err := OpenCommands(context.Background(), db, &CommandsOptions{SweepInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestCommandLifecycle(t *testing.T) {
+	ctx := context.Background()
+	c := openTestCommands(t)
+	for _, tc := range []struct {
+		name   string
+		events func(id string)
+		want   string
+	}{
+		{"succeeded", func(id string) { c.RecordDelivered(id); c.RecordResponse(id, true, []byte(`{"x":1}`), "") }, StatusSucceeded},
+		{"failed without delivery", func(id string) { c.RecordResponse(id, false, nil, "boom") }, StatusFailed},
+		{"only forward", func(id string) {
+			c.RecordResponse(id, true, nil, "")
+			c.RecordDelivered(id)                // ignored: succeeded is final
+			c.RecordResponse(id, false, nil, "") // late
+		}, StatusSucceeded},
+		{"expired", func(id string) {}, StatusExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "reboot", Timeout: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dev, ok := c.OpenFor(cmd.ID); !ok || dev != "d1" {
+				t.Fatalf("not open: %q %v", dev, ok)
+			}
+			tc.events(cmd.ID)
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			got, err := c.Wait(wctx, cmd.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Status != tc.want {
+				t.Fatalf("status %s, want %s", got.Status, tc.want)
+			}
+			if _, ok := c.OpenFor(cmd.ID); ok {
+				t.Fatal("still open")
+			}
+		})
+	}
+	c.RecordResponse("cmd-nope", true, nil, "")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		late, unknown := c.ResponseStats()
+		if late == 1 && unknown == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("late %d unknown %d", late, unknown)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestCommandCheckAndList(t *testing.T) {
+	ctx := context.Background()
+	c := openTestCommands(t)
+	for _, bad := range []NewCommand{
+		{DeviceID: "d1", Name: "a/b"},
+		{DeviceID: "d/1", Name: "x"},
+		{DeviceID: "d1", Name: "x", Params: []byte(`[1]`)},
+		{DeviceID: "d1", Name: "x", Timeout: time.Millisecond},
+	} {
+		var ie *InvalidError
+		if _, err := c.Create(ctx, bad); !errors.As(err, &ie) {
+			t.Errorf("%+v: err %v", bad, err)
+		}
+	}
+	if _, err := c.Create(ctx, NewCommand{ID: "same", DeviceID: "d1", Name: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Create(ctx, NewCommand{ID: "same", DeviceID: "d1", Name: "x"}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("duplicate id: %v", err)
+	}
+	for range 4 {
+		if _, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		list, next, err := c.List(ctx, "d1", 2, cursor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range list {
+			if seen[cmd.ID] {
+				t.Fatalf("%s twice", cmd.ID)
+			}
+			seen[cmd.ID] = true
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if len(seen) != 5 {
+		t.Fatalf("listed %d", len(seen))
+	}
+	if _, err := c.Get(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get unknown: %v", err)
+	}
+}
+
+func TestTwinMerge(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t)
+	tw, err := OpenTwins(ctx, db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tw.Close()
+	got, err := tw.PatchDesired(ctx, "d1", []byte(`{"rate":5,"mode":"eco","old":1}`))
+	if err != nil || got.DesiredVersion != 1 || len(got.Delta) != 3 {
+		t.Fatalf("%+v %v", got, err)
+	}
+	got, err = tw.PatchDesired(ctx, "d1", []byte(`{"old":null,"mode":"fast"}`))
+	if err != nil || got.DesiredVersion != 2 || got.Desired["old"] != nil || got.Desired["mode"] != "fast" {
+		t.Fatalf("%+v %v", got, err)
+	}
+	if _, err := tw.PatchDesired(ctx, "d1", []byte(`{"version":3}`)); err == nil {
+		t.Fatal("version accepted")
+	}
+	if tw.RecordReported("d1", []byte(`[1]`)) {
+		t.Fatal("array accepted")
+	}
+	tw.RecordReported("d1", []byte(`{"rate":5,"mode":"eco","extra":true}`))
+	tw.RecordReported("d1", []byte(`{"mode":"fast","extra":null}`))
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err = tw.Get(ctx, "d1")
+	if err != nil || got.ReportedVersion != 2 || len(got.Delta) != 0 || got.Reported["extra"] != nil {
+		t.Fatalf("%+v %v", got, err)
+	}
+}

@@ -1,0 +1,171 @@
+package devices
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// commandBatch is the most queued changes written in one transaction.
+const commandBatch = 512
+
+// run writes queued changes in batches and closes expired commands every
+// SweepInterval, until Close.
+func (c *Commands) run() {
+	defer c.wg.Done()
+	tick := time.NewTicker(c.o.SweepInterval)
+	defer tick.Stop()
+	batch := make([]commandOp, 0, commandBatch)
+	take := func() {
+		for len(batch) < commandBatch {
+			select {
+			case op := <-c.queue:
+				batch = append(batch, op)
+			default:
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case op := <-c.queue:
+			batch = append(batch[:0], op)
+			take()
+			c.apply(batch)
+		case <-tick.C:
+			if err := c.sweep(); err != nil {
+				c.log.Error("commands: expire", "error", err)
+			}
+		case <-c.stop:
+			for {
+				batch = batch[:0]
+				take()
+				if len(batch) == 0 {
+					return
+				}
+				c.apply(batch)
+			}
+		}
+	}
+}
+
+// change is a command whose watchers are woken after the commit.
+type change struct {
+	id   string
+	done bool
+}
+
+func (c *Commands) apply(batch []commandOp) {
+	changes, err := c.applyTx(batch)
+	if err != nil {
+		c.stats.writeErrors.Add(1)
+		c.log.Error("commands: write", "changes", len(batch), "error", err)
+		return
+	}
+	for _, ch := range changes {
+		c.notify(ch.id, ch.done)
+	}
+}
+
+func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tx, err := c.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("commands write: begin: %w", err)
+	}
+	defer tx.Rollback()
+	var changes []change
+	var late, unknown, ok, failed, delivered int64
+	for _, op := range batch {
+		switch op.kind {
+		case 'c':
+			if _, err := tx.ExecContext(ctx, insertCommand, cmdArgs(op.cmd)...); err != nil {
+				return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
+			}
+		case 'd':
+			res, err := tx.ExecContext(ctx, `UPDATE commands SET status = 'delivered', updated_at = ?
+				WHERE id = ? AND status = 'pending'`, op.at.UnixMilli(), op.id)
+			if err != nil {
+				return nil, fmt.Errorf("commands write: delivered %s: %w", op.id, err)
+			}
+			if n, _ := res.RowsAffected(); n > 0 {
+				delivered++
+				changes = append(changes, change{id: op.id})
+			}
+		case 'r':
+			status := StatusSucceeded
+			if !op.ok {
+				status = StatusFailed
+			}
+			var result any
+			if len(op.result) > 0 {
+				result = string(op.result)
+			}
+			res, err := tx.ExecContext(ctx, `UPDATE commands SET status = ?, result = ?, error = ?, updated_at = ?
+				WHERE id = ? AND status IN ('pending', 'delivered')`, status, result, op.errMsg, op.at.UnixMilli(), op.id)
+			if err != nil {
+				return nil, fmt.Errorf("commands write: response %s: %w", op.id, err)
+			}
+			if n, _ := res.RowsAffected(); n > 0 {
+				if op.ok {
+					ok++
+				} else {
+					failed++
+				}
+				changes = append(changes, change{id: op.id, done: true})
+				continue
+			}
+			var exists int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM commands WHERE id = ?`, op.id).Scan(&exists); err != nil {
+				return nil, fmt.Errorf("commands write: response %s: %w", op.id, err)
+			}
+			if exists > 0 {
+				late++
+			} else {
+				unknown++
+			}
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commands write: commit: %w", err)
+	}
+	c.stats.lateResponses.Add(late)
+	c.stats.unknownResponses.Add(unknown)
+	c.stats.succeeded.Add(ok)
+	c.stats.failed.Add(failed)
+	c.stats.delivered.Add(delivered)
+	if late+unknown > 0 {
+		c.log.Debug("commands: responses ignored", "late", late, "unknown", unknown)
+	}
+	return changes, nil
+}
+
+// sweep closes the commands whose time is up.
+func (c *Commands) sweep() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	now := time.Now().UnixMilli()
+	rows, err := c.db.W.QueryContext(ctx, `UPDATE commands SET status = 'expired', updated_at = ?
+		WHERE status IN ('pending', 'delivered') AND expires_at <= ? RETURNING id`, now, now)
+	if err != nil {
+		return fmt.Errorf("commands expire: %w", err)
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return fmt.Errorf("commands expire: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Close(); err != nil {
+		return fmt.Errorf("commands expire: %w", err)
+	}
+	c.stats.expired.Add(int64(len(ids)))
+	for _, id := range ids {
+		c.notify(id, true)
+	}
+	return nil
+}

@@ -1,0 +1,112 @@
+package devices
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// Kinds of Identity.
+const (
+	KindDevice = "device"
+	KindUser   = "user"
+)
+
+// Roles of users, each including the one before.
+const (
+	RoleViewer   = "viewer"
+	RoleOperator = "operator"
+	RoleAdmin    = "admin"
+)
+
+// Identity is who a set of credentials belongs to.
+type Identity struct {
+	// Kind is KindDevice or KindUser.
+	Kind string `json:"kind"`
+	// Name is the device id or the user name.
+	Name string `json:"name"`
+	// Role is the user's role; empty for a device.
+	Role string `json:"role,omitempty"`
+	// Via says what authenticated it: "secret", "password", "token" or
+	// "session".
+	Via string `json:"via,omitempty"`
+	// SessionID is the session JWT's id (jti) when Via is "session", for
+	// logout.
+	SessionID string `json:"-"`
+	// TokenID is the API token's id when Via is "token".
+	TokenID string `json:"-"`
+}
+
+// Can reports whether the identity's role is at least role. Devices have
+// no role.
+func (id Identity) Can(role string) bool {
+	return id.Kind == KindUser && roleRank(id.Role) >= roleRank(role)
+}
+
+func roleRank(r string) int {
+	switch r {
+	case RoleViewer:
+		return 1
+	case RoleOperator:
+		return 2
+	case RoleAdmin:
+		return 3
+	}
+	return 0
+}
+
+// Authenticate checks one MQTT username and password (or API bearer, with
+// an empty username) and says whose they are:
+//   - a device: username = device id, password = its secret;
+//   - a user: username = user name, password = the password, an API token
+//     or a session JWT (the dashboard over WebSocket).
+//
+// With an empty username, password must be an API token or a session JWT.
+// Devices are checked against the in-memory cache: no SQLite query and no
+// slow hash. Any failure is ErrUnauthorized.
+func (r *Registry) Authenticate(ctx context.Context, username, password string) (Identity, error) {
+	if password == "" {
+		return Identity{}, fmt.Errorf("authenticate: %w", ErrUnauthorized)
+	}
+	d := digest(password)
+	r.mu.RLock()
+	dev, isDevice := r.devices[username]
+	_, isUser := r.users[username]
+	r.mu.RUnlock()
+	switch {
+	case isDevice:
+		if !sameDigest(d, dev.digest) || !dev.enabled {
+			return Identity{}, fmt.Errorf("authenticate: %w", ErrUnauthorized)
+		}
+		return Identity{Kind: KindDevice, Name: username, Via: "secret"}, nil
+	case isUser || username == "":
+		var id Identity
+		var err error
+		switch {
+		case strings.HasPrefix(password, TokenPrefix):
+			id, err = r.AuthenticateToken(ctx, password)
+		case strings.Count(password, ".") == 2 && strings.HasPrefix(password, "eyJ"):
+			id, err = r.VerifySession(password)
+		case username != "":
+			var u User
+			u, err = r.AuthenticateUser(ctx, username, password)
+			id = Identity{Kind: KindUser, Name: u.Username, Role: u.Role, Via: "password"}
+		default:
+			err = ErrUnauthorized
+		}
+		if err != nil || (username != "" && id.Name != username) {
+			return Identity{}, fmt.Errorf("authenticate: %w", ErrUnauthorized)
+		}
+		return id, nil
+	}
+	return Identity{}, fmt.Errorf("authenticate: %w", ErrUnauthorized)
+}
+
+// HasDevice reports whether id is a registered device (enabled or not).
+// It reads the in-memory cache.
+func (r *Registry) HasDevice(id string) bool {
+	r.mu.RLock()
+	_, ok := r.devices[id]
+	r.mu.RUnlock()
+	return ok
+}

@@ -1,0 +1,134 @@
+package devices
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// sessionIssuer is the JWT "iss" of dashboard sessions.
+const sessionIssuer = "tether"
+
+// loadKey reads the session signing key, creating it on first start.
+func (r *Registry) loadKey(ctx context.Context) error {
+	var key []byte
+	err := r.db.W.QueryRowContext(ctx, `SELECT value FROM registry_keys WHERE name = 'session'`).Scan(&key)
+	if err != nil {
+		key = make([]byte, 32)
+		_, _ = rand.Read(key)
+		if _, err := r.db.W.ExecContext(ctx, `INSERT INTO registry_keys (name, value) VALUES ('session', ?)
+			ON CONFLICT(name) DO NOTHING`, key); err != nil {
+			return fmt.Errorf("create session key: %w", err)
+		}
+		if err := r.db.W.QueryRowContext(ctx, `SELECT value FROM registry_keys WHERE name = 'session'`).Scan(&key); err != nil {
+			return fmt.Errorf("read session key: %w", err)
+		}
+	}
+	if len(key) < 32 {
+		return errors.New("session key: shorter than 256 bits")
+	}
+	r.key = key
+	return nil
+}
+
+// IssueSession returns a dashboard session for u: a JWT (HS256, signed
+// with a key generated on first start and kept in the database) with
+// subject u.Username, a random jti and an expiry ttl from now. It is the
+// login response's token, the cookie's value, a Bearer token and the MQTT
+// password over WebSocket.
+func (r *Registry) IssueSession(ctx context.Context, u User, ttl time.Duration) (string, time.Time, error) {
+	if ttl <= 0 {
+		return "", time.Time{}, fmt.Errorf("issue session: %w", invalid("ttl", "must be positive"))
+	}
+	r.mu.RLock()
+	_, ok := r.users[u.Username]
+	key := r.key
+	r.mu.RUnlock()
+	if !ok {
+		return "", time.Time{}, fmt.Errorf("issue session for %q: %w", u.Username, ErrNotFound)
+	}
+	now := time.Now()
+	exp := now.Add(ttl).Truncate(time.Second)
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Issuer:    sessionIssuer,
+		Subject:   u.Username,
+		ID:        randomID("", 22),
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(exp),
+	})
+	s, err := tok.SignedString(key)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("issue session: %w", err)
+	}
+	return s, exp.UTC(), nil
+}
+
+// parseSession checks signature, issuer and expiry.
+func (r *Registry) parseSession(token string) (*jwt.RegisteredClaims, error) {
+	r.mu.RLock()
+	key := r.key
+	r.mu.RUnlock()
+	var c jwt.RegisteredClaims
+	_, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return key, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithIssuer(sessionIssuer),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(5*time.Second))
+	if err != nil || c.ID == "" || c.Subject == "" {
+		return nil, ErrUnauthorized
+	}
+	return &c, nil
+}
+
+// VerifySession checks a session JWT's signature, expiry and revocation,
+// and that its user still exists; the identity carries the user's current
+// role. Any failure is ErrUnauthorized. No SQLite query.
+func (r *Registry) VerifySession(token string) (Identity, error) {
+	c, err := r.parseSession(token)
+	if err != nil {
+		return Identity{}, fmt.Errorf("verify session: %w", err)
+	}
+	r.mu.RLock()
+	_, revoked := r.revoked[c.ID]
+	u, ok := r.users[c.Subject]
+	r.mu.RUnlock()
+	if revoked || !ok {
+		return Identity{}, fmt.Errorf("verify session: %w", ErrUnauthorized)
+	}
+	return Identity{Kind: KindUser, Name: c.Subject, Role: u.role, Via: "session", SessionID: c.ID}, nil
+}
+
+// RevokeSession ends a session (logout): its jti is kept on a revocation
+// list, in memory and in the database, until the token would have expired.
+// An invalid or expired token is ErrUnauthorized.
+func (r *Registry) RevokeSession(ctx context.Context, token string) error {
+	c, err := r.parseSession(token)
+	if err != nil {
+		return fmt.Errorf("revoke session: %w", err)
+	}
+	exp := c.ExpiresAt.Time.Add(5 * time.Second) // past the leeway
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	now := time.Now()
+	if _, err := r.db.W.ExecContext(ctx, `INSERT INTO revoked_sessions (jti, expires_at) VALUES (?, ?)
+		ON CONFLICT(jti) DO NOTHING`, c.ID, fmtTime(exp)); err != nil {
+		return fmt.Errorf("revoke session: %w", err)
+	}
+	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM revoked_sessions WHERE expires_at < ?`, fmtTime(now)); err != nil {
+		return fmt.Errorf("revoke session: prune: %w", err)
+	}
+	r.mu.Lock()
+	r.revoked[c.ID] = exp
+	for jti, e := range r.revoked {
+		if e.Before(now) {
+			delete(r.revoked, jti)
+		}
+	}
+	r.mu.Unlock()
+	r.revoke(Revocation{Name: c.Subject, SessionID: c.ID})
+	return nil
+}

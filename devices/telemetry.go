@@ -1,0 +1,227 @@
+package devices
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// telemetrySchema is the "telemetry" component's migrations (DB.Migrate).
+// A released step is never edited; append a new one.
+//
+// ts is Unix milliseconds; vals is the JSON object of metrics. The rowid
+// table takes appends cheaply; (device_id, ts) serves a device's time
+// ranges and ts serves retention pruning.
+var telemetrySchema = []string{
+	`CREATE TABLE telemetry (
+		id        INTEGER PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		ts        INTEGER NOT NULL,
+		vals      TEXT NOT NULL
+	);
+	CREATE INDEX telemetry_device_ts ON telemetry(device_id, ts);
+	CREATE INDEX telemetry_ts ON telemetry(ts);`,
+}
+
+// TelemetryOptions configure a Telemetry store; zero fields take defaults.
+type TelemetryOptions struct {
+	// FlushInterval is the longest a queued point waits to be written
+	// (default 1s).
+	FlushInterval time.Duration
+	// QueueSize is how many points may wait; beyond it points are dropped
+	// and counted (default 65536).
+	QueueSize int
+	// BatchSize is the most points written in one transaction (default
+	// 32768).
+	BatchSize int
+	// Retention is how long points are kept (default 7 days).
+	Retention time.Duration
+	// PruneInterval is how often expired points are pruned (default one
+	// minute, or Retention/10 if shorter).
+	PruneInterval time.Duration
+	// PruneChunk is how many rows one pruning transaction deletes (default
+	// 2000), so pruning never holds the writer for long.
+	PruneChunk int
+	// Logger receives the store's log; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Point is one stored telemetry point.
+type Point struct {
+	TS     time.Time      `json:"ts"`
+	Values map[string]any `json:"values"`
+}
+
+// queued is a point waiting for the writer.
+type queued struct {
+	device  string
+	ts      int64 // Unix ms
+	json    []byte
+	arrived time.Time
+}
+
+// Telemetry is the telemetry history: a bounded queue that a batch writer
+// drains into SQLite, one transaction per batch, updating each device's
+// last values and last_seen in the same transaction; a pruner that deletes
+// points older than the retention in small chunks; and queries over time
+// ranges.
+//
+// Add never blocks: it is called from MQTT hooks on the publisher's
+// goroutine. Close flushes what is queued and stops the goroutines.
+type Telemetry struct {
+	db   *DB
+	log  *slog.Logger
+	opts TelemetryOptions
+
+	queue   chan queued
+	flushes chan chan error
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	closed  atomic.Bool
+	once    sync.Once
+
+	// hasDevices: the registry's devices table exists, so last values can
+	// be kept (a broker without a registry keeps only history).
+	hasDevices bool
+
+	stats telemetryStats
+}
+
+// telemetryStats are the store's running totals.
+type telemetryStats struct {
+	stored, dropped, writeErrors, pruned atomic.Int64
+	rejected                             sync.Map // reason → *atomic.Int64
+	batches                              atomic.Int64
+	lastBatchSeconds                     atomic.Int64 // float64 bits
+}
+
+// OpenTelemetry migrates the "telemetry" component and starts the writer
+// and the pruner.
+func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry, error) {
+	var opts TelemetryOptions
+	if o != nil {
+		opts = *o
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = time.Second
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 65536
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 32768
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = 7 * 24 * time.Hour
+	}
+	if opts.PruneInterval <= 0 {
+		opts.PruneInterval = min(time.Minute, opts.Retention/10)
+	}
+	if opts.PruneChunk <= 0 {
+		opts.PruneChunk = 2000
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := db.Migrate(ctx, "telemetry", telemetrySchema); err != nil {
+		return nil, err
+	}
+	// The history's (device_id, ts) index takes each batch's points at
+	// one leaf page per device: with SQLite's default 2 MB page cache a
+	// thousand devices thrash it and the writer falls to a few thousand
+	// points a second. 64 MB keeps the working set in memory. W is a
+	// single long-lived connection, so the setting stays with it.
+	if _, err := db.W.ExecContext(ctx, `PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY`); err != nil {
+		return nil, fmt.Errorf("open telemetry: cache size: %w", err)
+	}
+	var n int
+	if err := db.R.QueryRowContext(ctx,
+		`SELECT count(*) FROM pragma_table_info('devices') WHERE name IN ('id','last_values','last_seen')`).Scan(&n); err != nil {
+		return nil, fmt.Errorf("open telemetry: %w", err)
+	}
+	t := &Telemetry{
+		db:         db,
+		log:        opts.Logger,
+		opts:       opts,
+		queue:      make(chan queued, opts.QueueSize),
+		flushes:    make(chan chan error),
+		stop:       make(chan struct{}),
+		hasDevices: n == 3,
+	}
+	if !t.hasDevices {
+		t.log.Warn("telemetry: no devices table: keeping history without last values")
+	}
+	t.wg.Add(2)
+	go t.write()
+	go t.prune()
+	return t, nil
+}
+
+// Add queues a parsed sample from device, received at arrived. It never
+// blocks: when the queue is full (or the store closed) the point is
+// dropped and counted, and Add returns false.
+func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
+	if t.closed.Load() {
+		t.stats.dropped.Add(1)
+		return false
+	}
+	ts := s.TS
+	if ts.IsZero() {
+		ts = arrived
+	}
+	select {
+	case t.queue <- queued{device: device, ts: ts.UnixMilli(), json: s.JSON, arrived: arrived}:
+		return true
+	default:
+		t.stats.dropped.Add(1)
+		return false
+	}
+}
+
+// Reject counts a payload that was not stored because it did not parse.
+func (t *Telemetry) Reject(err error) {
+	reason := rejectReason(err)
+	c, ok := t.stats.rejected.Load(reason)
+	if !ok {
+		c, _ = t.stats.rejected.LoadOrStore(reason, new(atomic.Int64))
+	}
+	c.(*atomic.Int64).Add(1)
+}
+
+// Flush writes everything queued before the call and returns when it is
+// committed.
+func (t *Telemetry) Flush(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case t.flushes <- done:
+	case <-t.stop:
+		return fmt.Errorf("telemetry flush: closed")
+	case <-ctx.Done():
+		return fmt.Errorf("telemetry flush: %w", ctx.Err())
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("telemetry flush: %w", ctx.Err())
+	}
+}
+
+// Close stops taking points, writes what is queued and stops the writer and
+// the pruner. It is idempotent; it does not close the DB.
+func (t *Telemetry) Close() error {
+	t.once.Do(func() {
+		t.closed.Store(true)
+		close(t.stop)
+	})
+	t.wg.Wait()
+	return nil
+}
+
+// Stats returns the points stored and dropped so far.
+func (t *Telemetry) Stats() (stored, dropped int64) {
+	return t.stats.stored.Load(), t.stats.dropped.Load()
+}

@@ -1,0 +1,80 @@
+package devices
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// BenchmarkTelemetryWrite measures the history writer alone: points from
+// 1,000 devices queued as fast as the writer takes them (b.N points).
+//
+//	go test -run XXX -bench TelemetryWrite -benchtime 1000000x ./devices/
+func BenchmarkTelemetryWrite(b *testing.B) {
+	ctx := context.Background()
+	db, err := OpenDB(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.W.Exec(`CREATE TABLE devices (id TEXT PRIMARY KEY, last_seen TEXT, last_values TEXT NOT NULL DEFAULT '{}')`); err != nil {
+		b.Fatal(err)
+	}
+	const devs = 1000
+	ids := make([]string, devs)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%04d", i)
+		if _, err := db.W.Exec(`INSERT INTO devices(id) VALUES (?)`, ids[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if v := os.Getenv("TEL_CACHE"); v != "" {
+		if _, err := db.W.Exec("PRAGMA cache_size = " + v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bs, _ := strconv.Atoi(os.Getenv("TEL_BATCH"))
+	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{BatchSize: bs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tel.Close()
+	base := time.Now().Add(-time.Hour)
+	samples := make([]Sample, 64)
+	for i := range samples {
+		if samples[i], err = ParseTelemetry(fmt.Appendf(nil, `{"temp":%d.5,"hum":%d,"on":true,"fw":"1.2.3"}`, 20+i, 40+i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		s := samples[i%len(samples)]
+		s.TS = base.Add(time.Duration(i/devs) * time.Millisecond)
+		for !tel.Add(ids[i%devs], s, start) {
+			runtime.Gosched()
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	el := time.Since(start)
+	b.StopTimer()
+	stored, _ := tel.Stats()
+	b.ReportMetric(float64(stored)/el.Seconds(), "stored/s")
+}
+
+// BenchmarkTelemetryParse measures the payload parser.
+func BenchmarkTelemetryParse(b *testing.B) {
+	p := []byte(`{"temp":21.5,"hum":40,"on":true,"fw":"1.2.3","ts":1795662000000}`)
+	b.ReportAllocs()
+	for range b.N {
+		if _, err := ParseTelemetry(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package devices
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+// openTestDB opens a database in t.TempDir with a minimal devices table
+// (the registry's columns that telemetry touches) holding ids.
+func openTestDB(t *testing.T, ids ...string) *DB {
+	t.Helper()
+	db, err := OpenDB(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.W.Exec(`CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, last_seen TEXT, last_values TEXT NOT NULL DEFAULT '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := db.W.Exec(`INSERT INTO devices(id) VALUES (?)`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return db
+}
+
+func openTestTelemetry(t *testing.T, db *DB, o *TelemetryOptions) *Telemetry {
+	t.Helper()
+	tel, err := OpenTelemetry(context.Background(), db, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Close() })
+	return tel
+}
+
+func mustSample(t *testing.T, s string) Sample {
+	t.Helper()
+	v, err := ParseTelemetry([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestTelemetryStoreAndQuery(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Date(2026, 1, 1, 3, 0, 0, 0, time.UTC)
+	now := time.Now()
+	for i := range 10 {
+		s := mustSample(t, `{"temp":`+jsonString(float64(20+i))+`,"on":true,"ts":`+jsonString(float64(base.Add(time.Duration(i)*10*time.Second).UnixMilli()))+`}`)
+		if !tel.Add("d1", s, now) {
+			t.Fatal("Add refused")
+		}
+	}
+	tel.Add("d1", mustSample(t, `{"hum":40}`), now) // no ts: arrival time
+	tel.Add("d2", mustSample(t, `{"temp":5}`), now)
+	tel.Add("ghost", mustSample(t, `{"temp":5}`), now) // not registered: history only
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if stored, dropped := tel.Stats(); stored != 13 || dropped != 0 {
+		t.Fatalf("stored %d dropped %d", stored, dropped)
+	}
+
+	for _, tc := range []struct {
+		name     string
+		from, to time.Time
+		limit    int
+		want     []float64
+	}{
+		{"all", base, base.Add(time.Hour), 100, []float64{20, 21, 22, 23, 24, 25, 26, 27, 28, 29}},
+		{"limit", base, base.Add(time.Hour), 3, []float64{20, 21, 22}},
+		{"range inclusive", base.Add(20 * time.Second), base.Add(40 * time.Second), 100, []float64{22, 23, 24}},
+		{"empty", base.Add(-time.Hour), base.Add(-time.Minute), 100, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pts, err := tel.Points(ctx, "d1", tc.from, tc.to, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(pts) != len(tc.want) {
+				t.Fatalf("got %d points, want %d", len(pts), len(tc.want))
+			}
+			for i, p := range pts {
+				if p.Values["temp"] != tc.want[i] || p.Values["on"] != true {
+					t.Errorf("point %d = %v, want temp %v", i, p.Values, tc.want[i])
+				}
+				if i > 0 && p.TS.Before(pts[i-1].TS) {
+					t.Errorf("not in time order")
+				}
+			}
+		})
+	}
+
+	bs, err := tel.Buckets(ctx, "d1", base, base.Add(time.Hour), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 2 {
+		t.Fatalf("buckets = %+v", bs)
+	}
+	if b := bs[0]; !b.TS.Equal(base) || b.Min["temp"] != 20 || b.Max["temp"] != 25 || b.Avg["temp"] != 22.5 {
+		t.Errorf("bucket 0 = %+v", b)
+	}
+	if b := bs[1]; b.Min["temp"] != 26 || b.Max["temp"] != 29 {
+		t.Errorf("bucket 1 = %+v", b)
+	}
+	var typ string
+	if err := db.R.QueryRow(`SELECT DISTINCT typeof(vals) FROM telemetry`).Scan(&typ); err != nil || typ != "text" {
+		t.Errorf("vals stored as %s (%v), want text", typ, err)
+	}
+	if _, ok := bs[0].Min["on"]; ok {
+		t.Errorf("booleans aggregated: %+v", bs[0])
+	}
+
+	var lastValues, lastSeen string
+	if err := db.R.QueryRow(`SELECT last_values, COALESCE(last_seen,'') FROM devices WHERE id = 'd1'`).Scan(&lastValues, &lastSeen); err != nil {
+		t.Fatal(err)
+	}
+	var lv map[string]any
+	if err := json.Unmarshal([]byte(lastValues), &lv); err != nil {
+		t.Fatal(err)
+	}
+	if lv["temp"] != 29.0 || lv["hum"] != 40.0 || lv["on"] != true || lastSeen == "" {
+		t.Errorf("last values %v, last seen %q", lv, lastSeen)
+	}
+
+	for _, bad := range []struct {
+		limit int
+		step  time.Duration
+	}{{0, 0}, {MaxTelemetryPoints + 1, 0}} {
+		if _, err := tel.Points(ctx, "d1", base, base.Add(time.Hour), bad.limit); err == nil {
+			t.Errorf("limit %d accepted", bad.limit)
+		}
+	}
+	if _, err := tel.Buckets(ctx, "d1", base, base.Add(365*24*time.Hour), time.Second); err == nil {
+		t.Error("too many buckets accepted")
+	}
+}
+
+func jsonString(f float64) string { b, _ := json.Marshal(f); return string(b) }
+
+// TestTelemetryQueueFull holds the writer's connection so that the queue
+// fills: Add must return at once, and the overflow is counted.
+func TestTelemetryQueueFull(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: 10 * time.Millisecond, QueueSize: 8, BatchSize: 4})
+	tx, err := db.W.BeginTx(ctx, nil) // the only writer connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mustSample(t, `{"v":1}`)
+	start := time.Now()
+	for range 1000 {
+		tel.Add("d1", s, time.Now())
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("1000 Adds took %v: Add blocks", d)
+	}
+	if _, dropped := tel.Stats(); dropped < 1000-8-4-1 {
+		t.Fatalf("dropped %d", dropped)
+	}
+	tx.Rollback()
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored, dropped := tel.Stats()
+	if stored+dropped != 1000 {
+		t.Fatalf("stored %d + dropped %d != 1000", stored, dropped)
+	}
+}
+
+func TestTelemetryPrune(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{PruneChunk: 7})
+	now := time.Now()
+	old := now.Add(-48 * time.Hour)
+	for i := range 50 {
+		s := mustSample(t, `{"v":1}`)
+		s.TS = old.Add(time.Duration(i) * time.Second)
+		tel.Add("d1", s, now)
+		s.TS = now.Add(-time.Duration(i) * time.Second)
+		tel.Add("d1", s, now)
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n, err := tel.PruneBefore(ctx, now.Add(-24*time.Hour))
+	if err != nil || n != 50 {
+		t.Fatalf("pruned %d, %v", n, err)
+	}
+	pts, err := tel.Points(ctx, "d1", old.Add(-time.Hour), now.Add(time.Hour), 1000)
+	if err != nil || len(pts) != 50 {
+		t.Fatalf("left %d points, %v", len(pts), err)
+	}
+}
+
+func TestTelemetryCloseFlushes(t *testing.T) {
+	db := openTestDB(t, "d1")
+	tel, err := OpenTelemetry(context.Background(), db, &TelemetryOptions{FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		tel.Add("d1", mustSample(t, `{"v":2}`), time.Now())
+	}
+	tel.Close()
+	tel.Close() // idempotent
+	if tel.Add("d1", mustSample(t, `{"v":2}`), time.Now()) {
+		t.Fatal("Add after Close accepted")
+	}
+	var n int
+	if err := db.R.QueryRow(`SELECT count(*) FROM telemetry`).Scan(&n); err != nil || n != 100 {
+		t.Fatalf("%d rows after Close, %v", n, err)
+	}
+}

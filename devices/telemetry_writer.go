@@ -1,0 +1,241 @@
+package devices
+
+import (
+	"context"
+	"database/sql"
+		"fmt"
+	"math"
+	"time"
+)
+
+// write is the batch writer: it collects queued points and writes them in
+// one transaction when the batch is full, every FlushInterval, on Flush and
+// on Close. While points are being dropped it logs once per interval.
+func (t *Telemetry) write() {
+	defer t.wg.Done()
+	tick := time.NewTicker(t.opts.FlushInterval)
+	defer tick.Stop()
+	batch := make([]queued, 0, t.opts.BatchSize)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := t.writeBatch(batch)
+		clear(batch) // let the maps go
+		batch = batch[:0]
+		return err
+	}
+	// drain takes everything queued now, writing full batches as it goes.
+	drain := func() error {
+		for {
+			select {
+			case p := <-t.queue:
+				batch = append(batch, p)
+				if len(batch) >= t.opts.BatchSize {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			default:
+				return flush()
+			}
+		}
+	}
+	var lastDropped int64
+	for {
+		select {
+		case p := <-t.queue:
+			batch = append(batch, p)
+			if len(batch) >= t.opts.BatchSize {
+				_ = flush()
+			}
+		case <-tick.C:
+			_ = flush()
+			if d := t.stats.dropped.Load(); d != lastDropped {
+				t.log.Warn("telemetry: queue full, points routed but not stored",
+					"dropped", d-lastDropped, "interval", t.opts.FlushInterval, "queue_size", t.opts.QueueSize)
+				lastDropped = d
+			}
+		case done := <-t.flushes:
+			done <- drain()
+		case <-t.stop:
+			if err := drain(); err != nil {
+				t.log.Error("telemetry: final flush", "error", err)
+			}
+			return
+		}
+	}
+}
+
+// writeBatch writes batch in one transaction: every point into history,
+// and per device the merged latest values and last_seen.
+func (t *Telemetry) writeBatch(batch []queued) error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := t.writeTx(ctx, batch)
+	if err != nil {
+		t.stats.writeErrors.Add(1)
+		t.log.Error("telemetry: write batch", "points", len(batch), "error", err)
+		return err
+	}
+	t.stats.stored.Add(int64(len(batch)))
+	t.stats.batches.Add(1)
+	t.stats.lastBatchSeconds.Store(int64(math.Float64bits(time.Since(start).Seconds())))
+	return nil
+}
+
+// insertRows is how many points one INSERT statement carries.
+const insertRows = 64
+
+func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
+	tx, err := t.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("telemetry write: begin: %w", err)
+	}
+	defer tx.Rollback()
+
+	full, err := tx.PrepareContext(ctx, insertSQL(insertRows))
+	if err != nil {
+		return fmt.Errorf("telemetry write: prepare: %w", err)
+	}
+	defer full.Close()
+	args := make([]any, 0, 3*insertRows)
+	rest := batch
+	for len(rest) >= insertRows {
+		args = args[:0]
+		for _, p := range rest[:insertRows] {
+			args = append(args, p.device, p.ts, string(p.json))
+		}
+		if _, err := full.ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("telemetry write: insert: %w", err)
+		}
+		rest = rest[insertRows:]
+	}
+	if len(rest) > 0 {
+		args = args[:0]
+		for _, p := range rest {
+			args = append(args, p.device, p.ts, string(p.json))
+		}
+		if _, err := tx.ExecContext(ctx, insertSQL(len(rest)), args...); err != nil {
+			return fmt.Errorf("telemetry write: insert: %w", err)
+		}
+	}
+
+	if t.hasDevices {
+		if err := updateLast(ctx, tx, batch); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("telemetry write: commit: %w", err)
+	}
+	return nil
+}
+
+func insertSQL(rows int) string {
+	b := make([]byte, 0, 48+10*rows)
+	b = append(b, "INSERT INTO telemetry(device_id, ts, vals) VALUES "...)
+	for i := range rows {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, "(?,?,?)"...)
+	}
+	return string(b)
+}
+
+// last is one device's latest values within a batch.
+type last struct {
+	ts      int64
+	values  map[string][]byte // raw key (without quotes) → raw value
+	order   []string          // keys in first-seen order
+	arrived time.Time
+}
+
+// updateLast merges each device's points of the batch (a later timestamp
+// wins per metric) and patches the device's last_values and last_seen once.
+func updateLast(ctx context.Context, tx *sql.Tx, batch []queued) error {
+	per := make(map[string]*last)
+	for _, p := range batch {
+		l := per[p.device]
+		if l == nil {
+			l = &last{ts: p.ts, values: make(map[string][]byte, 8), arrived: p.arrived}
+			per[p.device] = l
+		}
+		if p.arrived.After(l.arrived) {
+			l.arrived = p.arrived
+		}
+		newer := p.ts >= l.ts
+		if newer {
+			l.ts = p.ts
+		}
+		eachMember(p.json, func(k, v []byte) {
+			if _, ok := l.values[string(k)]; !ok {
+				key := string(k)
+				l.values[key] = v
+				l.order = append(l.order, key)
+			} else if newer {
+				l.values[string(k)] = v
+			}
+		})
+	}
+	st, err := tx.PrepareContext(ctx,
+		`UPDATE devices SET last_values = json_patch(COALESCE(last_values, '{}'), ?), last_seen = ? WHERE id = ?`)
+	if err != nil {
+		return fmt.Errorf("telemetry write: prepare last values: %w", err)
+	}
+	defer st.Close()
+	var b []byte
+	for id, l := range per {
+		b = append(b[:0], '{')
+		for i, k := range l.order {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '"')
+			b = append(b, k...)
+			b = append(b, '"', ':')
+			b = append(b, l.values[k]...)
+		}
+		b = append(b, '}')
+		if _, err := st.ExecContext(ctx, string(b), fmtTime(l.arrived), id); err != nil {
+			return fmt.Errorf("telemetry write: last values of %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// eachMember calls fn with each member's raw key (without its quotes) and
+// raw value of a compact object as ParseTelemetry writes it.
+func eachMember(obj []byte, fn func(k, v []byte)) {
+	i := 1
+	for i < len(obj)-1 {
+		kEnd := endOfString(obj, i)
+		k := obj[i+1 : kEnd-1]
+		i = kEnd + 1 // ':'
+		vStart := i
+		if obj[i] == '"' {
+			i = endOfString(obj, i)
+		} else {
+			for i < len(obj)-1 && obj[i] != ',' {
+				i++
+			}
+		}
+		fn(k, obj[vStart:i])
+		i++ // ','
+	}
+}
+
+// endOfString returns the index just after the string starting at obj[i].
+func endOfString(obj []byte, i int) int {
+	for i++; i < len(obj); i++ {
+		switch obj[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(obj)
+}

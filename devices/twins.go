@@ -1,0 +1,346 @@
+package devices
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// twinsSchema is the "twins" component's migrations (DB.Migrate). Times
+// are Unix milliseconds. A released step is never edited.
+var twinsSchema = []string{
+	`CREATE TABLE twins (
+		device_id        TEXT PRIMARY KEY,
+		desired          TEXT NOT NULL DEFAULT '{}',
+		desired_version  INTEGER NOT NULL DEFAULT 0,
+		reported         TEXT NOT NULL DEFAULT '{}',
+		reported_version INTEGER NOT NULL DEFAULT 0,
+		updated_at       INTEGER NOT NULL
+	);`,
+}
+
+// MaxTwinPatch is the largest desired or reported patch, in bytes.
+const MaxTwinPatch = 64 << 10
+
+// Twin is a device's desired and reported state (SPEC §6). Delta holds the
+// desired keys whose reported value differs.
+type Twin struct {
+	DeviceID        string         `json:"device_id"`
+	Desired         map[string]any `json:"desired"`
+	Reported        map[string]any `json:"reported"`
+	Delta           map[string]any `json:"delta"`
+	DesiredVersion  int64          `json:"desired_version"`
+	ReportedVersion int64          `json:"reported_version"`
+}
+
+// TwinsOptions configure a Twins store; zero fields take defaults.
+type TwinsOptions struct {
+	// QueueSize is how many reported patches may wait (default 16384).
+	QueueSize int
+	Logger    *slog.Logger
+}
+
+// Twins stores device twins ("twins" component). Desired state is set
+// synchronously (from the API); reported patches arrive from MQTT hooks and
+// are queued (never blocking) and merged in order by one writer goroutine.
+type Twins struct {
+	db  *DB
+	log *slog.Logger
+
+	queue   chan twinPatch
+	flushes chan chan struct{}
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
+
+	merged, dropped, rejected, writeErrors atomic.Int64
+}
+
+type twinPatch struct {
+	device string
+	patch  []byte
+}
+
+// OpenTwins migrates the "twins" component and starts the reported writer.
+func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
+	var opts TwinsOptions
+	if o != nil {
+		opts = *o
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 16384
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := db.Migrate(ctx, "twins", twinsSchema); err != nil {
+		return nil, err
+	}
+	t := &Twins{db: db, log: opts.Logger, queue: make(chan twinPatch, opts.QueueSize),
+		flushes: make(chan chan struct{}), stop: make(chan struct{})}
+	t.wg.Add(1)
+	go t.run()
+	return t, nil
+}
+
+// Close stops the writer after merging what is queued. Idempotent.
+func (t *Twins) Close() error {
+	t.once.Do(func() { close(t.stop) })
+	t.wg.Wait()
+	return nil
+}
+
+// CheckTwinPatch validates a merge patch: a JSON object of at most
+// MaxTwinPatch bytes. field names the patch in errors. Desired state may
+// not use the key "version", which the published document carries.
+func CheckTwinPatch(field string, patch []byte) (map[string]any, error) {
+	if len(patch) > MaxTwinPatch {
+		return nil, invalid(field, "larger than %d bytes", MaxTwinPatch)
+	}
+	p := bytes.TrimSpace(patch)
+	var m map[string]any
+	if len(p) == 0 || p[0] != '{' || json.Unmarshal(p, &m) != nil {
+		return nil, invalid(field, "must be a JSON object")
+	}
+	if _, ok := m["version"]; ok && field == "desired" {
+		return nil, invalid(field, `"version" is reserved`)
+	}
+	return m, nil
+}
+
+// Get returns device's twin; a device without one has an empty twin at
+// version 0.
+func (t *Twins) Get(ctx context.Context, device string) (Twin, error) {
+	return getTwin(ctx, t.db.R, device)
+}
+
+type queryRower interface {
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+}
+
+func getTwin(ctx context.Context, q queryRower, device string) (Twin, error) {
+	tw := Twin{DeviceID: device}
+	var desired, reported string
+	err := q.QueryRowContext(ctx, `SELECT desired, desired_version, reported, reported_version FROM twins WHERE device_id = ?`, device).
+		Scan(&desired, &tw.DesiredVersion, &reported, &tw.ReportedVersion)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		desired, reported = "{}", "{}"
+	case err != nil:
+		return tw, fmt.Errorf("get twin %s: %w", device, err)
+	}
+	if err := json.Unmarshal([]byte(desired), &tw.Desired); err != nil {
+		return tw, fmt.Errorf("get twin %s: desired: %w", device, err)
+	}
+	if err := json.Unmarshal([]byte(reported), &tw.Reported); err != nil {
+		return tw, fmt.Errorf("get twin %s: reported: %w", device, err)
+	}
+	tw.Delta = Delta(tw.Desired, tw.Reported)
+	return tw, nil
+}
+
+// Delta returns the desired keys whose reported value differs (or is
+// missing), with their desired values.
+func Delta(desired, reported map[string]any) map[string]any {
+	d := map[string]any{}
+	for k, v := range desired {
+		if r, ok := reported[k]; !ok || !reflect.DeepEqual(r, v) {
+			d[k] = v
+		}
+	}
+	return d
+}
+
+// PatchDesired merges patch (a JSON merge patch, RFC 7396: null removes a
+// key) into device's desired state, bumps its version and returns the twin.
+func (t *Twins) PatchDesired(ctx context.Context, device string, patch []byte) (Twin, error) {
+	if !ValidID(device) {
+		return Twin{}, invalid("device_id", "not a device id")
+	}
+	if _, err := CheckTwinPatch("desired", patch); err != nil {
+		return Twin{}, err
+	}
+	tx, err := t.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return Twin{}, fmt.Errorf("patch desired %s: %w", device, err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, desired, desired_version, updated_at)
+		VALUES (?1, json_patch('{}', ?2), 1, ?3)
+		ON CONFLICT(device_id) DO UPDATE SET desired = json_patch(desired, ?2),
+			desired_version = desired_version + 1, updated_at = ?3`,
+		device, string(patch), time.Now().UnixMilli()); err != nil {
+		return Twin{}, fmt.Errorf("patch desired %s: %w", device, err)
+	}
+	tw, err := getTwin(ctx, tx, device)
+	if err != nil {
+		return Twin{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return Twin{}, fmt.Errorf("patch desired %s: %w", device, err)
+	}
+	return tw, nil
+}
+
+// DesiredDocument is the retained payload of devices/{id}/twin/desired:
+// the full desired state with "version".
+func DesiredDocument(tw Twin) []byte {
+	doc := make(map[string]any, len(tw.Desired)+1)
+	for k, v := range tw.Desired {
+		doc[k] = v
+	}
+	doc["version"] = tw.DesiredVersion
+	b, _ := json.Marshal(doc)
+	return b
+}
+
+// RecordReported queues a reported-state patch from device (the payload of
+// devices/{id}/twin/reported). It never blocks; a payload that is not a
+// JSON object, or a full queue, is counted and dropped (false).
+func (t *Twins) RecordReported(device string, patch []byte) bool {
+	if _, err := CheckTwinPatch("reported", patch); err != nil {
+		t.rejected.Add(1)
+		return false
+	}
+	select {
+	case <-t.stop:
+		t.dropped.Add(1)
+		return false
+	default:
+	}
+	select {
+	case t.queue <- twinPatch{device: device, patch: bytes.Clone(patch)}:
+		return true
+	default:
+		t.dropped.Add(1)
+		return false
+	}
+}
+
+// Flush returns once every reported patch queued before the call is
+// merged.
+func (t *Twins) Flush(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case t.flushes <- done:
+	case <-t.stop:
+		return errors.New("twins flush: closed")
+	case <-ctx.Done():
+		return fmt.Errorf("twins flush: %w", ctx.Err())
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("twins flush: %w", ctx.Err())
+	}
+}
+
+// Stats returns reported patches merged, dropped (queue full) and rejected
+// (not a JSON object).
+func (t *Twins) Stats() (merged, dropped, rejected int64) {
+	return t.merged.Load(), t.dropped.Load(), t.rejected.Load()
+}
+
+func (t *Twins) run() {
+	defer t.wg.Done()
+	batch := make([]twinPatch, 0, 256)
+	take := func() {
+		for len(batch) < 256 {
+			select {
+			case p := <-t.queue:
+				batch = append(batch, p)
+			default:
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case p := <-t.queue:
+			batch = append(batch[:0], p)
+			take()
+			t.write(batch)
+		case done := <-t.flushes:
+			for {
+				batch = batch[:0]
+				take()
+				if len(batch) == 0 {
+					break
+				}
+				t.write(batch)
+			}
+			close(done)
+		case <-t.stop:
+			for {
+				batch = batch[:0]
+				take()
+				if len(batch) == 0 {
+					return
+				}
+				t.write(batch)
+			}
+		}
+	}
+}
+
+// write merges batch's patches in order, one version each, in one
+// transaction.
+func (t *Twins) write(batch []twinPatch) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := func() error {
+		tx, err := t.db.W.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		now := time.Now().UnixMilli()
+		for _, p := range batch {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
+				VALUES (?1, json_patch('{}', ?2), 1, ?3)
+				ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(reported, ?2),
+					reported_version = reported_version + 1, updated_at = ?3`,
+				p.device, string(p.patch), now); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	}()
+	if err != nil {
+		t.writeErrors.Add(1)
+		t.log.Error("twins: merge reported", "patches", len(batch), "error", err)
+		return
+	}
+	t.merged.Add(int64(len(batch)))
+}
+
+// Collector returns a prometheus.Collector of the twin counts.
+func (t *Twins) Collector() prometheus.Collector { return twinsCollector{t} }
+
+type twinsCollector struct{ t *Twins }
+
+var twinsReportedDesc = prometheus.NewDesc("tether_twins_reported_total",
+	"Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object), error (write failed).",
+	[]string{"outcome"}, nil)
+
+func (c twinsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- twinsReportedDesc }
+
+func (c twinsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, o := range []struct {
+		name string
+		v    int64
+	}{{"merged", c.t.merged.Load()}, {"dropped", c.t.dropped.Load()}, {"rejected", c.t.rejected.Load()}, {"error", c.t.writeErrors.Load()}} {
+		ch <- prometheus.MustNewConstMetric(twinsReportedDesc, prometheus.CounterValue, float64(o.v), o.name)
+	}
+}

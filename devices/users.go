@@ -1,0 +1,241 @@
+package devices
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// User is a person who uses the dashboard, the API or MQTT.
+type User struct {
+	Username  string    `json:"username"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Bounds on passwords (bcrypt reads at most 72 bytes).
+const (
+	MinPassword = 8
+	MaxPassword = 72
+)
+
+// AdminUser is the name of the user the first start creates.
+const AdminUser = "admin"
+
+// dummyHash is compared against when the user does not exist, so that
+// timing does not tell which names exist.
+func (r *Registry) dummyHash() []byte {
+	r.dummyOnce.Do(func() {
+		r.writeMu.Lock()
+		cost := r.hashCost
+		r.writeMu.Unlock()
+		r.dummy, _ = bcrypt.GenerateFromPassword([]byte("tether-no-such-user"), cost)
+	})
+	return r.dummy
+}
+
+// CreateUser adds a user with a password (stored as a bcrypt hash) and
+// role RoleViewer, RoleOperator or RoleAdmin. A name taken by a user or a
+// device is ErrConflict; bad input is an *InvalidError. User names follow
+// the device id rule.
+func (r *Registry) CreateUser(ctx context.Context, username, password, role string) (User, error) {
+	u, err := r.createUser(ctx, username, password, role)
+	if err != nil {
+		return User{}, fmt.Errorf("create user: %w", err)
+	}
+	r.log.Info("user created", "user", u.Username, "role", u.Role)
+	return u, nil
+}
+
+func (r *Registry) createUser(ctx context.Context, username, password, role string) (User, error) {
+	if err := checkID("username", username); err != nil {
+		return User{}, err
+	}
+	if len(password) < MinPassword || len(password) > MaxPassword {
+		return User{}, invalid("password", "must be %d to %d bytes", MinPassword, MaxPassword)
+	}
+	if err := checkRole(role); err != nil {
+		return User{}, err
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), r.hashCost)
+	if err != nil {
+		return User{}, err
+	}
+	r.mu.RLock()
+	taken := r.nameTaken(username)
+	r.mu.RUnlock()
+	if taken {
+		return User{}, fmt.Errorf("%w: %q is taken by a device or a user", ErrConflict, username)
+	}
+	u := User{Username: username, Role: role, CreatedAt: time.Now().UTC()}
+	if _, err := r.db.W.ExecContext(ctx, `INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)`,
+		username, string(hash), role, fmtTime(u.CreatedAt)); err != nil {
+		if isConstraint(err) {
+			return User{}, fmt.Errorf("%w: %q is taken", ErrConflict, username)
+		}
+		return User{}, err
+	}
+	r.mu.Lock()
+	r.users[username] = userCred{hash: hash, role: role}
+	r.mu.Unlock()
+	return u, nil
+}
+
+// User returns one user, or ErrNotFound.
+func (r *Registry) User(ctx context.Context, username string) (User, error) {
+	var u User
+	var created string
+	err := r.db.R.QueryRowContext(ctx, `SELECT username, role, created_at FROM users WHERE username = ?`, username).
+		Scan(&u.Username, &u.Role, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return User{}, fmt.Errorf("user %q: %w", username, err)
+	}
+	u.CreatedAt, _ = parseTime(created)
+	return u, nil
+}
+
+// ListUsers returns one page of users ordered by name (limit 0 means 100,
+// at most MaxPage) and the next cursor ("" on the last page).
+func (r *Registry) ListUsers(ctx context.Context, limit int, cursor string) ([]User, string, error) {
+	limit, after, err := page(limit, cursor)
+	if err != nil {
+		return nil, "", fmt.Errorf("list users: %w", err)
+	}
+	rows, err := r.db.R.QueryContext(ctx, `SELECT username, role, created_at FROM users WHERE username > ? ORDER BY username LIMIT ?`, after, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list users: %w", err)
+	}
+	defer rows.Close()
+	users := []User{}
+	for rows.Next() {
+		var u User
+		var created string
+		if err := rows.Scan(&u.Username, &u.Role, &created); err != nil {
+			return nil, "", fmt.Errorf("list users: %w", err)
+		}
+		u.CreatedAt, _ = parseTime(created)
+		users = append(users, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list users: %w", err)
+	}
+	next := ""
+	if len(users) > limit {
+		users = users[:limit]
+		next = encodeCursor(users[limit-1].Username)
+	}
+	return users, next, nil
+}
+
+// DeleteUser removes a user, its tokens and sessions; its connections are
+// closed (OnRevoke). Deleting the last admin is an *InvalidError.
+func (r *Registry) DeleteUser(ctx context.Context, username string) error {
+	if err := r.deleteUser(ctx, username); err != nil {
+		return fmt.Errorf("delete user %q: %w", username, err)
+	}
+	r.log.Info("user deleted", "user", username)
+	r.revoke(Revocation{Name: username})
+	return nil
+}
+
+func (r *Registry) deleteUser(ctx context.Context, username string) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	r.mu.RLock()
+	u, ok := r.users[username]
+	admins := 0
+	for _, c := range r.users {
+		if c.role == RoleAdmin {
+			admins++
+		}
+	}
+	r.mu.RUnlock()
+	if !ok {
+		return ErrNotFound
+	}
+	if u.role == RoleAdmin && admins == 1 {
+		return invalid("username", "%q is the last admin", username)
+	}
+	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM users WHERE username = ?`, username); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	delete(r.users, username)
+	for d, t := range r.tokens {
+		if t.username == username {
+			delete(r.tokens, d)
+		}
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+// AuthenticateUser checks a user's password; any failure is
+// ErrUnauthorized.
+func (r *Registry) AuthenticateUser(ctx context.Context, username, password string) (User, error) {
+	r.mu.RLock()
+	c, ok := r.users[username]
+	r.mu.RUnlock()
+	if !ok {
+		_ = r.checkPassword(ctx, r.dummyHash(), password)
+		return User{}, fmt.Errorf("authenticate user: %w", ErrUnauthorized)
+	}
+	if len(password) > MaxPassword || !r.checkPassword(ctx, c.hash, password) {
+		return User{}, fmt.Errorf("authenticate user: %w", ErrUnauthorized)
+	}
+	return User{Username: username, Role: c.role}, nil
+}
+
+// EnsureAdmin creates user "admin" with role admin when there are no users
+// at all (the first start). Its password is envPassword when that is not
+// empty (TETHER_ADMIN_PASSWORD), else a random one which is returned so
+// the caller can print it once. Returns "" when nothing was generated.
+func (r *Registry) EnsureAdmin(ctx context.Context, envPassword string) (generated string, err error) {
+	r.mu.RLock()
+	n := len(r.users)
+	r.mu.RUnlock()
+	if n > 0 {
+		return "", nil
+	}
+	password := envPassword
+	if password == "" {
+		generated = newSecret()[:24]
+		password = generated
+	}
+	if _, err := r.createUser(ctx, AdminUser, password, RoleAdmin); err != nil {
+		return "", fmt.Errorf("ensure admin (TETHER_ADMIN_PASSWORD): %w", err)
+	}
+	r.log.Info("first start: created user", "user", AdminUser, "role", RoleAdmin, "password_from_env", envPassword != "")
+	return generated, nil
+}
+
+// SetPasswordCost sets the bcrypt cost of password hashes made from now
+// on (default bcrypt.DefaultCost, 10). Tests lower it to bcrypt.MinCost:
+// the race detector makes bcrypt very slow.
+func (r *Registry) SetPasswordCost(cost int) {
+	r.writeMu.Lock()
+	r.hashCost = min(max(cost, bcrypt.MinCost), bcrypt.MaxCost)
+	r.writeMu.Unlock()
+}
+
+// checkPassword compares with a bcrypt hash. At most GOMAXPROCS compare at
+// once, so a flood of guesses at people's passwords queues up instead of
+// taking every core from the broker (devices' secrets never come here).
+func (r *Registry) checkPassword(ctx context.Context, hash []byte, password string) bool {
+	select {
+	case r.hashSem <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	defer func() { <-r.hashSem }()
+	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+}

@@ -1,0 +1,170 @@
+package listeners
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// LimitOptions are the connection limits. 0 means unlimited.
+type LimitOptions struct {
+	// MaxConnections caps open MQTT connections over all listeners.
+	MaxConnections int
+	// MaxConnectionsPerIP caps open MQTT connections from one address.
+	MaxConnectionsPerIP int
+	// ConnectionRatePerIP is how many new connections per second one
+	// address may open, with a burst of as many.
+	ConnectionRatePerIP int
+}
+
+// Limiter admits or refuses new connections by the LimitOptions. One
+// Limiter is shared by all of a broker's listeners; a nil *Limiter admits
+// everything. A refused connection is closed before the engine sees it
+// (no CONNACK: nothing has been read yet) and counted by reason.
+//
+// Memory is bounded by the addresses that have a connection open or opened
+// one within the last second.
+type Limiter struct {
+	opts LimitOptions
+
+	refusedTotal, refusedPerIP, refusedRate atomic.Int64
+
+	// mu guards the fields below.
+	mu    sync.Mutex
+	open  int
+	addrs map[string]*addrLimit
+	swept time.Time
+
+	desc *prometheus.Desc
+}
+
+// addrLimit is one address's open connections and connection-rate bucket.
+type addrLimit struct {
+	open   int
+	tokens float64
+	last   time.Time
+}
+
+// NewLimiter returns a limiter; with zero opts it admits everything but
+// still reports its (zero) counts.
+func NewLimiter(opts LimitOptions) *Limiter {
+	return &Limiter{
+		opts:  opts,
+		addrs: map[string]*addrLimit{},
+		desc: prometheus.NewDesc("tether_connections_limited_total",
+			"MQTT connections refused by a connection limit, by limit.", []string{"limit"}, nil),
+	}
+}
+
+// admit reserves a place for a connection from addr. It returns the
+// release to call when the connection ends, or ok false (and counts the
+// refusal).
+func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
+	if l == nil || l.opts == (LimitOptions{}) {
+		return func() {}, true
+	}
+	ip := addrIP(addr)
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sweep(now)
+	if l.opts.MaxConnections > 0 && l.open >= l.opts.MaxConnections {
+		l.refusedTotal.Add(1)
+		return nil, false
+	}
+	a := l.addrs[ip]
+	if a == nil {
+		a = &addrLimit{tokens: float64(l.opts.ConnectionRatePerIP), last: now}
+		l.addrs[ip] = a
+	}
+	if l.opts.MaxConnectionsPerIP > 0 && a.open >= l.opts.MaxConnectionsPerIP {
+		l.refusedPerIP.Add(1)
+		return nil, false
+	}
+	if r := float64(l.opts.ConnectionRatePerIP); r > 0 {
+		a.tokens = min(r, a.tokens+now.Sub(a.last).Seconds()*r)
+		a.last = now
+		if a.tokens < 1 {
+			l.refusedRate.Add(1)
+			l.forgetIdle(ip, a)
+			return nil, false
+		}
+		a.tokens--
+	}
+	l.open++
+	a.open++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.open--
+			a.open--
+			l.forgetIdle(ip, a)
+		})
+	}, true
+}
+
+// forgetIdle drops an address's entry once it holds nothing: no open
+// connection and, when rates are limited, a full bucket.
+func (l *Limiter) forgetIdle(ip string, a *addrLimit) {
+	if a.open > 0 {
+		return
+	}
+	if l.opts.ConnectionRatePerIP == 0 {
+		delete(l.addrs, ip)
+	}
+}
+
+// sweep drops, at most once a second, the entries whose bucket has
+// refilled and that have nothing open.
+func (l *Limiter) sweep(now time.Time) {
+	if l.opts.ConnectionRatePerIP == 0 || now.Sub(l.swept) < time.Second {
+		return
+	}
+	l.swept = now
+	for ip, a := range l.addrs {
+		if a.open == 0 && now.Sub(a.last) >= time.Second {
+			delete(l.addrs, ip)
+		}
+	}
+}
+
+// addrIP is the address's IP as text (the whole string if it has none).
+func addrIP(addr net.Addr) string {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		return a.IP.String()
+	case nil:
+		return ""
+	}
+	s := addr.String()
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		return host
+	}
+	return s
+}
+
+// Describe implements prometheus.Collector.
+func (l *Limiter) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
+
+// Collect implements prometheus.Collector.
+func (l *Limiter) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range []struct {
+		v     *atomic.Int64
+		label string
+	}{
+		{&l.refusedTotal, "max_connections"},
+		{&l.refusedPerIP, "max_connections_per_ip"},
+		{&l.refusedRate, "connection_rate_per_ip"},
+	} {
+		ch <- prometheus.MustNewConstMetric(l.desc, prometheus.CounterValue, float64(c.v.Load()), c.label)
+	}
+}
+
+// ErrLimited is returned for a connection refused by a Limiter.
+var ErrLimited = errors.New("connection refused by a connection limit")
