@@ -53,6 +53,10 @@ type Auth struct {
 	// authenticated as it, so that a connection taken over by a newer one
 	// does not mark the device offline.
 	current sync.Map
+	// sessions maps the client id of a disconnected persistent session to
+	// the *conn it last connected with: messages queued for an offline
+	// session are ACL-checked against that identity (SPEC §7, §9).
+	sessions sync.Map
 
 	// stopMu guards stopped and wg.Add, so that no revocation starts
 	// once Stop waits.
@@ -101,7 +105,8 @@ func (a *Auth) ID() string { return "tether-auth" }
 func (a *Auth) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnStarted:
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnStarted,
+		mqtt.OnClientExpired:
 		return true
 	}
 	return false
@@ -207,9 +212,40 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if !ok {
 		return
 	}
-	if c := v.(*conn); c.id.Kind == devices.KindDevice {
+	c := v.(*conn)
+	if !expire && !c.revoked {
+		// The session outlives the connection: remember who owns it.
+		a.sessions.Store(cl.ID, c)
+	} else {
+		a.sessions.CompareAndDelete(cl.ID, c)
+	}
+	if c.id.Kind == devices.KindDevice {
 		a.offline(cl, c.id.Name)
 	}
+}
+
+// OnClientExpired forgets an expired session's identity.
+func (a *Auth) OnClientExpired(cl *mqtt.Client) { a.sessions.Delete(cl.ID) }
+
+// sessionConn returns the identity that governs deliveries into the
+// offline session of cl: the one it last connected with; for a session
+// restored from storage after a restart, the registered device whose id is
+// its client id (a device's client id is its id), or anonymous when
+// anonymous access is allowed. Others get nothing delivered until they
+// reconnect.
+func (a *Auth) sessionConn(cl *mqtt.Client) *conn {
+	if v, ok := a.sessions.Load(cl.ID); ok {
+		return v.(*conn)
+	}
+	if a.reg.HasDevice(cl.ID) {
+		c := &conn{id: devices.Identity{Kind: devices.KindDevice, Name: cl.ID}}
+		c.pub, c.sub = devicePatterns(cl.ID)
+		return c
+	}
+	if a.anon {
+		return &conn{anonymous: true}
+	}
+	return nil
 }
 
 func (a *Auth) conn(cl *mqtt.Client) *conn {
@@ -241,6 +277,12 @@ func (a *Auth) revoke(rv devices.Revocation) {
 				a.clearStatus(rv.Name)
 			}
 		}()
+		a.sessions.Range(func(k, v any) bool {
+			if c := v.(*conn); !c.anonymous && rv.Matches(c.id) {
+				a.sessions.Delete(k)
+			}
+			return true
+		})
 		a.clients.Range(func(k, v any) bool {
 			cl, c := k.(*mqtt.Client), v.(*conn)
 			if c.anonymous || c.revoked || !rv.Matches(c.id) {

@@ -35,6 +35,10 @@ func devicePatterns(id string) (pub, sub []string) {
 // disconnected, as 3.1.1 has no way to say no [MQTT-3.3.5-2].
 func (a *Auth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	c := a.conn(cl)
+	if c == nil && !write {
+		// A delivery into an offline persistent session.
+		c = a.sessionConn(cl)
+	}
 	ok := c != nil && c.allows(topic, write)
 	if !ok {
 		action := "subscribe"
