@@ -133,6 +133,13 @@ type Result struct {
 	BrokerPeakRSSKB   int64   `json:"broker_peak_rss_kb,omitempty"`
 	BrokerRSSBeforeKB int64   `json:"broker_rss_before_kb,omitempty"`
 	BrokerKBPerConn   float64 `json:"broker_kb_per_conn,omitempty"`
+	// BrokerCPUSeconds is the broker's CPU time (user and system, 10 ms
+	// ticks) while publishing and draining, or, for conns, while
+	// connecting and holding; BrokerCPUPerMsgUS divides it by the
+	// messages received. Unlike rates, these hardly depend on what else
+	// the machine is running.
+	BrokerCPUSeconds  float64 `json:"broker_cpu_s,omitempty"`
+	BrokerCPUPerMsgUS float64 `json:"broker_cpu_us_per_msg,omitempty"`
 }
 
 // RunBench runs one scenario and returns its result, with a progress line
@@ -175,6 +182,13 @@ func RunBench(ctx context.Context, cfg BenchConfig, progressTo io.Writer) (Resul
 		res.BrokerRSSKB, res.BrokerPeakRSSKB = b.after.RSSKB, b.after.PeakKB
 		if cfg.Scenario == ScenarioConns && res.Conns > 0 && b.after.RSSKB > 0 {
 			res.BrokerKBPerConn = round3(float64(b.after.RSSKB-before.RSSKB) / float64(res.Conns))
+		}
+		if b.cpuOK {
+			cpu := b.cpuEnd - b.cpuStart
+			res.BrokerCPUSeconds = round3(cpu.Seconds())
+			if res.Received > 0 {
+				res.BrokerCPUPerMsgUS = round3(float64(cpu.Microseconds()) / float64(res.Received))
+			}
 		}
 	}
 	return res, nil

@@ -40,6 +40,7 @@ func TestBenchTraffic(t *testing.T) {
 				Endpoint: ep, Scenario: tt.scenario, QoS: tt.qos, Size: 100,
 				Duration: 400 * time.Millisecond, Pubs: tt.pubs, Subs: tt.subs,
 				Rate: 300, Progress: 100 * time.Millisecond,
+				PID: os.Getpid(), // the broker runs in this process
 			}, &progress)
 			if err != nil {
 				t.Fatal(err)
@@ -63,6 +64,9 @@ func TestBenchTraffic(t *testing.T) {
 			}
 			if res.Conns != tt.pubs+tt.subs || res.ConnectErrors != 0 || res.ConnectPerSec <= 0 {
 				t.Fatalf("connect figures: %s", line)
+			}
+			if res.BrokerCPUSeconds <= 0 || res.BrokerCPUPerMsgUS <= 0 {
+				t.Fatalf("broker cpu figures: %s", line)
 			}
 			if !bytes.Contains(progress.Bytes(), []byte("bench "+tt.scenario)) {
 				t.Fatalf("no progress line in %q", progress.String())

@@ -24,6 +24,11 @@ type benchRun struct {
 	received  atomic.Int64 // unique messages, all subscribers
 	lost      atomic.Int64 // connections lost during the run
 	after     memory       // broker memory before disconnecting
+
+	// Broker CPU time at the start and the end of the measured phase:
+	// publishing and draining (traffic), or connecting and holding (conns).
+	cpuStart, cpuEnd time.Duration
+	cpuOK            bool // both were read
 }
 
 // spec returns the client spec of the bench client called name.
@@ -86,10 +91,23 @@ func (b *benchRun) disconnectAll(clients []mqtt.Client) {
 	wg.Wait()
 }
 
-// measure samples the broker's memory while the clients are still connected.
+// startCPU samples the broker's CPU time when the measured phase begins.
+func (b *benchRun) startCPU() {
+	if b.cfg.PID > 0 {
+		var err error
+		b.cpuStart, err = readCPU(b.cfg.PID)
+		b.cpuOK = err == nil
+	}
+}
+
+// measure samples the broker's memory and CPU time while the clients are
+// still connected.
 func (b *benchRun) measure() {
 	if b.cfg.PID > 0 {
 		b.after, _ = readMemory(b.cfg.PID) // a broker gone by now shows as zero
+		var err error
+		b.cpuEnd, err = readCPU(b.cfg.PID)
+		b.cpuOK = b.cpuOK && err == nil
 	}
 }
 
@@ -100,6 +118,7 @@ func (b *benchRun) conns(ctx context.Context, res *Result, progressTo io.Writer)
 	for i := range specs {
 		specs[i] = b.spec("c" + strconv.Itoa(i))
 	}
+	b.startCPU()
 	clients, failed, took := b.connectAll(ctx, specs)
 	defer b.disconnectAll(clients)
 	fillConnect(res, len(specs), failed, took)
@@ -201,6 +220,7 @@ func (b *benchRun) traffic(ctx context.Context, res *Result, progressTo io.Write
 
 	pubCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
+	b.startCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, c := range pubClients {

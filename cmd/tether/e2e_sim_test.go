@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,6 +168,100 @@ func (s *apiSession) sendCommand(t testing.TB, device, name string, params map[s
 	return c
 }
 
+// simRun is a `tether sim` run in the background.
+type simRun struct {
+	cancel   context.CancelFunc
+	finished chan struct{} // closed when the run has returned
+	sum      simulator.Summary
+	err      error
+}
+
+// startSim runs a fleet of n devices against a until stop: over tcp
+// through the command's flags (the fleet file on disk), over ws through
+// simulator.RunSim (in batches of 8, to cover several bulk calls). Devices
+// are registered through the API with token.
+func startSim(t *testing.T, a *app, transport, token, prefix string, n int) *simRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &simRun{cancel: cancel, finished: make(chan struct{})}
+	server := "http://" + a.httpAddr()
+	var run func() (simulator.Summary, error)
+	switch transport {
+	case "tcp":
+		fleet := filepath.Join(t.TempDir(), "fleet.yaml")
+		if err := os.WriteFile(fleet, []byte(simFleet), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{
+			"--broker", "tcp://" + a.mqttAddr(), "--server", server, "--token", token,
+			"--devices", fmt.Sprint(n), "--prefix", prefix, "--profile", fleet, "--qos", "1",
+			"--progress", "-1s", "--seed", "7",
+		}
+		run = func() (simulator.Summary, error) {
+			var stdout, stderr bytes.Buffer
+			if err := runSim(ctx, args, &stdout, &stderr); err != nil {
+				return simulator.Summary{}, fmt.Errorf("%w; stderr: %s", err, stderr.String())
+			}
+			lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+			var sum simulator.Summary
+			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
+				return sum, fmt.Errorf("last line of output %q: %w", lines[len(lines)-1], err)
+			}
+			return sum, nil
+		}
+	case "ws":
+		ep, err := simulator.ParseEndpoint(wsURL(a), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fleet, err := simulator.ParseFleet(strings.NewReader(simFleet))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := simulator.SimConfig{
+			Endpoint: ep, Fleet: fleet, Devices: n, Prefix: prefix, QoS: 1, Progress: -1, Seed: 7,
+			Provisioner: &simulator.Provisioner{Server: server, Token: token, BatchSize: 8},
+		}
+		run = func() (simulator.Summary, error) { return simulator.RunSim(ctx, cfg, nil) }
+	default:
+		t.Fatalf("transport %q", transport)
+	}
+	go func() {
+		defer close(r.finished)
+		r.sum, r.err = run()
+	}()
+	t.Cleanup(func() {
+		if _, err := r.stop(); err != nil {
+			t.Logf("sim: %v", err)
+		}
+	})
+	return r
+}
+
+// failed returns the run's error if it has ended on its own.
+func (r *simRun) failed() error {
+	select {
+	case <-r.finished:
+		if r.err != nil {
+			return r.err
+		}
+		return fmt.Errorf("stopped before it was asked to: %+v", r.sum)
+	default:
+		return nil
+	}
+}
+
+// stop ends the run and returns its summary.
+func (r *simRun) stop() (simulator.Summary, error) {
+	r.cancel()
+	select {
+	case <-r.finished:
+		return r.sum, r.err
+	case <-time.After(30 * time.Second):
+		return simulator.Summary{}, fmt.Errorf("did not stop within 30s of cancel")
+	}
+}
+
 // TestSimAgainstTether runs `tether sim` against the real app, logged in
 // as admin, once over TCP (through the command's flags) and once over
 // WebSocket (through simulator.RunSim): the fleet is registered through
@@ -179,87 +274,13 @@ func TestSimAgainstTether(t *testing.T) {
 			a := startAuthApp(t)
 			api := login(t, a, "admin", simAdminPassword)
 			prefix := "e2e-" + transport + "-"
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-
-			// The fleet runs until cancel; done delivers its summary.
-			done := make(chan simulator.Summary, 1)
-			errc := make(chan error, 1)
-			switch transport {
-			case "tcp":
-				fleet := filepath.Join(t.TempDir(), "fleet.yaml")
-				if err := os.WriteFile(fleet, []byte(simFleet), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				var stdout, stderr lockedWriter
-				stdout.w, stderr.w = &bytes.Buffer{}, &bytes.Buffer{}
-				args := []string{
-					"--broker", "tcp://" + a.mqttAddr(), "--server", "http://" + a.httpAddr(), "--token", api.token,
-					"--devices", fmt.Sprint(n), "--prefix", prefix, "--profile", fleet, "--qos", "1",
-					"--progress", "-1s", "--seed", "7",
-				}
-				go func() {
-					err := runSim(ctx, args, &stdout, &stderr)
-					if err != nil {
-						errc <- fmt.Errorf("%w; stderr: %s", err, stderr.String())
-						return
-					}
-					lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-					var sum simulator.Summary
-					if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil {
-						errc <- fmt.Errorf("last line of output %q: %w", lines[len(lines)-1], err)
-						return
-					}
-					done <- sum
-				}()
-			case "ws":
-				ep, err := simulator.ParseEndpoint(wsURL(a), "", "")
-				if err != nil {
-					t.Fatal(err)
-				}
-				fleet, err := simulator.ParseFleet(strings.NewReader(simFleet))
-				if err != nil {
-					t.Fatal(err)
-				}
-				cfg := simulator.SimConfig{
-					Endpoint: ep, Fleet: fleet, Devices: n, Prefix: prefix, QoS: 1, Progress: -1, Seed: 7,
-					Provisioner: &simulator.Provisioner{Server: "http://" + a.httpAddr(), Token: api.token, BatchSize: 8},
-				}
-				go func() {
-					sum, err := simulator.RunSim(ctx, cfg, nil)
-					if err != nil {
-						errc <- err
-						return
-					}
-					done <- sum
-				}()
-			}
-			stopSim := func() simulator.Summary {
-				t.Helper()
-				cancel()
-				select {
-				case sum := <-done:
-					return sum
-				case err := <-errc:
-					t.Fatalf("sim: %v", err)
-				case <-time.After(30 * time.Second):
-					t.Fatal("sim did not stop within 30s of cancel")
-				}
-				return simulator.Summary{}
-			}
-			defer func() {
-				if ctx.Err() == nil {
-					stopSim()
-				}
-			}()
+			sim := startSim(t, a, transport, api.token, prefix, n)
 
 			// Registered in bulk with the profile's type and labels, and online
 			// over the transport asked for.
 			checkFor(t, 30*time.Second, func() error {
-				select {
-				case err := <-errc:
+				if err := sim.failed(); err != nil {
 					t.Fatalf("sim: %v", err)
-				default:
 				}
 				online, err := api.devicesWithPrefix(t, prefix, "online")
 				if err != nil {
@@ -360,7 +381,10 @@ func TestSimAgainstTether(t *testing.T) {
 				return nil
 			})
 
-			sum := stopSim()
+			sum, err := sim.stop()
+			if err != nil {
+				t.Fatalf("sim: %v", err)
+			}
 			t.Logf("summary: %+v", sum)
 			if sum.Devices != n || sum.Connects < n || sum.ConnectFailures != 0 || sum.PublishErrors != 0 ||
 				sum.Published < n || sum.CommandsAnswered != 2 || sum.CommandsFailed != 1 || sum.TwinUpdates != 1 || sum.Transport != transport {
@@ -455,7 +479,8 @@ func TestBenchAgainstTether(t *testing.T) {
 //	go tool pprof -top /tmp/tether.cpu
 //
 // PROFILE_SCENARIOS (default "fanin,pairs"), PROFILE_QUEUES (default
-// "256"), PROFILE_DURATION (default "5s"), PROFILE_PUBS (default 10),
+// "256"), PROFILE_INFLIGHT (mqtt.max_inflight, default 1024),
+// PROFILE_DURATION (default "5s"), PROFILE_PUBS (default 10),
 // PROFILE_RATE (default 0: as fast as 64 unacknowledged publishes per
 // publisher allow), PROFILE_ANON (default 1: anonymous, as
 // scripts/bench-compare.sh runs it; 0: as admin).
@@ -480,6 +505,9 @@ func TestBenchProfileTether(t *testing.T) {
 				if err := cfg.Set("mqtt.client_queue_size", queue); err != nil {
 					t.Fatal(err)
 				}
+				if err := cfg.Set("mqtt.max_inflight", env("PROFILE_INFLIGHT", fmt.Sprint(cfg.MQTT.MaxInflight))); err != nil {
+					t.Fatal(err)
+				}
 				a := startTestApp(t, cfg)
 				args := []string{"bench", "--broker", "tcp://" + a.mqttAddr(), "--scenario", scenario, "--qos", "1",
 					"--pubs", env("PROFILE_PUBS", "10"), "--rate", env("PROFILE_RATE", "0"),
@@ -494,8 +522,12 @@ func TestBenchProfileTether(t *testing.T) {
 				if err != nil {
 					t.Fatalf("tether bench: %v; stderr: %s", err, stderr.String())
 				}
-				t.Logf("queue %s: %s", queue, bytes.TrimSpace(out))
-				fmt.Printf("PROFILE queue=%s %s", queue, out)
+				// Where the engine dropped messages: a full send queue
+				// (client_queue_size) or a full inflight store (max_inflight).
+				info := a.broker.Server.Info
+				drops := fmt.Sprintf("queue_dropped=%d inflight_dropped=%d", atomic.LoadInt64(&info.MessagesDropped), atomic.LoadInt64(&info.InflightDropped))
+				t.Logf("queue %s, inflight %d: %s %s", queue, cfg.MQTT.MaxInflight, drops, bytes.TrimSpace(out))
+				fmt.Printf("PROFILE queue=%s inflight=%d %s %s", queue, cfg.MQTT.MaxInflight, drops, out)
 			})
 		}
 	}
