@@ -241,15 +241,20 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		for _, l := range b.listeners() {
 			l.Stop()
 		}
-		told := map[*mqtt.Client]bool{}
+		// The DISCONNECTs go out from a goroutine of their own: a client
+		// that reads nothing can block a write, and ctx must still end
+		// the wait below, whose CloseConns then unblocks that write.
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.disconnectAll(stop)
+		}()
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 	wait:
-		for {
-			b.disconnectAll(told)
-			if b.openConns() == 0 {
-				break
-			}
+		for b.openConns() > 0 {
 			select {
 			case <-ctx.Done():
 				b.log.Warn("shutdown grace over: closing remaining connections", "open", b.openConns())
@@ -257,9 +262,11 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 			case <-tick.C:
 			}
 		}
+		close(stop)
 		for _, l := range b.listeners() {
 			l.CloseConns()
 		}
+		wg.Wait()
 		if err := b.Server.Close(); err != nil {
 			b.err = fmt.Errorf("broker: close: %w", err)
 		}
@@ -268,18 +275,36 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	return b.err
 }
 
-// disconnectAll disconnects every connected client not in told, and adds
-// it there.
-func (b *Broker) disconnectAll(told map[*mqtt.Client]bool) {
-	for _, cl := range b.Server.Clients.GetAll() {
-		if cl.Net.Inline || told[cl] || cl.Closed() {
-			continue
+// disconnectAll disconnects every connected client, and again each one
+// that appears later, until stop is closed.
+func (b *Broker) disconnectAll(stop <-chan struct{}) {
+	told := map[*mqtt.Client]bool{}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, cl := range b.Server.Clients.GetAll() {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if cl.Net.Inline || cl.Net.Conn == nil || told[cl] || cl.Closed() {
+				continue
+			}
+			told[cl] = true
+			if cl.Properties.ProtocolVersion == 5 {
+				// Bound the write: a client that reads nothing must not
+				// hold up the others' DISCONNECT.
+				_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_ = b.Server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			} else {
+				cl.Stop(packets.ErrServerShuttingDown)
+			}
 		}
-		told[cl] = true
-		if cl.Properties.ProtocolVersion == 5 {
-			_ = b.Server.DisconnectClient(cl, packets.ErrServerShuttingDown)
-		} else {
-			cl.Stop(packets.ErrServerShuttingDown)
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
 		}
 	}
 }

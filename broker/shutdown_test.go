@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -100,5 +101,47 @@ func TestShutdownGrace(t *testing.T) {
 	_, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
 	if err == nil || resp == nil || resp.StatusCode != 503 {
 		t.Fatalf("upgrade after Shutdown: %v, %v; want 503", resp, err)
+	}
+}
+
+// TestShutdownStuckClient: an MQTT 5 client that stops reading, with the
+// broker's writes to it blocked on a full socket, does not hold Shutdown
+// beyond its grace period.
+func TestShutdownStuckClient(t *testing.T) {
+	b, _ := testBroker(t, nil)
+	stuck, _, _ := dialConnect(t, b.TCP.Address(), 5, "stuck")
+	sub := []byte{0x82, 0, 0, 1, 0, 0, 7, 'f', 'l', 'o', 'o', 'd', '/', '#', 0}
+	sub[1] = byte(len(sub) - 2)
+	if _, err := stuck.Write(sub); err != nil {
+		t.Fatal(err)
+	}
+	// Read the SUBACK, then never read again.
+	stuck.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(stuck, make([]byte, 5)); err != nil {
+		t.Fatalf("SUBACK: %v", err)
+	}
+	payload := bytes.Repeat([]byte{'x'}, 512<<10)
+	deadline := time.Now().Add(10 * time.Second)
+	for atomic.LoadInt64(&b.Server.Info.MessagesDropped) == 0 && time.Now().Before(deadline) {
+		if err := b.Server.Publish("flood/x", payload, false, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if atomic.LoadInt64(&b.Server.Info.MessagesDropped) == 0 {
+		t.Fatal("the client's queue never filled")
+	}
+
+	grace, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- b.Shutdown(grace) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Shutdown blocked by a client that reads nothing for %v", time.Since(start))
 	}
 }

@@ -36,7 +36,7 @@ var ErrClosed = errors.New("listener closed")
 type conns struct {
 	id             string
 	connectTimeout time.Duration
-	maxPacketSize  uint32 // 0: no limit
+	maxPacketSize  uint32   // 0: no limit
 	limits         *Limiter // nil: no connection limits
 	log            *slog.Logger
 	stats          Stats

@@ -5,8 +5,10 @@
 //
 // Every listener tracks the connections it hands to the engine (conns.go),
 // so that shutdown can stop accepting, then close what is left, before the
-// engine's own Close runs; counts bytes per transport; and bounds the time a
-// client may take to send CONNECT.
+// engine's own Close runs; counts bytes per transport; bounds the time a
+// client may take to send CONNECT; and enforces the maximum MQTT packet
+// size on the byte stream (packetsize.go), telling MQTT 5 clients why with
+// DISCONNECT 0x95.
 //
 // Listener ids are the transport names "tcp", "tls", "ws" and "wss": the
 // engine reports a client's listener id, and that is its transport.

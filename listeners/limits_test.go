@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -86,18 +85,15 @@ func TestTCPConnectionCap(t *testing.T) {
 	if err := l.Init(nil); err != nil {
 		t.Fatal(err)
 	}
-	// A stand-in engine: echo until the client closes.
-	var engine sync.WaitGroup
+	// A stand-in engine: echo until the client closes. CloseConns waits
+	// for every connection it was handed.
 	go l.Serve(func(id string, c net.Conn) error {
-		engine.Add(1)
-		defer engine.Done()
 		_, err := io.Copy(c, c)
 		return err
 	})
 	defer func() {
 		l.Stop()
 		l.CloseConns()
-		engine.Wait()
 	}()
 	var open []net.Conn
 	defer func() {

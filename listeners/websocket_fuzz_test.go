@@ -160,4 +160,3 @@ func TestWebSocketStreamSplits(t *testing.T) {
 		})
 	}
 }
-

@@ -361,3 +361,53 @@ func TestManyConnectionsNoLeak(t *testing.T) {
 	}
 	assertServing(t, a)
 }
+
+// TestWebSocketFraming: the broker reads MQTT as a byte stream across
+// WebSocket frames and messages [MQTT-6.0.0-2]: a CONNECT split over
+// several frames of one message and over several messages, then SUBSCRIBE
+// and PUBLISH together in one frame, all work.
+func TestWebSocketFraming(t *testing.T) {
+	a := startTestApp(t, testConfig(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, wsURL(a), &websocket.DialOptions{Subprotocols: []string{"mqtt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+
+	connect := rawConnect(4, "framing")
+	// Frames 1 and 2 of one message, then the rest as two more messages.
+	w, err := c.Writer(ctx, websocket.MessageBinary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(connect[:1])
+	w.Write(connect[1:4])
+	w.Close()
+	c.Write(ctx, websocket.MessageBinary, connect[4:9])
+	c.Write(ctx, websocket.MessageBinary, connect[9:])
+	if _, b, err := c.Read(ctx); err != nil || len(b) != 4 || b[0] != 0x20 || b[3] != 0 {
+		t.Fatalf("CONNACK: %x %v", b, err)
+	}
+
+	both := append(rawSubscribe(4, "framing/t"), rawPublish(4, "framing/t", []byte("together"))...)
+	if err := c.Write(ctx, websocket.MessageBinary, both); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for len(got) < 5+len(rawPublish(4, "framing/t", []byte("together"))) {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("after %x: %v", got, err)
+		}
+		got = append(got, b...)
+	}
+	r := bytes.NewReader(got)
+	if first, _, err := readRawPacket(r); err != nil || first != 0x90 {
+		t.Fatalf("want SUBACK first, got %#x %v (stream %x)", first, err, got)
+	}
+	if first, body, err := readRawPacket(r); err != nil || first != 0x30 || !bytes.HasSuffix(body, []byte("together")) {
+		t.Fatalf("want the PUBLISH back, got %#x %x %v", first, body, err)
+	}
+}

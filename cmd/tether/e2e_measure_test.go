@@ -23,7 +23,9 @@ import (
 //	TETHER_MEASURE=1 go test -run TestMeasureIdleClients -v -timeout 20m ./cmd/tether
 //
 // TETHER_MEASURE_CLIENTS sets the number of clients (default 10000);
-// extra TETHER_* settings for the server (e.g. TETHER_MQTT_CLIENT_QUEUE_SIZE=64)
+// TETHER_MEASURE_SETTLE how long the clients stay idle before RSS is read
+// (default 3s; past 2m the runtime's periodic GC has shrunk the goroutine
+// stacks that CONNECT processing grew); extra TETHER_* settings for the server (e.g. TETHER_MQTT_CLIENT_QUEUE_SIZE=64)
 // pass through from the environment.
 func TestMeasureIdleClients(t *testing.T) {
 	if os.Getenv("TETHER_MEASURE") == "" {
@@ -32,6 +34,13 @@ func TestMeasureIdleClients(t *testing.T) {
 	n := 10000
 	if s := os.Getenv("TETHER_MEASURE_CLIENTS"); s != "" {
 		n, _ = strconv.Atoi(s)
+	}
+	settle := 3 * time.Second
+	if s := os.Getenv("TETHER_MEASURE_SETTLE"); s != "" {
+		var err error
+		if settle, err = time.ParseDuration(s); err != nil {
+			t.Fatalf("TETHER_MEASURE_SETTLE: %v", err)
+		}
 	}
 	raiseFileLimit(t, uint64(n)+1000)
 	for _, transport := range []string{"tcp", "ws"} {
@@ -55,11 +64,11 @@ func TestMeasureIdleClients(t *testing.T) {
 			}
 			wg.Wait()
 			took := time.Since(start)
-			time.Sleep(3 * time.Second)
+			time.Sleep(settle)
 			after := rssKiB(t, pid)
 			per := float64(after-before) * 1024 / float64(n)
-			t.Logf("MEASURE transport=%s clients=%d rss_before_kib=%d rss_after_kib=%d per_client_bytes=%.0f connect_time=%v",
-				transport, n, before, after, per, took.Round(time.Millisecond))
+			t.Logf("MEASURE transport=%s clients=%d settle=%v rss_before_kib=%d rss_after_kib=%d per_client_bytes=%.0f connect_time=%v",
+				transport, n, settle, before, after, per, took.Round(time.Millisecond))
 			fmt.Printf("{\"transport\":%q,\"clients\":%d,\"rss_before_kib\":%d,\"rss_after_kib\":%d,\"per_client_bytes\":%.0f}\n",
 				transport, n, before, after, per)
 			for _, c := range conns {
