@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"sync"
 	"time"
 
@@ -53,7 +52,7 @@ func (l *PublishLimit) ID() string { return "tether-publish-limit" }
 
 // Provides implements mqtt.Hook.
 func (l *PublishLimit) Provides(b byte) bool {
-	return l.rate > 0 && bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
+	return l.rate > 0 && (b == mqtt.OnPublish || b == mqtt.OnDisconnect)
 }
 
 // OnPublish waits until cl's rate allows pk.

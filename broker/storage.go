@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,7 +31,9 @@ import (
 // to the subscribers' sessions, so OnPublish records the message with its
 // persistent recipients (and the retained copy) and blocks the publisher's
 // goroutine until the batch holding them has committed. Many publishers
-// share one transaction. If SQLite fails, routing goes on without waiting,
+// share one transaction. A message that no persistent session subscribes
+// to (and is not retained) costs one lookup in persistIndex, no write and
+// no wait. If SQLite fails, routing goes on without waiting,
 // Healthy reports the fault, and the writer retries with backoff.
 //
 // Add Storage as the last hook, so that it sees each PUBLISH as the other
@@ -50,6 +51,7 @@ type Storage struct {
 	loading atomic.Bool // true until the engine has read the store
 	seq     atomic.Int64
 	pubs    sync.Map // *mqtt.Client -> *pubState
+	persist *persistIndex
 
 	prepared sync.Once
 	prepErr  error
@@ -93,7 +95,7 @@ func NewStorage(db *devices.DB, opts *StorageOptions) *Storage {
 	if o.MaxQueueBytes <= 0 {
 		o.MaxQueueBytes = 64 << 20
 	}
-	s := &Storage{db: db, log: o.Logger.With("component", "store"), opts: o, metrics: newStoreMetrics()}
+	s := &Storage{db: db, log: o.Logger.With("component", "store"), opts: o, metrics: newStoreMetrics(), persist: newPersistIndex()}
 	s.w = newWriter(db.W, s.log, o.MaxQueueBytes, s.metrics)
 	s.w.snapshot = s.snapshot
 	s.metrics.queueBytes = s.w.queuedBytes
@@ -112,10 +114,11 @@ func (s *Storage) Healthy() error { return s.w.healthy() }
 // ID implements mqtt.Hook.
 func (s *Storage) ID() string { return "tether-storage" }
 
-// Provides implements mqtt.Hook.
+// Provides implements mqtt.Hook. The engine asks it for every event, so
+// it is a switch, not a search.
 func (s *Storage) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect,
+	switch b {
+	case mqtt.OnConnect,
 		mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect,
 		mqtt.OnSubscribed,
@@ -135,8 +138,10 @@ func (s *Storage) Provides(b byte) bool {
 		mqtt.StoredInflightMessages,
 		mqtt.StoredRetainedMessages,
 		mqtt.StoredSubscriptions,
-		mqtt.StoredSysInfo,
-	}, []byte{b})
+		mqtt.StoredSysInfo:
+		return true
+	}
+	return false
 }
 
 // Init creates or migrates the store's tables and starts the writer.
@@ -191,6 +196,7 @@ func (s *Storage) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	if persistent(cl) {
+		s.persist.addAll(cl) // subscriptions it may have inherited
 		s.putClient(cl, 0)
 		return
 	}
@@ -218,6 +224,7 @@ func (s *Storage) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	if persistent(cl) {
+		s.persist.addAll(cl) // MQTT 5 DISCONNECT may have made it persistent
 		s.putClient(cl, time.Now().Unix())
 	}
 }
@@ -231,6 +238,9 @@ func (s *Storage) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 
 // OnClientExpired removes an expired session and all it held.
 func (s *Storage) OnClientExpired(cl *mqtt.Client) {
+	for filter := range cl.State.Subscriptions.GetAll() {
+		s.persist.remove(cl.ID, filter)
+	}
 	s.w.enqueue(newOp(opClientDelete, cl.ID))
 }
 
@@ -245,6 +255,7 @@ func (s *Storage) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes [
 			continue
 		}
 		ops = append(ops, newOp(opSubPut, cl.ID, f.Filter, encodeSubscription(cl.ID, f, reasonCodes[i])))
+		s.persist.add(cl.ID, f)
 	}
 	if len(ops) > 0 {
 		s.w.enqueue(ops...)
@@ -253,6 +264,11 @@ func (s *Storage) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes [
 
 // OnUnsubscribed forgets a persistent session's subscriptions.
 func (s *Storage) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	// The engine has dropped these (from UNSUBSCRIBE, or clearing the
+	// session), whatever the session is now.
+	for _, f := range pk.Filters {
+		s.persist.remove(cl.ID, f.Filter)
+	}
 	if !persistent(cl) {
 		return
 	}
@@ -282,19 +298,30 @@ func (s *Storage) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	if cl.Net.Inline || pk.FixedHeader.Qos == 0 {
 		return pk, nil
 	}
-	st := s.pubState(cl)
-	if st.seq != 0 {
+	retain := pk.FixedHeader.Retain && s.Opts.Capabilities.RetainAvailable != 0
+	srv := s.srv.Load()
+	fanout := srv != nil && s.persist.matches(pk.TopicName)
+	var st *pubState
+	if retain || fanout {
+		st = s.pubState(cl)
+	} else if v, ok := s.pubs.Load(cl); ok {
+		st = v.(*pubState)
+	}
+	if st != nil && st.seq != 0 {
 		// The previous PUBLISH never reached OnPublished (its ack could
 		// not be written), so the engine did not route it either.
 		s.w.enqueue(newOp(opMessageDelete, st.seq))
 		st.seq = 0
 	}
+	if !retain && !fanout {
+		return pk, nil // the fast path: nothing to make durable
+	}
 	var ops []op
-	if pk.FixedHeader.Retain && s.Opts.Capabilities.RetainAvailable != 0 {
+	if retain {
 		ops = append(ops, retainedOp(pk))
 		st.retained.Store(true)
 	}
-	if srv := s.srv.Load(); srv != nil {
+	if fanout {
 		seq := s.seq.Add(1)
 		if targets := s.pendingOps(srv, cl, pk, seq); len(targets) > 0 {
 			data, payload := encodeMessage("", storage.InflightKey, pk)

@@ -227,6 +227,7 @@ func (s *Storage) StoredSubscriptions() (v []storage.Subscription, err error) {
 			return nil
 		}
 		v = append(v, sub)
+		s.persist.add(sub.Client, packets.Subscription{Filter: sub.Filter})
 		return nil
 	})
 	return v, err

@@ -363,3 +363,49 @@ func testCounterB(c prometheus.Counter) float64 {
 	_ = c.Write(&m)
 	return m.GetCounter().GetValue()
 }
+
+// The index of persistent subscriptions follows the engine: clean
+// sessions never enter it (so their QoS 1 publishes skip the store), a
+// persistent session's subscriptions enter on SUBSCRIBE and on loading,
+// and leave on UNSUBSCRIBE and when a clean connection ends the session.
+func TestStoragePersistIndex(t *testing.T) {
+	dir := t.TempDir()
+	n := startStoreNode(t, dir, nil)
+	x := n.store.persist
+	want := func(count int64, topic string, match bool) {
+		t.Helper()
+		storeCheckFor(t, 5*time.Second, func() error {
+			if got := x.n.Load(); got != count {
+				return fmt.Errorf("index holds %d, want %d", got, count)
+			}
+			if got := x.matches(topic); got != match {
+				return fmt.Errorf("matches(%q) = %v, want %v", topic, got, match)
+			}
+			return nil
+		})
+	}
+	clean := storeClient(t, n.addr, "idx-clean", true, nil)
+	waitToken(t, "subscribe", clean.Subscribe("#", 1, nil))
+	want(0, "idx/a", false)
+
+	p := storeClient(t, n.addr, "idx-p", false, nil)
+	waitToken(t, "subscribe", p.Subscribe("idx/+", 1, nil))
+	want(1, "idx/a", true)
+	if x.matches("other/a") {
+		t.Error("matches(other/a) with only idx/+ indexed")
+	}
+	waitToken(t, "unsubscribe", p.Unsubscribe("idx/+"))
+	want(0, "idx/a", false)
+	waitToken(t, "subscribe", p.Subscribe("idx/+", 1, nil))
+	p.Disconnect(100)
+	want(1, "idx/a", true) // the offline session keeps it
+
+	n.stop()
+	n = startStoreNode(t, dir, nil)
+	x = n.store.persist
+	want(1, "idx/a", true) // loaded from the store
+
+	// A clean connection under the same id ends the session.
+	storeClient(t, n.addr, "idx-p", true, nil)
+	want(0, "idx/a", false)
+}

@@ -1,0 +1,274 @@
+package broker
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Backpressure slows QoS 1/2 publishers down for a subscriber that has
+// fallen behind, instead of letting the engine drop its messages.
+//
+// The engine acknowledges a QoS 1/2 PUBLISH before it routes it, and a
+// message for a subscriber whose in-flight store is full
+// (mqtt.max_inflight) or whose send queue is full (mqtt.client_queue_size)
+// is then dropped: the publisher has its PUBACK, the subscriber never sees
+// the message. No finite bound survives a sustained rate mismatch (ten
+// publishers into one subscriber), so instead the publisher waits:
+// OnPublish runs on the publisher's reading goroutine before its PUBACK,
+// and if the message goes to a subscriber above its high-water mark (three
+// quarters of the smaller of the two bounds), it waits until that
+// subscriber has drained to half of the mark. The publisher's socket
+// buffers then fill and TCP slows the sender, as with
+// limits.publish_rate_per_client.
+//
+// The wait is bounded: at most maxWait (mqtt.backpressure_wait) per PUBLISH, and a subscriber that
+// does not drain within maxWait is marked stuck and not waited for again
+// until it drains, so a client that never reads costs each publisher at
+// most one maxWait and then its messages are dropped as before (the
+// engine counts them). A publisher never waits for itself, and shared
+// subscriptions and QoS 0 are not considered. Waits, time waited and
+// timeouts are counted in /metrics.
+type Backpressure struct {
+	mqtt.HookBase
+
+	srv     atomic.Pointer[mqtt.Server]
+	maxWait time.Duration
+
+	// behind holds the subscribers above their high-water mark.
+	behind  sync.Map // *mqtt.Client -> *lag
+	nBehind atomic.Int64
+
+	waits, waited, timeouts prometheus.Counter
+}
+
+// lag is one subscriber that has fallen behind.
+type lag struct {
+	low     int           // drained at or below this many in flight
+	drained chan struct{} // closed when it has drained
+	once    sync.Once
+	stuck   atomic.Bool // a wait for it timed out
+
+	// filters are the subscriber's QoS 1/2 filters when it fell behind
+	// (shared ones left out), to tell without the engine's index whether
+	// a message goes to it; nil with more than maxLagFilters, and then
+	// the engine's index decides.
+	filters []string
+}
+
+const maxLagFilters = 16
+
+func newLag(cl *mqtt.Client, high int) *lag {
+	l := &lag{low: high / 2, drained: make(chan struct{})}
+	subs := cl.State.Subscriptions.GetAll()
+	if len(subs) <= maxLagFilters {
+		l.filters = make([]string, 0, len(subs))
+		for f, sub := range subs {
+			if sub.Qos > 0 && !mqtt.IsSharedFilter(f) {
+				l.filters = append(l.filters, f)
+			}
+		}
+	}
+	return l
+}
+
+// goesTo reports whether a QoS 1/2 message on topic reaches the lagging
+// subscriber to. subs is the engine's answer, looked up once per PUBLISH
+// if needed.
+func (l *lag) goesTo(srv *mqtt.Server, to *mqtt.Client, topic string, subs **mqtt.Subscribers) bool {
+	if l.filters != nil {
+		for _, f := range l.filters {
+			if matchTopic(f, topic) {
+				return true
+			}
+		}
+		return false
+	}
+	if *subs == nil {
+		*subs = srv.Topics.Subscribers(topic)
+	}
+	sub, ok := (*subs).Subscriptions[to.ID]
+	return ok && sub.Qos > 0
+}
+
+// matchTopic reports whether filter matches topic: '+' matches one level,
+// '#' the rest and its parent [MQTT-4.7.1-2], and a wildcard first level
+// does not match a topic starting with '$' [MQTT-4.7.2-1].
+func matchTopic(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" {
+			return true
+		}
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		if !fmore {
+			return !tmore
+		}
+		if !tmore {
+			return frest == "#"
+		}
+		filter, topic = frest, trest
+	}
+}
+
+// NewBackpressure returns the hook (mqtt.backpressure_wait): maxWait is
+// the longest one PUBLISH is held back; 0 turns it off (the hook then
+// does nothing). Add it to the broker with Options.Hooks, then call
+// Attach with the broker's engine.
+func NewBackpressure(maxWait time.Duration) *Backpressure {
+	return &Backpressure{
+		maxWait: maxWait,
+		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_backpressure_waits_total",
+			Help: "QoS 1/2 PUBLISH packets held back because a subscriber was behind."}),
+		waited: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_backpressure_wait_seconds_total",
+			Help: "Time publishers were held back for subscribers that were behind."}),
+		timeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_backpressure_timeouts_total",
+			Help: "Waits for a subscriber that did not drain in time; it is skipped until it drains."}),
+	}
+}
+
+// Attach gives the hook the engine whose subscribers it watches.
+func (b *Backpressure) Attach(srv *mqtt.Server) { b.srv.Store(srv) }
+
+// ID implements mqtt.Hook.
+func (b *Backpressure) ID() string { return "tether-backpressure" }
+
+// Provides implements mqtt.Hook.
+func (b *Backpressure) Provides(e byte) bool {
+	if b.maxWait <= 0 {
+		return false
+	}
+	switch e {
+	case mqtt.OnPublish, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnDisconnect:
+		return true
+	}
+	return false
+}
+
+// highWater is the number of messages in flight to cl above which
+// publishers wait for it. The engine's in-flight store holds every QoS 1/2
+// message not yet acknowledged, including those still in the send queue
+// (unless the client's Receive Maximum holds them back, and then at most
+// that many are queued).
+func highWater(cl *mqtt.Client, caps *mqtt.Capabilities) int {
+	n := int(caps.MaximumInflight)
+	if rm := int(cl.Properties.Props.ReceiveMaximum); rm == 0 || rm > int(caps.MaximumClientWritesPending) {
+		n = min(n, int(caps.MaximumClientWritesPending))
+	}
+	return max(n*3/4, 1)
+}
+
+// OnQosPublish notes a subscriber that has gone above its high-water mark.
+// The engine calls it on the publisher's goroutine as it queues a message.
+func (b *Backpressure) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || cl.Closed() {
+		return // an offline session's messages wait in its store, not in a queue
+	}
+	high := highWater(cl, b.Opts.Capabilities)
+	if cl.State.Inflight.Len() < high {
+		return
+	}
+	if _, ok := b.behind.Load(cl); ok {
+		return
+	}
+	if _, loaded := b.behind.LoadOrStore(cl, newLag(cl, high)); !loaded {
+		b.nBehind.Add(1)
+	}
+}
+
+// drain releases the publishers waiting for cl once it is at or below its
+// low-water mark, or gone.
+func (b *Backpressure) drain(cl *mqtt.Client, gone bool) {
+	if b.nBehind.Load() == 0 {
+		return
+	}
+	v, ok := b.behind.Load(cl)
+	if !ok {
+		return
+	}
+	l := v.(*lag)
+	if !gone && cl.State.Inflight.Len() > l.low {
+		return
+	}
+	if b.behind.CompareAndDelete(cl, l) {
+		b.nBehind.Add(-1)
+	}
+	l.once.Do(func() { close(l.drained) })
+}
+
+// OnQosComplete implements mqtt.Hook: a subscriber acknowledged a message.
+func (b *Backpressure) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { b.drain(cl, false) }
+
+// OnQosDropped implements mqtt.Hook: a message in flight was abandoned.
+func (b *Backpressure) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { b.drain(cl, false) }
+
+// OnDisconnect implements mqtt.Hook: nobody waits for a client that left.
+func (b *Backpressure) OnDisconnect(cl *mqtt.Client, err error, expire bool) { b.drain(cl, true) }
+
+// OnPublish holds a QoS 1/2 PUBLISH back, before its acknowledgement,
+// while a subscriber it goes to is behind; at most maxWait in all. With
+// nobody behind it is one atomic load.
+func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if b.nBehind.Load() == 0 || pk.FixedHeader.Qos == 0 || cl.Net.Inline {
+		return pk, nil
+	}
+	srv := b.srv.Load()
+	if srv == nil {
+		return pk, nil
+	}
+	var subs *mqtt.Subscribers
+	var timer *time.Timer
+	var start time.Time
+	b.behind.Range(func(k, v any) bool {
+		to, l := k.(*mqtt.Client), v.(*lag)
+		if to == cl || to.ID == cl.ID || l.stuck.Load() || to.Closed() {
+			return true
+		}
+		if !l.goesTo(srv, to, pk.TopicName, &subs) {
+			return true
+		}
+		if timer == nil {
+			start = time.Now()
+			timer = time.NewTimer(b.maxWait)
+			b.waits.Inc()
+		}
+		select {
+		case <-l.drained:
+			return true
+		case <-timer.C:
+			l.stuck.Store(true)
+			b.timeouts.Inc()
+			return false
+		}
+	})
+	if timer != nil {
+		timer.Stop()
+		b.waited.Add(time.Since(start).Seconds())
+	}
+	return pk, nil
+}
+
+// Describe implements prometheus.Collector.
+func (b *Backpressure) Describe(ch chan<- *prometheus.Desc) {
+	b.waits.Describe(ch)
+	b.waited.Describe(ch)
+	b.timeouts.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (b *Backpressure) Collect(ch chan<- prometheus.Metric) {
+	b.waits.Collect(ch)
+	b.waited.Collect(ch)
+	b.timeouts.Collect(ch)
+}

@@ -1,0 +1,166 @@
+package broker
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/tether-iot/tether/configs"
+)
+
+func startBackpressureBroker(t *testing.T, maxWait time.Duration) (*Broker, *Backpressure) {
+	t.Helper()
+	cfg := configs.Default() // client_queue_size 256, max_inflight 1024
+	cfg.MQTT.Addr = "127.0.0.1:0"
+	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
+	cfg.Auth.AllowAnonymous = true
+	bp := NewBackpressure(maxWait)
+	b, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{bp}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bp.Attach(b.Server)
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Shutdown(t.Context()) })
+	return b, bp
+}
+
+// Ten publishers send a QoS 1 burst of 10,000 messages, far beyond the
+// subscriber's send queue (256) and in-flight store (1,024), to one
+// subscriber: every message arrives, none is dropped.
+func TestBackpressureBurstArrivesComplete(t *testing.T) {
+	b, bp := startBackpressureBroker(t, 5*time.Second)
+	addr := b.TCP.Address()
+
+	var got received
+	sink := storeClient(t, addr, "sink", true, got.add)
+	waitToken(t, "subscribe", sink.Subscribe("burst/#", 1, nil))
+
+	const pubs, each = 10, 1000
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for p := range pubs {
+		c := storeClient(t, addr, fmt.Sprintf("pub%d", p), true, nil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			toks := make([]paho3.Token, 0, each)
+			for i := range each {
+				toks = append(toks, c.Publish(fmt.Sprintf("burst/%d", p), 1, false, fmt.Sprintf("%d-%d", p, i)))
+			}
+			for _, tok := range toks {
+				if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d publishes were not acknowledged", n)
+	}
+	storeCheckFor(t, 30*time.Second, func() error {
+		if n := got.distinct(); n < pubs*each {
+			return fmt.Errorf("subscriber has %d of %d messages", n, pubs*each)
+		}
+		return nil
+	})
+	info := b.Server.Info
+	if q, f := atomic.LoadInt64(&info.MessagesDropped), atomic.LoadInt64(&info.InflightDropped); q+f > 0 {
+		t.Errorf("engine dropped %d (queue) + %d (in flight) messages", q, f)
+	}
+	t.Logf("waits %v, waited %.3fs, timeouts %v", testCounter(t, bp.waits), testCounter(t, bp.waited), testCounter(t, bp.timeouts))
+}
+
+// A subscriber that never reads nor acknowledges holds publishers back at
+// most once, for maxWait; after that it is skipped and they run free.
+func TestBackpressureStuckSubscriberIsSkipped(t *testing.T) {
+	const maxWait = 300 * time.Millisecond
+	b, bp := startBackpressureBroker(t, maxWait)
+	addr := b.TCP.Address()
+
+	// The stuck client: CONNECT and SUBSCRIBE "stuck/x" at QoS 1, then it
+	// never reads again.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connect := []byte{0x10, 17, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 5, 's', 't', 'u', 'c', 'k'}
+	subscribe := []byte{0x82, 12, 0, 1, 0, 7, 's', 't', 'u', 'c', 'k', '/', 'x', 1}
+	if _, err := conn.Write(append(connect, subscribe...)); err != nil {
+		t.Fatal(err)
+	}
+	storeCheckFor(t, 10*time.Second, func() error {
+		if _, ok := b.Server.Topics.Subscribers("stuck/x").Subscriptions["stuck"]; !ok {
+			return fmt.Errorf("not subscribed yet")
+		}
+		return nil
+	})
+
+	pub := storeClient(t, addr, "pub", true, nil)
+	const n = 3000 // beyond the stuck client's in-flight store
+	start := time.Now()
+	for i := range n {
+		waitToken(t, "publish", pub.Publish("stuck/x", 1, false, fmt.Sprint(i)))
+	}
+	el := time.Since(start)
+	if got := testCounter(t, bp.timeouts); got != 1 {
+		t.Errorf("timeouts = %v, want 1: the stuck subscriber should be waited for once", got)
+	}
+	if w := testCounter(t, bp.waited); w > 3*maxWait.Seconds() {
+		t.Errorf("publisher held back %.3fs in all, want about %v", w, maxWait)
+	}
+	t.Logf("%d publishes in %v; waited %.3fs", n, el, testCounter(t, bp.waited))
+}
+
+// With mqtt.backpressure_wait 0 the hook takes no events at all.
+func TestBackpressureOff(t *testing.T) {
+	bp := NewBackpressure(0)
+	for e := range 256 {
+		if bp.Provides(byte(e)) {
+			t.Errorf("Provides(%d) with backpressure off", e)
+		}
+	}
+	if on := NewBackpressure(time.Second); !on.Provides(mqtt.OnPublish) || on.Provides(mqtt.OnConnect) {
+		t.Error("Provides: want OnPublish and not OnConnect")
+	}
+}
+
+func TestMatchTopic(t *testing.T) {
+	for _, c := range []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"a/b", "a/b", true},
+		{"a/b", "a/c", false},
+		{"a/b", "a/b/c", false},
+		{"a/b/c", "a/b", false},
+		{"a/+", "a/b", true},
+		{"a/+", "a", false},
+		{"a/+", "a/", true},
+		{"a/+/c", "a/b/c", true},
+		{"a/+/c", "a/b/d", false},
+		{"+/+", "a/b", true},
+		{"+", "a/b", false},
+		{"#", "a/b/c", true},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"a/#", "b/c", false},
+		{"#", "$SYS/x", false},
+		{"+/x", "$SYS/x", false},
+		{"$SYS/#", "$SYS/x", true},
+	} {
+		if got := matchTopic(c.filter, c.topic); got != c.want {
+			t.Errorf("matchTopic(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
+		}
+	}
+}
