@@ -45,6 +45,7 @@ type MQTT struct {
 	ClientQueueSize  int32         `yaml:"client_queue_size"`
 	ReceiveMaximum   uint16        `yaml:"receive_maximum"`
 	MaxInflight      uint16        `yaml:"max_inflight"`
+	BackpressureWait time.Duration `yaml:"backpressure_wait"`
 	MaxSessionExpiry time.Duration `yaml:"max_session_expiry"`
 	MaxMessageExpiry time.Duration `yaml:"max_message_expiry"`
 	SysInterval      time.Duration `yaml:"sys_interval"`
@@ -111,6 +112,7 @@ func Default() Config {
 			ClientQueueSize:  256,
 			ReceiveMaximum:   256,
 			MaxInflight:      1024,
+			BackpressureWait: time.Second,
 			MaxSessionExpiry: 7 * 24 * time.Hour,
 			MaxMessageExpiry: 0,
 			SysInterval:      time.Second,
@@ -127,7 +129,7 @@ func Default() Config {
 			HandshakeTimeout: 10 * time.Second,
 		},
 		Auth:      Auth{TokenTTL: 12 * time.Hour},
-		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 65536},
+		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144},
 		Limits:    Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second},
 	}
 }
@@ -214,6 +216,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.MaxSessionExpiry < 0 || c.MQTT.MaxSessionExpiry > time.Duration(1<<32-1)*time.Second {
 		bad("mqtt.max_session_expiry", "must be between 0 and 136y")
+	}
+	if c.MQTT.BackpressureWait < 0 {
+		bad("mqtt.backpressure_wait", "must not be negative (0 turns backpressure off)")
 	}
 	if c.MQTT.MaxMessageExpiry < 0 {
 		bad("mqtt.max_message_expiry", "must not be negative (0 keeps messages until their own expiry)")

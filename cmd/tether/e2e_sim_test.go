@@ -480,6 +480,7 @@ func TestBenchAgainstTether(t *testing.T) {
 //
 // PROFILE_SCENARIOS (default "fanin,pairs"), PROFILE_QUEUES (default
 // "256"), PROFILE_INFLIGHT (mqtt.max_inflight, default 1024),
+// PROFILE_BACKPRESSURE (mqtt.backpressure_wait, default 1s; 0: off),
 // PROFILE_DURATION (default "5s"), PROFILE_PUBS (default 10),
 // PROFILE_RATE (default 0: as fast as 64 unacknowledged publishes per
 // publisher allow), PROFILE_ANON (default 1: anonymous, as
@@ -508,6 +509,9 @@ func TestBenchProfileTether(t *testing.T) {
 				if err := cfg.Set("mqtt.max_inflight", env("PROFILE_INFLIGHT", fmt.Sprint(cfg.MQTT.MaxInflight))); err != nil {
 					t.Fatal(err)
 				}
+				if err := cfg.Set("mqtt.backpressure_wait", env("PROFILE_BACKPRESSURE", cfg.MQTT.BackpressureWait.String())); err != nil {
+					t.Fatal(err)
+				}
 				a := startTestApp(t, cfg)
 				args := []string{"bench", "--broker", "tcp://" + a.mqttAddr(), "--scenario", scenario, "--qos", "1",
 					"--pubs", env("PROFILE_PUBS", "10"), "--rate", env("PROFILE_RATE", "0"),
@@ -527,7 +531,7 @@ func TestBenchProfileTether(t *testing.T) {
 				info := a.broker.Server.Info
 				drops := fmt.Sprintf("queue_dropped=%d inflight_dropped=%d", atomic.LoadInt64(&info.MessagesDropped), atomic.LoadInt64(&info.InflightDropped))
 				t.Logf("queue %s, inflight %d: %s %s", queue, cfg.MQTT.MaxInflight, drops, bytes.TrimSpace(out))
-				fmt.Printf("PROFILE queue=%s inflight=%d %s %s", queue, cfg.MQTT.MaxInflight, drops, out)
+				fmt.Printf("PROFILE queue=%s inflight=%d backpressure=%s %s %s", queue, cfg.MQTT.MaxInflight, cfg.MQTT.BackpressureWait, drops, out)
 			})
 		}
 	}
