@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,11 +25,13 @@ import (
 const benchDevices = 1000
 
 // BenchmarkTelemetryRouting measures, with 1,000 devices publishing QoS 0
-// telemetry over TCP and one subscriber to devices/+/telemetry, the rate
-// the broker routes messages with the history writer off and on, and with
-// it on the rate points reach SQLite. b.N is the number of messages.
+// telemetry over TCP and subscribers to devices/+/telemetry, the rate the
+// broker routes messages with the history writer off and on, and with it
+// on the rate points reach SQLite. b.N is the number of messages.
 //
-//	go test -run XXX -bench TelemetryRouting -benchtime 3000000x ./broker/
+//	go test -run XXX -bench TelemetryRouting -benchtime 1000000x ./broker/
+//	TELEMETRY_BENCH_SUBS=10 ...             # fan-out to 10 subscribers
+//	TELEMETRY_BENCH_RATE=100000 ... -benchtime 6000000x  # 60 s at 100,000/s
 func BenchmarkTelemetryRouting(b *testing.B) {
 	for _, history := range []bool{false, true} {
 		b.Run(fmt.Sprintf("history=%v", history), func(b *testing.B) {
@@ -80,25 +84,32 @@ func benchRouting(b *testing.B, history bool) {
 	}()
 	addr := br.TCP.Address()
 
-	sub := rawConnect(b, addr, "watcher")
-	defer sub.Close()
-	rawSubscribe(b, sub, "devices/+/telemetry")
+	// TELEMETRY_BENCH_SUBS subscribers (default 1) each take every message:
+	// 1 is fan-in, more is fan-out.
+	subs := 1
+	if n, _ := strconv.Atoi(os.Getenv("TELEMETRY_BENCH_SUBS")); n > 0 {
+		subs = n
+	}
 	var received atomic.Int64
 	var lastAt atomic.Int64
-	go func() {
-		r := bufio.NewReaderSize(sub, 1<<16)
-		for {
-			typ, n, err := readPacket(r)
-			if err != nil {
-				return
+	for s := range subs {
+		sub := rawConnect(b, addr, fmt.Sprintf("watcher-%d", s))
+		defer sub.Close()
+		rawSubscribe(b, sub, "devices/+/telemetry")
+		go func() {
+			r := bufio.NewReaderSize(sub, 1<<16)
+			for {
+				typ, _, err := readPacket(r)
+				if err != nil {
+					return
+				}
+				if typ == packets.Publish {
+					received.Add(1)
+					lastAt.Store(time.Now().UnixNano())
+				}
 			}
-			_ = n
-			if typ == packets.Publish {
-				received.Add(1)
-				lastAt.Store(time.Now().UnixNano())
-			}
-		}
-	}()
+		}()
+	}
 
 	conns := make([]net.Conn, benchDevices)
 	msgs := make([][]byte, benchDevices)
@@ -120,10 +131,16 @@ func benchRouting(b *testing.B, history bool) {
 	}
 	rounds := (b.N + 16*benchDevices - 1) / (16 * benchDevices)
 	total := int64(rounds * 16 * benchDevices)
+	deliveries := total * int64(subs)
 	// Publishers keep at most window messages ahead of the subscriber, so
 	// that the rate measured is what the broker sustains without dropping
 	// at the subscriber's queue.
+	// TELEMETRY_BENCH_RATE (messages a second) paces them instead.
 	const writers, window = 8, 20000
+	var every time.Duration
+	if r, _ := strconv.Atoi(os.Getenv("TELEMETRY_BENCH_RATE")); r > 0 {
+		every = time.Duration(float64(time.Second) * 16 * writers / float64(r))
+	}
 	var sent atomic.Int64
 	b.ResetTimer()
 	start := time.Now()
@@ -132,10 +149,17 @@ func benchRouting(b *testing.B, history bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			next := start
 			for range rounds {
 				for i := w; i < benchDevices; i += writers {
-					for sent.Load()-received.Load() > window {
+					for sent.Load()*int64(subs)-received.Load() > window*int64(subs) {
 						time.Sleep(50 * time.Microsecond)
+					}
+					if every > 0 {
+						next = next.Add(every)
+						if d := time.Until(next); d > 0 {
+							time.Sleep(d)
+						}
 					}
 					sent.Add(16)
 					if _, err := conns[i].Write(msgs[i]); err != nil {
@@ -150,7 +174,7 @@ func benchRouting(b *testing.B, history bool) {
 	for prev := int64(-1); ; {
 		time.Sleep(100 * time.Millisecond)
 		got := received.Load()
-		if got >= total {
+		if got >= deliveries {
 			break
 		}
 		if got == prev && time.Since(time.Unix(0, lastAt.Load())) > 2*time.Second {
@@ -159,9 +183,9 @@ func benchRouting(b *testing.B, history bool) {
 		prev = got
 	}
 	routed := time.Duration(lastAt.Load() - start.UnixNano())
-	b.Logf("received by broker %d, dropped by broker %d, routed %d in %v", atomic.LoadInt64(&br.Server.Info.MessagesReceived), atomic.LoadInt64(&br.Server.Info.MessagesDropped), received.Load(), routed)
+	b.Logf("subscribers %d: received by broker %d, dropped by broker %d, routed %d in %v", subs, atomic.LoadInt64(&br.Server.Info.MessagesReceived), atomic.LoadInt64(&br.Server.Info.MessagesDropped), received.Load(), routed)
 	b.ReportMetric(float64(received.Load())/routed.Seconds(), "routed/s")
-	b.ReportMetric(float64(total-received.Load()), "not-routed")
+	b.ReportMetric(float64(deliveries-received.Load()), "not-routed")
 	if tel != nil {
 		if err := tel.Flush(ctx); err != nil {
 			b.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -182,8 +183,12 @@ func (c *client3) subscribe(t *testing.T, filter string, qos byte) {
 func (c *client3) close() { c.c.Disconnect(0) }
 
 type client5 struct {
-	c    *paho.Client
-	once sync.Once
+	c *paho.Client
+	// ctx ends at close, so that publishes still waiting for their
+	// acknowledgement give up with the connection.
+	ctx    context.Context
+	cancel context.CancelFunc
+	once   sync.Once
 }
 
 func connect5(t *testing.T, n *devNode, ws bool, id string, clean bool, onMsg func(devMsg)) devClient {
@@ -203,7 +208,9 @@ func connect5(t *testing.T, n *devNode, ws bool, id string, clean bool, onMsg fu
 			t.Fatal(err)
 		}
 	}
-	cfg := paho.ClientConfig{ClientID: id, Conn: conn}
+	// paho writes a packet in several Writes: the lock keeps concurrent
+	// packets (a publish and an acknowledgement) from interleaving.
+	cfg := paho.ClientConfig{ClientID: id, Conn: packets.NewThreadSafeConn(conn)}
 	if onMsg != nil {
 		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			m := devMsg{topic: pr.Packet.Topic, payload: pr.Packet.Payload, retained: pr.Packet.Retain}
@@ -225,6 +232,7 @@ func connect5(t *testing.T, n *devNode, ws bool, id string, clean bool, onMsg fu
 		t.Fatalf("connect %s: %v %+v", id, err, ca)
 	}
 	cl := &client5{c: c}
+	cl.ctx, cl.cancel = context.WithCancel(context.Background())
 	t.Cleanup(cl.close)
 	return cl
 }
@@ -239,7 +247,7 @@ func (c *client5) publish(t *testing.T, topic string, payload []byte, qos byte) 
 }
 
 func (c *client5) send(topic string, payload []byte, qos byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
 	defer cancel()
 	_, err := c.c.Publish(ctx, &paho.Publish{Topic: topic, QoS: qos, Payload: payload})
 	return err
@@ -256,6 +264,7 @@ func (c *client5) subscribe(t *testing.T, filter string, qos byte) {
 
 func (c *client5) close() {
 	c.once.Do(func() {
+		c.cancel()
 		_ = c.c.Disconnect(&paho.Disconnect{})
 		<-c.c.Done()
 	})

@@ -113,16 +113,17 @@ func TestUIRevalidatesAndCompresses(t *testing.T) {
 	}
 }
 
-// TestUILoadsNothingFromOutside checks that no page or script names an
-// outside origin to load from.
+// TestUILoadsNothingFromOutside checks that no page, style or script of
+// ours names an outside origin (the CSP would block it anyway).
 func TestUILoadsNothingFromOutside(t *testing.T) {
 	u := UI().(*ui)
 	for name, f := range u.files {
-		if strings.HasPrefix(name, "/vendor/") || !strings.HasSuffix(name, ".html") && !strings.HasSuffix(name, ".css") {
-			continue
+		if strings.HasPrefix(name, "/vendor/") {
+			continue // checked by hand when vendored; they name URLs in comments
 		}
+		body := strings.ReplaceAll(string(f.body), `xmlns="http://www.w3.org/2000/svg"`, "") // a name, not a load
 		for _, bad := range []string{"http://", "https://", "//cdn", "@import"} {
-			if strings.Contains(string(f.body), bad) {
+			if strings.Contains(body, bad) {
 				t.Errorf("%s contains %q", name, bad)
 			}
 		}

@@ -58,15 +58,26 @@ func TestCommandLifecycle(t *testing.T) {
 			}
 		})
 	}
+	// An id used again over MQTT for a command that is done stays done and
+	// is not left open.
+	done, err := c.Create(ctx, NewCommand{ID: "reused", DeviceID: "d1", Name: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Expire(ctx, done.ID); err != nil {
+		t.Fatal(err)
+	}
+	c.RecordSent(NewCommand{ID: "reused", DeviceID: "d1", Name: "x", Params: []byte("{}"), Timeout: time.Minute})
 	c.RecordResponse("cmd-nope", true, nil, "")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		late, unknown := c.ResponseStats()
-		if late == 1 && unknown == 1 {
+		_, open := c.OpenFor("reused")
+		if late == 1 && unknown == 1 && !open {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("late %d unknown %d", late, unknown)
+			t.Fatalf("late %d unknown %d, reused id open %v", late, unknown, open)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

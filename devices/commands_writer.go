@@ -80,8 +80,20 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 	for _, op := range batch {
 		switch op.kind {
 		case 'c':
-			if _, err := tx.ExecContext(ctx, insertCommand, cmdArgs(op.cmd)...); err != nil {
+			res, err := tx.ExecContext(ctx, insertCommand, cmdArgs(op.cmd)...)
+			if err != nil {
 				return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				// The id was used before: if that command is done, it
+				// must not stay open in memory.
+				var status string
+				if err := tx.QueryRowContext(ctx, `SELECT status FROM commands WHERE id = ?`, op.cmd.ID).Scan(&status); err != nil {
+					return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
+				}
+				if (Command{Status: status}).Done() {
+					changes = append(changes, change{id: op.cmd.ID, done: true})
+				}
 			}
 		case 'd':
 			res, err := tx.ExecContext(ctx, `UPDATE commands SET status = 'delivered', updated_at = ?

@@ -12,10 +12,15 @@ import (
 // telemetrySchema is the "telemetry" component's migrations (DB.Migrate).
 // A released step is never edited; append a new one.
 //
-// ts is Unix milliseconds; vals is the JSON object of metrics. The rowid
-// table takes appends cheaply; (device_id, ts) serves a device's time
-// ranges and ts serves retention pruning.
+// History is kept in chunks: each row holds up to chunkPoints points of
+// one device, from one write batch, spanning at most chunkSpan, as a JSON
+// array of [ts, {metrics}] in time order (ts in Unix milliseconds). A batch
+// from a thousand devices is then a thousand row inserts rather than tens
+// of thousands, which is what lets one SQLite writer keep up with the
+// broker. (device_id, ts_min) serves a device's time ranges (a chunk
+// starts at most chunkSpan before the range); ts_max serves pruning.
 var telemetrySchema = []string{
+	// 1: one row per point (development builds only; replaced by 2).
 	`CREATE TABLE telemetry (
 		id        INTEGER PRIMARY KEY,
 		device_id TEXT NOT NULL,
@@ -24,7 +29,25 @@ var telemetrySchema = []string{
 	);
 	CREATE INDEX telemetry_device_ts ON telemetry(device_id, ts);
 	CREATE INDEX telemetry_ts ON telemetry(ts);`,
+	// 2: chunks. The per-point history of development builds is dropped.
+	`DROP TABLE telemetry;
+	CREATE TABLE telemetry (
+		id        INTEGER PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		ts_min    INTEGER NOT NULL,
+		ts_max    INTEGER NOT NULL,
+		n         INTEGER NOT NULL,
+		points    TEXT NOT NULL
+	);
+	CREATE INDEX telemetry_device_ts ON telemetry(device_id, ts_min);
+	CREATE INDEX telemetry_ts ON telemetry(ts_max);`,
 }
+
+// Chunk bounds: points in one history row, and the time they may span.
+const (
+	chunkPoints = 512
+	chunkSpan   = 10 * time.Minute
+)
 
 // TelemetryOptions configure a Telemetry store; zero fields take defaults.
 type TelemetryOptions struct {
@@ -32,7 +55,7 @@ type TelemetryOptions struct {
 	// (default 1s).
 	FlushInterval time.Duration
 	// QueueSize is how many points may wait; beyond it points are dropped
-	// and counted (default 65536).
+	// and counted (default 262144).
 	QueueSize int
 	// BatchSize is the most points written in one transaction (default
 	// 32768).
@@ -42,8 +65,9 @@ type TelemetryOptions struct {
 	// PruneInterval is how often expired points are pruned (default one
 	// minute, or Retention/10 if shorter).
 	PruneInterval time.Duration
-	// PruneChunk is how many rows one pruning transaction deletes (default
-	// 2000), so pruning never holds the writer for long.
+	// PruneChunk is how many history rows (each up to 512 points) one
+	// pruning transaction deletes (default 200), so pruning never holds
+	// the writer for long. A row goes when its latest point has expired.
 	PruneChunk int
 	// Logger receives the store's log; nil means slog.Default().
 	Logger *slog.Logger
@@ -66,8 +90,8 @@ type queued struct {
 // Telemetry is the telemetry history: a bounded queue that a batch writer
 // drains into SQLite, one transaction per batch, updating each device's
 // last values and last_seen in the same transaction; a pruner that deletes
-// points older than the retention in small chunks; and queries over time
-// ranges.
+// expired history a few rows per transaction; and queries over time
+// ranges (telemetry_query.go).
 //
 // Add never blocks: it is called from MQTT hooks on the publisher's
 // goroutine. Close flushes what is queued and stops the goroutines.
@@ -109,7 +133,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		opts.FlushInterval = time.Second
 	}
 	if opts.QueueSize <= 0 {
-		opts.QueueSize = 65536
+		opts.QueueSize = 262144
 	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 32768
@@ -121,7 +145,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		opts.PruneInterval = min(time.Minute, opts.Retention/10)
 	}
 	if opts.PruneChunk <= 0 {
-		opts.PruneChunk = 2000
+		opts.PruneChunk = 200
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -74,7 +74,8 @@ func ParseTelemetry(payload []byte) (Sample, error) {
 	var s Sample
 	out := make([]byte, 0, len(payload))
 	out = append(out, '{')
-	var names []string // decoded metric names, to refuse duplicates
+	var nameBuf [16][]byte
+	names := nameBuf[:0] // decoded metric names, to refuse duplicates
 	p.ws()
 	if !p.eat('}') {
 		for {
@@ -91,7 +92,7 @@ func ParseTelemetry(payload []byte) (Sample, error) {
 			}
 			p.ws()
 			vStart := p.i
-			if key == "ts" {
+			if string(key) == "ts" {
 				if !s.TS.IsZero() {
 					return Sample{}, fmt.Errorf("%w: given twice", ErrTelemetryBadTS)
 				}
@@ -103,7 +104,7 @@ func ParseTelemetry(payload []byte) (Sample, error) {
 					return Sample{}, err
 				}
 				for _, n := range names {
-					if n == key {
+					if string(n) == string(key) {
 						return Sample{}, fmt.Errorf("%w: %.40q given twice", ErrTelemetryBadValue, key)
 					}
 				}
@@ -171,48 +172,47 @@ func (p *parser) syntax(want string) error {
 	return fmt.Errorf("%w: want %s at byte %d", ErrTelemetryNotObject, want, p.i)
 }
 
-// str reads a JSON string and returns it decoded.
-func (p *parser) str() (string, error) {
+// str reads a JSON string and returns it decoded: the payload's own bytes
+// when it has no escapes.
+func (p *parser) str() ([]byte, error) {
 	if !p.eat('"') {
-		return "", p.syntax("a string")
+		return nil, p.syntax("a string")
 	}
 	start, escaped := p.i, false
 	for {
 		if p.i >= len(p.b) {
-			return "", p.syntax("the end of a string")
+			return nil, p.syntax("the end of a string")
 		}
 		c := p.b[p.i]
 		switch {
 		case c == '"':
 			raw := p.b[start:p.i]
 			p.i++
+			if !utf8.Valid(raw) {
+				return nil, fmt.Errorf("%w: a string is not UTF-8", ErrTelemetryNotObject)
+			}
 			if !escaped {
-				if !utf8.Valid(raw) {
-					return "", fmt.Errorf("%w: a string is not UTF-8", ErrTelemetryNotObject)
-				}
-				return string(raw), nil
+				return raw, nil
 			}
 			var s string
 			if err := json.Unmarshal(p.b[start-1:p.i], &s); err != nil {
-				return "", fmt.Errorf("%w: %v", ErrTelemetryNotObject, err)
+				return nil, fmt.Errorf("%w: %v", ErrTelemetryNotObject, err)
 			}
-			if !utf8.ValidString(s) {
-				return "", fmt.Errorf("%w: a string is not UTF-8", ErrTelemetryNotObject)
-			}
-			return s, nil
+			return []byte(s), nil
 		case c == '\\':
 			escaped = true
 			p.i += 2
 		case c < 0x20:
-			return "", p.syntax("no control characters in a string")
+			return nil, p.syntax("no control characters in a string")
 		default:
 			p.i++
 		}
 	}
 }
 
-// number reads a JSON number (RFC 8259 grammar) and returns it.
-func (p *parser) number() (float64, error) {
+// number reads a JSON number (RFC 8259 grammar) and checks that it is
+// finite; it returns its value when need is set.
+func (p *parser) number(need bool) (float64, error) {
 	start := p.i
 	p.eat('-')
 	switch {
@@ -227,13 +227,18 @@ func (p *parser) number() (float64, error) {
 			return 0, p.syntax("digits after '.'")
 		}
 	}
+	exp := false
 	if p.eat('e') || p.eat('E') {
+		exp = true
 		if !p.eat('+') {
 			p.eat('-')
 		}
 		if p.digits() == 0 {
 			return 0, p.syntax("digits in the exponent")
 		}
+	}
+	if !need && !exp && p.i-start <= 300 {
+		return 0, nil // no exponent and few digits: finite; the value is not needed
 	}
 	f, err := strconv.ParseFloat(string(p.b[start:p.i]), 64)
 	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
@@ -260,7 +265,7 @@ func (p *parser) literal(word string) bool {
 }
 
 // metric reads a metric's value: a number, a boolean or a short string.
-func (p *parser) metric(name string) error {
+func (p *parser) metric(name []byte) error {
 	if p.i >= len(p.b) {
 		return p.syntax("a value")
 	}
@@ -291,7 +296,7 @@ func (p *parser) metric(name string) error {
 	case '{':
 		return fmt.Errorf("%w: %.40q: an object", ErrTelemetryBadValue, name)
 	default:
-		_, err := p.number()
+		_, err := p.number(false)
 		return err
 	}
 	return p.syntax("a value")
@@ -309,11 +314,11 @@ func (p *parser) ts() (time.Time, error) {
 		if err != nil {
 			return t, err
 		}
-		if t, err = time.Parse(time.RFC3339Nano, s); err != nil {
+		if t, err = time.Parse(time.RFC3339Nano, string(s)); err != nil {
 			return t, fmt.Errorf("%w: %.40q is not RFC 3339", ErrTelemetryBadTS, s)
 		}
 	case c == '-' || c >= '0' && c <= '9':
-		f, err := p.number()
+		f, err := p.number(true)
 		if err != nil {
 			return t, fmt.Errorf("%w: not Unix milliseconds", ErrTelemetryBadTS)
 		}
@@ -332,8 +337,8 @@ func (p *parser) ts() (time.Time, error) {
 
 // checkName checks a metric name: 1 to MaxMetricName bytes, no control
 // characters.
-func checkName(k string) error {
-	if k == "" || len(k) > MaxMetricName {
+func checkName(k []byte) error {
+	if len(k) == 0 || len(k) > MaxMetricName {
 		return fmt.Errorf("%w: metric name %.40q: must be 1 to %d bytes", ErrTelemetryBadValue, k, MaxMetricName)
 	}
 	for i := 0; i < len(k); i++ {

@@ -33,26 +33,47 @@ func (t *Telemetry) prune() {
 	}
 }
 
-// PruneBefore deletes the points older than cutoff, PruneChunk rows per
-// transaction, so that the batch writer gets the connection between
-// chunks. It returns how many points it deleted.
+// PruneBefore deletes the history rows whose points are all older than
+// cutoff, PruneChunk rows per transaction, so that the batch writer gets
+// the connection between chunks. It returns how many points it deleted.
 func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
 	for {
-		res, err := t.db.W.ExecContext(ctx,
-			`DELETE FROM telemetry WHERE id IN (SELECT id FROM telemetry WHERE ts < ? ORDER BY ts LIMIT ?)`,
-			cutoff.UnixMilli(), t.opts.PruneChunk)
+		rows, points, err := t.pruneChunk(ctx, cutoff)
 		if err != nil {
-			return total, fmt.Errorf("telemetry prune: %w", err)
+			return total, err
 		}
-		n, _ := res.RowsAffected()
-		total += n
-		t.stats.pruned.Add(n)
-		if n < int64(t.opts.PruneChunk) {
+		total += points
+		t.stats.pruned.Add(points)
+		if rows < int64(t.opts.PruneChunk) {
 			return total, nil
 		}
 		if err := ctx.Err(); err != nil {
 			return total, fmt.Errorf("telemetry prune: %w", err)
 		}
 	}
+}
+
+// pruneChunk deletes up to PruneChunk expired rows and returns how many
+// rows and points went.
+func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, points int64, err error) {
+	rs, err := t.db.W.QueryContext(ctx,
+		`DELETE FROM telemetry WHERE id IN (SELECT id FROM telemetry WHERE ts_max < ? ORDER BY ts_max LIMIT ?) RETURNING n`,
+		cutoff.UnixMilli(), t.opts.PruneChunk)
+	if err != nil {
+		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var n int64
+		if err := rs.Scan(&n); err != nil {
+			return rows, points, fmt.Errorf("telemetry prune: %w", err)
+		}
+		rows++
+		points += n
+	}
+	if err := rs.Err(); err != nil {
+		return rows, points, fmt.Errorf("telemetry prune: %w", err)
+	}
+	return rows, points, nil
 }

@@ -1,9 +1,12 @@
 package devices
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 )
 
@@ -30,28 +33,62 @@ func (t *Telemetry) Points(ctx context.Context, device string, from, to time.Tim
 	if to.Before(from) {
 		return nil, invalid("to", "is before from")
 	}
+	lo, hi := from.UnixMilli(), to.UnixMilli()
 	rows, err := t.db.R.QueryContext(ctx,
-		`SELECT ts, vals FROM telemetry WHERE device_id = ? AND ts BETWEEN ? AND ? ORDER BY ts, id LIMIT ?`,
-		device, from.UnixMilli(), to.UnixMilli(), limit)
+		`SELECT ts_min, points FROM telemetry
+		  WHERE device_id = ? AND ts_min BETWEEN ? AND ? AND ts_max >= ?
+		  ORDER BY ts_min, id`,
+		device, lo-chunkSpan.Milliseconds(), hi, lo)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry points: %w", err)
 	}
 	defer rows.Close()
-	out := []Point{}
+	type stored struct {
+		ts   int64
+		vals json.RawMessage
+	}
+	var got []stored
 	for rows.Next() {
-		var ts int64
-		var vals string
-		if err := rows.Scan(&ts, &vals); err != nil {
+		var tsMin int64
+		var points []byte
+		if err := rows.Scan(&tsMin, &points); err != nil {
 			return nil, fmt.Errorf("telemetry points: %w", err)
 		}
-		p := Point{TS: time.UnixMilli(ts).UTC()}
-		if err := json.Unmarshal([]byte(vals), &p.Values); err != nil {
-			return nil, fmt.Errorf("telemetry points: stored values: %w", err)
+		// Chunks come in order of their first point: once limit points
+		// are in hand and this chunk starts after the last of them,
+		// nothing later can be among the earliest.
+		if len(got) >= limit && tsMin > got[limit-1].ts {
+			break
 		}
-		out = append(out, p)
+		var pts [][2]json.RawMessage
+		if err := json.Unmarshal(points, &pts); err != nil {
+			return nil, fmt.Errorf("telemetry points: stored chunk: %w", err)
+		}
+		for _, p := range pts {
+			ts, err := strconv.ParseInt(string(p[0]), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("telemetry points: stored chunk: %w", err)
+			}
+			if ts >= lo && ts <= hi {
+				got = append(got, stored{ts, p[1]})
+			}
+		}
+		if len(got) >= limit {
+			slices.SortStableFunc(got, func(a, b stored) int { return cmp.Compare(a.ts, b.ts) })
+			got = got[:limit]
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("telemetry points: %w", err)
+	}
+	slices.SortStableFunc(got, func(a, b stored) int { return cmp.Compare(a.ts, b.ts) })
+	out := make([]Point, 0, len(got))
+	for _, g := range got {
+		p := Point{TS: time.UnixMilli(g.ts).UTC()}
+		if err := json.Unmarshal(g.vals, &p.Values); err != nil {
+			return nil, fmt.Errorf("telemetry points: stored values: %w", err)
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }
@@ -67,15 +104,17 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 		return nil, invalid("to", "is before from")
 	}
 	ms := step.Milliseconds()
-	if n := (to.UnixMilli() - from.UnixMilli()) / ms; n > MaxTelemetryBuckets {
+	lo, hi := from.UnixMilli(), to.UnixMilli()
+	if n := (hi - lo) / ms; n > MaxTelemetryBuckets {
 		return nil, invalid("step", "makes %d buckets (at most %d): choose a longer step or a shorter range", n, MaxTelemetryBuckets)
 	}
 	rows, err := t.db.R.QueryContext(ctx,
-		`SELECT (t.ts / ?1) * ?1 AS b, j.key, min(j.value), avg(j.value), max(j.value)
-		   FROM telemetry AS t, json_each(t.vals) AS j
-		  WHERE t.device_id = ?2 AND t.ts BETWEEN ?3 AND ?4 AND j.type IN ('integer', 'real')
-		  GROUP BY b, j.key ORDER BY b, j.key`,
-		ms, device, from.UnixMilli(), to.UnixMilli())
+		`SELECT (p.value ->> 0) / ?1 * ?1 AS b, m.key, min(m.value), avg(m.value), max(m.value)
+		   FROM telemetry AS t, json_each(t.points) AS p, json_each(p.value, '$[1]') AS m
+		  WHERE t.device_id = ?2 AND t.ts_min BETWEEN ?3 AND ?4 AND t.ts_max >= ?5
+		    AND (p.value ->> 0) BETWEEN ?5 AND ?4 AND m.type IN ('integer', 'real')
+		  GROUP BY b, m.key ORDER BY b, m.key`,
+		ms, device, lo-chunkSpan.Milliseconds(), hi, lo)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry buckets: %w", err)
 	}

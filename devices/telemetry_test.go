@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -112,8 +113,8 @@ func TestTelemetryStoreAndQuery(t *testing.T) {
 		t.Errorf("bucket 1 = %+v", b)
 	}
 	var typ string
-	if err := db.R.QueryRow(`SELECT DISTINCT typeof(vals) FROM telemetry`).Scan(&typ); err != nil || typ != "text" {
-		t.Errorf("vals stored as %s (%v), want text", typ, err)
+	if err := db.R.QueryRow(`SELECT DISTINCT typeof(points) FROM telemetry`).Scan(&typ); err != nil || typ != "text" {
+		t.Errorf("points stored as %s (%v), want text", typ, err)
 	}
 	if _, ok := bs[0].Min["on"]; ok {
 		t.Errorf("booleans aggregated: %+v", bs[0])
@@ -141,6 +142,60 @@ func TestTelemetryStoreAndQuery(t *testing.T) {
 	}
 	if _, err := tel.Buckets(ctx, "d1", base, base.Add(365*24*time.Hour), time.Second); err == nil {
 		t.Error("too many buckets accepted")
+	}
+}
+
+// TestTelemetryChunks: points written in several batches, out of order,
+// some far apart in time, come back in time order and within limit.
+func TestTelemetryChunks(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	add := func(mins ...int) {
+		for _, m := range mins {
+			s := mustSample(t, `{"m":`+jsonString(float64(m))+`}`)
+			s.TS = base.Add(time.Duration(m) * time.Minute)
+			tel.Add("d1", s, time.Now())
+		}
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(100, 101, 102, 30, 31)      // two chunks: 30-31 and 100-102
+	add(50, 51, 52, 53)             // one chunk
+	add(32, 33, 200, 201, 202, 203) // 32-33 (interleaves the first) and 200-203
+	for _, tc := range []struct {
+		from, to, limit int
+		want            []int
+	}{
+		{0, 1000, 100, []int{30, 31, 32, 33, 50, 51, 52, 53, 100, 101, 102, 200, 201, 202, 203}},
+		{0, 1000, 5, []int{30, 31, 32, 33, 50}},
+		{31, 51, 100, []int{31, 32, 33, 50, 51}},
+		{101, 201, 3, []int{101, 102, 200}},
+		{103, 199, 10, nil},
+	} {
+		pts, err := tel.Points(ctx, "d1", base.Add(time.Duration(tc.from)*time.Minute), base.Add(time.Duration(tc.to)*time.Minute), tc.limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int
+		for _, p := range pts {
+			got = append(got, int(p.Values["m"].(float64)))
+			if !p.TS.Equal(base.Add(time.Duration(got[len(got)-1]) * time.Minute)) {
+				t.Errorf("point %v at %v", p.Values, p.TS)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("[%d,%d] limit %d: got %v, want %v", tc.from, tc.to, tc.limit, got, tc.want)
+		}
+	}
+	bs, err := tel.Buckets(ctx, "d1", base, base.Add(1000*time.Minute), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 3 || bs[0].Min["m"] != 30 || bs[0].Max["m"] != 53 || bs[1].Avg["m"] != 101 || bs[2].Max["m"] != 203 {
+		t.Errorf("buckets %+v", bs)
 	}
 }
 
@@ -218,7 +273,7 @@ func TestTelemetryCloseFlushes(t *testing.T) {
 		t.Fatal("Add after Close accepted")
 	}
 	var n int
-	if err := db.R.QueryRow(`SELECT count(*) FROM telemetry`).Scan(&n); err != nil || n != 100 {
+	if err := db.R.QueryRow(`SELECT sum(n) FROM telemetry`).Scan(&n); err != nil || n != 100 {
 		t.Fatalf("%d rows after Close, %v", n, err)
 	}
 }

@@ -1,10 +1,13 @@
 package devices
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
-		"fmt"
+	"fmt"
 	"math"
+	"slices"
+	"strconv"
 	"time"
 )
 
@@ -50,6 +53,17 @@ func (t *Telemetry) write() {
 				_ = flush()
 			}
 		case <-tick.C:
+			// Top the batch up from the queue first: after a slow batch
+			// the queue holds more than the batch.
+		fill:
+			for len(batch) < t.opts.BatchSize {
+				select {
+				case p := <-t.queue:
+					batch = append(batch, p)
+				default:
+					break fill
+				}
+			}
 			_ = flush()
 			if d := t.stats.dropped.Load(); d != lastDropped {
 				t.log.Warn("telemetry: queue full, points routed but not stored",
@@ -79,51 +93,91 @@ func (t *Telemetry) writeBatch(batch []queued) error {
 		t.log.Error("telemetry: write batch", "points", len(batch), "error", err)
 		return err
 	}
+	took := time.Since(start)
 	t.stats.stored.Add(int64(len(batch)))
 	t.stats.batches.Add(1)
-	t.stats.lastBatchSeconds.Store(int64(math.Float64bits(time.Since(start).Seconds())))
+	t.stats.lastBatchSeconds.Store(int64(math.Float64bits(took.Seconds())))
+	t.log.Debug("telemetry: batch written", "points", len(batch), "took", took, "queued", len(t.queue))
 	return nil
 }
 
-// insertRows is how many points one INSERT statement carries.
-const insertRows = 64
+// insertRows is how many chunks one INSERT statement carries.
+const insertRows = 32
+
+// chunk is one history row being built.
+type chunk struct {
+	device       string
+	tsMin, tsMax int64
+	n            int
+	points       []byte
+}
 
 func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
+	// Group by device, each device's points in time order (stable: equal
+	// timestamps keep their arrival order).
+	per := make(map[string][]queued)
+	var devs []string
+	for _, p := range batch {
+		if _, ok := per[p.device]; !ok {
+			devs = append(devs, p.device)
+		}
+		per[p.device] = append(per[p.device], p)
+	}
+	var chunks []chunk
+	for _, d := range devs {
+		pts := per[d]
+		slices.SortStableFunc(pts, func(a, b queued) int { return cmp.Compare(a.ts, b.ts) })
+		var c *chunk
+		for _, p := range pts {
+			if c == nil || c.n == chunkPoints || p.ts-c.tsMin > chunkSpan.Milliseconds() {
+				chunks = append(chunks, chunk{device: d, tsMin: p.ts, points: make([]byte, 0, 64*min(len(pts), chunkPoints))})
+				c = &chunks[len(chunks)-1]
+				c.points = append(c.points, '[')
+			} else {
+				c.points = append(c.points, ',')
+			}
+			c.tsMax = p.ts
+			c.n++
+			c.points = append(c.points, '[')
+			c.points = strconv.AppendInt(c.points, p.ts, 10)
+			c.points = append(c.points, ',')
+			c.points = append(c.points, p.json...)
+			c.points = append(c.points, ']')
+		}
+	}
+
 	tx, err := t.db.W.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("telemetry write: begin: %w", err)
 	}
 	defer tx.Rollback()
-
 	full, err := tx.PrepareContext(ctx, insertSQL(insertRows))
 	if err != nil {
 		return fmt.Errorf("telemetry write: prepare: %w", err)
 	}
 	defer full.Close()
-	args := make([]any, 0, 3*insertRows)
-	rest := batch
-	for len(rest) >= insertRows {
+	args := make([]any, 0, 5*insertRows)
+	for rest := chunks; len(rest) > 0; {
+		n := min(len(rest), insertRows)
 		args = args[:0]
-		for _, p := range rest[:insertRows] {
-			args = append(args, p.device, p.ts, string(p.json))
+		for i := range rest[:n] {
+			c := &rest[i]
+			c.points = append(c.points, ']')
+			args = append(args, c.device, c.tsMin, c.tsMax, c.n, c.points)
 		}
-		if _, err := full.ExecContext(ctx, args...); err != nil {
+		if n == insertRows {
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, insertSQL(n), args...)
+		}
+		if err != nil {
 			return fmt.Errorf("telemetry write: insert: %w", err)
 		}
-		rest = rest[insertRows:]
-	}
-	if len(rest) > 0 {
-		args = args[:0]
-		for _, p := range rest {
-			args = append(args, p.device, p.ts, string(p.json))
-		}
-		if _, err := tx.ExecContext(ctx, insertSQL(len(rest)), args...); err != nil {
-			return fmt.Errorf("telemetry write: insert: %w", err)
-		}
+		rest = rest[n:]
 	}
 
 	if t.hasDevices {
-		if err := updateLast(ctx, tx, batch); err != nil {
+		if err := updateLast(ctx, tx, devs, per); err != nil {
 			return err
 		}
 	}
@@ -134,51 +188,46 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 }
 
 func insertSQL(rows int) string {
-	b := make([]byte, 0, 48+10*rows)
-	b = append(b, "INSERT INTO telemetry(device_id, ts, vals) VALUES "...)
+	b := make([]byte, 0, 64+30*rows)
+	b = append(b, "INSERT INTO telemetry(device_id, ts_min, ts_max, n, points) VALUES "...)
 	for i := range rows {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, "(?,?,?)"...)
+		b = append(b, "(?,?,?,?,CAST(? AS TEXT))"...)
 	}
 	return string(b)
 }
 
 // last is one device's latest values within a batch.
 type last struct {
-	ts      int64
 	values  map[string][]byte // raw key (without quotes) → raw value
 	order   []string          // keys in first-seen order
 	arrived time.Time
 }
 
-// updateLast merges each device's points of the batch (a later timestamp
-// wins per metric) and patches the device's last_values and last_seen once.
-func updateLast(ctx context.Context, tx *sql.Tx, batch []queued) error {
-	per := make(map[string]*last)
-	for _, p := range batch {
-		l := per[p.device]
-		if l == nil {
-			l = &last{ts: p.ts, values: make(map[string][]byte, 8), arrived: p.arrived}
-			per[p.device] = l
-		}
-		if p.arrived.After(l.arrived) {
-			l.arrived = p.arrived
-		}
-		newer := p.ts >= l.ts
-		if newer {
-			l.ts = p.ts
-		}
-		eachMember(p.json, func(k, v []byte) {
-			if _, ok := l.values[string(k)]; !ok {
-				key := string(k)
-				l.values[key] = v
-				l.order = append(l.order, key)
-			} else if newer {
-				l.values[string(k)] = v
+// updateLast merges each device's points of the batch (in time order, so
+// a later timestamp wins per metric) and patches the device's last_values
+// and last_seen once.
+func updateLast(ctx context.Context, tx *sql.Tx, devs []string, per map[string][]queued) error {
+	lasts := make(map[string]*last, len(devs))
+	for _, d := range devs {
+		l := &last{values: make(map[string][]byte, 8)}
+		lasts[d] = l
+		for _, p := range per[d] {
+			if p.arrived.After(l.arrived) {
+				l.arrived = p.arrived
 			}
-		})
+			eachMember(p.json, func(k, v []byte) {
+				if _, ok := l.values[string(k)]; !ok {
+					key := string(k)
+					l.order = append(l.order, key)
+					l.values[key] = v
+				} else {
+					l.values[string(k)] = v
+				}
+			})
+		}
 	}
 	st, err := tx.PrepareContext(ctx,
 		`UPDATE devices SET last_values = json_patch(COALESCE(last_values, '{}'), ?), last_seen = ? WHERE id = ?`)
@@ -187,7 +236,7 @@ func updateLast(ctx context.Context, tx *sql.Tx, batch []queued) error {
 	}
 	defer st.Close()
 	var b []byte
-	for id, l := range per {
+	for id, l := range lasts {
 		b = append(b[:0], '{')
 		for i, k := range l.order {
 			if i > 0 {

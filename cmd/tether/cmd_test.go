@@ -95,8 +95,8 @@ func (e *cmdEnv) device(t *testing.T, id, answer string) {
 		t.Fatal(err)
 	}
 	var c paho3.Client
-	c = paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://"+e.mqttAddr).SetClientID(id).
-		SetUsername(id).SetPassword(secret).SetAutoReconnect(false).SetConnectTimeout(5*time.Second).SetOrderMatters(false))
+	c = paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + e.mqttAddr).SetClientID(id).
+		SetUsername(id).SetPassword(secret).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetOrderMatters(false))
 	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect %s: %v", id, tok.Error())
 	}

@@ -153,7 +153,7 @@ func crashProbe(t *testing.T, addr, name string, n int) crashLatencies {
 	var mu sync.Mutex
 	var rtts []time.Duration
 	done := make(chan struct{})
-	o := paho3.NewClientOptions().AddBroker("tcp://"+addr).SetClientID("probe-sub-"+name).
+	o := paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("probe-sub-" + name).
 		SetCleanSession(true).SetAutoReconnect(false).SetOrderMatters(false).
 		SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) {
 			sent, _ := strconv.ParseInt(string(m.Payload()), 10, 64)
@@ -198,7 +198,9 @@ func crashMQTTString(s string) []byte {
 }
 
 // crashPacket returns an MQTT crashPacket with a one-byte remaining length.
-func crashPacket(header byte, body []byte) []byte { return append([]byte{header, byte(len(body))}, body...) }
+func crashPacket(header byte, body []byte) []byte {
+	return append([]byte{header, byte(len(body))}, body...)
+}
 
 func crashConnectPacket(id string) []byte {
 	body := append(crashMQTTString("MQTT"), 4, 0x02, 0, 60) // 3.1.1, clean session, keep-alive 60 s

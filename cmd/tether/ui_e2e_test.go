@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -250,10 +251,13 @@ func step(t *testing.T, ctx context.Context, what string, actions ...chromedp.Ac
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := chromedp.Do(sctx, actions...); err != nil {
-		shot := filepath.Join(t.TempDir(), "failure.png")
+		// Kept after the test, unlike t.TempDir().
 		if b, err2 := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err2 == nil {
-			_ = os.WriteFile(shot, b, 0o644)
-			t.Logf("screenshot of the failure: %s", shot)
+			if f, err3 := os.CreateTemp("", "tether-ui-failure-*.png"); err3 == nil {
+				_, _ = f.Write(b)
+				f.Close()
+				t.Logf("screenshot of the failure: %s", f.Name())
+			}
 		}
 		t.Fatalf("%s: %v", what, err)
 	}
@@ -353,13 +357,15 @@ func TestUIEndToEnd(t *testing.T) {
 	var dev registered
 	admin.do("POST", "/devices", map[string]any{"id": "boiler-7", "name": "Boiler room 7", "type": "thermostat",
 		"labels": map[string]string{"site": "berlin", "floor": "2"}}, &dev)
-	for i := 0; i < 12; i++ { // some neighbours for the list
+	meters := make([]registered, 12) // some neighbours for the list
+	for i := range meters {
 		admin.do("POST", "/devices", map[string]any{"id": fmt.Sprintf("meter-%02d", i), "type": "meter",
-			"labels": map[string]string{"site": []string{"berlin", "hamburg"}[i%2]}}, nil)
+			"labels": map[string]string{"site": []string{"berlin", "hamburg"}[i%2]}}, &meters[i])
 	}
 
+	step(t, ctx, "login page", chromedp.Navigate(base+"/#/login"), chromedp.WaitVisible(chromedp.CSS("#login-form")))
+	screenshots(t, ctx, "login")
 	step(t, ctx, "log in as admin", loginSteps(base, "admin", uiAdminPassword)...)
-	screenshotsLogin(t, ctx, base)
 
 	// A device comes online: the list and the overview show it.
 	step(t, ctx, "device list", chromedp.Navigate(base+"/#/devices"),
@@ -369,23 +375,77 @@ func TestUIEndToEnd(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`#device-rows tr[data-id="boiler-7"][data-online="true"]`)))
 	step(t, ctx, "filters", setValue("#f-q", "meter"),
 		waitJS(`document.querySelector('#device-count').textContent.startsWith('12 of 13')`),
-		setValue("#f-q", ""), waitJS(`document.querySelectorAll('#device-rows tr[data-id]').length === 13`))
-	screenshots(t, ctx, "devices")
+		setValue("#f-q", ""), waitJS(`document.querySelectorAll('#device-rows tr[data-id]').length === 13`),
+		setValue("#f-label", "site=hamburg"), waitJS(`document.querySelectorAll('#device-rows tr[data-id]').length === 6`),
+		setValue("#f-label", ""), waitJS(`document.querySelectorAll('#device-rows tr[data-id]').length === 13`))
 	step(t, ctx, "overview counts", chromedp.Navigate(base+"/#/"),
 		waitJS(`document.querySelector('#n-online').textContent === '1' && document.querySelector('#n-total').textContent.startsWith('13')`),
 		waitJS(`document.querySelector('#rate-in').textContent !== '— /s'`))
 
+	// Half the meters come online and chatter, for a livelier overview.
+	fleetStop := make(chan struct{})
+	var fleetWG sync.WaitGroup
+	defer func() { close(fleetStop); fleetWG.Wait() }()
+	for i, m := range meters[:6] {
+		md := connectDevice(t, a.mqttAddr(), m.ID, m.Secret)
+		fleetWG.Add(1)
+		go func() {
+			defer fleetWG.Done()
+			tick := time.NewTicker(time.Duration(150+40*i) * time.Millisecond)
+			defer tick.Stop()
+			for k := 0; ; k++ {
+				md.publish(map[string]any{"power": 100 + 20*math.Sin(float64(k)/8+float64(i))})
+				select {
+				case <-fleetStop:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+	}
+	step(t, ctx, "meters online", waitJS(`document.querySelector('#n-online').textContent === '7'`))
+	if os.Getenv("TETHER_SCREENSHOTS") == "1" {
+		step(t, ctx, "some rates for the chart", waitJS(`window.tetherSys.rate.t.length >= 15`))
+	}
+	screenshots(t, ctx, "overview")
+	step(t, ctx, "device list with the meters", chromedp.Navigate(base+"/#/devices"),
+		waitJS(`document.querySelectorAll('#device-rows tr[data-online="true"]').length === 7`))
+	screenshots(t, ctx, "devices")
+
+	// The last half hour of boiler-7, as a device that was offline would
+	// send it late: the page loads it from the history API.
+	now := time.Now()
+	for i := 60; i > 0; i-- {
+		ts := now.Add(-time.Duration(i) * 30 * time.Second)
+		d.publish(map[string]any{"ts": ts.UnixMilli(), "temperature": math.Round((20.5+math.Sin(float64(i)/9))*10) / 10,
+			"humidity": 40 + (i % 7)})
+	}
+	// They are stored within a flush interval.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var h struct {
+			Buckets []json.RawMessage `json:"buckets"`
+		}
+		admin.do("GET", "/devices/boiler-7/telemetry?step=1m&from="+now.Add(-time.Hour).UTC().Format(time.RFC3339), nil, &h)
+		if len(h.Buckets) >= 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("history: %d buckets, want 20 or more", len(h.Buckets))
+		}
+		time.Sleep(100 * time.Millisecond) // polling the API with a deadline
+	}
+
 	// Telemetry reaches the latest values and the chart.
 	stop := make(chan struct{})
 	wg := d.publishUntil(map[string]any{"temperature": 21.5, "humidity": 40}, stop)
-	step(t, ctx, "overview rates", waitJS(`document.querySelector('#rate-in').textContent !== '0 /s'`))
-	screenshots(t, ctx, "overview")
 	step(t, ctx, "device page shows telemetry", chromedp.Navigate(base+"/#/devices/boiler-7"),
 		waitJS(`(document.querySelector('#latest-values [data-metric="temperature"] .v') || {}).textContent === '21.5'`),
 		chromedp.WaitVisible(chromedp.CSS(`.chart[data-metric="temperature"] canvas`)),
 		waitJS(`(document.querySelector('.chart[data-metric="temperature"] h3 .muted') || {}).textContent === '21.5'`),
 		// The value is among the chart's points, not only in its caption.
-		waitJS(`document.querySelector('.chart[data-metric="temperature"] .chart-body').uplot.data[1].includes(21.5)`))
+		waitJS(`document.querySelector('.chart[data-metric="temperature"] .chart-body').uplot.data[1].includes(21.5)`),
+		// And the history (from the API, half an hour back) came before it.
+		waitJS(`document.querySelector('.chart[data-metric="temperature"] .chart-body').uplot.data[0][0] < Date.now() / 1000 - 1200`))
 	close(stop)
 	wg.Wait()
 
@@ -416,6 +476,11 @@ func TestUIEndToEnd(t *testing.T) {
 	d.publish(map[string]any{"temperature": 22.1, "humidity": 41})
 	step(t, ctx, "scroll to top", evalJS(`window.scrollTo(0, 0)`))
 	screenshots(t, ctx, "device")
+	if os.Getenv("TETHER_SCREENSHOTS") == "1" {
+		step(t, ctx, "phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)), chromedp.WaitVisible(chromedp.CSS("#twin")))
+		screenshots(t, ctx, "device-phone")
+		step(t, ctx, "desktop width", chromedp.ResetViewport())
+	}
 
 	// A viewer sees no command, twin or admin controls.
 	step(t, ctx, "log out", chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#login-form")))
@@ -433,17 +498,6 @@ func TestUIEndToEnd(t *testing.T) {
 	if code := viewer.status("POST", "/devices/boiler-7/commands", map[string]any{"name": "reboot"}); code != http.StatusForbidden {
 		t.Errorf("viewer's command: status %d, want 403", code)
 	}
-}
-
-func screenshotsLogin(t *testing.T, ctx context.Context, base string) {
-	if os.Getenv("TETHER_SCREENSHOTS") != "1" {
-		return
-	}
-	// A second tab, so the first keeps its session.
-	tctx, cancel := chromedp.NewContext(ctx)
-	defer cancel()
-	step(t, tctx, "login page", chromedp.Navigate(base+"/#/login"), chromedp.WaitVisible(chromedp.CSS("#login-form")))
-	screenshots(t, tctx, "login")
 }
 
 func (c *apiClient) status(method, path string, body any) int {
@@ -607,13 +661,20 @@ func TestUILoad(t *testing.T) {
 		script := (after["ScriptDuration"] - before["ScriptDuration"]) / wall
 		layout := (after["LayoutDuration"] + after["RecalcStyleDuration"] - before["LayoutDuration"] - before["RecalcStyleDuration"]) / wall
 		recv, _ := chromedp.Run(ctx, chromedp.Evaluate[float64](`window.tetherLive.received`))
-		t.Logf("%s, %d devices at 1 msg/s, %s: main thread busy %.1f%% (script %.1f%%, style+layout %.1f%%), JS heap used %.1f MiB of %.1f MiB, DOM nodes %.0f, messages received by the page %.0f",
-			page, n, dur, busy*100, script*100, layout*100, after["JSHeapUsedSize"]/(1<<20), after["JSHeapTotalSize"]/(1<<20), after["Nodes"], recv)
+		statuses, _ := chromedp.Run(ctx, chromedp.Evaluate[float64](`window.tetherFleet.statuses`))
+		t.Logf("%s, %d devices at 1 msg/s, %s: main thread busy %.1f%% (script %.1f%%, style+layout %.1f%%), JS heap used %.1f MiB of %.1f MiB, DOM nodes %.0f, messages received by the page %.0f (device statuses %.0f)",
+			page, n, dur, busy*100, script*100, layout*100, after["JSHeapUsedSize"]/(1<<20), after["JSHeapTotalSize"]/(1<<20), after["Nodes"], recv, statuses)
 	}
 	measure("overview", base+"/#/", `document.querySelector('#n-online').textContent === '`+formatThousands(n)+`'`)
 	measure("device page", base+"/#/devices/"+devs[0].ID, `!!document.querySelector('.chart[data-metric="temperature"] canvas')`)
-	measure("device list", base+"/#/devices", `document.querySelectorAll('#device-rows tr[data-id]').length === 50`)
+	if os.Getenv("TETHER_UI_LOAD_LIST") != "" {
+		measure("device list", base+"/#/devices", `document.querySelectorAll('#device-rows tr[data-id]').length === 50`)
+	}
 	t.Logf("fleet published %d messages", sent.Load())
+	// The page kept one connection all along (keepalive pings flow).
+	if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.tetherLive.connects`)); err != nil || n != 1 {
+		t.Errorf("the page connected %d times (%v), want once", n, err)
+	}
 }
 
 func perfMetrics(t *testing.T, ctx context.Context) map[string]float64 {

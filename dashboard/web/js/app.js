@@ -72,9 +72,15 @@ function route() {
 
 const conn = document.getElementById('conn');
 const connText = { online: 'Live', connecting: 'Reconnecting…', offline: 'Offline' };
+let wasOnline = false;
 live.onState((st) => {
   conn.dataset.state = st;
   conn.lastElementChild.textContent = connText[st];
+  // Status changes missed while disconnected (and retained statuses the
+  // broker could not queue in one burst) come from the registry.
+  if (st === 'online' && wasOnline && fleet.loaded) fleet.load(true).catch(() => {});
+  if (st === 'online') wasOnline = true;
+  if (st === 'offline' && !live.client) wasOnline = false;
 });
 live.onRefused = () => toLogin('Your session was refused by the broker; please log in again.');
 setUnauthorizedHandler(() => toLogin('Your session has expired; please log in again.'));

@@ -11,8 +11,8 @@ const dark = window.matchMedia('(prefers-color-scheme: dark)');
 
 // timeChart draws series (each {label, color?}) into el. data is uPlot's
 // [[t...], [y...], ...] with t in Unix seconds. With a window (seconds)
-// the x axis shows the last window seconds; without one it fits the data
-// but spans at least a minute.
+// the x axis ends now and shows at most the last window seconds; without
+// one it fits the data. Either way it spans at least a minute.
 export function timeChart(el, series, data, { height = 180, minMs = 250, window: span = 0 } = {}) {
   const options = () => {
     const fg = css('--muted'), grid = css('--line');
@@ -23,7 +23,12 @@ export function timeChart(el, series, data, { height = 180, minMs = 250, window:
       legend: { show: series.length > 1 },
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true, range: (_u, min, max) => {
-        if (span) { const now = Math.max(max || 0, Date.now() / 1000); return [now - span, now]; }
+        if (span) {
+          // The last span seconds, or less while the data is younger: at
+          // least a minute.
+          const now = Math.max(max || 0, Date.now() / 1000);
+          return [Math.max(now - span, Math.min(min ?? now, now - 60)), now];
+        }
         if (min == null || max == null) { const now = Date.now() / 1000; return [now - 60, now]; }
         return max - min < 60 ? [max - 60, max] : [min, max];
       } } },

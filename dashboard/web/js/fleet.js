@@ -14,6 +14,7 @@ class Fleet {
     this.fns = new Set();
     this.unknown = new Set(); // ids seen on status topics but not loaded yet
     this.early = new Map();   // id -> status received before the first load
+    this.statuses = 0;
     this.fetchTimer = 0;
     this.stopLive = null;
   }
@@ -58,6 +59,7 @@ class Fleet {
   }
 
   onStatus(topic, text) {
+    this.statuses++; // for the measurements
     const id = topic.slice(8, -7); // devices/{id}/status
     let st;
     try { st = JSON.parse(text); } catch { return; }

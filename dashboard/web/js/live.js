@@ -15,6 +15,8 @@ class Live {
     this.stateFns = new Set();
     this.onRefused = () => {};
     this.received = 0;        // messages received, for the measurements
+    this.connects = 0;        // successful connects (reconnects after the first)
+    this.lastClose = '';      // why the last connection ended, when the broker said
   }
 
   connect(s) {
@@ -31,14 +33,20 @@ class Live {
       reconnectPeriod: 2000,
       connectTimeout: 10000,
       resubscribe: false, // done here, from this.subs, on every connect
+      // MQTT.js's default ("auto") runs its keepalive timer in a Worker
+      // made from a blob: URL, which the page's CSP forbids; without
+      // PINGREQs the broker closes the connection after 1.5 keepalives.
+      timerVariant: 'native',
     });
     this.client = client;
     client.on('connect', () => {
+      this.connects++;
       this.setState('online');
       const filters = [...this.subs.keys()];
       if (filters.length) client.subscribe(filters, { qos: 0 });
     });
     client.on('reconnect', () => this.setState('connecting'));
+    client.on('disconnect', (pk) => { this.lastClose = 'DISCONNECT reason ' + (pk && pk.reasonCode); });
     client.on('close', () => { if (this.client === client) this.setState(client.reconnecting ? 'connecting' : 'offline'); });
     client.on('offline', () => this.setState('offline'));
     client.on('error', (err) => {

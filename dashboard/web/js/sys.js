@@ -60,3 +60,4 @@ class Sys {
 }
 
 export const sys = new Sys();
+window.tetherSys = sys; // for the browser tests

@@ -1,0 +1,130 @@
+package devices
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// RecordReported queues a reported-state patch from device (the payload of
+// devices/{id}/twin/reported). It never blocks; a payload that is not a
+// JSON object, or a full queue, is counted and dropped (false).
+func (t *Twins) RecordReported(device string, patch []byte) bool {
+	if _, err := CheckTwinPatch("reported", patch); err != nil {
+		t.rejected.Add(1)
+		return false
+	}
+	select {
+	case <-t.stop:
+		t.dropped.Add(1)
+		return false
+	default:
+	}
+	select {
+	case t.queue <- twinPatch{device: device, patch: bytes.Clone(patch)}:
+		return true
+	default:
+		t.dropped.Add(1)
+		return false
+	}
+}
+
+// Flush returns once every reported patch queued before the call is
+// merged.
+func (t *Twins) Flush(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case t.flushes <- done:
+	case <-t.stop:
+		return errors.New("twins flush: closed")
+	case <-ctx.Done():
+		return fmt.Errorf("twins flush: %w", ctx.Err())
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("twins flush: %w", ctx.Err())
+	}
+}
+
+// Stats returns reported patches merged, dropped (queue full) and rejected
+// (not a JSON object).
+func (t *Twins) Stats() (merged, dropped, rejected int64) {
+	return t.merged.Load(), t.dropped.Load(), t.rejected.Load()
+}
+
+func (t *Twins) run() {
+	defer t.wg.Done()
+	batch := make([]twinPatch, 0, 256)
+	take := func() {
+		for len(batch) < 256 {
+			select {
+			case p := <-t.queue:
+				batch = append(batch, p)
+			default:
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case p := <-t.queue:
+			batch = append(batch[:0], p)
+			take()
+			t.write(batch)
+		case done := <-t.flushes:
+			for {
+				batch = batch[:0]
+				take()
+				if len(batch) == 0 {
+					break
+				}
+				t.write(batch)
+			}
+			close(done)
+		case <-t.stop:
+			for {
+				batch = batch[:0]
+				take()
+				if len(batch) == 0 {
+					return
+				}
+				t.write(batch)
+			}
+		}
+	}
+}
+
+// write merges batch's patches in order, one version each, in one
+// transaction.
+func (t *Twins) write(batch []twinPatch) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := func() error {
+		tx, err := t.db.W.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		now := time.Now().UnixMilli()
+		for _, p := range batch {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
+				VALUES (?1, json_patch('{}', ?2), 1, ?3)
+				ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(reported, ?2),
+					reported_version = reported_version + 1, updated_at = ?3`,
+				p.device, string(p.patch), now); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	}()
+	if err != nil {
+		t.writeErrors.Add(1)
+		t.log.Error("twins: merge reported", "patches", len(batch), "error", err)
+		return
+	}
+	t.merged.Add(int64(len(batch)))
+}
