@@ -153,6 +153,9 @@ type loginRequest struct {
 type loginResponse struct {
 	Token     string    `json:"token"`
 	ExpiresAt time.Time `json:"expires_at"`
+	// Username and Role let the dashboard show only what the user may do.
+	Username string `json:"username"`
+	Role     string `json:"role"`
 }
 
 // login checks a user's password and starts a session: the token in the
@@ -212,7 +215,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 		Secure:   a.overTLS(r),
 		SameSite: http.SameSiteStrictMode,
 	})
-	writeJSON(w, http.StatusOK, loginResponse{Token: tok, ExpiresAt: exp.UTC()})
+	writeJSON(w, http.StatusOK, loginResponse{Token: tok, ExpiresAt: exp.UTC(), Username: u.Username, Role: u.Role})
 	return nil
 }
 

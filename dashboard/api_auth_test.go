@@ -19,6 +19,9 @@ func TestLoginReturnsTokenAndCookie(t *testing.T) {
 	if lr.Token == "" || !lr.ExpiresAt.After(time.Now()) {
 		t.Fatalf("login response %s", body)
 	}
+	if lr.Username != "operator" || lr.Role != devices.RoleOperator {
+		t.Fatalf("login response names %q with role %q, want operator/operator", lr.Username, lr.Role)
+	}
 	var ck *http.Cookie
 	for _, c := range res.Cookies() {
 		if c.Name == SessionCookie {

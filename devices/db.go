@@ -51,7 +51,15 @@ func OpenDBFile(path string) (*DB, error) {
 		q.Add("_pragma", p)
 	}
 	dsn := "file:" + path + "?" + q.Encode()
-	w, err := sql.Open("sqlite", dsn)
+	// The writer gets a 64 MB page cache: the telemetry history's
+	// (device_id, ts) index takes each batch at one leaf page per device,
+	// and with SQLite's default 2 MB a thousand devices thrash it (the
+	// writer falls to a few thousand points a second). In the DSN, so a
+	// connection the pool reopens has it too.
+	wq := url.Values{}
+	wq.Add("_pragma", "cache_size(-65536)")
+	wq.Add("_pragma", "temp_store(MEMORY)")
+	w, err := sql.Open("sqlite", dsn+"&"+wq.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}

@@ -153,14 +153,8 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	if err := db.Migrate(ctx, "telemetry", telemetrySchema); err != nil {
 		return nil, err
 	}
-	// The history's (device_id, ts) index takes each batch's points at
-	// one leaf page per device: with SQLite's default 2 MB page cache a
-	// thousand devices thrash it and the writer falls to a few thousand
-	// points a second. 64 MB keeps the working set in memory. W is a
-	// single long-lived connection, so the setting stays with it.
-	if _, err := db.W.ExecContext(ctx, `PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY`); err != nil {
-		return nil, fmt.Errorf("open telemetry: cache size: %w", err)
-	}
+	// The writer connection's 64 MB page cache (set in OpenDBFile) keeps
+	// the history index's working set in memory.
 	var n int
 	if err := db.R.QueryRowContext(ctx,
 		`SELECT count(*) FROM pragma_table_info('devices') WHERE name IN ('id','last_values','last_seen')`).Scan(&n); err != nil {
