@@ -219,13 +219,15 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	pubLimit := broker.NewPublishLimit(cfg.Limits.PublishRatePerClient)
 	clock := dashboard.NewClientClock() // connection times for GET /api/v1/clients
 	backpressure := broker.NewBackpressure(cfg.MQTT.BackpressureWait)
-	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit, clock}, a.data.hooks()...), backpressure, a.store)})
+	retained := broker.NewRetained() // a SUBSCRIBE gets all its retained messages
+	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit, clock}, a.data.hooks()...), backpressure, retained, a.store)})
 	if err != nil {
 		return nil, err
 	}
 	a.broker = b
 	a.store.Attach(b.Server)
 	backpressure.Attach(b.Server)
+	retained.Attach(b.Server)
 	a.data.attach(b.Server)
 	defer func() {
 		if err != nil {
@@ -237,7 +239,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(broker.NewCollector(b))
 	httpLimit := listeners.NewHTTPLimit(cfg.Limits.HTTPMaxBodyBytes)
-	reg.MustRegister(a.store.Collector(), pubLimit, backpressure, b.Limits, httpLimit)
+	reg.MustRegister(a.store.Collector(), pubLimit, backpressure, retained, b.Limits, httpLimit)
 	reg.MustRegister(a.auth)
 	reg.MustRegister(a.data.collectors()...)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
