@@ -625,13 +625,22 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 		}
 		return nil
 	})
-	// Deleting a device that is not connected clears its status too.
+	// Deleting a device that is not connected clears its status too, and
+	// its retained desired twin, so that a device registered again under
+	// the id starts clean.
+	desired := "devices/plain/twin/desired"
+	if err := e.b.Server.Publish(desired, []byte(`{"version":1,"mode":"eco"}`), true, 1); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.reg.DeleteDevice(ctx, "plain"); err != nil {
 		t.Fatal(err)
 	}
 	authCheckFor(t, 5*time.Second, func() error {
 		if s := authStatuses(t, &in, "plain"); s[len(s)-1].Since != "deleted" {
 			return fmt.Errorf("authStatuses %+v", s)
+		}
+		if _, ok := e.b.Server.Topics.Retained.Get(desired); ok {
+			return fmt.Errorf("retained %s still held", desired)
 		}
 		return nil
 	})

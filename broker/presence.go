@@ -52,11 +52,15 @@ func (a *Auth) offline(cl *mqtt.Client, id string) {
 	a.m.presence.WithLabelValues("offline").Inc()
 }
 
-// clearStatus removes a deleted device's retained status (an empty
-// retained message deletes it [MQTT-3.3.1-10]).
+// clearStatus removes a deleted device's retained status and desired twin
+// (an empty retained message deletes it [MQTT-3.3.1-10]), so that a device
+// registered later under the same id starts clean; its history, commands
+// and twin rows go with the registry row (SQL triggers).
 func (a *Auth) clearStatus(id string) {
-	if err := a.srv.Publish(StatusTopic(id), nil, true, 0); err != nil {
-		a.log.Warn("clear status", "device", id, "error", err)
+	for _, topic := range []string{StatusTopic(id), "devices/" + id + "/twin/desired"} {
+		if err := a.srv.Publish(topic, nil, true, 0); err != nil {
+			a.log.Warn("clear retained", "device", id, "topic", topic, "error", err)
+		}
 	}
 }
 

@@ -30,6 +30,9 @@ var commandsSchema = []string{
 	);
 	CREATE INDEX commands_device ON commands(device_id, created_at, id);
 	CREATE INDEX commands_open ON commands(expires_at) WHERE status IN ('pending', 'delivered');`,
+	// 2: a deleted device's commands go with it, in the same transaction.
+	`CREATE TRIGGER commands_device_deleted AFTER DELETE ON devices
+	BEGIN DELETE FROM commands WHERE device_id = OLD.id; END;`,
 }
 
 // Command statuses (SPEC §7). A command only moves forward:

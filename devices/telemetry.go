@@ -41,6 +41,9 @@ var telemetrySchema = []string{
 	);
 	CREATE INDEX telemetry_device_ts ON telemetry(device_id, ts_min);
 	CREATE INDEX telemetry_ts ON telemetry(ts_max);`,
+	// 3: a deleted device's history goes with it, in the same transaction.
+	`CREATE TRIGGER telemetry_device_deleted AFTER DELETE ON devices
+	BEGIN DELETE FROM telemetry WHERE device_id = OLD.id; END;`,
 }
 
 // Chunk bounds: points in one history row, and the time they may span.

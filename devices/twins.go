@@ -27,6 +27,9 @@ var twinsSchema = []string{
 		reported_version INTEGER NOT NULL DEFAULT 0,
 		updated_at       INTEGER NOT NULL
 	);`,
+	// 2: a deleted device's twin goes with it, in the same transaction.
+	`CREATE TRIGGER twins_device_deleted AFTER DELETE ON devices
+	BEGIN DELETE FROM twins WHERE device_id = OLD.id; END;`,
 }
 
 // MaxTwinPatch is the largest desired or reported patch, in bytes.
