@@ -34,6 +34,12 @@ func newDataEnv(t *testing.T) *dataEnv {
 		t.Fatal(err)
 	}
 	log := testLogger()
+	// The stores' migrations attach to the registry's devices table, which
+	// is always opened first (cmd/tether startApp).
+	reg, err := devices.OpenRegistry(ctx, db, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +73,7 @@ func newDataEnv(t *testing.T) *dataEnv {
 		tel.Close()
 		cmds.Close()
 		twins.Close()
+		reg.Close()
 		db.Close()
 	})
 	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins = tel, ch, th })
