@@ -7,25 +7,9 @@ import (
 	"io"
 	"net/url"
 	"time"
+
+	"github.com/tether-iot/tether/devices"
 )
-
-// sentCommand is a command as the API returns it (SPEC §6).
-type sentCommand struct {
-	ID        string          `json:"id"`
-	DeviceID  string          `json:"device_id"`
-	Name      string          `json:"name"`
-	Params    json.RawMessage `json:"params"`
-	Status    string          `json:"status"`
-	Result    json.RawMessage `json:"result"`
-	Error     string          `json:"error"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
-	ExpiresAt time.Time       `json:"expires_at"`
-}
-
-func (c sentCommand) done() bool {
-	return c.Status == "succeeded" || c.Status == "failed" || c.Status == "expired"
-}
 
 // serverWaitMax is the longest wait left to the server within one request
 // (the client's HTTP timeout is 60s); longer waits poll.
@@ -80,11 +64,11 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if serverWait {
 		body["wait"] = true
 	}
-	var cmd sentCommand
+	var cmd devices.Command
 	if err := c.do(ctx, "POST", "/devices/"+url.PathEscape(device)+"/commands", body, &cmd); err != nil {
 		return fmt.Errorf("send %s to %s: %w", name, device, err)
 	}
-	if *wait > 0 && !serverWait && !cmd.done() {
+	if *wait > 0 && !serverWait && !cmd.Done() {
 		if cmd, err = pollCommand(ctx, c, cmd.ID, *wait); err != nil {
 			return err
 		}
@@ -110,16 +94,16 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 // pollCommand reads command id until it is done or wait has passed.
-func pollCommand(ctx context.Context, c *serverClient, id string, wait time.Duration) (sentCommand, error) {
+func pollCommand(ctx context.Context, c *serverClient, id string, wait time.Duration) (devices.Command, error) {
 	deadline := time.Now().Add(wait)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		var cmd sentCommand
+		var cmd devices.Command
 		if err := c.do(ctx, "GET", "/commands/"+url.PathEscape(id), nil, &cmd); err != nil {
 			return cmd, fmt.Errorf("command %s: %w", id, err)
 		}
-		if cmd.done() || time.Now().After(deadline) {
+		if cmd.Done() || time.Now().After(deadline) {
 			return cmd, nil
 		}
 		select {

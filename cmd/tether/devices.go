@@ -10,29 +10,14 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tether-iot/tether/devices"
 )
 
-// device is a device as the API returns it (SPEC §6), with "secret" only
-// from add and rotate.
-type device struct {
-	ID              string            `json:"id"`
-	Name            string            `json:"name"`
-	Type            string            `json:"type"`
-	Labels          map[string]string `json:"labels"`
-	Enabled         bool              `json:"enabled"`
-	Online          bool              `json:"online"`
-	LastSeen        *time.Time        `json:"last_seen"`
-	Transport       string            `json:"transport"`
-	RemoteAddr      string            `json:"remote_addr"`
-	ProtocolVersion int               `json:"protocol_version"`
-	LastValues      map[string]any    `json:"last_values"`
-	CreatedAt       time.Time         `json:"created_at"`
-	Secret          string            `json:"secret,omitempty"`
-}
-
+// deviceList is a page of GET /devices.
 type deviceList struct {
-	Devices    []device `json:"devices"`
-	NextCursor string   `json:"next_cursor"`
+	Devices    []devices.Device `json:"devices"`
+	NextCursor string           `json:"next_cursor"`
 }
 
 // deviceCommand is one subcommand of `tether devices`.
@@ -136,7 +121,7 @@ func devicesList(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	}
 	if out.Devices == nil {
-		out.Devices = []device{}
+		out.Devices = []devices.Device{}
 	}
 	if remote.json {
 		return printJSON(stdout, out)
@@ -178,7 +163,7 @@ func devicesAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	var d device
+	var d devices.DeviceSecret
 	if err := c.do(ctx, "POST", "/devices", body, &d); err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
@@ -252,7 +237,7 @@ func devicesRotate(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	var d device
+	var d devices.DeviceSecret
 	if err := c.do(ctx, "POST", "/devices/"+url.PathEscape(pos[0])+"/secret", nil, &d); err != nil {
 		return fmt.Errorf("rotate secret of %s: %w", pos[0], err)
 	}
@@ -260,7 +245,7 @@ func devicesRotate(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 // printSecret prints a device that has just got its secret.
-func printSecret(w io.Writer, asJSON bool, d device, what string) error {
+func printSecret(w io.Writer, asJSON bool, d devices.DeviceSecret, what string) error {
 	if asJSON {
 		return printJSON(w, d)
 	}

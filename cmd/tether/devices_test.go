@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/tether-iot/tether/devices"
 )
 
 func TestDevicesCLI(t *testing.T) {
@@ -23,7 +25,7 @@ func TestDevicesCLI(t *testing.T) {
 	}
 	// add --json gives the API's object with the secret.
 	code, out, _ = tether(t, with("add", "--json", "--type", "valve")...)
-	var added device
+	var added devices.DeviceSecret
 	if code != 0 || json.Unmarshal([]byte(out), &added) != nil || added.ID == "" || added.Secret == "" || added.Type != "valve" {
 		t.Fatalf("add --json: %d %q", code, out)
 	}
