@@ -68,7 +68,7 @@ func TestAuthThousandDevicesAtOnce(t *testing.T) {
 	}
 	t.Logf("%d devices connected in %v", len(clients), took)
 	// The registry sees them all online (presence is written in batches).
-	authCheckFor(t, 30*time.Second, func() error {
+	checkFor(t, 30*time.Second, func() error {
 		devs, _, err := e.reg.ListDevices(context.Background(), devices.DeviceFilter{Status: "online", Limit: devices.MaxPage})
 		if err != nil {
 			return err
@@ -159,7 +159,7 @@ func TestAuthScaleConnect(t *testing.T) {
 	}
 	// Every connect and disconnect reached the registry.
 	t1 := time.Now()
-	authCheckFor(t, 60*time.Second, func() error {
+	checkFor(t, 60*time.Second, func() error {
 		devs, _, err := e.reg.ListDevices(context.Background(), devices.DeviceFilter{Status: "online", Limit: 1})
 		if err != nil {
 			return err

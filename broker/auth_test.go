@@ -145,29 +145,6 @@ func authMustClient(t testing.TB, url, id, user, pass string) paho.Client {
 	return c
 }
 
-func authWait(t testing.TB, what string, tok paho.Token) {
-	t.Helper()
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("%s: %v", what, tok.Error())
-	}
-}
-
-// authCheckFor polls cond until it returns nil or d passes.
-func authCheckFor(t testing.TB, d time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", d, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // authInbox collects messages by topic.
 type authInbox struct {
 	mu   sync.Mutex
@@ -327,7 +304,7 @@ func TestAuthAnonymousAllowed(t *testing.T) {
 		t.Fatalf("wrong secret with anonymous allowed: %#x", got)
 	}
 	c := authMustClient(t, "tcp://"+e.tcp, "anon-1", "", "")
-	authWait(t, "subscribe #", c.Subscribe("#", 1, nil))
+	waitToken(t, "subscribe #", c.Subscribe("#", 1, nil))
 }
 
 func TestAuthDeviceOverWebSocket(t *testing.T) {
@@ -336,11 +313,11 @@ func TestAuthDeviceOverWebSocket(t *testing.T) {
 	admin := e.user(t, "root", devices.RoleAdmin)
 	var in authInbox
 	w := authMustClient(t, "tcp://"+e.tcp, "watcher", "root", admin)
-	authWait(t, "subscribe", w.Subscribe("devices/#", 1, in.handler))
+	waitToken(t, "subscribe", w.Subscribe("devices/#", 1, in.handler))
 
 	c := authMustClient(t, e.ws, "ws-dev", "ws-dev", secret)
-	authWait(t, "publish", c.Publish("devices/ws-dev/telemetry", 1, false, `{"t":1}`))
-	authCheckFor(t, 5*time.Second, func() error {
+	waitToken(t, "publish", c.Publish("devices/ws-dev/telemetry", 1, false, `{"t":1}`))
+	checkFor(t, 5*time.Second, func() error {
 		if len(in.payloads("devices/ws-dev/telemetry")) == 0 {
 			return fmt.Errorf("telemetry not seen")
 		}
@@ -368,23 +345,23 @@ func TestAuthDeviceIsolation(t *testing.T) {
 	admin := e.user(t, "root", devices.RoleAdmin)
 	var in authInbox
 	w := authMustClient(t, "tcp://"+e.tcp, "watcher", "root", admin)
-	authWait(t, "subscribe", w.Subscribe("#", 1, in.handler))
+	waitToken(t, "subscribe", w.Subscribe("#", 1, in.handler))
 
 	var bIn authInbox
 	b := authMustClient(t, "tcp://"+e.tcp, "b", "b", sb)
-	authWait(t, "b subscribes", b.Subscribe("devices/b/commands/#", 1, bIn.handler))
+	waitToken(t, "b subscribes", b.Subscribe("devices/b/commands/#", 1, bIn.handler))
 	a := authMustClient(t, "tcp://"+e.tcp, "a", "a", sa)
 
 	// Subscriptions to anything of b, or to everything, are refused.
 	for _, f := range []string{"devices/b/commands/#", "devices/b/twin/desired", "devices/+/commands/#", "devices/#", "#", "devices/b/telemetry"} {
 		tok := a.Subscribe(f, 1, nil)
-		authWait(t, "subscribe "+f, tok)
+		waitToken(t, "subscribe "+f, tok)
 		if code := tok.(*paho.SubscribeToken).Result()[f]; code != 0x80 {
 			t.Errorf("device a subscribing %q: SUBACK %#x, want 0x80", f, code)
 		}
 	}
 	tok := a.Subscribe("devices/a/commands/#", 1, nil)
-	authWait(t, "subscribe own", tok)
+	waitToken(t, "subscribe own", tok)
 	if code := tok.(*paho.SubscribeToken).Result()["devices/a/commands/#"]; code != 1 {
 		t.Errorf("own commands: SUBACK %#x", code)
 	}
@@ -392,10 +369,10 @@ func TestAuthDeviceIsolation(t *testing.T) {
 	// client); a's own telemetry after it arrives, so the first was not
 	// just late.
 	for _, topic := range []string{"devices/b/telemetry", "devices/b/responses/x", "devices/b/commands/x", "devices/a/status"} {
-		authWait(t, "publish", a.Publish(topic, 0, false, "forged"))
+		waitToken(t, "publish", a.Publish(topic, 0, false, "forged"))
 	}
-	authWait(t, "publish own", a.Publish("devices/a/telemetry", 1, false, "mine"))
-	authCheckFor(t, 5*time.Second, func() error {
+	waitToken(t, "publish own", a.Publish("devices/a/telemetry", 1, false, "mine"))
+	checkFor(t, 5*time.Second, func() error {
 		if len(in.payloads("devices/a/telemetry")) == 0 {
 			return fmt.Errorf("own telemetry not delivered")
 		}
@@ -423,7 +400,7 @@ func TestAuthRoles(t *testing.T) {
 	op := e.user(t, "otto", devices.RoleOperator)
 	var cmds authInbox
 	d := authMustClient(t, "tcp://"+e.tcp, "pump", "pump", secret)
-	authWait(t, "device subscribes", d.Subscribe("devices/pump/commands/#", 1, cmds.handler))
+	waitToken(t, "device subscribes", d.Subscribe("devices/pump/commands/#", 1, cmds.handler))
 
 	lost := make(chan struct{})
 	var once sync.Once
@@ -432,7 +409,7 @@ func TestAuthRoles(t *testing.T) {
 		t.Fatal(err)
 	}
 	var seen authInbox
-	authWait(t, "viewer reads", v.Subscribe("devices/#", 1, seen.handler))
+	waitToken(t, "viewer reads", v.Subscribe("devices/#", 1, seen.handler))
 	// A viewer's command (QoS 1, 3.1.1) is refused by closing the
 	// connection: 3.1.1 has no negative PUBACK.
 	v.Publish("devices/pump/commands/reboot", 1, false, `{"id":"c1"}`)
@@ -442,8 +419,8 @@ func TestAuthRoles(t *testing.T) {
 		t.Fatal("viewer's command did not close its connection")
 	}
 	o := authMustClient(t, "tcp://"+e.tcp, "otto-1", "otto", op)
-	authWait(t, "operator command", o.Publish("devices/pump/commands/reboot", 1, false, `{"id":"c2"}`))
-	authCheckFor(t, 5*time.Second, func() error {
+	waitToken(t, "operator command", o.Publish("devices/pump/commands/reboot", 1, false, `{"id":"c2"}`))
+	checkFor(t, 5*time.Second, func() error {
 		got := cmds.payloads("devices/pump/commands/reboot")
 		if len(got) != 1 || got[0] != `{"id":"c2"}` {
 			return fmt.Errorf("device got %v, want only the operator's command", got)
@@ -452,10 +429,10 @@ func TestAuthRoles(t *testing.T) {
 	})
 	// Operators do not set desired state over MQTT (the API does).
 	var desired authInbox
-	authWait(t, "device desired", d.Subscribe("devices/pump/twin/desired", 1, desired.handler))
-	authWait(t, "desired", o.Publish("devices/pump/twin/desired", 0, false, `{}`))
-	authWait(t, "sentinel", o.Publish("devices/pump/commands/ping", 1, false, `{"id":"c3"}`))
-	authCheckFor(t, 5*time.Second, func() error {
+	waitToken(t, "device desired", d.Subscribe("devices/pump/twin/desired", 1, desired.handler))
+	waitToken(t, "desired", o.Publish("devices/pump/twin/desired", 0, false, `{}`))
+	waitToken(t, "sentinel", o.Publish("devices/pump/commands/ping", 1, false, `{"id":"c3"}`))
+	checkFor(t, 5*time.Second, func() error {
 		if len(cmds.payloads("devices/pump/commands/ping")) == 0 {
 			return fmt.Errorf("sentinel not delivered")
 		}
@@ -491,7 +468,7 @@ func TestPresenceTakeoverDoesNotFlap(t *testing.T) {
 	admin := e.user(t, "root", devices.RoleAdmin)
 	var in authInbox
 	w := authMustClient(t, "tcp://"+e.tcp, "watcher", "root", admin)
-	authWait(t, "subscribe", w.Subscribe("devices/t1/#", 1, in.handler))
+	waitToken(t, "subscribe", w.Subscribe("devices/t1/#", 1, in.handler))
 
 	lost := make(chan struct{})
 	if _, err := authClient(t, "tcp://"+e.tcp, "t1", "t1", secret, func() { close(lost) }); err != nil {
@@ -500,7 +477,7 @@ func TestPresenceTakeoverDoesNotFlap(t *testing.T) {
 	// (The status may come twice: live, and as the retained message when
 	// it is stored while the engine is still sending the watcher's
 	// retained messages for its subscription.)
-	authCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		s := authStatuses(t, &in, "t1")
 		if len(s) == 0 || !s[0].Online || s[0].Transport != "tcp" {
 			return fmt.Errorf("authStatuses %+v", s)
@@ -525,7 +502,7 @@ func TestPresenceTakeoverDoesNotFlap(t *testing.T) {
 	// Wait until the engine has finished with the old connection (the
 	// hook forgets it in OnDisconnect), then push a sentinel through the
 	// watcher's queue: any offline status would have come before it.
-	authCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		n := 0
 		e.auth.clients.Range(func(k, v any) bool { n++; return true })
 		if n != 2 { // watcher and the new t1
@@ -533,8 +510,8 @@ func TestPresenceTakeoverDoesNotFlap(t *testing.T) {
 		}
 		return nil
 	})
-	authWait(t, "sentinel", w.Publish("devices/t1/status-sentinel", 1, false, "x"))
-	authCheckFor(t, 5*time.Second, func() error {
+	waitToken(t, "sentinel", w.Publish("devices/t1/status-sentinel", 1, false, "x"))
+	checkFor(t, 5*time.Second, func() error {
 		if len(in.payloads("devices/t1/status-sentinel")) == 0 {
 			return fmt.Errorf("no sentinel (watcher connected %v; statuses %+v)", w.IsConnected(), authStatuses(t, &in, "t1"))
 		}
@@ -569,7 +546,7 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 	admin := e.user(t, "root", devices.RoleAdmin)
 	var in authInbox
 	w := authMustClient(t, "tcp://"+e.tcp, "watcher", "root", admin)
-	authWait(t, "subscribe", w.Subscribe("devices/+/status", 1, in.handler))
+	waitToken(t, "subscribe", w.Subscribe("devices/+/status", 1, in.handler))
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id := fmt.Sprint("r", i)
@@ -578,7 +555,7 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 			if _, err := authClient(t, "tcp://"+e.tcp, id, id, secret, func() { close(lost) }); err != nil {
 				t.Fatal(err)
 			}
-			authCheckFor(t, 5*time.Second, func() error {
+			checkFor(t, 5*time.Second, func() error {
 				if s := authStatuses(t, &in, id); len(s) == 0 || !s[len(s)-1].Online {
 					return fmt.Errorf("authStatuses %+v", s)
 				}
@@ -594,7 +571,7 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 				t.Fatal("device still connected")
 			}
 			t.Logf("disconnected %v after the registry change", time.Since(start))
-			authCheckFor(t, 5*time.Second, func() error {
+			checkFor(t, 5*time.Second, func() error {
 				s := authStatuses(t, &in, id)
 				if len(s) < 2 || s[len(s)-1].Online || (s[len(s)-1].Since == "deleted") != (tt.name == "delete") {
 					return fmt.Errorf("authStatuses %+v", s)
@@ -609,14 +586,14 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 	// An orderly disconnect says offline too.
 	secret := e.device(t, "plain")
 	c := authMustClient(t, "tcp://"+e.tcp, "plain", "plain", secret)
-	authCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		if s := authStatuses(t, &in, "plain"); len(s) == 0 {
 			return fmt.Errorf("authStatuses %+v", s)
 		}
 		return nil
 	})
 	c.Disconnect(100)
-	authCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		if s := authStatuses(t, &in, "plain"); len(s) < 2 || s[len(s)-1].Online {
 			return fmt.Errorf("authStatuses %+v", s)
 		}
@@ -635,7 +612,7 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 	if err := e.reg.DeleteDevice(ctx, "plain"); err != nil {
 		t.Fatal(err)
 	}
-	authCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		if s := authStatuses(t, &in, "plain"); s[len(s)-1].Since != "deleted" {
 			return fmt.Errorf("authStatuses %+v", s)
 		}
@@ -762,8 +739,8 @@ func TestPresenceStaleStatusCleared(t *testing.T) {
 	admin := e.user(t, "root", devices.RoleAdmin)
 	var in authInbox
 	w := authMustClient(t, "tcp://"+e.tcp, "w", "root", admin)
-	authWait(t, "subscribe", w.Subscribe("devices/+/status", 1, in.handler))
-	authCheckFor(t, 5*time.Second, func() error {
+	waitToken(t, "subscribe", w.Subscribe("devices/+/status", 1, in.handler))
+	checkFor(t, 5*time.Second, func() error {
 		dead, live := authStatuses(t, &in, "dead"), authStatuses(t, &in, "live")
 		if len(dead) != 1 || dead[0].Online {
 			return fmt.Errorf("dead: %+v", dead)

@@ -67,7 +67,7 @@ func TestBackpressureBurstArrivesComplete(t *testing.T) {
 	if n := failed.Load(); n > 0 {
 		t.Fatalf("%d publishes were not acknowledged", n)
 	}
-	storeCheckFor(t, 30*time.Second, func() error {
+	checkFor(t, 30*time.Second, func() error {
 		if n := got.distinct(); n < pubs*each {
 			return fmt.Errorf("subscriber has %d of %d messages", n, pubs*each)
 		}
@@ -99,7 +99,7 @@ func TestBackpressureStuckSubscriberIsSkipped(t *testing.T) {
 	if _, err := conn.Write(append(connect, subscribe...)); err != nil {
 		t.Fatal(err)
 	}
-	storeCheckFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, func() error {
 		if _, ok := b.Server.Topics.Subscribers("stuck/x").Subscriptions["stuck"]; !ok {
 			return fmt.Errorf("not subscribed yet")
 		}

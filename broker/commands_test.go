@@ -119,7 +119,7 @@ func TestCommandDeliveredAndLateResponses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	storeCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		c, err := n.cmds.Get(ctx, cmd.ID)
 		if err != nil || c.Status != devices.StatusDelivered {
 			return errorf("status %s, %v", c.Status, err)
@@ -129,7 +129,7 @@ func TestCommandDeliveredAndLateResponses(t *testing.T) {
 	dev.publish(t, "devices/dev-1/responses/"+cmd.ID, []byte(`{"status":"ok"}`), 1)
 	dev.publish(t, "devices/dev-1/responses/"+cmd.ID, []byte(`{"status":"ok"}`), 1) // late
 	dev.publish(t, "devices/dev-1/responses/cmd-unknown", []byte(`{"status":"ok"}`), 1)
-	storeCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		if late, unknown := n.cmds.ResponseStats(); late != 1 || unknown != 1 {
 			return errorf("late %d unknown %d", late, unknown)
 		}
@@ -148,7 +148,7 @@ func TestCommandOfflinePersistent(t *testing.T) {
 			first := n.connect(t, k, "dev-1", false, seen.add)
 			first.subscribe(t, "devices/dev-1/commands/#", 1)
 			first.close()
-			storeCheckFor(t, 5*time.Second, func() error {
+			checkFor(t, 5*time.Second, func() error {
 				if cl, ok := n.b.Server.Clients.Get("dev-1"); !ok || !cl.Closed() {
 					return errorf("device still connected")
 				}
@@ -185,7 +185,7 @@ func TestCommandFromOperator(t *testing.T) {
 	op := n.connect(t, clientKinds[0], "operator", true, nil)
 	op.publish(t, "devices/dev-1/commands/set", []byte(`{"id":"op-1","params":{"rate":5}}`), 1)
 	op.publish(t, "devices/dev-1/commands/set", []byte(`{"id":"bad/id","params":{"rate":6}}`), 1)
-	storeCheckFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, func() error {
 		c, err := n.cmds.Get(ctx, "op-1")
 		if err != nil || c.Status != devices.StatusSucceeded || string(c.Params) != `{"rate":5}` {
 			return errorf("%+v, %v", c, err)

@@ -89,7 +89,7 @@ func TestPublishLimitFlooder(t *testing.T) {
 			t.Errorf("calm publish %d took %v during the flood", i, d)
 		}
 	}
-	storeCheckFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, func() error {
 		if flood.distinct() < 300 || calm.distinct() < 20 {
 			return fmt.Errorf("flood %d/300, calm %d/20", flood.distinct(), calm.distinct())
 		}

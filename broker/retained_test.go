@@ -59,7 +59,7 @@ func TestRetainedBeyondSendQueue(t *testing.T) {
 			if subQoS > 0 {
 				want = n/2 + int(configs.Default().MQTT.MaxInflight)
 			}
-			storeCheckFor(t, 30*time.Second, func() error {
+			checkFor(t, 30*time.Second, func() error {
 				if k := got.distinct(); k < want {
 					return fmt.Errorf("subscriber has %d of %d retained messages", k, want)
 				}

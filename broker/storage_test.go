@@ -95,28 +95,6 @@ func storeClient(t *testing.T, addr, id string, clean bool, onMsg func(paho3.Mes
 	return c
 }
 
-func waitToken(t *testing.T, what string, tok paho3.Token) {
-	t.Helper()
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("%s: %v", what, tok.Error())
-	}
-}
-
-func storeCheckFor(t *testing.T, d time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // received collects payloads, safe for paho's goroutines.
 type received struct {
 	mu  sync.Mutex
@@ -157,7 +135,7 @@ func TestStorageSessionAndRetainedSurviveRestart(t *testing.T) {
 	n2 := startStoreNode(t, dir, nil)
 	var got received
 	storeClient(t, n2.addr, "sub-persistent", false, got.add)
-	storeCheckFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, func() error {
 		if d := got.distinct(); d < count {
 			return fmt.Errorf("subscriber has %d of %d messages", d, count)
 		}
@@ -166,7 +144,7 @@ func TestStorageSessionAndRetainedSurviveRestart(t *testing.T) {
 	var ret received
 	c := storeClient(t, n2.addr, "late", true, ret.add)
 	waitToken(t, "subscribe retained", c.Subscribe("store/r", 1, nil))
-	storeCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		if ret.distinct() != 1 {
 			return fmt.Errorf("retained message not delivered")
 		}
@@ -238,7 +216,7 @@ func TestStorageDiskFullRecovers(t *testing.T) {
 	var got received
 	sub := storeClient(t, n.addr, "sub-full", false, got.add)
 	waitToken(t, "subscribe", sub.Subscribe("full/#", 1, nil))
-	storeCheckFor(t, 5*time.Second, func() error { return n.store.Healthy() })
+	checkFor(t, 5*time.Second, func() error { return n.store.Healthy() })
 
 	var pages int
 	if err := n.db.W.QueryRow(`PRAGMA page_count`).Scan(&pages); err != nil {
@@ -253,13 +231,13 @@ func TestStorageDiskFullRecovers(t *testing.T) {
 	for i := range count {
 		waitToken(t, "publish", pub.Publish("full/x", 1, false, fmt.Sprintf("%d-%s", i, big)))
 	}
-	storeCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		if n.store.Healthy() == nil {
 			return fmt.Errorf("store reports healthy on a full database")
 		}
 		return nil
 	})
-	storeCheckFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, func() error {
 		if d := got.distinct(); d < count {
 			return fmt.Errorf("routing: subscriber has %d of %d", d, count)
 		}
@@ -268,9 +246,9 @@ func TestStorageDiskFullRecovers(t *testing.T) {
 	if _, err := n.db.W.Exec(`PRAGMA max_page_count = 1073741823`); err != nil {
 		t.Fatal(err)
 	}
-	storeCheckFor(t, 15*time.Second, func() error { return n.store.Healthy() })
+	checkFor(t, 15*time.Second, func() error { return n.store.Healthy() })
 	// The store holds the session again (rewritten from memory).
-	storeCheckFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, func() error {
 		var subs int
 		if err := n.db.R.QueryRow(`SELECT COUNT(*) FROM mqtt_subscriptions WHERE client_id = 'sub-full'`).Scan(&subs); err != nil {
 			return err
@@ -374,7 +352,7 @@ func TestStoragePersistIndex(t *testing.T) {
 	x := n.store.persist
 	want := func(count int64, topic string, match bool) {
 		t.Helper()
-		storeCheckFor(t, 5*time.Second, func() error {
+		checkFor(t, 5*time.Second, func() error {
 			if got := x.n.Load(); got != count {
 				return fmt.Errorf("index holds %d, want %d", got, count)
 			}

@@ -315,7 +315,7 @@ func TestTelemetryHookStoresAndRoutes(t *testing.T) {
 			}
 			dev.publish(t, "devices/dev-1/telemetry", []byte(`{"temp":23}`), 0)
 			want := len(good) + len(bad) + 1
-			storeCheckFor(t, 10*time.Second, func() error {
+			checkFor(t, 10*time.Second, func() error {
 				if got.len() != want {
 					return errorf("watcher got %d of %d messages", got.len(), want)
 				}

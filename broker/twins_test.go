@@ -25,7 +25,7 @@ func TestTwinDesiredRetainedAndDelta(t *testing.T) {
 			var got inbox
 			dev := n.connect(t, k, "dev-1", true, got.add)
 			dev.subscribe(t, "devices/dev-1/twin/desired", 1)
-			storeCheckFor(t, 5*time.Second, func() error {
+			checkFor(t, 5*time.Second, func() error {
 				if got.len() != 1 {
 					return errorf("got %d messages", got.len())
 				}
@@ -41,7 +41,7 @@ func TestTwinDesiredRetainedAndDelta(t *testing.T) {
 			dev.publish(t, "devices/dev-1/twin/reported", []byte(`{"rate":5}`), 1)
 			dev.publish(t, "devices/dev-1/twin/reported", []byte(`not json`), 1)
 			dev.publish(t, "devices/dev-1/twin/reported", []byte(`{"mode":"fast","uptime":3}`), 0)
-			storeCheckFor(t, 5*time.Second, func() error {
+			checkFor(t, 5*time.Second, func() error {
 				tw, err := n.twins.Get(ctx, "dev-1")
 				if err != nil || tw.ReportedVersion != 2 || len(tw.Delta) != 0 {
 					return errorf("%+v, %v", tw, err)
