@@ -11,6 +11,7 @@ func TestMain(m *testing.M) {
 		// database/sql's connection opener lives until the DB is closed.
 		goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"),
 		// Idle keep-alive connections of httptest clients close lazily.
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 	)
 }

@@ -92,6 +92,9 @@ func (c *Commands) List(ctx context.Context, device string, limit int, cursor st
 // command as it is and ctx's error).
 func (c *Commands) Wait(ctx context.Context, id string) (Command, error) {
 	if cmd, err := c.Get(ctx, id); err != nil || cmd.Done() {
+		if err == nil {
+			c.forget(id)
+		}
 		return cmd, err // a command that does not exist is not watched
 	}
 	for {
@@ -99,6 +102,9 @@ func (c *Commands) Wait(ctx context.Context, id string) (Command, error) {
 		cmd, err := c.Get(ctx, id)
 		if err != nil || cmd.Done() {
 			c.unwatch(id, ch)
+			if err == nil {
+				c.forget(id)
+			}
 			return cmd, err
 		}
 		select {
@@ -134,6 +140,16 @@ func (c *Commands) unwatch(id string, ch chan struct{}) {
 }
 
 // notify wakes the watchers of id; done forgets it as an open command.
+// forget drops command id from the open set once its stored row is done.
+// The writer does it too, right after its commit; Wait does it as well so
+// that a caller who saw the command done never finds it still open in the
+// moment between the commit and the writer's notify.
+func (c *Commands) forget(id string) {
+	c.mu.Lock()
+	delete(c.open, id)
+	c.mu.Unlock()
+}
+
 func (c *Commands) notify(id string, done bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -117,6 +117,7 @@ type Result struct {
 	ConnectPerSec  float64 `json:"connect_per_s"`
 	ConnectSeconds float64 `json:"connect_s"`
 	ConnectErrors  int64   `json:"connect_errors"`
+	connectTook    time.Duration
 
 	Sent           int64   `json:"sent"`
 	PublishErrors  int64   `json:"publish_errors"`

@@ -137,13 +137,16 @@ func (b *benchRun) conns(ctx context.Context, res *Result, progressTo io.Writer)
 	return nil
 }
 
-// fillConnect records connect figures.
+// fillConnect records connect figures. The rate is computed from the
+// unrounded total time (res.connectTook): rounding the seconds to
+// milliseconds first made a sub-millisecond connect phase report 0/s.
 func fillConnect(res *Result, n int, failed int64, took time.Duration) {
 	res.Conns += n
 	res.ConnectErrors += failed
-	res.ConnectSeconds = round3(res.ConnectSeconds + took.Seconds())
-	if res.ConnectSeconds > 0 {
-		res.ConnectPerSec = round3(float64(int64(res.Conns)-res.ConnectErrors) / res.ConnectSeconds)
+	res.connectTook += took
+	res.ConnectSeconds = round3(res.connectTook.Seconds())
+	if res.connectTook > 0 {
+		res.ConnectPerSec = round3(float64(int64(res.Conns)-res.ConnectErrors) / res.connectTook.Seconds())
 	}
 }
 

@@ -36,9 +36,8 @@ func TestMain(m *testing.M) {
 
 var leakOptions = []goleak.Option{
 	// Idle keep-alive connections of http.DefaultTransport.
-	goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-	goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-	goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+	goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 	// The signal package's, once any test uses signals.
 	goleak.IgnoreTopFunction("os/signal.signal_recv"),
 	goleak.IgnoreAnyFunction("os/signal.loop"),
