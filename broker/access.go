@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -26,17 +27,49 @@ func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		_ = Refuse(g.b.Server, cl, packets.ErrServerUnavailable)
 		return errShuttingDown
 	}
+	g.boundKeepalive(cl)
 	return nil
 }
 
-// OnPacketEncode adds Maximum Packet Size to a successful MQTT 5 CONNACK,
-// which the engine leaves out, so that clients know not to send more
-// [MQTT-3.2.2-15].
+// boundKeepalive holds an MQTT 5 client that asks for no keep alive, or
+// for more than mqtt.max_keepalive, to the maximum: the engine puts it in
+// the CONNACK as Server Keep Alive and closes the connection after 1.5
+// times it without a packet [MQTT-3.2.2.3.14] [MQTT-3.1.2-21]
+// [MQTT-3.1.2-22]. An MQTT 3.1.1 CONNACK cannot tell a client, so 3.1.1
+// clients keep their own choice rather than being dropped while they
+// follow it.
+func (g *gate) boundKeepalive(cl *mqtt.Client) {
+	max := uint16(g.b.cfg.MQTT.MaxKeepalive / time.Second)
+	if max == 0 || cl.Properties.ProtocolVersion < 5 {
+		return
+	}
+	if ka := cl.State.Keepalive; ka == 0 || ka > max {
+		cl.State.Keepalive = max
+		cl.State.ServerKeepalive = true
+	}
+}
+
+// OnPacketEncode completes a successful MQTT 5 CONNACK with what the
+// engine leaves out, so that it announces what the broker really does and
+// strict clients can hold it to its word [MQTT-3.2.2-15]: Maximum Packet
+// Size, Topic Alias Maximum (absent would mean 0, no aliases), and Retain,
+// Wildcard, Subscription Identifier and Shared Subscription Available
+// stated outright. Receive Maximum and Maximum QoS (when below 2) the
+// engine sets itself.
 func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode < packets.ErrUnspecifiedError.Code &&
-		cl.Properties.ProtocolVersion == 5 && g.b.cfg.MQTT.MaxPacketSize > 0 {
+	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode >= packets.ErrUnspecifiedError.Code ||
+		cl.Properties.ProtocolVersion != 5 {
+		return pk
+	}
+	caps := g.b.Server.Options.Capabilities
+	if g.b.cfg.MQTT.MaxPacketSize > 0 {
 		pk.Properties.MaximumPacketSize = g.b.cfg.MQTT.MaxPacketSize
 	}
+	pk.Properties.TopicAliasMaximum = caps.TopicAliasMaximum
+	pk.Properties.RetainAvailable, pk.Properties.RetainAvailableFlag = caps.RetainAvailable, true
+	pk.Properties.WildcardSubAvailable, pk.Properties.WildcardSubAvailableFlag = caps.WildcardSubAvailable, true
+	pk.Properties.SubIDAvailable, pk.Properties.SubIDAvailableFlag = caps.SubIDAvailable, true
+	pk.Properties.SharedSubAvailable, pk.Properties.SharedSubAvailableFlag = caps.SharedSubAvailable, true
 	return pk
 }
 

@@ -75,6 +75,11 @@ func Capabilities(cfg configs.MQTT) *mqtt.Capabilities {
 	c.MaximumMessageExpiryInterval = int64(cfg.MaxMessageExpiry / time.Second)
 	// Topic aliases cost memory per client; keep them modest.
 	c.TopicAliasMaximum = 64
+	// An acknowledgement carries only a reason string and the broker's
+	// own user properties, never the PUBLISH's [MQTT-3.4.2.2]: mochi
+	// copies them over unless told not to, and strict clients then
+	// reject the PUBACK, PUBREC, PUBREL or PUBCOMP as malformed.
+	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
 }
 

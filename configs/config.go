@@ -50,6 +50,7 @@ type MQTT struct {
 	MaxMessageExpiry time.Duration `yaml:"max_message_expiry"`
 	SysInterval      time.Duration `yaml:"sys_interval"`
 	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
+	MaxKeepalive     time.Duration `yaml:"max_keepalive"`
 	ShutdownGrace    time.Duration `yaml:"shutdown_grace"`
 	ReadBufferSize   int           `yaml:"read_buffer_size"`
 	WriteBufferSize  int           `yaml:"write_buffer_size"`
@@ -117,6 +118,7 @@ func Default() Config {
 			MaxMessageExpiry: 0,
 			SysInterval:      time.Second,
 			ConnectTimeout:   10 * time.Second,
+			MaxKeepalive:     0,
 			ShutdownGrace:    10 * time.Second,
 			ReadBufferSize:   2048,
 			WriteBufferSize:  2048,
@@ -222,6 +224,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.MaxMessageExpiry < 0 {
 		bad("mqtt.max_message_expiry", "must not be negative (0 keeps messages until their own expiry)")
+	}
+	if k := c.MQTT.MaxKeepalive; k < 0 || k > 65535*time.Second || k%time.Second != 0 {
+		bad("mqtt.max_keepalive", "must be whole seconds between 0s (the client's choice) and 65535s")
+	} else if k > 0 && k < 5*time.Second {
+		bad("mqtt.max_keepalive", "%v is too short for real networks (at least 5s, or 0 for the client's choice)", k)
 	}
 	if c.MQTT.SysInterval < time.Second {
 		bad("mqtt.sys_interval", "must be at least 1s")
