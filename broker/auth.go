@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -28,6 +29,10 @@ type AuthOptions struct {
 	// failure up to MaxFailureDelay (defaults 250ms and 5s). Failures older
 	// than FailureWindow (default 5m) are forgotten.
 	FailureDelay, MaxFailureDelay, FailureWindow time.Duration
+	// Sessions is the session store, from which the sessions of a deleted
+	// or disabled device and of a deleted user are purged (with the
+	// engine's copy of them). Nil purges the engine's copy only.
+	Sessions SessionPurger
 }
 
 // Auth is the access hook (Options.Access): it authenticates every CONNECT
@@ -57,6 +62,17 @@ type Auth struct {
 	// the *conn it last connected with: messages queued for an offline
 	// session are ACL-checked against that identity (SPEC §7, §9).
 	sessions sync.Map
+	// claims maps a client id to the *claim of a connection that passed
+	// OnConnect and is not yet in the engine's client list, so that two
+	// identities connecting at once with one client id cannot both pass
+	// the ownership check (auth_owner.go). ownMu makes check and claim one
+	// step.
+	claims sync.Map
+	ownMu  sync.Mutex
+	// purger deletes purged sessions from the session store.
+	purger SessionPurger
+	// started: the engine has loaded the stored sessions.
+	started atomic.Bool
 
 	// stopMu guards stopped and wg.Add, so that no revocation starts
 	// once Stop waits.
@@ -91,6 +107,7 @@ func NewAuth(opts AuthOptions) *Auth {
 		m:     newAuthMetrics(),
 		stop:  make(chan struct{}),
 	}
+	a.purger = opts.Sessions
 	a.reg.OnRevoke(a.revoke)
 	return a
 }
@@ -106,7 +123,7 @@ func (a *Auth) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnStarted,
-		mqtt.OnClientExpired:
+		mqtt.OnClientExpired, mqtt.OnPacketRead:
 		return true
 	}
 	return false
@@ -128,47 +145,66 @@ func (a *Auth) Stop() error {
 // OnConnect authenticates the client, or refuses it with the CONNACK code
 // that says why [MQTT-3.2.2-6]: 0x86 bad username or password (3.1.1:
 // 0x05) for wrong, unknown or disabled credentials, 0x87 not authorized
-// (3.1.1: 0x05) without credentials, 0x85 client identifier not valid
-// (3.1.1: 0x02) when a device's client id is not its id or someone else
-// takes a device's client id. It runs on the connecting client's own
+// (3.1.1: 0x05) without credentials or with a will the identity may not
+// publish (auth_will.go), 0x85 client identifier not valid (3.1.1: 0x02)
+// when a device's client id is not its id, when someone else takes a
+// device's client id, or when the client id's session belongs to another
+// identity (auth_owner.go). It runs on the connecting client's own
 // goroutine: its bcrypt (people's passwords) and its failure delay hold up
 // nobody else.
 func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
 	transport := Transport(cl)
+	var c *conn
 	if pass == "" {
 		// No credentials (a name alone is none): anonymous, if allowed.
 		if !a.anon {
 			return a.refuse(cl, "", packets.ErrNotAuthorized, "no_credentials")
 		}
-		a.clients.Store(cl, &conn{anonymous: true})
+		c = &conn{anonymous: true}
+	} else {
+		id, err := a.reg.Authenticate(context.Background(), user, pass)
+		if err != nil {
+			if !errors.Is(err, devices.ErrUnauthorized) {
+				a.log.Error("authenticate", "client", cl.ID, "username", user, "error", err)
+			}
+			return a.refuse(cl, user, packets.ErrBadUsernameOrPassword, "bad_credentials")
+		}
+		c = &conn{id: id}
+		if id.Kind == devices.KindDevice {
+			if cl.ID != id.Name { // a device's client id is its id (SPEC §5)
+				return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
+			}
+			c.pub, c.sub = devicePatterns(id.Name)
+		} else if a.reg.HasDevice(cl.ID) {
+			// A person must not take over a device's session.
+			return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
+		}
+	}
+	if pk.Connect.WillFlag && !c.mayWill(pk.Connect.WillTopic) {
+		a.m.wills.WithLabelValues("connect").Inc()
+		return a.refuse(cl, user, packets.ErrNotAuthorized, "will")
+	}
+	if !a.claim(cl, c) {
+		return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "session_owner")
+	}
+	// The session records its owner by name (stored with it, read back
+	// after a restart: auth_owner.go): the identity's name, never what an
+	// anonymous client or a token login put in the username field.
+	if c.anonymous {
+		cl.Properties.Username = nil
+		a.clients.Store(cl, c)
 		a.m.logins.WithLabelValues("anonymous", transport).Inc()
 		return nil
 	}
-	id, err := a.reg.Authenticate(context.Background(), user, pass)
-	if err != nil {
-		if !errors.Is(err, devices.ErrUnauthorized) {
-			a.log.Error("authenticate", "client", cl.ID, "username", user, "error", err)
-		}
-		return a.refuse(cl, user, packets.ErrBadUsernameOrPassword, "bad_credentials")
-	}
-	c := &conn{id: id}
-	if id.Kind == devices.KindDevice {
-		if cl.ID != id.Name { // a device's client id is its id (SPEC §5)
-			return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
-		}
-		c.pub, c.sub = devicePatterns(id.Name)
-	} else if a.reg.HasDevice(cl.ID) {
-		// A person must not take over a device's session.
-		return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
-	}
+	cl.Properties.Username = []byte(c.id.Name)
 	a.fails.succeeded(user)
 	a.clients.Store(cl, c)
-	if id.Kind == devices.KindDevice {
-		a.current.Store(id.Name, cl)
+	if c.id.Kind == devices.KindDevice {
+		a.current.Store(c.id.Name, cl)
 	}
-	a.m.logins.WithLabelValues(id.Kind, transport).Inc()
-	a.log.Debug("client authenticated", "client", cl.ID, "kind", id.Kind, "name", id.Name, "via", id.Via, "transport", transport)
+	a.m.logins.WithLabelValues(c.id.Kind, transport).Inc()
+	a.log.Debug("client authenticated", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name, "via", c.id.Via, "transport", transport)
 	return nil
 }
 
@@ -200,6 +236,7 @@ func (a *Auth) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // OnSessionEstablished publishes a device's presence once its CONNACK is
 // sent.
 func (a *Auth) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	a.unclaim(cl) // the engine lists it now
 	if c := a.conn(cl); c != nil && c.id.Kind == devices.KindDevice {
 		a.online(cl, c.id.Name)
 	}
@@ -208,6 +245,7 @@ func (a *Auth) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // OnDisconnect forgets the client and records a device offline unless a
 // newer connection has taken its session over.
 func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	a.unclaim(cl)
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {
 		return
@@ -228,24 +266,19 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 func (a *Auth) OnClientExpired(cl *mqtt.Client) { a.sessions.Delete(cl.ID) }
 
 // sessionConn returns the identity that governs deliveries into the
-// offline session of cl: the one it last connected with; for a session
-// restored from storage after a restart, the registered device whose id is
-// its client id (a device's client id is its id), or anonymous when
-// anonymous access is allowed. Others get nothing delivered until they
-// reconnect.
+// offline session of cl: the one it last connected with, or for a session
+// restored from storage after a restart, its recorded owner
+// (restoredOwner). Nil (nothing delivered until the owner reconnects) when
+// the owner is unknown.
 func (a *Auth) sessionConn(cl *mqtt.Client) *conn {
 	if v, ok := a.sessions.Load(cl.ID); ok {
 		return v.(*conn)
 	}
-	if a.reg.HasDevice(cl.ID) {
-		c := &conn{id: devices.Identity{Kind: devices.KindDevice, Name: cl.ID}}
-		c.pub, c.sub = devicePatterns(cl.ID)
-		return c
+	c := a.restoredOwner(cl)
+	if c != nil {
+		a.sessions.LoadOrStore(cl.ID, c)
 	}
-	if a.anon {
-		return &conn{anonymous: true}
-	}
-	return nil
+	return c
 }
 
 func (a *Auth) conn(cl *mqtt.Client) *conn {
@@ -258,8 +291,9 @@ func (a *Auth) conn(cl *mqtt.Client) *conn {
 
 // revoke disconnects every client that rv matches (a device disabled,
 // deleted or rotated; a user deleted; a session logged out; a token
-// revoked). Registry.OnRevoke calls it after the change is committed; it
-// does not block the caller.
+// revoked) and, when rv.Purge (the identity is gone or disabled), purges
+// its sessions (auth_purge.go). Registry.OnRevoke calls it after the
+// change is committed; it does not block the caller.
 func (a *Auth) revoke(rv devices.Revocation) {
 	a.stopMu.Lock()
 	defer a.stopMu.Unlock()
@@ -292,7 +326,7 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			a.m.revoked.Inc()
 			a.log.Info("disconnecting revoked client", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name)
 			// Forget it now, so that nothing it sends meanwhile passes
-			// the ACL.
+			// the ACL (nor its will: checkWill).
 			a.clients.Store(cl, &conn{id: c.id, revoked: true})
 			if cl.Properties.ProtocolVersion == 5 {
 				_ = a.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
@@ -301,6 +335,14 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			}
 			return true
 		})
+		if rv.Purge {
+			// After the disconnections: a session whose connection
+			// ended meanwhile is offline by now. (A connection still
+			// ending is purged again once it has: purgeTail.)
+			for _, cl := range a.offlineSessionsOf(rv.Name) {
+				a.purgeSession(cl)
+			}
+		}
 	}()
 }
 

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -50,13 +51,17 @@ func (a *Auth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return ok
 }
 
-// allows applies the rules to one topic or filter.
+// allows applies the rules to one topic or filter. Nobody publishes to a
+// $SYS/... or $share/... topic; a shared subscription needs a role above
+// viewer and read access to its filter (SPEC §5).
 func (c *conn) allows(topic string, write bool) bool {
 	switch {
-	case c.revoked:
+	case c.revoked, write && reservedTopic(topic):
 		return false
 	case c.anonymous, c.id.Kind == devices.KindUser && c.id.Role == devices.RoleAdmin:
 		return true
+	case !write && mqtt.IsSharedFilter(topic) && !c.id.Can(devices.RoleOperator):
+		return false
 	}
 	topic = unshare(topic)
 	if c.id.Kind == devices.KindDevice {
@@ -69,6 +74,39 @@ func (c *conn) allows(topic string, write bool) bool {
 		return c.id.Can(devices.RoleOperator) && withinAny(topic, operatorWrite)
 	}
 	return c.id.Can(devices.RoleViewer) && withinAny(topic, viewerRead)
+}
+
+// reservedTopic reports whether a client may never publish to topic: the
+// broker's $SYS/... statistics, or $share/..., which names shared
+// subscriptions, not topics. Like the engine, it ignores case.
+func reservedTopic(topic string) bool {
+	return isSysTopic(topic) || mqtt.IsSharedFilter(topic)
+}
+
+func isSysTopic(topic string) bool {
+	return len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix)
+}
+
+// OnPacketRead refuses a PUBLISH to $SYS/...: the engine drops one silently
+// before the ACL, with no PUBACK, and the client waits forever. Like any
+// refused publish: an MQTT 5 client gets PUBACK (QoS 1) or PUBREC (QoS 2)
+// 0x87, a 3.1.1 client at QoS 1/2 is disconnected (3.1.1 cannot refuse a
+// publish otherwise [MQTT-3.3.5-2]), QoS 0 is dropped. It is never routed.
+func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || !isSysTopic(pk.TopicName) {
+		return pk, nil
+	}
+	a.m.denied.WithLabelValues("publish").Inc()
+	switch {
+	case pk.FixedHeader.Qos == 0:
+	case cl.Properties.ProtocolVersion < 5:
+		return pk, packets.ErrRejectPacket // the engine closes the connection
+	default:
+		if err := cl.WritePacket(refusedAck(pk)); err != nil {
+			return pk, packets.ErrRejectPacket
+		}
+	}
+	return pk, nil // the engine drops it
 }
 
 // unshare returns the filter of a shared subscription "$share/group/filter".

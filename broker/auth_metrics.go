@@ -10,6 +10,8 @@ type authMetrics struct {
 	denied   *prometheus.CounterVec
 	revoked  prometheus.Counter
 	presence *prometheus.CounterVec
+	wills    *prometheus.CounterVec
+	purged   prometheus.Counter
 }
 
 func newAuthMetrics() *authMetrics {
@@ -18,7 +20,7 @@ func newAuthMetrics() *authMetrics {
 			Name: "tether_auth_logins_total", Help: "MQTT logins accepted, by kind (device, user, anonymous) and transport.",
 		}, []string{"kind", "transport"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_auth_failures_total", Help: "MQTT logins refused, by reason (bad_credentials, no_credentials, client_id) and transport.",
+			Name: "tether_auth_failures_total", Help: "MQTT logins refused, by reason (bad_credentials, no_credentials, client_id, session_owner, will) and transport.",
 		}, []string{"reason", "transport"}),
 		delayed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_auth_failures_delayed_total", Help: "Refused MQTT logins slowed down because of earlier failures from the same address or for the same name.",
@@ -32,11 +34,17 @@ func newAuthMetrics() *authMetrics {
 		presence: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_device_presence_total", Help: "Device presence changes published, by state (online, offline).",
 		}, []string{"state"}),
+		wills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_auth_wills_refused_total", Help: "Will messages refused, by when (connect: the CONNECT was refused; send: the will was dropped as the client went).",
+		}, []string{"when"}),
+		purged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_sessions_purged_total", Help: "Sessions purged because their device was deleted or disabled or their user deleted, or because nobody owned them.",
+		}),
 	}
 }
 
 func (m *authMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.presence}
+	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.presence, m.wills, m.purged}
 }
 
 // Describe implements prometheus.Collector.

@@ -117,6 +117,13 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
 		}
 	}
+	if h, ok := access.(interface{ tail() mqtt.Hook }); ok {
+		// The access hook's last word (wills, purges): after every other
+		// hook, the session store included.
+		if err := srv.AddHook(h.tail(), nil); err != nil {
+			return nil, fmt.Errorf("broker: add access tail hook: %w", err)
+		}
+	}
 
 	ct, mps := cfg.MQTT.ConnectTimeout, cfg.MQTT.MaxPacketSize
 	b.Limits = listeners.NewLimiter(listeners.LimitOptions{

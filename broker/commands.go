@@ -11,6 +11,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -41,6 +42,9 @@ type CommandHook struct {
 	// QoS 1/2 commands awaiting their acknowledgement.
 	mu       sync.Mutex
 	inflight map[inflightKey]string
+
+	// ignored counts responses that closed nothing, by reason.
+	ignored *prometheus.CounterVec
 }
 
 type inflightKey struct {
@@ -54,8 +58,20 @@ func NewCommandHook(store *devices.Commands, log *slog.Logger) *CommandHook {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &CommandHook{store: store, log: log, inflight: map[inflightKey]string{}}
+	return &CommandHook{store: store, log: log, inflight: map[inflightKey]string{},
+		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_command_responses_ignored_total",
+			Help: "Messages on devices/{id}/responses/{cmdId} that closed no command, by reason: " +
+				"other_device (the command is addressed to another device), not_device (not sent by device {id} itself).",
+		}, []string{"reason"}),
+	}
 }
+
+// Describe implements prometheus.Collector.
+func (h *CommandHook) Describe(ch chan<- *prometheus.Desc) { h.ignored.Describe(ch) }
+
+// Collect implements prometheus.Collector.
+func (h *CommandHook) Collect(ch chan<- prometheus.Metric) { h.ignored.Collect(ch) }
 
 // Attach gives the hook the engine it publishes on.
 func (h *CommandHook) Attach(srv *mqtt.Server) { h.pub.attach(srv) }
@@ -94,6 +110,11 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		return h.operatorCommand(cl, pk, id, name), nil
 	}
 	if id, cmdID, ok := splitDeviceTopic(pk.TopicName, "responses"); ok && !cl.Net.Inline {
+		if reason := h.responseRefusal(cl, id, cmdID); reason != "" {
+			h.ignored.WithLabelValues(reason).Inc()
+			h.log.Debug("command response ignored", "device", id, "command", cmdID, "client", cl.ID, "reason", reason)
+			return pk, nil
+		}
 		var r responseMessage
 		if err := json.Unmarshal(pk.Payload, &r); err != nil {
 			h.store.RecordResponse(cmdID, false, nil, "response is not a JSON object: "+err.Error())
@@ -110,6 +131,22 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		}
 	}
 	return pk, nil
+}
+
+// responseRefusal says why a response from cl on
+// devices/{device}/responses/{cmdID} may not close that command, or "" if
+// it may: only device {device} itself closes a command addressed to it
+// (SPEC §7). A device's client id is its id, and nobody else may connect
+// with it (the access hook). Responses to no open command go to the store,
+// which counts them as late or unknown.
+func (h *CommandHook) responseRefusal(cl *mqtt.Client, device, cmdID string) string {
+	if cl.ID != device {
+		return "not_device"
+	}
+	if to, open := h.store.OpenFor(cmdID); open && to != device {
+		return "other_device"
+	}
+	return ""
 }
 
 // operatorCommand records a command published over MQTT and returns the

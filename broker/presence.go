@@ -75,6 +75,7 @@ func (a *Auth) publishStatus(id string, s Status) {
 // killed before it could say otherwise) to offline, except for devices
 // that have connected since.
 func (a *Auth) OnStarted() {
+	a.started.Store(true)
 	now := time.Now().UTC().Format(time.RFC3339)
 	for topic, pk := range a.srv.Topics.Retained.GetAll() {
 		rest, ok := strings.CutPrefix(topic, "devices/")

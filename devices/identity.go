@@ -82,10 +82,10 @@ func (r *Registry) Authenticate(ctx context.Context, username, password string) 
 	case isUser || username == "":
 		var id Identity
 		var err error
-		switch {
-		case strings.HasPrefix(password, TokenPrefix):
+		switch shape := tokenShape(password); {
+		case shape == shapeToken:
 			id, err = r.AuthenticateToken(ctx, password)
-		case strings.Count(password, ".") == 2 && strings.HasPrefix(password, "eyJ"):
+		case shape == shapeSession:
 			id, err = r.VerifySession(password)
 		case username != "":
 			var u User
@@ -100,6 +100,43 @@ func (r *Registry) Authenticate(ctx context.Context, username, password string) 
 		return id, nil
 	}
 	return Identity{}, fmt.Errorf("authenticate: %w", ErrUnauthorized)
+}
+
+// Shapes of an MQTT password (tokenShape).
+const (
+	shapePassword = iota
+	shapeToken    // an API token: "tth_…"
+	shapeSession  // a session JWT: three dot-separated parts, "eyJ…"
+)
+
+// tokenShape says how Authenticate reads a password given with a user
+// name: as an API token, a session JWT, or a password. A user's password
+// must have the password shape (CheckPassword), or it could never log in.
+func tokenShape(password string) int {
+	switch {
+	case strings.HasPrefix(password, TokenPrefix):
+		return shapeToken
+	case strings.Count(password, ".") == 2 && strings.HasPrefix(password, "eyJ"):
+		return shapeSession
+	}
+	return shapePassword
+}
+
+// Lookup returns the identity name stands for now, from the in-memory
+// cache: an enabled device, or a user with its current role. ok is false
+// for an unknown name and for a disabled device. The broker uses it to
+// re-check rights that may have changed since a client connected, and to
+// learn who owns a session restored from storage.
+func (r *Registry) Lookup(name string) (id Identity, ok bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if d, isDevice := r.devices[name]; isDevice {
+		return Identity{Kind: KindDevice, Name: name}, d.enabled
+	}
+	if u, isUser := r.users[name]; isUser {
+		return Identity{Kind: KindUser, Name: name, Role: u.role}, true
+	}
+	return Identity{}, false
 }
 
 // HasDevice reports whether id is a registered device (enabled or not).

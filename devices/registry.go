@@ -304,6 +304,11 @@ type Revocation struct {
 	// SessionID (a logout) or TokenID (a revoked API token) narrows it to
 	// the connections made with that session or token.
 	SessionID, TokenID string
+	// Purge: the identity is gone or disabled (a device deleted or
+	// disabled, a user deleted), so its persistent sessions go too, not
+	// just its connections (SPEC §5). A rotated secret, a logout or a
+	// revoked token end connections only.
+	Purge bool
 }
 
 // Matches reports whether a connection authenticated as id is revoked.
@@ -614,7 +619,7 @@ func (r *Registry) UpdateDevice(ctx context.Context, id string, p DevicePatch) (
 		return Device{}, fmt.Errorf("update device %q: %w", id, err)
 	}
 	if revoked {
-		r.revoke(Revocation{Name: id})
+		r.revoke(Revocation{Name: id, Purge: true})
 	}
 	return d, nil
 }
@@ -688,7 +693,7 @@ func (r *Registry) DeleteDevice(ctx context.Context, id string) error {
 	if err := r.deleteDevice(ctx, id); err != nil {
 		return fmt.Errorf("delete device %q: %w", id, err)
 	}
-	r.revoke(Revocation{Name: id})
+	r.revoke(Revocation{Name: id, Purge: true})
 	return nil
 }
 

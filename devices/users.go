@@ -23,6 +23,24 @@ const (
 	MaxPassword = 72
 )
 
+// CheckPassword returns an *InvalidError when password cannot be a user's
+// password: its length is out of bounds, or it is shaped like an API token
+// ("tth_…") or a session JWT, which MQTT and the API read as such, so that
+// it could never log in. Creating a user and changing a password both
+// check it.
+func CheckPassword(password string) error {
+	if len(password) < MinPassword || len(password) > MaxPassword {
+		return invalid("password", "must be %d to %d bytes", MinPassword, MaxPassword)
+	}
+	switch tokenShape(password) {
+	case shapeToken:
+		return invalid("password", "must not start with %q: that is how API tokens start, and it would be read as one", TokenPrefix)
+	case shapeSession:
+		return invalid("password", "must not be shaped like a JSON Web Token (three dot-separated parts starting with \"eyJ\"): it would be read as a session token")
+	}
+	return nil
+}
+
 // AdminUser is the name of the user the first start creates.
 const AdminUser = "admin"
 
@@ -55,8 +73,8 @@ func (r *Registry) createUser(ctx context.Context, username, password, role stri
 	if err := checkID("username", username); err != nil {
 		return User{}, err
 	}
-	if len(password) < MinPassword || len(password) > MaxPassword {
-		return User{}, invalid("password", "must be %d to %d bytes", MinPassword, MaxPassword)
+	if err := CheckPassword(password); err != nil {
+		return User{}, err
 	}
 	if err := checkRole(role); err != nil {
 		return User{}, err
@@ -143,7 +161,7 @@ func (r *Registry) DeleteUser(ctx context.Context, username string) error {
 		return fmt.Errorf("delete user %q: %w", username, err)
 	}
 	r.log.Info("user deleted", "user", username)
-	r.revoke(Revocation{Name: username})
+	r.revoke(Revocation{Name: username, Purge: true})
 	return nil
 }
 

@@ -67,7 +67,7 @@ func (d *deviceData) attach(srv *mqtt.Server) {
 }
 
 func (d *deviceData) collectors() []prometheus.Collector {
-	return []prometheus.Collector{d.telemetry.Collector(), d.commands.Collector(), d.twins.Collector()}
+	return []prometheus.Collector{d.telemetry.Collector(), d.commands.Collector(), d.twins.Collector(), d.commandHook}
 }
 
 // close flushes and stops the stores; call it after the broker has stopped

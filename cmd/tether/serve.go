@@ -213,6 +213,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	}()
 	a.auth = broker.NewAuth(broker.AuthOptions{
 		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log,
+		Sessions: a.store, // purged sessions are deleted from it
 	})
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.

@@ -1,0 +1,150 @@
+package broker
+
+import (
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// Session ownership (SPEC §5): a session, live or persistent, belongs to
+// the identity that created it (kind and name; anonymous clients are one
+// identity). Another identity connecting with its client id is refused
+// with 0x85 (3.1.1: 0x02) before the engine looks at the session, so it
+// inherits nothing and a live owner is not kicked off. The same identity
+// reconnecting takes the session over as MQTT says.
+//
+// The owner is known from the connection (clients), from the identity the
+// session last connected with (sessions), or, for a session restored from
+// storage after a restart, from its stored username: OnConnect sets every
+// session's username to its identity's name (nil for anonymous), and
+// device ids and user names share one namespace, so the name says which
+// identity it is. No table of its own: ownership is stored with the
+// session, whichever store holds it.
+
+// claim is a connection that passed OnConnect and is not yet in the
+// engine's client list.
+type claim struct {
+	cl *mqtt.Client
+	c  *conn
+}
+
+// brokerOwner owns the engine's own inline clients: nobody may take their
+// client ids.
+var brokerOwner = &conn{revoked: true, id: devices.Identity{Kind: "broker"}}
+
+// claim reports whether c may connect as cl with cl's client id, and if
+// so records the claim until the engine lists cl (OnSessionEstablished)
+// or it goes. A session whose owner is unknown (a stored session of an
+// identity that no longer exists) is purged first: the newcomer starts
+// clean.
+func (a *Auth) claim(cl *mqtt.Client, c *conn) bool {
+	a.ownMu.Lock()
+	defer a.ownMu.Unlock()
+	owner, ex := a.ownerOf(cl.ID, cl)
+	switch {
+	case ex != nil && owner == nil:
+		a.log.Info("purging a stored session nobody owns", "client", cl.ID)
+		a.purgeSession(ex)
+	case owner != nil && !owner.sameOwner(c):
+		a.log.Info("refused a connection to another identity's session", "client", cl.ID,
+			"kind", c.kind(), "name", c.id.Name)
+		return false
+	}
+	a.claims.Store(cl.ID, &claim{cl: cl, c: c})
+	return true
+}
+
+// unclaim drops cl's claim, if it still holds one.
+func (a *Auth) unclaim(cl *mqtt.Client) {
+	if v, ok := a.claims.Load(cl.ID); ok && v.(*claim).cl == cl {
+		a.claims.CompareAndDelete(cl.ID, v)
+	}
+}
+
+// ownerOf returns the owner of the session (or claim) that client id has
+// besides self. owner is nil when there is none; when ex (the engine's
+// client holding the session) is not nil and owner is, nobody knows whose
+// it is.
+func (a *Auth) ownerOf(id string, self *mqtt.Client) (owner *conn, ex *mqtt.Client) {
+	if v, ok := a.claims.Load(id); ok {
+		cm := v.(*claim)
+		if cm.cl != self && !cm.cl.Closed() {
+			return cm.c, nil
+		}
+	}
+	ex, ok := a.srv.Clients.Get(id)
+	if !ok || ex == self {
+		return nil, nil
+	}
+	if ex.Net.Inline {
+		return brokerOwner, ex
+	}
+	if c := a.conn(ex); c != nil {
+		return c, ex // connected (or being disconnected)
+	}
+	if v, ok := a.sessions.Load(id); ok {
+		return v.(*conn), ex
+	}
+	return a.restoredOwner(ex), ex
+}
+
+// restoredOwner returns the owner of a session restored from storage, from
+// its username (see above), as it stands now: a registered device whose id
+// is the client id, a user with their current role, or anonymous (no
+// name) when anonymous access is allowed. Nil when none of these.
+func (a *Auth) restoredOwner(cl *mqtt.Client) *conn {
+	name := string(cl.Properties.Username)
+	if name == "" {
+		if a.anon {
+			return &conn{anonymous: true}
+		}
+		return nil
+	}
+	id, _ := a.reg.Lookup(name)
+	switch {
+	case id.Kind == devices.KindDevice && name == cl.ID:
+		c := &conn{id: id}
+		c.pub, c.sub = devicePatterns(name)
+		return c
+	case id.Kind == devices.KindUser:
+		return &conn{id: id}
+	}
+	return nil
+}
+
+// offlineSessionsOf returns the engine's offline sessions that belong to
+// the device or user name.
+func (a *Auth) offlineSessionsOf(name string) []*mqtt.Client {
+	var out []*mqtt.Client
+	for id, cl := range a.srv.Clients.GetAll() {
+		if cl.Net.Inline || !cl.Closed() {
+			continue
+		}
+		owner := string(cl.Properties.Username)
+		if v, ok := a.sessions.Load(id); ok {
+			if c := v.(*conn); !c.anonymous {
+				owner = c.id.Name
+			}
+		}
+		if owner == name {
+			out = append(out, cl)
+		}
+	}
+	return out
+}
+
+// sameOwner reports whether c and o are one identity.
+func (c *conn) sameOwner(o *conn) bool {
+	if c.anonymous || o.anonymous {
+		return c.anonymous && o.anonymous
+	}
+	return c.id.Kind == o.id.Kind && c.id.Name == o.id.Name
+}
+
+// kind is "anonymous" or the identity's kind, for logs.
+func (c *conn) kind() string {
+	if c.anonymous {
+		return "anonymous"
+	}
+	return c.id.Kind
+}
