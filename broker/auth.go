@@ -183,10 +183,10 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if pk.Connect.WillFlag && !c.mayWill(pk.Connect.WillTopic) {
 		a.m.wills.WithLabelValues("connect").Inc()
-		return a.refuse(cl, user, packets.ErrNotAuthorized, "will")
+		return a.deny(cl, packets.ErrNotAuthorized, "will")
 	}
 	if !a.claim(cl, c) {
-		return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "session_owner")
+		return a.deny(cl, packets.ErrClientIdentifierNotValid, "session_owner")
 	}
 	// The session records its owner by name (stored with it, read back
 	// after a restart: auth_owner.go): the identity's name, never what an

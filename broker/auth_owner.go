@@ -2,6 +2,7 @@ package broker
 
 import (
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -35,8 +36,9 @@ var brokerOwner = &conn{revoked: true, id: devices.Identity{Kind: "broker"}}
 // claim reports whether c may connect as cl with cl's client id, and if
 // so records the claim until the engine lists cl (OnSessionEstablished)
 // or it goes. A session whose owner is unknown (a stored session of an
-// identity that no longer exists) is purged first: the newcomer starts
-// clean.
+// identity that no longer exists), and another identity's offline session
+// under a device's id when that device connects, are purged first: the
+// newcomer starts clean.
 func (a *Auth) claim(cl *mqtt.Client, c *conn) bool {
 	a.ownMu.Lock()
 	defer a.ownMu.Unlock()
@@ -45,6 +47,13 @@ func (a *Auth) claim(cl *mqtt.Client, c *conn) bool {
 	case ex != nil && owner == nil:
 		a.log.Info("purging a stored session nobody owns", "client", cl.ID)
 		a.purgeSession(ex)
+	case owner != nil && !owner.sameOwner(c) && ex != nil && ex.Closed() && owner != brokerOwner &&
+		!c.anonymous && c.id.Kind == devices.KindDevice:
+		// A device's client id is its id: a person's (or an anonymous)
+		// session under it, left from before the device was registered,
+		// goes, so that nobody can squat a device's client id.
+		a.log.Info("purging another identity's session under a device's id", "client", cl.ID, "kind", owner.kind())
+		a.purgeSession(ex)
 	case owner != nil && !owner.sameOwner(c):
 		a.log.Info("refused a connection to another identity's session", "client", cl.ID,
 			"kind", c.kind(), "name", c.id.Name)
@@ -52,6 +61,14 @@ func (a *Auth) claim(cl *mqtt.Client, c *conn) bool {
 	}
 	a.claims.Store(cl.ID, &claim{cl: cl, c: c})
 	return true
+}
+
+// deny refuses a CONNECT whose credentials were right but which asks for
+// something its identity may not have (a will, another's session): counted
+// like a failed login, but not slowed down as a guess at credentials.
+func (a *Auth) deny(cl *mqtt.Client, code packets.Code, reason string) error {
+	a.m.failures.WithLabelValues(reason, Transport(cl)).Inc()
+	return Refuse(a.srv, cl, code)
 }
 
 // unclaim drops cl's claim, if it still holds one.

@@ -52,6 +52,9 @@ func freeAddr(t *testing.T) string {
 type tetherProc struct {
 	bin, dir, mqtt, http string
 	env                  []string
+	// args are added after the default flags (which allow anonymous
+	// clients): "--allow-anonymous=false" turns that off.
+	args []string
 
 	cmd    *exec.Cmd
 	exited chan error
@@ -100,9 +103,9 @@ func (p *tetherProc) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.logf = f
-	p.cmd = exec.Command(p.bin, "serve", "--data-dir", filepath.Join(p.dir, "data"),
+	p.cmd = exec.Command(p.bin, append([]string{"serve", "--data-dir", filepath.Join(p.dir, "data"),
 		"--mqtt-addr", p.mqtt, "--http-addr", p.http, "--tls-addr", "off", "--https-addr", "off",
-		"--allow-anonymous", "--log-level", "warn")
+		"--allow-anonymous", "--log-level", "warn"}, p.args...)...)
 	p.cmd.Env = append(os.Environ(), p.env...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
