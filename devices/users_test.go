@@ -196,3 +196,26 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("valid after restart: %v", err)
 	}
 }
+
+// A password shaped like an API token or a session JWT would be read as
+// one at login and could never work: creating such a user is refused with
+// an error on the password field, and nothing is stored.
+func TestTokenShapedPasswordsRefused(t *testing.T) {
+	r, _ := openTestRegistry(t)
+	ctx := context.Background()
+	for _, pw := range []string{TokenPrefix + "abcdefgh", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"} {
+		var ie *InvalidError
+		if _, err := r.CreateUser(ctx, "tok", pw, RoleViewer); !errors.As(err, &ie) || ie.Field != "password" {
+			t.Fatalf("CreateUser with password %q: %v, want *InvalidError on password", pw, err)
+		}
+		if err := CheckPassword(pw); err == nil {
+			t.Fatalf("CheckPassword(%q) = nil", pw)
+		}
+	}
+	if _, err := r.User(ctx, "tok"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("user after refusals: %v", err)
+	}
+	if _, err := r.CreateUser(ctx, "tok", "eyJ.but-not.a-jwt.really", RoleViewer); err != nil {
+		t.Fatalf("a password with three dots: %v", err)
+	}
+}

@@ -1,0 +1,99 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// persistentClient connects a 3.1.1 client with a persistent session.
+func persistentClient(t *testing.T, e *authEnv, id, user, pass string, in *authInbox) (paho.Client, bool) {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker("tcp://" + e.tcp).SetClientID(id).SetUsername(user).SetPassword(pass).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetCleanSession(false).
+		SetConnectTimeout(10 * time.Second).SetDefaultPublishHandler(in.handler)
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	waitToken(t, "connect "+id, tok)
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c, tok.(*paho.ConnectToken).SessionPresent()
+}
+
+// Deleting a user purges their offline persistent session: whoever takes
+// the client id next finds no session and nothing queued.
+func TestSessionPurgedWhenUserDeleted(t *testing.T) {
+	e := startAuthEnv(t, false)
+	pass := e.user(t, "bob", "viewer")
+	adminPass := e.user(t, "root", "admin")
+	var bobIn authInbox
+	bob, _ := persistentClient(t, e, "bob-console", "bob", pass, &bobIn)
+	waitToken(t, "subscribe", bob.Subscribe("devices/#", 1, nil))
+	bob.Disconnect(100)
+	if err := e.b.Server.Publish("devices/x/telemetry", []byte(`{"secret":1}`), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, func() error {
+		cl, ok := e.b.Server.Clients.Get("bob-console")
+		if !ok || cl.State.Inflight.Len() == 0 {
+			return errors.New("nothing queued for bob's offline session")
+		}
+		return nil
+	})
+	if err := e.reg.DeleteUser(context.Background(), "bob"); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if _, ok := e.b.Server.Clients.Get("bob-console"); ok {
+			return errors.New("bob's session is still there")
+		}
+		return nil
+	})
+	var in authInbox
+	root, present := persistentClient(t, e, "bob-console", "root", adminPass, &in)
+	if present {
+		t.Fatal("session present on a deleted user's client id")
+	}
+	waitToken(t, "barrier subscribe", root.Subscribe("barrier", 1, nil))
+	waitToken(t, "barrier", root.Publish("barrier", 1, false, "b"))
+	checkFor(t, 5*time.Second, func() error {
+		if len(in.payloads("barrier")) == 0 {
+			return errors.New("no barrier")
+		}
+		return nil
+	})
+	if got := in.payloads("devices/x/telemetry"); len(got) != 0 {
+		t.Fatalf("received the deleted user's queued messages: %q", got)
+	}
+}
+
+// Two identities claiming one new client id at once: the one that claims
+// first holds it until the engine lists it or the connection goes, and the
+// other is refused meanwhile.
+func TestClaimHeldUntilListed(t *testing.T) {
+	e := startAuthEnv(t, false)
+	a := e.auth
+	user := func(name string) *conn {
+		return &conn{id: devices.Identity{Kind: devices.KindUser, Name: name, Role: devices.RoleAdmin}}
+	}
+	first := a.srv.NewClient(nil, "tcp", "shared-id", false)
+	if !a.claim(first, user("alice")) {
+		t.Fatal("first claim refused")
+	}
+	if a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("mallory")) {
+		t.Fatal("another identity's claim accepted while the first is pending")
+	}
+	if !a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("alice")) {
+		t.Fatal("the same identity's second connection refused")
+	}
+	first.Stop(packets.ErrNotAuthorized)
+	a.claims.Range(func(k, v any) bool { v.(*claim).cl.Stop(packets.ErrNotAuthorized); return true })
+	if !a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("mallory")) {
+		t.Fatal("claim refused though the pending connections have gone")
+	}
+}
