@@ -177,6 +177,9 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	if a.db, err = devices.OpenDB(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if err := devices.CheckDataDir(cfg.DataDir); err != nil {
+		log.Warn("data directory is readable by other users", "error", err)
+	}
 	a.store = broker.NewStorage(a.db, &broker.StorageOptions{Logger: log})
 	defer func() {
 		if err != nil {
