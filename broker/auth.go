@@ -23,11 +23,12 @@ type AuthOptions struct {
 	AllowAnonymous bool
 	// Logger receives the hook's log; nil means slog.Default().
 	Logger *slog.Logger
-	// FailureDelay is the delay before refusing the second failed login in
-	// a row from one address or for one name; it doubles with each further
-	// failure up to MaxFailureDelay (defaults 250ms and 5s). Failures older
-	// than FailureWindow (default 5m) are forgotten.
-	FailureDelay, MaxFailureDelay, FailureWindow time.Duration
+	// Logins is the login throttle, shared with the HTTP API (SPEC §5:
+	// one limiter); nil means one of the hook's own (auth_limit.go).
+	Logins *devices.LoginLimiter
+	// LoginHold is the longest a CONNECT is held while the limiter keeps
+	// its login closed (default 5s; auth_limit.go).
+	LoginHold time.Duration
 }
 
 // Auth is the access hook (Options.Access): it authenticates every CONNECT
@@ -44,7 +45,8 @@ type Auth struct {
 	anon  bool
 	log   *slog.Logger
 	srv   *mqtt.Server
-	fails *failures
+	login *devices.LoginLimiter
+	hold  time.Duration
 	m     *authMetrics
 
 	// clients maps each connected *mqtt.Client to its *conn.
@@ -87,9 +89,16 @@ func NewAuth(opts AuthOptions) *Auth {
 		reg:   opts.Registry,
 		anon:  opts.AllowAnonymous,
 		log:   log.With("component", "auth"),
-		fails: newFailures(opts.FailureDelay, opts.MaxFailureDelay, opts.FailureWindow),
+		login: opts.Logins,
+		hold:  opts.LoginHold,
 		m:     newAuthMetrics(),
 		stop:  make(chan struct{}),
+	}
+	if a.login == nil {
+		a.login = devices.NewLoginLimiter(nil)
+	}
+	if a.hold <= 0 {
+		a.hold = defaultLoginHold
 	}
 	a.reg.OnRevoke(a.revoke)
 	return a
@@ -112,7 +121,7 @@ func (a *Auth) Provides(b byte) bool {
 	return false
 }
 
-// Stop implements mqtt.Hook: it ends pending login delays and waits for
+// Stop implements mqtt.Hook: it ends pending login holds and waits for
 // revocations in progress. The engine calls it from Server.Close.
 func (a *Auth) Stop() error {
 	a.stopMu.Lock()
@@ -131,7 +140,7 @@ func (a *Auth) Stop() error {
 // (3.1.1: 0x05) without credentials, 0x85 client identifier not valid
 // (3.1.1: 0x02) when a device's client id is not its id or someone else
 // takes a device's client id. It runs on the connecting client's own
-// goroutine: its bcrypt (people's passwords) and its failure delay hold up
+// goroutine: its bcrypt (people's passwords) and its login hold hold up
 // nobody else.
 func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
@@ -144,6 +153,9 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		a.clients.Store(cl, &conn{anonymous: true})
 		a.m.logins.WithLabelValues("anonymous", transport).Inc()
 		return nil
+	}
+	if !a.holdLogin(cl, user) {
+		return a.refuse(cl, user, packets.ErrConnectionRateExceeded, "throttled")
 	}
 	id, err := a.reg.Authenticate(context.Background(), user, pass)
 	if err != nil {
@@ -162,7 +174,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// A person must not take over a device's session.
 		return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
 	}
-	a.fails.succeeded(user)
+	a.login.Succeeded(user, remoteIP(cl.Net.Remote))
 	a.clients.Store(cl, c)
 	if id.Kind == devices.KindDevice {
 		a.current.Store(id.Name, cl)
@@ -172,22 +184,12 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
-// refuse counts a failed login, waits the failure delay for the remote
-// address and the name, then sends the refusal CONNACK.
+// refuse counts a failed login (in the login limiter too, see
+// auth_limit.go) and sends the refusal CONNACK.
 func (a *Auth) refuse(cl *mqtt.Client, user string, code packets.Code, reason string) error {
 	a.m.failures.WithLabelValues(reason, Transport(cl)).Inc()
-	d := a.fails.failed(remoteIP(cl.Net.Remote), user)
-	if d > 0 {
-		a.m.delayed.Inc()
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-a.stop:
-			t.Stop()
-		}
-	}
-	a.log.Debug("login refused", "client", cl.ID, "username", user, "remote", cl.Net.Remote,
-		"reason", reason, "delay", d)
+	a.failed(cl, user, reason)
+	a.log.Debug("login refused", "client", cl.ID, "username", user, "remote", cl.Net.Remote, "reason", reason)
 	return Refuse(a.srv, cl, code)
 }
 

@@ -214,8 +214,9 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 			_ = a.data.close()
 		}
 	}()
+	logins := devices.NewLoginLimiter(nil) // one login throttle for MQTT and HTTP
 	a.auth = broker.NewAuth(broker.AuthOptions{
-		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log,
+		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins,
 	})
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.
@@ -249,7 +250,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
 		Registry: a.registry, Broker: b, Clients: clock, Logger: log, Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
-		TrustedProxies: cfg.HTTP.TrustedProxies,
+		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins,
 	})
 	if err != nil {
 		return nil, err
