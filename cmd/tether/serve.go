@@ -220,7 +220,8 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	})
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.
-	pubLimit := broker.NewPublishLimit(cfg.Limits.PublishRatePerClient)
+	pubLimit := broker.NewPublishLimit(broker.PublishLimitOptions{PerClient: cfg.Limits.PublishRatePerClient,
+		DeviceRate: cfg.Limits.DevicePublishRate, DeviceBurst: cfg.Limits.DevicePublishBurst, Identity: a.auth.Identity})
 	clock := dashboard.NewClientClock() // connection times for GET /api/v1/clients
 	backpressure := broker.NewBackpressure(cfg.MQTT.BackpressureWait)
 	retained := broker.NewRetained() // a SUBSCRIBE gets all its retained messages
