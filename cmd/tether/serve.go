@@ -209,6 +209,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	if a.data, err = openDeviceData(cfg, a.db, log); err != nil {
 		return nil, err
 	}
+	a.data.watch(a.registry)
 	defer func() {
 		if err != nil {
 			_ = a.data.close()
