@@ -31,8 +31,10 @@ import (
 //
 //	TETHER_MEASURE=1 go test -run TestMeasureFlood -v -timeout 5m ./cmd/tether
 //
-// TETHER_MEASURE_FLOOD sets the flood's length (default 15s); extra
-// TETHER_* settings pass through to the server.
+// TETHER_MEASURE_FLOOD sets the flood's length (default 15s);
+// TETHER_MEASURE_KNOWN_NAMES=1 sends the same 256 names every time;
+// extra TETHER_* settings pass through to the server (e.g.
+// TETHER_LIMITS_DEVICE_PUBLISH_RATE=0).
 func TestMeasureFlood(t *testing.T) {
 	if os.Getenv("TETHER_MEASURE") == "" {
 		t.Skip("a measurement: set TETHER_MEASURE=1 to run it")
@@ -106,7 +108,11 @@ func TestMeasureFlood(t *testing.T) {
 			default:
 			}
 			fc.SetWriteDeadline(time.Now().Add(time.Second))
-			if _, err := fc.Write(rawPublish(4, "devices/flooder/telemetry", floodPayload(seq))); err != nil {
+			names := seq
+			if os.Getenv("TETHER_MEASURE_KNOWN_NAMES") != "" {
+				names = 0 // the same 256 names every time: only the queue's bounds hold it
+			}
+			if _, err := fc.Write(rawPublish(4, "devices/flooder/telemetry", floodPayload(names))); err != nil {
 				if ne, ok := err.(net.Error); ok && ne.Timeout() {
 					continue
 				}
