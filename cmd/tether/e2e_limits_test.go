@@ -115,7 +115,7 @@ func TestDevicePublishRate(t *testing.T) {
 	}
 	// An admin publishing as many is not held. Its last message is QoS 1:
 	// once acknowledged, the ones before it have been handled.
-	admin := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://"+p.mqtt).SetClientID("admin-pub").
+	admin := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + p.mqtt).SetClientID("admin-pub").
 		SetUsername("admin").SetPassword(limitsAdminPassword).SetCleanSession(true).SetAutoReconnect(false))
 	waitPaho(t, admin.Connect())
 	defer admin.Disconnect(0)
