@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
@@ -133,5 +134,68 @@ func waitPaho(t *testing.T, tok paho3.Token) {
 	t.Helper()
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("paho: %v", tok.Error())
+	}
+}
+
+// TestSIGTERMUnderFlood: with a device flooding 32 KB messages of new
+// metric names (its publish rate unlimited, so that only the queues'
+// bounds and the name cap hold it), SIGTERM still ends the process, exit
+// 0, within mqtt.shutdown_grace.
+func TestSIGTERMUnderFlood(t *testing.T) {
+	const grace = 3 * time.Second
+	p := startProcessAuth(t, "TETHER_ADMIN_PASSWORD="+limitsAdminPassword,
+		"TETHER_MQTT_SHUTDOWN_GRACE="+grace.String(), "TETHER_LIMITS_DEVICE_PUBLISH_RATE=0")
+	api := &apiSession{base: "http://" + p.http, client: &http.Client{Timeout: 30 * time.Second}}
+	t.Cleanup(api.client.CloseIdleConnections)
+	var tok struct{ Token string }
+	if code := api.do(t, "POST", "/auth/login", map[string]string{"username": "admin", "password": limitsAdminPassword}, &tok); code != 200 {
+		t.Fatalf("login: %d", code)
+	}
+	api.token = tok.Token
+	secret := api.register(t, "flooder")
+	c, err := net.Dial("tcp", p.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(rawConnectAuth(4, "flooder", "flooder", secret))
+	if first, body, err := readRawPacket(c); err != nil || first != 0x20 || body[1] != 0 {
+		t.Fatalf("CONNACK %#x %v %v", first, body, err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for seq := 0; ; seq++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write(rawPublish(4, "devices/flooder/telemetry", floodPayload(seq))); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	metrics := "http://" + p.http + "/metrics"
+	checkFor(t, 20*time.Second, func() error { // the flood has filled the names and reached the queue
+		if n := scrapeCounter(t, metrics, `tether_telemetry_metrics_refused_total{reason="device_metric_limit"}`); n < 10*256 {
+			return fmt.Errorf("%v metrics refused", n)
+		}
+		return nil
+	})
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.logText())
+		}
+	case <-time.After(grace + 2*time.Second):
+		t.Fatalf("still running %v after SIGTERM under a flood", time.Since(start))
 	}
 }
