@@ -24,11 +24,12 @@ type AuthOptions struct {
 	AllowAnonymous bool
 	// Logger receives the hook's log; nil means slog.Default().
 	Logger *slog.Logger
-	// FailureDelay is the delay before refusing the second failed login in
-	// a row from one address or for one name; it doubles with each further
-	// failure up to MaxFailureDelay (defaults 250ms and 5s). Failures older
-	// than FailureWindow (default 5m) are forgotten.
-	FailureDelay, MaxFailureDelay, FailureWindow time.Duration
+	// Logins is the login throttle, shared with the HTTP API (SPEC §5:
+	// one limiter); nil means one of the hook's own (auth_limit.go).
+	Logins *devices.LoginLimiter
+	// LoginHold is the longest a CONNECT is held while the limiter keeps
+	// its login closed (default 5s; auth_limit.go).
+	LoginHold time.Duration
 	// Sessions is the session store, from which the sessions of a deleted
 	// or disabled device and of a deleted user are purged (with the
 	// engine's copy of them). Nil purges the engine's copy only.
@@ -49,7 +50,8 @@ type Auth struct {
 	anon  bool
 	log   *slog.Logger
 	srv   *mqtt.Server
-	fails *failures
+	login *devices.LoginLimiter
+	hold  time.Duration
 	m     *authMetrics
 
 	// clients maps each connected *mqtt.Client to its *conn.
@@ -103,11 +105,18 @@ func NewAuth(opts AuthOptions) *Auth {
 		reg:   opts.Registry,
 		anon:  opts.AllowAnonymous,
 		log:   log.With("component", "auth"),
-		fails: newFailures(opts.FailureDelay, opts.MaxFailureDelay, opts.FailureWindow),
+		login: opts.Logins,
+		hold:  opts.LoginHold,
 		m:     newAuthMetrics(),
 		stop:  make(chan struct{}),
 	}
 	a.purger = opts.Sessions
+	if a.login == nil {
+		a.login = devices.NewLoginLimiter(nil)
+	}
+	if a.hold <= 0 {
+		a.hold = defaultLoginHold
+	}
 	a.reg.OnRevoke(a.revoke)
 	return a
 }
@@ -129,7 +138,7 @@ func (a *Auth) Provides(b byte) bool {
 	return false
 }
 
-// Stop implements mqtt.Hook: it ends pending login delays and waits for
+// Stop implements mqtt.Hook: it ends pending login holds and waits for
 // revocations in progress. The engine calls it from Server.Close.
 func (a *Auth) Stop() error {
 	a.stopMu.Lock()
@@ -150,7 +159,7 @@ func (a *Auth) Stop() error {
 // when a device's client id is not its id, when someone else takes a
 // device's client id, or when the client id's session belongs to another
 // identity (auth_owner.go). It runs on the connecting client's own
-// goroutine: its bcrypt (people's passwords) and its failure delay hold up
+// goroutine: its bcrypt (people's passwords) and its login hold hold up
 // nobody else.
 func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
@@ -163,6 +172,9 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 		c = &conn{anonymous: true}
 	} else {
+		if !a.holdLogin(cl, user) {
+			return a.refuse(cl, user, packets.ErrConnectionRateExceeded, "throttled")
+		}
 		id, err := a.reg.Authenticate(context.Background(), user, pass)
 		if err != nil {
 			if !errors.Is(err, devices.ErrUnauthorized) {
@@ -198,7 +210,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	cl.Properties.Username = []byte(c.id.Name)
-	a.fails.succeeded(user)
+	a.login.Succeeded(user, remoteIP(cl.Net.Remote))
 	a.clients.Store(cl, c)
 	if c.id.Kind == devices.KindDevice {
 		a.current.Store(c.id.Name, cl)
@@ -208,22 +220,12 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
-// refuse counts a failed login, waits the failure delay for the remote
-// address and the name, then sends the refusal CONNACK.
+// refuse counts a failed login (in the login limiter too, see
+// auth_limit.go) and sends the refusal CONNACK.
 func (a *Auth) refuse(cl *mqtt.Client, user string, code packets.Code, reason string) error {
 	a.m.failures.WithLabelValues(reason, Transport(cl)).Inc()
-	d := a.fails.failed(remoteIP(cl.Net.Remote), user)
-	if d > 0 {
-		a.m.delayed.Inc()
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-a.stop:
-			t.Stop()
-		}
-	}
-	a.log.Debug("login refused", "client", cl.ID, "username", user, "remote", cl.Net.Remote,
-		"reason", reason, "delay", d)
+	a.failed(cl, user, reason)
+	a.log.Debug("login refused", "client", cl.ID, "username", user, "remote", cl.Net.Remote, "reason", reason)
 	return Refuse(a.srv, cl, code)
 }
 

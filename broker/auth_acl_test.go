@@ -103,29 +103,3 @@ func TestACLRules(t *testing.T) {
 		}
 	}
 }
-
-func TestFailureDelay(t *testing.T) {
-	f := newFailures(10e6, 80e6, 0) // 10ms doubling to 80ms
-	var got []int64
-	for range 6 {
-		got = append(got, int64(f.failed("10.0.0.1", "x"))/1e6)
-	}
-	want := []int64{0, 10, 20, 40, 80, 80}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("delays %v ms, want %v", got, want)
-		}
-	}
-	// Another address, another name: not slowed.
-	if d := f.failed("10.0.0.2", "y"); d != 0 {
-		t.Fatalf("other client delayed %v", d)
-	}
-	// The same name from elsewhere is.
-	if d := f.failed("10.0.0.3", "x"); d != 80e6 {
-		t.Fatalf("same name elsewhere: %v", d)
-	}
-	f.succeeded("x")
-	if d := f.failed("10.0.0.4", "x"); d != 0 {
-		t.Fatalf("after success: %v", d)
-	}
-}

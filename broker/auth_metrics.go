@@ -20,10 +20,10 @@ func newAuthMetrics() *authMetrics {
 			Name: "tether_auth_logins_total", Help: "MQTT logins accepted, by kind (device, user, anonymous) and transport.",
 		}, []string{"kind", "transport"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_auth_failures_total", Help: "MQTT logins refused, by reason (bad_credentials, no_credentials, client_id, session_owner, will) and transport.",
+			Name: "tether_auth_failures_total", Help: "MQTT logins refused, by reason (bad_credentials, no_credentials, client_id, session_owner, will, throttled) and transport.",
 		}, []string{"reason", "transport"}),
 		delayed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tether_auth_failures_delayed_total", Help: "Refused MQTT logins slowed down because of earlier failures from the same address or for the same name.",
+			Name: "tether_auth_failures_delayed_total", Help: "MQTT logins held because their name and address, or their address, had failed too often (the login limiter shared with the HTTP API).",
 		}),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_acl_denied_total", Help: "Publishes and subscriptions/deliveries the ACL refused.",

@@ -69,7 +69,7 @@ func startAuthEnvOpts(t testing.TB, anonymous, baseline bool) *authEnv {
 	cfg.MQTT.TLSAddr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off
 	cfg.Auth.AllowAnonymous = anonymous
 	auth := NewAuth(AuthOptions{Registry: reg, AllowAnonymous: anonymous, Logger: authLogger(),
-		FailureDelay: 20 * time.Millisecond, MaxFailureDelay: 100 * time.Millisecond})
+		Logins: devices.NewLoginLimiter(&devices.LoginLimitOptions{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond})})
 	opts := Options{Logger: authLogger(), Access: auth}
 	if baseline {
 		cfg.Auth.AllowAnonymous = true
@@ -621,34 +621,6 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-func TestAuthFailuresSlowedDown(t *testing.T) {
-	e := startAuthEnv(t, false) // delays 20ms doubling to 100ms
-	secret := e.device(t, "ok")
-	var last time.Duration
-	for range 6 {
-		start := time.Now()
-		if got := authRawConnect(t, e.tcp, 5, "ok", "ok", "guess"); got != 0x86 {
-			t.Fatalf("CONNACK %#x", got)
-		}
-		last = time.Since(start)
-	}
-	if last < 100*time.Millisecond {
-		t.Fatalf("6th failure refused after %v, want at least the 100ms delay", last)
-	}
-	if n := authCount(t, e.auth.m.delayed); n < 5 {
-		t.Fatalf("delayed = %v", n)
-	}
-	// The right secret is never delayed, even for the guessed name and
-	// from the same address.
-	start := time.Now()
-	if got := authRawConnect(t, e.tcp, 5, "ok", "ok", secret); got != 0 {
-		t.Fatalf("CONNACK %#x", got)
-	}
-	if d := time.Since(start); d > 90*time.Millisecond {
-		t.Logf("note: good login took %v", d)
-	}
 }
 
 // authCount reads a counter.

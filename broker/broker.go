@@ -93,7 +93,7 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		Capabilities:             Capabilities(cfg.MQTT),
 		ClientNetWriteBufferSize: cfg.MQTT.WriteBufferSize,
 		ClientNetReadBufferSize:  cfg.MQTT.ReadBufferSize,
-		Logger:                   log.With("component", "mqtt"),
+		Logger:                   slog.New(newEngineLog(log.With("component", "mqtt").Handler(), 0)), // no payloads, no passwords, repeats folded
 		SysTopicResendInterval:   int64(cfg.MQTT.SysInterval / time.Second),
 		InlineClient:             true,
 	})

@@ -7,43 +7,64 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/tether-iot/tether/devices"
 )
 
-// PublishLimit holds each client to a PUBLISH rate (limits.
-// publish_rate_per_client), with a burst of one second's worth.
+// PublishLimitOptions are the PUBLISH rates. A rate of 0 means unlimited.
+type PublishLimitOptions struct {
+	// DeviceRate and DeviceBurst hold each device's connection to
+	// DeviceRate PUBLISH packets a second, with bursts of up to
+	// DeviceBurst (limits.device_publish_rate, limits.device_publish_burst;
+	// a burst below 1 means one second's worth).
+	DeviceRate, DeviceBurst int
+	// PerClient holds every other client (people, admins, anonymous
+	// clients) to PerClient packets a second, with a burst of as many
+	// (limits.publish_rate_per_client).
+	PerClient int
+	// Identity tells devices from the others (Auth.Identity); nil treats
+	// every client as not a device.
+	Identity func(*mqtt.Client) (devices.Identity, bool)
+}
+
+// PublishLimit holds each client to its PUBLISH rate (golang.org/x/time/
+// rate token buckets, one per connection).
 //
 // A client over its rate is slowed down, not punished: OnPublish runs on
-// the client's own reading goroutine, so waiting there until the rate
+// the client's own reading goroutine, so waiting there until the bucket
 // allows the packet means the broker reads nothing more from that client
 // meanwhile, its socket buffers fill, and TCP pushes back on the sender.
-// Nothing is dropped, no acknowledgement is withheld or faked, nobody is
-// disconnected, and other clients are not affected (each has its own
-// goroutine). Each delayed packet is counted in
-// tether_publish_throttled_total. The broker's own (inline) publishes are
-// not limited.
+// The reading is serial, so one packet never waits longer than one token's
+// interval (10 ms at the devices' default 100/s): there is no queue of
+// waiting packets to bound, and no need to refuse any. Nothing is dropped,
+// no acknowledgement is withheld or faked (a QoS 1/2 PUBACK comes when the
+// packet is let through), nobody is disconnected, and other clients are
+// not affected (each has its own goroutine). Each delayed packet is
+// counted in tether_publish_throttled_total by kind. The broker's own
+// (inline) publishes are not limited.
 type PublishLimit struct {
 	mqtt.HookBase
-	rate    float64
-	clients sync.Map // *mqtt.Client -> *pubBucket
+	o PublishLimitOptions
 
-	throttled, delay prometheus.Counter
+	clients sync.Map // *mqtt.Client -> *rate.Limiter (nil: unlimited)
+
+	throttled *prometheus.CounterVec
+	delay     prometheus.Counter
 }
 
-type pubBucket struct {
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
-}
-
-// NewPublishLimit returns the hook for perSecond PUBLISH packets per
-// client; 0 means unlimited (the hook then does nothing).
-func NewPublishLimit(perSecond int) *PublishLimit {
+// NewPublishLimit returns the hook; with every rate 0 it does nothing.
+func NewPublishLimit(o PublishLimitOptions) *PublishLimit {
+	if o.DeviceBurst < 1 {
+		o.DeviceBurst = o.DeviceRate
+	}
 	return &PublishLimit{
-		rate: float64(perSecond),
-		throttled: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_publish_throttled_total",
-			Help: "PUBLISH packets delayed because their client was over limits.publish_rate_per_client."}),
+		o: o,
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_publish_throttled_total",
+			Help: "PUBLISH packets delayed because their client was over its rate (limits.device_publish_rate for devices, limits.publish_rate_per_client for others), by kind (device, other)."},
+			[]string{"kind"}),
 		delay: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_publish_throttle_seconds_total",
-			Help: "Time clients were held back by limits.publish_rate_per_client."}),
+			Help: "Time clients were held back by their PUBLISH rate."}),
 	}
 }
 
@@ -52,7 +73,7 @@ func (l *PublishLimit) ID() string { return "tether-publish-limit" }
 
 // Provides implements mqtt.Hook.
 func (l *PublishLimit) Provides(b byte) bool {
-	return l.rate > 0 && (b == mqtt.OnPublish || b == mqtt.OnDisconnect)
+	return (l.o.DeviceRate > 0 || l.o.PerClient > 0) && (b == mqtt.OnPublish || b == mqtt.OnDisconnect)
 }
 
 // OnPublish waits until cl's rate allows pk.
@@ -60,37 +81,49 @@ func (l *PublishLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	if cl.Net.Inline {
 		return pk, nil
 	}
-	if d := l.take(cl, time.Now()); d > 0 {
-		l.throttled.Inc()
+	lim, kind := l.limiter(cl)
+	if lim == nil {
+		return pk, nil
+	}
+	if d := lim.Reserve().Delay(); d > 0 {
+		l.throttled.WithLabelValues(kind).Inc()
 		l.delay.Add(d.Seconds())
 		time.Sleep(d)
 	}
 	return pk, nil
 }
 
-// take spends one token of cl's bucket at now and returns how long the
-// caller must wait for it.
-func (l *PublishLimit) take(cl *mqtt.Client, now time.Time) time.Duration {
-	v, ok := l.clients.Load(cl)
-	if !ok {
-		v, _ = l.clients.LoadOrStore(cl, &pubBucket{tokens: l.rate, last: now})
+type limited struct {
+	lim  *rate.Limiter
+	kind string
+}
+
+// limiter returns cl's bucket, made at its first PUBLISH by its identity;
+// nil means unlimited.
+func (l *PublishLimit) limiter(cl *mqtt.Client) (*rate.Limiter, string) {
+	if v, ok := l.clients.Load(cl); ok {
+		e := v.(limited)
+		return e.lim, e.kind
 	}
-	b := v.(*pubBucket)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if now.After(b.last) {
-		b.tokens = min(l.rate, b.tokens+now.Sub(b.last).Seconds()*l.rate)
-		b.last = now
+	e := limited{kind: "other"}
+	if id, ok := l.identity(cl); ok && id.Kind == devices.KindDevice {
+		e.kind = "device"
+		if l.o.DeviceRate > 0 {
+			e.lim = rate.NewLimiter(rate.Limit(l.o.DeviceRate), l.o.DeviceBurst)
+		}
+	} else if l.o.PerClient > 0 {
+		e.lim = rate.NewLimiter(rate.Limit(l.o.PerClient), l.o.PerClient)
 	}
-	b.tokens--
-	if b.tokens >= 0 {
-		return 0
+	v, _ := l.clients.LoadOrStore(cl, e)
+	e = v.(limited)
+	return e.lim, e.kind
+}
+
+func (l *PublishLimit) identity(cl *mqtt.Client) (devices.Identity, bool) {
+	if l.o.Identity == nil {
+		return devices.Identity{}, false
 	}
-	// Owe the token: it is paid for by the time we wait.
-	d := time.Duration(-b.tokens / l.rate * float64(time.Second))
-	b.tokens = 0
-	b.last = now.Add(d)
-	return d
+	return l.o.Identity(cl)
 }
 
 // OnDisconnect forgets cl's bucket.

@@ -11,30 +11,36 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
 )
 
-func TestPublishLimitTake(t *testing.T) {
-	l := NewPublishLimit(10)
-	cl := &mqtt.Client{}
-	now := time.Now()
-	for i := range 10 { // the burst
-		if d := l.take(cl, now); d != 0 {
-			t.Fatalf("packet %d of the burst delayed %v", i, d)
+// TestPublishLimitKinds: devices get the device rate and burst, everyone
+// else publish_rate_per_client; 0 is unlimited.
+func TestPublishLimitKinds(t *testing.T) {
+	dev, person := &mqtt.Client{}, &mqtt.Client{}
+	identity := func(cl *mqtt.Client) (devices.Identity, bool) {
+		if cl == dev {
+			return devices.Identity{Kind: devices.KindDevice, Name: "d1"}, true
 		}
+		return devices.Identity{Kind: devices.KindUser, Name: "admin"}, true
 	}
-	if d := l.take(cl, now); d != 100*time.Millisecond {
-		t.Fatalf("11th packet delayed %v, want 100ms", d)
+	l := NewPublishLimit(PublishLimitOptions{DeviceRate: 100, DeviceBurst: 500, Identity: identity})
+	lim, kind := l.limiter(dev)
+	if lim == nil || kind != "device" || lim.Limit() != 100 || lim.Burst() != 500 {
+		t.Fatalf("device: %v %q", lim, kind)
 	}
-	// The next one waits for the one after: the caller slept 100ms.
-	if d := l.take(cl, now.Add(100*time.Millisecond)); d != 100*time.Millisecond {
-		t.Fatalf("12th packet delayed %v, want 100ms", d)
+	if lim, kind := l.limiter(person); lim != nil || kind != "other" {
+		t.Fatalf("person limited: %v %q", lim, kind)
 	}
-	// A second later the bucket is full again.
-	if d := l.take(cl, now.Add(1300*time.Millisecond)); d != 0 {
-		t.Fatalf("after a pause: delayed %v", d)
+	l = NewPublishLimit(PublishLimitOptions{PerClient: 20, Identity: identity})
+	if lim, _ := l.limiter(dev); lim != nil {
+		t.Fatalf("device rate 0 limited the device: %v", lim)
 	}
-	if NewPublishLimit(0).Provides(mqtt.OnPublish) {
-		t.Error("a rate of 0 must not hook OnPublish")
+	if lim, _ := l.limiter(person); lim == nil || lim.Limit() != 20 || lim.Burst() != 20 {
+		t.Fatalf("per-client rate: %v", lim)
+	}
+	if NewPublishLimit(PublishLimitOptions{}).Provides(mqtt.OnPublish) {
+		t.Error("all rates 0 must not hook OnPublish")
 	}
 }
 
@@ -45,7 +51,7 @@ func TestPublishLimitFlooder(t *testing.T) {
 	cfg.MQTT.Addr = "127.0.0.1:0"
 	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
 	cfg.Auth.AllowAnonymous = true
-	lim := NewPublishLimit(100)
+	lim := NewPublishLimit(PublishLimitOptions{PerClient: 100})
 	b, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{lim}})
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +107,7 @@ func TestPublishLimitFlooder(t *testing.T) {
 	}
 	// About 200 are delayed; fewer when the broker is slow enough (race
 	// detector, busy machine) for the bucket to refill as it reads.
-	if n := testCounter(t, lim.throttled); n < 1 {
+	if n := testCounter(t, lim.throttled.WithLabelValues("other")); n < 1 {
 		t.Errorf("no packet was throttled")
 	}
 }

@@ -82,6 +82,9 @@ type Telemetry struct {
 	Retention     time.Duration `yaml:"retention"`
 	FlushInterval time.Duration `yaml:"flush_interval"`
 	QueueSize     int           `yaml:"queue_size"`
+	// QueueBytes bounds the memory of the points waiting to be written,
+	// beside their number.
+	QueueBytes int64 `yaml:"queue_bytes"`
 }
 
 // Limits keep one client from hurting the others. 0 means unlimited.
@@ -94,6 +97,11 @@ type Limits struct {
 	// PublishRatePerClient: PUBLISH packets per second from one client;
 	// a faster client is slowed down, not disconnected.
 	PublishRatePerClient int `yaml:"publish_rate_per_client"`
+	// DevicePublishRate: PUBLISH packets per second from one device
+	// connection, with bursts of DevicePublishBurst; a faster device is
+	// slowed down. People and admins are not held to it.
+	DevicePublishRate  int `yaml:"device_publish_rate"`
+	DevicePublishBurst int `yaml:"device_publish_burst"`
 	// HTTPMaxBodyBytes: the largest HTTP request body accepted (413 beyond).
 	HTTPMaxBodyBytes int64 `yaml:"http_max_body_bytes"`
 	// HTTPReadTimeout: time allowed to read a whole HTTP request, headers
@@ -131,8 +139,9 @@ func Default() Config {
 			HandshakeTimeout: 10 * time.Second,
 		},
 		Auth:      Auth{TokenTTL: 12 * time.Hour},
-		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144},
-		Limits:    Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second},
+		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20},
+		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second,
+			DevicePublishRate: 100, DevicePublishBurst: 500},
 	}
 }
 
@@ -254,6 +263,9 @@ func (c *Config) Validate() error {
 	if c.Telemetry.QueueSize < 1 {
 		bad("telemetry.queue_size", "must be at least 1")
 	}
+	if c.Telemetry.QueueBytes < 1<<20 {
+		bad("telemetry.queue_bytes", "%d is too small (at least 1048576: one 64 KiB payload must fit many times over)", c.Telemetry.QueueBytes)
+	}
 	for _, p := range c.HTTP.TrustedProxies {
 		if _, err := ParseCIDROrIP(p); err != nil {
 			bad("http.trusted_proxies", "%q: %v", p, err)
@@ -270,6 +282,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.PublishRatePerClient < 0 {
 		bad("limits.publish_rate_per_client", "must not be negative (0 = unlimited)")
+	}
+	if c.Limits.DevicePublishRate < 0 {
+		bad("limits.device_publish_rate", "must not be negative (0 = unlimited)")
+	}
+	if c.Limits.DevicePublishBurst < 0 {
+		bad("limits.device_publish_burst", "must not be negative")
+	} else if c.Limits.DevicePublishRate > 0 && c.Limits.DevicePublishBurst == 0 {
+		bad("limits.device_publish_burst", "must be at least 1 when limits.device_publish_rate is set")
 	}
 	if c.Limits.HTTPMaxBodyBytes < 1024 {
 		bad("limits.http_max_body_bytes", "%d is too small (at least 1024)", c.Limits.HTTPMaxBodyBytes)

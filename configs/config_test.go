@@ -131,6 +131,9 @@ func TestValidate(t *testing.T) {
 		{"telemetry.queue_size", func(c *Config) { c.Telemetry.QueueSize = 0 }},
 		{"limits.max_connections", func(c *Config) { c.Limits.MaxConnections = -1 }},
 		{"limits.max_connections_per_ip", func(c *Config) { c.Limits.MaxConnectionsPerIP = -1 }},
+		{"telemetry.queue_bytes", func(c *Config) { c.Telemetry.QueueBytes = 1000 }},
+		{"limits.device_publish_rate", func(c *Config) { c.Limits.DevicePublishRate = -1 }},
+		{"limits.device_publish_burst", func(c *Config) { c.Limits.DevicePublishBurst = 0 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key, func(t *testing.T) {

@@ -33,6 +33,9 @@ type APIOptions struct {
 	Telemetry *devices.Telemetry
 	Commands  *broker.CommandHook
 	Twins     *broker.TwinHook
+	// Logins is the login throttle shared with the MQTT broker (SPEC §5:
+	// one limiter); nil means one of the API's own.
+	Logins *devices.LoginLimiter
 	// TrustedProxies are the addresses (IPs or CIDRs, as in
 	// http.trusted_proxies) whose X-Forwarded-For is believed when
 	// slowing down failed logins by address.
@@ -61,7 +64,7 @@ type API struct {
 	twins     *broker.TwinHook
 
 	proxies []*net.IPNet
-	logins  *loginLimiter
+	logins  *devices.LoginLimiter
 	metrics *apiMetrics
 	mux     *http.ServeMux
 	table   []route
@@ -108,7 +111,10 @@ func NewAPI(o APIOptions) (*API, error) {
 			return nil, errors.Join(errors.New("api: register metrics"), err)
 		}
 	}
-	a.logins = newLoginLimiter(a.now)
+	a.logins = o.Logins
+	if a.logins == nil {
+		a.logins = devices.NewLoginLimiter(&devices.LoginLimitOptions{Now: a.now})
+	}
 	a.table = a.routes()
 	a.mux = http.NewServeMux()
 	for _, rt := range a.table {

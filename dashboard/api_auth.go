@@ -160,8 +160,9 @@ type loginResponse struct {
 
 // login checks a user's password and starts a session: the token in the
 // body (for scripts and the dashboard's MQTT password) and in an HttpOnly
-// cookie (for the browser's API calls). Repeated failures from one
-// address or for one name are answered 429 for a growing while.
+// cookie (for the browser's API calls). Repeated failures for one name
+// from one address, or from one address for any names, are answered 429
+// for a growing while (devices.LoginLimiter, shared with MQTT).
 func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	if err := a.checkCSRF(r, false); err != nil {
 		return err
@@ -180,7 +181,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 		// keep only a bounded name in the limiter.
 		name = ""
 	}
-	if wait := a.logins.wait(addr, name); wait > 0 {
+	if wait := a.logins.Wait(name, addr); wait > 0 {
 		a.metrics.logins.WithLabelValues("throttled").Inc()
 		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
 			Msg: "too many failed logins: try again later", RetryAfter: int(wait.Seconds() + 0.999)}
@@ -190,7 +191,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 		u, err = a.reg.AuthenticateUser(r.Context(), req.Username, req.Password)
 	}
 	if errors.Is(err, devices.ErrUnauthorized) || errors.Is(err, devices.ErrNotFound) {
-		a.logins.fail(addr, name)
+		a.logins.Failed(name, addr)
 		a.metrics.logins.WithLabelValues("failed").Inc()
 		a.log.Debug("api: login failed", "remote", addr)
 		return unauthorized("wrong user name or password")
@@ -198,7 +199,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	a.logins.succeed(addr, name)
+	a.logins.Succeeded(name, addr)
 	tok, exp, err := a.reg.IssueSession(r.Context(), u, a.ttl)
 	if err != nil {
 		return err

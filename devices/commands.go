@@ -94,7 +94,9 @@ type CommandsOptions struct {
 	SweepInterval time.Duration
 	// QueueSize is how many updates from MQTT hooks may wait (default 16384).
 	QueueSize int
-	Logger    *slog.Logger
+	// QueueBytes bounds their memory beside their number (default 16 MiB).
+	QueueBytes int64
+	Logger     *slog.Logger
 }
 
 // Commands stores commands and their outcomes ("commands" component).
@@ -108,10 +110,11 @@ type Commands struct {
 	log *slog.Logger
 	o   CommandsOptions
 
-	queue chan commandOp
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	once  sync.Once
+	queue  chan commandOp
+	budget byteBudget // bytes queued (queue.go)
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
 
 	// mu guards the fields below.
 	mu sync.Mutex
@@ -155,6 +158,9 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 16384
 	}
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = 16 << 20
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -164,6 +170,7 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 	c := &Commands{
 		db: db, log: opts.Logger, o: opts,
 		queue:   make(chan commandOp, opts.QueueSize),
+		budget:  byteBudget{max: opts.QueueBytes},
 		stop:    make(chan struct{}),
 		open:    map[string]string{},
 		changed: map[string]chan struct{}{},
@@ -327,13 +334,24 @@ func (c *Commands) enqueue(op commandOp) bool {
 		return false
 	default:
 	}
+	if !c.budget.take(op.cost()) {
+		c.stats.dropped.Add(1)
+		return false
+	}
 	select {
 	case c.queue <- op:
 		return true
 	default:
+		c.budget.give(op.cost())
 		c.stats.dropped.Add(1)
 		return false
 	}
+}
+
+// cost is the bytes op holds, for the queue's byte bound.
+func (op *commandOp) cost() int64 {
+	return int64(len(op.id)+len(op.result)+len(op.errMsg)+len(op.cmd.ID)+len(op.cmd.DeviceID)+
+		len(op.cmd.Name)+len(op.cmd.Params)) + entryOverhead
 }
 
 // OpenFor returns the device id of command id while it is open (not done).

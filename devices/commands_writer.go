@@ -56,6 +56,11 @@ type change struct {
 }
 
 func (c *Commands) apply(batch []commandOp) {
+	defer func() {
+		for i := range batch {
+			c.budget.give(batch[i].cost())
+		}
+	}()
 	changes, err := c.applyTx(batch)
 	if err != nil {
 		c.stats.writeErrors.Add(1)

@@ -27,17 +27,23 @@ type DB struct {
 // FileName is the database's name inside the data directory.
 const FileName = "tether.db"
 
-// OpenDB opens (creating if needed) dir/tether.db.
+// OpenDB opens (creating if needed) dir/tether.db. A directory it creates
+// has DirMode; see CheckDataDir for one that exists.
 func OpenDB(dir string) (*DB, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, DirMode); err != nil {
 		return nil, fmt.Errorf("open database: create data dir: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
 	return OpenDBFile(path)
 }
 
-// OpenDBFile opens (creating if needed) the database at path.
+// OpenDBFile opens (creating if needed) the database at path. The
+// database and the files beside it are FileMode (0600), existing ones
+// included.
 func OpenDBFile(path string) (*DB, error) {
+	if err := secureDBFiles(path); err != nil {
+		return nil, err
+	}
 	q := url.Values{}
 	for _, p := range []string{
 		"busy_timeout(10000)",

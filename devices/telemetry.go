@@ -60,6 +60,9 @@ type TelemetryOptions struct {
 	// QueueSize is how many points may wait; beyond it points are dropped
 	// and counted (default 262144).
 	QueueSize int
+	// QueueBytes bounds the memory of the points waiting, and of the
+	// batch being written, beside their number (default 64 MiB).
+	QueueBytes int64
 	// BatchSize is the most points written in one transaction (default
 	// 32768).
 	BatchSize int
@@ -114,13 +117,19 @@ type Telemetry struct {
 	// be kept (a broker without a registry keeps only history).
 	hasDevices bool
 
+	// budget bounds the bytes queued; names caps each device's metric
+	// names (telemetry_names.go).
+	budget byteBudget
+	names  *metricNames
+
 	stats telemetryStats
 }
 
 // telemetryStats are the store's running totals.
 type telemetryStats struct {
 	stored, dropped, writeErrors, pruned atomic.Int64
-	rejected                             sync.Map // reason → *atomic.Int64
+	metricsRefused                       atomic.Int64 // over MaxDeviceMetrics
+	rejected                             sync.Map     // reason → *atomic.Int64
 	batches                              atomic.Int64
 	lastBatchSeconds                     atomic.Int64 // float64 bits
 }
@@ -140,6 +149,9 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 32768
+	}
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = 64 << 20
 	}
 	if opts.Retention <= 0 {
 		opts.Retention = 7 * 24 * time.Hour
@@ -171,6 +183,13 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		flushes:    make(chan chan error),
 		stop:       make(chan struct{}),
 		hasDevices: n == 3,
+		budget:     byteBudget{max: opts.QueueBytes},
+		names:      newMetricNames(),
+	}
+	if t.hasDevices {
+		if err := t.names.load(ctx, db); err != nil {
+			return nil, err
+		}
 	}
 	if !t.hasDevices {
 		t.log.Warn("telemetry: no devices table: keeping history without last values")
@@ -182,25 +201,52 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 }
 
 // Add queues a parsed sample from device, received at arrived. It never
-// blocks: when the queue is full (or the store closed) the point is
-// dropped and counted, and Add returns false.
+// blocks: when the queue is full, by count or by bytes (or the store
+// closed), the point is dropped and counted, and Add returns false. The
+// metrics with a new name once the device has MaxDeviceMetrics are left
+// out and counted; a sample left with none is not stored.
 func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 	if t.closed.Load() {
 		t.stats.dropped.Add(1)
 		return false
 	}
+	json, refused := t.names.filter(device, s.JSON)
+	if refused > 0 {
+		t.stats.metricsRefused.Add(int64(refused))
+		if json == nil {
+			return false
+		}
+	}
 	ts := s.TS
 	if ts.IsZero() {
 		ts = arrived
 	}
+	p := queued{device: device, ts: ts.UnixMilli(), json: json, arrived: arrived}
+	if !t.budget.take(p.cost()) {
+		t.stats.dropped.Add(1)
+		return false
+	}
 	select {
-	case t.queue <- queued{device: device, ts: ts.UnixMilli(), json: s.JSON, arrived: arrived}:
+	case t.queue <- p:
 		return true
 	default:
+		t.budget.give(p.cost())
 		t.stats.dropped.Add(1)
 		return false
 	}
 }
+
+// cost is the bytes a queued point holds, for the queue's byte bound.
+func (p *queued) cost() int64 { return int64(len(p.json)+len(p.device)) + entryOverhead }
+
+// ForgetDevice drops what the store remembers in memory of a deleted
+// device (its metric names), so that a device registered again under its
+// id starts clean. Its rows go with the registry's (SQL triggers).
+func (t *Telemetry) ForgetDevice(id string) { t.names.forget(id) }
+
+// MetricsRefused returns how many metrics were left out because their
+// device had MaxDeviceMetrics names already.
+func (t *Telemetry) MetricsRefused() int64 { return t.stats.metricsRefused.Load() }
 
 // Reject counts a payload that was not stored because it did not parse.
 func (t *Telemetry) Reject(err error) {

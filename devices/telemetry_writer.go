@@ -12,13 +12,21 @@ import (
 )
 
 // write is the batch writer: it collects queued points and writes them in
-// one transaction when the batch is full, every FlushInterval, on Flush and
-// on Close. While points are being dropped it logs once per interval.
+// one transaction when the batch is full (BatchSize points or
+// maxBatchBytes), every FlushInterval, on Flush and on Close. While points
+// are being dropped it logs once per interval.
 func (t *Telemetry) write() {
 	defer t.wg.Done()
 	tick := time.NewTicker(t.opts.FlushInterval)
 	defer tick.Stop()
-	batch := make([]queued, 0, t.opts.BatchSize)
+	batch := make([]queued, 0, min(t.opts.BatchSize, 4096))
+	var batchBytes int64
+	maxBytes := t.maxBatchBytes()
+	full := func() bool { return len(batch) >= t.opts.BatchSize || batchBytes >= maxBytes }
+	add := func(p queued) {
+		batch = append(batch, p)
+		batchBytes += p.cost()
+	}
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -26,6 +34,9 @@ func (t *Telemetry) write() {
 		err := t.writeBatch(batch)
 		clear(batch) // let the maps go
 		batch = batch[:0]
+		// Written (or failed): the points' bytes are free for new ones.
+		t.budget.give(batchBytes)
+		batchBytes = 0
 		return err
 	}
 	// drain takes everything queued now, writing full batches as it goes.
@@ -33,8 +44,8 @@ func (t *Telemetry) write() {
 		for {
 			select {
 			case p := <-t.queue:
-				batch = append(batch, p)
-				if len(batch) >= t.opts.BatchSize {
+				add(p)
+				if full() {
 					if err := flush(); err != nil {
 						return err
 					}
@@ -48,18 +59,18 @@ func (t *Telemetry) write() {
 	for {
 		select {
 		case p := <-t.queue:
-			batch = append(batch, p)
-			if len(batch) >= t.opts.BatchSize {
+			add(p)
+			if full() {
 				_ = flush()
 			}
 		case <-tick.C:
 			// Top the batch up from the queue first: after a slow batch
 			// the queue holds more than the batch.
 		fill:
-			for len(batch) < t.opts.BatchSize {
+			for !full() {
 				select {
 				case p := <-t.queue:
-					batch = append(batch, p)
+					add(p)
 				default:
 					break fill
 				}
@@ -67,7 +78,8 @@ func (t *Telemetry) write() {
 			_ = flush()
 			if d := t.stats.dropped.Load(); d != lastDropped {
 				t.log.Warn("telemetry: queue full, points routed but not stored",
-					"dropped", d-lastDropped, "interval", t.opts.FlushInterval, "queue_size", t.opts.QueueSize)
+					"dropped", d-lastDropped, "interval", t.opts.FlushInterval, "queue_size", t.opts.QueueSize,
+					"queue_bytes", t.opts.QueueBytes)
 				lastDropped = d
 			}
 		case done := <-t.flushes:
@@ -80,6 +92,11 @@ func (t *Telemetry) write() {
 		}
 	}
 }
+
+// maxBatchBytes is the most bytes of points one transaction writes: a
+// quarter of the queue's bound, at most 16 MiB, so that a batch of large
+// payloads does not hold the writer (and its memory) for long.
+func (t *Telemetry) maxBatchBytes() int64 { return max(min(t.opts.QueueBytes/4, 16<<20), 1) }
 
 // writeBatch writes batch in one transaction: every point into history,
 // and per device the merged latest values and last_seen.

@@ -50,7 +50,9 @@ type Twin struct {
 type TwinsOptions struct {
 	// QueueSize is how many reported patches may wait (default 16384).
 	QueueSize int
-	Logger    *slog.Logger
+	// QueueBytes bounds their memory beside their number (default 16 MiB).
+	QueueBytes int64
+	Logger     *slog.Logger
 }
 
 // Twins stores device twins ("twins" component). Desired state is set
@@ -61,6 +63,7 @@ type Twins struct {
 	log *slog.Logger
 
 	queue   chan twinPatch
+	budget  byteBudget // bytes queued (queue.go)
 	flushes chan chan struct{}
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -83,13 +86,16 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 16384
 	}
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = 16 << 20
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
 	if err := db.Migrate(ctx, "twins", twinsSchema); err != nil {
 		return nil, err
 	}
-	t := &Twins{db: db, log: opts.Logger, queue: make(chan twinPatch, opts.QueueSize),
+	t := &Twins{db: db, log: opts.Logger, queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
 		flushes: make(chan chan struct{}), stop: make(chan struct{})}
 	t.wg.Add(1)
 	go t.run()

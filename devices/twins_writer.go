@@ -22,14 +22,23 @@ func (t *Twins) RecordReported(device string, patch []byte) bool {
 		return false
 	default:
 	}
+	p := twinPatch{device: device, patch: bytes.Clone(patch)}
+	if !t.budget.take(p.cost()) {
+		t.dropped.Add(1)
+		return false
+	}
 	select {
-	case t.queue <- twinPatch{device: device, patch: bytes.Clone(patch)}:
+	case t.queue <- p:
 		return true
 	default:
+		t.budget.give(p.cost())
 		t.dropped.Add(1)
 		return false
 	}
 }
+
+// cost is the bytes p holds, for the queue's byte bound.
+func (p *twinPatch) cost() int64 { return int64(len(p.device)+len(p.patch)) + entryOverhead }
 
 // Flush returns once every reported patch queued before the call is
 // merged.
@@ -101,6 +110,11 @@ func (t *Twins) run() {
 // write merges batch's patches in order, one version each, in one
 // transaction.
 func (t *Twins) write(batch []twinPatch) {
+	defer func() {
+		for i := range batch {
+			t.budget.give(batch[i].cost())
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := func() error {

@@ -139,7 +139,7 @@ func crashAbuse(t *testing.T, bin string) {
 	if n := scrapeCounter(t, metrics, `tether_connections_limited_total{limit="max_connections_per_ip"}`); n < 9900 {
 		t.Errorf("connections refused by the per-address cap counted %v, want >= 9900", n)
 	}
-	if n := scrapeCounter(t, metrics, "tether_publish_throttled_total"); n == 0 {
+	if n := scrapeCounter(t, metrics, `tether_publish_throttled_total{kind="other"}`); n == 0 {
 		t.Error("the flooder was never throttled")
 	}
 }

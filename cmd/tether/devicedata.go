@@ -38,6 +38,7 @@ func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *de
 	if d.telemetry, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{
 		FlushInterval: cfg.Telemetry.FlushInterval,
 		QueueSize:     cfg.Telemetry.QueueSize,
+		QueueBytes:    cfg.Telemetry.QueueBytes,
 		Retention:     cfg.Telemetry.Retention,
 		Logger:        log,
 	}); err != nil {
@@ -53,6 +54,16 @@ func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *de
 	d.commandHook = broker.NewCommandHook(d.commands, log)
 	d.twinHook = broker.NewTwinHook(d.twins, log)
 	return d, nil
+}
+
+// watch lets the stores forget what they hold in memory of a device the
+// registry deletes.
+func (d *deviceData) watch(reg *devices.Registry) {
+	reg.OnRevoke(func(rv devices.Revocation) {
+		if rv.SessionID == "" && rv.TokenID == "" && !reg.HasDevice(rv.Name) {
+			d.telemetry.ForgetDevice(rv.Name)
+		}
+	})
 }
 
 // hooks are the broker hooks, to go before the session store.

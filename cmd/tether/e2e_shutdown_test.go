@@ -32,9 +32,20 @@ type process struct {
 // waits until it reports where it listens.
 func startProcess(t *testing.T, env ...string) *process {
 	t.Helper()
-	cmd := exec.Command(tetherBinary(t), "serve", "--data-dir", t.TempDir(),
+	return startProcessArgs(t, []string{"--allow-anonymous"}, env...)
+}
+
+// startProcessAuth is startProcess with anonymous MQTT off.
+func startProcessAuth(t *testing.T, env ...string) *process {
+	t.Helper()
+	return startProcessArgs(t, nil, env...)
+}
+
+func startProcessArgs(t *testing.T, args []string, env ...string) *process {
+	t.Helper()
+	cmd := exec.Command(tetherBinary(t), append([]string{"serve", "--data-dir", t.TempDir(),
 		"--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--allow-anonymous", "--log-format", "json")
+		"--log-format", "json"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

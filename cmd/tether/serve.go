@@ -177,6 +177,9 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	if a.db, err = devices.OpenDB(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if err := devices.CheckDataDir(cfg.DataDir); err != nil {
+		log.Warn("data directory is readable by other users", "error", err)
+	}
 	a.store = broker.NewStorage(a.db, &broker.StorageOptions{Logger: log})
 	defer func() {
 		if err != nil {
@@ -206,18 +209,21 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	if a.data, err = openDeviceData(cfg, a.db, log); err != nil {
 		return nil, err
 	}
+	a.data.watch(a.registry)
 	defer func() {
 		if err != nil {
 			_ = a.data.close()
 		}
 	}()
+	logins := devices.NewLoginLimiter(nil) // one login throttle for MQTT and HTTP
 	a.auth = broker.NewAuth(broker.AuthOptions{
-		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log,
+		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins,
 		Sessions: a.store, // purged sessions are deleted from it
 	})
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.
-	pubLimit := broker.NewPublishLimit(cfg.Limits.PublishRatePerClient)
+	pubLimit := broker.NewPublishLimit(broker.PublishLimitOptions{PerClient: cfg.Limits.PublishRatePerClient,
+		DeviceRate: cfg.Limits.DevicePublishRate, DeviceBurst: cfg.Limits.DevicePublishBurst, Identity: a.auth.Identity})
 	clock := dashboard.NewClientClock() // connection times for GET /api/v1/clients
 	backpressure := broker.NewBackpressure(cfg.MQTT.BackpressureWait)
 	retained := broker.NewRetained() // a SUBSCRIBE gets all its retained messages
@@ -247,7 +253,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
 		Registry: a.registry, Broker: b, Clients: clock, Logger: log, Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
-		TrustedProxies: cfg.HTTP.TrustedProxies,
+		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins,
 	})
 	if err != nil {
 		return nil, err

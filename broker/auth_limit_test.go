@@ -1,0 +1,78 @@
+package broker
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// authRawConnectFrom is authRawConnect from the loopback address local
+// (any of 127.0.0.0/8), to stand for another client address.
+func authRawConnectFrom(t testing.TB, local, addr string, version byte, clientID, user, pass string) byte {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	code, err := authRawHandshake(c, version, clientID, user, pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// TestAuthFailuresSlowedDown: after its free failures a device's name from
+// one address is held (the limiter closes the pair for 20ms doubling to
+// 100ms in this environment) and then checked as usual: the right secret
+// still gets in from there once the hold is over, and at once from
+// another address, whatever the failures elsewhere.
+func TestAuthFailuresSlowedDown(t *testing.T) {
+	e := startAuthEnv(t, false)
+	secret := e.device(t, "ok")
+	free := e.auth.login.Options().PairFree
+	for range free + 3 {
+		if got := authRawConnectFrom(t, "127.0.0.2", e.tcp, 5, "ok", "ok", "guess"); got != 0x86 {
+			t.Fatalf("CONNACK %#x", got)
+		}
+	}
+	if n := authCount(t, e.auth.m.delayed); n < 3 {
+		t.Fatalf("delayed = %v, want the attempts after %d failures held", n, free)
+	}
+	if w := e.auth.login.Wait("ok", "127.0.0.2"); w == 0 {
+		t.Fatal("the guessing pair is not closed")
+	}
+	held := authCount(t, e.auth.m.delayed)
+	// Another address: not held, let in.
+	if got := authRawConnectFrom(t, "127.0.0.3", e.tcp, 5, "ok", "ok", secret); got != 0 {
+		t.Fatalf("right secret from another address: CONNACK %#x", got)
+	}
+	if n := authCount(t, e.auth.m.delayed); n != held {
+		t.Fatalf("the login from another address was held (%v → %v)", held, n)
+	}
+	// The guessing address too, after its hold.
+	if got := authRawConnectFrom(t, "127.0.0.2", e.tcp, 4, "ok", "ok", secret); got != 0 {
+		t.Fatalf("right secret after the hold: CONNACK %#x", got)
+	}
+	if w := e.auth.login.Wait("ok", "127.0.0.2"); w != 0 {
+		t.Fatalf("the pair is still closed after a success: %v", w)
+	}
+}
+
+// TestAuthThrottledLongRefused: a CONNECT whose key stays closed longer
+// than the hold is refused with 0x9F (3.1.1: 0x03) without its
+// credentials being checked, even the right ones.
+func TestAuthThrottledLongRefused(t *testing.T) {
+	e := startAuthEnv(t, false)
+	secret := e.device(t, "dev")
+	e.auth.hold = 10 * time.Millisecond // the environment closes keys for 20ms and more
+	for range 10 {
+		e.auth.login.Failed("dev", "127.0.0.4")
+	}
+	for _, v := range []struct{ version, want byte }{{5, 0x9F}, {4, 0x03}} {
+		if got := authRawConnectFrom(t, "127.0.0.4", e.tcp, v.version, "dev", "dev", secret); got != v.want {
+			t.Fatalf("MQTT %d: CONNACK %#x, want %#x", v.version, got, v.want)
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// TestBackupFileMode: a backup holds what the database holds (password
+// hashes, the token signing key), so it is 0600 like the database.
+func TestBackupFileMode(t *testing.T) {
+	dir := t.TempDir()
+	db, err := devices.OpenDB(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.W.Exec(`CREATE TABLE t(x); INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	dst := filepath.Join(t.TempDir(), "backup.db")
+	if _, err := backupDB(context.Background(), filepath.Join(dir, devices.FileName), dst); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := st.Mode().Perm(); m != devices.FileMode {
+		t.Errorf("backup mode %04o, want %04o", m, devices.FileMode)
+	}
+}
+
+// TestStartupWarnsOpenDataDir: a data directory other users may read is
+// named in a warning at start-up; a private one is not.
+func TestStartupWarnsOpenDataDir(t *testing.T) {
+	for _, m := range []os.FileMode{0o755, 0o700} {
+		cfg := testConfig(t)
+		if err := os.Chmod(cfg.DataDir, m); err != nil {
+			t.Fatal(err)
+		}
+		var logBuf syncBuffer
+		a, err := startApp(cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := a.shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		cancel()
+		warned := strings.Contains(logBuf.String(), "level=WARN msg=\"data directory is readable by other users\"")
+		if warned != (m == 0o755) {
+			t.Errorf("data directory %04o: warned %v; log:\n%s", m, warned, logBuf.String())
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

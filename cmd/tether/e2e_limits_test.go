@@ -1,0 +1,201 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+)
+
+const limitsAdminPassword = "limits-admin-password-1"
+
+// limitsProcess runs the binary with anonymous MQTT off and an admin, and
+// returns it with an API session as the admin.
+func limitsProcess(t *testing.T) (*process, *apiSession) {
+	t.Helper()
+	p := startProcessAuth(t, "TETHER_ADMIN_PASSWORD="+limitsAdminPassword, "TETHER_TELEMETRY_FLUSH_INTERVAL=50ms")
+	api := &apiSession{base: "http://" + p.http, client: &http.Client{Timeout: 30 * time.Second}}
+	t.Cleanup(api.client.CloseIdleConnections)
+	var tok struct{ Token string }
+	if code := api.do(t, "POST", "/auth/login", map[string]string{"username": "admin", "password": limitsAdminPassword}, &tok); code != 200 {
+		t.Fatalf("login: %d", code)
+	}
+	api.token = tok.Token
+	return p, api
+}
+
+func (s *apiSession) register(t *testing.T, id string) string {
+	t.Helper()
+	var d struct{ Secret string }
+	if code := s.do(t, "POST", "/devices", map[string]any{"id": id, "name": id, "type": "limits"}, &d); code/100 != 2 {
+		t.Fatalf("register %s: %d", id, code)
+	}
+	return d.Secret
+}
+
+// TestDeviceMetricNameCap: a device sending new metric names in every
+// message keeps 1,024 of them (SPEC §6) in last_values and its history;
+// the others are counted as refused; its known metrics are still stored.
+func TestDeviceMetricNameCap(t *testing.T) {
+	p, api := limitsProcess(t)
+	dev := paho3Device(t, p.mqtt, "greedy", api.register(t, "greedy"), true)
+	defer dev.Disconnect(0)
+	for i := range 6 { // 1,536 names
+		var b []byte
+		b = append(b, '{')
+		for j := range 256 {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = fmt.Appendf(b, `"m%d_%d":%d`, i, j, j)
+		}
+		b = append(b, '}')
+		waitPaho(t, dev.Publish("devices/greedy/telemetry", 1, false, b))
+	}
+	waitPaho(t, dev.Publish("devices/greedy/telemetry", 1, false, `{"m0_0":4242,"brand_new":1}`))
+	metrics := "http://" + p.http + "/metrics"
+	checkFor(t, 10*time.Second, func() error {
+		var d struct {
+			LastValues map[string]float64 `json:"last_values"`
+		}
+		if code := api.do(t, "GET", "/devices/greedy", nil, &d); code != 200 {
+			return fmt.Errorf("GET device: %d", code)
+		}
+		if len(d.LastValues) != 1024 || d.LastValues["m0_0"] != 4242 {
+			return fmt.Errorf("last_values holds %d names, m0_0=%v", len(d.LastValues), d.LastValues["m0_0"])
+		}
+		return nil
+	})
+	if n := scrapeCounter(t, metrics, `tether_telemetry_metrics_refused_total{reason="device_metric_limit"}`); n != 512+1 {
+		t.Fatalf("refused metrics counted %v, want 513", n)
+	}
+}
+
+// TestDevicePublishRate: a device publishing faster than
+// limits.device_publish_rate (100/s, bursts of 500) is slowed down, not
+// cut off: every message is taken (its reported twin counts 700 patches),
+// and the delays are counted for devices; an admin publishing as fast is
+// not held.
+func TestDevicePublishRate(t *testing.T) {
+	p, api := limitsProcess(t)
+	secret := api.register(t, "fast")
+	const n = 700
+	c, err := net.Dial("tcp", p.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(rawConnectAuth(4, "fast", "fast", secret))
+	if first, body, err := readRawPacket(c); err != nil || first != 0x20 || body[1] != 0 {
+		t.Fatalf("CONNACK %#x %v %v", first, body, err)
+	}
+	var burst []byte
+	for i := range n {
+		burst = append(burst, rawPublish(4, "devices/fast/twin/reported", fmt.Appendf(nil, `{"i":%d}`, i))...)
+	}
+	go c.Write(burst)
+	checkFor(t, 30*time.Second, func() error {
+		var tw struct {
+			ReportedVersion int `json:"reported_version"`
+		}
+		if code := api.do(t, "GET", "/devices/fast/twin", nil, &tw); code != 200 {
+			return fmt.Errorf("GET twin: %d", code)
+		}
+		if tw.ReportedVersion != n {
+			return fmt.Errorf("%d of %d reported patches merged", tw.ReportedVersion, n)
+		}
+		return nil
+	})
+	metrics := "http://" + p.http + "/metrics"
+	if d := scrapeCounter(t, metrics, `tether_publish_throttled_total{kind="device"}`); d == 0 {
+		t.Fatal("a device 200 messages over its burst was never slowed down")
+	}
+	// An admin publishing as many is not held. Its last message is QoS 1:
+	// once acknowledged, the ones before it have been handled.
+	admin := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + p.mqtt).SetClientID("admin-pub").
+		SetUsername("admin").SetPassword(limitsAdminPassword).SetCleanSession(true).SetAutoReconnect(false))
+	waitPaho(t, admin.Connect())
+	defer admin.Disconnect(0)
+	for i := range n {
+		admin.Publish("test/admin", 0, false, fmt.Sprint(i))
+	}
+	waitPaho(t, admin.Publish("test/admin", 1, false, "last"))
+	if d := scrapeCounter(t, metrics, `tether_publish_throttled_total{kind="other"}`); d != 0 {
+		t.Fatalf("an admin was slowed down %v times", d)
+	}
+}
+
+// waitPaho waits for a paho token and fails the test on an error.
+func waitPaho(t *testing.T, tok paho3.Token) {
+	t.Helper()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("paho: %v", tok.Error())
+	}
+}
+
+// TestSIGTERMUnderFlood: with a device flooding 32 KB messages of new
+// metric names (its publish rate unlimited, so that only the queues'
+// bounds and the name cap hold it), SIGTERM still ends the process, exit
+// 0, within mqtt.shutdown_grace.
+func TestSIGTERMUnderFlood(t *testing.T) {
+	const grace = 3 * time.Second
+	p := startProcessAuth(t, "TETHER_ADMIN_PASSWORD="+limitsAdminPassword,
+		"TETHER_MQTT_SHUTDOWN_GRACE="+grace.String(), "TETHER_LIMITS_DEVICE_PUBLISH_RATE=0")
+	api := &apiSession{base: "http://" + p.http, client: &http.Client{Timeout: 30 * time.Second}}
+	t.Cleanup(api.client.CloseIdleConnections)
+	var tok struct{ Token string }
+	if code := api.do(t, "POST", "/auth/login", map[string]string{"username": "admin", "password": limitsAdminPassword}, &tok); code != 200 {
+		t.Fatalf("login: %d", code)
+	}
+	api.token = tok.Token
+	secret := api.register(t, "flooder")
+	c, err := net.Dial("tcp", p.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(rawConnectAuth(4, "flooder", "flooder", secret))
+	if first, body, err := readRawPacket(c); err != nil || first != 0x20 || body[1] != 0 {
+		t.Fatalf("CONNACK %#x %v %v", first, body, err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for seq := 0; ; seq++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write(rawPublish(4, "devices/flooder/telemetry", floodPayload(seq))); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	metrics := "http://" + p.http + "/metrics"
+	checkFor(t, 20*time.Second, func() error { // the flood has filled the names and reached the queue
+		if n := scrapeCounter(t, metrics, `tether_telemetry_metrics_refused_total{reason="device_metric_limit"}`); n < 10*256 {
+			return fmt.Errorf("%v metrics refused", n)
+		}
+		return nil
+	})
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.logText())
+		}
+	case <-time.After(grace + 2*time.Second):
+		t.Fatalf("still running %v after SIGTERM under a flood", time.Since(start))
+	}
+}

@@ -1,0 +1,164 @@
+package devices
+
+import (
+	"sync"
+	"time"
+)
+
+// LoginLimitOptions shape a LoginLimiter; zero fields take the defaults.
+type LoginLimitOptions struct {
+	// PairFree is the number of failures of one user name from one
+	// address that closes that pair (default 5).
+	PairFree int
+	// AddrFree is the number of failures from one address, whatever the
+	// names, that closes the address (default 50: people behind one NAT,
+	// and devices whose secret was rotated, fail too).
+	AddrFree int
+	// Base is how long a key is closed by that failure; each further
+	// failure doubles it, up to Max (defaults 1s
+	// and 5m).
+	Base, Max time.Duration
+	// Forget is how long a key without failures is remembered (default
+	// 15m).
+	Forget time.Duration
+	// Now is the clock; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+// loginKeys bounds the memory a LoginLimiter holds; when full, keys not
+// closed and then the oldest half are dropped.
+const loginKeys = 100_000
+
+// LoginLimiter is the one login throttle of MQTT and HTTP (SPEC §5). It
+// counts failed logins per (user name, address) and per address, and
+// closes a key for a growing while once it has had its free failures:
+// the pair key slows guessing one name, the address key slows spraying
+// many names from one place. There is no key for a name alone, so nobody's
+// failures from one address can keep the user from logging in from
+// another. A success clears its pair, not its address (a guesser with one
+// account of its own must not reset its address by logging in).
+//
+// It is safe for concurrent use; its memory is bounded.
+type LoginLimiter struct {
+	o LoginLimitOptions
+
+	// mu guards keys.
+	mu   sync.Mutex
+	keys map[string]*loginKey
+}
+
+type loginKey struct {
+	failures int
+	last     time.Time // last failure
+	until    time.Time // closed until then
+}
+
+// NewLoginLimiter returns a limiter; o may be nil.
+func NewLoginLimiter(o *LoginLimitOptions) *LoginLimiter {
+	var opts LoginLimitOptions
+	if o != nil {
+		opts = *o
+	}
+	if opts.PairFree <= 0 {
+		opts.PairFree = 5
+	}
+	if opts.AddrFree <= 0 {
+		opts.AddrFree = 50
+	}
+	if opts.Base <= 0 {
+		opts.Base = time.Second
+	}
+	if opts.Max <= 0 {
+		opts.Max = 5 * time.Minute
+	}
+	if opts.Forget <= 0 {
+		opts.Forget = 15 * time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &LoginLimiter{o: opts, keys: map[string]*loginKey{}}
+}
+
+// Options returns the limiter's options, defaults filled in.
+func (l *LoginLimiter) Options() LoginLimitOptions { return l.o }
+
+func pairKey(name, addr string) string { return "p\x00" + name + "\x00" + addr }
+func addrKey(addr string) string       { return "a\x00" + addr }
+
+// Wait returns how long a login as name from addr stays closed; 0 means
+// go ahead and check the credentials. addr is the client's IP address
+// (without port).
+func (l *LoginLimiter) Wait(name, addr string) time.Duration {
+	now := l.o.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var w time.Duration
+	for _, k := range [2]string{pairKey(name, addr), addrKey(addr)} {
+		if e := l.keys[k]; e != nil && e.until.After(now) {
+			w = max(w, e.until.Sub(now))
+		}
+	}
+	return w
+}
+
+// Failed records a failed login as name from addr.
+func (l *LoginLimiter) Failed(name, addr string) {
+	now := l.o.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.keys) >= loginKeys {
+		l.prune(now)
+	}
+	for i, k := range [2]string{pairKey(name, addr), addrKey(addr)} {
+		e := l.keys[k]
+		if e == nil || now.Sub(e.last) > l.o.Forget {
+			e = &loginKey{}
+			l.keys[k] = e
+		}
+		e.failures++
+		e.last = now
+		free := l.o.PairFree
+		if i == 1 {
+			free = l.o.AddrFree
+		}
+		if e.failures >= free {
+			d := l.o.Base << min(e.failures-free, 20)
+			e.until = now.Add(min(d, l.o.Max))
+		}
+	}
+}
+
+// Succeeded clears the failures of name from addr (the address keeps its
+// own).
+func (l *LoginLimiter) Succeeded(name, addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.keys, pairKey(name, addr))
+}
+
+// Size returns the number of keys held.
+func (l *LoginLimiter) Size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.keys)
+}
+
+// prune drops forgotten keys, and if that is not enough, the older half.
+// mu must be held.
+func (l *LoginLimiter) prune(now time.Time) {
+	for k, e := range l.keys {
+		if now.Sub(e.last) > l.o.Forget && !e.until.After(now) {
+			delete(l.keys, k)
+		}
+	}
+	if len(l.keys) < loginKeys*3/4 {
+		return
+	}
+	cut := now.Add(-l.o.Forget / 2)
+	for k, e := range l.keys {
+		if e.last.Before(cut) || len(l.keys) >= loginKeys/2 {
+			delete(l.keys, k)
+		}
+	}
+}
