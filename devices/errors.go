@@ -6,7 +6,7 @@ import (
 )
 
 // Errors the registry returns, to be matched with errors.Is. The HTTP API
-// maps them to 404, 409 and 401.
+// maps them to 404, 409 (ErrConflict, ErrLastAdmin) and 401.
 var (
 	// ErrNotFound: no device, user or token by that name.
 	ErrNotFound = errors.New("not found")
@@ -16,6 +16,8 @@ var (
 	// ErrUnauthorized: the credentials are wrong, unknown, expired,
 	// revoked or belong to a disabled device. Deliberately vague.
 	ErrUnauthorized = errors.New("unauthorized")
+	// ErrLastAdmin: the change would leave no user with the admin role.
+	ErrLastAdmin = errors.New("the last admin cannot be deleted or demoted")
 )
 
 // InvalidError is bad input: Field names the offending field (JSON name),

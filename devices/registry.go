@@ -53,6 +53,9 @@ type Registry struct {
 	revokeMu sync.Mutex
 	onRevoke []func(Revocation)
 
+	// audit receives refused logins (SetAudit); nil records nothing.
+	audit atomic.Pointer[Audit]
+
 	// The presence writer. presMu guards closed, pending and
 	// pendingOrder; presenceWake (capacity 1) wakes the writer, and Close
 	// closes it.

@@ -2,7 +2,10 @@ package devices
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"time"
@@ -12,6 +15,22 @@ import (
 
 // sessionIssuer is the JWT "iss" of dashboard sessions.
 const sessionIssuer = "tether"
+
+// sessionClaims are a session JWT's claims. PasswordVersion ("pwv") ties
+// the session to the password it was opened with: a new password (or a
+// user deleted and created again) makes every older session invalid.
+type sessionClaims struct {
+	jwt.RegisteredClaims
+	PasswordVersion string `json:"pwv"`
+}
+
+// passwordVersion is a keyed digest of a user's password hash: it changes
+// with the password and tells nothing about it.
+func passwordVersion(key, hash []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write(hash)
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:12])
+}
 
 // loadKey reads the session signing key, creating it on first start.
 func (r *Registry) loadKey(ctx context.Context) error {
@@ -45,7 +64,7 @@ func (r *Registry) IssueSession(ctx context.Context, u User, ttl time.Duration) 
 		return "", time.Time{}, fmt.Errorf("issue session: %w", invalid("ttl", "must be positive"))
 	}
 	r.mu.RLock()
-	_, ok := r.users[u.Username]
+	c, ok := r.users[u.Username]
 	key := r.key
 	r.mu.RUnlock()
 	if !ok {
@@ -53,12 +72,15 @@ func (r *Registry) IssueSession(ctx context.Context, u User, ttl time.Duration) 
 	}
 	now := time.Now()
 	exp := now.Add(ttl).Truncate(time.Second)
-	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
-		Issuer:    sessionIssuer,
-		Subject:   u.Username,
-		ID:        randomID("", 22),
-		IssuedAt:  jwt.NewNumericDate(now),
-		ExpiresAt: jwt.NewNumericDate(exp),
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, sessionClaims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    sessionIssuer,
+			Subject:   u.Username,
+			ID:        randomID("", 22),
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(exp),
+		},
+		PasswordVersion: passwordVersion(key, c.hash),
 	})
 	s, err := tok.SignedString(key)
 	if err != nil {
@@ -68,11 +90,11 @@ func (r *Registry) IssueSession(ctx context.Context, u User, ttl time.Duration) 
 }
 
 // parseSession checks signature, issuer and expiry.
-func (r *Registry) parseSession(token string) (*jwt.RegisteredClaims, error) {
+func (r *Registry) parseSession(token string) (*sessionClaims, error) {
 	r.mu.RLock()
 	key := r.key
 	r.mu.RUnlock()
-	var c jwt.RegisteredClaims
+	var c sessionClaims
 	_, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return key, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithIssuer(sessionIssuer),
@@ -85,8 +107,9 @@ func (r *Registry) parseSession(token string) (*jwt.RegisteredClaims, error) {
 }
 
 // VerifySession checks a session JWT's signature, expiry and revocation,
-// and that its user still exists; the identity carries the user's current
-// role. Any failure is ErrUnauthorized. No SQLite query.
+// and that its user still exists with the password the session was
+// opened with; the identity carries the user's current role. Any failure
+// is ErrUnauthorized. No SQLite query.
 func (r *Registry) VerifySession(token string) (Identity, error) {
 	c, err := r.parseSession(token)
 	if err != nil {
@@ -95,8 +118,9 @@ func (r *Registry) VerifySession(token string) (Identity, error) {
 	r.mu.RLock()
 	_, revoked := r.revoked[c.ID]
 	u, ok := r.users[c.Subject]
+	key := r.key
 	r.mu.RUnlock()
-	if revoked || !ok {
+	if revoked || !ok || !hmac.Equal([]byte(c.PasswordVersion), []byte(passwordVersion(key, u.hash))) {
 		return Identity{}, fmt.Errorf("verify session: %w", ErrUnauthorized)
 	}
 	return Identity{Kind: KindUser, Name: c.Subject, Role: u.role, Via: "session", SessionID: c.ID}, nil

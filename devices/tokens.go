@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -71,32 +72,63 @@ func (r *Registry) createToken(ctx context.Context, username, name string, ttl t
 	return plain, t, nil
 }
 
-// ListTokens returns username's tokens (all users' when username is "").
-func (r *Registry) ListTokens(ctx context.Context, username string) ([]Token, error) {
-	rows, err := r.db.R.QueryContext(ctx, `SELECT id, name, username, created_at, expires_at FROM api_tokens
-		WHERE ? = '' OR username = ? ORDER BY created_at, id`, username, username)
+// ListTokens returns one page of username's tokens (all users' when
+// username is ""), ordered by id (limit 0 means 100, at most MaxPage), and
+// the next cursor ("" on the last page).
+func (r *Registry) ListTokens(ctx context.Context, username string, limit int, cursor string) ([]Token, string, error) {
+	limit, after, err := page(limit, cursor)
 	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
+		return nil, "", fmt.Errorf("list tokens: %w", err)
+	}
+	rows, err := r.db.R.QueryContext(ctx, `SELECT id, name, username, created_at, expires_at FROM api_tokens
+		WHERE (? = '' OR username = ?) AND id > ? ORDER BY id LIMIT ?`, username, username, after, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list tokens: %w", err)
 	}
 	defer rows.Close()
 	out := []Token{}
 	for rows.Next() {
-		var t Token
-		var created string
-		var exp sql.NullString
-		if err := rows.Scan(&t.ID, &t.Name, &t.Username, &created, &exp); err != nil {
-			return nil, fmt.Errorf("list tokens: %w", err)
-		}
-		t.CreatedAt, _ = parseTime(created)
-		if e, ok := parseTime(exp.String); exp.Valid && ok {
-			t.ExpiresAt = &e
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, "", fmt.Errorf("list tokens: %w", err)
 		}
 		out = append(out, t)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
+		return nil, "", fmt.Errorf("list tokens: %w", err)
 	}
-	return out, nil
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = encodeCursor(out[limit-1].ID)
+	}
+	return out, next, nil
+}
+
+// TokenByID returns the record of the token with id, or ErrNotFound.
+func (r *Registry) TokenByID(ctx context.Context, id string) (Token, error) {
+	t, err := scanToken(r.db.R.QueryRowContext(ctx, `SELECT id, name, username, created_at, expires_at FROM api_tokens WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return Token{}, fmt.Errorf("token %q: %w", id, err)
+	}
+	return t, nil
+}
+
+func scanToken(row interface{ Scan(...any) error }) (Token, error) {
+	var t Token
+	var created string
+	var exp sql.NullString
+	if err := row.Scan(&t.ID, &t.Name, &t.Username, &created, &exp); err != nil {
+		return Token{}, err
+	}
+	t.CreatedAt, _ = parseTime(created)
+	if e, ok := parseTime(exp.String); exp.Valid && ok {
+		t.ExpiresAt = &e
+	}
+	return t, nil
 }
 
 // AuthenticateToken returns the identity of an API token's owner; an

@@ -155,7 +155,7 @@ func (r *Registry) ListUsers(ctx context.Context, limit int, cursor string) ([]U
 }
 
 // DeleteUser removes a user, its tokens and sessions; its connections are
-// closed (OnRevoke). Deleting the last admin is an *InvalidError.
+// closed (OnRevoke). Deleting the last admin is ErrLastAdmin.
 func (r *Registry) DeleteUser(ctx context.Context, username string) error {
 	if err := r.deleteUser(ctx, username); err != nil {
 		return fmt.Errorf("delete user %q: %w", username, err)
@@ -181,7 +181,7 @@ func (r *Registry) deleteUser(ctx context.Context, username string) error {
 		return ErrNotFound
 	}
 	if u.role == RoleAdmin && admins == 1 {
-		return invalid("username", "%q is the last admin", username)
+		return ErrLastAdmin
 	}
 	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM users WHERE username = ?`, username); err != nil {
 		return err
@@ -195,6 +195,81 @@ func (r *Registry) deleteUser(ctx context.Context, username string) error {
 	}
 	r.mu.Unlock()
 	return nil
+}
+
+// UserUpdate is a change to a user: each non-nil field is set.
+type UserUpdate struct {
+	Password *string
+	Role     *string
+}
+
+// UpdateUser changes a user's password and/or role and returns the user
+// as it is now. Demoting the last admin is ErrLastAdmin. A new password
+// ends every session the user had (VerifySession refuses them) and, like
+// a new role, closes the user's MQTT connections (OnRevoke), which come
+// back with the new role or credentials; API tokens stay valid (revoke
+// them with RevokeToken).
+func (r *Registry) UpdateUser(ctx context.Context, username string, p UserUpdate) (User, error) {
+	changed, err := r.updateUser(ctx, username, p)
+	if err != nil {
+		return User{}, fmt.Errorf("update user %q: %w", username, err)
+	}
+	if changed {
+		r.log.Info("user updated", "user", username, "password_changed", p.Password != nil, "role", p.Role != nil)
+		r.revoke(Revocation{Name: username})
+	}
+	return r.User(ctx, username)
+}
+
+func (r *Registry) updateUser(ctx context.Context, username string, p UserUpdate) (changed bool, err error) {
+	if p.Password != nil {
+		if err := CheckPassword(*p.Password); err != nil {
+			return false, err
+		}
+	}
+	if p.Role != nil {
+		if err := checkRole(*p.Role); err != nil {
+			return false, err
+		}
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	r.mu.RLock()
+	c, ok := r.users[username]
+	admins := 0
+	for _, u := range r.users {
+		if u.role == RoleAdmin {
+			admins++
+		}
+	}
+	r.mu.RUnlock()
+	if !ok {
+		return false, ErrNotFound
+	}
+	if p.Role != nil && c.role == RoleAdmin && *p.Role != RoleAdmin && admins == 1 {
+		return false, ErrLastAdmin
+	}
+	if p.Password != nil {
+		hash, err := bcrypt.GenerateFromPassword([]byte(*p.Password), r.hashCost)
+		if err != nil {
+			return false, err
+		}
+		c.hash, changed = hash, true
+	}
+	if p.Role != nil && *p.Role != c.role {
+		c.role, changed = *p.Role, true
+	}
+	if !changed {
+		return false, nil
+	}
+	if _, err := r.db.W.ExecContext(ctx, `UPDATE users SET password_hash = ?, role = ? WHERE username = ?`,
+		string(c.hash), c.role, username); err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	r.users[username] = c
+	r.mu.Unlock()
+	return true, nil
 }
 
 // AuthenticateUser checks a user's password; any failure is

@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func TestUsersAndAdmin(t *testing.T) {
 	if len(users) != 1 || users[0].Username != "bob" || next != "" {
 		t.Fatalf("page 2: %+v %q", users, next)
 	}
-	if err := r.DeleteUser(ctx, AdminUser); !errors.As(err, &ie) {
+	if err := r.DeleteUser(ctx, AdminUser); !errors.Is(err, ErrLastAdmin) {
 		t.Fatalf("delete last admin: %v", err)
 	}
 	if err := r.DeleteUser(ctx, "bob"); err != nil {
@@ -114,7 +115,7 @@ func TestTokens(t *testing.T) {
 	if _, err := r.AuthenticateToken(ctx, short); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("expired token: %v", err)
 	}
-	list, err := r.ListTokens(ctx, "ops")
+	list, _, err := r.ListTokens(ctx, "ops", 0, "")
 	if err != nil || len(list) != 2 {
 		t.Fatalf("list: %+v %v", list, err)
 	}
@@ -217,5 +218,109 @@ func TestTokenShapedPasswordsRefused(t *testing.T) {
 	}
 	if _, err := r.CreateUser(ctx, "tok", "eyJ.but-not.a-jwt.really", RoleViewer); err != nil {
 		t.Fatalf("a password with three dots: %v", err)
+	}
+}
+
+func TestUpdateUserPasswordAndRole(t *testing.T) {
+	r, _ := openTestRegistry(t)
+	ctx := context.Background()
+	var revoked []Revocation
+	var mu sync.Mutex
+	r.OnRevoke(func(rv Revocation) { mu.Lock(); revoked = append(revoked, rv); mu.Unlock() })
+	if _, err := r.CreateUser(ctx, AdminUser, "admin-password", RoleAdmin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateUser(ctx, "carol", "old-password", RoleViewer); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := r.User(ctx, "carol")
+	sess, _, err := r.IssueSession(ctx, u, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := r.CreateToken(ctx, "carol", "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw := "new-password"
+	if _, err := r.UpdateUser(ctx, "carol", UserUpdate{Password: &pw}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.VerifySession(sess); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("a session opened before the password change: %v", err)
+	}
+	if _, err := r.AuthenticateUser(ctx, "carol", "old-password"); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("old password: %v", err)
+	}
+	if _, err := r.AuthenticateUser(ctx, "carol", pw); err != nil {
+		t.Fatalf("new password: %v", err)
+	}
+	if _, err := r.AuthenticateToken(ctx, tok); err != nil {
+		t.Fatalf("API tokens outlive a password change: %v", err)
+	}
+	fresh, _, err := r.IssueSession(ctx, u, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.VerifySession(fresh); err != nil {
+		t.Fatalf("a session opened after the change: %v", err)
+	}
+	role := RoleOperator
+	u, err = r.UpdateUser(ctx, "carol", UserUpdate{Role: &role})
+	if err != nil || u.Role != RoleOperator {
+		t.Fatalf("role: %+v %v", u, err)
+	}
+	if id, err := r.VerifySession(fresh); err != nil || id.Role != RoleOperator {
+		t.Fatalf("session after role change: %+v %v", id, err)
+	}
+	mu.Lock()
+	if len(revoked) != 2 || revoked[0] != (Revocation{Name: "carol"}) || revoked[1] != (Revocation{Name: "carol"}) {
+		t.Fatalf("revocations %+v, want two for carol", revoked)
+	}
+	mu.Unlock()
+
+	viewer := RoleViewer
+	if _, err := r.UpdateUser(ctx, AdminUser, UserUpdate{Role: &viewer}); !errors.Is(err, ErrLastAdmin) {
+		t.Fatalf("demote the last admin: %v", err)
+	}
+	short, tokenShaped, bad := "short", TokenPrefix+"abcdefgh", "root"
+	var ie *InvalidError
+	for _, p := range []UserUpdate{{Password: &short}, {Password: &tokenShaped}, {Role: &bad}} {
+		if _, err := r.UpdateUser(ctx, "carol", p); !errors.As(err, &ie) {
+			t.Fatalf("%+v: %v, want *InvalidError", p, err)
+		}
+	}
+	if _, err := r.UpdateUser(ctx, "ghost", UserUpdate{Role: &viewer}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown user: %v", err)
+	}
+	// A second admin makes demoting the first possible.
+	admin := RoleAdmin
+	if _, err := r.UpdateUser(ctx, "carol", UserUpdate{Role: &admin}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.UpdateUser(ctx, AdminUser, UserUpdate{Role: &viewer}); err != nil {
+		t.Fatalf("demote one of two admins: %v", err)
+	}
+}
+
+func TestSessionOfRecreatedUserIsInvalid(t *testing.T) {
+	r, _ := openTestRegistry(t)
+	ctx := context.Background()
+	if _, err := r.CreateUser(ctx, AdminUser, "admin-password", RoleAdmin); err != nil {
+		t.Fatal(err)
+	}
+	u, err := r.CreateUser(ctx, "dave", "password-1", RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, _, _ := r.IssueSession(ctx, u, time.Hour)
+	if err := r.DeleteUser(ctx, "dave"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateUser(ctx, "dave", "password-1", RoleViewer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.VerifySession(sess); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("the old dave's session works for the new dave: %v", err)
 	}
 }
