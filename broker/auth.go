@@ -225,6 +225,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 func (a *Auth) refuse(cl *mqtt.Client, user string, code packets.Code, reason string) error {
 	a.m.failures.WithLabelValues(reason, Transport(cl)).Inc()
 	a.failed(cl, user, reason)
+	a.reg.LoginRefused(user, remoteIP(cl.Net.Remote), "mqtt/"+Transport(cl), reason) // the audit log, if any
 	a.log.Debug("login refused", "client", cl.ID, "username", user, "remote", cl.Net.Remote, "reason", reason)
 	return Refuse(a.srv, cl, code)
 }

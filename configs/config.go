@@ -28,6 +28,7 @@ type Config struct {
 	TLS       TLS       `yaml:"tls"`
 	Auth      Auth      `yaml:"auth"`
 	Telemetry Telemetry `yaml:"telemetry"`
+	Audit     Audit     `yaml:"audit"`
 	Limits    Limits    `yaml:"limits"`
 }
 
@@ -87,6 +88,11 @@ type Telemetry struct {
 	QueueBytes int64 `yaml:"queue_bytes"`
 }
 
+// Audit configures the audit log (GET /api/v1/audit).
+type Audit struct {
+	Retention time.Duration `yaml:"retention"`
+}
+
 // Limits keep one client from hurting the others. 0 means unlimited.
 type Limits struct {
 	MaxConnections      int `yaml:"max_connections"`
@@ -140,6 +146,7 @@ func Default() Config {
 		},
 		Auth:      Auth{TokenTTL: 12 * time.Hour},
 		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20},
+		Audit:     Audit{Retention: 90 * 24 * time.Hour},
 		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second,
 			DevicePublishRate: 100, DevicePublishBurst: 500},
 	}
@@ -249,6 +256,7 @@ func (c *Config) Validate() error {
 		{"mqtt.connect_timeout", c.MQTT.ConnectTimeout}, {"mqtt.shutdown_grace", c.MQTT.ShutdownGrace},
 		{"http.handshake_timeout", c.HTTP.HandshakeTimeout}, {"auth.token_ttl", c.Auth.TokenTTL},
 		{"telemetry.flush_interval", c.Telemetry.FlushInterval}, {"telemetry.retention", c.Telemetry.Retention},
+		{"audit.retention", c.Audit.Retention},
 	} {
 		if d.d <= 0 {
 			bad(d.key, "must be a positive duration such as 10s")

@@ -36,6 +36,9 @@ type APIOptions struct {
 	// Logins is the login throttle shared with the MQTT broker (SPEC §5:
 	// one limiter); nil means one of the API's own.
 	Logins *devices.LoginLimiter
+	// Audit receives who did what (GET /audit); nil keeps no audit log
+	// and answers GET /audit with 503.
+	Audit *devices.Audit
 	// TrustedProxies are the addresses (IPs or CIDRs, as in
 	// http.trusted_proxies) whose X-Forwarded-For is believed when
 	// slowing down failed logins by address.
@@ -62,6 +65,7 @@ type API struct {
 	telemetry *devices.Telemetry
 	commands  *broker.CommandHook
 	twins     *broker.TwinHook
+	audit     *devices.Audit
 
 	proxies []*net.IPNet
 	logins  *devices.LoginLimiter
@@ -88,6 +92,7 @@ func NewAPI(o APIOptions) (*API, error) {
 		telemetry: o.Telemetry,
 		commands:  o.Commands,
 		twins:     o.Twins,
+		audit:     o.Audit,
 	}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -184,9 +189,16 @@ func (a *API) routes() []route {
 		{"GET", "/clients", viewer, a.listClients},
 		{"GET", "/broker", viewer, a.brokerStats},
 
+		{"GET", "/auth/me", viewer, a.me},
 		{"GET", "/users", admin, a.listUsers},
 		{"POST", "/users", admin, a.createUser},
-		{"POST", "/tokens", admin, a.createToken},
+		{"GET", "/users/{name}", viewer, a.getUser},      // self or admin
+		{"PATCH", "/users/{name}", viewer, a.updateUser}, // own password, or admin
+		{"DELETE", "/users/{name}", admin, a.deleteUser},
+		{"GET", "/tokens", viewer, a.listTokens},          // own, or all for admin
+		{"POST", "/tokens", viewer, a.createToken},        // own, or anyone's for admin
+		{"DELETE", "/tokens/{id}", viewer, a.revokeToken}, // own, or any for admin
+		{"GET", "/audit", admin, a.listAudit},
 
 		{"GET", "/openapi.json", public, a.openAPI},
 	}

@@ -183,6 +183,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	if wait := a.logins.Wait(name, addr); wait > 0 {
 		a.metrics.logins.WithLabelValues("throttled").Inc()
+		a.recordRefusal(r, req.Username, "throttled")
 		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
 			Msg: "too many failed logins: try again later", RetryAfter: int(wait.Seconds() + 0.999)}
 	}
@@ -193,6 +194,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	if errors.Is(err, devices.ErrUnauthorized) || errors.Is(err, devices.ErrNotFound) {
 		a.logins.Failed(name, addr)
 		a.metrics.logins.WithLabelValues("failed").Inc()
+		a.recordRefusal(r, req.Username, "wrong user name or password")
 		a.log.Debug("api: login failed", "remote", addr)
 		return unauthorized("wrong user name or password")
 	}
@@ -206,6 +208,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.metrics.logins.WithLabelValues("ok").Inc()
 	a.log.Info("api: login", "user", u.Username, "remote", addr)
+	a.record(r, devices.AuditEntry{Action: devices.AuditLogin, Actor: u.Username, Via: "password"})
 	http.SetCookie(w, &http.Cookie{
 		Name:     SessionCookie,
 		Value:    tok,
@@ -229,6 +232,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	a.record(r, devices.AuditEntry{Action: devices.AuditLogout})
 	http.SetCookie(w, &http.Cookie{
 		Name: SessionCookie, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, Secure: a.overTLS(r), SameSite: http.SameSiteStrictMode,

@@ -164,7 +164,7 @@ func TestRolesEnforced(t *testing.T) {
 		{"viewer", "DELETE", "/devices/r1", nil, 403},
 		{"viewer", "POST", "/devices/r1/secret", nil, 403},
 		{"viewer", "GET", "/users", nil, 403},
-		{"viewer", "POST", "/tokens", map[string]string{"name": "x"}, 403},
+		{"viewer", "POST", "/tokens", map[string]string{"name": "x", "username": "admin"}, 403},
 		{"operator", "GET", "/devices", nil, 200},
 		{"operator", "POST", "/devices", map[string]string{"id": "r3"}, 403},
 		{"operator", "POST", "/devices/bulk", map[string]any{"devices": []any{map[string]string{"id": "r4"}}}, 403},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -78,6 +79,7 @@ func (a *API) createDevice(w http.ResponseWriter, r *http.Request) error {
 		return registryError(err, "device")
 	}
 	a.log.Info("api: device registered", "device", d.ID, "by", identity(r).Name)
+	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceCreated, Target: d.ID})
 	w.Header().Set("Location", APIPrefix+"/devices/"+url.PathEscape(d.ID))
 	writeJSON(w, http.StatusCreated, devices.DeviceSecret{Device: d, Secret: secret})
 	return nil
@@ -102,6 +104,8 @@ func (a *API) createDevices(w http.ResponseWriter, r *http.Request) error {
 		return registryError(err, "device")
 	}
 	a.log.Info("api: devices registered", "count", len(out), "by", identity(r).Name)
+	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceCreated, Target: out[0].ID,
+		Detail: fmt.Sprintf("bulk: %d devices, %s to %s", len(out), out[0].ID, out[len(out)-1].ID)})
 	writeJSON(w, http.StatusCreated, bulkResponse{Devices: out})
 	return nil
 }
@@ -136,6 +140,7 @@ func (a *API) updateDevice(w http.ResponseWriter, r *http.Request) error {
 		return registryError(err, "device")
 	}
 	a.log.Info("api: device updated", "device", d.ID, "by", identity(r).Name)
+	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceUpdated, Target: d.ID, Detail: patchFields(p)})
 	writeJSON(w, http.StatusOK, d)
 	return nil
 }
@@ -150,6 +155,7 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request) error {
 		return registryError(err, "device")
 	}
 	a.log.Info("api: device deleted", "device", id, "by", identity(r).Name)
+	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceDeleted, Target: id})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -169,6 +175,26 @@ func (a *API) rotateSecret(w http.ResponseWriter, r *http.Request) error {
 		return registryError(err, "device")
 	}
 	a.log.Info("api: device secret rotated", "device", d.ID, "by", identity(r).Name)
+	a.record(r, devices.AuditEntry{Action: devices.AuditSecretRotated, Target: d.ID})
 	writeJSON(w, http.StatusOK, devices.DeviceSecret{Device: d, Secret: secret})
 	return nil
+}
+
+// patchFields names what a device patch changes, for the audit log:
+// "name, enabled=false".
+func patchFields(p devices.DevicePatch) string {
+	var f []string
+	if p.Name != nil {
+		f = append(f, "name")
+	}
+	if p.Type != nil {
+		f = append(f, "type")
+	}
+	if p.Labels != nil {
+		f = append(f, "labels")
+	}
+	if p.Enabled != nil {
+		f = append(f, fmt.Sprintf("enabled=%t", *p.Enabled))
+	}
+	return strings.Join(f, ", ")
 }

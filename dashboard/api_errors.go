@@ -82,6 +82,9 @@ func registryError(err error, what string) error {
 		return &apiError{Status: http.StatusBadRequest, Code: codeInvalid, Msg: inv.Error(), Err: err}
 	case errors.Is(err, devices.ErrNotFound):
 		return &apiError{Status: http.StatusNotFound, Code: codeNotFound, Msg: what + " not found", Err: err}
+	case errors.Is(err, devices.ErrLastAdmin):
+		return &apiError{Status: http.StatusConflict, Code: codeConflict,
+			Msg: "the last admin cannot be deleted or demoted: make another user admin first", Err: err}
 	case errors.Is(err, devices.ErrConflict):
 		return &apiError{Status: http.StatusConflict, Code: codeConflict,
 			Msg: what + " id or name already taken (devices and users share one namespace)", Err: err}

@@ -1,8 +1,8 @@
 package dashboard
 
 import (
+	"errors"
 	"net/http"
-	"time"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -14,24 +14,33 @@ type userRequest struct {
 	Role     string `json:"role"`
 }
 
+// userPatch is the body of PATCH /users/{name}. CurrentPassword proves a
+// user who is not an admin is changing their own password.
+type userPatch struct {
+	Password        *string `json:"password"`
+	Role            *string `json:"role"`
+	CurrentPassword *string `json:"current_password"`
+}
+
 // userList is the body of GET /users.
 type userList struct {
 	Users      []devices.User `json:"users"`
 	NextCursor string         `json:"next_cursor"`
 }
 
-// tokenRequest is the body of POST /tokens: a token named Name for
-// Username (default: the caller), valid TTL seconds (0: until revoked).
-type tokenRequest struct {
-	Name     string `json:"name"`
+// meResponse is the body of GET /auth/me.
+type meResponse struct {
 	Username string `json:"username"`
-	TTL      int64  `json:"ttl"`
+	Role     string `json:"role"`
+	// Via is how the request authenticated: "session" or "token".
+	Via string `json:"via"`
 }
 
-// tokenResponse is a new token: its record and, only now, its plaintext.
-type tokenResponse struct {
-	devices.Token
-	Plaintext string `json:"token"`
+// me: GET /auth/me → who the credentials belong to.
+func (a *API) me(w http.ResponseWriter, r *http.Request) error {
+	id := identity(r)
+	writeJSON(w, http.StatusOK, meResponse{Username: id.Name, Role: id.Role, Via: id.Via})
+	return nil
 }
 
 // listUsers: GET /users?limit=&cursor=
@@ -72,32 +81,125 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
 		return registryError(err, "user")
 	}
 	a.log.Info("api: user created", "user", u.Username, "role", u.Role, "by", identity(r).Name)
+	a.record(r, devices.AuditEntry{Action: devices.AuditUserCreated, Target: u.Username, Detail: "role " + u.Role})
 	writeJSON(w, http.StatusCreated, u)
 	return nil
 }
 
-// createToken: POST /tokens {"name","username"?,"ttl"?} → 201, the token
-// record with its plaintext "token", shown only now.
-func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
-	var req tokenRequest
-	if err := decodeJSON(w, r, maxBody, &req); err != nil {
+// pathUser returns the {name} of r, the user it names, checking that the
+// caller is that user or an admin.
+func pathUser(r *http.Request) (string, error) {
+	name := r.PathValue("name")
+	if !devices.ValidID(name) {
+		return "", notFound("user")
+	}
+	if me := identity(r); me.Name != name && !me.Can(devices.RoleAdmin) {
+		return "", forbidden("only an admin can see or change another user")
+	}
+	return name, nil
+}
+
+// getUser: GET /users/{name}: an admin any user, anyone else themselves.
+func (a *API) getUser(w http.ResponseWriter, r *http.Request) error {
+	name, err := pathUser(r)
+	if err != nil {
 		return err
 	}
-	if req.Username == "" {
-		req.Username = identity(r).Name
-	}
-	const maxTTL = 10 * 365 * 24 * 3600
-	if req.TTL < 0 || req.TTL > maxTTL {
-		return badRequest(codeInvalid, "ttl must be from 0 (no expiry) to %d seconds", maxTTL)
-	}
-	if req.Name == "" {
-		return badRequest(codeInvalid, "name is required")
-	}
-	plain, t, err := a.reg.CreateToken(r.Context(), req.Username, req.Name, time.Duration(req.TTL)*time.Second)
+	u, err := a.reg.User(r.Context(), name)
 	if err != nil {
 		return registryError(err, "user")
 	}
-	a.log.Info("api: token created", "token_id", t.ID, "user", t.Username, "by", identity(r).Name)
-	writeJSON(w, http.StatusCreated, tokenResponse{Token: t, Plaintext: plain})
+	writeJSON(w, http.StatusOK, u)
+	return nil
+}
+
+// updateUser: PATCH /users/{name} {"password"?,"role"?,"current_password"?}
+// → the user. An admin changes anyone's password and role; anyone else
+// only their own password, proving it with current_password (failures are
+// slowed down like failed logins). The last admin cannot be demoted (409).
+// A new password ends the user's sessions, the caller's included; a new
+// password or role closes the user's MQTT connections.
+func (a *API) updateUser(w http.ResponseWriter, r *http.Request) error {
+	name, err := pathUser(r)
+	if err != nil {
+		return err
+	}
+	var p userPatch
+	if err := decodeJSON(w, r, maxBody, &p); err != nil {
+		return err
+	}
+	me := identity(r)
+	admin := me.Can(devices.RoleAdmin)
+	switch {
+	case p.Password == nil && p.Role == nil:
+		return badRequest(codeInvalid, "nothing to change: give password and/or role")
+	case p.Role != nil && !admin:
+		return forbidden("changing a role needs the admin role")
+	case p.CurrentPassword == nil && !admin:
+		return badRequest(codeInvalid, "current_password is required to change your own password")
+	}
+	if p.CurrentPassword != nil {
+		if err := a.checkCurrentPassword(r, name, *p.CurrentPassword); err != nil {
+			return err
+		}
+	}
+	before, err := a.reg.User(r.Context(), name)
+	if err != nil {
+		return registryError(err, "user")
+	}
+	u, err := a.reg.UpdateUser(r.Context(), name, devices.UserUpdate{Password: p.Password, Role: p.Role})
+	if err != nil {
+		return registryError(err, "user")
+	}
+	if p.Password != nil {
+		a.log.Info("api: password changed", "user", name, "by", me.Name)
+		a.record(r, devices.AuditEntry{Action: devices.AuditPasswordChanged, Target: name})
+	}
+	if u.Role != before.Role {
+		a.log.Info("api: role changed", "user", name, "role", u.Role, "by", me.Name)
+		a.record(r, devices.AuditEntry{Action: devices.AuditRoleChanged, Target: name, Detail: before.Role + " -> " + u.Role})
+	}
+	writeJSON(w, http.StatusOK, u)
+	return nil
+}
+
+// checkCurrentPassword checks name's password, through the login
+// limiter: guessing it is slowed down exactly like guessing at login.
+func (a *API) checkCurrentPassword(r *http.Request, name, password string) error {
+	addr := a.clientIP(r)
+	if wait := a.logins.Wait(name, addr); wait > 0 {
+		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
+			Msg: "too many wrong passwords: try again later", RetryAfter: int(wait.Seconds() + 0.999)}
+	}
+	if len(password) > devices.MaxPassword {
+		password = ""
+	}
+	_, err := a.reg.AuthenticateUser(r.Context(), name, password)
+	if errors.Is(err, devices.ErrUnauthorized) {
+		a.logins.Failed(name, addr)
+		a.recordRefusal(r, name, "wrong current_password")
+		return forbidden("current_password is wrong")
+	}
+	if err != nil {
+		return err
+	}
+	a.logins.Succeeded(name, addr)
+	return nil
+}
+
+// deleteUser: DELETE /users/{name} → 204. The user's tokens and sessions
+// end and their MQTT connections close; the last admin cannot be deleted
+// (409).
+func (a *API) deleteUser(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if !devices.ValidID(name) {
+		return notFound("user")
+	}
+	if err := a.reg.DeleteUser(r.Context(), name); err != nil {
+		return registryError(err, "user")
+	}
+	a.log.Info("api: user deleted", "user", name, "by", identity(r).Name)
+	a.record(r, devices.AuditEntry{Action: devices.AuditUserDeleted, Target: name})
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

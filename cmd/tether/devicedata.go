@@ -14,18 +14,19 @@ import (
 )
 
 // deviceData is telemetry history, commands and twins: their stores on
-// the database and the broker hooks that feed them.
+// the database and the broker hooks that feed them; and the audit log.
 type deviceData struct {
 	telemetry *devices.Telemetry
 	commands  *devices.Commands
 	twins     *devices.Twins
+	audit     *devices.Audit
 
 	telemetryHook *broker.TelemetryHook
 	commandHook   *broker.CommandHook
 	twinHook      *broker.TwinHook
 }
 
-// openDeviceData opens the three stores on db (migrating their
+// openDeviceData opens the four stores on db (migrating their
 // components) and builds their hooks. On error nothing is left running.
 func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *deviceData, err error) {
 	ctx := context.Background()
@@ -48,6 +49,9 @@ func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *de
 		return nil, err
 	}
 	if d.twins, err = devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log}); err != nil {
+		return nil, err
+	}
+	if d.audit, err = devices.OpenAudit(ctx, db, &devices.AuditOptions{Retention: cfg.Audit.Retention, Logger: log}); err != nil {
 		return nil, err
 	}
 	d.telemetryHook = broker.NewTelemetryHook(d.telemetry, log)
@@ -94,5 +98,6 @@ func (d *deviceData) close() error {
 	if d.twins != nil {
 		errs = append(errs, d.twins.Close())
 	}
+	errs = append(errs, d.audit.Close()) // nil-safe
 	return errors.Join(errs...)
 }

@@ -216,6 +216,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		}
 	}()
 	logins := devices.NewLoginLimiter(nil) // one login throttle for MQTT and HTTP
+	a.registry.SetAudit(a.data.audit)      // the broker's refused logins
 	a.auth = broker.NewAuth(broker.AuthOptions{
 		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins,
 		Sessions: a.store, // purged sessions are deleted from it
@@ -253,7 +254,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
 		Registry: a.registry, Broker: b, Clients: clock, Logger: log, Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
-		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins,
+		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins, Audit: a.data.audit,
 	})
 	if err != nil {
 		return nil, err
