@@ -39,30 +39,49 @@ type remoteFlags struct {
 	token  string
 	ca     string
 	json   bool
+	// noSaved: do not fall back on the saved login (login, logout).
+	noSaved bool
 }
 
 // addRemoteFlags adds --server, --token and --json to fs; the first two
-// default to TETHER_SERVER and TETHER_TOKEN.
+// default to TETHER_SERVER and TETHER_TOKEN, then to the saved login
+// (tether login).
 func addRemoteFlags(fs *flag.FlagSet) *remoteFlags {
 	rf := &remoteFlags{}
-	server := os.Getenv("TETHER_SERVER")
-	if server == "" {
-		server = defaultServer
-	}
-	fs.StringVar(&rf.server, "server", server, "URL of the Tether server (TETHER_SERVER)")
+	fs.StringVar(&rf.server, "server", "", "URL of the Tether server (default: TETHER_SERVER, else the saved login's, else "+defaultServer+")")
 	fs.StringVar(&rf.token, "token", "", "API token or login token (TETHER_TOKEN; prefer the variable: flags show in ps)")
 	fs.StringVar(&rf.ca, "ca", "", "PEM certificate to trust for an https --server (e.g. the cert.pem of tether certs dev)")
 	fs.BoolVar(&rf.json, "json", false, "print the API's JSON instead of a table")
 	return rf
 }
 
-// client returns the API client the flags describe.
+// client returns the API client the flags describe. The saved login's
+// server is the default server; without --token and TETHER_TOKEN its
+// token is used, and only for that server.
 func (rf *remoteFlags) client() (*serverClient, error) {
-	tok := rf.token
+	server, tok := rf.server, rf.token
+	if server == "" {
+		server = os.Getenv("TETHER_SERVER")
+	}
 	if tok == "" {
 		tok = os.Getenv("TETHER_TOKEN")
 	}
-	c, err := newServerClient(rf.server, tok)
+	if !rf.noSaved && (server == "" || tok == "") {
+		l, ok, err := loadLogin()
+		if err != nil && tok == "" {
+			return nil, err
+		}
+		if ok && server == "" {
+			server = l.Server
+		}
+		if ok && tok == "" && sameServer(server, l.Server) {
+			tok = l.Token
+		}
+	}
+	if server == "" {
+		server = defaultServer
+	}
+	c, err := newServerClient(server, tok)
 	if err != nil || rf.ca == "" {
 		return c, err
 	}
@@ -101,6 +120,9 @@ func newServerClient(server, token string) (*serverClient, error) {
 	return &serverClient{base: base, token: token, http: &http.Client{Timeout: 60 * time.Second}}, nil
 }
 
+// server is the server's URL, without /api/v1.
+func (c *serverClient) server() string { return strings.TrimSuffix(c.base, "/api/v1") }
+
 // apiError is an error answer of the API: its status and the error body's
 // code and message.
 type apiError struct {
@@ -112,7 +134,7 @@ type apiError struct {
 func (e *apiError) Error() string {
 	msg := fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message)
 	if e.Status == http.StatusUnauthorized {
-		msg += " (give a token with --token or TETHER_TOKEN)"
+		msg += " (run tether login, or give a token with --token or TETHER_TOKEN)"
 	}
 	return msg
 }

@@ -21,7 +21,11 @@ import (
 // TestMain fails the package's tests if any goroutine outlives them, and
 // removes the binary that tests of the real process build.
 func TestMain(m *testing.M) {
+	// tether login keeps its token under os.UserConfigDir: never the real one.
+	cfgDir, _ := os.MkdirTemp("", "tether-config-")
+	os.Setenv("XDG_CONFIG_HOME", cfgDir)
 	code := m.Run()
+	os.RemoveAll(cfgDir)
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}

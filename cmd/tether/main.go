@@ -2,7 +2,7 @@
 // registry, a live fleet dashboard and a fleet simulator.
 //
 // Each subcommand lives in its own file: serve.go, certs.go, devices.go,
-// users.go, cmd.go, sim.go, bench.go, backup.go, version.go.
+// users.go, tokens.go, login.go, cmd.go, sim.go, bench.go, backup.go, version.go.
 package main
 
 import (
@@ -28,7 +28,10 @@ var commands = map[string]command{
 	"version": {"print the version", runVersion},
 	"certs":   {"certificate helpers: certs dev --out DIR", runCerts},
 	"devices": {"manage devices: list|add|show|rm|rotate", runDevices},
-	"users":   {"manage users: add", runUsers},
+	"users":   {"manage users: add|list|rm|passwd|role", runUsers},
+	"tokens":  {"manage API tokens: list|create|revoke", runTokens},
+	"login":   {"log in to a server and keep the token: login [--server URL]", runLogin},
+	"logout":  {"revoke the saved login's token and forget it", runLogout},
 	"cmd":     {"send a command to a device: cmd send DEVICE NAME", runCmd},
 	"sim":     {"run a simulated device fleet against a broker", runSim},
 	"bench":   {"load scenarios against any MQTT broker", runBench},
