@@ -1,8 +1,9 @@
 // Administration: register a device (its secret shown once, with
-// connection snippets), disable, delete and rotate devices, manage users.
+// connection snippets), disable, delete and rotate devices. Users,
+// tokens and the audit log are in accounts.js.
 
-import { h, fill, copy, fmtTime } from './util.js';
-import { get, post, patch, del, enc } from './api.js';
+import { h, fill, copy } from './util.js';
+import { post, patch, del, enc } from './api.js';
 import { fleet } from './fleet.js';
 
 export function registerView(main) {
@@ -105,41 +106,4 @@ export function secretDialog(dev, secret, heading, onClose) {
   close.addEventListener('click', () => dlg.close());
   dlg.addEventListener('close', () => { fill(dlg); if (onClose) onClose(); }, { once: true });
   dlg.showModal();
-}
-
-export function usersView(main) {
-  const rows = h('tbody', { id: 'user-rows' });
-  const name = h('input', { id: 'user-name', required: true, autocomplete: 'off' });
-  const pass = h('input', { id: 'user-password', type: 'password', required: true, minLength: 8, autocomplete: 'new-password' });
-  const role = h('select', { id: 'user-role' }, ['viewer', 'operator', 'admin'].map((r) => h('option', { value: r }, r)));
-  const err = h('p', { class: 'error', role: 'alert' });
-  const btn = h('button', { type: 'submit', id: 'user-submit' }, 'Add user');
-  const form = h('form', { class: 'form', id: 'user-form' },
-    h('div', { class: 'row' }, h('label', {}, 'User name', name), h('label', {}, 'Password', pass), h('label', {}, 'Role', role)), err, h('div', {}, btn));
-  main.append(h('div', { class: 'head' }, h('h1', { text: 'Users' })),
-    h('div', { class: 'grid two' },
-      h('section', { class: 'panel' }, h('h2', { text: 'People' }),
-        h('div', { class: 'table-wrap' }, h('table', {},
-          h('thead', {}, h('tr', {}, h('th', { text: 'User' }), h('th', { text: 'Role' }), h('th', { text: 'Created' }))), rows))),
-      h('section', { class: 'panel' }, h('h2', { text: 'Add a user' }), form,
-        h('p', { class: 'muted small', text: 'Viewers see everything; operators also send commands and set desired twin state; admins also manage devices and users.' }))));
-  const load = async () => {
-    try {
-      const r = await get('/users');
-      fill(rows, (r.users || []).map((u) => h('tr', {}, h('td', { text: u.username }), h('td', {}, h('span', { class: 'pill', text: u.role })),
-        h('td', { class: 'muted small', text: fmtTime(u.created_at) }))));
-    } catch (e) { fill(rows, h('tr', {}, h('td', { colSpan: 3, class: 'error', text: e.message }))); }
-  };
-  form.addEventListener('submit', async (ev) => {
-    ev.preventDefault();
-    err.textContent = '';
-    btn.disabled = true;
-    try {
-      await post('/users', { username: name.value.trim(), password: pass.value, role: role.value });
-      form.reset();
-      load();
-    } catch (e) { err.textContent = e.message; }
-    finally { btn.disabled = false; }
-  });
-  load();
 }

@@ -10,7 +10,8 @@ import { loginView } from './login.js';
 import { overviewView } from './overview.js';
 import { devicesView } from './devices.js';
 import { deviceView } from './device.js';
-import { registerView, usersView } from './admin.js';
+import { registerView } from './admin.js';
+import { usersView, tokensView, accountView, auditView } from './accounts.js';
 
 const main = document.getElementById('main');
 const routes = [
@@ -20,6 +21,9 @@ const routes = [
   [/^#\/devices\/([^/]+)$/, deviceView, 'devices'],
   [/^#\/register$/, registerView, 'register', 'admin'],
   [/^#\/users$/, usersView, 'users', 'admin'],
+  [/^#\/tokens$/, tokensView, 'tokens'],
+  [/^#\/account$/, accountView, 'account'],
+  [/^#\/audit$/, auditView, 'audit', 'admin'],
 ];
 
 let cleanup = null;
