@@ -23,6 +23,10 @@ type Token struct {
 // TokenPrefix starts every API token's plaintext.
 const TokenPrefix = "tth_"
 
+// MaxTokensPerUser bounds the API tokens one user holds (expired ones
+// count until revoked).
+const MaxTokensPerUser = 100
+
 // CreateToken issues a token for username named name (a label for people);
 // ttl 0 means it never expires. Returns the plaintext, shown only now.
 func (r *Registry) CreateToken(ctx context.Context, username, name string, ttl time.Duration) (string, Token, error) {
@@ -45,9 +49,18 @@ func (r *Registry) createToken(ctx context.Context, username, name string, ttl t
 	defer r.writeMu.Unlock()
 	r.mu.RLock()
 	_, ok := r.users[username]
+	n := 0
+	for _, t := range r.tokens {
+		if t.username == username {
+			n++
+		}
+	}
 	r.mu.RUnlock()
 	if !ok {
 		return "", Token{}, fmt.Errorf("user %q: %w", username, ErrNotFound)
+	}
+	if n >= MaxTokensPerUser {
+		return "", Token{}, invalid("username", "%q has %d tokens already: revoke some first", username, n)
 	}
 	plain := TokenPrefix + newSecret()
 	d := digest(plain)

@@ -324,3 +324,29 @@ func TestSessionOfRecreatedUserIsInvalid(t *testing.T) {
 		t.Fatalf("the old dave's session works for the new dave: %v", err)
 	}
 }
+
+func TestTokensPerUserAreBounded(t *testing.T) {
+	r, _ := openTestRegistry(t)
+	ctx := context.Background()
+	if _, err := r.CreateUser(ctx, "many", "password-1", RoleViewer); err != nil {
+		t.Fatal(err)
+	}
+	var last Token
+	for i := 0; i < MaxTokensPerUser; i++ {
+		_, tk, err := r.CreateToken(ctx, "many", "t", time.Hour)
+		if err != nil {
+			t.Fatalf("token %d: %v", i, err)
+		}
+		last = tk
+	}
+	var ie *InvalidError
+	if _, _, err := r.CreateToken(ctx, "many", "one too many", time.Hour); !errors.As(err, &ie) {
+		t.Fatalf("token %d: %v, want *InvalidError", MaxTokensPerUser+1, err)
+	}
+	if err := r.RevokeToken(ctx, last.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.CreateToken(ctx, "many", "room again", time.Hour); err != nil {
+		t.Fatalf("after a revocation: %v", err)
+	}
+}
