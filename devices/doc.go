@@ -1,7 +1,7 @@
 // Package devices is Tether's device registry: device identities and
 // secrets, users, API tokens, presence, telemetry history, commands with
-// tracked outcomes and desired/reported twins, all kept in one SQLite file
-// (modernc.org/sqlite, no cgo).
+// tracked outcomes, desired/reported twins and the audit log, all kept in
+// one SQLite file (modernc.org/sqlite, no cgo).
 //
 // It knows nothing of HTTP or MQTT: the broker and the dashboard call it.
 package devices
