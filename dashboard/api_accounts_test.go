@@ -71,6 +71,8 @@ func TestAccountRoutesRefuseLesserIdentities(t *testing.T) {
 		{"viewer", "PATCH", "/users/viewer", map[string]string{"password": "new-password-1", "current_password": "wrong-one"}, 403},
 		{"viewer", "POST", "/tokens", map[string]string{"name": "x", "username": "operator"}, 403},
 		{"admin", "PATCH", "/users/viewer", map[string]string{}, 400},
+		{"admin", "PATCH", "/users/viewer", map[string]string{"password": "new-password-1", "current_password": viewerPassword}, 400},
+		{"viewer", "PATCH", "/users/viewer", map[string]string{"current_password": viewerPassword}, 400},
 		{"admin", "PATCH", "/users/viewer", map[string]string{"role": "root"}, 400},
 		{"admin", "PATCH", "/users/viewer", map[string]string{"password": "short"}, 400},
 		{"admin", "PATCH", "/users/viewer", `{"role":"admin","extra":1}`, 400},

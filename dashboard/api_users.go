@@ -135,6 +135,8 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request) error {
 		return badRequest(codeInvalid, "nothing to change: give password and/or role")
 	case p.Role != nil && !admin:
 		return forbidden("changing a role needs the admin role")
+	case p.CurrentPassword != nil && (p.Password == nil || name != me.Name):
+		return badRequest(codeInvalid, "current_password goes only with a new password of your own")
 	case p.CurrentPassword == nil && !admin:
 		return badRequest(codeInvalid, "current_password is required to change your own password")
 	}

@@ -95,7 +95,7 @@ export function usersView(main) {
       try { await del('/users/' + enc(u.username)); load(); } catch (e) { note.textContent = e.message; }
     });
     return h('tr', { dataset: { user: u.username } }, h('td', { text: u.username }), h('td', {}, sel),
-      h('td', { class: 'muted small', text: fmtTime(u.created_at) }), h('td', { class: 'actions' }, pw, rm));
+      h('td', { class: 'muted small', text: fmtTime(u.created_at) }), h('td', {}, h('div', { class: 'actions' }, pw, rm)));
   };
   const load = async () => {
     try {
