@@ -163,9 +163,15 @@ func runLogin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("login: create a token: %w", err)
 	}
+	old, hadOld, _ := loadLogin()
 	p, err := saveLogin(savedLogin{Server: c.server(), Username: *username, Role: sess.Role, Token: tok.Token, TokenID: tok.ID, ExpiresAt: tok.ExpiresAt})
 	if err != nil {
 		return err
+	}
+	if hadOld && sameServer(old.Server, c.server()) && old.TokenID != tok.ID {
+		// The login this one replaces: its token is not needed any more.
+		c.token = old.Token
+		_ = c.do(ctx, "DELETE", "/tokens/"+url.PathEscape(old.TokenID), nil, nil)
 	}
 	fmt.Fprintf(stdout, "Logged in to %s as %s (%s). The token is saved in %s", c.server(), *username, sess.Role, p)
 	if tok.ExpiresAt != nil {

@@ -81,6 +81,20 @@ func TestLoginSavesTokenAndLogoutRevokesIt(t *testing.T) {
 		t.Fatal("login printed the token")
 	}
 
+	// Logging in again replaces the saved token and revokes the old one.
+	withStdin(t, "admin-password\n")
+	if code, out, errs := tether(t, "login", "--server", e.url, "--username", "admin", "--password-stdin"); code != 0 {
+		t.Fatalf("second login: %d %q %q", code, out, errs)
+	}
+	first := saved
+	b, _ = os.ReadFile(file)
+	if err := json.Unmarshal(b, &saved); err != nil || saved.TokenID == first.TokenID {
+		t.Fatalf("second login saved %s (%v)", b, err)
+	}
+	if _, err := e.reg.AuthenticateToken(t.Context(), first.Token); err == nil {
+		t.Fatal("the token of the replaced login still works")
+	}
+
 	// Every remote command uses it, with no --server or --token.
 	code, out, errs = tether(t, "users", "list")
 	if code != 0 || !strings.Contains(out, "viewer") {
