@@ -74,8 +74,8 @@ func (rf *remoteFlags) client() (*serverClient, error) {
 		if ok && server == "" {
 			server = l.Server
 		}
-		if ok && tok == "" && sameServer(server, l.Server) {
-			tok = l.Token
+		if ok && tok == "" {
+			tok = savedToken(server)
 		}
 	}
 	if server == "" {

@@ -95,6 +95,14 @@ func saveLogin(l savedLogin) (string, error) {
 	return p, nil
 }
 
+// savedToken is the saved login's token if it is for server, else "".
+func savedToken(server string) string {
+	if l, ok, err := loadLogin(); err == nil && ok && sameServer(server, l.Server) {
+		return l.Token
+	}
+	return ""
+}
+
 // sameServer reports whether two server URLs name the same API.
 func sameServer(a, b string) bool {
 	ca, err1 := newServerClient(a, "")

@@ -124,6 +124,10 @@ func TestLoginSavesTokenAndLogoutRevokesIt(t *testing.T) {
 	}
 	mu.Unlock()
 
+	if savedToken(e.url+"/") != saved.Token || savedToken(other.URL) != "" {
+		t.Fatal("savedToken (tether sim's --token) picks the wrong server's token")
+	}
+
 	code, out, errs = tether(t, "logout")
 	if code != 0 || !strings.Contains(out, "Logged out") {
 		t.Fatalf("logout: %d %q %q", code, out, errs)

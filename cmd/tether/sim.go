@@ -18,7 +18,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	broker := fs.String("broker", "", "broker URL, e.g. tcp://127.0.0.1:1883 or ws://127.0.0.1:8080/mqtt (default: the --server host, else 127.0.0.1, on the transport's port)")
 	transport := fs.String("transport", "", "tcp, tls, ws or wss (default: the --broker scheme, else tcp)")
 	server := fs.String("server", os.Getenv("TETHER_SERVER"), "Tether API URL to register the devices through, e.g. http://127.0.0.1:8080 (or TETHER_SERVER)")
-	token := fs.String("token", os.Getenv("TETHER_TOKEN"), "API token for --server (or TETHER_TOKEN)")
+	token := fs.String("token", os.Getenv("TETHER_TOKEN"), "API token for --server (or TETHER_TOKEN, or the saved login of tether login)")
 	creds := fs.String("creds", "", "credentials file of the devices: JSON lines or a JSON array of {\"id\",\"secret\"}")
 	credsOut := fs.String("creds-out", "", "write the credentials of devices registered through --server to this file (mode 0600)")
 	devices := fs.Int("devices", 0, "number of devices (default 10, or every device in --creds)")
@@ -40,6 +40,9 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	verbose := fs.Bool("verbose", false, "log each device's connect failures and odd messages to stderr")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *server != "" && *token == "" {
+		*token = savedToken(*server) // the login of tether login, for that server only
 	}
 	if *qos > 2 {
 		return fmt.Errorf("--qos: %d is not 0, 1 or 2", *qos)
