@@ -302,7 +302,8 @@ func (r *Registry) Close() error {
 type Revocation struct {
 	// Name is a device id or user name. With neither SessionID nor TokenID
 	// set, every connection of Name goes: the device was disabled, deleted
-	// or had its secret rotated; the user was deleted.
+	// or had its secret rotated; the user was deleted or had their password
+	// or role changed.
 	Name string
 	// SessionID (a logout) or TokenID (a revoked API token) narrows it to
 	// the connections made with that session or token.

@@ -216,7 +216,7 @@ func (r *Registry) UpdateUser(ctx context.Context, username string, p UserUpdate
 	}
 	if changed {
 		r.log.Info("user updated", "user", username, "password_changed", p.Password != nil, "role", p.Role != nil)
-		r.revoke(Revocation{Name: username})
+		r.revoke(Revocation{Name: username}) // connections only: their sessions stay theirs
 	}
 	return r.User(ctx, username)
 }
