@@ -100,9 +100,10 @@ type ClientClock struct {
 	mqtt.HookBase
 	now func() time.Time
 
-	// mu guards since.
+	// mu guards since and adds.
 	mu    sync.Mutex
 	since map[*mqtt.Client]time.Time
+	adds  int
 }
 
 // NewClientClock returns an empty clock.
@@ -115,14 +116,26 @@ func (c *ClientClock) ID() string { return "tether-client-clock" }
 
 // Provides implements mqtt.Hook.
 func (c *ClientClock) Provides(b byte) bool {
-	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect
+	return b == mqtt.OnSessionEstablish || b == mqtt.OnDisconnect
 }
 
-// OnSessionEstablished records the time cl connected.
-func (c *ClientClock) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+// OnSessionEstablish records the time cl connected. It runs before the
+// engine sends the CONNACK, so a client that has its CONNACK is listed
+// with its time (OnSessionEstablished came after the CONNACK, and a fast
+// client could be listed without one). A client whose CONNACK cannot be
+// written never reaches OnDisconnect: every 1,024 connects, entries of
+// closed clients are swept.
+func (c *ClientClock) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	t := c.now()
 	c.mu.Lock()
 	c.since[cl] = t
+	if c.adds++; c.adds%1024 == 0 {
+		for k := range c.since {
+			if k.Closed() {
+				delete(c.since, k)
+			}
+		}
+	}
 	c.mu.Unlock()
 }
 

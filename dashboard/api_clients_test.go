@@ -13,9 +13,9 @@ func TestClientClockKeysOnConnection(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	c.now = func() time.Time { return t0 }
 	old, taker := &mqtt.Client{ID: "same"}, &mqtt.Client{ID: "same"}
-	c.OnSessionEstablished(old, packets.Packet{})
+	c.OnSessionEstablish(old, packets.Packet{})
 	t0 = t0.Add(time.Minute)
-	c.OnSessionEstablished(taker, packets.Packet{})
+	c.OnSessionEstablish(taker, packets.Packet{})
 	// The old connection of a taken-over session goes; the new one stays.
 	c.OnDisconnect(old, nil, false)
 	if _, ok := c.Since(old); ok {
