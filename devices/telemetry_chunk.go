@@ -1,0 +1,523 @@
+package devices
+
+import (
+	"encoding/binary"
+	"math"
+	"math/bits"
+)
+
+// A history chunk holds up to chunkPoints points of one device in columns:
+// the timestamps, then one column per metric. Encoded (version 1):
+//
+//	0x01 uvarint(points) uvarint(columns)
+//	per column: uvarint(len) name
+//	uvarint(len) timestamps: the first as 64 bits, then delta-of-deltas
+//	per column: uvarint(len) column
+//
+// A column is the run-length-encoded symbols of its points (0 absent,
+// 1 number, 2+i the dictionary's i-th value), then the dictionary of
+// the column's other values as their JSON text (strings, true, false),
+// then its numbers in one of three encodings, whichever is smallest:
+// Gorilla's XOR of consecutive float64s, or, when every number is a
+// decimal with at most 15 digits after the point, the numbers scaled to
+// integers and written as deltas or as delta-of-deltas.
+//
+// Sizes are prefixed so a query can skip the columns it does not read; a
+// decoder checks every length and count, since a chunk is outside input
+// once it is on disk (FuzzTelemetryChunk).
+const chunkVersion = 1
+
+// Decoding limits: far above what the writer makes (chunkPoints points,
+// MaxDeviceMetrics columns), low enough that no stored blob makes a
+// decoder allocate much.
+const (
+	maxChunkDecodePoints = 1 << 13
+	maxChunkDecodeCells  = 1 << 20
+)
+
+// Column symbols.
+const (
+	symAbsent = 0
+	symNumber = 1
+	symDict   = 2
+)
+
+// Number encodings.
+const (
+	numNone     = 0
+	numXOR      = 1
+	numDecDelta = 2
+	numDecDoD   = 3
+)
+
+// chunkData is a chunk decoded (or being built by the writer): the points'
+// timestamps in time order and one column per metric.
+type chunkData struct {
+	ts   []int64
+	cols []chunkCol
+}
+
+// chunkCol is one metric's values: per point a symbol, and the number
+// where the symbol is symNumber.
+type chunkCol struct {
+	name string
+	syms []uint32
+	nums []float64
+	dict []string // JSON text
+	// index of dict, for the writer.
+	dictIdx map[string]uint32
+}
+
+// col returns the column named name, adding it (absent at every point so
+// far) if needed.
+func (c *chunkData) col(name string, idx map[string]int) *chunkCol {
+	if i, ok := idx[name]; ok {
+		return &c.cols[i]
+	}
+	idx[name] = len(c.cols)
+	c.cols = append(c.cols, chunkCol{name: name, syms: make([]uint32, len(c.ts), cap(c.ts)), nums: make([]float64, len(c.ts), cap(c.ts))})
+	return &c.cols[len(c.cols)-1]
+}
+
+// setDict sets point i of the column to the JSON value v.
+func (col *chunkCol) setDict(i int, v string) {
+	if col.dictIdx == nil {
+		col.dictIdx = make(map[string]uint32, len(col.dict))
+		for j, d := range col.dict {
+			col.dictIdx[d] = uint32(j)
+		}
+	}
+	j, ok := col.dictIdx[v]
+	if !ok {
+		j = uint32(len(col.dict))
+		col.dict = append(col.dict, v)
+		col.dictIdx[v] = j
+	}
+	col.syms[i] = symDict + j
+}
+
+// encodeChunk appends the encoding of c to dst.
+func encodeChunk(dst []byte, c *chunkData) []byte {
+	dst = append(dst, chunkVersion)
+	dst = binary.AppendUvarint(dst, uint64(len(c.ts)))
+	dst = binary.AppendUvarint(dst, uint64(len(c.cols)))
+	for i := range c.cols {
+		dst = appendBytes(dst, []byte(c.cols[i].name))
+	}
+	var w bitWriter
+	var prev, delta int64
+	for i, t := range c.ts {
+		if i == 0 {
+			w.bits(uint64(t), 64)
+		} else {
+			d := t - prev
+			w.int(d - delta)
+			delta = d
+		}
+		prev = t
+	}
+	dst = appendBytes(dst, w.b)
+	var body []byte
+	for i := range c.cols {
+		body = encodeCol(body[:0], &c.cols[i])
+		dst = appendBytes(dst, body)
+	}
+	return dst
+}
+
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+func encodeCol(dst []byte, col *chunkCol) []byte {
+	// Runs of symbols.
+	var runs []byte
+	nruns := 0
+	var nums []float64
+	for i := 0; i < len(col.syms); {
+		j := i + 1
+		for j < len(col.syms) && col.syms[j] == col.syms[i] {
+			j++
+		}
+		runs = binary.AppendUvarint(runs, uint64(col.syms[i]))
+		runs = binary.AppendUvarint(runs, uint64(j-i))
+		nruns++
+		if col.syms[i] == symNumber {
+			nums = append(nums, col.nums[i:j]...)
+		}
+		i = j
+	}
+	dst = binary.AppendUvarint(dst, uint64(nruns))
+	dst = append(dst, runs...)
+	dst = binary.AppendUvarint(dst, uint64(len(col.dict)))
+	for _, d := range col.dict {
+		dst = appendBytes(dst, []byte(d))
+	}
+	if len(nums) == 0 {
+		return append(dst, numNone)
+	}
+	best := encodeXOR(nums)
+	mode, exp := byte(numXOR), byte(0)
+	if e, ok := decimalExp(nums); ok {
+		for _, m := range []byte{numDecDelta, numDecDoD} {
+			if b := encodeDecimal(nums, e, m == numDecDoD); len(b)+1 < len(best) {
+				best, mode, exp = b, m, byte(e)
+			}
+		}
+	}
+	dst = append(dst, mode)
+	if mode != numXOR {
+		dst = append(dst, exp)
+	}
+	return append(dst, best...)
+}
+
+var pow10 = func() (p [16]float64) {
+	p[0] = 1
+	for i := 1; i < len(p); i++ {
+		p[i] = p[i-1] * 10
+	}
+	return
+}()
+
+// maxMantissa bounds scaled decimals so that they are exact in a float64
+// and their deltas never overflow.
+const maxMantissa = 1 << 53
+
+// decimalExp returns the fewest decimals e (≤ 15) with which every number
+// is float64(m)/10^e for an integer m, exactly.
+func decimalExp(nums []float64) (int, bool) {
+	e := 0
+	for _, v := range nums {
+		for ; e < len(pow10); e++ {
+			if _, ok := mantissa(v, e); ok {
+				break
+			}
+		}
+		if e == len(pow10) {
+			return 0, false
+		}
+	}
+	// A larger e found later: the earlier numbers must still be exact.
+	for _, v := range nums {
+		if _, ok := mantissa(v, e); !ok {
+			return 0, false
+		}
+	}
+	return e, true
+}
+
+func mantissa(v float64, e int) (int64, bool) {
+	s := v * pow10[e]
+	if !(math.Abs(s) < maxMantissa) {
+		return 0, false
+	}
+	m := int64(math.Round(s))
+	return m, math.Float64bits(float64(m)/pow10[e]) == math.Float64bits(v)
+}
+
+func encodeDecimal(nums []float64, e int, dod bool) []byte {
+	var w bitWriter
+	var prev, delta int64
+	for i, v := range nums {
+		m, _ := mantissa(v, e)
+		if i == 0 {
+			w.bits(zigzag(m), 64)
+		} else if dod {
+			d := m - prev
+			w.int(d - delta)
+			delta = d
+		} else {
+			w.int(m - prev)
+		}
+		prev = m
+	}
+	return w.b
+}
+
+// encodeXOR is Gorilla's float encoding (Pelkonen et al., VLDB 2015).
+func encodeXOR(nums []float64) []byte {
+	var w bitWriter
+	var prev uint64
+	lead, trail := -1, 0
+	for i, v := range nums {
+		cur := math.Float64bits(v)
+		if i == 0 {
+			w.bits(cur, 64)
+			prev = cur
+			continue
+		}
+		x := cur ^ prev
+		prev = cur
+		if x == 0 {
+			w.bit(false)
+			continue
+		}
+		w.bit(true)
+		l, t := min(bits.LeadingZeros64(x), 31), bits.TrailingZeros64(x)
+		if lead >= 0 && l >= lead && t >= trail {
+			w.bit(false)
+			w.bits(x>>trail, 64-lead-trail)
+			continue
+		}
+		lead, trail = l, t
+		sig := 64 - l - t
+		w.bit(true)
+		w.bits(uint64(l), 5)
+		w.bits(uint64(sig&63), 6) // 64 is written as 0
+		w.bits(x>>t, sig)
+	}
+	return w.b
+}
+
+// chunkReader reads an encoded chunk.
+type chunkReader struct {
+	b   []byte
+	err bool
+}
+
+func (r *chunkReader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = true
+		r.b = nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *chunkReader) bytes() []byte {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.err = true
+		r.b = nil
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+// decodeChunk decodes a chunk. With want non-nil, only the columns it
+// names are decoded (others are left out of the result).
+func decodeChunk(b []byte, want func(name string) bool) (*chunkData, error) {
+	if len(b) == 0 || b[0] != chunkVersion {
+		return nil, errChunkCorrupt
+	}
+	r := chunkReader{b: b[1:]}
+	n, ncols := r.uvarint(), r.uvarint()
+	if r.err || n == 0 || n > maxChunkDecodePoints || ncols > maxChunkDecodeCells/n {
+		return nil, errChunkCorrupt
+	}
+	names := make([]string, 0, min(ncols, 64))
+	for range ncols {
+		names = append(names, string(r.bytes()))
+		if r.err {
+			return nil, errChunkCorrupt
+		}
+	}
+	c := &chunkData{ts: make([]int64, n)}
+	br := bitReader{b: r.bytes()}
+	if r.err {
+		return nil, errChunkCorrupt
+	}
+	var delta int64
+	for i := range c.ts {
+		if i == 0 {
+			v, err := br.bits(64)
+			if err != nil {
+				return nil, err
+			}
+			c.ts[0] = int64(v)
+			continue
+		}
+		dod, err := br.int()
+		if err != nil {
+			return nil, err
+		}
+		delta += dod
+		c.ts[i] = c.ts[i-1] + delta
+	}
+	if len(br.b) != (br.pos+7)/8 {
+		return nil, errChunkCorrupt
+	}
+	for _, name := range names {
+		body := r.bytes()
+		if r.err {
+			return nil, errChunkCorrupt
+		}
+		if want != nil && !want(name) {
+			continue
+		}
+		col, err := decodeCol(body, int(n))
+		if err != nil {
+			return nil, err
+		}
+		col.name = name
+		c.cols = append(c.cols, col)
+	}
+	if len(r.b) != 0 {
+		return nil, errChunkCorrupt
+	}
+	return c, nil
+}
+
+func decodeCol(b []byte, n int) (chunkCol, error) {
+	r := chunkReader{b: b}
+	col := chunkCol{syms: make([]uint32, 0, n)}
+	nruns := r.uvarint()
+	if r.err || nruns > uint64(n) {
+		return col, errChunkCorrupt
+	}
+	nnums := 0
+	var maxSym uint64
+	for range nruns {
+		sym, run := r.uvarint(), r.uvarint()
+		if r.err || sym > math.MaxUint32 || run == 0 || run > uint64(n-len(col.syms)) {
+			return col, errChunkCorrupt
+		}
+		maxSym = max(maxSym, sym)
+		for range run {
+			col.syms = append(col.syms, uint32(sym))
+		}
+		if sym == symNumber {
+			nnums += int(run)
+		}
+	}
+	if len(col.syms) != n {
+		return col, errChunkCorrupt
+	}
+	ndict := r.uvarint()
+	if r.err || ndict > uint64(len(r.b)) {
+		return col, errChunkCorrupt
+	}
+	col.dict = make([]string, 0, ndict)
+	for range ndict {
+		col.dict = append(col.dict, string(r.bytes()))
+		if r.err {
+			return col, errChunkCorrupt
+		}
+	}
+	if maxSym >= symDict && maxSym-symDict >= ndict {
+		return col, errChunkCorrupt
+	}
+	if len(r.b) == 0 {
+		return col, errChunkCorrupt
+	}
+	mode := r.b[0]
+	r.b = r.b[1:]
+	nums := make([]float64, 0, nnums)
+	var err error
+	switch {
+	case mode == numNone && nnums == 0:
+		if len(r.b) != 0 {
+			return col, errChunkCorrupt
+		}
+	case mode == numXOR && nnums > 0:
+		nums, err = decodeXOR(r.b, nums, nnums)
+	case (mode == numDecDelta || mode == numDecDoD) && nnums > 0 && len(r.b) > 0 && int(r.b[0]) < len(pow10):
+		nums, err = decodeDecimal(r.b[1:], nums, nnums, int(r.b[0]), mode == numDecDoD)
+	default:
+		err = errChunkCorrupt
+	}
+	if err != nil {
+		return col, err
+	}
+	col.nums = make([]float64, n)
+	j := 0
+	for i, s := range col.syms {
+		if s == symNumber {
+			col.nums[i] = nums[j]
+			j++
+		}
+	}
+	return col, nil
+}
+
+func decodeDecimal(b []byte, nums []float64, n, e int, dod bool) ([]float64, error) {
+	r := bitReader{b: b}
+	var m, delta int64
+	for i := range n {
+		if i == 0 {
+			z, err := r.bits(64)
+			if err != nil {
+				return nil, err
+			}
+			m = unzigzag(z)
+		} else {
+			d, err := r.int()
+			if err != nil {
+				return nil, err
+			}
+			if dod {
+				delta += d
+				m += delta
+			} else {
+				m += d
+			}
+		}
+		nums = append(nums, float64(m)/pow10[e])
+	}
+	if len(b) != (r.pos+7)/8 {
+		return nil, errChunkCorrupt
+	}
+	return nums, nil
+}
+
+func decodeXOR(b []byte, nums []float64, n int) ([]float64, error) {
+	r := bitReader{b: b}
+	var prev uint64
+	lead, trail := -1, 0
+	for i := range n {
+		if i == 0 {
+			v, err := r.bits(64)
+			if err != nil {
+				return nil, err
+			}
+			prev = v
+			nums = append(nums, math.Float64frombits(v))
+			continue
+		}
+		changed, err := r.bit()
+		if err != nil {
+			return nil, err
+		}
+		if changed {
+			fresh, err := r.bit()
+			if err != nil {
+				return nil, err
+			}
+			if fresh {
+				l, err := r.bits(5)
+				if err != nil {
+					return nil, err
+				}
+				sig, err := r.bits(6)
+				if err != nil {
+					return nil, err
+				}
+				if sig == 0 {
+					sig = 64
+				}
+				if int(l)+int(sig) > 64 {
+					return nil, errChunkCorrupt
+				}
+				lead, trail = int(l), 64-int(l)-int(sig)
+			} else if lead < 0 {
+				return nil, errChunkCorrupt
+			}
+			x, err := r.bits(64 - lead - trail)
+			if err != nil {
+				return nil, err
+			}
+			prev ^= x << trail
+		}
+		nums = append(nums, math.Float64frombits(prev))
+	}
+	if len(b) != (r.pos+7)/8 {
+		return nil, errChunkCorrupt
+	}
+	return nums, nil
+}

@@ -1,0 +1,138 @@
+package devices
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// testChunk makes a chunk of n points with a decimal random walk, a
+// counter, a float without a short decimal form, a boolean that changes
+// now and then, a sparse string and a metric that appears halfway.
+func testChunk(n int, seed uint64) *chunkData {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	c := &chunkData{}
+	idx := map[string]int{}
+	t, temp, count := int64(1795662000000), 21.5, 1000.0
+	for i := range n {
+		t += 10000 + rng.Int64N(2001) - 1000
+		c.ts = append(c.ts, t)
+		for j := range c.cols {
+			c.cols[j].syms = append(c.cols[j].syms, symAbsent)
+			c.cols[j].nums = append(c.cols[j].nums, 0)
+		}
+		temp = math.Round((temp+rng.Float64()*0.6-0.3)*100) / 100
+		count = math.Round((count+0.0017)*10000) / 10000
+		set := func(name string, v float64) {
+			col := c.col(name, idx)
+			col.syms[i], col.nums[i] = symNumber, v
+		}
+		set("temperature", temp)
+		set("energy_kwh", count)
+		set("raw", rng.Float64()*1e6)
+		c.col("heating", idx).setDict(i, []string{"true", "false"}[i/50%2])
+		if i%7 == 0 {
+			c.col("fw", idx).setDict(i, `"1.2.3"`)
+		}
+		if i >= n/2 {
+			set("late", float64(i))
+		}
+	}
+	return c
+}
+
+func sameChunk(t testing.TB, a, b *chunkData) {
+	t.Helper()
+	if !slices.Equal(a.ts, b.ts) || len(a.cols) != len(b.cols) {
+		t.Fatalf("timestamps or columns differ: %d/%d points, %d/%d columns", len(a.ts), len(b.ts), len(a.cols), len(b.cols))
+	}
+	for i := range a.cols {
+		x, y := &a.cols[i], &b.cols[i]
+		if x.name != y.name || !slices.Equal(x.syms, y.syms) || !slices.Equal(x.dict, y.dict) {
+			t.Fatalf("column %q: symbols or dictionary differ", x.name)
+		}
+		for j, s := range x.syms {
+			if s == symNumber && math.Float64bits(x.nums[j]) != math.Float64bits(y.nums[j]) {
+				t.Fatalf("column %q point %d: %v != %v", x.name, j, x.nums[j], y.nums[j])
+			}
+		}
+	}
+}
+
+func TestTelemetryChunkRoundTrip(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 100, chunkPoints} {
+		c := testChunk(n, uint64(n))
+		b := encodeChunk(nil, c)
+		got, err := decodeChunk(b, nil)
+		if err != nil {
+			t.Fatalf("%d points: %v", n, err)
+		}
+		sameChunk(t, c, got)
+		one, err := decodeChunk(b, func(name string) bool { return name == "temperature" })
+		if err != nil || len(one.cols) != 1 || one.cols[0].name != "temperature" || !slices.Equal(one.cols[0].nums, c.cols[0].nums) {
+			t.Fatalf("%d points: one column: %v", n, err)
+		}
+	}
+	// Edge numbers go through the XOR encoding unchanged.
+	c := &chunkData{ts: []int64{-5, 0, 1 << 62}, cols: []chunkCol{{name: "x",
+		syms: []uint32{symNumber, symNumber, symNumber},
+		nums: []float64{math.Copysign(0, -1), math.MaxFloat64, math.SmallestNonzeroFloat64}}}}
+	got, err := decodeChunk(encodeChunk(nil, c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameChunk(t, c, got)
+}
+
+// TestTelemetryChunkSize: decimals from a sensor cost a byte or two each.
+func TestTelemetryChunkSize(t *testing.T) {
+	c := testChunk(chunkPoints, 3)
+	// Without the random float column.
+	c.cols = slices.DeleteFunc(c.cols, func(col chunkCol) bool { return col.name == "raw" })
+	b := encodeChunk(nil, c)
+	values := 0
+	for _, col := range c.cols {
+		for _, s := range col.syms {
+			if s != symAbsent {
+				values++
+			}
+		}
+	}
+	if per := float64(len(b)) / float64(values); per > 1.5 {
+		t.Errorf("%d bytes for %d values: %.2f bytes a value", len(b), values, per)
+	}
+}
+
+func TestTelemetryChunkCorrupt(t *testing.T) {
+	b := encodeChunk(nil, testChunk(50, 1))
+	for i := range len(b) - 1 {
+		if _, err := decodeChunk(b[:i], nil); err == nil {
+			t.Fatalf("truncated to %d bytes: decoded", i)
+		}
+	}
+	if _, err := decodeChunk(append(b, 0), nil); err == nil {
+		t.Fatal("trailing byte: decoded")
+	}
+}
+
+// FuzzTelemetryChunk: no input makes the decoder panic or allocate much,
+// and what decodes encodes to the same again.
+//
+//	go test -run XXX -fuzz FuzzTelemetryChunk ./devices/
+func FuzzTelemetryChunk(f *testing.F) {
+	for _, n := range []int{1, 2, 10, 300} {
+		f.Add(encodeChunk(nil, testChunk(n, uint64(n))))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := decodeChunk(b, nil)
+		if err != nil {
+			return
+		}
+		again, err := decodeChunk(encodeChunk(nil, c), nil)
+		if err != nil {
+			t.Fatalf("re-encoded chunk does not decode: %v", err)
+		}
+		sameChunk(t, c, again)
+	})
+}
