@@ -48,7 +48,7 @@ func TestDeleteDeviceCascades(t *testing.T) {
 		}
 		return n
 	}
-	for _, table := range []string{"telemetry", "commands", "twins"} {
+	for _, table := range []string{"telemetry_chunks", "telemetry_1m", "telemetry_1h", "commands", "twins"} {
 		if n := count(table, "gone"); n != 0 {
 			t.Errorf("%s still holds %d rows of the deleted device", table, n)
 		}

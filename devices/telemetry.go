@@ -12,13 +12,17 @@ import (
 // telemetrySchema is the "telemetry" component's migrations (DB.Migrate).
 // A released step is never edited; append a new one.
 //
-// History is kept in chunks: each row holds up to chunkPoints points of
-// one device, from one write batch, spanning at most chunkSpan, as a JSON
-// array of [ts, {metrics}] in time order (ts in Unix milliseconds). A batch
-// from a thousand devices is then a thousand row inserts rather than tens
-// of thousands, which is what lets one SQLite writer keep up with the
-// broker. (device_id, ts_min) serves a device's time ranges (a chunk
-// starts at most chunkSpan before the range); ts_max serves pruning.
+// History is kept in telemetry_chunks: each row holds up to chunkPoints
+// points of one device, spanning at most chunkSpan, in compressed columns
+// (telemetry_chunk.go). The writer keeps each device's latest chunk open
+// and rewrites its row as points arrive (telemetry_build.go). (device_id,
+// ts_min) serves a device's time ranges (a chunk starts at most chunkSpan
+// before the range); ts_max serves pruning. telemetry_1m and telemetry_1h
+// are the rollups (telemetry_rollup.go), kept longer than the raw points.
+//
+// Steps 2 and 3 are the JSON-text chunks of earlier releases: the table
+// telemetry is moved into telemetry_chunks at start-up (migrateLegacy),
+// a few hundred rows per transaction, and dropped once empty.
 var telemetrySchema = []string{
 	// 1: one row per point (development builds only; replaced by 2).
 	`CREATE TABLE telemetry (
@@ -44,12 +48,51 @@ var telemetrySchema = []string{
 	// 3: a deleted device's history goes with it, in the same transaction.
 	`CREATE TRIGGER telemetry_device_deleted AFTER DELETE ON devices
 	BEGIN DELETE FROM telemetry WHERE device_id = OLD.id; END;`,
+	// 4: compressed column chunks and rollups.
+	`CREATE TABLE telemetry_chunks (
+		id        INTEGER PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		ts_min    INTEGER NOT NULL,
+		ts_max    INTEGER NOT NULL,
+		n         INTEGER NOT NULL,
+		data      BLOB NOT NULL
+	);
+	CREATE INDEX telemetry_chunks_device_ts ON telemetry_chunks(device_id, ts_min);
+	CREATE INDEX telemetry_chunks_ts ON telemetry_chunks(ts_max);
+	CREATE TABLE telemetry_1m (
+		device_id TEXT NOT NULL,
+		metric    TEXT NOT NULL,
+		ts        INTEGER NOT NULL,
+		min       REAL NOT NULL,
+		max       REAL NOT NULL,
+		sum       REAL NOT NULL,
+		n         INTEGER NOT NULL,
+		PRIMARY KEY (device_id, ts, metric)
+	) WITHOUT ROWID;
+	CREATE INDEX telemetry_1m_ts ON telemetry_1m(ts);
+	CREATE TABLE telemetry_1h (
+		device_id TEXT NOT NULL,
+		metric    TEXT NOT NULL,
+		ts        INTEGER NOT NULL,
+		min       REAL NOT NULL,
+		max       REAL NOT NULL,
+		sum       REAL NOT NULL,
+		n         INTEGER NOT NULL,
+		PRIMARY KEY (device_id, ts, metric)
+	) WITHOUT ROWID;
+	CREATE INDEX telemetry_1h_ts ON telemetry_1h(ts);
+	CREATE TRIGGER telemetry_chunks_device_deleted AFTER DELETE ON devices
+	BEGIN
+		DELETE FROM telemetry_chunks WHERE device_id = OLD.id;
+		DELETE FROM telemetry_1m WHERE device_id = OLD.id;
+		DELETE FROM telemetry_1h WHERE device_id = OLD.id;
+	END;`,
 }
 
 // Chunk bounds: points in one history row, and the time they may span.
 const (
 	chunkPoints = 512
-	chunkSpan   = 10 * time.Minute
+	chunkSpan   = 2 * time.Hour
 )
 
 // TelemetryOptions configure a Telemetry store; zero fields take defaults.
@@ -68,6 +111,9 @@ type TelemetryOptions struct {
 	BatchSize int
 	// Retention is how long points are kept (default 7 days).
 	Retention time.Duration
+	// RollupRetention is how long the per-minute and per-hour rollups
+	// are kept (default 400 days).
+	RollupRetention time.Duration
 	// PruneInterval is how often expired points are pruned (default one
 	// minute, or Retention/10 if shorter).
 	PruneInterval time.Duration
@@ -77,6 +123,10 @@ type TelemetryOptions struct {
 	PruneChunk int
 	// Logger receives the store's log; nil means slog.Default().
 	Logger *slog.Logger
+
+	// migrateStop, in tests, stops the migration of earlier releases'
+	// history after that many transactions, as a kill would.
+	migrateStop int
 }
 
 // Point is one stored telemetry point.
@@ -112,6 +162,11 @@ type Telemetry struct {
 	wg      sync.WaitGroup
 	closed  atomic.Bool
 	once    sync.Once
+
+	// chunks is the writer's open chunks; rollups its batch aggregates.
+	// Both are the writer goroutine's own.
+	chunks  *chunkBuilder
+	rollups *rollups
 
 	// hasDevices: the registry's devices table exists, so last values can
 	// be kept (a broker without a registry keeps only history).
@@ -156,6 +211,9 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	if opts.Retention <= 0 {
 		opts.Retention = 7 * 24 * time.Hour
 	}
+	if opts.RollupRetention <= 0 {
+		opts.RollupRetention = 400 * 24 * time.Hour
+	}
 	if opts.PruneInterval <= 0 {
 		opts.PruneInterval = min(time.Minute, opts.Retention/10)
 	}
@@ -168,8 +226,6 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	if err := db.Migrate(ctx, "telemetry", telemetrySchema); err != nil {
 		return nil, err
 	}
-	// The writer connection's 64 MB page cache (set in OpenDBFile) keeps
-	// the history index's working set in memory.
 	var n int
 	if err := db.R.QueryRowContext(ctx,
 		`SELECT count(*) FROM pragma_table_info('devices') WHERE name IN ('id','last_values','last_seen')`).Scan(&n); err != nil {
@@ -185,11 +241,16 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		hasDevices: n == 3,
 		budget:     byteBudget{max: opts.QueueBytes},
 		names:      newMetricNames(),
+		chunks:     newChunkBuilder(),
+		rollups:    newRollups(),
 	}
 	if t.hasDevices {
 		if err := t.names.load(ctx, db); err != nil {
 			return nil, err
 		}
+	}
+	if err := t.migrateLegacy(ctx); err != nil {
+		return nil, err
 	}
 	if !t.hasDevices {
 		t.log.Warn("telemetry: no devices table: keeping history without last values")

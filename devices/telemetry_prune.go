@@ -6,7 +6,8 @@ import (
 	"time"
 )
 
-// prune deletes points older than the retention every PruneInterval.
+// prune deletes points older than the retention, and rollups older than
+// the rollup retention, every PruneInterval.
 func (t *Telemetry) prune() {
 	defer t.wg.Done()
 	tick := time.NewTicker(t.opts.PruneInterval)
@@ -28,6 +29,9 @@ func (t *Telemetry) prune() {
 			}
 			if n > 0 {
 				t.log.Debug("telemetry: pruned", "points", n)
+			}
+			if err := t.PruneRollupsBefore(ctx, time.Now().Add(-t.opts.RollupRetention)); err != nil && ctx.Err() == nil {
+				t.log.Error("telemetry: prune rollups", "error", err)
 			}
 		}
 	}
@@ -58,7 +62,7 @@ func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, e
 // rows and points went.
 func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, points int64, err error) {
 	rs, err := t.db.W.QueryContext(ctx,
-		`DELETE FROM telemetry WHERE id IN (SELECT id FROM telemetry WHERE ts_max < ? ORDER BY ts_max LIMIT ?) RETURNING n`,
+		`DELETE FROM telemetry_chunks WHERE id IN (SELECT id FROM telemetry_chunks WHERE ts_max < ? ORDER BY ts_max LIMIT ?) RETURNING n`,
 		cutoff.UnixMilli(), t.opts.PruneChunk)
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
@@ -76,4 +80,27 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, poi
 		return rows, points, fmt.Errorf("telemetry prune: %w", err)
 	}
 	return rows, points, nil
+}
+
+// PruneRollupsBefore deletes the rollups of minutes and hours that began
+// before cutoff, a few thousand rows per transaction.
+func (t *Telemetry) PruneRollupsBefore(ctx context.Context, cutoff time.Time) error {
+	for _, l := range rollupLevels {
+		for {
+			res, err := t.db.W.ExecContext(ctx,
+				`DELETE FROM `+l.table+` WHERE (device_id, ts, metric) IN
+				   (SELECT device_id, ts, metric FROM `+l.table+` WHERE ts < ? ORDER BY ts LIMIT ?)`,
+				cutoff.UnixMilli(), 20*t.opts.PruneChunk)
+			if err != nil {
+				return fmt.Errorf("telemetry prune rollups: %w", err)
+			}
+			if n, _ := res.RowsAffected(); n < int64(20*t.opts.PruneChunk) {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("telemetry prune rollups: %w", err)
+			}
+		}
+	}
+	return nil
 }

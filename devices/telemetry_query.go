@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 )
 
@@ -16,86 +15,133 @@ const (
 	MaxTelemetryBuckets = 10000 // buckets one query returns
 )
 
-// Bucket is the min, avg and max of each numeric metric over [TS, TS+step).
+// Bucket is the min, avg, max and count of each numeric metric over
+// [TS, TS+step).
 type Bucket struct {
-	TS  time.Time          `json:"ts"`
-	Min map[string]float64 `json:"min"`
-	Avg map[string]float64 `json:"avg"`
-	Max map[string]float64 `json:"max"`
+	TS    time.Time          `json:"ts"`
+	Min   map[string]float64 `json:"min"`
+	Avg   map[string]float64 `json:"avg"`
+	Max   map[string]float64 `json:"max"`
+	Count map[string]int64   `json:"count"`
+}
+
+// eachChunk calls fn with each of device's chunks that may hold points in
+// [lo, hi] (Unix ms), in order of their first point, decoded (only the
+// columns want accepts, if want is not nil). fn returns false to stop.
+func (t *Telemetry) eachChunk(ctx context.Context, device string, lo, hi int64, want func(string) bool, fn func(*chunkData) bool) error {
+	rows, err := t.db.R.QueryContext(ctx,
+		`SELECT data FROM telemetry_chunks
+		  WHERE device_id = ? AND ts_min BETWEEN ? AND ? AND ts_max >= ?
+		  ORDER BY ts_min, id`,
+		device, lo-chunkSpan.Milliseconds(), hi, lo)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var data []byte
+		if err := rows.Scan(&data); err != nil {
+			return err
+		}
+		c, err := decodeChunk(data, want)
+		if err != nil {
+			return fmt.Errorf("stored chunk: %w", err)
+		}
+		if !fn(c) {
+			return nil
+		}
+	}
+	return rows.Err()
 }
 
 // Points returns device's points with from <= ts <= to in time order, at
 // most limit of them (the earliest); limit is 1 to MaxTelemetryPoints.
 func (t *Telemetry) Points(ctx context.Context, device string, from, to time.Time, limit int) ([]Point, error) {
+	var out []Point
+	err := t.EachPoint(ctx, device, from, to, limit, func(p Point) error {
+		out = append(out, p)
+		return nil
+	})
+	if out == nil && err == nil {
+		out = []Point{}
+	}
+	return out, err
+}
+
+// EachPoint calls fn with each of the points Points returns, in time
+// order, without holding them all as Points; an error from fn stops it.
+func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.Time, limit int, fn func(Point) error) error {
 	if limit < 1 || limit > MaxTelemetryPoints {
-		return nil, invalid("limit", "must be between 1 and %d", MaxTelemetryPoints)
+		return invalid("limit", "must be between 1 and %d", MaxTelemetryPoints)
 	}
 	if to.Before(from) {
-		return nil, invalid("to", "is before from")
+		return invalid("to", "is before from")
 	}
 	lo, hi := from.UnixMilli(), to.UnixMilli()
-	rows, err := t.db.R.QueryContext(ctx,
-		`SELECT ts_min, points FROM telemetry
-		  WHERE device_id = ? AND ts_min BETWEEN ? AND ? AND ts_max >= ?
-		  ORDER BY ts_min, id`,
-		device, lo-chunkSpan.Milliseconds(), hi, lo)
-	if err != nil {
-		return nil, fmt.Errorf("telemetry points: %w", err)
+	type ref struct {
+		ts int64
+		c  *chunkData
+		i  int
 	}
-	defer rows.Close()
-	type stored struct {
-		ts   int64
-		vals json.RawMessage
-	}
-	var got []stored
-	for rows.Next() {
-		var tsMin int64
-		var points []byte
-		if err := rows.Scan(&tsMin, &points); err != nil {
-			return nil, fmt.Errorf("telemetry points: %w", err)
-		}
+	var got []ref
+	err := t.eachChunk(ctx, device, lo, hi, nil, func(c *chunkData) bool {
 		// Chunks come in order of their first point: once limit points
 		// are in hand and this chunk starts after the last of them,
 		// nothing later can be among the earliest.
-		if len(got) >= limit && tsMin > got[limit-1].ts {
-			break
+		if len(got) >= limit && c.ts[0] > got[limit-1].ts {
+			return false
 		}
-		var pts [][2]json.RawMessage
-		if err := json.Unmarshal(points, &pts); err != nil {
-			return nil, fmt.Errorf("telemetry points: stored chunk: %w", err)
-		}
-		for _, p := range pts {
-			ts, err := strconv.ParseInt(string(p[0]), 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("telemetry points: stored chunk: %w", err)
-			}
+		for i, ts := range c.ts {
 			if ts >= lo && ts <= hi {
-				got = append(got, stored{ts, p[1]})
+				got = append(got, ref{ts, c, i})
 			}
 		}
 		if len(got) >= limit {
-			slices.SortStableFunc(got, func(a, b stored) int { return cmp.Compare(a.ts, b.ts) })
+			slices.SortStableFunc(got, func(a, b ref) int { return cmp.Compare(a.ts, b.ts) })
 			got = got[:limit]
 		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("telemetry points: %w", err)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("telemetry points: %w", err)
-	}
-	slices.SortStableFunc(got, func(a, b stored) int { return cmp.Compare(a.ts, b.ts) })
-	out := make([]Point, 0, len(got))
+	slices.SortStableFunc(got, func(a, b ref) int { return cmp.Compare(a.ts, b.ts) })
+	texts := map[string]any{} // decoded dictionary values
 	for _, g := range got {
-		p := Point{TS: time.UnixMilli(g.ts).UTC()}
-		if err := json.Unmarshal(g.vals, &p.Values); err != nil {
-			return nil, fmt.Errorf("telemetry points: stored values: %w", err)
+		p := Point{TS: time.UnixMilli(g.ts).UTC(), Values: map[string]any{}}
+		for j := range g.c.cols {
+			col := &g.c.cols[j]
+			switch s := col.syms[g.i]; {
+			case s == symNumber:
+				p.Values[col.name] = col.nums[g.i]
+			case s >= symDict:
+				text := col.dict[s-symDict]
+				v, ok := texts[text]
+				if !ok {
+					if err := json.Unmarshal([]byte(text), &v); err != nil {
+						return fmt.Errorf("telemetry points: stored value: %w", err)
+					}
+					texts[text] = v
+				}
+				p.Values[col.name] = v
+			}
 		}
-		out = append(out, p)
+		if err := fn(p); err != nil {
+			return err
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // Buckets returns, for each step-long bucket (aligned to multiples of step
-// since the Unix epoch) in [from, to] that holds points, the min, avg and
-// max of each numeric metric, in time order.
+// since the Unix epoch) in [from, to] that holds points, the min, avg, max
+// and count of each numeric metric, in time order.
+//
+// It reads the coarsest level that serves the step: the per-hour rollups
+// when step is a whole number of hours, the per-minute ones when it is a
+// whole number of minutes, else the raw points. From a rollup, the first
+// and last buckets cover whole minutes (hours), even where from and to
+// fall inside one.
 func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Time, step time.Duration) ([]Bucket, error) {
 	if step < time.Millisecond {
 		return nil, invalid("step", "must be at least 1ms")
@@ -108,13 +154,71 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 	if n := (hi - lo) / ms; n > MaxTelemetryBuckets {
 		return nil, invalid("step", "makes %d buckets (at most %d): choose a longer step or a shorter range", n, MaxTelemetryBuckets)
 	}
+	for i := len(rollupLevels) - 1; i >= 0; i-- {
+		if l := rollupLevels[i]; step%l.step == 0 {
+			return t.rollupBuckets(ctx, l.table, l.step.Milliseconds(), device, lo, hi, ms)
+		}
+	}
+	type key struct {
+		b      int64
+		metric string
+	}
+	aggs := map[key]*agg{}
+	err := t.eachChunk(ctx, device, lo, hi, nil, func(c *chunkData) bool {
+		for j := range c.cols {
+			col := &c.cols[j]
+			for i, ts := range c.ts {
+				if ts < lo || ts > hi || col.syms[i] != symNumber {
+					continue
+				}
+				k := key{floorDiv(ts, ms) * ms, col.name}
+				a := aggs[k]
+				if a == nil {
+					a = &agg{}
+					aggs[k] = a
+				}
+				a.add(col.nums[i])
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("telemetry buckets: %w", err)
+	}
+	keys := make([]key, 0, len(aggs))
+	for k := range aggs {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		return cmp.Or(cmp.Compare(a.b, b.b), cmp.Compare(a.metric, b.metric))
+	})
+	out := []Bucket{}
+	for _, k := range keys {
+		out = addToBuckets(out, k.b, k.metric, aggs[k])
+	}
+	return out, nil
+}
+
+// addToBuckets adds one metric's aggregate of bucket b (in time order).
+func addToBuckets(out []Bucket, b int64, metric string, a *agg) []Bucket {
+	ts := time.UnixMilli(b).UTC()
+	if len(out) == 0 || !out[len(out)-1].TS.Equal(ts) {
+		out = append(out, Bucket{TS: ts, Min: map[string]float64{}, Avg: map[string]float64{}, Max: map[string]float64{}, Count: map[string]int64{}})
+	}
+	cur := &out[len(out)-1]
+	cur.Min[metric], cur.Avg[metric], cur.Max[metric], cur.Count[metric] = a.min, a.sum/float64(a.n), a.max, a.n
+	return out
+}
+
+// rollupBuckets reads buckets of ms from a rollup table whose rows each
+// cover level ms.
+func (t *Telemetry) rollupBuckets(ctx context.Context, table string, level int64, device string, lo, hi, ms int64) ([]Bucket, error) {
 	rows, err := t.db.R.QueryContext(ctx,
-		`SELECT (p.value ->> 0) / ?1 * ?1 AS b, m.key, min(m.value), avg(m.value), max(m.value)
-		   FROM telemetry AS t, json_each(t.points) AS p, json_each(p.value, '$[1]') AS m
-		  WHERE t.device_id = ?2 AND t.ts_min BETWEEN ?3 AND ?4 AND t.ts_max >= ?5
-		    AND (p.value ->> 0) BETWEEN ?5 AND ?4 AND m.type IN ('integer', 'real')
-		  GROUP BY b, m.key ORDER BY b, m.key`,
-		ms, device, lo-chunkSpan.Milliseconds(), hi, lo)
+		`SELECT ts / ?1 * ?1 AS b, metric, min(min), max(max), sum(sum), sum(n)
+		   FROM `+table+`
+		  WHERE device_id = ?2 AND ts BETWEEN ?3 AND ?4
+		  GROUP BY b, metric ORDER BY b, metric`,
+		ms, device, floorDiv(lo, level)*level, hi)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry buckets: %w", err)
 	}
@@ -122,17 +226,12 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 	out := []Bucket{}
 	for rows.Next() {
 		var b int64
-		var key string
-		var lo, avg, hi float64
-		if err := rows.Scan(&b, &key, &lo, &avg, &hi); err != nil {
+		var metric string
+		var a agg
+		if err := rows.Scan(&b, &metric, &a.min, &a.max, &a.sum, &a.n); err != nil {
 			return nil, fmt.Errorf("telemetry buckets: %w", err)
 		}
-		ts := time.UnixMilli(b).UTC()
-		if len(out) == 0 || !out[len(out)-1].TS.Equal(ts) {
-			out = append(out, Bucket{TS: ts, Min: map[string]float64{}, Avg: map[string]float64{}, Max: map[string]float64{}})
-		}
-		cur := &out[len(out)-1]
-		cur.Min[key], cur.Avg[key], cur.Max[key] = lo, avg, hi
+		out = addToBuckets(out, b, metric, &a)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("telemetry buckets: %w", err)

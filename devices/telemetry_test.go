@@ -113,8 +113,8 @@ func TestTelemetryStoreAndQuery(t *testing.T) {
 		t.Errorf("bucket 1 = %+v", b)
 	}
 	var typ string
-	if err := db.R.QueryRow(`SELECT DISTINCT typeof(points) FROM telemetry`).Scan(&typ); err != nil || typ != "text" {
-		t.Errorf("points stored as %s (%v), want text", typ, err)
+	if err := db.R.QueryRow(`SELECT DISTINCT typeof(data) FROM telemetry_chunks`).Scan(&typ); err != nil || typ != "blob" {
+		t.Errorf("points stored as %s (%v), want blob", typ, err)
 	}
 	if _, ok := bs[0].Min["on"]; ok {
 		t.Errorf("booleans aggregated: %+v", bs[0])
@@ -273,7 +273,7 @@ func TestTelemetryCloseFlushes(t *testing.T) {
 		t.Fatal("Add after Close accepted")
 	}
 	var n int
-	if err := db.R.QueryRow(`SELECT sum(n) FROM telemetry`).Scan(&n); err != nil || n != 100 {
+	if err := db.R.QueryRow(`SELECT sum(n) FROM telemetry_chunks`).Scan(&n); err != nil || n != 100 {
 		t.Fatalf("%d rows after Close, %v", n, err)
 	}
 }

@@ -7,8 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"strconv"
-	"time"
+		"time"
 )
 
 // write is the batch writer: it collects queued points and writes them in
@@ -118,17 +117,6 @@ func (t *Telemetry) writeBatch(batch []queued) error {
 	return nil
 }
 
-// insertRows is how many chunks one INSERT statement carries.
-const insertRows = 32
-
-// chunk is one history row being built.
-type chunk struct {
-	device       string
-	tsMin, tsMax int64
-	n            int
-	points       []byte
-}
-
 func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 	// Group by device, each device's points in time order (stable: equal
 	// timestamps keep their arrival order).
@@ -140,59 +128,33 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 		}
 		per[p.device] = append(per[p.device], p)
 	}
-	var chunks []chunk
+	now := time.Now()
 	for _, d := range devs {
 		pts := per[d]
 		slices.SortStableFunc(pts, func(a, b queued) int { return cmp.Compare(a.ts, b.ts) })
-		var c *chunk
 		for _, p := range pts {
-			if c == nil || c.n == chunkPoints || p.ts-c.tsMin > chunkSpan.Milliseconds() {
-				chunks = append(chunks, chunk{device: d, tsMin: p.ts, points: make([]byte, 0, 64*min(len(pts), chunkPoints))})
-				c = &chunks[len(chunks)-1]
-				c.points = append(c.points, '[')
-			} else {
-				c.points = append(c.points, ',')
-			}
-			c.tsMax = p.ts
-			c.n++
-			c.points = append(c.points, '[')
-			c.points = strconv.AppendInt(c.points, p.ts, 10)
-			c.points = append(c.points, ',')
-			c.points = append(c.points, p.json...)
-			c.points = append(c.points, ']')
+			t.chunks.add(d, p.ts, p.json, now, t.rollups)
 		}
 	}
+	ok := false
+	defer func() {
+		t.chunks.written(ok)
+		if !ok {
+			t.rollups = newRollups()
+		}
+	}()
 
 	tx, err := t.db.W.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("telemetry write: begin: %w", err)
 	}
 	defer tx.Rollback()
-	full, err := tx.PrepareContext(ctx, insertSQL(insertRows))
-	if err != nil {
-		return fmt.Errorf("telemetry write: prepare: %w", err)
+	if err := t.chunks.write(ctx, tx); err != nil {
+		return err
 	}
-	defer full.Close()
-	args := make([]any, 0, 5*insertRows)
-	for rest := chunks; len(rest) > 0; {
-		n := min(len(rest), insertRows)
-		args = args[:0]
-		for i := range rest[:n] {
-			c := &rest[i]
-			c.points = append(c.points, ']')
-			args = append(args, c.device, c.tsMin, c.tsMax, c.n, c.points)
-		}
-		if n == insertRows {
-			_, err = full.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, insertSQL(n), args...)
-		}
-		if err != nil {
-			return fmt.Errorf("telemetry write: insert: %w", err)
-		}
-		rest = rest[n:]
+	if err := t.rollups.write(ctx, tx); err != nil {
+		return err
 	}
-
 	if t.hasDevices {
 		if err := updateLast(ctx, tx, devs, per); err != nil {
 			return err
@@ -201,19 +163,12 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("telemetry write: commit: %w", err)
 	}
-	return nil
-}
-
-func insertSQL(rows int) string {
-	b := make([]byte, 0, 64+30*rows)
-	b = append(b, "INSERT INTO telemetry(device_id, ts_min, ts_max, n, points) VALUES "...)
-	for i := range rows {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, "(?,?,?,?,CAST(? AS TEXT))"...)
+	ok = true
+	// Chunks of devices that stopped reporting are complete on disk.
+	if t.stats.batches.Load()%64 == 0 {
+		t.chunks.evict(now.Add(-chunkSpan))
 	}
-	return string(b)
+	return nil
 }
 
 // last is one device's latest values within a batch.

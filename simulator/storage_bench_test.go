@@ -118,6 +118,16 @@ func measureStorage(b *testing.B, prof *Profile, devs, samples int) (perPoint, p
 		b.Fatalf("stored %d, dropped %d of %d", stored, dropped, devs*samples)
 	}
 	grown := float64(fileSize(b, db) - before)
+	if rows, err := db.R.Query(`SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 8`); err == nil {
+		for rows.Next() {
+			var name string
+			var size int64
+			if rows.Scan(&name, &size) == nil {
+				b.Logf("%s: %s %.2f B/value", prof.Name, name, float64(size)/float64(values))
+			}
+		}
+		rows.Close()
+	}
 	return grown / float64(devs*samples), grown / float64(values)
 }
 

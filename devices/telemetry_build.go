@@ -1,0 +1,205 @@
+package devices
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// openChunk is a device's latest history chunk while it may still grow:
+// the writer keeps it decoded, appends each batch's points and rewrites
+// its row, so that a device reporting once a second still gets chunks of
+// hundreds of points (which is what makes them small) while every flush
+// is on disk.
+type openChunk struct {
+	device string
+	id     int64 // row id; 0 until inserted
+	data   chunkData
+	idx    map[string]int // column of a metric name
+	lo, hi int64          // earliest and latest timestamps
+	sorted bool           // points in time order
+	dirty  bool           // changed since written
+	used   time.Time      // last batch that added to it
+}
+
+// fits reports whether a point at ts may join the chunk.
+func (c *openChunk) fits(ts int64) bool {
+	if len(c.data.ts) >= chunkPoints {
+		return false
+	}
+	return max(c.hi, ts)-min(c.lo, ts) <= chunkSpan.Milliseconds()
+}
+
+// add appends a point whose metrics are obj, a compact JSON object as
+// ParseTelemetry writes it, and adds its numbers to r (if not nil).
+func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
+	n := len(c.data.ts)
+	if n == 0 {
+		c.lo, c.hi = ts, ts
+	}
+	if n > 0 && ts < c.data.ts[n-1] {
+		c.sorted = false
+	}
+	c.lo, c.hi = min(c.lo, ts), max(c.hi, ts)
+	c.data.ts = append(c.data.ts, ts)
+	for i := range c.data.cols {
+		col := &c.data.cols[i]
+		col.syms = append(col.syms, symAbsent)
+		col.nums = append(col.nums, 0)
+	}
+	eachMember(obj, func(k, v []byte) {
+		var col *chunkCol
+		if i, ok := c.idx[string(k)]; ok {
+			col = &c.data.cols[i]
+		} else {
+			col = c.data.col(metricName(k), c.idx)
+		}
+		if v[0] == '"' || v[0] == 't' || v[0] == 'f' || v[0] == 'n' {
+			col.setDict(n, string(v))
+			return
+		}
+		f, err := strconv.ParseFloat(string(v), 64)
+		if err != nil { // not from ParseTelemetry: keep the text
+			col.setDict(n, string(v))
+			return
+		}
+		col.syms[n], col.nums[n] = symNumber, f
+		if r != nil {
+			r.add(c.device, col.name, ts, f)
+		}
+	})
+	c.dirty = true
+}
+
+// metricName decodes a raw JSON key (without its quotes).
+func metricName(k []byte) string {
+	if slices.Contains(k, '\\') {
+		var s string
+		if json.Unmarshal(append(append([]byte{'"'}, k...), '"'), &s) == nil {
+			return s
+		}
+	}
+	return string(k)
+}
+
+// sort puts the points in time order (stable: equal timestamps keep
+// their arrival order).
+func (c *openChunk) sort() {
+	if c.sorted {
+		return
+	}
+	perm := make([]int, len(c.data.ts))
+	for i := range perm {
+		perm[i] = i
+	}
+	slices.SortStableFunc(perm, func(a, b int) int { return cmp.Compare(c.data.ts[a], c.data.ts[b]) })
+	ts := make([]int64, len(perm))
+	for i, p := range perm {
+		ts[i] = c.data.ts[p]
+	}
+	c.data.ts = ts
+	for j := range c.data.cols {
+		col := &c.data.cols[j]
+		syms, nums := make([]uint32, len(perm)), make([]float64, len(perm))
+		for i, p := range perm {
+			syms[i], nums[i] = col.syms[p], col.nums[p]
+		}
+		col.syms, col.nums = syms, nums
+	}
+	c.sorted = true
+}
+
+// chunkBuilder groups points into chunks per device. The writer keeps one
+// for its lifetime (each device's open chunk carries over to the next
+// batch); the migration uses a fresh one per transaction.
+type chunkBuilder struct {
+	open    map[string]*openChunk
+	pending []*openChunk // changed since the last write, in order
+}
+
+func newChunkBuilder() *chunkBuilder {
+	return &chunkBuilder{open: make(map[string]*openChunk)}
+}
+
+// add adds one point of device; points of a device should come in time
+// order, but need not.
+func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r *rollups) {
+	c := b.open[device]
+	if c == nil || !c.fits(ts) {
+		c = &openChunk{device: device, idx: make(map[string]int, 8), sorted: true}
+		b.open[device] = c
+	}
+	if !c.dirty {
+		b.pending = append(b.pending, c)
+	}
+	c.add(ts, obj, r)
+	c.used = now
+}
+
+// write inserts or rewrites every pending chunk in tx. A rewrite that
+// finds no row (the device was deleted, or the chunk pruned) drops the
+// chunk: its points are not written again.
+func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
+	ins, err := tx.PrepareContext(ctx,
+		`INSERT INTO telemetry_chunks(device_id, ts_min, ts_max, n, data) VALUES (?,?,?,?,?) RETURNING id`)
+	if err != nil {
+		return fmt.Errorf("telemetry write: prepare: %w", err)
+	}
+	defer ins.Close()
+	upd, err := tx.PrepareContext(ctx,
+		`UPDATE telemetry_chunks SET ts_min = ?, ts_max = ?, n = ?, data = ? WHERE id = ?`)
+	if err != nil {
+		return fmt.Errorf("telemetry write: prepare: %w", err)
+	}
+	defer upd.Close()
+	var buf []byte
+	for _, c := range b.pending {
+		c.sort()
+		c.dirty = false
+		buf = encodeChunk(buf[:0], &c.data)
+		lo, hi := c.lo, c.hi
+		if c.id == 0 {
+			if err := ins.QueryRowContext(ctx, c.device, lo, hi, len(c.data.ts), buf).Scan(&c.id); err != nil {
+				return fmt.Errorf("telemetry write: insert: %w", err)
+			}
+			continue
+		}
+		res, err := upd.ExecContext(ctx, lo, hi, len(c.data.ts), buf, c.id)
+		if err != nil {
+			return fmt.Errorf("telemetry write: update: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 && b.open[c.device] == c {
+			delete(b.open, c.device)
+		}
+	}
+	return nil
+}
+
+// written ends a write: on success the pending chunks are on disk; on
+// failure the open chunks are forgotten (their rows, if any, hold what
+// was committed before) so that the next batch starts afresh.
+func (b *chunkBuilder) written(ok bool) {
+	if !ok {
+		for _, c := range b.pending {
+			if b.open[c.device] == c {
+				delete(b.open, c.device)
+			}
+		}
+	}
+	b.pending = b.pending[:0]
+}
+
+// evict forgets the open chunks not added to since before: their rows
+// are complete, and the device's next point starts a new chunk.
+func (b *chunkBuilder) evict(before time.Time) {
+	for d, c := range b.open {
+		if c.used.Before(before) {
+			delete(b.open, d)
+		}
+	}
+}
