@@ -89,10 +89,16 @@ var telemetrySchema = []string{
 	END;`,
 }
 
-// Chunk bounds: points in one history row, and the time they may span.
+// Chunk bounds: points in one history row, the time they may span, and
+// the size they grow to. A chunk of a device that reports every few
+// seconds spans a few hours; its row fills most of one 4 KiB page
+// (SQLite keeps a row of up to about 4,000 bytes on its page, and moves
+// the rest of a larger one to overflow pages).
 const (
-	chunkPoints = 512
-	chunkSpan   = 2 * time.Hour
+	chunkPoints      = 1024
+	chunkSpan        = 8 * time.Hour
+	chunkTargetBytes = 3600
+	chunkMaxBytes    = 3950
 )
 
 // TelemetryOptions configure a Telemetry store; zero fields take defaults.

@@ -111,3 +111,82 @@ func (r *bitReader) int() (int64, error) {
 	z, err := r.bits(intWidths[i])
 	return unzigzag(z), err
 }
+
+// ints writes a column of signed integers: a 6-bit width k chosen for the
+// column, then each value as '0' and k bits when its zigzag fits k bits,
+// else '1' and the value as int writes it. A column of small deltas thus
+// costs about k+1 bits a value, whatever k its noise needs.
+func (w *bitWriter) ints(vs []int64) {
+	var hist [65]int
+	for _, v := range vs {
+		hist[64-bits.LeadingZeros64(zigzag(v))]++
+	}
+	best, bestK := -1, 0
+	for k := range 64 {
+		cost := 0
+		for l, n := range hist {
+			if n == 0 {
+				continue
+			}
+			if l <= k {
+				cost += n * (1 + k)
+			} else {
+				cost += n * (1 + intCost(l))
+			}
+		}
+		if best < 0 || cost < best {
+			best, bestK = cost, k
+		}
+	}
+	w.bits(uint64(bestK), 6)
+	for _, v := range vs {
+		z := zigzag(v)
+		if 64-bits.LeadingZeros64(z) <= bestK {
+			w.bit(false)
+			w.bits(z, bestK)
+		} else {
+			w.bit(true)
+			w.int(v)
+		}
+	}
+}
+
+// intCost is the bits int takes for a zigzag of l significant bits.
+func intCost(l int) int {
+	for i, wd := range intWidths {
+		if l <= wd {
+			if i == len(intWidths)-1 {
+				return i + wd
+			}
+			return i + 1 + wd
+		}
+	}
+	return 0
+}
+
+// ints reads n integers written by bitWriter.ints.
+func (r *bitReader) ints(dst []int64, n int) ([]int64, error) {
+	k, err := r.bits(6)
+	if err != nil {
+		return nil, err
+	}
+	for range n {
+		esc, err := r.bit()
+		if err != nil {
+			return nil, err
+		}
+		var v int64
+		if esc {
+			v, err = r.int()
+		} else {
+			var z uint64
+			z, err = r.bits(int(k))
+			v = unzigzag(z)
+		}
+		if err != nil {
+			return nil, err
+		}
+		dst = append(dst, v)
+	}
+	return dst, nil
+}

@@ -22,6 +22,10 @@ type openChunk struct {
 	data   chunkData
 	idx    map[string]int // column of a metric name
 	lo, hi int64          // earliest and latest timestamps
+	// maxPoints is how many points the chunk may take: chunkPoints until
+	// it is first encoded, then what its encoding so far says will fill
+	// chunkTargetBytes.
+	maxPoints int
 	sorted bool           // points in time order
 	dirty  bool           // changed since written
 	used   time.Time      // last batch that added to it
@@ -29,7 +33,7 @@ type openChunk struct {
 
 // fits reports whether a point at ts may join the chunk.
 func (c *openChunk) fits(ts int64) bool {
-	if len(c.data.ts) >= chunkPoints {
+	if len(c.data.ts) >= c.maxPoints {
 		return false
 	}
 	return max(c.hi, ts)-min(c.lo, ts) <= chunkSpan.Milliseconds()
@@ -131,7 +135,7 @@ func newChunkBuilder() *chunkBuilder {
 func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r *rollups) {
 	c := b.open[device]
 	if c == nil || !c.fits(ts) {
-		c = &openChunk{device: device, idx: make(map[string]int, 8), sorted: true}
+		c = &openChunk{device: device, idx: make(map[string]int, 8), sorted: true, maxPoints: chunkPoints}
 		b.open[device] = c
 	}
 	if !c.dirty {
@@ -162,22 +166,53 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 		c.sort()
 		c.dirty = false
 		buf = encodeChunk(buf[:0], &c.data)
-		lo, hi := c.lo, c.hi
-		if c.id == 0 {
-			if err := ins.QueryRowContext(ctx, c.device, lo, hi, len(c.data.ts), buf).Scan(&c.id); err != nil {
-				return fmt.Errorf("telemetry write: insert: %w", err)
+		n := len(c.data.ts)
+		if len(buf) <= chunkMaxBytes || n == 1 {
+			gone, err := putChunk(ctx, ins, upd, c.device, &c.id, &c.data, buf)
+			if err != nil {
+				return err
+			}
+			c.maxPoints = min(chunkPoints, max(1, n*chunkTargetBytes/len(buf)))
+			if (gone || n >= c.maxPoints) && b.open[c.device] == c {
+				delete(b.open, c.device) // complete, or its row is gone
 			}
 			continue
 		}
-		res, err := upd.ExecContext(ctx, lo, hi, len(c.data.ts), buf, c.id)
-		if err != nil {
-			return fmt.Errorf("telemetry write: update: %w", err)
+		// Too large for a page (a first batch of many points): split
+		// into chunks of about chunkTargetBytes, and start afresh.
+		parts := (len(buf) + chunkTargetBytes - 1) / chunkTargetBytes
+		per := (n + parts - 1) / parts
+		for i := 0; i < n; i += per {
+			sub := c.data.slice(i, min(i+per, n))
+			buf = encodeChunk(buf[:0], sub)
+			if _, err := putChunk(ctx, ins, upd, c.device, &c.id, sub, buf); err != nil {
+				return err
+			}
+			c.id = 0 // the next part is a row of its own
 		}
-		if n, _ := res.RowsAffected(); n == 0 && b.open[c.device] == c {
+		if b.open[c.device] == c {
 			delete(b.open, c.device)
 		}
 	}
 	return nil
+}
+
+// putChunk inserts the chunk d (encoded as data) if *id is 0, setting
+// *id, else rewrites row *id; gone reports that the row was not there.
+func putChunk(ctx context.Context, ins, upd *sql.Stmt, device string, id *int64, d *chunkData, data []byte) (gone bool, err error) {
+	lo, hi := d.ts[0], d.ts[len(d.ts)-1]
+	if *id == 0 {
+		if err := ins.QueryRowContext(ctx, device, lo, hi, len(d.ts), data).Scan(id); err != nil {
+			return false, fmt.Errorf("telemetry write: insert: %w", err)
+		}
+		return false, nil
+	}
+	res, err := upd.ExecContext(ctx, lo, hi, len(d.ts), data, *id)
+	if err != nil {
+		return false, fmt.Errorf("telemetry write: update: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 0, nil
 }
 
 // written ends a write: on success the pending chunks are on disk; on

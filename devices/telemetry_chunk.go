@@ -12,6 +12,7 @@ import (
 //	0x01 uvarint(points) uvarint(columns)
 //	per column: uvarint(len) name
 //	uvarint(len) timestamps: the first as 64 bits, then delta-of-deltas
+//	  (as bitWriter.ints writes a column of integers)
 //	per column: uvarint(len) column
 //
 // A column is the run-length-encoded symbols of its points (0 absent,
@@ -96,6 +97,15 @@ func (col *chunkCol) setDict(i int, v string) {
 	col.syms[i] = symDict + j
 }
 
+// slice returns points [i, j) of c, sharing c's memory.
+func (c *chunkData) slice(i, j int) *chunkData {
+	s := &chunkData{ts: c.ts[i:j], cols: make([]chunkCol, len(c.cols))}
+	for k, col := range c.cols {
+		s.cols[k] = chunkCol{name: col.name, syms: col.syms[i:j], nums: col.nums[i:j], dict: col.dict}
+	}
+	return s
+}
+
 // encodeChunk appends the encoding of c to dst.
 func encodeChunk(dst []byte, c *chunkData) []byte {
 	dst = append(dst, chunkVersion)
@@ -105,16 +115,9 @@ func encodeChunk(dst []byte, c *chunkData) []byte {
 		dst = appendBytes(dst, []byte(c.cols[i].name))
 	}
 	var w bitWriter
-	var prev, delta int64
-	for i, t := range c.ts {
-		if i == 0 {
-			w.bits(uint64(t), 64)
-		} else {
-			d := t - prev
-			w.int(d - delta)
-			delta = d
-		}
-		prev = t
+	if len(c.ts) > 0 {
+		w.bits(uint64(c.ts[0]), 64)
+		w.ints(deltas(c.ts, true))
 	}
 	dst = appendBytes(dst, w.b)
 	var body []byte
@@ -218,22 +221,48 @@ func mantissa(v float64, e int) (int64, bool) {
 }
 
 func encodeDecimal(nums []float64, e int, dod bool) []byte {
-	var w bitWriter
-	var prev, delta int64
+	ms := make([]int64, len(nums))
 	for i, v := range nums {
-		m, _ := mantissa(v, e)
-		if i == 0 {
-			w.bits(zigzag(m), 64)
-		} else if dod {
-			d := m - prev
-			w.int(d - delta)
+		ms[i], _ = mantissa(v, e)
+	}
+	var w bitWriter
+	w.bits(zigzag(ms[0]), 64)
+	w.ints(deltas(ms, dod))
+	return w.b
+}
+
+// deltas returns the differences of consecutive values (after the first),
+// or with dod the differences of those differences (the first delta
+// taken against zero).
+func deltas(vs []int64, dod bool) []int64 {
+	out := make([]int64, 0, len(vs))
+	var delta int64
+	for i := 1; i < len(vs); i++ {
+		d := vs[i] - vs[i-1]
+		if dod {
+			out = append(out, d-delta)
 			delta = d
 		} else {
-			w.int(m - prev)
+			out = append(out, d)
 		}
-		prev = m
 	}
-	return w.b
+	return out
+}
+
+// undelta reverses deltas, from the first value v0.
+func undelta(dst []int64, v0 int64, ds []int64, dod bool) []int64 {
+	dst = append(dst, v0)
+	var delta int64
+	for _, d := range ds {
+		if dod {
+			delta += d
+			v0 += delta
+		} else {
+			v0 += d
+		}
+		dst = append(dst, v0)
+	}
+	return dst
 }
 
 // encodeXOR is Gorilla's float encoding (Pelkonen et al., VLDB 2015).
@@ -318,28 +347,19 @@ func decodeChunk(b []byte, want func(name string) bool) (*chunkData, error) {
 			return nil, errChunkCorrupt
 		}
 	}
-	c := &chunkData{ts: make([]int64, n)}
 	br := bitReader{b: r.bytes()}
 	if r.err {
 		return nil, errChunkCorrupt
 	}
-	var delta int64
-	for i := range c.ts {
-		if i == 0 {
-			v, err := br.bits(64)
-			if err != nil {
-				return nil, err
-			}
-			c.ts[0] = int64(v)
-			continue
-		}
-		dod, err := br.int()
-		if err != nil {
-			return nil, err
-		}
-		delta += dod
-		c.ts[i] = c.ts[i-1] + delta
+	t0, err := br.bits(64)
+	if err != nil {
+		return nil, err
 	}
+	ds, err := br.ints(make([]int64, 0, n-1), int(n-1))
+	if err != nil {
+		return nil, err
+	}
+	c := &chunkData{ts: undelta(make([]int64, 0, n), int64(t0), ds, true)}
 	if len(br.b) != (br.pos+7)/8 {
 		return nil, errChunkCorrupt
 	}
@@ -438,26 +458,15 @@ func decodeCol(b []byte, n int) (chunkCol, error) {
 
 func decodeDecimal(b []byte, nums []float64, n, e int, dod bool) ([]float64, error) {
 	r := bitReader{b: b}
-	var m, delta int64
-	for i := range n {
-		if i == 0 {
-			z, err := r.bits(64)
-			if err != nil {
-				return nil, err
-			}
-			m = unzigzag(z)
-		} else {
-			d, err := r.int()
-			if err != nil {
-				return nil, err
-			}
-			if dod {
-				delta += d
-				m += delta
-			} else {
-				m += d
-			}
-		}
+	z, err := r.bits(64)
+	if err != nil {
+		return nil, err
+	}
+	ds, err := r.ints(make([]int64, 0, n-1), n-1)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range undelta(make([]int64, 0, n), unzigzag(z), ds, dod) {
 		nums = append(nums, float64(m)/pow10[e])
 	}
 	if len(b) != (r.pos+7)/8 {

@@ -128,6 +128,10 @@ func measureStorage(b *testing.B, prof *Profile, devs, samples int) (perPoint, p
 		}
 		rows.Close()
 	}
+	var blob, chunks int64
+	if db.R.QueryRow(`SELECT sum(length(data)), count(*) FROM telemetry_chunks`).Scan(&blob, &chunks) == nil {
+		b.Logf("%s: %d chunks, encoded %.2f B/value", prof.Name, chunks, float64(blob)/float64(values))
+	}
 	return grown / float64(devs*samples), grown / float64(values)
 }
 
