@@ -28,6 +28,11 @@ func TestDeleteDeviceCascades(t *testing.T) {
 		if !tel.Add(id, mustSample(t, `{"temp":21}`), time.Now()) {
 			t.Fatal("Add refused")
 		}
+		old := mustSample(t, `{"temp":20}`)
+		old.TS = time.Now().Add(-48 * time.Hour)
+		if !tel.Add(id, old, time.Now()) {
+			t.Fatal("Add refused")
+		}
 		if _, err := cmds.Create(ctx, NewCommand{DeviceID: id, Name: "reboot", Timeout: time.Hour}); err != nil {
 			t.Fatal(err)
 		}
@@ -37,6 +42,10 @@ func TestDeleteDeviceCascades(t *testing.T) {
 	}
 	if err := tel.Flush(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// The old points move to the minute rollups.
+	if n, err := tel.PruneBefore(ctx, time.Now().Add(-24*time.Hour)); err != nil || n != 2 {
+		t.Fatalf("pruned %d, %v", n, err)
 	}
 	if _, err := db.W.ExecContext(ctx, `DELETE FROM devices WHERE id = 'gone'`); err != nil {
 		t.Fatal(err)

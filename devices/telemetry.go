@@ -18,7 +18,10 @@ import (
 // and rewrites its row as points arrive (telemetry_build.go). (device_id,
 // ts_min) serves a device's time ranges (a chunk starts at most chunkSpan
 // before the range); ts_max serves pruning. telemetry_1m and telemetry_1h
-// are the rollups (telemetry_rollup.go), kept longer than the raw points.
+// are the rollups (telemetry_rollup.go), kept longer than the raw points:
+// the per-minute ones in chunks too (a row per metric and minute would
+// take more room than the points of a device reporting every 10 s), the
+// per-hour ones a row per device, metric and hour.
 //
 // Steps 2 and 3 are the JSON-text chunks of earlier releases: the table
 // telemetry is moved into telemetry_chunks at start-up (migrateLegacy),
@@ -60,16 +63,15 @@ var telemetrySchema = []string{
 	CREATE INDEX telemetry_chunks_device_ts ON telemetry_chunks(device_id, ts_min);
 	CREATE INDEX telemetry_chunks_ts ON telemetry_chunks(ts_max);
 	CREATE TABLE telemetry_1m (
+		id        INTEGER PRIMARY KEY,
 		device_id TEXT NOT NULL,
-		metric    TEXT NOT NULL,
-		ts        INTEGER NOT NULL,
-		min       REAL NOT NULL,
-		max       REAL NOT NULL,
-		sum       REAL NOT NULL,
+		ts_min    INTEGER NOT NULL,
+		ts_max    INTEGER NOT NULL,
 		n         INTEGER NOT NULL,
-		PRIMARY KEY (device_id, ts, metric)
-	) WITHOUT ROWID;
-	CREATE INDEX telemetry_1m_ts ON telemetry_1m(ts);
+		data      BLOB NOT NULL
+	);
+	CREATE INDEX telemetry_1m_device_ts ON telemetry_1m(device_id, ts_min);
+	CREATE INDEX telemetry_1m_ts ON telemetry_1m(ts_max);
 	CREATE TABLE telemetry_1h (
 		device_id TEXT NOT NULL,
 		metric    TEXT NOT NULL,
@@ -248,7 +250,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		budget:     byteBudget{max: opts.QueueBytes},
 		names:      newMetricNames(),
 		chunks:     newChunkBuilder(),
-		rollups:    newRollups(),
+		rollups:    newRollups(true),
 	}
 	if t.hasDevices {
 		if err := t.names.load(ctx, db); err != nil {

@@ -8,36 +8,42 @@ import (
 // errChunkCorrupt is returned for a stored chunk that does not decode.
 var errChunkCorrupt = errors.New("telemetry chunk: corrupt")
 
-// bitWriter appends bits, most significant first.
+// bitWriter appends bits, most significant first; done returns them.
 type bitWriter struct {
-	b    []byte
-	free uint8 // unused low bits of the last byte
+	b   []byte
+	acc uint64 // the last n bits written, not yet in b (n < 8 between calls)
+	n   int
 }
 
 func (w *bitWriter) bit(v bool) {
-	if w.free == 0 {
-		w.b = append(w.b, 0)
-		w.free = 8
-	}
-	w.free--
 	if v {
-		w.b[len(w.b)-1] |= 1 << w.free
+		w.bits(1, 1)
+	} else {
+		w.bits(0, 1)
 	}
 }
 
 // bits writes the low n bits of v (n ≤ 64).
 func (w *bitWriter) bits(v uint64, n int) {
 	for n > 0 {
-		if w.free == 0 {
-			w.b = append(w.b, 0)
-			w.free = 8
-		}
-		take := min(n, int(w.free))
-		chunk := byte(v>>(n-take)) & byte(1<<take-1)
-		w.free -= uint8(take)
-		w.b[len(w.b)-1] |= chunk << w.free
+		take := min(n, 56-w.n)
+		w.acc = w.acc<<take | (v>>(n-take))&(1<<take-1)
+		w.n += take
 		n -= take
+		for w.n >= 8 {
+			w.n -= 8
+			w.b = append(w.b, byte(w.acc>>w.n))
+		}
 	}
+}
+
+// done returns the bytes written, the last one padded with zero bits.
+func (w *bitWriter) done() []byte {
+	if w.n > 0 {
+		w.b = append(w.b, byte(w.acc<<(8-w.n)))
+		w.n = 0
+	}
+	return w.b
 }
 
 // bitReader reads what a bitWriter wrote.
@@ -117,38 +123,56 @@ func (r *bitReader) int() (int64, error) {
 // else '1' and the value as int writes it. A column of small deltas thus
 // costs about k+1 bits a value, whatever k its noise needs.
 func (w *bitWriter) ints(vs []int64) {
+	_, bestK := intsCost(vs)
+	w.bits(uint64(bestK), 6)
+	for _, v := range vs {
+		z := zigzag(v)
+		if 64-bits.LeadingZeros64(z) <= bestK {
+			w.bits(z, bestK+1) // '0' and k bits
+		} else {
+			w.bit(true)
+			w.int(v)
+		}
+	}
+}
+
+// intsCost returns the bits ints takes for vs, and the width k it uses.
+func intsCost(vs []int64) (cost, k int) {
 	var hist [65]int
 	for _, v := range vs {
 		hist[64-bits.LeadingZeros64(zigzag(v))]++
 	}
+	// The best k is one of the lengths present (between two of them the
+	// cost only grows with k).
+	var present [65]int
+	p := 0
+	for l, n := range hist {
+		if n > 0 {
+			present[p] = l
+			p++
+		}
+	}
 	best, bestK := -1, 0
-	for k := range 64 {
+	for _, k := range present[:p] {
+		if k == 64 {
+			k = 63 // k is written in 6 bits
+		}
 		cost := 0
-		for l, n := range hist {
-			if n == 0 {
-				continue
-			}
+		for _, l := range present[:p] {
 			if l <= k {
-				cost += n * (1 + k)
+				cost += hist[l] * (1 + k)
 			} else {
-				cost += n * (1 + intCost(l))
+				cost += hist[l] * (1 + intCost(l))
 			}
 		}
 		if best < 0 || cost < best {
 			best, bestK = cost, k
 		}
 	}
-	w.bits(uint64(bestK), 6)
-	for _, v := range vs {
-		z := zigzag(v)
-		if 64-bits.LeadingZeros64(z) <= bestK {
-			w.bit(false)
-			w.bits(z, bestK)
-		} else {
-			w.bit(true)
-			w.int(v)
-		}
+	if best < 0 {
+		best = 0
 	}
+	return 6 + best, bestK
 }
 
 // intCost is the bits int takes for a zigzag of l significant bits.

@@ -74,7 +74,7 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 		}
 		col.syms[n], col.nums[n] = symNumber, f
 		if r != nil {
-			r.add(c.device, col.name, ts, f)
+			r.add(c.device, col.name, ts, f, c.used)
 		}
 	})
 	c.dirty = true
@@ -141,25 +141,19 @@ func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r
 	if !c.dirty {
 		b.pending = append(b.pending, c)
 	}
-	c.add(ts, obj, r)
 	c.used = now
+	c.add(ts, obj, r)
 }
 
 // write inserts or rewrites every pending chunk in tx. A rewrite that
 // finds no row (the device was deleted, or the chunk pruned) drops the
 // chunk: its points are not written again.
 func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
-	ins, err := tx.PrepareContext(ctx,
-		`INSERT INTO telemetry_chunks(device_id, ts_min, ts_max, n, data) VALUES (?,?,?,?,?) RETURNING id`)
+	ins, upd, err := prepareChunkWrites(ctx, tx, "telemetry_chunks")
 	if err != nil {
-		return fmt.Errorf("telemetry write: prepare: %w", err)
+		return err
 	}
 	defer ins.Close()
-	upd, err := tx.PrepareContext(ctx,
-		`UPDATE telemetry_chunks SET ts_min = ?, ts_max = ?, n = ?, data = ? WHERE id = ?`)
-	if err != nil {
-		return fmt.Errorf("telemetry write: prepare: %w", err)
-	}
 	defer upd.Close()
 	var buf []byte
 	for _, c := range b.pending {
@@ -195,6 +189,23 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 		}
 	}
 	return nil
+}
+
+// prepareChunkWrites prepares the insert and the rewrite of a row of a
+// chunk table (telemetry_chunks or telemetry_1m).
+func prepareChunkWrites(ctx context.Context, tx *sql.Tx, table string) (ins, upd *sql.Stmt, err error) {
+	ins, err = tx.PrepareContext(ctx,
+		`INSERT INTO `+table+`(device_id, ts_min, ts_max, n, data) VALUES (?,?,?,?,?) RETURNING id`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("telemetry write: prepare: %w", err)
+	}
+	upd, err = tx.PrepareContext(ctx,
+		`UPDATE `+table+` SET ts_min = ?, ts_max = ?, n = ?, data = ? WHERE id = ?`)
+	if err != nil {
+		ins.Close()
+		return nil, nil, fmt.Errorf("telemetry write: prepare: %w", err)
+	}
+	return ins, upd, nil
 }
 
 // putChunk inserts the chunk d (encoded as data) if *id is 0, setting

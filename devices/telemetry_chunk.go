@@ -119,7 +119,7 @@ func encodeChunk(dst []byte, c *chunkData) []byte {
 		w.bits(uint64(c.ts[0]), 64)
 		w.ints(deltas(c.ts, true))
 	}
-	dst = appendBytes(dst, w.b)
+	dst = appendBytes(dst, w.done())
 	var body []byte
 	for i := range c.cols {
 		body = encodeCol(body[:0], &c.cols[i])
@@ -160,21 +160,28 @@ func encodeCol(dst []byte, col *chunkCol) []byte {
 	if len(nums) == 0 {
 		return append(dst, numNone)
 	}
-	best := encodeXOR(nums)
-	mode, exp := byte(numXOR), byte(0)
-	if e, ok := decimalExp(nums); ok {
-		for _, m := range []byte{numDecDelta, numDecDoD} {
-			if b := encodeDecimal(nums, e, m == numDecDoD); len(b)+1 < len(best) {
-				best, mode, exp = b, m, byte(e)
-			}
+	// Decimals as integers when they are: smaller than XOR but for
+	// numbers with many digits, where their deltas cost about as much.
+	if e, ms, ok := decimals(nums); ok {
+		d, dod := deltas(ms, false), deltas(ms, true)
+		mode := byte(numDecDelta)
+		if c1, _ := intsCost(d); func() bool { c2, _ := intsCost(dod); return c2 < c1 }() {
+			mode, d = numDecDoD, dod
+		}
+		var w bitWriter
+		w.bits(zigzag(ms[0]), 64)
+		w.ints(d)
+		if b := w.done(); e < 10 || len(b) < xorSize(nums) {
+			dst = append(dst, mode, byte(e))
+			return append(dst, b...)
 		}
 	}
-	dst = append(dst, mode)
-	if mode != numXOR {
-		dst = append(dst, exp)
-	}
-	return append(dst, best...)
+	dst = append(dst, numXOR)
+	return append(dst, encodeXOR(nums)...)
 }
+
+// xorSize is the size of encodeXOR(nums).
+func xorSize(nums []float64) int { return len(encodeXOR(nums)) }
 
 var pow10 = func() (p [16]float64) {
 	p[0] = 1
@@ -188,27 +195,32 @@ var pow10 = func() (p [16]float64) {
 // and their deltas never overflow.
 const maxMantissa = 1 << 53
 
-// decimalExp returns the fewest decimals e (≤ 15) with which every number
-// is float64(m)/10^e for an integer m, exactly.
-func decimalExp(nums []float64) (int, bool) {
-	e := 0
-	for _, v := range nums {
+// decimals returns the fewest decimals e (≤ 15) with which every number
+// is float64(m)/10^e for an integer m, exactly, and the m.
+func decimals(nums []float64) (int, []int64, bool) {
+	e, raised := 0, 0
+	ms := make([]int64, len(nums))
+	for i, v := range nums {
 		for ; e < len(pow10); e++ {
-			if _, ok := mantissa(v, e); ok {
+			if m, ok := mantissa(v, e); ok {
+				ms[i] = m
 				break
 			}
+			raised = i
 		}
 		if e == len(pow10) {
-			return 0, false
+			return 0, nil, false
 		}
 	}
-	// A larger e found later: the earlier numbers must still be exact.
-	for _, v := range nums {
-		if _, ok := mantissa(v, e); !ok {
-			return 0, false
+	// The numbers before the last raise of e must still be exact with it.
+	for i, v := range nums[:raised] {
+		m, ok := mantissa(v, e)
+		if !ok {
+			return 0, nil, false
 		}
+		ms[i] = m
 	}
-	return e, true
+	return e, ms, true
 }
 
 func mantissa(v float64, e int) (int64, bool) {
@@ -218,17 +230,6 @@ func mantissa(v float64, e int) (int64, bool) {
 	}
 	m := int64(math.Round(s))
 	return m, math.Float64bits(float64(m)/pow10[e]) == math.Float64bits(v)
-}
-
-func encodeDecimal(nums []float64, e int, dod bool) []byte {
-	ms := make([]int64, len(nums))
-	for i, v := range nums {
-		ms[i], _ = mantissa(v, e)
-	}
-	var w bitWriter
-	w.bits(zigzag(ms[0]), 64)
-	w.ints(deltas(ms, dod))
-	return w.b
 }
 
 // deltas returns the differences of consecutive values (after the first),
@@ -297,7 +298,7 @@ func encodeXOR(nums []float64) []byte {
 		w.bits(uint64(sig&63), 6) // 64 is written as 0
 		w.bits(x>>t, sig)
 	}
-	return w.b
+	return w.done()
 }
 
 // chunkReader reads an encoded chunk.

@@ -73,7 +73,7 @@ func (t *Telemetry) migrateStep(ctx context.Context) (rows, points int64, err er
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry migration: %w", err)
 	}
-	b, r := newChunkBuilder(), newRollups()
+	b, r := newChunkBuilder(), newRollups(true)
 	now := time.Now()
 	var ids []int64
 	var compact bytes.Buffer
@@ -118,6 +118,7 @@ func (t *Telemetry) migrateStep(ctx context.Context) (rows, points int64, err er
 	if err := r.write(ctx, tx); err != nil {
 		return 0, 0, fmt.Errorf("telemetry migration: %w", err)
 	}
+	r.written(true)
 	del, err := tx.PrepareContext(ctx, `DELETE FROM telemetry WHERE id = ?`)
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry migration: %w", err)

@@ -38,8 +38,9 @@ func (t *Telemetry) prune() {
 }
 
 // PruneBefore deletes the history rows whose points are all older than
-// cutoff, PruneChunk rows per transaction, so that the batch writer gets
-// the connection between chunks. It returns how many points it deleted.
+// cutoff, folding their numbers into the per-minute rollups, PruneChunk
+// rows per transaction, so that the batch writer gets the connection
+// between chunks. It returns how many points it deleted.
 func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
 	for {
@@ -58,43 +59,88 @@ func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, e
 	}
 }
 
-// pruneChunk deletes up to PruneChunk expired rows and returns how many
-// rows and points went.
+// pruneChunk moves up to PruneChunk expired rows into the minute rollups
+// and deletes them, in one transaction, and returns how many rows and
+// points went.
 func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, points int64, err error) {
-	rs, err := t.db.W.QueryContext(ctx,
-		`DELETE FROM telemetry_chunks WHERE id IN (SELECT id FROM telemetry_chunks WHERE ts_max < ? ORDER BY ts_max LIMIT ?) RETURNING n`,
+	tx, err := t.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+	}
+	defer tx.Rollback()
+	rs, err := tx.QueryContext(ctx,
+		`SELECT id, device_id, data FROM telemetry_chunks WHERE ts_max < ? ORDER BY ts_max LIMIT ?`,
 		cutoff.UnixMilli(), t.opts.PruneChunk)
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
-	defer rs.Close()
+	r := newRollups(false)
+	now := time.Now()
+	var ids []int64
 	for rs.Next() {
-		var n int64
-		if err := rs.Scan(&n); err != nil {
-			return rows, points, fmt.Errorf("telemetry prune: %w", err)
+		var id int64
+		var device string
+		var data []byte
+		if err := rs.Scan(&id, &device, &data); err != nil {
+			rs.Close()
+			return 0, 0, fmt.Errorf("telemetry prune: %w", err)
 		}
-		rows++
-		points += n
+		ids = append(ids, id)
+		c, err := decodeChunk(data, nil)
+		if err != nil { // nothing to keep of it
+			t.log.Error("telemetry prune: stored chunk does not decode", "device", device, "error", err)
+			continue
+		}
+		points += int64(len(c.ts))
+		for j := range c.cols {
+			col := &c.cols[j]
+			for i, ts := range c.ts {
+				if col.syms[i] == symNumber {
+					r.add(device, col.name, ts, col.nums[i], now)
+				}
+			}
+		}
 	}
+	rs.Close()
 	if err := rs.Err(); err != nil {
-		return rows, points, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
-	return rows, points, nil
+	if len(ids) == 0 {
+		return 0, 0, nil
+	}
+	if err := r.write(ctx, tx); err != nil {
+		return 0, 0, err
+	}
+	del, err := tx.PrepareContext(ctx, `DELETE FROM telemetry_chunks WHERE id = ?`)
+	if err != nil {
+		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+	}
+	defer del.Close()
+	for _, id := range ids {
+		if _, err := del.ExecContext(ctx, id); err != nil {
+			return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+	}
+	return int64(len(ids)), points, nil
 }
 
 // PruneRollupsBefore deletes the rollups of minutes and hours that began
-// before cutoff, a few thousand rows per transaction.
+// before cutoff, a few hundred rows per transaction.
 func (t *Telemetry) PruneRollupsBefore(ctx context.Context, cutoff time.Time) error {
-	for _, l := range rollupLevels {
+	for _, q := range []string{
+		`DELETE FROM telemetry_1m WHERE id IN (SELECT id FROM telemetry_1m WHERE ts_max < ? ORDER BY ts_max LIMIT ?)`,
+		`DELETE FROM telemetry_1h WHERE (device_id, ts, metric) IN
+		   (SELECT device_id, ts, metric FROM telemetry_1h WHERE ts < ? ORDER BY ts LIMIT ?)`,
+	} {
 		for {
-			res, err := t.db.W.ExecContext(ctx,
-				`DELETE FROM `+l.table+` WHERE (device_id, ts, metric) IN
-				   (SELECT device_id, ts, metric FROM `+l.table+` WHERE ts < ? ORDER BY ts LIMIT ?)`,
-				cutoff.UnixMilli(), 20*t.opts.PruneChunk)
+			res, err := t.db.W.ExecContext(ctx, q, cutoff.UnixMilli(), t.opts.PruneChunk)
 			if err != nil {
 				return fmt.Errorf("telemetry prune rollups: %w", err)
 			}
-			if n, _ := res.RowsAffected(); n < int64(20*t.opts.PruneChunk) {
+			if n, _ := res.RowsAffected(); n < int64(t.opts.PruneChunk) {
 				break
 			}
 			if err := ctx.Err(); err != nil {

@@ -29,11 +29,17 @@ type Bucket struct {
 // [lo, hi] (Unix ms), in order of their first point, decoded (only the
 // columns want accepts, if want is not nil). fn returns false to stop.
 func (t *Telemetry) eachChunk(ctx context.Context, device string, lo, hi int64, want func(string) bool, fn func(*chunkData) bool) error {
+	return t.eachChunkOf(ctx, "telemetry_chunks", device, lo, hi, chunkSpan, fn, want)
+}
+
+// eachChunkOf is eachChunk over a chunk table whose chunks span at most
+// span.
+func (t *Telemetry) eachChunkOf(ctx context.Context, table, device string, lo, hi int64, span time.Duration, fn func(*chunkData) bool, want ...func(string) bool) error {
 	rows, err := t.db.R.QueryContext(ctx,
-		`SELECT data FROM telemetry_chunks
+		`SELECT data FROM `+table+`
 		  WHERE device_id = ? AND ts_min BETWEEN ? AND ? AND ts_max >= ?
 		  ORDER BY ts_min, id`,
-		device, lo-chunkSpan.Milliseconds(), hi, lo)
+		device, lo-span.Milliseconds(), hi, lo)
 	if err != nil {
 		return err
 	}
@@ -43,7 +49,11 @@ func (t *Telemetry) eachChunk(ctx context.Context, device string, lo, hi int64, 
 		if err := rows.Scan(&data); err != nil {
 			return err
 		}
-		c, err := decodeChunk(data, want)
+		var w func(string) bool
+		if len(want) > 0 {
+			w = want[0]
+		}
+		c, err := decodeChunk(data, w)
 		if err != nil {
 			return fmt.Errorf("stored chunk: %w", err)
 		}
@@ -138,10 +148,10 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 // and count of each numeric metric, in time order.
 //
 // It reads the coarsest level that serves the step: the per-hour rollups
-// when step is a whole number of hours, the per-minute ones when it is a
-// whole number of minutes, else the raw points. From a rollup, the first
-// and last buckets cover whole minutes (hours), even where from and to
-// fall inside one.
+// when step is a whole number of hours, the per-minute ones (and the raw
+// points not yet pruned into them) when it is a whole number of minutes,
+// else the raw points. With a rollup, the first and last buckets cover
+// whole minutes (hours), even where from and to fall inside one.
 func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Time, step time.Duration) ([]Bucket, error) {
 	if step < time.Millisecond {
 		return nil, invalid("step", "must be at least 1ms")
@@ -154,16 +164,33 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 	if n := (hi - lo) / ms; n > MaxTelemetryBuckets {
 		return nil, invalid("step", "makes %d buckets (at most %d): choose a longer step or a shorter range", n, MaxTelemetryBuckets)
 	}
-	for i := len(rollupLevels) - 1; i >= 0; i-- {
-		if l := rollupLevels[i]; step%l.step == 0 {
-			return t.rollupBuckets(ctx, l.table, l.step.Milliseconds(), device, lo, hi, ms)
+	if step%time.Hour == 0 {
+		return t.hourBuckets(ctx, device, lo, hi, ms)
+	}
+	aggs := map[bucketKey]*agg{}
+	if step%time.Minute == 0 {
+		minute := time.Minute.Milliseconds()
+		err := t.eachChunkOf(ctx, "telemetry_1m", device, floorDiv(lo, minute)*minute, hi, minuteChunkSpan, func(c *chunkData) bool {
+			minuteAggs(c, func(metric string, ts int64, a agg) {
+				if ts < floorDiv(lo, minute)*minute || ts > hi {
+					return
+				}
+				k := bucketKey{floorDiv(ts, ms) * ms, metric}
+				if aggs[k] == nil {
+					aggs[k] = &agg{}
+				}
+				aggs[k].merge(a)
+			})
+			return true
+		})
+		if err != nil {
+			return nil, fmt.Errorf("telemetry buckets: %w", err)
 		}
+		// The raw points not yet folded into minutes (rounded out to
+		// whole minutes, as the rollups are).
+		lo = floorDiv(lo, minute) * minute
+		hi = floorDiv(hi, minute)*minute + minute - 1
 	}
-	type key struct {
-		b      int64
-		metric string
-	}
-	aggs := map[key]*agg{}
 	err := t.eachChunk(ctx, device, lo, hi, nil, func(c *chunkData) bool {
 		for j := range c.cols {
 			col := &c.cols[j]
@@ -171,7 +198,7 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 				if ts < lo || ts > hi || col.syms[i] != symNumber {
 					continue
 				}
-				k := key{floorDiv(ts, ms) * ms, col.name}
+				k := bucketKey{floorDiv(ts, ms) * ms, col.name}
 				a := aggs[k]
 				if a == nil {
 					a = &agg{}
@@ -185,18 +212,28 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 	if err != nil {
 		return nil, fmt.Errorf("telemetry buckets: %w", err)
 	}
-	keys := make([]key, 0, len(aggs))
+	return bucketsOf(aggs), nil
+}
+
+type bucketKey struct {
+	b      int64
+	metric string
+}
+
+// bucketsOf returns aggregates as buckets in time order.
+func bucketsOf(aggs map[bucketKey]*agg) []Bucket {
+	keys := make([]bucketKey, 0, len(aggs))
 	for k := range aggs {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b key) int {
+	slices.SortFunc(keys, func(a, b bucketKey) int {
 		return cmp.Or(cmp.Compare(a.b, b.b), cmp.Compare(a.metric, b.metric))
 	})
 	out := []Bucket{}
 	for _, k := range keys {
 		out = addToBuckets(out, k.b, k.metric, aggs[k])
 	}
-	return out, nil
+	return out
 }
 
 // addToBuckets adds one metric's aggregate of bucket b (in time order).
@@ -210,15 +247,15 @@ func addToBuckets(out []Bucket, b int64, metric string, a *agg) []Bucket {
 	return out
 }
 
-// rollupBuckets reads buckets of ms from a rollup table whose rows each
-// cover level ms.
-func (t *Telemetry) rollupBuckets(ctx context.Context, table string, level int64, device string, lo, hi, ms int64) ([]Bucket, error) {
+// hourBuckets reads buckets of ms (whole hours) from the hourly rollups.
+func (t *Telemetry) hourBuckets(ctx context.Context, device string, lo, hi, ms int64) ([]Bucket, error) {
+	hour := time.Hour.Milliseconds()
 	rows, err := t.db.R.QueryContext(ctx,
 		`SELECT ts / ?1 * ?1 AS b, metric, min(min), max(max), sum(sum), sum(n)
-		   FROM `+table+`
+		   FROM telemetry_1h
 		  WHERE device_id = ?2 AND ts BETWEEN ?3 AND ?4
 		  GROUP BY b, metric ORDER BY b, metric`,
-		ms, device, floorDiv(lo, level)*level, hi)
+		ms, device, floorDiv(lo, hour)*hour, hi)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry buckets: %w", err)
 	}

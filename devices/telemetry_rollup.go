@@ -4,29 +4,32 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
+	"slices"
 	"time"
 )
 
-// Rollup levels: per-minute and per-hour min, max, sum and count of each
-// numeric metric of each device, kept for RollupRetention (beyond the raw
-// history's Retention). The writer folds each batch into them in the same
-// transaction as its points.
-var rollupLevels = [...]struct {
-	table string
-	step  time.Duration
-}{
-	{"telemetry_1m", time.Minute},
-	{"telemetry_1h", time.Hour},
-}
+// Rollups: per-minute and per-hour min, max, sum and count of each numeric
+// metric of each device, kept for RollupRetention (beyond the raw
+// history's Retention).
+//
+// The per-hour ones are rows of telemetry_1h, which the writer folds each
+// batch into in the same transaction as its points. The per-minute ones
+// are chunks of telemetry_1m (minuteChunk), each a device's minutes in the
+// chunk encoding with four columns per metric; the pruner makes them from
+// the raw chunks it removes, in the same transaction, so that a point is
+// in exactly one of the raw history and the minute rollups (while the raw
+// points are there, a device reporting every few seconds would pay for its
+// minutes twice). A minute may be in two minute chunks (its points were in
+// two raw chunks): queries merge.
 
-type rollKey struct {
-	device, metric string
-	ts             int64 // start of the minute or hour, Unix ms
-}
-
+// agg is an aggregate of numbers.
 type agg struct {
 	min, max, sum float64
 	n             int64
+	// exp is the decimals that every number added has at most (so the
+	// sum can be rounded back to an exact decimal), or -1.
+	exp int
 }
 
 func (a *agg) add(v float64) {
@@ -40,30 +43,68 @@ func (a *agg) add(v float64) {
 	a.n++
 }
 
-// rollups collects one batch's aggregates per level.
-type rollups struct {
-	levels [len(rollupLevels)]map[rollKey]*agg
-}
-
-func newRollups() *rollups {
-	r := &rollups{}
-	for i := range r.levels {
-		r.levels[i] = make(map[rollKey]*agg)
+// addDecimal adds v and keeps exp.
+func (a *agg) addDecimal(v float64) {
+	if a.n == 0 {
+		a.exp = 0
 	}
-	return r
-}
-
-func (r *rollups) add(device, metric string, ts int64, v float64) {
-	for i, l := range rollupLevels {
-		ms := l.step.Milliseconds()
-		k := rollKey{device, metric, floorDiv(ts, ms) * ms}
-		a := r.levels[i][k]
-		if a == nil {
-			a = &agg{}
-			r.levels[i][k] = a
+	a.add(v)
+	for a.exp >= 0 {
+		if _, ok := mantissa(v, a.exp); ok {
+			break
 		}
-		a.add(v)
+		if a.exp++; a.exp == len(pow10) {
+			a.exp = -1
+		}
 	}
+}
+
+// merge adds the aggregate b.
+func (a *agg) merge(b agg) {
+	if b.n == 0 {
+		return
+	}
+	if a.n == 0 || b.min < a.min {
+		a.min = b.min
+	}
+	if a.n == 0 || b.max > a.max {
+		a.max = b.max
+	}
+	a.sum += b.sum
+	a.n += b.n
+}
+
+// exactSum is the sum rounded to the decimals of its numbers: what float
+// addition lost, so that the sum stays a short decimal.
+func (a *agg) exactSum() float64 {
+	if a.exp < 0 {
+		return a.sum
+	}
+	if m, ok := mantissa(math.Round(a.sum*pow10[a.exp])/pow10[a.exp], a.exp); ok {
+		return float64(m) / pow10[a.exp]
+	}
+	return a.sum
+}
+
+// rollups takes the numbers of points as they are written.
+type rollups struct {
+	hours   map[hourKey]*agg
+	minutes map[string]*minuteChunk // open chunk per device
+	pending []*minuteChunk
+}
+
+type hourKey struct {
+	device, metric string
+	ts             int64 // start of the hour, Unix ms
+}
+
+// newRollups returns rollups that keep the hourly aggregates (the
+// writer's) or the minute chunks (the pruner's).
+func newRollups(hours bool) *rollups {
+	if hours {
+		return &rollups{hours: make(map[hourKey]*agg)}
+	}
+	return &rollups{minutes: make(map[string]*minuteChunk)}
 }
 
 func floorDiv(a, b int64) int64 {
@@ -74,57 +115,222 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-// upsertRows is how many aggregates one statement carries.
-const upsertRows = 32
+func (r *rollups) add(device, metric string, ts int64, v float64, now time.Time) {
+	if r.minutes != nil {
+		r.addMinute(device, metric, ts, v, now)
+		return
+	}
+	hour := time.Hour.Milliseconds()
+	k := hourKey{device, metric, floorDiv(ts, hour) * hour}
+	a := r.hours[k]
+	if a == nil {
+		a = &agg{}
+		r.hours[k] = a
+	}
+	a.add(v)
+}
 
-// write merges the aggregates into the rollup tables.
-func (r *rollups) write(ctx context.Context, tx *sql.Tx) error {
-	for i, l := range rollupLevels {
-		m := r.levels[i]
-		if len(m) == 0 {
+func (r *rollups) addMinute(device, metric string, ts int64, v float64, now time.Time) {
+	minute := floorDiv(ts, time.Minute.Milliseconds()) * time.Minute.Milliseconds()
+	c := r.minutes[device]
+	if c == nil || !c.add(metric, minute, v) {
+		c = &minuteChunk{device: device, idx: map[string]int{}, maxMinutes: minuteChunkMinutes}
+		r.minutes[device] = c
+		c.add(metric, minute, v)
+	}
+	if !c.dirty {
+		c.dirty = true
+		r.pending = append(r.pending, c)
+	}
+	c.used = now
+}
+
+// Minute chunk bounds: minutes in one chunk (before its size says
+// otherwise), and the time they may span.
+const (
+	minuteChunkMinutes = 240
+	minuteChunkSpan    = 12 * time.Hour
+)
+
+// minuteChunk is one device's per-minute aggregates while they may grow.
+type minuteChunk struct {
+	device     string
+	id         int64
+	minutes    []int64 // in time order
+	names      []string
+	idx        map[string]int
+	aggs       [][]agg // per metric, per minute
+	maxMinutes int
+	dirty      bool
+	used       time.Time
+}
+
+// add adds v to metric's aggregate of minute; false if the minute does
+// not belong in this chunk.
+func (c *minuteChunk) add(metric string, minute int64, v float64) bool {
+	i, found := slices.BinarySearch(c.minutes, minute)
+	if !found {
+		if len(c.minutes) >= c.maxMinutes ||
+			(len(c.minutes) > 0 && max(minute, c.minutes[len(c.minutes)-1])-min(minute, c.minutes[0]) > minuteChunkSpan.Milliseconds()) {
+			return false
+		}
+		c.minutes = slices.Insert(c.minutes, i, minute)
+		for m := range c.aggs {
+			c.aggs[m] = slices.Insert(c.aggs[m], i, agg{})
+		}
+	}
+	m, ok := c.idx[metric]
+	if !ok {
+		m = len(c.names)
+		c.idx[metric] = m
+		c.names = append(c.names, metric)
+		c.aggs = append(c.aggs, make([]agg, len(c.minutes), cap(c.minutes)))
+	}
+	c.aggs[m][i].addDecimal(v)
+	return true
+}
+
+// Column name prefixes of a minute chunk: a metric's min, max, sum and
+// count are four columns.
+const (
+	colMin   = "\x01"
+	colMax   = "\x02"
+	colSum   = "\x03"
+	colCount = "\x04"
+)
+
+// chunk returns the aggregates as chunk columns.
+func (c *minuteChunk) chunk() *chunkData {
+	d := &chunkData{ts: c.minutes}
+	n := len(c.minutes)
+	for m, name := range c.names {
+		cols := [4]chunkCol{{name: colMin + name}, {name: colMax + name}, {name: colSum + name}, {name: colCount + name}}
+		for k := range cols {
+			cols[k].syms, cols[k].nums = make([]uint32, n), make([]float64, n)
+		}
+		for i, a := range c.aggs[m] {
+			if a.n == 0 {
+				continue
+			}
+			for k, v := range [4]float64{a.min, a.max, a.exactSum(), float64(a.n)} {
+				cols[k].syms[i], cols[k].nums[i] = symNumber, v
+			}
+		}
+		d.cols = append(d.cols, cols[:]...)
+	}
+	return d
+}
+
+// minuteAggs reads the aggregates of a decoded minute chunk: fn is called
+// per metric and minute.
+func minuteAggs(d *chunkData, fn func(metric string, minute int64, a agg)) {
+	byName := make(map[string]*chunkCol, len(d.cols))
+	for i := range d.cols {
+		byName[d.cols[i].name] = &d.cols[i]
+	}
+	for _, cnt := range d.cols {
+		if len(cnt.name) == 0 || cnt.name[:1] != colCount {
 			continue
 		}
-		full, err := tx.PrepareContext(ctx, upsertSQL(l.table, upsertRows))
+		metric := cnt.name[1:]
+		lo, hi, sum := byName[colMin+metric], byName[colMax+metric], byName[colSum+metric]
+		if lo == nil || hi == nil || sum == nil {
+			continue
+		}
+		for i, ts := range d.ts {
+			if cnt.syms[i] != symNumber || lo.syms[i] != symNumber || hi.syms[i] != symNumber || sum.syms[i] != symNumber || cnt.nums[i] < 1 {
+				continue
+			}
+			fn(metric, ts, agg{min: lo.nums[i], max: hi.nums[i], sum: sum.nums[i], n: int64(cnt.nums[i])})
+		}
+	}
+}
+
+// upsertRows is how many hourly aggregates one statement carries.
+const upsertRows = 32
+
+// write writes the hourly aggregates and the changed minute chunks.
+func (r *rollups) write(ctx context.Context, tx *sql.Tx) error {
+	if err := r.writeHours(ctx, tx); err != nil {
+		return err
+	}
+	ins, upd, err := prepareChunkWrites(ctx, tx, "telemetry_1m")
+	if err != nil {
+		return err
+	}
+	defer ins.Close()
+	defer upd.Close()
+	var buf []byte
+	for _, c := range r.pending {
+		c.dirty = false
+		d := c.chunk()
+		buf = encodeChunk(buf[:0], d)
+		gone, err := putChunk(ctx, ins, upd, c.device, &c.id, d, buf)
 		if err != nil {
-			return fmt.Errorf("telemetry rollups: prepare: %w", err)
+			return fmt.Errorf("telemetry rollups: %w", err)
 		}
-		args := make([]any, 0, 7*upsertRows)
-		flush := func() error {
-			var err error
-			if len(args) == 7*upsertRows {
-				_, err = full.ExecContext(ctx, args...)
-			} else {
-				_, err = tx.ExecContext(ctx, upsertSQL(l.table, len(args)/7), args...)
-			}
-			args = args[:0]
-			return err
+		n := len(c.minutes)
+		c.maxMinutes = min(minuteChunkMinutes, max(n, n*chunkTargetBytes/len(buf)))
+		if (gone || n >= c.maxMinutes) && r.minutes[c.device] == c {
+			delete(r.minutes, c.device)
 		}
-		for k, a := range m {
-			args = append(args, k.device, k.metric, k.ts, a.min, a.max, a.sum, a.n)
-			if len(args) == cap(args) {
-				if err := flush(); err != nil {
-					full.Close()
-					return fmt.Errorf("telemetry rollups: %w", err)
-				}
-			}
-		}
-		if len(args) > 0 {
-			if err := flush(); err != nil {
-				full.Close()
-				return fmt.Errorf("telemetry rollups: %w", err)
-			}
-		}
-		full.Close()
-		clear(m)
 	}
 	return nil
 }
 
-func upsertSQL(table string, rows int) string {
+// written ends a write, as chunkBuilder.written.
+func (r *rollups) written(ok bool) {
+	if !ok {
+		for _, c := range r.pending {
+			if r.minutes[c.device] == c {
+				delete(r.minutes, c.device)
+			}
+		}
+	}
+	r.pending = r.pending[:0]
+	clear(r.hours)
+}
+
+func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
+	if len(r.hours) == 0 {
+		return nil
+	}
+	full, err := tx.PrepareContext(ctx, upsertSQL(upsertRows))
+	if err != nil {
+		return fmt.Errorf("telemetry rollups: prepare: %w", err)
+	}
+	defer full.Close()
+	args := make([]any, 0, 7*upsertRows)
+	flush := func() error {
+		var err error
+		if len(args) == 7*upsertRows {
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, upsertSQL(len(args)/7), args...)
+		}
+		args = args[:0]
+		if err != nil {
+			return fmt.Errorf("telemetry rollups: %w", err)
+		}
+		return nil
+	}
+	for k, a := range r.hours {
+		args = append(args, k.device, k.metric, k.ts, a.min, a.max, a.sum, a.n)
+		if len(args) == cap(args) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if len(args) > 0 {
+		return flush()
+	}
+	return nil
+}
+
+func upsertSQL(rows int) string {
 	b := make([]byte, 0, 256+16*rows)
-	b = append(b, "INSERT INTO "...)
-	b = append(b, table...)
-	b = append(b, "(device_id, metric, ts, min, max, sum, n) VALUES "...)
+	b = append(b, "INSERT INTO telemetry_1h(device_id, metric, ts, min, max, sum, n) VALUES "...)
 	for i := range rows {
 		if i > 0 {
 			b = append(b, ',')

@@ -139,9 +139,7 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 	ok := false
 	defer func() {
 		t.chunks.written(ok)
-		if !ok {
-			t.rollups = newRollups()
-		}
+		t.rollups.written(ok)
 	}()
 
 	tx, err := t.db.W.BeginTx(ctx, nil)
