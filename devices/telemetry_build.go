@@ -26,9 +26,9 @@ type openChunk struct {
 	// it is first encoded, then what its encoding so far says will fill
 	// chunkTargetBytes.
 	maxPoints int
-	sorted bool           // points in time order
-	dirty  bool           // changed since written
-	used   time.Time      // last batch that added to it
+	sorted    bool      // points in time order
+	dirty     bool      // changed since written
+	used      time.Time // last batch that added to it
 }
 
 // fits reports whether a point at ts may join the chunk.

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
-		"time"
+	"time"
 )
 
 // write is the batch writer: it collects queued points and writes them in
