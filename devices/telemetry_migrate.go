@@ -11,8 +11,10 @@ import (
 )
 
 // migrateRows is how many JSON-text chunks one migration transaction
-// moves (each up to 512 points).
+// moves (each up to 512 points); a test makes it smaller.
 const migrateRows = 256
+
+var migrateRowsTest = migrateRows
 
 // errMigrationStopped is the test hook's stop (TelemetryOptions.migrateStop).
 var errMigrationStopped = errors.New("telemetry migration: stopped by test hook")
@@ -69,7 +71,7 @@ func (t *Telemetry) migrateStep(ctx context.Context) (rows, points int64, err er
 	}
 	defer tx.Rollback()
 	rs, err := tx.QueryContext(ctx,
-		`SELECT id, device_id, points FROM telemetry ORDER BY device_id, ts_min LIMIT ?`, migrateRows)
+		`SELECT id, device_id, points FROM telemetry ORDER BY device_id, ts_min LIMIT ?`, migrateRowsTest)
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry migration: %w", err)
 	}
