@@ -80,9 +80,10 @@ type Auth struct {
 
 // Telemetry configures the telemetry history.
 type Telemetry struct {
-	Retention     time.Duration `yaml:"retention"`
-	FlushInterval time.Duration `yaml:"flush_interval"`
-	QueueSize     int           `yaml:"queue_size"`
+	Retention       time.Duration `yaml:"retention"`
+	RollupRetention time.Duration `yaml:"rollup_retention"`
+	FlushInterval   time.Duration `yaml:"flush_interval"`
+	QueueSize       int           `yaml:"queue_size"`
 	// QueueBytes bounds the memory of the points waiting to be written,
 	// beside their number.
 	QueueBytes int64 `yaml:"queue_bytes"`
@@ -145,7 +146,7 @@ func Default() Config {
 			HandshakeTimeout: 10 * time.Second,
 		},
 		Auth:      Auth{TokenTTL: 12 * time.Hour},
-		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20},
+		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20},
 		Audit:     Audit{Retention: 90 * 24 * time.Hour},
 		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second,
 			DevicePublishRate: 100, DevicePublishBurst: 500},
@@ -257,10 +258,14 @@ func (c *Config) Validate() error {
 		{"http.handshake_timeout", c.HTTP.HandshakeTimeout}, {"auth.token_ttl", c.Auth.TokenTTL},
 		{"telemetry.flush_interval", c.Telemetry.FlushInterval}, {"telemetry.retention", c.Telemetry.Retention},
 		{"audit.retention", c.Audit.Retention},
+		{"telemetry.rollup_retention", c.Telemetry.RollupRetention},
 	} {
 		if d.d <= 0 {
 			bad(d.key, "must be a positive duration such as 10s")
 		}
+	}
+	if c.Telemetry.RollupRetention > 0 && c.Telemetry.RollupRetention < c.Telemetry.Retention {
+		bad("telemetry.rollup_retention", "%s is shorter than telemetry.retention (%s): the rollups outlive the raw points", c.Telemetry.RollupRetention, c.Telemetry.Retention)
 	}
 	if c.MQTT.ReadBufferSize < 512 {
 		bad("mqtt.read_buffer_size", "%d is too small (at least 512)", c.MQTT.ReadBufferSize)

@@ -127,6 +127,8 @@ func TestValidate(t *testing.T) {
 		{"http.trusted_proxies", func(c *Config) { c.HTTP.TrustedProxies = []string{"10.0.0.0/33"} }},
 		{"auth.token_ttl", func(c *Config) { c.Auth.TokenTTL = 0 }},
 		{"telemetry.retention", func(c *Config) { c.Telemetry.Retention = 0 }},
+		{"telemetry.rollup_retention", func(c *Config) { c.Telemetry.RollupRetention = 0 }},
+		{"telemetry.rollup_retention", func(c *Config) { c.Telemetry.RollupRetention = time.Hour }},
 		{"telemetry.flush_interval", func(c *Config) { c.Telemetry.FlushInterval = 0 }},
 		{"telemetry.queue_size", func(c *Config) { c.Telemetry.QueueSize = 0 }},
 		{"limits.max_connections", func(c *Config) { c.Limits.MaxConnections = -1 }},

@@ -37,11 +37,12 @@ func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *de
 		}
 	}()
 	if d.telemetry, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{
-		FlushInterval: cfg.Telemetry.FlushInterval,
-		QueueSize:     cfg.Telemetry.QueueSize,
-		QueueBytes:    cfg.Telemetry.QueueBytes,
-		Retention:     cfg.Telemetry.Retention,
-		Logger:        log,
+		FlushInterval:   cfg.Telemetry.FlushInterval,
+		QueueSize:       cfg.Telemetry.QueueSize,
+		QueueBytes:      cfg.Telemetry.QueueBytes,
+		Retention:       cfg.Telemetry.Retention,
+		RollupRetention: cfg.Telemetry.RollupRetention,
+		Logger:          log,
 	}); err != nil {
 		return nil, err
 	}
