@@ -256,7 +256,28 @@ func TestTelemetryRoutes(t *testing.T) {
 	if len(bs.Buckets) != 2 || bs.Buckets[0].Max["temp"] != 3 || bs.Buckets[1].Avg["temp"] != 5 {
 		t.Fatalf("buckets %s", body)
 	}
-	for _, q := range []string{"?from=yesterday", "?limit=0", "?step=fast", "?colour=red", "?from=" + to + "&to=" + from, "?step=1ms&from=" + from + "&to=" + to} {
+	// CSV, by format= or by Accept, streamed as rows of ts, metric, value.
+	wantCSV := "ts,metric,value\n2026-01-01T00:00:00.000Z,temp,1\n2026-01-01T00:00:20.000Z,temp,2\n"
+	res, body = e.do("GET", "/devices/dev-1/telemetry?from="+from+"&to="+to+"&limit=2&format=csv", view, nil)
+	e.mustStatus(res, body, 200)
+	if ct := res.Header.Get("Content-Type"); ct != "text/csv; charset=utf-8" || string(body) != wantCSV {
+		t.Fatalf("format=csv: %s %q", ct, body)
+	}
+	res, body = e.do("GET", "/devices/dev-1/telemetry?from="+from+"&to="+to+"&limit=2", view, nil, "Accept", "text/csv")
+	e.mustStatus(res, body, 200)
+	if string(body) != wantCSV {
+		t.Fatalf("Accept: text/csv: %q", body)
+	}
+	res, body = e.do("GET", "/devices/dev-1/telemetry?from="+from+"&to="+to+"&step=1m&format=csv", view, nil)
+	e.mustStatus(res, body, 200)
+	if want := "ts,metric,min,avg,max,count\n2026-01-01T00:00:00.000Z,temp,1,2,3,3\n2026-01-01T00:01:00.000Z,temp,4,5,6,3\n"; string(body) != want {
+		t.Fatalf("buckets as CSV: %q", body)
+	}
+	res, body = e.do("GET", "/devices/dev-1/telemetry?format=csv", "", nil)
+	if res.StatusCode != http.StatusUnauthorized || strings.Contains(string(body), "temp") {
+		t.Fatalf("CSV without a token: %d %s", res.StatusCode, body)
+	}
+	for _, q := range []string{"?from=yesterday", "?limit=0", "?step=fast", "?colour=red", "?format=xml", "?format=csv&limit=0", "?from=" + to + "&to=" + from, "?step=1ms&from=" + from + "&to=" + to} {
 		res, body = e.do("GET", "/devices/dev-1/telemetry"+q, view, nil)
 		e.mustStatus(res, body, 400)
 	}
@@ -265,5 +286,15 @@ func TestTelemetryRoutes(t *testing.T) {
 	res, body = e.do("GET", "/devices/dev-1/telemetry", "", nil)
 	if res.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("no token: %d", res.StatusCode)
+	}
+}
+
+// A device's string that a spreadsheet would run as a formula is not one
+// in the CSV.
+func TestCSVText(t *testing.T) {
+	for in, want := range map[string]string{"=cmd()": "'=cmd()", "+1": "'+1", "@x": "'@x", "ok": "ok", "": ""} {
+		if got := csvText(in); got != want {
+			t.Errorf("csvText(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

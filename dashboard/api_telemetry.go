@@ -28,10 +28,11 @@ type bucketsResponse struct {
 	Buckets []devices.Bucket `json:"buckets"`
 }
 
-// getTelemetry: GET /devices/{id}/telemetry?from=&to=&limit=&step=
+// getTelemetry: GET /devices/{id}/telemetry?from=&to=&limit=&step=&format=
 // from and to are RFC 3339 or Unix milliseconds (default: the last hour);
 // limit 1..10000 (default 1000); step a duration such as 1m (or seconds),
-// which returns per-bucket min/avg/max instead of points.
+// which returns per-bucket min/avg/max/count instead of points. format=csv
+// (or Accept: text/csv) returns CSV instead of JSON (telemetry_csv.go).
 func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 	if a.telemetry == nil {
 		return unavailable("telemetry history")
@@ -40,7 +41,11 @@ func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	q, err := query(r, "from", "to", "limit", "step")
+	q, err := query(r, "from", "to", "limit", "step", "format")
+	if err != nil {
+		return err
+	}
+	csv, err := wantsCSV(r, q)
 	if err != nil {
 		return err
 	}
@@ -74,6 +79,10 @@ func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return registryError(err, "device")
 		}
+		if csv {
+			writeBucketsCSV(w, id, bs)
+			return nil
+		}
 		writeJSON(w, http.StatusOK, bucketsResponse{Buckets: bs})
 		return nil
 	}
@@ -82,6 +91,9 @@ func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > devices.MaxTelemetryPoints {
 			return badRequest(codeInvalid, "limit must be a whole number from 1 to %d", devices.MaxTelemetryPoints)
 		}
+	}
+	if csv {
+		return a.writePointsCSV(w, r, id, from, to, limit)
 	}
 	pts, err := a.telemetry.Points(r.Context(), id, from, to, limit)
 	if err != nil {

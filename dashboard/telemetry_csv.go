@@ -1,0 +1,121 @@
+package dashboard
+
+import (
+	"encoding/csv"
+	"maps"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// csvTime is how CSV writes a timestamp: RFC 3339 in UTC, milliseconds.
+const csvTime = "2006-01-02T15:04:05.000Z07:00"
+
+// wantsCSV reads format= (json or csv) and, without it, the Accept header.
+func wantsCSV(r *http.Request, q url.Values) (bool, error) {
+	switch q.Get("format") {
+	case "csv":
+		return true, nil
+	case "json":
+		return false, nil
+	case "":
+	default:
+		return false, badRequest(codeInvalid, "format must be json or csv")
+	}
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == "text/csv" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// csvHeader starts a CSV response.
+func csvHeader(w http.ResponseWriter, id, kind string) *csv.Writer {
+	h := w.Header()
+	h.Set("Content-Type", "text/csv; charset=utf-8")
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": id + "-" + kind + ".csv"}))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	return csv.NewWriter(w)
+}
+
+// csvText is a device's string as a CSV cell: one that a spreadsheet would
+// take for a formula gets a leading quote.
+func csvText(s string) string {
+	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+		return "'" + s
+	}
+	return s
+}
+
+func csvFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+
+// writePointsCSV streams points as rows of ts, metric, value, a row per
+// metric of each point (in time order, metrics by name), flushing as it
+// goes.
+func (a *API) writePointsCSV(w http.ResponseWriter, r *http.Request, id string, from, to time.Time, limit int) error {
+	var cw *csv.Writer
+	flusher, _ := w.(http.Flusher)
+	rows := 0
+	err := a.telemetry.EachPoint(r.Context(), id, from, to, limit, func(p devices.Point) error {
+		if cw == nil {
+			cw = csvHeader(w, id, "telemetry")
+			cw.Write([]string{"ts", "metric", "value"})
+		}
+		ts := p.TS.UTC().Format(csvTime)
+		for _, k := range slices.Sorted(maps.Keys(p.Values)) {
+			var v string
+			switch x := p.Values[k].(type) {
+			case float64:
+				v = csvFloat(x)
+			case bool:
+				v = strconv.FormatBool(x)
+			case string:
+				v = csvText(x)
+			}
+			if err := cw.Write([]string{ts, csvText(k), v}); err != nil {
+				return err
+			}
+			if rows++; rows%1000 == 0 {
+				cw.Flush()
+				if flusher != nil {
+					flusher.Flush()
+				}
+			}
+		}
+		return nil
+	})
+	if cw == nil {
+		if err != nil {
+			return registryError(err, "device")
+		}
+		cw = csvHeader(w, id, "telemetry")
+		cw.Write([]string{"ts", "metric", "value"})
+	} else if err != nil {
+		// The response has begun: all that can be done is to stop it.
+		a.log.Warn("telemetry csv: stopped", "device", id, "error", err)
+	}
+	cw.Flush()
+	return nil
+}
+
+// writeBucketsCSV writes buckets as rows of ts, metric, min, avg, max,
+// count.
+func writeBucketsCSV(w http.ResponseWriter, id string, bs []devices.Bucket) {
+	cw := csvHeader(w, id, "telemetry")
+	cw.Write([]string{"ts", "metric", "min", "avg", "max", "count"})
+	for _, b := range bs {
+		ts := b.TS.UTC().Format(csvTime)
+		for _, k := range slices.Sorted(maps.Keys(b.Min)) {
+			cw.Write([]string{ts, csvText(k), csvFloat(b.Min[k]), csvFloat(b.Avg[k]), csvFloat(b.Max[k]), strconv.FormatInt(b.Count[k], 10)})
+		}
+	}
+	cw.Flush()
+}
