@@ -420,6 +420,10 @@ func TestUIEndToEnd(t *testing.T) {
 		d.publish(map[string]any{"ts": ts.UnixMilli(), "temperature": math.Round((20.5+math.Sin(float64(i)/9))*10) / 10,
 			"humidity": 40 + (i % 7)})
 	}
+	// And a few from ten days ago, for the 30-day chart.
+	for i := range 5 {
+		d.publish(map[string]any{"ts": now.Add(-10*24*time.Hour + time.Duration(i)*time.Hour).UnixMilli(), "temperature": 18 + i})
+	}
 	// They are stored within a flush interval.
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		var h struct {
@@ -446,6 +450,13 @@ func TestUIEndToEnd(t *testing.T) {
 		waitJS(`document.querySelector('.chart[data-metric="temperature"] .chart-body').uplot.data[1].includes(21.5)`),
 		// And the history (from the API, half an hour back) came before it.
 		waitJS(`document.querySelector('.chart[data-metric="temperature"] .chart-body').uplot.data[0][0] < Date.now() / 1000 - 1200`))
+	// The 30-day range reaches back to the points of ten days ago (from
+	// the hourly rollups); 1 h again drops them.
+	step(t, ctx, "30-day chart", chromedp.Click(chromedp.CSS(`#chart-range button[data-range="30 d"]`)),
+		waitJS(`document.querySelector('#chart-range button[data-range="30 d"]').getAttribute('aria-pressed') === 'true'`),
+		waitJS(`document.querySelector('.chart[data-metric="temperature"] .chart-body').uplot.data[0][0] < Date.now() / 1000 - 9 * 86400`),
+		chromedp.Click(chromedp.CSS(`#chart-range button[data-range="1 h"]`)),
+		waitJS(`document.querySelector('.chart[data-metric="temperature"] .chart-body').uplot.data[0][0] > Date.now() / 1000 - 3700`))
 	close(stop)
 	wg.Wait()
 

@@ -1,6 +1,7 @@
 // The device page: status and connection, latest values, a live chart per
-// numeric metric (the last hour from the telemetry API, then streamed from
-// devices/{id}/telemetry), the command console and the twin.
+// numeric metric (the last hour, day, week or month from the telemetry API
+// in buckets, then streamed from devices/{id}/telemetry), the command
+// console and the twin.
 
 import { h, fill, frame, fmtNum, fmtTime, fmtAgo, statusPill } from './util.js';
 import { get, can, enc } from './api.js';
@@ -11,7 +12,15 @@ import { commandConsole } from './commands.js';
 import { twinPanel } from './twin.js';
 import { deviceActions } from './admin.js';
 
-const WINDOW = 3600;   // seconds of history on the charts
+// The chart ranges the page offers, in seconds, with the bucket step each
+// asks for: whole minutes read the per-minute rollups, whole hours the
+// hourly ones (a month is 720 buckets, however often the device reports).
+const RANGES = [
+  { label: '1 h', span: 3600, step: '1m' },
+  { label: '24 h', span: 86400, step: '5m' },
+  { label: '7 d', span: 7 * 86400, step: '1h' },
+  { label: '30 d', span: 30 * 86400, step: '1h' },
+];
 const MAX_POINTS = 4000;
 
 export function deviceView(main, [id]) {
@@ -24,12 +33,20 @@ export function deviceView(main, [id]) {
   const values = h('div', { class: 'values', id: 'latest-values' }, h('span', { class: 'muted', text: 'No telemetry yet.' }));
   const charts = h('div', { class: 'charts', id: 'charts' });
   const actions = h('div', { class: 'actions' });
+  let range = RANGES[0];
+  let loading = 0; // the latest history request; an older one's answer is dropped
+  const rangeButtons = RANGES.map((r) => h('button', {
+    class: 'ghost small', type: 'button', dataset: { range: r.label }, 'aria-pressed': r === range ? 'true' : 'false',
+    onclick: () => setRange(r),
+  }, r.label));
+  const rangeBar = h('div', { class: 'row chart-ranges', id: 'chart-range', role: 'group', 'aria-label': 'Chart range' }, rangeButtons);
   main.append(
     h('p', { class: 'small' }, h('a', { href: '#/devices', text: '← Devices' })),
     h('div', { class: 'head' }, h('div', {}, h('div', { class: 'row' }, title, pill), sub), actions),
     h('div', { class: 'grid two' },
       h('section', { class: 'panel' }, h('h2', { text: 'Connection' }), details),
       h('section', { class: 'panel' }, h('h2', { text: 'Latest values' }), values)),
+    rangeBar,
     charts);
 
   const drawDetails = () => {
@@ -89,7 +106,7 @@ export function deviceView(main, [id]) {
     const s = seriesFor(metric);
     if (s.t.length && t < s.t[s.t.length - 1]) return; // late point: the history has it
     s.t.push(t); s.v.push(v);
-    const cut = t - WINDOW;
+    const cut = t - range.span;
     let drop = 0;
     while (drop < s.t.length && (s.t[drop] < cut || s.t.length - drop > MAX_POINTS)) drop++;
     if (drop) { s.t.splice(0, drop); s.v.splice(0, drop); }
@@ -137,10 +154,24 @@ export function deviceView(main, [id]) {
     return true;
   };
 
+  // setRange shows another range: the charts are emptied and refilled from
+  // the history; live points keep coming meanwhile.
+  const setRange = async (r) => {
+    range = r;
+    for (const b of rangeButtons) b.setAttribute('aria-pressed', b.dataset.range === r.label ? 'true' : 'false');
+    const mine = ++loading;
+    const fresh = [];
+    await loadHistory(id, (metric, t, v) => fresh.push([metric, t, v]), r);
+    if (closed || mine !== loading) return;
+    for (const s of series.values()) { s.t.length = 0; s.v.length = 0; }
+    for (const [metric, t, v] of fresh) push(metric, t, v);
+    for (const s of series.values()) s.chart.set([s.t, s.v]);
+  };
+
   let closed = false; // the view was left while loading
   (async () => {
     if (!(await load()) || closed) return;
-    await loadHistory(id, push);
+    await loadHistory(id, push, range);
     if (closed) return;
     // Then stream; points older than the last history point are skipped.
     cleanups.push(live.on(`devices/${id}/telemetry`, onTelemetry));
@@ -161,14 +192,14 @@ export function deviceView(main, [id]) {
   };
 }
 
-// loadHistory fetches the last hour in one-minute buckets (their mean), or
-// raw points when the server returns those.
-async function loadHistory(id, push) {
-  const to = new Date(), from = new Date(to - WINDOW * 1000);
+// loadHistory fetches the range's buckets (their mean), or raw points when
+// the server returns those.
+async function loadHistory(id, push, { span, step }) {
+  const to = new Date(), from = new Date(to - span * 1000);
   const range = `from=${enc(from.toISOString())}&to=${enc(to.toISOString())}`;
   let r = null;
-  // step as a Go duration, else in seconds, else raw points.
-  for (const q of [`${range}&step=1m`, `${range}&step=60`, `${range}&limit=1000`]) {
+  // step as a Go duration, else raw points.
+  for (const q of [`${range}&step=${step}`, `${range}&limit=1000`]) {
     try { r = await get(`/devices/${enc(id)}/telemetry?${q}`); break; } catch (e) { if (e.status !== 400) return; }
   }
   if (r && r.buckets) {
