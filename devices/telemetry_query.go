@@ -25,16 +25,14 @@ type Bucket struct {
 	Count map[string]int64   `json:"count"`
 }
 
-// eachChunk calls fn with each of device's chunks that may hold points in
-// [lo, hi] (Unix ms), in order of their first point, decoded (only the
-// columns want accepts, if want is not nil). fn returns false to stop.
-func (t *Telemetry) eachChunk(ctx context.Context, device string, lo, hi int64, want func(string) bool, fn func(*chunkData) bool) error {
-	return t.eachChunkOf(ctx, "telemetry_chunks", device, lo, hi, chunkSpan, fn, want)
-}
-
-// eachChunkOf is eachChunk over a chunk table whose chunks span at most
-// span.
-func (t *Telemetry) eachChunkOf(ctx context.Context, table, device string, lo, hi int64, span time.Duration, fn func(*chunkData) bool, want ...func(string) bool) error {
+// eachChunk calls fn with each of device's chunks in table (telemetry_chunks,
+// or telemetry_1m) that may hold points in [lo, hi] (Unix ms), in order of
+// their first point, decoded. fn returns false to stop.
+func (t *Telemetry) eachChunk(ctx context.Context, table, device string, lo, hi int64, fn func(*chunkData) bool) error {
+	span := chunkSpan
+	if table == "telemetry_1m" {
+		span = minuteChunkSpan
+	}
 	rows, err := t.db.R.QueryContext(ctx,
 		`SELECT data FROM `+table+`
 		  WHERE device_id = ? AND ts_min BETWEEN ? AND ? AND ts_max >= ?
@@ -49,11 +47,7 @@ func (t *Telemetry) eachChunkOf(ctx context.Context, table, device string, lo, h
 		if err := rows.Scan(&data); err != nil {
 			return err
 		}
-		var w func(string) bool
-		if len(want) > 0 {
-			w = want[0]
-		}
-		c, err := decodeChunk(data, w)
+		c, err := decodeChunk(data, nil)
 		if err != nil {
 			return fmt.Errorf("stored chunk: %w", err)
 		}
@@ -94,7 +88,7 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 		i  int
 	}
 	var got []ref
-	err := t.eachChunk(ctx, device, lo, hi, nil, func(c *chunkData) bool {
+	err := t.eachChunk(ctx, "telemetry_chunks", device, lo, hi, func(c *chunkData) bool {
 		// Chunks come in order of their first point: once limit points
 		// are in hand and this chunk starts after the last of them,
 		// nothing later can be among the earliest.
@@ -170,7 +164,7 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 	aggs := map[bucketKey]*agg{}
 	if step%time.Minute == 0 {
 		minute := time.Minute.Milliseconds()
-		err := t.eachChunkOf(ctx, "telemetry_1m", device, floorDiv(lo, minute)*minute, hi, minuteChunkSpan, func(c *chunkData) bool {
+		err := t.eachChunk(ctx, "telemetry_1m", device, floorDiv(lo, minute)*minute, hi, func(c *chunkData) bool {
 			minuteAggs(c, func(metric string, ts int64, a agg) {
 				if ts < floorDiv(lo, minute)*minute || ts > hi {
 					return
@@ -191,7 +185,7 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 		lo = floorDiv(lo, minute) * minute
 		hi = floorDiv(hi, minute)*minute + minute - 1
 	}
-	err := t.eachChunk(ctx, device, lo, hi, nil, func(c *chunkData) bool {
+	err := t.eachChunk(ctx, "telemetry_chunks", device, lo, hi, func(c *chunkData) bool {
 		for j := range c.cols {
 			col := &c.cols[j]
 			for i, ts := range c.ts {
