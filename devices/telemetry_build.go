@@ -124,6 +124,8 @@ func (c *openChunk) sort() {
 type chunkBuilder struct {
 	open    map[string]*openChunk
 	pending []*openChunk // changed since the last write, in order
+	enc     encoder
+	buf     []byte
 }
 
 func newChunkBuilder() *chunkBuilder {
@@ -155,11 +157,12 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 	}
 	defer ins.Close()
 	defer upd.Close()
-	var buf []byte
+	buf := b.buf[:0]
+	defer func() { b.buf = buf }()
 	for _, c := range b.pending {
 		c.sort()
 		c.dirty = false
-		buf = encodeChunk(buf[:0], &c.data)
+		buf = b.enc.chunk(buf[:0], &c.data)
 		n := len(c.data.ts)
 		if len(buf) <= chunkMaxBytes || n == 1 {
 			gone, err := putChunk(ctx, ins, upd, c.device, &c.id, &c.data, buf)
@@ -178,7 +181,7 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 		per := (n + parts - 1) / parts
 		for i := 0; i < n; i += per {
 			sub := c.data.slice(i, min(i+per, n))
-			buf = encodeChunk(buf[:0], sub)
+			buf = b.enc.chunk(buf[:0], sub)
 			if _, err := putChunk(ctx, ins, upd, c.device, &c.id, sub, buf); err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/bits"
+	"slices"
 )
 
 // A history chunk holds up to chunkPoints points of one device in columns:
@@ -106,24 +107,39 @@ func (c *chunkData) slice(i, j int) *chunkData {
 	return s
 }
 
+// encoder holds scratch space, so that a writer encoding chunk after
+// chunk does not allocate for each.
+type encoder struct {
+	body, runs, bits []byte
+	nums             []float64
+	ms, d, dod       []int64
+}
+
 // encodeChunk appends the encoding of c to dst.
 func encodeChunk(dst []byte, c *chunkData) []byte {
+	var e encoder
+	return e.chunk(dst, c)
+}
+
+// chunk appends the encoding of c to dst.
+func (e *encoder) chunk(dst []byte, c *chunkData) []byte {
 	dst = append(dst, chunkVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(c.ts)))
 	dst = binary.AppendUvarint(dst, uint64(len(c.cols)))
 	for i := range c.cols {
 		dst = appendBytes(dst, []byte(c.cols[i].name))
 	}
-	var w bitWriter
+	w := bitWriter{b: e.bits[:0]}
 	if len(c.ts) > 0 {
 		w.bits(uint64(c.ts[0]), 64)
-		w.ints(deltas(c.ts, true))
+		e.dod = deltas(e.dod[:0], c.ts, true)
+		w.ints(e.dod)
 	}
-	dst = appendBytes(dst, w.done())
-	var body []byte
+	e.bits = w.done()
+	dst = appendBytes(dst, e.bits)
 	for i := range c.cols {
-		body = encodeCol(body[:0], &c.cols[i])
-		dst = appendBytes(dst, body)
+		e.body = e.col(e.body[:0], &c.cols[i])
+		dst = appendBytes(dst, e.body)
 	}
 	return dst
 }
@@ -133,11 +149,12 @@ func appendBytes(dst, b []byte) []byte {
 	return append(dst, b...)
 }
 
-func encodeCol(dst []byte, col *chunkCol) []byte {
+func (e *encoder) col(dst []byte, col *chunkCol) []byte {
 	// Runs of symbols.
-	var runs []byte
+	runs := e.runs[:0]
 	nruns := 0
-	var nums []float64
+	nums := e.nums[:0]
+	defer func() { e.runs, e.nums = runs, nums }()
 	for i := 0; i < len(col.syms); {
 		j := i + 1
 		for j < len(col.syms) && col.syms[j] == col.syms[i] {
@@ -162,18 +179,21 @@ func encodeCol(dst []byte, col *chunkCol) []byte {
 	}
 	// Decimals as integers when they are: smaller than XOR but for
 	// numbers with many digits, where their deltas cost about as much.
-	if e, ms, ok := decimals(nums); ok {
-		d, dod := deltas(ms, false), deltas(ms, true)
-		mode := byte(numDecDelta)
-		if c1, _ := intsCost(d); func() bool { c2, _ := intsCost(dod); return c2 < c1 }() {
-			mode, d = numDecDoD, dod
+	var ok bool
+	var exp int
+	if exp, e.ms, ok = decimals(e.ms[:0], nums); ok {
+		e.d, e.dod = deltas(e.d[:0], e.ms, false), deltas(e.dod[:0], e.ms, true)
+		mode, d := byte(numDecDelta), e.d
+		if c1, _ := intsCost(e.d); func() bool { c2, _ := intsCost(e.dod); return c2 < c1 }() {
+			mode, d = numDecDoD, e.dod
 		}
-		var w bitWriter
-		w.bits(zigzag(ms[0]), 64)
+		w := bitWriter{b: e.bits[:0]}
+		w.bits(zigzag(e.ms[0]), 64)
 		w.ints(d)
-		if b := w.done(); e < 10 || len(b) < xorSize(nums) {
-			dst = append(dst, mode, byte(e))
-			return append(dst, b...)
+		e.bits = w.done()
+		if exp < 10 || len(e.bits) < xorSize(nums) {
+			dst = append(dst, mode, byte(exp))
+			return append(dst, e.bits...)
 		}
 	}
 	dst = append(dst, numXOR)
@@ -196,10 +216,10 @@ var pow10 = func() (p [16]float64) {
 const maxMantissa = 1 << 53
 
 // decimals returns the fewest decimals e (≤ 15) with which every number
-// is float64(m)/10^e for an integer m, exactly, and the m.
-func decimals(nums []float64) (int, []int64, bool) {
+// is float64(m)/10^e for an integer m, exactly, and the m (in ms[:0]).
+func decimals(ms []int64, nums []float64) (int, []int64, bool) {
 	e, raised := 0, 0
-	ms := make([]int64, len(nums))
+	ms = slices.Grow(ms[:0], len(nums))[:len(nums)]
 	for i, v := range nums {
 		for ; e < len(pow10); e++ {
 			if m, ok := mantissa(v, e); ok {
@@ -234,9 +254,8 @@ func mantissa(v float64, e int) (int64, bool) {
 
 // deltas returns the differences of consecutive values (after the first),
 // or with dod the differences of those differences (the first delta
-// taken against zero).
-func deltas(vs []int64, dod bool) []int64 {
-	out := make([]int64, 0, len(vs))
+// taken against zero), appended to out.
+func deltas(out, vs []int64, dod bool) []int64 {
 	var delta int64
 	for i := 1; i < len(vs); i++ {
 		d := vs[i] - vs[i-1]
