@@ -33,7 +33,7 @@ func (t *Telemetry) migrateLegacy(ctx context.Context) error {
 	if n == 0 {
 		return nil
 	}
-	start := time.Now()
+	start, logged := time.Now(), time.Now()
 	var rows, points int64
 	for txs := 1; ; txs++ {
 		r, p, err := t.migrateStep(ctx)
@@ -44,6 +44,10 @@ func (t *Telemetry) migrateLegacy(ctx context.Context) error {
 		points += p
 		if r == 0 {
 			break
+		}
+		if time.Since(logged) >= 10*time.Second {
+			logged = time.Now()
+			t.log.Info("telemetry: migrating history to compressed chunks", "points", points, "took", time.Since(start).Round(time.Second))
 		}
 		if t.opts.migrateStop > 0 && txs >= t.opts.migrateStop {
 			return errMigrationStopped
