@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -12,13 +13,21 @@ import (
 )
 
 // openChunk is a device's latest history chunk while it may still grow:
-// the writer keeps it decoded, appends each batch's points and rewrites
-// its row, so that a device reporting once a second still gets chunks of
+// the writer keeps it decoded, appends each batch's points and writes
+// them, so that a device reporting once a second still gets chunks of
 // hundreds of points (which is what makes them small) while every flush
 // is on disk.
+//
+// On disk it is two rows: the base (its first based points, rewritten
+// when the tail has grown to half its size, and when the chunk is
+// complete) and the tail (the points after them, rewritten each flush).
+// Each point is thus encoded a few times rather than once per flush.
 type openChunk struct {
 	device string
-	id     int64 // row id; 0 until inserted
+	id     int64 // base row id; 0 until inserted
+	tailID int64 // tail row id; 0 if none
+	based  int   // points in the base row
+	rebase bool  // a point sorts into the base: rewrite it
 	data   chunkData
 	idx    map[string]int // column of a metric name
 	lo, hi int64          // earliest and latest timestamps
@@ -48,6 +57,9 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 	}
 	if n > 0 && ts < c.data.ts[n-1] {
 		c.sorted = false
+	}
+	if c.based > 0 && ts < c.data.ts[c.based-1] {
+		c.rebase = true
 	}
 	c.lo, c.hi = min(c.lo, ts), max(c.hi, ts)
 	c.data.ts = append(c.data.ts, ts)
@@ -162,8 +174,26 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 	for _, c := range b.pending {
 		c.sort()
 		c.dirty = false
-		buf = b.enc.chunk(buf[:0], &c.data)
 		n := len(c.data.ts)
+		if c.id != 0 && !c.rebase && n-c.based <= c.based/2 && n < c.maxPoints {
+			gone, err := b.writeTail(ctx, tx, ins, upd, c, &buf)
+			if err != nil {
+				return err
+			}
+			if gone && b.open[c.device] == c {
+				delete(b.open, c.device)
+			}
+			continue
+		}
+		// The whole chunk into the base row.
+		if c.tailID != 0 {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM telemetry_chunks WHERE id = ?`, c.tailID); err != nil {
+				return fmt.Errorf("telemetry write: %w", err)
+			}
+			c.tailID = 0
+		}
+		c.based, c.rebase = n, false
+		buf = b.enc.chunk(buf[:0], &c.data)
 		if len(buf) <= chunkMaxBytes || n == 1 {
 			gone, err := putChunk(ctx, ins, upd, c.device, &c.id, &c.data, buf)
 			if err != nil {
@@ -192,6 +222,24 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 		}
 	}
 	return nil
+}
+
+// writeTail writes the points after the base row into the tail row; gone
+// reports that the base row is not there (the device was deleted).
+func (b *chunkBuilder) writeTail(ctx context.Context, tx *sql.Tx, ins, upd *sql.Stmt, c *openChunk, buf *[]byte) (gone bool, err error) {
+	if c.tailID == 0 {
+		// A new tail row would outlive a deleted device's trigger.
+		var one int
+		switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM telemetry_chunks WHERE id = ?`, c.id).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			return true, nil
+		case err != nil:
+			return false, fmt.Errorf("telemetry write: %w", err)
+		}
+	}
+	sub := c.data.slice(c.based, len(c.data.ts))
+	*buf = b.enc.chunk((*buf)[:0], sub)
+	return putChunk(ctx, ins, upd, c.device, &c.tailID, sub, *buf)
 }
 
 // prepareChunkWrites prepares the insert and the rewrite of a row of a

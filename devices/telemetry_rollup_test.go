@@ -112,3 +112,80 @@ func TestTelemetryRollups(t *testing.T) {
 		}
 	}
 }
+
+// TestTelemetryOpenChunk: a device reporting once per flush keeps one
+// growing chunk (a base row and a tail row), every point there once and
+// in order, also one that comes late; once the device is deleted its
+// open chunk does not bring its history back (points still in flight
+// for the id are stored as a new chunk), and a device registered again
+// under the id starts clean.
+func TestTelemetryOpenChunk(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	add := func(ts time.Time, v int) {
+		t.Helper()
+		s := mustSample(t, fmt.Sprintf(`{"v":%d}`, v))
+		s.TS = ts
+		if !tel.Add("d1", s, time.Now()) {
+			t.Fatal("Add refused")
+		}
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := func() (n int) {
+		t.Helper()
+		if err := db.R.QueryRow(`SELECT count(*) FROM telemetry_chunks WHERE device_id = 'd1'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for i := range 300 {
+		add(base.Add(time.Duration(i)*time.Second), i)
+	}
+	add(base.Add(5500*time.Millisecond), -1) // late, between points 5 and 6
+	pts, err := tel.Points(ctx, "d1", base, base.Add(time.Hour), MaxTelemetryPoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pts) != 301 {
+		t.Fatalf("%d points, want 301", len(pts))
+	}
+	for i, p := range pts {
+		want := float64(i)
+		switch {
+		case i == 6:
+			want = -1
+		case i > 6:
+			want = float64(i - 1)
+		}
+		if p.Values["v"] != want {
+			t.Fatalf("point %d: %v, want %v", i, p.Values["v"], want)
+		}
+	}
+	if n := rows(); n > 2 {
+		t.Errorf("%d rows for one growing chunk, want at most 2", n)
+	}
+
+	if _, err := db.W.ExecContext(ctx, `DELETE FROM devices WHERE id = 'd1'`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		add(base.Add(time.Duration(400+i)*time.Second), 1000+i)
+	}
+	if _, err := db.W.ExecContext(ctx, `INSERT INTO devices(id) VALUES ('d1')`); err != nil {
+		t.Fatal(err)
+	}
+	add(base.Add(500*time.Second), 2000)
+	pts, err = tel.Points(ctx, "d1", base, base.Add(time.Hour), MaxTelemetryPoints)
+	if err != nil || len(pts) == 0 || len(pts) > 4 || pts[len(pts)-1].Values["v"] != 2000.0 {
+		t.Fatalf("registered again: %v, %v", pts, err)
+	}
+	for _, p := range pts {
+		if p.Values["v"].(float64) < 1000 {
+			t.Fatalf("the deleted device's history came back: %v", pts)
+		}
+	}
+}
