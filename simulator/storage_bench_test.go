@@ -118,19 +118,6 @@ func measureStorage(b *testing.B, prof *Profile, devs, samples int) (perPoint, p
 		b.Fatalf("stored %d, dropped %d of %d", stored, dropped, devs*samples)
 	}
 	grown := float64(fileSize(b, db) - before)
-	// What the points become once retention prunes them: minute rollups.
-	tel, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{Retention: 365 * 24 * time.Hour})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := tel.PruneBefore(ctx, time.Now().Add(time.Hour)); err != nil {
-		b.Fatal(err)
-	}
-	tel.Close()
-	var minutes int64
-	if err := db.R.QueryRow(`SELECT sum(pgsize) FROM dbstat WHERE name LIKE 'telemetry_1m%'`).Scan(&minutes); err == nil {
-		b.ReportMetric(float64(minutes)/float64(values), "B/value-pruned-to-minutes")
-	}
 	if rows, err := db.R.Query(`SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 8`); err == nil {
 		for rows.Next() {
 			var name string
@@ -144,6 +131,19 @@ func measureStorage(b *testing.B, prof *Profile, devs, samples int) (perPoint, p
 	var blob, chunks int64
 	if db.R.QueryRow(`SELECT sum(length(data)), count(*) FROM telemetry_chunks`).Scan(&blob, &chunks) == nil {
 		b.Logf("%s: %d chunks, encoded %.2f B/value", prof.Name, chunks, float64(blob)/float64(values))
+	}
+	// What the points become once retention prunes them: minute rollups.
+	tel, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{Retention: 365 * 24 * time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := tel.PruneBefore(ctx, time.Now().Add(time.Hour)); err != nil {
+		b.Fatal(err)
+	}
+	tel.Close()
+	var minutes int64
+	if err := db.R.QueryRow(`SELECT sum(pgsize) FROM dbstat WHERE name LIKE 'telemetry_1m%'`).Scan(&minutes); err == nil {
+		b.ReportMetric(float64(minutes)/float64(values), "B/value-pruned-to-minutes")
 	}
 	return grown / float64(devs*samples), grown / float64(values)
 }
