@@ -125,7 +125,7 @@ type TelemetryOptions struct {
 	// PruneInterval is how often expired points are pruned (default one
 	// minute, or Retention/10 if shorter).
 	PruneInterval time.Duration
-	// PruneChunk is how many history rows (each up to 512 points) one
+	// PruneChunk is how many history rows (each up to 1,024 points) one
 	// pruning transaction deletes (default 200), so pruning never holds
 	// the writer for long. A row goes when its latest point has expired.
 	PruneChunk int
@@ -152,10 +152,11 @@ type queued struct {
 }
 
 // Telemetry is the telemetry history: a bounded queue that a batch writer
-// drains into SQLite, one transaction per batch, updating each device's
-// last values and last_seen in the same transaction; a pruner that deletes
-// expired history a few rows per transaction; and queries over time
-// ranges (telemetry_query.go).
+// drains into SQLite, one transaction per batch, into compressed chunks
+// and hourly rollups, updating each device's last values and last_seen in
+// the same transaction; a pruner that folds expired history into minute
+// rollups a few rows per transaction, and drops rollups past their
+// retention; and queries over time ranges (telemetry_query.go).
 //
 // Add never blocks: it is called from MQTT hooks on the publisher's
 // goroutine. Close flushes what is queued and stops the goroutines.
