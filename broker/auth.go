@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -30,6 +31,9 @@ type AuthOptions struct {
 	// LoginHold is the longest a CONNECT is held while the limiter keeps
 	// its login closed (default 5s; auth_limit.go).
 	LoginHold time.Duration
+	// Rules are auth.rules (SPEC §5), checked before the built-in rules;
+	// SetRules replaces them.
+	Rules []configs.Rule
 	// Sessions is the session store, from which the sessions of a deleted
 	// or disabled device and of a deleted user are purged (with the
 	// engine's copy of them). Nil purges the engine's copy only.
@@ -73,6 +77,8 @@ type Auth struct {
 	ownMu  sync.Mutex
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
+	// rules are the compiled auth.rules (nil: none).
+	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.
 	started atomic.Bool
 
@@ -90,8 +96,11 @@ type conn struct {
 	anonymous bool
 	// revoked: being disconnected; may do nothing more.
 	revoked bool
-	// pub and sub are the ACL patterns of a device (auth_acl.go).
-	pub, sub []string
+	// clientID is the client id it connected with (%c in auth rules).
+	clientID string
+	// acl is its compiled access (auth_rules.go); nil allows only what
+	// the fixed rules of auth_acl.go allow everyone of its kind.
+	acl *aclBox
 }
 
 // NewAuth returns the access hook; pass it as Options.Access. The broker
@@ -117,7 +126,16 @@ func NewAuth(opts AuthOptions) *Auth {
 	if a.hold <= 0 {
 		a.hold = defaultLoginHold
 	}
+	rs, err := CompileRules(opts.Rules)
+	if err != nil {
+		// Checked at start-up (configs.Config.Validate); a caller that
+		// skipped that gets no rules rather than half of them.
+		a.log.Error("auth rules ignored", "error", err)
+		rs = nil
+	}
+	a.rules.Store(rs)
 	a.reg.OnRevoke(a.revoke)
+	a.reg.OnDeviceChange(a.deviceChanged)
 	return a
 }
 
@@ -170,7 +188,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		if !a.anon {
 			return a.refuse(cl, "", packets.ErrNotAuthorized, "no_credentials")
 		}
-		c = &conn{anonymous: true}
+		c = a.newConn(devices.Identity{}, true, cl.ID)
 	} else {
 		if !a.holdLogin(cl, user) {
 			return a.refuse(cl, user, packets.ErrConnectionRateExceeded, "throttled")
@@ -182,13 +200,12 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			}
 			return a.refuse(cl, user, packets.ErrBadUsernameOrPassword, "bad_credentials")
 		}
-		c = &conn{id: id}
-		if id.Kind == devices.KindDevice {
-			if cl.ID != id.Name { // a device's client id is its id (SPEC §5)
-				return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
-			}
-			c.pub, c.sub = devicePatterns(id.Name)
-		} else if a.reg.HasDevice(cl.ID) {
+		if id.Kind == devices.KindDevice && cl.ID != id.Name {
+			// A device's client id is its id (SPEC §5).
+			return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
+		}
+		c = a.newConn(id, false, cl.ID)
+		if id.Kind != devices.KindDevice && a.reg.HasDevice(cl.ID) {
 			// A person must not take over a device's session.
 			return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
 		}
@@ -206,6 +223,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if c.anonymous {
 		cl.Properties.Username = nil
 		a.clients.Store(cl, c)
+		a.fresh(c) // rules reloaded meanwhile
 		a.m.logins.WithLabelValues("anonymous", transport).Inc()
 		return nil
 	}
@@ -214,6 +232,11 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	a.clients.Store(cl, c)
 	if c.id.Kind == devices.KindDevice {
 		a.current.Store(c.id.Name, cl)
+		// Grants or type changed meanwhile: deviceChanged may have
+		// missed this connection.
+		a.rebuild(c)
+	} else {
+		a.fresh(c)
 	}
 	a.m.logins.WithLabelValues(c.id.Kind, transport).Inc()
 	a.log.Debug("client authenticated", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name, "via", c.id.Via, "transport", transport)
@@ -330,7 +353,7 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			a.log.Info("disconnecting revoked client", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name)
 			// Forget it now, so that nothing it sends meanwhile passes
 			// the ACL (nor its will: checkWill).
-			a.clients.Store(cl, &conn{id: c.id, revoked: true})
+			a.clients.Store(cl, &conn{id: c.id, clientID: c.clientID, revoked: true})
 			if cl.Properties.ProtocolVersion == 5 {
 				_ = a.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 			} else {

@@ -7,6 +7,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/devices/topic"
 )
 
 // The access rules of SPEC §5, as topic patterns. A request is allowed when
@@ -51,26 +52,45 @@ func (a *Auth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return ok
 }
 
-// allows applies the rules to one topic or filter. Nobody publishes to a
-// $SYS/... or $share/... topic; a shared subscription needs a role above
-// viewer and read access to its filter (SPEC §5).
+// allows applies the rules to one topic or filter: nobody publishes to a
+// $SYS/... or $share/... topic, and a shared subscription needs a role
+// above viewer (SPEC §5), whatever the auth rules say; then the first
+// auth rule that covers the topic decides (auth_rules.go); then the
+// built-in rules: a device its own topics and its grants, users by role,
+// admins and anonymous clients (when allowed) everything.
 func (c *conn) allows(topic string, write bool) bool {
 	switch {
 	case c.revoked, write && reservedTopic(topic):
 		return false
-	case c.anonymous, c.id.Kind == devices.KindUser && c.id.Role == devices.RoleAdmin:
-		return true
-	case !write && mqtt.IsSharedFilter(topic) && !c.id.Can(devices.RoleOperator):
+	case !write && mqtt.IsSharedFilter(topic) && !c.anonymous && !c.id.Can(devices.RoleOperator):
 		return false
 	}
 	topic = unshare(topic)
-	if c.id.Kind == devices.KindDevice {
-		if write {
-			return withinAny(topic, c.pub)
-		}
-		return withinAny(topic, c.sub)
+	var acl *connACL
+	if c.acl != nil {
+		acl = c.acl.p.Load()
 	}
-	if write {
+	if acl != nil {
+		x := &acl.subRules
+		if write {
+			x = &acl.pubRules
+		}
+		if allow, ok := x.decide(topic); ok {
+			return allow
+		}
+	}
+	switch {
+	case c.anonymous, c.id.Kind == devices.KindUser && c.id.Role == devices.RoleAdmin:
+		return true
+	case c.id.Kind == devices.KindDevice:
+		if acl == nil {
+			return false
+		}
+		if write {
+			return withinAny(topic, acl.pub)
+		}
+		return withinAny(topic, acl.sub)
+	case write:
 		return c.id.Can(devices.RoleOperator) && withinAny(topic, operatorWrite)
 	}
 	return c.id.Can(devices.RoleViewer) && withinAny(topic, viewerRead)
@@ -131,30 +151,5 @@ func withinAny(filter string, patterns []string) bool {
 }
 
 // within reports whether every topic that filter matches is matched by
-// pattern (both MQTT topic filters; a topic name is a filter without
-// wildcards). "#" also matches its parent level [MQTT-4.7.1-2].
-func within(filter, pattern string) bool {
-	for {
-		fl, frest, fmore := strings.Cut(filter, "/")
-		pl, prest, pmore := strings.Cut(pattern, "/")
-		switch {
-		case pl == "#":
-			return true
-		case fl == "#":
-			return false
-		case pl == "+":
-			// any single level, "+" included
-		case fl == "+" || fl != pl:
-			return false
-		}
-		switch {
-		case !fmore && !pmore:
-			return true
-		case !fmore:
-			return prest == "#"
-		case !pmore:
-			return false
-		}
-		filter, pattern = frest, prest
-	}
-}
+// pattern (topic.Within).
+func within(filter, pattern string) bool { return topic.Within(filter, pattern) }

@@ -39,7 +39,9 @@ func TestWithin(t *testing.T) {
 func TestACLRules(t *testing.T) {
 	dev := func(id string) *conn {
 		pub, sub := devicePatterns(id)
-		return &conn{id: devices.Identity{Kind: devices.KindDevice, Name: id}, pub: pub, sub: sub}
+		c := &conn{id: devices.Identity{Kind: devices.KindDevice, Name: id}, clientID: id, acl: &aclBox{}}
+		c.acl.p.Store(&connACL{pub: pub, sub: sub})
+		return c
 	}
 	user := func(role string) *conn {
 		return &conn{id: devices.Identity{Kind: devices.KindUser, Name: "u", Role: role}}

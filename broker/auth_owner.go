@@ -113,18 +113,14 @@ func (a *Auth) restoredOwner(cl *mqtt.Client) *conn {
 	name := string(cl.Properties.Username)
 	if name == "" {
 		if a.anon {
-			return &conn{anonymous: true}
+			return a.newConn(devices.Identity{}, true, cl.ID)
 		}
 		return nil
 	}
 	id, _ := a.reg.Lookup(name)
 	switch {
-	case id.Kind == devices.KindDevice && name == cl.ID:
-		c := &conn{id: id}
-		c.pub, c.sub = devicePatterns(name)
-		return c
-	case id.Kind == devices.KindUser:
-		return &conn{id: id}
+	case id.Kind == devices.KindDevice && name == cl.ID, id.Kind == devices.KindUser:
+		return a.newConn(id, false, cl.ID)
 	}
 	return nil
 }

@@ -31,9 +31,9 @@ func (a *Auth) checkWill(cl *mqtt.Client, will mqtt.Will) mqtt.Will {
 		if !ok || id.Kind != c.id.Kind {
 			c = nil
 		} else if id.Kind == devices.KindUser && id.Role != c.id.Role {
-			now := *c
-			now.id.Role = id.Role
-			c = &now
+			now := c.id
+			now.Role = id.Role
+			c = a.newConn(now, false, c.clientID) // rules by role of now
 		}
 	}
 	if c != nil && c.mayWill(will.TopicName) {

@@ -76,6 +76,9 @@ type TLS struct {
 type Auth struct {
 	AllowAnonymous bool          `yaml:"allow_anonymous"`
 	TokenTTL       time.Duration `yaml:"token_ttl"`
+	// Rules are checked in order before the built-in access rules; the
+	// first that matches decides (rules.go). Reloaded on SIGHUP.
+	Rules []Rule `yaml:"rules"`
 }
 
 // Telemetry configures the telemetry history.
@@ -87,6 +90,9 @@ type Telemetry struct {
 	// QueueBytes bounds the memory of the points waiting to be written,
 	// beside their number.
 	QueueBytes int64 `yaml:"queue_bytes"`
+	// Topics map other topics to a device's telemetry (rules.go).
+	// Reloaded on SIGHUP.
+	Topics []TelemetryTopic `yaml:"topics"`
 }
 
 // Audit configures the audit log (GET /api/v1/audit).
@@ -145,8 +151,8 @@ func Default() Config {
 			TrustedProxies:   []string{},
 			HandshakeTimeout: 10 * time.Second,
 		},
-		Auth:      Auth{TokenTTL: 12 * time.Hour},
-		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20},
+		Auth:      Auth{TokenTTL: 12 * time.Hour, Rules: []Rule{}},
+		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20, Topics: []TelemetryTopic{}},
 		Audit:     Audit{Retention: 90 * 24 * time.Hour},
 		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second,
 			DevicePublishRate: 100, DevicePublishBurst: 500},
@@ -279,6 +285,8 @@ func (c *Config) Validate() error {
 	if c.Telemetry.QueueBytes < 1<<20 {
 		bad("telemetry.queue_bytes", "%d is too small (at least 1048576: one 64 KiB payload must fit many times over)", c.Telemetry.QueueBytes)
 	}
+	validateRules(c.Auth.Rules, bad)
+	validateTelemetryTopics(c.Telemetry.Topics, bad)
 	for _, p := range c.HTTP.TrustedProxies {
 		if _, err := ParseCIDROrIP(p); err != nil {
 			bad("http.trusted_proxies", "%q: %v", p, err)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // envAliases are the short names SPEC §3 promises, beside the long ones
@@ -128,6 +130,18 @@ func set(f reflect.Value, s string) error {
 		}
 		f.SetUint(n)
 	case reflect.Slice:
+		if f.Type().Elem().Kind() == reflect.Struct {
+			// A list of objects (auth.rules, telemetry.topics): YAML
+			// or JSON, as in the file.
+			v := reflect.New(f.Type())
+			dec := yaml.NewDecoder(strings.NewReader(s))
+			dec.KnownFields(true)
+			if err := dec.Decode(v.Interface()); err != nil {
+				return fmt.Errorf("not a YAML or JSON list of objects: %v", err)
+			}
+			f.Set(v.Elem())
+			return nil
+		}
 		var parts []string
 		for _, p := range strings.Split(s, ",") {
 			if p = strings.TrimSpace(p); p != "" {

@@ -52,6 +52,9 @@ type Registry struct {
 	// revokeMu guards onRevoke.
 	revokeMu sync.Mutex
 	onRevoke []func(Revocation)
+	// onChange are called with a device's id after its type or grants
+	// changed (OnDeviceChange); guarded by revokeMu.
+	onChange []func(id string)
 
 	// audit receives refused logins (SetAudit); nil records nothing.
 	audit atomic.Pointer[Audit]
@@ -73,6 +76,10 @@ type Registry struct {
 type deviceCred struct {
 	digest  [32]byte
 	enabled bool
+	// typ and topics decide the device's access beyond the built-in
+	// rules (auth rules by type, grants).
+	typ    string
+	topics []TopicGrant
 }
 
 // userCred is what authenticating a user needs.
@@ -94,6 +101,8 @@ type Device struct {
 	Name   string            `json:"name"`
 	Type   string            `json:"type"`
 	Labels map[string]string `json:"labels"`
+	// Topics are the device's grants beyond its built-in topics.
+	Topics []TopicGrant `json:"topics"`
 	// Enabled false refuses its connections and disconnects it.
 	Enabled bool `json:"enabled"`
 	// Online, LastSeen, Transport, RemoteAddr and ProtocolVersion are the
@@ -117,6 +126,7 @@ type NewDevice struct {
 	Name   string            `json:"name"`
 	Type   string            `json:"type"`
 	Labels map[string]string `json:"labels"`
+	Topics []TopicGrant      `json:"topics"`
 }
 
 // DeviceSecret is a device with its secret, as registering and rotating
@@ -150,6 +160,7 @@ type DevicePatch struct {
 	Name    *string            `json:"name"`
 	Type    *string            `json:"type"`
 	Labels  *map[string]string `json:"labels"`
+	Topics  *[]TopicGrant      `json:"topics"`
 	Enabled *bool              `json:"enabled"`
 }
 
@@ -209,19 +220,21 @@ func (r *Registry) load(ctx context.Context) error {
 	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM revoked_sessions WHERE expires_at < ?`, fmtTime(now)); err != nil {
 		return fmt.Errorf("prune revoked sessions: %w", err)
 	}
-	rows, err := r.db.R.QueryContext(ctx, `SELECT id, secret_hash, enabled FROM devices`)
+	rows, err := r.db.R.QueryContext(ctx, `SELECT id, secret_hash, enabled, type, topics FROM devices`)
 	if err != nil {
 		return fmt.Errorf("load devices: %w", err)
 	}
 	for rows.Next() {
 		var id string
 		var h []byte
+		var topics string
 		var c deviceCred
-		if err := rows.Scan(&id, &h, &c.enabled); err != nil {
+		if err := rows.Scan(&id, &h, &c.enabled, &c.typ, &topics); err != nil {
 			rows.Close()
 			return fmt.Errorf("load devices: %w", err)
 		}
 		copy(c.digest[:], h)
+		c.topics = decodeGrants(topics)
 		r.devices[id] = c
 	}
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
@@ -409,6 +422,9 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 		if err == nil {
 			err = checkLabels(field(i, "labels"), nd.Labels)
 		}
+		if err == nil {
+			err = checkGrants(field(i, "topics"), nd.Topics)
+		}
 		if err == nil && (r.nameTaken(nd.ID) || seen[nd.ID]) {
 			err = fmt.Errorf("%w: %q is taken by a device or a user", ErrConflict, nd.ID)
 		}
@@ -427,7 +443,7 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 		secret := newSecret()
 		digests[i] = digest(secret)
 		out[i] = DeviceSecret{Device: Device{
-			ID: nd.ID, Name: nd.Name, Type: nd.Type, Labels: labels, Enabled: true,
+			ID: nd.ID, Name: nd.Name, Type: nd.Type, Labels: labels, Topics: cloneGrants(nd.Topics), Enabled: true,
 			LastValues: map[string]any{}, CreatedAt: now, UpdatedAt: now,
 		}, Secret: secret}
 	}
@@ -439,8 +455,8 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 	}
 	defer tx.Rollback()
 	st, err := tx.PrepareContext(ctx, `INSERT INTO devices
-		(id, name, type, labels, enabled, secret_hash, created_at, updated_at)
-		VALUES (?, ?, ?, ?, 1, ?, ?, ?)`)
+		(id, name, type, labels, topics, enabled, secret_hash, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)`)
 	if err != nil {
 		return nil, err
 	}
@@ -448,7 +464,7 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 	ts := fmtTime(now)
 	for i, d := range out {
 		lj, _ := json.Marshal(d.Labels)
-		if _, err := st.ExecContext(ctx, d.ID, d.Name, d.Type, string(lj), digests[i][:], ts, ts); err != nil {
+		if _, err := st.ExecContext(ctx, d.ID, d.Name, d.Type, string(lj), encodeGrants(d.Topics), digests[i][:], ts, ts); err != nil {
 			if isConstraint(err) {
 				return nil, fmt.Errorf("%w: %q is taken", ErrConflict, d.ID)
 			}
@@ -460,7 +476,7 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 	}
 	r.mu.Lock()
 	for i, d := range out {
-		r.devices[d.ID] = deviceCred{digest: digests[i], enabled: true}
+		r.devices[d.ID] = deviceCred{digest: digests[i], enabled: true, typ: d.Type, topics: d.Topics}
 	}
 	r.mu.Unlock()
 	r.log.Info("devices registered", "count", len(out))
@@ -472,21 +488,22 @@ func isConstraint(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "constraint failed")
 }
 
-const deviceColumns = `id, name, type, labels, enabled, online, last_seen, transport,
+const deviceColumns = `id, name, type, labels, topics, enabled, online, last_seen, transport,
 	remote_addr, protocol_version, last_values, created_at, updated_at`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanDevice(s scanner) (Device, error) {
 	var d Device
-	var labels, values string
+	var labels, topics, values string
 	var lastSeen, created, updated any
-	if err := s.Scan(&d.ID, &d.Name, &d.Type, &labels, &d.Enabled, &d.Online, &lastSeen,
+	if err := s.Scan(&d.ID, &d.Name, &d.Type, &labels, &topics, &d.Enabled, &d.Online, &lastSeen,
 		&d.Transport, &d.RemoteAddr, &d.ProtocolVersion, &values, &created, &updated); err != nil {
 		return d, err
 	}
 	d.Labels = map[string]string{}
 	_ = json.Unmarshal([]byte(labels), &d.Labels)
+	d.Topics = decodeGrants(topics)
 	d.LastValues = map[string]any{}
 	_ = json.Unmarshal([]byte(values), &d.LastValues)
 	if t, ok := parseTime(lastSeen); ok {
@@ -618,44 +635,58 @@ func encodeCursor(key string) string { return base64.RawURLEncoding.EncodeToStri
 // UpdateDevice applies p and returns the device as it is now. Disabling a
 // device disconnects it (OnRevoke).
 func (r *Registry) UpdateDevice(ctx context.Context, id string, p DevicePatch) (Device, error) {
-	d, revoked, err := r.updateDevice(ctx, id, p)
+	d, ch, err := r.updateDevice(ctx, id, p)
 	if err != nil {
 		return Device{}, fmt.Errorf("update device %q: %w", id, err)
 	}
-	if revoked {
+	if ch.revoked {
 		r.revoke(Revocation{Name: id, Purge: true})
+	} else if ch.access {
+		r.changed(id)
 	}
 	return d, nil
 }
 
-func (r *Registry) updateDevice(ctx context.Context, id string, p DevicePatch) (Device, bool, error) {
+// deviceChange says what an update changed that connections care about.
+type deviceChange struct {
+	revoked bool // disabled
+	access  bool // type or grants
+}
+
+func (r *Registry) updateDevice(ctx context.Context, id string, p DevicePatch) (Device, deviceChange, error) {
+	var none deviceChange
 	if p.Name != nil {
 		if err := checkText("name", *p.Name, MaxName); err != nil {
-			return Device{}, false, err
+			return Device{}, none, err
 		}
 	}
 	if p.Type != nil {
 		if err := checkText("type", *p.Type, MaxName); err != nil {
-			return Device{}, false, err
+			return Device{}, none, err
 		}
 	}
 	if p.Labels != nil {
 		if err := checkLabels("labels", *p.Labels); err != nil {
-			return Device{}, false, err
+			return Device{}, none, err
+		}
+	}
+	if p.Topics != nil {
+		if err := checkGrants("topics", *p.Topics); err != nil {
+			return Device{}, none, err
 		}
 	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	tx, err := r.db.W.BeginTx(ctx, nil)
 	if err != nil {
-		return Device{}, false, err
+		return Device{}, none, err
 	}
 	defer tx.Rollback()
 	d, err := r.device(ctx, tx, id)
 	if err != nil {
-		return d, false, err
+		return d, none, err
 	}
-	wasEnabled := d.Enabled
+	wasEnabled, oldType, oldTopics := d.Enabled, d.Type, encodeGrants(d.Topics)
 	if p.Name != nil {
 		d.Name = *p.Name
 		if d.Name == "" {
@@ -671,24 +702,28 @@ func (r *Registry) updateDevice(ctx context.Context, id string, p DevicePatch) (
 			d.Labels[k] = v
 		}
 	}
+	if p.Topics != nil {
+		d.Topics = cloneGrants(*p.Topics)
+	}
 	if p.Enabled != nil {
 		d.Enabled = *p.Enabled
 	}
 	d.UpdatedAt = time.Now().UTC()
 	lj, _ := json.Marshal(d.Labels)
-	if _, err := tx.ExecContext(ctx, `UPDATE devices SET name = ?, type = ?, labels = ?, enabled = ?, updated_at = ? WHERE id = ?`,
-		d.Name, d.Type, string(lj), d.Enabled, fmtTime(d.UpdatedAt), id); err != nil {
-		return d, false, err
+	topics := encodeGrants(d.Topics)
+	if _, err := tx.ExecContext(ctx, `UPDATE devices SET name = ?, type = ?, labels = ?, topics = ?, enabled = ?, updated_at = ? WHERE id = ?`,
+		d.Name, d.Type, string(lj), topics, d.Enabled, fmtTime(d.UpdatedAt), id); err != nil {
+		return d, none, err
 	}
 	if err := tx.Commit(); err != nil {
-		return d, false, err
+		return d, none, err
 	}
 	r.mu.Lock()
 	c := r.devices[id]
-	c.enabled = d.Enabled
+	c.enabled, c.typ, c.topics = d.Enabled, d.Type, d.Topics
 	r.devices[id] = c
 	r.mu.Unlock()
-	return d, wasEnabled && !d.Enabled, nil
+	return d, deviceChange{revoked: wasEnabled && !d.Enabled, access: d.Type != oldType || topics != oldTopics}, nil
 }
 
 // DeleteDevice removes the device, or returns ErrNotFound; it is

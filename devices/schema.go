@@ -49,4 +49,6 @@ var registrySchema = []string{
 		jti        TEXT PRIMARY KEY,
 		expires_at TEXT NOT NULL
 	);`,
+	// 2: device topic grants, a JSON array of {"filter","access"}.
+	`ALTER TABLE devices ADD COLUMN topics TEXT NOT NULL DEFAULT '[]';`,
 }

@@ -1,0 +1,36 @@
+package topic
+
+import "testing"
+
+func TestCheck(t *testing.T) {
+	for f, ok := range map[string]bool{
+		"a": true, "a/b": true, "#": true, "+": true, "a/+/b": true, "a/#": true, "/": true, "+/+": true,
+		"": false, "a/#/b": false, "a#": false, "a/b+": false, "a\x00": false, "\xff": false,
+	} {
+		if err := Check(f); (err == nil) != ok {
+			t.Errorf("Check(%q) = %v, want ok=%v", f, err, ok)
+		}
+	}
+}
+
+func TestOverlap(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{
+		{"a/b", "a/b", true},
+		{"a/+", "a/b", true},
+		{"a/#", "a", true},
+		{"a/#", "b/#", false},
+		{"+/b", "a/+", true},
+		{"a/b/c", "a/b", false},
+		{"devices/%c/#", "devices/%c/commands/#", true},
+		{"devices/%c/telemetry", "devices/%c/commands/#", false},
+		{"#", "x/y", true},
+		{"a", "a/b", false},
+	} {
+		if got, back := Overlap(tt.a, tt.b), Overlap(tt.b, tt.a); got != tt.want || back != tt.want {
+			t.Errorf("Overlap(%q, %q) = %v/%v, want %v", tt.a, tt.b, got, back, tt.want)
+		}
+	}
+}
