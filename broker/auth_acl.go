@@ -25,7 +25,7 @@ var (
 // devicePatterns returns what device id may publish and subscribe to.
 func devicePatterns(id string) (pub, sub []string) {
 	own := "devices/" + id + "/"
-	return []string{own + "telemetry", own + "twin/reported", own + "responses/#"},
+	return []string{own + "telemetry", own + "telemetry/+", own + "twin/reported", own + "responses/#"},
 		[]string{own + "commands/#", own + "twin/desired"}
 }
 

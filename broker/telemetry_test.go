@@ -304,8 +304,8 @@ func TestTelemetryHookStoresAndRoutes(t *testing.T) {
 			watcher.subscribe(t, "devices/+/telemetry", 1)
 			dev := n.connect(t, k, "dev-1", true, nil)
 
-			good := []string{`{"temp":21.5,"on":true}`, `{"temp":22,"ts":"2026-01-01T00:00:00Z"}`, `{"mode":"eco"}`}
-			bad := []string{`not json`, `[1,2,3]`, `{"v":NaN}`, `{"v":[1]}`, `{"v":{"a":1}}`, `{"v":null}`, `"str"`,
+			good := []string{`{"temp":21.5,"on":true}`, `{"temp":22,"ts":"2026-01-01T00:00:00Z"}`, `{"mode":"eco"}`, `{"v":{"a":1}}`}
+			bad := []string{`not json`, `[1,2,3]`, `{"v":NaN}`, `{"v":[1]}`, `{"v":{"a":[1]}}`, `{"v":null}`, `"str"`,
 				strings.Repeat("[", 1<<20-200), strings.Repeat(`{"a":`, 4000) + "1" + strings.Repeat("}", 4000)}
 			for _, p := range good {
 				dev.publish(t, "devices/dev-1/telemetry", []byte(p), 1)
@@ -340,7 +340,7 @@ func TestTelemetryHookStoresAndRoutes(t *testing.T) {
 			}
 			var last map[string]any
 			_ = json.Unmarshal([]byte(lv), &last)
-			if last["temp"] != 23.0 || last["mode"] != "eco" || last["on"] != true {
+			if last["temp"] != 23.0 || last["mode"] != "eco" || last["on"] != true || last["v.a"] != 1.0 {
 				t.Errorf("last values %s", lv)
 			}
 		})

@@ -176,6 +176,15 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"patch huge", "PATCH", "/devices/keep", `{"name":"` + strings.Repeat("z", maxBody) + `"}`, nil, 413},
 		{"patch bad label", "PATCH", "/devices/keep", map[string]any{"labels": map[string]string{"": "x"}}, nil, 400},
 		{"patch missing", "PATCH", "/devices/nope", map[string]string{"name": "x"}, nil, 404},
+		{"grant of another device", "POST", "/devices", `{"id":"g1","topics":[{"filter":"devices/keep/telemetry","access":"publish"}]}`, nil, 400},
+		{"grant of everything", "PATCH", "/devices/keep", `{"topics":[{"filter":"#","access":"subscribe"}]}`, nil, 400},
+		{"grant of $SYS", "PATCH", "/devices/keep", `{"topics":[{"filter":"$SYS/#","access":"subscribe"}]}`, nil, 400},
+		{"grant publishing commands", "PATCH", "/devices/keep", `{"topics":[{"filter":"devices/%c/commands/x","access":"all"}]}`, nil, 400},
+		{"grant bad access", "PATCH", "/devices/keep", `{"topics":[{"filter":"a/b","access":"write"}]}`, nil, 400},
+		{"grant bad filter", "PATCH", "/devices/keep", `{"topics":[{"filter":"a/#/b","access":"all"}]}`, nil, 400},
+		{"grant unknown field", "PATCH", "/devices/keep", `{"topics":[{"filter":"a/b","access":"all","qos":1}]}`, nil, 400},
+		{"grant not a list", "PATCH", "/devices/keep", `{"topics":{"filter":"a/b"}}`, nil, 400},
+		{"grant bad in bulk", "POST", "/devices/bulk", `{"devices":[{"id":"g2"},{"id":"g3","topics":[{"filter":"+/x","access":"all"}]}]}`, nil, 400},
 		{"path id with plus", "GET", "/devices/a+b", nil, nil, 404},
 		{"path id with encoded slash", "DELETE", "/devices/keep%2Fx", nil, nil, 404},
 		{"path id with hash", "DELETE", "/devices/%23", nil, nil, 404},
@@ -276,6 +285,34 @@ func TestSecretsShownOnce(t *testing.T) {
 		}
 		if strings.Contains(logs, s) {
 			t.Fatalf("the log holds a secret")
+		}
+	}
+}
+
+// TestDeviceTopicsAPI: grants go in with POST, bulk and PATCH, come back
+// on GET, and a viewer cannot set them.
+func TestDeviceTopicsAPI(t *testing.T) {
+	e := newAPIEnv(t)
+	admin := e.tokens["admin"]
+	res, body := e.do("POST", "/devices", admin, map[string]any{"id": "tas-1", "type": "tasmota",
+		"topics": []map[string]string{{"filter": "tele/%c/#", "access": "publish"}}})
+	e.mustStatus(res, body, http.StatusCreated)
+	if d := decode[devices.DeviceSecret](t, body); len(d.Topics) != 1 || d.Topics[0].Filter != "tele/%c/#" {
+		t.Fatalf("created %+v", d.Topics)
+	}
+	res, body = e.do("POST", "/devices/bulk", admin, map[string]any{"devices": []map[string]any{
+		{"id": "sh-1", "topics": []map[string]string{{"filter": "shellies/%c/#", "access": "all"}}}, {"id": "plain"}}})
+	e.mustStatus(res, body, http.StatusCreated)
+	res, body = e.do("PATCH", "/devices/tas-1", e.tokens["viewer"], map[string]any{"topics": []any{}})
+	e.mustStatus(res, body, http.StatusForbidden)
+	res, body = e.do("PATCH", "/devices/tas-1", admin, map[string]any{"topics": []map[string]string{{"filter": "stat/%c/#", "access": "subscribe"}}})
+	e.mustStatus(res, body, http.StatusOK)
+	for id, want := range map[string]string{"tas-1": `"topics":[{"filter":"stat/%c/#","access":"subscribe"}]`,
+		"sh-1": `"topics":[{"filter":"shellies/%c/#","access":"all"}]`, "plain": `"topics":[]`} {
+		res, body = e.do("GET", "/devices/"+id, admin, nil)
+		e.mustStatus(res, body, http.StatusOK)
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %s lacks %s", id, body, want)
 		}
 	}
 }

@@ -320,7 +320,7 @@ func (t *Telemetry) MetricsRefused() int64 { return t.stats.metricsRefused.Load(
 
 // Reject counts a payload that was not stored because it did not parse.
 func (t *Telemetry) Reject(err error) {
-	reason := rejectReason(err)
+	reason := RejectReason(err)
 	c, ok := t.stats.rejected.Load(reason)
 	if !ok {
 		c, _ = t.stats.rejected.LoadOrStore(reason, new(atomic.Int64))

@@ -26,6 +26,9 @@ var (
 	ErrTelemetryBadValue  = errors.New("telemetry: bad metric")
 	ErrTelemetryBadTS     = errors.New("telemetry: bad ts")
 	ErrTelemetryEmpty     = errors.New("telemetry: no metrics")
+	// ErrTelemetryNotOwn: a mapped topic (telemetry.topics) names a
+	// device other than the one publishing.
+	ErrTelemetryNotOwn = errors.New("telemetry: another device's topic")
 )
 
 // Earliest and latest timestamps a payload's "ts" may carry.
@@ -39,7 +42,8 @@ type Sample struct {
 	// TS is the payload's "ts", or the zero time when it had none.
 	TS time.Time
 	// JSON is the metrics as a compact JSON object, without ts, members in
-	// the payload's order, each key and value as the payload spelled it.
+	// the payload's order, each value as the payload spelled it (and each
+	// top-level name; nested ones are flattened with dots).
 	JSON []byte
 	// N is the number of metrics.
 	N int
@@ -52,16 +56,24 @@ func (s Sample) Values() map[string]any {
 	return m
 }
 
+// MaxTelemetryDepth is how deep objects may nest in a telemetry payload
+// (the top-level object is depth 1).
+const MaxTelemetryDepth = 8
+
 // ParseTelemetry parses a payload published on devices/{id}/telemetry: a
 // JSON object whose members are metrics (finite numbers, booleans or short
 // strings) and optionally "ts", an RFC 3339 string or Unix milliseconds.
-// Arrays, nested objects, nulls, duplicate names and anything that is not
-// a JSON object are rejected with one of the ErrTelemetry* errors (wrapped
-// with detail).
+// Nested objects are flattened with dots, as firmware such as Tasmota
+// sends them: {"AM2301":{"Temperature":22.1}} is the metric
+// "AM2301.Temperature" (SPEC §6). Arrays, nulls, nesting deeper than
+// MaxTelemetryDepth, names given twice (after flattening) and anything
+// that is not a JSON object are rejected with one of the ErrTelemetry*
+// errors (wrapped with detail).
 //
 // It is a single pass over the bytes without reflection, since it runs on
-// the publisher's goroutine for every telemetry message; nesting is refused
-// at its first byte, so no input makes it recurse or allocate much.
+// the publisher's goroutine for every telemetry message; its recursion is
+// bounded by MaxTelemetryDepth, so no input makes it recurse or allocate
+// much.
 func ParseTelemetry(payload []byte) (Sample, error) {
 	if len(payload) > MaxTelemetryPayload {
 		return Sample{}, fmt.Errorf("%w: %d bytes (at most %d)", ErrTelemetryTooLarge, len(payload), MaxTelemetryPayload)
@@ -71,76 +83,189 @@ func ParseTelemetry(payload []byte) (Sample, error) {
 	if !p.eat('{') {
 		return Sample{}, ErrTelemetryNotObject
 	}
-	var s Sample
-	out := make([]byte, 0, len(payload))
-	out = append(out, '{')
-	var nameBuf [16][]byte
-	names := nameBuf[:0] // decoded metric names, to refuse duplicates
-	p.ws()
-	if !p.eat('}') {
-		for {
-			p.ws()
-			kStart := p.i
-			key, err := p.str()
-			if err != nil {
-				return Sample{}, err
-			}
-			rawKey := p.b[kStart:p.i]
-			p.ws()
-			if !p.eat(':') {
-				return Sample{}, p.syntax("':' after a name")
-			}
-			p.ws()
-			vStart := p.i
-			if string(key) == "ts" {
-				if !s.TS.IsZero() {
-					return Sample{}, fmt.Errorf("%w: given twice", ErrTelemetryBadTS)
-				}
-				if s.TS, err = p.ts(); err != nil {
-					return Sample{}, err
-				}
-			} else {
-				if err := checkName(key); err != nil {
-					return Sample{}, err
-				}
-				for _, n := range names {
-					if string(n) == string(key) {
-						return Sample{}, fmt.Errorf("%w: %.40q given twice", ErrTelemetryBadValue, key)
-					}
-				}
-				if len(names) == MaxTelemetryMetrics {
-					return Sample{}, fmt.Errorf("%w: more than %d metrics", ErrTelemetryTooLarge, MaxTelemetryMetrics)
-				}
-				names = append(names, key)
-				if err := p.metric(key); err != nil {
-					return Sample{}, err
-				}
-				if len(out) > 1 {
-					out = append(out, ',')
-				}
-				out = append(out, rawKey...)
-				out = append(out, ':')
-				out = append(out, p.b[vStart:p.i]...)
-			}
-			p.ws()
-			if p.eat('}') {
-				break
-			}
-			if !p.eat(',') {
-				return Sample{}, p.syntax("',' or '}'")
-			}
-		}
+	f := flat{out: make([]byte, 0, len(payload)+2)}
+	f.names = f.nameBuf[:0]
+	f.out = append(f.out, '{')
+	if err := p.members(&f, nil, 1); err != nil {
+		return Sample{}, err
 	}
 	p.ws()
 	if p.i != len(p.b) {
 		return Sample{}, p.syntax("the end after the object")
 	}
-	if len(names) == 0 {
+	if len(f.names) == 0 {
 		return Sample{}, ErrTelemetryEmpty
 	}
-	s.JSON = append(out, '}')
-	s.N = len(names)
-	return s, nil
+	return Sample{TS: f.ts, JSON: append(f.out, '}'), N: len(f.names)}, nil
+}
+
+// ParseTelemetryValue parses the payload of devices/{id}/telemetry/{metric}
+// (or of a mapped topic): a bare JSON number, the one metric name.
+func ParseTelemetryValue(name string, payload []byte) (Sample, error) {
+	if len(payload) > MaxTelemetryPayload {
+		return Sample{}, fmt.Errorf("%w: %d bytes (at most %d)", ErrTelemetryTooLarge, len(payload), MaxTelemetryPayload)
+	}
+	if err := checkName([]byte(name)); err != nil {
+		return Sample{}, err
+	}
+	if !utf8.ValidString(name) {
+		return Sample{}, fmt.Errorf("%w: metric name is not UTF-8", ErrTelemetryBadValue)
+	}
+	p := parser{b: payload}
+	p.ws()
+	start := p.i
+	if p.i >= len(p.b) || !(p.b[p.i] == '-' || p.b[p.i] >= '0' && p.b[p.i] <= '9') {
+		return Sample{}, fmt.Errorf("%w: not a bare number", ErrTelemetryNotObject)
+	}
+	if _, err := p.number(false); err != nil {
+		return Sample{}, err
+	}
+	num := p.b[start:p.i]
+	p.ws()
+	if p.i != len(p.b) {
+		return Sample{}, p.syntax("the end after the number")
+	}
+	out := make([]byte, 0, len(name)+len(num)+8)
+	out = append(out, '{')
+	out = appendJSONString(out, name)
+	out = append(out, ':')
+	out = append(out, num...)
+	return Sample{JSON: append(out, '}'), N: 1}, nil
+}
+
+// flat is the state of one flattening parse.
+type flat struct {
+	out     []byte
+	ts      time.Time
+	nameBuf [16][]byte
+	names   [][]byte // decoded metric names, to refuse duplicates
+	objs    [][]byte // dotted names of nested objects, likewise
+}
+
+// taken reports whether name is already a metric or a nested object.
+func (f *flat) taken(name []byte) bool {
+	for _, n := range f.names {
+		if string(n) == string(name) {
+			return true
+		}
+	}
+	for _, n := range f.objs {
+		if string(n) == string(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// members reads an object's members after its '{', through its '}'.
+// prefix is the dotted name of the object ("" at the top level, where
+// "ts" is the timestamp and names are copied as the payload spelled them).
+func (p *parser) members(f *flat, prefix []byte, depth int) error {
+	p.ws()
+	if p.eat('}') {
+		return nil
+	}
+	for {
+		p.ws()
+		kStart := p.i
+		key, err := p.str()
+		if err != nil {
+			return err
+		}
+		rawKey := p.b[kStart:p.i]
+		p.ws()
+		if !p.eat(':') {
+			return p.syntax("':' after a name")
+		}
+		p.ws()
+		vStart := p.i
+		name := key
+		if prefix != nil {
+			name = make([]byte, 0, len(prefix)+1+len(key))
+			name = append(append(append(name, prefix...), '.'), key...)
+		}
+		switch {
+		case prefix == nil && string(key) == "ts":
+			if !f.ts.IsZero() {
+				return fmt.Errorf("%w: given twice", ErrTelemetryBadTS)
+			}
+			if f.ts, err = p.ts(); err != nil {
+				return err
+			}
+		case p.i < len(p.b) && p.b[p.i] == '{':
+			if depth >= MaxTelemetryDepth {
+				return fmt.Errorf("%w: %.40q: objects nested deeper than %d", ErrTelemetryBadValue, name, MaxTelemetryDepth)
+			}
+			if err := checkName(name); err != nil {
+				return err
+			}
+			if err := checkName(key); err != nil {
+				return err
+			}
+			if f.taken(name) {
+				return fmt.Errorf("%w: %.40q given twice", ErrTelemetryBadValue, name)
+			}
+			if len(f.objs) == MaxTelemetryMetrics {
+				return fmt.Errorf("%w: more than %d nested objects", ErrTelemetryTooLarge, MaxTelemetryMetrics)
+			}
+			f.objs = append(f.objs, name)
+			p.i++
+			if err := p.members(f, name, depth+1); err != nil {
+				return err
+			}
+		default:
+			if err := checkName(name); err != nil {
+				return err
+			}
+			if err := checkName(key); err != nil {
+				return err
+			}
+			if f.taken(name) {
+				return fmt.Errorf("%w: %.40q given twice", ErrTelemetryBadValue, name)
+			}
+			if len(f.names) == MaxTelemetryMetrics {
+				return fmt.Errorf("%w: more than %d metrics", ErrTelemetryTooLarge, MaxTelemetryMetrics)
+			}
+			f.names = append(f.names, name)
+			if err := p.metric(name); err != nil {
+				return err
+			}
+			if len(f.out) > 1 {
+				f.out = append(f.out, ',')
+			}
+			if prefix == nil {
+				f.out = append(f.out, rawKey...)
+			} else {
+				f.out = appendJSONString(f.out, string(name))
+			}
+			f.out = append(f.out, ':')
+			f.out = append(f.out, p.b[vStart:p.i]...)
+		}
+		p.ws()
+		if p.eat('}') {
+			return nil
+		}
+		if !p.eat(',') {
+			return p.syntax("',' or '}'")
+		}
+	}
+}
+
+// appendJSONString appends s (valid UTF-8) as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 // parser is a position in a payload.
@@ -349,9 +474,12 @@ func checkName(k []byte) error {
 	return nil
 }
 
-// rejectReason names err's kind for the rejected-payload metric.
-func rejectReason(err error) string {
+// RejectReason names err's kind for the rejected-payload metric and the
+// log: not_object, too_large, bad_ts, empty, not_own or bad_value.
+func RejectReason(err error) string {
 	switch {
+	case errors.Is(err, ErrTelemetryNotOwn):
+		return "not_own"
 	case errors.Is(err, ErrTelemetryNotObject):
 		return "not_object"
 	case errors.Is(err, ErrTelemetryTooLarge):

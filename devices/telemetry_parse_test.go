@@ -30,7 +30,26 @@ func TestTelemetryParse(t *testing.T) {
 		{"NaN", `{"v":NaN}`, nil, time.Time{}, ErrTelemetryNotObject},
 		{"huge number", `{"v":1e999}`, nil, time.Time{}, ErrTelemetryBadValue},
 		{"array value", `{"v":[1]}`, nil, time.Time{}, ErrTelemetryBadValue},
-		{"object value", `{"v":{"a":1}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"nested flattened", `{"AM2301":{"Temperature":22.1,"Humidity":45},"TempUnit":"C"}`, map[string]any{"AM2301.Temperature": 22.1, "AM2301.Humidity": 45.0, "TempUnit": "C"}, time.Time{}, nil},
+		{"tasmota SENSOR", `{"Time":"2026-11-26T03:00:00","ENERGY":{"Total":1.5,"Power":30},"DS18B20":{"Id":"01","Temperature":19.3}}`,
+			map[string]any{"Time": "2026-11-26T03:00:00", "ENERGY.Total": 1.5, "ENERGY.Power": 30.0, "DS18B20.Id": "01", "DS18B20.Temperature": 19.3}, time.Time{}, nil},
+		{"deeper", `{"a":{"b":{"c":{"d":true}}},"ts":1795662000000}`, map[string]any{"a.b.c.d": true}, ts, nil},
+		{"escaped nested name", `{"a\"b":{"c\u00e9":1}}`, map[string]any{"a\"b.c\u00e9": 1.0}, time.Time{}, nil},
+		{"nested ts is a metric", `{"x":{"ts":5}}`, map[string]any{"x.ts": 5.0}, time.Time{}, nil},
+		{"empty nested", `{"a":{},"b":1}`, map[string]any{"b": 1.0}, time.Time{}, nil},
+		{"only empty nested", `{"a":{"b":{}}}`, nil, time.Time{}, ErrTelemetryEmpty},
+		{"duplicate after flattening", `{"a.b":1,"a":{"b":2}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"metric and object of one name", `{"a":0,"a":{"b":0}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"object and metric of one name", `{"a":{"b":0},"a":1}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"object twice", `{"a":{"b":0},"a":{"c":1}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"empty nested name", `{"a":{"":0}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"too many objects", strings.Replace(manyMetrics(MaxTelemetryMetrics+1), ":1", ":{}", -1), nil, time.Time{}, ErrTelemetryTooLarge},
+		{"nested array", `{"ENERGY":{"Power":[1,2]}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"nested null", `{"a":{"b":null}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"depth 8", strings.Repeat(`{"a":`, 8) + "1" + strings.Repeat("}", 8), map[string]any{strings.Repeat("a.", 7) + "a": 1.0}, time.Time{}, nil},
+		{"depth 9", strings.Repeat(`{"a":`, 9) + "1" + strings.Repeat("}", 9), nil, time.Time{}, ErrTelemetryBadValue},
+		{"flattened name too long", `{"` + strings.Repeat("x", 100) + `":{"` + strings.Repeat("y", 40) + `":1}}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"broken nested", `{"a":{"b":1}`, nil, time.Time{}, ErrTelemetryNotObject},
 		{"null value", `{"v":null}`, nil, time.Time{}, ErrTelemetryBadValue},
 		{"long string", `{"v":"` + strings.Repeat("x", MaxMetricString+1) + `"}`, nil, time.Time{}, ErrTelemetryBadValue},
 		{"empty name", `{"":1}`, nil, time.Time{}, ErrTelemetryBadValue},
@@ -93,22 +112,25 @@ func manyMetrics(n int) string {
 // accepts is a JSON object that encoding/json reads to the same metrics,
 // and its output is JSON again.
 func FuzzParseTelemetry(f *testing.F) {
-	for _, s := range []string{`{"temp":21.5}`, `{"ts":1795662000000,"a":true,"b":"x"}`, `[]`, `{"v":{"a":[1]}}`, `{"ts":"2026-11-26T03:00:00.5+01:00","v":-0.0}`, `{"a\u00e9":"\n"}`} {
+	for _, s := range []string{`{"temp":21.5}`, `{"ts":1795662000000,"a":true,"b":"x"}`, `[]`, `{"v":{"a":[1]}}`, `{"ts":"2026-11-26T03:00:00.5+01:00","v":-0.0}`, `{"a\u00e9":"\n"}`,
+		`{"AM2301":{"Temperature":22.1,"Humidity":45.2},"TempUnit":"C"}`, `{"a.b":1,"a":{"b":2}}`, `{"a":{"b":{"c":{}}}}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s, err := ParseTelemetry(in)
 		if err != nil {
-			if rejectReason(err) == "" {
+			if RejectReason(err) == "" {
 				t.Fatalf("no reason for %v", err)
 			}
 			return
 		}
-		var orig map[string]any
-		if err := json.Unmarshal(in, &orig); err != nil {
+		var nested map[string]any
+		if err := json.Unmarshal(in, &nested); err != nil {
 			t.Fatalf("accepted %q, which encoding/json refuses: %v", in, err)
 		}
-		delete(orig, "ts")
+		delete(nested, "ts")
+		orig := map[string]any{}
+		flattenRef(orig, "", nested)
 		back := s.Values()
 		if len(back) != s.N || len(back) != len(orig) || s.N == 0 || s.N > MaxTelemetryMetrics {
 			t.Fatalf("%q: output %q has %d members, N %d, input %d", in, s.JSON, len(back), s.N, len(orig))
@@ -126,6 +148,86 @@ func FuzzParseTelemetry(f *testing.F) {
 		var again map[string]json.RawMessage
 		if err := json.Unmarshal(s.JSON, &again); err != nil {
 			t.Fatalf("output %q is not JSON: %v", s.JSON, err)
+		}
+	})
+}
+
+// flattenRef is the reference flattening: nested objects' members get
+// their parents' names joined with dots.
+func flattenRef(out map[string]any, prefix string, m map[string]any) {
+	for k, v := range m {
+		if prefix != "" {
+			k = prefix + "." + k
+		}
+		if sub, ok := v.(map[string]any); ok {
+			flattenRef(out, k, sub)
+			continue
+		}
+		out[k] = v
+	}
+}
+
+func TestTelemetryValue(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     float64
+		err      error
+	}{
+		{"temperature", "21.5", 21.5, nil},
+		{"spaces", " -3e2\n", -300, nil},
+		{"zero", "0", 0, nil},
+		{"", "1", 0, ErrTelemetryBadValue},
+		{"v", "on", 0, ErrTelemetryNotObject},
+		{"v", `"1"`, 0, ErrTelemetryNotObject},
+		{"v", "1 2", 0, ErrTelemetryNotObject},
+		{"v", "1e999", 0, ErrTelemetryBadValue},
+		{"v", "01", 0, ErrTelemetryNotObject},
+		{"v", "", 0, ErrTelemetryNotObject},
+		{"v", "NaN", 0, ErrTelemetryNotObject},
+		{"v", "{\"a\":1}", 0, ErrTelemetryNotObject},
+		{"quo\"te", "7", 7, nil},
+	} {
+		s, err := ParseTelemetryValue(tc.name, []byte(tc.in))
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("%q %q: err %v, want %v", tc.name, tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q %q: %v", tc.name, tc.in, err)
+			continue
+		}
+		if v := s.Values(); len(v) != 1 || v[tc.name] != tc.want || s.N != 1 {
+			t.Errorf("%q %q: %v (N %d)", tc.name, tc.in, v, s.N)
+		}
+	}
+}
+
+// FuzzParseTelemetryValue: a bare value is accepted only when it is one
+// finite JSON number, and comes out as {name: that number}.
+func FuzzParseTelemetryValue(f *testing.F) {
+	for _, s := range []string{"21.5", "-0", "1e3", " 7 ", "x", "1e999", `"1"`} {
+		f.Add("temp", []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, name string, in []byte) {
+		s, err := ParseTelemetryValue(name, in)
+		if err != nil {
+			if RejectReason(err) == "" {
+				t.Fatalf("no reason for %v", err)
+			}
+			return
+		}
+		var v float64
+		if err := json.Unmarshal(in, &v); err != nil {
+			t.Fatalf("accepted %q, which encoding/json refuses as a number: %v", in, err)
+		}
+		var back map[string]float64
+		if err := json.Unmarshal(s.JSON, &back); err != nil {
+			t.Fatalf("output %q is not JSON: %v", s.JSON, err)
+		}
+		if len(back) != 1 || back[name] != v {
+			t.Fatalf("%q %q: output %q", name, in, s.JSON)
 		}
 	})
 }

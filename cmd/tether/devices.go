@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -30,7 +32,8 @@ type deviceCommand struct {
 func deviceCommands() []deviceCommand {
 	return []deviceCommand{
 		{"list", "devices list [--status online|offline] [--type T] [--label K[=V]] [--q TEXT] [--limit N] [--all]", "list devices", devicesList},
-		{"add", "devices add [ID] [--name NAME] [--type TYPE] [--label K=V]...", "register a device and print its secret (shown only now)", devicesAdd},
+		{"add", "devices add [ID] [--name NAME] [--type TYPE] [--label K=V]... [--topic FILTER:ACCESS]...", "register a device and print its secret (shown only now)", devicesAdd},
+		{"set", "devices set ID [--name NAME] [--type TYPE] [--label K=V]... [--topic FILTER:ACCESS]... [--no-topics] [--enabled=true|false]", "change a device (--label and --topic replace the whole set)", devicesSet},
 		{"show", "devices show ID", "show one device", devicesShow},
 		{"rm", "devices rm ID...", "delete devices (they are disconnected)", devicesRm},
 		{"rotate", "devices rotate ID", "give a device a new secret and print it (the old one stops working)", devicesRotate},
@@ -148,6 +151,8 @@ func devicesAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	typ := fs.String("type", "", "device type")
 	var lbls labelFlag
 	fs.Var(&lbls, "label", "a label KEY=VALUE (repeat for more)")
+	var topics topicFlag
+	fs.Var(&topics, "topic", topicUsage)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -155,7 +160,7 @@ func devicesAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(pos) > 1 {
 		return wantArgs(fs, pos, 1, stderr)
 	}
-	body := map[string]any{"name": *name, "type": *typ, "labels": map[string]string(lbls)}
+	body := map[string]any{"name": *name, "type": *typ, "labels": map[string]string(lbls), "topics": topics.list()}
 	if len(pos) == 1 {
 		body["id"] = pos[0]
 	}
@@ -168,6 +173,65 @@ func devicesAdd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("add device: %w", err)
 	}
 	return printSecret(stdout, remote.json, d, "registered")
+}
+
+func devicesSet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("devices set", deviceSynopsis("set"), stderr)
+	remote := addRemoteFlags(fs)
+	name := fs.String("name", "", "display name (empty: the id)")
+	typ := fs.String("type", "", "device type")
+	var lbls labelFlag
+	fs.Var(&lbls, "label", "a label KEY=VALUE (repeat for more; replaces all labels)")
+	var topics topicFlag
+	fs.Var(&topics, "topic", topicUsage+"; replaces all grants, applied to a connected device at once")
+	noTopics := fs.Bool("no-topics", false, "remove all topic grants")
+	enabled := fs.Bool("enabled", true, "enable (true) or disable (false: disconnects it)")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(fs, pos, 1, stderr); err != nil {
+		return err
+	}
+	body := map[string]any{}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "name":
+			body["name"] = *name
+		case "type":
+			body["type"] = *typ
+		case "label":
+			body["labels"] = map[string]string(lbls)
+		case "topic":
+			body["topics"] = topics.list()
+		case "no-topics":
+			if *noTopics {
+				body["topics"] = []devices.TopicGrant{}
+			}
+		case "enabled":
+			body["enabled"] = *enabled
+		}
+	})
+	if len(topics) > 0 && *noTopics {
+		fmt.Fprintln(stderr, "tether devices set: --topic and --no-topics contradict each other")
+		return errUsage
+	}
+	if len(body) == 0 {
+		fmt.Fprintln(stderr, "tether devices set: nothing to change (see --help)")
+		return errUsage
+	}
+	c, err := remote.client()
+	if err != nil {
+		return err
+	}
+	var d map[string]any
+	if err := c.do(ctx, "PATCH", "/devices/"+url.PathEscape(pos[0]), body, &d); err != nil {
+		return fmt.Errorf("set device %s: %w", pos[0], err)
+	}
+	if remote.json {
+		return printJSON(stdout, d)
+	}
+	return printFields(stdout, d)
 }
 
 func devicesShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -297,6 +361,34 @@ func (l *labelFlag) Set(s string) error {
 	}
 	(*l)[k] = v
 	return nil
+}
+
+const topicUsage = "a topic grant FILTER:ACCESS, ACCESS publish, subscribe or all, %c = the device's id, e.g. 'tele/%c/#:publish' (repeat for more)"
+
+// topicFlag collects repeated --topic FILTER:ACCESS flags, each checked
+// as the server will.
+type topicFlag []devices.TopicGrant
+
+func (t *topicFlag) String() string { return "" }
+
+func (t *topicFlag) Set(s string) error {
+	g, err := devices.ParseGrant(s)
+	if err != nil {
+		var ie *devices.InvalidError
+		if errors.As(err, &ie) {
+			return errors.New(ie.Msg)
+		}
+		return err
+	}
+	*t = append(*t, g)
+	return nil
+}
+
+func (t topicFlag) list() []devices.TopicGrant {
+	if t == nil {
+		return []devices.TopicGrant{}
+	}
+	return t
 }
 
 func dash(s string) string {

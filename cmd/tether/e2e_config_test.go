@@ -92,6 +92,8 @@ func TestStartupRefusesBadValues(t *testing.T) {
 	}
 	badYAML := write("bad.yaml", "mqtt:\n  max_packet_size: 10\n  connect_timeout: soon\n")
 	unknownKey := write("unknown.yaml", "mqtt:\n  max_packet: 10\n")
+	badRules := write("rules.yaml", "auth:\n  rules:\n    - {effect: deny, access: subscribe, topic: \"test/x\"}\n    - {effect: allow, access: publish, topic: \"a/#/b\", who: \"role:boss\"}\n"+
+		"telemetry:\n  topics:\n    - {filter: \"tele/+/SENSOR\", device_from: 2}\n")
 	notPEM := write("key.pem", "not a key")
 	certPEM, _, err := devCertificate(time.Hour)
 	if err != nil {
@@ -123,6 +125,8 @@ func TestStartupRefusesBadValues(t *testing.T) {
 	}{
 		{"file: bad type", []string{"-c", badYAML}, nil, 1, []string{"mqtt.connect_timeout (line 3)"}},
 		{"file: unknown key", []string{"-c", unknownKey}, nil, 1, []string{"mqtt.max_packet (line 2): unknown key"}},
+		{"file: bad rules", []string{"-c", badRules}, nil, 1, []string{"auth.rules[1].topic", "auth.rules[1].who", "telemetry.topics[0].device_from"}},
+		{"env: bad rules", nil, map[string]string{"TETHER_AUTH_RULES": `[{"effect":"allow","access":"read","topic":"x"}]`}, 1, []string{"auth.rules[0].access"}},
 		{"file: missing", []string{"-c", filepath.Join(dir, "nope.yaml")}, nil, 1, []string{"nope.yaml"}},
 		{"env: bad bool", nil, map[string]string{"TETHER_ALLOW_ANONYMOUS": "maybe"}, 1, []string{"TETHER_ALLOW_ANONYMOUS (auth.allow_anonymous)"}},
 		{"env: bad duration", nil, map[string]string{"TETHER_MQTT_SHUTDOWN_GRACE": "10"}, 1, []string{"TETHER_MQTT_SHUTDOWN_GRACE (mqtt.shutdown_grace)"}},

@@ -117,6 +117,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	a.watchHangup(func() (configs.Config, error) { return loadConfig(args, io.Discard, os.LookupEnv) })
 	log.Info("tether started", "version", version(), "http", a.httpAddr(), "mqtt", a.mqttAddr())
 	var failed error
 	select {
@@ -155,6 +156,12 @@ type app struct {
 	httpLn, httpsLn net.Listener
 	httpSrv         []*http.Server
 
+	// hup are called on SIGHUP (reload.go); load reads the
+	// configuration again; stopHangup ends the handler.
+	hup        []func()
+	load       func() (configs.Config, error)
+	stopHangup chan struct{}
+
 	failed   chan error
 	wg       sync.WaitGroup
 	stopOnce sync.Once
@@ -165,7 +172,7 @@ type app struct {
 // left running. (The result is unnamed on purpose: the deferred clean-ups
 // below use a, which a named result would have set to nil by then.)
 func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
-	a := &app{cfg: cfg, log: log, failed: make(chan error, 4)}
+	a := &app{cfg: cfg, log: log, failed: make(chan error, 4), stopHangup: make(chan struct{})}
 	var tlsConf *tls.Config
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
@@ -220,7 +227,11 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	a.auth = broker.NewAuth(broker.AuthOptions{
 		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins,
 		Sessions: a.store, // purged sessions are deleted from it
+		Rules:    cfg.Auth.Rules,
 	})
+	a.data.telemetryHook.SetIdentify(a.auth.Identity)
+	a.data.telemetryHook.SetTopics(cfg.Telemetry.Topics)
+	a.hup = append(a.hup, a.reloadAccess)
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.
 	pubLimit := broker.NewPublishLimit(broker.PublishLimitOptions{PerClient: cfg.Limits.PublishRatePerClient,
@@ -341,6 +352,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 // hijacked WebSocket connections the broker has already closed.
 func (a *app) shutdown(ctx context.Context) error {
 	a.stopOnce.Do(func() {
+		close(a.stopHangup)
 		errs := []error{a.broker.Shutdown(ctx)}
 		for _, s := range a.httpSrv {
 			// Requests still running when the grace period ends are cut
