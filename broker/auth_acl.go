@@ -7,7 +7,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/devices"
-	"github.com/tether-iot/tether/devices/topic"
+	topicpkg "github.com/tether-iot/tether/devices/topic"
 )
 
 // The access rules of SPEC §5, as topic patterns. A request is allowed when
@@ -70,30 +70,51 @@ func (c *conn) allows(topic string, write bool) bool {
 	if c.acl != nil {
 		acl = c.acl.p.Load()
 	}
-	if acl != nil {
-		x := &acl.subRules
-		if write {
-			x = &acl.pubRules
-		}
-		if allow, ok := x.decide(topic); ok {
-			return allow
-		}
+	if acl == nil {
+		return c.builtin(topic, write, nil)
 	}
+	// Split once; no allocation for up to 16 levels.
+	var buf [16]string
+	levels := splitTopic(topic, buf[:])
+	x := &acl.subRules
+	if write {
+		x = &acl.pubRules
+	}
+	if allow, ok := x.decide(levels); ok {
+		return allow
+	}
+	if c.id.Kind == devices.KindDevice && !c.anonymous {
+		if write {
+			return withinAnyLevels(levels, acl.pub)
+		}
+		return withinAnyLevels(levels, acl.sub)
+	}
+	return c.builtin(topic, write, acl)
+}
+
+// builtin applies the built-in rules of a user or an anonymous client (a
+// device's need its compiled patterns, acl).
+func (c *conn) builtin(topic string, write bool, acl *connACL) bool {
 	switch {
 	case c.anonymous, c.id.Kind == devices.KindUser && c.id.Role == devices.RoleAdmin:
 		return true
 	case c.id.Kind == devices.KindDevice:
-		if acl == nil {
-			return false
-		}
-		if write {
-			return withinAny(topic, acl.pub)
-		}
-		return withinAny(topic, acl.sub)
+		return false // no compiled patterns: nothing
 	case write:
 		return c.id.Can(devices.RoleOperator) && withinAny(topic, operatorWrite)
 	}
 	return c.id.Can(devices.RoleViewer) && withinAny(topic, viewerRead)
+}
+
+func splitTopic(t string, buf []string) []string { return topicpkg.Split(t, buf) }
+
+func withinAnyLevels(filter []string, patterns [][]string) bool {
+	for _, p := range patterns {
+		if topicpkg.WithinLevels(filter, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // reservedTopic reports whether a client may never publish to topic: the
@@ -152,4 +173,4 @@ func withinAny(filter string, patterns []string) bool {
 
 // within reports whether every topic that filter matches is matched by
 // pattern (topic.Within).
-func within(filter, pattern string) bool { return topic.Within(filter, pattern) }
+func within(filter, pattern string) bool { return topicpkg.Within(filter, pattern) }

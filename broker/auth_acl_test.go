@@ -40,7 +40,7 @@ func TestACLRules(t *testing.T) {
 	dev := func(id string) *conn {
 		pub, sub := devicePatterns(id)
 		c := &conn{id: devices.Identity{Kind: devices.KindDevice, Name: id}, clientID: id, acl: &aclBox{}}
-		c.acl.p.Store(&connACL{pub: pub, sub: sub})
+		c.acl.p.Store(&connACL{pub: splitAll(pub), sub: splitAll(sub)})
 		return c
 	}
 	user := func(role string) *conn {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/devices/topic"
 )
 
 // Rules are the operator's auth.rules, compiled: checked in order before
@@ -121,14 +122,15 @@ type ruleIndex struct {
 }
 
 type crule struct {
-	allow bool
-	topic string
+	allow  bool
+	levels []string
 }
 
 func (x *ruleIndex) add(allow bool, t string) {
 	n := int32(len(x.list))
-	x.list = append(x.list, crule{allow: allow, topic: t})
-	first, _, _ := strings.Cut(t, "/")
+	levels := topic.Split(t, nil)
+	x.list = append(x.list, crule{allow: allow, levels: levels})
+	first := levels[0]
 	if first == "+" || first == "#" {
 		x.wild = append(x.wild, n)
 		return
@@ -139,14 +141,15 @@ func (x *ruleIndex) add(allow bool, t string) {
 	x.byFirst[first] = append(x.byFirst[first], n)
 }
 
-// decide returns the effect of the first rule whose topic covers filter;
-// matched is false when none does. A filter whose first level is a
-// wildcard can lie only within rules that start with one.
-func (x *ruleIndex) decide(filter string) (allow, matched bool) {
+// decide returns the effect of the first rule whose topic covers filter
+// (split in levels); matched is false when none does. A filter whose
+// first level is a wildcard can lie only within rules that start with
+// one.
+func (x *ruleIndex) decide(filter []string) (allow, matched bool) {
 	if len(x.list) == 0 {
 		return false, false
 	}
-	first, _, _ := strings.Cut(filter, "/")
+	first := filter[0]
 	var lit []int32
 	if first != "+" && first != "#" {
 		lit = x.byFirst[first]
@@ -159,7 +162,7 @@ func (x *ruleIndex) decide(filter string) (allow, matched bool) {
 		} else {
 			i, w = w[0], w[1:]
 		}
-		if r := &x.list[i]; within(filter, r.topic) {
+		if r := &x.list[i]; topic.WithinLevels(filter, r.levels) {
 			return r.allow, true
 		}
 	}
@@ -174,7 +177,7 @@ type connACL struct {
 	rules    *Rules // the rule set it was built from
 	pubRules ruleIndex
 	subRules ruleIndex
-	pub, sub []string
+	pub, sub [][]string // split in levels
 }
 
 // aclBox holds a connection's connACL; mu serialises rebuilds.
@@ -226,16 +229,17 @@ func (a *Auth) rebuild(c *conn) {
 	if !c.anonymous && c.id.Kind == devices.KindDevice {
 		var grants []devices.TopicGrant
 		typ, grants, _ = a.reg.DeviceAccess(c.id.Name)
-		acl.pub, acl.sub = devicePatterns(c.id.Name)
+		pub, sub := devicePatterns(c.id.Name)
 		for _, g := range grants {
 			f := g.Expand(c.id.Name)
 			if g.Publish() {
-				acl.pub = append(acl.pub, f)
+				pub = append(pub, f)
 			}
 			if g.Subscribe() {
-				acl.sub = append(acl.sub, f)
+				sub = append(sub, f)
 			}
 		}
+		acl.pub, acl.sub = splitAll(pub), splitAll(sub)
 	}
 	if rs != nil {
 		user := ""
@@ -260,6 +264,15 @@ func (a *Auth) rebuild(c *conn) {
 		}
 	}
 	c.acl.p.Store(acl)
+}
+
+// splitAll splits each filter in levels.
+func splitAll(fs []string) [][]string {
+	out := make([][]string, len(fs))
+	for i, f := range fs {
+		out[i] = topic.Split(f, nil)
+	}
+	return out
 }
 
 // newConn returns the hook's record of an authenticated identity (or an

@@ -90,3 +90,35 @@ func Overlap(a, b string) bool {
 		a, b = arest, brest
 	}
 }
+
+// Split appends the levels of a topic name or filter to buf[:0] and
+// returns them: no allocation when buf has room for them all.
+func Split(s string, buf []string) []string {
+	out := buf[:0]
+	for {
+		i := strings.IndexByte(s, '/')
+		if i < 0 {
+			return append(out, s)
+		}
+		out = append(out, s[:i])
+		s = s[i+1:]
+	}
+}
+
+// WithinLevels is Within on filters already split into levels (Split):
+// what a check that runs for every message uses.
+func WithinLevels(filter, pattern []string) bool {
+	for i, pl := range pattern {
+		if pl == "#" {
+			return true
+		}
+		if i >= len(filter) {
+			return false
+		}
+		fl := filter[i]
+		if fl == "#" || pl != "+" && (fl == "+" || fl != pl) {
+			return false
+		}
+	}
+	return len(filter) == len(pattern)
+}

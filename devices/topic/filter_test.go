@@ -34,3 +34,29 @@ func TestOverlap(t *testing.T) {
 		}
 	}
 }
+
+// TestWithinLevelsAgrees: the split form decides as Within does.
+func TestWithinLevelsAgrees(t *testing.T) {
+	fs := []string{"a", "a/b", "a/+", "a/#", "#", "+", "+/b", "a/b/c", "a/+/c", "a/b/#", "", "/", "a/", "/a", "+/+", "a/b/c/d", "+/#"}
+	var b1, b2 [8]string
+	for _, f := range fs {
+		for _, p := range fs {
+			if got, want := WithinLevels(Split(f, b1[:]), Split(p, b2[:])), Within(f, p); got != want {
+				t.Errorf("WithinLevels(%q, %q) = %v, Within says %v", f, p, got, want)
+			}
+		}
+	}
+}
+
+func FuzzWithinLevels(f *testing.F) {
+	f.Add("a/b", "a/+")
+	f.Add("a/#", "a")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		if Check(a) != nil || Check(b) != nil {
+			return
+		}
+		if got, want := WithinLevels(Split(a, nil), Split(b, nil)), Within(a, b); got != want {
+			t.Fatalf("WithinLevels(%q, %q) = %v, Within says %v", a, b, got, want)
+		}
+	})
+}

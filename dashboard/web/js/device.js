@@ -11,6 +11,7 @@ import { timeChart } from './chart.js';
 import { commandConsole } from './commands.js';
 import { twinPanel } from './twin.js';
 import { deviceActions } from './admin.js';
+import { grantsPanel } from './grants.js';
 
 // The chart ranges the page offers, in seconds, with the bucket step each
 // asks for: whole minutes read the per-minute rollups, whole hours the
@@ -114,16 +115,26 @@ export function deviceView(main, [id]) {
     s.chart.set([s.t, s.v]);
   };
 
-  const onTelemetry = (_topic, text) => {
+  // A JSON object (nested objects flattened with dots, as the server
+  // stores them) on devices/{id}/telemetry, or a bare number on
+  // devices/{id}/telemetry/{metric}.
+  const onTelemetry = (topic, text) => {
     let m;
     try { m = JSON.parse(text); } catch { return; }
+    const metric = topic.split('/').slice(3).join('/');
+    if (metric && typeof m === 'number') m = { [metric]: m };
     if (!m || typeof m !== 'object' || Array.isArray(m)) return;
     const t = tsOf(m.ts);
-    for (const [k, v] of Object.entries(m)) {
-      if (k === 'ts') continue;
-      latest[k] = v;
-      if (typeof v === 'number' && isFinite(v)) push(k, t, v);
-    }
+    const put = (prefix, obj) => {
+      for (const [k, v] of Object.entries(obj)) {
+        if (!prefix && k === 'ts') continue;
+        const name = prefix ? prefix + '.' + k : k;
+        if (v && typeof v === 'object' && !Array.isArray(v)) { put(name, v); continue; }
+        latest[name] = v;
+        if (typeof v === 'number' && isFinite(v)) push(name, t, v);
+      }
+    };
+    put('', m);
     drawValues();
   };
   const onStatus = (_topic, text) => {
@@ -175,10 +186,12 @@ export function deviceView(main, [id]) {
     if (closed) return;
     // Then stream; points older than the last history point are skipped.
     cleanups.push(live.on(`devices/${id}/telemetry`, onTelemetry));
+    cleanups.push(live.on(`devices/${id}/telemetry/+`, onTelemetry));
     cleanups.push(live.on(`devices/${id}/status`, onStatus));
     const cmd = commandConsole(id);
     const twin = twinPanel(id);
     main.append(h('div', { class: 'grid two' }, cmd.el, twin.el));
+    main.append(h('div', { class: 'grid two' }, grantsPanel(dev, (d) => { dev = d; drawDetails(); })));
     cleanups.push(cmd.close, twin.close);
   })();
   const ago = setInterval(drawDetails, 15000);

@@ -1,0 +1,142 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
+)
+
+// benchRules are 100 auth rules of every kind, none of which covers the
+// pairs' topics, so that every check walks all the rules that can match
+// before the grants decide: the costly case.
+func benchRules() []configs.Rule {
+	var rs []configs.Rule
+	for i := range 40 {
+		rs = append(rs, configs.Rule{Effect: "allow", Access: "publish", Topic: fmt.Sprintf("fw/%%c/%d/#", i), Who: fmt.Sprintf("device:dev-%05d", i)})
+	}
+	for i := range 20 {
+		rs = append(rs, configs.Rule{Effect: "allow", Access: "all", Topic: fmt.Sprintf("t%d/%%c/#", i), Who: "type:sensor"})
+		rs = append(rs, configs.Rule{Effect: "deny", Access: "subscribe", Topic: fmt.Sprintf("test/%d/#", i)})
+	}
+	for i := range 10 {
+		rs = append(rs, configs.Rule{Effect: "deny", Access: "all", Topic: fmt.Sprintf("+/x%d/#", i)})
+		rs = append(rs, configs.Rule{Effect: "allow", Access: "subscribe", Topic: fmt.Sprintf("ops/%d/#", i), Who: "role:operator"})
+	}
+	return rs
+}
+
+// benchRegistry registers n devices of type sensor, each with grants.
+func benchRegistry(b *testing.B, reg *devices.Registry, n int) {
+	grants := []devices.TopicGrant{{Filter: "pair/%c/#", Access: "publish"}, {Filter: "pair/+/#", Access: "subscribe"},
+		{Filter: "tele/%c/#", Access: "publish"}, {Filter: "cmnd/%c/#", Access: "subscribe"}}
+	for start := 0; start < n; start += devices.MaxBulk {
+		var nds []devices.NewDevice
+		for i := start; i < min(n, start+devices.MaxBulk); i++ {
+			nds = append(nds, devices.NewDevice{ID: fmt.Sprintf("dev-%05d", i), Type: "sensor", Topics: grants})
+		}
+		if _, err := reg.CreateDevices(context.Background(), nds); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkACLCheck is the cost of one publish check and one delivery
+// check of a device with grants, without rules and with benchRules.
+func BenchmarkACLCheck(b *testing.B) {
+	for _, n := range []int{0, 100} {
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			e := startAuthEnv(b, false)
+			benchRegistry(b, e.reg, 100)
+			if n > 0 {
+				e.auth.SetRules(mustRules(b, benchRules()...))
+			}
+			c := e.auth.newConn(devices.Identity{Kind: devices.KindDevice, Name: "dev-00050"}, false, "dev-00050")
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if !c.allows("pair/dev-00050/m", true) || !c.allows("pair/dev-00007/m", false) {
+					b.Fatal("refused")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPairsQoS1Rules: 8 pairs of devices over TCP (of 10,000
+// registered devices, each with grants), each publisher sending QoS 1 on
+// its own topic to its subscriber with 64 messages in flight, without
+// auth rules and with 100. b.N is the number of messages.
+//
+//	go test -run XXX -bench PairsQoS1Rules -benchtime 200000x -count 5 ./broker/
+func BenchmarkPairsQoS1Rules(b *testing.B) {
+	for _, n := range []int{0, 100} {
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			benchPairs(b, n)
+		})
+	}
+}
+
+func benchPairs(b *testing.B, rules int) {
+	const pairs, window, registered = 8, 64, 10000
+	e := startAuthEnv(b, false)
+	benchRegistry(b, e.reg, registered)
+	if rules > 0 {
+		e.auth.SetRules(mustRules(b, benchRules()...))
+	}
+	secret := func(id string) string {
+		_, s, err := e.reg.RotateSecret(context.Background(), id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	}
+	var received atomic.Int64
+	done := make(chan struct{})
+	per := (b.N + pairs - 1) / pairs
+	total := int64(per * pairs)
+	pubs := make([]paho.Client, pairs)
+	for i := range pairs {
+		sid, pid := fmt.Sprintf("dev-%05d", 2*i), fmt.Sprintf("dev-%05d", 2*i+1)
+		sub := authMustClient(b, "tcp://"+e.tcp, sid, sid, secret(sid))
+		waitToken(b, "subscribe", sub.Subscribe("pair/"+pid+"/#", 1, func(paho.Client, paho.Message) {
+			if received.Add(1) == total {
+				close(done)
+			}
+		}))
+		pubs[i] = authMustClient(b, "tcp://"+e.tcp, pid, pid, secret(pid))
+	}
+	payload := make([]byte, 64)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, c := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			topic := fmt.Sprintf("pair/dev-%05d/m", 2*i+1)
+			sem := make(chan struct{}, window)
+			for range per {
+				sem <- struct{}{}
+				tok := c.Publish(topic, 1, false, payload)
+				go func() { tok.Wait(); <-sem }()
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		b.Fatalf("received %d of %d", received.Load(), total)
+	}
+	el := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(total)/el.Seconds(), "msgs/s")
+}
