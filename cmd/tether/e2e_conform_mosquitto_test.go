@@ -1,0 +1,5 @@
+package main
+
+import "testing"
+
+func conformMosquitto(t *testing.T, e *conformEnv) {}
