@@ -1,7 +1,8 @@
 // Package devices is Tether's device registry: device identities and
-// secrets, users, API tokens, presence, telemetry history, commands with
-// tracked outcomes, desired/reported twins and the audit log, all kept in
-// one SQLite file (modernc.org/sqlite, no cgo).
+// secrets, their topic grants (grants.go; filters are checked by the
+// topic subpackage), users, API tokens, presence, telemetry history,
+// commands with tracked outcomes, desired/reported twins and the audit
+// log, all kept in one SQLite file (modernc.org/sqlite, no cgo).
 //
 // It knows nothing of HTTP or MQTT: the broker and the dashboard call it.
 package devices
