@@ -268,3 +268,34 @@ func TestAuthRulesReloadKeepsConnections(t *testing.T) {
 	default:
 	}
 }
+
+// TestWillsFollowGrantsAndRules: Tasmota's retained LWT on tele/%c/LWT is
+// a will a device with that grant may leave; a deny rule refuses it; and
+// no grant or rule opens the broker's own topics to a will.
+func TestWillsFollowGrantsAndRules(t *testing.T) {
+	e := startAuthEnv(t, false)
+	ctx := context.Background()
+	if _, _, err := e.reg.CreateDevice(ctx, devices.NewDevice{ID: "t1", Type: "tasmota",
+		Topics: []devices.TopicGrant{{Filter: "tele/%c/#", Access: "publish"}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.device(t, "plain")
+	t1 := e.auth.newConn(devices.Identity{Kind: devices.KindDevice, Name: "t1"}, false, "t1")
+	plain := e.auth.newConn(devices.Identity{Kind: devices.KindDevice, Name: "plain"}, false, "plain")
+	if !t1.mayWill("tele/t1/LWT") {
+		t.Error("a granted will refused")
+	}
+	if plain.mayWill("tele/plain/LWT") || t1.mayWill("tele/t2/LWT") {
+		t.Error("a will outside the grants allowed")
+	}
+	e.auth.SetRules(mustRules(t,
+		configs.Rule{Effect: "deny", Access: "publish", Topic: "tele/+/LWT", Who: "type:tasmota"},
+		configs.Rule{Effect: "allow", Access: "publish", Topic: "devices/+/status"}))
+	e.auth.fresh(t1)
+	if t1.mayWill("tele/t1/LWT") {
+		t.Error("a will under a deny rule allowed")
+	}
+	if t1.mayWill("devices/t1/status") {
+		t.Error("a rule opened the broker's status topic to a will")
+	}
+}
