@@ -329,7 +329,15 @@ func dialPaho5(t *testing.T, e *conformEnv, tr string, o copts) cclient {
 	case "tcp":
 		conn, err = net.DialTimeout("tcp", e.tcp, 5*time.Second)
 	case "tls":
-		conn, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.tls, e.tlsConfig())
+		// A tls.Conn writes paho.golang's packet buffers one Write at a
+		// time, so its pinger's PINGREQ could land inside another
+		// packet: atomicWrites (e2e_clients_test.go) makes each packet
+		// one write again, as on a TCP socket.
+		var tc net.Conn
+		if tc, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.tls, e.tlsConfig()); err == nil {
+			t.Cleanup(func() { tc.Close() })
+			conn = atomicWrites(t, tc)
+		}
 	case "ws":
 		conn = atomicWrites(t, dialWS(t, "ws://"+e.ws+"/mqtt", nil))
 	case "wss":
