@@ -193,6 +193,9 @@ func patchFields(p devices.DevicePatch) string {
 	if p.Labels != nil {
 		f = append(f, "labels")
 	}
+	if p.Topics != nil {
+		f = append(f, "topics")
+	}
 	if p.Enabled != nil {
 		f = append(f, fmt.Sprintf("enabled=%t", *p.Enabled))
 	}

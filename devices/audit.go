@@ -47,6 +47,9 @@ const (
 	AuditPasswordChanged = "password_changed"
 	AuditTokenCreated    = "token_created"
 	AuditTokenRevoked    = "token_revoked"
+	// AuditRulesReloaded: SIGHUP applied (or refused) auth.rules and
+	// telemetry.topics.
+	AuditRulesReloaded = "rules_reloaded"
 )
 
 // AuditEntry is one thing someone did or tried: who (Actor, authenticated

@@ -96,6 +96,21 @@ func TestRulesReloadOnSIGHUP(t *testing.T) {
 		default:
 		}
 	}
+	// Both reloads are in the audit log, the refused one as refused.
+	checkFor(t, 10*time.Second, func() error {
+		var audit struct {
+			Entries []struct{ Action, Detail string }
+		}
+		accessAPI(t, p, "GET", "/audit?action=rules_reloaded", admin, nil, &audit)
+		var details []string
+		for _, e := range audit.Entries {
+			details = append(details, e.Detail)
+		}
+		if len(details) != 2 || !strings.Contains(strings.Join(details, ";"), "refused") {
+			return fmt.Errorf("audit entries %v", details)
+		}
+		return nil
+	})
 	if strings.Contains(p.log(), d.Secret) || strings.Contains(p.log(), "22.1") {
 		t.Error("the log holds a secret or a payload")
 	}

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
 )
 
 // SIGHUP reloads what can change without a restart. There is one handler:
@@ -47,17 +49,23 @@ func (a *app) reloadAccess() {
 	if a.load == nil {
 		return
 	}
-	cfg, err := a.load()
-	if err != nil {
-		a.log.Error("SIGHUP: configuration not reloaded; the rules in force stay", "error", err)
-		return
+	note := func(detail string) {
+		if a.data.audit != nil {
+			a.data.audit.Note(devices.AuditEntry{Action: devices.AuditRulesReloaded, Actor: "SIGHUP", Via: "signal", Detail: detail})
+		}
 	}
-	rs, err := broker.CompileRules(cfg.Auth.Rules)
+	cfg, err := a.load()
+	var rs *broker.Rules
+	if err == nil {
+		rs, err = broker.CompileRules(cfg.Auth.Rules)
+	}
 	if err != nil {
 		a.log.Error("SIGHUP: configuration not reloaded; the rules in force stay", "error", err)
+		note("refused: the configuration does not validate")
 		return
 	}
 	a.auth.SetRules(rs)
 	a.data.telemetryHook.SetTopics(cfg.Telemetry.Topics)
 	a.log.Info("SIGHUP: auth.rules and telemetry.topics reloaded", "rules", rs.Len(), "telemetry_topics", len(cfg.Telemetry.Topics))
+	note(fmt.Sprintf("%d auth rules, %d telemetry topics", rs.Len(), len(cfg.Telemetry.Topics)))
 }
