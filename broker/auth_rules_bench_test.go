@@ -177,3 +177,76 @@ func benchPairs(b *testing.B, rules int) {
 	b.StopTimer()
 	b.ReportMetric(float64(total)/el.Seconds(), "msgs/s")
 }
+
+// BenchmarkPairsQoS1RulesInterleaved is BenchmarkPairsQoS1Rules on one
+// broker and one set of connections, switching between no rules and 100
+// rules every round (ABAB...), so that a shared machine's drifting load
+// falls on both alike. b.N is the number of messages; it reports each
+// mode's rate and the ratio.
+//
+//	go test -run XXX -bench PairsQoS1RulesInterleaved -benchtime 400000x ./broker/
+func BenchmarkPairsQoS1RulesInterleaved(b *testing.B) {
+	const pairs, window, registered, rounds = 8, 64, 10000, 10
+	e := benchAuthBroker(b)
+	benchRegistry(b, e.reg, registered)
+	rules := mustRules(b, benchRules()...)
+	secret := func(id string) string {
+		_, s, err := e.reg.RotateSecret(context.Background(), id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	}
+	var received atomic.Int64
+	pubs := make([]paho.Client, pairs)
+	for i := range pairs {
+		sid, pid := fmt.Sprintf("dev-%05d", 2*i), fmt.Sprintf("dev-%05d", 2*i+1)
+		sub := authMustClient(b, "tcp://"+e.tcp, sid, sid, secret(sid))
+		waitToken(b, "subscribe", sub.Subscribe("pair/"+pid+"/#", 1, func(paho.Client, paho.Message) { received.Add(1) }))
+		pubs[i] = authMustClient(b, "tcp://"+e.tcp, pid, pid, secret(pid))
+	}
+	per := max(1, b.N/(rounds*pairs))
+	payload := make([]byte, 64)
+	var took [2]time.Duration
+	var sent [2]int64
+	b.ResetTimer()
+	for r := range rounds {
+		mode := r % 2
+		if mode == 1 {
+			e.auth.SetRules(rules)
+		} else {
+			e.auth.SetRules(nil)
+		}
+		want := received.Load() + int64(per*pairs)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i, c := range pubs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				topic := fmt.Sprintf("pair/dev-%05d/m", 2*i+1)
+				sem := make(chan struct{}, window)
+				for range per {
+					sem <- struct{}{}
+					tok := c.Publish(topic, 1, false, payload)
+					go func() { tok.Wait(); <-sem }()
+				}
+			}()
+		}
+		wg.Wait()
+		deadline := time.Now().Add(60 * time.Second)
+		for received.Load() < want {
+			if time.Now().After(deadline) {
+				b.Fatalf("round %d: received %d of %d", r, received.Load(), want)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		took[mode] += time.Since(start)
+		sent[mode] += int64(per * pairs)
+	}
+	b.StopTimer()
+	none, with := float64(sent[0])/took[0].Seconds(), float64(sent[1])/took[1].Seconds()
+	b.ReportMetric(none, "msgs/s-no-rules")
+	b.ReportMetric(with, "msgs/s-100-rules")
+	b.ReportMetric(with/none, "ratio")
+}
