@@ -89,18 +89,19 @@ func (c *Commands) List(ctx context.Context, device string, limit int, cursor st
 }
 
 // Wait returns command id once it is done, or when ctx ends (then with the
-// command as it is and ctx's error).
+// command as it is and ctx's error). A command recorded from MQTT is open
+// in memory a moment before its row is written: Wait waits for it rather
+// than answering "not found".
 func (c *Commands) Wait(ctx context.Context, id string) (Command, error) {
-	if cmd, err := c.Get(ctx, id); err != nil || cmd.Done() {
-		if err == nil {
-			c.forget(id)
-		}
-		return cmd, err // a command that does not exist is not watched
-	}
 	for {
 		ch := c.watch(id)
 		cmd, err := c.Get(ctx, id)
-		if err != nil || cmd.Done() {
+		if errors.Is(err, ErrNotFound) {
+			if _, open := c.OpenFor(id); !open {
+				c.unwatch(id, ch)
+				return cmd, err // a command that does not exist is not watched
+			}
+		} else if err != nil || cmd.Done() {
 			c.unwatch(id, ch)
 			if err == nil {
 				c.forget(id)

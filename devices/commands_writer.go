@@ -89,7 +89,11 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 			if err != nil {
 				return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
 			}
-			if n, _ := res.RowsAffected(); n == 0 {
+			if n, _ := res.RowsAffected(); n > 0 {
+				// Wake a Wait that found the command open but not yet
+				// written.
+				changes = append(changes, change{id: op.cmd.ID})
+			} else {
 				// The id was used before: if that command is done, it
 				// must not stay open in memory.
 				var status string
