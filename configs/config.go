@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -171,10 +173,10 @@ func Parse(r io.Reader) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("config: read: %w", err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec := yaml.NewDecoder(bytes.NewReader(withDays(data)))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config: %w", nameKeys(data, err))
+		return c, fmt.Errorf("config: %w", syntaxLine(data, nameKeys(data, err)))
 	}
 	var more yaml.Node
 	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
@@ -223,9 +225,12 @@ func (c *Config) Validate() error {
 		if addr == Off {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		if err := checkAddr(addr); err != nil {
 			bad(key, "%q is not host:port or %q (%v)", addr, Off, err)
 		}
+	}
+	if c.MQTT.Addr == Off && c.HTTP.Addr == Off && (!c.TLSEnabled() || c.MQTT.TLSAddr == Off && c.HTTP.HTTPSAddr == Off) {
+		bad("mqtt.addr", "every listener is off (mqtt.addr, http.addr, and mqtt.tls_addr, http.https_addr or the certificate): nothing could connect")
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		bad("tls", "cert and key must be given together (cert %q, key %q)", c.TLS.Cert, c.TLS.Key)
@@ -319,6 +324,25 @@ func (c *Config) Validate() error {
 		bad("limits.http_read_timeout", "must be a positive duration such as 30s")
 	}
 	return errors.Join(errs...)
+}
+
+// hostName is what a listener's host may be when it is not an IP address.
+var hostName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
+
+// checkAddr checks a listener address ("host:port", ":port") without
+// resolving or binding it.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	if host != "" && net.ParseIP(host) == nil && !hostName.MatchString(host) {
+		return fmt.Errorf("host %q is not an IP address or a host name", host)
+	}
+	return nil
 }
 
 // ParseCIDROrIP parses "10.0.0.0/8" or a single address such as "127.0.0.1".

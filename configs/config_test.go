@@ -76,7 +76,17 @@ func TestParse(t *testing.T) {
 		}, ""},
 		{"unknown key", "mqtt:\n  adr: :1\n", nil, "mqtt.adr (line 2): unknown key"},
 		{"wrong type", "mqtt:\n  max_packet_size: lots\n", nil, "mqtt.max_packet_size (line 2): cannot unmarshal"},
-		{"bare number as duration", "mqtt:\n  connect_timeout: 10\n", nil, "mqtt.connect_timeout (line 2): cannot unmarshal"},
+		{"bare number as duration", "mqtt:\n  connect_timeout: 10\n", nil, `mqtt.connect_timeout (line 2): "10" is not a duration such as 10s`},
+		{"days", "telemetry:\n  retention: 7d # a week\nauth:\n  token_ttl: \"1d12h\"\n", func(c Config) bool {
+			return c.Telemetry.Retention == 7*24*time.Hour && c.Auth.TokenTTL == 36*time.Hour
+		}, ""},
+		{"days elsewhere are text", "data_dir: ./7d\n", func(c Config) bool { return c.DataDir == "./7d" }, ""},
+		{"bad days", "telemetry:\n  retention: 7dd\n", nil, `telemetry.retention (line 2): "7dd" is not a duration`},
+		// The parser names the line where the enclosing block began; the
+		// error must name the line at fault and quote it.
+		{"mis-indented key", "mqtt:\n  addr: \":1884\"\n tls_addr: x\nhttp: {}\n", nil, "line 3: did not find expected key:\n     tls_addr: x"},
+		{"unclosed list", "mqtt:\n  addr: \":1884\"\n\nhttp:\n  allowed_origins: [a\nlog: {}\n", nil, "line 5: did not find expected ',' or ']'"},
+		{"tab", "mqtt:\n\taddr: x\n", nil, "line 2: found character that cannot start any token"},
 		{"list item", "http:\n  trusted_proxies:\n    - 10.0.0.1\n    - [x]\n", nil, "http.trusted_proxies (line 4)"},
 		{"two documents", "data_dir: a\n---\ndata_dir: b\n", nil, "more than one YAML document"},
 	}
@@ -149,11 +159,38 @@ func TestValidate(t *testing.T) {
 	}
 	t.Run("off disables", func(t *testing.T) {
 		c := Default()
-		c.MQTT.Addr, c.HTTP.Addr = Off, Off
+		c.MQTT.Addr = Off
 		if err := c.Validate(); err != nil {
 			t.Fatal(err)
 		}
 	})
+	t.Run("no listener", func(t *testing.T) {
+		c := Default()
+		c.MQTT.Addr, c.HTTP.Addr = Off, Off // and no certificate: TLS and HTTPS are off too
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "every listener is off") {
+			t.Fatalf("Validate() = %v, want every listener is off", err)
+		}
+		c.TLS.Cert, c.TLS.Key = "cert.pem", "key.pem"
+		if err := c.Validate(); err != nil {
+			t.Fatalf("with TLS on: %v", err)
+		}
+	})
+	for _, addr := range []string{":99999", ":http", "local host:1883", "-x:1", ":-1", "[::1:1883"} {
+		t.Run("bad address "+addr, func(t *testing.T) {
+			c := Default()
+			c.MQTT.Addr = addr
+			if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "mqtt.addr:") {
+				t.Fatalf("Validate() = %v, want mqtt.addr refused", err)
+			}
+		})
+	}
+	for _, addr := range []string{":0", "127.0.0.1:1883", "[::1]:1883", "localhost:8080", "broker.example.com:1"} {
+		c := Default()
+		c.MQTT.Addr = addr
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: %v", addr, err)
+		}
+	}
 }
 
 func TestApplyEnv(t *testing.T) {
@@ -204,6 +241,31 @@ func TestApplyEnv(t *testing.T) {
 				t.Fatalf("unexpected config %+v", c)
 			}
 		})
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"7d": 7 * 24 * time.Hour, "1d12h": 36 * time.Hour, "1.5d": 36 * time.Hour, "90s": 90 * time.Second, " 2h ": 2 * time.Hour, "-1d": -24 * time.Hour,
+	} {
+		if got, err := ParseDuration(in); err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "d", "7", "7dd", "7 d", "1w", "9999999d"} {
+		if _, err := ParseDuration(in); err == nil {
+			t.Errorf("ParseDuration(%q): no error", in)
+		}
+	}
+	var c Config = Default()
+	if err := c.ApplyEnv(func(k string) (string, bool) { return "30d", k == "TETHER_TELEMETRY_RETENTION" }); err != nil || c.Telemetry.Retention != 30*24*time.Hour {
+		t.Errorf("TETHER_TELEMETRY_RETENTION=30d: %v, %v", c.Telemetry.Retention, err)
+	}
+	if err := c.Set("auth.token_ttl", "2d"); err != nil || c.Auth.TokenTTL != 48*time.Hour {
+		t.Errorf("Set auth.token_ttl 2d: %v, %v", c.Auth.TokenTTL, err)
+	}
+	if v, _ := c.Get("auth.token_ttl"); v != "48h0m0s" {
+		t.Errorf("Get auth.token_ttl = %q", v)
 	}
 }
 

@@ -65,6 +65,28 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
+// Get returns the value at a dotted key in the form Set takes ("" for an
+// empty list); false if there is no such key.
+func (c *Config) Get(key string) (string, bool) {
+	keys := map[string]reflect.Value{}
+	walk(reflect.ValueOf(c).Elem(), "", keys)
+	f, ok := keys[key]
+	if !ok {
+		return "", false
+	}
+	if f.Type() == durationType {
+		return time.Duration(f.Int()).String(), true
+	}
+	if f.Kind() == reflect.Slice {
+		parts := make([]string, f.Len())
+		for i := range parts {
+			parts[i] = fmt.Sprint(f.Index(i).Interface())
+		}
+		return strings.Join(parts, ","), true
+	}
+	return fmt.Sprint(f.Interface()), true
+}
+
 // Set sets the value at a dotted key from its string form, as a flag would.
 func (c *Config) Set(key, value string) error {
 	keys := map[string]reflect.Value{}
@@ -101,9 +123,9 @@ var durationType = reflect.TypeOf(time.Duration(0))
 func set(f reflect.Value, s string) error {
 	s = strings.TrimSpace(s)
 	if f.Type() == durationType {
-		d, err := time.ParseDuration(s)
+		d, err := ParseDuration(s)
 		if err != nil {
-			return fmt.Errorf("%q is not a duration such as 10s or 5m", s)
+			return err
 		}
 		f.SetInt(int64(d))
 		return nil

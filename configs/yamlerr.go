@@ -16,6 +16,9 @@ var yamlLineErr = regexp.MustCompile(`^line (\d+): (.*)$`)
 // unknownField matches yaml's message for a key that Config lacks.
 var unknownField = regexp.MustCompile(`^field (\S+) not found in type`)
 
+// badDuration matches yaml's message for a duration that does not parse.
+var badDuration = regexp.MustCompile("^cannot unmarshal !!\\w+ `(.*)` into time.Duration$")
+
 // nameKeys rewrites a yaml.TypeError so that each message names the dotted
 // key on its line; other errors are returned as they are.
 func nameKeys(data []byte, err error) error {
@@ -71,6 +74,9 @@ func nameKeys(data []byte, err error) error {
 		msg := g[2]
 		if unknownField.MatchString(msg) {
 			msg = "unknown key (see configs/tether.yaml for every key)"
+		}
+		if d := badDuration.FindStringSubmatch(msg); d != nil {
+			msg = fmt.Sprintf("%q is not a duration such as 10s, 5m, 12h or 7d", d[1])
 		}
 		msgs = append(msgs, fmt.Sprintf("%s (line %d): %s", key, line, msg))
 	}
