@@ -93,11 +93,13 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		Capabilities:             Capabilities(cfg.MQTT),
 		ClientNetWriteBufferSize: cfg.MQTT.WriteBufferSize,
 		ClientNetReadBufferSize:  cfg.MQTT.ReadBufferSize,
-		Logger:                   slog.New(newEngineLog(log.With("component", "mqtt").Handler(), 0)), // no payloads, no passwords, repeats folded
-		SysTopicResendInterval:   int64(cfg.MQTT.SysInterval / time.Second),
-		InlineClient:             true,
+		// No payloads, no passwords, repeats folded; the engine's
+		// lifecycle lines at Debug.
+		Logger:                 slog.New(newEngineLog(quietLifecycle{log.With("component", "mqtt").Handler()}, 0)),
+		SysTopicResendInterval: int64(cfg.MQTT.SysInterval / time.Second),
+		InlineClient:           true,
 	})
-	b := &Broker{Server: srv, cfg: cfg, log: log, done: make(chan struct{})}
+	b := &Broker{Server: srv, cfg: cfg, log: log.With("component", "broker"), done: make(chan struct{})}
 
 	if err := srv.AddHook(&gate{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add gate hook: %w", err)
@@ -204,7 +206,7 @@ func (b *Broker) Start() error {
 	}
 	for _, l := range b.listeners() {
 		if l.Protocol() == listeners.TCPTransport || l.Protocol() == listeners.TLSTransport {
-			b.log.Info("mqtt listening", "transport", l.ID(), "addr", l.Address())
+			b.log.Debug("mqtt listening", "transport", l.ID(), "addr", l.Address())
 		}
 	}
 	return nil

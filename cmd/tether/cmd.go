@@ -64,9 +64,21 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if serverWait {
 		body["wait"] = true
 	}
+	// Whether the device is connected, to say so if it is not (an error
+	// here, such as a viewer's token, is left to the POST to report).
+	var dev devices.Device
+	offline := c.do(ctx, "GET", "/devices/"+url.PathEscape(device), nil, &dev) == nil && !dev.Online
 	var cmd devices.Command
 	if err := c.do(ctx, "POST", "/devices/"+url.PathEscape(device)+"/commands", body, &cmd); err != nil {
 		return fmt.Errorf("send %s to %s: %w", name, device, err)
+	}
+	if offline && !cmd.Done() {
+		w := stdout
+		if remote.json {
+			w = stderr // stdout is the JSON document
+		}
+		fmt.Fprintf(w, "%s is offline: command %s is queued; its persistent session receives it when it reconnects, unless it expires first (at %s)\n",
+			device, cmd.ID, cmd.ExpiresAt.Local().Format(time.RFC3339))
 	}
 	if *wait > 0 && !serverWait && !cmd.Done() {
 		if cmd, err = pollCommand(ctx, c, cmd.ID, *wait); err != nil {

@@ -123,6 +123,9 @@ func TestCmdSend(t *testing.T) {
 	e.device(t, "pump-ok", "ok")
 	e.device(t, "pump-err", "error")
 	e.device(t, "pump-mute", "")
+	if _, _, err := e.reg.CreateDevice(context.Background(), devices.NewDevice{ID: "pump-away"}); err != nil {
+		t.Fatal(err)
+	}
 	remote := func(token string, args ...string) []string {
 		return append(append([]string{"cmd", "send"}, args...), "--server", e.url, "--token", token)
 	}
@@ -145,7 +148,9 @@ func TestCmdSend(t *testing.T) {
 		{"bad params", remote(e.operator, "pump-ok", "reboot", "--params", "[1]"), 2, nil, []string{"JSON object"}},
 		{"missing name", remote(e.operator, "pump-ok"), 2, nil, []string{"want 2 argument"}},
 		{"no subcommand", []string{"cmd"}, 2, nil, []string{"Usage"}},
-		{"help", []string{"cmd", "send", "--help"}, 0, nil, []string{"--params", "--wait"}},
+		{"help", []string{"cmd", "send", "--help"}, 0, []string{"--params", "--wait"}, nil},
+		{"offline", remote(e.operator, "pump-away", "reboot"), 0, []string{"pending", "pump-away is offline", "is queued"}, nil},
+		{"offline json", remote(e.operator, "pump-away", "reboot", "--json"), 0, []string{`"status": "pending"`}, []string{"pump-away is offline"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errs := tether(t, tc.args...)

@@ -58,25 +58,20 @@ func startProcessArgs(t *testing.T, args []string, env ...string) *process {
 	addrs := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
-		var mq, ht string
 		for sc.Scan() {
 			p.mu.Lock()
 			p.log.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
-			var l struct{ Msg, Transport, Scheme, Addr string }
-			if json.Unmarshal(sc.Bytes(), &l) != nil {
+			// The start-up line lists every listener (SPEC §3).
+			var l struct {
+				Msg  string `json:"msg"`
+				MQTT string `json:"mqtt"`
+				HTTP string `json:"http"`
+			}
+			if json.Unmarshal(sc.Bytes(), &l) != nil || !strings.HasPrefix(l.Msg, "tether ready") {
 				continue
 			}
-			switch {
-			case l.Msg == "mqtt listening" && l.Transport == "tcp":
-				mq = l.Addr
-			case l.Msg == "http listening" && l.Scheme == "http":
-				ht = l.Addr
-			}
-			if mq != "" && ht != "" {
-				addrs <- [2]string{mq, ht}
-				mq = ""
-			}
+			addrs <- [2]string{strings.TrimPrefix(l.MQTT, "tcp://"), strings.TrimSuffix(strings.TrimPrefix(l.HTTP, "http://"), "/")}
 		}
 		p.exited <- cmd.Wait()
 	}()

@@ -49,19 +49,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	name := "serve"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
-	} else if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+	} else if len(args) > 0 && isHelp(args[0]) {
 		usage(stdout)
+		return 0
+	} else if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		printVersion(stdout)
 		return 0
 	}
 	if name == "help" {
-		usage(stdout)
-		return 0
+		if len(args) == 0 {
+			usage(stdout)
+			return 0
+		}
+		name, args = args[0], []string{"--help"} // tether help COMMAND
 	}
 	c, ok := commands[name]
 	if !ok {
 		fmt.Fprintf(stderr, "tether: unknown command %q\n\n", name)
 		usage(stderr)
 		return 2
+	}
+	if helpRequested(args) {
+		// Asked-for help is output, not an error: every command's usage
+		// (flag's included) goes to stdout and exits 0.
+		stderr = stdout
 	}
 	err := c.run(ctx, args, stdout, stderr)
 	switch {
@@ -77,11 +88,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
+func isHelp(a string) bool { return a == "-h" || a == "--help" || a == "-help" }
+
+// helpRequested reports whether args ask for help (-h, -help or --help
+// before any "--").
+func helpRequested(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if isHelp(a) {
+			return true
+		}
+	}
+	return false
+}
+
 // errUsage marks an error already reported with usage text.
 var errUsage = errors.New("usage")
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: tether [command] [flags]")
+	fmt.Fprintln(w, "Usage: tether [command] [flags]      (tether --version: the version)")
 	fmt.Fprintln(w, "\nCommands:")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
@@ -91,7 +118,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'tether COMMAND --help' for a command's flags.")
+	fmt.Fprintln(w, "\nRun 'tether COMMAND --help' for a command's flags. Without a command, tether serves.")
 }
 
 // newFlagSet returns a flag set that reports errors instead of exiting and

@@ -45,8 +45,12 @@ func loadConfig(args []string, stderr io.Writer, lookup func(string) (string, bo
 	fs := newFlagSet("serve", "serve [-c FILE] [flags]", stderr)
 	file := fs.String("c", "", "YAML configuration file (see configs/tether.yaml)")
 	set := map[string]*string{}
+	defaults := configs.Default()
 	for _, f := range serveFlags {
-		set[f.key] = fs.String(f.flag, "", f.usage)
+		// The default shown by --help; only flags given on the command
+		// line override the file and the environment (fs.Visit below).
+		def, _ := defaults.Get(f.key)
+		set[f.key] = fs.String(f.flag, def, f.usage)
 	}
 	anon := fs.Bool("allow-anonymous", false, "let MQTT clients in without credentials (TETHER_ALLOW_ANONYMOUS=true)")
 	if err := parseFlags(fs, args); err != nil {
@@ -112,13 +116,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, stderr)
-	a, err := startApp(cfg, log)
+	base := newLogger(cfg.Log, stderr)
+	log := base.With("component", "serve")
+	a, err := startApp(cfg, base)
 	if err != nil {
 		return err
 	}
 	a.watchHangup(func() (configs.Config, error) { return loadConfig(args, io.Discard, os.LookupEnv) })
-	log.Info("tether started", "version", version(), "http", a.httpAddr(), "mqtt", a.mqttAddr())
+	a.logReady(log)
 	var failed error
 	select {
 	case <-ctx.Done():
@@ -153,6 +158,9 @@ type app struct {
 	// data holds telemetry history, commands and twins (on db).
 	data *deviceData
 
+	// lock is the data directory's: one server per directory.
+	lock *devices.DirLock
+
 	httpLn, httpsLn net.Listener
 	httpSrv         []*http.Server
 
@@ -171,8 +179,22 @@ type app struct {
 // startApp builds and starts everything cfg asks for. On error nothing is
 // left running. (The result is unnamed on purpose: the deferred clean-ups
 // below use a, which a named result would have set to nil by then.)
+//
+// The order matters to a newcomer: the data directory's lock first (a
+// second server on it stops there), then every listener's address (a port
+// in use stops start-up with the flag to change), and only then the
+// database, so a failed start creates no database and logs no password.
+// log is the base logger; each part gets it with its "component".
 func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
-	a := &app{cfg: cfg, log: log, failed: make(chan error, 4), stopHangup: make(chan struct{})}
+	a := &app{cfg: cfg, log: log.With("component", "serve"), failed: make(chan error, 4), stopHangup: make(chan struct{})}
+	if a.lock, err = devices.LockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = a.lock.Unlock()
+		}
+	}()
 	var tlsConf *tls.Config
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
@@ -181,6 +203,32 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		}
 		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	// Bind the HTTP listeners before the broker starts, so a port in use
+	// stops start-up before any MQTT client is let in, and try the MQTT
+	// ones (the broker binds them itself, once its hooks exist).
+	defer func() {
+		if err != nil {
+			for _, ln := range []net.Listener{a.httpLn, a.httpsLn} {
+				if ln != nil {
+					ln.Close()
+				}
+			}
+		}
+	}()
+	if cfg.HTTP.Addr != configs.Off {
+		if a.httpLn, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
+			return nil, listenError("http", "http.addr", cfg.HTTP.Addr, err)
+		}
+	}
+	if tlsConf != nil && cfg.HTTP.HTTPSAddr != configs.Off {
+		if a.httpsLn, err = net.Listen("tcp", cfg.HTTP.HTTPSAddr); err != nil {
+			return nil, listenError("https", "http.https_addr", cfg.HTTP.HTTPSAddr, err)
+		}
+	}
+	if err = tryListen(cfg, tlsConf != nil); err != nil {
+		return nil, err
+	}
+
 	if a.db, err = devices.OpenDB(cfg.DataDir); err != nil {
 		return nil, err
 	}
@@ -194,7 +242,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 			_ = a.db.Close()
 		}
 	}()
-	if a.registry, err = devices.OpenRegistry(context.Background(), a.db, log); err != nil {
+	if a.registry, err = devices.OpenRegistry(context.Background(), a.db, log.With("component", "registry")); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -209,11 +257,11 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		return nil, err
 	}
 	if generated != "" {
-		log.Warn("first start: created user admin with a generated password; it is shown only this once, "+
+		a.log.Warn("first start: created user admin with a generated password; it is shown only this once, "+
 			"change it or keep it safe (set TETHER_ADMIN_PASSWORD on first start to choose it)",
 			"user", devices.AdminUser, "password", generated)
 	}
-	if a.data, err = openDeviceData(cfg, a.db, log); err != nil {
+	if a.data, err = openDeviceData(cfg, a.db, log.With("component", "devicedata")); err != nil {
 		return nil, err
 	}
 	a.data.watch(a.registry)
@@ -241,7 +289,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	retained := broker.NewRetained() // a SUBSCRIBE gets all its retained messages
 	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit, clock}, a.data.hooks()...), backpressure, retained, a.store)})
 	if err != nil {
-		return nil, err
+		return nil, brokerListenError(cfg, err)
 	}
 	a.broker = b
 	a.store.Attach(b.Server)
@@ -263,7 +311,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(a.data.collectors()...)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
-		Registry: a.registry, Broker: b, Clients: clock, Logger: log, Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
+		Registry: a.registry, Broker: b, Clients: clock, Logger: log.With("component", "api"), Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
 		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins, Audit: a.data.audit,
 	})
@@ -280,34 +328,14 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		}
 		return nil
 	}
-	// Bind the HTTP listeners before the broker starts, so a port in use
-	// stops start-up before any MQTT client is let in.
-	defer func() {
-		if err != nil {
-			for _, ln := range []net.Listener{a.httpLn, a.httpsLn} {
-				if ln != nil {
-					ln.Close()
-				}
-			}
-		}
-	}()
-	if cfg.HTTP.Addr != configs.Off {
-		if a.httpLn, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
-			return nil, fmt.Errorf("http listener on %s: %w", cfg.HTTP.Addr, err)
-		}
-	}
-	if tlsConf != nil && cfg.HTTP.HTTPSAddr != configs.Off {
-		if a.httpsLn, err = net.Listen("tcp", cfg.HTTP.HTTPSAddr); err != nil {
-			return nil, fmt.Errorf("https listener on %s: %w", cfg.HTTP.HTTPSAddr, err)
-		}
-	}
 	if err = b.Start(); err != nil {
 		return nil, err
 	}
+	httpLog := log.With("component", "http")
 	serve := func(ln net.Listener, mqttHandler http.Handler, secure bool) {
 		srv := &http.Server{
 			Handler: httpLimit.Handler(dashboard.NewHandler(dashboard.Options{
-				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Logger: log,
+				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Logger: httpLog,
 				API: api, UI: dashboard.UI(),
 			})),
 			ReadHeaderTimeout: cfg.HTTP.HandshakeTimeout,
@@ -315,7 +343,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 			ReadTimeout:    cfg.Limits.HTTPReadTimeout,
 			IdleTimeout:    2 * time.Minute,
 			MaxHeaderBytes: 64 << 10,
-			ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+			ErrorLog:       slog.NewLogLogger(httpLog.Handler(), slog.LevelDebug),
 		}
 		a.httpSrv = append(a.httpSrv, srv)
 		a.wg.Add(1)
@@ -336,7 +364,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		if secure {
 			scheme = "https"
 		}
-		log.Info("http listening", "scheme", scheme, "addr", ln.Addr().String())
+		httpLog.Debug("http listening", "scheme", scheme, "addr", ln.Addr().String())
 	}
 	if a.httpLn != nil {
 		serve(a.httpLn, b.WebSocketHandler(), false)
@@ -367,6 +395,7 @@ func (a *app) shutdown(ctx context.Context) error {
 		errs = append(errs, a.data.close())     // flushes telemetry, commands, twins
 		errs = append(errs, a.registry.Close()) // flushes presence
 		errs = append(errs, a.db.Close())
+		errs = append(errs, a.lock.Unlock()) // the last: the database is closed
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr

@@ -6,19 +6,61 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"strings"
 )
 
-// buildVersion is set at link time: -ldflags "-X main.buildVersion=v1.2.3".
-var buildVersion = ""
+// buildVersion and buildCommit may be set at link time, for builds
+// without the go command's VCS stamp (a git worktree, a source tarball):
+// -ldflags "-X main.buildVersion=v1.2.3 -X main.buildCommit=0123abc".
+var buildVersion, buildCommit = "", ""
 
+// version is the version at link time, else the module version from the
+// build info ("v1.2.3", or a pseudo-version), else "dev".
 func version() string {
+	bi, _ := debug.ReadBuildInfo()
+	return versionOf(bi)
+}
+
+func versionOf(bi *debug.BuildInfo) string {
 	if buildVersion != "" {
 		return buildVersion
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+	if bi != nil && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// versionLine is what `tether version` and `tether --version` print, from
+// the build info the go command stamps into the binary:
+// "tether v1.2.3 commit 0123abcd… (2026-11-30T12:00:00Z, modified) go1.26 linux/amd64".
+func versionLine(bi *debug.BuildInfo) string {
+	commit, notes := buildCommit, []string{}
+	if bi != nil {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.time":
+				notes = append([]string{s.Value}, notes...)
+			case "vcs.modified":
+				if s.Value == "true" {
+					notes = append(notes, "modified")
+				}
+			}
+		}
+	}
+	if commit == "" {
+		commit = "unknown"
+	} else if len(notes) > 0 {
+		commit += " (" + strings.Join(notes, ", ") + ")"
+	}
+	return fmt.Sprintf("tether %s commit %s %s %s/%s", versionOf(bi), commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func printVersion(w io.Writer) {
+	bi, _ := debug.ReadBuildInfo()
+	fmt.Fprintln(w, versionLine(bi))
 }
 
 func runVersion(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -26,6 +68,6 @@ func runVersion(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "tether %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	printVersion(stdout)
 	return nil
 }

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/tether-iot/tether/configs"
+)
+
+// listenError explains a listener that could not bind: which listener,
+// and the flag, variable and key that move it.
+func listenError(what, key, addr string, err error) error {
+	flagName := key
+	for _, f := range serveFlags {
+		if f.key == key {
+			flagName = "--" + f.flag
+		}
+	}
+	how := fmt.Sprintf("choose another address with %s (or %s, or %s in the configuration file), or %s off",
+		flagName, configs.EnvName(key), key, flagName)
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%s listener: address %s is already in use (another tether, or another program, listens there): %s",
+			what, addr, how)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%s listener on %s: permission denied (ports below 1024 need privileges): %s", what, addr, how)
+	default:
+		return fmt.Errorf("%s listener on %s: %w; %s", what, addr, err, how)
+	}
+}
+
+// tryListen binds and releases the MQTT listeners' addresses, so that one
+// in use stops start-up before the database is opened. The broker binds
+// them for good once its hooks exist.
+func tryListen(cfg configs.Config, tlsOn bool) error {
+	try := func(what, key, addr string) error {
+		if addr == configs.Off {
+			return nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return listenError(what, key, addr, err)
+		}
+		return ln.Close()
+	}
+	if err := try("mqtt", "mqtt.addr", cfg.MQTT.Addr); err != nil {
+		return err
+	}
+	if tlsOn {
+		return try("mqtt tls", "mqtt.tls_addr", cfg.MQTT.TLSAddr)
+	}
+	return nil
+}
+
+// brokerListenError explains a bind failure of the broker's own
+// listeners (the address was free a moment before, at tryListen).
+func brokerListenError(cfg configs.Config, err error) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return err
+	}
+	if strings.Contains(err.Error(), "listener tls ") {
+		return listenError("mqtt tls", "mqtt.tls_addr", cfg.MQTT.TLSAddr, err)
+	}
+	return listenError("mqtt", "mqtt.addr", cfg.MQTT.Addr, err)
+}
+
+// logReady writes the one start-up line: every listener, the data
+// directory, and where to point a browser.
+func (a *app) logReady(log *slog.Logger) {
+	dir, err := filepath.Abs(a.cfg.DataDir)
+	if err != nil {
+		dir = a.cfg.DataDir
+	}
+	attrs := []any{"version", version()}
+	if v := a.mqttAddr(); v != "" {
+		attrs = append(attrs, "mqtt", "tcp://"+v)
+	}
+	if v := a.tlsAddr(); v != "" {
+		attrs = append(attrs, "mqtt_tls", "tls://"+v)
+	}
+	open := ""
+	if v := a.httpAddr(); v != "" {
+		attrs = append(attrs, "http", "http://"+v+"/", "ws", "ws://"+v+"/mqtt")
+		open = "http://" + browserHost(v) + "/"
+	}
+	if v := a.httpsAddr(); v != "" {
+		attrs = append(attrs, "https", "https://"+v+"/", "wss", "wss://"+v+"/mqtt")
+		if open == "" {
+			open = "https://" + browserHost(v) + "/"
+		}
+	}
+	attrs = append(attrs, "data_dir", dir)
+	msg := "tether ready"
+	if open != "" {
+		msg += ": open " + open
+	}
+	log.Info(msg, attrs...)
+}
+
+// browserHost is addr with a wildcard host ("", 0.0.0.0, ::) replaced by
+// localhost, for a URL to open on the same machine.
+func browserHost(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
