@@ -118,6 +118,9 @@ type Result struct {
 	ConnectSeconds float64 `json:"connect_s"`
 	ConnectErrors  int64   `json:"connect_errors"`
 	connectTook    time.Duration
+	// Errors lists each kind of connect error with its count, in the
+	// order first seen.
+	Errors []string `json:"errors,omitempty"`
 
 	Sent           int64   `json:"sent"`
 	PublishErrors  int64   `json:"publish_errors"`
@@ -159,7 +162,8 @@ func RunBench(ctx context.Context, cfg BenchConfig, progressTo io.Writer) (Resul
 	if err != nil {
 		return Result{}, fmt.Errorf("run bench: %w", err)
 	}
-	b := &benchRun{cfg: &cfg, dialer: d, gate: newGate(cfg.ConnectConcurrency), run: fmt.Sprintf("%06x", randomSeed()&0xffffff)}
+	b := &benchRun{cfg: &cfg, dialer: d, gate: newGate(cfg.ConnectConcurrency), run: fmt.Sprintf("%06x", randomSeed()&0xffffff),
+		errs: newErrorKinds(progressTo, "bench")}
 	res := Result{
 		Scenario: cfg.Scenario, Broker: cfg.Endpoint.URL(), Transport: cfg.Endpoint.Transport,
 		QoS: cfg.QoS, Size: cfg.Size,
@@ -175,6 +179,7 @@ func RunBench(ctx context.Context, cfg BenchConfig, progressTo io.Writer) (Resul
 	} else {
 		err = b.traffic(ctx, &res, progressTo)
 	}
+	res.Errors = b.errs.list()
 	if err != nil {
 		return Result{}, fmt.Errorf("run bench %s: %w", cfg.Scenario, err)
 	}

@@ -117,6 +117,7 @@ func (d *device) run(ctx context.Context) {
 				return
 			}
 			d.fleet.stats.connectFailures.Add(1)
+			d.fleet.errs.note("connect", err)
 			d.fleet.logf("device %s: connect: %v", d.cred.ID, err)
 			sleep(ctx, bo.next())
 			continue
@@ -145,6 +146,7 @@ func (d *device) online(ctx context.Context, first bool) (downtime time.Duration
 	}, nil)
 	if !sub.WaitTimeout(cfg.ConnectTimeout) || sub.Error() != nil {
 		d.fleet.stats.connectFailures.Add(1)
+		d.fleet.errs.note("subscribe", orTimeout(sub.Error()))
 		d.client.Disconnect(100)
 		return 0, false
 	}
@@ -284,6 +286,7 @@ func (d *device) publish(topic string, v any, qos byte) bool {
 	t := d.client.Publish(topic, qos, false, payload)
 	if !t.WaitTimeout(d.fleet.cfg.ConnectTimeout) || t.Error() != nil {
 		d.fleet.stats.publishErrors.Add(1)
+		d.fleet.errs.note("publish", orTimeout(t.Error()))
 		return false
 	}
 	d.fleet.stats.published.Add(1)

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +30,80 @@ type Provisioner struct {
 	Token     string       // API bearer token
 	Client    *http.Client // nil means a client with a 60 s timeout
 	BatchSize int          // devices per request; 0 means 500
+
+	// mu guards registered: the ids of the devices this Provisioner
+	// registered, for Remove.
+	mu         sync.Mutex
+	registered []string
+}
+
+// Registered returns the ids of the devices Provision registered.
+func (p *Provisioner) Registered() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.registered...)
+}
+
+// Remove deletes the devices ids (DELETE /api/v1/devices/{id}), eight at
+// a time, and returns how many it deleted and the first error. A device
+// already gone counts as deleted.
+func (p *Provisioner) Remove(ctx context.Context, ids []string) (int, error) {
+	client := p.Client
+	if client == nil {
+		client = &http.Client{Timeout: 60 * time.Second}
+	}
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		n       int
+		first   error
+		next    atomic.Int64
+		workers = min(8, len(ids))
+	)
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(ids) || ctx.Err() != nil {
+					return
+				}
+				err := p.remove(ctx, client, ids[i])
+				mu.Lock()
+				if err == nil {
+					n++
+				} else if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	return n, first
+}
+
+func (p *Provisioner) remove(ctx context.Context, client *http.Client, id string) error {
+	u := strings.TrimRight(p.Server, "/") + "/api/v1/devices/" + url.PathEscape(id)
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", id, err)
+	}
+	if p.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.Token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", id, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusNotFound {
+		return fmt.Errorf("delete %s: %w", id, apiError(resp.StatusCode, data))
+	}
+	return nil
 }
 
 // Provision registers specs in batches and returns one credential per
@@ -45,6 +122,11 @@ func (p *Provisioner) Provision(ctx context.Context, specs []DeviceSpec) ([]Cred
 			return nil, fmt.Errorf("provision devices %d-%d of %d: %w", start+1, end, len(specs), err)
 		}
 		creds = append(creds, got...)
+		p.mu.Lock()
+		for _, c := range got {
+			p.registered = append(p.registered, c.ID)
+		}
+		p.mu.Unlock()
 	}
 	return creds, nil
 }

@@ -18,6 +18,7 @@ type benchRun struct {
 	dialer *dialer
 	gate   gate
 	run    string // random id keeping client ids and topics apart from other runs
+	errs   *errorKinds
 
 	sent      []atomic.Int64 // per publisher, acknowledged (QoS 0: written)
 	pubErrors atomic.Int64
@@ -61,6 +62,7 @@ func (b *benchRun) connectAll(ctx context.Context, specs []clientSpec) ([]mqtt.C
 				c := newClient(b.dialer, specs[i])
 				if err := b.gate.connect(ctx, c, b.cfg.ConnectTimeout); err != nil {
 					failed.Add(1)
+					b.errs.note("connect", err)
 					continue
 				}
 				clients[i] = c
@@ -123,7 +125,7 @@ func (b *benchRun) conns(ctx context.Context, res *Result, progressTo io.Writer)
 	defer b.disconnectAll(clients)
 	fillConnect(res, len(specs), failed, took)
 	if failed == int64(len(specs)) {
-		return fmt.Errorf("connect: all %d connections failed", failed)
+		return fmt.Errorf("connect: all %d connections failed: %s", failed, b.errs)
 	}
 	stop := progress(progressTo, b.cfg.Progress, func(elapsed, _ time.Duration) string {
 		return fmt.Sprintf("bench conns %s: %d connected, %d failed, %d lost",
@@ -188,7 +190,7 @@ func (b *benchRun) traffic(ctx context.Context, res *Result, progressTo io.Write
 	defer b.disconnectAll(subClients)
 	fillConnect(res, len(specs), failed, took)
 	if failed > 0 {
-		return fmt.Errorf("connect subscribers: %d of %d failed", failed, len(specs))
+		return fmt.Errorf("connect subscribers: %d of %d failed: %s", failed, len(specs), b.errs)
 	}
 	for i, c := range subClients {
 		t := c.Subscribe(subTopic(i), cfg.QoS, nil)
@@ -208,7 +210,7 @@ func (b *benchRun) traffic(ctx context.Context, res *Result, progressTo io.Write
 	defer b.disconnectAll(pubClients)
 	fillConnect(res, len(specs), failed, took)
 	if failed > 0 {
-		return fmt.Errorf("connect publishers: %d of %d failed", failed, len(specs))
+		return fmt.Errorf("connect publishers: %d of %d failed: %s", failed, len(specs), b.errs)
 	}
 
 	var total rate

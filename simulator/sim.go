@@ -108,6 +108,7 @@ type fleetRun struct {
 	dialer *dialer
 	gate   gate
 	stats  simStats
+	errs   *errorKinds
 }
 
 func (f *fleetRun) logf(format string, args ...any) {
@@ -135,7 +136,7 @@ func RunSim(ctx context.Context, cfg SimConfig, progressTo io.Writer) (Summary, 
 	if err != nil {
 		return Summary{}, fmt.Errorf("run sim: %w", err)
 	}
-	f := &fleetRun{cfg: &cfg, dialer: d, gate: newGate(cfg.ConnectConcurrency)}
+	f := &fleetRun{cfg: &cfg, dialer: d, gate: newGate(cfg.ConnectConcurrency), errs: newErrorKinds(progressTo, "sim")}
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -169,6 +170,7 @@ func RunSim(ctx context.Context, cfg SimConfig, progressTo io.Writer) (Summary, 
 	sum.Broker = cfg.Endpoint.URL()
 	sum.Transport = cfg.Endpoint.Transport
 	sum.QoS = cfg.QoS
+	sum.Errors = f.errs.list()
 	return sum, nil
 }
 

@@ -68,6 +68,9 @@ type Summary struct {
 	Reboots          int64   `json:"reboots"`
 	Churned          int64   `json:"churned"`
 	Dropped          int64   `json:"dropped"`
+	// Errors lists each kind of error with its count ("connect: not
+	// Authorized (16×)"), in the order first seen.
+	Errors []string `json:"errors,omitempty"`
 }
 
 // summary fills the counters of a Summary.

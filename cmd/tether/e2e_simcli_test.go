@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-iot/tether/simulator"
+)
+
+// runSimAsync runs `tether sim` until ctx ends, collecting its output.
+func runSimAsync(ctx context.Context, args []string) (done chan error, stdout, stderr *syncBuffer) {
+	done = make(chan error, 1)
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	go func() { done <- runSim(ctx, args, stdout, stderr) }()
+	return done, stdout, stderr
+}
+
+// TestSimFindsTheBroker: without --broker, `tether sim` asks the server
+// where its broker listens (not the default :1883), says so, connects the
+// fleet there, and with --cleanup deletes what it registered.
+func TestSimFindsTheBroker(t *testing.T) {
+	a := startAuthApp(t)
+	api := login(t, a, "admin", simAdminPassword)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done, stdout, stderr := runSimAsync(ctx, []string{
+		"--server", "http://" + a.httpAddr(), "--token", api.token, "--devices", "3", "--prefix", "e2e-find-",
+		"--interval", "1s", "--progress", "-1s", "--cleanup",
+	})
+	checkFor(t, 30*time.Second, func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("sim ended: %v\n%s", err, stderr.String())
+		default:
+		}
+		online, err := api.devicesWithPrefix(t, "e2e-find-", "online")
+		if err != nil || len(online) != 3 {
+			return fmt.Errorf("online: %d, %v; stderr %s", len(online), err, stderr.String())
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("sim: %v\n%s", err, stderr.String())
+	}
+	if want := "3 devices connect to tcp://" + a.mqttAddr(); !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+	}
+	var sum simulator.Summary
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil || sum.Connects < 3 {
+		t.Errorf("summary %+v, %v", sum, err)
+	}
+	if left, err := api.devicesWithPrefix(t, "e2e-find-", ""); err != nil || len(left) != 0 {
+		t.Errorf("after --cleanup: %d devices left, %v\n%s", len(left), err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "cleanup: deleted the 3 devices") {
+		t.Errorf("stderr does not report the cleanup:\n%s", stderr.String())
+	}
+}
+
+// TestSimNoDeviceConnects: a fleet that never connects exits non-zero,
+// shows the first error of each kind once, and --cleanup still deletes
+// the devices it registered.
+func TestSimNoDeviceConnects(t *testing.T) {
+	a := startAuthApp(t)
+	api := login(t, a, "admin", simAdminPassword)
+	closed := freeAddr(t) // nothing listens there
+	var stdout, stderr bytes.Buffer
+	err := runSim(context.Background(), []string{
+		"--broker", "tcp://" + closed, "--server", "http://" + a.httpAddr(), "--token", api.token,
+		"--devices", "4", "--prefix", "e2e-none-", "--duration", "3s", "--progress", "-1s", "--cleanup",
+	}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "no device connected to tcp://"+closed) {
+		t.Fatalf("sim: %v, want no device connected\n%s", err, stderr.String())
+	}
+	t.Logf("sim: %v\n%s", err, stderr.String())
+	// Refused at once on loopback: every device fails the same way.
+	if n := strings.Count(stderr.String(), "first connect error"); n != 1 {
+		t.Errorf("%d first-error lines for one kind:\n%s", n, stderr.String())
+	}
+	if !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("error %v does not say why", err)
+	}
+	if left, err := api.devicesWithPrefix(t, "e2e-none-", ""); err != nil || len(left) != 0 {
+		t.Errorf("after --cleanup: %d devices left, %v\n%s", len(left), err, stderr.String())
+	}
+}
+
+// TestBenchSaysWhy: bench clients the broker refuses fail with the
+// broker's reason, not only a count.
+func TestBenchSaysWhy(t *testing.T) {
+	a := startAuthApp(t)
+	var stdout, stderr bytes.Buffer
+	err := runBench(context.Background(), []string{
+		"--broker", "tcp://" + a.mqttAddr(), "--username", "admin", "--password", "wrong-password",
+		"--scenario", "conns", "--conns", "3", "--duration", "1s", "--progress", "-1s",
+	}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "all 3 connections failed: connect: ") {
+		t.Fatalf("bench: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(strings.ToLower(err.Error()), "bad user name or password") && !strings.Contains(strings.ToLower(err.Error()), "not authorized") {
+		t.Errorf("bench error %v does not give the broker's reason", err)
+	}
+	if n := strings.Count(stderr.String(), "bench: first connect error"); n != 1 {
+		t.Errorf("%d first-error lines:\n%s", n, stderr.String())
+	}
+}
