@@ -23,11 +23,10 @@ import (
 // one of its transactions. The copy is written next to FILE first and
 // linked into place, so FILE is never overwritten and never half written.
 //
-// Restore: stop the server, remove data/tether.db-wal and
-// data/tether.db-shm if present, copy the backup to data/tether.db, start.
+// Restore: stop the server, `tether restore FILE` (restore.go), start.
 func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("backup", "backup [--data-dir DIR] FILE", stderr)
-	dataDir := flags.String("data-dir", "", "directory of the database to copy (TETHER_DATA_DIR; default "+configs.Default().DataDir+")")
+	dataDir := flags.String("data-dir", "", "directory of the database to copy (TETHER_DATA_DIR; default "+defaultDataDir()+")")
 	if err := parseFlags(flags, args); err != nil {
 		return err
 	}
@@ -38,10 +37,7 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	dir := *dataDir
 	if dir == "" {
-		dir = configs.Default().DataDir
-		if v, ok := os.LookupEnv("TETHER_DATA_DIR"); ok && v != "" {
-			dir = v
-		}
+		dir = dataDirFromEnv()
 	}
 	n, err := backupDB(ctx, filepath.Join(dir, devices.FileName), flags.Arg(0))
 	if err != nil {
@@ -111,4 +107,14 @@ func checkIntegrity(ctx context.Context, path string) error {
 		return fmt.Errorf("integrity check %s: %s", path, res)
 	}
 	return nil
+}
+
+func defaultDataDir() string { return configs.Default().DataDir }
+
+// dataDirFromEnv is TETHER_DATA_DIR, or the default data directory.
+func dataDirFromEnv() string {
+	if v, ok := os.LookupEnv("TETHER_DATA_DIR"); ok && v != "" {
+		return v
+	}
+	return defaultDataDir()
 }

@@ -2,7 +2,8 @@
 // registry, a live fleet dashboard and a fleet simulator.
 //
 // Each subcommand lives in its own file: serve.go, certs.go, devices.go,
-// users.go, tokens.go, login.go, cmd.go, sim.go, bench.go, backup.go, version.go.
+// users.go, tokens.go, login.go, cmd.go, sim.go, bench.go, backup.go,
+// restore.go, version.go.
 package main
 
 import (
@@ -36,6 +37,7 @@ var commands = map[string]command{
 	"sim":     {"run a simulated device fleet against a broker", runSim},
 	"bench":   {"load scenarios against any MQTT broker", runBench},
 	"backup":  {"write an online, consistent copy of the database", runBackup},
+	"restore": {"replace a stopped server's database with a backup", runRestore},
 }
 
 func main() {
