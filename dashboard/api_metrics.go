@@ -3,17 +3,13 @@ package dashboard
 import "github.com/prometheus/client_golang/prometheus"
 
 // apiMetrics are the API's counters; they are a prometheus.Collector.
+// Requests and their latency, the API's included, are HTTPMetrics'.
 type apiMetrics struct {
-	requests *prometheus.CounterVec
-	logins   *prometheus.CounterVec
+	logins *prometheus.CounterVec
 }
 
 func newAPIMetrics() *apiMetrics {
 	m := &apiMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_api_requests_total",
-			Help: "API requests answered, by route and status code.",
-		}, []string{"route", "code"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_api_logins_total",
 			Help: "API login attempts by result: ok, failed (wrong name or password), throttled (refused with 429 after repeated failures).",
@@ -27,12 +23,10 @@ func newAPIMetrics() *apiMetrics {
 
 // Describe implements prometheus.Collector.
 func (m *apiMetrics) Describe(ch chan<- *prometheus.Desc) {
-	m.requests.Describe(ch)
 	m.logins.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (m *apiMetrics) Collect(ch chan<- prometheus.Metric) {
-	m.requests.Collect(ch)
 	m.logins.Collect(ch)
 }

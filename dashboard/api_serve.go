@@ -2,12 +2,11 @@ package dashboard
 
 import (
 	"net/http"
-	"strconv"
 	"time"
 )
 
 // wrap turns a route into an http.Handler: authentication and role check,
-// the handler, the error body, the request counter and a debug line (no
+// the handler, the error body and a debug line (no
 // headers, no body: they may hold credentials).
 func (a *API) wrap(rt route) http.Handler {
 	label := rt.Method + " " + rt.Path
@@ -29,7 +28,6 @@ func (a *API) wrap(rt route) http.Handler {
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
-		a.metrics.requests.WithLabelValues(label, strconv.Itoa(sw.status)).Inc()
 		a.log.Debug("api request", "route", label, "path", r.URL.Path, "status", sw.status,
 			"user", identity(r2).Name, "duration", time.Since(start))
 	})

@@ -20,6 +20,8 @@ type Options struct {
 	Ready func() error
 	// Logger receives request errors; nil means slog.Default().
 	Logger *slog.Logger
+	// HTTPMetrics, when set, counts requests and their latency by route.
+	HTTPMetrics *HTTPMetrics
 }
 
 // NewHandler returns the handler for an HTTP or HTTPS listener.
@@ -53,6 +55,9 @@ func NewHandler(o Options) http.Handler {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			_, _ = w.Write([]byte("Tether is running. MQTT over WebSocket: /mqtt. Metrics: /metrics.\n"))
 		})
+	}
+	if o.HTTPMetrics != nil {
+		return securityHeaders(o.HTTPMetrics.handler(mux))
 	}
 	return securityHeaders(mux)
 }

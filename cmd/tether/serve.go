@@ -309,6 +309,8 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(a.store.Collector(), pubLimit, backpressure, retained, b.Limits, httpLimit)
 	reg.MustRegister(a.auth)
 	reg.MustRegister(a.data.collectors()...)
+	httpMetrics := dashboard.NewHTTPMetrics()
+	reg.MustRegister(buildInfo(), a.registry.Collector(), httpMetrics)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
 		Registry: a.registry, Broker: b, Clients: clock, Logger: log.With("component", "api"), Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
@@ -336,7 +338,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		srv := &http.Server{
 			Handler: httpLimit.Handler(dashboard.NewHandler(dashboard.Options{
 				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Logger: httpLog,
-				API: api, UI: dashboard.UI(),
+				API: api, UI: dashboard.UI(), HTTPMetrics: httpMetrics,
 			})),
 			ReadHeaderTimeout: cfg.HTTP.HandshakeTimeout,
 			// Headers and body; a hijacked WebSocket loses this deadline.

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // buildVersion and buildCommit may be set at link time, for builds
@@ -56,6 +58,25 @@ func versionLine(bi *debug.BuildInfo) string {
 		commit += " (" + strings.Join(notes, ", ") + ")"
 	}
 	return fmt.Sprintf("tether %s commit %s %s %s/%s", versionOf(bi), commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// buildInfo is the gauge tether_build_info{version,commit,goversion} = 1,
+// so that dashboards and alerts can tell which build runs where.
+func buildInfo() prometheus.Collector {
+	bi, _ := debug.ReadBuildInfo()
+	commit := buildCommit
+	if bi != nil {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				commit = s.Value
+			}
+		}
+	}
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "tether_build_info",
+		Help:        "Always 1; the labels say which build of Tether runs.",
+		ConstLabels: prometheus.Labels{"version": versionOf(bi), "commit": commit, "goversion": runtime.Version()},
+	}, func() float64 { return 1 })
 }
 
 func printVersion(w io.Writer) {
