@@ -86,8 +86,11 @@ export function secretDialog(dev, secret, heading, onClose) {
   const py = (s) => JSON.stringify(String(s));
   const topic = `devices/${dev.id}/telemetry`;
   const snippets = [
-    ['mosquitto_pub', `mosquitto_pub -h ${host} -p ${tcpPort}${secure ? ' --cafile ca.pem' : ''} -V mqttv5 \\\n  -i ${sh(dev.id)} -u ${sh(dev.id)} -P ${sh(secret)} \\\n  -t ${sh(topic)} -m '{"temperature": 21.5}'`],
-    ['Python (paho-mqtt 2)', `import json, paho.mqtt.client as mqtt\n\nc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=${py(dev.id)}, protocol=mqtt.MQTTv5)\nc.username_pw_set(${py(dev.id)}, ${py(secret)})\n${secure ? 'c.tls_set()\n' : ''}c.connect(${py(host)}, ${tcpPort})\nc.loop_start()\nc.publish(${py(topic)}, json.dumps({"temperature": 21.5}), qos=1).wait_for_publish()\nc.disconnect()`],
+    // cert.pem: what `tether certs dev` writes (a public CA's certificate
+    // needs no --cafile).
+    ['mosquitto_pub', `mosquitto_pub -h ${host} -p ${tcpPort}${secure ? ' --cafile cert.pem' : ''} -V mqttv5 \\\n  -i ${sh(dev.id)} -u ${sh(dev.id)} -P ${sh(secret)} \\\n  -t ${sh(topic)} -m '{"temperature": 21.5}'`],
+    // Runs on paho-mqtt 1.x (Debian's 1.6) and 2.x, which wants a callback API version.
+    ['Python (paho-mqtt 1.x or 2.x)', `import json, paho.mqtt.client as mqtt\n\nv2 = (mqtt.CallbackAPIVersion.VERSION2,) if hasattr(mqtt, "CallbackAPIVersion") else ()\nc = mqtt.Client(*v2, client_id=${py(dev.id)}, protocol=mqtt.MQTTv5)\nc.username_pw_set(${py(dev.id)}, ${py(secret)})\n${secure ? 'c.tls_set(ca_certs="cert.pem")\n' : ''}c.connect(${py(host)}, ${tcpPort})\nc.loop_start()\nc.publish(${py(topic)}, json.dumps({"temperature": 21.5}), qos=1).wait_for_publish()\nc.disconnect()\nc.loop_stop()`],
     ['MQTT.js', `import mqtt from 'mqtt'\n\nconst c = mqtt.connect(${py(wsURL)}, {\n  protocolVersion: 5,\n  clientId: ${py(dev.id)},\n  username: ${py(dev.id)},\n  password: ${py(secret)},\n})\nc.on('connect', () => {\n  c.publish(${py(topic)}, JSON.stringify({ temperature: 21.5 }), { qos: 1 })\n  c.subscribe(${py(`devices/${dev.id}/commands/#`)})\n})`],
   ];
   const close = h('button', { type: 'button', id: 'secret-close' }, 'I have stored the secret');
