@@ -38,9 +38,10 @@ func ParseDuration(s string) (time.Duration, error) {
 // DurationFlag is a flag.Value for a duration that also takes days.
 type DurationFlag struct{ D *time.Duration }
 
-// String returns the duration in Go's notation.
+// String returns the duration in Go's notation, or "" for none (so that
+// flag's usage shows no "(default 0s)").
 func (f DurationFlag) String() string {
-	if f.D == nil {
+	if f.D == nil || *f.D == 0 {
 		return ""
 	}
 	return f.D.String()

@@ -30,8 +30,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlagSet("cmd send", "cmd send DEVICE NAME [--params JSON] [--timeout 30s] [--wait 10s] [flags]", stderr)
 	remote := addRemoteFlags(fs)
 	params := fs.String("params", "{}", "the command's parameters, a JSON object")
-	timeout := fs.Duration("timeout", 0, "how long the command may take before it expires (default: --wait, or the server's 30s)")
-	wait := fs.Duration("wait", 0, "wait this long for the outcome (0: send and return)")
+	timeout := durationFlag(fs, "timeout", 0, "how long the command may take before it expires (default: --wait, or the server's 30s)")
+	wait := durationFlag(fs, "wait", 0, "wait this long for the outcome (0: send and return)")
 	pos, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err

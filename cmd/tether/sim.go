@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tether-iot/tether/configs"
-
 	"github.com/tether-iot/tether/simulator"
 )
 
@@ -28,16 +26,15 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	devices := fs.Int("devices", 0, "number of devices (default 10, or every device in --creds)")
 	prefix := fs.String("prefix", "", "device id prefix for registered devices (default sim-XXXX- with a random XXXX)")
 	profile := fs.String("profile", "", "fleet file (YAML) or the name of a built-in profile: thermostat, power-meter, gps-tracker (default: all three)")
-	var interval, duration, churnDown, every time.Duration
-	fs.Var(configs.DurationFlag{D: &interval}, "interval", "telemetry period of every device (default: each profile's)")
+	interval := durationFlag(fs, "interval", 0, "telemetry period of every device (default: each profile's)")
 	jitter := fs.Float64("jitter", 0.1, "± share by which each wait varies")
 	qos := fs.Uint("qos", 0, "telemetry QoS: 0, 1 or 2")
-	fs.Var(configs.DurationFlag{D: &duration}, "duration", "how long to run, e.g. 10m or 1d (0: until interrupted)")
+	duration := durationFlag(fs, "duration", 0, "how long to run, e.g. 10m or 1d (0: until interrupted)")
 	clean := fs.Bool("clean", false, "use clean sessions instead of persistent ones")
 	churn := fs.Float64("churn", 0, "share of the fleet dropping off abruptly per minute, e.g. 0.05")
-	fs.Var(configs.DurationFlag{D: &churnDown}, "churn-downtime", "how long a churned device stays away (default 30s)")
+	churnDown := durationFlag(fs, "churn-downtime", 0, "how long a churned device stays away (default 30s)")
 	conc := fs.Int("connect-concurrency", 32, "connects in flight at once")
-	fs.Var(configs.DurationFlag{D: &every}, "progress", "progress line period on stderr (default 5s; negative: none)")
+	every := durationFlag(fs, "progress", 0, "progress line period on stderr (default 5s; negative: none)")
 	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss)")
 	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the broker's TLS certificate (development only)")
 	allowRemote := fs.Bool("allow-remote", false, "allow a broker that is not on a loopback address")
@@ -80,9 +77,9 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Endpoint: ep, AllowRemote: *allowRemote,
 		TLS:   simulator.TLSOptions{CAFile: *ca, InsecureSkipVerify: *insecure},
 		Fleet: fleet, Devices: *devices, Prefix: *prefix,
-		Interval: interval, Jitter: *jitter, QoS: byte(*qos), Duration: duration,
-		CleanSession: *clean, Churn: *churn, ChurnDowntime: churnDown,
-		ConnectConcurrency: *conc, Progress: every, Seed: *seed,
+		Interval: *interval, Jitter: *jitter, QoS: byte(*qos), Duration: *duration,
+		CleanSession: *clean, Churn: *churn, ChurnDowntime: *churnDown,
+		ConnectConcurrency: *conc, Progress: *every, Seed: *seed,
 	}
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
