@@ -52,7 +52,7 @@ func TestDevicesCLI(t *testing.T) {
 		{"add bad label", with("add", "x", "--label", "nolabel"), 2, nil, []string{"KEY=VALUE"}, nil},
 		{"unknown subcommand", with("frobnicate"), 2, nil, []string{"unknown command"}, nil},
 		{"help", []string{"devices", "--help"}, 0, []string{"list", "rotate"}, nil, nil},
-		{"list help", []string{"devices", "list", "--help"}, 0, nil, []string{"-status", "-server"}, nil},
+		{"list help", []string{"devices", "list", "--help"}, 0, []string{"-status", "-server"}, nil, nil},
 		{"no token", []string{"devices", "list", "--server", e.url}, 1, nil, []string{"401", "TETHER_TOKEN"}, nil},
 		{"viewer cannot rm", []string{"devices", "rm", "pump-1", "--server", e.url, "--token", e.view}, 1, nil, []string{"403 forbidden"}, nil},
 	}

@@ -182,8 +182,9 @@ func TestCommands(t *testing.T) {
 			t.Fatalf("%v printed no help", args)
 		}
 	}
-	if code := run(ctx, []string{"serve", "--help"}, &out, &errOut); code != 0 || !strings.Contains(errOut.String(), "-allow-anonymous") {
-		t.Fatalf("serve --help does not list --allow-anonymous: %s", errOut.String())
+	out.Reset()
+	if code := run(ctx, []string{"serve", "--help"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "-allow-anonymous") {
+		t.Fatalf("serve --help does not list --allow-anonymous: %s", out.String())
 	}
 
 	dir := filepath.Join(t.TempDir(), "certs")

@@ -25,7 +25,7 @@ func listenError(what, key, addr string, err error) error {
 		flagName, configs.EnvName(key), key, flagName)
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("%s listener: address %s is already in use (another tether, or another program, listens there): %s",
+		return fmt.Errorf("%s listener on %s: address already in use (another tether, or another program, listens there): %s",
 			what, addr, how)
 	case errors.Is(err, syscall.EACCES):
 		return fmt.Errorf("%s listener on %s: permission denied (ports below 1024 need privileges): %s", what, addr, how)
