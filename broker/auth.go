@@ -60,6 +60,12 @@ type Auth struct {
 
 	// clients maps each connected *mqtt.Client to its *conn.
 	clients sync.Map
+	// ending holds the clients between this hook's OnDisconnect and the
+	// tail's (the last hook's): the session store's OnDisconnect, between
+	// them, still reads the client, so a purge must wait for the tail
+	// (offlineSessionsOf). tailed says the tail is installed.
+	ending sync.Map
+	tailed atomic.Bool
 	// current maps a device id to the *mqtt.Client that last
 	// authenticated as it, so that a connection taken over by a newer one
 	// does not mark the device offline.
@@ -271,6 +277,9 @@ func (a *Auth) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // OnDisconnect forgets the client and records a device offline unless a
 // newer connection has taken its session over.
 func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if a.tailed.Load() {
+		a.ending.Store(cl, struct{}{}) // before it leaves clients: always in one of them
+	}
 	a.unclaim(cl)
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {

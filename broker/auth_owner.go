@@ -133,6 +133,13 @@ func (a *Auth) offlineSessionsOf(name string) []*mqtt.Client {
 		if cl.Net.Inline || !cl.Closed() {
 			continue
 		}
+		_, connected := a.clients.Load(cl)
+		if _, ending := a.ending.Load(cl); connected || ending {
+			// Closed, but the engine's OnDisconnect hooks have not all
+			// run: they still read and write cl (its will) on the
+			// connection's goroutine. purgeTail purges it there.
+			continue
+		}
 		owner := string(cl.Properties.Username)
 		if v, ok := a.sessions.Load(id); ok {
 			if c := v.(*conn); !c.anonymous {

@@ -63,6 +63,7 @@ func (t *purgeTail) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 // OnDisconnect purges the session of a client whose identity no longer
 // exists or is disabled. Sessions restored at start-up are left to claim.
 func (t *purgeTail) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	defer t.a.ending.Delete(cl) // the engine's hooks are done with cl
 	if !t.a.started.Load() || cl.Net.Inline || len(cl.Properties.Username) == 0 {
 		return
 	}
@@ -72,7 +73,10 @@ func (t *purgeTail) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 }
 
 // tail returns the hook to add after all others.
-func (a *Auth) tail() mqtt.Hook { return &purgeTail{a: a} }
+func (a *Auth) tail() mqtt.Hook {
+	a.tailed.Store(true)
+	return &purgeTail{a: a}
+}
 
 // refusedAck is the PUBACK (QoS 1) or PUBREC (QoS 2) that refuses pk with
 // 0x87 not authorized.
