@@ -81,6 +81,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 		"PATH="+filepath.Dir(bin)+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"HTTP_PORT="+httpPort, "MQTT_PORT="+mqttPort,
 		"TETHER_SERVER=", "TETHER_TOKEN=",
+		"XDG_CONFIG_HOME="+t.TempDir(), // no saved login of the developer's (tether login)
 	)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
