@@ -109,6 +109,13 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ bind(*mqtt.Server) }); ok {
 		h.bind(srv) // the access hook refuses and publishes through the engine
 	}
+	for _, h := range opts.Hooks {
+		if d, ok := h.(Diverter); ok {
+			inner := access
+			d.SetACL(func(cl *mqtt.Client, topic string) bool { return inner.OnACLCheck(cl, topic, false) })
+			access = &diverted{Hook: inner, d: d}
+		}
+	}
 	if err := srv.AddHook(access, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
 	}
