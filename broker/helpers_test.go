@@ -85,7 +85,6 @@ func (r *received) distinct() int {
 	return len(r.got)
 }
 
-
 func testCounter(t *testing.T, c prometheus.Counter) float64 {
 	t.Helper()
 	var m dto.Metric

@@ -34,8 +34,8 @@ func newStoreMetrics() *storeMetrics {
 			Help:    "Time to write and commit one session store batch.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1, 5},
 		}),
-		queueDesc:   prometheus.NewDesc("tether_store_queue_bytes", "Bytes of session store changes waiting to be written.", nil, nil),
-		healthyDesc: prometheus.NewDesc("tether_store_healthy", "1 when the session store is writing, 0 while SQLite fails.", nil, nil),
+		queueDesc:      prometheus.NewDesc("tether_store_queue_bytes", "Bytes of session store changes waiting to be written.", nil, nil),
+		healthyDesc:    prometheus.NewDesc("tether_store_healthy", "1 when the session store is writing, 0 while SQLite fails.", nil, nil),
 		storeBytesDesc: prometheus.NewDesc("tether_mqtt_queue_store_bytes", "Bytes the persistent sessions' queues hold on disk.", nil, nil),
 		storeLimitDesc: prometheus.NewDesc("tether_mqtt_queue_store_limit_bytes", "mqtt.max_queue_store_bytes.", nil, nil),
 	}

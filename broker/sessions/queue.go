@@ -157,6 +157,10 @@ func (s *Store) online(cl *mqtt.Client) {
 	q.mu.Lock()
 	q.cl = cl
 	q.buf, q.caught = nil, false
+	if q.count == 0 {
+		// Nothing queued: what comes next can go through memory.
+		q.caught, q.loaded = true, q.next-1
+	}
 	start := q.count > 0 && !q.running
 	if start {
 		q.running = true

@@ -75,7 +75,7 @@ type writer struct {
 	log      *slog.Logger
 	maxBytes int
 	timeout  time.Duration // each transaction's bound
-	snapshot func() []op // the engine's state as ops, for a resync
+	snapshot func() []op   // the engine's state as ops, for a resync
 	metrics  *storeMetrics
 
 	wake chan struct{} // buffered 1: something was queued or stop asked

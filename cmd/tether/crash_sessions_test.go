@@ -3,6 +3,7 @@ package main
 import (
 	"database/sql"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -21,14 +22,28 @@ func TestCrash(t *testing.T) {
 	t.Run("abuse", func(t *testing.T) { crashAbuse(t, bin) })
 }
 
-// crashSessions: a persistent MQTT 5 and a 3.1.1 subscriber go offline;
-// 10,000 QoS 1 messages and 50 retained ones are published and
-// acknowledged; the broker is killed with SIGKILL and started again; the
-// subscribers reconnect and receive every message, and a new subscriber
-// every retained one.
+// crashMessages is how many messages crashSessions publishes:
+// TETHER_CRASH_MESSAGES, 100,000 by default.
+func crashMessages(t *testing.T) int {
+	if v := os.Getenv("TETHER_CRASH_MESSAGES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 4 {
+			t.Fatalf("TETHER_CRASH_MESSAGES=%q: want a number of at least 4", v)
+		}
+		return n
+	}
+	return 100_000
+}
+
+// crashSessions, at the default settings: a persistent MQTT 5 and a
+// 3.1.1 subscriber go offline; 100,000 QoS 1 messages (far more than the
+// inflight window) and 50 retained ones are published and acknowledged;
+// the broker is killed with SIGKILL and started again; the subscribers
+// reconnect and receive every message, in order per publisher, and a new
+// subscriber every retained one.
 func crashSessions(t *testing.T, bin string) {
-	const count = 10000
-	p := newTetherProc(t, bin, "TETHER_MQTT_MAX_INFLIGHT=20000")
+	count := crashMessages(t)
+	p := newTetherProc(t, bin)
 	p.start(t)
 
 	var early3, early5 payloadSet
@@ -74,7 +89,8 @@ func crashSessions(t *testing.T, bin string) {
 
 	p.kill(t)
 	integrityCheck(t, p.dbPath())
-	crashStoreSummary(t, p.dbPath())
+	integrityCheck(t, p.sessionsPath())
+	crashStoreSummary(t, p.sessionsPath())
 	p.start(t)
 
 	var got3, got5 payloadSet
@@ -89,6 +105,9 @@ func crashSessions(t *testing.T, bin string) {
 			}
 			return nil
 		})
+		if n, one := got.outOfOrder(); n > 0 {
+			t.Errorf("MQTT %s subscriber: %d messages out of order per publisher (e.g. %s)", name, n, one)
+		}
 	}
 	var gotRetained payloadSet
 	late := crashSub3(t, p.mqtt, "crash-late", &gotRetained)
@@ -106,13 +125,13 @@ func crashSessions(t *testing.T, bin string) {
 }
 
 // crashStoreSummary logs what the killed server's session store holds:
-// inflight rows per session, sessions, subscriptions, fan-out records.
+// inflight rows and queued messages per session, sessions, subscriptions.
 func crashStoreSummary(t *testing.T, path string) {
 	db, _ := sql.Open("sqlite", "file:"+path)
 	defer db.Close()
 	for _, q := range []string{"SELECT client_id||':'||COUNT(*) FROM mqtt_inflight GROUP BY client_id",
 		"SELECT id||':'||disconnected_at||':'||expiry FROM mqtt_clients", "SELECT client_id||':'||filter FROM mqtt_subscriptions",
-		"SELECT 'pending:'||COUNT(*) FROM mqtt_pending"} {
+		"SELECT 'queued:'||client_id||':'||COUNT(*) FROM mqtt_queue GROUP BY client_id"} {
 		rows, err := db.Query(q)
 		if err != nil {
 			t.Log(err)

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/dashboard"
 	"github.com/tether-iot/tether/devices"
@@ -144,8 +145,9 @@ type app struct {
 	// db is the one SQLite database, opened first and closed last (after
 	// the broker's Shutdown has stopped the hooks that write to it).
 	db *devices.DB
-	// store is the MQTT session store (a broker hook on db).
-	store *broker.Storage
+	// store is the MQTT session store (a broker hook on its own file,
+	// sessions.db).
+	store *sessions.Store
 	// registry holds devices, users, tokens and sessions (on db); auth is
 	// the broker's access hook on it.
 	registry *devices.Registry
@@ -187,10 +189,8 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	if err := devices.CheckDataDir(cfg.DataDir); err != nil {
 		log.Warn("data directory is readable by other users", "error", err)
 	}
-	a.store = broker.NewStorage(a.db, &broker.StorageOptions{Logger: log})
 	defer func() {
 		if err != nil {
-			_ = a.store.Stop()
 			_ = a.db.Close()
 		}
 	}()
@@ -224,6 +224,14 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	}()
 	logins := devices.NewLoginLimiter(nil) // one login throttle for MQTT and HTTP
 	a.registry.SetAudit(a.data.audit)      // the broker's refused logins
+	if a.store, err = openSessions(cfg, a.db.Path, a.data, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = a.store.Close()
+		}
+	}()
 	a.auth = broker.NewAuth(broker.AuthOptions{
 		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins,
 		Sessions: a.store, // purged sessions are deleted from it
@@ -366,6 +374,7 @@ func (a *app) shutdown(ctx context.Context) error {
 		a.wg.Wait()
 		errs = append(errs, a.data.close())     // flushes telemetry, commands, twins
 		errs = append(errs, a.registry.Close()) // flushes presence
+		errs = append(errs, a.store.Close())
 		errs = append(errs, a.db.Close())
 		a.stopErr = errors.Join(errs...)
 	})
