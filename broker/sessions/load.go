@@ -109,7 +109,8 @@ func (s *Store) importLegacy(ctx context.Context, path string) error {
 		return fmt.Errorf("session store: import from %s: %w", path, err)
 	}
 	if tables < 7 {
-		return mark()
+		_, err := conn.ExecContext(ctx, `INSERT OR IGNORE INTO legacy_import(id, done) VALUES (1, datetime('now'))`)
+		return err
 	}
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
