@@ -62,6 +62,7 @@ type queue struct {
 	caught  bool         // buf holds every queued message after sent
 	cl      *mqtt.Client // the connection draining it; nil when offline
 	running bool         // a pump runs for it
+	out     map[uint16]int64 // packet id -> seq of delivered, unacknowledged messages
 	dropped int64
 	logged  time.Time // last refusal logged
 }
@@ -190,11 +191,24 @@ func (s *Store) offline(cl *mqtt.Client) {
 	q.signal()
 }
 
-// slotFreed wakes cl's pump: an acknowledgement freed a slot.
-func (s *Store) slotFreed(cl *mqtt.Client) {
-	if v, ok := s.queues.Load(cl.ID); ok {
-		v.(*queue).signal()
+// acked ends the flow of packet id towards cl, and wakes cl's pump: a
+// slot is free. It reports whether the message came from the queue (and
+// its queue row is now deleted).
+func (s *Store) acked(cl *mqtt.Client, id uint16) bool {
+	v, ok := s.queues.Load(cl.ID)
+	if !ok {
+		return false
 	}
+	q := v.(*queue)
+	q.mu.Lock()
+	seq, ok := q.out[id]
+	if ok {
+		delete(q.out, id)
+		s.w.enqueue(newOp(opQueueDelete, q.id, seq))
+	}
+	q.mu.Unlock()
+	q.signal()
+	return ok
 }
 
 // dropQueue forgets session id's queue in memory (its rows are deleted by
@@ -207,7 +221,7 @@ func (s *Store) dropQueue(id string) {
 	q := v.(*queue)
 	q.mu.Lock()
 	s.total.Add(-q.bytes)
-	q.count, q.bytes, q.buf, q.cl = 0, 0, nil, nil
+	q.count, q.bytes, q.buf, q.cl, q.out = 0, 0, nil, nil, nil
 	q.mu.Unlock()
 	q.signal()
 }
@@ -300,9 +314,9 @@ func (s *Store) pump(q *queue) {
 
 // deliver hands it to cl's window as the engine's publishToClient does:
 // a packet id, the inflight store, the hooks that follow deliveries, the
-// send quota, and the write. The message then is the window's: written as
-// an inflight row in the same transaction that deletes its queue row, and
-// resent by the engine after a reconnect.
+// send quota, and the write. The engine resends it after a reconnect; its
+// queue row stays on disk until the client acknowledges it (acked), so a
+// restart sends it again rather than losing it.
 func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) {
 	done := func() {
 		q.mu.Lock()
@@ -344,10 +358,13 @@ func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) {
 	for _, h := range s.opts.Deliveries {
 		h.OnQosPublish(cl, out, out.Created, 0)
 	}
-	data, payload := encodeMessage(cl.ID, "inflight", out)
-	s.w.enqueue(newOp(opInflightPut, cl.ID, int(out.PacketID), data, payload, max(out.Expiry, 0)),
-		newOp(opQueueDelete, q.id, it.seq))
 	cl.State.Inflight.DecreaseSendQuota()
+	q.mu.Lock()
+	if q.out == nil {
+		q.out = map[uint16]int64{}
+	}
+	q.out[out.PacketID] = it.seq
+	q.mu.Unlock()
 	done()
 	s.metrics.queueDelivered.Inc()
 	_ = cl.WritePacket(out) // if it fails, the engine resends it on reconnect

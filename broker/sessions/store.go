@@ -604,9 +604,8 @@ func (s *Store) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, res
 // OnQosComplete forgets a finished QoS flow; its slot in the window may
 // take the next queued message.
 func (s *Store) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	if persistent(cl) {
+	if persistent(cl) && !s.acked(cl, pk.PacketID) {
 		s.w.enqueue(newOp(opInflightDelete, cl.ID, int(pk.PacketID)))
-		s.slotFreed(cl)
 	}
 }
 
@@ -614,9 +613,8 @@ func (s *Store) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 // taken over, the engine drops the old connection's copies after handing
 // them to the new one: those rows stay.
 func (s *Store) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
-	if persistent(cl) && !cl.IsTakenOver() {
+	if persistent(cl) && !cl.IsTakenOver() && !s.acked(cl, pk.PacketID) {
 		s.w.enqueue(newOp(opInflightDelete, cl.ID, int(pk.PacketID)))
-		s.slotFreed(cl)
 	}
 }
 
