@@ -52,7 +52,7 @@ func storeClient(t *testing.T, addr, id string, clean bool, onMsg func(paho.Mess
 	t.Helper()
 	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
 		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
-		SetConnectTimeout(5 * time.Second).SetOrderMatters(false)
+		SetConnectTimeout(5 * time.Second).SetOrderMatters(true)
 	if onMsg != nil {
 		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMsg(m) })
 	}
@@ -93,4 +93,30 @@ func testCounter(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// orderedPayloads keeps the payloads in the order they arrived (first
+// copy of each).
+type orderedPayloads struct {
+	mu   sync.Mutex
+	seen map[string]bool
+	all  []string
+}
+
+func (o *orderedPayloads) add(m paho.Message) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.seen == nil {
+		o.seen = map[string]bool{}
+	}
+	if p := string(m.Payload()); !o.seen[p] {
+		o.seen[p] = true
+		o.all = append(o.all, p)
+	}
+}
+
+func (o *orderedPayloads) list() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.all...)
 }
