@@ -59,9 +59,9 @@ type queue struct {
 	sent    int64 // the highest sequence number handed to the window
 	loaded  int64 // the highest sequence number in buf, or sent
 	buf     []item
-	caught  bool         // buf holds every queued message after sent
-	cl      *mqtt.Client // the connection draining it; nil when offline
-	running bool         // a pump runs for it
+	caught  bool             // buf holds every queued message after sent
+	cl      *mqtt.Client     // the connection draining it; nil when offline
+	running bool             // a pump runs for it
 	out     map[uint16]int64 // packet id -> seq of delivered, unacknowledged messages
 	dropped int64
 	logged  time.Time // last refusal logged

@@ -271,7 +271,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(a.data.collectors()...)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
-		Registry: a.registry, Broker: b, Clients: clock, Logger: log, Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
+		Registry: a.registry, Broker: b, Clients: clock, Sessions: a.store, Logger: log, Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
 		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins, Audit: a.data.audit,
 	})

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// A persistent session's queue with a small configured bound
+// (mqtt.max_queued_messages): what fits is delivered when the session
+// returns; the overflow is refused, counted in /metrics and shown on
+// GET /api/v1/sessions, which needs a logged-in user.
+func TestQueueOverflowShown(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", simAdminPassword)
+	cfg := testConfig(t)
+	cfg.MQTT.TLSAddr, cfg.HTTP.HTTPSAddr = "off", "off"
+	cfg.MQTT.MaxQueuedMessages = 5
+	a := startTestApp(t, cfg)
+
+	var early payloadSet
+	sub := crashSub3(t, a.mqttAddr(), "q-sub", &early)
+	if tok := sub.Subscribe("q/#", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	sub.Disconnect(100)
+	pub := crashPub3(t, a.mqttAddr(), "q-pub")
+	for i := range 8 {
+		if tok := pub.Publish("q/x", 1, false, fmt.Sprintf("q-%d", i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	pub.Disconnect(0)
+
+	anon := &apiSession{base: "http://" + a.httpAddr(), client: &http.Client{Timeout: 10 * time.Second}}
+	if code := anon.do(t, "GET", "/sessions", nil, nil); code != http.StatusUnauthorized {
+		t.Fatalf("GET /sessions without credentials: %d, want 401", code)
+	}
+	s := login(t, a, "admin", simAdminPassword)
+	type session struct {
+		ClientID  string     `json:"client_id"`
+		Owner     string     `json:"owner"`
+		Online    bool       `json:"online"`
+		Queued    int        `json:"queued"`
+		Dropped   int        `json:"dropped"`
+		ExpiresAt *time.Time `json:"expires_at"`
+	}
+	find := func() session {
+		var out struct {
+			Sessions   []session `json:"sessions"`
+			NextCursor string    `json:"next_cursor"`
+		}
+		if code := s.do(t, "GET", "/sessions?limit=10", nil, &out); code != http.StatusOK {
+			t.Fatalf("GET /sessions: %d", code)
+		}
+		for _, se := range out.Sessions {
+			if se.ClientID == "q-sub" {
+				return se
+			}
+		}
+		t.Fatalf("q-sub not in %+v", out.Sessions)
+		return session{}
+	}
+	if se := find(); se.Online || se.Queued != 5 || se.Dropped != 3 || se.ExpiresAt == nil {
+		t.Fatalf("session %+v: want offline, 5 queued, 3 dropped, an expiry", se)
+	}
+	if n := scrapeCounter(t, "http://"+a.httpAddr()+"/metrics", "tether_mqtt_queue_dropped_total"); n != 3 {
+		t.Errorf("tether_mqtt_queue_dropped_total = %v, want 3", n)
+	}
+
+	var got payloadSet
+	sub = crashSub3(t, a.mqttAddr(), "q-sub", &got)
+	defer sub.Disconnect(0)
+	var want payloadSet
+	for i := range 5 {
+		want.add(fmt.Sprintf("q-%d", i))
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if n, one := got.missing(&want); n > 0 {
+			return fmt.Errorf("%d of the 5 queued messages missing (e.g. %s)", n, one)
+		}
+		return nil
+	})
+	if got.len() != 5 {
+		t.Errorf("received %d messages, want the 5 that fitted", got.len())
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if se := find(); !se.Online || se.Queued != 0 || se.ExpiresAt != nil {
+			return fmt.Errorf("session after it returned: %+v", se)
+		}
+		return nil
+	})
+}
