@@ -1,9 +1,13 @@
 package sessions
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"testing"
 	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
 
 	"github.com/tether-iot/tether/configs"
 )
@@ -136,5 +140,51 @@ func TestPurgeSession(t *testing.T) {
 	waitToken(t, "publish", pub.Publish("purge/x", 1, false, "after"))
 	if _, ok := n.store.queues.Load("purge-sub"); ok {
 		t.Error("a queue came back for the purged session")
+	}
+}
+
+// An MQTT 5 session's expiry is honoured up to mqtt.max_session_expiry
+// (here 1 s although the client asks for an hour); the expired session's
+// queue is removed from memory and disk.
+func TestQueueGoesWithExpiredSession(t *testing.T) {
+	n := startStoreNodeCfg(t, t.TempDir(), nil, func(c *configs.Config) { c.MQTT.MaxSessionExpiry = time.Second })
+	conn, err := net.DialTimeout("tcp", n.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho5.NewClient(paho5.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	expiry := uint32(3600)
+	if _, err := c.Connect(ctx, &paho5.Connect{ClientID: "exp-sub", KeepAlive: 30,
+		Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "exp/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Disconnect(&paho5.Disconnect{})
+	pub := storeClient(t, n.addr, "exp-pub", true, nil)
+	for i := range 5 {
+		waitToken(t, "publish", pub.Publish("exp/x", 1, false, fmt.Sprintf("e-%d", i)))
+	}
+	if se, ok := sessionOf(n.store, "exp-sub"); !ok || se.Queued != 5 {
+		t.Fatalf("session %+v (found %v), want 5 queued", se, ok)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if _, ok := sessionOf(n.store, "exp-sub"); ok {
+			return fmt.Errorf("session not expired yet")
+		}
+		var rows int
+		if err := n.db.R.QueryRow(`SELECT COUNT(*) FROM mqtt_queue WHERE client_id = 'exp-sub'`).Scan(&rows); err != nil {
+			return err
+		}
+		if rows != 0 {
+			return fmt.Errorf("%d queued rows left", rows)
+		}
+		return nil
+	})
+	if used, _ := n.store.QueueStoreUse(); used != 0 {
+		t.Errorf("queue store still counts %d bytes", used)
 	}
 }
