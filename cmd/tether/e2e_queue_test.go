@@ -3,8 +3,11 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	paho3 "github.com/eclipse/paho.mqtt.golang"
 )
 
 // A persistent session's queue with a small configured bound
@@ -90,4 +93,76 @@ func TestQueueOverflowShown(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A command to an offline device whose queue is full is refused for its
+// session and marked failed with the reason; the one that fitted reaches
+// the device when it returns.
+func TestQueueFullFailsCommand(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", simAdminPassword)
+	cfg := testConfig(t)
+	cfg.Auth.AllowAnonymous = false
+	cfg.MQTT.TLSAddr, cfg.HTTP.HTTPSAddr = "off", "off"
+	cfg.MQTT.MaxQueuedMessages = 1
+	a := startTestApp(t, cfg)
+	s := login(t, a, "admin", simAdminPassword)
+	var dev struct {
+		ID     string `json:"id"`
+		Secret string `json:"secret"`
+	}
+	if code := s.do(t, "POST", "/devices", map[string]any{"id": "qdev-1", "name": "q", "type": "sensor"}, &dev); code != http.StatusCreated {
+		t.Fatalf("register: %d", code)
+	}
+	connect := func(got *payloadSet) paho3.Client {
+		o := paho3.NewClientOptions().AddBroker("tcp://"+a.mqttAddr()).SetClientID(dev.ID).
+			SetUsername(dev.ID).SetPassword(dev.Secret).SetProtocolVersion(4).SetCleanSession(false).
+			SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetOrderMatters(true).
+			SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got.add(m.Topic()) })
+		c := paho3.NewClient(o)
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect device: %v", tok.Error())
+		}
+		return c
+	}
+	var none payloadSet
+	c := connect(&none)
+	if tok := c.Subscribe("devices/qdev-1/commands/#", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	c.Disconnect(100)
+	send := func(name string) simCommand {
+		var cmd simCommand
+		body := map[string]any{"name": name, "params": map[string]any{}, "timeout": 60}
+		if code := s.do(t, "POST", "/devices/qdev-1/commands", body, &cmd); code/100 != 2 {
+			t.Fatalf("send %s: %d", name, code)
+		}
+		return cmd
+	}
+	first, second := send("first"), send("second")
+	checkFor(t, 5*time.Second, func() error {
+		var cmd simCommand
+		if code := s.do(t, "GET", "/commands/"+second.ID, nil, &cmd); code != http.StatusOK {
+			return fmt.Errorf("GET command: %d", code)
+		}
+		if cmd.Status != "failed" || !strings.Contains(cmd.Error, "queue full") {
+			return fmt.Errorf("refused command: status %q, error %q; want failed, queue full", cmd.Status, cmd.Error)
+		}
+		return nil
+	})
+	var got payloadSet
+	c = connect(&got)
+	defer c.Disconnect(0)
+	checkFor(t, 5*time.Second, func() error {
+		var cmd simCommand
+		if code := s.do(t, "GET", "/commands/"+first.ID, nil, &cmd); code != http.StatusOK {
+			return fmt.Errorf("GET command: %d", code)
+		}
+		if cmd.Status != "delivered" {
+			return fmt.Errorf("queued command: status %q, want delivered", cmd.Status)
+		}
+		return nil
+	})
+	if got.len() != 1 {
+		t.Errorf("device received %d commands, want 1", got.len())
+	}
 }
