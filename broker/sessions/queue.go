@@ -491,6 +491,17 @@ func (s *Store) QueueStoreUse() (used, limit int64) {
 	return s.total.Load(), s.opts.MaxStoreBytes
 }
 
+// QueueStoreWarning says when all queues together hold more than 90 % of
+// their bound (mqtt.max_queue_store_bytes), or "".
+func (s *Store) QueueStoreWarning() string {
+	used, limit := s.QueueStoreUse()
+	if used*10 <= limit*9 {
+		return ""
+	}
+	return fmt.Sprintf("session queues hold %d of %d bytes (%d%% of mqtt.max_queue_store_bytes): messages for offline sessions will soon be refused",
+		used, limit, used*100/limit)
+}
+
 // PurgeSession removes session clientID entirely: from the engine (a
 // connected client is disconnected first) its subscriptions, inflight
 // messages and the session itself; from the store its queue and every

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -114,7 +115,7 @@ func TestQueueFullFailsCommand(t *testing.T) {
 		t.Fatalf("register: %d", code)
 	}
 	connect := func(got *payloadSet) paho3.Client {
-		o := paho3.NewClientOptions().AddBroker("tcp://"+a.mqttAddr()).SetClientID(dev.ID).
+		o := paho3.NewClientOptions().AddBroker("tcp://" + a.mqttAddr()).SetClientID(dev.ID).
 			SetUsername(dev.ID).SetPassword(dev.Secret).SetProtocolVersion(4).SetCleanSession(false).
 			SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetOrderMatters(true).
 			SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got.add(m.Topic()) })
@@ -164,5 +165,52 @@ func TestQueueFullFailsCommand(t *testing.T) {
 	})
 	if got.len() != 1 {
 		t.Errorf("device received %d commands, want 1", got.len())
+	}
+}
+
+// When the queues together near mqtt.max_queue_store_bytes, /readyz says
+// so (still ready) and GET /broker shows their use.
+func TestQueueStoreNearFullWarns(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", simAdminPassword)
+	cfg := testConfig(t)
+	cfg.MQTT.TLSAddr, cfg.HTTP.HTTPSAddr = "off", "off"
+	cfg.MQTT.MaxQueuedBytes, cfg.MQTT.MaxQueueStoreBytes = 8192, 8192
+	a := startTestApp(t, cfg)
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + a.httpAddr() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := readyz(); code != http.StatusOK || strings.Contains(body, "warnings") {
+		t.Fatalf("/readyz before: %d %s", code, body)
+	}
+	var none payloadSet
+	sub := crashSub3(t, a.mqttAddr(), "near-sub", &none)
+	if tok := sub.Subscribe("near/#", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	sub.Disconnect(100)
+	pub := crashPub3(t, a.mqttAddr(), "near-pub")
+	defer pub.Disconnect(0)
+	payload := strings.Repeat("x", 512)
+	for i := range 20 {
+		if tok := pub.Publish("near/x", 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	if code, body := readyz(); code != http.StatusOK || !strings.Contains(body, "mqtt.max_queue_store_bytes") {
+		t.Fatalf("/readyz near the bound: %d %s", code, body)
+	}
+	s := login(t, a, "admin", simAdminPassword)
+	var b struct {
+		Used  int64 `json:"queue_store_bytes"`
+		Limit int64 `json:"queue_store_limit_bytes"`
+	}
+	if code := s.do(t, "GET", "/broker", nil, &b); code != http.StatusOK || b.Limit != 8192 || b.Used*10 <= b.Limit*9 {
+		t.Fatalf("GET /broker: %d, queue store %d of %d", code, b.Used, b.Limit)
 	}
 }

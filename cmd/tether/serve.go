@@ -315,7 +315,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	serve := func(ln net.Listener, mqttHandler http.Handler, secure bool) {
 		srv := &http.Server{
 			Handler: httpLimit.Handler(dashboard.NewHandler(dashboard.Options{
-				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Logger: log,
+				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Warnings: a.warnings, Logger: log,
 				API: api, UI: dashboard.UI(),
 			})),
 			ReadHeaderTimeout: cfg.HTTP.HandshakeTimeout,
@@ -379,6 +379,14 @@ func (a *app) shutdown(ctx context.Context) error {
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr
+}
+
+// warnings are what /readyz tells an operator besides readiness.
+func (a *app) warnings() []string {
+	if w := a.store.QueueStoreWarning(); w != "" {
+		return []string{w}
+	}
+	return nil
 }
 
 func (a *app) mqttAddr() string {
