@@ -307,7 +307,9 @@ func (s *Store) pump(q *queue) {
 		}
 		q.mu.Unlock()
 		for _, it := range batch {
-			s.deliver(q, cl, it)
+			if !s.deliver(q, cl, it) {
+				break
+			}
 		}
 	}
 }
@@ -317,7 +319,18 @@ func (s *Store) pump(q *queue) {
 // send quota, and the write. The engine resends it after a reconnect; its
 // queue row stays on disk until the client acknowledges it (acked), so a
 // restart sends it again rather than losing it.
-func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) {
+//
+// It reports false, handing nothing, when cl no longer holds the session
+// (taken over, gone) or has no packet id free: the message and those
+// after it are read from disk again for the next connection.
+func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) bool {
+	q.mu.Lock()
+	if q.cl != cl {
+		q.buf, q.caught, q.loaded = nil, false, q.sent
+		q.mu.Unlock()
+		return false
+	}
+	q.mu.Unlock()
 	done := func() {
 		q.mu.Lock()
 		if _, ok := s.queues.Load(q.id); ok && q.count > 0 {
@@ -338,16 +351,14 @@ func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) {
 	if expired || (acl != nil && !(*acl)(cl, out.TopicName)) {
 		s.w.enqueue(newOp(opQueueDelete, q.id, it.seq))
 		done()
-		return
+		return true
 	}
 	id, err := cl.NextPacketID()
 	if err != nil {
-		// Every packet id in use: it stays queued (on disk) for the next
-		// connection.
 		q.mu.Lock()
 		q.buf, q.caught, q.loaded = nil, false, q.sent
 		q.mu.Unlock()
-		return
+		return false
 	}
 	out.PacketID = uint16(id)
 	if cl.State.Inflight.Set(out) {
@@ -368,6 +379,7 @@ func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) {
 	done()
 	s.metrics.queueDelivered.Inc()
 	_ = cl.WritePacket(out) // if it fails, the engine resends it on reconnect
+	return true
 }
 
 // readQueue reads up to n of session id's queued messages after seq.
