@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
@@ -23,8 +24,12 @@ import (
 // one of its transactions. The copy is written next to FILE first and
 // linked into place, so FILE is never overwritten and never half written.
 //
-// Restore: stop the server, remove data/tether.db-wal and
-// data/tether.db-shm if present, copy the backup to data/tether.db, start.
+// The MQTT session store has a file of its own (data/sessions.db): it is
+// copied the same way to FILE.sessions.
+//
+// Restore: stop the server, remove data/tether.db-wal, data/tether.db-shm,
+// data/sessions.db-wal and data/sessions.db-shm if present, copy the
+// backup to data/tether.db and FILE.sessions to data/sessions.db, start.
 func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("backup", "backup [--data-dir DIR] FILE", stderr)
 	dataDir := flags.String("data-dir", "", "directory of the database to copy (TETHER_DATA_DIR; default "+configs.Default().DataDir+")")
@@ -48,7 +53,20 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "backup of %s written to %s (%d bytes)\n", filepath.Join(dir, devices.FileName), flags.Arg(0), n)
+	if src := filepath.Join(dir, sessions.FileName); fileExists(src) {
+		dst := flags.Arg(0) + ".sessions"
+		n, err := backupDB(ctx, src, dst)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "backup of %s written to %s (%d bytes)\n", src, dst, n)
+	}
 	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // backupDB copies the database at src to dst, which must not exist, and
