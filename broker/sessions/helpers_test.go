@@ -1,6 +1,7 @@
 package sessions
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -119,4 +120,17 @@ func (o *orderedPayloads) list() []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return append([]string(nil), o.all...)
+}
+
+// waitOffline waits until the broker has seen session id go offline.
+func waitOffline(t *testing.T, st *Store, id string) {
+	t.Helper()
+	checkFor(t, 5*time.Second, func() error {
+		for _, s := range st.Sessions() {
+			if s.ClientID == id && !s.Online {
+				return nil
+			}
+		}
+		return fmt.Errorf("session %s not offline", id)
+	})
 }

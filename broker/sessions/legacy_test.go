@@ -35,6 +35,7 @@ func TestLegacyImport(t *testing.T) {
 	sub := storeClient(t, n.addr, "old-sub", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("old/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "old-sub")
 	pub := storeClient(t, n.addr, "old-pub", true, nil)
 	for i := range 3 {
 		waitToken(t, "publish", pub.Publish("old/x", 1, false, fmt.Sprintf("old-%d", i)))

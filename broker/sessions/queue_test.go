@@ -31,6 +31,7 @@ func TestQueueBound(t *testing.T) {
 	sub := storeClient(t, n.addr, "bound-sub", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("bound/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "bound-sub")
 	pub := storeClient(t, n.addr, "bound-pub", true, nil)
 	for i := range 25 {
 		waitToken(t, "publish", pub.Publish("bound/x", 1, false, fmt.Sprintf("m-%d", i)))
@@ -74,6 +75,7 @@ func TestQueueBeyondWindow(t *testing.T) {
 	sub := storeClient(t, n.addr, "win-sub", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("win/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "win-sub")
 	pub := storeClient(t, n.addr, "win-pub", true, nil)
 	for i := range count {
 		pub.Publish("win/x", 1, false, fmt.Sprintf("w-%d", i))
@@ -112,6 +114,7 @@ func TestPurgeSession(t *testing.T) {
 	sub := storeClient(t, n.addr, "purge-sub", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("purge/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "purge-sub")
 	pub := storeClient(t, n.addr, "purge-pub", true, nil)
 	for i := range 20 {
 		waitToken(t, "publish", pub.Publish("purge/x", 1, false, fmt.Sprintf("p-%d", i)))
@@ -164,6 +167,7 @@ func TestQueueGoesWithExpiredSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = c.Disconnect(&paho5.Disconnect{})
+	waitOffline(t, n.store, "exp-sub")
 	pub := storeClient(t, n.addr, "exp-pub", true, nil)
 	for i := range 5 {
 		waitToken(t, "publish", pub.Publish("exp/x", 1, false, fmt.Sprintf("e-%d", i)))

@@ -28,13 +28,6 @@ func TestQueueOverflowShown(t *testing.T) {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
 	sub.Disconnect(100)
-	pub := crashPub3(t, a.mqttAddr(), "q-pub")
-	for i := range 8 {
-		if tok := pub.Publish("q/x", 1, false, fmt.Sprintf("q-%d", i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish %d: %v", i, tok.Error())
-		}
-	}
-	pub.Disconnect(0)
 
 	anon := &apiSession{base: "http://" + a.httpAddr(), client: &http.Client{Timeout: 10 * time.Second}}
 	if code := anon.do(t, "GET", "/sessions", nil, nil); code != http.StatusUnauthorized {
@@ -65,6 +58,19 @@ func TestQueueOverflowShown(t *testing.T) {
 		t.Fatalf("q-sub not in %+v", out.Sessions)
 		return session{}
 	}
+	checkFor(t, 5*time.Second, func() error {
+		if find().Online {
+			return fmt.Errorf("q-sub still online")
+		}
+		return nil
+	})
+	pub := crashPub3(t, a.mqttAddr(), "q-pub")
+	for i := range 8 {
+		if tok := pub.Publish("q/x", 1, false, fmt.Sprintf("q-%d", i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	pub.Disconnect(0)
 	if se := find(); se.Online || se.Queued != 5 || se.Dropped != 3 || se.ExpiresAt == nil {
 		t.Fatalf("session %+v: want offline, 5 queued, 3 dropped, an expiry", se)
 	}
@@ -131,6 +137,7 @@ func TestQueueFullFailsCommand(t *testing.T) {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
 	c.Disconnect(100)
+	waitSessionOffline(t, a, dev.ID)
 	send := func(name string) simCommand {
 		var cmd simCommand
 		body := map[string]any{"name": name, "params": map[string]any{}, "timeout": 60}
@@ -194,6 +201,7 @@ func TestQueueStoreNearFullWarns(t *testing.T) {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
 	sub.Disconnect(100)
+	waitSessionOffline(t, a, "near-sub")
 	pub := crashPub3(t, a.mqttAddr(), "near-pub")
 	defer pub.Disconnect(0)
 	payload := strings.Repeat("x", 512)
@@ -213,4 +221,18 @@ func TestQueueStoreNearFullWarns(t *testing.T) {
 	if code := s.do(t, "GET", "/broker", nil, &b); code != http.StatusOK || b.Limit != 8192 || b.Used*10 <= b.Limit*9 {
 		t.Fatalf("GET /broker: %d, queue store %d of %d", code, b.Used, b.Limit)
 	}
+}
+
+// waitSessionOffline waits until a's broker has seen session id go
+// offline.
+func waitSessionOffline(t *testing.T, a *app, id string) {
+	t.Helper()
+	checkFor(t, 5*time.Second, func() error {
+		for _, se := range a.store.Sessions() {
+			if se.ClientID == id && !se.Online {
+				return nil
+			}
+		}
+		return fmt.Errorf("session %s not offline yet", id)
+	})
 }
