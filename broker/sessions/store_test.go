@@ -82,6 +82,7 @@ func TestStorageSessionAndRetainedSurviveRestart(t *testing.T) {
 	sub := storeClient(t, n.addr, "sub-persistent", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("store/t/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "sub-persistent")
 
 	pub := storeClient(t, n.addr, "pub", true, nil)
 	const count = 500
@@ -119,6 +120,7 @@ func TestStorageAckedMeansOnDisk(t *testing.T) {
 	sub := storeClient(t, n.addr, "sub-off", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("ack/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "sub-off")
 	pub := storeClient(t, n.addr, "pub-ack", true, nil)
 	for i := range 200 {
 		p := fmt.Sprintf("a%d", i)
@@ -142,6 +144,7 @@ func TestStorageGroupCommit(t *testing.T) {
 	sub := storeClient(t, n.addr, "sub-gc", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("gc/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "sub-gc")
 	const pubs, each = 8, 100
 	var wg sync.WaitGroup
 	for p := range pubs {

@@ -46,13 +46,15 @@ func crashSessions(t *testing.T, bin string) {
 	p := newTetherProc(t, bin)
 	p.start(t)
 
-	var early3, early5 payloadSet
-	s3 := crashSub3(t, p.mqtt, "crash-sub3", &early3)
+	// One set per subscriber for both its connections: a message that
+	// reached it before it was seen offline counts.
+	var got3, got5 payloadSet
+	s3 := crashSub3(t, p.mqtt, "crash-sub3", &got3)
 	if tok := s3.Subscribe("crash/data/#", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
 	s3.Disconnect(100)
-	s5 := crashSub5(t, p.mqtt, "crash-sub5", &early5)
+	s5 := crashSub5(t, p.mqtt, "crash-sub5", &got5)
 	subscribe5(t, s5, "crash/data/#")
 	closeSub5(s5)
 
@@ -93,7 +95,6 @@ func crashSessions(t *testing.T, bin string) {
 	crashStoreSummary(t, p.sessionsPath())
 	p.start(t)
 
-	var got3, got5 payloadSet
 	s3 = crashSub3(t, p.mqtt, "crash-sub3", &got3)
 	defer s3.Disconnect(0)
 	s5 = crashSub5(t, p.mqtt, "crash-sub5", &got5)
