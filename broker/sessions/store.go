@@ -438,8 +438,9 @@ func (s *Store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		return pk, nil // the fast path: nothing to make durable
 	}
 	var last *batch
+	wait := false
 	if retain {
-		last = s.w.enqueue(retainedOp(pk))
+		last, wait = s.w.enqueue(retainedOp(pk)), true
 		st.retained.Store(true)
 	}
 	if fanout {
@@ -448,7 +449,7 @@ func (s *Store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		pk.TopicName = strings.Clone(pk.TopicName)
 		r, b, queued := s.route(srv, cl, pk)
 		if queued {
-			last = b
+			last, wait = b, true // nil if the writer dropped it: counted in wait
 		}
 		if len(r.to) > 0 {
 			key := unsafe.StringData(pk.TopicName)
@@ -461,7 +462,7 @@ func (s *Store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 			}
 		}
 	}
-	if !inline && (retain || last != nil) {
+	if !inline && wait {
 		s.wait(last)
 	}
 	return pk, nil
@@ -474,6 +475,7 @@ func (s *Store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 // the engine.
 func (s *Store) route(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet) (r *route, last *batch, queued bool) {
 	caps := s.Opts.Capabilities
+	lost := false
 	r = &route{to: map[string]bool{}}
 	data, payload := encodeMessage("", storage.InflightKey, pk)
 	acl := s.acl.Load()
@@ -501,7 +503,11 @@ func (s *Store) route(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet) (r *
 		r.to[id] = true
 		if b, ok := s.enqueueMessage(id, item{qos: qos, retain: retain, ids: ids, pk: pk}, data, payload); ok {
 			last, queued = b, true
+			lost = lost || b == nil
 		}
+	}
+	if lost {
+		last = nil // not all of them will be written
 	}
 	return r, last, queued
 }
