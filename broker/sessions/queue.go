@@ -514,10 +514,13 @@ func (s *Store) QueueStoreWarning() string {
 		used, limit, used*100/limit)
 }
 
-// PurgeSession removes session clientID entirely: from the engine (a
-// connected client is disconnected first) its subscriptions, inflight
-// messages and the session itself; from the store its queue and every
-// row. It is safe to call for an unknown id.
+// PurgeSession removes session clientID entirely: from the engine, if it
+// still holds it (a connected client is disconnected first), its
+// subscriptions, inflight messages and the session itself; from the store
+// its queue and every row (queued; a deletion queued after the session's
+// last write wins over it). It implements broker.SessionPurger, which the
+// access hook calls once it has taken the engine's copy; it does not
+// block and is safe to call for an unknown id.
 func (s *Store) PurgeSession(clientID string) {
 	if srv := s.srv.Load(); srv != nil {
 		if cl, ok := srv.Clients.Get(clientID); ok && !cl.Net.Inline {
