@@ -123,7 +123,7 @@ func (o *orderedPayloads) list() []string {
 }
 
 // waitOffline waits until the broker has seen session id go offline.
-func waitOffline(t *testing.T, st *Store, id string) {
+func waitOffline(t testing.TB, st *Store, id string) {
 	t.Helper()
 	checkFor(t, 5*time.Second, func() error {
 		for _, s := range st.Sessions() {

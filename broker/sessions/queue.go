@@ -27,7 +27,7 @@ import (
 // sequence order, so what is committed is always a prefix of the queue.
 
 // readAhead is the most queued messages an online session holds in memory.
-const readAhead = 512
+const readAhead = 256
 
 // route is one message's persistent recipients, from OnPublish to
 // OnPublished. to is not changed after OnPublish.

@@ -26,14 +26,14 @@ type storeNode struct {
 	addr  string
 }
 
-func startStoreNode(t *testing.T, dir string, opts *Options) *storeNode {
+func startStoreNode(t testing.TB, dir string, opts *Options) *storeNode {
 	t.Helper()
 	return startStoreNodeCfg(t, dir, opts, nil)
 }
 
 // startStoreNodeCfg starts a node at the default settings, changed by
 // edit if not nil.
-func startStoreNodeCfg(t *testing.T, dir string, opts *Options, edit func(*configs.Config)) *storeNode {
+func startStoreNodeCfg(t testing.TB, dir string, opts *Options, edit func(*configs.Config)) *storeNode {
 	t.Helper()
 	cfg := configs.Default()
 	cfg.DataDir = dir
