@@ -109,14 +109,17 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ bind(*mqtt.Server) }); ok {
 		h.bind(srv) // the access hook refuses and publishes through the engine
 	}
+	hook := access // the access hook, with a Diverter in front if there is one
 	for _, h := range opts.Hooks {
 		if d, ok := h.(Diverter); ok {
-			inner := access
-			d.SetACL(func(cl *mqtt.Client, topic string) bool { return inner.OnACLCheck(cl, topic, false) })
-			access = &diverted{Hook: inner, d: d}
+			inner := hook
+			d.SetACL(func(cl *mqtt.Client, topic string) bool {
+				return inner.Provides(mqtt.OnACLCheck) && inner.OnACLCheck(cl, topic, false)
+			})
+			hook = &diverted{Hook: inner, d: d}
 		}
 	}
-	if err := srv.AddHook(access, nil); err != nil {
+	if err := srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
 	}
 	for _, h := range opts.Hooks {
