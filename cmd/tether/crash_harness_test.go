@@ -121,7 +121,9 @@ func (p *tetherProc) start(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if !p.running() {
-			t.Fatalf("tether exited during start-up: %v\n%s", <-p.exited, p.log())
+			err := <-p.exited
+			p.exited <- err // for running() and the cleanup
+			t.Fatalf("tether exited during start-up: %v\n%s", err, p.log())
 		}
 		if resp, err := http.Get("http://" + p.http + "/readyz"); err == nil {
 			resp.Body.Close()
