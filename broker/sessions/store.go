@@ -130,16 +130,11 @@ const FileName = "sessions.db"
 // call Attach with the broker's engine; Close it after the broker has
 // stopped.
 func Open(dir string, opts *Options) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, devices.DirMode); err != nil {
 		return nil, fmt.Errorf("session store: create data dir: %w", err)
 	}
-	path := filepath.Join(dir, FileName)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("session store: %w", err)
-	}
-	f.Close()
-	db, err := devices.OpenDBFile(path)
+	// OpenDBFile makes the file and the ones beside it 0600.
+	db, err := devices.OpenDBFile(filepath.Join(dir, FileName))
 	if err != nil {
 		return nil, fmt.Errorf("session store: %w", err)
 	}
