@@ -111,7 +111,17 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ bind(*mqtt.Server) }); ok {
 		h.bind(srv) // the access hook refuses and publishes through the engine
 	}
-	if err := srv.AddHook(access, nil); err != nil {
+	hook := access // the access hook, with a Diverter in front if there is one
+	for _, h := range opts.Hooks {
+		if d, ok := h.(Diverter); ok {
+			inner := hook
+			d.SetACL(func(cl *mqtt.Client, topic string) bool {
+				return inner.Provides(mqtt.OnACLCheck) && inner.OnACLCheck(cl, topic, false)
+			})
+			hook = &diverted{Hook: inner, d: d}
+		}
+	}
+	if err := srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
 	}
 	for _, h := range opts.Hooks {

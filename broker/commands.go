@@ -304,3 +304,15 @@ func (p *publisher) inject(pk packets.Packet) error {
 
 // Store returns the commands store the hook records into.
 func (h *CommandHook) Store() *devices.Commands { return h.store }
+
+// Refused marks failed, with reason, the command pk carries when the
+// session store refused it for the device's session (its queue full).
+func (h *CommandHook) Refused(clientID string, pk packets.Packet, reason string) {
+	id := string(pk.Properties.CorrelationData)
+	if id == "" {
+		return
+	}
+	if dev, ok := h.store.OpenFor(id); ok && dev == clientID {
+		h.store.RecordResponse(id, false, nil, "not delivered: "+reason)
+	}
+}

@@ -1,10 +1,16 @@
 package broker
 
 import (
+	"io"
+	"log/slog"
+	"os"
+	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // checkFor polls cond until it returns nil, failing the test with cond's
@@ -31,4 +37,59 @@ func waitToken(t testing.TB, what string, tok paho.Token) {
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("%s: %v", what, tok.Error())
 	}
+}
+
+func storeLogger() *slog.Logger {
+	if os.Getenv("TETHER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// storeClient connects a 3.1.1 client; clean=false makes it persistent.
+func storeClient(t *testing.T, addr, id string, clean bool, onMsg func(paho.Message)) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
+		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(5 * time.Second).SetOrderMatters(false)
+	if onMsg != nil {
+		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMsg(m) })
+	}
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+// received collects payloads, safe for paho's goroutines.
+type received struct {
+	mu  sync.Mutex
+	got map[string]int
+}
+
+func (r *received) add(m paho.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.got == nil {
+		r.got = map[string]int{}
+	}
+	r.got[string(m.Payload())]++
+}
+
+func (r *received) distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got)
+}
+
+func testCounter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

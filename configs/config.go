@@ -50,13 +50,17 @@ type MQTT struct {
 	MaxInflight      uint16        `yaml:"max_inflight"`
 	BackpressureWait time.Duration `yaml:"backpressure_wait"`
 	MaxSessionExpiry time.Duration `yaml:"max_session_expiry"`
-	MaxMessageExpiry time.Duration `yaml:"max_message_expiry"`
-	SysInterval      time.Duration `yaml:"sys_interval"`
-	ConnectTimeout   time.Duration `yaml:"connect_timeout"`
-	MaxKeepalive     time.Duration `yaml:"max_keepalive"`
-	ShutdownGrace    time.Duration `yaml:"shutdown_grace"`
-	ReadBufferSize   int           `yaml:"read_buffer_size"`
-	WriteBufferSize  int           `yaml:"write_buffer_size"`
+	// Offline queues of persistent sessions, on disk (SPEC §9).
+	MaxQueuedMessages  int           `yaml:"max_queued_messages"`
+	MaxQueuedBytes     int64         `yaml:"max_queued_bytes"`
+	MaxQueueStoreBytes int64         `yaml:"max_queue_store_bytes"`
+	MaxMessageExpiry   time.Duration `yaml:"max_message_expiry"`
+	SysInterval        time.Duration `yaml:"sys_interval"`
+	ConnectTimeout     time.Duration `yaml:"connect_timeout"`
+	MaxKeepalive       time.Duration `yaml:"max_keepalive"`
+	ShutdownGrace      time.Duration `yaml:"shutdown_grace"`
+	ReadBufferSize     int           `yaml:"read_buffer_size"`
+	WriteBufferSize    int           `yaml:"write_buffer_size"`
 }
 
 // HTTP configures the HTTP(S) server: dashboard, API, /mqtt, /metrics.
@@ -138,13 +142,18 @@ func Default() Config {
 			MaxInflight:      1024,
 			BackpressureWait: time.Second,
 			MaxSessionExpiry: 7 * 24 * time.Hour,
-			MaxMessageExpiry: 0,
-			SysInterval:      time.Second,
-			ConnectTimeout:   10 * time.Second,
-			MaxKeepalive:     0,
-			ShutdownGrace:    10 * time.Second,
-			ReadBufferSize:   2048,
-			WriteBufferSize:  2048,
+			// 100,000 messages or 64 MiB per session; 1 GiB for all
+			// queues together, so that they cannot fill a small disk.
+			MaxQueuedMessages:  100_000,
+			MaxQueuedBytes:     64 << 20,
+			MaxQueueStoreBytes: 1 << 30,
+			MaxMessageExpiry:   0,
+			SysInterval:        time.Second,
+			ConnectTimeout:     10 * time.Second,
+			MaxKeepalive:       0,
+			ShutdownGrace:      10 * time.Second,
+			ReadBufferSize:     2048,
+			WriteBufferSize:    2048,
 		},
 		HTTP: HTTP{
 			Addr:             ":8080",
@@ -246,6 +255,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.MaxSessionExpiry < 0 || c.MQTT.MaxSessionExpiry > time.Duration(1<<32-1)*time.Second {
 		bad("mqtt.max_session_expiry", "must be between 0 and 136y")
+	}
+	if c.MQTT.MaxQueuedMessages < 1 {
+		bad("mqtt.max_queued_messages", "must be at least 1")
+	}
+	if c.MQTT.MaxQueuedBytes < 1024 {
+		bad("mqtt.max_queued_bytes", "must be at least 1024")
+	}
+	if c.MQTT.MaxQueueStoreBytes < c.MQTT.MaxQueuedBytes {
+		bad("mqtt.max_queue_store_bytes", "must be at least mqtt.max_queued_bytes (%d)", c.MQTT.MaxQueuedBytes)
 	}
 	if c.MQTT.BackpressureWait < 0 {
 		bad("mqtt.backpressure_wait", "must not be negative (0 turns backpressure off)")

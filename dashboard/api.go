@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -28,6 +29,9 @@ type APIOptions struct {
 	// Clients remembers when each MQTT client connected (add it to the
 	// broker's hooks); nil leaves "connected_since" empty.
 	Clients *ClientClock
+	// Sessions is the MQTT session store, for GET /sessions; nil answers
+	// it with 503.
+	Sessions *sessions.Store
 	// Telemetry, Commands and Twins serve the device data routes; nil
 	// answers them with 503.
 	Telemetry *devices.Telemetry
@@ -58,6 +62,7 @@ type API struct {
 	reg     *devices.Registry
 	broker  *broker.Broker
 	clients *ClientClock
+	store   *sessions.Store
 	log     *slog.Logger
 	ttl     time.Duration
 	now     func() time.Time
@@ -85,6 +90,7 @@ func NewAPI(o APIOptions) (*API, error) {
 		reg:     o.Registry,
 		broker:  o.Broker,
 		clients: o.Clients,
+		store:   o.Sessions,
 		log:     o.Logger,
 		ttl:     o.TokenTTL,
 		now:     o.Now,
@@ -187,6 +193,7 @@ func (a *API) routes() []route {
 		{"PATCH", "/devices/{id}/twin", operator, a.patchTwin},
 
 		{"GET", "/clients", viewer, a.listClients},
+		{"GET", "/sessions", viewer, a.listSessions},
 		{"GET", "/broker", viewer, a.brokerStats},
 
 		{"GET", "/auth/me", viewer, a.me},

@@ -29,6 +29,10 @@ type brokerInfo struct {
 	PacketsReceived     int64           `json:"packets_received"`
 	PacketsSent         int64           `json:"packets_sent"`
 	Listeners           []listenerStats `json:"listeners"`
+	// The persistent sessions' queues on disk, and their bound
+	// (mqtt.max_queue_store_bytes).
+	QueueStoreBytes      int64 `json:"queue_store_bytes"`
+	QueueStoreLimitBytes int64 `json:"queue_store_limit_bytes"`
 }
 
 // listenerStats is one listener's figures.
@@ -72,6 +76,9 @@ func (a *API) brokerStats(w http.ResponseWriter, r *http.Request) error {
 		PacketsReceived:     i.PacketsReceived,
 		PacketsSent:         i.PacketsSent,
 		Listeners:           []listenerStats{},
+	}
+	if a.store != nil {
+		s.QueueStoreBytes, s.QueueStoreLimitBytes = a.store.QueueStoreUse()
 	}
 	b := a.broker
 	if b.TCP != nil {

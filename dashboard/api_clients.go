@@ -40,13 +40,9 @@ func (a *API) listClients(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	after := ""
-	if c := q.Get("cursor"); c != "" {
-		b, err := base64.RawURLEncoding.DecodeString(c)
-		if err != nil || len(b) == 0 {
-			return badRequest(codeInvalid, "malformed cursor")
-		}
-		after = string(b)
+	after, err := idCursor(q.Get("cursor"))
+	if err != nil {
+		return err
 	}
 	if a.broker == nil {
 		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Msg: "no broker is running"}
@@ -70,6 +66,18 @@ func (a *API) listClients(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// idCursor decodes a cursor that holds the last id of the previous page.
+func idCursor(c string) (string, error) {
+	if c == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || len(b) == 0 {
+		return "", badRequest(codeInvalid, "malformed cursor")
+	}
+	return string(b), nil
 }
 
 func (a *API) describeClient(cl *mqtt.Client) client {

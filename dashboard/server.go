@@ -18,6 +18,9 @@ type Options struct {
 	UI http.Handler
 	// Ready reports why the process cannot serve (nil when it can).
 	Ready func() error
+	// Warnings, if set, lists what an operator should know while the
+	// process can serve (a bound nearly reached); /readyz shows them.
+	Warnings func() []string
 	// Logger receives request errors; nil means slog.Default().
 	Logger *slog.Logger
 	// HTTPMetrics, when set, counts requests and their latency by route.
@@ -40,6 +43,12 @@ func NewHandler(o Options) http.Handler {
 		if o.Ready != nil {
 			if err := o.Ready(); err != nil {
 				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+				return
+			}
+		}
+		if o.Warnings != nil {
+			if ws := o.Warnings(); len(ws) > 0 {
+				writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "warnings": ws})
 				return
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
@@ -23,7 +24,11 @@ import (
 // one of its transactions. The copy is written next to FILE first and
 // linked into place, so FILE is never overwritten and never half written.
 //
-// Restore: stop the server, `tether restore FILE` (restore.go), start.
+// The MQTT session store has a file of its own (data/sessions.db): it is
+// copied the same way to FILE.sessions.
+//
+// Restore: stop the server, `tether restore FILE` (restore.go; it puts
+// FILE.sessions back too when it is there), start.
 func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("backup", "backup [--data-dir DIR] FILE", stderr)
 	dataDir := flags.String("data-dir", "", "directory of the database to copy (TETHER_DATA_DIR; default "+defaultDataDir()+")")
@@ -44,7 +49,20 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "backup of %s written to %s (%d bytes)\n", filepath.Join(dir, devices.FileName), flags.Arg(0), n)
+	if src := filepath.Join(dir, sessions.FileName); fileExists(src) {
+		dst := flags.Arg(0) + ".sessions"
+		n, err := backupDB(ctx, src, dst)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "backup of %s written to %s (%d bytes)\n", src, dst, n)
+	}
 	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // backupDB copies the database at src to dst, which must not exist, and

@@ -48,6 +48,7 @@ func crashBackup(t *testing.T, bin string) {
 		t.Fatalf("tether backup: %v\n%s", err, out)
 	}
 	integrityCheck(t, file)
+	integrityCheck(t, file+".sessions")
 	out, err := run()
 	if err == nil || !strings.Contains(out, "refusing to overwrite") {
 		t.Fatalf("second backup to the same file: err %v, output %q", err, out)
@@ -58,12 +59,14 @@ func crashBackup(t *testing.T, bin string) {
 	if err := os.MkdirAll(filepath.Join(r.dir, "data"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(r.dbPath(), b, 0o600); err != nil {
-		t.Fatal(err)
+	for from, to := range map[string]string{file: r.dbPath(), file + ".sessions": r.sessionsPath()} {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	r.start(t)
 	var got payloadSet

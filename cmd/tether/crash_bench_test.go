@@ -47,7 +47,7 @@ func TestCrashBenchDurable(t *testing.T) {
 			sub = "offline"
 		}
 		// Tether.
-		p := newTetherProc(t, bin, "TETHER_MQTT_MAX_INFLIGHT=65000", "TETHER_LOG_LEVEL=error")
+		p := newTetherProc(t, bin, "TETHER_LOG_LEVEL=error")
 		p.start(t)
 		rate := benchDurable(t, p.mqtt, total, pubs, window, online)
 		commits := scrapeCounter(t, "http://"+p.http+"/metrics", "tether_store_commits_total")

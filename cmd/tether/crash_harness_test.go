@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -78,6 +80,9 @@ func newTetherProc(t *testing.T, bin string, env ...string) *tetherProc {
 
 func (p *tetherProc) dbPath() string { return filepath.Join(p.dir, "data", "tether.db") }
 
+// sessionsPath is the session store's file.
+func (p *tetherProc) sessionsPath() string { return filepath.Join(p.dir, "data", "sessions.db") }
+
 func (p *tetherProc) running() bool {
 	if p.cmd == nil {
 		return false
@@ -116,7 +121,9 @@ func (p *tetherProc) start(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if !p.running() {
-			t.Fatalf("tether exited during start-up: %v\n%s", <-p.exited, p.log())
+			err := <-p.exited
+			p.exited <- err // for running() and the cleanup
+			t.Fatalf("tether exited during start-up: %v\n%s", err, p.log())
 		}
 		if resp, err := http.Get("http://" + p.http + "/readyz"); err == nil {
 			resp.Body.Close()
@@ -186,15 +193,42 @@ func integrityCheck(t *testing.T, path string) {
 type payloadSet struct {
 	mu sync.Mutex
 	m  map[string]bool
+	// last is, per publisher (the payload's prefix before its last '-'),
+	// the highest number seen; disorder counts new payloads that came
+	// after a higher one of the same publisher.
+	last     map[string]int
+	disorder int
+	example  string
 }
 
 func (s *payloadSet) add(p string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		s.m = map[string]bool{}
+		s.m, s.last = map[string]bool{}, map[string]int{}
+	}
+	if s.m[p] {
+		return // a duplicate (at least once)
 	}
 	s.m[p] = true
+	if i := strings.LastIndexByte(p, '-'); i > 0 {
+		if n, err := strconv.Atoi(p[i+1:]); err == nil {
+			if last, ok := s.last[p[:i]]; ok && n < last {
+				s.disorder++
+				s.example = fmt.Sprintf("%s after %s-%d", p, p[:i], last)
+			} else {
+				s.last[p[:i]] = n
+			}
+		}
+	}
+}
+
+// outOfOrder returns how many payloads arrived after a later one of the
+// same publisher, and one example.
+func (s *payloadSet) outOfOrder() (int, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.disorder, s.example
 }
 
 func (s *payloadSet) len() int {
@@ -223,7 +257,7 @@ func (s *payloadSet) missing(want *payloadSet) (int, string) {
 func crashSub3(t *testing.T, addr, id string, got *payloadSet) paho3.Client {
 	t.Helper()
 	o := paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
-		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).SetOrderMatters(false).
+		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).SetOrderMatters(true).
 		SetConnectTimeout(5 * time.Second).SetKeepAlive(30 * time.Second).
 		SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got.add(string(m.Payload())) })
 	c := paho3.NewClient(o)

@@ -25,12 +25,13 @@ func crashLoops(t *testing.T) int {
 
 // crashLoop kills the broker with SIGKILL at a random moment while three
 // publishers send QoS 1 messages as fast as they are acknowledged and a
-// persistent 3.1.1 and an MQTT 5 subscriber receive them. After each
-// kill the database passes PRAGMA integrity_check; at the end every
-// acknowledged message has reached both subscribers.
+// persistent 3.1.1 and an MQTT 5 subscriber receive them, at the default
+// settings. After each kill both database files pass PRAGMA
+// integrity_check; at the end every acknowledged message has reached both
+// subscribers.
 func crashLoop(t *testing.T, bin string) {
 	loops := crashLoops(t)
-	p := newTetherProc(t, bin, "TETHER_MQTT_MAX_INFLIGHT=60000")
+	p := newTetherProc(t, bin)
 	var acked, got3, got5 payloadSet
 	for loop := range loops {
 		p.start(t)
@@ -61,6 +62,7 @@ func crashLoop(t *testing.T, bin string) {
 		s3.Disconnect(0)
 		closeSub5(s5)
 		integrityCheck(t, p.dbPath())
+		integrityCheck(t, p.sessionsPath())
 		t.Logf("kill %d: %d messages acknowledged so far", loop+1, acked.len())
 	}
 	p.start(t)
@@ -79,4 +81,5 @@ func crashLoop(t *testing.T, bin string) {
 	}
 	p.stop(t)
 	integrityCheck(t, p.dbPath())
+	integrityCheck(t, p.sessionsPath())
 }

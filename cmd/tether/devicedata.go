@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
@@ -101,4 +102,19 @@ func (d *deviceData) close() error {
 	}
 	errs = append(errs, d.audit.Close()) // nil-safe
 	return errors.Join(errs...)
+}
+
+// openSessions opens the MQTT session store (sessions.db in the data
+// directory, moving sessions an older Tether kept in legacy, tether.db);
+// it tells the command tracker of the commands it delivers or refuses.
+func openSessions(cfg configs.Config, legacy string, d *deviceData, log *slog.Logger) (*sessions.Store, error) {
+	return sessions.Open(cfg.DataDir, &sessions.Options{
+		Logger:            log,
+		Legacy:            legacy,
+		MaxQueuedMessages: cfg.MQTT.MaxQueuedMessages,
+		MaxQueuedBytes:    cfg.MQTT.MaxQueuedBytes,
+		MaxStoreBytes:     cfg.MQTT.MaxQueueStoreBytes,
+		Deliveries:        []mqtt.Hook{d.commandHook},
+		Refused:           d.commandHook.Refused,
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -44,12 +45,26 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-// restoreDB checks the backup at src and installs it as dir's database.
-// It returns the name under which the replaced database was kept ("" if
-// there was none).
+// restoreDB checks the backup at src (and src+".sessions", the MQTT
+// session store's copy, when `tether backup` wrote one) and installs it as
+// dir's database. It returns the name under which the replaced registry
+// database was kept ("" if there was none). The session store is replaced
+// too: by the backup's copy, or, for a backup without one, by nothing, so
+// that no session outlives the registry it belonged to; the replaced file
+// is kept under the same suffix.
 func restoreDB(ctx context.Context, src, dir string, now time.Time) (kept string, err error) {
 	if err := checkBackup(ctx, src); err != nil {
 		return "", err
+	}
+	sessSrc := src + ".sessions"
+	if _, err := os.Stat(sessSrc); err == nil {
+		if err := checkIntegrity(ctx, sessSrc); err != nil {
+			return "", fmt.Errorf("restore: %s is not an intact SQLite database: %w", sessSrc, err)
+		}
+	} else if errors.Is(err, fs.ErrNotExist) {
+		sessSrc = ""
+	} else {
+		return "", fmt.Errorf("restore: %w", err)
 	}
 	lock, err := devices.LockDataDir(dir)
 	if err != nil {
@@ -60,37 +75,56 @@ func restoreDB(ctx context.Context, src, dir string, now time.Time) (kept string
 	}
 	defer lock.Unlock()
 
-	dst := filepath.Join(dir, devices.FileName)
-	// Copy next to the destination first, so the rename below is atomic
-	// and a failed copy leaves the current database untouched.
-	tmp, err := os.CreateTemp(dir, "."+devices.FileName+".restore-*")
-	if err != nil {
-		return "", fmt.Errorf("restore: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	in, err := os.Open(src)
-	if err != nil {
-		tmp.Close()
-		return "", fmt.Errorf("restore: %w", err)
-	}
-	_, err = io.Copy(tmp, in)
-	in.Close()
-	if err == nil {
-		err = tmp.Chmod(0o600)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", fmt.Errorf("restore: copy %s: %w", src, err)
-	}
-
-	// Keep the database being replaced, with its WAL (which may hold its
-	// last commits) and shared-memory file, under one suffix.
 	suffix := ".before-restore-" + now.UTC().Format("20060102T150405Z")
+	kept, err = installFile(src, filepath.Join(dir, devices.FileName), suffix)
+	if err != nil {
+		return "", err
+	}
+	if _, err := installFile(sessSrc, filepath.Join(dir, sessions.FileName), suffix); err != nil {
+		return kept, err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync() // the renames, durably
+		d.Close()
+	}
+	return kept, nil
+}
+
+// installFile copies src next to dst and renames it into place, keeping
+// the database it replaces (with its WAL, which may hold its last
+// commits, and shared-memory file) under dst+suffix. With src "", dst is
+// only moved aside.
+func installFile(src, dst, suffix string) (kept string, err error) {
+	var tmpName string
+	if src != "" {
+		// Copy next to the destination first, so the rename below is
+		// atomic and a failed copy leaves the current database untouched.
+		tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".restore-*")
+		if err != nil {
+			return "", fmt.Errorf("restore: %w", err)
+		}
+		tmpName = tmp.Name()
+		defer os.Remove(tmpName)
+		in, err := os.Open(src)
+		if err != nil {
+			tmp.Close()
+			return "", fmt.Errorf("restore: %w", err)
+		}
+		_, err = io.Copy(tmp, in)
+		in.Close()
+		if err == nil {
+			err = tmp.Chmod(0o600)
+		}
+		if err == nil {
+			err = tmp.Sync()
+		}
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return "", fmt.Errorf("restore: copy %s: %w", src, err)
+		}
+	}
 	if _, err := os.Stat(dst); err == nil {
 		kept = dst + suffix
 		for _, ext := range []string{"", "-wal", "-shm"} {
@@ -108,12 +142,10 @@ func restoreDB(ctx context.Context, src, dir string, now time.Time) (kept string
 			}
 		}
 	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return "", fmt.Errorf("restore: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync() // the rename, durably
-		d.Close()
+	if tmpName != "" {
+		if err := os.Rename(tmpName, dst); err != nil {
+			return "", fmt.Errorf("restore: %w", err)
+		}
 	}
 	return kept, nil
 }

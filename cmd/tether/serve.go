@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/dashboard"
 	"github.com/tether-iot/tether/devices"
@@ -149,8 +150,9 @@ type app struct {
 	// db is the one SQLite database, opened first and closed last (after
 	// the broker's Shutdown has stopped the hooks that write to it).
 	db *devices.DB
-	// store is the MQTT session store (a broker hook on db).
-	store *broker.Storage
+	// store is the MQTT session store (a broker hook on its own file,
+	// sessions.db).
+	store *sessions.Store
 	// registry holds devices, users, tokens and sessions (on db); auth is
 	// the broker's access hook on it.
 	registry *devices.Registry
@@ -235,10 +237,8 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	if err := devices.CheckDataDir(cfg.DataDir); err != nil {
 		log.Warn("data directory is readable by other users", "error", err)
 	}
-	a.store = broker.NewStorage(a.db, &broker.StorageOptions{Logger: log})
 	defer func() {
 		if err != nil {
-			_ = a.store.Stop()
 			_ = a.db.Close()
 		}
 	}()
@@ -272,6 +272,14 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	}()
 	logins := devices.NewLoginLimiter(nil) // one login throttle for MQTT and HTTP
 	a.registry.SetAudit(a.data.audit)      // the broker's refused logins
+	if a.store, err = openSessions(cfg, a.db.Path, a.data, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = a.store.Close()
+		}
+	}()
 	a.auth = broker.NewAuth(broker.AuthOptions{
 		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins,
 		Sessions: a.store, // purged sessions are deleted from it
@@ -313,7 +321,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(buildInfo(), a.registry.Collector(), httpMetrics)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
-		Registry: a.registry, Broker: b, Clients: clock, Logger: log.With("component", "api"), Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
+		Registry: a.registry, Broker: b, Clients: clock, Sessions: a.store, Logger: log.With("component", "api"), Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
 		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins, Audit: a.data.audit,
 	})
@@ -337,7 +345,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	serve := func(ln net.Listener, mqttHandler http.Handler, secure bool) {
 		srv := &http.Server{
 			Handler: httpLimit.Handler(dashboard.NewHandler(dashboard.Options{
-				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Logger: httpLog,
+				MQTT: mqttHandler, Metrics: metrics, Ready: ready, Warnings: a.warnings, Logger: httpLog,
 				API: api, UI: dashboard.UI(), HTTPMetrics: httpMetrics,
 			})),
 			ReadHeaderTimeout: cfg.HTTP.HandshakeTimeout,
@@ -396,11 +404,20 @@ func (a *app) shutdown(ctx context.Context) error {
 		a.wg.Wait()
 		errs = append(errs, a.data.close())     // flushes telemetry, commands, twins
 		errs = append(errs, a.registry.Close()) // flushes presence
+		errs = append(errs, a.store.Close())
 		errs = append(errs, a.db.Close())
 		errs = append(errs, a.lock.Unlock()) // the last: the database is closed
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr
+}
+
+// warnings are what /readyz tells an operator besides readiness.
+func (a *app) warnings() []string {
+	if w := a.store.QueueStoreWarning(); w != "" {
+		return []string{w}
+	}
+	return nil
 }
 
 func (a *app) mqttAddr() string {

@@ -30,6 +30,7 @@ export function overviewView(main) {
 
   const $ = (id) => main.querySelector('#' + id);
   let conns = null; // from GET /broker, when it says
+  let queueStore = null; // the session queues' use of their bound, from GET /broker
 
   const drawFleet = frame(() => {
     const c = fleet.counts();
@@ -68,7 +69,8 @@ export function overviewView(main) {
       row('In flight', fmtNum(v['messages/inflight'])),
       row('Dropped messages', fmtNum(v['messages/dropped'])),
       row('Bytes in / out', fmtBytes(v['load/bytes/received']) + ' / ' + fmtBytes(v['load/bytes/sent'])),
-      row('Broker memory', fmtBytes(v['system/memory'])));
+      row('Broker memory', fmtBytes(v['system/memory'])),
+      queueStore ? queueRow(queueStore) : null);
   }, 500);
 
   // GET /broker, if it reports connections by transport.
@@ -76,7 +78,9 @@ export function overviewView(main) {
     try {
       const b = await get('/broker');
       conns = transportsOf(b);
+      queueStore = b && b.queue_store_limit_bytes ? b : null;
       drawFleet();
+      drawSys();
     } catch { conns = null; }
   };
   poll();
@@ -88,6 +92,16 @@ export function overviewView(main) {
   drawFleet();
   drawSys();
   return () => { clearInterval(timer); offSys(); offFleet(); drawFleet.cancel(); drawSys.cancel(); chart.destroy(); };
+}
+
+// queueRow shows how full the persistent sessions' queues are on disk,
+// as a warning above 90 % of mqtt.max_queue_store_bytes.
+function queueRow(b) {
+  const pct = Math.floor(b.queue_store_bytes * 100 / b.queue_store_limit_bytes);
+  const near = b.queue_store_bytes * 10 > b.queue_store_limit_bytes * 9;
+  const text = `${fmtBytes(b.queue_store_bytes)} of ${fmtBytes(b.queue_store_limit_bytes)} (${pct} %)` +
+    (near ? ' — nearly full: messages for offline sessions will soon be refused' : '');
+  return [h('dt', { text: 'Session queues' }), h('dd', { text, class: near ? 'warn-text' : '', dataset: { queueStore: near ? 'near' : 'ok' } })];
 }
 
 // transportsOf finds {tcp: n, ...} in the /broker statistics, whichever

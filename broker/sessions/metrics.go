@@ -1,16 +1,18 @@
-package broker
+package sessions
 
 import "github.com/prometheus/client_golang/prometheus"
 
 // storeMetrics are the session store's counts.
 type storeMetrics struct {
 	commits, ops, errors, dropped, unsafeAcks prometheus.Counter
+	queueDropped, queueDelivered              prometheus.Counter
 	commitSeconds                             prometheus.Histogram
 
-	queueBytes func() int   // set by NewStorage
-	healthy    func() error // set by NewStorage
+	queueBytes func() int   // set by newStore
+	healthy    func() error // set by newStore
+	store      *Store       // set by newStore
 
-	queueDesc, healthyDesc *prometheus.Desc
+	queueDesc, healthyDesc, storeBytesDesc, storeLimitDesc *prometheus.Desc
 }
 
 func newStoreMetrics() *storeMetrics {
@@ -23,28 +25,36 @@ func newStoreMetrics() *storeMetrics {
 		errors:     c("errors_total", "Session store transactions that failed (and were retried)."),
 		dropped:    c("ops_dropped_total", "Session store changes dropped because SQLite failed for longer than the queue could hold (the store is then rewritten from memory)."),
 		unsafeAcks: c("acks_not_durable_total", "QoS 1/2 acknowledgements sent before their message was on disk, because the store was failing or slower than its commit timeout."),
+		queueDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_mqtt_queue_dropped_total",
+			Help: "QoS 1/2 messages refused for a persistent session because its queue (or all queues together) was full."}),
+		queueDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_mqtt_queue_delivered_total",
+			Help: "Queued messages handed to a persistent session's inflight window."}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tether_store_commit_seconds",
 			Help:    "Time to write and commit one session store batch.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1, 5},
 		}),
-		queueDesc:   prometheus.NewDesc("tether_store_queue_bytes", "Bytes of session store changes waiting to be written.", nil, nil),
-		healthyDesc: prometheus.NewDesc("tether_store_healthy", "1 when the session store is writing, 0 while SQLite fails.", nil, nil),
+		queueDesc:      prometheus.NewDesc("tether_store_queue_bytes", "Bytes of session store changes waiting to be written.", nil, nil),
+		healthyDesc:    prometheus.NewDesc("tether_store_healthy", "1 when the session store is writing, 0 while SQLite fails.", nil, nil),
+		storeBytesDesc: prometheus.NewDesc("tether_mqtt_queue_store_bytes", "Bytes the persistent sessions' queues hold on disk.", nil, nil),
+		storeLimitDesc: prometheus.NewDesc("tether_mqtt_queue_store_limit_bytes", "mqtt.max_queue_store_bytes.", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (m *storeMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.commitSeconds} {
+	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.queueDropped, m.queueDelivered, m.commitSeconds} {
 		c.Describe(ch)
 	}
 	ch <- m.queueDesc
 	ch <- m.healthyDesc
+	ch <- m.storeBytesDesc
+	ch <- m.storeLimitDesc
 }
 
 // Collect implements prometheus.Collector.
 func (m *storeMetrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.commitSeconds} {
+	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.queueDropped, m.queueDelivered, m.commitSeconds} {
 		c.Collect(ch)
 	}
 	ch <- prometheus.MustNewConstMetric(m.queueDesc, prometheus.GaugeValue, float64(m.queueBytes()))
@@ -53,7 +63,10 @@ func (m *storeMetrics) Collect(ch chan<- prometheus.Metric) {
 		h = 0
 	}
 	ch <- prometheus.MustNewConstMetric(m.healthyDesc, prometheus.GaugeValue, h)
+	used, limit := m.store.QueueStoreUse()
+	ch <- prometheus.MustNewConstMetric(m.storeBytesDesc, prometheus.GaugeValue, float64(used))
+	ch <- prometheus.MustNewConstMetric(m.storeLimitDesc, prometheus.GaugeValue, float64(limit))
 }
 
 // Collector returns the store's Prometheus collector.
-func (s *Storage) Collector() prometheus.Collector { return s.metrics }
+func (s *Store) Collector() prometheus.Collector { return s.metrics }

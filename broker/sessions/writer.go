@@ -1,4 +1,4 @@
-package broker
+package sessions
 
 import (
 	"context"
@@ -23,9 +23,9 @@ const (
 	opInflightDelete
 	opRetainedPut
 	opRetainedDelete
-	opMessagePut
-	opPendingPut
-	opMessageDelete
+	opQueuePut
+	opQueueDelete
+	opQueueClear
 	opSysInfo
 	opReset
 	numOpKinds
@@ -74,7 +74,8 @@ type writer struct {
 	db       *sql.DB
 	log      *slog.Logger
 	maxBytes int
-	snapshot func() []op // the engine's state as ops, for a resync
+	timeout  time.Duration // each transaction's bound
+	snapshot func() []op   // the engine's state as ops, for a resync
 	metrics  *storeMetrics
 
 	wake chan struct{} // buffered 1: something was queued or stop asked
@@ -96,9 +97,9 @@ type writer struct {
 	stmts    [numOpKinds][]*sql.Stmt
 }
 
-func newWriter(db *sql.DB, log *slog.Logger, maxBytes int, m *storeMetrics) *writer {
+func newWriter(db *sql.DB, log *slog.Logger, maxBytes int, timeout time.Duration, m *storeMetrics) *writer {
 	return &writer{
-		db: db, log: log, maxBytes: maxBytes, metrics: m,
+		db: db, log: log, maxBytes: maxBytes, timeout: timeout, metrics: m,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		open: newBatch(),
 	}
@@ -313,9 +314,10 @@ func (w *writer) flushOnce() bool {
 	return true
 }
 
-// apply runs the ops in one transaction.
+// apply runs the ops in one transaction, bounded by the writer's timeout.
 func (w *writer) apply(lists ...[]op) error {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
+	defer cancel()
 	tx, err := w.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("session store: begin: %w", err)

@@ -1,4 +1,4 @@
-package broker
+package sessions
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -17,22 +18,25 @@ import (
 // The engine reads the store once, at start-up, through the Stored*
 // methods, in this order: clients, subscriptions, inflight, retained,
 // $SYS. Before the first of them, prepare removes what has expired while
-// the broker was down and turns the fan-out records a crash left behind
-// into inflight rows.
+// the broker was down and reads the queues' counts.
 
 // prepare runs once, before the engine reads the store.
-func (s *Storage) prepare() error {
+func (s *Store) prepare() error {
 	s.prepared.Do(func() {
 		if s.srv.Load() == nil {
 			s.prepErr = errors.New("session store: Attach was not called before the broker started")
 			return
 		}
-		s.prepErr = s.prepareTx(context.Background(), time.Now().Unix())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if s.prepErr = s.prepareTx(ctx, time.Now().Unix()); s.prepErr == nil {
+			s.prepErr = s.loadQueues(ctx)
+		}
 	})
 	return s.prepErr
 }
 
-func (s *Storage) prepareTx(ctx context.Context, now int64) error {
+func (s *Store) prepareTx(ctx context.Context, now int64) error {
 	tx, err := s.db.W.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("session store: prepare: %w", err)
@@ -45,16 +49,17 @@ func (s *Storage) prepareTx(ctx context.Context, now int64) error {
 		`INSERT INTO expired_clients SELECT id FROM mqtt_clients WHERE disconnected_at > 0 AND disconnected_at + expiry < ?1`,
 		`DELETE FROM mqtt_subscriptions WHERE client_id IN (SELECT id FROM expired_clients)`,
 		`DELETE FROM mqtt_inflight WHERE client_id IN (SELECT id FROM expired_clients)`,
+		`DELETE FROM mqtt_queue WHERE client_id IN (SELECT id FROM expired_clients)`,
 		`DELETE FROM mqtt_clients WHERE id IN (SELECT id FROM expired_clients)`,
 		// Rows of sessions the store does not have (written after their
 		// session was removed).
 		`DELETE FROM mqtt_subscriptions WHERE client_id NOT IN (SELECT id FROM mqtt_clients)`,
 		`DELETE FROM mqtt_inflight WHERE client_id NOT IN (SELECT id FROM mqtt_clients)`,
-		`DELETE FROM mqtt_pending WHERE client_id NOT IN (SELECT id FROM mqtt_clients)`,
+		`DELETE FROM mqtt_queue WHERE client_id NOT IN (SELECT id FROM mqtt_clients)`,
 		// Messages past their expiry.
 		`DELETE FROM mqtt_inflight WHERE expires_at > 0 AND expires_at < ?1`,
 		`DELETE FROM mqtt_retained WHERE expires_at > 0 AND expires_at < ?1`,
-		`DELETE FROM mqtt_messages WHERE expires_at > 0 AND expires_at < ?1`,
+		`DELETE FROM mqtt_queue WHERE expires_at > 0 AND expires_at < ?1`,
 	} {
 		var args []any
 		if strings.Contains(q, "?1") {
@@ -64,123 +69,95 @@ func (s *Storage) prepareTx(ctx context.Context, now int64) error {
 			return fmt.Errorf("session store: prepare: %w", err)
 		}
 	}
-	n, err := convertPending(ctx, tx)
-	if err != nil {
-		return err
-	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("session store: prepare: commit: %w", err)
-	}
-	if n > 0 {
-		s.log.Info("session store: restored messages acknowledged before a crash but not yet queued", "messages", n)
 	}
 	return nil
 }
 
-// convertPending turns each fan-out record into an inflight row of its
-// session, with a packet id that session does not use yet.
-func convertPending(ctx context.Context, tx *sql.Tx) (int, error) {
-	used := map[string]map[uint16]bool{}
-	rows, err := tx.QueryContext(ctx, `SELECT client_id, packet_id FROM mqtt_inflight
-		WHERE client_id IN (SELECT DISTINCT client_id FROM mqtt_pending)`)
+// importLegacy moves the sessions an older Tether kept in tether.db
+// (component "mqtt_store") into this file, once: the copy and the mark
+// that it was done commit together here, and the old rows are deleted
+// after. Fan-out records a crash left there become queued messages.
+func (s *Store) importLegacy(ctx context.Context, path string) error {
+	var done int
+	if err := s.db.W.QueryRowContext(ctx, `SELECT COUNT(*) FROM legacy_import`).Scan(&done); err != nil {
+		return fmt.Errorf("session store: import: %w", err)
+	}
+	if done > 0 {
+		return nil
+	}
+	mark := func() error {
+		_, err := s.db.W.ExecContext(ctx, `INSERT OR IGNORE INTO legacy_import(id, done) VALUES (1, datetime('now'))`)
+		return err
+	}
+	if _, err := os.Stat(path); err != nil {
+		return mark()
+	}
+	conn, err := s.db.W.Conn(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("session store: prepare: %w", err)
+		return fmt.Errorf("session store: import: %w", err)
 	}
-	for rows.Next() {
-		var c string
-		var id int
-		if err := rows.Scan(&c, &id); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("session store: prepare: %w", err)
-		}
-		if used[c] == nil {
-			used[c] = map[uint16]bool{}
-		}
-		used[c][uint16(id)] = true
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `ATTACH DATABASE ? AS legacy`, path); err != nil {
+		return fmt.Errorf("session store: import from %s: %w", path, err)
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("session store: prepare: %w", err)
+	defer conn.ExecContext(context.Background(), `DETACH DATABASE legacy`)
+	var tables int
+	if err := conn.QueryRowContext(ctx, `SELECT COUNT(*) FROM legacy.sqlite_master WHERE type = 'table' AND name IN
+		('mqtt_clients', 'mqtt_subscriptions', 'mqtt_inflight', 'mqtt_retained', 'mqtt_messages', 'mqtt_pending', 'mqtt_sysinfo')`).Scan(&tables); err != nil {
+		return fmt.Errorf("session store: import from %s: %w", path, err)
 	}
-
-	type pending struct {
-		client        string
-		qos, retain   int
-		ids           string
-		data, payload []byte
-		expires       int64
+	if tables < 7 {
+		_, err := conn.ExecContext(ctx, `INSERT OR IGNORE INTO legacy_import(id, done) VALUES (1, datetime('now'))`)
+		return err
 	}
-	var list []pending
-	rows, err = tx.QueryContext(ctx, `SELECT p.client_id, p.qos, p.retain, p.sub_ids, m.data, m.payload, m.expires_at
-		FROM mqtt_pending p JOIN mqtt_messages m ON m.seq = p.seq ORDER BY p.seq, p.client_id`)
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, fmt.Errorf("session store: prepare: %w", err)
+		return fmt.Errorf("session store: import: %w", err)
 	}
-	for rows.Next() {
-		var p pending
-		if err := rows.Scan(&p.client, &p.qos, &p.retain, &p.ids, &p.data, &p.payload, &p.expires); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("session store: prepare: %w", err)
-		}
-		list = append(list, p)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("session store: prepare: %w", err)
-	}
-
-	next := map[string]uint16{}
-	for _, p := range list {
-		m, err := decodeMessage(p.data, p.payload)
+	defer tx.Rollback()
+	var n int64
+	for _, q := range []string{
+		`INSERT OR REPLACE INTO mqtt_clients SELECT id, data, expiry, disconnected_at FROM legacy.mqtt_clients`,
+		`INSERT OR REPLACE INTO mqtt_subscriptions SELECT client_id, filter, data FROM legacy.mqtt_subscriptions`,
+		`INSERT OR REPLACE INTO mqtt_inflight SELECT client_id, packet_id, data, payload, expires_at FROM legacy.mqtt_inflight`,
+		`INSERT OR REPLACE INTO mqtt_retained SELECT topic, data, payload, expires_at FROM legacy.mqtt_retained`,
+		`INSERT OR REPLACE INTO mqtt_sysinfo SELECT id, data FROM legacy.mqtt_sysinfo`,
+		`INSERT OR REPLACE INTO mqtt_queue(client_id, seq, qos, retain, sub_ids, data, payload, expires_at)
+			SELECT p.client_id, p.seq, p.qos, p.retain, p.sub_ids, m.data, m.payload, m.expires_at
+			FROM legacy.mqtt_pending p JOIN legacy.mqtt_messages m ON m.seq = p.seq`,
+		`INSERT INTO legacy_import(id, done) VALUES (1, datetime('now'))`,
+	} {
+		res, err := tx.ExecContext(ctx, q)
 		if err != nil {
-			continue // unreadable: nothing to deliver
+			return fmt.Errorf("session store: import from %s: %w", path, err)
 		}
-		id, ok := freePacketID(used, next, p.client)
-		if !ok {
-			continue // 65,535 messages in flight already
-		}
-		m.T, m.Client, m.PacketID = storage.InflightKey, p.client, id
-		m.FixedHeader.Qos, m.FixedHeader.Retain, m.FixedHeader.Dup = byte(p.qos), p.retain == 1, false
-		m.Properties.SubscriptionIdentifier = parseIDs(p.ids)
-		data, _ := json.Marshal(storage.Message{
-			T: m.T, Client: m.Client, Origin: m.Origin, PacketID: m.PacketID, FixedHeader: m.FixedHeader,
-			TopicName: m.TopicName, Created: m.Created, Properties: m.Properties,
-		})
-		if _, err := tx.ExecContext(ctx, storeSQL[opInflightPut][0], p.client, int(id), data, p.payload, p.expires); err != nil {
-			return 0, fmt.Errorf("session store: prepare: %w", err)
+		k, _ := res.RowsAffected()
+		n += k
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("session store: import from %s: %w", path, err)
+	}
+	// The copy is safe here; clearing the old rows is housekeeping.
+	for _, t := range []string{"mqtt_clients", "mqtt_subscriptions", "mqtt_inflight", "mqtt_retained", "mqtt_messages", "mqtt_pending", "mqtt_sysinfo"} {
+		if _, err := conn.ExecContext(ctx, `DELETE FROM legacy.`+t); err != nil {
+			s.log.Warn("session store: imported sessions, but could not clear the old rows", "file", path, "error", err)
+			break
 		}
 	}
-	for _, q := range []string{`DELETE FROM mqtt_pending`, `DELETE FROM mqtt_messages`} {
-		if _, err := tx.ExecContext(ctx, q); err != nil {
-			return 0, fmt.Errorf("session store: prepare: %w", err)
-		}
+	if n > 1 {
+		s.log.Info("session store: moved sessions from the main database to their own file", "from", path, "to", s.db.Path, "rows", n-1)
 	}
-	return len(list), nil
-}
-
-func freePacketID(used map[string]map[uint16]bool, next map[string]uint16, client string) (uint16, bool) {
-	if used[client] == nil {
-		used[client] = map[uint16]bool{}
-	}
-	for i := 0; i < 65535; i++ {
-		next[client]++
-		if next[client] == 0 {
-			next[client] = 1
-		}
-		if id := next[client]; !used[client][id] {
-			used[client][id] = true
-			return id, true
-		}
-	}
-	return 0, false
+	return nil
 }
 
 // query runs q and hands each row's columns to scan.
-func (s *Storage) query(q string, scan func(*sql.Rows) error) error {
+func (s *Store) query(q string, scan func(*sql.Rows) error) error {
 	if err := s.prepare(); err != nil {
 		return err
 	}
-	rows, err := s.db.W.Query(q)
+	rows, err := s.db.W.Query(q) // before the writer starts
 	if err != nil {
 		return fmt.Errorf("session store: load: %w", err)
 	}
@@ -197,7 +174,7 @@ func (s *Storage) query(q string, scan func(*sql.Rows) error) error {
 }
 
 // StoredClients implements mqtt.Hook.
-func (s *Storage) StoredClients() (v []storage.Client, err error) {
+func (s *Store) StoredClients() (v []storage.Client, err error) {
 	err = s.query(`SELECT data FROM mqtt_clients`, func(r *sql.Rows) error {
 		var b []byte
 		var c storage.Client
@@ -215,7 +192,7 @@ func (s *Storage) StoredClients() (v []storage.Client, err error) {
 }
 
 // StoredSubscriptions implements mqtt.Hook.
-func (s *Storage) StoredSubscriptions() (v []storage.Subscription, err error) {
+func (s *Store) StoredSubscriptions() (v []storage.Subscription, err error) {
 	err = s.query(`SELECT data FROM mqtt_subscriptions`, func(r *sql.Rows) error {
 		var b []byte
 		var sub storage.Subscription
@@ -233,7 +210,7 @@ func (s *Storage) StoredSubscriptions() (v []storage.Subscription, err error) {
 	return v, err
 }
 
-func (s *Storage) storedMessages(q string) (v []storage.Message, err error) {
+func (s *Store) storedMessages(q string) (v []storage.Message, err error) {
 	err = s.query(q, func(r *sql.Rows) error {
 		var data, payload []byte
 		if err := r.Scan(&data, &payload); err != nil {
@@ -251,17 +228,17 @@ func (s *Storage) storedMessages(q string) (v []storage.Message, err error) {
 }
 
 // StoredInflightMessages implements mqtt.Hook.
-func (s *Storage) StoredInflightMessages() ([]storage.Message, error) {
+func (s *Store) StoredInflightMessages() ([]storage.Message, error) {
 	return s.storedMessages(`SELECT data, payload FROM mqtt_inflight ORDER BY client_id, packet_id`)
 }
 
 // StoredRetainedMessages implements mqtt.Hook.
-func (s *Storage) StoredRetainedMessages() ([]storage.Message, error) {
+func (s *Store) StoredRetainedMessages() ([]storage.Message, error) {
 	return s.storedMessages(`SELECT data, payload FROM mqtt_retained`)
 }
 
 // StoredSysInfo implements mqtt.Hook.
-func (s *Storage) StoredSysInfo() (v storage.SystemInfo, err error) {
+func (s *Store) StoredSysInfo() (v storage.SystemInfo, err error) {
 	err = s.query(`SELECT data FROM mqtt_sysinfo`, func(r *sql.Rows) error {
 		var b []byte
 		if err := r.Scan(&b); err != nil {
@@ -273,7 +250,7 @@ func (s *Storage) StoredSysInfo() (v storage.SystemInfo, err error) {
 }
 
 // snapshot is the engine's persistent state as ops, for a resync.
-func (s *Storage) snapshot() []op {
+func (s *Store) snapshot() []op {
 	srv := s.srv.Load()
 	if srv == nil {
 		return nil
@@ -301,4 +278,4 @@ func (s *Storage) snapshot() []op {
 	return ops
 }
 
-var _ mqtt.Hook = (*Storage)(nil)
+var _ mqtt.Hook = (*Store)(nil)

@@ -1,69 +1,68 @@
-package broker
+package sessions
 
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	paho3 "github.com/eclipse/paho.mqtt.golang"
+	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
-// storeNode is a broker with a session store on dir's database.
+// storeNode is a broker with a session store in dir.
 type storeNode struct {
-	b     *Broker
-	store *Storage
+	b     *broker.Broker
+	store *Store
 	db    *devices.DB
 	addr  string
 }
 
-func storeLogger() *slog.Logger {
-	if os.Getenv("TETHER_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+func startStoreNode(t testing.TB, dir string, opts *Options) *storeNode {
+	t.Helper()
+	return startStoreNodeCfg(t, dir, opts, nil)
 }
 
-func startStoreNode(t *testing.T, dir string, opts *StorageOptions) *storeNode {
+// startStoreNodeCfg starts a node at the default settings, changed by
+// edit if not nil.
+func startStoreNodeCfg(t testing.TB, dir string, opts *Options, edit func(*configs.Config)) *storeNode {
 	t.Helper()
-	db, err := devices.OpenDB(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := configs.Default()
 	cfg.DataDir = dir
 	cfg.MQTT.Addr = "127.0.0.1:0"
 	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.MQTT.MaxInflight = 5000
 	cfg.Auth.AllowAnonymous = true
-	o := StorageOptions{Logger: storeLogger()}
+	if edit != nil {
+		edit(&cfg)
+	}
+	o := Options{}
 	if opts != nil {
 		o = *opts
-		o.Logger = storeLogger()
 	}
-	st := NewStorage(db, &o)
-	b, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
+	o.Logger = storeLogger()
+	st, err := Open(dir, &o)
 	if err != nil {
-		db.Close()
+		t.Fatal(err)
+	}
+	b, err := broker.New(cfg, broker.Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
+	if err != nil {
+		st.Close()
 		t.Fatal(err)
 	}
 	st.Attach(b.Server)
 	if err := b.Start(); err != nil {
-		db.Close()
+		st.Close()
 		t.Fatal(err)
 	}
-	n := &storeNode{b: b, store: st, db: db, addr: b.TCP.Address()}
+	n := &storeNode{b: b, store: st, db: st.db, addr: b.TCP.Address()}
 	t.Cleanup(n.stop)
 	return n
 }
@@ -74,46 +73,7 @@ func (n *storeNode) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = n.b.Shutdown(ctx)
-	_ = n.db.Close()
-}
-
-// storeClient connects a 3.1.1 client; clean=false makes it persistent.
-func storeClient(t *testing.T, addr, id string, clean bool, onMsg func(paho3.Message)) paho3.Client {
-	t.Helper()
-	o := paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
-		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
-		SetConnectTimeout(5 * time.Second).SetOrderMatters(false)
-	if onMsg != nil {
-		o.SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { onMsg(m) })
-	}
-	c := paho3.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", id, tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(0) })
-	return c
-}
-
-// received collects payloads, safe for paho's goroutines.
-type received struct {
-	mu  sync.Mutex
-	got map[string]int
-}
-
-func (r *received) add(m paho3.Message) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.got == nil {
-		r.got = map[string]int{}
-	}
-	r.got[string(m.Payload())]++
-}
-
-func (r *received) distinct() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.got)
+	_ = n.store.Close()
 }
 
 func TestStorageSessionAndRetainedSurviveRestart(t *testing.T) {
@@ -122,6 +82,7 @@ func TestStorageSessionAndRetainedSurviveRestart(t *testing.T) {
 	sub := storeClient(t, n.addr, "sub-persistent", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("store/t/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "sub-persistent")
 
 	pub := storeClient(t, n.addr, "pub", true, nil)
 	const count = 500
@@ -153,13 +114,13 @@ func TestStorageSessionAndRetainedSurviveRestart(t *testing.T) {
 }
 
 // After each PUBACK the publisher receives, the message is on disk for
-// the offline persistent subscriber: as a fan-out record or an inflight
-// row.
+// the offline persistent subscriber: in its queue or as an inflight row.
 func TestStorageAckedMeansOnDisk(t *testing.T) {
 	n := startStoreNode(t, t.TempDir(), nil)
 	sub := storeClient(t, n.addr, "sub-off", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("ack/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "sub-off")
 	pub := storeClient(t, n.addr, "pub-ack", true, nil)
 	for i := range 200 {
 		p := fmt.Sprintf("a%d", i)
@@ -167,8 +128,7 @@ func TestStorageAckedMeansOnDisk(t *testing.T) {
 		var found int
 		err := n.db.R.QueryRow(`SELECT COUNT(*) FROM (
 			SELECT payload FROM mqtt_inflight WHERE client_id = 'sub-off' AND payload = ?1
-			UNION ALL SELECT m.payload FROM mqtt_pending p JOIN mqtt_messages m ON m.seq = p.seq
-			WHERE p.client_id = 'sub-off' AND m.payload = ?1)`, []byte(p)).Scan(&found)
+			UNION ALL SELECT payload FROM mqtt_queue WHERE client_id = 'sub-off' AND payload = ?1)`, []byte(p)).Scan(&found)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,6 +144,7 @@ func TestStorageGroupCommit(t *testing.T) {
 	sub := storeClient(t, n.addr, "sub-gc", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("gc/#", 1, nil))
 	sub.Disconnect(100)
+	waitOffline(t, n.store, "sub-gc")
 	const pubs, each = 8, 100
 	var wg sync.WaitGroup
 	for p := range pubs {
@@ -191,7 +152,7 @@ func TestStorageGroupCommit(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			toks := make([]paho3.Token, 0, each)
+			toks := make([]paho.Token, 0, each)
 			for i := range each {
 				toks = append(toks, c.Publish("gc/x", 1, false, fmt.Sprintf("%d-%d", p, i)))
 			}
@@ -212,7 +173,7 @@ func TestStorageGroupCommit(t *testing.T) {
 // disk), routing goes on, Healthy reports the fault, and the store
 // catches up once the fault clears.
 func TestStorageDiskFullRecovers(t *testing.T) {
-	n := startStoreNode(t, t.TempDir(), &StorageOptions{MaxQueueBytes: 256 << 10})
+	n := startStoreNode(t, t.TempDir(), &Options{MaxQueueBytes: 256 << 10})
 	var got received
 	sub := storeClient(t, n.addr, "sub-full", false, got.add)
 	waitToken(t, "subscribe", sub.Subscribe("full/#", 1, nil))
@@ -263,31 +224,20 @@ func TestStorageDiskFullRecovers(t *testing.T) {
 	}
 }
 
-func testCounter(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
-}
-
 // BenchmarkStorageQoS1 publishes QoS 1 messages from 8 publishers to an
 // offline persistent subscriber through an in-process broker with the
 // store: b.N acknowledged messages.
 func BenchmarkStorageQoS1(b *testing.B) {
 	dir := b.TempDir()
-	db, err := devices.OpenDB(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
 	cfg := configs.Default()
 	cfg.MQTT.Addr = "127.0.0.1:0"
 	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.MQTT.MaxInflight = 65000
 	cfg.Auth.AllowAnonymous = true
-	st := NewStorage(db, &StorageOptions{Logger: storeLogger()})
-	br, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
+	st, err := Open(dir, &Options{Logger: storeLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	br, err := broker.New(cfg, broker.Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -295,10 +245,10 @@ func BenchmarkStorageQoS1(b *testing.B) {
 	if err := br.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { br.Shutdown(context.Background()); db.Close() }()
+	defer func() { br.Shutdown(context.Background()); st.Close() }()
 	addr := br.TCP.Address()
-	connect := func(id string, clean bool) paho3.Client {
-		c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
+	connect := func(id string, clean bool) paho.Client {
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
 			SetCleanSession(clean).SetAutoReconnect(false))
 		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 			b.Fatal(tok.Error())
@@ -316,7 +266,7 @@ func BenchmarkStorageQoS1(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var toks []paho3.Token
+			var toks []paho.Token
 			for i := p; i < b.N; i += pubs {
 				toks = append(toks, c.Publish("bench/x", 1, false, "0123456789012345678901234567890123456789"))
 				if len(toks) >= 64 {

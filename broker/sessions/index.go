@@ -1,4 +1,4 @@
-package broker
+package sessions
 
 import (
 	"sync/atomic"

@@ -1,4 +1,4 @@
-package broker
+package sessions
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 // panic, and what it accepts must survive the engine's conversion and a
 // round trip through the encoder. Seeds: testdata/fuzz/FuzzStoredMessage.
 //
-//	go test -run XXX -fuzz FuzzStoredMessage -fuzztime 30s ./broker/
+//	go test -run XXX -fuzz FuzzStoredMessage -fuzztime 30s ./broker/sessions/
 func FuzzStoredMessage(f *testing.F) {
 	data, payload := encodeMessage("c1", storage.InflightKey, packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true},

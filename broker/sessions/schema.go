@@ -1,23 +1,21 @@
-package broker
+package sessions
 
-// storeComponent is the session store's migration component (DB.Migrate).
-const storeComponent = "mqtt_store"
+// component is the session store's migration component (DB.Migrate) in
+// its own file, sessions.db.
+const component = "sessions"
 
-// storeSchema is the "mqtt_store" component's migrations. A released step
-// is never edited; append a new one.
+// schema is the "sessions" component's migrations. A released step is
+// never edited; append a new one.
 //
 // Rows hold mochi's storage types as JSON (data), with message payloads in
 // a BLOB of their own so they are not base64-encoded. Times are Unix
 // seconds; 0 means "never" (expires_at) or "connected" (disconnected_at).
 //
-// mqtt_messages and mqtt_pending hold what a publisher has been told is
-// safe (PUBACK/PUBREC sent) but the engine has not yet turned into
-// inflight rows of the persistent sessions it is for: the engine writes the
-// acknowledgement before it fans the message out, so the store records the
-// message and its persistent recipients first, and removes them once the
-// fan-out is done. After a crash, start-up turns what is left into inflight
-// rows.
-var storeSchema = []string{
+// mqtt_queue is each persistent session's offline queue: the QoS 1/2
+// messages acknowledged to their publishers and not yet handed to the
+// session's inflight window, in order (seq, per session). qos, retain and
+// sub_ids are what the session's subscription made of the message.
+var schema = []string{
 	// 1: the first schema.
 	`CREATE TABLE mqtt_clients (
 		id              TEXT PRIMARY KEY,
@@ -45,23 +43,24 @@ var storeSchema = []string{
 		payload    BLOB,
 		expires_at INTEGER NOT NULL DEFAULT 0
 	);
-	CREATE TABLE mqtt_messages (
-		seq        INTEGER PRIMARY KEY,
+	CREATE TABLE mqtt_queue (
+		client_id  TEXT NOT NULL,
+		seq        INTEGER NOT NULL,
+		qos        INTEGER NOT NULL,
+		retain     INTEGER NOT NULL DEFAULT 0,
+		sub_ids    TEXT NOT NULL DEFAULT '',
 		data       BLOB NOT NULL,
 		payload    BLOB,
-		expires_at INTEGER NOT NULL DEFAULT 0
+		expires_at INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (client_id, seq)
 	);
-	CREATE TABLE mqtt_pending (
-		seq       INTEGER NOT NULL,
-		client_id TEXT NOT NULL,
-		qos       INTEGER NOT NULL,
-		retain    INTEGER NOT NULL DEFAULT 0,
-		sub_ids   TEXT NOT NULL DEFAULT '',
-		PRIMARY KEY (seq, client_id)
-	) WITHOUT ROWID;
 	CREATE TABLE mqtt_sysinfo (
 		id   INTEGER PRIMARY KEY CHECK (id = 1),
 		data BLOB NOT NULL
+	);
+	CREATE TABLE legacy_import (
+		id   INTEGER PRIMARY KEY CHECK (id = 1),
+		done TEXT NOT NULL
 	);`,
 }
 
@@ -74,19 +73,20 @@ var storeSQL = [...][]string{
 		`DELETE FROM mqtt_clients WHERE id = ?`,
 		`DELETE FROM mqtt_subscriptions WHERE client_id = ?`,
 		`DELETE FROM mqtt_inflight WHERE client_id = ?`,
-		`DELETE FROM mqtt_pending WHERE client_id = ?`,
+		`DELETE FROM mqtt_queue WHERE client_id = ?`,
 	},
-	opSubPut:    {`INSERT OR REPLACE INTO mqtt_subscriptions(client_id, filter, data) VALUES (?, ?, ?)`},
-	opSubDelete: {`DELETE FROM mqtt_subscriptions WHERE client_id = ? AND filter = ?`},
+	opQueueClear: {`DELETE FROM mqtt_queue WHERE client_id = ?`},
+	opSubPut:     {`INSERT OR REPLACE INTO mqtt_subscriptions(client_id, filter, data) VALUES (?, ?, ?)`},
+	opSubDelete:  {`DELETE FROM mqtt_subscriptions WHERE client_id = ? AND filter = ?`},
 	opInflightPut: {`INSERT OR REPLACE INTO mqtt_inflight(client_id, packet_id, data, payload, expires_at)
 		VALUES (?, ?, ?, ?, ?)`},
 	opInflightDelete: {`DELETE FROM mqtt_inflight WHERE client_id = ? AND packet_id = ?`},
 	opRetainedPut:    {`INSERT OR REPLACE INTO mqtt_retained(topic, data, payload, expires_at) VALUES (?, ?, ?, ?)`},
 	opRetainedDelete: {`DELETE FROM mqtt_retained WHERE topic = ?`},
-	opMessagePut:     {`INSERT OR REPLACE INTO mqtt_messages(seq, data, payload, expires_at) VALUES (?, ?, ?, ?)`},
-	opPendingPut:     {`INSERT OR REPLACE INTO mqtt_pending(seq, client_id, qos, retain, sub_ids) VALUES (?, ?, ?, ?, ?)`},
-	opMessageDelete:  {`DELETE FROM mqtt_messages WHERE seq = ?`, `DELETE FROM mqtt_pending WHERE seq = ?`},
-	opSysInfo:        {`INSERT OR REPLACE INTO mqtt_sysinfo(id, data) VALUES (1, ?)`},
+	opQueuePut: {`INSERT OR REPLACE INTO mqtt_queue(client_id, seq, qos, retain, sub_ids, data, payload, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`},
+	opQueueDelete: {`DELETE FROM mqtt_queue WHERE client_id = ? AND seq = ?`},
+	opSysInfo:     {`INSERT OR REPLACE INTO mqtt_sysinfo(id, data) VALUES (1, ?)`},
 	opReset: {`DELETE FROM mqtt_clients`, `DELETE FROM mqtt_subscriptions`, `DELETE FROM mqtt_inflight`,
-		`DELETE FROM mqtt_retained`, `DELETE FROM mqtt_messages`, `DELETE FROM mqtt_pending`},
+		`DELETE FROM mqtt_retained`},
 }

@@ -1,0 +1,194 @@
+package sessions
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
+
+	"github.com/tether-iot/tether/configs"
+)
+
+// sessionOf returns the listing of session id.
+func sessionOf(st *Store, id string) (Session, bool) {
+	for _, s := range st.Sessions() {
+		if s.ClientID == id {
+			return s, true
+		}
+	}
+	return Session{}, false
+}
+
+// A queue with a small bound: what fits is delivered, in order, when the
+// session returns; the overflow is refused for that session, counted and
+// shown on the session; the publisher is acknowledged either way.
+func TestQueueBound(t *testing.T) {
+	dir := t.TempDir()
+	n := startStoreNode(t, dir, &Options{MaxQueuedMessages: 10})
+	sub := storeClient(t, n.addr, "bound-sub", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("bound/#", 1, nil))
+	sub.Disconnect(100)
+	waitOffline(t, n.store, "bound-sub")
+	pub := storeClient(t, n.addr, "bound-pub", true, nil)
+	for i := range 25 {
+		waitToken(t, "publish", pub.Publish("bound/x", 1, false, fmt.Sprintf("m-%d", i)))
+	}
+	se, ok := sessionOf(n.store, "bound-sub")
+	if !ok || se.Online || se.Queued != 10 || se.Dropped != 15 || se.ExpiresAt == nil {
+		t.Fatalf("session = %+v (found %v), want offline, 10 queued, 15 dropped, an expiry", se, ok)
+	}
+	if got := testCounter(t, n.store.metrics.queueDropped); got != 15 {
+		t.Errorf("tether_mqtt_queue_dropped_total = %v, want 15", got)
+	}
+	var got orderedPayloads
+	storeClient(t, n.addr, "bound-sub", false, got.add)
+	checkFor(t, 10*time.Second, func() error {
+		if p := got.list(); len(p) < 10 {
+			return fmt.Errorf("received %d of 10", len(p))
+		}
+		return nil
+	})
+	for i, p := range got.list() {
+		if want := fmt.Sprintf("m-%d", i); p != want {
+			t.Fatalf("message %d is %q, want %q (all: %v)", i, p, want, got.list())
+		}
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if se, _ := sessionOf(n.store, "bound-sub"); !se.Online || se.Queued != 0 {
+			return fmt.Errorf("session after drain: %+v", se)
+		}
+		return nil
+	})
+}
+
+// An offline session's queue is longer than the inflight window at the
+// defaults; it drains through the window, in order, and survives a
+// restart, and an offline session's memory holds no messages.
+func TestQueueBeyondWindow(t *testing.T) {
+	dir := t.TempDir()
+	n := startStoreNode(t, dir, nil)
+	window := int(configs.Default().MQTT.MaxInflight)
+	count := 3 * window
+	sub := storeClient(t, n.addr, "win-sub", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("win/#", 1, nil))
+	sub.Disconnect(100)
+	waitOffline(t, n.store, "win-sub")
+	pub := storeClient(t, n.addr, "win-pub", true, nil)
+	for i := range count {
+		pub.Publish("win/x", 1, false, fmt.Sprintf("w-%d", i))
+	}
+	waitToken(t, "last publish", pub.Publish("win/x", 1, false, fmt.Sprintf("w-%d", count)))
+	count++
+	v, _ := n.store.queues.Load("win-sub")
+	q := v.(*queue)
+	q.mu.Lock()
+	held, queued := len(q.buf), q.count
+	q.mu.Unlock()
+	if held != 0 || queued != count {
+		t.Fatalf("offline queue: %d in memory, %d queued; want 0 and %d", held, queued, count)
+	}
+	n.stop()
+
+	n = startStoreNode(t, dir, nil)
+	var got orderedPayloads
+	storeClient(t, n.addr, "win-sub", false, got.add)
+	checkFor(t, 20*time.Second, func() error {
+		if p := got.list(); len(p) < count {
+			return fmt.Errorf("received %d of %d", len(p), count)
+		}
+		return nil
+	})
+	for i, p := range got.list()[:count] {
+		if want := fmt.Sprintf("w-%d", i); p != want {
+			t.Fatalf("message %d is %q, want %q", i, p, want)
+		}
+	}
+}
+
+// PurgeSession removes a session with its queue from memory and disk.
+func TestPurgeSession(t *testing.T) {
+	n := startStoreNode(t, t.TempDir(), nil)
+	sub := storeClient(t, n.addr, "purge-sub", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("purge/#", 1, nil))
+	sub.Disconnect(100)
+	waitOffline(t, n.store, "purge-sub")
+	pub := storeClient(t, n.addr, "purge-pub", true, nil)
+	for i := range 20 {
+		waitToken(t, "publish", pub.Publish("purge/x", 1, false, fmt.Sprintf("p-%d", i)))
+	}
+	n.store.PurgeSession("purge-sub")
+	if _, ok := sessionOf(n.store, "purge-sub"); ok {
+		t.Fatal("session still listed after PurgeSession")
+	}
+	checkFor(t, 5*time.Second, func() error {
+		var rows int
+		err := n.db.R.QueryRow(`SELECT (SELECT COUNT(*) FROM mqtt_clients WHERE id = 'purge-sub')
+			+ (SELECT COUNT(*) FROM mqtt_subscriptions WHERE client_id = 'purge-sub')
+			+ (SELECT COUNT(*) FROM mqtt_queue WHERE client_id = 'purge-sub')`).Scan(&rows)
+		if err != nil {
+			return err
+		}
+		if rows != 0 {
+			return fmt.Errorf("%d rows left on disk", rows)
+		}
+		return nil
+	})
+	if used, _ := n.store.QueueStoreUse(); used != 0 {
+		t.Errorf("queue store still counts %d bytes", used)
+	}
+	// Publishing again queues nothing for it.
+	waitToken(t, "publish", pub.Publish("purge/x", 1, false, "after"))
+	if _, ok := n.store.queues.Load("purge-sub"); ok {
+		t.Error("a queue came back for the purged session")
+	}
+}
+
+// An MQTT 5 session's expiry is honoured up to mqtt.max_session_expiry
+// (here 1 s although the client asks for an hour); the expired session's
+// queue is removed from memory and disk.
+func TestQueueGoesWithExpiredSession(t *testing.T) {
+	n := startStoreNodeCfg(t, t.TempDir(), nil, func(c *configs.Config) { c.MQTT.MaxSessionExpiry = time.Second })
+	conn, err := net.DialTimeout("tcp", n.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho5.NewClient(paho5.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	expiry := uint32(3600)
+	if _, err := c.Connect(ctx, &paho5.Connect{ClientID: "exp-sub", KeepAlive: 30,
+		Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "exp/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Disconnect(&paho5.Disconnect{})
+	waitOffline(t, n.store, "exp-sub")
+	pub := storeClient(t, n.addr, "exp-pub", true, nil)
+	for i := range 5 {
+		waitToken(t, "publish", pub.Publish("exp/x", 1, false, fmt.Sprintf("e-%d", i)))
+	}
+	if se, ok := sessionOf(n.store, "exp-sub"); !ok || se.Queued != 5 {
+		t.Fatalf("session %+v (found %v), want 5 queued", se, ok)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if _, ok := sessionOf(n.store, "exp-sub"); ok {
+			return fmt.Errorf("session not expired yet")
+		}
+		var rows int
+		if err := n.db.R.QueryRow(`SELECT COUNT(*) FROM mqtt_queue WHERE client_id = 'exp-sub'`).Scan(&rows); err != nil {
+			return err
+		}
+		if rows != 0 {
+			return fmt.Errorf("%d queued rows left", rows)
+		}
+		return nil
+	})
+	if used, _ := n.store.QueueStoreUse(); used != 0 {
+		t.Errorf("queue store still counts %d bytes", used)
+	}
+}
