@@ -111,7 +111,7 @@ func (p *policy) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func Refuse(srv *mqtt.Server, cl *mqtt.Client, code packets.Code) error {
 	if cl.Properties.ProtocolVersion < 5 {
 		switch code {
-		case packets.ErrNotAuthorized, packets.ErrBadUsernameOrPassword:
+		case packets.ErrNotAuthorized, packets.ErrBadUsernameOrPassword, packets.ErrBanned:
 			code = packets.Err3NotAuthorized
 		case packets.ErrServerBusy, packets.ErrServerUnavailable, packets.ErrServerShuttingDown,
 			packets.ErrConnectionRateExceeded, packets.ErrQuotaExceeded:

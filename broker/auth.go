@@ -34,6 +34,11 @@ type AuthOptions struct {
 	// Rules are auth.rules (SPEC §5), checked before the built-in rules;
 	// SetRules replaces them.
 	Rules []configs.Rule
+	// Bans is intrusion detection: a banned identity or address is
+	// refused at CONNECT (0x8A; 3.1.1: 0x05), its live connections end
+	// when the ban starts, and ACL denials count towards bans
+	// (auth_ban.go). Nil bans nobody.
+	Bans *devices.Bans
 	// Sessions is the session store, from which the sessions of a deleted
 	// or disabled device and of a deleted user are purged (with the
 	// engine's copy of them). Nil purges the engine's copy only.
@@ -56,6 +61,7 @@ type Auth struct {
 	srv   *mqtt.Server
 	login *devices.LoginLimiter
 	hold  time.Duration
+	bans  *devices.Bans
 	m     *authMetrics
 
 	// clients maps each connected *mqtt.Client to its *conn.
@@ -122,6 +128,7 @@ func NewAuth(opts AuthOptions) *Auth {
 		log:   log.With("component", "auth"),
 		login: opts.Logins,
 		hold:  opts.LoginHold,
+		bans:  opts.Bans,
 		m:     newAuthMetrics(),
 		stop:  make(chan struct{}),
 	}
@@ -142,6 +149,9 @@ func NewAuth(opts AuthOptions) *Auth {
 	a.rules.Store(rs)
 	a.reg.OnRevoke(a.revoke)
 	a.reg.OnDeviceChange(a.deviceChanged)
+	if a.bans != nil {
+		a.bans.OnBan(a.endBanned)
+	}
 	return a
 }
 
@@ -188,6 +198,9 @@ func (a *Auth) Stop() error {
 func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
 	transport := Transport(cl)
+	if a.isBanned(cl, user) {
+		return a.refuse(cl, user, packets.ErrBanned, "banned")
+	}
 	var c *conn
 	if pass == "" {
 		// No credentials (a name alone is none): anonymous, if allowed.

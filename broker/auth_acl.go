@@ -48,6 +48,7 @@ func (a *Auth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 			action = "publish"
 		}
 		a.m.denied.WithLabelValues(action).Inc()
+		a.aclRefused(cl, action, topic)
 	}
 	return ok
 }
@@ -138,6 +139,7 @@ func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		return pk, nil
 	}
 	a.m.denied.WithLabelValues("publish").Inc()
+	a.aclRefused(cl, "publish", pk.TopicName)
 	switch {
 	case pk.FixedHeader.Qos == 0:
 	case cl.Properties.ProtocolVersion < 5:

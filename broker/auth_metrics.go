@@ -20,7 +20,7 @@ func newAuthMetrics() *authMetrics {
 			Name: "tether_auth_logins_total", Help: "MQTT logins accepted, by kind (device, user, anonymous) and transport.",
 		}, []string{"kind", "transport"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_auth_failures_total", Help: "MQTT logins refused, by reason (bad_credentials, no_credentials, client_id, session_owner, will, throttled) and transport.",
+			Name: "tether_auth_failures_total", Help: "MQTT logins refused, by reason (bad_credentials, no_credentials, client_id, session_owner, will, throttled, banned) and transport.",
 		}, []string{"reason", "transport"}),
 		delayed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_auth_failures_delayed_total", Help: "MQTT logins held because their name and address, or their address, had failed too often (the login limiter shared with the HTTP API).",

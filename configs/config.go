@@ -32,6 +32,7 @@ type Config struct {
 	Telemetry Telemetry `yaml:"telemetry"`
 	Audit     Audit     `yaml:"audit"`
 	Limits    Limits    `yaml:"limits"`
+	Security  Security  `yaml:"security"`
 }
 
 // Log configures the process log.
@@ -106,6 +107,19 @@ type Audit struct {
 	Retention time.Duration `yaml:"retention"`
 }
 
+// Security configures intrusion detection: temporary bans of addresses
+// and identities that are refused too often (failed logins, ACL denials).
+type Security struct {
+	// BanThreshold refusals within BanWindow ban an address, or an
+	// identity at an address, for BanDuration. 0 turns bans off.
+	BanThreshold int           `yaml:"ban_threshold"`
+	BanWindow    time.Duration `yaml:"ban_window"`
+	BanDuration  time.Duration `yaml:"ban_duration"`
+	// BanExempt are addresses (IPs or CIDRs) never banned as a whole;
+	// http.trusted_proxies never are either.
+	BanExempt []string `yaml:"ban_exempt"`
+}
+
 // Limits keep one client from hurting the others. 0 means unlimited.
 type Limits struct {
 	MaxConnections      int `yaml:"max_connections"`
@@ -167,6 +181,8 @@ func Default() Config {
 		Audit:     Audit{Retention: 90 * 24 * time.Hour},
 		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second,
 			DevicePublishRate: 100, DevicePublishBurst: 500},
+		Security: Security{BanThreshold: 20, BanWindow: 5 * time.Minute, BanDuration: 15 * time.Minute,
+			BanExempt: []string{"127.0.0.0/8", "::1"}},
 	}
 }
 
@@ -337,6 +353,21 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.HTTPMaxBodyBytes < 1024 {
 		bad("limits.http_max_body_bytes", "%d is too small (at least 1024)", c.Limits.HTTPMaxBodyBytes)
+	}
+	if c.Security.BanThreshold < 0 {
+		bad("security.ban_threshold", "must not be negative (0 turns bans off)")
+	} else if c.Security.BanThreshold > 0 {
+		if c.Security.BanWindow <= 0 {
+			bad("security.ban_window", "must be a positive duration such as 5m")
+		}
+		if c.Security.BanDuration <= 0 {
+			bad("security.ban_duration", "must be a positive duration such as 15m")
+		}
+	}
+	for _, p := range c.Security.BanExempt {
+		if _, err := ParseCIDROrIP(p); err != nil {
+			bad("security.ban_exempt", "%q: %v", p, err)
+		}
 	}
 	if c.Limits.HTTPReadTimeout <= 0 {
 		bad("limits.http_read_timeout", "must be a positive duration such as 30s")

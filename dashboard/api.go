@@ -43,6 +43,10 @@ type APIOptions struct {
 	// Audit receives who did what (GET /audit); nil keeps no audit log
 	// and answers GET /audit with 503.
 	Audit *devices.Audit
+	// Bans is intrusion detection (GET /security, DELETE
+	// /security/bans/{key}; a banned login gets 403); nil bans nobody
+	// and answers those routes with 503.
+	Bans *devices.Bans
 	// TrustedProxies are the addresses (IPs or CIDRs, as in
 	// http.trusted_proxies) whose X-Forwarded-For is believed when
 	// slowing down failed logins by address.
@@ -71,6 +75,7 @@ type API struct {
 	commands  *broker.CommandHook
 	twins     *broker.TwinHook
 	audit     *devices.Audit
+	bans      *devices.Bans
 
 	proxies []*net.IPNet
 	logins  *devices.LoginLimiter
@@ -99,6 +104,7 @@ func NewAPI(o APIOptions) (*API, error) {
 		commands:  o.Commands,
 		twins:     o.Twins,
 		audit:     o.Audit,
+		bans:      o.Bans,
 	}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -206,6 +212,8 @@ func (a *API) routes() []route {
 		{"POST", "/tokens", viewer, a.createToken},        // own, or anyone's for admin
 		{"DELETE", "/tokens/{id}", viewer, a.revokeToken}, // own, or any for admin
 		{"GET", "/audit", admin, a.listAudit},
+		{"GET", "/security", admin, a.getSecurity},
+		{"DELETE", "/security/bans/{key}", admin, a.liftBan},
 
 		{"GET", "/openapi.json", public, a.openAPI},
 	}

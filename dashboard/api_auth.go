@@ -162,7 +162,8 @@ type loginResponse struct {
 // body (for scripts and the dashboard's MQTT password) and in an HttpOnly
 // cookie (for the browser's API calls). Repeated failures for one name
 // from one address, or from one address for any names, are answered 429
-// for a growing while (devices.LoginLimiter, shared with MQTT).
+// for a growing while (devices.LoginLimiter, shared with MQTT); a banned
+// address, or name at that address, gets 403 (devices.Bans).
 func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	if err := a.checkCSRF(r, false); err != nil {
 		return err
@@ -180,6 +181,9 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 		// No such user can exist: refuse without a password hash, and
 		// keep only a bounded name in the limiter.
 		name = ""
+	}
+	if err := a.bannedLogin(r, name, addr); err != nil {
+		return err
 	}
 	if wait := a.logins.Wait(name, addr); wait > 0 {
 		a.metrics.logins.WithLabelValues("throttled").Inc()

@@ -43,6 +43,7 @@ const (
 	codeTooLarge         = "body_too_large" // as listeners.HTTPLimit says it
 	codeMediaType        = "unsupported_media_type"
 	codeTooManyRequests  = "too_many_requests"
+	codeBanned           = "banned"
 	codeUnavailable      = "unavailable"
 	codeInternal         = "internal"
 )

@@ -12,7 +12,7 @@ func newAPIMetrics() *apiMetrics {
 	m := &apiMetrics{
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_api_logins_total",
-			Help: "API login attempts by result: ok, failed (wrong name or password), throttled (refused with 429 after repeated failures).",
+			Help: "API login attempts by result: ok, failed (wrong name or password), throttled (refused with 429 after repeated failures), banned (refused with 403: intrusion detection).",
 		}, []string{"result"}),
 	}
 	for _, r := range []string{"ok", "failed", "throttled"} {

@@ -50,6 +50,8 @@ const (
 	// AuditRulesReloaded: SIGHUP applied (or refused) auth.rules and
 	// telemetry.topics.
 	AuditRulesReloaded = "rules_reloaded"
+	AuditBanned        = "banned"
+	AuditBanLifted     = "ban_lifted"
 )
 
 // AuditEntry is one thing someone did or tried: who (Actor, authenticated

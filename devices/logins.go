@@ -42,9 +42,10 @@ const loginKeys = 100_000
 type LoginLimiter struct {
 	o LoginLimitOptions
 
-	// mu guards keys.
-	mu   sync.Mutex
-	keys map[string]*loginKey
+	// mu guards keys and onFailure.
+	mu        sync.Mutex
+	keys      map[string]*loginKey
+	onFailure []func(name, addr string)
 }
 
 type loginKey struct {
@@ -102,11 +103,29 @@ func (l *LoginLimiter) Wait(name, addr string) time.Duration {
 	return w
 }
 
-// Failed records a failed login as name from addr.
-func (l *LoginLimiter) Failed(name, addr string) {
-	now := l.o.Now()
+// OnFailure calls f with each failed login, after the limiter has
+// counted it (Bans.LoginFailed: intrusion detection builds on these
+// events). f runs on the caller's goroutine and must not block.
+func (l *LoginLimiter) OnFailure(f func(name, addr string)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.onFailure = append(l.onFailure, f)
+}
+
+// Failed records a failed login as name from addr.
+func (l *LoginLimiter) Failed(name, addr string) {
+	l.mu.Lock()
+	l.failed(name, addr)
+	fns := l.onFailure
+	l.mu.Unlock()
+	for _, f := range fns {
+		f(name, addr)
+	}
+}
+
+// failed counts a failure; mu must be held.
+func (l *LoginLimiter) failed(name, addr string) {
+	now := l.o.Now()
 	if len(l.keys) >= loginKeys {
 		l.prune(now)
 	}

@@ -31,7 +31,10 @@ type LimitOptions struct {
 type Limiter struct {
 	opts LimitOptions
 
-	refusedTotal, refusedPerIP, refusedRate atomic.Int64
+	refusedTotal, refusedPerIP, refusedRate, refusedBanned atomic.Int64
+
+	// banned, when set, refuses an address that is banned (SetBanned).
+	banned func(ip string) bool
 
 	// mu guards the fields below.
 	mu    sync.Mutex
@@ -56,18 +59,30 @@ func NewLimiter(opts LimitOptions) *Limiter {
 		opts:  opts,
 		addrs: map[string]*addrLimit{},
 		desc: prometheus.NewDesc("tether_connections_limited_total",
-			"MQTT connections refused by a connection limit, by limit.", []string{"limit"}, nil),
+			"MQTT connections refused by a connection limit or a ban, by limit (banned: the address is banned).", []string{"limit"}, nil),
 	}
 }
+
+// SetBanned makes the limiter refuse every connection from an address
+// banned reports (intrusion detection: devices.Bans.AddressBanned), before
+// anything is read from it. Call it before the listeners serve.
+func (l *Limiter) SetBanned(banned func(ip string) bool) { l.banned = banned }
 
 // admit reserves a place for a connection from addr. It returns the
 // release to call when the connection ends, or ok false (and counts the
 // refusal).
 func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
-	if l == nil || l.opts == (LimitOptions{}) {
+	if l == nil {
 		return func() {}, true
 	}
 	ip := addrIP(addr)
+	if l.banned != nil && l.banned(ip) {
+		l.refusedBanned.Add(1)
+		return nil, false
+	}
+	if l.opts == (LimitOptions{}) {
+		return func() {}, true
+	}
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -161,6 +176,7 @@ func (l *Limiter) Collect(ch chan<- prometheus.Metric) {
 		{&l.refusedTotal, "max_connections"},
 		{&l.refusedPerIP, "max_connections_per_ip"},
 		{&l.refusedRate, "connection_rate_per_ip"},
+		{&l.refusedBanned, "banned"},
 	} {
 		ch <- prometheus.MustNewConstMetric(l.desc, prometheus.CounterValue, float64(c.v.Load()), c.label)
 	}

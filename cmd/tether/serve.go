@@ -280,8 +280,10 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 			_ = a.store.Close()
 		}
 	}()
+	bans := newBans(cfg, a.data.audit)
+	logins.OnFailure(bans.LoginFailed) // failed logins count towards bans
 	a.auth = broker.NewAuth(broker.AuthOptions{
-		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins,
+		Registry: a.registry, AllowAnonymous: cfg.Auth.AllowAnonymous, Logger: log, Logins: logins, Bans: bans,
 		Sessions: a.store, // purged sessions are deleted from it
 		Rules:    cfg.Auth.Rules,
 	})
@@ -300,6 +302,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		return nil, brokerListenError(cfg, err)
 	}
 	a.broker = b
+	b.Limits.SetBanned(bans.AddressBanned) // a banned address is closed at accept
 	a.store.Attach(b.Server)
 	backpressure.Attach(b.Server)
 	retained.Attach(b.Server)
@@ -315,7 +318,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(broker.NewCollector(b))
 	httpLimit := listeners.NewHTTPLimit(cfg.Limits.HTTPMaxBodyBytes)
 	reg.MustRegister(a.store.Collector(), pubLimit, backpressure, retained, b.Limits, httpLimit)
-	reg.MustRegister(a.auth)
+	reg.MustRegister(a.auth, bans)
 	reg.MustRegister(a.data.collectors()...)
 	httpMetrics := dashboard.NewHTTPMetrics()
 	reg.MustRegister(buildInfo(), a.registry.Collector(), httpMetrics)
@@ -323,7 +326,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
 		Registry: a.registry, Broker: b, Clients: clock, Sessions: a.store, Logger: log.With("component", "api"), Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
-		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins, Audit: a.data.audit,
+		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins, Audit: a.data.audit, Bans: bans,
 	})
 	if err != nil {
 		return nil, err
@@ -446,4 +449,25 @@ func (a *app) httpsAddr() string {
 		return ""
 	}
 	return a.httpsLn.Addr().String()
+}
+
+// newBans is intrusion detection as cfg.Security says (Validate has
+// checked the addresses).
+func newBans(cfg configs.Config, audit *devices.Audit) *devices.Bans {
+	o := devices.BanOptions{Threshold: cfg.Security.BanThreshold, Window: cfg.Security.BanWindow,
+		Duration: cfg.Security.BanDuration, Audit: audit}
+	if o.Threshold == 0 {
+		o.Threshold = -1 // off
+	}
+	for _, list := range []struct {
+		in  []string
+		out *[]*net.IPNet
+	}{{cfg.Security.BanExempt, &o.Exempt}, {cfg.HTTP.TrustedProxies, &o.TrustedProxies}} {
+		for _, p := range list.in {
+			if n, err := configs.ParseCIDROrIP(p); err == nil {
+				*list.out = append(*list.out, n)
+			}
+		}
+	}
+	return devices.NewBans(&o)
 }

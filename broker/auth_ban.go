@@ -1,0 +1,63 @@
+package broker
+
+import (
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/devices"
+)
+
+// isBanned reports whether a CONNECT as user from cl's address is refused
+// by a ban (devices.Bans): the address's (a connection that arrived just
+// before the ban; later ones are closed at accept by the listeners'
+// Limiter) or user's at that address.
+func (a *Auth) isBanned(cl *mqtt.Client, user string) bool {
+	_, banned := a.bans.Banned(user, remoteIP(cl.Net.Remote))
+	return banned
+}
+
+// aclRefused counts an ACL denial of a connected client towards a ban of
+// its address and of its identity there. A delivery refused into an
+// offline session is nobody's doing and is not counted; nor is anything a
+// connection being revoked does.
+func (a *Auth) aclRefused(cl *mqtt.Client, action, topic string) {
+	if a.bans == nil || cl.Net.Inline {
+		return
+	}
+	c := a.conn(cl)
+	if c == nil || c.revoked {
+		return
+	}
+	a.bans.Refused(devices.Refusal{Kind: "acl", Address: remoteIP(cl.Net.Remote), Identity: c.id.Name,
+		Detail: action + " " + topic})
+}
+
+// endBanned disconnects the clients a new ban covers: every client from a
+// banned address, or the banned identity's clients from its address. MQTT
+// 5 clients get DISCONNECT 0x98 administrative action (0x8A banned is a
+// CONNACK code only); their next CONNECT is refused. Bans.OnBan calls it
+// on a goroutine of its own.
+func (a *Auth) endBanned(ban devices.Ban) {
+	a.stopMu.Lock()
+	if a.stopped {
+		a.stopMu.Unlock()
+		return
+	}
+	a.wg.Add(1)
+	a.stopMu.Unlock()
+	defer a.wg.Done()
+	a.clients.Range(func(k, v any) bool {
+		cl, c := k.(*mqtt.Client), v.(*conn)
+		if c.revoked || remoteIP(cl.Net.Remote) != ban.Address || (ban.Identity != "" && c.id.Name != ban.Identity) {
+			return true
+		}
+		a.log.Info("disconnecting banned client", "client", cl.ID, "name", c.id.Name, "remote", ban.Address, "ban", ban.Key)
+		a.clients.Store(cl, &conn{id: c.id, anonymous: c.anonymous, revoked: true})
+		if cl.Properties.ProtocolVersion == 5 {
+			_ = a.srv.DisconnectClient(cl, packets.ErrAdministrativeAction)
+		} else {
+			cl.Stop(packets.ErrAdministrativeAction)
+		}
+		return true
+	})
+}

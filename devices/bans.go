@@ -1,0 +1,448 @@
+package devices
+
+import (
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// BanOptions shape Bans; see NewBans for the defaults of zero fields.
+type BanOptions struct {
+	// Threshold is how many refusals (failed logins, ACL denials) of one
+	// key within Window ban it (security.ban_threshold, default 20). A
+	// negative Threshold turns bans off (the configuration's 0).
+	Threshold int
+	// Window is the span the refusals are counted over (default 5m).
+	Window time.Duration
+	// Duration is how long a ban lasts (default 15m).
+	Duration time.Duration
+	// Exempt are addresses never banned as a whole (loopback by default
+	// in the configuration; security.ban_exempt). An identity sinning
+	// from one of them is still banned at it.
+	Exempt []*net.IPNet
+	// TrustedProxies are never banned as a whole either: their clients'
+	// sins are the clients' (http.trusted_proxies).
+	TrustedProxies []*net.IPNet
+	// Audit receives each ban (Note: it never waits); nil records none.
+	Audit *Audit
+	// Now is the clock; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+// Refusal is one thing a client was refused: a failed login or an ACL
+// denial.
+type Refusal struct {
+	Time time.Time `json:"time"`
+	// Kind is "login" or "acl".
+	Kind string `json:"kind"`
+	// Address is the client's address (after trusted proxies).
+	Address string `json:"address"`
+	// Identity is the user name or device id: the one tried (login) or
+	// the one connected (acl); empty when unknown.
+	Identity string `json:"identity"`
+	// Detail says what was refused ("publish $SYS/x"), never a secret or
+	// a payload.
+	Detail string `json:"detail"`
+}
+
+// Ban is a key refused for a while: a whole address, or one identity at
+// one address.
+type Ban struct {
+	// Key names the ban: "ip:ADDRESS" or "id:IDENTITY@ADDRESS".
+	Key string `json:"key"`
+	// Kind is "address" or "identity".
+	Kind     string    `json:"kind"`
+	Address  string    `json:"address"`
+	Identity string    `json:"identity,omitempty"`
+	Refusals int       `json:"refusals"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until"`
+}
+
+// Offender is a key's refusals: within the window, and in all.
+type Offender struct {
+	Key      string    `json:"key"`
+	Kind     string    `json:"kind"`
+	Address  string    `json:"address"`
+	Identity string    `json:"identity,omitempty"`
+	Recent   int       `json:"recent"`
+	Total    int       `json:"total"`
+	Last     time.Time `json:"last"`
+	Banned   bool      `json:"banned"`
+}
+
+// Limits of the memory Bans hold.
+const (
+	banKeys        = 50_000
+	recentRefusals = 200
+)
+
+// Bans is intrusion detection (SPEC §5): it counts the refusals of each
+// address and of each identity at an address, and bans a key that has
+// Threshold of them within Window, for Duration. The refusals come from
+// the login limiter's failures (LoginLimiter.OnFailure: one count of
+// failed logins, MQTT and HTTP alike) and from the broker's ACL
+// denials (Denied).
+//
+// An address ban refuses every connection and login from the address; an
+// identity ban refuses that identity's logins from that address only, so
+// no ban ever keeps a correct login from another address out. Exempt
+// addresses and trusted proxies are never banned as a whole (a proxy's
+// clients are judged by their own address when it is known).
+//
+// It is safe for concurrent use and cheap enough for the publish path;
+// its memory is bounded. Bans live in memory: a restart lifts them.
+type Bans struct {
+	o BanOptions
+
+	bans, banned *prometheus.Desc
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	keys    map[string]*banKey
+	active  map[string]*Ban
+	recent  []Refusal // ring of the latest refusals
+	next    int
+	total   map[string]int // bans so far, by kind
+	onBan   []func(Ban)
+	expired time.Time // last sweep of ended bans
+}
+
+type banKey struct {
+	times []time.Time // refusals within the window, oldest first
+	total int
+	last  time.Time
+}
+
+// NewBans returns the ban list; o may be nil (defaults, bans on).
+func NewBans(o *BanOptions) *Bans {
+	var opts BanOptions
+	if o != nil {
+		opts = *o
+	}
+	if opts.Threshold == 0 {
+		opts.Threshold = 20
+	}
+	if opts.Window <= 0 {
+		opts.Window = 5 * time.Minute
+	}
+	if opts.Duration <= 0 {
+		opts.Duration = 15 * time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Bans{
+		o:      opts,
+		keys:   map[string]*banKey{},
+		active: map[string]*Ban{},
+		total:  map[string]int{},
+		bans: prometheus.NewDesc("tether_bans_total",
+			"Bans imposed for repeated refused logins or ACL denials, by kind (address, identity).", []string{"kind"}, nil),
+		banned: prometheus.NewDesc("tether_banned", "Bans in force now.", nil, nil),
+	}
+}
+
+// Options returns the options, defaults filled in.
+func (b *Bans) Options() BanOptions { return b.o }
+
+// Enabled reports whether refusals lead to bans.
+func (b *Bans) Enabled() bool { return b != nil && b.o.Threshold > 0 }
+
+// OnBan calls f (on its own goroutine) with each new ban: the broker ends
+// the banned key's connections.
+func (b *Bans) OnBan(f func(Ban)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.onBan = append(b.onBan, f)
+}
+
+// AddressKey and IdentityKey name a ban's keys.
+func AddressKey(addr string) string            { return "ip:" + addr }
+func IdentityKey(identity, addr string) string { return "id:" + identity + "@" + addr }
+
+// LoginFailed records a failed login as name from addr (hand it to
+// LoginLimiter.OnFailure).
+func (b *Bans) LoginFailed(name, addr string) {
+	b.Refused(Refusal{Kind: "login", Address: addr, Identity: name, Detail: "wrong credentials"})
+}
+
+// Refused records r and bans its keys that reach the threshold.
+func (b *Bans) Refused(r Refusal) {
+	if b == nil || r.Address == "" {
+		return
+	}
+	if len(r.Identity) > maxAuditField {
+		r.Identity = r.Identity[:maxAuditField]
+	}
+	if len(r.Detail) > maxAuditField {
+		r.Detail = r.Detail[:maxAuditField]
+	}
+	now := b.o.Now()
+	r.Time = now
+	var fresh []Ban
+	b.mu.Lock()
+	if len(b.recent) < recentRefusals {
+		b.recent = append(b.recent, r)
+	} else {
+		b.recent[b.next] = r
+	}
+	b.next = (b.next + 1) % recentRefusals
+	if len(b.keys) >= banKeys {
+		b.prune(now)
+	}
+	if !b.exempt(r.Address) {
+		if ban := b.count(AddressKey(r.Address), "address", r.Address, "", now); ban != nil {
+			fresh = append(fresh, *ban)
+		}
+	}
+	if r.Identity != "" {
+		if ban := b.count(IdentityKey(r.Identity, r.Address), "identity", r.Address, r.Identity, now); ban != nil {
+			fresh = append(fresh, *ban)
+		}
+	}
+	fns := b.onBan
+	b.mu.Unlock()
+	for _, ban := range fresh {
+		b.o.Audit.Note(AuditEntry{Action: AuditBanned, Actor: ban.Identity, Via: "security", Target: ban.Key,
+			Remote: ban.Address, Detail: strconv.Itoa(ban.Refusals) + " refusals within " + b.o.Window.String() +
+				"; until " + ban.Until.UTC().Format(time.RFC3339)})
+		for _, f := range fns {
+			go f(ban)
+		}
+	}
+}
+
+// count adds a refusal to key and returns the ban it starts, if any. mu
+// must be held.
+func (b *Bans) count(key, kind, addr, identity string, now time.Time) *Ban {
+	k := b.keys[key]
+	if k == nil {
+		k = &banKey{}
+		b.keys[key] = k
+	}
+	k.total++
+	k.last = now
+	cut := now.Add(-b.o.Window)
+	i := 0
+	for i < len(k.times) && !k.times[i].After(cut) {
+		i++
+	}
+	k.times = append(k.times[i:], now)
+	keep := b.o.Threshold
+	if keep <= 0 {
+		keep = recentRefusals // bans off: count a bounded few for Offenders
+	}
+	if len(k.times) > keep {
+		k.times = k.times[len(k.times)-keep:]
+	}
+	if !b.Enabled() || len(k.times) < b.o.Threshold || b.bannedKey(key, now) {
+		return nil
+	}
+	ban := &Ban{Key: key, Kind: kind, Address: addr, Identity: identity, Refusals: len(k.times),
+		Since: now, Until: now.Add(b.o.Duration)}
+	b.active[key] = ban
+	b.total[kind]++
+	return ban
+}
+
+func (b *Bans) bannedKey(key string, now time.Time) bool {
+	ban := b.active[key]
+	return ban != nil && ban.Until.After(now)
+}
+
+// exempt reports whether addr may never be banned as a whole.
+func (b *Bans) exempt(addr string) bool {
+	ip := net.ParseIP(addr)
+	if ip == nil {
+		return false
+	}
+	for _, nets := range [2][]*net.IPNet{b.o.Exempt, b.o.TrustedProxies} {
+		for _, n := range nets {
+			if n.Contains(ip) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// AddressBanned reports whether every connection from addr is refused.
+func (b *Bans) AddressBanned(addr string) bool {
+	if !b.Enabled() {
+		return false
+	}
+	now := b.o.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.bannedKey(AddressKey(addr), now)
+}
+
+// Banned returns the ban that refuses a login as identity from addr: its
+// address's, or the identity's at that address.
+func (b *Bans) Banned(identity, addr string) (Ban, bool) {
+	if !b.Enabled() {
+		return Ban{}, false
+	}
+	now := b.o.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, key := range [2]string{AddressKey(addr), IdentityKey(identity, addr)} {
+		if b.bannedKey(key, now) {
+			return *b.active[key], true
+		}
+	}
+	return Ban{}, false
+}
+
+// Lift ends the ban key (and forgets its refusals); false when there is
+// no such ban in force.
+func (b *Bans) Lift(key string) (Ban, bool) {
+	now := b.o.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ban, ok := b.active[key]
+	if !ok || !ban.Until.After(now) {
+		return Ban{}, false
+	}
+	delete(b.active, key)
+	if k := b.keys[key]; k != nil {
+		k.times = k.times[:0]
+	}
+	return *ban, true
+}
+
+// Active returns the bans in force, latest first.
+func (b *Bans) Active() []Ban {
+	now := b.o.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sweep(now)
+	out := make([]Ban, 0, len(b.active))
+	for _, ban := range b.active {
+		out = append(out, *ban)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Since.Equal(out[j].Since) {
+			return out[i].Since.After(out[j].Since)
+		}
+		return out[i].Key < out[j].Key
+	})
+	return out
+}
+
+// Recent returns the latest refusals (up to 200), newest first.
+func (b *Bans) Recent() []Refusal {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]Refusal, 0, len(b.recent))
+	for i := 1; i <= len(b.recent); i++ {
+		out = append(out, b.recent[(b.next-i+len(b.recent))%len(b.recent)])
+	}
+	return out
+}
+
+// Offenders returns up to n keys with the most refusals within the
+// window (then in all), most first.
+func (b *Bans) Offenders(n int) []Offender {
+	now := b.o.Now()
+	cut := now.Add(-b.o.Window)
+	b.mu.Lock()
+	out := make([]Offender, 0, len(b.keys))
+	for key, k := range b.keys {
+		o := Offender{Key: key, Total: k.total, Last: k.last, Banned: b.bannedKey(key, now)}
+		for _, t := range k.times {
+			if t.After(cut) {
+				o.Recent++
+			}
+		}
+		o.Kind, o.Address, o.Identity = splitBanKey(key)
+		out = append(out, o)
+	}
+	b.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, c := out[i], out[j]
+		switch {
+		case a.Recent != c.Recent:
+			return a.Recent > c.Recent
+		case a.Total != c.Total:
+			return a.Total > c.Total
+		}
+		return a.Key < c.Key
+	})
+	return out[:min(n, len(out))]
+}
+
+// splitBanKey is the reverse of AddressKey and IdentityKey.
+func splitBanKey(key string) (kind, addr, identity string) {
+	if len(key) > 3 && key[:3] == "ip:" {
+		return "address", key[3:], ""
+	}
+	rest := key[min(3, len(key)):]
+	for i := len(rest) - 1; i >= 0; i-- {
+		if rest[i] == '@' {
+			return "identity", rest[i+1:], rest[:i]
+		}
+	}
+	return "identity", "", rest
+}
+
+// sweep drops ended bans, at most once a second. mu must be held.
+func (b *Bans) sweep(now time.Time) {
+	if now.Sub(b.expired) < time.Second {
+		return
+	}
+	b.expired = now
+	for key, ban := range b.active {
+		if !ban.Until.After(now) {
+			delete(b.active, key)
+		}
+	}
+}
+
+// prune drops keys with no refusal within the window and no ban, and if
+// that is not enough, the older half. mu must be held.
+func (b *Bans) prune(now time.Time) {
+	b.sweep(now.Add(time.Second))
+	cut := now.Add(-b.o.Window)
+	for key, k := range b.keys {
+		if k.last.Before(cut) && b.active[key] == nil {
+			delete(b.keys, key)
+		}
+	}
+	if len(b.keys) < banKeys*3/4 {
+		return
+	}
+	mid := now.Add(-b.o.Window / 2)
+	for key, k := range b.keys {
+		if (k.last.Before(mid) || len(b.keys) >= banKeys/2) && b.active[key] == nil {
+			delete(b.keys, key)
+		}
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (b *Bans) Describe(ch chan<- *prometheus.Desc) { ch <- b.bans; ch <- b.banned }
+
+// Collect implements prometheus.Collector.
+func (b *Bans) Collect(ch chan<- prometheus.Metric) {
+	now := b.o.Now()
+	b.mu.Lock()
+	b.sweep(now)
+	n := 0
+	for _, ban := range b.active {
+		if ban.Until.After(now) {
+			n++
+		}
+	}
+	total := map[string]int{"address": b.total["address"], "identity": b.total["identity"]}
+	b.mu.Unlock()
+	for kind, v := range total {
+		ch <- prometheus.MustNewConstMetric(b.bans, prometheus.CounterValue, float64(v), kind)
+	}
+	ch <- prometheus.MustNewConstMetric(b.banned, prometheus.GaugeValue, float64(n))
+}
