@@ -1,0 +1,386 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/tether-iot/tether/configs"
+)
+
+// Intrusion detection end to end (SECURITY.md, bans): real MQTT clients
+// and HTTP requests from several loopback addresses (Linux routes all of
+// 127/8 to lo), against the whole app.
+
+const secAdminPassword = "admin-security-pw"
+
+// secApp starts Tether with bans after 5 refusals; loopback is not
+// exempt here (every test client is on loopback) except 127.0.0.4, and
+// 127.0.0.5 is a trusted proxy.
+func secApp(t *testing.T) (*app, *apiClient) {
+	t.Helper()
+	t.Setenv("TETHER_ADMIN_PASSWORD", secAdminPassword)
+	cfg := testConfig(t)
+	cfg.Auth.AllowAnonymous = false
+	cfg.Security.BanThreshold = 5
+	cfg.Security.BanExempt = []string{"127.0.0.4"}
+	cfg.HTTP.TrustedProxies = []string{"127.0.0.5"}
+	a := startTestApp(t, cfg)
+	return a, uiLogin(t, "http://"+a.httpAddr(), "admin", secAdminPassword)
+}
+
+// dialFrom opens a TCP connection to addr from the loopback address from.
+func dialFrom(from, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	return d.Dial("tcp", addr)
+}
+
+// connackFrom sends a CONNECT (MQTT 3.1.1 for version 4, 5 for 5) from
+// the address from and returns the CONNACK's code, or ok false when the
+// connection is closed without one (closed at accept).
+func connackFrom(t *testing.T, from, addr string, version byte, id, user, pass string) (code byte, ok bool) {
+	t.Helper()
+	c, err := dialFrom(from, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = c.Write(rawConnectAuth(version, id, user, pass))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return 0, false
+	}
+	if buf[0] != 0x20 {
+		t.Fatalf("from %s: not a CONNACK: % x", from, buf)
+	}
+	return buf[3], true
+}
+
+// mq5From connects an MQTT 5 client from the address from; it fails the
+// test unless the CONNACK is a success.
+func mq5From(t *testing.T, from, addr, id, user, pass string) *client5 {
+	t.Helper()
+	conn, err := dialFrom(from, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &client5{box: make(chan message, 100), disconnected: make(chan *paho.Disconnect, 1)}
+	cl.c = paho.NewClient(paho.ClientConfig{Conn: conn,
+		OnServerDisconnect: func(d *paho.Disconnect) { cl.disconnected <- d }})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ca, err := cl.c.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true,
+		Username: user, UsernameFlag: true, Password: []byte(pass), PasswordFlag: true})
+	if err != nil || ca.ReasonCode != 0 {
+		conn.Close()
+		t.Fatalf("connect %s from %s: %v %+v", id, from, err, ca)
+	}
+	t.Cleanup(cl.close)
+	return cl
+}
+
+// httpFrom is an HTTP client whose connections come from the address from.
+func httpFrom(from string) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+}
+
+// loginFrom posts a login from the address from (with X-Forwarded-For
+// when xff is set) and returns the status and error code.
+func loginFrom(t *testing.T, a *app, from, xff, user, pass string) (int, string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]string{"username": user, "password": pass})
+	req, _ := http.NewRequest("POST", "http://"+a.httpAddr()+"/api/v1/auth/login", strings.NewReader(string(body)))
+	req.Header.Set("Content-Type", "application/json")
+	if xff != "" {
+		req.Header.Set("X-Forwarded-For", xff)
+	}
+	res, err := httpFrom(from).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var e struct{ Error struct{ Code string } }
+	_ = json.NewDecoder(res.Body).Decode(&e)
+	return res.StatusCode, e.Error.Code
+}
+
+type securityBody struct {
+	Enabled   bool
+	Threshold int
+	Bans      []struct{ Key, Kind, Address, Identity string }
+	Refusals  []struct{ Kind, Address, Identity, Detail string }
+	Offenders []struct {
+		Key           string
+		Recent, Total int
+		Banned        bool
+	}
+}
+
+func (s securityBody) banned(key string) bool {
+	for _, b := range s.Bans {
+		if b.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// metricValue reads one sample of /metrics (0 when absent).
+func metricValue(t *testing.T, a *app, sample string) string {
+	t.Helper()
+	res, err := http.Get("http://" + a.httpAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// TestBanFailedLogins: refused MQTT and HTTP logins from one address ban
+// it: its MQTT connections are closed at accept and its HTTP logins get
+// 403, while a correct login from another address goes on; /metrics,
+// GET /security and the audit log show it; an admin lifts it (a viewer
+// may not) and the address logs in again.
+func TestBanFailedLogins(t *testing.T) {
+	a, admin := secApp(t)
+	base := "http://" + a.httpAddr()
+	var dev struct{ ID, Secret string }
+	admin.do("POST", "/devices", map[string]any{"id": "sec-d1", "name": "d1"}, &dev)
+	admin.do("POST", "/users", map[string]string{"username": "vera", "password": "vera-password", "role": "viewer"}, nil)
+	admin.do("POST", "/users", map[string]string{"username": "otto", "password": "otto-password", "role": "operator"}, nil)
+
+	// 3 refused MQTT logins (3.1.1 and 5) and 2 refused HTTP ones, each a
+	// different name: the limiter's pair keys stay open.
+	for i, v := range []byte{4, 5, 4} {
+		code, ok := connackFrom(t, "127.0.0.2", a.mqttAddr(), v, fmt.Sprintf("guess-%d", i), fmt.Sprintf("guess-%d", i), "wrong-password")
+		if !ok || (code != 0x05 && code != 0x86) {
+			t.Fatalf("wrong password %d: CONNACK %#x %v", i, code, ok)
+		}
+	}
+	for i := range 2 {
+		if st, _ := loginFrom(t, a, "127.0.0.2", "", fmt.Sprintf("http-guess-%d", i), "wrong-password"); st != http.StatusUnauthorized {
+			t.Fatalf("wrong HTTP login: %d", st)
+		}
+	}
+	// Banned: a correct device login from 127.0.0.2 is closed at accept,
+	// a correct HTTP login gets 403; from 127.0.0.1 both go on.
+	if code, ok := connackFrom(t, "127.0.0.2", a.mqttAddr(), 5, dev.ID, dev.ID, dev.Secret); ok {
+		t.Fatalf("a banned address got a CONNACK %#x", code)
+	}
+	if st, code := loginFrom(t, a, "127.0.0.2", "", "admin", secAdminPassword); st != http.StatusForbidden || code != "banned" {
+		t.Fatalf("banned address, correct HTTP login: %d %s", st, code)
+	}
+	if code, ok := connackFrom(t, "127.0.0.1", a.mqttAddr(), 4, dev.ID, dev.ID, dev.Secret); !ok || code != 0 {
+		t.Fatalf("correct login from another address: %#x %v", code, ok)
+	}
+	if st, _ := loginFrom(t, a, "127.0.0.1", "", "admin", secAdminPassword); st != http.StatusOK {
+		t.Fatalf("correct HTTP login from another address: %d", st)
+	}
+	if v := metricValue(t, a, `tether_bans_total{kind="address"}`); v != "1" {
+		t.Fatalf("tether_bans_total{kind=address} = %q", v)
+	}
+	if v := metricValue(t, a, `tether_banned`); v != "1" {
+		t.Fatalf("tether_banned = %q", v)
+	}
+	if v := metricValue(t, a, `tether_connections_limited_total{limit="banned"}`); v != "1" {
+		t.Fatalf("tether_connections_limited_total{limit=banned} = %q", v)
+	}
+
+	var s securityBody
+	admin.do("GET", "/security", nil, &s)
+	if !s.Enabled || s.Threshold != 5 || !s.banned("ip:127.0.0.2") || len(s.Refusals) < 5 ||
+		len(s.Offenders) == 0 || s.Offenders[0].Key != "ip:127.0.0.2" || !s.Offenders[0].Banned {
+		t.Fatalf("GET /security: %+v", s)
+	}
+	for _, r := range s.Refusals {
+		if strings.Contains(r.Detail, "wrong-password") || strings.Contains(r.Identity, "wrong-password") {
+			t.Fatalf("a password in the refusals: %+v", r)
+		}
+	}
+	// A lesser identity is refused both routes.
+	vera := uiLogin(t, base, "vera", "vera-password")
+	otto := uiLogin(t, base, "otto", "otto-password")
+	for _, c := range []*apiClient{vera, otto} {
+		if st := c.status("GET", "/security", nil); st != http.StatusForbidden {
+			t.Fatalf("GET /security as a lesser role: %d", st)
+		}
+		if st := c.status("DELETE", "/security/bans/ip:127.0.0.2", nil); st != http.StatusForbidden {
+			t.Fatalf("DELETE /security/bans as a lesser role: %d", st)
+		}
+	}
+	if st := (&apiClient{t: t, base: base}).status("GET", "/security", nil); st != http.StatusUnauthorized {
+		t.Fatalf("GET /security without credentials: %d", st)
+	}
+	if st := admin.status("DELETE", "/security/bans/ip:127.0.0.9", nil); st != http.StatusNotFound {
+		t.Fatalf("lifting a ban that is not there: %d", st)
+	}
+	if code, ok := connackFrom(t, "127.0.0.2", a.mqttAddr(), 5, dev.ID, dev.ID, dev.Secret); ok {
+		t.Fatalf("still banned after the lesser identities tried: CONNACK %#x", code)
+	}
+
+	admin.do("DELETE", "/security/bans/ip:127.0.0.2", nil, nil)
+	if code, ok := connackFrom(t, "127.0.0.2", a.mqttAddr(), 5, dev.ID, dev.ID, dev.Secret); !ok || code != 0 {
+		t.Fatalf("after the lift: %#x %v", code, ok)
+	}
+	if st, _ := loginFrom(t, a, "127.0.0.2", "", "admin", secAdminPassword); st != http.StatusOK {
+		t.Fatalf("HTTP login after the lift: %d", st)
+	}
+	if v := metricValue(t, a, `tether_banned`); v != "0" {
+		t.Fatalf("tether_banned after the lift = %q", v)
+	}
+	auditHas(t, admin, "banned ip:127.0.0.2", "ban_lifted ip:127.0.0.2")
+}
+
+// TestBanACLDenials: a device that keeps asking for what it may not have
+// is disconnected and banned: from a plain address the whole address
+// (closed at accept), from an exempt one only the device there (CONNACK
+// 0x8A, 3.1.1 0x05), while others at that address and the device from
+// elsewhere connect.
+func TestBanACLDenials(t *testing.T) {
+	a, admin := secApp(t)
+	var d1, d2 struct{ ID, Secret string }
+	admin.do("POST", "/devices", map[string]any{"id": "acl-d1", "name": "d1"}, &d1)
+	admin.do("POST", "/devices", map[string]any{"id": "acl-d2", "name": "d2"}, &d2)
+	admin.do("POST", "/users", map[string]string{"username": "olga", "password": "olga-password", "role": "operator"}, nil)
+
+	// d1 from 127.0.0.3 subscribes to another device's commands 5 times.
+	c := mq5From(t, "127.0.0.3", a.mqttAddr(), d1.ID, d1.ID, d1.Secret)
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sa, err := c.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/acl-d2/commands/#", QoS: 1}}})
+		cancel()
+		if err != nil && sa == nil {
+			break // disconnected by the ban
+		}
+		if sa.Reasons[0] != 0x87 {
+			t.Fatalf("SUBACK %#x, want 0x87", sa.Reasons[0])
+		}
+	}
+	select {
+	case <-c.c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the banned device is still connected")
+	}
+	if code, ok := connackFrom(t, "127.0.0.3", a.mqttAddr(), 5, d1.ID, d1.ID, d1.Secret); ok {
+		t.Fatalf("a banned address got a CONNACK %#x", code)
+	}
+	mq5From(t, "127.0.0.1", a.mqttAddr(), d1.ID, d1.ID, d1.Secret) // from elsewhere: fine
+
+	// d2 from the exempt 127.0.0.4 publishes where it may not.
+	c2 := mq5From(t, "127.0.0.4", a.mqttAddr(), d2.ID, d2.ID, d2.Secret)
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		pr, err := c2.c.Publish(ctx, &paho.Publish{Topic: "devices/acl-d1/telemetry", Payload: []byte(`{"t":1}`), QoS: 1})
+		cancel()
+		if err != nil && pr == nil {
+			break
+		}
+		if pr.ReasonCode != 0x87 {
+			t.Fatalf("PUBACK %#x, want 0x87", pr.ReasonCode)
+		}
+	}
+	select {
+	case <-c2.c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the banned device is still connected")
+	}
+	if code, ok := connackFrom(t, "127.0.0.4", a.mqttAddr(), 5, d2.ID, d2.ID, d2.Secret); !ok || code != 0x8A {
+		t.Fatalf("banned identity, MQTT 5: CONNACK %#x %v, want 0x8a", code, ok)
+	}
+	if code, ok := connackFrom(t, "127.0.0.4", a.mqttAddr(), 4, d2.ID, d2.ID, d2.Secret); !ok || code != 0x05 {
+		t.Fatalf("banned identity, MQTT 3.1.1: CONNACK %#x %v, want 0x05", code, ok)
+	}
+	if code, ok := connackFrom(t, "127.0.0.4", a.mqttAddr(), 5, "olga-1", "olga", "olga-password"); !ok || code != 0 {
+		t.Fatalf("another identity at the exempt address: %#x %v", code, ok)
+	}
+	if code, ok := connackFrom(t, "127.0.0.1", a.mqttAddr(), 5, d2.ID, d2.ID, d2.Secret); !ok || code != 0 {
+		t.Fatalf("the banned device from another address: %#x %v", code, ok)
+	}
+	var s securityBody
+	admin.do("GET", "/security", nil, &s)
+	if !s.banned("ip:127.0.0.3") || !s.banned("id:acl-d1@127.0.0.3") || !s.banned("id:acl-d2@127.0.0.4") || s.banned("ip:127.0.0.4") {
+		t.Fatalf("bans: %+v", s.Bans)
+	}
+	acl := false
+	for _, r := range s.Refusals {
+		acl = acl || (r.Kind == "acl" && r.Identity == "acl-d2" && r.Detail == "publish devices/acl-d1/telemetry")
+	}
+	if !acl {
+		t.Fatalf("no ACL refusal of acl-d2 in %+v", s.Refusals)
+	}
+	if v := metricValue(t, a, `tether_bans_total{kind="identity"}`); v != "2" {
+		t.Fatalf("tether_bans_total{kind=identity} = %q", v)
+	}
+	auditHas(t, admin, "banned id:acl-d2@127.0.0.4")
+}
+
+// TestBanBehindTrustedProxy: the sins of clients behind a trusted proxy
+// ban their own address (X-Forwarded-For), never the proxy's: the
+// proxy's other clients, and the proxy itself, log in.
+func TestBanBehindTrustedProxy(t *testing.T) {
+	a, _ := secApp(t)
+	for i := range 5 {
+		if st, _ := loginFrom(t, a, "127.0.0.5", "203.0.113.7", fmt.Sprintf("spray-%d", i), "wrong-password"); st != http.StatusUnauthorized {
+			t.Fatalf("wrong login through the proxy: %d", st)
+		}
+	}
+	if st, code := loginFrom(t, a, "127.0.0.5", "203.0.113.7", "admin", secAdminPassword); st != http.StatusForbidden || code != "banned" {
+		t.Fatalf("the banned client through the proxy: %d %s", st, code)
+	}
+	if st, _ := loginFrom(t, a, "127.0.0.5", "198.51.100.2", "admin", secAdminPassword); st != http.StatusOK {
+		t.Fatalf("another client of the proxy: %d", st)
+	}
+	if st, _ := loginFrom(t, a, "127.0.0.5", "", "admin", secAdminPassword); st != http.StatusOK {
+		t.Fatalf("the proxy itself: %d", st)
+	}
+	// Unknown clients' failures at the proxy ban no address at all.
+	for i := range 6 {
+		loginFrom(t, a, "127.0.0.5", "", fmt.Sprintf("spray2-%d", i), "wrong-password")
+	}
+	if st, _ := loginFrom(t, a, "127.0.0.5", "198.51.100.3", "admin", secAdminPassword); st != http.StatusOK {
+		t.Fatalf("the proxy's clients after failures without X-Forwarded-For: %d", st)
+	}
+	if code, ok := connackFrom(t, "127.0.0.5", a.mqttAddr(), 5, "adm-1", "admin", secAdminPassword); !ok || code != 0 {
+		t.Fatalf("MQTT from the proxy's address: %#x %v", code, ok)
+	}
+}
+
+// TestBanConfig: the keys and their variables, and 0 turns bans off.
+func TestBanConfig(t *testing.T) {
+	cfg := configs.Default()
+	if cfg.Security.BanThreshold != 20 || cfg.Security.BanWindow != 5*time.Minute || cfg.Security.BanDuration != 15*time.Minute {
+		t.Fatalf("defaults: %+v", cfg.Security)
+	}
+	env := map[string]string{"TETHER_SECURITY_BAN_THRESHOLD": "0", "TETHER_SECURITY_BAN_EXEMPT": "10.0.0.0/8,::1"}
+	if err := cfg.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Security.BanThreshold != 0 || len(cfg.Security.BanExempt) != 2 || newBans(cfg, nil).Enabled() {
+		t.Fatalf("from the environment: %+v", cfg.Security)
+	}
+	cfg.Security.BanThreshold = 3
+	cfg.Security.BanWindow = 0
+	cfg.Security.BanExempt = []string{"nonsense"}
+	err := cfg.Validate()
+	for _, key := range []string{"security.ban_window", "security.ban_exempt"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Fatalf("validation does not name %s: %v", key, err)
+		}
+	}
+}
