@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/tether-iot/tether/configs"
@@ -383,4 +384,55 @@ func TestBanConfig(t *testing.T) {
 			t.Fatalf("validation does not name %s: %v", key, err)
 		}
 	}
+}
+
+// TestUISecurity: an admin's Security page lists a ban with the refusals
+// behind it (client-chosen names shown as text, never run as HTML) and
+// lifts it; the address logs in again. A viewer has no Security page.
+func TestUISecurity(t *testing.T) {
+	a := uiApp(t, t.TempDir(), func(c *configs.Config) {
+		c.Security.BanThreshold = 3
+		c.Security.BanExempt = nil
+	})
+	ctx := uiBrowser(t)
+	base := "http://" + a.httpAddr()
+	admin := uiLogin(t, base, "admin", uiAdminPassword)
+	admin.do("POST", "/users", map[string]string{"username": "vic", "password": "vic-password", "role": "viewer"}, nil)
+	const evil = `<img src=x onerror="window.pwned=1">`
+	for _, name := range []string{evil, "guess-1", "guess-2"} {
+		if _, ok := connackFrom(t, "127.0.0.2", a.mqttAddr(), 5, "x-"+fmt.Sprint(len(name)), name, "wrong-password"); !ok {
+			t.Fatal("refused before the ban")
+		}
+	}
+	if st, code := loginFrom(t, a, "127.0.0.2", "", "admin", uiAdminPassword); st != http.StatusForbidden || code != "banned" {
+		t.Fatalf("not banned: %d %s", st, code)
+	}
+
+	step(t, ctx, "log in as admin", loginSteps(base, "admin", uiAdminPassword)...)
+	step(t, ctx, "security page", chromedp.Navigate(base+"/#/security"),
+		chromedp.WaitVisible(chromedp.CSS("#ban-table")),
+		waitJS(`document.querySelector('#ban-rows tr[data-key="ip:127.0.0.2"]')`),
+		waitJS(`document.querySelector('#offender-rows tr[data-key="ip:127.0.0.2"]')`),
+		waitJS(`[...document.querySelectorAll('#refusal-rows td')].some((td) => td.textContent === `+jsString(evil)+`)`))
+	pwned, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.pwned === 1 || !!document.querySelector('#refusal-rows img')`))
+	if err != nil || pwned {
+		t.Fatalf("a refused name was rendered as HTML (%v)", err)
+	}
+	screenshots(t, ctx, "security")
+	step(t, ctx, "lift the ban", chromedp.Click(chromedp.CSS(`#ban-rows tr[data-key="ip:127.0.0.2"] .lift`)),
+		waitJS(`!document.querySelector('#ban-rows tr[data-key="ip:127.0.0.2"]')`),
+		waitJS(`document.querySelector('#security-error').textContent === ''`))
+	if st, _ := loginFrom(t, a, "127.0.0.2", "", "admin", uiAdminPassword); st != http.StatusOK {
+		t.Fatalf("login after the lift in the dashboard: %d", st)
+	}
+	auditHas(t, admin, "banned ip:127.0.0.2", "ban_lifted ip:127.0.0.2")
+
+	step(t, ctx, "log out", chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#login-form")))
+	step(t, ctx, "log in as a viewer", loginSteps(base, "vic", "vic-password")...)
+	hidden, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('#nav a[data-route="security"]').hidden`))
+	if err != nil || !hidden {
+		t.Fatalf("a viewer sees the Security link (%v)", err)
+	}
+	step(t, ctx, "a viewer asks for the page", chromedp.Navigate(base+"/#/security"),
+		waitJS(`!document.querySelector('#ban-table') && !!document.querySelector('#n-online')`))
 }

@@ -91,8 +91,9 @@ func uiBrowser(t *testing.T) context.Context {
 	return ctx
 }
 
-// uiApp starts Tether on 127.0.0.1:0 with a data dir in t.TempDir().
-func uiApp(t *testing.T, dataDir string) *app {
+// uiApp starts Tether on 127.0.0.1:0 with a data dir in t.TempDir();
+// tweaks change the configuration first.
+func uiApp(t *testing.T, dataDir string, tweaks ...func(*configs.Config)) *app {
 	t.Helper()
 	t.Setenv("TETHER_ADMIN_PASSWORD", uiAdminPassword)
 	cfg := configs.Default()
@@ -102,6 +103,9 @@ func uiApp(t *testing.T, dataDir string) *app {
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	cfg.HTTP.HTTPSAddr = configs.Off
 	cfg.MQTT.ShutdownGrace = 2 * time.Second
+	for _, f := range tweaks {
+		f(&cfg)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() && os.Getenv("TETHER_UI_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -233,7 +233,7 @@ export function accountView(main, _params, { toLogin }) {
 }
 
 const ACTIONS = ['login', 'login_refused', 'logout', 'device_created', 'device_updated', 'device_deleted', 'secret_rotated',
-  'device_exported', 'user_created', 'user_deleted', 'role_changed', 'password_changed', 'token_created', 'token_revoked'];
+  'device_exported', 'user_created', 'user_deleted', 'role_changed', 'password_changed', 'token_created', 'token_revoked', 'banned', 'ban_lifted'];
 
 // auditView is the audit log, newest first, a page at a time.
 export function auditView(main) {
@@ -243,7 +243,7 @@ export function auditView(main) {
   const more = h('button', { class: 'ghost', type: 'button', id: 'audit-more', hidden: true }, 'Older entries');
   const refresh = h('button', { class: 'ghost small', type: 'button', id: 'audit-refresh' }, 'Refresh');
   let cursor = '';
-  const bad = new Set(['login_refused', 'user_deleted', 'device_deleted', 'token_revoked']);
+  const bad = new Set(['login_refused', 'banned', 'user_deleted', 'device_deleted', 'token_revoked']);
   const load = async (append) => {
     err.textContent = '';
     try {

@@ -12,6 +12,7 @@ import { devicesView } from './devices.js';
 import { deviceView } from './device.js';
 import { registerView } from './admin.js';
 import { usersView, tokensView, accountView, auditView } from './accounts.js';
+import { securityView } from './security.js';
 
 const main = document.getElementById('main');
 const routes = [
@@ -24,6 +25,7 @@ const routes = [
   [/^#\/tokens$/, tokensView, 'tokens'],
   [/^#\/account$/, accountView, 'account'],
   [/^#\/audit$/, auditView, 'audit', 'admin'],
+  [/^#\/security$/, securityView, 'security', 'admin'],
 ];
 
 let cleanup = null;
