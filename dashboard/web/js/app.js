@@ -13,6 +13,7 @@ import { deviceView } from './device.js';
 import { registerView } from './admin.js';
 import { usersView, tokensView, accountView, auditView } from './accounts.js';
 import { securityView } from './security.js';
+import { explorerView } from './explorer.js';
 
 const main = document.getElementById('main');
 const routes = [
@@ -26,6 +27,7 @@ const routes = [
   [/^#\/account$/, accountView, 'account'],
   [/^#\/audit$/, auditView, 'audit', 'admin'],
   [/^#\/security$/, securityView, 'security', 'admin'],
+  [/^#\/explorer$/, explorerView, 'explorer', 'admin'],
 ];
 
 let cleanup = null;

@@ -6,6 +6,9 @@
 import { topicMatch } from './util.js';
 
 const decoder = new TextDecoder();
+// Subscriptions keep the publisher's retain flag (retain as published),
+// so that the topic explorer can flag retained messages as they come.
+const SUB_OPTS = { qos: 0, rap: true };
 
 class Live {
   constructor() {
@@ -43,7 +46,7 @@ class Live {
       this.connects++;
       this.setState('online');
       const filters = [...this.subs.keys()];
-      if (filters.length) client.subscribe(filters, { qos: 0 });
+      if (filters.length) client.subscribe(filters, { ...SUB_OPTS });
     });
     client.on('reconnect', () => this.setState('connecting'));
     client.on('disconnect', (pk) => { this.lastClose = 'DISCONNECT reason ' + (pk && pk.reasonCode); });
@@ -78,7 +81,7 @@ class Live {
     if (!set) {
       set = new Set();
       this.subs.set(filter, set);
-      if (this.client && this.client.connected) this.client.subscribe(filter, { qos: 0 });
+      if (this.client && this.client.connected) this.client.subscribe(filter, { ...SUB_OPTS });
     }
     set.add(handler);
     return () => {
