@@ -88,9 +88,12 @@ const (
 // failed logins, MQTT and HTTP alike) and from the broker's ACL
 // denials (Denied).
 //
-// An address ban refuses every connection and login from the address; an
-// identity ban refuses that identity's logins from that address only, so
-// no ban ever keeps a correct login from another address out. Exempt
+// Failed logins count for the address and for the name tried at it; an
+// authenticated identity's ACL denials count for that identity at its
+// address only (an anonymous client's for its address). An address ban
+// refuses every connection and login from the address; an identity ban
+// refuses that identity's logins from that address only, so no ban ever
+// keeps a correct login from another address out. Exempt
 // addresses and trusted proxies are never banned as a whole (a proxy's
 // clients are judged by their own address when it is known).
 //
@@ -195,7 +198,9 @@ func (b *Bans) Refused(r Refusal) {
 	if len(b.keys) >= banKeys {
 		b.prune(now)
 	}
-	if !b.exempt(r.Address) {
+	// An identity's ACL denials are its own: they ban it at its address,
+	// not the address's other clients (a site behind one NAT).
+	if !b.exempt(r.Address) && (r.Kind != "acl" || r.Identity == "") {
 		if ban := b.count(AddressKey(r.Address), "address", r.Address, "", now); ban != nil {
 			fresh = append(fresh, *ban)
 		}

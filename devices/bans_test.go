@@ -34,8 +34,13 @@ func TestBansThresholdWindowDuration(t *testing.T) {
 	if _, ok := b.Banned("dave", "203.0.113.7"); ok {
 		t.Fatal("banned for refusals spread over more than the window")
 	}
+	// A device's ACL denials count for it there, not for its address.
 	b.Refused(Refusal{Kind: "acl", Address: "203.0.113.7", Identity: "d1", Detail: "publish x"})
 	b.LoginFailed("erin", "203.0.113.7")
+	if _, ok := b.Banned("dave", "203.0.113.7"); ok {
+		t.Fatal("an identity's ACL denial counted for its address")
+	}
+	b.Refused(Refusal{Kind: "acl", Address: "203.0.113.7", Detail: "anonymous publish x"})
 	ban, ok := b.Banned("anyone", "203.0.113.7")
 	if !ok || ban.Key != "ip:203.0.113.7" || ban.Kind != "address" {
 		t.Fatalf("after 3 refusals within the window: %+v %v", ban, ok)
@@ -70,7 +75,7 @@ func TestBansThresholdWindowDuration(t *testing.T) {
 	if n := len(b.Active()); n != 2 {
 		t.Fatalf("active bans: %d", n)
 	}
-	if r := b.Recent(); len(r) != 8 || r[0].Identity != "mallory" || r[len(r)-1].Identity != "alice" {
+	if r := b.Recent(); len(r) != 9 || r[0].Identity != "mallory" || r[len(r)-1].Identity != "alice" {
 		t.Fatalf("recent: %+v", r)
 	}
 	if o := b.Offenders(2); len(o) != 2 || o[0].Key != "ip:203.0.113.7" || o[0].Total != 5 ||
