@@ -2,7 +2,9 @@
 // secrets, their topic grants (grants.go; filters are checked by the
 // topic subpackage), users, API tokens, presence, telemetry history,
 // commands with tracked outcomes, desired/reported twins and the audit
-// log, all kept in one SQLite file (modernc.org/sqlite, no cgo).
+// log, all kept in one SQLite file (modernc.org/sqlite, no cgo); and, in
+// memory, the login limiter and intrusion detection's bans (logins.go,
+// bans.go).
 //
 // It knows nothing of HTTP or MQTT: the broker and the dashboard call it.
 package devices
