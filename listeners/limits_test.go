@@ -160,3 +160,19 @@ func TestHTTPLimit(t *testing.T) {
 		t.Errorf("counted %d refusals, want 2", got)
 	}
 }
+
+// TestLimiterBanned: a banned address is refused even with no limits set,
+// and counted apart; others are admitted.
+func TestLimiterBanned(t *testing.T) {
+	l := NewLimiter(LimitOptions{})
+	l.SetBanned(func(ip string) bool { return ip == "203.0.113.7" })
+	if _, ok := l.admit(tcpAddr("203.0.113.7")); ok {
+		t.Fatal("a banned address was admitted")
+	}
+	if _, ok := l.admit(tcpAddr("203.0.113.8")); !ok {
+		t.Fatal("another address was refused")
+	}
+	if l.refusedBanned.Load() != 1 || l.refusedTotal.Load()+l.refusedPerIP.Load()+l.refusedRate.Load() != 0 {
+		t.Fatal("refusals counted under the wrong limit")
+	}
+}
