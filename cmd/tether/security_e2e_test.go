@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/coder/websocket"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/tether-iot/tether/configs"
@@ -288,6 +290,15 @@ func TestBanACLDenials(t *testing.T) {
 		t.Fatalf("another identity at the banned device's address: %#x %v", code, ok)
 	}
 	mq5From(t, "127.0.0.1", a.mqttAddr(), d1.ID, d1.ID, d1.Secret) // from elsewhere: fine
+	// mosquitto_sub says so too, in both MQTT versions.
+	host, port, _ := net.SplitHostPort(a.mqttAddr())
+	for _, v := range []struct{ version, want string }{{"mqttv5", "Banned"}, {"mqttv311", "not authorised"}} {
+		out, _ := exec.Command(mosquitto(t, "mosquitto_sub"), "-A", "127.0.0.3", "-h", host, "-p", port, "-V", v.version,
+			"-i", d1.ID, "-u", d1.ID, "-P", d1.Secret, "-t", "devices/acl-d1/commands/#", "-C", "1", "-W", "5").CombinedOutput()
+		if !strings.Contains(string(out), v.want) {
+			t.Fatalf("mosquitto_sub %s as the banned device: %q, want %q", v.version, out, v.want)
+		}
+	}
 
 	// d2 from 127.0.0.4 publishes where it may not.
 	c2 := mq5From(t, "127.0.0.4", a.mqttAddr(), d2.ID, d2.ID, d2.Secret)
@@ -350,6 +361,14 @@ func TestBanBehindTrustedProxy(t *testing.T) {
 	if st, _ := loginFrom(t, a, "127.0.0.5", "", "admin", secAdminPassword); st != http.StatusOK {
 		t.Fatalf("the proxy itself: %d", st)
 	}
+	// MQTT over WebSocket through the proxy: the banned client is closed
+	// at accept, another client of the proxy gets its CONNACK.
+	if _, ok := wsConnackVia(t, a, "127.0.0.5", "203.0.113.7"); ok {
+		t.Fatal("the banned client got a CONNACK over WebSocket through the proxy")
+	}
+	if code, ok := wsConnackVia(t, a, "127.0.0.5", "198.51.100.2"); !ok || code != 0 {
+		t.Fatalf("another client of the proxy over WebSocket: %#x %v", code, ok)
+	}
 	// Unknown clients' failures at the proxy ban no address at all.
 	for i := range 6 {
 		loginFrom(t, a, "127.0.0.5", "", fmt.Sprintf("spray2-%d", i), "wrong-password")
@@ -360,6 +379,30 @@ func TestBanBehindTrustedProxy(t *testing.T) {
 	if code, ok := connackFrom(t, "127.0.0.5", a.mqttAddr(), 5, "adm-1", "admin", secAdminPassword); !ok || code != 0 {
 		t.Fatalf("MQTT from the proxy's address: %#x %v", code, ok)
 	}
+}
+
+// wsConnackVia sends an admin's MQTT 5 CONNECT over WebSocket from the
+// address from, as a proxy forwarding for xff, and returns the CONNACK's
+// code, or ok false when the connection closes without one.
+func wsConnackVia(t *testing.T, a *app, from, xff string) (code byte, ok bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, wsURL(a), &websocket.DialOptions{Subprotocols: []string{"mqtt"},
+		HTTPClient: httpFrom(from), HTTPHeader: http.Header{"X-Forwarded-For": {xff}}})
+	if err != nil {
+		t.Fatalf("websocket dial via %s for %s: %v", from, xff, err)
+	}
+	c := websocket.NetConn(ctx, ws, websocket.MessageBinary)
+	defer c.Close()
+	if _, err := c.Write(rawConnectAuth(5, "ws-"+xff, "admin", secAdminPassword)); err != nil {
+		return 0, false
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 0x20 {
+		return 0, false
+	}
+	return buf[3], true
 }
 
 // TestBanConfig: the keys and their variables, and 0 turns bans off.
