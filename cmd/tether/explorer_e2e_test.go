@@ -33,6 +33,15 @@ func TestUIExplorer(t *testing.T) {
 		chromedp.Click(chromedp.CSS(`#explorer-rows tr[data-topic="devices/ex-d1/telemetry"]`)),
 		waitJS(`(document.querySelector('#detail-payload') || {}).textContent === '{"temperature":21.5}'`))
 
+	step(t, ctx, "watch another filter", setValue("#watch-filter", "devices/+/status"),
+		chromedp.Click(chromedp.CSS("#watch-submit")),
+		waitJS(`document.querySelector('#explorer-rows tr[data-topic="devices/ex-d1/status"] .retained')`),
+		waitJS(`!document.querySelector('#explorer-rows tr[data-topic="devices/ex-d1/telemetry"]')`),
+		setValue("#watch-filter", "devices/#/x"), chromedp.Click(chromedp.CSS("#watch-submit")),
+		waitJS(`document.querySelector('#watch-error').textContent.includes('Not a topic filter')`),
+		setValue("#watch-filter", "#"), chromedp.Click(chromedp.CSS("#watch-submit")),
+		waitJS(`document.querySelector('#explorer-rows tr[data-topic="devices/ex-d1/telemetry"]')`))
+
 	const payload = `<b id="bold">hi</b>`
 	step(t, ctx, "publish a retained message", setValue("#pub-topic", "lab/ui/retained"), setValue("#pub-payload", payload),
 		setValue("#pub-qos", "1"), evalJS(`document.querySelector('#pub-retain').checked = true`),
