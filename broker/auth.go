@@ -87,6 +87,12 @@ type Auth struct {
 	// step.
 	claims sync.Map
 	ownMu  sync.Mutex
+	// subscribing maps a client whose SUBSCRIBE is being answered to its
+	// filters ([]string), so that only refused subscriptions, not
+	// refused deliveries, count towards bans (auth_ban.go); nSubscribing
+	// counts its entries.
+	subscribing  sync.Map
+	nSubscribing atomic.Int64
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
 	// rules are the compiled auth.rules (nil: none).
@@ -294,6 +300,7 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		a.ending.Store(cl, struct{}{}) // before it leaves clients: always in one of them
 	}
 	a.unclaim(cl)
+	a.forgetSubscribe(cl)
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {
 		return

@@ -134,7 +134,10 @@ func isSysTopic(topic string) bool {
 // refused publish: an MQTT 5 client gets PUBACK (QoS 1) or PUBREC (QoS 2)
 // 0x87, a 3.1.1 client at QoS 1/2 is disconnected (3.1.1 cannot refuse a
 // publish otherwise [MQTT-3.3.5-2]), QoS 0 is dropped. It is never routed.
+//
+// It also notes the filters of a SUBSCRIBE being answered (auth_ban.go).
 func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	a.noteSubscribe(cl, pk)
 	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || !isSysTopic(pk.TopicName) {
 		return pk, nil
 	}

@@ -16,12 +16,17 @@ func (a *Auth) isBanned(cl *mqtt.Client, user string) bool {
 	return banned
 }
 
-// aclRefused counts an ACL denial of a connected client towards a ban of
-// its address and of its identity there. A delivery refused into an
-// offline session is nobody's doing and is not counted; nor is anything a
-// connection being revoked does.
+// aclRefused counts an ACL denial of a connected client's own doing (a
+// publish, or a filter of the SUBSCRIBE it is sending) towards a ban of
+// its identity at its address. A refused delivery (an auth rule can deny
+// a topic within a subscription that was granted, and an offline
+// session's owner may have changed) is nobody's doing and is not counted;
+// nor is anything a connection being revoked does.
 func (a *Auth) aclRefused(cl *mqtt.Client, action, topic string) {
 	if a.bans == nil || cl.Net.Inline {
+		return
+	}
+	if action == "subscribe" && !a.subscribingTo(cl, topic) {
 		return
 	}
 	c := a.conn(cl)
@@ -60,4 +65,47 @@ func (a *Auth) endBanned(ban devices.Ban) {
 		}
 		return true
 	})
+}
+
+// noteSubscribe remembers the filters of a SUBSCRIBE until the client's
+// next packet (the engine answers a SUBSCRIBE before it reads on); any
+// other packet forgets them. It costs one atomic load per packet when no
+// SUBSCRIBE is pending.
+func (a *Auth) noteSubscribe(cl *mqtt.Client, pk packets.Packet) {
+	if a.bans == nil {
+		return
+	}
+	if pk.FixedHeader.Type != packets.Subscribe {
+		if a.nSubscribing.Load() > 0 {
+			a.forgetSubscribe(cl)
+		}
+		return
+	}
+	filters := make([]string, len(pk.Filters))
+	for i, f := range pk.Filters {
+		filters[i] = f.Filter
+	}
+	if _, loaded := a.subscribing.Swap(cl, filters); !loaded {
+		a.nSubscribing.Add(1)
+	}
+}
+
+func (a *Auth) forgetSubscribe(cl *mqtt.Client) {
+	if _, ok := a.subscribing.LoadAndDelete(cl); ok {
+		a.nSubscribing.Add(-1)
+	}
+}
+
+// subscribingTo reports whether filter is one cl is subscribing to now.
+func (a *Auth) subscribingTo(cl *mqtt.Client, filter string) bool {
+	v, ok := a.subscribing.Load(cl)
+	if !ok {
+		return false
+	}
+	for _, f := range v.([]string) {
+		if f == filter {
+			return true
+		}
+	}
+	return false
 }

@@ -47,11 +47,11 @@ const (
 	AuditPasswordChanged = "password_changed"
 	AuditTokenCreated    = "token_created"
 	AuditTokenRevoked    = "token_revoked"
+	AuditBanned          = "banned"
+	AuditBanLifted       = "ban_lifted"
 	// AuditRulesReloaded: SIGHUP applied (or refused) auth.rules and
 	// telemetry.topics.
 	AuditRulesReloaded = "rules_reloaded"
-	AuditBanned        = "banned"
-	AuditBanLifted     = "ban_lifted"
 )
 
 // AuditEntry is one thing someone did or tried: who (Actor, authenticated

@@ -28,7 +28,7 @@ const secAdminPassword = "admin-security-pw"
 // secApp starts Tether with bans after 5 refusals; loopback is not
 // exempt here (every test client is on loopback) except 127.0.0.4, and
 // 127.0.0.5 is a trusted proxy.
-func secApp(t *testing.T) (*app, *apiClient) {
+func secApp(t *testing.T, tweaks ...func(*configs.Config)) (*app, *apiClient) {
 	t.Helper()
 	t.Setenv("TETHER_ADMIN_PASSWORD", secAdminPassword)
 	cfg := testConfig(t)
@@ -36,6 +36,9 @@ func secApp(t *testing.T) (*app, *apiClient) {
 	cfg.Security.BanThreshold = 5
 	cfg.Security.BanExempt = []string{"127.0.0.4"}
 	cfg.HTTP.TrustedProxies = []string{"127.0.0.5"}
+	for _, f := range tweaks {
+		f(&cfg)
+	}
 	a := startTestApp(t, cfg)
 	return a, uiLogin(t, "http://"+a.httpAddr(), "admin", secAdminPassword)
 }
@@ -340,6 +343,55 @@ func TestBanACLDenials(t *testing.T) {
 		t.Fatalf("tether_bans_total{kind=identity} = %q", v)
 	}
 	auditHas(t, admin, "banned id:acl-d2@127.0.0.4")
+}
+
+// TestBanNotForDeliveries: deliveries an auth rule refuses within a
+// granted subscription are nobody's doing: the subscriber is not banned.
+func TestBanNotForDeliveries(t *testing.T) {
+	a, admin := secApp(t, func(c *configs.Config) {
+		c.Auth.Rules = []configs.Rule{{Effect: "deny", Access: "subscribe", Topic: "lab/secret"}}
+	})
+	sub := mq5From(t, "127.0.0.6", a.mqttAddr(), "adm-sub", "admin", secAdminPassword)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sa, err := sub.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "lab/#", QoS: 1}}})
+	cancel()
+	if err != nil || sa.Reasons[0] >= 0x80 {
+		t.Fatalf("subscribe lab/#: %v %+v", err, sa)
+	}
+	pub := mq5From(t, "127.0.0.1", a.mqttAddr(), "adm-pub", "admin", secAdminPassword)
+	for range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := pub.c.Publish(ctx, &paho.Publish{Topic: "lab/secret", Payload: []byte("x"), QoS: 1})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A message after them arrives: the subscriber is still connected.
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	_, err = pub.c.Publish(ctx, &paho.Publish{Topic: "lab/open", Payload: []byte("y"), QoS: 1})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.c.Done():
+		t.Fatal("the subscriber was disconnected")
+	case <-time.After(0):
+	}
+	var s securityBody
+	admin.do("GET", "/security", nil, &s)
+	if len(s.Bans) != 0 {
+		t.Fatalf("bans for refused deliveries: %+v", s.Bans)
+	}
+	for _, r := range s.Refusals {
+		if r.Kind == "acl" {
+			t.Fatalf("a refused delivery counted: %+v", r)
+		}
+	}
+	if code, ok := connackFrom(t, "127.0.0.6", a.mqttAddr(), 5, "adm-again", "admin", secAdminPassword); !ok || code != 0 {
+		t.Fatalf("the subscriber's address after refused deliveries: %#x %v", code, ok)
+	}
 }
 
 // TestBanBehindTrustedProxy: the sins of clients behind a trusted proxy
