@@ -5,6 +5,11 @@
 import { live } from './live.js';
 
 const KEEP = 300;
+// The topics mochi v2.7.9 publishes under $SYS/broker/ (publishSysTopics).
+const SYS_TOPICS = ['version', 'time', 'uptime', 'started', 'load/bytes/received', 'load/bytes/sent',
+  'clients/connected', 'clients/disconnected', 'clients/maximum', 'clients/total', 'packets/received',
+  'packets/sent', 'messages/received', 'messages/sent', 'messages/dropped', 'messages/inflight',
+  'retained', 'subscriptions', 'system/memory', 'system/threads'];
 
 class Sys {
   constructor() {
@@ -26,7 +31,13 @@ class Sys {
   }
 
   start() {
-    if (!this.stop) this.stop = live.on('$SYS/broker/#', (topic, text) => this.onSys(topic.slice(12), text));
+    if (this.stop) return;
+    // One subscription per topic, not $SYS/broker/#: the engine reads a
+    // wildcard subscription's retained messages without the lock its $SYS
+    // publisher (every sys_interval) writes them under (a data race in
+    // mochi v2.7.9, docs/upstream.md); an exact topic takes the locked path.
+    const stops = SYS_TOPICS.map((t) => live.on('$SYS/broker/' + t, (topic, text) => this.onSys(topic.slice(12), text)));
+    this.stop = () => stops.forEach((f) => f());
   }
 
   onSys(key, text) {
