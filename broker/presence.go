@@ -55,7 +55,7 @@ func (a *Auth) offline(cl *mqtt.Client, id string) {
 // clearStatus removes a deleted device's retained status and desired twin
 // (an empty retained message deletes it [MQTT-3.3.1-10]), so that a device
 // registered later under the same id starts clean; its history, commands
-// and twin rows go with the registry row (SQL triggers).
+// and twin rows go in the registry's delete transaction (devices.DeviceData).
 func (a *Auth) clearStatus(id string) {
 	for _, topic := range []string{StatusTopic(id), "devices/" + id + "/twin/desired"} {
 		if err := a.srv.Publish(topic, nil, true, 0); err != nil {

@@ -56,7 +56,7 @@ func startTelEnv(t *testing.T, maps []configs.TelemetryTopic, rules ...configs.R
 		t.Fatal(err)
 	}
 	reg.SetPasswordCost(bcrypt.MinCost)
-	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: authLogger()})
+	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: authLogger(), LastValues: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

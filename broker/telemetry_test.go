@@ -43,17 +43,17 @@ func startDevNode(t *testing.T, ids ...string) *devNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The registry's columns that telemetry touches.
-	if _, err := db.W.Exec(`CREATE TABLE devices (id TEXT PRIMARY KEY, last_seen TEXT, last_values TEXT NOT NULL DEFAULT '{}')`); err != nil {
+	reg, err := devices.OpenRegistry(ctx, db, log)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
-		if _, err := db.W.Exec(`INSERT INTO devices(id) VALUES (?)`, id); err != nil {
+		if _, _, err := reg.CreateDevice(ctx, devices.NewDevice{ID: id, Name: id}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	n := &devNode{db: db}
-	if n.tel, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log}); err != nil {
+	if n.tel, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log, LastValues: reg}); err != nil {
 		t.Fatal(err)
 	}
 	if n.cmds, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{SweepInterval: 50 * time.Millisecond, Logger: log}); err != nil {
@@ -96,6 +96,7 @@ func startDevNode(t *testing.T, ids ...string) *devNode {
 		n.tel.Close()
 		n.cmds.Close()
 		n.twins.Close()
+		reg.Close()
 		db.Close()
 	})
 	return n

@@ -34,13 +34,13 @@ func newDataEnv(t *testing.T) *dataEnv {
 		t.Fatal(err)
 	}
 	log := testLogger()
-	// The stores' migrations attach to the registry's devices table, which
-	// is always opened first (cmd/tether startApp).
+	// The registry is opened first, as in cmd/tether startApp: the stores
+	// hand it last values and it tells them of the devices it deletes.
 	reg, err := devices.OpenRegistry(ctx, db, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log})
+	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log, LastValues: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,6 +52,7 @@ func newDataEnv(t *testing.T) *dataEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg.Attach(tel, cmds, twins)
 	ch, th := broker.NewCommandHook(cmds, log), broker.NewTwinHook(twins, log)
 	cfg := configs.Default()
 	cfg.MQTT.Addr = "127.0.0.1:0"

@@ -2,74 +2,169 @@ package devices
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"testing"
 	"time"
 )
 
-// Deleting a device's registry row takes its history, commands and twin
-// with it, so that a device registered later under the same id starts
-// clean.
-func TestDeleteDeviceCascades(t *testing.T) {
+// cascadeFixture is a registry with the three stores attached, holding
+// history, commands and a twin of the devices "gone" and "kept".
+type cascadeFixture struct {
+	db   *DB
+	reg  *Registry
+	tel  *Telemetry
+	cmds *Commands
+	tw   *Twins
+}
+
+func openCascade(t *testing.T) *cascadeFixture {
+	t.Helper()
 	ctx := context.Background()
-	db := openTestDB(t, "gone", "kept")
-	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
-	cmds, err := OpenCommands(ctx, db, nil)
-	if err != nil {
+	f := &cascadeFixture{db: openTestDB(t, "gone", "kept")}
+	f.reg = testRegistry(t, f.db)
+	f.tel = openTestTelemetry(t, f.db, &TelemetryOptions{FlushInterval: time.Hour})
+	var err error
+	if f.cmds, err = OpenCommands(ctx, f.db, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmds.Close() })
-	tw, err := OpenTwins(ctx, db, nil)
-	if err != nil {
+	t.Cleanup(func() { f.cmds.Close() })
+	if f.tw, err = OpenTwins(ctx, f.db, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tw.Close() })
+	t.Cleanup(func() { f.tw.Close() })
+	f.reg.Attach(f.tel, f.cmds, f.tw)
 
 	for _, id := range []string{"gone", "kept"} {
-		if !tel.Add(id, mustSample(t, `{"temp":21}`), time.Now()) {
+		if !f.tel.Add(id, mustSample(t, `{"temp":21}`), time.Now()) {
 			t.Fatal("Add refused")
 		}
 		old := mustSample(t, `{"temp":20}`)
 		old.TS = time.Now().Add(-48 * time.Hour)
-		if !tel.Add(id, old, time.Now()) {
+		if !f.tel.Add(id, old, time.Now()) {
 			t.Fatal("Add refused")
 		}
-		if _, err := cmds.Create(ctx, NewCommand{DeviceID: id, Name: "reboot", Timeout: time.Hour}); err != nil {
+		if _, err := f.cmds.Create(ctx, NewCommand{DeviceID: id, Name: "reboot", Timeout: time.Hour}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tw.PatchDesired(ctx, id, []byte(`{"mode":"eco"}`)); err != nil {
+		if _, err := f.tw.PatchDesired(ctx, id, []byte(`{"mode":"eco"}`)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := tel.Flush(ctx); err != nil {
+	if err := f.tel.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// The old points move to the minute rollups.
-	if n, err := tel.PruneBefore(ctx, time.Now().Add(-24*time.Hour)); err != nil || n != 2 {
+	if n, err := f.tel.PruneBefore(ctx, time.Now().Add(-24*time.Hour)); err != nil || n != 2 {
 		t.Fatalf("pruned %d, %v", n, err)
 	}
-	if _, err := db.W.ExecContext(ctx, `DELETE FROM devices WHERE id = 'gone'`); err != nil {
+	return f
+}
+
+var cascadeTables = []string{"telemetry_chunks", "telemetry_1m", "telemetry_1h", "commands", "twins"}
+
+func (f *cascadeFixture) count(t *testing.T, table, id string) int {
+	t.Helper()
+	var n int
+	if err := f.db.R.QueryRow(`SELECT count(*) FROM `+table+` WHERE device_id = ?`, id).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	count := func(table, id string) int {
-		var n int
-		if err := db.R.QueryRowContext(ctx, `SELECT count(*) FROM `+table+` WHERE device_id = ?`, id).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
+	return n
+}
+
+// Deleting a device takes its history, commands and twin with it, so
+// that a device registered later under the same id starts clean.
+func TestDeleteDeviceCascades(t *testing.T) {
+	ctx := context.Background()
+	f := openCascade(t)
+	if err := f.reg.DeleteDevice(ctx, "gone"); err != nil {
+		t.Fatal(err)
 	}
-	for _, table := range []string{"telemetry_chunks", "telemetry_1m", "telemetry_1h", "commands", "twins"} {
-		if n := count(table, "gone"); n != 0 {
+	for _, table := range cascadeTables {
+		if n := f.count(t, table, "gone"); n != 0 {
 			t.Errorf("%s still holds %d rows of the deleted device", table, n)
 		}
-		if n := count(table, "kept"); n == 0 {
+		if n := f.count(t, table, "kept"); n == 0 {
 			t.Errorf("%s lost the rows of the device that was kept", table)
 		}
 	}
-	twin, err := tw.Get(ctx, "gone")
+	if _, _, err := f.reg.CreateDevice(ctx, NewDevice{ID: "gone", Name: "gone"}); err != nil {
+		t.Fatal(err)
+	}
+	twin, err := f.tw.Get(ctx, "gone")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(twin.Desired) != 0 || twin.DesiredVersion != 0 {
 		t.Errorf("a device registered again under the id would inherit desired %v (v%d)", twin.Desired, twin.DesiredVersion)
+	}
+}
+
+// failingStore fails its part of a device's deletion: a fault (a full
+// disk, a crash) that cannot be caused for real between two statements
+// of one transaction.
+type failingStore struct{ told []string }
+
+var errStoreFault = errors.New("store fault")
+
+func (s *failingStore) DeleteDeviceData(context.Context, *sql.Tx, string) error { return errStoreFault }
+func (s *failingStore) DeviceDeleted(id string)                                 { s.told = append(s.told, id) }
+
+// A deletion is one transaction: when a store's part fails, the device
+// row and every store's rows are still there, nobody is told the device
+// went, and deleting again once the fault is gone takes everything.
+func TestDeleteDeviceAllOrNothing(t *testing.T) {
+	ctx := context.Background()
+	f := openCascade(t)
+	bad := &failingStore{}
+	f.reg.Attach(bad)
+	if err := f.reg.DeleteDevice(ctx, "gone"); !errors.Is(err, errStoreFault) {
+		t.Fatalf("delete with a failing store: %v", err)
+	}
+	if !f.reg.HasDevice("gone") {
+		t.Fatal("the device went although a store kept its rows")
+	}
+	if _, err := f.reg.Device(ctx, "gone"); err != nil {
+		t.Fatalf("device row: %v", err)
+	}
+	for _, table := range cascadeTables {
+		if n := f.count(t, table, "gone"); n == 0 {
+			t.Errorf("%s lost the rows of a device whose deletion failed", table)
+		}
+	}
+	if len(bad.told) != 0 {
+		t.Errorf("told of a deletion that failed: %v", bad.told)
+	}
+
+	f.reg.stores = f.reg.stores[:len(f.reg.stores)-1]
+	if err := f.reg.DeleteDevice(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range cascadeTables {
+		if n := f.count(t, table, "gone"); n != 0 {
+			t.Errorf("%s still holds %d rows of the deleted device", table, n)
+		}
+	}
+}
+
+// The stores' migrations leave no trigger on the registry's table: each
+// store owns its tables.
+func TestNoTriggersAcrossOwners(t *testing.T) {
+	f := openCascade(t)
+	var names []string
+	rows, err := f.db.R.Query(`SELECT name FROM sqlite_master WHERE type = 'trigger'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	if len(names) != 0 {
+		t.Errorf("triggers left: %v", names)
 	}
 }

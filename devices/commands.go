@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -33,6 +34,10 @@ var commandsSchema = []string{
 	// 2: a deleted device's commands go with it, in the same transaction.
 	`CREATE TRIGGER commands_device_deleted AFTER DELETE ON devices
 	BEGIN DELETE FROM commands WHERE device_id = OLD.id; END;`,
+	// 3: the registry tells the store of a deleted device
+	// (DeleteDeviceData) in its delete transaction: no trigger on its
+	// table.
+	`DROP TRIGGER IF EXISTS commands_device_deleted;`,
 }
 
 // Command statuses (SPEC §7). A command only moves forward:
@@ -375,3 +380,16 @@ func (c *Commands) Expire(ctx context.Context, id string) (Command, error) {
 	}
 	return c.Get(ctx, id)
 }
+
+// DeleteDeviceData deletes a deleted device's commands in tx, the
+// registry's delete transaction (DeviceData).
+func (c *Commands) DeleteDeviceData(ctx context.Context, tx *sql.Tx, id string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM commands WHERE device_id = ?`, id); err != nil {
+		return fmt.Errorf("commands: delete those of %s: %w", id, err)
+	}
+	return nil
+}
+
+// DeviceDeleted implements DeviceData: a command still open in memory
+// expires as usual.
+func (c *Commands) DeviceDeleted(string) {}

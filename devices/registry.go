@@ -40,6 +40,8 @@ type Registry struct {
 	// free in the caches is still free when the transaction commits and
 	// the caches change in commit order.
 	writeMu sync.Mutex
+	// stores are told of the devices deleted (Attach); guarded by writeMu.
+	stores []DeviceData
 
 	// mu guards the caches below.
 	mu      sync.RWMutex
@@ -727,7 +729,8 @@ func (r *Registry) updateDevice(ctx context.Context, id string, p DevicePatch) (
 }
 
 // DeleteDevice removes the device, or returns ErrNotFound; it is
-// disconnected (OnRevoke).
+// disconnected (OnRevoke). Its history, commands and twin in the attached
+// stores (Attach) go in the same transaction.
 func (r *Registry) DeleteDevice(ctx context.Context, id string) error {
 	if err := r.deleteDevice(ctx, id); err != nil {
 		return fmt.Errorf("delete device %q: %w", id, err)
@@ -739,16 +742,33 @@ func (r *Registry) DeleteDevice(ctx context.Context, id string) error {
 func (r *Registry) deleteDevice(ctx context.Context, id string) error {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
-	res, err := r.db.W.ExecContext(ctx, `DELETE FROM devices WHERE id = ?`, id)
+	tx, err := r.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE id = ?`, id)
 	if err != nil {
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return ErrNotFound
 	}
+	// The stores' rows go in the same transaction (DeviceData).
+	for _, s := range r.stores {
+		if err := s.DeleteDeviceData(ctx, tx, id); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	delete(r.devices, id)
 	r.mu.Unlock()
+	for _, s := range r.stores {
+		s.DeviceDeleted(id)
+	}
 	r.log.Info("device deleted", "device", id)
 	return nil
 }

@@ -4,9 +4,10 @@ package devices
 // devices, users, API tokens, the session signing key and revoked
 // sessions. A released step is never edited; append a new one.
 //
-// Times are TEXT in RFC 3339 (UTC, nanoseconds). The telemetry writer
-// updates devices.last_values (a JSON object, merged with json_patch) and
-// devices.last_seen.
+// Times are TEXT in RFC 3339 (UTC, nanoseconds). The registry writes
+// devices.last_values (a JSON object, merged with json_patch) and
+// devices.last_seen when the telemetry writer hands them over
+// (UpdateLastValues).
 var registrySchema = []string{
 	// 1: the first schema.
 	`CREATE TABLE devices (

@@ -2,6 +2,7 @@ package devices
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -89,6 +90,10 @@ var telemetrySchema = []string{
 		DELETE FROM telemetry_1m WHERE device_id = OLD.id;
 		DELETE FROM telemetry_1h WHERE device_id = OLD.id;
 	END;`,
+	// 5: the registry tells the store of a deleted device
+	// (DeleteDeviceData) in its delete transaction: no trigger on its
+	// table. (Step 3's trigger goes with the legacy table.)
+	`DROP TRIGGER IF EXISTS telemetry_chunks_device_deleted;`,
 }
 
 // Chunk bounds: points in one history row, the time they may span, and
@@ -131,6 +136,9 @@ type TelemetryOptions struct {
 	PruneChunk int
 	// Logger receives the store's log; nil means slog.Default().
 	Logger *slog.Logger
+	// LastValues keeps each device's latest values and last seen (the
+	// registry); nil keeps only history.
+	LastValues LastValues
 
 	// migrateStop, in tests, stops the migration of earlier releases'
 	// history after that many transactions, as a kill would.
@@ -177,9 +185,9 @@ type Telemetry struct {
 	chunks  *chunkBuilder
 	rollups *rollups
 
-	// hasDevices: the registry's devices table exists, so last values can
-	// be kept (a broker without a registry keeps only history).
-	hasDevices bool
+	// last keeps the devices' last values (the registry); nil keeps only
+	// history.
+	last LastValues
 
 	// budget bounds the bytes queued; names caps each device's metric
 	// names (telemetry_names.go).
@@ -235,34 +243,29 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	if err := db.Migrate(ctx, "telemetry", telemetrySchema); err != nil {
 		return nil, err
 	}
-	var n int
-	if err := db.R.QueryRowContext(ctx,
-		`SELECT count(*) FROM pragma_table_info('devices') WHERE name IN ('id','last_values','last_seen')`).Scan(&n); err != nil {
-		return nil, fmt.Errorf("open telemetry: %w", err)
-	}
 	t := &Telemetry{
-		db:         db,
-		log:        opts.Logger,
-		opts:       opts,
-		queue:      make(chan queued, opts.QueueSize),
-		flushes:    make(chan chan error),
-		stop:       make(chan struct{}),
-		hasDevices: n == 3,
-		budget:     byteBudget{max: opts.QueueBytes},
-		names:      newMetricNames(),
-		chunks:     newChunkBuilder(),
-		rollups:    newRollups(true),
+		db:      db,
+		log:     opts.Logger,
+		opts:    opts,
+		queue:   make(chan queued, opts.QueueSize),
+		flushes: make(chan chan error),
+		stop:    make(chan struct{}),
+		last:    opts.LastValues,
+		budget:  byteBudget{max: opts.QueueBytes},
+		names:   newMetricNames(),
+		chunks:  newChunkBuilder(),
+		rollups: newRollups(true),
 	}
-	if t.hasDevices {
-		if err := t.names.load(ctx, db); err != nil {
+	if t.last != nil {
+		if err := t.names.load(ctx, t.last); err != nil {
 			return nil, err
 		}
 	}
 	if err := t.migrateLegacy(ctx); err != nil {
 		return nil, err
 	}
-	if !t.hasDevices {
-		t.log.Warn("telemetry: no devices table: keeping history without last values")
+	if t.last == nil {
+		t.log.Warn("telemetry: no registry: keeping history without last values")
 	}
 	t.wg.Add(2)
 	go t.write()
@@ -309,10 +312,21 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 // cost is the bytes a queued point holds, for the queue's byte bound.
 func (p *queued) cost() int64 { return int64(len(p.json)+len(p.device)) + entryOverhead }
 
-// ForgetDevice drops what the store remembers in memory of a deleted
+// DeleteDeviceData deletes a deleted device's history and rollups in tx,
+// the registry's delete transaction (DeviceData).
+func (t *Telemetry) DeleteDeviceData(ctx context.Context, tx *sql.Tx, id string) error {
+	for _, table := range []string{"telemetry_chunks", "telemetry_1m", "telemetry_1h"} {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE device_id = ?`, id); err != nil {
+			return fmt.Errorf("telemetry: delete %s of %s: %w", table, id, err)
+		}
+	}
+	return nil
+}
+
+// DeviceDeleted drops what the store remembers in memory of a deleted
 // device (its metric names), so that a device registered again under its
-// id starts clean. Its rows go with the registry's (SQL triggers).
-func (t *Telemetry) ForgetDevice(id string) { t.names.forget(id) }
+// id starts clean (DeviceData).
+func (t *Telemetry) DeviceDeleted(id string) { t.names.forget(id) }
 
 // MetricsRefused returns how many metrics were left out because their
 // device had MaxDeviceMetrics names already.

@@ -19,18 +19,22 @@ func BenchmarkTelemetryWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := db.W.Exec(`CREATE TABLE devices (id TEXT PRIMARY KEY, last_seen TEXT, last_values TEXT NOT NULL DEFAULT '{}')`); err != nil {
+	reg, err := OpenRegistry(ctx, db, nil)
+	if err != nil {
 		b.Fatal(err)
 	}
+	defer reg.Close()
 	const devs = 1000
 	ids := make([]string, devs)
+	nds := make([]NewDevice, devs)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("dev-%04d", i)
-		if _, err := db.W.Exec(`INSERT INTO devices(id) VALUES (?)`, ids[i]); err != nil {
-			b.Fatal(err)
-		}
+		nds[i] = NewDevice{ID: ids[i], Name: ids[i]}
 	}
-	tel, err := OpenTelemetry(ctx, db, nil)
+	if _, err := reg.CreateDevices(ctx, nds); err != nil {
+		b.Fatal(err)
+	}
+	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{LastValues: reg})
 	if err != nil {
 		b.Fatal(err)
 	}

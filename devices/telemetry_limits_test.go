@@ -44,7 +44,7 @@ func lastValueKeys(t *testing.T, db *DB, id string) int {
 func TestTelemetryMetricNameCap(t *testing.T) {
 	ctx := context.Background()
 	db := openTestDB(t, "greedy", "calm")
-	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{FlushInterval: time.Hour})
+	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{FlushInterval: time.Hour, LastValues: testRegistry(t, db)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestTelemetryMetricNameCap(t *testing.T) {
 	if !tel.Add("greedy", mustSample(t, `{"m1_7":1}`), now) {
 		t.Fatal("a known name refused after a restart")
 	}
-	tel.ForgetDevice("greedy")
+	tel.DeviceDeleted("greedy")
 	if !tel.Add("greedy", mustSample(t, `{"fresh":1}`), now) {
 		t.Fatal("a forgotten device is still capped")
 	}

@@ -132,7 +132,9 @@ func TestTelemetryMigration(t *testing.T) {
 		}
 	}
 
-	if _, err := db.W.ExecContext(ctx, `DELETE FROM devices WHERE id = 'd1'`); err != nil {
+	reg := testRegistry(t, db)
+	reg.Attach(tel)
+	if err := reg.DeleteDevice(ctx, "d1"); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := tel.Points(ctx, "d1", base.Add(-time.Hour), time.Now(), 10); err != nil || len(got) != 0 {

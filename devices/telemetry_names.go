@@ -30,29 +30,18 @@ func newMetricNames() *metricNames {
 	return &metricNames{seed: maphash.MakeSeed(), per: map[string][]uint64{}}
 }
 
-// load reads every device's known names from last_values.
-func (m *metricNames) load(ctx context.Context, db *DB) error {
-	rows, err := db.R.QueryContext(ctx, `SELECT id, last_values FROM devices
-		WHERE last_values IS NOT NULL AND json_valid(last_values) AND json_type(last_values) = 'object'`)
-	if err != nil {
-		return fmt.Errorf("telemetry: metric names: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id string
-		var obj []byte
-		if err := rows.Scan(&id, &obj); err != nil {
-			return fmt.Errorf("telemetry: metric names: %w", err)
-		}
+// load reads every device's known names from its last values.
+func (m *metricNames) load(ctx context.Context, last LastValues) error {
+	err := last.EachLastValues(ctx, func(id string, obj []byte) {
 		if len(obj) < 2 {
-			continue
+			return
 		}
 		var hs []uint64
 		eachMember(obj, func(k, _ []byte) { hs = append(hs, maphash.Bytes(m.seed, k)) })
 		slices.Sort(hs)
 		m.per[id] = slices.Compact(hs)
-	}
-	if err := rows.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("telemetry: metric names: %w", err)
 	}
 	return nil

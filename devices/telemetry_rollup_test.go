@@ -169,13 +169,15 @@ func TestTelemetryOpenChunk(t *testing.T) {
 		t.Errorf("%d rows for one growing chunk, want at most 2", n)
 	}
 
-	if _, err := db.W.ExecContext(ctx, `DELETE FROM devices WHERE id = 'd1'`); err != nil {
+	reg := testRegistry(t, db)
+	reg.Attach(tel)
+	if err := reg.DeleteDevice(ctx, "d1"); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
 		add(base.Add(time.Duration(400+i)*time.Second), 1000+i)
 	}
-	if _, err := db.W.ExecContext(ctx, `INSERT INTO devices(id) VALUES ('d1')`); err != nil {
+	if _, _, err := reg.CreateDevice(ctx, NewDevice{ID: "d1", Name: "d1"}); err != nil {
 		t.Fatal(err)
 	}
 	add(base.Add(500*time.Second), 2000)

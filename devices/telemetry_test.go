@@ -4,12 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
 
-// openTestDB opens a database in t.TempDir with a minimal devices table
-// (the registry's columns that telemetry touches) holding ids.
+// openTestDB opens a database in a temporary directory with a registry
+// holding the devices ids.
 func openTestDB(t *testing.T, ids ...string) *DB {
 	t.Helper()
 	db, err := OpenDB(t.TempDir())
@@ -17,20 +18,46 @@ func openTestDB(t *testing.T, ids ...string) *DB {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	if _, err := db.W.Exec(`CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, last_seen TEXT, last_values TEXT NOT NULL DEFAULT '{}')`); err != nil {
+	reg, err := OpenRegistry(context.Background(), db, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { reg.Close() })
 	for _, id := range ids {
-		if _, err := db.W.Exec(`INSERT INTO devices(id) VALUES (?)`, id); err != nil {
+		if _, _, err := reg.CreateDevice(context.Background(), NewDevice{ID: id, Name: id}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	testRegistries.Store(db, reg)
+	t.Cleanup(func() { testRegistries.Delete(db) })
 	return db
 }
 
+// testRegistries holds the registry openTestDB opened on each database.
+var testRegistries sync.Map // *DB → *Registry
+
+// testRegistry returns the registry openTestDB opened on db.
+func testRegistry(t testing.TB, db *DB) *Registry {
+	t.Helper()
+	r, ok := testRegistries.Load(db)
+	if !ok {
+		t.Fatal("no registry on this database (openTestDB)")
+	}
+	return r.(*Registry)
+}
+
+// openTestTelemetry opens the telemetry store on db, keeping last values
+// in db's registry unless o says where.
 func openTestTelemetry(t *testing.T, db *DB, o *TelemetryOptions) *Telemetry {
 	t.Helper()
-	tel, err := OpenTelemetry(context.Background(), db, o)
+	var opts TelemetryOptions
+	if o != nil {
+		opts = *o
+	}
+	if opts.LastValues == nil {
+		opts.LastValues = testRegistry(t, db)
+	}
+	tel, err := OpenTelemetry(context.Background(), db, &opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +287,7 @@ func TestTelemetryPrune(t *testing.T) {
 
 func TestTelemetryCloseFlushes(t *testing.T) {
 	db := openTestDB(t, "d1")
-	tel, err := OpenTelemetry(context.Background(), db, &TelemetryOptions{FlushInterval: time.Hour})
+	tel, err := OpenTelemetry(context.Background(), db, &TelemetryOptions{FlushInterval: time.Hour, LastValues: testRegistry(t, db)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package devices
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"fmt"
 	"math"
 	"slices"
@@ -153,8 +152,8 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 	if err := t.rollups.write(ctx, tx); err != nil {
 		return err
 	}
-	if t.hasDevices {
-		if err := updateLast(ctx, tx, devs, per); err != nil {
+	if t.last != nil {
+		if err := t.last.UpdateLastValues(ctx, tx, lastValues(devs, per)); err != nil {
 			return err
 		}
 	}
@@ -176,14 +175,12 @@ type last struct {
 	arrived time.Time
 }
 
-// updateLast merges each device's points of the batch (in time order, so
-// a later timestamp wins per metric) and patches the device's last_values
-// and last_seen once.
-func updateLast(ctx context.Context, tx *sql.Tx, devs []string, per map[string][]queued) error {
-	lasts := make(map[string]*last, len(devs))
+// lastValues merges each device's points of the batch (in time order, so
+// a later timestamp wins per metric) into one patch of its last values.
+func lastValues(devs []string, per map[string][]queued) []LastValue {
+	out := make([]LastValue, 0, len(devs))
 	for _, d := range devs {
 		l := &last{values: make(map[string][]byte, 8)}
-		lasts[d] = l
 		for _, p := range per[d] {
 			if p.arrived.After(l.arrived) {
 				l.arrived = p.arrived
@@ -198,31 +195,14 @@ func updateLast(ctx context.Context, tx *sql.Tx, devs []string, per map[string][
 				}
 			})
 		}
-	}
-	st, err := tx.PrepareContext(ctx,
-		`UPDATE devices SET last_values = json_patch(COALESCE(last_values, '{}'), ?), last_seen = ? WHERE id = ?`)
-	if err != nil {
-		return fmt.Errorf("telemetry write: prepare last values: %w", err)
-	}
-	defer st.Close()
-	var b []byte
-	for id, l := range lasts {
-		b = append(b[:0], '{')
+		b := []byte{'{'}
 		for i, k := range l.order {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, '"')
-			b = append(b, k...)
-			b = append(b, '"', ':')
-			b = append(b, l.values[k]...)
+			b = appendMember(b, i, []byte(k), l.values[k])
 		}
 		b = append(b, '}')
-		if _, err := st.ExecContext(ctx, string(b), fmtTime(l.arrived), id); err != nil {
-			return fmt.Errorf("telemetry write: last values of %s: %w", id, err)
-		}
+		out = append(out, LastValue{Device: d, Values: b, Seen: l.arrived})
 	}
-	return nil
+	return out
 }
 
 // eachMember calls fn with each member's raw key (without its quotes) and

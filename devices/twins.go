@@ -30,6 +30,10 @@ var twinsSchema = []string{
 	// 2: a deleted device's twin goes with it, in the same transaction.
 	`CREATE TRIGGER twins_device_deleted AFTER DELETE ON devices
 	BEGIN DELETE FROM twins WHERE device_id = OLD.id; END;`,
+	// 3: the registry tells the store of a deleted device
+	// (DeleteDeviceData) in its delete transaction: no trigger on its
+	// table.
+	`DROP TRIGGER IF EXISTS twins_device_deleted;`,
 }
 
 // MaxTwinPatch is the largest desired or reported patch, in bytes.
@@ -232,3 +236,15 @@ func (c twinsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(twinsReportedDesc, prometheus.CounterValue, float64(o.v), o.name)
 	}
 }
+
+// DeleteDeviceData deletes a deleted device's twin in tx, the registry's
+// delete transaction (DeviceData).
+func (t *Twins) DeleteDeviceData(ctx context.Context, tx *sql.Tx, id string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM twins WHERE device_id = ?`, id); err != nil {
+		return fmt.Errorf("twins: delete that of %s: %w", id, err)
+	}
+	return nil
+}
+
+// DeviceDeleted implements DeviceData: the twin keeps nothing in memory.
+func (t *Twins) DeviceDeleted(string) {}

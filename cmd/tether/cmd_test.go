@@ -43,7 +43,7 @@ func newCmdEnv(t *testing.T) *cmdEnv {
 	if e.reg, err = devices.OpenRegistry(ctx, db, log); err != nil {
 		t.Fatal(err)
 	}
-	if e.data, err = openDeviceData(cfg, db, log); err != nil {
+	if e.data, err = openDeviceData(cfg, db, e.reg, log); err != nil {
 		t.Fatal(err)
 	}
 	auth := broker.NewAuth(broker.AuthOptions{Registry: e.reg, Logger: log})

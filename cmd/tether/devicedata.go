@@ -28,8 +28,10 @@ type deviceData struct {
 }
 
 // openDeviceData opens the four stores on db (migrating their
-// components) and builds their hooks. On error nothing is left running.
-func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *deviceData, err error) {
+// components) and builds their hooks. The telemetry store hands last
+// values to reg, and reg tells the history, command and twin stores of
+// the devices it deletes. On error nothing is left running.
+func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, log *slog.Logger) (d *deviceData, err error) {
 	ctx := context.Background()
 	d = &deviceData{}
 	defer func() {
@@ -44,6 +46,7 @@ func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *de
 		Retention:       cfg.Telemetry.Retention,
 		RollupRetention: cfg.Telemetry.RollupRetention,
 		Logger:          log,
+		LastValues:      reg,
 	}); err != nil {
 		return nil, err
 	}
@@ -56,20 +59,11 @@ func openDeviceData(cfg configs.Config, db *devices.DB, log *slog.Logger) (d *de
 	if d.audit, err = devices.OpenAudit(ctx, db, &devices.AuditOptions{Retention: cfg.Audit.Retention, Logger: log}); err != nil {
 		return nil, err
 	}
+	reg.Attach(d.telemetry, d.commands, d.twins)
 	d.telemetryHook = broker.NewTelemetryHook(d.telemetry, log)
 	d.commandHook = broker.NewCommandHook(d.commands, log)
 	d.twinHook = broker.NewTwinHook(d.twins, log)
 	return d, nil
-}
-
-// watch lets the stores forget what they hold in memory of a device the
-// registry deletes.
-func (d *deviceData) watch(reg *devices.Registry) {
-	reg.OnRevoke(func(rv devices.Revocation) {
-		if rv.SessionID == "" && rv.TokenID == "" && !reg.HasDevice(rv.Name) {
-			d.telemetry.ForgetDevice(rv.Name)
-		}
-	})
 }
 
 // hooks are the broker hooks, to go before the session store.

@@ -261,10 +261,9 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 			"change it or keep it safe (set TETHER_ADMIN_PASSWORD on first start to choose it)",
 			"user", devices.AdminUser, "password", generated)
 	}
-	if a.data, err = openDeviceData(cfg, a.db, log.With("component", "devicedata")); err != nil {
+	if a.data, err = openDeviceData(cfg, a.db, a.registry, log.With("component", "devicedata")); err != nil {
 		return nil, err
 	}
-	a.data.watch(a.registry)
 	defer func() {
 		if err != nil {
 			_ = a.data.close()
