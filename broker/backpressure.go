@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,6 +8,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/devices/topic"
 )
 
 // Backpressure slows QoS 1/2 publishers down for a subscriber that has
@@ -77,49 +78,23 @@ func newLag(cl *mqtt.Client, high int) *lag {
 	return l
 }
 
-// goesTo reports whether a QoS 1/2 message on topic reaches the lagging
+// goesTo reports whether a QoS 1/2 message on name reaches the lagging
 // subscriber to. subs is the engine's answer, looked up once per PUBLISH
 // if needed.
-func (l *lag) goesTo(srv *mqtt.Server, to *mqtt.Client, topic string, subs **mqtt.Subscribers) bool {
+func (l *lag) goesTo(srv *mqtt.Server, to *mqtt.Client, name string, subs **mqtt.Subscribers) bool {
 	if l.filters != nil {
 		for _, f := range l.filters {
-			if matchTopic(f, topic) {
+			if topic.Match(f, name) {
 				return true
 			}
 		}
 		return false
 	}
 	if *subs == nil {
-		*subs = srv.Topics.Subscribers(topic)
+		*subs = srv.Topics.Subscribers(name)
 	}
 	sub, ok := (*subs).Subscriptions[to.ID]
 	return ok && sub.Qos > 0
-}
-
-// matchTopic reports whether filter matches topic: '+' matches one level,
-// '#' the rest and its parent [MQTT-4.7.1-2], and a wildcard first level
-// does not match a topic starting with '$' [MQTT-4.7.2-1].
-func matchTopic(filter, topic string) bool {
-	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
-		return false
-	}
-	for {
-		f, frest, fmore := strings.Cut(filter, "/")
-		if f == "#" {
-			return true
-		}
-		t, trest, tmore := strings.Cut(topic, "/")
-		if f != "+" && f != t {
-			return false
-		}
-		if !fmore {
-			return !tmore
-		}
-		if !tmore {
-			return frest == "#"
-		}
-		filter, topic = frest, trest
-	}
 }
 
 // NewBackpressure returns the hook (mqtt.backpressure_wait): maxWait is

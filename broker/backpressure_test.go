@@ -134,33 +134,3 @@ func TestBackpressureOff(t *testing.T) {
 		t.Error("Provides: want OnPublish and not OnConnect")
 	}
 }
-
-func TestMatchTopic(t *testing.T) {
-	for _, c := range []struct {
-		filter, topic string
-		want          bool
-	}{
-		{"a/b", "a/b", true},
-		{"a/b", "a/c", false},
-		{"a/b", "a/b/c", false},
-		{"a/b/c", "a/b", false},
-		{"a/+", "a/b", true},
-		{"a/+", "a", false},
-		{"a/+", "a/", true},
-		{"a/+/c", "a/b/c", true},
-		{"a/+/c", "a/b/d", false},
-		{"+/+", "a/b", true},
-		{"+", "a/b", false},
-		{"#", "a/b/c", true},
-		{"a/#", "a", true},
-		{"a/#", "a/b/c", true},
-		{"a/#", "b/c", false},
-		{"#", "$SYS/x", false},
-		{"+/x", "$SYS/x", false},
-		{"$SYS/#", "$SYS/x", true},
-	} {
-		if got := matchTopic(c.filter, c.topic); got != c.want {
-			t.Errorf("matchTopic(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
-		}
-	}
-}

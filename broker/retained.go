@@ -7,6 +7,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/devices/topic"
 )
 
 // Retained delivers the retained messages a SUBSCRIBE asks for even when
@@ -109,7 +111,7 @@ func (r *Retained) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	}
 	qos, match := byte(0), false
 	for _, s := range v.([]packets.Subscription) {
-		if matchTopic(unshare(s.Filter), pk.TopicName) {
+		if topic.Match(unshare(s.Filter), pk.TopicName) {
 			match = true
 			qos = max(qos, s.Qos)
 		}

@@ -68,6 +68,33 @@ func Within(filter, pattern string) bool {
 	}
 }
 
+// Match reports whether filter matches the topic name: '+' matches one
+// level, '#' the rest and its parent [MQTT-4.7.1-2], and a wildcard first
+// level does not match a topic name starting with '$' [MQTT-4.7.2-1].
+// Neither is checked: give a valid filter.
+func Match(filter, name string) bool {
+	if strings.HasPrefix(name, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" {
+			return true
+		}
+		t, trest, tmore := strings.Cut(name, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		if !fmore {
+			return !tmore
+		}
+		if !tmore {
+			return frest == "#"
+		}
+		filter, name = frest, trest
+	}
+}
+
 // Overlap reports whether some topic matches both filters a and b.
 func Overlap(a, b string) bool {
 	for {
