@@ -302,8 +302,27 @@ func (p *publisher) inject(pk packets.Packet) error {
 	return srv.InjectPacket(cl, pk)
 }
 
-// Store returns the commands store the hook records into.
-func (h *CommandHook) Store() *devices.Commands { return h.store }
+// Get returns a command from the store the hook records into.
+func (h *CommandHook) Get(ctx context.Context, id string) (devices.Command, error) {
+	return h.store.Get(ctx, id)
+}
+
+// List pages through a device's commands (devices.Commands.List).
+func (h *CommandHook) List(ctx context.Context, device string, limit int, cursor string) ([]devices.Command, string, error) {
+	return h.store.List(ctx, device, limit, cursor)
+}
+
+// Wait returns the command once it is done or ctx ends
+// (devices.Commands.Wait).
+func (h *CommandHook) Wait(ctx context.Context, id string) (devices.Command, error) {
+	return h.store.Wait(ctx, id)
+}
+
+// Expire closes the command as expired if it is still open
+// (devices.Commands.Expire).
+func (h *CommandHook) Expire(ctx context.Context, id string) (devices.Command, error) {
+	return h.store.Expire(ctx, id)
+}
 
 // Refused marks failed, with reason, the command pk carries when the
 // session store refused it for the device's session (its queue full).

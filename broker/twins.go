@@ -75,5 +75,7 @@ func (h *TwinHook) SetDesired(ctx context.Context, device string, patch []byte) 
 	return tw, nil
 }
 
-// Store returns the twins store the hook merges into.
-func (h *TwinHook) Store() *devices.Twins { return h.store }
+// Get returns a device's twin from the store the hook merges into.
+func (h *TwinHook) Get(ctx context.Context, device string) (devices.Twin, error) {
+	return h.store.Get(ctx, device)
+}

@@ -35,8 +35,8 @@ type APIOptions struct {
 	// Telemetry, Commands and Twins serve the device data routes; nil
 	// answers them with 503.
 	Telemetry *devices.Telemetry
-	Commands  *broker.CommandHook
-	Twins     *broker.TwinHook
+	Commands  Commands
+	Twins     Twins
 	// Logins is the login throttle shared with the MQTT broker (SPEC §5:
 	// one limiter); nil means one of the API's own.
 	Logins *devices.LoginLimiter
@@ -72,8 +72,8 @@ type API struct {
 	now     func() time.Time
 
 	telemetry *devices.Telemetry
-	commands  *broker.CommandHook
-	twins     *broker.TwinHook
+	commands  Commands
+	twins     Twins
 	audit     *devices.Audit
 	bans      *devices.Bans
 

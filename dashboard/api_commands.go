@@ -44,7 +44,7 @@ func (a *API) listCommands(w http.ResponseWriter, r *http.Request) error {
 	if _, err := a.reg.Device(r.Context(), id); err != nil {
 		return registryError(err, "device")
 	}
-	list, next, err := a.commands.Store().List(r.Context(), id, limit, q.Get("cursor"))
+	list, next, err := a.commands.List(r.Context(), id, limit, q.Get("cursor"))
 	if err != nil {
 		return registryError(err, "command")
 	}
@@ -88,12 +88,12 @@ func (a *API) sendCommand(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := context.WithDeadline(r.Context(), cmd.ExpiresAt)
 	defer cancel()
-	got, err := a.commands.Store().Wait(ctx, cmd.ID)
+	got, err := a.commands.Wait(ctx, cmd.ID)
 	switch {
 	case err == nil:
 	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
 		// Time is up: close it now rather than at the next sweep.
-		if got, err = a.commands.Store().Expire(r.Context(), cmd.ID); err != nil {
+		if got, err = a.commands.Expire(r.Context(), cmd.ID); err != nil {
 			return err
 		}
 	default:
@@ -112,7 +112,7 @@ func (a *API) getCommand(w http.ResponseWriter, r *http.Request) error {
 	if !devices.ValidID(id) {
 		return notFound("command")
 	}
-	cmd, err := a.commands.Store().Get(r.Context(), id)
+	cmd, err := a.commands.Get(r.Context(), id)
 	if err != nil {
 		return registryError(err, "command")
 	}

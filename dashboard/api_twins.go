@@ -22,7 +22,7 @@ func (a *API) getTwin(w http.ResponseWriter, r *http.Request) error {
 	if _, err := a.reg.Device(r.Context(), id); err != nil {
 		return registryError(err, "device")
 	}
-	tw, err := a.twins.Store().Get(r.Context(), id)
+	tw, err := a.twins.Get(r.Context(), id)
 	if err != nil {
 		return err
 	}
