@@ -39,6 +39,7 @@ type Broker struct {
 	// the Prometheus collector of its refusals.
 	Limits *listeners.Limiter
 
+	clock    *clientClock // when each client connected (Clients)
 	closing  atomic.Bool
 	shutdown sync.Once
 	done     chan struct{}
@@ -99,10 +100,13 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		SysTopicResendInterval: int64(cfg.MQTT.SysInterval / time.Second),
 		InlineClient:           true,
 	})
-	b := &Broker{Server: srv, cfg: cfg, log: log.With("component", "broker"), done: make(chan struct{})}
+	b := &Broker{Server: srv, cfg: cfg, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock()}
 
 	if err := srv.AddHook(&gate{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add gate hook: %w", err)
+	}
+	if err := srv.AddHook(b.clock, nil); err != nil {
+		return nil, fmt.Errorf("broker: add client clock hook: %w", err)
 	}
 	access := opts.Access
 	if access == nil {

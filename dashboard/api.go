@@ -10,8 +10,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tether-iot/tether/broker"
-	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -25,13 +23,10 @@ type APIOptions struct {
 	Registry *devices.Registry
 	// Broker is the running MQTT broker, for /clients and /broker; nil
 	// answers those routes with 503.
-	Broker *broker.Broker
-	// Clients remembers when each MQTT client connected (add it to the
-	// broker's hooks); nil leaves "connected_since" empty.
-	Clients *ClientClock
+	Broker Broker
 	// Sessions is the MQTT session store, for GET /sessions; nil answers
 	// it with 503.
-	Sessions *sessions.Store
+	Sessions Sessions
 	// Telemetry, Commands and Twins serve the device data routes; nil
 	// answers them with 503.
 	Telemetry *devices.Telemetry
@@ -63,13 +58,12 @@ type APIOptions struct {
 
 // API is the JSON API under /api/v1. Build it with NewAPI.
 type API struct {
-	reg     *devices.Registry
-	broker  *broker.Broker
-	clients *ClientClock
-	store   *sessions.Store
-	log     *slog.Logger
-	ttl     time.Duration
-	now     func() time.Time
+	reg    *devices.Registry
+	broker Broker
+	store  Sessions
+	log    *slog.Logger
+	ttl    time.Duration
+	now    func() time.Time
 
 	telemetry *devices.Telemetry
 	commands  Commands
@@ -92,13 +86,12 @@ func NewAPI(o APIOptions) (*API, error) {
 		return nil, errors.New("api: a registry is required")
 	}
 	a := &API{
-		reg:     o.Registry,
-		broker:  o.Broker,
-		clients: o.Clients,
-		store:   o.Sessions,
-		log:     o.Logger,
-		ttl:     o.TokenTTL,
-		now:     o.Now,
+		reg:    o.Registry,
+		broker: o.Broker,
+		store:  o.Sessions,
+		log:    o.Logger,
+		ttl:    o.TokenTTL,
+		now:    o.Now,
 
 		telemetry: o.Telemetry,
 		commands:  o.Commands,

@@ -13,20 +13,20 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/info"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
-// startBroker starts a real broker on 127.0.0.1:0 that lets anyone in,
-// with clock among its hooks.
-func startBroker(t *testing.T, clock *ClientClock) *broker.Broker {
+// startBroker starts a real broker on 127.0.0.1:0 that lets anyone in.
+func startBroker(t *testing.T) *broker.Broker {
 	t.Helper()
-	return startBrokerWith(t, nil, clock)
+	return startBrokerWith(t, nil)
 }
 
 // startBrokerWith starts a real broker on 127.0.0.1:0 with access as its
-// access hook (nil: anyone may connect) and clock among its hooks.
-func startBrokerWith(t *testing.T, access mqtt.Hook, clock *ClientClock) *broker.Broker {
+// access hook (nil: anyone may connect).
+func startBrokerWith(t *testing.T, access mqtt.Hook) *broker.Broker {
 	t.Helper()
 	cfg := configs.Default()
 	cfg.MQTT.Addr = "127.0.0.1:0"
@@ -34,7 +34,7 @@ func startBrokerWith(t *testing.T, access mqtt.Hook, clock *ClientClock) *broker
 	cfg.HTTP.Addr = configs.Off
 	cfg.HTTP.HTTPSAddr = configs.Off
 	cfg.Auth.AllowAnonymous = true
-	b, err := broker.New(cfg, broker.Options{Access: access, Hooks: []mqtt.Hook{clock}, Logger: slog.New(slog.DiscardHandler)})
+	b, err := broker.New(cfg, broker.Options{Access: access, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,14 +74,13 @@ func dial(addr, id, username, password string, version uint) (paho.Client, error
 }
 
 func TestClientsAndBrokerStats(t *testing.T) {
-	clock := NewClientClock()
-	b := startBroker(t, clock)
-	e := newAPIEnv(t, func(o *APIOptions) { o.Broker = b; o.Clients = clock })
+	b := startBroker(t)
+	e := newAPIEnv(t, func(o *APIOptions) { o.Broker = b })
 	for i := 0; i < 5; i++ {
 		connect(t, b.TCP.Address(), fmt.Sprintf("c%d", i), uint(3+i%2))
 	}
 	// Page through the clients two at a time.
-	var all []client
+	var all []info.Client
 	cursor := ""
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -133,11 +132,10 @@ func TestBulkDevicesAllConnect(t *testing.T) {
 	if testing.Short() {
 		t.Skip("1,000 MQTT connections")
 	}
-	clock := NewClientClock()
 	var b *broker.Broker
 	e := newAPIEnv(t, func(o *APIOptions) {
-		b = startBrokerWith(t, broker.NewAuth(broker.AuthOptions{Registry: o.Registry}), clock)
-		o.Broker, o.Clients = b, clock
+		b = startBrokerWith(t, broker.NewAuth(broker.AuthOptions{Registry: o.Registry}))
+		o.Broker = b
 	})
 	const n = 1000
 	var req bulkRequest

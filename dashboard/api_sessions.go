@@ -5,13 +5,13 @@ import (
 	"net/http"
 	"sort"
 
-	"github.com/tether-iot/tether/broker/sessions"
+	"github.com/tether-iot/tether/broker/info"
 )
 
 // sessionList is the body of GET /sessions.
 type sessionList struct {
-	Sessions   []sessions.Session `json:"sessions"`
-	NextCursor string             `json:"next_cursor"`
+	Sessions   []info.Session `json:"sessions"`
+	NextCursor string         `json:"next_cursor"`
 }
 
 // listSessions: GET /sessions?limit=&cursor= lists the persistent MQTT
@@ -34,7 +34,7 @@ func (a *API) listSessions(w http.ResponseWriter, r *http.Request) error {
 	}
 	all := a.store.Sessions()
 	sort.Slice(all, func(i, j int) bool { return all[i].ClientID < all[j].ClientID })
-	out := sessionList{Sessions: []sessions.Session{}}
+	out := sessionList{Sessions: []info.Session{}}
 	for _, s := range all {
 		if after != "" && s.ClientID <= after {
 			continue

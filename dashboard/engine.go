@@ -3,6 +3,7 @@ package dashboard
 import (
 	"context"
 
+	"github.com/tether-iot/tether/broker/info"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -26,4 +27,23 @@ type Twins interface {
 	Get(ctx context.Context, device string) (devices.Twin, error)
 	// SetDesired merges patch into the desired state and publishes it.
 	SetDesired(ctx context.Context, device string, patch []byte) (devices.Twin, error)
+}
+
+// Broker is what GET /clients and GET /broker read of the running MQTT
+// broker (*broker.Broker satisfies it).
+type Broker interface {
+	// Clients lists the connected MQTT clients, in any order.
+	Clients() []info.Client
+	// Figures returns the engine's and the listeners' statistics.
+	Figures() info.Figures
+}
+
+// Sessions is what GET /sessions and GET /broker read of the MQTT
+// session store (*sessions.Store satisfies it).
+type Sessions interface {
+	// Sessions lists the persistent sessions, in any order.
+	Sessions() []info.Session
+	// QueueStoreUse returns the bytes the offline queues hold on disk and
+	// their bound.
+	QueueStoreUse() (used, limit int64)
 }

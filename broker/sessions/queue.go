@@ -10,6 +10,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/broker/info"
 )
 
 // Each persistent session has a queue: the QoS 1/2 messages acknowledged
@@ -458,14 +460,7 @@ func (s *Store) loadQueues(ctx context.Context) error {
 }
 
 // Session is one persistent session as GET /sessions shows it.
-type Session struct {
-	ClientID  string     `json:"client_id"`
-	Owner     string     `json:"owner"`
-	Online    bool       `json:"online"`
-	Queued    int        `json:"queued"`
-	Dropped   int64      `json:"dropped"`
-	ExpiresAt *time.Time `json:"expires_at"`
-}
+type Session = info.Session
 
 // Sessions lists the persistent sessions the engine holds (owner is the
 // session's username), in no particular order.

@@ -293,10 +293,9 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	// the other hooks left it.
 	pubLimit := broker.NewPublishLimit(broker.PublishLimitOptions{PerClient: cfg.Limits.PublishRatePerClient,
 		DeviceRate: cfg.Limits.DevicePublishRate, DeviceBurst: cfg.Limits.DevicePublishBurst, Identity: a.auth.Identity})
-	clock := dashboard.NewClientClock() // connection times for GET /api/v1/clients
 	backpressure := broker.NewBackpressure(cfg.MQTT.BackpressureWait)
 	retained := broker.NewRetained() // a SUBSCRIBE gets all its retained messages
-	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit, clock}, a.data.hooks()...), backpressure, retained, a.store)})
+	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit}, a.data.hooks()...), backpressure, retained, a.store)})
 	if err != nil {
 		return nil, brokerListenError(cfg, err)
 	}
@@ -323,7 +322,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(buildInfo(), a.registry.Collector(), httpMetrics)
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	api, err := dashboard.NewAPI(dashboard.APIOptions{
-		Registry: a.registry, Broker: b, Clients: clock, Sessions: a.store, Logger: log.With("component", "api"), Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
+		Registry: a.registry, Broker: b, Sessions: a.store, Logger: log.With("component", "api"), Metrics: reg, TokenTTL: cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
 		TrustedProxies: cfg.HTTP.TrustedProxies, Logins: logins, Audit: a.data.audit, Bans: bans,
 	})

@@ -1,4 +1,4 @@
-package dashboard
+package broker
 
 import (
 	"testing"
@@ -9,7 +9,7 @@ import (
 )
 
 func TestClientClockKeysOnConnection(t *testing.T) {
-	c := NewClientClock()
+	c := newClientClock()
 	t0 := time.Unix(1000, 0)
 	c.now = func() time.Time { return t0 }
 	old, taker := &mqtt.Client{ID: "same"}, &mqtt.Client{ID: "same"}
@@ -18,14 +18,14 @@ func TestClientClockKeysOnConnection(t *testing.T) {
 	c.OnSessionEstablish(taker, packets.Packet{})
 	// The old connection of a taken-over session goes; the new one stays.
 	c.OnDisconnect(old, nil, false)
-	if _, ok := c.Since(old); ok {
+	if _, ok := c.since(old); ok {
 		t.Fatal("old connection still known")
 	}
-	if got, ok := c.Since(taker); !ok || !got.Equal(time.Unix(1060, 0)) {
+	if got, ok := c.since(taker); !ok || !got.Equal(time.Unix(1060, 0)) {
 		t.Fatalf("taker since %v %v", got, ok)
 	}
 	c.OnDisconnect(taker, nil, true)
-	if _, ok := c.Since(taker); ok {
+	if _, ok := c.since(taker); ok {
 		t.Fatal("disconnected client still known")
 	}
 }
