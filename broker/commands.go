@@ -58,7 +58,7 @@ func NewCommandHook(store *devices.Commands, log *slog.Logger) *CommandHook {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &CommandHook{store: store, log: log, inflight: map[inflightKey]string{},
+	return &CommandHook{store: store, log: log.With("component", "commands"), inflight: map[inflightKey]string{},
 		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_command_responses_ignored_total",
 			Help: "Messages on devices/{id}/responses/{cmdId} that closed no command, by reason: " +

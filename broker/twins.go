@@ -33,7 +33,7 @@ func NewTwinHook(store *devices.Twins, log *slog.Logger) *TwinHook {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &TwinHook{store: store, log: log}
+	return &TwinHook{store: store, log: log.With("component", "twins")}
 }
 
 // Attach gives the hook the engine it publishes on.

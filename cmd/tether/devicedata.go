@@ -30,7 +30,8 @@ type deviceData struct {
 // openDeviceData opens the four stores on db (migrating their
 // components) and builds their hooks. The telemetry store hands last
 // values to reg, and reg tells the history, command and twin stores of
-// the devices it deletes. On error nothing is left running.
+// the devices it deletes. Each store and hook logs with its own
+// component. On error nothing is left running.
 func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, log *slog.Logger) (d *deviceData, err error) {
 	ctx := context.Background()
 	d = &deviceData{}
@@ -45,18 +46,18 @@ func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, l
 		QueueBytes:      cfg.Telemetry.QueueBytes,
 		Retention:       cfg.Telemetry.Retention,
 		RollupRetention: cfg.Telemetry.RollupRetention,
-		Logger:          log,
+		Logger:          log.With("component", "telemetry"),
 		LastValues:      reg,
 	}); err != nil {
 		return nil, err
 	}
-	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{Logger: log}); err != nil {
+	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{Logger: log.With("component", "commands")}); err != nil {
 		return nil, err
 	}
-	if d.twins, err = devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log}); err != nil {
+	if d.twins, err = devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log.With("component", "twins")}); err != nil {
 		return nil, err
 	}
-	if d.audit, err = devices.OpenAudit(ctx, db, &devices.AuditOptions{Retention: cfg.Audit.Retention, Logger: log}); err != nil {
+	if d.audit, err = devices.OpenAudit(ctx, db, &devices.AuditOptions{Retention: cfg.Audit.Retention, Logger: log.With("component", "audit")}); err != nil {
 		return nil, err
 	}
 	reg.Attach(d.telemetry, d.commands, d.twins)

@@ -261,7 +261,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 			"change it or keep it safe (set TETHER_ADMIN_PASSWORD on first start to choose it)",
 			"user", devices.AdminUser, "password", generated)
 	}
-	if a.data, err = openDeviceData(cfg, a.db, a.registry, log.With("component", "devicedata")); err != nil {
+	if a.data, err = openDeviceData(cfg, a.db, a.registry, log); err != nil {
 		return nil, err
 	}
 	defer func() {
