@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -38,6 +37,9 @@ type Broker struct {
 	// Limits is the connection limiter all listeners share; it is also
 	// the Prometheus collector of its refusals.
 	Limits *listeners.Limiter
+	// Handshakes counts and logs refused WebSocket upgrades; it is the
+	// Prometheus collector of tether_ws_handshake_failures_total.
+	Handshakes *listeners.HandshakeFailures
 
 	clock    *clientClock // when each client connected (Clients)
 	closing  atomic.Bool
@@ -53,6 +55,9 @@ type Options struct {
 	// TLS is the server certificate configuration for the TLS and WSS
 	// listeners; nil disables both.
 	TLS *tls.Config
+	// TLSNames returns the names in the served certificate, which the
+	// /mqtt origin check knows the server by; nil for none.
+	TLSNames func() []string
 	// Hooks are added to the engine after the broker's own, in order.
 	Hooks []mqtt.Hook
 	// Access decides who connects and what they may touch. Nil means the
@@ -154,20 +159,24 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	if opts.TLS != nil && cfg.MQTT.TLSAddr != configs.Off {
 		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim})
 	}
-	var proxies []*net.IPNet
-	for _, p := range cfg.HTTP.TrustedProxies {
-		n, err := configs.ParseCIDROrIP(p)
-		if err != nil {
-			return nil, fmt.Errorf("broker: http.trusted_proxies %q: %w", p, err)
-		}
-		proxies = append(proxies, n)
+	proxies, err := listeners.ParseProxies(cfg.HTTP.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("broker: http.trusted_proxies: %w", err)
 	}
+	origins, err := listeners.NewOriginPolicy(listeners.OriginOptions{
+		PublicURL: cfg.HTTP.PublicURL, AllowedOrigins: cfg.HTTP.AllowedOrigins, Proxies: proxies, Names: opts.TLSNames,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: http.public_url: %w", err)
+	}
+	b.Handshakes = listeners.NewHandshakeFailures()
 	wsOpts := listeners.WebSocketOptions{
-		OriginPatterns: cfg.HTTP.AllowedOrigins,
-		TrustedProxies: proxies,
+		Origins:        origins,
+		Proxies:        proxies,
 		ConnectTimeout: ct,
 		MaxPacketSize:  mps,
 		Limits:         lim,
+		Failures:       b.Handshakes,
 	}
 	if cfg.HTTP.Addr != configs.Off {
 		o := wsOpts

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -62,6 +63,8 @@ type MQTT struct {
 	ShutdownGrace      time.Duration `yaml:"shutdown_grace"`
 	ReadBufferSize     int           `yaml:"read_buffer_size"`
 	WriteBufferSize    int           `yaml:"write_buffer_size"`
+	// ProxyProtocolFrom: addresses whose PROXY protocol header is read.
+	ProxyProtocolFrom []string `yaml:"proxy_protocol_from"`
 }
 
 // HTTP configures the HTTP(S) server: dashboard, API, /mqtt, /metrics.
@@ -70,6 +73,7 @@ type HTTP struct {
 	HTTPSAddr        string        `yaml:"https_addr"`
 	AllowedOrigins   []string      `yaml:"allowed_origins"`
 	TrustedProxies   []string      `yaml:"trusted_proxies"`
+	PublicURL        string        `yaml:"public_url"`
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 }
 
@@ -168,6 +172,7 @@ func Default() Config {
 			ShutdownGrace:      10 * time.Second,
 			ReadBufferSize:     2048,
 			WriteBufferSize:    2048,
+			ProxyProtocolFrom:  []string{},
 		},
 		HTTP: HTTP{
 			Addr:             ":8080",
@@ -331,6 +336,16 @@ func (c *Config) Validate() error {
 			bad("http.trusted_proxies", "%q: %v", p, err)
 		}
 	}
+	for _, p := range c.MQTT.ProxyProtocolFrom {
+		if _, err := ParseCIDROrIP(p); err != nil {
+			bad("mqtt.proxy_protocol_from", "%q: %v", p, err)
+		}
+	}
+	if c.HTTP.PublicURL != "" {
+		if _, err := ParsePublicURL(c.HTTP.PublicURL); err != nil {
+			bad("http.public_url", "%v", err)
+		}
+	}
 	if c.Limits.MaxConnections < 0 {
 		bad("limits.max_connections", "must not be negative")
 	}
@@ -409,6 +424,28 @@ func ParseCIDROrIP(s string) (*net.IPNet, error) {
 		ip, bits = ip4, 32
 	}
 	return &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}, nil
+}
+
+// ParsePublicURL parses http.public_url: an http or https URL of only
+// scheme://host[:port], such as https://iot.example.com.
+func ParsePublicURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a URL", s)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q must start with https:// or http://", s)
+	}
+	if u.Hostname() == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return nil, fmt.Errorf("%q must be only scheme://host[:port], such as https://iot.example.com", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q has a bad port", s)
+		}
+	}
+	u.Path = ""
+	return u, nil
 }
 
 // TLSEnabled reports whether a certificate and key are configured.

@@ -45,5 +45,8 @@ func normalize(c Config) Config {
 	if len(c.HTTP.TrustedProxies) == 0 {
 		c.HTTP.TrustedProxies = nil
 	}
+	if len(c.MQTT.ProxyProtocolFrom) == 0 {
+		c.MQTT.ProxyProtocolFrom = nil
+	}
 	return c
 }

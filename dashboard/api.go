@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/listeners"
 )
 
 // APIPrefix is where the JSON API is mounted; every route path in the
@@ -71,7 +71,7 @@ type API struct {
 	audit     *devices.Audit
 	bans      *devices.Bans
 
-	proxies []*net.IPNet
+	proxies *listeners.Proxies
 	logins  *devices.LoginLimiter
 	metrics *apiMetrics
 	mux     *http.ServeMux
@@ -108,13 +108,11 @@ func NewAPI(o APIOptions) (*API, error) {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	for _, p := range o.TrustedProxies {
-		n, err := parseCIDROrIP(p)
-		if err != nil {
-			return nil, fmt.Errorf("api: trusted proxy %q: %w", p, err)
-		}
-		a.proxies = append(a.proxies, n)
+	proxies, err := listeners.ParseProxies(o.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
 	}
+	a.proxies = proxies
 	a.metrics = newAPIMetrics()
 	if o.Metrics != nil {
 		if err := o.Metrics.Register(a.metrics); err != nil {
@@ -210,20 +208,4 @@ func (a *API) routes() []route {
 
 		{"GET", "/openapi.json", public, a.openAPI},
 	}
-}
-
-// parseCIDROrIP parses "10.0.0.0/8" or a single address.
-func parseCIDROrIP(s string) (*net.IPNet, error) {
-	if _, n, err := net.ParseCIDR(s); err == nil {
-		return n, nil
-	}
-	ip := net.ParseIP(s)
-	if ip == nil {
-		return nil, errors.New("not an IP address or CIDR")
-	}
-	bits := 128
-	if ip4 := ip.To4(); ip4 != nil {
-		ip, bits = ip4, 32
-	}
-	return &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}, nil
 }

@@ -3,7 +3,6 @@ package dashboard
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -245,47 +244,10 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// clientIP is the address a request came from: the peer's, or, when the
-// peer is a trusted proxy, the nearest untrusted address in its
-// X-Forwarded-For.
-func (a *API) clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	if len(a.proxies) == 0 || !a.trusted(host) {
-		return host
-	}
-	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
-	for i := len(hops) - 1; i >= 0; i-- {
-		h := strings.TrimSpace(hops[i])
-		if net.ParseIP(h) == nil {
-			break
-		}
-		if host = h; !a.trusted(h) {
-			break
-		}
-	}
-	return host
-}
+// clientIP is the address a request came from (listeners.Proxies.ClientIP:
+// the peer's, or, from a trusted proxy, the client's it forwarded).
+func (a *API) clientIP(r *http.Request) string { return a.proxies.ClientIP(r) }
 
-// overTLS reports whether the client reached us over TLS: directly, or
-// through a trusted proxy that says so in X-Forwarded-Proto. The session
-// cookie is then marked Secure.
-func (a *API) overTLS(r *http.Request) bool {
-	if r.TLS != nil {
-		return true
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	return err == nil && a.trusted(host) && strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
-}
-
-func (a *API) trusted(ip string) bool {
-	p := net.ParseIP(ip)
-	for _, n := range a.proxies {
-		if p != nil && n.Contains(p) {
-			return true
-		}
-	}
-	return false
-}
+// overTLS reports whether the client reached us over TLS, directly or
+// through a trusted proxy that says so; the session cookie is then Secure.
+func (a *API) overTLS(r *http.Request) bool { return a.proxies.OverTLS(r) }

@@ -2,6 +2,7 @@ package listeners
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,19 +17,24 @@ import (
 // Subprotocol is the WebSocket subprotocol MQTT requires [MQTT-6.0.0-3].
 const Subprotocol = "mqtt"
 
+// SubprotocolV31 is the subprotocol older clients (MQTT 3.1 era, e.g.
+// Paho JavaScript before 1.1) offer; it is accepted too.
+const SubprotocolV31 = "mqttv3.1"
+
 // WebSocketOptions configures a WebSocket listener. A nil
-// *WebSocketOptions means defaults: same-origin only, no trusted proxies,
-// 10 s from upgrade to CONNECT.
+// *WebSocketOptions means defaults: same-origin only (see OriginPolicy),
+// no trusted proxies, 10 s from upgrade to CONNECT.
 type WebSocketOptions struct {
 	// Secure marks the listener as served over HTTPS (transport "wss").
 	Secure bool
-	// OriginPatterns are the origins allowed besides the request's own
-	// host, as coder/websocket's AcceptOptions.OriginPatterns.
-	OriginPatterns []string
+	// Origins decides which web pages may connect; nil means an
+	// OriginPolicy with no options (the page's own origin, on a known host).
+	Origins *OriginPolicy
 	// InsecureSkipVerify accepts every origin. Only for development.
 	InsecureSkipVerify bool
-	// TrustedProxies are the peers whose X-Forwarded-For is believed.
-	TrustedProxies []*net.IPNet
+	// Proxies are the trusted proxies whose X-Forwarded-For (or
+	// Forwarded) is believed; nil trusts nobody.
+	Proxies *Proxies
 	// ConnectTimeout bounds the time from upgrade to CONNECT. 0 means
 	// 10 s; negative means none.
 	ConnectTimeout time.Duration
@@ -39,6 +45,9 @@ type WebSocketOptions struct {
 	// Limits admits or refuses each new connection (see Limiter); nil
 	// means no limits. Share one Limiter among a broker's listeners.
 	Limits *Limiter
+	// Failures counts and logs refused upgrades; nil counts nothing.
+	// Share one among a broker's WebSocket listeners.
+	Failures *HandshakeFailures
 }
 
 // WebSocket serves MQTT over WebSocket as an http.Handler, mounted by the
@@ -67,6 +76,9 @@ func NewWebSocket(opts *WebSocketOptions) *WebSocket {
 	}
 	l := &WebSocket{conns: newConns(id, connectTimeout(opts.ConnectTimeout), opts.MaxPacketSize), opts: *opts}
 	l.limits = opts.Limits
+	if l.opts.Origins == nil {
+		l.opts.Origins, _ = NewOriginPolicy(OriginOptions{Proxies: opts.Proxies})
+	}
 	return l
 }
 
@@ -122,6 +134,12 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 // ServeHTTP upgrades the request and hands the connection to the engine,
 // blocking until it ends: http.Server does not track hijacked connections,
 // so this listener does (see CloseConns).
+//
+// A refused upgrade is answered with a status and a plain-text reason,
+// counted and logged (see HandshakeFailures). A plain GET /mqtt?origin=O
+// (no upgrade) answers, as JSON, whether a page of origin O would be let
+// in and why not: the dashboard asks when its WebSocket fails, because a
+// browser does not show a page why an upgrade was refused.
 func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The engine starts each listener's Serve on its own goroutine; wait
 	// for it rather than upgrade a connection nobody will serve.
@@ -131,7 +149,7 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		httpError(w, http.StatusServiceUnavailable, "the broker is shutting down")
+		l.refuse(w, r, http.StatusServiceUnavailable, RefusedShutdown, "the broker is shutting down", "")
 		return
 	}
 	// Added under mu, so no Add can follow stop and race CloseConns' Wait.
@@ -139,30 +157,41 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.mu.Unlock()
 	defer l.wg.Done()
 	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
+		if r.Method == http.MethodGet && r.URL.Query().Has("origin") {
+			l.probe(w, r)
+			return
+		}
 		w.Header().Set("Upgrade", "websocket")
 		w.Header().Set("Sec-WebSocket-Protocol", Subprotocol)
-		httpError(w, http.StatusUpgradeRequired,
-			"this is Tether's MQTT over WebSocket endpoint: connect with an MQTT client (WebSocket subprotocol \"mqtt\"), not a plain HTTP request")
+		l.refuse(w, r, http.StatusUpgradeRequired, RefusedNotWebSocket,
+			"this is Tether's MQTT over WebSocket endpoint: connect with an MQTT client (WebSocket subprotocol \"mqtt\"), not a plain HTTP request"+
+				" (behind a reverse proxy: it must pass the Upgrade and Connection headers, see deploy/)", "")
 		return
 	}
-	if !headerHasToken(r.Header, "Sec-WebSocket-Protocol", Subprotocol) {
-		httpError(w, http.StatusBadRequest,
-			"MQTT over WebSocket requires the WebSocket subprotocol \"mqtt\" (Sec-WebSocket-Protocol: mqtt) [MQTT-6.0.0-3]")
+	if !headerHasToken(r.Header, "Sec-WebSocket-Protocol", Subprotocol) && !headerHasToken(r.Header, "Sec-WebSocket-Protocol", SubprotocolV31) {
+		l.refuse(w, r, http.StatusBadRequest, RefusedSubprotocol,
+			"MQTT over WebSocket requires the WebSocket subprotocol \"mqtt\" (Sec-WebSocket-Protocol: mqtt) [MQTT-6.0.0-3]", "")
 		return
+	}
+	if !l.opts.InsecureSkipVerify {
+		if ref := l.opts.Origins.check(r, l.opts.Secure); ref != nil {
+			l.refuse(w, r, http.StatusForbidden, ref.reason, ref.msg+"; to allow it set "+ref.setting, ref.setting, "seen_as", ref.own)
+			return
+		}
 	}
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		Subprotocols:       []string{Subprotocol},
-		OriginPatterns:     l.opts.OriginPatterns,
-		InsecureSkipVerify: l.opts.InsecureSkipVerify,
+		Subprotocols: []string{Subprotocol, SubprotocolV31},
+		// The origin is checked above, by the OriginPolicy.
+		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
-		// Accept has written the response (403 for a foreign origin).
+		// Accept has written the response.
 		l.stats.Refused.Add(1)
-		l.log.Debug("websocket upgrade refused", "transport", l.id, "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "error", err)
+		l.opts.Failures.refused(l.log, RefusedHandshake, l.refusalAttrs(r, "", "error", err.Error())...)
 		return
 	}
-	if c.Subprotocol() != Subprotocol {
+	if c.Subprotocol() == "" {
 		c.Close(websocket.StatusPolicyViolation, "subprotocol mqtt required")
 		return
 	}
@@ -175,46 +204,65 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = l.hand(&addrConn{Conn: nc, remote: remote})
 }
 
-// remoteAddr is the client's address: the peer's, or, when the peer is a
-// trusted proxy, the last address in X-Forwarded-For that is not one.
-func (l *WebSocket) remoteAddr(r *http.Request, peer net.Addr) net.Addr {
-	if len(l.opts.TrustedProxies) == 0 {
-		return peer
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil || !l.trusted(net.ParseIP(host)) {
-		return peer
-	}
-	var hops []string
-	for _, v := range r.Header.Values("X-Forwarded-For") {
-		for _, h := range strings.Split(v, ",") {
-			if h = strings.TrimSpace(h); h != "" {
-				hops = append(hops, h)
-			}
-		}
-	}
-	for i := len(hops) - 1; i >= 0; i-- {
-		ip := net.ParseIP(hops[i])
-		if ip == nil {
-			return peer // a malformed chain is not believed
-		}
-		if !l.trusted(ip) {
-			return &net.TCPAddr{IP: ip}
-		}
-	}
-	return peer
+// refuse answers a refused upgrade, counts and logs it.
+func (l *WebSocket) refuse(w http.ResponseWriter, r *http.Request, code int, reason, msg, setting string, attrs ...any) {
+	l.stats.Refused.Add(1)
+	l.opts.Failures.refused(l.log, reason, l.refusalAttrs(r, setting, attrs...)...)
+	httpError(w, code, msg)
 }
 
-func (l *WebSocket) trusted(ip net.IP) bool {
-	if ip == nil {
-		return false
-	}
-	for _, n := range l.opts.TrustedProxies {
-		if n.Contains(ip) {
-			return true
+// refusalAttrs are the log attributes of a refused upgrade: what the
+// browser sent and who sent it. Header values are cut short.
+func (l *WebSocket) refusalAttrs(r *http.Request, setting string, more ...any) []any {
+	attrs := []any{"transport", l.id, "origin", clip(r.Header.Get("Origin")), "host", clip(r.Host),
+		"peer", r.RemoteAddr, "client", l.opts.Proxies.ClientIP(r)}
+	for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+		if v := r.Header.Get(k); v != "" {
+			attrs = append(attrs, strings.ToLower(k), clip(v))
 		}
 	}
-	return false
+	if setting != "" {
+		attrs = append(attrs, "allow_with", setting)
+	}
+	return append(attrs, more...)
+}
+
+// clip shortens a header value for the log.
+func clip(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
+}
+
+// probe answers GET /mqtt?origin=O: would an upgrade from a page of
+// origin O, arriving as this request did, be let in?
+func (l *WebSocket) probe(w http.ResponseWriter, r *http.Request) {
+	r2 := r.Clone(r.Context())
+	r2.Header.Set("Origin", r.URL.Query().Get("origin"))
+	type answer struct {
+		OK      bool   `json:"ok"`
+		Reason  string `json:"reason,omitempty"`
+		Message string `json:"message,omitempty"`
+		Setting string `json:"setting,omitempty"`
+	}
+	a := answer{OK: true}
+	if ref := l.opts.Origins.check(r2, l.opts.Secure); ref != nil && !l.opts.InsecureSkipVerify {
+		a = answer{Reason: ref.reason, Message: ref.msg, Setting: ref.setting}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(a)
+}
+
+// remoteAddr is the client's address (see Proxies.ClientAddr) with the
+// peer's port when the peer is the client.
+func (l *WebSocket) remoteAddr(r *http.Request, peer net.Addr) net.Addr {
+	a := l.opts.Proxies.ClientAddr(r)
+	if !a.IsValid() || a == peerAddr(r) {
+		return peer
+	}
+	return &net.TCPAddr{IP: a.AsSlice()}
 }
 
 // headerHasToken reports whether a comma-separated header holds token

@@ -163,7 +163,8 @@ func TestWebSocketUpgrade(t *testing.T) {
 	}{
 		{"plain GET", "GET /mqtt HTTP/1.1\r\nHost: " + host + "\r\n\r\n", 426, "MQTT over WebSocket", ""},
 		{"no subprotocol", upgrade(""), 400, `subprotocol "mqtt"`, ""},
-		{"wrong subprotocol", upgrade("Sec-WebSocket-Protocol: mqttv3.1\r\n"), 400, `subprotocol "mqtt"`, ""},
+		{"wrong subprotocol", upgrade("Sec-WebSocket-Protocol: wamp\r\n"), 400, `subprotocol "mqtt"`, ""},
+		{"older clients' subprotocol", upgrade("Sec-WebSocket-Protocol: mqttv3.1\r\n"), 101, "", "mqttv3.1"},
 		{"foreign origin", upgrade("Sec-WebSocket-Protocol: mqtt\r\nOrigin: https://evil.example\r\n"), 403, "evil.example", ""},
 		{"same origin", upgrade("Sec-WebSocket-Protocol: mqtt\r\nOrigin: http://" + host + "\r\n"), 101, "", "mqtt"},
 		{"allowed origin", upgrade("Sec-WebSocket-Protocol: mqtt\r\nOrigin: https://app.example.com\r\n"), 101, "", "mqtt"},

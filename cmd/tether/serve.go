@@ -315,7 +315,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(broker.NewCollector(b))
 	httpLimit := listeners.NewHTTPLimit(cfg.Limits.HTTPMaxBodyBytes)
-	reg.MustRegister(a.store.Collector(), pubLimit, backpressure, retained, b.Limits, httpLimit)
+	reg.MustRegister(a.store.Collector(), pubLimit, backpressure, retained, b.Limits, b.Handshakes, httpLimit)
 	reg.MustRegister(a.auth, bans)
 	reg.MustRegister(a.data.collectors()...)
 	httpMetrics := dashboard.NewHTTPMetrics()
