@@ -128,7 +128,7 @@ func (p *OriginPolicy) check(r *http.Request, secure bool) *originRefusal {
 	if !ok || origin != own {
 		ref := &originRefusal{reason: "origin", own: own,
 			setting: "http.public_url or http.allowed_origins",
-			msg: fmt.Sprintf("the page's origin %s is not this server's origin %s", origin, own)}
+			msg:     fmt.Sprintf("the page's origin %s is not this server's origin %s", origin, own)}
 		if p.public != "" {
 			ref.msg += " nor http.public_url " + p.public
 		}
@@ -221,8 +221,13 @@ func normalizeOrigin(scheme, hostport string) (string, bool) {
 			return "", false
 		}
 		host, port = h, p
-	} else {
-		host = strings.Trim(host, "[]")
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if strings.Contains(host, ":") {
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+			return "", false // only an IPv6 literal holds colons
+		}
 	}
 	host = strings.TrimSuffix(host, ".")
 	if host == "" {
