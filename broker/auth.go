@@ -264,7 +264,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		a.fresh(c)
 	}
 	a.m.logins.WithLabelValues(c.id.Kind, transport).Inc()
-	a.log.Debug("client authenticated", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name, "via", c.id.Via, "transport", transport)
+	a.log.Debug("client authenticated", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name, "via", c.id.Via, "transport", transport, "remote", cl.Net.Remote)
 	return nil
 }
 

@@ -153,11 +153,15 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		ConnectionRatePerIP: cfg.Limits.ConnectionRatePerIP,
 	})
 	lim := b.Limits
+	balancers, err := listeners.ParseProxies(cfg.MQTT.ProxyProtocolFrom)
+	if err != nil {
+		return nil, fmt.Errorf("broker: mqtt.proxy_protocol_from: %w", err)
+	}
 	if cfg.MQTT.Addr != configs.Off {
-		b.TCP = listeners.NewTCP(cfg.MQTT.Addr, &listeners.TCPOptions{ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim})
+		b.TCP = listeners.NewTCP(cfg.MQTT.Addr, &listeners.TCPOptions{ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
 	}
 	if opts.TLS != nil && cfg.MQTT.TLSAddr != configs.Off {
-		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim})
+		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
 	}
 	proxies, err := listeners.ParseProxies(cfg.HTTP.TrustedProxies)
 	if err != nil {

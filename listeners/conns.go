@@ -104,6 +104,7 @@ func (c *conns) hand(conn net.Conn) error {
 	if !ok {
 		c.mu.Unlock()
 		c.stats.Refused.Add(1)
+		c.log.Debug("mqtt connection refused by a connection limit", "transport", c.id, "remote", conn.RemoteAddr().String())
 		conn.Close()
 		return ErrLimited
 	}
@@ -135,9 +136,7 @@ func (c *conns) hand(conn net.Conn) error {
 	}
 	err := c.establish(c.id, ec)
 	_ = ec.Close()
-	if err != nil {
-		c.log.Debug("mqtt connection ended", "transport", c.id, "remote", conn.RemoteAddr().String(), "error", err)
-	}
+	c.log.Debug("mqtt connection ended", "transport", c.id, "remote", conn.RemoteAddr().String(), "error", err)
 	return err
 }
 

@@ -1,11 +1,13 @@
 package listeners
 
 import (
+	"bufio"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -16,8 +18,9 @@ import (
 // It implements the engine's listeners.Listener.
 type TCP struct {
 	*conns
-	addr string
-	tls  *tls.Config
+	addr     string
+	tls      *tls.Config
+	proxyHdr *Proxies
 
 	// lmu guards the fields below.
 	lmu     sync.Mutex
@@ -41,6 +44,9 @@ type TCPOptions struct {
 	// Limits admits or refuses each new connection (see Limiter); nil
 	// means no limits. Share one Limiter among a broker's listeners.
 	Limits *Limiter
+	// ProxyProtocolFrom are the load balancers whose PROXY protocol
+	// header (v1 or v2) is read (mqtt.proxy_protocol_from); nil: nobody's.
+	ProxyProtocolFrom *Proxies
 }
 
 // NewTCP returns a listener for addr ("host:port"; port 0 picks one).
@@ -52,7 +58,8 @@ func NewTCP(addr string, opts *TCPOptions) *TCP {
 	if opts.TLS != nil {
 		id = TLSTransport
 	}
-	l := &TCP{conns: newConns(id, connectTimeout(opts.ConnectTimeout), opts.MaxPacketSize), addr: addr, tls: opts.TLS}
+	l := &TCP{conns: newConns(id, connectTimeout(opts.ConnectTimeout), opts.MaxPacketSize), addr: addr, tls: opts.TLS,
+		proxyHdr: opts.ProxyProtocolFrom}
 	l.limits = opts.Limits
 	return l
 }
@@ -96,9 +103,6 @@ func (l *TCP) Init(log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen %s on %s: %w", l.id, l.addr, err)
 	}
-	if l.tls != nil {
-		ln = tls.NewListener(ln, l.tls)
-	}
 	l.lmu.Lock()
 	l.ln = ln
 	l.lmu.Unlock()
@@ -133,8 +137,40 @@ func (l *TCP) Serve(establish mqttl.EstablishFn) {
 			continue
 		}
 		backoff = 0
-		go l.hand(conn)
+		go l.accept(conn)
 	}
+}
+
+// accept reads a PROXY protocol header from a trusted load balancer,
+// starts TLS on a TLS listener (the handshake runs on the engine's first
+// read, within the connect timeout), and hands the connection on.
+func (l *TCP) accept(conn net.Conn) {
+	if !l.proxyHdr.Empty() {
+		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && l.proxyHdr.Contains(ap.Addr().Unmap()) {
+			if l.connectTimeout > 0 {
+				_ = conn.SetReadDeadline(time.Now().Add(l.connectTimeout))
+			}
+			br := bufio.NewReader(conn)
+			src, present, err := readProxyHeader(br)
+			_ = conn.SetReadDeadline(time.Time{})
+			if err != nil {
+				l.stats.Refused.Add(1)
+				l.log.Debug("mqtt connection refused: PROXY protocol header", "transport", l.id,
+					"remote", conn.RemoteAddr().String(), "error", err)
+				conn.Close()
+				return
+			}
+			pc := &proxiedConn{Conn: conn, r: br, remote: conn.RemoteAddr()}
+			if present && src != nil {
+				pc.remote = src
+			}
+			conn = pc
+		}
+	}
+	if l.tls != nil {
+		conn = tls.Server(conn, l.tls)
+	}
+	_ = l.hand(conn)
 }
 
 // Stop refuses new connections and closes the socket; live connections go

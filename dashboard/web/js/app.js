@@ -81,9 +81,25 @@ function route() {
 const conn = document.getElementById('conn');
 const connText = { online: 'Live', connecting: 'Reconnecting…', offline: 'Offline' };
 let wasOnline = false;
+const connTitle = conn.title;
 live.onState((st) => {
   conn.dataset.state = st;
-  conn.lastElementChild.textContent = connText[st];
+  conn.lastElementChild.textContent = st !== 'online' && live.reason ? 'Not connected' : connText[st];
+  conn.title = live.reason || connTitle;
+  // Why the page cannot connect, when the server said: under the header.
+  let why = document.getElementById('conn-reason');
+  if (live.reason && st !== 'online') {
+    if (!why) {
+      why = document.createElement('p');
+      why.id = 'conn-reason';
+      why.className = 'notice';
+      why.setAttribute('role', 'alert');
+      document.getElementById('top').after(why);
+    }
+    why.textContent = live.reason;
+  } else if (why) {
+    why.remove();
+  }
   // Status changes missed while disconnected (and retained statuses the
   // broker could not queue in one burst) come from the registry.
   if (st === 'online' && wasOnline && fleet.loaded) fleet.load(true).catch(() => {});

@@ -20,6 +20,9 @@ class Live {
     this.received = 0;        // messages received, for the measurements
     this.connects = 0;        // successful connects (reconnects after the first)
     this.lastClose = '';      // why the last connection ended, when the broker said
+    this.reason = '';         // why the connection cannot be made, when the server said (see diagnose)
+    this.failures = 0;        // attempts in a row that ended before CONNACK
+    this.probing = false;
   }
 
   connect(s) {
@@ -32,7 +35,10 @@ class Live {
       username: s.username,
       password: s.token,
       clean: true,
-      keepalive: 30,
+      // A background tab runs timers about once a minute, so a PINGREQ
+      // may go out up to 60 s late; the broker waits 1.5 keep alives, and
+      // 120 s + 60 s late is within 180 s.
+      keepalive: 120,
       reconnectPeriod: 2000,
       connectTimeout: 10000,
       resubscribe: false, // done here, from this.subs, on every connect
@@ -42,15 +48,24 @@ class Live {
       timerVariant: 'native',
     });
     this.client = client;
+    let connected = false;
     client.on('connect', () => {
+      connected = true;
       this.connects++;
+      this.failures = 0;
+      this.setReason('');
       this.setState('online');
       const filters = [...this.subs.keys()];
       if (filters.length) client.subscribe(filters, { ...SUB_OPTS });
     });
     client.on('reconnect', () => this.setState('connecting'));
     client.on('disconnect', (pk) => { this.lastClose = 'DISCONNECT reason ' + (pk && pk.reasonCode); });
-    client.on('close', () => { if (this.client === client) this.setState(client.reconnecting ? 'connecting' : 'offline'); });
+    client.on('close', () => {
+      if (this.client !== client) return;
+      if (!connected) { this.failures++; this.diagnose(); }
+      connected = false;
+      this.setState(client.reconnecting ? 'connecting' : 'offline');
+    });
     client.on('offline', () => this.setState('offline'));
     client.on('error', (err) => {
       // CONNACK refusals: MQTT 5 0x86 bad user name or password, 0x87 not
@@ -61,6 +76,37 @@ class Live {
       }
     });
     client.on('message', (topic, payload, packet) => this.dispatch(topic, payload, packet));
+  }
+
+  // diagnose asks the server why the WebSocket failed: a browser does not
+  // show a page the status of a refused upgrade. GET /mqtt?origin=O says
+  // whether a page of origin O is let in, and if not why and which
+  // setting would allow it.
+  async diagnose() {
+    if (this.probing) return;
+    this.probing = true;
+    try {
+      const res = await fetch('/mqtt?origin=' + encodeURIComponent(location.origin), { cache: 'no-store', credentials: 'omit' });
+      let body = null;
+      try { body = await res.json(); } catch (e) { /* not Tether's answer */ }
+      if (body && body.ok === false) {
+        this.setReason('The server refuses this page\'s connection: ' + body.message + (body.setting ? ' (setting: ' + body.setting + ')' : ''));
+      } else if (body && body.ok && this.failures >= 2) {
+        this.setReason('The WebSocket connection to /mqtt fails although the server accepts this page: a proxy in between must pass WebSocket upgrades (see deploy/ in Tether\'s repository).');
+      } else if (!body && this.failures >= 2) {
+        this.setReason('The connection to /mqtt fails; the server answered ' + res.status + ' ' + res.statusText + '.');
+      }
+    } catch (e) {
+      this.setReason(''); // the server is unreachable: a restart, or the network; keep trying
+    } finally {
+      this.probing = false;
+    }
+  }
+
+  setReason(r) {
+    if (r === this.reason) return;
+    this.reason = r;
+    for (const f of this.stateFns) f(this.state);
   }
 
   dispatch(topic, payload, packet) {
@@ -107,6 +153,8 @@ class Live {
       this.client = null;
       c.end(true);
     }
+    this.failures = 0;
+    this.setReason('');
     this.setState('offline');
   }
 }
