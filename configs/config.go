@@ -81,6 +81,8 @@ type HTTP struct {
 type TLS struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
+	// ReloadInterval: how often the files are checked for a renewal.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
 }
 
 // Auth configures who may connect.
@@ -181,6 +183,7 @@ func Default() Config {
 			TrustedProxies:   []string{},
 			HandshakeTimeout: 10 * time.Second,
 		},
+		TLS:       TLS{ReloadInterval: 10 * time.Second},
 		Auth:      Auth{TokenTTL: 12 * time.Hour, Rules: []Rule{}},
 		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20, Topics: []TelemetryTopic{}},
 		Audit:     Audit{Retention: 90 * 24 * time.Hour},
@@ -306,6 +309,7 @@ func (c *Config) Validate() error {
 	}{
 		{"mqtt.connect_timeout", c.MQTT.ConnectTimeout}, {"mqtt.shutdown_grace", c.MQTT.ShutdownGrace},
 		{"http.handshake_timeout", c.HTTP.HandshakeTimeout}, {"auth.token_ttl", c.Auth.TokenTTL},
+		{"tls.reload_interval", c.TLS.ReloadInterval},
 		{"telemetry.flush_interval", c.Telemetry.FlushInterval}, {"telemetry.retention", c.Telemetry.Retention},
 		{"audit.retention", c.Audit.Retention},
 		{"telemetry.rollup_retention", c.Telemetry.RollupRetention},

@@ -165,6 +165,9 @@ type app struct {
 
 	httpLn, httpsLn net.Listener
 	httpSrv         []*http.Server
+	// cert is the TLS certificate, reloaded on SIGHUP and file changes
+	// (watchCert); nil without TLS.
+	cert *listeners.Certificate
 
 	// hup are called on SIGHUP (reload.go); load reads the
 	// configuration again; stopHangup ends the handler.
@@ -198,12 +201,15 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		}
 	}()
 	var tlsConf *tls.Config
+	var tlsNames func() []string
 	if cfg.TLSEnabled() {
-		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
-		if err != nil {
-			return nil, fmt.Errorf("tls: load certificate %s and key %s: %w", cfg.TLS.Cert, cfg.TLS.Key, err)
+		// New connections get the pair as it is now: renewed files are
+		// picked up on SIGHUP and when they change (see a.watchCert).
+		if a.cert, err = listeners.LoadCertificate(cfg.TLS.Cert, cfg.TLS.Key, log); err != nil {
+			return nil, err
 		}
-		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		tlsConf = &tls.Config{GetCertificate: a.cert.GetCertificate, MinVersion: tls.VersionTLS12}
+		tlsNames = a.cert.Names
 	}
 	// Bind the HTTP listeners before the broker starts, so a port in use
 	// stops start-up before any MQTT client is let in, and try the MQTT
@@ -295,7 +301,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		DeviceRate: cfg.Limits.DevicePublishRate, DeviceBurst: cfg.Limits.DevicePublishBurst, Identity: a.auth.Identity})
 	backpressure := broker.NewBackpressure(cfg.MQTT.BackpressureWait)
 	retained := broker.NewRetained() // a SUBSCRIBE gets all its retained messages
-	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit}, a.data.hooks()...), backpressure, retained, a.store)})
+	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, TLSNames: tlsNames, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit}, a.data.hooks()...), backpressure, retained, a.store)})
 	if err != nil {
 		return nil, brokerListenError(cfg, err)
 	}
@@ -383,7 +389,26 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 	if a.httpsLn != nil {
 		serve(a.httpsLn, b.SecureWebSocketHandler(), true)
 	}
+	a.watchCert()
 	return a, nil
+}
+
+// watchCert reloads the TLS certificate for new connections on SIGHUP
+// (a hook of the one handler, see reload.go) and when its files change,
+// until shutdown.
+func (a *app) watchCert() {
+	if a.cert == nil {
+		return
+	}
+	a.hup = append(a.hup, func() {
+		a.log.Info("SIGHUP: reloading the TLS certificate", "cert", a.cfg.TLS.Cert, "key", a.cfg.TLS.Key)
+		_ = a.cert.Reload()
+	})
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.cert.Watch(a.cfg.TLS.ReloadInterval, a.stopHangup)
+	}()
 }
 
 // shutdown stops the broker first (it refuses new MQTT connections,
