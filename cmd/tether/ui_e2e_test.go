@@ -12,6 +12,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -40,8 +41,9 @@ import (
 const uiAdminPassword = "admin-e2e-password"
 
 // uiBrowser returns a chromedp context on a fresh headless chromium, or
-// skips (fails in CI) when there is none.
-func uiBrowser(t *testing.T) context.Context {
+// skips (fails in CI) when there is none. extra options are added to the
+// defaults (e.g. a host resolver rule).
+func uiBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	path := os.Getenv("TETHER_CHROMIUM")
 	if path == "" {
@@ -82,6 +84,7 @@ func uiBrowser(t *testing.T) context.Context {
 		chromedp.Flag("metrics-recording-only", true),
 		chromedp.Flag("no-proxy-server", true),
 	}
+	opts = append(opts, extra...)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancel(); cancelAlloc() })
@@ -188,8 +191,15 @@ type uiDevice struct {
 
 func connectDevice(t *testing.T, mqttAddr, id, secret string) *uiDevice {
 	t.Helper()
+	return connectDeviceURL(t, "tcp://"+mqttAddr, nil, id, secret)
+}
+
+// connectDeviceURL connects a device to a broker URL (tcp://, ssl://,
+// ws://, wss://), with tlsConf for the secure ones.
+func connectDeviceURL(t *testing.T, broker string, tlsConf *tls.Config, id, secret string) *uiDevice {
+	t.Helper()
 	d := &uiDevice{id: id, desired: make(chan map[string]any, 16)}
-	opts := paho.NewClientOptions().AddBroker("tcp://" + mqttAddr).
+	opts := paho.NewClientOptions().AddBroker(broker).SetTLSConfig(tlsConf).
 		SetClientID(id).SetUsername(id).SetPassword(secret).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
 	opts.SetOnConnectHandler(func(c paho.Client) {
