@@ -26,6 +26,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/tether-iot/tether/configs"
 )
 
@@ -400,4 +402,23 @@ func TestCertificateRenewal(t *testing.T) {
 	if s := old.ConnectionState().PeerCertificates[0].SerialNumber.Text(16); s != first {
 		t.Fatalf("old connection's certificate %s", s)
 	}
+}
+
+// TestUIShowsRefusedUpgrade: a page the server refuses to upgrade (here a
+// name it is not known by, as DNS rebinding would bring) says why, not
+// "Reconnecting…" forever.
+func TestUIShowsRefusedUpgrade(t *testing.T) {
+	a := uiApp(t, t.TempDir())
+	ctx := uiBrowser(t, chromedp.Flag("host-resolver-rules", "MAP rebind.example 127.0.0.1"))
+	base := "http://rebind.example:" + port(a.httpAddr())
+	step(t, ctx, "log in", chromedp.Navigate(base+"/#/login"),
+		chromedp.WaitVisible(chromedp.CSS("#login-form")),
+		chromedp.SendKeys(chromedp.CSS(`input[name=username]`), "admin"),
+		chromedp.SendKeys(chromedp.CSS(`input[name=password]`), uiAdminPassword),
+		chromedp.Click(chromedp.CSS("#login-submit")),
+		chromedp.WaitVisible(chromedp.CSS("#n-online")))
+	step(t, ctx, "the reason is shown",
+		waitJS(`(document.querySelector('#conn-reason') || {}).textContent?.includes('DNS rebinding')`),
+		waitJS(`document.querySelector('#conn').textContent.includes('Not connected')`),
+		waitJS(`document.querySelector('#conn-reason').textContent.includes('http.public_url')`))
 }
