@@ -36,10 +36,10 @@ import (
 // server names decide which names reach Tether (the configurations in
 // deploy/ refuse the others); http.public_url pins the one public name.
 type OriginPolicy struct {
-	// Public is the origin of http.public_url, "scheme://host[:port]"
+	// public is the origin of http.public_url, "scheme://host[:port]"
 	// normalized; "" when unset.
 	public string
-	// publicHost is Public's host name.
+	// publicHost is public's host name.
 	publicHost string
 	patterns   []string
 	proxies    *Proxies

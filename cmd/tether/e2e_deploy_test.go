@@ -190,7 +190,10 @@ func TestDeployNginx(t *testing.T) {
 	ctx := uiBrowser(t, chromedp.Flag("ignore-certificate-errors", true))
 	step(t, ctx, "log in through nginx", loginSteps(base, "admin", uiAdminPassword)...)
 	step(t, ctx, "the page's MQTT is wss:// through nginx",
-		waitJS(`window.tetherLive.client && window.tetherLive.client.options.protocol === 'wss' && window.tetherLive.client.connected`))
+		waitJS(`window.tetherLive.client && window.tetherLive.client.options.protocol === 'wss' && window.tetherLive.client.connected`),
+		// A background tab runs timers about once a minute: the keep alive
+		// must outlast that (see live.js).
+		waitJS(`window.tetherLive.client.options.keepalive >= 120`))
 	step(t, ctx, "device page", chromedp.Navigate(base+"/#/devices/gate-3"),
 		chromedp.WaitVisible(chromedp.CSS("#commands")))
 	wss := "wss://localhost:" + httpsPort + "/mqtt"
