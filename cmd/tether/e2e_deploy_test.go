@@ -193,7 +193,7 @@ func TestDeployNginx(t *testing.T) {
 		waitJS(`window.tetherLive.client && window.tetherLive.client.options.protocol === 'wss' && window.tetherLive.client.connected`),
 		// A background tab runs timers about once a minute: the keep alive
 		// must outlast that (see live.js).
-		waitJS(`window.tetherLive.client.options.keepalive >= 120`))
+		waitJS(`window.tetherLive.client.options.keepalive >= 300`))
 	step(t, ctx, "device page", chromedp.Navigate(base+"/#/devices/gate-3"),
 		chromedp.WaitVisible(chromedp.CSS("#commands")))
 	wss := "wss://localhost:" + httpsPort + "/mqtt"

@@ -35,10 +35,11 @@ class Live {
       username: s.username,
       password: s.token,
       clean: true,
-      // A background tab runs timers about once a minute, so a PINGREQ
-      // may go out up to 60 s late; the broker waits 1.5 keep alives, and
-      // 120 s + 60 s late is within 180 s.
-      keepalive: 120,
+      // A background tab runs timers about once a minute. MQTT.js sends
+      // PINGREQ on the second tick of a keepalive/2 timer, each tick up to
+      // a minute late there: within 300 + 120 s, inside the broker's
+      // 1.5 x 300 = 450 s. (Under 60 s the connection drops.)
+      keepalive: 300,
       reconnectPeriod: 2000,
       connectTimeout: 10000,
       resubscribe: false, // done here, from this.subs, on every connect
