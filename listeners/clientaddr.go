@@ -127,9 +127,10 @@ func (p *Proxies) forwardedScheme(r *http.Request) (string, bool) {
 }
 
 // forwardedHost is the host (with any port) a trusted proxy says the
-// client asked for: X-Forwarded-Host (with X-Forwarded-Port when the host
-// has no port), else the host= of the nearest Forwarded element; "" when
-// the peer is not trusted or says nothing.
+// client asked for: X-Forwarded-Host, else the host= of the nearest
+// Forwarded element, else, when only X-Forwarded-Port is sent, the Host;
+// with X-Forwarded-Port when the host has no port. "" when the peer is
+// not trusted or says nothing.
 func (p *Proxies) forwardedHost(r *http.Request) string {
 	if !p.Trusts(r) {
 		return ""
@@ -140,10 +141,14 @@ func (p *Proxies) forwardedHost(r *http.Request) string {
 			host = els[len(els)-1]["host"]
 		}
 	}
+	port := lastListValue(r.Header, "X-Forwarded-Port")
+	if host == "" && port != "" {
+		host = r.Host // AWS ALB: the Host as it was, and the port apart
+	}
 	if host == "" {
 		return ""
 	}
-	if port := lastListValue(r.Header, "X-Forwarded-Port"); port != "" && !hasPort(host) {
+	if port != "" && !hasPort(host) {
 		host = net.JoinHostPort(strings.Trim(host, "[]"), port)
 	}
 	return host
