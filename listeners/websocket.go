@@ -188,7 +188,7 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Accept has written the response.
 		l.stats.Refused.Add(1)
-		l.opts.Failures.refused(l.log, RefusedHandshake, l.refusalAttrs(r, "", "error", err.Error())...)
+		l.opts.Failures.refused(l.log, RefusedHandshake, l.refusalAttrs(r, "", "error", clip(err.Error()))...)
 		return
 	}
 	if c.Subprotocol() == "" {
