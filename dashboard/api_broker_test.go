@@ -92,7 +92,13 @@ func TestClientsAndBrokerStats(t *testing.T) {
 		}
 		all = append(all, l.Clients...)
 		if cursor = l.NextCursor; cursor == "" {
-			if len(all) == 5 || time.Now().After(deadline) {
+			attached := len(all) == 5
+			for _, c := range all {
+				// The clock records a session once the engine has
+				// established it, just after it is listed.
+				attached = attached && c.ConnectedSince != nil
+			}
+			if attached || time.Now().After(deadline) {
 				break
 			}
 			all = nil // a session was still attaching: list again
