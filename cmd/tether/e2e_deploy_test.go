@@ -152,7 +152,9 @@ func TestDeployNginx(t *testing.T) {
 	httpsPort, httpPort := port(freeAddr(t)), port(freeAddr(t))
 	startNginx(t, bin, dir, renderNginx(t, dir, httpPort, httpsPort, cert, key, p.http))
 	base := "https://localhost:" + httpsPort
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr}
 	checkFor(t, 10*time.Second, func() error {
 		res, err := client.Get(base + "/healthz")
 		if err != nil {
@@ -178,9 +180,7 @@ func TestDeployNginx(t *testing.T) {
 
 	// The dashboard in Chromium: login, live status, live telemetry and a
 	// command, its MQTT over wss:// through nginx.
-	api := &apiClient{t: t, base: base}
-	http.DefaultTransport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool}
-	t.Cleanup(func() { http.DefaultTransport.(*http.Transport).TLSClientConfig = nil })
+	api := &apiClient{t: t, base: base, hc: client}
 	var r struct{ Token string }
 	api.do("POST", "/auth/login", map[string]string{"username": "admin", "password": uiAdminPassword}, &r)
 	api.token = r.Token

@@ -139,6 +139,15 @@ type apiClient struct {
 	t     *testing.T
 	base  string
 	token string
+	// hc is the HTTP client; nil means http.DefaultClient.
+	hc *http.Client
+}
+
+func (c *apiClient) client() *http.Client {
+	if c.hc != nil {
+		return c.hc
+	}
+	return http.DefaultClient
 }
 
 func uiLogin(t *testing.T, base, user, password string) *apiClient {
@@ -165,7 +174,7 @@ func (c *apiClient) do(method, path string, body, out any) {
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := c.client().Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -530,7 +539,7 @@ func (c *apiClient) status(method, path string, body any) int {
 	req, _ := http.NewRequest(method, c.base+"/api/v1"+path, bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+c.token)
-	res, err := http.DefaultClient.Do(req)
+	res, err := c.client().Do(req)
 	if err != nil {
 		c.t.Fatal(err)
 	}
