@@ -135,9 +135,6 @@ func startNginx(t *testing.T, bin, dir, conf string) {
 	})
 }
 
-// port is an address's port.
-func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
-
 // TestDeployNginx: the dashboard, MQTT.js and paho through Debian's nginx
 // with deploy/nginx/tether.conf, TLS on nginx, all MQTT over wss://.
 func TestDeployNginx(t *testing.T) {
