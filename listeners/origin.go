@@ -19,9 +19,11 @@ import (
 // MQTT client that is not a browser) are not concerned.
 //
 // An upgrade with an Origin passes when
-//   - the Origin is http.public_url, or matches http.allowed_origins; or
-//   - the Origin is the request's own origin (scheme, host and port, a
-//     default port equal to none) and the server is known by that host:
+//   - the Origin is http.public_url's host and port, or matches
+//     http.allowed_origins; or
+//   - the Origin is the request's own origin (host and port, a default
+//     port equal to none; the scheme is not compared, see sameHostPort)
+//     and the server is known by that host:
 //     an IP literal, localhost, the machine's host name, a name of the TLS
 //     certificate, or a host that a trusted proxy forwarded.
 //
@@ -107,7 +109,7 @@ func (p *OriginPolicy) check(r *http.Request, secure bool) *originRefusal {
 		return &originRefusal{reason: "origin", setting: "http.allowed_origins",
 			msg: fmt.Sprintf("the Origin header %q is not a web origin", raw)}
 	}
-	if p.public != "" && origin == p.public {
+	if p.public != "" && sameHostPort(origin, p.public) {
 		return nil
 	}
 	if p.allowedPattern(u) {
@@ -125,7 +127,7 @@ func (p *OriginPolicy) check(r *http.Request, secure bool) *originRefusal {
 		host, forwarded = h, true
 	}
 	own, ok := normalizeOrigin(scheme, host)
-	if !ok || origin != own {
+	if !ok || !sameHostPort(origin, own) {
 		ref := &originRefusal{reason: "origin", own: own,
 			setting: "http.public_url or http.allowed_origins",
 			msg:     fmt.Sprintf("the page's origin %s is not this server's origin %s", origin, own)}
@@ -243,6 +245,31 @@ func normalizeOrigin(scheme, hostport string) (string, bool) {
 		return scheme + "://" + host + ":" + port, true
 	}
 	return scheme + "://" + host, true
+}
+
+// sameHostPort reports whether two normalized origins have the same host
+// and port, a missing port being the scheme's default. The scheme itself
+// is not compared, as browsers' WebSocket libraries on the server side
+// (gorilla, coder/websocket) do not: Python's paho-mqtt 1.x sends
+// "Origin: https://host:port" on ws:// connections too.
+func sameHostPort(a, b string) bool {
+	ah, ap := hostPortOf(a)
+	bh, bp := hostPortOf(b)
+	return ah == bh && ap == bp
+}
+
+// hostPortOf is a normalized origin's host and port (the scheme's
+// default when none is written).
+func hostPortOf(origin string) (host, port string) {
+	scheme, hp, _ := strings.Cut(origin, "://")
+	if hasPort(hp) {
+		host, port, _ = net.SplitHostPort(hp)
+		return host, port
+	}
+	if scheme == "https" {
+		return strings.Trim(hp, "[]"), "443"
+	}
+	return strings.Trim(hp, "[]"), "80"
 }
 
 // hostOf is the host name of a normalized origin, without brackets.
