@@ -312,19 +312,19 @@ func TestCertificateRenewal(t *testing.T) {
 	var tlsAddr, httpsAddr string
 	checkFor(t, 10*time.Second, func() error {
 		for _, line := range strings.Split(p.logText(), "\n") {
-			var l struct{ Msg, Transport, Scheme, Addr string }
-			if json.Unmarshal([]byte(line), &l) != nil {
+			var l struct {
+				Msg     string `json:"msg"`
+				MQTTTLS string `json:"mqtt_tls"`
+				HTTPS   string `json:"https"`
+			}
+			if json.Unmarshal([]byte(line), &l) != nil || !strings.HasPrefix(l.Msg, "tether ready") {
 				continue
 			}
-			if l.Msg == "mqtt listening" && l.Transport == "tls" {
-				tlsAddr = l.Addr
-			}
-			if l.Msg == "http listening" && l.Scheme == "https" {
-				httpsAddr = l.Addr
-			}
+			tlsAddr = strings.TrimPrefix(l.MQTTTLS, "tls://")
+			httpsAddr = strings.TrimSuffix(strings.TrimPrefix(l.HTTPS, "https://"), "/")
 		}
 		if tlsAddr == "" || httpsAddr == "" {
-			return errString("no TLS and HTTPS addresses in the log")
+			return errString("no TLS and HTTPS addresses in the ready line")
 		}
 		return nil
 	})
