@@ -13,7 +13,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -45,24 +44,6 @@ func startLoggedApp(t *testing.T, cfg configs.Config) (*app, *syncBuffer) {
 	return a, buf
 }
 
-// metricValue reads one sample from /metrics, e.g.
-// `tether_ws_handshake_failures_total{reason="origin"}`.
-func metricValue(t *testing.T, httpAddr, sample string) string {
-	t.Helper()
-	res, err := http.Get("http://" + httpAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, sample+" "); ok {
-			return v
-		}
-	}
-	return ""
-}
-
 // TestRefusedUpgradeLoggedAndCounted: a refused upgrade says why in its
 // body, is counted by reason, and is logged once a minute per reason with
 // the origin, host, peer and the setting that would allow it.
@@ -86,10 +67,10 @@ func TestRefusedUpgradeLoggedAndCounted(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "DNS rebinding") {
 		t.Fatalf("rebinding: %d %q", resp.StatusCode, body)
 	}
-	if v := metricValue(t, host, `tether_ws_handshake_failures_total{reason="origin"}`); v != "3" {
+	if v := metricValue(t, a, `tether_ws_handshake_failures_total{reason="origin"}`); v != "3" {
 		t.Errorf("origin refusals counted %q, want 3", v)
 	}
-	if v := metricValue(t, host, `tether_ws_handshake_failures_total{reason="host"}`); v != "1" {
+	if v := metricValue(t, a, `tether_ws_handshake_failures_total{reason="host"}`); v != "1" {
 		t.Errorf("host refusals counted %q, want 1", v)
 	}
 	text := logs.String()
@@ -128,7 +109,7 @@ func TestRefusedUpgradeLoggedAndCounted(t *testing.T) {
 			t.Errorf("probe %s: %+v %v", tt.origin, ans, err)
 		}
 	}
-	if v := metricValue(t, host, `tether_ws_handshake_failures_total{reason="origin"}`); v != "3" {
+	if v := metricValue(t, a, `tether_ws_handshake_failures_total{reason="origin"}`); v != "3" {
 		t.Errorf("the probe counted as a refusal: %q", v)
 	}
 }

@@ -485,7 +485,8 @@ func newBans(cfg configs.Config, audit *devices.Audit) *devices.Bans {
 	for _, list := range []struct {
 		in  []string
 		out *[]*net.IPNet
-	}{{cfg.Security.BanExempt, &o.Exempt}, {cfg.HTTP.TrustedProxies, &o.TrustedProxies}} {
+	}{{cfg.Security.BanExempt, &o.Exempt}, {cfg.HTTP.TrustedProxies, &o.TrustedProxies},
+		{cfg.MQTT.ProxyProtocolFrom, &o.TrustedProxies}} { // a balancer is not banned for its clients
 		for _, p := range list.in {
 			if n, err := configs.ParseCIDROrIP(p); err == nil {
 				*list.out = append(*list.out, n)
