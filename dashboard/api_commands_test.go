@@ -77,7 +77,7 @@ func newDataEnv(t *testing.T) *dataEnv {
 		reg.Close()
 		db.Close()
 	})
-	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins = tel, ch, th })
+	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins, o.Broker = tel, ch, th, b })
 	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel}
 }
 

@@ -1,0 +1,198 @@
+package dashboard
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/devices"
+)
+
+// ExportFormat names the layout of GET /devices/{id}/export.
+const ExportFormat = "tether.device-export.v1"
+
+// exportSession is the device's MQTT session as the broker holds it.
+type exportSession struct {
+	ClientID        string               `json:"client_id"`
+	Online          bool                 `json:"online"`
+	Transport       string               `json:"transport"`
+	Remote          string               `json:"remote"`
+	ProtocolVersion int                  `json:"protocol_version"`
+	CleanStart      bool                 `json:"clean_start"`
+	ExpiryInterval  uint32               `json:"expiry_interval"` // seconds, MQTT 5
+	Inflight        int                  `json:"inflight"`
+	Subscriptions   []exportSubscription `json:"subscriptions"`
+}
+
+type exportSubscription struct {
+	Filter string `json:"filter"`
+	QoS    byte   `json:"qos"`
+}
+
+// exportDevice: GET /devices/{id}/export (admin). Everything stored about
+// the device, its secret excepted, as one JSON document:
+//
+//	{"format","exported_at","exported_by","device","twin","session",
+//	 "commands":[...],"telemetry":[...]}
+//
+// Commands and telemetry are written row by row as they are read, a page
+// at a time, so a device with millions of points is never held in memory.
+// A failure once the document has begun cuts it short: the client sees
+// JSON that does not parse, never a document that looks complete.
+func (a *API) exportDevice(w http.ResponseWriter, r *http.Request) error {
+	if a.telemetry == nil || a.commands == nil || a.twins == nil {
+		return unavailable("device data")
+	}
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	d, err := a.reg.Device(ctx, id)
+	if err != nil {
+		return registryError(err, "device")
+	}
+	tw, err := a.twins.Store().Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("export %s: twin: %w", id, err)
+	}
+
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s-export.json"`, id))
+	w.WriteHeader(http.StatusOK)
+	ew := &exportWriter{w: w, enc: json.NewEncoder(w)}
+	ew.raw(`{"format":`)
+	ew.value(ExportFormat)
+	ew.raw(`,"exported_at":`)
+	ew.value(a.now().UTC())
+	ew.raw(`,"exported_by":`)
+	ew.value(identity(r).Name)
+	ew.raw(`,"device":`)
+	ew.value(d)
+	ew.raw(`,"twin":`)
+	ew.value(tw)
+	ew.raw(`,"session":`)
+	ew.value(a.exportSession(id))
+
+	ew.raw(`,"commands":[`)
+	for cursor, first := "", true; ew.err == nil && (first || cursor != ""); first = false {
+		var page []devices.Command
+		if page, cursor, err = a.commands.Store().List(ctx, id, 1000, cursor); err != nil {
+			return fmt.Errorf("export %s: commands: %w", id, err)
+		}
+		for _, c := range page {
+			ew.row(c)
+		}
+	}
+	ew.raw(`],"telemetry":[`)
+	ew.first = true
+	if err := a.exportTelemetry(ew, r, id); err != nil {
+		return err
+	}
+	ew.raw("]}\n")
+	if ew.err != nil {
+		return fmt.Errorf("export %s: write: %w", id, ew.err)
+	}
+	return nil
+}
+
+// exportTelemetry writes every stored point of id in time order, a page of
+// devices.MaxTelemetryPoints at a time. Points of one millisecond may span
+// two pages: the next page starts at the last page's final millisecond and
+// skips the points of it already written.
+func (a *API) exportTelemetry(ew *exportWriter, r *http.Request, id string) error {
+	from, to := time.UnixMilli(0), time.UnixMilli(1<<53) // every timestamp a device can give
+	skip := 0
+	for ew.err == nil {
+		page, err := a.telemetry.Points(r.Context(), id, from, to, devices.MaxTelemetryPoints)
+		if err != nil {
+			return fmt.Errorf("export %s: telemetry: %w", id, err)
+		}
+		if skip > len(page) {
+			skip = len(page)
+		}
+		for _, p := range page[skip:] {
+			ew.row(p)
+		}
+		if len(page) < devices.MaxTelemetryPoints {
+			return nil
+		}
+		last := page[len(page)-1].TS
+		same := 0
+		for i := len(page) - 1; i >= 0 && page[i].TS.Equal(last); i-- {
+			same++
+		}
+		if same == len(page) {
+			// A whole page in one millisecond: what is beyond the page in
+			// that millisecond cannot be reached by time; go on after it.
+			from, skip = last.Add(time.Millisecond), 0
+			continue
+		}
+		from, skip = last, same
+	}
+	return nil
+}
+
+// exportSession describes the broker's session for the device's client
+// id, or nil when it has none.
+func (a *API) exportSession(id string) *exportSession {
+	if a.broker == nil {
+		return nil
+	}
+	cl, ok := a.broker.Server.Clients.Get(id)
+	if !ok || cl.Net.Inline {
+		return nil
+	}
+	s := &exportSession{
+		ClientID:        cl.ID,
+		Online:          !cl.Closed(),
+		Transport:       broker.Transport(cl),
+		Remote:          cl.Net.Remote,
+		ProtocolVersion: int(cl.Properties.ProtocolVersion),
+		CleanStart:      cl.Properties.Clean,
+		ExpiryInterval:  cl.Properties.Props.SessionExpiryInterval,
+		Inflight:        cl.State.Inflight.Len(),
+		Subscriptions:   []exportSubscription{},
+	}
+	for filter, sub := range cl.State.Subscriptions.GetAll() {
+		s.Subscriptions = append(s.Subscriptions, exportSubscription{Filter: filter, QoS: sub.Qos})
+	}
+	sort.Slice(s.Subscriptions, func(i, j int) bool { return s.Subscriptions[i].Filter < s.Subscriptions[j].Filter })
+	return s
+}
+
+// exportWriter writes a JSON document piece by piece; the first error
+// stops all further writes.
+type exportWriter struct {
+	w     io.Writer
+	enc   *json.Encoder
+	first bool // the next row is the first of its array
+	err   error
+}
+
+func (e *exportWriter) raw(s string) {
+	if e.err == nil {
+		_, e.err = io.WriteString(e.w, s)
+	}
+	e.first = true
+}
+
+func (e *exportWriter) value(v any) {
+	if e.err == nil {
+		e.err = e.enc.Encode(v)
+	}
+}
+
+// row writes one element of the array being written.
+func (e *exportWriter) row(v any) {
+	if !e.first && e.err == nil {
+		_, e.err = io.WriteString(e.w, ",")
+	}
+	e.first = false
+	e.value(v)
+}
