@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,5 +137,73 @@ func TestExportDevice(t *testing.T) {
 	}
 	if doc.Session != nil || len(doc.Commands) != 0 || len(doc.Telemetry) != 1 || !strings.Contains(string(body), `"commands":[]`) {
 		t.Errorf("dev-2 export: %s", body)
+	}
+}
+
+// TestMeasureExportMemory exports devices with 100,000 and 1,000,000
+// points and reports the peak heap while the document streams: with the
+// export written a page at a time, the peak does not grow with the points.
+// A measurement, run only when asked:
+//
+//	TETHER_MEASURE=1 go test -run TestMeasureExportMemory -v ./dashboard
+func TestMeasureExportMemory(t *testing.T) {
+	if os.Getenv("TETHER_MEASURE") == "" {
+		t.Skip("a measurement: set TETHER_MEASURE=1 to run it")
+	}
+	e := newDataEnv(t)
+	base := time.Now().Add(-24 * time.Hour).Truncate(time.Millisecond)
+	for _, n := range []int{100_000, 1_000_000} {
+		id := fmt.Sprintf("big-%d", n)
+		e.createDevice(devices.NewDevice{ID: id})
+		for i := range n {
+			s := devices.Sample{TS: base.Add(time.Duration(i) * time.Millisecond), JSON: []byte(fmt.Sprintf(`{"temperature":%d.5,"humidity":%d,"ok":true}`, i%40, i%100)), N: 3}
+			for !e.tel.Add(id, s, time.Now()) {
+				if err := e.tel.Flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := e.tel.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		before := ms.HeapInuse
+		var peak atomic.Uint64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			var ms runtime.MemStats
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > peak.Load() {
+					peak.Store(ms.HeapInuse)
+				}
+			}
+		}()
+		req, _ := http.NewRequest("GET", e.srv.URL+APIPrefix+"/devices/"+id+"/export", nil)
+		req.Header.Set("Authorization", "Bearer "+e.tokens["admin"])
+		start := time.Now()
+		res, err := e.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size, err := io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		close(stop)
+		<-sampled
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("export: %d %v", res.StatusCode, err)
+		}
+		t.Logf("MEASURE export points=%d document_bytes=%d took=%v heap_before_mib=%.1f heap_peak_mib=%.1f growth_mib=%.1f",
+			n, size, time.Since(start).Round(time.Millisecond), float64(before)/(1<<20), float64(peak.Load())/(1<<20),
+			(float64(peak.Load())-float64(before))/(1<<20))
 	}
 }
