@@ -194,10 +194,13 @@ func connackFailure(ack *packets.Packet, o doctorOptions, who, version string) *
 		f.fix = "the broker does not speak " + version + ": try --mqtt-version 3.1.1"
 	case "server unavailable", "server busy":
 		f.fix = "the broker is starting, shutting down or overloaded: try again shortly, and check its /readyz"
+		if o.protocol == 4 {
+			f.fix += "; Tether also answers 0x03 to a login from a name and address that failed too often (MQTT 5: 0x9F): get the credentials right, then wait"
+		}
 	case "banned":
 		f.fix = "this address or identity is banned for a while after repeated failures: wait, or ask an admin to lift the ban"
 	case "connection rate exceeded", "quota exceeded":
-		f.fix = "this address connects too often or holds too many connections: slow down reconnects, or raise the broker's limits"
+		f.fix = "this name failed to log in from this address too often (or this address did, or it connects too often): the broker keeps such logins closed for 1 s, doubling up to 5 min; get the credentials right, then wait before retrying"
 	case "use another server", "server moved":
 		f.fix = "connect to the server the broker names: " + ack.Properties.ServerReference
 	case "packet too large":
