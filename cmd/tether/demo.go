@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tether-iot/tether/configs"
@@ -70,6 +71,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	log := newLogger(cfg.Log, stderr)
 	a, err := startApp(cfg, log)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w\n(a server already runs there? choose other ports, e.g. --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 for free ones)", err)
+	}
 	if err != nil {
 		return err
 	}

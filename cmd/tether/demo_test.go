@@ -67,6 +67,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("banner lacks the URL, the password or the data directory:\n%s", text)
 	}
 	base, password, dataDir := m[1], m[2], dm[1]
+	t.Cleanup(func() { os.RemoveAll(dataDir) }) // when the test kills the demo
 	if _, err := os.Stat(dataDir); err != nil {
 		t.Fatalf("data directory: %v", err)
 	}
