@@ -5,41 +5,39 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"time"
 
-	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/devices"
 )
 
 // ExportFormat names the layout of GET /devices/{id}/export.
 const ExportFormat = "tether.device-export.v1"
 
-// exportSession is the device's MQTT session as the broker holds it.
+// exportSession is the device's MQTT session: its connection, when it is
+// connected, and its persistent session with the offline queue, when it
+// has one.
 type exportSession struct {
-	ClientID        string               `json:"client_id"`
-	Online          bool                 `json:"online"`
-	Transport       string               `json:"transport"`
-	Remote          string               `json:"remote"`
-	ProtocolVersion int                  `json:"protocol_version"`
-	CleanStart      bool                 `json:"clean_start"`
-	ExpiryInterval  uint32               `json:"expiry_interval"` // seconds, MQTT 5
-	Inflight        int                  `json:"inflight"`
-	Subscriptions   []exportSubscription `json:"subscriptions"`
-}
-
-type exportSubscription struct {
-	Filter string `json:"filter"`
-	QoS    byte   `json:"qos"`
+	ClientID        string     `json:"client_id"`
+	Online          bool       `json:"online"`
+	Transport       string     `json:"transport"`
+	Remote          string     `json:"remote"`
+	ProtocolVersion int        `json:"protocol_version"`
+	ConnectedSince  *time.Time `json:"connected_since"`
+	Persistent      bool       `json:"persistent"`
+	Queued          int        `json:"queued"`
+	Dropped         int64      `json:"dropped"`
+	ExpiresAt       *time.Time `json:"expires_at"`
 }
 
 // exportDevice: GET /devices/{id}/export (admin). Everything stored about
 // the device, its secret excepted, as one JSON document:
 //
 //	{"format","exported_at","exported_by","device","twin","session",
-//	 "commands":[...],"telemetry":[...]}
+//	 "commands":[...],"audit":[...],"telemetry":[...]}
 //
-// Commands and telemetry are written row by row as they are read, a page
+// audit holds the audit log's entries by or about the device (its export
+// among them), newest first. Commands, audit entries and telemetry are
+// written row by row as they are read, a page
 // at a time, so a device with millions of points is never held in memory.
 // A failure once the document has begun cuts it short: the client sees
 // JSON that does not parse, never a document that looks complete.
@@ -56,10 +54,13 @@ func (a *API) exportDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "device")
 	}
-	tw, err := a.twins.Store().Get(ctx, id)
+	tw, err := a.twins.Get(ctx, id)
 	if err != nil {
 		return fmt.Errorf("export %s: twin: %w", id, err)
 	}
+
+	// The export is on the record before it is written, and in it.
+	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceExported, Target: id})
 
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -82,11 +83,21 @@ func (a *API) exportDevice(w http.ResponseWriter, r *http.Request) error {
 	ew.raw(`,"commands":[`)
 	for cursor, first := "", true; ew.err == nil && (first || cursor != ""); first = false {
 		var page []devices.Command
-		if page, cursor, err = a.commands.Store().List(ctx, id, 1000, cursor); err != nil {
+		if page, cursor, err = a.commands.List(ctx, id, 1000, cursor); err != nil {
 			return fmt.Errorf("export %s: commands: %w", id, err)
 		}
 		for _, c := range page {
 			ew.row(c)
+		}
+	}
+	ew.raw(`],"audit":[`)
+	for cursor, first := "", true; a.audit != nil && ew.err == nil && (first || cursor != ""); first = false {
+		var page []devices.AuditEntry
+		if page, cursor, err = a.audit.List(ctx, devices.AuditQuery{Limit: devices.MaxPage, Cursor: cursor, Subject: id}); err != nil {
+			return fmt.Errorf("export %s: audit: %w", id, err)
+		}
+		for _, e := range page {
+			ew.row(e)
 		}
 	}
 	ew.raw(`],"telemetry":[`)
@@ -138,31 +149,28 @@ func (a *API) exportTelemetry(ew *exportWriter, r *http.Request, id string) erro
 	return nil
 }
 
-// exportSession describes the broker's session for the device's client
-// id, or nil when it has none.
+// exportSession describes the device's session, or nil when it has
+// neither a connection nor a persistent session.
 func (a *API) exportSession(id string) *exportSession {
-	if a.broker == nil {
-		return nil
+	var s *exportSession
+	if a.broker != nil {
+		for _, c := range a.broker.Clients() {
+			if c.ID == id {
+				s = &exportSession{ClientID: id, Online: true, Transport: c.Transport, Remote: c.Remote,
+					ProtocolVersion: c.ProtocolVersion, ConnectedSince: c.ConnectedSince}
+			}
+		}
 	}
-	cl, ok := a.broker.Server.Clients.Get(id)
-	if !ok || cl.Net.Inline {
-		return nil
+	if a.store != nil {
+		for _, se := range a.store.Sessions() {
+			if se.ClientID == id {
+				if s == nil {
+					s = &exportSession{ClientID: id, Online: se.Online}
+				}
+				s.Persistent, s.Queued, s.Dropped, s.ExpiresAt = true, se.Queued, se.Dropped, se.ExpiresAt
+			}
+		}
 	}
-	s := &exportSession{
-		ClientID:        cl.ID,
-		Online:          !cl.Closed(),
-		Transport:       broker.Transport(cl),
-		Remote:          cl.Net.Remote,
-		ProtocolVersion: int(cl.Properties.ProtocolVersion),
-		CleanStart:      cl.Properties.Clean,
-		ExpiryInterval:  cl.Properties.Props.SessionExpiryInterval,
-		Inflight:        cl.State.Inflight.Len(),
-		Subscriptions:   []exportSubscription{},
-	}
-	for filter, sub := range cl.State.Subscriptions.GetAll() {
-		s.Subscriptions = append(s.Subscriptions, exportSubscription{Filter: filter, QoS: sub.Qos})
-	}
-	sort.Slice(s.Subscriptions, func(i, j int) bool { return s.Subscriptions[i].Filter < s.Subscriptions[j].Filter })
 	return s
 }
 

@@ -19,13 +19,14 @@ import (
 
 // exportDoc is the export document as a client reads it.
 type exportDoc struct {
-	Format     string            `json:"format"`
-	ExportedAt time.Time         `json:"exported_at"`
-	ExportedBy string            `json:"exported_by"`
-	Device     map[string]any    `json:"device"`
-	Twin       devices.Twin      `json:"twin"`
-	Session    *exportSession    `json:"session"`
-	Commands   []devices.Command `json:"commands"`
+	Format     string               `json:"format"`
+	ExportedAt time.Time            `json:"exported_at"`
+	ExportedBy string               `json:"exported_by"`
+	Device     map[string]any       `json:"device"`
+	Twin       devices.Twin         `json:"twin"`
+	Session    *exportSession       `json:"session"`
+	Commands   []devices.Command    `json:"commands"`
+	Audit      []devices.AuditEntry `json:"audit"`
 	Telemetry  []struct {
 		TS     time.Time      `json:"ts"`
 		Values map[string]any `json:"values"`
@@ -115,9 +116,14 @@ func TestExportDevice(t *testing.T) {
 	if len(doc.Commands) != 2 || doc.Commands[0].Name != "ping" || doc.Commands[1].Name != "reboot" || doc.Commands[0].Status != "succeeded" {
 		t.Errorf("commands %+v", doc.Commands)
 	}
-	if s := doc.Session; s == nil || s.ClientID != "dev-1" || !s.Online || s.Transport != "tcp" ||
-		len(s.Subscriptions) != 1 || s.Subscriptions[0].Filter != "devices/dev-1/commands/#" {
+	if s := doc.Session; s == nil || s.ClientID != "dev-1" || !s.Online || s.Transport != "tcp" || s.Persistent {
 		t.Errorf("session %+v", doc.Session)
+	}
+	// The audit log: the device's registration and this export, newest
+	// first; nothing about dev-2.
+	if len(doc.Audit) != 2 || doc.Audit[0].Action != devices.AuditDeviceExported || doc.Audit[0].Actor != "admin" ||
+		doc.Audit[1].Action != devices.AuditDeviceCreated || doc.Audit[1].Target != "dev-1" {
+		t.Errorf("audit %+v", doc.Audit)
 	}
 	if len(doc.Telemetry) != n {
 		t.Fatalf("%d points, want %d", len(doc.Telemetry), n)
