@@ -112,39 +112,41 @@ func (a *API) exportDevice(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// exportTelemetry writes every stored point of id in time order, a page of
-// devices.MaxTelemetryPoints at a time. Points of one millisecond may span
-// two pages: the next page starts at the last page's final millisecond and
-// skips the points of it already written.
+// exportTelemetry writes every stored point of id in time order, as the
+// store decodes them, a query of devices.MaxTelemetryPoints at a time.
+// Points of one millisecond may span two queries: the next starts at the
+// last one's final millisecond and skips the points of it already written.
 func (a *API) exportTelemetry(ew *exportWriter, r *http.Request, id string) error {
 	from, to := time.UnixMilli(0), time.UnixMilli(1<<53) // every timestamp a device can give
 	skip := 0
 	for ew.err == nil {
-		page, err := a.telemetry.Points(r.Context(), id, from, to, devices.MaxTelemetryPoints)
+		n, same := 0, 0
+		var last time.Time
+		err := a.telemetry.EachPoint(r.Context(), id, from, to, devices.MaxTelemetryPoints, func(p devices.Point) error {
+			n++
+			if p.TS.Equal(last) {
+				same++
+			} else {
+				last, same = p.TS, 1
+			}
+			if n > skip {
+				ew.row(p)
+			}
+			return ew.err
+		})
 		if err != nil {
 			return fmt.Errorf("export %s: telemetry: %w", id, err)
 		}
-		if skip > len(page) {
-			skip = len(page)
-		}
-		for _, p := range page[skip:] {
-			ew.row(p)
-		}
-		if len(page) < devices.MaxTelemetryPoints {
+		switch {
+		case n < devices.MaxTelemetryPoints:
 			return nil
-		}
-		last := page[len(page)-1].TS
-		same := 0
-		for i := len(page) - 1; i >= 0 && page[i].TS.Equal(last); i-- {
-			same++
-		}
-		if same == len(page) {
-			// A whole page in one millisecond: what is beyond the page in
+		case same == n:
+			// A whole query in one millisecond: what lies beyond it in
 			// that millisecond cannot be reached by time; go on after it.
 			from, skip = last.Add(time.Millisecond), 0
-			continue
+		default:
+			from, skip = last, same
 		}
-		from, skip = last, same
 	}
 	return nil
 }
