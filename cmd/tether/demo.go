@@ -20,14 +20,10 @@ import (
 // profiles in a temporary data directory (SPEC §8: `tether demo`), prints
 // where to look and how to log in, and removes the directory on exit.
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	usageOut := stderr
-	if helpAsked(args) {
-		usageOut = stdout
-	}
 	fs := newFlagSet("demo", "demo [flags]\n\n"+
 		"Starts the broker, the dashboard and a simulated fleet (thermostats, power meters,\n"+
 		"GPS trackers) in a temporary data directory, prints the dashboard's URL and the\n"+
-		"admin password, and removes everything on Ctrl-C.", usageOut)
+		"admin password, and removes everything on Ctrl-C.", stderr)
 	httpAddr := fs.String("http-addr", "127.0.0.1:8080", "HTTP address: dashboard, API and MQTT over WebSocket at /mqtt")
 	mqttAddr := fs.String("mqtt-addr", "127.0.0.1:1883", "MQTT over TCP address")
 	n := fs.Int("devices", 12, "number of simulated devices")

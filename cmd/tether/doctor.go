@@ -20,10 +20,6 @@ import (
 // MQTT CONNECT and its CONNACK. The report goes to stdout; a failed step
 // makes the command exit non-zero.
 func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	usageOut := stderr
-	if helpAsked(args) {
-		usageOut = stdout
-	}
 	fs := newFlagSet("doctor", "doctor URL [--username U --password P] [--cafile FILE] [--insecure]\n\n"+
 		"Connects to an MQTT broker over tcp://, tls:// (mqtts://), ws:// or wss:// step by step\n"+
 		"(DNS, TCP, TLS, HTTP upgrade, MQTT CONNECT) and says which step fails, why, and what\n"+
@@ -31,7 +27,7 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"Connecting as a device takes over that device's connection if it is online.\n\n"+
 		"Examples:\n"+
 		"  tether doctor tcp://127.0.0.1:1883 --username sensor-1 --password SECRET\n"+
-		"  tether doctor wss://broker.example.com/mqtt --cafile cert.pem", usageOut)
+		"  tether doctor wss://broker.example.com/mqtt --cafile cert.pem", stderr)
 	var o doctorOptions
 	fs.StringVar(&o.username, "username", "", "MQTT user name: a device id, a user name, or empty for anonymous")
 	fs.StringVar(&o.password, "password", "", "MQTT password: the device secret, the user's password or an API token")
@@ -76,19 +72,6 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	d := &doctor{opts: o, ep: ep, out: stdout}
 	return d.run(ctx)
-}
-
-// helpAsked reports whether args ask for help, which goes to stdout.
-func helpAsked(args []string) bool {
-	for _, a := range args {
-		switch a {
-		case "-h", "-help", "--help", "-h=true", "--help=true":
-			return true
-		case "--":
-			return false
-		}
-	}
-	return false
 }
 
 // doctorOptions are the flags of `tether doctor`.
