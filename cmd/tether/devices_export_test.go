@@ -30,22 +30,38 @@ func TestDevicesExportCLI(t *testing.T) {
 	}
 	viewer := login(t, a, "vera", "vera-password-1")
 
+	// The meter reports, then goes offline with a persistent session
+	// that holds a command for it.
 	o := paho3.NewClientOptions().AddBroker("tcp://" + a.mqttAddr()).SetClientID("meter-7").
-		SetUsername("meter-7").SetPassword(dev.Secret).SetAutoReconnect(false)
+		SetUsername("meter-7").SetPassword(dev.Secret).SetAutoReconnect(false).SetCleanSession(false)
 	c := paho3.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())
 	}
-	defer c.Disconnect(0)
+	if tok := c.Subscribe("devices/meter-7/commands/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
 	for i := range 5 {
 		if tok := c.Publish("devices/meter-7/telemetry", 1, false, fmt.Sprintf(`{"kwh":%d}`, i)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("publish: %v", tok.Error())
 		}
 	}
+	c.Disconnect(100)
+	if code := admin.do(t, "POST", "/devices/meter-7/commands", map[string]any{"name": "reset", "timeout": 600}, nil); code/100 != 2 {
+		t.Fatalf("send command: %d", code)
+	}
 	server := "http://" + a.httpAddr()
 	var doc struct {
-		Format    string         `json:"format"`
-		Device    map[string]any `json:"device"`
+		Format  string         `json:"format"`
+		Device  map[string]any `json:"device"`
+		Session *struct {
+			ClientID   string `json:"client_id"`
+			Online     bool   `json:"online"`
+			Persistent bool   `json:"persistent"`
+			Queued     int    `json:"queued"`
+		} `json:"session"`
+		Commands  []devices.Command    `json:"commands"`
+		Audit     []devices.AuditEntry `json:"audit"`
 		Telemetry []struct {
 			Values map[string]float64 `json:"values"`
 		} `json:"telemetry"`
@@ -64,10 +80,28 @@ func TestDevicesExportCLI(t *testing.T) {
 		if len(doc.Telemetry) != 5 {
 			return fmt.Errorf("%d points", len(doc.Telemetry))
 		}
+		if s := doc.Session; s == nil || s.Online || s.Queued != 1 {
+			return fmt.Errorf("session %+v", doc.Session)
+		}
 		return nil
 	})
 	if doc.Format != "tether.device-export.v1" || doc.Device["name"] != "Meter 7" || doc.Telemetry[4].Values["kwh"] != 4 {
 		t.Errorf("document: %+v", doc)
+	}
+	if s := doc.Session; s.ClientID != "meter-7" || !s.Persistent {
+		t.Errorf("session %+v", s)
+	}
+	if len(doc.Commands) != 1 || doc.Commands[0].Name != "reset" {
+		t.Errorf("commands %+v", doc.Commands)
+	}
+	exports := 0
+	for _, e := range doc.Audit {
+		if e.Action == devices.AuditDeviceExported && e.Target == "meter-7" && e.Actor == "admin" {
+			exports++
+		}
+	}
+	if exports == 0 {
+		t.Errorf("the audit entries hold no export: %+v", doc.Audit)
 	}
 
 	file := filepath.Join(t.TempDir(), "meter-7.json")
