@@ -47,6 +47,24 @@ func TestDevicesExportCLI(t *testing.T) {
 		}
 	}
 	c.Disconnect(100)
+	// The command must find the session offline, or it is delivered.
+	checkFor(t, 10*time.Second, func() error {
+		var list struct {
+			Sessions []struct {
+				ClientID string `json:"client_id"`
+				Online   bool   `json:"online"`
+			} `json:"sessions"`
+		}
+		if code := admin.do(t, "GET", "/sessions", nil, &list); code != http.StatusOK {
+			return fmt.Errorf("GET /sessions: %d", code)
+		}
+		for _, s := range list.Sessions {
+			if s.ClientID == "meter-7" && !s.Online {
+				return nil
+			}
+		}
+		return fmt.Errorf("meter-7's session is not offline yet: %+v", list.Sessions)
+	})
 	if code := admin.do(t, "POST", "/devices/meter-7/commands", map[string]any{"name": "reset", "timeout": 600}, nil); code/100 != 2 {
 		t.Fatalf("send command: %d", code)
 	}
