@@ -188,6 +188,7 @@ func (a *API) routes() []route {
 		{"GET", "/commands/{cmdId}", viewer, a.getCommand},
 		{"GET", "/devices/{id}/twin", viewer, a.getTwin},
 		{"PATCH", "/devices/{id}/twin", operator, a.patchTwin},
+		{"GET", "/devices/{id}/export", admin, a.exportDevice},
 
 		{"GET", "/clients", viewer, a.listClients},
 		{"GET", "/sessions", viewer, a.listSessions},

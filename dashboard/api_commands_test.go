@@ -53,6 +53,10 @@ func newDataEnv(t *testing.T) *dataEnv {
 		t.Fatal(err)
 	}
 	reg.Attach(tel, cmds, twins)
+	audit, err := devices.OpenAudit(ctx, db, &devices.AuditOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ch, th := broker.NewCommandHook(cmds, log), broker.NewTwinHook(twins, log)
 	cfg := configs.Default()
 	cfg.MQTT.Addr = "127.0.0.1:0"
@@ -74,10 +78,11 @@ func newDataEnv(t *testing.T) *dataEnv {
 		tel.Close()
 		cmds.Close()
 		twins.Close()
+		audit.Close()
 		reg.Close()
 		db.Close()
 	})
-	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins = tel, ch, th })
+	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins, o.Broker, o.Audit = tel, ch, th, b, audit })
 	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel}
 }
 

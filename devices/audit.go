@@ -296,11 +296,13 @@ func (a *Audit) PruneBefore(ctx context.Context, cutoff time.Time) (int64, error
 
 // AuditQuery selects entries: newest first, Limit per page (0 means
 // 100, at most MaxPage), after Cursor (the previous page's next cursor).
-// Action and Actor, when set, must match exactly.
+// Action and Actor, when set, must match exactly; Subject, when set, must
+// be the entry's actor or its target (everything about one device or user).
 type AuditQuery struct {
 	Limit         int
 	Cursor        string
 	Action, Actor string
+	Subject       string
 }
 
 // List returns one page of entries, newest first, and the next cursor
@@ -324,7 +326,8 @@ func (a *Audit) List(ctx context.Context, q AuditQuery) ([]AuditEntry, string, e
 	}
 	rows, err := a.db.R.QueryContext(ctx, `SELECT id, ts, action, actor, via, target, remote, detail FROM audit_log
 		WHERE (? < 0 OR id < ?) AND (? = '' OR action = ?) AND (? = '' OR actor = ?)
-		ORDER BY id DESC LIMIT ?`, before, before, q.Action, q.Action, q.Actor, q.Actor, limit+1)
+		  AND (? = '' OR actor = ? OR target = ?)
+		ORDER BY id DESC LIMIT ?`, before, before, q.Action, q.Action, q.Actor, q.Actor, q.Subject, q.Subject, q.Subject, limit+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("list audit: %w", err)
 	}

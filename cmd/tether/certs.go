@@ -61,6 +61,14 @@ func runCerts(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // devCertificate returns a self-signed ECDSA P-256 certificate and key for
 // localhost, 127.0.0.1 and ::1.
 func devCertificate(validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	now := time.Now()
+	return selfSignedCertificate(now.Add(-time.Hour), now.Add(validity),
+		[]string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
+}
+
+// selfSignedCertificate returns a self-signed ECDSA P-256 certificate and
+// key valid from notBefore to notAfter for the given names.
+func selfSignedCertificate(notBefore, notAfter time.Time, dnsNames []string, ips []net.IP) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate key: %w", err)
@@ -69,18 +77,21 @@ func devCertificate(validity time.Duration) (certPEM, keyPEM []byte, err error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("serial number: %w", err)
 	}
-	now := time.Now()
+	cn := "localhost"
+	if len(dnsNames) > 0 {
+		cn = dnsNames[0]
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"Tether development"}, CommonName: "localhost"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(validity),
+		Subject:               pkix.Name{Organization: []string{"Tether development"}, CommonName: cn},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:              dnsNames,
+		IPAddresses:           ips,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

@@ -37,6 +37,7 @@ func deviceCommands() []deviceCommand {
 		{"show", "devices show ID", "show one device", devicesShow},
 		{"rm", "devices rm ID...", "delete devices (they are disconnected)", devicesRm},
 		{"rotate", "devices rotate ID", "give a device a new secret and print it (the old one stops working)", devicesRotate},
+		{"export", "devices export ID [--out FILE]", "everything stored about a device, secret excepted, as one JSON document (admin)", devicesExport},
 	}
 }
 

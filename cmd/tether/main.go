@@ -38,6 +38,8 @@ var commands = map[string]command{
 	"bench":   {"load scenarios against any MQTT broker", runBench},
 	"backup":  {"write an online, consistent copy of the database", runBackup},
 	"restore": {"replace a stopped server's database with a backup", runRestore},
+	"demo":    {"broker, dashboard and a simulated fleet in a temporary directory", runDemo},
+	"doctor":  {"diagnose a connection to a broker step by step: doctor URL", runDoctor},
 }
 
 func main() {
