@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coder/websocket"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	mqttl "github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -19,6 +20,13 @@ import (
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/listeners"
 )
+
+// wsCompression maps http.ws_compression to coder/websocket's modes.
+var wsCompression = map[string]websocket.CompressionMode{
+	configs.WSCompressionOff:       websocket.CompressionDisabled,
+	configs.WSCompressionNoContext: websocket.CompressionNoContextTakeover,
+	configs.WSCompressionContext:   websocket.CompressionContextTakeover,
+}
 
 // Broker is the MQTT engine with Tether's listeners and hooks.
 type Broker struct {
@@ -175,6 +183,7 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	}
 	b.Handshakes = listeners.NewHandshakeFailures()
 	wsOpts := listeners.WebSocketOptions{
+		Compression:    wsCompression[cfg.HTTP.WSCompression],
 		Origins:        origins,
 		Proxies:        proxies,
 		ConnectTimeout: ct,

@@ -75,6 +75,9 @@ type HTTP struct {
 	TrustedProxies   []string      `yaml:"trusted_proxies"`
 	PublicURL        string        `yaml:"public_url"`
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// WSCompression is permessage-deflate on /mqtt: off, no_context or
+	// context (see docs/PERFORMANCE.md for what each costs).
+	WSCompression string `yaml:"ws_compression"`
 }
 
 // TLS names the certificate and key for the TLS and HTTPS listeners.
@@ -182,6 +185,7 @@ func Default() Config {
 			AllowedOrigins:   []string{},
 			TrustedProxies:   []string{},
 			HandshakeTimeout: 10 * time.Second,
+			WSCompression:    WSCompressionNoContext, // docs/PERFORMANCE.md
 		},
 		TLS:       TLS{ReloadInterval: 10 * time.Second},
 		Auth:      Auth{TokenTTL: 12 * time.Hour, Rules: []Rule{}},
@@ -264,6 +268,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.Addr == Off && c.HTTP.Addr == Off && (!c.TLSEnabled() || c.MQTT.TLSAddr == Off && c.HTTP.HTTPSAddr == Off) {
 		bad("mqtt.addr", "every listener is off (mqtt.addr, http.addr, and mqtt.tls_addr, http.https_addr or the certificate): nothing could connect")
+	}
+	switch c.HTTP.WSCompression {
+	case WSCompressionOff, WSCompressionNoContext, WSCompressionContext:
+	default:
+		bad("http.ws_compression", "%q is not one of off, no_context, context", c.HTTP.WSCompression)
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		bad("tls", "cert and key must be given together (cert %q, key %q)", c.TLS.Cert, c.TLS.Key)
@@ -412,6 +421,13 @@ func checkAddr(addr string) error {
 	}
 	return nil
 }
+
+// Values of http.ws_compression.
+const (
+	WSCompressionOff       = "off"
+	WSCompressionNoContext = "no_context"
+	WSCompressionContext   = "context"
+)
 
 // ParseCIDROrIP parses "10.0.0.0/8" or a single address such as "127.0.0.1".
 func ParseCIDROrIP(s string) (*net.IPNet, error) {

@@ -134,6 +134,7 @@ func TestValidate(t *testing.T) {
 		{"mqtt.read_buffer_size", func(c *Config) { c.MQTT.ReadBufferSize = 10 }},
 		{"mqtt.write_buffer_size", func(c *Config) { c.MQTT.WriteBufferSize = 10 }},
 		{"http.handshake_timeout", func(c *Config) { c.HTTP.HandshakeTimeout = 0 }},
+		{"http.ws_compression", func(c *Config) { c.HTTP.WSCompression = "gzip" }},
 		{"http.trusted_proxies", func(c *Config) { c.HTTP.TrustedProxies = []string{"10.0.0.0/33"} }},
 		{"http.public_url", func(c *Config) { c.HTTP.PublicURL = "iot.example.com" }},
 		{"http.public_url", func(c *Config) { c.HTTP.PublicURL = "https://iot.example.com/dashboard" }},

@@ -48,6 +48,9 @@ type WebSocketOptions struct {
 	// Failures counts and logs refused upgrades; nil counts nothing.
 	// Share one among a broker's WebSocket listeners.
 	Failures *HandshakeFailures
+	// Compression is the permessage-deflate mode offered to clients;
+	// the zero value is websocket.CompressionDisabled.
+	Compression websocket.CompressionMode
 }
 
 // WebSocket serves MQTT over WebSocket as an http.Handler, mounted by the
@@ -183,7 +186,7 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Subprotocols: []string{Subprotocol, SubprotocolV31},
 		// The origin is checked above, by the OriginPolicy.
 		InsecureSkipVerify: true,
-		CompressionMode:    websocket.CompressionDisabled,
+		CompressionMode:    l.opts.Compression,
 	})
 	if err != nil {
 		// Accept has written the response.

@@ -297,3 +297,78 @@ func batchPayloads(ps [][]byte, k int) [][]byte {
 	}
 	return out
 }
+
+// TestWSCompression checks each http.ws_compression mode end to end: what
+// the upgrade negotiates with a client that offers permessage-deflate, that
+// MQTT packets arrive intact through it, and that a large repetitive
+// payload takes fewer bytes on the wire when compression is on.
+func TestWSCompression(t *testing.T) {
+	big := []byte(`{"readings":[` + strings.Repeat(`{"temperature":21.5,"humidity":48,"battery":97},`, 80) + `{}]}`)
+	for _, tc := range []struct {
+		mode      string
+		extension string // what the server's Sec-WebSocket-Extensions holds ("" for none)
+	}{
+		{"off", ""},
+		{"no_context", "permessage-deflate; client_no_context_takeover; server_no_context_takeover"},
+		{"context", "permessage-deflate"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.HTTP.WSCompression = tc.mode
+			a := startTestApp(t, cfg)
+			counter := &byteCounter{}
+			tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return &countingConn{Conn: conn, c: counter}, nil
+			}}
+			defer tr.CloseIdleConnections()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ws, res, err := websocket.Dial(ctx, wsURL(a), &websocket.DialOptions{
+				HTTPClient: &http.Client{Transport: tr}, Subprotocols: []string{"mqtt"},
+				CompressionMode: websocket.CompressionContextTakeover, // offers permessage-deflate
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := res.Header.Get("Sec-WebSocket-Extensions"); got != tc.extension {
+				t.Errorf("Sec-WebSocket-Extensions %q, want %q", got, tc.extension)
+			}
+			ws.SetReadLimit(-1)
+			conn := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			for _, pk := range [][]byte{rawConnect(4, "cmp"), rawSubscribe(4, "cmp/t")} {
+				if _, err := conn.Write(pk); err != nil {
+					t.Fatal(err)
+				}
+				if _, _, err := readRawPacket(conn); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, payload := range [][]byte{[]byte(`{"t":1}`), big} {
+				before := counter.read.Load()
+				if _, err := conn.Write(rawPublish(4, "cmp/t", payload)); err != nil {
+					t.Fatal(err)
+				}
+				first, body, err := readRawPacket(conn)
+				if err != nil || first&0xf0 != 0x30 {
+					t.Fatalf("PUBLISH: %#x %v", first, err)
+				}
+				if got := body[2+len("cmp/t"):]; string(got) != string(payload) {
+					t.Fatalf("payload changed on the way: %d bytes, want %d", len(got), len(payload))
+				}
+				wire := counter.read.Load() - before
+				if len(payload) == len(big) {
+					compressed := wire < int64(len(big))/4
+					if compressed != (tc.mode != "off") {
+						t.Errorf("a %d-byte payload took %d bytes on the wire", len(big), wire)
+					}
+				}
+			}
+		})
+	}
+}
