@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/devices/topic"
+	"github.com/tether-iot/tether/listeners"
 )
 
 // Backpressure slows QoS 1/2 publishers down for a subscriber that has
@@ -214,6 +215,7 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 			return true
 		}
 		if timer == nil {
+			listeners.FlushAcks(cl.Net.Conn) // the PUBACKs of the packets before
 			start = time.Now()
 			timer = time.NewTimer(b.maxWait)
 			b.waits.Inc()

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/listeners"
 )
 
 // PublishLimitOptions are the PUBLISH rates. A rate of 0 means unlimited.
@@ -88,6 +89,7 @@ func (l *PublishLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	if d := lim.Reserve().Delay(); d > 0 {
 		l.throttled.WithLabelValues(kind).Inc()
 		l.delay.Add(d.Seconds())
+		listeners.FlushAcks(cl.Net.Conn) // the PUBACKs of the packets before
 		time.Sleep(d)
 	}
 	return pk, nil

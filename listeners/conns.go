@@ -124,7 +124,7 @@ func (c *conns) hand(conn net.Conn) error {
 	}()
 	c.stats.Accepted.Add(1)
 	c.stats.Open.Add(1)
-	var ec net.Conn = cc
+	var ec net.Conn = newAckConn(cc)
 	if c.maxPacketSize > 0 {
 		ec = &limitConn{Conn: cc, max: c.maxPacketSize}
 	}

@@ -62,6 +62,12 @@ func (c *limitConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Flush sends the acknowledgements held below (FlushAcks).
+func (c *limitConn) Flush() error {
+	FlushAcks(c.Conn)
+	return nil
+}
+
 // Close tells an MQTT 5 client that its packet was too large, if that is
 // why the engine closes the connection, then closes it.
 func (c *limitConn) Close() error {

@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/system"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/listeners"
 )
 
 // Store is the engine's session store on SQLite, in a file of its own
@@ -458,6 +459,7 @@ func (s *Store) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		}
 	}
 	if !inline && wait {
+		listeners.FlushAcks(cl.Net.Conn) // the PUBACKs of the packets before
 		s.wait(last)
 	}
 	return pk, nil

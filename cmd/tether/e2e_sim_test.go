@@ -470,9 +470,9 @@ func TestBenchAgainstTether(t *testing.T) {
 
 // TestBenchProfileTether is a measurement, not a check: it runs `tether
 // bench` (the built binary, so that only the broker is in this process)
-// against the app started in-process with its defaults, at QoS 1, for each
-// scenario and mqtt.client_queue_size asked for, and logs each result
-// line. Run it with a CPU profile of the broker's hot path:
+// against the app started in-process with its defaults, at QoS 1 (or
+// PROFILE_QOS), for each scenario and mqtt.client_queue_size asked for,
+// and logs each result line. Run it with a CPU profile of the broker's hot path:
 //
 //	TETHER_BENCH_PROFILE=1 go test -run TestBenchProfileTether -v \
 //	    -cpuprofile /tmp/tether.cpu ./cmd/tether/
@@ -481,8 +481,8 @@ func TestBenchAgainstTether(t *testing.T) {
 // PROFILE_SCENARIOS (default "fanin,pairs"), PROFILE_QUEUES (default
 // "256"), PROFILE_INFLIGHT (mqtt.max_inflight, default 1024),
 // PROFILE_BACKPRESSURE (mqtt.backpressure_wait, default 1s; 0: off),
-// PROFILE_DURATION (default "5s"), PROFILE_PUBS (default 10),
-// PROFILE_RATE (default 0: as fast as 64 unacknowledged publishes per
+// PROFILE_QOS (default 1), PROFILE_DURATION (default "5s"), PROFILE_PUBS
+// (default 10), PROFILE_RATE (default 0: as fast as 64 unacknowledged publishes per
 // publisher allow), PROFILE_ANON (default 1: anonymous, as
 // scripts/bench-compare.sh runs it; 0: as admin).
 func TestBenchProfileTether(t *testing.T) {
@@ -513,7 +513,7 @@ func TestBenchProfileTether(t *testing.T) {
 					t.Fatal(err)
 				}
 				a := startTestApp(t, cfg)
-				args := []string{"bench", "--broker", "tcp://" + a.mqttAddr(), "--scenario", scenario, "--qos", "1",
+				args := []string{"bench", "--broker", "tcp://" + a.mqttAddr(), "--scenario", scenario, "--qos", env("PROFILE_QOS", "1"),
 					"--pubs", env("PROFILE_PUBS", "10"), "--rate", env("PROFILE_RATE", "0"),
 					"--duration", env("PROFILE_DURATION", "5s"), "--progress", "-1s", "--pid", fmt.Sprint(os.Getpid())}
 				if !cfg.Auth.AllowAnonymous {
