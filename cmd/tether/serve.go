@@ -119,6 +119,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	base := newLogger(cfg.Log, stderr)
 	log := base.With("component", "serve")
+	gogc, limit := setGCDefaults(os.Getenv, os.ReadFile)
+	log.Debug("garbage collector", "gogc_default", gogc, "memory_limit_default", limit)
 	a, err := startApp(cfg, base)
 	if err != nil {
 		return err
