@@ -2,6 +2,7 @@ package listeners
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"sync/atomic"
@@ -209,6 +210,55 @@ func BenchmarkAckWrites(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(wc.writes.Load())/float64(b.N), "writes/burst")
+		})
+	}
+}
+
+// Through a real TCP listener, with and without a packet size limit (the
+// broker always sets one): the engine's connection holds acknowledgements
+// until it reads next. The listener's byte count sees only what reached
+// the socket.
+func TestTCPListenerHoldsAcks(t *testing.T) {
+	for _, max := range []uint32{0, 1 << 20} {
+		t.Run(fmt.Sprintf("max_packet_size=%d", max), func(t *testing.T) {
+			l := NewTCP("127.0.0.1:0", &TCPOptions{MaxPacketSize: max, ConnectTimeout: 5 * time.Second})
+			if err := l.Init(nil); err != nil {
+				t.Fatal(err)
+			}
+			heldOut := make(chan int64, 1)
+			go l.Serve(func(id string, c net.Conn) error {
+				in := make([]byte, 2)
+				if _, err := io.ReadFull(c, in); err != nil {
+					return err
+				}
+				for range 3 {
+					if _, err := c.Write(puback); err != nil {
+						return err
+					}
+				}
+				heldOut <- l.Stats().BytesOut.Load()
+				_, err := io.ReadFull(c, in) // flushes, then waits for the client
+				return err
+			})
+			defer func() {
+				l.Stop()
+				l.CloseConns()
+			}()
+			c, err := net.Dial("tcp", l.Address())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte{0xc0, 0x00}); err != nil {
+				t.Fatal(err)
+			}
+			if n := <-heldOut; n != 0 {
+				t.Errorf("%d bytes sent before the engine read again, want the acks held", n)
+			}
+			if got := readExactly(t, c, 12); !bytes.Equal(got, bytes.Repeat(puback, 3)) {
+				t.Fatalf("client got % x", got)
+			}
+			_, _ = c.Write([]byte{0xc0, 0x00})
 		})
 	}
 }

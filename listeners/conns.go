@@ -126,7 +126,7 @@ func (c *conns) hand(conn net.Conn) error {
 	c.stats.Open.Add(1)
 	var ec net.Conn = newAckConn(cc)
 	if c.maxPacketSize > 0 {
-		ec = &limitConn{Conn: cc, max: c.maxPacketSize}
+		ec = &limitConn{Conn: ec, max: c.maxPacketSize}
 	}
 	// [MQTT-3.1.4] The server may close a connection that sends no CONNECT
 	// within a reasonable time: the engine replaces this deadline with the
