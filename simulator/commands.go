@@ -20,17 +20,29 @@ type response struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// doneCommands is how many command ids a device remembers to recognise a
+// command delivered again.
+const doneCommands = 64
+
 // command answers one command per the profile's Behaviour and returns a
 // reboot's downtime when the command was a successful reboot.
 func (d *device) command(name string, payload []byte) time.Duration {
 	st := &d.fleet.stats
-	st.commandsReceived.Add(1)
 	var c command
 	if err := json.Unmarshal(payload, &c); err != nil || c.ID == "" || strings.ContainsAny(c.ID, "/+#") {
+		st.commandsReceived.Add(1)
 		st.commandsIgnored.Add(1) // nowhere to answer
 		d.fleet.logf("device %s: command %q without a usable id", d.cred.ID, name)
 		return 0
 	}
+	if slices.Contains(d.done, c.ID) {
+		st.commandsDuplicate.Add(1) // delivered again: already acted on
+		return 0
+	}
+	if d.done = append(d.done, c.ID); len(d.done) > doneCommands {
+		d.done = d.done[1:]
+	}
+	st.commandsReceived.Add(1)
 	b := &d.prof.Commands
 	roll := d.rng.Float64()
 	if roll < b.IgnoreRatio {

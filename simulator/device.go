@@ -29,6 +29,11 @@ type device struct {
 	settings map[string]any // reported twin state
 	applied  float64        // desired twin version last applied
 	started  time.Time
+	// done holds the ids of the last commands the device acted on, so that
+	// a command delivered again (QoS 1 is at least once: a reboot's
+	// DISCONNECT can overtake paho's PUBACK, and the broker then resends
+	// the command on the next connection) is not acted on twice.
+	done []string
 }
 
 // event is something paho's goroutines hand to the device goroutine.

@@ -11,21 +11,22 @@ import (
 
 // simStats are the fleet's counters, updated by every device.
 type simStats struct {
-	connected        atomic.Int64 // gauge
-	peakConnected    atomic.Int64
-	connects         atomic.Int64
-	connectFailures  atomic.Int64
-	connectionsLost  atomic.Int64
-	published        atomic.Int64
-	publishErrors    atomic.Int64
-	commandsReceived atomic.Int64
-	commandsAnswered atomic.Int64
-	commandsFailed   atomic.Int64
-	commandsIgnored  atomic.Int64
-	twinUpdates      atomic.Int64
-	reboots          atomic.Int64
-	churned          atomic.Int64
-	dropped          atomic.Int64 // inbound messages dropped because a device was busy
+	connected         atomic.Int64 // gauge
+	peakConnected     atomic.Int64
+	connects          atomic.Int64
+	connectFailures   atomic.Int64
+	connectionsLost   atomic.Int64
+	published         atomic.Int64
+	publishErrors     atomic.Int64
+	commandsReceived  atomic.Int64
+	commandsAnswered  atomic.Int64
+	commandsFailed    atomic.Int64
+	commandsIgnored   atomic.Int64
+	commandsDuplicate atomic.Int64
+	twinUpdates       atomic.Int64
+	reboots           atomic.Int64
+	churned           atomic.Int64
+	dropped           atomic.Int64 // inbound messages dropped because a device was busy
 }
 
 func (s *simStats) online() {
@@ -64,10 +65,13 @@ type Summary struct {
 	CommandsAnswered int64   `json:"commands_answered"`
 	CommandsFailed   int64   `json:"commands_failed"`
 	CommandsIgnored  int64   `json:"commands_ignored"`
-	TwinUpdates      int64   `json:"twin_updates"`
-	Reboots          int64   `json:"reboots"`
-	Churned          int64   `json:"churned"`
-	Dropped          int64   `json:"dropped"`
+	// CommandsDuplicate counts commands delivered again (QoS 1 redelivery)
+	// that the device had already acted on.
+	CommandsDuplicate int64 `json:"commands_duplicate"`
+	TwinUpdates       int64 `json:"twin_updates"`
+	Reboots           int64 `json:"reboots"`
+	Churned           int64 `json:"churned"`
+	Dropped           int64 `json:"dropped"`
 	// Errors lists each kind of error with its count ("connect: not
 	// Authorized (16×)"), in the order first seen.
 	Errors []string `json:"errors,omitempty"`
@@ -76,22 +80,23 @@ type Summary struct {
 // summary fills the counters of a Summary.
 func (s *simStats) summary(connected int64, elapsed time.Duration) Summary {
 	sum := Summary{
-		DurationSeconds:  round3(elapsed.Seconds()),
-		Connected:        connected,
-		PeakConnected:    s.peakConnected.Load(),
-		Connects:         s.connects.Load(),
-		ConnectFailures:  s.connectFailures.Load(),
-		ConnectionsLost:  s.connectionsLost.Load(),
-		Published:        s.published.Load(),
-		PublishErrors:    s.publishErrors.Load(),
-		CommandsReceived: s.commandsReceived.Load(),
-		CommandsAnswered: s.commandsAnswered.Load(),
-		CommandsFailed:   s.commandsFailed.Load(),
-		CommandsIgnored:  s.commandsIgnored.Load(),
-		TwinUpdates:      s.twinUpdates.Load(),
-		Reboots:          s.reboots.Load(),
-		Churned:          s.churned.Load(),
-		Dropped:          s.dropped.Load(),
+		DurationSeconds:   round3(elapsed.Seconds()),
+		Connected:         connected,
+		PeakConnected:     s.peakConnected.Load(),
+		Connects:          s.connects.Load(),
+		ConnectFailures:   s.connectFailures.Load(),
+		ConnectionsLost:   s.connectionsLost.Load(),
+		Published:         s.published.Load(),
+		PublishErrors:     s.publishErrors.Load(),
+		CommandsReceived:  s.commandsReceived.Load(),
+		CommandsAnswered:  s.commandsAnswered.Load(),
+		CommandsFailed:    s.commandsFailed.Load(),
+		CommandsIgnored:   s.commandsIgnored.Load(),
+		CommandsDuplicate: s.commandsDuplicate.Load(),
+		TwinUpdates:       s.twinUpdates.Load(),
+		Reboots:           s.reboots.Load(),
+		Churned:           s.churned.Load(),
+		Dropped:           s.dropped.Load(),
 	}
 	if elapsed > 0 {
 		sum.MessagesPerSec = round3(float64(sum.Published) / elapsed.Seconds())
