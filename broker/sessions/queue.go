@@ -65,6 +65,7 @@ type queue struct {
 	cl      *mqtt.Client     // the connection draining it; nil when offline
 	running bool             // a pump runs for it
 	out     map[uint16]int64 // packet id -> seq of delivered, unacknowledged messages
+	pid     uint16           // the packet id last given out (reserve; the pump's own)
 	dropped int64
 	logged  time.Time // last refusal logged
 }
@@ -355,15 +356,14 @@ func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) bool {
 		done()
 		return true
 	}
-	id, err := cl.NextPacketID()
-	if err != nil {
+	added, ok := q.reserve(cl, &out)
+	if !ok {
 		q.mu.Lock()
 		q.buf, q.caught, q.loaded = nil, false, q.sent
 		q.mu.Unlock()
 		return false
 	}
-	out.PacketID = uint16(id)
-	if cl.State.Inflight.Set(out) {
+	if added {
 		if srv := s.srv.Load(); srv != nil {
 			atomic.AddInt64(&srv.Info.Inflight, 1)
 		}
@@ -382,6 +382,34 @@ func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) bool {
 	s.metrics.queueDelivered.Inc()
 	_ = cl.WritePacket(out) // if it fails, the engine resends it on reconnect
 	return true
+}
+
+// reserve gives out a free packet identifier and puts it in cl's inflight
+// store, under cl's lock as the engine's NextPacketID does, so that no
+// other delivery takes the same id in between. It counts down from 65535
+// while clients count their own ids up from 1: the engine keeps both
+// directions' ids in one store and refuses a client's SUBSCRIBE (0x91,
+// "packet identifier in use") or QoS 2 PUBLISH whose id the broker is
+// using for a message to it, although the two directions' ids are
+// independent [MQTT-2.3.1]. A session returning with a queue gets its
+// first messages at once, while its client sends its first SUBSCRIBE with
+// id 1; mosquitto_sub saw "All subscription requests were denied". ok is
+// false when every id is in use.
+func (q *queue) reserve(cl *mqtt.Client, out *packets.Packet) (added, ok bool) {
+	cl.Lock()
+	defer cl.Unlock()
+	for range 65535 {
+		if q.pid <= 1 {
+			q.pid = 65535
+		} else {
+			q.pid--
+		}
+		if _, used := cl.State.Inflight.Get(q.pid); !used {
+			out.PacketID = q.pid
+			return cl.State.Inflight.Set(*out), true
+		}
+	}
+	return false, false
 }
 
 // readQueue reads up to n of session id's queued messages after seq.

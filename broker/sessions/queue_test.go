@@ -1,8 +1,10 @@
 package sessions
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -190,5 +192,64 @@ func TestQueueGoesWithExpiredSession(t *testing.T) {
 	})
 	if used, _ := n.store.QueueStoreUse(); used != 0 {
 		t.Errorf("queue store still counts %d bytes", used)
+	}
+}
+
+// TestQueuedDeliveryLeavesClientPacketIDsFree: a session that returns to
+// a queue gets its messages at once, while its client sends its first
+// SUBSCRIBE with packet id 1, as mosquitto_sub does. The two directions'
+// ids are independent [MQTT-2.3.1], but the engine keeps them in one
+// store and refuses a SUBSCRIBE whose id a delivery is using (0x91): the
+// store's deliveries count their ids down from 65535.
+func TestQueuedDeliveryLeavesClientPacketIDsFree(t *testing.T) {
+	n := startStoreNode(t, t.TempDir(), nil)
+	sub := storeClient(t, n.addr, "ids-sub", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("ids/#", 1, nil))
+	sub.Disconnect(100)
+	waitOffline(t, n.store, "ids-sub")
+	pub := storeClient(t, n.addr, "ids-pub", true, nil)
+	for i := range 20 {
+		waitToken(t, "publish", pub.Publish("ids/x", 1, false, fmt.Sprintf("m-%d", i)))
+	}
+	for round := range 5 {
+		c, err := net.Dial("tcp", n.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// CONNECT (3.1.1, persistent, keep alive 30) and SUBSCRIBE id 1 in
+		// one write: the SUBSCRIBE arrives while the queue drains.
+		connect := []byte{0x10, 0, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x00, 0, 30, 0, 7, 'i', 'd', 's', '-', 's', 'u', 'b'}
+		connect[1] = byte(len(connect) - 2)
+		subscribe := []byte{0x82, 0, 0, 1, 0, 5, 'o', 't', 'h', '/', byte('a' + round), 1}
+		subscribe[1] = byte(len(subscribe) - 2)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(append(connect, subscribe...)); err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(c)
+		for {
+			h, err := r.ReadByte()
+			if err != nil {
+				t.Fatalf("round %d: no SUBACK: %v", round, err)
+			}
+			l, _ := r.ReadByte() // the packets here are short
+			body := make([]byte, l)
+			if _, err := io.ReadFull(r, body); err != nil {
+				t.Fatal(err)
+			}
+			if h>>4 == 3 { // a queued PUBLISH: acknowledge it
+				c.Write([]byte{0x40, 2, body[2+int(body[0])<<8|int(body[1])], body[3+int(body[0])<<8|int(body[1])]})
+				continue
+			}
+			if h == 0x90 {
+				if body[0] != 0 || body[1] != 1 || body[2] != 1 {
+					t.Fatalf("round %d: SUBACK % x, want packet id 1 granted QoS 1", round, body)
+				}
+				break
+			}
+		}
+		c.Close()
+		waitOffline(t, n.store, "ids-sub")
+		waitToken(t, "publish", pub.Publish("ids/x", 1, false, "again"))
 	}
 }
