@@ -2,98 +2,47 @@ package sessions
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
-// The helpers of the broker package's tests, for this package's.
+// The helpers shared with other packages' tests live in internal/testmqtt;
+// these names keep the tests short.
 
 func checkFor(t testing.TB, d time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testmqtt.CheckFor(t, d, cond)
 }
 
 func waitToken(t testing.TB, what string, tok paho.Token) {
 	t.Helper()
-	if !tok.WaitTimeout(10 * time.Second) {
-		t.Fatalf("%s: timed out", what)
-	}
-	if err := tok.Error(); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
+	testmqtt.WaitToken(t, what, tok)
 }
 
-func storeLogger() *slog.Logger {
-	if os.Getenv("TETHER_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func storeLogger() *slog.Logger { return testmqtt.Logger() }
 
 // storeClient connects a 3.1.1 client; clean=false makes it persistent.
 func storeClient(t *testing.T, addr, id string, clean bool, onMsg func(paho.Message)) paho.Client {
 	t.Helper()
-	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
-		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
-		SetConnectTimeout(5 * time.Second).SetOrderMatters(true)
-	if onMsg != nil {
-		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMsg(m) })
-	}
-	c := paho.NewClient(o)
-	tok := c.Connect()
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", id, tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(0) })
-	return c
+	return testmqtt.Client(t, addr, id, clean, true, onMsg)
 }
 
-// received collects payloads, safe for paho's goroutines.
-type received struct {
-	mu  sync.Mutex
-	got map[string]int
-}
+// received counts payloads, safe for paho's goroutines.
+type received struct{ testmqtt.Received }
 
-func (r *received) add(m paho.Message) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.got == nil {
-		r.got = map[string]int{}
-	}
-	r.got[string(m.Payload())]++
-}
-
-func (r *received) distinct() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.got)
-}
+func (r *received) add(m paho.Message) { r.Add(m) }
+func (r *received) distinct() int      { return r.Distinct() }
 
 func testCounter(t *testing.T, c prometheus.Counter) float64 {
 	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
+	return testmqtt.Counter(t, c)
 }
 
 // orderedPayloads keeps the payloads in the order they arrived (first

@@ -1,0 +1,104 @@
+package testmqtt
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// CheckFor polls cond until it returns nil, failing the test with cond's
+// last error once d has passed.
+func CheckFor(t testing.TB, d time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", d, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// WaitToken waits for a paho operation and fails the test if it does not
+// succeed within 10 s.
+func WaitToken(t testing.TB, what string, tok paho.Token) {
+	t.Helper()
+	if !tok.WaitTimeout(10 * time.Second) {
+		t.Fatalf("%s: timed out", what)
+	}
+	if err := tok.Error(); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// Logger discards the log unless TETHER_TEST_LOG is set.
+func Logger() *slog.Logger {
+	if os.Getenv("TETHER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// Client connects a 3.1.1 client over TCP; clean=false makes its session
+// persistent. ordered runs onMsg on paho's router goroutine in arrival
+// order. It is disconnected when the test ends.
+func Client(t *testing.T, addr, id string, clean, ordered bool, onMsg func(paho.Message)) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
+		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(5 * time.Second).SetOrderMatters(ordered)
+	if onMsg != nil {
+		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMsg(m) })
+	}
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+// Received counts payloads, safe for paho's goroutines.
+type Received struct {
+	mu  sync.Mutex
+	got map[string]int
+}
+
+// Add counts m's payload.
+func (r *Received) Add(m paho.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.got == nil {
+		r.got = map[string]int{}
+	}
+	r.got[string(m.Payload())]++
+}
+
+// Distinct is how many different payloads arrived.
+func (r *Received) Distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got)
+}
+
+// Counter returns c's value.
+func Counter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
