@@ -19,6 +19,7 @@ import (
 
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/listeners"
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 // wsCompression maps http.ws_compression to coder/websocket's modes.
@@ -161,7 +162,7 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		ConnectionRatePerIP: cfg.Limits.ConnectionRatePerIP,
 	})
 	lim := b.Limits
-	balancers, err := listeners.ParseProxies(cfg.MQTT.ProxyProtocolFrom)
+	balancers, err := forwarded.ParseProxies(cfg.MQTT.ProxyProtocolFrom)
 	if err != nil {
 		return nil, fmt.Errorf("broker: mqtt.proxy_protocol_from: %w", err)
 	}
@@ -171,11 +172,11 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	if opts.TLS != nil && cfg.MQTT.TLSAddr != configs.Off {
 		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
 	}
-	proxies, err := listeners.ParseProxies(cfg.HTTP.TrustedProxies)
+	proxies, err := forwarded.ParseProxies(cfg.HTTP.TrustedProxies)
 	if err != nil {
 		return nil, fmt.Errorf("broker: http.trusted_proxies: %w", err)
 	}
-	origins, err := listeners.NewOriginPolicy(listeners.OriginOptions{
+	origins, err := forwarded.NewOriginPolicy(forwarded.OriginOptions{
 		PublicURL: cfg.HTTP.PublicURL, AllowedOrigins: cfg.HTTP.AllowedOrigins, Proxies: proxies, Names: opts.TLSNames,
 	})
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 // Sample is configs/tether.yaml: every key with its default and a comment.
@@ -345,17 +346,17 @@ func (c *Config) Validate() error {
 	validateRules(c.Auth.Rules, bad)
 	validateTelemetryTopics(c.Telemetry.Topics, bad)
 	for _, p := range c.HTTP.TrustedProxies {
-		if _, err := ParseCIDROrIP(p); err != nil {
+		if _, err := forwarded.ParseCIDROrIP(p); err != nil {
 			bad("http.trusted_proxies", "%q: %v", p, err)
 		}
 	}
 	for _, p := range c.MQTT.ProxyProtocolFrom {
-		if _, err := ParseCIDROrIP(p); err != nil {
+		if _, err := forwarded.ParseCIDROrIP(p); err != nil {
 			bad("mqtt.proxy_protocol_from", "%q: %v", p, err)
 		}
 	}
 	if c.HTTP.PublicURL != "" {
-		if _, err := ParsePublicURL(c.HTTP.PublicURL); err != nil {
+		if _, err := forwarded.ParsePublicURL(c.HTTP.PublicURL); err != nil {
 			bad("http.public_url", "%v", err)
 		}
 	}
@@ -393,7 +394,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, p := range c.Security.BanExempt {
-		if _, err := ParseCIDROrIP(p); err != nil {
+		if _, err := forwarded.ParseCIDROrIP(p); err != nil {
 			bad("security.ban_exempt", "%q: %v", p, err)
 		}
 	}
@@ -428,45 +429,6 @@ const (
 	WSCompressionNoContext = "no_context"
 	WSCompressionContext   = "context"
 )
-
-// ParseCIDROrIP parses "10.0.0.0/8" or a single address such as "127.0.0.1".
-func ParseCIDROrIP(s string) (*net.IPNet, error) {
-	if strings.Contains(s, "/") {
-		_, n, err := net.ParseCIDR(s)
-		return n, err
-	}
-	ip := net.ParseIP(s)
-	if ip == nil {
-		return nil, fmt.Errorf("not an IP address or CIDR")
-	}
-	bits := 128
-	if ip4 := ip.To4(); ip4 != nil {
-		ip, bits = ip4, 32
-	}
-	return &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}, nil
-}
-
-// ParsePublicURL parses http.public_url: an http or https URL of only
-// scheme://host[:port], such as https://iot.example.com.
-func ParsePublicURL(s string) (*url.URL, error) {
-	u, err := url.Parse(s)
-	if err != nil {
-		return nil, fmt.Errorf("%q is not a URL", s)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("%q must start with https:// or http://", s)
-	}
-	if u.Hostname() == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
-		return nil, fmt.Errorf("%q must be only scheme://host[:port], such as https://iot.example.com", s)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("%q has a bad port", s)
-		}
-	}
-	u.Path = ""
-	return u, nil
-}
 
 // TLSEnabled reports whether a certificate and key are configured.
 func (c *Config) TLSEnabled() bool { return c.TLS.Cert != "" && c.TLS.Key != "" }

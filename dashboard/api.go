@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/devices"
-	"github.com/tether-iot/tether/listeners"
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 // APIPrefix is where the JSON API is mounted; every route path in the
@@ -71,7 +71,7 @@ type API struct {
 	audit     *devices.Audit
 	bans      *devices.Bans
 
-	proxies *listeners.Proxies
+	proxies *forwarded.Proxies
 	logins  *devices.LoginLimiter
 	metrics *apiMetrics
 	mux     *http.ServeMux
@@ -108,7 +108,7 @@ func NewAPI(o APIOptions) (*API, error) {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	proxies, err := listeners.ParseProxies(o.TrustedProxies)
+	proxies, err := forwarded.ParseProxies(o.TrustedProxies)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}

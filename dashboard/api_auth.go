@@ -244,7 +244,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// clientIP is the address a request came from (listeners.Proxies.ClientIP:
+// clientIP is the address a request came from (forwarded.Proxies.ClientIP:
 // the peer's, or, from a trusted proxy, the client's it forwarded).
 func (a *API) clientIP(r *http.Request) string { return a.proxies.ClientIP(r) }
 

@@ -10,14 +10,12 @@
 // size on the byte stream (packetsize.go), telling MQTT 5 clients why with
 // DISCONNECT 0x95.
 //
-// Who a client is and which pages may connect are decided here too, once
-// for every path: clientaddr.go resolves a client's address behind
-// trusted proxies (X-Forwarded-For, RFC 7239 Forwarded), proxyproto.go
-// reads the PROXY protocol from trusted load balancers on the TCP and TLS
-// listeners, origin.go is the /mqtt origin policy (forwarding headers,
-// http.public_url, DNS rebinding), handshake.go counts and logs refused
-// upgrades, and certificate.go reloads the TLS certificate for new
-// connections without a restart.
+// Who a client is and which pages may connect are decided once for every
+// path, in the package forwarded (client addresses behind trusted
+// proxies, the /mqtt origin policy); here proxyproto.go reads the PROXY
+// protocol from trusted load balancers on the TCP and TLS listeners,
+// handshake.go counts and logs refused upgrades, and certificate.go
+// reloads the TLS certificate for new connections without a restart.
 //
 // Listener ids are the transport names "tcp", "tls", "ws" and "wss": the
 // engine reports a client's listener id, and that is its transport.

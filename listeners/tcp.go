@@ -12,6 +12,8 @@ import (
 	"time"
 
 	mqttl "github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 // TCP serves MQTT over TCP, or over TLS when given a tls.Config.
@@ -20,7 +22,7 @@ type TCP struct {
 	*conns
 	addr     string
 	tls      *tls.Config
-	proxyHdr *Proxies
+	proxyHdr *forwarded.Proxies
 
 	// lmu guards the fields below.
 	lmu     sync.Mutex
@@ -46,7 +48,7 @@ type TCPOptions struct {
 	Limits *Limiter
 	// ProxyProtocolFrom are the load balancers whose PROXY protocol
 	// header (v1 or v2) is read (mqtt.proxy_protocol_from); nil: nobody's.
-	ProxyProtocolFrom *Proxies
+	ProxyProtocolFrom *forwarded.Proxies
 }
 
 // NewTCP returns a listener for addr ("host:port"; port 0 picks one).

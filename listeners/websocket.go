@@ -12,6 +12,8 @@ import (
 
 	"github.com/coder/websocket"
 	mqttl "github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 // Subprotocol is the WebSocket subprotocol MQTT requires [MQTT-6.0.0-3].
@@ -29,12 +31,12 @@ type WebSocketOptions struct {
 	Secure bool
 	// Origins decides which web pages may connect; nil means an
 	// OriginPolicy with no options (the page's own origin, on a known host).
-	Origins *OriginPolicy
+	Origins *forwarded.OriginPolicy
 	// InsecureSkipVerify accepts every origin. Only for development.
 	InsecureSkipVerify bool
 	// Proxies are the trusted proxies whose X-Forwarded-For (or
 	// Forwarded) is believed; nil trusts nobody.
-	Proxies *Proxies
+	Proxies *forwarded.Proxies
 	// ConnectTimeout bounds the time from upgrade to CONNECT. 0 means
 	// 10 s; negative means none.
 	ConnectTimeout time.Duration
@@ -80,7 +82,7 @@ func NewWebSocket(opts *WebSocketOptions) *WebSocket {
 	l := &WebSocket{conns: newConns(id, connectTimeout(opts.ConnectTimeout), opts.MaxPacketSize), opts: *opts}
 	l.limits = opts.Limits
 	if l.opts.Origins == nil {
-		l.opts.Origins, _ = NewOriginPolicy(OriginOptions{Proxies: opts.Proxies})
+		l.opts.Origins, _ = forwarded.NewOriginPolicy(forwarded.OriginOptions{Proxies: opts.Proxies})
 	}
 	return l
 }
@@ -177,8 +179,8 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !l.opts.InsecureSkipVerify {
-		if ref := l.opts.Origins.check(r, l.opts.Secure); ref != nil {
-			l.refuse(w, r, http.StatusForbidden, ref.reason, ref.msg+"; to allow it set "+ref.setting, ref.setting, "seen_as", ref.own)
+		if ref := l.opts.Origins.Check(r, l.opts.Secure); ref != nil {
+			l.refuse(w, r, http.StatusForbidden, ref.Reason, ref.Msg+"; to allow it set "+ref.Setting, ref.Setting, "seen_as", ref.Own)
 			return
 		}
 	}
@@ -250,8 +252,8 @@ func (l *WebSocket) probe(w http.ResponseWriter, r *http.Request) {
 		Setting string `json:"setting,omitempty"`
 	}
 	a := answer{OK: true}
-	if ref := l.opts.Origins.check(r2, l.opts.Secure); ref != nil && !l.opts.InsecureSkipVerify {
-		a = answer{Reason: ref.reason, Message: ref.msg, Setting: ref.setting}
+	if ref := l.opts.Origins.Check(r2, l.opts.Secure); ref != nil && !l.opts.InsecureSkipVerify {
+		a = answer{Reason: ref.Reason, Message: ref.Msg, Setting: ref.Setting}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -262,7 +264,7 @@ func (l *WebSocket) probe(w http.ResponseWriter, r *http.Request) {
 // peer's port when the peer is the client.
 func (l *WebSocket) remoteAddr(r *http.Request, peer net.Addr) net.Addr {
 	a := l.opts.Proxies.ClientAddr(r)
-	if !a.IsValid() || a == peerAddr(r) {
+	if !a.IsValid() || a == forwarded.PeerAddr(r) {
 		return peer
 	}
 	return &net.TCPAddr{IP: a.AsSlice()}

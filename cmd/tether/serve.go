@@ -26,6 +26,7 @@ import (
 	"github.com/tether-iot/tether/dashboard"
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/listeners"
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 // serveFlags maps each `tether serve` flag to its configuration key.
@@ -490,7 +491,7 @@ func newBans(cfg configs.Config, audit *devices.Audit) *devices.Bans {
 	}{{cfg.Security.BanExempt, &o.Exempt}, {cfg.HTTP.TrustedProxies, &o.TrustedProxies},
 		{cfg.MQTT.ProxyProtocolFrom, &o.TrustedProxies}} { // a balancer is not banned for its clients
 		for _, p := range list.in {
-			if n, err := configs.ParseCIDROrIP(p); err == nil {
+			if n, err := forwarded.ParseCIDROrIP(p); err == nil {
 				*list.out = append(*list.out, n)
 			}
 		}

@@ -1,4 +1,4 @@
-package listeners
+package forwarded
 
 import (
 	"net/http/httptest"
@@ -102,16 +102,16 @@ func TestOriginPolicy(t *testing.T) {
 			for i := 0; i+1 < len(tt.req.headers); i += 2 {
 				r.Header.Add(tt.req.headers[i], tt.req.headers[i+1])
 			}
-			ref := p.check(r, tt.req.secure)
+			ref := p.Check(r, tt.req.secure)
 			switch {
 			case tt.reason == "" && ref != nil:
-				t.Fatalf("refused (%s): %s", ref.reason, ref.msg)
+				t.Fatalf("refused (%s): %s", ref.Reason, ref.Msg)
 			case tt.reason != "" && ref == nil:
 				t.Fatalf("allowed, want refused for %s", tt.reason)
-			case ref != nil && ref.reason != tt.reason:
-				t.Fatalf("refused for %s (%s), want %s", ref.reason, ref.msg, tt.reason)
-			case ref != nil && !strings.Contains(ref.msg+ref.setting, "http."):
-				t.Fatalf("refusal %q names no setting", ref.msg)
+			case ref != nil && ref.Reason != tt.reason:
+				t.Fatalf("refused for %s (%s), want %s", ref.Reason, ref.Msg, tt.reason)
+			case ref != nil && !strings.Contains(ref.Msg+ref.Setting, "http."):
+				t.Fatalf("refusal %q names no setting", ref.Msg)
 			}
 		})
 	}
@@ -124,8 +124,8 @@ func TestOriginUntrustedForwardingNamesTheSetting(t *testing.T) {
 	r.RemoteAddr = "127.0.0.1:9"
 	r.Header.Set("Origin", "https://iot.example.com")
 	r.Header.Set("X-Forwarded-Host", "iot.example.com")
-	ref := p.check(r, false)
-	if ref == nil || ref.setting != "http.trusted_proxies" {
+	ref := p.Check(r, false)
+	if ref == nil || ref.Setting != "http.trusted_proxies" {
 		t.Fatalf("refusal %+v, want one naming http.trusted_proxies", ref)
 	}
 }

@@ -1,4 +1,4 @@
-package listeners
+package forwarded
 
 import (
 	"fmt"
@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-
-	"github.com/tether-iot/tether/configs"
 )
 
 // Proxies are the reverse proxies and load balancers whose word about the
@@ -25,13 +23,32 @@ type Proxies struct {
 func ParseProxies(list []string) (*Proxies, error) {
 	p := &Proxies{}
 	for _, s := range list {
-		n, err := configs.ParseCIDROrIP(strings.TrimSpace(s))
+		n, err := ParseCIDROrIP(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("trusted proxy %q: %w", s, err)
 		}
 		p.nets = append(p.nets, n)
 	}
 	return p, nil
+}
+
+// ParseCIDROrIP parses "10.0.0.0/8" or a single address such as
+// "127.0.0.1": the one CIDR parser of http.trusted_proxies,
+// mqtt.proxy_protocol_from and security.ban_exempt.
+func ParseCIDROrIP(s string) (*net.IPNet, error) {
+	if strings.Contains(s, "/") {
+		_, n, err := net.ParseCIDR(s)
+		return n, err
+	}
+	ip := net.ParseIP(s)
+	if ip == nil {
+		return nil, fmt.Errorf("not an IP address or CIDR")
+	}
+	bits := 128
+	if ip4 := ip.To4(); ip4 != nil {
+		ip, bits = ip4, 32
+	}
+	return &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)}, nil
 }
 
 // Empty reports whether p trusts nobody.
@@ -53,7 +70,7 @@ func (p *Proxies) Contains(ip netip.Addr) bool {
 
 // Trusts reports whether r came straight from a trusted proxy.
 func (p *Proxies) Trusts(r *http.Request) bool {
-	return p.Contains(peerAddr(r))
+	return p.Contains(PeerAddr(r))
 }
 
 // ClientAddr is the address r came from: the peer's, or, when the peer is
@@ -64,7 +81,7 @@ func (p *Proxies) Trusts(r *http.Request) bool {
 // an address (garbage, "unknown", an obfuscated name) ends the walk at the
 // last address believed. The zero Addr means RemoteAddr was not an address.
 func (p *Proxies) ClientAddr(r *http.Request) netip.Addr {
-	addr := peerAddr(r)
+	addr := PeerAddr(r)
 	if !p.Contains(addr) {
 		return addr
 	}
@@ -163,7 +180,7 @@ func hasPort(host string) bool {
 }
 
 // peerAddr is r's RemoteAddr as an address (zero when it is not one).
-func peerAddr(r *http.Request) netip.Addr {
+func PeerAddr(r *http.Request) netip.Addr {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err == nil {
 		return ap.Addr().Unmap()

@@ -1,4 +1,4 @@
-package listeners
+package forwarded
 
 import (
 	"fmt"
@@ -8,9 +8,8 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"strconv"
 	"strings"
-
-	"github.com/tether-iot/tether/configs"
 )
 
 // OriginPolicy decides which web pages may open /mqtt: the browser's
@@ -70,7 +69,7 @@ type OriginOptions struct {
 func NewOriginPolicy(o OriginOptions) (*OriginPolicy, error) {
 	p := &OriginPolicy{patterns: o.AllowedOrigins, proxies: o.Proxies, names: o.Names}
 	if o.PublicURL != "" {
-		u, err := configs.ParsePublicURL(o.PublicURL)
+		u, err := ParsePublicURL(o.PublicURL)
 		if err != nil {
 			return nil, err
 		}
@@ -85,17 +84,39 @@ func NewOriginPolicy(o OriginOptions) (*OriginPolicy, error) {
 	return p, nil
 }
 
-// originRefusal says why an upgrade was refused and what would allow it.
-type originRefusal struct {
-	reason  string // metric label
-	setting string // the configuration key that would allow it
-	msg     string // for the client and the log
-	own     string // the request's own origin as the server saw it
+// ParsePublicURL parses http.public_url: an http or https URL of only
+// scheme://host[:port], such as https://iot.example.com.
+func ParsePublicURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a URL", s)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q must start with https:// or http://", s)
+	}
+	if u.Hostname() == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return nil, fmt.Errorf("%q must be only scheme://host[:port], such as https://iot.example.com", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q has a bad port", s)
+		}
+	}
+	u.Path = ""
+	return u, nil
 }
 
-// check returns nil when r may upgrade; secure says whether the listener
+// Refusal says why an upgrade was refused and what would allow it.
+type Refusal struct {
+	Reason  string // metric label
+	Setting string // the configuration key that would allow it
+	Msg     string // for the client and the log
+	Own     string // the request's own origin as the server saw it
+}
+
+// Check returns nil when r may upgrade; secure says whether the listener
 // is HTTPS.
-func (p *OriginPolicy) check(r *http.Request, secure bool) *originRefusal {
+func (p *OriginPolicy) Check(r *http.Request, secure bool) *Refusal {
 	raw := r.Header.Get("Origin")
 	if raw == "" {
 		return nil // not a browser
@@ -106,8 +127,8 @@ func (p *OriginPolicy) check(r *http.Request, secure bool) *originRefusal {
 		origin, ok = normalizeOrigin(u.Scheme, u.Host)
 	}
 	if !ok {
-		return &originRefusal{reason: "origin", setting: "http.allowed_origins",
-			msg: fmt.Sprintf("the Origin header %q is not a web origin", raw)}
+		return &Refusal{Reason: "origin", Setting: "http.allowed_origins",
+			Msg: fmt.Sprintf("the Origin header %q is not a web origin", raw)}
 	}
 	if p.public != "" && sameHostPort(origin, p.public) {
 		return nil
@@ -128,15 +149,15 @@ func (p *OriginPolicy) check(r *http.Request, secure bool) *originRefusal {
 	}
 	own, ok := normalizeOrigin(scheme, host)
 	if !ok || !sameHostPort(origin, own) {
-		ref := &originRefusal{reason: "origin", own: own,
-			setting: "http.public_url or http.allowed_origins",
-			msg:     fmt.Sprintf("the page's origin %s is not this server's origin %s", origin, own)}
+		ref := &Refusal{Reason: "origin", Own: own,
+			Setting: "http.public_url or http.allowed_origins",
+			Msg:     fmt.Sprintf("the page's origin %s is not this server's origin %s", origin, own)}
 		if p.public != "" {
-			ref.msg += " nor http.public_url " + p.public
+			ref.Msg += " nor http.public_url " + p.public
 		}
 		if !forwarded && hasForwarding(r.Header) && !p.proxies.Trusts(r) {
-			ref.setting = "http.trusted_proxies"
-			ref.msg += " (the forwarding headers came from " + r.RemoteAddr + ", which is not in http.trusted_proxies)"
+			ref.Setting = "http.trusted_proxies"
+			ref.Msg += " (the forwarding headers came from " + r.RemoteAddr + ", which is not in http.trusted_proxies)"
 		}
 		return ref
 	}
@@ -146,8 +167,8 @@ func (p *OriginPolicy) check(r *http.Request, secure bool) *originRefusal {
 	if hn := hostOf(own); p.known(hn) {
 		return nil
 	}
-	return &originRefusal{reason: "host", own: own, setting: "http.public_url or http.allowed_origins",
-		msg: fmt.Sprintf("this server is not known by the name in %s (refused against DNS rebinding)", own)}
+	return &Refusal{Reason: "host", Own: own, Setting: "http.public_url or http.allowed_origins",
+		Msg: fmt.Sprintf("this server is not known by the name in %s (refused against DNS rebinding)", own)}
 }
 
 // allowedPattern reports whether the origin matches http.allowed_origins,

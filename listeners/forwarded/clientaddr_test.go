@@ -1,4 +1,4 @@
-package listeners
+package forwarded
 
 import (
 	"net/http"
@@ -119,4 +119,32 @@ func FuzzForwarded(f *testing.F) {
 		_ = p.forwardedHost(r)
 		_, _ = p.forwardedScheme(r)
 	})
+}
+
+func TestParseCIDROrIP(t *testing.T) {
+	for _, tt := range []struct {
+		in, contains string
+		ok           bool
+	}{
+		{"10.0.0.0/8", "10.1.2.3", true},
+		{"127.0.0.1", "127.0.0.1", true},
+		{"::1", "::1", true},
+		{"fd00::/8", "fd12::1", true},
+		{"nonsense", "", false},
+		{"10.0.0.0/40", "", false},
+	} {
+		n, err := ParseCIDROrIP(tt.in)
+		if (err == nil) != tt.ok {
+			t.Errorf("ParseCIDROrIP(%q) error %v", tt.in, err)
+			continue
+		}
+		if tt.ok && !n.Contains(parseIP(tt.contains)) {
+			t.Errorf("%s does not contain %s", n, tt.contains)
+		}
+	}
+}
+
+func parseIP(s string) []byte {
+	n, _ := ParseCIDROrIP(s)
+	return n.IP
 }
