@@ -39,7 +39,7 @@ func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // clients keep their own choice rather than being dropped while they
 // follow it.
 func (g *gate) boundKeepalive(cl *mqtt.Client) {
-	max := uint16(g.b.cfg.MQTT.MaxKeepalive / time.Second)
+	max := uint16(g.b.opts.MaxKeepalive / time.Second)
 	if max == 0 || cl.Properties.ProtocolVersion < 5 {
 		return
 	}
@@ -62,8 +62,8 @@ func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 		return pk
 	}
 	caps := g.b.Server.Options.Capabilities
-	if g.b.cfg.MQTT.MaxPacketSize > 0 {
-		pk.Properties.MaximumPacketSize = g.b.cfg.MQTT.MaxPacketSize
+	if g.b.opts.MaxPacketSize > 0 {
+		pk.Properties.MaximumPacketSize = g.b.opts.MaxPacketSize
 	}
 	pk.Properties.TopicAliasMaximum = caps.TopicAliasMaximum
 	pk.Properties.RetainAvailable, pk.Properties.RetainAvailableFlag = caps.RetainAvailable, true

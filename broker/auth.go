@@ -11,7 +11,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -33,7 +33,7 @@ type AuthOptions struct {
 	LoginHold time.Duration
 	// Rules are auth.rules (SPEC §5), checked before the built-in rules;
 	// SetRules replaces them.
-	Rules []configs.Rule
+	Rules []rules.Rule
 	// Bans is intrusion detection: a banned identity or address is
 	// refused at CONNECT (0x8A; 3.1.1: 0x05), its live connections end
 	// when the ban starts, and ACL denials count towards bans
@@ -147,7 +147,7 @@ func NewAuth(opts AuthOptions) *Auth {
 	}
 	rs, err := CompileRules(opts.Rules)
 	if err != nil {
-		// Checked at start-up (configs.Config.Validate); a caller that
+		// Checked at start-up (the configuration's validation); a caller that
 		// skipped that gets no rules rather than half of them.
 		a.log.Error("auth rules ignored", "error", err)
 		rs = nil

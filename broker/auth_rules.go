@@ -1,13 +1,15 @@
 package broker
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
-	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/devices/topic"
 )
@@ -35,17 +37,20 @@ type rule struct {
 	whoName  string
 }
 
-// CompileRules checks and compiles auth.rules; configs.Config.Validate
-// gives the same errors, naming each rule by index.
-func CompileRules(rs []configs.Rule) (*Rules, error) {
-	c := configs.Default()
-	c.Auth.Rules = rs
-	if err := c.Validate(); err != nil {
+// CompileRules checks and compiles auth.rules; the configuration's
+// validation gives the same errors (rules.Check), naming each rule by
+// index.
+func CompileRules(rs []rules.Rule) (*Rules, error) {
+	var errs []error
+	rules.Check(rs, func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, a...)...))
+	})
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	out := &Rules{list: make([]rule, len(rs))}
 	for i, r := range rs {
-		kind, name := configs.SplitWho(r.Who)
+		kind, name := rules.SplitWho(r.Who)
 		out.list[i] = rule{
 			allow: r.Effect == "allow",
 			pub:   r.Access == devices.AccessPublish || r.Access == devices.AccessAll,
@@ -67,17 +72,17 @@ func (rs *Rules) Len() int {
 // binds reports whether r applies to c (of device type typ).
 func (r *rule) binds(c *conn, typ string) bool {
 	switch r.whoKind {
-	case configs.WhoAny:
+	case rules.WhoAny:
 		return true
-	case configs.WhoAnonymous:
+	case rules.WhoAnonymous:
 		return c.anonymous
-	case configs.WhoRole:
+	case rules.WhoRole:
 		return !c.anonymous && c.id.Kind == devices.KindUser && c.id.Role == r.whoName
-	case configs.WhoUser:
+	case rules.WhoUser:
 		return !c.anonymous && c.id.Kind == devices.KindUser && c.id.Name == r.whoName
-	case configs.WhoDevice:
+	case rules.WhoDevice:
 		return !c.anonymous && c.id.Kind == devices.KindDevice && c.id.Name == r.whoName
-	case configs.WhoType:
+	case rules.WhoType:
 		return !c.anonymous && c.id.Kind == devices.KindDevice && typ == r.whoName
 	}
 	return false

@@ -11,25 +11,25 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 
-	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
 )
 
 // benchRules are 100 auth rules of every kind, none of which covers the
 // pairs' topics, so that every check walks all the rules that can match
 // before the grants decide: the costly case.
-func benchRules() []configs.Rule {
-	var rs []configs.Rule
+func benchRules() []rules.Rule {
+	var rs []rules.Rule
 	for i := range 40 {
-		rs = append(rs, configs.Rule{Effect: "allow", Access: "publish", Topic: fmt.Sprintf("fw/%%c/%d/#", i), Who: fmt.Sprintf("device:dev-%05d", i)})
+		rs = append(rs, rules.Rule{Effect: "allow", Access: "publish", Topic: fmt.Sprintf("fw/%%c/%d/#", i), Who: fmt.Sprintf("device:dev-%05d", i)})
 	}
 	for i := range 20 {
-		rs = append(rs, configs.Rule{Effect: "allow", Access: "all", Topic: fmt.Sprintf("t%d/%%c/#", i), Who: "type:sensor"})
-		rs = append(rs, configs.Rule{Effect: "deny", Access: "subscribe", Topic: fmt.Sprintf("test/%d/#", i)})
+		rs = append(rs, rules.Rule{Effect: "allow", Access: "all", Topic: fmt.Sprintf("t%d/%%c/#", i), Who: "type:sensor"})
+		rs = append(rs, rules.Rule{Effect: "deny", Access: "subscribe", Topic: fmt.Sprintf("test/%d/#", i)})
 	}
 	for i := range 10 {
-		rs = append(rs, configs.Rule{Effect: "deny", Access: "all", Topic: fmt.Sprintf("+/x%d/#", i)})
-		rs = append(rs, configs.Rule{Effect: "allow", Access: "subscribe", Topic: fmt.Sprintf("ops/%d/#", i), Who: "role:operator"})
+		rs = append(rs, rules.Rule{Effect: "deny", Access: "all", Topic: fmt.Sprintf("+/x%d/#", i)})
+		rs = append(rs, rules.Rule{Effect: "allow", Access: "subscribe", Topic: fmt.Sprintf("ops/%d/#", i), Who: "role:operator"})
 	}
 	return rs
 }
@@ -98,12 +98,12 @@ func benchAuthBroker(b *testing.B) *authEnv {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
 	auth := NewAuth(AuthOptions{Registry: reg, Logger: authLogger()})
-	bp := NewBackpressure(cfg.MQTT.BackpressureWait)
-	br, err := New(cfg, Options{Logger: authLogger(), Access: auth, Hooks: []mqtt.Hook{bp}})
+	bp := NewBackpressure(time.Second) // mqtt.backpressure_wait's default
+	o.Logger, o.Access, o.Hooks = authLogger(), auth, []mqtt.Hook{bp}
+	br, err := New(o)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,11 +9,11 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
 )
 
-func mustRules(t testing.TB, rs ...configs.Rule) *Rules {
+func mustRules(t testing.TB, rs ...rules.Rule) *Rules {
 	t.Helper()
 	c, err := CompileRules(rs)
 	if err != nil {
@@ -32,18 +32,18 @@ func TestAuthRulesDecide(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.auth.SetRules(mustRules(t,
-		configs.Rule{Effect: "deny", Access: "subscribe", Topic: "test/nosubscribe"},
-		configs.Rule{Effect: "allow", Access: "publish", Topic: "homeassistant/#", Who: "type:tasmota"},
-		configs.Rule{Effect: "allow", Access: "all", Topic: "clients/%c/#"},
-		configs.Rule{Effect: "deny", Access: "publish", Topic: "private/%u/#"},
-		configs.Rule{Effect: "deny", Access: "subscribe", Topic: "$SYS/#", Who: "role:viewer"},
-		configs.Rule{Effect: "allow", Access: "publish", Topic: "a/b"},
-		configs.Rule{Effect: "deny", Access: "publish", Topic: "a/#"},
-		configs.Rule{Effect: "allow", Access: "subscribe", Topic: "+/x", Who: "user:vic"},
-		configs.Rule{Effect: "deny", Access: "all", Topic: "secret/#", Who: "anonymous"},
-		configs.Rule{Effect: "allow", Access: "publish", Topic: "$SYS/#"},
-		configs.Rule{Effect: "allow", Access: "publish", Topic: "fw/shelly1/#", Who: "device:shelly1"},
-		configs.Rule{Effect: "deny", Access: "publish", Topic: "#", Who: "user:locked"},
+		rules.Rule{Effect: "deny", Access: "subscribe", Topic: "test/nosubscribe"},
+		rules.Rule{Effect: "allow", Access: "publish", Topic: "homeassistant/#", Who: "type:tasmota"},
+		rules.Rule{Effect: "allow", Access: "all", Topic: "clients/%c/#"},
+		rules.Rule{Effect: "deny", Access: "publish", Topic: "private/%u/#"},
+		rules.Rule{Effect: "deny", Access: "subscribe", Topic: "$SYS/#", Who: "role:viewer"},
+		rules.Rule{Effect: "allow", Access: "publish", Topic: "a/b"},
+		rules.Rule{Effect: "deny", Access: "publish", Topic: "a/#"},
+		rules.Rule{Effect: "allow", Access: "subscribe", Topic: "+/x", Who: "user:vic"},
+		rules.Rule{Effect: "deny", Access: "all", Topic: "secret/#", Who: "anonymous"},
+		rules.Rule{Effect: "allow", Access: "publish", Topic: "$SYS/#"},
+		rules.Rule{Effect: "allow", Access: "publish", Topic: "fw/shelly1/#", Who: "device:shelly1"},
+		rules.Rule{Effect: "deny", Access: "publish", Topic: "#", Who: "user:locked"},
 	))
 	user := func(name, role, clientID string) *conn {
 		return e.auth.newConn(devices.Identity{Kind: devices.KindUser, Name: name, Role: role}, false, clientID)
@@ -104,7 +104,7 @@ func TestAuthRulesDecide(t *testing.T) {
 	if v := user("vic", devices.RoleViewer, "x/#"); v.allows("clients/x/#", sub) {
 		t.Errorf("allow clients/%%c/# bound client id x/#")
 	}
-	e.auth.SetRules(mustRules(t, configs.Rule{Effect: "deny", Access: "publish", Topic: "private/%c/#"}))
+	e.auth.SetRules(mustRules(t, rules.Rule{Effect: "deny", Access: "publish", Topic: "private/%c/#"}))
 	e.auth.fresh(bad)
 	e.auth.fresh(admin)
 	if bad.allows("private/anyone/x", pub) {
@@ -121,7 +121,7 @@ func TestAuthRulesDecide(t *testing.T) {
 }
 
 func TestCompileRulesErrors(t *testing.T) {
-	_, err := CompileRules([]configs.Rule{
+	_, err := CompileRules([]rules.Rule{
 		{Effect: "allow", Access: "publish", Topic: "a/#"},
 		{Effect: "permit", Access: "publish", Topic: "a/#/b", Who: "role:boss"},
 	})
@@ -250,7 +250,7 @@ func TestAuthRulesReloadKeepsConnections(t *testing.T) {
 		}
 		return nil
 	})
-	e.auth.SetRules(mustRules(t, configs.Rule{Effect: "deny", Access: "subscribe", Topic: "test/nosubscribe"}))
+	e.auth.SetRules(mustRules(t, rules.Rule{Effect: "deny", Access: "subscribe", Topic: "test/nosubscribe"}))
 	waitToken(t, "after", p.Publish("test/nosubscribe", 1, false, "after"))
 	waitToken(t, "marker", p.Publish("test/ok", 1, false, "ok"))
 	checkFor(t, 5*time.Second, func() error {
@@ -289,8 +289,8 @@ func TestWillsFollowGrantsAndRules(t *testing.T) {
 		t.Error("a will outside the grants allowed")
 	}
 	e.auth.SetRules(mustRules(t,
-		configs.Rule{Effect: "deny", Access: "publish", Topic: "tele/+/LWT", Who: "type:tasmota"},
-		configs.Rule{Effect: "allow", Access: "publish", Topic: "devices/+/status"}))
+		rules.Rule{Effect: "deny", Access: "publish", Topic: "tele/+/LWT", Who: "type:tasmota"},
+		rules.Rule{Effect: "allow", Access: "publish", Topic: "devices/+/status"}))
 	e.auth.fresh(t1)
 	if t1.mayWill("tele/t1/LWT") {
 		t.Error("a will under a deny rule allowed")

@@ -22,7 +22,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -63,19 +62,18 @@ func startAuthEnvOpts(t testing.TB, anonymous, baseline bool) *authEnv {
 		t.Fatal(err)
 	}
 	reg.SetPasswordCost(bcrypt.MinCost)
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.HTTP.Addr = "127.0.0.1:0" // the WS listener; served by httptest below
-	cfg.MQTT.TLSAddr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off
-	cfg.Auth.AllowAnonymous = anonymous
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
+	o.WebSocket = true // the WS listener; served by httptest below
+	o.AllowAnonymous = anonymous
 	auth := NewAuth(AuthOptions{Registry: reg, AllowAnonymous: anonymous, Logger: authLogger(),
 		Logins: devices.NewLoginLimiter(&devices.LoginLimitOptions{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond})})
-	opts := Options{Logger: authLogger(), Access: auth}
+	o.Logger, o.Access = authLogger(), auth
 	if baseline {
-		cfg.Auth.AllowAnonymous = true
-		opts.Access = nil
+		o.AllowAnonymous = true
+		o.Access = nil
 	}
-	b, err := New(cfg, opts)
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,18 +10,16 @@ import (
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
-
-	"github.com/tether-iot/tether/configs"
 )
 
 func startBackpressureBroker(t *testing.T, maxWait time.Duration) (*Broker, *Backpressure) {
 	t.Helper()
-	cfg := configs.Default() // client_queue_size 256, max_inflight 1024
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.Auth.AllowAnonymous = true
+	o := DefaultOptions() // client_queue_size 256, max_inflight 1024
+	o.TCPAddr = "127.0.0.1:0"
+	o.AllowAnonymous = true
 	bp := NewBackpressure(maxWait)
-	b, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{bp}})
+	o.Logger, o.Hooks = storeLogger(), []mqtt.Hook{bp}
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,32 +2,21 @@ package broker
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	mqttl "github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/listeners"
 	"github.com/tether-iot/tether/listeners/forwarded"
 )
-
-// wsCompression maps http.ws_compression to coder/websocket's modes.
-var wsCompression = map[string]websocket.CompressionMode{
-	configs.WSCompressionOff:       websocket.CompressionDisabled,
-	configs.WSCompressionNoContext: websocket.CompressionNoContextTakeover,
-	configs.WSCompressionContext:   websocket.CompressionContextTakeover,
-}
 
 // Broker is the MQTT engine with Tether's listeners and hooks.
 type Broker struct {
@@ -35,8 +24,8 @@ type Broker struct {
 	// can publish (status, desired twins, commands) as itself.
 	Server *mqtt.Server
 
-	cfg configs.Config
-	log *slog.Logger
+	opts Options
+	log  *slog.Logger
 
 	// The listeners; nil when disabled.
 	TCP *listeners.TCP
@@ -57,64 +46,23 @@ type Broker struct {
 	err      error
 }
 
-// Options are what New needs besides the configuration.
-type Options struct {
-	// Logger receives the broker's log; nil means slog.Default().
-	Logger *slog.Logger
-	// TLS is the server certificate configuration for the TLS and WSS
-	// listeners; nil disables both.
-	TLS *tls.Config
-	// TLSNames returns the names in the served certificate, which the
-	// /mqtt origin check knows the server by; nil for none.
-	TLSNames func() []string
-	// Hooks are added to the engine after the broker's own, in order.
-	Hooks []mqtt.Hook
-	// Access decides who connects and what they may touch. Nil means the
-	// configuration's policy: everyone when auth.allow_anonymous, else
-	// nobody.
-	Access mqtt.Hook
-}
-
-// Capabilities returns the engine capabilities that cfg asks for. The
-// engine's own defaults are not safe for a server: no packet size limit,
-// retained messages deleted after 24 h, an 8,192-slot send queue per client.
-func Capabilities(cfg configs.MQTT) *mqtt.Capabilities {
-	c := mqtt.NewDefaultServerCapabilities()
-	c.MaximumPacketSize = cfg.MaxPacketSize
-	c.MaximumClientWritesPending = cfg.ClientQueueSize
-	c.ReceiveMaximum = cfg.ReceiveMaximum
-	c.MaximumInflight = cfg.MaxInflight
-	c.MaximumSessionExpiryInterval = uint32(min(cfg.MaxSessionExpiry/time.Second, math.MaxUint32))
-	// 0: no broker-imposed expiry; a message (retained ones too) lives
-	// until its own MQTT 5 Message Expiry Interval, if any.
-	c.MaximumMessageExpiryInterval = int64(cfg.MaxMessageExpiry / time.Second)
-	// Topic aliases cost memory per client; keep them modest.
-	c.TopicAliasMaximum = 64
-	// An acknowledgement carries only a reason string and the broker's
-	// own user properties, never the PUBLISH's [MQTT-3.4.2.2]: mochi
-	// copies them over unless told not to, and strict clients then
-	// reject the PUBACK, PUBREC, PUBREL or PUBCOMP as malformed.
-	c.Compatibilities.NoInheritedPropertiesOnAck = true
-	return c
-}
-
 // New assembles a broker; nothing listens until Start.
-func New(cfg configs.Config, opts Options) (*Broker, error) {
+func New(opts Options) (*Broker, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	srv := mqtt.New(&mqtt.Options{
-		Capabilities:             Capabilities(cfg.MQTT),
-		ClientNetWriteBufferSize: cfg.MQTT.WriteBufferSize,
-		ClientNetReadBufferSize:  cfg.MQTT.ReadBufferSize,
+		Capabilities:             Capabilities(opts),
+		ClientNetWriteBufferSize: opts.WriteBufferSize,
+		ClientNetReadBufferSize:  opts.ReadBufferSize,
 		// No payloads, no passwords, repeats folded; the engine's
 		// lifecycle lines at Debug.
 		Logger:                 slog.New(newEngineLog(quietLifecycle{log.With("component", "mqtt").Handler()}, 0)),
-		SysTopicResendInterval: int64(cfg.MQTT.SysInterval / time.Second),
+		SysTopicResendInterval: int64(opts.SysInterval / time.Second),
 		InlineClient:           true,
 	})
-	b := &Broker{Server: srv, cfg: cfg, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock()}
+	b := &Broker{Server: srv, opts: opts, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock()}
 
 	if err := srv.AddHook(&gate{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add gate hook: %w", err)
@@ -124,7 +72,7 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 	}
 	access := opts.Access
 	if access == nil {
-		access = &policy{allow: cfg.Auth.AllowAnonymous, srv: srv}
+		access = &policy{allow: opts.AllowAnonymous, srv: srv}
 	}
 	if h, ok := access.(interface{ bind(*mqtt.Server) }); ok {
 		h.bind(srv) // the access hook refuses and publishes through the engine
@@ -155,36 +103,32 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		}
 	}
 
-	ct, mps := cfg.MQTT.ConnectTimeout, cfg.MQTT.MaxPacketSize
-	b.Limits = listeners.NewLimiter(listeners.LimitOptions{
-		MaxConnections:      cfg.Limits.MaxConnections,
-		MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
-		ConnectionRatePerIP: cfg.Limits.ConnectionRatePerIP,
-	})
+	ct, mps := opts.ConnectTimeout, opts.MaxPacketSize
+	b.Limits = listeners.NewLimiter(opts.Limits)
 	lim := b.Limits
-	balancers, err := forwarded.ParseProxies(cfg.MQTT.ProxyProtocolFrom)
+	balancers, err := forwarded.ParseProxies(opts.ProxyProtocolFrom)
 	if err != nil {
 		return nil, fmt.Errorf("broker: mqtt.proxy_protocol_from: %w", err)
 	}
-	if cfg.MQTT.Addr != configs.Off {
-		b.TCP = listeners.NewTCP(cfg.MQTT.Addr, &listeners.TCPOptions{ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
+	if opts.TCPAddr != "" {
+		b.TCP = listeners.NewTCP(opts.TCPAddr, &listeners.TCPOptions{ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
 	}
-	if opts.TLS != nil && cfg.MQTT.TLSAddr != configs.Off {
-		b.TLS = listeners.NewTCP(cfg.MQTT.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
+	if opts.TLS != nil && opts.TLSAddr != "" {
+		b.TLS = listeners.NewTCP(opts.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
 	}
-	proxies, err := forwarded.ParseProxies(cfg.HTTP.TrustedProxies)
+	proxies, err := forwarded.ParseProxies(opts.TrustedProxies)
 	if err != nil {
 		return nil, fmt.Errorf("broker: http.trusted_proxies: %w", err)
 	}
 	origins, err := forwarded.NewOriginPolicy(forwarded.OriginOptions{
-		PublicURL: cfg.HTTP.PublicURL, AllowedOrigins: cfg.HTTP.AllowedOrigins, Proxies: proxies, Names: opts.TLSNames,
+		PublicURL: opts.PublicURL, AllowedOrigins: opts.AllowedOrigins, Proxies: proxies, Names: opts.TLSNames,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: http.public_url: %w", err)
 	}
 	b.Handshakes = listeners.NewHandshakeFailures()
 	wsOpts := listeners.WebSocketOptions{
-		Compression:    wsCompression[cfg.HTTP.WSCompression],
+		Compression:    opts.WSCompression,
 		Origins:        origins,
 		Proxies:        proxies,
 		ConnectTimeout: ct,
@@ -192,11 +136,11 @@ func New(cfg configs.Config, opts Options) (*Broker, error) {
 		Limits:         lim,
 		Failures:       b.Handshakes,
 	}
-	if cfg.HTTP.Addr != configs.Off {
+	if opts.WebSocket {
 		o := wsOpts
 		b.WS = listeners.NewWebSocket(&o)
 	}
-	if opts.TLS != nil && cfg.HTTP.HTTPSAddr != configs.Off {
+	if opts.TLS != nil && opts.SecureWebSocket {
 		o := wsOpts
 		o.Secure = true
 		b.WSS = listeners.NewWebSocket(&o)

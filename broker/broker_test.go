@@ -15,8 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
-
-	"github.com/tether-iot/tether/configs"
 )
 
 func TestMain(m *testing.M) {
@@ -29,15 +27,16 @@ func TestMain(m *testing.M) {
 // testBroker starts a broker with MQTT over TCP on a loopback port and,
 // when ws is set, MQTT over WebSocket on an httptest server; it is shut
 // down when the test ends.
-func testBroker(t *testing.T, mutate func(*configs.Config)) (b *Broker, wsURL string) {
+func testBroker(t *testing.T, mutate func(*Options)) (b *Broker, wsURL string) {
 	t.Helper()
-	cfg := configs.Default()
-	cfg.MQTT.Addr, cfg.HTTP.Addr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Auth.AllowAnonymous = true
+	o := DefaultOptions()
+	o.TCPAddr, o.WebSocket = "127.0.0.1:0", true
+	o.AllowAnonymous = true
 	if mutate != nil {
-		mutate(&cfg)
+		mutate(&o)
 	}
-	b, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,16 +96,16 @@ func dialConnect(t *testing.T, addr string, version byte, id string) (net.Conn, 
 func TestCapabilities(t *testing.T) {
 	tests := []struct {
 		name  string
-		cfg   func(c *configs.MQTT)
-		check func(t *testing.T, got uint32, c configs.MQTT)
+		cfg   func(c *Options)
+		check func(t *testing.T, got uint32, c Options)
 	}{
-		{"defaults", func(c *configs.MQTT) {}, nil},
-		{"session expiry beyond uint32 is capped", func(c *configs.MQTT) { c.MaxSessionExpiry = 200 * 365 * 24 * time.Hour }, nil},
-		{"message expiry", func(c *configs.MQTT) { c.MaxMessageExpiry = time.Hour }, nil},
+		{"defaults", func(c *Options) {}, nil},
+		{"session expiry beyond uint32 is capped", func(c *Options) { c.MaxSessionExpiry = 200 * 365 * 24 * time.Hour }, nil},
+		{"message expiry", func(c *Options) { c.MaxMessageExpiry = time.Hour }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := configs.Default().MQTT
+			m := DefaultOptions()
 			tt.cfg(&m)
 			c := Capabilities(m)
 			if c.MaximumPacketSize != m.MaxPacketSize || c.MaximumClientWritesPending != m.ClientQueueSize ||
@@ -122,7 +121,7 @@ func TestCapabilities(t *testing.T) {
 			}
 		})
 	}
-	if d := Capabilities(configs.Default().MQTT); d.MaximumMessageExpiryInterval != 0 || d.MaximumPacketSize != 1<<20 {
+	if d := Capabilities(DefaultOptions()); d.MaximumMessageExpiryInterval != 0 || d.MaximumPacketSize != 1<<20 {
 		t.Fatalf("defaults: retained expiry %d, packet size %d", d.MaximumMessageExpiryInterval, d.MaximumPacketSize)
 	}
 }
@@ -141,7 +140,7 @@ func TestAnonymousPolicy(t *testing.T) {
 		{true, 5, []byte{0, 0}},
 	}
 	for _, tt := range tests {
-		b, _ := testBroker(t, func(c *configs.Config) { c.Auth.AllowAnonymous = tt.allow })
+		b, _ := testBroker(t, func(c *Options) { c.AllowAnonymous = tt.allow })
 		c, first, body := dialConnect(t, b.TCP.Address(), tt.version, "anon")
 		if first != 0x20 || len(body) < 2 || !bytes.Equal(body[:2], tt.want) {
 			t.Errorf("allow=%v v%d: CONNACK %#x %x, want %x", tt.allow, tt.version, first, body, tt.want)
@@ -224,9 +223,10 @@ func TestTransport(t *testing.T) {
 
 // TestAbort: a broker that never starts releases its sockets.
 func TestAbort(t *testing.T) {
-	cfg := configs.Default()
-	cfg.MQTT.Addr, cfg.HTTP.Addr = "127.0.0.1:0", configs.Off
-	b, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
+	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	pp "github.com/eclipse/paho.golang/packets"
-
-	"github.com/tether-iot/tether/configs"
 )
 
 // Protocol rules checked byte by byte with an independent codec (paho's
@@ -230,7 +228,7 @@ func TestMQTT_3_3_4_7_ReceiveMaximumExceeded(t *testing.T) {
 		t.Fatal("CONNACK has no Receive Maximum")
 	}
 	max := int(*ack.Properties.ReceiveMaximum)
-	if want := int(configs.Default().MQTT.ReceiveMaximum); max != want {
+	if want := int(DefaultOptions().ReceiveMaximum); max != want {
 		t.Fatalf("Receive Maximum %d, want the default %d", max, want)
 	}
 	// PUBREL is never sent, so each PUBLISH stays unacknowledged.
@@ -262,7 +260,7 @@ func TestMQTT_3_3_4_7_ReceiveMaximumExceeded(t *testing.T) {
 // maximum in CONNACK's Server Keep Alive and held to it; a shorter request
 // stands.
 func TestMQTT_3_2_2_3_14_ServerKeepAlive(t *testing.T) {
-	b, _ := testBroker(t, func(c *configs.Config) { c.MQTT.MaxKeepalive = 5 * time.Second })
+	b, _ := testBroker(t, func(c *Options) { c.MaxKeepalive = 5 * time.Second })
 	addr := b.TCP.Address()
 	for _, tc := range []struct {
 		asked uint16
@@ -302,7 +300,7 @@ func TestMQTT_3_2_2_3_14_ServerKeepAlive(t *testing.T) {
 // broker does, and the broker keeps its word on the limits it names.
 func TestMQTT_3_2_2_ConnackAnnouncesCapabilities(t *testing.T) {
 	b, _ := testBroker(t, nil)
-	def := configs.Default().MQTT
+	def := DefaultOptions()
 	rc := dialRaw(t, b.TCP.Address())
 	p := rc.connect5("caps", 30).Properties
 	if p == nil {

@@ -15,7 +15,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -54,11 +53,11 @@ func startLoggedBroker(t *testing.T) (*authEnv, *logBuffer) {
 	reg.SetPasswordCost(bcrypt.MinCost)
 	var buf logBuffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
 	auth := NewAuth(AuthOptions{Registry: reg, Logger: log})
-	b, err := New(cfg, Options{Logger: log, Access: auth})
+	o.Logger, o.Access = log, auth
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

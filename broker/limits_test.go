@@ -10,7 +10,6 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -47,12 +46,12 @@ func TestPublishLimitKinds(t *testing.T) {
 // A client publishing as fast as it can is held to its rate, and another
 // client's messages keep flowing meanwhile.
 func TestPublishLimitFlooder(t *testing.T) {
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.Auth.AllowAnonymous = true
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
+	o.AllowAnonymous = true
 	lim := NewPublishLimit(PublishLimitOptions{PerClient: 100})
-	b, err := New(cfg, Options{Logger: storeLogger(), Hooks: []mqtt.Hook{lim}})
+	o.Logger, o.Hooks = storeLogger(), []mqtt.Hook{lim}
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

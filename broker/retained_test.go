@@ -7,24 +7,22 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-
-	"github.com/tether-iot/tether/configs"
 )
 
 // startRetainedBroker starts a broker with the default 256-slot send
 // queues, with or without the Retained hook.
 func startRetainedBroker(t *testing.T, hook bool) (*Broker, *Retained) {
 	t.Helper()
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.Auth.AllowAnonymous = true
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
+	o.AllowAnonymous = true
 	r := NewRetained()
 	var hooks []mqtt.Hook
 	if hook {
 		hooks = append(hooks, r)
 	}
-	b, err := New(cfg, Options{Logger: storeLogger(), Hooks: hooks})
+	o.Logger, o.Hooks = storeLogger(), hooks
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +55,7 @@ func TestRetainedBeyondSendQueue(t *testing.T) {
 			waitToken(t, "subscribe", c.Subscribe("devices/+/status", subQoS, nil))
 			want := n
 			if subQoS > 0 {
-				want = n/2 + int(configs.Default().MQTT.MaxInflight)
+				want = n/2 + int(DefaultOptions().MaxInflight)
 			}
 			checkFor(t, 30*time.Second, func() error {
 				if k := got.distinct(); k < want {

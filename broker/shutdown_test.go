@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-
-	"github.com/tether-iot/tether/configs"
 )
 
 // TestShutdown: MQTT 5 clients get DISCONNECT 0x8B, 3.1.1 clients are
@@ -67,7 +65,7 @@ func TestShutdown(t *testing.T) {
 // WebSocket that never sent CONNECT) holds Shutdown only until ctx ends;
 // then it is closed, and the WebSocket handler answers 503.
 func TestShutdownGrace(t *testing.T) {
-	b, wsURL := testBroker(t, func(c *configs.Config) { c.MQTT.ConnectTimeout = time.Minute })
+	b, wsURL := testBroker(t, func(c *Options) { c.ConnectTimeout = time.Minute })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ws, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{Subprotocols: []string{"mqtt"}})

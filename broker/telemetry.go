@@ -13,7 +13,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/devices/topic"
 )
@@ -74,9 +73,21 @@ func (h *TelemetryHook) SetIdentify(f func(*mqtt.Client) (devices.Identity, bool
 	h.identify.Store(&f)
 }
 
-// SetTopics replaces the telemetry.topics mappings (validated by
-// configs.Config.Validate; an entry that is not valid is skipped).
-func (h *TelemetryHook) SetTopics(ts []configs.TelemetryTopic) {
+// TelemetryTopic is one entry of telemetry.topics: topics that firmware
+// publishes to (Tasmota's tele/+/SENSOR, ...) whose payloads are a
+// device's telemetry.
+type TelemetryTopic struct {
+	// Filter is a topic filter.
+	Filter string
+	// DeviceFrom says whose telemetry it is: "%c" (the publishing
+	// device) or the 0-based index of a "+" level of Filter that holds the
+	// device's id.
+	DeviceFrom string
+}
+
+// SetTopics replaces the telemetry.topics mappings (validated when the
+// configuration is loaded; an entry that is not valid is skipped).
+func (h *TelemetryHook) SetTopics(ts []TelemetryTopic) {
 	ms := make([]telemetryMap, 0, len(ts))
 	for _, t := range ts {
 		m := telemetryMap{filter: t.Filter, from: -1}

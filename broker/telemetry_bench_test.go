@@ -17,7 +17,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -43,11 +42,10 @@ func BenchmarkTelemetryRouting(b *testing.B) {
 func benchRouting(b *testing.B, history bool) {
 	ctx := context.Background()
 	log := storeLogger()
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.MQTT.ClientQueueSize = 1 << 16 // one subscriber takes everything
-	cfg.Auth.AllowAnonymous = true
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
+	o.ClientQueueSize = 1 << 16 // one subscriber takes everything
+	o.AllowAnonymous = true
 	var hooks []mqtt.Hook
 	var tel *devices.Telemetry
 	if history {
@@ -70,7 +68,8 @@ func benchRouting(b *testing.B, history bool) {
 		defer tel.Close()
 		hooks = append(hooks, NewTelemetryHook(tel, log))
 	}
-	br, err := New(cfg, Options{Logger: log, Hooks: hooks})
+	o.Logger, o.Hooks = log, hooks
+	br, err := New(o)
 	if err != nil {
 		b.Fatal(err)
 	}

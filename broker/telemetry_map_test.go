@@ -13,7 +13,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -44,7 +44,7 @@ type telEnv struct {
 	log  *syncBuffer
 }
 
-func startTelEnv(t *testing.T, maps []configs.TelemetryTopic, rules ...configs.Rule) *telEnv {
+func startTelEnv(t *testing.T, maps []TelemetryTopic, rs ...rules.Rule) *telEnv {
 	t.Helper()
 	ctx := context.Background()
 	db, err := devices.OpenDB(t.TempDir())
@@ -63,12 +63,12 @@ func startTelEnv(t *testing.T, maps []configs.TelemetryTopic, rules ...configs.R
 	buf := &syncBuffer{}
 	hook := NewTelemetryHook(tel, slog.New(slog.NewTextHandler(buf, nil)))
 	hook.SetTopics(maps)
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	auth := NewAuth(AuthOptions{Registry: reg, Logger: authLogger(), Rules: rules})
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
+	auth := NewAuth(AuthOptions{Registry: reg, Logger: authLogger(), Rules: rs})
 	hook.SetIdentify(auth.Identity)
-	b, err := New(cfg, Options{Logger: authLogger(), Access: auth, Hooks: []mqtt.Hook{hook}})
+	o.Logger, o.Access, o.Hooks = authLogger(), auth, []mqtt.Hook{hook}
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,11 +111,11 @@ func (e *telEnv) values(t *testing.T, id string) map[string]any {
 // history; rejections are logged once a minute per device, without the
 // payload.
 func TestTelemetryFromFirmware(t *testing.T) {
-	e := startTelEnv(t, []configs.TelemetryTopic{
+	e := startTelEnv(t, []TelemetryTopic{
 		{Filter: "tele/+/SENSOR", DeviceFrom: "1"},
 		{Filter: "shellies/+/sensor/+", DeviceFrom: "1"},
 		{Filter: "z2m/own", DeviceFrom: "%c"},
-	}, configs.Rule{Effect: "allow", Access: "publish", Topic: "tele/+/SENSOR", Who: "type:tasmota"})
+	}, rules.Rule{Effect: "allow", Access: "publish", Topic: "tele/+/SENSOR", Who: "type:tasmota"})
 	ctx := context.Background()
 	grants := []devices.TopicGrant{{Filter: "tele/%c/#", Access: "publish"}, {Filter: "shellies/%c/#", Access: "publish"}, {Filter: "z2m/own", Access: "publish"}}
 	_, s1, err := e.reg.CreateDevice(ctx, devices.NewDevice{ID: "t1", Type: "tasmota", Topics: grants})

@@ -17,7 +17,6 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -64,12 +63,12 @@ func startDevNode(t *testing.T, ids ...string) *devNode {
 	}
 	n.cmdHook = NewCommandHook(n.cmds, log)
 	n.twinHook = NewTwinHook(n.twins, log)
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off
-	cfg.HTTP.Addr = "127.0.0.1:0"
-	cfg.Auth.AllowAnonymous = true
-	n.b, err = New(cfg, Options{Logger: log, Hooks: []mqtt.Hook{NewTelemetryHook(n.tel, log), n.cmdHook, n.twinHook}})
+	o := DefaultOptions()
+	o.TCPAddr = "127.0.0.1:0"
+	o.WebSocket = true
+	o.AllowAnonymous = true
+	o.Logger, o.Hooks = log, []mqtt.Hook{NewTelemetryHook(n.tel, log), n.cmdHook, n.twinHook}
+	n.b, err = New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

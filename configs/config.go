@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
@@ -343,7 +344,7 @@ func (c *Config) Validate() error {
 	if c.Telemetry.QueueBytes < 1<<20 {
 		bad("telemetry.queue_bytes", "%d is too small (at least 1048576: one 64 KiB payload must fit many times over)", c.Telemetry.QueueBytes)
 	}
-	validateRules(c.Auth.Rules, bad)
+	rules.Check(c.Auth.Rules, bad)
 	validateTelemetryTopics(c.Telemetry.Topics, bad)
 	for _, p := range c.HTTP.TrustedProxies {
 		if _, err := forwarded.ParseCIDROrIP(p); err != nil {

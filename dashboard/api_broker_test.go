@@ -14,7 +14,6 @@ import (
 
 	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/broker/info"
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -28,13 +27,10 @@ func startBroker(t *testing.T) *broker.Broker {
 // access hook (nil: anyone may connect).
 func startBrokerWith(t *testing.T, access mqtt.Hook) *broker.Broker {
 	t.Helper()
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr = configs.Off
-	cfg.HTTP.Addr = configs.Off
-	cfg.HTTP.HTTPSAddr = configs.Off
-	cfg.Auth.AllowAnonymous = true
-	b, err := broker.New(cfg, broker.Options{Access: access, Logger: slog.New(slog.DiscardHandler)})
+	o := broker.DefaultOptions()
+	o.TCPAddr, o.AllowAnonymous = "127.0.0.1:0", true
+	o.Access, o.Logger = access, slog.New(slog.DiscardHandler)
+	b, err := broker.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/broker"
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -58,11 +57,10 @@ func newDataEnv(t *testing.T) *dataEnv {
 		t.Fatal(err)
 	}
 	ch, th := broker.NewCommandHook(cmds, log), broker.NewTwinHook(twins, log)
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.Auth.AllowAnonymous = true
-	b, err := broker.New(cfg, broker.Options{Logger: log, Hooks: []mqtt.Hook{broker.NewTelemetryHook(tel, log), ch, th}})
+	o := broker.DefaultOptions()
+	o.TCPAddr, o.AllowAnonymous = "127.0.0.1:0", true
+	o.Logger, o.Hooks = log, []mqtt.Hook{broker.NewTelemetryHook(tel, log), ch, th}
+	b, err := broker.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 
-	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/broker"
 )
 
 // sessionOf returns the listing of session id.
@@ -72,7 +72,7 @@ func TestQueueBound(t *testing.T) {
 func TestQueueBeyondWindow(t *testing.T) {
 	dir := t.TempDir()
 	n := startStoreNode(t, dir, nil)
-	window := int(configs.Default().MQTT.MaxInflight)
+	window := int(broker.DefaultOptions().MaxInflight)
 	count := 3 * window
 	sub := storeClient(t, n.addr, "win-sub", false, nil)
 	waitToken(t, "subscribe", sub.Subscribe("win/#", 1, nil))
@@ -152,7 +152,7 @@ func TestPurgeSession(t *testing.T) {
 // (here 1 s although the client asks for an hour); the expired session's
 // queue is removed from memory and disk.
 func TestQueueGoesWithExpiredSession(t *testing.T) {
-	n := startStoreNodeCfg(t, t.TempDir(), nil, func(c *configs.Config) { c.MQTT.MaxSessionExpiry = time.Second })
+	n := startStoreNodeCfg(t, t.TempDir(), nil, func(c *broker.Options) { c.MaxSessionExpiry = time.Second })
 	conn, err := net.DialTimeout("tcp", n.addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tether-iot/tether/broker"
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -33,15 +32,13 @@ func startStoreNode(t testing.TB, dir string, opts *Options) *storeNode {
 
 // startStoreNodeCfg starts a node at the default settings, changed by
 // edit if not nil.
-func startStoreNodeCfg(t testing.TB, dir string, opts *Options, edit func(*configs.Config)) *storeNode {
+func startStoreNodeCfg(t testing.TB, dir string, opts *Options, edit func(*broker.Options)) *storeNode {
 	t.Helper()
-	cfg := configs.Default()
-	cfg.DataDir = dir
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.Auth.AllowAnonymous = true
+	bo := broker.DefaultOptions()
+	bo.TCPAddr = "127.0.0.1:0"
+	bo.AllowAnonymous = true
 	if edit != nil {
-		edit(&cfg)
+		edit(&bo)
 	}
 	o := Options{}
 	if opts != nil {
@@ -52,7 +49,8 @@ func startStoreNodeCfg(t testing.TB, dir string, opts *Options, edit func(*confi
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(cfg, broker.Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
+	bo.Logger, bo.Hooks = storeLogger(), []mqtt.Hook{st}
+	b, err := broker.New(bo)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -229,15 +227,15 @@ func TestStorageDiskFullRecovers(t *testing.T) {
 // store: b.N acknowledged messages.
 func BenchmarkStorageQoS1(b *testing.B) {
 	dir := b.TempDir()
-	cfg := configs.Default()
-	cfg.MQTT.Addr = "127.0.0.1:0"
-	cfg.MQTT.TLSAddr, cfg.HTTP.Addr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off, configs.Off
-	cfg.Auth.AllowAnonymous = true
+	bo := broker.DefaultOptions()
+	bo.TCPAddr = "127.0.0.1:0"
+	bo.AllowAnonymous = true
 	st, err := Open(dir, &Options{Logger: storeLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	br, err := broker.New(cfg, broker.Options{Logger: storeLogger(), Hooks: []mqtt.Hook{st}})
+	bo.Logger, bo.Hooks = storeLogger(), []mqtt.Hook{st}
+	br, err := broker.New(bo)
 	if err != nil {
 		b.Fatal(err)
 	}

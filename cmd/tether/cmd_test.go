@@ -47,7 +47,9 @@ func newCmdEnv(t *testing.T) *cmdEnv {
 		t.Fatal(err)
 	}
 	auth := broker.NewAuth(broker.AuthOptions{Registry: e.reg, Logger: log})
-	b, err := broker.New(cfg, broker.Options{Logger: log, Access: auth, Hooks: e.data.hooks()})
+	bo := brokerOptions(cfg)
+	bo.Logger, bo.Access, bo.Hooks = log, auth, e.data.hooks()
+	b, err := broker.New(bo)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,7 +65,7 @@ func (a *app) reloadAccess() {
 		return
 	}
 	a.auth.SetRules(rs)
-	a.data.telemetryHook.SetTopics(cfg.Telemetry.Topics)
+	a.data.telemetryHook.SetTopics(telemetryTopics(cfg))
 	a.log.Info("SIGHUP: auth.rules and telemetry.topics reloaded", "rules", rs.Len(), "telemetry_topics", len(cfg.Telemetry.Topics))
 	note(fmt.Sprintf("%d auth rules, %d telemetry topics", rs.Len(), len(cfg.Telemetry.Topics)))
 }

@@ -296,7 +296,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		Rules:    cfg.Auth.Rules,
 	})
 	a.data.telemetryHook.SetIdentify(a.auth.Identity)
-	a.data.telemetryHook.SetTopics(cfg.Telemetry.Topics)
+	a.data.telemetryHook.SetTopics(telemetryTopics(cfg))
 	a.hup = append(a.hup, a.reloadAccess)
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.
@@ -304,7 +304,10 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		DeviceRate: cfg.Limits.DevicePublishRate, DeviceBurst: cfg.Limits.DevicePublishBurst, Identity: a.auth.Identity})
 	backpressure := broker.NewBackpressure(cfg.MQTT.BackpressureWait)
 	retained := broker.NewRetained() // a SUBSCRIBE gets all its retained messages
-	b, err := broker.New(cfg, broker.Options{Logger: log, TLS: tlsConf, TLSNames: tlsNames, Access: a.auth, Hooks: append(append([]mqtt.Hook{pubLimit}, a.data.hooks()...), backpressure, retained, a.store)})
+	bo := brokerOptions(cfg)
+	bo.Logger, bo.TLS, bo.TLSNames, bo.Access = log, tlsConf, tlsNames, a.auth
+	bo.Hooks = append(append([]mqtt.Hook{pubLimit}, a.data.hooks()...), backpressure, retained, a.store)
+	b, err := broker.New(bo)
 	if err != nil {
 		return nil, brokerListenError(cfg, err)
 	}
