@@ -102,7 +102,10 @@ const (
 type Bans struct {
 	o BanOptions
 
-	bans, banned *prometheus.Desc
+	// bans counts bans imposed, by kind; banned reads the bans in force
+	// when scraped (metrics.go).
+	bans   *prometheus.CounterVec
+	banned prometheus.GaugeFunc
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -110,7 +113,6 @@ type Bans struct {
 	active  map[string]*Ban
 	recent  []Refusal // ring of the latest refusals
 	next    int
-	total   map[string]int // bans so far, by kind
 	onBan   []func(Ban)
 	expired time.Time // last sweep of ended bans
 }
@@ -139,15 +141,15 @@ func NewBans(o *BanOptions) *Bans {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Bans{
+	b := &Bans{
 		o:      opts,
 		keys:   map[string]*banKey{},
 		active: map[string]*Ban{},
-		total:  map[string]int{},
-		bans: prometheus.NewDesc("tether_bans_total",
-			"Bans imposed for repeated refused logins or ACL denials, by kind (address, identity).", []string{"kind"}, nil),
-		banned: prometheus.NewDesc("tether_banned", "Bans in force now.", nil, nil),
+		bans: counterVec(prometheus.CounterOpts{Name: "tether_bans_total",
+			Help: "Bans imposed for repeated refused logins or ACL denials, by kind (address, identity)."}, "kind", "address", "identity"),
 	}
+	b.banned = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_banned", Help: "Bans in force now."}, b.inForce)
+	return b
 }
 
 // Options returns the options, defaults filled in.
@@ -251,7 +253,7 @@ func (b *Bans) count(key, kind, addr, identity string, now time.Time) *Ban {
 	ban := &Ban{Key: key, Kind: kind, Address: addr, Identity: identity, Refusals: len(k.times),
 		Since: now, Until: now.Add(b.o.Duration)}
 	b.active[key] = ban
-	b.total[kind]++
+	b.bans.WithLabelValues(kind).Inc()
 	return ban
 }
 
@@ -431,12 +433,16 @@ func (b *Bans) prune(now time.Time) {
 }
 
 // Describe implements prometheus.Collector.
-func (b *Bans) Describe(ch chan<- *prometheus.Desc) { ch <- b.bans; ch <- b.banned }
+func (b *Bans) Describe(ch chan<- *prometheus.Desc) { b.bans.Describe(ch); b.banned.Describe(ch) }
 
 // Collect implements prometheus.Collector.
-func (b *Bans) Collect(ch chan<- prometheus.Metric) {
+func (b *Bans) Collect(ch chan<- prometheus.Metric) { b.bans.Collect(ch); b.banned.Collect(ch) }
+
+// inForce is how many bans are in force now.
+func (b *Bans) inForce() float64 {
 	now := b.o.Now()
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.sweep(now)
 	n := 0
 	for _, ban := range b.active {
@@ -444,10 +450,5 @@ func (b *Bans) Collect(ch chan<- prometheus.Metric) {
 			n++
 		}
 	}
-	total := map[string]int{"address": b.total["address"], "identity": b.total["identity"]}
-	b.mu.Unlock()
-	for kind, v := range total {
-		ch <- prometheus.MustNewConstMetric(b.bans, prometheus.CounterValue, float64(v), kind)
-	}
-	ch <- prometheus.MustNewConstMetric(b.banned, prometheus.GaugeValue, float64(n))
+	return float64(n)
 }

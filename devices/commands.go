@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -129,14 +128,7 @@ type Commands struct {
 	// changed maps a command id to a channel closed at its next change.
 	changed map[string]chan struct{}
 
-	stats commandStats
-}
-
-type commandStats struct {
-	created                                  [2]atomic.Int64 // api, mqtt
-	succeeded, failed, expired, delivered    atomic.Int64
-	lateResponses, unknownResponses, dropped atomic.Int64
-	writeErrors                              atomic.Int64
+	m *commandMetrics
 }
 
 // commandOp is one queued change.
@@ -180,6 +172,7 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 		open:    map[string]string{},
 		changed: map[string]chan struct{}{},
 	}
+	c.m = newCommandMetrics(c)
 	rows, err := db.R.QueryContext(ctx, `SELECT id, device_id FROM commands WHERE status IN ('pending', 'delivered')`)
 	if err != nil {
 		return nil, fmt.Errorf("open commands: %w", err)
@@ -275,7 +268,7 @@ func (c *Commands) Create(ctx context.Context, nc NewCommand) (Command, error) {
 	c.mu.Lock()
 	c.open[cmd.ID] = cmd.DeviceID
 	c.mu.Unlock()
-	c.stats.created[0].Add(1)
+	c.m.created[0].Inc()
 	return cmd, nil
 }
 
@@ -307,7 +300,7 @@ func (c *Commands) RecordSent(nc NewCommand) bool {
 		c.mu.Unlock()
 		return false
 	}
-	c.stats.created[1].Add(1)
+	c.m.created[1].Inc()
 	return true
 }
 
@@ -335,12 +328,12 @@ func (c *Commands) RecordResponse(id string, ok bool, result []byte, errMsg stri
 func (c *Commands) enqueue(op commandOp) bool {
 	select {
 	case <-c.stop:
-		c.stats.dropped.Add(1)
+		c.m.dropped.Inc()
 		return false
 	default:
 	}
 	if !c.budget.take(op.cost()) {
-		c.stats.dropped.Add(1)
+		c.m.dropped.Inc()
 		return false
 	}
 	select {
@@ -348,7 +341,7 @@ func (c *Commands) enqueue(op commandOp) bool {
 		return true
 	default:
 		c.budget.give(op.cost())
-		c.stats.dropped.Add(1)
+		c.m.dropped.Inc()
 		return false
 	}
 }
@@ -375,7 +368,7 @@ func (c *Commands) Expire(ctx context.Context, id string) (Command, error) {
 		return Command{}, fmt.Errorf("expire command %s: %w", id, err)
 	}
 	if n, _ := res.RowsAffected(); n > 0 {
-		c.stats.expired.Add(1)
+		c.m.expired.Inc()
 		c.notify(id, true)
 	}
 	return c.Get(ctx, id)

@@ -63,7 +63,7 @@ func (c *Commands) apply(batch []commandOp) {
 	}()
 	changes, err := c.applyTx(batch)
 	if err != nil {
-		c.stats.writeErrors.Add(1)
+		c.m.writeErrors.Inc()
 		c.log.Error("commands: write", "changes", len(batch), "error", err)
 		return
 	}
@@ -151,11 +151,11 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("commands write: commit: %w", err)
 	}
-	c.stats.lateResponses.Add(late)
-	c.stats.unknownResponses.Add(unknown)
-	c.stats.succeeded.Add(ok)
-	c.stats.failed.Add(failed)
-	c.stats.delivered.Add(delivered)
+	c.m.lateResponses.Add(float64(late))
+	c.m.unknownResponses.Add(float64(unknown))
+	c.m.succeeded.Add(float64(ok))
+	c.m.failed.Add(float64(failed))
+	c.m.delivered.Add(float64(delivered))
 	if late+unknown > 0 {
 		c.log.Debug("commands: responses ignored", "late", late, "unknown", unknown)
 	}
@@ -184,7 +184,7 @@ func (c *Commands) sweep() error {
 	if err := rows.Close(); err != nil {
 		return fmt.Errorf("commands expire: %w", err)
 	}
-	c.stats.expired.Add(int64(len(ids)))
+	c.m.expired.Add(float64(len(ids)))
 	for _, id := range ids {
 		c.notify(id, true)
 	}

@@ -72,7 +72,7 @@ func TestCommandsQueueBytes(t *testing.T) {
 	for i := range 100 {
 		c.RecordResponse(fmt.Sprintf("cmd-%d", i), true, result, "")
 	}
-	dropped := c.stats.dropped.Load()
+	dropped := count(c.m.dropped)
 	if queued := 100 - dropped; queued > int64(queueBytes/len(result)) || queued == 0 {
 		t.Fatalf("queued %d responses of %d bytes with a bound of %d bytes", queued, len(result), queueBytes)
 	}
@@ -80,7 +80,7 @@ func TestCommandsQueueBytes(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if n := c.stats.unknownResponses.Load(); n != 100-dropped {
+	if n := count(c.m.unknownResponses); n != 100-dropped {
 		t.Fatalf("%d responses written, want %d", n, 100-dropped)
 	}
 	if held := c.budget.held(); held != 0 {

@@ -194,16 +194,7 @@ type Telemetry struct {
 	budget byteBudget
 	names  *metricNames
 
-	stats telemetryStats
-}
-
-// telemetryStats are the store's running totals.
-type telemetryStats struct {
-	stored, dropped, writeErrors, pruned atomic.Int64
-	metricsRefused                       atomic.Int64 // over MaxDeviceMetrics
-	rejected                             sync.Map     // reason → *atomic.Int64
-	batches                              atomic.Int64
-	lastBatchSeconds                     atomic.Int64 // float64 bits
+	m *telemetryMetrics
 }
 
 // OpenTelemetry migrates the "telemetry" component and starts the writer
@@ -256,6 +247,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		chunks:  newChunkBuilder(),
 		rollups: newRollups(true),
 	}
+	t.m = newTelemetryMetrics(t)
 	if t.last != nil {
 		if err := t.names.load(ctx, t.last); err != nil {
 			return nil, err
@@ -280,12 +272,12 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 // out and counted; a sample left with none is not stored.
 func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 	if t.closed.Load() {
-		t.stats.dropped.Add(1)
+		t.m.dropped.Inc()
 		return false
 	}
 	json, refused := t.names.filter(device, s.JSON)
 	if refused > 0 {
-		t.stats.metricsRefused.Add(int64(refused))
+		t.m.metricsRefused.Add(float64(refused))
 		if json == nil {
 			return false
 		}
@@ -296,7 +288,7 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 	}
 	p := queued{device: device, ts: ts.UnixMilli(), json: json, arrived: arrived}
 	if !t.budget.take(p.cost()) {
-		t.stats.dropped.Add(1)
+		t.m.dropped.Inc()
 		return false
 	}
 	select {
@@ -304,7 +296,7 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 		return true
 	default:
 		t.budget.give(p.cost())
-		t.stats.dropped.Add(1)
+		t.m.dropped.Inc()
 		return false
 	}
 }
@@ -330,16 +322,11 @@ func (t *Telemetry) DeviceDeleted(id string) { t.names.forget(id) }
 
 // MetricsRefused returns how many metrics were left out because their
 // device had MaxDeviceMetrics names already.
-func (t *Telemetry) MetricsRefused() int64 { return t.stats.metricsRefused.Load() }
+func (t *Telemetry) MetricsRefused() int64 { return count(t.m.metricsRefused) }
 
 // Reject counts a payload that was not stored because it did not parse.
 func (t *Telemetry) Reject(err error) {
-	reason := RejectReason(err)
-	c, ok := t.stats.rejected.Load(reason)
-	if !ok {
-		c, _ = t.stats.rejected.LoadOrStore(reason, new(atomic.Int64))
-	}
-	c.(*atomic.Int64).Add(1)
+	t.m.rejected.WithLabelValues(RejectReason(err)).Inc()
 }
 
 // Flush writes everything queued before the call and returns when it is
@@ -374,5 +361,5 @@ func (t *Telemetry) Close() error {
 
 // Stats returns the points stored and dropped so far.
 func (t *Telemetry) Stats() (stored, dropped int64) {
-	return t.stats.stored.Load(), t.stats.dropped.Load()
+	return count(t.m.stored), count(t.m.dropped)
 }

@@ -1,72 +1,62 @@
 package devices
 
 import (
-	"math"
-	"sync/atomic"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// telemetryCollector exposes the store's counts to Prometheus.
-type telemetryCollector struct {
-	t                                         *Telemetry
-	stored, dropped, rejected, errors, pruned *prometheus.Desc
-	queued, batches, lastBatch                *prometheus.Desc
-	queuedBytes, refusedMetrics               *prometheus.Desc
+// telemetryMetrics are the store's counts (metrics.go).
+type telemetryMetrics struct {
+	stored, dropped, writeErrors, pruned, batches prometheus.Counter
+	// metricsRefused is over MaxDeviceMetrics.
+	metricsRefused prometheus.Counter
+	// rejected is by reason (RejectReason).
+	rejected  *prometheus.CounterVec
+	lastBatch prometheus.Gauge
+	all       metrics
+}
+
+// newTelemetryMetrics returns t's metrics; the queue's length and bytes
+// are read from t when scraped.
+func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_telemetry_" + name, Help: help})
+	}
+	gaugeFunc := func(name, help string, f func() float64) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_telemetry_" + name, Help: help}, f)
+	}
+	refused := counterVec(prometheus.CounterOpts{Name: "tether_telemetry_metrics_refused_total",
+		Help: "Metrics left out of stored samples, by reason (device_metric_limit: their device has 1,024 metric names already)."},
+		"reason", "device_metric_limit")
+	m := &telemetryMetrics{
+		stored:         counter("points_stored_total", "Telemetry points written to the history."),
+		dropped:        counter("points_dropped_total", "Telemetry points routed but not stored because the write queue was full (telemetry.queue_size points or telemetry.queue_bytes)."),
+		writeErrors:    counter("write_errors_total", "Telemetry batches that failed to write."),
+		pruned:         counter("points_pruned_total", "Telemetry points deleted by retention."),
+		batches:        counter("batches_total", "Telemetry batches written."),
+		metricsRefused: refused.WithLabelValues("device_metric_limit"),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_telemetry_payloads_rejected_total",
+			Help: "Telemetry payloads routed but not stored because they are not a valid JSON object of metrics, by reason."}, []string{"reason"}),
+		lastBatch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_last_batch_seconds",
+			Help: "Time the last telemetry batch took to write."}),
+	}
+	m.all = metrics{m.stored, m.dropped, m.writeErrors, m.pruned, m.batches, refused, m.rejected, m.lastBatch,
+		gaugeFunc("queue_length", "Telemetry points waiting to be written.", func() float64 { return float64(len(t.queue)) }),
+		gaugeFunc("queue_bytes", "Bytes of telemetry points waiting to be written or being written (bounded by telemetry.queue_bytes).",
+			func() float64 { return float64(t.budget.held()) }),
+	}
+	return m
 }
 
 // Collector returns a prometheus.Collector of the store's counts.
-func (t *Telemetry) Collector() prometheus.Collector {
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc("tether_telemetry_"+name, help, labels, nil)
-	}
-	return &telemetryCollector{
-		t:              t,
-		stored:         d("points_stored_total", "Telemetry points written to the history."),
-		dropped:        d("points_dropped_total", "Telemetry points routed but not stored because the write queue was full (telemetry.queue_size points or telemetry.queue_bytes)."),
-		rejected:       d("payloads_rejected_total", "Telemetry payloads routed but not stored because they are not a valid JSON object of metrics, by reason.", "reason"),
-		errors:         d("write_errors_total", "Telemetry batches that failed to write."),
-		pruned:         d("points_pruned_total", "Telemetry points deleted by retention."),
-		queued:         d("queue_length", "Telemetry points waiting to be written."),
-		batches:        d("batches_total", "Telemetry batches written."),
-		lastBatch:      d("last_batch_seconds", "Time the last telemetry batch took to write."),
-		queuedBytes:    d("queue_bytes", "Bytes of telemetry points waiting to be written or being written (bounded by telemetry.queue_bytes)."),
-		refusedMetrics: d("metrics_refused_total", "Metrics left out of stored samples, by reason (device_metric_limit: their device has 1,024 metric names already).", "reason"),
-	}
-}
-
-func (c *telemetryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.stored, c.dropped, c.rejected, c.errors, c.pruned, c.queued, c.batches, c.lastBatch, c.queuedBytes, c.refusedMetrics} {
-		ch <- d
-	}
-}
-
-func (c *telemetryCollector) Collect(ch chan<- prometheus.Metric) {
-	s := &c.t.stats
-	n := func(d *prometheus.Desc, v int64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
-	}
-	n(c.stored, s.stored.Load())
-	n(c.dropped, s.dropped.Load())
-	n(c.errors, s.writeErrors.Load())
-	n(c.pruned, s.pruned.Load())
-	n(c.batches, s.batches.Load())
-	s.rejected.Range(func(k, v any) bool {
-		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(v.(*atomic.Int64).Load()), k.(string))
-		return true
-	})
-	ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(len(c.t.queue)))
-	ch <- prometheus.MustNewConstMetric(c.queuedBytes, prometheus.GaugeValue, float64(c.t.budget.held()))
-	ch <- prometheus.MustNewConstMetric(c.refusedMetrics, prometheus.CounterValue, float64(s.metricsRefused.Load()), "device_metric_limit")
-	ch <- prometheus.MustNewConstMetric(c.lastBatch, prometheus.GaugeValue, math.Float64frombits(uint64(s.lastBatchSeconds.Load())))
-}
+func (t *Telemetry) Collector() prometheus.Collector { return t.m.all }
 
 // Rejected returns how many payloads were rejected, all reasons together.
 func (t *Telemetry) Rejected() int64 {
+	ch := make(chan prometheus.Metric, 16)
+	go func() { t.m.rejected.Collect(ch); close(ch) }()
 	var n int64
-	t.stats.rejected.Range(func(_, v any) bool {
-		n += v.(*atomic.Int64).Load()
-		return true
-	})
+	for m := range ch {
+		n += count(m.(prometheus.Counter))
+	}
 	return n
 }

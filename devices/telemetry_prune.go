@@ -49,7 +49,7 @@ func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, e
 			return total, err
 		}
 		total += points
-		t.stats.pruned.Add(points)
+		t.m.pruned.Add(float64(points))
 		if rows < int64(t.opts.PruneChunk) {
 			return total, nil
 		}

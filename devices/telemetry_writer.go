@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 )
@@ -74,7 +73,7 @@ func (t *Telemetry) write() {
 				}
 			}
 			_ = flush()
-			if d := t.stats.dropped.Load(); d != lastDropped {
+			if d := count(t.m.dropped); d != lastDropped {
 				t.log.Warn("telemetry: queue full, points routed but not stored",
 					"dropped", d-lastDropped, "interval", t.opts.FlushInterval, "queue_size", t.opts.QueueSize,
 					"queue_bytes", t.opts.QueueBytes)
@@ -104,14 +103,14 @@ func (t *Telemetry) writeBatch(batch []queued) error {
 	defer cancel()
 	err := t.writeTx(ctx, batch)
 	if err != nil {
-		t.stats.writeErrors.Add(1)
+		t.m.writeErrors.Inc()
 		t.log.Error("telemetry: write batch", "points", len(batch), "error", err)
 		return err
 	}
 	took := time.Since(start)
-	t.stats.stored.Add(int64(len(batch)))
-	t.stats.batches.Add(1)
-	t.stats.lastBatchSeconds.Store(int64(math.Float64bits(took.Seconds())))
+	t.m.stored.Add(float64(len(batch)))
+	t.m.batches.Inc()
+	t.m.lastBatch.Set(took.Seconds())
 	t.log.Debug("telemetry: batch written", "points", len(batch), "took", took, "queued", len(t.queue))
 	return nil
 }
@@ -162,7 +161,7 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 	}
 	ok = true
 	// Chunks of devices that stopped reporting are complete on disk.
-	if t.stats.batches.Load()%64 == 0 {
+	if count(t.m.batches)%64 == 0 {
 		t.chunks.evict(now.Add(-chunkSpan))
 	}
 	return nil

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -73,7 +72,10 @@ type Twins struct {
 	wg      sync.WaitGroup
 	once    sync.Once
 
-	merged, dropped, rejected, writeErrors atomic.Int64
+	// merged, dropped, rejected and writeErrors count reported patches
+	// by outcome (tether_twins_reported_total, metrics.go).
+	merged, dropped, rejected, writeErrors prometheus.Counter
+	reported                               *prometheus.CounterVec
 }
 
 type twinPatch struct {
@@ -101,6 +103,11 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 	}
 	t := &Twins{db: db, log: opts.Logger, queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
 		flushes: make(chan chan struct{}), stop: make(chan struct{})}
+	t.reported = counterVec(prometheus.CounterOpts{Name: "tether_twins_reported_total",
+		Help: "Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object), error (write failed)."},
+		"outcome", "merged", "dropped", "rejected", "error")
+	t.merged, t.dropped = t.reported.WithLabelValues("merged"), t.reported.WithLabelValues("dropped")
+	t.rejected, t.writeErrors = t.reported.WithLabelValues("rejected"), t.reported.WithLabelValues("error")
 	t.wg.Add(1)
 	go t.run()
 	return t, nil
@@ -218,24 +225,7 @@ func DesiredDocument(tw Twin) []byte {
 }
 
 // Collector returns a prometheus.Collector of the twin counts.
-func (t *Twins) Collector() prometheus.Collector { return twinsCollector{t} }
-
-type twinsCollector struct{ t *Twins }
-
-var twinsReportedDesc = prometheus.NewDesc("tether_twins_reported_total",
-	"Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object), error (write failed).",
-	[]string{"outcome"}, nil)
-
-func (c twinsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- twinsReportedDesc }
-
-func (c twinsCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, o := range []struct {
-		name string
-		v    int64
-	}{{"merged", c.t.merged.Load()}, {"dropped", c.t.dropped.Load()}, {"rejected", c.t.rejected.Load()}, {"error", c.t.writeErrors.Load()}} {
-		ch <- prometheus.MustNewConstMetric(twinsReportedDesc, prometheus.CounterValue, float64(o.v), o.name)
-	}
-}
+func (t *Twins) Collector() prometheus.Collector { return t.reported }
 
 // DeleteDeviceData deletes a deleted device's twin in tx, the registry's
 // delete transaction (DeviceData).

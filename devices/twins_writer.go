@@ -13,18 +13,18 @@ import (
 // JSON object, or a full queue, is counted and dropped (false).
 func (t *Twins) RecordReported(device string, patch []byte) bool {
 	if _, err := CheckTwinPatch("reported", patch); err != nil {
-		t.rejected.Add(1)
+		t.rejected.Inc()
 		return false
 	}
 	select {
 	case <-t.stop:
-		t.dropped.Add(1)
+		t.dropped.Inc()
 		return false
 	default:
 	}
 	p := twinPatch{device: device, patch: bytes.Clone(patch)}
 	if !t.budget.take(p.cost()) {
-		t.dropped.Add(1)
+		t.dropped.Inc()
 		return false
 	}
 	select {
@@ -32,7 +32,7 @@ func (t *Twins) RecordReported(device string, patch []byte) bool {
 		return true
 	default:
 		t.budget.give(p.cost())
-		t.dropped.Add(1)
+		t.dropped.Inc()
 		return false
 	}
 }
@@ -62,7 +62,7 @@ func (t *Twins) Flush(ctx context.Context) error {
 // Stats returns reported patches merged, dropped (queue full) and rejected
 // (not a JSON object).
 func (t *Twins) Stats() (merged, dropped, rejected int64) {
-	return t.merged.Load(), t.dropped.Load(), t.rejected.Load()
+	return count(t.merged), count(t.dropped), count(t.rejected)
 }
 
 func (t *Twins) run() {
@@ -136,9 +136,9 @@ func (t *Twins) write(batch []twinPatch) {
 		return tx.Commit()
 	}()
 	if err != nil {
-		t.writeErrors.Add(1)
+		t.writeErrors.Inc()
 		t.log.Error("twins: merge reported", "patches", len(batch), "error", err)
 		return
 	}
-	t.merged.Add(int64(len(batch)))
+	t.merged.Add(float64(len(batch)))
 }

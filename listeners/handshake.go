@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,8 +32,8 @@ const refusalLogEvery = time.Minute
 // tether_ws_handshake_failures_total. A nil *HandshakeFailures counts and
 // logs nothing.
 type HandshakeFailures struct {
-	counts map[string]*atomic.Int64
-	desc   *prometheus.Desc
+	// counts are failures by reason: tether_ws_handshake_failures_total.
+	counts *prometheus.CounterVec
 	now    func() time.Time
 
 	// mu guards the fields below.
@@ -46,25 +45,16 @@ type HandshakeFailures struct {
 // NewHandshakeFailures returns an empty counter.
 func NewHandshakeFailures() *HandshakeFailures {
 	h := &HandshakeFailures{
-		counts:     map[string]*atomic.Int64{},
+		counts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_ws_handshake_failures_total",
+			Help: "WebSocket upgrades of /mqtt refused, by reason."}, []string{"reason"}),
 		now:        time.Now,
 		lastLog:    map[string]time.Time{},
 		suppressed: map[string]int{},
-		desc: prometheus.NewDesc("tether_ws_handshake_failures_total",
-			"WebSocket upgrades of /mqtt refused, by reason.", []string{"reason"}, nil),
 	}
 	for _, r := range refusalReasons {
-		h.counts[r] = &atomic.Int64{}
+		h.counts.WithLabelValues(r) // each reads 0 before its first refusal
 	}
 	return h
-}
-
-// Count returns the refusals for reason so far.
-func (h *HandshakeFailures) Count(reason string) int64 {
-	if h == nil || h.counts[reason] == nil {
-		return 0
-	}
-	return h.counts[reason].Load()
 }
 
 // refused counts a refusal and logs it unless the reason was logged within
@@ -73,9 +63,7 @@ func (h *HandshakeFailures) refused(log *slog.Logger, reason string, attrs ...an
 	if h == nil {
 		return
 	}
-	if c := h.counts[reason]; c != nil {
-		c.Add(1)
-	}
+	h.counts.WithLabelValues(reason).Inc()
 	now := h.now()
 	h.mu.Lock()
 	if last, ok := h.lastLog[reason]; ok && now.Sub(last) < refusalLogEvery {
@@ -95,11 +83,7 @@ func (h *HandshakeFailures) refused(log *slog.Logger, reason string, attrs ...an
 }
 
 // Describe implements prometheus.Collector.
-func (h *HandshakeFailures) Describe(ch chan<- *prometheus.Desc) { ch <- h.desc }
+func (h *HandshakeFailures) Describe(ch chan<- *prometheus.Desc) { h.counts.Describe(ch) }
 
 // Collect implements prometheus.Collector.
-func (h *HandshakeFailures) Collect(ch chan<- prometheus.Metric) {
-	for _, r := range refusalReasons {
-		ch <- prometheus.MustNewConstMetric(h.desc, prometheus.CounterValue, float64(h.counts[r].Load()), r)
-	}
-}
+func (h *HandshakeFailures) Collect(ch chan<- prometheus.Metric) { h.counts.Collect(ch) }

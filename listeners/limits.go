@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,7 +30,9 @@ type LimitOptions struct {
 type Limiter struct {
 	opts LimitOptions
 
-	refusedTotal, refusedPerIP, refusedRate, refusedBanned atomic.Int64
+	// refused counts refusals by limit: tether_connections_limited_total.
+	refused                                                *prometheus.CounterVec
+	refusedTotal, refusedPerIP, refusedRate, refusedBanned prometheus.Counter
 
 	// banned, when set, refuses an address that is banned (SetBanned).
 	banned func(ip string) bool
@@ -41,8 +42,6 @@ type Limiter struct {
 	open  int
 	addrs map[string]*addrLimit
 	swept time.Time
-
-	desc *prometheus.Desc
 }
 
 // addrLimit is one address's open connections and connection-rate bucket.
@@ -55,11 +54,16 @@ type addrLimit struct {
 // NewLimiter returns a limiter; with zero opts it admits everything but
 // still reports its (zero) counts.
 func NewLimiter(opts LimitOptions) *Limiter {
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_connections_limited_total",
+		Help: "MQTT connections refused by a connection limit or a ban, by limit (banned: the address is banned)."}, []string{"limit"})
 	return &Limiter{
-		opts:  opts,
-		addrs: map[string]*addrLimit{},
-		desc: prometheus.NewDesc("tether_connections_limited_total",
-			"MQTT connections refused by a connection limit or a ban, by limit (banned: the address is banned).", []string{"limit"}, nil),
+		opts:          opts,
+		addrs:         map[string]*addrLimit{},
+		refused:       refused,
+		refusedTotal:  refused.WithLabelValues("max_connections"),
+		refusedPerIP:  refused.WithLabelValues("max_connections_per_ip"),
+		refusedRate:   refused.WithLabelValues("connection_rate_per_ip"),
+		refusedBanned: refused.WithLabelValues("banned"),
 	}
 }
 
@@ -77,7 +81,7 @@ func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
 	}
 	ip := addrIP(addr)
 	if l.banned != nil && l.banned(ip) {
-		l.refusedBanned.Add(1)
+		l.refusedBanned.Inc()
 		return nil, false
 	}
 	if l.opts == (LimitOptions{}) {
@@ -88,7 +92,7 @@ func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
 	defer l.mu.Unlock()
 	l.sweep(now)
 	if l.opts.MaxConnections > 0 && l.open >= l.opts.MaxConnections {
-		l.refusedTotal.Add(1)
+		l.refusedTotal.Inc()
 		return nil, false
 	}
 	a := l.addrs[ip]
@@ -97,14 +101,14 @@ func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
 		l.addrs[ip] = a
 	}
 	if l.opts.MaxConnectionsPerIP > 0 && a.open >= l.opts.MaxConnectionsPerIP {
-		l.refusedPerIP.Add(1)
+		l.refusedPerIP.Inc()
 		return nil, false
 	}
 	if r := float64(l.opts.ConnectionRatePerIP); r > 0 {
 		a.tokens = min(r, a.tokens+now.Sub(a.last).Seconds()*r)
 		a.last = now
 		if a.tokens < 1 {
-			l.refusedRate.Add(1)
+			l.refusedRate.Inc()
 			l.forgetIdle(ip, a)
 			return nil, false
 		}
@@ -165,22 +169,10 @@ func addrIP(addr net.Addr) string {
 }
 
 // Describe implements prometheus.Collector.
-func (l *Limiter) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
+func (l *Limiter) Describe(ch chan<- *prometheus.Desc) { l.refused.Describe(ch) }
 
 // Collect implements prometheus.Collector.
-func (l *Limiter) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range []struct {
-		v     *atomic.Int64
-		label string
-	}{
-		{&l.refusedTotal, "max_connections"},
-		{&l.refusedPerIP, "max_connections_per_ip"},
-		{&l.refusedRate, "connection_rate_per_ip"},
-		{&l.refusedBanned, "banned"},
-	} {
-		ch <- prometheus.MustNewConstMetric(l.desc, prometheus.CounterValue, float64(c.v.Load()), c.label)
-	}
-}
+func (l *Limiter) Collect(ch chan<- prometheus.Metric) { l.refused.Collect(ch) }
 
 // ErrLimited is returned for a connection refused by a Limiter.
 var ErrLimited = errors.New("connection refused by a connection limit")

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -17,21 +16,20 @@ import (
 // in tether_http_requests_limited_total.
 type HTTPLimit struct {
 	max      int64
-	tooLarge atomic.Int64
-	desc     *prometheus.Desc
+	tooLarge prometheus.Counter
 }
 
 // NewHTTPLimit returns a limit of maxBody bytes per request body.
 func NewHTTPLimit(maxBody int64) *HTTPLimit {
-	return &HTTPLimit{max: maxBody, desc: prometheus.NewDesc("tether_http_requests_limited_total",
-		"HTTP requests refused for a body over limits.http_max_body_bytes.", nil, nil)}
+	return &HTTPLimit{max: maxBody, tooLarge: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_http_requests_limited_total",
+		Help: "HTTP requests refused for a body over limits.http_max_body_bytes."})}
 }
 
 // Handler wraps next with the limit.
 func (l *HTTPLimit) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > l.max {
-			l.tooLarge.Add(1)
+			l.tooLarge.Inc()
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Connection", "close")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
@@ -58,15 +56,13 @@ func (b *countedBody) Read(p []byte) (int, error) {
 	var mbe *http.MaxBytesError
 	if err != nil && !b.counted && errors.As(err, &mbe) {
 		b.counted = true
-		b.l.tooLarge.Add(1)
+		b.l.tooLarge.Inc()
 	}
 	return n, err
 }
 
 // Describe implements prometheus.Collector.
-func (l *HTTPLimit) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
+func (l *HTTPLimit) Describe(ch chan<- *prometheus.Desc) { l.tooLarge.Describe(ch) }
 
 // Collect implements prometheus.Collector.
-func (l *HTTPLimit) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(l.desc, prometheus.CounterValue, float64(l.tooLarge.Load()))
-}
+func (l *HTTPLimit) Collect(ch chan<- prometheus.Metric) { l.tooLarge.Collect(ch) }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func tcpAddr(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 1234} }
@@ -116,7 +118,7 @@ func TestTCPConnectionCap(t *testing.T) {
 			t.Fatalf("connection %d: served %v, want %v (%v %v)", i, served, want, werr, rerr)
 		}
 	}
-	if got := lim.refusedPerIP.Load(); got != 7 {
+	if got := int64(testutil.ToFloat64(lim.refusedPerIP)); got != 7 {
 		t.Errorf("refusals counted: %d, want 7", got)
 	}
 }
@@ -156,7 +158,7 @@ func TestHTTPLimit(t *testing.T) {
 			}
 		})
 	}
-	if got := lim.tooLarge.Load(); got != 2 {
+	if got := int64(testutil.ToFloat64(lim.tooLarge)); got != 2 {
 		t.Errorf("counted %d refusals, want 2", got)
 	}
 }
@@ -172,7 +174,7 @@ func TestLimiterBanned(t *testing.T) {
 	if _, ok := l.admit(tcpAddr("203.0.113.8")); !ok {
 		t.Fatal("another address was refused")
 	}
-	if l.refusedBanned.Load() != 1 || l.refusedTotal.Load()+l.refusedPerIP.Load()+l.refusedRate.Load() != 0 {
+	if int64(testutil.ToFloat64(l.refusedBanned)) != 1 || int64(testutil.ToFloat64(l.refusedTotal))+int64(testutil.ToFloat64(l.refusedPerIP))+int64(testutil.ToFloat64(l.refusedRate)) != 0 {
 		t.Fatal("refusals counted under the wrong limit")
 	}
 }

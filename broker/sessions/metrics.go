@@ -12,14 +12,15 @@ type storeMetrics struct {
 	healthy    func() error // set by newStore
 	store      *Store       // set by newStore
 
-	queueDesc, healthyDesc, storeBytesDesc, storeLimitDesc *prometheus.Desc
+	// gauges are read from the store when scraped.
+	gauges []prometheus.GaugeFunc
 }
 
 func newStoreMetrics() *storeMetrics {
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_store_" + name, Help: help})
 	}
-	return &storeMetrics{
+	m := &storeMetrics{
 		commits:    c("commits_total", "Session store transactions committed."),
 		ops:        c("ops_written_total", "Session store changes written."),
 		errors:     c("errors_total", "Session store transactions that failed (and were retried)."),
@@ -34,38 +35,51 @@ func newStoreMetrics() *storeMetrics {
 			Help:    "Time to write and commit one session store batch.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, 1, 5},
 		}),
-		queueDesc:      prometheus.NewDesc("tether_store_queue_bytes", "Bytes of session store changes waiting to be written.", nil, nil),
-		healthyDesc:    prometheus.NewDesc("tether_store_healthy", "1 when the session store is writing, 0 while SQLite fails.", nil, nil),
-		storeBytesDesc: prometheus.NewDesc("tether_mqtt_queue_store_bytes", "Bytes the persistent sessions' queues hold on disk.", nil, nil),
-		storeLimitDesc: prometheus.NewDesc("tether_mqtt_queue_store_limit_bytes", "mqtt.max_queue_store_bytes.", nil, nil),
 	}
+	g := func(name, help string, f func() float64) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	m.gauges = []prometheus.GaugeFunc{
+		g("tether_store_queue_bytes", "Bytes of session store changes waiting to be written.", func() float64 { return float64(m.queueBytes()) }),
+		g("tether_store_healthy", "1 when the session store is writing, 0 while SQLite fails.", func() float64 {
+			if m.healthy() != nil {
+				return 0
+			}
+			return 1
+		}),
+		g("tether_mqtt_queue_store_bytes", "Bytes the persistent sessions' queues hold on disk.", func() float64 {
+			used, _ := m.store.QueueStoreUse()
+			return float64(used)
+		}),
+		g("tether_mqtt_queue_store_limit_bytes", "mqtt.max_queue_store_bytes.", func() float64 {
+			_, limit := m.store.QueueStoreUse()
+			return float64(limit)
+		}),
+	}
+	return m
+}
+
+// collectors are the store's metrics.
+func (m *storeMetrics) collectors() []prometheus.Collector {
+	cs := []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.queueDropped, m.queueDelivered, m.commitSeconds}
+	for _, g := range m.gauges {
+		cs = append(cs, g)
+	}
+	return cs
 }
 
 // Describe implements prometheus.Collector.
 func (m *storeMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.queueDropped, m.queueDelivered, m.commitSeconds} {
+	for _, c := range m.collectors() {
 		c.Describe(ch)
 	}
-	ch <- m.queueDesc
-	ch <- m.healthyDesc
-	ch <- m.storeBytesDesc
-	ch <- m.storeLimitDesc
 }
 
 // Collect implements prometheus.Collector.
 func (m *storeMetrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.queueDropped, m.queueDelivered, m.commitSeconds} {
+	for _, c := range m.collectors() {
 		c.Collect(ch)
 	}
-	ch <- prometheus.MustNewConstMetric(m.queueDesc, prometheus.GaugeValue, float64(m.queueBytes()))
-	h := 1.0
-	if m.healthy() != nil {
-		h = 0
-	}
-	ch <- prometheus.MustNewConstMetric(m.healthyDesc, prometheus.GaugeValue, h)
-	used, limit := m.store.QueueStoreUse()
-	ch <- prometheus.MustNewConstMetric(m.storeBytesDesc, prometheus.GaugeValue, float64(used))
-	ch <- prometheus.MustNewConstMetric(m.storeLimitDesc, prometheus.GaugeValue, float64(limit))
 }
 
 // Collector returns the store's Prometheus collector.
