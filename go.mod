@@ -16,10 +16,7 @@ require (
 	modernc.org/sqlite v1.62.0
 )
 
-require (
-	github.com/kylelemons/godebug v1.1.0 // indirect
-	golang.org/x/time v0.16.0
-)
+require golang.org/x/time v0.16.0 // indirect
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync/atomic"
@@ -73,13 +74,12 @@ func TestShutdownGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ws.CloseNow()
-	deadline := time.Now().Add(5 * time.Second)
-	for b.WS.Stats().Open.Load() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the WebSocket connection never reached the engine")
+	checkFor(t, 5*time.Second, func() error {
+		if b.WS.Stats().Open.Load() != 1 {
+			return errors.New("the WebSocket connection never reached the engine")
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 
 	grace, cancelGrace := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancelGrace()

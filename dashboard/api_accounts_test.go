@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // withAudit gives the API an audit log (on its own database) and returns
@@ -329,24 +331,15 @@ func TestAuditRecordsEachStep(t *testing.T) {
 		{devices.AuditTokenCreated, "viewer", own.ID},
 		{devices.AuditTokenRevoked, "viewer", own.ID},
 	}
-	deadline := time.Now().Add(5 * time.Second) // refusals are written in the background
-	for {
+	testmqtt.CheckFor(t, 5*time.Second, func() error { // refusals are written in the background
 		entries = e.auditEntries()
-		missing := ""
 		for _, w := range want {
 			if !hasEntry(entries, w.action, w.actor, w.target) {
-				missing = w.action + " " + w.actor + " " + w.target
-				break
+				return fmt.Errorf("no audit entry %s %s %s in %+v", w.action, w.actor, w.target, entries)
 			}
 		}
-		if missing == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no audit entry %s in %+v", missing, entries)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	all := ""
 	for _, en := range entries {
 		all += en.Actor + en.Via + en.Target + en.Detail + "\n"

@@ -3,6 +3,7 @@ package dashboard
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // dataEnv is an API env with telemetry, commands and twins wired to a
@@ -206,19 +208,15 @@ func TestTwinRoutes(t *testing.T) {
 		t.Fatal("no retained desired state")
 	}
 	dev.Publish("devices/dev-1/twin/reported", 1, false, `{"rate":5,"mode":"eco"}`).Wait()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
 		res, body = e.do("GET", "/devices/dev-1/twin", view, nil)
 		e.mustStatus(res, body, 200)
 		tw = decode[devices.Twin](t, body)
 		if len(tw.Delta) == 0 && tw.ReportedVersion == 1 {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("delta never emptied: %s", body)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("delta never emptied: %s", body)
+	})
 	res, body = e.do("GET", "/devices/ghost/twin", view, nil)
 	e.mustStatus(res, body, 404)
 }
@@ -234,16 +232,12 @@ func TestTelemetryRoutes(t *testing.T) {
 		dev.Publish("devices/dev-1/telemetry", 1, false, p).Wait()
 	}
 	from, to := base.Format(time.RFC3339), base.Add(time.Hour).Format(time.RFC3339)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if s, _ := e.tel.Stats(); s == 6 {
-			break
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
+		if s, _ := e.tel.Stats(); s != 6 {
+			return fmt.Errorf("telemetry not stored: %d of 6 points", s)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("telemetry not stored")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	res, body := e.do("GET", "/devices/dev-1/telemetry?from="+from+"&to="+to+"&limit=4", view, nil)
 	e.mustStatus(res, body, 200)
 	pts := decode[struct {

@@ -3,8 +3,11 @@ package devices
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 func openTestCommands(t *testing.T) *Commands {
@@ -69,18 +72,14 @@ func TestCommandLifecycle(t *testing.T) {
 	}
 	c.RecordSent(NewCommand{ID: "reused", DeviceID: "d1", Name: "x", Params: []byte("{}"), Timeout: time.Minute})
 	c.RecordResponse("cmd-nope", true, nil, "")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
 		late, unknown := c.ResponseStats()
 		_, open := c.OpenFor("reused")
 		if late == 1 && unknown == 1 && !open {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("late %d unknown %d, reused id open %v", late, unknown, open)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Errorf("late %d unknown %d, reused id open %v", late, unknown, open)
+	})
 }
 
 func TestCommandCheckAndList(t *testing.T) {

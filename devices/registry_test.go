@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // openTestRegistry opens a registry on a fresh database file.
@@ -334,16 +336,15 @@ func TestPresenceAndLastValues(t *testing.T) {
 	waitFor(t, func() bool { d, _ := r.Device(ctx, "p1"); return !d.Online })
 }
 
-// waitFor polls cond until it holds or 5 s pass.
+// waitFor polls cond until it holds or 5 s pass (testmqtt.CheckFor).
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
+		if !cond() {
+			return errors.New("condition not met")
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestPresenceStormFlushedOnClose(t *testing.T) {

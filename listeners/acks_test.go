@@ -2,12 +2,15 @@ package listeners
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // tcpPair returns both ends of a real loopback TCP connection.
@@ -100,13 +103,12 @@ func TestAckConnWritesThroughWhileReading(t *testing.T) {
 	}()
 	// Once the reader waits for input, an ack from elsewhere is not held:
 	// poll until it arrives.
-	deadline := time.Now().Add(5 * time.Second)
-	for !ac.reading.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("reader never started reading")
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
+		if !ac.reading.Load() {
+			return errors.New("reader never started reading")
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 	if _, err := ac.Write(puback); err != nil {
 		t.Fatal(err)
 	}

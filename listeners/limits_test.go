@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 func tcpAddr(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 1234} }
@@ -118,7 +118,7 @@ func TestTCPConnectionCap(t *testing.T) {
 			t.Fatalf("connection %d: served %v, want %v (%v %v)", i, served, want, werr, rerr)
 		}
 	}
-	if got := int64(testutil.ToFloat64(lim.refusedPerIP)); got != 7 {
+	if got := int64(testmqtt.Counter(t, lim.refusedPerIP)); got != 7 {
 		t.Errorf("refusals counted: %d, want 7", got)
 	}
 }
@@ -158,7 +158,7 @@ func TestHTTPLimit(t *testing.T) {
 			}
 		})
 	}
-	if got := int64(testutil.ToFloat64(lim.tooLarge)); got != 2 {
+	if got := int64(testmqtt.Counter(t, lim.tooLarge)); got != 2 {
 		t.Errorf("counted %d refusals, want 2", got)
 	}
 }
@@ -174,7 +174,7 @@ func TestLimiterBanned(t *testing.T) {
 	if _, ok := l.admit(tcpAddr("203.0.113.8")); !ok {
 		t.Fatal("another address was refused")
 	}
-	if int64(testutil.ToFloat64(l.refusedBanned)) != 1 || int64(testutil.ToFloat64(l.refusedTotal))+int64(testutil.ToFloat64(l.refusedPerIP))+int64(testutil.ToFloat64(l.refusedRate)) != 0 {
+	if int64(testmqtt.Counter(t, l.refusedBanned)) != 1 || int64(testmqtt.Counter(t, l.refusedTotal))+int64(testmqtt.Counter(t, l.refusedPerIP))+int64(testmqtt.Counter(t, l.refusedRate)) != 0 {
 		t.Fatal("refusals counted under the wrong limit")
 	}
 }

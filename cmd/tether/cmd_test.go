@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http/httptest"
@@ -189,19 +190,15 @@ func TestCommandFromOperatorOverMQTT(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	checkFor(t, 5*time.Second, func() error {
 		if _, ok := e.data.commands.OpenFor("console-1"); ok {
-			break
+			return nil
 		}
 		if c, err := e.data.commands.Get(ctx, "console-1"); err == nil && c.Done() {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("command not recorded")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return errors.New("command not recorded")
+	})
 	got, err := e.data.commands.Wait(ctx, "console-1")
 	if err != nil || got.Status != devices.StatusSucceeded || got.DeviceID != "pump-1" {
 		t.Fatalf("%+v, %v", got, err)

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // TestMain fails the package's tests if any goroutine outlives them, and
@@ -134,20 +135,11 @@ func withTLS(t testing.TB, cfg *configs.Config) (certFile string) {
 	return cfg.TLS.Cert
 }
 
-// checkFor polls cond until it returns nil or d has passed.
+// checkFor polls cond until it returns nil or d has passed
+// (testmqtt.CheckFor).
 func checkFor(t testing.TB, d time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testmqtt.CheckFor(t, d, cond)
 }
 
 // wsURL is the app's MQTT-over-WebSocket URL.
