@@ -11,33 +11,47 @@
 // # What blocks a publisher
 //
 // The engine reads each client's packets on that client's own goroutine,
-// and on it runs the OnPublish hooks, routes the message to the
-// subscribers and writes the acknowledgement. Whatever a hook waits for,
-// that publisher waits for, and only it; while it waits the broker reads
-// nothing more from it, its socket buffers fill and TCP slows the sender.
-// Three hooks wait on purpose, each bounded and counted in /metrics:
+// and for each PUBLISH runs there, in order: the OnPublish hooks; the
+// retained store, when the message is retained; for QoS 1/2 the
+// acknowledgement (PUBACK or PUBREC); the routing, which puts the message
+// in each subscriber's send queue without waiting; and the OnPublished
+// hooks. Whatever a hook waits for, that publisher waits for, and only
+// it; while it waits the broker reads nothing more from it, its socket
+// buffers fill and TCP slows the sender. Three hooks wait on purpose,
+// each bounded and counted in /metrics, and each first flushes the
+// acknowledgements of the packets before (listeners.FlushAcks):
 //
 //   - PublishLimit (limits.go): a client over its PUBLISH rate
 //     (limits.device_publish_rate, limits.publish_rate_per_client) waits
 //     for its token, at most one token's interval per packet
-//     (tether_publish_throttled_total).
+//     (tether_publish_throttled_total). The broker's own publishes are
+//     not limited.
 //   - Backpressure (backpressure.go): a QoS 1/2 PUBLISH that goes to a
 //     subscriber above its high-water mark waits for it to drain, at most
-//     mqtt.backpressure_wait; a subscriber that does not drain in time is
-//     skipped until it does (tether_backpressure_*).
+//     mqtt.backpressure_wait in all; a subscriber that does not drain in
+//     time is skipped until it does (tether_backpressure_*). Shared
+//     subscriptions, QoS 0 and the publisher's own subscriptions are not
+//     waited for.
 //   - The session store (broker/sessions, the last hook): a QoS 1/2
-//     PUBLISH that is retained or goes to a persistent session waits,
-//     before its PUBACK, for the group commit that makes it durable, at
-//     most the store's CommitTimeout (2 s); while SQLite fails it does not
-//     wait and the acknowledgement is counted as not durable
-//     (tether_store_acks_not_durable_total).
+//     PUBLISH that is retained or goes to a persistent session (online
+//     or not) waits, before its acknowledgement, for the group commit
+//     that makes it durable, at most the store's CommitTimeout (2 s);
+//     while SQLite fails it does not wait and the acknowledgement is
+//     counted as not durable (tether_store_acks_not_durable_total).
 //
-// Then the engine writes the acknowledgement to the publisher's own
-// socket. Nothing else waits: the telemetry, command and twin hooks queue
-// work for their store's writer and drop it, counted, when the queue is
-// full (hooks never do SQLite I/O themselves); the access checks are in
-// memory; and a subscriber whose send queue (mqtt.client_queue_size) is
-// full has the message dropped by the engine, not waited for, unless
+// The acknowledgement itself goes to the publisher's own socket: the
+// listener holds the acknowledgements of what it read in one go and
+// writes them together (listeners/acks.go), and a publisher that does
+// not read what it is sent can make only its own writes wait. Nothing
+// else waits: the telemetry, command and twin hooks queue work for their
+// store's writer and drop it, counted, when the queue is full (hooks
+// never do SQLite I/O themselves); the access checks are in memory; a
+// message for a persistent session is delivered by the session store's
+// queue, not on the publisher's goroutine; and a subscriber whose send
+// queue (mqtt.client_queue_size) or in-flight window (mqtt.max_inflight)
+// is full has the message dropped by the engine, not waited for, unless
 // Backpressure held the publisher back first. A QoS 0 PUBLISH waits only
-// for the rate limit.
+// for the rate limit. (A new subscription's retained messages beyond its
+// send queue are written on the subscriber's goroutine, retained.go: they
+// hold up that subscriber, never a publisher.)
 package broker

@@ -102,6 +102,7 @@ func NewAPI(o APIOptions) (*API, error) {
 	if a.log == nil {
 		a.log = slog.Default()
 	}
+	a.log = a.log.With("component", "api")
 	if a.ttl <= 0 {
 		a.ttl = 12 * time.Hour
 	}

@@ -124,6 +124,7 @@ func OpenAudit(ctx context.Context, db *DB, o *AuditOptions) (*Audit, error) {
 	if a.log == nil {
 		a.log = slog.Default()
 	}
+	a.log = a.log.With("component", "audit")
 	if err := db.Migrate(ctx, "audit", auditSchema); err != nil {
 		return nil, fmt.Errorf("open audit: %w", err)
 	}

@@ -165,7 +165,7 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 		return nil, err
 	}
 	c := &Commands{
-		db: db, log: opts.Logger, o: opts,
+		db: db, log: opts.Logger.With("component", "commands"), o: opts,
 		queue:   make(chan commandOp, opts.QueueSize),
 		budget:  byteBudget{max: opts.QueueBytes},
 		stop:    make(chan struct{}),

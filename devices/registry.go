@@ -189,6 +189,7 @@ func OpenRegistry(ctx context.Context, db *DB, log *slog.Logger) (*Registry, err
 	if log == nil {
 		log = slog.Default()
 	}
+	log = log.With("component", "registry")
 	if err := db.Migrate(ctx, "registry", registrySchema); err != nil {
 		return nil, fmt.Errorf("open registry: %w", err)
 	}

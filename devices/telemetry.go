@@ -236,7 +236,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	}
 	t := &Telemetry{
 		db:      db,
-		log:     opts.Logger,
+		log:     opts.Logger.With("component", "telemetry"),
 		opts:    opts,
 		queue:   make(chan queued, opts.QueueSize),
 		flushes: make(chan chan error),

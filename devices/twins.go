@@ -101,7 +101,7 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 	if err := db.Migrate(ctx, "twins", twinsSchema); err != nil {
 		return nil, err
 	}
-	t := &Twins{db: db, log: opts.Logger, queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
+	t := &Twins{db: db, log: opts.Logger.With("component", "twins"), queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
 		flushes: make(chan chan struct{}), stop: make(chan struct{})}
 	t.reported = counterVec(prometheus.CounterOpts{Name: "tether_twins_reported_total",
 		Help: "Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object), error (write failed)."},

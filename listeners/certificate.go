@@ -38,7 +38,7 @@ func LoadCertificate(certFile, keyFile string, log *slog.Logger) (*Certificate, 
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Certificate{certFile: certFile, keyFile: keyFile, log: log}
+	c := &Certificate{certFile: certFile, keyFile: keyFile, log: log.With("component", "tls")}
 	c.stamp = c.fileStamp()
 	lc, err := c.load()
 	if err != nil {

@@ -76,6 +76,7 @@ func (c *SimConfig) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	c.Logger = c.Logger.With("component", "sim")
 }
 
 func (c *SimConfig) validate() error {

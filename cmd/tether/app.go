@@ -213,7 +213,7 @@ func (a *app) openDB() (err error) {
 	}
 	a.onStop(func(context.Context) error { return a.db.Close() })
 	if err := devices.CheckDataDir(a.cfg.DataDir); err != nil {
-		a.base.Warn("data directory is readable by other users", "error", err)
+		a.log.Warn("data directory is readable by other users", "error", err)
 	}
 	return nil
 }
@@ -222,7 +222,7 @@ func (a *app) openDB() (err error) {
 // admin. The generated password is the one secret ever written to the
 // log, once.
 func (a *app) openRegistry() (err error) {
-	if a.registry, err = devices.OpenRegistry(context.Background(), a.db, a.base.With("component", "registry")); err != nil {
+	if a.registry, err = devices.OpenRegistry(context.Background(), a.db, a.base); err != nil {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.registry.Close() }) // flushes presence
@@ -325,7 +325,7 @@ func (a *app) newAPI() (err error) {
 	reg.MustRegister(buildInfo(), a.registry.Collector(), a.httpMetrics)
 	a.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	a.api, err = dashboard.NewAPI(dashboard.APIOptions{
-		Registry: a.registry, Broker: b, Sessions: a.store, Logger: a.base.With("component", "api"), Metrics: reg, TokenTTL: a.cfg.Auth.TokenTTL,
+		Registry: a.registry, Broker: b, Sessions: a.store, Logger: a.base, Metrics: reg, TokenTTL: a.cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
 		TrustedProxies: a.cfg.HTTP.TrustedProxies, Logins: a.logins, Audit: a.data.audit, Bans: a.bans,
 	})

@@ -46,18 +46,18 @@ func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, l
 		QueueBytes:      cfg.Telemetry.QueueBytes,
 		Retention:       cfg.Telemetry.Retention,
 		RollupRetention: cfg.Telemetry.RollupRetention,
-		Logger:          log.With("component", "telemetry"),
+		Logger:          log,
 		LastValues:      reg,
 	}); err != nil {
 		return nil, err
 	}
-	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{Logger: log.With("component", "commands")}); err != nil {
+	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{Logger: log}); err != nil {
 		return nil, err
 	}
-	if d.twins, err = devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log.With("component", "twins")}); err != nil {
+	if d.twins, err = devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log}); err != nil {
 		return nil, err
 	}
-	if d.audit, err = devices.OpenAudit(ctx, db, &devices.AuditOptions{Retention: cfg.Audit.Retention, Logger: log.With("component", "audit")}); err != nil {
+	if d.audit, err = devices.OpenAudit(ctx, db, &devices.AuditOptions{Retention: cfg.Audit.Retention, Logger: log}); err != nil {
 		return nil, err
 	}
 	reg.Attach(d.telemetry, d.commands, d.twins)
