@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -83,10 +84,11 @@ func ParseTelemetry(payload []byte) (Sample, error) {
 	if !p.eat('{') {
 		return Sample{}, ErrTelemetryNotObject
 	}
-	f := flat{out: make([]byte, 0, len(payload)+2)}
-	f.names = f.nameBuf[:0]
+	f := getFlat()
+	defer putFlat(f)
+	f.out = make([]byte, 0, len(payload)+2)
 	f.out = append(f.out, '{')
-	if err := p.members(&f, nil, 1); err != nil {
+	if err := p.members(f, nil, 1); err != nil {
 		return Sample{}, err
 	}
 	p.ws()
@@ -135,11 +137,24 @@ func ParseTelemetryValue(name string, payload []byte) (Sample, error) {
 
 // flat is the state of one flattening parse.
 type flat struct {
-	out     []byte
-	ts      time.Time
-	nameBuf [16][]byte
-	names   [][]byte // decoded metric names, to refuse duplicates
-	objs    [][]byte // dotted names of nested objects, likewise
+	out   []byte
+	ts    time.Time
+	names [][]byte // decoded metric names, to refuse duplicates
+	objs  [][]byte // dotted names of nested objects, likewise
+}
+
+// flats keeps flat states for reuse: a parse's state would otherwise be
+// a heap object (members recurses) allocated for every message.
+var flats = sync.Pool{New: func() any { return &flat{names: make([][]byte, 0, 16)} }}
+
+func getFlat() *flat { return flats.Get().(*flat) }
+
+// putFlat returns f to the pool without what points into a payload.
+func putFlat(f *flat) {
+	clear(f.names)
+	clear(f.objs)
+	*f = flat{names: f.names[:0], objs: f.objs[:0]}
+	flats.Put(f)
 }
 
 // taken reports whether name is already a metric or a nested object.
