@@ -180,10 +180,12 @@ type Telemetry struct {
 	closed  atomic.Bool
 	once    sync.Once
 
-	// chunks is the writer's open chunks; rollups its batch aggregates.
-	// Both are the writer goroutine's own.
+	// chunks is the writer's open chunks; rollups its batch aggregates;
+	// order its batch grouped by device. All are the writer goroutine's
+	// own.
 	chunks  *chunkBuilder
 	rollups *rollups
+	order   *batchOrder
 
 	// last keeps the devices' last values (the registry); nil keeps only
 	// history.
@@ -246,6 +248,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		names:   newMetricNames(),
 		chunks:  newChunkBuilder(),
 		rollups: newRollups(true),
+		order:   newBatchOrder(),
 	}
 	t.m = newTelemetryMetrics(t)
 	if t.last != nil {

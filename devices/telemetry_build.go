@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"database/sql"
@@ -35,9 +36,12 @@ type openChunk struct {
 	// it is first encoded, then what its encoding so far says will fill
 	// chunkTargetBytes.
 	maxPoints int
-	sorted    bool      // points in time order
-	dirty     bool      // changed since written
-	used      time.Time // last batch that added to it
+	// hours caches, per column, the rollup aggregate of the hour
+	// being added to.
+	hours  []hourSlot
+	sorted bool      // points in time order
+	dirty  bool      // changed since written
+	used   time.Time // last batch that added to it
 }
 
 // fits reports whether a point at ts may join the chunk.
@@ -68,25 +72,39 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 		col.syms = append(col.syms, symAbsent)
 		col.nums = append(col.nums, 0)
 	}
+	m := 0
 	eachMember(obj, func(k, v []byte) {
-		var col *chunkCol
-		if i, ok := c.idx[string(k)]; ok {
-			col = &c.data.cols[i]
-		} else {
-			col = c.data.col(metricName(k), c.idx)
+		// A device usually sends its metrics in the same order: member
+		// m is most often column m.
+		// A key with escapes is looked up by its decoded name.
+		i := m
+		m++
+		switch {
+		case bytes.IndexByte(k, '\\') >= 0:
+			i = c.data.colIndex(metricName(k), c.idx)
+		case i < len(c.data.cols) && c.data.cols[i].name == string(k):
+		default:
+			var ok bool
+			if i, ok = c.idx[string(k)]; !ok {
+				i = c.data.colIndex(string(k), c.idx)
+			}
 		}
+		col := &c.data.cols[i]
 		if v[0] == '"' || v[0] == 't' || v[0] == 'f' || v[0] == 'n' {
-			col.setDict(n, string(v))
+			col.setDict(n, v)
 			return
 		}
 		f, err := strconv.ParseFloat(string(v), 64)
 		if err != nil { // not from ParseTelemetry: keep the text
-			col.setDict(n, string(v))
+			col.setDict(n, v)
 			return
 		}
 		col.syms[n], col.nums[n] = symNumber, f
 		if r != nil {
-			r.add(c.device, col.name, ts, f, c.used)
+			for len(c.hours) <= i {
+				c.hours = append(c.hours, hourSlot{})
+			}
+			r.addTo(&c.hours[i], c.device, col.name, ts, f, c.used)
 		}
 	})
 	c.dirty = true

@@ -73,27 +73,34 @@ type chunkCol struct {
 // col returns the column named name, adding it (absent at every point so
 // far) if needed.
 func (c *chunkData) col(name string, idx map[string]int) *chunkCol {
+	return &c.cols[c.colIndex(name, idx)]
+}
+
+// colIndex is col's index.
+func (c *chunkData) colIndex(name string, idx map[string]int) int {
 	if i, ok := idx[name]; ok {
-		return &c.cols[i]
+		return i
 	}
 	idx[name] = len(c.cols)
 	c.cols = append(c.cols, chunkCol{name: name, syms: make([]uint32, len(c.ts), cap(c.ts)), nums: make([]float64, len(c.ts), cap(c.ts))})
-	return &c.cols[len(c.cols)-1]
+	return len(c.cols) - 1
 }
 
-// setDict sets point i of the column to the JSON value v.
-func (col *chunkCol) setDict(i int, v string) {
+// setDict sets point i of the column to the JSON value v (copied when
+// it is new to the column).
+func (col *chunkCol) setDict(i int, v []byte) {
 	if col.dictIdx == nil {
 		col.dictIdx = make(map[string]uint32, len(col.dict))
 		for j, d := range col.dict {
 			col.dictIdx[d] = uint32(j)
 		}
 	}
-	j, ok := col.dictIdx[v]
+	j, ok := col.dictIdx[string(v)]
 	if !ok {
+		s := string(v)
 		j = uint32(len(col.dict))
-		col.dict = append(col.dict, v)
-		col.dictIdx[v] = j
+		col.dict = append(col.dict, s)
+		col.dictIdx[s] = j
 	}
 	col.syms[i] = symDict + j
 }

@@ -31,9 +31,9 @@ func testChunk(n int, seed uint64) *chunkData {
 		set("temperature", temp)
 		set("energy_kwh", count)
 		set("raw", rng.Float64()*1e6)
-		c.col("heating", idx).setDict(i, []string{"true", "false"}[i/50%2])
+		c.col("heating", idx).setDict(i, []byte([]string{"true", "false"}[i/50%2]))
 		if i%7 == 0 {
-			c.col("fw", idx).setDict(i, `"1.2.3"`)
+			c.col("fw", idx).setDict(i, []byte(`"1.2.3"`))
 		}
 		if i >= n/2 {
 			set("late", float64(i))

@@ -91,6 +91,9 @@ type rollups struct {
 	hours   map[hourKey]*agg
 	minutes map[string]*minuteChunk // open chunk per device
 	pending []*minuteChunk
+	// gen counts the writes: a write clears hours, and an hourSlot of
+	// an earlier generation is stale.
+	gen uint64
 }
 
 type hourKey struct {
@@ -113,6 +116,36 @@ func floorDiv(a, b int64) int64 {
 		q--
 	}
 	return q
+}
+
+// hourSlot remembers the aggregate a metric's numbers were last added
+// to, so that consecutive points of one hour find it without a lookup:
+// valid while r and gen are the rollups' and the hour is ts.
+type hourSlot struct {
+	r   *rollups
+	gen uint64
+	ts  int64
+	a   *agg
+}
+
+// addTo adds v as add does, through slot s.
+func (r *rollups) addTo(s *hourSlot, device, metric string, ts int64, v float64, now time.Time) {
+	if r.minutes != nil {
+		r.addMinute(device, metric, ts, v, now)
+		return
+	}
+	hour := time.Hour.Milliseconds()
+	h := floorDiv(ts, hour) * hour
+	if s.a == nil || s.r != r || s.gen != r.gen || s.ts != h {
+		k := hourKey{device, metric, h}
+		a := r.hours[k]
+		if a == nil {
+			a = &agg{}
+			r.hours[k] = a
+		}
+		*s = hourSlot{r: r, gen: r.gen, ts: h, a: a}
+	}
+	s.a.add(v)
 }
 
 func (r *rollups) add(device, metric string, ts int64, v float64, now time.Time) {
@@ -289,6 +322,7 @@ func (r *rollups) written(ok bool) {
 	}
 	r.pending = r.pending[:0]
 	clear(r.hours)
+	r.gen++
 }
 
 func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {

@@ -1,10 +1,8 @@
 package devices
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"slices"
 	"time"
 )
 
@@ -57,6 +55,18 @@ func (t *Telemetry) write() {
 		select {
 		case p := <-t.queue:
 			add(p)
+			// Take what else is queued without a select of every case
+			// per point: under load points arrive faster than one at a
+			// time.
+		more:
+			for !full() {
+				select {
+				case p := <-t.queue:
+					add(p)
+				default:
+					break more
+				}
+			}
 			if full() {
 				_ = flush()
 			}
@@ -116,21 +126,13 @@ func (t *Telemetry) writeBatch(batch []queued) error {
 }
 
 func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
-	// Group by device, each device's points in time order (stable: equal
-	// timestamps keep their arrival order).
-	per := make(map[string][]queued)
-	var devs []string
-	for _, p := range batch {
-		if _, ok := per[p.device]; !ok {
-			devs = append(devs, p.device)
-		}
-		per[p.device] = append(per[p.device], p)
-	}
+	// Grouped by device, each device's points in time order.
+	o := t.order
+	o.group(batch)
+	defer o.done()
 	now := time.Now()
-	for _, d := range devs {
-		pts := per[d]
-		slices.SortStableFunc(pts, func(a, b queued) int { return cmp.Compare(a.ts, b.ts) })
-		for _, p := range pts {
+	for i, d := range o.devs {
+		for _, p := range o.points(i) {
 			t.chunks.add(d, p.ts, p.json, now, t.rollups)
 		}
 	}
@@ -152,7 +154,7 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 		return err
 	}
 	if t.last != nil {
-		if err := t.last.UpdateLastValues(ctx, tx, lastValues(devs, per)); err != nil {
+		if err := t.last.UpdateLastValues(ctx, tx, o.lastValues()); err != nil {
 			return err
 		}
 	}
@@ -165,43 +167,6 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 		t.chunks.evict(now.Add(-chunkSpan))
 	}
 	return nil
-}
-
-// last is one device's latest values within a batch.
-type last struct {
-	values  map[string][]byte // raw key (without quotes) → raw value
-	order   []string          // keys in first-seen order
-	arrived time.Time
-}
-
-// lastValues merges each device's points of the batch (in time order, so
-// a later timestamp wins per metric) into one patch of its last values.
-func lastValues(devs []string, per map[string][]queued) []LastValue {
-	out := make([]LastValue, 0, len(devs))
-	for _, d := range devs {
-		l := &last{values: make(map[string][]byte, 8)}
-		for _, p := range per[d] {
-			if p.arrived.After(l.arrived) {
-				l.arrived = p.arrived
-			}
-			eachMember(p.json, func(k, v []byte) {
-				if _, ok := l.values[string(k)]; !ok {
-					key := string(k)
-					l.order = append(l.order, key)
-					l.values[key] = v
-				} else {
-					l.values[string(k)] = v
-				}
-			})
-		}
-		b := []byte{'{'}
-		for i, k := range l.order {
-			b = appendMember(b, i, []byte(k), l.values[k])
-		}
-		b = append(b, '}')
-		out = append(out, LastValue{Device: d, Values: b, Seen: l.arrived})
-	}
-	return out
 }
 
 // eachMember calls fn with each member's raw key (without its quotes) and
