@@ -1,0 +1,113 @@
+package devices
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTelemetryBatchOrder: one batch with two devices' points interleaved,
+// out of time order, metrics in changing order, names spelled with
+// escapes and more metrics than the merge compares one by one: each point
+// comes back with its own values under the right names, and each device's
+// last values hold its latest value of every metric.
+func TestTelemetryBatchOrder(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Date(2026, 1, 1, 3, 0, 0, 0, time.UTC)
+	at := func(s int) string { return jsonString(float64(base.Add(time.Duration(s) * time.Second).UnixMilli())) }
+	// d2 sends 20 metrics m0..m19, in a different order each time, and
+	// one of them only in the first and last point.
+	d2 := func(s int, reverse bool) string {
+		var ms []string
+		for i := range 20 {
+			if i == 7 && s != 0 && s != 3 {
+				continue
+			}
+			ms = append(ms, fmt.Sprintf(`"m%d":%d`, i, 100*s+i))
+		}
+		if reverse {
+			for i, j := 0, len(ms)-1; i < j; i, j = i+1, j-1 {
+				ms[i], ms[j] = ms[j], ms[i]
+			}
+		}
+		return `{` + strings.Join(ms, ",") + `,"ts":` + at(s) + `}`
+	}
+	for _, p := range []struct{ dev, payload string }{
+		{"d1", `{"t":2,"a\\\\b":20,"ts":` + at(2) + `}`},
+		{"d2", d2(0, false)},
+		{"d1", `{"a\\b":10,"t":1,"ts":` + at(1) + `}`},
+		{"d2", d2(2, true)},
+		{"d1", `{"t":3,"mode":"eco","ts":` + at(3) + `}`},
+		{"d2", d2(1, true)},
+		{"d1", `{"mode":"off","a\\\\b":40,"ts":` + at(0) + `}`},
+		{"d2", d2(3, false)},
+	} {
+		if !tel.Add(p.dev, mustSample(t, p.payload), time.Now()) {
+			t.Fatal("Add refused")
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// `"a\\b"` is the name a\b; `"a\\\\b"` is a\\b.
+	pts, err := tel.Points(ctx, "d1", base, base.Add(time.Minute), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []map[string]any{
+		{"mode": "off", `a\\b`: 40.0},
+		{`a\b`: 10.0, "t": 1.0},
+		{"t": 2.0, `a\\b`: 20.0},
+		{"t": 3.0, "mode": "eco"},
+	}
+	if len(pts) != len(want) {
+		t.Fatalf("d1: %d points, want %d: %v", len(pts), len(want), pts)
+	}
+	for i, p := range pts {
+		if !p.TS.Equal(base.Add(time.Duration(i)*time.Second)) || fmt.Sprint(p.Values) != fmt.Sprint(want[i]) {
+			t.Errorf("d1 point %d: %v %v, want %v", i, p.TS, p.Values, want[i])
+		}
+	}
+	pts, err = tel.Points(ctx, "d2", base, base.Add(time.Minute), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pts) != 4 {
+		t.Fatalf("d2: %d points", len(pts))
+	}
+	for s, p := range pts {
+		n := 20
+		if s == 1 || s == 2 {
+			n = 19
+		}
+		if len(p.Values) != n || p.Values["m5"] != float64(100*s+5) {
+			t.Errorf("d2 point %d: %v", s, p.Values)
+		}
+	}
+
+	last := func(id string) map[string]any {
+		var s string
+		if err := db.R.QueryRow(`SELECT last_values FROM devices WHERE id = ?`, id).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if got, want := fmt.Sprint(last("d1")), fmt.Sprint(map[string]any{"t": 3.0, "mode": "eco", `a\b`: 10.0, `a\\b`: 20.0}); got != want {
+		t.Errorf("d1 last values %s, want %s", got, want)
+	}
+	lv := last("d2")
+	for i := range 20 {
+		if lv[fmt.Sprintf("m%d", i)] != float64(300+i) {
+			t.Errorf("d2 last values: m%d = %v, want %d", i, lv[fmt.Sprintf("m%d", i)], 300+i)
+		}
+	}
+}
