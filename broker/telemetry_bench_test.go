@@ -234,6 +234,82 @@ func benchRouting(b *testing.B, history bool) {
 	b.StopTimer()
 }
 
+// BenchmarkTelemetryHook measures what the history costs per message
+// without the network and the engine: the telemetry hook called as the
+// engine calls it after routing (1,000 devices, the routing benchmark's
+// payloads) and the writer committing every point, with the registry
+// keeping last values. cpu-us/msg is the process's CPU time per message,
+// from the first call until the last point is committed; it is what
+// BenchmarkTelemetryRouting's history=true adds to history=false, without
+// the scheduler's and the garbage collector's share of the routing, which
+// vary with the machine's load. The caller keeps at most half the queue
+// ahead of the writer, so nothing is dropped.
+//
+//	go test -run XXX -bench TelemetryHook -benchtime 1000000x ./broker/
+func BenchmarkTelemetryHook(b *testing.B) {
+	ctx := context.Background()
+	log := storeLogger()
+	dir, err := os.MkdirTemp("", "tether-hook-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := devices.OpenDB(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	reg, err := devices.OpenRegistry(ctx, db, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer reg.Close()
+	nds := make([]devices.NewDevice, benchDevices)
+	pks := make([]packets.Packet, 16*benchDevices)
+	for i := range nds {
+		id := fmt.Sprintf("dev-%04d", i)
+		nds[i] = devices.NewDevice{ID: id, Name: id}
+		for k := range 16 {
+			pks[k*benchDevices+i] = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4,
+				TopicName: "devices/" + id + "/telemetry",
+				Payload:   fmt.Appendf(nil, `{"temp":%d.5,"hum":%d,"on":true,"fw":"1.2.3"}`, 20+k, 40+i%20)}
+		}
+	}
+	if _, err := reg.CreateDevices(ctx, nds); err != nil {
+		b.Fatal(err)
+	}
+	const queue = 262144
+	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{Logger: log, LastValues: reg, QueueSize: queue})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tel.Close()
+	h := NewTelemetryHook(tel, log)
+	cl := &mqtt.Client{}
+	runtime.GC()
+	b.ResetTimer()
+	start := time.Now()
+	cpu0 := cputime.Process()
+	for i := range b.N {
+		if i%1024 == 0 {
+			for stored, _ := tel.Stats(); int64(i)-stored > queue/2; stored, _ = tel.Stats() {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		h.OnPublished(cl, pks[i%len(pks)])
+	}
+	if err := tel.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	el := time.Since(start)
+	cpu := cputime.Process() - cpu0
+	b.StopTimer()
+	stored, dropped := tel.Stats()
+	b.ReportMetric(float64(stored)/el.Seconds(), "stored/s")
+	b.ReportMetric(float64(dropped), "dropped")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/msg")
+}
+
 func rawConnect(tb testing.TB, addr, id string) net.Conn {
 	tb.Helper()
 	c, err := net.Dial("tcp", addr)
