@@ -231,3 +231,20 @@ func FuzzParseTelemetryValue(f *testing.F) {
 		}
 	})
 }
+
+// TestTelemetryParseReusesState: the parser's pooled state carries
+// nothing from one payload to the next (names, nested objects, ts).
+func TestTelemetryParseReusesState(t *testing.T) {
+	big := `{"ts":1795662000000,"o":{"p":1},` + strings.TrimPrefix(manyMetrics(40), "{")
+	for range 3 {
+		for _, in := range []string{big, `{"o":{"p":2}}`, `{"m1":1,"o.p":3}`, `{"ts":1795662000001,"x":1}`} {
+			s, err := ParseTelemetry([]byte(in))
+			if err != nil {
+				t.Fatalf("%.60s: %v", in, err)
+			}
+			if in == `{"o":{"p":2}}` && (!s.TS.IsZero() || string(s.JSON) != `{"o.p":2}`) {
+				t.Fatalf("%s: ts %v, %s", in, s.TS, s.JSON)
+			}
+		}
+	}
+}
