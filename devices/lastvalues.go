@@ -22,28 +22,65 @@ type LastValue struct {
 type LastValues interface {
 	// UpdateLastValues merges each value into its device's last values
 	// and sets its last seen, in tx (the telemetry batch's transaction,
-	// so that history and last values commit together). A device that is
-	// not registered is skipped.
+	// so that history and last values commit together). lasts holds one
+	// value a device. A device that is not registered is skipped.
 	UpdateLastValues(ctx context.Context, tx *sql.Tx, lasts []LastValue) error
 	// EachLastValues calls fn with every device's last values (a JSON
 	// object), for the names each device has stored.
 	EachLastValues(ctx context.Context, fn func(id string, obj []byte)) error
 }
 
-// UpdateLastValues implements LastValues.
+// lastValuesRows is how many devices one UPDATE of last values sets.
+const lastValuesRows = 64
+
+// UpdateLastValues implements LastValues: up to lastValuesRows devices a
+// statement (each statement costs far more than its rows).
 func (r *Registry) UpdateLastValues(ctx context.Context, tx *sql.Tx, lasts []LastValue) error {
-	st, err := tx.PrepareContext(ctx,
-		`UPDATE devices SET last_values = json_patch(COALESCE(last_values, '{}'), ?), last_seen = ? WHERE id = ?`)
-	if err != nil {
-		return fmt.Errorf("last values: prepare: %w", err)
+	if len(lasts) == 0 {
+		return nil
 	}
-	defer st.Close()
-	for _, l := range lasts {
-		if _, err := st.ExecContext(ctx, string(l.Values), fmtTime(l.Seen), l.Device); err != nil {
-			return fmt.Errorf("last values of %s: %w", l.Device, err)
+	var full *sql.Stmt
+	if len(lasts) >= lastValuesRows {
+		var err error
+		if full, err = tx.PrepareContext(ctx, lastValuesSQL(lastValuesRows)); err != nil {
+			return fmt.Errorf("last values: prepare: %w", err)
 		}
+		defer full.Close()
+	}
+	args := make([]any, 0, 3*min(len(lasts), lastValuesRows))
+	for len(lasts) > 0 {
+		n := min(len(lasts), lastValuesRows)
+		args = args[:0]
+		for _, l := range lasts[:n] {
+			args = append(args, l.Device, string(l.Values), fmtTime(l.Seen))
+		}
+		var err error
+		if n == lastValuesRows {
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, lastValuesSQL(n), args...)
+		}
+		if err != nil {
+			return fmt.Errorf("last values of %d devices from %s: %w", n, lasts[0].Device, err)
+		}
+		lasts = lasts[n:]
 	}
 	return nil
+}
+
+// lastValuesSQL merges rows devices' values (id, JSON patch, last seen)
+// into their last values; a device that is not registered matches no row.
+func lastValuesSQL(rows int) string {
+	b := make([]byte, 0, 256+10*rows)
+	b = append(b, "UPDATE devices SET last_values = json_patch(COALESCE(devices.last_values, '{}'), v.column2), last_seen = v.column3 FROM (VALUES "...)
+	for i := range rows {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, "(?,?,?)"...)
+	}
+	b = append(b, ") AS v WHERE devices.id = v.column1"...)
+	return string(b)
 }
 
 // EachLastValues implements LastValues.

@@ -111,3 +111,57 @@ func TestTelemetryBatchOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestTelemetryLastValuesManyDevices: one batch from more devices than
+// one statement updates, and from a device that is not registered: every
+// registered device gets its own latest values and last seen.
+func TestTelemetryLastValuesManyDevices(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t)
+	reg := testRegistry(t, db)
+	const n = 2*lastValuesRows + 7
+	nds := make([]NewDevice, n)
+	for i := range nds {
+		nds[i] = NewDevice{ID: fmt.Sprintf("d%03d", i), Name: "x"}
+	}
+	if _, err := reg.CreateDevices(ctx, nds); err != nil {
+		t.Fatal(err)
+	}
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	seen := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for round := range 2 {
+		for i := range n {
+			tel.Add(fmt.Sprintf("d%03d", i), mustSample(t, fmt.Sprintf(`{"v":%d,"r%d":true}`, 1000*round+i, round)), seen.Add(time.Duration(i)*time.Second))
+		}
+		tel.Add("ghost", mustSample(t, `{"v":1}`), seen)
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := db.R.Query(`SELECT id, last_values, last_seen FROM devices ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	i := 0
+	for ; rows.Next(); i++ {
+		var id, lv, ls string
+		if err := rows.Scan(&id, &lv, &ls); err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(lv), &m); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]any{"v": float64(1000 + i), "r0": true, "r1": true}
+		if id != fmt.Sprintf("d%03d", i) || fmt.Sprint(m) != fmt.Sprint(want) || ls != fmtTime(seen.Add(time.Duration(i)*time.Second)) {
+			t.Errorf("%s: last values %s, last seen %s; want %v", id, lv, ls, want)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if i != n {
+		t.Errorf("%d devices, want %d", i, n)
+	}
+}
