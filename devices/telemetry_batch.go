@@ -87,7 +87,7 @@ func (o *batchOrder) done() {
 	clear(o.devs)
 	clear(o.idx)
 	clear(o.lasts)
-	clear(o.members)
+	clear(o.members[:cap(o.members)]) // each device's merge reused it
 }
 
 // lastValues merges each device's points (in time order, so a later
