@@ -55,13 +55,13 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 	defer m.mu.Unlock()
 	hs := m.per[device]
 	var out []byte
-	refused, kept := 0, 0
+	refused, kept, added := 0, 0, false
 	eachMember(obj, func(k, v []byte) {
 		h := maphash.Bytes(m.seed, k)
 		i, known := slices.BinarySearch(hs, h)
 		if !known && len(hs) < MaxDeviceMetrics {
 			hs = slices.Insert(hs, i, h)
-			known = true
+			known, added = true, true
 		}
 		if !known {
 			if refused == 0 {
@@ -84,7 +84,9 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 		}
 		kept++
 	})
-	m.per[device] = hs
+	if added {
+		m.per[device] = hs
+	}
 	switch {
 	case refused == 0:
 		return obj, 0

@@ -232,8 +232,10 @@ func (p *parser) members(f *flat, prefix []byte, depth int) error {
 			if err := checkName(name); err != nil {
 				return err
 			}
-			if err := checkName(key); err != nil {
-				return err
+			if prefix != nil { // else name is key
+				if err := checkName(key); err != nil {
+					return err
+				}
 			}
 			if f.taken(name) {
 				return fmt.Errorf("%w: %.40q given twice", ErrTelemetryBadValue, name)
