@@ -246,6 +246,7 @@ func benchRouting(b *testing.B, history bool) {
 // ahead of the writer, so nothing is dropped.
 //
 //	go test -run XXX -bench TelemetryHook -benchtime 1000000x ./broker/
+//	TELEMETRY_BENCH_BATCH=32768 ...  # the writer's BatchSize (default: the store's)
 func BenchmarkTelemetryHook(b *testing.B) {
 	ctx := context.Background()
 	log := storeLogger()
@@ -279,7 +280,7 @@ func BenchmarkTelemetryHook(b *testing.B) {
 		b.Fatal(err)
 	}
 	const queue = 262144
-	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{Logger: log, LastValues: reg, QueueSize: queue})
+	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{Logger: log, LastValues: reg, QueueSize: queue, BatchSize: benchBatch()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -371,4 +372,11 @@ func readPacket(r *bufio.Reader) (byte, int, error) {
 		return 0, 0, err
 	}
 	return h >> 4, n, nil
+}
+
+// benchBatch is TELEMETRY_BENCH_BATCH, the writer's batch size; 0: the
+// store's default.
+func benchBatch() int {
+	n, _ := strconv.Atoi(os.Getenv("TELEMETRY_BENCH_BATCH"))
+	return n
 }

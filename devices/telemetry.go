@@ -120,7 +120,11 @@ type TelemetryOptions struct {
 	// batch being written, beside their number (default 64 MiB).
 	QueueBytes int64
 	// BatchSize is the most points written in one transaction (default
-	// 32768).
+	// 65536). A writer that lags takes full batches; each costs a few
+	// statements per device besides its points (the open chunk's row,
+	// the hourly rollups, the last values), so larger batches cost less
+	// CPU a point, and hold the database's one write connection longer
+	// (0.1–0.2 s for 65,536 on a 2-core machine).
 	BatchSize int
 	// Retention is how long points are kept (default 7 days).
 	Retention time.Duration
@@ -213,7 +217,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		opts.QueueSize = 262144
 	}
 	if opts.BatchSize <= 0 {
-		opts.BatchSize = 32768
+		opts.BatchSize = 65536
 	}
 	if opts.QueueBytes <= 0 {
 		opts.QueueBytes = 64 << 20
