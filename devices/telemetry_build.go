@@ -75,8 +75,8 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 	m := 0
 	eachMember(obj, func(k, v []byte) {
 		// A device usually sends its metrics in the same order: member
-		// m is most often column m.
-		// A key with escapes is looked up by its decoded name.
+		// m is most often column m. A key with escapes is looked up by
+		// its decoded name (the columns' names are decoded).
 		i := m
 		m++
 		switch {
