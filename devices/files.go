@@ -1,10 +1,10 @@
 package devices
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // The database holds password hashes, device secret hashes and the token
@@ -12,51 +12,10 @@ import (
 const (
 	// FileMode is the mode of the database, its WAL, shared-memory and
 	// journal files, and backups.
-	FileMode fs.FileMode = 0o600
+	FileMode = database.FileMode
 	// DirMode is the mode a data directory is created with.
-	DirMode fs.FileMode = 0o700
+	DirMode = database.DirMode
 )
-
-// dbSidecars are the suffixes of the files SQLite keeps beside a database.
-var dbSidecars = []string{"", "-wal", "-shm", "-journal"}
-
-// secureDBFiles creates the database at path with FileMode if it does not
-// exist, and sets FileMode on it and on the files SQLite keeps beside it
-// that exist already (a database created by an older version, or copied
-// in). SQLite creates the WAL and shared-memory files with the database's
-// own mode, so they follow.
-func secureDBFiles(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, FileMode)
-	if err != nil {
-		return fmt.Errorf("open database %s: %w", path, err)
-	}
-	f.Close()
-	for _, s := range dbSidecars {
-		if err := chmodIfExists(path+s, FileMode); err != nil {
-			return fmt.Errorf("open database: %w", err)
-		}
-	}
-	return nil
-}
-
-// chmodIfExists sets mode on the file at path unless it is missing or has
-// that mode already.
-func chmodIfExists(path string, mode fs.FileMode) error {
-	st, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", path)
-	}
-	if st.Mode().Perm() == mode {
-		return nil
-	}
-	return os.Chmod(path, mode)
-}
 
 // CheckDataDir reports, as an error to log as a warning, a data directory
 // that users other than its owner may read or enter. It does not change

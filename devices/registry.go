@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // Registry is the device registry and identity store: devices with their
@@ -190,7 +192,7 @@ func OpenRegistry(ctx context.Context, db *DB, log *slog.Logger) (*Registry, err
 		log = slog.Default()
 	}
 	log = log.With("component", "registry")
-	if err := db.Migrate(ctx, "registry", registrySchema); err != nil {
+	if err := db.Migrate(ctx, "registry", Schema{SQLite: registrySchema}); err != nil {
 		return nil, fmt.Errorf("open registry: %w", err)
 	}
 	r := &Registry{
@@ -487,9 +489,7 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 }
 
 // isConstraint reports a UNIQUE or PRIMARY KEY violation.
-func isConstraint(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "constraint failed")
-}
+var isConstraint = database.IsConstraint
 
 const deviceColumns = `id, name, type, labels, topics, enabled, online, last_seen, transport,
 	remote_addr, protocol_version, last_values, created_at, updated_at`

@@ -237,7 +237,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if err := db.Migrate(ctx, "telemetry", telemetrySchema); err != nil {
+	if err := db.Migrate(ctx, "telemetry", Schema{SQLite: telemetrySchema}); err != nil {
 		return nil, err
 	}
 	t := &Telemetry{

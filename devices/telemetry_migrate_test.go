@@ -20,7 +20,7 @@ import (
 func writeLegacyHistory(t testing.TB, db *DB, devs []string, rows int, base time.Time) map[string][]Point {
 	t.Helper()
 	ctx := context.Background()
-	if err := db.Migrate(ctx, "telemetry", telemetrySchema[:3]); err != nil {
+	if err := db.Migrate(ctx, "telemetry", Schema{SQLite: telemetrySchema[:3]}); err != nil {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(1, 2))

@@ -98,7 +98,7 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if err := db.Migrate(ctx, "twins", twinsSchema); err != nil {
+	if err := db.Migrate(ctx, "twins", Schema{SQLite: twinsSchema}); err != nil {
 		return nil, err
 	}
 	t := &Twins{db: db, log: opts.Logger.With("component", "twins"), queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},

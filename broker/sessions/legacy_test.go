@@ -49,7 +49,7 @@ func TestLegacyImport(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := db.Migrate(ctx, "mqtt_store", []string{legacySchema}); err != nil {
+	if err := db.Migrate(ctx, "mqtt_store", devices.Schema{SQLite: []string{legacySchema}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{

@@ -141,7 +141,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 	}
 	s := newStore(db, opts)
 	ctx := context.Background()
-	if err := db.Migrate(ctx, component, schema); err != nil {
+	if err := db.Migrate(ctx, component, devices.Schema{SQLite: schema}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("session store: %w", err)
 	}

@@ -1,0 +1,60 @@
+package database
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Dialect is the SQL a DB speaks.
+type Dialect string
+
+// The dialects.
+const (
+	// SQLite is one file in the data directory (modernc.org/sqlite).
+	SQLite Dialect = "sqlite"
+	// Postgres is a PostgreSQL server (pgx), shared by a cluster's nodes.
+	Postgres Dialect = "postgres"
+)
+
+// DB is the database the stores share.
+//
+// On SQLite, writes go through W, a pool of exactly one connection, so
+// SQLite never sees two writers and never returns SQLITE_BUSY to us; reads
+// go through R, a small pool that reads concurrently with the writer
+// (WAL). On PostgreSQL, W and R are one pool.
+type DB struct {
+	W *sql.DB
+	R *sql.DB
+	// Path is the SQLite file; empty on PostgreSQL.
+	Path string
+	// Dialect is the SQL W and R speak, for the few statements that
+	// differ (placeholders do not: see Rebind).
+	Dialect Dialect
+}
+
+// Close closes the pools.
+func (db *DB) Close() error {
+	if db.R == db.W {
+		return db.W.Close()
+	}
+	return errors.Join(db.R.Close(), db.W.Close())
+}
+
+// IsConstraint reports a UNIQUE, PRIMARY KEY or other constraint
+// violation, in either dialect.
+func IsConstraint(err error) bool {
+	if err == nil {
+		return false
+	}
+	if isPostgresConstraint(err) {
+		return true
+	}
+	return strings.Contains(err.Error(), "constraint failed")
+}
+
+// errorf prefixes an open error with the database's name.
+func errorf(name string, err error) error {
+	return fmt.Errorf("open database %s: %w", name, err)
+}
