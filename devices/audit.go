@@ -125,7 +125,7 @@ func OpenAudit(ctx context.Context, db *DB, o *AuditOptions) (*Audit, error) {
 		a.log = slog.Default()
 	}
 	a.log = a.log.With("component", "audit")
-	if err := db.Migrate(ctx, "audit", Schema{SQLite: auditSchema}); err != nil {
+	if err := db.Migrate(ctx, "audit", Schema{SQLite: auditSchema, Postgres: auditSchemaPostgres}); err != nil {
 		return nil, fmt.Errorf("open audit: %w", err)
 	}
 	if _, err := a.PruneBefore(ctx, time.Now().Add(-a.opts.Retention)); err != nil {

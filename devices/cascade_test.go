@@ -6,6 +6,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // cascadeFixture is a registry with the three stores attached, holding
@@ -152,7 +154,11 @@ func TestDeleteDeviceAllOrNothing(t *testing.T) {
 func TestNoTriggersAcrossOwners(t *testing.T) {
 	f := openCascade(t)
 	var names []string
-	rows, err := f.db.R.Query(`SELECT name FROM sqlite_master WHERE type = 'trigger'`)
+	q := `SELECT name FROM sqlite_master WHERE type = 'trigger'`
+	if f.db.Dialect == database.Postgres {
+		q = `SELECT tgname FROM pg_trigger WHERE NOT tgisinternal`
+	}
+	rows, err := f.db.R.Query(q)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -161,7 +161,7 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if err := db.Migrate(ctx, "commands", Schema{SQLite: commandsSchema}); err != nil {
+	if err := db.Migrate(ctx, "commands", Schema{SQLite: commandsSchema, Postgres: commandsSchemaPostgres}); err != nil {
 		return nil, err
 	}
 	c := &Commands{

@@ -1,10 +1,14 @@
 package devices
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // LastValue is one device's latest values from a telemetry batch: a
@@ -96,6 +100,14 @@ func (r *Registry) EachLastValues(ctx context.Context, fn func(id string, obj []
 		var obj []byte
 		if err := rows.Scan(&id, &obj); err != nil {
 			return fmt.Errorf("last values: %w", err)
+		}
+		if r.db.Dialect == database.Postgres {
+			// jsonb's text has spaces; fn reads a compact object.
+			var b bytes.Buffer
+			if json.Compact(&b, obj) != nil {
+				continue
+			}
+			obj = b.Bytes()
 		}
 		fn(id, obj)
 	}

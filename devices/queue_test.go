@@ -17,6 +17,7 @@ func bigObject(n int) []byte {
 // queued once QueueBytes wait; RecordReported never blocks; what was
 // queued is merged once the writer is free.
 func TestTwinsQueueBytes(t *testing.T) {
+	sqliteOnly(t) // blocks SQLite\'s one writer connection
 	ctx := context.Background()
 	db := openTestDB(t)
 	const queueBytes = 1 << 20

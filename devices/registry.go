@@ -192,7 +192,7 @@ func OpenRegistry(ctx context.Context, db *DB, log *slog.Logger) (*Registry, err
 		log = slog.Default()
 	}
 	log = log.With("component", "registry")
-	if err := db.Migrate(ctx, "registry", Schema{SQLite: registrySchema}); err != nil {
+	if err := db.Migrate(ctx, "registry", Schema{SQLite: registrySchema, Postgres: registrySchemaPostgres}); err != nil {
 		return nil, fmt.Errorf("open registry: %w", err)
 	}
 	r := &Registry{

@@ -16,27 +16,21 @@ import (
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
-// openTestRegistry opens a registry on a fresh database file.
+// openTestRegistry opens a registry on a fresh database (openBackendDB).
 func openTestRegistry(t testing.TB) (*Registry, *DB) {
 	t.Helper()
-	db, err := OpenDB(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := openBackendDB(t)
 	r, err := OpenRegistry(context.Background(), db, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
-		db.Close()
 		t.Fatal(err)
 	}
 	r.hashCost = bcrypt.MinCost // the race detector makes bcrypt very slow
-	t.Cleanup(func() {
-		r.Close()
-		db.Close()
-	})
+	t.Cleanup(func() { r.Close() })
 	return r, db
 }
 
 func TestMigrationsIdempotent(t *testing.T) {
+	sqliteOnly(t)
 	dir := t.TempDir()
 	ctx := context.Background()
 	var secret string
@@ -348,6 +342,7 @@ func waitFor(t testing.TB, cond func() bool) {
 }
 
 func TestPresenceStormFlushedOnClose(t *testing.T) {
+	sqliteOnly(t)
 	dir := t.TempDir()
 	ctx := context.Background()
 	db, err := OpenDB(dir)

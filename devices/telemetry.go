@@ -237,7 +237,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if err := db.Migrate(ctx, "telemetry", Schema{SQLite: telemetrySchema}); err != nil {
+	if err := db.Migrate(ctx, "telemetry", Schema{SQLite: telemetrySchema, Postgres: telemetrySchemaPostgres}); err != nil {
 		return nil, err
 	}
 	t := &Telemetry{
@@ -251,7 +251,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		budget:  byteBudget{max: opts.QueueBytes},
 		names:   newMetricNames(),
 		chunks:  newChunkBuilder(),
-		rollups: newRollups(true),
+		rollups: newRollups(true, db.Dialect),
 		order:   newBatchOrder(),
 	}
 	t.m = newTelemetryMetrics(t)

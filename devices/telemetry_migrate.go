@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // migrateRows is how many JSON-text chunks one migration transaction
@@ -25,6 +27,9 @@ var errMigrationStopped = errors.New("telemetry migration: stopped by test hook"
 // any point loses nothing and the next start carries on where it
 // stopped. When the table is empty it is dropped with its trigger.
 func (t *Telemetry) migrateLegacy(ctx context.Context) error {
+	if t.db.Dialect != database.SQLite {
+		return nil // PostgreSQL never had the table
+	}
 	var n int
 	if err := t.db.W.QueryRowContext(ctx,
 		`SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'telemetry'`).Scan(&n); err != nil {
@@ -79,7 +84,7 @@ func (t *Telemetry) migrateStep(ctx context.Context) (rows, points int64, err er
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry migration: %w", err)
 	}
-	b, r := newChunkBuilder(), newRollups(true)
+	b, r := newChunkBuilder(), newRollups(true, t.db.Dialect)
 	now := time.Now()
 	var ids []int64
 	var compact bytes.Buffer

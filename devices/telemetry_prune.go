@@ -74,7 +74,7 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, poi
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
-	r := newRollups(false)
+	r := newRollups(false, t.db.Dialect)
 	now := time.Now()
 	var ids []int64
 	for rs.Next() {

@@ -7,6 +7,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // Rollups: per-minute and per-hour min, max, sum and count of each numeric
@@ -88,6 +90,7 @@ func (a *agg) exactSum() float64 {
 
 // rollups takes the numbers of points as they are written.
 type rollups struct {
+	dialect database.Dialect // of the hourly upsert
 	hours   map[hourKey]*agg
 	minutes map[string]*minuteChunk // open chunk per device
 	pending []*minuteChunk
@@ -103,9 +106,9 @@ type hourKey struct {
 
 // newRollups returns rollups that keep the hourly aggregates (the
 // writer's) or the minute chunks (the pruner's).
-func newRollups(hours bool) *rollups {
+func newRollups(hours bool, d database.Dialect) *rollups {
 	if hours {
-		return &rollups{hours: make(map[hourKey]*agg)}
+		return &rollups{hours: make(map[hourKey]*agg), dialect: d}
 	}
 	return &rollups{minutes: make(map[string]*minuteChunk)}
 }
@@ -329,7 +332,7 @@ func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
 	if len(r.hours) == 0 {
 		return nil
 	}
-	full, err := tx.PrepareContext(ctx, upsertSQL(upsertRows))
+	full, err := tx.PrepareContext(ctx, upsertSQL(r.dialect, upsertRows))
 	if err != nil {
 		return fmt.Errorf("telemetry rollups: prepare: %w", err)
 	}
@@ -340,7 +343,7 @@ func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
 		if len(args) == 7*upsertRows {
 			_, err = full.ExecContext(ctx, args...)
 		} else {
-			_, err = tx.ExecContext(ctx, upsertSQL(len(args)/7), args...)
+			_, err = tx.ExecContext(ctx, upsertSQL(r.dialect, len(args)/7), args...)
 		}
 		args = args[:0]
 		if err != nil {
@@ -362,7 +365,10 @@ func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
-func upsertSQL(rows int) string {
+// upsertSQL adds rows hourly rollups, merging each into the one stored
+// (PostgreSQL names the conflict and calls SQLite's two-argument min and
+// max LEAST and GREATEST).
+func upsertSQL(d database.Dialect, rows int) string {
 	b := make([]byte, 0, 256+16*rows)
 	b = append(b, "INSERT INTO telemetry_1h(device_id, metric, ts, min, max, sum, n) VALUES "...)
 	for i := range rows {
@@ -370,6 +376,10 @@ func upsertSQL(rows int) string {
 			b = append(b, ',')
 		}
 		b = append(b, "(?,?,?,?,?,?,?)"...)
+	}
+	if d == database.Postgres {
+		b = append(b, " ON CONFLICT (device_id, ts, metric) DO UPDATE SET min = LEAST(telemetry_1h.min, excluded.min), max = GREATEST(telemetry_1h.max, excluded.max), sum = telemetry_1h.sum + excluded.sum, n = telemetry_1h.n + excluded.n"...)
+		return string(b)
 	}
 	b = append(b, " ON CONFLICT DO UPDATE SET min = min(min, excluded.min), max = max(max, excluded.max), sum = sum + excluded.sum, n = n + excluded.n"...)
 	return string(b)

@@ -7,17 +7,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
-// openTestDB opens a database in a temporary directory with a registry
+// openTestDB opens a fresh database (openBackendDB) with a registry
 // holding the devices ids.
 func openTestDB(t *testing.T, ids ...string) *DB {
 	t.Helper()
-	db, err := OpenDB(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openBackendDB(t)
 	reg, err := OpenRegistry(context.Background(), db, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -140,8 +138,12 @@ func TestTelemetryStoreAndQuery(t *testing.T) {
 		t.Errorf("bucket 1 = %+v", b)
 	}
 	var typ string
-	if err := db.R.QueryRow(`SELECT DISTINCT typeof(data) FROM telemetry_chunks`).Scan(&typ); err != nil || typ != "blob" {
-		t.Errorf("points stored as %s (%v), want blob", typ, err)
+	q, want := `SELECT DISTINCT typeof(data) FROM telemetry_chunks`, "blob"
+	if db.Dialect == database.Postgres {
+		q, want = `SELECT DISTINCT pg_typeof(data)::text FROM telemetry_chunks`, "bytea"
+	}
+	if err := db.R.QueryRow(q).Scan(&typ); err != nil || typ != want {
+		t.Errorf("points stored as %s (%v), want %s", typ, err, want)
 	}
 	if _, ok := bs[0].Min["on"]; ok {
 		t.Errorf("booleans aggregated: %+v", bs[0])

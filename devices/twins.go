@@ -98,7 +98,7 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if err := db.Migrate(ctx, "twins", Schema{SQLite: twinsSchema}); err != nil {
+	if err := db.Migrate(ctx, "twins", Schema{SQLite: twinsSchema, Postgres: twinsSchemaPostgres}); err != nil {
 		return nil, err
 	}
 	t := &Twins{db: db, log: opts.Logger.With("component", "twins"), queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
@@ -197,8 +197,8 @@ func (t *Twins) PatchDesired(ctx context.Context, device string, patch []byte) (
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, desired, desired_version, updated_at)
 		VALUES (?1, json_patch('{}', ?2), 1, ?3)
-		ON CONFLICT(device_id) DO UPDATE SET desired = json_patch(desired, ?2),
-			desired_version = desired_version + 1, updated_at = ?3`,
+		ON CONFLICT(device_id) DO UPDATE SET desired = json_patch(twins.desired, ?2),
+			desired_version = twins.desired_version + 1, updated_at = ?3`,
 		device, string(patch), time.Now().UnixMilli()); err != nil {
 		return Twin{}, fmt.Errorf("patch desired %s: %w", device, err)
 	}

@@ -127,8 +127,8 @@ func (t *Twins) write(batch []twinPatch) {
 		for _, p := range batch {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
 				VALUES (?1, json_patch('{}', ?2), 1, ?3)
-				ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(reported, ?2),
-					reported_version = reported_version + 1, updated_at = ?3`,
+				ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(twins.reported, ?2),
+					reported_version = twins.reported_version + 1, updated_at = ?3`,
 				p.device, string(p.patch), now); err != nil {
 				return err
 			}

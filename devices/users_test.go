@@ -131,6 +131,7 @@ func TestTokens(t *testing.T) {
 }
 
 func TestSessions(t *testing.T) {
+	sqliteOnly(t)
 	dir := t.TempDir()
 	ctx := context.Background()
 	db, err := OpenDB(dir)

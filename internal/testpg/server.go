@@ -1,0 +1,222 @@
+package testpg
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+)
+
+// Server is a PostgreSQL server of the tests' own.
+type Server struct {
+	dir    string // temporary directory: data/, the socket, log
+	cmd    *exec.Cmd
+	exited chan struct{}
+	admin  *sql.DB
+	n      atomic.Int64
+}
+
+// Binaries returns the directory holding initdb and postgres: $PG_BIN, or
+// the newest /usr/lib/postgresql/*/bin (Debian's layout).
+func Binaries() (string, error) {
+	if d := os.Getenv("PG_BIN"); d != "" {
+		return d, nil
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	best, bestV := "", -1
+	for _, m := range matches {
+		v, err := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(m))))
+		if err == nil && v > bestV {
+			best, bestV = filepath.Dir(m), v
+		}
+	}
+	if best == "" {
+		return "", errors.New("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)")
+	}
+	return best, nil
+}
+
+// Unavailable skips tb when PostgreSQL is not installed, or fails it
+// when CI is set (CI installs it: .ci/run).
+func Unavailable(tb testing.TB, err error) {
+	tb.Helper()
+	if os.Getenv("CI") != "" {
+		tb.Fatalf("PostgreSQL tests: %v", err)
+	}
+	tb.Skipf("PostgreSQL tests skipped: %v", err)
+}
+
+// New starts a server for tb, stopped when tb ends; skips tb (fails on
+// CI) when PostgreSQL is not installed.
+func New(tb testing.TB) *Server {
+	tb.Helper()
+	bin, err := Binaries()
+	if err != nil {
+		Unavailable(tb, err)
+	}
+	s, err := Start(bin)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return s
+}
+
+// Start runs initdb and postgres from bin in a new temporary directory.
+// Stop stops the server and removes the directory.
+func Start(bin string) (_ *Server, err error) {
+	// A short path: a unix socket's path has at most 107 bytes.
+	dir, err := os.MkdirTemp("", "testpg")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir, exited: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.Stop()
+			err = fmt.Errorf("testpg: %w (log in %s)", err, s.logTail())
+		}
+	}()
+	attr, err := serverUser(dir)
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(dir, "data")
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+	initdb.SysProcAttr = attr
+	initdb.Env = env()
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("initdb: %v: %s", err, out)
+	}
+	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
+		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
+		"-c", "full_page_writes=off", "-c", "max_connections=300")
+	s.cmd.SysProcAttr = attr
+	s.cmd.Env = env()
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	go func() {
+		s.cmd.Wait()
+		close(s.exited)
+	}()
+	if s.admin, err = sql.Open("pgx", s.URL("postgres")); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err = s.admin.PingContext(ctx)
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-s.exited:
+			return nil, fmt.Errorf("postgres exited: %v", s.cmd.ProcessState)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("postgres not ready: %w", err)
+		}
+	}
+}
+
+// URL is the connection URL of database name on s.
+func (s *Server) URL(name string) string {
+	q := url.Values{"host": {s.dir}, "user": {"postgres"}, "sslmode": {"disable"}}
+	return "postgres:///" + name + "?" + q.Encode()
+}
+
+// CreateDatabase creates a new empty database and returns its URL.
+func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
+	name := "t" + strconv.FormatInt(s.n.Add(1), 10)
+	if _, err := s.admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", fmt.Errorf("testpg: create database: %w", err)
+	}
+	return s.URL(name), nil
+}
+
+// NewDatabase creates a new empty database for tb and returns its URL.
+func (s *Server) NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	u, err := s.CreateDatabase(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return u
+}
+
+// Stop stops the server (fast shutdown) and removes its directory.
+func (s *Server) Stop() error {
+	if s.admin != nil {
+		s.admin.Close()
+	}
+	var err error
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-s.exited:
+		case <-time.After(30 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.exited
+			err = errors.New("testpg: postgres did not stop in 30s; killed")
+		}
+	}
+	return errors.Join(err, os.RemoveAll(s.dir))
+}
+
+// logTail is the end of the server's log, for errors.
+func (s *Server) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+// serverUser returns how to run initdb and postgres: as root, as the
+// postgres user, owning dir.
+func serverUser(dir string) (*syscall.SysProcAttr, error) {
+	if os.Geteuid() != 0 {
+		return procAttr(nil), nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root, and there is no postgres user to run the server as: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return nil, err
+	}
+	return procAttr(&syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}), nil
+}
+
+// env is the programs' environment: the test's, in the C locale.
+func env() []string {
+	return append(os.Environ(), "LC_ALL=C", "LANG=C")
+}
