@@ -36,6 +36,17 @@ type Config struct {
 	Audit     Audit     `yaml:"audit"`
 	Limits    Limits    `yaml:"limits"`
 	Security  Security  `yaml:"security"`
+	Storage   Storage   `yaml:"storage"`
+}
+
+// Storage says where the registry and the stores beside it live.
+type Storage struct {
+	// PostgresURL, when set, keeps the registry, users, API tokens,
+	// commands, twins, telemetry history and the audit log in this
+	// PostgreSQL database (shared by a cluster's nodes) instead of
+	// data_dir's SQLite file. A postgres:// URL or a libpq
+	// "key=value" string.
+	PostgresURL string `yaml:"postgres_url"`
 }
 
 // Log configures the process log.
@@ -245,6 +256,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		bad("data_dir", "must not be empty")
+	}
+	if u := c.Storage.PostgresURL; u != "" && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.Contains(u, "=") {
+		bad("storage.postgres_url", "must be a postgres:// URL or a key=value connection string")
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":

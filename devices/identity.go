@@ -69,6 +69,7 @@ func (r *Registry) Authenticate(ctx context.Context, username, password string) 
 		return Identity{}, fmt.Errorf("authenticate: %w", ErrUnauthorized)
 	}
 	d := digest(password)
+	r.refreshName(ctx, username) // PostgreSQL: another node's changes
 	r.mu.RLock()
 	dev, isDevice := r.devices[username]
 	_, isUser := r.users[username]

@@ -58,6 +58,7 @@ func TestTwinsQueueBytes(t *testing.T) {
 
 // TestCommandsQueueBytes: the same for command updates from devices.
 func TestCommandsQueueBytes(t *testing.T) {
+	sqliteOnly(t) // holds SQLite's one writer connection
 	ctx := context.Background()
 	db := openTestDB(t)
 	const queueBytes = 1 << 20

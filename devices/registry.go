@@ -218,8 +218,13 @@ func OpenRegistry(ctx context.Context, db *DB, log *slog.Logger) (*Registry, err
 // load fills the caches, marks devices offline, prunes expired revocations
 // and creates the session signing key on first start.
 func (r *Registry) load(ctx context.Context) error {
-	if _, err := r.db.W.ExecContext(ctx, `UPDATE devices SET online = 0 WHERE online != 0`); err != nil {
-		return fmt.Errorf("mark devices offline: %w", err)
+	// On PostgreSQL the other nodes' devices are online: presence across
+	// nodes is the cluster's (a node's own devices stay marked online
+	// after it crashes until they connect again).
+	if !r.shared() {
+		if _, err := r.db.W.ExecContext(ctx, `UPDATE devices SET online = 0 WHERE online != 0`); err != nil {
+			return fmt.Errorf("mark devices offline: %w", err)
+		}
 	}
 	now := time.Now()
 	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM revoked_sessions WHERE expires_at < ?`, fmtTime(now)); err != nil {

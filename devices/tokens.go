@@ -145,12 +145,14 @@ func scanToken(row interface{ Scan(...any) error }) (Token, error) {
 }
 
 // AuthenticateToken returns the identity of an API token's owner; an
-// unknown, expired or revoked token is ErrUnauthorized. No SQLite query.
+// unknown, expired or revoked token is ErrUnauthorized. No SQLite query
+// (one on PostgreSQL: registry_shared.go).
 func (r *Registry) AuthenticateToken(ctx context.Context, token string) (Identity, error) {
 	if !strings.HasPrefix(token, TokenPrefix) {
 		return Identity{}, fmt.Errorf("authenticate token: %w", ErrUnauthorized)
 	}
 	d := digest(token)
+	r.refreshToken(ctx, d) // PostgreSQL: another node's changes
 	r.mu.RLock()
 	t, ok := r.tokens[d]
 	u, uok := r.users[t.username]

@@ -275,6 +275,7 @@ func (r *Registry) updateUser(ctx context.Context, username string, p UserUpdate
 // AuthenticateUser checks a user's password; any failure is
 // ErrUnauthorized.
 func (r *Registry) AuthenticateUser(ctx context.Context, username, password string) (User, error) {
+	r.refreshName(ctx, username) // PostgreSQL: another node's changes
 	r.mu.RLock()
 	c, ok := r.users[username]
 	r.mu.RUnlock()

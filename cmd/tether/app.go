@@ -208,7 +208,7 @@ func (a *app) tryMQTT() error { return tryListen(a.cfg, a.tlsConf != nil) }
 
 // openDB opens the database.
 func (a *app) openDB() (err error) {
-	if a.db, err = devices.OpenDB(a.cfg.DataDir); err != nil {
+	if a.db, err = openDatabase(a.cfg); err != nil {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.db.Close() })

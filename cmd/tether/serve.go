@@ -27,6 +27,7 @@ var serveFlags = []struct{ flag, key, usage string }{
 	{"tls-key", "tls.key", "PEM private key for TLS and HTTPS (TETHER_TLS_KEY)"},
 	{"log-level", "log.level", "debug, info, warn or error (TETHER_LOG_LEVEL)"},
 	{"log-format", "log.format", "text or json (TETHER_LOG_FORMAT)"},
+	{"postgres", "storage.postgres_url", "PostgreSQL URL: registry, users, tokens, commands, twins, telemetry there instead of SQLite (TETHER_STORAGE_POSTGRES_URL)"},
 }
 
 // loadConfig layers defaults, the file, the environment and the flags.

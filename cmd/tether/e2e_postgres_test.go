@@ -1,0 +1,53 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/tether-iot/tether/internal/testpg"
+)
+
+// TestPostgresTwoNodes: two `tether serve` processes, each with its own
+// data directory, share one PostgreSQL database (--postgres). A device
+// registered through node A's API logs in over MQTT on node B; a user
+// created on A logs in on B, over HTTP and MQTT; a device deleted on A is
+// refused at its next login on B; a wrong secret is refused on both.
+func TestPostgresTwoNodes(t *testing.T) {
+	pg := testpg.New(t)
+	url := pg.NewDatabase(t)
+	bin := tetherBinary(t)
+	nodes := make([]*tetherProc, 2)
+	for i := range nodes {
+		nodes[i] = newTetherProc(t, bin, "TETHER_ADMIN_PASSWORD="+accessAdminPassword)
+		nodes[i].args = []string{"--allow-anonymous=false", "--postgres", url}
+		nodes[i].start(t) // one after the other: A creates the schema and admin
+	}
+	a, b := nodes[0], nodes[1]
+	adminA := accessLogin(t, a, "admin", accessAdminPassword)
+
+	secret := accessDevice(t, a, adminA, "pg-dev-1")
+	if code := connect3Code(t, b.mqtt, "pg-dev-1", "pg-dev-1", secret, true, nil); code != 0 {
+		t.Fatalf("device registered on A: CONNACK %d on B", code)
+	}
+	if code := connect3Code(t, b.mqtt, "pg-dev-1", "pg-dev-1", secret+"x", true, nil); code == 0 {
+		t.Fatal("a wrong secret was accepted on B")
+	}
+
+	pw := accessUser(t, a, adminA, "pg-operator", "operator")
+	if tok := accessLogin(t, b, "pg-operator", pw); tok == "" {
+		t.Fatal("user created on A: no token from B")
+	}
+	if code := connect3Code(t, b.mqtt, "pg-op-client", "pg-operator", pw, true, nil); code != 0 {
+		t.Fatalf("user created on A: MQTT CONNACK %d on B", code)
+	}
+
+	if code := accessAPI(t, a, "DELETE", "/devices/pg-dev-1", adminA, nil, nil); code != 204 && code != 200 {
+		t.Fatalf("delete on A: HTTP %d", code)
+	}
+	if code := connect3Code(t, b.mqtt, "pg-dev-1", "pg-dev-1", secret, true, nil); code == 0 {
+		t.Fatal("a device deleted on A still logs in on B")
+	}
+	// Node B's own data directory holds no registry: only sessions.db.
+	if fileExists(b.dbPath()) {
+		t.Errorf("node B created %s beside PostgreSQL", b.dbPath())
+	}
+}
