@@ -367,7 +367,7 @@ func (a *app) serve() error {
 		if err := a.store.Healthy(); err != nil {
 			return err
 		}
-		return nil
+		return a.db.Healthy(context.Background())
 	}
 	httpLog := a.base.With("component", "http")
 	serve := func(ln net.Listener, mqttHandler http.Handler, secure bool) {

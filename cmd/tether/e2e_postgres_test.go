@@ -1,7 +1,12 @@
 package main
 
 import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-iot/tether/internal/testpg"
 )
@@ -10,7 +15,8 @@ import (
 // data directory, share one PostgreSQL database (--postgres). A device
 // registered through node A's API logs in over MQTT on node B; a user
 // created on A logs in on B, over HTTP and MQTT; a device deleted on A is
-// refused at its next login on B; a wrong secret is refused on both.
+// refused at its next login on B; a wrong secret is refused. When the
+// database stops, /readyz says so.
 func TestPostgresTwoNodes(t *testing.T) {
 	pg := testpg.New(t)
 	url := pg.NewDatabase(t)
@@ -49,5 +55,25 @@ func TestPostgresTwoNodes(t *testing.T) {
 	// Node B's own data directory holds no registry: only sessions.db.
 	if fileExists(b.dbPath()) {
 		t.Errorf("node B created %s beside PostgreSQL", b.dbPath())
+	}
+
+	// The database goes away: /readyz says so, and the process stays up.
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		resp, err := http.Get("http://" + b.http + "/readyz")
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "PostgreSQL") {
+			return fmt.Errorf("/readyz: %d %s", resp.StatusCode, body)
+		}
+		return nil
+	})
+	if !b.running() {
+		t.Fatalf("node B exited when PostgreSQL stopped\n%s", b.log())
 	}
 }

@@ -94,7 +94,7 @@ func (a *app) logReady(log *slog.Logger) {
 			open = "https://" + browserHost(v) + "/"
 		}
 	}
-	attrs = append(attrs, "data_dir", dir)
+	attrs = append(attrs, "data_dir", dir, "database", a.db.String())
 	msg := "tether ready"
 	if open != "" {
 		msg += ": open " + open

@@ -1,10 +1,12 @@
 package database
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Dialect is the SQL a DB speaks.
@@ -32,6 +34,32 @@ type DB struct {
 	// Dialect is the SQL W and R speak, for the few statements that
 	// differ (placeholders do not: see Rebind).
 	Dialect Dialect
+
+	// name is the file or the URL without its password, for logs.
+	name string
+}
+
+// String names the database for a log: the SQLite file, or the
+// PostgreSQL URL without its password.
+func (db *DB) String() string {
+	if db.name == "" {
+		return db.Path
+	}
+	return db.name
+}
+
+// Healthy reports a PostgreSQL server that does not answer (for /readyz);
+// nil on SQLite, whose file the stores' own errors report.
+func (db *DB) Healthy(ctx context.Context) error {
+	if db.Dialect != Postgres {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := db.W.PingContext(ctx); err != nil {
+		return fmt.Errorf("database: PostgreSQL does not answer: %w", err)
+	}
+	return nil
 }
 
 // Close closes the pools.

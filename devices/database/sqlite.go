@@ -74,7 +74,7 @@ func OpenFile(path string) (*DB, error) {
 	}
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
-	db := &DB{W: w, R: r, Path: path, Dialect: SQLite}
+	db := &DB{W: w, R: r, Path: path, Dialect: SQLite, name: path}
 	if _, err := w.Exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
 		component TEXT NOT NULL,
 		version   INTEGER NOT NULL,

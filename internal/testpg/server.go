@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -27,6 +28,9 @@ type Server struct {
 	exited chan struct{}
 	admin  *sql.DB
 	n      atomic.Int64
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // Binaries returns the directory holding initdb and postgres: $PG_BIN, or
@@ -170,8 +174,14 @@ func (s *Server) NewDatabase(tb testing.TB) string {
 	return u
 }
 
-// Stop stops the server (fast shutdown) and removes its directory.
+// Stop stops the server (fast shutdown) and removes its directory. A
+// second call returns the first one's result.
 func (s *Server) Stop() error {
+	s.stopOnce.Do(func() { s.stopErr = s.stop() })
+	return s.stopErr
+}
+
+func (s *Server) stop() error {
 	if s.admin != nil {
 		s.admin.Close()
 	}
