@@ -130,7 +130,14 @@ func (r *Registry) OnDeviceChange(f func(id string)) {
 	r.revokeMu.Unlock()
 }
 
+// changed tells this node's OnDeviceChange callbacks, and the other
+// nodes'.
 func (r *Registry) changed(id string) {
+	r.fireChanged(id)
+	r.share(note{Kind: noteChange, Name: id})
+}
+
+func (r *Registry) fireChanged(id string) {
 	r.revokeMu.Lock()
 	fs := slices.Clone(r.onChange)
 	r.revokeMu.Unlock()

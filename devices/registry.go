@@ -74,6 +74,10 @@ type Registry struct {
 	presenceDone    chan struct{}
 	presenceDropped atomic.Int64
 	presenceWritten atomic.Int64
+
+	// sharing is the PostgreSQL notifications' (registry_shared.go);
+	// nil on SQLite.
+	sharing *sharing
 }
 
 // deviceCred is what authenticating a device needs.
@@ -212,6 +216,7 @@ func OpenRegistry(ctx context.Context, db *DB, log *slog.Logger) (*Registry, err
 		return nil, fmt.Errorf("open registry: %w", err)
 	}
 	go r.writePresence()
+	r.startSharing()
 	return r, nil
 }
 
@@ -230,80 +235,8 @@ func (r *Registry) load(ctx context.Context) error {
 	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM revoked_sessions WHERE expires_at < ?`, fmtTime(now)); err != nil {
 		return fmt.Errorf("prune revoked sessions: %w", err)
 	}
-	rows, err := r.db.R.QueryContext(ctx, `SELECT id, secret_hash, enabled, type, topics FROM devices`)
-	if err != nil {
-		return fmt.Errorf("load devices: %w", err)
-	}
-	for rows.Next() {
-		var id string
-		var h []byte
-		var topics string
-		var c deviceCred
-		if err := rows.Scan(&id, &h, &c.enabled, &c.typ, &topics); err != nil {
-			rows.Close()
-			return fmt.Errorf("load devices: %w", err)
-		}
-		copy(c.digest[:], h)
-		c.topics = decodeGrants(topics)
-		r.devices[id] = c
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return fmt.Errorf("load devices: %w", err)
-	}
-	rows, err = r.db.R.QueryContext(ctx, `SELECT username, password_hash, role FROM users`)
-	if err != nil {
-		return fmt.Errorf("load users: %w", err)
-	}
-	for rows.Next() {
-		var name, h string
-		var c userCred
-		if err := rows.Scan(&name, &h, &c.role); err != nil {
-			rows.Close()
-			return fmt.Errorf("load users: %w", err)
-		}
-		c.hash = []byte(h)
-		r.users[name] = c
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return fmt.Errorf("load users: %w", err)
-	}
-	rows, err = r.db.R.QueryContext(ctx, `SELECT id, digest, username, expires_at FROM api_tokens`)
-	if err != nil {
-		return fmt.Errorf("load tokens: %w", err)
-	}
-	for rows.Next() {
-		var h []byte
-		var exp sql.NullString
-		var c tokenCred
-		if err := rows.Scan(&c.id, &h, &c.username, &exp); err != nil {
-			rows.Close()
-			return fmt.Errorf("load tokens: %w", err)
-		}
-		if exp.Valid {
-			c.expires, _ = parseTime(exp.String)
-		}
-		var d [32]byte
-		copy(d[:], h)
-		r.tokens[d] = c
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return fmt.Errorf("load tokens: %w", err)
-	}
-	rows, err = r.db.R.QueryContext(ctx, `SELECT jti, expires_at FROM revoked_sessions`)
-	if err != nil {
-		return fmt.Errorf("load revoked sessions: %w", err)
-	}
-	for rows.Next() {
-		var jti, exp string
-		if err := rows.Scan(&jti, &exp); err != nil {
-			rows.Close()
-			return fmt.Errorf("load revoked sessions: %w", err)
-		}
-		t, _ := parseTime(exp)
-		r.revoked[jti] = t
-	}
-	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-		return fmt.Errorf("load revoked sessions: %w", err)
+	if err := r.loadCaches(ctx); err != nil {
+		return err
 	}
 	return r.loadKey(ctx)
 }
@@ -317,6 +250,7 @@ func (r *Registry) Close() error {
 	}
 	r.presMu.Unlock()
 	<-r.presenceDone
+	r.stopSharing()
 	return nil
 }
 
@@ -360,7 +294,13 @@ func (r *Registry) OnRevoke(f func(rv Revocation)) {
 	r.revokeMu.Unlock()
 }
 
+// revoke tells this node's OnRevoke callbacks, and the other nodes'.
 func (r *Registry) revoke(rv Revocation) {
+	r.fireRevoke(rv)
+	r.share(note{Kind: noteRevoke, Name: rv.Name, SessionID: rv.SessionID, TokenID: rv.TokenID, Purge: rv.Purge})
+}
+
+func (r *Registry) fireRevoke(rv Revocation) {
 	r.revokeMu.Lock()
 	fs := slices.Clone(r.onRevoke)
 	r.revokeMu.Unlock()

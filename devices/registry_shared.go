@@ -2,8 +2,13 @@ package devices
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"sync"
+	"time"
 
 	"github.com/tether-iot/tether/devices/database"
 )
@@ -13,9 +18,13 @@ import (
 // device and user rows again, AuthenticateToken the token's row, and what
 // another node created, changed or deleted counts from the next login on.
 // Between logins the broker's checks (Lookup, grants) use this node's
-// cache; carrying another node's changes to clients already connected is
-// the cluster bus's job. If the database does not answer, the cache
-// decides.
+// cache, which PostgreSQL's notifications keep current: each change a
+// node commits that connections care about (a revocation, a device's new
+// type or grants) is sent to the others (share), which read the identity
+// again and tell their callbacks, so a device deleted on one node is
+// disconnected from another. When the notifications' connection was lost
+// the caches are read again whole. If the database does not answer, the
+// cache decides.
 
 // shared reports a database other nodes may write (PostgreSQL).
 func (r *Registry) shared() bool { return r.db.Dialect == database.Postgres }
@@ -88,4 +97,126 @@ func skipNoRows(err error) error {
 		return nil
 	}
 	return err
+}
+
+// registryChannel is the PostgreSQL notification channel of registry
+// changes.
+const registryChannel = "tether_registry"
+
+// A note tells the other nodes what this one changed, after the commit:
+// they read the identity again and tell their own callbacks (OnRevoke,
+// OnDeviceChange), so that a device deleted on one node is disconnected
+// from another.
+type note struct {
+	Node      string `json:"node"`
+	Kind      string `json:"kind"`
+	Name      string `json:"name"`
+	SessionID string `json:"session_id,omitempty"`
+	TokenID   string `json:"token_id,omitempty"`
+	Purge     bool   `json:"purge,omitempty"`
+}
+
+const (
+	noteRevoke = "revoke"
+	noteChange = "change"
+)
+
+// sharing is a registry's listener on registryChannel.
+type sharing struct {
+	node   string // this registry's id, to skip its own notes
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startSharing listens for the other nodes' notes (PostgreSQL only).
+func (r *Registry) startSharing() {
+	if !r.shared() {
+		return
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &sharing{node: hex.EncodeToString(b[:]), cancel: cancel, done: make(chan struct{})}
+	r.sharing = s
+	ready := make(chan struct{})
+	var once sync.Once
+	go func() {
+		defer close(s.done)
+		r.db.Listen(ctx, registryChannel, func() {
+			// What changed while nobody listened.
+			r.writeMu.Lock()
+			err := r.loadCaches(ctx)
+			r.writeMu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("registry: reloading identities failed", "error", err)
+			}
+			once.Do(func() { close(ready) })
+		}, r.received, func(err error) {
+			r.log.Warn("registry: lost the database's change notifications; retrying", "error", err)
+		})
+	}()
+	// Open returns once changes are heard (or soon, if the database is
+	// slow: logins read identities through meanwhile).
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+func (r *Registry) stopSharing() {
+	if s := r.sharing; s != nil {
+		s.cancel()
+		<-s.done
+	}
+}
+
+// share sends n to the other nodes.
+func (r *Registry) share(n note) {
+	if r.sharing == nil {
+		return
+	}
+	n.Node = r.sharing.node
+	b, _ := json.Marshal(n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.db.Notify(ctx, registryChannel, string(b)); err != nil {
+		r.log.Warn("registry: telling the other nodes of a change failed; they learn it at the next login", "name", n.Name, "error", err)
+	}
+}
+
+// received applies another node's note.
+func (r *Registry) received(payload string) {
+	var n note
+	if err := json.Unmarshal([]byte(payload), &n); err != nil || n.Node == r.sharing.node || n.Name == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	switch n.Kind {
+	case noteChange:
+		r.refreshName(ctx, n.Name)
+		r.fireChanged(n.Name)
+	case noteRevoke:
+		switch {
+		case n.TokenID != "":
+			r.mu.Lock()
+			for d, t := range r.tokens {
+				if t.id == n.TokenID {
+					delete(r.tokens, d)
+				}
+			}
+			r.mu.Unlock()
+		case n.SessionID != "":
+			var exp string
+			if err := r.db.R.QueryRowContext(ctx, `SELECT expires_at FROM revoked_sessions WHERE jti = ?`, n.SessionID).Scan(&exp); err == nil {
+				t, _ := parseTime(exp)
+				r.mu.Lock()
+				r.revoked[n.SessionID] = t
+				r.mu.Unlock()
+			}
+		default:
+			r.refreshName(ctx, n.Name)
+		}
+		r.fireRevoke(Revocation{Name: n.Name, SessionID: n.SessionID, TokenID: n.TokenID, Purge: n.Purge})
+	}
 }

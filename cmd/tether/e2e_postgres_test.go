@@ -15,8 +15,8 @@ import (
 // data directory, share one PostgreSQL database (--postgres). A device
 // registered through node A's API logs in over MQTT on node B; a user
 // created on A logs in on B, over HTTP and MQTT; a device deleted on A is
-// refused at its next login on B; a wrong secret is refused. When the
-// database stops, /readyz says so.
+// disconnected from B and refused at its next login there; a wrong
+// secret is refused. When the database stops, /readyz says so.
 func TestPostgresTwoNodes(t *testing.T) {
 	pg := testpg.New(t)
 	url := pg.NewDatabase(t)
@@ -46,8 +46,15 @@ func TestPostgresTwoNodes(t *testing.T) {
 		t.Fatalf("user created on A: MQTT CONNACK %d on B", code)
 	}
 
+	// Connected to B, deleted through A: B closes its connection.
+	dev := mustMQ(t, b.mqtt, mqOpts{id: "pg-dev-1", user: "pg-dev-1", pass: secret})
 	if code := accessAPI(t, a, "DELETE", "/devices/pg-dev-1", adminA, nil, nil); code != 204 && code != 200 {
 		t.Fatalf("delete on A: HTTP %d", code)
+	}
+	select {
+	case <-dev.c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("device deleted on A still connected to B after 10s")
 	}
 	if code := connect3Code(t, b.mqtt, "pg-dev-1", "pg-dev-1", secret, true, nil); code == 0 {
 		t.Fatal("a device deleted on A still logs in on B")

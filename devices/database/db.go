@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Dialect is the SQL a DB speaks.
@@ -37,6 +39,8 @@ type DB struct {
 
 	// name is the file or the URL without its password, for logs.
 	name string
+	// pg is the PostgreSQL connection's configuration, for Listen.
+	pg *pgx.ConnConfig
 }
 
 // String names the database for a log: the SQLite file, or the

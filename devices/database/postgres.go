@@ -29,7 +29,7 @@ func OpenPostgres(ctx context.Context, connURL string) (*DB, error) {
 	p := sql.OpenDB(connector{pgx: stdlib.GetConnector(*cfg)})
 	p.SetMaxOpenConns(PostgresConns)
 	p.SetMaxIdleConns(PostgresConns)
-	db := &DB{W: p, R: p, Dialect: Postgres, name: name}
+	db := &DB{W: p, R: p, Dialect: Postgres, name: name, pg: cfg}
 	if err := p.PingContext(ctx); err != nil {
 		p.Close()
 		return nil, errorf(name, err)

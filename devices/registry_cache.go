@@ -1,0 +1,99 @@
+package devices
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// loadCaches reads every device, user, API token and revoked session into
+// new caches and puts them in place of the old ones: at start-up, and on
+// PostgreSQL whenever the registry's notifications (registry_shared.go)
+// may have missed something.
+func (r *Registry) loadCaches(ctx context.Context) error {
+	devs := map[string]deviceCred{}
+	users := map[string]userCred{}
+	tokens := map[[32]byte]tokenCred{}
+	revoked := map[string]time.Time{}
+	rows, err := r.db.R.QueryContext(ctx, `SELECT id, secret_hash, enabled, type, topics FROM devices`)
+	if err != nil {
+		return fmt.Errorf("load devices: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var h []byte
+		var topics string
+		var c deviceCred
+		if err := rows.Scan(&id, &h, &c.enabled, &c.typ, &topics); err != nil {
+			rows.Close()
+			return fmt.Errorf("load devices: %w", err)
+		}
+		copy(c.digest[:], h)
+		c.topics = decodeGrants(topics)
+		devs[id] = c
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("load devices: %w", err)
+	}
+	rows, err = r.db.R.QueryContext(ctx, `SELECT username, password_hash, role FROM users`)
+	if err != nil {
+		return fmt.Errorf("load users: %w", err)
+	}
+	for rows.Next() {
+		var name, h string
+		var c userCred
+		if err := rows.Scan(&name, &h, &c.role); err != nil {
+			rows.Close()
+			return fmt.Errorf("load users: %w", err)
+		}
+		c.hash = []byte(h)
+		users[name] = c
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("load users: %w", err)
+	}
+	rows, err = r.db.R.QueryContext(ctx, `SELECT id, digest, username, expires_at FROM api_tokens`)
+	if err != nil {
+		return fmt.Errorf("load tokens: %w", err)
+	}
+	for rows.Next() {
+		var h []byte
+		var exp sql.NullString
+		var c tokenCred
+		if err := rows.Scan(&c.id, &h, &c.username, &exp); err != nil {
+			rows.Close()
+			return fmt.Errorf("load tokens: %w", err)
+		}
+		if exp.Valid {
+			c.expires, _ = parseTime(exp.String)
+		}
+		var d [32]byte
+		copy(d[:], h)
+		tokens[d] = c
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("load tokens: %w", err)
+	}
+	rows, err = r.db.R.QueryContext(ctx, `SELECT jti, expires_at FROM revoked_sessions`)
+	if err != nil {
+		return fmt.Errorf("load revoked sessions: %w", err)
+	}
+	for rows.Next() {
+		var jti, exp string
+		if err := rows.Scan(&jti, &exp); err != nil {
+			rows.Close()
+			return fmt.Errorf("load revoked sessions: %w", err)
+		}
+		t, _ := parseTime(exp)
+		revoked[jti] = t
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("load revoked sessions: %w", err)
+	}
+	r.mu.Lock()
+	r.devices, r.users, r.tokens, r.revoked = devs, users, tokens, revoked
+	r.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,181 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/tether-iot/tether/devices/database"
+	"github.com/tether-iot/tether/internal/testmqtt"
+)
+
+// twoNodes opens two registries on one new PostgreSQL database, as two
+// nodes of a cluster would.
+func twoNodes(t *testing.T) (a, b *Registry) {
+	t.Helper()
+	if testPG == nil {
+		t.Skip("PostgreSQL pass only")
+	}
+	url := testPG.NewDatabase(t)
+	regs := make([]*Registry, 2)
+	for i := range regs {
+		db, err := database.OpenPostgres(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		r, err := OpenRegistry(context.Background(), db, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.hashCost = bcrypt.MinCost
+		t.Cleanup(func() { r.Close() })
+		regs[i] = r
+	}
+	return regs[0], regs[1]
+}
+
+// revocations records a registry's OnRevoke and OnDeviceChange calls.
+type revocations struct {
+	mu      sync.Mutex
+	revoked []Revocation
+	changed []string
+}
+
+func watch(r *Registry) *revocations {
+	w := &revocations{}
+	r.OnRevoke(func(rv Revocation) { w.mu.Lock(); w.revoked = append(w.revoked, rv); w.mu.Unlock() })
+	r.OnDeviceChange(func(id string) { w.mu.Lock(); w.changed = append(w.changed, id); w.mu.Unlock() })
+	return w
+}
+
+func (w *revocations) has(rv Revocation) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, got := range w.revoked {
+		if got == rv {
+			return nil
+		}
+	}
+	return fmt.Errorf("no revocation %+v in %+v", rv, w.revoked)
+}
+
+// TestRegistryNodesShareChanges: on PostgreSQL what one node changes
+// counts on the other: a new device and user log in there, a revoked
+// token and a logged-out session stop working there, and a disabled
+// device, a changed role or changed grants reach the other node's
+// callbacks (which close and re-check its connections).
+func TestRegistryNodesShareChanges(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoNodes(t)
+	wb := watch(b)
+
+	_, secret, err := a.CreateDevice(ctx, NewDevice{ID: "shared-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := b.Authenticate(ctx, "shared-1", secret); err != nil || id.Kind != KindDevice {
+		t.Fatalf("device created on a, on b: %+v %v", id, err)
+	}
+	if _, err := a.CreateUser(ctx, "op", "op-password-1", RoleOperator); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Authenticate(ctx, "op", "op-password-1"); err != nil {
+		t.Fatalf("user created on a, on b: %v", err)
+	}
+	tok, tk, err := a.CreateToken(ctx, "op", "ci", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.AuthenticateToken(ctx, tok); err != nil {
+		t.Fatalf("token created on a, on b: %v", err)
+	}
+	sess, _, err := a.IssueSession(ctx, User{Username: "op", Role: RoleOperator}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.VerifySession(sess); err != nil {
+		t.Fatalf("session issued on a, on b: %v", err)
+	}
+
+	off := false
+	if _, err := a.UpdateDevice(ctx, "shared-1", DevicePatch{Enabled: &off}); err != nil {
+		t.Fatal(err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error { return wb.has(Revocation{Name: "shared-1", Purge: true}) })
+	if _, ok := b.Lookup("shared-1"); ok {
+		t.Error("a device disabled on a is still enabled in b's cache")
+	}
+	typ := "meter"
+	if _, err := a.UpdateDevice(ctx, "shared-1", DevicePatch{Type: &typ}); err != nil {
+		t.Fatal(err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		wb.mu.Lock()
+		defer wb.mu.Unlock()
+		if len(wb.changed) == 0 {
+			return errors.New("no device change on b")
+		}
+		return nil
+	})
+	if got, _, _ := b.DeviceAccess("shared-1"); got != "meter" {
+		t.Errorf("b's cache has type %q", got)
+	}
+
+	if err := a.RevokeToken(ctx, tk.ID); err != nil {
+		t.Fatal(err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error { return wb.has(Revocation{Name: "op", TokenID: tk.ID}) })
+	if _, err := b.AuthenticateToken(ctx, tok); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("token revoked on a, on b: %v", err)
+	}
+	if err := a.RevokeSession(ctx, sess); err != nil {
+		t.Fatal(err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error { return wb.has(Revocation{Name: "op", SessionID: sessionID(t, a, sess)}) })
+	if _, err := b.VerifySession(sess); err == nil {
+		t.Error("session logged out on a still verifies on b")
+	}
+	role := RoleViewer
+	if _, err := a.UpdateUser(ctx, "op", UserUpdate{Role: &role}); err != nil {
+		t.Fatal(err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error { return wb.has(Revocation{Name: "op"}) })
+	if id, _ := b.Lookup("op"); id.Role != RoleViewer {
+		t.Errorf("b's cache has role %q", id.Role)
+	}
+	// b's own changes do not come back to it twice.
+	wa := watch(a)
+	if err := b.DeleteDevice(ctx, "shared-1"); err != nil {
+		t.Fatal(err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error { return wa.has(Revocation{Name: "shared-1", Purge: true}) })
+	wb.mu.Lock()
+	n := 0
+	for _, rv := range wb.revoked {
+		if rv == (Revocation{Name: "shared-1", Purge: true}) {
+			n++
+		}
+	}
+	wb.mu.Unlock()
+	if n != 2 { // the disable from a, the delete on b itself
+		t.Errorf("b saw %d purges of shared-1, want 2", n)
+	}
+}
+
+// sessionID is the id (jti) of a session token.
+func sessionID(t *testing.T, r *Registry, token string) string {
+	t.Helper()
+	c, err := r.parseSession(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.ID
+}
