@@ -179,3 +179,32 @@ func sessionID(t *testing.T, r *Registry, token string) string {
 	}
 	return c.ID
 }
+
+// TestEnsureAdminTwoNodesAtOnce: two nodes' first start on one empty
+// database: both start, one of them creates admin.
+func TestEnsureAdminTwoNodesAtOnce(t *testing.T) {
+	a, b := twoNodes(t)
+	var wg sync.WaitGroup
+	gen := make([]string, 2)
+	errs := make([]error, 2)
+	for i, r := range []*Registry{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			gen[i], errs[i] = r.EnsureAdmin(context.Background(), "")
+		}()
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatalf("EnsureAdmin: %v, %v", errs[0], errs[1])
+	}
+	if (gen[0] == "") == (gen[1] == "") {
+		t.Fatalf("generated passwords %q and %q: want exactly one", gen[0], gen[1])
+	}
+	pw := gen[0] + gen[1]
+	for _, r := range []*Registry{a, b} {
+		if _, err := r.Authenticate(context.Background(), AdminUser, pw); err != nil {
+			t.Errorf("admin's password: %v", err)
+		}
+	}
+}

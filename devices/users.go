@@ -306,6 +306,11 @@ func (r *Registry) EnsureAdmin(ctx context.Context, envPassword string) (generat
 		password = generated
 	}
 	if _, err := r.createUser(ctx, AdminUser, password, RoleAdmin); err != nil {
+		if r.shared() && errors.Is(err, ErrConflict) {
+			// Another node, starting at the same time, made it.
+			r.refreshName(ctx, AdminUser)
+			return "", nil
+		}
 		return "", fmt.Errorf("ensure admin (TETHER_ADMIN_PASSWORD): %w", err)
 	}
 	r.log.Info("first start: created user", "user", AdminUser, "role", RoleAdmin, "password_from_env", envPassword != "")
