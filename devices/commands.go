@@ -129,6 +129,10 @@ type Commands struct {
 	changed map[string]chan struct{}
 
 	m *commandMetrics
+
+	// notes carries new and changed commands to and from the other
+	// nodes on PostgreSQL (commands_shared.go); nil on SQLite.
+	notes *notes
 }
 
 // commandOp is one queued change.
@@ -173,23 +177,12 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 		changed: map[string]chan struct{}{},
 	}
 	c.m = newCommandMetrics(c)
-	rows, err := db.R.QueryContext(ctx, `SELECT id, device_id FROM commands WHERE status IN ('pending', 'delivered')`)
-	if err != nil {
-		return nil, fmt.Errorf("open commands: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id, dev string
-		if err := rows.Scan(&id, &dev); err != nil {
-			return nil, fmt.Errorf("open commands: %w", err)
-		}
-		c.open[id] = dev
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("open commands: %w", err)
+	if err := c.loadOpen(ctx); err != nil {
+		return nil, err
 	}
 	c.wg.Add(1)
 	go c.run()
+	c.startSharing()
 	return c, nil
 }
 
@@ -198,6 +191,7 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 func (c *Commands) Close() error {
 	c.once.Do(func() { close(c.stop) })
 	c.wg.Wait()
+	c.notes.stop()
 	return nil
 }
 
@@ -268,6 +262,7 @@ func (c *Commands) Create(ctx context.Context, nc NewCommand) (Command, error) {
 	c.mu.Lock()
 	c.open[cmd.ID] = cmd.DeviceID
 	c.mu.Unlock()
+	c.share([]change{{ID: cmd.ID, Device: cmd.DeviceID}})
 	c.m.created[0].Inc()
 	return cmd, nil
 }
@@ -370,6 +365,7 @@ func (c *Commands) Expire(ctx context.Context, id string) (Command, error) {
 	if n, _ := res.RowsAffected(); n > 0 {
 		c.m.expired.Inc()
 		c.notify(id, true)
+		c.share([]change{{ID: id, Done: true}})
 	}
 	return c.Get(ctx, id)
 }

@@ -49,10 +49,12 @@ func (c *Commands) run() {
 	}
 }
 
-// change is a command whose watchers are woken after the commit.
+// change is a command whose watchers are woken after the commit (and the
+// other nodes', commands_shared.go). Device is set for a new command.
 type change struct {
-	id   string
-	done bool
+	ID     string `json:"id"`
+	Device string `json:"device,omitempty"`
+	Done   bool   `json:"done,omitempty"`
 }
 
 func (c *Commands) apply(batch []commandOp) {
@@ -68,8 +70,9 @@ func (c *Commands) apply(batch []commandOp) {
 		return
 	}
 	for _, ch := range changes {
-		c.notify(ch.id, ch.done)
+		c.notify(ch.ID, ch.Done)
 	}
+	c.share(changes)
 }
 
 func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
@@ -92,7 +95,7 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 			if n, _ := res.RowsAffected(); n > 0 {
 				// Wake a Wait that found the command open but not yet
 				// written.
-				changes = append(changes, change{id: op.cmd.ID})
+				changes = append(changes, change{ID: op.cmd.ID, Device: op.cmd.DeviceID})
 			} else {
 				// The id was used before: if that command is done, it
 				// must not stay open in memory.
@@ -101,7 +104,7 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 					return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
 				}
 				if (Command{Status: status}).Done() {
-					changes = append(changes, change{id: op.cmd.ID, done: true})
+					changes = append(changes, change{ID: op.cmd.ID, Done: true})
 				}
 			}
 		case 'd':
@@ -112,7 +115,7 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 			}
 			if n, _ := res.RowsAffected(); n > 0 {
 				delivered++
-				changes = append(changes, change{id: op.id})
+				changes = append(changes, change{ID: op.id})
 			}
 		case 'r':
 			status := StatusSucceeded
@@ -134,7 +137,7 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 				} else {
 					failed++
 				}
-				changes = append(changes, change{id: op.id, done: true})
+				changes = append(changes, change{ID: op.id, Done: true})
 				continue
 			}
 			var exists int
@@ -185,8 +188,11 @@ func (c *Commands) sweep() error {
 		return fmt.Errorf("commands expire: %w", err)
 	}
 	c.m.expired.Add(float64(len(ids)))
+	changes := make([]change, 0, len(ids))
 	for _, id := range ids {
 		c.notify(id, true)
+		changes = append(changes, change{ID: id, Done: true})
 	}
+	c.share(changes)
 	return nil
 }

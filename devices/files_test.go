@@ -20,7 +20,7 @@ func mode(t *testing.T, path string) fs.FileMode {
 // TestDBFileModes: a new data directory is 0700 and the database, its WAL
 // and its shared-memory file are 0600, whatever the umask lets through.
 func TestDBFileModes(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "file modes")
 	dir := filepath.Join(t.TempDir(), "data")
 	db, err := OpenDB(dir)
 	if err != nil {
@@ -46,7 +46,7 @@ func TestDBFileModes(t *testing.T) {
 // TestDBFileModesExisting: files an older version left readable by others
 // are made 0600 when the database is opened.
 func TestDBFileModesExisting(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "file modes")
 	dir := t.TempDir()
 	path := filepath.Join(dir, FileName)
 	db, err := OpenDBFile(path)
@@ -84,7 +84,7 @@ func TestDBFileModesExisting(t *testing.T) {
 // TestCheckDataDir: a directory others may read is reported, naming it
 // and its mode; its mode is left alone.
 func TestCheckDataDir(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "the data directory")
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)

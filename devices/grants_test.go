@@ -81,7 +81,7 @@ func TestParseGrant(t *testing.T) {
 // replaced by a patch, and a change is announced; bad grants change
 // nothing.
 func TestGrantsStoredAndChanged(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "reopens the file")
 	ctx := context.Background()
 	dir := t.TempDir()
 	db, err := OpenDB(dir)

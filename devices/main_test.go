@@ -15,7 +15,7 @@ import (
 // TestMain runs the tests twice: on SQLite, then on PostgreSQL (a server
 // of their own, internal/testpg), where the tests that open their database
 // with openBackendDB get a new PostgreSQL database each, and those about
-// SQLite's files skip (sqliteOnly). Without PostgreSQL installed the
+// SQLite itself skip (sqliteOnly). Without PostgreSQL installed the
 // second pass is skipped, except on CI.
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -82,10 +82,10 @@ func openBackendDB(tb testing.TB) *DB {
 	return db
 }
 
-// sqliteOnly skips tb in the PostgreSQL pass: it is about SQLite's files.
-func sqliteOnly(tb testing.TB) {
+// sqliteOnly skips tb in the PostgreSQL pass, saying why.
+func sqliteOnly(tb testing.TB, why string) {
 	tb.Helper()
 	if testPG != nil {
-		tb.Skip("about SQLite's files")
+		tb.Skip("SQLite only: " + why)
 	}
 }

@@ -17,7 +17,7 @@ func bigObject(n int) []byte {
 // queued once QueueBytes wait; RecordReported never blocks; what was
 // queued is merged once the writer is free.
 func TestTwinsQueueBytes(t *testing.T) {
-	sqliteOnly(t) // blocks SQLite\'s one writer connection
+	sqliteOnly(t, "holds SQLite's one writer connection")
 	ctx := context.Background()
 	db := openTestDB(t)
 	const queueBytes = 1 << 20
@@ -58,7 +58,7 @@ func TestTwinsQueueBytes(t *testing.T) {
 
 // TestCommandsQueueBytes: the same for command updates from devices.
 func TestCommandsQueueBytes(t *testing.T) {
-	sqliteOnly(t) // holds SQLite's one writer connection
+	sqliteOnly(t, "holds SQLite's one writer connection")
 	ctx := context.Background()
 	db := openTestDB(t)
 	const queueBytes = 1 << 20

@@ -75,9 +75,9 @@ type Registry struct {
 	presenceDropped atomic.Int64
 	presenceWritten atomic.Int64
 
-	// sharing is the PostgreSQL notifications' (registry_shared.go);
-	// nil on SQLite.
-	sharing *sharing
+	// notes carries changes to and from the other nodes on PostgreSQL
+	// (registry_shared.go); nil on SQLite.
+	notes *notes
 }
 
 // deviceCred is what authenticating a device needs.
@@ -250,7 +250,7 @@ func (r *Registry) Close() error {
 	}
 	r.presMu.Unlock()
 	<-r.presenceDone
-	r.stopSharing()
+	r.notes.stop()
 	return nil
 }
 

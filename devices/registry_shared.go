@@ -2,13 +2,9 @@ package devices
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"sync"
-	"time"
 
 	"github.com/tether-iot/tether/devices/database"
 )
@@ -108,7 +104,6 @@ const registryChannel = "tether_registry"
 // OnDeviceChange), so that a device deleted on one node is disconnected
 // from another.
 type note struct {
-	Node      string `json:"node"`
 	Kind      string `json:"kind"`
 	Name      string `json:"name"`
 	SessionID string `json:"session_id,omitempty"`
@@ -121,77 +116,29 @@ const (
 	noteChange = "change"
 )
 
-// sharing is a registry's listener on registryChannel.
-type sharing struct {
-	node   string // this registry's id, to skip its own notes
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-// startSharing listens for the other nodes' notes (PostgreSQL only).
+// startSharing listens for the other nodes' notes (PostgreSQL only). Each
+// time the listener (re)connects the caches are read again whole: what
+// changed while nobody listened.
 func (r *Registry) startSharing() {
-	if !r.shared() {
-		return
-	}
-	var b [8]byte
-	rand.Read(b[:])
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &sharing{node: hex.EncodeToString(b[:]), cancel: cancel, done: make(chan struct{})}
-	r.sharing = s
-	ready := make(chan struct{})
-	var once sync.Once
-	go func() {
-		defer close(s.done)
-		r.db.Listen(ctx, registryChannel, func() {
-			// What changed while nobody listened.
-			r.writeMu.Lock()
-			err := r.loadCaches(ctx)
-			r.writeMu.Unlock()
-			if err != nil && ctx.Err() == nil {
-				r.log.Warn("registry: reloading identities failed", "error", err)
-			}
-			once.Do(func() { close(ready) })
-		}, r.received, func(err error) {
-			r.log.Warn("registry: lost the database's change notifications; retrying", "error", err)
-		})
-	}()
-	// Open returns once changes are heard (or soon, if the database is
-	// slow: logins read identities through meanwhile).
-	select {
-	case <-ready:
-	case <-time.After(5 * time.Second):
-	}
-}
-
-func (r *Registry) stopSharing() {
-	if s := r.sharing; s != nil {
-		s.cancel()
-		<-s.done
-	}
+	r.notes = startNotes(r.db, registryChannel, r.log, func(ctx context.Context) {
+		r.writeMu.Lock()
+		err := r.loadCaches(ctx)
+		r.writeMu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("registry: reloading identities failed", "error", err)
+		}
+	}, r.received)
 }
 
 // share sends n to the other nodes.
-func (r *Registry) share(n note) {
-	if r.sharing == nil {
-		return
-	}
-	n.Node = r.sharing.node
-	b, _ := json.Marshal(n)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.db.Notify(ctx, registryChannel, string(b)); err != nil {
-		r.log.Warn("registry: telling the other nodes of a change failed; they learn it at the next login", "name", n.Name, "error", err)
-	}
-}
+func (r *Registry) share(n note) { r.notes.send(n) }
 
 // received applies another node's note.
-func (r *Registry) received(payload string) {
+func (r *Registry) received(ctx context.Context, body []byte) {
 	var n note
-	if err := json.Unmarshal([]byte(payload), &n); err != nil || n.Node == r.sharing.node || n.Name == "" {
+	if err := json.Unmarshal(body, &n); err != nil || n.Name == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	switch n.Kind {
 	case noteChange:
 		r.refreshName(ctx, n.Name)

@@ -30,7 +30,7 @@ func openTestRegistry(t testing.TB) (*Registry, *DB) {
 }
 
 func TestMigrationsIdempotent(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "reopens the file")
 	dir := t.TempDir()
 	ctx := context.Background()
 	var secret string
@@ -342,7 +342,7 @@ func waitFor(t testing.TB, cond func() bool) {
 }
 
 func TestPresenceStormFlushedOnClose(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "reopens the file")
 	dir := t.TempDir()
 	ctx := context.Background()
 	db, err := OpenDB(dir)

@@ -105,7 +105,7 @@ func TestTelemetryMetricNameCap(t *testing.T) {
 // count: with the writer held, large samples stop being queued once
 // QueueBytes are waiting, Add never blocks, and what was queued is stored.
 func TestTelemetryQueueBytes(t *testing.T) {
-	sqliteOnly(t) // holds SQLite's one writer connection
+	sqliteOnly(t, "holds SQLite's one writer connection")
 	ctx := context.Background()
 	db := openTestDB(t, "big")
 	const queueBytes = 1 << 20

@@ -79,7 +79,7 @@ func writeLegacyHistory(t testing.TB, db *DB, devs []string, rows int, base time
 // short after one transaction and the next start finished it; and
 // deleting a device afterwards still deletes its history.
 func TestTelemetryMigration(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "SQLite's legacy history")
 	ctx := context.Background()
 	db := openTestDB(t, "d1", "d2")
 	base := time.Now().Add(-24 * time.Hour).Truncate(time.Hour)

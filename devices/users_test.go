@@ -131,7 +131,7 @@ func TestTokens(t *testing.T) {
 }
 
 func TestSessions(t *testing.T) {
-	sqliteOnly(t)
+	sqliteOnly(t, "reopens the file")
 	dir := t.TempDir()
 	ctx := context.Background()
 	db, err := OpenDB(dir)
