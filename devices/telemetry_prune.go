@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // prune deletes points older than the retention, and rollups older than
@@ -68,9 +70,13 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, poi
 		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	defer tx.Rollback()
-	rs, err := tx.QueryContext(ctx,
-		`SELECT id, device_id, data FROM telemetry_chunks WHERE ts_max < ? ORDER BY ts_max LIMIT ?`,
-		cutoff.UnixMilli(), t.opts.PruneChunk)
+	q := `SELECT id, device_id, data FROM telemetry_chunks WHERE ts_max < ? ORDER BY ts_max LIMIT ?`
+	if t.db.Dialect == database.Postgres {
+		// Another node's pruner may be at the same rows: each row is
+		// folded into the minute rollups by one of them only.
+		q += ` FOR UPDATE SKIP LOCKED`
+	}
+	rs, err := tx.QueryContext(ctx, q, cutoff.UnixMilli(), t.opts.PruneChunk)
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
