@@ -355,6 +355,9 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 	out := make([]DeviceSecret, len(nds))
 	digests := make([][32]byte, len(nds))
 	seen := make(map[string]bool, len(nds))
+	for _, nd := range nds {
+		r.refreshName(ctx, nd.ID) // PostgreSQL: another node's names
+	}
 	r.mu.RLock()
 	for i, nd := range nds {
 		if nd.ID == "" {

@@ -90,6 +90,16 @@ func TestRegistryNodesShareChanges(t *testing.T) {
 	if _, err := b.Authenticate(ctx, "op", "op-password-1"); err != nil {
 		t.Fatalf("user created on a, on b: %v", err)
 	}
+	// A name taken on one node is taken on the other.
+	if _, _, err := b.CreateDevice(ctx, NewDevice{ID: "op"}); !errors.Is(err, ErrConflict) {
+		t.Errorf("device named like a's user, on b: %v", err)
+	}
+	if _, _, err := a.CreateDevice(ctx, NewDevice{ID: "shared-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateUser(ctx, "shared-2", "op-password-1", RoleViewer); !errors.Is(err, ErrConflict) {
+		t.Errorf("user named like a's device, on b: %v", err)
+	}
 	tok, tk, err := a.CreateToken(ctx, "op", "ci", 0)
 	if err != nil {
 		t.Fatal(err)

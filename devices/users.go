@@ -85,6 +85,7 @@ func (r *Registry) createUser(ctx context.Context, username, password, role stri
 	if err != nil {
 		return User{}, err
 	}
+	r.refreshName(ctx, username) // PostgreSQL: another node's names
 	r.mu.RLock()
 	taken := r.nameTaken(username)
 	r.mu.RUnlock()
