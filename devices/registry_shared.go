@@ -25,39 +25,54 @@ import (
 // shared reports a database other nodes may write (PostgreSQL).
 func (r *Registry) shared() bool { return r.db.Dialect == database.Postgres }
 
-// refreshName reloads the cached device and user called name.
+// refreshName reloads the cached device and user called name, in one
+// query.
 func (r *Registry) refreshName(ctx context.Context, name string) {
 	if !r.shared() || name == "" {
 		return
 	}
-	var h []byte
-	var topics string
-	var dev deviceCred
-	errDev := r.db.R.QueryRowContext(ctx, `SELECT secret_hash, enabled, type, topics FROM devices WHERE id = ?`, name).
-		Scan(&h, &dev.enabled, &dev.typ, &topics)
-	var hash string
-	var user userCred
-	errUser := r.db.R.QueryRowContext(ctx, `SELECT password_hash, role FROM users WHERE username = ?`, name).
-		Scan(&hash, &user.role)
+	rows, err := r.db.R.QueryContext(ctx, `
+		SELECT 'd', secret_hash, enabled, type, topics, '', '' FROM devices WHERE id = ?
+		UNION ALL
+		SELECT 'u', NULL, 0, '', '', password_hash, role FROM users WHERE username = ?`, name, name)
+	if err != nil {
+		r.log.Warn("registry: reading an identity from the database failed; using the cache", "error", err)
+		return
+	}
+	defer rows.Close()
+	var dev *deviceCred
+	var user *userCred
+	for rows.Next() {
+		var kind, topics, hash, role string
+		var h []byte
+		var c deviceCred
+		if err := rows.Scan(&kind, &h, &c.enabled, &c.typ, &topics, &hash, &role); err != nil {
+			r.log.Warn("registry: reading an identity from the database failed; using the cache", "error", err)
+			return
+		}
+		if kind == "d" {
+			copy(c.digest[:], h)
+			c.topics = decodeGrants(topics)
+			dev = &c
+		} else {
+			user = &userCred{hash: []byte(hash), role: role}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		r.log.Warn("registry: reading an identity from the database failed; using the cache", "error", err)
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	switch {
-	case errDev == nil:
-		copy(dev.digest[:], h)
-		dev.topics = decodeGrants(topics)
-		r.devices[name] = dev
-	case errors.Is(errDev, sql.ErrNoRows):
+	if dev != nil {
+		r.devices[name] = *dev
+	} else {
 		delete(r.devices, name)
 	}
-	switch {
-	case errUser == nil:
-		user.hash = []byte(hash)
-		r.users[name] = user
-	case errors.Is(errUser, sql.ErrNoRows):
+	if user != nil {
+		r.users[name] = *user
+	} else {
 		delete(r.users, name)
-	}
-	if err := errors.Join(skipNoRows(errDev), skipNoRows(errUser)); err != nil {
-		r.log.Warn("registry: reading an identity from the database failed; using the cache", "error", err)
 	}
 }
 
@@ -88,12 +103,6 @@ func (r *Registry) refreshToken(ctx context.Context, d [32]byte) {
 	}
 }
 
-func skipNoRows(err error) error {
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil
-	}
-	return err
-}
 
 // registryChannel is the PostgreSQL notification channel of registry
 // changes.

@@ -218,3 +218,23 @@ func TestEnsureAdminTwoNodesAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAuthenticateDevice: one device login (SQLite: the cache; then,
+// in TestMain's PostgreSQL pass, with the identity read from the
+// database).
+//
+//	go test -run XXX -bench AuthenticateDevice ./devices/
+func BenchmarkAuthenticateDevice(b *testing.B) {
+	ctx := context.Background()
+	r, _ := openTestRegistry(b)
+	_, secret, err := r.CreateDevice(ctx, NewDevice{ID: "bench-1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := r.Authenticate(ctx, "bench-1", secret); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

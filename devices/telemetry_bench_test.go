@@ -19,11 +19,7 @@ import (
 //	go test -run XXX -bench TelemetryWrite -benchtime 1000000x ./devices/
 func BenchmarkTelemetryWrite(b *testing.B) {
 	ctx := context.Background()
-	db, err := OpenDB(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
+	db := openBackendDB(b) // SQLite, then PostgreSQL (TestMain)
 	reg, err := OpenRegistry(ctx, db, nil)
 	if err != nil {
 		b.Fatal(err)
