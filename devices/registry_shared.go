@@ -103,7 +103,6 @@ func (r *Registry) refreshToken(ctx context.Context, d [32]byte) {
 	}
 }
 
-
 // registryChannel is the PostgreSQL notification channel of registry
 // changes.
 const registryChannel = "tether_registry"
