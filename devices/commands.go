@@ -180,9 +180,9 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 	if err := c.loadOpen(ctx); err != nil {
 		return nil, err
 	}
+	c.startSharing() // before the writer, which shares its changes
 	c.wg.Add(1)
 	go c.run()
-	c.startSharing()
 	return c, nil
 }
 

@@ -215,8 +215,8 @@ func OpenRegistry(ctx context.Context, db *DB, log *slog.Logger) (*Registry, err
 	if err := r.load(ctx); err != nil {
 		return nil, fmt.Errorf("open registry: %w", err)
 	}
-	go r.writePresence()
 	r.startSharing()
+	go r.writePresence()
 	return r, nil
 }
 
