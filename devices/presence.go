@@ -2,6 +2,7 @@ package devices
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 )
@@ -85,6 +86,40 @@ func (r *Registry) takePresence() (map[string]Presence, []string) {
 	return batch, order
 }
 
+// On PostgreSQL several nodes write presence: each device row names the
+// node the device last connected to (devices.node), a node marks a device
+// offline only while the row names it (a device that moved on to another
+// node stays online however late the first node's disconnect comes), and
+// a node starting marks only its own devices offline.
+
+// SetNode names this node on a shared database (cluster.node; "" by
+// default) and marks the devices it had online offline: it is starting.
+// Call it right after OpenRegistry. No effect on SQLite.
+func (r *Registry) SetNode(ctx context.Context, name string) error {
+	r.presMu.Lock()
+	r.node = name
+	r.presMu.Unlock()
+	if !r.shared() {
+		return nil
+	}
+	return r.markOffline(ctx)
+}
+
+// markOffline marks the devices of this node offline (on SQLite, all).
+func (r *Registry) markOffline(ctx context.Context) error {
+	q, args := `UPDATE devices SET online = 0 WHERE online != 0`, []any{}
+	if r.shared() {
+		r.presMu.Lock()
+		node := r.node
+		r.presMu.Unlock()
+		q, args = q+` AND node = ?`, []any{node}
+	}
+	if _, err := r.db.W.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("mark devices offline: %w", err)
+	}
+	return nil
+}
+
 func (r *Registry) flushPresence(batch map[string]Presence, order []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -93,13 +128,24 @@ func (r *Registry) flushPresence(batch map[string]Presence, order []string) erro
 		return err
 	}
 	defer tx.Rollback()
-	on, err := tx.PrepareContext(ctx, `UPDATE devices SET online = 1, last_seen = ?, transport = ?,
-		remote_addr = ?, protocol_version = ? WHERE id = ?`)
+	onSQL := `UPDATE devices SET online = 1, last_seen = ?, transport = ?,
+		remote_addr = ?, protocol_version = ? WHERE id = ?`
+	offSQL := `UPDATE devices SET online = 0, last_seen = ? WHERE id = ?`
+	var node []any // the extra argument on PostgreSQL
+	if r.shared() {
+		onSQL = `UPDATE devices SET online = 1, last_seen = ?, transport = ?,
+		remote_addr = ?, protocol_version = ?, node = ? WHERE id = ?`
+		offSQL = `UPDATE devices SET online = 0, last_seen = ? WHERE id = ? AND node = ?`
+		r.presMu.Lock()
+		node = []any{r.node}
+		r.presMu.Unlock()
+	}
+	on, err := tx.PrepareContext(ctx, onSQL)
 	if err != nil {
 		return err
 	}
 	defer on.Close()
-	off, err := tx.PrepareContext(ctx, `UPDATE devices SET online = 0, last_seen = ? WHERE id = ?`)
+	off, err := tx.PrepareContext(ctx, offSQL)
 	if err != nil {
 		return err
 	}
@@ -111,9 +157,10 @@ func (r *Registry) flushPresence(batch map[string]Presence, order []string) erro
 			at = time.Now()
 		}
 		if p.Online {
-			_, err = on.ExecContext(ctx, fmtTime(at), p.Transport, p.RemoteAddr, p.ProtocolVersion, id)
+			args := append([]any{fmtTime(at), p.Transport, p.RemoteAddr, p.ProtocolVersion}, node...)
+			_, err = on.ExecContext(ctx, append(args, id)...)
 		} else {
-			_, err = off.ExecContext(ctx, fmtTime(at), id)
+			_, err = off.ExecContext(ctx, append([]any{fmtTime(at), id}, node...)...)
 		}
 		if err != nil {
 			return err

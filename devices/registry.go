@@ -74,6 +74,9 @@ type Registry struct {
 	presenceDone    chan struct{}
 	presenceDropped atomic.Int64
 	presenceWritten atomic.Int64
+	// node is this node's name on a shared database (SetNode); guarded
+	// by presMu.
+	node string
 
 	// notes carries changes to and from the other nodes on PostgreSQL
 	// (registry_shared.go); nil on SQLite.
@@ -223,13 +226,9 @@ func OpenRegistry(ctx context.Context, db *DB, log *slog.Logger) (*Registry, err
 // load fills the caches, marks devices offline, prunes expired revocations
 // and creates the session signing key on first start.
 func (r *Registry) load(ctx context.Context) error {
-	// On PostgreSQL the other nodes' devices are online: presence across
-	// nodes is the cluster's (a node's own devices stay marked online
-	// after it crashes until they connect again).
-	if !r.shared() {
-		if _, err := r.db.W.ExecContext(ctx, `UPDATE devices SET online = 0 WHERE online != 0`); err != nil {
-			return fmt.Errorf("mark devices offline: %w", err)
-		}
+	// On PostgreSQL only this node's devices (presence.go, SetNode).
+	if err := r.markOffline(ctx); err != nil {
+		return err
 	}
 	now := time.Now()
 	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM revoked_sessions WHERE expires_at < ?`, fmtTime(now)); err != nil {

@@ -238,3 +238,64 @@ func BenchmarkAuthenticateDevice(b *testing.B) {
 		}
 	}
 }
+
+// TestPresenceTwoNodes: on PostgreSQL a device that moved from node a to
+// node b stays online however late a's disconnect is written; a node that
+// starts again marks only its own devices offline.
+func TestPresenceTwoNodes(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoNodes(t)
+	if err := a.SetNode(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetNode(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"mover", "stays-on-a"} {
+		if _, _, err := a.CreateDevice(ctx, NewDevice{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	online := func(r *Registry, id string) func() error {
+		return func() error {
+			if d, err := r.Device(ctx, id); err != nil || !d.Online {
+				return fmt.Errorf("%s online=%v %v", id, d.Online, err)
+			}
+			return nil
+		}
+	}
+	now := time.Now()
+	a.RecordPresence(Presence{DeviceID: "mover", Online: true, At: now})
+	a.RecordPresence(Presence{DeviceID: "stays-on-a", Online: true, At: now})
+	testmqtt.CheckFor(t, 10*time.Second, online(a, "mover"))
+	testmqtt.CheckFor(t, 10*time.Second, online(a, "stays-on-a"))
+	b.RecordPresence(Presence{DeviceID: "mover", Online: true, At: now.Add(time.Second)})
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		var node string
+		if err := b.db.R.QueryRowContext(ctx, `SELECT node FROM devices WHERE id = 'mover'`).Scan(&node); err != nil || node != "b" {
+			return fmt.Errorf("node %q %v", node, err)
+		}
+		return nil
+	})
+	a.RecordPresence(Presence{DeviceID: "mover", Online: false, At: now.Add(2 * time.Second)}) // late
+	a.RecordPresence(Presence{DeviceID: "stays-on-a", Online: true, At: now.Add(2 * time.Second)})
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if written, _ := a.PresenceStats(); written < 4 {
+			return fmt.Errorf("a wrote %d presence records", written)
+		}
+		return nil
+	})
+	if err := online(b, "mover")(); err != nil {
+		t.Errorf("a's late disconnect: %v", err)
+	}
+	// a starts again: its device goes offline, b's stays online.
+	if err := a.SetNode(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := b.Device(ctx, "stays-on-a"); d.Online {
+		t.Error("a restarted, its device is still online")
+	}
+	if err := online(b, "mover")(); err != nil {
+		t.Errorf("a restarted: %v", err)
+	}
+}

@@ -9,6 +9,9 @@ package devices
 // in RFC 3339 TEXT or Unix milliseconds, JSON in TEXT, booleans as 0 or 1
 // (the driver stores a Go bool so: database/postgres_driver.go). A
 // released step is never edited.
+//
+// devices.node is PostgreSQL's alone: the node a device was last seen
+// connecting to (presence.go).
 
 var registrySchemaPostgres = []string{
 	`CREATE TABLE devices (
@@ -26,7 +29,8 @@ var registrySchemaPostgres = []string{
 		last_values      TEXT NOT NULL DEFAULT '{}',
 		created_at       TEXT NOT NULL,
 		updated_at       TEXT NOT NULL,
-		topics           TEXT NOT NULL DEFAULT '[]'
+		topics           TEXT NOT NULL DEFAULT '[]',
+		node             TEXT NOT NULL DEFAULT ''
 	);
 	CREATE INDEX devices_type ON devices(type, id);
 	CREATE INDEX devices_online ON devices(online, id);
