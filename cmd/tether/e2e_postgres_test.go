@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/internal/testpg"
 )
 
@@ -16,7 +17,9 @@ import (
 // registered through node A's API logs in over MQTT on node B; a user
 // created on A logs in on B, over HTTP and MQTT; a device deleted on A is
 // disconnected from B and refused at its next login there; a wrong
-// secret is refused. When the database stops, /readyz says so.
+// secret is refused. Telemetry published on B is history on A, a twin
+// set on A reads the same on B. When the database stops, /readyz says
+// so.
 func TestPostgresTwoNodes(t *testing.T) {
 	pg := testpg.New(t)
 	url := pg.NewDatabase(t)
@@ -46,8 +49,35 @@ func TestPostgresTwoNodes(t *testing.T) {
 		t.Fatalf("user created on A: MQTT CONNACK %d on B", code)
 	}
 
-	// Connected to B, deleted through A: B closes its connection.
+	// Telemetry published on B is history and last values on A; a twin
+	// set through A reads the same on B.
 	dev := mustMQ(t, b.mqtt, mqOpts{id: "pg-dev-1", user: "pg-dev-1", pass: secret})
+	if code := dev.pub(t, "devices/pg-dev-1/telemetry", `{"temp":21.5}`); code >= 0x80 {
+		t.Fatalf("telemetry on B: PUBACK 0x%02x", code)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		var out struct{ Points []devices.Point }
+		if code := accessAPI(t, a, "GET", "/devices/pg-dev-1/telemetry", adminA, nil, &out); code != 200 {
+			return fmt.Errorf("HTTP %d", code)
+		}
+		if len(out.Points) != 1 || out.Points[0].Values["temp"] != 21.5 {
+			return fmt.Errorf("history on A: %+v", out.Points)
+		}
+		var d devices.Device
+		if code := accessAPI(t, a, "GET", "/devices/pg-dev-1", adminA, nil, &d); code != 200 || !d.Online || d.LastValues["temp"] != 21.5 {
+			return fmt.Errorf("device on A: HTTP %d %+v", code, d)
+		}
+		return nil
+	})
+	if code := accessAPI(t, a, "PATCH", "/devices/pg-dev-1/twin", adminA, map[string]any{"desired": map[string]any{"rate": 5}}, nil); code != 200 {
+		t.Fatalf("twin on A: HTTP %d", code)
+	}
+	var tw devices.Twin
+	if code := accessAPI(t, b, "GET", "/devices/pg-dev-1/twin", accessLogin(t, b, "admin", accessAdminPassword), nil, &tw); code != 200 || tw.Desired["rate"] != 5.0 || tw.DesiredVersion != 1 {
+		t.Fatalf("twin on B: HTTP %d %+v", code, tw)
+	}
+
+	// Connected to B, deleted through A: B closes its connection.
 	if code := accessAPI(t, a, "DELETE", "/devices/pg-dev-1", adminA, nil, nil); code != 204 && code != 200 {
 		t.Fatalf("delete on A: HTTP %d", code)
 	}
