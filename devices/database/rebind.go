@@ -8,6 +8,10 @@ import "strconv"
 // inside quoted strings ('...'), quoted identifiers ("..."), comments
 // (-- and /* */) and PostgreSQL's dollar-quoted strings ($tag$...$tag$)
 // are left alone. A query without placeholders comes back unchanged.
+//
+// So a statement never uses PostgreSQL's jsonb operators spelled with a
+// question mark (?, ?|, ?&: call jsonb_exists and friends instead), nor
+// E'...' strings, whose backslash-escaped quotes Rebind does not know.
 func Rebind(q string) string {
 	var b []byte // nil until the first placeholder
 	last := 0    // bytes of q copied into b
