@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -120,13 +121,23 @@ func Start(bin string) (_ *Server, err error) {
 	s.cmd.SysProcAttr = attr
 	s.cmd.Env = env()
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
+	// Started and waited for on one locked thread: the parent-death
+	// signal (proc_linux.go) fires when the thread that started the
+	// child ends, which must not happen before the server does.
+	started := make(chan error, 1)
 	go func() {
-		s.cmd.Wait()
+		runtime.LockOSThread()
+		err := s.cmd.Start()
+		started <- err
+		if err == nil {
+			s.cmd.Wait()
+		}
 		close(s.exited)
 	}()
+	if err := <-started; err != nil {
+		s.cmd = nil
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
 	if s.admin, err = sql.Open("pgx", s.URL("postgres")); err != nil {
 		return nil, err
 	}
