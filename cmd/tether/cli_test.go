@@ -88,6 +88,10 @@ func TestServeRefusals(t *testing.T) {
 		{"bad port", []string{"--mqtt-addr", ":99999", "--http-addr", "127.0.0.1:0"}, []string{"mqtt.addr", "0 to 65535"}},
 		{"bad host", []string{"--mqtt-addr", "127.0.0.1:0", "--http-addr", "no such host:80"}, []string{"http.addr", "not an IP address or a host name"}},
 		{"bad duration", []string{"--mqtt-addr", "127.0.0.1:0"}, []string{"TETHER_TELEMETRY_RETENTION", "7d"}},
+		{"bad postgres url", []string{"--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--postgres", "mysql://db/tether"}, []string{"storage.postgres_url"}},
+		// The password is not shown.
+		{"postgres unreachable", []string{"--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+			"--postgres", "postgres://tether:pw-s3cret@127.0.0.1:1/tether?connect_timeout=2"}, []string{"open database postgres://tether:xxxxx@127.0.0.1:1/tether"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "data")
@@ -103,6 +107,9 @@ func TestServeRefusals(t *testing.T) {
 				if !strings.Contains(errs, w) {
 					t.Errorf("stderr %q lacks %q", errs, w)
 				}
+			}
+			if strings.Contains(errs, "pw-s3cret") {
+				t.Errorf("stderr shows the database password: %q", errs)
 			}
 			if _, err := os.Stat(filepath.Join(dir, devices.FileName)); err == nil {
 				t.Errorf("the database was created")
