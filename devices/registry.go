@@ -234,7 +234,7 @@ func (r *Registry) load(ctx context.Context) error {
 	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM revoked_sessions WHERE expires_at < ?`, fmtTime(now)); err != nil {
 		return fmt.Errorf("prune revoked sessions: %w", err)
 	}
-	if err := r.loadCaches(ctx); err != nil {
+	if _, err := r.loadCaches(ctx); err != nil {
 		return err
 	}
 	return r.loadKey(ctx)

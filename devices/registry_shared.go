@@ -125,15 +125,24 @@ const (
 )
 
 // startSharing listens for the other nodes' notes (PostgreSQL only). Each
-// time the listener (re)connects the caches are read again whole: what
-// changed while nobody listened.
+// time the listener (re)connects the caches are read again whole, and
+// what changed while nobody listened goes to the callbacks.
 func (r *Registry) startSharing() {
 	r.notes = startNotes(r.db, registryChannel, r.log, func(ctx context.Context) {
 		r.writeMu.Lock()
-		err := r.loadCaches(ctx)
+		ch, err := r.loadCaches(ctx)
 		r.writeMu.Unlock()
-		if err != nil && ctx.Err() == nil {
-			r.log.Warn("registry: reloading identities failed", "error", err)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("registry: reloading identities failed", "error", err)
+			}
+			return
+		}
+		for _, rv := range ch.revoked {
+			r.fireRevoke(rv)
+		}
+		for _, id := range ch.changed {
+			r.fireChanged(id)
 		}
 	}, r.received)
 }

@@ -299,3 +299,45 @@ func TestPresenceTwoNodes(t *testing.T) {
 		t.Errorf("a restarted: %v", err)
 	}
 }
+
+// TestRegistryCatchesUpAfterLostNotifications: the server drops the
+// nodes' notification connections, and a device is deleted and a user's
+// role changed before they are back: the other node still closes the
+// device's and the user's connections (the reload on reconnecting finds
+// what changed) and its caches hold the new state.
+func TestRegistryCatchesUpAfterLostNotifications(t *testing.T) {
+	ctx := context.Background()
+	a, b := twoNodes(t)
+	wb := watch(b)
+	if _, _, err := a.CreateDevice(ctx, NewDevice{ID: "gone"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateUser(ctx, "op", "op-password-1", RoleOperator); err != nil {
+		t.Fatal(err)
+	}
+	b.refreshName(ctx, "gone")
+	b.refreshName(ctx, "op")
+	if _, err := a.db.W.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteDevice(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	role := RoleViewer
+	if _, err := a.UpdateUser(ctx, "op", UserUpdate{Role: &role}); err != nil {
+		t.Fatal(err)
+	}
+	testmqtt.CheckFor(t, 15*time.Second, func() error {
+		return errors.Join(wb.has(Revocation{Name: "gone", Purge: true}), wb.has(Revocation{Name: "op"}))
+	})
+	testmqtt.CheckFor(t, 15*time.Second, func() error {
+		if _, ok := b.Lookup("gone"); ok {
+			return errors.New("b still knows the deleted device")
+		}
+		if id, _ := b.Lookup("op"); id.Role != RoleViewer {
+			return fmt.Errorf("b has role %q", id.Role)
+		}
+		return nil
+	})
+}

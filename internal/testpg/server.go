@@ -24,11 +24,17 @@ import (
 
 // Server is a PostgreSQL server of the tests' own.
 type Server struct {
-	dir    string // temporary directory: data/, the socket, log
+	dir   string // temporary directory: data/, the socket, log
+	bin   string
+	attr  *syscall.SysProcAttr
+	admin *sql.DB
+	n     atomic.Int64
+
+	// mu guards the running server: cmd, and exited (closed when it
+	// ends).
+	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
-	admin  *sql.DB
-	n      atomic.Int64
 
 	stopOnce sync.Once
 	stopErr  error
@@ -92,11 +98,12 @@ func Start(bin string) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dir: dir, exited: make(chan struct{})}
+	s := &Server{dir: dir}
 	defer func() {
 		if err != nil {
+			tail := s.logTail()
 			s.Stop()
-			err = fmt.Errorf("testpg: %w (log in %s)", err, s.logTail())
+			err = fmt.Errorf("testpg: %w; the server's log ends:\n%s", err, tail)
 		}
 	}()
 	attr, err := serverUser(dir)
@@ -110,53 +117,108 @@ func Start(bin string) (_ *Server, err error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("initdb: %v: %s", err, out)
 	}
-	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
-	if err != nil {
+	s.bin, s.attr = bin, attr
+	if err := s.run(); err != nil {
 		return nil, err
 	}
+	if s.admin, err = sql.Open("pgx", s.URL("postgres")); err != nil {
+		return nil, err
+	}
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// run starts postgres on the data directory.
+func (s *Server) run() error {
+	logf, err := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
 	defer logf.Close()
-	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
+	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", filepath.Join(s.dir, "data"), "-k", s.dir,
 		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off", "-c", "max_connections=300")
-	s.cmd.SysProcAttr = attr
-	s.cmd.Env = env()
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	cmd.SysProcAttr = s.attr
+	cmd.Env = env()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	exited := make(chan struct{})
 	// Started and waited for on one locked thread: the parent-death
 	// signal (proc_linux.go) fires when the thread that started the
 	// child ends, which must not happen before the server does.
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		err := s.cmd.Start()
+		err := cmd.Start()
 		started <- err
 		if err == nil {
-			s.cmd.Wait()
+			cmd.Wait()
 		}
-		close(s.exited)
+		close(exited)
 	}()
 	if err := <-started; err != nil {
-		s.cmd = nil
-		return nil, fmt.Errorf("postgres: %w", err)
+		return fmt.Errorf("postgres: %w", err)
 	}
-	if s.admin, err = sql.Open("pgx", s.URL("postgres")); err != nil {
-		return nil, err
-	}
+	s.mu.Lock()
+	s.cmd, s.exited = cmd, exited
+	s.mu.Unlock()
+	return nil
+}
+
+// ready waits until the server answers.
+func (s *Server) ready() error {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err = s.admin.PingContext(ctx)
+		err := s.admin.PingContext(ctx)
 		cancel()
 		if err == nil {
-			return s, nil
+			return nil
 		}
 		select {
-		case <-s.exited:
-			return nil, fmt.Errorf("postgres exited: %v", s.cmd.ProcessState)
+		case <-exited:
+			return fmt.Errorf("postgres exited: %v", cmd.ProcessState)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("postgres not ready: %w", err)
+			return fmt.Errorf("postgres not ready: %w", err)
 		}
+	}
+}
+
+// Pause stops the server (fast shutdown: clients are disconnected) and
+// keeps its data; Resume starts it again at the same URL.
+func (s *Server) Pause() error { return s.halt() }
+
+// Resume starts the server Pause stopped and waits until it answers.
+func (s *Server) Resume() error {
+	if err := s.run(); err != nil {
+		return err
+	}
+	return s.ready()
+}
+
+// halt stops the running server, if any.
+func (s *Server) halt() error {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		return errors.New("testpg: postgres did not stop in 30s; killed")
 	}
 }
 
@@ -196,18 +258,7 @@ func (s *Server) stop() error {
 	if s.admin != nil {
 		s.admin.Close()
 	}
-	var err error
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-s.exited:
-		case <-time.After(30 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.exited
-			err = errors.New("testpg: postgres did not stop in 30s; killed")
-		}
-	}
-	return errors.Join(err, os.RemoveAll(s.dir))
+	return errors.Join(s.halt(), os.RemoveAll(s.dir))
 }
 
 // logTail is the end of the server's log, for errors.
