@@ -20,7 +20,7 @@ import (
 // again and tell their callbacks, so a device deleted on one node is
 // disconnected from another. When the notifications' connection was lost
 // the caches are read again whole. If the database does not answer, the
-// cache decides.
+// cache decides (logged at debug: /readyz reports the outage).
 
 // shared reports a database other nodes may write (PostgreSQL).
 func (r *Registry) shared() bool { return r.db.Dialect == database.Postgres }
@@ -36,7 +36,7 @@ func (r *Registry) refreshName(ctx context.Context, name string) {
 		UNION ALL
 		SELECT 'u', NULL, 0, '', '', password_hash, role FROM users WHERE username = ?`, name, name)
 	if err != nil {
-		r.log.Warn("registry: reading an identity from the database failed; using the cache", "error", err)
+		r.log.Debug("registry: reading an identity from the database failed; using the cache", "error", err)
 		return
 	}
 	defer rows.Close()
@@ -47,7 +47,7 @@ func (r *Registry) refreshName(ctx context.Context, name string) {
 		var h []byte
 		var c deviceCred
 		if err := rows.Scan(&kind, &h, &c.enabled, &c.typ, &topics, &hash, &role); err != nil {
-			r.log.Warn("registry: reading an identity from the database failed; using the cache", "error", err)
+			r.log.Debug("registry: reading an identity from the database failed; using the cache", "error", err)
 			return
 		}
 		if kind == "d" {
@@ -59,7 +59,7 @@ func (r *Registry) refreshName(ctx context.Context, name string) {
 		}
 	}
 	if err := rows.Err(); err != nil {
-		r.log.Warn("registry: reading an identity from the database failed; using the cache", "error", err)
+		r.log.Debug("registry: reading an identity from the database failed; using the cache", "error", err)
 		return
 	}
 	r.mu.Lock()
@@ -99,7 +99,7 @@ func (r *Registry) refreshToken(ctx context.Context, d [32]byte) {
 		delete(r.tokens, d)
 		r.mu.Unlock()
 	default:
-		r.log.Warn("registry: reading a token from the database failed; using the cache", "error", err)
+		r.log.Debug("registry: reading a token from the database failed; using the cache", "error", err)
 	}
 }
 
