@@ -19,7 +19,8 @@ import (
 // type or grants) is sent to the others (share), which read the identity
 // again and tell their callbacks, so a device deleted on one node is
 // disconnected from another. When the notifications' connection was lost
-// the caches are read again whole. If the database does not answer, the
+// the caches are read again whole and compared with the old ones
+// (diffCaches), the differences going to the callbacks. If the database does not answer, the
 // cache decides (logged at debug: /readyz reports the outage).
 
 // shared reports a database other nodes may write (PostgreSQL).
