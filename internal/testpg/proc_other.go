@@ -4,7 +4,6 @@ package testpg
 
 import "syscall"
 
-// procAttr runs a program as cred (nil: as the test).
-func procAttr(cred *syscall.Credential) *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Credential: cred}
-}
+// serverUser: elsewhere the programs run as the test does (and refuse
+// root themselves).
+func serverUser(dir string) (*syscall.SysProcAttr, error) { return nil, nil }

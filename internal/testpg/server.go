@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -268,24 +267,6 @@ func (s *Server) logTail() string {
 		b = b[len(b)-2000:]
 	}
 	return string(bytes.TrimSpace(b))
-}
-
-// serverUser returns how to run initdb and postgres: as root, as the
-// postgres user, owning dir.
-func serverUser(dir string) (*syscall.SysProcAttr, error) {
-	if os.Geteuid() != 0 {
-		return procAttr(nil), nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("running as root, and there is no postgres user to run the server as: %w", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	if err := os.Chown(dir, uid, gid); err != nil {
-		return nil, err
-	}
-	return procAttr(&syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}), nil
 }
 
 // env is the programs' environment: the test's, in the C locale.
