@@ -6,6 +6,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tether-iot/tether/devices/database"
@@ -42,6 +44,12 @@ const lastValuesRows = 64
 func (r *Registry) UpdateLastValues(ctx context.Context, tx *sql.Tx, lasts []LastValue) error {
 	if len(lasts) == 0 {
 		return nil
+	}
+	if r.shared() {
+		// Every node updates device rows in id order, so two nodes'
+		// transactions never wait for each other in a cycle.
+		lasts = slices.Clone(lasts)
+		slices.SortFunc(lasts, func(a, b LastValue) int { return strings.Compare(a.Device, b.Device) })
 	}
 	var full *sql.Stmt
 	if len(lasts) >= lastValuesRows {

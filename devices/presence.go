@@ -139,6 +139,9 @@ func (r *Registry) flushPresence(batch map[string]Presence, order []string) erro
 		r.presMu.Lock()
 		node = []any{r.node}
 		r.presMu.Unlock()
+		// In id order, as UpdateLastValues: no lock cycles between nodes.
+		order = slices.Clone(order)
+		slices.Sort(order)
 	}
 	on, err := tx.PrepareContext(ctx, onSQL)
 	if err != nil {

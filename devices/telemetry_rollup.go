@@ -1,11 +1,14 @@
 package devices
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tether-iot/tether/devices/database"
@@ -351,7 +354,16 @@ func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
 		}
 		return nil
 	}
-	for k, a := range r.hours {
+	keys := slices.Collect(maps.Keys(r.hours))
+	if r.dialect == database.Postgres {
+		// In key order: two nodes' upserts never wait for each other in
+		// a cycle.
+		slices.SortFunc(keys, func(a, b hourKey) int {
+			return cmp.Or(strings.Compare(a.device, b.device), cmp.Compare(a.ts, b.ts), strings.Compare(a.metric, b.metric))
+		})
+	}
+	for _, k := range keys {
+		a := r.hours[k]
 		args = append(args, k.device, k.metric, k.ts, a.min, a.max, a.sum, a.n)
 		if len(args) == cap(args) {
 			if err := flush(); err != nil {

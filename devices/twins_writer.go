@@ -5,7 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // RecordReported queues a reported-state patch from device (the payload of
@@ -117,6 +121,12 @@ func (t *Twins) write(batch []twinPatch) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if t.db.Dialect == database.Postgres {
+		// In device order (each device's patches keep theirs), so two
+		// nodes' writers never wait for each other in a cycle.
+		batch = slices.Clone(batch)
+		slices.SortStableFunc(batch, func(a, b twinPatch) int { return strings.Compare(a.device, b.device) })
+	}
 	err := func() error {
 		tx, err := t.db.W.BeginTx(ctx, nil)
 		if err != nil {

@@ -1,5 +1,8 @@
 package devices
 
+// Tests of two nodes' stores on one PostgreSQL database (the second pass
+// of TestMain).
+
 import (
 	"context"
 	"fmt"
@@ -58,5 +61,62 @@ func TestTelemetryPruneTwoNodes(t *testing.T) {
 	}
 	if total != n {
 		t.Fatalf("the minute rollups count %d points, want %d", total, n)
+	}
+}
+
+// TestTwinsTwoNodesNoLockCycles: two nodes' twin writers merge reported
+// patches of the same devices, one in ascending and one in descending
+// order, at once: every patch is merged (no transaction is lost to a
+// deadlock between them).
+func TestTwinsTwoNodesNoLockCycles(t *testing.T) {
+	if testPG == nil {
+		t.Skip("PostgreSQL pass only")
+	}
+	ctx := context.Background()
+	const devs, rounds = 20, 40
+	ids := make([]string, devs)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("d%02d", i)
+	}
+	db := openTestDB(t, ids...)
+	nodes := make([]*Twins, 2)
+	for i := range nodes {
+		tw, err := OpenTwins(ctx, db, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tw.Close() })
+		nodes[i] = tw
+	}
+	var wg sync.WaitGroup
+	for n, tw := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range rounds {
+				for i := range devs {
+					id := ids[i]
+					if n == 1 {
+						id = ids[devs-1-i]
+					}
+					if !tw.RecordReported(id, fmt.Appendf(nil, `{"n%d":%d}`, n, r)) {
+						t.Error("patch refused")
+					}
+				}
+			}
+			if err := tw.Flush(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, id := range ids {
+		tw, err := nodes[0].Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tw.ReportedVersion != 2*rounds || tw.Reported["n0"] != float64(rounds-1) || tw.Reported["n1"] != float64(rounds-1) {
+			t.Fatalf("%s: version %d, reported %v; want %d and both nodes' last patches", id, tw.ReportedVersion, tw.Reported, 2*rounds)
+		}
 	}
 }
