@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 )
@@ -24,6 +25,25 @@ func serverUser(dir string) (*syscall.SysProcAttr, error) {
 		return nil, err
 	}
 	return procAttr(&syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}), nil
+}
+
+// tempBase is where the server's directory goes: the temporary
+// directory, unless running as root with a temporary directory the
+// postgres user cannot reach ($TMPDIR under /root): then /tmp.
+func tempBase() string {
+	d := os.TempDir()
+	if os.Geteuid() != 0 {
+		return d
+	}
+	for p := d; ; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode().Perm()&0o001 == 0 {
+			return "/tmp"
+		}
+		if p == filepath.Dir(p) {
+			return d
+		}
+	}
 }
 
 // procAttr runs a program as cred (nil: as the test), and ends it if the

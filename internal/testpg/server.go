@@ -93,7 +93,7 @@ func New(tb testing.TB) *Server {
 // Stop stops the server and removes the directory.
 func Start(bin string) (_ *Server, err error) {
 	// A short path: a unix socket's path has at most 107 bytes.
-	dir, err := os.MkdirTemp("", "testpg")
+	dir, err := os.MkdirTemp(tempBase(), "testpg")
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +138,7 @@ func (s *Server) run() error {
 	defer logf.Close()
 	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", filepath.Join(s.dir, "data"), "-k", s.dir,
 		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off", "-c", "max_connections=300")
+		"-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=32MB")
 	cmd.SysProcAttr = s.attr
 	cmd.Env = env()
 	cmd.Stdout, cmd.Stderr = logf, logf
