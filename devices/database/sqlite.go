@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -22,6 +23,8 @@ func Open(dir string) (*DB, error) {
 	}
 	return OpenFile(filepath.Join(dir, FileName))
 }
+
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
 // OpenFile opens (creating if needed) the SQLite database at path. The
 // database and the files beside it are FileMode (0600), existing ones
@@ -42,7 +45,10 @@ func OpenFile(path string) (*DB, error) {
 	} {
 		q.Add("_pragma", p)
 	}
-	dsn := "file:" + path + "?" + q.Encode()
+	// The path goes into a file: URI, where '?' starts the parameters,
+	// '#' a fragment and '%' an escape: a data directory named with any
+	// of them would open another file.
+	dsn := "file:" + uriPath.Replace(path) + "?" + q.Encode()
 	// The writer gets a 64 MB page cache: the telemetry history's
 	// (device_id, ts) index takes each batch at one leaf page per device,
 	// and with SQLite's default 2 MB a thousand devices thrash it (the
