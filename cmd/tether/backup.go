@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/tether-iot/tether/devices/database"
 	"io"
 	"io/fs"
 	"net/url"
@@ -88,7 +89,7 @@ func backupDB(ctx context.Context, src, dst string) (int64, error) {
 	q := url.Values{}
 	q.Add("mode", "ro")
 	q.Add("_pragma", "busy_timeout(10000)")
-	db, err := sql.Open("sqlite", "file:"+src+"?"+q.Encode())
+	db, err := sql.Open("sqlite", database.FileURI(src, q.Encode()))
 	if err != nil {
 		return 0, fmt.Errorf("backup: open %s: %w", src, err)
 	}
@@ -112,7 +113,7 @@ func backupDB(ctx context.Context, src, dst string) (int64, error) {
 
 // checkIntegrity runs PRAGMA integrity_check on the database at path.
 func checkIntegrity(ctx context.Context, path string) error {
-	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	db, err := sql.Open("sqlite", database.FileURI(path, "mode=ro"))
 	if err != nil {
 		return fmt.Errorf("integrity check %s: %w", path, err)
 	}

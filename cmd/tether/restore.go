@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/tether-iot/tether/devices/database"
 	"io"
 	"io/fs"
 	"os"
@@ -163,7 +164,7 @@ func checkBackup(ctx context.Context, src string) error {
 	if err := checkIntegrity(ctx, src); err != nil {
 		return fmt.Errorf("restore: %s is not an intact SQLite database: %w", src, err)
 	}
-	db, err := sql.Open("sqlite", "file:"+src+"?mode=ro")
+	db, err := sql.Open("sqlite", database.FileURI(src, "mode=ro"))
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}

@@ -26,6 +26,16 @@ func Open(dir string) (*DB, error) {
 
 var uriPath = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
+// FileURI is the SQLite file: URI of path with the query q (encoded
+// parameters, or empty): every open of a database file goes through it.
+func FileURI(path, q string) string {
+	u := "file:" + uriPath.Replace(path)
+	if q != "" {
+		u += "?" + q
+	}
+	return u
+}
+
 // OpenFile opens (creating if needed) the SQLite database at path. The
 // database and the files beside it are FileMode (0600), existing ones
 // included.
@@ -48,7 +58,7 @@ func OpenFile(path string) (*DB, error) {
 	// The path goes into a file: URI, where '?' starts the parameters,
 	// '#' a fragment and '%' an escape: a data directory named with any
 	// of them would open another file.
-	dsn := "file:" + uriPath.Replace(path) + "?" + q.Encode()
+	dsn := FileURI(path, q.Encode())
 	// The writer gets a 64 MB page cache: the telemetry history's
 	// (device_id, ts) index takes each batch at one leaf page per device,
 	// and with SQLite's default 2 MB a thousand devices thrash it (the
