@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/tether-iot/tether/devices/database"
 	"io"
 	"io/fs"
 	"net/url"
@@ -15,6 +14,7 @@ import (
 	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // runBackup writes an online, consistent copy of the database to FILE.

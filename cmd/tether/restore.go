@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/tether-iot/tether/devices/database"
 	"io"
 	"io/fs"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // runRestore replaces the database of a data directory with a backup
