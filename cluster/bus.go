@@ -1,0 +1,106 @@
+package cluster
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// startEmbedded starts this node's NATS server, routes on o.Listen to
+// o.Peers. The node connects in-process; the server's client port, which
+// its routing needs, is on loopback, on a port of the kernel's choosing,
+// and takes only token, known to this process alone.
+func startEmbedded(o *Options, token string, log *slog.Logger) (*server.Server, error) {
+	host, port, err := net.SplitHostPort(o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: cluster.listen %q: %w", o.Listen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: cluster.listen %q: port: %w", o.Listen, err)
+	}
+	if p == 0 {
+		p = server.RANDOM_PORT
+	}
+	var routes []*url.URL
+	for _, peer := range o.Peers {
+		u, err := url.Parse("nats-route://" + peer)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: cluster.peers %q: %w", peer, err)
+		}
+		routes = append(routes, u)
+	}
+	opts := &server.Options{
+		ServerName:    o.Node,
+		Host:          "127.0.0.1",
+		Port:          server.RANDOM_PORT,
+		Authorization: token,
+		NoSigs:        true,
+		MaxPayload:    int32(o.maxPayload()),
+		Cluster:       server.ClusterOpts{Name: "tether", Host: host, Port: p},
+		Routes:        routes,
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: NATS server: %w", err)
+	}
+	ns.SetLoggerV2(natsLog{log}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("cluster: NATS server on cluster.listen %s did not start (port in use?)", o.Listen)
+	}
+	return ns, nil
+}
+
+// connect opens the node's connection to the bus: the embedded server
+// in-process, or the external NATS, retried until it answers.
+func (n *Node) connect(o *Options) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("tether-" + n.name),
+		nats.NoEcho(), // a node hears the others, not itself
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			n.log.Warn("cluster bus lost", "error", err)
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			n.log.Info("cluster bus back")
+			n.reintroduce()
+		}),
+		nats.ConnectHandler(func(*nats.Conn) {
+			n.log.Info("cluster bus connected")
+			n.reintroduce()
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if err == nats.ErrSlowConsumer {
+				n.m.dropped.WithLabelValues("slow").Inc()
+				return
+			}
+			n.log.Warn("cluster bus error", "error", err)
+		}),
+	}
+	if n.ns != nil {
+		return nats.Connect("", append(opts, nats.InProcessServer(n.ns), nats.Token(n.token))...)
+	}
+	return nats.Connect(o.NATSURL, append(opts, nats.RetryOnFailedConnect(true))...)
+}
+
+// natsLog is the embedded server's log, at Tether's levels: its notices
+// and errors are detail (an unreachable peer is retried every second; the
+// routes' state is on /readyz and GET /broker instead), its warnings
+// warnings.
+type natsLog struct{ l *slog.Logger }
+
+func (g natsLog) Noticef(format string, v ...any) { g.l.Debug(fmt.Sprintf(format, v...)) }
+func (g natsLog) Warnf(format string, v ...any)   { g.l.Warn(fmt.Sprintf(format, v...)) }
+func (g natsLog) Fatalf(format string, v ...any)  { g.l.Error(fmt.Sprintf(format, v...)) }
+func (g natsLog) Errorf(format string, v ...any)  { g.l.Debug(fmt.Sprintf(format, v...)) }
+func (g natsLog) Debugf(format string, v ...any)  { g.l.Debug(fmt.Sprintf(format, v...)) }
+func (g natsLog) Tracef(format string, v ...any)  { g.l.Debug(fmt.Sprintf(format, v...)) }

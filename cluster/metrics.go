@@ -1,0 +1,48 @@
+package cluster
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	sent, received prometheus.Counter
+	dropped        *prometheus.CounterVec
+	nodes          prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		sent: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_messages_sent_total",
+			Help: "Messages sent to other nodes over the cluster bus (one per receiving node)."}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_messages_received_total",
+			Help: "Messages from other nodes delivered into this node's engine."}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_cluster_messages_dropped_total",
+			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode."}, []string{"reason"}),
+		nodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_cluster_nodes",
+			Help: "Nodes this node hears, itself included."}),
+	}
+	m.nodes.Set(1)
+	return m
+}
+
+// Describe implements prometheus.Collector.
+func (n *Node) Describe(ch chan<- *prometheus.Desc) {
+	n.m.sent.Describe(ch)
+	n.m.received.Describe(ch)
+	n.m.dropped.Describe(ch)
+	n.m.nodes.Describe(ch)
+	ch <- busUpDesc
+}
+
+// Collect implements prometheus.Collector.
+func (n *Node) Collect(ch chan<- prometheus.Metric) {
+	n.m.sent.Collect(ch)
+	n.m.received.Collect(ch)
+	n.m.dropped.Collect(ch)
+	n.m.nodes.Collect(ch)
+	up := 0.0
+	if n.Healthy() == nil {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(busUpDesc, prometheus.GaugeValue, up)
+}
+
+var busUpDesc = prometheus.NewDesc("tether_cluster_bus_up", "1 while this node's connection to the cluster bus is up.", nil, nil)
