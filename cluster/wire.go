@@ -41,6 +41,9 @@ func encodePublish(pk packets.Packet) ([]byte, error) {
 			User:                  pk.Properties.User,
 		},
 		ProtocolVersion: 5,
+		// The engine writes the response topic and correlation data
+		// only when told to (for a client that asked for them).
+		Mods: packets.Mods{AllowResponseInfo: true},
 	}
 	if out.FixedHeader.Qos == 0 {
 		out.PacketID = 0
