@@ -342,3 +342,26 @@ func viewerToken(t *testing.T, a *app) string {
 	}
 	return out.Token
 }
+
+// TestClusterFlags: the cluster flags and variables set the cluster.*
+// keys; a bad one names its flag and key.
+func TestClusterFlags(t *testing.T) {
+	env := func(m map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+	}
+	cfg, err := loadConfig([]string{"--node", "n1", "--cluster-listen", "127.0.0.1:6222", "--cluster-peers", "a:6222,b:6222"}, io.Discard, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cfg.Cluster; c.Node != "n1" || c.Listen != "127.0.0.1:6222" || !slices.Equal(c.Peers, []string{"a:6222", "b:6222"}) {
+		t.Fatalf("cluster %+v", c)
+	}
+	cfg, err = loadConfig(nil, io.Discard, env(map[string]string{"TETHER_CLUSTER_NATS_URL": "nats://nats:4222", "TETHER_CLUSTER_NODE": "n2"}))
+	if err != nil || cfg.Cluster.NATSURL != "nats://nats:4222" || cfg.Cluster.Node != "n2" {
+		t.Fatalf("%+v %v", cfg.Cluster, err)
+	}
+	if _, err := loadConfig([]string{"--nats-url", "nats://x:4222", "--cluster-listen", ":6222"}, io.Discard, env(nil)); err == nil ||
+		!strings.Contains(err.Error(), "cluster.nats_url") {
+		t.Fatalf("both: %v", err)
+	}
+}
