@@ -222,10 +222,21 @@ func TestRetainedCrossNodes(t *testing.T) {
 	if string(got[0].Payload()) != "on" || !got[0].Retained() {
 		t.Fatalf("got %q retained=%v", got[0].Payload(), got[0].Retained())
 	}
+	// A node that joins later has it too.
+	late := startNode(t, "n3", []string{nodes[0].node.RouteAddr()})
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if len(late.srv.Topics.Messages("state/x")) != 1 {
+			return fmt.Errorf("not retained on the late node")
+		}
+		return nil
+	})
+	waitMesh(t, append(nodes, late))
 	testmqtt.WaitToken(t, "publish", pub.Publish("state/x", 1, true, ""))
 	testmqtt.CheckFor(t, 10*time.Second, func() error {
-		if n := len(nodes[1].srv.Topics.Messages("state/x")); n != 0 {
-			return fmt.Errorf("still %d retained on n2", n)
+		for _, n := range []*testNode{nodes[1], late} {
+			if c := len(n.srv.Topics.Messages("state/x")); c != 0 {
+				return fmt.Errorf("still %d retained on %s", c, n.node.Name())
+			}
 		}
 		return nil
 	})

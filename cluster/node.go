@@ -82,6 +82,7 @@ type Node struct {
 	// goroutine, while it injects (hook.OnSelectSubscribers).
 	serving map[string]bool
 	turn    atomic.Uint64 // round robin among nodes serving a group
+	synced  atomic.Bool   // retained messages asked of another node
 
 	yield atomic.Pointer[func(clientID string, o broker.SessionOwner) bool]
 
@@ -89,7 +90,11 @@ type Node struct {
 	lastRecv int64
 	lastAt   time.Time
 
-	subs      []*nats.Subscription
+	subs []*nats.Subscription
+	// lifeMu guards closed and the wg.Add of goroutines started from
+	// bus callbacks, so that none starts once Close waits.
+	lifeMu    sync.Mutex
+	closed    bool
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -193,6 +198,7 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 		{subjWant + n.name, func(*nats.Msg) { n.announce(true) }},
 		{subjBye, n.onBye},
 		{subjClaim, n.onClaim},
+		{subjRetained + n.name, n.onRetainedWanted},
 	} {
 		sub, err := n.nc.Subscribe(s.subject, s.fn)
 		if err != nil {
@@ -220,6 +226,9 @@ func (n *Node) Close() error {
 			n.publishJSON(subjBye, bye{Node: n.name, Inst: n.inst})
 			n.unsubscribe()
 		}
+		n.lifeMu.Lock()
+		n.closed = true
+		n.lifeMu.Unlock()
 		close(n.stop)
 		n.wg.Wait()
 		_ = n.nc.Flush()
@@ -296,4 +305,18 @@ func (n *Node) clients() int64 {
 		return atomic.LoadInt64(&srv.Info.ClientsConnected)
 	}
 	return 0
+}
+
+// goBackground runs f on a goroutine Close waits for, unless closing.
+func (n *Node) goBackground(f func()) {
+	n.lifeMu.Lock()
+	defer n.lifeMu.Unlock()
+	if n.closed {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
 }

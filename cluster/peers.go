@@ -193,6 +193,9 @@ func (n *Node) onBeat(m *nats.Msg) {
 	if greet {
 		n.log.Info("node joined", "peer", b.Node)
 		n.reintroduce()
+		if n.synced.CompareAndSwap(false, true) {
+			n.goBackground(func() { n.syncRetained(b.Node) })
+		}
 	}
 }
 
