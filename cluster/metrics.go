@@ -46,3 +46,6 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 }
 
 var busUpDesc = prometheus.NewDesc("tether_cluster_bus_up", "1 while this node's connection to the cluster bus is up.", nil, nil)
+
+// SentCounter is tether_cluster_messages_sent_total (for measurements).
+func (n *Node) SentCounter() prometheus.Counter { return n.m.sent }
