@@ -281,6 +281,27 @@ func TestSharedSubscriptionOnce(t *testing.T) {
 		}
 		return nil
 	})
+	// A member on the publishing node too: it serves the group, the
+	// others get nothing of it.
+	local := testmqtt.Client(t, nodes[0].addr, "member-local", true, false, count)
+	testmqtt.WaitToken(t, "subscribe", local.Subscribe("$share/g/jobs/+", 1, nil))
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if len(nodes[0].node.local.Load().shared) == 0 {
+			return fmt.Errorf("n1 does not know its own member yet")
+		}
+		return nil
+	})
+	for i := total; i < 2*total; i++ {
+		testmqtt.WaitToken(t, "publish", pub.Publish("jobs/b", 1, false, fmt.Sprint(i)))
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		n := 0
+		counts.Range(func(_, _ any) bool { n++; return true })
+		if n != 2*total {
+			return fmt.Errorf("%d of %d jobs delivered", n, 2*total)
+		}
+		return nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	counts.Range(func(k, v any) bool {

@@ -123,9 +123,12 @@ func New(o Options) (*Node, error) {
 	if o.Node == "" {
 		h, _ := os.Hostname()
 		o.Node = hostChars.ReplaceAllString(h, "-")
-		if o.Node == "" || len(o.Node) > 64 {
+		if !validName(o.Node) {
 			return nil, errors.New("cluster: cluster.node: the host name cannot name this node; set one")
 		}
+	}
+	if !validName(o.Node) {
+		return nil, fmt.Errorf("cluster: cluster.node %q is not 1 to 64 letters, digits, '-' or '_'", o.Node)
 	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])

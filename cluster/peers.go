@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"math"
+	"regexp"
 	"sync/atomic"
 	"time"
 
@@ -166,7 +167,7 @@ func (n *Node) update(name string, f func(old *peer) *peer) {
 
 func (n *Node) onBeat(m *nats.Msg) {
 	var b beat
-	if json.Unmarshal(m.Data, &b) != nil || b.Node == "" {
+	if json.Unmarshal(m.Data, &b) != nil || !validName(b.Node) {
 		return
 	}
 	if b.Node == n.name {
@@ -201,7 +202,7 @@ func (n *Node) onBeat(m *nats.Msg) {
 
 func (n *Node) onInterest(m *nats.Msg) {
 	var a announcement
-	if json.Unmarshal(m.Data, &a) != nil || a.Node == "" || a.Node == n.name {
+	if json.Unmarshal(m.Data, &a) != nil || !validName(a.Node) || a.Node == n.name {
 		return
 	}
 	in := newInterest(a.Version, a.Filters)
@@ -243,3 +244,9 @@ func (n *Node) expire(now time.Time) {
 		}
 	}
 }
+
+// nodeName is what a node's name may be: it is part of NATS subjects
+// (configs checks cluster.node the same way).
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func validName(s string) bool { return nodeName.MatchString(s) }
