@@ -365,3 +365,17 @@ func TestClusterFlags(t *testing.T) {
 		t.Fatalf("both: %v", err)
 	}
 }
+
+// TestClusterUINodes: the dashboard's overview lists the cluster's nodes.
+func TestClusterUINodes(t *testing.T) {
+	a := uiApp(t, t.TempDir(), func(c *configs.Config) { c.Cluster.Node, c.Cluster.Listen = "ui1", "127.0.0.1:0" })
+	cfg := testConfig(t)
+	cfg.Cluster.Node, cfg.Cluster.Listen, cfg.Cluster.Peers = "ui2", "127.0.0.1:0", []string{a.cluster.RouteAddr()}
+	startTestApp(t, cfg)
+	ctx := uiBrowser(t)
+	base := "http://" + a.httpAddr()
+	step(t, ctx, "log in", loginSteps(base, "admin", uiAdminPassword)...)
+	step(t, ctx, "both nodes listed",
+		waitJS(`(document.querySelector('#broker-info [data-nodes="2"]') || {}).textContent?.includes('ui1 (this node)') &&
+			document.querySelector('#broker-info [data-nodes="2"]').textContent.includes('ui2')`))
+}
