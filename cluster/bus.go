@@ -34,6 +34,9 @@ func startEmbedded(o *Options, token string, log *slog.Logger) (*server.Server, 
 		if err != nil {
 			return nil, fmt.Errorf("cluster: cluster.peers %q: %w", peer, err)
 		}
+		if o.Secret != "" {
+			u.User = url.UserPassword(routeUser, o.Secret)
+		}
 		routes = append(routes, u)
 	}
 	opts := &server.Options{
@@ -45,6 +48,13 @@ func startEmbedded(o *Options, token string, log *slog.Logger) (*server.Server, 
 		MaxPayload:    int32(o.maxPayload()),
 		Cluster:       server.ClusterOpts{Name: "tether", Host: host, Port: p},
 		Routes:        routes,
+	}
+	if o.Secret != "" {
+		// Routes this server accepts, and those it makes to the servers
+		// it learns of, carry it.
+		opts.Cluster.Username, opts.Cluster.Password = routeUser, o.Secret
+	} else if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		log.Warn("cluster routes without a password: anyone who reaches cluster.listen joins the cluster and can publish anything; set cluster.secret", "listen", o.Listen)
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -58,6 +68,9 @@ func startEmbedded(o *Options, token string, log *slog.Logger) (*server.Server, 
 	}
 	return ns, nil
 }
+
+// routeUser is the user name of the routes; the secret is the password.
+const routeUser = "tether"
 
 // connect opens the node's connection to the bus: the embedded server
 // in-process, or the external NATS, retried until it answers.

@@ -41,15 +41,17 @@ func startNodes(t *testing.T, count int) []*testNode {
 		if i > 0 {
 			peers = []string{out[0].node.RouteAddr()}
 		}
-		out = append(out, startNode(t, fmt.Sprintf("n%d", i+1), peers))
+		out = append(out, startNode(t, fmt.Sprintf("n%d", i+1), peers, testSecret))
 	}
 	waitMesh(t, out)
 	return out
 }
 
-func startNode(t *testing.T, name string, peers []string) *testNode {
+const testSecret = "route-secret-for-tests"
+
+func startNode(t *testing.T, name string, peers []string, secret string) *testNode {
 	t.Helper()
-	n, err := New(Options{Node: name, Listen: "127.0.0.1:0", Peers: peers, Logger: testmqtt.Logger()})
+	n, err := New(Options{Node: name, Listen: "127.0.0.1:0", Peers: peers, Secret: secret, Logger: testmqtt.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +225,7 @@ func TestRetainedCrossNodes(t *testing.T) {
 		t.Fatalf("got %q retained=%v", got[0].Payload(), got[0].Retained())
 	}
 	// A node that joins later has it too.
-	late := startNode(t, "n3", []string{nodes[0].node.RouteAddr()})
+	late := startNode(t, "n3", []string{nodes[0].node.RouteAddr()}, testSecret)
 	testmqtt.CheckFor(t, 10*time.Second, func() error {
 		if len(late.srv.Topics.Messages("state/x")) != 1 {
 			return fmt.Errorf("not retained on the late node")
@@ -358,3 +360,26 @@ func (*allowAll) Provides(b byte) bool {
 }
 func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
 func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
+
+// TestRouteSecret: a NATS server without the routes' password does not
+// join: its node hears nobody and nobody hears it, while a node with the
+// password, started after it, joins.
+func TestRouteSecret(t *testing.T) {
+	nodes := startNodes(t, 2)
+	intruder := startNode(t, "intruder", []string{nodes[0].node.RouteAddr()}, "not-the-route-secret")
+	startNode(t, "n3", []string{nodes[0].node.RouteAddr()}, testSecret)
+	testmqtt.CheckFor(t, 20*time.Second, func() error {
+		if got := len(nodes[0].node.Nodes()); got != 3 {
+			return fmt.Errorf("n1 hears %d nodes, want 3", got)
+		}
+		return nil
+	})
+	for _, info := range nodes[0].node.Nodes() {
+		if info.Name == "intruder" {
+			t.Fatal("n1 hears the node without the secret")
+		}
+	}
+	if got := len(intruder.node.Nodes()); got != 1 || intruder.node.ns.NumRoutes() != 0 {
+		t.Fatalf("the node without the secret hears %d nodes over %d routes", got, intruder.node.ns.NumRoutes())
+	}
+}

@@ -5,8 +5,10 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	sent, received prometheus.Counter
 	dropped        *prometheus.CounterVec
-	nodes          prometheus.Gauge
 }
+
+// dropReasons are tether_cluster_messages_dropped_total's reasons.
+var dropReasons = []string{"send", "slow", "malformed", "loop", "inject", "encode"}
 
 func newMetrics() *metrics {
 	m := &metrics{
@@ -16,10 +18,10 @@ func newMetrics() *metrics {
 			Help: "Messages from other nodes delivered into this node's engine."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_cluster_messages_dropped_total",
 			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode."}, []string{"reason"}),
-		nodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_cluster_nodes",
-			Help: "Nodes this node hears, itself included."}),
 	}
-	m.nodes.Set(1)
+	for _, r := range dropReasons {
+		m.dropped.WithLabelValues(r)
+	}
 	return m
 }
 
@@ -28,7 +30,7 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	n.m.sent.Describe(ch)
 	n.m.received.Describe(ch)
 	n.m.dropped.Describe(ch)
-	n.m.nodes.Describe(ch)
+	ch <- nodesDesc
 	ch <- busUpDesc
 }
 
@@ -37,13 +39,15 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	n.m.sent.Collect(ch)
 	n.m.received.Collect(ch)
 	n.m.dropped.Collect(ch)
-	n.m.nodes.Collect(ch)
+	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(len(*n.peers.Load())+1))
 	up := 0.0
 	if n.Healthy() == nil {
 		up = 1
 	}
 	ch <- prometheus.MustNewConstMetric(busUpDesc, prometheus.GaugeValue, up)
 }
+
+var nodesDesc = prometheus.NewDesc("tether_cluster_nodes", "Nodes this node hears, itself included.", nil, nil)
 
 var busUpDesc = prometheus.NewDesc("tether_cluster_bus_up", "1 while this node's connection to the cluster bus is up.", nil, nil)
 

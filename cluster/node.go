@@ -27,8 +27,10 @@ type Options struct {
 	Node string
 	// Listen and Peers: the embedded NATS server's route address and the
 	// other nodes'. NATSURL instead: an external NATS.
-	Listen  string
-	Peers   []string
+	Listen string
+	Peers  []string
+	// Secret is the routes' password (cluster.secret); empty: none.
+	Secret  string
 	NATSURL string
 	// MaxPayload is the largest message the bus carries (bytes); 0:
 	// 8 MiB. Give the MQTT packet size limit and some room.
@@ -82,7 +84,9 @@ type Node struct {
 	// goroutine, while it injects (hook.OnSelectSubscribers).
 	serving map[string]bool
 	turn    atomic.Uint64 // round robin among nodes serving a group
-	synced  atomic.Bool   // retained messages asked of another node
+	// synced: the retained messages of another node are copied;
+	// syncing: a copy is under way.
+	synced, syncing atomic.Bool
 
 	yield atomic.Pointer[func(clientID string, o broker.SessionOwner) bool]
 

@@ -126,6 +126,10 @@ func (n *Node) beater() {
 			n.measure(now)
 			n.sendBeat()
 			n.expire(now)
+			for name := range *n.peers.Load() {
+				n.maybeSync(name) // a copy that failed is tried again
+				break
+			}
 		}
 	}
 }
@@ -162,7 +166,6 @@ func (n *Node) update(name string, f func(old *peer) *peer) {
 		next[name] = p
 	}
 	n.peers.Store(&next)
-	n.m.nodes.Set(float64(len(next) + 1))
 }
 
 func (n *Node) onBeat(m *nats.Msg) {
@@ -194,9 +197,7 @@ func (n *Node) onBeat(m *nats.Msg) {
 	if greet {
 		n.log.Info("node joined", "peer", b.Node)
 		n.reintroduce()
-		if n.synced.CompareAndSwap(false, true) {
-			n.goBackground(func() { n.syncRetained(b.Node) })
-		}
+		n.maybeSync(b.Node)
 	}
 }
 

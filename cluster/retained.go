@@ -34,39 +34,54 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 	_ = n.nc.Publish(m.Reply, nil)
 }
 
+// maybeSync copies the retained messages of peer unless that is done or
+// under way.
+func (n *Node) maybeSync(peer string) {
+	if n.synced.Load() || !n.syncing.CompareAndSwap(false, true) {
+		return
+	}
+	n.goBackground(func() {
+		defer n.syncing.Store(false)
+		if n.syncRetained(peer) {
+			n.synced.Store(true)
+		}
+	})
+}
+
 // syncRetained copies the retained messages of the node peer into this
-// node's engine, once, when this node first hears another: a node that
+// node's engine, once, when this node first hears another (and again
+// each second until a copy completes): a node that
 // starts after a retained message was published answers subscriptions
 // with it all the same. A topic this node already retains keeps its own
 // (newer) message. They are stored, not delivered: nobody here
 // subscribed before they arrived.
-func (n *Node) syncRetained(peer string) {
+func (n *Node) syncRetained(peer string) (done bool) {
 	inbox := n.nc.NewRespInbox()
 	sub, err := n.nc.SubscribeSync(inbox)
 	if err != nil {
-		return
+		return false
 	}
 	defer sub.Unsubscribe()
 	_ = sub.SetPendingLimits(-1, -1)
 	if err := n.nc.PublishRequest(subjRetained+peer, inbox, nil); err != nil {
-		return
+		return false
 	}
 	srv := n.srv.Load()
 	count := 0
 	for {
 		select {
 		case <-n.stop:
-			return
+			return false
 		default:
 		}
 		m, err := sub.NextMsg(syncWait)
 		if err != nil {
-			n.log.Warn("retained messages: sync from another node incomplete", "peer", peer, "copied", count, "error", err)
-			return
+			n.log.Info("retained messages: copy from another node incomplete, trying again", "peer", peer, "copied", count, "error", err)
+			return false
 		}
 		if len(m.Data) == 0 {
 			n.log.Debug("retained messages copied from another node", "peer", peer, "count", count)
-			return
+			return true
 		}
 		pk, err := decodePublish(m.Data)
 		if err != nil || len(pk.Payload) == 0 {

@@ -156,6 +156,9 @@ type Cluster struct {
 	// in the list: the same list serves every node).
 	Listen string   `yaml:"listen"`
 	Peers  []string `yaml:"peers"`
+	// Secret, the same on every node, is the password of the routes
+	// between embedded NATS servers: a node without it cannot join.
+	Secret string `yaml:"secret"`
 	// NATSURL is an external NATS (nats://host:port, comma-separated for
 	// several servers) instead of the embedded one.
 	NATSURL string `yaml:"nats_url"`
@@ -186,7 +189,13 @@ func validateCluster(c Cluster, bad func(key, format string, a ...any)) {
 	if len(c.Peers) > 0 && c.Listen == "" {
 		bad("cluster.peers", "needs cluster.listen (this node's own route address)")
 	}
+	if c.Secret != "" && len(c.Secret) < 16 {
+		bad("cluster.secret", "too short (at least 16 characters; e.g. openssl rand -hex 16)")
+	}
 	if c.NATSURL != "" {
+		if c.Secret != "" {
+			bad("cluster.secret", "is the embedded routes' password; give an external NATS's credentials in cluster.nats_url")
+		}
 		if c.Listen != "" || len(c.Peers) > 0 {
 			bad("cluster.nats_url", "an external NATS excludes the embedded one (cluster.listen, cluster.peers)")
 		}

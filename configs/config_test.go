@@ -157,6 +157,8 @@ func TestValidate(t *testing.T) {
 		{"cluster.peers", func(c *Config) { c.Cluster.Listen, c.Cluster.Peers = ":6222", []string{":6222"} }},
 		{"cluster.peers", func(c *Config) { c.Cluster.Peers = []string{"b:6222"} }},
 		{"cluster.nats_url", func(c *Config) { c.Cluster.NATSURL = "http://nats:4222" }},
+		{"cluster.secret", func(c *Config) { c.Cluster.Listen, c.Cluster.Secret = ":6222", "short" }},
+		{"cluster.secret", func(c *Config) { c.Cluster.NATSURL, c.Cluster.Secret = "nats://n:4222", "0123456789abcdef" }},
 		{"cluster.nats_url", func(c *Config) { c.Cluster.NATSURL, c.Cluster.Listen = "nats://nats:4222", ":6222" }},
 	}
 	for _, tt := range tests {

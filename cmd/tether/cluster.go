@@ -25,7 +25,7 @@ func (a *app) joinCluster() (err error) {
 		return nil
 	}
 	a.cluster, err = cluster.New(cluster.Options{
-		Node: cfg.Cluster.Node, Listen: cfg.Cluster.Listen, Peers: cfg.Cluster.Peers, NATSURL: cfg.Cluster.NATSURL,
+		Node: cfg.Cluster.Node, Listen: cfg.Cluster.Listen, Peers: cfg.Cluster.Peers, Secret: cfg.Cluster.Secret, NATSURL: cfg.Cluster.NATSURL,
 		MaxPayload: int(cfg.MQTT.MaxPacketSize) + 64<<10, Logger: a.base,
 	})
 	if err != nil {

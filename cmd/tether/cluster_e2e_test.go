@@ -27,6 +27,7 @@ func startCluster(t *testing.T, count int, edit func(i int, cfg *configs.Config)
 		cfg := testConfig(t)
 		cfg.Cluster.Node = fmt.Sprintf("node%d", i+1)
 		cfg.Cluster.Listen = "127.0.0.1:0"
+		cfg.Cluster.Secret = testClusterSecret
 		if i > 0 {
 			cfg.Cluster.Peers = []string{apps[0].cluster.RouteAddr()}
 		}
@@ -45,6 +46,8 @@ func startCluster(t *testing.T, count int, edit func(i int, cfg *configs.Config)
 	})
 	return apps
 }
+
+const testClusterSecret = "route-secret-for-tests"
 
 // waitRoutes waits until from sends messages on topic to every node in to.
 func waitRoutes(t *testing.T, from *app, topic string, to ...*app) {

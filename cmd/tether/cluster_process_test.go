@@ -22,7 +22,7 @@ func TestClusterProcesses(t *testing.T) {
 	var procs []*process
 	for i := range routes {
 		procs = append(procs, startProcess(t, fmt.Sprintf("TETHER_CLUSTER_NODE=p%d", i+1),
-			"TETHER_CLUSTER_LISTEN="+routes[i], "TETHER_CLUSTER_PEERS="+strings.Join(routes, ",")))
+			"TETHER_CLUSTER_LISTEN="+routes[i], "TETHER_CLUSTER_PEERS="+strings.Join(routes, ","), "TETHER_CLUSTER_SECRET="+testClusterSecret))
 	}
 	got := make(chan string, 100)
 	sub := testmqtt.Client(t, procs[2].mqtt, "proc-sub", true, true, func(m paho3.Message) { got <- string(m.Payload()) })
