@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 
 	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // startCluster starts count nodes in-process with embedded NATS, each
@@ -381,4 +383,36 @@ func TestClusterUINodes(t *testing.T) {
 	step(t, ctx, "both nodes listed",
 		waitJS(`(document.querySelector('#broker-info [data-nodes="2"]') || {}).textContent?.includes('ui1 (this node)') &&
 			document.querySelector('#broker-info [data-nodes="2"]').textContent.includes('ui2')`))
+}
+
+// TestClusterOfflineSession: a persistent session offline on one node
+// still attracts messages published on another; they are delivered when
+// its client comes back to its node.
+func TestClusterOfflineSession(t *testing.T) {
+	apps := startCluster(t, 2, nil)
+	got := make(chan string, 10)
+	onMsg := func(m paho3.Message) { got <- string(m.Payload()) }
+	c := testmqtt.Client(t, apps[1].mqttAddr(), "sleeper", false, true, onMsg)
+	testmqtt.WaitToken(t, "subscribe", c.Subscribe("sleeper/in", 1, nil))
+	waitRoutes(t, apps[0], "sleeper/in", apps[1])
+	c.Disconnect(50)
+	checkFor(t, 10*time.Second, func() error {
+		if cl, ok := apps[1].broker.Server.Clients.Get("sleeper"); !ok || !cl.Closed() {
+			return fmt.Errorf("the session is not offline yet")
+		}
+		return nil
+	})
+	// Still routed: the offline session keeps its subscription.
+	waitRoutes(t, apps[0], "sleeper/in", apps[1])
+	p := testmqtt.Client(t, apps[0].mqttAddr(), "waker", true, true, nil)
+	testmqtt.WaitToken(t, "publish", p.Publish("sleeper/in", 1, false, "while you slept"))
+	testmqtt.Client(t, apps[1].mqttAddr(), "sleeper", false, true, onMsg)
+	select {
+	case m := <-got:
+		if m != "while you slept" {
+			t.Fatalf("received %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the queued message was not delivered")
+	}
 }
