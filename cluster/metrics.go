@@ -1,6 +1,9 @@
 package cluster
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
 
 type metrics struct {
 	sent, received prometheus.Counter
@@ -53,3 +56,16 @@ var busUpDesc = prometheus.NewDesc("tether_cluster_bus_up", "1 while this node's
 
 // SentCounter is tether_cluster_messages_sent_total (for measurements).
 func (n *Node) SentCounter() prometheus.Counter { return n.m.sent }
+
+// Dropped is the sum of tether_cluster_messages_dropped_total's reasons
+// (for measurements).
+func (n *Node) Dropped() float64 {
+	var sum float64
+	for _, r := range dropReasons {
+		var m dto.Metric
+		if n.m.dropped.WithLabelValues(r).Write(&m) == nil {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}

@@ -191,7 +191,9 @@ func (n *Node) SetYield(f func(clientID string, o broker.SessionOwner) bool) { n
 // Attach starts the traffic: messages for this node are injected into
 // srv, this node's filters are announced, and it beats.
 func (n *Node) Attach(srv *mqtt.Server) error {
-	n.injector = srv.NewClient(nil, "local", "tether-cluster-"+n.name, true)
+	// Inline, as the broker's own publishes, but held back by a slow
+	// subscriber like a client's (broker.Backpressure).
+	n.injector = srv.NewClient(nil, broker.BusListener, "tether-cluster-"+n.name, true)
 	n.injector.Properties.ProtocolVersion = 5
 	n.srv.Store(srv)
 	n.lastAt = time.Now()

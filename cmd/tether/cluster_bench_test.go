@@ -28,6 +28,9 @@ import (
 //
 // TETHER_MEASURE_PAIRS (default 12), TETHER_MEASURE_SECONDS (default 5),
 // TETHER_MEASURE_WINDOW: publishes in flight per publisher (default 32; 1
+// TETHER_MEASURE_SCENARIO=fanin: the publishers spread over the nodes,
+// one subscriber to bench/# on the first node (then two thirds of the
+// messages cross with three nodes).
 // TETHER_MEASURE_RATE: messages/s per publisher (default 0: as fast as
 // the window allows; e.g. 500 gives the unloaded latency).
 func TestMeasureCluster(t *testing.T) {
@@ -49,6 +52,7 @@ func TestMeasureCluster(t *testing.T) {
 	if s := os.Getenv("TETHER_MEASURE_RATE"); s != "" {
 		rate, _ = strconv.Atoi(s)
 	}
+	fanin := os.Getenv("TETHER_MEASURE_SCENARIO") == "fanin"
 	for _, nodes := range []int{1, 3} {
 		t.Run(fmt.Sprintf("nodes=%d", nodes), func(t *testing.T) {
 			var apps []*app
@@ -57,9 +61,9 @@ func TestMeasureCluster(t *testing.T) {
 			} else {
 				apps = startCluster(t, nodes, nil)
 			}
-			r := measurePairs(t, apps, pairs, window, rate, time.Duration(seconds)*time.Second)
-			t.Logf("nodes=%d pairs=%d window=%d qos=1: %.0f msg/s, latency p50 %v p99 %v, CPU %.1f µs/msg, bus messages %.0f",
-				nodes, pairs, window, r.rate, r.p50, r.p99, r.cpuPerMsg, r.busMsgs)
+			r := measurePairs(t, apps, pairs, window, rate, fanin, time.Duration(seconds)*time.Second)
+			t.Logf("fanin=%v nodes=%d pairs=%d window=%d qos=1: %.0f msg/s, latency p50 %v p99 %v, CPU %.1f µs/msg, bus messages %.0f, dropped %d (bus %.0f)",
+				fanin, nodes, pairs, window, r.rate, r.p50, r.p99, r.cpuPerMsg, r.busMsgs, r.dropped, r.busDropped)
 		})
 	}
 }
@@ -69,27 +73,39 @@ type pairsResult struct {
 	p50, p99  time.Duration
 	cpuPerMsg float64 // µs of process CPU per delivered message
 	busMsgs   float64
+	// dropped: the engines' dropped messages; busDropped: the bus's.
+	dropped    int64
+	busDropped float64
 }
 
-func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, d time.Duration) pairsResult {
+func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bool, d time.Duration) pairsResult {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var delivered atomic.Int64
 	stop := make(chan struct{})
 	var pubs []paho3.Client
+	onMsg := func(m paho3.Message) {
+		sent := int64(binary.BigEndian.Uint64(m.Payload()))
+		l := time.Duration(time.Now().UnixNano() - sent)
+		delivered.Add(1)
+		mu.Lock()
+		lat = append(lat, l)
+		mu.Unlock()
+	}
+	if fanin {
+		s := testmqtt.Client(t, apps[0].mqttAddr(), "bsub", true, false, onMsg)
+		testmqtt.WaitToken(t, "subscribe", s.Subscribe("bench/#", 1, nil))
+	}
 	for i := 0; i < pairs; i++ {
 		pubNode, subNode := apps[i%len(apps)], apps[(i+1)%len(apps)]
 		topic := fmt.Sprintf("bench/%d", i)
-		s := testmqtt.Client(t, subNode.mqttAddr(), fmt.Sprintf("bsub-%d", i), true, false, func(m paho3.Message) {
-			sent := int64(binary.BigEndian.Uint64(m.Payload()))
-			l := time.Duration(time.Now().UnixNano() - sent)
-			delivered.Add(1)
-			mu.Lock()
-			lat = append(lat, l)
-			mu.Unlock()
-		})
-		testmqtt.WaitToken(t, "subscribe", s.Subscribe(topic, 1, nil))
-		if len(apps) > 1 {
+		if fanin {
+			subNode = apps[0]
+		} else {
+			s := testmqtt.Client(t, subNode.mqttAddr(), fmt.Sprintf("bsub-%d", i), true, false, onMsg)
+			testmqtt.WaitToken(t, "subscribe", s.Subscribe(topic, 1, nil))
+		}
+		if pubNode != subNode {
 			waitRoutes(t, pubNode, topic, subNode)
 		}
 		pubs = append(pubs, testmqtt.Client(t, pubNode.mqttAddr(), fmt.Sprintf("bpub-%d", i), true, false, nil))
@@ -150,11 +166,18 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, d time.D
 			busAfter += testmqtt.Counter(t, a.cluster.SentCounter())
 		}
 	}
+	var r pairsResult
 	n := delivered.Load()
+	for _, a := range apps {
+		r.dropped += atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped)
+		if a.cluster != nil {
+			r.busDropped += a.cluster.Dropped()
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	slices.Sort(lat)
-	r := pairsResult{rate: float64(n) / elapsed.Seconds(), busMsgs: busAfter - busBefore}
+	r.rate, r.busMsgs = float64(n)/elapsed.Seconds(), busAfter-busBefore
 	if len(lat) > 0 {
 		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 		r.cpuPerMsg = float64(cpu.Microseconds()) / float64(n)

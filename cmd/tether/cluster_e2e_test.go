@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -414,5 +416,44 @@ func TestClusterOfflineSession(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the queued message was not delivered")
+	}
+}
+
+// TestClusterSlowSubscriber: QoS 1 messages from another node wait for a
+// subscriber that has fallen behind (as a local publisher would) instead
+// of being dropped at its full queue.
+func TestClusterSlowSubscriber(t *testing.T) {
+	apps := startCluster(t, 2, func(_ int, c *configs.Config) {
+		// The test is about these bounds: small, so that they fill.
+		c.MQTT.ClientQueueSize, c.MQTT.MaxInflight = 8, 8
+		c.MQTT.BackpressureWait = 20 * time.Second
+	})
+	release := make(chan struct{})
+	seen := map[string]bool{}
+	var mu sync.Mutex
+	s := testmqtt.Client(t, apps[1].mqttAddr(), "slow", true, true, func(m paho3.Message) {
+		<-release // the subscriber reads nothing until released
+		mu.Lock()
+		seen[string(m.Payload())] = true
+		mu.Unlock()
+	})
+	testmqtt.WaitToken(t, "subscribe", s.Subscribe("slow/t", 1, nil))
+	waitRoutes(t, apps[0], "slow/t", apps[1])
+	p := testmqtt.Client(t, apps[0].mqttAddr(), "fast", true, false, nil)
+	const total = 200
+	for i := 0; i < total; i++ {
+		testmqtt.WaitToken(t, "publish", p.Publish("slow/t", 1, false, fmt.Sprint(i)))
+	}
+	close(release)
+	checkFor(t, 30*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) != total {
+			return fmt.Errorf("%d of %d messages delivered", len(seen), total)
+		}
+		return nil
+	})
+	if d := atomic.LoadInt64(&apps[1].broker.Server.Info.MessagesDropped); d != 0 {
+		t.Fatalf("%d messages dropped", d)
 	}
 }
