@@ -23,10 +23,17 @@ type claimReply struct {
 // Claim asks every other node whether a client connecting here as o may
 // have clientID (broker.Auth.SetClaimElsewhere): false when one of them
 // holds that client id's session for another identity. Each node that
-// grants it disconnects its own live connection with that id. A node that
-// does not answer within two seconds (going away) does not hold it up.
+// grants it disconnects its own live connection with that id. Only the
+// nodes heard in the last two beats are waited for, and none for more
+// than two seconds: a node going away does not hold CONNECTs up.
 func (n *Node) Claim(clientID string, o broker.SessionOwner) bool {
-	want := len(*n.peers.Load())
+	want := 0
+	now := time.Now()
+	for _, p := range *n.peers.Load() {
+		if now.Sub(p.seen) <= 2*beatEvery+beatEvery/2 {
+			want++
+		}
+	}
 	if want == 0 || n.nc.Status() != nats.CONNECTED {
 		return true
 	}

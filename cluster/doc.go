@@ -29,5 +29,8 @@
 // is delivered to each remote subscriber at that subscriber's QoS, with
 // the MQTT acknowledgements between that node and its client. While the
 // nodes and the routes between them are up, nothing is lost; a message in
-// flight when a node or route fails can be.
+// flight when a node or route fails can be. A slow subscriber holds back
+// the bus's delivery to its node as it would a local publisher
+// (broker.Backpressure); the node buffers the bus meanwhile, and drops
+// and counts what its buffer cannot hold.
 package cluster
