@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -81,6 +82,9 @@ func (n *Node) connect(o *Options) (*nats.Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // Close
+			}
 			n.log.Warn("cluster bus lost", "error", err)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
@@ -88,7 +92,11 @@ func (n *Node) connect(o *Options) (*nats.Conn, error) {
 			n.reintroduce()
 		}),
 		nats.ConnectHandler(func(*nats.Conn) {
-			n.log.Info("cluster bus connected")
+			if n.ns != nil {
+				n.log.Info("cluster bus connected", "routes", n.RouteAddr())
+			} else {
+				n.log.Info("cluster bus connected", "nats_url", redacted(o.NATSURL))
+			}
 			n.reintroduce()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -103,6 +111,20 @@ func (n *Node) connect(o *Options) (*nats.Conn, error) {
 		return nats.Connect("", append(opts, nats.InProcessServer(n.ns), nats.Token(n.token))...)
 	}
 	return nats.Connect(o.NATSURL, append(opts, nats.RetryOnFailedConnect(true))...)
+}
+
+// redacted is a NATS URL list without its passwords, for the log.
+func redacted(urls string) string {
+	if urls == "" {
+		return ""
+	}
+	out := strings.Split(urls, ",")
+	for i, s := range out {
+		if u, err := url.Parse(strings.TrimSpace(s)); err == nil {
+			out[i] = u.Redacted()
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 // natsLog is the embedded server's log, at Tether's levels: its notices

@@ -147,7 +147,7 @@ func New(o Options) (*Node, error) {
 	if o.NATSURL == "" {
 		_, _ = rand.Read(b[:])
 		n.token = hex.EncodeToString(b[:])
-		ns, err := startEmbedded(&o, n.token, n.log.With("component", "nats"))
+		ns, err := startEmbedded(&o, n.token, log.With("component", "nats", "node", o.Node))
 		if err != nil {
 			return nil, err
 		}
