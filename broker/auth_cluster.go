@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"time"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -70,9 +72,14 @@ func (a *Auth) YieldSession(clientID string, o SessionOwner) bool {
 	return true
 }
 
-// TakeOver disconnects cl because its client id connected elsewhere.
+// TakeOver disconnects cl because its client id connected elsewhere. The
+// DISCONNECT's write is bounded: a client that reads nothing must not
+// hold up the caller (the bus's claims).
 func TakeOver(srv *mqtt.Server, cl *mqtt.Client) {
 	if cl.Properties.ProtocolVersion == 5 {
+		if cl.Net.Conn != nil {
+			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		}
 		_ = srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
 		return
 	}
