@@ -8,12 +8,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/tether-iot/tether/internal/cputime"
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
@@ -116,7 +116,7 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bo
 			busBefore += testmqtt.Counter(t, a.cluster.SentCounter())
 		}
 	}
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, p := range pubs {
@@ -159,7 +159,7 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bo
 	wg.Wait()
 	elapsed := time.Since(start)
 	time.Sleep(500 * time.Millisecond) // let the last deliveries land before counting
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Process() - cpu0
 	var busAfter float64
 	for _, a := range apps {
 		if a.cluster != nil {
@@ -183,11 +183,4 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bo
 		r.cpuPerMsg = float64(cpu.Microseconds()) / float64(n)
 	}
 	return r
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
