@@ -54,16 +54,33 @@ func (a *Auth) claimElsewhere(cl *mqtt.Client, c *conn) bool {
 // clientID connects as o: false when the session here belongs to another
 // identity; else true, and a live connection here with that client id is
 // disconnected (0x8E session taken over; 3.1.1 clients are closed).
-func (a *Auth) YieldSession(clientID string, o SessionOwner) bool {
+//
+// A CONNECT with that client id being accepted here at the same moment
+// (both nodes asking each other) is a tie, which first settles the same
+// way on both nodes (the cluster compares the node names): when the
+// asker goes first, the connection here is closed and the asker's
+// granted; else the asker's is refused.
+func (a *Auth) YieldSession(clientID string, o SessionOwner, first bool) bool {
 	c := &conn{anonymous: o.Anonymous, clientID: clientID}
 	if !o.Anonymous {
 		c.id = devices.Identity{Kind: o.Kind, Name: o.Name}
 	}
 	a.ownMu.Lock()
 	ok := a.mayOwn(clientID, nil, c)
+	var pending *mqtt.Client
+	if v, claimed := a.claims.Load(clientID); ok && claimed && !v.(*claim).cl.Closed() {
+		pending = v.(*claim).cl
+	}
 	a.ownMu.Unlock()
 	if !ok {
 		return false
+	}
+	if pending != nil {
+		if !first {
+			a.log.Info("refused a connection on another node: the same client id is connecting here", "client", clientID)
+			return false
+		}
+		pending.Stop(packets.ErrSessionTakenOver)
 	}
 	if ex, live := a.srv.Clients.Get(clientID); live && !ex.Net.Inline && !ex.Closed() {
 		a.log.Info("session taken over on another node", "client", clientID)

@@ -73,7 +73,7 @@ func (n *Node) onClaim(m *nats.Msg) {
 	}
 	ok := true
 	if f := n.yield.Load(); f != nil {
-		ok = (*f)(c.Client, c.Owner)
+		ok = (*f)(c.Client, c.Owner, c.Node < n.name)
 	} else if srv := n.srv.Load(); srv != nil {
 		if cl, live := srv.Clients.Get(c.Client); live && !cl.Net.Inline && !cl.Closed() {
 			broker.TakeOver(srv, cl)

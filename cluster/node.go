@@ -88,7 +88,7 @@ type Node struct {
 	// syncing: a copy is under way.
 	synced, syncing atomic.Bool
 
-	yield atomic.Pointer[func(clientID string, o broker.SessionOwner) bool]
+	yield atomic.Pointer[func(clientID string, o broker.SessionOwner, first bool) bool]
 
 	rate     atomic.Uint64 // this node's messages/s, float64 bits
 	lastRecv int64
@@ -184,9 +184,12 @@ func (n *Node) RouteAddr() string {
 func (n *Node) Hook() mqtt.Hook { return n.hook }
 
 // SetYield sets what this node answers when a client connects elsewhere
-// with a client id (broker.Auth.YieldSession); without it, a live client
-// here with that id is disconnected and the claim granted.
-func (n *Node) SetYield(f func(clientID string, o broker.SessionOwner) bool) { n.yield.Store(&f) }
+// with a client id (broker.Auth.YieldSession; first: the asking node wins
+// a tie with a CONNECT of that id here); without it, a live client here
+// with that id is disconnected and the claim granted.
+func (n *Node) SetYield(f func(clientID string, o broker.SessionOwner, first bool) bool) {
+	n.yield.Store(&f)
+}
 
 // Attach starts the traffic: messages for this node are injected into
 // srv, this node's filters are announced, and it beats.
