@@ -116,6 +116,16 @@ type peer struct {
 
 var hostChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 
+// DefaultNode is a node's name when cluster.node is empty: the host name,
+// its other characters as '-'; "" when that is no name.
+func DefaultNode() string {
+	h, _ := os.Hostname()
+	if name := hostChars.ReplaceAllString(h, "-"); validName(name) {
+		return name
+	}
+	return ""
+}
+
 // New starts the node's bus: the embedded NATS server (clustered with the
 // peers) or the connection to an external NATS. Nothing crosses it until
 // Attach.
@@ -125,9 +135,7 @@ func New(o Options) (*Node, error) {
 		log = slog.Default()
 	}
 	if o.Node == "" {
-		h, _ := os.Hostname()
-		o.Node = hostChars.ReplaceAllString(h, "-")
-		if !validName(o.Node) {
+		if o.Node = DefaultNode(); o.Node == "" {
 			return nil, errors.New("cluster: cluster.node: the host name cannot name this node; set one")
 		}
 	}

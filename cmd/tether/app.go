@@ -230,6 +230,10 @@ func (a *app) openRegistry() (err error) {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.registry.Close() }) // flushes presence
+	// On a shared database, the devices this node had online go offline.
+	if err := a.registry.SetNode(context.Background(), a.nodeName()); err != nil {
+		return err
+	}
 	generated, err := a.registry.EnsureAdmin(context.Background(), os.Getenv("TETHER_ADMIN_PASSWORD"))
 	if err != nil {
 		return err

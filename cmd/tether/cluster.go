@@ -37,6 +37,15 @@ func (a *app) joinCluster() (err error) {
 	return nil
 }
 
+// nodeName is this node's name: cluster.node, or in a cluster without one
+// the host name the cluster uses (cluster.DefaultNode); alone, "".
+func (a *app) nodeName() string {
+	if a.cfg.Cluster.Node != "" || !a.cfg.Cluster.Enabled() {
+		return a.cfg.Cluster.Node
+	}
+	return cluster.DefaultNode()
+}
+
 // clusterHooks are the engine hooks of the node.
 func (a *app) clusterHooks() []mqtt.Hook {
 	if a.cluster == nil {
