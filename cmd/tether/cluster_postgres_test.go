@@ -39,7 +39,9 @@ func TestClusterPostgresCommand(t *testing.T) {
 	dev.sub(t, "devices/cl-dev-1/commands/#")
 	// The device's status, published by node C, reaches the operator on B
 	// (its subscription may cross after the status: it is retained).
-	op.waitFor(t, func(m message) bool { return m.topic == "devices/cl-dev-1/status" && strings.Contains(m.payload, "online") }, nil)
+	op.waitFor(t, func(m message) bool {
+		return m.topic == "devices/cl-dev-1/status" && strings.Contains(m.payload, "online")
+	}, nil)
 
 	// A command sent through A reaches the device on C once C's
 	// subscription has crossed to A: send until one arrives.
