@@ -38,7 +38,7 @@ func TestClusterPostgresCommand(t *testing.T) {
 	dev := mustMQ(t, c.mqtt, mqOpts{id: "cl-dev-1", user: "cl-dev-1", pass: secret})
 	dev.sub(t, "devices/cl-dev-1/commands/#")
 	// The device's status, published by node C, reaches the operator on B
-	// (its subscription may cross after the status: it is retained).
+	// (retained, it goes to every node, whatever their subscriptions).
 	op.waitFor(t, func(m message) bool {
 		return m.topic == "devices/cl-dev-1/status" && strings.Contains(m.payload, "online")
 	}, nil)
