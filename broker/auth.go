@@ -99,6 +99,9 @@ type Auth struct {
 	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.
 	started atomic.Bool
+	// elsewhere asks the other nodes of a cluster for a client id
+	// (auth_cluster.go); nil when alone.
+	elsewhere atomic.Pointer[func(clientID string, o SessionOwner) bool]
 
 	// stopMu guards stopped and wg.Add, so that no revocation starts
 	// once Stop waits.
@@ -239,7 +242,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		a.m.wills.WithLabelValues("connect").Inc()
 		return a.deny(cl, packets.ErrNotAuthorized, "will")
 	}
-	if !a.claim(cl, c) {
+	if !a.claim(cl, c) || !a.claimElsewhere(cl, c) {
 		return a.deny(cl, packets.ErrClientIdentifierNotValid, "session_owner")
 	}
 	// The session records its owner by name (stored with it, read back

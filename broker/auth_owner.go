@@ -42,24 +42,34 @@ var brokerOwner = &conn{revoked: true, id: devices.Identity{Kind: "broker"}}
 func (a *Auth) claim(cl *mqtt.Client, c *conn) bool {
 	a.ownMu.Lock()
 	defer a.ownMu.Unlock()
-	owner, ex := a.ownerOf(cl.ID, cl)
+	if !a.mayOwn(cl.ID, cl, c) {
+		return false
+	}
+	a.claims.Store(cl.ID, &claim{cl: cl, c: c})
+	return true
+}
+
+// mayOwn is claim's decision (ownMu held): whether c may have client id's
+// session, self being c's own connection if any; it purges what claim
+// says it purges.
+func (a *Auth) mayOwn(id string, self *mqtt.Client, c *conn) bool {
+	owner, ex := a.ownerOf(id, self)
 	switch {
 	case ex != nil && owner == nil:
-		a.log.Info("purging a stored session nobody owns", "client", cl.ID)
+		a.log.Info("purging a stored session nobody owns", "client", id)
 		a.purgeSession(ex)
 	case owner != nil && !owner.sameOwner(c) && ex != nil && ex.Closed() && owner != brokerOwner &&
 		!c.anonymous && c.id.Kind == devices.KindDevice:
 		// A device's client id is its id: a person's (or an anonymous)
 		// session under it, left from before the device was registered,
 		// goes, so that nobody can squat a device's client id.
-		a.log.Info("purging another identity's session under a device's id", "client", cl.ID, "kind", owner.kind())
+		a.log.Info("purging another identity's session under a device's id", "client", id, "kind", owner.kind())
 		a.purgeSession(ex)
 	case owner != nil && !owner.sameOwner(c):
-		a.log.Info("refused a connection to another identity's session", "client", cl.ID,
+		a.log.Info("refused a connection to another identity's session", "client", id,
 			"kind", c.kind(), "name", c.id.Name)
 		return false
 	}
-	a.claims.Store(cl.ID, &claim{cl: cl, c: c})
 	return true
 }
 

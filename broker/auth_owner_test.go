@@ -97,3 +97,34 @@ func TestClaimHeldUntilListed(t *testing.T) {
 		t.Fatal("claim refused though the pending connections have gone")
 	}
 }
+
+// TestYieldSessionTie: another node's claim on a client id that connects
+// here at the same moment is settled by first, the same way on both
+// nodes; another identity's is refused; a live connection is taken over.
+func TestYieldSessionTie(t *testing.T) {
+	e := startAuthEnv(t, true)
+	a := e.auth
+	anon := SessionOwner{Anonymous: true}
+	pending := a.srv.NewClient(nil, "tcp", "tie-id", false)
+	if !a.claim(pending, a.newConn(devices.Identity{}, true, "tie-id")) {
+		t.Fatal("claim refused")
+	}
+	if a.YieldSession("tie-id", SessionOwner{Kind: devices.KindUser, Name: "mallory"}, true) {
+		t.Fatal("another identity granted the client id")
+	}
+	if a.YieldSession("tie-id", anon, false) {
+		t.Fatal("the asker that does not go first was granted the tie")
+	}
+	if pending.Closed() {
+		t.Fatal("the connection here was closed though it won the tie")
+	}
+	if !a.YieldSession("tie-id", anon, true) {
+		t.Fatal("the asker that goes first was refused")
+	}
+	if !pending.Closed() {
+		t.Fatal("the connection here still stands after losing the tie")
+	}
+	if !a.YieldSession("nobody-here", anon, false) {
+		t.Fatal("a client id unknown here refused")
+	}
+}

@@ -34,7 +34,11 @@ import (
 // until it drains, so a client that never reads costs each publisher at
 // most one maxWait and then its messages are dropped as before (the
 // engine counts them). A publisher never waits for itself, and shared
-// subscriptions and QoS 0 are not considered. Waits, time waited and
+// subscriptions and QoS 0 are not considered. The broker's own inline
+// publishes never wait; the messages another node of a cluster sends do
+// (their injecting client's listener is BusListener): the wait holds the
+// bus's delivery to this node, whose NATS subscription buffers meanwhile,
+// instead of dropping them at a slow subscriber. Waits, time waited and
 // timeouts are counted in /metrics.
 type Backpressure struct {
 	mqtt.HookBase
@@ -137,6 +141,10 @@ func (b *Backpressure) Provides(e byte) bool {
 // message not yet acknowledged, including those still in the send queue
 // (unless the client's Receive Maximum holds them back, and then at most
 // that many are queued).
+// BusListener is the listener name of the inline client through which a
+// cluster node injects the messages of the other nodes (cluster/).
+const BusListener = "cluster"
+
 func highWater(cl *mqtt.Client, caps *mqtt.Capabilities) int {
 	n := int(caps.MaximumInflight)
 	if rm := int(cl.Properties.Props.ReceiveMaximum); rm == 0 || rm > int(caps.MaximumClientWritesPending) {
@@ -196,7 +204,7 @@ func (b *Backpressure) OnDisconnect(cl *mqtt.Client, err error, expire bool) { b
 // while a subscriber it goes to is behind; at most maxWait in all. With
 // nobody behind it is one atomic load.
 func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if b.nBehind.Load() == 0 || pk.FixedHeader.Qos == 0 || cl.Net.Inline {
+	if b.nBehind.Load() == 0 || pk.FixedHeader.Qos == 0 || cl.Net.Inline && cl.Net.Listener != BusListener {
 		return pk, nil
 	}
 	srv := b.srv.Load()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -37,6 +38,7 @@ type Config struct {
 	Limits    Limits    `yaml:"limits"`
 	Security  Security  `yaml:"security"`
 	Storage   Storage   `yaml:"storage"`
+	Cluster   Cluster   `yaml:"cluster"`
 }
 
 // Storage says where the registry and the stores beside it live.
@@ -142,6 +144,70 @@ type Security struct {
 	BanExempt []string `yaml:"ban_exempt"`
 }
 
+// Cluster joins this node to others over NATS (SPEC §10, docs/cluster.md).
+// With neither Listen nor NATSURL set the node is alone and nothing
+// starts.
+type Cluster struct {
+	// Node names this node among the others: unique, [A-Za-z0-9_-], at
+	// most 64 characters; empty means the host name.
+	Node string `yaml:"node"`
+	// Listen is the embedded NATS server's route address (host:port);
+	// Peers are the other nodes' route addresses (this node's own may be
+	// in the list: the same list serves every node).
+	Listen string   `yaml:"listen"`
+	Peers  []string `yaml:"peers"`
+	// Secret, the same on every node, is the password of the routes
+	// between embedded NATS servers: a node without it cannot join.
+	Secret string `yaml:"secret"`
+	// NATSURL is an external NATS (nats://host:port, comma-separated for
+	// several servers) instead of the embedded one.
+	NATSURL string `yaml:"nats_url"`
+}
+
+// Enabled reports whether the node joins a cluster.
+func (c Cluster) Enabled() bool { return c.Listen != "" || c.NATSURL != "" }
+
+// nodeName is what cluster.node may be: it is part of NATS subjects.
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func validateCluster(c Cluster, bad func(key, format string, a ...any)) {
+	if c.Node != "" && !nodeName.MatchString(c.Node) {
+		bad("cluster.node", "%q is not 1 to 64 letters, digits, '-' or '_'", c.Node)
+	}
+	if c.Listen != "" {
+		if err := checkAddr(c.Listen); err != nil {
+			bad("cluster.listen", "%q is not host:port (%v)", c.Listen, err)
+		}
+	}
+	for _, p := range c.Peers {
+		if host, _, err := net.SplitHostPort(p); err != nil || host == "" {
+			bad("cluster.peers", "%q is not host:port", p)
+		} else if err := checkAddr(p); err != nil {
+			bad("cluster.peers", "%q is not host:port (%v)", p, err)
+		}
+	}
+	if len(c.Peers) > 0 && c.Listen == "" {
+		bad("cluster.peers", "needs cluster.listen (this node's own route address)")
+	}
+	if c.Secret != "" && len(c.Secret) < 16 {
+		bad("cluster.secret", "too short (at least 16 characters; e.g. openssl rand -hex 16)")
+	}
+	if c.NATSURL != "" {
+		if c.Secret != "" {
+			bad("cluster.secret", "is the embedded routes' password; give an external NATS's credentials in cluster.nats_url")
+		}
+		if c.Listen != "" || len(c.Peers) > 0 {
+			bad("cluster.nats_url", "an external NATS excludes the embedded one (cluster.listen, cluster.peers)")
+		}
+		for _, s := range strings.Split(c.NATSURL, ",") {
+			u, err := url.Parse(strings.TrimSpace(s))
+			if err != nil || (u.Scheme != "nats" && u.Scheme != "tls") || u.Host == "" {
+				bad("cluster.nats_url", "%q is not nats://host:port or tls://host:port", s)
+			}
+		}
+	}
+}
+
 // Limits keep one client from hurting the others. 0 means unlimited.
 type Limits struct {
 	MaxConnections      int `yaml:"max_connections"`
@@ -208,6 +274,7 @@ func Default() Config {
 			DevicePublishRate: 100, DevicePublishBurst: 500},
 		Security: Security{BanThreshold: 20, BanWindow: 5 * time.Minute, BanDuration: 15 * time.Minute,
 			BanExempt: []string{"127.0.0.0/8", "::1"}},
+		Cluster: Cluster{Peers: []string{}},
 	}
 }
 
@@ -359,6 +426,7 @@ func (c *Config) Validate() error {
 		bad("telemetry.queue_bytes", "%d is too small (at least 1048576: one 64 KiB payload must fit many times over)", c.Telemetry.QueueBytes)
 	}
 	rules.Check(c.Auth.Rules, bad)
+	validateCluster(c.Cluster, bad)
 	validateTelemetryTopics(c.Telemetry.Topics, bad)
 	for _, p := range c.HTTP.TrustedProxies {
 		if _, err := forwarded.ParseCIDROrIP(p); err != nil {

@@ -151,6 +151,15 @@ func TestValidate(t *testing.T) {
 		{"telemetry.queue_bytes", func(c *Config) { c.Telemetry.QueueBytes = 1000 }},
 		{"limits.device_publish_rate", func(c *Config) { c.Limits.DevicePublishRate = -1 }},
 		{"limits.device_publish_burst", func(c *Config) { c.Limits.DevicePublishBurst = 0 }},
+		{"cluster.node", func(c *Config) { c.Cluster.Node = "a.b" }},
+		{"cluster.node", func(c *Config) { c.Cluster.Node = strings.Repeat("n", 65) }},
+		{"cluster.listen", func(c *Config) { c.Cluster.Listen = "6222" }},
+		{"cluster.peers", func(c *Config) { c.Cluster.Listen, c.Cluster.Peers = ":6222", []string{":6222"} }},
+		{"cluster.peers", func(c *Config) { c.Cluster.Peers = []string{"b:6222"} }},
+		{"cluster.nats_url", func(c *Config) { c.Cluster.NATSURL = "http://nats:4222" }},
+		{"cluster.secret", func(c *Config) { c.Cluster.Listen, c.Cluster.Secret = ":6222", "short" }},
+		{"cluster.secret", func(c *Config) { c.Cluster.NATSURL, c.Cluster.Secret = "nats://n:4222", "0123456789abcdef" }},
+		{"cluster.nats_url", func(c *Config) { c.Cluster.NATSURL, c.Cluster.Listen = "nats://nats:4222", ":6222" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key, func(t *testing.T) {
@@ -162,6 +171,20 @@ func TestValidate(t *testing.T) {
 			}
 		})
 	}
+	t.Run("cluster", func(t *testing.T) {
+		c := Default()
+		c.Cluster = Cluster{Node: "node-1", Listen: "0.0.0.0:6222", Peers: []string{"node-1:6222", "10.0.0.2:6222"}}
+		if err := c.Validate(); err != nil || !c.Cluster.Enabled() {
+			t.Fatalf("Validate() = %v, enabled %v", err, c.Cluster.Enabled())
+		}
+		c.Cluster = Cluster{NATSURL: "nats://a:4222,tls://b:4222"}
+		if err := c.Validate(); err != nil || !c.Cluster.Enabled() {
+			t.Fatalf("Validate() = %v, enabled %v", err, c.Cluster.Enabled())
+		}
+		if Default().Cluster.Enabled() {
+			t.Fatal("a cluster by default")
+		}
+	})
 	t.Run("off disables", func(t *testing.T) {
 		c := Default()
 		c.MQTT.Addr = Off

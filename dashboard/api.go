@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tether-iot/tether/cluster"
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/listeners/forwarded"
 )
@@ -52,6 +53,9 @@ type APIOptions struct {
 	Metrics prometheus.Registerer
 	// TokenTTL is the lifetime of a login session; 0 means 12 hours.
 	TokenTTL time.Duration
+	// Nodes lists the cluster's nodes for GET /broker; nil when the node
+	// is alone (the list is left out).
+	Nodes func() []cluster.NodeInfo
 	// Now is the clock; nil means time.Now. For tests.
 	Now func() time.Time
 }
@@ -70,6 +74,7 @@ type API struct {
 	twins     Twins
 	audit     *devices.Audit
 	bans      *devices.Bans
+	nodes     func() []cluster.NodeInfo
 
 	proxies *forwarded.Proxies
 	logins  *devices.LoginLimiter
@@ -98,6 +103,7 @@ func NewAPI(o APIOptions) (*API, error) {
 		twins:     o.Twins,
 		audit:     o.Audit,
 		bans:      o.Bans,
+		nodes:     o.Nodes,
 	}
 	if a.log == nil {
 		a.log = slog.Default()

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/tether-iot/tether/broker/info"
+	"github.com/tether-iot/tether/cluster"
 )
 
 // brokerInfo is the body of GET /broker: the engine's statistics (mochi's
@@ -33,6 +34,9 @@ type brokerInfo struct {
 	// (mqtt.max_queue_store_bytes).
 	QueueStoreBytes      int64 `json:"queue_store_bytes"`
 	QueueStoreLimitBytes int64 `json:"queue_store_limit_bytes"`
+	// Nodes are the cluster's nodes, this one first; absent when the
+	// node is alone.
+	Nodes []cluster.NodeInfo `json:"nodes,omitempty"`
 }
 
 // brokerStats: GET /broker.
@@ -67,6 +71,9 @@ func (a *API) brokerStats(w http.ResponseWriter, r *http.Request) error {
 	}
 	if a.store != nil {
 		s.QueueStoreBytes, s.QueueStoreLimitBytes = a.store.QueueStoreUse()
+	}
+	if a.nodes != nil {
+		s.Nodes = a.nodes()
 	}
 	writeJSON(w, http.StatusOK, s)
 	return nil

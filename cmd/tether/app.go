@@ -19,6 +19,7 @@ import (
 
 	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/broker/sessions"
+	"github.com/tether-iot/tether/cluster"
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/dashboard"
 	"github.com/tether-iot/tether/devices"
@@ -44,6 +45,8 @@ type app struct {
 	auth     *broker.Auth
 	// data holds telemetry history, commands and twins (on db).
 	data *deviceData
+	// cluster is this node's place among others (cluster.go); nil alone.
+	cluster *cluster.Node
 
 	// lock is the data directory's: one server per directory.
 	lock *devices.DirLock
@@ -116,6 +119,7 @@ func startApp(cfg configs.Config, log *slog.Logger) (_ *app, err error) {
 		a.openDeviceData,
 		a.openSessions,
 		a.newAccess,
+		a.joinCluster,
 		a.newBroker,
 		a.newAPI,
 		a.serve,
@@ -226,6 +230,10 @@ func (a *app) openRegistry() (err error) {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.registry.Close() }) // flushes presence
+	// On a shared database, the devices this node had online go offline.
+	if err := a.registry.SetNode(context.Background(), a.nodeName()); err != nil {
+		return err
+	}
 	generated, err := a.registry.EnsureAdmin(context.Background(), os.Getenv("TETHER_ADMIN_PASSWORD"))
 	if err != nil {
 		return err
@@ -291,7 +299,8 @@ func (a *app) newBroker() (err error) {
 	o.Logger, o.TLS, o.TLSNames, o.Access = a.base, a.tlsConf, tlsNames, a.auth
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.
-	o.Hooks = append(append([]mqtt.Hook{a.pubLimit}, a.data.hooks()...), a.backpressure, a.retained, a.store)
+	o.Hooks = append(append([]mqtt.Hook{a.pubLimit}, a.data.hooks()...), a.backpressure, a.retained)
+	o.Hooks = append(append(o.Hooks, a.clusterHooks()...), a.store)
 	b, err := broker.New(o)
 	if err != nil {
 		return brokerListenError(cfg, err)
@@ -323,11 +332,13 @@ func (a *app) newAPI() (err error) {
 	reg.MustRegister(a.data.collectors()...)
 	a.httpMetrics = dashboard.NewHTTPMetrics()
 	reg.MustRegister(buildInfo(), a.registry.Collector(), a.httpMetrics)
-	a.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	a.registerCluster(reg)
+	a.metrics = promhttp.HandlerFor(a.metricsGatherer(reg), promhttp.HandlerOpts{Registry: reg})
 	a.api, err = dashboard.NewAPI(dashboard.APIOptions{
 		Registry: a.registry, Broker: b, Sessions: a.store, Logger: a.base, Metrics: reg, TokenTTL: a.cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
 		TrustedProxies: a.cfg.HTTP.TrustedProxies, Logins: a.logins, Audit: a.data.audit, Bans: a.bans,
+		Nodes: a.clusterNodes(),
 	})
 	return err
 }
@@ -367,7 +378,10 @@ func (a *app) serve() error {
 		if err := a.store.Healthy(); err != nil {
 			return err
 		}
-		return a.db.Healthy(context.Background())
+		if err := a.db.Healthy(context.Background()); err != nil {
+			return err
+		}
+		return a.clusterHealthy()
 	}
 	httpLog := a.base.With("component", "http")
 	serve := func(ln net.Listener, mqttHandler http.Handler, secure bool) {
@@ -410,7 +424,7 @@ func (a *app) serve() error {
 	if a.httpsLn != nil {
 		serve(a.httpsLn, b.SecureWebSocketHandler(), true)
 	}
-	return nil
+	return a.attachCluster()
 }
 
 // watchCert reloads the TLS certificate for new connections on SIGHUP
@@ -438,10 +452,13 @@ func (a *app) watchCert() error {
 
 // warnings are what /readyz tells an operator besides readiness.
 func (a *app) warnings() []string {
-	if w := a.store.QueueStoreWarning(); w != "" {
-		return []string{w}
+	var out []string
+	for _, w := range []string{a.store.QueueStoreWarning(), a.clusterWarning()} {
+		if w != "" {
+			out = append(out, w)
+		}
 	}
-	return nil
+	return out
 }
 
 func (a *app) mqttAddr() string {

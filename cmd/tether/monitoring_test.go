@@ -31,7 +31,11 @@ var tetherMetric = regexp.MustCompile(`\btether_[a-z0-9_]+\b`)
 // with the first event exist).
 func exposedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	a := startTestApp(t, testConfig(t))
+	cfg := testConfig(t)
+	// A cluster of one: its tether_cluster_* series too (every series
+	// then carries node="metrics").
+	cfg.Cluster.Node, cfg.Cluster.Listen = "metrics", "127.0.0.1:0"
+	a := startTestApp(t, cfg)
 	c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + a.mqttAddr()).SetClientID("metrics-probe").
 		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
 	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {

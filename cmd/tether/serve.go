@@ -28,6 +28,10 @@ var serveFlags = []struct{ flag, key, usage string }{
 	{"log-level", "log.level", "debug, info, warn or error (TETHER_LOG_LEVEL)"},
 	{"log-format", "log.format", "text or json (TETHER_LOG_FORMAT)"},
 	{"postgres", "storage.postgres_url", "PostgreSQL URL: registry, users, tokens, commands, twins, telemetry there instead of SQLite (TETHER_STORAGE_POSTGRES_URL)"},
+	{"node", "cluster.node", "this node's name in a cluster; empty: the host name (TETHER_CLUSTER_NODE)"},
+	{"cluster-listen", "cluster.listen", "embedded NATS route address HOST:PORT; joins a cluster (TETHER_CLUSTER_LISTEN)"},
+	{"cluster-peers", "cluster.peers", "other nodes' route addresses HOST:PORT,... (TETHER_CLUSTER_PEERS)"},
+	{"nats-url", "cluster.nats_url", "external NATS URL instead of the embedded one (TETHER_CLUSTER_NATS_URL)"},
 }
 
 // loadConfig layers defaults, the file, the environment and the flags.

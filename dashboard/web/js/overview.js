@@ -31,6 +31,7 @@ export function overviewView(main) {
   const $ = (id) => main.querySelector('#' + id);
   let conns = null; // from GET /broker, when it says
   let queueStore = null; // the session queues' use of their bound, from GET /broker
+  let nodes = null; // the cluster's nodes, from GET /broker; null when alone
 
   const drawFleet = frame(() => {
     const c = fleet.counts();
@@ -70,7 +71,8 @@ export function overviewView(main) {
       row('Dropped messages', fmtNum(v['messages/dropped'])),
       row('Bytes in / out', fmtBytes(v['load/bytes/received']) + ' / ' + fmtBytes(v['load/bytes/sent'])),
       row('Broker memory', fmtBytes(v['system/memory'])),
-      queueStore ? queueRow(queueStore) : null);
+      queueStore ? queueRow(queueStore) : null,
+      nodes ? nodesRow(nodes) : null);
   }, 500);
 
   // GET /broker, if it reports connections by transport.
@@ -79,6 +81,7 @@ export function overviewView(main) {
       const b = await get('/broker');
       conns = transportsOf(b);
       queueStore = b && b.queue_store_limit_bytes ? b : null;
+      nodes = b && Array.isArray(b.nodes) && b.nodes.length ? b.nodes : null;
       drawFleet();
       drawSys();
     } catch { conns = null; }
@@ -102,6 +105,13 @@ function queueRow(b) {
   const text = `${fmtBytes(b.queue_store_bytes)} of ${fmtBytes(b.queue_store_limit_bytes)} (${pct} %)` +
     (near ? ' — nearly full: messages for offline sessions will soon be refused' : '');
   return [h('dt', { text: 'Session queues' }), h('dd', { text, class: near ? 'warn-text' : '', dataset: { queueStore: near ? 'near' : 'ok' } })];
+}
+
+// nodesRow lists the cluster's nodes and their load (docs/cluster.md).
+function nodesRow(nodes) {
+  const text = nodes.map((n) => `${n.name}${n.self ? ' (this node)' : ''}: ${fmtNum(n.clients)} clients, ` +
+    `${fmtNum(Math.round(n.messages_per_second * 10) / 10, 1)} msg/s`).join(' · ');
+  return [h('dt', { text: 'Cluster nodes' }), h('dd', { text, dataset: { nodes: String(nodes.length) } })];
 }
 
 // transportsOf finds {tcp: n, ...} in the /broker statistics, whichever

@@ -1,0 +1,160 @@
+package cluster
+
+import (
+	"sort"
+	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats.go"
+)
+
+// hook is the node's engine hook.
+type hook struct {
+	mqtt.HookBase
+	n *Node
+}
+
+func (h *hook) ID() string { return "tether-cluster" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnPublished, mqtt.OnWillSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSelectSubscribers:
+		return true
+	}
+	return false
+}
+
+// OnPublished forwards what this node accepted (clients' publishes, the
+// broker's own); what came from the bus stays here.
+func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if h.n.srv.Load() == nil || cl == h.n.injector {
+		return
+	}
+	h.n.forward(pk)
+}
+
+// OnWillSent forwards a will as the access hook left it (an empty topic
+// when the will was no longer allowed: then nothing).
+func (h *hook) OnWillSent(_ *mqtt.Client, pk packets.Packet) { h.n.forward(pk) }
+
+func (h *hook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.n.touch() }
+
+func (h *hook) OnUnsubscribed(*mqtt.Client, packets.Packet) { h.n.touch() }
+
+// OnSelectSubscribers keeps, of a message from the bus, only the shared
+// subscriptions the sending node gave this node to serve.
+func (h *hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	if h.n.srv.Load() == nil || pk.Origin != h.n.injector.ID {
+		return subs
+	}
+	for key := range subs.Shared {
+		if !h.n.serving[key] {
+			delete(subs.Shared, key)
+		}
+	}
+	return subs
+}
+
+// forward sends pk to each other node that wants it: a matching plain
+// filter, a shared group it is given to serve, or, retained, every node.
+func (n *Node) forward(pk packets.Packet) {
+	name := pk.TopicName
+	if name == "" || pk.Ignore || strings.HasPrefix(name, "$SYS") || n.srv.Load() == nil {
+		return
+	}
+	peers := *n.peers.Load()
+	if len(peers) == 0 {
+		return
+	}
+	assigned := n.assignShared(name, peers)
+	var data []byte
+	for _, p := range peers {
+		keys := assigned[p.name]
+		if !pk.FixedHeader.Retain && len(keys) == 0 && (p.in == nil || !p.in.matches(name)) {
+			continue
+		}
+		if data == nil {
+			var err error
+			if data, err = encodePublish(pk); err != nil {
+				n.m.dropped.WithLabelValues("encode").Inc()
+				n.log.Debug("message not forwarded", "error", err)
+				return
+			}
+		}
+		msg := &nats.Msg{Subject: subjMsg + p.name, Data: data, Header: nats.Header{hdrOrigin: {n.name}}}
+		for _, k := range keys {
+			msg.Header.Add(hdrShared, encodeName(k))
+		}
+		if err := n.nc.PublishMsg(msg); err != nil {
+			n.m.dropped.WithLabelValues("send").Inc()
+			n.log.Debug("message not forwarded", "peer", p.name, "error", err)
+			continue
+		}
+		n.m.sent.Inc()
+	}
+}
+
+// assignShared gives each shared group that matches name and has no
+// member on this node to one of the other nodes holding it, in turn:
+// node name -> the groups it serves. Nil when there are none.
+func (n *Node) assignShared(name string, peers map[string]*peer) map[string][]string {
+	var holders map[string][]string // group -> nodes
+	local := n.local.Load()
+	for _, p := range peers {
+		if p.in == nil || len(p.in.shared) == 0 {
+			continue
+		}
+		p.in.eachShared(name, func(key string) {
+			if _, here := local.shared[key]; here {
+				return // served here
+			}
+			if holders == nil {
+				holders = map[string][]string{}
+			}
+			holders[key] = append(holders[key], p.name)
+		})
+	}
+	if holders == nil {
+		return nil
+	}
+	out := map[string][]string{}
+	for key, nodes := range holders {
+		sort.Strings(nodes)
+		pick := nodes[n.turn.Add(1)%uint64(len(nodes))]
+		out[pick] = append(out[pick], key)
+	}
+	return out
+}
+
+// onMessage injects a message from another node into this node's engine.
+func (n *Node) onMessage(m *nats.Msg) {
+	origin := m.Header.Get(hdrOrigin)
+	if origin == "" || origin == n.name {
+		n.m.dropped.WithLabelValues("loop").Inc()
+		return
+	}
+	pk, err := decodePublish(m.Data)
+	if err != nil {
+		n.m.dropped.WithLabelValues("malformed").Inc()
+		n.log.Debug("bus message dropped", "from", origin, "error", err)
+		return
+	}
+	n.serving = nil
+	for _, v := range m.Header.Values(hdrShared) {
+		if key, ok := decodeName(v); ok {
+			if n.serving == nil {
+				n.serving = map[string]bool{}
+			}
+			n.serving[key] = true
+		}
+	}
+	srv := n.srv.Load()
+	if err := srv.InjectPacket(n.injector, pk); err != nil {
+		n.m.dropped.WithLabelValues("inject").Inc()
+		n.log.Debug("bus message not delivered", "from", origin, "error", err)
+	} else {
+		n.m.received.Inc()
+	}
+	n.serving = nil
+}

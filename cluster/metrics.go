@@ -1,0 +1,71 @@
+package cluster
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+type metrics struct {
+	sent, received prometheus.Counter
+	dropped        *prometheus.CounterVec
+}
+
+// dropReasons are tether_cluster_messages_dropped_total's reasons.
+var dropReasons = []string{"send", "slow", "malformed", "loop", "inject", "encode"}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		sent: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_messages_sent_total",
+			Help: "Messages sent to other nodes over the cluster bus (one per receiving node)."}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_messages_received_total",
+			Help: "Messages from other nodes delivered into this node's engine."}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_cluster_messages_dropped_total",
+			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode."}, []string{"reason"}),
+	}
+	for _, r := range dropReasons {
+		m.dropped.WithLabelValues(r)
+	}
+	return m
+}
+
+// Describe implements prometheus.Collector.
+func (n *Node) Describe(ch chan<- *prometheus.Desc) {
+	n.m.sent.Describe(ch)
+	n.m.received.Describe(ch)
+	n.m.dropped.Describe(ch)
+	ch <- nodesDesc
+	ch <- busUpDesc
+}
+
+// Collect implements prometheus.Collector.
+func (n *Node) Collect(ch chan<- prometheus.Metric) {
+	n.m.sent.Collect(ch)
+	n.m.received.Collect(ch)
+	n.m.dropped.Collect(ch)
+	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(len(*n.peers.Load())+1))
+	up := 0.0
+	if n.Healthy() == nil {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(busUpDesc, prometheus.GaugeValue, up)
+}
+
+var nodesDesc = prometheus.NewDesc("tether_cluster_nodes", "Nodes this node hears, itself included.", nil, nil)
+
+var busUpDesc = prometheus.NewDesc("tether_cluster_bus_up", "1 while this node's connection to the cluster bus is up.", nil, nil)
+
+// SentCounter is tether_cluster_messages_sent_total (for measurements).
+func (n *Node) SentCounter() prometheus.Counter { return n.m.sent }
+
+// Dropped is the sum of tether_cluster_messages_dropped_total's reasons
+// (for measurements).
+func (n *Node) Dropped() float64 {
+	var sum float64
+	for _, r := range dropReasons {
+		var m dto.Metric
+		if n.m.dropped.WithLabelValues(r).Write(&m) == nil {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}

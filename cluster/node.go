@@ -1,0 +1,342 @@
+package cluster
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tether-iot/tether/broker"
+)
+
+// Options configure a node (the cluster.* keys).
+type Options struct {
+	// Node is this node's name, unique in the cluster; empty: the host
+	// name.
+	Node string
+	// Listen and Peers: the embedded NATS server's route address and the
+	// other nodes'. NATSURL instead: an external NATS.
+	Listen string
+	Peers  []string
+	// Secret is the routes' password (cluster.secret); empty: none.
+	Secret  string
+	NATSURL string
+	// MaxPayload is the largest message the bus carries (bytes); 0:
+	// 8 MiB. Give the MQTT packet size limit and some room.
+	MaxPayload int
+	// Logger receives the node's log; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) maxPayload() int {
+	const ceiling = 64 << 20 // NATS's own
+	switch {
+	case o.MaxPayload <= 0:
+		return 8 << 20
+	case o.MaxPayload > ceiling:
+		return ceiling
+	}
+	return o.MaxPayload
+}
+
+// Timing of the node's announcements.
+const (
+	beatEvery  = time.Second
+	peerExpiry = 5 * time.Second // a node not heard for this long is gone
+	claimWait  = 2 * time.Second // the longest a CONNECT waits for the others
+)
+
+// Node is this Tether node's place in the cluster.
+type Node struct {
+	name        string
+	inst        string // this run of the node: tells a restart from a duplicate name
+	log         *slog.Logger
+	ns          *server.Server // the embedded NATS; nil with an external one
+	token       string         // the embedded server's client token
+	nc          *nats.Conn
+	peersWanted bool // cluster.peers given
+
+	srv      atomic.Pointer[mqtt.Server]
+	injector *mqtt.Client // injects the bus's messages; set by Attach
+	hook     *hook
+	m        *metrics
+
+	// mu guards the writes of peers (copy on write) and version.
+	mu      sync.Mutex
+	peers   atomic.Pointer[map[string]*peer]
+	local   atomic.Pointer[interest] // this node's clients' filters
+	version uint64
+	changed chan struct{} // a subscription changed: recompute local
+
+	// serving is the shared subscriptions the message being injected
+	// may be delivered to; set and read only on the bus subscription's
+	// goroutine, while it injects (hook.OnSelectSubscribers).
+	serving map[string]bool
+	turn    atomic.Uint64 // round robin among nodes serving a group
+	// synced: the retained messages of another node are copied;
+	// syncing: a copy is under way.
+	synced, syncing atomic.Bool
+
+	yield atomic.Pointer[func(clientID string, o broker.SessionOwner, first bool) bool]
+
+	rate     atomic.Uint64 // this node's messages/s, float64 bits
+	lastRecv int64
+	lastAt   time.Time
+
+	subs []*nats.Subscription
+	// lifeMu guards closed and the wg.Add of goroutines started from
+	// bus callbacks, so that none starts once Close waits.
+	lifeMu    sync.Mutex
+	closed    bool
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// peer is what this node knows of another; replaced, never changed.
+type peer struct {
+	name, inst string
+	in         *interest // nil until its filters arrived
+	seen       time.Time
+	clients    int64
+	rate       float64
+	asked      time.Time // when its filters were last asked for
+}
+
+var hostChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// DefaultNode is a node's name when cluster.node is empty: the host name,
+// its other characters as '-'; "" when that is no name.
+func DefaultNode() string {
+	h, _ := os.Hostname()
+	if name := hostChars.ReplaceAllString(h, "-"); validName(name) {
+		return name
+	}
+	return ""
+}
+
+// New starts the node's bus: the embedded NATS server (clustered with the
+// peers) or the connection to an external NATS. Nothing crosses it until
+// Attach.
+func New(o Options) (*Node, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if o.Node == "" {
+		if o.Node = DefaultNode(); o.Node == "" {
+			return nil, errors.New("cluster: cluster.node: the host name cannot name this node; set one")
+		}
+	}
+	if !validName(o.Node) {
+		return nil, fmt.Errorf("cluster: cluster.node %q is not 1 to 64 letters, digits, '-' or '_'", o.Node)
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	n := &Node{
+		name: o.Node, inst: hex.EncodeToString(b[:]), log: log.With("component", "cluster", "node", o.Node),
+		peersWanted: len(o.Peers) > 0, changed: make(chan struct{}, 1), stop: make(chan struct{}), m: newMetrics(),
+	}
+	n.hook = &hook{n: n}
+	empty := map[string]*peer{}
+	n.peers.Store(&empty)
+	n.local.Store(newInterest(0, nil))
+	if o.NATSURL == "" {
+		_, _ = rand.Read(b[:])
+		n.token = hex.EncodeToString(b[:])
+		ns, err := startEmbedded(&o, n.token, log.With("component", "nats", "node", o.Node))
+		if err != nil {
+			return nil, err
+		}
+		n.ns = ns
+	}
+	nc, err := n.connect(&o)
+	if err != nil {
+		if n.ns != nil {
+			n.ns.Shutdown()
+		}
+		return nil, fmt.Errorf("cluster: connect to NATS: %w", err)
+	}
+	n.nc = nc
+	return n, nil
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.name }
+
+// RouteAddr is the embedded NATS server's route address ("" with an
+// external NATS): what the other nodes' cluster.peers name.
+func (n *Node) RouteAddr() string {
+	if n.ns == nil {
+		return ""
+	}
+	if a := n.ns.ClusterAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// Hook is the engine hook that forwards publishes and tracks
+// subscriptions; give it to the broker with its other hooks.
+func (n *Node) Hook() mqtt.Hook { return n.hook }
+
+// SetYield sets what this node answers when a client connects elsewhere
+// with a client id (broker.Auth.YieldSession; first: the asking node wins
+// a tie with a CONNECT of that id here); without it, a live client here
+// with that id is disconnected and the claim granted.
+func (n *Node) SetYield(f func(clientID string, o broker.SessionOwner, first bool) bool) {
+	n.yield.Store(&f)
+}
+
+// Attach starts the traffic: messages for this node are injected into
+// srv, this node's filters are announced, and it beats.
+func (n *Node) Attach(srv *mqtt.Server) error {
+	// Inline, as the broker's own publishes, but held back by a slow
+	// subscriber like a client's (broker.Backpressure).
+	n.injector = srv.NewClient(nil, broker.BusListener, "tether-cluster-"+n.name, true)
+	n.injector.Properties.ProtocolVersion = 5
+	n.srv.Store(srv)
+	n.lastAt = time.Now()
+	for _, s := range []struct {
+		subject string
+		fn      nats.MsgHandler
+	}{
+		{subjMsg + n.name, n.onMessage},
+		{subjBeat, n.onBeat},
+		{subjInterest, n.onInterest},
+		{subjWant + n.name, func(*nats.Msg) { n.announce(true) }},
+		{subjBye, n.onBye},
+		{subjClaim, n.onClaim},
+		{subjRetained + n.name, n.onRetainedWanted},
+	} {
+		sub, err := n.nc.Subscribe(s.subject, s.fn)
+		if err != nil {
+			n.unsubscribe()
+			return fmt.Errorf("cluster: subscribe %s: %w", s.subject, err)
+		}
+		if s.subject == subjMsg+n.name {
+			_ = sub.SetPendingLimits(1<<16, 256<<20)
+		}
+		n.subs = append(n.subs, sub)
+	}
+	n.wg.Add(2)
+	go n.announcer()
+	go n.beater()
+	n.touch()
+	n.reintroduce()
+	return nil
+}
+
+// Close leaves the cluster (the others forget this node at once) and
+// stops the bus. Idempotent.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.srv.Load() != nil {
+			n.publishJSON(subjBye, bye{Node: n.name, Inst: n.inst})
+			n.unsubscribe()
+		}
+		n.lifeMu.Lock()
+		n.closed = true
+		n.lifeMu.Unlock()
+		close(n.stop)
+		n.wg.Wait()
+		_ = n.nc.Flush()
+		n.nc.Close()
+		if n.ns != nil {
+			n.ns.Shutdown()
+			n.ns.WaitForShutdown()
+		}
+	})
+	return nil
+}
+
+func (n *Node) unsubscribe() {
+	for _, s := range n.subs {
+		_ = s.Unsubscribe()
+	}
+	n.subs = nil
+}
+
+// Healthy reports why the node cannot reach the cluster: its NATS
+// connection is down (/readyz).
+func (n *Node) Healthy() error {
+	if st := n.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("cluster bus: %s", st)
+	}
+	return nil
+}
+
+// Warning is what /readyz tells an operator about the cluster besides
+// readiness ("" when all is well): peers were given but no route to any
+// of them is up.
+func (n *Node) Warning() string {
+	if n.ns != nil && n.peersWanted && n.ns.NumRoutes() == 0 {
+		return "cluster: no route to any of cluster.peers"
+	}
+	return ""
+}
+
+// NodeInfo is one node as GET /broker lists it.
+type NodeInfo struct {
+	Name              string    `json:"name"`
+	Self              bool      `json:"self"`
+	Clients           int64     `json:"clients"`
+	MessagesPerSecond float64   `json:"messages_per_second"`
+	LastSeen          time.Time `json:"last_seen"`
+}
+
+// Nodes lists this node and the others it hears, this one first.
+func (n *Node) Nodes() []NodeInfo {
+	out := []NodeInfo{{Name: n.name, Self: true, Clients: n.clients(), MessagesPerSecond: n.ownRate(), LastSeen: time.Now().UTC()}}
+	var others []NodeInfo
+	for _, p := range *n.peers.Load() {
+		others = append(others, NodeInfo{Name: p.name, Clients: p.clients, MessagesPerSecond: p.rate, LastSeen: p.seen.UTC()})
+	}
+	sort.Slice(others, func(i, j int) bool { return others[i].Name < others[j].Name })
+	return append(out, others...)
+}
+
+// Routes returns the names of the nodes a non-retained message on name
+// would be sent to now (sorted): what tests wait for after subscribing.
+func (n *Node) Routes(name string) []string {
+	var out []string
+	for _, p := range *n.peers.Load() {
+		if p.in != nil && p.in.matches(name) {
+			out = append(out, p.name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (n *Node) clients() int64 {
+	if srv := n.srv.Load(); srv != nil {
+		return atomic.LoadInt64(&srv.Info.ClientsConnected)
+	}
+	return 0
+}
+
+// goBackground runs f on a goroutine Close waits for, unless closing.
+func (n *Node) goBackground(f func()) {
+	n.lifeMu.Lock()
+	defer n.lifeMu.Unlock()
+	if n.closed {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}

@@ -1,0 +1,253 @@
+package cluster
+
+import (
+	"encoding/json"
+	"math"
+	"regexp"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Subjects. A node's name is part of the ones addressed to it; MQTT
+// topics never are (they travel inside the message).
+const (
+	subjMsg      = "tether.msg."     // + node: messages for that node
+	subjBeat     = "tether.beat"     // every node, every second
+	subjInterest = "tether.interest" // a node's filters
+	subjWant     = "tether.want."    // + node: send your filters again
+	subjBye      = "tether.bye"      // a node leaves
+	subjClaim    = "tether.claim"    // a client id connects (request)
+)
+
+type beat struct {
+	Node    string  `json:"node"`
+	Inst    string  `json:"inst"`
+	Version uint64  `json:"version"` // of its filters
+	Clients int64   `json:"clients"`
+	Rate    float64 `json:"rate"`
+}
+
+type announcement struct {
+	Node    string   `json:"node"`
+	Inst    string   `json:"inst"`
+	Version uint64   `json:"version"`
+	Filters []string `json:"filters"`
+}
+
+type bye struct {
+	Node string `json:"node"`
+	Inst string `json:"inst"`
+}
+
+func (n *Node) publishJSON(subject string, v any) {
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = n.nc.Publish(subject, b)
+	}
+	if err != nil {
+		n.log.Debug("cluster announcement not sent", "subject", subject, "error", err)
+	}
+}
+
+// touch asks the announcer to look at this node's subscriptions again.
+func (n *Node) touch() {
+	select {
+	case n.changed <- struct{}{}:
+	default:
+	}
+}
+
+// announcer recomputes this node's filters whenever a subscription
+// changes and announces them when they differ.
+func (n *Node) announcer() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.changed:
+			n.announce(false)
+		}
+	}
+}
+
+// announce publishes this node's filters: when they changed, or always
+// when force (another node asked).
+func (n *Node) announce(force bool) {
+	srv := n.srv.Load()
+	if srv == nil {
+		return
+	}
+	set := map[string]struct{}{}
+	for _, cl := range srv.Clients.GetAll() {
+		if cl.Net.Inline {
+			continue
+		}
+		for f := range cl.State.Subscriptions.GetAll() {
+			set[f] = struct{}{}
+		}
+	}
+	filters := sortedSet(set)
+	n.mu.Lock()
+	cur := n.local.Load()
+	if !sameFilters(cur.filters, filters) {
+		n.version++
+		cur = newInterest(n.version, filters)
+		n.local.Store(cur)
+	} else if !force {
+		n.mu.Unlock()
+		return
+	}
+	n.mu.Unlock()
+	n.publishJSON(subjInterest, announcement{Node: n.name, Inst: n.inst, Version: cur.version, Filters: cur.filters})
+}
+
+// reintroduce tells the others about this node now (start, reconnect).
+func (n *Node) reintroduce() {
+	if n.srv.Load() == nil {
+		return
+	}
+	n.sendBeat()
+	n.announce(true)
+}
+
+// beater beats every second, and forgets nodes not heard for a while.
+func (n *Node) beater() {
+	defer n.wg.Done()
+	t := time.NewTicker(beatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case now := <-t.C:
+			n.measure(now)
+			n.sendBeat()
+			n.expire(now)
+			for name := range *n.peers.Load() {
+				n.maybeSync(name) // a copy that failed is tried again
+				break
+			}
+		}
+	}
+}
+
+func (n *Node) sendBeat() {
+	n.publishJSON(subjBeat, beat{Node: n.name, Inst: n.inst, Version: n.local.Load().version, Clients: n.clients(), Rate: n.ownRate()})
+}
+
+// measure updates this node's messages/s (beater's goroutine only).
+func (n *Node) measure(now time.Time) {
+	srv := n.srv.Load()
+	recv := atomic.LoadInt64(&srv.Info.MessagesReceived)
+	if s := now.Sub(n.lastAt).Seconds(); s > 0 {
+		n.rate.Store(math.Float64bits(float64(recv-n.lastRecv) / s))
+	}
+	n.lastRecv, n.lastAt = recv, now
+}
+
+func (n *Node) ownRate() float64 { return math.Float64frombits(n.rate.Load()) }
+
+// update replaces (or removes, when f returns nil) the peer name.
+func (n *Node) update(name string, f func(old *peer) *peer) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cur := *n.peers.Load()
+	p := f(cur[name])
+	next := make(map[string]*peer, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	if p == nil {
+		delete(next, name)
+	} else {
+		next[name] = p
+	}
+	n.peers.Store(&next)
+}
+
+func (n *Node) onBeat(m *nats.Msg) {
+	var b beat
+	if json.Unmarshal(m.Data, &b) != nil || !validName(b.Node) {
+		return
+	}
+	if b.Node == n.name {
+		n.log.Error("another node has this node's name: give each node its own cluster.node", "inst", b.Inst)
+		return
+	}
+	now := time.Now()
+	var ask, greet bool
+	n.update(b.Node, func(old *peer) *peer {
+		p := &peer{name: b.Node, inst: b.Inst, seen: now, clients: b.Clients, rate: b.Rate}
+		if old != nil && old.inst == b.Inst {
+			p.in, p.asked = old.in, old.asked
+		} else {
+			greet = true // new to us: tell it about us without waiting
+		}
+		if (p.in == nil || p.in.version != b.Version) && now.Sub(p.asked) >= beatEvery {
+			ask, p.asked = true, now
+		}
+		return p
+	})
+	if ask {
+		_ = n.nc.Publish(subjWant+b.Node, nil)
+	}
+	if greet {
+		n.log.Info("node joined", "peer", b.Node)
+		n.reintroduce()
+		n.maybeSync(b.Node)
+	}
+}
+
+func (n *Node) onInterest(m *nats.Msg) {
+	var a announcement
+	if json.Unmarshal(m.Data, &a) != nil || !validName(a.Node) || a.Node == n.name {
+		return
+	}
+	in := newInterest(a.Version, a.Filters)
+	n.update(a.Node, func(old *peer) *peer {
+		if old == nil || old.inst != a.Inst {
+			return &peer{name: a.Node, inst: a.Inst, seen: time.Now(), in: in}
+		}
+		p := *old
+		p.in = in
+		return &p
+	})
+}
+
+func (n *Node) onBye(m *nats.Msg) {
+	var b bye
+	if json.Unmarshal(m.Data, &b) != nil {
+		return
+	}
+	n.update(b.Node, func(old *peer) *peer {
+		if old != nil && old.inst != b.Inst {
+			return old // a newer run of it already
+		}
+		return nil
+	})
+	n.log.Info("node left", "peer", b.Node)
+}
+
+// expire forgets the nodes not heard for peerExpiry.
+func (n *Node) expire(now time.Time) {
+	for name, p := range *n.peers.Load() {
+		if now.Sub(p.seen) > peerExpiry {
+			n.update(name, func(old *peer) *peer {
+				if old != nil && now.Sub(old.seen) > peerExpiry {
+					n.log.Warn("node lost: not heard from", "peer", name, "for", now.Sub(old.seen).Round(time.Second))
+					return nil
+				}
+				return old
+			})
+		}
+	}
+}
+
+// nodeName is what a node's name may be: it is part of NATS subjects
+// (configs checks cluster.node the same way).
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func validName(s string) bool { return nodeName.MatchString(s) }

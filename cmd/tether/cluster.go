@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"sort"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tether-iot/tether/cluster"
+)
+
+// The cluster's part of a running Tether (SPEC §10, cluster/): a.cluster
+// is nil, and every function here a no-op, when cfg.Cluster is not
+// enabled.
+
+// joinCluster starts this node's bus (embedded NATS, or the connection
+// to an external one), before the broker is built, and makes the access
+// hook ask the other nodes for each client id (and answer theirs). It
+// stops after the broker: the broker's last wills still cross.
+func (a *app) joinCluster() (err error) {
+	cfg := a.cfg
+	if !cfg.Cluster.Enabled() {
+		return nil
+	}
+	a.cluster, err = cluster.New(cluster.Options{
+		Node: cfg.Cluster.Node, Listen: cfg.Cluster.Listen, Peers: cfg.Cluster.Peers, Secret: cfg.Cluster.Secret, NATSURL: cfg.Cluster.NATSURL,
+		MaxPayload: int(cfg.MQTT.MaxPacketSize) + 64<<10, Logger: a.base,
+	})
+	if err != nil {
+		return err
+	}
+	a.onStop(func(context.Context) error { return a.cluster.Close() })
+	a.auth.SetClaimElsewhere(a.cluster.Claim)
+	a.cluster.SetYield(a.auth.YieldSession)
+	return nil
+}
+
+// nodeName is this node's name: cluster.node, or in a cluster without one
+// the host name the cluster uses (cluster.DefaultNode); alone, "".
+func (a *app) nodeName() string {
+	if a.cfg.Cluster.Node != "" || !a.cfg.Cluster.Enabled() {
+		return a.cfg.Cluster.Node
+	}
+	return cluster.DefaultNode()
+}
+
+// clusterHooks are the engine hooks of the node.
+func (a *app) clusterHooks() []mqtt.Hook {
+	if a.cluster == nil {
+		return nil
+	}
+	return []mqtt.Hook{a.cluster.Hook()}
+}
+
+// attachCluster starts the node's traffic once the broker runs.
+func (a *app) attachCluster() error {
+	if a.cluster == nil {
+		return nil
+	}
+	return a.cluster.Attach(a.broker.Server)
+}
+
+// clusterHealthy is the node's part of /readyz.
+func (a *app) clusterHealthy() error {
+	if a.cluster == nil {
+		return nil
+	}
+	return a.cluster.Healthy()
+}
+
+// clusterWarning is the node's part of /readyz's warnings.
+func (a *app) clusterWarning() string {
+	if a.cluster == nil {
+		return ""
+	}
+	return a.cluster.Warning()
+}
+
+// clusterNodes lists the nodes for GET /broker; nil alone.
+func (a *app) clusterNodes() func() []cluster.NodeInfo {
+	if a.cluster == nil {
+		return nil
+	}
+	return a.cluster.Nodes
+}
+
+// registerCluster adds the node's metrics to reg.
+func (a *app) registerCluster(reg prometheus.Registerer) {
+	if a.cluster != nil {
+		reg.MustRegister(a.cluster)
+	}
+}
+
+// metricsGatherer is what /metrics serves: in a cluster every series
+// carries the label node="<cluster.node>", so that one Prometheus can
+// scrape every node; alone, the registry as it is.
+func (a *app) metricsGatherer(g prometheus.Gatherer) prometheus.Gatherer {
+	if a.cluster == nil {
+		return g
+	}
+	name, value := "node", a.cluster.Name()
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		mfs, err := g.Gather()
+		for _, mf := range mfs {
+			for _, m := range mf.Metric {
+				m.Label = append(m.Label, &dto.LabelPair{Name: &name, Value: &value})
+				sort.Slice(m.Label, func(i, j int) bool { return m.Label[i].GetName() < m.Label[j].GetName() })
+			}
+		}
+		return mfs, err
+	})
+}
