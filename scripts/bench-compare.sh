@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench-compare.sh — the performance table: runs the same `tether bench`
-# scenarios against Tether, Debian's Mosquitto and a bare mochi-mqtt broker
-# (scripts/mochi-bare), all on loopback, interleaved, and prints Markdown.
+# scenarios against Tether, Debian's Mosquitto, a bare mochi-mqtt broker
+# (scripts/mochi-bare) and, when it is installed, nats-server's MQTT
+# listener, all on loopback, interleaved, and prints Markdown.
 #
 # Usage: scripts/bench-compare.sh            (from anywhere in the repository)
 # Environment (defaults in brackets):
@@ -20,12 +21,20 @@
 #   TETHER_QUEUE    []     Tether's mqtt.client_queue_size (default: its own, 256)
 #   TETHER_INFLIGHT []     Tether's mqtt.max_inflight (default: its own, 1024)
 #   MOSQ_QUEUE      [8192] Mosquitto's max_queued_messages
+#   NATS_SERVER [nats-server on PATH] the nats-server binary; the broker is
+#                   skipped when there is none. Install it with
+#                   GOBIN=$HOME/bin go install github.com/nats-io/nats-server/v2@v2.15.2
+#   FIXED_RATE [5000] total messages/s of the fixed-rate scenario pairs-q1-fixed
+#                   (split over PUBS publishers; its p50/p99 are the figures
+#                   to compare, not its rates); 0 leaves it out
 #
 # Tether runs as `tether serve --allow-anonymous` with its defaults
 # otherwise (auth hooks, ACL, presence, telemetry history, SQLite session
 # store all on). Mosquitto runs with persistence off. mochi-bare keeps
 # mochi's defaults: 8192 queued writes and 8192 QoS 1/2 messages in flight
-# per client.
+# per client. nats-server runs with JetStream (its MQTT sessions and QoS 1
+# need it) in a temporary store directory and its MQTT defaults
+# (max_ack_pending 1024 per subscription).
 #
 # The per-client bounds decide QoS 1 loss at saturation: none of the three
 # slows a publisher down for a slow subscriber, so in fanin (10 publishers,
@@ -52,6 +61,8 @@ TETHER_BIN=${TETHER_BIN:-}
 TETHER_QUEUE=${TETHER_QUEUE:-}
 TETHER_INFLIGHT=${TETHER_INFLIGHT:-}
 MOSQ_QUEUE=${MOSQ_QUEUE:-8192}
+FIXED_RATE=${FIXED_RATE:-5000}
+NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || true)}
 
 cd "$(dirname "$0")/.."
 MOSQUITTO=$(command -v mosquitto || true)
@@ -109,6 +120,8 @@ next_port T_MQTT
 next_port T_HTTP
 next_port M_MQTT
 next_port B_MQTT
+next_port N_MQTT
+next_port N_CLIENT
 
 mkdir -p "$TMP/data"
 TETHER_ENV=()
@@ -141,10 +154,26 @@ PIDS+=("$M_PID")
 B_PID=$!
 PIDS+=("$B_PID")
 
+if [ -n "$NATS_SERVER" ]; then
+	mkdir -p "$TMP/nats-js"
+	cat >"$TMP/nats.conf" <<CONF
+server_name: bench
+listen: 127.0.0.1:$N_CLIENT
+jetstream { store_dir: "$TMP/nats-js" }
+mqtt { listen: 127.0.0.1:$N_MQTT }
+CONF
+	"$NATS_SERVER" -c "$TMP/nats.conf" >"$TMP/nats-server.log" 2>&1 &
+	N_PID=$!
+	PIDS+=("$N_PID")
+else
+	log "nats-server not found (NATS_SERVER): measuring without it"
+fi
+
 wait_port "$T_MQTT" tether "$T_PID"
 wait_port "$T_HTTP" tether "$T_PID"
 wait_port "$M_MQTT" mosquitto "$M_PID"
 wait_port "$B_MQTT" mochi-bare "$B_PID"
+[ -n "$NATS_SERVER" ] && wait_port "$N_MQTT" nats-server "$N_PID"
 
 # broker label → URL and pid
 declare -A URL=(
@@ -154,6 +183,10 @@ declare -A URL=(
 	[mochi-bare]="tcp://127.0.0.1:$B_MQTT"
 )
 declare -A PID=([tether]=$T_PID [tether-ws]=$T_PID [mosquitto]=$M_PID [mochi-bare]=$B_PID)
+if [ -n "$NATS_SERVER" ]; then
+	URL[nats]="tcp://127.0.0.1:$N_MQTT"
+	PID[nats]=$N_PID
+fi
 
 # scenario label → bench flags
 # conns first, while the brokers are fresh, so its memory figures are not
@@ -164,10 +197,20 @@ SCENARIOS=(
 	"fanin-q1|--scenario fanin --qos 1 --pubs $PUBS"
 	"pairs-q0|--scenario pairs --qos 0 --pubs $PUBS"
 	"pairs-q1|--scenario pairs --qos 1 --pubs $PUBS"
+	"fanout-q0|--scenario fanout --qos 0 --subs $PUBS"
 	"fanout-q1|--scenario fanout --qos 1 --subs $PUBS"
 )
+# The fixed rate: FIXED_RATE messages/s in all, QoS 1 pairs, every broker
+# far from saturation, so p50/p99 are latency, not queueing.
+if [ "$FIXED_RATE" != 0 ]; then
+	SCENARIOS+=("pairs-q1-fixed|--scenario pairs --qos 1 --pubs $PUBS --rate $(awk -v r="$FIXED_RATE" -v p="$PUBS" 'BEGIN { print r / p }')")
+fi
 TRAFFIC_BROKERS=(tether tether-ws mosquitto mochi-bare)
 CONNS_BROKERS=(tether mosquitto mochi-bare)
+if [ -n "$NATS_SERVER" ]; then
+	TRAFFIC_BROKERS+=(nats)
+	CONNS_BROKERS+=(nats)
+fi
 
 RESULTS="$TMP/results.txt"
 : >"$RESULTS"
@@ -181,8 +224,9 @@ for round in $(seq "$ROUNDS"); do
 		for b in "${brokers[@]}"; do
 			log "round $round: $label against $b"
 			# shellcheck disable=SC2086 # flags are words on purpose
-			line=$("$TMP/tether" bench --broker "${URL[$b]}" $flags --size "$SIZE" --rate "$RATE" \
-				--duration "$DURATION" --pid "${PID[$b]}" --progress -1s 2>"$TMP/bench.err" | tail -n 1) || {
+			# the scenario's flags last: a scenario's own --rate wins over RATE
+			line=$("$TMP/tether" bench --broker "${URL[$b]}" --size "$SIZE" --rate "$RATE" \
+				--duration "$DURATION" --pid "${PID[$b]}" --progress -1s $flags 2>"$TMP/bench.err" | tail -n 1) || {
 				log "bench failed:"
 				cat "$TMP/bench.err" >&2
 				line='{"error":true}'
@@ -197,8 +241,11 @@ done
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 echo
 echo "Measured $(date -u +%Y-%m-%d) on $(uname -sm), $(nproc) CPUs ($CPU), $(go version | cut -d' ' -f3);"
-echo "$("$MOSQUITTO" -h 2>/dev/null | head -n 1 | sed 's/ is an MQTT.*//'); mochi-mqtt v2.7.9 bare; each run $DURATION,"
-echo "$PUBS publishers/subscribers, $SIZE-byte payloads, rate ${RATE}/s per publisher (0: saturating, 64 in flight), $ROUNDS round(s)."
+NATS_VERSION=
+[ -n "$NATS_SERVER" ] && NATS_VERSION="; nats-server $("$NATS_SERVER" --version | sed 's/^nats-server: //') (JetStream on)"
+echo "$("$MOSQUITTO" -h 2>/dev/null | head -n 1 | sed 's/ is an MQTT.*//'); mochi-mqtt v2.7.9 bare$NATS_VERSION; each run $DURATION,"
+echo "$PUBS publishers/subscribers, $SIZE-byte payloads, rate ${RATE}/s per publisher (0: saturating, 64 in flight), $ROUNDS round(s);"
+echo "pairs-q1-fixed: ${FIXED_RATE} msg/s in all over $PUBS pairs."
 echo "Per-client bounds: tether client_queue_size $T_QUEUE, max_inflight $T_INFLIGHT; mosquitto max_queued_messages $MOSQ_QUEUE;"
 echo "mochi-bare 8192 and 8192 (mochi's defaults). Broker CPU µs/msg: the broker's user+system CPU time while"
 echo "publishing and draining, per message received; on a busy machine it varies far less than the rates."
