@@ -169,13 +169,24 @@ func readProxyV2(br *bufio.Reader) (net.Addr, error) {
 }
 
 // proxiedConn is a connection whose first bytes (a PROXY header) have
-// been read through r, and whose client is remote.
+// been read through r, and whose client is remote. Once what r read past
+// the header is consumed, r is dropped and reads go to the connection: a
+// connection behind a load balancer does not keep a 4 KiB buffer for life.
 type proxiedConn struct {
 	net.Conn
-	r      *bufio.Reader
+	r      *bufio.Reader // nil once drained; only the reading goroutine touches it
 	remote net.Addr
 }
 
-func (c *proxiedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *proxiedConn) Read(p []byte) (int, error) {
+	if c.r == nil {
+		return c.Conn.Read(p)
+	}
+	if c.r.Buffered() == 0 {
+		c.r = nil
+		return c.Conn.Read(p)
+	}
+	return c.r.Read(p)
+}
 
 func (c *proxiedConn) RemoteAddr() net.Addr { return c.remote }

@@ -151,3 +151,36 @@ func FuzzProxyHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestProxiedConnDropsItsBuffer: what the header's reader read past the
+// header comes first, then the connection's later bytes, read straight
+// from the connection once the reader is drained (its buffer is let go).
+func TestProxiedConnDropsItsBuffer(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	go func() {
+		_, _ = client.Write([]byte("PROXY TCP4 192.0.2.1 127.0.0.1 40000 1883\r\nabc"))
+		_, _ = client.Write([]byte("def"))
+	}()
+	br := bufio.NewReader(server)
+	if _, _, err := readProxyHeader(br); err != nil {
+		t.Fatal(err)
+	}
+	pc := &proxiedConn{Conn: server, r: br}
+	var got []byte
+	buf := make([]byte, 16)
+	for len(got) < 6 {
+		n, err := pc.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if string(got) != "abcdef" {
+		t.Fatalf("read %q, want abcdef", got)
+	}
+	if pc.r != nil {
+		t.Fatal("the header's reader is still held after it was drained")
+	}
+}
