@@ -34,12 +34,15 @@ import (
 // until it drains, so a client that never reads costs each publisher at
 // most one maxWait and then its messages are dropped as before (the
 // engine counts them). A publisher never waits for itself, and shared
-// subscriptions and QoS 0 are not considered. The broker's own inline
-// publishes never wait; the messages another node of a cluster sends do
-// (their injecting client's listener is BusListener): the wait holds the
-// bus's delivery to this node, whose NATS subscription buffers meanwhile,
-// instead of dropping them at a slow subscriber. Waits, time waited and
-// timeouts are counted in /metrics.
+// subscriptions are not considered. The broker's own inline publishes
+// never wait; the messages another node of a cluster sends do (their
+// injecting client's listener is BusListener): the wait holds the bus's
+// delivery to this node, whose NATS subscription buffers meanwhile,
+// instead of dropping them at a slow subscriber. QoS 0 messages have no
+// acknowledgement to hold back: they wait when the engine finds a
+// subscriber's send queue full (backpressure_qos0.go; from connected
+// clients only, not from the bus). Waits, time waited and timeouts are
+// counted in /metrics.
 type Backpressure struct {
 	mqtt.HookBase
 
@@ -50,7 +53,12 @@ type Backpressure struct {
 	behind  sync.Map // *mqtt.Client -> *lag
 	nBehind atomic.Int64
 
-	waits, waited, timeouts prometheus.Counter
+	// drains holds the subscribers whose send queue has overflowed with a
+	// QoS 0 message (backpressure_qos0.go).
+	drains sync.Map // *mqtt.Client -> *drainLag
+	nDrain atomic.Int64
+
+	waits, waited, timeouts, delivered prometheus.Counter
 }
 
 // lag is one subscriber that has fallen behind.
@@ -110,11 +118,13 @@ func NewBackpressure(maxWait time.Duration) *Backpressure {
 	return &Backpressure{
 		maxWait: maxWait,
 		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_backpressure_waits_total",
-			Help: "QoS 1/2 PUBLISH packets held back because a subscriber was behind."}),
+			Help: "PUBLISH packets held back because a subscriber was behind (QoS 1/2: before the acknowledgement; QoS 0: its send queue was full)."}),
 		waited: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_backpressure_wait_seconds_total",
 			Help: "Time publishers were held back for subscribers that were behind."}),
 		timeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_backpressure_timeouts_total",
 			Help: "Waits for a subscriber that did not drain in time; it is skipped until it drains."}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_backpressure_qos0_delivered_total",
+			Help: "QoS 0 messages that found a subscriber's send queue full and were delivered after it drained."}),
 	}
 }
 
@@ -130,7 +140,8 @@ func (b *Backpressure) Provides(e byte) bool {
 		return false
 	}
 	switch e {
-	case mqtt.OnPublish, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnDisconnect:
+	case mqtt.OnPublish, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnDisconnect,
+		mqtt.OnPublishDropped, mqtt.OnPacketSent:
 		return true
 	}
 	return false
@@ -198,7 +209,10 @@ func (b *Backpressure) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { b.dra
 func (b *Backpressure) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { b.drain(cl, false) }
 
 // OnDisconnect implements mqtt.Hook: nobody waits for a client that left.
-func (b *Backpressure) OnDisconnect(cl *mqtt.Client, err error, expire bool) { b.drain(cl, true) }
+func (b *Backpressure) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	b.drain(cl, true)
+	b.forgetDrain(cl)
+}
 
 // OnPublish holds a QoS 1/2 PUBLISH back, before its acknowledgement,
 // while a subscriber it goes to is behind; at most maxWait in all. With
@@ -249,6 +263,7 @@ func (b *Backpressure) Describe(ch chan<- *prometheus.Desc) {
 	b.waits.Describe(ch)
 	b.waited.Describe(ch)
 	b.timeouts.Describe(ch)
+	b.delivered.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -256,4 +271,5 @@ func (b *Backpressure) Collect(ch chan<- prometheus.Metric) {
 	b.waits.Collect(ch)
 	b.waited.Collect(ch)
 	b.timeouts.Collect(ch)
+	b.delivered.Collect(ch)
 }

@@ -204,6 +204,7 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.CloseNow()
 		return
 	}
+	c.SetReadLimit(-1) // MQTT packets span messages: the packet size limit applies (limitConn, the engine)
 	conn := &wsConn{ws: c, raw: hw.conn, remote: l.remoteAddr(r, hw.conn.RemoteAddr())}
 	// The engine serves the connection on a goroutine of its own and this
 	// handler returns: net/http is done with a hijacked connection, so its

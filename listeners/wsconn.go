@@ -81,7 +81,16 @@ func (c *wsConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (c *wsConn) Close() error { return c.ws.Close(websocket.StatusNormalClosure, "") }
+// Close sends a close frame (within a second) and closes the connection,
+// without waiting for the peer's close frame: a read in progress is ended
+// first (NetConn does the same by cancelling its read context), so that
+// Close does not wait for it, nor up to coder/websocket's 5 s for a peer
+// that does not answer.
+func (c *wsConn) Close() error {
+	_ = c.raw.SetReadDeadline(time.Now())
+	_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	return c.ws.Close(websocket.StatusNormalClosure, "")
+}
 
 func (c *wsConn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
 func (c *wsConn) RemoteAddr() net.Addr               { return c.remote }
