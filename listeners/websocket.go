@@ -205,7 +205,10 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.SetReadLimit(-1) // MQTT packets span messages: the packet size limit applies (limitConn, the engine)
-	conn := &wsConn{ws: c, raw: hw.conn, remote: l.remoteAddr(r, hw.conn.RemoteAddr())}
+	conn := &wsConn{ws: c, raw: hw.conn, remote: l.remoteAddr(r, hw.conn.RemoteAddr()), br: hw.br}
+	if w.Header().Get("Sec-WebSocket-Extensions") != "" {
+		conn.br = nil // permessage-deflate: a message's bytes in the buffer are not its length
+	}
 	// The engine serves the connection on a goroutine of its own and this
 	// handler returns: net/http is done with a hijacked connection, so its
 	// goroutine (whose stack grew through the handler chain to 32 KiB),

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -28,50 +30,121 @@ const wsReadBufferSize = 1024
 // deadline for every packet, which NetConn turns into a timer reset.
 // Here a deadline is the socket's, which the runtime's poller keeps, and
 // coder/websocket is called with a context that is never done.
+//
+// A Read goes on past the end of a WebSocket message into the next ones
+// that are already whole in the read buffer, so that the engine sees a
+// client's burst of packets (one per message, as clients send them) in
+// one read and the acknowledgements it writes go out in one write
+// (ackConn), as over TCP.
 type wsConn struct {
 	ws     *websocket.Conn
-	raw    net.Conn // the hijacked connection: deadlines and the local address
-	remote net.Addr // the client's address (WebSocket.remoteAddr)
+	raw    net.Conn      // the hijacked connection: deadlines and the local address
+	remote net.Addr      // the client's address (WebSocket.remoteAddr)
+	br     *bufio.Reader // coder/websocket's read buffer, to look ahead; nil: do not (compression)
 
-	// Only the engine's reading goroutine touches these.
+	// rmu is held by Read: Close then does not touch the read buffer
+	// (closing handshake) while Read does.
+	rmu sync.Mutex
 	r   io.Reader // the current message; nil between messages
-	eof bool      // the peer closed normally
+	// whole: the current message is a single frame that was whole in the
+	// buffer when it was opened, so reading on does not wait for input.
+	whole bool
+	eof   bool  // the peer closed normally
+	err   error // a read error, returned once what was read before it has been
 }
 
 func (c *wsConn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	for {
-		if c.eof {
-			return 0, io.EOF
-		}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	n := 0
+	for n < len(p) && c.err == nil && !c.eof {
 		if c.r == nil {
+			if n == 0 && c.br != nil {
+				// Wait for input here rather than in Reader, so that a
+				// burst that has arrived is seen whole from its first
+				// message. An error is left for Reader to meet again.
+				_, _ = c.br.Peek(2)
+			}
+			whole := c.nextWhole()
+			if n > 0 && !whole {
+				break // the next message is not all here: hand over what is
+			}
 			typ, r, err := c.ws.Reader(context.Background())
 			if err != nil {
 				switch websocket.CloseStatus(err) {
 				case websocket.StatusNormalClosure, websocket.StatusGoingAway:
 					c.eof = true
-					return 0, io.EOF
+				default:
+					c.err = err
 				}
-				return 0, err
+				break
 			}
 			if typ != websocket.MessageBinary {
 				// [MQTT-6.0.0-1] MQTT is sent in binary messages.
-				err := fmt.Errorf("unexpected frame type read (expected %v): %v", websocket.MessageBinary, typ)
-				c.ws.Close(websocket.StatusUnsupportedData, err.Error())
-				return 0, err
+				c.err = fmt.Errorf("unexpected frame type read (expected %v): %v", websocket.MessageBinary, typ)
+				c.ws.Close(websocket.StatusUnsupportedData, c.err.Error())
+				break
 			}
-			c.r = r
+			c.r, c.whole = r, whole
 		}
-		n, err := c.r.Read(p)
+		m, err := c.r.Read(p[n:])
+		n += m
 		if err == io.EOF {
-			c.r, err = nil, nil
+			c.r = nil
+			continue
 		}
-		if n > 0 || err != nil {
-			return n, err
+		if err != nil {
+			c.err = err
+			break
+		}
+		if m > 0 && !c.whole {
+			break // the rest of this message may still be on its way
 		}
 	}
+	switch {
+	case n > 0 || len(p) == 0:
+		return n, nil
+	case c.err != nil:
+		return 0, c.err
+	}
+	return 0, io.EOF
+}
+
+// nextWhole reports whether the read buffer holds the whole next frame,
+// and it is an unfragmented, uncompressed binary message: reading it does
+// not wait for input.
+func (c *wsConn) nextWhole() bool {
+	if c.br == nil {
+		return false
+	}
+	k := c.br.Buffered()
+	if k < 2 {
+		return false
+	}
+	b, _ := c.br.Peek(min(k, 14))
+	if b[0] != 0x82 { // FIN, no RSV bits, binary
+		return false
+	}
+	head, size := 2, uint64(b[1]&0x7f)
+	switch size {
+	case 126:
+		head = 4
+	case 127:
+		head = 10
+	}
+	if b[1]&0x80 != 0 {
+		head += 4 // mask key
+	}
+	if len(b) < head {
+		return false
+	}
+	switch size {
+	case 126:
+		size = uint64(binary.BigEndian.Uint16(b[2:4]))
+	case 127:
+		size = binary.BigEndian.Uint64(b[2:10])
+	}
+	return uint64(k-head) >= size
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
@@ -86,9 +159,17 @@ func (c *wsConn) Write(p []byte) (int, error) {
 // first (NetConn does the same by cancelling its read context), so that
 // Close does not wait for it, nor up to coder/websocket's 5 s for a peer
 // that does not answer.
+//
+// While a Read is in progress (the engine waits for input, as it does for
+// an idle client) it closes without the closing handshake, which would
+// read from the buffer the Read is using.
 func (c *wsConn) Close() error {
 	_ = c.raw.SetReadDeadline(time.Now())
 	_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	if !c.rmu.TryLock() {
+		return c.ws.CloseNow()
+	}
+	defer c.rmu.Unlock()
 	return c.ws.Close(websocket.StatusNormalClosure, "")
 }
 
@@ -104,6 +185,7 @@ func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDead
 type hijackWriter struct {
 	http.ResponseWriter
 	conn net.Conn
+	br   *bufio.Reader // the read buffer handed to coder/websocket
 }
 
 func (w *hijackWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -126,5 +208,6 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			brw.Reader = r
 		}
 	}
+	w.br = brw.Reader
 	return conn, brw, nil
 }

@@ -148,3 +148,49 @@ func TestWebSocketTextMessage(t *testing.T) {
 		t.Fatal("the engine side never saw the connection end")
 	}
 }
+
+// TestWebSocketBurstInOneRead: binary messages that are already whole in
+// the read buffer come out of one Read (the engine then handles the burst
+// and acknowledges it in one write, as over TCP); a message that is not
+// all there yet is not waited for.
+func TestWebSocketBurstInOneRead(t *testing.T) {
+	reads := make(chan []byte, 2)
+	url := wsServer(t, NewWebSocket(&WebSocketOptions{ConnectTimeout: -1}), func(_ string, c net.Conn) error {
+		buf := make([]byte, 4096)
+		for range 2 {
+			n, err := c.Read(buf)
+			if err != nil {
+				return err
+			}
+			reads <- bytes.Clone(buf[:n])
+		}
+		return nil
+	})
+	var burst, want []byte
+	for i := range 10 {
+		msg := []byte(strings.Repeat(string(rune('a'+i)), 20))
+		burst = append(burst, maskedFrame(msg)...)
+		want = append(want, msg...)
+	}
+	partial := maskedFrame([]byte("0123456789"))
+	c, _ := rawUpgrade(t, url, append(burst, partial[:8]...)) // the last frame cut short
+	select {
+	case got := <-reads:
+		if !bytes.Equal(got, want) {
+			t.Fatalf("first read %q, want the 10 whole messages %q", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no read returned while a frame was incomplete: it waited for it")
+	}
+	if _, err := c.Write(partial[8:]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-reads:
+		if string(got) != "0123456789" {
+			t.Fatalf("second read %q, want the completed message", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the completed message was not read")
+	}
+}
