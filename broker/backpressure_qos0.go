@@ -24,7 +24,8 @@ import (
 // and its later messages wait for this one. The publisher's socket
 // buffers fill meanwhile and TCP slows it down, as for QoS 1.
 //
-// The same bound applies: at most maxWait per message; a subscriber that
+// The same bound applies, per subscriber found full (the hook does not see
+// where one PUBLISH's routing ends): at most maxWait; a subscriber that
 // does not drain in time is marked stuck and then dropped for (the
 // engine's counting) until it has drained. Retained messages (Retained
 // handles those of a new subscription), the engine's own publishes and
