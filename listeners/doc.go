@@ -1,7 +1,12 @@
 // Package listeners holds Tether's network listeners for the mochi-mqtt
 // engine: MQTT over TCP and TLS (tcp.go) and MQTT over WebSocket and secure
 // WebSocket (websocket.go, written on github.com/coder/websocket rather
-// than mochi's gorilla listener).
+// than mochi's gorilla listener; wsconn.go is the MQTT byte stream of a
+// WebSocket connection as the engine reads and writes it).
+//
+// The engine writes each acknowledgement as it handles the packet that
+// called for it; acks.go holds those of a burst and sends them in one
+// write when the engine reads next.
 //
 // Every listener tracks the connections it hands to the engine (conns.go),
 // so that shutdown can stop accepting, then close what is left, before the
