@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/info"
 )
 
 // Options configure a node (the cluster.* keys).
@@ -287,14 +288,9 @@ func (n *Node) Warning() string {
 	return ""
 }
 
-// NodeInfo is one node as GET /broker lists it.
-type NodeInfo struct {
-	Name              string    `json:"name"`
-	Self              bool      `json:"self"`
-	Clients           int64     `json:"clients"`
-	MessagesPerSecond float64   `json:"messages_per_second"`
-	LastSeen          time.Time `json:"last_seen"`
-}
+// NodeInfo is one node as GET /broker lists it (a plain type of
+// broker/info, so the dashboard need not import the cluster).
+type NodeInfo = info.Node
 
 // Nodes lists this node and the others it hears, this one first.
 func (n *Node) Nodes() []NodeInfo {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tether-iot/tether/cluster"
+	"github.com/tether-iot/tether/broker/info"
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/listeners/forwarded"
 )
@@ -55,7 +55,7 @@ type APIOptions struct {
 	TokenTTL time.Duration
 	// Nodes lists the cluster's nodes for GET /broker; nil when the node
 	// is alone (the list is left out).
-	Nodes func() []cluster.NodeInfo
+	Nodes func() []info.Node
 	// Now is the clock; nil means time.Now. For tests.
 	Now func() time.Time
 }
@@ -74,7 +74,7 @@ type API struct {
 	twins     Twins
 	audit     *devices.Audit
 	bans      *devices.Bans
-	nodes     func() []cluster.NodeInfo
+	nodes     func() []info.Node
 
 	proxies *forwarded.Proxies
 	logins  *devices.LoginLimiter

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/tether-iot/tether/broker/info"
-	"github.com/tether-iot/tether/cluster"
 )
 
 // brokerInfo is the body of GET /broker: the engine's statistics (mochi's
@@ -36,7 +35,7 @@ type brokerInfo struct {
 	QueueStoreLimitBytes int64 `json:"queue_store_limit_bytes"`
 	// Nodes are the cluster's nodes, this one first; absent when the
 	// node is alone.
-	Nodes []cluster.NodeInfo `json:"nodes,omitempty"`
+	Nodes []info.Node `json:"nodes,omitempty"`
 }
 
 // brokerStats: GET /broker.

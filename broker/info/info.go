@@ -56,3 +56,12 @@ type Listener struct {
 	BytesIn   int64  `json:"bytes_in"`
 	BytesOut  int64  `json:"bytes_out"`
 }
+
+// Node is one node of a cluster (GET /api/v1/broker, "nodes").
+type Node struct {
+	Name              string    `json:"name"`
+	Self              bool      `json:"self"`
+	Clients           int64     `json:"clients"`
+	MessagesPerSecond float64   `json:"messages_per_second"`
+	LastSeen          time.Time `json:"last_seen"`
+}
