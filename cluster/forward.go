@@ -19,7 +19,8 @@ func (h *hook) ID() string { return "tether-cluster" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublished, mqtt.OnWillSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSelectSubscribers:
+	case mqtt.OnPublished, mqtt.OnWillSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSelectSubscribers,
+		mqtt.OnSessionEstablished:
 		return true
 	}
 	return false
@@ -41,6 +42,15 @@ func (h *hook) OnWillSent(_ *mqtt.Client, pk packets.Packet) { h.n.forward(pk) }
 func (h *hook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.n.touch() }
 
 func (h *hook) OnUnsubscribed(*mqtt.Client, packets.Packet) { h.n.touch() }
+
+// OnSessionEstablished announces the subscriptions of a session the
+// connection inherited (one taken from another node: no SUBSCRIBE
+// tells).
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if cl.State.Subscriptions.Len() > 0 {
+		h.n.touch()
+	}
+}
 
 // OnSelectSubscribers keeps, of a message from the bus, only the shared
 // subscriptions the sending node gave this node to serve.

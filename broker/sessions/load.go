@@ -42,7 +42,7 @@ func (s *Store) prepareTx(ctx context.Context, now int64) error {
 		return fmt.Errorf("session store: prepare: %w", err)
 	}
 	defer tx.Rollback()
-	for _, q := range []string{
+	steps := []string{
 		// Sessions past their expiry, and all they held.
 		`CREATE TEMP TABLE IF NOT EXISTS expired_clients AS SELECT id FROM mqtt_clients WHERE 0`,
 		`DELETE FROM expired_clients`,
@@ -60,7 +60,11 @@ func (s *Store) prepareTx(ctx context.Context, now int64) error {
 		`DELETE FROM mqtt_inflight WHERE expires_at > 0 AND expires_at < ?1`,
 		`DELETE FROM mqtt_retained WHERE expires_at > 0 AND expires_at < ?1`,
 		`DELETE FROM mqtt_queue WHERE expires_at > 0 AND expires_at < ?1`,
-	} {
+	}
+	if s.node != "" {
+		steps = pgPrepare(s.node)
+	}
+	for _, q := range steps {
 		var args []any
 		if strings.Contains(q, "?1") {
 			args = append(args, now)
@@ -175,7 +179,7 @@ func (s *Store) query(q string, scan func(*sql.Rows) error) error {
 
 // StoredClients implements mqtt.Hook.
 func (s *Store) StoredClients() (v []storage.Client, err error) {
-	err = s.query(`SELECT data FROM mqtt_clients`, func(r *sql.Rows) error {
+	err = s.query(s.mine(`SELECT data FROM mqtt_clients`, "id"), func(r *sql.Rows) error {
 		var b []byte
 		var c storage.Client
 		if err := r.Scan(&b); err != nil {
@@ -193,7 +197,7 @@ func (s *Store) StoredClients() (v []storage.Client, err error) {
 
 // StoredSubscriptions implements mqtt.Hook.
 func (s *Store) StoredSubscriptions() (v []storage.Subscription, err error) {
-	err = s.query(`SELECT data FROM mqtt_subscriptions`, func(r *sql.Rows) error {
+	err = s.query(s.mine(`SELECT data FROM mqtt_subscriptions`, "client_id"), func(r *sql.Rows) error {
 		var b []byte
 		var sub storage.Subscription
 		if err := r.Scan(&b); err != nil {
@@ -229,17 +233,17 @@ func (s *Store) storedMessages(q string) (v []storage.Message, err error) {
 
 // StoredInflightMessages implements mqtt.Hook.
 func (s *Store) StoredInflightMessages() ([]storage.Message, error) {
-	return s.storedMessages(`SELECT data, payload FROM mqtt_inflight ORDER BY client_id, packet_id`)
+	return s.storedMessages(s.mine(`SELECT data, payload FROM mqtt_inflight`, "client_id") + ` ORDER BY client_id, packet_id`)
 }
 
 // StoredRetainedMessages implements mqtt.Hook.
 func (s *Store) StoredRetainedMessages() ([]storage.Message, error) {
-	return s.storedMessages(`SELECT data, payload FROM mqtt_retained`)
+	return s.storedMessages(s.mine(`SELECT data, payload FROM mqtt_retained`, "node"))
 }
 
 // StoredSysInfo implements mqtt.Hook.
 func (s *Store) StoredSysInfo() (v storage.SystemInfo, err error) {
-	err = s.query(`SELECT data FROM mqtt_sysinfo`, func(r *sql.Rows) error {
+	err = s.query(s.mine(`SELECT data FROM mqtt_sysinfo`, "node"), func(r *sql.Rows) error {
 		var b []byte
 		if err := r.Scan(&b); err != nil {
 			return err

@@ -467,8 +467,8 @@ func (s *Store) recount(q *queue) {
 
 // loadQueues reads every session's queue counts, at start-up.
 func (s *Store) loadQueues(ctx context.Context) error {
-	rows, err := s.db.W.QueryContext(ctx, `SELECT client_id, COUNT(*), SUM(LENGTH(data) + LENGTH(payload)), MAX(seq)
-		FROM mqtt_queue GROUP BY client_id`)
+	rows, err := s.db.W.QueryContext(ctx, s.mine(`SELECT client_id, COUNT(*), SUM(LENGTH(data) + LENGTH(payload)), MAX(seq)
+		FROM mqtt_queue`, "client_id")+` GROUP BY client_id`)
 	if err != nil {
 		return fmt.Errorf("session store: load queues: %w", err)
 	}

@@ -56,6 +56,7 @@ type Store struct {
 	mqtt.HookBase
 
 	db      *devices.DB
+	node    string // on a shared database (shared.go), this node's name; else ""
 	log     *slog.Logger
 	opts    Options
 	metrics *storeMetrics
@@ -139,7 +140,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session store: %w", err)
 	}
-	s := newStore(db, opts)
+	s := newStore(db, "", opts)
 	ctx := context.Background()
 	if err := db.Migrate(ctx, component, devices.Schema{SQLite: schema}); err != nil {
 		db.Close()
@@ -154,7 +155,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 	return s, nil
 }
 
-func newStore(db *devices.DB, opts *Options) *Store {
+func newStore(db *devices.DB, node string, opts *Options) *Store {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -180,8 +181,11 @@ func newStore(db *devices.DB, opts *Options) *Store {
 	if o.MaxStoreBytes <= 0 {
 		o.MaxStoreBytes = 1 << 30
 	}
-	s := &Store{db: db, log: o.Logger.With("component", "store"), opts: o, metrics: newStoreMetrics(), persist: newPersistIndex()}
+	s := &Store{db: db, node: node, log: o.Logger.With("component", "store"), opts: o, metrics: newStoreMetrics(), persist: newPersistIndex()}
 	s.w = newWriter(db.W, s.log, o.MaxQueueBytes, o.TxTimeout, s.metrics)
+	if node != "" {
+		s.w.sql = pgStoreSQL(node)
+	}
 	s.w.snapshot = s.snapshot
 	s.metrics.queueBytes = s.w.queuedBytes
 	s.metrics.healthy = s.Healthy
@@ -194,6 +198,9 @@ func newStore(db *devices.DB, opts *Options) *Store {
 // stopped (Server.Close stops the store's writer).
 func (s *Store) Close() error {
 	_ = s.Stop()
+	if s.node != "" {
+		return nil // the shared database is its opener's (OpenShared)
+	}
 	return s.db.Close()
 }
 

@@ -74,8 +74,9 @@ type writer struct {
 	db       *sql.DB
 	log      *slog.Logger
 	maxBytes int
-	timeout  time.Duration // each transaction's bound
-	snapshot func() []op   // the engine's state as ops, for a resync
+	timeout  time.Duration        // each transaction's bound
+	snapshot func() []op          // the engine's state as ops, for a resync
+	sql      [numOpKinds][]string // each op's statements (storeSQL, or pgStoreSQL)
 	metrics  *storeMetrics
 
 	wake chan struct{} // buffered 1: something was queued or stop asked
@@ -101,13 +102,13 @@ func newWriter(db *sql.DB, log *slog.Logger, maxBytes int, timeout time.Duration
 	return &writer{
 		db: db, log: log, maxBytes: maxBytes, timeout: timeout, metrics: m,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
-		open: newBatch(),
+		open: newBatch(), sql: storeSQL,
 	}
 }
 
 // prepare prepares every statement on the writer's connection.
 func (w *writer) prepare(ctx context.Context) error {
-	for k, list := range storeSQL {
+	for k, list := range w.sql {
 		for _, q := range list {
 			s, err := w.db.PrepareContext(ctx, q)
 			if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/dashboard"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/devices/database"
 	"github.com/tether-iot/tether/listeners"
 )
 
@@ -259,7 +260,13 @@ func (a *app) openDeviceData() (err error) {
 
 // openSessions opens the MQTT session store.
 func (a *app) openSessions() (err error) {
-	if a.store, err = openSessions(a.cfg, a.db.Path, a.data, a.base); err != nil {
+	if a.cfg.Cluster.Enabled() && a.db.Dialect == database.Postgres {
+		// A cluster on PostgreSQL shares its sessions there (SPEC §10).
+		a.store, err = openSharedSessions(a.cfg, a.db, a.nodeName(), a.data, a.base)
+	} else {
+		a.store, err = openSessions(a.cfg, a.db.Path, a.data, a.base)
+	}
+	if err != nil {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.store.Close() })

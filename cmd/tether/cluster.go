@@ -8,7 +8,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/cluster"
+	"github.com/tether-iot/tether/devices"
 )
 
 // The cluster's part of a running Tether (SPEC §10, cluster/): a.cluster
@@ -32,8 +34,20 @@ func (a *app) joinCluster() (err error) {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.cluster.Close() })
-	a.auth.SetClaimElsewhere(a.cluster.Claim)
-	a.cluster.SetYield(a.auth.YieldSession)
+	// With a shared session store (PostgreSQL), a persistent session
+	// follows its client: the node that holds it lets it go when it
+	// yields (Release), and the node the client connects to takes it
+	// from the database once the others have answered (Adopt).
+	a.auth.SetClaimElsewhere(func(id string, o broker.SessionOwner) bool {
+		return a.cluster.Claim(id, o) && a.store.Adopt(id, o.Anonymous, o.Name, o.Kind == devices.KindDevice)
+	})
+	a.cluster.SetYield(func(id string, o broker.SessionOwner, first bool) bool {
+		if !a.auth.YieldSession(id, o, first) {
+			return false
+		}
+		a.store.Release(id)
+		return true
+	})
 	return nil
 }
 

@@ -103,7 +103,17 @@ func (d *deviceData) close() error {
 // directory, moving sessions an older Tether kept in legacy, tether.db);
 // it tells the command tracker of the commands it delivers or refuses.
 func openSessions(cfg configs.Config, legacy string, d *deviceData, log *slog.Logger) (*sessions.Store, error) {
-	return sessions.Open(cfg.DataDir, &sessions.Options{
+	return sessions.Open(cfg.DataDir, sessionOptions(cfg, legacy, d, log))
+}
+
+// openSharedSessions opens the session store that a cluster's nodes share
+// in PostgreSQL (db), for the node named node.
+func openSharedSessions(cfg configs.Config, db *devices.DB, node string, d *deviceData, log *slog.Logger) (*sessions.Store, error) {
+	return sessions.OpenShared(db, node, sessionOptions(cfg, "", d, log))
+}
+
+func sessionOptions(cfg configs.Config, legacy string, d *deviceData, log *slog.Logger) *sessions.Options {
+	return &sessions.Options{
 		Logger:            log,
 		Legacy:            legacy,
 		MaxQueuedMessages: cfg.MQTT.MaxQueuedMessages,
@@ -111,5 +121,5 @@ func openSessions(cfg configs.Config, legacy string, d *deviceData, log *slog.Lo
 		MaxStoreBytes:     cfg.MQTT.MaxQueueStoreBytes,
 		Deliveries:        []mqtt.Hook{d.commandHook},
 		Refused:           d.commandHook.Refused,
-	})
+	}
 }

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-iot/tether/devices/database"
+	"github.com/tether-iot/tether/internal/testpg"
+)
+
+// TestClusterPostgresSessionMoves: three real nodes on one PostgreSQL. A
+// persistent QoS 1 subscriber on node A goes offline; messages published
+// (and acknowledged) on node C are queued for it; A is killed with
+// SIGKILL; another identity cannot take the client id's session on B;
+// its owner reconnects on B and gets the session back (session present)
+// with every queued message, in order. Then the session moves again,
+// from B (alive) to C, with what was queued meanwhile.
+func TestClusterPostgresSessionMoves(t *testing.T) {
+	pg := testpg.New(t)
+	url := pg.NewDatabase(t)
+	bin := tetherBinary(t)
+	routes := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	nodes := make([]*tetherProc, 3)
+	for i := range nodes {
+		nodes[i] = newTetherProc(t, bin, "TETHER_ADMIN_PASSWORD="+accessAdminPassword,
+			fmt.Sprintf("TETHER_CLUSTER_NODE=ps%d", i+1), "TETHER_CLUSTER_LISTEN="+routes[i],
+			"TETHER_CLUSTER_PEERS="+strings.Join(routes, ","), "TETHER_CLUSTER_SECRET="+testClusterSecret)
+		nodes[i].args = []string{"--allow-anonymous=false", "--postgres", url}
+		nodes[i].start(t)
+	}
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	admin := accessLogin(t, a, "admin", accessAdminPassword)
+	ownerPw := accessUser(t, a, admin, "cs-owner", "admin")
+	otherPw := accessUser(t, a, admin, "cs-other", "admin")
+	db, err := database.OpenPostgres(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// queued is how many messages the database holds for the session.
+	queued := func() int {
+		var n int
+		if err := db.R.QueryRow(`SELECT COUNT(*) FROM mqtt_queue WHERE client_id = ?`, "cs-sub").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	owner := mqOpts{id: "cs-sub", user: "cs-owner", pass: ownerPw, expiry: 3600}
+	pub := mustMQ(t, c.mqtt, mqOpts{id: "cs-pub", user: "cs-owner", pass: ownerPw})
+
+	// publishQueued publishes n messages on C while the session is
+	// offline (each acknowledged) and waits until they are in its queue:
+	// a PUBACK on C means the message is durable on C; it reaches the
+	// queue of the node holding the session a bus hop later.
+	publishQueued := func(prefix string, n int) {
+		t.Helper()
+		for i := range n {
+			if code := pub.pub(t, fmt.Sprintf("cs/%s/%d", prefix, i), fmt.Sprintf("%s-%d", prefix, i)); code >= 0x80 {
+				t.Fatalf("publish on C: PUBACK 0x%02x", code)
+			}
+		}
+		checkFor(t, 20*time.Second, func() error {
+			if got := queued(); got != n {
+				return fmt.Errorf("%d messages queued for the session, want %d", got, n)
+			}
+			return nil
+		})
+	}
+	// receives checks that m gets prefix-0 ... prefix-(n-1), in order.
+	receives := func(m *mq, prefix string, n int) {
+		t.Helper()
+		for i := range n {
+			want := fmt.Sprintf("%s-%d", prefix, i)
+			got := m.waitFor(t, func(message) bool { return true }, nil)
+			if got.payload != want {
+				t.Fatalf("received %q on %s, want %q", got.payload, got.topic, want)
+			}
+		}
+	}
+
+	// crosses publishes on C until m (online) receives it, once its
+	// subscription has crossed the bus, and then until every copy has
+	// come, so that none is left in the session's queue.
+	crosses := func(m *mq, from *tetherProc) {
+		t.Helper()
+		sent, got := 0, 0
+		deadline := time.Now().Add(20 * time.Second)
+		for got == 0 || got < sent {
+			if got == 0 {
+				pub.pub(t, "cs/warm", "warm")
+				sent++
+			}
+			select {
+			case <-m.box:
+				got++
+			case <-time.After(100 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d messages crossed from C\n%s", got, sent, from.log())
+			}
+		}
+	}
+
+	// The subscriber on A; its subscription crosses to C, then it goes
+	// offline.
+	sub := mustMQ(t, a.mqtt, owner)
+	sub.sub(t, "cs/#")
+	crosses(sub, a)
+	sub.close()
+	publishQueued("dead", 20)
+	a.kill(t)
+
+	// Another identity may not have the session, on any node.
+	if m, code := dialMQ(t, b.mqtt, mqOpts{id: "cs-sub", user: "cs-other", pass: otherPw, expiry: 3600}); m != nil || code != 0x85 {
+		t.Fatalf("another identity took the session on B: CONNACK 0x%02x", code)
+	}
+	// Its owner gets it back on B, with every queued message.
+	sub = mustMQ(t, b.mqtt, owner)
+	if !sub.present {
+		t.Fatalf("session not present on B\nB:\n%s", b.log())
+	}
+	receives(sub, "dead", 20)
+	checkFor(t, 10*time.Second, func() error {
+		if got := queued(); got != 0 {
+			return fmt.Errorf("%d messages still queued after delivery", got)
+		}
+		return nil
+	})
+
+	// B now holds the session: its subscription reaches C again; the
+	// session moves from B, alive, to C.
+	crosses(sub, b)
+	sub.close()
+	publishQueued("live", 10)
+	sub = mustMQ(t, c.mqtt, owner)
+	if !sub.present {
+		t.Fatalf("session not present on C\nC:\n%s", c.log())
+	}
+	receives(sub, "live", 10)
+	if m, code := dialMQ(t, b.mqtt, mqOpts{id: "cs-sub", user: "cs-other", pass: otherPw, expiry: 3600}); m != nil || code != 0x85 {
+		t.Fatalf("another identity took the session on B while C holds it: CONNACK 0x%02x", code)
+	}
+}
