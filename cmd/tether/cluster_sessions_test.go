@@ -74,34 +74,46 @@ func TestClusterPostgresSessionMoves(t *testing.T) {
 		t.Helper()
 		for i := range n {
 			want := fmt.Sprintf("%s-%d", prefix, i)
-			got := m.waitFor(t, func(message) bool { return true }, nil)
+			got := m.waitFor(t, func(m message) bool { return !strings.HasPrefix(m.payload, "warm-") }, nil)
 			if got.payload != want {
 				t.Fatalf("received %q on %s, want %q", got.payload, got.topic, want)
 			}
 		}
 	}
 
-	// crosses publishes on C until m (online) receives it, once its
-	// subscription has crossed the bus, and then until every copy has
-	// come, so that none is left in the session's queue.
+	// crosses publishes on C until m (online) receives one, once its
+	// subscription has crossed the bus (those published before are
+	// dropped on C), then waits until m has the last one and has
+	// acknowledged everything, so that nothing is left in its queue.
+	warm := 0
 	crosses := func(m *mq, from *tetherProc) {
 		t.Helper()
-		sent, got := 0, 0
+		first := warm
+		last := ""
 		deadline := time.Now().Add(20 * time.Second)
-		for got == 0 || got < sent {
-			if got == 0 {
-				pub.pub(t, "cs/warm", "warm")
-				sent++
+		for {
+			if last == "" {
+				pub.pub(t, "cs/warm", fmt.Sprintf("warm-%d", warm))
+				warm++
 			}
 			select {
-			case <-m.box:
-				got++
+			case got := <-m.box:
+				last = got.payload
 			case <-time.After(100 * time.Millisecond):
 			}
+			if last == fmt.Sprintf("warm-%d", warm-1) {
+				break
+			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d messages crossed from C\n%s", got, sent, from.log())
+				t.Fatalf("messages %d to %d: none crossed from C\n%s", first, warm-1, from.log())
 			}
 		}
+		checkFor(t, 10*time.Second, func() error {
+			if got := queued(); got != 0 {
+				return fmt.Errorf("%d warm-up messages still queued", got)
+			}
+			return nil
+		})
 	}
 
 	// The subscriber on A; its subscription crosses to C, then it goes
