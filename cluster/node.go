@@ -90,6 +90,7 @@ type Node struct {
 	synced, syncing atomic.Bool
 
 	yield atomic.Pointer[func(clientID string, o broker.SessionOwner, first bool) bool]
+	gone  atomic.Pointer[func(node string)]
 
 	rate     atomic.Uint64 // this node's messages/s, float64 bits
 	lastRecv int64
@@ -198,6 +199,24 @@ func (n *Node) Hook() mqtt.Hook { return n.hook }
 // with that id is disconnected and the claim granted.
 func (n *Node) SetYield(f func(clientID string, o broker.SessionOwner, first bool) bool) {
 	n.yield.Store(&f)
+}
+
+// SetNodeGone sets what this node does when another node leaves or is
+// lost (not heard for peerExpiry): f runs on a goroutine of its own, and
+// this node's filters are announced again after it (f may have given
+// this node sessions: the shared session store's AdoptOrphans).
+func (n *Node) SetNodeGone(f func(node string)) { n.gone.Store(&f) }
+
+// nodeGone runs the SetNodeGone function for node.
+func (n *Node) nodeGone(node string) {
+	f := n.gone.Load()
+	if f == nil {
+		return
+	}
+	n.goBackground(func() {
+		(*f)(node)
+		n.touch()
+	})
 }
 
 // Attach starts the traffic: messages for this node are injected into

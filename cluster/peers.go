@@ -222,26 +222,36 @@ func (n *Node) onBye(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &b) != nil {
 		return
 	}
+	left := false
 	n.update(b.Node, func(old *peer) *peer {
 		if old != nil && old.inst != b.Inst {
 			return old // a newer run of it already
 		}
+		left = old != nil
 		return nil
 	})
 	n.log.Info("node left", "peer", b.Node)
+	if left {
+		n.nodeGone(b.Node)
+	}
 }
 
 // expire forgets the nodes not heard for peerExpiry.
 func (n *Node) expire(now time.Time) {
 	for name, p := range *n.peers.Load() {
 		if now.Sub(p.seen) > peerExpiry {
+			lost := false
 			n.update(name, func(old *peer) *peer {
 				if old != nil && now.Sub(old.seen) > peerExpiry {
 					n.log.Warn("node lost: not heard from", "peer", name, "for", now.Sub(old.seen).Round(time.Second))
+					lost = true
 					return nil
 				}
 				return old
 			})
+			if lost {
+				n.nodeGone(name)
+			}
 		}
 	}
 }

@@ -26,6 +26,13 @@ import (
 // shared reports a database other nodes may write (PostgreSQL).
 func (r *Registry) shared() bool { return r.db.Dialect == database.Postgres }
 
+// Refresh reads the device or user called name again into the cache
+// from a shared database (PostgreSQL), where another node may have
+// created it since this node last read it: a node that takes a session
+// over from another one does so for the session's owner. No-op on
+// SQLite.
+func (r *Registry) Refresh(ctx context.Context, name string) { r.refreshName(ctx, name) }
+
 // refreshName reloads the cached device and user called name, in one
 // query.
 func (r *Registry) refreshName(ctx context.Context, name string) {

@@ -28,6 +28,12 @@ import (
 // they were at its last commit, and the client's next connection, on
 // any node, takes its session from there.
 
+// Adopt's refusals.
+var (
+	ErrNotOwner = errors.New("session store: the session belongs to another identity")
+	ErrMoved    = errors.New("session store: another node took the session meanwhile")
+)
+
 // OpenShared returns a store on db, a PostgreSQL database that the
 // cluster's nodes share, for the node named node (non-empty). Its Close
 // leaves db open.
@@ -96,17 +102,19 @@ func (s *Store) Release(clientID string) {
 // session's owner as the access hook does, takes the row (one winner),
 // and loads the session into the engine, where the connection inherits
 // it (session present). It reports false when the connection must be
-// refused: the session is another identity's, or the database cannot
-// tell. Call it after the other nodes have been asked for the client id
-// (cluster Claim), so that a live holder has released it. True at once
-// unless the store is shared.
-func (s *Store) Adopt(clientID string, anonymous bool, name string, device bool) bool {
+// refused: ErrNotOwner when the session is another identity's,
+// ErrMoved when another node took it meanwhile (ask the others again,
+// then Adopt again), another error when the database cannot tell. Call
+// it after the other nodes have been asked for the client id (cluster
+// Claim), so that a live holder has released it. Nil at once unless the
+// store is shared.
+func (s *Store) Adopt(clientID string, anonymous bool, name string, device bool) error {
 	srv := s.srv.Load()
 	if s.node == "" || srv == nil {
-		return true
+		return nil
 	}
 	if _, ok := srv.Clients.Get(clientID); ok {
-		return true // this node's: the access hook's rules apply
+		return nil // this node's: the access hook's rules apply
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -116,11 +124,11 @@ func (s *Store) Adopt(clientID string, anonymous bool, name string, device bool)
 	err := s.db.W.QueryRowContext(ctx, `SELECT node, data, expiry, disconnected_at FROM mqtt_clients WHERE id = ?`, clientID).
 		Scan(&node, &data, &expiry, &disconnected)
 	if errors.Is(err, sql.ErrNoRows) {
-		return true
+		return nil
 	}
 	if err != nil {
 		s.log.Error("session store: cannot read a session from the database", "client", clientID, "error", err)
-		return false
+		return err
 	}
 	var c storage.Client
 	if err := json.Unmarshal(data, &c); err != nil {
@@ -135,7 +143,7 @@ func (s *Store) Adopt(clientID string, anonymous bool, name string, device bool)
 			return s.purgeRows(ctx, clientID)
 		}
 		s.log.Info("session store: refused another identity's session held by another node", "client", clientID, "node", node)
-		return false
+		return ErrNotOwner
 	}
 	if disconnected > 0 && disconnected+expiry < time.Now().Unix() {
 		return s.purgeRows(ctx, clientID) // expired
@@ -143,57 +151,56 @@ func (s *Store) Adopt(clientID string, anonymous bool, name string, device bool)
 	res, err := s.db.W.ExecContext(ctx, `UPDATE mqtt_clients SET node = ? WHERE id = ? AND node = ?`, s.node, clientID, node)
 	if err != nil {
 		s.log.Error("session store: cannot take a session over", "client", clientID, "error", err)
-		return false
+		return err
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
-		s.log.Info("session store: another node took the session at the same time", "client", clientID)
-		return false
+		return ErrMoved
 	}
-	if err := s.load(ctx, srv, c); err != nil {
+	if _, err := s.load(ctx, srv, c); err != nil {
 		s.log.Error("session store: cannot load a session taken from another node", "client", clientID, "error", err)
-		return false
+		return err
 	}
 	s.log.Info("session store: session taken from another node", "client", clientID, "from", node)
-	return true
+	return nil
 }
 
 // purgeRows deletes session id's rows, whichever node holds it.
-func (s *Store) purgeRows(ctx context.Context, id string) bool {
-	tx, err := s.db.W.BeginTx(ctx, nil)
+func (s *Store) purgeRows(ctx context.Context, id string) error {
+	err := func() error {
+		tx, err := s.db.W.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		for _, q := range storeSQL[opClientDelete] {
+			if _, err := tx.ExecContext(ctx, q, id); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	}()
 	if err != nil {
 		s.log.Error("session store: cannot remove a session", "client", id, "error", err)
-		return false
 	}
-	defer tx.Rollback()
-	for _, q := range storeSQL[opClientDelete] {
-		if _, err := tx.ExecContext(ctx, q, id); err != nil {
-			s.log.Error("session store: cannot remove a session", "client", id, "error", err)
-			return false
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		s.log.Error("session store: cannot remove a session", "client", id, "error", err)
-		return false
-	}
-	return true
+	return err
 }
 
 // load puts session c, with its subscriptions, unacknowledged messages
 // and queue read from the database, into the engine, as the engine
 // restores its sessions at start (its loadClients, loadSubscriptions,
 // loadInflight; loadQueues).
-func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) error {
+func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) (*mqtt.Client, error) {
 	var subs []packets.Subscription
 	rows, err := s.db.W.QueryContext(ctx, `SELECT data FROM mqtt_subscriptions WHERE client_id = ?`, c.ID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for rows.Next() {
 		var b []byte
 		var sub storage.Subscription
 		if err := rows.Scan(&b); err != nil {
 			rows.Close()
-			return err
+			return nil, err
 		}
 		if json.Unmarshal(b, &sub) != nil {
 			continue
@@ -203,18 +210,18 @@ func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) er
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	var inflight []storage.Message
 	rows, err = s.db.W.QueryContext(ctx, `SELECT data, payload FROM mqtt_inflight WHERE client_id = ? ORDER BY packet_id`, c.ID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for rows.Next() {
 		var data, payload []byte
 		if err := rows.Scan(&data, &payload); err != nil {
 			rows.Close()
-			return err
+			return nil, err
 		}
 		if m, err := decodeMessage(data, payload); err == nil {
 			inflight = append(inflight, m)
@@ -222,13 +229,13 @@ func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) er
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	var count int
 	var bytes, last sql.NullInt64
 	if err := s.db.W.QueryRowContext(ctx, `SELECT COUNT(*), SUM(LENGTH(data) + COALESCE(LENGTH(payload), 0)), MAX(seq)
 		FROM mqtt_queue WHERE client_id = ?`, c.ID).Scan(&count, &bytes, &last); err != nil {
-		return err
+		return nil, err
 	}
 
 	cl := srv.NewClient(nil, c.Listener, c.ID, false)
@@ -264,5 +271,83 @@ func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) er
 		s.persist.add(c.ID, sub)
 	}
 	srv.Clients.Add(cl)
-	return nil
+	return cl, nil
+}
+
+// AdoptOrphans takes the sessions that node (another node, gone: it
+// left, or its beats stopped) held, so that their subscriptions keep
+// being served from here and their queues keep filling while their
+// clients are away. Each session goes to one node: the first whose
+// conditional UPDATE takes its row. It returns the owners (user names)
+// of the sessions it took, whose identities the caller may have to read
+// again (another node may have created them). No-op unless the store is
+// shared.
+func (s *Store) AdoptOrphans(node string) (owners []string) {
+	srv := s.srv.Load()
+	if s.node == "" || srv == nil || node == s.node {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rows, err := s.db.W.QueryContext(ctx, `UPDATE mqtt_clients SET node = ? WHERE node = ? RETURNING id, data, expiry, disconnected_at`,
+		s.node, node)
+	if err != nil {
+		s.log.Error("session store: cannot take the sessions of a node that is gone", "peer", node, "error", err)
+		return nil
+	}
+	type orphan struct {
+		c                    storage.Client
+		expiry, disconnected int64
+	}
+	var list []orphan
+	for rows.Next() {
+		var id string
+		var data []byte
+		var o orphan
+		if err := rows.Scan(&id, &data, &o.expiry, &o.disconnected); err != nil {
+			s.log.Error("session store: cannot read a session taken from a node that is gone", "peer", node, "error", err)
+			continue
+		}
+		if err := json.Unmarshal(data, &o.c); err != nil || o.c.ID != id {
+			s.log.Warn("session store: unreadable session removed", "client", id)
+			s.purgeRows(ctx, id)
+			continue
+		}
+		list = append(list, o)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		s.log.Error("session store: cannot read the sessions taken from a node that is gone", "peer", node, "error", err)
+	}
+	now := time.Now().Unix()
+	n := 0
+	for _, o := range list {
+		id := o.c.ID
+		if _, ok := srv.Clients.Get(id); ok {
+			continue // connecting here right now: Adopt has it
+		}
+		if o.disconnected == 0 {
+			// Connected there when it went: offline from now on, as the
+			// engine records a session restored at start.
+			o.disconnected = now
+		}
+		if o.disconnected+o.expiry < now {
+			s.purgeRows(ctx, id)
+			continue
+		}
+		cl, err := s.load(ctx, srv, o.c)
+		if err != nil {
+			s.log.Error("session store: cannot load a session taken from a node that is gone", "client", id, "error", err)
+			continue
+		}
+		s.w.enqueue(newOp(opClientPut, id, encodeClient(cl), o.expiry, o.disconnected))
+		if len(o.c.Username) > 0 {
+			owners = append(owners, string(o.c.Username))
+		}
+		n++
+	}
+	if n > 0 {
+		s.log.Info("session store: took the sessions of a node that is gone", "peer", node, "sessions", n)
+	}
+	return owners
 }

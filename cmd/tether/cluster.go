@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"sort"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -9,6 +10,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/cluster"
 	"github.com/tether-iot/tether/devices"
 )
@@ -36,11 +38,11 @@ func (a *app) joinCluster() (err error) {
 	a.onStop(func(context.Context) error { return a.cluster.Close() })
 	// With a shared session store (PostgreSQL), a persistent session
 	// follows its client: the node that holds it lets it go when it
-	// yields (Release), and the node the client connects to takes it
-	// from the database once the others have answered (Adopt).
-	a.auth.SetClaimElsewhere(func(id string, o broker.SessionOwner) bool {
-		return a.cluster.Claim(id, o) && a.store.Adopt(id, o.Anonymous, o.Name, o.Kind == devices.KindDevice)
-	})
+	// yields (Release), the node the client connects to takes it from
+	// the database once the others have answered (Adopt), and the
+	// sessions of a node that is gone are taken by the others
+	// (AdoptOrphans), which serve their subscriptions meanwhile.
+	a.auth.SetClaimElsewhere(a.claimSession)
 	a.cluster.SetYield(func(id string, o broker.SessionOwner, first bool) bool {
 		if !a.auth.YieldSession(id, o, first) {
 			return false
@@ -48,7 +50,31 @@ func (a *app) joinCluster() (err error) {
 		a.store.Release(id)
 		return true
 	})
+	a.cluster.SetNodeGone(func(node string) {
+		for _, name := range a.store.AdoptOrphans(node) {
+			// Its owner may be new to this node: the deliveries into
+			// the session check its identity.
+			a.registry.Refresh(context.Background(), name)
+		}
+	})
 	return nil
+}
+
+// claimSession asks the other nodes for a connecting client's id, then
+// takes its session from the shared store if another node held it. A
+// session that moved meanwhile (another node took it from a node that
+// is gone) is asked for again, from its new holder.
+func (a *app) claimSession(id string, o broker.SessionOwner) bool {
+	for range 3 {
+		if !a.cluster.Claim(id, o) {
+			return false
+		}
+		err := a.store.Adopt(id, o.Anonymous, o.Name, o.Kind == devices.KindDevice)
+		if !errors.Is(err, sessions.ErrMoved) {
+			return err == nil
+		}
+	}
+	return false
 }
 
 // nodeName is this node's name: cluster.node, or in a cluster without one

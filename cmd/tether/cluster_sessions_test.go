@@ -15,8 +15,9 @@ import (
 // persistent QoS 1 subscriber on node A goes offline; messages published
 // (and acknowledged) on node C are queued for it; A is killed with
 // SIGKILL; another identity cannot take the client id's session on B;
-// its owner reconnects on B and gets the session back (session present)
-// with every queued message, in order. Then the session moves again,
+// a surviving node takes the sessions A held and queues what is
+// published meanwhile; the owner reconnects on B and gets the session
+// back (session present) with every queued message, in order. Then the session moves again,
 // from B (alive) to C, with what was queued meanwhile.
 func TestClusterPostgresSessionMoves(t *testing.T) {
 	pg := testpg.New(t)
@@ -40,14 +41,17 @@ func TestClusterPostgresSessionMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	// queued is how many messages the database holds for the session.
-	queued := func() int {
+	// queuedAs is how many messages whose payload starts with prefix the
+	// database holds for the session; queued, how many in all.
+	queuedAs := func(prefix string) int {
 		var n int
-		if err := db.R.QueryRow(`SELECT COUNT(*) FROM mqtt_queue WHERE client_id = ?`, "cs-sub").Scan(&n); err != nil {
+		if err := db.R.QueryRow(`SELECT COUNT(*) FROM mqtt_queue WHERE client_id = ? AND convert_from(payload, 'UTF8') LIKE ?`,
+			"cs-sub", prefix+"%").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
 	}
+	queued := func() int { return queuedAs("") }
 	owner := mqOpts{id: "cs-sub", user: "cs-owner", pass: ownerPw, expiry: 3600}
 	pub := mustMQ(t, c.mqtt, mqOpts{id: "cs-pub", user: "cs-owner", pass: ownerPw})
 
@@ -63,7 +67,7 @@ func TestClusterPostgresSessionMoves(t *testing.T) {
 			}
 		}
 		checkFor(t, 20*time.Second, func() error {
-			if got := queued(); got != n {
+			if got := queuedAs(prefix + "-"); got != n {
 				return fmt.Errorf("%d messages queued for the session, want %d", got, n)
 			}
 			return nil
@@ -129,12 +133,35 @@ func TestClusterPostgresSessionMoves(t *testing.T) {
 	if m, code := dialMQ(t, b.mqtt, mqOpts{id: "cs-sub", user: "cs-other", pass: otherPw, expiry: 3600}); m != nil || code != 0x85 {
 		t.Fatalf("another identity took the session on B: CONNACK 0x%02x", code)
 	}
+	// The survivors take the sessions A held (one of them does), and
+	// serve their subscriptions: what is published now is queued too.
+	checkFor(t, 30*time.Second, func() error {
+		var node string
+		if err := db.R.QueryRow(`SELECT node FROM mqtt_clients WHERE id = ?`, "cs-sub").Scan(&node); err != nil {
+			return err
+		}
+		if node == "ps1" {
+			return fmt.Errorf("the session is still A's")
+		}
+		return nil
+	})
+	checkFor(t, 20*time.Second, func() error {
+		pub.pub(t, "cs/warm", fmt.Sprintf("warm-%d", warm))
+		warm++
+		if got := queued(); got <= 20 {
+			return fmt.Errorf("%d messages queued: the adopted subscription has not reached C yet\nB:\n%s\nC:\n%s", got, b.log(), c.log())
+		}
+		return nil
+	})
+	publishQueued("orphan", 10)
+
 	// Its owner gets it back on B, with every queued message.
 	sub = mustMQ(t, b.mqtt, owner)
 	if !sub.present {
 		t.Fatalf("session not present on B\nB:\n%s", b.log())
 	}
 	receives(sub, "dead", 20)
+	receives(sub, "orphan", 10)
 	checkFor(t, 10*time.Second, func() error {
 		if got := queued(); got != 0 {
 			return fmt.Errorf("%d messages still queued after delivery", got)
