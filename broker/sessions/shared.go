@@ -113,9 +113,6 @@ func (s *Store) Adopt(clientID string, anonymous bool, name string, device bool)
 	if s.node == "" || srv == nil {
 		return nil
 	}
-	if _, ok := srv.Clients.Get(clientID); ok {
-		return nil // this node's: the access hook's rules apply
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var node string
@@ -123,6 +120,18 @@ func (s *Store) Adopt(clientID string, anonymous bool, name string, device bool)
 	var expiry, disconnected int64
 	err := s.db.W.QueryRowContext(ctx, `SELECT node, data, expiry, disconnected_at FROM mqtt_clients WHERE id = ?`, clientID).
 		Scan(&node, &data, &expiry, &disconnected)
+	if ex, ok := srv.Clients.Get(clientID); ok {
+		if err != nil || node == s.node || ex.Net.Inline {
+			return nil // this node's: the access hook's rules apply
+		}
+		// Another node took it while this one was cut off from the
+		// others (it thought this node gone): this copy is stale.
+		s.log.Warn("session store: another node took this node's session; dropping the copy here", "client", clientID, "node", node)
+		if !ex.Closed() {
+			ex.Stop(packets.ErrSessionTakenOver)
+		}
+		s.Release(clientID)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
 	}

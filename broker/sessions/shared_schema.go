@@ -87,7 +87,8 @@ func pgStoreSQL(node string) [numOpKinds][]string {
 		ON CONFLICT(node, topic) DO UPDATE SET data = excluded.data, payload = excluded.payload, expires_at = excluded.expires_at`},
 		opRetainedDelete: {`DELETE FROM mqtt_retained WHERE node = ` + n + ` AND topic = ?`},
 		opQueuePut: {`INSERT INTO mqtt_queue(client_id, seq, qos, retain, sub_ids, data, payload, expires_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(client_id, seq) DO UPDATE SET qos = excluded.qos, retain = excluded.retain,
+		SELECT ?1::text, ?2::bigint, ?3::integer, ?4::integer, ?5::text, ?6::bytea, ?7::bytea, ?8::bigint WHERE ` + notOthers + `
+		ON CONFLICT(client_id, seq) DO UPDATE SET qos = excluded.qos, retain = excluded.retain,
 		sub_ids = excluded.sub_ids, data = excluded.data, payload = excluded.payload, expires_at = excluded.expires_at`},
 		opQueueDelete: {`DELETE FROM mqtt_queue WHERE client_id = ? AND seq = ?`},
 		opSysInfo:     {`INSERT INTO mqtt_sysinfo(node, data) VALUES (` + n + `, ?) ON CONFLICT(node) DO UPDATE SET data = excluded.data`},

@@ -179,6 +179,19 @@ func TestClusterPostgresSessionMoves(t *testing.T) {
 		t.Fatalf("session not present on C\nC:\n%s", c.log())
 	}
 	receives(sub, "live", 10)
+
+	// A live connection moves too: connecting on B takes the session
+	// from C, which disconnects its client.
+	moved := mustMQ(t, b.mqtt, owner)
+	if !moved.present {
+		t.Fatalf("session not present on B after a live move\nB:\n%s", b.log())
+	}
+	select {
+	case <-sub.c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection on C was not ended by the move to B")
+	}
+	crosses(moved, b)
 	if m, code := dialMQ(t, b.mqtt, mqOpts{id: "cs-sub", user: "cs-other", pass: otherPw, expiry: 3600}); m != nil || code != 0x85 {
 		t.Fatalf("another identity took the session on B while C holds it: CONNACK 0x%02x", code)
 	}
