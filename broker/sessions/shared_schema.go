@@ -77,10 +77,12 @@ func pgStoreSQL(node string) [numOpKinds][]string {
 			`DELETE FROM mqtt_queue WHERE client_id = ?1 AND ` + notOthers,
 		},
 		opQueueClear: {`DELETE FROM mqtt_queue WHERE client_id = ?1 AND ` + notOthers},
-		opSubPut: {`INSERT INTO mqtt_subscriptions(client_id, filter, data) VALUES (?, ?, ?)
+		opSubPut: {`INSERT INTO mqtt_subscriptions(client_id, filter, data)
+		SELECT ?1::text, ?2::text, ?3::bytea WHERE ` + notOthers + `
 		ON CONFLICT(client_id, filter) DO UPDATE SET data = excluded.data`},
 		opSubDelete: {`DELETE FROM mqtt_subscriptions WHERE client_id = ?1 AND filter = ?2 AND ` + notOthers},
-		opInflightPut: {`INSERT INTO mqtt_inflight(client_id, packet_id, data, payload, expires_at) VALUES (?, ?, ?, ?, ?)
+		opInflightPut: {`INSERT INTO mqtt_inflight(client_id, packet_id, data, payload, expires_at)
+		SELECT ?1::text, ?2::integer, ?3::bytea, ?4::bytea, ?5::bigint WHERE ` + notOthers + `
 		ON CONFLICT(client_id, packet_id) DO UPDATE SET data = excluded.data, payload = excluded.payload, expires_at = excluded.expires_at`},
 		opInflightDelete: {`DELETE FROM mqtt_inflight WHERE client_id = ? AND packet_id = ?`},
 		opRetainedPut: {`INSERT INTO mqtt_retained(node, topic, data, payload, expires_at) VALUES (` + n + `, ?, ?, ?, ?)

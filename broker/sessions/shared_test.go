@@ -75,6 +75,8 @@ func TestSharedStoreOwnership(t *testing.T) {
 	apply(n1,
 		newOp(opClientPut, "c1", []byte(`{"stale":true}`), int64(1), int64(5)),
 		newOp(opQueuePut, "c1", int64(2), 1, 0, "", data, payload, int64(0)),
+		newOp(opSubPut, "c1", "b/#", data),
+		newOp(opInflightPut, "c1", 2, data, payload, int64(0)),
 		newOp(opQueueClear, "c1"),
 		newOp(opSubDelete, "c1", "a/#"),
 		newOp(opClientDelete, "c1"),
