@@ -101,7 +101,7 @@ func (s *Store) Release(clientID string) {
 // anonymous or name (device: a device's identity): it checks the
 // session's owner as the access hook does, takes the row (one winner),
 // and loads the session into the engine, where the connection inherits
-// it (session present). It reports false when the connection must be
+// it (session present). It returns an error when the connection must be
 // refused: ErrNotOwner when the session is another identity's,
 // ErrMoved when another node took it meanwhile (ask the others again,
 // then Adopt again), another error when the database cannot tell. Call
