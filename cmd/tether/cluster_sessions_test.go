@@ -17,8 +17,10 @@ import (
 // SIGKILL; another identity cannot take the client id's session on B;
 // a surviving node takes the sessions A held and queues what is
 // published meanwhile; the owner reconnects on B and gets the session
-// back (session present) with every queued message, in order. Then the session moves again,
-// from B (alive) to C, with what was queued meanwhile.
+// back (session present) with every queued message, in order. Then the
+// session moves again, from B (alive) to C, with what was queued
+// meanwhile; a live connection moves from C to B; B stops cleanly and C
+// takes its sessions; A, restarted, takes the session from C.
 func TestClusterPostgresSessionMoves(t *testing.T) {
 	pg := testpg.New(t)
 	url := pg.NewDatabase(t)
