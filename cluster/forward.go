@@ -19,8 +19,8 @@ func (h *hook) ID() string { return "tether-cluster" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublished, mqtt.OnWillSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSelectSubscribers,
-		mqtt.OnSessionEstablished:
+	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWillSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSelectSubscribers,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect:
 		return true
 	}
 	return false
@@ -32,12 +32,19 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	if h.n.srv.Load() == nil || cl == h.n.injector {
 		return
 	}
-	h.n.forward(pk)
+	var e *early
+	if pk.FixedHeader.Qos > 0 && !cl.Net.Inline {
+		e = h.n.early.take(cl)
+	}
+	h.n.forward(pk, e)
 }
+
+// OnDisconnect forgets what OnPublish recorded for the client.
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.n.early.take(cl) }
 
 // OnWillSent forwards a will as the access hook left it (an empty topic
 // when the will was no longer allowed: then nothing).
-func (h *hook) OnWillSent(_ *mqtt.Client, pk packets.Packet) { h.n.forward(pk) }
+func (h *hook) OnWillSent(_ *mqtt.Client, pk packets.Packet) { h.n.forward(pk, nil) }
 
 func (h *hook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.n.touch() }
 
@@ -67,8 +74,9 @@ func (h *hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 }
 
 // forward sends pk to each other node that wants it: a matching plain
-// filter, a shared group it is given to serve, or, retained, every node.
-func (n *Node) forward(pk packets.Packet) {
+// filter, a shared group it is given to serve, or, retained, every node;
+// except the nodes OnPublish sent it to already (e, durable.go).
+func (n *Node) forward(pk packets.Packet, e *early) {
 	name := pk.TopicName
 	if name == "" || pk.Ignore || strings.HasPrefix(name, "$SYS") || n.srv.Load() == nil {
 		return
@@ -77,10 +85,18 @@ func (n *Node) forward(pk packets.Packet) {
 	if len(peers) == 0 {
 		return
 	}
-	assigned := n.assignShared(name, peers)
+	var assigned map[string][]string
+	if e != nil {
+		assigned = e.assigned // the groups stay where OnPublish gave them
+	} else {
+		assigned = n.assignShared(name, peers)
+	}
 	var data []byte
 	for _, p := range peers {
 		keys := assigned[p.name]
+		if e != nil && e.sent[p.name] {
+			continue
+		}
 		if !pk.FixedHeader.Retain && len(keys) == 0 && (p.in == nil || !p.in.matches(name)) {
 			continue
 		}
@@ -167,4 +183,5 @@ func (n *Node) onMessage(m *nats.Msg) {
 		n.m.received.Inc()
 	}
 	n.serving = nil
+	n.answerDurable(m)
 }

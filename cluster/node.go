@@ -78,7 +78,10 @@ type Node struct {
 	peers   atomic.Pointer[map[string]*peer]
 	local   atomic.Pointer[interest] // this node's clients' filters
 	version uint64
-	changed chan struct{} // a subscription changed: recompute local
+	// localDurable is the filters of this node's persistent sessions,
+	// as last announced (durable.go).
+	localDurable []string
+	changed      chan struct{} // a subscription changed: recompute local
 
 	// serving is the shared subscriptions the message being injected
 	// may be delivered to; set and read only on the bus subscription's
@@ -91,6 +94,9 @@ type Node struct {
 
 	yield atomic.Pointer[func(clientID string, o broker.SessionOwner, first bool) bool]
 	gone  atomic.Pointer[func(node string)]
+
+	durable atomic.Pointer[Durability]
+	early   sentEarly
 
 	rate     atomic.Uint64 // this node's messages/s, float64 bits
 	lastRecv int64
@@ -110,6 +116,7 @@ type Node struct {
 type peer struct {
 	name, inst string
 	in         *interest // nil until its filters arrived
+	dur        *interest // its persistent sessions' filters (durable.go)
 	seen       time.Time
 	clients    int64
 	rate       float64

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/nats-io/nats.go"
 )
 
@@ -34,6 +35,8 @@ type announcement struct {
 	Inst    string   `json:"inst"`
 	Version uint64   `json:"version"`
 	Filters []string `json:"filters"`
+	// Durable are the filters of its persistent sessions (durable.go).
+	Durable []string `json:"durable,omitempty"`
 }
 
 type bye struct {
@@ -80,28 +83,38 @@ func (n *Node) announce(force bool) {
 	if srv == nil {
 		return
 	}
-	set := map[string]struct{}{}
+	set, dset := map[string]struct{}{}, map[string]struct{}{}
+	var persistent func(*mqtt.Client) bool
+	if d := n.durable.Load(); d != nil {
+		persistent = d.Persistent
+	}
 	for _, cl := range srv.Clients.GetAll() {
 		if cl.Net.Inline {
 			continue
 		}
+		p := persistent != nil && persistent(cl)
 		for f := range cl.State.Subscriptions.GetAll() {
 			set[f] = struct{}{}
+			if p {
+				dset[f] = struct{}{}
+			}
 		}
 	}
-	filters := sortedSet(set)
+	filters, durable := sortedSet(set), sortedSet(dset)
 	n.mu.Lock()
 	cur := n.local.Load()
-	if !sameFilters(cur.filters, filters) {
+	if !sameFilters(cur.filters, filters) || !sameFilters(n.localDurable, durable) {
 		n.version++
 		cur = newInterest(n.version, filters)
 		n.local.Store(cur)
+		n.localDurable = durable
 	} else if !force {
 		n.mu.Unlock()
 		return
 	}
+	durable = n.localDurable
 	n.mu.Unlock()
-	n.publishJSON(subjInterest, announcement{Node: n.name, Inst: n.inst, Version: cur.version, Filters: cur.filters})
+	n.publishJSON(subjInterest, announcement{Node: n.name, Inst: n.inst, Version: cur.version, Filters: cur.filters, Durable: durable})
 }
 
 // reintroduce tells the others about this node now (start, reconnect).
@@ -207,12 +220,16 @@ func (n *Node) onInterest(m *nats.Msg) {
 		return
 	}
 	in := newInterest(a.Version, a.Filters)
+	var dur *interest
+	if len(a.Durable) > 0 {
+		dur = newInterest(a.Version, a.Durable)
+	}
 	n.update(a.Node, func(old *peer) *peer {
 		if old == nil || old.inst != a.Inst {
-			return &peer{name: a.Node, inst: a.Inst, seen: time.Now(), in: in}
+			return &peer{name: a.Node, inst: a.Inst, seen: time.Now(), in: in, dur: dur}
 		}
 		p := *old
-		p.in = in
+		p.in, p.dur = in, dur
 		return &p
 	})
 }

@@ -82,16 +82,12 @@ func (s *Store) Release(clientID string) {
 	}
 	srv.Clients.Delete(clientID)
 	s.dropQueue(clientID)
-	// A harmless op, so that the batch holding it commits after
-	// everything queued before it.
-	if b := s.w.enqueue(newOp(opQueueDelete, clientID, int64(-1))); b != nil {
-		t := time.NewTimer(time.Second)
-		defer t.Stop()
-		select {
-		case <-b.done:
-		case <-t.C:
-			s.log.Warn("session store: handing a session to another node before its last changes were written", "client", clientID)
-		}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-s.Barrier():
+	case <-t.C:
+		s.log.Warn("session store: handing a session to another node before its last changes were written", "client", clientID)
 	}
 	s.log.Info("session store: session handed to another node", "client", clientID)
 }
@@ -359,4 +355,22 @@ func (s *Store) AdoptOrphans(node string) (owners []string) {
 		s.log.Info("session store: took the sessions of a node that is gone", "peer", node, "sessions", n)
 	}
 	return owners
+}
+
+// Persistent reports whether cl's session outlives its connection: its
+// QoS 1/2 messages go through its queue on disk.
+func (s *Store) Persistent(cl *mqtt.Client) bool { return persistent(cl) }
+
+// Barrier returns a channel closed once everything the store has been
+// given so far is committed, or has failed: a node that receives a
+// message for its persistent sessions from another node answers after it
+// (cluster: Durability).
+func (s *Store) Barrier() <-chan struct{} {
+	// A harmless op: its batch commits after everything queued before.
+	if b := s.w.enqueue(newOp(opQueueDelete, "", int64(-1))); b != nil {
+		return b.done
+	}
+	c := make(chan struct{})
+	close(c)
+	return c
 }

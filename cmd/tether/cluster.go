@@ -50,6 +50,9 @@ func (a *app) joinCluster() (err error) {
 		a.store.Release(id)
 		return true
 	})
+	// A QoS 1/2 message for a persistent session on another node is
+	// committed there before its publisher's acknowledgement.
+	a.cluster.SetDurability(cluster.Durability{Persistent: a.store.Persistent, Barrier: a.store.Barrier})
 	a.cluster.SetNodeGone(func(node string) {
 		for _, name := range a.store.AdoptOrphans(node) {
 			// Its owner may be new to this node: the deliveries into

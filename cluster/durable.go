@@ -1,0 +1,154 @@
+package cluster
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats.go"
+)
+
+// A QoS 1/2 message for a persistent session on another node is durable
+// before its publisher's acknowledgement, as one for a session here is
+// (broker/sessions): each node announces, beside its filters, those of
+// its persistent sessions (durable); the publisher's node sends a
+// matching message to those nodes before the engine acknowledges it
+// (OnPublish), as a request, and each answers once its session store has
+// committed what the message put in their queues. The publisher waits
+// for the answers at most durableWait; after that (a node going away)
+// the acknowledgement goes anyway. Such a node does not get the message
+// a second time after the acknowledgement (OnPublished).
+
+// durableWait bounds a publisher's wait for the other nodes' commits.
+const durableWait = 2 * time.Second
+
+// hdrSync asks the receiving node to answer once the message is durable.
+const hdrSync = "Tether-Sync"
+
+// Durability tells the node which sessions are persistent and how to
+// wait for the session store's commit (broker/sessions: Store.Persistent,
+// Store.Barrier).
+type Durability struct {
+	Persistent func(cl *mqtt.Client) bool
+	// Barrier returns a channel closed once everything the store has
+	// been given so far is committed (or has failed).
+	Barrier func() <-chan struct{}
+}
+
+// SetDurability makes QoS 1/2 messages for persistent sessions on other
+// nodes durable before their acknowledgement (see above).
+func (n *Node) SetDurability(d Durability) { n.durable.Store(&d) }
+
+// early is what OnPublish did with a publisher's current message: the
+// nodes it sent it to, and the shared groups it gave each node (which
+// OnPublished keeps, rather than choose again).
+type early struct {
+	sent     map[string]bool
+	assigned map[string][]string
+}
+
+// sentEarly records, per publisher, what OnPublish did with its current
+// message.
+type sentEarly struct {
+	mu sync.Mutex
+	m  map[*mqtt.Client]*early
+}
+
+func (s *sentEarly) put(cl *mqtt.Client, e *early) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[*mqtt.Client]*early{}
+	}
+	s.m[cl] = e
+	s.mu.Unlock()
+}
+
+func (s *sentEarly) take(cl *mqtt.Client) *early {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.m[cl]
+	delete(s.m, cl)
+	return v
+}
+
+// OnPublish sends a client's QoS 1/2 message to the nodes whose
+// persistent sessions it matches, and waits for their commits.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	n := h.n
+	if pk.FixedHeader.Qos == 0 || cl.Net.Inline || n.srv.Load() == nil || n.durable.Load() == nil {
+		return pk, nil
+	}
+	n.early.take(cl) // a previous message that never reached OnPublished
+	name := pk.TopicName
+	peers := *n.peers.Load()
+	var to []string
+	for _, p := range peers {
+		if p.dur != nil && p.dur.matches(name) {
+			to = append(to, p.name)
+		}
+	}
+	if len(to) == 0 {
+		return pk, nil
+	}
+	e := &early{sent: map[string]bool{}, assigned: n.assignShared(name, peers)}
+	data, err := encodePublish(pk)
+	if err != nil {
+		return pk, nil // OnPublished counts it
+	}
+	inbox := n.nc.NewRespInbox()
+	sub, err := n.nc.SubscribeSync(inbox)
+	if err != nil {
+		return pk, nil
+	}
+	defer sub.Unsubscribe()
+	for _, node := range to {
+		msg := &nats.Msg{Subject: subjMsg + node, Reply: inbox, Data: data, Header: nats.Header{hdrOrigin: {n.name}, hdrSync: {"1"}}}
+		for _, k := range e.assigned[node] {
+			msg.Header.Add(hdrShared, encodeName(k))
+		}
+		if err := n.nc.PublishMsg(msg); err != nil {
+			continue // OnPublished tries again
+		}
+		n.m.sent.Inc()
+		e.sent[node] = true
+	}
+	n.early.put(cl, e)
+	deadline := time.Now().Add(durableWait)
+	for range e.sent {
+		_, err := sub.NextMsg(time.Until(deadline))
+		if errors.Is(err, nats.ErrNoResponders) {
+			continue // a node that is gone: nothing to wait for
+		}
+		if err != nil {
+			n.m.dropped.WithLabelValues("not_durable").Inc()
+			n.log.Debug("a node did not confirm a message for its persistent sessions in time", "topic", name)
+			break
+		}
+	}
+	return pk, nil
+}
+
+// answerDurable answers m, a message sent with hdrSync, once what its
+// injection queued is committed.
+func (n *Node) answerDurable(m *nats.Msg) {
+	if m.Reply == "" || m.Header.Get(hdrSync) == "" {
+		return
+	}
+	d := n.durable.Load()
+	if d == nil || d.Barrier == nil {
+		_ = m.Respond(nil)
+		return
+	}
+	done := d.Barrier()
+	n.goBackground(func() {
+		t := time.NewTimer(durableWait)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		_ = m.Respond(nil)
+	})
+}
