@@ -100,35 +100,36 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if err != nil {
 		return pk, nil // OnPublished counts it
 	}
-	inbox := n.nc.NewRespInbox()
-	sub, err := n.nc.SubscribeSync(inbox)
-	if err != nil {
-		return pk, nil
+	n.early.put(cl, e)
+	var late atomic.Bool
+	request := func(msg *nats.Msg) {
+		_, err := n.nc.RequestMsg(msg, durableWait)
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) { // no responders: a node that is gone
+			late.Store(true)
+		}
 	}
-	defer sub.Unsubscribe()
-	for _, node := range to {
-		msg := &nats.Msg{Subject: subjMsg + node, Reply: inbox, Data: data, Header: nats.Header{hdrOrigin: {n.name}, hdrSync: {"1"}}}
+	var wg sync.WaitGroup
+	for i, node := range to {
+		msg := &nats.Msg{Subject: subjMsg + node, Data: data, Header: nats.Header{hdrOrigin: {n.name}, hdrSync: {"1"}}}
 		for _, k := range e.assigned[node] {
 			msg.Header.Add(hdrShared, encodeName(k))
 		}
-		if err := n.nc.PublishMsg(msg); err != nil {
-			continue // OnPublished tries again
-		}
+		e.sent[node] = true // sent, or the bus is down: not again after the PUBACK
 		n.m.sent.Inc()
-		e.sent[node] = true
-	}
-	n.early.put(cl, e)
-	deadline := time.Now().Add(durableWait)
-	for range e.sent {
-		_, err := sub.NextMsg(time.Until(deadline))
-		if errors.Is(err, nats.ErrNoResponders) {
-			continue // a node that is gone: nothing to wait for
-		}
-		if err != nil {
-			n.m.dropped.WithLabelValues("not_durable").Inc()
-			n.log.Debug("a node did not confirm a message for its persistent sessions in time", "topic", name)
+		if i == len(to)-1 {
+			request(msg) // the last (often the only) one on this goroutine
 			break
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			request(msg)
+		}()
+	}
+	wg.Wait()
+	if late.Load() {
+		n.m.notDurable.Inc()
+		n.log.Debug("another node did not confirm a message for its persistent sessions in time", "topic", name)
 	}
 	return pk, nil
 }

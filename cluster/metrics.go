@@ -8,6 +8,7 @@ import (
 type metrics struct {
 	sent, received prometheus.Counter
 	dropped        *prometheus.CounterVec
+	notDurable     prometheus.Counter
 }
 
 // dropReasons are tether_cluster_messages_dropped_total's reasons.
@@ -21,6 +22,8 @@ func newMetrics() *metrics {
 			Help: "Messages from other nodes delivered into this node's engine."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_cluster_messages_dropped_total",
 			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode."}, []string{"reason"}),
+		notDurable: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_acks_not_durable_total",
+			Help: "QoS 1/2 messages for persistent sessions on other nodes acknowledged before every such node confirmed their commit (it did not answer within 2 s)."}),
 	}
 	for _, r := range dropReasons {
 		m.dropped.WithLabelValues(r)
@@ -33,6 +36,7 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	n.m.sent.Describe(ch)
 	n.m.received.Describe(ch)
 	n.m.dropped.Describe(ch)
+	n.m.notDurable.Describe(ch)
 	ch <- nodesDesc
 	ch <- busUpDesc
 }
@@ -42,6 +46,7 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	n.m.sent.Collect(ch)
 	n.m.received.Collect(ch)
 	n.m.dropped.Collect(ch)
+	n.m.notDurable.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(len(*n.peers.Load())+1))
 	up := 0.0
 	if n.Healthy() == nil {
