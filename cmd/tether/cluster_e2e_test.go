@@ -457,3 +457,49 @@ func TestClusterSlowSubscriber(t *testing.T) {
 		t.Fatalf("%d messages dropped", d)
 	}
 }
+
+// TestClusterDurableQueue: nodes on their own SQLite files. A QoS 1
+// message published on node 2 for a persistent session offline on node 1
+// is in that session's queue when its PUBACK arrives (node 1 committed it
+// before node 2 acknowledged), and the session gets all of them when it
+// comes back.
+func TestClusterDurableQueue(t *testing.T) {
+	apps := startCluster(t, 2, nil)
+	got := make(chan string, 100)
+	sub := testmqtt.Client(t, apps[0].mqttAddr(), "dq-sub", false, true, func(m paho3.Message) { got <- string(m.Payload()) })
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("dq/#", 1, nil))
+	waitRoutes(t, apps[1], "dq/x", apps[0])
+	sub.Disconnect(250)
+	queued := func() int {
+		for _, s := range apps[0].store.Sessions() {
+			if s.ClientID == "dq-sub" && !s.Online {
+				return s.Queued
+			}
+		}
+		return -1
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if n := queued(); n != 0 {
+			return fmt.Errorf("session dq-sub: %d queued (-1: not offline yet)", n)
+		}
+		return nil
+	})
+	pub := testmqtt.Client(t, apps[1].mqttAddr(), "dq-pub", true, true, nil)
+	for i := range 20 {
+		testmqtt.WaitToken(t, "publish", pub.Publish(fmt.Sprintf("dq/%d", i), 1, false, fmt.Sprintf("m%d", i)))
+		if n := queued(); n != i+1 {
+			t.Fatalf("after the PUBACK of message %d: %d queued on node 1, want %d", i, n, i+1)
+		}
+	}
+	testmqtt.Client(t, apps[0].mqttAddr(), "dq-sub", false, true, func(m paho3.Message) { got <- string(m.Payload()) })
+	for i := range 20 {
+		select {
+		case p := <-got:
+			if p != fmt.Sprintf("m%d", i) {
+				t.Fatalf("received %q, want m%d", p, i)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message m%d not delivered", i)
+		}
+	}
+}
