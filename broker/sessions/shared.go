@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -77,7 +78,9 @@ func (s *Store) Release(clientID string) {
 		return
 	}
 	for filter := range cl.State.Subscriptions.GetAll() {
-		srv.Topics.Unsubscribe(filter, clientID)
+		if srv.Topics.Unsubscribe(filter, clientID) {
+			atomic.AddInt64(&srv.Info.Subscriptions, -1)
+		}
 		s.persist.remove(clientID, filter)
 	}
 	srv.Clients.Delete(clientID)
@@ -271,7 +274,9 @@ func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) (*
 	q.count, q.bytes, q.next = count, bytes.Int64, max(q.next, last.Int64+1)
 	q.mu.Unlock()
 	for _, sub := range subs {
-		srv.Topics.Subscribe(c.ID, sub)
+		if srv.Topics.Subscribe(c.ID, sub) {
+			atomic.AddInt64(&srv.Info.Subscriptions, 1)
+		}
 		cl.State.Subscriptions.Add(sub.Filter, sub)
 		s.persist.add(c.ID, sub)
 	}
