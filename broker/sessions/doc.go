@@ -12,4 +12,9 @@
 // goroutines: changes are queued for one writer goroutine that commits
 // them in groups (writer.go), and only a QoS 1/2 publisher waits, for its
 // own group.
+//
+// In a cluster whose nodes share PostgreSQL (OpenShared, shared.go) the
+// same tables live there, each session row naming the node that holds
+// it, and a session moves to the node its client connects to (Release,
+// Adopt) or, when its node is gone, to a surviving node (AdoptOrphans).
 package sessions
