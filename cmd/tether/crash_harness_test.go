@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -38,15 +39,47 @@ func buildTether(t *testing.T, dir string) string {
 	return bin
 }
 
-// freeAddr returns a loopback address with a port free at the time.
+// freeAddr returns a loopback address with a port free at the time, for
+// a child process to listen on. The port comes from below the kernel's
+// ephemeral range: a port the kernel picked for 127.0.0.1:0 is in that
+// range, and between this close and the child's bind an outgoing
+// connection of any test could take it as its source port ("address
+// already in use", seen once in a few hundred cluster runs). Ports handed
+// out once are not handed out again in this process.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	if freePorts.used == nil {
+		freePorts.used = map[int]bool{}
+		freePorts.next = 20000 + rand.IntN(10000)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for range 10000 {
+		port := freePorts.next
+		freePorts.next++
+		if freePorts.next >= 32000 {
+			freePorts.next = 20000
+		}
+		if freePorts.used[port] {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		freePorts.used[port] = true
+		return addr
+	}
+	t.Fatal("no free port between 20000 and 32000")
+	return ""
+}
+
+var freePorts struct {
+	sync.Mutex
+	used map[int]bool
+	next int
 }
 
 // tetherProc is one data directory and its ports, served by a child
