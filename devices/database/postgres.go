@@ -34,13 +34,7 @@ func OpenPostgres(ctx context.Context, connURL string) (*DB, error) {
 		p.Close()
 		return nil, errorf(name, err)
 	}
-	if _, err := p.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		component  TEXT NOT NULL,
-		version    INTEGER NOT NULL,
-		applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-		PRIMARY KEY (component, version))`); err != nil && !IsConstraint(err) {
-		// (Two nodes creating it at once: one of them sees a unique
-		// violation on the catalog, and the table exists.)
+	if err := createMigrations(ctx, p); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("open database %s: create schema_migrations: %w", name, err)
 	}
@@ -49,6 +43,29 @@ func OpenPostgres(ctx context.Context, connURL string) (*DB, error) {
 		return nil, errorf(name, err)
 	}
 	return db, nil
+}
+
+// createMigrations creates schema_migrations under the migrations'
+// advisory lock: CREATE TABLE IF NOT EXISTS is not safe against itself in
+// PostgreSQL (two nodes starting together: one fails on the catalog with
+// "type schema_migrations already exists").
+func createMigrations(ctx context.Context, p *sql.DB) error {
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, migrateLock); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		component  TEXT NOT NULL,
+		version    INTEGER NOT NULL,
+		applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+		PRIMARY KEY (component, version))`); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // isPostgresConstraint reports a PostgreSQL integrity constraint violation
