@@ -17,36 +17,53 @@ type clientList struct {
 // listClients: GET /clients?limit=&cursor= lists the connected MQTT
 // clients (not the broker's own inline client) ordered by client id.
 func (a *API) listClients(w http.ResponseWriter, r *http.Request) error {
-	q, err := query(r, "limit", "cursor")
+	page, next, err := idPage(r, func() ([]info.Client, error) {
+		if a.broker == nil {
+			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Msg: "no broker is running"}
+		}
+		return a.broker.Clients(), nil
+	}, func(c info.Client) string { return c.ID })
 	if err != nil {
 		return err
+	}
+	out := clientList{Clients: page, NextCursor: next}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// idPage is one page of all, ordered by id, as GET /clients and
+// /sessions take it: ?limit= (pageLimit) and ?cursor= (the last id of the
+// previous page); next is the cursor of the page after it, or "". The
+// query is checked before source is asked for the items.
+func idPage[T any](r *http.Request, source func() ([]T, error), id func(T) string) (page []T, next string, err error) {
+	q, err := query(r, "limit", "cursor")
+	if err != nil {
+		return nil, "", err
 	}
 	limit, err := pageLimit(q)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	after, err := idCursor(q.Get("cursor"))
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	if a.broker == nil {
-		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Msg: "no broker is running"}
+	all, err := source()
+	if err != nil {
+		return nil, "", err
 	}
-	all := a.broker.Clients()
-	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
-	out := clientList{Clients: []info.Client{}}
-	for _, c := range all {
-		if after != "" && c.ID <= after {
+	sort.Slice(all, func(i, j int) bool { return id(all[i]) < id(all[j]) })
+	page = []T{}
+	for _, v := range all {
+		if after != "" && id(v) <= after {
 			continue
 		}
-		if len(out.Clients) == limit {
-			out.NextCursor = base64.RawURLEncoding.EncodeToString([]byte(out.Clients[limit-1].ID))
-			break
+		if len(page) == limit {
+			return page, base64.RawURLEncoding.EncodeToString([]byte(id(page[limit-1]))), nil
 		}
-		out.Clients = append(out.Clients, c)
+		page = append(page, v)
 	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
+	return page, "", nil
 }
 
 // idCursor decodes a cursor that holds the last id of the previous page.

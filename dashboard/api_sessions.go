@@ -1,9 +1,7 @@
 package dashboard
 
 import (
-	"encoding/base64"
 	"net/http"
-	"sort"
 
 	"github.com/tether-iot/tether/broker/info"
 )
@@ -17,34 +15,16 @@ type sessionList struct {
 // listSessions: GET /sessions?limit=&cursor= lists the persistent MQTT
 // sessions, online or not, with their queues, ordered by client id.
 func (a *API) listSessions(w http.ResponseWriter, r *http.Request) error {
-	q, err := query(r, "limit", "cursor")
-	if err != nil {
-		return err
-	}
-	limit, err := pageLimit(q)
-	if err != nil {
-		return err
-	}
-	after, err := idCursor(q.Get("cursor"))
-	if err != nil {
-		return err
-	}
-	if a.store == nil {
-		return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Msg: "no session store is running"}
-	}
-	all := a.store.Sessions()
-	sort.Slice(all, func(i, j int) bool { return all[i].ClientID < all[j].ClientID })
-	out := sessionList{Sessions: []info.Session{}}
-	for _, s := range all {
-		if after != "" && s.ClientID <= after {
-			continue
+	page, next, err := idPage(r, func() ([]info.Session, error) {
+		if a.store == nil {
+			return nil, &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Msg: "no session store is running"}
 		}
-		if len(out.Sessions) == limit {
-			out.NextCursor = base64.RawURLEncoding.EncodeToString([]byte(out.Sessions[limit-1].ClientID))
-			break
-		}
-		out.Sessions = append(out.Sessions, s)
+		return a.store.Sessions(), nil
+	}, func(s info.Session) string { return s.ClientID })
+	if err != nil {
+		return err
 	}
+	out := sessionList{Sessions: page, NextCursor: next}
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
