@@ -29,6 +29,9 @@ type BanOptions struct {
 	TrustedProxies []*net.IPNet
 	// Audit receives each ban (Note: it never waits); nil records none.
 	Audit *Audit
+	// Node is this node's name in a cluster (cluster.node), given to
+	// the refusals it sees and the bans it decides; "" alone.
+	Node string
 	// Now is the clock; nil means time.Now. For tests.
 	Now func() time.Time
 }
@@ -47,6 +50,8 @@ type Refusal struct {
 	// Detail says what was refused ("publish $SYS/x"), never a secret or
 	// a payload.
 	Detail string `json:"detail"`
+	// Node is the cluster node that refused it; omitted alone.
+	Node string `json:"node,omitempty"`
 }
 
 // Ban is a key refused for a while: a whole address, or one identity at
@@ -61,6 +66,8 @@ type Ban struct {
 	Refusals int       `json:"refusals"`
 	Since    time.Time `json:"since"`
 	Until    time.Time `json:"until"`
+	// Node is the cluster node that decided it; omitted alone.
+	Node string `json:"node,omitempty"`
 }
 
 // Offender is a key's refusals: within the window, and in all.
@@ -115,6 +122,12 @@ type Bans struct {
 	next    int
 	onBan   []func(Ban)
 	expired time.Time // last sweep of ended bans
+	// share carries this node's refusals, bans and lifts to the other
+	// nodes (bans_shared.go); nil alone. lifted remembers the bans
+	// lifted, key → the lifted ban's Since, until they would have
+	// ended, so that another node's copy does not bring one back.
+	share  BanShare
+	lifted map[string]liftedBan
 }
 
 type banKey struct {
@@ -145,6 +158,7 @@ func NewBans(o *BanOptions) *Bans {
 		o:      opts,
 		keys:   map[string]*banKey{},
 		active: map[string]*Ban{},
+		lifted: map[string]liftedBan{},
 		bans: counterVec(prometheus.CounterOpts{Name: "tether_bans_total",
 			Help: "Bans imposed for repeated refused logins or ACL denials, by kind (address, identity)."}, "kind", "address", "identity"),
 	}
@@ -178,7 +192,18 @@ func (b *Bans) LoginFailed(name, addr string) {
 
 // Refused records r and bans its keys that reach the threshold.
 func (b *Bans) Refused(r Refusal) {
-	if b == nil || r.Address == "" {
+	if b == nil {
+		return
+	}
+	r.Node = b.o.Node
+	b.refused(r, true)
+}
+
+// refused records r; a refusal seen here (local) bans the keys it brings
+// to the threshold and is shared with the other nodes, one seen
+// elsewhere (bans_shared.go) is only counted: its node decides.
+func (b *Bans) refused(r Refusal, local bool) {
+	if r.Address == "" {
 		return
 	}
 	if len(r.Identity) > maxAuditField {
@@ -203,18 +228,24 @@ func (b *Bans) Refused(r Refusal) {
 	// An identity's ACL denials are its own: they ban it at its address,
 	// not the address's other clients (a site behind one NAT).
 	if !b.exempt(r.Address) && (r.Kind != "acl" || r.Identity == "") {
-		if ban := b.count(AddressKey(r.Address), "address", r.Address, "", now); ban != nil {
+		if ban := b.count(AddressKey(r.Address), "address", r.Address, "", now, local); ban != nil {
 			fresh = append(fresh, *ban)
 		}
 	}
 	if r.Identity != "" {
-		if ban := b.count(IdentityKey(r.Identity, r.Address), "identity", r.Address, r.Identity, now); ban != nil {
+		if ban := b.count(IdentityKey(r.Identity, r.Address), "identity", r.Address, r.Identity, now, local); ban != nil {
 			fresh = append(fresh, *ban)
 		}
 	}
-	fns := b.onBan
+	fns, share := b.onBan, b.share
 	b.mu.Unlock()
+	if local && share != nil {
+		share.Refused(r)
+	}
 	for _, ban := range fresh {
+		if share != nil {
+			share.Banned(ban)
+		}
 		b.o.Audit.Note(AuditEntry{Action: AuditBanned, Actor: ban.Identity, Via: "security", Target: ban.Key,
 			Remote: ban.Address, Detail: strconv.Itoa(ban.Refusals) + " refusals within " + b.o.Window.String() +
 				"; until " + ban.Until.UTC().Format(time.RFC3339)})
@@ -224,9 +255,9 @@ func (b *Bans) Refused(r Refusal) {
 	}
 }
 
-// count adds a refusal to key and returns the ban it starts, if any. mu
-// must be held.
-func (b *Bans) count(key, kind, addr, identity string, now time.Time) *Ban {
+// count adds a refusal to key and returns the ban it starts, if any
+// (only when decide). mu must be held.
+func (b *Bans) count(key, kind, addr, identity string, now time.Time, decide bool) *Ban {
 	k := b.keys[key]
 	if k == nil {
 		k = &banKey{}
@@ -247,11 +278,11 @@ func (b *Bans) count(key, kind, addr, identity string, now time.Time) *Ban {
 	if len(k.times) > keep {
 		k.times = k.times[len(k.times)-keep:]
 	}
-	if !b.Enabled() || len(k.times) < b.o.Threshold || b.bannedKey(key, now) {
+	if !decide || !b.Enabled() || len(k.times) < b.o.Threshold || b.bannedKey(key, now) {
 		return nil
 	}
 	ban := &Ban{Key: key, Kind: kind, Address: addr, Identity: identity, Refusals: len(k.times),
-		Since: now, Until: now.Add(b.o.Duration)}
+		Since: now, Until: now.Add(b.o.Duration), Node: b.o.Node}
 	b.active[key] = ban
 	b.bans.WithLabelValues(kind).Inc()
 	return ban
@@ -311,16 +342,28 @@ func (b *Bans) Banned(identity, addr string) (Ban, bool) {
 func (b *Bans) Lift(key string) (Ban, bool) {
 	now := b.o.Now()
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	ban, ok := b.active[key]
 	if !ok || !ban.Until.After(now) {
+		b.mu.Unlock()
 		return Ban{}, false
 	}
-	delete(b.active, key)
-	if k := b.keys[key]; k != nil {
-		k.times = k.times[:0]
+	b.lift(ban)
+	share := b.share
+	b.mu.Unlock()
+	if share != nil {
+		share.Lifted(*ban)
 	}
 	return *ban, true
+}
+
+// lift ends ban, forgets its key's refusals and remembers the lift. mu
+// must be held.
+func (b *Bans) lift(ban *Ban) {
+	delete(b.active, ban.Key)
+	if k := b.keys[ban.Key]; k != nil {
+		k.times = k.times[:0]
+	}
+	b.lifted[ban.Key] = liftedBan{since: ban.Since, until: ban.Until}
 }
 
 // Active returns the bans in force, latest first.
@@ -407,6 +450,11 @@ func (b *Bans) sweep(now time.Time) {
 	for key, ban := range b.active {
 		if !ban.Until.After(now) {
 			delete(b.active, key)
+		}
+	}
+	for key, l := range b.lifted {
+		if !l.until.After(now) {
+			delete(b.lifted, key)
 		}
 	}
 }

@@ -123,6 +123,16 @@ func (l *LoginLimiter) Failed(name, addr string) {
 	}
 }
 
+// FailedElsewhere counts a failed login another node of the cluster saw
+// (its Bans share it), without calling the OnFailure functions: the
+// throttle of each node counts every node's failures, so spreading
+// guesses over the nodes behind a load balancer gains nothing.
+func (l *LoginLimiter) FailedElsewhere(name, addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failed(name, addr)
+}
+
 // failed counts a failure; mu must be held.
 func (l *LoginLimiter) failed(name, addr string) {
 	now := l.o.Now()

@@ -277,7 +277,7 @@ func (a *app) openSessions() (err error) {
 // HTTP, bans, and the broker's access hook with auth.rules.
 func (a *app) newAccess() error {
 	a.logins = devices.NewLoginLimiter(nil)
-	a.bans = newBans(a.cfg, a.data.audit)
+	a.bans = newBans(a.cfg, a.data.audit, a.nodeName())
 	a.logins.OnFailure(a.bans.LoginFailed) // failed logins count towards bans
 	a.auth = broker.NewAuth(broker.AuthOptions{
 		Registry: a.registry, AllowAnonymous: a.cfg.Auth.AllowAnonymous, Logger: a.base, Logins: a.logins, Bans: a.bans,

@@ -36,6 +36,11 @@ func (a *app) joinCluster() (err error) {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.cluster.Close() })
+	// One login throttle and one ban list for the cluster: each node's
+	// refusals count on every node, a ban or its lifting applies on all.
+	if err := a.cluster.ShareBans(a.bans, a.logins); err != nil {
+		return err
+	}
 	// With a shared session store (PostgreSQL), a persistent session
 	// follows its client: the node that holds it lets it go when it
 	// yields (Release), the node the client connects to takes it from

@@ -467,7 +467,7 @@ func TestBanConfig(t *testing.T) {
 	if err := cfg.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Security.BanThreshold != 0 || len(cfg.Security.BanExempt) != 2 || newBans(cfg, nil).Enabled() {
+	if cfg.Security.BanThreshold != 0 || len(cfg.Security.BanExempt) != 2 || newBans(cfg, nil, "").Enabled() {
 		t.Fatalf("from the environment: %+v", cfg.Security)
 	}
 	cfg.Security.BanThreshold = 3

@@ -138,10 +138,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // newBans is intrusion detection as cfg.Security says (Validate has
-// checked the addresses).
-func newBans(cfg configs.Config, audit *devices.Audit) *devices.Bans {
+// checked the addresses); node names this node in a cluster ("" alone).
+func newBans(cfg configs.Config, audit *devices.Audit, node string) *devices.Bans {
 	o := devices.BanOptions{Threshold: cfg.Security.BanThreshold, Window: cfg.Security.BanWindow,
-		Duration: cfg.Security.BanDuration, Audit: audit}
+		Duration: cfg.Security.BanDuration, Audit: audit, Node: node}
 	if o.Threshold == 0 {
 		o.Threshold = -1 // off
 	}
