@@ -10,6 +10,9 @@ type Client struct {
 	Remote          string     `json:"remote"`
 	ProtocolVersion int        `json:"protocol_version"`
 	ConnectedSince  *time.Time `json:"connected_since"`
+	// Node is the cluster node the client is connected to; omitted
+	// alone.
+	Node string `json:"node,omitempty"`
 }
 
 // Session is one persistent MQTT session, online or not, with its queue
@@ -21,6 +24,8 @@ type Session struct {
 	Queued    int        `json:"queued"`
 	Dropped   int64      `json:"dropped"`
 	ExpiresAt *time.Time `json:"expires_at"`
+	// Node is the cluster node that holds the session; omitted alone.
+	Node string `json:"node,omitempty"`
 }
 
 // Figures are the engine's statistics (its $SYS figures) and each
