@@ -50,11 +50,14 @@ func startEmbedded(o *Options, token string, log *slog.Logger) (*server.Server, 
 		Cluster:       server.ClusterOpts{Name: "tether", Host: host, Port: p},
 		Routes:        routes,
 	}
+	if err := routeTLS(o, opts); err != nil {
+		return nil, err
+	}
 	if o.Secret != "" {
 		// Routes this server accepts, and those it makes to the servers
 		// it learns of, carry it.
 		opts.Cluster.Username, opts.Cluster.Password = routeUser, o.Secret
-	} else if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+	} else if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && opts.Cluster.TLSConfig == nil {
 		log.Warn("cluster routes without a password: anyone who reaches cluster.listen joins the cluster and can publish anything; set cluster.secret", "listen", o.Listen)
 	}
 	ns, err := server.NewServer(opts)

@@ -31,8 +31,11 @@ type Options struct {
 	Listen string
 	Peers  []string
 	// Secret is the routes' password (cluster.secret); empty: none.
-	Secret  string
-	NATSURL string
+	Secret string
+	// TLSCert, TLSKey and TLSCA secure the routes with mutual TLS
+	// (cluster.tls_*, tls.go); empty: plain routes.
+	TLSCert, TLSKey, TLSCA string
+	NATSURL                string
 	// MaxPayload is the largest message the bus carries (bytes); 0:
 	// 8 MiB. Give the MQTT packet size limit and some room.
 	MaxPayload int

@@ -159,6 +159,13 @@ type Cluster struct {
 	// Secret, the same on every node, is the password of the routes
 	// between embedded NATS servers: a node without it cannot join.
 	Secret string `yaml:"secret"`
+	// TLSCert and TLSKey (PEM files) are this node's certificate on the
+	// routes, TLSCA the CA that signed every node's: the routes are then
+	// TLS, and a server without a certificate from that CA cannot join.
+	// All three or none.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	TLSCA   string `yaml:"tls_ca"`
 	// NATSURL is an external NATS (nats://host:port, comma-separated for
 	// several servers) instead of the embedded one.
 	NATSURL string `yaml:"nats_url"`
@@ -166,6 +173,13 @@ type Cluster struct {
 
 // Enabled reports whether the node joins a cluster.
 func (c Cluster) Enabled() bool { return c.Listen != "" || c.NATSURL != "" }
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // nodeName is what cluster.node may be: it is part of NATS subjects.
 var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -188,6 +202,14 @@ func validateCluster(c Cluster, bad func(key, format string, a ...any)) {
 	}
 	if len(c.Peers) > 0 && c.Listen == "" {
 		bad("cluster.peers", "needs cluster.listen (this node's own route address)")
+	}
+	if set := btoi(c.TLSCert != "") + btoi(c.TLSKey != "") + btoi(c.TLSCA != ""); set > 0 {
+		switch {
+		case set < 3:
+			bad("cluster.tls_cert", "cluster.tls_cert, cluster.tls_key and cluster.tls_ca go together")
+		case c.Listen == "":
+			bad("cluster.tls_cert", "secures the embedded NATS routes: needs cluster.listen (an external NATS's TLS is its own: tls:// in cluster.nats_url)")
+		}
 	}
 	if c.Secret != "" && len(c.Secret) < 16 {
 		bad("cluster.secret", "too short (at least 16 characters; e.g. openssl rand -hex 16)")
