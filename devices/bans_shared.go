@@ -54,7 +54,8 @@ func (b *Bans) RefusedElsewhere(r Refusal) {
 // Adopt imposes a ban another node decided (its Since and Until, bounded
 // by this node's ban duration), unless this node has one on that key
 // already or lifted it since; it ends the key's connections here as a
-// ban of its own would (OnBan), without auditing it again. It reports
+// ban of its own would (OnBan), without auditing or counting it again
+// (tether_banned counts it among the bans in force). It reports
 // whether the ban was taken up.
 func (b *Bans) Adopt(ban Ban) bool {
 	if !b.Enabled() || net.ParseIP(ban.Address) == nil {
@@ -93,8 +94,7 @@ func (b *Bans) Adopt(ban Ban) bool {
 	if len(b.active) >= banKeys {
 		b.sweep(now.Add(time.Second))
 	}
-	b.active[ban.Key] = &ban
-	b.bans.WithLabelValues(ban.Kind).Inc()
+	b.active[ban.Key] = &ban // counted in tether_bans_total by its node only
 	fns := b.onBan
 	b.mu.Unlock()
 	for _, f := range fns {
