@@ -40,6 +40,9 @@ func (r *Registry) RecordPresence(p Presence) {
 	default: // the writer is already due to run
 	}
 	r.presMu.Unlock()
+	if f := r.onOnline.Load(); f != nil && p.Online {
+		(*f)(p.DeviceID)
+	}
 }
 
 // PresenceStats returns how many presence records were written and how

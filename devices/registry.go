@@ -77,6 +77,8 @@ type Registry struct {
 	// node is this node's name on a shared database (SetNode); guarded
 	// by presMu.
 	node string
+	// onOnline is told of each device that connects (OnOnline).
+	onOnline atomic.Pointer[func(id string)]
 
 	// notes carries changes to and from the other nodes on PostgreSQL
 	// (registry_shared.go); nil on SQLite.

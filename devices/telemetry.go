@@ -199,6 +199,9 @@ type Telemetry struct {
 	// names (telemetry_names.go).
 	budget byteBudget
 	names  *metricNames
+	// refresh takes the devices whose names are read again
+	// (telemetry_names_shared.go); nil on SQLite.
+	refresh chan string
 
 	m *telemetryMetrics
 }
@@ -269,6 +272,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	t.wg.Add(2)
 	go t.write()
 	go t.prune()
+	t.startNameRefresh()
 	return t, nil
 }
 

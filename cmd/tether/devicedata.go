@@ -51,6 +51,9 @@ func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, l
 	}); err != nil {
 		return nil, err
 	}
+	// On a shared database a device's metric names are read again when it
+	// connects here: the cap is the cluster's, not each node's.
+	reg.OnOnline(d.telemetry.RefreshNames)
 	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{Logger: log}); err != nil {
 		return nil, err
 	}
