@@ -41,6 +41,9 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		flags.Usage()
 		return errUsage
 	}
+	if err := onPostgres("backup"); err != nil {
+		return err
+	}
 	dir := *dataDir
 	if dir == "" {
 		dir = dataDirFromEnv()
@@ -131,6 +134,19 @@ func checkIntegrity(ctx context.Context, path string) error {
 func defaultDataDir() string { return configs.Default().DataDir }
 
 // dataDirFromEnv is TETHER_DATA_DIR, or the default data directory.
+// onPostgres refuses a backup or restore where the server keeps its
+// registry in PostgreSQL (TETHER_STORAGE_POSTGRES_URL set): the SQLite
+// files of the data directory are not its data there, and copying them
+// would look like a backup while saving nothing that counts.
+func onPostgres(cmd string) error {
+	if v, ok := os.LookupEnv("TETHER_STORAGE_POSTGRES_URL"); !ok || v == "" {
+		return nil
+	}
+	return fmt.Errorf("%s: TETHER_STORAGE_POSTGRES_URL is set: the registry, users, tokens, commands, twins, telemetry "+
+		"(and, in a cluster, the MQTT sessions) are in PostgreSQL, which tether %s does not cover; use pg_dump and pg_restore "+
+		"(e.g. pg_dump --format=custom --file tether.dump \"$TETHER_STORAGE_POSTGRES_URL\"), or unset the variable to %s the SQLite files of a data directory", cmd, cmd, cmd)
+}
+
 func dataDirFromEnv() string {
 	if v, ok := os.LookupEnv("TETHER_DATA_DIR"); ok && v != "" {
 		return v

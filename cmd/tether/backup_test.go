@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -80,4 +81,29 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestBackupOnPostgresRefused: where the registry is in PostgreSQL
+// (TETHER_STORAGE_POSTGRES_URL), backup and restore say to use pg_dump
+// instead of copying a data directory's SQLite files (here an old one
+// that would have been copied), without echoing the URL's password.
+func TestBackupOnPostgresRefused(t *testing.T) {
+	dir := t.TempDir()
+	db, err := devices.OpenDB(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	t.Setenv("TETHER_STORAGE_POSTGRES_URL", "postgres://tether:pg-secret-pw@127.0.0.1:1/tether")
+	dst := filepath.Join(t.TempDir(), "backup.db")
+	for _, run := range []func(context.Context, []string, io.Writer, io.Writer) error{runBackup, runRestore} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), []string{"--data-dir", dir, dst}, &out, &errb)
+		if err == nil || !strings.Contains(err.Error(), "pg_dump") || strings.Contains(err.Error()+out.String()+errb.String(), "pg-secret-pw") {
+			t.Fatalf("on PostgreSQL: %v (%s%s)", err, out.String(), errb.String())
+		}
+	}
+	if _, err := os.Stat(dst); err == nil {
+		t.Fatal("a backup was written")
+	}
 }

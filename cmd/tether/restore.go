@@ -31,6 +31,9 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		flags.Usage()
 		return errUsage
 	}
+	if err := onPostgres("restore"); err != nil {
+		return err
+	}
 	dir := *dataDir
 	if dir == "" {
 		dir = dataDirFromEnv()
