@@ -34,6 +34,19 @@ func waitRefusals(t *testing.T, apps []*app, key string, n int) {
 	})
 }
 
+// waitBanned waits until every app's bans hold addr banned (or not).
+func waitBanned(t *testing.T, apps []*app, addr string, want bool) {
+	t.Helper()
+	checkFor(t, 20*time.Second, func() error {
+		for _, a := range apps {
+			if got := a.bans.AddressBanned(addr); got != want {
+				return fmt.Errorf("%s: %s banned %v, want %v", a.cluster.Name(), addr, got, want)
+			}
+		}
+		return nil
+	})
+}
+
 type clusterSecurity struct {
 	Bans     []struct{ Key, Node string }
 	Refusals []struct{ Address, Node string }
@@ -78,14 +91,15 @@ func TestClusterBansShared(t *testing.T) {
 		}
 		return nil
 	}
-	checkFor(t, 10*time.Second, func() error {
-		for _, a := range apps {
-			if err := banned(a); err != nil {
-				return err
-			}
+	// Wait for the ban to reach every node before probing with a correct
+	// login: one that raced the ban's arrival would be let in and then
+	// disconnected.
+	waitBanned(t, apps, "127.0.0.2", true)
+	for _, a := range apps {
+		if err := banned(a); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
+	}
 	for _, a := range apps {
 		if code, ok := connackFrom(t, "127.0.0.1", a.mqttAddr(), 5, "olga-1", "olga", "olga-password-1"); !ok || code != 0 {
 			t.Fatalf("%s: a correct login from another address: %#x %v", a.cluster.Name(), code, ok)
@@ -120,7 +134,10 @@ func TestClusterBansShared(t *testing.T) {
 		return cfg
 	}())
 	olga(late)
-	checkFor(t, 20*time.Second, func() error { return banned(late) })
+	waitBanned(t, []*app{late}, "127.0.0.2", true)
+	if err := banned(late); err != nil {
+		t.Fatal(err)
+	}
 	apps = append(apps, late)
 
 	// A lesser identity may neither see nor lift it.
@@ -142,14 +159,12 @@ func TestClusterBansShared(t *testing.T) {
 
 	// Lifted through node2: the address logs in on every node.
 	admin.do("DELETE", "/security/bans/ip:127.0.0.2", nil, nil)
-	checkFor(t, 10*time.Second, func() error {
-		for _, a := range apps {
-			if code, ok := connackFrom(t, "127.0.0.2", a.mqttAddr(), 5, "olga-1", "olga", "olga-password-1"); !ok || code != 0 {
-				return fmt.Errorf("%s after the lift: CONNACK %#x %v", a.cluster.Name(), code, ok)
-			}
+	waitBanned(t, apps, "127.0.0.2", false)
+	for _, a := range apps {
+		if code, ok := connackFrom(t, "127.0.0.2", a.mqttAddr(), 5, "olga-1", "olga", "olga-password-1"); !ok || code != 0 {
+			t.Fatalf("%s after the lift: CONNACK %#x %v", a.cluster.Name(), code, ok)
 		}
-		return nil
-	})
+	}
 }
 
 // TestClusterLoginThrottleShared: failed logins of one name from one
