@@ -23,6 +23,15 @@
 //   - client ids: a node where a client connects asks the others
 //     (Node.Claim); each applies the session owner rules to its own
 //     sessions and disconnects a live connection of the same identity.
+//   - security (bans.go): each node's refusals (failed logins, ACL
+//     denials) count in every node's login throttle and bans; a ban
+//     decided on one node, and its lifting, apply on all; a node that
+//     joins or comes back takes up the others' bans.
+//   - listings (listing.go): GET /clients and /sessions gather every
+//     node's, each item naming its node.
+//
+// The routes of the embedded servers may be TLS with certificates on both
+// ends, from one CA (tls.go).
 //
 // QoS across nodes: NATS core is at most once. A QoS 1 or 2 message is
 // acknowledged to its publisher by its own node, then crosses the bus and
