@@ -17,6 +17,7 @@ const (
 	subjBan      = "tether.sec.ban"     // a ban decided by a node
 	subjLift     = "tether.sec.lift"    // a ban lifted on a node
 	subjBanState = "tether.sec.state"   // send me your bans (a request)
+	subjCleared  = "tether.sec.cleared" // a login cleared its name's failures
 )
 
 // banChunk is how many bans one answer to a state request carries.
@@ -25,6 +26,12 @@ const banChunk = 1000
 type refusedMsg struct {
 	Node    string          `json:"node"`
 	Refusal devices.Refusal `json:"refusal"`
+}
+
+type clearedMsg struct {
+	Node    string `json:"node"`
+	Name    string `json:"name"`
+	Address string `json:"address"`
 }
 
 type banMsg struct {
@@ -50,7 +57,8 @@ type stateMsg struct {
 // its bans as if seen there; a ban is decided by the node whose refusal
 // reaches the threshold, which audits it and sends it to every node,
 // where it ends the banned key's connections and refuses it; a ban lifted
-// on one node is lifted on all. A node that starts, comes back to the
+// on one node is lifted on all; a correct login that clears its name's
+// failures at its address clears them on every node. A node that starts, comes back to the
 // bus, or hears a node it did not (a route that was down) asks every
 // node for its bans in force and lifts, and takes them up. The policy
 // stays devices.LoginLimiter's and devices.Bans': this only carries
@@ -89,6 +97,13 @@ func (n *Node) ShareBans(bans *devices.Bans, limiter *devices.LoginLimiter) erro
 			bans.LiftElsewhere(l.Key, l.Since, l.Until)
 		}},
 		{subjBanState, func(m *nats.Msg) { n.sendBanState(bans, m) }},
+		{subjCleared, func(m *nats.Msg) {
+			var c clearedMsg
+			if json.Unmarshal(m.Data, &c) != nil || c.Node == n.name || !validName(c.Node) || limiter == nil {
+				return
+			}
+			limiter.SucceededElsewhere(c.Name, c.Address)
+		}},
 	} {
 		// The subscriptions end with the connection (Close).
 		if _, err := n.nc.Subscribe(s.subject, s.fn); err != nil {
@@ -96,6 +111,11 @@ func (n *Node) ShareBans(bans *devices.Bans, limiter *devices.LoginLimiter) erro
 		}
 	}
 	bans.Share(banShare{n})
+	if limiter != nil {
+		limiter.OnCleared(func(name, addr string) {
+			n.publishJSON(subjCleared, clearedMsg{Node: n.name, Name: name, Address: addr})
+		})
+	}
 	n.wg.Add(1)
 	go n.banSyncer(bans)
 	return nil

@@ -42,10 +42,11 @@ const loginKeys = 100_000
 type LoginLimiter struct {
 	o LoginLimitOptions
 
-	// mu guards keys and onFailure.
+	// mu guards keys, onFailure and onCleared.
 	mu        sync.Mutex
 	keys      map[string]*loginKey
 	onFailure []func(name, addr string)
+	onCleared []func(name, addr string)
 }
 
 type loginKey struct {
@@ -161,6 +162,32 @@ func (l *LoginLimiter) failed(name, addr string) {
 // Succeeded clears the failures of name from addr (the address keeps its
 // own).
 func (l *LoginLimiter) Succeeded(name, addr string) {
+	l.mu.Lock()
+	k := pairKey(name, addr)
+	_, had := l.keys[k]
+	delete(l.keys, k)
+	fns := l.onCleared
+	l.mu.Unlock()
+	if had {
+		for _, f := range fns {
+			f(name, addr)
+		}
+	}
+}
+
+// OnCleared calls f when a successful login clears failures of its name
+// from its address (not for a login that had none: not on every
+// login). f runs on the caller's goroutine and must not block.
+func (l *LoginLimiter) OnCleared(f func(name, addr string)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.onCleared = append(l.onCleared, f)
+}
+
+// SucceededElsewhere clears the failures of name from addr after a
+// successful login on another node (OnCleared there), without calling
+// the OnCleared functions.
+func (l *LoginLimiter) SucceededElsewhere(name, addr string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.keys, pairKey(name, addr))

@@ -170,7 +170,7 @@ func TestClusterBansShared(t *testing.T) {
 // TestClusterLoginThrottleShared: failed logins of one name from one
 // address on two nodes close that name and address on the third, which
 // saw none of them (429); the same name from another address logs in
-// there.
+// there; a correct login on one node clears the pair on every node.
 func TestClusterLoginThrottleShared(t *testing.T) {
 	t.Setenv("TETHER_ADMIN_PASSWORD", secAdminPassword)
 	apps := startCluster(t, 3, func(_ int, cfg *configs.Config) {
@@ -207,5 +207,32 @@ func TestClusterLoginThrottleShared(t *testing.T) {
 	}
 	if st, _ := loginFrom(t, apps[2], "127.0.0.1", "", "victor", "victor-password-1"); st != http.StatusOK {
 		t.Fatalf("node3, correct password from another address: %d", st)
+	}
+
+	// Once the pair reopens, a correct login on node1 clears the name's
+	// failures at that address on every node: node3 then counts a new
+	// wrong password as the first, and keeps the pair open.
+	checkFor(t, 60*time.Second, func() error {
+		if w := apps[0].logins.Wait("victor", "127.0.0.3"); w > 0 {
+			return fmt.Errorf("node1 keeps the pair closed for %v", w)
+		}
+		return nil
+	})
+	if st, _ := loginFrom(t, apps[0], "127.0.0.3", "", "victor", "victor-password-1"); st != http.StatusOK {
+		t.Fatalf("node1, correct password once reopened: %d", st)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		for _, a := range apps {
+			if n := a.logins.Size(); n != 1 { // the address's key alone
+				return fmt.Errorf("%s holds %d limiter keys, want 1 (the pair cleared)", a.cluster.Name(), n)
+			}
+		}
+		return nil
+	})
+	if st, _ := loginFrom(t, apps[2], "127.0.0.3", "", "victor", "wrong-password"); st != http.StatusUnauthorized {
+		t.Fatalf("node3, wrong password after the clear: %d", st)
+	}
+	if w := apps[2].logins.Wait("victor", "127.0.0.3"); w > 0 {
+		t.Fatalf("node3 closed the pair after one failure following a correct login elsewhere: %v", w)
 	}
 }
