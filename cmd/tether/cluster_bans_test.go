@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/tether-iot/tether/configs"
 )
 
@@ -235,4 +237,32 @@ func TestClusterLoginThrottleShared(t *testing.T) {
 	if w := apps[2].logins.Wait("victor", "127.0.0.3"); w > 0 {
 		t.Fatalf("node3 closed the pair after one failure following a correct login elsewhere: %v", w)
 	}
+}
+
+// TestClusterUISecurity: the dashboard's Security page on node1 shows a
+// ban node2 decided from refusals node2 saw, each naming node2, and its
+// Lift button lifts the ban on both nodes.
+func TestClusterUISecurity(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", uiAdminPassword)
+	apps := startCluster(t, 2, func(_ int, cfg *configs.Config) {
+		cfg.Auth.AllowAnonymous = false
+		cfg.Security.BanThreshold = 3
+		cfg.Security.BanExempt = nil
+	})
+	ctx := uiBrowser(t)
+	for i := range 3 {
+		if _, ok := connackFrom(t, "127.0.0.2", apps[1].mqttAddr(), 5, fmt.Sprintf("g-%d", i), fmt.Sprintf("guess-%d", i), "wrong-password"); !ok {
+			t.Fatal("refused before the ban")
+		}
+	}
+	waitBanned(t, apps, "127.0.0.2", true)
+	base := "http://" + apps[0].httpAddr()
+	step(t, ctx, "log in as admin on node1", loginSteps(base, "admin", uiAdminPassword)...)
+	step(t, ctx, "security page", chromedp.Navigate(base+"/#/security"),
+		chromedp.WaitVisible(chromedp.CSS("#ban-table")),
+		waitJS(`[...document.querySelectorAll('#ban-rows tr[data-key="ip:127.0.0.2"] td')].some((td) => td.textContent.endsWith(' on node2'))`),
+		waitJS(`[...document.querySelectorAll('#refusal-rows td')].some((td) => td.textContent === '127.0.0.2 → node2')`))
+	step(t, ctx, "lift the ban", chromedp.Click(chromedp.CSS(`#ban-rows tr[data-key="ip:127.0.0.2"] .lift`)),
+		waitJS(`!document.querySelector('#ban-rows tr[data-key="ip:127.0.0.2"]')`))
+	waitBanned(t, apps, "127.0.0.2", false)
 }

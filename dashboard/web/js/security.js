@@ -36,7 +36,7 @@ export function securityView(main) {
         h('td', {}, h('span', { class: 'pill bad', text: b.kind })),
         h('td', { class: 'mono', text: who(b) }),
         h('td', { text: String(b.refusals) }),
-        h('td', { class: 'small', text: fmtTime(b.since) }),
+        h('td', { class: 'small', text: fmtTime(b.since) + (b.node ? ' on ' + b.node : '') }),
         h('td', { class: 'small', text: fmtTime(b.until) }),
         h('td', {}, h('button', { class: 'ghost small lift', type: 'button', onclick: (ev) => lift(b.key, ev.currentTarget) }, 'Lift')))) : empty(6, 'No bans in force.'));
       fill(offenders, s.offenders.length ? s.offenders.map((o) => h('tr', { dataset: { key: o.key } },
@@ -49,7 +49,7 @@ export function securityView(main) {
         h('td', { class: 'muted small', text: fmtTime(r.time) }),
         h('td', {}, h('span', { class: 'pill', text: r.kind })),
         h('td', { class: 'mono', text: r.identity || '—' }),
-        h('td', { class: 'mono small', text: r.address }),
+        h('td', { class: 'mono small', text: r.address + (r.node ? ' → ' + r.node : '') }),
         h('td', { class: 'small', text: r.detail }))) : empty(5, 'No refusals since the server started.'));
     } catch (e) { err.textContent = e.message; }
   };
