@@ -58,7 +58,12 @@ func (n *Node) Sessions(local []info.Session) []info.Session {
 	for i := range local {
 		local[i].Node = n.name
 	}
-	all := gather(n, subjListSessions, local, func(s *info.Session, node string) { s.Node = node })
+	return onePerClient(gather(n, subjListSessions, local, func(s *info.Session, node string) { s.Node = node }))
+}
+
+// onePerClient keeps one session per client id: the online one, or else
+// the one whose node sorts first.
+func onePerClient(all []info.Session) []info.Session {
 	seen := make(map[string]int, len(all))
 	out := all[:0]
 	for _, s := range all {
