@@ -71,7 +71,11 @@ type Auth struct {
 	// them, still reads the client, so a purge must wait for the tail
 	// (offlineSessionsOf). tailed says the tail is installed.
 	ending sync.Map
-	tailed atomic.Bool
+	// established holds the clients whose CONNACK has gone
+	// (OnSessionEstablished until OnDisconnect): only those may be sent
+	// a DISCONNECT (end).
+	established sync.Map
+	tailed      atomic.Bool
 	// current maps a device id to the *mqtt.Client that last
 	// authenticated as it, so that a connection taken over by a newer one
 	// does not mark the device offline.
@@ -290,6 +294,7 @@ func (a *Auth) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // OnSessionEstablished publishes a device's presence once its CONNACK is
 // sent.
 func (a *Auth) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	a.established.Store(cl, struct{}{})
 	a.unclaim(cl) // the engine lists it now
 	if c := a.conn(cl); c != nil && c.id.Kind == devices.KindDevice {
 		a.online(cl, c.id.Name)
@@ -304,6 +309,7 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 	a.unclaim(cl)
 	a.forgetSubscribe(cl)
+	a.established.Delete(cl)
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {
 		return
@@ -386,11 +392,7 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			// Forget it now, so that nothing it sends meanwhile passes
 			// the ACL (nor its will: checkWill).
 			a.clients.Store(cl, &conn{id: c.id, clientID: c.clientID, revoked: true})
-			if cl.Properties.ProtocolVersion == 5 {
-				_ = a.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
-			} else {
-				cl.Stop(packets.ErrNotAuthorized)
-			}
+			a.end(cl, packets.ErrNotAuthorized)
 			return true
 		})
 		if rv.Purge {
@@ -412,4 +414,17 @@ func (a *Auth) Identity(cl *mqtt.Client) (id devices.Identity, ok bool) {
 		return devices.Identity{}, false
 	}
 	return c.id, true
+}
+
+// end closes cl's connection for code. An MQTT 5 client whose CONNACK has
+// gone is told why with a DISCONNECT; one still connecting (a ban or a
+// revocation between its login and its CONNACK) is only cut off, since a
+// DISCONNECT before the CONNACK breaks the protocol [MQTT-3.2.0-1], and so
+// is an MQTT 3 client, which has no server DISCONNECT.
+func (a *Auth) end(cl *mqtt.Client, code packets.Code) {
+	if _, ok := a.established.Load(cl); ok && cl.Properties.ProtocolVersion == 5 {
+		_ = a.srv.DisconnectClient(cl, code)
+		return
+	}
+	cl.Stop(code)
 }

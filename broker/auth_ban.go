@@ -58,11 +58,7 @@ func (a *Auth) endBanned(ban devices.Ban) {
 		}
 		a.log.Info("disconnecting banned client", "client", cl.ID, "name", c.id.Name, "remote", ban.Address, "ban", ban.Key)
 		a.clients.Store(cl, &conn{id: c.id, anonymous: c.anonymous, revoked: true})
-		if cl.Properties.ProtocolVersion == 5 {
-			_ = a.srv.DisconnectClient(cl, packets.ErrAdministrativeAction)
-		} else {
-			cl.Stop(packets.ErrAdministrativeAction)
-		}
+		a.end(cl, packets.ErrAdministrativeAction)
 		return true
 	})
 }

@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -126,5 +128,38 @@ func TestYieldSessionTie(t *testing.T) {
 	}
 	if !a.YieldSession("nobody-here", anon, false) {
 		t.Fatal("a client id unknown here refused")
+	}
+}
+
+// A ban or a revocation that reaches an MQTT 5 client between its login
+// and its CONNACK cuts the connection without a DISCONNECT (one before the
+// CONNACK breaks the protocol); once the CONNACK has gone the client is
+// told why.
+func TestEndBeforeConnack(t *testing.T) {
+	e := startAuthEnv(t, false)
+	a := e.auth
+	read := func(established bool) []byte {
+		here, there := net.Pipe()
+		cl := a.srv.NewClient(here, "tcp", "ending", false)
+		cl.Properties.ProtocolVersion = 5
+		if established {
+			a.OnSessionEstablished(cl, packets.Packet{})
+			defer a.OnDisconnect(cl, nil, true)
+		}
+		got := make(chan []byte, 1)
+		go func() {
+			b, _ := io.ReadAll(there)
+			got <- b
+		}()
+		a.end(cl, packets.ErrAdministrativeAction)
+		_ = here.Close() // the engine's Stop closes it from its own loop; not started here
+		return <-got
+	}
+	if b := read(false); len(b) != 0 {
+		t.Fatalf("a client still connecting was sent %x", b)
+	}
+	b := read(true)
+	if len(b) == 0 || b[0]>>4 != packets.Disconnect {
+		t.Fatalf("an established client was not sent a DISCONNECT: %x", b)
 	}
 }
