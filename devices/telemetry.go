@@ -119,12 +119,12 @@ type TelemetryOptions struct {
 	// QueueBytes bounds the memory of the points waiting, and of the
 	// batch being written, beside their number (default 64 MiB).
 	QueueBytes int64
-	// BatchSize is the most points written in one transaction (default
-	// 65536). A writer that lags takes full batches; each costs a few
-	// statements per device besides its points (the open chunk's row,
-	// the hourly rollups, the last values), so larger batches cost less
-	// CPU a point, and hold the database's one write connection longer
-	// (0.1–0.2 s for 65,536 on a 2-core machine).
+	// BatchSize is the most points taken between two writes (default
+	// 262144): the writer merges each point into its device's open chunk
+	// as it takes it, and writes every FlushInterval, or sooner when it
+	// has taken BatchSize points (or 16 MiB of their JSON). A write costs
+	// a few statements per device that sent something (its open chunk's
+	// row, its hourly rollups, its last values), however many points.
 	BatchSize int
 	// Retention is how long points are kept (default 7 days).
 	Retention time.Duration
@@ -185,11 +185,18 @@ type Telemetry struct {
 	once    sync.Once
 
 	// chunks is the writer's open chunks; rollups its batch aggregates;
-	// order its batch grouped by device. All are the writer goroutine's
-	// own.
+	// latest each device's latest values since the last write. All are
+	// the writer goroutine's own.
 	chunks  *chunkBuilder
 	rollups *rollups
-	order   *batchOrder
+	latest  *latest
+	// held and heldBytes are the points taken since the last write,
+	// and their bytes.
+	held      int
+	heldBytes int64
+	// wake tells the writer that the queue is filling up (wakeAt).
+	wake   chan struct{}
+	wakeAt int
 
 	// last keeps the devices' last values (the registry); nil keeps only
 	// history.
@@ -220,7 +227,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		opts.QueueSize = 262144
 	}
 	if opts.BatchSize <= 0 {
-		opts.BatchSize = 65536
+		opts.BatchSize = 262144
 	}
 	if opts.QueueBytes <= 0 {
 		opts.QueueBytes = 64 << 20
@@ -255,7 +262,9 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		names:   newMetricNames(),
 		chunks:  newChunkBuilder(),
 		rollups: newRollups(true, db.Dialect),
-		order:   newBatchOrder(),
+		latest:  newLatest(),
+		wake:    make(chan struct{}, 1),
+		wakeAt:  max(opts.QueueSize/4, 1),
 	}
 	t.m = newTelemetryMetrics(t)
 	if t.last != nil {
@@ -304,6 +313,12 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 	}
 	select {
 	case t.queue <- p:
+		if len(t.queue) >= t.wakeAt {
+			select {
+			case t.wake <- struct{}{}:
+			default:
+			}
+		}
 		return true
 	default:
 		t.budget.give(p.cost())

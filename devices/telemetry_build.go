@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 )
 
@@ -94,7 +93,7 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 			col.setDict(n, v)
 			return
 		}
-		f, err := strconv.ParseFloat(string(v), 64)
+		f, err := parseNumber(v)
 		if err != nil { // not from ParseTelemetry: keep the text
 			col.setDict(n, v)
 			return

@@ -6,83 +6,55 @@ import (
 	"time"
 )
 
-// write is the batch writer: it collects queued points and writes them in
-// one transaction when the batch is full (BatchSize points or
-// maxBatchBytes), every FlushInterval, on Flush and on Close. While points
-// are being dropped it logs once per interval.
+// write is the writer. It takes queued points every pollEvery (or
+// sooner when the queue fills up), not one wake-up per point: a point is
+// merged at once into its device's open chunk, hourly rollups and latest
+// values, and its queue bytes are free again. What was taken is written
+// in one transaction every FlushInterval, on Flush and on Close, and
+// sooner when BatchSize points or maxBatchBytes of them were taken since
+// the last write. Writing per interval rather than per batch costs a few
+// statements per device and interval (its open chunk's row, its hourly
+// rollups, its last values) whatever the rate. While points are being
+// dropped it logs once per interval.
 func (t *Telemetry) write() {
 	defer t.wg.Done()
 	tick := time.NewTicker(t.opts.FlushInterval)
 	defer tick.Stop()
-	batch := make([]queued, 0, min(t.opts.BatchSize, 4096))
-	var batchBytes int64
+	poll := time.NewTicker(t.pollEvery())
+	defer poll.Stop()
 	maxBytes := t.maxBatchBytes()
-	full := func() bool { return len(batch) >= t.opts.BatchSize || batchBytes >= maxBytes }
-	add := func(p queued) {
-		batch = append(batch, p)
-		batchBytes += p.cost()
-	}
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		err := t.writeBatch(batch)
-		clear(batch) // let the maps go
-		batch = batch[:0]
-		// Written (or failed): the points' bytes are free for new ones.
-		t.budget.give(batchBytes)
-		batchBytes = 0
-		return err
-	}
-	// drain takes everything queued now, writing full batches as it goes.
-	drain := func() error {
+	now := time.Now()
+	full := func() bool { return t.held >= t.opts.BatchSize || t.heldBytes >= maxBytes }
+	// take merges everything queued now, writing when full.
+	take := func() error {
+		var err error
 		for {
 			select {
 			case p := <-t.queue:
-				add(p)
+				t.take(p, now)
 				if full() {
-					if err := flush(); err != nil {
-						return err
+					if e := t.commit(); e != nil {
+						err = e
 					}
 				}
 			default:
-				return flush()
+				return err
 			}
 		}
 	}
 	var lastDropped int64
 	for {
 		select {
-		case p := <-t.queue:
-			add(p)
-			// Take what else is queued without a select of every case
-			// per point: under load points arrive faster than one at a
-			// time.
-		more:
-			for !full() {
-				select {
-				case p := <-t.queue:
-					add(p)
-				default:
-					break more
-				}
-			}
-			if full() {
-				_ = flush()
-			}
+		case <-poll.C:
+			now = time.Now()
+			_ = take()
+		case <-t.wake:
+			now = time.Now()
+			_ = take()
 		case <-tick.C:
-			// Top the batch up from the queue first: after a slow batch
-			// the queue holds more than the batch.
-		fill:
-			for !full() {
-				select {
-				case p := <-t.queue:
-					add(p)
-				default:
-					break fill
-				}
-			}
-			_ = flush()
+			now = time.Now()
+			_ = take()
+			_ = t.commit()
 			if d := count(t.m.dropped); d != lastDropped {
 				t.log.Warn("telemetry: queue full, points routed but not stored",
 					"dropped", d-lastDropped, "interval", t.opts.FlushInterval, "queue_size", t.opts.QueueSize,
@@ -90,9 +62,19 @@ func (t *Telemetry) write() {
 				lastDropped = d
 			}
 		case done := <-t.flushes:
-			done <- drain()
+			now = time.Now()
+			err := take()
+			if e := t.commit(); e != nil {
+				err = e
+			}
+			done <- err
 		case <-t.stop:
-			if err := drain(); err != nil {
+			now = time.Now()
+			err := take()
+			if e := t.commit(); e != nil {
+				err = e
+			}
+			if err != nil {
 				t.log.Error("telemetry: final flush", "error", err)
 			}
 			return
@@ -100,42 +82,60 @@ func (t *Telemetry) write() {
 	}
 }
 
-// maxBatchBytes is the most bytes of points one transaction writes: a
-// quarter of the queue's bound, at most 16 MiB, so that a batch of large
-// payloads does not hold the writer (and its memory) for long.
+// pollEvery is how often the writer takes what is queued: often enough
+// that the queue never fills at any rate the broker routes (Add wakes the
+// writer when it is a quarter full), seldom enough to cost nothing.
+func (t *Telemetry) pollEvery() time.Duration {
+	return max(min(t.opts.FlushInterval/4, 10*time.Millisecond), time.Millisecond)
+}
+
+// take merges a queued point into its device's open chunk, the hourly
+// rollups and the latest values. Its bytes stay in the queue's budget
+// until they are written (QueueBytes bounds what is taken and not yet
+// written too), but for its queue entry's.
+func (t *Telemetry) take(p queued, now time.Time) {
+	t.chunks.add(p.device, p.ts, p.json, now, t.rollups)
+	t.latest.add(p.device, p.ts, p.json, p.arrived, now)
+	t.held++
+	t.heldBytes += p.cost() - entryOverhead
+	t.budget.give(entryOverhead)
+}
+
+// maxBatchBytes is the most bytes of points (their metrics' JSON) taken
+// between two writes: a quarter of the queue's bound, at most 16 MiB, so
+// that a burst of large payloads is written soon.
 func (t *Telemetry) maxBatchBytes() int64 { return max(min(t.opts.QueueBytes/4, 16<<20), 1) }
 
-// writeBatch writes batch in one transaction: every point into history,
-// and per device the merged latest values and last_seen.
-func (t *Telemetry) writeBatch(batch []queued) error {
+// commit writes what was taken since the last write in one transaction:
+// the open chunks that changed, the hourly rollups and, per device, the
+// merged latest values and last_seen.
+func (t *Telemetry) commit() error {
+	if t.held == 0 {
+		return nil
+	}
 	start := time.Now()
+	points, bytes := t.held, t.heldBytes
+	t.held, t.heldBytes = 0, 0
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := t.writeTx(ctx, batch)
+	err := t.writeTx(ctx, start)
+	// Written (or failed): the points' bytes are free for new ones.
+	t.budget.give(bytes)
 	if err != nil {
 		t.m.writeErrors.Inc()
-		t.log.Error("telemetry: write batch", "points", len(batch), "error", err)
+		t.log.Error("telemetry: write batch", "points", points, "error", err)
 		return err
 	}
 	took := time.Since(start)
-	t.m.stored.Add(float64(len(batch)))
+	t.m.stored.Add(float64(points))
 	t.m.batches.Inc()
 	t.m.lastBatch.Set(took.Seconds())
-	t.log.Debug("telemetry: batch written", "points", len(batch), "took", took, "queued", len(t.queue))
+	t.log.Debug("telemetry: batch written", "points", points, "took", took, "queued", len(t.queue))
 	return nil
 }
 
-func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
-	// Grouped by device, each device's points in time order.
-	o := t.order
-	o.group(batch)
-	defer o.done()
-	now := time.Now()
-	for i, d := range o.devs {
-		for _, p := range o.points(i) {
-			t.chunks.add(d, p.ts, p.json, now, t.rollups)
-		}
-	}
+func (t *Telemetry) writeTx(ctx context.Context, now time.Time) error {
+	lasts := t.latest.patches()
 	ok := false
 	defer func() {
 		t.chunks.written(ok)
@@ -154,7 +154,7 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 		return err
 	}
 	if t.last != nil {
-		if err := t.last.UpdateLastValues(ctx, tx, o.lastValues()); err != nil {
+		if err := t.last.UpdateLastValues(ctx, tx, lasts); err != nil {
 			return err
 		}
 	}
@@ -165,6 +165,7 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
 	// Chunks of devices that stopped reporting are complete on disk.
 	if count(t.m.batches)%64 == 0 {
 		t.chunks.evict(now.Add(-chunkSpan))
+		t.latest.evict(now.Add(-chunkSpan))
 	}
 	return nil
 }
