@@ -109,6 +109,10 @@ func (h *TelemetryHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	var err error
 	id, ok := DeviceTopic(pk.TopicName, "telemetry")
 	switch {
+	case ok && !cl.Net.Inline:
+		// The packet's own buffer, which nothing changes: the sample
+		// may share it.
+		s, err = devices.ParseTelemetryShared(pk.Payload)
 	case ok:
 		s, err = devices.ParseTelemetry(pk.Payload)
 	default:

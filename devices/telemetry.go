@@ -119,12 +119,14 @@ type TelemetryOptions struct {
 	// QueueBytes bounds the memory of the points waiting, and of the
 	// batch being written, beside their number (default 64 MiB).
 	QueueBytes int64
-	// BatchSize is the most points taken between two writes (default
-	// 262144): the writer merges each point into its device's open chunk
-	// as it takes it, and writes every FlushInterval, or sooner when it
-	// has taken BatchSize points (or 16 MiB of their JSON). A write costs
-	// a few statements per device that sent something (its open chunk's
-	// row, its hourly rollups, its last values), however many points.
+	// BatchSize is the most points written in one transaction (default
+	// 262144). The writer writes what it has taken every FlushInterval,
+	// or sooner when it has BatchSize points (or half of QueueBytes, at
+	// most 32 MiB, of them). Each write costs a few statements per device
+	// besides its points (the open chunk's row, the hourly rollups, the
+	// last values), so fewer, larger writes cost less CPU a point; a
+	// second of points at 200,000 a second holds the database's one write
+	// connection about 0.2 s on a 2-core machine.
 	BatchSize int
 	// Retention is how long points are kept (default 7 days).
 	Retention time.Duration
@@ -185,15 +187,11 @@ type Telemetry struct {
 	once    sync.Once
 
 	// chunks is the writer's open chunks; rollups its batch aggregates;
-	// latest each device's latest values since the last write. All are
-	// the writer goroutine's own.
+	// order its batch grouped by device. All are the writer goroutine's
+	// own.
 	chunks  *chunkBuilder
 	rollups *rollups
-	latest  *latest
-	// held and heldBytes are the points taken since the last write,
-	// and their bytes.
-	held      int
-	heldBytes int64
+	order   *batchOrder
 	// wake tells the writer that the queue is filling up (wakeAt).
 	wake   chan struct{}
 	wakeAt int
@@ -262,7 +260,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		names:   newMetricNames(),
 		chunks:  newChunkBuilder(),
 		rollups: newRollups(true, db.Dialect),
-		latest:  newLatest(),
+		order:   newBatchOrder(),
 		wake:    make(chan struct{}, 1),
 		wakeAt:  max(opts.QueueSize/4, 1),
 	}

@@ -66,8 +66,11 @@ type chunkCol struct {
 	syms []uint32
 	nums []float64
 	dict []string // JSON text
-	// index of dict, for the writer.
-	dictIdx map[string]uint32
+	// index of dict, for the writer, and the entry last set plus one
+	// (a device's string or boolean seldom changes from one point to the
+	// next).
+	dictIdx  map[string]uint32
+	lastDict uint32
 }
 
 // col returns the column named name, adding it (absent at every point so
@@ -89,6 +92,10 @@ func (c *chunkData) colIndex(name string, idx map[string]int) int {
 // setDict sets point i of the column to the JSON value v (copied when
 // it is new to the column).
 func (col *chunkCol) setDict(i int, v []byte) {
+	if l := col.lastDict; l > 0 && int(l) <= len(col.dict) && col.dict[l-1] == string(v) {
+		col.syms[i] = symDict + l - 1
+		return
+	}
 	if col.dictIdx == nil {
 		col.dictIdx = make(map[string]uint32, len(col.dict))
 		for j, d := range col.dict {
@@ -103,6 +110,7 @@ func (col *chunkCol) setDict(i int, v []byte) {
 		col.dictIdx[s] = j
 	}
 	col.syms[i] = symDict + j
+	col.lastDict = j + 1
 }
 
 // slice returns points [i, j) of c, sharing c's memory.

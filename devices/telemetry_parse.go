@@ -75,7 +75,16 @@ const MaxTelemetryDepth = 8
 // the publisher's goroutine for every telemetry message; its recursion is
 // bounded by MaxTelemetryDepth, so no input makes it recurse or allocate
 // much.
-func ParseTelemetry(payload []byte) (Sample, error) {
+func ParseTelemetry(payload []byte) (Sample, error) { return parseTelemetry(payload, false) }
+
+// ParseTelemetryShared is ParseTelemetry for a payload that nobody
+// changes afterwards (an MQTT packet's own buffer): when the payload is
+// already the compact object (no whitespace, no "ts", no nesting: what
+// firmware usually sends), Sample.JSON is the payload itself, and parsing
+// allocates nothing.
+func ParseTelemetryShared(payload []byte) (Sample, error) { return parseTelemetry(payload, true) }
+
+func parseTelemetry(payload []byte, shared bool) (Sample, error) {
 	if len(payload) > MaxTelemetryPayload {
 		return Sample{}, fmt.Errorf("%w: %d bytes (at most %d)", ErrTelemetryTooLarge, len(payload), MaxTelemetryPayload)
 	}
@@ -86,8 +95,7 @@ func ParseTelemetry(payload []byte) (Sample, error) {
 	}
 	f := getFlat()
 	defer putFlat(f)
-	f.out = make([]byte, 0, len(payload)+2)
-	f.out = append(f.out, '{')
+	f.out = append(f.out[:0], '{')
 	if err := p.members(f, nil, 1); err != nil {
 		return Sample{}, err
 	}
@@ -98,7 +106,14 @@ func ParseTelemetry(payload []byte) (Sample, error) {
 	if len(f.names) == 0 {
 		return Sample{}, ErrTelemetryEmpty
 	}
-	return Sample{TS: f.ts, JSON: append(f.out, '}'), N: len(f.names)}, nil
+	f.out = append(f.out, '}')
+	s := Sample{TS: f.ts, N: len(f.names)}
+	if shared && string(f.out) == string(payload) {
+		s.JSON = payload[:len(payload):len(payload)]
+	} else {
+		s.JSON = append(make([]byte, 0, len(f.out)), f.out...)
+	}
+	return s, nil
 }
 
 // ParseTelemetryValue parses the payload of devices/{id}/telemetry/{metric}
@@ -149,11 +164,16 @@ var flats = sync.Pool{New: func() any { return &flat{names: make([][]byte, 0, 16
 
 func getFlat() *flat { return flats.Get().(*flat) }
 
-// putFlat returns f to the pool without what points into a payload.
+// putFlat returns f to the pool without what points into a payload (its
+// output buffer is kept unless it grew large).
 func putFlat(f *flat) {
 	clear(f.names)
 	clear(f.objs)
-	*f = flat{names: f.names[:0], objs: f.objs[:0]}
+	out := f.out[:0]
+	if cap(out) > 4096 {
+		out = nil
+	}
+	*f = flat{out: out, names: f.names[:0], objs: f.objs[:0]}
 	flats.Put(f)
 }
 

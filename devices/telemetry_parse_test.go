@@ -118,6 +118,18 @@ func FuzzParseTelemetry(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s, err := ParseTelemetry(in)
+		// The shared parse says the same, and shares the payload only
+		// when it is the output.
+		sh, shErr := ParseTelemetryShared(in)
+		if (err == nil) != (shErr == nil) || string(sh.JSON) != string(s.JSON) || sh.N != s.N || !sh.TS.Equal(s.TS) {
+			t.Fatalf("%q: shared parse %q %v, parse %q %v", in, sh.JSON, shErr, s.JSON, err)
+		}
+		if len(s.JSON) > 0 && &s.JSON[0] == &in[0] {
+			t.Fatalf("%q: ParseTelemetry shares the payload", in)
+		}
+		if err == nil && (&sh.JSON[0] == &in[0]) != (string(sh.JSON) == string(in)) {
+			t.Fatalf("%q: shared %v, output %q", in, &sh.JSON[0] == &in[0], sh.JSON)
+		}
 		if err != nil {
 			if RejectReason(err) == "" {
 				t.Fatalf("no reason for %v", err)
@@ -230,6 +242,39 @@ func FuzzParseTelemetryValue(f *testing.F) {
 			t.Fatalf("%q %q: output %q", name, in, s.JSON)
 		}
 	})
+}
+
+// TestTelemetryParseShared: a compact payload is the sample's JSON
+// itself; any other comes back compacted in a buffer of its own, and
+// ParseTelemetry never shares.
+func TestTelemetryParseShared(t *testing.T) {
+	for in, shared := range map[string]bool{
+		`{"temp":21.5,"on":true,"fw":"1.2.3"}`: true,
+		`{"a\u00e9":"x\n"}`:                    true,
+		`{"temp": 21.5}`:                       false,
+		`{"temp":21.5,"ts":1795662000000}`:     false,
+		`{"a":{"b":1}}`:                        false,
+		` {"temp":21.5}`:                       false,
+	} {
+		b := []byte(in)
+		s, err := ParseTelemetryShared(b)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if got := &s.JSON[0] == &b[0]; got != shared || cap(s.JSON) != len(s.JSON) && got {
+			t.Errorf("%s: shared %v, want %v", in, got, shared)
+		}
+		p, err := ParseTelemetry(b)
+		if err != nil || &p.JSON[0] == &b[0] || string(p.JSON) != string(s.JSON) {
+			t.Errorf("%s: ParseTelemetry %q %v", in, p.JSON, err)
+		}
+	}
+	// The pooled output buffer is not the sample's.
+	a, _ := ParseTelemetry([]byte(`{"a": 1}`))
+	b, _ := ParseTelemetry([]byte(`{"b": 2}`))
+	if string(a.JSON) != `{"a":1}` || string(b.JSON) != `{"b":2}` {
+		t.Errorf("samples share memory: %s %s", a.JSON, b.JSON)
+	}
 }
 
 // TestTelemetryParseReusesState: the parser's pooled state carries

@@ -6,34 +6,46 @@ import (
 	"time"
 )
 
-// write is the writer. It takes queued points every pollEvery (or
-// sooner when the queue fills up), not one wake-up per point: a point is
-// merged at once into its device's open chunk, hourly rollups and latest
-// values, and its queue bytes are free again. What was taken is written
-// in one transaction every FlushInterval, on Flush and on Close, and
-// sooner when BatchSize points or maxBatchBytes of them were taken since
-// the last write. Writing per interval rather than per batch costs a few
-// statements per device and interval (its open chunk's row, its hourly
-// rollups, its last values) whatever the rate. While points are being
-// dropped it logs once per interval.
+// write is the batch writer. It takes what is queued every pollEvery
+// (and when Add finds the queue filling up), not on every point: a writer
+// that blocks on the queue is woken by nearly every point, and each
+// wake-up costs both goroutines more CPU than taking the point. It writes
+// the points taken in one transaction every FlushInterval, on Flush and
+// on Close, and sooner when the batch is full (BatchSize points or
+// maxBatchBytes). While points are being dropped it logs once per
+// interval.
 func (t *Telemetry) write() {
 	defer t.wg.Done()
 	tick := time.NewTicker(t.opts.FlushInterval)
 	defer tick.Stop()
 	poll := time.NewTicker(t.pollEvery())
 	defer poll.Stop()
+	batch := make([]queued, 0, min(t.opts.BatchSize, 4096))
+	var batchBytes int64
 	maxBytes := t.maxBatchBytes()
-	now := time.Now()
-	full := func() bool { return t.held >= t.opts.BatchSize || t.heldBytes >= maxBytes }
-	// take merges everything queued now, writing when full.
+	full := func() bool { return len(batch) >= t.opts.BatchSize || batchBytes >= maxBytes }
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := t.writeBatch(batch)
+		clear(batch) // let the points go
+		batch = batch[:0]
+		// Written (or failed): the points' bytes are free for new ones.
+		t.budget.give(batchBytes)
+		batchBytes = 0
+		return err
+	}
+	// take takes everything queued now, writing full batches as it goes.
 	take := func() error {
 		var err error
 		for {
 			select {
 			case p := <-t.queue:
-				t.take(p, now)
+				batch = append(batch, p)
+				batchBytes += p.cost()
 				if full() {
-					if e := t.commit(); e != nil {
+					if e := flush(); e != nil {
 						err = e
 					}
 				}
@@ -46,15 +58,12 @@ func (t *Telemetry) write() {
 	for {
 		select {
 		case <-poll.C:
-			now = time.Now()
 			_ = take()
 		case <-t.wake:
-			now = time.Now()
 			_ = take()
 		case <-tick.C:
-			now = time.Now()
 			_ = take()
-			_ = t.commit()
+			_ = flush()
 			if d := count(t.m.dropped); d != lastDropped {
 				t.log.Warn("telemetry: queue full, points routed but not stored",
 					"dropped", d-lastDropped, "interval", t.opts.FlushInterval, "queue_size", t.opts.QueueSize,
@@ -62,16 +71,14 @@ func (t *Telemetry) write() {
 				lastDropped = d
 			}
 		case done := <-t.flushes:
-			now = time.Now()
 			err := take()
-			if e := t.commit(); e != nil {
+			if e := flush(); e != nil {
 				err = e
 			}
 			done <- err
 		case <-t.stop:
-			now = time.Now()
 			err := take()
-			if e := t.commit(); e != nil {
+			if e := flush(); e != nil {
 				err = e
 			}
 			if err != nil {
@@ -83,59 +90,51 @@ func (t *Telemetry) write() {
 }
 
 // pollEvery is how often the writer takes what is queued: often enough
-// that the queue never fills at any rate the broker routes (Add wakes the
-// writer when it is a quarter full), seldom enough to cost nothing.
+// that the queue does not fill between two polls at any rate the broker
+// routes (Add wakes the writer when it is a quarter full), seldom enough
+// to cost nothing.
 func (t *Telemetry) pollEvery() time.Duration {
 	return max(min(t.opts.FlushInterval/4, 10*time.Millisecond), time.Millisecond)
 }
 
-// take merges a queued point into its device's open chunk, the hourly
-// rollups and the latest values. Its bytes stay in the queue's budget
-// until they are written (QueueBytes bounds what is taken and not yet
-// written too), but for its queue entry's.
-func (t *Telemetry) take(p queued, now time.Time) {
-	t.chunks.add(p.device, p.ts, p.json, now, t.rollups)
-	t.latest.add(p.device, p.ts, p.json, p.arrived, now)
-	t.held++
-	t.heldBytes += p.cost() - entryOverhead
-	t.budget.give(entryOverhead)
-}
+// maxBatchBytes is the most bytes of points one transaction writes: half
+// the queue's bound, at most 32 MiB (a second of points at 200,000 a
+// second), so that a batch of large payloads does not hold the writer
+// (and its memory) for long.
+func (t *Telemetry) maxBatchBytes() int64 { return max(min(t.opts.QueueBytes/2, 32<<20), 1) }
 
-// maxBatchBytes is the most bytes of points (their metrics' JSON) taken
-// between two writes: a quarter of the queue's bound, at most 16 MiB, so
-// that a burst of large payloads is written soon.
-func (t *Telemetry) maxBatchBytes() int64 { return max(min(t.opts.QueueBytes/4, 16<<20), 1) }
-
-// commit writes what was taken since the last write in one transaction:
-// the open chunks that changed, the hourly rollups and, per device, the
-// merged latest values and last_seen.
-func (t *Telemetry) commit() error {
-	if t.held == 0 {
-		return nil
-	}
+// writeBatch writes batch in one transaction: every point into history,
+// and per device the merged latest values and last_seen.
+func (t *Telemetry) writeBatch(batch []queued) error {
 	start := time.Now()
-	points, bytes := t.held, t.heldBytes
-	t.held, t.heldBytes = 0, 0
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := t.writeTx(ctx, start)
-	// Written (or failed): the points' bytes are free for new ones.
-	t.budget.give(bytes)
+	err := t.writeTx(ctx, batch)
 	if err != nil {
 		t.m.writeErrors.Inc()
-		t.log.Error("telemetry: write batch", "points", points, "error", err)
+		t.log.Error("telemetry: write batch", "points", len(batch), "error", err)
 		return err
 	}
 	took := time.Since(start)
-	t.m.stored.Add(float64(points))
+	t.m.stored.Add(float64(len(batch)))
 	t.m.batches.Inc()
 	t.m.lastBatch.Set(took.Seconds())
-	t.log.Debug("telemetry: batch written", "points", points, "took", took, "queued", len(t.queue))
+	t.log.Debug("telemetry: batch written", "points", len(batch), "took", took, "queued", len(t.queue))
 	return nil
 }
 
-func (t *Telemetry) writeTx(ctx context.Context, now time.Time) error {
-	lasts := t.latest.patches()
+func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
+	// Grouped by device, each device's points in time order.
+	o := t.order
+	o.group(batch)
+	defer o.done()
+	now := time.Now()
+	for i, d := range o.devs {
+		for _, k := range o.points(i) {
+			p := &batch[k]
+			t.chunks.add(d, p.ts, p.json, now, t.rollups)
+		}
+	}
 	ok := false
 	defer func() {
 		t.chunks.written(ok)
@@ -154,7 +153,7 @@ func (t *Telemetry) writeTx(ctx context.Context, now time.Time) error {
 		return err
 	}
 	if t.last != nil {
-		if err := t.last.UpdateLastValues(ctx, tx, lasts); err != nil {
+		if err := t.last.UpdateLastValues(ctx, tx, o.lastValues()); err != nil {
 			return err
 		}
 	}
@@ -165,7 +164,6 @@ func (t *Telemetry) writeTx(ctx context.Context, now time.Time) error {
 	// Chunks of devices that stopped reporting are complete on disk.
 	if count(t.m.batches)%64 == 0 {
 		t.chunks.evict(now.Add(-chunkSpan))
-		t.latest.evict(now.Add(-chunkSpan))
 	}
 	return nil
 }

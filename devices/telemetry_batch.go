@@ -1,0 +1,166 @@
+package devices
+
+import (
+	"bytes"
+	"cmp"
+	"slices"
+	"time"
+)
+
+// batchOrder is the writer's scratch for one batch: the points grouped by
+// device (devices in the order they first appear), each device's in time
+// order, and each device's merged last values. It keeps its memory from
+// batch to batch, so that a batch of many points costs no allocation per
+// point or per device once the writer has warmed up. It is the writer
+// goroutine's own.
+type batchOrder struct {
+	idx    map[string]int // device → its index in devs
+	devs   []string
+	starts []int    // device i's points are sorted[starts[i]:starts[i+1]]
+	of     []int    // per point of the batch: its device's index
+	pos    []int    // scatter cursors
+	batch  []queued // the batch
+	sorted []int32  // its indexes, grouped (indexes, not points: moving
+	// a point, which holds pointers, costs write barriers while the GC runs)
+
+	// Last values: members of the device being merged, an index of them
+	// when there are many, and the patches' bytes.
+	members []lastMember
+	memIdx  map[string]int
+	lasts   []LastValue
+	buf     []byte
+}
+
+// lastMember is one metric of a device's last values: its raw key
+// (without quotes) and raw value, both in a queued point's bytes.
+type lastMember struct{ k, v []byte }
+
+// memberIndexFrom is how many members a device's merge holds before it
+// indexes them in a map rather than comparing them one by one.
+const memberIndexFrom = 16
+
+func newBatchOrder() *batchOrder {
+	return &batchOrder{idx: make(map[string]int), memIdx: make(map[string]int)}
+}
+
+// group orders batch by device, and each device's points by timestamp
+// (stable: equal timestamps keep their arrival order).
+func (o *batchOrder) group(batch []queued) {
+	clear(o.idx)
+	o.devs, o.starts, o.of = o.devs[:0], o.starts[:0], o.of[:0]
+	for _, p := range batch {
+		i, ok := o.idx[p.device]
+		if !ok {
+			i = len(o.devs)
+			o.idx[p.device] = i
+			o.devs = append(o.devs, p.device)
+			o.starts = append(o.starts, 0)
+		}
+		o.starts[i]++
+		o.of = append(o.of, i)
+	}
+	sum := 0
+	for i, n := range o.starts {
+		o.starts[i] = sum
+		sum += n
+	}
+	o.starts = append(o.starts, sum)
+	o.pos = append(o.pos[:0], o.starts[:len(o.devs)]...)
+	o.batch = batch
+	o.sorted = slices.Grow(o.sorted[:0], len(batch))[:len(batch)]
+	for k := range batch {
+		i := o.of[k]
+		o.sorted[o.pos[i]] = int32(k)
+		o.pos[i]++
+	}
+	byTS := func(a, b int32) int { return cmp.Compare(batch[a].ts, batch[b].ts) }
+	for i := range o.devs {
+		if pts := o.points(i); !slices.IsSortedFunc(pts, byTS) {
+			slices.SortStableFunc(pts, byTS)
+		}
+	}
+}
+
+// points returns the indexes in the batch of device i's points, in time
+// order.
+func (o *batchOrder) points(i int) []int32 { return o.sorted[o.starts[i]:o.starts[i+1]] }
+
+// done lets the batch's points go.
+func (o *batchOrder) done() {
+	o.batch = nil
+	clear(o.devs)
+	clear(o.idx)
+	clear(o.lasts)
+	clear(o.members[:cap(o.members)]) // each device's merge reused it
+}
+
+// lastValues merges each device's points (in time order, so a later
+// timestamp wins per metric; metrics in the order first seen) into one
+// patch of its last values. The patches share the order's memory: they
+// are valid until the next batch.
+func (o *batchOrder) lastValues() []LastValue {
+	o.lasts = o.lasts[:0]
+	o.buf = o.buf[:0]
+	for i, d := range o.devs {
+		o.members = o.members[:0]
+		indexed := false
+		var seen time.Time
+		for _, k := range o.points(i) {
+			p := &o.batch[k]
+			if p.arrived.After(seen) {
+				seen = p.arrived
+			}
+			n := 0
+			eachMember(p.json, func(k, v []byte) {
+				o.setMember(n, k, v, &indexed)
+				n++
+			})
+		}
+		if indexed {
+			clear(o.memIdx)
+		}
+		start := len(o.buf)
+		o.buf = append(o.buf, '{')
+		for j, m := range o.members {
+			o.buf = appendMember(o.buf, j, m.k, m.v)
+		}
+		o.buf = append(o.buf, '}')
+		o.lasts = append(o.lasts, LastValue{Device: d, Values: o.buf[start:len(o.buf):len(o.buf)], Seen: seen})
+	}
+	// o.buf may have moved while growing: the patches point into the
+	// arrays they were written in, which stay as they are.
+	return o.lasts
+}
+
+// setMember sets metric k (member n of its point) to v in the device's
+// merge. A device usually sends its metrics in the same order each time:
+// member n is most often the merge's member n.
+func (o *batchOrder) setMember(n int, k, v []byte, indexed *bool) {
+	ms := o.members
+	if n < len(ms) && bytes.Equal(ms[n].k, k) {
+		ms[n].v = v
+		return
+	}
+	if !*indexed {
+		for j := range ms {
+			if bytes.Equal(ms[j].k, k) {
+				ms[j].v = v
+				return
+			}
+		}
+		o.members = append(ms, lastMember{k, v})
+		if len(o.members) >= memberIndexFrom {
+			*indexed = true
+			for j, m := range o.members {
+				o.memIdx[string(m.k)] = j
+			}
+		}
+		return
+	}
+	if j, ok := o.memIdx[string(k)]; ok {
+		ms[j].v = v
+		return
+	}
+	o.memIdx[string(k)] = len(ms)
+	o.members = append(ms, lastMember{k, v})
+}
