@@ -155,6 +155,62 @@ type chunkBuilder struct {
 	pending []*openChunk // changed since the last write, in order
 	enc     encoder
 	buf     []byte
+	// spare keeps the arrays of chunks written complete for new ones:
+	// a chunk's columns grow to hundreds of points by doubling, which
+	// would otherwise allocate about three times their size per chunk.
+	spare spareArrays
+	done  []*openChunk // written complete in this write, to recycle
+}
+
+// spareArrays are the arrays of chunks written complete.
+type spareArrays struct {
+	ts   [][]int64
+	syms [][]uint32
+	nums [][]float64
+}
+
+// maxSpare is how many arrays of each kind spareArrays keeps.
+const maxSpare = 256
+
+// keep takes the arrays of d, which is no longer used.
+func (s *spareArrays) keep(d *chunkData) {
+	if len(s.ts) < maxSpare {
+		s.ts = append(s.ts, d.ts[:0])
+	}
+	for _, col := range d.cols {
+		if len(s.syms) < maxSpare && cap(col.syms) == cap(col.nums) {
+			s.syms = append(s.syms, col.syms[:0])
+			s.nums = append(s.nums, col.nums[:0])
+		}
+	}
+	*d = chunkData{}
+}
+
+// timestamps returns an empty array for a chunk's timestamps, or nil.
+func (s *spareArrays) timestamps() []int64 {
+	if len(s.ts) == 0 {
+		return nil
+	}
+	ts := s.ts[len(s.ts)-1]
+	s.ts = s.ts[:len(s.ts)-1]
+	return ts
+}
+
+// col returns arrays for a new column of a chunk of n points so far
+// (absent at each), or nils.
+func (s *spareArrays) col(n int) ([]uint32, []float64) {
+	for len(s.syms) > 0 {
+		last := len(s.syms) - 1
+		syms, nums := s.syms[last], s.nums[last]
+		s.syms, s.nums = s.syms[:last], s.nums[:last]
+		if cap(syms) >= n {
+			syms, nums = syms[:n], nums[:n]
+			clear(syms)
+			clear(nums)
+			return syms, nums
+		}
+	}
+	return nil, nil
 }
 
 func newChunkBuilder() *chunkBuilder {
@@ -167,6 +223,7 @@ func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r
 	c := b.open[device]
 	if c == nil || !c.fits(ts) {
 		c = &openChunk{device: device, idx: make(map[string]int, 8), sorted: true, maxPoints: chunkPoints}
+		c.data.ts, c.data.spare = b.spare.timestamps(), &b.spare
 		b.open[device] = c
 	}
 	if !c.dirty {
@@ -220,6 +277,9 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 			if (gone || n >= c.maxPoints) && b.open[c.device] == c {
 				delete(b.open, c.device) // complete, or its row is gone
 			}
+			if b.open[c.device] != c {
+				b.done = append(b.done, c)
+			}
 			continue
 		}
 		// Too large for a page (a first batch of many points): split
@@ -237,6 +297,7 @@ func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
 		if b.open[c.device] == c {
 			delete(b.open, c.device)
 		}
+		b.done = append(b.done, c)
 	}
 	return nil
 }
@@ -296,7 +357,8 @@ func putChunk(ctx context.Context, ins, upd *sql.Stmt, device string, id *int64,
 
 // written ends a write: on success the pending chunks are on disk; on
 // failure the open chunks are forgotten (their rows, if any, hold what
-// was committed before) so that the next batch starts afresh.
+// was committed before) so that the next batch starts afresh. The arrays
+// of chunks written complete go to the spares.
 func (b *chunkBuilder) written(ok bool) {
 	if !ok {
 		for _, c := range b.pending {
@@ -305,6 +367,14 @@ func (b *chunkBuilder) written(ok bool) {
 			}
 		}
 	}
+	for _, c := range b.done {
+		if b.open[c.device] != c {
+			b.spare.keep(&c.data)
+		}
+	}
+	clear(b.done)
+	b.done = b.done[:0]
+	clear(b.pending)
 	b.pending = b.pending[:0]
 }
 

@@ -57,6 +57,9 @@ const (
 type chunkData struct {
 	ts   []int64
 	cols []chunkCol
+	// spare, for the writer's chunks, gives new columns the arrays of
+	// chunks written complete.
+	spare *spareArrays
 }
 
 // chunkCol is one metric's values: per point a symbol, and the number
@@ -85,7 +88,14 @@ func (c *chunkData) colIndex(name string, idx map[string]int) int {
 		return i
 	}
 	idx[name] = len(c.cols)
-	c.cols = append(c.cols, chunkCol{name: name, syms: make([]uint32, len(c.ts), cap(c.ts)), nums: make([]float64, len(c.ts), cap(c.ts))})
+	col := chunkCol{name: name}
+	if c.spare != nil {
+		col.syms, col.nums = c.spare.col(len(c.ts))
+	}
+	if col.syms == nil {
+		col.syms, col.nums = make([]uint32, len(c.ts), cap(c.ts)), make([]float64, len(c.ts), cap(c.ts))
+	}
+	c.cols = append(c.cols, col)
 	return len(c.cols) - 1
 }
 
