@@ -78,3 +78,15 @@ func BenchmarkTelemetryParse(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTelemetryParseShared measures the parser as the MQTT hook
+// calls it: a compact payload is the sample's JSON itself.
+func BenchmarkTelemetryParseShared(b *testing.B) {
+	p := []byte(`{"temp":21.5,"hum":40,"on":true,"fw":"1.2.3"}`)
+	b.ReportAllocs()
+	for range b.N {
+		if _, err := ParseTelemetryShared(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
