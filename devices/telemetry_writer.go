@@ -36,10 +36,12 @@ func (t *Telemetry) write() {
 		batchBytes = 0
 		return err
 	}
-	// take takes everything queued now, writing full batches as it goes.
+	// take takes what was queued when it was called (not what comes
+	// meanwhile: publishers that keep the queue busy must not keep the
+	// writer from Flush and Close), writing full batches as it goes.
 	take := func() error {
 		var err error
-		for {
+		for n := len(t.queue); n > 0; n-- {
 			select {
 			case p := <-t.queue:
 				batch = append(batch, p)
@@ -53,6 +55,7 @@ func (t *Telemetry) write() {
 				return err
 			}
 		}
+		return err
 	}
 	var lastDropped int64
 	for {
