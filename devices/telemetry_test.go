@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -359,5 +360,58 @@ func TestTelemetryChunksRecycled(t *testing.T) {
 				t.Fatalf("r%d point %d: %v %v, want %v", dev+1, i, p.TS, p.Values, want)
 			}
 		}
+	}
+}
+
+// TestTelemetryFlushUnderLoad: while publishers keep the queue busy
+// (a small queue, points offered as fast as Add takes them), Flush
+// returns, and Close writes every point Add accepted.
+func TestTelemetryFlushUnderLoad(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2", "d3")
+	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{FlushInterval: time.Hour, QueueSize: 512, LastValues: testRegistry(t, db)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mustSample(t, `{"v":1,"on":true}`)
+	var accepted atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if tel.Add(fmt.Sprintf("d%d", i+1), s, time.Now()) {
+					accepted.Add(1)
+				}
+			}
+		}()
+	}
+	for range 3 {
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := tel.Flush(fctx)
+		cancel()
+		if err != nil {
+			close(stop)
+			wg.Wait()
+			tel.Close()
+			t.Fatalf("Flush under load: %v", err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	tel.Close()
+	var n int64
+	if err := db.R.QueryRow(`SELECT COALESCE(sum(n), 0) FROM telemetry_chunks`).Scan(&n); err != nil || n != accepted.Load() || n == 0 {
+		t.Fatalf("%d points stored, %d accepted, %v", n, accepted.Load(), err)
+	}
+	if stored, _ := tel.Stats(); stored != n {
+		t.Fatalf("Stats says %d stored, the table %d", stored, n)
 	}
 }
