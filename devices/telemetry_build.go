@@ -160,6 +160,9 @@ type chunkBuilder struct {
 	// would otherwise allocate about three times their size per chunk.
 	spare spareArrays
 	done  []*openChunk // written complete in this write, to recycle
+	// last is open[last.device], the chunk add last added to, or nil
+	// (reset wherever a chunk leaves open).
+	last *openChunk
 }
 
 // spareArrays are the arrays of chunks written complete.
@@ -220,12 +223,16 @@ func newChunkBuilder() *chunkBuilder {
 // add adds one point of device; points of a device should come in time
 // order, but need not.
 func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r *rollups) {
-	c := b.open[device]
+	c := b.last // a batch comes grouped by device
+	if c == nil || c.device != device {
+		c = b.open[device]
+	}
 	if c == nil || !c.fits(ts) {
 		c = &openChunk{device: device, idx: make(map[string]int, 8), sorted: true, maxPoints: chunkPoints}
 		c.data.ts, c.data.spare = b.spare.timestamps(), &b.spare
 		b.open[device] = c
 	}
+	b.last = c
 	if !c.dirty {
 		b.pending = append(b.pending, c)
 	}
@@ -237,6 +244,7 @@ func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r
 // finds no row (the device was deleted, or the chunk pruned) drops the
 // chunk: its points are not written again.
 func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
+	b.last = nil
 	ins, upd, err := prepareChunkWrites(ctx, tx, "telemetry_chunks")
 	if err != nil {
 		return err
@@ -360,6 +368,7 @@ func putChunk(ctx context.Context, ins, upd *sql.Stmt, device string, id *int64,
 // was committed before) so that the next batch starts afresh. The arrays
 // of chunks written complete go to the spares.
 func (b *chunkBuilder) written(ok bool) {
+	b.last = nil
 	if !ok {
 		for _, c := range b.pending {
 			if b.open[c.device] == c {
@@ -381,6 +390,7 @@ func (b *chunkBuilder) written(ok bool) {
 // evict forgets the open chunks not added to since before: their rows
 // are complete, and the device's next point starts a new chunk.
 func (b *chunkBuilder) evict(before time.Time) {
+	b.last = nil
 	for d, c := range b.open {
 		if c.used.Before(before) {
 			delete(b.open, d)
