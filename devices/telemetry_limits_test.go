@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -179,4 +180,68 @@ func TestMetricNamesFilter(t *testing.T) {
 	if got, n := m.filter("d", []byte(`{"z":1,"y":2}`)); got != nil || n != 2 {
 		t.Errorf("all new past the cap: %s, %d refused", got, n)
 	}
+}
+
+// TestMetricNamesKeysMemo: a sample with the keys of the device's last
+// fully known sample passes without hashing, and the memo never lets a
+// new name past the cap: not as a prefix, a suffix, a reordering or an
+// escape of a known key.
+func TestMetricNamesKeysMemo(t *testing.T) {
+	m := newMetricNames()
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i := range MaxDeviceMetrics - 2 {
+		fmt.Fprintf(&b, `"k%d":%d,`, i, i)
+	}
+	b.WriteString(`"a\"b":1,"ab":2}`)
+	if _, n := m.filter("d", b.Bytes()); n != 0 {
+		t.Fatalf("refused %d", n)
+	}
+	for _, tc := range []struct {
+		in      string
+		refused int
+	}{
+		{`{"a\"b":1,"ab":2}`, 0},
+		{`{"a\"b":3,"ab":"x"}`, 0},        // same keys, memo
+		{`{"ab":3,"a\"b":4}`, 0},          // reordered: known all the same
+		{`{"a\"b":1,"ab":2,"c":3}`, 1},    // one more
+		{`{"a\"b":1}`, 0},                 // a prefix of the memo
+		{`{"a\"b":1,"abc":2}`, 1},         // a key longer than the memo's
+		{`{"a\"b":1,"a":2}`, 1},           // shorter
+		{`{"a\"b":1,"ab":2,"k0":0}`, 0},   // known
+		{`{"a\"b":1,"ab":2,"k0\"":0}`, 1}, // new
+	} {
+		got, n := m.filter("d", []byte(tc.in))
+		if n != tc.refused || (n == 0) != (string(got) == tc.in) {
+			t.Errorf("filter(%s) = %s, %d refused; want %d", tc.in, got, n, tc.refused)
+		}
+	}
+}
+
+// FuzzSameKeys: sameKeys says two compact objects have the same keys in
+// the same order exactly when they do.
+func FuzzSameKeys(f *testing.F) {
+	f.Add([]byte(`{"a":1,"b":"x,y"}`), []byte(`{"a":2,"b":true}`))
+	f.Add([]byte(`{"a\"b":1}`), []byte(`{"a":1,"b":2}`))
+	f.Add([]byte(`{"o":{"p":1},"q":"\\"}`), []byte(`{"o.p":1,"q":"z"}`))
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		sa, err := ParseTelemetry(a)
+		if err != nil {
+			return
+		}
+		sb, err := ParseTelemetry(b)
+		if err != nil {
+			return
+		}
+		var ka, kb []string
+		eachMember(sa.JSON, func(k, _ []byte) { ka = append(ka, string(k)) })
+		eachMember(sb.JSON, func(k, _ []byte) { kb = append(kb, string(k)) })
+		memo := appendKeys(nil, sa.JSON)
+		if memo == nil {
+			return // too long to keep
+		}
+		if got, want := sameKeys(sb.JSON, memo), slices.Equal(ka, kb); got != want {
+			t.Fatalf("sameKeys(%s, keys of %s) = %v", sb.JSON, sa.JSON, got)
+		}
+	})
 }

@@ -23,11 +23,23 @@ type metricNames struct {
 
 	// mu guards per.
 	mu  sync.Mutex
-	per map[string][]uint64
+	per map[string]*deviceNames
 }
 
+// deviceNames is one device's names: their sorted hashes, and the keys
+// of the last sample all of whose names were known, so that the next
+// one with the same keys (what a device usually sends) is let through
+// without hashing each.
+type deviceNames struct {
+	hs   []uint64
+	keys []byte // per key: its length (2 bytes), its raw bytes
+}
+
+// maxKeysMemo is the longest keys memo kept per device.
+const maxKeysMemo = 1024
+
 func newMetricNames() *metricNames {
-	return &metricNames{seed: maphash.MakeSeed(), per: map[string][]uint64{}}
+	return &metricNames{seed: maphash.MakeSeed(), per: map[string]*deviceNames{}}
 }
 
 // load reads every device's known names from its last values.
@@ -39,7 +51,7 @@ func (m *metricNames) load(ctx context.Context, last LastValues) error {
 		var hs []uint64
 		eachMember(obj, func(k, _ []byte) { hs = append(hs, maphash.Bytes(m.seed, k)) })
 		slices.Sort(hs)
-		m.per[id] = slices.Compact(hs)
+		m.per[id] = &deviceNames{hs: slices.Compact(hs)}
 	})
 	if err != nil {
 		return fmt.Errorf("telemetry: metric names: %w", err)
@@ -53,7 +65,14 @@ func (m *metricNames) load(ctx context.Context, last LastValues) error {
 func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	hs := m.per[device]
+	dn := m.per[device]
+	if dn != nil && dn.keys != nil && sameKeys(obj, dn.keys) {
+		return obj, 0
+	}
+	var hs []uint64
+	if dn != nil {
+		hs = dn.hs
+	}
 	var out []byte
 	refused, kept, added := 0, 0, false
 	eachMember(obj, func(k, v []byte) {
@@ -84,11 +103,16 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 		}
 		kept++
 	})
+	if dn == nil && (added || refused == 0) {
+		dn = &deviceNames{}
+		m.per[device] = dn
+	}
 	if added {
-		m.per[device] = hs
+		dn.hs = hs
 	}
 	switch {
 	case refused == 0:
+		dn.keys = appendKeys(dn.keys[:0], obj)
 		return obj, 0
 	case kept == 0:
 		return nil, refused
@@ -106,6 +130,50 @@ func appendMember(out []byte, i int, k, v []byte) []byte {
 	out = append(out, k...)
 	out = append(out, '"', ':')
 	return append(out, v...)
+}
+
+// appendKeys appends the memo of obj's keys to dst; nil when it would be
+// longer than maxKeysMemo.
+func appendKeys(dst, obj []byte) []byte {
+	fits := true
+	eachMember(obj, func(k, _ []byte) {
+		if fits = fits && len(dst)+2+len(k) <= maxKeysMemo; fits {
+			dst = append(dst, byte(len(k)>>8), byte(len(k)))
+			dst = append(dst, k...)
+		}
+	})
+	if !fits {
+		return nil
+	}
+	return dst
+}
+
+// sameKeys reports whether obj (a compact object as ParseTelemetry
+// writes it) has exactly the keys of the memo keys, in the same order.
+func sameKeys(obj, keys []byte) bool {
+	j := 0
+	for i := 1; i < len(obj)-1; i++ {
+		kEnd := endOfString(obj, i)
+		k := obj[i+1 : kEnd-1]
+		if len(keys)-j < 2 {
+			return false
+		}
+		n := int(keys[j])<<8 | int(keys[j+1])
+		j += 2
+		if n != len(k) || len(keys)-j < n || string(keys[j:j+n]) != string(k) {
+			return false
+		}
+		j += n
+		i = kEnd + 1 // ':'
+		if obj[i] == '"' {
+			i = endOfString(obj, i)
+		} else {
+			for i < len(obj)-1 && obj[i] != ',' {
+				i++
+			}
+		}
+	}
+	return j == len(keys)
 }
 
 // forget drops a device's names (it was deleted: one registered again
