@@ -163,6 +163,9 @@ type queued struct {
 	ts      int64 // Unix ms
 	json    []byte
 	arrived time.Time
+	// keys is the version of the keys of json (metricNames.filterKeys):
+	// points with the same version, other than 0, have the same keys.
+	keys uint64
 }
 
 // Telemetry is the telemetry history: a bounded queue that a batch writer
@@ -293,7 +296,7 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 		t.m.dropped.Inc()
 		return false
 	}
-	json, refused := t.names.filter(device, s.JSON)
+	json, refused, keys := t.names.filterKeys(device, s.JSON)
 	if refused > 0 {
 		t.m.metricsRefused.Add(float64(refused))
 		if json == nil {
@@ -304,7 +307,7 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 	if ts.IsZero() {
 		ts = arrived
 	}
-	p := queued{device: device, ts: ts.UnixMilli(), json: json, arrived: arrived}
+	p := queued{device: device, ts: ts.UnixMilli(), json: json, arrived: arrived, keys: keys}
 	if !t.budget.take(p.cost()) {
 		t.m.dropped.Inc()
 		return false

@@ -102,6 +102,10 @@ func (o *batchOrder) lastValues() []LastValue {
 	o.lasts = o.lasts[:0]
 	o.buf = o.buf[:0]
 	for i, d := range o.devs {
+		if v, seen, ok := o.sameKeys(i); ok {
+			o.lasts = append(o.lasts, LastValue{Device: d, Values: v, Seen: seen})
+			continue
+		}
 		o.members = o.members[:0]
 		indexed := false
 		var seen time.Time
@@ -130,6 +134,27 @@ func (o *batchOrder) lastValues() []LastValue {
 	// o.buf may have moved while growing: the patches point into the
 	// arrays they were written in, which stay as they are.
 	return o.lasts
+}
+
+// sameKeys returns, when all of device i's points have the same keys
+// (the same keys version), its latest point's metrics, which are then the
+// merge, and the latest arrival.
+func (o *batchOrder) sameKeys(i int) (values []byte, seen time.Time, ok bool) {
+	pts := o.points(i)
+	keys := o.batch[pts[0]].keys
+	if keys == 0 {
+		return nil, time.Time{}, false
+	}
+	for _, k := range pts {
+		p := &o.batch[k]
+		if p.keys != keys {
+			return nil, time.Time{}, false
+		}
+		if p.arrived.After(seen) {
+			seen = p.arrived
+		}
+	}
+	return o.batch[pts[len(pts)-1]].json, seen, true
 }
 
 // setMember sets metric k (member n of its point) to v in the device's

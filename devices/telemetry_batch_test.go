@@ -165,3 +165,54 @@ func TestTelemetryLastValuesManyDevices(t *testing.T) {
 		t.Errorf("%d devices, want %d", i, n)
 	}
 }
+
+// TestTelemetryLastValuesSameKeys: points with the same keys (merged by
+// taking the latest whole), out of time order, then a batch where the
+// keys change midway and one where a point is dropped between two with
+// the same keys: last values are the latest value of each metric by
+// timestamp every time.
+func TestTelemetryLastValuesSameKeys(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "s1")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Date(2026, 1, 1, 3, 0, 0, 0, time.UTC).UnixMilli()
+	add := func(ts int64, payload string) {
+		s := mustSample(t, payload)
+		s.TS = time.UnixMilli(base + ts)
+		if !tel.Add("s1", s, time.Now()) {
+			t.Fatal("Add refused")
+		}
+	}
+	last := func() string {
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var s string
+		if err := db.R.QueryRow(`SELECT last_values FROM devices WHERE id = 's1'`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(m)
+	}
+	add(3, `{"a":1,"b":"x"}`)
+	add(1, `{"a":2,"b":"y"}`)
+	add(2, `{"a":3,"b":"z"}`)
+	if got, want := last(), fmt.Sprint(map[string]any{"a": 1.0, "b": "x"}); got != want {
+		t.Errorf("same keys: %s, want %s", got, want)
+	}
+	add(10, `{"a":4,"b":"p"}`)
+	add(12, `{"a":5,"c":true}`)
+	add(11, `{"a":6,"c":false}`)
+	if got, want := last(), fmt.Sprint(map[string]any{"a": 5.0, "b": "p", "c": true}); got != want {
+		t.Errorf("keys changed: %s, want %s", got, want)
+	}
+	add(20, `{"a":7,"c":true}`)
+	add(21, `{"a":8,"c":true,"d":1}`)
+	add(22, `{"a":9,"c":false}`)
+	if got, want := last(), fmt.Sprint(map[string]any{"a": 9.0, "b": "p", "c": false, "d": 1.0}); got != want {
+		t.Errorf("keys changed and back: %s, want %s", got, want)
+	}
+}

@@ -21,9 +21,10 @@ const MaxDeviceMetrics = 1024
 type metricNames struct {
 	seed maphash.Seed
 
-	// mu guards per.
-	mu  sync.Mutex
-	per map[string]*deviceNames
+	// mu guards per and versions.
+	mu       sync.Mutex
+	per      map[string]*deviceNames
+	versions uint64 // the last keys version given
 }
 
 // deviceNames is one device's names: their sorted hashes, and the keys
@@ -31,8 +32,9 @@ type metricNames struct {
 // one with the same keys (what a device usually sends) is let through
 // without hashing each.
 type deviceNames struct {
-	hs   []uint64
-	keys []byte // per key: its length (2 bytes), its raw bytes
+	hs      []uint64
+	keys    []byte // per key: its length (2 bytes), its raw bytes
+	version uint64 // of keys (metricNames.versions); 0 when keys is nil
 }
 
 // maxKeysMemo is the longest keys memo kept per device.
@@ -63,18 +65,28 @@ func (m *metricNames) load(ctx context.Context, last LastValues) error {
 // only the metrics device may store, recording the new names that fit,
 // and the number of metrics refused; nil when none is left.
 func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
+	out, refused, _ := m.filterKeys(device, obj)
+	return out, refused
+}
+
+// filterKeys is filter, and also returns the version of obj's keys: two
+// samples with the same version, other than 0, have the same keys in the
+// same order (then the writer need not merge their last values member
+// by member). A version names one memo of one device: it is never given
+// to other keys.
+func (m *metricNames) filterKeys(device string, obj []byte) (_ []byte, refused int, version uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	dn := m.per[device]
 	if dn != nil && dn.keys != nil && sameKeys(obj, dn.keys) {
-		return obj, 0
+		return obj, 0, dn.version
 	}
 	var hs []uint64
 	if dn != nil {
 		hs = dn.hs
 	}
 	var out []byte
-	refused, kept, added := 0, 0, false
+	kept, added := 0, false
 	eachMember(obj, func(k, v []byte) {
 		h := maphash.Bytes(m.seed, k)
 		i, known := slices.BinarySearch(hs, h)
@@ -112,12 +124,16 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 	}
 	switch {
 	case refused == 0:
-		dn.keys = appendKeys(dn.keys[:0], obj)
-		return obj, 0
+		dn.keys, dn.version = appendKeys(dn.keys[:0], obj), 0
+		if dn.keys != nil {
+			m.versions++
+			dn.version = m.versions
+		}
+		return obj, 0, dn.version
 	case kept == 0:
-		return nil, refused
+		return nil, refused, 0
 	}
-	return append(out, '}'), refused
+	return append(out, '}'), refused, 0
 }
 
 // appendMember appends "k":v to an object being built, after a comma
