@@ -243,7 +243,9 @@ func benchRouting(b *testing.B, history bool) {
 // BenchmarkTelemetryRouting's history=true adds to history=false, without
 // the scheduler's and the garbage collector's share of the routing, which
 // vary with the machine's load. The caller keeps at most half the queue
-// ahead of the writer, so nothing is dropped.
+// ahead of the writer, so nothing is dropped; as the writer commits once
+// per flush interval, the caller waits for commits, and stored/s says
+// little here (the writer alone: BenchmarkTelemetryWrite in devices).
 //
 //	go test -run XXX -bench TelemetryHook -benchtime 1000000x ./broker/
 //	TELEMETRY_BENCH_BATCH=32768 ...  # the writer's BatchSize (default: the store's)
