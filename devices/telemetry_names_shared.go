@@ -91,9 +91,15 @@ func (m *metricNames) merge(device string, obj []byte) {
 	eachMember(obj, func(k, _ []byte) { hs = append(hs, maphash.Bytes(m.seed, k)) })
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	hs = append(hs, m.per[device]...)
+	dn := m.per[device]
+	if dn == nil {
+		dn = &deviceNames{}
+		m.per[device] = dn
+	}
+	// Names are only added: the keys memo stays right.
+	hs = append(hs, dn.hs...)
 	slices.Sort(hs)
-	m.per[device] = slices.Compact(hs)
+	dn.hs = slices.Compact(hs)
 }
 
 // OnOnline calls f with each device that connects to this node (as the
