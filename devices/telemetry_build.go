@@ -79,9 +79,10 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 		i := m
 		m++
 		switch {
+		case i < len(c.data.cols) && c.data.cols[i].plain && c.data.cols[i].name == string(k):
+			// Equal to a name without a backslash: k has no escapes.
 		case bytes.IndexByte(k, '\\') >= 0:
 			i = c.data.colIndex(metricName(k), c.idx)
-		case i < len(c.data.cols) && c.data.cols[i].name == string(k):
 		default:
 			var ok bool
 			if i, ok = c.idx[string(k)]; !ok {

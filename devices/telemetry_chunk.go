@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"strings"
 )
 
 // A history chunk holds up to chunkPoints points of one device in columns:
@@ -74,6 +75,9 @@ type chunkCol struct {
 	// next).
 	dictIdx  map[string]uint32
 	lastDict uint32
+	// plain: the writer's column whose name has no backslash (a raw
+	// key equal to it has no escapes).
+	plain bool
 }
 
 // col returns the column named name, adding it (absent at every point so
@@ -88,7 +92,7 @@ func (c *chunkData) colIndex(name string, idx map[string]int) int {
 		return i
 	}
 	idx[name] = len(c.cols)
-	col := chunkCol{name: name}
+	col := chunkCol{name: name, plain: strings.IndexByte(name, '\\') < 0}
 	if c.spare != nil {
 		col.syms, col.nums = c.spare.col(len(c.ts))
 	}
