@@ -128,7 +128,19 @@ func TestBackpressureOff(t *testing.T) {
 			t.Errorf("Provides(%d) with backpressure off", e)
 		}
 	}
-	if on := NewBackpressure(time.Second); !on.Provides(mqtt.OnPublish) || on.Provides(mqtt.OnConnect) {
-		t.Error("Provides: want OnPublish and not OnConnect")
+	on := NewBackpressure(time.Second)
+	if !on.Provides(mqtt.OnQosPublish) || on.Provides(mqtt.OnConnect) {
+		t.Error("Provides: want OnQosPublish and not OnConnect")
+	}
+	// OnPublish and OnPacketSent only while a subscriber is behind or
+	// drains: the engine does not copy every packet into a hook that has
+	// nothing to do.
+	if on.Provides(mqtt.OnPublish) || on.Provides(mqtt.OnPacketSent) {
+		t.Error("Provides: OnPublish or OnPacketSent with nobody behind")
+	}
+	on.nBehind.Add(1)
+	on.nDrain.Add(1)
+	if !on.Provides(mqtt.OnPublish) || !on.Provides(mqtt.OnPacketSent) {
+		t.Error("Provides: want OnPublish and OnPacketSent with a subscriber behind")
 	}
 }

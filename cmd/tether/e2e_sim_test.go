@@ -484,7 +484,8 @@ func TestBenchAgainstTether(t *testing.T) {
 // PROFILE_QOS (default 1), PROFILE_DURATION (default "5s"), PROFILE_PUBS
 // (default 10), PROFILE_RATE (default 0: as fast as 64 unacknowledged publishes per
 // publisher allow), PROFILE_ANON (default 1: anonymous, as
-// scripts/bench-compare.sh runs it; 0: as admin).
+// scripts/bench-compare.sh runs it; 0: as admin), PROFILE_TRANSPORT
+// (default "tcp"; "ws": MQTT over WebSocket on /mqtt).
 func TestBenchProfileTether(t *testing.T) {
 	if os.Getenv("TETHER_BENCH_PROFILE") == "" {
 		t.Skip("set TETHER_BENCH_PROFILE=1 to run the profiling load")
@@ -513,7 +514,11 @@ func TestBenchProfileTether(t *testing.T) {
 					t.Fatal(err)
 				}
 				a := startTestApp(t, cfg)
-				args := []string{"bench", "--broker", "tcp://" + a.mqttAddr(), "--scenario", scenario, "--qos", env("PROFILE_QOS", "1"),
+				url := "tcp://" + a.mqttAddr()
+				if env("PROFILE_TRANSPORT", "tcp") == "ws" {
+					url = "ws://" + a.httpAddr() + "/mqtt"
+				}
+				args := []string{"bench", "--broker", url, "--scenario", scenario, "--qos", env("PROFILE_QOS", "1"),
 					"--pubs", env("PROFILE_PUBS", "10"), "--rate", env("PROFILE_RATE", "0"),
 					"--duration", env("PROFILE_DURATION", "5s"), "--progress", "-1s", "--pid", fmt.Sprint(os.Getpid())}
 				if !cfg.Auth.AllowAnonymous {
