@@ -65,9 +65,22 @@ func (c *wsConn) Read(p []byte) (int, error) {
 				// message. An error is left for Reader to meet again.
 				_, _ = c.br.Peek(2)
 			}
-			whole := c.nextWhole()
+			head, size, whole := c.nextWhole()
 			if n > 0 && !whole {
 				break // the next message is not all here: hand over what is
+			}
+			if whole && size <= len(p)-n {
+				// The common case: read it here, past coder/websocket's
+				// message reader (its locks, frame header struct and
+				// reader set-up per message; BenchmarkWebSocketRead).
+				// Only a whole, masked, final binary frame with no
+				// message open is taken, so coder/websocket's state is
+				// that of a reader between messages, as before.
+				b, _ := c.br.Peek(head + size)
+				unmask(p[n:n+size], b[head:], b[head-4:head])
+				_, _ = c.br.Discard(head + size)
+				n += size
+				continue
 			}
 			typ, r, err := c.ws.Reader(context.Background())
 			if err != nil {
@@ -111,40 +124,58 @@ func (c *wsConn) Read(p []byte) (int, error) {
 }
 
 // nextWhole reports whether the read buffer holds the whole next frame,
-// and it is an unfragmented, uncompressed binary message: reading it does
-// not wait for input.
-func (c *wsConn) nextWhole() bool {
+// and it is an unfragmented, uncompressed, masked binary message: reading
+// it does not wait for input. head is the frame header's length (mask key
+// included), size the payload's.
+func (c *wsConn) nextWhole() (head, size int, whole bool) {
 	if c.br == nil {
-		return false
+		return 0, 0, false
 	}
 	k := c.br.Buffered()
 	if k < 2 {
-		return false
+		return 0, 0, false
 	}
 	b, _ := c.br.Peek(min(k, 14))
-	if b[0] != 0x82 { // FIN, no RSV bits, binary
-		return false
+	// FIN, no RSV bits, binary; masked, as a client's frames must be (an
+	// unmasked one is left to coder/websocket, which refuses it).
+	if b[0] != 0x82 || b[1]&0x80 == 0 {
+		return 0, 0, false
 	}
-	head, size := 2, uint64(b[1]&0x7f)
-	switch size {
+	head, n := 2, uint64(b[1]&0x7f)
+	switch n {
 	case 126:
 		head = 4
 	case 127:
 		head = 10
 	}
-	if b[1]&0x80 != 0 {
-		head += 4 // mask key
-	}
+	head += 4 // mask key
 	if len(b) < head {
-		return false
+		return 0, 0, false
 	}
-	switch size {
+	switch n {
 	case 126:
-		size = uint64(binary.BigEndian.Uint16(b[2:4]))
+		n = uint64(binary.BigEndian.Uint16(b[2:4]))
 	case 127:
-		size = binary.BigEndian.Uint64(b[2:10])
+		n = binary.BigEndian.Uint64(b[2:10])
 	}
-	return uint64(k-head) >= size
+	if uint64(k-head) < n {
+		return 0, 0, false
+	}
+	return head, int(n), true
+}
+
+// unmask copies src to dst (len(dst) == len(src)) undoing the client's
+// masking with key (4 bytes, RFC 6455 5.3), 8 bytes at a time.
+func unmask(dst, src, key []byte) {
+	k4 := binary.LittleEndian.Uint32(key)
+	k8 := uint64(k4) | uint64(k4)<<32
+	i := 0
+	for ; i+8 <= len(src); i += 8 {
+		binary.LittleEndian.PutUint64(dst[i:], binary.LittleEndian.Uint64(src[i:])^k8)
+	}
+	for ; i < len(src); i++ {
+		dst[i] = src[i] ^ key[i&3]
+	}
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {

@@ -17,7 +17,7 @@ import (
 
 // rawUpgrade opens a TCP connection to url's host and sends the upgrade
 // request followed at once, in the same write, by extra.
-func rawUpgrade(t *testing.T, url string, extra []byte) (net.Conn, *bufio.Reader) {
+func rawUpgrade(t testing.TB, url string, extra []byte) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	host := strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/mqtt")
 	c, err := net.Dial("tcp", host)
