@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -50,6 +51,36 @@ var queueField = func() []int {
 // queueLen is the number of packets in cl's send queue.
 func queueLen(cl *mqtt.Client) int {
 	return reflect.ValueOf(cl).Elem().FieldByIndex(queueField).Len()
+}
+
+// qtyField is the index of the engine's count of cl's queued packets
+// (State.outboundQty), which the writer lowers only once it has written
+// the packet it took from the queue; nil if this engine version has none.
+var qtyField = func() []int {
+	f, ok := reflect.TypeOf(mqtt.Client{}).FieldByName("State")
+	if !ok {
+		return nil
+	}
+	q, ok := f.Type.FieldByName("outboundQty")
+	if !ok || q.Type.Kind() != reflect.Int32 {
+		return nil
+	}
+	return append(f.Index, q.Index...)
+}()
+
+// unwritten tells whether cl's writer still has packets to write: queued,
+// or taken from the queue and not yet written. The queue's length alone
+// is 0 while the writer holds the last packet, and a message written
+// directly then would overtake it.
+func unwritten(cl *mqtt.Client) bool {
+	if queueLen(cl) > 0 {
+		return true
+	}
+	if qtyField == nil {
+		return false
+	}
+	p := (*int32)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(qtyField).UnsafeAddr()))
+	return atomic.LoadInt32(p) > 0
 }
 
 // drainLag is a subscriber whose send queue has overflowed: it counts the
@@ -158,7 +189,7 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	b.waits.Inc()
 	start := time.Now()
 	done := l.wait(int64(srv.Options.Capabilities.MaximumClientWritesPending))
-	if queueLen(cl) > 0 { // else the writer has taken the last one: nothing to wait for
+	if unwritten(cl) { // else the writer has written the last one: nothing to wait for
 		timer := time.NewTimer(b.maxWait)
 		select {
 		case <-done:
