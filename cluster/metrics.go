@@ -88,3 +88,7 @@ func (n *Node) Dropped() float64 {
 	}
 	return sum
 }
+
+// FlowWaitsCounter is tether_cluster_flow_waits_total (for tests and
+// measurements).
+func (n *Node) FlowWaitsCounter() prometheus.Counter { return n.m.flowWaits }
