@@ -92,6 +92,7 @@ func (n *Node) connect(o *Options) (*nats.Conn, error) {
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
 			n.log.Info("cluster bus back")
+			n.resetWindows() // what was in flight may be lost
 			n.reintroduce()
 		}),
 		nats.ConnectHandler(func(*nats.Conn) {

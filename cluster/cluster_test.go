@@ -51,7 +51,13 @@ const testSecret = "route-secret-for-tests"
 
 func startNode(t *testing.T, name string, peers []string, secret string) *testNode {
 	t.Helper()
-	n, err := New(Options{Node: name, Listen: "127.0.0.1:0", Peers: peers, Secret: secret, Logger: testmqtt.Logger()})
+	return startNodeWith(t, Options{Node: name, Listen: "127.0.0.1:0", Peers: peers, Secret: secret})
+}
+
+func startNodeWith(t *testing.T, o Options) *testNode {
+	t.Helper()
+	o.Logger = testmqtt.Logger()
+	n, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,9 @@
 // nodes and the routes between them are up, nothing is lost; a message in
 // flight when a node or route fails can be. A slow subscriber holds back
 // the bus's delivery to its node as it would a local publisher
-// (broker.Backpressure); the node buffers the bus meanwhile, and drops
-// and counts what its buffer cannot hold.
+// (broker.Backpressure), and that node's slowness reaches the publishers
+// on the other nodes through a credit window per stream of messages
+// between two nodes (flow.go): a publisher whose message would overfill
+// the window waits, as for a slow local subscriber, so the receiving
+// node's bus buffer never overflows.
 package cluster

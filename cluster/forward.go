@@ -36,7 +36,7 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Qos > 0 && !cl.Net.Inline {
 		e = h.n.early.take(cl)
 	}
-	h.n.forward(pk, e)
+	h.n.forward(pk, e, cl)
 }
 
 // OnDisconnect forgets what OnPublish recorded for the client.
@@ -44,7 +44,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.n.early.take(c
 
 // OnWillSent forwards a will as the access hook left it (an empty topic
 // when the will was no longer allowed: then nothing).
-func (h *hook) OnWillSent(_ *mqtt.Client, pk packets.Packet) { h.n.forward(pk, nil) }
+func (h *hook) OnWillSent(_ *mqtt.Client, pk packets.Packet) { h.n.forward(pk, nil, nil) }
 
 func (h *hook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.n.touch() }
 
@@ -75,8 +75,9 @@ func (h *hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 
 // forward sends pk to each other node that wants it: a matching plain
 // filter, a shared group it is given to serve, or, retained, every node;
-// except the nodes OnPublish sent it to already (e, durable.go).
-func (n *Node) forward(pk packets.Packet, e *early) {
+// except the nodes OnPublish sent it to already (e, durable.go). cl, the
+// publisher, waits while a receiving node's window is full (flow.go).
+func (n *Node) forward(pk packets.Packet, e *early, cl *mqtt.Client) {
 	name := pk.TopicName
 	if name == "" || pk.Ignore || strings.HasPrefix(name, "$SYS") || n.srv.Load() == nil {
 		return
@@ -112,7 +113,7 @@ func (n *Node) forward(pk packets.Packet, e *early) {
 		for _, k := range keys {
 			msg.Header.Add(hdrShared, encodeName(k))
 		}
-		if err := n.nc.PublishMsg(msg); err != nil {
+		if err := n.send(p.win, msg, cl); err != nil {
 			n.m.dropped.WithLabelValues("send").Inc()
 			n.log.Debug("message not forwarded", "peer", p.name, "error", err)
 			continue
@@ -183,5 +184,8 @@ func (n *Node) onMessage(m *nats.Msg) {
 		n.m.received.Inc()
 	}
 	n.serving = nil
+	if v := m.Header.Get(hdrSeq); v != "" {
+		n.injected(origin, v)
+	}
 	n.answerDurable(m)
 }

@@ -9,6 +9,8 @@ type metrics struct {
 	sent, received prometheus.Counter
 	dropped        *prometheus.CounterVec
 	notDurable     prometheus.Counter
+	// Flow control (flow.go).
+	flowWaits, flowWaited, flowTimeouts prometheus.Counter
 }
 
 // dropReasons are tether_cluster_messages_dropped_total's reasons.
@@ -24,6 +26,12 @@ func newMetrics() *metrics {
 			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode."}, []string{"reason"}),
 		notDurable: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_acks_not_durable_total",
 			Help: "QoS 1/2 messages for persistent sessions on other nodes acknowledged before every such node confirmed their commit (it did not answer within 2 s)."}),
+		flowWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_waits_total",
+			Help: "Publishes held back because another node had not yet taken in what this node sent it."}),
+		flowWaited: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_wait_seconds_total",
+			Help: "Time publishers were held back for other nodes."}),
+		flowTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_timeouts_total",
+			Help: "Waits for another node that did not take in messages within mqtt.backpressure_wait; it is not waited for again until it answers."}),
 	}
 	for _, r := range dropReasons {
 		m.dropped.WithLabelValues(r)
@@ -37,6 +45,9 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	n.m.received.Describe(ch)
 	n.m.dropped.Describe(ch)
 	n.m.notDurable.Describe(ch)
+	n.m.flowWaits.Describe(ch)
+	n.m.flowWaited.Describe(ch)
+	n.m.flowTimeouts.Describe(ch)
 	ch <- nodesDesc
 	ch <- busUpDesc
 }
@@ -47,6 +58,9 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	n.m.received.Collect(ch)
 	n.m.dropped.Collect(ch)
 	n.m.notDurable.Collect(ch)
+	n.m.flowWaits.Collect(ch)
+	n.m.flowWaited.Collect(ch)
+	n.m.flowTimeouts.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(len(*n.peers.Load())+1))
 	up := 0.0
 	if n.Healthy() == nil {
@@ -74,3 +88,7 @@ func (n *Node) Dropped() float64 {
 	}
 	return sum
 }
+
+// FlowWaitsCounter is tether_cluster_flow_waits_total (for tests and
+// measurements).
+func (n *Node) FlowWaitsCounter() prometheus.Counter { return n.m.flowWaits }

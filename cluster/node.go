@@ -36,6 +36,10 @@ type Options struct {
 	// (cluster.tls_*, tls.go); empty: plain routes.
 	TLSCert, TLSKey, TLSCA string
 	NATSURL                string
+	// FlowWait is the longest a client's publish waits for another node
+	// to take in what this node sent it (mqtt.backpressure_wait;
+	// flow.go); 0: no flow control, a node that falls behind drops.
+	FlowWait time.Duration
 	// MaxPayload is the largest message the bus carries (bytes); 0:
 	// 8 MiB. Give the MQTT packet size limit and some room.
 	MaxPayload int
@@ -101,6 +105,12 @@ type Node struct {
 	durable atomic.Pointer[Durability]
 	early   sentEarly
 
+	// Flow control (flow.go): streams numbers this node's windows;
+	// inflow is the receiving side.
+	flowWait time.Duration
+	streams  atomic.Uint64
+	inflow   inflow
+
 	rate     atomic.Uint64 // this node's messages/s, float64 bits
 	lastRecv int64
 	lastAt   time.Time
@@ -124,6 +134,7 @@ type peer struct {
 	clients    int64
 	rate       float64
 	asked      time.Time // when its filters were last asked for
+	win        *window   // this node's stream to it (flow.go); nil without flow control
 }
 
 var hostChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
@@ -158,7 +169,7 @@ func New(o Options) (*Node, error) {
 	_, _ = rand.Read(b[:])
 	n := &Node{
 		name: o.Node, inst: hex.EncodeToString(b[:]), log: log.With("component", "cluster", "node", o.Node),
-		peersWanted: len(o.Peers) > 0, changed: make(chan struct{}, 1), stop: make(chan struct{}), m: newMetrics(),
+		peersWanted: len(o.Peers) > 0, flowWait: o.FlowWait, changed: make(chan struct{}, 1), stop: make(chan struct{}), m: newMetrics(),
 	}
 	n.hook = &hook{n: n}
 	empty := map[string]*peer{}
@@ -249,6 +260,7 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 		{subjBye, n.onBye},
 		{subjClaim, n.onClaim},
 		{subjRetained + n.name, n.onRetainedWanted},
+		{subjAck + n.name, n.onAck},
 	} {
 		sub, err := n.nc.Subscribe(s.subject, s.fn)
 		if err != nil {

@@ -163,12 +163,24 @@ func (n *Node) measure(now time.Time) {
 
 func (n *Node) ownRate() float64 { return math.Float64frombits(n.rate.Load()) }
 
-// update replaces (or removes, when f returns nil) the peer name.
+// update replaces (or removes, when f returns nil) the peer name. A peer
+// without a window (a new one, or a new run of it) gets a new one, and
+// the waiters of the window it replaces go (flow.go).
 func (n *Node) update(name string, f func(old *peer) *peer) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	cur := *n.peers.Load()
-	p := f(cur[name])
+	old := cur[name]
+	p := f(old)
+	if p != nil && p.win == nil {
+		p.win = n.newWindow()
+	}
+	if old != nil && (p == nil || p.win != old.win) {
+		old.win.release()
+	}
+	if p == nil {
+		n.forgetInbound(name)
+	}
 	next := make(map[string]*peer, len(cur)+1)
 	for k, v := range cur {
 		next[k] = v
@@ -195,7 +207,7 @@ func (n *Node) onBeat(m *nats.Msg) {
 	n.update(b.Node, func(old *peer) *peer {
 		p := &peer{name: b.Node, inst: b.Inst, seen: now, clients: b.Clients, rate: b.Rate}
 		if old != nil && old.inst == b.Inst {
-			p.in, p.asked = old.in, old.asked
+			p.in, p.dur, p.asked, p.win = old.in, old.dur, old.asked, old.win
 		} else {
 			greet = true // new to us: tell it about us without waiting
 		}

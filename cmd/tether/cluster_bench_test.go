@@ -33,6 +33,9 @@ import (
 // messages cross with three nodes).
 // TETHER_MEASURE_RATE: messages/s per publisher (default 0: as fast as
 // the window allows; e.g. 500 gives the unloaded latency).
+// TETHER_MEASURE_PERSISTENT=1: the subscribers' sessions are persistent
+// (clean session false): a QoS 1 message for one on another node is
+// committed there before its PUBACK (the durable wait, cluster/durable.go).
 func TestMeasureCluster(t *testing.T) {
 	if os.Getenv("TETHER_MEASURE") == "" {
 		t.Skip("a measurement: set TETHER_MEASURE=1 to run it")
@@ -53,6 +56,7 @@ func TestMeasureCluster(t *testing.T) {
 		rate, _ = strconv.Atoi(s)
 	}
 	fanin := os.Getenv("TETHER_MEASURE_SCENARIO") == "fanin"
+	persistent := os.Getenv("TETHER_MEASURE_PERSISTENT") != ""
 	for _, nodes := range []int{1, 3} {
 		t.Run(fmt.Sprintf("nodes=%d", nodes), func(t *testing.T) {
 			var apps []*app
@@ -61,9 +65,9 @@ func TestMeasureCluster(t *testing.T) {
 			} else {
 				apps = startCluster(t, nodes, nil)
 			}
-			r := measurePairs(t, apps, pairs, window, rate, fanin, time.Duration(seconds)*time.Second)
-			t.Logf("fanin=%v nodes=%d pairs=%d window=%d qos=1: %.0f msg/s, latency p50 %v p99 %v, CPU %.1f µs/msg, bus messages %.0f, dropped %d (bus %.0f)",
-				fanin, nodes, pairs, window, r.rate, r.p50, r.p99, r.cpuPerMsg, r.busMsgs, r.dropped, r.busDropped)
+			r := measurePairs(t, apps, pairs, window, rate, fanin, persistent, time.Duration(seconds)*time.Second)
+			t.Logf("persistent=%v fanin=%v nodes=%d pairs=%d window=%d qos=1: %.0f msg/s, latency p50 %v p99 %v, CPU %.1f µs/msg, bus messages %.0f, dropped %d (bus %.0f), flow waits %.0f",
+				persistent, fanin, nodes, pairs, window, r.rate, r.p50, r.p99, r.cpuPerMsg, r.busMsgs, r.dropped, r.busDropped, r.flowWaits)
 		})
 	}
 }
@@ -76,9 +80,10 @@ type pairsResult struct {
 	// dropped: the engines' dropped messages; busDropped: the bus's.
 	dropped    int64
 	busDropped float64
+	flowWaits  float64 // publishes held back for another node (cluster flow control)
 }
 
-func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bool, d time.Duration) pairsResult {
+func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin, persistent bool, d time.Duration) pairsResult {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var delivered atomic.Int64
@@ -93,7 +98,7 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bo
 		mu.Unlock()
 	}
 	if fanin {
-		s := testmqtt.Client(t, apps[0].mqttAddr(), "bsub", true, false, onMsg)
+		s := testmqtt.Client(t, apps[0].mqttAddr(), "bsub", !persistent, false, onMsg)
 		testmqtt.WaitToken(t, "subscribe", s.Subscribe("bench/#", 1, nil))
 	}
 	for i := 0; i < pairs; i++ {
@@ -102,7 +107,7 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bo
 		if fanin {
 			subNode = apps[0]
 		} else {
-			s := testmqtt.Client(t, subNode.mqttAddr(), fmt.Sprintf("bsub-%d", i), true, false, onMsg)
+			s := testmqtt.Client(t, subNode.mqttAddr(), fmt.Sprintf("bsub-%d", i), !persistent, false, onMsg)
 			testmqtt.WaitToken(t, "subscribe", s.Subscribe(topic, 1, nil))
 		}
 		if pubNode != subNode {
@@ -172,6 +177,7 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin bo
 		r.dropped += atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped)
 		if a.cluster != nil {
 			r.busDropped += a.cluster.Dropped()
+			r.flowWaits += testmqtt.Counter(t, a.cluster.FlowWaitsCounter())
 		}
 	}
 	mu.Lock()

@@ -1,0 +1,277 @@
+package cluster
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/nats-io/nats.go"
+
+	"github.com/tether-iot/tether/listeners"
+)
+
+// Flow control across nodes. NATS core does not slow a sender down: a
+// node that injects more slowly than the others send (its subscriber is
+// behind, broker.Backpressure holds the injection) would fill its bus
+// subscription's buffer and lose what overflows. So each stream of
+// messages from this node to another one is a credit window: every
+// message carries its stream's sequence number and the cumulative bytes
+// (hdrSeq); the receiving node, once it has injected messages into its
+// engine, acknowledges the highest sequence number it has seen
+// (cumulatively: a message lost in between is covered by a later one) on
+// the sender's ack subject, every flowAckEvery messages, and within
+// flowAckDelay when the sender asks for it (the message's window is half
+// used). A client's publish (any QoS, as a local subscriber holds back
+// its publishers at any QoS) whose stream has flowWindow messages or
+// flowWindowBytes outstanding waits, on the publisher's goroutine after
+// its acknowledgement, for credit: at most Options.FlowWait
+// (mqtt.backpressure_wait). A wait that times out marks the window stuck
+// (counted): nobody waits for it again until an acknowledgement comes
+// back, so a node that stopped answering costs each publisher at most
+// one wait. The broker's own publishes and wills never wait. A node that
+// leaves (its goodbye) or is lost (no beat for peerExpiry), or restarts,
+// gets a new window and the waiters of the old one go at once; so do all
+// windows when this node's connection to the bus comes back.
+//
+// Windows are well below the receiving subscription's buffer (65,536
+// messages, 256 MiB): eight nodes sending their whole windows at once
+// fit.
+const (
+	flowWindow      = 8192
+	flowWindowBytes = 32 << 20
+	flowAckEvery    = 512
+	flowAckDelay    = 2 * time.Millisecond
+)
+
+// hdrSeq carries "stream seq bytes", and " !" when the sender asks for a
+// prompt acknowledgement.
+const hdrSeq = "Tether-Seq"
+
+// subjAck + node: acknowledgements of what that node sent.
+const subjAck = "tether.ack."
+
+// flowAck acknowledges a stream up to Seq (and Bytes, cumulative).
+type flowAck struct {
+	Node   string `json:"node"` // the acknowledging node
+	Stream string `json:"stream"`
+	Seq    uint64 `json:"seq"`
+	Bytes  uint64 `json:"bytes"`
+}
+
+// window is this node's stream of messages to one other node (one per
+// run of that node: peer.win).
+type window struct {
+	stream string
+
+	mu                sync.Mutex
+	sent, sentBytes   uint64
+	acked, ackedBytes uint64
+	stuck             bool          // a wait timed out; cleared by an acknowledgement
+	released          bool          // the node went or the stream was reset
+	wake              chan struct{} // closed when credit returns or on release; then replaced
+}
+
+// newWindow is a new stream to another node; nil without flow control.
+func (n *Node) newWindow() *window {
+	if n.flowWait <= 0 {
+		return nil
+	}
+	gen := n.streams.Add(1)
+	return &window{stream: n.inst[:12] + "." + strconv.FormatUint(gen, 10), wake: make(chan struct{})}
+}
+
+// release lets every waiter go; the window is no longer waited for.
+func (w *window) release() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	if !w.released {
+		w.released = true
+		close(w.wake)
+	}
+	w.mu.Unlock()
+}
+
+// room reports whether a message of size may be sent now (w.mu held).
+func (w *window) room(size uint64) bool {
+	out := w.sent - w.acked
+	return out == 0 || out < flowWindow && w.sentBytes-w.ackedBytes+size <= flowWindowBytes
+}
+
+// send publishes msg to the node of w, first waiting for credit when cl
+// is a client (not the broker itself) and the window is full.
+func (n *Node) send(w *window, msg *nats.Msg, cl *mqtt.Client) error {
+	if w == nil {
+		return n.nc.PublishMsg(msg)
+	}
+	size := uint64(len(msg.Data))
+	wait := cl != nil && !cl.Net.Inline
+	var timer *time.Timer
+	var start time.Time
+	w.mu.Lock()
+	for wait && !w.stuck && !w.released && !w.room(size) {
+		ch := w.wake
+		w.mu.Unlock()
+		if timer == nil {
+			listeners.FlushAcks(cl.Net.Conn) // the acknowledgements already given go out
+			start = time.Now()
+			timer = time.NewTimer(n.flowWait)
+			n.m.flowWaits.Inc()
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			n.m.flowTimeouts.Inc()
+			wait = false
+			w.mu.Lock()
+			w.stuck = true
+			w.mu.Unlock()
+		case <-n.stop:
+			wait = false
+		}
+		w.mu.Lock()
+	}
+	if timer != nil {
+		timer.Stop()
+		n.m.flowWaited.Add(time.Since(start).Seconds())
+	}
+	defer w.mu.Unlock()
+	w.sent++
+	w.sentBytes += size
+	prompt := w.sent-w.acked >= flowWindow/2 || w.sentBytes-w.ackedBytes >= flowWindowBytes/2
+	b := make([]byte, 0, len(w.stream)+48)
+	b = append(b, w.stream...)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, w.sent, 10)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, w.sentBytes, 10)
+	if prompt {
+		b = append(b, " !"...)
+	}
+	msg.Header.Set(hdrSeq, string(b))
+	// Under w.mu: the stream's messages leave in their order.
+	if err := n.nc.PublishMsg(msg); err != nil {
+		w.sent--
+		w.sentBytes -= size
+		return err
+	}
+	return nil
+}
+
+// onAck takes another node's acknowledgement of what this node sent it.
+func (n *Node) onAck(m *nats.Msg) {
+	var a flowAck
+	if json.Unmarshal(m.Data, &a) != nil {
+		return
+	}
+	p := (*n.peers.Load())[a.Node]
+	if p == nil || p.win == nil || p.win.stream != a.Stream {
+		return // a stream of before
+	}
+	w := p.win
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if a.Seq <= w.acked || a.Seq > w.sent || a.Bytes < w.ackedBytes || a.Bytes > w.sentBytes {
+		return
+	}
+	w.acked, w.ackedBytes = a.Seq, a.Bytes
+	w.stuck = false
+	if !w.released {
+		close(w.wake)
+		w.wake = make(chan struct{})
+	}
+}
+
+// inbound is what this node has injected of one other node's stream.
+type inbound struct {
+	stream            string
+	seq, bytes, acked uint64
+}
+
+// inflow is the receiving side: one inbound per sending node.
+type inflow struct {
+	mu    sync.Mutex
+	in    map[string]*inbound
+	armed bool // a prompt acknowledgement is due
+}
+
+// injected notes that a message of origin's stream (its hdrSeq value v)
+// is in the engine, and acknowledges when due.
+func (n *Node) injected(origin, v string) {
+	stream, rest, ok1 := strings.Cut(v, " ")
+	seqs, rest, _ := strings.Cut(rest, " ")
+	bytess, flag, _ := strings.Cut(rest, " ")
+	seq, err1 := strconv.ParseUint(seqs, 10, 64)
+	bytes, err2 := strconv.ParseUint(bytess, 10, 64)
+	if !ok1 || err1 != nil || err2 != nil || stream == "" || !validName(origin) {
+		return
+	}
+	f := &n.inflow
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.in == nil {
+		f.in = map[string]*inbound{}
+	}
+	in := f.in[origin]
+	if in == nil || in.stream != stream {
+		in = &inbound{stream: stream}
+		f.in[origin] = in
+	}
+	if seq > in.seq {
+		in.seq, in.bytes = seq, bytes
+	}
+	switch {
+	case in.seq-in.acked >= flowAckEvery:
+		n.ack(origin, in)
+	case flag == "!" && !f.armed:
+		f.armed = true
+		time.AfterFunc(flowAckDelay, n.flushAcks)
+	}
+}
+
+// flushAcks acknowledges every stream's progress (the prompt timer).
+func (n *Node) flushAcks() {
+	f := &n.inflow
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.armed = false
+	for origin, in := range f.in {
+		if in.seq > in.acked {
+			n.ack(origin, in)
+		}
+	}
+}
+
+// ack sends origin the acknowledgement of in (inflow.mu held).
+func (n *Node) ack(origin string, in *inbound) {
+	in.acked = in.seq
+	b, _ := json.Marshal(flowAck{Node: n.name, Stream: in.stream, Seq: in.seq, Bytes: in.bytes})
+	_ = n.nc.Publish(subjAck+origin, b)
+}
+
+// forgetInbound drops what this node knew of a node that went.
+func (n *Node) forgetInbound(origin string) {
+	n.inflow.mu.Lock()
+	delete(n.inflow.in, origin)
+	n.inflow.mu.Unlock()
+}
+
+// resetWindows gives every other node a new stream, letting go the
+// waiters of the old ones (this node's bus connection came back: what
+// was in flight may be lost).
+func (n *Node) resetWindows() {
+	for name := range *n.peers.Load() {
+		n.update(name, func(old *peer) *peer {
+			if old == nil {
+				return nil
+			}
+			p := *old
+			p.win = nil // update gives it a new one
+			return &p
+		})
+	}
+}

@@ -1,0 +1,75 @@
+package cluster
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tether-iot/tether/internal/testmqtt"
+)
+
+// TestFlowReleasedOnBye: a publisher held back by a node whose window is
+// full (nothing acknowledges it) goes on at once when that node leaves,
+// long before its wait would time out.
+func TestFlowReleasedOnBye(t *testing.T) {
+	a := startNodeWith(t, Options{Node: "f1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: 10 * time.Minute})
+	b := startNodeWith(t, Options{Node: "f2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: 10 * time.Minute})
+	waitMesh(t, []*testNode{a, b})
+	sub := testmqtt.Client(t, b.addr, "flow-sub", true, false, func(m paho.Message) {})
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("flow/#", 1, nil))
+	waitRoute(t, a, b, "flow/x")
+	// The window to f2 is full: as if f2 had taken in nothing.
+	w := (*a.node.peers.Load())["f2"].win
+	w.mu.Lock()
+	w.sent = flowWindow
+	w.mu.Unlock()
+	pub := testmqtt.Client(t, a.addr, "flow-pub", true, false, nil)
+	first := pub.Publish("flow/x", 1, false, "held") // acknowledged, then held
+	testmqtt.WaitToken(t, "first publish", first)
+	second := pub.Publish("flow/x", 1, false, "after")
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if v := testmqtt.Counter(t, a.node.FlowWaitsCounter()); v != 1 {
+			return fmt.Errorf("%v publishers held back, want 1", v)
+		}
+		return nil
+	})
+	if second.WaitTimeout(0) {
+		t.Fatal("the next publish was acknowledged while the first was held back")
+	}
+	_ = b.node.Close()
+	testmqtt.WaitToken(t, "publish after f2 left", second)
+}
+
+// TestFlowAcknowledged: a message sent when the window is half used asks
+// for a prompt acknowledgement, and the receiving node's acknowledgement
+// frees the window.
+func TestFlowAcknowledged(t *testing.T) {
+	a := startNodeWith(t, Options{Node: "g1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: 10 * time.Minute})
+	b := startNodeWith(t, Options{Node: "g2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: 10 * time.Minute})
+	waitMesh(t, []*testNode{a, b})
+	var got inbox
+	sub := testmqtt.Client(t, b.addr, "ack-sub", true, false, got.add)
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("ack/#", 1, nil))
+	waitRoute(t, a, b, "ack/x")
+	// Messages lost on the way: the window is full and nothing of it
+	// will be acknowledged but what comes next.
+	w := (*a.node.peers.Load())["g2"].win
+	w.mu.Lock()
+	w.sent = flowWindow - 1
+	w.mu.Unlock()
+	pub := testmqtt.Client(t, a.addr, "ack-pub", true, false, nil)
+	for i := range 3 {
+		testmqtt.WaitToken(t, "publish", pub.Publish("ack/x", 1, false, fmt.Sprint(i)))
+	}
+	got.waitN(t, 3)
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.acked < flowWindow { // the later ones need no prompt answer
+			return fmt.Errorf("acknowledged %d of %d", w.acked, w.sent)
+		}
+		return nil
+	})
+}
