@@ -22,7 +22,8 @@ import (
 // slowed down outgrows the bus subscription's buffer (256 MiB) quickly.
 const flowPayload = 256 << 10
 
-// TestClusterFlowControl: at the default bounds, publishers on two nodes send
+// TestClusterFlowControl: at the default window (the wait's time bound raised,
+// see below), publishers on two nodes send
 // large QoS 1 messages as fast as they can to one subscriber on a third
 // node that reads slowly. The publishers are held back (the bus's credit
 // window) instead of the receiving node's bus buffer overflowing: every
