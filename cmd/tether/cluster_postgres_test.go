@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/internal/testpg"
 )
 
@@ -14,7 +15,9 @@ import (
 // bus. A command sent through node A's API reaches the device connected
 // to node C, its answer (published on C) completes the command on A, and
 // an operator subscribed on node B sees the device's presence and
-// telemetry.
+// telemetry. A desired twin state set through A reaches the device on C
+// and the operator on B; the state the device reports on C reads the same
+// through every node's API.
 func TestClusterPostgresCommand(t *testing.T) {
 	pg := testpg.New(t)
 	url := pg.NewDatabase(t)
@@ -73,4 +76,33 @@ func TestClusterPostgresCommand(t *testing.T) {
 	// Telemetry from C reaches the operator on B.
 	dev.pub(t, "devices/cl-dev-1/telemetry", `{"temp":20.5}`)
 	op.waitFor(t, onTopic("devices/cl-dev-1/telemetry"), nil)
+
+	// A twin: desired set through A, published by A (retained, so it
+	// crosses to every node) to the device on C and the operator on B.
+	dev.sub(t, "devices/cl-dev-1/twin/desired")
+	if code := accessAPI(t, a, "PATCH", "/devices/cl-dev-1/twin", admin, map[string]any{"desired": map[string]any{"rate": 5}}, nil); code != 200 {
+		t.Fatalf("twin PATCH on A: HTTP %d", code)
+	}
+	desired := func(m message) bool {
+		return m.topic == "devices/cl-dev-1/twin/desired" && strings.Contains(m.payload, `"rate":5`) && strings.Contains(m.payload, `"version":1`)
+	}
+	dev.waitFor(t, desired, nil)
+	op.waitFor(t, desired, nil)
+	// The device reports on C; every node's API reads the same twin.
+	if code := dev.pub(t, "devices/cl-dev-1/twin/reported", `{"rate":5,"fw":"2.0"}`); code >= 0x80 {
+		t.Fatalf("twin reported on C: PUBACK 0x%02x", code)
+	}
+	for _, n := range nodes {
+		tok := accessLogin(t, n, "admin", accessAdminPassword)
+		checkFor(t, 20*time.Second, func() error {
+			var tw devices.Twin
+			if code := accessAPI(t, n, "GET", "/devices/cl-dev-1/twin", tok, nil, &tw); code != 200 {
+				return fmt.Errorf("HTTP %d", code)
+			}
+			if tw.Desired["rate"] != 5.0 || tw.DesiredVersion != 1 || tw.Reported["rate"] != 5.0 || tw.Reported["fw"] != "2.0" || len(tw.Delta) != 0 {
+				return fmt.Errorf("twin on %s: %+v", n.http, tw)
+			}
+			return nil
+		})
+	}
 }
