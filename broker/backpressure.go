@@ -134,6 +134,12 @@ func (b *Backpressure) Attach(srv *mqtt.Server) { b.srv.Store(srv) }
 // ID implements mqtt.Hook.
 func (b *Backpressure) ID() string { return "tether-backpressure" }
 
+// ProvidesVaries tells an engine that lists hooks per event once (a
+// proposed mochi change, docs/upstream.md section 4) that Provides
+// changes at run time (OnPublish, OnPacketSent) and must be asked before
+// each call.
+func (b *Backpressure) ProvidesVaries() bool { return true }
+
 // Provides implements mqtt.Hook.
 func (b *Backpressure) Provides(e byte) bool {
 	if b.maxWait <= 0 {

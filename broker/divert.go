@@ -33,3 +33,10 @@ func (h *diverted) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	return h.Hook.Provides(mqtt.OnACLCheck) && h.Hook.OnACLCheck(cl, topic, write)
 }
+
+// ProvidesVaries passes on the wrapped hook's answer (see
+// Retained.ProvidesVaries).
+func (h *diverted) ProvidesVaries() bool {
+	v, ok := h.Hook.(interface{ ProvidesVaries() bool })
+	return ok && v.ProvidesVaries()
+}

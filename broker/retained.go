@@ -51,6 +51,11 @@ func (r *Retained) Attach(srv *mqtt.Server) { r.srv.Store(srv) }
 // ID implements mqtt.Hook.
 func (r *Retained) ID() string { return "tether-retained" }
 
+// ProvidesVaries tells an engine that lists hooks per event once (a
+// proposed mochi change, docs/upstream.md section 4) that Provides
+// changes at run time (OnPacketRead) and must be asked before each call.
+func (r *Retained) ProvidesVaries() bool { return true }
+
 // Provides implements mqtt.Hook.
 func (r *Retained) Provides(b byte) bool {
 	switch b {
