@@ -37,16 +37,29 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// normalize treats a nil and an empty list alike.
+// normalize treats a nil and an empty list alike, in every field: YAML
+// writes both as [], and `rules:` with no value parses to nil (a fuzzed
+// input found it in auth.rules, which the list of fields here missed).
 func normalize(c Config) Config {
-	if len(c.HTTP.AllowedOrigins) == 0 {
-		c.HTTP.AllowedOrigins = nil
-	}
-	if len(c.HTTP.TrustedProxies) == 0 {
-		c.HTTP.TrustedProxies = nil
-	}
-	if len(c.MQTT.ProxyProtocolFrom) == 0 {
-		c.MQTT.ProxyProtocolFrom = nil
-	}
+	nilEmpty(reflect.ValueOf(&c).Elem())
 	return c
+}
+
+func nilEmpty(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				nilEmpty(v.Field(i))
+			}
+		}
+	case reflect.Slice:
+		if v.Len() == 0 {
+			v.SetZero()
+			return
+		}
+		for i := range v.Len() {
+			nilEmpty(v.Index(i))
+		}
+	}
 }
