@@ -205,9 +205,11 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.SetReadLimit(-1) // MQTT packets span messages: the packet size limit applies (limitConn, the engine)
-	conn := &wsConn{ws: c, raw: hw.conn, remote: l.remoteAddr(r, hw.conn.RemoteAddr()), br: hw.br}
+	conn := &wsConn{ws: c, raw: hw.conn, remote: l.remoteAddr(r, hw.conn.RemoteAddr()), br: hw.br, src: hw.src}
 	if w.Header().Get("Sec-WebSocket-Extensions") != "" {
-		conn.br = nil // permessage-deflate: a message's bytes in the buffer are not its length
+		// permessage-deflate: a message's bytes in the buffer are not its
+		// length, and coder/websocket reads every frame.
+		conn.br, conn.src = nil, nil
 	}
 	// The engine serves the connection on a goroutine of its own and this
 	// handler returns: net/http is done with a hijacked connection, so its

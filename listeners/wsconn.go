@@ -41,6 +41,11 @@ type wsConn struct {
 	raw    net.Conn      // the hijacked connection: deadlines and the local address
 	remote net.Addr      // the client's address (WebSocket.remoteAddr)
 	br     *bufio.Reader // coder/websocket's read buffer, to look ahead; nil: do not (compression)
+	// src is what br reads from; nil: no raw reads (compression).
+	src *wsSource
+	// pend is the start of a binary frame cut short at the end of a raw
+	// read, completed by the next (readRaw).
+	pend []byte
 
 	// rmu is held by Read: Close then does not touch the read buffer
 	// (closing handshake) while Read does.
@@ -56,6 +61,23 @@ type wsConn struct {
 func (c *wsConn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	for c.src != nil && c.r == nil && c.err == nil && !c.eof && len(p) > 0 &&
+		c.br.Buffered() == 0 && len(c.src.carry) == 0 {
+		// Between messages with nothing buffered: read the socket
+		// straight into p, as much as the engine asks for (as over TCP),
+		// rather than through the small read buffer, which would take a
+		// client's burst in slices of wsReadBufferSize: twice the reads,
+		// and twice the acknowledgement writes (ackConn), of TCP.
+		if n := c.readRaw(p); n > 0 {
+			return n, nil
+		}
+		if len(c.pend) == 0 {
+			// No whole message came: what came is in src.carry, for
+			// the buffered path below (an error is met there again).
+			break
+		}
+		// Only the start of a frame came, and it is kept in pend.
+	}
 	n := 0
 	for n < len(p) && c.err == nil && !c.eof {
 		if c.r == nil {
@@ -123,6 +145,87 @@ func (c *wsConn) Read(p []byte) (int, error) {
 	return 0, io.EOF
 }
 
+// readRaw reads the socket into p, and turns the whole frames at its
+// start that nextWhole would take (unfragmented, uncompressed, masked
+// binary messages) into their payloads, in place; it returns the payload
+// bytes. A frame of that kind cut short at the end of the read, that
+// would fit p whole, is kept (pend) and completed by the next read, as
+// TCP's stream is; from any other frame on (a control frame, one larger
+// than p, anything coder/websocket is to see) the bytes go to src.carry,
+// which br reads before the socket: they reach coder/websocket in order,
+// as if read through br. It returns 0 when no whole frame came (what
+// came is then in src.carry, or pend with nothing read): a read error
+// is left for the buffered path, which reads the socket again and meets
+// it.
+func (c *wsConn) readRaw(p []byte) int {
+	k := len(c.pend)
+	if k >= len(p) {
+		// The engine asks for less than the frame begun: coder/websocket
+		// takes the frame over.
+		c.src.putBack(c.pend)
+		c.pend = c.pend[:0]
+		return 0
+	}
+	copy(p, c.pend)
+	c.pend = c.pend[:0]
+	m, _ := c.raw.Read(p[k:])
+	if m <= 0 {
+		if k > 0 {
+			c.src.putBack(p[:k])
+		}
+		return 0
+	}
+	m += k
+	out, used := 0, 0
+	for used < m {
+		head, size, whole := frameHead(p[used:m], m-used)
+		if !whole {
+			break
+		}
+		var key [4]byte // the payload moves over it
+		copy(key[:], p[used+head-4:used+head])
+		unmask(p[out:out+size], p[used+head:used+head+size], key[:])
+		out += size
+		used += head + size
+	}
+	switch tail := p[used:m]; {
+	case len(tail) == 0:
+	case fitsWhole(tail, len(p)):
+		c.pend = append(c.pend, tail...)
+	default:
+		c.src.putBack(tail)
+	}
+	return out
+}
+
+// fitsWhole reports whether b, the start of a frame that is not whole,
+// may be an unfragmented, masked binary frame no longer than n bytes in
+// all (its length may not be known yet).
+func fitsWhole(b []byte, n int) bool {
+	if b[0] != 0x82 {
+		return false
+	}
+	if len(b) < 2 {
+		return true
+	}
+	if b[1]&0x80 == 0 {
+		return false
+	}
+	size := int64(b[1] & 0x7f)
+	head := 6
+	switch size {
+	case 126:
+		head = 8
+		if len(b) < 4 {
+			return true
+		}
+		size = int64(binary.BigEndian.Uint16(b[2:4]))
+	case 127:
+		return false // 64 KiB or more: larger than any engine read
+	}
+	return int64(head)+size <= int64(n)
+}
+
 // nextWhole reports whether the read buffer holds the whole next frame,
 // and it is an unfragmented, uncompressed, masked binary message: reading
 // it does not wait for input. head is the frame header's length (mask key
@@ -136,6 +239,18 @@ func (c *wsConn) nextWhole() (head, size int, whole bool) {
 		return 0, 0, false
 	}
 	b, _ := c.br.Peek(min(k, 14))
+	return frameHead(b, k)
+}
+
+// frameHead reads the frame header at the start of b, of which k bytes
+// are at hand (b may hold only the first of them), and reports whether
+// the frame is whole in those k bytes and an unfragmented, uncompressed,
+// masked binary message. head is the header's length (mask key
+// included), size the payload's.
+func frameHead(b []byte, k int) (head, size int, whole bool) {
+	if len(b) < 2 {
+		return 0, 0, false
+	}
 	// FIN, no RSV bits, binary; masked, as a client's frames must be (an
 	// unmasked one is left to coder/websocket, which refuses it).
 	if b[0] != 0x82 || b[1]&0x80 == 0 {
@@ -162,6 +277,52 @@ func (c *wsConn) nextWhole() (head, size int, whole bool) {
 		return 0, 0, false
 	}
 	return head, int(n), true
+}
+
+// wsSource is what a WebSocket connection's read buffer (br, which
+// coder/websocket reads through) reads from: the bytes a raw read put
+// back (wsConn.readRaw) or that came with the upgrade request, then the
+// socket. Only the goroutine holding wsConn.rmu uses it.
+type wsSource struct {
+	conn  net.Conn
+	carry []byte
+}
+
+func (s *wsSource) Read(p []byte) (int, error) {
+	if len(s.carry) == 0 {
+		return s.conn.Read(p)
+	}
+	n := copy(p, s.carry)
+	s.carry = s.carry[n:]
+	if len(s.carry) == 0 {
+		if cap(s.carry) > maxKeptCarry {
+			s.carry = nil // a large put-back is not kept
+		} else {
+			s.carry = s.carry[:0:cap(s.carry)]
+		}
+	}
+	return n, nil
+}
+
+// srcConn is a connection that reads through its wsSource.
+type srcConn struct {
+	net.Conn
+	src *wsSource
+}
+
+func (c *srcConn) Read(p []byte) (int, error) { return c.src.Read(p) }
+
+// maxKeptCarry bounds the put-back array a connection keeps between uses
+// (the end of a burst cut mid-frame is usually one short message).
+const maxKeptCarry = 512
+
+// putBack queues b (copied) to be read before the socket; carry is empty.
+func (s *wsSource) putBack(b []byte) {
+	if cap(s.carry) < len(b) {
+		s.carry = make([]byte, len(b), max(len(b), 256))
+	}
+	s.carry = s.carry[:len(b)]
+	copy(s.carry, b)
 }
 
 // unmask copies src to dst (len(dst) == len(src)) undoing the client's
@@ -201,6 +362,11 @@ func (c *wsConn) Close() error {
 		return c.ws.CloseNow()
 	}
 	defer c.rmu.Unlock()
+	if len(c.pend) > 0 && c.src != nil {
+		// The closing handshake reads through coder/websocket.
+		c.src.putBack(append(c.pend, c.src.carry...))
+		c.pend = nil
+	}
 	return c.ws.Close(websocket.StatusNormalClosure, "")
 }
 
@@ -217,6 +383,7 @@ type hijackWriter struct {
 	http.ResponseWriter
 	conn net.Conn
 	br   *bufio.Reader // the read buffer handed to coder/websocket
+	src  *wsSource     // what br reads
 }
 
 func (w *hijackWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -228,17 +395,15 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.conn = conn
 	// Bytes the client sent after its request are in net/http's buffer:
-	// move them to the smaller one, or keep net/http's if they do not fit.
-	switch n := brw.Reader.Buffered(); {
-	case n == 0:
-		brw.Reader = bufio.NewReaderSize(conn, wsReadBufferSize)
-	case n <= wsReadBufferSize:
+	// they are read first, through the smaller one.
+	w.src = &wsSource{conn: conn}
+	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), wsReadBufferSize)
-		if _, err := r.Peek(n); err == nil {
-			brw.Reader = r
-		}
+		w.src.carry = bytes.Clone(b)
 	}
+	brw.Reader = bufio.NewReaderSize(w.src, wsReadBufferSize)
 	w.br = brw.Reader
-	return conn, brw, nil
+	// coder/websocket resets the reader onto the connection it is given:
+	// give it one that reads through src.
+	return &srcConn{Conn: conn, src: w.src}, brw, nil
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -193,4 +194,185 @@ func TestWebSocketBurstInOneRead(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the completed message was not read")
 	}
+}
+
+// TestWebSocketBurstPastReadBuffer: a burst of messages larger than the
+// connection's read buffer (wsReadBufferSize), sent at once after the
+// upgrade, comes out of one Read as large as the engine's, as over TCP
+// (one read and one acknowledgement write per burst, not one per
+// kilobyte).
+func TestWebSocketBurstPastReadBuffer(t *testing.T) {
+	reads := make(chan []byte, 1)
+	url := wsServer(t, NewWebSocket(&WebSocketOptions{ConnectTimeout: -1}), func(_ string, c net.Conn) error {
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		reads <- bytes.Clone(buf[:n])
+		return err
+	})
+	c, _ := rawUpgrade(t, url, nil)
+	var burst, want []byte
+	for i := range 20 {
+		msg := bytes.Repeat([]byte{byte('a' + i)}, 80)
+		burst = append(burst, maskedFrame(msg)...)
+		want = append(want, msg...)
+	}
+	if len(burst) <= wsReadBufferSize {
+		t.Fatalf("a burst of %d bytes does not pass the read buffer", len(burst))
+	}
+	if _, err := c.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-reads:
+		if !bytes.Equal(got, want) {
+			t.Fatalf("one read gave %d bytes of %d: %q", len(got), len(want), got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no read returned")
+	}
+}
+
+// TestWebSocketControlFrameInBurst: a ping in the middle of a burst, and
+// a message cut short at its end, are handled in order: the client gets
+// its pong, and the engine every message, in order.
+func TestWebSocketControlFrameInBurst(t *testing.T) {
+	rec := newRecorder()
+	url := wsServer(t, NewWebSocket(&WebSocketOptions{ConnectTimeout: -1}), rec.establish)
+	c, br := rawUpgrade(t, url, nil)
+	var burst, want []byte
+	for i := range 12 {
+		msg := bytes.Repeat([]byte{byte('a' + i)}, 30+i)
+		burst = append(burst, maskedFrame(msg)...)
+		want = append(want, msg...)
+		if i == 5 {
+			ping := maskedFrame([]byte("hi"))
+			ping[0] = 0x89
+			burst = append(burst, ping...)
+		}
+	}
+	last := maskedFrame([]byte("the last message, cut in two"))
+	want = append(want, "the last message, cut in two"...)
+	if _, err := c.Write(append(burst, last[:9]...)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pong := make([]byte, 4)
+	if _, err := io.ReadFull(br, pong); err != nil {
+		t.Fatalf("no pong: %v", err)
+	}
+	if !bytes.Equal(pong, []byte{0x8a, 2, 'h', 'i'}) {
+		t.Fatalf("got %x, want a pong with the ping's payload", pong)
+	}
+	if _, err := c.Write(last[9:]); err != nil {
+		t.Fatal(err)
+	}
+	closeFrame := maskedFrame([]byte{0x03, 0xe8}) // 1000
+	closeFrame[0] = 0x88
+	if _, err := c.Write(closeFrame); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-rec.streams:
+		if !bytes.Equal(got, want) {
+			t.Fatalf("the engine read %q\nwant %q", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the engine side never saw the connection end")
+	}
+}
+
+// rawStream is data as a client's masked binary frames, a message of
+// sizes[i%len(sizes)]*7 bytes each (0: an empty one), with a ping after
+// every fifth message when ping is set.
+func rawStream(data, sizes []byte, ping bool) []byte {
+	var out []byte
+	for i := 0; len(data) > 0; i++ {
+		n := len(data)
+		if len(sizes) > 0 {
+			n = min(int(sizes[i%len(sizes)])*7, len(data))
+		}
+		out = append(out, maskedFrame(data[:n])...)
+		data = data[n:]
+		if n == 0 {
+			out = append(out, maskedFrame(data[:1])...)
+			data = data[1:]
+		}
+		if ping && i%5 == 4 {
+			f := maskedFrame([]byte("p"))
+			f[0] = 0x89
+			out = append(out, f...)
+		}
+	}
+	return out
+}
+
+// checkCutStream writes stream to a new connection in pieces whose sizes
+// come from cuts (each piece its own write, the next after a pause, so
+// that the server's reads end anywhere in a frame), then a close frame,
+// and checks that the engine side read want.
+func checkCutStream(t *testing.T, url string, rec *recorder, stream, cuts, want []byte) {
+	t.Helper()
+	c, br := rawUpgrade(t, url, nil)
+	go func() { _, _ = io.Copy(io.Discard, br) }() // pongs, the close frame
+	for i := 0; len(stream) > 0; i++ {
+		n := len(stream)
+		if len(cuts) > 0 {
+			n = min(max(int(cuts[i%len(cuts)])*3, 1), len(stream))
+		}
+		if _, err := c.Write(stream[:n]); err != nil {
+			t.Fatal(err)
+		}
+		stream = stream[n:]
+		if i%4 == 0 {
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	closeFrame := maskedFrame([]byte{0x03, 0xe8})
+	closeFrame[0] = 0x88
+	if _, err := c.Write(closeFrame); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-rec.streams:
+		if !bytes.Equal(got, want) {
+			t.Fatalf("the engine read %d bytes, want %d:\n got %x\nwant %x", len(got), len(want), got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the engine side never saw the connection end")
+	}
+}
+
+// TestWebSocketStreamCutAnywhere: a client's frames (of 0 to 3,000
+// bytes, pings among them) cut into TCP segments at any byte reach the
+// engine as the same stream, whether the cut falls in a header, a mask
+// key or a payload, and whether a frame fits the engine's read or not.
+func TestWebSocketStreamCutAnywhere(t *testing.T) {
+	rec := newRecorder()
+	url := wsServer(t, NewWebSocket(&WebSocketOptions{ConnectTimeout: -1}), rec.establish)
+	data := make([]byte, 5000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	sizes := []byte{1, 0, 13, 2, 40, 100, 3, 17, 250, 5, 9}
+	for _, cuts := range [][]byte{nil, {0}, {1}, {2, 5, 1}, {33}, {111, 3}, {255}} {
+		for _, ping := range []bool{false, true} {
+			checkCutStream(t, url, rec, rawStream(data, sizes, ping), cuts, data)
+		}
+	}
+}
+
+// FuzzWebSocketRawStream: any bytes in any binary frames, with or without
+// pings, cut into segments anywhere, reach the engine side unchanged.
+func FuzzWebSocketRawStream(f *testing.F) {
+	f.Add([]byte("0123456789abcdef0123456789abcdef"), []byte{1, 2}, []byte{1}, true)
+	f.Add(bytes.Repeat([]byte{0xab}, 3000), []byte{255, 40}, []byte{100, 7}, false)
+	f.Add([]byte{0x10, 0x00}, []byte{}, []byte{0}, false)
+	rec := newRecorder()
+	url := wsServer(f, NewWebSocket(&WebSocketOptions{ConnectTimeout: -1}), rec.establish)
+	f.Fuzz(func(t *testing.T, data, sizes, cuts []byte, ping bool) {
+		if len(data) == 0 || len(data) > 4096 {
+			return
+		}
+		checkCutStream(t, url, rec, rawStream(data, sizes, ping), cuts, data)
+	})
 }
