@@ -266,7 +266,14 @@ func TestWebSocketControlFrameInBurst(t *testing.T) {
 	if _, err := c.Write(last[9:]); err != nil {
 		t.Fatal(err)
 	}
-	closeFrame := maskedFrame([]byte{0x03, 0xe8}) // 1000
+	closeAndCheck(t, c, rec, want)
+}
+
+// closeAndCheck sends a close frame (1000) on c and checks that the
+// engine side read want before the connection ended.
+func closeAndCheck(t *testing.T, c net.Conn, rec *recorder, want []byte) {
+	t.Helper()
+	closeFrame := maskedFrame([]byte{0x03, 0xe8})
 	closeFrame[0] = 0x88
 	if _, err := c.Write(closeFrame); err != nil {
 		t.Fatal(err)
@@ -274,7 +281,7 @@ func TestWebSocketControlFrameInBurst(t *testing.T) {
 	select {
 	case got := <-rec.streams:
 		if !bytes.Equal(got, want) {
-			t.Fatalf("the engine read %q\nwant %q", got, want)
+			t.Fatalf("the engine read %d bytes, want %d:\n got %x\nwant %x", len(got), len(want), got, want)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the engine side never saw the connection end")
@@ -327,19 +334,7 @@ func checkCutStream(t *testing.T, url string, rec *recorder, stream, cuts, want 
 			time.Sleep(200 * time.Microsecond)
 		}
 	}
-	closeFrame := maskedFrame([]byte{0x03, 0xe8})
-	closeFrame[0] = 0x88
-	if _, err := c.Write(closeFrame); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case got := <-rec.streams:
-		if !bytes.Equal(got, want) {
-			t.Fatalf("the engine read %d bytes, want %d:\n got %x\nwant %x", len(got), len(want), got, want)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the engine side never saw the connection end")
-	}
+	closeAndCheck(t, c, rec, want)
 }
 
 // TestWebSocketStreamCutAnywhere: a client's frames (of 0 to 3,000
