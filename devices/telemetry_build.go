@@ -190,24 +190,30 @@ func (s *spareArrays) keep(d *chunkData) {
 	*d = chunkData{}
 }
 
-// timestamps returns an empty array for a chunk's timestamps, or nil.
-func (s *spareArrays) timestamps() []int64 {
-	if len(s.ts) == 0 {
+// timestamps returns an empty array for a chunk's timestamps, for size
+// points (or nil when size is 0 and none is spare).
+func (s *spareArrays) timestamps(size int) []int64 {
+	for len(s.ts) > 0 {
+		ts := s.ts[len(s.ts)-1]
+		s.ts = s.ts[:len(s.ts)-1]
+		if cap(ts) >= size {
+			return ts
+		}
+	}
+	if size == 0 {
 		return nil
 	}
-	ts := s.ts[len(s.ts)-1]
-	s.ts = s.ts[:len(s.ts)-1]
-	return ts
+	return make([]int64, 0, size)
 }
 
 // col returns arrays for a new column of a chunk of n points so far
-// (absent at each), or nils.
-func (s *spareArrays) col(n int) ([]uint32, []float64) {
+// (absent at each) that hold size points, or nils.
+func (s *spareArrays) col(n, size int) ([]uint32, []float64) {
 	for len(s.syms) > 0 {
 		last := len(s.syms) - 1
 		syms, nums := s.syms[last], s.nums[last]
 		s.syms, s.nums = s.syms[:last], s.nums[:last]
-		if cap(syms) >= n {
+		if cap(syms) >= max(n, size) {
 			syms, nums = syms[:n], nums[:n]
 			clear(syms)
 			clear(nums)
@@ -229,8 +235,15 @@ func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r
 		c = b.open[device]
 	}
 	if c == nil || !c.fits(ts) {
+		// A device's next chunk most likely takes as many points as its
+		// last: its arrays are made that size at once, not grown to it
+		// by doubling.
+		size := 0
+		if c != nil {
+			size = len(c.data.ts)
+		}
 		c = &openChunk{device: device, idx: make(map[string]int, 8), sorted: true, maxPoints: chunkPoints}
-		c.data.ts, c.data.spare = b.spare.timestamps(), &b.spare
+		c.data.ts, c.data.spare = b.spare.timestamps(size), &b.spare
 		b.open[device] = c
 	}
 	b.last = c

@@ -94,7 +94,7 @@ func (c *chunkData) colIndex(name string, idx map[string]int) int {
 	idx[name] = len(c.cols)
 	col := chunkCol{name: name, plain: strings.IndexByte(name, '\\') < 0}
 	if c.spare != nil {
-		col.syms, col.nums = c.spare.col(len(c.ts))
+		col.syms, col.nums = c.spare.col(len(c.ts), cap(c.ts))
 	}
 	if col.syms == nil {
 		col.syms, col.nums = make([]uint32, len(c.ts), cap(c.ts)), make([]float64, len(c.ts), cap(c.ts))
