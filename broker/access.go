@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -84,8 +83,14 @@ type policy struct {
 
 func (p *policy) ID() string { return "tether-policy" }
 
+// Provides is asked before every event, per message: a switch, not the
+// engine's examples' bytes.Contains over a fresh slice.
 func (p *policy) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck:
+		return true
+	}
+	return false
 }
 
 // OnConnect refuses every client with "not authorized" unless anonymous
