@@ -47,6 +47,7 @@ func startEmbedded(o *Options, token string, log *slog.Logger) (*server.Server, 
 		Authorization: token,
 		NoSigs:        true,
 		MaxPayload:    int32(o.maxPayload()),
+		MaxPending:    natsMaxPending, // the flow windows fit in it (flow.go)
 		Cluster:       server.ClusterOpts{Name: "tether", Host: host, Port: p},
 		Routes:        routes,
 	}
@@ -88,7 +89,8 @@ func (n *Node) connect(o *Options) (*nats.Conn, error) {
 			if err == nil {
 				return // Close
 			}
-			n.log.Warn("cluster bus lost", "error", err)
+			n.m.busLost.Inc()
+			n.log.Warn("cluster bus lost: messages in flight to or from this node may be lost", "error", err)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
 			n.log.Info("cluster bus back")

@@ -73,3 +73,40 @@ func TestFlowAcknowledged(t *testing.T) {
 		return nil
 	})
 }
+
+// TestFlowWindowsFitNATSPending: every other node's window towards one
+// node, full at once, fits in what the NATS server holds for that node's
+// connection before it closes it as a slow consumer (losing it all); so
+// with three nodes a window holding 24 MiB holds the next publisher back,
+// where the 32 MiB of before let it go.
+func TestFlowWindowsFitNATSPending(t *testing.T) {
+	for peers := 1; peers <= 64; peers++ {
+		if all := windowBytes(peers) * uint64(peers); all > flowPendingBudget || all >= natsMaxPending {
+			t.Fatalf("%d other nodes: windows of %d bytes hold %d together (budget %d, NATS holds %d)",
+				peers, windowBytes(peers), all, flowPendingBudget, natsMaxPending)
+		}
+	}
+	a := startNodeWith(t, Options{Node: "p1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: 10 * time.Minute})
+	b := startNodeWith(t, Options{Node: "p2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: 10 * time.Minute})
+	c := startNodeWith(t, Options{Node: "p3", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: 10 * time.Minute})
+	waitMesh(t, []*testNode{a, b, c})
+	sub := testmqtt.Client(t, b.addr, "pending-sub", true, false, func(m paho.Message) {})
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("pending/#", 1, nil))
+	waitRoute(t, a, b, "pending/x")
+	// 24 MiB outstanding towards p2, nothing of it acknowledged.
+	w := (*a.node.peers.Load())["p2"].win
+	w.mu.Lock()
+	w.sent, w.sentBytes = 1, windowBytes(2)
+	w.mu.Unlock()
+	if windowBytes(2) >= flowWindowBytes {
+		t.Fatalf("a window with two other nodes holds %d bytes, as much as with one", windowBytes(2))
+	}
+	pub := testmqtt.Client(t, a.addr, "pending-pub", true, false, nil)
+	testmqtt.WaitToken(t, "first publish", pub.Publish("pending/x", 1, false, "held")) // acknowledged, then held
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if v := testmqtt.Counter(t, a.node.FlowWaitsCounter()); v != 1 {
+			return fmt.Errorf("%v publishers held back, want 1", v)
+		}
+		return nil
+	})
+}

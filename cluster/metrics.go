@@ -11,6 +11,8 @@ type metrics struct {
 	notDurable     prometheus.Counter
 	// Flow control (flow.go).
 	flowWaits, flowWaited, flowTimeouts prometheus.Counter
+	// busLost counts the bus connection's losses.
+	busLost prometheus.Counter
 }
 
 // dropReasons are tether_cluster_messages_dropped_total's reasons.
@@ -32,6 +34,8 @@ func newMetrics() *metrics {
 			Help: "Time publishers were held back for other nodes."}),
 		flowTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_timeouts_total",
 			Help: "Waits for another node that did not take in messages within mqtt.backpressure_wait; it is not waited for again until it answers."}),
+		busLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_bus_lost_total",
+			Help: "Times this node's connection to the cluster bus was lost (the NATS server closed it, for one as a slow consumer, or the network failed); messages in flight to or from this node then may be lost."}),
 	}
 	for _, r := range dropReasons {
 		m.dropped.WithLabelValues(r)
@@ -48,6 +52,7 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	n.m.flowWaits.Describe(ch)
 	n.m.flowWaited.Describe(ch)
 	n.m.flowTimeouts.Describe(ch)
+	n.m.busLost.Describe(ch)
 	ch <- nodesDesc
 	ch <- busUpDesc
 }
@@ -61,6 +66,7 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	n.m.flowWaits.Collect(ch)
 	n.m.flowWaited.Collect(ch)
 	n.m.flowTimeouts.Collect(ch)
+	n.m.busLost.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(len(*n.peers.Load())+1))
 	up := 0.0
 	if n.Healthy() == nil {
@@ -87,6 +93,13 @@ func (n *Node) Dropped() float64 {
 		}
 	}
 	return sum
+}
+
+// BusLost is tether_cluster_bus_lost_total (for tests and measurements).
+func (n *Node) BusLost() float64 {
+	var m dto.Metric
+	_ = n.m.busLost.Write(&m)
+	return m.GetCounter().GetValue()
 }
 
 // FlowWaitsCounter is tether_cluster_flow_waits_total (for tests and

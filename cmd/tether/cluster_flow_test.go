@@ -13,6 +13,8 @@ import (
 	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/internal/testmqtt"
@@ -110,11 +112,20 @@ func runFlow(t *testing.T, apps []*app, payload, perPublisher int, readDelay tim
 	// The reader takes its time (slower still under the race detector):
 	// wait for as long as messages keep arriving, and fail only when none
 	// has come for 30 s while some are missing.
+	// Where the missing messages are: every counter of a drop or a
+	// wait on the way, and what the subscriber's node holds for it.
 	status := func() string {
 		var st []string
 		for _, a := range apps {
-			st = append(st, fmt.Sprintf("%s: bus dropped %v, engine dropped %d, waits %v", a.cluster.Name(), a.cluster.Dropped(),
-				atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped), testmqtt.Counter(t, a.cluster.FlowWaitsCounter())))
+			line := fmt.Sprintf("%s: bus dropped %v, engine dropped %d, in-flight dropped %d, flow %v, backpressure %v",
+				a.cluster.Name(), a.cluster.Dropped(), atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped),
+				atomic.LoadInt64(&a.broker.Server.Info.InflightDropped),
+				collected(a.cluster, "tether_cluster_"), collected(a.backpressure, "tether_backpressure_"))
+			line += fmt.Sprintf(", routes flow/0 to %v", a.cluster.Routes("flow/0"))
+			if cl, ok := a.broker.Server.Clients.Get("flow-slow"); ok {
+				line += fmt.Sprintf(", subscriber in flight %d", cl.State.Inflight.Len())
+			}
+			st = append(st, line)
 		}
 		return strings.Join(st, "; ")
 	}
@@ -138,6 +149,9 @@ func runFlow(t *testing.T, apps []*app, payload, perPublisher int, readDelay tim
 	for _, a := range apps {
 		if d := a.cluster.Dropped(); d != 0 {
 			t.Errorf("%s: the bus dropped %v messages", a.cluster.Name(), d)
+		}
+		if l := a.cluster.BusLost(); l != 0 {
+			t.Errorf("%s: the bus connection was lost %v times (what it held was lost with it)", a.cluster.Name(), l)
 		}
 		if d := atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped); d != 0 {
 			t.Errorf("%s: the engine dropped %d messages", a.cluster.Name(), d)
@@ -226,4 +240,35 @@ func scrapeLabelled(t *testing.T, url, name string) float64 {
 		sum += v
 	}
 	return sum
+}
+
+// collected returns the values of c's metrics whose names start with
+// prefix (without it), for a failure's message.
+func collected(c prometheus.Collector, prefix string) map[string]float64 {
+	ch := make(chan prometheus.Metric, 64)
+	go func() { c.Collect(ch); close(ch) }()
+	out := map[string]float64{}
+	for m := range ch {
+		d := m.Desc().String()
+		i := strings.Index(d, `fqName: "`)
+		if i < 0 {
+			continue
+		}
+		name := d[i+len(`fqName: "`):]
+		name = name[:strings.IndexByte(name, '"')]
+		if !strings.HasPrefix(name, prefix) {
+			continue
+		}
+		var v dto.Metric
+		if m.Write(&v) != nil {
+			continue
+		}
+		switch {
+		case v.Counter != nil:
+			out[strings.TrimPrefix(name, prefix)] += v.Counter.GetValue()
+		case v.Gauge != nil:
+			out[strings.TrimPrefix(name, prefix)] += v.Gauge.GetValue()
+		}
+	}
+	return out
 }
