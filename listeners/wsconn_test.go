@@ -203,13 +203,24 @@ func TestWebSocketBurstInOneRead(t *testing.T) {
 // kilobyte).
 func TestWebSocketBurstPastReadBuffer(t *testing.T) {
 	reads := make(chan []byte, 1)
+	// The burst is sent once the engine has the connection: bytes that
+	// come sooner can be read by net/http before it hands the socket
+	// over, and they are then read through the buffer (one read of 880
+	// bytes, then the rest: in order, and what this test is not about).
+	ready := make(chan struct{})
 	url := wsServer(t, NewWebSocket(&WebSocketOptions{ConnectTimeout: -1}), func(_ string, c net.Conn) error {
+		close(ready)
 		buf := make([]byte, 4096)
 		n, err := c.Read(buf)
 		reads <- bytes.Clone(buf[:n])
 		return err
 	})
 	c, _ := rawUpgrade(t, url, nil)
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the engine did not get the connection")
+	}
 	var burst, want []byte
 	for i := range 20 {
 		msg := bytes.Repeat([]byte{byte('a' + i)}, 80)
