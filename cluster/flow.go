@@ -26,7 +26,8 @@ import (
 // flowAckDelay when the sender asks for it (the message's window is half
 // used). A client's publish (any QoS, as a local subscriber holds back
 // its publishers at any QoS) whose stream has flowWindow messages or
-// flowWindowBytes outstanding waits, on the publisher's goroutine after
+// windowBytes (at most flowWindowBytes) outstanding waits, on the
+// publisher's goroutine after
 // its acknowledgement, for credit: at most Options.FlowWait
 // (mqtt.backpressure_wait). A wait that times out marks the window stuck
 // (counted): nobody waits for it again until an acknowledgement comes
