@@ -109,9 +109,6 @@ func runFlow(t *testing.T, apps []*app, payload, perPublisher int, readDelay tim
 	for err := range errs {
 		t.Fatal(err)
 	}
-	// The reader takes its time (slower still under the race detector):
-	// wait for as long as messages keep arriving, and fail only when none
-	// has come for 30 s while some are missing.
 	// Where the missing messages are: every counter of a drop or a
 	// wait on the way, and what the subscriber's node holds for it.
 	status := func() string {
@@ -129,6 +126,9 @@ func runFlow(t *testing.T, apps []*app, payload, perPublisher int, readDelay tim
 		}
 		return strings.Join(st, "; ")
 	}
+	// The reader takes its time (slower still under the race detector):
+	// wait for as long as messages keep arriving, and fail only when none
+	// has come for 30 s while some are missing.
 	done := time.Now().UnixNano()
 	for {
 		mu.Lock()
