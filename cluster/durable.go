@@ -20,7 +20,12 @@ import (
 // committed what the message put in their queues. The publisher waits
 // for the answers at most durableWait; after that (a node going away)
 // the acknowledgement goes anyway. Such a node does not get the message
-// a second time after the acknowledgement (OnPublished).
+// a second time after the acknowledgement (OnPublished). The requests
+// in flight to a node hold at most durableBytes (flow.go), so that with
+// the windows they fit in what the NATS server holds for that node; a
+// publisher whose request would overfill them waits for room within the
+// same durableWait, and without it its message goes to that node through
+// the window after the acknowledgement, as one that is not durable.
 
 // durableWait bounds a publisher's wait for the other nodes' commits.
 const durableWait = 2 * time.Second
@@ -109,7 +114,18 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 	}
 	var wg sync.WaitGroup
+	size := uint64(len(data))
+	deadline := time.Now().Add(durableWait) // for room, for all the nodes together
 	for i, node := range to {
+		// The requests in flight to a node fit in what the NATS server
+		// holds for it beside the windows (flow.go). One that cannot
+		// get its room in time is not durable before the PUBACK: it
+		// goes through the node's window after it (OnPublished).
+		w := peers[node].win
+		if !n.reserveDurable(w, size, cl, deadline) {
+			late.Store(true)
+			continue
+		}
 		msg := &nats.Msg{Subject: subjMsg + node, Data: data, Header: nats.Header{hdrOrigin: {n.name}, hdrSync: {"1"}}}
 		for _, k := range e.assigned[node] {
 			msg.Header.Add(hdrShared, encodeName(k))
@@ -118,11 +134,13 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		n.m.sent.Inc()
 		if i == len(to)-1 {
 			request(msg) // the last (often the only) one on this goroutine
+			w.releaseDurable(size)
 			break
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer w.releaseDurable(size)
 			request(msg)
 		}()
 	}

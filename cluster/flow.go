@@ -45,8 +45,10 @@ import (
 // (the receiving node reconnects; those messages, acknowledged to their
 // publishers, are gone). Every other node's window towards one node can
 // be full at once, so each window holds at most flowPendingBudget
-// divided among the other nodes (windowBytes): 24 MiB with two others,
-// 6 MiB with eight. (At 32 MiB each, two nodes sending large messages to
+// divided among the other nodes (windowBytes): 20 MiB with two others,
+// 5 MiB with eight; the durable requests in flight, which are not part of
+// a stream (durable.go), at most durablePendingBudget divided likewise
+// (durableBytes): 4 MiB and 1 MiB. (At 32 MiB each, two nodes sending large messages to
 // a third whose bus reader fell behind on a loaded machine overfilled
 // it: TestClusterFlowControl lost 215 and 382 of 2,000 messages in 2 of
 // 16 runs, counted nowhere.)
@@ -61,15 +63,25 @@ const (
 	// not go below.
 	natsMaxPending = 64 << 20
 	// flowPendingBudget is what all windows towards one node may hold
-	// together: room is left for acknowledgements, beats and messages
-	// that do not wait (the broker's own, wills).
-	flowPendingBudget = natsMaxPending * 3 / 4
+	// together, and durablePendingBudget what all durable requests
+	// towards it may (durable.go): room is left for acknowledgements,
+	// answers, beats and messages that do not wait (the broker's own,
+	// wills).
+	flowPendingBudget    = natsMaxPending * 5 / 8
+	durablePendingBudget = natsMaxPending / 8
 )
 
 // windowBytes is the byte bound of each window when there are peers
 // other nodes: their windows towards any one node fit the budget.
 func windowBytes(peers int) uint64 {
 	return uint64(min(flowWindowBytes, flowPendingBudget/max(peers, 1)))
+}
+
+// durableBytes bounds the bytes of this node's durable requests in
+// flight to one other node (beside its window) when there are peers
+// other nodes: theirs towards any one node fit durablePendingBudget.
+func durableBytes(peers int) uint64 {
+	return uint64(durablePendingBudget / max(peers, 1))
 }
 
 // hdrSeq carries "stream seq bytes", and " !" when the sender asks for a
@@ -98,6 +110,9 @@ type window struct {
 	stuck             bool          // a wait timed out; cleared by an acknowledgement
 	released          bool          // the node went or the stream was reset
 	wake              chan struct{} // closed when credit returns or on release; then replaced
+	// durable is the bytes of durable requests (durable.go) in flight
+	// to the node, which are not part of the stream.
+	durable uint64
 }
 
 // newWindow is a new stream to another node; nil without flow control.
@@ -127,6 +142,70 @@ func (w *window) release() {
 func (w *window) room(size, limit uint64) bool {
 	out := w.sent - w.acked
 	return out == 0 || out < flowWindow && w.sentBytes-w.ackedBytes+size <= limit
+}
+
+// reserveDurable takes size bytes of w's bound for durable requests
+// before cl's message goes to w's node as one, waiting while requests in
+// flight hold them, until deadline; false when it did not get them
+// (this node is closing, or the wait timed out: the node is not taking
+// in what it is sent, or cannot commit it fast enough). A request that
+// goes alone always gets them, however large. Without flow control it
+// always does.
+func (n *Node) reserveDurable(w *window, size uint64, cl *mqtt.Client, deadline time.Time) bool {
+	if w == nil {
+		return true
+	}
+	limit := durableBytes(len(*n.peers.Load()))
+	var timer *time.Timer
+	var start time.Time
+	got := true
+	w.mu.Lock()
+	for !w.released && w.durable > 0 && w.durable+size > limit {
+		ch := w.wake
+		w.mu.Unlock()
+		if timer == nil {
+			listeners.FlushAcks(cl.Net.Conn) // the acknowledgements already given go out
+			start = time.Now()
+			timer = time.NewTimer(time.Until(deadline))
+			n.m.flowWaits.Inc()
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			n.m.flowTimeouts.Inc()
+			got = false
+		case <-n.stop:
+			got = false
+		}
+		w.mu.Lock()
+		if !got {
+			break
+		}
+	}
+	if got {
+		w.durable += size
+	}
+	w.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
+		n.m.flowWaited.Add(time.Since(start).Seconds())
+	}
+	return got
+}
+
+// releaseDurable gives back what reserveDurable took for a request that
+// was answered or timed out.
+func (w *window) releaseDurable(size uint64) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	w.durable -= size
+	if !w.released {
+		close(w.wake)
+		w.wake = make(chan struct{})
+	}
+	w.mu.Unlock()
 }
 
 // send publishes msg to the node of w, first waiting for credit when cl

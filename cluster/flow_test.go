@@ -2,10 +2,12 @@ package cluster
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
@@ -75,15 +77,18 @@ func TestFlowAcknowledged(t *testing.T) {
 }
 
 // TestFlowWindowsFitNATSPending: every other node's window towards one
-// node, full at once, fits in what the NATS server holds for that node's
-// connection before it closes it as a slow consumer (losing it all); so
-// with three nodes a window holding 24 MiB holds the next publisher back,
-// where the 32 MiB of before let it go.
+// node, full at once, and their durable requests in flight fit in what
+// the NATS server holds for that node's connection before it closes it as
+// a slow consumer (losing it all), with a quarter of it left for
+// acknowledgements, answers and beats; so with three nodes a window
+// holding 20 MiB holds the next publisher back, where the 32 MiB of
+// before let it go.
 func TestFlowWindowsFitNATSPending(t *testing.T) {
 	for peers := 1; peers <= 64; peers++ {
-		if all := windowBytes(peers) * uint64(peers); all > flowPendingBudget || all >= natsMaxPending {
-			t.Fatalf("%d other nodes: windows of %d bytes hold %d together (budget %d, NATS holds %d)",
-				peers, windowBytes(peers), all, flowPendingBudget, natsMaxPending)
+		all := (windowBytes(peers) + durableBytes(peers)) * uint64(peers)
+		if all > natsMaxPending*3/4 || windowBytes(peers) == 0 || durableBytes(peers) == 0 {
+			t.Fatalf("%d other nodes: windows of %d bytes and durable requests of %d hold %d together (NATS holds %d)",
+				peers, windowBytes(peers), durableBytes(peers), all, natsMaxPending)
 		}
 	}
 	a := startNodeWith(t, Options{Node: "p1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: 10 * time.Minute})
@@ -93,7 +98,7 @@ func TestFlowWindowsFitNATSPending(t *testing.T) {
 	sub := testmqtt.Client(t, b.addr, "pending-sub", true, false, func(m paho.Message) {})
 	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("pending/#", 1, nil))
 	waitRoute(t, a, b, "pending/x")
-	// 24 MiB outstanding towards p2, nothing of it acknowledged.
+	// 20 MiB outstanding towards p2, nothing of it acknowledged.
 	w := (*a.node.peers.Load())["p2"].win
 	w.mu.Lock()
 	w.sent, w.sentBytes = 1, windowBytes(2)
@@ -109,4 +114,81 @@ func TestFlowWindowsFitNATSPending(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestFlowDurableRoom: a QoS 1 message for a persistent session on
+// another node goes there before its PUBACK as a request of its own, not
+// through the window; the requests in flight to a node hold at most
+// durableBytes. A publisher whose request finds no room waits for it,
+// and goes durable when a request in flight is answered; one that finds
+// none within durableWait is acknowledged all the same, counted as not
+// durable, and its message still arrives, once, through the window.
+func TestFlowDurableRoom(t *testing.T) {
+	a := startNodeWith(t, Options{Node: "d1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: 10 * time.Minute})
+	b := startNodeWith(t, Options{Node: "d2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: 10 * time.Minute})
+	committed := make(chan struct{})
+	close(committed) // the session store commits at once
+	for _, n := range []*testNode{a, b} {
+		n.node.SetDurability(Durability{
+			Persistent: func(cl *mqtt.Client) bool { return strings.HasPrefix(cl.ID, "dur-") },
+			Barrier:    func() <-chan struct{} { return committed },
+		})
+	}
+	waitMesh(t, []*testNode{a, b})
+	var got inbox
+	sub := testmqtt.Client(t, b.addr, "dur-sub", false, true, got.add)
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("dur/#", 1, nil))
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if p := (*a.node.peers.Load())["d2"]; p == nil || p.dur == nil || !p.dur.matches("dur/x") {
+			return fmt.Errorf("d1 does not know d2's persistent session yet")
+		}
+		return nil
+	})
+	w := (*a.node.peers.Load())["d2"].win
+	full := durableBytes(1)
+	w.mu.Lock()
+	w.durable = full // as if requests holding all the room were in flight
+	w.mu.Unlock()
+	pub := testmqtt.Client(t, a.addr, "room-pub", true, true, nil)
+
+	held := pub.Publish("dur/x", 1, false, "held")
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if v := testmqtt.Counter(t, a.node.FlowWaitsCounter()); v != 1 {
+			return fmt.Errorf("%v publishers held back, want 1", v)
+		}
+		return nil
+	})
+	if held.WaitTimeout(0) {
+		t.Fatal("acknowledged while its request found no room")
+	}
+	w.releaseDurable(full) // the requests in flight are answered
+	testmqtt.WaitToken(t, "publish once there is room", held)
+	got.waitN(t, 1)
+	if v := testmqtt.Counter(t, a.node.m.notDurable); v != 0 {
+		t.Fatalf("%v messages not durable before their PUBACK, want 0", v)
+	}
+
+	w.mu.Lock()
+	w.durable = full
+	w.mu.Unlock()
+	testmqtt.WaitToken(t, "publish that finds no room", pub.Publish("dur/x", 1, false, "late"))
+	if v := testmqtt.Counter(t, a.node.m.notDurable); v != 1 {
+		t.Fatalf("%v messages not durable before their PUBACK, want 1", v)
+	}
+	if v := testmqtt.Counter(t, a.node.m.flowTimeouts); v != 1 {
+		t.Fatalf("%v waits timed out, want 1", v)
+	}
+	msgs := got.waitN(t, 2)
+	var payloads []string
+	for _, m := range msgs {
+		payloads = append(payloads, string(m.Payload()))
+	}
+	if len(payloads) != 2 || payloads[0] != "held" || payloads[1] != "late" {
+		t.Fatalf("the session received %q, want [held late]", payloads)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.durable != full {
+		t.Fatalf("%d bytes of room held after the requests, want the %d the test took", w.durable, full)
+	}
 }
