@@ -175,8 +175,8 @@ func TestFlowDurableRoom(t *testing.T) {
 	if v := testmqtt.Counter(t, a.node.m.notDurable); v != 1 {
 		t.Fatalf("%v messages not durable before their PUBACK, want 1", v)
 	}
-	if v := testmqtt.Counter(t, a.node.m.flowTimeouts); v != 1 {
-		t.Fatalf("%v waits timed out, want 1", v)
+	if v := testmqtt.Counter(t, a.node.FlowWaitsCounter()); v != 2 {
+		t.Fatalf("%v publishers held back, want 2", v)
 	}
 	msgs := got.waitN(t, 2)
 	var payloads []string
