@@ -58,20 +58,10 @@ func TestClusterSlowSubscriberDefaults(t *testing.T) {
 // every acknowledged message is delivered exactly once, that nothing was
 // dropped, and that the publishers were held back.
 func runFlow(t *testing.T, apps []*app, payload, perPublisher int, readDelay time.Duration) {
-	var mu sync.Mutex
-	seen := map[uint64]bool{}
-	var dup atomic.Int64
-	var lastAt atomic.Int64
+	var got deliveries
 	s := testmqtt.Client(t, apps[2].mqttAddr(), "flow-slow", true, true, func(m paho3.Message) {
 		time.Sleep(readDelay) // a slow reader: the socket backs up meanwhile
-		id := binary.BigEndian.Uint64(m.Payload())
-		mu.Lock()
-		if seen[id] {
-			dup.Add(1)
-		}
-		seen[id] = true
-		mu.Unlock()
-		lastAt.Store(time.Now().UnixNano())
+		got.add(m)
 	})
 	testmqtt.WaitToken(t, "subscribe", s.Subscribe("flow/#", 1, nil))
 	waitRoutes(t, apps[0], "flow/x", apps[2])
@@ -109,40 +99,11 @@ func runFlow(t *testing.T, apps []*app, payload, perPublisher int, readDelay tim
 	for err := range errs {
 		t.Fatal(err)
 	}
-	// Where the missing messages are: every counter of a drop or a
-	// wait on the way, and what the subscriber's node holds for it.
-	status := func() string {
-		var st []string
-		for _, a := range apps {
-			line := fmt.Sprintf("%s: bus dropped %v, engine dropped %d, in-flight dropped %d, flow %v, backpressure %v",
-				a.cluster.Name(), a.cluster.Dropped(), atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped),
-				atomic.LoadInt64(&a.broker.Server.Info.InflightDropped),
-				collected(a.cluster, "tether_cluster_"), collected(a.backpressure, "tether_backpressure_"))
-			line += fmt.Sprintf(", routes flow/0 to %v", a.cluster.Routes("flow/0"))
-			if cl, ok := a.broker.Server.Clients.Get("flow-slow"); ok {
-				line += fmt.Sprintf(", subscriber in flight %d", cl.State.Inflight.Len())
-			}
-			st = append(st, line)
-		}
-		return strings.Join(st, "; ")
-	}
-	// The reader takes its time (slower still under the race detector):
-	// wait for as long as messages keep arriving, and fail only when none
-	// has come for 30 s while some are missing.
-	done := time.Now().UnixNano()
-	for {
-		mu.Lock()
-		got := int64(len(seen))
-		mu.Unlock()
-		if got >= acked.Load() {
-			break
-		}
-		if since := time.Since(time.Unix(0, max(lastAt.Load(), done))); since > 30*time.Second {
-			t.Fatalf("%d of %d acknowledged messages delivered, none for %v (subscriber connected %v; %s)", got, acked.Load(), since.Round(time.Second), s.IsConnectionOpen(), status())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if d := dup.Load(); d != 0 {
+	// The reader takes its time (slower still under the race detector).
+	got.wait(t, acked.Load(), func() string {
+		return fmt.Sprintf("subscriber connected %v; %s", s.IsConnectionOpen(), flowStatus(apps, "flow-slow", "flow/0"))
+	})
+	if d := got.dup.Load(); d != 0 {
 		t.Errorf("%d messages delivered twice", d)
 	}
 	var waits float64
@@ -159,7 +120,7 @@ func runFlow(t *testing.T, apps []*app, payload, perPublisher int, readDelay tim
 		waits += testmqtt.Counter(t, a.cluster.FlowWaitsCounter())
 	}
 	if waits == 0 {
-		t.Errorf("no publisher was held back: the subscriber was not slow enough for the test to mean anything (%s)", status())
+		t.Errorf("no publisher was held back: the subscriber was not slow enough for the test to mean anything (%s)", flowStatus(apps, "flow-slow", "flow/0"))
 	}
 }
 
@@ -285,19 +246,8 @@ func collected(c prometheus.Collector, prefix string) map[string]float64 {
 // the 2 s a publisher waits; without it, none was late in 3.4 s.)
 func TestClusterDurableBurst(t *testing.T) {
 	apps := startCluster(t, 3, nil)
-	var mu sync.Mutex
-	seen := map[uint64]bool{}
-	var dup, lastAt atomic.Int64
-	s := testmqtt.Client(t, apps[2].mqttAddr(), "burst-sub", false, false, func(m paho3.Message) {
-		id := binary.BigEndian.Uint64(m.Payload())
-		mu.Lock()
-		if seen[id] {
-			dup.Add(1)
-		}
-		seen[id] = true
-		mu.Unlock()
-		lastAt.Store(time.Now().UnixNano())
-	})
+	var got deliveries
+	s := testmqtt.Client(t, apps[2].mqttAddr(), "burst-sub", false, false, got.add)
 	testmqtt.WaitToken(t, "subscribe", s.Subscribe("burst/#", 1, nil))
 	waitRoutes(t, apps[0], "burst/x", apps[2])
 	waitRoutes(t, apps[1], "burst/x", apps[2])
@@ -337,48 +287,86 @@ func TestClusterDurableBurst(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	status := func() string {
-		var st []string
-		for _, a := range apps {
-			line := fmt.Sprintf("%s: engine dropped %d, in-flight dropped %d, cluster %v", a.cluster.Name(),
-				atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped), atomic.LoadInt64(&a.broker.Server.Info.InflightDropped),
-				collected(a.cluster, "tether_cluster_"))
-			if cl, ok := a.broker.Server.Clients.Get("burst-sub"); ok {
-				line += fmt.Sprintf(", subscriber in flight %d", cl.State.Inflight.Len())
-			}
-			for _, ss := range a.store.Sessions() {
-				if ss.ClientID == "burst-sub" {
-					line += fmt.Sprintf(", session %+v", ss)
-				}
-			}
-			st = append(st, line)
-		}
-		return strings.Join(st, "; ")
-	}
-	done := time.Now().UnixNano()
-	for {
-		mu.Lock()
-		got := int64(len(seen))
-		mu.Unlock()
-		if got >= acked.Load() {
-			break
-		}
-		if since := time.Since(time.Unix(0, max(lastAt.Load(), done))); since > 30*time.Second {
-			t.Fatalf("%d of %d acknowledged messages delivered, none for %v (%s)", got, acked.Load(), since.Round(time.Second), status())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	status := func() string { return flowStatus(apps, "burst-sub", "burst/0") }
+	got.wait(t, acked.Load(), status)
 	for _, a := range apps {
 		if l := a.cluster.BusLost(); l != 0 {
 			t.Errorf("%s: the bus connection was lost %v times (%s)", a.cluster.Name(), l, status())
 		}
 	}
-	if d := dup.Load(); d != 0 {
+	if d := got.dup.Load(); d != 0 {
 		t.Errorf("%d messages delivered twice", d)
 	}
 	for _, ss := range apps[2].store.Sessions() {
 		if ss.ClientID == "burst-sub" && ss.Dropped != 0 {
 			t.Errorf("the session refused %d messages (%s)", ss.Dropped, status())
 		}
+	}
+}
+
+// flowStatus says where missing messages may be: every counter of a drop
+// or a wait on the way, each node's routes for topic, and what the
+// subscriber sub's node holds for it (in flight, its session).
+func flowStatus(apps []*app, sub, topic string) string {
+	var st []string
+	for _, a := range apps {
+		line := fmt.Sprintf("%s: bus dropped %v, engine dropped %d, in-flight dropped %d, cluster %v, backpressure %v",
+			a.cluster.Name(), a.cluster.Dropped(), atomic.LoadInt64(&a.broker.Server.Info.MessagesDropped),
+			atomic.LoadInt64(&a.broker.Server.Info.InflightDropped),
+			collected(a.cluster, "tether_cluster_"), collected(a.backpressure, "tether_backpressure_"))
+		line += fmt.Sprintf(", routes %s to %v", topic, a.cluster.Routes(topic))
+		if cl, ok := a.broker.Server.Clients.Get(sub); ok {
+			line += fmt.Sprintf(", subscriber in flight %d", cl.State.Inflight.Len())
+		}
+		for _, ss := range a.store.Sessions() {
+			if ss.ClientID == sub {
+				line += fmt.Sprintf(", session %+v", ss)
+			}
+		}
+		st = append(st, line)
+	}
+	return strings.Join(st, "; ")
+}
+
+// deliveries records what a flow test's subscriber receives, by the id
+// in each message's first 8 bytes.
+type deliveries struct {
+	mu     sync.Mutex
+	seen   map[uint64]bool
+	dup    atomic.Int64 // messages received a second time
+	lastAt atomic.Int64 // when the last one came (Unix ns)
+}
+
+func (d *deliveries) add(m paho3.Message) {
+	id := binary.BigEndian.Uint64(m.Payload())
+	d.mu.Lock()
+	if d.seen == nil {
+		d.seen = map[uint64]bool{}
+	}
+	if d.seen[id] {
+		d.dup.Add(1)
+	}
+	d.seen[id] = true
+	d.mu.Unlock()
+	d.lastAt.Store(time.Now().UnixNano())
+}
+
+// wait waits until acked messages have come for as long as they keep
+// coming, and fails, with status, when none has for 30 s while some are
+// missing.
+func (d *deliveries) wait(t *testing.T, acked int64, status func() string) {
+	t.Helper()
+	start := time.Now().UnixNano()
+	for {
+		d.mu.Lock()
+		n := int64(len(d.seen))
+		d.mu.Unlock()
+		if n >= acked {
+			return
+		}
+		if since := time.Since(time.Unix(0, max(d.lastAt.Load(), start))); since > 30*time.Second {
+			t.Fatalf("%d of %d acknowledged messages delivered, none for %v (%s)", n, acked, since.Round(time.Second), status())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
