@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -248,6 +249,48 @@ func TestRetainedCrossNodes(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRetainedBeforeMesh: a retained message published on a node before
+// the others hear it (its routes to them not up yet) reaches them once
+// they do, although they copied each other's retained messages long
+// before; one that node held from before its start (its store's) does
+// not: it may have been deleted elsewhere meanwhile.
+func TestRetainedBeforeMesh(t *testing.T) {
+	nodes := startNodes(t, 2)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := l.Addr().String() // a node that is not there yet
+	l.Close()
+	c := startNode(t, "n3", []string{later}, testSecret)
+	if got := len(c.node.Nodes()); got != 1 {
+		t.Fatalf("n3 hears %d nodes before any route is up", got)
+	}
+	old := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: "state/old",
+		Payload: []byte("from before the start"), Created: c.node.sync.started - 60}
+	c.srv.Topics.RetainMessage(old)
+	pub := testmqtt.Client(t, c.addr, "pub", true, true, nil)
+	testmqtt.WaitToken(t, "publish", pub.Publish("state/new", 1, true, "on"))
+
+	// The missing node comes, routed to n1: n3 reaches everyone through it.
+	d := startNodeWith(t, Options{Node: "n4", Listen: later, Peers: []string{nodes[0].node.RouteAddr()}, Secret: testSecret})
+	all := append(nodes, c, d)
+	waitMesh(t, all)
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		for _, n := range all {
+			if len(n.srv.Topics.Messages("state/new")) != 1 {
+				return fmt.Errorf("state/new not retained on %s", n.node.Name())
+			}
+		}
+		return nil
+	})
+	for _, n := range nodes {
+		if len(n.srv.Topics.Messages("state/old")) != 0 {
+			t.Fatalf("%s copied n3's retained message from before its start", n.node.Name())
+		}
+	}
 }
 
 // TestSharedSubscriptionOnce: a shared group with members on every node

@@ -95,9 +95,8 @@ type Node struct {
 	// goroutine, while it injects (hook.OnSelectSubscribers).
 	serving map[string]bool
 	turn    atomic.Uint64 // round robin among nodes serving a group
-	// synced: the retained messages of another node are copied;
-	// syncing: a copy is under way.
-	synced, syncing atomic.Bool
+	// Copies of other nodes' retained messages (retained.go).
+	sync syncState
 
 	yield atomic.Pointer[func(clientID string, o broker.SessionOwner, first bool) bool]
 	gone  atomic.Pointer[func(node string)]
@@ -249,6 +248,7 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 	n.injector.Properties.ProtocolVersion = 5
 	n.srv.Store(srv)
 	n.lastAt = time.Now()
+	n.sync.started = n.lastAt.Unix()
 	for _, s := range []struct {
 		subject string
 		fn      nats.MsgHandler

@@ -141,7 +141,6 @@ func (n *Node) beater() {
 			n.expire(now)
 			for name := range *n.peers.Load() {
 				n.maybeSync(name) // a copy that failed is tried again
-				break
 			}
 		}
 	}

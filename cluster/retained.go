@@ -1,26 +1,51 @@
 package cluster
 
 import (
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 )
 
 // subjRetained + node: send me your retained messages (a request; the
-// answer is one message per retained message, then an empty one).
+// answer is one message per retained message, then an empty one). The
+// request's data is empty for all of them, or retainedSinceStart.
 const subjRetained = "tether.retained."
+
+// retainedSinceStart asks only for the retained messages published on
+// the answering node while it has run (since its start).
+const retainedSinceStart = "since-start"
 
 // syncWait bounds the wait for each answer of a retained sync.
 const syncWait = 5 * time.Second
 
-// onRetainedWanted streams this node's retained messages to the asker.
+// syncState is what this node copied of the others' retained messages.
+type syncState struct {
+	started int64 // this node's start (Unix s): what "since start" means here
+
+	mu      sync.Mutex
+	full    bool              // a copy of all of another node's retained messages is done
+	copied  map[string]string // node -> the run (inst) whose retained messages are copied
+	copying map[string]bool   // node -> a copy is under way
+}
+
+// onRetainedWanted streams this node's retained messages to the asker:
+// all of them, or those published here since this node started.
 func (n *Node) onRetainedWanted(m *nats.Msg) {
 	srv := n.srv.Load()
 	if m.Reply == "" || srv == nil {
 		return
 	}
+	sinceStart := string(m.Data) == retainedSinceStart
 	for _, pk := range srv.Topics.Retained.GetAll() {
 		if pk.Expiry > 0 && pk.Expiry < time.Now().Unix() {
+			continue
+		}
+		// Since the start: published here in this run. Not from before
+		// it (this node's store: the others have it, or deleted it
+		// meanwhile), nor from another node (which the asker gets from
+		// that node, and in an order with that node's deletions).
+		if sinceStart && (pk.Created < n.sync.started || pk.Origin == n.injector.ID) {
 			continue
 		}
 		data, err := encodePublish(pk)
@@ -34,28 +59,51 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 	_ = n.nc.Publish(m.Reply, nil)
 }
 
-// maybeSync copies the retained messages of peer unless that is done or
-// under way.
+// maybeSync copies the retained messages of the node peer, once per run
+// of it, unless a copy from it is under way. The first copy this node
+// makes takes all of them: a node that starts later answers
+// subscriptions with the retained messages published before it. A later
+// one, from each other node when this node first hears it (or a new run
+// of it), takes those published on that node since it started: so a
+// retained message published on a node before the others heard it,
+// while the routes between them formed, reaches them still. Not older
+// ones: a node's store may hold a retained message that was deleted
+// everywhere else while it was down, which must not come back.
 func (n *Node) maybeSync(peer string) {
-	if n.synced.Load() || !n.syncing.CompareAndSwap(false, true) {
+	p := (*n.peers.Load())[peer]
+	if p == nil {
 		return
 	}
+	s := &n.sync
+	s.mu.Lock()
+	if s.copying[peer] || s.copied[peer] == p.inst {
+		s.mu.Unlock()
+		return
+	}
+	if s.copying == nil {
+		s.copying, s.copied = map[string]bool{}, map[string]string{}
+	}
+	s.copying[peer] = true
+	full := !s.full
+	s.mu.Unlock()
 	n.goBackground(func() {
-		defer n.syncing.Store(false)
-		if n.syncRetained(peer) {
-			n.synced.Store(true)
+		ok := n.syncRetained(peer, full)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.copying, peer)
+		if ok {
+			s.copied[peer] = p.inst
+			s.full = s.full || full
 		}
 	})
 }
 
-// syncRetained copies the retained messages of the node peer into this
-// node's engine, once, when this node first hears another (and again
-// each second until a copy completes): a node that
-// starts after a retained message was published answers subscriptions
-// with it all the same. A topic this node already retains keeps its own
-// (newer) message. They are stored, not delivered: nobody here
-// subscribed before they arrived.
-func (n *Node) syncRetained(peer string) (done bool) {
+// syncRetained copies the retained messages of the node peer (all of
+// them, or those published there since it started) into this node's
+// engine. A topic this node already retains keeps its own (newer)
+// message. They are stored, not delivered: nobody here subscribed before
+// they arrived.
+func (n *Node) syncRetained(peer string, all bool) (done bool) {
 	inbox := n.nc.NewRespInbox()
 	sub, err := n.nc.SubscribeSync(inbox)
 	if err != nil {
@@ -63,7 +111,11 @@ func (n *Node) syncRetained(peer string) (done bool) {
 	}
 	defer sub.Unsubscribe()
 	_ = sub.SetPendingLimits(-1, -1)
-	if err := n.nc.PublishRequest(subjRetained+peer, inbox, nil); err != nil {
+	var ask []byte
+	if !all {
+		ask = []byte(retainedSinceStart)
+	}
+	if err := n.nc.PublishRequest(subjRetained+peer, inbox, ask); err != nil {
 		return false
 	}
 	srv := n.srv.Load()
