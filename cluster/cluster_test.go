@@ -254,8 +254,9 @@ func TestRetainedCrossNodes(t *testing.T) {
 // TestRetainedBeforeMesh: a retained message published on a node before
 // the others hear it (its routes to them not up yet) reaches them once
 // they do, although they copied each other's retained messages long
-// before; one that node held from before its start (its store's) does
-// not: it may have been deleted elsewhere meanwhile.
+// before, and replaces an older one they hold on its topic; one that node
+// held from before its start (its store's) does not: it may have been
+// deleted elsewhere meanwhile.
 func TestRetainedBeforeMesh(t *testing.T) {
 	nodes := startNodes(t, 2)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -268,11 +269,17 @@ func TestRetainedBeforeMesh(t *testing.T) {
 	if got := len(c.node.Nodes()); got != 1 {
 		t.Fatalf("n3 hears %d nodes before any route is up", got)
 	}
-	old := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: "state/old",
-		Payload: []byte("from before the start"), Created: c.node.sync.started - 60}
-	c.srv.Topics.RetainMessage(old)
+	retain := func(n *testNode, topic, payload string, created int64) {
+		n.srv.Topics.RetainMessage(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+			TopicName: topic, Payload: []byte(payload), Created: created})
+	}
+	retain(c, "state/old", "from before the start", c.node.sync.started-60)
+	for _, n := range nodes { // what they hold of a device from a minute ago
+		retain(n, "state/dev", "offline", time.Now().Unix()-60)
+	}
 	pub := testmqtt.Client(t, c.addr, "pub", true, true, nil)
 	testmqtt.WaitToken(t, "publish", pub.Publish("state/new", 1, true, "on"))
+	testmqtt.WaitToken(t, "publish", pub.Publish("state/dev", 1, true, "online"))
 
 	// The missing node comes, routed to n1: n3 reaches everyone through it.
 	d := startNodeWith(t, Options{Node: "n4", Listen: later, Peers: []string{nodes[0].node.RouteAddr()}, Secret: testSecret})
@@ -282,6 +289,14 @@ func TestRetainedBeforeMesh(t *testing.T) {
 		for _, n := range all {
 			if len(n.srv.Topics.Messages("state/new")) != 1 {
 				return fmt.Errorf("state/new not retained on %s", n.node.Name())
+			}
+		}
+		return nil
+	})
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		for _, n := range all {
+			if m := n.srv.Topics.Messages("state/dev"); len(m) != 1 || string(m[0].Payload) != "online" {
+				return fmt.Errorf("%s holds %d messages on state/dev, not n3's newer one", n.node.Name(), len(m))
 			}
 		}
 		return nil

@@ -130,6 +130,7 @@ type peer struct {
 	in         *interest // nil until its filters arrived
 	dur        *interest // its persistent sessions' filters (durable.go)
 	seen       time.Time
+	heard      time.Time // first heard, in this run of it
 	clients    int64
 	rate       float64
 	asked      time.Time // when its filters were last asked for

@@ -204,9 +204,9 @@ func (n *Node) onBeat(m *nats.Msg) {
 	now := time.Now()
 	var ask, greet bool
 	n.update(b.Node, func(old *peer) *peer {
-		p := &peer{name: b.Node, inst: b.Inst, seen: now, clients: b.Clients, rate: b.Rate}
+		p := &peer{name: b.Node, inst: b.Inst, seen: now, heard: now, clients: b.Clients, rate: b.Rate}
 		if old != nil && old.inst == b.Inst {
-			p.in, p.dur, p.asked, p.win = old.in, old.dur, old.asked, old.win
+			p.in, p.dur, p.asked, p.win, p.heard = old.in, old.dur, old.asked, old.win, old.heard
 		} else {
 			greet = true // new to us: tell it about us without waiting
 		}
@@ -237,7 +237,8 @@ func (n *Node) onInterest(m *nats.Msg) {
 	}
 	n.update(a.Node, func(old *peer) *peer {
 		if old == nil || old.inst != a.Inst {
-			return &peer{name: a.Node, inst: a.Inst, seen: time.Now(), in: in, dur: dur}
+			now := time.Now()
+			return &peer{name: a.Node, inst: a.Inst, seen: now, heard: now, in: in, dur: dur}
 		}
 		p := *old
 		p.in, p.dur = in, dur

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
@@ -18,6 +19,12 @@ const retainedSinceStart = "since-start"
 
 // syncWait bounds the wait for each answer of a retained sync.
 const syncWait = 5 * time.Second
+
+// syncAfter is how long after this node first hears another it copies
+// what was published there since that node started: by then the other
+// has heard this one (each beats every second), so what it publishes
+// after that copy comes here as it is published.
+const syncAfter = 3 * beatEvery
 
 // syncState is what this node copied of the others' retained messages.
 type syncState struct {
@@ -52,7 +59,8 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 		if err != nil {
 			continue
 		}
-		if err := n.nc.Publish(m.Reply, data); err != nil {
+		msg := &nats.Msg{Subject: m.Reply, Data: data, Header: nats.Header{hdrCreated: {strconv.FormatInt(pk.Created, 10)}}}
+		if err := n.nc.PublishMsg(msg); err != nil {
 			return
 		}
 	}
@@ -63,9 +71,9 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 // of it, unless a copy from it is under way. The first copy this node
 // makes takes all of them: a node that starts later answers
 // subscriptions with the retained messages published before it. A later
-// one, from each other node when this node first hears it (or a new run
-// of it), takes those published on that node since it started: so a
-// retained message published on a node before the others heard it,
+// one, from each other node syncAfter after this node first hears it (or
+// a new run of it), takes those published on that node since it started:
+// so a retained message published on a node before it heard the others,
 // while the routes between them formed, reaches them still. Not older
 // ones: a node's store may hold a retained message that was deleted
 // everywhere else while it was down, which must not come back.
@@ -83,8 +91,12 @@ func (n *Node) maybeSync(peer string) {
 	if s.copying == nil {
 		s.copying, s.copied = map[string]bool{}, map[string]string{}
 	}
-	s.copying[peer] = true
 	full := !s.full
+	if !full && time.Since(p.heard) < syncAfter {
+		s.mu.Unlock()
+		return // the beater asks again each second
+	}
+	s.copying[peer] = true
 	s.mu.Unlock()
 	n.goBackground(func() {
 		ok := n.syncRetained(peer, full)
@@ -100,8 +112,11 @@ func (n *Node) maybeSync(peer string) {
 
 // syncRetained copies the retained messages of the node peer (all of
 // them, or those published there since it started) into this node's
-// engine. A topic this node already retains keeps its own (newer)
-// message. They are stored, not delivered: nobody here subscribed before
+// engine, each with the time it was published. A topic this node already
+// retains keeps its own message, unless, in a copy of what was published
+// since the other node started, the other's is newer (a device's status
+// published on a node while it heard no other, after the one this node
+// holds). They are stored, not delivered: nobody here subscribed before
 // they arrived.
 func (n *Node) syncRetained(peer string, all bool) (done bool) {
 	inbox := n.nc.NewRespInbox()
@@ -139,11 +154,14 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 		if err != nil || len(pk.Payload) == 0 {
 			continue
 		}
-		if len(srv.Topics.Messages(pk.TopicName)) > 0 {
+		pk.Created = time.Now().Unix()
+		if c, err := strconv.ParseInt(m.Header.Get(hdrCreated), 10, 64); err == nil && c > 0 && c <= pk.Created {
+			pk.Created = c
+		}
+		if own := srv.Topics.Messages(pk.TopicName); len(own) > 0 && (all || own[0].Created >= pk.Created) {
 			continue
 		}
 		pk.Origin = n.injector.ID
-		pk.Created = time.Now().Unix()
 		if e := pk.Properties.MessageExpiryInterval; e > 0 {
 			pk.Expiry = pk.Created + int64(e)
 		}

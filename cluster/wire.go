@@ -17,6 +17,9 @@ const (
 	// hdrShared lists (base64url) the shared subscriptions
 	// ($share/group/filter) the receiving node serves for this message.
 	hdrShared = "Tether-Shared"
+	// hdrCreated is when a retained message in a copy (retained.go) was
+	// published (Unix seconds, the sending node's clock).
+	hdrCreated = "Tether-Created"
 )
 
 // encodePublish encodes pk as an MQTT 5 PUBLISH with what a subscriber on
