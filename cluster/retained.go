@@ -67,12 +67,12 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 	_ = n.nc.Publish(m.Reply, nil)
 }
 
-// maybeSync copies the retained messages of the node peer, once per run
-// of it, unless a copy from it is under way. The first copy this node
-// makes takes all of them: a node that starts later answers
-// subscriptions with the retained messages published before it. A later
-// one, from each other node syncAfter after this node first hears it (or
-// a new run of it), takes those published on that node since it started:
+// maybeSync copies the retained messages of the node peer, unless a copy
+// from it is under way. The first copy this node makes takes all of them,
+// at once: a node that starts later answers subscriptions with the
+// retained messages published before it. Then, from each other node
+// (that one too) syncAfter after this node first heard it, once per run
+// of it, a copy takes those published on that node since it started:
 // so a retained message published on a node before it heard the others,
 // while the routes between them formed, reaches them still. Not older
 // ones: a node's store may hold a retained message that was deleted
@@ -103,9 +103,13 @@ func (n *Node) maybeSync(peer string) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		delete(s.copying, peer)
-		if ok {
+		switch {
+		case ok && full:
+			// Made at once, before that node heard this one: what it
+			// publishes until it does comes in the copy that follows.
+			s.full = true
+		case ok:
 			s.copied[peer] = p.inst
-			s.full = s.full || full
 		}
 	})
 }
