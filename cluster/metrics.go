@@ -29,7 +29,7 @@ func newMetrics() *metrics {
 		notDurable: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_acks_not_durable_total",
 			Help: "QoS 1/2 messages for persistent sessions on other nodes acknowledged before every such node confirmed their commit (it did not answer within 2 s)."}),
 		flowWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_waits_total",
-			Help: "Publishes held back because another node had not yet taken in what this node sent it."}),
+			Help: "Publishes held back because another node had not yet taken in what this node sent it (its credit window, or the room for durable requests to it)."}),
 		flowWaited: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_wait_seconds_total",
 			Help: "Time publishers were held back for other nodes."}),
 		flowTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_timeouts_total",
