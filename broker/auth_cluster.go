@@ -69,7 +69,14 @@ func (a *Auth) YieldSession(clientID string, o SessionOwner, first bool) bool {
 	ok := a.mayOwn(clientID, nil, c)
 	var pending *mqtt.Client
 	if v, claimed := a.claims.Load(clientID); ok && claimed && !v.(*claim).cl.Closed() {
-		pending = v.(*claim).cl
+		// Still connecting, unless the engine lists it already: it
+		// does before the CONNACK, and drops the claim only after it
+		// (OnSessionEstablished), so a client can have its CONNACK
+		// here and connect to another node while its claim stands.
+		// That is not a tie but a later connection: it takes over.
+		if ex, listed := a.srv.Clients.Get(clientID); !listed || ex != v.(*claim).cl {
+			pending = v.(*claim).cl
+		}
 	}
 	a.ownMu.Unlock()
 	if !ok {

@@ -131,6 +131,30 @@ func TestYieldSessionTie(t *testing.T) {
 	}
 }
 
+// TestYieldSessionAfterConnack: the engine lists a client, and sends its
+// CONNACK, before its claim here is dropped (OnSessionEstablished). A
+// connection with that client id on another node meanwhile is a later
+// one, not a tie: it takes the session over, whichever node goes first
+// (TestClusterTakeover was refused 0x85 once in CI this way).
+func TestYieldSessionAfterConnack(t *testing.T) {
+	e := startAuthEnv(t, true)
+	a := e.auth
+	cl := a.srv.NewClient(nil, "tcp", "acked-id", false)
+	if !a.claim(cl, a.newConn(devices.Identity{}, true, "acked-id")) {
+		t.Fatal("claim refused")
+	}
+	a.srv.Clients.Add(cl) // listed, its CONNACK on the way; the claim stands
+	if !a.YieldSession("acked-id", SessionOwner{Anonymous: true}, false) {
+		t.Fatal("a later connection on another node was refused as a tie")
+	}
+	if !cl.Closed() {
+		t.Fatal("the connection here still stands after it was taken over")
+	}
+	if a.YieldSession("acked-id", SessionOwner{Kind: devices.KindUser, Name: "mallory"}, true) {
+		t.Fatal("another identity granted the client id")
+	}
+}
+
 // A ban or a revocation that reaches an MQTT 5 client between its login
 // and its CONNACK cuts the connection without a DISCONNECT (one before the
 // CONNACK breaks the protocol); once the CONNACK has gone the client is
