@@ -107,15 +107,17 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	n.early.put(cl, e)
 	var late atomic.Bool
+	// One bound for the publisher's whole wait: for room, then for the
+	// answers.
+	deadline := time.Now().Add(durableWait)
 	request := func(msg *nats.Msg) {
-		_, err := n.nc.RequestMsg(msg, durableWait)
+		_, err := n.nc.RequestMsg(msg, max(time.Until(deadline), time.Millisecond))
 		if err != nil && !errors.Is(err, nats.ErrNoResponders) { // no responders: a node that is gone
 			late.Store(true)
 		}
 	}
 	var wg sync.WaitGroup
 	size := uint64(len(data))
-	deadline := time.Now().Add(durableWait) // for room, for all the nodes together
 	for i, node := range to {
 		// The requests in flight to a node fit in what the NATS server
 		// holds for it beside the windows (flow.go). One that cannot
