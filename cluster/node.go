@@ -40,6 +40,9 @@ type Options struct {
 	// to take in what this node sent it (mqtt.backpressure_wait;
 	// flow.go); 0: no flow control, a node that falls behind drops.
 	FlowWait time.Duration
+
+	// joinMax replaces joinMax (tests of that bound).
+	joinMax time.Duration
 	// MaxPayload is the largest message the bus carries (bytes); 0:
 	// 8 MiB. Give the MQTT packet size limit and some room.
 	MaxPayload int
@@ -97,6 +100,8 @@ type Node struct {
 	turn    atomic.Uint64 // round robin among nodes serving a group
 	// Copies of other nodes' retained messages (retained.go).
 	sync syncState
+	// Readiness at start (join.go).
+	join joinState
 
 	yield atomic.Pointer[func(clientID string, o broker.SessionOwner, first bool) bool]
 	gone  atomic.Pointer[func(node string)]
@@ -134,6 +139,7 @@ type peer struct {
 	clients    int64
 	rate       float64
 	asked      time.Time // when its filters were last asked for
+	hearsUs    bool      // its last beat named this node (or it is too old to name any)
 	win        *window   // this node's stream to it (flow.go); nil without flow control
 }
 
@@ -172,6 +178,10 @@ func New(o Options) (*Node, error) {
 		peersWanted: len(o.Peers) > 0, flowWait: o.FlowWait, changed: make(chan struct{}, 1), stop: make(chan struct{}), m: newMetrics(),
 	}
 	n.hook = &hook{n: n}
+	n.join.max = joinMax
+	if o.joinMax > 0 {
+		n.join.max = o.joinMax
+	}
 	empty := map[string]*peer{}
 	n.peers.Store(&empty)
 	n.local.Store(newInterest(0, nil))
@@ -250,6 +260,7 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 	n.srv.Store(srv)
 	n.lastAt = time.Now()
 	n.sync.started = n.lastAt.Unix()
+	n.join.start.Store(n.lastAt.UnixNano())
 	for _, s := range []struct {
 		subject string
 		fn      nats.MsgHandler
@@ -311,11 +322,15 @@ func (n *Node) unsubscribe() {
 	n.subs = nil
 }
 
-// Healthy reports why the node cannot reach the cluster: its NATS
-// connection is down (/readyz).
+// Healthy reports why the node cannot serve as part of the cluster
+// (/readyz): its NATS connection is down, or it has not joined yet
+// (join.go).
 func (n *Node) Healthy() error {
 	if st := n.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("cluster bus: %s", st)
+	}
+	if w := n.joining(time.Now()); w != "" {
+		return fmt.Errorf("cluster: joining: waiting for %s", w)
 	}
 	return nil
 }

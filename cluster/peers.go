@@ -28,6 +28,9 @@ type beat struct {
 	Version uint64  `json:"version"` // of its filters
 	Clients int64   `json:"clients"`
 	Rate    float64 `json:"rate"`
+	// Hears names the nodes it hears (join.go); absent from a node
+	// older than it.
+	Hears []string `json:"hears"`
 }
 
 type announcement struct {
@@ -139,6 +142,7 @@ func (n *Node) beater() {
 			n.measure(now)
 			n.sendBeat()
 			n.expire(now)
+			n.joining(now) // says when it joined, whether or not /readyz asks
 			for name := range *n.peers.Load() {
 				n.maybeSync(name) // a copy that failed is tried again
 			}
@@ -147,7 +151,7 @@ func (n *Node) beater() {
 }
 
 func (n *Node) sendBeat() {
-	n.publishJSON(subjBeat, beat{Node: n.name, Inst: n.inst, Version: n.local.Load().version, Clients: n.clients(), Rate: n.ownRate()})
+	n.publishJSON(subjBeat, beat{Node: n.name, Inst: n.inst, Version: n.local.Load().version, Clients: n.clients(), Rate: n.ownRate(), Hears: n.hearing()})
 }
 
 // measure updates this node's messages/s (beater's goroutine only).
@@ -204,7 +208,10 @@ func (n *Node) onBeat(m *nats.Msg) {
 	now := time.Now()
 	var ask, greet bool
 	n.update(b.Node, func(old *peer) *peer {
-		p := &peer{name: b.Node, inst: b.Inst, seen: now, heard: now, clients: b.Clients, rate: b.Rate}
+		p := &peer{name: b.Node, inst: b.Inst, seen: now, heard: now, clients: b.Clients, rate: b.Rate, hearsUs: b.Hears == nil}
+		for _, h := range b.Hears {
+			p.hearsUs = p.hearsUs || h == n.name
+		}
 		if old != nil && old.inst == b.Inst {
 			p.in, p.dur, p.asked, p.win, p.heard = old.in, old.dur, old.asked, old.win, old.heard
 		} else {
