@@ -3,6 +3,7 @@ package cluster
 import (
 	"sort"
 	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -20,7 +21,7 @@ func (h *hook) ID() string { return "tether-cluster" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWillSent, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSelectSubscribers,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnRetainMessage:
 		return true
 	}
 	return false
@@ -37,6 +38,15 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 		e = h.n.early.take(cl)
 	}
 	h.n.forward(pk, e, cl)
+}
+
+// OnRetainMessage keeps the deletions of retained messages made on this
+// node (not those that came from the bus) for copies (retained.go).
+func (h *hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, _ int64) {
+	if cl == h.n.injector {
+		return
+	}
+	h.n.tombs.note(pk.TopicName, len(pk.Payload) == 0, time.Now().Unix())
 }
 
 // OnDisconnect forgets what OnPublish recorded for the client.

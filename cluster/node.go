@@ -65,7 +65,10 @@ func (o *Options) maxPayload() int {
 const (
 	beatEvery  = time.Second
 	peerExpiry = 5 * time.Second // a node not heard for this long is gone
-	claimWait  = 2 * time.Second // the longest a CONNECT waits for the others
+	// beatGap: beats from a node this far apart mean the two did not
+	// hear each other in between (two missed).
+	beatGap   = 2*beatEvery + beatEvery/2
+	claimWait = 2 * time.Second // the longest a CONNECT waits for the others
 )
 
 // Node is this Tether node's place in the cluster.
@@ -100,6 +103,8 @@ type Node struct {
 	turn    atomic.Uint64 // round robin among nodes serving a group
 	// Copies of other nodes' retained messages (retained.go).
 	sync syncState
+	// tombs are the retained messages deleted here (retained.go).
+	tombs tombs
 	// Readiness at start (join.go).
 	join joinState
 
@@ -135,7 +140,7 @@ type peer struct {
 	in         *interest // nil until its filters arrived
 	dur        *interest // its persistent sessions' filters (durable.go)
 	seen       time.Time
-	heard      time.Time // first heard, in this run of it
+	heard      time.Time // first heard in this run of it, or heard again after a gap (onBeat)
 	clients    int64
 	rate       float64
 	asked      time.Time // when its filters were last asked for
@@ -261,6 +266,19 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 	n.lastAt = time.Now()
 	n.sync.started = n.lastAt.Unix()
 	n.join.start.Store(n.lastAt.UnixNano())
+	if err := n.subscribe(); err != nil {
+		return err
+	}
+	n.wg.Add(2)
+	go n.announcer()
+	go n.beater()
+	n.touch()
+	n.reintroduce()
+	return nil
+}
+
+// subscribe subscribes to this node's subjects.
+func (n *Node) subscribe() error {
 	for _, s := range []struct {
 		subject string
 		fn      nats.MsgHandler
@@ -284,11 +302,6 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 		}
 		n.subs = append(n.subs, sub)
 	}
-	n.wg.Add(2)
-	go n.announcer()
-	go n.beater()
-	n.touch()
-	n.reintroduce()
 	return nil
 }
 

@@ -206,7 +206,7 @@ func (n *Node) onBeat(m *nats.Msg) {
 		return
 	}
 	now := time.Now()
-	var ask, greet bool
+	var ask, greet, again bool
 	n.update(b.Node, func(old *peer) *peer {
 		p := &peer{name: b.Node, inst: b.Inst, seen: now, heard: now, clients: b.Clients, rate: b.Rate, hearsUs: b.Hears == nil}
 		for _, h := range b.Hears {
@@ -214,6 +214,13 @@ func (n *Node) onBeat(m *nats.Msg) {
 		}
 		if old != nil && old.inst == b.Inst {
 			p.in, p.dur, p.asked, p.win, p.heard = old.in, old.dur, old.asked, old.win, old.heard
+			// Heard again after a gap (its beats missed, or it did not
+			// hear this node for a while): a partition between the two.
+			// What it published meanwhile did not come here: its
+			// retained messages are copied again (retained.go).
+			if gap := now.Sub(old.seen); gap > beatGap || (!old.hearsUs && p.hearsUs && old.seen.Sub(old.heard) > beatGap) {
+				p.heard, again = now, true
+			}
 		} else {
 			greet = true // new to us: tell it about us without waiting
 		}
@@ -224,6 +231,9 @@ func (n *Node) onBeat(m *nats.Msg) {
 	})
 	if ask {
 		_ = n.nc.Publish(subjWant+b.Node, nil)
+	}
+	if again {
+		n.log.Info("node heard again after a gap: copying its retained messages again", "peer", b.Node)
 	}
 	if greet {
 		n.log.Info("node joined", "peer", b.Node)

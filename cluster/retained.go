@@ -3,8 +3,10 @@ package cluster
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
 )
 
@@ -32,8 +34,15 @@ type syncState struct {
 
 	mu      sync.Mutex
 	full    bool              // a copy of all of another node's retained messages is done
-	copied  map[string]string // node -> the run (inst) whose retained messages are copied
+	copied  map[string]copied // node -> the run of it and the hearing whose retained messages are copied
 	copying map[string]bool   // node -> a copy is under way
+}
+
+// copied names what a since-start copy was made for: a run of a node,
+// heard from a time on (again after a gap: onBeat).
+type copied struct {
+	inst  string
+	heard time.Time
 }
 
 // onRetainedWanted streams this node's retained messages to the asker:
@@ -64,6 +73,22 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 			return
 		}
 	}
+	if sinceStart {
+		// What was deleted here since the start, and not retained again.
+		for _, t := range n.tombs.list() {
+			if _, ok := srv.Topics.Retained.Get(t.topic); ok {
+				continue
+			}
+			data, err := encodePublish(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: t.topic})
+			if err != nil {
+				continue
+			}
+			msg := &nats.Msg{Subject: m.Reply, Data: data, Header: nats.Header{hdrCreated: {strconv.FormatInt(t.at, 10)}, hdrDeleted: {"1"}}}
+			if err := n.nc.PublishMsg(msg); err != nil {
+				return
+			}
+		}
+	}
 	_ = n.nc.Publish(m.Reply, nil)
 }
 
@@ -72,11 +97,13 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 // at once: a node that starts later answers subscriptions with the
 // retained messages published before it. Then, from each other node
 // (that one too) syncAfter after this node first heard it, once per run
-// of it, a copy takes those published on that node since it started:
-// so a retained message published on a node before it heard the others,
-// while the routes between them formed, reaches them still. Not older
-// ones: a node's store may hold a retained message that was deleted
-// everywhere else while it was down, which must not come back.
+// of it and again each time it is heard again after a gap (a partition
+// between the two), a copy takes those published on that node since it
+// started, and those deleted there since (tombs): so a retained message
+// published or deleted on a node while the two did not hear each other
+// (the routes between them forming, or broken) reaches this one still.
+// Not older ones: a node's store may hold a retained message that was
+// deleted everywhere else while it was down, which must not come back.
 func (n *Node) maybeSync(peer string) {
 	p := (*n.peers.Load())[peer]
 	if p == nil {
@@ -84,12 +111,13 @@ func (n *Node) maybeSync(peer string) {
 	}
 	s := &n.sync
 	s.mu.Lock()
-	if s.copying[peer] || s.copied[peer] == p.inst {
+	key := copied{p.inst, p.heard}
+	if s.copying[peer] || s.copied[peer] == key {
 		s.mu.Unlock()
 		return
 	}
 	if s.copying == nil {
-		s.copying, s.copied = map[string]bool{}, map[string]string{}
+		s.copying, s.copied = map[string]bool{}, map[string]copied{}
 	}
 	full := !s.full
 	if !full && time.Since(p.heard) < syncAfter {
@@ -109,7 +137,7 @@ func (n *Node) maybeSync(peer string) {
 			// publishes until it does comes in the copy that follows.
 			s.full = true
 		case ok:
-			s.copied[peer] = p.inst
+			s.copied[peer] = key
 		}
 	})
 }
@@ -155,15 +183,28 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 			return true
 		}
 		pk, err := decodePublish(m.Data)
-		if err != nil || len(pk.Payload) == 0 {
+		if err != nil {
 			continue
 		}
 		pk.Created = time.Now().Unix()
 		if c, err := strconv.ParseInt(m.Header.Get(hdrCreated), 10, 64); err == nil && c > 0 && c <= pk.Created {
 			pk.Created = c
 		}
+		if len(pk.Payload) == 0 {
+			// A deletion there: it wins over an older message here.
+			if !all && m.Header.Get(hdrDeleted) != "" {
+				if own, ok := srv.Topics.Retained.Get(pk.TopicName); ok && own.Created < pk.Created {
+					srv.Topics.RetainMessage(pk)
+					count++
+				}
+			}
+			continue
+		}
 		if own := srv.Topics.Messages(pk.TopicName); len(own) > 0 && (all || own[0].Created >= pk.Created) {
 			continue
+		}
+		if at, ok := n.tombs.deletedAt(pk.TopicName); ok && at >= pk.Created {
+			continue // deleted here after it was published there
 		}
 		pk.Origin = n.injector.ID
 		if e := pk.Properties.MessageExpiryInterval; e > 0 {
@@ -172,4 +213,93 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 		srv.Topics.RetainMessage(pk)
 		count++
 	}
+}
+
+// maxTombs bounds the deletions a node keeps (the oldest go first).
+const maxTombs = 1 << 16
+
+// tombs are the retained messages deleted on this node in this run (by
+// its clients, wills or the broker; not those that came from the bus),
+// with when: a copy of what this node published since it started
+// carries them, so that a deletion made while another node did not hear
+// this one (a partition) reaches that node when it hears this one again.
+// A topic retained here again is no longer deleted.
+type tombs struct {
+	mu    sync.Mutex
+	at    map[string]int64 // topic -> deleted (Unix s)
+	order []tomb           // oldest first; entries no longer in at are skipped
+	count atomic.Int32     // len(at), read without the lock
+}
+
+type tomb struct {
+	topic string
+	at    int64
+}
+
+// note records a retained message on topic deleted (or, !deleted, set
+// again) at now.
+func (t *tombs) note(topic string, deleted bool, now int64) {
+	if !deleted && t.count.Load() == 0 {
+		return // the common case: no deletion to forget
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !deleted {
+		delete(t.at, topic)
+		t.count.Store(int32(len(t.at)))
+		return
+	}
+	if t.at == nil {
+		t.at = map[string]int64{}
+	}
+	t.at[topic] = now
+	t.order = append(t.order, tomb{topic, now})
+	for len(t.at) > maxTombs {
+		o := t.order[0]
+		t.order = t.order[1:]
+		if t.at[o.topic] == o.at {
+			delete(t.at, o.topic)
+		}
+	}
+	if len(t.order) > 2*maxTombs { // the skipped entries: compact
+		kept := make([]tomb, 0, len(t.at))
+		for _, o := range t.order {
+			if t.at[o.topic] == o.at {
+				kept = append(kept, o)
+			}
+		}
+		t.order = kept
+	}
+	t.count.Store(int32(len(t.at)))
+}
+
+// deletedAt says when topic was deleted here, if it was and is not
+// retained again.
+func (t *tombs) deletedAt(topic string) (int64, bool) {
+	if t.count.Load() == 0 {
+		return 0, false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.at[topic]
+	return at, ok
+}
+
+// list returns the deletions, oldest first.
+func (t *tombs) list() []tomb {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]tomb, 0, len(t.at))
+	seen := make(map[string]bool, len(t.at))
+	for i := len(t.order) - 1; i >= 0; i-- { // the latest of each topic
+		o := t.order[i]
+		if t.at[o.topic] == o.at && !seen[o.topic] {
+			seen[o.topic] = true
+			out = append(out, o)
+		}
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
 }

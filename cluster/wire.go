@@ -20,6 +20,9 @@ const (
 	// hdrCreated is when a retained message in a copy (retained.go) was
 	// published (Unix seconds, the sending node's clock).
 	hdrCreated = "Tether-Created"
+	// hdrDeleted marks, in a copy, a retained message deleted on the
+	// sending node at Tether-Created (a tombstone: retained.go).
+	hdrDeleted = "Tether-Deleted"
 )
 
 // encodePublish encodes pk as an MQTT 5 PUBLISH with what a subscriber on
