@@ -69,7 +69,7 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	n.m.busLost.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(len(*n.peers.Load())+1))
 	up := 0.0
-	if n.Healthy() == nil {
+	if n.busUp() == nil {
 		up = 1
 	}
 	ch <- prometheus.MustNewConstMetric(busUpDesc, prometheus.GaugeValue, up)

@@ -339,11 +339,19 @@ func (n *Node) unsubscribe() {
 // (/readyz): its NATS connection is down, or it has not joined yet
 // (join.go).
 func (n *Node) Healthy() error {
-	if st := n.nc.Status(); st != nats.CONNECTED {
-		return fmt.Errorf("cluster bus: %s", st)
+	if err := n.busUp(); err != nil {
+		return err
 	}
 	if w := n.joining(time.Now()); w != "" {
 		return fmt.Errorf("cluster: joining: waiting for %s", w)
+	}
+	return nil
+}
+
+// busUp says why the node's NATS connection is down (nil: up).
+func (n *Node) busUp() error {
+	if st := n.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("cluster bus: %s", st)
 	}
 	return nil
 }
