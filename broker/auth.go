@@ -69,8 +69,15 @@ type Auth struct {
 	// ending holds the clients between this hook's OnDisconnect and the
 	// tail's (the last hook's): the session store's OnDisconnect, between
 	// them, still reads the client, so a purge must wait for the tail
-	// (offlineSessionsOf). tailed says the tail is installed.
+	// (purgeSessionsOf). tailed says the tail is installed.
 	ending sync.Map
+	// purgeOnEnd holds the clients whose session is to be purged when
+	// their connection has ended (their identity deleted or disabled
+	// while they were connected or ending): purgeTail purges them
+	// whatever the registry says by then. endMu orders the tail's
+	// decision with purgeSessionsOf's marks (auth_purge.go).
+	purgeOnEnd sync.Map
+	endMu      sync.Mutex
 	// established holds the clients whose CONNACK has gone
 	// (OnSessionEstablished until OnDisconnect): only those may be sent
 	// a DISCONNECT (end).
@@ -246,6 +253,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		a.m.wills.WithLabelValues("connect").Inc()
 		return a.deny(cl, packets.ErrNotAuthorized, "will")
 	}
+	a.awaitPurge(cl.ID)
 	if !a.claim(cl, c) || !a.claimElsewhere(cl, c) {
 		return a.deny(cl, packets.ErrClientIdentifierNotValid, "session_owner")
 	}
@@ -364,6 +372,13 @@ func (a *Auth) revoke(rv devices.Revocation) {
 	if a.stopped {
 		return
 	}
+	if rv.Purge {
+		// Before the change's caller (an API request) returns: the
+		// offline sessions go now, the others as their connections end,
+		// so that whoever connects after it starts clean, however soon
+		// (the device enabled again at once).
+		a.purgeSessionsOf(rv.Name)
+	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -383,6 +398,9 @@ func (a *Auth) revoke(rv devices.Revocation) {
 		})
 		a.clients.Range(func(k, v any) bool {
 			cl, c := k.(*mqtt.Client), v.(*conn)
+			if rv.Purge && !c.anonymous && rv.Matches(c.id) {
+				a.markPurge(cl) // one that authenticated as the change was made
+			}
 			if c.anonymous || c.revoked || !rv.Matches(c.id) {
 				return true
 			}
@@ -398,10 +416,8 @@ func (a *Auth) revoke(rv devices.Revocation) {
 		if rv.Purge {
 			// After the disconnections: a session whose connection
 			// ended meanwhile is offline by now. (A connection still
-			// ending is purged again once it has: purgeTail.)
-			for _, cl := range a.offlineSessionsOf(rv.Name) {
-				a.purgeSession(cl)
-			}
+			// ending is purged once it has: purgeTail.)
+			a.purgeSessionsOf(rv.Name)
 		}
 	}()
 }

@@ -135,34 +135,6 @@ func (a *Auth) restoredOwner(cl *mqtt.Client) *conn {
 	return nil
 }
 
-// offlineSessionsOf returns the engine's offline sessions that belong to
-// the device or user name.
-func (a *Auth) offlineSessionsOf(name string) []*mqtt.Client {
-	var out []*mqtt.Client
-	for id, cl := range a.srv.Clients.GetAll() {
-		if cl.Net.Inline || !cl.Closed() {
-			continue
-		}
-		_, connected := a.clients.Load(cl)
-		if _, ending := a.ending.Load(cl); connected || ending {
-			// Closed, but the engine's OnDisconnect hooks have not all
-			// run: they still read and write cl (its will) on the
-			// connection's goroutine. purgeTail purges it there.
-			continue
-		}
-		owner := string(cl.Properties.Username)
-		if v, ok := a.sessions.Load(id); ok {
-			if c := v.(*conn); !c.anonymous {
-				owner = c.id.Name
-			}
-		}
-		if owner == name {
-			out = append(out, cl)
-		}
-	}
-	return out
-}
-
 // sameOwner reports whether c and o are one identity.
 func (c *conn) sameOwner(o *conn) bool {
 	if c.anonymous || o.anonymous {

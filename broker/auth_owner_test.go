@@ -187,3 +187,64 @@ func TestEndBeforeConnack(t *testing.T) {
 		t.Fatalf("an established client was not sent a DISCONNECT: %x", b)
 	}
 }
+
+// Disabling a device purges its session, also when it is enabled again at
+// once, before its connection (live or just closed) has ended: whoever
+// connects next with its id finds no session, and nothing queued.
+func TestSessionPurgedWhenDeviceDisabledAndEnabledAtOnce(t *testing.T) {
+	e := startAuthEnv(t, false)
+	secret := e.device(t, "lock-9")
+	ctx := context.Background()
+	toggle := func() {
+		off, on := false, true
+		if _, err := e.reg.UpdateDevice(ctx, "lock-9", devices.DevicePatch{Enabled: &off}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.reg.UpdateDevice(ctx, "lock-9", devices.DevicePatch{Enabled: &on}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, connected := range []bool{true, false} {
+		var in authInbox
+		d, _ := persistentClient(t, e, "lock-9", "lock-9", secret, &in)
+		waitToken(t, "subscribe", d.Subscribe("devices/lock-9/commands/#", 1, nil))
+		if !connected {
+			d.Disconnect(0) // and toggled while the broker may still end it
+		}
+		toggle()
+		checkFor(t, 5*time.Second, func() error {
+			if cl, ok := e.b.Server.Clients.Get("lock-9"); ok && !cl.Closed() {
+				return errors.New("the device's connection is still open")
+			}
+			return nil
+		})
+		if err := e.b.Server.Publish("devices/lock-9/commands/wipe", []byte(`{"confirm":"yes"}`), false, 1); err != nil {
+			t.Fatal(err)
+		}
+		var again authInbox
+		d2, present := persistentClient(t, e, "lock-9", "lock-9", secret, &again)
+		if present {
+			t.Fatalf("connected %v: device disabled and enabled again: session present", connected)
+		}
+		waitToken(t, "subscribe", d2.Subscribe("devices/lock-9/commands/#", 1, nil))
+		if err := e.b.Server.Publish("devices/lock-9/commands/barrier", []byte("b"), false, 1); err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 5*time.Second, func() error {
+			if len(again.payloads("devices/lock-9/commands/barrier")) == 0 {
+				return errors.New("no barrier")
+			}
+			return nil
+		})
+		if got := again.payloads("devices/lock-9/commands/wipe"); len(got) != 0 {
+			t.Fatalf("connected %v: the purged session's command was delivered: %q", connected, got)
+		}
+		d2.Disconnect(0)
+		checkFor(t, 5*time.Second, func() error {
+			if cl, ok := e.b.Server.Clients.Get("lock-9"); ok && !cl.Closed() {
+				return errors.New("still connected")
+			}
+			return nil
+		})
+	}
+}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -23,11 +24,15 @@ type SessionPurger interface {
 // its connection has ended).
 func (a *Auth) purgeSession(cl *mqtt.Client) {
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	if cur, ok := a.srv.Clients.Get(cl.ID); ok && cur != cl {
+		// A newer connection holds the client id and its session: its
+		// subscriptions are in the topic index under the same id, which
+		// unsubscribing cl would take from it.
+		cl.ClearInflights()
+		return
+	}
 	a.srv.UnsubscribeClient(cl) // the store's hook deletes the subscriptions
 	cl.ClearInflights()
-	if cur, ok := a.srv.Clients.Get(cl.ID); ok && cur != cl {
-		return // a newer connection holds the client id and its session
-	}
 	a.srv.Clients.Delete(cl.ID)
 	if v, ok := a.sessions.Load(cl.ID); ok {
 		a.sessions.CompareAndDelete(cl.ID, v)
@@ -37,6 +42,77 @@ func (a *Auth) purgeSession(cl *mqtt.Client) {
 	}
 	a.m.purged.Inc()
 	a.log.Info("session purged", "client", cl.ID)
+}
+
+// purgeSessionsOf purges the sessions of the identity name (deleted or
+// disabled): those offline now at once; those whose connection is live
+// or still ending are marked, and purgeTail purges each as its
+// connection ends, whatever the registry says by then.
+func (a *Auth) purgeSessionsOf(name string) {
+	var now []*mqtt.Client
+	a.endMu.Lock()
+	for id, cl := range a.srv.Clients.GetAll() {
+		if cl.Net.Inline || a.sessionOwnerName(id, cl) != name {
+			continue
+		}
+		_, connected := a.clients.Load(cl)
+		_, ending := a.ending.Load(cl)
+		if connected || ending || !cl.Closed() {
+			a.purgeOnEnd.Store(cl, struct{}{})
+			continue
+		}
+		now = append(now, cl)
+	}
+	a.endMu.Unlock()
+	for _, cl := range now {
+		a.purgeSession(cl)
+	}
+}
+
+// markPurge marks cl's session to be purged when its connection ends.
+func (a *Auth) markPurge(cl *mqtt.Client) {
+	a.endMu.Lock()
+	a.purgeOnEnd.Store(cl, struct{}{})
+	a.endMu.Unlock()
+}
+
+// awaitPurge waits, at most purgeWait, while the session under client id
+// is marked to be purged and its connection is still ending: a device
+// enabled again at once and reconnecting must not inherit what its
+// disabling purges.
+func (a *Auth) awaitPurge(id string) {
+	deadline := time.Now().Add(purgeWait)
+	for {
+		ex, ok := a.srv.Clients.Get(id)
+		if !ok {
+			return
+		}
+		if _, marked := a.purgeOnEnd.Load(ex); !marked || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// purgeWait bounds awaitPurge: the end of a connection's hooks.
+const purgeWait = 2 * time.Second
+
+// sessionOwnerName names the identity whose session cl (under client id)
+// is: its connection's, else the one it last connected with, else its
+// stored username; "" for an anonymous one.
+func (a *Auth) sessionOwnerName(id string, cl *mqtt.Client) string {
+	if c := a.conn(cl); c != nil {
+		if c.anonymous {
+			return ""
+		}
+		return c.id.Name
+	}
+	if v, ok := a.sessions.Load(id); ok {
+		if c := v.(*conn); !c.anonymous {
+			return c.id.Name
+		}
+	}
+	return string(cl.Properties.Username)
 }
 
 // purgeTail is the hook that Broker.New adds after every other, for the
@@ -60,15 +136,26 @@ func (t *purgeTail) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	return t.a.checkWill(cl, will), nil
 }
 
-// OnDisconnect purges the session of a client whose identity no longer
-// exists or is disabled. Sessions restored at start-up are left to claim.
+// OnDisconnect purges the session of a client marked to be purged
+// (purgeSessionsOf), or whose identity no longer exists or is disabled.
+// Sessions restored at start-up are left to claim.
 func (t *purgeTail) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	defer t.a.ending.Delete(cl) // the engine's hooks are done with cl
-	if !t.a.started.Load() || cl.Net.Inline || len(cl.Properties.Username) == 0 {
-		return
+	a := t.a
+	a.endMu.Lock()
+	_, purge := a.purgeOnEnd.LoadAndDelete(cl)
+	if !purge && a.started.Load() && !cl.Net.Inline && len(cl.Properties.Username) > 0 {
+		_, ok := a.reg.Lookup(string(cl.Properties.Username))
+		purge = !ok
 	}
-	if _, ok := t.a.reg.Lookup(string(cl.Properties.Username)); !ok {
-		t.a.purgeSession(cl)
+	if !purge {
+		// The engine's hooks are done with cl: from now on a purge
+		// (purgeSessionsOf) takes it as offline.
+		a.ending.Delete(cl)
+	}
+	a.endMu.Unlock()
+	if purge {
+		a.purgeSession(cl)
+		a.ending.Delete(cl)
 	}
 }
 
