@@ -40,14 +40,14 @@ type Options struct {
 	// to take in what this node sent it (mqtt.backpressure_wait;
 	// flow.go); 0: no flow control, a node that falls behind drops.
 	FlowWait time.Duration
-
-	// joinMax replaces joinMax (tests of that bound).
-	joinMax time.Duration
 	// MaxPayload is the largest message the bus carries (bytes); 0:
 	// 8 MiB. Give the MQTT packet size limit and some room.
 	MaxPayload int
 	// Logger receives the node's log; nil means slog.Default().
 	Logger *slog.Logger
+
+	// joinMax, when set, replaces joinMax (tests of that bound).
+	joinMax time.Duration
 }
 
 func (o *Options) maxPayload() int {
