@@ -57,6 +57,13 @@ func startNode(t *testing.T, name string, peers []string, secret string) *testNo
 
 func startNodeWith(t *testing.T, o Options) *testNode {
 	t.Helper()
+	return startNodeBefore(t, o, nil)
+}
+
+// startNodeBefore starts a node, calling before (if not nil) with its
+// engine before it joins the bus: what its store held at start.
+func startNodeBefore(t *testing.T, o Options, before func(*mqtt.Server)) *testNode {
+	t.Helper()
 	o.Logger = testmqtt.Logger()
 	n, err := New(o)
 	if err != nil {
@@ -75,6 +82,9 @@ func startNodeWith(t *testing.T, o Options) *testNode {
 	}
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(srv)
 	}
 	if err := n.Attach(srv); err != nil {
 		t.Fatal(err)
@@ -446,4 +456,34 @@ func TestRouteSecret(t *testing.T) {
 	if got := len(intruder.node.Nodes()); got != 1 || intruder.node.ns.NumRoutes() != 0 {
 		t.Fatalf("the node without the secret hears %d nodes over %d routes", got, intruder.node.ns.NumRoutes())
 	}
+}
+
+// TestRetainedRestartedNodeCatchesUp: a node that starts with an older
+// retained message in its store (a device's status from before it went
+// down) takes the newer one the others hold; one only it holds stays
+// (its own), and one it holds newer than the others' is kept.
+func TestRetainedRestartedNodeCatchesUp(t *testing.T) {
+	nodes := startNodes(t, 1)
+	now := time.Now().Unix()
+	retain := func(srv *mqtt.Server, topic, payload string, created int64) {
+		srv.Topics.RetainMessage(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+			TopicName: topic, Payload: []byte(payload), Created: created})
+	}
+	retain(nodes[0].srv, "devices/d1/status", "offline", now-10)
+	retain(nodes[0].srv, "devices/d2/status", "online", now-100)
+	late := startNodeBefore(t, Options{Node: "n2", Listen: "127.0.0.1:0", Peers: []string{nodes[0].node.RouteAddr()}, Secret: testSecret},
+		func(srv *mqtt.Server) {
+			retain(srv, "devices/d1/status", "online", now-60)  // older than n1's
+			retain(srv, "devices/d2/status", "offline", now-50) // newer than n1's
+			retain(srv, "devices/d3/status", "online", now-60)  // only here
+		})
+	want := map[string]string{"devices/d1/status": "offline", "devices/d2/status": "offline", "devices/d3/status": "online"}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		for topic, payload := range want {
+			if m := late.srv.Topics.Messages(topic); len(m) != 1 || string(m[0].Payload) != payload {
+				return fmt.Errorf("n2 holds %d messages on %s, want %q", len(m), topic, payload)
+			}
+		}
+		return nil
+	})
 }

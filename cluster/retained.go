@@ -145,11 +145,10 @@ func (n *Node) maybeSync(peer string) {
 // syncRetained copies the retained messages of the node peer (all of
 // them, or those published there since it started) into this node's
 // engine, each with the time it was published. A topic this node already
-// retains keeps its own message, unless, in a copy of what was published
-// since the other node started, the other's is newer (a device's status
-// published on a node while it heard no other, after the one this node
-// holds). They are stored, not delivered: nobody here subscribed before
-// they arrived.
+// retains keeps its message unless the other's is newer: a device's
+// status published on a node while it heard no other, or while this node
+// was down (this node's store still holds the one from before). They are
+// stored, not delivered: nobody here subscribed before they arrived.
 func (n *Node) syncRetained(peer string, all bool) (done bool) {
 	inbox := n.nc.NewRespInbox()
 	sub, err := n.nc.SubscribeSync(inbox)
@@ -200,8 +199,8 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 			}
 			continue
 		}
-		if own := srv.Topics.Messages(pk.TopicName); len(own) > 0 && (all || own[0].Created >= pk.Created) {
-			continue
+		if own := srv.Topics.Messages(pk.TopicName); len(own) > 0 && own[0].Created >= pk.Created {
+			continue // this node's is as new (its own, or one routed here)
 		}
 		if at, ok := n.tombs.deletedAt(pk.TopicName); ok && at >= pk.Created {
 			continue // deleted here after it was published there
