@@ -40,13 +40,10 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	h.n.forward(pk, e, cl)
 }
 
-// OnRetainMessage keeps the deletions of retained messages made on this
-// node (not those that came from the bus) for copies (retained.go).
+// OnRetainMessage keeps the deletions of retained messages, telling
+// those made on this node from those that came from the bus (retained.go).
 func (h *hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, _ int64) {
-	if cl == h.n.injector {
-		return
-	}
-	h.n.tombs.note(pk.TopicName, len(pk.Payload) == 0, time.Now().Unix())
+	h.n.tombs.note(pk.TopicName, len(pk.Payload) == 0, cl != h.n.injector, time.Now().Unix())
 }
 
 // OnDisconnect forgets what OnPublish recorded for the client.

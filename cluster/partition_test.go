@@ -104,30 +104,38 @@ func TestRetainedAfterPartition(t *testing.T) {
 }
 
 // TestTombsBound: the deletions a node keeps are bounded, the oldest go
-// first, and a topic retained again is no longer deleted.
+// first, a topic retained again is no longer deleted, and only those made
+// on this node are sent to others (those from the bus still keep a copy
+// from bringing a message back here).
 func TestTombsBound(t *testing.T) {
 	var ts tombs
-	ts.note("a", true, 1)
-	ts.note("b", true, 2)
-	ts.note("a", true, 3)  // deleted again, later
-	ts.note("b", false, 4) // retained again
+	ts.note("a", true, true, 1)
+	ts.note("b", true, true, 2)
+	ts.note("a", true, true, 3)  // deleted again, later
+	ts.note("b", false, true, 4) // retained again
+	ts.note("c", true, false, 5) // deleted on another node
 	if at, ok := ts.deletedAt("a"); !ok || at != 3 {
 		t.Fatalf("a deleted at %d (%v), want 3", at, ok)
 	}
 	if _, ok := ts.deletedAt("b"); ok {
 		t.Fatal("b retained again is still deleted")
 	}
-	if l := ts.list(); len(l) != 1 || l[0] != (tomb{"a", 3}) {
-		t.Fatalf("list %v", l)
+	if at, ok := ts.deletedAt("c"); !ok || at != 5 {
+		t.Fatalf("c deleted at %d (%v), want 5", at, ok)
+	}
+	if l := ts.local(); len(l) != 1 || l[0] != (deletion{"a", 3}) {
+		t.Fatalf("local %v", l)
 	}
 	for i := 0; i < 3*maxTombs; i++ {
-		ts.note(fmt.Sprintf("t/%d", i), true, int64(10+i))
+		ts.note(fmt.Sprintf("t/%d", i), true, true, int64(10+i))
 	}
-	l := ts.list()
+	l := ts.local()
 	if len(l) != maxTombs || l[0].topic != fmt.Sprintf("t/%d", 2*maxTombs) || len(ts.order) > 2*maxTombs+1 {
 		t.Fatalf("%d kept, first %v, %d in order", len(l), l[0], len(ts.order))
 	}
-	if _, ok := ts.deletedAt("a"); ok {
-		t.Fatal("the oldest deletion was kept past the bound")
+	for _, topic := range []string{"a", "c"} {
+		if _, ok := ts.deletedAt(topic); ok {
+			t.Fatalf("the deletion of %s was kept past the bound", topic)
+		}
 	}
 }

@@ -75,7 +75,7 @@ func (n *Node) onRetainedWanted(m *nats.Msg) {
 	}
 	if sinceStart {
 		// What was deleted here since the start, and not retained again.
-		for _, t := range n.tombs.list() {
+		for _, t := range n.tombs.local() {
 			if _, ok := srv.Topics.Retained.Get(t.topic); ok {
 				continue
 			}
@@ -217,27 +217,36 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 // maxTombs bounds the deletions a node keeps (the oldest go first).
 const maxTombs = 1 << 16
 
-// tombs are the retained messages deleted on this node in this run (by
-// its clients, wills or the broker; not those that came from the bus),
-// with when: a copy of what this node published since it started
-// carries them, so that a deletion made while another node did not hear
-// this one (a partition) reaches that node when it hears this one again.
-// A topic retained here again is no longer deleted.
+// tombs are the retained messages deleted in this run, with when. Those
+// deleted on this node (by its clients, wills or the broker; local) go
+// with a copy of what this node published since it started, so that a
+// deletion made while another node did not hear this one (a partition)
+// reaches that node when it hears this one again. Those that came from
+// the bus are kept too, for this node only: a copy from another node,
+// taken before such a deletion and arriving after it, must not bring
+// the message back. A topic retained here again is no longer deleted.
 type tombs struct {
 	mu    sync.Mutex
-	at    map[string]int64 // topic -> deleted (Unix s)
-	order []tomb           // oldest first; entries no longer in at are skipped
-	count atomic.Int32     // len(at), read without the lock
+	at    map[string]tombAt // topic -> its last deletion
+	order []tomb            // oldest first; entries no longer in at are skipped
+	seq   uint64
+	count atomic.Int32 // len(at), read without the lock
+}
+
+type tombAt struct {
+	at    int64 // Unix s
+	seq   uint64
+	local bool
 }
 
 type tomb struct {
 	topic string
-	at    int64
+	seq   uint64
 }
 
 // note records a retained message on topic deleted (or, !deleted, set
-// again) at now.
-func (t *tombs) note(topic string, deleted bool, now int64) {
+// again) at now; local: here, not from the bus.
+func (t *tombs) note(topic string, deleted, local bool, now int64) {
 	if !deleted && t.count.Load() == 0 {
 		return // the common case: no deletion to forget
 	}
@@ -249,21 +258,22 @@ func (t *tombs) note(topic string, deleted bool, now int64) {
 		return
 	}
 	if t.at == nil {
-		t.at = map[string]int64{}
+		t.at = map[string]tombAt{}
 	}
-	t.at[topic] = now
-	t.order = append(t.order, tomb{topic, now})
+	t.seq++
+	t.at[topic] = tombAt{at: now, seq: t.seq, local: local}
+	t.order = append(t.order, tomb{topic, t.seq})
 	for len(t.at) > maxTombs {
 		o := t.order[0]
 		t.order = t.order[1:]
-		if t.at[o.topic] == o.at {
+		if t.at[o.topic].seq == o.seq {
 			delete(t.at, o.topic)
 		}
 	}
 	if len(t.order) > 2*maxTombs { // the skipped entries: compact
 		kept := make([]tomb, 0, len(t.at))
 		for _, o := range t.order {
-			if t.at[o.topic] == o.at {
+			if t.at[o.topic].seq == o.seq {
 				kept = append(kept, o)
 			}
 		}
@@ -272,33 +282,33 @@ func (t *tombs) note(topic string, deleted bool, now int64) {
 	t.count.Store(int32(len(t.at)))
 }
 
-// deletedAt says when topic was deleted here, if it was and is not
-// retained again.
+// deletedAt says when topic was last deleted (here or on another node),
+// if it was and is not retained again.
 func (t *tombs) deletedAt(topic string) (int64, bool) {
 	if t.count.Load() == 0 {
 		return 0, false
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	at, ok := t.at[topic]
-	return at, ok
+	d, ok := t.at[topic]
+	return d.at, ok
 }
 
-// list returns the deletions, oldest first.
-func (t *tombs) list() []tomb {
+// deletion is a topic deleted on this node, and when (Unix s).
+type deletion struct {
+	topic string
+	at    int64
+}
+
+// local returns the deletions made on this node, oldest first.
+func (t *tombs) local() []deletion {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]tomb, 0, len(t.at))
-	seen := make(map[string]bool, len(t.at))
-	for i := len(t.order) - 1; i >= 0; i-- { // the latest of each topic
-		o := t.order[i]
-		if t.at[o.topic] == o.at && !seen[o.topic] {
-			seen[o.topic] = true
-			out = append(out, o)
+	out := make([]deletion, 0, len(t.at))
+	for _, o := range t.order {
+		if d := t.at[o.topic]; d.seq == o.seq && d.local {
+			out = append(out, deletion{o.topic, d.at})
 		}
-	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
 	}
 	return out
 }
