@@ -139,3 +139,35 @@ func TestTombsBound(t *testing.T) {
 		}
 	}
 }
+
+// TestRetainedCopyAfterDeletion: a copy of another node's retained
+// messages taken before a deletion there and arriving here after the
+// deletion does not bring the deleted message back.
+func TestRetainedCopyAfterDeletion(t *testing.T) {
+	nodes := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	pub := testmqtt.Client(t, a.addr, "pub", true, true, nil)
+	testmqtt.WaitToken(t, "publish", pub.Publish("state/x", 1, true, "on"))
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if _, ok := retainedOn(b, "state/x"); !ok {
+			return fmt.Errorf("not retained on n2 yet")
+		}
+		return nil
+	})
+	old, _ := a.srv.Topics.Retained.Get("state/x")
+	testmqtt.WaitToken(t, "publish", pub.Publish("state/x", 1, true, ""))
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if _, ok := retainedOn(b, "state/x"); ok {
+			return fmt.Errorf("still retained on n2")
+		}
+		return nil
+	})
+	// n1 answers as it would have before the deletion.
+	a.srv.Topics.RetainMessage(old)
+	if !b.node.syncRetained("n1", false) {
+		t.Fatal("copy from n1 failed")
+	}
+	if got, ok := retainedOn(b, "state/x"); ok {
+		t.Fatalf("the copy brought back %q, deleted before it arrived", got)
+	}
+}
