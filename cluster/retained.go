@@ -194,6 +194,7 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 			if !all && m.Header.Get(hdrDeleted) != "" {
 				if own, ok := srv.Topics.Retained.Get(pk.TopicName); ok && own.Created < pk.Created {
 					srv.Topics.RetainMessage(pk)
+					n.tombs.note(pk.TopicName, true, false, pk.Created) // as one from the bus
 					count++
 				}
 			}
@@ -210,6 +211,7 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 			pk.Expiry = pk.Created + int64(e)
 		}
 		srv.Topics.RetainMessage(pk)
+		n.tombs.note(pk.TopicName, false, false, pk.Created)
 		count++
 	}
 }
