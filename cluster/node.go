@@ -14,6 +14,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
@@ -112,7 +113,10 @@ type Node struct {
 	gone  atomic.Pointer[func(node string)]
 
 	durable atomic.Pointer[Durability]
-	early   sentEarly
+	// keepRetained writes a copied retained message (or a deletion) to
+	// this node's session store (SetRetainedStore).
+	keepRetained atomic.Pointer[func(packets.Packet)]
+	early        sentEarly
 
 	// Flow control (flow.go): streams numbers this node's windows;
 	// inflow is the receiving side.

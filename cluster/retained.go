@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
 )
@@ -36,6 +37,21 @@ type syncState struct {
 	full    bool              // a copy of all of another node's retained messages is done
 	copied  map[string]copied // node -> the run of it and the hearing whose retained messages are copied
 	copying map[string]bool   // node -> a copy is under way
+}
+
+// SetRetainedStore sets where this node writes the retained messages it
+// copies from the others, and the deletions it takes from them: its
+// session store, which writes those routed here through the engine's
+// hooks (a copy goes into the engine without them).
+func (n *Node) SetRetainedStore(f func(packets.Packet)) { n.keepRetained.Store(&f) }
+
+// retain stores a copied retained message (or a deletion) in the engine
+// and in the session store.
+func (n *Node) retain(srv *mqtt.Server, pk packets.Packet) {
+	srv.Topics.RetainMessage(pk)
+	if f := n.keepRetained.Load(); f != nil {
+		(*f)(pk)
+	}
 }
 
 // copied names what a since-start copy was made for: a run of a node,
@@ -193,7 +209,7 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 			// A deletion there: it wins over an older message here.
 			if !all && m.Header.Get(hdrDeleted) != "" {
 				if own, ok := srv.Topics.Retained.Get(pk.TopicName); ok && own.Created < pk.Created {
-					srv.Topics.RetainMessage(pk)
+					n.retain(srv, pk)
 					n.tombs.note(pk.TopicName, true, false, pk.Created) // as one from the bus
 					count++
 				}
@@ -210,7 +226,7 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 		if e := pk.Properties.MessageExpiryInterval; e > 0 {
 			pk.Expiry = pk.Created + int64(e)
 		}
-		srv.Topics.RetainMessage(pk)
+		n.retain(srv, pk)
 		n.tombs.note(pk.TopicName, false, false, pk.Created)
 		count++
 	}

@@ -586,6 +586,11 @@ func (s *Store) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 	s.w.enqueue(retainedOp(pk))
 }
 
+// PutRetained writes a retained message (or, with no payload, its
+// removal) that reached the engine without its hooks: one copied from
+// another node (cluster).
+func (s *Store) PutRetained(pk packets.Packet) { s.w.enqueue(retainedOp(pk)) }
+
 // OnRetainedExpired removes an expired retained message.
 func (s *Store) OnRetainedExpired(topic string) {
 	s.w.enqueue(newOp(opRetainedDelete, topic))

@@ -59,6 +59,9 @@ func (a *app) joinCluster() (err error) {
 	// A QoS 1/2 message for a persistent session on another node is
 	// committed there before its publisher's acknowledgement.
 	a.cluster.SetDurability(cluster.Durability{Persistent: a.store.Persistent, Barrier: a.store.Barrier})
+	// Retained messages copied from the other nodes (and deletions) are
+	// written to this node's store as the ones routed here are.
+	a.cluster.SetRetainedStore(a.store.PutRetained)
 	a.cluster.SetNodeGone(func(node string) {
 		for _, name := range a.store.AdoptOrphans(node) {
 			// Its owner may be new to this node: the deliveries into

@@ -503,3 +503,35 @@ func TestClusterDurableQueue(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterCopiedRetainedRestart: a retained message a node copied from
+// another when it joined (published before it started) is in its own
+// store: restarted alone, it serves it.
+func TestClusterCopiedRetainedRestart(t *testing.T) {
+	apps := startCluster(t, 1, nil)
+	p := connectClient(t, apps[0], clientSpec{3, "tcp"}, nil)
+	p.publish(t, "state/lamp", "on", 1, true)
+
+	cfg := testConfig(t)
+	cfg.Cluster.Node, cfg.Cluster.Listen, cfg.Cluster.Secret = "node2", "127.0.0.1:0", testClusterSecret
+	cfg.Cluster.Peers = []string{apps[0].cluster.RouteAddr()}
+	b := startTestApp(t, cfg)
+	checkFor(t, 20*time.Second, func() error {
+		if len(b.broker.Server.Topics.Messages("state/lamp")) != 1 {
+			return fmt.Errorf("node2 has not copied state/lamp")
+		}
+		return b.clusterHealthy()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := apps[0].shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b = startTestApp(t, cfg) // alone: node1 is gone
+	if m := b.broker.Server.Topics.Messages("state/lamp"); len(m) != 1 || string(m[0].Payload) != "on" {
+		t.Fatalf("node2 restarted alone holds %d messages on state/lamp, want its copy", len(m))
+	}
+}
