@@ -25,17 +25,34 @@ const (
 	joinMax = 15 * time.Second
 )
 
-// joinState is this node's way into the cluster, from its start.
+// joinState is this node's way into the cluster, from its start or
+// from its bus connection's return.
 type joinState struct {
-	start atomic.Int64 // Attach, Unix ns; 0 before
+	start atomic.Int64 // Attach or the bus's return, Unix ns; 0 before
 	max   time.Duration
-	done  atomic.Bool // joined: readiness no longer waits (sticky)
+	done  atomic.Bool // joined: readiness no longer waits (until the bus is lost)
+	// reconnects is the bus connection's reconnection count when the
+	// way in last started: one more and it starts again.
+	reconnects atomic.Uint64
+}
+
+// rejoin starts the way in again when the bus connection has come back
+// since it last started (it counts as connected before the client's
+// reconnect callback runs, so this is read here, not set there): the
+// others hear this node again (and it them) only as each beats.
+func (n *Node) rejoin(now time.Time) {
+	old := n.join.reconnects.Load()
+	if r := n.nc.Stats().Reconnects; r != old && n.join.reconnects.CompareAndSwap(old, r) {
+		n.join.start.Store(now.UnixNano())
+		n.join.done.Store(false)
+	}
 }
 
 // joining returns what this node still waits for before it is ready, ""
-// once it has joined (then for good: a node lost later does not make
-// this one unready).
+// once it has joined (then until its bus connection is lost: a node lost
+// later does not make this one unready).
 func (n *Node) joining(now time.Time) string {
+	n.rejoin(now)
 	if n.join.done.Load() {
 		return ""
 	}
@@ -47,7 +64,7 @@ func (n *Node) joining(now time.Time) string {
 	if since < joinSettle {
 		return "the other nodes' beats"
 	}
-	wait := n.joinWait()
+	wait := n.joinWait(time.Unix(0, start))
 	if wait != "" && since < n.join.max {
 		return wait
 	}
@@ -61,8 +78,9 @@ func (n *Node) joining(now time.Time) string {
 	return ""
 }
 
-// joinWait says what this node waits for to have joined, "" when nothing.
-func (n *Node) joinWait() string {
+// joinWait says what this node waits for to have joined since start, ""
+// when nothing.
+func (n *Node) joinWait(start time.Time) string {
 	peers := *n.peers.Load()
 	if n.ns != nil {
 		if routed := n.routedServers(); routed > len(peers) {
@@ -76,6 +94,9 @@ func (n *Node) joinWait() string {
 	sort.Strings(names)
 	for _, name := range names {
 		p := peers[name]
+		if p.seen.Before(start) {
+			return "node " + name + " to beat again" // since the bus came back
+		}
 		if p.in == nil {
 			return "the subscriptions of node " + name
 		}

@@ -3,12 +3,14 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
@@ -73,7 +75,7 @@ func TestJoinBeforeReady(t *testing.T) {
 	testmqtt.WaitToken(t, "publish", pubA.Publish("u/x", 1, false, "back"))
 	onB.waitN(t, 1)
 
-	// Joined is for good: n1 leaving does not make n2 unready.
+	// Joined holds: n1 leaving does not make n2 unready.
 	_ = a.node.Close() // idempotent: the clean-up closes it again
 	testmqtt.CheckFor(t, 10*time.Second, func() error {
 		if got := len(b.node.Nodes()); got != 1 {
@@ -126,4 +128,64 @@ func errString(err error) string {
 		return "ready"
 	}
 	return err.Error()
+}
+
+// startExternalNATS starts a NATS server on loopback (port 0: any); the
+// test's clean-up stops it.
+func startExternalNATS(t *testing.T, port int) *server.Server {
+	t.Helper()
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, MaxPending: natsMaxPending})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// TestJoinAgainAfterBusReturns: two nodes on an external NATS that goes
+// away and comes back. A node is not ready again until the other has
+// beaten since: at the moment it first says ready, what its client
+// publishes reaches the other node's subscriber.
+func TestJoinAgainAfterBusReturns(t *testing.T) {
+	ns := startExternalNATS(t, 0)
+	url := "nats://" + ns.Addr().String()
+	a := startNodeWith(t, Options{Node: "n1", NATSURL: url})
+	b := startNodeWith(t, Options{Node: "n2", NATSURL: url})
+	waitMesh(t, []*testNode{a, b})
+	var onB inbox
+	sub := testmqtt.Client(t, b.addr, "sub-b", true, true, nil)
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("t/#", 1, func(_ paho.Client, m paho.Message) { onB.add(m) }))
+	waitRoute(t, a, b, "t/x")
+	waitReady(t, a, 20*time.Second)
+	pub := testmqtt.Client(t, a.addr, "pub-a", true, true, nil)
+
+	port := ns.Addr().(*net.TCPAddr).Port
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if a.node.Healthy() == nil {
+			return errors.New("n1 still ready with the bus down")
+		}
+		return nil
+	})
+	t0 := time.Now()
+	startExternalNATS(t, port)
+	waitReady(t, a, 20*time.Second)
+	t.Logf("ready %v after the bus came back", time.Since(t0))
+	testmqtt.WaitToken(t, "publish", pub.Publish("t/after", 1, false, "back"))
+	got := onB.waitN(t, 1)
+	t.Logf("delivered %v after the bus came back", time.Since(t0))
+	if string(got[0].Payload()) != "back" {
+		t.Fatalf("n2's subscriber got %q", got[0].Payload())
+	}
+	// Leave while the bus is up (the clean-up stops it first).
+	_ = a.node.Close()
+	_ = b.node.Close()
 }
