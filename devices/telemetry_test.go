@@ -393,6 +393,16 @@ func TestTelemetryFlushUnderLoad(t *testing.T) {
 			}
 		}()
 	}
+	// Under load: the publishers are adding (a loaded machine may not
+	// have run them yet).
+	for deadline := time.Now().Add(10 * time.Second); accepted.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			tel.Close()
+			t.Fatal("no point accepted in 10 s")
+		}
+	}
 	for range 3 {
 		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := tel.Flush(fctx)
