@@ -3,7 +3,7 @@ package cluster
 import (
 	"fmt"
 	"sort"
-	"sync/atomic"
+	"sync"
 	"time"
 )
 
@@ -28,52 +28,56 @@ const (
 // joinState is this node's way into the cluster, from its start or
 // from its bus connection's return.
 type joinState struct {
-	start atomic.Int64 // Attach or the bus's return, Unix ns; 0 before
-	max   time.Duration
-	done  atomic.Bool // joined: readiness no longer waits (until the bus is lost)
+	max time.Duration
+
+	mu    sync.Mutex
+	start time.Time // Attach or the bus's return; zero before
+	done  bool      // joined: readiness no longer waits (until the bus is lost)
 	// reconnects is the bus connection's reconnection count when the
 	// way in last started: one more and it starts again.
-	reconnects atomic.Uint64
+	reconnects uint64
 }
 
-// rejoin starts the way in again when the bus connection has come back
-// since it last started (it counts as connected before the client's
-// reconnect callback runs, so this is read here, not set there): the
-// others hear this node again (and it them) only as each beats.
-func (n *Node) rejoin(now time.Time) {
-	old := n.join.reconnects.Load()
-	if r := n.nc.Stats().Reconnects; r != old && n.join.reconnects.CompareAndSwap(old, r) {
-		n.join.start.Store(now.UnixNano())
-		n.join.done.Store(false)
-	}
+// began starts the way in (Attach).
+func (j *joinState) began(now time.Time) {
+	j.mu.Lock()
+	j.start = now
+	j.mu.Unlock()
 }
 
 // joining returns what this node still waits for before it is ready, ""
-// once it has joined (then until its bus connection is lost: a node lost
-// later does not make this one unready).
+// once it has joined, then until its bus connection is lost (a node lost
+// later does not make this one unready). The way in starts again when
+// the bus connection has come back since it last started: the others
+// hear this node again (and it them) only as each beats. That is read
+// from the connection's reconnection count, not set from its reconnect
+// callback: the connection counts as connected before that runs.
 func (n *Node) joining(now time.Time) string {
-	n.rejoin(now)
-	if n.join.done.Load() {
+	j := &n.join
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if r := n.nc.Stats().Reconnects; r != j.reconnects {
+		j.reconnects, j.start, j.done = r, now, false
+	}
+	if j.done {
 		return ""
 	}
-	start := n.join.start.Load()
-	if start == 0 {
+	if j.start.IsZero() {
 		return "the node to start"
 	}
-	since := now.Sub(time.Unix(0, start))
+	since := now.Sub(j.start)
 	if since < joinSettle {
 		return "the other nodes' beats"
 	}
-	wait := n.joinWait(time.Unix(0, start))
-	if wait != "" && since < n.join.max {
+	wait := n.joinWait(j.start)
+	if wait != "" && since < j.max {
 		return wait
 	}
-	if n.join.done.CompareAndSwap(false, true) {
-		if wait != "" {
-			n.log.Warn("ready without having joined the cluster fully", "after", n.join.max, "waiting for", wait)
-		} else {
-			n.log.Info("joined the cluster", "nodes", len(*n.peers.Load())+1, "after", since.Round(time.Millisecond))
-		}
+	j.done = true
+	if wait != "" {
+		n.log.Warn("ready without having joined the cluster fully", "after", j.max, "waiting for", wait)
+	} else {
+		n.log.Info("joined the cluster", "nodes", len(*n.peers.Load())+1, "after", since.Round(time.Millisecond))
 	}
 	return ""
 }

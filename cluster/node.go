@@ -269,7 +269,7 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 	n.srv.Store(srv)
 	n.lastAt = time.Now()
 	n.sync.started = n.lastAt.Unix()
-	n.join.start.Store(n.lastAt.UnixNano())
+	n.join.began(n.lastAt)
 	if err := n.subscribe(); err != nil {
 		return err
 	}
