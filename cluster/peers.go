@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"regexp"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -208,10 +209,8 @@ func (n *Node) onBeat(m *nats.Msg) {
 	now := time.Now()
 	var ask, greet, again bool
 	n.update(b.Node, func(old *peer) *peer {
-		p := &peer{name: b.Node, inst: b.Inst, seen: now, heard: now, clients: b.Clients, rate: b.Rate, hearsUs: b.Hears == nil}
-		for _, h := range b.Hears {
-			p.hearsUs = p.hearsUs || h == n.name
-		}
+		p := &peer{name: b.Node, inst: b.Inst, seen: now, heard: now, clients: b.Clients, rate: b.Rate,
+			hearsUs: b.Hears == nil || slices.Contains(b.Hears, n.name)}
 		if old != nil && old.inst == b.Inst {
 			p.in, p.dur, p.asked, p.win, p.heard = old.in, old.dur, old.asked, old.win, old.heard
 			// Heard again after a gap (its beats missed, or it did not
