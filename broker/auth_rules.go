@@ -236,7 +236,10 @@ func (a *Auth) rebuild(c *conn) {
 		typ, grants, _ = a.reg.DeviceAccess(c.id.Name)
 		pub, sub := devicePatterns(c.id.Name)
 		for _, g := range grants {
-			f := g.Expand(c.id.Name)
+			f, err := g.For(c.id.Name)
+			if err != nil {
+				continue // stored before the registry checked it
+			}
 			if g.Publish() {
 				pub = append(pub, f)
 			}

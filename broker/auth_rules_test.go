@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -298,4 +299,63 @@ func TestWillsFollowGrantsAndRules(t *testing.T) {
 	if t1.mayWill("devices/t1/status") {
 		t.Error("a rule opened the broker's status topic to a will")
 	}
+}
+
+// TestGrantNamingAllDevicesRefused: %c/# is devices/# for a device whose
+// id is "devices". The registry refuses it, and a grant stored before it
+// did is not given.
+func TestGrantNamingAllDevicesRefused(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := devices.OpenDB(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := devices.OpenRegistry(ctx, db, authLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := []devices.TopicGrant{{Filter: "%c/#", Access: "all"}}
+	var ie *devices.InvalidError
+	if _, _, err := reg.CreateDevice(ctx, devices.NewDevice{ID: "devices", Topics: grant}); !errors.As(err, &ie) {
+		t.Fatalf("device devices with %%c/#: %v, want an InvalidError", err)
+	}
+	_, secret, err := reg.CreateDevice(ctx, devices.NewDevice{ID: "devices", Topics: []devices.TopicGrant{{Filter: "%c/%c/x", Access: "publish"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.UpdateDevice(ctx, "devices", devices.DevicePatch{Topics: &grant}); !errors.As(err, &ie) {
+		t.Fatalf("PATCH to %%c/#: %v, want an InvalidError", err)
+	}
+	// As a release without the check would have stored it.
+	if _, err := db.W.ExecContext(ctx, `UPDATE devices SET topics = '[{"filter":"%c/#","access":"all"},{"filter":"%c/%c/x","access":"publish"}]' WHERE id = 'devices'`); err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	db.Close()
+
+	e := startAuthEnvIn(t, dir, false, false)
+	victim := e.device(t, "d1")
+	admin := e.user(t, "root", devices.RoleAdmin)
+	var all authInbox
+	w := authMustClient(t, "tcp://"+e.tcp, "watcher", "root", admin)
+	waitToken(t, "subscribe", w.Subscribe("#", 1, all.handler))
+	c := authMustClient(t, "tcp://"+e.tcp, "devices", "devices", secret)
+	tok := c.Subscribe("devices/#", 1, nil)
+	waitToken(t, "subscribe devices/#", tok)
+	if got := tok.(*paho.SubscribeToken).Result()["devices/#"]; got != 0x80 {
+		t.Errorf("subscribe devices/#: SUBACK %#x, want 0x80", got)
+	}
+	waitToken(t, "forged reported", c.Publish("devices/d1/twin/reported", 0, false, `{"fw":"evil"}`))
+	waitToken(t, "own grant", c.Publish("devices/devices/x", 1, false, "kept"))
+	checkFor(t, 5*time.Second, func() error {
+		if len(all.payloads("devices/devices/x")) == 0 {
+			return fmt.Errorf("the grant that is its own not given")
+		}
+		return nil
+	})
+	if p := all.payloads("devices/d1/twin/reported"); len(p) != 0 {
+		t.Errorf("device devices published as d1: %v", p)
+	}
+	_ = victim
 }

@@ -51,8 +51,14 @@ func startAuthEnv(t testing.TB, anonymous bool) *authEnv {
 // (everyone allowed), for comparison.
 func startAuthEnvOpts(t testing.TB, anonymous, baseline bool) *authEnv {
 	t.Helper()
+	return startAuthEnvIn(t, t.TempDir(), anonymous, baseline)
+}
+
+// startAuthEnvIn is startAuthEnvOpts on the data directory dir.
+func startAuthEnvIn(t testing.TB, dir string, anonymous, baseline bool) *authEnv {
+	t.Helper()
 	ctx := context.Background()
-	db, err := devices.OpenDB(t.TempDir())
+	db, err := devices.OpenDB(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

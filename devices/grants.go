@@ -33,8 +33,32 @@ type TopicGrant struct {
 func (g TopicGrant) Publish() bool   { return g.Access == AccessPublish || g.Access == AccessAll }
 func (g TopicGrant) Subscribe() bool { return g.Access == AccessSubscribe || g.Access == AccessAll }
 
-// Expand returns g's filter for device id.
+// Expand returns g's filter for device id, as written: check it with
+// For before granting it.
 func (g TopicGrant) Expand(id string) string { return strings.ReplaceAll(g.Filter, "%c", id) }
+
+// For returns g's filter for device id, and an error if that filter
+// would reach what the grant may not (checkGrant's rules, applied once
+// "%c" is the id): a grant whose first level is "%c" names devices/...
+// for a device whose id is "devices", so %c/# would give that device
+// every device's topics. The registry refuses such a grant when it is
+// set, and the broker skips one stored before this check existed.
+func (g TopicGrant) For(id string) (string, error) {
+	f := g.Expand(id)
+	if first, rest, _ := strings.Cut(f, "/"); first == "devices" {
+		if second, _, _ := strings.Cut(rest, "/"); second != id {
+			return f, fmt.Errorf("%q is %q for device %q: under devices/ a grant names only the device's own topics", g.Filter, f, id)
+		}
+	}
+	if g.Publish() {
+		for _, b := range grantBrokerTopics {
+			if b = strings.ReplaceAll(b, "%c", id); topic.Overlap(f, b) {
+				return f, fmt.Errorf("%q is %q for device %q: %s is published by the broker only", g.Filter, f, id, b)
+			}
+		}
+	}
+	return f, nil
+}
 
 // ParseGrant reads the CLI's FILTER:ACCESS form ("tele/%c/#:publish").
 func ParseGrant(s string) (TopicGrant, error) {
@@ -50,9 +74,9 @@ func ParseGrant(s string) (TopicGrant, error) {
 // publishes (SPEC §4): no grant may let the device publish there.
 var grantBrokerTopics = []string{"devices/%c/commands/#", "devices/%c/twin/desired", "devices/%c/status"}
 
-// checkGrants validates a device's grants: at most MaxGrants, each valid
+// checkGrants validates device id's grants: at most MaxGrants, each valid
 // (checkGrant), no filter twice.
-func checkGrants(field string, gs []TopicGrant) error {
+func checkGrants(field, id string, gs []TopicGrant) error {
 	if len(gs) > MaxGrants {
 		return invalid(field, "more than %d grants", MaxGrants)
 	}
@@ -61,6 +85,9 @@ func checkGrants(field string, gs []TopicGrant) error {
 		f := fmt.Sprintf("%s[%d]", field, i)
 		if err := checkGrant(f, g); err != nil {
 			return err
+		}
+		if _, err := g.For(id); err != nil {
+			return invalid(f+".filter", "%v", err)
 		}
 		if seen[g.Filter] {
 			return invalid(f+".filter", "%q is granted twice", g.Filter)

@@ -57,10 +57,10 @@ func TestCheckGrant(t *testing.T) {
 	for i := range many {
 		many[i] = TopicGrant{Filter: "t/" + strings.Repeat("x", i+1), Access: "all"}
 	}
-	if err := checkGrants("topics", many); err == nil {
+	if err := checkGrants("topics", "dev-1", many); err == nil {
 		t.Error("more than MaxGrants accepted")
 	}
-	if err := checkGrants("topics", []TopicGrant{{"a/b", "all"}, {"a/b", "publish"}}); err == nil {
+	if err := checkGrants("topics", "dev-1", []TopicGrant{{"a/b", "all"}, {"a/b", "publish"}}); err == nil {
 		t.Error("a filter granted twice accepted")
 	}
 }
@@ -144,5 +144,42 @@ func TestGrantsStoredAndChanged(t *testing.T) {
 	}
 	if _, gs, _ := r.DeviceAccess("t1"); !reflect.DeepEqual(gs, now) {
 		t.Errorf("cache after reopen: %v", gs)
+	}
+}
+
+// A grant is checked again with the device's id in place of %c: %c/#
+// is devices/# for a device whose id is "devices".
+func TestGrantForDevice(t *testing.T) {
+	for _, tt := range []struct {
+		id, filter, access string
+		ok                 bool
+	}{
+		{"esp-1", "%c/#", "all", true},
+		{"devices", "%c/#", "all", false},
+		{"devices", "%c/#", "subscribe", false},
+		{"devices", "%c/+/telemetry", "publish", false},
+		{"devices", "%c/%c/#", "subscribe", true}, // devices/devices/#: its own
+		{"devices", "%c/%c/commands/#", "publish", false},
+		{"devices", "%c/%c/status", "publish", false},
+		{"devices", "%c/%c/telemetry", "publish", true},
+		{"devices", "x%c/#", "all", true},
+		{"devices", "tele/%c/#", "all", true},
+	} {
+		g := TopicGrant{Filter: tt.filter, Access: tt.access}
+		if err := checkGrant("topics[0]", g); err != nil {
+			t.Fatalf("%q: shape refused: %v", tt.filter, err)
+		}
+		_, err := g.For(tt.id)
+		if (err == nil) != tt.ok {
+			t.Errorf("device %q, %s %q: err %v, want ok=%v", tt.id, tt.access, tt.filter, err, tt.ok)
+		}
+		err = checkGrants("topics", tt.id, []TopicGrant{g})
+		if (err == nil) != tt.ok {
+			t.Errorf("checkGrants: device %q, %q: err %v, want ok=%v", tt.id, tt.filter, err, tt.ok)
+		}
+		var ie *InvalidError
+		if err != nil && !errors.As(err, &ie) {
+			t.Errorf("%q: %T is not an *InvalidError", tt.filter, err)
+		}
 	}
 }

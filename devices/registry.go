@@ -377,7 +377,7 @@ func (r *Registry) createDevices(ctx context.Context, nds []NewDevice, bulk bool
 			err = checkLabels(field(i, "labels"), nd.Labels)
 		}
 		if err == nil {
-			err = checkGrants(field(i, "topics"), nd.Topics)
+			err = checkGrants(field(i, "topics"), nd.ID, nd.Topics)
 		}
 		if err == nil && (r.nameTaken(nd.ID) || seen[nd.ID]) {
 			err = fmt.Errorf("%w: %q is taken by a device or a user", ErrConflict, nd.ID)
@@ -623,7 +623,7 @@ func (r *Registry) updateDevice(ctx context.Context, id string, p DevicePatch) (
 		}
 	}
 	if p.Topics != nil {
-		if err := checkGrants("topics", *p.Topics); err != nil {
+		if err := checkGrants("topics", id, *p.Topics); err != nil {
 			return Device{}, none, err
 		}
 	}
