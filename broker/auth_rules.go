@@ -91,7 +91,9 @@ func (r *rule) binds(c *conn, typ string) bool {
 // expand puts the client id and the username into r's topic. A value
 // that is empty or holds '/', '+' or '#' would change the filter's shape:
 // an allow rule then does not bind the client, and a deny rule binds it
-// with that level widened to '+'.
+// with that level widened to '+'. So does a first level that the values
+// would make "devices" or start with '$': a client id of "devices" must
+// not turn an allow rule on %c/# into every device's topics.
 func (r *rule) expand(clientID, username string) (string, bool) {
 	if !strings.Contains(r.topic, "%") {
 		return r.topic, true
@@ -103,6 +105,10 @@ func (r *rule) expand(clientID, username string) (string, bool) {
 		}
 		cOK := !strings.Contains(l, "%c") || safeLevel(clientID)
 		uOK := !strings.Contains(l, "%u") || safeLevel(username)
+		if cOK && uOK && i == 0 {
+			first := strings.NewReplacer("%c", clientID, "%u", username).Replace(l)
+			cOK = first != "devices" && !strings.HasPrefix(first, "$")
+		}
 		if !cOK || !uOK {
 			if r.allow {
 				return "", false

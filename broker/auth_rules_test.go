@@ -105,6 +105,18 @@ func TestAuthRulesDecide(t *testing.T) {
 	if v := user("vic", devices.RoleViewer, "x/#"); v.allows("clients/x/#", sub) {
 		t.Errorf("allow clients/%%c/# bound client id x/#")
 	}
+	// Nor one that would make the first level devices/ or $...: a rule
+	// on %c/# is not every device's topics for a client id "devices".
+	e.auth.SetRules(mustRules(t, rules.Rule{Effect: "allow", Access: "all", Topic: "%c/#"}))
+	for _, id := range []string{"devices", "$SYS"} {
+		v := user("vic", devices.RoleViewer, id)
+		if v.allows(id+"/d1/twin/reported", pub) {
+			t.Errorf("allow %%c/# bound client id %q", id)
+		}
+	}
+	if v := user("vic", devices.RoleViewer, "v1"); !v.allows("v1/x", pub) {
+		t.Errorf("allow %%c/# did not bind client id v1")
+	}
 	e.auth.SetRules(mustRules(t, rules.Rule{Effect: "deny", Access: "publish", Topic: "private/%c/#"}))
 	e.auth.fresh(bad)
 	e.auth.fresh(admin)
