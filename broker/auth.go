@@ -228,6 +228,11 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return a.refuse(cl, "", packets.ErrNotAuthorized, "no_credentials")
 		}
 		c = a.newConn(devices.Identity{}, true, cl.ID)
+		if a.reg.HasDevice(cl.ID) {
+			// An anonymous client must not take a device's client id
+			// (its session, its command responses).
+			return a.deny(cl, packets.ErrClientIdentifierNotValid, "client_id")
+		}
 	} else {
 		if !a.holdLogin(cl, user) {
 			return a.refuse(cl, user, packets.ErrConnectionRateExceeded, "throttled")
@@ -253,6 +258,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		a.m.wills.WithLabelValues("connect").Inc()
 		return a.deny(cl, packets.ErrNotAuthorized, "will")
 	}
+	a.evictSquatter(cl, c)
 	a.awaitPurge(cl.ID)
 	if !a.claim(cl, c) || !a.claimElsewhere(cl, c) {
 		return a.deny(cl, packets.ErrClientIdentifierNotValid, "session_owner")

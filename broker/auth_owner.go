@@ -135,6 +135,30 @@ func (a *Auth) restoredOwner(cl *mqtt.Client) *conn {
 	return nil
 }
 
+// evictSquatter ends the live connection of another identity (a person,
+// or an anonymous client) that holds a device's client id when that
+// device connects, and marks its session to be purged as it ends: it
+// connected before the device was registered (a device's id is refused
+// to others since), and must not keep the device out nor hand it its
+// session. OnConnect then waits for the purge (awaitPurge), and claim
+// finds the client id free.
+func (a *Auth) evictSquatter(cl *mqtt.Client, c *conn) {
+	if c.anonymous || c.id.Kind != devices.KindDevice || cl.ID != c.id.Name {
+		return
+	}
+	ex, ok := a.srv.Clients.Get(cl.ID)
+	if !ok || ex == cl || ex.Net.Inline || ex.Closed() {
+		return
+	}
+	o := a.conn(ex)
+	if o == nil || o.sameOwner(c) {
+		return
+	}
+	a.log.Info("disconnecting another identity's connection under a device's id", "client", cl.ID, "kind", o.kind())
+	a.markPurge(ex)
+	a.end(ex, packets.ErrSessionTakenOver)
+}
+
 // sameOwner reports whether c and o are one identity.
 func (c *conn) sameOwner(o *conn) bool {
 	if c.anonymous || o.anonymous {

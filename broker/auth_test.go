@@ -309,6 +309,70 @@ func TestAuthAnonymousAllowed(t *testing.T) {
 	}
 	c := authMustClient(t, "tcp://"+e.tcp, "anon-1", "", "")
 	waitToken(t, "subscribe #", c.Subscribe("#", 1, nil))
+	// Not under a device's client id.
+	if got := authRawConnect(t, e.tcp, 5, "d1", "", ""); got != 0x85 {
+		t.Errorf("anonymous with a device's client id: MQTT 5 CONNACK %#x, want 0x85", got)
+	}
+	if got := authRawConnect(t, e.tcp, 4, "d1", "", ""); got != 0x02 {
+		t.Errorf("anonymous with a device's client id: MQTT 3.1.1 CONNACK %#x, want 0x02", got)
+	}
+}
+
+// TestDeviceEvictsSquatter: a client that took an id before a device was
+// registered under it (anonymous here; a person the same) is
+// disconnected when the device connects, and its session purged: the
+// device gets in, without its subscriptions or messages.
+func TestDeviceEvictsSquatter(t *testing.T) {
+	e := startAuthEnv(t, true)
+	lost := make(chan struct{}, 1)
+	o := paho.NewClientOptions().AddBroker("tcp://" + e.tcp).SetClientID("lock-7").
+		SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(false).SetConnectTimeout(10 * time.Second).
+		SetConnectionLostHandler(func(paho.Client, error) { lost <- struct{}{} })
+	sq := paho.NewClient(o)
+	waitToken(t, "squatter connect", sq.Connect())
+	t.Cleanup(func() { sq.Disconnect(0) })
+	waitToken(t, "squatter subscribe", sq.Subscribe("devices/lock-7/commands/#", 1, nil))
+
+	secret := e.device(t, "lock-7")
+	if got := authRawConnect(t, e.tcp, 4, "lock-7", "", ""); got != 0x02 {
+		t.Fatalf("anonymous reconnecting under the now registered id: CONNACK %#x, want 0x02", got)
+	}
+	select {
+	case <-lost:
+		t.Fatal("the squatter was disconnected by a refused connection")
+	default:
+	}
+	// The device connects with clean=false: it must get in, and find no
+	// session (the squatter's subscription is not its).
+	do := paho.NewClientOptions().AddBroker("tcp://" + e.tcp).SetClientID("lock-7").SetUsername("lock-7").SetPassword(secret).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetCleanSession(false).SetConnectTimeout(10 * time.Second)
+	dev := paho.NewClient(do)
+	tok := dev.Connect()
+	waitToken(t, "device connect", tok)
+	t.Cleanup(func() { dev.Disconnect(0) })
+	if tok.(*paho.ConnectToken).SessionPresent() {
+		t.Error("the device inherited the squatter's session")
+	}
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the squatter is still connected")
+	}
+	admin := e.user(t, "root", devices.RoleAdmin)
+	w := authMustClient(t, "tcp://"+e.tcp, "watcher", "root", admin)
+	var in authInbox
+	sub := authMustClient(t, "tcp://"+e.tcp, "anon-w", "", "")
+	waitToken(t, "watch", sub.Subscribe("devices/lock-7/commands/#", 1, in.handler))
+	waitToken(t, "command", w.Publish("devices/lock-7/commands/open", 1, false, `{}`))
+	checkFor(t, 5*time.Second, func() error {
+		if len(in.payloads("devices/lock-7/commands/open")) == 0 {
+			return fmt.Errorf("command not routed")
+		}
+		return nil
+	})
+	if n := e.b.Server.Topics.Subscribers("devices/lock-7/commands/open").Subscriptions; len(n) != 1 {
+		t.Errorf("%d subscribers of the device's commands, want 1 (the watcher): the squatter's subscription stayed", len(n))
+	}
 }
 
 func TestAuthDeviceOverWebSocket(t *testing.T) {

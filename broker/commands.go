@@ -35,6 +35,9 @@ import (
 // does only map lookups on the MQTT goroutines.
 type CommandHook struct {
 	mqtt.HookBase
+	// identifier says which device a client is (SetIdentify): only that
+	// device closes its commands.
+	identifier
 	store *devices.Commands
 	log   *slog.Logger
 	pub   publisher
@@ -141,11 +144,11 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 // responseRefusal says why a response from cl on
 // devices/{device}/responses/{cmdID} may not close that command, or "" if
 // it may: only device {device} itself closes a command addressed to it
-// (SPEC §7). A device's client id is its id, and nobody else may connect
-// with it (the access hook). Responses to no open command go to the store,
-// which counts them as late or unknown.
+// (SPEC §7): the client authenticated as that device (its client id is
+// its id), not any client that chose the id. Responses to no open
+// command go to the store, which counts them as late or unknown.
 func (h *CommandHook) responseRefusal(cl *mqtt.Client, device, cmdID string) string {
-	if cl.ID != device {
+	if cl.ID != device || h.device(cl) != device {
 		return "not_device"
 	}
 	if to, open := h.store.OpenFor(cmdID); open && to != device {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
+
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -196,4 +198,26 @@ func TestCommandFromOperator(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestResponseOnlyFromTheDevice: a response closes a command only from
+// the client that authenticated as the device, not from one that merely
+// has its client id. The access hook lets no other identity hold a
+// device's id (TestDeviceEvictsSquatter), so such a client cannot be
+// made over a socket: the hook is asked directly.
+func TestResponseOnlyFromTheDevice(t *testing.T) {
+	h := &CommandHook{}
+	device, other := &mqtt.Client{ID: "d1"}, &mqtt.Client{ID: "d1"}
+	h.SetIdentify(func(cl *mqtt.Client) (devices.Identity, bool) {
+		if cl == device {
+			return devices.Identity{Kind: devices.KindDevice, Name: "d1"}, true
+		}
+		return devices.Identity{Kind: devices.KindUser, Name: "mallory", Role: devices.RoleAdmin}, true
+	})
+	if got := h.responseRefusal(other, "d1", "cmd-1"); got != "not_device" {
+		t.Errorf("a response from another identity under d1's client id: %q, want not_device", got)
+	}
+	if got := h.responseRefusal(device, "d2", "cmd-1"); got != "not_device" {
+		t.Errorf("d1's response on d2's topic: %q, want not_device", got)
+	}
 }

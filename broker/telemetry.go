@@ -32,9 +32,9 @@ type TelemetryHook struct {
 	store *devices.Telemetry
 	log   *slog.Logger
 
-	// identify says who a client is (Auth.Identity); nil: nobody is a
-	// device, and mapped topics are never stored.
-	identify atomic.Pointer[func(*mqtt.Client) (devices.Identity, bool)]
+	// identifier says who a client is (Auth.Identity); unset: nobody is
+	// a device, and mapped topics are never stored.
+	identifier
 	// maps are telemetry.topics, compiled.
 	maps atomic.Pointer[[]telemetryMap]
 
@@ -66,12 +66,6 @@ func NewTelemetryHook(store *devices.Telemetry, log *slog.Logger) *TelemetryHook
 func (h *TelemetryHook) ID() string { return "tether-telemetry" }
 
 func (h *TelemetryHook) Provides(b byte) bool { return b == mqtt.OnPublished }
-
-// SetIdentify tells the hook who a client is (Auth.Identity), so that a
-// mapped topic is stored only from the device it names.
-func (h *TelemetryHook) SetIdentify(f func(*mqtt.Client) (devices.Identity, bool)) {
-	h.identify.Store(&f)
-}
 
 // TelemetryTopic is one entry of telemetry.topics: topics that firmware
 // publishes to (Tasmota's tele/+/SENSOR, ...) whose payloads are a
@@ -147,10 +141,8 @@ func (h *TelemetryHook) mapped(cl *mqtt.Client, name string) (id string, ok bool
 			continue
 		}
 		self := ""
-		if f := h.identify.Load(); f != nil {
-			if who, known := (*f)(cl); known && who.Kind == devices.KindDevice {
-				self = who.Name
-			}
+		if h.f.Load() != nil { // unset: nobody is a device here
+			self = h.device(cl)
 		}
 		named := self
 		if m.from >= 0 {

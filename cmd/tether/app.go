@@ -285,6 +285,7 @@ func (a *app) newAccess() error {
 		Rules:    a.cfg.Auth.Rules,
 	})
 	a.data.telemetryHook.SetIdentify(a.auth.Identity)
+	a.data.commandHook.SetIdentify(a.auth.Identity)
 	a.data.telemetryHook.SetTopics(telemetryTopics(a.cfg))
 	a.hup = append(a.hup, a.reloadAccess)
 	return nil
