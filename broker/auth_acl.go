@@ -138,6 +138,14 @@ func isSysTopic(topic string) bool {
 // It also notes the filters of a SUBSCRIBE being answered (auth_ban.go).
 func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	a.noteSubscribe(cl, pk)
+	if pk.FixedHeader.Type == packets.Publish && pk.TopicName == "" && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 {
+		// An MQTT 5 PUBLISH by topic alias: the engine checks access
+		// before it puts the alias's topic back, so it would check "" and
+		// refuse it. The topic is put back here; the engine's Set then
+		// finds it unchanged. An alias the client never set stays "" and
+		// is refused.
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, "")
+	}
 	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || !isSysTopic(pk.TopicName) {
 		return pk, nil
 	}

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
 	"time"
 
 	pp "github.com/eclipse/paho.golang/packets"
+
+	"github.com/tether-iot/tether/devices"
 )
 
 // Protocol rules checked byte by byte with an independent codec (paho's
@@ -419,4 +422,67 @@ func subscribe311(id uint16, pairs ...any) []byte {
 		b.WriteByte(byte(pairs[i+1].(int)))
 	}
 	return append(append([]byte{0x82}, vbi(b.Len())...), b.Bytes()...)
+}
+
+// TestMQTT_3_3_2_3_4_TopicAliasChecked: a PUBLISH by topic alias is
+// checked against the alias's topic, for an identity that may publish
+// only some topics (a device): its own topic by alias is accepted and
+// routed; an alias it could only have set to another device's topic
+// (refused, so never set) is refused. The engine checks access before it
+// resolves the alias: without Auth.OnPacketRead putting the topic back,
+// every aliased publish of a device was refused 0x87 (and counted
+// towards a ban).
+func TestMQTT_3_3_2_3_4_TopicAliasChecked(t *testing.T) {
+	e := startAuthEnv(t, false)
+	secret := e.device(t, "al-1")
+	e.device(t, "al-2")
+	admin := e.user(t, "root", devices.RoleAdmin)
+	var all authInbox
+	w := authMustClient(t, "tcp://"+e.tcp, "watcher", "root", admin)
+	waitToken(t, "subscribe", w.Subscribe("devices/#", 1, all.handler))
+
+	code, conn := authRawConnectConn(t, e.tcp, 5, "al-1", "al-1", secret)
+	if code != 0 {
+		t.Fatalf("CONNACK %#x", code)
+	}
+	rc := &rawClient{t: t, c: conn, r: bufio.NewReader(conn)}
+	alias := func(n uint16) *pp.Properties { return &pp.Properties{TopicAlias: &n} }
+	ack := func(what string) byte {
+		t.Helper()
+		a, ok := rc.read(5 * time.Second).Content.(*pp.Puback)
+		if !ok {
+			t.Fatalf("%s: no PUBACK", what)
+		}
+		return a.ReasonCode
+	}
+	rc.send(publish5("devices/al-1/telemetry", 1, 1, `{"t":1}`, alias(1)))
+	if rc := ack("named"); rc != 0 {
+		t.Fatalf("own topic, setting alias 1: PUBACK %#x", rc)
+	}
+	for i := range 3 {
+		rc.send(publish5("", 1, uint16(2+i), `{"t":2}`, alias(1)))
+		if rc := ack("by alias"); rc != 0 {
+			t.Fatalf("own topic by alias 1: PUBACK %#x, want 0", rc)
+		}
+	}
+	rc.send(publish5("devices/al-2/telemetry", 1, 5, `{"t":"forged"}`, alias(2)))
+	if rc := ack("other's"); rc != 0x87 {
+		t.Fatalf("another device's topic, setting alias 2: PUBACK %#x, want 0x87", rc)
+	}
+	rc.send(publish5("", 1, 6, `{"t":"forged"}`, alias(2)))
+	if rc := ack("unset alias"); rc != 0x87 {
+		t.Fatalf("alias 2, never set: PUBACK %#x, want 0x87", rc)
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if n := len(all.payloads("devices/al-1/telemetry")); n != 4 {
+			return fmt.Errorf("%d of 4 publishes routed", n)
+		}
+		return nil
+	})
+	if p := all.payloads("devices/al-2/telemetry"); len(p) != 0 {
+		t.Errorf("forged publishes routed: %v", p)
+	}
+	if p := all.payloads(""); len(p) != 0 {
+		t.Errorf("publishes routed to the empty topic: %v", p)
+	}
 }
