@@ -671,11 +671,19 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 		return nil
 	})
 	// Deleting a device that is not connected clears its status too, and
-	// its retained desired twin, so that a device registered again under
-	// the id starts clean.
+	// every retained message under its topics (its desired and reported
+	// twin, what it retained), so that a device registered again under
+	// the id starts clean. Another device's, whose id starts alike, stay.
 	desired := "devices/plain/twin/desired"
 	if err := e.b.Server.Publish(desired, []byte(`{"version":1,"mode":"eco"}`), true, 1); err != nil {
 		t.Fatal(err)
+	}
+	gone := []string{desired, "devices/plain/twin/reported", "devices/plain/telemetry", "devices/plain/a/b"}
+	kept := "devices/plainx/telemetry"
+	for _, topic := range append(gone[1:], kept) {
+		if err := e.b.Server.Publish(topic, []byte(`{"lat":48.1}`), true, 1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := e.reg.DeleteDevice(ctx, "plain"); err != nil {
 		t.Fatal(err)
@@ -684,11 +692,16 @@ func TestPresenceOfflineAndRevoke(t *testing.T) {
 		if s := authStatuses(t, &in, "plain"); s[len(s)-1].Since != "deleted" {
 			return fmt.Errorf("authStatuses %+v", s)
 		}
-		if _, ok := e.b.Server.Topics.Retained.Get(desired); ok {
-			return fmt.Errorf("retained %s still held", desired)
+		for _, topic := range gone {
+			if _, ok := e.b.Server.Topics.Retained.Get(topic); ok {
+				return fmt.Errorf("retained %s still held", topic)
+			}
 		}
 		return nil
 	})
+	if _, ok := e.b.Server.Topics.Retained.Get(kept); !ok {
+		t.Errorf("retained %s of another device went with plain", kept)
+	}
 }
 
 // authCount reads a counter.

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,12 +53,23 @@ func (a *Auth) offline(cl *mqtt.Client, id string) {
 	a.m.presence.WithLabelValues("offline").Inc()
 }
 
-// clearStatus removes a deleted device's retained status and desired twin
-// (an empty retained message deletes it [MQTT-3.3.1-10]), so that a device
-// registered later under the same id starts clean; its history, commands
-// and twin rows go in the registry's delete transaction (devices.DeviceData).
+// clearStatus removes a deleted device's retained messages: every one
+// under devices/{id}/ (its status, desired and reported twin, whatever it
+// or anyone retained there), an empty retained message deleting each
+// [MQTT-3.3.1-10] through the hooks (the session store, the other nodes),
+// so that a device registered later under the same id starts clean (SPEC
+// §6: "retained state"); its history, commands and twin rows go in the
+// registry's delete transaction (devices.DeviceData). The status and the
+// desired twin are deleted even when this node does not hold them: another
+// node may.
 func (a *Auth) clearStatus(id string) {
-	for _, topic := range []string{StatusTopic(id), "devices/" + id + "/twin/desired"} {
+	topics := []string{StatusTopic(id), "devices/" + id + "/twin/desired"}
+	for _, pk := range a.srv.Topics.Messages("devices/" + id + "/#") {
+		if !slices.Contains(topics, pk.TopicName) {
+			topics = append(topics, pk.TopicName)
+		}
+	}
+	for _, topic := range topics {
 		if err := a.srv.Publish(topic, nil, true, 0); err != nil {
 			a.log.Warn("clear retained", "device", id, "topic", topic, "error", err)
 		}
