@@ -200,6 +200,35 @@ func TestCommandFromOperator(t *testing.T) {
 	})
 }
 
+// TestCommandToUnknownDeviceNotRecorded: a command published over MQTT
+// for an id that names no device is routed but not recorded, and a
+// device registered later under that id does not inherit it.
+func TestCommandToUnknownDeviceNotRecorded(t *testing.T) {
+	ctx := context.Background()
+	n := startDevNode(t, "dev-1")
+	op := n.connect(t, clientKinds[0], "operator", true, nil)
+	op.publish(t, "devices/ghost/commands/reboot", []byte(`{"id":"ghost-1","params":{}}`), 1)
+	op.publish(t, "devices/dev-1/commands/set", []byte(`{"id":"real-1","params":{}}`), 1)
+	checkFor(t, 10*time.Second, func() error { // written in order: ghost-1 was handled before
+		_, err := n.cmds.Get(ctx, "real-1")
+		return err
+	})
+	if c, err := n.cmds.Get(ctx, "ghost-1"); err == nil {
+		t.Fatalf("a command for no device recorded: %+v", c)
+	}
+	if _, _, err := n.reg.CreateDevice(ctx, devices.NewDevice{ID: "ghost"}); err != nil {
+		t.Fatal(err)
+	}
+	if list, _, err := n.cmds.List(ctx, "ghost", 10, ""); err != nil || len(list) != 0 {
+		t.Errorf("the device registered later has commands %+v (%v)", list, err)
+	}
+	op.publish(t, "devices/ghost/commands/reboot", []byte(`{"id":"ghost-2","params":{}}`), 1)
+	checkFor(t, 10*time.Second, func() error {
+		_, err := n.cmds.Get(ctx, "ghost-2")
+		return err
+	})
+}
+
 // TestResponseOnlyFromTheDevice: a response closes a command only from
 // the client that authenticated as the device, not from one that merely
 // has its client id. The access hook lets no other identity hold a

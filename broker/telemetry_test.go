@@ -25,6 +25,7 @@ import (
 type devNode struct {
 	b        *Broker
 	db       *devices.DB
+	reg      *devices.Registry
 	tel      *devices.Telemetry
 	cmds     *devices.Commands
 	twins    *devices.Twins
@@ -51,7 +52,7 @@ func startDevNode(t *testing.T, ids ...string) *devNode {
 			t.Fatal(err)
 		}
 	}
-	n := &devNode{db: db}
+	n := &devNode{db: db, reg: reg}
 	if n.tel, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log, LastValues: reg}); err != nil {
 		t.Fatal(err)
 	}

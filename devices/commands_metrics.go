@@ -7,7 +7,7 @@ type commandMetrics struct {
 	created                                  [2]prometheus.Counter // api, mqtt
 	succeeded, failed, expired, delivered    prometheus.Counter
 	lateResponses, unknownResponses, dropped prometheus.Counter
-	writeErrors                              prometheus.Counter
+	writeErrors, unknownDevice               prometheus.Counter
 	all                                      metrics
 }
 
@@ -20,7 +20,8 @@ func newCommandMetrics(c *Commands) *commandMetrics {
 	created := vec("created_total", "Commands recorded, by where they were sent from.", "source", "api", "mqtt")
 	outcomes := vec("outcomes_total", "Commands closed, by outcome.", "outcome", StatusSucceeded, StatusFailed, StatusExpired)
 	responses := vec("responses_ignored_total", "Responses ignored: late (command already closed) or unknown (no such command).", "reason", "late", "unknown")
-	lost := vec("updates_dropped_total", "Command updates dropped because the write queue was full, or failed to write.", "reason", "queue_full", "write_error")
+	lost := vec("updates_dropped_total", "Command updates dropped because the write queue was full, failed to write, "+
+		"or (commands published over MQTT) named no registered device.", "reason", "queue_full", "write_error", "unknown_device")
 	delivered := prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_commands_delivered_total", Help: "Commands the device received."})
 	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_commands_open", Help: "Commands pending or delivered."}, func() float64 {
 		c.mu.Lock()
@@ -37,6 +38,7 @@ func newCommandMetrics(c *Commands) *commandMetrics {
 		unknownResponses: responses.WithLabelValues("unknown"),
 		dropped:          lost.WithLabelValues("queue_full"),
 		writeErrors:      lost.WithLabelValues("write_error"),
+		unknownDevice:    lost.WithLabelValues("unknown_device"),
 		all:              metrics{created, outcomes, delivered, responses, lost, open},
 	}
 }

@@ -2,6 +2,8 @@ package devices
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -88,6 +90,21 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 	for _, op := range batch {
 		switch op.kind {
 		case 'c':
+			// Published over MQTT to devices/{id}/commands/...: not
+			// recorded for an id that names no device (not registered,
+			// or deleted meanwhile), which a device registered later
+			// under it would otherwise inherit. The API refuses such a
+			// command with 404 before it gets here.
+			var one int
+			switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE id = ?`, op.cmd.DeviceID).Scan(&one); {
+			case errors.Is(err, sql.ErrNoRows):
+				c.m.unknownDevice.Inc()
+				c.log.Debug("command not recorded: no such device", "device", op.cmd.DeviceID, "command", op.cmd.ID)
+				changes = append(changes, change{ID: op.cmd.ID, Done: true})
+				continue
+			case err != nil:
+				return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
+			}
 			res, err := tx.ExecContext(ctx, insertCommand, cmdArgs(op.cmd)...)
 			if err != nil {
 				return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
