@@ -164,11 +164,15 @@ func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 }
 
 // unshare returns the filter of a shared subscription "$share/group/filter".
+// Like the engine (mqtt.IsSharedFilter), it takes $share in any case: a
+// $SHARE/g/secret/# that the engine serves as a shared subscription to
+// secret/# must be checked as secret/#, or a deny rule on it would not
+// bind.
 func unshare(filter string) string {
-	rest, ok := strings.CutPrefix(filter, "$share/")
-	if !ok {
+	if !mqtt.IsSharedFilter(filter) {
 		return filter
 	}
+	_, rest, _ := strings.Cut(filter, "/")
 	if _, f, ok := strings.Cut(rest, "/"); ok {
 		return f
 	}
