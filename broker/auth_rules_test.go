@@ -315,6 +315,32 @@ func TestWillsFollowGrantsAndRules(t *testing.T) {
 	if t1.mayWill("devices/t1/status") {
 		t.Error("a rule opened the broker's status topic to a will")
 	}
+
+	// A will's topic is a topic name: no wildcard, whoever the client.
+	pass := e.user(t, "root", devices.RoleAdmin)
+	admin := e.auth.newConn(devices.Identity{Kind: devices.KindUser, Name: "root", Role: devices.RoleAdmin}, false, "root-1")
+	for _, topic := range []string{"#", "a/+/b", "a/#", ""} {
+		if admin.mayWill(topic) {
+			t.Errorf("an admin's will on %q allowed", topic)
+		}
+	}
+	if !admin.mayWill("a/b") {
+		t.Error("an admin's will on a/b refused")
+	}
+	o := paho.NewClientOptions().AddBroker("tcp://"+e.tcp).SetClientID("root-1").SetUsername("root").SetPassword(pass).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10*time.Second).
+		SetWill("#", "gone", 0, false)
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(15 * time.Second) {
+		t.Fatal("connect with a will on #: timeout")
+	}
+	if tok.Error() == nil {
+		c.Disconnect(0)
+		t.Error("an admin connected with a will on #")
+	} else if rc := tok.(*paho.ConnectToken).ReturnCode(); rc != 0x05 {
+		t.Errorf("will on #: CONNACK %#x, want 0x05", rc)
+	}
 }
 
 // TestGrantNamingAllDevicesRefused: %c/# is devices/# for a device whose

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"strings"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/devices"
@@ -16,6 +18,12 @@ var brokerTopics = []string{"devices/+/commands/#", "devices/+/twin/desired", "d
 // mayWill reports whether c may leave a will on topic (retained or not:
 // the rules are those of a publish, SPEC §5).
 func (c *conn) mayWill(topic string) bool {
+	// A will's topic is a topic name [MQTT-3.1.3-11]: no wildcard, not
+	// empty (nobody could publish to "#": an admin's will there reached
+	// every subscriber of # and +).
+	if topic == "" || strings.ContainsAny(topic, "+#") {
+		return false
+	}
 	return !withinAny(topic, brokerTopics) && c.allows(topic, true)
 }
 
