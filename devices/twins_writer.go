@@ -13,8 +13,8 @@ import (
 )
 
 // RecordReported queues a reported-state patch from device (the payload of
-// devices/{id}/twin/reported). It never blocks; a payload that is not a
-// JSON object, or a full queue, is counted and dropped (false).
+// devices/{id}/twin/reported). It never blocks; a payload CheckTwinPatch
+// refuses, or a full queue, is counted and dropped (false).
 func (t *Twins) RecordReported(device string, patch []byte) bool {
 	if _, err := CheckTwinPatch("reported", patch); err != nil {
 		t.rejected.Inc()
@@ -64,7 +64,8 @@ func (t *Twins) Flush(ctx context.Context) error {
 }
 
 // Stats returns reported patches merged, dropped (queue full) and rejected
-// (not a JSON object).
+// (not a JSON object of MaxTwinPatch bytes and MaxTwinDepth levels at
+// most).
 func (t *Twins) Stats() (merged, dropped, rejected int64) {
 	return count(t.merged), count(t.dropped), count(t.rejected)
 }
