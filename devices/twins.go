@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/internal/logevery"
 )
 
 // twinsSchema is the "twins" component's migrations (DB.Migrate). Times
@@ -85,6 +87,8 @@ type Twins struct {
 	// by outcome (tether_twins_reported_total, metrics.go).
 	merged, dropped, rejected, writeErrors prometheus.Counter
 	reported                               *prometheus.CounterVec
+	// logged throttles the writer's failures: once a minute per device.
+	logged *logevery.Keys
 }
 
 type twinPatch struct {
@@ -111,7 +115,7 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 		return nil, err
 	}
 	t := &Twins{db: db, log: opts.Logger.With("component", "twins"), queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
-		flushes: make(chan chan struct{}), stop: make(chan struct{})}
+		flushes: make(chan chan struct{}), stop: make(chan struct{}), logged: logevery.New(time.Minute)}
 	t.reported = counterVec(prometheus.CounterOpts{Name: "tether_twins_reported_total",
 		Help: "Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object, too large or nested too deep), error (write failed)."},
 		"outcome", "merged", "dropped", "rejected", "error")
