@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/devices/topic"
+	"github.com/tether-iot/tether/internal/logevery"
 )
 
 // TelemetryHook feeds what devices publish as telemetry to the telemetry
@@ -38,10 +38,9 @@ type TelemetryHook struct {
 	// maps are telemetry.topics, compiled.
 	maps atomic.Pointer[[]telemetryMap]
 
-	// logMu guards logged: when a rejection was last logged, by the
-	// publisher's client id (a device's id).
-	logMu  sync.Mutex
-	logged map[string]time.Time
+	// logged is when a rejection was last logged, by the publisher's
+	// client id (a device's id).
+	logged *logevery.Keys
 }
 
 // telemetryMap is one telemetry.topics entry: a topic matching filter is
@@ -60,7 +59,7 @@ func NewTelemetryHook(store *devices.Telemetry, log *slog.Logger) *TelemetryHook
 	if log == nil {
 		log = slog.Default()
 	}
-	return &TelemetryHook{store: store, log: log.With("component", "telemetry"), logged: map[string]time.Time{}}
+	return &TelemetryHook{store: store, log: log.With("component", "telemetry"), logged: logevery.New(rejectLogEvery)}
 }
 
 func (h *TelemetryHook) ID() string { return "tether-telemetry" }
@@ -188,23 +187,8 @@ func level(name string, n int) string {
 // the payload.
 func (h *TelemetryHook) reject(cl *mqtt.Client, id string, pk packets.Packet, err error) {
 	h.store.Reject(err)
-	key := cl.ID // the publisher: for a device, its id
-	now := time.Now()
-	h.logMu.Lock()
-	last, seen := h.logged[key]
-	log := !seen || now.Sub(last) >= rejectLogEvery
-	if log {
-		if len(h.logged) >= 4096 {
-			for k, t := range h.logged {
-				if now.Sub(t) >= rejectLogEvery {
-					delete(h.logged, k)
-				}
-			}
-		}
-		h.logged[key] = now
-	}
-	h.logMu.Unlock()
-	if log {
+	// Keyed by the publisher: for a device, its id.
+	if h.logged.Allow(cl.ID, time.Now()) {
 		h.log.Info("telemetry not stored (first this minute for this device)", "device", id, "client", cl.ID,
 			"topic", pk.TopicName, "reason", devices.RejectReason(err), "bytes", len(pk.Payload))
 	}

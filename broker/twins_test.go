@@ -3,8 +3,13 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/devices"
 )
 
 // TestTwinDesiredRetainedAndDelta: desired state reaches a device that
@@ -50,6 +55,74 @@ func TestTwinDesiredRetainedAndDelta(t *testing.T) {
 			})
 			if _, _, rejected := n.twins.Stats(); rejected != 1 {
 				t.Errorf("rejected %d", rejected)
+			}
+		})
+	}
+}
+
+// TestTwinTooDeepReportedAlongsideOthers: a device that publishes reported
+// patches nested past devices.MaxTwinDepth (and past SQLite's 1,000
+// levels) while another device reports normally: the deep patches are
+// rejected and counted like any other invalid report, and every normal
+// patch, of both devices, is merged in order.
+func TestTwinTooDeepReportedAlongsideOthers(t *testing.T) {
+	for _, k := range []clientKind{clientKinds[0], clientKinds[2]} {
+		t.Run(k.name, func(t *testing.T) {
+			ctx := context.Background()
+			n := startDevNode(t, "dev-ok", "dev-deep")
+			ok := n.connect(t, k, "dev-ok", true, nil)
+			deep := n.connect(t, k, "dev-deep", true, nil)
+			nested := func(depth int) []byte {
+				return []byte(strings.Repeat(`{"a":`, depth) + "1" + strings.Repeat("}", depth))
+			}
+			const rounds = 60
+			var wg sync.WaitGroup
+			errs := make(chan error, 2)
+			wg.Go(func() {
+				for i := range rounds {
+					if err := ok.send("devices/dev-ok/twin/reported", fmt.Appendf(nil, `{"n":%d}`, i+1), 1); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+			wg.Go(func() {
+				for i := range rounds {
+					p := nested(devices.MaxTwinDepth + 1)
+					if i%2 == 0 {
+						p = nested(1001)
+					}
+					if i%10 == 0 {
+						p = fmt.Appendf(nil, `{"m":%d}`, i) // some of its reports are fine
+					}
+					if err := deep.send("devices/dev-deep/twin/reported", p, 1); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			const deepOK = rounds / 10
+			checkFor(t, 5*time.Second, func() error {
+				if err := n.twins.Flush(ctx); err != nil {
+					return err
+				}
+				if merged, _, rejected := n.twins.Stats(); merged != rounds+deepOK || rejected != rounds-deepOK {
+					return errorf("merged %d, rejected %d; want %d, %d", merged, rejected, rounds+deepOK, rounds-deepOK)
+				}
+				return nil
+			})
+			tw, err := n.twins.Get(ctx, "dev-ok")
+			if err != nil || tw.ReportedVersion != rounds || tw.Reported["n"] != float64(rounds) {
+				t.Fatalf("dev-ok: %+v, %v; want version %d", tw, err, rounds)
+			}
+			tw, err = n.twins.Get(ctx, "dev-deep")
+			if err != nil || tw.ReportedVersion != deepOK || len(tw.Reported) != 1 || tw.Reported["m"] != float64(rounds-10) {
+				t.Fatalf("dev-deep: %+v, %v; want version %d with only m", tw, err, deepOK)
 			}
 		})
 	}

@@ -221,6 +221,50 @@ func TestTwinRoutes(t *testing.T) {
 	e.mustStatus(res, body, 404)
 }
 
+// TestTwinDepthRoute: a desired patch nested past devices.MaxTwinDepth
+// (the black-box tester's was 1,001 levels, past SQLite's JSON limit) is
+// a 400 that says why, and changes neither the stored twin nor the
+// retained desired document; one at the limit is merged.
+func TestTwinDepthRoute(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	op, view := e.tokens["operator"], e.tokens["viewer"]
+	res, body := e.do("PATCH", "/devices/dev-1/twin", op, map[string]any{"desired": map[string]any{"rate": 5}})
+	e.mustStatus(res, body, 200)
+	nested := func(depth int) string {
+		return `{"desired":` + strings.Repeat(`{"a":`, depth) + "1" + strings.Repeat("}", depth) + "}"
+	}
+	for _, depth := range []int{devices.MaxTwinDepth + 1, 1000, 1001} {
+		res, body = e.do("PATCH", "/devices/dev-1/twin", op, nested(depth))
+		e.mustStatus(res, body, 400)
+		eb := decode[errorBody](t, body)
+		if want := fmt.Sprintf("nested deeper than %d levels", devices.MaxTwinDepth); eb.Error.Code != codeInvalid || !strings.Contains(eb.Error.Message, want) {
+			t.Fatalf("%d deep: %s, want code %q saying %q", depth, body, codeInvalid, want)
+		}
+	}
+	res, body = e.do("GET", "/devices/dev-1/twin", view, nil)
+	e.mustStatus(res, body, 200)
+	if tw := decode[devices.Twin](t, body); tw.DesiredVersion != 1 || len(tw.Desired) != 1 || tw.Desired["rate"] != 5.0 {
+		t.Fatalf("refused patches changed the twin: %s", body)
+	}
+	dev := e.device(t, "dev-1", "")
+	got := make(chan []byte, 4)
+	dev.Subscribe("devices/dev-1/twin/desired", 1, func(_ paho3.Client, m paho3.Message) { got <- m.Payload() })
+	select {
+	case p := <-got:
+		if string(p) != `{"rate":5,"version":1}` {
+			t.Fatalf("retained desired %s", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no retained desired state")
+	}
+	res, body = e.do("PATCH", "/devices/dev-1/twin", op, nested(devices.MaxTwinDepth))
+	e.mustStatus(res, body, 200)
+	if tw := decode[devices.Twin](t, body); tw.DesiredVersion != 2 || tw.Desired["a"] == nil {
+		t.Fatalf("patch at the limit: %s", body)
+	}
+}
+
 func TestTelemetryRoutes(t *testing.T) {
 	e := newDataEnv(t)
 	e.createDevice(devices.NewDevice{ID: "dev-1"})

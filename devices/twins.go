@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/internal/logevery"
 )
 
 // twinsSchema is the "twins" component's migrations (DB.Migrate). Times
@@ -35,8 +37,17 @@ var twinsSchema = []string{
 	`DROP TRIGGER IF EXISTS twins_device_deleted;`,
 }
 
-// MaxTwinPatch is the largest desired or reported patch, in bytes.
-const MaxTwinPatch = 64 << 10
+// The limits of a desired or reported patch (CheckTwinPatch).
+const (
+	// MaxTwinPatch is the largest patch, in bytes.
+	MaxTwinPatch = 64 << 10
+	// MaxTwinDepth is how deep objects and arrays may nest in a patch
+	// (the patch itself is depth 1). A merge is never deeper than the
+	// deeper of its two documents, so no stored twin is deeper either,
+	// and the database's JSON functions (SQLite's stop at 1,000 levels)
+	// never refuse one.
+	MaxTwinDepth = 32
+)
 
 // Twin is a device's desired and reported state (SPEC §6). Delta holds the
 // desired keys whose reported value differs.
@@ -76,6 +87,8 @@ type Twins struct {
 	// by outcome (tether_twins_reported_total, metrics.go).
 	merged, dropped, rejected, writeErrors prometheus.Counter
 	reported                               *prometheus.CounterVec
+	// logged throttles the writer's failures: once a minute per device.
+	logged *logevery.Keys
 }
 
 type twinPatch struct {
@@ -102,9 +115,9 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 		return nil, err
 	}
 	t := &Twins{db: db, log: opts.Logger.With("component", "twins"), queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
-		flushes: make(chan chan struct{}), stop: make(chan struct{})}
+		flushes: make(chan chan struct{}), stop: make(chan struct{}), logged: logevery.New(time.Minute)}
 	t.reported = counterVec(prometheus.CounterOpts{Name: "tether_twins_reported_total",
-		Help: "Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object), error (write failed)."},
+		Help: "Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object, too large or nested too deep), error (write failed)."},
 		"outcome", "merged", "dropped", "rejected", "error")
 	t.merged, t.dropped = t.reported.WithLabelValues("merged"), t.reported.WithLabelValues("dropped")
 	t.rejected, t.writeErrors = t.reported.WithLabelValues("rejected"), t.reported.WithLabelValues("error")
@@ -121,21 +134,59 @@ func (t *Twins) Close() error {
 }
 
 // CheckTwinPatch validates a merge patch: a JSON object of at most
-// MaxTwinPatch bytes. field names the patch in errors. Desired state may
-// not use the key "version", which the published document carries.
+// MaxTwinPatch bytes, nested at most MaxTwinDepth levels. field names the
+// patch in errors. Desired state may not use the key "version", which the
+// published document carries. It is the one check of desired patches (the
+// API) and reported ones (MQTT).
 func CheckTwinPatch(field string, patch []byte) (map[string]any, error) {
 	if len(patch) > MaxTwinPatch {
 		return nil, invalid(field, "larger than %d bytes", MaxTwinPatch)
 	}
 	p := bytes.TrimSpace(patch)
+	if len(p) == 0 || p[0] != '{' {
+		return nil, invalid(field, "must be a JSON object")
+	}
+	if jsonDeeperThan(p, MaxTwinDepth) {
+		return nil, invalid(field, "objects and arrays nested deeper than %d levels", MaxTwinDepth)
+	}
 	var m map[string]any
-	if len(p) == 0 || p[0] != '{' || json.Unmarshal(p, &m) != nil {
+	if json.Unmarshal(p, &m) != nil {
 		return nil, invalid(field, "must be a JSON object")
 	}
 	if _, ok := m["version"]; ok && field == "desired" {
 		return nil, invalid(field, `"version" is reserved`)
 	}
 	return m, nil
+}
+
+// jsonDeeperThan reports whether objects and arrays nest deeper than
+// limit levels in the JSON text p (brackets inside strings do not count). It
+// reads p once and never recurses, so it runs before p is decoded;
+// whether p is valid JSON is for the decoder to say.
+func jsonDeeperThan(p []byte, limit int) bool {
+	depth, inString, escaped := 0, false, false
+	for _, c := range p {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			if depth++; depth > limit {
+				return true
+			}
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return false
 }
 
 // Get returns device's twin; a device without one has an empty twin at

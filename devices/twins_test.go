@@ -1,0 +1,239 @@
+package devices
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// deepPatch is a patch nested depth levels deep, the patch itself
+// included: {"a":{"a":...{"a":1}...}}.
+func deepPatch(depth int) []byte {
+	return []byte(strings.Repeat(`{"a":`, depth) + "1" + strings.Repeat("}", depth))
+}
+
+// deepArrayPatch is the same with arrays below the top object:
+// {"a":[[...[1]...]]}.
+func deepArrayPatch(depth int) []byte {
+	return []byte(`{"a":` + strings.Repeat("[", depth-1) + "1" + strings.Repeat("]", depth-1) + "}")
+}
+
+// jsonDepth is how deep objects and arrays nest in v, as encoding/json
+// decodes it: the oracle of jsonDeeperThan.
+func jsonDepth(v any) int {
+	d := 0
+	switch v := v.(type) {
+	case map[string]any:
+		for _, e := range v {
+			d = max(d, jsonDepth(e))
+		}
+	case []any:
+		for _, e := range v {
+			d = max(d, jsonDepth(e))
+		}
+	default:
+		return 0
+	}
+	return d + 1
+}
+
+func TestCheckTwinPatchDepth(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		patch []byte
+		ok    bool
+	}{
+		{"objects at the limit", deepPatch(MaxTwinDepth), true},
+		{"objects past the limit", deepPatch(MaxTwinDepth + 1), false},
+		{"arrays at the limit", deepArrayPatch(MaxTwinDepth), true},
+		{"arrays past the limit", deepArrayPatch(MaxTwinDepth + 1), false},
+		{"SQLite's limit", deepPatch(1000), false},
+		{"past SQLite's limit", deepPatch(1001), false},
+		{"past encoding/json's limit", deepPatch(10001), false},
+		{"wide, not deep", []byte(`{"a":{"b":1},"c":[{},{}],"d":[[1],[2]]}`), true},
+		{"brackets in strings", []byte(`{"a":"` + strings.Repeat("{[", 100) + `"}`), true},
+		{"escaped quotes in strings", []byte(`{"a\"{":"\\\\\"` + strings.Repeat("[", 100) + `\""}`), true},
+		{"deep after an escaped quote", []byte(`{"b":"\"",` + string(deepPatch(MaxTwinDepth + 1)[1:])), false},
+		{"at the limit after an escaped quote", []byte(`{"b":"\"",` + string(deepPatch(MaxTwinDepth)[1:])), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, field := range []string{"desired", "reported"} {
+				_, err := CheckTwinPatch(field, tc.patch)
+				if tc.ok != (err == nil) {
+					t.Fatalf("%s: %v", field, err)
+				}
+				var inv *InvalidError
+				if err != nil && (!errors.As(err, &inv) || inv.Field != field) {
+					t.Fatalf("%s: not an InvalidError of the field: %#v", field, err)
+				}
+			}
+		})
+	}
+	_, err := CheckTwinPatch("reported", deepPatch(MaxTwinDepth+1))
+	if want := "nested deeper than 32 levels"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %q does not say %q", err, want)
+	}
+}
+
+// TestTwinDepthLimit: a desired or reported patch past MaxTwinDepth (or
+// past SQLite's 1,000 levels) is refused as invalid and changes nothing;
+// one at the limit is merged.
+func TestTwinDepthLimit(t *testing.T) {
+	ctx := context.Background()
+	tw, err := OpenTwins(ctx, openTestDB(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tw.Close()
+	if _, err := tw.PatchDesired(ctx, "d1", []byte(`{"mode":"eco"}`)); err != nil {
+		t.Fatal(err)
+	}
+	tw.RecordReported("d1", []byte(`{"mode":"eco"}`))
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before, err := tw.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, depth := range []int{MaxTwinDepth + 1, 1001} {
+		var inv *InvalidError
+		if _, err := tw.PatchDesired(ctx, "d1", deepPatch(depth)); !errors.As(err, &inv) {
+			t.Fatalf("desired %d deep: %v", depth, err)
+		}
+		if tw.RecordReported("d1", deepPatch(depth)) {
+			t.Fatalf("reported %d deep queued", depth)
+		}
+	}
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tw.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalJSON(t, before, after) {
+		t.Fatalf("refused patches changed the twin: %+v, then %+v", before, after)
+	}
+	if merged, _, rejected := tw.Stats(); merged != 1 || rejected != 2 {
+		t.Fatalf("merged %d, rejected %d; want 1, 2", merged, rejected)
+	}
+
+	got, err := tw.PatchDesired(ctx, "d1", deepPatch(MaxTwinDepth))
+	if err != nil || got.DesiredVersion != 2 {
+		t.Fatalf("desired at the limit: %+v, %v", got, err)
+	}
+	if !tw.RecordReported("d1", deepPatch(MaxTwinDepth)) {
+		t.Fatal("reported at the limit refused")
+	}
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = tw.Get(ctx, "d1"); err != nil || got.ReportedVersion != 2 || jsonDepth(got.Reported) != MaxTwinDepth {
+		t.Fatalf("reported at the limit: %+v, %v", got, err)
+	}
+}
+
+// TestTwinMergeStaysWithinDepth: patches at the limit merged into a
+// stored twin at the limit, along the same path and across it, never make
+// it deeper than MaxTwinDepth (a merge is as deep as the deeper of its
+// two documents), so what is stored always passes CheckTwinPatch.
+func TestTwinMergeStaysWithinDepth(t *testing.T) {
+	ctx := context.Background()
+	tw, err := OpenTwins(ctx, openTestDB(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tw.Close()
+	// Along "a" all the way down, then patches that branch off at
+	// several levels with a subtree as deep as allowed, replace a
+	// leaf with an object, and an object with an array.
+	patches := [][]byte{deepPatch(MaxTwinDepth)}
+	for _, at := range []int{1, 2, MaxTwinDepth / 2, MaxTwinDepth - 1} {
+		// Down at levels along "a", then "b": a subtree reaching the limit.
+		sub := deepPatch(MaxTwinDepth - at)
+		patches = append(patches, []byte(strings.Repeat(`{"a":`, at-1)+`{"b":`+string(sub)+`}`+strings.Repeat("}", at-1)))
+	}
+	patches = append(patches, deepArrayPatch(MaxTwinDepth), []byte(`{"a":null}`), deepPatch(MaxTwinDepth))
+	for i, p := range patches {
+		if _, err := CheckTwinPatch("desired", p); err != nil {
+			t.Fatalf("patch %d: %v", i, err)
+		}
+		got, err := tw.PatchDesired(ctx, "d1", p)
+		if err != nil {
+			t.Fatalf("desired patch %d: %v", i, err)
+		}
+		if !tw.RecordReported("d1", p) {
+			t.Fatalf("reported patch %d refused", i)
+		}
+		if err := tw.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got, err = tw.Get(ctx, "d1"); err != nil || got.ReportedVersion != int64(i+1) {
+			t.Fatalf("after patch %d: %+v, %v", i, got, err)
+		}
+		for _, doc := range []map[string]any{got.Desired, got.Reported} {
+			b, _ := json.Marshal(doc)
+			if d := jsonDepth(doc); d > MaxTwinDepth {
+				t.Fatalf("after patch %d the stored twin is %d deep: %s", i, d, b)
+			}
+			if _, err := CheckTwinPatch("reported", b); err != nil {
+				t.Fatalf("after patch %d the stored twin fails the check: %v", i, err)
+			}
+		}
+	}
+}
+
+// equalJSON compares two twins as JSON.
+func equalJSON(t *testing.T, a, b Twin) bool {
+	t.Helper()
+	ja, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(ja, jb)
+}
+
+// FuzzCheckTwinPatch: whatever CheckTwinPatch accepts is a JSON object,
+// as encoding/json reads it, nested at most MaxTwinDepth levels; what it
+// refuses is an InvalidError; and its depth check agrees with the depth
+// of what encoding/json decodes.
+func FuzzCheckTwinPatch(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":1}`, `[]`, `{"a":{"b":[1,{"c":null}]}}`, `{"a":"{[\"]}"}`, `{"version":1}`,
+		string(deepPatch(MaxTwinDepth)), string(deepPatch(MaxTwinDepth + 1)), string(deepArrayPatch(MaxTwinDepth + 1)), string(deepPatch(1001))} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		m, err := CheckTwinPatch("reported", in)
+		var v any
+		// CheckTwinPatch trims Unicode white space, not only JSON's.
+		decoded := json.Unmarshal(bytes.TrimSpace(in), &v) == nil
+		_, isObject := v.(map[string]any)
+		if decoded && jsonDeeperThan(in, MaxTwinDepth) != (jsonDepth(v) > MaxTwinDepth) {
+			t.Fatalf("%q: the scan says deeper than %d: %v; the decoder reads %d levels", in, MaxTwinDepth, !(jsonDepth(v) > MaxTwinDepth), jsonDepth(v))
+		}
+		if err != nil {
+			var inv *InvalidError
+			if !errors.As(err, &inv) {
+				t.Fatalf("%q: %#v is not an InvalidError", in, err)
+			}
+			if decoded && isObject && len(in) <= MaxTwinPatch && jsonDepth(v) <= MaxTwinDepth {
+				t.Fatalf("%q: a valid object %d deep refused: %v", in, jsonDepth(v), err)
+			}
+			return
+		}
+		if !decoded || !isObject || m == nil {
+			t.Fatalf("%q accepted, not a JSON object", in)
+		}
+		if d := jsonDepth(v); d > MaxTwinDepth {
+			t.Fatalf("%q accepted, %d deep", in, d)
+		}
+	})
+}
