@@ -1,6 +1,3 @@
-// Package logevery decides when a repeated event may be logged again: the
-// first time for each key (a device, a client), then at most once per
-// interval, so that one client repeating a fault cannot flood the log.
 package logevery
 
 import (
