@@ -27,7 +27,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	mqttAddr := fs.String("mqtt-addr", "127.0.0.1:1883", "MQTT over TCP address")
 	n := fs.Int("devices", 12, "number of simulated devices")
 	profile := fs.String("profile", "", "fleet file (YAML) or a built-in profile name (default: all three built-in profiles)")
-	interval := fs.Duration("interval", 0, "telemetry period of every device (default: each profile's, 5 to 15 s)")
+	interval := durationFlag(fs, "interval", 0, "telemetry period of every device (default: each profile's, 5 to 15 s)")
 	logLevel := fs.String("log-level", "warn", "server log level on stderr: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
