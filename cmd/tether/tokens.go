@@ -19,7 +19,7 @@ func runTokens(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	usage := func(w io.Writer) {
 		fmt.Fprintln(w, "Usage: tether tokens COMMAND [flags]\n\nCommands:")
 		fmt.Fprintln(w, "  list    list API tokens (an admin sees everyone's): tokens list [--user NAME]")
-		fmt.Fprintln(w, "  create  create a token, shown once: tokens create NAME [--user NAME] [--ttl 720h|0]")
+		fmt.Fprintln(w, "  create  create a token, shown once: tokens create NAME [--user NAME] [--ttl 30d|0]")
 		fmt.Fprintln(w, "  revoke  revoke a token; its MQTT connections close: tokens revoke ID")
 		fmt.Fprintln(w, "\nEach takes --server URL (TETHER_SERVER), --token TOKEN (TETHER_TOKEN) and --json;")
 		fmt.Fprintln(w, "without them, the login saved by tether login.")
