@@ -217,6 +217,11 @@ func (a *app) openDB() (err error) {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.db.Close() })
+	// For tether backup and restore, which read neither the flags nor
+	// the configuration file: where this server's data is.
+	if err := markStorage(a.cfg.DataDir, a.db.Dialect == database.Postgres); err != nil {
+		a.log.Warn("data directory: cannot record where the data is for tether backup and restore", "file", postgresMark, "error", err)
+	}
 	if err := devices.CheckDataDir(a.cfg.DataDir); err != nil {
 		a.log.Warn("data directory is readable by other users", "error", err)
 	}
