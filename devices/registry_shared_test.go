@@ -196,12 +196,13 @@ func TestEnsureAdminTwoNodesAtOnce(t *testing.T) {
 	a, b := twoNodes(t)
 	var wg sync.WaitGroup
 	gen := make([]string, 2)
+	created := make([]bool, 2)
 	errs := make([]error, 2)
 	for i, r := range []*Registry{a, b} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			gen[i], errs[i] = r.EnsureAdmin(context.Background(), "")
+			gen[i], created[i], errs[i] = r.EnsureAdmin(context.Background(), "")
 		}()
 	}
 	wg.Wait()
@@ -210,6 +211,9 @@ func TestEnsureAdminTwoNodesAtOnce(t *testing.T) {
 	}
 	if (gen[0] == "") == (gen[1] == "") {
 		t.Fatalf("generated passwords %q and %q: want exactly one", gen[0], gen[1])
+	}
+	if created[0] == created[1] || created[0] != (gen[0] != "") {
+		t.Fatalf("created %v, generated %q and %q: want the one that generated", created, gen[0], gen[1])
 	}
 	pw := gen[0] + gen[1]
 	for _, r := range []*Registry{a, b} {

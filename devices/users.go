@@ -293,13 +293,16 @@ func (r *Registry) AuthenticateUser(ctx context.Context, username, password stri
 // EnsureAdmin creates user "admin" with role admin when there are no users
 // at all (the first start). Its password is envPassword when that is not
 // empty (TETHER_ADMIN_PASSWORD), else a random one which is returned so
-// the caller can print it once. Returns "" when nothing was generated.
-func (r *Registry) EnsureAdmin(ctx context.Context, envPassword string) (generated string, err error) {
+// the caller can print it once. generated is "" when nothing was
+// generated; created says whether this call made the user, so a caller
+// given envPassword can tell that it was not used (there were users
+// already, or another node on a shared database made admin first).
+func (r *Registry) EnsureAdmin(ctx context.Context, envPassword string) (generated string, created bool, err error) {
 	r.mu.RLock()
 	n := len(r.users)
 	r.mu.RUnlock()
 	if n > 0 {
-		return "", nil
+		return "", false, nil
 	}
 	password := envPassword
 	if password == "" {
@@ -310,12 +313,12 @@ func (r *Registry) EnsureAdmin(ctx context.Context, envPassword string) (generat
 		if r.shared() && errors.Is(err, ErrConflict) {
 			// Another node, starting at the same time, made it.
 			r.refreshName(ctx, AdminUser)
-			return "", nil
+			return "", false, nil
 		}
-		return "", fmt.Errorf("ensure admin (TETHER_ADMIN_PASSWORD): %w", err)
+		return "", false, fmt.Errorf("ensure admin (TETHER_ADMIN_PASSWORD): %w", err)
 	}
 	r.log.Info("first start: created user", "user", AdminUser, "role", RoleAdmin, "password_from_env", envPassword != "")
-	return generated, nil
+	return generated, true, nil
 }
 
 // SetPasswordCost sets the bcrypt cost of password hashes made from now

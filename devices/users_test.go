@@ -13,12 +13,12 @@ import (
 func TestUsersAndAdmin(t *testing.T) {
 	r, _ := openTestRegistry(t)
 	ctx := context.Background()
-	gen, err := r.EnsureAdmin(ctx, "")
-	if err != nil || len(gen) < 16 {
-		t.Fatalf("first admin: %q %v", gen, err)
+	gen, created, err := r.EnsureAdmin(ctx, "")
+	if err != nil || len(gen) < 16 || !created {
+		t.Fatalf("first admin: %q %v %v", gen, created, err)
 	}
-	if again, err := r.EnsureAdmin(ctx, ""); err != nil || again != "" {
-		t.Fatalf("second EnsureAdmin: %q %v", again, err)
+	if again, created, err := r.EnsureAdmin(ctx, ""); err != nil || again != "" || created {
+		t.Fatalf("second EnsureAdmin: %q %v %v", again, created, err)
 	}
 	if u, err := r.AuthenticateUser(ctx, AdminUser, gen); err != nil || u.Role != RoleAdmin {
 		t.Fatalf("admin login: %+v %v", u, err)
@@ -65,12 +65,19 @@ func TestUsersAndAdmin(t *testing.T) {
 func TestEnsureAdminFromEnv(t *testing.T) {
 	r, _ := openTestRegistry(t)
 	ctx := context.Background()
-	gen, err := r.EnsureAdmin(ctx, "from-the-env")
-	if err != nil || gen != "" {
-		t.Fatalf("%q %v", gen, err)
+	gen, created, err := r.EnsureAdmin(ctx, "from-the-env")
+	if err != nil || gen != "" || !created {
+		t.Fatalf("%q %v %v", gen, created, err)
 	}
 	if id, err := r.Authenticate(ctx, AdminUser, "from-the-env"); err != nil || id.Role != RoleAdmin || id.Via != "password" {
 		t.Fatalf("%+v %v", id, err)
+	}
+	// Users exist: a second password is not used, and the caller is told.
+	if gen, created, err := r.EnsureAdmin(ctx, "another-password"); err != nil || gen != "" || created {
+		t.Fatalf("again: %q %v %v", gen, created, err)
+	}
+	if _, err := r.Authenticate(ctx, AdminUser, "another-password"); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("the second password works: %v", err)
 	}
 }
 

@@ -217,6 +217,11 @@ func (a *app) openDB() (err error) {
 		return err
 	}
 	a.onStop(func(context.Context) error { return a.db.Close() })
+	// For tether backup and restore, which read neither the flags nor
+	// the configuration file: where this server's data is.
+	if err := markStorage(a.cfg.DataDir, a.db.Dialect == database.Postgres); err != nil {
+		a.log.Warn("data directory: cannot record where the data is for tether backup and restore", "file", postgresMark, "error", err)
+	}
 	if err := devices.CheckDataDir(a.cfg.DataDir); err != nil {
 		a.log.Warn("data directory is readable by other users", "error", err)
 	}
@@ -235,7 +240,8 @@ func (a *app) openRegistry() (err error) {
 	if err := a.registry.SetNode(context.Background(), a.nodeName()); err != nil {
 		return err
 	}
-	generated, err := a.registry.EnsureAdmin(context.Background(), os.Getenv("TETHER_ADMIN_PASSWORD"))
+	envPassword := os.Getenv("TETHER_ADMIN_PASSWORD")
+	generated, created, err := a.registry.EnsureAdmin(context.Background(), envPassword)
 	if err != nil {
 		return err
 	}
@@ -244,7 +250,30 @@ func (a *app) openRegistry() (err error) {
 			"change it or keep it safe (set TETHER_ADMIN_PASSWORD on first start to choose it)",
 			"user", devices.AdminUser, "password", generated)
 	}
+	if envPassword != "" && !created {
+		a.warnAdminPasswordIgnored(envPassword)
+	}
 	return nil
+}
+
+// warnAdminPasswordIgnored says that TETHER_ADMIN_PASSWORD was not used:
+// the database had users already, and it sets only the first admin's
+// password. Nothing is said when it is admin's password anyway (a
+// deployment that keeps the variable set from its first start), since
+// logging in with it works. The password itself is never logged.
+func (a *app) warnAdminPasswordIgnored(envPassword string) {
+	if _, err := a.registry.AuthenticateUser(context.Background(), devices.AdminUser, envPassword); err == nil {
+		return
+	}
+	where := "data directory " + a.cfg.DataDir
+	if a.db.Dialect == database.Postgres {
+		where = "PostgreSQL database"
+	}
+	a.log.Warn("TETHER_ADMIN_PASSWORD is ignored: the "+where+" already has users, and it sets only the password "+
+		"of the first admin, created on the first start with an empty database; it is not admin's password. "+
+		"To change a password, log in as an admin and run tether users passwd NAME (or PATCH /api/v1/users/{name}); "+
+		"to start afresh with this password, use an empty data directory (--data-dir)",
+		"user", devices.AdminUser)
 }
 
 // openDeviceData opens telemetry history, commands, twins and the audit

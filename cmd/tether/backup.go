@@ -41,12 +41,12 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		flags.Usage()
 		return errUsage
 	}
-	if err := onPostgres("backup"); err != nil {
-		return err
-	}
 	dir := *dataDir
 	if dir == "" {
 		dir = dataDirFromEnv()
+	}
+	if err := onPostgres("backup", dir); err != nil {
+		return err
 	}
 	n, err := backupDB(ctx, filepath.Join(dir, devices.FileName), flags.Arg(0))
 	if err != nil {
@@ -133,20 +133,51 @@ func checkIntegrity(ctx context.Context, path string) error {
 
 func defaultDataDir() string { return configs.Default().DataDir }
 
-// dataDirFromEnv is TETHER_DATA_DIR, or the default data directory.
-// onPostgres refuses a backup or restore where the server keeps its
-// registry in PostgreSQL (TETHER_STORAGE_POSTGRES_URL set): the SQLite
-// files of the data directory are not its data there, and copying them
-// would look like a backup while saving nothing that counts.
-func onPostgres(cmd string) error {
-	if v, ok := os.LookupEnv("TETHER_STORAGE_POSTGRES_URL"); !ok || v == "" {
+// onPostgres refuses a backup or restore of data directory dir where the
+// server keeps its registry in PostgreSQL: TETHER_STORAGE_POSTGRES_URL
+// set here, or the mark the server leaves in its data directory
+// (postgresMark) whichever way it was given the URL (--postgres, the
+// configuration file, the variable). The SQLite files of the data
+// directory are not its data there, and copying them would look like a
+// backup while saving nothing that counts.
+func onPostgres(cmd, dir string) error {
+	const what = "the registry, users, tokens, commands, twins, telemetry (and, in a cluster, the MQTT sessions) are in PostgreSQL, " +
+		"which tether %s does not cover; use pg_dump and pg_restore (e.g. pg_dump --format=custom --file tether.dump %s)"
+	if v, ok := os.LookupEnv("TETHER_STORAGE_POSTGRES_URL"); ok && v != "" {
+		return fmt.Errorf("%s: TETHER_STORAGE_POSTGRES_URL is set: "+what+", or unset the variable to %s the SQLite files of a data directory",
+			cmd, cmd, `"$TETHER_STORAGE_POSTGRES_URL"`, cmd)
+	}
+	mark := filepath.Join(dir, postgresMark)
+	if !fileExists(mark) {
 		return nil
 	}
-	return fmt.Errorf("%s: TETHER_STORAGE_POSTGRES_URL is set: the registry, users, tokens, commands, twins, telemetry "+
-		"(and, in a cluster, the MQTT sessions) are in PostgreSQL, which tether %s does not cover; use pg_dump and pg_restore "+
-		"(e.g. pg_dump --format=custom --file tether.dump \"$TETHER_STORAGE_POSTGRES_URL\"), or unset the variable to %s the SQLite files of a data directory", cmd, cmd, cmd)
+	return fmt.Errorf("%s: the server of data directory %s was started with PostgreSQL (--postgres, storage.postgres_url "+
+		"or TETHER_STORAGE_POSTGRES_URL; %s says so): "+what+"; a server started on this directory without PostgreSQL removes %s",
+		cmd, dir, mark, cmd, "URL, the server's PostgreSQL URL", postgresMark)
 }
 
+// postgresMark is the file in the data directory that says its server
+// keeps its data in PostgreSQL, for tether backup and restore, which do
+// not read the server's flags or configuration file. It holds no URL.
+const postgresMark = "tether.postgresql"
+
+// markStorage leaves postgresMark in dir when the server's data is in
+// PostgreSQL, and removes it when it is in dir's SQLite files.
+func markStorage(dir string, postgres bool) error {
+	mark := filepath.Join(dir, postgresMark)
+	if !postgres {
+		if err := os.Remove(mark); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return os.WriteFile(mark, []byte("The tether server of this data directory keeps its registry, users, tokens, commands, twins and\n"+
+		"telemetry in PostgreSQL (--postgres, storage.postgres_url or TETHER_STORAGE_POSTGRES_URL), not in SQLite\n"+
+		"files here: tether backup and restore refuse this directory; back PostgreSQL up with pg_dump.\n"+
+		"A server started here without PostgreSQL removes this file.\n"), devices.FileMode)
+}
+
+// dataDirFromEnv is TETHER_DATA_DIR, or the default data directory.
 func dataDirFromEnv() string {
 	if v, ok := os.LookupEnv("TETHER_DATA_DIR"); ok && v != "" {
 		return v

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testpg"
 )
 
 // TestBackupFileMode: a backup holds what the database holds (password
@@ -105,5 +107,54 @@ func TestBackupOnPostgresRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(dst); err == nil {
 		t.Fatal("a backup was written")
+	}
+}
+
+// TestBackupOnPostgresFlagRefused: a server given PostgreSQL by its flag
+// or configuration file (not the variable, which backup would see) marks
+// its data directory, so backup and restore there explain PostgreSQL and
+// pg_dump, as with TETHER_STORAGE_POSTGRES_URL, rather than "no
+// database". A server started on the directory with SQLite removes the
+// mark, and backup works again.
+func TestBackupOnPostgresFlagRefused(t *testing.T) {
+	pg := testpg.New(t)
+	t.Setenv("TETHER_STORAGE_POSTGRES_URL", "")
+	cfg := testConfig(t)
+	cfg.Storage.PostgresURL = pg.NewDatabase(t) // as --postgres sets it
+	start := func(cfg configs.Config) {
+		t.Helper()
+		a := startTestApp(t, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(cfg)
+	dst := filepath.Join(t.TempDir(), "backup.db")
+	for _, run := range []func(context.Context, []string, io.Writer, io.Writer) error{runBackup, runRestore} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), []string{"--data-dir", cfg.DataDir, dst}, &out, &errb)
+		if err == nil {
+			t.Fatalf("on PostgreSQL: no error (%s%s)", out.String(), errb.String())
+		}
+		for _, want := range []string{"started with PostgreSQL (--postgres", "are in PostgreSQL", "pg_dump"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%q lacks %q", err, want)
+			}
+		}
+		if strings.Contains(err.Error(), "no database") || strings.Contains(err.Error(), "postgres://") {
+			t.Errorf("%q", err)
+		}
+	}
+	if _, err := os.Stat(dst); err == nil {
+		t.Fatal("a backup was written")
+	}
+
+	cfg.Storage.PostgresURL = ""
+	start(cfg)
+	var out, errb bytes.Buffer
+	if err := runBackup(context.Background(), []string{"--data-dir", cfg.DataDir, dst}, &out, &errb); err != nil {
+		t.Fatalf("backup after a start on SQLite: %v", err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/tether-iot/tether/configs"
@@ -28,7 +27,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	mqttAddr := fs.String("mqtt-addr", "127.0.0.1:1883", "MQTT over TCP address")
 	n := fs.Int("devices", 12, "number of simulated devices")
 	profile := fs.String("profile", "", "fleet file (YAML) or a built-in profile name (default: all three built-in profiles)")
-	interval := fs.Duration("interval", 0, "telemetry period of every device (default: each profile's, 5 to 15 s)")
+	interval := durationFlag(fs, "interval", 0, "telemetry period of every device (default: each profile's, 5 to 15 s)")
 	logLevel := fs.String("log-level", "warn", "server log level on stderr: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -39,6 +38,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if *n < 1 || *n > 10000 {
 		return fmt.Errorf("--devices %d: want 1 to 10000", *n)
+	}
+	// The fleet registers through the API and connects over MQTT TCP:
+	// the demo cannot run without either listener.
+	for _, l := range []struct{ flag, addr, why string }{
+		{"--http-addr", *httpAddr, "the dashboard, and the API the simulated fleet registers through"},
+		{"--mqtt-addr", *mqttAddr, "the simulated fleet connects over MQTT TCP"},
+	} {
+		if strings.EqualFold(strings.TrimSpace(l.addr), configs.Off) {
+			return fmt.Errorf("%s off: the demo needs this listener (%s); give an address, e.g. %s 127.0.0.1:0 for a free port", l.flag, l.why, l.flag)
+		}
 	}
 	fleet, err := simulator.LoadFleet(*profile)
 	if err != nil {
@@ -67,8 +76,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	log := newLogger(cfg.Log, stderr)
 	a, err := startApp(cfg, log)
-	if errors.Is(err, syscall.EADDRINUSE) {
-		return fmt.Errorf("%w\n(a server already runs there? choose other ports, e.g. --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 for free ones)", err)
+	if le := (*listenerError)(nil); errors.As(err, &le) {
+		// The demo's own advice: it has neither the TETHER_* listener
+		// variables nor a configuration file, only these two flags.
+		return demoListenError(le)
 	}
 	if err != nil {
 		return err
@@ -131,6 +142,27 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	return errors.Join(failed, stop())
 }
+
+// demoListenError explains a listener of the demo's that could not bind
+// with what moves it: its flag (the demo reads no TETHER_* listener
+// variable and no configuration file).
+func demoListenError(le *listenerError) error {
+	flagName := map[string]string{"http.addr": "--http-addr", "mqtt.addr": "--mqtt-addr"}[le.key]
+	if flagName == "" { // not one of the demo's listeners: serve's words
+		return le
+	}
+	return &demoListenerError{le, fmt.Sprintf("%s listener on %s: %s: choose another address with %s, "+
+		"or free ports for both with --http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0",
+		le.what, le.addr, le.reason(), flagName)}
+}
+
+// demoListenerError is a listenerError in the demo's words.
+type demoListenerError struct {
+	*listenerError
+	msg string
+}
+
+func (e *demoListenerError) Error() string { return e.msg }
 
 // demoPassword is a random password (26 base32 characters).
 func demoPassword() string { return rand.Text() }

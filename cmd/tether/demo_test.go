@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -142,5 +143,51 @@ func TestDemo(t *testing.T) {
 	}
 	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
 		t.Errorf("data directory %s still there after exit (stat: %v)", dataDir, err)
+	}
+}
+
+// TestDemoRefusals: the demo's start-up mistakes say what to change in
+// the demo's own terms: a port in use names the demo's flag and free
+// ports (not serve's TETHER_* variables or configuration file, which the
+// demo does not read), and a listener the fleet needs cannot be off.
+func TestDemoRefusals(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", "demo-test-password") // else the demo sets it in this process
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	inUse := busy.Addr().String()
+	const free = "--http-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0"
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"http port in use", []string{"--http-addr", inUse, "--mqtt-addr", "127.0.0.1:0"},
+			[]string{"http listener on " + inUse + ": address already in use", "choose another address with --http-addr", free}},
+		{"mqtt port in use", []string{"--http-addr", "127.0.0.1:0", "--mqtt-addr", inUse},
+			[]string{"mqtt listener on " + inUse + ": address already in use", "choose another address with --mqtt-addr", free}},
+		{"http off", []string{"--http-addr", "off", "--mqtt-addr", "127.0.0.1:0"},
+			[]string{"--http-addr off: the demo needs this listener", "--http-addr 127.0.0.1:0"}},
+		{"mqtt off", []string{"--http-addr", "127.0.0.1:0", "--mqtt-addr", "Off"},
+			[]string{"--mqtt-addr off: the demo needs this listener", "--mqtt-addr 127.0.0.1:0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := tether(t, append([]string{"demo", "--devices", "1"}, tc.args...)...)
+			if code != 1 || strings.Contains(out, "demo is running") {
+				t.Fatalf("exit %d; stdout %q; stderr %q", code, out, errs)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr %q lacks %q", errs, w)
+				}
+			}
+			for _, no := range []string{"TETHER_", "configuration file", "no Host"} {
+				if strings.Contains(errs, no) {
+					t.Errorf("stderr %q mentions %q", errs, no)
+				}
+			}
+		})
 	}
 }

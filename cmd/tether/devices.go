@@ -41,7 +41,17 @@ func deviceCommands() []deviceCommand {
 	}
 }
 
-// runDevices is `tether devices list|add|show|rm|rotate`: device
+// deviceCommandNames is "list|add|...", the subcommands of `tether
+// devices` for `tether help`, from the list that dispatches them.
+func deviceCommandNames() string {
+	var names []string
+	for _, c := range deviceCommands() {
+		names = append(names, c.name)
+	}
+	return strings.Join(names, "|")
+}
+
+// runDevices is `tether devices list|add|set|show|rm|rotate|export`: device
 // management against a running server through its API.
 func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	usage := func(w io.Writer) {

@@ -36,11 +36,12 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.BoolVar(&o.insecure, "insecure", false, "go on when the broker's certificate does not verify (development only)")
 	fs.StringVar(&o.origin, "origin", "", "Origin header to send on ws:// and wss:// (default none, as MQTT clients outside a browser; a browser sends its page's origin)")
 	fs.StringVar(&o.version, "mqtt-version", "5", "MQTT protocol version: 5 or 3.1.1")
-	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "time allowed for each step")
+	timeout := durationFlag(fs, "timeout", 10*time.Second, "time allowed for each step")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
+	o.timeout = *timeout
 	if err := wantArgs(fs, pos, 1, stderr); err != nil {
 		return err
 	}

@@ -13,25 +13,44 @@ import (
 )
 
 // listenError explains a listener that could not bind: which listener,
-// and the flag, variable and key that move it.
+// and the flag, variable and key that move it. The error from net.Listen
+// stays wrapped, so errors.Is(err, syscall.EADDRINUSE) holds.
 func listenError(what, key, addr string, err error) error {
-	flagName := key
+	return &listenerError{what: what, key: key, addr: addr, err: err}
+}
+
+// listenerError is a listener that could not bind (listenError).
+type listenerError struct {
+	what, key, addr string // "http", "http.addr", "127.0.0.1:8080"
+	err             error  // net.Listen's
+}
+
+func (e *listenerError) Unwrap() error { return e.err }
+
+// reason says why the address could not be bound.
+func (e *listenerError) reason() string {
+	switch {
+	case errors.Is(e.err, syscall.EADDRINUSE):
+		return "address already in use (another tether, or another program, listens there)"
+	case errors.Is(e.err, syscall.EACCES):
+		return "permission denied (ports below 1024 need privileges)"
+	default:
+		return e.err.Error()
+	}
+}
+
+// Error names what moves the listener on tether serve: its flag, its
+// variable and its key.
+func (e *listenerError) Error() string {
+	flagName := e.key
 	for _, f := range serveFlags {
-		if f.key == key {
+		if f.key == e.key {
 			flagName = "--" + f.flag
 		}
 	}
 	how := fmt.Sprintf("choose another address with %s (or %s, or %s in the configuration file), or %s off",
-		flagName, configs.EnvName(key), key, flagName)
-	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("%s listener on %s: address already in use (another tether, or another program, listens there): %s",
-			what, addr, how)
-	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("%s listener on %s: permission denied (ports below 1024 need privileges): %s", what, addr, how)
-	default:
-		return fmt.Errorf("%s listener on %s: %w; %s", what, addr, err, how)
-	}
+		flagName, configs.EnvName(e.key), e.key, flagName)
+	return fmt.Sprintf("%s listener on %s: %s: %s", e.what, e.addr, e.reason(), how)
 }
 
 // tryListen binds and releases the MQTT listeners' addresses, so that one

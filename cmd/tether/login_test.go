@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -207,6 +208,15 @@ func TestUsersAndTokensCLI(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(out), &tok); err != nil || !strings.HasPrefix(tok.Token, devices.TokenPrefix) || tok.ExpiresAt != nil {
 		t.Fatalf("tokens create --ttl 0: %q %v", out, err)
+	}
+	// --ttl takes days, like every duration flag.
+	out, _ = run("", 0, append([]string{"tokens", "create", "month", "--ttl", "30d", "--json"}, viewer...)...)
+	var month struct {
+		ExpiresAt *time.Time `json:"expires_at"`
+	}
+	if err := json.Unmarshal([]byte(out), &month); err != nil || month.ExpiresAt == nil ||
+		time.Until(*month.ExpiresAt).Round(time.Hour) != 30*24*time.Hour {
+		t.Fatalf("tokens create --ttl 30d: %q %v", out, err)
 	}
 	out, _ = run("", 0, append([]string{"tokens", "create", "laptop"}, viewer...)...)
 	if !strings.Contains(out, "shown only now") || !strings.Contains(out, "for viewer, expires") {

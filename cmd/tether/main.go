@@ -2,8 +2,8 @@
 // registry, a live fleet dashboard and a fleet simulator.
 //
 // Each subcommand lives in its own file: serve.go, certs.go, devices.go,
-// users.go, tokens.go, login.go, cmd.go, sim.go, bench.go, backup.go,
-// restore.go, version.go.
+// users.go, tokens.go, login.go (login and logout), cmd.go, sim.go,
+// bench.go, backup.go, restore.go, demo.go, doctor.go, version.go.
 package main
 
 import (
@@ -28,7 +28,7 @@ var commands = map[string]command{
 	"serve":   {"run the broker, registry and dashboard (the default)", runServe},
 	"version": {"print the version", runVersion},
 	"certs":   {"certificate helpers: certs dev --out DIR", runCerts},
-	"devices": {"manage devices: list|add|show|rm|rotate", runDevices},
+	"devices": {"manage devices: " + deviceCommandNames(), runDevices},
 	"users":   {"manage users: add|list|rm|passwd|role", runUsers},
 	"tokens":  {"manage API tokens: list|create|revoke", runTokens},
 	"login":   {"log in to a server and keep the token: login [--server URL]", runLogin},

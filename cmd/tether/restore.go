@@ -31,12 +31,12 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		flags.Usage()
 		return errUsage
 	}
-	if err := onPostgres("restore"); err != nil {
-		return err
-	}
 	dir := *dataDir
 	if dir == "" {
 		dir = dataDirFromEnv()
+	}
+	if err := onPostgres("restore", dir); err != nil {
+		return err
 	}
 	kept, err := restoreDB(ctx, flags.Arg(0), dir, time.Now())
 	if err != nil {

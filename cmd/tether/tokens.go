@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
 )
 
@@ -18,7 +19,7 @@ func runTokens(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	usage := func(w io.Writer) {
 		fmt.Fprintln(w, "Usage: tether tokens COMMAND [flags]\n\nCommands:")
 		fmt.Fprintln(w, "  list    list API tokens (an admin sees everyone's): tokens list [--user NAME]")
-		fmt.Fprintln(w, "  create  create a token, shown once: tokens create NAME [--user NAME] [--ttl 720h|0]")
+		fmt.Fprintln(w, "  create  create a token, shown once: tokens create NAME [--user NAME] [--ttl 30d|0]")
 		fmt.Fprintln(w, "  revoke  revoke a token; its MQTT connections close: tokens revoke ID")
 		fmt.Fprintln(w, "\nEach takes --server URL (TETHER_SERVER), --token TOKEN (TETHER_TOKEN) and --json;")
 		fmt.Fprintln(w, "without them, the login saved by tether login.")
@@ -99,7 +100,7 @@ func tokensCreate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newCommandFlags("tokens create", "tokens create NAME [--user NAME] [--ttl DURATION]", args, stdout, stderr)
 	remote := addRemoteFlags(fs)
 	user := fs.String("user", "", "owner of the token (default: you; another user needs the admin role)")
-	ttl := fs.String("ttl", "", "lifetime such as 720h; 0 never expires (default: the server's, 90 days)")
+	ttl := fs.String("ttl", "", "lifetime such as 30d or 720h; 0 never expires (default: the server's, 90 days)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -112,12 +113,9 @@ func tokensCreate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		body["username"] = *user
 	}
 	if *ttl != "" {
-		d, err := time.ParseDuration(*ttl)
-		if *ttl == "0" {
-			d, err = 0, nil
-		}
+		d, err := configs.ParseDuration(*ttl) // days too, as every duration flag
 		if err != nil || d < 0 || (d > 0 && d < time.Second) {
-			fmt.Fprintf(stderr, "tether tokens create: --ttl %q: want a duration such as 720h, or 0 for never\n", *ttl)
+			fmt.Fprintf(stderr, "tether tokens create: --ttl %q: want a duration such as 30d or 720h, or 0 for never\n", *ttl)
 			return errUsage
 		}
 		body["ttl"] = int64(d / time.Second)
