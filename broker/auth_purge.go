@@ -14,6 +14,9 @@ import (
 // last write wins over it.
 type SessionPurger interface {
 	PurgeSession(clientID string)
+	// Barrier returns a channel closed once everything queued so far is
+	// committed (or has failed).
+	Barrier() <-chan struct{}
 }
 
 // purgeSession ends the session cl holds in the engine — subscriptions,
@@ -102,9 +105,10 @@ func (a *Auth) markPurge(cl *mqtt.Client) {
 // waits for, at most purgeWait. A reconnection meanwhile waits for that
 // purge (awaitPurge) and starts clean: no session present, nothing of
 // the old queue, subscriptions or inflight messages. The purge deletes the
-// session from the session store too (SessionPurger; queued, not
-// waited for). found is false when the engine holds no session under
-// clientID (its own inline clients hold none).
+// session from the session store too (SessionPurger), and DeleteSession
+// waits, at most purgeWait again, for that to be committed: a restart,
+// even a crash, does not bring it back. found is false when the engine
+// holds no session under clientID (its own inline clients hold none).
 //
 // 0x98, not 0x8E (session taken over): no other connection took the
 // session; an administrator ended it.
@@ -126,6 +130,7 @@ func (a *Auth) DeleteSession(clientID string) (found bool) {
 		if done == nil {
 			a.purgeSession(cl)
 			if !cl.IsTakenOver() {
+				a.awaitStore(clientID)
 				return true
 			}
 			continue
@@ -143,9 +148,26 @@ func (a *Auth) DeleteSession(clientID string) (found bool) {
 			a.log.Warn("a deleted session's connection has not ended yet: its session goes when it does", "client", clientID)
 		}
 		t.Stop()
+		a.awaitStore(clientID)
 		return true
 	}
+	a.awaitStore(clientID)
 	return found
+}
+
+// awaitStore waits, at most purgeWait, until the session store has
+// committed what it was given, a purge of clientID among it.
+func (a *Auth) awaitStore(clientID string) {
+	if a.purger == nil {
+		return
+	}
+	t := time.NewTimer(purgeWait)
+	defer t.Stop()
+	select {
+	case <-a.purger.Barrier():
+	case <-t.C:
+		a.log.Warn("the session store has not yet committed a deleted session's removal", "client", clientID)
+	}
 }
 
 // awaitPurge waits, at most purgeWait, while the session under client id
