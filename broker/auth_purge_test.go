@@ -8,6 +8,7 @@ import (
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
+	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -147,4 +148,30 @@ func TestDeleteSessionUnknown(t *testing.T) {
 	if _, ok := e.b.Server.Clients.Get(mqtt.InlineClientId); !ok {
 		t.Fatal("the broker's own client is gone")
 	}
+}
+
+// A deleted session's connection is closed by the server, so its will goes
+// out as for any such connection (MQTT 5 §3.1.2.5), still checked against
+// what its identity may publish.
+func TestDeleteSessionSendsWill(t *testing.T) {
+	e := startAuthEnv(t, false)
+	pass := e.user(t, "erin", devices.RoleAdmin)
+	var watch authInbox
+	w, _ := persistentClient(t, e, "erin-watch", "erin", pass, &watch)
+	waitToken(t, "subscribe", w.Subscribe("alerts/#", 1, nil))
+	o := paho.NewClientOptions().AddBroker("tcp://"+e.tcp).SetClientID("erin-line").SetUsername("erin").SetPassword(pass).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetCleanSession(false).
+		SetConnectTimeout(10*time.Second).SetWill("alerts/erin-line", "gone", 1, false)
+	c := paho.NewClient(o)
+	waitToken(t, "connect", c.Connect())
+	t.Cleanup(func() { c.Disconnect(0) })
+	if !e.auth.DeleteSession("erin-line") {
+		t.Fatal("DeleteSession: not found")
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if len(watch.payloads("alerts/erin-line")) == 0 {
+			return errors.New("no will")
+		}
+		return nil
+	})
 }
