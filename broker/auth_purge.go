@@ -136,11 +136,7 @@ func (a *Auth) DeleteSession(clientID string) (found bool) {
 			continue
 		}
 		a.log.Info("disconnecting a client whose session was deleted", "client", clientID)
-		if cl.Net.Conn != nil {
-			// A client that reads nothing must not hold the request up.
-			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		}
-		a.end(cl, packets.ErrAdministrativeAction)
+		a.hangUp(cl, packets.ErrAdministrativeAction)
 		t := time.NewTimer(purgeWait)
 		select {
 		case <-done:
@@ -153,6 +149,31 @@ func (a *Auth) DeleteSession(clientID string) (found bool) {
 	}
 	a.awaitStore(clientID)
 	return found
+}
+
+// hangUp ends cl's connection for code as end does (a DISCONNECT first
+// only to an MQTT 5 client whose CONNACK has gone), but by closing its
+// network connection under the engine instead of stopping the client:
+// the engine's reader then meets a lost connection wherever it is and
+// publishes the will, as MQTT wants when the server closes a connection
+// [MQTT-3.1.2-8] (still checked by checkWill). A Stop that finds the
+// reader between two packets ends the connection as a normal
+// disconnection, without the will. The DISCONNECT's write is bounded: a
+// client that reads nothing must not hold the caller up.
+func (a *Auth) hangUp(cl *mqtt.Client, code packets.Code) {
+	if cl.Net.Conn == nil {
+		cl.Stop(code)
+		return
+	}
+	if _, ok := a.established.Load(cl); ok && cl.Properties.ProtocolVersion == 5 {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode:  code.Code,
+			Properties:  packets.Properties{ReasonString: code.Reason},
+		})
+	}
+	_ = cl.Net.Conn.Close()
 }
 
 // awaitStore waits, at most purgeWait, until the session store has
