@@ -73,9 +73,11 @@ type Auth struct {
 	ending sync.Map
 	// purgeOnEnd holds the clients whose session is to be purged when
 	// their connection has ended (their identity deleted or disabled
-	// while they were connected or ending): purgeTail purges them
-	// whatever the registry says by then. endMu orders the tail's
-	// decision with purgeSessionsOf's marks (auth_purge.go).
+	// while they were connected or ending, or the session deleted by an
+	// admin: DeleteSession): purgeTail purges them
+	// whatever the registry says by then; each one's value is a channel
+	// closed once it has been (DeleteSession waits for it). endMu orders
+	// the tail's decision with purgeSessionsOf's marks (auth_purge.go).
 	purgeOnEnd sync.Map
 	endMu      sync.Mutex
 	// established holds the clients whose CONNACK has gone

@@ -14,6 +14,9 @@ import (
 // last write wins over it.
 type SessionPurger interface {
 	PurgeSession(clientID string)
+	// Barrier returns a channel closed once everything queued so far is
+	// committed (or has failed).
+	Barrier() <-chan struct{}
 }
 
 // purgeSession ends the session cl holds in the engine — subscriptions,
@@ -55,13 +58,9 @@ func (a *Auth) purgeSessionsOf(name string) {
 		if cl.Net.Inline || a.sessionOwnerName(id, cl) != name {
 			continue
 		}
-		_, connected := a.clients.Load(cl)
-		_, ending := a.ending.Load(cl)
-		if connected || ending || !cl.Closed() {
-			a.purgeOnEnd.Store(cl, struct{}{})
-			continue
+		if a.markIfLive(cl) == nil {
+			now = append(now, cl)
 		}
-		now = append(now, cl)
 	}
 	a.endMu.Unlock()
 	for _, cl := range now {
@@ -69,11 +68,127 @@ func (a *Auth) purgeSessionsOf(name string) {
 	}
 }
 
+// markIfLive marks cl's session to be purged when its connection ends
+// (purgeTail) if that connection is live or still ending, and returns
+// the mark: a channel closed once the session has been purged. Nil when
+// cl is offline, for the caller to purge at once (purgeSession) once it
+// has let go of endMu, which it holds.
+func (a *Auth) markIfLive(cl *mqtt.Client) chan struct{} {
+	_, connected := a.clients.Load(cl)
+	_, ending := a.ending.Load(cl)
+	if connected || ending || !cl.Closed() {
+		return a.mark(cl)
+	}
+	return nil
+}
+
+// mark marks cl's session to be purged when its connection ends and
+// returns the mark (a mark already there stays). endMu is held.
+func (a *Auth) mark(cl *mqtt.Client) chan struct{} {
+	v, _ := a.purgeOnEnd.LoadOrStore(cl, make(chan struct{}))
+	return v.(chan struct{})
+}
+
 // markPurge marks cl's session to be purged when its connection ends.
 func (a *Auth) markPurge(cl *mqtt.Client) {
 	a.endMu.Lock()
-	a.purgeOnEnd.Store(cl, struct{}{})
+	a.mark(cl)
 	a.endMu.Unlock()
+}
+
+// DeleteSession ends the session the engine holds under clientID, whoever
+// owns it, at an admin's request (DELETE /api/v1/sessions/{clientId}), by
+// the same purge as a deleted device's: an offline session is purged at
+// once; a live connection is sent DISCONNECT 0x98 administrative action
+// (MQTT 5; an MQTT 3 connection is closed, having no server DISCONNECT)
+// and its session purged as the connection ends, which DeleteSession
+// waits for, at most purgeWait. A reconnection meanwhile waits for that
+// purge (awaitPurge) and starts clean: no session present, nothing of
+// the old queue, subscriptions or inflight messages. The purge deletes the
+// session from the session store too (SessionPurger), and DeleteSession
+// waits, at most purgeWait again, for that to be committed: a restart,
+// even a crash, does not bring it back. found is false when the engine
+// holds no session under clientID (its own inline clients hold none).
+//
+// 0x98, not 0x8E (session taken over): no other connection took the
+// session; an administrator ended it.
+func (a *Auth) DeleteSession(clientID string) (found bool) {
+	if a.srv == nil {
+		return false
+	}
+	// A connection that took the session over as it was purged offline
+	// holds what it inherited: around again, for that one.
+	for range 3 {
+		cl, ok := a.srv.Clients.Get(clientID)
+		if !ok || cl.Net.Inline {
+			return found
+		}
+		found = true
+		a.endMu.Lock()
+		done := a.markIfLive(cl)
+		a.endMu.Unlock()
+		if done == nil {
+			a.purgeSession(cl)
+			if !cl.IsTakenOver() {
+				a.awaitStore(clientID)
+				return true
+			}
+			continue
+		}
+		a.log.Info("disconnecting a client whose session was deleted", "client", clientID)
+		a.hangUp(cl, packets.ErrAdministrativeAction)
+		t := time.NewTimer(purgeWait)
+		select {
+		case <-done:
+		case <-t.C:
+			a.log.Warn("a deleted session's connection has not ended yet: its session goes when it does", "client", clientID)
+		}
+		t.Stop()
+		a.awaitStore(clientID)
+		return true
+	}
+	a.awaitStore(clientID)
+	return found
+}
+
+// hangUp ends cl's connection for code as end does (a DISCONNECT first
+// only to an MQTT 5 client whose CONNACK has gone), but by closing its
+// network connection under the engine instead of stopping the client:
+// the engine's reader then meets a lost connection wherever it is and
+// publishes the will, as MQTT wants when the server closes a connection
+// [MQTT-3.1.2-8] (still checked by checkWill). A Stop that finds the
+// reader between two packets ends the connection as a normal
+// disconnection, without the will. The DISCONNECT's write is bounded: a
+// client that reads nothing must not hold the caller up.
+func (a *Auth) hangUp(cl *mqtt.Client, code packets.Code) {
+	if cl.Net.Conn == nil {
+		cl.Stop(code)
+		return
+	}
+	if _, ok := a.established.Load(cl); ok && cl.Properties.ProtocolVersion == 5 {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode:  code.Code,
+			Properties:  packets.Properties{ReasonString: code.Reason},
+		})
+	}
+	_ = cl.Net.Conn.Close()
+}
+
+// awaitStore waits, at most purgeWait, until the session store has
+// committed what it was given, a purge of clientID among it.
+func (a *Auth) awaitStore(clientID string) {
+	if a.purger == nil {
+		return
+	}
+	t := time.NewTimer(purgeWait)
+	defer t.Stop()
+	select {
+	case <-a.purger.Barrier():
+	case <-t.C:
+		a.log.Warn("the session store has not yet committed a deleted session's removal", "client", clientID)
+	}
 }
 
 // awaitPurge waits, at most purgeWait, while the session under client id
@@ -142,7 +257,7 @@ func (t *purgeTail) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 func (t *purgeTail) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	a := t.a
 	a.endMu.Lock()
-	_, purge := a.purgeOnEnd.LoadAndDelete(cl)
+	mark, purge := a.purgeOnEnd.LoadAndDelete(cl)
 	if !purge && a.started.Load() && !cl.Net.Inline && len(cl.Properties.Username) > 0 {
 		_, ok := a.reg.Lookup(string(cl.Properties.Username))
 		purge = !ok
@@ -156,6 +271,9 @@ func (t *purgeTail) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if purge {
 		a.purgeSession(cl)
 		a.ending.Delete(cl)
+		if mark != nil {
+			close(mark.(chan struct{})) // DeleteSession waits for it
+		}
 	}
 }
 

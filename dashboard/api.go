@@ -28,6 +28,9 @@ type APIOptions struct {
 	// Sessions is the MQTT session store, for GET /sessions; nil answers
 	// it with 503.
 	Sessions Sessions
+	// SessionDeleter ends sessions, for DELETE /sessions/{clientId}; nil
+	// answers it with 503.
+	SessionDeleter SessionDeleter
 	// Telemetry, Commands and Twins serve the device data routes; nil
 	// answers them with 503.
 	Telemetry *devices.Telemetry
@@ -65,6 +68,7 @@ type API struct {
 	reg    *devices.Registry
 	broker Broker
 	store  Sessions
+	purge  SessionDeleter
 	log    *slog.Logger
 	ttl    time.Duration
 	now    func() time.Time
@@ -94,6 +98,7 @@ func NewAPI(o APIOptions) (*API, error) {
 		reg:    o.Registry,
 		broker: o.Broker,
 		store:  o.Sessions,
+		purge:  o.SessionDeleter,
 		log:    o.Logger,
 		ttl:    o.TokenTTL,
 		now:    o.Now,
@@ -199,6 +204,7 @@ func (a *API) routes() []route {
 
 		{"GET", "/clients", viewer, a.listClients},
 		{"GET", "/sessions", viewer, a.listSessions},
+		{"DELETE", "/sessions/{clientId}", admin, a.deleteSession},
 		{"GET", "/broker", viewer, a.brokerStats},
 
 		{"GET", "/auth/me", viewer, a.me},

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"context"
+	"errors"
 
 	"github.com/tether-iot/tether/broker/info"
 	"github.com/tether-iot/tether/devices"
@@ -47,3 +48,23 @@ type Sessions interface {
 	// their bound.
 	QueueStoreUse() (used, limit int64)
 }
+
+// SessionDeleter ends MQTT sessions for DELETE /sessions/{clientId}
+// (the broker's access hook, which purges sessions for every cause, or in
+// a cluster every node's: cmd/tether wires it).
+type SessionDeleter interface {
+	// DeleteSession ends the session under clientID, live or offline,
+	// whoever owns it: a connected client is disconnected, and the
+	// session's subscriptions, queued and inflight messages and stored
+	// rows are purged, so that its next connection starts clean. It
+	// returns once that is done (and committed, where it can wait for
+	// that); found is false when there is no such session. An error
+	// wrapping ErrNotEveryNode says it found none but could not ask
+	// everywhere one could be.
+	DeleteSession(clientID string) (found bool, err error)
+}
+
+// ErrNotEveryNode is a SessionDeleter's answer when it found no session
+// but a cluster node that may hold it did not answer: the request gets
+// 503, not 404.
+var ErrNotEveryNode = errors.New("not every cluster node answered")

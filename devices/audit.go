@@ -49,6 +49,9 @@ const (
 	AuditTokenRevoked    = "token_revoked"
 	AuditBanned          = "banned"
 	AuditBanLifted       = "ban_lifted"
+	// AuditSessionDeleted: an admin ended an MQTT session (DELETE
+	// /sessions/{clientId}); the target is its client id.
+	AuditSessionDeleted = "session_deleted"
 	// AuditRulesReloaded: SIGHUP applied (or refused) auth.rules and
 	// telemetry.topics.
 	AuditRulesReloaded = "rules_reloaded"

@@ -371,12 +371,12 @@ func (a *app) newAPI() (err error) {
 	reg.MustRegister(buildInfo(), a.registry.Collector(), a.httpMetrics)
 	a.registerCluster(reg)
 	a.metrics = promhttp.HandlerFor(a.metricsGatherer(reg), promhttp.HandlerOpts{Registry: reg})
-	views, sessions, err := a.apiViews() // in a cluster, the cluster's clients and sessions
+	views, sessions, deleter, err := a.apiViews() // in a cluster, the cluster's clients and sessions
 	if err != nil {
 		return err
 	}
 	a.api, err = dashboard.NewAPI(dashboard.APIOptions{
-		Registry: a.registry, Broker: views, Sessions: sessions, Logger: a.base, Metrics: reg, TokenTTL: a.cfg.Auth.TokenTTL,
+		Registry: a.registry, Broker: views, Sessions: sessions, SessionDeleter: deleter, Logger: a.base, Metrics: reg, TokenTTL: a.cfg.Auth.TokenTTL,
 		Telemetry: a.data.telemetry, Commands: a.data.commandHook, Twins: a.data.twinHook,
 		TrustedProxies: a.cfg.HTTP.TrustedProxies, Logins: a.logins, Audit: a.data.audit, Bans: a.bans,
 		Nodes: a.clusterNodes(),

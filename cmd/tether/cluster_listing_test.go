@@ -106,3 +106,45 @@ func TestClusterListings(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterDeleteSession: DELETE /sessions/{clientId} through one node
+// ends the session on the node that holds it: an offline one is purged
+// there, a live one disconnected there; an id no node holds is 404.
+func TestClusterDeleteSession(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", simAdminPassword)
+	apps := startCluster(t, 2, nil)
+	off := mustMQ(t, apps[1].mqttAddr(), mqOpts{id: "far-off", expiry: 3600})
+	off.sub(t, "far/#")
+	off.close()
+	live := mustMQ(t, apps[1].mqttAddr(), mqOpts{id: "far-live", expiry: 3600})
+	admin := login(t, apps[0], "admin", simAdminPassword)
+	checkFor(t, 10*time.Second, func() error {
+		if se := sessionsListed(t, admin); len(se) != 2 || se["far-off"].Online || !se["far-live"].Online {
+			return fmt.Errorf("GET /sessions on node1: %+v", se)
+		}
+		return nil
+	})
+
+	for _, id := range []string{"far-off", "far-live"} {
+		if code, ecode, msg := deleteSession(t, admin, id, false); code != http.StatusNoContent {
+			t.Fatalf("DELETE %s through node1: %d %s %q", id, code, ecode, msg)
+		}
+		if _, ok := apps[1].broker.Server.Clients.Get(id); ok {
+			t.Fatalf("%s is still in node2's engine", id)
+		}
+	}
+	select {
+	case <-live.c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the live client on node2 is still connected")
+	}
+	if se := sessionsListed(t, admin); len(se) != 0 {
+		t.Fatalf("GET /sessions on node1 after the deletes: %+v", se)
+	}
+	if code, _, _ := deleteSession(t, admin, "far-off", false); code != http.StatusNotFound {
+		t.Fatalf("DELETE again: %d, want 404", code)
+	}
+	if code, _, _ := deleteSession(t, admin, "nowhere", false); code != http.StatusNotFound {
+		t.Fatalf("DELETE an id no node holds: %d, want 404", code)
+	}
+}

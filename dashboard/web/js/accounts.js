@@ -233,7 +233,7 @@ export function accountView(main, _params, { toLogin }) {
 }
 
 const ACTIONS = ['login', 'login_refused', 'logout', 'device_created', 'device_updated', 'device_deleted', 'secret_rotated',
-  'device_exported', 'user_created', 'user_deleted', 'role_changed', 'password_changed', 'token_created', 'token_revoked', 'banned', 'ban_lifted', 'rules_reloaded'];
+  'device_exported', 'user_created', 'user_deleted', 'role_changed', 'password_changed', 'token_created', 'token_revoked', 'banned', 'ban_lifted', 'session_deleted', 'rules_reloaded'];
 
 // auditView is the audit log, newest first, a page at a time.
 export function auditView(main) {
