@@ -151,14 +151,8 @@ func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	a.m.denied.WithLabelValues("publish").Inc()
 	a.aclRefused(cl, "publish", pk.TopicName)
-	switch {
-	case pk.FixedHeader.Qos == 0:
-	case cl.Properties.ProtocolVersion < 5:
+	if refusePublish(cl, pk, packets.ErrNotAuthorized) {
 		return pk, packets.ErrRejectPacket // the engine closes the connection
-	default:
-		if err := cl.WritePacket(refusedAck(pk)); err != nil {
-			return pk, packets.ErrRejectPacket
-		}
 	}
 	return pk, nil // the engine drops it
 }
@@ -191,3 +185,35 @@ func withinAny(filter string, patterns []string) bool {
 // within reports whether every topic that filter matches is matched by
 // pattern (topic.Within).
 func within(filter, pattern string) bool { return topicpkg.Within(filter, pattern) }
+
+// refusedAck is the PUBACK (QoS 1) or PUBREC (QoS 2) that refuses pk with
+// code.
+func refusedAck(pk packets.Packet, code packets.Code) packets.Packet {
+	t := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		t = packets.Pubrec
+	}
+	return packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: t},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code.Code,
+		Properties:  packets.Properties{ReasonString: code.Reason},
+	}
+}
+
+// refusePublish answers a PUBLISH the broker refuses, the same way
+// whatever the reason: an MQTT 5 client gets PUBACK (QoS 1) or PUBREC
+// (QoS 2) with code; QoS 0 has nothing to answer. It reports whether the
+// connection must be closed instead: a 3.1.1 client at QoS 1/2, which
+// has no way to be told no [MQTT-3.3.5-2], or one the answer could not be
+// written to. The caller makes sure the engine neither retains nor
+// routes the message.
+func refusePublish(cl *mqtt.Client, pk packets.Packet, code packets.Code) (closeConn bool) {
+	switch {
+	case pk.FixedHeader.Qos == 0:
+		return false
+	case cl.Properties.ProtocolVersion < 5:
+		return true
+	}
+	return cl.WritePacket(refusedAck(pk, code)) != nil
+}

@@ -282,18 +282,3 @@ func (a *Auth) tail() mqtt.Hook {
 	a.tailed.Store(true)
 	return &purgeTail{a: a}
 }
-
-// refusedAck is the PUBACK (QoS 1) or PUBREC (QoS 2) that refuses pk with
-// 0x87 not authorized.
-func refusedAck(pk packets.Packet) packets.Packet {
-	t := packets.Puback
-	if pk.FixedHeader.Qos == 2 {
-		t = packets.Pubrec
-	}
-	return packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: t},
-		PacketID:    pk.PacketID,
-		ReasonCode:  packets.ErrNotAuthorized.Code,
-		Properties:  packets.Properties{ReasonString: packets.ErrNotAuthorized.Reason},
-	}
-}
