@@ -1,0 +1,417 @@
+package broker
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/logevery"
+)
+
+// RetainedLimitOptions bound the retained messages the broker holds
+// (mqtt.max_retained_*). A bound of 0 is unlimited.
+type RetainedLimitOptions struct {
+	// MaxMessages and MaxBytes bound all retained messages together
+	// (mqtt.max_retained_messages, mqtt.max_retained_bytes), whoever set
+	// them: the broker's own (statuses, desired twins) and those copied
+	// from other nodes count, but are never refused.
+	MaxMessages, MaxBytes int64
+	// DeviceMessages and DeviceBytes bound the retained messages each
+	// device has set that are still retained
+	// (mqtt.max_retained_messages_per_device,
+	// mqtt.max_retained_bytes_per_device). People, admins and anonymous
+	// clients are held to the global bounds only.
+	DeviceMessages, DeviceBytes int64
+	// Identity tells devices from the others (Auth.Identity); nil treats
+	// every client as not a device.
+	Identity func(*mqtt.Client) (devices.Identity, bool)
+	// BrokerOrigins are client ids whose retained messages belong to
+	// nobody: those the broker injects itself besides the engine's
+	// inline client, i.e. a cluster node's injector. See owner.
+	BrokerOrigins []string
+	// Logger receives the hook's log; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultRetainedLimitOptions returns the bounds of configs.Default: far
+// above what a fleet's devices retain (a status, a few configuration or
+// discovery topics; a bridge a few thousand), far below what hurts the
+// broker, which keeps every retained message in memory (about 1.4 KB
+// each besides its topic and payload) and reloads them all at start-up.
+func DefaultRetainedLimitOptions() RetainedLimitOptions {
+	return RetainedLimitOptions{
+		MaxMessages:    1_000_000,
+		MaxBytes:       512 << 20,
+		DeviceMessages: 10_000,
+		DeviceBytes:    16 << 20,
+	}
+}
+
+// RetainedLimit bounds retained messages: per device (the messages it has
+// set that are still retained, count and bytes) and for all of them
+// together. The largest message is already bounded by
+// mqtt.max_packet_size.
+//
+// What it counts is read from the engine's retained store, never
+// inferred from what passed: after every change the engine makes to a
+// topic's retained message (OnRetainMessage, OnRetainedExpired, and Sync
+// for the copies a cluster node writes into the engine directly), the
+// topic's entry is set to what the engine holds there now: its owner and
+// its size, or nothing. So ownership follows the message: a device's
+// message replaced by another client, or deleted by anyone, or expired,
+// no longer counts for that device. Concurrent publishers on one topic
+// cannot make the count drift, since whichever sync runs last reads the
+// engine's final state. At start-up (OnStarted) the whole index is built
+// from the retained messages the engine loaded from the session store;
+// the same rule gives the same counts as before the restart.
+//
+// A message's owner is its Origin, the client id of its publisher (kept
+// with it in the session store): a device's client id is its id, and
+// nobody else may use it (SPEC §5), so a device's messages are found by
+// its id alone. Messages of the broker itself (Origin "inline", the
+// cluster's injector: BrokerOrigins) and $SYS (the engine's, rewritten
+// every sys_interval without hooks) belong to nobody; $SYS ones are not
+// counted at all. Bytes are the topic, the payload and the properties
+// that are kept with the message.
+//
+// The check runs in OnPublish on the publisher's goroutine, in memory
+// (one map lookup under a mutex). A retained PUBLISH with a payload that
+// would take its device, or all retained messages together, past a bound
+// is refused as a whole: not retained and not routed, since MQTT 5's
+// PUBACK 0x97 quota exceeded says the message was not accepted (a
+// publisher that is told so and sees it delivered anyway would retry
+// and duplicate it). Like any refused publish: an MQTT 5 client gets
+// PUBACK (QoS 1) or PUBREC (QoS 2) 0x97; a 3.1.1 client at QoS 1/2 is
+// disconnected, as 3.1.1 has no way to refuse [MQTT-3.3.5-2]; QoS 0 is
+// dropped. Always allowed: deleting (an empty payload), and replacing a
+// message with one that adds nothing to the bound (the device's own
+// message by one no larger; at the global bound, any message by one no
+// larger), so that a status or configuration topic kept up to date
+// keeps working at a full store. A will that would pass a bound goes
+// out unretained (OnWill): nobody could be told it was refused. The
+// broker's own messages and the cluster's copies are never refused: each
+// node enforces the bounds on what its own clients publish, and takes
+// what the others accepted, so that the nodes do not disagree. Each
+// refusal is counted in tether_mqtt_retained_refused_total{limit} and the
+// first per client per minute is logged.
+//
+// A device's messages are checked one at a time (it has one connection at
+// a time, read in order), so its bounds hold (but for its last will racing
+// the first publish of its next connection); the global bounds may be
+// passed by at most one message per client publishing at that very
+// moment, the time between the check and the engine's store. The index
+// costs about 100 bytes a message besides the engine's 1.4 KB.
+type RetainedLimit struct {
+	mqtt.HookBase
+	o      RetainedLimitOptions
+	srv    atomic.Pointer[mqtt.Server]
+	log    *slog.Logger
+	logged *logevery.Keys
+	broker map[string]bool // BrokerOrigins and the inline client
+
+	mu     sync.Mutex
+	loaded bool
+	topics map[string]retainedEntry
+	owners map[string]*retainedUsage
+	total  retainedUsage
+
+	refused *prometheus.CounterVec
+	bytes   *prometheus.Desc
+}
+
+type retainedEntry struct {
+	owner string // "" for nobody
+	size  int64
+}
+
+type retainedUsage struct{ count, bytes int64 }
+
+// The limits a refusal names (tether_mqtt_retained_refused_total{limit}).
+const (
+	limitDeviceMessages = "device_messages"
+	limitDeviceBytes    = "device_bytes"
+	limitMessages       = "messages"
+	limitBytes          = "bytes"
+)
+
+// retainedLogEvery is how often a client's refusals are logged.
+const retainedLogEvery = time.Minute
+
+// NewRetainedLimit returns the hook; Attach it to the engine once built.
+func NewRetainedLimit(o RetainedLimitOptions) *RetainedLimit {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	l := &RetainedLimit{
+		o: o, log: log.With("component", "broker"), logged: logevery.New(retainedLogEvery),
+		broker: map[string]bool{mqtt.InlineClientId: true},
+		topics: map[string]retainedEntry{}, owners: map[string]*retainedUsage{},
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_mqtt_retained_refused_total",
+			Help: "Retained PUBLISH packets refused (not retained, not routed) and retained wills sent unretained because they would pass a bound, by limit (device_messages, device_bytes: mqtt.max_retained_*_per_device; messages, bytes: mqtt.max_retained_messages, mqtt.max_retained_bytes)."},
+			[]string{"limit"}),
+		bytes: prometheus.NewDesc("tether_mqtt_retained_bytes",
+			"Bytes of the retained messages held (topics, payloads and properties; $SYS excepted), counted against mqtt.max_retained_bytes.", nil, nil),
+	}
+	for _, id := range o.BrokerOrigins {
+		l.broker[id] = true
+	}
+	return l
+}
+
+// Attach gives the hook the engine it serves.
+func (l *RetainedLimit) Attach(srv *mqtt.Server) { l.srv.Store(srv) }
+
+// ID implements mqtt.Hook.
+func (l *RetainedLimit) ID() string { return "tether-retained-limit" }
+
+func (l *RetainedLimit) enabled() bool {
+	return l.o.MaxMessages > 0 || l.o.MaxBytes > 0 || l.o.DeviceMessages > 0 || l.o.DeviceBytes > 0
+}
+
+// Provides implements mqtt.Hook.
+func (l *RetainedLimit) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnPublish, mqtt.OnRetainMessage, mqtt.OnRetainedExpired, mqtt.OnWill, mqtt.OnStarted:
+		return l.enabled()
+	}
+	return false
+}
+
+// OnStarted counts the retained messages the engine loaded from the
+// session store.
+func (l *RetainedLimit) OnStarted() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.loadLocked()
+}
+
+// OnPublish refuses a retained message that would pass a bound.
+func (l *RetainedLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !pk.FixedHeader.Retain || len(pk.Payload) == 0 || cl.Net.Inline || isSysTopic(pk.TopicName) {
+		return pk, nil
+	}
+	limit := l.check(cl, pk.TopicName, retainedSize(pk))
+	if limit == "" {
+		return pk, nil
+	}
+	l.refuse(cl, pk.TopicName, limit, "publish")
+	if refusePublish(cl, pk, packets.ErrQuotaExceeded) {
+		cl.Stop(packets.ErrQuotaExceeded)
+	}
+	return pk, packets.ErrRejectPacket // the engine neither retains nor routes it
+}
+
+// OnWill sends a retained will that would pass a bound unretained.
+func (l *RetainedLimit) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if !will.Retain || len(will.Payload) == 0 || isSysTopic(will.TopicName) {
+		return will, nil
+	}
+	pk := packets.Packet{TopicName: will.TopicName, Payload: will.Payload, Properties: packets.Properties{User: will.User}}
+	if limit := l.check(cl, will.TopicName, retainedSize(pk)); limit != "" {
+		l.refuse(cl, will.TopicName, limit, "will")
+		will.Retain = false
+	}
+	return will, nil
+}
+
+// OnRetainMessage takes the topic's retained message as the engine now
+// holds it.
+func (l *RetainedLimit) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	l.Sync(pk.TopicName)
+}
+
+// OnRetainedExpired forgets an expired retained message.
+func (l *RetainedLimit) OnRetainedExpired(topic string) { l.Sync(topic) }
+
+// Sync takes topic's retained message as the engine now holds it, after a
+// change made without the engine's hooks (a cluster node's copy of
+// another's retained messages).
+func (l *RetainedLimit) Sync(topic string) {
+	srv := l.srv.Load()
+	if srv == nil || !l.enabled() || isSysTopic(topic) {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.loaded {
+		l.loadLocked() // reads this topic too
+		return
+	}
+	cur, ok := srv.Topics.Retained.Get(topic)
+	if !ok || len(cur.Payload) == 0 {
+		l.setLocked(topic, retainedEntry{}, false)
+		return
+	}
+	l.setLocked(topic, retainedEntry{owner: l.owner(cur.Origin), size: retainedSize(cur)}, true)
+}
+
+// owner returns who a retained message published by origin counts for.
+func (l *RetainedLimit) owner(origin string) string {
+	if l.broker[origin] {
+		return ""
+	}
+	return origin
+}
+
+// setLocked makes topic's entry e (or none, !ok), moving the counts.
+func (l *RetainedLimit) setLocked(topic string, e retainedEntry, ok bool) {
+	if old, had := l.topics[topic]; had {
+		l.total.count--
+		l.total.bytes -= old.size
+		if old.owner != "" {
+			u := l.owners[old.owner]
+			u.count--
+			u.bytes -= old.size
+			if u.count == 0 {
+				delete(l.owners, old.owner)
+			}
+		}
+		delete(l.topics, topic)
+	}
+	if !ok {
+		return
+	}
+	l.topics[topic] = e
+	l.total.count++
+	l.total.bytes += e.size
+	if e.owner != "" {
+		u := l.owners[e.owner]
+		if u == nil {
+			u = &retainedUsage{}
+			l.owners[e.owner] = u
+		}
+		u.count++
+		u.bytes += e.size
+	}
+}
+
+// loadLocked builds the index from the engine's retained messages. The
+// engine's copy is taken under the lock, so a change made meanwhile is
+// either in it or synced after it.
+func (l *RetainedLimit) loadLocked() {
+	srv := l.srv.Load()
+	if srv == nil {
+		return
+	}
+	l.topics, l.owners, l.total = map[string]retainedEntry{}, map[string]*retainedUsage{}, retainedUsage{}
+	for topic, pk := range srv.Topics.Retained.GetAll() {
+		if len(pk.Payload) == 0 || isSysTopic(topic) {
+			continue
+		}
+		l.setLocked(topic, retainedEntry{owner: l.owner(pk.Origin), size: retainedSize(pk)}, true)
+	}
+	l.loaded = true
+}
+
+// check returns the bound that retaining size bytes on topic for cl would
+// pass, or "".
+func (l *RetainedLimit) check(cl *mqtt.Client, topic string, size int64) string {
+	device := false
+	if l.o.Identity != nil && (l.o.DeviceMessages > 0 || l.o.DeviceBytes > 0) {
+		id, ok := l.o.Identity(cl)
+		device = ok && id.Kind == devices.KindDevice
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.loaded {
+		l.loadLocked()
+	}
+	old, had := l.topics[topic]
+	if me := l.owner(cl.ID); device && me != "" {
+		var u retainedUsage
+		if p := l.owners[me]; p != nil {
+			u = *p
+		}
+		own := had && old.owner == me // it replaces its own message
+		var mine int64
+		if own {
+			mine = old.size
+		}
+		switch {
+		case l.o.DeviceMessages > 0 && !own && u.count+1 > l.o.DeviceMessages:
+			return limitDeviceMessages
+		case l.o.DeviceBytes > 0 && size > mine && u.bytes-mine+size > l.o.DeviceBytes:
+			return limitDeviceBytes
+		}
+	}
+	switch {
+	case l.o.MaxMessages > 0 && !had && l.total.count+1 > l.o.MaxMessages:
+		return limitMessages
+	case l.o.MaxBytes > 0 && size > old.size && l.total.bytes-old.size+size > l.o.MaxBytes:
+		return limitBytes
+	}
+	return ""
+}
+
+// refuse counts a refusal and logs the first of cl's per minute (never
+// the payload).
+func (l *RetainedLimit) refuse(cl *mqtt.Client, topic, limit, what string) {
+	l.refused.WithLabelValues(limit).Inc()
+	if l.logged.Allow(cl.ID, time.Now()) {
+		l.log.Warn("retained message refused: over "+retainedLimitKey(limit)+" (first this minute for this client)",
+			"client", cl.ID, "topic", topic, "limit", limit, "what", what)
+	}
+}
+
+// retainedLimitKey names the configuration key of a limit.
+func retainedLimitKey(limit string) string {
+	switch limit {
+	case limitDeviceMessages:
+		return "mqtt.max_retained_messages_per_device"
+	case limitDeviceBytes:
+		return "mqtt.max_retained_bytes_per_device"
+	case limitMessages:
+		return "mqtt.max_retained_messages"
+	}
+	return "mqtt.max_retained_bytes"
+}
+
+// RetainedUsage returns the retained messages counted for owner (a
+// device's id; "" for all of them): how many, and their bytes.
+func (l *RetainedLimit) RetainedUsage(owner string) (count, bytes int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.loaded {
+		l.loadLocked()
+	}
+	if owner == "" {
+		return l.total.count, l.total.bytes
+	}
+	if u := l.owners[owner]; u != nil {
+		return u.count, u.bytes
+	}
+	return 0, 0
+}
+
+// retainedSize is what a retained message counts for: its topic, payload
+// and the properties kept with it.
+func retainedSize(pk packets.Packet) int64 {
+	p := pk.Properties
+	n := len(pk.TopicName) + len(pk.Payload) + len(p.ContentType) + len(p.ResponseTopic) + len(p.CorrelationData)
+	for _, u := range p.User {
+		n += len(u.Key) + len(u.Val)
+	}
+	return int64(n)
+}
+
+// Describe implements prometheus.Collector.
+func (l *RetainedLimit) Describe(ch chan<- *prometheus.Desc) {
+	l.refused.Describe(ch)
+	ch <- l.bytes
+}
+
+// Collect implements prometheus.Collector.
+func (l *RetainedLimit) Collect(ch chan<- prometheus.Metric) {
+	l.refused.Collect(ch)
+	l.mu.Lock()
+	b := l.total.bytes
+	l.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(l.bytes, prometheus.GaugeValue, float64(b))
+}
