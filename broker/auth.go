@@ -13,6 +13,7 @@ import (
 
 	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/logevery"
 )
 
 // AuthOptions configure the access hook. Zero durations mean the defaults.
@@ -101,11 +102,15 @@ type Auth struct {
 	claims sync.Map
 	ownMu  sync.Mutex
 	// subscribing maps a client whose SUBSCRIBE is being answered to its
-	// filters ([]string), so that only refused subscriptions, not
-	// refused deliveries, count towards bans (auth_ban.go); nSubscribing
-	// counts its entries.
+	// *pendingSubscribe, so that only refused subscriptions, not refused
+	// deliveries, count towards bans (auth_ban.go) and are held to
+	// maxSubs (auth_subs.go); nSubscribing counts its entries.
 	subscribing  sync.Map
 	nSubscribing atomic.Int64
+	// maxSubs is mqtt.max_subscriptions_per_client (0: none); subsLogged
+	// throttles the log of its refusals.
+	maxSubs    int
+	subsLogged *logevery.Keys
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
 	// rules are the compiled auth.rules (nil: none).
@@ -153,6 +158,8 @@ func NewAuth(opts AuthOptions) *Auth {
 		bans:  opts.Bans,
 		m:     newAuthMetrics(),
 		stop:  make(chan struct{}),
+
+		subsLogged: logevery.New(subsLogEvery),
 	}
 	a.purger = opts.Sessions
 	if a.login == nil {
@@ -190,6 +197,8 @@ func (a *Auth) Provides(b byte) bool {
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnStarted,
 		mqtt.OnClientExpired, mqtt.OnPacketRead:
 		return true
+	case mqtt.OnSubscribed:
+		return a.maxSubs > 0
 	}
 	return false
 }

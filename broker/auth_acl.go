@@ -30,7 +30,9 @@ func devicePatterns(id string) (pub, sub []string) {
 }
 
 // OnACLCheck decides a publish (write), a subscription or a delivery
-// (read) from the client's identity held in memory: no SQLite query. The
+// (read) from the client's identity held in memory: no SQLite query. It
+// also refuses a subscription past mqtt.max_subscriptions_per_client
+// (auth_subs.go). The
 // engine turns a refusal into reason code 0x87 not authorized in the
 // SUBACK (3.1.1: 0x80 failure) or, for a QoS 1/2 publish, the PUBACK or
 // PUBREC of MQTT 5; a 3.1.1 client that publishes where it may not is
@@ -42,6 +44,9 @@ func (a *Auth) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		c = a.sessionConn(cl)
 	}
 	ok := c != nil && c.allows(topic, write)
+	if ok && !write && a.overSubscriptions(cl, topic) {
+		return false // a quota, not a denial: neither counted as one nor towards bans
+	}
 	if !ok {
 		action := "subscribe"
 		if write {
@@ -135,7 +140,7 @@ func isSysTopic(topic string) bool {
 // 0x87, a 3.1.1 client at QoS 1/2 is disconnected (3.1.1 cannot refuse a
 // publish otherwise [MQTT-3.3.5-2]), QoS 0 is dropped. It is never routed.
 //
-// It also notes the filters of a SUBSCRIBE being answered (auth_ban.go).
+// It also notes the filters of a SUBSCRIBE being answered (auth_subs.go).
 func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	a.noteSubscribe(cl, pk)
 	if pk.FixedHeader.Type == packets.Publish && pk.TopicName == "" && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 {

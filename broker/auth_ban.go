@@ -26,7 +26,7 @@ func (a *Auth) aclRefused(cl *mqtt.Client, action, topic string) {
 	if a.bans == nil || cl.Net.Inline {
 		return
 	}
-	if action == "subscribe" && !a.subscribingTo(cl, topic) {
+	if _, _, ok := a.subscribeFilter(cl, topic); action == "subscribe" && !ok {
 		return
 	}
 	c := a.conn(cl)
@@ -61,47 +61,4 @@ func (a *Auth) endBanned(ban devices.Ban) {
 		a.end(cl, packets.ErrAdministrativeAction)
 		return true
 	})
-}
-
-// noteSubscribe remembers the filters of a SUBSCRIBE until the client's
-// next packet (the engine answers a SUBSCRIBE before it reads on); any
-// other packet forgets them. It costs one atomic load per packet when no
-// SUBSCRIBE is pending.
-func (a *Auth) noteSubscribe(cl *mqtt.Client, pk packets.Packet) {
-	if a.bans == nil {
-		return
-	}
-	if pk.FixedHeader.Type != packets.Subscribe {
-		if a.nSubscribing.Load() > 0 {
-			a.forgetSubscribe(cl)
-		}
-		return
-	}
-	filters := make([]string, len(pk.Filters))
-	for i, f := range pk.Filters {
-		filters[i] = f.Filter
-	}
-	if _, loaded := a.subscribing.Swap(cl, filters); !loaded {
-		a.nSubscribing.Add(1)
-	}
-}
-
-func (a *Auth) forgetSubscribe(cl *mqtt.Client) {
-	if _, ok := a.subscribing.LoadAndDelete(cl); ok {
-		a.nSubscribing.Add(-1)
-	}
-}
-
-// subscribingTo reports whether filter is one cl is subscribing to now.
-func (a *Auth) subscribingTo(cl *mqtt.Client, filter string) bool {
-	v, ok := a.subscribing.Load(cl)
-	if !ok {
-		return false
-	}
-	for _, f := range v.([]string) {
-		if f == filter {
-			return true
-		}
-	}
-	return false
 }

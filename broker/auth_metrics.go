@@ -12,6 +12,8 @@ type authMetrics struct {
 	presence *prometheus.CounterVec
 	wills    *prometheus.CounterVec
 	purged   prometheus.Counter
+	// subsRefused: filters refused for mqtt.max_subscriptions_per_client.
+	subsRefused prometheus.Counter
 }
 
 func newAuthMetrics() *authMetrics {
@@ -40,11 +42,14 @@ func newAuthMetrics() *authMetrics {
 		purged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_sessions_purged_total", Help: "Sessions purged because their device was deleted or disabled or their user deleted, or because nobody owned them.",
 		}),
+		subsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_mqtt_subscriptions_refused_total", Help: "SUBSCRIBE filters refused (0x97 quota exceeded; 3.1.1: 0x80) because the client's session held mqtt.max_subscriptions_per_client subscriptions.",
+		}),
 	}
 }
 
 func (m *authMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.presence, m.wills, m.purged}
+	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.presence, m.wills, m.purged, m.subsRefused}
 }
 
 // Describe implements prometheus.Collector.

@@ -77,6 +77,9 @@ func New(opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ bind(*mqtt.Server) }); ok {
 		h.bind(srv) // the access hook refuses and publishes through the engine
 	}
+	if h, ok := access.(interface{ limitSubscriptions(int) }); ok {
+		h.limitSubscriptions(opts.MaxSubscriptionsPerClient) // it refuses the filters beyond
+	}
 	hook := access // the access hook, with a Diverter in front if there is one
 	for _, h := range opts.Hooks {
 		if d, ok := h.(Diverter); ok {

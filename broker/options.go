@@ -62,6 +62,10 @@ type Options struct {
 	SysInterval time.Duration
 	// ConnectTimeout is mqtt.connect_timeout.
 	ConnectTimeout time.Duration
+	// MaxSubscriptionsPerClient is mqtt.max_subscriptions_per_client: the
+	// subscriptions one client's session may hold; 0 for no limit. The
+	// access hook enforces it (Auth; auth_subs.go).
+	MaxSubscriptionsPerClient int
 	// MaxKeepalive is mqtt.max_keepalive; 0 for no maximum.
 	MaxKeepalive time.Duration
 	// ReadBufferSize and WriteBufferSize are mqtt.read_buffer_size and
@@ -97,6 +101,10 @@ func DefaultOptions() Options {
 		ReadBufferSize:   2048,
 		WriteBufferSize:  2048,
 		WSCompression:    websocket.CompressionNoContextTakeover,
+
+		// Far above the dashboard's dozen or so and a device's two; a
+		// thousand filters cost a session about 3 MB.
+		MaxSubscriptionsPerClient: 1000,
 	}
 }
 
