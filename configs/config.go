@@ -80,6 +80,16 @@ type MQTT struct {
 	WriteBufferSize    int           `yaml:"write_buffer_size"`
 	// ProxyProtocolFrom: addresses whose PROXY protocol header is read.
 	ProxyProtocolFrom []string `yaml:"proxy_protocol_from"`
+
+	// Retained messages, all together and per device (each its own
+	// messages still retained), count and bytes; 0 = unlimited.
+	MaxRetainedMessages          int64 `yaml:"max_retained_messages"`
+	MaxRetainedBytes             int64 `yaml:"max_retained_bytes"`
+	MaxRetainedMessagesPerDevice int64 `yaml:"max_retained_messages_per_device"`
+	MaxRetainedBytesPerDevice    int64 `yaml:"max_retained_bytes_per_device"`
+	// MaxSubscriptionsPerClient: subscriptions one client's session may
+	// hold; 0 = unlimited.
+	MaxSubscriptionsPerClient int `yaml:"max_subscriptions_per_client"`
 }
 
 // HTTP configures the HTTP(S) server: dashboard, API, /mqtt, /metrics.
@@ -279,6 +289,19 @@ func Default() Config {
 			ReadBufferSize:     2048,
 			WriteBufferSize:    2048,
 			ProxyProtocolFrom:  []string{},
+
+			// Retained messages live in memory (about 1.4 KB each
+			// besides topic and payload) and are all reloaded at
+			// start-up: bounds a fleet does not reach (a device retains
+			// a few topics, a bridge a few thousand) that keep one
+			// device, and all of them, from filling the broker.
+			MaxRetainedMessages:          1_000_000,
+			MaxRetainedBytes:             512 << 20,
+			MaxRetainedMessagesPerDevice: 10_000,
+			MaxRetainedBytesPerDevice:    16 << 20,
+			// The dashboard holds a dozen or so, a device two; each
+			// costs a session about 3 KB.
+			MaxSubscriptionsPerClient: 1000,
 		},
 		HTTP: HTTP{
 			Addr:             ":8080",
@@ -402,6 +425,20 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.MaxQueueStoreBytes < c.MQTT.MaxQueuedBytes {
 		bad("mqtt.max_queue_store_bytes", "must be at least mqtt.max_queued_bytes (%d)", c.MQTT.MaxQueuedBytes)
+	}
+	for _, n := range []struct {
+		key string
+		v   int64
+	}{
+		{"mqtt.max_retained_messages", c.MQTT.MaxRetainedMessages},
+		{"mqtt.max_retained_bytes", c.MQTT.MaxRetainedBytes},
+		{"mqtt.max_retained_messages_per_device", c.MQTT.MaxRetainedMessagesPerDevice},
+		{"mqtt.max_retained_bytes_per_device", c.MQTT.MaxRetainedBytesPerDevice},
+		{"mqtt.max_subscriptions_per_client", int64(c.MQTT.MaxSubscriptionsPerClient)},
+	} {
+		if n.v < 0 {
+			bad(n.key, "must not be negative (0 = unlimited)")
+		}
 	}
 	if c.MQTT.BackpressureWait < 0 {
 		bad("mqtt.backpressure_wait", "must not be negative (0 turns backpressure off)")
