@@ -259,12 +259,17 @@ func (n *Node) nodeGone(node string) {
 	})
 }
 
+// InjectorID is the client id of the inline client through which node
+// injects what comes from the bus: the Origin of the messages, retained
+// ones included, that it takes from the other nodes.
+func InjectorID(node string) string { return "tether-cluster-" + node }
+
 // Attach starts the traffic: messages for this node are injected into
 // srv, this node's filters are announced, and it beats.
 func (n *Node) Attach(srv *mqtt.Server) error {
 	// Inline, as the broker's own publishes, but held back by a slow
 	// subscriber like a client's (broker.Backpressure).
-	n.injector = srv.NewClient(nil, broker.BusListener, "tether-cluster-"+n.name, true)
+	n.injector = srv.NewClient(nil, broker.BusListener, InjectorID(n.name), true)
 	n.injector.Properties.ProtocolVersion = 5
 	n.srv.Store(srv)
 	n.lastAt = time.Now()

@@ -62,6 +62,7 @@ type app struct {
 	logins       *devices.LoginLimiter
 	bans         *devices.Bans
 	pubLimit     *broker.PublishLimit
+	retainLimit  *broker.RetainedLimit
 	backpressure *broker.Backpressure
 	retained     *broker.Retained
 	httpLimit    *listeners.HTTPLimit
@@ -313,6 +314,14 @@ func (a *app) newAccess() error {
 		Sessions: a.store, // purged sessions are deleted from it
 		Rules:    a.cfg.Auth.Rules,
 	})
+	// Retained messages are bounded per device and in all (before the
+	// cluster, whose copies it counts).
+	lim := retainedLimits(a.cfg)
+	lim.Identity, lim.Logger = a.auth.Identity, a.base
+	if a.cfg.Cluster.Enabled() {
+		lim.BrokerOrigins = []string{cluster.InjectorID(a.nodeName())}
+	}
+	a.retainLimit = broker.NewRetainedLimit(lim)
 	a.data.telemetryHook.SetIdentify(a.auth.Identity)
 	a.data.commandHook.SetIdentify(a.auth.Identity)
 	a.data.telemetryHook.SetTopics(telemetryTopics(a.cfg))
@@ -336,7 +345,9 @@ func (a *app) newBroker() (err error) {
 	o.Logger, o.TLS, o.TLSNames, o.Access = a.base, a.tlsConf, tlsNames, a.auth
 	// The session store stays the last hook: it must see each PUBLISH as
 	// the other hooks left it.
-	o.Hooks = append(append([]mqtt.Hook{a.pubLimit}, a.data.hooks()...), a.backpressure, a.retained)
+	// The retained bound right after the rate: a refused message reaches
+	// no other hook.
+	o.Hooks = append(append([]mqtt.Hook{a.pubLimit, a.retainLimit}, a.data.hooks()...), a.backpressure, a.retained)
 	o.Hooks = append(append(o.Hooks, a.clusterHooks()...), a.store)
 	b, err := broker.New(o)
 	if err != nil {
@@ -353,6 +364,7 @@ func (a *app) newBroker() (err error) {
 	a.store.Attach(b.Server)
 	a.backpressure.Attach(b.Server)
 	a.retained.Attach(b.Server)
+	a.retainLimit.Attach(b.Server)
 	a.data.attach(b.Server)
 	return nil
 }
@@ -364,7 +376,7 @@ func (a *app) newAPI() (err error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(broker.NewCollector(b))
 	a.httpLimit = listeners.NewHTTPLimit(a.cfg.Limits.HTTPMaxBodyBytes)
-	reg.MustRegister(a.store.Collector(), a.pubLimit, a.backpressure, a.retained, b.Limits, b.Handshakes, a.httpLimit)
+	reg.MustRegister(a.store.Collector(), a.pubLimit, a.retainLimit, a.backpressure, a.retained, b.Limits, b.Handshakes, a.httpLimit)
 	reg.MustRegister(a.auth, a.bans)
 	reg.MustRegister(a.data.collectors()...)
 	a.httpMetrics = dashboard.NewHTTPMetrics()

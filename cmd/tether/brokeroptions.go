@@ -41,8 +41,11 @@ func brokerOptions(cfg configs.Config) broker.Options {
 		SysInterval:      m.SysInterval,
 		ConnectTimeout:   m.ConnectTimeout,
 		MaxKeepalive:     m.MaxKeepalive,
-		ReadBufferSize:   m.ReadBufferSize,
-		WriteBufferSize:  m.WriteBufferSize,
+
+		MaxSubscriptionsPerClient: m.MaxSubscriptionsPerClient,
+
+		ReadBufferSize:  m.ReadBufferSize,
+		WriteBufferSize: m.WriteBufferSize,
 
 		Limits: listeners.LimitOptions{
 			MaxConnections:      cfg.Limits.MaxConnections,
@@ -54,6 +57,16 @@ func brokerOptions(cfg configs.Config) broker.Options {
 		PublicURL:         cfg.HTTP.PublicURL,
 		AllowedOrigins:    cfg.HTTP.AllowedOrigins,
 		WSCompression:     wsCompression[cfg.HTTP.WSCompression],
+	}
+}
+
+// retainedLimits maps mqtt.max_retained_* onto the retained-limit hook's
+// bounds; the caller adds who is a device and logging.
+func retainedLimits(cfg configs.Config) broker.RetainedLimitOptions {
+	m := cfg.MQTT
+	return broker.RetainedLimitOptions{
+		MaxMessages: m.MaxRetainedMessages, MaxBytes: m.MaxRetainedBytes,
+		DeviceMessages: m.MaxRetainedMessagesPerDevice, DeviceBytes: m.MaxRetainedBytesPerDevice,
 	}
 }
 

@@ -22,6 +22,9 @@ func TestBrokerOptionsDefaults(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("brokerOptions(configs.Default()) = %+v\nbroker.DefaultOptions() = %+v", got, want)
 	}
+	if got, want := retainedLimits(configs.Default()), broker.DefaultRetainedLimitOptions(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("retainedLimits(configs.Default()) = %+v\nbroker.DefaultRetainedLimitOptions() = %+v", got, want)
+	}
 	c := configs.Default()
 	c.MQTT.Addr, c.HTTP.HTTPSAddr = configs.Off, configs.Off
 	if o := brokerOptions(c); o.TCPAddr != "" || o.SecureWebSocket || !o.WebSocket {

@@ -6,6 +6,7 @@ import (
 	"sort"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -60,8 +61,13 @@ func (a *app) joinCluster() (err error) {
 	// committed there before its publisher's acknowledgement.
 	a.cluster.SetDurability(cluster.Durability{Persistent: a.store.Persistent, Barrier: a.store.Barrier})
 	// Retained messages copied from the other nodes (and deletions) are
-	// written to this node's store as the ones routed here are.
-	a.cluster.SetRetainedStore(a.store.PutRetained)
+	// written to this node's store as the ones routed here are, and
+	// counted towards the retained bounds (never refused: each node
+	// holds its own clients to them, and takes what the others took).
+	a.cluster.SetRetainedStore(func(pk packets.Packet) {
+		a.store.PutRetained(pk)
+		a.retainLimit.Sync(pk.TopicName)
+	})
 	a.cluster.SetNodeGone(func(node string) {
 		for _, name := range a.store.AdoptOrphans(node) {
 			// Its owner may be new to this node: the deliveries into
