@@ -32,8 +32,7 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "audit entry")
 	}
-	writeJSON(w, http.StatusOK, auditList{Entries: list, NextCursor: next})
-	return nil
+	return writeJSON(w, http.StatusOK, auditList{Entries: list, NextCursor: next})
 }
 
 // record writes e to the audit log, if there is one: from the address the

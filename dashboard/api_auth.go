@@ -222,8 +222,7 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 		Secure:   a.overTLS(r),
 		SameSite: http.SameSiteStrictMode,
 	})
-	writeJSON(w, http.StatusOK, loginResponse{Token: tok, ExpiresAt: exp.UTC(), Username: u.Username, Role: u.Role})
-	return nil
+	return writeJSON(w, http.StatusOK, loginResponse{Token: tok, ExpiresAt: exp.UTC(), Username: u.Username, Role: u.Role})
 }
 
 // logout ends the caller's session, if it is one (an API token stays

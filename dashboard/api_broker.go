@@ -74,6 +74,5 @@ func (a *API) brokerStats(w http.ResponseWriter, r *http.Request) error {
 	if a.nodes != nil {
 		s.Nodes = a.nodes()
 	}
-	writeJSON(w, http.StatusOK, s)
-	return nil
+	return writeJSON(w, http.StatusOK, s)
 }

@@ -27,8 +27,7 @@ func (a *API) listClients(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out := clientList{Clients: page, NextCursor: next}
-	writeJSON(w, http.StatusOK, out)
-	return nil
+	return writeJSON(w, http.StatusOK, out)
 }
 
 // idPage is one page of all, ordered by id, as GET /clients and

@@ -48,8 +48,7 @@ func (a *API) listCommands(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "command")
 	}
-	writeJSON(w, http.StatusOK, commandList{Commands: list, NextCursor: next})
-	return nil
+	return writeJSON(w, http.StatusOK, commandList{Commands: list, NextCursor: next})
 }
 
 // sendCommand: POST /devices/{id}/commands. Without wait it answers 202
@@ -83,8 +82,7 @@ func (a *API) sendCommand(w http.ResponseWriter, r *http.Request) error {
 		a.log.Warn("command stored but not published", "command", cmd.ID, "device", id, "error", err)
 	}
 	if !req.Wait {
-		writeJSON(w, http.StatusAccepted, cmd)
-		return nil
+		return writeJSON(w, http.StatusAccepted, cmd)
 	}
 	ctx, cancel := context.WithDeadline(r.Context(), cmd.ExpiresAt)
 	defer cancel()
@@ -99,8 +97,7 @@ func (a *API) sendCommand(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return err
 	}
-	writeJSON(w, http.StatusOK, got)
-	return nil
+	return writeJSON(w, http.StatusOK, got)
 }
 
 // getCommand: GET /commands/{cmdId}.
@@ -116,6 +113,5 @@ func (a *API) getCommand(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "command")
 	}
-	writeJSON(w, http.StatusOK, cmd)
-	return nil
+	return writeJSON(w, http.StatusOK, cmd)
 }

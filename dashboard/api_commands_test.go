@@ -1,12 +1,16 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -328,6 +332,92 @@ func TestTelemetryRoutes(t *testing.T) {
 	res, body = e.do("GET", "/devices/dev-1/telemetry", "", nil)
 	if res.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("no token: %d", res.StatusCode)
+	}
+}
+
+// TestTelemetryHugeNumbers: numbers near the largest float64, published
+// by a real device through the broker's hook and the writer, give valid
+// JSON and CSV with finite numbers for every step: 1.7e308 twice averages
+// 1.7e308 per minute and per hour (the hourly rollups), and +1.7e308 and
+// -1.7e308 together never make NaN.
+func TestTelemetryHugeNumbers(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "evil"})
+	e.createDevice(devices.NewDevice{ID: "mixed"})
+	view := e.tokens["viewer"]
+	evil, mixed := e.device(t, "evil", ""), e.device(t, "mixed", "")
+	for range 2 {
+		evil.Publish("devices/evil/telemetry", 1, false, `{"v":1.7e308}`).Wait()
+	}
+	for _, v := range []string{"1.7e308", "1.7e308", "-1.7e308", "-1.7e308", "-1.7e308", "1e308"} {
+		mixed.Publish("devices/mixed/telemetry", 1, false, `{"v":`+v+`}`).Wait()
+	}
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
+		if s, _ := e.tel.Stats(); s != 8 {
+			return fmt.Errorf("telemetry not stored: %d of 8 points", s)
+		}
+		return nil
+	})
+	now := time.Now()
+	rng := "from=" + now.Add(-time.Hour).UTC().Format(time.RFC3339) + "&to=" + now.Add(time.Hour).UTC().Format(time.RFC3339)
+	finite := func(what string, v float64) {
+		t.Helper()
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			t.Fatalf("%s: %v", what, v)
+		}
+	}
+	for _, tc := range []struct {
+		device string
+		count  int64
+		avg    float64 // NaN: any, within min and max
+	}{{"evil", 2, 1.7e308}, {"mixed", 6, math.NaN()}} {
+		for _, step := range []string{"1m", "1h", "2h", "90s"} {
+			q := "/devices/" + tc.device + "/telemetry?" + rng + "&step=" + step
+			res, body := e.do("GET", q, view, nil)
+			e.mustStatus(res, body, 200)
+			bs := decode[struct {
+				Buckets []devices.Bucket `json:"buckets"`
+			}](t, body)
+			var n int64
+			for _, b := range bs.Buckets {
+				lo, avg, hi := b.Min["v"], b.Avg["v"], b.Max["v"]
+				if avg < lo || avg > hi || (!math.IsNaN(tc.avg) && avg != tc.avg) {
+					t.Fatalf("%s: min %v avg %v max %v, want avg %v", q, lo, avg, hi, tc.avg)
+				}
+				n += b.Count["v"]
+			}
+			if n != tc.count {
+				t.Fatalf("%s: %d numbers, want %d: %s", q, n, tc.count, body)
+			}
+
+			res, body = e.do("GET", q+"&format=csv", view, nil)
+			e.mustStatus(res, body, 200)
+			rows, err := csv.NewReader(bytes.NewReader(body)).ReadAll()
+			if err != nil || len(rows) < 2 || strings.Join(rows[0], ",") != "ts,metric,min,avg,max,count" {
+				t.Fatalf("%s as CSV: %v %q", q, err, body)
+			}
+			n = 0
+			for _, r := range rows[1:] {
+				var f [3]float64
+				for i := range f {
+					if f[i], err = strconv.ParseFloat(r[2+i], 64); err != nil {
+						t.Fatalf("%s as CSV: %q: %v", q, r, err)
+					}
+					finite(q+" as CSV", f[i])
+				}
+				if f[1] < f[0] || f[1] > f[2] || (!math.IsNaN(tc.avg) && f[1] != tc.avg) {
+					t.Fatalf("%s as CSV: %q, want avg %v", q, r, tc.avg)
+				}
+				c, err := strconv.ParseInt(r[5], 10, 64)
+				if err != nil {
+					t.Fatalf("%s as CSV: %q: %v", q, r, err)
+				}
+				n += c
+			}
+			if n != tc.count {
+				t.Fatalf("%s as CSV: %d numbers, want %d: %q", q, n, tc.count, body)
+			}
+		}
 	}
 }
 

@@ -63,8 +63,7 @@ func (a *API) listDevices(w http.ResponseWriter, r *http.Request) error {
 	if list == nil {
 		list = []devices.Device{}
 	}
-	writeJSON(w, http.StatusOK, deviceList{Devices: list, NextCursor: next})
-	return nil
+	return writeJSON(w, http.StatusOK, deviceList{Devices: list, NextCursor: next})
 }
 
 // createDevice: POST /devices {"id"?, "name", "type", "labels"} → 201, the
@@ -81,8 +80,7 @@ func (a *API) createDevice(w http.ResponseWriter, r *http.Request) error {
 	a.log.Info("api: device registered", "device", d.ID, "by", identity(r).Name)
 	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceCreated, Target: d.ID})
 	w.Header().Set("Location", APIPrefix+"/devices/"+url.PathEscape(d.ID))
-	writeJSON(w, http.StatusCreated, devices.DeviceSecret{Device: d, Secret: secret})
-	return nil
+	return writeJSON(w, http.StatusCreated, devices.DeviceSecret{Device: d, Secret: secret})
 }
 
 // createDevices: POST /devices/bulk {"devices":[...]} → 201, all of them
@@ -106,8 +104,7 @@ func (a *API) createDevices(w http.ResponseWriter, r *http.Request) error {
 	a.log.Info("api: devices registered", "count", len(out), "by", identity(r).Name)
 	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceCreated, Target: out[0].ID,
 		Detail: fmt.Sprintf("bulk: %d devices, %s to %s", len(out), out[0].ID, out[len(out)-1].ID)})
-	writeJSON(w, http.StatusCreated, bulkResponse{Devices: out})
-	return nil
+	return writeJSON(w, http.StatusCreated, bulkResponse{Devices: out})
 }
 
 // getDevice: GET /devices/{id}.
@@ -120,8 +117,7 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "device")
 	}
-	writeJSON(w, http.StatusOK, d)
-	return nil
+	return writeJSON(w, http.StatusOK, d)
 }
 
 // updateDevice: PATCH /devices/{id} {"name"?, "type"?, "labels"?,
@@ -141,8 +137,7 @@ func (a *API) updateDevice(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.log.Info("api: device updated", "device", d.ID, "by", identity(r).Name)
 	a.record(r, devices.AuditEntry{Action: devices.AuditDeviceUpdated, Target: d.ID, Detail: patchFields(p)})
-	writeJSON(w, http.StatusOK, d)
-	return nil
+	return writeJSON(w, http.StatusOK, d)
 }
 
 // deleteDevice: DELETE /devices/{id} → 204; the device is disconnected.
@@ -176,8 +171,7 @@ func (a *API) rotateSecret(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.log.Info("api: device secret rotated", "device", d.ID, "by", identity(r).Name)
 	a.record(r, devices.AuditEntry{Action: devices.AuditSecretRotated, Target: d.ID})
-	writeJSON(w, http.StatusOK, devices.DeviceSecret{Device: d, Secret: secret})
-	return nil
+	return writeJSON(w, http.StatusOK, devices.DeviceSecret{Device: d, Secret: secret})
 }
 
 // patchFields names what a device patch changes, for the audit log:

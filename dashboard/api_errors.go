@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -110,7 +111,7 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) int 
 	var ae *apiError
 	if !errors.As(err, &ae) {
 		a.log.Error("api: request failed", "method", r.Method, "path", r.URL.Path, "error", err)
-		ae = &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Msg: "internal error"}
+		ae = &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Msg: msgInternal}
 	} else if ae.Status >= 500 {
 		a.log.Error("api: request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 	}
@@ -119,6 +120,21 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) int 
 	}
 	var body errorBody
 	body.Error.Code, body.Error.Message = ae.Code, ae.Msg
-	writeJSON(w, ae.Status, body)
+	_ = writeJSON(w, ae.Status, body) // strings: it encodes
 	return ae.Status
 }
+
+// msgInternal is the message of a 500, whose cause is only logged.
+const msgInternal = "internal error"
+
+// internalErrorJSON is the body of a 500, for writeJSON's answer when it
+// cannot encode the one it was given.
+var internalErrorJSON = func() []byte {
+	var body errorBody
+	body.Error.Code, body.Error.Message = codeInternal, msgInternal
+	b, err := json.Marshal(body)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()

@@ -31,12 +31,11 @@ func (a *API) getSecurity(w http.ResponseWriter, r *http.Request) error {
 		return noBans
 	}
 	o := a.bans.Options()
-	writeJSON(w, http.StatusOK, securityState{
+	return writeJSON(w, http.StatusOK, securityState{
 		Enabled: a.bans.Enabled(), Threshold: max(o.Threshold, 0),
 		Window: int(o.Window.Seconds()), Duration: int(o.Duration.Seconds()),
 		Bans: a.bans.Active(), Refusals: a.bans.Recent(), Offenders: a.bans.Offenders(topOffenders),
 	})
-	return nil
 }
 
 // liftBan: DELETE /security/bans/{key} → 204, recorded in the audit log.

@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"errors"
 	"net/http"
 	"time"
 )
@@ -17,13 +18,17 @@ func (a *API) wrap(rt route) http.Handler {
 		if err == nil {
 			err = rt.Handle(sw, r2)
 		}
-		if err != nil {
-			if sw.status != 0 {
-				// The response has begun: too late for an error body.
-				a.log.Error("api: request failed after the response began", "route", label, "error", err)
-			} else {
-				a.writeError(sw, r, err)
-			}
+		var enc *encodeError
+		switch {
+		case err == nil:
+		case errors.As(err, &enc):
+			// writeJSON has answered 500 instead.
+			a.log.Error("api: request failed", "method", r.Method, "route", label, "path", r.URL.Path, "error", err)
+		case sw.status != 0:
+			// The response has begun: too late for an error body.
+			a.log.Error("api: request failed after the response began", "route", label, "error", err)
+		default:
+			a.writeError(sw, r, err)
 		}
 		if sw.status == 0 {
 			sw.status = http.StatusOK

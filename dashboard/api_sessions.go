@@ -29,8 +29,7 @@ func (a *API) listSessions(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out := sessionList{Sessions: page, NextCursor: next}
-	writeJSON(w, http.StatusOK, out)
-	return nil
+	return writeJSON(w, http.StatusOK, out)
 }
 
 // maxClientID is the longest client id MQTT can carry: a UTF-8 string's

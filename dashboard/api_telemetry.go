@@ -83,8 +83,7 @@ func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 			writeBucketsCSV(w, id, bs)
 			return nil
 		}
-		writeJSON(w, http.StatusOK, bucketsResponse{Buckets: bs})
-		return nil
+		return writeJSON(w, http.StatusOK, bucketsResponse{Buckets: bs})
 	}
 	limit := defaultTelemetryLimit
 	if s := q.Get("limit"); s != "" {
@@ -99,8 +98,7 @@ func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "device")
 	}
-	writeJSON(w, http.StatusOK, pointsResponse{Points: pts})
-	return nil
+	return writeJSON(w, http.StatusOK, pointsResponse{Points: pts})
 }
 
 // timeParam reads an RFC 3339 or Unix-milliseconds query parameter.

@@ -57,8 +57,7 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "token")
 	}
-	writeJSON(w, http.StatusOK, tokenList{Tokens: list, NextCursor: next})
-	return nil
+	return writeJSON(w, http.StatusOK, tokenList{Tokens: list, NextCursor: next})
 }
 
 // createToken: POST /tokens {"name","username"?,"ttl"?} → 201, the token
@@ -91,8 +90,7 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.log.Info("api: token created", "token_id", t.ID, "user", t.Username, "by", me.Name)
 	a.record(r, devices.AuditEntry{Action: devices.AuditTokenCreated, Target: t.ID, Detail: "for " + t.Username + ": " + t.Name})
-	writeJSON(w, http.StatusCreated, tokenResponse{Token: t, Plaintext: plain})
-	return nil
+	return writeJSON(w, http.StatusCreated, tokenResponse{Token: t, Plaintext: plain})
 }
 
 // revokeToken: DELETE /tokens/{id} → 204: an admin revokes any token,

@@ -26,8 +26,7 @@ func (a *API) getTwin(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, tw)
-	return nil
+	return writeJSON(w, http.StatusOK, tw)
 }
 
 // patchTwin: PATCH /devices/{id}/twin with {"desired":{...}}, a merge
@@ -55,6 +54,5 @@ func (a *API) patchTwin(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "twin")
 	}
-	writeJSON(w, http.StatusOK, tw)
-	return nil
+	return writeJSON(w, http.StatusOK, tw)
 }

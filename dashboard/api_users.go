@@ -39,8 +39,7 @@ type meResponse struct {
 // me: GET /auth/me → who the credentials belong to.
 func (a *API) me(w http.ResponseWriter, r *http.Request) error {
 	id := identity(r)
-	writeJSON(w, http.StatusOK, meResponse{Username: id.Name, Role: id.Role, Via: id.Via})
-	return nil
+	return writeJSON(w, http.StatusOK, meResponse{Username: id.Name, Role: id.Role, Via: id.Via})
 }
 
 // listUsers: GET /users?limit=&cursor=
@@ -60,8 +59,7 @@ func (a *API) listUsers(w http.ResponseWriter, r *http.Request) error {
 	if list == nil {
 		list = []devices.User{}
 	}
-	writeJSON(w, http.StatusOK, userList{Users: list, NextCursor: next})
-	return nil
+	return writeJSON(w, http.StatusOK, userList{Users: list, NextCursor: next})
 }
 
 // createUser: POST /users {"username","password","role"} → 201, the user
@@ -82,8 +80,7 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.log.Info("api: user created", "user", u.Username, "role", u.Role, "by", identity(r).Name)
 	a.record(r, devices.AuditEntry{Action: devices.AuditUserCreated, Target: u.Username, Detail: "role " + u.Role})
-	writeJSON(w, http.StatusCreated, u)
-	return nil
+	return writeJSON(w, http.StatusCreated, u)
 }
 
 // pathUser returns the {name} of r, the user it names, checking that the
@@ -109,8 +106,7 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "user")
 	}
-	writeJSON(w, http.StatusOK, u)
-	return nil
+	return writeJSON(w, http.StatusOK, u)
 }
 
 // updateUser: PATCH /users/{name} {"password"?,"role"?,"current_password"?}
@@ -161,8 +157,7 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request) error {
 		a.log.Info("api: role changed", "user", name, "role", u.Role, "by", me.Name)
 		a.record(r, devices.AuditEntry{Action: devices.AuditRoleChanged, Target: name, Detail: before.Role + " -> " + u.Role})
 	}
-	writeJSON(w, http.StatusOK, u)
-	return nil
+	return writeJSON(w, http.StatusOK, u)
 }
 
 // checkCurrentPassword checks name's password, through the login

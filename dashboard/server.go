@@ -2,6 +2,8 @@ package dashboard
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 )
@@ -30,6 +32,15 @@ type Options struct {
 // NewHandler returns the handler for an HTTP or HTTPS listener.
 func NewHandler(o Options) http.Handler {
 	mux := http.NewServeMux()
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	reply := func(w http.ResponseWriter, r *http.Request, code int, v any) {
+		if err := writeJSON(w, code, v); err != nil {
+			log.Error("http: request failed", "path", r.URL.Path, "error", err)
+		}
+	}
 	if o.MQTT != nil {
 		mux.Handle("/mqtt", o.MQTT)
 	}
@@ -37,22 +48,22 @@ func NewHandler(o Options) http.Handler {
 		mux.Handle("GET /metrics", o.Metrics)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		reply(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if o.Ready != nil {
 			if err := o.Ready(); err != nil {
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+				reply(w, r, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
 				return
 			}
 		}
 		if o.Warnings != nil {
 			if ws := o.Warnings(); len(ws) > 0 {
-				writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "warnings": ws})
+				reply(w, r, http.StatusOK, map[string]any{"status": "ready", "warnings": ws})
 				return
 			}
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		reply(w, r, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	if o.API != nil {
 		mux.Handle("/api/v1/", o.API)
@@ -82,9 +93,53 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
+// writeJSON answers with status code and v as JSON. v is encoded before
+// anything is sent, so that a value that does not encode (a NaN or an
+// infinite float, a failing MarshalJSON) is never a success with a body
+// cut short or empty: the answer is then the API's 500 (code "internal")
+// and the error returned, an *encodeError, says why without v's data, for
+// the caller to log (an API handler returns it: wrap logs it).
+//
+// The encoding is held whole before it is sent, as encoding/json's
+// Encoder held it anyway: the largest answers (telemetry: up to
+// devices.MaxTelemetryPoints points or MaxTelemetryBuckets buckets; lists:
+// up to maxPage entries; POST /devices/bulk: as many as its body bounds)
+// take one more copy of their body for as long as it is written. The
+// answers with no bound, GET /devices/{id}/export and CSV, are streamed
+// without it.
+func writeJSON(w http.ResponseWriter, code int, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		err = &encodeError{cause: err}
+		code, body = http.StatusInternalServerError, internalErrorJSON
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(body)
+	_, _ = w.Write([]byte{'\n'})
+	return err
+}
+
+// encodeError is a value writeJSON could not encode (and answered 500
+// for instead).
+type encodeError struct{ cause error }
+
+// Error names what failed without the value: json's own message quotes
+// it ("unsupported value: +Inf") or a marshaler's error, which may quote
+// a device's data.
+func (e *encodeError) Error() string {
+	var val *json.UnsupportedValueError
+	var typ *json.UnsupportedTypeError
+	var mar *json.MarshalerError
+	switch {
+	case errors.As(e.cause, &val):
+		return "response not encoded: a NaN or infinite number (or a cycle)"
+	case errors.As(e.cause, &typ):
+		return "response not encoded: unsupported type " + typ.Type.String()
+	case errors.As(e.cause, &mar):
+		return "response not encoded: the marshaler of " + mar.Type.String() + " failed"
+	}
+	return fmt.Sprintf("response not encoded: %T", e.cause)
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // commandsSchema is the "commands" component's migrations (DB.Migrate).
@@ -227,6 +228,9 @@ func (nc *NewCommand) Check() error {
 		if p[0] != '{' || json.Unmarshal([]byte(p), &m) != nil {
 			return invalid("params", "must be a JSON object")
 		}
+		if !utf8.ValidString(p) { // the decoder takes it; PostgreSQL does not
+			return invalid("params", "not valid UTF-8")
+		}
 		nc.Params = json.RawMessage(p)
 	}
 	switch {
@@ -306,16 +310,27 @@ func (c *Commands) RecordDelivered(id string) {
 
 // RecordResponse queues a device's answer to command id: ok with result,
 // or an error message. A response to a command that is done already or
-// was never sent is counted (late, unknown) and otherwise ignored.
+// was never sent is counted (late, unknown) and otherwise ignored. What
+// is stored is text both databases take: a result that is not valid
+// UTF-8 is dropped (the command fails, saying so); the error message has
+// U+0000 and invalid bytes replaced, and is cut at a character's edge.
 func (c *Commands) RecordResponse(id string, ok bool, result []byte, errMsg string) {
-	if len(result) > MaxCommandResult {
+	switch {
+	case len(result) > MaxCommandResult:
 		result = nil
 		if ok {
 			ok, errMsg = false, "result too large"
 		}
+	case !utf8.Valid(result):
+		result, ok, errMsg = nil, false, "result is not valid UTF-8"
 	}
+	errMsg = strings.ReplaceAll(strings.ToValidUTF8(errMsg, "\uFFFD"), "\x00", "\uFFFD")
 	if len(errMsg) > MaxCommandError {
-		errMsg = errMsg[:MaxCommandError]
+		cut := MaxCommandError
+		for cut > 0 && !utf8.RuneStart(errMsg[cut]) {
+			cut--
+		}
+		errMsg = errMsg[:cut]
 	}
 	c.enqueue(commandOp{kind: 'r', id: id, ok: ok, result: result, errMsg: errMsg, at: time.Now().UTC()})
 }

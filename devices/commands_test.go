@@ -4,15 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 func openTestCommands(t *testing.T) *Commands {
 	t.Helper()
-	db := openTestDB(t)
+	db := openTestDB(t, "d1", "d2") // a command over MQTT is recorded for a device only
 	c, err := OpenCommands(context.Background(), db, &CommandsOptions{SweepInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -163,5 +165,58 @@ func TestTwinMerge(t *testing.T) {
 	got, err = tw.Get(ctx, "d1")
 	if err != nil || got.ReportedVersion != 2 || len(got.Delta) != 0 || got.Reported["extra"] != nil {
 		t.Fatalf("%+v %v", got, err)
+	}
+}
+
+// TestCommandTextBothDatabasesTake: what a device answers, and what an
+// operator sends over MQTT, is stored as text both databases take:
+// U+0000 in an error message (PostgreSQL's text has no NUL), invalid
+// UTF-8 in a result or an error, an error cut at its limit in the middle
+// of a character. One such answer failed the writer's whole batch on
+// PostgreSQL: the other commands' outcomes in it were lost.
+func TestCommandTextBothDatabasesTake(t *testing.T) {
+	ctx := context.Background()
+	c := openTestCommands(t)
+	var ids []string
+	for range 5 {
+		cmd, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "x", Timeout: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, cmd.ID)
+	}
+	long := "x" + strings.Repeat("é", MaxCommandError) // cut in the middle of an é
+	c.RecordResponse(ids[0], false, nil, "disk\x00full")
+	c.RecordResponse(ids[1], true, []byte("{\"x\":\"\xff\"}"), "")
+	c.RecordResponse(ids[2], false, nil, "bad \xc3 byte")
+	c.RecordResponse(ids[3], false, nil, long)
+	c.RecordResponse(ids[4], true, []byte(`{"ok":1}`), "")
+	// Over MQTT (the hook checks a command before RecordSent), as through
+	// the API (Create).
+	bad := NewCommand{ID: "mqtt-1", DeviceID: "d2", Name: "x", Params: []byte("{\"p\":\"\xfe\"}"), Timeout: time.Minute}
+	var inv *InvalidError
+	if err := bad.Check(); !errors.As(err, &inv) {
+		t.Errorf("params with invalid UTF-8: Check says %v", err)
+	}
+	if _, err := c.Create(ctx, bad); !errors.As(err, &inv) {
+		t.Errorf("params with invalid UTF-8: Create says %v", err)
+	}
+	want := []string{StatusFailed, StatusFailed, StatusFailed, StatusFailed, StatusSucceeded}
+	for i, id := range ids {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		got, err := c.Wait(wctx, id)
+		cancel()
+		if err != nil {
+			t.Fatalf("command %d: %v", i, err)
+		}
+		if got.Status != want[i] {
+			t.Errorf("command %d: %s (%q), want %s", i, got.Status, got.Error, want[i])
+		}
+		if !utf8.ValidString(got.Error) || strings.ContainsRune(got.Error, 0) || len(got.Error) > MaxCommandError {
+			t.Errorf("command %d: error %q stored", i, got.Error)
+		}
+		if !utf8.Valid(got.Result) {
+			t.Errorf("command %d: result %q stored", i, got.Result)
+		}
 	}
 }

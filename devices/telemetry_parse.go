@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -439,6 +440,12 @@ func (p *parser) metric(name []byte) error {
 		}
 		if len(s) > MaxMetricString {
 			return fmt.Errorf("%w: %.40q: a string of %d bytes (at most %d)", ErrTelemetryBadValue, name, len(s), MaxMetricString)
+		}
+		if bytes.IndexByte(s, 0) >= 0 {
+			// \u0000: PostgreSQL's jsonb has no U+0000, and one such
+			// value in a device's last values failed the writer's whole
+			// batch there, every device's points with it.
+			return fmt.Errorf("%w: %.40q: U+0000 in a string", ErrTelemetryBadValue, name)
 		}
 		return nil
 	case 't':

@@ -30,6 +30,8 @@ func TestTelemetryParse(t *testing.T) {
 		{"NaN", `{"v":NaN}`, nil, time.Time{}, ErrTelemetryNotObject},
 		{"huge number", `{"v":1e999}`, nil, time.Time{}, ErrTelemetryBadValue},
 		{"array value", `{"v":[1]}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"U+0000 in a string", `{"s":"a\u0000b"}`, nil, time.Time{}, ErrTelemetryBadValue},
+		{"U+0000 in a name", `{"a\u0000":1}`, nil, time.Time{}, ErrTelemetryBadValue},
 		{"nested flattened", `{"AM2301":{"Temperature":22.1,"Humidity":45},"TempUnit":"C"}`, map[string]any{"AM2301.Temperature": 22.1, "AM2301.Humidity": 45.0, "TempUnit": "C"}, time.Time{}, nil},
 		{"tasmota SENSOR", `{"Time":"2026-11-26T03:00:00","ENERGY":{"Total":1.5,"Power":30},"DS18B20":{"Id":"01","Temperature":19.3}}`,
 			map[string]any{"Time": "2026-11-26T03:00:00", "ENERGY.Total": 1.5, "ENERGY.Power": 30.0, "DS18B20.Id": "01", "DS18B20.Temperature": 19.3}, time.Time{}, nil},

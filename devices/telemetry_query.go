@@ -242,7 +242,7 @@ func addToBuckets(out []Bucket, b int64, metric string, a *agg) []Bucket {
 		out = append(out, Bucket{TS: ts, Min: map[string]float64{}, Avg: map[string]float64{}, Max: map[string]float64{}, Count: map[string]int64{}})
 	}
 	cur := &out[len(out)-1]
-	cur.Min[metric], cur.Avg[metric], cur.Max[metric], cur.Count[metric] = a.min, a.sum/float64(a.n), a.max, a.n
+	cur.Min[metric], cur.Avg[metric], cur.Max[metric], cur.Count[metric] = a.min, a.avg(), a.max, a.n
 	return out
 }
 
@@ -262,10 +262,14 @@ func (t *Telemetry) hourBuckets(ctx context.Context, device string, lo, hi, ms i
 	aggs := map[bucketKey]*agg{}
 	var metric []byte
 	for rows.Next() {
-		var ts int64
-		var a agg
-		if err := rows.Scan(&ts, &metric, &a.min, &a.max, &a.sum, &a.n); err != nil {
+		var ts, n int64
+		var lo, hi, sum float64
+		if err := rows.Scan(&ts, &metric, &lo, &hi, &sum, &n); err != nil {
 			return nil, fmt.Errorf("telemetry buckets: %w", err)
+		}
+		a, ok := fromStored(lo, hi, sum, n)
+		if !ok {
+			continue
 		}
 		b := floorDiv(ts, ms) * ms
 		cur := aggs[bucketKey{b, string(metric)}]

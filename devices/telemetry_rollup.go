@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,9 +29,19 @@ import (
 // minutes twice). A minute may be in two minute chunks (its points were in
 // two raw chunks): queries merge.
 
-// agg is an aggregate of numbers.
+// agg is an aggregate of numbers: their min, max, count and sum.
+//
+// The sum does not overflow: it is sum·2^scale, where scale is 0 while
+// the sum is within a float64 (always, for any sensor's numbers) and
+// above 0, with |sum| ≥ 2^1023, only while it is beyond one. So the mean
+// (avg) of any finite numbers is right to a float64's precision: 1.7e308
+// twice averages 1.7e308, not +Inf, and +1.7e308 and -1.7e308 together
+// average 0, not NaN. A stored rollup holds the sum in one float64
+// (storedSum; the hourly upsert adds them as upsertSQL says): beyond
+// one, it is kept as ±MaxFloat64, which fromStored reads back as a bound.
 type agg struct {
 	min, max, sum float64
+	scale         int
 	n             int64
 	// exp is the decimals that every number added has at most (so the
 	// sum can be rounded back to an exact decimal), or -1.
@@ -44,8 +55,46 @@ func (a *agg) add(v float64) {
 	if a.n == 0 || v > a.max {
 		a.max = v
 	}
-	a.sum += v
+	if s := a.sum + v; a.scale == 0 && !math.IsInf(s, 0) {
+		a.sum = s
+	} else {
+		a.addScaled(v, 0)
+	}
 	a.n++
+}
+
+// addScaled adds x·2^k (x finite, k ≥ 0) to the sum, overflowing into
+// scale.
+func (a *agg) addScaled(x float64, k int) {
+	if a.scale == 0 && k == 0 {
+		if s := a.sum + x; !math.IsInf(s, 0) {
+			a.sum = s
+			return
+		}
+	}
+	// Both terms scaled to below 2^1023: their sum is finite.
+	e := max(a.scale, k) + 1
+	a.sum = math.Ldexp(a.sum, a.scale-e) + math.Ldexp(x, k-e)
+	a.scale = e
+	a.normalize()
+}
+
+// normalize makes scale the least it can be (0 whenever the sum fits a
+// float64).
+func (a *agg) normalize() {
+	if a.sum == 0 {
+		a.scale = 0
+		return
+	}
+	if a.scale == 0 {
+		return
+	}
+	fr, e := math.Frexp(a.sum)
+	if e += a.scale; e <= 1024 {
+		a.sum, a.scale = math.Ldexp(fr, e), 0
+	} else {
+		a.sum, a.scale = math.Ldexp(fr, 1024), e-1024
+	}
 }
 
 // addDecimal adds v and keeps exp.
@@ -75,20 +124,78 @@ func (a *agg) merge(b agg) {
 	if a.n == 0 || b.max > a.max {
 		a.max = b.max
 	}
-	a.sum += b.sum
+	a.addScaled(b.sum, b.scale)
 	a.n += b.n
 }
 
-// exactSum is the sum rounded to the decimals of its numbers: what float
-// addition lost, so that the sum stays a short decimal.
+// avg is the mean (of an aggregate of at least one number), within
+// [min, max]: rounding may put sum/n just outside, as 0.1 three times
+// (0.30000000000000004/3).
+func (a *agg) avg() float64 {
+	m := math.Ldexp(a.sum/float64(a.n), a.scale)
+	if math.IsNaN(m) { // not from finite numbers
+		return a.min/2 + a.max/2
+	}
+	return min(max(m, a.min), a.max)
+}
+
+// setMean makes the sum n·m.
+func (a *agg) setMean(m float64) {
+	fr, e := math.Frexp(m)
+	a.sum, a.scale = fr*float64(a.n), e
+	a.normalize()
+}
+
+// storedSum is the sum as a stored rollup keeps it: itself, or
+// ±MaxFloat64 when it is beyond a float64.
+func (a *agg) storedSum() float64 {
+	if a.scale > 0 {
+		return math.Copysign(math.MaxFloat64, a.sum)
+	}
+	return a.sum
+}
+
+// exactSum is storedSum rounded to the decimals of its numbers: what
+// float addition lost, so that the sum stays a short decimal.
 func (a *agg) exactSum() float64 {
-	if a.exp < 0 {
-		return a.sum
+	if a.exp < 0 || a.scale > 0 {
+		return a.storedSum()
 	}
 	if m, ok := mantissa(math.Round(a.sum*pow10[a.exp])/pow10[a.exp], a.exp); ok {
 		return float64(m) / pow10[a.exp]
 	}
 	return a.sum
+}
+
+// fromStored is the aggregate of a stored rollup (an hourly row, a
+// minute of a minute chunk); false when no release would have stored it
+// (no count, a bound that is not finite, min above max).
+//
+// A sum at ±MaxFloat64 is taken for one that reached it (storedSum,
+// upsertSQL; a sum of exactly that is read as a bound too), and
+// older releases stored ±Inf for a sum that overflowed and NaN where +Inf
+// met -Inf: the mean of such a rollup is in [min, max] and, for a sum
+// that reached +MaxFloat64, at least MaxFloat64/n (for -MaxFloat64, at
+// most -MaxFloat64/n). The aggregate takes the middle of that range as
+// its mean, so that it is finite, within the numbers' range, and exact
+// where the range is one number (1.7e308 twice).
+func fromStored(lo, hi, sum float64, n int64) (agg, bool) {
+	if n < 1 || math.IsNaN(lo) || math.IsInf(lo, 0) || math.IsNaN(hi) || math.IsInf(hi, 0) || lo > hi {
+		return agg{}, false
+	}
+	a := agg{min: lo, max: hi, sum: sum, n: n}
+	if math.Abs(sum) < math.MaxFloat64 {
+		return a, true
+	}
+	bound := math.MaxFloat64 / float64(n)
+	switch {
+	case sum > 0:
+		lo = min(max(lo, bound), hi)
+	case sum < 0:
+		hi = max(min(hi, -bound), lo)
+	}
+	a.setMean(lo/2 + hi/2)
+	return a, true
 }
 
 // rollups takes the numbers of points as they are written.
@@ -277,10 +384,12 @@ func minuteAggs(d *chunkData, fn func(metric string, minute int64, a agg)) {
 			continue
 		}
 		for i, ts := range d.ts {
-			if cnt.syms[i] != symNumber || lo.syms[i] != symNumber || hi.syms[i] != symNumber || sum.syms[i] != symNumber || cnt.nums[i] < 1 {
+			if cnt.syms[i] != symNumber || lo.syms[i] != symNumber || hi.syms[i] != symNumber || sum.syms[i] != symNumber || !(cnt.nums[i] >= 1 && cnt.nums[i] <= maxMantissa) {
 				continue
 			}
-			fn(metric, ts, agg{min: lo.nums[i], max: hi.nums[i], sum: sum.nums[i], n: int64(cnt.nums[i])})
+			if a, ok := fromStored(lo.nums[i], hi.nums[i], sum.nums[i], int64(cnt.nums[i])); ok {
+				fn(metric, ts, a)
+			}
 		}
 	}
 }
@@ -364,7 +473,7 @@ func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
 	}
 	for _, k := range keys {
 		a := r.hours[k]
-		args = append(args, k.device, k.metric, k.ts, a.min, a.max, a.sum, a.n)
+		args = append(args, k.device, k.metric, k.ts, a.min, a.max, a.storedSum(), a.n)
 		if len(args) == cap(args) {
 			if err := flush(); err != nil {
 				return err
@@ -379,9 +488,9 @@ func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
 
 // upsertSQL adds rows hourly rollups, merging each into the one stored
 // (PostgreSQL names the conflict and calls SQLite's two-argument min and
-// max LEAST and GREATEST).
+// max LEAST and GREATEST). The sums are added as saturatingAdd says.
 func upsertSQL(d database.Dialect, rows int) string {
-	b := make([]byte, 0, 256+16*rows)
+	b := make([]byte, 0, 512+16*rows)
 	b = append(b, "INSERT INTO telemetry_1h(device_id, metric, ts, min, max, sum, n) VALUES "...)
 	for i := range rows {
 		if i > 0 {
@@ -390,9 +499,35 @@ func upsertSQL(d database.Dialect, rows int) string {
 		b = append(b, "(?,?,?,?,?,?,?)"...)
 	}
 	if d == database.Postgres {
-		b = append(b, " ON CONFLICT (device_id, ts, metric) DO UPDATE SET min = LEAST(telemetry_1h.min, excluded.min), max = GREATEST(telemetry_1h.max, excluded.max), sum = telemetry_1h.sum + excluded.sum, n = telemetry_1h.n + excluded.n"...)
+		b = append(b, " ON CONFLICT (device_id, ts, metric) DO UPDATE SET min = LEAST(telemetry_1h.min, excluded.min), max = GREATEST(telemetry_1h.max, excluded.max), sum = "...)
+		b = append(b, saturatingAdd("telemetry_1h.sum", "excluded.sum")...)
+		b = append(b, ", n = telemetry_1h.n + excluded.n"...)
 		return string(b)
 	}
-	b = append(b, " ON CONFLICT DO UPDATE SET min = min(min, excluded.min), max = max(max, excluded.max), sum = sum + excluded.sum, n = n + excluded.n"...)
+	b = append(b, " ON CONFLICT DO UPDATE SET min = min(min, excluded.min), max = max(max, excluded.max), sum = "...)
+	b = append(b, saturatingAdd("sum", "excluded.sum")...)
+	b = append(b, ", n = n + excluded.n"...)
 	return string(b)
+}
+
+// saturatingAdd is SQL for the sum of the float columns a and b, or
+// ±MaxFloat64 where it would be beyond a float64: PostgreSQL fails the
+// statement on an overflow (and the writer's whole batch with it), SQLite
+// makes +Inf, and NaN (+Inf meeting -Inf) is NULL to SQLite, which the
+// NOT NULL column refuses. b is finite (storedSum). a may be an older
+// release's ±Inf, which becomes ±MaxFloat64 where b has its sign and
+// stays otherwise, or on PostgreSQL its NaN, which PostgreSQL orders
+// above every number: MaxFloat64 where b is positive, NaN otherwise
+// (fromStored reads each of them). No multiplication or division:
+// PostgreSQL fails those on an underflow (5e-324 / 2).
+//
+// The test is a > g - b with g the float64 just below MaxFloat64: where
+// a ≤ g - b (rounded up by at most 2^970), a + b ≤ MaxFloat64 - 2^970,
+// which rounds to a finite float64.
+func saturatingAdd(a, b string) string {
+	top := strconv.FormatFloat(math.MaxFloat64, 'g', -1, 64)
+	g := strconv.FormatFloat(math.Nextafter(math.MaxFloat64, 0), 'g', -1, 64)
+	return "CASE WHEN " + a + " > 0 AND " + b + " > 0 AND " + a + " > " + g + " - " + b + " THEN " + top +
+		" WHEN " + a + " < 0 AND " + b + " < 0 AND " + a + " < -" + g + " - " + b + " THEN -" + top +
+		" ELSE " + a + " + " + b + " END"
 }

@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -142,21 +145,49 @@ func CheckTwinPatch(field string, patch []byte) (map[string]any, error) {
 	if len(patch) > MaxTwinPatch {
 		return nil, invalid(field, "larger than %d bytes", MaxTwinPatch)
 	}
-	p := bytes.TrimSpace(patch)
+	// Only JSON's whitespace: the databases take no other around it.
+	p := bytes.Trim(patch, " \t\r\n")
 	if len(p) == 0 || p[0] != '{' {
 		return nil, invalid(field, "must be a JSON object")
 	}
 	if jsonDeeperThan(p, MaxTwinDepth) {
 		return nil, invalid(field, "objects and arrays nested deeper than %d levels", MaxTwinDepth)
 	}
+	// Go's decoder takes invalid UTF-8 (as U+FFFD) where SQLite would
+	// store it as it is and PostgreSQL refuses it.
+	if !utf8.Valid(p) {
+		return nil, invalid(field, "not valid UTF-8")
+	}
 	var m map[string]any
 	if json.Unmarshal(p, &m) != nil {
 		return nil, invalid(field, "must be a JSON object")
+	}
+	if hasNUL(m) {
+		// PostgreSQL's jsonb has no U+0000 (\u0000).
+		return nil, invalid(field, "U+0000 in a name or a string")
 	}
 	if _, ok := m["version"]; ok && field == "desired" {
 		return nil, invalid(field, `"version" is reserved`)
 	}
 	return m, nil
+}
+
+// hasNUL reports whether a decoded JSON value holds U+0000 in a name or
+// a string (its nesting is bounded by MaxTwinDepth, checked before).
+func hasNUL(v any) bool {
+	switch v := v.(type) {
+	case string:
+		return strings.IndexByte(v, 0) >= 0
+	case []any:
+		return slices.ContainsFunc(v, hasNUL)
+	case map[string]any:
+		for k, e := range v {
+			if strings.IndexByte(k, 0) >= 0 || hasNUL(e) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // jsonDeeperThan reports whether objects and arrays nest deeper than

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // deepPatch is a patch nested depth levels deep, the patch itself
@@ -213,8 +214,9 @@ func FuzzCheckTwinPatch(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		m, err := CheckTwinPatch("reported", in)
 		var v any
-		// CheckTwinPatch trims Unicode white space, not only JSON's.
-		decoded := json.Unmarshal(bytes.TrimSpace(in), &v) == nil
+		// JSON's whitespace around it; valid UTF-8 (the decoder alone
+		// takes any); no U+0000, which PostgreSQL's jsonb refuses.
+		decoded := json.Unmarshal(bytes.Trim(in, " \t\r\n"), &v) == nil && utf8.Valid(in) && !hasNUL(v)
 		_, isObject := v.(map[string]any)
 		if decoded && jsonDeeperThan(in, MaxTwinDepth) != (jsonDepth(v) > MaxTwinDepth) {
 			t.Fatalf("%q: the scan says deeper than %d: %v; the decoder reads %d levels", in, MaxTwinDepth, !(jsonDepth(v) > MaxTwinDepth), jsonDepth(v))
@@ -236,4 +238,53 @@ func FuzzCheckTwinPatch(f *testing.F) {
 			t.Fatalf("%q accepted, %d deep", in, d)
 		}
 	})
+}
+
+// TestTwinPatchTextBothDatabasesTake: a patch is refused, before either
+// database sees it, when its text is one SQLite or PostgreSQL would not
+// take as JSON although Go's decoder does: invalid UTF-8, U+0000 in a
+// string or a key (PostgreSQL's jsonb refuses it), whitespace that is not
+// JSON's around it. A desired patch was a 500 on PostgreSQL, a reported
+// one lost.
+func TestTwinPatchTextBothDatabasesTake(t *testing.T) {
+	ctx := context.Background()
+	tw, err := OpenTwins(ctx, openTestDB(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tw.Close()
+	if _, err := tw.PatchDesired(ctx, "d1", []byte(" \n{\"mode\":\"éco\",\"unit\":\"\\u00b0C\"}\t\r\n")); err != nil {
+		t.Fatalf("JSON whitespace and escaped or plain UTF-8: %v", err)
+	}
+	before, err := tw.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{
+		"\u00a0{\"a\":1}",        // NBSP before
+		"{\"a\":1}\u2028",        // a line separator after
+		"{\"a\":\"\xff\"}",       // invalid UTF-8 in a string
+		"{\"\xc3\":1}",           // and in a key
+		`{"a":"x\u0000y"}`,       // U+0000 in a string
+		`{"a\u0000":1}`,          // in a key
+		`{"a":{"b":["\u0000"]}}`, // deeper
+	} {
+		var inv *InvalidError
+		if _, err := tw.PatchDesired(ctx, "d1", []byte(p)); !errors.As(err, &inv) {
+			t.Errorf("desired %q: %v, want an InvalidError", p, err)
+		}
+		if tw.RecordReported("d1", []byte(p)) {
+			t.Errorf("reported %q queued", p)
+		}
+	}
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tw.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalJSON(t, before, after) {
+		t.Fatalf("refused patches changed the twin: %+v, then %+v", before, after)
+	}
 }
