@@ -29,11 +29,18 @@ import (
 // buffers then fill and TCP slows the sender, as with
 // limits.publish_rate_per_client.
 //
-// The wait is bounded: at most maxWait (mqtt.backpressure_wait) per PUBLISH, and a subscriber that
-// does not drain within maxWait is marked stuck and not waited for again
+// The wait is bounded. It goes in rounds of maxWait (mqtt.backpressure_wait):
+// a subscriber that drained at least an eighth of what is waited for in
+// a round is slow, not stuck, and is waited for another round, at most
+// slowRounds in all per PUBLISH (one that keeps that pace drains in
+// them); one that drained less is marked stuck and not waited for again
 // until it drains, so a client that never reads costs each publisher at
 // most one maxWait and then its messages are dropped as before (the
-// engine counts them). A publisher never waits for itself, and shared
+// engine counts them). A slow subscriber thus holds its publishers to its
+// pace, down to an eighth of its high-water mark per maxWait (12 messages
+// a second at the defaults), rather than losing acknowledged messages
+// whenever it is slower for a moment (a loaded machine) than draining
+// half its high-water mark in one maxWait. A publisher never waits for itself, and shared
 // subscriptions are not considered. The broker's own inline publishes
 // never wait; the messages another node of a cluster sends do (their
 // injecting client's listener is BusListener): the wait holds the bus's
@@ -66,7 +73,9 @@ type lag struct {
 	low     int           // drained at or below this many in flight
 	drained chan struct{} // closed when it has drained
 	once    sync.Once
-	stuck   atomic.Bool // a wait for it timed out
+	stuck   atomic.Bool  // a wait for it timed out
+	acks    atomic.Int64 // acknowledgements (or drops) since it fell behind
+	need    int64        // how many it drains from its high-water mark to low
 
 	// filters are the subscriber's QoS 1/2 filters when it fell behind
 	// (shared ones left out), to tell without the engine's index whether
@@ -78,7 +87,7 @@ type lag struct {
 const maxLagFilters = 16
 
 func newLag(cl *mqtt.Client, high int) *lag {
-	l := &lag{low: high / 2, drained: make(chan struct{})}
+	l := &lag{low: high / 2, need: int64(high - high/2), drained: make(chan struct{})}
 	subs := cl.State.Subscriptions.GetAll()
 	if len(subs) <= maxLagFilters {
 		l.filters = make([]string, 0, len(subs))
@@ -209,6 +218,7 @@ func (b *Backpressure) drain(cl *mqtt.Client, gone bool) {
 		return
 	}
 	l := v.(*lag)
+	l.acks.Add(1)
 	if !gone && cl.State.Inflight.Len() > l.low {
 		return
 	}
@@ -244,6 +254,7 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	var subs *mqtt.Subscribers
 	var timer *time.Timer
 	var start time.Time
+	rounds := 0
 	b.behind.Range(func(k, v any) bool {
 		to, l := k.(*mqtt.Client), v.(*lag)
 		if to == cl || to.ID == cl.ID || l.stuck.Load() || to.Closed() {
@@ -258,20 +269,48 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 			timer = time.NewTimer(b.maxWait)
 			b.waits.Inc()
 		}
-		select {
-		case <-l.drained:
+		if b.hold(l.drained, timer, l.acks.Load, l.need, &rounds) {
 			return true
-		case <-timer.C:
-			l.stuck.Store(true)
-			b.timeouts.Inc()
-			return false
 		}
+		l.stuck.Store(true)
+		b.timeouts.Inc()
+		return false
 	})
 	if timer != nil {
 		timer.Stop()
 		b.waited.Add(time.Since(start).Seconds())
 	}
 	return pk, nil
+}
+
+// slowRounds is the most rounds of maxWait one PUBLISH is held back for
+// subscribers that drain slowly: one that drains an eighth of what is
+// waited for in each round has drained it all within them.
+const slowRounds = 8
+
+// hold waits until done is closed, in rounds of maxWait timed by timer
+// (started by the caller, shared by the subscribers one PUBLISH waits
+// for). A round at whose end progress (a count of what the subscriber
+// has drained) has not advanced by an eighth of need ends the wait, as
+// does the last of slowRounds rounds (rounds counts them across the
+// PUBLISH's subscribers): false, the subscriber is stuck.
+func (b *Backpressure) hold(done <-chan struct{}, timer *time.Timer, progress func() int64, need int64, rounds *int) bool {
+	floor := max(need/slowRounds, 1)
+	seen := progress()
+	for {
+		select {
+		case <-done:
+			return true
+		case <-timer.C:
+		}
+		*rounds++
+		now := progress()
+		if now-seen < floor || *rounds >= slowRounds {
+			return false
+		}
+		seen = now
+		timer.Reset(b.maxWait)
+	}
 }
 
 // Describe implements prometheus.Collector.

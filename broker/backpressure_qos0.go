@@ -26,8 +26,9 @@ import (
 // buffers fill meanwhile and TCP slows it down, as for QoS 1.
 //
 // The same bound applies, per subscriber found full (the hook does not see
-// where one PUBLISH's routing ends): at most maxWait; a subscriber that
-// does not drain in time is marked stuck and then dropped for (the
+// where one PUBLISH's routing ends): rounds of maxWait, another while the
+// subscriber writes an eighth of the queue in each, at most slowRounds
+// (backpressure.go); a subscriber that does not drain in time is marked stuck and then dropped for (the
 // engine's counting) until it has drained. Retained messages (Retained
 // handles those of a new subscription), the engine's own publishes and
 // wills are left to the engine.
@@ -188,18 +189,18 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	listeners.FlushAcks(from.Net.Conn) // the PUBACKs of the packets before
 	b.waits.Inc()
 	start := time.Now()
-	done := l.wait(int64(srv.Options.Capabilities.MaximumClientWritesPending))
+	need := int64(srv.Options.Capabilities.MaximumClientWritesPending)
+	done := l.wait(need)
 	if unwritten(cl) { // else the writer has written the last one: nothing to wait for
 		timer := time.NewTimer(b.maxWait)
-		select {
-		case <-done:
-			timer.Stop()
-		case <-timer.C:
+		rounds := 0
+		if !b.hold(done, timer, l.sent.Load, need, &rounds) {
 			l.stuck.Store(true)
 			b.timeouts.Inc()
 			b.waited.Add(time.Since(start).Seconds())
 			return
 		}
+		timer.Stop()
 	}
 	b.waited.Add(time.Since(start).Seconds())
 	if cl.Closed() {

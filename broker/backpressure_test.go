@@ -10,11 +10,16 @@ import (
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
-func startBackpressureBroker(t *testing.T, maxWait time.Duration) (*Broker, *Backpressure) {
+func startBackpressureBroker(t *testing.T, maxWait time.Duration, tune ...func(*Options)) (*Broker, *Backpressure) {
 	t.Helper()
 	o := DefaultOptions() // client_queue_size 256, max_inflight 1024
+	for _, f := range tune {
+		f(&o)
+	}
 	o.TCPAddr = "127.0.0.1:0"
 	o.AllowAnonymous = true
 	bp := NewBackpressure(maxWait)
@@ -118,6 +123,65 @@ func TestBackpressureStuckSubscriberIsSkipped(t *testing.T) {
 		t.Errorf("publisher held back %.3fs in all, want about %v", w, maxWait)
 	}
 	t.Logf("%d publishes in %v; waited %.3fs", n, el, testCounter(t, bp.waited))
+}
+
+// A subscriber that acknowledges steadily, but too slowly to drain from
+// its high-water mark to half of it within one maxWait, is slow, not
+// stuck: its publishers are held to its pace and it loses nothing. (Before,
+// one such wait marked it stuck and its messages past the in-flight store
+// were dropped, though acknowledged to their publisher: a live subscriber
+// on a loaded machine lost 8,444 messages so in a cluster test.)
+func TestBackpressureSlowSubscriberKeepsEverything(t *testing.T) {
+	const maxWait = 300 * time.Millisecond
+	// An in-flight store of 64 (high-water mark 48, low 24) keeps the
+	// test short; the policy is the same at the default 1,024.
+	b, bp := startBackpressureBroker(t, maxWait, func(o *Options) { o.MaxInflight = 64 })
+	addr := b.TCP.Address()
+
+	// About 28 acknowledgements a second: 24 take about three rounds of
+	// maxWait, and each round sees about 8 of them, above the floor of 3
+	// (an eighth of 24).
+	var got received
+	sink := testmqtt.Client(t, addr, "slow", true, true, func(m paho3.Message) { // in order: acknowledged after the handler
+		time.Sleep(35 * time.Millisecond)
+		got.add(m)
+	})
+	waitToken(t, "subscribe", sink.Subscribe("slow/#", 1, nil))
+
+	const pubs, each = 3, 50 // beyond the in-flight store
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for p := range pubs {
+		c := storeClient(t, addr, fmt.Sprintf("slowpub%d", p), true, nil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				tok := c.Publish(fmt.Sprintf("slow/%d", p), 1, false, fmt.Sprintf("%d-%d", p, i))
+				if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d publishes were not acknowledged", n)
+	}
+	checkFor(t, 60*time.Second, func() error {
+		if n := got.distinct(); n < pubs*each {
+			return fmt.Errorf("subscriber has %d of %d messages", n, pubs*each)
+		}
+		return nil
+	})
+	info := b.Server.Info
+	if q, f := atomic.LoadInt64(&info.MessagesDropped), atomic.LoadInt64(&info.InflightDropped); q+f > 0 {
+		t.Errorf("engine dropped %d (queue) + %d (in flight) messages", q, f)
+	}
+	if to := testCounter(t, bp.timeouts); to != 0 {
+		t.Errorf("timeouts = %v: the slow subscriber was taken for stuck", to)
+	}
+	t.Logf("waits %v, waited %.3fs", testCounter(t, bp.waits), testCounter(t, bp.waited))
 }
 
 // With mqtt.backpressure_wait 0 the hook takes no events at all.

@@ -27,9 +27,10 @@
 //     (tether_publish_throttled_total). The broker's own publishes are
 //     not limited.
 //   - Backpressure (backpressure.go): a QoS 1/2 PUBLISH that goes to a
-//     subscriber above its high-water mark waits for it to drain, at most
-//     mqtt.backpressure_wait in all; a subscriber that does not drain in
-//     time is skipped until it does (tether_backpressure_*). Shared
+//     subscriber above its high-water mark waits for it to drain, in
+//     rounds of mqtt.backpressure_wait while it drains at least an eighth
+//     of that in each (at most 8); a subscriber that drains less in a
+//     round is skipped until it does (tether_backpressure_*). Shared
 //     subscriptions, QoS 0 and the publisher's own subscriptions are not
 //     waited for.
 //   - The session store (broker/sessions, the last hook): a QoS 1/2
