@@ -32,7 +32,7 @@ import (
 // The wait is bounded. It goes in rounds of maxWait (mqtt.backpressure_wait):
 // a subscriber that drained at least an eighth of what is waited for in
 // a round is slow, not stuck, and is waited for another round, at most
-// slowRounds in all per PUBLISH (one that keeps that pace drains in
+// WaitRounds in all per PUBLISH (one that keeps that pace drains in
 // them); one that drained less is marked stuck and not waited for again
 // until it drains, so a client that never reads costs each publisher at
 // most one maxWait and then its messages are dropped as before (the
@@ -283,19 +283,20 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	return pk, nil
 }
 
-// slowRounds is the most rounds of maxWait one PUBLISH is held back for
+// WaitRounds is the most rounds of maxWait one PUBLISH is held back for
 // subscribers that drain slowly: one that drains an eighth of what is
-// waited for in each round has drained it all within them.
-const slowRounds = 8
+// waited for in each round has drained it all within them. (The cluster
+// waits as long for a node held back so: cluster/flow.go.)
+const WaitRounds = 8
 
 // hold waits until done is closed, in rounds of maxWait timed by timer
 // (started by the caller, shared by the subscribers one PUBLISH waits
 // for). A round at whose end progress (a count of what the subscriber
 // has drained) has not advanced by an eighth of need ends the wait, as
-// does the last of slowRounds rounds (rounds counts them across the
+// does the last of WaitRounds rounds (rounds counts them across the
 // PUBLISH's subscribers): false, the subscriber is stuck.
 func (b *Backpressure) hold(done <-chan struct{}, timer *time.Timer, progress func() int64, need int64, rounds *int) bool {
-	floor := max(need/slowRounds, 1)
+	floor := max(need/WaitRounds, 1)
 	seen := progress()
 	for {
 		select {
@@ -305,13 +306,16 @@ func (b *Backpressure) hold(done <-chan struct{}, timer *time.Timer, progress fu
 		}
 		*rounds++
 		now := progress()
-		if now-seen < floor || *rounds >= slowRounds {
+		if now-seen < floor || *rounds >= WaitRounds {
 			return false
 		}
 		seen = now
 		timer.Reset(b.maxWait)
 	}
 }
+
+// WaitsCounter is tether_backpressure_waits_total, for tests.
+func (b *Backpressure) WaitsCounter() prometheus.Counter { return b.waits }
 
 // Describe implements prometheus.Collector.
 func (b *Backpressure) Describe(ch chan<- *prometheus.Desc) {

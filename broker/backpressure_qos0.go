@@ -27,7 +27,7 @@ import (
 //
 // The same bound applies, per subscriber found full (the hook does not see
 // where one PUBLISH's routing ends): rounds of maxWait, another while the
-// subscriber writes an eighth of the queue in each, at most slowRounds
+// subscriber writes an eighth of the queue in each, at most WaitRounds
 // (backpressure.go); a subscriber that does not drain in time is marked stuck and then dropped for (the
 // engine's counting) until it has drained. Retained messages (Retained
 // handles those of a new subscription), the engine's own publishes and

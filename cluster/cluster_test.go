@@ -64,14 +64,26 @@ func startNodeWith(t *testing.T, o Options) *testNode {
 // engine before it joins the bus: what its store held at start.
 func startNodeBefore(t *testing.T, o Options, before func(*mqtt.Server)) *testNode {
 	t.Helper()
+	return startNodeEngine(t, o, before, nil)
+}
+
+// startNodeEngine starts a node whose engine has caps (nil: mochi's
+// defaults) and the hooks besides the node's own, added first.
+func startNodeEngine(t *testing.T, o Options, before func(*mqtt.Server), caps *mqtt.Capabilities, hooks ...mqtt.Hook) *testNode {
+	t.Helper()
 	o.Logger = testmqtt.Logger()
 	n, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: testmqtt.Logger()})
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: testmqtt.Logger(), Capabilities: caps})
 	if err := srv.AddHook(new(allowAll), nil); err != nil {
 		t.Fatal(err)
+	}
+	for _, h := range hooks {
+		if err := srv.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := srv.AddHook(n.Hook(), nil); err != nil {
 		t.Fatal(err)

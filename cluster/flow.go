@@ -10,6 +10,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/nats-io/nats.go"
 
+	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/listeners"
 )
 
@@ -27,9 +28,12 @@ import (
 // used). A client's publish (any QoS, as a local subscriber holds back
 // its publishers at any QoS) whose stream has flowWindow messages or
 // windowBytes (at most flowWindowBytes) outstanding waits, on the
-// publisher's goroutine after
-// its acknowledgement, for credit: at most Options.FlowWait
-// (mqtt.backpressure_wait). A wait that times out marks the window stuck
+// publisher's goroutine after its acknowledgement, for credit:
+// Options.FlowWait (mqtt.backpressure_wait), and another such round
+// while the receiving node says that it is held back by a slow
+// subscriber (heldNotices: a slow subscriber holds its node's injection
+// for up to broker.WaitRounds rounds as it drains), at most
+// broker.WaitRounds in all. A wait that times out marks the window stuck
 // (counted): nobody waits for it again until an acknowledgement comes
 // back, so a node that stopped answering costs each publisher at most
 // one wait. The broker's own publishes and wills never wait. A node that
@@ -97,6 +101,9 @@ type flowAck struct {
 	Stream string `json:"stream"`
 	Seq    uint64 `json:"seq"`
 	Bytes  uint64 `json:"bytes"`
+	// Held: the acknowledging node is held back injecting the next
+	// message by a slow subscriber, and is draining it (heldNotices).
+	Held bool `json:"held,omitempty"`
 }
 
 // window is this node's stream of messages to one other node (one per
@@ -108,6 +115,7 @@ type window struct {
 	sent, sentBytes   uint64
 	acked, ackedBytes uint64
 	stuck             bool          // a wait timed out; cleared by an acknowledgement
+	helds             uint64        // the node's notices that it is held back (flowAck.Held)
 	released          bool          // the node went or the stream was reset
 	wake              chan struct{} // closed when credit returns or on release; then replaced
 	// durable is the bytes of durable requests (durable.go) in flight
@@ -218,9 +226,14 @@ func (n *Node) send(w *window, msg *nats.Msg, cl *mqtt.Client) error {
 	wait := cl != nil && !cl.Net.Inline
 	var timer *time.Timer
 	var start time.Time
+	var rounds int
+	var helds uint64
 	w.mu.Lock()
 	for wait && !w.stuck && !w.released && !w.room(size, limit) {
 		ch := w.wake
+		if timer == nil {
+			helds = w.helds
+		}
 		w.mu.Unlock()
 		if timer == nil {
 			listeners.FlushAcks(cl.Net.Conn) // the acknowledgements already given go out
@@ -231,9 +244,16 @@ func (n *Node) send(w *window, msg *nats.Msg, cl *mqtt.Client) error {
 		select {
 		case <-ch:
 		case <-timer.C:
+			rounds++
+			w.mu.Lock()
+			if w.helds != helds && rounds < broker.WaitRounds {
+				helds = w.helds // held back by a slow subscriber: another round
+				timer.Reset(n.flowWait)
+				w.mu.Unlock()
+				break
+			}
 			n.m.flowTimeouts.Inc()
 			wait = false
-			w.mu.Lock()
 			w.stuck = true
 			w.mu.Unlock()
 		case <-n.stop:
@@ -281,6 +301,9 @@ func (n *Node) onAck(m *nats.Msg) {
 	w := p.win
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if a.Held {
+		w.helds++
+	}
 	if a.Seq <= w.acked || a.Seq > w.sent || a.Bytes < w.ackedBytes || a.Bytes > w.sentBytes {
 		return
 	}
@@ -357,6 +380,42 @@ func (n *Node) ack(origin string, in *inbound) {
 	in.acked = in.seq
 	b, _ := json.Marshal(flowAck{Node: n.name, Stream: in.stream, Seq: in.seq, Bytes: in.bytes})
 	_ = n.nc.Publish(subjAck+origin, b)
+}
+
+// heldNotices tells the nodes whose messages this node is injecting,
+// while one injection is held back by a slow subscriber
+// (broker.Backpressure, which waits in rounds of mqtt.backpressure_wait
+// while the subscriber drains), that it is: each quarter of a round
+// that the same injection is still in the engine, every stream it has
+// taken messages of is acknowledged with Held, so that their publishers
+// wait for credit another round instead of taking this node for stuck
+// and sending past their window (which the NATS server, holding more
+// than its max_pending for this node, would drop).
+func (n *Node) heldNotices() {
+	defer n.wg.Done()
+	t := time.NewTicker(max(n.flowWait/4, time.Millisecond))
+	defer t.Stop()
+	last := n.injections.Load()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		done := n.injections.Load()
+		if done != last || !n.holding.Load() {
+			last = done
+			continue
+		}
+		f := &n.inflow
+		f.mu.Lock()
+		for origin, in := range f.in {
+			in.acked = in.seq
+			b, _ := json.Marshal(flowAck{Node: n.name, Stream: in.stream, Seq: in.seq, Bytes: in.bytes, Held: true})
+			_ = n.nc.Publish(subjAck+origin, b)
+		}
+		f.mu.Unlock()
+	}
 }
 
 // forgetInbound drops what this node knew of a node that went.

@@ -3,12 +3,14 @@ package cluster
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
@@ -42,6 +44,77 @@ func TestFlowReleasedOnBye(t *testing.T) {
 	}
 	_ = b.node.Close()
 	testmqtt.WaitToken(t, "publish after f2 left", second)
+}
+
+// TestFlowHeldBySlowSubscriber: a node whose injections are held back by
+// a slow but live subscriber (broker.Backpressure waits in rounds while
+// it drains) says so, and a publisher on another node whose window
+// towards it is full meanwhile keeps waiting, round after round, instead
+// of taking the node for stuck and sending past the window: no wait
+// times out, every message arrives, nothing is dropped.
+func TestFlowHeldBySlowSubscriber(t *testing.T) {
+	const wait = 300 * time.Millisecond
+	a := startNodeWith(t, Options{Node: "h1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: wait})
+	// h2's engine holds its injections for a subscriber that is behind;
+	// an in-flight store of 16 (high-water mark 12, low 6) keeps the
+	// test short.
+	bp := broker.NewBackpressure(wait)
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumInflight = 16
+	b := startNodeEngine(t, Options{Node: "h2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: wait},
+		func(srv *mqtt.Server) { bp.Attach(srv) }, caps, bp)
+	waitMesh(t, []*testNode{a, b})
+	// About 5 acknowledgements a second: draining 6 takes four rounds or
+	// so, each of which sees one or two (the floor is 1).
+	var slow inbox
+	sub := testmqtt.Client(t, b.addr, "held-sub", true, true, func(m paho.Message) {
+		time.Sleep(200 * time.Millisecond)
+		slow.add(m)
+	})
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("held/#", 1, nil))
+	var bulk atomic.Int64
+	fast := testmqtt.Client(t, b.addr, "bulk-sub", true, false, func(m paho.Message) { bulk.Add(1) })
+	testmqtt.WaitToken(t, "subscribe", fast.Subscribe("bulk/#", 0, nil))
+	waitRoute(t, a, b, "held/x")
+	waitRoute(t, a, b, "bulk/x")
+
+	// QoS 1 messages for the slow subscriber, enough to hold h2 for a
+	// few seconds; behind them in h2's bus subscription, more QoS 0
+	// messages than a window holds (flowWindow), which h2 takes in only
+	// as the held ones go.
+	const held, bulks = 24, flowWindow + 2000
+	p1 := testmqtt.Client(t, a.addr, "held-pub", true, false, nil)
+	for i := range held {
+		testmqtt.WaitToken(t, "publish", p1.Publish("held/x", 1, false, fmt.Sprint(i)))
+	}
+	p2 := testmqtt.Client(t, a.addr, "bulk-pub", true, false, nil)
+	var last paho.Token
+	for i := range bulks {
+		last = p2.Publish("bulk/x", 0, false, fmt.Sprint(i))
+	}
+	testmqtt.WaitToken(t, "last bulk publish", last)
+	testmqtt.CheckFor(t, 60*time.Second, func() error {
+		if got := len(slow.all()); got < held {
+			return fmt.Errorf("%d of %d held messages delivered", got, held)
+		}
+		if got := bulk.Load(); got < bulks {
+			return fmt.Errorf("%d of %d bulk messages delivered", got, bulks)
+		}
+		return nil
+	})
+	t.Logf("h2's injections held %v times; h1's publishers held %v times", testmqtt.Counter(t, bp.WaitsCounter()), testmqtt.Counter(t, a.node.m.flowWaits))
+	if v := testmqtt.Counter(t, a.node.m.flowWaits); v == 0 {
+		t.Errorf("no publisher was held back: the window did not fill, the test means nothing")
+	}
+	if v := testmqtt.Counter(t, a.node.m.flowTimeouts); v != 0 {
+		t.Errorf("%v waits for h2 timed out: it was taken for stuck while its subscriber drained", v)
+	}
+	if d := a.node.Dropped() + b.node.Dropped(); d != 0 {
+		t.Errorf("the bus dropped %v messages", d)
+	}
+	if d := atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped); d != 0 {
+		t.Errorf("h2's engine dropped %d messages", d)
+	}
 }
 
 // TestFlowAcknowledged: a message sent when the window is half used asks

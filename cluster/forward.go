@@ -184,7 +184,11 @@ func (n *Node) onMessage(m *nats.Msg) {
 		}
 	}
 	srv := n.srv.Load()
-	if err := srv.InjectPacket(n.injector, pk); err != nil {
+	n.holding.Store(true)
+	err = srv.InjectPacket(n.injector, pk)
+	n.holding.Store(false)
+	n.injections.Add(1)
+	if err != nil {
 		n.m.dropped.WithLabelValues("inject").Inc()
 		n.log.Debug("bus message not delivered", "from", origin, "error", err)
 	} else {

@@ -123,6 +123,10 @@ type Node struct {
 	flowWait time.Duration
 	streams  atomic.Uint64
 	inflow   inflow
+	// holding tells whether an injection is in the engine now, and
+	// injections counts those done (flow.go: heldNotices).
+	holding    atomic.Bool
+	injections atomic.Uint64
 
 	rate     atomic.Uint64 // this node's messages/s, float64 bits
 	lastRecv int64
@@ -281,6 +285,10 @@ func (n *Node) Attach(srv *mqtt.Server) error {
 	n.wg.Add(2)
 	go n.announcer()
 	go n.beater()
+	if n.flowWait > 0 {
+		n.wg.Add(1)
+		go n.heldNotices()
+	}
 	n.touch()
 	n.reintroduce()
 	return nil
