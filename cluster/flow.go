@@ -110,6 +110,7 @@ type flowAck struct {
 // run of that node: peer.win).
 type window struct {
 	stream string
+	count  uint64 // the most messages outstanding: flowWindow (a test may set less)
 
 	mu                sync.Mutex
 	sent, sentBytes   uint64
@@ -129,7 +130,7 @@ func (n *Node) newWindow() *window {
 		return nil
 	}
 	gen := n.streams.Add(1)
-	return &window{stream: n.inst[:12] + "." + strconv.FormatUint(gen, 10), wake: make(chan struct{})}
+	return &window{stream: n.inst[:12] + "." + strconv.FormatUint(gen, 10), count: flowWindow, wake: make(chan struct{})}
 }
 
 // release lets every waiter go; the window is no longer waited for.
@@ -149,7 +150,7 @@ func (w *window) release() {
 // bytes the window's bound (w.mu held).
 func (w *window) room(size, limit uint64) bool {
 	out := w.sent - w.acked
-	return out == 0 || out < flowWindow && w.sentBytes-w.ackedBytes+size <= limit
+	return out == 0 || out < w.count && w.sentBytes-w.ackedBytes+size <= limit
 }
 
 // reserveDurable takes size bytes of w's bound for durable requests
@@ -268,7 +269,7 @@ func (n *Node) send(w *window, msg *nats.Msg, cl *mqtt.Client) error {
 	defer w.mu.Unlock()
 	w.sent++
 	w.sentBytes += size
-	prompt := w.sent-w.acked >= flowWindow/2 || w.sentBytes-w.ackedBytes >= limit/2
+	prompt := w.sent-w.acked >= w.count/2 || w.sentBytes-w.ackedBytes >= limit/2
 	b := make([]byte, 0, len(w.stream)+48)
 	b = append(b, w.stream...)
 	b = append(b, ' ')
