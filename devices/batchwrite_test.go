@@ -13,12 +13,12 @@ import (
 // lock held past the writer's wait, a connection the server ends.
 
 // refuseDevice makes the database refuse each row written into table
-// (INSERT or UPDATE) for device: SQLite's RAISE(ABORT), PostgreSQL's
-// RAISE EXCEPTION.
-func refuseDevice(t *testing.T, db *DB, table, device string) {
+// (INSERT or UPDATE) for device, until allow: SQLite's RAISE(ABORT),
+// PostgreSQL's RAISE EXCEPTION.
+func refuseDevice(t *testing.T, db *DB, table, device string) (allow func()) {
 	t.Helper()
 	name := "refuse_" + table
-	var qs []string
+	var qs, drop []string
 	if db.Dialect == database.Postgres {
 		qs = []string{
 			`CREATE FUNCTION ` + name + `() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -28,17 +28,24 @@ func refuseDevice(t *testing.T, db *DB, table, device string) {
 			END $$`,
 			`CREATE TRIGGER ` + name + ` BEFORE INSERT OR UPDATE ON ` + table + ` FOR EACH ROW EXECUTE FUNCTION ` + name + `()`,
 		}
+		drop = []string{`DROP TRIGGER ` + name + ` ON ` + table}
 	} else {
 		for _, ev := range []string{"INSERT", "UPDATE"} {
 			qs = append(qs, `CREATE TRIGGER `+name+`_`+ev+` BEFORE `+ev+` ON `+table+
 				` WHEN NEW.device_id = '`+device+`' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`)
+			drop = append(drop, `DROP TRIGGER `+name+`_`+ev)
 		}
 	}
-	for _, q := range qs {
-		if _, err := db.W.Exec(q); err != nil {
-			t.Fatal(err)
+	exec := func(qs []string) {
+		t.Helper()
+		for _, q := range qs {
+			if _, err := db.W.Exec(q); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
+	exec(qs)
+	return func() { t.Helper(); exec(drop) }
 }
 
 // holdWrites makes every write into table wait on a lock another

@@ -134,3 +134,65 @@ func TestCommandsWriteIsolatesFailingChange(t *testing.T) {
 		t.Errorf("other devices' changes logged as failed:\n%s", out)
 	}
 }
+
+// TestCommandsWriteTransientFailsBatch: a fault of the database rather
+// than of a change (every write waits on a lock held elsewhere until it
+// gives up) fails the batch as a whole, as before: no change is counted
+// as refused (db_error) or blamed on its device; they are counted as
+// write_error. Once the lock is gone, the next batch is written.
+func TestCommandsWriteTransientFailsBatch(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	var logs syncBuffer
+	c := openLoggedCommands(t, db, &logs)
+	release := holdWrites(t, db, "commands")
+	now := time.Now().UTC()
+	applyBatch(t, c, []commandOp{mqttCommand(t, "m1", "d1", now), mqttCommand(t, "m2", "d2", now)})
+	release()
+	if n, w := count(c.m.dbErrors), count(c.m.writeErrors); n != 0 || w != 2 {
+		t.Errorf("db_error %d, write_error %d; want 0, 2", n, w)
+	}
+	if out := logs.String(); strings.Contains(out, "device=") || strings.Count(out, "commands: write") != 1 {
+		t.Errorf("want one failed batch logged, no device blamed:\n%s", out)
+	}
+	for _, id := range []string{"m1", "m2"} {
+		if _, open := c.OpenFor(id); open {
+			t.Errorf("%s, not recorded, is still open", id)
+		}
+	}
+	applyBatch(t, c, []commandOp{mqttCommand(t, "m3", "d1", now)})
+	if got, err := c.Get(ctx, "m3"); err != nil || got.Status != StatusPending {
+		t.Errorf("m3 after the lock: %+v, %v", got, err)
+	}
+}
+
+// TestCommandsWriteRetriesLostConnection: PostgreSQL ends the writer's
+// connection midway through a batch: the batch is written again on
+// another connection, and no change is lost.
+func TestCommandsWriteRetriesLostConnection(t *testing.T) {
+	if testPG == nil {
+		t.Skip("PostgreSQL only: SQLite has no connection to lose")
+	}
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	c := openLoggedCommands(t, db, &syncBuffer{})
+	api, err := c.Create(ctx, NewCommand{DeviceID: "d2", Name: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	killOnce(t, db, "commands")
+	now := time.Now().UTC()
+	applyBatch(t, c, []commandOp{
+		mqttCommand(t, "m1", "d1", now),
+		{kind: 'r', id: api.ID, ok: true, at: now},
+		{kind: 'd', id: "m1", at: now},
+	})
+	for id, want := range map[string]string{"m1": StatusDelivered, api.ID: StatusSucceeded} {
+		if got, err := c.Get(ctx, id); err != nil || got.Status != want {
+			t.Errorf("%s: %+v, %v; want %s", id, got, err, want)
+		}
+	}
+	if n, w := count(c.m.dbErrors), count(c.m.writeErrors); n != 0 || w != 0 {
+		t.Errorf("db_error %d, write_error %d; want 0, 0", n, w)
+	}
+}
