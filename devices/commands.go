@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tether-iot/tether/internal/logevery"
 )
 
 // commandsSchema is the "commands" component's migrations (DB.Migrate).
@@ -130,6 +132,8 @@ type Commands struct {
 	changed map[string]chan struct{}
 
 	m *commandMetrics
+	// logged throttles the writer's failures: once a minute per device.
+	logged *logevery.Keys
 
 	// notes carries new and changed commands to and from the other
 	// nodes on PostgreSQL (commands_shared.go); nil on SQLite.
@@ -176,6 +180,7 @@ func OpenCommands(ctx context.Context, db *DB, o *CommandsOptions) (*Commands, e
 		stop:    make(chan struct{}),
 		open:    map[string]string{},
 		changed: map[string]chan struct{}{},
+		logged:  logevery.New(time.Minute),
 	}
 	c.m = newCommandMetrics(c)
 	if err := c.loadOpen(ctx); err != nil {

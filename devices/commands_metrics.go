@@ -7,7 +7,7 @@ type commandMetrics struct {
 	created                                  [2]prometheus.Counter // api, mqtt
 	succeeded, failed, expired, delivered    prometheus.Counter
 	lateResponses, unknownResponses, dropped prometheus.Counter
-	writeErrors, unknownDevice               prometheus.Counter
+	writeErrors, dbErrors, unknownDevice     prometheus.Counter
 	all                                      metrics
 }
 
@@ -20,8 +20,9 @@ func newCommandMetrics(c *Commands) *commandMetrics {
 	created := vec("created_total", "Commands recorded, by where they were sent from.", "source", "api", "mqtt")
 	outcomes := vec("outcomes_total", "Commands closed, by outcome.", "outcome", StatusSucceeded, StatusFailed, StatusExpired)
 	responses := vec("responses_ignored_total", "Responses ignored: late (command already closed) or unknown (no such command).", "reason", "late", "unknown")
-	lost := vec("updates_dropped_total", "Command updates dropped because the write queue was full, failed to write, "+
-		"or (commands published over MQTT) named no registered device.", "reason", "queue_full", "write_error", "unknown_device")
+	lost := vec("updates_dropped_total", "Command updates dropped because the write queue was full, their batch failed to write "+
+		"(write_error), the database refused them (db_error), or (commands published over MQTT) they named no registered device.",
+		"reason", "queue_full", "write_error", "db_error", "unknown_device")
 	delivered := prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_commands_delivered_total", Help: "Commands the device received."})
 	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_commands_open", Help: "Commands pending or delivered."}, func() float64 {
 		c.mu.Lock()
@@ -38,6 +39,7 @@ func newCommandMetrics(c *Commands) *commandMetrics {
 		unknownResponses: responses.WithLabelValues("unknown"),
 		dropped:          lost.WithLabelValues("queue_full"),
 		writeErrors:      lost.WithLabelValues("write_error"),
+		dbErrors:         lost.WithLabelValues("db_error"),
 		unknownDevice:    lost.WithLabelValues("unknown_device"),
 		all:              metrics{created, outcomes, delivered, responses, lost, open},
 	}

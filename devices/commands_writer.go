@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // commandBatch is the most queued changes written in one transaction.
@@ -59,17 +61,66 @@ type change struct {
 	Done   bool   `json:"done,omitempty"`
 }
 
+// apply writes batch in one transaction, in order. A change the database
+// refuses is dropped alone (batchWrite): counted as a db_error, logged
+// (the first of each device per minute, never params or result), and a
+// command it would have recorded is no longer open; the other changes are
+// written. When the whole batch fails (the database, not one change), all
+// of its changes are counted as write_error.
 func (c *Commands) apply(batch []commandOp) {
 	defer func() {
 		for i := range batch {
 			c.budget.give(batch[i].cost())
 		}
 	}()
-	changes, err := c.applyTx(batch)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make([]opDone, len(batch))
+	failed, err := (&batchWrite{name: "commands write", n: len(batch), one: func(ctx context.Context, tx *sql.Tx, i int) error {
+		var err error
+		done[i], err = c.applyOp(ctx, tx, &batch[i])
+		return err
+	}}).run(ctx, c.db.W)
 	if err != nil {
-		c.m.writeErrors.Inc()
+		c.m.writeErrors.Add(float64(len(batch)))
 		c.log.Error("commands: write", "changes", len(batch), "error", err)
-		return
+		for i := range batch {
+			done[i] = notWritten(&batch[i])
+		}
+	}
+	now := time.Now()
+	for _, f := range failed {
+		op := &batch[f.i]
+		done[f.i] = notWritten(op)
+		c.m.dbErrors.Inc()
+		dev, id := op.cmd.DeviceID, op.cmd.ID
+		if op.kind != 'c' {
+			dev, _ = c.OpenFor(op.id)
+			id = op.id
+		}
+		if c.logged.Allow(dev, now) {
+			c.log.Warn("commands: change not written (first this minute for this device)",
+				"device", dev, "command", id, "change", op.kindName(), "error", f.err)
+		}
+	}
+	var changes []change
+	var late, unknown int
+	for _, d := range done {
+		if d.count != nil {
+			d.count.Inc()
+		}
+		switch d.count {
+		case c.m.lateResponses:
+			late++
+		case c.m.unknownResponses:
+			unknown++
+		}
+		if d.ch.ID != "" {
+			changes = append(changes, d.ch)
+		}
+	}
+	if late+unknown > 0 {
+		c.log.Debug("commands: responses ignored", "late", late, "unknown", unknown)
 	}
 	for _, ch := range changes {
 		c.notify(ch.ID, ch.Done)
@@ -77,109 +128,108 @@ func (c *Commands) apply(batch []commandOp) {
 	c.share(changes)
 }
 
-func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	tx, err := c.db.W.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("commands write: begin: %w", err)
+// opDone is what a change did, counted and announced once committed: the
+// counter it adds to (nil: none) and the change to wake watchers of and
+// share (none if its ID is empty).
+type opDone struct {
+	count prometheus.Counter
+	ch    change
+}
+
+// kindName names op's kind for a log.
+func (op *commandOp) kindName() string {
+	switch op.kind {
+	case 'c':
+		return "sent"
+	case 'd':
+		return "delivered"
 	}
-	defer tx.Rollback()
-	var changes []change
-	var late, unknown, ok, failed, delivered int64
-	for _, op := range batch {
-		switch op.kind {
-		case 'c':
-			// Published over MQTT to devices/{id}/commands/...: not
-			// recorded for an id that names no device (not registered,
-			// or deleted meanwhile), which a device registered later
-			// under it would otherwise inherit. The API refuses such a
-			// command with 404 before it gets here.
-			var one int
-			switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE id = ?`, op.cmd.DeviceID).Scan(&one); {
-			case errors.Is(err, sql.ErrNoRows):
-				c.m.unknownDevice.Inc()
-				c.log.Debug("command not recorded: no such device", "device", op.cmd.DeviceID, "command", op.cmd.ID)
-				changes = append(changes, change{ID: op.cmd.ID, Done: true})
-				continue
-			case err != nil:
-				return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
-			}
-			res, err := tx.ExecContext(ctx, insertCommand, cmdArgs(op.cmd)...)
-			if err != nil {
-				return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
-			}
-			if n, _ := res.RowsAffected(); n > 0 {
-				// Wake a Wait that found the command open but not yet
-				// written.
-				changes = append(changes, change{ID: op.cmd.ID, Device: op.cmd.DeviceID})
-			} else {
-				// The id was used before: if that command is done, it
-				// must not stay open in memory.
-				var status string
-				if err := tx.QueryRowContext(ctx, `SELECT status FROM commands WHERE id = ?`, op.cmd.ID).Scan(&status); err != nil {
-					return nil, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
-				}
-				if (Command{Status: status}).Done() {
-					changes = append(changes, change{ID: op.cmd.ID, Done: true})
-				}
-			}
-		case 'd':
-			res, err := tx.ExecContext(ctx, `UPDATE commands SET status = 'delivered', updated_at = ?
-				WHERE id = ? AND status = 'pending'`, op.at.UnixMilli(), op.id)
-			if err != nil {
-				return nil, fmt.Errorf("commands write: delivered %s: %w", op.id, err)
-			}
-			if n, _ := res.RowsAffected(); n > 0 {
-				delivered++
-				changes = append(changes, change{ID: op.id})
-			}
-		case 'r':
-			status := StatusSucceeded
-			if !op.ok {
-				status = StatusFailed
-			}
-			var result any
-			if len(op.result) > 0 {
-				result = string(op.result)
-			}
-			res, err := tx.ExecContext(ctx, `UPDATE commands SET status = ?, result = ?, error = ?, updated_at = ?
-				WHERE id = ? AND status IN ('pending', 'delivered')`, status, result, op.errMsg, op.at.UnixMilli(), op.id)
-			if err != nil {
-				return nil, fmt.Errorf("commands write: response %s: %w", op.id, err)
-			}
-			if n, _ := res.RowsAffected(); n > 0 {
-				if op.ok {
-					ok++
-				} else {
-					failed++
-				}
-				changes = append(changes, change{ID: op.id, Done: true})
-				continue
-			}
-			var exists int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM commands WHERE id = ?`, op.id).Scan(&exists); err != nil {
-				return nil, fmt.Errorf("commands write: response %s: %w", op.id, err)
-			}
-			if exists > 0 {
-				late++
-			} else {
-				unknown++
-			}
+	return "response"
+}
+
+// notWritten is what a change that was not written does: a command it
+// would have recorded is no longer open (a device registered later under
+// its id must not inherit it; its responses are unknown).
+func notWritten(op *commandOp) opDone {
+	if op.kind == 'c' {
+		return opDone{ch: change{ID: op.cmd.ID, Done: true}}
+	}
+	return opDone{}
+}
+
+// applyOp writes op in tx.
+func (c *Commands) applyOp(ctx context.Context, tx *sql.Tx, op *commandOp) (opDone, error) {
+	switch op.kind {
+	case 'c':
+		// Published over MQTT to devices/{id}/commands/...: not
+		// recorded for an id that names no device (not registered,
+		// or deleted meanwhile), which a device registered later
+		// under it would otherwise inherit. The API refuses such a
+		// command with 404 before it gets here.
+		var one int
+		switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE id = ?`, op.cmd.DeviceID).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			c.log.Debug("command not recorded: no such device", "device", op.cmd.DeviceID, "command", op.cmd.ID)
+			return opDone{count: c.m.unknownDevice, ch: change{ID: op.cmd.ID, Done: true}}, nil
+		case err != nil:
+			return opDone{}, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
 		}
+		res, err := tx.ExecContext(ctx, insertCommand, cmdArgs(op.cmd)...)
+		if err != nil {
+			return opDone{}, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			// Wake a Wait that found the command open but not yet
+			// written.
+			return opDone{ch: change{ID: op.cmd.ID, Device: op.cmd.DeviceID}}, nil
+		}
+		// The id was used before: if that command is done, it must not
+		// stay open in memory.
+		var status string
+		if err := tx.QueryRowContext(ctx, `SELECT status FROM commands WHERE id = ?`, op.cmd.ID).Scan(&status); err != nil {
+			return opDone{}, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
+		}
+		if (Command{Status: status}).Done() {
+			return opDone{ch: change{ID: op.cmd.ID, Done: true}}, nil
+		}
+		return opDone{}, nil
+	case 'd':
+		res, err := tx.ExecContext(ctx, `UPDATE commands SET status = 'delivered', updated_at = ?
+			WHERE id = ? AND status = 'pending'`, op.at.UnixMilli(), op.id)
+		if err != nil {
+			return opDone{}, fmt.Errorf("commands write: delivered %s: %w", op.id, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			return opDone{count: c.m.delivered, ch: change{ID: op.id}}, nil
+		}
+		return opDone{}, nil
+	case 'r':
+		status, count := StatusSucceeded, c.m.succeeded
+		if !op.ok {
+			status, count = StatusFailed, c.m.failed
+		}
+		var result any
+		if len(op.result) > 0 {
+			result = string(op.result)
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE commands SET status = ?, result = ?, error = ?, updated_at = ?
+			WHERE id = ? AND status IN ('pending', 'delivered')`, status, result, op.errMsg, op.at.UnixMilli(), op.id)
+		if err != nil {
+			return opDone{}, fmt.Errorf("commands write: response %s: %w", op.id, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			return opDone{count: count, ch: change{ID: op.id, Done: true}}, nil
+		}
+		var exists int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM commands WHERE id = ?`, op.id).Scan(&exists); err != nil {
+			return opDone{}, fmt.Errorf("commands write: response %s: %w", op.id, err)
+		}
+		if exists > 0 {
+			return opDone{count: c.m.lateResponses}, nil
+		}
+		return opDone{count: c.m.unknownResponses}, nil
 	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commands write: commit: %w", err)
-	}
-	c.m.lateResponses.Add(float64(late))
-	c.m.unknownResponses.Add(float64(unknown))
-	c.m.succeeded.Add(float64(ok))
-	c.m.failed.Add(float64(failed))
-	c.m.delivered.Add(float64(delivered))
-	if late+unknown > 0 {
-		c.log.Debug("commands: responses ignored", "late", late, "unknown", unknown)
-	}
-	return changes, nil
+	return opDone{}, nil
 }
 
 // sweep closes the commands whose time is up.

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tether-iot/tether/internal/logevery"
 )
 
 // telemetrySchema is the "telemetry" component's migrations (DB.Migrate).
@@ -212,6 +214,8 @@ type Telemetry struct {
 	refresh chan string
 
 	m *telemetryMetrics
+	// logged throttles the writer's failures: once a minute per device.
+	logged *logevery.Keys
 }
 
 // OpenTelemetry migrates the "telemetry" component and starts the writer
@@ -266,6 +270,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		order:   newBatchOrder(),
 		wake:    make(chan struct{}, 1),
 		wakeAt:  max(opts.QueueSize/4, 1),
+		logged:  logevery.New(time.Minute),
 	}
 	t.m = newTelemetryMetrics(t)
 	if t.last != nil {

@@ -258,16 +258,22 @@ func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r
 // finds no row (the device was deleted, or the chunk pruned) drops the
 // chunk: its points are not written again.
 func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
-	b.last = nil
 	ins, upd, err := prepareChunkWrites(ctx, tx, "telemetry_chunks")
 	if err != nil {
 		return err
 	}
 	defer ins.Close()
 	defer upd.Close()
+	return b.writeChunks(ctx, tx, ins, upd, b.pending)
+}
+
+// writeChunks writes the pending chunks cs as write does, with the
+// statements prepareChunkWrites prepared in tx.
+func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sql.Stmt, cs []*openChunk) error {
+	b.last = nil
 	buf := b.buf[:0]
 	defer func() { b.buf = buf }()
-	for _, c := range b.pending {
+	for _, c := range cs {
 		c.sort()
 		c.dirty = false
 		n := len(c.data.ts)
@@ -384,11 +390,7 @@ func putChunk(ctx context.Context, ins, upd *sql.Stmt, device string, id *int64,
 func (b *chunkBuilder) written(ok bool) {
 	b.last = nil
 	if !ok {
-		for _, c := range b.pending {
-			if b.open[c.device] == c {
-				delete(b.open, c.device)
-			}
-		}
+		b.forget(b.pending)
 	}
 	for _, c := range b.done {
 		if b.open[c.device] != c {
@@ -399,6 +401,18 @@ func (b *chunkBuilder) written(ok bool) {
 	b.done = b.done[:0]
 	clear(b.pending)
 	b.pending = b.pending[:0]
+}
+
+// forget forgets the chunks of cs that are open, whose writes were
+// rolled back: their rows, if any, hold what was committed before, and
+// the device's next point starts a new chunk.
+func (b *chunkBuilder) forget(cs []*openChunk) {
+	b.last = nil
+	for _, c := range cs {
+		if b.open[c.device] == c {
+			delete(b.open, c.device)
+		}
+	}
 }
 
 // evict forgets the open chunks not added to since before: their rows

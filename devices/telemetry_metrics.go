@@ -7,6 +7,9 @@ import (
 // telemetryMetrics are the store's counts (metrics.go).
 type telemetryMetrics struct {
 	stored, dropped, writeErrors, pruned, batches prometheus.Counter
+	// dbErrors are points dropped because the database refused their
+	// device's writes.
+	dbErrors prometheus.Counter
 	// metricsRefused is over MaxDeviceMetrics.
 	metricsRefused prometheus.Counter
 	// rejected is by reason (RejectReason).
@@ -27,10 +30,15 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 	refused := counterVec(prometheus.CounterOpts{Name: "tether_telemetry_metrics_refused_total",
 		Help: "Metrics left out of stored samples, by reason (device_metric_limit: their device has 1,024 metric names already)."},
 		"reason", "device_metric_limit")
+	dropped := counterVec(prometheus.CounterOpts{Name: "tether_telemetry_points_dropped_total",
+		Help: "Telemetry points routed but not stored, by reason: queue_full (the write queue was full: telemetry.queue_size points or telemetry.queue_bytes), " +
+			"db_error (the database refused their device's writes; the other devices' points of the batch were stored)."},
+		"reason", "queue_full", "db_error")
 	m := &telemetryMetrics{
 		stored:         counter("points_stored_total", "Telemetry points written to the history."),
-		dropped:        counter("points_dropped_total", "Telemetry points routed but not stored because the write queue was full (telemetry.queue_size points or telemetry.queue_bytes)."),
-		writeErrors:    counter("write_errors_total", "Telemetry batches that failed to write."),
+		dropped:        dropped.WithLabelValues("queue_full"),
+		dbErrors:       dropped.WithLabelValues("db_error"),
+		writeErrors:    counter("write_errors_total", "Telemetry batches that failed to write (all of their points lost)."),
 		pruned:         counter("points_pruned_total", "Telemetry points deleted by retention."),
 		batches:        counter("batches_total", "Telemetry batches written."),
 		metricsRefused: refused.WithLabelValues("device_metric_limit"),
@@ -39,7 +47,7 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		lastBatch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_last_batch_seconds",
 			Help: "Time the last telemetry batch took to write."}),
 	}
-	m.all = metrics{m.stored, m.dropped, m.writeErrors, m.pruned, m.batches, refused, m.rejected, m.lastBatch,
+	m.all = metrics{m.stored, dropped, m.writeErrors, m.pruned, m.batches, refused, m.rejected, m.lastBatch,
 		gaugeFunc("queue_length", "Telemetry points waiting to be written.", func() float64 { return float64(len(t.queue)) }),
 		gaugeFunc("queue_bytes", "Bytes of telemetry points waiting to be written or being written (bounded by telemetry.queue_bytes).",
 			func() float64 { return float64(t.budget.held()) }),

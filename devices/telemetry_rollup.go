@@ -399,8 +399,16 @@ const upsertRows = 32
 
 // write writes the hourly aggregates and the changed minute chunks.
 func (r *rollups) write(ctx context.Context, tx *sql.Tx) error {
-	if err := r.writeHours(ctx, tx); err != nil {
-		return err
+	if len(r.hours) > 0 {
+		keys := slices.Collect(maps.Keys(r.hours))
+		if r.dialect == database.Postgres {
+			// In key order: two nodes' upserts never wait for each
+			// other in a cycle.
+			slices.SortFunc(keys, compareHourKeys)
+		}
+		if err := r.writeHours(ctx, tx, keys); err != nil {
+			return err
+		}
 	}
 	ins, upd, err := prepareChunkWrites(ctx, tx, "telemetry_1m")
 	if err != nil {
@@ -440,8 +448,14 @@ func (r *rollups) written(ok bool) {
 	r.gen++
 }
 
-func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
-	if len(r.hours) == 0 {
+// compareHourKeys orders hourly aggregates by device, hour and metric.
+func compareHourKeys(a, b hourKey) int {
+	return cmp.Or(strings.Compare(a.device, b.device), cmp.Compare(a.ts, b.ts), strings.Compare(a.metric, b.metric))
+}
+
+// writeHours writes the hourly aggregates of keys, in their order.
+func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx, keys []hourKey) error {
+	if len(keys) == 0 {
 		return nil
 	}
 	full, err := tx.PrepareContext(ctx, upsertSQL(r.dialect, upsertRows))
@@ -462,14 +476,6 @@ func (r *rollups) writeHours(ctx context.Context, tx *sql.Tx) error {
 			return fmt.Errorf("telemetry rollups: %w", err)
 		}
 		return nil
-	}
-	keys := slices.Collect(maps.Keys(r.hours))
-	if r.dialect == database.Postgres {
-		// In key order: two nodes' upserts never wait for each other in
-		// a cycle.
-		slices.SortFunc(keys, func(a, b hourKey) int {
-			return cmp.Or(strings.Compare(a.device, b.device), cmp.Compare(a.ts, b.ts), strings.Compare(a.metric, b.metric))
-		})
 	}
 	for _, k := range keys {
 		a := r.hours[k]

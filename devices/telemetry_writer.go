@@ -2,8 +2,12 @@ package devices
 
 import (
 	"context"
-	"fmt"
+	"database/sql"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // write is the batch writer. It takes what is queued every pollEvery
@@ -107,68 +111,169 @@ func (t *Telemetry) pollEvery() time.Duration {
 func (t *Telemetry) maxBatchBytes() int64 { return max(min(t.opts.QueueBytes/2, 32<<20), 1) }
 
 // writeBatch writes batch in one transaction: every point into history,
-// and per device the merged latest values and last_seen.
+// and per device the merged latest values and last_seen. A device whose
+// writes the database refuses loses this batch's points alone
+// (batchWrite): they are counted as db_error and logged (the first of
+// each device per minute, never the values); the other devices' points
+// are written.
 func (t *Telemetry) writeBatch(batch []queued) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := t.writeTx(ctx, batch)
+	lost, err := t.writeTx(ctx, batch)
 	if err != nil {
 		t.m.writeErrors.Inc()
 		t.log.Error("telemetry: write batch", "points", len(batch), "error", err)
 		return err
 	}
 	took := time.Since(start)
-	t.m.stored.Add(float64(len(batch)))
+	t.m.stored.Add(float64(len(batch) - lost))
 	t.m.batches.Inc()
 	t.m.lastBatch.Set(took.Seconds())
 	t.log.Debug("telemetry: batch written", "points", len(batch), "took", took, "queued", len(t.queue))
 	return nil
 }
 
-func (t *Telemetry) writeTx(ctx context.Context, batch []queued) error {
+// writeTx writes batch and returns how many of its points were dropped
+// because the database refused their device's writes.
+func (t *Telemetry) writeTx(ctx context.Context, batch []queued) (lost int, err error) {
 	// Grouped by device, each device's points in time order.
 	o := t.order
 	o.group(batch)
 	defer o.done()
 	now := time.Now()
-	for i, d := range o.devs {
-		for _, k := range o.points(i) {
-			p := &batch[k]
-			t.chunks.add(d, p.ts, p.json, now, t.rollups)
-		}
+	for i := range o.devs {
+		t.addPoints(i, now)
+	}
+	var lasts []LastValue
+	if t.last != nil {
+		lasts = o.lastValues()
 	}
 	ok := false
 	defer func() {
 		t.chunks.written(ok)
 		t.rollups.written(ok)
 	}()
-
-	tx, err := t.db.W.BeginTx(ctx, nil)
+	var dev devicesWrite
+	defer dev.close()
+	failed, err := (&batchWrite{name: "telemetry write", n: len(o.devs),
+		all: func(ctx context.Context, tx *sql.Tx) error {
+			if err := t.chunks.write(ctx, tx); err != nil {
+				return err
+			}
+			if err := t.rollups.write(ctx, tx); err != nil {
+				return err
+			}
+			if t.last != nil {
+				return t.last.UpdateLastValues(ctx, tx, lasts)
+			}
+			return nil
+		},
+		again: func(ctx context.Context, tx *sql.Tx) error { return dev.start(ctx, tx, t, now) },
+		one: func(ctx context.Context, tx *sql.Tx, j int) error {
+			i := dev.order[j]
+			if err := t.chunks.writeChunks(ctx, tx, dev.ins, dev.upd, dev.chunks(t, j)); err != nil {
+				return err
+			}
+			if err := t.rollups.writeHours(ctx, tx, dev.hours[o.devs[i]]); err != nil {
+				return err
+			}
+			if t.last != nil {
+				return t.last.UpdateLastValues(ctx, tx, lasts[i:i+1])
+			}
+			return nil
+		},
+	}).run(ctx, t.db.W)
 	if err != nil {
-		return fmt.Errorf("telemetry write: begin: %w", err)
-	}
-	defer tx.Rollback()
-	if err := t.chunks.write(ctx, tx); err != nil {
-		return err
-	}
-	if err := t.rollups.write(ctx, tx); err != nil {
-		return err
-	}
-	if t.last != nil {
-		if err := t.last.UpdateLastValues(ctx, tx, o.lastValues()); err != nil {
-			return err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("telemetry write: commit: %w", err)
+		return 0, err
 	}
 	ok = true
+	for _, f := range failed {
+		i := dev.order[f.i]
+		t.chunks.forget(dev.chunks(t, f.i))
+		n := len(o.points(i))
+		lost += n
+		if t.logged.Allow(o.devs[i], now) {
+			t.log.Warn("telemetry: points not stored (first this minute for this device)",
+				"device", o.devs[i], "points", n, "error", f.err)
+		}
+	}
+	t.m.dbErrors.Add(float64(lost))
 	// Chunks of devices that stopped reporting are complete on disk.
 	if count(t.m.batches)%64 == 0 {
 		t.chunks.evict(now.Add(-chunkSpan))
 	}
-	return nil
+	return lost, nil
+}
+
+// addPoints adds the points of the batch's device i to its open chunk
+// and to the hourly rollups.
+func (t *Telemetry) addPoints(i int, now time.Time) {
+	o := t.order
+	d := o.devs[i]
+	for _, k := range o.points(i) {
+		p := &o.batch[k]
+		t.chunks.add(d, p.ts, p.json, now, t.rollups)
+	}
+}
+
+// devicesWrite is a batch written again device by device, each under a
+// savepoint (batchWrite): the devices in the order they are written, the
+// pending chunks and hourly rollups of each, and the statements.
+type devicesWrite struct {
+	order    []int // the batch's device indexes, by id on PostgreSQL
+	from     []int // chunks.pending[from[j]:from[j+1]] are order[j]'s
+	hours    map[string][]hourKey
+	ins, upd *sql.Stmt
+}
+
+// start starts the batch again in tx: what the first transaction wrote
+// was rolled back, so the writer starts from what was committed before,
+// as after a failed batch (the devices' open chunks forgotten), and adds
+// the points again, device by device.
+func (w *devicesWrite) start(ctx context.Context, tx *sql.Tx, t *Telemetry, now time.Time) error {
+	t.chunks.written(false)
+	t.rollups.written(false)
+	o := t.order
+	w.order = make([]int, len(o.devs))
+	for i := range w.order {
+		w.order[i] = i
+	}
+	if t.db.Dialect == database.Postgres {
+		// In device order, so two nodes' writers never wait for each
+		// other in a cycle.
+		slices.SortFunc(w.order, func(a, b int) int { return strings.Compare(o.devs[a], o.devs[b]) })
+	}
+	w.from = make([]int, 0, len(o.devs)+1)
+	for _, i := range w.order {
+		w.from = append(w.from, len(t.chunks.pending))
+		t.addPoints(i, now)
+	}
+	w.from = append(w.from, len(t.chunks.pending))
+	// The writer's rollups are hourly only (the pruner makes the minute
+	// ones).
+	w.hours = make(map[string][]hourKey)
+	for k := range t.rollups.hours {
+		w.hours[k.device] = append(w.hours[k.device], k)
+	}
+	for _, keys := range w.hours {
+		slices.SortFunc(keys, compareHourKeys)
+	}
+	var err error
+	w.ins, w.upd, err = prepareChunkWrites(ctx, tx, "telemetry_chunks")
+	return err
+}
+
+// chunks returns the pending chunks of the j-th device written.
+func (w *devicesWrite) chunks(t *Telemetry, j int) []*openChunk {
+	return t.chunks.pending[w.from[j]:w.from[j+1]]
+}
+
+func (w *devicesWrite) close() {
+	if w.ins != nil {
+		w.ins.Close()
+		w.upd.Close()
+	}
 }
 
 // eachMember calls fn with each member's raw key (without its quotes) and

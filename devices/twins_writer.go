@@ -3,6 +3,7 @@ package devices
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -113,11 +114,10 @@ func (t *Twins) run() {
 }
 
 // write merges batch's patches in order, one version each, in one
-// transaction. When a patch fails that transaction (one the database's
-// JSON functions refuse), it merges the batch again, each patch under a
-// savepoint of its own, so that only the patches that fail are dropped,
-// counted as errors and logged (the first of each device per minute,
-// never the payload), and the other devices' patches are kept.
+// transaction. A patch that fails it (one the database's JSON functions
+// refuse) is dropped alone (batchWrite), counted as an error and logged
+// (the first of each device per minute, never the payload); the other
+// devices' patches are kept.
 func (t *Twins) write(batch []twinPatch) {
 	defer func() {
 		for i := range batch {
@@ -133,11 +133,15 @@ func (t *Twins) write(batch []twinPatch) {
 		slices.SortStableFunc(batch, func(a, b twinPatch) int { return strings.Compare(a.device, b.device) })
 	}
 	now := time.Now()
-	failed, err := t.merge(ctx, batch, now.UnixMilli(), false)
-	var pe *patchError
-	if errors.As(err, &pe) {
-		failed, err = t.merge(ctx, batch, now.UnixMilli(), true)
-	}
+	failed, err := (&batchWrite{name: "twins merge", n: len(batch), one: func(ctx context.Context, tx *sql.Tx, i int) error {
+		p := &batch[i]
+		_, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
+			VALUES (?1, json_patch('{}', ?2), 1, ?3)
+			ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(twins.reported, ?2),
+				reported_version = twins.reported_version + 1, updated_at = ?3`,
+			p.device, string(p.patch), now.UnixMilli())
+		return err
+	}}).run(ctx, t.db.W)
 	if err != nil {
 		t.writeErrors.Add(float64(len(batch)))
 		// Not one device's fault: keyed by no device.
@@ -149,65 +153,10 @@ func (t *Twins) write(batch []twinPatch) {
 	t.merged.Add(float64(len(batch) - len(failed)))
 	t.writeErrors.Add(float64(len(failed)))
 	for _, f := range failed {
-		if t.logged.Allow(f.device, now) {
+		p := &batch[f.i]
+		if t.logged.Allow(p.device, now) {
 			t.log.Warn("twins: reported patch not merged (first this minute for this device)",
-				"device", f.device, "bytes", f.bytes, "error", f.err)
+				"device", p.device, "bytes", len(p.patch), "error", f.err)
 		}
 	}
-}
-
-// patchError is a patch that failed its statement.
-type patchError struct {
-	device string
-	bytes  int
-	err    error
-}
-
-func (e *patchError) Error() string { return fmt.Sprintf("patch of %s: %v", e.device, e.err) }
-func (e *patchError) Unwrap() error { return e.err }
-
-// merge merges batch in one transaction. Without isolate, the first patch
-// that fails fails it (a *patchError); with isolate, each patch is under a
-// savepoint and those that fail are rolled back and returned, the others
-// committed. Any other error (begin, savepoint, commit) fails the whole
-// batch.
-func (t *Twins) merge(ctx context.Context, batch []twinPatch, now int64, isolate bool) ([]*patchError, error) {
-	tx, err := t.db.W.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	exec := func(q string) error {
-		_, err := tx.ExecContext(ctx, q)
-		return err
-	}
-	var failed []*patchError
-	for _, p := range batch {
-		if isolate {
-			if err := exec(`SAVEPOINT twin_patch`); err != nil {
-				return nil, err
-			}
-		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
-			VALUES (?1, json_patch('{}', ?2), 1, ?3)
-			ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(twins.reported, ?2),
-				reported_version = twins.reported_version + 1, updated_at = ?3`,
-			p.device, string(p.patch), now)
-		if err != nil {
-			pe := &patchError{device: p.device, bytes: len(p.patch), err: err}
-			if !isolate || ctx.Err() != nil {
-				return nil, pe
-			}
-			if err := exec(`ROLLBACK TO SAVEPOINT twin_patch`); err != nil {
-				return nil, err
-			}
-			failed = append(failed, pe)
-		}
-		if isolate {
-			if err := exec(`RELEASE SAVEPOINT twin_patch`); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return failed, tx.Commit()
 }

@@ -180,3 +180,104 @@ func TestOpenPostgresErrorsHidePassword(t *testing.T) {
 		}
 	}
 }
+
+// TestIsTransient: what the database refuses in a statement is not
+// transient; a lock held past the wait, a connection killed and a
+// context that ended are.
+func TestIsTransient(t *testing.T) {
+	ctx := context.Background()
+	lite, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lite.Close()
+	liteOther, err := OpenFile(lite.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer liteOther.Close()
+	url := testpg.New(t).NewDatabase(t)
+	pg, err := OpenPostgres(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	pgOther, err := OpenPostgres(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pgOther.Close()
+	for _, dbs := range [][2]*DB{{lite, liteOther}, {pg, pgOther}} {
+		db, other := dbs[0], dbs[1]
+		if err := db.Migrate(ctx, "test", Schema{
+			SQLite:   []string{`CREATE TABLE t (id TEXT PRIMARY KEY)`},
+			Postgres: []string{`CREATE TABLE t (id TEXT PRIMARY KEY)`},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.W.ExecContext(ctx, `INSERT INTO t VALUES ('x')`); err != nil {
+			t.Fatal(err)
+		}
+		check := func(what string, want bool, err error) {
+			t.Helper()
+			if err == nil {
+				t.Fatalf("%s: %s: no error", db.Dialect, what)
+			}
+			if IsTransient(err) != want {
+				t.Errorf("%s: %s: IsTransient(%v) = %v, want %v", db.Dialect, what, err, !want, want)
+			}
+		}
+		_, err := db.W.ExecContext(ctx, `INSERT INTO t VALUES ('x')`)
+		check("duplicate key", false, err)
+		_, err = db.W.ExecContext(ctx, `SELECT json_patch('{}', '{"a":')`)
+		check("malformed JSON", false, err)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_, err = db.W.ExecContext(cctx, `INSERT INTO t VALUES ('y')`)
+		check("context canceled", true, err)
+
+		// Another connection holds the write lock past the wait.
+		hold, err := other.W.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if db.Dialect == SQLite {
+			if _, err := db.W.ExecContext(ctx, `PRAGMA busy_timeout = 50`); err != nil { // W is one connection
+				t.Fatal(err)
+			}
+			if _, err := hold.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+				t.Fatal(err)
+			}
+			_, err = db.W.ExecContext(ctx, `INSERT INTO t VALUES ('z')`)
+			check("SQLITE_BUSY", true, err)
+		} else {
+			if _, err := hold.ExecContext(ctx, `BEGIN`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := hold.ExecContext(ctx, `SELECT * FROM t WHERE id = 'x' FOR UPDATE`); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := db.W.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.ExecContext(ctx, `SET LOCAL lock_timeout = '50ms'`); err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE t SET id = 'w' WHERE id = 'x'`)
+			check("lock timeout", true, err)
+			tx.Rollback()
+			tx, err = db.W.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.ExecContext(ctx, `SELECT pg_terminate_backend(pg_backend_pid())`)
+			check("connection terminated", true, err)
+			tx.Rollback()
+		}
+		if _, err := hold.ExecContext(ctx, `ROLLBACK`); err != nil {
+			t.Fatal(err)
+		}
+		hold.Close()
+	}
+}

@@ -1,0 +1,219 @@
+package devices
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// telemetryRun adds points to a store whose writer writes only on Flush
+// (FlushInterval an hour), so that each flush is one batch, and reads
+// back what is stored of each device.
+type telemetryRun struct {
+	t    *testing.T
+	db   *DB
+	tel  *Telemetry
+	logs *syncBuffer
+	base time.Time
+	next map[string]int // each device's next point number
+}
+
+func newTelemetryRun(t *testing.T, devices ...string) *telemetryRun {
+	t.Helper()
+	db := openTestDB(t, devices...)
+	r := &telemetryRun{t: t, db: db, logs: &syncBuffer{}, next: map[string]int{},
+		base: time.Now().Truncate(time.Hour).Add(-time.Hour)}
+	r.tel = openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(r.logs, nil))})
+	return r
+}
+
+// batch queues n points of each device (a point of "n": k, the device's
+// k-th point, and a secret string), interleaved, and flushes them.
+func (r *telemetryRun) batch(n int, devices ...string) error {
+	r.t.Helper()
+	for range n {
+		for _, d := range devices {
+			k := r.next[d]
+			r.next[d]++
+			s := mustSample(r.t, `{"n":`+jsonString(float64(k))+`,"s":"SECRETVALUE"}`)
+			s.TS = r.base.Add(time.Duration(k) * time.Second)
+			if !r.tel.Add(d, s, time.Now()) {
+				r.t.Fatal("point not queued")
+			}
+		}
+	}
+	return r.tel.Flush(context.Background())
+}
+
+// stored returns the "n" of device's points, in time order.
+func (r *telemetryRun) stored(device string) []int {
+	r.t.Helper()
+	pts, err := r.tel.Points(context.Background(), device, r.base, r.base.Add(time.Hour), 1000)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var ns []int
+	for _, p := range pts {
+		ns = append(ns, int(p.Values["n"].(float64)))
+	}
+	return ns
+}
+
+// hourCount returns how many numbers device's hourly rollup of "n"
+// counts.
+func (r *telemetryRun) hourCount(device string) int64 {
+	r.t.Helper()
+	bs, err := r.tel.Buckets(context.Background(), device, r.base, r.base.Add(time.Hour-time.Millisecond), time.Hour)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var n int64
+	for _, b := range bs {
+		n += b.Count["n"]
+	}
+	return n
+}
+
+// lastN returns device's last value of "n", or -1 if it has none.
+func (r *telemetryRun) lastN(device string) int {
+	r.t.Helper()
+	var raw []byte
+	if err := r.db.R.QueryRow(`SELECT COALESCE(last_values, '{}') FROM devices WHERE id = ?`, device).Scan(&raw); err != nil {
+		r.t.Fatal(err)
+	}
+	var lv map[string]any
+	if err := json.Unmarshal(raw, &lv); err != nil {
+		r.t.Fatal(err)
+	}
+	if n, ok := lv["n"].(float64); ok {
+		return int(n)
+	}
+	return -1
+}
+
+// check compares each device's stored points with 0..want-1, and its
+// hourly rollup and last value with them.
+func (r *telemetryRun) check(want map[string]int) {
+	r.t.Helper()
+	for d, n := range want {
+		got := r.stored(d)
+		ok := len(got) == n
+		for i := 0; ok && i < n; i++ {
+			ok = got[i] == i
+		}
+		if !ok {
+			r.t.Errorf("%s: stored %v, want 0 to %d", d, got, n-1)
+		}
+		if c := r.hourCount(d); c != int64(n) {
+			r.t.Errorf("%s: the hourly rollup counts %d, want %d", d, c, n)
+		}
+		if l := r.lastN(d); l != n-1 {
+			r.t.Errorf("%s: last value %d, want %d", d, l, n-1)
+		}
+	}
+}
+
+// TestTelemetryWriteIsolatesFailingDevice: a batch holding a device whose
+// history the database refuses (a trigger on telemetry_chunks) stores
+// every other device's points, hourly rollups and last values; the
+// refused device loses its points alone, all of its writes rolled back
+// (no rollup, no last value), counted as db_error and logged once a
+// minute without the values. Once the database takes its writes again,
+// its next points are stored, and the chunks the other devices kept
+// writing to are intact (a chunk row inserted in a rolled-back savepoint
+// is not rewritten later: SQLite reuses its rowid for the next device's
+// chunk).
+func TestTelemetryWriteIsolatesFailingDevice(t *testing.T) {
+	r := newTelemetryRun(t, "d1", "bad", "d2")
+	allow := refuseDevice(t, r.db, "telemetry_chunks", "bad")
+	if err := r.batch(3, "d1", "bad", "d2"); err != nil {
+		t.Fatal(err)
+	}
+	r.check(map[string]int{"d1": 3, "d2": 3})
+	if got := r.stored("bad"); len(got) != 0 {
+		t.Errorf("bad: stored %v", got)
+	}
+	if c, l := r.hourCount("bad"), r.lastN("bad"); c != 0 || l != -1 {
+		t.Errorf("bad: hourly rollup counts %d, last value %d; want nothing", c, l)
+	}
+	stored, _ := r.tel.Stats()
+	if stored != 6 || count(r.tel.m.dbErrors) != 3 || count(r.tel.m.writeErrors) != 0 {
+		t.Errorf("stored %d, db_error %d, failed batches %d; want 6, 3, 0", stored, count(r.tel.m.dbErrors), count(r.tel.m.writeErrors))
+	}
+	// Again: counted, not logged again within the minute.
+	if err := r.batch(2, "d1", "bad", "d2"); err != nil {
+		t.Fatal(err)
+	}
+	r.check(map[string]int{"d1": 5, "d2": 5})
+	if n := count(r.tel.m.dbErrors); n != 5 {
+		t.Errorf("db_error %d, want 5", n)
+	}
+	allow() // the database takes bad's writes again
+	r.next["bad"] = 0
+	if err := r.batch(2, "bad", "d2", "d1"); err != nil {
+		t.Fatal(err)
+	}
+	r.check(map[string]int{"d1": 7, "d2": 7, "bad": 2})
+	out := r.logs.String()
+	if n := strings.Count(out, "device=bad"); n != 1 {
+		t.Errorf("the failing device was logged %d times, want once a minute:\n%s", n, out)
+	}
+	if strings.Contains(out, "SECRETVALUE") {
+		t.Errorf("values in the log:\n%s", out)
+	}
+	if strings.Contains(out, "level=ERROR") || strings.Contains(out, "device=d") {
+		t.Errorf("other devices' points logged as failed:\n%s", out)
+	}
+}
+
+// TestTelemetryWriteTransientFailsBatch: a fault of the database rather
+// than of a device's points (every write waits on a lock held elsewhere
+// until it gives up: SQLITE_BUSY, PostgreSQL's lock_not_available) fails
+// the batch as a whole, as any failed batch did before: no device's
+// points are dropped and logged as refused one by one (each would wait
+// out the lock in turn). Once the lock is gone, the next batch is stored.
+func TestTelemetryWriteTransientFailsBatch(t *testing.T) {
+	r := newTelemetryRun(t, "d1", "d2", "d3")
+	release := holdWrites(t, r.db, "telemetry_chunks")
+	if err := r.batch(2, "d1", "d2", "d3"); err == nil {
+		t.Fatal("the batch was written with the database locked")
+	}
+	release()
+	if n, b := count(r.tel.m.dbErrors), count(r.tel.m.writeErrors); n != 0 || b != 1 {
+		t.Errorf("db_error %d, failed batches %d; want 0, 1", n, b)
+	}
+	out := r.logs.String()
+	if strings.Contains(out, "device=") || strings.Count(out, "telemetry: write batch") != 1 {
+		t.Errorf("want one failed batch logged, no device blamed:\n%s", out)
+	}
+	for d := range r.next {
+		r.next[d] = 0
+	}
+	if err := r.batch(2, "d1", "d2", "d3"); err != nil {
+		t.Fatal(err)
+	}
+	r.check(map[string]int{"d1": 2, "d2": 2, "d3": 2})
+}
+
+// TestTelemetryWriteRetriesLostConnection: PostgreSQL ends the writer's
+// connection midway through a batch (as a restart or a network fault
+// would): the batch is written again on another connection, and nothing
+// is lost.
+func TestTelemetryWriteRetriesLostConnection(t *testing.T) {
+	if testPG == nil {
+		t.Skip("PostgreSQL only: SQLite has no connection to lose")
+	}
+	r := newTelemetryRun(t, "d1", "d2", "d3")
+	killOnce(t, r.db, "telemetry_chunks")
+	if err := r.batch(3, "d1", "d2", "d3"); err != nil {
+		t.Fatal(err)
+	}
+	r.check(map[string]int{"d1": 3, "d2": 3, "d3": 3})
+	if n, b := count(r.tel.m.dbErrors), count(r.tel.m.writeErrors); n != 0 || b != 0 {
+		t.Errorf("db_error %d, failed batches %d; want 0, 0", n, b)
+	}
+}
