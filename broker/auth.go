@@ -120,6 +120,8 @@ type Auth struct {
 	// elsewhere asks the other nodes of a cluster for a client id
 	// (auth_cluster.go); nil when alone.
 	elsewhere atomic.Pointer[func(clientID string, o SessionOwner) bool]
+	// expiry ends connections whose credentials expire (auth_expiry.go).
+	expiry expiries
 
 	// stopMu guards stopped and wg.Add, so that no revocation starts
 	// once Stop waits.
@@ -212,6 +214,7 @@ func (a *Auth) Stop() error {
 		close(a.stop)
 	}
 	a.stopMu.Unlock()
+	a.stopExpiry()
 	a.wg.Wait()
 	return nil
 }
@@ -287,6 +290,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	cl.Properties.Username = []byte(c.id.Name)
 	a.login.Succeeded(user, remoteIP(cl.Net.Remote))
 	a.clients.Store(cl, c)
+	a.watchExpiry(cl, c)
 	if c.id.Kind == devices.KindDevice {
 		a.current.Store(c.id.Name, cl)
 		// Grants or type changed meanwhile: deviceChanged may have
@@ -335,6 +339,7 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	a.unclaim(cl)
 	a.forgetSubscribe(cl)
 	a.established.Delete(cl)
+	a.forgetExpiry(cl)
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {
 		return
@@ -422,12 +427,10 @@ func (a *Auth) revoke(rv devices.Revocation) {
 				return true
 			}
 			matched = true
-			a.m.revoked.Inc()
-			a.log.Info("disconnecting revoked client", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name)
-			// Forget it now, so that nothing it sends meanwhile passes
-			// the ACL (nor its will: checkWill).
-			a.clients.Store(cl, &conn{id: c.id, clientID: c.clientID, revoked: true})
-			a.end(cl, packets.ErrNotAuthorized)
+			if a.cut(cl, c, packets.ErrNotAuthorized) {
+				a.m.revoked.Inc()
+				a.log.Info("disconnecting revoked client", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name)
+			}
 			return true
 		})
 		if rv.Purge {
@@ -449,13 +452,31 @@ func (a *Auth) Identity(cl *mqtt.Client) (id devices.Identity, ok bool) {
 	return c.id, true
 }
 
+// cut ends the connection of cl, made as c, for code (a revocation, a
+// ban, an expired credential), unless it is being ended already (c is no
+// longer its entry): it is forgotten first, so that nothing it sends
+// meanwhile passes the ACL (nor its will: checkWill), then told why
+// (end). It reports whether it ended the connection.
+func (a *Auth) cut(cl *mqtt.Client, c *conn, code packets.Code) bool {
+	if !a.clients.CompareAndSwap(cl, c, &conn{id: c.id, anonymous: c.anonymous, clientID: c.clientID, revoked: true}) {
+		return false
+	}
+	a.end(cl, code)
+	return true
+}
+
 // end closes cl's connection for code. An MQTT 5 client whose CONNACK has
 // gone is told why with a DISCONNECT; one still connecting (a ban or a
 // revocation between its login and its CONNACK) is only cut off, since a
 // DISCONNECT before the CONNACK breaks the protocol [MQTT-3.2.0-1], and so
-// is an MQTT 3 client, which has no server DISCONNECT.
+// is an MQTT 3 client, which has no server DISCONNECT. The DISCONNECT's
+// write is bounded: a client that reads nothing must not hold up the
+// others a revocation or an expiry ends after it, nor the broker's Stop.
 func (a *Auth) end(cl *mqtt.Client, code packets.Code) {
 	if _, ok := a.established.Load(cl); ok && cl.Properties.ProtocolVersion == 5 {
+		if cl.Net.Conn != nil {
+			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		}
 		_ = a.srv.DisconnectClient(cl, code)
 		return
 	}

@@ -56,9 +56,9 @@ func (a *Auth) endBanned(ban devices.Ban) {
 		if c.revoked || remoteIP(cl.Net.Remote) != ban.Address || (ban.Identity != "" && c.id.Name != ban.Identity) {
 			return true
 		}
-		a.log.Info("disconnecting banned client", "client", cl.ID, "name", c.id.Name, "remote", ban.Address, "ban", ban.Key)
-		a.clients.Store(cl, &conn{id: c.id, anonymous: c.anonymous, revoked: true})
-		a.end(cl, packets.ErrAdministrativeAction)
+		if a.cut(cl, c, packets.ErrAdministrativeAction) {
+			a.log.Info("disconnecting banned client", "client", cl.ID, "name", c.id.Name, "remote", ban.Address, "ban", ban.Key)
+		}
 		return true
 	})
 }

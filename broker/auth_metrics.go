@@ -9,6 +9,7 @@ type authMetrics struct {
 	delayed  prometheus.Counter
 	denied   *prometheus.CounterVec
 	revoked  prometheus.Counter
+	expired  prometheus.Counter
 	presence *prometheus.CounterVec
 	wills    *prometheus.CounterVec
 	purged   prometheus.Counter
@@ -33,6 +34,9 @@ func newAuthMetrics() *authMetrics {
 		revoked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_auth_revoked_disconnects_total", Help: "Clients disconnected because their device or user was disabled, deleted or re-keyed.",
 		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_auth_expired_disconnects_total", Help: "Clients disconnected because the session or API token they connected with expired.",
+		}),
 		presence: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_device_presence_total", Help: "Device presence changes published, by state (online, offline).",
 		}, []string{"state"}),
@@ -49,7 +53,7 @@ func newAuthMetrics() *authMetrics {
 }
 
 func (m *authMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.presence, m.wills, m.purged, m.subsRefused}
+	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.expired, m.presence, m.wills, m.purged, m.subsRefused}
 }
 
 // Describe implements prometheus.Collector.

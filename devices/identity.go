@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Kinds of Identity.
@@ -35,6 +36,11 @@ type Identity struct {
 	SessionID string `json:"-"`
 	// TokenID is the API token's id when Via is "token".
 	TokenID string `json:"-"`
+	// Expires is when the session or API token it was authenticated with
+	// stops being accepted (a session at its expiry plus the leeway its
+	// check allows); zero for credentials that do not expire. The broker
+	// ends the connection then.
+	Expires time.Time `json:"-"`
 }
 
 // Can reports whether the identity's role is at least role. Devices have

@@ -16,6 +16,10 @@ import (
 // sessionIssuer is the JWT "iss" of dashboard sessions.
 const sessionIssuer = "tether"
 
+// sessionLeeway is how long past its expiry a session is still accepted,
+// for the clocks of the nodes that issue and check it.
+const sessionLeeway = 5 * time.Second
+
 // sessionClaims are a session JWT's claims. PasswordVersion ("pwv") ties
 // the session to the password it was opened with: a new password (or a
 // user deleted and created again) makes every older session invalid.
@@ -99,7 +103,7 @@ func (r *Registry) parseSession(token string) (*sessionClaims, error) {
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithIssuer(sessionIssuer),
 		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(5*time.Second))
+		jwt.WithLeeway(sessionLeeway))
 	if err != nil || c.ID == "" || c.Subject == "" {
 		return nil, ErrUnauthorized
 	}
@@ -123,7 +127,8 @@ func (r *Registry) VerifySession(token string) (Identity, error) {
 	if revoked || !ok || !hmac.Equal([]byte(c.PasswordVersion), []byte(passwordVersion(key, u.hash))) {
 		return Identity{}, fmt.Errorf("verify session: %w", ErrUnauthorized)
 	}
-	return Identity{Kind: KindUser, Name: c.Subject, Role: u.role, Via: "session", SessionID: c.ID}, nil
+	return Identity{Kind: KindUser, Name: c.Subject, Role: u.role, Via: "session", SessionID: c.ID,
+		Expires: c.ExpiresAt.Time.Add(sessionLeeway)}, nil
 }
 
 // RevokeSession ends a session (logout): its jti is kept on a revocation
@@ -134,7 +139,7 @@ func (r *Registry) RevokeSession(ctx context.Context, token string) error {
 	if err != nil {
 		return fmt.Errorf("revoke session: %w", err)
 	}
-	exp := c.ExpiresAt.Time.Add(5 * time.Second) // past the leeway
+	exp := c.ExpiresAt.Time.Add(sessionLeeway)
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	now := time.Now()

@@ -162,7 +162,7 @@ func (r *Registry) AuthenticateToken(ctx context.Context, token string) (Identit
 	if !ok || !uok || (!t.expires.IsZero() && time.Now().After(t.expires)) {
 		return Identity{}, fmt.Errorf("authenticate token: %w", ErrUnauthorized)
 	}
-	return Identity{Kind: KindUser, Name: t.username, Role: u.role, Via: "token", TokenID: t.id}, nil
+	return Identity{Kind: KindUser, Name: t.username, Role: u.role, Via: "token", TokenID: t.id, Expires: t.expires}, nil
 }
 
 // RevokeToken deletes the token with id, or returns ErrNotFound.

@@ -92,8 +92,16 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("%q %+v %v", plain, tok, err)
 	}
 	id, err := r.AuthenticateToken(ctx, plain)
-	if err != nil || id.Name != "ops" || id.Role != RoleOperator || id.Via != "token" {
+	if err != nil || id.Name != "ops" || id.Role != RoleOperator || id.Via != "token" || !id.Expires.IsZero() {
 		t.Fatalf("token: %+v %v", id, err)
+	}
+	// A connection made with a token that expires ends when it does.
+	day, dayTok, err := r.CreateToken(ctx, "ops", "day", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := r.Authenticate(ctx, "ops", day); err != nil || !id.Expires.Equal(*dayTok.ExpiresAt) {
+		t.Fatalf("token with a ttl: expires %v, want %v (%v)", id.Expires, *dayTok.ExpiresAt, err)
 	}
 	// As an MQTT password: with the owner's name, or no name.
 	if _, err := r.Authenticate(ctx, "ops", plain); err != nil {
@@ -123,7 +131,7 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("expired token: %v", err)
 	}
 	list, _, err := r.ListTokens(ctx, "ops", 0, "")
-	if err != nil || len(list) != 2 {
+	if err != nil || len(list) != 3 {
 		t.Fatalf("list: %+v %v", list, err)
 	}
 	if err := r.RevokeToken(ctx, tok.ID); err != nil {
@@ -161,6 +169,14 @@ func TestSessions(t *testing.T) {
 	id, err := r.VerifySession(tok)
 	if err != nil || id.Name != "viewer1" || id.Role != RoleViewer || id.Via != "session" || id.SessionID == "" {
 		t.Fatalf("verify: %+v %v", id, err)
+	}
+	// Accepted, and a connection made with it kept, until the leeway
+	// past its expiry is over.
+	if !id.Expires.Equal(exp.Add(sessionLeeway)) {
+		t.Fatalf("session expires %v, want %v", id.Expires, exp.Add(sessionLeeway))
+	}
+	if id, err := r.Authenticate(ctx, "viewer1", "password1"); err != nil || !id.Expires.IsZero() {
+		t.Fatalf("password: %+v %v", id, err)
 	}
 	if id, err := r.Authenticate(ctx, "viewer1", tok); err != nil || id.Via != "session" {
 		t.Fatalf("as MQTT password: %+v %v", id, err)

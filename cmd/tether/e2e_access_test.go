@@ -114,12 +114,14 @@ func accessCommandStatus(t *testing.T, p *tetherProc, token, id string) string {
 	return c.Status
 }
 
-// mq is an MQTT 5 client (paho.golang) with what its CONNACK said.
+// mq is an MQTT 5 client (paho.golang) with what its CONNACK said, and
+// the server's DISCONNECT, if one came (ended).
 type mq struct {
 	c       *paho.Client
 	conn    net.Conn
 	box     chan message
 	present bool
+	ended   chan *paho.Disconnect
 }
 
 // mqOpts: a persistent session when expiry > 0 (clean start false).
@@ -137,9 +139,10 @@ func dialMQ(t *testing.T, addr string, o mqOpts) (*mq, byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &mq{box: make(chan message, 100), conn: conn}
+	m := &mq{box: make(chan message, 100), conn: conn, ended: make(chan *paho.Disconnect, 1)}
 	m.c = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+		Conn:               conn,
+		OnServerDisconnect: func(d *paho.Disconnect) { m.ended <- d },
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(p paho.PublishReceived) (bool, error) {
 			m.box <- message{p.Packet.Topic, string(p.Packet.Payload), p.Packet.QoS, p.Packet.Retain}
 			return true, nil
