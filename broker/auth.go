@@ -113,6 +113,10 @@ type Auth struct {
 	subsLogged *logevery.Keys
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
+	// retained is the retained index (the broker's RetainedLimit hook,
+	// if it has one): a deleted device's retained messages outside
+	// devices/{id}/ are found there.
+	retained *RetainedLimit
 	// rules are the compiled auth.rules (nil: none).
 	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.
@@ -186,6 +190,10 @@ func NewAuth(opts AuthOptions) *Auth {
 
 // bind gives the hook the engine it serves; broker.New calls it.
 func (a *Auth) bind(srv *mqtt.Server) { a.srv = srv }
+
+// indexRetained gives the hook the broker's retained index; broker.New
+// calls it.
+func (a *Auth) indexRetained(l *RetainedLimit) { a.retained = l }
 
 // ID implements mqtt.Hook.
 func (a *Auth) ID() string { return "tether-auth" }
@@ -404,7 +412,7 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			// A deleted device that was not connected: its retained
 			// status goes now (a connected one's goes as it disconnects).
 			if !matched && rv.SessionID == "" && rv.TokenID == "" && !a.reg.HasDevice(rv.Name) {
-				a.clearStatus(rv.Name)
+				a.clearRetained(rv.Name)
 			}
 		}()
 		a.sessions.Range(func(k, v any) bool {
