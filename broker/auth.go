@@ -117,6 +117,15 @@ type Auth struct {
 	// if it has one): a deleted device's retained messages outside
 	// devices/{id}/ are found there.
 	retained *RetainedLimit
+	// wills are the engine's wills waiting out their delay (nil if it
+	// cannot be reached); waiting maps a client id to the *waitingWill
+	// whose will waits there, nWaiting counts them and waitingSweep is
+	// the count at which those whose delay is over are forgotten
+	// (auth_will.go).
+	wills        *packets.Packets
+	waiting      sync.Map
+	nWaiting     atomic.Int64
+	waitingSweep atomic.Int64
 	// rules are the compiled auth.rules (nil: none).
 	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.
@@ -189,7 +198,10 @@ func NewAuth(opts AuthOptions) *Auth {
 }
 
 // bind gives the hook the engine it serves; broker.New calls it.
-func (a *Auth) bind(srv *mqtt.Server) { a.srv = srv }
+func (a *Auth) bind(srv *mqtt.Server) {
+	a.srv = srv
+	a.wills = delayedWills(srv)
+}
 
 // indexRetained gives the hook the broker's retained index; broker.New
 // calls it.
@@ -462,6 +474,14 @@ func (a *Auth) Identity(cl *mqtt.Client) (id devices.Identity, ok bool) {
 // revocation between its login and its CONNACK) is only cut off, since a
 // DISCONNECT before the CONNACK breaks the protocol [MQTT-3.2.0-1], and so
 // is an MQTT 3 client, which has no server DISCONNECT.
+//
+// The engine's reader meets the end either as a lost connection (the will
+// path) or, when the Stop finds it between two packets, as a normal
+// disconnection (no will), at random. For the connections revoked and
+// banned that end ends, it does not matter: they are marked revoked
+// first, and checkWill drops a revoked connection's will, delayed or not
+// (TestRevokedWillNeverGoes). A connection whose will must go is hung up
+// instead (hangUp).
 func (a *Auth) end(cl *mqtt.Client, code packets.Code) {
 	if _, ok := a.established.Load(cl); ok && cl.Properties.ProtocolVersion == 5 {
 		_ = a.srv.DisconnectClient(cl, code)

@@ -20,8 +20,9 @@ type SessionPurger interface {
 }
 
 // purgeSession ends the session cl holds in the engine — subscriptions,
-// queued and inflight messages, will — and deletes it from the session
-// store, so that whoever connects next with its client id (the device
+// queued and inflight messages, will (one still waiting out its delay goes
+// at once if its identity may still publish it, else never: endWill) —
+// and deletes it from the session store, so that whoever connects next with its client id (the device
 // registered again, anyone) starts clean: no session present, nothing
 // queued. It is the one place sessions are purged; cl is offline (or
 // its connection has ended).
@@ -34,6 +35,7 @@ func (a *Auth) purgeSession(cl *mqtt.Client) {
 		cl.ClearInflights()
 		return
 	}
+	a.endWill(cl)
 	a.srv.UnsubscribeClient(cl) // the store's hook deletes the subscriptions
 	cl.ClearInflights()
 	a.srv.Clients.Delete(cl.ID)
@@ -50,7 +52,9 @@ func (a *Auth) purgeSession(cl *mqtt.Client) {
 // purgeSessionsOf purges the sessions of the identity name (deleted or
 // disabled): those offline now at once; those whose connection is live
 // or still ending are marked, and purgeTail purges each as its
-// connection ends, whatever the registry says by then.
+// connection ends, whatever the registry says by then. The wills its
+// connections left waiting out their delay are dropped, those of clean
+// sessions (gone from the engine) included.
 func (a *Auth) purgeSessionsOf(name string) {
 	var now []*mqtt.Client
 	a.endMu.Lock()
@@ -66,6 +70,7 @@ func (a *Auth) purgeSessionsOf(name string) {
 	for _, cl := range now {
 		a.purgeSession(cl)
 	}
+	a.dropWillsOf(name)
 }
 
 // markIfLive marks cl's session to be purged when its connection ends
@@ -233,7 +238,9 @@ func (a *Auth) sessionOwnerName(id string, cl *mqtt.Client) string {
 // purgeTail is the hook that Broker.New adds after every other, for the
 // access hook's last word on a client that goes:
 //   - OnWill: the will goes out only if the identity may still publish it
-//     (checkWill), after any other hook has changed it;
+//     (checkWill), after any other hook has changed it; one with a delay
+//     goes at once if the session is purged with the connection, else its
+//     owner is noted, for a purge to end its wait (delayWill);
 //   - OnDisconnect: the session of an identity deleted or disabled meanwhile
 //     is purged, after the session store has written it as offline (so
 //     the purge is the last write).
@@ -248,7 +255,9 @@ func (t *purgeTail) Provides(b byte) bool { return b == mqtt.OnWill || b == mqtt
 
 // OnWill implements mqtt.Hook.
 func (t *purgeTail) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	return t.a.checkWill(cl, will), nil
+	will = t.a.checkWill(cl, will)
+	t.a.delayWill(cl, will)
+	return will, nil
 }
 
 // OnDisconnect purges the session of a client marked to be purged
