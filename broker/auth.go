@@ -117,15 +117,9 @@ type Auth struct {
 	// if it has one): a deleted device's retained messages outside
 	// devices/{id}/ are found there.
 	retained *RetainedLimit
-	// wills are the engine's wills waiting out their delay (nil if it
-	// cannot be reached); waiting maps a client id to the *waitingWill
-	// whose will waits there, nWaiting counts them and waitingSweep is
-	// the count at which those whose delay is over are forgotten
-	// (auth_will.go).
-	wills        *packets.Packets
-	waiting      sync.Map
-	nWaiting     atomic.Int64
-	waitingSweep atomic.Int64
+	// wills are the engine's wills waiting out their delay, nil if it
+	// cannot be reached (auth_will.go).
+	wills *packets.Packets
 	// rules are the compiled auth.rules (nil: none).
 	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.

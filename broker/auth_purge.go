@@ -52,9 +52,7 @@ func (a *Auth) purgeSession(cl *mqtt.Client) {
 // purgeSessionsOf purges the sessions of the identity name (deleted or
 // disabled): those offline now at once; those whose connection is live
 // or still ending are marked, and purgeTail purges each as its
-// connection ends, whatever the registry says by then. The wills its
-// connections left waiting out their delay are dropped, those of clean
-// sessions (gone from the engine) included.
+// connection ends, whatever the registry says by then.
 func (a *Auth) purgeSessionsOf(name string) {
 	var now []*mqtt.Client
 	a.endMu.Lock()
@@ -70,7 +68,6 @@ func (a *Auth) purgeSessionsOf(name string) {
 	for _, cl := range now {
 		a.purgeSession(cl)
 	}
-	a.dropWillsOf(name)
 }
 
 // markIfLive marks cl's session to be purged when its connection ends
@@ -239,8 +236,7 @@ func (a *Auth) sessionOwnerName(id string, cl *mqtt.Client) string {
 // access hook's last word on a client that goes:
 //   - OnWill: the will goes out only if the identity may still publish it
 //     (checkWill), after any other hook has changed it; one with a delay
-//     goes at once if the session is purged with the connection, else its
-//     owner is noted, for a purge to end its wait (delayWill);
+//     goes at once if its session ends with the connection (delayWill);
 //   - OnDisconnect: the session of an identity deleted or disabled meanwhile
 //     is purged, after the session store has written it as offline (so
 //     the purge is the last write).

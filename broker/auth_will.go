@@ -66,16 +66,18 @@ func (a *Auth) mayStillWill(c *conn, topic string) bool {
 // engine, keyed by client id, until the delay has passed or a new
 // connection with the client id cancels it [MQTT-3.1.3-9]; the engine
 // then sends it as it is, checking nothing, and cancels nothing when the
-// session ends. MQTT wants it sent when the delay has passed or the
-// session ends, whichever comes first [MQTT-3.1.2-8]; a session the
-// broker ends (purges) ends its will's wait too:
-//   - as the connection goes (DELETE /sessions on a live connection, a
-//     squatter evicted), its will goes at once, undelayed (delayWill);
-//   - once offline (DELETE /sessions), its waiting will goes at once if
-//     its identity may still publish it; the identity deleted or
-//     disabled, it is dropped (endWill): a deleted device's will must not
-//     go out in its name after it is gone. So are those of its sessions
-//     the engine no longer holds (clean sessions: dropWillsOf).
+// session ends (it caps the delay at a Session Expiry Interval that the
+// CONNECT states, 0 included). MQTT wants it sent when the delay has
+// passed or the session ends, whichever comes first [MQTT-3.1.2-8]:
+//   - a session that ends with its connection — Session Expiry absent
+//     (0), or purged as its connection goes (DELETE /sessions on a live
+//     connection, a squatter evicted) — sends its will at once
+//     (delayWill);
+//   - a session purged while its will waits (offline) ends the wait
+//     (endWill): the will goes at once if its identity may still publish
+//     it (DELETE /sessions); the identity deleted or disabled, it is
+//     dropped: a deleted device's will must not go out in its name after
+//     it is gone.
 // The engine exports no access to its waiting wills (docs/upstream.md);
 // Tether reaches them by reflection.
 
@@ -108,67 +110,38 @@ func delayedWills(srv *mqtt.Server) *packets.Packets {
 	return *(**packets.Packets)(unsafe.Pointer(f.UnsafeAddr()))
 }
 
-// waitingWill is who left the will waiting under a client id, and until
-// when (Unix seconds).
-type waitingWill struct {
-	c   *conn
-	due int64
-}
-
 // delayWill is the tail's OnWill after checkWill: a will with a delay
-// whose session is being purged with its connection goes at once; any
-// other is noted with its owner for endWill and dropWillsOf.
+// whose session ends with its connection goes at once, undelayed. Without
+// it the engine would send the will of a session without expiry after
+// the delay, and (no longer listing the client by then) unretained and
+// past the hooks: a cluster's other nodes never had it. A purged one
+// would wait in endWill for the engine's next sweep, holding up a device
+// that evicts a squatter (awaitPurge).
 func (a *Auth) delayWill(cl *mqtt.Client, will mqtt.Will) {
-	delay := cl.Properties.Will.WillDelayInterval
-	if will.TopicName == "" || delay == 0 || a.wills == nil {
+	if will.TopicName == "" || cl.Properties.Will.WillDelayInterval == 0 {
 		return
 	}
-	if _, purged := a.purgeOnEnd.Load(cl); purged {
-		// The engine reads the delay after the hooks.
-		cl.Properties.Will.WillDelayInterval = 0
-		return
+	_, purged := a.purgeOnEnd.Load(cl)
+	if purged || cl.Properties.Props.SessionExpiryInterval == 0 {
+		cl.Properties.Will.WillDelayInterval = 0 // the engine reads it after the hooks
 	}
-	c := a.conn(cl)
-	if c == nil {
-		return
-	}
-	now := time.Now().Unix()
-	if _, had := a.waiting.Swap(cl.ID, &waitingWill{c: c, due: now + int64(delay)}); had {
-		return
-	}
-	if a.nWaiting.Add(1) < a.waitingSweep.Load() {
-		return
-	}
-	// Forget those whose delay is over (the engine has sent them), at
-	// most once per doubling.
-	a.waiting.Range(func(k, v any) bool {
-		if v.(*waitingWill).due+2 < now && a.waiting.CompareAndDelete(k, v) {
-			a.nWaiting.Add(-1)
-		}
-		return true
-	})
-	a.waitingSweep.Store(2*a.nWaiting.Load() + 1024)
 }
 
 // endWill ends the wait of the will cl's connection left, if it still
-// waits, as cl's session is purged: it goes at once if its identity may
-// still publish it, through the engine (retained if it is, through the
-// hooks: the session store, the other nodes), which endWill waits for
-// (the engine sends waiting wills once a second), at most purgeWait; else
-// it is dropped. cl holds the client id.
+// waits, as cl's session is purged: it goes at once if the session's
+// identity may still publish it, through the engine (retained if it is,
+// through the hooks: the session store, the other nodes), which endWill
+// waits for (the engine sends waiting wills once a second), at most
+// purgeWait; else it is dropped. cl holds the client id, offline.
 func (a *Auth) endWill(cl *mqtt.Client) {
 	if a.wills == nil {
 		return
-	}
-	v, _ := a.waiting.LoadAndDelete(cl.ID)
-	if v != nil {
-		a.nWaiting.Add(-1)
 	}
 	pk, ok := a.wills.Get(cl.ID)
 	if !ok {
 		return
 	}
-	if v == nil || !a.mayStillWill(v.(*waitingWill).c, pk.TopicName) {
+	if c := a.sessionConn(cl); c == nil || !a.mayStillWill(c, pk.TopicName) {
 		a.wills.Delete(cl.ID)
 		a.m.wills.WithLabelValues("send").Inc()
 		a.log.Info("will dropped: its session was purged", "client", cl.ID)
@@ -195,25 +168,4 @@ func (a *Auth) endWill(cl *mqtt.Client) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	a.log.Warn("a purged session's will has not gone yet", "client", cl.ID)
-}
-
-// dropWillsOf drops the waiting wills that identity name left, as it is
-// deleted or disabled, those of sessions the engine no longer holds
-// included (clean sessions end with their connection; their wills wait
-// all the same).
-func (a *Auth) dropWillsOf(name string) {
-	if a.wills == nil {
-		return
-	}
-	a.waiting.Range(func(k, v any) bool {
-		if c := v.(*waitingWill).c; !c.anonymous && c.id.Name == name && a.waiting.CompareAndDelete(k, v) {
-			a.nWaiting.Add(-1)
-			if _, ok := a.wills.Get(k.(string)); ok {
-				a.wills.Delete(k.(string))
-				a.m.wills.WithLabelValues("send").Inc()
-				a.log.Info("will dropped: its identity is gone", "client", k)
-			}
-		}
-		return true
-	})
 }

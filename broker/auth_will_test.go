@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -16,7 +17,8 @@ import (
 
 // willConn connects an MQTT 5 client that leaves a will on topic (payload
 // its client id) with a Will Delay Interval of delay seconds; expiry > 0
-// makes its session persistent. Closing the returned connection without a
+// makes its session persistent (0: no Session Expiry Interval, as most
+// clients send for a session that ends with its connection). Closing the returned connection without a
 // DISCONNECT makes the will go (after its delay).
 func willConn(t *testing.T, addr, id, user, pass string, expiry, delay uint32, topic string, retain bool) net.Conn {
 	t.Helper()
@@ -65,15 +67,13 @@ func willsUntil(t *testing.T, w *lim5, marker string) []string {
 }
 
 // TestDelayedWillOfPurgedIdentity: a will with a Will Delay Interval
-// whose identity is deleted or disabled while it waits never goes, from a
-// persistent session or a clean one, a device's or a person's; nor does
-// one whose connection was revoked (secret rotated) or banned. A will
-// left the same way by an identity that stays goes after its delay.
+// whose identity is deleted or disabled while it waits never goes, a
+// device's or a person's; nor does one whose connection was revoked
+// (secret rotated) or banned. A will left the same way by an identity that
+// stays goes after its delay.
 func TestDelayedWillOfPurgedIdentity(t *testing.T) {
 	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
 	ctx := context.Background()
-	bans := devices.NewBans(nil)
-	bans.OnBan(e.auth.endBanned)
 	grant := devices.TopicGrant{Filter: "wills/%c", Access: devices.AccessPublish}
 	w, _ := dial5(t, e.tcp, "watcher", "root", e.user(t, "root", devices.RoleAdmin), 0)
 	w.sub(t, "wills/#")
@@ -82,26 +82,24 @@ func TestDelayedWillOfPurgedIdentity(t *testing.T) {
 	// Left waiting, then their identity goes.
 	type waiting struct {
 		id, user string
-		expiry   uint32
 		end      func() error
 	}
 	disabled := false
 	bobPass := e.user(t, "bob", devices.RoleAdmin)
 	var offline []waiting
 	for _, wt := range []waiting{
-		{"del-persistent", "del-persistent", 3600, func() error { return e.reg.DeleteDevice(ctx, "del-persistent") }},
-		{"del-clean", "del-clean", 0, func() error { return e.reg.DeleteDevice(ctx, "del-clean") }},
-		{"dis-persistent", "dis-persistent", 3600, func() error {
+		{"del-persistent", "del-persistent", func() error { return e.reg.DeleteDevice(ctx, "del-persistent") }},
+		{"dis-persistent", "dis-persistent", func() error {
 			_, err := e.reg.UpdateDevice(ctx, "dis-persistent", devices.DevicePatch{Enabled: &disabled})
 			return err
 		}},
-		{"bob-line", "bob", 0, func() error { return e.reg.DeleteUser(ctx, "bob") }},
+		{"bob-line", "bob", func() error { return e.reg.DeleteUser(ctx, "bob") }},
 	} {
 		pass := bobPass
 		if wt.user != "bob" {
 			pass = e.device(t, wt.id, grant)
 		}
-		dropWill(t, e, willConn(t, e.tcp, wt.id, wt.user, pass, wt.expiry, delay, "wills/"+wt.id, true), wt.id)
+		dropWill(t, e, willConn(t, e.tcp, wt.id, wt.user, pass, 3600, delay, "wills/"+wt.id, true), wt.id)
 		offline = append(offline, wt)
 	}
 	for _, wt := range offline {
@@ -128,7 +126,7 @@ func TestDelayedWillOfPurgedIdentity(t *testing.T) {
 	// None waits any longer (without the fix: until its delay was over
 	// and the engine had sent it), and nothing sent before a marker
 	// published after that is one of theirs.
-	targets := []string{"del-persistent", "del-clean", "dis-persistent", "bob-line", "rotated", "banned"}
+	targets := []string{"del-persistent", "dis-persistent", "bob-line", "rotated", "banned"}
 	checkFor(t, 10*time.Second, func() error {
 		for _, id := range targets {
 			if _, ok := e.auth.wills.Get(id); ok {
@@ -138,7 +136,7 @@ func TestDelayedWillOfPurgedIdentity(t *testing.T) {
 		return nil
 	})
 	// The control: a will left the same way by an identity that stays.
-	dropWill(t, e, willConn(t, e.tcp, "control", "control", e.device(t, "control", grant), 0, delay, "wills/control", false), "control")
+	dropWill(t, e, willConn(t, e.tcp, "control", "control", e.device(t, "control", grant), 3600, delay, "wills/control", false), "control")
 	if code := w.pub(t, "wills/marker", []byte("marker"), 1, false); code != 0 {
 		t.Fatalf("marker: 0x%02x", code)
 	}
@@ -252,4 +250,27 @@ func TestRevokedWillNeverGoes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestCleanSessionDelayedWill: a session without a Session Expiry
+// Interval (0) ends with its connection, and so does its will's delay
+// [MQTT-3.1.2-8]: the will goes at once, retained as it asked (the engine
+// sent it after the delay, unretained and past the hooks: a cluster's
+// other nodes never had it).
+func TestCleanSessionDelayedWill(t *testing.T) {
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
+	w, _ := dial5(t, e.tcp, "watcher", "root", e.user(t, "root", devices.RoleAdmin), 0)
+	w.sub(t, "wills/#")
+	grant := devices.TopicGrant{Filter: "wills/%c", Access: devices.AccessPublish}
+	c := willConn(t, e.tcp, "clean", "clean", e.device(t, "clean", grant), 0, 3600, "wills/clean", true)
+	c.Close()
+	if got := drain(t, w, "clean"); len(got) != 0 {
+		t.Fatalf("before the will: %q", got)
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if pk, ok := e.b.Server.Topics.Retained.Get("wills/clean"); !ok || string(pk.Payload) != "clean" {
+			return errors.New("the will is not retained")
+		}
+		return nil
+	})
 }
