@@ -22,9 +22,9 @@ type SessionPurger interface {
 // purgeSession ends the session cl holds in the engine — subscriptions,
 // queued and inflight messages, will (one still waiting out its delay goes
 // at once if its identity may still publish it, else never: endWill) —
-// and deletes it from the session store, so that whoever connects next with its client id (the device
-// registered again, anyone) starts clean: no session present, nothing
-// queued. It is the one place sessions are purged; cl is offline (or
+// and deletes it from the session store, so that whoever connects next
+// with its client id (the device registered again, anyone) starts clean:
+// no session present, nothing queued. It is the one place sessions are purged; cl is offline (or
 // its connection has ended).
 func (a *Auth) purgeSession(cl *mqtt.Client) {
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
