@@ -113,6 +113,13 @@ type Auth struct {
 	subsLogged *logevery.Keys
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
+	// retained is the retained index (the broker's RetainedLimit hook,
+	// if it has one): a deleted device's retained messages outside
+	// devices/{id}/ are found there.
+	retained *RetainedLimit
+	// wills are the engine's wills waiting out their delay, nil if it
+	// cannot be reached (auth_will.go).
+	wills *packets.Packets
 	// rules are the compiled auth.rules (nil: none).
 	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.
@@ -187,7 +194,14 @@ func NewAuth(opts AuthOptions) *Auth {
 }
 
 // bind gives the hook the engine it serves; broker.New calls it.
-func (a *Auth) bind(srv *mqtt.Server) { a.srv = srv }
+func (a *Auth) bind(srv *mqtt.Server) {
+	a.srv = srv
+	a.wills = delayedWills(srv)
+}
+
+// indexRetained gives the hook the broker's retained index; broker.New
+// calls it.
+func (a *Auth) indexRetained(l *RetainedLimit) { a.retained = l }
 
 // ID implements mqtt.Hook.
 func (a *Auth) ID() string { return "tether-auth" }
@@ -409,7 +423,7 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			// A deleted device that was not connected: its retained
 			// status goes now (a connected one's goes as it disconnects).
 			if !matched && rv.SessionID == "" && rv.TokenID == "" && !a.reg.HasDevice(rv.Name) {
-				a.clearStatus(rv.Name)
+				a.clearRetained(rv.Name)
 			}
 		}()
 		a.sessions.Range(func(k, v any) bool {
@@ -472,6 +486,14 @@ func (a *Auth) cut(cl *mqtt.Client, c *conn, code packets.Code) bool {
 // is an MQTT 3 client, which has no server DISCONNECT. The DISCONNECT's
 // write is bounded: a client that reads nothing must not hold up the
 // others a revocation or an expiry ends after it, nor the broker's Stop.
+//
+// The engine's reader meets the end either as a lost connection (the will
+// path) or, when the Stop finds it between two packets, as a normal
+// disconnection (no will), at random. For the connections that cut ends
+// (revoked, banned, expired) it does not matter: they are marked revoked
+// first, and checkWill drops a revoked connection's will, delayed or not
+// (TestRevokedWillNeverGoes). A connection whose will must go is hung up
+// instead (hangUp).
 func (a *Auth) end(cl *mqtt.Client, code packets.Code) {
 	if _, ok := a.established.Load(cl); ok && cl.Properties.ProtocolVersion == 5 {
 		if cl.Net.Conn != nil {

@@ -41,7 +41,7 @@ func newAuthMetrics() *authMetrics {
 			Name: "tether_device_presence_total", Help: "Device presence changes published, by state (online, offline).",
 		}, []string{"state"}),
 		wills: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_auth_wills_refused_total", Help: "Will messages refused, by when (connect: the CONNECT was refused; send: the will was dropped as the client went).",
+			Name: "tether_auth_wills_refused_total", Help: "Will messages refused, by when (connect: the CONNECT was refused; send: the will was dropped as the client went, or while it waited out its delay as its session was purged).",
 		}, []string{"when"}),
 		purged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_sessions_purged_total", Help: "Sessions purged because their device was deleted or disabled or their user deleted, or because nobody owned them.",

@@ -20,10 +20,11 @@ type SessionPurger interface {
 }
 
 // purgeSession ends the session cl holds in the engine — subscriptions,
-// queued and inflight messages, will — and deletes it from the session
-// store, so that whoever connects next with its client id (the device
-// registered again, anyone) starts clean: no session present, nothing
-// queued. It is the one place sessions are purged; cl is offline (or
+// queued and inflight messages, will (one still waiting out its delay goes
+// at once if its identity may still publish it, else never: endWill) —
+// and deletes it from the session store, so that whoever connects next
+// with its client id (the device registered again, anyone) starts clean:
+// no session present, nothing queued. It is the one place sessions are purged; cl is offline (or
 // its connection has ended).
 func (a *Auth) purgeSession(cl *mqtt.Client) {
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
@@ -34,6 +35,7 @@ func (a *Auth) purgeSession(cl *mqtt.Client) {
 		cl.ClearInflights()
 		return
 	}
+	a.endWill(cl)
 	a.srv.UnsubscribeClient(cl) // the store's hook deletes the subscriptions
 	cl.ClearInflights()
 	a.srv.Clients.Delete(cl.ID)
@@ -233,7 +235,8 @@ func (a *Auth) sessionOwnerName(id string, cl *mqtt.Client) string {
 // purgeTail is the hook that Broker.New adds after every other, for the
 // access hook's last word on a client that goes:
 //   - OnWill: the will goes out only if the identity may still publish it
-//     (checkWill), after any other hook has changed it;
+//     (checkWill), after any other hook has changed it; one with a delay
+//     goes at once if its session ends with the connection (delayWill);
 //   - OnDisconnect: the session of an identity deleted or disabled meanwhile
 //     is purged, after the session store has written it as offline (so
 //     the purge is the last write).
@@ -248,7 +251,9 @@ func (t *purgeTail) Provides(b byte) bool { return b == mqtt.OnWill || b == mqtt
 
 // OnWill implements mqtt.Hook.
 func (t *purgeTail) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	return t.a.checkWill(cl, will), nil
+	will = t.a.checkWill(cl, will)
+	t.a.delayWill(cl, will)
+	return will, nil
 }
 
 // OnDisconnect purges the session of a client marked to be purged

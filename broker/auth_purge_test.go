@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -174,4 +175,100 @@ func TestDeleteSessionSendsWill(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDeletedWhileConnectedQueuePurged: a device deleted while connected
+// with a persistent session holding QoS 1 and 2 messages it has not
+// acknowledged (one inflight, the others queued in the session store
+// behind its Receive Maximum of 1) loses them with its session: a
+// restart restores nothing, and the device registered again under the id
+// finds no session and receives none of them.
+func TestDeletedWhileConnectedQueuePurged(t *testing.T) {
+	dir := t.TempDir()
+	e := startLimitEnv(t, dir, DefaultOptions(), RetainedLimitOptions{})
+	secret := e.device(t, "q1")
+	conn, err := net.DialTimeout("tcp", e.tcp, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	got := make(chan string, 64)
+	c := paho5.NewClient(paho5.ClientConfig{Conn: conn, EnableManualAcknowledgment: true, // it acknowledges nothing
+		OnPublishReceived: []func(paho5.PublishReceived) (bool, error){func(p paho5.PublishReceived) (bool, error) {
+			got <- string(p.Packet.Payload)
+			return true, nil
+		}}})
+	expiry, recvMax := uint32(3600), uint16(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if ca, err := c.Connect(ctx, &paho5.Connect{ClientID: "q1", KeepAlive: 30, Username: "q1", UsernameFlag: true,
+		Password: []byte(secret), PasswordFlag: true,
+		Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry, ReceiveMaximum: &recvMax}}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ca)
+	}
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "devices/q1/commands/#", QoS: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		if err := e.b.Server.Publish(fmt.Sprintf("devices/q1/commands/c%d", i), []byte(fmt.Sprintf("old-%d", i)), false, byte(1+i%2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-got: // the first, unacknowledged: the others wait behind it
+	case <-time.After(5 * time.Second):
+		t.Fatal("the device received nothing")
+	}
+	queued := func() int {
+		for _, s := range e.store.Sessions() {
+			if s.ClientID == "q1" {
+				return s.Queued
+			}
+		}
+		return -1
+	}
+	checkFor(t, 5*time.Second, func() error {
+		cl, ok := e.b.Server.Clients.Get("q1")
+		if !ok || cl.State.Inflight.Len() != 1 || queued() != 5 {
+			return fmt.Errorf("inflight %d, queued in the store %d; want 1, 5", cl.State.Inflight.Len(), queued())
+		}
+		return nil
+	})
+
+	if err := e.reg.DeleteDevice(context.Background(), "q1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the deleted device is still connected")
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if _, ok := e.b.Server.Clients.Get("q1"); ok {
+			return errors.New("the engine still holds the session")
+		}
+		if n := queued(); n != -1 {
+			return fmt.Errorf("the store lists the session, %d queued", n)
+		}
+		return nil
+	})
+
+	// Nothing comes back with a restart.
+	e.stop(t)
+	e = startLimitEnv(t, dir, DefaultOptions(), RetainedLimitOptions{})
+	if _, ok := e.b.Server.Clients.Get("q1"); ok {
+		t.Fatal("a restart restored the deleted device's session")
+	}
+	secret = e.device(t, "q1")
+	d, ca := dial5(t, e.tcp, "q1", "q1", secret, 3600)
+	if ca.SessionPresent {
+		t.Fatal("the device registered again: session present")
+	}
+	d.sub(t, "devices/q1/commands/#")
+	if err := e.b.Server.Publish("devices/q1/commands/new", []byte("marker"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	if old := drain(t, d, "marker"); len(old) != 0 {
+		t.Fatalf("the device registered again received the old one's messages: %q", old)
+	}
 }

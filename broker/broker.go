@@ -80,6 +80,13 @@ func New(opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ limitSubscriptions(int) }); ok {
 		h.limitSubscriptions(opts.MaxSubscriptionsPerClient) // it refuses the filters beyond
 	}
+	for _, h := range opts.Hooks {
+		if l, ok := h.(*RetainedLimit); ok {
+			if a, ok := access.(interface{ indexRetained(*RetainedLimit) }); ok {
+				a.indexRetained(l) // a deleted device's retained messages are found there
+			}
+		}
+	}
 	hook := access // the access hook, with a Diverter in front if there is one
 	for _, h := range opts.Hooks {
 		if d, ok := h.(Diverter); ok {

@@ -44,7 +44,7 @@ func (a *Auth) offline(cl *mqtt.Client, id string) {
 	}
 	a.current.CompareAndDelete(id, cl)
 	if !a.reg.HasDevice(id) { // deleted: its status goes too
-		a.clearStatus(id)
+		a.clearRetained(id)
 		return
 	}
 	now := time.Now().UTC()
@@ -53,20 +53,33 @@ func (a *Auth) offline(cl *mqtt.Client, id string) {
 	a.m.presence.WithLabelValues("offline").Inc()
 }
 
-// clearStatus removes a deleted device's retained messages: every one
+// clearRetained removes a deleted device's retained messages: every one
 // under devices/{id}/ (its status, desired and reported twin, whatever it
-// or anyone retained there), an empty retained message deleting each
-// [MQTT-3.3.1-10] through the hooks (the session store, the other nodes),
-// so that a device registered later under the same id starts clean (SPEC
-// §6: "retained state"); its history, commands and twin rows go in the
+// or anyone retained there), and every other one the device set that is
+// still retained (the retained index knows them: RetainedLimit.Owned),
+// wherever its topic (its grants', its will's); those others set on
+// topics outside devices/{id}/ stay, theirs. An empty retained message
+// deletes each [MQTT-3.3.1-10] through the hooks (the session store, the
+// other nodes), so that a device registered later under the same id
+// starts clean (SPEC §6: "retained state") and is not held to its bound
+// by what it inherited; its history, commands and twin rows go in the
 // registry's delete transaction (devices.DeviceData). The status and the
-// desired twin are deleted even when this node does not hold them: another
-// node may.
-func (a *Auth) clearStatus(id string) {
+// desired twin are deleted even when this node does not hold them:
+// another node may.
+func (a *Auth) clearRetained(id string) {
 	topics := []string{StatusTopic(id), "devices/" + id + "/twin/desired"}
 	for _, pk := range a.srv.Topics.Messages("devices/" + id + "/#") {
 		if !slices.Contains(topics, pk.TopicName) {
 			topics = append(topics, pk.TopicName)
+		}
+	}
+	if a.retained != nil {
+		for _, topic := range a.retained.Owned(id) {
+			// Still the device's: another client may have replaced
+			// it since.
+			if pk, ok := a.srv.Topics.Retained.Get(topic); ok && pk.Origin == id && !slices.Contains(topics, topic) {
+				topics = append(topics, topic)
+			}
 		}
 	}
 	for _, topic := range topics {

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -373,5 +374,110 @@ func TestRetainedLimitDefault(t *testing.T) {
 	}
 	if c, b := e.lim.RetainedUsage("evil"); c != 16 || b > 16<<20 {
 		t.Fatalf("device holds %d messages, %d bytes", c, b)
+	}
+}
+
+// TestDeletedDeviceRetained: deleting a device deletes every retained
+// message it set that is still retained, wherever the topic (its grant's,
+// its will's), for good (a restart brings none back); what others set on
+// the same topics stays. A device registered again under the id inherits
+// none of them: its bound is whole.
+// The same without bounds: the index that knows whose each message is
+// is kept all the same.
+func TestDeletedDeviceRetained(t *testing.T) {
+	t.Run("bounded", func(t *testing.T) { testDeletedDeviceRetained(t, RetainedLimitOptions{DeviceMessages: 3}) })
+	t.Run("unbounded", func(t *testing.T) { testDeletedDeviceRetained(t, RetainedLimitOptions{}) })
+}
+
+func testDeletedDeviceRetained(t *testing.T, rl RetainedLimitOptions) {
+	dir := t.TempDir()
+	e := startLimitEnv(t, dir, DefaultOptions(), rl)
+	grant := devices.TopicGrant{Filter: "tele/%c/#", Access: devices.AccessPublish}
+	secret := e.device(t, "dd", grant)
+	admin, _ := dial5(t, e.tcp, "admin-1", "root", e.user(t, "root", devices.RoleAdmin), 0)
+	other, _ := dial5(t, e.tcp, "dd2", "dd2", e.device(t, "dd2", grant), 0)
+
+	// The device's will, retained on its grant's topic.
+	conn, err := net.DialTimeout("tcp", e.tcp, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho5.NewClient(paho5.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if ca, err := c.Connect(ctx, &paho5.Connect{ClientID: "dd", KeepAlive: 30, CleanStart: true,
+		Username: "dd", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true,
+		WillMessage: &paho5.WillMessage{Topic: "tele/dd/lwt", Payload: []byte("gone"), QoS: 1, Retain: true}}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect with a will: %v %+v", err, ca)
+	}
+	conn.Close() // no DISCONNECT: the will goes
+	<-c.Done()
+	checkFor(t, 5*time.Second, func() error {
+		if got := retainedTopics(e.b, "tele/dd/lwt"); len(got) == 0 {
+			return errors.New("the will is not retained yet")
+		}
+		return nil
+	})
+
+	d, _ := dial5(t, e.tcp, "dd", "dd", secret, 0)
+	pub := func(c *lim5, topic, payload string) {
+		t.Helper()
+		if code := c.pub(t, topic, []byte(payload), 1, true); code != 0 {
+			t.Fatalf("%s: 0x%02x", topic, code)
+		}
+	}
+	pub(d, "tele/dd/a", "mine")
+	pub(d, "tele/dd/b", "mine")
+	pub(admin, "tele/dd/b", "admin's") // taken over: no longer the device's
+	pub(admin, "tele/dd/config", "admin's")
+	pub(other, "tele/dd2/a", "other's")
+	pub(d, "devices/dd/twin/reported", `{"v":1}`)
+	usage(t, e.lim, "dd", 3, int64(len("tele/dd/lwt")+4+len("tele/dd/a")+4+len("devices/dd/twin/reported")+7))
+
+	if err := e.reg.DeleteDevice(context.Background(), "dd"); err != nil {
+		t.Fatal(err)
+	}
+	gone := []string{"tele/dd/lwt", "tele/dd/a", "devices/dd/twin/reported"}
+	kept := map[string]string{"tele/dd/b": "admin's", "tele/dd/config": "admin's", "tele/dd2/a": "other's"}
+	check := func(what string) {
+		t.Helper()
+		checkFor(t, 5*time.Second, func() error {
+			for _, topic := range gone {
+				if _, ok := e.b.Server.Topics.Retained.Get(topic); ok {
+					return fmt.Errorf("%s: %s still retained", what, topic)
+				}
+			}
+			return nil
+		})
+		for topic, want := range kept {
+			if pk, ok := e.b.Server.Topics.Retained.Get(topic); !ok || string(pk.Payload) != want {
+				t.Fatalf("%s: %s: %q, want %q kept", what, topic, pk.Payload, want)
+			}
+		}
+		usage(t, e.lim, "dd", 0, 0)
+	}
+	check("after the deletion")
+
+	// The deletions are in the session store: a restart brings none back.
+	admin.close()
+	other.close()
+	e.stop(t)
+	e = startLimitEnv(t, dir, DefaultOptions(), rl)
+	check("after a restart")
+
+	// Registered again: a subscriber sees none of the old device's
+	// messages, and the device has its whole bound.
+	secret = e.device(t, "dd", grant)
+	w, _ := dial5(t, e.tcp, "watcher", "root", "pw-root-123", 0)
+	w.sub(t, "tele/dd/#")
+	d, _ = dial5(t, e.tcp, "dd", "dd", secret, 0)
+	for i := range 2 {
+		pub(d, fmt.Sprintf("tele/dd/n%d", i), "new")
+	}
+	pub(d, "tele/dd/end", "marker") // its third: 0x97 at a bound of 3 had it inherited anything
+	got := drain(t, w, "marker")
+	slices.Sort(got)
+	if want := []string{"admin's", "admin's", "new", "new"}; !slices.Equal(got, want) {
+		t.Fatalf("a subscriber of tele/dd/# got %q, want %q", got, want)
 	}
 }

@@ -465,6 +465,58 @@ func TestAccessDeletedDevicePurged(t *testing.T) {
 	d.waitFor(t, contains(`"n":2`), contains("confirm"))
 }
 
+// TestAccessDeletedDeviceRetained: DELETE /devices/{id} deletes the
+// retained messages the device set on its grant's topics and its retained
+// will, for good (a restart brings none back); an admin's on the same
+// topics stay. The device registered again passes none of the old ones to
+// a new subscriber.
+func TestAccessDeletedDeviceRetained(t *testing.T) {
+	p, admin := accessServer(t)
+	register := func() string {
+		t.Helper()
+		var d struct{ Secret string }
+		body := map[string]any{"id": "tas-9", "topics": []map[string]string{{"filter": "tele/%c/#", "access": "publish"}}}
+		if code := accessAPI(t, p, "POST", "/devices", admin, body, &d); code != 201 {
+			t.Fatalf("register tas-9: HTTP %d", code)
+		}
+		return d.Secret
+	}
+	secret := register()
+	d := mustMQ(t, p.mqtt, mqOpts{id: "tas-9", user: "tas-9", pass: secret,
+		will: &message{topic: "tele/tas-9/LWT", payload: "Offline", qos: 1, retain: true}})
+	for _, topic := range []string{"tele/tas-9/STATE", "tele/tas-9/SENSOR"} {
+		if code := d.retain(t, topic, `{"old":1}`); code != 0 {
+			t.Fatalf("retain %s: 0x%02x", topic, code)
+		}
+	}
+	d.drop() // its will, retained
+	console := mustMQ(t, p.mqtt, mqOpts{id: "console", user: "admin", pass: accessAdminPassword})
+	if code := console.retain(t, "tele/tas-9/CONFIG", `{"admin":1}`); code != 0 {
+		t.Fatalf("retain CONFIG: 0x%02x", code)
+	}
+	// The will is retained before the deletion.
+	w := mustMQ(t, p.mqtt, mqOpts{id: "watch-1", user: "admin", pass: accessAdminPassword})
+	w.sub(t, "tele/tas-9/LWT")
+	w.waitFor(t, contains("Offline"), nil)
+	w.close()
+	console.close()
+
+	if code := accessAPI(t, p, "DELETE", "/devices/tas-9", admin, nil, nil); code != 204 && code != 200 {
+		t.Fatalf("DELETE /devices/tas-9: HTTP %d", code)
+	}
+	p.stop(t)
+	p.start(t)
+	admin = accessLogin(t, p, "admin", accessAdminPassword)
+	secret = register()
+	w = mustMQ(t, p.mqtt, mqOpts{id: "watch-2", user: "admin", pass: accessAdminPassword})
+	w.sub(t, "tele/#")
+	d = mustMQ(t, p.mqtt, mqOpts{id: "tas-9", user: "tas-9", pass: secret})
+	old := func(m message) bool { return strings.Contains(m.payload, "old") || m.payload == "Offline" }
+	w.waitFor(t, contains(`"admin":1`), old) // retained messages come with the SUBACK
+	d.pub(t, "tele/tas-9/barrier", "barrier")
+	w.waitFor(t, contains("barrier"), old)
+}
+
 // TestAccessResponsesOwnDevice: device A answering B's command on
 // devices/A/responses/{B's command id} closes nothing; B's own answer does.
 func TestAccessResponsesOwnDevice(t *testing.T) {
