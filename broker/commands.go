@@ -222,14 +222,23 @@ func (h *CommandHook) Send(ctx context.Context, nc devices.NewCommand) (devices.
 	return cmd, nil
 }
 
-// commandFor returns the open command that pk (a PUBLISH towards cl)
-// carries when cl is that command's device.
+// commandFor returns the command that pk (a PUBLISH towards cl) carries
+// when cl is that command's device: an open command addressed to cl, or
+// one on cl's own command topic that this node's store does not know
+// yet. In a cluster on PostgreSQL a command sent through another node
+// crosses the bus faster than the database tells this node's store of it
+// (devices/commands_shared.go): delivered before then, it would stay
+// pending. The store marks a command delivered only if it is pending and
+// addressed to cl.
 func (h *CommandHook) commandFor(cl *mqtt.Client, pk packets.Packet) (string, bool) {
 	if pk.FixedHeader.Type != packets.Publish || len(pk.Properties.CorrelationData) == 0 || cl.Net.Inline {
 		return "", false
 	}
 	id := string(pk.Properties.CorrelationData)
-	dev, ok := h.store.OpenFor(id)
+	if dev, ok := h.store.OpenFor(id); ok {
+		return id, dev == cl.ID
+	}
+	dev, _, ok := splitDeviceTopic(pk.TopicName, "commands")
 	return id, ok && dev == cl.ID
 }
 
@@ -261,7 +270,7 @@ func (h *CommandHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	h.nInflight.Store(int64(len(h.inflight)))
 	h.mu.Unlock()
 	if ok {
-		h.store.RecordDelivered(id)
+		h.store.RecordDelivered(id, cl.ID)
 	}
 }
 
@@ -282,7 +291,7 @@ func (h *CommandHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte)
 		return
 	}
 	if id, ok := h.commandFor(cl, pk); ok {
-		h.store.RecordDelivered(id)
+		h.store.RecordDelivered(id, cl.ID)
 	}
 }
 

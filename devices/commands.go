@@ -141,6 +141,7 @@ type commandOp struct {
 	kind   byte // 'c' create, 'd' delivered, 'r' response
 	cmd    Command
 	id     string
+	device string // 'd': the device that received it
 	ok     bool
 	result []byte
 	errMsg string
@@ -303,9 +304,12 @@ func (c *Commands) RecordSent(nc NewCommand) bool {
 	return true
 }
 
-// RecordDelivered queues "the device has received command id".
-func (c *Commands) RecordDelivered(id string) {
-	c.enqueue(commandOp{kind: 'd', id: id, at: time.Now().UTC()})
+// RecordDelivered queues "device has received command id". Only a
+// pending command addressed to device is marked delivered, so a caller
+// may record a command its store does not know to be open yet (one
+// created through another node: see commands_shared.go).
+func (c *Commands) RecordDelivered(id, device string) {
+	c.enqueue(commandOp{kind: 'd', id: id, device: device, at: time.Now().UTC()})
 }
 
 // RecordResponse queues a device's answer to command id: ok with result,

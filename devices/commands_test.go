@@ -23,6 +23,33 @@ func openTestCommands(t *testing.T) *Commands {
 	return c
 }
 
+// TestCommandDeliveredOnlyToItsDevice: a delivery recorded for another
+// device than the command's leaves it pending (the broker records
+// commands its store does not know yet, by their topic).
+func TestCommandDeliveredOnlyToItsDevice(t *testing.T) {
+	ctx := context.Background()
+	c := openTestCommands(t)
+	cmd, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "reboot", Timeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark, err := c.Create(ctx, NewCommand{DeviceID: "d2", Name: "reboot", Timeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.RecordDelivered(cmd.ID, "d2")
+	c.RecordDelivered(mark.ID, "d2") // written after the first
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
+		if got, err := c.Get(ctx, mark.ID); err != nil || got.Status != StatusDelivered {
+			return fmt.Errorf("d2's command: %s, %v", got.Status, err)
+		}
+		return nil
+	})
+	if got, err := c.Get(ctx, cmd.ID); err != nil || got.Status != StatusPending {
+		t.Fatalf("d1's command delivered to d2: %s, %v", got.Status, err)
+	}
+}
+
 func TestCommandLifecycle(t *testing.T) {
 	ctx := context.Background()
 	c := openTestCommands(t)
@@ -31,11 +58,11 @@ func TestCommandLifecycle(t *testing.T) {
 		events func(id string)
 		want   string
 	}{
-		{"succeeded", func(id string) { c.RecordDelivered(id); c.RecordResponse(id, true, []byte(`{"x":1}`), "") }, StatusSucceeded},
+		{"succeeded", func(id string) { c.RecordDelivered(id, "d1"); c.RecordResponse(id, true, []byte(`{"x":1}`), "") }, StatusSucceeded},
 		{"failed without delivery", func(id string) { c.RecordResponse(id, false, nil, "boom") }, StatusFailed},
 		{"only forward", func(id string) {
 			c.RecordResponse(id, true, nil, "")
-			c.RecordDelivered(id)                // ignored: succeeded is final
+			c.RecordDelivered(id, "d1")          // ignored: succeeded is final
 			c.RecordResponse(id, false, nil, "") // late
 		}, StatusSucceeded},
 		{"expired", func(id string) {}, StatusExpired},

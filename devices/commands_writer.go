@@ -126,7 +126,7 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 			}
 		case 'd':
 			res, err := tx.ExecContext(ctx, `UPDATE commands SET status = 'delivered', updated_at = ?
-				WHERE id = ? AND status = 'pending'`, op.at.UnixMilli(), op.id)
+				WHERE id = ? AND device_id = ? AND status = 'pending'`, op.at.UnixMilli(), op.id, op.device)
 			if err != nil {
 				return nil, fmt.Errorf("commands write: delivered %s: %w", op.id, err)
 			}
