@@ -125,17 +125,17 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		}
 		var r responseMessage
 		if err := json.Unmarshal(pk.Payload, &r); err != nil {
-			h.store.RecordResponse(cmdID, false, nil, "response is not a JSON object: "+err.Error())
+			h.store.RecordResponse(cmdID, id, false, nil, "response is not a JSON object: "+err.Error())
 			h.log.Debug("command response not understood", "device", id, "command", cmdID, "error", err)
 			return pk, nil
 		}
 		switch r.Status {
 		case "ok":
-			h.store.RecordResponse(cmdID, true, r.Result, "")
+			h.store.RecordResponse(cmdID, id, true, r.Result, "")
 		case "error":
-			h.store.RecordResponse(cmdID, false, r.Result, r.Error)
+			h.store.RecordResponse(cmdID, id, false, r.Result, r.Error)
 		default:
-			h.store.RecordResponse(cmdID, false, r.Result, fmt.Sprintf("response status %q is neither ok nor error", r.Status))
+			h.store.RecordResponse(cmdID, id, false, r.Result, fmt.Sprintf("response status %q is neither ok nor error", r.Status))
 		}
 	}
 	return pk, nil
@@ -357,6 +357,6 @@ func (h *CommandHook) Refused(clientID string, pk packets.Packet, reason string)
 		return
 	}
 	if dev, ok := h.store.OpenFor(id); ok && dev == clientID {
-		h.store.RecordResponse(id, false, nil, "not delivered: "+reason)
+		h.store.RecordResponse(id, clientID, false, nil, "not delivered: "+reason)
 	}
 }

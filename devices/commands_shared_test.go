@@ -54,7 +54,7 @@ func TestCommandsAcrossNodes(t *testing.T) {
 		done <- got
 	}()
 	b.RecordDelivered(cmd.ID, "d1")
-	b.RecordResponse(cmd.ID, true, []byte(`{"up":true}`), "")
+	b.RecordResponse(cmd.ID, "d1", true, []byte(`{"up":true}`), "")
 	if got := <-done; got.Status != StatusSucceeded || string(got.Result) != `{"up":true}` {
 		t.Fatalf("a's Wait: %+v", got)
 	}

@@ -144,7 +144,7 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 				result = string(op.result)
 			}
 			res, err := tx.ExecContext(ctx, `UPDATE commands SET status = ?, result = ?, error = ?, updated_at = ?
-				WHERE id = ? AND status IN ('pending', 'delivered')`, status, result, op.errMsg, op.at.UnixMilli(), op.id)
+				WHERE id = ? AND device_id = ? AND status IN ('pending', 'delivered')`, status, result, op.errMsg, op.at.UnixMilli(), op.id, op.device)
 			if err != nil {
 				return nil, fmt.Errorf("commands write: response %s: %w", op.id, err)
 			}
@@ -158,7 +158,7 @@ func (c *Commands) applyTx(batch []commandOp) ([]change, error) {
 				continue
 			}
 			var exists int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM commands WHERE id = ?`, op.id).Scan(&exists); err != nil {
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM commands WHERE id = ? AND device_id = ?`, op.id, op.device).Scan(&exists); err != nil {
 				return nil, fmt.Errorf("commands write: response %s: %w", op.id, err)
 			}
 			if exists > 0 {
