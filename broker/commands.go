@@ -125,17 +125,17 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		}
 		var r responseMessage
 		if err := json.Unmarshal(pk.Payload, &r); err != nil {
-			h.store.RecordResponse(cmdID, false, nil, "response is not a JSON object: "+err.Error())
+			h.store.RecordResponse(cmdID, id, false, nil, "response is not a JSON object: "+err.Error())
 			h.log.Debug("command response not understood", "device", id, "command", cmdID, "error", err)
 			return pk, nil
 		}
 		switch r.Status {
 		case "ok":
-			h.store.RecordResponse(cmdID, true, r.Result, "")
+			h.store.RecordResponse(cmdID, id, true, r.Result, "")
 		case "error":
-			h.store.RecordResponse(cmdID, false, r.Result, r.Error)
+			h.store.RecordResponse(cmdID, id, false, r.Result, r.Error)
 		default:
-			h.store.RecordResponse(cmdID, false, r.Result, fmt.Sprintf("response status %q is neither ok nor error", r.Status))
+			h.store.RecordResponse(cmdID, id, false, r.Result, fmt.Sprintf("response status %q is neither ok nor error", r.Status))
 		}
 	}
 	return pk, nil
@@ -222,14 +222,23 @@ func (h *CommandHook) Send(ctx context.Context, nc devices.NewCommand) (devices.
 	return cmd, nil
 }
 
-// commandFor returns the open command that pk (a PUBLISH towards cl)
-// carries when cl is that command's device.
+// commandFor returns the command that pk (a PUBLISH towards cl) carries
+// when cl is that command's device: an open command addressed to cl, or
+// one on cl's own command topic that this node's store does not know
+// yet. In a cluster on PostgreSQL a command sent through another node
+// crosses the bus faster than the database tells this node's store of it
+// (devices/commands_shared.go): delivered before then, it would stay
+// pending. The store marks a command delivered only if it is pending and
+// addressed to cl.
 func (h *CommandHook) commandFor(cl *mqtt.Client, pk packets.Packet) (string, bool) {
 	if pk.FixedHeader.Type != packets.Publish || len(pk.Properties.CorrelationData) == 0 || cl.Net.Inline {
 		return "", false
 	}
 	id := string(pk.Properties.CorrelationData)
-	dev, ok := h.store.OpenFor(id)
+	if dev, ok := h.store.OpenFor(id); ok {
+		return id, dev == cl.ID
+	}
+	dev, _, ok := splitDeviceTopic(pk.TopicName, "commands")
 	return id, ok && dev == cl.ID
 }
 
@@ -261,7 +270,7 @@ func (h *CommandHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	h.nInflight.Store(int64(len(h.inflight)))
 	h.mu.Unlock()
 	if ok {
-		h.store.RecordDelivered(id)
+		h.store.RecordDelivered(id, cl.ID)
 	}
 }
 
@@ -282,7 +291,7 @@ func (h *CommandHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte)
 		return
 	}
 	if id, ok := h.commandFor(cl, pk); ok {
-		h.store.RecordDelivered(id)
+		h.store.RecordDelivered(id, cl.ID)
 	}
 }
 
@@ -348,6 +357,6 @@ func (h *CommandHook) Refused(clientID string, pk packets.Packet, reason string)
 		return
 	}
 	if dev, ok := h.store.OpenFor(id); ok && dev == clientID {
-		h.store.RecordResponse(id, false, nil, "not delivered: "+reason)
+		h.store.RecordResponse(id, clientID, false, nil, "not delivered: "+reason)
 	}
 }

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,8 +110,10 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	// answers.
 	deadline := time.Now().Add(durableWait)
 	request := func(msg *nats.Msg) {
-		_, err := n.nc.RequestMsg(msg, max(time.Until(deadline), time.Millisecond))
-		if err != nil && !errors.Is(err, nats.ErrNoResponders) { // no responders: a node that is gone
+		// No responders too: a node that vanished from the bus (killed,
+		// cut off) before the others forgot it holds the sessions, and
+		// nothing committed the message for them.
+		if _, err := n.nc.RequestMsg(msg, max(time.Until(deadline), time.Millisecond)); err != nil {
 			late.Store(true)
 		}
 	}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/broker"
@@ -275,4 +277,47 @@ func bpStatus(t *testing.T, bp *broker.Backpressure) string {
 		out = append(out, fmt.Sprintf("%s %v", strings.TrimPrefix(mf.GetName(), "tether_backpressure_"), mf.GetMetric()[0].GetCounter().GetValue()))
 	}
 	return strings.Join(out, ", ")
+}
+
+// TestDurableNoResponders: a QoS 1 message for a persistent session on a
+// node that has vanished from the bus (killed: its subscriptions are
+// gone, the others not yet forgotten it) gets no responders at once. It is
+// acknowledged, not committed anywhere: counted as not durable. (A
+// killed node's 1,250 such messages counted 1, the one in flight.)
+func TestDurableNoResponders(t *testing.T) {
+	a := startNodeWith(t, Options{Node: "v1", Listen: "127.0.0.1:0", Secret: testSecret})
+	b := startNodeWith(t, Options{Node: "v2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret})
+	committed := make(chan struct{})
+	close(committed)
+	for _, n := range []*testNode{a, b} {
+		n.node.SetDurability(Durability{
+			Persistent: func(cl *mqtt.Client) bool { return strings.HasPrefix(cl.ID, "dur-") },
+			Barrier:    func() <-chan struct{} { return committed },
+		})
+	}
+	waitMesh(t, []*testNode{a, b})
+	sub := testmqtt.Client(t, b.addr, "dur-sub", false, true, nil)
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("dur/#", 1, nil))
+	knows := func() error {
+		if p := (*a.node.peers.Load())["v2"]; p == nil || p.dur == nil || !p.dur.matches("dur/x") {
+			return fmt.Errorf("v1 does not know v2's persistent session")
+		}
+		return nil
+	}
+	testmqtt.CheckFor(t, 10*time.Second, knows)
+	b.node.unsubscribe() // as if killed: nothing of v2 answers on the bus
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if _, err := a.node.nc.Request(subjMsg+"v2", nil, 200*time.Millisecond); !errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("a request to v2: %v, want no responders", err)
+		}
+		return nil
+	})
+	if err := knows(); err != nil {
+		t.Fatalf("%v: forgotten already, the test needs it still known", err)
+	}
+	pub := testmqtt.Client(t, a.addr, "vanish-pub", true, true, nil)
+	testmqtt.WaitToken(t, "publish", pub.Publish("dur/x", 1, false, "lost"))
+	if v := testmqtt.Counter(t, a.node.m.notDurable); v != 1 {
+		t.Fatalf("%v messages not durable before their PUBACK, want 1", v)
+	}
 }

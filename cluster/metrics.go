@@ -27,7 +27,7 @@ func newMetrics() *metrics {
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_cluster_messages_dropped_total",
 			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode."}, []string{"reason"}),
 		notDurable: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_acks_not_durable_total",
-			Help: "QoS 1/2 messages for persistent sessions on other nodes acknowledged before every such node confirmed their commit (it did not answer within 2 s)."}),
+			Help: "QoS 1/2 messages for persistent sessions on other nodes acknowledged before every such node confirmed their commit (it did not answer within 2 s, or was gone from the bus)."}),
 		flowWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_waits_total",
 			Help: "Publishes held back because another node had not yet taken in what this node sent it (its credit window, or the room for durable requests to it)."}),
 		flowWaited: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_wait_seconds_total",

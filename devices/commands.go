@@ -145,6 +145,7 @@ type commandOp struct {
 	kind   byte // 'c' create, 'd' delivered, 'r' response
 	cmd    Command
 	id     string
+	device string // 'd', 'r': the device that received or answered it
 	ok     bool
 	result []byte
 	errMsg string
@@ -308,18 +309,23 @@ func (c *Commands) RecordSent(nc NewCommand) bool {
 	return true
 }
 
-// RecordDelivered queues "the device has received command id".
-func (c *Commands) RecordDelivered(id string) {
-	c.enqueue(commandOp{kind: 'd', id: id, at: time.Now().UTC()})
+// RecordDelivered queues "device has received command id". Only a
+// pending command addressed to device is marked delivered, so a caller
+// may record a command its store does not know to be open yet (one
+// created through another node: see commands_shared.go).
+func (c *Commands) RecordDelivered(id, device string) {
+	c.enqueue(commandOp{kind: 'd', id: id, device: device, at: time.Now().UTC()})
 }
 
-// RecordResponse queues a device's answer to command id: ok with result,
+// RecordResponse queues device's answer to command id: ok with result,
 // or an error message. A response to a command that is done already or
-// was never sent is counted (late, unknown) and otherwise ignored. What
+// was never sent to device is counted (late, unknown) and otherwise
+// ignored: the caller need not know the command open (in a cluster, one
+// created through another node may not be known here yet). What
 // is stored is text both databases take: a result that is not valid
 // UTF-8 is dropped (the command fails, saying so); the error message has
 // U+0000 and invalid bytes replaced, and is cut at a character's edge.
-func (c *Commands) RecordResponse(id string, ok bool, result []byte, errMsg string) {
+func (c *Commands) RecordResponse(id, device string, ok bool, result []byte, errMsg string) {
 	switch {
 	case len(result) > MaxCommandResult:
 		result = nil
@@ -337,7 +343,7 @@ func (c *Commands) RecordResponse(id string, ok bool, result []byte, errMsg stri
 		}
 		errMsg = errMsg[:cut]
 	}
-	c.enqueue(commandOp{kind: 'r', id: id, ok: ok, result: result, errMsg: errMsg, at: time.Now().UTC()})
+	c.enqueue(commandOp{kind: 'r', id: id, device: device, ok: ok, result: result, errMsg: errMsg, at: time.Now().UTC()})
 }
 
 func (c *Commands) enqueue(op commandOp) bool {

@@ -12,7 +12,9 @@ import (
 // broker hooks track them) and of the changes it commits (they wake their
 // Wait callers, and forget a command that is done). When the listener
 // (re)connects, the open commands are read again and every waiter looks
-// at its command again.
+// at its command again. The command itself crosses the cluster's bus,
+// often before the notification: the broker hook records its delivery
+// by its topic meanwhile (RecordDelivered checks the device).
 
 // commandsChannel is the PostgreSQL notification channel of commands.
 const commandsChannel = "tether_commands"

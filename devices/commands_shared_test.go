@@ -53,8 +53,8 @@ func TestCommandsAcrossNodes(t *testing.T) {
 		got, _ := a.Wait(wctx, cmd.ID)
 		done <- got
 	}()
-	b.RecordDelivered(cmd.ID)
-	b.RecordResponse(cmd.ID, true, []byte(`{"up":true}`), "")
+	b.RecordDelivered(cmd.ID, "d1")
+	b.RecordResponse(cmd.ID, "d1", true, []byte(`{"up":true}`), "")
 	if got := <-done; got.Status != StatusSucceeded || string(got.Result) != `{"up":true}` {
 		t.Fatalf("a's Wait: %+v", got)
 	}

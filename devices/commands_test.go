@@ -23,6 +23,33 @@ func openTestCommands(t *testing.T) *Commands {
 	return c
 }
 
+// TestCommandDeliveredOnlyToItsDevice: a delivery recorded for another
+// device than the command's leaves it pending (the broker records
+// commands its store does not know yet, by their topic).
+func TestCommandDeliveredOnlyToItsDevice(t *testing.T) {
+	ctx := context.Background()
+	c := openTestCommands(t)
+	cmd, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "reboot", Timeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark, err := c.Create(ctx, NewCommand{DeviceID: "d2", Name: "reboot", Timeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.RecordDelivered(cmd.ID, "d2")
+	c.RecordDelivered(mark.ID, "d2") // written after the first
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
+		if got, err := c.Get(ctx, mark.ID); err != nil || got.Status != StatusDelivered {
+			return fmt.Errorf("d2's command: %s, %v", got.Status, err)
+		}
+		return nil
+	})
+	if got, err := c.Get(ctx, cmd.ID); err != nil || got.Status != StatusPending {
+		t.Fatalf("d1's command delivered to d2: %s, %v", got.Status, err)
+	}
+}
+
 func TestCommandLifecycle(t *testing.T) {
 	ctx := context.Background()
 	c := openTestCommands(t)
@@ -31,12 +58,12 @@ func TestCommandLifecycle(t *testing.T) {
 		events func(id string)
 		want   string
 	}{
-		{"succeeded", func(id string) { c.RecordDelivered(id); c.RecordResponse(id, true, []byte(`{"x":1}`), "") }, StatusSucceeded},
-		{"failed without delivery", func(id string) { c.RecordResponse(id, false, nil, "boom") }, StatusFailed},
+		{"succeeded", func(id string) { c.RecordDelivered(id, "d1"); c.RecordResponse(id, "d1", true, []byte(`{"x":1}`), "") }, StatusSucceeded},
+		{"failed without delivery", func(id string) { c.RecordResponse(id, "d1", false, nil, "boom") }, StatusFailed},
 		{"only forward", func(id string) {
-			c.RecordResponse(id, true, nil, "")
-			c.RecordDelivered(id)                // ignored: succeeded is final
-			c.RecordResponse(id, false, nil, "") // late
+			c.RecordResponse(id, "d1", true, nil, "")
+			c.RecordDelivered(id, "d1")                // ignored: succeeded is final
+			c.RecordResponse(id, "d1", false, nil, "") // late
 		}, StatusSucceeded},
 		{"expired", func(id string) {}, StatusExpired},
 	} {
@@ -73,7 +100,7 @@ func TestCommandLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.RecordSent(NewCommand{ID: "reused", DeviceID: "d1", Name: "x", Params: []byte("{}"), Timeout: time.Minute})
-	c.RecordResponse("cmd-nope", true, nil, "")
+	c.RecordResponse("cmd-nope", "d1", true, nil, "")
 	testmqtt.CheckFor(t, 5*time.Second, func() error {
 		late, unknown := c.ResponseStats()
 		_, open := c.OpenFor("reused")
@@ -186,11 +213,11 @@ func TestCommandTextBothDatabasesTake(t *testing.T) {
 		ids = append(ids, cmd.ID)
 	}
 	long := "x" + strings.Repeat("é", MaxCommandError) // cut in the middle of an é
-	c.RecordResponse(ids[0], false, nil, "disk\x00full")
-	c.RecordResponse(ids[1], true, []byte("{\"x\":\"\xff\"}"), "")
-	c.RecordResponse(ids[2], false, nil, "bad \xc3 byte")
-	c.RecordResponse(ids[3], false, nil, long)
-	c.RecordResponse(ids[4], true, []byte(`{"ok":1}`), "")
+	c.RecordResponse(ids[0], "d1", false, nil, "disk\x00full")
+	c.RecordResponse(ids[1], "d1", true, []byte("{\"x\":\"\xff\"}"), "")
+	c.RecordResponse(ids[2], "d1", false, nil, "bad \xc3 byte")
+	c.RecordResponse(ids[3], "d1", false, nil, long)
+	c.RecordResponse(ids[4], "d1", true, []byte(`{"ok":1}`), "")
 	// Over MQTT (the hook checks a command before RecordSent), as through
 	// the API (Create).
 	bad := NewCommand{ID: "mqtt-1", DeviceID: "d2", Name: "x", Params: []byte("{\"p\":\"\xfe\"}"), Timeout: time.Minute}

@@ -195,7 +195,7 @@ func (c *Commands) applyOp(ctx context.Context, tx *sql.Tx, op *commandOp) (opDo
 		return opDone{}, nil
 	case 'd':
 		res, err := tx.ExecContext(ctx, `UPDATE commands SET status = 'delivered', updated_at = ?
-			WHERE id = ? AND status = 'pending'`, op.at.UnixMilli(), op.id)
+			WHERE id = ? AND device_id = ? AND status = 'pending'`, op.at.UnixMilli(), op.id, op.device)
 		if err != nil {
 			return opDone{}, fmt.Errorf("commands write: delivered %s: %w", op.id, err)
 		}
@@ -213,7 +213,7 @@ func (c *Commands) applyOp(ctx context.Context, tx *sql.Tx, op *commandOp) (opDo
 			result = string(op.result)
 		}
 		res, err := tx.ExecContext(ctx, `UPDATE commands SET status = ?, result = ?, error = ?, updated_at = ?
-			WHERE id = ? AND status IN ('pending', 'delivered')`, status, result, op.errMsg, op.at.UnixMilli(), op.id)
+			WHERE id = ? AND device_id = ? AND status IN ('pending', 'delivered')`, status, result, op.errMsg, op.at.UnixMilli(), op.id, op.device)
 		if err != nil {
 			return opDone{}, fmt.Errorf("commands write: response %s: %w", op.id, err)
 		}
@@ -221,7 +221,7 @@ func (c *Commands) applyOp(ctx context.Context, tx *sql.Tx, op *commandOp) (opDo
 			return opDone{count: count, ch: change{ID: op.id, Done: true}}, nil
 		}
 		var exists int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM commands WHERE id = ?`, op.id).Scan(&exists); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM commands WHERE id = ? AND device_id = ?`, op.id, op.device).Scan(&exists); err != nil {
 			return opDone{}, fmt.Errorf("commands write: response %s: %w", op.id, err)
 		}
 		if exists > 0 {

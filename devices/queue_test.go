@@ -72,7 +72,7 @@ func TestCommandsQueueBytes(t *testing.T) {
 	}
 	result := bigObject(60 << 10)
 	for i := range 100 {
-		c.RecordResponse(fmt.Sprintf("cmd-%d", i), true, result, "")
+		c.RecordResponse(fmt.Sprintf("cmd-%d", i), "d1", true, result, "")
 	}
 	dropped := count(c.m.dropped)
 	if queued := 100 - dropped; queued > int64(queueBytes/len(result)) || queued == 0 {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -119,6 +121,65 @@ func TestBenchConfigErrors(t *testing.T) {
 		if _, err := RunBench(context.Background(), cfg, nil); err == nil {
 			t.Errorf("%+v: no error", cfg)
 		}
+	}
+	// Refused before any connection, naming the flag: NaN passed every
+	// range check, a rate so slow that its gap overflowed published as
+	// fast as it could (26,934 msg/s for --rate 1e-12), and a negative
+	// drain counted every message in flight as lost.
+	closed := freeAddr(t) // nothing listens: a run would fail to connect instead
+	ep, _ = ParseEndpoint("tcp://"+closed, "", "")
+	for _, tc := range []struct {
+		field string
+		cfg   BenchConfig
+	}{
+		{"rate", BenchConfig{Rate: math.NaN()}},
+		{"rate", BenchConfig{Rate: math.Inf(1)}},
+		{"rate", BenchConfig{Rate: 1e-12}},
+		{"drain", BenchConfig{Drain: -time.Second}},
+		{"inflight", BenchConfig{Inflight: -1}},
+	} {
+		tc.cfg.Endpoint, tc.cfg.Scenario = ep, ScenarioFanin
+		_, err := RunBench(context.Background(), tc.cfg, nil)
+		if err == nil || !strings.HasPrefix(err.Error(), "run bench: "+tc.field+": ") {
+			t.Errorf("%+v: %v, want an error about %s", tc.cfg, err, tc.field)
+		}
+	}
+	if _, err := RunBench(context.Background(), BenchConfig{Endpoint: ep, Scenario: ScenarioFanin, Rate: 1.0 / 86400, Duration: time.Millisecond}, nil); err == nil || strings.HasPrefix(err.Error(), "run bench: rate") {
+		t.Errorf("one message a day: %v, want it taken (and the run to fail to connect)", err)
+	}
+}
+
+// TestSimConfigErrors: NaN jitter or churn is refused (a NaN jitter made
+// every wait zero: 3 devices at a 100 ms interval sent 57,552 msg/s).
+func TestSimConfigErrors(t *testing.T) {
+	ep, _ := ParseEndpoint("tcp://"+freeAddr(t), "", "")
+	for _, tc := range []struct {
+		field string
+		cfg   SimConfig
+	}{
+		{"jitter", SimConfig{Jitter: math.NaN()}},
+		{"churn", SimConfig{Churn: math.NaN()}},
+	} {
+		tc.cfg.Endpoint, tc.cfg.Devices, tc.cfg.Duration = ep, 1, time.Second // a run that starts ends
+		_, err := RunSim(context.Background(), tc.cfg, nil)
+		if err == nil || !strings.HasPrefix(err.Error(), "run sim: "+tc.field+": ") {
+			t.Errorf("%+v: %v, want an error about %s", tc.cfg, err, tc.field)
+		}
+	}
+}
+
+// TestKBPerConn: the broker's growth is divided by the connections
+// opened (the figures of a run whose client ran out of file descriptors).
+func TestKBPerConn(t *testing.T) {
+	r := Result{Conns: 100_000, ConnectErrors: 80_010, BrokerRSSBeforeKB: 8_872, BrokerRSSKB: 23_168}
+	r.setKBPerConn()
+	if r.BrokerKBPerConn != 0.715 {
+		t.Fatalf("%v KB per connection, want 0.715 (14,296 KB over 19,990 connections)", r.BrokerKBPerConn)
+	}
+	r = Result{Conns: 10, ConnectErrors: 10, BrokerRSSBeforeKB: 1, BrokerRSSKB: 2}
+	r.setKBPerConn()
+	if r.BrokerKBPerConn != 0 {
+		t.Fatalf("no connection opened: %v KB per connection", r.BrokerKBPerConn)
 	}
 }
 

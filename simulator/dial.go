@@ -42,6 +42,23 @@ func (o TLSOptions) config(serverName string) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// HTTPClient returns a client for a Tether API over https that trusts
+// what the options trust (the broker and the API often share a
+// certificate, e.g. from `tether certs dev`), or nil when they trust
+// only the system roots.
+func (o TLSOptions) HTTPClient(timeout time.Duration) (*http.Client, error) {
+	if o.CAFile == "" && !o.InsecureSkipVerify {
+		return nil, nil
+	}
+	cfg, err := o.config("")
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return &http.Client{Timeout: timeout, Transport: tr}, nil
+}
+
 // dialer opens the network connection under each MQTT client. It does this
 // itself instead of leaving it to paho so that every transport, WebSocket
 // included, goes through coder/websocket and one timeout, and so that the

@@ -91,11 +91,11 @@ func (c *SimConfig) validate() error {
 		return fmt.Errorf("qos: %d is not 0, 1 or 2", c.QoS)
 	case c.Interval != 0 && (c.Interval < 10*time.Millisecond || c.Interval > 24*time.Hour):
 		return fmt.Errorf("interval: %s is outside 10ms..24h", c.Interval)
-	case c.Jitter < 0 || c.Jitter > 1:
+	case !ratio(c.Jitter): // NaN too
 		return fmt.Errorf("jitter: %g is outside 0..1", c.Jitter)
 	case c.Duration < 0:
 		return errors.New("duration: must not be negative")
-	case c.Churn < 0 || c.Churn > 60:
+	case !(c.Churn >= 0 && c.Churn <= 60): // NaN too
 		return fmt.Errorf("churn: %g is outside 0..60 (share of the fleet per minute)", c.Churn)
 	case c.ConnectConcurrency < 1 || c.ConnectConcurrency > 10_000:
 		return fmt.Errorf("connect concurrency: %d is outside 1..10000", c.ConnectConcurrency)

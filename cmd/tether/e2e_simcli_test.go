@@ -64,6 +64,36 @@ func TestSimFindsTheBroker(t *testing.T) {
 	}
 }
 
+// TestSimHTTPSServer: --ca (or --insecure-skip-verify) is trusted for an
+// https --server too, not only for the broker: against `tether certs
+// dev`'s certificate on Tether's own HTTPS port, sim registers its
+// devices there and connects them (the API refused them before:
+// "certificate signed by unknown authority").
+func TestSimHTTPSServer(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", simAdminPassword)
+	cfg := testConfig(t)
+	cfg.Auth.AllowAnonymous = false
+	cfg.TLS.Cert, cfg.TLS.Key, _ = deployCerts(t, t.TempDir())
+	a := startTestApp(t, cfg)
+	api := login(t, a, "admin", simAdminPassword)
+	server := "https://localhost:" + port(a.httpsAddr())
+	for _, trust := range [][]string{{"--ca", cfg.TLS.Cert}, {"--insecure-skip-verify"}} {
+		prefix := nextID("e2e-https") + "-"
+		var stdout, stderr syncBuffer
+		err := runSim(context.Background(), append([]string{"--server", server, "--token", api.token, "--devices", "2",
+			"--prefix", prefix, "--duration", "2s", "--progress", "-1s", "--cleanup"}, trust...), &stdout, &stderr)
+		if err != nil {
+			t.Fatalf("sim %v against %s: %v\n%s", trust, server, err, stderr.String())
+		}
+		if want := "2 devices connect to tcp://" + a.mqttAddr(); !strings.Contains(stderr.String(), want) {
+			t.Errorf("sim %v: stderr lacks %q (the broker found through the API):\n%s", trust, want, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "cleanup: deleted the 2 devices") {
+			t.Errorf("sim %v: stderr does not report the cleanup:\n%s", trust, stderr.String())
+		}
+	}
+}
+
 // TestSimNoDeviceConnects: a fleet that never connects exits non-zero,
 // shows the first error of each kind once, and --cleanup still deletes
 // the devices it registered.

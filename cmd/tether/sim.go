@@ -35,8 +35,8 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	churnDown := durationFlag(fs, "churn-downtime", 0, "how long a churned device stays away (default 30s)")
 	conc := fs.Int("connect-concurrency", 32, "connects in flight at once")
 	every := durationFlag(fs, "progress", 0, "progress line period on stderr (default 5s; negative: none)")
-	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss)")
-	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the broker's TLS certificate (development only)")
+	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss) and an https --server's")
+	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the TLS certificates of the broker and an https --server (development only)")
 	allowRemote := fs.Bool("allow-remote", false, "allow a broker that is not on a loopback address")
 	seed := fs.Uint64("seed", 0, "random seed (default: random)")
 	verbose := fs.Bool("verbose", false, "log each device's connect failures and odd messages to stderr")
@@ -51,12 +51,17 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("--qos: %d is not 0, 1 or 2", *qos)
 	}
 
+	tlsOpts := simulator.TLSOptions{CAFile: *ca, InsecureSkipVerify: *insecure}
+	api, err := tlsOpts.HTTPClient(60 * time.Second) // an https --server trusts what the broker's connections trust
+	if err != nil {
+		return fmt.Errorf("--ca: %w", err)
+	}
 	raw := *broker
 	if raw == "" && *server != "" {
 		// Ask the server where its broker listens: its MQTT port need not
 		// be the default one.
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		found, err := simulator.DiscoverBroker(dctx, *server, *token, *transport, nil)
+		found, err := simulator.DiscoverBroker(dctx, *server, *token, *transport, api)
 		cancel()
 		if err != nil {
 			raw = simulator.BrokerFromServer(*server, *transport)
@@ -75,7 +80,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	cfg := simulator.SimConfig{
 		Endpoint: ep, AllowRemote: *allowRemote,
-		TLS:   simulator.TLSOptions{CAFile: *ca, InsecureSkipVerify: *insecure},
+		TLS:   tlsOpts,
 		Fleet: fleet, Devices: *devices, Prefix: *prefix,
 		Interval: *interval, Jitter: *jitter, QoS: byte(*qos), Duration: *duration,
 		CleanSession: *clean, Churn: *churn, ChurnDowntime: *churnDown,
@@ -90,7 +95,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 	case *server != "":
-		prov := &simulator.Provisioner{Server: *server, Token: *token}
+		prov := &simulator.Provisioner{Server: *server, Token: *token, Client: api}
 		cfg.Provisioner = prov
 		if *cleanup {
 			defer func() {
