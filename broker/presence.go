@@ -68,9 +68,21 @@ func (a *Auth) offline(cl *mqtt.Client, id string) {
 // another node may.
 func (a *Auth) clearRetained(id string) {
 	topics := []string{StatusTopic(id), "devices/" + id + "/twin/desired"}
-	for _, pk := range a.srv.Topics.Messages("devices/" + id + "/#") {
-		if !slices.Contains(topics, pk.TopicName) {
-			topics = append(topics, pk.TopicName)
+	var under []string
+	if a.retained != nil {
+		under = a.retained.Under(id)
+	} else {
+		// Without the index (a broker assembled without RetainedLimit,
+		// in tests): the engine's wildcard lookup, which reads its
+		// retained tree without the lock its writes take
+		// (docs/upstream.md item 6).
+		for _, pk := range a.srv.Topics.Messages("devices/" + id + "/#") {
+			under = append(under, pk.TopicName)
+		}
+	}
+	for _, topic := range under {
+		if !slices.Contains(topics, topic) {
+			topics = append(topics, topic)
 		}
 	}
 	if a.retained != nil {

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +124,10 @@ type RetainedLimit struct {
 	topics map[string]retainedEntry
 	owners map[string]*retainedUsage
 	total  retainedUsage
+	// under holds, per device id, the retained topics under
+	// devices/{id}/, whoever set them (Under): the engine's own wildcard
+	// lookup of them races with its writes (docs/upstream.md item 6).
+	under map[string]map[string]struct{}
 
 	refused *prometheus.CounterVec
 	bytes   *prometheus.Desc
@@ -160,7 +165,7 @@ func NewRetainedLimit(o RetainedLimitOptions) *RetainedLimit {
 	l := &RetainedLimit{
 		o: o, log: log.With("component", "broker"), logged: logevery.New(retainedLogEvery),
 		broker: map[string]bool{mqtt.InlineClientId: true},
-		topics: map[string]retainedEntry{}, owners: map[string]*retainedUsage{},
+		topics: map[string]retainedEntry{}, owners: map[string]*retainedUsage{}, under: map[string]map[string]struct{}{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_mqtt_retained_refused_total",
 			Help: "Retained PUBLISH packets refused (not retained, not routed) and retained wills sent unretained because they would pass a bound, by limit (device_messages, device_bytes: mqtt.max_retained_*_per_device; messages, bytes: mqtt.max_retained_messages, mqtt.max_retained_bytes)."},
 			[]string{"limit"}),
@@ -286,11 +291,23 @@ func (l *RetainedLimit) setLocked(topic string, e retainedEntry, ok bool) {
 			}
 		}
 		delete(l.topics, topic)
+		if id := deviceOfTopic(topic); id != "" {
+			delete(l.under[id], topic)
+			if len(l.under[id]) == 0 {
+				delete(l.under, id)
+			}
+		}
 	}
 	if !ok {
 		return
 	}
 	l.topics[topic] = e
+	if id := deviceOfTopic(topic); id != "" {
+		if l.under[id] == nil {
+			l.under[id] = map[string]struct{}{}
+		}
+		l.under[id][topic] = struct{}{}
+	}
 	l.total.count++
 	l.total.bytes += e.size
 	if e.owner != "" {
@@ -314,6 +331,7 @@ func (l *RetainedLimit) loadLocked() {
 		return
 	}
 	l.topics, l.owners, l.total = map[string]retainedEntry{}, map[string]*retainedUsage{}, retainedUsage{}
+	l.under = map[string]map[string]struct{}{}
 	for topic, pk := range srv.Topics.Retained.GetAll() {
 		if len(pk.Payload) == 0 || isSysTopic(topic) {
 			continue
@@ -420,6 +438,34 @@ func (l *RetainedLimit) Owned(owner string) []string {
 		topics = append(topics, topic)
 	}
 	return topics
+}
+
+// Under returns the topics under devices/{id}/ that hold a retained
+// message, whoever set it, in no order.
+func (l *RetainedLimit) Under(id string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.loaded {
+		l.loadLocked()
+	}
+	topics := make([]string, 0, len(l.under[id]))
+	for topic := range l.under[id] {
+		topics = append(topics, topic)
+	}
+	return topics
+}
+
+// deviceOfTopic is the id of devices/{id}/..., or "".
+func deviceOfTopic(topic string) string {
+	rest, ok := strings.CutPrefix(topic, "devices/")
+	if !ok {
+		return ""
+	}
+	id, _, ok := strings.Cut(rest, "/")
+	if !ok || id == "" {
+		return ""
+	}
+	return id
 }
 
 // retainedSize is what a retained message counts for: its topic, payload

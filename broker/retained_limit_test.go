@@ -432,12 +432,13 @@ func testDeletedDeviceRetained(t *testing.T, rl RetainedLimitOptions) {
 	pub(admin, "tele/dd/config", "admin's")
 	pub(other, "tele/dd2/a", "other's")
 	pub(d, "devices/dd/twin/reported", `{"v":1}`)
+	pub(admin, "devices/dd/note", "admin's, under the device's topics")
 	usage(t, e.lim, "dd", 3, int64(len("tele/dd/lwt")+4+len("tele/dd/a")+4+len("devices/dd/twin/reported")+7))
 
 	if err := e.reg.DeleteDevice(context.Background(), "dd"); err != nil {
 		t.Fatal(err)
 	}
-	gone := []string{"tele/dd/lwt", "tele/dd/a", "devices/dd/twin/reported"}
+	gone := []string{"tele/dd/lwt", "tele/dd/a", "devices/dd/twin/reported", "devices/dd/note"}
 	kept := map[string]string{"tele/dd/b": "admin's", "tele/dd/config": "admin's", "tele/dd2/a": "other's"}
 	check := func(what string) {
 		t.Helper()
