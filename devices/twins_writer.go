@@ -133,10 +133,10 @@ func (t *Twins) write(batch []twinPatch) {
 		slices.SortStableFunc(batch, func(a, b twinPatch) int { return strings.Compare(a.device, b.device) })
 	}
 	now := time.Now()
-	failed, err := t.merge(ctx, batch, now.UnixMilli(), false)
+	failed, refused, err := t.merge(ctx, batch, now.UnixMilli(), false)
 	var pe *patchError
 	if errors.As(err, &pe) {
-		failed, err = t.merge(ctx, batch, now.UnixMilli(), true)
+		failed, refused, err = t.merge(ctx, batch, now.UnixMilli(), true)
 	}
 	if err != nil {
 		t.writeErrors.Add(float64(len(batch)))
@@ -146,8 +146,15 @@ func (t *Twins) write(batch []twinPatch) {
 		}
 		return
 	}
-	t.merged.Add(float64(len(batch) - len(failed)))
+	t.merged.Add(float64(len(batch) - len(failed) - len(refused)))
 	t.writeErrors.Add(float64(len(failed)))
+	t.rejected.Add(float64(len(refused)))
+	for _, f := range refused {
+		if t.logged.Allow(f.device, now) {
+			t.log.Warn("twins: reported patch refused (first this minute for this device)",
+				"device", f.device, "bytes", f.bytes, "error", f.err)
+		}
+	}
 	for _, f := range failed {
 		if t.logged.Allow(f.device, now) {
 			t.log.Warn("twins: reported patch not merged (first this minute for this device)",
@@ -166,48 +173,58 @@ type patchError struct {
 func (e *patchError) Error() string { return fmt.Sprintf("patch of %s: %v", e.device, e.err) }
 func (e *patchError) Unwrap() error { return e.err }
 
+// errTwinState is a reported patch refused by MaxTwinState.
+var errTwinState = fmt.Errorf("the reported state would be larger than %d bytes", MaxTwinState)
+
 // merge merges batch in one transaction. Without isolate, the first patch
 // that fails fails it (a *patchError); with isolate, each patch is under a
 // savepoint and those that fail are rolled back and returned, the others
-// committed. Any other error (begin, savepoint, commit) fails the whole
-// batch.
-func (t *Twins) merge(ctx context.Context, batch []twinPatch, now int64, isolate bool) ([]*patchError, error) {
+// committed. Patches that would grow a reported state past MaxTwinState
+// change nothing and are returned as refused. Any other error (begin,
+// savepoint, commit) fails the whole batch.
+func (t *Twins) merge(ctx context.Context, batch []twinPatch, now int64, isolate bool) (failed, refused []*patchError, err error) {
 	tx, err := t.db.W.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer tx.Rollback()
 	exec := func(q string) error {
 		_, err := tx.ExecContext(ctx, q)
 		return err
 	}
-	var failed []*patchError
 	for _, p := range batch {
 		if isolate {
 			if err := exec(`SAVEPOINT twin_patch`); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
+		res, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
 			VALUES (?1, json_patch('{}', ?2), 1, ?3)
 			ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(twins.reported, ?2),
-				reported_version = twins.reported_version + 1, updated_at = ?3`,
-			p.device, string(p.patch), now)
+				reported_version = twins.reported_version + 1, updated_at = ?3
+			WHERE `+twinStateFits("reported"),
+			p.device, string(p.patch), now, MaxTwinState)
+		var n int64
+		if err == nil {
+			n, err = res.RowsAffected()
+		}
 		if err != nil {
 			pe := &patchError{device: p.device, bytes: len(p.patch), err: err}
 			if !isolate || ctx.Err() != nil {
-				return nil, pe
+				return nil, nil, pe
 			}
 			if err := exec(`ROLLBACK TO SAVEPOINT twin_patch`); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			failed = append(failed, pe)
+		} else if n == 0 {
+			refused = append(refused, &patchError{device: p.device, bytes: len(p.patch), err: errTwinState})
 		}
 		if isolate {
 			if err := exec(`RELEASE SAVEPOINT twin_patch`); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 	}
-	return failed, tx.Commit()
+	return failed, refused, tx.Commit()
 }
