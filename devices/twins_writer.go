@@ -65,7 +65,7 @@ func (t *Twins) Flush(ctx context.Context) error {
 
 // Stats returns reported patches merged, dropped (queue full) and rejected
 // (not a JSON object of MaxTwinPatch bytes and MaxTwinDepth levels at
-// most).
+// most, or growing the reported state past MaxTwinState).
 func (t *Twins) Stats() (merged, dropped, rejected int64) {
 	return count(t.merged), count(t.dropped), count(t.rejected)
 }
