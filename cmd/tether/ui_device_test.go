@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -138,37 +137,44 @@ func TestUIDeviceHostileTelemetry(t *testing.T) {
 		many[fmt.Sprintf("m%05d", i)] = i
 	}
 	long := map[string]any{"text": strings.Repeat("x", 1<<20-100)}
-	// Published until the page shows them: its subscription may be
-	// granted a moment after the page asked for it.
+	// Each published until the page shows it (its subscription may be
+	// granted a moment after the page asked for it): the long text first,
+	// as the page keeps no new names once it has 1,024.
 	stop := make(chan struct{})
-	wg1 := d.publishUntil(many, stop)
-	wg2 := d.publishUntil(long, stop)
-	defer func() { close(stop); wg1.Wait(); wg2.Wait() }()
-	step(t, ctx, "the page bounds what it shows",
-		waitJS(`document.querySelectorAll('#latest-values .metric').length === 1024`),
-		waitJS(`document.querySelectorAll('#charts .chart').length === 64`),
-		waitJS(`!document.querySelector('#values-note').hidden && !document.querySelector('#charts-note').hidden`),
-		waitJS(`(document.querySelector('#latest-values [data-metric="text"] .v') || {textContent: ''}).textContent === 'x'.repeat(256) + '…'`))
-	var st struct {
+	wg := d.publishUntil(long, stop)
+	step(t, ctx, "a 1 MB value is cut",
+		waitJS(`(document.querySelector('#latest-values [data-metric="text"] .v') || {}).textContent === 'x'.repeat(256) + '…'`))
+	close(stop)
+	wg.Wait()
+	stop = make(chan struct{})
+	wg = d.publishUntil(many, stop)
+	defer func() { close(stop); wg.Wait() }()
+	type pageState struct {
 		Metrics, Charts, Height int
-		Note                    string
+		ValuesNote, ChartsNote  bool
+		Text                    string
 	}
-	err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) (err error) {
-		st, err = chromedp.Evaluate[struct {
-			Metrics, Charts, Height int
-			Note                    string
-		}](`({metrics: document.querySelectorAll('#latest-values .metric').length, charts: document.querySelectorAll('#charts .chart').length,
-			height: document.body.scrollHeight, note: document.querySelector('#values-note').textContent})`)(ctx, tg)
-		return err
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("device page: %d metrics, %d charts, %d px high; %q", st.Metrics, st.Charts, st.Height, st.Note)
-	// The command console is still there to use.
-	step(t, ctx, "the page still works", chromedp.Click(chromedp.CSS(`#chart-range button[data-range="24 h"]`)),
-		waitJS(`document.querySelector('#chart-range button[data-range="24 h"]').getAttribute('aria-pressed') === 'true'`),
-		chromedp.SendKeys(chromedp.CSS("#cmd-name"), "reboot"),
+	var st pageState
+	checkFor(t, 30*time.Second, func() (err error) {
+		st, err = chromedp.Run(ctx, chromedp.Evaluate[pageState](`({metrics: document.querySelectorAll('#latest-values .metric').length,
+			charts: document.querySelectorAll('#charts .chart').length, height: document.body.scrollHeight,
+			valuesNote: !document.querySelector('#values-note').hidden, chartsNote: !document.querySelector('#charts-note').hidden,
+			text: (document.querySelector('#latest-values [data-metric="text"] .v') || {textContent: ''}).textContent})`))
+		if err != nil {
+			return err
+		}
+		if st.Metrics != 1024 || st.Charts != 64 || !st.ValuesNote || !st.ChartsNote || st.Text != strings.Repeat("x", 256)+"…" {
+			return fmt.Errorf("the page shows %d metrics, %d charts, notes %v and %v, a text of %d characters; want 1024, 64, true, true, 257",
+				st.Metrics, st.Charts, st.ValuesNote, st.ChartsNote, len([]rune(st.Text)))
+		}
+		return nil
+	})
+	t.Logf("device page: %d metrics, %d charts, %d px high", st.Metrics, st.Charts, st.Height)
+	// The page is still there to use.
+	step(t, ctx, "another range", chromedp.Click(chromedp.CSS(`#chart-range button[data-range="24 h"]`)),
+		waitJS(`document.querySelector('#chart-range button[data-range="24 h"]').getAttribute('aria-pressed') === 'true'`))
+	step(t, ctx, "send a command", chromedp.SendKeys(chromedp.CSS("#cmd-name"), "reboot"),
 		chromedp.Click(chromedp.CSS("#cmd-send")),
-		chromedp.WaitVisible(chromedp.CSS(`#command-rows tr[data-status="succeeded"]`)))
+		chromedp.WaitVisible(chromedp.CSS(`#command-rows tr[data-id]`)))
+	step(t, ctx, "the device answers it", chromedp.WaitVisible(chromedp.CSS(`#command-rows tr[data-status="succeeded"]`)))
 }

@@ -121,8 +121,10 @@ export function deviceView(main, [id]) {
     let s = series.get(metric);
     if (s) return s;
     if (series.size >= MAX_CHARTS) {
-      chartsNote.textContent = `Charts for the first ${MAX_CHARTS} metrics; the others are under Latest values.`;
-      chartsNote.hidden = false;
+      if (chartsNote.hidden) {
+        chartsNote.textContent = `Charts for the first ${MAX_CHARTS} metrics; the others are under Latest values.`;
+        chartsNote.hidden = false;
+      }
       return null;
     }
     const el = h('div', { class: 'chart-body' });
