@@ -1,6 +1,8 @@
 package dashboard
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -18,10 +20,6 @@ const (
 // unavailable is a 503 for a part of the API that is not wired in.
 func unavailable(what string) *apiError {
 	return &apiError{Status: http.StatusServiceUnavailable, Code: codeUnavailable, Msg: what + " is not available"}
-}
-
-type pointsResponse struct {
-	Points []devices.Point `json:"points"`
 }
 
 type bucketsResponse struct {
@@ -94,11 +92,40 @@ func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 	if csv {
 		return a.writePointsCSV(w, r, id, from, to, limit)
 	}
-	pts, err := a.telemetry.Points(r.Context(), id, from, to, limit)
-	if err != nil {
-		return registryError(err, "device")
+	return a.writePoints(w, r, id, from, to, limit)
+}
+
+// writePoints streams {"points":[...]} as the store decodes the points,
+// so that an answer of 10,000 points of up to 64 KiB each is never held
+// whole, as points and again as their encoding. A failure once the answer
+// has begun cuts it short: JSON that does not parse, never an answer that
+// looks complete.
+func (a *API) writePoints(w http.ResponseWriter, r *http.Request, id string, from, to time.Time, limit int) error {
+	var ew *exportWriter
+	begin := func() {
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h.Set("Cache-Control", "no-store")
+		ew = &exportWriter{w: w, enc: json.NewEncoder(w)}
+		ew.raw(`{"points":[`)
 	}
-	return writeJSON(w, http.StatusOK, pointsResponse{Points: pts})
+	err := a.telemetry.EachPoint(r.Context(), id, from, to, limit, func(p devices.Point) error {
+		if ew == nil {
+			begin()
+		}
+		ew.row(p)
+		return ew.err
+	})
+	switch {
+	case err != nil && ew == nil:
+		return registryError(err, "device")
+	case err != nil:
+		return fmt.Errorf("telemetry %s: %w", id, err)
+	case ew == nil:
+		begin()
+	}
+	ew.raw("]}\n")
+	return ew.err
 }
 
 // timeParam reads an RFC 3339 or Unix-milliseconds query parameter.

@@ -5,8 +5,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/tether-iot/tether/devices"
 )
 
 func TestUIServesFiles(t *testing.T) {
@@ -126,6 +130,26 @@ func TestUILoadsNothingFromOutside(t *testing.T) {
 			if strings.Contains(body, bad) {
 				t.Errorf("%s contains %q", name, bad)
 			}
+		}
+	}
+}
+
+// TestUIDeviceBoundsMatchServer: the device page's bounds on what a
+// device publishes are the server's (devices.MaxDeviceMetrics metric
+// names, string values of devices.MaxMetricString), so the page shows all
+// that is stored and never more than that.
+func TestUIDeviceBoundsMatchServer(t *testing.T) {
+	b, err := web.ReadFile("web/js/device.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]int{"MAX_METRICS": devices.MaxDeviceMetrics, "MAX_TEXT": devices.MaxMetricString} {
+		m := regexp.MustCompile(`(?m)^const ` + name + ` = (\d+);`).FindSubmatch(b)
+		if m == nil {
+			t.Fatalf("device.js has no const %s", name)
+		}
+		if got, _ := strconv.Atoi(string(m[1])); got != want {
+			t.Errorf("device.js: %s = %d, the server's is %d", name, got, want)
 		}
 	}
 }

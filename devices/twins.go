@@ -50,7 +50,18 @@ const (
 	// and the database's JSON functions (SQLite's stop at 1,000 levels)
 	// never refuse one.
 	MaxTwinDepth = 32
+	// MaxTwinState bounds what patches add up to: a patch that would
+	// make the desired, or the reported, state longer than this as stored
+	// JSON, and longer than it was, is refused; one that leaves it no
+	// longer always merges.
+	MaxTwinState = 256 << 10
 )
+
+// twinStateFits is the condition under which a merge of patch ?2 into
+// column col (desired or reported) is kept (MaxTwinState, given as ?4).
+func twinStateFits(col string) string {
+	return `length(json_patch(twins.` + col + `, ?2)) <= CASE WHEN length(twins.` + col + `) > ?4 THEN length(twins.` + col + `) ELSE ?4 END`
+}
 
 // Twin is a device's desired and reported state (SPEC §6). Delta holds the
 // desired keys whose reported value differs.
@@ -120,7 +131,7 @@ func OpenTwins(ctx context.Context, db *DB, o *TwinsOptions) (*Twins, error) {
 	t := &Twins{db: db, log: opts.Logger.With("component", "twins"), queue: make(chan twinPatch, opts.QueueSize), budget: byteBudget{max: opts.QueueBytes},
 		flushes: make(chan chan struct{}), stop: make(chan struct{}), logged: logevery.New(time.Minute)}
 	t.reported = counterVec(prometheus.CounterOpts{Name: "tether_twins_reported_total",
-		Help: "Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object, too large or nested too deep), error (write failed)."},
+		Help: "Reported-state patches from devices, by outcome: merged, dropped (queue full), rejected (not a JSON object, too large or nested too deep, or the reported state would grow past its bound), error (write failed)."},
 		"outcome", "merged", "dropped", "rejected", "error")
 	t.merged, t.dropped = t.reported.WithLabelValues("merged"), t.reported.WithLabelValues("dropped")
 	t.rejected, t.writeErrors = t.reported.WithLabelValues("rejected"), t.reported.WithLabelValues("error")
@@ -277,12 +288,19 @@ func (t *Twins) PatchDesired(ctx context.Context, device string, patch []byte) (
 		return Twin{}, fmt.Errorf("patch desired %s: %w", device, err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, desired, desired_version, updated_at)
+	res, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, desired, desired_version, updated_at)
 		VALUES (?1, json_patch('{}', ?2), 1, ?3)
 		ON CONFLICT(device_id) DO UPDATE SET desired = json_patch(twins.desired, ?2),
-			desired_version = twins.desired_version + 1, updated_at = ?3`,
-		device, string(patch), time.Now().UnixMilli()); err != nil {
+			desired_version = twins.desired_version + 1, updated_at = ?3
+		WHERE `+twinStateFits("desired"),
+		device, string(patch), time.Now().UnixMilli(), MaxTwinState)
+	if err != nil {
 		return Twin{}, fmt.Errorf("patch desired %s: %w", device, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return Twin{}, fmt.Errorf("patch desired %s: %w", device, err)
+	} else if n == 0 {
+		return Twin{}, invalid("desired", "would make the desired state larger than %d bytes", MaxTwinState)
 	}
 	tw, err := getTwin(ctx, tx, device)
 	if err != nil {

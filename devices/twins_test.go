@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -286,5 +287,84 @@ func TestTwinPatchTextBothDatabasesTake(t *testing.T) {
 	}
 	if !equalJSON(t, before, after) {
 		t.Fatalf("refused patches changed the twin: %+v, then %+v", before, after)
+	}
+}
+
+// TestTwinStateLimit: each patch is bounded (MaxTwinPatch) and so is what
+// patches add up to: a desired patch that would make the desired state
+// longer than MaxTwinState is an InvalidError and a reported one is
+// refused (counted as rejected), both changing nothing; a patch that
+// leaves a state no longer merges, even one stored past the bound (by an
+// earlier release). Before, a device's reported patches of 57 KB with new
+// keys grew its twin to 5 MB, whose merges then timed out and held up the
+// other stores' writes.
+func TestTwinStateLimit(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t)
+	tw, err := OpenTwins(ctx, db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tw.Close()
+	patch := func(key string) []byte { return []byte(`{"` + key + `":"` + strings.Repeat("v", 60000) + `"}`) }
+	for i := range 4 { // 240 KB: within the bound
+		if _, err := tw.PatchDesired(ctx, "d1", patch(fmt.Sprint("k", i))); err != nil {
+			t.Fatalf("desired patch %d: %v", i, err)
+		}
+		if !tw.RecordReported("d1", patch(fmt.Sprint("k", i))) {
+			t.Fatalf("reported patch %d not queued", i)
+		}
+	}
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before, err := tw.Get(ctx, "d1")
+	if err != nil || before.DesiredVersion != 4 || before.ReportedVersion != 4 {
+		t.Fatalf("four patches: %d, %d, %v", before.DesiredVersion, before.ReportedVersion, err)
+	}
+	var inv *InvalidError
+	if _, err := tw.PatchDesired(ctx, "d1", patch("k4")); !errors.As(err, &inv) || !strings.Contains(err.Error(), "larger than 262144 bytes") {
+		t.Fatalf("a desired patch past the bound: %v", err)
+	}
+	if !tw.RecordReported("d1", patch("k4")) {
+		t.Fatal("reported patch not queued")
+	}
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tw.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalJSON(t, before, after) || after.DesiredVersion != 4 || after.ReportedVersion != 4 {
+		t.Fatalf("refused patches changed the twin: versions %d, %d", after.DesiredVersion, after.ReportedVersion)
+	}
+	if merged, _, rejected := tw.Stats(); merged != 4 || rejected != 1 {
+		t.Fatalf("merged %d, rejected %d; want 4, 1", merged, rejected)
+	}
+
+	// A state stored past the bound takes patches that leave it no longer
+	// (a value replaced by one as long, a key removed), not one that grows it.
+	if _, err := db.W.ExecContext(ctx, `UPDATE twins SET reported = json_patch(reported, ?) WHERE device_id = 'd1'`,
+		string(patch("k9"))); err != nil {
+		t.Fatal(err)
+	}
+	tw.RecordReported("d1", []byte(`{"k0":"`+strings.Repeat("w", 60000)+`"}`))
+	tw.RecordReported("d1", []byte(`{"k10":1}`))
+	tw.RecordReported("d1", []byte(`{"k9":null,"k1":null}`))
+	tw.RecordReported("d1", []byte(`{"k10":1}`))
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := tw.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ReportedVersion != 7 || got.Reported["k9"] != nil || got.Reported["k10"] != 1.0 ||
+		!strings.HasPrefix(got.Reported["k0"].(string), "w") {
+		t.Fatalf("over the bound: version %d, k9 %v, k10 %v", got.ReportedVersion, got.Reported["k9"] != nil, got.Reported["k10"])
+	}
+	if merged, _, rejected := tw.Stats(); merged != 7 || rejected != 2 {
+		t.Fatalf("merged %d, rejected %d; want 7, 2", merged, rejected)
 	}
 }

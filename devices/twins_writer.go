@@ -66,7 +66,7 @@ func (t *Twins) Flush(ctx context.Context) error {
 
 // Stats returns reported patches merged, dropped (queue full) and rejected
 // (not a JSON object of MaxTwinPatch bytes and MaxTwinDepth levels at
-// most).
+// most, or growing the reported state past MaxTwinState).
 func (t *Twins) Stats() (merged, dropped, rejected int64) {
 	return count(t.merged), count(t.dropped), count(t.rejected)
 }
@@ -133,13 +133,22 @@ func (t *Twins) write(batch []twinPatch) {
 		slices.SortStableFunc(batch, func(a, b twinPatch) int { return strings.Compare(a.device, b.device) })
 	}
 	now := time.Now()
+	// refused[i]: patch i would grow its reported state past
+	// MaxTwinState and changed nothing (set again by each pass).
+	refused := make([]bool, len(batch))
 	failed, err := (&batchWrite{name: "twins merge", n: len(batch), one: func(ctx context.Context, tx *sql.Tx, i int) error {
 		p := &batch[i]
-		_, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
+		res, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
 			VALUES (?1, json_patch('{}', ?2), 1, ?3)
 			ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(twins.reported, ?2),
-				reported_version = twins.reported_version + 1, updated_at = ?3`,
-			p.device, string(p.patch), now.UnixMilli())
+				reported_version = twins.reported_version + 1, updated_at = ?3
+			WHERE `+twinStateFits("reported"),
+			p.device, string(p.patch), now.UnixMilli(), MaxTwinState)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		refused[i] = err == nil && n == 0
 		return err
 	}}).run(ctx, t.db.W)
 	if err != nil {
@@ -150,8 +159,23 @@ func (t *Twins) write(batch []twinPatch) {
 		}
 		return
 	}
-	t.merged.Add(float64(len(batch) - len(failed)))
+	for _, f := range failed {
+		refused[f.i] = false // failed, not refused
+	}
+	nRefused := 0
+	for i, r := range refused {
+		if !r {
+			continue
+		}
+		nRefused++
+		if p := &batch[i]; t.logged.Allow(p.device, now) {
+			t.log.Warn("twins: reported patch refused (first this minute for this device)",
+				"device", p.device, "bytes", len(p.patch), "error", errTwinState)
+		}
+	}
+	t.merged.Add(float64(len(batch) - len(failed) - nRefused))
 	t.writeErrors.Add(float64(len(failed)))
+	t.rejected.Add(float64(nRefused))
 	for _, f := range failed {
 		p := &batch[f.i]
 		if t.logged.Allow(p.device, now) {
@@ -160,3 +184,6 @@ func (t *Twins) write(batch []twinPatch) {
 		}
 	}
 }
+
+// errTwinState is a reported patch refused by MaxTwinState.
+var errTwinState = fmt.Errorf("the reported state would be larger than %d bytes", MaxTwinState)

@@ -305,13 +305,17 @@ func paho3Device(t *testing.T, addr, id, secret string, clean bool) paho3.Client
 }
 
 // rssOf reads VmRSS of pid in KiB.
-func rssOf(pid int) (int64, bool) {
+func rssOf(pid int) (int64, bool) { return procStatusKiB(pid, "VmRSS") }
+
+// procStatusKiB reads a field in KiB (VmRSS, VmHWM) of pid's
+// /proc/PID/status.
+func procStatusKiB(pid int, field string) (int64, bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, false
 	}
 	for _, l := range bytes.Split(b, []byte("\n")) {
-		if v, ok := bytes.CutPrefix(l, []byte("VmRSS:")); ok {
+		if v, ok := bytes.CutPrefix(l, []byte(field+":")); ok {
 			f := bytes.Fields(v)
 			if len(f) > 0 {
 				n, err := strconv.ParseInt(string(f[0]), 10, 64)

@@ -1,14 +1,21 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tether-iot/tether/devices"
 )
 
 const limitsAdminPassword = "limits-admin-password-1"
@@ -197,5 +204,86 @@ func TestSIGTERMUnderFlood(t *testing.T) {
 		}
 	case <-time.After(grace + 2*time.Second):
 		t.Fatalf("still running %v after SIGTERM under a flood", time.Since(start))
+	}
+}
+
+// TestTelemetryAnswerMemory: GET /devices/{id}/telemetry streams its
+// points as the store decodes them, so a viewer asking for many large
+// points does not make the server hold the answer several times over (as
+// points, then as their encoding). The black-box run measured a 189 MB
+// answer (3,000 points of 63 KB) raising the peak RSS by 768 MB before,
+// by 210 MB after.
+func TestTelemetryAnswerMemory(t *testing.T) {
+	p, api := limitsProcess(t)
+	dev := paho3Device(t, p.mqtt, "wordy", api.register(t, "wordy"), true)
+	defer dev.Disconnect(0)
+	const n = 600
+	m := map[string]any{}
+	for i := range 255 {
+		m[fmt.Sprintf("m%03d_%s", i, strings.Repeat("n", 95))] = strings.Repeat("v", 130)
+	}
+	start := time.Now().Add(-time.Hour).UnixMilli()
+	var last paho3.Token
+	for i := range n {
+		m["ts"], m["i"] = start+int64(i), i
+		b, _ := json.Marshal(m)
+		last = dev.Publish("devices/wordy/telemetry", 1, false, b)
+		if i%100 == 99 {
+			waitPaho(t, last)
+		}
+	}
+	waitPaho(t, last)
+	checkFor(t, 30*time.Second, func() error {
+		var r struct{ Buckets []devices.Bucket }
+		if code := api.do(t, "GET", "/devices/wordy/telemetry?step=2h&from="+strconv.FormatInt(start-1, 10), nil, &r); code != 200 {
+			return fmt.Errorf("GET buckets: %d", code)
+		}
+		var stored int64
+		for _, b := range r.Buckets {
+			stored += b.Count["i"]
+		}
+		if stored != n {
+			return fmt.Errorf("%d of %d points stored", stored, n)
+		}
+		return nil
+	})
+	pid := p.cmd.Process.Pid
+	before, ok := procStatusKiB(pid, "VmHWM")
+	if !ok {
+		t.Skip("no /proc/PID/status here")
+	}
+	req, _ := http.NewRequest("GET", api.base+"/api/v1/devices/wordy/telemetry?limit=10000&from="+strconv.FormatInt(start-1, 10), nil)
+	req.Header.Set("Authorization", "Bearer "+api.token)
+	res, err := api.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read as it comes, holding nothing; count the points.
+	var size int64
+	points := 0
+	carry := []byte{}
+	buf := make([]byte, 64<<10)
+	for {
+		k, err := res.Body.Read(buf)
+		chunk := append(carry, buf[:k]...)
+		points += bytes.Count(chunk, []byte(`{"ts":`))
+		carry = append(carry[:0], chunk[max(0, len(chunk)-5):]...)
+		size += int64(k)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	res.Body.Close()
+	after, _ := procStatusKiB(pid, "VmHWM")
+	grew := (after - before) * 1024
+	t.Logf("answer of %d bytes (%d points): the peak RSS grew by %d bytes (%.1f times)", size, points, grew, float64(grew)/float64(size))
+	if res.StatusCode != 200 || points != n {
+		t.Fatalf("status %d, %d points, want 200, %d", res.StatusCode, points, n)
+	}
+	if grew > 2*size {
+		t.Errorf("the answer of %d bytes raised the server's peak RSS by %d bytes: more than twice the answer", size, grew)
 	}
 }

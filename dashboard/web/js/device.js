@@ -2,6 +2,13 @@
 // numeric metric (the last hour, day, week or month from the telemetry API
 // in buckets, then streamed from devices/{id}/telemetry), the command
 // console and the twin.
+//
+// Live messages are shown as the broker routes them, also those the
+// server refuses to store (too large, too many metrics), so the page
+// bounds what it keeps whatever a device publishes: at most MAX_METRICS
+// metric names (the most the server keeps for a device), names and values
+// shown up to MAX_TEXT characters (the longest string value it stores),
+// charts for at most MAX_CHARTS metrics.
 
 import { h, fill, frame, fmtNum, fmtTime, fmtAgo, statusPill } from './util.js';
 import { get, can, enc } from './api.js';
@@ -23,6 +30,9 @@ const RANGES = [
   { label: '30 d', span: 30 * 86400, step: '1h' },
 ];
 const MAX_POINTS = 4000;
+const MAX_METRICS = 1024; // devices.MaxDeviceMetrics
+const MAX_TEXT = 256;     // devices.MaxMetricString
+const MAX_CHARTS = 64;
 
 export function deviceView(main, [id]) {
   const cleanups = [];
@@ -33,6 +43,10 @@ export function deviceView(main, [id]) {
   const details = h('dl', { class: 'kv', id: 'device-details' });
   const values = h('div', { class: 'values', id: 'latest-values' }, h('span', { class: 'muted', text: 'No telemetry yet.' }));
   const charts = h('div', { class: 'charts', id: 'charts' });
+  // Why the history is missing (an error), and what the page leaves out.
+  const historyErr = h('p', { class: 'error', role: 'alert', id: 'history-error', hidden: true });
+  const valuesNote = h('p', { class: 'muted small', id: 'values-note', hidden: true });
+  const chartsNote = h('p', { class: 'muted small', id: 'charts-note', hidden: true });
   const actions = h('div', { class: 'actions' });
   let range = RANGES[0];
   let loading = 0; // the latest history request; an older one's answer is dropped
@@ -46,8 +60,10 @@ export function deviceView(main, [id]) {
     h('div', { class: 'head' }, h('div', {}, h('div', { class: 'row' }, title, pill), sub), actions),
     h('div', { class: 'grid two' },
       h('section', { class: 'panel' }, h('h2', { text: 'Connection' }), details),
-      h('section', { class: 'panel' }, h('h2', { text: 'Latest values' }), values)),
+      h('section', { class: 'panel' }, h('h2', { text: 'Latest values' }), values, valuesNote)),
     rangeBar,
+    historyErr,
+    chartsNote,
     charts);
 
   const drawDetails = () => {
@@ -68,11 +84,23 @@ export function deviceView(main, [id]) {
   };
 
   // Latest values and charts.
-  const latest = {};           // metric -> value
+  const latest = new Map();    // metric -> value (a Map: any name is a key, __proto__ too)
   const series = new Map();    // metric -> {t: [], v: [], chart, el}
   const valueEls = new Map();
+  // setLatest keeps a metric's value; false when the metric is left out.
+  const setLatest = (name, v) => {
+    if (name.length > MAX_TEXT || (!latest.has(name) && latest.size >= MAX_METRICS)) {
+      if (valuesNote.hidden) {
+        valuesNote.textContent = `Some metrics are not shown: this page shows at most ${MAX_METRICS.toLocaleString()} metrics, with names of up to ${MAX_TEXT} characters.`;
+        valuesNote.hidden = false;
+      }
+      return false;
+    }
+    latest.set(name, typeof v === 'string' || (v && typeof v === 'object') ? clip(fmtNum(v)) : v);
+    return true;
+  };
   const drawValues = frame(() => {
-    const keys = Object.keys(latest).sort();
+    const keys = [...latest.keys()].sort();
     if (!keys.length) return;
     if (valueEls.size !== keys.length || keys.some((k) => !valueEls.has(k))) {
       valueEls.clear();
@@ -83,7 +111,7 @@ export function deviceView(main, [id]) {
       }));
     }
     for (const k of keys) {
-      const txt = fmtNum(latest[k]);
+      const txt = fmtNum(latest.get(k));
       const el = valueEls.get(k);
       if (el.textContent !== txt) el.textContent = txt;
     }
@@ -92,6 +120,13 @@ export function deviceView(main, [id]) {
   const seriesFor = (metric) => {
     let s = series.get(metric);
     if (s) return s;
+    if (series.size >= MAX_CHARTS) {
+      if (chartsNote.hidden) {
+        chartsNote.textContent = `Charts for the first ${MAX_CHARTS} metrics; the others are under Latest values.`;
+        chartsNote.hidden = false;
+      }
+      return null;
+    }
     const el = h('div', { class: 'chart-body' });
     const last = h('span', { class: 'muted small' });
     const panel = h('section', { class: 'panel chart', dataset: { metric } }, h('h3', {}, h('span', { text: metric }), last), el);
@@ -105,6 +140,7 @@ export function deviceView(main, [id]) {
   };
   const push = (metric, t, v) => {
     const s = seriesFor(metric);
+    if (!s) return;
     if (s.t.length && t < s.t[s.t.length - 1]) return; // late point: the history has it
     s.t.push(t); s.v.push(v);
     const cut = t - range.span;
@@ -130,8 +166,7 @@ export function deviceView(main, [id]) {
         if (!prefix && k === 'ts') continue;
         const name = prefix ? prefix + '.' + k : k;
         if (v && typeof v === 'object' && !Array.isArray(v)) { put(name, v); continue; }
-        latest[name] = v;
-        if (typeof v === 'number' && isFinite(v)) push(name, t, v);
+        if (setLatest(name, v) && typeof v === 'number' && isFinite(v)) push(name, t, v);
       }
     };
     put('', m);
@@ -160,7 +195,7 @@ export function deviceView(main, [id]) {
     fleet.put(dev);
     drawDetails();
     if (can('admin')) fill(actions, deviceActions(dev, (d) => { dev = d; drawDetails(); }));
-    Object.assign(latest, dev.last_values || {});
+    for (const [k, v] of Object.entries(dev.last_values || {})) setLatest(k, v);
     drawValues();
     return true;
   };
@@ -172,18 +207,28 @@ export function deviceView(main, [id]) {
     for (const b of rangeButtons) b.setAttribute('aria-pressed', b.dataset.range === r.label ? 'true' : 'false');
     const mine = ++loading;
     const fresh = [];
-    await loadHistory(id, (metric, t, v) => fresh.push([metric, t, v]), r);
+    const err = await loadHistory(id, (metric, t, v) => fresh.push([metric, t, v]), r);
     if (closed || mine !== loading) return;
+    showHistoryError(err);
     for (const s of series.values()) { s.t.length = 0; s.v.length = 0; }
     for (const [metric, t, v] of fresh) push(metric, t, v);
     for (const s of series.values()) s.chart.set([s.t, s.v]);
   };
 
+  // showHistoryError says why the charts lack the range's history, or
+  // nothing once a load succeeds.
+  const showHistoryError = (e) => {
+    historyErr.textContent = e ? 'The history could not be loaded: ' + e.message : '';
+    historyErr.hidden = !e;
+  };
+
   let closed = false; // the view was left while loading
   (async () => {
     if (!(await load()) || closed) return;
-    await loadHistory(id, push, range);
+    const mine = ++loading;
+    const err = await loadHistory(id, push, range);
     if (closed) return;
+    if (mine === loading) showHistoryError(err);
     // Then stream; points older than the last history point are skipped.
     cleanups.push(live.on(`devices/${id}/telemetry`, onTelemetry));
     cleanups.push(live.on(`devices/${id}/telemetry/+`, onTelemetry));
@@ -206,15 +251,18 @@ export function deviceView(main, [id]) {
 }
 
 // loadHistory fetches the range's buckets (their mean), or raw points when
-// the server returns those.
+// the server refuses the step (400), and returns the error that left it
+// without either (an ApiError: the server's answer, or the network's), or
+// null.
 async function loadHistory(id, push, { span, step }) {
   const to = new Date(), from = new Date(to - span * 1000);
   const range = `from=${enc(from.toISOString())}&to=${enc(to.toISOString())}`;
-  let r = null;
+  let r = null, err = null;
   // step as a Go duration, else raw points.
   for (const q of [`${range}&step=${step}`, `${range}&limit=1000`]) {
-    try { r = await get(`/devices/${enc(id)}/telemetry?${q}`); break; } catch (e) { if (e.status !== 400) return; }
+    try { r = await get(`/devices/${enc(id)}/telemetry?${q}`); err = null; break; } catch (e) { err = e; if (e.status !== 400) break; }
   }
+  if (err) return err;
   if (r && r.buckets) {
     const bs = [...r.buckets].sort((a, b) => tsOf(a.ts) - tsOf(b.ts));
     for (const b of bs) for (const [k, v] of Object.entries(b.avg || {})) if (typeof v === 'number') push(k, tsOf(b.ts), v);
@@ -222,6 +270,12 @@ async function loadHistory(id, push, { span, step }) {
     const pts = [...r.points].sort((a, b) => tsOf(a.ts) - tsOf(b.ts));
     for (const p of pts) for (const [k, v] of Object.entries(p.values || {})) if (typeof v === 'number') push(k, tsOf(p.ts), v);
   }
+  return null;
+}
+
+// clip shortens text past MAX_TEXT characters, with an ellipsis.
+function clip(text) {
+  return text.length > MAX_TEXT ? text.slice(0, MAX_TEXT) + '…' : text;
 }
 
 // tsOf turns a telemetry timestamp (RFC 3339 or Unix ms) into Unix seconds.
