@@ -75,12 +75,12 @@ func TestCommandsWriteIsolatesFailingChange(t *testing.T) {
 	now := time.Now().UTC()
 	applyBatch(t, c, []commandOp{
 		mqttCommand(t, "m1", "d1", now),
-		{kind: 'd', id: apiBad.ID, at: now},
-		{kind: 'd', id: api2.ID, at: now},
+		{kind: 'd', id: apiBad.ID, device: "bad", at: now},
+		{kind: 'd', id: api2.ID, device: "d2", at: now},
 		mqttCommand(t, "m-bad", "bad", now),
-		{kind: 'r', id: apiBad.ID, ok: true, result: []byte(`"SECRETRESULT"`), at: now},
-		{kind: 'd', id: "m1", at: now},
-		{kind: 'r', id: api2.ID, ok: true, result: []byte(`{"x":1}`), at: now},
+		{kind: 'r', id: apiBad.ID, device: "bad", ok: true, result: []byte(`"SECRETRESULT"`), at: now},
+		{kind: 'd', id: "m1", device: "d1", at: now},
+		{kind: 'r', id: api2.ID, device: "d2", ok: true, result: []byte(`{"x":1}`), at: now},
 	})
 	for id, want := range map[string]string{"m1": StatusDelivered, api2.ID: StatusSucceeded, apiBad.ID: StatusPending} {
 		got, err := c.Get(ctx, id)
@@ -114,7 +114,7 @@ func TestCommandsWriteIsolatesFailingChange(t *testing.T) {
 	}
 	// Again: counted, not logged again within the minute.
 	applyBatch(t, c, []commandOp{
-		{kind: 'r', id: apiBad.ID, ok: false, errMsg: "SECRETERROR", at: now},
+		{kind: 'r', id: apiBad.ID, device: "bad", ok: false, errMsg: "SECRETERROR", at: now},
 		mqttCommand(t, "m2", "d1", now),
 	})
 	if got, err := c.Get(ctx, "m2"); err != nil || got.Status != StatusPending {
@@ -184,8 +184,8 @@ func TestCommandsWriteRetriesLostConnection(t *testing.T) {
 	now := time.Now().UTC()
 	applyBatch(t, c, []commandOp{
 		mqttCommand(t, "m1", "d1", now),
-		{kind: 'r', id: api.ID, ok: true, at: now},
-		{kind: 'd', id: "m1", at: now},
+		{kind: 'r', id: api.ID, device: "d2", ok: true, at: now},
+		{kind: 'd', id: "m1", device: "d1", at: now},
 	})
 	for id, want := range map[string]string{"m1": StatusDelivered, api.ID: StatusSucceeded} {
 		if got, err := c.Get(ctx, id); err != nil || got.Status != want {
