@@ -3,56 +3,63 @@ package listeners
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// disconnectPacketTooLarge is an MQTT 5 DISCONNECT with reason code 0x95
-// (packet too large) and no properties [MQTT-3.14.2-1].
-var disconnectPacketTooLarge = []byte{0xE0, 0x01, 0x95}
-
 // limitConn enforces a maximum MQTT packet size on the byte stream the
-// engine reads. It follows the stream's framing (fixed header, remaining
-// length, body) without decoding packets, and learns the protocol version
-// from the CONNECT packet. When a packet's total size would exceed max, it
-// passes on only the bytes before that packet, then fails the read with
-// packets.ErrPacketTooLarge; when the engine then closes the connection, an
-// MQTT 5 client is first sent DISCONNECT 0x95 [MQTT-3.1.2-24].
+// engine reads, and refuses the packets the engine's decoder would panic
+// on (guard.go). It follows the stream's framing (fixed header, remaining
+// length, body) without decoding most packets, and learns the protocol
+// version from the CONNECT packet. When a packet's total size would
+// exceed max, it passes on only the bytes before that packet, then fails
+// the read with packets.ErrPacketTooLarge; when a packet would crash the
+// engine, it passes on all of it but its last byte, so that the engine,
+// which decodes a packet once it has read the whole of it, never decodes
+// it, then fails the read with packets.ErrMalformedPacket. When the
+// engine then closes the connection, an MQTT 5 client is first sent
+// DISCONNECT 0x95 or 0x81 [MQTT-3.1.2-24] [MQTT-4.13.1-1].
 //
 // The engine checks the size too, but it counts only the remaining length
 // plus one, and closes without telling an MQTT 5 client why.
+//
+// On the way out, it writes nothing after a DISCONNECT (Write).
 type limitConn struct {
 	net.Conn
-	max uint32
+	max uint32 // 0: no limit
+
+	// disconnected: a DISCONNECT has been written; nothing more is.
+	disconnected atomic.Bool
 
 	// Read's state: only the engine's read goroutine touches it.
 	frame   framer
-	pending bool // an oversized packet was found; the next Read fails
+	pending error // the packet refused: the next Read fails with it
 
 	// mu guards the fields below, shared with Close.
 	mu       sync.Mutex
-	reported bool // Read has returned ErrPacketTooLarge to the engine
-	version  byte // protocol version from CONNECT; 0 until known
+	reported packets.Code // the refusal Read has returned to the engine; 0 for none
+	version  byte         // protocol version from CONNECT; 0 until known
 }
 
 func (c *limitConn) Read(p []byte) (int, error) {
-	if c.pending {
+	if c.pending != nil {
 		c.mu.Lock()
-		c.reported = true
+		c.reported, _ = c.pending.(packets.Code)
 		c.mu.Unlock()
-		return 0, packets.ErrPacketTooLarge
+		return 0, c.pending
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		ok, over := c.frame.scan(p[:n], c.max)
+		ok, refused := c.frame.scan(p[:n], c.max)
 		if c.frame.version != 0 {
 			c.mu.Lock()
 			c.version = c.frame.version
 			c.mu.Unlock()
 		}
-		if over {
-			c.pending = true
+		if refused != nil {
+			c.pending = refused
 			if ok == 0 {
 				return c.Read(p)
 			}
@@ -62,22 +69,70 @@ func (c *limitConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write writes the engine's packets, but nothing after a DISCONNECT
+// [MQTT-3.14.4-1]: the engine writes a DISCONNECT, then closes the
+// connection, and its writer may write a packet it had queued in between
+// (docs/upstream.md, "Packets after DISCONNECT"). The engine writes whole
+// packets, one or several at a time. What is not written fails with
+// net.ErrClosed, as it would once the connection is closed.
+func (c *limitConn) Write(p []byte) (int, error) {
+	if c.disconnected.Load() {
+		return 0, net.ErrClosed
+	}
+	end, ok := disconnectEnd(p)
+	if !ok {
+		return c.Conn.Write(p)
+	}
+	c.disconnected.Store(true)
+	n, err := c.Conn.Write(p[:end])
+	if err == nil && end < len(p) {
+		err = net.ErrClosed
+	}
+	return n, err
+}
+
+// disconnectEnd returns the end of the first DISCONNECT among the whole
+// packets in p.
+func disconnectEnd(p []byte) (int, bool) {
+	for i := 0; i < len(p); {
+		typ := p[i] >> 4
+		length, shift, j := 0, 0, i+1
+		for ; j < len(p) && j < i+5; j++ {
+			length |= int(p[j]&0x7f) << shift
+			shift += 7
+			if p[j]&0x80 == 0 {
+				break
+			}
+		}
+		if j >= len(p) || p[j]&0x80 != 0 {
+			return 0, false // not whole packets: not the engine's
+		}
+		next := j + 1 + length
+		if typ == packets.Disconnect {
+			return min(next, len(p)), true
+		}
+		i = next
+	}
+	return 0, false
+}
+
 // Flush sends the acknowledgements held below (FlushAcks).
 func (c *limitConn) Flush() error {
 	FlushAcks(c.Conn)
 	return nil
 }
 
-// Close tells an MQTT 5 client that its packet was too large, if that is
-// why the engine closes the connection, then closes it.
+// Close tells an MQTT 5 client why its packet was refused, if that is why
+// the engine closes the connection, then closes it.
 func (c *limitConn) Close() error {
 	c.mu.Lock()
-	tell := c.reported && c.version == 5
-	c.reported = false
+	code := c.reported.Code
+	tell := code != 0 && c.version == 5
+	c.reported = packets.Code{}
 	c.mu.Unlock()
-	if tell {
+	if tell && !c.disconnected.Swap(true) {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = c.Conn.Write(disconnectPacketTooLarge)
+		_, _ = c.Conn.Write([]byte{0xE0, 0x01, code}) // DISCONNECT, no properties [MQTT-3.14.2-1]
 	}
 	return c.Conn.Close()
 }
@@ -85,6 +140,7 @@ func (c *limitConn) Close() error {
 // framer follows MQTT packet boundaries in a byte stream.
 type framer struct {
 	stage    int    // stageType, stageLength or stageBody
+	first    byte   // the current packet's first byte
 	length   uint32 // remaining length being decoded
 	shift    uint
 	lenBytes uint32
@@ -94,6 +150,12 @@ type framer struct {
 	packets int    // packets whose header has been read
 	connect []byte // the first body bytes of the first packet, up to 16
 	version byte   // protocol level from CONNECT; 0 until known
+
+	// The body of the current packet, while it is one the guard checks
+	// (guard.go), and the version the engine decodes it with.
+	checking bool
+	held     []byte
+	heldVer  byte
 }
 
 const (
@@ -103,19 +165,23 @@ const (
 )
 
 // scan follows p. If a packet whose total size exceeds max begins in p (or
-// began earlier and its length completes in p), it returns over and the
-// number of bytes of p before that packet's first byte (0 when the packet
-// began in an earlier call). max 0 means no limit.
-func (f *framer) scan(p []byte, max uint32) (ok int, over bool) {
+// began earlier and its length completes in p), it returns
+// packets.ErrPacketTooLarge and the number of bytes of p before that
+// packet's first byte (0 when the packet began in an earlier call). If a
+// packet the engine would panic on ends in p, it returns
+// packets.ErrMalformedPacket and the number of bytes of p before that
+// packet's last byte. max 0 means no limit.
+func (f *framer) scan(p []byte, max uint32) (ok int, refused error) {
 	start := 0 // index in p of the current packet's first byte
 	for i := 0; i < len(p); i++ {
 		if f.lost {
-			return len(p), false
+			return len(p), nil
 		}
 		b := p[i]
 		switch f.stage {
 		case stageType:
 			start = i
+			f.first = b
 			f.stage, f.length, f.shift, f.lenBytes = stageLength, 0, 0, 0
 		case stageLength:
 			f.lenBytes++
@@ -130,26 +196,55 @@ func (f *framer) scan(p []byte, max uint32) (ok int, over bool) {
 			f.packets++
 			if max > 0 && uint64(1)+uint64(f.lenBytes)+uint64(f.length) > uint64(max) {
 				f.lost = true
-				return start, true
+				return start, packets.ErrPacketTooLarge
 			}
+			f.checking, f.heldVer = guarded(f.first), f.version
+			f.held = f.held[:0]
 			f.body = f.length
 			f.stage = stageBody
 			if f.body == 0 {
 				f.stage = stageType
+				if f.refuse() {
+					return i, packets.ErrMalformedPacket
+				}
 			}
 		case stageBody:
 			take := min(uint32(len(p)-i), f.body)
+			chunk := p[i : i+int(take)]
 			if f.packets == 1 {
-				f.readConnect(p[i : i+int(take)])
+				f.readConnect(chunk)
+			}
+			if f.checking {
+				f.held = append(f.held, chunk...)
 			}
 			f.body -= take
 			i += int(take) - 1
 			if f.body == 0 {
 				f.stage = stageType
+				if f.refuse() {
+					return i, packets.ErrMalformedPacket
+				}
 			}
 		}
 	}
-	return len(p), false
+	return len(p), nil
+}
+
+// refuse reports whether the packet whose body has just ended is one the
+// engine would panic on; if so the stream is not followed further.
+func (f *framer) refuse() bool {
+	if !f.checking {
+		return false
+	}
+	f.checking = false
+	bad := decodePanics(f.first, f.heldVer, f.held)
+	if cap(f.held) > 4096 {
+		f.held = nil // a large SUBSCRIBE's buffer is not kept
+	}
+	if bad {
+		f.lost = true
+	}
+	return bad
 }
 
 // readConnect collects the start of CONNECT's variable header: protocol
