@@ -7,16 +7,34 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// gate refuses new connections while the broker shuts down, and tells
-// MQTT 5 clients the broker's maximum packet size.
+// gate refuses new connections while the broker shuts down, tells MQTT 5
+// clients the broker's maximum packet size, keeps what goes to 3.1.1
+// clients within 3.1.1 (for311), and keeps the packet ids of both
+// directions apart (packetids.go).
 type gate struct {
 	mqtt.HookBase
-	b *Broker
+	b   *Broker
+	ids packetIDs
 }
 
 func (g *gate) ID() string { return "tether-gate" }
 
-func (g *gate) Provides(b byte) bool { return b == mqtt.OnConnect || b == mqtt.OnPacketEncode }
+func (g *gate) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnDisconnect:
+		return true
+	}
+	return false
+}
+
+// OnPacketRead gives a packet the client numbered with an id the engine
+// uses an id of the engine's (packetIDs).
+func (g *gate) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	return g.ids.in(cl, pk), nil
+}
+
+// OnDisconnect forgets the connection's renumbered packet ids.
+func (g *gate) OnDisconnect(cl *mqtt.Client, err error, expire bool) { g.ids.forget(cl) }
 
 // OnConnect refuses a CONNECT once Shutdown has begun, with CONNACK
 // "server unavailable" (0x88; 0x03 for 3.1.1): the engine then closes the
@@ -63,8 +81,10 @@ func (g *gate) boundKeepalive(cl *mqtt.Client) {
 // Wildcard, Subscription Identifier and Shared Subscription Available
 // stated outright. Receive Maximum and Maximum QoS (when below 2) the
 // engine sets itself. What goes to any other client passes through
-// for311.
+// for311. An answer to a packet renumbered on its way in gets the
+// client's packet id back (packetIDs).
 func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	pk = g.ids.out(cl, pk)
 	if cl.Properties.ProtocolVersion != 5 {
 		return for311(cl, pk)
 	}
