@@ -15,14 +15,19 @@ type gate struct {
 	mqtt.HookBase
 	b   *Broker
 	ids packetIDs
+	// readIDs: the gate renumbers the packets clients send itself
+	// (packetIDs.in); the access hook does, when it is the Auth hook.
+	readIDs bool
 }
 
 func (g *gate) ID() string { return "tether-gate" }
 
 func (g *gate) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnDisconnect:
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnDisconnect:
 		return true
+	case mqtt.OnPacketRead:
+		return g.readIDs
 	}
 	return false
 }

@@ -64,7 +64,8 @@ func New(opts Options) (*Broker, error) {
 	})
 	b := &Broker{Server: srv, opts: opts, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock()}
 
-	if err := srv.AddHook(&gate{b: b}, nil); err != nil {
+	g := &gate{b: b}
+	if err := srv.AddHook(g, nil); err != nil {
 		return nil, fmt.Errorf("broker: add gate hook: %w", err)
 	}
 	if err := srv.AddHook(b.clock, nil); err != nil {
@@ -79,6 +80,11 @@ func New(opts Options) (*Broker, error) {
 	}
 	if h, ok := access.(interface{ limitSubscriptions(int) }); ok {
 		h.limitSubscriptions(opts.MaxSubscriptionsPerClient) // it refuses the filters beyond
+	}
+	if h, ok := access.(interface{ renumber(*packetIDs) }); ok {
+		h.renumber(&g.ids) // in its OnPacketRead, which it has anyway: one hook call less per packet
+	} else {
+		g.readIDs = true
 	}
 	hook := access // the access hook, with a Diverter in front if there is one
 	for _, h := range opts.Hooks {

@@ -228,95 +228,100 @@ func TestMQTT_4_12_0_1_NoEnhancedAuthentication(t *testing.T) {
 // answer under its own id, and the broker's message comes again after a
 // reconnect [MQTT-4.4.0-1]. A client that reuses an id of its own still in
 // flight (a QoS 2 PUBLISH awaiting its PUBREL) is refused, 0x80 for 3.1.1.
+//
+// With the access hook (Auth) the renumbering is done in its
+// OnPacketRead, without it by the gate's own: both are tested.
 func TestPacketIDsIndependent(t *testing.T) {
 	b, _ := testBroker(t, nil)
-	addr := b.TCP.Address()
-	publisher := storeClient(t, addr, "publisher", true, nil)
-	for _, v := range []byte{4, 5} {
-		t.Run(fmt.Sprintf("MQTT %d", v), func(t *testing.T) {
-			id := fmt.Sprintf("ids-%d", v)
-			topic := "ids/" + id
-			dial := func() (net.Conn, *bufio.Reader) {
-				c, err := net.Dial("tcp", addr)
-				if err != nil {
-					t.Fatal(err)
+	brokers := map[string]string{"no access hook": b.TCP.Address(), "access hook": startAuthEnv(t, true).tcp}
+	for name, addr := range brokers {
+		publisher := storeClient(t, addr, "publisher", true, nil)
+		for _, v := range []byte{4, 5} {
+			t.Run(fmt.Sprintf("%s/MQTT %d", name, v), func(t *testing.T) {
+				id := fmt.Sprintf("ids-%d", v)
+				topic := "ids/" + id
+				dial := func() (net.Conn, *bufio.Reader) {
+					c, err := net.Dial("tcp", addr)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { c.Close() })
+					c.Write(connectBytes(v, id, "", "", false, "", false, false))
+					r := bufio.NewReader(c)
+					if h, _ := readPacketRaw(t, c, r); h != 0x20 {
+						t.Fatalf("got %#x, want CONNACK", h)
+					}
+					return c, r
 				}
-				t.Cleanup(func() { c.Close() })
-				c.Write(connectBytes(v, id, "", "", false, "", false, false))
-				r := bufio.NewReader(c)
-				if h, _ := readPacketRaw(t, c, r); h != 0x20 {
-					t.Fatalf("got %#x, want CONNACK", h)
+				// answer reads the next packet, which must be of type typ with
+				// packet id pid; it returns its reason codes.
+				answer := func(c net.Conn, r *bufio.Reader, typ byte, pid uint16) []byte {
+					t.Helper()
+					h, body := readPacketRaw(t, c, r)
+					if h>>4 != typ || len(body) < 2 || uint16(body[0])<<8|uint16(body[1]) != pid {
+						t.Fatalf("got %#x % x, want type %d with packet id %d", h, body, typ, pid)
+					}
+					codes := body[2:]
+					if v == 5 && (typ == packets.Suback || typ == packets.Unsuback) {
+						codes = codes[1+int(codes[0]):] // past the properties
+					} else if v == 5 && len(codes) > 0 {
+						codes = codes[:1]
+					}
+					return codes
 				}
-				return c, r
-			}
-			// answer reads the next packet, which must be of type typ with
-			// packet id pid; it returns its reason codes.
-			answer := func(c net.Conn, r *bufio.Reader, typ byte, pid uint16) []byte {
-				t.Helper()
-				h, body := readPacketRaw(t, c, r)
-				if h>>4 != typ || len(body) < 2 || uint16(body[0])<<8|uint16(body[1]) != pid {
-					t.Fatalf("got %#x % x, want type %d with packet id %d", h, body, typ, pid)
+				c, r := dial()
+				c.Write(enc(v, sub(1, packets.Properties{}, packets.Subscription{Filter: topic, Qos: 1})))
+				answer(c, r, packets.Suback, 1)
+				waitToken(t, "publish", publisher.Publish(topic, 1, false, "important"))
+				h, body := readPacketRaw(t, c, r) // not acknowledged
+				tl := int(body[0])<<8 | int(body[1])
+				x := uint16(body[2+tl])<<8 | uint16(body[3+tl])
+				if h>>4 != packets.Publish {
+					t.Fatalf("got %#x, want the PUBLISH", h)
 				}
-				codes := body[2:]
-				if v == 5 && (typ == packets.Suback || typ == packets.Unsuback) {
-					codes = codes[1+int(codes[0]):] // past the properties
-				} else if v == 5 && len(codes) > 0 {
-					codes = codes[:1]
-				}
-				return codes
-			}
-			c, r := dial()
-			c.Write(enc(v, sub(1, packets.Properties{}, packets.Subscription{Filter: topic, Qos: 1})))
-			answer(c, r, packets.Suback, 1)
-			waitToken(t, "publish", publisher.Publish(topic, 1, false, "important"))
-			h, body := readPacketRaw(t, c, r) // not acknowledged
-			tl := int(body[0])<<8 | int(body[1])
-			x := uint16(body[2+tl])<<8 | uint16(body[3+tl])
-			if h>>4 != packets.Publish {
-				t.Fatalf("got %#x, want the PUBLISH", h)
-			}
 
-			c.Write(enc(v, sub(x, packets.Properties{}, packets.Subscription{Filter: "ids/other", Qos: 1})))
-			if codes := answer(c, r, packets.Suback, x); !bytes.Equal(codes, []byte{1}) {
-				t.Fatalf("SUBSCRIBE with id %d: SUBACK % x, want 01", x, codes)
-			}
-			c.Write(enc(v, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe}, PacketID: x,
-				Filters: packets.Subscriptions{{Filter: "ids/other"}}}))
-			if codes := answer(c, r, packets.Unsuback, x); v == 5 && !bytes.Equal(codes, []byte{0}) {
-				t.Fatalf("UNSUBSCRIBE with id %d: UNSUBACK % x, want 00", x, codes)
-			}
-			c.Write(enc(v, pub(1, false, x, "ids/own", "mine", packets.Properties{})))
-			if codes := answer(c, r, packets.Puback, x); len(codes) > 0 && codes[0] != 0 {
-				t.Fatalf("own QoS 1 PUBLISH with id %d: PUBACK %#x", x, codes[0])
-			}
-			c.Write(enc(v, pub(2, false, x, "ids/own", "mine too", packets.Properties{})))
-			answer(c, r, packets.Pubrec, x)
-			c.Write(enc(v, ack(packets.Pubrel, x)))
-			if codes := answer(c, r, packets.Pubcomp, x); len(codes) > 0 && codes[0] != 0 {
-				t.Fatalf("PUBCOMP %#x", codes[0])
-			}
+				c.Write(enc(v, sub(x, packets.Properties{}, packets.Subscription{Filter: "ids/other", Qos: 1})))
+				if codes := answer(c, r, packets.Suback, x); !bytes.Equal(codes, []byte{1}) {
+					t.Fatalf("SUBSCRIBE with id %d: SUBACK % x, want 01", x, codes)
+				}
+				c.Write(enc(v, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe}, PacketID: x,
+					Filters: packets.Subscriptions{{Filter: "ids/other"}}}))
+				if codes := answer(c, r, packets.Unsuback, x); v == 5 && !bytes.Equal(codes, []byte{0}) {
+					t.Fatalf("UNSUBSCRIBE with id %d: UNSUBACK % x, want 00", x, codes)
+				}
+				c.Write(enc(v, pub(1, false, x, "ids/own", "mine", packets.Properties{})))
+				if codes := answer(c, r, packets.Puback, x); len(codes) > 0 && codes[0] != 0 {
+					t.Fatalf("own QoS 1 PUBLISH with id %d: PUBACK %#x", x, codes[0])
+				}
+				c.Write(enc(v, pub(2, false, x, "ids/own", "mine too", packets.Properties{})))
+				answer(c, r, packets.Pubrec, x)
+				c.Write(enc(v, ack(packets.Pubrel, x)))
+				if codes := answer(c, r, packets.Pubcomp, x); len(codes) > 0 && codes[0] != 0 {
+					t.Fatalf("PUBCOMP %#x", codes[0])
+				}
 
-			y := x + 100 // an id the broker does not use
-			c.Write(enc(v, pub(2, false, y, "ids/own", "mine again", packets.Properties{})))
-			answer(c, r, packets.Pubrec, y)
-			c.Write(enc(v, sub(y, packets.Properties{}, packets.Subscription{Filter: "ids/other", Qos: 1})))
-			want := []byte{0x91}
-			if v == 4 {
-				want = []byte{0x80}
-			}
-			if codes := answer(c, r, packets.Suback, y); !bytes.Equal(codes, want) {
-				t.Fatalf("SUBSCRIBE with the id of its own QoS 2 PUBLISH in flight: SUBACK % x, want % x", codes, want)
-			}
-			c.Write(enc(v, ack(packets.Pubrel, y)))
-			answer(c, r, packets.Pubcomp, y)
-			c.Close()
+				y := x + 100 // an id the broker does not use
+				c.Write(enc(v, pub(2, false, y, "ids/own", "mine again", packets.Properties{})))
+				answer(c, r, packets.Pubrec, y)
+				c.Write(enc(v, sub(y, packets.Properties{}, packets.Subscription{Filter: "ids/other", Qos: 1})))
+				want := []byte{0x91}
+				if v == 4 {
+					want = []byte{0x80}
+				}
+				if codes := answer(c, r, packets.Suback, y); !bytes.Equal(codes, want) {
+					t.Fatalf("SUBSCRIBE with the id of its own QoS 2 PUBLISH in flight: SUBACK % x, want % x", codes, want)
+				}
+				c.Write(enc(v, ack(packets.Pubrel, y)))
+				answer(c, r, packets.Pubcomp, y)
+				c.Close()
 
-			c, r = dial()
-			h, body = readPacketRaw(t, c, r)
-			if h>>4 != packets.Publish || !bytes.HasSuffix(body, []byte("important")) {
-				t.Fatalf("after the reconnect: got %#x % x, want the unacknowledged message again", h, body)
-			}
-		})
+				c, r = dial()
+				h, body = readPacketRaw(t, c, r)
+				if h>>4 != packets.Publish || !bytes.HasSuffix(body, []byte("important")) {
+					t.Fatalf("after the reconnect: got %#x % x, want the unacknowledged message again", h, body)
+				}
+			})
+		}
 	}
 }
 
