@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -334,4 +335,40 @@ func readPacketRaw(t *testing.T, c net.Conn, r *bufio.Reader) (byte, []byte) {
 		t.Fatalf("read: %v", err)
 	}
 	return h, body
+}
+
+// TestPacketHeaderAloneCostsLittle: the engine allocates a packet's whole
+// body once it has read the remaining length, so a CONNECT header
+// announcing 1 MiB (4 bytes, before any login) made it hold 1 MiB until
+// the connect timeout: 200 such connections, 200 MB. The listener holds a
+// large packet back until it has arrived, so they cost what they sent.
+func TestPacketHeaderAloneCostsLittle(t *testing.T) {
+	b, _ := testBroker(t, func(o *Options) { o.AllowAnonymous = false })
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapInuse
+	}
+	before := heap()
+	const n = 200
+	for range n {
+		c, err := net.Dial("tcp", b.TCP.Address())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte{0x10, 0xFA, 0xFF, 0x3F}) // CONNECT, remaining length 1,048,570, and nothing more
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if in := b.TCP.Stats().BytesIn.Load(); in < 4*n {
+			return fmt.Errorf("the broker has read %d bytes of %d", in, 4*n)
+		}
+		return nil
+	})
+	grown := int64(heap()) - int64(before)
+	t.Logf("%d connections, a 1 MiB CONNECT header each: heap in use grew by %d KB", n, grown>>10)
+	if grown > 40<<20 {
+		t.Fatalf("%d connections that sent a CONNECT header of 1 MiB, nothing more: heap in use grew by %d MB", n, grown>>20)
+	}
 }

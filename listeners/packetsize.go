@@ -10,20 +10,30 @@ import (
 )
 
 // limitConn enforces a maximum MQTT packet size on the byte stream the
-// engine reads, and refuses the packets the engine's decoder would panic
-// on (guard.go). It follows the stream's framing (fixed header, remaining
-// length, body) without decoding most packets, and learns the protocol
-// version from the CONNECT packet. When a packet's total size would
-// exceed max, it passes on only the bytes before that packet, then fails
-// the read with packets.ErrPacketTooLarge; when a packet would crash the
-// engine, it passes on all of it but its last byte, so that the engine,
-// which decodes a packet once it has read the whole of it, never decodes
-// it, then fails the read with packets.ErrMalformedPacket. When the
-// engine then closes the connection, an MQTT 5 client is first sent
-// DISCONNECT 0x95 or 0x81 [MQTT-3.1.2-24] [MQTT-4.13.1-1].
+// engine reads, holds back a large packet until all of it has arrived,
+// and refuses the packets the engine's decoder would panic on (guard.go).
+// It follows the stream's framing (fixed header, remaining length, body)
+// without decoding most packets, and learns the protocol version from the
+// CONNECT packet.
 //
-// The engine checks the size too, but it counts only the remaining length
-// plus one, and closes without telling an MQTT 5 client why.
+//   - A packet whose total size would exceed max: the engine gets only the
+//     bytes before it, then the read fails with packets.ErrPacketTooLarge.
+//     The engine checks the size too, but it counts only the remaining
+//     length plus one, and closes without telling an MQTT 5 client why.
+//   - A packet with more than holdAbove bytes of body reaches the engine
+//     only once all of it has arrived: the engine allocates a packet's
+//     whole body as soon as it has read its remaining length, so a header
+//     alone (4 bytes, before any login: a CONNECT) made it hold up to
+//     max_packet_size for as long as the client waited (docs/upstream.md,
+//     "A packet's body allocated before it arrives"). Held here, a packet
+//     costs what has arrived of it.
+//   - A packet the engine would panic on: the engine gets all of it but
+//     its last byte, so that it never decodes it (it decodes a packet once
+//     it has read the whole of it), then the read fails with
+//     packets.ErrMalformedPacket.
+//
+// When the engine then closes the connection, an MQTT 5 client is first
+// sent DISCONNECT 0x95 or 0x81 [MQTT-3.1.2-24] [MQTT-4.13.1-1].
 //
 // On the way out, it writes nothing after a DISCONNECT (Write).
 type limitConn struct {
@@ -34,8 +44,14 @@ type limitConn struct {
 	disconnected atomic.Bool
 
 	// Read's state: only the engine's read goroutine touches it.
-	frame   framer
-	pending error // the packet refused: the next Read fails with it
+	frame framer
+	// held are the bytes read and scanned that the engine has not had;
+	// held[0] is at stream offset given. The engine may have those before
+	// offset free.
+	held        []byte
+	given, free int64
+	pending     error // the packet refused: the read after free fails with it
+	readErr     error // the connection's error, after held bytes
 
 	// mu guards the fields below, shared with Close.
 	mu       sync.Mutex
@@ -43,30 +59,49 @@ type limitConn struct {
 	version  byte         // protocol version from CONNECT; 0 until known
 }
 
+// holdAbove is the body size above which a packet is held back until it
+// has arrived whole: a header that announces no more than this costs the
+// engine no more than an idle connection does.
+const holdAbove = 4096
+
 func (c *limitConn) Read(p []byte) (int, error) {
-	if c.pending != nil {
-		c.mu.Lock()
-		c.reported, _ = c.pending.(packets.Code)
-		c.mu.Unlock()
-		return 0, c.pending
-	}
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		ok, refused := c.frame.scan(p[:n], c.max)
+	for {
+		if n := min(c.free-c.given, int64(len(c.held))); n > 0 {
+			k := copy(p, c.held[:n])
+			c.held = c.held[k:]
+			c.given += int64(k)
+			if len(c.held) == 0 {
+				c.held = nil
+			}
+			return k, nil
+		}
+		if c.pending != nil {
+			c.mu.Lock()
+			c.reported, _ = c.pending.(packets.Code)
+			c.mu.Unlock()
+			return 0, c.pending
+		}
+		if c.readErr != nil {
+			return 0, c.readErr
+		}
+		n, err := c.Conn.Read(p)
+		if n == 0 {
+			return 0, err
+		}
+		free, refused := c.frame.scan(p[:n], c.max)
 		if c.frame.version != 0 {
 			c.mu.Lock()
 			c.version = c.frame.version
 			c.mu.Unlock()
 		}
-		if refused != nil {
-			c.pending = refused
-			if ok == 0 {
-				return c.Read(p)
-			}
-			return ok, nil
+		if len(c.held) == 0 && refused == nil && free == c.given+int64(n) {
+			c.given, c.free = free, free // nothing held: the engine reads p as it is
+			return n, err
 		}
+		c.held = append(c.held, p[:n]...)
+		c.free = max(free, c.given) // a held packet's header may have begun before
+		c.pending, c.readErr = refused, err
 	}
-	return n, err
 }
 
 // Write writes the engine's packets, but nothing after a DISCONNECT
@@ -147,6 +182,10 @@ type framer struct {
 	body     uint32 // body bytes still to come
 	lost     bool   // the stream is malformed; stop following it
 
+	off   int64 // stream offset of the next byte to scan
+	start int64 // stream offset of the current packet's first byte
+	large bool  // the current packet's body is over holdAbove
+
 	packets int    // packets whose header has been read
 	connect []byte // the first body bytes of the first packet, up to 16
 	version byte   // protocol level from CONNECT; 0 until known
@@ -164,23 +203,25 @@ const (
 	stageBody
 )
 
-// scan follows p. If a packet whose total size exceeds max begins in p (or
-// began earlier and its length completes in p), it returns
-// packets.ErrPacketTooLarge and the number of bytes of p before that
-// packet's first byte (0 when the packet began in an earlier call). If a
-// packet the engine would panic on ends in p, it returns
-// packets.ErrMalformedPacket and the number of bytes of p before that
-// packet's last byte. max 0 means no limit.
-func (f *framer) scan(p []byte, max uint32) (ok int, refused error) {
-	start := 0 // index in p of the current packet's first byte
+// scan follows p, the stream's next bytes, and returns the stream offset
+// before which the engine may have the bytes now: all of them, but for a
+// large packet not yet arrived whole, which is held from its first byte.
+// If a packet whose total size exceeds max begins in p (or began earlier
+// and its length completes in p), it returns packets.ErrPacketTooLarge
+// and the offset of that packet's first byte. If a packet the engine would
+// panic on ends in p, it returns packets.ErrMalformedPacket and the offset
+// of that packet's last byte. max 0 means no limit.
+func (f *framer) scan(p []byte, max uint32) (free int64, refused error) {
+	base := f.off
+	f.off += int64(len(p))
 	for i := 0; i < len(p); i++ {
 		if f.lost {
-			return len(p), nil
+			return f.off, nil
 		}
 		b := p[i]
 		switch f.stage {
 		case stageType:
-			start = i
+			f.start = base + int64(i)
 			f.first = b
 			f.stage, f.length, f.shift, f.lenBytes = stageLength, 0, 0, 0
 		case stageLength:
@@ -196,16 +237,17 @@ func (f *framer) scan(p []byte, max uint32) (ok int, refused error) {
 			f.packets++
 			if max > 0 && uint64(1)+uint64(f.lenBytes)+uint64(f.length) > uint64(max) {
 				f.lost = true
-				return start, packets.ErrPacketTooLarge
+				return f.start, packets.ErrPacketTooLarge
 			}
 			f.checking, f.heldVer = guarded(f.first), f.version
 			f.held = f.held[:0]
+			f.large = f.length > holdAbove
 			f.body = f.length
 			f.stage = stageBody
 			if f.body == 0 {
 				f.stage = stageType
 				if f.refuse() {
-					return i, packets.ErrMalformedPacket
+					return base + int64(i), packets.ErrMalformedPacket
 				}
 			}
 		case stageBody:
@@ -220,14 +262,17 @@ func (f *framer) scan(p []byte, max uint32) (ok int, refused error) {
 			f.body -= take
 			i += int(take) - 1
 			if f.body == 0 {
-				f.stage = stageType
+				f.stage, f.large = stageType, false
 				if f.refuse() {
-					return i, packets.ErrMalformedPacket
+					return base + int64(i), packets.ErrMalformedPacket
 				}
 			}
 		}
 	}
-	return len(p), nil
+	if f.large && f.stage == stageBody {
+		return f.start, nil
+	}
+	return f.off, nil
 }
 
 // refuse reports whether the packet whose body has just ended is one the

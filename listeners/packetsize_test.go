@@ -56,15 +56,15 @@ func TestFramer(t *testing.T) {
 		stream      []byte
 		max         uint32
 		chunk       int // feed the stream in chunks of this size
-		wantOK      int // bytes passed: all, or up to the oversized packet (and any of its header in earlier chunks)
+		wantOK      int // the stream offset before which bytes may pass: all, or the oversized packet's first byte
 		wantOver    bool
 		wantVersion byte
 	}{
 		{"3.1.1 under the limit", cat(connect311, publish(100)), 100, 1000, 115, false, 4},
 		{"5 under the limit", cat(connect5, publish(100)), 100, 1000, 116, false, 5},
 		{"over by one", cat(connect5, publish(101)), 100, 1000, 16, true, 5},
-		{"over, byte by byte", cat(connect5, publish(101)), 100, 1, 17, true, 5},
-		{"over after several packets", cat(connect311, publish(50), publish(60), publish(200)), 100, 7, 15 + 50 + 60 + 1, true, 4},
+		{"over, byte by byte", cat(connect5, publish(101)), 100, 1, 16, true, 5},
+		{"over after several packets", cat(connect311, publish(50), publish(60), publish(200)), 100, 7, 15 + 50 + 60, true, 4},
 		{"two-byte length at the limit", cat(connect5, publish(300)), 300, 3, 316, false, 5},
 		{"three-byte length", cat(connect5, publish(20000)), 16384, 4096, 16, true, 5},
 		{"no limit", cat(connect5, publish(20000)), 0, 4096, 20016, false, 5},
@@ -76,8 +76,8 @@ func TestFramer(t *testing.T) {
 			passed, over := 0, false
 			for i := 0; i < len(tt.stream) && !over; i += tt.chunk {
 				chunk := tt.stream[i:min(i+tt.chunk, len(tt.stream))]
-				ok, err := f.scan(chunk, tt.max)
-				passed += ok
+				free, err := f.scan(chunk, tt.max)
+				passed = int(free)
 				over = errors.Is(err, packets.ErrPacketTooLarge)
 			}
 			if over != tt.wantOver || passed != tt.wantOK {
@@ -168,9 +168,9 @@ func TestGuard(t *testing.T) {
 				passed := 0
 				var refused error
 				for i := 0; i < len(tt.stream) && refused == nil; i += chunk {
-					var ok int
-					ok, refused = f.scan(tt.stream[i:min(i+chunk, len(tt.stream))], 1<<20)
-					passed += ok
+					var free int64
+					free, refused = f.scan(tt.stream[i:min(i+chunk, len(tt.stream))], 1<<20)
+					passed = int(free)
 				}
 				if passed != tt.wantOK || (refused != nil) != (tt.bad != nil) {
 					t.Fatalf("passed %d bytes, refused %v; want %d, %v", passed, refused, tt.wantOK, tt.bad != nil)
@@ -246,5 +246,74 @@ func TestLimitConnNothingAfterDisconnect(t *testing.T) {
 	want := append(append(publish(20), publish(10)...), disconnect...)
 	if b := <-got; !bytes.Equal(b, want) {
 		t.Fatalf("client read %x, want %x", b, want)
+	}
+}
+
+// TestFramerHoldsLargePackets: a packet with a body over holdAbove is held
+// from its first byte until all of it has arrived; smaller ones pass as
+// they come.
+func TestFramerHoldsLargePackets(t *testing.T) {
+	stream := bytes.Join([][]byte{connect5, publish(100), publish(5000), publish(200)}, nil)
+	large, end := 16+100, 16+100+5000
+	var f framer
+	for i := 0; i < len(stream); i += 700 {
+		to := min(i+700, len(stream))
+		free, err := f.scan(stream[i:to], 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int64(to)
+		if to > large && to < end {
+			want = int64(large)
+		}
+		if free != want {
+			t.Fatalf("after %d bytes: may pass %d, want %d", to, free, want)
+		}
+	}
+	var g framer
+	if free, _ := g.scan([]byte{0x10, 0xFA, 0xFF, 0x3F}, 1<<20); free != 0 {
+		t.Fatalf("a CONNECT header announcing 1 MiB: may pass %d bytes, want 0", free)
+	}
+}
+
+// TestLimitConnHoldsLargePackets: the engine gets none of a large packet
+// until all of it has arrived (the header of a 1 MiB CONNECT alone made
+// it allocate 1 MiB), then all of it, and what follows.
+func TestLimitConnHoldsLargePackets(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	lc := &limitConn{Conn: server, max: 1 << 20}
+	big := publish(100000)
+	wrote := make(chan struct{})
+	go func() {
+		client.Write(connect5)
+		client.Write(big[:50000]) // returns once the connection has read it all
+		close(wrote)
+	}()
+	got := make([]byte, len(connect5))
+	if _, err := io.ReadFull(readerFunc(lc.Read), got); err != nil || !bytes.Equal(got, connect5) {
+		t.Fatalf("read %x, %v; want the CONNECT", got, err)
+	}
+	buf := make([]byte, 4096)
+	for done := false; !done; {
+		server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if n, _ := lc.Read(buf); n > 0 {
+			t.Fatalf("the engine got %d bytes of a packet not yet whole", n)
+		}
+		select {
+		case <-wrote:
+			done = true
+		default:
+		}
+	}
+	server.SetReadDeadline(time.Time{})
+	go func() {
+		client.Write(big[50000:])
+		client.Write(publish(6))
+	}()
+	want := append(append([]byte{}, big...), publish(6)...)
+	got = make([]byte, len(want))
+	if _, err := io.ReadFull(readerFunc(lc.Read), got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read %v: the engine did not get the packet whole and the next one", err)
 	}
 }
