@@ -9,15 +9,15 @@ import (
 
 // gate refuses new connections while the broker shuts down, tells MQTT 5
 // clients the broker's maximum packet size, keeps what goes to 3.1.1
-// clients within 3.1.1 (for311), and keeps the packet ids of both
-// directions apart (packetids.go).
+// clients within 3.1.1 (for311), and mends what clients send where the
+// engine would mishandle it (read).
 type gate struct {
 	mqtt.HookBase
 	b   *Broker
 	ids packetIDs
-	// readIDs: the gate renumbers the packets clients send itself
-	// (packetIDs.in); the access hook does, when it is the Auth hook.
-	readIDs bool
+	// reads: the gate's own OnPacketRead calls read; the access hook's
+	// does instead, when it is the Auth hook.
+	reads bool
 }
 
 func (g *gate) ID() string { return "tether-gate" }
@@ -27,15 +27,47 @@ func (g *gate) Provides(b byte) bool {
 	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnDisconnect:
 		return true
 	case mqtt.OnPacketRead:
-		return g.readIDs
+		return g.reads
 	}
 	return false
 }
 
-// OnPacketRead gives a packet the client numbered with an id the engine
-// uses an id of the engine's (packetIDs).
+// OnPacketRead mends a packet a client sent (read).
 func (g *gate) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	return g.ids.in(cl, pk), nil
+	return g.read(cl, pk), nil
+}
+
+// read mends a packet a client sent before the engine acts on it: an id
+// the engine uses for a message of its own becomes one of the engine's
+// (packetIDs), and an UNSUBSCRIBE's filters the client does not hold
+// become none at all (unheld).
+func (g *gate) read(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return unheld(cl, g.ids.in(cl, pk))
+}
+
+// noFilter is a topic filter no subscription and no topic can have: a
+// string with a NUL, which the engine's decoder refuses in any filter or
+// topic [MQTT-1.5.4-2].
+const noFilter = "\x00"
+
+// unheld gives each filter of an UNSUBSCRIBE that cl's session does not
+// hold the filter noFilter. The engine's index reports a filter as
+// unsubscribed whenever it has a node for it (someone else subscribes to
+// it, or a message is retained on it), so an UNSUBSCRIBE of a filter the
+// client never had got 0x00 instead of 0x11 no subscription existed, and
+// took one off the count of subscriptions (mqtt_subscriptions,
+// $SYS/broker/subscriptions), which went below zero
+// (docs/upstream.md, "Unsubscribing what was never subscribed").
+func unheld(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Unsubscribe {
+		return pk
+	}
+	for i, f := range pk.Filters {
+		if _, ok := cl.State.Subscriptions.Get(f.Filter); !ok {
+			pk.Filters[i].Filter = noFilter
+		}
+	}
+	return pk
 }
 
 // OnDisconnect forgets the connection's renumbered packet ids.

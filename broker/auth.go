@@ -113,9 +113,9 @@ type Auth struct {
 	subsLogged *logevery.Keys
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
-	// ids renumbers the packets clients send (packetids.go); nil until
+	// read mends the packets clients send (gate.read); nil until
 	// broker.New sets it.
-	ids *packetIDs
+	read func(*mqtt.Client, packets.Packet) packets.Packet
 	// rules are the compiled auth.rules (nil: none).
 	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.
@@ -190,9 +190,10 @@ func NewAuth(opts AuthOptions) *Auth {
 // bind gives the hook the engine it serves; broker.New calls it.
 func (a *Auth) bind(srv *mqtt.Server) { a.srv = srv }
 
-// renumber has the hook's OnPacketRead renumber the packets clients send
-// (packetIDs.in) for the broker's gate; broker.New calls it.
-func (a *Auth) renumber(ids *packetIDs) { a.ids = ids }
+// readFirst has the hook's OnPacketRead mend the packets clients send
+// with read (the broker's gate: gate.read) before anything else;
+// broker.New calls it.
+func (a *Auth) readFirst(read func(*mqtt.Client, packets.Packet) packets.Packet) { a.read = read }
 
 // ID implements mqtt.Hook.
 func (a *Auth) ID() string { return "tether-auth" }

@@ -140,12 +140,12 @@ func isSysTopic(topic string) bool {
 // 0x87, a 3.1.1 client at QoS 1/2 is disconnected (3.1.1 cannot refuse a
 // publish otherwise [MQTT-3.3.5-2]), QoS 0 is dropped. It is never routed.
 //
-// It renumbers the packet first for the broker's gate (packetids.go),
-// resolves topic aliases (resolveAlias), and notes the filters of a
-// SUBSCRIBE being answered (auth_subs.go).
+// It has the broker's gate mend the packet first (gate.read), resolves
+// topic aliases (resolveAlias), and notes the filters of a SUBSCRIBE being
+// answered (auth_subs.go).
 func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if a.ids != nil {
-		pk = a.ids.in(cl, pk)
+	if a.read != nil {
+		pk = a.read(cl, pk)
 	}
 	a.noteSubscribe(cl, pk)
 	if pk.FixedHeader.Type == packets.Publish && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 && !cl.Net.Inline {

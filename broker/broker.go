@@ -81,10 +81,12 @@ func New(opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ limitSubscriptions(int) }); ok {
 		h.limitSubscriptions(opts.MaxSubscriptionsPerClient) // it refuses the filters beyond
 	}
-	if h, ok := access.(interface{ renumber(*packetIDs) }); ok {
-		h.renumber(&g.ids) // in its OnPacketRead, which it has anyway: one hook call less per packet
+	if h, ok := access.(interface {
+		readFirst(func(*mqtt.Client, packets.Packet) packets.Packet)
+	}); ok {
+		h.readFirst(g.read) // in its OnPacketRead, which it has anyway: one hook call less per packet
 	} else {
-		g.readIDs = true
+		g.reads = true
 	}
 	hook := access // the access hook, with a Diverter in front if there is one
 	for _, h := range opts.Hooks {

@@ -47,7 +47,8 @@ import (
 //     (paho's codec for MQTT 5, not the engine's), CONNACK first and once,
 //     nothing after a refusing CONNACK or a DISCONNECT (checkAnswer);
 //   - end within fuzzHang of the half-close, the broker done with the
-//     connection (every hook's OnDisconnect returned);
+//     connection (every hook's OnDisconnect returned), its count of
+//     subscriptions what its sessions hold;
 //   - leave the broker working: a fresh MQTT 5 client connects, subscribes,
 //     publishes and receives its own message, after every input; every
 //     fuzzPahoEvery inputs a paho 3.1.1 client does the same, and the
@@ -285,6 +286,9 @@ func (e *fuzzEnv) run(t *testing.T, mode byte, stream []byte) {
 		t.Fatalf("mode %#x: the broker's answer breaks the protocol: %v\nanswer: % x", mode, err, out)
 	}
 	e.waitIdle(t)
+	if counted, held := e.subscriptions(); counted != held {
+		t.Fatalf("mode %#x: the broker counts %d subscriptions, its sessions hold %d", mode, counted, held)
+	}
 	if err := e.alive(n); err != nil {
 		t.Fatalf("mode %#x: the broker no longer works after this input: %v\n%s", mode, err, goroutines())
 	}
@@ -335,6 +339,15 @@ func (e *fuzzEnv) waitIdle(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// subscriptions returns the count of subscriptions the broker reports
+// (tether_mqtt_subscriptions) and the filters its sessions hold.
+func (e *fuzzEnv) subscriptions() (counted int64, held int64) {
+	for _, cl := range e.b.Server.Clients.GetAll() {
+		held += int64(cl.State.Subscriptions.Len())
+	}
+	return atomic.LoadInt64(&e.b.Server.Info.Subscriptions), held
 }
 
 // alive connects a fresh MQTT 5 client as an admin, which subscribes to a

@@ -13,6 +13,7 @@ import (
 	pp "github.com/eclipse/paho.golang/packets"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -370,5 +371,66 @@ func TestPacketHeaderAloneCostsLittle(t *testing.T) {
 	t.Logf("%d connections, a 1 MiB CONNECT header each: heap in use grew by %d KB", n, grown>>10)
 	if grown > 40<<20 {
 		t.Fatalf("%d connections that sent a CONNECT header of 1 MiB, nothing more: heap in use grew by %d MB", n, grown>>20)
+	}
+}
+
+// TestUnsubscribeNeverSubscribed: an UNSUBSCRIBE of a filter the client
+// does not hold gets 0x11 no subscription existed and leaves the count of
+// subscriptions (tether_mqtt_subscriptions) alone. The engine's index
+// took it for a subscription whenever another client subscribed to the
+// filter or a message was retained on it: it answered 0x00 and counted
+// one subscription less each time, below zero.
+func TestUnsubscribeNeverSubscribed(t *testing.T) {
+	b, _ := testBroker(t, nil)
+	addr := b.TCP.Address()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(b))
+	subscriptions := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "tether_mqtt_subscriptions" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no tether_mqtt_subscriptions")
+		return 0
+	}
+	other := storeClient(t, addr, "other", true, nil)
+	waitToken(t, "subscribe", other.Subscribe("unsub/held", 1, nil))
+	waitToken(t, "retain", other.Publish("unsub/retained", 1, true, "r"))
+	if n := subscriptions(); n != 1 {
+		t.Fatalf("tether_mqtt_subscriptions %v, want 1", n)
+	}
+
+	rc := dialRaw(t, addr)
+	rc.connect5("unsubscriber", 60)
+	u := pp.NewControlPacket(pp.UNSUBSCRIBE)
+	uc := u.Content.(*pp.Unsubscribe)
+	uc.PacketID, uc.Topics, uc.Properties = 1, []string{"unsub/held", "unsub/retained", "unsub/nothing"}, &pp.Properties{}
+	for range 3 {
+		rc.send(u)
+		ack, ok := rc.read(5 * time.Second).Content.(*pp.Unsuback)
+		if !ok || !bytes.Equal(ack.Reasons, []byte{0x11, 0x11, 0x11}) {
+			t.Fatalf("UNSUBACK %+v, want 0x11 for each filter", ack)
+		}
+	}
+	s := pp.NewControlPacket(pp.SUBSCRIBE)
+	sc := s.Content.(*pp.Subscribe)
+	sc.PacketID, sc.Properties, sc.Subscriptions = 2, &pp.Properties{}, []pp.SubOptions{{Topic: "unsub/retained", QoS: 1}}
+	rc.send(s)
+	if _, ok := rc.read(5 * time.Second).Content.(*pp.Suback); !ok {
+		t.Fatal("no SUBACK")
+	}
+	rc.read(5 * time.Second) // the retained message
+	uc.PacketID, uc.Topics = 3, []string{"unsub/retained", "unsub/held"}
+	rc.send(u)
+	if ack, ok := rc.read(5 * time.Second).Content.(*pp.Unsuback); !ok || !bytes.Equal(ack.Reasons, []byte{0x00, 0x11}) {
+		t.Fatalf("UNSUBACK %+v, want 0x00 for its own filter, 0x11 for the other", ack)
+	}
+	if n := subscriptions(); n != 1 {
+		t.Fatalf("tether_mqtt_subscriptions %v, want 1 (the other client's)", n)
 	}
 }

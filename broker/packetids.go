@@ -24,9 +24,8 @@ import (
 //     use for every filter (3.1.1 clients get it too, a code they cannot
 //     read).
 //
-// So the gate (in the access hook's OnPacketRead, when that is the Auth
-// hook, which is called for every packet anyway) gives such a packet an
-// id of the engine's own choosing
+// So the gate (gate.read) gives such a packet an id of the engine's own
+// choosing
 // (Client.NextPacketID, which no message in flight holds and which the
 // engine will not give out again until it has used every other id) when
 // the client's id is one the engine uses, and gives the answer (PUBACK,
