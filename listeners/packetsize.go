@@ -21,8 +21,9 @@ import (
 //     The engine checks the size too, but it counts only the remaining
 //     length plus one, and closes without telling an MQTT 5 client why.
 //   - A packet with more than holdAbove bytes of body reaches the engine
-//     only once all of it has arrived: the engine allocates a packet's
-//     whole body as soon as it has read its remaining length, so a header
+//     only once all of it has arrived, but for its first byte (which the
+//     engine checks at once): the engine allocates a packet's whole body
+//     as soon as it has read its remaining length, so a header
 //     alone (4 bytes, before any login: a CONNECT) made it hold up to
 //     max_packet_size for as long as the client waited (docs/upstream.md,
 //     "A packet's body allocated before it arrives"). Held here, a packet
@@ -205,7 +206,8 @@ const (
 
 // scan follows p, the stream's next bytes, and returns the stream offset
 // before which the engine may have the bytes now: all of them, but for a
-// large packet not yet arrived whole, which is held from its first byte.
+// large packet not yet arrived whole, which is held from its remaining
+// length on.
 // If a packet whose total size exceeds max begins in p (or began earlier
 // and its length completes in p), it returns packets.ErrPacketTooLarge
 // and the offset of that packet's first byte. If a packet the engine would
@@ -270,7 +272,9 @@ func (f *framer) scan(p []byte, max uint32) (free int64, refused error) {
 		}
 	}
 	if f.large && f.stage == stageBody {
-		return f.start, nil
+		// The first byte goes: the engine refuses a packet type or flags
+		// out of line at once, and waits for the remaining length.
+		return f.start + 1, nil
 	}
 	return f.off, nil
 }
