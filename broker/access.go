@@ -7,24 +7,87 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// gate refuses new connections while the broker shuts down, and tells
-// MQTT 5 clients the broker's maximum packet size.
+// gate refuses new connections while the broker shuts down, tells MQTT 5
+// clients the broker's maximum packet size, keeps what goes to 3.1.1
+// clients within 3.1.1 (for311), and mends what clients send where the
+// engine would mishandle it (read).
 type gate struct {
 	mqtt.HookBase
-	b *Broker
+	b   *Broker
+	ids packetIDs
+	// reads: the gate's own OnPacketRead calls read; the access hook's
+	// does instead, when it is the Auth hook.
+	reads bool
 }
 
 func (g *gate) ID() string { return "tether-gate" }
 
-func (g *gate) Provides(b byte) bool { return b == mqtt.OnConnect || b == mqtt.OnPacketEncode }
+func (g *gate) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnDisconnect:
+		return true
+	case mqtt.OnPacketRead:
+		return g.reads
+	}
+	return false
+}
+
+// OnPacketRead mends a packet a client sent (read).
+func (g *gate) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	return g.read(cl, pk), nil
+}
+
+// read mends a packet a client sent before the engine acts on it: an id
+// the engine uses for a message of its own becomes one of the engine's
+// (packetIDs), and an UNSUBSCRIBE's filters the client does not hold
+// become none at all (unheld).
+func (g *gate) read(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	return unheld(cl, g.ids.in(cl, pk))
+}
+
+// noFilter is a topic filter no subscription and no topic can have: a
+// string with a NUL, which the engine's decoder refuses in any filter or
+// topic [MQTT-1.5.4-2].
+const noFilter = "\x00"
+
+// unheld gives each filter of an UNSUBSCRIBE that cl's session does not
+// hold the filter noFilter. The engine's index reports a filter as
+// unsubscribed whenever it has a node for it (someone else subscribes to
+// it, or a message is retained on it), so an UNSUBSCRIBE of a filter the
+// client never had got 0x00 instead of 0x11 no subscription existed, and
+// took one off the count of subscriptions (mqtt_subscriptions,
+// $SYS/broker/subscriptions), which went below zero
+// (docs/upstream.md, "Unsubscribing what was never subscribed").
+func unheld(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Unsubscribe {
+		return pk
+	}
+	for i, f := range pk.Filters {
+		if _, ok := cl.State.Subscriptions.Get(f.Filter); !ok {
+			pk.Filters[i].Filter = noFilter
+		}
+	}
+	return pk
+}
+
+// OnDisconnect forgets the connection's renumbered packet ids.
+func (g *gate) OnDisconnect(cl *mqtt.Client, err error, expire bool) { g.ids.forget(cl) }
 
 // OnConnect refuses a CONNECT once Shutdown has begun, with CONNACK
 // "server unavailable" (0x88; 0x03 for 3.1.1): the engine then closes the
-// connection without attaching it.
+// connection without attaching it. It refuses an MQTT 5 CONNECT that asks
+// for enhanced authentication (an Authentication Method) with 0x8C bad
+// authentication method: the broker has none, and the engine would
+// accept the client on its password alone, with a CONNACK that a client
+// waiting for its method's exchange cannot take as an answer
+// [MQTT-4.12.0-1].
 func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if g.b.closing.Load() {
 		_ = Refuse(g.b.Server, cl, packets.ErrServerUnavailable)
 		return errShuttingDown
+	}
+	if pk.Properties.AuthenticationMethod != "" {
+		return Refuse(g.b.Server, cl, packets.ErrBadAuthenticationMethod)
 	}
 	g.boundKeepalive(cl)
 	return nil
@@ -54,10 +117,15 @@ func (g *gate) boundKeepalive(cl *mqtt.Client) {
 // Size, Topic Alias Maximum (absent would mean 0, no aliases), and Retain,
 // Wildcard, Subscription Identifier and Shared Subscription Available
 // stated outright. Receive Maximum and Maximum QoS (when below 2) the
-// engine sets itself.
+// engine sets itself. What goes to any other client passes through
+// for311. An answer to a packet renumbered on its way in gets the
+// client's packet id back (packetIDs).
 func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode >= packets.ErrUnspecifiedError.Code ||
-		cl.Properties.ProtocolVersion != 5 {
+	pk = g.ids.out(cl, pk)
+	if cl.Properties.ProtocolVersion != 5 {
+		return for311(cl, pk)
+	}
+	if pk.FixedHeader.Type != packets.Connack || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
 		return pk
 	}
 	caps := g.b.Server.Options.Capabilities
@@ -70,6 +138,74 @@ func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	pk.Properties.SubIDAvailable, pk.Properties.SubIDAvailableFlag = caps.SubIDAvailable, true
 	pk.Properties.SharedSubAvailable, pk.Properties.SharedSubAvailableFlag = caps.SharedSubAvailable, true
 	return pk
+}
+
+// for311 keeps what the engine writes to a client of MQTT 3.1.1 or 3.1
+// (or of a version the broker does not speak, which the engine answers in
+// 3.1.1's format) within what 3.1.1 has. The engine sends such clients
+// MQTT 5 packets in places: a DISCONNECT (when it refuses a publish at
+// QoS 1 or 2, when the client passes the receive maximum, when its
+// session is taken over, at Close), which 3.1.1 has only from the client,
+// CONNACK reason codes above 5 (0x82 for a reserved flag, a will flag out
+// of line or an unknown protocol level; 0x80 for an empty client id with
+// clean session 0), and SUBACK reason codes other than 0, 1, 2 and 0x80
+// (0x91 packet identifier in use), which a 3.1.1 client cannot read. So:
+//
+//   - a DISCONNECT is not sent: the connection is closed, as the engine
+//     closes it right after the DISCONNECT anyway;
+//   - a refusing CONNACK gets the 3.1.1 return code of its reason
+//     (connackCode311) or, for a malformed or protocol-violating CONNECT,
+//     which 3.1.1 answers with no CONNACK, the connection is closed
+//     instead [MQTT-3.1.2-3] [MQTT-4.8.0-1];
+//   - a SUBACK's refusals are 0x80 failure [MQTT-3.9.3-2].
+//
+// Closing before the write makes the write fail: the engine then ends
+// the connection as it would have after writing it.
+func for311(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	switch {
+	case pk.FixedHeader.Type == packets.Disconnect:
+		cl.Stop(packets.Code{Code: pk.ReasonCode, Reason: pk.Properties.ReasonString})
+	case pk.FixedHeader.Type == packets.Connack && pk.ReasonCode >= packets.ErrUnspecifiedError.Code:
+		if code, ok := connackCode311(pk.ReasonCode, pk.Properties.ReasonString); ok {
+			pk.ReasonCode = code
+		} else {
+			cl.Stop(packets.Code{Code: pk.ReasonCode, Reason: pk.Properties.ReasonString})
+		}
+	case pk.FixedHeader.Type == packets.Suback:
+		for i, c := range pk.ReasonCodes {
+			if c > packets.CodeGrantedQos2.Code {
+				pk.ReasonCodes[i] = packets.ErrUnspecifiedError.Code
+			}
+		}
+	}
+	return pk
+}
+
+// connackCode311 is the MQTT 3.1.1 CONNACK return code for an MQTT 5
+// refusal with code and reason [MQTT-3.2.2-4]; ok is false when 3.1.1 has
+// none (a malformed or protocol-violating CONNECT).
+func connackCode311(code byte, reason string) (byte, bool) {
+	switch code {
+	case packets.ErrUnsupportedProtocolVersion.Code:
+		return packets.Err3UnsupportedProtocolVersion.Code, true
+	case packets.ErrProtocolViolation.Code:
+		if reason == packets.ErrProtocolViolationProtocolVersion.Reason {
+			return packets.Err3UnsupportedProtocolVersion.Code, true // [MQTT-3.1.2-2]
+		}
+		return 0, false
+	case packets.ErrUnspecifiedError.Code:
+		// The engine's only refusal with it: an empty client id with
+		// clean session 0 [MQTT-3.1.3-8].
+		return packets.Err3ClientIdentifierNotValid.Code, true
+	case packets.ErrClientIdentifierNotValid.Code:
+		return packets.Err3ClientIdentifierNotValid.Code, true
+	case packets.ErrBadUsernameOrPassword.Code, packets.ErrNotAuthorized.Code, packets.ErrBanned.Code, packets.ErrBadAuthenticationMethod.Code:
+		return packets.Err3NotAuthorized.Code, true
+	case packets.ErrServerUnavailable.Code, packets.ErrServerBusy.Code, packets.ErrServerShuttingDown.Code,
+		packets.ErrQuotaExceeded.Code, packets.ErrConnectionRateExceeded.Code:
+		return packets.Err3ServerUnavailable.Code, true
+	}
+	return 0, false
 }
 
 // policy is the access hook used when no registry is wired in: everyone
@@ -110,28 +246,10 @@ func (p *policy) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return p.allow
 }
 
-// Refuse sends a CONNACK with code (mapped to its MQTT 3.1.1 return code
-// for older clients [MQTT-3.2.2-4]) and returns the error that makes the
-// engine close the connection. Use it from an OnConnect hook.
+// Refuse sends a CONNACK with code (the gate hook gives an older client
+// its MQTT 3.1.1 return code: for311) and returns the error that makes
+// the engine close the connection. Use it from an OnConnect hook.
 func Refuse(srv *mqtt.Server, cl *mqtt.Client, code packets.Code) error {
-	if cl.Properties.ProtocolVersion < 5 {
-		switch code {
-		case packets.ErrNotAuthorized, packets.ErrBadUsernameOrPassword, packets.ErrBanned:
-			code = packets.Err3NotAuthorized
-		case packets.ErrServerBusy, packets.ErrServerUnavailable, packets.ErrServerShuttingDown,
-			packets.ErrConnectionRateExceeded, packets.ErrQuotaExceeded:
-			code = packets.Err3ServerUnavailable
-		}
-		// SendConnack sends codes below 0x80 as success; 3.1.1 refusals
-		// are written directly.
-		if code.Code < packets.ErrUnspecifiedError.Code {
-			_ = cl.WritePacket(packets.Packet{
-				FixedHeader: packets.FixedHeader{Type: packets.Connack},
-				ReasonCode:  code.Code,
-			})
-			return code
-		}
-	}
 	_ = srv.SendConnack(cl, code, false, nil)
 	return code
 }

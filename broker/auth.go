@@ -120,6 +120,9 @@ type Auth struct {
 	// wills are the engine's wills waiting out their delay, nil if it
 	// cannot be reached (auth_will.go).
 	wills *packets.Packets
+	// read mends the packets clients send (gate.read); nil until
+	// broker.New sets it.
+	read func(*mqtt.Client, packets.Packet) packets.Packet
 	// rules are the compiled auth.rules (nil: none).
 	rules atomic.Pointer[Rules]
 	// started: the engine has loaded the stored sessions.
@@ -202,6 +205,11 @@ func (a *Auth) bind(srv *mqtt.Server) {
 // indexRetained gives the hook the broker's retained index; broker.New
 // calls it.
 func (a *Auth) indexRetained(l *RetainedLimit) { a.retained = l }
+
+// readFirst has the hook's OnPacketRead mend the packets clients send
+// with read (the broker's gate: gate.read) before anything else;
+// broker.New calls it.
+func (a *Auth) readFirst(read func(*mqtt.Client, packets.Packet) packets.Packet) { a.read = read }
 
 // ID implements mqtt.Hook.
 func (a *Auth) ID() string { return "tether-auth" }

@@ -140,16 +140,19 @@ func isSysTopic(topic string) bool {
 // 0x87, a 3.1.1 client at QoS 1/2 is disconnected (3.1.1 cannot refuse a
 // publish otherwise [MQTT-3.3.5-2]), QoS 0 is dropped. It is never routed.
 //
-// It also notes the filters of a SUBSCRIBE being answered (auth_subs.go).
+// It has the broker's gate mend the packet first (gate.read), resolves
+// topic aliases (resolveAlias), and notes the filters of a SUBSCRIBE being
+// answered (auth_subs.go).
 func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if a.read != nil {
+		pk = a.read(cl, pk)
+	}
 	a.noteSubscribe(cl, pk)
-	if pk.FixedHeader.Type == packets.Publish && pk.TopicName == "" && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 {
-		// An MQTT 5 PUBLISH by topic alias: the engine checks access
-		// before it puts the alias's topic back, so it would check "" and
-		// refuse it. The topic is put back here; the engine's Set then
-		// finds it unchanged. An alias the client never set stays "" and
-		// is refused.
-		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, "")
+	if pk.FixedHeader.Type == packets.Publish && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 && !cl.Net.Inline {
+		var ok bool
+		if pk, ok = a.resolveAlias(cl, pk); !ok {
+			return pk, packets.ErrRejectPacket // the engine closes the connection
+		}
 	}
 	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || !isSysTopic(pk.TopicName) {
 		return pk, nil
@@ -160,6 +163,32 @@ func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		return pk, packets.ErrRejectPacket // the engine closes the connection
 	}
 	return pk, nil // the engine drops it
+}
+
+// resolveAlias applies the Topic Alias of an MQTT 5 PUBLISH before the
+// engine checks access, which it does before it applies the alias itself:
+// a PUBLISH sent by alias (empty topic name) would be checked as "" and
+// refused. A PUBLISH with a topic name sets the alias to it [MQTT-3.3.2-12],
+// even if it is then refused, as the client may reuse the alias for the
+// same topic (and be refused again); one with an empty topic name gets the
+// alias's topic, and the engine's own Set later finds it unchanged. An
+// alias above the Topic Alias Maximum is left to the engine, which refuses
+// it (DISCONNECT 0x94) without storing it. An alias the client never set
+// is a protocol error: the client gets DISCONNECT 0x82 and the connection
+// closes (ok false). The engine would route such a message to the empty
+// topic, where nobody receives it, acknowledge it as delivered, and retain
+// it there if it asked to be (docs/upstream.md).
+func (a *Auth) resolveAlias(cl *mqtt.Client, pk packets.Packet) (packets.Packet, bool) {
+	if pk.Properties.TopicAlias > a.srv.Options.Capabilities.TopicAliasMaximum {
+		return pk, true
+	}
+	pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, pk.TopicName)
+	if pk.TopicName != "" {
+		return pk, true
+	}
+	a.log.Debug("publish by a topic alias never set", "client", cl.ID, "alias", pk.Properties.TopicAlias)
+	_ = a.srv.DisconnectClient(cl, packets.ErrProtocolViolationNoTopic)
+	return pk, false
 }
 
 // unshare returns the filter of a shared subscription "$share/group/filter".

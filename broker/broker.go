@@ -64,7 +64,8 @@ func New(opts Options) (*Broker, error) {
 	})
 	b := &Broker{Server: srv, opts: opts, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock()}
 
-	if err := srv.AddHook(&gate{b: b}, nil); err != nil {
+	g := &gate{b: b}
+	if err := srv.AddHook(g, nil); err != nil {
 		return nil, fmt.Errorf("broker: add gate hook: %w", err)
 	}
 	if err := srv.AddHook(b.clock, nil); err != nil {
@@ -86,6 +87,13 @@ func New(opts Options) (*Broker, error) {
 				a.indexRetained(l) // a deleted device's retained messages are found there
 			}
 		}
+	}
+	if h, ok := access.(interface {
+		readFirst(func(*mqtt.Client, packets.Packet) packets.Packet)
+	}); ok {
+		h.readFirst(g.read) // in its OnPacketRead, which it has anyway: one hook call less per packet
+	} else {
+		g.reads = true
 	}
 	hook := access // the access hook, with a Diverter in front if there is one
 	for _, h := range opts.Hooks {

@@ -133,10 +133,9 @@ func (c *conns) admit(conn net.Conn) (net.Conn, func(net.Conn, error), error) {
 	c.mu.Unlock()
 	c.stats.Accepted.Add(1)
 	c.stats.Open.Add(1)
-	var ec net.Conn = newAckConn(cc)
-	if c.maxPacketSize > 0 {
-		ec = &limitConn{Conn: ec, max: c.maxPacketSize}
-	}
+	// The packet size limit, and the guard against packets the engine
+	// would crash on (guard.go), whatever the limit.
+	var ec net.Conn = &limitConn{Conn: newAckConn(cc), max: c.maxPacketSize}
 	// [MQTT-3.1.4] The server may close a connection that sends no CONNECT
 	// within a reasonable time: the engine replaces this deadline with the
 	// keep-alive one once CONNECT is read.

@@ -11,9 +11,11 @@
 // Every listener tracks the connections it hands to the engine (conns.go),
 // so that shutdown can stop accepting, then close what is left, before the
 // engine's own Close runs; counts bytes per transport; bounds the time a
-// client may take to send CONNECT; and enforces the maximum MQTT packet
-// size on the byte stream (packetsize.go), telling MQTT 5 clients why with
-// DISCONNECT 0x95.
+// client may take to send CONNECT; enforces the maximum MQTT packet size
+// on the byte stream (packetsize.go), telling MQTT 5 clients why with
+// DISCONNECT 0x95; refuses the packets the engine's decoder would panic
+// on, which would end the process (guard.go); and sends nothing after a
+// DISCONNECT.
 //
 // Who a client is and which pages may connect are decided once for every
 // path, in the package forwarded (client addresses behind trusted

@@ -3,6 +3,7 @@ package listeners
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -55,15 +56,15 @@ func TestFramer(t *testing.T) {
 		stream      []byte
 		max         uint32
 		chunk       int // feed the stream in chunks of this size
-		wantOK      int // bytes passed: all, or up to the oversized packet (and any of its header in earlier chunks)
+		wantOK      int // the stream offset before which bytes may pass: all, or the oversized packet's first byte
 		wantOver    bool
 		wantVersion byte
 	}{
 		{"3.1.1 under the limit", cat(connect311, publish(100)), 100, 1000, 115, false, 4},
 		{"5 under the limit", cat(connect5, publish(100)), 100, 1000, 116, false, 5},
 		{"over by one", cat(connect5, publish(101)), 100, 1000, 16, true, 5},
-		{"over, byte by byte", cat(connect5, publish(101)), 100, 1, 17, true, 5},
-		{"over after several packets", cat(connect311, publish(50), publish(60), publish(200)), 100, 7, 15 + 50 + 60 + 1, true, 4},
+		{"over, byte by byte", cat(connect5, publish(101)), 100, 1, 16, true, 5},
+		{"over after several packets", cat(connect311, publish(50), publish(60), publish(200)), 100, 7, 15 + 50 + 60, true, 4},
 		{"two-byte length at the limit", cat(connect5, publish(300)), 300, 3, 316, false, 5},
 		{"three-byte length", cat(connect5, publish(20000)), 16384, 4096, 16, true, 5},
 		{"no limit", cat(connect5, publish(20000)), 0, 4096, 20016, false, 5},
@@ -75,9 +76,9 @@ func TestFramer(t *testing.T) {
 			passed, over := 0, false
 			for i := 0; i < len(tt.stream) && !over; i += tt.chunk {
 				chunk := tt.stream[i:min(i+tt.chunk, len(tt.stream))]
-				var ok int
-				ok, over = f.scan(chunk, tt.max)
-				passed += ok
+				free, err := f.scan(chunk, tt.max)
+				passed = int(free)
+				over = errors.Is(err, packets.ErrPacketTooLarge)
 			}
 			if over != tt.wantOver || passed != tt.wantOK {
 				t.Errorf("passed %d bytes, over %v; want %d, %v", passed, over, tt.wantOK, tt.wantOver)
@@ -98,7 +99,7 @@ func TestLimitConn(t *testing.T) {
 		connect []byte
 		want    []byte // what the client reads before EOF
 	}{
-		{"mqtt 5", connect5, disconnectPacketTooLarge},
+		{"mqtt 5", connect5, []byte{0xE0, 0x01, 0x95}},
 		{"mqtt 3.1.1", connect311, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,3 +132,190 @@ func TestLimitConn(t *testing.T) {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// subscribeNoOptions is an MQTT 5 SUBSCRIBE whose only filter, "a", has no
+// options byte: the engine's decoder panics on it (index out of range).
+var subscribeNoOptions = []byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 'a'}
+
+// TestGuard: the framer refuses a packet the engine's decoder panics on,
+// passing every byte before its last, however the stream is cut; it lets
+// through packets the decoder merely rejects, and what 3.1.1 decodes
+// differently.
+func TestGuard(t *testing.T) {
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	subscribe5 := []byte{0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x01}
+	subscribe311 := []byte{0x82, 0x05, 0x00, 0x01, 0x00, 0x01, 'a'} // no QoS byte: the engine returns an error
+	empty5 := []byte{0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00}      // an empty filter, no options
+	tests := []struct {
+		name   string
+		stream []byte
+		wantOK int
+		bad    []byte // the packet refused, or nil
+	}{
+		{"MQTT 5 SUBSCRIBE with options", cat(connect5, subscribe5), 16 + 9, nil},
+		{"MQTT 5 SUBSCRIBE without options", cat(connect5, subscribeNoOptions), 16 + 7, subscribeNoOptions},
+		{"MQTT 5 SUBSCRIBE with an empty filter and no options", cat(connect5, empty5), 16 + 6, empty5},
+		{"after other packets", cat(connect5, publish(40), subscribe5, subscribeNoOptions, publish(10)), 16 + 40 + 9 + 7, subscribeNoOptions},
+		{"3.1.1 SUBSCRIBE without QoS", cat(connect311, subscribe311), 15 + 7, nil},
+	}
+	for _, tt := range tests {
+		for _, chunk := range []int{1, 3, 1000} {
+			t.Run(fmt.Sprintf("%s/chunks of %d", tt.name, chunk), func(t *testing.T) {
+				if tt.bad != nil && !enginePanics(t, tt.bad) {
+					t.Fatal("the engine does not panic on this packet: nothing to guard")
+				}
+				var f framer
+				passed := 0
+				var refused error
+				for i := 0; i < len(tt.stream) && refused == nil; i += chunk {
+					var free int64
+					free, refused = f.scan(tt.stream[i:min(i+chunk, len(tt.stream))], 1<<20)
+					passed = int(free)
+				}
+				if passed != tt.wantOK || (refused != nil) != (tt.bad != nil) {
+					t.Fatalf("passed %d bytes, refused %v; want %d, %v", passed, refused, tt.wantOK, tt.bad != nil)
+				}
+				if tt.bad != nil && !errors.Is(refused, packets.ErrMalformedPacket) {
+					t.Fatalf("refused with %v, want ErrMalformedPacket", refused)
+				}
+			})
+		}
+	}
+}
+
+// enginePanics reports whether the engine's SUBSCRIBE decoder panics on
+// the MQTT 5 packet pkt (fixed header and a one-byte remaining length).
+func enginePanics(t *testing.T, pkt []byte) (panicked bool) {
+	t.Helper()
+	defer func() { panicked = recover() != nil }()
+	pk := packets.Packet{ProtocolVersion: 5, FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1, Remaining: len(pkt) - 2}}
+	_ = pk.SubscribeDecode(pkt[2:])
+	return false
+}
+
+// TestLimitConnRefusesEnginePanic: the engine reads the packets before the
+// one it would panic on, but not all of that one, then
+// ErrMalformedPacket; closing sends DISCONNECT 0x81 to an MQTT 5 client.
+// It applies with no packet size limit too.
+func TestLimitConnRefusesEnginePanic(t *testing.T) {
+	server, client := net.Pipe()
+	lc := &limitConn{Conn: server}
+	go client.Write(append(append([]byte{}, connect5...), subscribeNoOptions...))
+	got, err := io.ReadAll(readerFunc(lc.Read))
+	if !errors.Is(err, packets.ErrMalformedPacket) {
+		t.Fatalf("read error %v, want ErrMalformedPacket", err)
+	}
+	if want := append(append([]byte{}, connect5...), subscribeNoOptions[:len(subscribeNoOptions)-1]...); !bytes.Equal(got, want) {
+		t.Fatalf("engine read %x, want %x", got, want)
+	}
+	done := make(chan []byte)
+	go func() {
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(client)
+		done <- b
+	}()
+	lc.Close()
+	if b, want := <-done, []byte{0xE0, 0x01, 0x81}; !bytes.Equal(b, want) {
+		t.Fatalf("client read %x, want %x", b, want)
+	}
+}
+
+// TestLimitConnNothingAfterDisconnect: what the engine writes after a
+// DISCONNECT, in the same write or a later one, is not sent
+// [MQTT-3.14.4-1].
+func TestLimitConnNothingAfterDisconnect(t *testing.T) {
+	server, client := net.Pipe()
+	lc := &limitConn{Conn: server}
+	disconnect := []byte{0xE0, 0x02, 0x8E, 0x00}
+	got := make(chan []byte)
+	go func() {
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(client)
+		got <- b
+	}()
+	if _, err := lc.Write(publish(20)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lc.Write(append(append(publish(10), disconnect...), publish(30)...)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write with packets after the DISCONNECT: %v, want net.ErrClosed", err)
+	}
+	if n, err := lc.Write(publish(10)); n != 0 || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after the DISCONNECT: %d, %v; want 0, net.ErrClosed", n, err)
+	}
+	lc.Close()
+	want := append(append(publish(20), publish(10)...), disconnect...)
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("client read %x, want %x", b, want)
+	}
+}
+
+// TestFramerHoldsLargePackets: a packet with a body over holdAbove is held
+// from its remaining length on (its first byte goes, for the engine to
+// check) until all of it has arrived; smaller ones pass as they come.
+func TestFramerHoldsLargePackets(t *testing.T) {
+	stream := bytes.Join([][]byte{connect5, publish(100), publish(5000), publish(200)}, nil)
+	large, end := 16+100, 16+100+5000
+	var f framer
+	for i := 0; i < len(stream); i += 700 {
+		to := min(i+700, len(stream))
+		free, err := f.scan(stream[i:to], 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int64(to)
+		if to > large && to < end {
+			want = int64(large + 1)
+		}
+		if free != want {
+			t.Fatalf("after %d bytes: may pass %d, want %d", to, free, want)
+		}
+	}
+	var g framer
+	if free, _ := g.scan([]byte{0x10, 0xFA, 0xFF, 0x3F}, 1<<20); free != 1 {
+		t.Fatalf("a CONNECT header announcing 1 MiB: may pass %d bytes, want 1 (its type)", free)
+	}
+}
+
+// TestLimitConnHoldsLargePackets: the engine gets none of a large packet
+// until all of it has arrived (the header of a 1 MiB CONNECT alone made
+// it allocate 1 MiB), then all of it, and what follows.
+func TestLimitConnHoldsLargePackets(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	lc := &limitConn{Conn: server, max: 1 << 20}
+	big := publish(100000)
+	wrote := make(chan struct{})
+	go func() {
+		client.Write(connect5)
+		client.Write(big[:50000]) // returns once the connection has read it all
+		close(wrote)
+	}()
+	got := make([]byte, len(connect5))
+	if _, err := io.ReadFull(readerFunc(lc.Read), got); err != nil || !bytes.Equal(got, connect5) {
+		t.Fatalf("read %x, %v; want the CONNECT", got, err)
+	}
+	var early []byte // what the engine gets before the packet is whole: its type only
+	buf := make([]byte, 4096)
+	for done := false; !done; {
+		server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		n, _ := lc.Read(buf)
+		if early = append(early, buf[:n]...); len(early) > 1 {
+			t.Fatalf("the engine got %d bytes of a packet not yet whole, want its first byte only", len(early))
+		}
+		select {
+		case <-wrote:
+			done = true
+		default:
+		}
+	}
+	server.SetReadDeadline(time.Time{})
+	go func() {
+		client.Write(big[50000:])
+		client.Write(publish(6))
+	}()
+	want := append(append([]byte{}, big...), publish(6)...)
+	got = make([]byte, len(want)-len(early))
+	if _, err := io.ReadFull(readerFunc(lc.Read), got); err != nil || !bytes.Equal(append(early, got...), want) {
+		t.Fatalf("read %v: the engine did not get the packet whole and the next one", err)
+	}
+}
