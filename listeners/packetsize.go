@@ -10,7 +10,7 @@ import (
 )
 
 // limitConn enforces a maximum MQTT packet size on the byte stream the
-// engine reads, holds back a large packet until all of it has arrived,
+// engine reads, holds back a large CONNECT until all of it has arrived,
 // and refuses the packets the engine's decoder would panic on (guard.go).
 // It follows the stream's framing (fixed header, remaining length, body)
 // without decoding most packets, and learns the protocol version from the
@@ -20,14 +20,16 @@ import (
 //     bytes before it, then the read fails with packets.ErrPacketTooLarge.
 //     The engine checks the size too, but it counts only the remaining
 //     length plus one, and closes without telling an MQTT 5 client why.
-//   - A packet with more than holdAbove bytes of body reaches the engine
+//   - A CONNECT with more than holdAbove bytes of body reaches the engine
 //     only once all of it has arrived, but for its first byte (which the
 //     engine checks at once): the engine allocates a packet's whole body
-//     as soon as it has read its remaining length, so a header
-//     alone (4 bytes, before any login: a CONNECT) made it hold up to
-//     max_packet_size for as long as the client waited (docs/upstream.md,
-//     "A packet's body allocated before it arrives"). Held here, a packet
-//     costs what has arrived of it.
+//     as soon as it has read its remaining length, so a header alone (4
+//     bytes, before any login) made it hold up to max_packet_size for as
+//     long as the client waited (docs/upstream.md, "A packet's body
+//     allocated before it arrives"). Held here, it costs what has arrived
+//     of it. The packets after it are a logged-in client's, which may send
+//     packets that large anyway: they pass as they come (holding them
+//     copied each large message once more).
 //   - A packet the engine would panic on: the engine gets all of it but
 //     its last byte, so that it never decodes it (it decodes a packet once
 //     it has read the whole of it), then the read fails with
@@ -60,7 +62,7 @@ type limitConn struct {
 	version  byte         // protocol version from CONNECT; 0 until known
 }
 
-// holdAbove is the body size above which a packet is held back until it
+// holdAbove is the body size above which a CONNECT is held back until it
 // has arrived whole: a header that announces no more than this costs the
 // engine no more than an idle connection does.
 const holdAbove = 4096
@@ -243,7 +245,7 @@ func (f *framer) scan(p []byte, max uint32) (free int64, refused error) {
 			}
 			f.checking, f.heldVer = guarded(f.first), f.version
 			f.held = f.held[:0]
-			f.large = f.length > holdAbove
+			f.large = f.length > holdAbove && f.packets == 1 // the CONNECT, before any login
 			f.body = f.length
 			f.stage = stageBody
 			if f.body == 0 {
