@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -24,7 +25,7 @@ func (g *gate) ID() string { return "tether-gate" }
 
 func (g *gate) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnDisconnect:
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnDisconnect, mqtt.OnClientExpired:
 		return true
 	case mqtt.OnPacketRead:
 		return g.reads
@@ -72,6 +73,23 @@ func unheld(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 
 // OnDisconnect forgets the connection's renumbered packet ids.
 func (g *gate) OnDisconnect(cl *mqtt.Client, err error, expire bool) { g.ids.forget(cl) }
+
+// OnClientExpired takes an expired session's subscriptions out of the
+// engine's index. The engine drops the session from its clients but
+// leaves its subscriptions in the index and in its count: a new session
+// with the same client id, even a clean one, got the messages of
+// subscriptions it never made [MQTT-3.1.2-4], and the index and
+// tether_mqtt_subscriptions grew with every expired session
+// (docs/upstream.md, "Expired sessions' subscriptions stay"). The
+// session's own list is left for the hooks after this one (the session
+// store reads it to forget them).
+func (g *gate) OnClientExpired(cl *mqtt.Client) {
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if g.b.Server.Topics.Unsubscribe(filter, cl.ID) {
+			atomic.AddInt64(&g.b.Server.Info.Subscriptions, -1)
+		}
+	}
+}
 
 // OnConnect refuses a CONNECT once Shutdown has begun, with CONNACK
 // "server unavailable" (0x88; 0x03 for 3.1.1): the engine then closes the

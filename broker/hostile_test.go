@@ -3,10 +3,12 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -432,5 +434,55 @@ func TestUnsubscribeNeverSubscribed(t *testing.T) {
 	}
 	if n := subscriptions(); n != 1 {
 		t.Fatalf("tether_mqtt_subscriptions %v, want 1 (the other client's)", n)
+	}
+}
+
+// TestExpiredSessionSubscriptionsGone: when a persistent session expires,
+// its subscriptions go with it. The engine kept them in its index: a new
+// clean session with the same client id got messages it never subscribed
+// to [MQTT-3.1.2-4], and tether_mqtt_subscriptions counted them forever.
+func TestExpiredSessionSubscriptionsGone(t *testing.T) {
+	b, _ := testBroker(t, nil)
+	addr := b.TCP.Address()
+	connect := func(clean bool, expiry uint32) *rawClient {
+		rc := dialRaw(t, addr)
+		cp := pp.NewControlPacket(pp.CONNECT)
+		c := cp.Content.(*pp.Connect)
+		c.ProtocolName, c.ProtocolVersion, c.ClientID, c.CleanStart = "MQTT", 5, "expiring", clean
+		c.Properties = &pp.Properties{SessionExpiryInterval: &expiry}
+		rc.send(cp)
+		if ack, ok := rc.read(5 * time.Second).Content.(*pp.Connack); !ok || ack.ReasonCode != 0 {
+			t.Fatal("no CONNACK 0")
+		}
+		return rc
+	}
+	rc := connect(true, 1)
+	s := pp.NewControlPacket(pp.SUBSCRIBE)
+	sc := s.Content.(*pp.Subscribe)
+	sc.PacketID, sc.Properties, sc.Subscriptions = 1, &pp.Properties{}, []pp.SubOptions{{Topic: "expiring/t"}}
+	rc.send(s)
+	rc.read(5 * time.Second)
+	rc.c.Close()
+	checkFor(t, 10*time.Second, func() error {
+		if _, ok := b.Server.Clients.Get("expiring"); ok {
+			return errors.New("the session has not expired yet")
+		}
+		return nil
+	})
+	if n := atomic.LoadInt64(&b.Server.Info.Subscriptions); n != 0 {
+		t.Errorf("%d subscriptions counted after the session expired, want 0", n)
+	}
+
+	rc = connect(true, 0)
+	pub := storeClient(t, addr, "pub", true, nil)
+	waitToken(t, "publish", pub.Publish("expiring/t", 0, false, "not for it"))
+	// A marker it did subscribe to, published after: had the first
+	// message been routed to it, it would come first.
+	sc.PacketID, sc.Subscriptions = 2, []pp.SubOptions{{Topic: "expiring/marker"}}
+	rc.send(s)
+	rc.read(5 * time.Second) // SUBACK
+	waitToken(t, "publish", pub.Publish("expiring/marker", 0, false, "marker"))
+	if p, ok := rc.read(5 * time.Second).Content.(*pp.Publish); !ok || p.Topic != "expiring/marker" {
+		t.Fatalf("the new session got %+v first, want the marker", p)
 	}
 }
