@@ -241,6 +241,19 @@ func (a *Auth) Stop() error {
 	return nil
 }
 
+// working counts a piece of work that Stop waits for (a.wg), unless the
+// hook has stopped: false, and then the caller does nothing. The caller
+// calls a.wg.Done when done.
+func (a *Auth) working() bool {
+	a.stopMu.Lock()
+	defer a.stopMu.Unlock()
+	if a.stopped {
+		return false
+	}
+	a.wg.Add(1)
+	return true
+}
+
 // OnConnect authenticates the client, or refuses it with the CONNACK code
 // that says why [MQTT-3.2.2-6]: 0x86 bad username or password (3.1.1:
 // 0x05) for wrong, unknown or disabled credentials, 0x87 not authorized

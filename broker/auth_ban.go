@@ -43,13 +43,9 @@ func (a *Auth) aclRefused(cl *mqtt.Client, action, topic string) {
 // CONNACK code only); their next CONNECT is refused. Bans.OnBan calls it
 // on a goroutine of its own.
 func (a *Auth) endBanned(ban devices.Ban) {
-	a.stopMu.Lock()
-	if a.stopped {
-		a.stopMu.Unlock()
+	if !a.working() {
 		return
 	}
-	a.wg.Add(1)
-	a.stopMu.Unlock()
 	defer a.wg.Done()
 	a.clients.Range(func(k, v any) bool {
 		cl, c := k.(*mqtt.Client), v.(*conn)

@@ -133,13 +133,9 @@ func (a *Auth) expire() {
 	if len(ended) == 0 {
 		return
 	}
-	a.stopMu.Lock()
-	if a.stopped {
-		a.stopMu.Unlock()
+	if !a.working() {
 		return
 	}
-	a.wg.Add(1)
-	a.stopMu.Unlock()
 	defer a.wg.Done()
 	for _, e := range ended {
 		if a.cut(e.cl, e.c, packets.ErrMaxConnectTime) {
