@@ -1,7 +1,9 @@
 package listeners
 
 import (
+	"errors"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +91,13 @@ func (c *limitConn) Read(p []byte) (int, error) {
 		}
 		n, err := c.Conn.Read(p)
 		if n == 0 {
+			if err != nil && len(c.held) > 0 && !errors.Is(err, os.ErrDeadlineExceeded) {
+				// The connection ends: what is held goes to the engine
+				// first (an unfinished packet, which ends with it), so
+				// that the engine reads the stream as it was sent.
+				c.free, c.readErr = c.given+int64(len(c.held)), err
+				continue
+			}
 			return 0, err
 		}
 		free, refused := c.frame.scan(p[:n], c.max)
@@ -104,6 +113,9 @@ func (c *limitConn) Read(p []byte) (int, error) {
 		c.held = append(c.held, p[:n]...)
 		c.free = max(free, c.given) // a held packet's header may have begun before
 		c.pending, c.readErr = refused, err
+		if err != nil && refused == nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			c.free = c.given + int64(len(c.held)) // the connection ends: as above
+		}
 	}
 }
 
