@@ -36,7 +36,7 @@ func readToEOF(t *testing.T, c net.Conn) []byte {
 
 // TestSubscribeWithoutOptionsRefused: an MQTT 5 SUBSCRIBE whose topic
 // filter has no options byte made the engine's decoder panic, which ended
-// the whole broker (7 bytes from any client that may connect). It is
+// the whole broker (8 bytes from any client that may connect). It is
 // refused with DISCONNECT 0x81 malformed packet, the client's will goes
 // out, and the broker serves the next client; with no packet size limit
 // too.

@@ -6,7 +6,7 @@ import "github.com/mochi-mqtt/server/v2/packets"
 // goroutine, which recovers no panic: a packet its decoder panics on ends
 // the whole process, every client with it. Its SUBSCRIBE decoder does, on
 // an MQTT 5 SUBSCRIBE whose last topic filter has no options byte
-// (docs/upstream.md, "SUBSCRIBE decoder panics"): seven bytes from any
+// (docs/upstream.md, "A SUBSCRIBE the decoder panics on"): eight bytes from any
 // client that has connected.
 //
 // So the packets a client sends a few of per connection (CONNECT,
