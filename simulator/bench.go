@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -107,9 +108,23 @@ func (c *BenchConfig) validate() error {
 		return fmt.Errorf("drain: %s is outside 0..24h", c.Drain)
 	case c.ConnectConcurrency < 1 || c.ConnectConcurrency > 10_000:
 		return fmt.Errorf("connect concurrency: %d is outside 1..10000", c.ConnectConcurrency)
+	case strings.ContainsAny(c.Topic, "#+\x00"):
+		return fmt.Errorf("topic: %q holds a wildcard (+, #) or NUL: it is a prefix of topics to publish to", c.Topic)
+	case c.PID < 0:
+		return fmt.Errorf("pid: %d is not a process id", c.PID)
+	case !validProgress(c.Progress):
+		return fmt.Errorf("progress: %s is under %s (negative: no progress lines)", c.Progress, minProgress)
 	}
 	return nil
 }
+
+// minProgress is the shortest progress period: a shorter one floods
+// stderr (1ns wrote a line per scheduler tick).
+const minProgress = 100 * time.Millisecond
+
+// validProgress reports whether d is a progress period: negative (none)
+// or at least minProgress.
+func validProgress(d time.Duration) bool { return d < 0 || d >= minProgress }
 
 // setKBPerConn divides the broker's memory growth by the connections it
 // holds: those opened, not those tried (with 80,010 of 100,000 refused,

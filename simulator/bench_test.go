@@ -229,3 +229,28 @@ func TestHistogram(t *testing.T) {
 		}
 	}
 }
+
+// TestNoJitter: `sim --jitter 0` (NoJitter) waits exactly the interval;
+// a Jitter of 0 alone is the default ±10 % (--jitter 0 got ±10 %).
+func TestNoJitter(t *testing.T) {
+	spread := func(cfg SimConfig) (lo, hi time.Duration) {
+		cfg.setDefaults()
+		dl, err := newDialer(Endpoint{Transport: TransportTCP, Host: "127.0.0.1:1"}, TLSOptions{}, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := newDevice(&fleetRun{cfg: &cfg, dialer: dl}, Credential{ID: "d1"}, DefaultFleet().Assign(1)[0], 1)
+		lo, hi = time.Hour, 0
+		for range 1000 {
+			w := d.jittered(time.Second)
+			lo, hi = min(lo, w), max(hi, w)
+		}
+		return lo, hi
+	}
+	if lo, hi := spread(SimConfig{NoJitter: true}); lo != time.Second || hi != time.Second {
+		t.Errorf("NoJitter: waits of %s..%s, want exactly 1s", lo, hi)
+	}
+	if lo, hi := spread(SimConfig{}); lo < 900*time.Millisecond || hi > 1100*time.Millisecond || hi-lo < 100*time.Millisecond {
+		t.Errorf("default jitter: waits of %s..%s, want spread over 0.9s..1.1s", lo, hi)
+	}
+}

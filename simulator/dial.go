@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -82,9 +85,8 @@ func newDialer(ep Endpoint, opts TLSOptions, timeout time.Duration) (*dialer, er
 	}
 	if ep.Transport == TransportWS || ep.Transport == TransportWSS {
 		d.http = &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     d.tls,
-			TLSHandshakeTimeout: timeout,
-			DisableKeepAlives:   true,
+			DialTLSContext:    func(ctx context.Context, _, addr string) (net.Conn, error) { return d.dialTLS(ctx, addr) },
+			DisableKeepAlives: true,
 		}}
 	}
 	return d, nil
@@ -99,8 +101,7 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 		var nd net.Dialer
 		return nd.DialContext(ctx, "tcp", d.ep.Host)
 	case TransportTLS:
-		td := tls.Dialer{Config: d.tls}
-		return td.DialContext(ctx, "tcp", d.ep.Host)
+		return d.dialTLS(ctx, d.ep.Host)
 	case TransportWS, TransportWSS:
 		scheme := "http"
 		if d.ep.Transport == TransportWSS {
@@ -126,6 +127,42 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 		return websocket.NetConn(context.Background(), c, websocket.MessageBinary), nil
 	}
 	return nil, fmt.Errorf("dial: unknown transport %q", d.ep.Transport)
+}
+
+// dialTLS opens a TCP connection to addr and completes the TLS handshake
+// on it, explaining a handshake that a plain port ends: a plain MQTT port
+// closes the connection (bare "EOF"), a plain HTTP port answers in clear.
+func (d *dialer) dialTLS(ctx context.Context, addr string) (net.Conn, error) {
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(conn, d.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("tls handshake with %s: %w", addr, explainHandshake(err))
+	}
+	return tc, nil
+}
+
+// errNotTLS wraps a handshake error that a port without TLS causes.
+type errNotTLS struct{ err error }
+
+func (e errNotTLS) Error() string {
+	return "server does not speak TLS on this port? (" + e.err.Error() + ")"
+}
+func (e errNotTLS) Unwrap() error { return e.err }
+
+// explainHandshake says when a failed handshake looks like a plain port:
+// the server closed or reset the connection, or answered with something
+// that is not a TLS record.
+func explainHandshake(err error) error {
+	var rh tls.RecordHeaderError
+	if errors.As(err, &rh) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		return errNotTLS{err}
+	}
+	return err
 }
 
 // openFn returns the paho hook that opens a connection and hands it to

@@ -30,7 +30,8 @@ type SimConfig struct {
 	CredsOut    io.Writer // if set, provisioned credentials are written here (JSON lines)
 
 	Interval      time.Duration // telemetry period for all profiles; 0 means each profile's
-	Jitter        float64       // ± share of each wait; default 0.1
+	Jitter        float64       // ± share of each wait, up to 1; default 0.1
+	NoJitter      bool          // exact waits (Jitter 0 means the default)
 	QoS           byte          // telemetry QoS
 	Duration      time.Duration // 0 means until ctx ends
 	CleanSession  bool          // default false: persistent sessions, as real devices use
@@ -49,7 +50,9 @@ func (c *SimConfig) setDefaults() {
 	if c.Fleet == nil {
 		c.Fleet = DefaultFleet()
 	}
-	if c.Jitter == 0 {
+	if c.NoJitter {
+		c.Jitter = 0
+	} else if c.Jitter == 0 {
 		c.Jitter = 0.1
 	}
 	if c.ChurnDowntime == 0 {
@@ -97,11 +100,28 @@ func (c *SimConfig) validate() error {
 		return errors.New("duration: must not be negative")
 	case !(c.Churn >= 0 && c.Churn <= 60): // NaN too
 		return fmt.Errorf("churn: %g is outside 0..60 (share of the fleet per minute)", c.Churn)
+	case c.ChurnDowntime < 0 || c.ChurnDowntime > 24*time.Hour:
+		return fmt.Errorf("churn downtime: %s is outside 0..24h", c.ChurnDowntime)
+	case !validProgress(c.Progress):
+		return fmt.Errorf("progress: %s is under %s (negative: no progress lines)", c.Progress, minProgress)
 	case c.ConnectConcurrency < 1 || c.ConnectConcurrency > 10_000:
 		return fmt.Errorf("connect concurrency: %d is outside 1..10000", c.ConnectConcurrency)
+	case len(c.Credentials) == 0 && !ValidDeviceID(deviceID(c.Prefix, max(c.Devices, 1))):
+		return fmt.Errorf("prefix: %q makes the invalid device id %q", c.Prefix, deviceID(c.Prefix, max(c.Devices, 1)))
 	}
 	return nil
 }
+
+// Validate reports the first setting RunSim would refuse, without
+// connecting anywhere: a command line checks its flags with it before it
+// prints or connects. The endpoint is RunSim's to check.
+func (c SimConfig) Validate() error {
+	c.setDefaults()
+	return c.validate()
+}
+
+// deviceID is the id of the i-th device (from 1) a run makes up.
+func deviceID(prefix string, i int) string { return fmt.Sprintf("%s%05d", prefix, i) }
 
 // fleetRun is what the devices of one run share.
 type fleetRun struct {
@@ -188,10 +208,7 @@ func identities(ctx context.Context, cfg *SimConfig) ([]Credential, []*Profile, 
 	}
 	specs := make([]DeviceSpec, n)
 	for i := range specs {
-		id := fmt.Sprintf("%s%05d", cfg.Prefix, i+1)
-		if !ValidDeviceID(id) {
-			return nil, nil, fmt.Errorf("identities: prefix %q makes the invalid device id %q", cfg.Prefix, id)
-		}
+		id := deviceID(cfg.Prefix, i+1) // valid: validate checked the longest
 		labels := map[string]string{"simulator": "tether-sim", "profile": profiles[i].Name}
 		for k, v := range profiles[i].Labels {
 			labels[k] = v

@@ -30,11 +30,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	pid := fs.Int("pid", 0, "broker process id, to report its resident memory from /proc")
 	conc := fs.Int("connect-concurrency", 64, "connects in flight at once")
 	drain := durationFlag(fs, "drain", 0, "longest wait for messages in flight after publishing stops (default 5s)")
-	every := durationFlag(fs, "progress", 0, "progress line period on stderr (default 2s; negative: none)")
-	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss)")
+	every := durationFlag(fs, "progress", 0, "progress line period on stderr, at least 100ms (default 2s; negative: none)")
+	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss; refused for tcp, ws)")
 	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the broker's TLS certificate (development only)")
 	allowRemote := fs.Bool("allow-remote", false, "allow a broker that is not on a loopback address")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	// Every flag is checked before anything is printed or connected
+	// (RunBench checks the ranges before it connects).
+	if err := refuseZero(fs, map[string]string{
+		"size": "at least 20 bytes", "duration": "a positive duration", "pubs": "at least 1", "subs": "at least 1",
+		"conns": "at least 1", "inflight": "at least 1", "connect-concurrency": "at least 1", "drain": "a positive duration",
+		"progress": "a period of at least 100ms, or a negative one for none", "topic": "a topic prefix",
+	}); err != nil {
 		return err
 	}
 	if *qos > 2 {
@@ -42,6 +51,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ep, err := simulator.ParseEndpoint(*broker, *transport, "")
 	if err != nil {
+		return err
+	}
+	if err := checkTLSFlags(ep, *ca, *insecure, false); err != nil {
 		return err
 	}
 	res, err := simulator.RunBench(ctx, simulator.BenchConfig{

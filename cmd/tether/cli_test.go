@@ -217,3 +217,31 @@ func TestStartupLog(t *testing.T) {
 		t.Errorf("browserHost(:8080) = %s", got)
 	}
 }
+
+// TestStartupLogPublicURL: behind a proxy (http.public_url set) the
+// start-up line of the real binary says to open the public URL, not the
+// listen address, and still lists the listeners.
+func TestStartupLogPublicURL(t *testing.T) {
+	p := newTetherProc(t, tetherBinary(t), "TETHER_HTTP_PUBLIC_URL=https://iot.example.com")
+	p.args = []string{"--log-level", "info"}
+	p.start(t)
+	defer p.stop(t)
+	var ready string
+	checkFor(t, 10*time.Second, func() error {
+		for _, line := range strings.Split(p.log(), "\n") {
+			if strings.Contains(line, "tether ready") {
+				ready = line
+				return nil
+			}
+		}
+		return errString("no start-up line yet")
+	})
+	for _, want := range []string{"open https://iot.example.com/", "http=http://" + p.http + "/", "mqtt=tcp://" + p.mqtt} {
+		if !strings.Contains(ready, want) {
+			t.Errorf("start-up line lacks %q: %s", want, ready)
+		}
+	}
+	if strings.Contains(ready, "open http://") {
+		t.Errorf("start-up line sends people to the listen address: %s", ready)
+	}
+}

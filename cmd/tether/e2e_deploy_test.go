@@ -163,6 +163,7 @@ func TestDeployNginx(t *testing.T) {
 		}
 		return nil
 	})
+	checkMetricsRestricted(t, "nginx", base, pool)
 	// Plain HTTP is sent to HTTPS; a name other than Tether's gets nothing.
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	if res, err := noRedirect.Get("http://localhost:" + httpPort + "/"); err != nil || res.StatusCode != http.StatusMovedPermanently {
@@ -318,10 +319,51 @@ func TestDeployCaddy(t *testing.T) {
 		c.Close()
 		return nil
 	})
+	checkMetricsRestricted(t, "caddy", "https://localhost:"+httpsPort, pool)
 	// A browser-like upgrade: the page's origin through Caddy passes.
 	conn := dialWSOrigin(t, wss, tlsConf, "https://localhost:"+httpsPort)
 	rawHandshake(t, conn, 4, nextID("caddy"))
 	conn.Close()
+}
+
+// checkMetricsRestricted: through the proxy at base, /metrics answers
+// this machine (127.0.0.1) and refuses anyone else with 403, however the
+// path is spelt, while the rest still answers everyone. 127.0.0.2 plays
+// someone else: it is loopback to Linux, but not an address the files
+// allow. (Both files proxied /metrics to the world.)
+func checkMetricsRestricted(t *testing.T, proxy, base string, pool *x509.CertPool) {
+	t.Helper()
+	from := func(ip string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+		tr := &http.Transport{DialContext: d.DialContext, TLSClientConfig: &tls.Config{RootCAs: pool}}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 10 * time.Second,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	get := func(c *http.Client, path string) (int, string) {
+		t.Helper()
+		res, err := c.Get(base + path)
+		if err != nil {
+			t.Fatalf("GET %s through %s: %v", path, proxy, err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	inside, outside := from("127.0.0.1"), from("127.0.0.2")
+	if code, body := get(inside, "/metrics"); code != http.StatusOK || !strings.Contains(body, "tether_build_info") {
+		t.Errorf("GET /metrics through %s from 127.0.0.1: %d, want 200 with Tether's metrics", proxy, code)
+	}
+	for _, path := range []string{"/metrics", "//metrics", "/%6Detrics", "/metrics?format=text"} {
+		if code, body := get(outside, path); code != http.StatusForbidden || strings.Contains(body, "tether_") {
+			t.Errorf("GET %s through %s from 127.0.0.2: %d (Tether's metrics: %v), want 403", path, proxy, code, strings.Contains(body, "tether_"))
+		}
+	}
+	for _, path := range []string{"/healthz", "/"} {
+		if code, _ := get(outside, path); code != http.StatusOK {
+			t.Errorf("GET %s through %s from 127.0.0.2: %d, want 200", path, proxy, code)
+		}
+	}
 }
 
 // dialWSOrigin is dialWS with an Origin header, as a browser sends.

@@ -113,6 +113,11 @@ func (a *app) logReady(log *slog.Logger) {
 			open = "https://" + browserHost(v) + "/"
 		}
 	}
+	if open != "" && a.cfg.HTTP.PublicURL != "" {
+		// Behind a proxy the listen address is not where people go
+		// (deploy/README.md); the listeners stay in the attributes.
+		open = strings.TrimRight(a.cfg.HTTP.PublicURL, "/") + "/"
+	}
 	attrs = append(attrs, "data_dir", dir, "database", a.db.String())
 	msg := "tether ready"
 	if open != "" {

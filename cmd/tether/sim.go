@@ -27,15 +27,15 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	prefix := fs.String("prefix", "", "device id prefix for registered devices (default sim-XXXX- with a random XXXX)")
 	profile := fs.String("profile", "", "fleet file (YAML) or the name of a built-in profile: thermostat, power-meter, gps-tracker (default: all three)")
 	interval := durationFlag(fs, "interval", 0, "telemetry period of every device (default: each profile's)")
-	jitter := fs.Float64("jitter", 0.1, "± share by which each wait varies")
+	jitter := fs.Float64("jitter", 0.1, "± share by which each wait varies, 0..1 (0: exact periods)")
 	qos := fs.Uint("qos", 0, "telemetry QoS: 0, 1 or 2")
 	duration := durationFlag(fs, "duration", 0, "how long to run, e.g. 10m or 1d (0: until interrupted)")
 	clean := fs.Bool("clean", false, "use clean sessions instead of persistent ones")
 	churn := fs.Float64("churn", 0, "share of the fleet dropping off abruptly per minute, e.g. 0.05")
 	churnDown := durationFlag(fs, "churn-downtime", 0, "how long a churned device stays away (default 30s)")
 	conc := fs.Int("connect-concurrency", 32, "connects in flight at once")
-	every := durationFlag(fs, "progress", 0, "progress line period on stderr (default 5s; negative: none)")
-	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss) and an https --server's")
+	every := durationFlag(fs, "progress", 0, "progress line period on stderr, at least 100ms (default 5s; negative: none)")
+	ca := fs.String("ca", "", "PEM file of the CA that signed the broker's certificate (tls, wss) and an https --server's (refused with neither)")
 	insecure := fs.Bool("insecure-skip-verify", false, "do not verify the TLS certificates of the broker and an https --server (development only)")
 	allowRemote := fs.Bool("allow-remote", false, "allow a broker that is not on a loopback address")
 	seed := fs.Uint64("seed", 0, "random seed (default: random)")
@@ -44,18 +44,50 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	// Every flag is checked before anything is printed or connected.
+	if err := refuseZero(fs, map[string]string{
+		"devices": "at least 1", "interval": "a period of at least 10ms", "churn-downtime": "a positive duration",
+		"connect-concurrency": "at least 1", "progress": "a period of at least 100ms, or a negative one for none",
+	}); err != nil {
+		return err
+	}
 	if *server != "" && *token == "" {
 		*token = savedToken(*server) // the login of tether login, for that server only
 	}
 	if *qos > 2 {
 		return fmt.Errorf("--qos: %d is not 0, 1 or 2", *qos)
 	}
-
+	if _, err := simulator.ParseEndpoint(*broker, *transport, ""); err != nil {
+		return err
+	}
 	tlsOpts := simulator.TLSOptions{CAFile: *ca, InsecureSkipVerify: *insecure}
 	api, err := tlsOpts.HTTPClient(60 * time.Second) // an https --server trusts what the broker's connections trust
 	if err != nil {
 		return fmt.Errorf("--ca: %w", err)
 	}
+	fleet, err := simulator.LoadFleet(*profile)
+	if err != nil {
+		return err
+	}
+	cfg := simulator.SimConfig{
+		AllowRemote: *allowRemote,
+		TLS:         tlsOpts,
+		Fleet:       fleet, Devices: *devices, Prefix: *prefix,
+		Interval: *interval, Jitter: *jitter, NoJitter: *jitter == 0, QoS: byte(*qos), Duration: *duration,
+		CleanSession: *clean, Churn: *churn, ChurnDowntime: *churnDown,
+		ConnectConcurrency: *conc, Progress: *every, Seed: *seed,
+	}
+	if *creds != "" {
+		if cfg.Credentials, err = simulator.LoadCredentials(*creds); err != nil {
+			return err
+		}
+	} else if cfg.Devices == 0 {
+		cfg.Devices = 10
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+
 	raw := *broker
 	if raw == "" && *server != "" {
 		// Ask the server where its broker listens: its MQTT port need not
@@ -70,30 +102,21 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			raw = found
 		}
 	}
-	ep, err := simulator.ParseEndpoint(raw, *transport, "")
-	if err != nil {
+	if cfg.Endpoint, err = simulator.ParseEndpoint(raw, *transport, ""); err != nil {
 		return err
 	}
-	fleet, err := simulator.LoadFleet(*profile)
-	if err != nil {
+	ep := cfg.Endpoint
+	if err := ep.CheckLoopback(*allowRemote); err != nil {
 		return err
 	}
-	cfg := simulator.SimConfig{
-		Endpoint: ep, AllowRemote: *allowRemote,
-		TLS:   tlsOpts,
-		Fleet: fleet, Devices: *devices, Prefix: *prefix,
-		Interval: *interval, Jitter: *jitter, QoS: byte(*qos), Duration: *duration,
-		CleanSession: *clean, Churn: *churn, ChurnDowntime: *churnDown,
-		ConnectConcurrency: *conc, Progress: *every, Seed: *seed,
+	if err := checkTLSFlags(ep, *ca, *insecure, strings.HasPrefix(strings.ToLower(*server), "https://")); err != nil {
+		return err
 	}
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	switch {
 	case *creds != "":
-		if cfg.Credentials, err = simulator.LoadCredentials(*creds); err != nil {
-			return err
-		}
 	case *server != "":
 		prov := &simulator.Provisioner{Server: *server, Token: *token, Client: api}
 		cfg.Provisioner = prov
@@ -111,9 +134,6 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				fmt.Fprintf(stderr, "sim: cleanup: deleted the %d devices registered\n", n)
 			}()
 		}
-		if cfg.Devices == 0 {
-			cfg.Devices = 10
-		}
 		if *credsOut != "" {
 			f, err := os.OpenFile(*credsOut, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 			if err != nil {
@@ -123,9 +143,6 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			cfg.CredsOut = f
 		}
 	default:
-		if cfg.Devices == 0 {
-			cfg.Devices = 10
-		}
 		fmt.Fprintln(stderr, "sim: no --creds or --server: devices connect without a password (for brokers that allow anonymous clients)")
 	}
 
