@@ -166,6 +166,43 @@ func TestCommandsWriteTransientFailsBatch(t *testing.T) {
 	}
 }
 
+// TestCommandsWriteRidesOutShortFault: the database is locked by another
+// connection for a while, then no longer: the batch that met the lock is
+// written once it is gone, nothing counted as failed, the commands open.
+// (Before, the batch failed on its second try and its changes were lost.)
+func TestCommandsWriteRidesOutShortFault(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	var logs syncBuffer
+	c := openLoggedCommands(t, db, &logs)
+	release := holdWrites(t, db, "commands")
+	now := time.Now().UTC()
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		applyBatch(t, c, []commandOp{mqttCommand(t, "m1", "d1", now), mqttCommand(t, "m2", "d2", now)})
+	}()
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "writing the batch again") })
+	// The fault lasts 1.5 s more (its length, not a wait for a state).
+	time.Sleep(1500 * time.Millisecond)
+	release()
+	<-applied
+	if n, w := count(c.m.dbErrors), count(c.m.writeErrors); n != 0 || w != 0 {
+		t.Errorf("db_error %d, write_error %d; want 0, 0", n, w)
+	}
+	for _, id := range []string{"m1", "m2"} {
+		if got, err := c.Get(ctx, id); err != nil || got.Status != StatusPending {
+			t.Errorf("%s after the fault: %+v, %v", id, got, err)
+		}
+		if _, open := c.OpenFor(id); !open {
+			t.Errorf("%s is not open", id)
+		}
+	}
+	if out := logs.String(); strings.Contains(out, "level=ERROR") {
+		t.Errorf("an error logged:\n%s", out)
+	}
+}
+
 // TestCommandsWriteRetriesLostConnection: PostgreSQL ends the writer's
 // connection midway through a batch: the batch is written again on
 // another connection, and no change is lost.
