@@ -21,8 +21,8 @@ const (
 // fault of the database rather than of the batch (database.IsTransient:
 // busy, locked, the connection lost, a restart), waiting 50 ms, then
 // twice as long each time up to 1 s, for at most retryFor after the first
-// failure, so that a short fault loses nothing. Each call gets a context
-// of its own with timeout each. Closing stop (the store's Close) ends the
+// failure, so that a short fault loses nothing. Each call has a context
+// of its own, which ends after each. Closing stop (the store's Close) ends the
 // waiting: the last error is returned. The first retry of a batch is
 // logged at WARN under name (the store).
 func retryTransient(stop <-chan struct{}, log *slog.Logger, name string, each time.Duration,

@@ -137,7 +137,8 @@ func TestCommandsWriteIsolatesFailingChange(t *testing.T) {
 
 // TestCommandsWriteTransientFailsBatch: a fault of the database rather
 // than of a change (every write waits on a lock held elsewhere until it
-// gives up) fails the batch as a whole, as before: no change is counted
+// gives up), outlasting the writer's retries (retryFor), fails the batch
+// as a whole, as before: no change is counted
 // as refused (db_error) or blamed on its device; they are counted as
 // write_error. Once the lock is gone, the next batch is written.
 func TestCommandsWriteTransientFailsBatch(t *testing.T) {

@@ -178,8 +178,9 @@ func TestTelemetryWriteIsolatesFailingDevice(t *testing.T) {
 
 // TestTelemetryWriteTransientFailsBatch: a fault of the database rather
 // than of a device's points (every write waits on a lock held elsewhere
-// until it gives up: SQLITE_BUSY, PostgreSQL's lock_not_available) fails
-// the batch as a whole, as any failed batch did before: no device's
+// until it gives up: SQLITE_BUSY, PostgreSQL's lock_not_available) and
+// outlasts the writer's retries (retryFor) fails the batch as a whole, as
+// any failed batch did before: no device's
 // points are dropped and logged as refused one by one (each would wait
 // out the lock in turn). Once the lock is gone, the next batch is stored.
 func TestTelemetryWriteTransientFailsBatch(t *testing.T) {
