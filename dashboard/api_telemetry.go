@@ -2,7 +2,9 @@ package dashboard
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -15,6 +17,10 @@ import (
 const (
 	defaultTelemetryRange = time.Hour
 	defaultTelemetryLimit = 1000
+	// maxPointsAnswer is about the most bytes of points one JSON answer
+	// holds (10,000 points of 64 KiB would be 640 MB): the answer ends at
+	// the first point past it, and says so (writePoints).
+	maxPointsAnswer = 32 << 20
 )
 
 // unavailable is a 503 for a part of the API that is not wired in.
@@ -97,26 +103,39 @@ func (a *API) getTelemetry(w http.ResponseWriter, r *http.Request) error {
 
 // writePoints streams {"points":[...]} as the store decodes the points,
 // so that an answer of 10,000 points of up to 64 KiB each is never held
-// whole, as points and again as their encoding. A failure once the answer
-// has begun cuts it short: JSON that does not parse, never an answer that
-// looks complete.
+// whole, as points and again as their encoding. An answer that reaches
+// maxPointsAnswer bytes ends before the next point, with "truncated":
+// true and "next_from", that point's time: a query from there goes on
+// (and answers again the points of that millisecond this one held). A
+// failure once the answer has begun cuts it short: JSON that does not
+// parse, never an answer that looks complete.
 func (a *API) writePoints(w http.ResponseWriter, r *http.Request, id string, from, to time.Time, limit int) error {
 	var ew *exportWriter
+	cw := &countWriter{w: w}
 	begin := func() {
 		h := w.Header()
 		h.Set("Content-Type", "application/json")
 		h.Set("Cache-Control", "no-store")
-		ew = &exportWriter{w: w, enc: json.NewEncoder(w)}
+		ew = &exportWriter{w: cw, enc: json.NewEncoder(cw)}
 		ew.raw(`{"points":[`)
 	}
+	var next time.Time
 	err := a.telemetry.EachPoint(r.Context(), id, from, to, limit, func(p devices.Point) error {
 		if ew == nil {
 			begin()
+		}
+		if cw.n >= maxPointsAnswer {
+			next = p.TS
+			return errAnswerFull
 		}
 		ew.row(p)
 		return ew.err
 	})
 	switch {
+	case errors.Is(err, errAnswerFull):
+		ts, _ := next.MarshalJSON()
+		ew.raw(`],"truncated":true,"next_from":` + string(ts) + "}\n")
+		return ew.err
 	case err != nil && ew == nil:
 		return registryError(err, "device")
 	case err != nil:
@@ -126,6 +145,21 @@ func (a *API) writePoints(w http.ResponseWriter, r *http.Request, id string, fro
 	}
 	ew.raw("]}\n")
 	return ew.err
+}
+
+// errAnswerFull stops an answer that holds as much as it may.
+var errAnswerFull = errors.New("answer full")
+
+// countWriter counts the bytes written through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
 }
 
 // timeParam reads an RFC 3339 or Unix-milliseconds query parameter.

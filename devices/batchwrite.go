@@ -4,9 +4,58 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"github.com/tether-iot/tether/devices/database"
 )
+
+// How a batch that a fault of the database failed is written again.
+const (
+	retryFor   = 5 * time.Second         // after its first failure, at most
+	retryFirst = 50 * time.Millisecond   // the first wait, doubled each time
+	retryMax   = 1000 * time.Millisecond // the longest wait
+)
+
+// retryTransient calls write, and calls it again while it fails with a
+// fault of the database rather than of the batch (database.IsTransient:
+// busy, locked, the connection lost, a restart), waiting 50 ms, then
+// twice as long each time up to 1 s, for at most retryFor after the first
+// failure, so that a short fault loses nothing. Each call has a context
+// of its own, which ends after each. Closing stop (the store's Close) ends the
+// waiting: the last error is returned. The first retry of a batch is
+// logged at WARN under name (the store).
+func retryTransient(stop <-chan struct{}, log *slog.Logger, name string, each time.Duration,
+	write func(ctx context.Context) error) error {
+	var deadline time.Time
+	wait := retryFirst
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), each)
+		err := write(ctx)
+		cancel()
+		if err == nil || !database.IsTransient(err) {
+			if err == nil && attempt > 1 {
+				log.Info(name+": batch written after a fault of the database", "attempts", attempt)
+			}
+			return err
+		}
+		if attempt == 1 {
+			deadline = time.Now().Add(retryFor)
+			log.Warn(name+": fault of the database, writing the batch again", "error", err)
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-stop:
+			timer.Stop()
+			return err
+		case <-timer.C:
+		}
+		wait = min(2*wait, retryMax)
+	}
+}
 
 // batchWrite is one batch of a batch writer (twins, commands, telemetry),
 // written so that an item the database refuses loses only itself: the

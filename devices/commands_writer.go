@@ -65,22 +65,25 @@ type change struct {
 // refuses is dropped alone (batchWrite): counted as a db_error, logged
 // (the first of each device per minute, never params or result), and a
 // command it would have recorded is no longer open; the other changes are
-// written. When the whole batch fails (the database, not one change), all
-// of its changes are counted as write_error.
+// written. A fault of the database (not of one change) fails the whole
+// batch, which is written again for a few seconds (retryTransient); when
+// that fails too, all of its changes are counted as write_error.
 func (c *Commands) apply(batch []commandOp) {
 	defer func() {
 		for i := range batch {
 			c.budget.give(batch[i].cost())
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	done := make([]opDone, len(batch))
-	failed, err := (&batchWrite{name: "commands write", n: len(batch), one: func(ctx context.Context, tx *sql.Tx, i int) error {
-		var err error
-		done[i], err = c.applyOp(ctx, tx, &batch[i])
+	var failed []itemFailure
+	err := retryTransient(c.stop, c.log, "commands", 30*time.Second, func(ctx context.Context) (err error) {
+		failed, err = (&batchWrite{name: "commands write", n: len(batch), one: func(ctx context.Context, tx *sql.Tx, i int) error {
+			var err error
+			done[i], err = c.applyOp(ctx, tx, &batch[i])
+			return err
+		}}).run(ctx, c.db.W)
 		return err
-	}}).run(ctx, c.db.W)
+	})
 	if err != nil {
 		c.m.writeErrors.Add(float64(len(batch)))
 		c.log.Error("commands: write", "changes", len(batch), "error", err)

@@ -137,7 +137,8 @@ func TestCommandsWriteIsolatesFailingChange(t *testing.T) {
 
 // TestCommandsWriteTransientFailsBatch: a fault of the database rather
 // than of a change (every write waits on a lock held elsewhere until it
-// gives up) fails the batch as a whole, as before: no change is counted
+// gives up), outlasting the writer's retries (retryFor), fails the batch
+// as a whole, as before: no change is counted
 // as refused (db_error) or blamed on its device; they are counted as
 // write_error. Once the lock is gone, the next batch is written.
 func TestCommandsWriteTransientFailsBatch(t *testing.T) {
@@ -163,6 +164,44 @@ func TestCommandsWriteTransientFailsBatch(t *testing.T) {
 	applyBatch(t, c, []commandOp{mqttCommand(t, "m3", "d1", now)})
 	if got, err := c.Get(ctx, "m3"); err != nil || got.Status != StatusPending {
 		t.Errorf("m3 after the lock: %+v, %v", got, err)
+	}
+}
+
+// TestCommandsWriteRidesOutShortFault: the database is locked by another
+// connection for a while, then no longer: the batch that met the lock is
+// written once it is gone, nothing counted as failed, the commands open.
+// (Before, the batch failed on its second try and its changes were lost.)
+func TestCommandsWriteRidesOutShortFault(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	var logs syncBuffer
+	c := openLoggedCommands(t, db, &logs)
+	release := holdWrites(t, db, "commands")
+	now := time.Now().UTC()
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		applyBatch(t, c, []commandOp{mqttCommand(t, "m1", "d1", now), mqttCommand(t, "m2", "d2", now)})
+	}()
+	// The writer has met the lock once it logs (a retry, or the batch lost).
+	waitFor(t, func() bool { return logs.String() != "" })
+	// The fault lasts 1.5 s more (its length, not a wait for a state).
+	time.Sleep(1500 * time.Millisecond)
+	release()
+	<-applied
+	if n, w := count(c.m.dbErrors), count(c.m.writeErrors); n != 0 || w != 0 {
+		t.Errorf("db_error %d, write_error %d; want 0, 0", n, w)
+	}
+	for _, id := range []string{"m1", "m2"} {
+		if got, err := c.Get(ctx, id); err != nil || got.Status != StatusPending {
+			t.Errorf("%s after the fault: %+v, %v", id, got, err)
+		}
+		if _, open := c.OpenFor(id); !open {
+			t.Errorf("%s is not open", id)
+		}
+	}
+	if out := logs.String(); strings.Contains(out, "level=ERROR") {
+		t.Errorf("an error logged:\n%s", out)
 	}
 }
 

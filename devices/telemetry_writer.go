@@ -115,12 +115,16 @@ func (t *Telemetry) maxBatchBytes() int64 { return max(min(t.opts.QueueBytes/2, 
 // writes the database refuses loses this batch's points alone
 // (batchWrite): they are counted as db_error and logged (the first of
 // each device per minute, never the values); the other devices' points
-// are written.
+// are written. A fault of the database fails the transaction, which is
+// written again, from what was committed before, for a few seconds
+// (retryTransient); meanwhile points queue up to the queue's bounds.
 func (t *Telemetry) writeBatch(batch []queued) error {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	lost, err := t.writeTx(ctx, batch)
+	var lost int
+	err := retryTransient(t.stop, t.log, "telemetry", time.Minute, func(ctx context.Context) (err error) {
+		lost, err = t.writeTx(ctx, batch)
+		return err
+	})
 	if err != nil {
 		t.m.writeErrors.Inc()
 		t.log.Error("telemetry: write batch", "points", len(batch), "error", err)

@@ -35,6 +35,13 @@ func newTelemetryRun(t *testing.T, devices ...string) *telemetryRun {
 // k-th point, and a secret string), interleaved, and flushes them.
 func (r *telemetryRun) batch(n int, devices ...string) error {
 	r.t.Helper()
+	r.add(n, devices...)
+	return r.tel.Flush(context.Background())
+}
+
+// add queues n points of each device, as batch does, without flushing.
+func (r *telemetryRun) add(n int, devices ...string) {
+	r.t.Helper()
 	for range n {
 		for _, d := range devices {
 			k := r.next[d]
@@ -46,7 +53,6 @@ func (r *telemetryRun) batch(n int, devices ...string) error {
 			}
 		}
 	}
-	return r.tel.Flush(context.Background())
 }
 
 // stored returns the "n" of device's points, in time order.
@@ -172,8 +178,9 @@ func TestTelemetryWriteIsolatesFailingDevice(t *testing.T) {
 
 // TestTelemetryWriteTransientFailsBatch: a fault of the database rather
 // than of a device's points (every write waits on a lock held elsewhere
-// until it gives up: SQLITE_BUSY, PostgreSQL's lock_not_available) fails
-// the batch as a whole, as any failed batch did before: no device's
+// until it gives up: SQLITE_BUSY, PostgreSQL's lock_not_available) and
+// outlasts the writer's retries (retryFor) fails the batch as a whole, as
+// any failed batch did before: no device's
 // points are dropped and logged as refused one by one (each would wait
 // out the lock in turn). Once the lock is gone, the next batch is stored.
 func TestTelemetryWriteTransientFailsBatch(t *testing.T) {
@@ -197,6 +204,39 @@ func TestTelemetryWriteTransientFailsBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.check(map[string]int{"d1": 2, "d2": 2, "d3": 2})
+}
+
+// TestTelemetryWriteRidesOutShortFault: the database is locked by
+// another connection for a while (SQLITE_BUSY, PostgreSQL's
+// lock_not_available, as in TestTelemetryWriteTransientFailsBatch), and
+// then no longer: the batch that met the lock is written once it is gone,
+// and the points queued meanwhile after it; nothing is lost or counted as
+// failed. (Before, the batch failed on its second try and was lost.)
+func TestTelemetryWriteRidesOutShortFault(t *testing.T) {
+	r := newTelemetryRun(t, "d1", "d2", "d3")
+	release := holdWrites(t, r.db, "telemetry_chunks")
+	r.add(3, "d1", "d2", "d3")
+	flushed := make(chan error, 1)
+	go func() { flushed <- r.tel.Flush(context.Background()) }()
+	// The writer has met the lock once it logs (a retry, or the batch lost).
+	waitFor(t, func() bool { return r.logs.String() != "" })
+	r.add(2, "d1", "d2", "d3") // points that come during the fault
+	// The fault lasts 1.5 s more (its length, not a wait for a state).
+	time.Sleep(1500 * time.Millisecond)
+	release()
+	if err := <-flushed; err != nil {
+		t.Fatalf("the batch failed: %v", err)
+	}
+	if err := r.tel.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.check(map[string]int{"d1": 5, "d2": 5, "d3": 5})
+	if n, b := count(r.tel.m.dbErrors), count(r.tel.m.writeErrors); n != 0 || b != 0 {
+		t.Errorf("db_error %d, failed batches %d; want 0, 0", n, b)
+	}
+	if out := r.logs.String(); !strings.Contains(out, "telemetry: batch written after a fault of the database") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("want the retry and its success logged, no error:\n%s", out)
+	}
 }
 
 // TestTelemetryWriteRetriesLostConnection: PostgreSQL ends the writer's

@@ -5,6 +5,11 @@
 import { allDevices, get, enc } from './api.js';
 import { live } from './live.js';
 
+const FETCH_EACH = 10;          // devices asked about one by one per 500 ms
+const RELOAD_EVERY = 30000;     // ms between registry loads for many unknown ids
+const MISSING_FOR = 60000;      // ms an id the registry has not is not asked about again
+const MISSING_MAX = 10000;      // such ids remembered
+
 class Fleet {
   constructor() {
     this.byId = new Map();
@@ -13,6 +18,7 @@ class Fleet {
     this.loading = null;
     this.fns = new Set();
     this.unknown = new Set(); // ids seen on status topics but not loaded yet
+    this.missing = new Map(); // id -> when the registry said it has no such device
     this.early = new Map();   // id -> status received before the first load
     this.statuses = 0;
     this.fetchTimer = 0;
@@ -30,6 +36,7 @@ class Fleet {
       await allDevices((page) => { for (const d of page) next.set(d.id, this.merge(this.byId.get(d.id), d)); });
       this.byId = next;
       this.loaded = true;
+      for (const id of this.missing.keys()) if (next.has(id)) this.missing.delete(id);
       // Statuses that arrived before the registry did.
       for (const [id, st] of this.early) this.applyStatus(id, st);
       this.early.clear();
@@ -72,6 +79,12 @@ class Fleet {
   applyStatus(id, st) {
     let d = this.byId.get(id);
     if (!d) {
+      // A status for an id the registry said it does not have (a device
+      // deleted since, or anyone allowed to publish there) is not shown,
+      // nor asked about again for a minute.
+      const gone = this.missing.get(id);
+      if (gone && Date.now() - gone < MISSING_FOR) return;
+      this.missing.delete(id);
       d = { id, name: id, type: '', labels: {}, enabled: true, _stub: true };
       this.byId.set(id, d);
       this.unknown.add(id);
@@ -82,19 +95,42 @@ class Fleet {
     if (st.since) { d.last_seen = st.since; d._statusAt = new Date(st.since); }
   }
 
+  // fetchUnknownSoon asks the API about the ids seen on status topics but
+  // not in the registry as loaded: every 500 ms (a stream of statuses does
+  // not put it off), at most FETCH_EACH devices at a time; more unknown
+  // ids than that are answered by loading the registry again (at most
+  // every 30 s), so that statuses for many ids never become as many
+  // requests. An id the registry does not have is remembered as missing.
   fetchUnknownSoon() {
-    clearTimeout(this.fetchTimer);
+    if (this.fetchTimer) return;
     this.fetchTimer = setTimeout(async () => {
-      const ids = [...this.unknown].slice(0, 50);
-      for (const id of ids) {
-        this.unknown.delete(id);
-        try { this.put(await get('/devices/' + enc(id))); } catch (e) { if (e.status === 404) this.remove(id); }
+      try {
+        if (this.unknown.size > FETCH_EACH && Date.now() - this.loadedAt > RELOAD_EVERY) {
+          const ids = [...this.unknown];
+          this.unknown.clear();
+          try { await this.load(true); } catch { for (const id of ids) this.unknown.add(id); return; }
+          for (const id of ids) if (!this.byId.has(id) || this.byId.get(id)._stub) this.gone(id);
+        } else {
+          for (const id of [...this.unknown].slice(0, FETCH_EACH)) {
+            this.unknown.delete(id);
+            try { this.put(await get('/devices/' + enc(id))); } catch (e) { if (e.status === 404) this.gone(id); }
+          }
+        }
+      } finally {
+        this.fetchTimer = 0;
+        if (this.unknown.size) this.fetchUnknownSoon();
       }
-      if (this.unknown.size) this.fetchUnknownSoon();
     }, 500);
   }
 
-  put(d) { this.byId.set(d.id, this.merge(this.byId.get(d.id), d)); this.changed(); }
+  gone(id) {
+    this.unknown.delete(id);
+    this.missing.set(id, Date.now());
+    if (this.missing.size > MISSING_MAX) this.missing.delete(this.missing.keys().next().value);
+    this.remove(id);
+  }
+
+  put(d) { this.missing.delete(d.id); this.byId.set(d.id, this.merge(this.byId.get(d.id), d)); this.changed(); }
   remove(id) { if (this.byId.delete(id)) this.changed(); }
 
   onChange(f) { this.fns.add(f); return () => this.fns.delete(f); }
@@ -121,6 +157,8 @@ class Fleet {
     this.loaded = false;
     this.loading = null;
     this.early.clear();
+    this.unknown.clear();
+    this.missing.clear();
     this.changed();
   }
 }

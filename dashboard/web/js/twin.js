@@ -3,7 +3,7 @@
 // /devices/{id}/twin, null removes a key); the panel refreshes when the
 // device reports or the desired state changes.
 
-import { h, fill, pretty } from './util.js';
+import { h, fill, frame, pretty } from './util.js';
 import { get, patch, can, enc } from './api.js';
 import { live } from './live.js';
 
@@ -51,17 +51,16 @@ export function twinPanel(id) {
     delta.textContent = pretty(twin.delta);
     fill(versions, `desired v${twin.desired_version ?? 0} · reported v${twin.reported_version ?? 0}`);
   };
-  let timer = 0;
-  const load = () => {
-    clearTimeout(timer);
-    timer = setTimeout(async () => {
-      try { twin = await get(`/devices/${enc(id)}/twin`); draw(); } catch (e) { err.textContent = e.message; }
-    }, 100);
-  };
+  // Reloaded at most every 250 ms and within 250 ms of a report, however
+  // often the device reports (a reload put off by each report never came
+  // for a device reporting more often than that).
+  const load = frame(async () => {
+    try { twin = await get(`/devices/${enc(id)}/twin`); draw(); } catch (e) { err.textContent = e.message; }
+  }, 250);
   load();
   const off1 = live.on(`devices/${id}/twin/reported`, load);
   const off2 = live.on(`devices/${id}/twin/desired`, load);
-  return { el, close: () => { off1(); off2(); clearTimeout(timer); } };
+  return { el, close: () => { off1(); off2(); load.cancel(); } };
 }
 
 // mergePatch returns the RFC 7386 patch that turns a into b.

@@ -34,12 +34,26 @@ export function fill(el, ...children) {
 
 // frame returns a function that runs fn at most once per animation frame
 // and no more often than every minMs milliseconds, however often it is
-// called. Its cancel method stops it for good (a view's cleanup).
+// called: a call while fn waits to run adds nothing, and a run always
+// follows a call within minMs and a frame, so that calls in a steady
+// stream never put it off. When fn returns a promise (a reload), the next
+// run waits for it to settle, so that answers never overtake each other.
+// Its cancel method stops it for good (a view's cleanup).
 export function frame(fn, minMs = 0) {
-  let queued = false, last = 0, timer = 0, dead = false;
-  const run = (t) => { queued = false; last = t; if (!dead) fn(); };
+  let queued = false, busy = false, again = false, last = 0, timer = 0, dead = false;
+  const run = async (t) => {
+    queued = false; last = t;
+    if (dead) return;
+    busy = true;
+    try { await fn(); } finally {
+      busy = false;
+      if (again) { again = false; schedule(); }
+    }
+  };
   const schedule = () => {
-    if (queued || dead) return;
+    if (dead) return;
+    if (busy) { again = true; return; }
+    if (queued) return;
     queued = true;
     const wait = last + minMs - performance.now();
     if (wait > 0) timer = setTimeout(() => requestAnimationFrame(run), wait);
