@@ -124,8 +124,6 @@ func (t *Twins) write(batch []twinPatch) {
 			t.budget.give(batch[i].cost())
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	if t.db.Dialect == database.Postgres {
 		// In device order (each device's patches keep theirs), so two
 		// nodes' writers never wait for each other in a cycle.
@@ -136,21 +134,27 @@ func (t *Twins) write(batch []twinPatch) {
 	// refused[i]: patch i would grow its reported state past
 	// MaxTwinState and changed nothing (set again by each pass).
 	refused := make([]bool, len(batch))
-	failed, err := (&batchWrite{name: "twins merge", n: len(batch), one: func(ctx context.Context, tx *sql.Tx, i int) error {
-		p := &batch[i]
-		res, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
+	// A fault of the database fails the whole batch, which is merged
+	// again, from what was committed, for a few seconds (retryTransient).
+	var failed []itemFailure
+	err := retryTransient(t.stop, t.log, "twins", 30*time.Second, func(ctx context.Context) (err error) {
+		failed, err = (&batchWrite{name: "twins merge", n: len(batch), one: func(ctx context.Context, tx *sql.Tx, i int) error {
+			p := &batch[i]
+			res, err := tx.ExecContext(ctx, `INSERT INTO twins(device_id, reported, reported_version, updated_at)
 			VALUES (?1, json_patch('{}', ?2), 1, ?3)
 			ON CONFLICT(device_id) DO UPDATE SET reported = json_patch(twins.reported, ?2),
 				reported_version = twins.reported_version + 1, updated_at = ?3
 			WHERE `+twinStateFits("reported"),
-			p.device, string(p.patch), now.UnixMilli(), MaxTwinState)
-		if err != nil {
+				p.device, string(p.patch), now.UnixMilli(), MaxTwinState)
+			if err != nil {
+				return err
+			}
+			n, err := res.RowsAffected()
+			refused[i] = err == nil && n == 0
 			return err
-		}
-		n, err := res.RowsAffected()
-		refused[i] = err == nil && n == 0
+		}}).run(ctx, t.db.W)
 		return err
-	}}).run(ctx, t.db.W)
+	})
 	if err != nil {
 		t.writeErrors.Add(float64(len(batch)))
 		// Not one device's fault: keyed by no device.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // syncBuffer is a log destination safe for the writer's goroutine.
@@ -127,4 +128,47 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestTwinsWriteRidesOutShortFault: the database is locked by another
+// connection for a while (SQLITE_BUSY, PostgreSQL's lock_not_available)
+// and then no longer: the reported patches that met the lock are merged
+// once it is gone, in order, none counted as failed. (Before, the batch
+// was lost at the first fault.)
+func TestTwinsWriteRidesOutShortFault(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t)
+	var logs syncBuffer
+	tw, err := OpenTwins(ctx, db, &TwinsOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tw.Close()
+	release := holdWrites(t, db, "twins")
+	for _, p := range []string{`{"n":1,"keep":true}`, `{"n":2}`} {
+		if !tw.RecordReported("d1", []byte(p)) {
+			t.Fatal("patch not queued")
+		}
+	}
+	// The writer has met the lock once it logs (a retry, or the batch lost).
+	waitFor(t, func() bool { return logs.String() != "" })
+	// The fault lasts 1.5 s more (its length, not a wait for a state).
+	time.Sleep(1500 * time.Millisecond)
+	release()
+	if err := tw.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := tw.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(got.Reported); string(b) != `{"keep":true,"n":2}` || got.ReportedVersion != 2 {
+		t.Errorf("reported %s version %d; want {\"keep\":true,\"n\":2} version 2", b, got.ReportedVersion)
+	}
+	if errs := count(tw.writeErrors); errs != 0 {
+		t.Errorf("errors %d, want 0", errs)
+	}
+	if out := logs.String(); !strings.Contains(out, "twins: batch written after a fault of the database") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("want the retry and its success logged, no error:\n%s", out)
+	}
 }
