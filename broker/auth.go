@@ -453,6 +453,7 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			}
 			return true
 		})
+		var ts []target
 		a.clients.Range(func(k, v any) bool {
 			cl, c := k.(*mqtt.Client), v.(*conn)
 			if rv.Purge && !c.anonymous && rv.Matches(c.id) {
@@ -462,11 +463,12 @@ func (a *Auth) revoke(rv devices.Revocation) {
 				return true
 			}
 			matched = true
-			if a.cut(cl, c, packets.ErrNotAuthorized) {
-				a.m.revoked.Inc()
-				a.log.Info("disconnecting revoked client", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name)
-			}
+			ts = append(ts, target{cl, c})
 			return true
+		})
+		a.cutAll(ts, packets.ErrNotAuthorized, func(t target) {
+			a.m.revoked.Inc()
+			a.log.Info("disconnecting revoked client", "client", t.cl.ID, "kind", t.c.id.Kind, "name", t.c.id.Name)
 		})
 		if rv.Purge {
 			// After the disconnections: a session whose connection
@@ -500,13 +502,44 @@ func (a *Auth) cut(cl *mqtt.Client, c *conn, code packets.Code) bool {
 	return true
 }
 
+// cutParallel bounds the connections cutAll ends at once.
+const cutParallel = 32
+
+// target is a connection to cut: cl, made as c.
+type target struct {
+	cl *mqtt.Client
+	c  *conn
+}
+
+// cutAll cuts each of ts for code, up to cutParallel at a time, and calls
+// ended with each one it ended, then returns. Each DISCONNECT's write is
+// bounded by a second (end): in a row, N clients that read nothing would
+// hold up the last by N seconds; at once, about one (up to cutParallel of
+// them).
+func (a *Auth) cutAll(ts []target, code packets.Code, ended func(target)) {
+	sem := make(chan struct{}, cutParallel)
+	var wg sync.WaitGroup
+	for _, t := range ts {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if a.cut(t.cl, t.c, code) {
+				ended(t)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // end closes cl's connection for code. An MQTT 5 client whose CONNACK has
 // gone is told why with a DISCONNECT; one still connecting (a ban or a
 // revocation between its login and its CONNACK) is only cut off, since a
 // DISCONNECT before the CONNACK breaks the protocol [MQTT-3.2.0-1], and so
 // is an MQTT 3 client, which has no server DISCONNECT. The DISCONNECT's
-// write is bounded: a client that reads nothing must not hold up the
-// others a revocation or an expiry ends after it, nor the broker's Stop.
+// write is bounded (a second): a client that reads nothing must not hold
+// up the broker's Stop, nor for long the others a revocation or an expiry
+// ends with it (cutAll ends them together).
 //
 // The engine's reader meets the end either as a lost connection (the will
 // path) or, when the Stop finds it between two packets, as a normal
