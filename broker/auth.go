@@ -120,6 +120,10 @@ type Auth struct {
 	// wills are the engine's wills waiting out their delay, nil if it
 	// cannot be reached (auth_will.go).
 	wills *packets.Packets
+	// moved holds the clients whose session moved to another node
+	// (YieldSession) while their connection here had yet to end: the
+	// will it leaves is cancelled as it does (OnDisconnect).
+	moved sync.Map
 	// read mends the packets clients send (gate.read); nil until
 	// broker.New sets it.
 	read func(*mqtt.Client, packets.Packet) packets.Packet
@@ -375,6 +379,9 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	a.forgetSubscribe(cl)
 	a.established.Delete(cl)
 	a.forgetExpiry(cl)
+	if _, ok := a.moved.LoadAndDelete(cl); ok {
+		a.cancelWill(cl.ID) // the engine has taken it by now
+	}
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {
 		return
