@@ -496,19 +496,6 @@ func (a *Auth) Identity(cl *mqtt.Client) (id devices.Identity, ok bool) {
 	return c.id, true
 }
 
-// cut ends the connection of cl, made as c, for code (a revocation, a
-// ban, an expired credential), unless it is being ended already (c is no
-// longer its entry): it is forgotten first, so that nothing it sends
-// meanwhile passes the ACL (nor its will: checkWill), then told why
-// (end). It reports whether it ended the connection.
-func (a *Auth) cut(cl *mqtt.Client, c *conn, code packets.Code) bool {
-	if !a.clients.CompareAndSwap(cl, c, &conn{id: c.id, anonymous: c.anonymous, clientID: c.clientID, revoked: true}) {
-		return false
-	}
-	a.end(cl, code)
-	return true
-}
-
 // cutParallel bounds the connections cutAll ends at once.
 const cutParallel = 32
 
@@ -518,11 +505,11 @@ type target struct {
 	c  *conn
 }
 
-// cutAll cuts each of ts for code, up to cutParallel at a time, and calls
-// ended with each one it ended, then returns. Each DISCONNECT's write is
-// bounded by a second (end): in a row, N clients that read nothing would
-// hold up the last by N seconds; at once, about one (up to cutParallel of
-// them).
+// cutAll cuts each of ts for code (a revocation, a ban, an expired
+// credential), up to cutParallel at a time, then returns. Each
+// DISCONNECT's write is bounded by a second (end): in a row, N clients
+// that read nothing would hold up the last by N seconds; at once, about
+// one (up to cutParallel of them).
 func (a *Auth) cutAll(ts []target, code packets.Code, ended func(target)) {
 	sem := make(chan struct{}, cutParallel)
 	var wg sync.WaitGroup
@@ -531,12 +518,24 @@ func (a *Auth) cutAll(ts []target, code packets.Code, ended func(target)) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if a.cut(t.cl, t.c, code) {
-				ended(t)
-			}
+			a.cut(t, code, ended)
 		}()
 	}
 	wg.Wait()
+}
+
+// cut ends the connection of t.cl, made as t.c, for code, unless it is
+// being ended already (t.c is no longer its entry): it is forgotten first,
+// so that nothing it sends meanwhile passes the ACL (nor its will:
+// checkWill), then counted and logged (ended: before the client can see
+// its end), then told why (end).
+func (a *Auth) cut(t target, code packets.Code, ended func(target)) {
+	c := t.c
+	if !a.clients.CompareAndSwap(t.cl, c, &conn{id: c.id, anonymous: c.anonymous, clientID: c.clientID, revoked: true}) {
+		return
+	}
+	ended(t)
+	a.end(t.cl, code)
 }
 
 // end closes cl's connection for code. An MQTT 5 client whose CONNACK has
