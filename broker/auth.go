@@ -120,6 +120,10 @@ type Auth struct {
 	// wills are the engine's wills waiting out their delay, nil if it
 	// cannot be reached (auth_will.go).
 	wills *packets.Packets
+	// moved holds the clients whose session moved to another node
+	// (YieldSession) while their connection here had yet to end: the
+	// will it leaves is cancelled as it does (OnDisconnect).
+	moved sync.Map
 	// read mends the packets clients send (gate.read); nil until
 	// broker.New sets it.
 	read func(*mqtt.Client, packets.Packet) packets.Packet
@@ -375,6 +379,9 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	a.forgetSubscribe(cl)
 	a.established.Delete(cl)
 	a.forgetExpiry(cl)
+	if _, ok := a.moved.LoadAndDelete(cl); ok {
+		a.cancelWill(cl.ID) // the engine has taken it by now
+	}
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {
 		return
@@ -453,6 +460,7 @@ func (a *Auth) revoke(rv devices.Revocation) {
 			}
 			return true
 		})
+		var ts []target
 		a.clients.Range(func(k, v any) bool {
 			cl, c := k.(*mqtt.Client), v.(*conn)
 			if rv.Purge && !c.anonymous && rv.Matches(c.id) {
@@ -462,11 +470,12 @@ func (a *Auth) revoke(rv devices.Revocation) {
 				return true
 			}
 			matched = true
-			if a.cut(cl, c, packets.ErrNotAuthorized) {
-				a.m.revoked.Inc()
-				a.log.Info("disconnecting revoked client", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name)
-			}
+			ts = append(ts, target{cl, c})
 			return true
+		})
+		a.cutAll(ts, packets.ErrNotAuthorized, func(t target) {
+			a.m.revoked.Inc()
+			a.log.Info("disconnecting revoked client", "client", t.cl.ID, "kind", t.c.id.Kind, "name", t.c.id.Name)
 		})
 		if rv.Purge {
 			// After the disconnections: a session whose connection
@@ -487,17 +496,46 @@ func (a *Auth) Identity(cl *mqtt.Client) (id devices.Identity, ok bool) {
 	return c.id, true
 }
 
-// cut ends the connection of cl, made as c, for code (a revocation, a
-// ban, an expired credential), unless it is being ended already (c is no
-// longer its entry): it is forgotten first, so that nothing it sends
-// meanwhile passes the ACL (nor its will: checkWill), then told why
-// (end). It reports whether it ended the connection.
-func (a *Auth) cut(cl *mqtt.Client, c *conn, code packets.Code) bool {
-	if !a.clients.CompareAndSwap(cl, c, &conn{id: c.id, anonymous: c.anonymous, clientID: c.clientID, revoked: true}) {
-		return false
+// cutParallel bounds the connections cutAll ends at once.
+const cutParallel = 32
+
+// target is a connection to cut: cl, made as c.
+type target struct {
+	cl *mqtt.Client
+	c  *conn
+}
+
+// cutAll cuts each of ts for code (a revocation, a ban, an expired
+// credential), up to cutParallel at a time, then returns. Each
+// DISCONNECT's write is bounded by a second (end): in a row, N clients
+// that read nothing would hold up the last by N seconds; at once, about
+// one (up to cutParallel of them).
+func (a *Auth) cutAll(ts []target, code packets.Code, ended func(target)) {
+	sem := make(chan struct{}, cutParallel)
+	var wg sync.WaitGroup
+	for _, t := range ts {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			a.cut(t, code, ended)
+		}()
 	}
-	a.end(cl, code)
-	return true
+	wg.Wait()
+}
+
+// cut ends the connection of t.cl, made as t.c, for code, unless it is
+// being ended already (t.c is no longer its entry): it is forgotten first,
+// so that nothing it sends meanwhile passes the ACL (nor its will:
+// checkWill), then counted and logged (ended: before the client can see
+// its end), then told why (end).
+func (a *Auth) cut(t target, code packets.Code, ended func(target)) {
+	c := t.c
+	if !a.clients.CompareAndSwap(t.cl, c, &conn{id: c.id, anonymous: c.anonymous, clientID: c.clientID, revoked: true}) {
+		return
+	}
+	ended(t)
+	a.end(t.cl, code)
 }
 
 // end closes cl's connection for code. An MQTT 5 client whose CONNACK has
@@ -505,8 +543,9 @@ func (a *Auth) cut(cl *mqtt.Client, c *conn, code packets.Code) bool {
 // revocation between its login and its CONNACK) is only cut off, since a
 // DISCONNECT before the CONNACK breaks the protocol [MQTT-3.2.0-1], and so
 // is an MQTT 3 client, which has no server DISCONNECT. The DISCONNECT's
-// write is bounded: a client that reads nothing must not hold up the
-// others a revocation or an expiry ends after it, nor the broker's Stop.
+// write is bounded (a second): a client that reads nothing must not hold
+// up the broker's Stop, nor for long the others a revocation or an expiry
+// ends with it (cutAll ends them together).
 //
 // The engine's reader meets the end either as a lost connection (the will
 // path) or, when the Stop finds it between two packets, as a normal

@@ -47,14 +47,16 @@ func (a *Auth) endBanned(ban devices.Ban) {
 		return
 	}
 	defer a.wg.Done()
+	var ts []target
 	a.clients.Range(func(k, v any) bool {
 		cl, c := k.(*mqtt.Client), v.(*conn)
 		if c.revoked || remoteIP(cl.Net.Remote) != ban.Address || (ban.Identity != "" && c.id.Name != ban.Identity) {
 			return true
 		}
-		if a.cut(cl, c, packets.ErrAdministrativeAction) {
-			a.log.Info("disconnecting banned client", "client", cl.ID, "name", c.id.Name, "remote", ban.Address, "ban", ban.Key)
-		}
+		ts = append(ts, target{cl, c})
 		return true
+	})
+	a.cutAll(ts, packets.ErrAdministrativeAction, func(t target) {
+		a.log.Info("disconnecting banned client", "client", t.cl.ID, "name", t.c.id.Name, "remote", ban.Address, "ban", ban.Key)
 	})
 }

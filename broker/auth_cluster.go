@@ -14,7 +14,8 @@ import (
 // applies the session owner rules above to its own sessions
 // (YieldSession): another identity's session refuses the newcomer with
 // 0x85, as on one node; the same identity's live connection is
-// disconnected with 0x8E (session taken over).
+// disconnected with 0x8E (session taken over), and a will left here
+// waiting out its delay is cancelled.
 
 // SessionOwner is who a connection is, as another node needs it to apply
 // the session owner rules: an identity's kind and name, or anonymous.
@@ -53,7 +54,9 @@ func (a *Auth) claimElsewhere(cl *mqtt.Client, c *conn) bool {
 // YieldSession is this node's answer to another node where a client with
 // clientID connects as o: false when the session here belongs to another
 // identity; else true, and a live connection here with that client id is
-// disconnected (0x8E session taken over; 3.1.1 clients are closed).
+// disconnected (0x8E session taken over; 3.1.1 clients are closed), and
+// the will its connection left here with a delay is cancelled
+// (movedAway).
 //
 // A CONNECT with that client id being accepted here at the same moment
 // (both nodes asking each other) is a tie, which first settles the same
@@ -89,11 +92,32 @@ func (a *Auth) YieldSession(clientID string, o SessionOwner, first bool) bool {
 		}
 		pending.Stop(packets.ErrSessionTakenOver)
 	}
-	if ex, live := a.srv.Clients.Get(clientID); live && !ex.Net.Inline && !ex.Closed() {
+	ex, listed := a.srv.Clients.Get(clientID)
+	if listed && !ex.Net.Inline {
+		a.movedAway(ex)
+	}
+	if listed && !ex.Net.Inline && !ex.Closed() {
 		a.log.Info("session taken over on another node", "client", clientID)
 		TakeOver(a.srv, ex)
 	}
 	return true
+}
+
+// movedAway cancels the will that ex, the connection here with a client
+// id that connects on another node, left waiting out its Will Delay
+// Interval, as a new connection cancels it on one node [MQTT-3.1.3-9]:
+// the will waiting now, or the one ex leaves as its connection ends
+// (OnDisconnect), the engine taking it before. Granting the claim
+// cancels it, before the other node's CONNACK: a connection refused
+// there after all (by yet another node) has cancelled it too.
+func (a *Auth) movedAway(ex *mqtt.Client) {
+	if a.conn(ex) != nil { // its OnDisconnect is to come
+		a.moved.Store(ex, struct{}{})
+		if a.conn(ex) == nil { // or came meanwhile
+			a.moved.Delete(ex)
+		}
+	}
+	a.cancelWill(ex.ID)
 }
 
 // TakeOver disconnects cl because its client id connected elsewhere. The

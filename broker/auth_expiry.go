@@ -115,18 +115,18 @@ func (a *Auth) armExpiry() {
 	x.due = time.Now().Add(d)
 }
 
-// expire ends the connections whose credentials have expired, and sets
-// the timer for the next one.
+// expire ends the connections whose credentials have expired (together:
+// cutAll), and sets the timer for the next one.
 func (a *Auth) expire() {
 	x := &a.expiry
 	x.mu.Lock()
 	x.due = time.Time{}
 	now := time.Now()
-	var ended []*expiry
+	var ended []target
 	for len(x.h) > 0 && !x.h[0].at.After(now) {
 		e := heap.Pop(&x.h).(*expiry)
 		delete(x.by, e.cl)
-		ended = append(ended, e)
+		ended = append(ended, target{e.cl, e.c})
 	}
 	a.armExpiry()
 	x.mu.Unlock()
@@ -137,12 +137,10 @@ func (a *Auth) expire() {
 		return
 	}
 	defer a.wg.Done()
-	for _, e := range ended {
-		if a.cut(e.cl, e.c, packets.ErrMaxConnectTime) {
-			a.m.expired.Inc()
-			a.log.Info("disconnecting client: its credentials expired", "client", e.cl.ID, "name", e.c.id.Name, "via", e.c.id.Via)
-		}
-	}
+	a.cutAll(ended, packets.ErrMaxConnectTime, func(e target) {
+		a.m.expired.Inc()
+		a.log.Info("disconnecting client: its credentials expired", "client", e.cl.ID, "name", e.c.id.Name, "via", e.c.id.Via)
+	})
 }
 
 // stopExpiry stops the timer; Stop calls it.

@@ -13,6 +13,8 @@ import (
 	"github.com/coder/websocket"
 	pahopackets "github.com/eclipse/paho.golang/packets"
 	paho5 "github.com/eclipse/paho.golang/paho"
+	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/devices"
@@ -194,6 +196,57 @@ func TestAuthExpiryForgetsEndedConnections(t *testing.T) {
 	}
 }
 
+// stalledClient connects an MQTT 5 client over raw TCP as user with
+// pass, subscribed to flood/#, that reads nothing after its SUBACK's
+// request: once flood/# has filled its socket, every write to it blocks.
+func stalledClient(t *testing.T, e *authEnv, id, user, pass string) *mqtt.Client {
+	t.Helper()
+	code, conn := authRawConnectConn(t, e.tcp, 5, id, user, pass)
+	if code != 0 {
+		t.Fatalf("%s: CONNACK %#x", id, code)
+	}
+	t.Cleanup(func() { conn.Close() })
+	var buf bytes.Buffer
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "flood/#"}}}
+	if err := sub.SubscribeEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	var cl *mqtt.Client
+	checkFor(t, 10*time.Second, func() error {
+		var ok bool
+		if cl, ok = e.b.Server.Clients.Get(id); !ok {
+			return fmt.Errorf("%s not listed", id)
+		}
+		if _, ok := cl.State.Subscriptions.Get("flood/#"); !ok {
+			return fmt.Errorf("%s not subscribed yet", id)
+		}
+		return nil
+	})
+	return cl
+}
+
+// flood publishes on flood/x as pub until the engine queues for each of
+// cls: their sockets are full.
+func flood(t *testing.T, pub paho.Client, cls ...*mqtt.Client) {
+	t.Helper()
+	payload := strings.Repeat("x", 64<<10)
+	checkFor(t, 60*time.Second, func() error {
+		for _, cl := range cls {
+			if queueLen(cl) < 10 {
+				for range 20 {
+					pub.Publish("flood/x", 0, false, payload)
+				}
+				return fmt.Errorf("the writes to %s do not block", cl.ID)
+			}
+		}
+		return nil
+	})
+}
+
 // An MQTT 5 client that reads nothing, whose credential expires together
 // with another's, does not hold up the other's disconnection: the
 // DISCONNECT written to it is bounded.
@@ -207,38 +260,9 @@ func TestAuthExpiryNotHeldByStalledClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, stalled := authRawConnectConn(t, e.tcp, 5, "stalled", "root", token)
-	if code != 0 {
-		t.Fatalf("CONNACK %#x", code)
-	}
-	defer stalled.Close()
-	var buf bytes.Buffer
-	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "flood/#"}}}
-	if err := sub.SubscribeEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stalled.Write(buf.Bytes()); err != nil {
-		t.Fatal(err)
-	}
+	cl := stalledClient(t, e, "stalled", "root", token)
 	other := connectExp(t, e, false, "other", "root", token)
-
-	// Fill the stalled client's socket until the engine queues for it.
-	pub := authMustClient(t, "tcp://"+e.tcp, "pub", "root", pass)
-	cl, ok := e.b.Server.Clients.Get("stalled")
-	if !ok {
-		t.Fatal("stalled client not listed")
-	}
-	payload := strings.Repeat("x", 64<<10)
-	checkFor(t, 30*time.Second, func() error {
-		if queueLen(cl) >= 10 {
-			return nil
-		}
-		for range 20 {
-			pub.Publish("flood/x", 0, false, payload)
-		}
-		return errors.New("the stalled client's writes do not block")
-	})
+	flood(t, authMustClient(t, "tcp://"+e.tcp, "pub", "root", pass), cl)
 	if n := authCount(t, e.auth.m.expired); n != 0 {
 		t.Fatal("the token expired before the stalled client's socket was full: the machine is too slow for this test")
 	}
@@ -257,4 +281,51 @@ func TestAuthExpiryNotHeldByStalledClient(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAuthStalledClientsCutTogether: eight MQTT 5 clients that read
+// nothing (their sockets full), whose credential expires, or is revoked,
+// at one moment, are all ended within 4 s of it, not one after another
+// (each DISCONNECT's write waits up to 1 s: about 8 s in a row).
+func TestAuthStalledClientsCutTogether(t *testing.T) {
+	for _, how := range []string{"expiry", "revocation"} {
+		t.Run(how, func(t *testing.T) {
+			e := startAuthEnv(t, false)
+			ctx := context.Background()
+			pass := e.user(t, "root", devices.RoleAdmin)
+			ttl := time.Duration(0)
+			if how == "expiry" {
+				ttl = 15 * time.Second
+			}
+			token, tk, err := e.reg.CreateToken(ctx, "root", "short", ttl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cls []*mqtt.Client
+			for i := range 8 {
+				cls = append(cls, stalledClient(t, e, fmt.Sprintf("stalled-%d", i), "root", token))
+			}
+			flood(t, authMustClient(t, "tcp://"+e.tcp, "pub", "root", pass), cls...)
+			at := time.Now()
+			if how == "expiry" {
+				if n := authCount(t, e.auth.m.expired); n != 0 {
+					t.Fatal("the token expired before the stalled clients' sockets were full: the machine is too slow for this test")
+				}
+				at = *tk.ExpiresAt
+			} else if err := e.reg.RevokeToken(ctx, tk.ID); err != nil {
+				t.Fatal(err)
+			}
+			checkFor(t, time.Until(at)+20*time.Second, func() error {
+				for _, cl := range cls {
+					if !cl.Closed() {
+						return fmt.Errorf("%s is still connected", cl.ID)
+					}
+				}
+				return nil
+			})
+			if took := time.Since(at); took > 4*time.Second {
+				t.Fatalf("the 8 stalled clients were ended %v after their %s, one after another", took.Round(100*time.Millisecond), how)
+			}
+		})
+	}
 }

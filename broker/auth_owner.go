@@ -141,7 +141,10 @@ func (a *Auth) restoredOwner(cl *mqtt.Client) *conn {
 // connected before the device was registered (a device's id is refused
 // to others since), and must not keep the device out nor hand it its
 // session. OnConnect then waits for the purge (awaitPurge), and claim
-// finds the client id free.
+// finds the client id free. It is hung up (hangUp), not stopped (end):
+// its will goes, as for any connection the server closes, at once since
+// its session ends with it (delayWill); a Stop could end it as a normal
+// disconnection, without the will (TestEvictedSquatterWillGoes).
 func (a *Auth) evictSquatter(cl *mqtt.Client, c *conn) {
 	if c.anonymous || c.id.Kind != devices.KindDevice || cl.ID != c.id.Name {
 		return
@@ -156,7 +159,7 @@ func (a *Auth) evictSquatter(cl *mqtt.Client, c *conn) {
 	}
 	a.log.Info("disconnecting another identity's connection under a device's id", "client", cl.ID, "kind", o.kind())
 	a.markPurge(ex)
-	a.end(ex, packets.ErrSessionTakenOver)
+	a.hangUp(ex, packets.ErrSessionTakenOver)
 }
 
 // sameOwner reports whether c and o are one identity.

@@ -77,7 +77,10 @@ func (a *Auth) mayStillWill(c *conn, topic string) bool {
 //     (endWill): the will goes at once if its identity may still publish
 //     it (DELETE /sessions); the identity deleted or disabled, it is
 //     dropped: a deleted device's will must not go out in its name after
-//     it is gone.
+//     it is gone;
+//   - a client that connects to another node of a cluster cancels it, as
+//     a reconnection here does (movedAway): the engine only knows of
+//     its own connections.
 // The engine exports no access to its waiting wills (docs/upstream.md);
 // Tether reaches them by reflection.
 
@@ -124,6 +127,15 @@ func (a *Auth) delayWill(cl *mqtt.Client, will mqtt.Will) {
 	_, purged := a.purgeOnEnd.Load(cl)
 	if purged || cl.Properties.Props.SessionExpiryInterval == 0 {
 		cl.Properties.Will.WillDelayInterval = 0 // the engine reads it after the hooks
+	}
+}
+
+// cancelWill removes the will waiting under client id, if any: a newer
+// connection with the client id took the session (on another node:
+// movedAway).
+func (a *Auth) cancelWill(id string) {
+	if a.wills != nil {
+		a.wills.Delete(id)
 	}
 }
 

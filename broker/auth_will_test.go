@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -281,4 +282,54 @@ func TestCleanSessionDelayedWill(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestEvictedSquatterWillGoes: a person who took a client id before a
+// device was registered under it is disconnected when the device
+// connects (DISCONNECT 0x8E), and its will goes, as for any connection
+// the server closes [MQTT-3.1.2-8], every time: also when the engine's
+// reader is busy with the squatter's packets as the connection ends
+// (stopped there, the engine ended it as a normal disconnection, without
+// the will, at random). Eight squatters, each publishing without pause.
+func TestEvictedSquatterWillGoes(t *testing.T) {
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
+	root := e.user(t, "root", devices.RoleAdmin)
+	w, _ := dial5(t, e.tcp, "watcher", "root", root, 0)
+	w.sub(t, "wills/#")
+	squat := e.user(t, "squat", devices.RoleAdmin)
+	var missed []string
+	for i := range 8 {
+		id := fmt.Sprintf("lock-%d", i)
+		conn := willConn(t, e.tcp, id, "squat", squat, 0, 0, "wills/"+id, false)
+		// QoS 0 PUBLISHes on busy/{id}, without pause, until the
+		// connection ends.
+		topic := "busy/" + id
+		pk := append([]byte{0x30, byte(2 + len(topic) + 1 + 1), 0, byte(len(topic))}, topic...)
+		pk = append(pk, 0, 'x') // no properties; the payload
+		flood := make(chan struct{})
+		go func() {
+			defer close(flood)
+			buf := bytes.Repeat(pk, 64)
+			for {
+				if _, err := conn.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		secret := e.device(t, id)
+		d, _ := dial5(t, e.tcp, id, id, secret, 0)
+		select {
+		case p := <-w.got:
+			if p.Topic != "wills/"+id || string(p.Payload) != id {
+				t.Fatalf("%s: got %s %q, want its squatter's will", id, p.Topic, p.Payload)
+			}
+		case <-time.After(5 * time.Second):
+			missed = append(missed, id)
+		}
+		<-flood
+		d.close()
+	}
+	if len(missed) > 0 {
+		t.Fatalf("the wills of the squatters evicted from %v never went", missed)
+	}
 }

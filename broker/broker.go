@@ -71,6 +71,9 @@ func New(opts Options) (*Broker, error) {
 	if err := srv.AddHook(b.clock, nil); err != nil {
 		return nil, fmt.Errorf("broker: add client clock hook: %w", err)
 	}
+	if err := srv.AddHook(&connackWatch{srv: srv}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add connack watch hook: %w", err)
+	}
 	access := opts.Access
 	if access == nil {
 		access = &policy{allow: opts.AllowAnonymous, srv: srv}

@@ -44,10 +44,9 @@ func (b *Broker) Clients() []info.Client {
 type clientClock struct {
 	mqtt.HookBase
 	now func() time.Time
-	// mu guards at and adds.
-	mu   sync.Mutex
-	at   map[*mqtt.Client]time.Time
-	adds int
+	// mu guards at.
+	mu sync.Mutex
+	at map[*mqtt.Client]time.Time
 }
 
 func newClientClock() *clientClock {
@@ -66,19 +65,11 @@ func (c *clientClock) Provides(b byte) bool {
 // engine sends the CONNACK, so a client that has its CONNACK is listed
 // with its time (OnSessionEstablished came after the CONNACK, and a fast
 // client could be listed without one). A client whose CONNACK cannot be
-// written never reaches OnDisconnect: every 1,024 connects, entries of
-// closed clients are swept.
+// written gets its OnDisconnect from connackWatch.
 func (c *clientClock) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	t := c.now()
 	c.mu.Lock()
 	c.at[cl] = t
-	if c.adds++; c.adds%1024 == 0 {
-		for k := range c.at {
-			if k.Closed() {
-				delete(c.at, k)
-			}
-		}
-	}
 	c.mu.Unlock()
 }
 

@@ -143,6 +143,9 @@ func (c *conns) admit(conn net.Conn) (net.Conn, func(net.Conn, error), error) {
 		_ = ec.SetDeadline(time.Now().Add(c.connectTimeout))
 	}
 	done := func(ec net.Conn, err error) {
+		if f := ec.(*limitConn).engineDone.Swap(nil); f != nil {
+			(*f)(err)
+		}
 		_ = ec.Close()
 		c.log.Debug("mqtt connection ended", "transport", c.id, "remote", conn.RemoteAddr().String(), "error", err)
 		c.mu.Lock()
@@ -153,6 +156,25 @@ func (c *conns) admit(conn net.Conn) (net.Conn, func(net.Conn, error), error) {
 		release()
 	}
 	return ec, done, nil
+}
+
+// OnEngineDone sets f to run once the engine is done with conn, a
+// connection these listeners gave it (EstablishConnection has returned,
+// with err), before conn is closed and no longer counted open; nil
+// clears it. It reports whether conn is one of theirs. The engine skips
+// its hooks' OnDisconnect for a client it has listed when it fails to
+// write the CONNACK (docs/upstream.md): the broker catches that here.
+func OnEngineDone(conn net.Conn, f func(err error)) bool {
+	lc, ok := conn.(*limitConn)
+	if !ok {
+		return false
+	}
+	if f == nil {
+		lc.engineDone.Store(nil)
+	} else {
+		lc.engineDone.Store(&f)
+	}
+	return true
 }
 
 // stop refuses further connections. It is idempotent.

@@ -47,6 +47,9 @@ type limitConn struct {
 
 	// disconnected: a DISCONNECT has been written; nothing more is.
 	disconnected atomic.Bool
+	// engineDone runs once the engine is done with the connection
+	// (OnEngineDone).
+	engineDone atomic.Pointer[func(error)]
 
 	// Read's state: only the engine's read goroutine touches it.
 	frame framer

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -534,4 +535,70 @@ func TestClusterCopiedRetainedRestart(t *testing.T) {
 	if m := b.broker.Server.Topics.Messages("state/lamp"); len(m) != 1 || string(m[0].Payload) != "on" {
 		t.Fatalf("node2 restarted alone holds %d messages on state/lamp, want its copy", len(m))
 	}
+}
+
+// TestClusterDelayedWillCancelledElsewhere: a will waiting out its Will
+// Delay Interval on one node is cancelled when its client connects to
+// another node before the delay ends [MQTT-3.1.3-9], whether the first
+// connection had ended (the will waiting) or was live (taken over, its
+// will left as it ends). Another client's will, left the same way with a
+// longer delay, goes: nothing of the moved clients' came before it.
+func TestClusterDelayedWillCancelledElsewhere(t *testing.T) {
+	apps := startCluster(t, 2, nil)
+	var got []string
+	box := make(chan string, 10)
+	testmqtt.Client(t, apps[0].mqttAddr(), "watcher", true, true, func(m paho3.Message) { box <- string(m.Payload()) }).
+		Subscribe("wills/#", 1, nil).Wait()
+	offline := willConn5(t, apps[0].mqttAddr(), "offline", 2)
+	live := willConn5(t, apps[0].mqttAddr(), "live", 2)
+	offline.Close()
+	checkFor(t, 10*time.Second, func() error {
+		if cl, ok := apps[0].broker.Server.Clients.Get("offline"); !ok || !cl.Closed() {
+			return fmt.Errorf("the first connection has not ended yet")
+		}
+		return nil
+	})
+	willConn5(t, apps[1].mqttAddr(), "offline", 0)
+	willConn5(t, apps[1].mqttAddr(), "live", 0) // takes live over
+	t.Cleanup(func() { live.Close() })
+	willConn5(t, apps[0].mqttAddr(), "control", 3).Close()
+	for {
+		select {
+		case p := <-box:
+			got = append(got, p)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no will after 20 s (got %q)", got)
+		}
+		if got[len(got)-1] == "control" {
+			break
+		}
+	}
+	if len(got) > 1 {
+		t.Fatalf("wills %q, want only the control's: a moved client's will went", got)
+	}
+}
+
+// willConn5 connects an MQTT 5 client to addr with a persistent session
+// (5 minutes) and, with a delay > 0, a will on wills/{id} (its id as
+// payload) with that Will Delay Interval. Closing the connection without
+// a DISCONNECT leaves the will.
+func willConn5(t *testing.T, addr, id string, delay uint32) net.Conn {
+	t.Helper()
+	conn := dialTCP(t, addr)
+	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	expiry := uint32(300)
+	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}}
+	if delay > 0 {
+		cp.WillMessage = &paho.WillMessage{Topic: "wills/" + id, Payload: []byte(id), QoS: 1}
+		cp.WillProperties = &paho.WillProperties{WillDelayInterval: &delay}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ca, err := c.Connect(ctx, cp); err != nil || ca.ReasonCode != 0 {
+		conn.Close()
+		t.Fatalf("connect %s: %v %+v", id, err, ca)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
