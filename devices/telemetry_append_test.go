@@ -1,0 +1,127 @@
+package devices
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// appendRun builds a chunk point by point as the writer does, driven by
+// ops (one point each) and seed, and at each write checks that the
+// appenders of the whole chunk and of its tail return the bytes the full
+// encoder makes of the same points.
+func appendRun(t testing.TB, seed uint64, ops []byte) {
+	rng := rand.New(rand.NewPCG(seed, 2))
+	c := &chunkData{}
+	idx := map[string]int{}
+	var e, full encoder
+	whole, tail := newChunkAppender(0), newChunkAppender(0)
+	based := 0
+	ts, walk, count := int64(1795662000000), 21.5, 1000.0
+	set := func(i int, name string, v float64) {
+		col := c.col(name, idx)
+		col.syms[i], col.nums[i] = symNumber, v
+	}
+	check := func() {
+		t.Helper()
+		n := len(c.ts)
+		if n == 0 {
+			return
+		}
+		want := full.chunk(nil, c)
+		if got := whole.chunk(&e, nil, c); !bytes.Equal(got, want) {
+			t.Fatalf("whole chunk of %d points: appender's %d bytes differ from the encoder's %d", n, len(got), len(want))
+		}
+		if based < n {
+			want := full.chunk(nil, c.slice(based, n))
+			got := tail.chunk(&e, nil, c)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("tail [%d, %d): appender's %d bytes differ from the encoder's %d", based, n, len(got), len(want))
+			}
+			d, err := decodeChunk(got, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sameChunk(t, c.slice(based, n), d)
+		}
+	}
+	for _, op := range ops {
+		if len(c.ts) >= chunkPoints {
+			break
+		}
+		switch op & 3 {
+		case 0:
+			ts += 1000
+		case 1:
+			ts += 1000 + rng.Int64N(201) - 100
+		case 2:
+			ts += rng.Int64N(1 << 40)
+		}
+		i := len(c.ts)
+		c.ts = append(c.ts, ts)
+		for j := range c.cols {
+			c.cols[j].syms = append(c.cols[j].syms, symAbsent)
+			c.cols[j].nums = append(c.cols[j].nums, 0)
+		}
+		switch op >> 2 & 7 {
+		case 0, 1:
+			walk = math.Round((walk+rng.Float64()-0.5)*100) / 100
+			set(i, "a", walk)
+		case 2:
+			set(i, "a", float64(rng.Int64N(1000)))
+		case 3:
+			set(i, "a", rng.Float64()*1e6)
+		case 4:
+			set(i, "a", math.Round(rng.Float64()*1e12)/1e11) // 11 decimals
+		case 5:
+			set(i, "a", math.Round(rng.Float64()*1e5)/1e3)
+		case 6:
+			c.col("a", idx).setDict(i, []byte(`"s`+string(rune('a'+rng.IntN(3)))+`"`))
+		}
+		switch op >> 5 & 3 {
+		case 0:
+			count = math.Round((count+0.0017)*10000) / 10000
+			set(i, "b", count)
+		case 1:
+			c.col("b", idx).setDict(i, []byte([]string{"true", "false"}[rng.IntN(2)]))
+		case 2:
+			set(i, "c"+string(rune('0'+rng.IntN(3))), float64(rng.IntN(5)))
+		}
+		if op>>7 == 1 {
+			check()
+			if rng.IntN(3) == 0 {
+				based, tail = len(c.ts), newChunkAppender(len(c.ts))
+			}
+		}
+	}
+	check()
+}
+
+func TestChunkAppender(t *testing.T) {
+	for seed := range uint64(200) {
+		rng := rand.New(rand.NewPCG(seed, 3))
+		ops := make([]byte, 1+rng.IntN(chunkPoints))
+		mask := byte(rng.Uint32()) | 0x80
+		for i := range ops {
+			ops[i] = byte(rng.Uint32()) & mask
+			if rng.IntN(10) > 0 {
+				ops[i] &^= 0x80 // writes every 10 points or so
+			}
+			if seed%4 == 0 {
+				ops[i] &^= 0x7c // one column of decimals
+			}
+		}
+		appendRun(t, seed, ops)
+	}
+}
+
+// FuzzChunkAppender: the appender returns the full encoder's bytes.
+//
+//	go test -run XXX -fuzz FuzzChunkAppender ./devices/
+func FuzzChunkAppender(f *testing.F) {
+	f.Add(uint64(1), []byte{0, 0, 0x80, 0x81, 4, 8, 0x8c, 0x90, 0x14, 0x98, 0x20, 0xa0, 0x40, 0xc0})
+	f.Fuzz(func(t *testing.T, seed uint64, ops []byte) {
+		appendRun(t, seed, ops)
+	})
+}
