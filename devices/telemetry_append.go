@@ -63,14 +63,34 @@ type colAppender struct {
 	histD, histDoD [65]int
 	decMode        byte
 	dec            intStream
-	// xor is Gorilla's encoding of the numbers, made when first needed
-	// (no decimal form, or one with 10 digits or more, where the
-	// smaller is written) and kept up from then on.
-	xor *xorWriter
+	// xor is Gorilla's encoding of the numbers, made (xorOn) when
+	// first needed (no decimal form, or one with 10 digits or more,
+	// where the smaller is written) and kept up from then on.
+	xor   xorWriter
+	xorOn bool
 }
 
 func newChunkAppender(from int) *chunkAppender {
 	return &chunkAppender{from: from, n: from}
+}
+
+// reset makes a an appender of the points from from on, keeping its
+// buffers.
+func (a *chunkAppender) reset(from int) {
+	*a = chunkAppender{from: from, n: from, ts: intStream{w: bitWriter{b: a.ts.w.b[:0]}}, cols: a.cols[:0]}
+}
+
+// newCol adds a column appender for points from at on, reusing the
+// buffers of one that a had before reset.
+func (a *chunkAppender) newCol(at int) {
+	if len(a.cols) == cap(a.cols) {
+		a.cols = append(a.cols, colAppender{at: at})
+		return
+	}
+	a.cols = a.cols[:len(a.cols)+1]
+	c := &a.cols[len(a.cols)-1]
+	*c = colAppender{at: at, runs: c.runs[:0], dict: c.dict[:0],
+		dec: intStream{w: bitWriter{b: c.dec.w.b[:0]}}, xor: xorWriter{w: bitWriter{b: c.xor.w.b[:0]}}}
 }
 
 // chunk encodes points [a.from, len(d.ts)) of d, appended to dst, after
@@ -99,7 +119,7 @@ func (a *chunkAppender) extend(e *encoder, d *chunkData) {
 		a.extendTimestamps(e, d.ts[a.from:n])
 	}
 	for len(a.cols) < len(d.cols) {
-		a.cols = append(a.cols, colAppender{at: a.from})
+		a.newCol(a.from)
 	}
 	for i := range a.cols {
 		a.cols[i].extend(e, &d.cols[i], a.from, n)
@@ -125,7 +145,9 @@ func (a *chunkAppender) extendTimestamps(e *encoder, ts []int64) {
 	}
 	if _, k := intsCostHist(&a.tsHist); fresh || k != a.ts.k {
 		a.ts.start(uint64(ts[0]), k)
-		dods = deltas(dods[:0], ts, true)
+		if !fresh { // all of them again
+			dods = deltas(dods[:0], ts, true)
+		}
 	}
 	for _, v := range dods {
 		a.ts.w.intK(v, a.ts.k)
@@ -178,14 +200,14 @@ func colNumbers(dst []float64, col *chunkCol, from, n int) []float64 {
 func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, from, n int) {
 	first := c.nnums
 	c.nnums += len(fresh)
-	if c.xor != nil {
+	if c.xorOn {
 		for _, v := range fresh {
 			c.xor.add(v)
 		}
 	}
 	defer func() {
-		if c.xor == nil && (c.decMode == 0 || c.exp >= 10) {
-			c.xor = &xorWriter{}
+		if !c.xorOn && (c.decMode == 0 || c.exp >= 10) {
+			c.xorOn = true
 			e.all = colNumbers(e.all[:0], col, from, n)
 			for _, v := range e.all {
 				c.xor.add(v)
@@ -229,8 +251,12 @@ func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, fro
 		c.decMode = 0
 		return
 	}
+	if !raised && first == 0 {
+		c.rebuildDecimals(e, ms) // the first numbers
+		return
+	}
 	if raised || c.decMode == 0 {
-		c.rebuildDecimals(e, col, from, n)
+		c.rebuildDecimals(e, c.mantissas(e, col, from, n))
 		return
 	}
 	ds, dods := e.d[:0], e.dod[:0]
@@ -245,7 +271,7 @@ func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, fro
 	e.d, e.dod = ds, dods
 	mode, k := c.decChoice()
 	if mode != c.decMode || k != c.dec.k {
-		c.rebuildDecimals(e, col, from, n)
+		c.rebuildDecimals(e, c.mantissas(e, col, from, n))
 		return
 	}
 	if mode == numDecDoD {
@@ -266,16 +292,22 @@ func (c *colAppender) decChoice() (byte, int) {
 	return numDecDelta, k1
 }
 
-// rebuildDecimals writes the scaled decimals' stream again from all the
-// column's numbers, which are exact with c.exp.
-func (c *colAppender) rebuildDecimals(e *encoder, col *chunkCol, from, n int) {
-	nums := colNumbers(e.all[:0], col, from, n)
+// mantissas returns the column's numbers (of points [from, n) of col)
+// scaled by c.exp, with which they are exact.
+func (c *colAppender) mantissas(e *encoder, col *chunkCol, from, n int) []int64 {
+	e.all = colNumbers(e.all[:0], col, from, n)
 	ms := e.ms[:0]
-	for _, v := range nums {
+	for _, v := range e.all {
 		m, _ := mantissa(v, c.exp)
 		ms = append(ms, m)
 	}
-	e.all, e.ms = nums, ms
+	e.ms = ms
+	return ms
+}
+
+// rebuildDecimals writes the scaled decimals' stream again from ms, all
+// of the column's numbers scaled.
+func (c *colAppender) rebuildDecimals(e *encoder, ms []int64) {
 	e.d, e.dod = deltas(e.d[:0], ms, false), deltas(e.dod[:0], ms, true)
 	c.histD, c.histDoD = [65]int{}, [65]int{}
 	for i := range e.d {

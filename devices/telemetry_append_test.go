@@ -2,6 +2,7 @@ package devices
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -10,13 +11,15 @@ import (
 // appendRun builds a chunk point by point as the writer does, driven by
 // ops (one point each) and seed, and at each write checks that the
 // appenders of the whole chunk and of its tail return the bytes the full
-// encoder makes of the same points.
-func appendRun(t testing.TB, seed uint64, ops []byte) {
+// encoder makes of the same points. The appenders may have been used
+// before.
+func appendRun(t testing.TB, seed uint64, ops []byte, whole, tail *chunkAppender) {
 	rng := rand.New(rand.NewPCG(seed, 2))
 	c := &chunkData{}
 	idx := map[string]int{}
 	var e, full encoder
-	whole, tail := newChunkAppender(0), newChunkAppender(0)
+	whole.reset(0)
+	tail.reset(0)
 	based := 0
 	ts, walk, count := int64(1795662000000), 21.5, 1000.0
 	set := func(i int, name string, v float64) {
@@ -91,7 +94,8 @@ func appendRun(t testing.TB, seed uint64, ops []byte) {
 		if op>>7 == 1 {
 			check()
 			if rng.IntN(3) == 0 {
-				based, tail = len(c.ts), newChunkAppender(len(c.ts))
+				based = len(c.ts)
+				tail.reset(based)
 			}
 		}
 	}
@@ -99,6 +103,7 @@ func appendRun(t testing.TB, seed uint64, ops []byte) {
 }
 
 func TestChunkAppender(t *testing.T) {
+	whole, tail := newChunkAppender(0), newChunkAppender(0)
 	for seed := range uint64(200) {
 		rng := rand.New(rand.NewPCG(seed, 3))
 		ops := make([]byte, 1+rng.IntN(chunkPoints))
@@ -112,7 +117,7 @@ func TestChunkAppender(t *testing.T) {
 				ops[i] &^= 0x7c // one column of decimals
 			}
 		}
-		appendRun(t, seed, ops)
+		appendRun(t, seed, ops, whole, tail)
 	}
 }
 
@@ -122,6 +127,71 @@ func TestChunkAppender(t *testing.T) {
 func FuzzChunkAppender(f *testing.F) {
 	f.Add(uint64(1), []byte{0, 0, 0x80, 0x81, 4, 8, 0x8c, 0x90, 0x14, 0x98, 0x20, 0xa0, 0x40, 0xc0})
 	f.Fuzz(func(t *testing.T, seed uint64, ops []byte) {
-		appendRun(t, seed, ops)
+		appendRun(t, seed, ops, newChunkAppender(0), newChunkAppender(0))
 	})
+}
+
+// BenchmarkChunkEncodeWrites: the encoding a device's chunk costs the
+// writer, per point, when it gets per points a write (the base and
+// tail rows as writeChunks writes them), by the full encoder and by
+// the appenders.
+//
+//	go test -run XXX -bench ChunkEncodeWrites ./devices/
+func BenchmarkChunkEncodeWrites(b *testing.B) {
+	if testPG != nil {
+		b.Skip("no database involved")
+	}
+	c := testChunk(640, 7)
+	c.cols = c.cols[:4] // temperature, energy, raw, heating
+	c.cols[2].name = "humidity"
+	for i := range c.cols[2].nums {
+		c.cols[2].nums[i] = float64(40 + i%7)
+	}
+	for _, per := range []int{1, 10, 130} {
+		for _, appender := range []bool{false, true} {
+			b.Run(fmt.Sprintf("per=%d/appender=%v", per, appender), func(b *testing.B) {
+				var e encoder
+				var buf []byte
+				points := 0
+				var s spareArrays // as the writer recycles them
+				for b.Loop() {
+					based := 0
+					var whole, tail *chunkAppender
+					for n := min(per, len(c.ts)); ; n = min(n+per, len(c.ts)) {
+						d := c.slice(0, n)
+						if based > 0 && n-based <= based/2 {
+							if appender {
+								if tail == nil {
+									tail = s.appender(based)
+								}
+								buf = tail.chunk(&e, buf[:0], d)
+							} else {
+								buf = e.chunk(buf[:0], d.slice(based, n))
+							}
+						} else {
+							based = n
+							if appender {
+								if whole == nil {
+									whole = s.appender(0)
+								}
+								buf = whole.chunk(&e, buf[:0], d)
+								if tail != nil {
+									tail.reset(n)
+								}
+							} else {
+								buf = e.chunk(buf[:0], d)
+							}
+						}
+						if n == len(c.ts) {
+							break
+						}
+					}
+					points += len(c.ts)
+					s.keepAppender(whole)
+					s.keepAppender(tail)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(points), "ns/point")
+			})
+		}
+	}
 }

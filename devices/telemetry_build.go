@@ -173,15 +173,35 @@ type chunkBuilder struct {
 	last *openChunk
 }
 
-// spareArrays are the arrays of chunks written complete.
+// spareArrays are the arrays of chunks written complete, and their
+// appenders.
 type spareArrays struct {
 	ts   [][]int64
 	syms [][]uint32
 	nums [][]float64
+	apps []*chunkAppender
 }
 
 // maxSpare is how many arrays of each kind spareArrays keeps.
 const maxSpare = 256
+
+// keepAppender takes a, which is no longer used (if not nil).
+func (s *spareArrays) keepAppender(a *chunkAppender) {
+	if a != nil && len(s.apps) < maxSpare {
+		s.apps = append(s.apps, a)
+	}
+}
+
+// appender returns an appender of the points from from on.
+func (s *spareArrays) appender(from int) *chunkAppender {
+	if len(s.apps) == 0 {
+		return newChunkAppender(from)
+	}
+	a := s.apps[len(s.apps)-1]
+	s.apps = s.apps[:len(s.apps)-1]
+	a.reset(from)
+	return a
+}
 
 // keep takes the arrays of d, which is no longer used.
 func (s *spareArrays) keep(d *chunkData) {
@@ -303,10 +323,12 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 		}
 		c.based, c.rebase = n, false
 		if c.whole == nil {
-			c.whole = newChunkAppender(0)
+			c.whole = b.spare.appender(0)
 		}
 		buf = c.whole.chunk(&b.enc, buf[:0], &c.data)
-		c.tail = nil
+		if c.tail != nil {
+			c.tail.reset(n)
+		}
 		if len(buf) <= chunkMaxBytes || n == 1 {
 			gone, err := putChunk(ctx, ins, upd, c.device, &c.id, c.data.ts, buf)
 			if err != nil {
@@ -355,7 +377,7 @@ func (b *chunkBuilder) writeTail(ctx context.Context, tx *sql.Tx, ins, upd *sql.
 		}
 	}
 	if c.tail == nil {
-		c.tail = newChunkAppender(c.based)
+		c.tail = b.spare.appender(c.based)
 	}
 	*buf = c.tail.chunk(&b.enc, (*buf)[:0], &c.data)
 	return putChunk(ctx, ins, upd, c.device, &c.tailID, c.data.ts[c.based:], *buf)
@@ -409,6 +431,9 @@ func (b *chunkBuilder) written(ok bool) {
 	for _, c := range b.done {
 		if b.open[c.device] != c {
 			b.spare.keep(&c.data)
+			b.spare.keepAppender(c.whole)
+			b.spare.keepAppender(c.tail)
+			c.whole, c.tail = nil, nil
 		}
 	}
 	clear(b.done)
