@@ -2,10 +2,12 @@ package devices
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 // appendRun builds a chunk point by point as the writer does, driven by
@@ -192,6 +194,60 @@ func BenchmarkChunkEncodeWrites(b *testing.B) {
 				}
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(points), "ns/point")
 			})
+		}
+	}
+}
+
+// TestTelemetryChunksWrittenOften: points written a few at a time, so
+// that each device's chunk is rewritten (base and tail, each from its
+// kept encoding) hundreds of times, are read back as they were sent:
+// decimals whose precision rises, numbers without a short decimal form,
+// strings and booleans, a metric that appears late.
+func TestTelemetryChunksWrittenOften(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "w1", "w2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const n = 1200
+	val := func(dev, i int) string {
+		switch {
+		case i%41 == 40:
+			return fmt.Sprintf(`{"t":%d.125,"raw":%v}`, i%30, float64(i)/3)
+		case i%17 == 0:
+			return fmt.Sprintf(`{"t":%d.5,"mode":"m%d","on":%v}`, i%30, i%3, i%2 == 0)
+		case dev == 1 && i > n/2:
+			return fmt.Sprintf(`{"t":%d.5,"late":%d}`, i%30, i)
+		}
+		return fmt.Sprintf(`{"t":%d.5,"h":%d}`, i%30, i%7)
+	}
+	for i := 0; i < n; {
+		for end := min(n, i+1+i%7); i < end; i++ {
+			for dev := range 2 {
+				s := mustSample(t, val(dev, i))
+				s.TS = base.Add(time.Duration(i)*time.Second + time.Duration(i%3)*time.Millisecond)
+				if !tel.Add(fmt.Sprintf("w%d", dev+1), s, time.Now()) {
+					t.Fatal("Add refused")
+				}
+			}
+		}
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for dev := range 2 {
+		pts, err := tel.Points(ctx, fmt.Sprintf("w%d", dev+1), base, base.Add(n*time.Second), 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pts) != n {
+			t.Fatalf("w%d: %d points, want %d", dev+1, len(pts), n)
+		}
+		for i, p := range pts {
+			want := mustSample(t, val(dev, i)).Values()
+			ts := base.Add(time.Duration(i)*time.Second + time.Duration(i%3)*time.Millisecond)
+			if !p.TS.Equal(ts) || fmt.Sprint(p.Values) != fmt.Sprint(want) {
+				t.Fatalf("w%d point %d: %v %v, want %v %v", dev+1, i, p.TS, p.Values, ts, want)
+			}
 		}
 	}
 }
