@@ -1,6 +1,9 @@
 package devices
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"slices"
+)
 
 // chunkAppender keeps the encoding of points [from, n) of a chunk the
 // writer is filling, so that each write encodes only the points added
@@ -16,7 +19,7 @@ import "encoding/binary"
 // writer drops it when it sorts them).
 type chunkAppender struct {
 	from, n int
-	tsHist  [65]int // intLen counts of the timestamps' delta-of-deltas
+	tsHist  intHist // intLen counts of the timestamps' delta-of-deltas
 	tsLast  int64
 	tsDelta int64
 	ts      intStream
@@ -60,7 +63,7 @@ type colAppender struct {
 	// delta, the intLen counts of the deltas and of the
 	// delta-of-deltas, and the stream in decMode (0: none).
 	lastM, lastD   int64
-	histD, histDoD [65]int
+	histD, histDoD intHist
 	decMode        byte
 	dec            intStream
 	// xor is Gorilla's encoding of the numbers, made (xorOn) when
@@ -118,8 +121,11 @@ func (a *chunkAppender) extend(e *encoder, d *chunkData) {
 	if a.n < n {
 		a.extendTimestamps(e, d.ts[a.from:n])
 	}
-	for len(a.cols) < len(d.cols) {
-		a.newCol(a.from)
+	if len(a.cols) < len(d.cols) {
+		a.cols = slices.Grow(a.cols, len(d.cols)-len(a.cols))
+		for len(a.cols) < len(d.cols) {
+			a.newCol(a.from)
+		}
 	}
 	for i := range a.cols {
 		a.cols[i].extend(e, &d.cols[i], a.from, n)
@@ -309,7 +315,7 @@ func (c *colAppender) mantissas(e *encoder, col *chunkCol, from, n int) []int64 
 // of the column's numbers scaled.
 func (c *colAppender) rebuildDecimals(e *encoder, ms []int64) {
 	e.d, e.dod = deltas(e.d[:0], ms, false), deltas(e.dod[:0], ms, true)
-	c.histD, c.histDoD = [65]int{}, [65]int{}
+	c.histD, c.histDoD = intHist{}, intHist{}
 	for i := range e.d {
 		c.histD[intLen(e.d[i])]++
 		c.histDoD[intLen(e.dod[i])]++

@@ -164,15 +164,18 @@ func intLen(v int64) int { return 64 - bits.LeadingZeros64(zigzag(v)) }
 
 // intsCost returns the bits ints takes for vs, and the width k it uses.
 func intsCost(vs []int64) (cost, k int) {
-	var hist [65]int
+	var hist intHist
 	for _, v := range vs {
 		hist[intLen(v)]++
 	}
 	return intsCostHist(&hist)
 }
 
+// intHist counts values by intLen.
+type intHist [65]int32
+
 // intsCostHist is intsCost of the values whose intLen counts are hist.
-func intsCostHist(hist *[65]int) (cost, k int) {
+func intsCostHist(hist *intHist) (cost, k int) {
 	// The best k is one of the lengths present (between two of them the
 	// cost only grows with k).
 	var present [65]int
@@ -191,9 +194,9 @@ func intsCostHist(hist *[65]int) (cost, k int) {
 		cost := 0
 		for _, l := range present[:p] {
 			if l <= k {
-				cost += hist[l] * (1 + k)
+				cost += int(hist[l]) * (1 + k)
 			} else {
-				cost += hist[l] * (1 + intCost(l))
+				cost += int(hist[l]) * (1 + intCost(l))
 			}
 		}
 		if best < 0 || cost < best {

@@ -185,9 +185,15 @@ type spareArrays struct {
 // maxSpare is how many arrays of each kind spareArrays keeps.
 const maxSpare = 256
 
+// maxSpareAppenders is how many appenders spareArrays keeps: two a
+// device, for 512 devices rolling over to their next chunks in one
+// write (an appender holds about its chunk's encoded size, at most
+// chunkMaxBytes).
+const maxSpareAppenders = 1024
+
 // keepAppender takes a, which is no longer used (if not nil).
 func (s *spareArrays) keepAppender(a *chunkAppender) {
-	if a != nil && len(s.apps) < maxSpare {
+	if a != nil && len(s.apps) < maxSpareAppenders {
 		s.apps = append(s.apps, a)
 	}
 }
