@@ -46,6 +46,24 @@ func (w *bitWriter) done() []byte {
 	return w.b
 }
 
+// appendTo appends the bytes written so far to dst as done would return
+// them, and leaves w as it is, to be written on.
+func (w *bitWriter) appendTo(dst []byte) []byte {
+	dst = append(dst, w.b...)
+	if w.n > 0 {
+		dst = append(dst, byte(w.acc<<(8-w.n)))
+	}
+	return dst
+}
+
+// size is len(w.appendTo(nil)).
+func (w *bitWriter) size() int {
+	if w.n > 0 {
+		return len(w.b) + 1
+	}
+	return len(w.b)
+}
+
 // bitReader reads what a bitWriter wrote.
 type bitReader struct {
 	b   []byte
@@ -126,22 +144,38 @@ func (w *bitWriter) ints(vs []int64) {
 	_, bestK := intsCost(vs)
 	w.bits(uint64(bestK), 6)
 	for _, v := range vs {
-		z := zigzag(v)
-		if 64-bits.LeadingZeros64(z) <= bestK {
-			w.bits(z, bestK+1) // '0' and k bits
-		} else {
-			w.bit(true)
-			w.int(v)
-		}
+		w.intK(v, bestK)
 	}
 }
 
+// intK writes one value of a column of integers written with width k.
+func (w *bitWriter) intK(v int64, k int) {
+	z := zigzag(v)
+	if 64-bits.LeadingZeros64(z) <= k {
+		w.bits(z, k+1) // '0' and k bits
+	} else {
+		w.bit(true)
+		w.int(v)
+	}
+}
+
+// intLen is the significant bits of v's zigzag: what intsCost counts.
+func intLen(v int64) int { return 64 - bits.LeadingZeros64(zigzag(v)) }
+
 // intsCost returns the bits ints takes for vs, and the width k it uses.
 func intsCost(vs []int64) (cost, k int) {
-	var hist [65]int
+	var hist intHist
 	for _, v := range vs {
-		hist[64-bits.LeadingZeros64(zigzag(v))]++
+		hist[intLen(v)]++
 	}
+	return intsCostHist(&hist)
+}
+
+// intHist counts values by intLen.
+type intHist [65]int32
+
+// intsCostHist is intsCost of the values whose intLen counts are hist.
+func intsCostHist(hist *intHist) (cost, k int) {
 	// The best k is one of the lengths present (between two of them the
 	// cost only grows with k).
 	var present [65]int
@@ -160,9 +194,9 @@ func intsCost(vs []int64) (cost, k int) {
 		cost := 0
 		for _, l := range present[:p] {
 			if l <= k {
-				cost += hist[l] * (1 + k)
+				cost += int(hist[l]) * (1 + k)
 			} else {
-				cost += hist[l] * (1 + intCost(l))
+				cost += int(hist[l]) * (1 + intCost(l))
 			}
 		}
 		if best < 0 || cost < best {

@@ -21,7 +21,9 @@ import (
 // On disk it is two rows: the base (its first based points, rewritten
 // when the tail has grown to half its size, and when the chunk is
 // complete) and the tail (the points after them, rewritten each flush).
-// Each point is thus encoded a few times rather than once per flush.
+// Each row's encoding is kept (chunkAppender) and the points added since
+// its last write are encoded onto it, so a point is encoded once into the
+// tail and once into the base, however often either is rewritten.
 type openChunk struct {
 	device string
 	id     int64 // base row id; 0 until inserted
@@ -41,6 +43,10 @@ type openChunk struct {
 	sorted bool      // points in time order
 	dirty  bool      // changed since written
 	used   time.Time // last batch that added to it
+	// whole and tail keep the encodings of the chunk and of its points
+	// after based as last written, so that a write encodes only the
+	// points added since (nil: none yet, or the points were sorted).
+	whole, tail *chunkAppender
 }
 
 // fits reports whether a point at ts may join the chunk.
@@ -122,11 +128,12 @@ func metricName(k []byte) string {
 }
 
 // sort puts the points in time order (stable: equal timestamps keep
-// their arrival order).
+// their arrival order), and forgets the encodings kept of them.
 func (c *openChunk) sort() {
 	if c.sorted {
 		return
 	}
+	c.whole, c.tail = nil, nil
 	perm := make([]int, len(c.data.ts))
 	for i := range perm {
 		perm[i] = i
@@ -166,15 +173,41 @@ type chunkBuilder struct {
 	last *openChunk
 }
 
-// spareArrays are the arrays of chunks written complete.
+// spareArrays are the arrays of chunks written complete, and their
+// appenders.
 type spareArrays struct {
 	ts   [][]int64
 	syms [][]uint32
 	nums [][]float64
+	apps []*chunkAppender
 }
 
 // maxSpare is how many arrays of each kind spareArrays keeps.
 const maxSpare = 256
+
+// maxSpareAppenders is how many appenders spareArrays keeps: two a
+// device, for 512 devices rolling over to their next chunks in one
+// write (an appender holds about its chunk's encoded size, at most
+// chunkMaxBytes).
+const maxSpareAppenders = 1024
+
+// keepAppender takes a, which is no longer used (if not nil).
+func (s *spareArrays) keepAppender(a *chunkAppender) {
+	if a != nil && len(s.apps) < maxSpareAppenders {
+		s.apps = append(s.apps, a)
+	}
+}
+
+// appender returns an appender of the points from from on.
+func (s *spareArrays) appender(from int) *chunkAppender {
+	if len(s.apps) == 0 {
+		return newChunkAppender(from)
+	}
+	a := s.apps[len(s.apps)-1]
+	s.apps = s.apps[:len(s.apps)-1]
+	a.reset(from)
+	return a
+}
 
 // keep takes the arrays of d, which is no longer used.
 func (s *spareArrays) keep(d *chunkData) {
@@ -295,9 +328,15 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 			c.tailID = 0
 		}
 		c.based, c.rebase = n, false
-		buf = b.enc.chunk(buf[:0], &c.data)
+		if c.whole == nil {
+			c.whole = b.spare.appender(0)
+		}
+		buf = c.whole.chunk(&b.enc, buf[:0], &c.data)
+		if c.tail != nil {
+			c.tail.reset(n)
+		}
 		if len(buf) <= chunkMaxBytes || n == 1 {
-			gone, err := putChunk(ctx, ins, upd, c.device, &c.id, &c.data, buf)
+			gone, err := putChunk(ctx, ins, upd, c.device, &c.id, c.data.ts, buf)
 			if err != nil {
 				return err
 			}
@@ -317,7 +356,7 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 		for i := 0; i < n; i += per {
 			sub := c.data.slice(i, min(i+per, n))
 			buf = b.enc.chunk(buf[:0], sub)
-			if _, err := putChunk(ctx, ins, upd, c.device, &c.id, sub, buf); err != nil {
+			if _, err := putChunk(ctx, ins, upd, c.device, &c.id, sub.ts, buf); err != nil {
 				return err
 			}
 			c.id = 0 // the next part is a row of its own
@@ -343,9 +382,11 @@ func (b *chunkBuilder) writeTail(ctx context.Context, tx *sql.Tx, ins, upd *sql.
 			return false, fmt.Errorf("telemetry write: %w", err)
 		}
 	}
-	sub := c.data.slice(c.based, len(c.data.ts))
-	*buf = b.enc.chunk((*buf)[:0], sub)
-	return putChunk(ctx, ins, upd, c.device, &c.tailID, sub, *buf)
+	if c.tail == nil {
+		c.tail = b.spare.appender(c.based)
+	}
+	*buf = c.tail.chunk(&b.enc, (*buf)[:0], &c.data)
+	return putChunk(ctx, ins, upd, c.device, &c.tailID, c.data.ts[c.based:], *buf)
 }
 
 // prepareChunkWrites prepares the insert and the rewrite of a row of a
@@ -365,17 +406,18 @@ func prepareChunkWrites(ctx context.Context, tx *sql.Tx, table string) (ins, upd
 	return ins, upd, nil
 }
 
-// putChunk inserts the chunk d (encoded as data) if *id is 0, setting
-// *id, else rewrites row *id; gone reports that the row was not there.
-func putChunk(ctx context.Context, ins, upd *sql.Stmt, device string, id *int64, d *chunkData, data []byte) (gone bool, err error) {
-	lo, hi := d.ts[0], d.ts[len(d.ts)-1]
+// putChunk inserts the chunk whose timestamps are ts (encoded as data)
+// if *id is 0, setting *id, else rewrites row *id; gone reports that the
+// row was not there.
+func putChunk(ctx context.Context, ins, upd *sql.Stmt, device string, id *int64, ts []int64, data []byte) (gone bool, err error) {
+	lo, hi := ts[0], ts[len(ts)-1]
 	if *id == 0 {
-		if err := ins.QueryRowContext(ctx, device, lo, hi, len(d.ts), data).Scan(id); err != nil {
+		if err := ins.QueryRowContext(ctx, device, lo, hi, len(ts), data).Scan(id); err != nil {
 			return false, fmt.Errorf("telemetry write: insert: %w", err)
 		}
 		return false, nil
 	}
-	res, err := upd.ExecContext(ctx, lo, hi, len(d.ts), data, *id)
+	res, err := upd.ExecContext(ctx, lo, hi, len(ts), data, *id)
 	if err != nil {
 		return false, fmt.Errorf("telemetry write: update: %w", err)
 	}
@@ -395,6 +437,9 @@ func (b *chunkBuilder) written(ok bool) {
 	for _, c := range b.done {
 		if b.open[c.device] != c {
 			b.spare.keep(&c.data)
+			b.spare.keepAppender(c.whole)
+			b.spare.keepAppender(c.tail)
+			c.whole, c.tail = nil, nil
 		}
 	}
 	clear(b.done)

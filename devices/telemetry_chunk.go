@@ -140,7 +140,7 @@ func (c *chunkData) slice(i, j int) *chunkData {
 // chunk does not allocate for each.
 type encoder struct {
 	body, runs, bits []byte
-	nums             []float64
+	nums, all        []float64
 	ms, d, dod       []int64
 }
 
@@ -316,37 +316,49 @@ func undelta(dst []int64, v0 int64, ds []int64, dod bool) []int64 {
 
 // encodeXOR is Gorilla's float encoding (Pelkonen et al., VLDB 2015).
 func encodeXOR(nums []float64) []byte {
-	var w bitWriter
-	var prev uint64
-	lead, trail := -1, 0
-	for i, v := range nums {
-		cur := math.Float64bits(v)
-		if i == 0 {
-			w.bits(cur, 64)
-			prev = cur
-			continue
-		}
-		x := cur ^ prev
-		prev = cur
-		if x == 0 {
-			w.bit(false)
-			continue
-		}
-		w.bit(true)
-		l, t := min(bits.LeadingZeros64(x), 31), bits.TrailingZeros64(x)
-		if lead >= 0 && l >= lead && t >= trail {
-			w.bit(false)
-			w.bits(x>>trail, 64-lead-trail)
-			continue
-		}
-		lead, trail = l, t
-		sig := 64 - l - t
-		w.bit(true)
-		w.bits(uint64(l), 5)
-		w.bits(uint64(sig&63), 6) // 64 is written as 0
-		w.bits(x>>t, sig)
+	var x xorWriter
+	for _, v := range nums {
+		x.add(v)
 	}
-	return w.done()
+	return x.w.done()
+}
+
+// xorWriter writes encodeXOR's encoding one number at a time.
+type xorWriter struct {
+	w     bitWriter
+	n     int // numbers written
+	prev  uint64
+	lead  int // -1 until set
+	trail int
+}
+
+func (x *xorWriter) add(v float64) {
+	cur := math.Float64bits(v)
+	if x.n == 0 {
+		x.w.bits(cur, 64)
+		x.prev, x.lead, x.n = cur, -1, 1
+		return
+	}
+	x.n++
+	d := cur ^ x.prev
+	x.prev = cur
+	if d == 0 {
+		x.w.bit(false)
+		return
+	}
+	x.w.bit(true)
+	l, t := min(bits.LeadingZeros64(d), 31), bits.TrailingZeros64(d)
+	if x.lead >= 0 && l >= x.lead && t >= x.trail {
+		x.w.bit(false)
+		x.w.bits(d>>x.trail, 64-x.lead-x.trail)
+		return
+	}
+	x.lead, x.trail = l, t
+	sig := 64 - l - t
+	x.w.bit(true)
+	x.w.bits(uint64(l), 5)
+	x.w.bits(uint64(sig&63), 6) // 64 is written as 0
+	x.w.bits(d>>t, sig)
 }
 
 // chunkReader reads an encoded chunk.

@@ -89,6 +89,11 @@ func parseTelemetry(payload []byte, shared bool) (Sample, error) {
 	if len(payload) > MaxTelemetryPayload {
 		return Sample{}, fmt.Errorf("%w: %d bytes (at most %d)", ErrTelemetryTooLarge, len(payload), MaxTelemetryPayload)
 	}
+	if shared {
+		if n, ok := compactObject(payload); ok {
+			return Sample{JSON: payload[:len(payload):len(payload)], N: n}, nil
+		}
+	}
 	p := parser{b: payload}
 	p.ws()
 	if !p.eat('{') {
@@ -115,6 +120,82 @@ func parseTelemetry(payload []byte, shared bool) (Sample, error) {
 		s.JSON = append(make([]byte, 0, len(f.out)), f.out...)
 	}
 	return s, nil
+}
+
+// compactObject is parseTelemetry's shortcut for a payload that is the
+// compact object it would make of it, as firmware usually sends it: at
+// most 16 metrics, no whitespace, no "ts", no nesting, ASCII names and
+// strings without escapes. It returns the number of metrics; ok is false
+// for any other payload, which parseTelemetry then reads in full (and
+// refuses if it must): what compactObject accepts, parseTelemetry
+// accepts and copies unchanged (FuzzParseTelemetry).
+func compactObject(b []byte) (n int, ok bool) {
+	if len(b) < 2 || b[0] != '{' {
+		return 0, false
+	}
+	var names [16][]byte
+	p := parser{b: b, i: 1}
+	for {
+		name, ok := p.asciiString(0x7f) // checkName refuses DEL too
+		if !ok || len(name) == 0 || len(name) > MaxMetricName || string(name) == "ts" || n == len(names) {
+			return 0, false
+		}
+		for _, m := range names[:n] {
+			if string(m) == string(name) {
+				return 0, false
+			}
+		}
+		names[n] = name
+		n++
+		if !p.eat(':') || p.i >= len(b) {
+			return 0, false
+		}
+		switch c := b[p.i]; {
+		case c == '"':
+			if s, ok := p.asciiString(0x80); !ok || len(s) > MaxMetricString {
+				return 0, false
+			}
+		case c == 't':
+			if !p.literal("true") {
+				return 0, false
+			}
+		case c == 'f':
+			if !p.literal("false") {
+				return 0, false
+			}
+		case c == '-' || c >= '0' && c <= '9':
+			if _, err := p.number(false); err != nil {
+				return 0, false
+			}
+		default:
+			return 0, false
+		}
+		if p.eat('}') {
+			return n, p.i == len(b)
+		}
+		if !p.eat(',') {
+			return 0, false
+		}
+	}
+}
+
+// asciiString reads a JSON string of bytes from 0x20 to below limit,
+// without escapes, and returns its contents; ok is false for any other.
+func (p *parser) asciiString(limit byte) (s []byte, ok bool) {
+	if !p.eat('"') {
+		return nil, false
+	}
+	start := p.i
+	for ; p.i < len(p.b); p.i++ {
+		switch c := p.b[p.i]; {
+		case c == '"':
+			p.i++
+			return p.b[start : p.i-1], true
+		case c < 0x20 || c >= limit || c == '\\':
+			return nil, false
+		}
+	}
+	return nil, false
 }
 
 // ParseTelemetryValue parses the payload of devices/{id}/telemetry/{metric}

@@ -295,3 +295,21 @@ func TestTelemetryParseReusesState(t *testing.T) {
 		}
 	}
 }
+
+// TestTelemetryParseCompact: the shared parse's shortcut for compact
+// objects refuses what the full parse refuses, with the same reason, and
+// accepts the rest unchanged.
+func TestTelemetryParseCompact(t *testing.T) {
+	long := strings.Repeat("n", MaxMetricName+1)
+	for _, in := range []string{
+		`{"a":1,"a":2}`, `{"":1}`, `{"` + long + `":1}`, "{\"a\x7f\":1}", "{\"a\x01\":1}", `{"a":"` + strings.Repeat("x", MaxMetricString+1) + `"}`,
+		"{\"a\":\"\x7f\"}", `{"a":01}`, `{"a":1e999}`, `{"a":-}`, `{"a":null}`, `{"a":[1]}`, `{"a":1}x`, `{"a":1,}`, `{}`, `{"a":tru}`, `{"a":1`,
+		`{"a":1,"b":-2.5e3,"c":true,"d":false,"e":"on"}`, `{"ts":1795662000000}`, strings.TrimSuffix(manyMetrics(17), "}") + `,"m1":1}`, manyMetrics(17),
+	} {
+		s, err := ParseTelemetry([]byte(in))
+		sh, shErr := ParseTelemetryShared([]byte(in))
+		if (err == nil) != (shErr == nil) || err != nil && RejectReason(err) != RejectReason(shErr) || string(s.JSON) != string(sh.JSON) || s.N != sh.N {
+			t.Errorf("%.60s: shared %q %v, full %q %v", in, sh.JSON, shErr, s.JSON, err)
+		}
+	}
+}

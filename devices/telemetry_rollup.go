@@ -421,7 +421,7 @@ func (r *rollups) write(ctx context.Context, tx *sql.Tx) error {
 		c.dirty = false
 		d := c.chunk()
 		buf = encodeChunk(buf[:0], d)
-		gone, err := putChunk(ctx, ins, upd, c.device, &c.id, d, buf)
+		gone, err := putChunk(ctx, ins, upd, c.device, &c.id, d.ts, buf)
 		if err != nil {
 			return fmt.Errorf("telemetry rollups: %w", err)
 		}
