@@ -269,7 +269,15 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 			timer = time.NewTimer(b.maxWait)
 			b.waits.Inc()
 		}
-		if b.hold(l.drained, timer, l.acks.Load, l.need, &rounds) {
+		drained := func(round <-chan time.Time) bool {
+			select {
+			case <-l.drained:
+				return true
+			case <-round:
+				return false
+			}
+		}
+		if b.hold(drained, timer, l.acks.Load, l.need, &rounds) {
 			return true
 		}
 		l.stuck.Store(true)
@@ -289,20 +297,19 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 // waits as long for a node held back so: cluster/flow.go.)
 const WaitRounds = 8
 
-// hold waits until done is closed, in rounds of maxWait timed by timer
-// (started by the caller, shared by the subscribers one PUBLISH waits
-// for). A round at whose end progress (a count of what the subscriber
+// hold waits until done reports true, in rounds of maxWait timed by
+// timer (started by the caller, shared by the subscribers one PUBLISH
+// waits for): done waits for its event or for round to fire, and reports
+// which. A round at whose end progress (a count of what the subscriber
 // has drained) has not advanced by an eighth of need ends the wait, as
 // does the last of WaitRounds rounds (rounds counts them across the
 // PUBLISH's subscribers): false, the subscriber is stuck.
-func (b *Backpressure) hold(done <-chan struct{}, timer *time.Timer, progress func() int64, need int64, rounds *int) bool {
+func (b *Backpressure) hold(done func(round <-chan time.Time) bool, timer *time.Timer, progress func() int64, need int64, rounds *int) bool {
 	floor := max(need/WaitRounds, 1)
 	seen := progress()
 	for {
-		select {
-		case <-done:
+		if done(timer.C) {
 			return true
-		case <-timer.C:
 		}
 		*rounds++
 		now := progress()
