@@ -176,6 +176,9 @@ func qos0NothingDropped(t *testing.T, b *Broker, bp *Backpressure) {
 	if d := atomic.LoadInt64(&b.Server.Info.MessagesDropped); d != 0 {
 		t.Errorf("engine counted %d messages dropped", d)
 	}
+	if s := atomic.LoadInt64(&b.Server.Info.MessagesSent); s != n {
+		t.Errorf("engine counted %d messages sent, want %d", s, n)
+	}
 	if testCounter(t, bp.delivered) == 0 {
 		t.Error("no message went through the QoS 0 wait")
 	}
