@@ -50,7 +50,11 @@ func TestClusterFlowControl(t *testing.T) {
 		// TestBackpressureStuckSubscriberIsSkipped and
 		// TestBackpressureStuckSubscriberRecovers (broker/); at 30 s the
 		// floor is 12 a round of 30 s, below this reader's pace under any
-		// load seen, so the test is about the window alone.
+		// load seen, so the test is about the window alone. (After that
+		// change, at the default and load average about 11 with busy
+		// loops beside, 2 of 2 runs lost 230 and 289 another way: node3's
+		// bus connection lost twice each, no wait timing out; not
+		// examined, nor whether 30 s avoids it.)
 		c.MQTT.BackpressureWait = 30 * time.Second
 	})
 	runFlow(t, apps, 256<<10, 250, 2*time.Millisecond)
