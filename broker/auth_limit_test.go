@@ -27,9 +27,13 @@ func authRawConnectFrom(t testing.TB, local, addr string, version byte, clientID
 // one address is held (the limiter closes the pair for 20ms doubling to
 // 100ms in this environment) and then checked as usual: the right secret
 // still gets in from there once the hold is over, and at once from
-// another address, whatever the failures elsewhere.
+// another address, whatever the failures elsewhere. The limiter's clock
+// stands still: on the real one an attempt that came more than 20 ms
+// after the failure before found the pair open again ("delayed = 2" at
+// load average 14).
 func TestAuthFailuresSlowedDown(t *testing.T) {
 	e := startAuthEnv(t, false)
+	e.clock.freeze()
 	secret := e.device(t, "ok")
 	free := e.auth.login.Options().PairFree
 	for range free + 3 {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,11 +29,30 @@ import (
 // authEnv is a broker with the access hook on a fresh registry, MQTT over
 // TCP on 127.0.0.1 and over WebSocket on an httptest server.
 type authEnv struct {
-	b    *Broker
-	auth *Auth
-	reg  *devices.Registry
-	tcp  string // host:port
-	ws   string // ws://host:port/mqtt
+	b     *Broker
+	auth  *Auth
+	reg   *devices.Registry
+	tcp   string // host:port
+	ws    string // ws://host:port/mqtt
+	clock *loginClock
+}
+
+// loginClock is the login limiter's clock in an auth environment: the
+// real one until frozen, then the instant it was frozen at, so that
+// whether an attempt finds its key closed does not depend on how soon
+// it follows the failure before (a loaded machine).
+type loginClock struct{ frozen atomic.Pointer[time.Time] }
+
+func (c *loginClock) now() time.Time {
+	if f := c.frozen.Load(); f != nil {
+		return *f
+	}
+	return time.Now()
+}
+
+func (c *loginClock) freeze() {
+	n := time.Now()
+	c.frozen.Store(&n)
 }
 
 func authLogger() *slog.Logger {
@@ -72,8 +92,9 @@ func startAuthEnvIn(t testing.TB, dir string, anonymous, baseline bool) *authEnv
 	o.TCPAddr = "127.0.0.1:0"
 	o.WebSocket = true // the WS listener; served by httptest below
 	o.AllowAnonymous = anonymous
+	clock := &loginClock{}
 	auth := NewAuth(AuthOptions{Registry: reg, AllowAnonymous: anonymous, Logger: authLogger(),
-		Logins: devices.NewLoginLimiter(&devices.LoginLimitOptions{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond})})
+		Logins: devices.NewLoginLimiter(&devices.LoginLimitOptions{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond, Now: clock.now})})
 	o.Logger, o.Access = authLogger(), auth
 	if baseline {
 		o.AllowAnonymous = true
@@ -88,7 +109,7 @@ func startAuthEnvIn(t testing.TB, dir string, anonymous, baseline bool) *authEnv
 	}
 	hs := httptest.NewServer(b.WebSocketHandler())
 	e := &authEnv{b: b, auth: auth, reg: reg, tcp: b.TCP.Address(),
-		ws: "ws" + strings.TrimPrefix(hs.URL, "http") + "/mqtt"}
+		ws: "ws" + strings.TrimPrefix(hs.URL, "http") + "/mqtt", clock: clock}
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -34,9 +34,10 @@ import (
 // a round is slow, not stuck, and is waited for another round, at most
 // WaitRounds in all per PUBLISH (one that keeps that pace drains in
 // them); one that drained less is marked stuck and not waited for again
-// until it drains, so a client that never reads costs each publisher at
-// most one maxWait and then its messages are dropped as before (the
-// engine counts them). A slow subscriber thus holds its publishers to its
+// until it drains, or has acknowledged as many messages as that takes
+// (drain), so a client that never reads costs each publisher at most one
+// maxWait and then its messages are dropped as before (the engine counts
+// them). A slow subscriber thus holds its publishers to its
 // pace, down to an eighth of its high-water mark per maxWait (12 messages
 // a second at the defaults), rather than losing acknowledged messages
 // whenever it is slower for a moment (a loaded machine) than draining
@@ -76,6 +77,7 @@ type lag struct {
 	stuck   atomic.Bool  // a wait for it timed out
 	acks    atomic.Int64 // acknowledgements (or drops) since it fell behind
 	need    int64        // how many it drains from its high-water mark to low
+	resume  atomic.Int64 // once stuck: waited for again when acks reach this
 
 	// filters are the subscriber's QoS 1/2 filters when it fell behind
 	// (shared ones left out), to tell without the engine's index whether
@@ -208,7 +210,13 @@ func (b *Backpressure) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int
 }
 
 // drain releases the publishers waiting for cl once it is at or below its
-// low-water mark, or gone.
+// low-water mark, or gone. A subscriber marked stuck is forgotten once it
+// has acknowledged need more messages: publishers that kept its
+// in-flight store full meanwhile (nobody waits for it) would otherwise
+// keep it from ever reaching its low-water mark, and a live subscriber
+// taken for stuck in one slow round would lose everything past its store
+// for as long as they publish. Forgotten, it is above its high-water mark
+// and waited for again, from the next message it is sent.
 func (b *Backpressure) drain(cl *mqtt.Client, gone bool) {
 	if b.nBehind.Load() == 0 {
 		return
@@ -218,8 +226,8 @@ func (b *Backpressure) drain(cl *mqtt.Client, gone bool) {
 		return
 	}
 	l := v.(*lag)
-	l.acks.Add(1)
-	if !gone && cl.State.Inflight.Len() > l.low {
+	n := l.acks.Add(1)
+	if !gone && cl.State.Inflight.Len() > l.low && !(l.stuck.Load() && n >= l.resume.Load()) {
 		return
 	}
 	if b.behind.CompareAndDelete(cl, l) {
@@ -269,9 +277,18 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 			timer = time.NewTimer(b.maxWait)
 			b.waits.Inc()
 		}
-		if b.hold(l.drained, timer, l.acks.Load, l.need, &rounds) {
+		drained := func(round <-chan time.Time) bool {
+			select {
+			case <-l.drained:
+				return true
+			case <-round:
+				return false
+			}
+		}
+		if b.hold(drained, timer, l.acks.Load, l.need, &rounds) {
 			return true
 		}
+		l.resume.Store(l.acks.Load() + l.need)
 		l.stuck.Store(true)
 		b.timeouts.Inc()
 		return false
@@ -289,20 +306,19 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 // waits as long for a node held back so: cluster/flow.go.)
 const WaitRounds = 8
 
-// hold waits until done is closed, in rounds of maxWait timed by timer
-// (started by the caller, shared by the subscribers one PUBLISH waits
-// for). A round at whose end progress (a count of what the subscriber
+// hold waits until done reports true, in rounds of maxWait timed by
+// timer (started by the caller, shared by the subscribers one PUBLISH
+// waits for): done waits for its event or for round to fire, and reports
+// which. A round at whose end progress (a count of what the subscriber
 // has drained) has not advanced by an eighth of need ends the wait, as
 // does the last of WaitRounds rounds (rounds counts them across the
 // PUBLISH's subscribers): false, the subscriber is stuck.
-func (b *Backpressure) hold(done <-chan struct{}, timer *time.Timer, progress func() int64, need int64, rounds *int) bool {
+func (b *Backpressure) hold(done func(round <-chan time.Time) bool, timer *time.Timer, progress func() int64, need int64, rounds *int) bool {
 	floor := max(need/WaitRounds, 1)
 	seen := progress()
 	for {
-		select {
-		case <-done:
+		if done(timer.C) {
 			return true
-		case <-timer.C:
 		}
 		*rounds++
 		now := progress()

@@ -3,7 +3,6 @@ package broker
 import (
 	"reflect"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -18,18 +17,23 @@ import (
 // whose send queue (mqtt.client_queue_size) is full; there is no
 // acknowledgement to hold back, so Backpressure.OnPublish cannot see it
 // coming. Instead, when the engine reports the drop (OnPublishDropped, on
-// the publisher's reading goroutine), the publisher waits until the
-// subscriber's writer has sent everything that was in the full queue, and
-// then the message is written to the subscriber's connection after them,
-// in order: nothing the same publisher sent earlier can still be queued,
-// and its later messages wait for this one. The publisher's socket
-// buffers fill meanwhile and TCP slows it down, as for QoS 1.
+// the publisher's reading goroutine), the publisher waits for room in
+// the subscriber's send queue and puts the message there itself, after
+// everything queued before it: the queue is first in, first out, so the
+// subscriber gets the publisher's messages in order, and its later
+// messages wait for this one. The publisher's socket buffers fill
+// meanwhile and TCP slows it down, as for QoS 1. (It used to wait until
+// as many packets had been written as the queue holds and then write the
+// message to the connection itself; that left out the packet the writer
+// held, and the message went out before the queue's last packet when the
+// writer was slow to take it.)
 //
 // The same bound applies, per subscriber found full (the hook does not see
 // where one PUBLISH's routing ends): rounds of maxWait, another while the
 // subscriber writes an eighth of the queue in each, at most WaitRounds
-// (backpressure.go); a subscriber that does not drain in time is marked stuck and then dropped for (the
-// engine's counting) until it has drained. Retained messages (Retained
+// (backpressure.go); a subscriber that does not drain in time is marked
+// stuck and then dropped for (the engine's counting) until it has written
+// a queue's worth or emptied its queue. Retained messages (Retained
 // handles those of a new subscription), the engine's own publishes and
 // wills are left to the engine.
 
@@ -43,7 +47,7 @@ var queueField = func() []int {
 		return nil
 	}
 	q, ok := f.Type.FieldByName("outbound")
-	if !ok || q.Type.Kind() != reflect.Chan {
+	if !ok || q.Type != reflect.TypeFor[chan *packets.Packet]() {
 		return nil
 	}
 	return append(f.Index, q.Index...)
@@ -54,9 +58,15 @@ func queueLen(cl *mqtt.Client) int {
 	return reflect.ValueOf(cl).Elem().FieldByIndex(queueField).Len()
 }
 
+// queue is cl's send queue.
+func queue(cl *mqtt.Client) chan *packets.Packet {
+	return *(*chan *packets.Packet)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(queueField).UnsafeAddr()))
+}
+
 // qtyField is the index of the engine's count of cl's queued packets
-// (State.outboundQty), which the writer lowers only once it has written
-// the packet it took from the queue; nil if this engine version has none.
+// (State.outboundQty), which it raises after queuing a packet and its
+// writer lowers once it has written it; nil if this engine version has
+// none, and then QoS 0 messages are dropped as the engine does.
 var qtyField = func() []int {
 	f, ok := reflect.TypeOf(mqtt.Client{}).FieldByName("State")
 	if !ok {
@@ -69,84 +79,30 @@ var qtyField = func() []int {
 	return append(f.Index, q.Index...)
 }()
 
-// unwritten tells whether cl's writer still has packets to write: queued,
-// or taken from the queue and not yet written. The queue's length alone
-// is 0 while the writer holds the last packet, and a message written
-// directly then would overtake it.
-func unwritten(cl *mqtt.Client) bool {
-	if queueLen(cl) > 0 {
-		return true
-	}
-	if qtyField == nil {
-		return false
-	}
-	p := (*int32)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(qtyField).UnsafeAddr()))
-	return atomic.LoadInt32(p) > 0
+// queued counts a packet put on cl's send queue, as the engine does.
+func queued(cl *mqtt.Client) {
+	atomic.AddInt32((*int32)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(qtyField).UnsafeAddr())), 1)
 }
 
 // drainLag is a subscriber whose send queue has overflowed: it counts the
-// PUBLISH packets written to it since, to tell when what was queued has
-// gone out: when as many have been written as the queue held, or the
-// queue is empty.
+// PUBLISH packets written to it since, the progress a wait for it looks
+// for.
 type drainLag struct {
-	sent  atomic.Int64 // PUBLISH packets written to the subscriber since it overflowed
-	next  atomic.Int64 // the lowest target of a waiter; MaxInt64 when none
-	stuck atomic.Bool  // a wait for it timed out
-
-	mu      sync.Mutex
-	waiters []drainWaiter
+	sent   atomic.Int64  // PUBLISH packets written to the subscriber since it overflowed
+	stuck  atomic.Bool   // a wait for it timed out
+	resume atomic.Int64  // once stuck: waited for again when sent reaches this
+	gone   chan struct{} // closed when the subscriber disconnects
 }
 
-type drainWaiter struct {
-	target int64
-	done   chan struct{}
-}
+func newDrainLag() *drainLag { return &drainLag{gone: make(chan struct{})} }
 
-const noTarget = int64(^uint64(0) >> 1)
-
-func newDrainLag() *drainLag {
-	l := &drainLag{}
-	l.next.Store(noTarget)
-	return l
-}
-
-// wait returns a channel closed once n more PUBLISH packets have been
-// written.
-func (l *drainLag) wait(n int64) chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	w := drainWaiter{target: l.sent.Load() + n, done: make(chan struct{})}
-	l.waiters = append(l.waiters, w)
-	if w.target < l.next.Load() {
-		l.next.Store(w.target)
-	}
-	return w.done
-}
-
-// written counts one PUBLISH written to cl and releases the waiters it
-// satisfies.
+// written counts one PUBLISH written to cl; a stuck subscriber that has
+// written a queue's worth since, or emptied its queue, is waited for
+// again.
 func (l *drainLag) written(cl *mqtt.Client) {
 	n := l.sent.Add(1)
-	next := l.next.Load()
-	if next == noTarget || n < next && queueLen(cl) > 0 {
-		return
-	}
-	empty := queueLen(cl) == 0
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	next, kept := noTarget, l.waiters[:0]
-	for _, w := range l.waiters {
-		if w.target <= n || empty {
-			close(w.done)
-			continue
-		}
-		kept = append(kept, w)
-		next = min(next, w.target)
-	}
-	l.waiters = kept
-	l.next.Store(next)
-	if len(kept) == 0 {
-		l.stuck.Store(false) // it drains: wait for it again next time
+	if l.stuck.Load() && (n >= l.resume.Load() || queueLen(cl) == 0) {
+		l.stuck.Store(false)
 	}
 }
 
@@ -162,11 +118,11 @@ func (b *Backpressure) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte
 }
 
 // OnPublishDropped implements mqtt.Hook: the engine found cl's send queue
-// full for pk. A QoS 0 message from a connected client waits for the queue
-// to drain and is then written after it.
+// full for pk. A QoS 0 message from a connected client waits for room in
+// the queue and is then queued.
 func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	srv := b.srv.Load()
-	if srv == nil || queueField == nil || pk.FixedHeader.Qos != 0 || pk.FixedHeader.Retain || cl.Net.Inline || cl.Closed() ||
+	if srv == nil || queueField == nil || qtyField == nil || pk.FixedHeader.Qos != 0 || pk.FixedHeader.Retain || cl.Net.Inline || cl.Closed() ||
 		pk.Origin == "" || pk.Origin == mqtt.InlineClientId || pk.Origin == cl.ID {
 		return
 	}
@@ -190,26 +146,32 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	b.waits.Inc()
 	start := time.Now()
 	need := int64(srv.Options.Capabilities.MaximumClientWritesPending)
-	done := l.wait(need)
-	if unwritten(cl) { // else the writer has written the last one: nothing to wait for
-		timer := time.NewTimer(b.maxWait)
-		rounds := 0
-		if !b.hold(done, timer, l.sent.Load, need, &rounds) {
-			l.stuck.Store(true)
-			b.timeouts.Inc()
-			b.waited.Add(time.Since(start).Seconds())
-			return
+	q, put := queue(cl), false
+	timer := time.NewTimer(b.maxWait)
+	rounds := 0
+	held := b.hold(func(round <-chan time.Time) bool {
+		select {
+		case q <- &out:
+			put = true
+			return true
+		case <-l.gone:
+			return true
+		case <-round:
+			return false
 		}
-		timer.Stop()
-	}
+	}, timer, l.sent.Load, need, &rounds)
+	timer.Stop()
 	b.waited.Add(time.Since(start).Seconds())
-	if cl.Closed() {
+	if !held {
+		l.resume.Store(l.sent.Load() + need)
+		l.stuck.Store(true)
+		b.timeouts.Inc()
 		return
 	}
-	if err := cl.WritePacket(out); err == nil {
+	if put {
+		queued(cl)
 		b.delivered.Inc()
 		atomic.AddInt64(&srv.Info.MessagesDropped, -1) // it was not dropped after all
-		atomic.AddInt64(&srv.Info.MessagesSent, 1)
 	}
 }
 
@@ -253,11 +215,5 @@ func (b *Backpressure) forgetDrain(cl *mqtt.Client) {
 		return
 	}
 	b.nDrain.Add(-1)
-	l := v.(*drainLag)
-	l.mu.Lock()
-	for _, w := range l.waiters {
-		close(w.done)
-	}
-	l.waiters = nil
-	l.mu.Unlock()
+	close(v.(*drainLag).gone)
 }

@@ -147,7 +147,6 @@ func (r *Retained) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	if err := cl.WritePacket(out); err == nil {
 		r.written.Inc()
 		atomic.AddInt64(&srv.Info.MessagesDropped, -1) // it was not dropped after all
-		atomic.AddInt64(&srv.Info.MessagesSent, 1)
 	}
 }
 

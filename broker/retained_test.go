@@ -63,6 +63,17 @@ func TestRetainedBeyondSendQueue(t *testing.T) {
 				}
 				return nil
 			})
+			if subQoS == 0 { // the first: nothing was sent before
+				checkFor(t, 10*time.Second, func() error {
+					if s := atomic.LoadInt64(&b.Server.Info.MessagesSent); s < n {
+						return fmt.Errorf("engine counted %d messages sent", s)
+					}
+					return nil
+				})
+				if s := atomic.LoadInt64(&b.Server.Info.MessagesSent); s != n {
+					t.Errorf("engine counted %d messages sent, want %d", s, n)
+				}
+			}
 		})
 	}
 	t.Logf("written past the send queue: %v", testCounter(t, r.written))

@@ -1,12 +1,10 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,25 +13,8 @@ import (
 
 	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testlog"
 )
-
-// syncBuffer is a log sink tests can read while the broker writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // telEnv is a broker with the access hook and the telemetry history on
 // one registry database.
@@ -41,7 +22,7 @@ type telEnv struct {
 	*authEnv
 	tel  *devices.Telemetry
 	hook *TelemetryHook
-	log  *syncBuffer
+	log  *testlog.Buffer
 }
 
 func startTelEnv(t *testing.T, maps []TelemetryTopic, rs ...rules.Rule) *telEnv {
@@ -60,7 +41,7 @@ func startTelEnv(t *testing.T, maps []TelemetryTopic, rs ...rules.Rule) *telEnv 
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := &syncBuffer{}
+	buf := &testlog.Buffer{}
 	hook := NewTelemetryHook(tel, slog.New(slog.NewTextHandler(buf, nil)))
 	hook.SetTopics(maps)
 	o := DefaultOptions()

@@ -7,11 +7,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/internal/testlog"
 )
 
 // openLoggedCommands opens the commands store on db with its log into
 // logs and no sweep during the test.
-func openLoggedCommands(t *testing.T, db *DB, logs *syncBuffer) *Commands {
+func openLoggedCommands(t *testing.T, db *DB, logs *testlog.Buffer) *Commands {
 	t.Helper()
 	c, err := OpenCommands(context.Background(), db, &CommandsOptions{SweepInterval: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
@@ -61,7 +63,7 @@ func mqttCommand(t *testing.T, id, device string, now time.Time) commandOp {
 func TestCommandsWriteIsolatesFailingChange(t *testing.T) {
 	ctx := context.Background()
 	db := openTestDB(t, "d1", "d2", "bad")
-	var logs syncBuffer
+	var logs testlog.Buffer
 	c := openLoggedCommands(t, db, &logs)
 	api2, err := c.Create(ctx, NewCommand{DeviceID: "d2", Name: "x"})
 	if err != nil {
@@ -144,7 +146,7 @@ func TestCommandsWriteIsolatesFailingChange(t *testing.T) {
 func TestCommandsWriteTransientFailsBatch(t *testing.T) {
 	ctx := context.Background()
 	db := openTestDB(t, "d1", "d2")
-	var logs syncBuffer
+	var logs testlog.Buffer
 	c := openLoggedCommands(t, db, &logs)
 	release := holdWrites(t, db, "commands")
 	now := time.Now().UTC()
@@ -174,7 +176,7 @@ func TestCommandsWriteTransientFailsBatch(t *testing.T) {
 func TestCommandsWriteRidesOutShortFault(t *testing.T) {
 	ctx := context.Background()
 	db := openTestDB(t, "d1", "d2")
-	var logs syncBuffer
+	var logs testlog.Buffer
 	c := openLoggedCommands(t, db, &logs)
 	release := holdWrites(t, db, "commands")
 	now := time.Now().UTC()
@@ -214,7 +216,7 @@ func TestCommandsWriteRetriesLostConnection(t *testing.T) {
 	}
 	ctx := context.Background()
 	db := openTestDB(t, "d1", "d2")
-	c := openLoggedCommands(t, db, &syncBuffer{})
+	c := openLoggedCommands(t, db, &testlog.Buffer{})
 	api, err := c.Create(ctx, NewCommand{DeviceID: "d2", Name: "x"})
 	if err != nil {
 		t.Fatal(err)

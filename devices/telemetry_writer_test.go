@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/internal/testlog"
 )
 
 // telemetryRun adds points to a store whose writer writes only on Flush
@@ -16,7 +18,7 @@ type telemetryRun struct {
 	t    *testing.T
 	db   *DB
 	tel  *Telemetry
-	logs *syncBuffer
+	logs *testlog.Buffer
 	base time.Time
 	next map[string]int // each device's next point number
 }
@@ -24,7 +26,7 @@ type telemetryRun struct {
 func newTelemetryRun(t *testing.T, devices ...string) *telemetryRun {
 	t.Helper()
 	db := openTestDB(t, devices...)
-	r := &telemetryRun{t: t, db: db, logs: &syncBuffer{}, next: map[string]int{},
+	r := &telemetryRun{t: t, db: db, logs: &testlog.Buffer{}, next: map[string]int{},
 		base: time.Now().Truncate(time.Hour).Add(-time.Hour)}
 	r.tel = openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(r.logs, nil))})

@@ -1,33 +1,15 @@
 package devices
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/internal/testlog"
 )
-
-// syncBuffer is a log destination safe for the writer's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestTwinsWriteIsolatesFailingPatch: a batch holding a patch the
 // database refuses (one that never passed CheckTwinPatch, written in
@@ -50,7 +32,7 @@ func TestTwinsWriteIsolatesFailingPatch(t *testing.T) {
 	for name, patch := range bad {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			var logs syncBuffer
+			var logs testlog.Buffer
 			tw, err := OpenTwins(ctx, openTestDB(t), &TwinsOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			if err != nil {
 				t.Fatal(err)
@@ -138,7 +120,7 @@ func mustJSON(t *testing.T, v any) string {
 func TestTwinsWriteRidesOutShortFault(t *testing.T) {
 	ctx := context.Background()
 	db := openTestDB(t)
-	var logs syncBuffer
+	var logs testlog.Buffer
 	tw, err := OpenTwins(ctx, db, &TwinsOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package simulator
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tether-iot/tether/internal/testlog"
 )
 
 // testFleet is one deterministic profile: nothing fails or is ignored.
@@ -203,7 +204,7 @@ func TestSimOverWebSocketWithChurnAndWill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var progress syncBuffer
+	var progress testlog.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan Summary)
@@ -233,22 +234,4 @@ func TestSimOverWebSocketWithChurnAndWill(t *testing.T) {
 	if sum.Transport != TransportWS || sum.Churned == 0 || sum.Published == 0 {
 		t.Fatalf("summary: %+v", sum)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex // mu guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/internal/testlog"
 )
 
 // TestAdminPasswordIgnoredWarns: TETHER_ADMIN_PASSWORD sets only the
@@ -19,7 +21,7 @@ func TestAdminPasswordIgnoredWarns(t *testing.T) {
 	start := func(password string) string {
 		t.Helper()
 		t.Setenv("TETHER_ADMIN_PASSWORD", password)
-		var logBuf syncBuffer
+		var logBuf testlog.Buffer
 		a, err := startApp(cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
 		if err != nil {
 			t.Fatal(err)

@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testlog"
 	"github.com/tether-iot/tether/internal/testpg"
 )
 
@@ -50,7 +50,7 @@ func TestStartupWarnsOpenDataDir(t *testing.T) {
 		if err := os.Chmod(cfg.DataDir, m); err != nil {
 			t.Fatal(err)
 		}
-		var logBuf syncBuffer
+		var logBuf testlog.Buffer
 		a, err := startApp(cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
 		if err != nil {
 			t.Fatal(err)
@@ -65,24 +65,6 @@ func TestStartupWarnsOpenDataDir(t *testing.T) {
 			t.Errorf("data directory %04o: warned %v; log:\n%s", m, warned, logBuf.String())
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestBackupOnPostgresRefused: where the registry is in PostgreSQL

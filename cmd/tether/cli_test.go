@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testlog"
 )
 
 // TestVersion: `tether --version` and `tether version` print the version
@@ -167,7 +168,7 @@ func TestStartupLog(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errs syncBuffer
+	var out, errs testlog.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--data-dir", dir, "--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",

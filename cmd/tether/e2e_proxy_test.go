@@ -26,12 +26,13 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/internal/testlog"
 )
 
 // startLoggedApp starts the app with its log (debug and up) in a buffer.
-func startLoggedApp(t *testing.T, cfg configs.Config) (*app, *syncBuffer) {
+func startLoggedApp(t *testing.T, cfg configs.Config) (*app, *testlog.Buffer) {
 	t.Helper()
-	buf := &syncBuffer{}
+	buf := &testlog.Buffer{}
 	a, err := startApp(cfg, slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatalf("startApp: %v", err)

@@ -9,13 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-iot/tether/internal/testlog"
 	"github.com/tether-iot/tether/simulator"
 )
 
 // runSimAsync runs `tether sim` until ctx ends, collecting its output.
-func runSimAsync(ctx context.Context, args []string) (done chan error, stdout, stderr *syncBuffer) {
+func runSimAsync(ctx context.Context, args []string) (done chan error, stdout, stderr *testlog.Buffer) {
 	done = make(chan error, 1)
-	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	stdout, stderr = &testlog.Buffer{}, &testlog.Buffer{}
 	go func() { done <- runSim(ctx, args, stdout, stderr) }()
 	return done, stdout, stderr
 }
@@ -79,7 +80,7 @@ func TestSimHTTPSServer(t *testing.T) {
 	server := "https://localhost:" + port(a.httpsAddr())
 	for _, trust := range [][]string{{"--ca", cfg.TLS.Cert}, {"--insecure-skip-verify"}} {
 		prefix := nextID("e2e-https") + "-"
-		var stdout, stderr syncBuffer
+		var stdout, stderr testlog.Buffer
 		err := runSim(context.Background(), append([]string{"--server", server, "--token", api.token, "--devices", "2",
 			"--prefix", prefix, "--duration", "2s", "--progress", "-1s", "--cleanup"}, trust...), &stdout, &stderr)
 		if err != nil {
