@@ -102,7 +102,7 @@ func startNodeEngine(t *testing.T, o Options, before func(*mqtt.Server), caps *m
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = srv.Close()
+		testmqtt.CloseEngine(srv)
 		_ = n.Close()
 	})
 	return &testNode{srv: srv, node: n, addr: tcp.Address()}

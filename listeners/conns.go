@@ -49,6 +49,24 @@ type conns struct {
 	closed bool
 	live   map[net.Conn]struct{}
 	wg     sync.WaitGroup // one per connection inside the engine
+
+	// drained is set once CloseConns has returned: the engine is done
+	// with every connection of this listener, and none can come.
+	drained atomic.Bool
+}
+
+// closeClients is what the engine's Close hook does about this listener's
+// clients: it asks the engine to disconnect them (closeClients), unless
+// CloseConns has already ended them all. Then the engine's lookup is not
+// made: mochi v2.7.9's Clients.GetByListener takes its read lock twice
+// (through Len), which deadlocks against a Clients.Delete waiting between
+// the two (a session expiring, a purge), and Server.Close hung on it
+// (docs/upstream.md item 20). Broker.Shutdown calls CloseConns before
+// Server.Close, so its Close never looks.
+func (c *conns) closeClients(closeClients mqttl.CloseFn) {
+	if !c.drained.Load() {
+		closeClients(c.id)
+	}
 }
 
 func newConns(id string, connectTimeout time.Duration, maxPacketSize uint32) *conns {

@@ -193,11 +193,13 @@ func (l *TCP) Stop() {
 func (l *TCP) CloseConns() {
 	l.closeAll()
 	l.wait()
+	l.drained.Store(true)
 }
 
 // Close is the engine's hook: it stops the listener and asks the engine to
-// disconnect this listener's clients.
+// disconnect this listener's clients (unless CloseConns has: see
+// conns.closeClients).
 func (l *TCP) Close(closeClients mqttl.CloseFn) {
 	l.Stop()
-	closeClients(l.id)
+	l.closeClients(closeClients)
 }

@@ -119,13 +119,15 @@ func (l *WebSocket) CloseConns() {
 	l.closeAll()
 	l.wait()
 	l.wg.Wait()
+	l.drained.Store(true)
 }
 
 // Close is the engine's hook: it stops the listener and asks the engine to
-// disconnect this listener's clients.
+// disconnect this listener's clients (unless CloseConns has: see
+// conns.closeClients).
 func (l *WebSocket) Close(closeClients mqttl.CloseFn) {
 	l.Stop()
-	closeClients(l.id)
+	l.closeClients(closeClients)
 }
 
 func httpError(w http.ResponseWriter, code int, msg string) {

@@ -56,7 +56,7 @@ func startBroker(t testing.TB, auth ...mochi.Hook) *testBroker {
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { testmqtt.CloseEngine(srv) })
 	return &testBroker{Server: srv, tcp: tcp.Address(), ws: ws.Address()}
 }
 
