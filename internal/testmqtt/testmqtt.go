@@ -36,8 +36,16 @@ func CheckFor(t testing.TB, d time.Duration, cond func() error) {
 // succeed within 10 s.
 func WaitToken(t testing.TB, what string, tok paho.Token) {
 	t.Helper()
-	if !tok.WaitTimeout(10 * time.Second) {
-		t.Fatalf("%s: timed out", what)
+	WaitTokenFor(t, what, tok, 10*time.Second)
+}
+
+// WaitTokenFor is WaitToken with a bound of d, for an operation that
+// waits for much before it (thousands of publishes ahead of it), whose
+// time a loaded machine under the race detector stretches.
+func WaitTokenFor(t testing.TB, what string, tok paho.Token, d time.Duration) {
+	t.Helper()
+	if !tok.WaitTimeout(d) {
+		t.Fatalf("%s: timed out after %s", what, d)
 	}
 	if err := tok.Error(); err != nil {
 		t.Fatalf("%s: %v", what, err)
