@@ -184,6 +184,14 @@ func (l *lim5) sub(t *testing.T, filters ...string) []byte {
 	if sa == nil {
 		t.Fatalf("subscribe: %v", err)
 	}
+	// The engine sends a subscription's retained messages after its
+	// SUBACK, on the subscriber's reading goroutine: a message retained
+	// meanwhile would come twice, live and from that scan. The client's
+	// packets are handled one after the other, so an UNSUBACK for a
+	// filter never held (0x11) means the scan is over.
+	if _, err := l.c.Unsubscribe(ctx, &paho5.Unsubscribe{Topics: []string{"tether-test/barrier"}}); err != nil {
+		t.Fatalf("unsubscribe barrier: %v", err)
+	}
 	return sa.Reasons
 }
 
