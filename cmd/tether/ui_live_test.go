@@ -205,7 +205,7 @@ func TestUIFleetDeviceRegisteredAgain(t *testing.T) {
 	d := connectDevice(t, a.mqttAddr(), dev.ID, dev.Secret)
 
 	step(t, ctx, "log in", loginSteps(base, "admin", uiAdminPassword)...)
-	step(t, ctx, "devices page", chromedp.Navigate(base+"/#/devices"))
+	step(t, ctx, "devices page", chromedp.Navigate(base+"/#/devices"), evalJS(`performance.setResourceTimingBufferSize(100000)`))
 	step(t, ctx, "the device shows online", waitJS(`(window.tetherFleet.byId.get('again-1') || {}).online === true`))
 
 	admin.do("DELETE", "/devices/again-1", nil, nil)
@@ -234,4 +234,30 @@ func TestUIFleetDeviceRegisteredAgain(t *testing.T) {
 	connectDevice(t, a.mqttAddr(), dev.ID, dev.Secret)
 	// The step's deadline, 20 s, is well within the minute.
 	step(t, ctx, "registered again within the minute, it shows", waitJS(`(window.tetherFleet.byId.get('again-1') || {}).type === 'valve' && window.tetherFleet.byId.get('again-1').online`))
+
+	// Statuses for a made-up id that flip between offline, online and
+	// deleted, 60 of them, each taken in (and looked up, if it is) before
+	// the next, are still not as many requests: the id is looked up once,
+	// and once more early.
+	from, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.tetherFleet.statuses`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 60 {
+		payload := []string{`{"online":false,"since":"` + since + `"}`, `{"online":true,"since":"` + since + `"}`, ``}[i%3]
+		if tok := pub.Publish("devices/flip-1/status", 1, false, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		step(t, ctx, "the status reaches the page, and its lookups are done",
+			waitJS(fmt.Sprintf(`window.tetherFleet.statuses >= %d && !window.tetherFleet.fetchTimer`, from+i+1)))
+	}
+	n, err := chromedp.Run(ctx, chromedp.Evaluate[int](
+		`performance.getEntriesByType('resource').filter((e) => new URL(e.name).pathname === '/api/v1/devices/flip-1').length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		m, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(window.tetherFleet.missing.get('flip-1'))`))
+		t.Errorf("flip-1 looked up %d times, want 2 (missing %s)", n, m)
+	}
 }
