@@ -1,9 +1,14 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,32 +25,9 @@ import (
 // fits.
 func TestTelemetryAnswerBounded(t *testing.T) {
 	e := newDataEnv(t)
-	e.createDevice(devices.NewDevice{ID: "big-1"})
 	view := e.tokens["viewer"]
 	const n = 700
-	text := strings.Repeat("x", 230)
-	base := time.Now().Add(-time.Hour).Truncate(time.Second).UTC()
-	for i := range n {
-		var b strings.Builder
-		fmt.Fprintf(&b, `{"n":%d`, i)
-		for k := range devices.MaxTelemetryMetrics - 1 {
-			fmt.Fprintf(&b, `,"m%03d":%q`, k, text)
-		}
-		b.WriteString("}")
-		s, err := devices.ParseTelemetry([]byte(b.String()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.TS = base.Add(time.Duration(i) * time.Second)
-		for !e.tel.Add("big-1", s, time.Now()) {
-			if err := e.tel.Flush(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := e.tel.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	base, text := addBigPoints(t, e, "big-1", n)
 
 	type answer struct {
 		Points []struct {
@@ -95,5 +77,111 @@ func TestTelemetryAnswerBounded(t *testing.T) {
 	}
 	if len(rest.Points) != n-k || rest.Points[0].Values["n"] != float64(k) || rest.Points[len(rest.Points)-1].Values["n"] != float64(n-1) {
 		t.Errorf("the rest: %d points, want %d from %d", len(rest.Points), n-k, k)
+	}
+}
+
+// addBigPoints registers device id and gives it n points a second apart
+// from an hour ago (base), each as large as telemetry allows: a number
+// "n", i for the i-th point, and 255 strings m000 to m254, each text (230
+// bytes): 62 KB of JSON, 68 KB of CSV.
+func addBigPoints(t *testing.T, e *dataEnv, id string, n int) (base time.Time, text string) {
+	t.Helper()
+	e.createDevice(devices.NewDevice{ID: id})
+	text = strings.Repeat("x", 230)
+	base = time.Now().Add(-time.Hour).Truncate(time.Second).UTC()
+	for i := range n {
+		var b strings.Builder
+		fmt.Fprintf(&b, `{"n":%d`, i)
+		for k := range devices.MaxTelemetryMetrics - 1 {
+			fmt.Fprintf(&b, `,"m%03d":%q`, k, text)
+		}
+		b.WriteString("}")
+		s, err := devices.ParseTelemetry([]byte(b.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.TS = base.Add(time.Duration(i) * time.Second)
+		for !e.tel.Add(id, s, time.Now()) {
+			if err := e.tel.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := e.tel.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return base, text
+}
+
+// TestTelemetryCSVBounded: the CSV form of TestTelemetryAnswerBounded.
+// 700 points of 68 KB would be 47 MB of CSV: the answer stops after the
+// first point past 32 MiB, on a whole point, parses as CSV, and its
+// trailers say it is truncated and from when to go on; a query from there
+// answers the rest, with the trailers declared and empty, as in an answer
+// that fits.
+func TestTelemetryCSVBounded(t *testing.T) {
+	e := newDataEnv(t)
+	view := e.tokens["viewer"]
+	const n = 700
+	base, text := addBigPoints(t, e, "big-1", n)
+	metrics := devices.MaxTelemetryMetrics
+	get := func(from string) (rows [][]string, size int, truncated, next string) {
+		t.Helper()
+		q := "/devices/big-1/telemetry?format=csv&limit=10000&from=" + url.QueryEscape(from) +
+			"&to=" + url.QueryEscape(base.Add(time.Hour).Format(time.RFC3339Nano))
+		res, body := e.do("GET", q, view, nil)
+		e.mustStatus(res, body, 200)
+		for _, k := range []string{"X-Tether-Truncated", "X-Tether-Next-From"} {
+			if _, ok := res.Trailer[k]; !ok {
+				t.Errorf("trailer %s is not declared", k)
+			}
+		}
+		rows, err := csv.NewReader(bytes.NewReader(body)).ReadAll()
+		if err != nil {
+			t.Fatalf("the answer (%d bytes) does not parse as CSV: %v", len(body), err)
+		}
+		if len(rows) == 0 || !slices.Equal(rows[0], []string{"ts", "metric", "value"}) {
+			t.Fatalf("the answer does not begin with its header row")
+		}
+		return rows[1:], len(body), res.Trailer.Get("X-Tether-Truncated"), res.Trailer.Get("X-Tether-Next-From")
+	}
+	// check reports how many whole points rows holds, from point first on,
+	// each with its metrics in order.
+	check := func(rows [][]string, first int) int {
+		t.Helper()
+		if len(rows)%metrics != 0 {
+			t.Fatalf("%d rows, not whole points of %d", len(rows), metrics)
+		}
+		for i, row := range rows {
+			k := first + i/metrics
+			ts := base.Add(time.Duration(k) * time.Second).Format(csvTime)
+			want := []string{ts, fmt.Sprintf("m%03d", i%metrics), text}
+			if i%metrics == metrics-1 {
+				want = []string{ts, "n", strconv.Itoa(k)}
+			}
+			if !slices.Equal(row, want) {
+				t.Fatalf("row %d: %.40q, want %.40q", i, row, want)
+			}
+		}
+		return len(rows) / metrics
+	}
+	rows, size, truncated, next := get(base.Format(time.RFC3339Nano))
+	k := check(rows, 0)
+	t.Logf("first answer: %d points, %d bytes, trailers %q %q", k, size, truncated, next)
+	if size > maxPointsAnswer+(64+4)<<10 {
+		t.Errorf("the answer is %d bytes, want at most 32 MiB and a point", size)
+	}
+	if k < 400 || k >= n {
+		t.Fatalf("%d points in the first answer", k)
+	}
+	if want := base.Add(time.Duration(k) * time.Second).Format(csvTime); truncated != "true" || next != want {
+		t.Fatalf("trailers X-Tether-Truncated %q, X-Tether-Next-From %q; want true, %s", truncated, next, want)
+	}
+	rows, _, truncated, next = get(next)
+	if got := check(rows, k); got != n-k {
+		t.Errorf("the rest: %d points, want %d", got, n-k)
+	}
+	if truncated != "" || next != "" {
+		t.Errorf("the rest has trailers X-Tether-Truncated %q, X-Tether-Next-From %q", truncated, next)
 	}
 }

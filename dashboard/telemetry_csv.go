@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"encoding/csv"
+	"errors"
 	"maps"
 	"mime"
 	"net/http"
@@ -57,17 +58,40 @@ func csvText(s string) string {
 
 func csvFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 
+// The trailers of a CSV answer of points that stopped at maxPointsAnswer
+// (CSV has no place of its own to say so).
+const (
+	trailerTruncated = "X-Tether-Truncated"
+	trailerNextFrom  = "X-Tether-Next-From"
+)
+
 // writePointsCSV streams points as rows of ts, metric, value, a row per
 // metric of each point (in time order, metrics by name), flushing as it
-// goes.
+// goes. Like writePoints it stops at the first point once about
+// maxPointsAnswer bytes are written (give or take the CSV writer's 4 KiB
+// buffer): the answer then ends on a whole row, and its trailers, declared
+// in every answer and set only in one cut short, say X-Tether-Truncated:
+// true and X-Tether-Next-From, that point's time, from which a query goes
+// on.
 func (a *API) writePointsCSV(w http.ResponseWriter, r *http.Request, id string, from, to time.Time, limit int) error {
 	var cw *csv.Writer
+	cnt := &countWriter{w: w}
+	begin := func() {
+		w.Header().Set("Trailer", trailerTruncated+", "+trailerNextFrom)
+		csvHeader(w, id, "telemetry")
+		cw = csv.NewWriter(cnt)
+		cw.Write([]string{"ts", "metric", "value"})
+	}
 	flusher, _ := w.(http.Flusher)
 	rows := 0
+	var next time.Time
 	err := a.telemetry.EachPoint(r.Context(), id, from, to, limit, func(p devices.Point) error {
 		if cw == nil {
-			cw = csvHeader(w, id, "telemetry")
-			cw.Write([]string{"ts", "metric", "value"})
+			begin()
+		}
+		if cnt.n >= maxPointsAnswer {
+			next = p.TS
+			return errAnswerFull
 		}
 		ts := p.TS.UTC().Format(csvTime)
 		for _, k := range slices.Sorted(maps.Keys(p.Values)) {
@@ -92,13 +116,18 @@ func (a *API) writePointsCSV(w http.ResponseWriter, r *http.Request, id string, 
 		}
 		return nil
 	})
-	if cw == nil {
-		if err != nil {
-			return registryError(err, "device")
-		}
-		cw = csvHeader(w, id, "telemetry")
-		cw.Write([]string{"ts", "metric", "value"})
-	} else if err != nil {
+	switch {
+	case errors.Is(err, errAnswerFull):
+		cw.Flush()
+		h := w.Header()
+		h.Set(trailerTruncated, "true")
+		h.Set(trailerNextFrom, next.UTC().Format(csvTime))
+		return nil
+	case cw == nil && err != nil:
+		return registryError(err, "device")
+	case cw == nil:
+		begin()
+	case err != nil:
 		// The response has begun: all that can be done is to stop it.
 		a.log.Warn("telemetry csv: stopped", "device", id, "error", err)
 	}

@@ -186,3 +186,78 @@ func TestUIFleetUnknownStatuses(t *testing.T) {
 		t.Errorf("%d ids asked about in all", n)
 	}
 }
+
+// TestUIFleetDeviceRegisteredAgain: a device deleted while the fleet page
+// watches leaves the page (its retained status is deleted), and registered
+// again under the same id and connected shows with its new registration.
+// Then the same when a late status of the deleted device (a node's that
+// saw it disconnect before it learnt of the deletion; here an admin's) had
+// the page look the id up, find it missing and remember it as missing for
+// a minute: the new registration's status, online where the last said
+// offline, is looked up again at once.
+func TestUIFleetDeviceRegisteredAgain(t *testing.T) {
+	a := uiApp(t, t.TempDir())
+	ctx := uiBrowser(t)
+	base := "http://" + a.httpAddr()
+	admin := uiLogin(t, base, "admin", uiAdminPassword)
+	var dev registered
+	admin.do("POST", "/devices", map[string]any{"id": "again-1", "type": "meter"}, &dev)
+	d := connectDevice(t, a.mqttAddr(), dev.ID, dev.Secret)
+
+	step(t, ctx, "log in", loginSteps(base, "admin", uiAdminPassword)...)
+	step(t, ctx, "devices page", chromedp.Navigate(base+"/#/devices"), evalJS(`performance.setResourceTimingBufferSize(100000)`))
+	step(t, ctx, "the device shows online", waitJS(`(window.tetherFleet.byId.get('again-1') || {}).online === true`))
+
+	admin.do("DELETE", "/devices/again-1", nil, nil)
+	step(t, ctx, "the deleted device leaves the page", waitJS(`!window.tetherFleet.byId.has('again-1')`))
+	admin.do("POST", "/devices", map[string]any{"id": "again-1", "type": "pump"}, &dev)
+	d.c.Disconnect(100)
+	d = connectDevice(t, a.mqttAddr(), dev.ID, dev.Secret)
+	step(t, ctx, "registered again, it shows", waitJS(`(window.tetherFleet.byId.get('again-1') || {}).type === 'pump' && window.tetherFleet.byId.get('again-1').online`))
+
+	opts := paho.NewClientOptions().AddBroker("tcp://" + a.mqttAddr()).
+		SetClientID("late-status").SetUsername("admin").SetPassword(uiAdminPassword).SetAutoReconnect(false)
+	pub := paho.NewClient(opts)
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("admin connect: %v", tok.Error())
+	}
+	defer pub.Disconnect(100)
+	admin.do("DELETE", "/devices/again-1", nil, nil)
+	step(t, ctx, "deleted again, it leaves the page", waitJS(`!window.tetherFleet.byId.has('again-1')`))
+	since := time.Now().UTC().Format(time.RFC3339)
+	if tok := pub.Publish("devices/again-1/status", 1, false, `{"online":false,"since":"`+since+`","transport":"tcp"}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	step(t, ctx, "the late status's id looked up and remembered missing", waitJS(`window.tetherFleet.missing.has('again-1') && !window.tetherFleet.byId.has('again-1')`))
+	admin.do("POST", "/devices", map[string]any{"id": "again-1", "type": "valve"}, &dev)
+	d.c.Disconnect(100)
+	connectDevice(t, a.mqttAddr(), dev.ID, dev.Secret)
+	// The step's deadline, 20 s, is well within the minute.
+	step(t, ctx, "registered again within the minute, it shows", waitJS(`(window.tetherFleet.byId.get('again-1') || {}).type === 'valve' && window.tetherFleet.byId.get('again-1').online`))
+
+	// Statuses for a made-up id that flip between offline, online and
+	// deleted, 60 of them, each taken in (and looked up, if it is) before
+	// the next, are still not as many requests: the id is looked up once,
+	// and once more early.
+	from, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.tetherFleet.statuses`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 60 {
+		payload := []string{`{"online":false,"since":"` + since + `"}`, `{"online":true,"since":"` + since + `"}`, ``}[i%3]
+		if tok := pub.Publish("devices/flip-1/status", 1, false, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		step(t, ctx, "the status reaches the page, and its lookups are done",
+			waitJS(fmt.Sprintf(`window.tetherFleet.statuses >= %d && !window.tetherFleet.fetchTimer`, from+i+1)))
+	}
+	n, err := chromedp.Run(ctx, chromedp.Evaluate[int](
+		`performance.getEntriesByType('resource').filter((e) => new URL(e.name).pathname === '/api/v1/devices/flip-1').length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		m, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(window.tetherFleet.missing.get('flip-1'))`))
+		t.Errorf("flip-1 looked up %d times, want 2 (missing %s)", n, m)
+	}
+}

@@ -18,7 +18,7 @@ class Fleet {
     this.loading = null;
     this.fns = new Set();
     this.unknown = new Set(); // ids seen on status topics but not loaded yet
-    this.missing = new Map(); // id -> when the registry said it has no such device
+    this.missing = new Map(); // id -> { at: when the registry said it has no such device, online: its last status, retried: when last looked up early }
     this.early = new Map();   // id -> status received before the first load
     this.statuses = 0;
     this.fetchTimer = 0;
@@ -68,6 +68,7 @@ class Fleet {
   onStatus(topic, text) {
     this.statuses++; // for the measurements
     const id = topic.slice(8, -7); // devices/{id}/status
+    if (text === '') { this.deleted(id); return; }
     let st;
     try { st = JSON.parse(text); } catch { return; }
     if (!st || typeof st !== 'object') return;
@@ -81,10 +82,18 @@ class Fleet {
     if (!d) {
       // A status for an id the registry said it does not have (a device
       // deleted since, or anyone allowed to publish there) is not shown,
-      // nor asked about again for a minute.
-      const gone = this.missing.get(id);
-      if (gone && Date.now() - gone < MISSING_FOR) return;
-      this.missing.delete(id);
+      // nor asked about again for a minute; except once, early, when it
+      // says online where the last one did not (or the status was
+      // deleted): the device may have been registered again since.
+      const m = this.missing.get(id);
+      if (m && Date.now() - m.at < MISSING_FOR) {
+        const again = st.online && !m.online && Date.now() - m.retried >= MISSING_FOR;
+        m.online = !!st.online;
+        if (!again) return;
+        m.retried = Date.now();
+      } else {
+        this.missing.delete(id);
+      }
       d = { id, name: id, type: '', labels: {}, enabled: true, _stub: true };
       this.byId.set(id, d);
       this.unknown.add(id);
@@ -123,9 +132,23 @@ class Fleet {
     }, 500);
   }
 
-  gone(id) {
+  // deleted: an empty status is the broker deleting a deleted device's
+  // retained messages (or anyone allowed to publish there clearing it).
+  // The device goes from the page; if the id is remembered as missing,
+  // its next status that says online is looked up again (applyStatus).
+  deleted(id) {
+    if (!this.loaded) { this.early.delete(id); return; }
+    const m = this.missing.get(id);
+    if (m) m.online = false;
     this.unknown.delete(id);
-    this.missing.set(id, Date.now());
+    this.remove(id);
+  }
+
+  gone(id) {
+    const m = this.missing.get(id);
+    this.unknown.delete(id);
+    this.missing.delete(id); // to the end: the oldest go first
+    this.missing.set(id, { at: Date.now(), online: (this.byId.get(id) || {}).online !== false, retried: m ? m.retried : 0 });
     if (this.missing.size > MISSING_MAX) this.missing.delete(this.missing.keys().next().value);
     this.remove(id);
   }
