@@ -82,7 +82,9 @@ func (a *API) writePointsCSV(w http.ResponseWriter, r *http.Request, id string, 
 		cw = csv.NewWriter(cnt)
 		cw.Write([]string{"ts", "metric", "value"})
 	}
-	flusher, _ := w.(http.Flusher)
+	// Through the wrappers (statusWriter's Unwrap): w itself is no
+	// http.Flusher.
+	rc := http.NewResponseController(w)
 	rows := 0
 	var next time.Time
 	err := a.telemetry.EachPoint(r.Context(), id, from, to, limit, func(p devices.Point) error {
@@ -109,9 +111,7 @@ func (a *API) writePointsCSV(w http.ResponseWriter, r *http.Request, id string, 
 			}
 			if rows++; rows%1000 == 0 {
 				cw.Flush()
-				if flusher != nil {
-					flusher.Flush()
-				}
+				_ = rc.Flush()
 			}
 		}
 		return nil
