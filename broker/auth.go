@@ -379,8 +379,13 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	a.forgetSubscribe(cl)
 	a.established.Delete(cl)
 	a.forgetExpiry(cl)
-	if _, ok := a.moved.LoadAndDelete(cl); ok {
-		a.cancelWill(cl.ID) // the engine has taken it by now
+	// A connection taken over, here (the engine marks it before the new
+	// connection's CONNACK) or on another node (movedAway), leaves no
+	// will [MQTT-3.1.3-9]: the engine has taken it by now, maybe after
+	// the CONNACK cancelled the wills waiting. Marked after this reads
+	// it, the will was taken before the CONNACK, which cancels it.
+	if _, ok := a.moved.LoadAndDelete(cl); ok || cl.IsTakenOver() {
+		a.cancelWill(cl.ID)
 	}
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {

@@ -78,6 +78,9 @@ func (a *Auth) mayStillWill(c *conn, topic string) bool {
 //     it (DELETE /sessions); the identity deleted or disabled, it is
 //     dropped: a deleted device's will must not go out in its name after
 //     it is gone;
+//   - a new connection that takes a live one over cancels the will that
+//     one leaves as it ends, also when it leaves it after the new
+//     connection's CONNACK cancelled the wills waiting (Auth.OnDisconnect);
 //   - a client that connects to another node of a cluster cancels it, as
 //     a reconnection here does (movedAway): the engine only knows of
 //     its own connections.

@@ -13,6 +13,7 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -331,5 +332,50 @@ func TestEvictedSquatterWillGoes(t *testing.T) {
 	}
 	if len(missed) > 0 {
 		t.Fatalf("the wills of the squatters evicted from %v never went", missed)
+	}
+}
+
+// TestTakenOverDelayedWillCancelled: a client with a delayed will whose
+// connection is taken over by a new one with its client id, resuming its
+// session (Clean Start 0), never has its will sent [MQTT-3.1.3-9]: also
+// when the old connection leaves its will as it ends, after the new
+// connection's CONNACK has cancelled the wills waiting (the engine stops
+// the old connection, then sends the CONNACK, while the old connection's
+// reader takes its will). 120 takeovers; then every old connection has
+// ended and no will waits or went.
+func TestTakenOverDelayedWillCancelled(t *testing.T) {
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
+	root := e.user(t, "root", devices.RoleAdmin)
+	w, _ := dial5(t, e.tcp, "watcher", "root", root, 0)
+	w.sub(t, "wills/#")
+	grant := devices.TopicGrant{Filter: "wills/%c", Access: devices.AccessPublish}
+	const rounds = 120
+	for i := range rounds {
+		id := fmt.Sprintf("taken-%d", i)
+		secret := e.device(t, id, grant)
+		willConn(t, e.tcp, id, id, secret, 3600, 1, "wills/"+id, false)
+		dial5(t, e.tcp, id, id, secret, 3600) // resumes the session
+	}
+	// Every old connection has ended (the access hook's OnDisconnect,
+	// after the engine took its will), and the wills waiting have gone.
+	checkFor(t, 10*time.Second, func() error {
+		n := 0
+		e.auth.clients.Range(func(k, _ any) bool {
+			if strings.HasPrefix(k.(*mqtt.Client).ID, "taken-") {
+				n++
+			}
+			return true
+		})
+		if n != rounds {
+			return fmt.Errorf("%d connections, want %d", n, rounds)
+		}
+		if n := e.auth.wills.Len(); n > 0 {
+			return fmt.Errorf("%d wills waiting", n)
+		}
+		return nil
+	})
+	w.pub(t, "wills/marker", []byte("marker"), 1, false)
+	if got := willsUntil(t, w, "marker"); len(got) > 0 {
+		t.Fatalf("the wills of %d sessions resumed went: %q", len(got), got)
 	}
 }

@@ -27,6 +27,10 @@ type Options struct {
 	// /mqtt origin check knows the server by; nil for none.
 	TLSNames func() []string
 	// Hooks are added to the engine after the broker's own, in order.
+	// None may refuse a client in OnConnect (return an error): they run
+	// after Access, and the engine then calls no hook's OnDisconnect, so
+	// Access would keep the client (its claim on the client id). Access
+	// alone refuses.
 	Hooks []mqtt.Hook
 	// Access decides who connects and what they may touch. Nil means the
 	// policy of AllowAnonymous: everyone when set, else nobody.
