@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,4 +90,74 @@ func BenchmarkTelemetryParseShared(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkTelemetryAdd measures Add as publishers call it, from as many
+// goroutines as GOMAXPROCS (1,000 devices, the routing benchmark's
+// payload), with the writer storing the points (SQLite, last values
+// kept). cpu-us/point is the process's CPU per point, the writer's
+// included; the producers wait while the queue is more than half full.
+//
+//	go test -run XXX -bench TelemetryAdd -benchtime 2000000x ./devices/
+func BenchmarkTelemetryAdd(b *testing.B) {
+	ctx := context.Background()
+	db, err := OpenDB(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	reg, err := OpenRegistry(ctx, db, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer reg.Close()
+	const devs = 1000
+	ids := make([]string, devs)
+	nds := make([]NewDevice, devs)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%04d", i)
+		nds[i] = NewDevice{ID: ids[i], Name: ids[i]}
+	}
+	if _, err := reg.CreateDevices(ctx, nds); err != nil {
+		b.Fatal(err)
+	}
+	const queue = 262144
+	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{LastValues: reg, QueueSize: queue})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tel.Close()
+	payloads := make([][]byte, 16)
+	for i := range payloads {
+		payloads[i] = fmt.Appendf(nil, `{"temp":%d.5,"hum":%d,"on":true,"fw":"1.2.3"}`, 20+i, 40+i)
+	}
+	var next atomic.Int64
+	runtime.GC()
+	b.ResetTimer()
+	cpu0 := cputime.Process()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1)
+			if i%1024 == 0 {
+				for stored, _ := tel.Stats(); i-stored > queue/2; stored, _ = tel.Stats() {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			s, err := ParseTelemetryShared(payloads[i%16])
+			if err != nil {
+				panic(err)
+			}
+			tel.Add(ids[i%devs], s, time.Now())
+		}
+	})
+	if err := tel.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	cpu := cputime.Process() - cpu0
+	b.StopTimer()
+	stored, dropped := tel.Stats()
+	if dropped != 0 || stored != int64(b.N) {
+		b.Fatalf("stored %d, dropped %d of %d", stored, dropped, b.N)
+	}
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/point")
 }

@@ -259,3 +259,65 @@ func TestTelemetryWriteRetriesLostConnection(t *testing.T) {
 		t.Errorf("db_error %d, failed batches %d; want 0, 0", n, b)
 	}
 }
+
+// TestTelemetryConcurrentSmallBatches: publishers of many devices add
+// points at once while the writer takes them in batches far smaller than
+// what waits (BatchSize 7, so a device's waiting points are often split
+// between two batches) and Flush is called meanwhile: every point is
+// stored once, with each device's hourly rollup and last value, nothing
+// is dropped, and nothing is left counted as waiting.
+func TestTelemetryConcurrentSmallBatches(t *testing.T) {
+	const devs, publishers, points = 40, 8, 300
+	ids := make([]string, devs)
+	for i := range ids {
+		ids[i] = "dev-" + strings.Repeat("x", i%3) + jsonString(float64(i))
+	}
+	db := openTestDB(t, ids...)
+	r := &telemetryRun{t: t, db: db, next: map[string]int{}, base: time.Now().Truncate(time.Hour).Add(-time.Hour)}
+	r.tel = openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: 5 * time.Millisecond, BatchSize: 7})
+	done := make(chan struct{})
+	for p := range publishers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for k := range points {
+				for i := p; i < devs; i += publishers {
+					s, err := ParseTelemetry([]byte(`{"n":` + jsonString(float64(k)) + `}`))
+					if err != nil {
+						panic(err)
+					}
+					s.TS = r.base.Add(time.Duration(k) * time.Second)
+					if !r.tel.Add(ids[i], s, time.Now()) {
+						panic("point not queued")
+					}
+				}
+			}
+		}()
+	}
+	flushes := 0
+	for running := publishers; running > 0; {
+		select {
+		case <-done:
+			running--
+		default:
+			if err := r.tel.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			flushes++
+		}
+	}
+	if err := r.tel.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{}
+	for _, id := range ids {
+		want[id] = points
+	}
+	r.check(want)
+	if stored, dropped := r.tel.Stats(); stored != devs*points || dropped != 0 {
+		t.Errorf("stored %d, dropped %d; want %d, 0", stored, dropped, devs*points)
+	}
+	if n := len(r.tel.queue); n != 0 {
+		t.Errorf("%d points still counted as waiting", n)
+	}
+	t.Logf("%d flushes while publishing", flushes)
+}
