@@ -379,3 +379,85 @@ func TestTakenOverDelayedWillCancelled(t *testing.T) {
 		t.Fatalf("the wills of %d sessions resumed went: %q", len(got), got)
 	}
 }
+
+// TestNewConnectionsWillOutlivesTakeover: a connection that takes a
+// session over and then ends itself, leaving a delayed will, has that
+// will sent, even when the taken-over connection's end (its OnDisconnect,
+// which cancels the taken-over connection's will) comes after. The old
+// connection's OnDisconnect is held back (the test holds the lock its
+// forgetExpiry takes) until the new one has ended and its will waits; the
+// cancel by client id then removed the new connection's will, which never
+// went. The old connection's will never goes.
+func TestNewConnectionsWillOutlivesTakeover(t *testing.T) {
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
+	root := e.user(t, "root", devices.RoleAdmin)
+	w, _ := dial5(t, e.tcp, "watcher", "root", root, 0)
+	w.sub(t, "wills/#")
+	const id = "twice"
+	secret := e.device(t, id, devices.TopicGrant{Filter: "wills/%c/#", Access: devices.AccessPublish})
+	willConn(t, e.tcp, id, id, secret, 3600, 1, "wills/"+id+"/old", false)
+
+	x := &e.auth.expiry
+	x.mu.Lock()
+	held := true
+	defer func() {
+		if held {
+			x.mu.Unlock()
+		}
+	}()
+	newer := willConn(t, e.tcp, id, id, secret, 3600, 1, "wills/"+id+"/new", false) // takes the session over
+	newer.Close()                                                                   // no DISCONNECT: its will waits out its delay
+	checkFor(t, 5*time.Second, func() error {
+		if pk, ok := e.auth.wills.Get(id); !ok || pk.TopicName != "wills/"+id+"/new" {
+			return fmt.Errorf("the new connection's will is not waiting (%q)", pk.TopicName)
+		}
+		return nil
+	})
+	n := 0
+	e.auth.clients.Range(func(k, _ any) bool {
+		if k.(*mqtt.Client).ID == id {
+			n++
+		}
+		return true
+	})
+	if n != 2 {
+		t.Fatalf("%d connections of %s known, want both (their OnDisconnect held)", n, id)
+	}
+	x.mu.Unlock() // both OnDisconnects go on
+	held = false
+	checkFor(t, 5*time.Second, func() error {
+		n := 0
+		e.auth.clients.Range(func(k, _ any) bool {
+			if k.(*mqtt.Client).ID == id {
+				n++
+			}
+			return true
+		})
+		if n != 0 {
+			return fmt.Errorf("%d connections of %s still known", n, id)
+		}
+		return nil
+	})
+	var topics []string
+	deadline := time.After(10 * time.Second)
+	for !slices.Contains(topics, "wills/"+id+"/new") {
+		select {
+		case p := <-w.got:
+			topics = append(topics, p.Topic)
+		case <-deadline:
+			t.Fatalf("the new connection's will did not go within 10s (got %q); wills waiting: %d", topics, e.auth.wills.Len())
+		}
+	}
+	w.pub(t, "wills/marker", []byte("marker"), 1, false) // after the old will, had it gone at the same sweep
+	for !slices.Contains(topics, "wills/marker") {
+		select {
+		case p := <-w.got:
+			topics = append(topics, p.Topic)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no marker after 10s (got %q)", topics)
+		}
+	}
+	if slices.Contains(topics, "wills/"+id+"/old") {
+		t.Errorf("the taken-over connection's will went: %q", topics)
+	}
+}
