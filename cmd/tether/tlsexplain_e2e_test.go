@@ -14,15 +14,20 @@ import (
 )
 
 // tlsFailListener serves TLS with certPEM/keyPEM on 127.0.0.1 and, with
-// clientAuth, asks every client for a certificate. Handshakes run and the
+// clientAuth, asks every client for a certificate; maxVersion, if given,
+// caps the TLS version. Handshakes run and the
 // connection is read until the client goes: what fails is the handshake.
-func tlsFailListener(t *testing.T, certPEM, keyPEM []byte, clientAuth tls.ClientAuthType) string {
+func tlsFailListener(t *testing.T, certPEM, keyPEM []byte, clientAuth tls.ClientAuthType, maxVersion ...uint16) string {
 	t.Helper()
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: clientAuth})
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: clientAuth}
+	if len(maxVersion) > 0 {
+		conf.MaxVersion = maxVersion[0]
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,6 +113,7 @@ func TestTLSFailuresReadTheSame(t *testing.T) {
 		t.Fatal(err)
 	}
 	mutual := tlsFailListener(t, devCert, devKey, tls.RequireAnyClientCert)
+	mutual12 := tlsFailListener(t, devCert, devKey, tls.RequireAnyClientCert, tls.VersionTLS12)
 	wrongName := tlsFailListener(t, wrongCert, wrongKey, tls.NoClientCert)
 	expired := tlsFailListener(t, oldCert, oldKey, tls.NoClientCert)
 
@@ -130,6 +136,12 @@ func TestTLSFailuresReadTheSame(t *testing.T) {
 			[]string{"the certificate expired on", "renew"}},
 		{"client certificate required", "tls://" + mutual, mutual, devFile,
 			[]string{"the server wants a client certificate", "mutual TLS"}},
+		{"client certificate required over wss", "wss://" + mutual + "/mqtt", mutual, devFile,
+			[]string{"the server wants a client certificate", "mutual TLS"}},
+		{"client certificate required by TLS 1.2", "tls://" + mutual12, mutual12, devFile,
+			// Go's TLS 1.2 server (OpenSSL's too) says only "handshake
+			// failure", as for no common cipher: both causes are named.
+			[]string{"remote error: tls: handshake failure", "or the server wants a client certificate"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dargs := []string{tc.url}
