@@ -381,21 +381,23 @@ func TestTakenOverDelayedWillCancelled(t *testing.T) {
 }
 
 // TestNewConnectionsWillOutlivesTakeover: a connection that takes a
-// session over and then ends itself, leaving a delayed will, has that
-// will sent, even when the taken-over connection's end (its OnDisconnect,
-// which cancels the taken-over connection's will) comes after. The old
-// connection's OnDisconnect is held back (the test holds the lock its
-// forgetExpiry takes) until the new one has ended and its will waits; the
-// cancel by client id then removed the new connection's will, which never
-// went. The old connection's will never goes.
+// session over and then ends itself, leaving a delayed will, keeps that
+// will waiting, even when the taken-over connection's end (its
+// OnDisconnect, which cancels the taken-over connection's will) comes
+// after. The test holds the old connection's OnDisconnect back (it holds
+// the lock its forgetExpiry takes, before the cancel) until the new one
+// has ended and its will waits; the cancel, by client id, then removed the
+// new connection's will, which never went. Deleting the session sends the
+// waiting will at once (as the hour's delay would have): the new
+// connection's, never the old one's.
 func TestNewConnectionsWillOutlivesTakeover(t *testing.T) {
 	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
 	root := e.user(t, "root", devices.RoleAdmin)
 	w, _ := dial5(t, e.tcp, "watcher", "root", root, 0)
 	w.sub(t, "wills/#")
-	const id = "twice"
+	const id, hour = "twice", 3600
 	secret := e.device(t, id, devices.TopicGrant{Filter: "wills/%c/#", Access: devices.AccessPublish})
-	willConn(t, e.tcp, id, id, secret, 3600, 1, "wills/"+id+"/old", false)
+	willConn(t, e.tcp, id, id, secret, hour, hour, "wills/"+id+"/old", false)
 
 	x := &e.auth.expiry
 	x.mu.Lock()
@@ -405,27 +407,16 @@ func TestNewConnectionsWillOutlivesTakeover(t *testing.T) {
 			x.mu.Unlock()
 		}
 	}()
-	newer := willConn(t, e.tcp, id, id, secret, 3600, 1, "wills/"+id+"/new", false) // takes the session over
-	newer.Close()                                                                   // no DISCONNECT: its will waits out its delay
-	checkFor(t, 5*time.Second, func() error {
+	newer := willConn(t, e.tcp, id, id, secret, hour, hour, "wills/"+id+"/new", false) // takes the session over
+	newer.Close()                                                                      // no DISCONNECT: its will waits out its delay
+	waiting := func() error {
 		if pk, ok := e.auth.wills.Get(id); !ok || pk.TopicName != "wills/"+id+"/new" {
 			return fmt.Errorf("the new connection's will is not waiting (%q)", pk.TopicName)
 		}
 		return nil
-	})
-	n := 0
-	e.auth.clients.Range(func(k, _ any) bool {
-		if k.(*mqtt.Client).ID == id {
-			n++
-		}
-		return true
-	})
-	if n != 2 {
-		t.Fatalf("%d connections of %s known, want both (their OnDisconnect held)", n, id)
 	}
-	x.mu.Unlock() // both OnDisconnects go on
-	held = false
-	checkFor(t, 5*time.Second, func() error {
+	checkFor(t, 5*time.Second, waiting)
+	known := func() int {
 		n := 0
 		e.auth.clients.Range(func(k, _ any) bool {
 			if k.(*mqtt.Client).ID == id {
@@ -433,22 +424,27 @@ func TestNewConnectionsWillOutlivesTakeover(t *testing.T) {
 			}
 			return true
 		})
-		if n != 0 {
+		return n
+	}
+	if n := known(); n != 2 {
+		t.Fatalf("%d connections of %s known, want both (their OnDisconnect held)", n, id)
+	}
+	x.mu.Unlock() // both OnDisconnects go on
+	held = false
+	checkFor(t, 5*time.Second, func() error {
+		if n := known(); n != 0 {
 			return fmt.Errorf("%d connections of %s still known", n, id)
 		}
 		return nil
 	})
-	var topics []string
-	deadline := time.After(10 * time.Second)
-	for !slices.Contains(topics, "wills/"+id+"/new") {
-		select {
-		case p := <-w.got:
-			topics = append(topics, p.Topic)
-		case <-deadline:
-			t.Fatalf("the new connection's will did not go within 10s (got %q); wills waiting: %d", topics, e.auth.wills.Len())
-		}
+	if err := waiting(); err != nil {
+		t.Error(err)
 	}
-	w.pub(t, "wills/marker", []byte("marker"), 1, false) // after the old will, had it gone at the same sweep
+	if !e.auth.DeleteSession(id) {
+		t.Fatal("DeleteSession: not found")
+	}
+	w.pub(t, "wills/marker", []byte("marker"), 1, false)
+	var topics []string
 	for !slices.Contains(topics, "wills/marker") {
 		select {
 		case p := <-w.got:
@@ -457,7 +453,7 @@ func TestNewConnectionsWillOutlivesTakeover(t *testing.T) {
 			t.Fatalf("no marker after 10s (got %q)", topics)
 		}
 	}
-	if slices.Contains(topics, "wills/"+id+"/old") {
-		t.Errorf("the taken-over connection's will went: %q", topics)
+	if !slices.Equal(topics, []string{"wills/" + id + "/new", "wills/marker"}) {
+		t.Errorf("the watcher got %q, want the new connection's will, then the marker", topics)
 	}
 }
