@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/tether-iot/tether/internal/tlsexplain"
 )
 
