@@ -120,6 +120,10 @@ type Auth struct {
 	// wills are the engine's wills waiting out their delay, nil if it
 	// cannot be reached (auth_will.go).
 	wills *packets.Packets
+	// willFrom maps a client id to the connection whose will, delayed,
+	// the engine queued last under it (delayWill): cancelWill removes a
+	// waiting will only if it is the connection's it cancels for.
+	willFrom sync.Map
 	// moved holds the clients whose session moved to another node
 	// (YieldSession) while their connection here had yet to end: the
 	// will it leaves is cancelled as it does (OnDisconnect).
@@ -385,7 +389,7 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	// the CONNACK cancelled the wills waiting. Marked after this reads
 	// it, the will was taken before the CONNACK, which cancels it.
 	if _, ok := a.moved.LoadAndDelete(cl); ok || cl.IsTakenOver() {
-		a.cancelWill(cl.ID)
+		a.cancelWill(cl)
 	}
 	v, ok := a.clients.LoadAndDelete(cl)
 	if !ok {
@@ -404,7 +408,10 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 }
 
 // OnClientExpired forgets an expired session's identity.
-func (a *Auth) OnClientExpired(cl *mqtt.Client) { a.sessions.Delete(cl.ID) }
+func (a *Auth) OnClientExpired(cl *mqtt.Client) {
+	a.sessions.Delete(cl.ID)
+	a.willFrom.Delete(cl.ID)
+}
 
 // sessionConn returns the identity that governs deliveries into the
 // offline session of cl: the one it last connected with, or for a session

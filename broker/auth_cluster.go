@@ -117,7 +117,7 @@ func (a *Auth) movedAway(ex *mqtt.Client) {
 			a.moved.Delete(ex)
 		}
 	}
-	a.cancelWill(ex.ID)
+	a.cancelWill(ex)
 }
 
 // TakeOver disconnects cl because its client id connected elsewhere. The

@@ -130,16 +130,25 @@ func (a *Auth) delayWill(cl *mqtt.Client, will mqtt.Will) {
 	_, purged := a.purgeOnEnd.Load(cl)
 	if purged || cl.Properties.Props.SessionExpiryInterval == 0 {
 		cl.Properties.Will.WillDelayInterval = 0 // the engine reads it after the hooks
+		return
 	}
+	a.willFrom.Store(cl.ID, cl) // the engine queues it under cl.ID next
 }
 
-// cancelWill removes the will waiting under client id, if any: a newer
-// connection with the client id took the session (on another node:
-// movedAway).
-func (a *Auth) cancelWill(id string) {
-	if a.wills != nil {
-		a.wills.Delete(id)
+// cancelWill removes the will cl's connection left waiting, if any: a
+// newer connection with the client id took the session (on another node:
+// movedAway). The engine keeps waiting wills by client id alone: one that
+// a later connection with the id left (willFrom) is not cl's, and stays
+// (TestNewConnectionsWillOutlivesTakeover).
+func (a *Auth) cancelWill(cl *mqtt.Client) {
+	if a.wills == nil {
+		return
 	}
+	if v, ok := a.willFrom.Load(cl.ID); ok && v != cl {
+		return
+	}
+	a.wills.Delete(cl.ID)
+	a.willFrom.CompareAndDelete(cl.ID, cl)
 }
 
 // endWill ends the wait of the will cl's connection left, if it still

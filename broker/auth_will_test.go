@@ -379,3 +379,81 @@ func TestTakenOverDelayedWillCancelled(t *testing.T) {
 		t.Fatalf("the wills of %d sessions resumed went: %q", len(got), got)
 	}
 }
+
+// TestNewConnectionsWillOutlivesTakeover: a connection that takes a
+// session over and then ends itself, leaving a delayed will, keeps that
+// will waiting, even when the taken-over connection's end (its
+// OnDisconnect, which cancels the taken-over connection's will) comes
+// after. The test holds the old connection's OnDisconnect back (it holds
+// the lock its forgetExpiry takes, before the cancel) until the new one
+// has ended and its will waits; the cancel, by client id, then removed the
+// new connection's will, which never went. Deleting the session sends the
+// waiting will at once (as the hour's delay would have): the new
+// connection's, never the old one's.
+func TestNewConnectionsWillOutlivesTakeover(t *testing.T) {
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
+	root := e.user(t, "root", devices.RoleAdmin)
+	w, _ := dial5(t, e.tcp, "watcher", "root", root, 0)
+	w.sub(t, "wills/#")
+	const id, hour = "twice", 3600
+	secret := e.device(t, id, devices.TopicGrant{Filter: "wills/%c/#", Access: devices.AccessPublish})
+	willConn(t, e.tcp, id, id, secret, hour, hour, "wills/"+id+"/old", false)
+
+	x := &e.auth.expiry
+	x.mu.Lock()
+	held := true
+	defer func() {
+		if held {
+			x.mu.Unlock()
+		}
+	}()
+	newer := willConn(t, e.tcp, id, id, secret, hour, hour, "wills/"+id+"/new", false) // takes the session over
+	newer.Close()                                                                      // no DISCONNECT: its will waits out its delay
+	waiting := func() error {
+		if pk, ok := e.auth.wills.Get(id); !ok || pk.TopicName != "wills/"+id+"/new" {
+			return fmt.Errorf("the new connection's will is not waiting (%q)", pk.TopicName)
+		}
+		return nil
+	}
+	checkFor(t, 5*time.Second, waiting)
+	known := func() int {
+		n := 0
+		e.auth.clients.Range(func(k, _ any) bool {
+			if k.(*mqtt.Client).ID == id {
+				n++
+			}
+			return true
+		})
+		return n
+	}
+	if n := known(); n != 2 {
+		t.Fatalf("%d connections of %s known, want both (their OnDisconnect held)", n, id)
+	}
+	x.mu.Unlock() // both OnDisconnects go on
+	held = false
+	checkFor(t, 5*time.Second, func() error {
+		if n := known(); n != 0 {
+			return fmt.Errorf("%d connections of %s still known", n, id)
+		}
+		return nil
+	})
+	if err := waiting(); err != nil {
+		t.Error(err)
+	}
+	if !e.auth.DeleteSession(id) {
+		t.Fatal("DeleteSession: not found")
+	}
+	w.pub(t, "wills/marker", []byte("marker"), 1, false)
+	var topics []string
+	for !slices.Contains(topics, "wills/marker") {
+		select {
+		case p := <-w.got:
+			topics = append(topics, p.Topic)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no marker after 10s (got %q)", topics)
+		}
+	}
+	if !slices.Equal(topics, []string{"wills/" + id + "/new", "wills/marker"}) {
+		t.Errorf("the watcher got %q, want the new connection's will, then the marker", topics)
+	}
+}

@@ -4,18 +4,17 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tether-iot/tether/internal/tlsexplain"
 )
 
 // TLSOptions configure tls and wss connections. The zero value verifies the
@@ -69,13 +68,14 @@ func (o TLSOptions) HTTPClient(timeout time.Duration) (*http.Client, error) {
 type dialer struct {
 	ep      Endpoint
 	tls     *tls.Config  // nil for tcp and ws
+	caFile  string       // TLSOptions.CAFile, for explanations
 	http    *http.Client // for ws and wss
 	timeout time.Duration
 }
 
 // newDialer prepares connections to ep.
 func newDialer(ep Endpoint, opts TLSOptions, timeout time.Duration) (*dialer, error) {
-	d := &dialer{ep: ep, timeout: timeout}
+	d := &dialer{ep: ep, timeout: timeout, caFile: opts.CAFile}
 	if ep.Transport == TransportTLS || ep.Transport == TransportWSS {
 		cfg, err := opts.config(ep.Hostname())
 		if err != nil {
@@ -130,8 +130,9 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 }
 
 // dialTLS opens a TCP connection to addr and completes the TLS handshake
-// on it, explaining a handshake that a plain port ends: a plain MQTT port
-// closes the connection (bare "EOF"), a plain HTTP port answers in clear.
+// on it, explaining a handshake that fails as `tether doctor` does: a
+// plain MQTT port closes the connection (bare "EOF"), a plain HTTP port
+// answers in clear, a certificate is not trusted, names another host...
 func (d *dialer) dialTLS(ctx context.Context, addr string) (net.Conn, error) {
 	var nd net.Dialer
 	conn, err := nd.DialContext(ctx, "tcp", addr)
@@ -141,28 +142,33 @@ func (d *dialer) dialTLS(ctx context.Context, addr string) (net.Conn, error) {
 	tc := tls.Client(conn, d.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("tls handshake with %s: %w", addr, explainHandshake(err))
+		return nil, fmt.Errorf("tls handshake with %s: %w", addr, tlsexplain.Handshake(err, d.tlsContext()))
 	}
-	return tc, nil
+	return refusalConn{tc, addr, d.tlsContext()}, nil
 }
 
-// errNotTLS wraps a handshake error that a port without TLS causes.
-type errNotTLS struct{ err error }
-
-func (e errNotTLS) Error() string {
-	return "server does not speak TLS on this port? (" + e.err.Error() + ")"
+// refusalConn explains a TLS 1.3 server's refusal for want of a client
+// certificate: the client's handshake is over before the server reads
+// the certificate, so the refusal ends the first read instead.
+type refusalConn struct {
+	*tls.Conn
+	addr string
+	tc   tlsexplain.Context
 }
-func (e errNotTLS) Unwrap() error { return e.err }
 
-// explainHandshake says when a failed handshake looks like a plain port:
-// the server closed or reset the connection, or answered with something
-// that is not a TLS record.
-func explainHandshake(err error) error {
-	var rh tls.RecordHeaderError
-	if errors.As(err, &rh) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
-		return errNotTLS{err}
+func (c refusalConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil && tlsexplain.ClientCertificateWanted(err) {
+		err = fmt.Errorf("tls handshake with %s: %w", c.addr, tlsexplain.Handshake(err, c.tc))
 	}
-	return err
+	return n, err
+}
+
+// tlsContext is what tlsexplain may name: the flags are those of
+// `tether sim` and `tether bench`.
+func (d *dialer) tlsContext() tlsexplain.Context {
+	return tlsexplain.Context{Transport: d.ep.Transport, Host: d.tls.ServerName, CAFile: d.caFile,
+		CAFlag: "--ca", InsecureFlag: "--insecure-skip-verify"}
 }
 
 // openFn returns the paho hook that opens a connection and hands it to

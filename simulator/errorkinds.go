@@ -5,10 +5,16 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // maxErrorKinds bounds the kinds kept; later kinds count as "other".
 const maxErrorKinds = 20
+
+// maxErrorLen bounds the message kept of each kind, in bytes: room for a
+// TLS failure's explanation and fix (internal/tlsexplain) under the
+// layers of paho and WebSocket that wrap it.
+const maxErrorLen = 600
 
 // errorKinds keeps the first error of each kind, reports it as it happens
 // and counts the rest, so that a run that fails 10,000 connects says why
@@ -37,8 +43,12 @@ func (e *errorKinds) note(op string, err error) {
 		return
 	}
 	msg := err.Error()
-	if len(msg) > 300 {
-		msg = msg[:300] + "…"
+	if len(msg) > maxErrorLen {
+		cut := maxErrorLen
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "…"
 	}
 	kind := op + ": " + msg
 	e.mu.Lock()

@@ -99,6 +99,7 @@ type stepFailure struct {
 	step, why, fix string
 	details        []string // what the server said, printed under why
 	silent         bool     // the server closed the connection without a word
+	cause          error    // the error that ended the step, if any
 }
 
 func (f *stepFailure) Error() string { return f.step + " failed: " + f.why }

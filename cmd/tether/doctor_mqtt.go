@@ -48,6 +48,9 @@ func (d *doctor) mqttConnect(conn net.Conn, transport string) error {
 	}
 	ack, err := readConnack(bufio.NewReader(conn), d.opts.protocol, transport, d.opts.timeout)
 	if err != nil {
+		if f := d.clientCertificateWanted(err); f != nil {
+			return f
+		}
 		var f *stepFailure
 		if transport == "tcp" && errors.As(err, &f) && f.silent && d.speaksTLS() {
 			f.why += ", and the port completes a TLS handshake: it is a TLS port"
@@ -98,7 +101,7 @@ func (d *doctor) mqttConnect(conn net.Conn, transport string) error {
 func readConnack(r *bufio.Reader, protocol byte, transport string, timeout time.Duration) (*packets.Packet, error) {
 	first, err := r.Peek(1)
 	if err != nil {
-		f := &stepFailure{step: "MQTT", why: "the broker closed the connection without answering CONNECT", silent: true,
+		f := &stepFailure{step: "MQTT", why: "the broker closed the connection without answering CONNECT", silent: true, cause: err,
 			fix: "the broker refused the connection before MQTT (it may limit connections per address), or this port expects TLS (try tls://) or is not an MQTT port; the broker's log says which"}
 		if isTimeout(err) {
 			f.why = fmt.Sprintf("no CONNACK arrived within %v", timeout)

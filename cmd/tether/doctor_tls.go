@@ -6,11 +6,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/tether-iot/tether/internal/tlsexplain"
 )
 
 // caFile is the --cafile of `tether doctor`: its certificates, alone and
@@ -70,7 +71,7 @@ func (d *doctor) handshake(conn net.Conn) (net.Conn, error) {
 	err := tc.Handshake()
 	_ = tc.SetDeadline(time.Time{})
 	if err != nil {
-		return nil, tlsHandshakeFailure(err, d.ep.Transport)
+		return nil, tlsFailure(tlsexplain.Handshake(err, d.tlsContext()))
 	}
 	st := tc.ConnectionState()
 	leaf := st.PeerCertificates[0]
@@ -94,7 +95,7 @@ func (d *doctor) handshake(conn net.Conn) (net.Conn, error) {
 		}
 	}
 	if _, err := leaf.Verify(opts); err != nil {
-		f := certificateFailure(err, leaf, host, d.opts.caPool)
+		f := tlsFailure(tlsexplain.Certificate(err, leaf, d.tlsContext()))
 		if !d.opts.insecure {
 			tc.Close()
 			return nil, f
@@ -108,69 +109,33 @@ func (d *doctor) handshake(conn net.Conn) (net.Conn, error) {
 	return tc, nil
 }
 
-// tlsHandshakeFailure explains a handshake that did not complete.
-func tlsHandshakeFailure(err error, transport string) *stepFailure {
-	f := &stepFailure{step: "TLS", why: "the TLS handshake failed: " + err.Error()}
-	plain := "tcp://"
-	if transport == "wss" {
-		plain = "ws://"
+// tlsContext is what tlsexplain may name for this run.
+func (d *doctor) tlsContext() tlsexplain.Context {
+	c := tlsexplain.Context{Transport: d.ep.Transport, Host: d.ep.Hostname(), CAFlag: "--cafile", InsecureFlag: "--insecure"}
+	if d.opts.caPool != nil {
+		c.CAFile = d.opts.caPool.path
 	}
-	var rh tls.RecordHeaderError
-	switch {
-	case errors.As(err, &rh):
-		f.why = "the port answered, but not with TLS: it is a plain (unencrypted) port"
-		if strings.HasPrefix(string(rh.RecordHeader[:]), "HTTP/") {
-			f.why = "the port answered with plain HTTP, not TLS"
-			plain = "ws://"
-		}
-		f.fix = fmt.Sprintf("use %s for this port, or the broker's TLS port (Tether: 8883 for MQTT over TLS, 8443 for wss)", plain)
-	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "connection reset"):
-		f.why = "the server closed the connection during the TLS handshake"
-		f.fix = fmt.Sprintf("the port may not speak TLS (try %s), or the server wants a client certificate or a TLS version or cipher this client does not offer (TLS 1.2+)", plain)
-	case isTimeout(err):
-		f.why = "the server did not answer the TLS handshake in time"
-		f.fix = fmt.Sprintf("the port may be a plain MQTT or HTTP port waiting for the client to speak first: try %s", plain)
-	default:
-		f.fix = "the server and this client share no TLS version or cipher, or the server wants a client certificate"
-	}
-	return f
+	return c
 }
 
-// certificateFailure explains why the certificate did not verify.
-func certificateFailure(err error, leaf *x509.Certificate, host string, ca *caFile) *stepFailure {
-	f := &stepFailure{step: "TLS", why: "the certificate does not verify: " + err.Error(),
-		fix: "give the broker a certificate for " + host + " from an authority this client trusts"}
-	var ua x509.UnknownAuthorityError
-	var he x509.HostnameError
-	var ci x509.CertificateInvalidError
-	switch {
-	case errors.As(err, &ua):
-		who := fmt.Sprintf("issued by %q, an authority this client does not trust", leaf.Issuer.String())
-		if selfSigned(leaf) {
-			who = "self-signed (issued by itself, " + quote(leaf.Subject.String()) + ")"
-		}
-		f.why = "the certificate is not trusted: it is " + who
-		f.fix = "pass --cafile with the certificate of the authority that signed it (for `tether certs dev`, its cert.pem); a device needs the same file as its CA; --insecure skips the check while testing"
-		if ca != nil {
-			f.fix = fmt.Sprintf("--cafile %s does not hold the certificate that signed it (%q): give the right file", ca.path, leaf.Issuer.String())
-		}
-	case errors.As(err, &he):
-		f.why = fmt.Sprintf("the certificate is for %s, not %q", certNames(leaf), host)
-		f.fix = "connect with one of the names the certificate holds, or issue a certificate that names " + host + " (a DNS name or IP address in its Subject Alternative Names)"
-	case errors.As(err, &ci) && ci.Reason == x509.Expired:
-		now := time.Now()
-		if now.Before(leaf.NotBefore) {
-			f.why = fmt.Sprintf("the certificate is not valid before %s (now %s)", leaf.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
-			f.fix = "check this machine's clock and the broker's; or issue the certificate with an earlier start"
-		} else {
-			f.why = fmt.Sprintf("the certificate expired on %s", leaf.NotAfter.UTC().Format(time.RFC3339))
-			f.fix = "renew the broker's certificate (tether certs dev --force for a development one) and restart the broker; if it is not expired, check this machine's clock"
-		}
+// clientCertificateWanted is the TLS step's failure when err, met after
+// the handshake, is a server's refusal for want of a client certificate:
+// a TLS 1.3 server sends it only once the client has finished its side of
+// the handshake. Nil for any other error.
+func (d *doctor) clientCertificateWanted(err error) *stepFailure {
+	var f *stepFailure
+	if errors.As(err, &f) && f.cause != nil {
+		err = f.cause
 	}
-	if leaf.VerifyHostname(host) != nil && !errors.As(err, &he) {
-		f.why += fmt.Sprintf("; also, it is for %s, not %q", certNames(leaf), host)
+	if !tlsexplain.ClientCertificateWanted(err) {
+		return nil
 	}
-	return f
+	return tlsFailure(tlsexplain.Handshake(err, d.tlsContext()))
+}
+
+// tlsFailure is a tlsexplain failure as the TLS step's.
+func tlsFailure(f *tlsexplain.Failure) *stepFailure {
+	return &stepFailure{step: "TLS", why: f.Why, fix: f.Fix}
 }
 
 // describeChain lists each certificate's subject, names, issuer and validity.
@@ -183,10 +148,10 @@ func describeChain(chain []*x509.Certificate) string {
 		left := time.Until(c.NotAfter)
 		fmt.Fprintf(&b, "certificate %d: %s", i, quote(c.Subject.String()))
 		if i == 0 {
-			fmt.Fprintf(&b, ", for %s", certNames(c))
+			fmt.Fprintf(&b, ", for %s", tlsexplain.CertNames(c))
 		}
 		issuer := quote(c.Issuer.String())
-		if selfSigned(c) {
+		if tlsexplain.SelfSigned(c) {
 			issuer = "itself (self-signed)"
 		}
 		fmt.Fprintf(&b, "\n  issued by %s; valid %s to %s", issuer,
@@ -198,23 +163,6 @@ func describeChain(chain []*x509.Certificate) string {
 		}
 	}
 	return b.String()
-}
-
-// certNames lists the names a certificate holds.
-func certNames(c *x509.Certificate) string {
-	var names []string
-	names = append(names, c.DNSNames...)
-	for _, ip := range c.IPAddresses {
-		names = append(names, ip.String())
-	}
-	if len(names) == 0 {
-		return "no names (no Subject Alternative Names; clients ignore the Common Name " + quote(c.Subject.CommonName) + ")"
-	}
-	return strings.Join(names, ", ")
-}
-
-func selfSigned(c *x509.Certificate) bool {
-	return c.Issuer.String() == c.Subject.String() && c.CheckSignatureFrom(c) == nil
 }
 
 func quote(s string) string { return fmt.Sprintf("%q", s) }

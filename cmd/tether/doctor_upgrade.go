@@ -51,6 +51,9 @@ func (d *doctor) upgrade(ctx context.Context, conn net.Conn, secure bool) (net.C
 	})
 	if err != nil {
 		if resp == nil {
+			if f := d.clientCertificateWanted(err); f != nil {
+				return nil, f
+			}
 			return nil, upgradeTransportFailure(err, secure)
 		}
 		return nil, d.upgradeRefused(resp, sent)

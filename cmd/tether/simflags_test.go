@@ -122,19 +122,19 @@ func TestSimBenchFlagErrors(t *testing.T) {
 
 // TestSimBenchTLSToPlainPort: sim and bench with tls:// or wss:// pointed
 // at Tether's plain MQTT and HTTP ports say that the server does not
-// speak TLS there (they said only "EOF", or "first record does not look
-// like a TLS handshake").
+// speak TLS there, as `tether doctor` does (they said only "EOF", or
+// "first record does not look like a TLS handshake").
 func TestSimBenchTLSToPlainPort(t *testing.T) {
 	p := newTetherProc(t, tetherBinary(t))
 	p.start(t)
 	defer p.stop(t)
 	for _, tc := range []struct {
-		args []string
-		host string
+		args      []string
+		host, why string
 	}{
-		{[]string{"bench", "--broker", "tls://" + p.mqtt, "--insecure-skip-verify"}, p.mqtt},
-		{[]string{"bench", "--broker", "wss://" + p.http + "/mqtt", "--insecure-skip-verify"}, p.http},
-		{[]string{"sim", "--broker", "tls://" + p.mqtt, "--insecure-skip-verify", "--devices", "1"}, p.mqtt},
+		{[]string{"bench", "--broker", "tls://" + p.mqtt, "--insecure-skip-verify"}, p.mqtt, "the server closed the connection during the TLS handshake; the port may not speak TLS (try tcp://)"},
+		{[]string{"bench", "--broker", "wss://" + p.http + "/mqtt", "--insecure-skip-verify"}, p.http, "the port answered with plain HTTP, not TLS; use ws:// for this port"},
+		{[]string{"sim", "--broker", "tls://" + p.mqtt, "--insecure-skip-verify", "--devices", "1"}, p.mqtt, "the server closed the connection during the TLS handshake; the port may not speak TLS (try tcp://)"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		var stderr bytes.Buffer
@@ -147,7 +147,7 @@ func TestSimBenchTLSToPlainPort(t *testing.T) {
 			t.Errorf("%q: %v, want a prompt non-zero exit\n%s", tc.args, err, stderr.String())
 		}
 		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
-		want := "tls handshake with " + tc.host + ": server does not speak TLS on this port?"
+		want := "tls handshake with " + tc.host + ": " + tc.why
 		if last := lines[len(lines)-1]; !strings.Contains(last, want) {
 			t.Errorf("%q: last line\n%s\nwant %q", tc.args, last, want)
 		}
