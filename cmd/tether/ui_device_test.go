@@ -125,6 +125,19 @@ func TestUIDeviceHostileTelemetry(t *testing.T) {
 	admin.do("POST", "/devices", map[string]any{"id": "noisy-1", "type": "meter"}, &dev)
 	d := connectDevice(t, a.mqttAddr(), dev.ID, dev.Secret)
 	d.publish(map[string]any{"__proto__": 7, "temp": 21.5}) // within the limits: stored
+	// The page shows what is stored when it opens (and what comes live
+	// after it subscribes): wait for the writer (a flush a second, later
+	// on a loaded machine) before opening it.
+	checkFor(t, 30*time.Second, func() error {
+		var got struct {
+			LastValues map[string]any `json:"last_values"`
+		}
+		admin.do("GET", "/devices/noisy-1", nil, &got)
+		if got.LastValues["__proto__"] != 7.0 {
+			return fmt.Errorf("last values %v", got.LastValues)
+		}
+		return nil
+	})
 
 	step(t, ctx, "log in", loginSteps(base, "admin", uiAdminPassword)...)
 	step(t, ctx, "device page", chromedp.Navigate(base+"/#/devices/noisy-1"),
