@@ -53,8 +53,20 @@ func TestClusterFlowControl(t *testing.T) {
 		// load seen, so the test is about the window alone. (After that
 		// change, at the default and load average about 11 with busy
 		// loops beside, 2 of 2 runs lost 230 and 289 another way: node3's
-		// bus connection lost twice each, no wait timing out; not
-		// examined, nor whether 30 s avoids it.)
+		// bus connection lost twice each, no wait timing out.) Examined
+		// 2026-12-02 at the default, load 13-14 with busy loops beside:
+		// the embedded server closed node3's connection when a write to
+		// it outlasted 10 s (fixed: TestBusSlowReaderKeepsConnection),
+		// or when publishers whose room in a window other publishers
+		// took timed out and sent past it, so that it held more than
+		// max_pending for node3 (fixed: TestFlowWaitGoesOnWhileAcknowledged);
+		// and node3's subscriber was taken for stuck below the floor
+		// (fixed, the floor is gone: broker's
+		// TestBackpressureSteadySubscriberBelowFloorKeepsEverything).
+		// After those, 2 of 3 runs still lost 154 and 142 when the server
+		// found more than max_pending (64 MiB) queued for node3, no wait
+		// having timed out, though the windows towards it hold 40 MiB
+		// together: not explained yet; 2 runs at load 11 lost nothing.
 		c.MQTT.BackpressureWait = 30 * time.Second
 	})
 	runFlow(t, apps, 256<<10, 250, 2*time.Millisecond)
