@@ -63,10 +63,17 @@ func TestClusterFlowControl(t *testing.T) {
 		// and node3's subscriber was taken for stuck below the floor
 		// (fixed, the floor is gone: broker's
 		// TestBackpressureSteadySubscriberBelowFloorKeepsEverything).
-		// After those, 2 of 3 runs still lost 154 and 142 when the server
-		// found more than max_pending (64 MiB) queued for node3, no wait
-		// having timed out, though the windows towards it hold 40 MiB
-		// together: not explained yet; 2 runs at load 11 lost nothing.
+		// After the first two, 3 of 4 runs at load 12-14 lost 154, 142 and
+		// 295 when the server found more than max_pending (64 MiB) queued
+		// for node3, no wait having timed out, though the windows towards
+		// it hold 40 MiB together: the server lowers its pending count by
+		// what a flush wrote only when the flush ends, and a flush of the
+		// 40 MiB to a slow reader takes over 10 s, during which node3
+		// acknowledges what it has read and the windows refill: counted
+		// twice, up to 80 MiB (the fourth lost 10 to the floor, since
+		// fixed; 2 runs at load 11 lost nothing). Not fixed yet: the
+		// windows and durable budget together must fit in half of
+		// max_pending.
 		c.MQTT.BackpressureWait = 30 * time.Second
 	})
 	runFlow(t, apps, 256<<10, 250, 2*time.Millisecond)
