@@ -32,8 +32,9 @@ import (
 // Options.FlowWait (mqtt.backpressure_wait), and another such round
 // while the receiving node says that it is held back by a slow
 // subscriber (heldNotices: a slow subscriber holds its node's injection
-// for up to broker.WaitRounds rounds as it drains), at most
-// broker.WaitRounds in all. A wait that times out marks the window stuck
+// for up to broker.WaitRounds rounds as it drains) or acknowledges
+// anything (it takes in, slowly, and other publishers took the room),
+// at most broker.WaitRounds in all. A wait that times out marks the window stuck
 // (counted): nobody waits for it again until an acknowledgement comes
 // back, so a node that stopped answering costs each publisher at most
 // one wait. The broker's own publishes and wills never wait. A node that
@@ -228,12 +229,12 @@ func (n *Node) send(w *window, msg *nats.Msg, cl *mqtt.Client) error {
 	var timer *time.Timer
 	var start time.Time
 	var rounds int
-	var helds uint64
+	var helds, acked uint64
 	w.mu.Lock()
 	for wait && !w.stuck && !w.released && !w.room(size, limit) {
 		ch := w.wake
 		if timer == nil {
-			helds = w.helds
+			helds, acked = w.helds, w.acked
 		}
 		w.mu.Unlock()
 		if timer == nil {
@@ -247,8 +248,11 @@ func (n *Node) send(w *window, msg *nats.Msg, cl *mqtt.Client) error {
 		case <-timer.C:
 			rounds++
 			w.mu.Lock()
-			if w.helds != helds && rounds < broker.WaitRounds {
-				helds = w.helds // held back by a slow subscriber: another round
+			if (w.helds != helds || w.acked != acked) && rounds < broker.WaitRounds {
+				// Held back by a slow subscriber, or taking in what it is
+				// sent, only not fast enough for this publisher to find
+				// room (others took it): another round.
+				helds, acked = w.helds, w.acked
 				timer.Reset(n.flowWait)
 				w.mu.Unlock()
 				break

@@ -120,6 +120,71 @@ func TestFlowHeldBySlowSubscriber(t *testing.T) {
 	}
 }
 
+// TestFlowWaitGoesOnWhileAcknowledged: a publisher waiting for room in
+// a window that the receiving node keeps acknowledging, but that other
+// publishers keep filling first (several publishers towards a node that
+// takes in slowly), waits another round as long as acknowledgements
+// come, instead of taking the node for stuck and sending past the window
+// (which lets the NATS server's pending bytes for that node outgrow its
+// max_pending: it then closes the node's connection, losing all it held;
+// TestClusterFlowControl at the default wait, 2026-12-02). Here the other
+// publishers and the node's acknowledgements are played by the test,
+// one of each every quarter of a round for three rounds.
+func TestFlowWaitGoesOnWhileAcknowledged(t *testing.T) {
+	const wait = time.Second // the default
+	a := startNodeWith(t, Options{Node: "k1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: wait})
+	b := startNodeWith(t, Options{Node: "k2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: wait})
+	waitMesh(t, []*testNode{a, b})
+	var got inbox
+	sub := testmqtt.Client(t, b.addr, "prog-sub", true, false, got.add)
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("prog/#", 1, nil))
+	waitRoute(t, a, b, "prog/x")
+	// A window of 2, full: two messages of other publishers outstanding.
+	w := (*a.node.peers.Load())["k2"].win
+	w.mu.Lock()
+	w.count = 2
+	w.sent = w.acked + 2
+	w.mu.Unlock()
+	ack := func(seq uint64) {
+		w.mu.Lock()
+		m := &nats.Msg{Data: []byte(fmt.Sprintf(`{"node":"k2","stream":%q,"seq":%d,"bytes":%d}`, w.stream, seq, w.ackedBytes))}
+		w.mu.Unlock()
+		a.node.onAck(m)
+	}
+	pub := testmqtt.Client(t, a.addr, "prog-pub", true, false, nil)
+	testmqtt.WaitToken(t, "publish", pub.Publish("prog/x", 1, false, "waits")) // acknowledged, then held
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if v := testmqtt.Counter(t, a.node.FlowWaitsCounter()); v != 1 {
+			return fmt.Errorf("%v publishers held back, want 1", v)
+		}
+		return nil
+	})
+	tick := time.NewTicker(wait / 4)
+	defer tick.Stop()
+	for range 12 {
+		<-tick.C
+		w.mu.Lock()
+		w.sent++ // another publisher's message
+		seq := w.acked + 1
+		w.mu.Unlock()
+		ack(seq) // the node took in the oldest
+		if got := len(got.all()); got != 0 {
+			t.Fatalf("%d messages delivered while the window stayed full: sent past it", got)
+		}
+	}
+	if v := testmqtt.Counter(t, a.node.m.flowTimeouts); v != 0 {
+		t.Fatalf("%v waits timed out while the node kept acknowledging", v)
+	}
+	w.mu.Lock()
+	all := w.sent
+	w.mu.Unlock()
+	ack(all) // the node has taken in everything: room
+	got.waitN(t, 1)
+	if v := testmqtt.Counter(t, a.node.m.flowTimeouts); v != 0 {
+		t.Fatalf("%v waits timed out while the node kept acknowledging", v)
+	}
+}
+
 // TestFlowAcknowledged: a message sent when the window is half used asks
 // for a prompt acknowledgement, and the receiving node's acknowledgement
 // frees the window.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"regexp"
 	"sort"
@@ -49,6 +50,11 @@ type Options struct {
 
 	// joinMax, when set, replaces joinMax (tests of that bound).
 	joinMax time.Duration
+	// writeDeadline, when set, replaces the embedded server's write
+	// deadline, and busConn wraps the node's in-process connection to
+	// it (tests of a slow bus reader).
+	writeDeadline time.Duration
+	busConn       func(net.Conn) net.Conn
 }
 
 func (o *Options) maxPayload() int {

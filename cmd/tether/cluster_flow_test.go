@@ -53,8 +53,27 @@ func TestClusterFlowControl(t *testing.T) {
 		// load seen, so the test is about the window alone. (After that
 		// change, at the default and load average about 11 with busy
 		// loops beside, 2 of 2 runs lost 230 and 289 another way: node3's
-		// bus connection lost twice each, no wait timing out; not
-		// examined, nor whether 30 s avoids it.)
+		// bus connection lost twice each, no wait timing out.) Examined
+		// 2026-12-02 at the default, load 13-14 with busy loops beside:
+		// the embedded server closed node3's connection when a write to
+		// it outlasted 10 s (fixed: TestBusSlowReaderKeepsConnection),
+		// or when publishers whose room in a window other publishers
+		// took timed out and sent past it, so that it held more than
+		// max_pending for node3 (fixed: TestFlowWaitGoesOnWhileAcknowledged);
+		// and node3's subscriber was taken for stuck below the floor
+		// (fixed, the floor is gone: broker's
+		// TestBackpressureSteadySubscriberBelowFloorKeepsEverything).
+		// After the first two, 3 of 4 runs at load 12-14 lost 154, 142 and
+		// 295 when the server found more than max_pending (64 MiB) queued
+		// for node3, no wait having timed out, though the windows towards
+		// it hold 40 MiB together: the server lowers its pending count by
+		// what a flush wrote only when the flush ends, and a flush of the
+		// 40 MiB to a slow reader takes over 10 s, during which node3
+		// acknowledges what it has read and the windows refill: counted
+		// twice, up to 80 MiB (the fourth lost 10 to the floor, since
+		// fixed; 2 runs at load 11 lost nothing). Not fixed yet: the
+		// windows and durable budget together must fit in half of
+		// max_pending.
 		c.MQTT.BackpressureWait = 30 * time.Second
 	})
 	runFlow(t, apps, 256<<10, 250, 2*time.Millisecond)
