@@ -30,23 +30,19 @@ import (
 // limits.publish_rate_per_client.
 //
 // The wait is bounded. It goes in rounds of maxWait (mqtt.backpressure_wait):
-// a subscriber that acknowledged anything in a round is slow, not stuck,
-// and is waited for another round, at most WaitRounds in all per
-// PUBLISH, which then goes on (into the room above the high-water mark;
-// the next PUBLISH waits again); one that acknowledged nothing in a
-// round is marked stuck and not waited for again until it drains, or
-// has acknowledged as many messages as that takes (drain), so a client
-// that never reads costs each publisher at most one maxWait and then
-// its messages are dropped as before (the engine counts them). A slow
-// subscriber thus holds its publishers to its pace, however slow,
-// rather than losing acknowledged messages whenever it is slower for a
-// moment (a loaded machine) than some floor. (The floor was an eighth
-// of what it drains from its high-water mark to half per maxWait, 12
-// messages a second at the defaults, and one that drained steadily but
-// not all of it within WaitRounds was marked stuck too: both lost
-// messages a publisher had been held for.) A publisher never waits for
-// itself, and shared subscriptions are not considered. The broker's own
-// inline publishes
+// a subscriber that drained at least an eighth of what is waited for in
+// a round is slow, not stuck, and is waited for another round, at most
+// WaitRounds in all per PUBLISH (one that keeps that pace drains in
+// them); one that drained less is marked stuck and not waited for again
+// until it drains, or has acknowledged as many messages as that takes
+// (drain), so a client that never reads costs each publisher at most one
+// maxWait and then its messages are dropped as before (the engine counts
+// them). A slow subscriber thus holds its publishers to its
+// pace, down to an eighth of its high-water mark per maxWait (12 messages
+// a second at the defaults), rather than losing acknowledged messages
+// whenever it is slower for a moment (a loaded machine) than draining
+// half its high-water mark in one maxWait. A publisher never waits for itself, and shared
+// subscriptions are not considered. The broker's own inline publishes
 // never wait; the messages another node of a cluster sends do (their
 // injecting client's listener is BusListener): the wait holds the bus's
 // delivery to this node, whose NATS subscription buffers meanwhile,
@@ -289,11 +285,8 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 				return false
 			}
 		}
-		switch b.hold(drained, timer, l.acks.Load, 1, &rounds) {
-		case holdDone:
+		if b.hold(drained, timer, l.acks.Load, l.need, &rounds) {
 			return true
-		case holdSlow:
-			return false // live: not marked stuck; the next PUBLISH waits again
 		}
 		l.resume.Store(l.acks.Load() + l.need)
 		l.stuck.Store(true)
@@ -308,39 +301,29 @@ func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 }
 
 // WaitRounds is the most rounds of maxWait one PUBLISH is held back for
-// subscribers that drain slowly. (The cluster waits as long for a node
-// held back so: cluster/flow.go.)
+// subscribers that drain slowly: one that drains an eighth of what is
+// waited for in each round has drained it all within them. (The cluster
+// waits as long for a node held back so: cluster/flow.go.)
 const WaitRounds = 8
-
-// holdEnd is how a wait ended.
-type holdEnd int
-
-const (
-	holdDone  holdEnd = iota // its event came
-	holdSlow                 // WaitRounds rounds, each with progress
-	holdStuck                // a round with less progress than the floor
-)
 
 // hold waits until done reports true, in rounds of maxWait timed by
 // timer (started by the caller, shared by the subscribers one PUBLISH
 // waits for): done waits for its event or for round to fire, and reports
 // which. A round at whose end progress (a count of what the subscriber
-// has drained) has not advanced by floor ends the wait, holdStuck; so
+// has drained) has not advanced by an eighth of need ends the wait, as
 // does the last of WaitRounds rounds (rounds counts them across the
-// PUBLISH's subscribers), holdSlow.
-func (b *Backpressure) hold(done func(round <-chan time.Time) bool, timer *time.Timer, progress func() int64, floor int64, rounds *int) holdEnd {
+// PUBLISH's subscribers): false, the subscriber is stuck.
+func (b *Backpressure) hold(done func(round <-chan time.Time) bool, timer *time.Timer, progress func() int64, need int64, rounds *int) bool {
+	floor := max(need/WaitRounds, 1)
 	seen := progress()
 	for {
 		if done(timer.C) {
-			return holdDone
+			return true
 		}
 		*rounds++
 		now := progress()
-		if now-seen < floor {
-			return holdStuck
-		}
-		if *rounds >= WaitRounds {
-			return holdSlow
+		if now-seen < floor || *rounds >= WaitRounds {
+			return false
 		}
 		seen = now
 		timer.Reset(b.maxWait)

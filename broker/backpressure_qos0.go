@@ -149,7 +149,7 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	q, put := queue(cl), false
 	timer := time.NewTimer(b.maxWait)
 	rounds := 0
-	held := holdDone == b.hold(func(round <-chan time.Time) bool {
+	held := b.hold(func(round <-chan time.Time) bool {
 		select {
 		case q <- &out:
 			put = true
@@ -159,7 +159,7 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 		case <-round:
 			return false
 		}
-	}, timer, l.sent.Load, max(need/WaitRounds, 1), &rounds)
+	}, timer, l.sent.Load, need, &rounds)
 	timer.Stop()
 	b.waited.Add(time.Since(start).Seconds())
 	if !held {

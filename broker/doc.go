@@ -28,9 +28,9 @@
 //     not limited.
 //   - Backpressure (backpressure.go): a QoS 1/2 PUBLISH that goes to a
 //     subscriber above its high-water mark waits for it to drain, in
-//     rounds of mqtt.backpressure_wait while it acknowledges anything in
-//     each (at most 8, then it goes on); a subscriber that acknowledges
-//     nothing in a round is skipped until it drains (tether_backpressure_*). Shared
+//     rounds of mqtt.backpressure_wait while it drains at least an eighth
+//     of that in each (at most 8); a subscriber that drains less in a
+//     round is skipped until it does (tether_backpressure_*). Shared
 //     subscriptions, QoS 0 and the publisher's own subscriptions are not
 //     waited for.
 //   - The session store (broker/sessions, the last hook): a QoS 1/2
