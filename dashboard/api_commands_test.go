@@ -29,9 +29,10 @@ type dataEnv struct {
 	*apiEnv
 	mqttAddr string
 	tel      *devices.Telemetry
+	db       *devices.DB
 }
 
-func newDataEnv(t *testing.T) *dataEnv {
+func newDataEnv(t testing.TB) *dataEnv {
 	t.Helper()
 	ctx := context.Background()
 	db, err := devices.OpenDB(t.TempDir())
@@ -87,14 +88,14 @@ func newDataEnv(t *testing.T) *dataEnv {
 		db.Close()
 	})
 	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins, o.Broker, o.Audit = tel, ch, th, b, audit })
-	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel}
+	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel, db: db}
 }
 
 func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // device connects an MQTT 3.1.1 device that answers commands with answer
 // ("ok", "error", or "" for silence).
-func (e *dataEnv) device(t *testing.T, id, answer string) paho3.Client {
+func (e *dataEnv) device(t testing.TB, id, answer string) paho3.Client {
 	t.Helper()
 	var c paho3.Client
 	o := paho3.NewClientOptions().AddBroker("tcp://" + e.mqttAddr).SetClientID(id).
