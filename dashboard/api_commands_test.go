@@ -431,3 +431,21 @@ func TestCSVText(t *testing.T) {
 		}
 	}
 }
+
+// TestTwinPatchNumberOutOfRange: a desired patch holding a number no
+// double holds is refused saying so, not as "must be a JSON object"
+// (which it is; FuzzAPI's seed twin-bignum).
+func TestTwinPatchNumberOutOfRange(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	res, body := e.do("PATCH", "/devices/dev-1/twin", e.tokens["operator"], `{"desired":{"a":{"b":1e400}}}`)
+	e.mustStatus(res, body, 400)
+	if eb := checkErrorBody(t, res, body); !strings.Contains(eb.Error.Message, "number") {
+		t.Fatalf("message %q", eb.Error.Message)
+	}
+	res, body = e.do("GET", "/devices/dev-1/twin", e.tokens["viewer"], nil)
+	e.mustStatus(res, body, 200)
+	if tw := decode[devices.Twin](t, body); tw.DesiredVersion != 0 {
+		t.Fatalf("twin changed: %s", body)
+	}
+}

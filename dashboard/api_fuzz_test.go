@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -167,20 +168,33 @@ func (fe *fuzzEnv) intact() bool {
 	return true
 }
 
-// digest is a hash of what a refused request must not change: devices,
-// users, tokens, revoked sessions, commands and desired twin states (not
-// what devices change by themselves: presence, last values, command
-// status).
-func (fe *fuzzEnv) digest(t testing.TB) string {
-	h := sha256.New()
-	for _, q := range []string{
+// Parts of the stored data, by the least role that may change them.
+var (
+	// adminData: devices, users and their roles, and the admin's tokens.
+	adminData = []string{
 		`SELECT id, name, type, labels, enabled, hex(secret_hash), topics, updated_at FROM devices ORDER BY id`,
-		`SELECT username, password_hash, role FROM users ORDER BY username`,
-		`SELECT id, hex(digest), name, username, COALESCE(expires_at, '') FROM api_tokens ORDER BY id`,
-		`SELECT jti FROM revoked_sessions ORDER BY jti`,
+		`SELECT username, role FROM users ORDER BY username`,
+		`SELECT id, hex(digest), name, COALESCE(expires_at, '') FROM api_tokens WHERE username = 'admin' ORDER BY id`,
+	}
+	// operatorData: commands and desired twin states (not what devices
+	// change by themselves: command status, reported state).
+	operatorData = []string{
 		`SELECT id, device_id, name, params FROM commands ORDER BY id`,
 		`SELECT device_id, desired, desired_version FROM twins ORDER BY device_id`,
-	} {
+	}
+	// anyData: what anyone may change of their own: passwords, tokens,
+	// sessions.
+	anyData = []string{
+		`SELECT username, password_hash FROM users ORDER BY username`,
+		`SELECT id, hex(digest), name, username, COALESCE(expires_at, '') FROM api_tokens ORDER BY id`,
+		`SELECT jti FROM revoked_sessions ORDER BY jti`,
+	}
+)
+
+// digest is a hash of the rows the queries select.
+func (fe *fuzzEnv) digest(t testing.TB, queries []string) string {
+	h := sha256.New()
+	for _, q := range queries {
 		rows, err := fe.db.R.Query(q)
 		if err != nil {
 			t.Fatalf("%s: %v", q, err)
@@ -289,7 +303,21 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 	defer cancel()
 	req = req.WithContext(ctx)
 
-	before := fe.digest(t)
+	// The most the request may do: the role of who, or of any seed
+	// credential the input names.
+	level := map[uint8]string{1: viewer, 2: operator, 3: admin, 4: viewer, 5: admin}[who%6]
+	all := head.String() + string(body)
+	for _, role := range []string{viewer, operator, admin} {
+		for _, k := range []string{"-token", "-password", "-session"} {
+			if strings.Contains(all, secrets[role+k]) && (level == "" || (devices.Identity{Kind: devices.KindUser, Role: role}).Can(level)) {
+				level = role
+			}
+		}
+	}
+	var before [3]string
+	for i, q := range [][]string{adminData, operatorData, anyData} {
+		before[i] = fe.digest(t, q)
+	}
 	logAt := len(fe.logs.String())
 	rec := httptest.NewRecorder()
 	fe.srv.Config.Handler.ServeHTTP(rec, req)
@@ -341,9 +369,24 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 		if method != http.MethodHead {
 			checkErrorBody(t, res, out)
 		}
-		if after := fe.digest(t); after != before {
-			t.Fatalf("%s: refused with %d (%s), yet the stored data changed", what, status, out)
+		for i, q := range [][]string{adminData, operatorData, anyData} {
+			if fe.digest(t, q) != before[i] {
+				t.Fatalf("%s: refused with %d (%s), yet the stored data changed", what, status, out)
+			}
 		}
+	}
+	// What a lesser identity may not change, it does not, answered
+	// whatever it was.
+	for i, need := range []string{admin, operator} {
+		if !(devices.Identity{Kind: devices.KindUser, Role: level}).Can(need) {
+			if fe.digest(t, [][]string{adminData, operatorData}[i]) != before[i] {
+				t.Fatalf("%s: answered %d (%s): a request of role %q changed what needs %s", what, status, out, level, need)
+			}
+		}
+	}
+	if status < 300 && method != http.MethodHead && res.Header.Get("Content-Type") == "application/json" &&
+		len(out) > 0 && !json.Valid(out) {
+		t.Fatalf("%s: %d with JSON that does not parse: %s", what, status, out)
 	}
 	if status < 300 && !safeMethod(method) && !fe.intact() {
 		fz.build(t)
