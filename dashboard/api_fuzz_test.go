@@ -242,16 +242,19 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 
 	table := fe.api.table
 	var method, path string
+	role := "raw" // of the route picked: the raw one's is not known
 	if i := int(route) % (len(table) + 1); i < len(table) {
 		rt := table[i]
-		method, path = rt.Method, rt.Path
-		for {
-			a, b, ok := strings.Cut(path, "{")
+		method, role = rt.Method, rt.Role
+		// Each {wildcard} of the pattern becomes arg.
+		for rest := rt.Path; ; {
+			a, b, ok := strings.Cut(rest, "{")
+			path += a
 			if !ok {
 				break
 			}
-			_, c, _ := strings.Cut(b, "}")
-			path = a + arg + c
+			path += arg
+			_, rest, _ = strings.Cut(b, "}")
 		}
 	} else {
 		var ok bool
@@ -364,6 +367,9 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 		if !(status == http.StatusServiceUnavailable && eb.Error.Code == codeUnavailable) {
 			t.Fatalf("%s: server error %d: %s\nlog:\n%s", what, status, out, logs)
 		}
+	}
+	if status < 300 && level == "" && role != public && role != "raw" && strings.Count(path, "/") == strings.Count(table[int(route)%(len(table)+1)].Path, "/") {
+		t.Fatalf("%s: answered %d (%s) with no credentials", what, status, out)
 	}
 	if status >= 400 {
 		if method != http.MethodHead {
