@@ -261,6 +261,10 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 		if method, path, ok = strings.Cut(arg, " "); !ok {
 			return
 		}
+		// Under /api/v1/: "/api/v10" is not the API's.
+		if !strings.HasPrefix(path, "/") {
+			path = "/" + path
+		}
 	}
 	target := APIPrefix + path
 	if rawQuery != "" {
