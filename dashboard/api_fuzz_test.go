@@ -31,7 +31,9 @@ import (
 // the log unless the request itself carried it in its URL or body.
 //
 // route picks a route of the table (modulo its length, plus one: the
-// last picks "raw", where arg is "METHOD /path" under /api/v1); arg fills
+// last picks "raw", where arg is "METHOD /path" under /api/v1: the seeds
+// in testdata/fuzz/FuzzAPI, named after the route they were written for,
+// shift to other routes when one is added before it); arg fills
 // each {wildcard} of the route's path. who picks the identity: none,
 // viewer, operator or admin by API token, viewer or admin by session
 // cookie (with the CSRF header). header holds extra "Name: value" lines.
