@@ -449,3 +449,21 @@ func TestTwinPatchNumberOutOfRange(t *testing.T) {
 		t.Fatalf("twin changed: %s", body)
 	}
 }
+
+// TestCommandParamsNumberOutOfRange: params holding a number no double
+// holds are refused saying so, as a twin patch's are, and no command is
+// created or sent (a device decoding it would fail on it).
+func TestCommandParamsNumberOutOfRange(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	res, body := e.do("POST", "/devices/dev-1/commands", e.tokens["operator"], `{"name":"set","params":{"n":[1,{"m":-1e400}]}}`)
+	e.mustStatus(res, body, 400)
+	if eb := checkErrorBody(t, res, body); !strings.Contains(eb.Error.Message, "number") {
+		t.Fatalf("message %q", eb.Error.Message)
+	}
+	res, body = e.do("GET", "/devices/dev-1/commands", e.tokens["viewer"], nil)
+	e.mustStatus(res, body, 200)
+	if strings.Contains(string(body), `"set"`) {
+		t.Fatalf("a command was created: %s", body)
+	}
+}
