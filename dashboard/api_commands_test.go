@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -465,5 +466,57 @@ func TestCommandParamsNumberOutOfRange(t *testing.T) {
 	e.mustStatus(res, body, 200)
 	if strings.Contains(string(body), `"set"`) {
 		t.Fatalf("a command was created: %s", body)
+	}
+}
+
+// TestCommandWaitClientGone: a client that gives up on a command's wait
+// (its request cancelled) is not a failure of the server: nothing is
+// logged as an error (it was, "api: request failed", with the context's
+// error), and the command stays pending for its device.
+func TestCommandWaitClientGone(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "POST", e.srv.URL+APIPrefix+"/devices/dev-1/commands",
+		strings.NewReader(`{"name":"reboot","wait":true,"timeout":60}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+e.tokens["operator"])
+	done := make(chan error, 1)
+	go func() {
+		res, err := http.DefaultClient.Do(req)
+		if err == nil {
+			res.Body.Close()
+			err = fmt.Errorf("answered %s", res.Status)
+		}
+		done <- err
+	}()
+	// The command exists (its wait has begun) before the client goes.
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		res, body := e.do("GET", "/devices/dev-1/commands", e.tokens["viewer"], nil)
+		if res.StatusCode != 200 || !strings.Contains(string(body), `"reboot"`) {
+			return fmt.Errorf("no command yet: %s", body)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the client's request: %v", err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if !strings.Contains(e.logs.String(), `route="POST /devices/{id}/commands"`) {
+			return fmt.Errorf("the request's end is not logged yet:\n%s", e.logs.String())
+		}
+		return nil
+	})
+	if logs := e.logs.String(); strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "status=499") {
+		t.Fatalf("logged as an error, or not as status 499:\n%s", logs)
+	}
+	res, body := e.do("GET", "/devices/dev-1/commands", e.tokens["viewer"], nil)
+	e.mustStatus(res, body, 200)
+	if !strings.Contains(string(body), `"status":"pending"`) {
+		t.Fatalf("the command is not pending: %s", body)
 	}
 }
