@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,9 +30,10 @@ type dataEnv struct {
 	*apiEnv
 	mqttAddr string
 	tel      *devices.Telemetry
+	db       *devices.DB
 }
 
-func newDataEnv(t *testing.T) *dataEnv {
+func newDataEnv(t testing.TB) *dataEnv {
 	t.Helper()
 	ctx := context.Background()
 	db, err := devices.OpenDB(t.TempDir())
@@ -87,14 +89,14 @@ func newDataEnv(t *testing.T) *dataEnv {
 		db.Close()
 	})
 	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins, o.Broker, o.Audit = tel, ch, th, b, audit })
-	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel}
+	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel, db: db}
 }
 
 func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // device connects an MQTT 3.1.1 device that answers commands with answer
 // ("ok", "error", or "" for silence).
-func (e *dataEnv) device(t *testing.T, id, answer string) paho3.Client {
+func (e *dataEnv) device(t testing.TB, id, answer string) paho3.Client {
 	t.Helper()
 	var c paho3.Client
 	o := paho3.NewClientOptions().AddBroker("tcp://" + e.mqttAddr).SetClientID(id).
@@ -428,5 +430,93 @@ func TestCSVText(t *testing.T) {
 		if got := csvText(in); got != want {
 			t.Errorf("csvText(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestTwinPatchNumberOutOfRange: a desired patch holding a number no
+// double holds is refused saying so, not as "must be a JSON object"
+// (which it is; FuzzAPI's seed twin-bignum).
+func TestTwinPatchNumberOutOfRange(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	res, body := e.do("PATCH", "/devices/dev-1/twin", e.tokens["operator"], `{"desired":{"a":{"b":1e400}}}`)
+	e.mustStatus(res, body, 400)
+	if eb := checkErrorBody(t, res, body); !strings.Contains(eb.Error.Message, "number") {
+		t.Fatalf("message %q", eb.Error.Message)
+	}
+	res, body = e.do("GET", "/devices/dev-1/twin", e.tokens["viewer"], nil)
+	e.mustStatus(res, body, 200)
+	if tw := decode[devices.Twin](t, body); tw.DesiredVersion != 0 {
+		t.Fatalf("twin changed: %s", body)
+	}
+}
+
+// TestCommandParamsNumberOutOfRange: params holding a number no double
+// holds are refused saying so, as a twin patch's are, and no command is
+// created or sent (a device decoding it would fail on it).
+func TestCommandParamsNumberOutOfRange(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	res, body := e.do("POST", "/devices/dev-1/commands", e.tokens["operator"], `{"name":"set","params":{"n":[1,{"m":-1e400}]}}`)
+	e.mustStatus(res, body, 400)
+	if eb := checkErrorBody(t, res, body); !strings.Contains(eb.Error.Message, "number") {
+		t.Fatalf("message %q", eb.Error.Message)
+	}
+	res, body = e.do("GET", "/devices/dev-1/commands", e.tokens["viewer"], nil)
+	e.mustStatus(res, body, 200)
+	if strings.Contains(string(body), `"set"`) {
+		t.Fatalf("a command was created: %s", body)
+	}
+}
+
+// TestCommandWaitClientGone: a client that gives up on a command's wait
+// (its request cancelled) is not a failure of the server: nothing is
+// logged as an error (it was, "api: request failed", with the context's
+// error), and the command stays pending for its device.
+func TestCommandWaitClientGone(t *testing.T) {
+	e := newDataEnv(t)
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "POST", e.srv.URL+APIPrefix+"/devices/dev-1/commands",
+		strings.NewReader(`{"name":"reboot","wait":true,"timeout":60}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+e.tokens["operator"])
+	done := make(chan error, 1)
+	go func() {
+		res, err := http.DefaultClient.Do(req)
+		if err == nil {
+			res.Body.Close()
+			err = fmt.Errorf("answered %s", res.Status)
+		}
+		done <- err
+	}()
+	// The command exists (its wait has begun) before the client goes.
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		res, body := e.do("GET", "/devices/dev-1/commands", e.tokens["viewer"], nil)
+		if res.StatusCode != 200 || !strings.Contains(string(body), `"reboot"`) {
+			return fmt.Errorf("no command yet: %s", body)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the client's request: %v", err)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if !strings.Contains(e.logs.String(), `route="POST /devices/{id}/commands"`) {
+			return fmt.Errorf("the request's end is not logged yet:\n%s", e.logs.String())
+		}
+		return nil
+	})
+	if logs := e.logs.String(); strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "status=499") {
+		t.Fatalf("logged as an error, or not as status 499:\n%s", logs)
+	}
+	res, body := e.do("GET", "/devices/dev-1/commands", e.tokens["viewer"], nil)
+	e.mustStatus(res, body, 200)
+	if !strings.Contains(string(body), `"status":"pending"`) {
+		t.Fatalf("the command is not pending: %s", body)
 	}
 }

@@ -45,7 +45,7 @@ const (
 
 // apiEnv is a real API over a real SQLite file behind a real HTTP server.
 type apiEnv struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *httptest.Server
 	reg     *devices.Registry
 	api     *API
@@ -60,7 +60,7 @@ type apiEnv struct {
 
 // newAPIEnv starts an API with users admin, operator and viewer, each
 // holding an API token in e.tokens.
-func newAPIEnv(t *testing.T, opts ...func(*APIOptions)) *apiEnv {
+func newAPIEnv(t testing.TB, opts ...func(*APIOptions)) *apiEnv {
 	t.Helper()
 	e := newBareAPIEnv(t, opts...)
 	ctx := context.Background()
@@ -78,7 +78,7 @@ func newAPIEnv(t *testing.T, opts ...func(*APIOptions)) *apiEnv {
 }
 
 // newBareAPIEnv starts an API over an empty registry.
-func newBareAPIEnv(t *testing.T, opts ...func(*APIOptions)) *apiEnv {
+func newBareAPIEnv(t testing.TB, opts ...func(*APIOptions)) *apiEnv {
 	t.Helper()
 	e := &apiEnv{t: t, logs: &logBuffer{}, tokens: map[string]string{}, clock: time.Now()}
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -108,7 +108,7 @@ func newBareAPIEnv(t *testing.T, opts ...func(*APIOptions)) *apiEnv {
 
 // use makes the helpers report to t (a subtest) until restore is called:
 // defer e.use(t)().
-func (e *apiEnv) use(t *testing.T) (restore func()) {
+func (e *apiEnv) use(t testing.TB) (restore func()) {
 	old := e.t
 	e.t = t
 	return func() { e.t = old }
@@ -201,7 +201,7 @@ func (e *apiEnv) mustStatus(res *http.Response, body []byte, want int) {
 }
 
 // checkErrorBody checks that body is {"error":{"code","message"}}.
-func checkErrorBody(t *testing.T, res *http.Response, body []byte) errorBody {
+func checkErrorBody(t testing.TB, res *http.Response, body []byte) errorBody {
 	t.Helper()
 	var eb errorBody
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -216,7 +216,7 @@ func checkErrorBody(t *testing.T, res *http.Response, body []byte) errorBody {
 }
 
 // decode unmarshals body into a new T.
-func decode[T any](t *testing.T, body []byte) T {
+func decode[T any](t testing.TB, body []byte) T {
 	t.Helper()
 	var v T
 	if err := json.Unmarshal(body, &v); err != nil {

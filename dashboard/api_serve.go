@@ -6,6 +6,10 @@ import (
 	"time"
 )
 
+// statusClientClosed is the status logged for a request whose client
+// went away before its answer (nginx's 499); none is written.
+const statusClientClosed = 499
+
 // wrap turns a route into an http.Handler: authentication and role check,
 // the handler, the error body and a debug line (no
 // headers, no body: they may hold credentials).
@@ -24,6 +28,10 @@ func (a *API) wrap(rt route) http.Handler {
 		case errors.As(err, &enc):
 			// writeJSON has answered 500 instead.
 			a.log.Error("api: request failed", "method", r.Method, "route", label, "path", r.URL.Path, "error", err)
+		case r.Context().Err() != nil && errors.Is(err, r.Context().Err()):
+			// The client went away (a command's wait it gave up on):
+			// nothing failed here, and nobody reads an answer.
+			sw.status = statusClientClosed
 		case sw.status != 0:
 			// The response has begun: too late for an error body.
 			a.log.Error("api: request failed after the response began", "route", label, "error", err)

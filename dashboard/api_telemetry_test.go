@@ -185,3 +185,39 @@ func TestTelemetryCSVBounded(t *testing.T) {
 		t.Errorf("the rest has trailers X-Tether-Truncated %q, X-Tether-Next-From %q", truncated, next)
 	}
 }
+
+// TestTelemetryWidestRange: from and to at the ends of Unix milliseconds
+// (as FuzzAPI sent them) cover every point: the points come back; buckets
+// over that range are far too many and refused. The store's arithmetic
+// wrapped around there: no points, and any step was taken, as "0
+// buckets", answered with none.
+func TestTelemetryWidestRange(t *testing.T) {
+	e := newDataEnv(t)
+	view := e.tokens["viewer"]
+	e.createDevice(devices.NewDevice{ID: "wide-1"})
+	base := time.Now().Add(-30 * time.Minute).Truncate(time.Minute).UTC()
+	for i := range 3 {
+		s, err := devices.ParseTelemetry(fmt.Appendf(nil, `{"temp":%d}`, 20+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.TS = base.Add(time.Duration(i) * time.Minute)
+		e.tel.Add("wide-1", s, time.Now())
+	}
+	if err := e.tel.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const wide = "/devices/wide-1/telemetry?from=-9223372036854775808&to=9223372036854775807"
+	res, body := e.do("GET", wide, view, nil)
+	e.mustStatus(res, body, 200)
+	if got := decode[struct{ Points []devices.Point }](t, body); len(got.Points) != 3 || !got.Points[0].TS.Equal(base) {
+		t.Fatalf("points of the widest range: %s", body)
+	}
+	for _, q := range []string{"&step=1ms", "&step=1h", "&step=1ms&format=csv"} {
+		res, body = e.do("GET", wide+q, view, nil)
+		e.mustStatus(res, body, 400)
+		if !strings.Contains(string(body), "buckets") {
+			t.Fatalf("%s: %s", q, body)
+		}
+	}
+}

@@ -237,6 +237,13 @@ func (nc *NewCommand) Check() error {
 		if !utf8.ValidString(p) { // the decoder takes it; PostgreSQL does not
 			return invalid("params", "not valid UTF-8")
 		}
+		// As for a twin's patch (CheckTwinPatch): a number no double
+		// holds (1e400) is refused, since a device decoding the command
+		// as JSON would fail on it.
+		var vals map[string]any
+		if err := json.Unmarshal([]byte(p), &vals); err != nil {
+			return invalid("params", "a number beyond the range of a double (±1.8e308)")
+		}
 		nc.Params = json.RawMessage(p)
 	}
 	switch {

@@ -26,6 +26,16 @@ type Bucket struct {
 	Count map[string]int64   `json:"count"`
 }
 
+// queryRange is [from, to] in Unix ms, narrowed to ±2^62 ms (146
+// million years, far beyond any time a point is stored at): the scans
+// subtract a chunk's span from lo and round it down to minutes and
+// hours, which wrapped around for a time near the ends of int64 (a query
+// from Unix ms -9223372036854775808 found nothing).
+func queryRange(from, to time.Time) (lo, hi int64) {
+	const bound = 1 << 62
+	return min(max(from.UnixMilli(), -bound), bound), min(max(to.UnixMilli(), -bound), bound)
+}
+
 // eachChunk calls fn with each of device's chunks in table (telemetry_chunks,
 // or telemetry_1m) that may hold points in [lo, hi] (Unix ms), in order of
 // their first point, decoded. fn returns false to stop.
@@ -82,7 +92,7 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 	if to.Before(from) {
 		return invalid("to", "is before from")
 	}
-	lo, hi := from.UnixMilli(), to.UnixMilli()
+	lo, hi := queryRange(from, to)
 	type ref struct {
 		ts int64
 		c  *chunkData
@@ -155,10 +165,12 @@ func (t *Telemetry) Buckets(ctx context.Context, device string, from, to time.Ti
 		return nil, invalid("to", "is before from")
 	}
 	ms := step.Milliseconds()
-	lo, hi := from.UnixMilli(), to.UnixMilli()
-	if n := (hi - lo) / ms; n > MaxTelemetryBuckets {
+	// In uint64: to-from in ms overflows int64 for a range of more than
+	// 292 million years, and would pass for a few buckets.
+	if n := (uint64(to.UnixMilli()) - uint64(from.UnixMilli())) / uint64(ms); n > MaxTelemetryBuckets {
 		return nil, invalid("step", "makes %d buckets (at most %d): choose a longer step or a shorter range", n, MaxTelemetryBuckets)
 	}
+	lo, hi := queryRange(from, to)
 	if step%time.Hour == 0 {
 		return t.hourBuckets(ctx, device, lo, hi, ms)
 	}

@@ -170,7 +170,13 @@ func CheckTwinPatch(field string, patch []byte) (map[string]any, error) {
 		return nil, invalid(field, "not valid UTF-8")
 	}
 	var m map[string]any
-	if json.Unmarshal(p, &m) != nil {
+	if err := json.Unmarshal(p, &m); err != nil {
+		// Into a map[string]any, only a number no float64 holds (1e400)
+		// is of the wrong type: the object itself is well formed.
+		var typ *json.UnmarshalTypeError
+		if errors.As(err, &typ) {
+			return nil, invalid(field, "a number beyond the range of a double (±1.8e308)")
+		}
 		return nil, invalid(field, "must be a JSON object")
 	}
 	if hasNUL(m) {
