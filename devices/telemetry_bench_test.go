@@ -21,21 +21,8 @@ import (
 func BenchmarkTelemetryWrite(b *testing.B) {
 	ctx := context.Background()
 	db := openBackendDB(b) // SQLite, then PostgreSQL (TestMain)
-	reg, err := OpenRegistry(ctx, db, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer reg.Close()
 	const devs = 1000
-	ids := make([]string, devs)
-	nds := make([]NewDevice, devs)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("dev-%04d", i)
-		nds[i] = NewDevice{ID: ids[i], Name: ids[i]}
-	}
-	if _, err := reg.CreateDevices(ctx, nds); err != nil {
-		b.Fatal(err)
-	}
+	reg, ids := benchFleet(b, db, devs)
 	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{LastValues: reg})
 	if err != nil {
 		b.Fatal(err)
@@ -105,22 +92,9 @@ func BenchmarkTelemetryAdd(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer db.Close()
-	reg, err := OpenRegistry(ctx, db, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer reg.Close()
+	b.Cleanup(func() { db.Close() }) // after the registry's
 	const devs = 1000
-	ids := make([]string, devs)
-	nds := make([]NewDevice, devs)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("dev-%04d", i)
-		nds[i] = NewDevice{ID: ids[i], Name: ids[i]}
-	}
-	if _, err := reg.CreateDevices(ctx, nds); err != nil {
-		b.Fatal(err)
-	}
+	reg, ids := benchFleet(b, db, devs)
 	const queue = 262144
 	tel, err := OpenTelemetry(ctx, db, &TelemetryOptions{LastValues: reg, QueueSize: queue})
 	if err != nil {
@@ -160,4 +134,25 @@ func BenchmarkTelemetryAdd(b *testing.B) {
 		b.Fatalf("stored %d, dropped %d of %d", stored, dropped, b.N)
 	}
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/point")
+}
+
+// benchFleet opens a registry on db (closed with the benchmark) with n
+// devices dev-0000, dev-0001, ..., and returns it and their ids.
+func benchFleet(b *testing.B, db *DB, n int) (*Registry, []string) {
+	b.Helper()
+	reg, err := OpenRegistry(context.Background(), db, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { reg.Close() })
+	ids := make([]string, n)
+	nds := make([]NewDevice, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%04d", i)
+		nds[i] = NewDevice{ID: ids[i], Name: ids[i]}
+	}
+	if _, err := reg.CreateDevices(context.Background(), nds); err != nil {
+		b.Fatal(err)
+	}
+	return reg, ids
 }
