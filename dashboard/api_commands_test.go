@@ -20,6 +20,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/broker"
+	"github.com/tether-iot/tether/broker/sessions"
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
@@ -31,16 +32,39 @@ type dataEnv struct {
 	mqttAddr string
 	tel      *devices.Telemetry
 	db       *devices.DB
+	b        *broker.Broker
+	// With withAccess: the broker's access hook, session store and bans,
+	// and the login throttle that feeds them, wired as cmd/tether wires
+	// them.
+	auth  *broker.Auth
+	store *sessions.Store
+	bans  *devices.Bans
 }
 
-func newDataEnv(t testing.TB) *dataEnv {
+// dataEnvOptions are newDataEnv's options.
+type dataEnvOptions struct {
+	access bool
+}
+
+// withAccess gives the broker the real access hook (anonymous clients
+// allowed) and session store, and the API the session routes, the bans
+// and the login throttle that counts towards them.
+func withAccess(o *dataEnvOptions) { o.access = true }
+
+func newDataEnv(t testing.TB, opts ...func(*dataEnvOptions)) *dataEnv {
 	t.Helper()
+	var do dataEnvOptions
+	for _, f := range opts {
+		f(&do)
+	}
 	ctx := context.Background()
 	db, err := devices.OpenDB(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := testLogger()
+	// One log for the API and the stores and broker under it.
+	logs := &logBuffer{}
+	log := debugLogger(logs)
 	// The registry is opened first, as in cmd/tether startApp: the stores
 	// hand it last values and it tells them of the devices it deletes.
 	reg, err := devices.OpenRegistry(ctx, db, log)
@@ -68,12 +92,31 @@ func newDataEnv(t testing.TB) *dataEnv {
 	o := broker.DefaultOptions()
 	o.TCPAddr, o.AllowAnonymous = "127.0.0.1:0", true
 	o.Logger, o.Hooks = log, []mqtt.Hook{broker.NewTelemetryHook(tel, log), ch, th}
+	d := &dataEnv{tel: tel, db: db}
+	var logins *devices.LoginLimiter
+	if do.access {
+		if d.store, err = sessions.Open(t.TempDir(), &sessions.Options{Logger: log}); err != nil {
+			t.Fatal(err)
+		}
+		logins = devices.NewLoginLimiter(nil)
+		d.bans = devices.NewBans(&devices.BanOptions{Audit: audit})
+		logins.OnFailure(d.bans.LoginFailed)
+		d.auth = broker.NewAuth(broker.AuthOptions{Registry: reg, AllowAnonymous: true, Logger: log,
+			Logins: logins, Bans: d.bans, Sessions: d.store})
+		o.Access = d.auth
+		o.Hooks = append(o.Hooks, d.store) // the last hook, as in cmd/tether
+	}
 	b, err := broker.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.b = b
 	ch.Attach(b.Server)
 	th.Attach(b.Server)
+	if d.store != nil {
+		b.Limits.SetBanned(d.bans.AddressBanned)
+		d.store.Attach(b.Server)
+	}
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +124,9 @@ func newDataEnv(t testing.TB) *dataEnv {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = b.Shutdown(sctx)
+		if d.store != nil {
+			d.store.Close()
+		}
 		tel.Close()
 		cmds.Close()
 		twins.Close()
@@ -88,8 +134,16 @@ func newDataEnv(t testing.TB) *dataEnv {
 		reg.Close()
 		db.Close()
 	})
-	e := newAPIEnv(t, func(o *APIOptions) { o.Telemetry, o.Commands, o.Twins, o.Broker, o.Audit = tel, ch, th, b, audit })
-	return &dataEnv{apiEnv: e, mqttAddr: b.TCP.Address(), tel: tel, db: db}
+	// The API serves the same registry (devices, users, tokens) as the
+	// broker and the stores use.
+	d.apiEnv = withUsers(t, newAPIEnvOn(t, reg, logs, func(o *APIOptions) {
+		o.Telemetry, o.Commands, o.Twins, o.Broker, o.Audit = tel, ch, th, b, audit
+		if d.store != nil {
+			o.Sessions, o.SessionDeleter, o.Bans, o.Logins = d.store, authDeleter{d.auth}, d.bans, logins
+		}
+	}))
+	d.mqttAddr = b.TCP.Address()
+	return d
 }
 
 func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -98,9 +152,20 @@ func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard,
 // ("ok", "error", or "" for silence).
 func (e *dataEnv) device(t testing.TB, id, answer string) paho3.Client {
 	t.Helper()
+	return e.deviceWith(t, id, "", answer)
+}
+
+// deviceWith is device, logging in with the device's secret (with
+// withAccess, a device's id is its own: anonymous clients may not take
+// it).
+func (e *dataEnv) deviceWith(t testing.TB, id, secret, answer string) paho3.Client {
+	t.Helper()
 	var c paho3.Client
 	o := paho3.NewClientOptions().AddBroker("tcp://" + e.mqttAddr).SetClientID(id).
 		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetOrderMatters(false)
+	if secret != "" {
+		o.SetUsername(id).SetPassword(secret)
+	}
 	c = paho3.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())

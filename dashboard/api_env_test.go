@@ -62,7 +62,13 @@ type apiEnv struct {
 // holding an API token in e.tokens.
 func newAPIEnv(t testing.TB, opts ...func(*APIOptions)) *apiEnv {
 	t.Helper()
-	e := newBareAPIEnv(t, opts...)
+	return withUsers(t, newBareAPIEnv(t, opts...))
+}
+
+// withUsers adds the users admin, operator and viewer to e, each holding
+// an API token in e.tokens.
+func withUsers(t testing.TB, e *apiEnv) *apiEnv {
+	t.Helper()
 	ctx := context.Background()
 	for role, pw := range map[string]string{"admin": adminPassword, "operator": operatorPassword, "viewer": viewerPassword} {
 		if _, err := e.reg.CreateUser(ctx, role, pw, role); err != nil {
@@ -80,18 +86,33 @@ func newAPIEnv(t testing.TB, opts ...func(*APIOptions)) *apiEnv {
 // newBareAPIEnv starts an API over an empty registry.
 func newBareAPIEnv(t testing.TB, opts ...func(*APIOptions)) *apiEnv {
 	t.Helper()
-	e := &apiEnv{t: t, logs: &logBuffer{}, tokens: map[string]string{}, clock: time.Now()}
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &logBuffer{}
+	log := debugLogger(logs)
 	db, err := devices.OpenDB(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	e.reg, err = devices.OpenRegistry(context.Background(), db, log)
+	reg, err := devices.OpenRegistry(context.Background(), db, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.reg.Close() })
+	t.Cleanup(func() { reg.Close() })
+	return newAPIEnvOn(t, reg, logs, opts...)
+}
+
+// debugLogger logs everything as text to logs.
+func debugLogger(logs *logBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// newAPIEnvOn starts an API over reg (which the caller closes), logging
+// to logs.
+func newAPIEnvOn(t testing.TB, reg *devices.Registry, logs *logBuffer, opts ...func(*APIOptions)) *apiEnv {
+	t.Helper()
+	e := &apiEnv{t: t, logs: logs, reg: reg, tokens: map[string]string{}, clock: time.Now()}
+	log := debugLogger(logs)
+	var err error
 	e.metrics = prometheus.NewRegistry()
 	o := APIOptions{Registry: e.reg, Logger: log, Metrics: e.metrics, Now: e.now}
 	for _, f := range opts {

@@ -14,21 +14,28 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // FuzzAPI sends requests of every route of the API, through the real
 // handler (NewHandler over a real SQLite registry, telemetry, commands,
-// twins and a broker with a device that answers commands), with a query
+// twins, a broker with the real access hook and session store and a
+// device that answers commands, bans and the login throttle), with a query
 // string, headers and a body from the fuzzer, as one of the seed
 // identities. For every input: no panic, no 5xx, a 4xx is a JSON error
-// body, a refused request changes no stored data, and no seed secret
-// (device secret, password, API token, session) shows in an answer or in
-// the log unless the request itself carried it in its URL or body.
+// body, a refused request changes no stored data (nor the bans and MQTT
+// sessions), a lesser role changes nothing that needs a greater one, and
+// no seed secret (device secret, password, API token, session) shows in
+// an answer or in the log (the API's, the stores' and the broker's)
+// unless the request itself carried it in its URL or body.
 //
 // route picks a route of the table (modulo its length, plus one: the
 // last picks "raw", where arg is "METHOD /path" under /api/v1: the seeds
@@ -95,7 +102,7 @@ func (e *envTB) close() {
 	_ = os.RemoveAll(e.dir)
 }
 
-func newFuzzAPI(f *testing.F) *fuzzAPI {
+func newFuzzAPI(f testing.TB) *fuzzAPI {
 	fz := &fuzzAPI{dir: f.TempDir()}
 	fz.build(f)
 	return fz
@@ -118,7 +125,7 @@ func (fz *fuzzAPI) build(t testing.TB) {
 	fz.close()
 	fz.built++
 	tb := &envTB{TB: t, dir: filepath.Join(fz.dir, fmt.Sprint(fz.built))}
-	e := newDataEnv(tb)
+	e := newDataEnv(tb, withAccess)
 	fe := &fuzzEnv{dataEnv: e, tb: tb, sessions: map[string]string{}, secrets: map[string]string{}}
 	fz.env = fe
 	for role, pw := range map[string]string{"admin": adminPassword, "operator": operatorPassword, "viewer": viewerPassword} {
@@ -132,7 +139,7 @@ func (fz *fuzzAPI) build(t testing.TB) {
 		Topics: []devices.TopicGrant{{Filter: "tele/%c/#", Access: "publish"}}})
 	fe.secrets["dev-1-secret"], fe.secrets["dev-2-secret"] = d1.Secret, d2.Secret
 	fe.seedDevs = []string{"dev-1", "dev-2"}
-	e.device(tb, "dev-1", "ok")
+	e.deviceWith(tb, "dev-1", d1.Secret, "ok")
 	base := time.Now().Add(-2 * time.Hour).Truncate(time.Minute)
 	for i := range 120 {
 		s, err := devices.ParseTelemetry(fmt.Appendf(nil, `{"temp":%d.5,"on":%t,"mode":"m%d"}`, 20+i%7, i%2 == 0, i%3))
@@ -149,6 +156,27 @@ func (fz *fuzzAPI) build(t testing.TB) {
 	e.mustStatus(res, b, 200)
 	res, b = e.do("POST", "/devices/dev-2/commands", e.tokens["operator"], `{"name":"reboot"}`)
 	e.mustStatus(res, b, 202)
+	// An offline MQTT session (GET and DELETE /sessions) and a ban of an
+	// address (GET /security, DELETE /security/bans/ip:192.0.2.7).
+	keeper := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + e.mqttAddr).SetClientID("keeper").
+		SetCleanSession(false).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	testmqtt.WaitToken(tb, "keeper connect", keeper.Connect())
+	testmqtt.WaitToken(tb, "keeper subscribe", keeper.Subscribe("plant/#", 1, nil))
+	keeper.Disconnect(0)
+	testmqtt.CheckFor(tb, 10*time.Second, func() error {
+		for _, s := range e.store.Sessions() {
+			if s.ClientID == "keeper" && !s.Online {
+				return nil
+			}
+		}
+		return fmt.Errorf("keeper's session not offline in the store: %+v", e.store.Sessions())
+	})
+	for range e.bans.Options().Threshold {
+		e.bans.Refused(devices.Refusal{Kind: "login", Address: "192.0.2.7", Identity: "root", Detail: "wrong credentials"})
+	}
+	if !e.bans.AddressBanned("192.0.2.7") {
+		t.Fatal("the seed ban is not in force")
+	}
 }
 
 // intact reports whether the seed identities and devices still work.
@@ -167,7 +195,30 @@ func (fe *fuzzEnv) intact() bool {
 			return false
 		}
 	}
-	return true
+	// dev-1 still connected (DELETE /sessions/dev-1 ends its connection),
+	// keeper's session and the seed ban still there.
+	if cl, ok := fe.b.Server.Clients.Get("dev-1"); !ok || cl.Closed() {
+		return false
+	}
+	return strings.Contains(fe.live(), "session keeper\n") && fe.bans.AddressBanned("192.0.2.7")
+}
+
+// live is what the admin alone may change that lives outside the
+// database: the bans in force and the MQTT sessions.
+func (fe *fuzzEnv) live() string {
+	var b strings.Builder
+	for _, ban := range fe.bans.Active() {
+		fmt.Fprintf(&b, "ban %s\n", ban.Key)
+	}
+	ids := []string{}
+	for _, s := range fe.store.Sessions() {
+		ids = append(ids, s.ClientID)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		fmt.Fprintf(&b, "session %s\n", id)
+	}
+	return b.String()
 }
 
 // Parts of the stored data, by the least role that may change them.
@@ -192,6 +243,21 @@ var (
 		`SELECT jti FROM revoked_sessions ORDER BY jti`,
 	}
 )
+
+// dataParts are the stored data by the least role that may change them
+// (adminData, operatorData, anyData).
+var dataParts = [][]string{adminData, operatorData, anyData}
+
+// part is a hash of the data part i: the rows its queries select, and
+// for adminData the bans and sessions (live).
+func (fe *fuzzEnv) part(t testing.TB, i int) string {
+	h := sha256.New()
+	if i == 0 {
+		h.Write([]byte(fe.live()))
+	}
+	h.Write([]byte(fe.digest(t, dataParts[i])))
+	return hex.EncodeToString(h.Sum(nil))
+}
 
 // digest is a hash of the rows the queries select.
 func (fe *fuzzEnv) digest(t testing.TB, queries []string) string {
@@ -324,8 +390,8 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 		}
 	}
 	var before [3]string
-	for i, q := range [][]string{adminData, operatorData, anyData} {
-		before[i] = fe.digest(t, q)
+	for i := range dataParts {
+		before[i] = fe.part(t, i)
 	}
 	logAt := len(fe.logs.String())
 	rec := httptest.NewRecorder()
@@ -381,8 +447,8 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 		if method != http.MethodHead {
 			checkErrorBody(t, res, out)
 		}
-		for i, q := range [][]string{adminData, operatorData, anyData} {
-			if fe.digest(t, q) != before[i] {
+		for i := range dataParts {
+			if fe.part(t, i) != before[i] {
 				t.Fatalf("%s: refused with %d (%s), yet the stored data changed", what, status, out)
 			}
 		}
@@ -391,7 +457,7 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 	// whatever it was.
 	for i, need := range []string{admin, operator} {
 		if !(devices.Identity{Kind: devices.KindUser, Role: level}).Can(need) {
-			if fe.digest(t, [][]string{adminData, operatorData}[i]) != before[i] {
+			if fe.part(t, i) != before[i] {
 				t.Fatalf("%s: answered %d (%s): a request of role %q changed what needs %s", what, status, out, level, need)
 			}
 		}
@@ -402,5 +468,36 @@ func (fz *fuzzAPI) check(t *testing.T, route uint8, arg, rawQuery string, who ui
 	}
 	if status < 300 && !safeMethod(method) && !fe.intact() {
 		fz.build(t)
+	}
+}
+
+// TestFuzzAPIWatchesWhatItGuards: FuzzAPI's digests see what each role
+// may change, each in the store the API really serves (they once read
+// a database the API did not use, and passed a viewer deleting a
+// device): devices, bans and sessions for the admin, commands for the
+// operator, tokens for anyone.
+func TestFuzzAPIWatchesWhatItGuards(t *testing.T) {
+	fz := newFuzzAPI(t)
+	defer fz.close()
+	fe := fz.env
+	defer fe.use(t)()
+	for _, c := range []struct {
+		part               int
+		role, method, path string
+		body               any
+		want               int
+	}{
+		{0, admin, "DELETE", "/devices/dev-2", nil, 204},
+		{0, admin, "DELETE", "/security/bans/ip:192.0.2.7", nil, 204},
+		{0, admin, "DELETE", "/sessions/keeper", nil, 204},
+		{1, operator, "POST", "/devices/dev-1/commands", `{"name":"ping"}`, 202},
+		{2, viewer, "POST", "/tokens", `{"name":"mine"}`, 201},
+	} {
+		before := fe.part(t, c.part)
+		res, b := fe.do(c.method, c.path, fe.tokens[c.role], c.body)
+		fe.mustStatus(res, b, c.want)
+		if fe.part(t, c.part) == before {
+			t.Errorf("%s %s by %s: %d, and the digest of part %d did not change", c.method, c.path, c.role, c.want, c.part)
+		}
 	}
 }
