@@ -13,7 +13,7 @@ import (
 // delta-of-deltas). Where a new point changes one of those choices, that
 // stream is written again from the chunk's data. chunk returns the bytes
 // encoder.chunk returns for the same points (FuzzChunkAppender), so the
-// format and the decoder are those of chunkVersion 1.
+// format and the decoder are those of chunkVersion.
 //
 // The chunk's points before n must not change while it is in use (the
 // writer drops it when it sorts them).
@@ -26,18 +26,23 @@ type chunkAppender struct {
 	cols    []colAppender
 }
 
-// intStream is a first value as 64 bits, then a column of integers as
-// bitWriter.ints writes them with width k.
+// intStream is a first value as 64 bits, then (for the timestamps) a
+// bit naming the code, then a column of integers as bitWriter.column
+// writes them in code with k.
 type intStream struct {
-	w bitWriter
-	k int
+	w    bitWriter
+	code byte
+	k    int
 }
 
-func (s *intStream) start(first uint64, k int) {
+func (s *intStream) start(first uint64, code byte, k int, codeBit bool) {
 	s.w = bitWriter{b: s.w.b[:0]}
 	s.w.bits(first, 64)
+	if codeBit {
+		s.w.bits(uint64(code), 1)
+	}
 	s.w.bits(uint64(k), 6)
-	s.k = k
+	s.code, s.k = code, k
 }
 
 // colAppender is one column's part of a chunkAppender.
@@ -149,14 +154,14 @@ func (a *chunkAppender) extendTimestamps(e *encoder, ts []int64) {
 		a.tsHist[intLen(dod)]++
 		dods = append(dods, dod)
 	}
-	if _, k := intsCostHist(&a.tsHist); fresh || k != a.ts.k {
-		a.ts.start(uint64(ts[0]), k)
+	if code, k, _ := colCost(&a.tsHist); fresh || code != a.ts.code || k != a.ts.k {
+		a.ts.start(uint64(ts[0]), code, k, true)
 		if !fresh { // all of them again
 			dods = deltas(dods[:0], ts, true)
 		}
 	}
 	for _, v := range dods {
-		a.ts.w.intK(v, a.ts.k)
+		a.ts.w.putK(v, a.ts.code, a.ts.k)
 	}
 	e.dod = dods
 }
@@ -275,27 +280,17 @@ func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, fro
 		ds, dods = append(ds, d), append(dods, dod)
 	}
 	e.d, e.dod = ds, dods
-	mode, k := c.decChoice()
+	mode, k := decChoice(&c.histD, &c.histDoD)
 	if mode != c.decMode || k != c.dec.k {
 		c.rebuildDecimals(e, c.mantissas(e, col, from, n))
 		return
 	}
-	if mode == numDecDoD {
+	if mode == numDecDoD || mode == numDecDoDRice {
 		ds = dods
 	}
 	for _, v := range ds {
-		c.dec.w.intK(v, k)
+		c.dec.w.putK(v, c.dec.code, k)
 	}
-}
-
-// decChoice is the encoding of the scaled decimals that encoder.col
-// chooses: delta-of-deltas where they cost fewer bits than deltas.
-func (c *colAppender) decChoice() (byte, int) {
-	c1, k1 := intsCostHist(&c.histD)
-	if c2, k2 := intsCostHist(&c.histDoD); c2 < c1 {
-		return numDecDoD, k2
-	}
-	return numDecDelta, k1
 }
 
 // mantissas returns the column's numbers (of points [from, n) of col)
@@ -324,15 +319,15 @@ func (c *colAppender) rebuildDecimals(e *encoder, ms []int64) {
 	if len(ms) > 1 {
 		c.lastD = ms[len(ms)-1] - ms[len(ms)-2]
 	}
-	mode, k := c.decChoice()
+	mode, k := decChoice(&c.histD, &c.histDoD)
 	c.decMode = mode
-	c.dec.start(zigzag(ms[0]), k)
+	c.dec.start(zigzag(ms[0]), modeCode(mode), k, false)
 	vs := e.d
-	if mode == numDecDoD {
+	if mode == numDecDoD || mode == numDecDoDRice {
 		vs = e.dod
 	}
 	for _, v := range vs {
-		c.dec.w.intK(v, k)
+		c.dec.w.putK(v, c.dec.code, k)
 	}
 }
 

@@ -136,15 +136,18 @@ func (r *bitReader) int() (int64, error) {
 	return unzigzag(z), err
 }
 
-// ints writes a column of signed integers: a 6-bit width k chosen for the
-// column, then each value as '0' and k bits when its zigzag fits k bits,
-// else '1' and the value as int writes it. A column of small deltas thus
-// costs about k+1 bits a value, whatever k its noise needs.
-func (w *bitWriter) ints(vs []int64) {
-	_, bestK := intsCost(vs)
-	w.bits(uint64(bestK), 6)
+// ints writes a column of signed integers (codeInts): a 6-bit width k
+// chosen for the column, then each value as '0' and k bits when its
+// zigzag fits k bits, else '1' and the value as int writes it. A column
+// of small deltas thus costs about k+1 bits a value, whatever k its noise
+// needs.
+//
+// column writes vs in code with parameter k: k in 6 bits, then each
+// value as putK writes it.
+func (w *bitWriter) column(vs []int64, code byte, k int) {
+	w.bits(uint64(k), 6)
 	for _, v := range vs {
-		w.intK(v, bestK)
+		w.putK(v, code, k)
 	}
 }
 
@@ -241,6 +244,141 @@ func (r *bitReader) ints(dst []int64, n int) ([]int64, error) {
 			z, err = r.bits(int(k))
 			v = unzigzag(z)
 		}
+		if err != nil {
+			return nil, err
+		}
+		dst = append(dst, v)
+	}
+	return dst, nil
+}
+
+// Rice codes (chunk version 2) suit the integers whose small values are
+// the most frequent, as the deltas of a sensor's noise or a vehicle's
+// position are: a column written with parameter k (6 bits, first) has
+// each value's zigzag z as z>>k in unary ('1's ended by a '0') and its k
+// low bits. A quotient of riceEscape or more is written as riceEscape
+// '1's and the value as int writes it, so that an outlier costs at most
+// a few bytes.
+const riceEscape = 16
+
+// riceK writes one value of a column of integers Rice-coded with k.
+func (w *bitWriter) riceK(v int64, k int) {
+	z := zigzag(v)
+	q := z >> k
+	if q >= riceEscape {
+		w.bits(1<<riceEscape-1, riceEscape)
+		w.int(v)
+		return
+	}
+	w.bits(1<<(q+1)-2, int(q)+1) // q '1's and a '0'
+	w.bits(z, k)
+}
+
+// riceK reads one value written by bitWriter.riceK.
+func (r *bitReader) riceK(k int) (int64, error) {
+	q := 0
+	for q < riceEscape {
+		b, err := r.bit()
+		if err != nil {
+			return 0, err
+		}
+		if !b {
+			break
+		}
+		q++
+	}
+	if q == riceEscape {
+		return r.int()
+	}
+	low, err := r.bits(k)
+	return unzigzag(uint64(q)<<k | low), err
+}
+
+// riceCostHist returns the bits, in halves, that a Rice-coded column of
+// the values whose intLen counts are hist takes about, and the k that
+// makes it smallest. The count is an estimate (a value of l significant
+// bits is taken to have the mean quotient of all such values), made the
+// same way by the encoder and the appender, which need the same choice
+// rather than the exact cost.
+func riceCostHist(hist *intHist) (halves, k int) {
+	lo, hi := -1, 0
+	for l, n := range hist {
+		if n > 0 {
+			if lo < 0 {
+				lo = l
+			}
+			hi = l
+		}
+	}
+	if lo < 0 {
+		return 12, 0
+	}
+	best, bestK := -1, 0
+	for k := max(0, lo-2); k <= min(hi, 63); k++ {
+		cost := 0
+		for l := lo; l <= hi; l++ {
+			if n := int(hist[l]); n > 0 {
+				cost += n * riceHalves(l, k)
+			}
+		}
+		if best < 0 || cost < best {
+			best, bestK = cost, k
+		}
+	}
+	return 12 + best, bestK
+}
+
+// riceHalves is about twice the bits riceK takes for a zigzag of l
+// significant bits: the quotients of such values are
+// [2^(l-1-k), 2^(l-k)), their mean (3·2^(l-1-k) - 1)/2.
+func riceHalves(l, k int) int {
+	if l <= k {
+		return 2 * (k + 1)
+	}
+	if s := l - 1 - k; s < 5 && 3<<s-1 < 2*riceEscape {
+		return 2*(k+1) + 3<<s - 1
+	}
+	return 2 * (riceEscape + intCost(l))
+}
+
+// intStream codes.
+const (
+	codeInts = 0 // bitWriter.ints
+	codeRice = 1 // Rice codes
+)
+
+// colCost returns the code that writes a column of the values whose
+// intLen counts are hist in fewer bits, its parameter k and its cost in
+// half bits.
+func colCost(hist *intHist) (code byte, k, halves int) {
+	c, k := intsCostHist(hist)
+	r, rk := riceCostHist(hist)
+	if r < 2*c {
+		return codeRice, rk, r
+	}
+	return codeInts, k, 2 * c
+}
+
+// putK writes one value of a column of integers in code with k.
+func (w *bitWriter) putK(v int64, code byte, k int) {
+	if code == codeRice {
+		w.riceK(v, k)
+	} else {
+		w.intK(v, k)
+	}
+}
+
+// column reads n integers written (after the 6-bit k) in code.
+func (r *bitReader) column(dst []int64, n int, code byte) ([]int64, error) {
+	if code == codeInts {
+		return r.ints(dst, n)
+	}
+	k, err := r.bits(6)
+	if err != nil {
+		return nil, err
+	}
+	for range n {
+		v, err := r.riceK(int(k))
 		if err != nil {
 			return nil, err
 		}
