@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -660,5 +661,55 @@ func TestTelemetryRollupsStoredOverflow(t *testing.T) {
 		if err := db.R.QueryRowContext(ctx, `SELECT sum FROM telemetry_1h WHERE metric = ?`, m).Scan(&sum); err != nil || sum != want {
 			t.Fatalf("%s: sum %v, %v; want %v", m, sum, err, want)
 		}
+	}
+}
+
+// TestTelemetryPruneHours: past the rollup retention the hourly rollups of
+// every device go (found by device, without an index on ts), a few rows
+// per statement, and the later hours of each stay.
+func TestTelemetryPruneHours(t *testing.T) {
+	ctx := context.Background()
+	ids := []string{"0", "a", "b-1", "z"}
+	db := openTestDB(t, ids...)
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour, PruneChunk: 2})
+	now := time.Now()
+	base := now.Add(-48 * time.Hour).Truncate(time.Hour)
+	for _, id := range ids {
+		for h := range 6 {
+			s := mustSample(t, fmt.Sprintf(`{"v":%d,"w":1,"x":2}`, h))
+			s.TS = base.Add(time.Duration(h)*time.Hour + time.Minute)
+			if !tel.Add(id, s, now) {
+				t.Fatal("Add refused")
+			}
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tel.PruneBefore(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := tel.PruneRollupsBefore(ctx, base.Add(3*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		bs, err := tel.Buckets(ctx, id, base, base.Add(6*time.Hour), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hours []int
+		for _, b := range bs {
+			if b.Count["v"] != 1 || b.Count["w"] != 1 || b.Count["x"] != 1 {
+				t.Errorf("device %q hour %s: counts %v", id, b.TS, b.Count)
+			}
+			hours = append(hours, int(b.Min["v"]))
+		}
+		if !slices.Equal(hours, []int{3, 4, 5}) {
+			t.Errorf("device %q: hours %v after the rollup retention, want [3 4 5]", id, hours)
+		}
+	}
+	var n int
+	if err := db.R.QueryRow(`SELECT count(*) FROM telemetry_1h`).Scan(&n); err != nil || n != len(ids)*3*3 {
+		t.Errorf("%d hourly rows (%v), want %d", n, err, len(ids)*3*3)
 	}
 }
