@@ -199,7 +199,7 @@ func intsCostHist(hist *intHist) (cost, k int) {
 			if l <= k {
 				cost += int(hist[l]) * (1 + k)
 			} else {
-				cost += int(hist[l]) * (1 + intCost(l))
+				cost += int(hist[l]) * (1 + intCosts[l])
 			}
 		}
 		if best < 0 || cost < best {
@@ -211,6 +211,14 @@ func intsCostHist(hist *intHist) (cost, k int) {
 	}
 	return 6 + best, bestK
 }
+
+// intCosts[l] is intCost(l).
+var intCosts = func() (c [len(intHist{})]int) {
+	for l := range c {
+		c[l] = intCost(l)
+	}
+	return
+}()
 
 // intCost is the bits int takes for a zigzag of l significant bits.
 func intCost(l int) int {
@@ -270,7 +278,11 @@ func (w *bitWriter) riceK(v int64, k int) {
 		w.int(v)
 		return
 	}
-	w.bits(1<<(q+1)-2, int(q)+1) // q '1's and a '0'
+	if n := int(q) + 1 + k; n <= 64 { // q '1's, a '0' and k bits at once
+		w.bits((1<<(q+1)-2)<<k|z&(1<<k-1), n)
+		return
+	}
+	w.bits(1<<(q+1)-2, int(q)+1)
 	w.bits(z, k)
 }
 
@@ -299,46 +311,63 @@ func (r *bitReader) riceK(k int) (int64, error) {
 // makes it smallest. The count is an estimate (a value of l significant
 // bits is taken to have the mean quotient of all such values), made the
 // same way by the encoder and the appender, which need the same choice
-// rather than the exact cost.
+// rather than the exact cost. The k tried are those near the median
+// length (where the best one is for noise that is not uniform), so that
+// the appender, which chooses again at each write, does little work.
 func riceCostHist(hist *intHist) (halves, k int) {
-	lo, hi := -1, 0
-	for l, n := range hist {
-		if n > 0 {
-			if lo < 0 {
-				lo = l
-			}
-			hi = l
-		}
+	total := 0
+	for _, n := range hist {
+		total += int(n)
 	}
-	if lo < 0 {
+	if total == 0 {
 		return 12, 0
 	}
+	// The median length; then the counts of values of up to k bits
+	// (below), and the cost of the escapes of k+5 bits or more (esc),
+	// by running sums as k grows.
+	med, below := 0, 0
+	for l := 0; below+int(hist[l]) < (total+1)/2; l++ {
+		below += int(hist[l])
+		med = l + 1
+	}
+	lo, hi := max(0, med-4), min(63, med+2)
+	below, esc := 0, 0
+	for l := range hist {
+		if l < lo {
+			below += int(hist[l])
+		} else if l >= lo+5 {
+			esc += int(hist[l]) * 2 * (riceEscape + intCosts[l])
+		}
+	}
 	best, bestK := -1, 0
-	for k := max(0, lo-2); k <= min(hi, 63); k++ {
-		cost := 0
-		for l := lo; l <= hi; l++ {
-			if n := int(hist[l]); n > 0 {
-				cost += n * riceHalves(l, k)
-			}
+	for k := lo; k <= hi; k++ {
+		below += int(hist[k])
+		cost := 2*(k+1)*below + esc
+		for s := 0; s < 4 && k+1+s < len(hist); s++ {
+			cost += int(hist[k+1+s]) * (2*(k+1) + 3<<s - 1)
 		}
 		if best < 0 || cost < best {
 			best, bestK = cost, k
+		}
+		if k+5 < len(hist) { // no longer an escape at k+1
+			esc -= int(hist[k+5]) * 2 * (riceEscape + intCosts[k+5])
 		}
 	}
 	return 12 + best, bestK
 }
 
 // riceHalves is about twice the bits riceK takes for a zigzag of l
-// significant bits: the quotients of such values are
-// [2^(l-1-k), 2^(l-k)), their mean (3·2^(l-1-k) - 1)/2.
+// significant bits (riceCostHist sums it by counts): the quotients of
+// such values are [2^(l-1-k), 2^(l-k)), their mean (3·2^(l-1-k) - 1)/2,
+// and from 2^4 on they escape.
 func riceHalves(l, k int) int {
 	if l <= k {
 		return 2 * (k + 1)
 	}
-	if s := l - 1 - k; s < 5 && 3<<s-1 < 2*riceEscape {
+	if s := l - 1 - k; s < 4 {
 		return 2*(k+1) + 3<<s - 1
 	}
-	return 2 * (riceEscape + intCost(l))
+	return 2 * (riceEscape + intCosts[l])
 }
 
 // intStream codes.
