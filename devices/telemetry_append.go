@@ -65,9 +65,11 @@ type colAppender struct {
 	raised   int
 	notExact bool
 	// The scaled decimals, while they are usable: the last one and its
-	// delta, the intLen counts of the deltas and of the
-	// delta-of-deltas, and the stream in decMode (0: none).
+	// delta, the smallest and the largest, the intLen counts of the
+	// deltas and of the delta-of-deltas, and the stream in decMode (0:
+	// none).
 	lastM, lastD   int64
+	loM, hiM       int64
 	histD, histDoD intHist
 	decMode        byte
 	dec            intStream
@@ -271,6 +273,7 @@ func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, fro
 		return
 	}
 	ds, dods := e.d[:0], e.dod[:0]
+	lo, hi := c.loM, c.hiM
 	for _, m := range ms {
 		d := m - c.lastM
 		dod := d - c.lastD
@@ -278,11 +281,19 @@ func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, fro
 		c.histD[intLen(d)]++
 		c.histDoD[intLen(dod)]++
 		ds, dods = append(ds, d), append(dods, dod)
+		lo, hi = min(lo, m), max(hi, m)
 	}
 	e.d, e.dod = ds, dods
-	mode, k := decChoice(&c.histD, &c.histDoD)
-	if mode != c.decMode || k != c.dec.k {
+	mode, k := decChoice(&c.histD, &c.histDoD, c.nnums, lo, hi)
+	if mode != c.decMode || k != c.dec.k || mode == numDecRange && lo != c.loM {
 		c.rebuildDecimals(e, c.mantissas(e, col, from, n))
+		return
+	}
+	c.loM, c.hiM = lo, hi
+	if mode == numDecRange {
+		for _, m := range ms {
+			c.dec.w.bits(uint64(m-lo), k)
+		}
 		return
 	}
 	if mode == numDecDoD || mode == numDecDoDRice {
@@ -319,8 +330,19 @@ func (c *colAppender) rebuildDecimals(e *encoder, ms []int64) {
 	if len(ms) > 1 {
 		c.lastD = ms[len(ms)-1] - ms[len(ms)-2]
 	}
-	mode, k := decChoice(&c.histD, &c.histDoD)
+	c.loM, c.hiM = ms[0], ms[0]
+	for _, m := range ms {
+		c.loM, c.hiM = min(c.loM, m), max(c.hiM, m)
+	}
+	mode, k := decChoice(&c.histD, &c.histDoD, len(ms), c.loM, c.hiM)
 	c.decMode = mode
+	if mode == numDecRange {
+		c.dec.start(zigzag(c.loM), codeInts, k, false)
+		for _, m := range ms {
+			c.dec.w.bits(uint64(m-c.loM), k)
+		}
+		return
+	}
 	c.dec.start(zigzag(ms[0]), modeCode(mode), k, false)
 	vs := e.d
 	if mode == numDecDoD || mode == numDecDoDRice {

@@ -21,15 +21,17 @@ import (
 // A column is the run-length-encoded symbols of its points (0 absent,
 // 1 number, 2+i the dictionary's i-th value), then the dictionary of
 // the column's other values as their JSON text (strings, true, false),
-// then its numbers in one of five encodings, whichever is smallest:
+// then its numbers in one of six encodings, whichever is smallest:
 // Gorilla's XOR of consecutive float64s, or, when every number is a
 // decimal with at most 15 digits after the point, the numbers scaled to
 // integers and written as deltas or as delta-of-deltas, in either code
-// (bitWriter.ints, or Rice codes: telemetry_bits.go).
+// (bitWriter.ints, or Rice codes: telemetry_bits.go), or as their
+// offsets from the smallest in a fixed width.
 //
 // Version 1 (releases before 2026-12) is version 2 without the bit
-// before the timestamps' column (always codeInts) and without the Rice
-// modes; it decodes as it always did (testdata/chunk_v1.bin).
+// before the timestamps' column (always codeInts) and without the modes
+// numDecDeltaRice, numDecDoDRice and numDecRange; it decodes as it
+// always did (testdata/chunk_v1.bin).
 //
 // Sizes are prefixed so a query can skip the columns it does not read; a
 // decoder checks every length and count, since a chunk is outside input
@@ -57,9 +59,13 @@ const (
 	numXOR      = 1
 	numDecDelta = 2
 	numDecDoD   = 3
-	// Version 2: the same, Rice-coded.
+	// Version 2: the same, Rice-coded; and the scaled decimals as their
+	// offsets from the smallest, each in as many bits as the largest
+	// offset takes (numbers spread evenly over a range: each delta would
+	// cost about a bit more).
 	numDecDeltaRice = 4
 	numDecDoDRice   = 5
+	numDecRange     = 6
 )
 
 // chunkData is a chunk decoded (or being built by the writer): the points'
@@ -232,14 +238,26 @@ func (e *encoder) col(dst []byte, col *chunkCol) []byte {
 			histD[intLen(e.d[i])]++
 			histDoD[intLen(e.dod[i])]++
 		}
-		mode, k := decChoice(&histD, &histDoD)
-		d := e.d
-		if mode == numDecDoD || mode == numDecDoDRice {
-			d = e.dod
+		lo, hi := e.ms[0], e.ms[0]
+		for _, m := range e.ms {
+			lo, hi = min(lo, m), max(hi, m)
 		}
+		mode, k := decChoice(&histD, &histDoD, len(e.ms), lo, hi)
 		w := bitWriter{b: e.bits[:0]}
-		w.bits(zigzag(e.ms[0]), 64)
-		w.column(d, modeCode(mode), k)
+		if mode == numDecRange {
+			w.bits(zigzag(lo), 64)
+			w.bits(uint64(k), 6)
+			for _, m := range e.ms {
+				w.bits(uint64(m-lo), k)
+			}
+		} else {
+			d := e.d
+			if mode == numDecDoD || mode == numDecDoDRice {
+				d = e.dod
+			}
+			w.bits(zigzag(e.ms[0]), 64)
+			w.column(d, modeCode(mode), k)
+		}
 		e.bits = w.done()
 		if exp < 10 || len(e.bits) < xorSize(nums) {
 			dst = append(dst, mode, byte(exp))
@@ -250,21 +268,30 @@ func (e *encoder) col(dst []byte, col *chunkCol) []byte {
 	return append(dst, encodeXOR(nums)...)
 }
 
-// decChoice is the encoding of a column's scaled decimals, given the
-// intLen counts of their deltas and of their delta-of-deltas: the one of
-// the fewest bits, and its k.
-func decChoice(histD, histDoD *intHist) (mode byte, k int) {
+// decChoice is the encoding of a column's n scaled decimals, given the
+// intLen counts of their deltas and of their delta-of-deltas and the
+// smallest and largest: the one of the fewest bits, and its k (for
+// numDecRange, the offsets' width).
+func decChoice(histD, histDoD *intHist, n int, lo, hi int64) (mode byte, k int) {
 	c1, k1, h1 := colCost(histD)
 	c2, k2, h2 := colCost(histDoD)
+	mode, k, h := numDecDelta+2*c1, k1, h1
 	if h2 < h1 {
-		return numDecDoD + 2*c2, k2
+		mode, k, h = numDecDoD+2*c2, k2, h2
 	}
-	return numDecDelta + 2*c1, k1
+	if w := rangeWidth(lo, hi); 2*(6+n*w) < h {
+		return numDecRange, w
+	}
+	return mode, k
 }
+
+// rangeWidth is the bits of the largest offset of numbers in [lo, hi]
+// (scaled decimals: hi-lo < 2^54).
+func rangeWidth(lo, hi int64) int { return 64 - bits.LeadingZeros64(uint64(hi-lo)) }
 
 // modeCode is the integer code of a decimal number mode.
 func modeCode(mode byte) byte {
-	if mode >= numDecDeltaRice {
+	if mode == numDecDeltaRice || mode == numDecDoDRice {
 		return codeRice
 	}
 	return codeInts
@@ -548,7 +575,7 @@ func decodeCol(b []byte, n int, version byte) (chunkCol, error) {
 		}
 	case mode == numXOR && nnums > 0:
 		nums, err = decodeXOR(r.b, nums, nnums)
-	case (mode == numDecDelta || mode == numDecDoD || version >= 2 && (mode == numDecDeltaRice || mode == numDecDoDRice)) &&
+	case (mode == numDecDelta || mode == numDecDoD || version >= 2 && (mode == numDecDeltaRice || mode == numDecDoDRice || mode == numDecRange)) &&
 		nnums > 0 && len(r.b) > 0 && int(r.b[0]) < len(pow10):
 		nums, err = decodeDecimal(r.b[1:], nums, nnums, int(r.b[0]), mode)
 	default:
@@ -573,6 +600,24 @@ func decodeDecimal(b []byte, nums []float64, n, e int, mode byte) ([]float64, er
 	z, err := r.bits(64)
 	if err != nil {
 		return nil, err
+	}
+	if mode == numDecRange {
+		w, err := r.bits(6)
+		if err != nil {
+			return nil, err
+		}
+		lo := unzigzag(z)
+		for range n {
+			v, err := r.bits(int(w))
+			if err != nil {
+				return nil, err
+			}
+			nums = append(nums, float64(lo+int64(v))/pow10[e])
+		}
+		if len(b) != (r.pos+7)/8 {
+			return nil, errChunkCorrupt
+		}
+		return nums, nil
 	}
 	ds, err := r.column(make([]int64, 0, n-1), n-1, modeCode(mode))
 	if err != nil {

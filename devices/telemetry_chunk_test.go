@@ -172,13 +172,16 @@ func TestTelemetryChunkVersion1(t *testing.T) {
 }
 
 // TestTelemetryChunkRice: noisy decimals and jittered timestamps take the
-// Rice codes, and their outliers (a gap, a jump) come back exactly.
+// Rice codes, and their outliers (a gap, a jump) come back exactly;
+// decimals spread evenly over a range take their offsets.
 func TestTelemetryChunkRice(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 5))
-	c := &chunkData{cols: []chunkCol{{name: "lat"}}}
-	col := &c.cols[0]
+	c := &chunkData{cols: []chunkCol{{name: "lat"}, {name: "speed"}}}
+	col, speed := &c.cols[0], &c.cols[1]
 	ts, lat := int64(1795662000000), 52.52
 	for i := range 500 {
+		speed.syms = append(speed.syms, symNumber)
+		speed.nums = append(speed.nums, float64(280+rng.IntN(241))/10)
 		ts += 13500 + rng.Int64N(3000)
 		lat = math.Round((lat+rng.NormFloat64()*0.001)*1e6) / 1e6
 		v := lat
@@ -204,15 +207,24 @@ func TestTelemetryChunkRice(t *testing.T) {
 	if body := e.col(nil, &c.cols[0]); body[len(body)-len(e.bits)-2] != numDecDeltaRice {
 		t.Errorf("lat: mode %d, want Rice-coded deltas", body[len(body)-len(e.bits)-2])
 	}
-	r := bitReader{b: b[1+2+1+1+3:]}
+	// Speeds spread evenly over 28–52 km/h: 8 bits each, as offsets.
+	if body := e.col(nil, &c.cols[1]); body[len(body)-len(e.bits)-2] != numDecRange || len(e.bits) != (64+6+500*8+7)/8 {
+		t.Errorf("speed: mode %d, %d bytes, want offsets of 8 bits", body[len(body)-len(e.bits)-2], len(e.bits))
+	}
+	cr := chunkReader{b: b[1:]}
+	cr.uvarint() // points
+	for range cr.uvarint() {
+		cr.bytes() // names
+	}
+	r := bitReader{b: cr.bytes()}
 	if _, err := r.bits(64); err != nil {
 		t.Fatal(err)
 	}
 	if code, _ := r.bits(1); code != codeRice {
 		t.Errorf("timestamps: code %d, want Rice", code)
 	}
-	// About 12.5 bits a timestamp and 12.5 a latitude.
-	if per := float64(len(b)) / 500; per > 3.3 {
+	// About 12.5 bits a timestamp, 12.5 a latitude and 8 a speed.
+	if per := float64(len(b)) / 500; per > 4.3 {
 		t.Errorf("%d bytes: %.2f a point", len(b), per)
 	}
 }
