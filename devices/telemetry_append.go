@@ -9,8 +9,10 @@ import (
 // writer is filling, so that each write encodes only the points added
 // since the last one rather than the whole range again: each column's
 // bit streams, and the choices the full encoder (encoder.chunk) makes
-// over a whole column (the integers' width, decimals or XOR, deltas or
-// delta-of-deltas). Where a new point changes one of those choices, that
+// over a whole column (the integers' code and its k, decimals or XOR,
+// deltas, delta-of-deltas or offsets from the smallest, which it keeps
+// with the length histograms and the bounds those choices are made
+// from). Where a new point changes one of those choices, that
 // stream is written again from the chunk's data. chunk returns the bytes
 // encoder.chunk returns for the same points (FuzzChunkAppender), so the
 // format and the decoder are those of chunkVersion.

@@ -136,14 +136,12 @@ func (r *bitReader) int() (int64, error) {
 	return unzigzag(z), err
 }
 
-// ints writes a column of signed integers (codeInts): a 6-bit width k
-// chosen for the column, then each value as '0' and k bits when its
-// zigzag fits k bits, else '1' and the value as int writes it. A column
-// of small deltas thus costs about k+1 bits a value, whatever k its noise
-// needs.
-//
 // column writes vs in code with parameter k: k in 6 bits, then each
-// value as putK writes it.
+// value as putK writes it. In codeInts (the only code of chunk version
+// 1), k is a width chosen for the column (intsCostHist), and each value is
+// '0' and k bits when its zigzag fits k bits, else '1' and the value as
+// int writes it: a column of small deltas thus costs about k+1 bits a
+// value, whatever k its noise needs. codeRice: riceK.
 func (w *bitWriter) column(vs []int64, code byte, k int) {
 	w.bits(uint64(k), 6)
 	for _, v := range vs {
@@ -162,22 +160,14 @@ func (w *bitWriter) intK(v int64, k int) {
 	}
 }
 
-// intLen is the significant bits of v's zigzag: what intsCost counts.
+// intLen is the significant bits of v's zigzag: what intHist counts.
 func intLen(v int64) int { return 64 - bits.LeadingZeros64(zigzag(v)) }
-
-// intsCost returns the bits ints takes for vs, and the width k it uses.
-func intsCost(vs []int64) (cost, k int) {
-	var hist intHist
-	for _, v := range vs {
-		hist[intLen(v)]++
-	}
-	return intsCostHist(&hist)
-}
 
 // intHist counts values by intLen.
 type intHist [65]int32
 
-// intsCostHist is intsCost of the values whose intLen counts are hist.
+// intsCostHist returns the bits a column in codeInts takes for the values
+// whose intLen counts are hist, and the width k it uses.
 func intsCostHist(hist *intHist) (cost, k int) {
 	// The best k is one of the lengths present (between two of them the
 	// cost only grows with k).
@@ -233,7 +223,7 @@ func intCost(l int) int {
 	return 0
 }
 
-// ints reads n integers written by bitWriter.ints.
+// ints reads n integers written by bitWriter.column in codeInts.
 func (r *bitReader) ints(dst []int64, n int) ([]int64, error) {
 	k, err := r.bits(6)
 	if err != nil {
@@ -372,7 +362,7 @@ func riceHalves(l, k int) int {
 
 // intStream codes.
 const (
-	codeInts = 0 // bitWriter.ints
+	codeInts = 0 // a width k, a flag bit and k bits a value
 	codeRice = 1 // Rice codes
 )
 

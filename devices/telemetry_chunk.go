@@ -25,7 +25,7 @@ import (
 // Gorilla's XOR of consecutive float64s, or, when every number is a
 // decimal with at most 15 digits after the point, the numbers scaled to
 // integers and written as deltas or as delta-of-deltas, in either code
-// (bitWriter.ints, or Rice codes: telemetry_bits.go), or as their
+// (codeInts or codeRice: telemetry_bits.go), or as their
 // offsets from the smallest in a fixed width.
 //
 // Version 1 (releases before 2026-12) is version 2 without the bit
