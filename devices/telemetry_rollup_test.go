@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // TestTelemetryRollups: pruning moves points into per-minute rollups that
@@ -711,5 +713,62 @@ func TestTelemetryPruneHours(t *testing.T) {
 	var n int
 	if err := db.R.QueryRow(`SELECT count(*) FROM telemetry_1h`).Scan(&n); err != nil || n != len(ids)*3*3 {
 		t.Errorf("%d hourly rows (%v), want %d", n, err, len(ids)*3*3)
+	}
+}
+
+// TestTelemetryHourIndexMigration: a database of the release before
+// (telemetry step 5; PostgreSQL step 1) keeps its hourly rollups through
+// the step that drops their index on ts, and they still answer and prune.
+func TestTelemetryHourIndexMigration(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	if err := db.Migrate(ctx, "telemetry", Schema{SQLite: telemetrySchema[:5], Postgres: telemetrySchemaPostgres[:1]}); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().Add(-48 * time.Hour).Truncate(time.Hour)
+	for _, d := range []string{"d1", "d2"} {
+		for h := range 4 {
+			if _, err := db.W.Exec(`INSERT INTO telemetry_1h(device_id, metric, ts, min, max, sum, n) VALUES (?, 'v', ?, ?, ?, ?, 2)`,
+				d, base.Add(time.Duration(h)*time.Hour).UnixMilli(), h, h+1, 2*h+1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	indexes := `SELECT count(*) FROM sqlite_master WHERE name = 'telemetry_1h_ts'`
+	if db.Dialect == database.Postgres {
+		indexes = `SELECT count(*) FROM pg_indexes WHERE indexname = 'telemetry_1h_ts'`
+	}
+	var n int
+	if err := db.R.QueryRow(indexes).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("before: %d indexes telemetry_1h_ts (%v)", n, err)
+	}
+	tel := openTestTelemetry(t, db, nil)
+	if err := db.R.QueryRow(indexes).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after: %d indexes telemetry_1h_ts (%v)", n, err)
+	}
+	hours := func(d string) (hs []int) {
+		t.Helper()
+		bs, err := tel.Buckets(ctx, d, base, base.Add(4*time.Hour), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range bs {
+			if b.Count["v"] != 2 || b.Max["v"] != b.Min["v"]+1 || b.Avg["v"] != b.Min["v"]+0.5 {
+				t.Errorf("%s hour %s: %v %v %v %v", d, b.TS, b.Min, b.Avg, b.Max, b.Count)
+			}
+			hs = append(hs, int(b.Min["v"]))
+		}
+		return hs
+	}
+	if h := hours("d2"); !slices.Equal(h, []int{0, 1, 2, 3}) {
+		t.Fatalf("d2: hours %v after the migration", h)
+	}
+	if err := tel.PruneRollupsBefore(ctx, base.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"d1", "d2"} {
+		if h := hours(d); !slices.Equal(h, []int{2, 3}) {
+			t.Errorf("%s: hours %v after pruning, want [2 3]", d, h)
+		}
 	}
 }
