@@ -772,3 +772,51 @@ func TestTelemetryHourIndexMigration(t *testing.T) {
 		}
 	}
 }
+
+// TestTelemetryPrunerHours: the background pruner removes the hourly
+// rollups past the rollup retention by itself (its first round prunes
+// them; later rounds when a new hour expires), and keeps the others.
+func TestTelemetryPrunerHours(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour, Retention: 365 * 24 * time.Hour,
+		RollupRetention: 24 * time.Hour, PruneInterval: 10 * time.Millisecond})
+	now := time.Now()
+	old, recent := now.Add(-48*time.Hour), now.Add(-time.Hour)
+	for _, d := range []string{"d1", "d2"} {
+		for _, ts := range []time.Time{old, recent} {
+			s := mustSample(t, `{"v":1}`)
+			s.TS = ts
+			if !tel.Add(d, s, now) {
+				t.Fatal("Add refused")
+			}
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	count := func(from, to time.Time) int64 {
+		var n int64
+		for _, d := range []string{"d1", "d2"} {
+			bs, err := tel.Buckets(ctx, d, from, to, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range bs {
+				n += b.Count["v"]
+			}
+		}
+		return n
+	}
+	var rows int
+	waitFor(t, func() bool {
+		return db.R.QueryRow(`SELECT count(*) FROM telemetry_1h`).Scan(&rows) == nil && rows == 2
+	})
+	var ts int64
+	if err := db.R.QueryRow(`SELECT min(ts) FROM telemetry_1h`).Scan(&ts); err != nil || ts < now.Add(-2*time.Hour).UnixMilli() {
+		t.Fatalf("oldest hour left %v (%v), want the recent one", time.UnixMilli(ts), err)
+	}
+	if n := count(recent.Add(-time.Minute), now); n != 2 {
+		t.Errorf("recent hour: %d points, want 2", n)
+	}
+}
