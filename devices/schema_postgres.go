@@ -134,4 +134,6 @@ var telemetrySchemaPostgres = []string{
 		PRIMARY KEY (device_id, ts, metric)
 	);
 	CREATE INDEX telemetry_1h_ts ON telemetry_1h(ts);`,
+	// 2: SQLite's step 6.
+	`DROP INDEX IF EXISTS telemetry_1h_ts;`,
 }

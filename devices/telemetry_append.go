@@ -9,11 +9,13 @@ import (
 // writer is filling, so that each write encodes only the points added
 // since the last one rather than the whole range again: each column's
 // bit streams, and the choices the full encoder (encoder.chunk) makes
-// over a whole column (the integers' width, decimals or XOR, deltas or
-// delta-of-deltas). Where a new point changes one of those choices, that
+// over a whole column (the integers' code and its k, decimals or XOR,
+// deltas, delta-of-deltas or offsets from the smallest, which it keeps
+// with the length histograms and the bounds those choices are made
+// from). Where a new point changes one of those choices, that
 // stream is written again from the chunk's data. chunk returns the bytes
 // encoder.chunk returns for the same points (FuzzChunkAppender), so the
-// format and the decoder are those of chunkVersion 1.
+// format and the decoder are those of chunkVersion.
 //
 // The chunk's points before n must not change while it is in use (the
 // writer drops it when it sorts them).
@@ -26,18 +28,23 @@ type chunkAppender struct {
 	cols    []colAppender
 }
 
-// intStream is a first value as 64 bits, then a column of integers as
-// bitWriter.ints writes them with width k.
+// intStream is a first value as 64 bits, then (for the timestamps) a
+// bit naming the code, then a column of integers as bitWriter.column
+// writes them in code with k.
 type intStream struct {
-	w bitWriter
-	k int
+	w    bitWriter
+	code byte
+	k    int
 }
 
-func (s *intStream) start(first uint64, k int) {
+func (s *intStream) start(first uint64, code byte, k int, codeBit bool) {
 	s.w = bitWriter{b: s.w.b[:0]}
 	s.w.bits(first, 64)
+	if codeBit {
+		s.w.bits(uint64(code), 1)
+	}
 	s.w.bits(uint64(k), 6)
-	s.k = k
+	s.code, s.k = code, k
 }
 
 // colAppender is one column's part of a chunkAppender.
@@ -60,9 +67,11 @@ type colAppender struct {
 	raised   int
 	notExact bool
 	// The scaled decimals, while they are usable: the last one and its
-	// delta, the intLen counts of the deltas and of the
-	// delta-of-deltas, and the stream in decMode (0: none).
+	// delta, the smallest and the largest, the intLen counts of the
+	// deltas and of the delta-of-deltas, and the stream in decMode (0:
+	// none).
 	lastM, lastD   int64
+	loM, hiM       int64
 	histD, histDoD intHist
 	decMode        byte
 	dec            intStream
@@ -149,14 +158,14 @@ func (a *chunkAppender) extendTimestamps(e *encoder, ts []int64) {
 		a.tsHist[intLen(dod)]++
 		dods = append(dods, dod)
 	}
-	if _, k := intsCostHist(&a.tsHist); fresh || k != a.ts.k {
-		a.ts.start(uint64(ts[0]), k)
+	if code, k, _ := colCost(&a.tsHist); fresh || code != a.ts.code || k != a.ts.k {
+		a.ts.start(uint64(ts[0]), code, k, true)
 		if !fresh { // all of them again
 			dods = deltas(dods[:0], ts, true)
 		}
 	}
 	for _, v := range dods {
-		a.ts.w.intK(v, a.ts.k)
+		a.ts.w.putK(v, a.ts.code, a.ts.k)
 	}
 	e.dod = dods
 }
@@ -266,6 +275,7 @@ func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, fro
 		return
 	}
 	ds, dods := e.d[:0], e.dod[:0]
+	lo, hi := c.loM, c.hiM
 	for _, m := range ms {
 		d := m - c.lastM
 		dod := d - c.lastD
@@ -273,29 +283,27 @@ func (c *colAppender) addNumbers(e *encoder, fresh []float64, col *chunkCol, fro
 		c.histD[intLen(d)]++
 		c.histDoD[intLen(dod)]++
 		ds, dods = append(ds, d), append(dods, dod)
+		lo, hi = min(lo, m), max(hi, m)
 	}
 	e.d, e.dod = ds, dods
-	mode, k := c.decChoice()
-	if mode != c.decMode || k != c.dec.k {
+	mode, k := decChoice(&c.histD, &c.histDoD, c.nnums, lo, hi)
+	if mode != c.decMode || k != c.dec.k || mode == numDecRange && lo != c.loM {
 		c.rebuildDecimals(e, c.mantissas(e, col, from, n))
 		return
 	}
-	if mode == numDecDoD {
+	c.loM, c.hiM = lo, hi
+	if mode == numDecRange {
+		for _, m := range ms {
+			c.dec.w.bits(uint64(m-lo), k)
+		}
+		return
+	}
+	if mode == numDecDoD || mode == numDecDoDRice {
 		ds = dods
 	}
 	for _, v := range ds {
-		c.dec.w.intK(v, k)
+		c.dec.w.putK(v, c.dec.code, k)
 	}
-}
-
-// decChoice is the encoding of the scaled decimals that encoder.col
-// chooses: delta-of-deltas where they cost fewer bits than deltas.
-func (c *colAppender) decChoice() (byte, int) {
-	c1, k1 := intsCostHist(&c.histD)
-	if c2, k2 := intsCostHist(&c.histDoD); c2 < c1 {
-		return numDecDoD, k2
-	}
-	return numDecDelta, k1
 }
 
 // mantissas returns the column's numbers (of points [from, n) of col)
@@ -324,15 +332,26 @@ func (c *colAppender) rebuildDecimals(e *encoder, ms []int64) {
 	if len(ms) > 1 {
 		c.lastD = ms[len(ms)-1] - ms[len(ms)-2]
 	}
-	mode, k := c.decChoice()
+	c.loM, c.hiM = ms[0], ms[0]
+	for _, m := range ms {
+		c.loM, c.hiM = min(c.loM, m), max(c.hiM, m)
+	}
+	mode, k := decChoice(&c.histD, &c.histDoD, len(ms), c.loM, c.hiM)
 	c.decMode = mode
-	c.dec.start(zigzag(ms[0]), k)
+	if mode == numDecRange {
+		c.dec.start(zigzag(c.loM), codeInts, k, false)
+		for _, m := range ms {
+			c.dec.w.bits(uint64(m-c.loM), k)
+		}
+		return
+	}
+	c.dec.start(zigzag(ms[0]), modeCode(mode), k, false)
 	vs := e.d
-	if mode == numDecDoD {
+	if mode == numDecDoD || mode == numDecDoDRice {
 		vs = e.dod
 	}
 	for _, v := range vs {
-		c.dec.w.intK(v, k)
+		c.dec.w.putK(v, c.dec.code, k)
 	}
 }
 

@@ -136,15 +136,16 @@ func (r *bitReader) int() (int64, error) {
 	return unzigzag(z), err
 }
 
-// ints writes a column of signed integers: a 6-bit width k chosen for the
-// column, then each value as '0' and k bits when its zigzag fits k bits,
-// else '1' and the value as int writes it. A column of small deltas thus
-// costs about k+1 bits a value, whatever k its noise needs.
-func (w *bitWriter) ints(vs []int64) {
-	_, bestK := intsCost(vs)
-	w.bits(uint64(bestK), 6)
+// column writes vs in code with parameter k: k in 6 bits, then each
+// value as putK writes it. In codeInts (the only code of chunk version
+// 1), k is a width chosen for the column (intsCostHist), and each value is
+// '0' and k bits when its zigzag fits k bits, else '1' and the value as
+// int writes it: a column of small deltas thus costs about k+1 bits a
+// value, whatever k its noise needs. codeRice: riceK.
+func (w *bitWriter) column(vs []int64, code byte, k int) {
+	w.bits(uint64(k), 6)
 	for _, v := range vs {
-		w.intK(v, bestK)
+		w.putK(v, code, k)
 	}
 }
 
@@ -159,22 +160,14 @@ func (w *bitWriter) intK(v int64, k int) {
 	}
 }
 
-// intLen is the significant bits of v's zigzag: what intsCost counts.
+// intLen is the significant bits of v's zigzag: what intHist counts.
 func intLen(v int64) int { return 64 - bits.LeadingZeros64(zigzag(v)) }
-
-// intsCost returns the bits ints takes for vs, and the width k it uses.
-func intsCost(vs []int64) (cost, k int) {
-	var hist intHist
-	for _, v := range vs {
-		hist[intLen(v)]++
-	}
-	return intsCostHist(&hist)
-}
 
 // intHist counts values by intLen.
 type intHist [65]int32
 
-// intsCostHist is intsCost of the values whose intLen counts are hist.
+// intsCostHist returns the bits a column in codeInts takes for the values
+// whose intLen counts are hist, and the width k it uses.
 func intsCostHist(hist *intHist) (cost, k int) {
 	// The best k is one of the lengths present (between two of them the
 	// cost only grows with k).
@@ -196,7 +189,7 @@ func intsCostHist(hist *intHist) (cost, k int) {
 			if l <= k {
 				cost += int(hist[l]) * (1 + k)
 			} else {
-				cost += int(hist[l]) * (1 + intCost(l))
+				cost += int(hist[l]) * (1 + intCosts[l])
 			}
 		}
 		if best < 0 || cost < best {
@@ -208,6 +201,14 @@ func intsCostHist(hist *intHist) (cost, k int) {
 	}
 	return 6 + best, bestK
 }
+
+// intCosts[l] is intCost(l).
+var intCosts = func() (c [len(intHist{})]int) {
+	for l := range c {
+		c[l] = intCost(l)
+	}
+	return
+}()
 
 // intCost is the bits int takes for a zigzag of l significant bits.
 func intCost(l int) int {
@@ -222,7 +223,7 @@ func intCost(l int) int {
 	return 0
 }
 
-// ints reads n integers written by bitWriter.ints.
+// ints reads n integers written by bitWriter.column in codeInts.
 func (r *bitReader) ints(dst []int64, n int) ([]int64, error) {
 	k, err := r.bits(6)
 	if err != nil {
@@ -241,6 +242,162 @@ func (r *bitReader) ints(dst []int64, n int) ([]int64, error) {
 			z, err = r.bits(int(k))
 			v = unzigzag(z)
 		}
+		if err != nil {
+			return nil, err
+		}
+		dst = append(dst, v)
+	}
+	return dst, nil
+}
+
+// Rice codes (chunk version 2) suit the integers whose small values are
+// the most frequent, as the deltas of a sensor's noise or a vehicle's
+// position are: a column written with parameter k (6 bits, first) has
+// each value's zigzag z as z>>k in unary ('1's ended by a '0') and its k
+// low bits. A quotient of riceEscape or more is written as riceEscape
+// '1's and the value as int writes it, so that an outlier costs at most
+// a few bytes.
+const riceEscape = 16
+
+// riceK writes one value of a column of integers Rice-coded with k.
+func (w *bitWriter) riceK(v int64, k int) {
+	z := zigzag(v)
+	q := z >> k
+	if q >= riceEscape {
+		w.bits(1<<riceEscape-1, riceEscape)
+		w.int(v)
+		return
+	}
+	if n := int(q) + 1 + k; n <= 64 { // q '1's, a '0' and k bits at once
+		w.bits((1<<(q+1)-2)<<k|z&(1<<k-1), n)
+		return
+	}
+	w.bits(1<<(q+1)-2, int(q)+1)
+	w.bits(z, k)
+}
+
+// riceK reads one value written by bitWriter.riceK.
+func (r *bitReader) riceK(k int) (int64, error) {
+	q := 0
+	for q < riceEscape {
+		b, err := r.bit()
+		if err != nil {
+			return 0, err
+		}
+		if !b {
+			break
+		}
+		q++
+	}
+	if q == riceEscape {
+		return r.int()
+	}
+	low, err := r.bits(k)
+	return unzigzag(uint64(q)<<k | low), err
+}
+
+// riceCostHist returns the bits, in halves, that a Rice-coded column of
+// the values whose intLen counts are hist takes about, and the k that
+// makes it smallest. The count is an estimate (a value of l significant
+// bits is taken to have the mean quotient of all such values), made the
+// same way by the encoder and the appender, which need the same choice
+// rather than the exact cost. The k tried are those near the median
+// length (where the best one is for noise that is not uniform), so that
+// the appender, which chooses again at each write, does little work.
+func riceCostHist(hist *intHist) (halves, k int) {
+	total := 0
+	for _, n := range hist {
+		total += int(n)
+	}
+	if total == 0 {
+		return 12, 0
+	}
+	// The median length; then the counts of values of up to k bits
+	// (below), and the cost of the escapes of k+5 bits or more (esc),
+	// by running sums as k grows.
+	med, below := 0, 0
+	for l := 0; below+int(hist[l]) < (total+1)/2; l++ {
+		below += int(hist[l])
+		med = l + 1
+	}
+	lo, hi := max(0, med-4), min(63, med+2)
+	below, esc := 0, 0
+	for l := range hist {
+		if l < lo {
+			below += int(hist[l])
+		} else if l >= lo+5 {
+			esc += int(hist[l]) * 2 * (riceEscape + intCosts[l])
+		}
+	}
+	best, bestK := -1, 0
+	for k := lo; k <= hi; k++ {
+		below += int(hist[k])
+		cost := 2*(k+1)*below + esc
+		for s := 0; s < 4 && k+1+s < len(hist); s++ {
+			cost += int(hist[k+1+s]) * (2*(k+1) + 3<<s - 1)
+		}
+		if best < 0 || cost < best {
+			best, bestK = cost, k
+		}
+		if k+5 < len(hist) { // no longer an escape at k+1
+			esc -= int(hist[k+5]) * 2 * (riceEscape + intCosts[k+5])
+		}
+	}
+	return 12 + best, bestK
+}
+
+// riceHalves is about twice the bits riceK takes for a zigzag of l
+// significant bits (riceCostHist sums it by counts): the quotients of
+// such values are [2^(l-1-k), 2^(l-k)), their mean (3·2^(l-1-k) - 1)/2,
+// and from 2^4 on they escape.
+func riceHalves(l, k int) int {
+	if l <= k {
+		return 2 * (k + 1)
+	}
+	if s := l - 1 - k; s < 4 {
+		return 2*(k+1) + 3<<s - 1
+	}
+	return 2 * (riceEscape + intCosts[l])
+}
+
+// intStream codes.
+const (
+	codeInts = 0 // a width k, a flag bit and k bits a value
+	codeRice = 1 // Rice codes
+)
+
+// colCost returns the code that writes a column of the values whose
+// intLen counts are hist in fewer bits, its parameter k and its cost in
+// half bits.
+func colCost(hist *intHist) (code byte, k, halves int) {
+	c, k := intsCostHist(hist)
+	r, rk := riceCostHist(hist)
+	if r < 2*c {
+		return codeRice, rk, r
+	}
+	return codeInts, k, 2 * c
+}
+
+// putK writes one value of a column of integers in code with k.
+func (w *bitWriter) putK(v int64, code byte, k int) {
+	if code == codeRice {
+		w.riceK(v, k)
+	} else {
+		w.intK(v, k)
+	}
+}
+
+// column reads n integers written (after the 6-bit k) in code.
+func (r *bitReader) column(dst []int64, n int, code byte) ([]int64, error) {
+	if code == codeInts {
+		return r.ints(dst, n)
+	}
+	k, err := r.bits(6)
+	if err != nil {
+		return nil, err
+	}
+	for range n {
+		v, err := r.riceK(int(k))
 		if err != nil {
 			return nil, err
 		}

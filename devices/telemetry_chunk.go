@@ -9,26 +9,34 @@ import (
 )
 
 // A history chunk holds up to chunkPoints points of one device in columns:
-// the timestamps, then one column per metric. Encoded (version 1):
+// the timestamps, then one column per metric. Encoded (version 2):
 //
-//	0x01 uvarint(points) uvarint(columns)
+//	0x02 uvarint(points) uvarint(columns)
 //	per column: uvarint(len) name
 //	uvarint(len) timestamps: the first as 64 bits, then delta-of-deltas
-//	  (as bitWriter.ints writes a column of integers)
+//	  (a bit naming their code, codeInts or codeRice, then the column of
+//	  integers as bitWriter.column reads it)
 //	per column: uvarint(len) column
 //
 // A column is the run-length-encoded symbols of its points (0 absent,
 // 1 number, 2+i the dictionary's i-th value), then the dictionary of
 // the column's other values as their JSON text (strings, true, false),
-// then its numbers in one of three encodings, whichever is smallest:
+// then its numbers in one of six encodings, whichever is smallest:
 // Gorilla's XOR of consecutive float64s, or, when every number is a
 // decimal with at most 15 digits after the point, the numbers scaled to
-// integers and written as deltas or as delta-of-deltas.
+// integers and written as deltas or as delta-of-deltas, in either code
+// (codeInts or codeRice: telemetry_bits.go), or as their
+// offsets from the smallest in a fixed width.
+//
+// Version 1 (releases before 2026-12) is version 2 without the bit
+// before the timestamps' column (always codeInts) and without the modes
+// numDecDeltaRice, numDecDoDRice and numDecRange; it decodes as it
+// always did (testdata/chunk_v1.bin).
 //
 // Sizes are prefixed so a query can skip the columns it does not read; a
 // decoder checks every length and count, since a chunk is outside input
 // once it is on disk (FuzzTelemetryChunk).
-const chunkVersion = 1
+const chunkVersion = 2
 
 // Decoding limits: far above what the writer makes (chunkPoints points,
 // MaxDeviceMetrics columns), low enough that no stored blob makes a
@@ -51,6 +59,13 @@ const (
 	numXOR      = 1
 	numDecDelta = 2
 	numDecDoD   = 3
+	// Version 2: the same, Rice-coded; and the scaled decimals as their
+	// offsets from the smallest, each in as many bits as the largest
+	// offset takes (numbers spread evenly over a range: each delta would
+	// cost about a bit more).
+	numDecDeltaRice = 4
+	numDecDoDRice   = 5
+	numDecRange     = 6
 )
 
 // chunkData is a chunk decoded (or being built by the writer): the points'
@@ -162,7 +177,13 @@ func (e *encoder) chunk(dst []byte, c *chunkData) []byte {
 	if len(c.ts) > 0 {
 		w.bits(uint64(c.ts[0]), 64)
 		e.dod = deltas(e.dod[:0], c.ts, true)
-		w.ints(e.dod)
+		var hist intHist
+		for _, v := range e.dod {
+			hist[intLen(v)]++
+		}
+		code, k, _ := colCost(&hist)
+		w.bits(uint64(code), 1)
+		w.column(e.dod, code, k)
 	}
 	e.bits = w.done()
 	dst = appendBytes(dst, e.bits)
@@ -212,13 +233,31 @@ func (e *encoder) col(dst []byte, col *chunkCol) []byte {
 	var exp int
 	if exp, e.ms, ok = decimals(e.ms[:0], nums); ok {
 		e.d, e.dod = deltas(e.d[:0], e.ms, false), deltas(e.dod[:0], e.ms, true)
-		mode, d := byte(numDecDelta), e.d
-		if c1, _ := intsCost(e.d); func() bool { c2, _ := intsCost(e.dod); return c2 < c1 }() {
-			mode, d = numDecDoD, e.dod
+		var histD, histDoD intHist
+		for i := range e.d {
+			histD[intLen(e.d[i])]++
+			histDoD[intLen(e.dod[i])]++
 		}
+		lo, hi := e.ms[0], e.ms[0]
+		for _, m := range e.ms {
+			lo, hi = min(lo, m), max(hi, m)
+		}
+		mode, k := decChoice(&histD, &histDoD, len(e.ms), lo, hi)
 		w := bitWriter{b: e.bits[:0]}
-		w.bits(zigzag(e.ms[0]), 64)
-		w.ints(d)
+		if mode == numDecRange {
+			w.bits(zigzag(lo), 64)
+			w.bits(uint64(k), 6)
+			for _, m := range e.ms {
+				w.bits(uint64(m-lo), k)
+			}
+		} else {
+			d := e.d
+			if mode == numDecDoD || mode == numDecDoDRice {
+				d = e.dod
+			}
+			w.bits(zigzag(e.ms[0]), 64)
+			w.column(d, modeCode(mode), k)
+		}
 		e.bits = w.done()
 		if exp < 10 || len(e.bits) < xorSize(nums) {
 			dst = append(dst, mode, byte(exp))
@@ -227,6 +266,35 @@ func (e *encoder) col(dst []byte, col *chunkCol) []byte {
 	}
 	dst = append(dst, numXOR)
 	return append(dst, encodeXOR(nums)...)
+}
+
+// decChoice is the encoding of a column's n scaled decimals, given the
+// intLen counts of their deltas and of their delta-of-deltas and the
+// smallest and largest: the one of the fewest bits, and its k (for
+// numDecRange, the offsets' width).
+func decChoice(histD, histDoD *intHist, n int, lo, hi int64) (mode byte, k int) {
+	c1, k1, h1 := colCost(histD)
+	c2, k2, h2 := colCost(histDoD)
+	mode, k, h := numDecDelta+2*c1, k1, h1
+	if h2 < h1 {
+		mode, k, h = numDecDoD+2*c2, k2, h2
+	}
+	if w := rangeWidth(lo, hi); 2*(6+n*w) < h {
+		return numDecRange, w
+	}
+	return mode, k
+}
+
+// rangeWidth is the bits of the largest offset of numbers in [lo, hi]
+// (scaled decimals: hi-lo < 2^54).
+func rangeWidth(lo, hi int64) int { return 64 - bits.LeadingZeros64(uint64(hi-lo)) }
+
+// modeCode is the integer code of a decimal number mode.
+func modeCode(mode byte) byte {
+	if mode == numDecDeltaRice || mode == numDecDoDRice {
+		return codeRice
+	}
+	return codeInts
 }
 
 // xorSize is the size of encodeXOR(nums).
@@ -393,9 +461,10 @@ func (r *chunkReader) bytes() []byte {
 // decodeChunk decodes a chunk. With want non-nil, only the columns it
 // names are decoded (others are left out of the result).
 func decodeChunk(b []byte, want func(name string) bool) (*chunkData, error) {
-	if len(b) == 0 || b[0] != chunkVersion {
+	if len(b) == 0 || b[0] < 1 || b[0] > chunkVersion {
 		return nil, errChunkCorrupt
 	}
+	version := b[0]
 	r := chunkReader{b: b[1:]}
 	n, ncols := r.uvarint(), r.uvarint()
 	if r.err || n == 0 || n > maxChunkDecodePoints || ncols > maxChunkDecodeCells/n {
@@ -416,7 +485,15 @@ func decodeChunk(b []byte, want func(name string) bool) (*chunkData, error) {
 	if err != nil {
 		return nil, err
 	}
-	ds, err := br.ints(make([]int64, 0, n-1), int(n-1))
+	code := byte(codeInts)
+	if version >= 2 {
+		bit, err := br.bits(1)
+		if err != nil {
+			return nil, err
+		}
+		code = byte(bit)
+	}
+	ds, err := br.column(make([]int64, 0, n-1), int(n-1), code)
 	if err != nil {
 		return nil, err
 	}
@@ -432,7 +509,7 @@ func decodeChunk(b []byte, want func(name string) bool) (*chunkData, error) {
 		if want != nil && !want(name) {
 			continue
 		}
-		col, err := decodeCol(body, int(n))
+		col, err := decodeCol(body, int(n), version)
 		if err != nil {
 			return nil, err
 		}
@@ -445,7 +522,7 @@ func decodeChunk(b []byte, want func(name string) bool) (*chunkData, error) {
 	return c, nil
 }
 
-func decodeCol(b []byte, n int) (chunkCol, error) {
+func decodeCol(b []byte, n int, version byte) (chunkCol, error) {
 	r := chunkReader{b: b}
 	col := chunkCol{syms: make([]uint32, 0, n)}
 	nruns := r.uvarint()
@@ -498,8 +575,9 @@ func decodeCol(b []byte, n int) (chunkCol, error) {
 		}
 	case mode == numXOR && nnums > 0:
 		nums, err = decodeXOR(r.b, nums, nnums)
-	case (mode == numDecDelta || mode == numDecDoD) && nnums > 0 && len(r.b) > 0 && int(r.b[0]) < len(pow10):
-		nums, err = decodeDecimal(r.b[1:], nums, nnums, int(r.b[0]), mode == numDecDoD)
+	case (mode == numDecDelta || mode == numDecDoD || version >= 2 && (mode == numDecDeltaRice || mode == numDecDoDRice || mode == numDecRange)) &&
+		nnums > 0 && len(r.b) > 0 && int(r.b[0]) < len(pow10):
+		nums, err = decodeDecimal(r.b[1:], nums, nnums, int(r.b[0]), mode)
 	default:
 		err = errChunkCorrupt
 	}
@@ -517,16 +595,35 @@ func decodeCol(b []byte, n int) (chunkCol, error) {
 	return col, nil
 }
 
-func decodeDecimal(b []byte, nums []float64, n, e int, dod bool) ([]float64, error) {
+func decodeDecimal(b []byte, nums []float64, n, e int, mode byte) ([]float64, error) {
 	r := bitReader{b: b}
 	z, err := r.bits(64)
 	if err != nil {
 		return nil, err
 	}
-	ds, err := r.ints(make([]int64, 0, n-1), n-1)
+	if mode == numDecRange {
+		w, err := r.bits(6)
+		if err != nil {
+			return nil, err
+		}
+		lo := unzigzag(z)
+		for range n {
+			v, err := r.bits(int(w))
+			if err != nil {
+				return nil, err
+			}
+			nums = append(nums, float64(lo+int64(v))/pow10[e])
+		}
+		if len(b) != (r.pos+7)/8 {
+			return nil, errChunkCorrupt
+		}
+		return nums, nil
+	}
+	ds, err := r.column(make([]int64, 0, n-1), n-1, modeCode(mode))
 	if err != nil {
 		return nil, err
 	}
+	dod := mode == numDecDoD || mode == numDecDoDRice
 	for _, m := range undelta(make([]int64, 0, n), unzigzag(z), ds, dod) {
 		nums = append(nums, float64(m)/pow10[e])
 	}

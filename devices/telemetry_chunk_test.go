@@ -3,6 +3,7 @@ package devices
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"testing"
 )
@@ -135,4 +136,133 @@ func FuzzTelemetryChunk(f *testing.F) {
 		}
 		sameChunk(t, c, again)
 	})
+}
+
+// TestTelemetryChunkVersion1: a chunk written by the encoder of version 1
+// (before the Rice codes; testdata/chunk_v1.bin holds testChunk(300, 19)
+// with a column "count" of i², as that encoder wrote it: its columns
+// take the XOR, delta and delta-of-delta encodings) decodes to the same
+// points, and encodes smaller as version 2.
+func TestTelemetryChunkVersion1(t *testing.T) {
+	b, err := os.ReadFile("testdata/chunk_v1.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[0] != 1 {
+		t.Fatalf("version %d", b[0])
+	}
+	want := testChunk(300, 19)
+	idx := map[string]int{}
+	for i, col := range want.cols {
+		idx[col.name] = i
+	}
+	cnt := want.col("count", idx)
+	for i := range want.ts {
+		cnt.syms[i], cnt.nums[i] = symNumber, float64(i*i)
+	}
+	got, err := decodeChunk(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameChunk(t, want, got)
+	v2 := encodeChunk(nil, got)
+	if v2[0] != chunkVersion || len(v2) >= len(b) {
+		t.Errorf("version %d: %d bytes, version 1 %d", v2[0], len(v2), len(b))
+	}
+}
+
+// TestTelemetryChunkRice: noisy decimals and jittered timestamps take the
+// Rice codes, and their outliers (a gap, a jump) come back exactly;
+// decimals spread evenly over a range take their offsets.
+func TestTelemetryChunkRice(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	c := &chunkData{cols: []chunkCol{{name: "lat"}, {name: "speed"}}}
+	col, speed := &c.cols[0], &c.cols[1]
+	ts, lat := int64(1795662000000), 52.52
+	for i := range 500 {
+		speed.syms = append(speed.syms, symNumber)
+		speed.nums = append(speed.nums, float64(280+rng.IntN(241))/10)
+		ts += 13500 + rng.Int64N(3000)
+		lat = math.Round((lat+rng.NormFloat64()*0.001)*1e6) / 1e6
+		v := lat
+		switch i {
+		case 100:
+			ts += 3_600_000 // an hour offline
+		case 200:
+			v = -1e9 // a jump
+		case 201:
+			v = 1e8
+		}
+		c.ts = append(c.ts, ts)
+		col.syms = append(col.syms, symNumber)
+		col.nums = append(col.nums, v)
+	}
+	b := encodeChunk(nil, c)
+	got, err := decodeChunk(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameChunk(t, c, got)
+	var e encoder
+	if body := e.col(nil, &c.cols[0]); body[len(body)-len(e.bits)-2] != numDecDeltaRice {
+		t.Errorf("lat: mode %d, want Rice-coded deltas", body[len(body)-len(e.bits)-2])
+	}
+	// Speeds spread evenly over 28–52 km/h: 8 bits each, as offsets.
+	if body := e.col(nil, &c.cols[1]); body[len(body)-len(e.bits)-2] != numDecRange || len(e.bits) != (64+6+500*8+7)/8 {
+		t.Errorf("speed: mode %d, %d bytes, want offsets of 8 bits", body[len(body)-len(e.bits)-2], len(e.bits))
+	}
+	cr := chunkReader{b: b[1:]}
+	cr.uvarint() // points
+	for range cr.uvarint() {
+		cr.bytes() // names
+	}
+	r := bitReader{b: cr.bytes()}
+	if _, err := r.bits(64); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := r.bits(1); code != codeRice {
+		t.Errorf("timestamps: code %d, want Rice", code)
+	}
+	// About 12.5 bits a timestamp, 12.5 a latitude and 8 a speed.
+	if per := float64(len(b)) / 500; per > 4.3 {
+		t.Errorf("%d bytes: %.2f a point", len(b), per)
+	}
+}
+
+// TestRiceCostHist: riceCostHist's sums by prefix are riceHalves summed
+// value by value, and for noise (normal or Laplace, of any scale, with
+// outliers) its k is as good as the best of all.
+func TestRiceCostHist(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	for i := range 2000 {
+		var hist intHist
+		scale := math.Pow(2, rng.Float64()*40)
+		for range 50 + rng.IntN(500) {
+			v := rng.NormFloat64() * scale
+			if i%2 == 1 {
+				v = rng.ExpFloat64() * scale * float64(1-2*rng.IntN(2))
+			}
+			if rng.IntN(50) == 0 {
+				v *= 1000
+			}
+			hist[intLen(int64(math.Max(-1e18, math.Min(1e18, v))))]++
+		}
+		got, k := riceCostHist(&hist)
+		best := -1
+		for kk := range 64 {
+			cost := 12
+			for l, n := range hist {
+				cost += int(n) * riceHalves(l, kk)
+			}
+			if kk == k && cost != got {
+				t.Fatalf("k %d: %d half bits, summed %d (%v)", k, got, cost, hist)
+			}
+			if best < 0 || cost < best {
+				best = cost
+			}
+		}
+		if got > best+best/50 {
+			t.Errorf("%d half bits, the best k takes %d (%v)", got, best, hist)
+		}
+	}
 }

@@ -2,7 +2,10 @@ package devices
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/tether-iot/tether/devices/database"
@@ -20,6 +23,9 @@ func (t *Telemetry) prune() {
 		<-t.stop
 		cancel()
 	}()
+	// The hour of the hourly rollups last pruned: rows of a new hour
+	// expire once an hour.
+	lastHour := int64(math.MinInt64)
 	for {
 		select {
 		case <-t.stop:
@@ -32,11 +38,24 @@ func (t *Telemetry) prune() {
 			if n > 0 {
 				t.log.Debug("telemetry: pruned", "points", n)
 			}
-			if err := t.PruneRollupsBefore(ctx, time.Now().Add(-t.opts.RollupRetention)); err != nil && ctx.Err() == nil {
+			cutoff := time.Now().Add(-t.opts.RollupRetention)
+			err = t.pruneMinutesBefore(ctx, cutoff)
+			if hour := expiredHour(cutoff); err == nil && hour != lastHour {
+				if err = t.pruneHoursBefore(ctx, cutoff); err == nil {
+					lastHour = hour
+				}
+			}
+			if err != nil && ctx.Err() == nil {
 				t.log.Error("telemetry: prune rollups", "error", err)
 			}
 		}
 	}
+}
+
+// expiredHour is the last hour whose hourly rollups a cutoff expires:
+// those of hours that began before it.
+func expiredHour(cutoff time.Time) int64 {
+	return floorDiv(cutoff.UnixMilli()-1, time.Hour.Milliseconds())
 }
 
 // PruneBefore deletes the history rows whose points are all older than
@@ -136,23 +155,59 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, poi
 // PruneRollupsBefore deletes the rollups of minutes and hours that began
 // before cutoff, a few hundred rows per transaction.
 func (t *Telemetry) PruneRollupsBefore(ctx context.Context, cutoff time.Time) error {
-	for _, q := range []string{
+	if err := t.pruneMinutesBefore(ctx, cutoff); err != nil {
+		return err
+	}
+	return t.pruneHoursBefore(ctx, cutoff)
+}
+
+// pruneMinutesBefore deletes the minute chunks of minutes before cutoff,
+// by their index on ts_max.
+func (t *Telemetry) pruneMinutesBefore(ctx context.Context, cutoff time.Time) error {
+	return t.pruneRows(ctx,
 		`DELETE FROM telemetry_1m WHERE id IN (SELECT id FROM telemetry_1m WHERE ts_max < ? ORDER BY ts_max LIMIT ?)`,
-		`DELETE FROM telemetry_1h WHERE (device_id, ts, metric) IN
-		   (SELECT device_id, ts, metric FROM telemetry_1h WHERE ts < ? ORDER BY ts LIMIT ?)`,
-	} {
-		for {
-			res, err := t.db.W.ExecContext(ctx, q, cutoff.UnixMilli(), t.opts.PruneChunk)
-			if err != nil {
-				return fmt.Errorf("telemetry prune rollups: %w", err)
-			}
-			if n, _ := res.RowsAffected(); n < int64(t.opts.PruneChunk) {
-				break
-			}
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("telemetry prune rollups: %w", err)
-			}
+		cutoff.UnixMilli())
+}
+
+// pruneHoursBefore deletes the hourly rollups of hours that began before
+// cutoff. telemetry_1h has no index on ts (it took a third of the
+// table's room): each device's expired hours are found by the primary
+// key (device_id, ts, metric), device after device. The pruner runs it
+// once an hour, when a new hour expires.
+func (t *Telemetry) pruneHoursBefore(ctx context.Context, cutoff time.Time) error {
+	device, next := "", `SELECT device_id FROM telemetry_1h WHERE device_id >= ? ORDER BY device_id LIMIT 1`
+	for {
+		err := t.db.R.QueryRowContext(ctx, next, device).Scan(&device)
+		next = `SELECT device_id FROM telemetry_1h WHERE device_id > ? ORDER BY device_id LIMIT 1`
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("telemetry prune rollups: %w", err)
+		}
+		if err := t.pruneRows(ctx,
+			`DELETE FROM telemetry_1h WHERE (device_id, ts, metric) IN
+			   (SELECT device_id, ts, metric FROM telemetry_1h WHERE device_id = ? AND ts < ? ORDER BY ts LIMIT ?)`,
+			device, cutoff.UnixMilli()); err != nil {
+			return err
 		}
 	}
-	return nil
+}
+
+// pruneRows runs the DELETE q with args and PruneChunk until it deletes
+// fewer rows than that.
+func (t *Telemetry) pruneRows(ctx context.Context, q string, args ...any) error {
+	args = append(args, t.opts.PruneChunk)
+	for {
+		res, err := t.db.W.ExecContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("telemetry prune rollups: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n < int64(t.opts.PruneChunk) {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("telemetry prune rollups: %w", err)
+		}
+	}
 }

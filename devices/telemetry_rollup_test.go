@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // TestTelemetryRollups: pruning moves points into per-minute rollups that
@@ -660,5 +663,160 @@ func TestTelemetryRollupsStoredOverflow(t *testing.T) {
 		if err := db.R.QueryRowContext(ctx, `SELECT sum FROM telemetry_1h WHERE metric = ?`, m).Scan(&sum); err != nil || sum != want {
 			t.Fatalf("%s: sum %v, %v; want %v", m, sum, err, want)
 		}
+	}
+}
+
+// TestTelemetryPruneHours: past the rollup retention the hourly rollups of
+// every device go (found by device, without an index on ts), a few rows
+// per statement, and the later hours of each stay.
+func TestTelemetryPruneHours(t *testing.T) {
+	ctx := context.Background()
+	ids := []string{"0", "a", "b-1", "z"}
+	db := openTestDB(t, ids...)
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour, PruneChunk: 2})
+	now := time.Now()
+	base := now.Add(-48 * time.Hour).Truncate(time.Hour)
+	for _, id := range ids {
+		for h := range 6 {
+			s := mustSample(t, fmt.Sprintf(`{"v":%d,"w":1,"x":2}`, h))
+			s.TS = base.Add(time.Duration(h)*time.Hour + time.Minute)
+			if !tel.Add(id, s, now) {
+				t.Fatal("Add refused")
+			}
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tel.PruneBefore(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := tel.PruneRollupsBefore(ctx, base.Add(3*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		bs, err := tel.Buckets(ctx, id, base, base.Add(6*time.Hour), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hours []int
+		for _, b := range bs {
+			if b.Count["v"] != 1 || b.Count["w"] != 1 || b.Count["x"] != 1 {
+				t.Errorf("device %q hour %s: counts %v", id, b.TS, b.Count)
+			}
+			hours = append(hours, int(b.Min["v"]))
+		}
+		if !slices.Equal(hours, []int{3, 4, 5}) {
+			t.Errorf("device %q: hours %v after the rollup retention, want [3 4 5]", id, hours)
+		}
+	}
+	var n int
+	if err := db.R.QueryRow(`SELECT count(*) FROM telemetry_1h`).Scan(&n); err != nil || n != len(ids)*3*3 {
+		t.Errorf("%d hourly rows (%v), want %d", n, err, len(ids)*3*3)
+	}
+}
+
+// TestTelemetryHourIndexMigration: a database of the release before
+// (telemetry step 5; PostgreSQL step 1) keeps its hourly rollups through
+// the step that drops their index on ts, and they still answer and prune.
+func TestTelemetryHourIndexMigration(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	if err := db.Migrate(ctx, "telemetry", Schema{SQLite: telemetrySchema[:5], Postgres: telemetrySchemaPostgres[:1]}); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().Add(-48 * time.Hour).Truncate(time.Hour)
+	for _, d := range []string{"d1", "d2"} {
+		for h := range 4 {
+			if _, err := db.W.Exec(`INSERT INTO telemetry_1h(device_id, metric, ts, min, max, sum, n) VALUES (?, 'v', ?, ?, ?, ?, 2)`,
+				d, base.Add(time.Duration(h)*time.Hour).UnixMilli(), h, h+1, 2*h+1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	indexes := `SELECT count(*) FROM sqlite_master WHERE name = 'telemetry_1h_ts'`
+	if db.Dialect == database.Postgres {
+		indexes = `SELECT count(*) FROM pg_indexes WHERE indexname = 'telemetry_1h_ts'`
+	}
+	var n int
+	if err := db.R.QueryRow(indexes).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("before: %d indexes telemetry_1h_ts (%v)", n, err)
+	}
+	tel := openTestTelemetry(t, db, nil)
+	if err := db.R.QueryRow(indexes).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after: %d indexes telemetry_1h_ts (%v)", n, err)
+	}
+	hours := func(d string) (hs []int) {
+		t.Helper()
+		bs, err := tel.Buckets(ctx, d, base, base.Add(4*time.Hour), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range bs {
+			if b.Count["v"] != 2 || b.Max["v"] != b.Min["v"]+1 || b.Avg["v"] != b.Min["v"]+0.5 {
+				t.Errorf("%s hour %s: %v %v %v %v", d, b.TS, b.Min, b.Avg, b.Max, b.Count)
+			}
+			hs = append(hs, int(b.Min["v"]))
+		}
+		return hs
+	}
+	if h := hours("d2"); !slices.Equal(h, []int{0, 1, 2, 3}) {
+		t.Fatalf("d2: hours %v after the migration", h)
+	}
+	if err := tel.PruneRollupsBefore(ctx, base.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"d1", "d2"} {
+		if h := hours(d); !slices.Equal(h, []int{2, 3}) {
+			t.Errorf("%s: hours %v after pruning, want [2 3]", d, h)
+		}
+	}
+}
+
+// TestTelemetryPrunerHours: the background pruner removes the hourly
+// rollups past the rollup retention by itself (its first round prunes
+// them; later rounds when a new hour expires), and keeps the others.
+func TestTelemetryPrunerHours(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour, Retention: 365 * 24 * time.Hour,
+		RollupRetention: 24 * time.Hour, PruneInterval: 10 * time.Millisecond})
+	now := time.Now()
+	old, recent := now.Add(-48*time.Hour), now.Add(-time.Hour)
+	for _, d := range []string{"d1", "d2"} {
+		for _, ts := range []time.Time{old, recent} {
+			s := mustSample(t, `{"v":1}`)
+			s.TS = ts
+			if !tel.Add(d, s, now) {
+				t.Fatal("Add refused")
+			}
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	count := func(from, to time.Time) int64 {
+		var n int64
+		for _, d := range []string{"d1", "d2"} {
+			bs, err := tel.Buckets(ctx, d, from, to, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range bs {
+				n += b.Count["v"]
+			}
+		}
+		return n
+	}
+	var rows int
+	waitFor(t, func() bool {
+		return db.R.QueryRow(`SELECT count(*) FROM telemetry_1h`).Scan(&rows) == nil && rows == 2
+	})
+	var ts int64
+	if err := db.R.QueryRow(`SELECT min(ts) FROM telemetry_1h`).Scan(&ts); err != nil || ts < now.Add(-2*time.Hour).UnixMilli() {
+		t.Fatalf("oldest hour left %v (%v), want the recent one", time.UnixMilli(ts), err)
+	}
+	if n := count(recent.Add(-time.Minute), now); n != 2 {
+		t.Errorf("recent hour: %d points, want 2", n)
 	}
 }
