@@ -237,24 +237,46 @@ func (m *metricNames) forget(device string) {
 	m.mu.Unlock()
 }
 
-// keysHashStart, keysHashStep and keysHashEnd make keysHash, one key at
-// a time (compactObject folds the names in as it reads them).
-const keysHashStart = 0x9e3779b97f4a7c15
-
 // keysSeed seeds keysHash; drawn at start-up.
 var keysSeed = maphash.MakeSeed()
 
-func keysHashStep(h uint64, k []byte) uint64 {
-	return (h ^ maphash.Bytes(keysSeed, k)) * 0xbf58476d1ce4e5b9
+// keysHash is a hash of the raw keys of obj (a compact object as
+// ParseTelemetry writes it), in order; never 0 (which says "no hash").
+func keysHash(obj []byte) uint64 {
+	var h keysHasher
+	eachMember(obj, func(k, _ []byte) { h.add(k) })
+	return h.sum()
 }
 
-// keysHashEnd returns h, never 0 (which says "no hash").
-func keysHashEnd(h uint64) uint64 { return max(h, 1) }
+// keysHasher makes keysHash one key at a time (compactObject adds the
+// names as it reads them): the seeded hash of each key's length (2 bytes)
+// and bytes, one after the other, in one call to maphash for a sample's
+// usual few keys.
+type keysHasher struct {
+	buf [256]byte
+	n   int
+	big bool         // buf overflowed into h
+	h   maphash.Hash // seeded when buf overflows
+}
 
-// keysHash is a hash of the raw keys of obj (a compact object as
-// ParseTelemetry writes it), in order; never 0.
-func keysHash(obj []byte) uint64 {
-	h := uint64(keysHashStart)
-	eachMember(obj, func(k, _ []byte) { h = keysHashStep(h, k) })
-	return keysHashEnd(h)
+func (h *keysHasher) add(k []byte) {
+	if !h.big && h.n+2+len(k) <= len(h.buf) {
+		h.buf[h.n], h.buf[h.n+1] = byte(len(k)>>8), byte(len(k))
+		h.n += 2 + copy(h.buf[h.n+2:], k)
+		return
+	}
+	if !h.big {
+		h.big = true
+		h.h.SetSeed(keysSeed)
+		h.h.Write(h.buf[:h.n])
+	}
+	h.h.Write([]byte{byte(len(k) >> 8), byte(len(k))})
+	h.h.Write(k)
+}
+
+func (h *keysHasher) sum() uint64 {
+	if h.big {
+		return max(h.h.Sum64(), 1)
+	}
+	return max(maphash.Bytes(keysSeed, h.buf[:h.n]), 1)
 }

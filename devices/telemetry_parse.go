@@ -138,7 +138,7 @@ func compactObject(b []byte) (n int, h uint64, ok bool) {
 	if len(b) < 2 || b[0] != '{' {
 		return 0, 0, false
 	}
-	h = keysHashStart
+	var kh keysHasher
 	var names [16][]byte
 	p := parser{b: b, i: 1}
 	for {
@@ -153,7 +153,7 @@ func compactObject(b []byte) (n int, h uint64, ok bool) {
 		}
 		names[n] = name
 		n++
-		h = keysHashStep(h, name)
+		kh.add(name)
 		if !p.eat(':') || p.i >= len(b) {
 			return 0, 0, false
 		}
@@ -178,7 +178,7 @@ func compactObject(b []byte) (n int, h uint64, ok bool) {
 			return 0, 0, false
 		}
 		if p.eat('}') {
-			return n, keysHashEnd(h), p.i == len(b)
+			return n, kh.sum(), p.i == len(b)
 		}
 		if !p.eat(',') {
 			return 0, 0, false
