@@ -41,14 +41,40 @@ type metricNames struct {
 type deviceNames struct {
 	hs   []uint64
 	keys []byte // per key: its length (2 bytes), its raw bytes
-	// memo is the hash and version of keys (nil when keys is nil), read
-	// without mu.
-	memo atomic.Pointer[keysMemo]
+	// memo is the hash (keysHash) and version (metricNames.versions) of
+	// keys, both 0 when keys is nil, read without mu.
+	memo keysMemo
 }
 
-// keysMemo names a device's memo of keys: their hash (keysHash) and
-// version (metricNames.versions).
-type keysMemo struct{ hash, version uint64 }
+// keysMemo is a device's memo's hash and version, set under
+// metricNames.mu and read without it: seq is odd while they change, so a
+// reader that sees the same even seq before and after read both of one
+// memo (a sequence lock; the next memo is the next version, never
+// reused).
+type keysMemo struct {
+	seq, hash, version atomic.Uint64
+}
+
+// get returns the version of the memo if its hash is hash, else 0.
+func (k *keysMemo) get(hash uint64) uint64 {
+	seq := k.seq.Load()
+	if seq&1 != 0 || k.hash.Load() != hash {
+		return 0
+	}
+	v := k.version.Load()
+	if k.seq.Load() != seq {
+		return 0
+	}
+	return v
+}
+
+// set sets the memo (under metricNames.mu).
+func (k *keysMemo) set(hash, version uint64) {
+	k.seq.Add(1)
+	k.hash.Store(hash)
+	k.version.Store(version)
+	k.seq.Add(1)
+}
 
 // maxKeysMemo is the longest keys memo kept per device.
 const maxKeysMemo = 1024
@@ -102,8 +128,8 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []byte, refused int, version uint64) {
 	if hash != 0 {
 		if dn := m.device(device); dn != nil {
-			if k := dn.memo.Load(); k != nil && k.hash == hash {
-				return obj, 0, k.version
+			if v := dn.memo.get(hash); v != 0 {
+				return obj, 0, v
 			}
 		}
 	}
@@ -111,7 +137,7 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 	defer m.mu.Unlock()
 	dn := m.device(device)
 	if dn != nil && dn.keys != nil && hash == 0 && sameKeys(obj, dn.keys) {
-		return obj, 0, dn.memo.Load().version
+		return obj, 0, dn.memo.version.Load()
 	}
 	var hs []uint64
 	if dn != nil {
@@ -158,14 +184,14 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 	case refused == 0:
 		dn.keys = appendKeys(dn.keys[:0], obj)
 		if dn.keys == nil {
-			dn.memo.Store(nil)
+			dn.memo.set(0, 0)
 			return obj, 0, 0
 		}
 		if hash == 0 {
 			hash = keysHash(obj)
 		}
 		m.versions++
-		dn.memo.Store(&keysMemo{hash: hash, version: m.versions})
+		dn.memo.set(hash, m.versions)
 		return obj, 0, m.versions
 	case kept == 0:
 		return nil, refused, 0
