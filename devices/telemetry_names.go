@@ -267,42 +267,48 @@ func (m *metricNames) forget(device string) {
 var keysSeed = maphash.MakeSeed()
 
 // keysHash is a hash of the raw keys of obj (a compact object as
-// ParseTelemetry writes it), in order; never 0 (which says "no hash").
+// ParseTelemetry writes it), in order; never 0 (which says "no hash"):
+// the seeded maphash of each key's length (2 bytes) and bytes, one after
+// the other.
 func keysHash(obj []byte) uint64 {
 	var h keysHasher
 	eachMember(obj, func(k, _ []byte) { h.add(k) })
-	return h.sum()
+	return h.sum(obj)
 }
 
 // keysHasher makes keysHash one key at a time (compactObject adds the
-// names as it reads them): the seeded hash of each key's length (2 bytes)
-// and bytes, one after the other, in one call to maphash for a sample's
-// usual few keys.
+// names as it reads them), in one call to maphash for a sample's usual
+// few keys: they are gathered in buf, a byte at a time (they are short).
 type keysHasher struct {
-	buf [256]byte
-	n   int
-	big bool         // buf overflowed into h
-	h   maphash.Hash // seeded when buf overflows
+	buf  [128]byte
+	n    int
+	over bool // the keys did not fit in buf
 }
 
 func (h *keysHasher) add(k []byte) {
-	if !h.big && h.n+2+len(k) <= len(h.buf) {
-		h.buf[h.n], h.buf[h.n+1] = byte(len(k)>>8), byte(len(k))
-		h.n += 2 + copy(h.buf[h.n+2:], k)
+	if h.over || h.n+2+len(k) > len(h.buf) {
+		h.over = true
 		return
 	}
-	if !h.big {
-		h.big = true
-		h.h.SetSeed(keysSeed)
-		h.h.Write(h.buf[:h.n])
+	h.buf[h.n], h.buf[h.n+1] = byte(len(k)>>8), byte(len(k))
+	dst := h.buf[h.n+2 : h.n+2+len(k)]
+	for i := range dst {
+		dst[i] = k[i]
 	}
-	h.h.Write([]byte{byte(len(k) >> 8), byte(len(k))})
-	h.h.Write(k)
+	h.n += 2 + len(k)
 }
 
-func (h *keysHasher) sum() uint64 {
-	if h.big {
-		return max(h.h.Sum64(), 1)
+// sum returns the hash of the keys added, which are obj's.
+func (h *keysHasher) sum(obj []byte) uint64 {
+	if !h.over {
+		return max(maphash.Bytes(keysSeed, h.buf[:h.n]), 1)
 	}
-	return max(maphash.Bytes(keysSeed, h.buf[:h.n]), 1)
+	// Written to a maphash.Hash, the same bytes hash the same.
+	var mh maphash.Hash
+	mh.SetSeed(keysSeed)
+	eachMember(obj, func(k, _ []byte) {
+		mh.Write([]byte{byte(len(k) >> 8), byte(len(k))})
+		mh.Write(k)
+	})
+	return max(mh.Sum64(), 1)
 }

@@ -178,7 +178,7 @@ func compactObject(b []byte) (n int, h uint64, ok bool) {
 			return 0, 0, false
 		}
 		if p.eat('}') {
-			return n, kh.sum(), p.i == len(b)
+			return n, kh.sum(b), p.i == len(b)
 		}
 		if !p.eat(',') {
 			return 0, 0, false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"math"
 	"strconv"
 	"strings"
@@ -198,4 +199,23 @@ func referenceAdd(c *openChunk, ts int64, obj []byte, r *rollups) {
 		}
 		col.setDict(n, v)
 	})
+}
+
+// TestKeysHashLong: keys longer than keysHasher gathers hash as the same
+// bytes would in one piece, and each key counts, in order.
+func TestKeysHashLong(t *testing.T) {
+	long := strings.Repeat("k", 100)
+	a := []byte(`{"` + long + `1":1,"` + long + `2":2}`)
+	b := []byte(`{"` + long + `2":1,"` + long + `1":2}`)
+	var want []byte
+	eachMember(a, func(k, _ []byte) { want = append(append(want, byte(len(k)>>8), byte(len(k))), k...) })
+	if got := keysHash(a); got != max(maphash.Bytes(keysSeed, want), 1) {
+		t.Errorf("keysHash of long keys %x, want the hash of their bytes", got)
+	}
+	if keysHash(a) == keysHash(b) {
+		t.Error("keys in another order hash the same")
+	}
+	if s, err := ParseTelemetryShared(a); err != nil || s.keys != keysHash(a) {
+		t.Errorf("parsed: %x %v, want %x", s.keys, err, keysHash(a))
+	}
 }
