@@ -22,6 +22,12 @@ type batchOrder struct {
 	batch  []queued // the batch
 	sorted []int32  // its indexes, grouped (indexes, not points: moving
 	// a point, which holds pointers, costs write barriers while the GC runs)
+	// latest is per device the latest timestamp of its points so far, and
+	// unsorted whether one came before an earlier one (the points of a
+	// device in arrival order, which is grouping's, are usually in time
+	// order: then they need no sorting, nor reading again to say so).
+	latest   []int64
+	unsorted []bool
 
 	// Last values: members of the device being merged, an index of them
 	// when there are many, and the patches' bytes.
@@ -48,14 +54,22 @@ func newBatchOrder() *batchOrder {
 func (o *batchOrder) group(batch []queued) {
 	clear(o.idx)
 	o.devs, o.starts, o.of = o.devs[:0], o.starts[:0], o.of[:0]
-	for _, p := range batch {
+	o.latest, o.unsorted = o.latest[:0], o.unsorted[:0]
+	for k := range batch {
+		p := &batch[k]
 		i, ok := o.idx[p.device]
 		if !ok {
 			i = len(o.devs)
 			o.idx[p.device] = i
 			o.devs = append(o.devs, p.device)
 			o.starts = append(o.starts, 0)
+			o.latest = append(o.latest, p.ts)
+			o.unsorted = append(o.unsorted, false)
 		}
+		if p.ts < o.latest[i] {
+			o.unsorted[i] = true
+		}
+		o.latest[i] = max(o.latest[i], p.ts)
 		o.starts[i]++
 		o.of = append(o.of, i)
 	}
@@ -75,8 +89,8 @@ func (o *batchOrder) group(batch []queued) {
 	}
 	byTS := func(a, b int32) int { return cmp.Compare(batch[a].ts, batch[b].ts) }
 	for i := range o.devs {
-		if pts := o.points(i); !slices.IsSortedFunc(pts, byTS) {
-			slices.SortStableFunc(pts, byTS)
+		if o.unsorted[i] {
+			slices.SortStableFunc(o.points(i), byTS)
 		}
 	}
 }
