@@ -22,8 +22,10 @@ const MaxDeviceMetrics = 1024
 //
 // A device publishing the keys of its last fully known sample again (what
 // a device usually does) passes without a lock: per holds each device's
-// *deviceNames (sync.Map: reads take no lock), and its memo is swapped
-// atomically. Everything else (new keys, new names, refusals) takes mu.
+// *deviceNames (sync.Map: reads take no lock), whose memo of keys is
+// known by the keys' hash, which the parser gives (Sample.keys), and read
+// under a sequence count (keysMemo). Everything else (new keys, new
+// names, refusals) takes mu.
 type metricNames struct {
 	seed maphash.Seed
 
