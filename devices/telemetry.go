@@ -308,7 +308,7 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 		t.m.dropped.Inc()
 		return false
 	}
-	json, refused, keys := t.names.filterKeys(device, s.JSON)
+	json, refused, keys := t.names.filterKeys(device, s.JSON, s.keys)
 	if refused > 0 {
 		t.m.metricsRefused.Add(float64(refused))
 		if json == nil {

@@ -22,6 +22,17 @@ type batchOrder struct {
 	batch  []queued // the batch
 	sorted []int32  // its indexes, grouped (indexes, not points: moving
 	// a point, which holds pointers, costs write barriers while the GC runs)
+	// latest is per device the latest timestamp of its points so far, and
+	// unsorted whether one came before an earlier one (the points of a
+	// device in arrival order, which is grouping's, are usually in time
+	// order: then they need no sorting, nor reading again to say so).
+	latest   []int64
+	unsorted []bool
+	// keys is per device the keys version all its points share, or 0;
+	// seen its latest arrival (for the last values, without reading the
+	// points again).
+	keys []uint64
+	seen []time.Time
 
 	// Last values: members of the device being merged, an index of them
 	// when there are many, and the patches' bytes.
@@ -48,13 +59,29 @@ func newBatchOrder() *batchOrder {
 func (o *batchOrder) group(batch []queued) {
 	clear(o.idx)
 	o.devs, o.starts, o.of = o.devs[:0], o.starts[:0], o.of[:0]
-	for _, p := range batch {
+	o.latest, o.unsorted, o.keys, o.seen = o.latest[:0], o.unsorted[:0], o.keys[:0], o.seen[:0]
+	for k := range batch {
+		p := &batch[k]
 		i, ok := o.idx[p.device]
 		if !ok {
 			i = len(o.devs)
 			o.idx[p.device] = i
 			o.devs = append(o.devs, p.device)
 			o.starts = append(o.starts, 0)
+			o.latest = append(o.latest, p.ts)
+			o.unsorted = append(o.unsorted, false)
+			o.keys = append(o.keys, p.keys)
+			o.seen = append(o.seen, p.arrived)
+		}
+		if p.ts < o.latest[i] {
+			o.unsorted[i] = true
+		}
+		o.latest[i] = max(o.latest[i], p.ts)
+		if p.keys != o.keys[i] {
+			o.keys[i] = 0
+		}
+		if p.arrived.After(o.seen[i]) {
+			o.seen[i] = p.arrived
 		}
 		o.starts[i]++
 		o.of = append(o.of, i)
@@ -75,8 +102,8 @@ func (o *batchOrder) group(batch []queued) {
 	}
 	byTS := func(a, b int32) int { return cmp.Compare(batch[a].ts, batch[b].ts) }
 	for i := range o.devs {
-		if pts := o.points(i); !slices.IsSortedFunc(pts, byTS) {
-			slices.SortStableFunc(pts, byTS)
+		if o.unsorted[i] {
+			slices.SortStableFunc(o.points(i), byTS)
 		}
 	}
 }
@@ -88,6 +115,7 @@ func (o *batchOrder) points(i int) []int32 { return o.sorted[o.starts[i]:o.start
 // done lets the batch's points go.
 func (o *batchOrder) done() {
 	o.batch = nil
+	clear(o.seen)
 	clear(o.devs)
 	clear(o.idx)
 	clear(o.lasts)
@@ -108,12 +136,9 @@ func (o *batchOrder) lastValues() []LastValue {
 		}
 		o.members = o.members[:0]
 		indexed := false
-		var seen time.Time
+		seen := o.seen[i]
 		for _, k := range o.points(i) {
 			p := &o.batch[k]
-			if p.arrived.After(seen) {
-				seen = p.arrived
-			}
 			n := 0
 			eachMember(p.json, func(k, v []byte) {
 				o.setMember(n, k, v, &indexed)
@@ -140,21 +165,11 @@ func (o *batchOrder) lastValues() []LastValue {
 // (the same keys version), its latest point's metrics, which are then the
 // merge, and the latest arrival.
 func (o *batchOrder) sameKeys(i int) (values []byte, seen time.Time, ok bool) {
-	pts := o.points(i)
-	keys := o.batch[pts[0]].keys
-	if keys == 0 {
+	if o.keys[i] == 0 {
 		return nil, time.Time{}, false
 	}
-	for _, k := range pts {
-		p := &o.batch[k]
-		if p.keys != keys {
-			return nil, time.Time{}, false
-		}
-		if p.arrived.After(seen) {
-			seen = p.arrived
-		}
-	}
-	return o.batch[pts[len(pts)-1]].json, seen, true
+	pts := o.points(i)
+	return o.batch[pts[len(pts)-1]].json, o.seen[i], true
 }
 
 // setMember sets metric k (member n of its point) to v in the device's

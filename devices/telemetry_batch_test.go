@@ -216,3 +216,42 @@ func TestTelemetryLastValuesSameKeys(t *testing.T) {
 		t.Errorf("keys changed and back: %s, want %s", got, want)
 	}
 }
+
+// TestTelemetryLastSeenLatestArrival: a device's last_seen after a batch
+// is the latest arrival among its points, whichever order they were
+// queued in and whatever their keys (the merge by keys version and the
+// merge member by member alike).
+func TestTelemetryLastSeenLatestArrival(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "same", "mixed")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Date(2026, 1, 1, 3, 0, 0, 0, time.UTC)
+	for _, a := range []struct {
+		dev, payload string
+		arrived      int
+	}{
+		{"same", `{"t":1}`, 5},
+		{"mixed", `{"t":1}`, 1},
+		{"same", `{"t":2}`, 9},  // the latest
+		{"mixed", `{"u":2}`, 8}, // the latest
+		{"same", `{"t":3}`, 7},
+		{"mixed", `{"t":3,"u":3}`, 2},
+	} {
+		if !tel.Add(a.dev, mustSample(t, a.payload), base.Add(time.Duration(a.arrived)*time.Second)) {
+			t.Fatal("Add refused")
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reg := testRegistry(t, db)
+	for id, want := range map[string]time.Time{"same": base.Add(9 * time.Second), "mixed": base.Add(8 * time.Second)} {
+		d, err := reg.Device(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.LastSeen == nil || !d.LastSeen.Equal(want) {
+			t.Errorf("%s: last_seen %v, want %v", id, d.LastSeen, want)
+		}
+	}
+}

@@ -77,43 +77,73 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 		col.syms = append(col.syms, symAbsent)
 		col.nums = append(col.nums, 0)
 	}
-	m := 0
-	eachMember(obj, func(k, v []byte) {
-		// A device usually sends its metrics in the same order: member
-		// m is most often column m. A key with escapes is looked up by
-		// its decoded name (the columns' names are decoded).
-		i := m
-		m++
-		switch {
-		case i < len(c.data.cols) && c.data.cols[i].plain && c.data.cols[i].name == string(k):
-			// Equal to a name without a backslash: k has no escapes.
-		case bytes.IndexByte(k, '\\') >= 0:
-			i = c.data.colIndex(metricName(k), c.idx)
-		default:
-			var ok bool
-			if i, ok = c.idx[string(k)]; !ok {
-				i = c.data.colIndex(string(k), c.idx)
+	// One pass over obj's members, as eachMember reads them. A device
+	// usually sends its metrics in the same order: member m is most
+	// often column m, whose name, when it needs no escape (plain), is
+	// compared with the raw key in place, without finding its end first.
+	for i, m := 1, 0; i < len(obj)-1; m++ {
+		col := -1
+		if m < len(c.data.cols) {
+			if cm := &c.data.cols[m]; cm.plain && keyAt(obj, i, cm.name) {
+				col, i = m, i+len(cm.name)+3 // past `"name":`
 			}
 		}
-		col := &c.data.cols[i]
-		if v[0] == '"' || v[0] == 't' || v[0] == 'f' || v[0] == 'n' {
-			col.setDict(n, v)
-			return
-		}
-		f, err := parseNumber(v)
-		if err != nil { // not from ParseTelemetry: keep the text
-			col.setDict(n, v)
-			return
-		}
-		col.syms[n], col.nums[n] = symNumber, f
-		if r != nil {
-			for len(c.hours) <= i {
-				c.hours = append(c.hours, hourSlot{})
+		if col < 0 {
+			kEnd := endOfString(obj, i)
+			k := obj[i+1 : kEnd-1]
+			i = kEnd + 1 // past ':'
+			switch {
+			case bytes.IndexByte(k, '\\') >= 0:
+				col = c.data.colIndex(metricName(k), c.idx)
+			default:
+				var ok bool
+				if col, ok = c.idx[string(k)]; !ok {
+					col = c.data.colIndex(string(k), c.idx)
+				}
 			}
-			r.addTo(&c.hours[i], c.device, col.name, ts, f, c.used)
 		}
-	})
+		vStart := i
+		if obj[i] == '"' {
+			i = endOfString(obj, i)
+		} else {
+			for i < len(obj)-1 && obj[i] != ',' {
+				i++
+			}
+		}
+		c.set(n, col, obj[vStart:i], ts, r)
+		i++ // past ','
+	}
 	c.dirty = true
+}
+
+// keyAt reports whether the member at obj[i] has the raw key name (which
+// holds no '"' and no '\\': so the raw key is name exactly when it
+// follows the quote and a quote follows it).
+func keyAt(obj []byte, i int, name string) bool {
+	j := i + 1 + len(name)
+	return j+1 < len(obj) && obj[i] == '"' && obj[j] == '"' && obj[j+1] == ':' && string(obj[i+1:j]) == name
+}
+
+// set sets point n of column i to v, the raw JSON value of a member as
+// ParseTelemetry writes it, and adds a number to r (if not nil).
+func (c *openChunk) set(n, i int, v []byte, ts int64, r *rollups) {
+	col := &c.data.cols[i]
+	if v[0] == '"' || v[0] == 't' || v[0] == 'f' || v[0] == 'n' {
+		col.setDict(n, v)
+		return
+	}
+	f, err := parseNumber(v)
+	if err != nil { // not from ParseTelemetry: keep the text
+		col.setDict(n, v)
+		return
+	}
+	col.syms[n], col.nums[n] = symNumber, f
+	if r != nil {
+		for len(c.hours) <= i {
+			c.hours = append(c.hours, hourSlot{})
+		}
+		r.addTo(&c.hours[i], c.device, col.name, ts, f, c.used)
+	}
 }
 
 // metricName decodes a raw JSON key (without its quotes).

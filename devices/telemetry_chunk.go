@@ -90,8 +90,8 @@ type chunkCol struct {
 	// next).
 	dictIdx  map[string]uint32
 	lastDict uint32
-	// plain: the writer's column whose name has no backslash (a raw
-	// key equal to it has no escapes).
+	// plain: the writer's column whose name has no backslash and no
+	// quote (its raw key is the name itself, without escapes).
 	plain bool
 }
 
@@ -107,7 +107,7 @@ func (c *chunkData) colIndex(name string, idx map[string]int) int {
 		return i
 	}
 	idx[name] = len(c.cols)
-	col := chunkCol{name: name, plain: strings.IndexByte(name, '\\') < 0}
+	col := chunkCol{name: name, plain: !strings.ContainsAny(name, `\"`)}
 	if c.spare != nil {
 		col.syms, col.nums = c.spare.col(len(c.ts), cap(c.ts))
 	}

@@ -183,37 +183,56 @@ func TestMetricNamesFilter(t *testing.T) {
 }
 
 // TestMetricNamesKeysMemo: a sample with the keys of the device's last
-// fully known sample passes without hashing, and the memo never lets a
-// new name past the cap: not as a prefix, a suffix, a reordering or an
+// fully known sample passes without hashing each name (with its keys'
+// hash, as the parser gives it, without a lock), and the memo never lets
+// a new name past the cap: not as a prefix, a suffix, a reordering or an
 // escape of a known key.
 func TestMetricNamesKeysMemo(t *testing.T) {
-	m := newMetricNames()
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i := range MaxDeviceMetrics - 2 {
-		fmt.Fprintf(&b, `"k%d":%d,`, i, i)
-	}
-	b.WriteString(`"a\"b":1,"ab":2}`)
-	if _, n := m.filter("d", b.Bytes()); n != 0 {
-		t.Fatalf("refused %d", n)
-	}
-	for _, tc := range []struct {
-		in      string
-		refused int
-	}{
-		{`{"a\"b":1,"ab":2}`, 0},
-		{`{"a\"b":3,"ab":"x"}`, 0},        // same keys, memo
-		{`{"ab":3,"a\"b":4}`, 0},          // reordered: known all the same
-		{`{"a\"b":1,"ab":2,"c":3}`, 1},    // one more
-		{`{"a\"b":1}`, 0},                 // a prefix of the memo
-		{`{"a\"b":1,"abc":2}`, 1},         // a key longer than the memo's
-		{`{"a\"b":1,"a":2}`, 1},           // shorter
-		{`{"a\"b":1,"ab":2,"k0":0}`, 0},   // known
-		{`{"a\"b":1,"ab":2,"k0\"":0}`, 1}, // new
-	} {
-		got, n := m.filter("d", []byte(tc.in))
-		if n != tc.refused || (n == 0) != (string(got) == tc.in) {
-			t.Errorf("filter(%s) = %s, %d refused; want %d", tc.in, got, n, tc.refused)
+	for _, hashed := range []bool{false, true} {
+		m := newMetricNames()
+		filter := func(obj []byte) ([]byte, int, uint64) {
+			h := uint64(0)
+			if hashed {
+				h = keysHash(obj)
+			}
+			return m.filterKeys("d", obj, h)
+		}
+		var b bytes.Buffer
+		b.WriteByte('{')
+		for i := range MaxDeviceMetrics - 2 {
+			fmt.Fprintf(&b, `"k%d":%d,`, i, i)
+		}
+		b.WriteString(`"a\"b":1,"ab":2}`)
+		if _, n, _ := filter(b.Bytes()); n != 0 {
+			t.Fatalf("refused %d", n)
+		}
+		var memo uint64
+		for _, tc := range []struct {
+			in      string
+			refused int
+			same    bool // the keys of the sample before
+		}{
+			{`{"a\"b":1,"ab":2}`, 0, false},
+			{`{"a\"b":3,"ab":"x"}`, 0, true},         // same keys, memo
+			{`{"ab":3,"a\"b":4}`, 0, false},          // reordered: known all the same
+			{`{"a\"b":1,"ab":2,"c":3}`, 1, false},    // one more
+			{`{"a\"b":1}`, 0, false},                 // a prefix of the memo
+			{`{"a\"b":1,"abc":2}`, 1, false},         // a key longer than the memo's
+			{`{"a\"b":1,"a":2}`, 1, false},           // shorter
+			{`{"a\"b":1,"ab":2,"k0":0}`, 0, false},   // known
+			{`{"a\"b":1,"ab":2,"k0\"":0}`, 1, false}, // new
+			{`{"a\"b":5,"ab":6,"k0":7}`, 0, true},    // the memo again
+		} {
+			got, n, version := filter([]byte(tc.in))
+			if n != tc.refused || (n == 0) != (string(got) == tc.in) {
+				t.Errorf("hashed %v: filter(%s) = %s, %d refused; want %d", hashed, tc.in, got, n, tc.refused)
+			}
+			if (n == 0) != (version != 0) || tc.same != (version == memo) {
+				t.Errorf("hashed %v: filter(%s): keys version %d after %d", hashed, tc.in, version, memo)
+			}
+			if n == 0 {
+				memo = version
+			}
 		}
 	}
 }

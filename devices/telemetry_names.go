@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // MaxDeviceMetrics is the most distinct metric names one device keeps
@@ -18,13 +19,21 @@ const MaxDeviceMetrics = 1024
 // sorted 64-bit hashes (8 bytes a name, at most MaxDeviceMetrics a
 // device), so that Add decides without SQLite. It starts from the keys of
 // the devices' last_values, which hold every name a device ever stored.
+//
+// A device publishing the keys of its last fully known sample again (what
+// a device usually does) passes without a lock: per holds each device's
+// *deviceNames (sync.Map: reads take no lock), whose memo of keys is
+// known by the keys' hash, which the parser gives (Sample.keys), and read
+// under a sequence count (keysMemo). Everything else (new keys, new
+// names, refusals) takes mu.
 type metricNames struct {
 	seed maphash.Seed
 
-	// mu guards per and versions.
+	// mu serialises the changes of per, of each deviceNames' hs and
+	// keys, and of versions.
 	mu       sync.Mutex
-	per      map[string]*deviceNames
-	versions uint64 // the last keys version given
+	per      sync.Map // device id → *deviceNames
+	versions uint64   // the last keys version given
 }
 
 // deviceNames is one device's names: their sorted hashes, and the keys
@@ -32,16 +41,56 @@ type metricNames struct {
 // one with the same keys (what a device usually sends) is let through
 // without hashing each.
 type deviceNames struct {
-	hs      []uint64
-	keys    []byte // per key: its length (2 bytes), its raw bytes
-	version uint64 // of keys (metricNames.versions); 0 when keys is nil
+	hs   []uint64
+	keys []byte // per key: its length (2 bytes), its raw bytes
+	// memo is the hash (keysHash) and version (metricNames.versions) of
+	// keys, both 0 when keys is nil, read without mu.
+	memo keysMemo
+}
+
+// keysMemo is a device's memo's hash and version, set under
+// metricNames.mu and read without it: seq is odd while they change, so a
+// reader that sees the same even seq before and after read both of one
+// memo (a sequence lock; the next memo is the next version, never
+// reused).
+type keysMemo struct {
+	seq, hash, version atomic.Uint64
+}
+
+// get returns the version of the memo if its hash is hash, else 0.
+func (k *keysMemo) get(hash uint64) uint64 {
+	seq := k.seq.Load()
+	if seq&1 != 0 || k.hash.Load() != hash {
+		return 0
+	}
+	v := k.version.Load()
+	if k.seq.Load() != seq {
+		return 0
+	}
+	return v
+}
+
+// set sets the memo (under metricNames.mu).
+func (k *keysMemo) set(hash, version uint64) {
+	k.seq.Add(1)
+	k.hash.Store(hash)
+	k.version.Store(version)
+	k.seq.Add(1)
 }
 
 // maxKeysMemo is the longest keys memo kept per device.
 const maxKeysMemo = 1024
 
 func newMetricNames() *metricNames {
-	return &metricNames{seed: maphash.MakeSeed(), per: map[string]*deviceNames{}}
+	return &metricNames{seed: maphash.MakeSeed()}
+}
+
+// device returns device's names, or nil.
+func (m *metricNames) device(device string) *deviceNames {
+	if v, ok := m.per.Load(device); ok {
+		return v.(*deviceNames)
+	}
+	return nil
 }
 
 // load reads every device's known names from its last values.
@@ -53,7 +102,7 @@ func (m *metricNames) load(ctx context.Context, last LastValues) error {
 		var hs []uint64
 		eachMember(obj, func(k, _ []byte) { hs = append(hs, maphash.Bytes(m.seed, k)) })
 		slices.Sort(hs)
-		m.per[id] = &deviceNames{hs: slices.Compact(hs)}
+		m.per.Store(id, &deviceNames{hs: slices.Compact(hs)})
 	})
 	if err != nil {
 		return fmt.Errorf("telemetry: metric names: %w", err)
@@ -65,7 +114,7 @@ func (m *metricNames) load(ctx context.Context, last LastValues) error {
 // only the metrics device may store, recording the new names that fit,
 // and the number of metrics refused; nil when none is left.
 func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
-	out, refused, _ := m.filterKeys(device, obj)
+	out, refused, _ := m.filterKeys(device, obj, 0)
 	return out, refused
 }
 
@@ -73,13 +122,24 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 // samples with the same version, other than 0, have the same keys in the
 // same order (then the writer need not merge their last values member
 // by member). A version names one memo of one device: it is never given
-// to other keys.
-func (m *metricNames) filterKeys(device string, obj []byte) (_ []byte, refused int, version uint64) {
+// to other keys. hash is keysHash(obj) (Sample.keys), or 0 if not known:
+// a sample whose hash is its device's memo's passes without a lock and
+// without reading its keys. (Keys are told apart by their 64-bit hash
+// there, as names are in hs: with a seed drawn at start-up, two key lists
+// of one device colliding is a chance of about 2^-64 a sample.)
+func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []byte, refused int, version uint64) {
+	if hash != 0 {
+		if dn := m.device(device); dn != nil {
+			if v := dn.memo.get(hash); v != 0 {
+				return obj, 0, v
+			}
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	dn := m.per[device]
-	if dn != nil && dn.keys != nil && sameKeys(obj, dn.keys) {
-		return obj, 0, dn.version
+	dn := m.device(device)
+	if dn != nil && dn.keys != nil && hash == 0 && sameKeys(obj, dn.keys) {
+		return obj, 0, dn.memo.version.Load()
 	}
 	var hs []uint64
 	if dn != nil {
@@ -117,19 +177,24 @@ func (m *metricNames) filterKeys(device string, obj []byte) (_ []byte, refused i
 	})
 	if dn == nil && (added || refused == 0) {
 		dn = &deviceNames{}
-		m.per[device] = dn
+		m.per.Store(device, dn)
 	}
 	if added {
 		dn.hs = hs
 	}
 	switch {
 	case refused == 0:
-		dn.keys, dn.version = appendKeys(dn.keys[:0], obj), 0
-		if dn.keys != nil {
-			m.versions++
-			dn.version = m.versions
+		dn.keys = appendKeys(dn.keys[:0], obj)
+		if dn.keys == nil {
+			dn.memo.set(0, 0)
+			return obj, 0, 0
 		}
-		return obj, 0, dn.version
+		if hash == 0 {
+			hash = keysHash(obj)
+		}
+		m.versions++
+		dn.memo.set(hash, m.versions)
+		return obj, 0, m.versions
 	case kept == 0:
 		return nil, refused, 0
 	}
@@ -196,6 +261,56 @@ func sameKeys(obj, keys []byte) bool {
 // under its id starts clean).
 func (m *metricNames) forget(device string) {
 	m.mu.Lock()
-	delete(m.per, device)
+	m.per.Delete(device)
 	m.mu.Unlock()
+}
+
+// keysSeed seeds keysHash; drawn at start-up.
+var keysSeed = maphash.MakeSeed()
+
+// keysHash is a hash of the raw keys of obj (a compact object as
+// ParseTelemetry writes it), in order; never 0 (which says "no hash"):
+// the seeded maphash of each key's length (2 bytes) and bytes, one after
+// the other.
+func keysHash(obj []byte) uint64 {
+	var h keysHasher
+	eachMember(obj, func(k, _ []byte) { h.add(k) })
+	return h.sum(obj)
+}
+
+// keysHasher makes keysHash one key at a time (compactObject adds the
+// names as it reads them), in one call to maphash for a sample's usual
+// few keys: they are gathered in buf, a byte at a time (they are short).
+type keysHasher struct {
+	buf  [128]byte
+	n    int
+	over bool // the keys did not fit in buf
+}
+
+func (h *keysHasher) add(k []byte) {
+	if h.over || h.n+2+len(k) > len(h.buf) {
+		h.over = true
+		return
+	}
+	h.buf[h.n], h.buf[h.n+1] = byte(len(k)>>8), byte(len(k))
+	dst := h.buf[h.n+2 : h.n+2+len(k)]
+	for i := range dst {
+		dst[i] = k[i]
+	}
+	h.n += 2 + len(k)
+}
+
+// sum returns the hash of the keys added, which are obj's.
+func (h *keysHasher) sum(obj []byte) uint64 {
+	if !h.over {
+		return max(maphash.Bytes(keysSeed, h.buf[:h.n]), 1)
+	}
+	// Written to a maphash.Hash, the same bytes hash the same.
+	var mh maphash.Hash
+	mh.SetSeed(keysSeed)
+	eachMember(obj, func(k, _ []byte) {
+		mh.Write([]byte{byte(len(k) >> 8), byte(len(k))})
+		mh.Write(k)
+	})
+	return max(mh.Sum64(), 1)
 }

@@ -91,10 +91,10 @@ func (m *metricNames) merge(device string, obj []byte) {
 	eachMember(obj, func(k, _ []byte) { hs = append(hs, maphash.Bytes(m.seed, k)) })
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	dn := m.per[device]
+	dn := m.device(device)
 	if dn == nil {
 		dn = &deviceNames{}
-		m.per[device] = dn
+		m.per.Store(device, dn)
 	}
 	// Names are only added: the keys memo stays right.
 	hs = append(hs, dn.hs...)

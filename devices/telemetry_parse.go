@@ -49,6 +49,10 @@ type Sample struct {
 	JSON []byte
 	// N is the number of metrics.
 	N int
+	// keys is keysHash(JSON), or 0 when not computed (a Sample made by
+	// hand): the metric-name check knows a device's usual keys by it
+	// without reading them again (metricNames.filterKeys).
+	keys uint64
 }
 
 // Values decodes the metrics: each a float64, a bool or a string.
@@ -90,8 +94,8 @@ func parseTelemetry(payload []byte, shared bool) (Sample, error) {
 		return Sample{}, fmt.Errorf("%w: %d bytes (at most %d)", ErrTelemetryTooLarge, len(payload), MaxTelemetryPayload)
 	}
 	if shared {
-		if n, ok := compactObject(payload); ok {
-			return Sample{JSON: payload[:len(payload):len(payload)], N: n}, nil
+		if n, h, ok := compactObject(payload); ok {
+			return Sample{JSON: payload[:len(payload):len(payload)], N: n, keys: h}, nil
 		}
 	}
 	p := parser{b: payload}
@@ -113,7 +117,7 @@ func parseTelemetry(payload []byte, shared bool) (Sample, error) {
 		return Sample{}, ErrTelemetryEmpty
 	}
 	f.out = append(f.out, '}')
-	s := Sample{TS: f.ts, N: len(f.names)}
+	s := Sample{TS: f.ts, N: len(f.names), keys: keysHash(f.out)}
 	if shared && string(f.out) == string(payload) {
 		s.JSON = payload[:len(payload):len(payload)]
 	} else {
@@ -128,53 +132,56 @@ func parseTelemetry(payload []byte, shared bool) (Sample, error) {
 // strings without escapes. It returns the number of metrics; ok is false
 // for any other payload, which parseTelemetry then reads in full (and
 // refuses if it must): what compactObject accepts, parseTelemetry
-// accepts and copies unchanged (FuzzParseTelemetry).
-func compactObject(b []byte) (n int, ok bool) {
+// accepts and copies unchanged (FuzzParseTelemetry). h is keysHash(b),
+// folded in as the names are read.
+func compactObject(b []byte) (n int, h uint64, ok bool) {
 	if len(b) < 2 || b[0] != '{' {
-		return 0, false
+		return 0, 0, false
 	}
+	var kh keysHasher
 	var names [16][]byte
 	p := parser{b: b, i: 1}
 	for {
 		name, ok := p.asciiString(0x7f) // checkName refuses DEL too
 		if !ok || len(name) == 0 || len(name) > MaxMetricName || string(name) == "ts" || n == len(names) {
-			return 0, false
+			return 0, 0, false
 		}
 		for _, m := range names[:n] {
 			if string(m) == string(name) {
-				return 0, false
+				return 0, 0, false
 			}
 		}
 		names[n] = name
 		n++
+		kh.add(name)
 		if !p.eat(':') || p.i >= len(b) {
-			return 0, false
+			return 0, 0, false
 		}
 		switch c := b[p.i]; {
 		case c == '"':
 			if s, ok := p.asciiString(0x80); !ok || len(s) > MaxMetricString {
-				return 0, false
+				return 0, 0, false
 			}
 		case c == 't':
 			if !p.literal("true") {
-				return 0, false
+				return 0, 0, false
 			}
 		case c == 'f':
 			if !p.literal("false") {
-				return 0, false
+				return 0, 0, false
 			}
 		case c == '-' || c >= '0' && c <= '9':
 			if _, err := p.number(false); err != nil {
-				return 0, false
+				return 0, 0, false
 			}
 		default:
-			return 0, false
+			return 0, 0, false
 		}
 		if p.eat('}') {
-			return n, p.i == len(b)
+			return n, kh.sum(b), p.i == len(b)
 		}
 		if !p.eat(',') {
-			return 0, false
+			return 0, 0, false
 		}
 	}
 }
@@ -229,7 +236,8 @@ func ParseTelemetryValue(name string, payload []byte) (Sample, error) {
 	out = appendJSONString(out, name)
 	out = append(out, ':')
 	out = append(out, num...)
-	return Sample{JSON: append(out, '}'), N: 1}, nil
+	out = append(out, '}')
+	return Sample{JSON: out, N: 1, keys: keysHash(out)}, nil
 }
 
 // flat is the state of one flattening parse.

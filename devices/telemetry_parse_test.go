@@ -126,6 +126,11 @@ func FuzzParseTelemetry(f *testing.F) {
 		if (err == nil) != (shErr == nil) || string(sh.JSON) != string(s.JSON) || sh.N != s.N || !sh.TS.Equal(s.TS) {
 			t.Fatalf("%q: shared parse %q %v, parse %q %v", in, sh.JSON, shErr, s.JSON, err)
 		}
+		// Both hash the keys they give as keysHash does, which the
+		// metric-name check's memo is matched by.
+		if err == nil && (s.keys != keysHash(s.JSON) || sh.keys != s.keys) {
+			t.Fatalf("%q: keys hashed %x (shared %x), keysHash %x", in, s.keys, sh.keys, keysHash(s.JSON))
+		}
 		if len(s.JSON) > 0 && &s.JSON[0] == &in[0] {
 			t.Fatalf("%q: ParseTelemetry shares the payload", in)
 		}
