@@ -300,7 +300,7 @@ func TestFlowWindowsFitNATSPending(t *testing.T) {
 	sub := testmqtt.Client(t, b.addr, "pending-sub", true, false, func(m paho.Message) {})
 	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("pending/#", 1, nil))
 	waitRoute(t, a, b, "pending/x")
-	// 20 MiB outstanding towards p2, nothing of it acknowledged.
+	// 10 MiB outstanding towards p2, nothing of it acknowledged.
 	w := (*a.node.peers.Load())["p2"].win
 	w.mu.Lock()
 	w.sent, w.sentBytes = 1, windowBytes(2)
