@@ -34,8 +34,8 @@ import (
 // node's injection for up to broker.WaitRounds rounds as it drains) or
 // that it is taking in other nodes' messages (its bus reader is behind,
 // and this node's messages wait behind theirs), or acknowledges anything
-// (it takes in, slowly, and other publishers took the room),
-// at most broker.WaitRounds in all. A wait that times out marks the window stuck
+// (it takes in, slowly, and other publishers took the room), at most
+// broker.WaitRounds in all. A wait that times out marks the window stuck
 // (counted): nobody waits for it again until an acknowledgement comes
 // back, so a node that stopped answering costs each publisher at most
 // one wait. The broker's own publishes and wills never wait. A node that
