@@ -43,7 +43,12 @@ import (
 // (TestFlowWaitGoesOnWhileAcknowledged, TestFlowWaitGoesOnWhileTakingIn),
 // and the server counting a write's bytes as pending until the write
 // ended while the windows refilled, more than max_pending
-// (TestBusSlowReaderWithinMaxPending).
+// (TestBusSlowReaderWithinMaxPending). Left: once at load 16 with busy
+// loops beside, 97 acknowledged messages were never sent to node3
+// (node1 and node2 sent 1,903, node3 took in 1,903; nothing counted as
+// dropped, no wait or connection lost): not yet explained (node3 heard
+// the others' beats again after gaps, its reader behind; a node that
+// forgets another stops forwarding to it).
 func TestClusterFlowControl(t *testing.T) {
 	runFlow(t, startCluster(t, 3, nil), 256<<10, 250, 2*time.Millisecond)
 }
