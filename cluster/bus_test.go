@@ -1,9 +1,12 @@
 package cluster
 
 import (
+	"cmp"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,10 +61,99 @@ func TestBusSlowReaderKeepsConnection(t *testing.T) {
 	}
 }
 
-// slowReader reads at most 16 KiB each 10 ms.
-type slowReader struct{ net.Conn }
+// TestBusSlowReaderWithinMaxPending: two nodes send large messages as
+// fast as their windows let them to a third whose bus reader is slow (the
+// process starved of CPU). The NATS server counts what one write to the
+// node carries as pending until the whole write ends, while the node,
+// reading it, acknowledges and the windows refill: it can count twice
+// what the windows and durable requests hold. Counted so, it stays below
+// max_pending: the server never closes the node's connection as a slow
+// consumer (which loses what it held) and every acknowledged message
+// arrives. With 40 MiB of windows towards one node, as before, the
+// server counted up to 64 MiB and closed it (every run, 5: 198 to 256 of
+// 384 delivered; TestClusterFlowControl at the default wait lost 142 to
+// 295 of 2,000 messages so in 3 of 4 runs at load 12-14). The reader
+// takes 16 KiB each 500 µs at most; under the race detector on a loaded
+// machine the node reads a few MB a second, so that one write of the
+// windows takes seconds, and a node's messages behind another's window
+// wait longer than a round for an acknowledgement (the node's notices
+// that it is taking in keep their publishers waiting).
+func TestBusSlowReaderWithinMaxPending(t *testing.T) {
+	a := startNodeWith(t, Options{Node: "m1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: time.Second})
+	b := startNodeWith(t, Options{Node: "m2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: time.Second})
+	c := startNodeWith(t, Options{Node: "m3", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: time.Second,
+		busConn: func(c net.Conn) net.Conn { return &slowReader{Conn: c, every: 500 * time.Microsecond} }})
+	waitMesh(t, []*testNode{a, b, c})
+	var got inbox
+	sub := testmqtt.Client(t, c.addr, "pending-sub", true, false, got.add)
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("pending/#", 1, nil))
+	waitRoute(t, a, c, "pending/x")
+	waitRoute(t, b, c, "pending/x")
+
+	// The most the server counted as pending for m3's connection.
+	var peak atomic.Int64
+	done := make(chan struct{})
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		for {
+			if cz, err := c.node.ns.Connz(nil); err == nil {
+				for _, ci := range cz.Conns {
+					if int64(ci.Pending) > peak.Load() {
+						peak.Store(int64(ci.Pending))
+					}
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	// 96 MiB from 6 publishers on two nodes, 256 KiB a message.
+	const publishers, each, size = 6, 64, 256 << 10
+	var toks []paho.Token
+	for i := range publishers {
+		pub := testmqtt.Client(t, []*testNode{a, b}[i%2].addr, fmt.Sprintf("pending-pub-%d", i), true, false, nil)
+		for j := range each {
+			buf := make([]byte, size)
+			binary.BigEndian.PutUint64(buf, uint64(i*each+j))
+			toks = append(toks, pub.Publish(fmt.Sprintf("pending/%d", i), 1, false, buf))
+		}
+	}
+	for _, tok := range toks {
+		testmqtt.WaitToken(t, "publish", tok)
+	}
+	status := func() string {
+		return fmt.Sprintf("m3's bus connection lost %v times; the server counted up to %d bytes pending for it, max_pending %d; flow waits timed out %v, %v",
+			c.node.BusLost(), peak.Load(), natsMaxPending, testmqtt.Counter(t, a.node.m.flowTimeouts), testmqtt.Counter(t, b.node.m.flowTimeouts))
+	}
+	testmqtt.CheckFor(t, 60*time.Second, func() error {
+		seen := map[uint64]bool{}
+		for _, m := range got.all() {
+			seen[binary.BigEndian.Uint64(m.Payload())] = true
+		}
+		if len(seen) < len(toks) {
+			return fmt.Errorf("%d of %d acknowledged messages delivered (%s)", len(seen), len(toks), status())
+		}
+		return nil
+	})
+	close(done)
+	<-polled
+	if c.node.BusLost() != 0 {
+		t.Errorf("%s", status())
+	}
+	t.Logf("%s", status())
+}
+
+// slowReader reads at most 16 KiB each 10 ms, or each every.
+type slowReader struct {
+	net.Conn
+	every time.Duration
+}
 
 func (c *slowReader) Read(p []byte) (int, error) {
-	time.Sleep(10 * time.Millisecond)
+	time.Sleep(cmp.Or(c.every, 10*time.Millisecond))
 	return c.Conn.Read(p[:min(len(p), 16<<10)])
 }

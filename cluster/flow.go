@@ -27,14 +27,15 @@ import (
 // flowAckDelay when the sender asks for it (the message's window is half
 // used). A client's publish (any QoS, as a local subscriber holds back
 // its publishers at any QoS) whose stream has flowWindow messages or
-// windowBytes (at most flowWindowBytes) outstanding waits, on the
-// publisher's goroutine after its acknowledgement, for credit:
-// Options.FlowWait (mqtt.backpressure_wait), and another such round
-// while the receiving node says that it is held back by a slow
-// subscriber (heldNotices: a slow subscriber holds its node's injection
-// for up to broker.WaitRounds rounds as it drains) or acknowledges
-// anything (it takes in, slowly, and other publishers took the room),
-// at most broker.WaitRounds in all. A wait that times out marks the window stuck
+// windowBytes outstanding waits, on the publisher's goroutine after its
+// acknowledgement, for credit: Options.FlowWait (mqtt.backpressure_wait),
+// and another such round while the receiving node says that it is held
+// back by a slow subscriber (heldNotices: a slow subscriber holds its
+// node's injection for up to broker.WaitRounds rounds as it drains) or
+// that it is taking in other nodes' messages (its bus reader is behind,
+// and this node's messages wait behind theirs), or acknowledges anything
+// (it takes in, slowly, and other publishers took the room), at most
+// broker.WaitRounds in all. A wait that times out marks the window stuck
 // (counted): nobody waits for it again until an acknowledgement comes
 // back, so a node that stopped answering costs each publisher at most
 // one wait. The broker's own publishes and wills never wait. A node that
@@ -48,20 +49,26 @@ import (
 // natsMaxPending bytes for a connection that has not read them yet, and
 // closes a connection past that as a slow consumer, losing what it held
 // (the receiving node reconnects; those messages, acknowledged to their
-// publishers, are gone). Every other node's window towards one node can
+// publishers, are gone). And it counts what one write to the connection
+// carries as pending until the whole write ends, which to a slow reader
+// takes seconds: meanwhile the node reads it, acknowledges, and the
+// windows refill, so the server may count twice what the windows and
+// durable requests hold. Every other node's window towards one node can
 // be full at once, so each window holds at most flowPendingBudget
-// divided among the other nodes (windowBytes): 20 MiB with two others,
-// 5 MiB with eight; the durable requests in flight, which are not part
-// of a stream (durable.go), at most durablePendingBudget divided likewise
-// (durableBytes): 4 MiB and 1 MiB. (At 32 MiB each, two nodes sending
-// large messages to a third whose bus reader fell behind on a loaded
-// machine overfilled it: TestClusterFlowControl lost 215 and 382 of
-// 2,000 messages in 2 of 16 runs, counted nowhere.)
+// divided among the other nodes (windowBytes): 20 MiB with one other,
+// 10 MiB with two, 2.5 MiB with eight; the durable requests in flight,
+// which are not part of a stream (durable.go), at most
+// durablePendingBudget divided likewise (durableBytes): 4 MiB, 2 MiB and
+// 512 KiB; twice both is three quarters of natsMaxPending. (With twice
+// that, 40 MiB of windows towards one node of three, the server counted
+// up to 80 MiB for a node whose reader was slow and closed its
+// connection: TestClusterFlowControl at the default wait, on a loaded
+// machine, lost 142 to 295 of 2,000 messages in 3 of 4 runs;
+// TestBusSlowReaderWithinMaxPending.)
 const (
-	flowWindow      = 8192
-	flowWindowBytes = 32 << 20
-	flowAckEvery    = 512
-	flowAckDelay    = 2 * time.Millisecond
+	flowWindow   = 8192
+	flowAckEvery = 512
+	flowAckDelay = 2 * time.Millisecond
 
 	// natsMaxPending is the NATS server's max_pending: its default,
 	// which the embedded server keeps and an external server should
@@ -69,17 +76,17 @@ const (
 	natsMaxPending = 64 << 20
 	// flowPendingBudget is what all windows towards one node may hold
 	// together, and durablePendingBudget what all durable requests
-	// towards it may (durable.go): room is left for acknowledgements,
-	// answers, beats and messages that do not wait (the broker's own,
-	// wills).
-	flowPendingBudget    = natsMaxPending * 5 / 8
-	durablePendingBudget = natsMaxPending / 8
+	// towards it may (durable.go): counted twice, they leave a quarter
+	// of natsMaxPending for acknowledgements, answers, beats and
+	// messages that do not wait (the broker's own, wills).
+	flowPendingBudget    = natsMaxPending * 5 / 16
+	durablePendingBudget = natsMaxPending / 16
 )
 
 // windowBytes is the byte bound of each window when there are peers
 // other nodes: their windows towards any one node fit the budget.
 func windowBytes(peers int) uint64 {
-	return uint64(min(flowWindowBytes, flowPendingBudget/max(peers, 1)))
+	return uint64(flowPendingBudget / max(peers, 1))
 }
 
 // durableBytes bounds the bytes of this node's durable requests in
@@ -95,6 +102,9 @@ const hdrSeq = "Tether-Seq"
 
 // subjAck + node: acknowledgements of what that node sent.
 const subjAck = "tether.ack."
+
+// subjTaking: a node says that it is taking in messages (heldNotices).
+const subjTaking = "tether.taking"
 
 // flowAck acknowledges a stream up to Seq (and Bytes, cumulative).
 type flowAck struct {
@@ -300,7 +310,18 @@ func (n *Node) onAck(m *nats.Msg) {
 		return
 	}
 	p := (*n.peers.Load())[a.Node]
-	if p == nil || p.win == nil || p.win.stream != a.Stream {
+	if p == nil || p.win == nil {
+		return
+	}
+	if m.Subject == subjTaking {
+		// The node is taking in (others' messages, ahead of this
+		// node's): like a held notice.
+		p.win.mu.Lock()
+		p.win.helds++
+		p.win.mu.Unlock()
+		return
+	}
+	if p.win.stream != a.Stream {
 		return // a stream of before
 	}
 	w := p.win
@@ -395,7 +416,15 @@ func (n *Node) ack(origin string, in *inbound) {
 // taken messages of is acknowledged with Held, so that their publishers
 // wait for credit another round instead of taking this node for stuck
 // and sending past their window (which the NATS server, holding more
-// than its max_pending for this node, would drop).
+// than its max_pending for this node, would drop). Each quarter of a
+// round in which it injected anything, it tells every node that it is
+// taking in (subjTaking), which counts as a held notice: when its bus
+// reader is behind (the process starved of CPU), a node whose messages
+// wait behind another's window hears nothing of its own stream for
+// longer than a round, and would otherwise take it for stuck likewise
+// (TestBusSlowReaderWithinMaxPending: at load average 11, under the race
+// detector, a first round without an acknowledgement, 2 to 5 waits timed
+// out a run and the server closed the node's connection).
 func (n *Node) heldNotices() {
 	defer n.wg.Done()
 	t := time.NewTicker(max(n.flowWait/4, time.Millisecond))
@@ -408,8 +437,12 @@ func (n *Node) heldNotices() {
 		case <-t.C:
 		}
 		done := n.injections.Load()
-		if done != last || !n.holding.Load() {
+		if done != last {
 			last = done
+			n.publishJSON(subjTaking, flowAck{Node: n.name})
+			continue
+		}
+		if !n.holding.Load() {
 			continue
 		}
 		f := &n.inflow

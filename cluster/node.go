@@ -314,6 +314,7 @@ func (n *Node) subscribe() error {
 		{subjClaim, n.onClaim},
 		{subjRetained + n.name, n.onRetainedWanted},
 		{subjAck + n.name, n.onAck},
+		{subjTaking, n.onAck},
 	} {
 		sub, err := n.nc.Subscribe(s.subject, s.fn)
 		if err != nil {

@@ -33,6 +33,9 @@ import (
 // messages cross with three nodes).
 // TETHER_MEASURE_RATE: messages/s per publisher (default 0: as fast as
 // the window allows; e.g. 500 gives the unloaded latency).
+// TETHER_MEASURE_PAYLOAD: bytes a message (default 64; a window's byte
+// bound holds back messages of more than 1,280 bytes before its count
+// with three nodes).
 // TETHER_MEASURE_PERSISTENT=1: the subscribers' sessions are persistent
 // (clean session false): a QoS 1 message for one on another node is
 // committed there before its PUBACK (the durable wait, cluster/durable.go).
@@ -55,6 +58,10 @@ func TestMeasureCluster(t *testing.T) {
 	if s := os.Getenv("TETHER_MEASURE_RATE"); s != "" {
 		rate, _ = strconv.Atoi(s)
 	}
+	payload := 64
+	if s := os.Getenv("TETHER_MEASURE_PAYLOAD"); s != "" {
+		payload, _ = strconv.Atoi(s)
+	}
 	fanin := os.Getenv("TETHER_MEASURE_SCENARIO") == "fanin"
 	persistent := os.Getenv("TETHER_MEASURE_PERSISTENT") != ""
 	for _, nodes := range []int{1, 3} {
@@ -65,9 +72,9 @@ func TestMeasureCluster(t *testing.T) {
 			} else {
 				apps = startCluster(t, nodes, nil)
 			}
-			r := measurePairs(t, apps, pairs, window, rate, fanin, persistent, time.Duration(seconds)*time.Second)
-			t.Logf("persistent=%v fanin=%v nodes=%d pairs=%d window=%d qos=1: %.0f msg/s, latency p50 %v p99 %v, CPU %.1f µs/msg, bus messages %.0f, dropped %d (bus %.0f), flow waits %.0f",
-				persistent, fanin, nodes, pairs, window, r.rate, r.p50, r.p99, r.cpuPerMsg, r.busMsgs, r.dropped, r.busDropped, r.flowWaits)
+			r := measurePairs(t, apps, pairs, window, rate, payload, fanin, persistent, time.Duration(seconds)*time.Second)
+			t.Logf("persistent=%v fanin=%v nodes=%d pairs=%d window=%d payload=%d qos=1: %.0f msg/s, latency p50 %v p99 %v, CPU %.1f µs/msg, bus messages %.0f, dropped %d (bus %.0f), flow waits %.0f",
+				persistent, fanin, nodes, pairs, window, payload, r.rate, r.p50, r.p99, r.cpuPerMsg, r.busMsgs, r.dropped, r.busDropped, r.flowWaits)
 		})
 	}
 }
@@ -83,7 +90,7 @@ type pairsResult struct {
 	flowWaits  float64 // publishes held back for another node (cluster flow control)
 }
 
-func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin, persistent bool, d time.Duration) pairsResult {
+func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate, payload int, fanin, persistent bool, d time.Duration) pairsResult {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var delivered atomic.Int64
@@ -129,7 +136,7 @@ func measurePairs(t *testing.T, apps []*app, pairs, inflight, rate int, fanin, p
 		go func() {
 			defer wg.Done()
 			window := make(chan paho3.Token, inflight)
-			buf := make([]byte, 64)
+			buf := make([]byte, max(payload, 8))
 			var pace <-chan time.Time
 			if rate > 0 {
 				tick := time.NewTicker(time.Second / time.Duration(rate))

@@ -16,68 +16,41 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
-// TestClusterFlowControl: at the default window (the wait's time bound
-// raised, see below), publishers on two nodes send large QoS 1 messages
-// (2,000 × 256 KiB: 500 MiB, so that what they send without being slowed
-// down outgrows the bus subscription's buffer of 256 MiB quickly) as fast
-// as they can to one subscriber on a third node that reads slowly. The
-// publishers are held back (the bus's credit window) instead of the
-// receiving node's bus buffer overflowing: every acknowledged message
-// arrives, the bus drops nothing, the engines drop nothing.
+// TestClusterFlowControl: at the defaults, publishers on two nodes send
+// large QoS 1 messages (2,000 × 256 KiB: 500 MiB, so that what they send
+// without being slowed down outgrows the bus subscription's buffer of
+// 256 MiB quickly) as fast as they can to one subscriber on a third node
+// that reads slowly. The publishers are held back (the bus's credit
+// window) instead of the receiving node's bus buffer overflowing: every
+// acknowledged message arrives, the bus drops nothing, the engines drop
+// nothing, no bus connection is lost. The reader takes 2 ms a message:
+// about 60 a second on a quiet machine, 16-19 under the race detector
+// at load average 10-15, near the floor below which the product takes a
+// subscriber for stuck (12 messages a round of mqtt.backpressure_wait,
+// README, Flow control; kept: it bounds how far a hostile subscriber
+// that acknowledges a trickle holds the publishers back), so on a very
+// loaded machine the engine may drop at that floor, as designed (74
+// messages once in 6 runs at load 11, 2026-12-02, before the windows
+// were halved; none since in 16 runs at load 4 to 18). Until 2026-12-02
+// the test raised the wait to 30 s: at the default, node3's bus connection
+// was closed by the embedded NATS server as a slow consumer, losing what
+// it held (142 to 295 of 2,000 in 3 of 4 runs at load 12-14): a write
+// to node3 outlasting the write deadline (TestBusSlowReaderKeepsConnection),
+// waits timing out while node3 took in slowly
+// (TestFlowWaitGoesOnWhileAcknowledged, TestFlowWaitGoesOnWhileTakingIn),
+// and the server counting a write's bytes as pending until the write
+// ended while the windows refilled, more than max_pending
+// (TestBusSlowReaderWithinMaxPending). Left: once at load 16 with busy
+// loops beside, 97 acknowledged messages were never sent to node3
+// (node1 and node2 sent 1,903, node3 took in 1,903; nothing counted as
+// dropped, no wait or connection lost): not yet explained (node3 heard
+// the others' beats again after gaps, its reader behind; a node that
+// forgets another stops forwarding to it).
 func TestClusterFlowControl(t *testing.T) {
-	apps := startCluster(t, 3, func(_ int, c *configs.Config) {
-		// The wait's round (the test is about it: it is also the round a
-		// publisher waits for the window). What the product promises a
-		// slow subscriber is that it is not taken for stuck while it
-		// acknowledges, each round, an eighth of the 96 it drains from
-		// its high-water mark (192) to half: 12 messages a second at the
-		// default 1 s (README, Flow control). This reader takes 2 ms a
-		// 256 KiB message: about 60 a second on a quiet machine (2,000
-		// in 34 s), but under the race detector at load average 10-15 it
-		// averaged about 16-19 a second, at that floor, and a slower
-		// second had it marked stuck and the engine dropping at its full
-		// send queue, as designed: with the default, 3 of 3 runs lost
-		// 328, 50 and 229 of 2,000 (node3's backpressure: one timeout
-		// each; 2026-12-02, before a stuck subscriber was waited for
-		// again after 96 acknowledgements, which bounds such a loss but
-		// does not end it), and 171 once in two at load 8 (2026-12-01).
-		// Where slow ends and stuck begins is tested at the default by
-		// TestBackpressureSlowSubscriberKeepsEverything,
-		// TestBackpressureStuckSubscriberIsSkipped and
-		// TestBackpressureStuckSubscriberRecovers (broker/); at 30 s the
-		// floor is 12 a round of 30 s, below this reader's pace under any
-		// load seen, so the test is about the window alone. (After that
-		// change, at the default and load average about 11 with busy
-		// loops beside, 2 of 2 runs lost 230 and 289 another way: node3's
-		// bus connection lost twice each, no wait timing out.) Examined
-		// 2026-12-02 at the default, load 13-14 with busy loops beside:
-		// the embedded server closed node3's connection when a write to
-		// it outlasted 10 s (fixed: TestBusSlowReaderKeepsConnection),
-		// or when publishers whose room in a window other publishers
-		// took timed out and sent past it, so that it held more than
-		// max_pending for node3 (fixed: TestFlowWaitGoesOnWhileAcknowledged);
-		// and node3's subscriber was taken for stuck below the floor of
-		// 12 messages a round (kept on purpose: it bounds how far a
-		// hostile subscriber that acknowledges a trickle holds the
-		// publishers back; README, backpressure).
-		// After the first two, 3 of 4 runs at load 12-14 lost 154, 142 and
-		// 295 when the server found more than max_pending (64 MiB) queued
-		// for node3, no wait having timed out, though the windows towards
-		// it hold 40 MiB together: the server lowers its pending count by
-		// what a flush wrote only when the flush ends, and a flush of the
-		// 40 MiB to a slow reader takes over 10 s, during which node3
-		// acknowledges what it has read and the windows refill: counted
-		// twice, up to 80 MiB (the fourth lost 10 to the floor, since
-		// fixed; 2 runs at load 11 lost nothing). Not fixed yet: the
-		// windows and durable budget together must fit in half of
-		// max_pending.
-		c.MQTT.BackpressureWait = 30 * time.Second
-	})
-	runFlow(t, apps, 256<<10, 250, 2*time.Millisecond)
+	runFlow(t, startCluster(t, 3, nil), 256<<10, 250, 2*time.Millisecond)
 }
 
 // TestClusterSlowSubscriberDefaults: everything at its default, small QoS 1
@@ -191,7 +164,7 @@ func TestClusterFlowNodeKilled(t *testing.T) {
 		return nil
 	})
 	// 64 MiB: more than the subscriber's in-flight messages (the engine's
-	// high-water mark, 192), its socket and the window (32 MiB) hold.
+	// high-water mark, 192), its socket and the window (20 MiB) hold.
 	// The client's Publish blocks while its connection does not take
 	// more: publish on a goroutine of its own.
 	toks := make(chan paho3.Token, 1000)
