@@ -62,18 +62,20 @@ func Logger() *slog.Logger {
 
 // Client connects a 3.1.1 client over TCP; clean=false makes its session
 // persistent. ordered runs onMsg on paho's router goroutine in arrival
-// order. It is disconnected when the test ends.
+// order. It is disconnected when the test ends. It waits up to 20 s for
+// the CONNACK: a broker under the race detector on a loaded 2-core
+// machine has taken over 5 s to answer.
 func Client(t *testing.T, addr, id string, clean, ordered bool, onMsg func(paho.Message)) paho.Client {
 	t.Helper()
 	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
 		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
-		SetConnectTimeout(5 * time.Second).SetOrderMatters(ordered)
+		SetConnectTimeout(20 * time.Second).SetOrderMatters(ordered)
 	if onMsg != nil {
 		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMsg(m) })
 	}
 	c := paho.NewClient(o)
 	tok := c.Connect()
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect %s: %v", id, tok.Error())
 	}
 	t.Cleanup(func() { c.Disconnect(0) })
