@@ -8,6 +8,12 @@ import (
 // errChunkCorrupt is returned for a stored chunk that does not decode.
 var errChunkCorrupt = errors.New("telemetry chunk: corrupt")
 
+// errChunkNewer is returned for a stored chunk of a format version this
+// release does not know: a newer release wrote it (a cluster in a rolling
+// upgrade). It is not corrupt: the pruner leaves it for a node that reads
+// it, and a query says which it is.
+var errChunkNewer = errors.New("telemetry chunk: written by a newer release of Tether (format version unknown to this one)")
+
 // bitWriter appends bits, most significant first; done returns them.
 type bitWriter struct {
 	b   []byte

@@ -461,6 +461,9 @@ func (r *chunkReader) bytes() []byte {
 // decodeChunk decodes a chunk. With want non-nil, only the columns it
 // names are decoded (others are left out of the result).
 func decodeChunk(b []byte, want func(name string) bool) (*chunkData, error) {
+	if len(b) > 0 && b[0] > chunkVersion {
+		return nil, errChunkNewer
+	}
 	if len(b) == 0 || b[0] < 1 || b[0] > chunkVersion {
 		return nil, errChunkCorrupt
 	}

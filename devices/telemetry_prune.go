@@ -64,14 +64,22 @@ func expiredHour(cutoff time.Time) int64 {
 // between chunks. It returns how many points it deleted.
 func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, error) {
 	var total int64
+	// after is the last row read: rows a newer release wrote stay, and
+	// the next transaction reads on past them.
+	after := pruneCursor{ts: math.MinInt64}
+	kept := 0
 	for {
-		rows, points, err := t.pruneChunk(ctx, cutoff)
+		rows, points, newer, err := t.pruneChunk(ctx, cutoff, &after)
 		if err != nil {
 			return total, err
 		}
 		total += points
+		kept += newer
 		t.m.pruned.Add(float64(points))
 		if rows < int64(t.opts.PruneChunk) {
+			if kept > 0 {
+				t.log.Warn("telemetry prune: expired chunks written by a newer release of Tether left in place for a node that reads them (finish the upgrade)", "chunks", kept)
+			}
 			return total, nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -80,38 +88,52 @@ func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, e
 	}
 }
 
-// pruneChunk moves up to PruneChunk expired rows into the minute rollups
-// and deletes them, in one transaction, and returns how many rows and
-// points went.
-func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, points int64, err error) {
+// pruneCursor is where a pruning pass has read to: (ts_max, id).
+type pruneCursor struct{ ts, id int64 }
+
+// pruneChunk moves up to PruneChunk expired rows after *after into the
+// minute rollups and deletes them, in one transaction, and returns how
+// many rows it read and how many points went. A row of a chunk format
+// this release does not know (a newer release wrote it, in a cluster
+// being upgraded) is left as it is, for a node that reads it, and counted
+// in newer: deleting it would lose its points without their rollups.
+func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pruneCursor) (rows, points int64, newer int, err error) {
 	tx, err := t.db.W.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	defer tx.Rollback()
-	q := `SELECT id, device_id, data FROM telemetry_chunks WHERE ts_max < ? ORDER BY ts_max LIMIT ?`
+	q := `SELECT id, device_id, ts_max, data FROM telemetry_chunks
+		WHERE ts_max < ? AND (ts_max > ? OR (ts_max = ? AND id > ?))
+		ORDER BY ts_max, id LIMIT ?`
 	if t.db.Dialect == database.Postgres {
 		// Another node's pruner may be at the same rows: each row is
 		// folded into the minute rollups by one of them only.
 		q += ` FOR UPDATE SKIP LOCKED`
 	}
-	rs, err := tx.QueryContext(ctx, q, cutoff.UnixMilli(), t.opts.PruneChunk)
+	rs, err := tx.QueryContext(ctx, q, cutoff.UnixMilli(), after.ts, after.ts, after.id, t.opts.PruneChunk)
 	if err != nil {
-		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	r := newRollups(false, t.db.Dialect)
 	now := time.Now()
 	var ids []int64
 	for rs.Next() {
-		var id int64
+		var id, tsMax int64
 		var device string
 		var data []byte
-		if err := rs.Scan(&id, &device, &data); err != nil {
+		if err := rs.Scan(&id, &device, &tsMax, &data); err != nil {
 			rs.Close()
-			return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+			return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		}
+		rows++
+		*after = pruneCursor{ts: tsMax, id: id}
+		c, err := decodeChunk(data, nil)
+		if errors.Is(err, errChunkNewer) {
+			newer++
+			continue
 		}
 		ids = append(ids, id)
-		c, err := decodeChunk(data, nil)
 		if err != nil { // nothing to keep of it
 			t.log.Error("telemetry prune: stored chunk does not decode", "device", device, "error", err)
 			continue
@@ -128,28 +150,28 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time) (rows, poi
 	}
 	rs.Close()
 	if err := rs.Err(); err != nil {
-		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	if len(ids) == 0 {
-		return 0, 0, nil
+		return rows, 0, newer, nil
 	}
 	if err := r.write(ctx, tx); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	del, err := tx.PrepareContext(ctx, `DELETE FROM telemetry_chunks WHERE id = ?`)
 	if err != nil {
-		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	defer del.Close()
 	for _, id := range ids {
 		if _, err := del.ExecContext(ctx, id); err != nil {
-			return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+			return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
-	return int64(len(ids)), points, nil
+	return rows, points, newer, nil
 }
 
 // PruneRollupsBefore deletes the rollups of minutes and hours that began

@@ -1,15 +1,20 @@
 package devices
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tether-iot/tether/devices/database"
+	"github.com/tether-iot/tether/internal/testlog"
 )
 
 // openTestDB opens a fresh database (openBackendDB) with a registry
@@ -285,6 +290,83 @@ func TestTelemetryPrune(t *testing.T) {
 	pts, err := tel.Points(ctx, "d1", old.Add(-time.Hour), now.Add(time.Hour), 1000)
 	if err != nil || len(pts) != 50 {
 		t.Fatalf("left %d points, %v", len(pts), err)
+	}
+}
+
+// TestTelemetryPruneKeepsNewerChunks: an expired chunk of a format this
+// release does not know (a newer release wrote it: a cluster half way
+// through an upgrade) is left as it is, byte for byte, for a node that
+// reads it, and said once; the pruner reads on past it (PruneChunk rows
+// at a time) and prunes the other devices' chunks around it into their
+// minute rollups, and a second pass ends too. A chunk that does not
+// decode at all still goes. Before, the newer chunk was deleted with no
+// rollup: its points lost.
+func TestTelemetryPruneKeepsNewerChunks(t *testing.T) {
+	ctx := context.Background()
+	ids := []string{"n1", "n2", "n3", "n4", "n5", "n6"}
+	db := openTestDB(t, ids...)
+	var logs testlog.Buffer
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour, PruneChunk: 2, PruneInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	now := time.Now()
+	old := now.Add(-48 * time.Hour)
+	for _, id := range ids {
+		for i := range 10 {
+			s := mustSample(t, `{"v":1}`)
+			s.TS = old.Add(time.Duration(i) * time.Second)
+			tel.Add(id, s, now)
+		}
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	chunk := func(id string) (int64, []byte) {
+		t.Helper()
+		var row int64
+		var data []byte
+		if err := db.R.QueryRowContext(ctx, `SELECT id, data FROM telemetry_chunks WHERE device_id = ?`, id).Scan(&row, &data); err != nil {
+			t.Fatalf("%s's chunk: %v", id, err)
+		}
+		return row, data
+	}
+	set := func(row int64, data []byte) {
+		t.Helper()
+		if _, err := db.W.ExecContext(ctx, `UPDATE telemetry_chunks SET data = ? WHERE id = ?`, data, row); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newerRow, data := chunk("n3")
+	newer := append([]byte{chunkVersion + 1}, data[1:]...)
+	set(newerRow, newer)
+	badRow, data := chunk("n5")
+	set(badRow, append([]byte{0}, data[1:]...))
+
+	n, err := tel.PruneBefore(ctx, now.Add(-24*time.Hour))
+	if err != nil || n != 40 { // n1, n2, n4, n6; n5's did not decode
+		t.Fatalf("pruned %d points, %v; want 40", n, err)
+	}
+	if _, got := chunk("n3"); !bytes.Equal(got, newer) {
+		t.Fatal("the newer release's chunk changed")
+	}
+	var left int
+	if err := db.R.QueryRowContext(ctx, `SELECT count(*) FROM telemetry_chunks`).Scan(&left); err != nil || left != 1 {
+		t.Fatalf("%d chunks left, %v; want only n3's", left, err)
+	}
+	for _, id := range []string{"n1", "n2", "n4", "n6"} {
+		var minutes int
+		if err := db.R.QueryRowContext(ctx, `SELECT count(*) FROM telemetry_1m WHERE device_id = ?`, id).Scan(&minutes); err != nil || minutes == 0 {
+			t.Fatalf("%s: %d minute rollups, %v", id, minutes, err)
+		}
+	}
+	if !strings.Contains(logs.String(), "written by a newer release") || !strings.Contains(logs.String(), "chunks=1") {
+		t.Fatalf("log does not say a newer release's chunk was left:\n%s", logs.String())
+	}
+	if n, err := tel.PruneBefore(ctx, now.Add(-24*time.Hour)); err != nil || n != 0 {
+		t.Fatalf("second pass: pruned %d, %v", n, err)
+	}
+	_, err = tel.Points(ctx, "n3", old.Add(-time.Hour), now, 100)
+	if !errors.Is(err, errChunkNewer) {
+		t.Fatalf("a query over the newer chunk: %v; want errChunkNewer", err)
 	}
 }
 
