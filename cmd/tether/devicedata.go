@@ -34,10 +34,13 @@ type deviceData struct {
 // component. On error nothing is left running.
 func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, log *slog.Logger) (d *deviceData, err error) {
 	ctx := context.Background()
-	d = &deviceData{}
+	// opened, not the named result (nil once an error is returned), is
+	// what the clean-up closes.
+	opened := &deviceData{}
+	d = opened
 	defer func() {
 		if err != nil {
-			_ = d.close()
+			_ = opened.close()
 		}
 	}()
 	if d.telemetry, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{

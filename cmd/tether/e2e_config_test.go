@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tether-iot/tether/configs"
+	"github.com/tether-iot/tether/devices"
 )
 
 // TestLoadConfigLayers: defaults, then the file, then TETHER_* variables,
@@ -211,5 +212,48 @@ func TestCommands(t *testing.T) {
 	}
 	if code := run(ctx, []string{"certs", "dev", "--out", dir}, &out, &errOut); code == 0 {
 		t.Fatal("certs dev overwrote existing files without --force")
+	}
+}
+
+// TestServeRefusesNewerDatabase: on a database a newer release has
+// migrated (an older binary after a downgrade), serve stops with the
+// migration's own reason and exit code 1, for each store it opens after
+// the registry, and leaves nothing bound. Before, a refusal of the
+// telemetry, commands, twins or audit store panicked (the clean-up of the
+// half-opened stores ran on a nil pointer).
+func TestServeRefusesNewerDatabase(t *testing.T) {
+	for _, component := range []string{"registry", "telemetry", "commands", "twins", "audit", "sessions"} {
+		t.Run(component, func(t *testing.T) {
+			dir := t.TempDir()
+			file := filepath.Join(dir, "tether.db")
+			if component == "sessions" { // a file of its own
+				file = filepath.Join(dir, "sessions.db")
+			}
+			db, err := devices.OpenDBFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.W.Exec(`INSERT INTO schema_migrations(component, version) VALUES (?, 999)`, component); err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+			mqttAddr := freeAddr(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var stdout, stderr bytes.Buffer
+			code := run(ctx, []string{"serve", "--data-dir", dir, "--mqtt-addr", mqttAddr, "--http-addr", "127.0.0.1:0",
+				"--tls-addr", "off", "--https-addr", "off"}, &stdout, &stderr)
+			if code != 1 {
+				t.Fatalf("exit %d, want 1; stderr:\n%s", code, stderr.String())
+			}
+			if want := "migrate " + component + ": database is at version 999"; !strings.Contains(stderr.String(), want) {
+				t.Fatalf("stderr does not say %q:\n%s", want, stderr.String())
+			}
+			l, err := net.Listen("tcp", mqttAddr)
+			if err != nil {
+				t.Fatalf("MQTT address still in use after a refused start: %v", err)
+			}
+			l.Close()
+		})
 	}
 }
