@@ -70,6 +70,9 @@ type Options struct {
 	// subscriptions one client's session may hold; 0 for no limit. The
 	// access hook enforces it (Auth; auth_subs.go).
 	MaxSubscriptionsPerClient int
+	// MaxTopicLevels is mqtt.max_topic_levels: the levels a topic name or
+	// filter may have; 0 for no limit. The gate enforces it (levels.go).
+	MaxTopicLevels int
 	// MaxKeepalive is mqtt.max_keepalive; 0 for no maximum.
 	MaxKeepalive time.Duration
 	// ReadBufferSize and WriteBufferSize are mqtt.read_buffer_size and
@@ -109,6 +112,9 @@ func DefaultOptions() Options {
 		// Far above the dashboard's dozen or so and a device's two; a
 		// thousand filters cost a session about 3 MB.
 		MaxSubscriptionsPerClient: 1000,
+		// Real topics have a handful; each level of a filter or retained
+		// topic is a node of the engine's tree, about 600 bytes.
+		MaxTopicLevels: 32,
 	}
 }
 

@@ -43,6 +43,7 @@ func brokerOptions(cfg configs.Config) broker.Options {
 		MaxKeepalive:     m.MaxKeepalive,
 
 		MaxSubscriptionsPerClient: m.MaxSubscriptionsPerClient,
+		MaxTopicLevels:            m.MaxTopicLevels,
 
 		ReadBufferSize:  m.ReadBufferSize,
 		WriteBufferSize: m.WriteBufferSize,
