@@ -111,6 +111,9 @@ type Auth struct {
 	// throttles the log of its refusals.
 	maxSubs    int
 	subsLogged *logevery.Keys
+	// maxSessions is mqtt.max_sessions_per_user (0: none;
+	// auth_sesslimit.go).
+	maxSessions int
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
 	// retained is the retained index (the broker's RetainedLimit hook,
@@ -317,7 +320,9 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	a.evictSquatter(cl, c)
 	a.awaitPurge(cl.ID)
-	if !a.claim(cl, c) || !a.claimElsewhere(cl, c) {
+	if code := a.claim(cl, c); code == packets.ErrQuotaExceeded {
+		return a.deny(cl, code, "session_limit")
+	} else if code != packets.CodeSuccess || !a.claimElsewhere(cl, c) {
 		return a.deny(cl, packets.ErrClientIdentifierNotValid, "session_owner")
 	}
 	// The session records its owner by name (stored with it, read back

@@ -91,6 +91,9 @@ func New(opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ limitSubscriptions(int) }); ok {
 		h.limitSubscriptions(opts.MaxSubscriptionsPerClient) // it refuses the filters beyond
 	}
+	if h, ok := access.(interface{ limitSessions(int) }); ok {
+		h.limitSessions(opts.MaxSessionsPerUser) // it refuses the persistent sessions beyond
+	}
 	for _, h := range opts.Hooks {
 		if l, ok := h.(*RetainedLimit); ok {
 			if a, ok := access.(interface{ indexRetained(*RetainedLimit) }); ok {

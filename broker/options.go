@@ -70,6 +70,10 @@ type Options struct {
 	// subscriptions one client's session may hold; 0 for no limit. The
 	// access hook enforces it (Auth; auth_subs.go).
 	MaxSubscriptionsPerClient int
+	// MaxSessionsPerUser is mqtt.max_sessions_per_user: the persistent
+	// sessions a viewer or an operator may hold; 0 for no limit. The
+	// access hook enforces it (Auth; auth_sesslimit.go).
+	MaxSessionsPerUser int
 	// MaxTopicLevels is mqtt.max_topic_levels: the levels a topic name or
 	// filter may have; 0 for no limit. The gate enforces it (levels.go).
 	MaxTopicLevels int
@@ -115,6 +119,9 @@ func DefaultOptions() Options {
 		// Real topics have a handful; each level of a filter or retained
 		// topic is a node of the engine's tree, about 600 bytes.
 		MaxTopicLevels: 32,
+		// A person's scripts and integrations have a few persistent
+		// sessions; each may hold 1,000 subscriptions.
+		MaxSessionsPerUser: 100,
 	}
 }
 

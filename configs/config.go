@@ -93,6 +93,9 @@ type MQTT struct {
 	// MaxTopicLevels: levels a topic name or filter may have; 0 =
 	// unlimited.
 	MaxTopicLevels int `yaml:"max_topic_levels"`
+	// MaxSessionsPerUser: persistent sessions a viewer or an operator may
+	// hold; 0 = unlimited.
+	MaxSessionsPerUser int `yaml:"max_sessions_per_user"`
 }
 
 // HTTP configures the HTTP(S) server: dashboard, API, /mqtt, /metrics.
@@ -308,6 +311,8 @@ func Default() Config {
 			// Real topics have a handful of levels; each level of a
 			// filter or retained topic costs the engine about 600 bytes.
 			MaxTopicLevels: 32,
+			// A person's scripts and integrations have a few.
+			MaxSessionsPerUser: 100,
 		},
 		HTTP: HTTP{
 			Addr:             ":8080",
@@ -442,6 +447,7 @@ func (c *Config) Validate() error {
 		{"mqtt.max_retained_bytes_per_device", c.MQTT.MaxRetainedBytesPerDevice},
 		{"mqtt.max_subscriptions_per_client", int64(c.MQTT.MaxSubscriptionsPerClient)},
 		{"mqtt.max_topic_levels", int64(c.MQTT.MaxTopicLevels)},
+		{"mqtt.max_sessions_per_user", int64(c.MQTT.MaxSessionsPerUser)},
 	} {
 		if n.v < 0 {
 			bad(n.key, "must not be negative (0 = unlimited)")

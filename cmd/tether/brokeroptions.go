@@ -44,6 +44,7 @@ func brokerOptions(cfg configs.Config) broker.Options {
 
 		MaxSubscriptionsPerClient: m.MaxSubscriptionsPerClient,
 		MaxTopicLevels:            m.MaxTopicLevels,
+		MaxSessionsPerUser:        m.MaxSessionsPerUser,
 
 		ReadBufferSize:  m.ReadBufferSize,
 		WriteBufferSize: m.WriteBufferSize,
