@@ -112,8 +112,10 @@ type Auth struct {
 	maxSubs    int
 	subsLogged *logevery.Keys
 	// maxSessions is mqtt.max_sessions_per_user (0: none;
-	// auth_sesslimit.go).
-	maxSessions int
+	// auth_sesslimit.go); sessionsLogged throttles the log of its
+	// refusals.
+	maxSessions    int
+	sessionsLogged *logevery.Keys
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
 	// retained is the retained index (the broker's RetainedLimit hook,

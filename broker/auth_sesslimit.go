@@ -1,9 +1,12 @@
 package broker
 
 import (
+	"time"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/logevery"
 )
 
 // Persistent sessions per user (mqtt.max_sessions_per_user): a persistent
@@ -19,7 +22,7 @@ import (
 // So a viewer or an operator holds at most the bound of persistent
 // sessions, online or offline: a CONNECT that asks for one more under a
 // new client id is refused with CONNACK 0x97 quota exceeded (3.1.1: 0x03
-// server unavailable), counted in
+// server unavailable), logged at most once a minute per user, counted in
 // tether_auth_failures_total{reason="session_limit"}. Taking over one of
 // its own sessions, and a session that ends with its connection, are
 // always allowed. Admins are not held to it (they manage the broker, and
@@ -30,7 +33,10 @@ import (
 
 // limitSessions sets mqtt.max_sessions_per_user (0: no bound); broker.New
 // calls it before the engine starts.
-func (a *Auth) limitSessions(n int) { a.maxSessions = n }
+func (a *Auth) limitSessions(n int) {
+	a.maxSessions = n
+	a.sessionsLogged = logevery.New(time.Minute)
+}
 
 // persists reports whether cl's session outlives its connection, as the
 // engine decides when the connection ends.
@@ -67,7 +73,9 @@ func (a *Auth) overSessions(cl *mqtt.Client, c *conn) bool {
 	if len(held) < a.maxSessions {
 		return false
 	}
-	a.log.Info("refused a persistent session past mqtt.max_sessions_per_user", "client", cl.ID, "user", c.id.Name,
-		"sessions", len(held), "limit", a.maxSessions)
+	if a.sessionsLogged.Allow(c.id.Name, time.Now()) {
+		a.log.Info("refused a persistent session past mqtt.max_sessions_per_user (first this minute for this user)",
+			"client", cl.ID, "user", c.id.Name, "sessions", len(held), "limit", a.maxSessions)
+	}
 	return true
 }
