@@ -296,9 +296,11 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return a.deny(cl, packets.ErrClientIdentifierNotValid, "client_id")
 		}
 	} else {
-		if !a.holdLogin(cl, user) {
+		ok, end := a.holdLogin(cl, user)
+		if !ok {
 			return a.refuse(cl, user, packets.ErrConnectionRateExceeded, "throttled")
 		}
+		defer end() // once Failed or Succeeded has recorded the attempt
 		id, err := a.reg.Authenticate(context.Background(), user, pass)
 		if err != nil {
 			if !errors.Is(err, devices.ErrUnauthorized) {

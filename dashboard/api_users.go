@@ -164,10 +164,11 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request) error {
 // limiter: guessing it is slowed down exactly like guessing at login.
 func (a *API) checkCurrentPassword(r *http.Request, name, password string) error {
 	addr := a.clientIP(r)
-	if wait := a.logins.Wait(name, addr); wait > 0 {
+	if wait := a.logins.Begin(name, addr); wait > 0 {
 		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
 			Msg: "too many wrong passwords: try again later", RetryAfter: int(wait.Seconds() + 0.999)}
 	}
+	defer a.logins.End(name, addr)
 	if len(password) > devices.MaxPassword {
 		password = ""
 	}

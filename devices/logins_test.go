@@ -81,3 +81,62 @@ func TestLoginLimiterKeys(t *testing.T) {
 		t.Fatalf("still closed after its time: %v", w)
 	}
 }
+
+// TestLoginLimiterBegin: attempts being checked count against their keys'
+// free failures: a pair lets PairFree attempts through at once and an
+// address AddrFree, the next waits LoginPendingWait; an attempt ending
+// makes room; once a key has used its free failures it lets one attempt
+// through at a time when it reopens; a success while others are pending
+// keeps their count, so their End does not take another's place.
+func TestLoginLimiterBegin(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	l := NewLoginLimiter(&LoginLimitOptions{Now: func() time.Time { return now }})
+	o := l.Options()
+	for i := range o.PairFree {
+		if w := l.Begin("bob", "10.0.0.1"); w != 0 {
+			t.Fatalf("attempt %d held: %v", i, w)
+		}
+	}
+	if w := l.Begin("bob", "10.0.0.1"); w != LoginPendingWait {
+		t.Fatalf("attempt %d at once: wait %v, want %v", o.PairFree+1, w, LoginPendingWait)
+	}
+	if w := l.Wait("bob", "10.0.0.1"); w != 0 {
+		t.Fatalf("Wait reports pending attempts as closed: %v", w)
+	}
+	l.Succeeded("bob", "10.0.0.1") // one of them was right
+	l.End("bob", "10.0.0.1")
+	if w := l.Begin("bob", "10.0.0.1"); w != 0 {
+		t.Fatalf("an ended attempt made no room: %v", w)
+	}
+	if w := l.Begin("bob", "10.0.0.1"); w != LoginPendingWait {
+		t.Fatalf("the success's End freed two places: %v", w)
+	}
+	for range o.PairFree {
+		l.Failed("bob", "10.0.0.1")
+		l.End("bob", "10.0.0.1")
+	}
+	if w := l.Begin("bob", "10.0.0.1"); w != o.Base {
+		t.Fatalf("after %d failures: wait %v, want %v", o.PairFree, w, o.Base)
+	}
+	now = now.Add(o.Base)
+	if w := l.Begin("bob", "10.0.0.1"); w != 0 {
+		t.Fatalf("reopened: wait %v", w)
+	}
+	if w := l.Begin("bob", "10.0.0.1"); w != LoginPendingWait {
+		t.Fatalf("a reopened key let a second attempt through at once: %v", w)
+	}
+	l.End("bob", "10.0.0.1")
+
+	// An address: AddrFree attempts of as many names at once.
+	for i := range o.AddrFree {
+		if w := l.Begin(fmt.Sprint("n", i), "10.0.0.2"); w != 0 {
+			t.Fatalf("name %d held: %v", i, w)
+		}
+	}
+	if w := l.Begin("another", "10.0.0.2"); w != LoginPendingWait {
+		t.Fatalf("name %d at once: wait %v", o.AddrFree+1, w)
+	}
+	if w := l.Begin("bob", "10.0.0.3"); w != 0 {
+		t.Fatalf("another address held: %v", w)
+	}
+}
