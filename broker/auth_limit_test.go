@@ -93,8 +93,8 @@ func TestAuthThrottledLongRefused(t *testing.T) {
 // still gets in.
 func TestAuthConcurrentGuesses(t *testing.T) {
 	e := startAuthEnv(t, false)
-	e.clock.freeze()                     // a closed key stays closed
-	e.auth.hold = 200 * time.Millisecond // then the throttled are refused after it
+	e.clock.freeze()                          // a closed key stays closed
+	e.auth.hold = 200 * time.Millisecond      // then the throttled are refused after it
 	e.reg.SetPasswordCost(bcrypt.MinCost + 4) // checks long enough for the burst to overlap them
 	pass := e.user(t, "vic", "viewer")
 	const n = 50
