@@ -152,6 +152,9 @@ type Auth struct {
 	stopped bool
 	stop    chan struct{}
 	wg      sync.WaitGroup // revocation goroutines
+	// stopCtx ends with stop, for the login limiter's waits.
+	stopCtx  context.Context
+	stopWait context.CancelFunc
 }
 
 // conn is what the hook knows of one connected client.
@@ -186,6 +189,7 @@ func NewAuth(opts AuthOptions) *Auth {
 
 		subsLogged: logevery.New(subsLogEvery),
 	}
+	a.stopCtx, a.stopWait = context.WithCancel(context.Background())
 	a.purger = opts.Sessions
 	if a.login == nil {
 		a.login = devices.NewLoginLimiter(nil)
@@ -247,6 +251,7 @@ func (a *Auth) Stop() error {
 	if !a.stopped {
 		a.stopped = true
 		close(a.stop)
+		a.stopWait()
 	}
 	a.stopMu.Unlock()
 	a.stopExpiry()

@@ -22,12 +22,12 @@ const defaultLoginHold = 5 * time.Second
 // so end is to be called once the attempt's outcome is recorded (Failed
 // or Succeeded). A login as anything but a device (a person's password, a
 // token, a name nobody has) is an attempt the limiter counts while it is
-// checked (LoginLimiter.Begin), asked again after each wait: a burst of
-// concurrent guesses is let through only as far as the key's free
-// failures go, the rest wait as guesses one after the other would. A
-// device's secret (256 bits, checked from memory in microseconds) is not
-// guessed: its name is only held while its key is closed, and a fleet
-// behind one address reconnects at once.
+// checked (LoginLimiter.Begin, asked again after each hold): a burst of
+// concurrent guesses has only the key's free failures checked, the rest
+// wait for those and are then held as guesses one after the other would
+// be. A device's secret (256 bits, checked from memory in microseconds)
+// is not guessed: its login is only held while its key is closed, and a
+// fleet behind one address reconnects at once.
 func (a *Auth) holdLogin(cl *mqtt.Client, user string) (ok bool, end func()) {
 	addr := remoteIP(cl.Net.Remote)
 	if a.reg.HasDevice(user) {
@@ -39,11 +39,13 @@ func (a *Auth) holdLogin(cl *mqtt.Client, user string) (ok bool, end func()) {
 		return a.sleep(min(w, a.hold)) && w <= a.hold, func() {}
 	}
 	for hold := a.hold; ; {
-		w := a.login.Begin(user, addr)
-		if w == 0 {
+		w, err := a.login.Begin(a.stopCtx, user, addr)
+		switch {
+		case err != nil:
+			return false, nil // the broker stops
+		case w == 0:
 			return true, func() { a.login.End(user, addr) }
-		}
-		if hold == a.hold {
+		case hold == a.hold:
 			a.m.delayed.Inc()
 		}
 		if !a.sleep(min(w, hold)) || w > hold {
@@ -55,7 +57,6 @@ func (a *Auth) holdLogin(cl *mqtt.Client, user string) (ok bool, end func()) {
 
 // sleep waits d; false if the hook stops meanwhile.
 func (a *Auth) sleep(d time.Duration) bool {
-	a.m.delayed.Inc()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -90,7 +90,7 @@ func TestAuthThrottledLongRefused(t *testing.T) {
 // attempts being checked (LoginLimiter.Begin), where it let through every
 // CONNECT that came before any had failed (197 of 200 bcrypt checks at
 // the defaults, instead of 5). The right password from another address
-// still gets in.
+// still gets in, and so do concurrent logins with it.
 func TestAuthConcurrentGuesses(t *testing.T) {
 	e := startAuthEnv(t, false)
 	e.clock.freeze()                          // a closed key stays closed
@@ -134,5 +134,29 @@ func TestAuthConcurrentGuesses(t *testing.T) {
 	}
 	if code := authRawConnectFrom(t, "127.0.0.6", e.tcp, 5, "vic-ok", "vic", pass); code != 0 {
 		t.Fatalf("the right password from another address: CONNACK %#x", code)
+	}
+	// Concurrent logins with the right password wait for each other, and
+	// all get in, however long the queue (the hold is not spent on it).
+	right := make(chan byte, n)
+	for i := range n {
+		go func() {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.7")}}
+			c, err := d.Dial("tcp", e.tcp)
+			if err != nil {
+				right <- 0xFF
+				return
+			}
+			defer c.Close()
+			code, err := authRawHandshake(c, 5, fmt.Sprint("right-", i), "vic", pass)
+			if err != nil {
+				code = 0xFF
+			}
+			right <- code
+		}()
+	}
+	for range n {
+		if code := <-right; code != 0 {
+			t.Fatalf("a concurrent login with the right password: CONNACK %#x", code)
+		}
 	}
 }

@@ -184,7 +184,11 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	if err := a.bannedLogin(r, name, addr); err != nil {
 		return err
 	}
-	if wait := a.logins.Begin(name, addr); wait > 0 {
+	// Begin waits while others' attempts at this key are being checked;
+	// an error is the request's context ending meanwhile (the client went
+	// away), answered as throttled.
+	if wait, err := a.logins.Begin(r.Context(), name, addr); err != nil || wait > 0 {
+		wait = max(wait, time.Second)
 		a.metrics.logins.WithLabelValues("throttled").Inc()
 		a.recordRefusal(r, req.Username, "throttled")
 		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,

@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -42,9 +43,12 @@ const loginKeys = 100_000
 type LoginLimiter struct {
 	o LoginLimitOptions
 
-	// mu guards keys, onFailure and onCleared.
-	mu        sync.Mutex
-	keys      map[string]*loginKey
+	// mu guards keys, ended, onFailure and onCleared.
+	mu   sync.Mutex
+	keys map[string]*loginKey
+	// ended is closed when an attempt ends, for those waiting in Begin;
+	// nil while nobody waits.
+	ended     chan struct{}
 	onFailure []func(name, addr string)
 	onCleared []func(name, addr string)
 }
@@ -55,10 +59,6 @@ type loginKey struct {
 	until    time.Time // closed until then
 	pending  int       // attempts let through by Begin, not yet ended
 }
-
-// LoginPendingWait is what Begin asks an attempt to wait while its key has
-// as many attempts being checked as it has failures left.
-const LoginPendingWait = 50 * time.Millisecond
 
 // NewLoginLimiter returns a limiter; o may be nil.
 func NewLoginLimiter(o *LoginLimitOptions) *LoginLimiter {
@@ -110,47 +110,65 @@ func (l *LoginLimiter) Wait(name, addr string) time.Duration {
 }
 
 // Begin is Wait for an attempt whose credentials are about to be checked
-// (a password's bcrypt takes tens of milliseconds): when it returns 0 the
-// attempt goes ahead and counts as pending on its keys until End. Wait
-// alone lets through every attempt that arrives while a key is open, so a
-// burst of concurrent guesses (a hundred connections, each checked before
-// any of them had failed) was checked whole, where one after the other
-// only the key's free failures are: a key lets as many attempts be
-// checked at once as it has failures left before it closes, at least
-// one. Beyond, Begin returns LoginPendingWait: the attempt may try again
-// when that has passed. The caller calls End once it has recorded the
-// attempt's outcome (Failed, Succeeded, or neither).
-func (l *LoginLimiter) Begin(name, addr string) time.Duration {
-	now := l.o.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// (a password's bcrypt takes tens of milliseconds). Wait alone lets
+// through every attempt that arrives while a key is open, so a burst of
+// concurrent guesses (a hundred connections, each checked before any of
+// them had failed) was checked whole, where one after the other only the
+// key's free failures are. So a key lets as many attempts be checked at
+// once as it has failures left before it closes, at least one, and Begin
+// waits (until ctx ends) while that many are being checked: as they end,
+// their failures close the key for the waiting ones, or their successes
+// let them on. It returns how long the key is closed, as Wait; or 0, and
+// then the attempt goes ahead and counts as being checked until End,
+// which the caller calls once it has recorded the attempt's outcome
+// (Failed, Succeeded, or neither). An error is ctx's.
+func (l *LoginLimiter) Begin(ctx context.Context, name, addr string) (time.Duration, error) {
 	keys := [2]string{pairKey(name, addr), addrKey(addr)}
-	var w time.Duration
-	for i, k := range keys {
-		e := l.keys[k]
+	for {
+		now := l.o.Now()
+		l.mu.Lock()
+		var w time.Duration
+		busy := false
+		for i, k := range keys {
+			switch e := l.keys[k]; {
+			case e == nil:
+			case e.until.After(now):
+				w = max(w, e.until.Sub(now))
+			case e.pending >= max(1, l.free(i)-e.live(now, l.o.Forget)):
+				busy = true
+			}
+		}
 		switch {
-		case e == nil:
-		case e.until.After(now):
-			w = max(w, e.until.Sub(now))
-		case e.pending >= max(1, l.free(i)-e.live(now, l.o.Forget)):
-			w = max(w, LoginPendingWait)
+		case w > 0:
+			l.mu.Unlock()
+			return w, nil
+		case busy:
+			if l.ended == nil {
+				l.ended = make(chan struct{})
+			}
+			ended := l.ended
+			l.mu.Unlock()
+			select {
+			case <-ended:
+				continue
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
 		}
-	}
-	if w > 0 {
-		return w
-	}
-	if len(l.keys) >= loginKeys {
-		l.prune(now)
-	}
-	for _, k := range keys {
-		e := l.keys[k]
-		if e == nil {
-			e = &loginKey{last: now}
-			l.keys[k] = e
+		if len(l.keys) >= loginKeys {
+			l.prune(now)
 		}
-		e.pending++
+		for _, k := range keys {
+			e := l.keys[k]
+			if e == nil {
+				e = &loginKey{last: now}
+				l.keys[k] = e
+			}
+			e.pending++
+		}
+		l.mu.Unlock()
+		return 0, nil
 	}
-	return 0
 }
 
 // End ends an attempt Begin let through.
@@ -161,6 +179,10 @@ func (l *LoginLimiter) End(name, addr string) {
 		if e := l.keys[k]; e != nil && e.pending > 0 {
 			e.pending--
 		}
+	}
+	if l.ended != nil {
+		close(l.ended) // the attempts waiting in Begin look again
+		l.ended = nil
 	}
 }
 
