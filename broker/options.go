@@ -120,8 +120,9 @@ func DefaultOptions() Options {
 		// topic is a node of the engine's tree, about 600 bytes.
 		MaxTopicLevels: 32,
 		// A person's scripts and integrations have a few persistent
-		// sessions; each may hold 1,000 subscriptions.
-		MaxSessionsPerUser: 100,
+		// sessions; each may hold 1,000 subscriptions of up to 32
+		// levels, some 19 MB at worst.
+		MaxSessionsPerUser: 10,
 	}
 }
 

@@ -311,8 +311,9 @@ func Default() Config {
 			// Real topics have a handful of levels; each level of a
 			// filter or retained topic costs the engine about 600 bytes.
 			MaxTopicLevels: 32,
-			// A person's scripts and integrations have a few.
-			MaxSessionsPerUser: 100,
+			// A person's scripts and integrations have a few; each
+			// may hold 1,000 subscriptions, some 19 MB at worst.
+			MaxSessionsPerUser: 10,
 		},
 		HTTP: HTTP{
 			Addr:             ":8080",
