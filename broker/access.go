@@ -29,6 +29,8 @@ func (g *gate) Provides(b byte) bool {
 		return true
 	case mqtt.OnPacketRead:
 		return g.reads
+	case mqtt.OnPublish:
+		return g.b.opts.MaxTopicLevels > 0
 	}
 	return false
 }
@@ -40,10 +42,11 @@ func (g *gate) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 
 // read mends a packet a client sent before the engine acts on it: an id
 // the engine uses for a message of its own becomes one of the engine's
-// (packetIDs), and an UNSUBSCRIBE's filters the client does not hold
-// become none at all (unheld).
+// (packetIDs), an UNSUBSCRIBE's filters the client does not hold
+// become none at all (unheld), and a SUBSCRIBE's filters with too many
+// levels become invalid ones (deepSubscribe).
 func (g *gate) read(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	return unheld(cl, g.ids.in(cl, pk))
+	return g.deepSubscribe(cl, unheld(cl, g.ids.in(cl, pk)))
 }
 
 // noFilter is a topic filter no subscription and no topic can have: a
@@ -106,6 +109,9 @@ func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	if pk.Properties.AuthenticationMethod != "" {
 		return Refuse(g.b.Server, cl, packets.ErrBadAuthenticationMethod)
+	}
+	if err := g.deepWill(cl, pk); err != nil {
+		return err
 	}
 	g.boundKeepalive(cl)
 	return nil
@@ -217,7 +223,8 @@ func connackCode311(code byte, reason string) (byte, bool) {
 		return packets.Err3ClientIdentifierNotValid.Code, true
 	case packets.ErrClientIdentifierNotValid.Code:
 		return packets.Err3ClientIdentifierNotValid.Code, true
-	case packets.ErrBadUsernameOrPassword.Code, packets.ErrNotAuthorized.Code, packets.ErrBanned.Code, packets.ErrBadAuthenticationMethod.Code:
+	case packets.ErrBadUsernameOrPassword.Code, packets.ErrNotAuthorized.Code, packets.ErrBanned.Code, packets.ErrBadAuthenticationMethod.Code,
+		packets.ErrTopicNameInvalid.Code: // a will topic refused (mqtt.max_topic_levels), as a will it may not publish
 		return packets.Err3NotAuthorized.Code, true
 	case packets.ErrServerUnavailable.Code, packets.ErrServerBusy.Code, packets.ErrServerShuttingDown.Code,
 		packets.ErrQuotaExceeded.Code, packets.ErrConnectionRateExceeded.Code:

@@ -111,6 +111,11 @@ type Auth struct {
 	// throttles the log of its refusals.
 	maxSubs    int
 	subsLogged *logevery.Keys
+	// maxSessions is mqtt.max_sessions_per_user (0: none;
+	// auth_sesslimit.go); sessionsLogged throttles the log of its
+	// refusals.
+	maxSessions    int
+	sessionsLogged *logevery.Keys
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
 	// retained is the retained index (the broker's RetainedLimit hook,
@@ -147,6 +152,9 @@ type Auth struct {
 	stopped bool
 	stop    chan struct{}
 	wg      sync.WaitGroup // revocation goroutines
+	// stopCtx ends with stop, for the login limiter's waits.
+	stopCtx  context.Context
+	stopWait context.CancelFunc
 }
 
 // conn is what the hook knows of one connected client.
@@ -181,6 +189,7 @@ func NewAuth(opts AuthOptions) *Auth {
 
 		subsLogged: logevery.New(subsLogEvery),
 	}
+	a.stopCtx, a.stopWait = context.WithCancel(context.Background())
 	a.purger = opts.Sessions
 	if a.login == nil {
 		a.login = devices.NewLoginLimiter(nil)
@@ -242,6 +251,7 @@ func (a *Auth) Stop() error {
 	if !a.stopped {
 		a.stopped = true
 		close(a.stop)
+		a.stopWait()
 	}
 	a.stopMu.Unlock()
 	a.stopExpiry()
@@ -291,9 +301,11 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return a.deny(cl, packets.ErrClientIdentifierNotValid, "client_id")
 		}
 	} else {
-		if !a.holdLogin(cl, user) {
+		ok, end := a.holdLogin(cl, user)
+		if !ok {
 			return a.refuse(cl, user, packets.ErrConnectionRateExceeded, "throttled")
 		}
+		defer end() // once Failed or Succeeded has recorded the attempt
 		id, err := a.reg.Authenticate(context.Background(), user, pass)
 		if err != nil {
 			if !errors.Is(err, devices.ErrUnauthorized) {
@@ -317,7 +329,9 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	a.evictSquatter(cl, c)
 	a.awaitPurge(cl.ID)
-	if !a.claim(cl, c) || !a.claimElsewhere(cl, c) {
+	if code := a.claim(cl, c); code == packets.ErrQuotaExceeded {
+		return a.deny(cl, code, "session_limit")
+	} else if code != packets.CodeSuccess || !a.claimElsewhere(cl, c) {
 		return a.deny(cl, packets.ErrClientIdentifierNotValid, "session_owner")
 	}
 	// The session records its owner by name (stored with it, read back

@@ -134,8 +134,12 @@ func isSysTopic(topic string) bool {
 	return len(topic) >= len(mqtt.SysPrefix) && strings.EqualFold(topic[:len(mqtt.SysPrefix)], mqtt.SysPrefix)
 }
 
-// OnPacketRead refuses a PUBLISH to $SYS/...: the engine drops one silently
-// before the ACL, with no PUBACK, and the client waits forever. Like any
+// OnPacketRead refuses a PUBLISH the engine would drop silently before the
+// ACL, with no PUBACK, so that the client waited forever: one to $SYS/...,
+// and one to "$share" or "$share/{group}" (a shared subscription's prefix
+// without its filter; "$share/{group}/{filter}" reaches the ACL, which
+// refuses it). Wildcards in a topic name are a protocol error the engine
+// answers before. Like any
 // refused publish: an MQTT 5 client gets PUBACK (QoS 1) or PUBREC (QoS 2)
 // 0x87, a 3.1.1 client at QoS 1/2 is disconnected (3.1.1 cannot refuse a
 // publish otherwise [MQTT-3.3.5-2]), QoS 0 is dropped. It is never routed.
@@ -154,7 +158,7 @@ func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 			return pk, packets.ErrRejectPacket // the engine closes the connection
 		}
 	}
-	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || !isSysTopic(pk.TopicName) {
+	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || mqtt.IsValidFilter(pk.TopicName, true) {
 		return pk, nil
 	}
 	a.m.denied.WithLabelValues("publish").Inc()

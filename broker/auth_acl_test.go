@@ -105,3 +105,20 @@ func TestACLRules(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishSharePrefixRefused: a PUBLISH to "$share" or "$share/{group}"
+// (in any case) is refused with PUBACK 0x87 like any other $share/...
+// topic (SPEC §5: never silently dropped); the engine dropped it before
+// its access check, with no PUBACK, and the client waited forever.
+func TestPublishSharePrefixRefused(t *testing.T) {
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{})
+	c, _ := dial5(t, e.tcp, "sp", "root", e.user(t, "root", "admin"), 0)
+	for _, topic := range []string{"$share", "$share/g", "$SHARE/g", "$share/g/x", "$SYS/x"} {
+		if code := c.pub(t, topic, []byte("x"), 1, false); code != 0x87 {
+			t.Fatalf("publish %q: PUBACK 0x%02x, want 0x87", topic, code)
+		}
+	}
+	if code := c.pub(t, "a/b", []byte("x"), 1, false); code != 0 {
+		t.Fatalf("then a/b: PUBACK 0x%02x", code)
+	}
+}

@@ -1,9 +1,12 @@
 package broker
 
 import (
+	"fmt"
 	"net"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // authRawConnectFrom is authRawConnect from the loopback address local
@@ -77,6 +80,83 @@ func TestAuthThrottledLongRefused(t *testing.T) {
 	for _, v := range []struct{ version, want byte }{{5, 0x9F}, {4, 0x03}} {
 		if got := authRawConnectFrom(t, "127.0.0.4", e.tcp, v.version, "dev", "dev", secret); got != v.want {
 			t.Fatalf("MQTT %d: CONNACK %#x, want %#x", v.version, got, v.want)
+		}
+	}
+}
+
+// TestAuthConcurrentGuesses: a burst of concurrent CONNECTs guessing a
+// user's password from one address has only the pair's free failures
+// checked, as one guess after the other would: the limiter counts the
+// attempts being checked (LoginLimiter.Begin), where it let through every
+// CONNECT that came before any had failed (197 of 200 bcrypt checks at
+// the defaults, instead of 5). The right password from another address
+// still gets in, and so do concurrent logins with it.
+func TestAuthConcurrentGuesses(t *testing.T) {
+	e := startAuthEnv(t, false)
+	e.clock.freeze()                          // a closed key stays closed
+	e.auth.hold = 200 * time.Millisecond      // then the throttled are refused after it
+	e.reg.SetPasswordCost(bcrypt.MinCost + 4) // checks long enough for the burst to overlap them
+	pass := e.user(t, "vic", "viewer")
+	const n = 50
+	conns := make([]net.Conn, n)
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.5")}}
+	for i := range conns {
+		c, err := d.Dial("tcp", e.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	start := make(chan struct{})
+	codes := make(chan byte, n)
+	for i, c := range conns {
+		go func() {
+			<-start
+			code, err := authRawHandshake(c, 5, fmt.Sprint("guess-", i), "vic", fmt.Sprint("wrong-", i))
+			if err != nil {
+				code = 0xFF
+			}
+			codes <- code
+		}()
+	}
+	close(start)
+	got := map[byte]int{}
+	for range n {
+		got[<-codes]++
+	}
+	free := e.auth.login.Options().PairFree
+	if checked := authCount(t, e.auth.m.failures.WithLabelValues("bad_credentials", "tcp")); checked != float64(free) || got[0x86] != free {
+		t.Fatalf("%v passwords checked, CONNACKs %v; want %d checked (0x86), the others throttled (0x9F)", checked, got, free)
+	}
+	if got[0x9F] != n-free {
+		t.Fatalf("CONNACKs %v, want %d throttled (0x9F)", got, n-free)
+	}
+	if code := authRawConnectFrom(t, "127.0.0.6", e.tcp, 5, "vic-ok", "vic", pass); code != 0 {
+		t.Fatalf("the right password from another address: CONNACK %#x", code)
+	}
+	// Concurrent logins with the right password wait for each other, and
+	// all get in, however long the queue (the hold is not spent on it).
+	right := make(chan byte, n)
+	for i := range n {
+		go func() {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.7")}}
+			c, err := d.Dial("tcp", e.tcp)
+			if err != nil {
+				right <- 0xFF
+				return
+			}
+			defer c.Close()
+			code, err := authRawHandshake(c, 5, fmt.Sprint("right-", i), "vic", pass)
+			if err != nil {
+				code = 0xFF
+			}
+			right <- code
+		}()
+	}
+	for range n {
+		if code := <-right; code != 0 {
+			t.Fatalf("a concurrent login with the right password: CONNACK %#x", code)
 		}
 	}
 }

@@ -39,14 +39,22 @@ var brokerOwner = &conn{revoked: true, id: devices.Identity{Kind: "broker"}}
 // identity that no longer exists), and another identity's offline session
 // under a device's id when that device connects, are purged first: the
 // newcomer starts clean.
-func (a *Auth) claim(cl *mqtt.Client, c *conn) bool {
+//
+// It returns the code to refuse the CONNECT with: 0x85 client identifier
+// not valid for another identity's session, 0x97 quota exceeded for a
+// session past mqtt.max_sessions_per_user (overSessions); success
+// otherwise.
+func (a *Auth) claim(cl *mqtt.Client, c *conn) packets.Code {
 	a.ownMu.Lock()
 	defer a.ownMu.Unlock()
 	if !a.mayOwn(cl.ID, cl, c) {
-		return false
+		return packets.ErrClientIdentifierNotValid
+	}
+	if a.overSessions(cl, c) {
+		return packets.ErrQuotaExceeded
 	}
 	a.claims.Store(cl.ID, &claim{cl: cl, c: c})
-	return true
+	return packets.CodeSuccess
 }
 
 // mayOwn is claim's decision (ownMu held): whether c may have client id's

@@ -84,18 +84,18 @@ func TestClaimHeldUntilListed(t *testing.T) {
 		return &conn{id: devices.Identity{Kind: devices.KindUser, Name: name, Role: devices.RoleAdmin}}
 	}
 	first := a.srv.NewClient(nil, "tcp", "shared-id", false)
-	if !a.claim(first, user("alice")) {
+	if a.claim(first, user("alice")) != packets.CodeSuccess {
 		t.Fatal("first claim refused")
 	}
-	if a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("mallory")) {
+	if a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("mallory")) == packets.CodeSuccess {
 		t.Fatal("another identity's claim accepted while the first is pending")
 	}
-	if !a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("alice")) {
+	if a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("alice")) != packets.CodeSuccess {
 		t.Fatal("the same identity's second connection refused")
 	}
 	first.Stop(packets.ErrNotAuthorized)
 	a.claims.Range(func(k, v any) bool { v.(*claim).cl.Stop(packets.ErrNotAuthorized); return true })
-	if !a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("mallory")) {
+	if a.claim(a.srv.NewClient(nil, "tcp", "shared-id", false), user("mallory")) != packets.CodeSuccess {
 		t.Fatal("claim refused though the pending connections have gone")
 	}
 }
@@ -108,7 +108,7 @@ func TestYieldSessionTie(t *testing.T) {
 	a := e.auth
 	anon := SessionOwner{Anonymous: true}
 	pending := a.srv.NewClient(nil, "tcp", "tie-id", false)
-	if !a.claim(pending, a.newConn(devices.Identity{}, true, "tie-id")) {
+	if a.claim(pending, a.newConn(devices.Identity{}, true, "tie-id")) != packets.CodeSuccess {
 		t.Fatal("claim refused")
 	}
 	if a.YieldSession("tie-id", SessionOwner{Kind: devices.KindUser, Name: "mallory"}, true) {
@@ -140,7 +140,7 @@ func TestYieldSessionAfterConnack(t *testing.T) {
 	e := startAuthEnv(t, true)
 	a := e.auth
 	cl := a.srv.NewClient(nil, "tcp", "acked-id", false)
-	if !a.claim(cl, a.newConn(devices.Identity{}, true, "acked-id")) {
+	if a.claim(cl, a.newConn(devices.Identity{}, true, "acked-id")) != packets.CodeSuccess {
 		t.Fatal("claim refused")
 	}
 	a.srv.Clients.Add(cl) // listed, its CONNACK on the way; the claim stands

@@ -14,6 +14,7 @@ import (
 	mqttl "github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/tether-iot/tether/internal/logevery"
 	"github.com/tether-iot/tether/listeners"
 	"github.com/tether-iot/tether/listeners/forwarded"
 )
@@ -39,11 +40,16 @@ type Broker struct {
 	// Prometheus collector of tether_ws_handshake_failures_total.
 	Handshakes *listeners.HandshakeFailures
 
-	clock    *clientClock // when each client connected (Clients)
-	closing  atomic.Bool
-	shutdown sync.Once
-	done     chan struct{}
-	err      error
+	clock *clientClock // when each client connected (Clients)
+
+	// levelsRefused and levelsLogged: topics refused for
+	// mqtt.max_topic_levels (levels.go).
+	levelsRefused topicLevelsRefused
+	levelsLogged  *logevery.Keys
+	closing       atomic.Bool
+	shutdown      sync.Once
+	done          chan struct{}
+	err           error
 }
 
 // New assembles a broker; nothing listens until Start.
@@ -62,7 +68,8 @@ func New(opts Options) (*Broker, error) {
 		SysTopicResendInterval: int64(opts.SysInterval / time.Second),
 		InlineClient:           true,
 	})
-	b := &Broker{Server: srv, opts: opts, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock()}
+	b := &Broker{Server: srv, opts: opts, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock(),
+		levelsLogged: logevery.New(topicLevelsLogEvery)}
 
 	g := &gate{b: b}
 	if err := srv.AddHook(g, nil); err != nil {
@@ -83,6 +90,9 @@ func New(opts Options) (*Broker, error) {
 	}
 	if h, ok := access.(interface{ limitSubscriptions(int) }); ok {
 		h.limitSubscriptions(opts.MaxSubscriptionsPerClient) // it refuses the filters beyond
+	}
+	if h, ok := access.(interface{ limitSessions(int) }); ok {
+		h.limitSessions(opts.MaxSessionsPerUser) // it refuses the persistent sessions beyond
 	}
 	for _, h := range opts.Hooks {
 		if l, ok := h.(*RetainedLimit); ok {

@@ -16,6 +16,7 @@ type Collector struct {
 	clients, packetsIn, packetsOut              *prometheus.Desc
 	msgsIn, msgsOut, msgsDropped, retained      *prometheus.Desc
 	inflight, inflightDropped, subscriptions    *prometheus.Desc
+	levelsRefused                               *prometheus.Desc
 }
 
 // NewCollector returns a collector for b; register it with a registry.
@@ -40,6 +41,7 @@ func NewCollector(b *Broker) *Collector {
 		inflight:        d("mqtt_inflight_messages", "QoS 1/2 messages in flight."),
 		inflightDropped: d("mqtt_inflight_dropped_total", "QoS 1/2 messages dropped from flight (expired or over the limit)."),
 		subscriptions:   d("mqtt_subscriptions", "Subscriptions held."),
+		levelsRefused:   d("mqtt_topic_levels_refused_total", "Topic names and filters refused for having more levels than mqtt.max_topic_levels, by what carried them (subscribe, publish, will).", "what"),
 	}
 }
 
@@ -47,7 +49,7 @@ func NewCollector(b *Broker) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.conns, c.accepted, c.refused, c.bytesIn, c.bytesOut,
 		c.clients, c.packetsIn, c.packetsOut, c.msgsIn, c.msgsOut, c.msgsDropped, c.retained,
-		c.inflight, c.inflightDropped, c.subscriptions} {
+		c.inflight, c.inflightDropped, c.subscriptions, c.levelsRefused} {
 		ch <- d
 	}
 }
@@ -79,4 +81,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.inflight, &i.Inflight)
 	n(c.inflightDropped, &i.InflightDropped)
 	g(c.subscriptions, &i.Subscriptions)
+	r := &c.b.levelsRefused
+	for what, v := range map[string]*atomic.Int64{"subscribe": &r.subscribe, "publish": &r.publish, "will": &r.will} {
+		ch <- prometheus.MustNewConstMetric(c.levelsRefused, prometheus.CounterValue, float64(v.Load()), what)
+	}
 }

@@ -70,6 +70,13 @@ type Options struct {
 	// subscriptions one client's session may hold; 0 for no limit. The
 	// access hook enforces it (Auth; auth_subs.go).
 	MaxSubscriptionsPerClient int
+	// MaxSessionsPerUser is mqtt.max_sessions_per_user: the persistent
+	// sessions a viewer or an operator may hold; 0 for no limit. The
+	// access hook enforces it (Auth; auth_sesslimit.go).
+	MaxSessionsPerUser int
+	// MaxTopicLevels is mqtt.max_topic_levels: the levels a topic name or
+	// filter may have; 0 for no limit. The gate enforces it (levels.go).
+	MaxTopicLevels int
 	// MaxKeepalive is mqtt.max_keepalive; 0 for no maximum.
 	MaxKeepalive time.Duration
 	// ReadBufferSize and WriteBufferSize are mqtt.read_buffer_size and
@@ -109,6 +116,13 @@ func DefaultOptions() Options {
 		// Far above the dashboard's dozen or so and a device's two; a
 		// thousand filters cost a session about 3 MB.
 		MaxSubscriptionsPerClient: 1000,
+		// Real topics have a handful; each level of a filter or retained
+		// topic is a node of the engine's tree, about 600 bytes.
+		MaxTopicLevels: 32,
+		// A person's scripts and integrations have a few persistent
+		// sessions; each may hold 1,000 subscriptions of up to 32
+		// levels, some 19 MB at worst.
+		MaxSessionsPerUser: 10,
 	}
 }
 

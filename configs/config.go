@@ -90,6 +90,12 @@ type MQTT struct {
 	// MaxSubscriptionsPerClient: subscriptions one client's session may
 	// hold; 0 = unlimited.
 	MaxSubscriptionsPerClient int `yaml:"max_subscriptions_per_client"`
+	// MaxTopicLevels: levels a topic name or filter may have; 0 =
+	// unlimited.
+	MaxTopicLevels int `yaml:"max_topic_levels"`
+	// MaxSessionsPerUser: persistent sessions a viewer or an operator may
+	// hold; 0 = unlimited.
+	MaxSessionsPerUser int `yaml:"max_sessions_per_user"`
 }
 
 // HTTP configures the HTTP(S) server: dashboard, API, /mqtt, /metrics.
@@ -302,6 +308,12 @@ func Default() Config {
 			// The dashboard holds a dozen or so, a device two; each
 			// costs a session about 3 KB.
 			MaxSubscriptionsPerClient: 1000,
+			// Real topics have a handful of levels; each level of a
+			// filter or retained topic costs the engine about 600 bytes.
+			MaxTopicLevels: 32,
+			// A person's scripts and integrations have a few; each
+			// may hold 1,000 subscriptions, some 19 MB at worst.
+			MaxSessionsPerUser: 10,
 		},
 		HTTP: HTTP{
 			Addr:             ":8080",
@@ -435,6 +447,8 @@ func (c *Config) Validate() error {
 		{"mqtt.max_retained_messages_per_device", c.MQTT.MaxRetainedMessagesPerDevice},
 		{"mqtt.max_retained_bytes_per_device", c.MQTT.MaxRetainedBytesPerDevice},
 		{"mqtt.max_subscriptions_per_client", int64(c.MQTT.MaxSubscriptionsPerClient)},
+		{"mqtt.max_topic_levels", int64(c.MQTT.MaxTopicLevels)},
+		{"mqtt.max_sessions_per_user", int64(c.MQTT.MaxSessionsPerUser)},
 	} {
 		if n.v < 0 {
 			bad(n.key, "must not be negative (0 = unlimited)")

@@ -184,12 +184,17 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	if err := a.bannedLogin(r, name, addr); err != nil {
 		return err
 	}
-	if wait := a.logins.Wait(name, addr); wait > 0 {
+	// Begin waits while others' attempts at this key are being checked;
+	// an error is the request's context ending meanwhile (the client went
+	// away), answered as throttled.
+	if wait, err := a.logins.Begin(r.Context(), name, addr); err != nil || wait > 0 {
+		wait = max(wait, time.Second)
 		a.metrics.logins.WithLabelValues("throttled").Inc()
 		a.recordRefusal(r, req.Username, "throttled")
 		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
 			Msg: "too many failed logins: try again later", RetryAfter: int(wait.Seconds() + 0.999)}
 	}
+	defer a.logins.End(name, addr) // once Failed or Succeeded has recorded the attempt
 	u, err := devices.User{}, devices.ErrUnauthorized
 	if name != "" {
 		u, err = a.reg.AuthenticateUser(r.Context(), req.Username, req.Password)

@@ -1,11 +1,15 @@
 package dashboard
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -313,5 +317,46 @@ func TestLoginCookieSecureOverTLS(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusOK || len(res.Cookies()) != 1 || !res.Cookies()[0].Secure {
 		t.Fatalf("login over TLS: %d %v", res.StatusCode, res.Cookies())
+	}
+}
+
+// TestLoginConcurrentGuesses: a burst of concurrent logins guessing one
+// user's password from one address has only the pair's free failures
+// checked, as one guess after the other would; the others get 429. The
+// limiter let through every login that came before any had failed (100
+// concurrent guesses at admin's password were all checked).
+func TestLoginConcurrentGuesses(t *testing.T) {
+	e := newAPIEnv(t)
+	e.reg.SetPasswordCost(bcrypt.MinCost + 4) // checks long enough for the burst to overlap them
+	if _, err := e.reg.CreateUser(context.Background(), "victim", "victim-password", "viewer"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	start := make(chan struct{})
+	codes := make(chan int, n)
+	for i := range n {
+		go func() {
+			<-start
+			body := fmt.Sprintf(`{"username":"victim","password":"wrong-%d"}`, i)
+			res, err := e.srv.Client().Post(e.srv.URL+APIPrefix+"/auth/login", "application/json", strings.NewReader(body))
+			if err != nil {
+				codes <- 0
+				return
+			}
+			res.Body.Close()
+			codes <- res.StatusCode
+		}()
+	}
+	close(start)
+	got := map[int]int{}
+	for range n {
+		got[<-codes]++
+	}
+	free := e.api.logins.Options().PairFree
+	if got[http.StatusUnauthorized] != free || got[http.StatusTooManyRequests] != n-free {
+		t.Fatalf("statuses %v, want %d × 401 (checked) and %d × 429", got, free, n-free)
+	}
+	if checked := e.counter("tether_api_logins_total", "failed"); checked != float64(free) {
+		t.Fatalf("%v passwords checked, want %d", checked, free)
 	}
 }

@@ -3,6 +3,7 @@ package dashboard
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -164,10 +165,15 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request) error {
 // limiter: guessing it is slowed down exactly like guessing at login.
 func (a *API) checkCurrentPassword(r *http.Request, name, password string) error {
 	addr := a.clientIP(r)
-	if wait := a.logins.Wait(name, addr); wait > 0 {
+	// Begin waits while others' attempts at this key are being checked;
+	// an error is the request's context ending meanwhile (the client went
+	// away), answered as throttled.
+	if wait, err := a.logins.Begin(r.Context(), name, addr); err != nil || wait > 0 {
+		wait = max(wait, time.Second)
 		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests,
 			Msg: "too many wrong passwords: try again later", RetryAfter: int(wait.Seconds() + 0.999)}
 	}
+	defer a.logins.End(name, addr)
 	if len(password) > devices.MaxPassword {
 		password = ""
 	}

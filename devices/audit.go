@@ -97,11 +97,37 @@ type Audit struct {
 	queue   chan AuditEntry
 	dropped atomic.Int64
 
-	// mu guards closed; queue is closed under it.
-	mu     sync.Mutex
-	closed bool
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	// mu guards closed and refused; queue is closed under it.
+	mu      sync.Mutex
+	closed  bool
+	refused map[string]*refusedWindow // by address (auditRefusedOther: the rest)
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// Refused logins are written at most auditRefusedPerMinute a minute per
+// address: anyone who can reach the HTTP port could otherwise write an
+// entry with every request (a throttled or banned login is answered at
+// once), 3,500 a second from one client, kept for audit.retention (90
+// days): gigabytes a day, and the entries that matter buried. Beyond the
+// bound an address's refusals in its minute are counted and written as
+// one entry when the minute is over ("N more refused logins ..."; at
+// Close for the minute under way). At most auditRefusedAddrs addresses
+// are followed at once; beyond, the others share one allowance, under
+// the address auditRefusedOther.
+const (
+	auditRefusedPerMinute = 20
+	auditRefusedAddrs     = 10_000
+	auditRefusedOther     = "*"
+)
+
+// refusedWindow is an address's minute of refused logins: since when,
+// how many were written, how many more were only counted, and the last
+// one's transport.
+type refusedWindow struct {
+	since       time.Time
+	noted, more int
+	via         string
 }
 
 // maxAuditField bounds each text field of an entry.
@@ -110,7 +136,7 @@ const maxAuditField = 200
 // OpenAudit migrates the audit component on db and starts its writer and
 // pruner.
 func OpenAudit(ctx context.Context, db *DB, o *AuditOptions) (*Audit, error) {
-	a := &Audit{db: db, stop: make(chan struct{})}
+	a := &Audit{db: db, stop: make(chan struct{}), refused: map[string]*refusedWindow{}}
 	if o != nil {
 		a.opts = *o
 	}
@@ -149,6 +175,7 @@ func (a *Audit) Close() error {
 	}
 	a.mu.Lock()
 	if !a.closed {
+		a.summarizeRefused(time.Time{}) // the minutes under way too
 		a.closed = true
 		close(a.queue)
 		close(a.stop)
@@ -188,14 +215,76 @@ func (a *Audit) Note(e AuditEntry) {
 	e = clean(e)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.closed {
+	if a.closed || e.Action == AuditLoginRefused && !a.admitRefused(e) {
 		return
 	}
+	a.enqueue(e)
+}
+
+// enqueue queues e for the writer, or drops and counts it when the queue
+// is full; mu must be held.
+func (a *Audit) enqueue(e AuditEntry) {
 	select {
 	case a.queue <- e:
 	default:
 		a.dropped.Add(1)
 	}
+}
+
+// admitRefused reports whether the refused login e is to be written, or
+// only counted in its address's minute; mu must be held.
+func (a *Audit) admitRefused(e AuditEntry) bool {
+	key := e.Remote
+	w := a.refused[key]
+	if w == nil && len(a.refused) >= auditRefusedAddrs {
+		a.summarizeRefused(e.Time)
+		if len(a.refused) >= auditRefusedAddrs {
+			key = auditRefusedOther
+			w = a.refused[key]
+		}
+	}
+	if w != nil && e.Time.Sub(w.since) >= time.Minute {
+		a.summarize(key, w)
+		w = nil
+	}
+	if w == nil {
+		w = &refusedWindow{since: e.Time}
+		a.refused[key] = w
+	}
+	w.via = e.Via
+	if w.noted < auditRefusedPerMinute {
+		w.noted++
+		return true
+	}
+	w.more++
+	return false
+}
+
+// summarizeRefused writes the count of each address's minute that ended
+// by now (every minute when now is zero) and forgets those minutes; mu
+// must be held.
+func (a *Audit) summarizeRefused(now time.Time) {
+	for key, w := range a.refused {
+		if now.IsZero() || now.Sub(w.since) >= time.Minute {
+			a.summarize(key, w)
+		}
+	}
+}
+
+// summarize ends the minute w of address key: one entry for the refused
+// logins it only counted, if any; mu must be held.
+func (a *Audit) summarize(key string, w *refusedWindow) {
+	delete(a.refused, key)
+	if w.more == 0 {
+		return
+	}
+	remote, from := key, "this address"
+	if key == auditRefusedOther {
+		remote, from = "", "addresses not followed one by one"
+	}
+	a.enqueue(AuditEntry{Time: w.since.Add(time.Minute).UTC(), Action: AuditLoginRefused, Via: w.via, Remote: remote,
+		Detail: fmt.Sprintf("%d more refused logins from %s in the minute from %s (at most %d a minute are recorded one by one)",
+			w.more, from, w.since.Format(time.RFC3339), auditRefusedPerMinute)})
 }
 
 // clean stamps e and bounds its fields to printable text.
@@ -267,15 +356,24 @@ func (a *Audit) insert(batch []AuditEntry) error {
 	return tx.Commit()
 }
 
-// prune deletes entries older than the retention every PruneInterval.
+// prune deletes entries older than the retention every PruneInterval,
+// and writes the counts of refused logins' minutes once they are over.
 func (a *Audit) prune() {
 	defer a.wg.Done()
 	tick := time.NewTicker(a.opts.PruneInterval)
 	defer tick.Stop()
+	minute := time.NewTicker(time.Minute)
+	defer minute.Stop()
 	for {
 		select {
 		case <-a.stop:
 			return
+		case now := <-minute.C:
+			a.mu.Lock()
+			if !a.closed {
+				a.summarizeRefused(now) // the minutes that ended with no refusal after them
+			}
+			a.mu.Unlock()
 		case <-tick.C:
 			n, err := a.PruneBefore(context.Background(), time.Now().Add(-a.opts.Retention))
 			if err != nil {

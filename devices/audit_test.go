@@ -99,3 +99,48 @@ func TestAuditPrunesOldEntries(t *testing.T) {
 		return len(list) == 1 && list[0].Actor == "new"
 	})
 }
+
+// TestAuditRefusedLoginsBounded: refused logins are written at most 20 a
+// minute per address, the rest of the minute as one entry counting them,
+// written when the next minute from that address begins, or at Close;
+// other addresses and other actions are not held to it. A client sending
+// login after login wrote an entry for each, 3,500 a second.
+func TestAuditRefusedLoginsBounded(t *testing.T) {
+	_, db := openTestRegistry(t)
+	a := openTestAudit(t, db, nil)
+	t0 := time.Now().Add(-time.Hour)
+	note := func(at time.Time, action, remote string, n int) {
+		for i := range n {
+			a.Note(AuditEntry{Time: at.Add(time.Duration(i) * time.Millisecond), Action: action, Actor: "admin", Via: "http", Remote: remote, Detail: "throttled"})
+		}
+	}
+	note(t0, AuditLoginRefused, "10.0.0.1", 100)
+	note(t0, AuditLoginRefused, "10.0.0.2", 5)
+	note(t0, AuditLogin, "10.0.0.1", 30)
+	note(t0.Add(61*time.Second), AuditLoginRefused, "10.0.0.1", 25) // its next minute
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	list, _, err := a.List(context.Background(), AuditQuery{Limit: MaxPage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	var folded []string
+	for _, e := range list {
+		if strings.Contains(e.Detail, "more refused logins") {
+			folded = append(folded, e.Remote+": "+e.Detail)
+			continue
+		}
+		count[e.Action+" "+e.Remote]++
+	}
+	want := map[string]int{"login_refused 10.0.0.1": 40, "login_refused 10.0.0.2": 5, "login 10.0.0.1": 30}
+	for k, n := range want {
+		if count[k] != n {
+			t.Errorf("%s: %d entries, want %d (all: %v)", k, count[k], n, count)
+		}
+	}
+	if len(folded) != 2 || !strings.HasPrefix(folded[0], "10.0.0.1: 5 more") || !strings.HasPrefix(folded[1], "10.0.0.1: 80 more") {
+		t.Errorf("folded entries, newest first: %q; want 10.0.0.1's 5 more and 80 more", folded)
+	}
+}

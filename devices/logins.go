@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -42,9 +43,12 @@ const loginKeys = 100_000
 type LoginLimiter struct {
 	o LoginLimitOptions
 
-	// mu guards keys, onFailure and onCleared.
-	mu        sync.Mutex
-	keys      map[string]*loginKey
+	// mu guards keys, ended, onFailure and onCleared.
+	mu   sync.Mutex
+	keys map[string]*loginKey
+	// ended is closed when an attempt ends, for those waiting in Begin;
+	// nil while nobody waits.
+	ended     chan struct{}
 	onFailure []func(name, addr string)
 	onCleared []func(name, addr string)
 }
@@ -53,6 +57,7 @@ type loginKey struct {
 	failures int
 	last     time.Time // last failure
 	until    time.Time // closed until then
+	pending  int       // attempts let through by Begin, not yet ended
 }
 
 // NewLoginLimiter returns a limiter; o may be nil.
@@ -104,6 +109,100 @@ func (l *LoginLimiter) Wait(name, addr string) time.Duration {
 	return w
 }
 
+// Begin is Wait for an attempt whose credentials are about to be checked
+// (a password's bcrypt takes tens of milliseconds). Wait alone lets
+// through every attempt that arrives while a key is open, so a burst of
+// concurrent guesses (a hundred connections, each checked before any of
+// them had failed) was checked whole, where one after the other only the
+// key's free failures are. So a key lets as many attempts be checked at
+// once as it has failures left before it closes, at least one, and Begin
+// waits (until ctx ends) while that many are being checked: as they end,
+// their failures close the key for the waiting ones, or their successes
+// let them on. It returns how long the key is closed, as Wait; or 0, and
+// then the attempt goes ahead and counts as being checked until End,
+// which the caller calls once it has recorded the attempt's outcome
+// (Failed, Succeeded, or neither). An error is ctx's.
+func (l *LoginLimiter) Begin(ctx context.Context, name, addr string) (time.Duration, error) {
+	keys := [2]string{pairKey(name, addr), addrKey(addr)}
+	for {
+		now := l.o.Now()
+		l.mu.Lock()
+		var w time.Duration
+		busy := false
+		for i, k := range keys {
+			switch e := l.keys[k]; {
+			case e == nil:
+			case e.until.After(now):
+				w = max(w, e.until.Sub(now))
+			case e.pending >= max(1, l.free(i)-e.live(now, l.o.Forget)):
+				busy = true
+			}
+		}
+		switch {
+		case w > 0:
+			l.mu.Unlock()
+			return w, nil
+		case busy:
+			if l.ended == nil {
+				l.ended = make(chan struct{})
+			}
+			ended := l.ended
+			l.mu.Unlock()
+			select {
+			case <-ended:
+				continue
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		if len(l.keys) >= loginKeys {
+			l.prune(now)
+		}
+		for _, k := range keys {
+			e := l.keys[k]
+			if e == nil {
+				e = &loginKey{last: now}
+				l.keys[k] = e
+			}
+			e.pending++
+		}
+		l.mu.Unlock()
+		return 0, nil
+	}
+}
+
+// End ends an attempt Begin let through.
+func (l *LoginLimiter) End(name, addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range [2]string{pairKey(name, addr), addrKey(addr)} {
+		if e := l.keys[k]; e != nil && e.pending > 0 {
+			e.pending--
+		}
+	}
+	if l.ended != nil {
+		close(l.ended) // the attempts waiting in Begin look again
+		l.ended = nil
+	}
+}
+
+// free is the failures the i-th key of a login (0 its pair, 1 its
+// address) has before it closes.
+func (l *LoginLimiter) free(i int) int {
+	if i == 1 {
+		return l.o.AddrFree
+	}
+	return l.o.PairFree
+}
+
+// live is e's failures, none once they are forgotten.
+func (e *loginKey) live(now time.Time, forget time.Duration) int {
+	if now.Sub(e.last) > forget {
+		return 0
+	}
+	return e.failures
+}
+
 // OnFailure calls f with each failed login, after the limiter has
 // counted it (Bans.LoginFailed: intrusion detection builds on these
 // events). f runs on the caller's goroutine and must not block.
@@ -142,16 +241,15 @@ func (l *LoginLimiter) failed(name, addr string) {
 	}
 	for i, k := range [2]string{pairKey(name, addr), addrKey(addr)} {
 		e := l.keys[k]
-		if e == nil || now.Sub(e.last) > l.o.Forget {
+		if e == nil {
 			e = &loginKey{}
 			l.keys[k] = e
+		} else if now.Sub(e.last) > l.o.Forget {
+			*e = loginKey{pending: e.pending}
 		}
 		e.failures++
 		e.last = now
-		free := l.o.PairFree
-		if i == 1 {
-			free = l.o.AddrFree
-		}
+		free := l.free(i)
 		if e.failures >= free {
 			d := l.o.Base << min(e.failures-free, 20)
 			e.until = now.Add(min(d, l.o.Max))
@@ -164,8 +262,9 @@ func (l *LoginLimiter) failed(name, addr string) {
 func (l *LoginLimiter) Succeeded(name, addr string) {
 	l.mu.Lock()
 	k := pairKey(name, addr)
-	_, had := l.keys[k]
-	delete(l.keys, k)
+	e := l.keys[k]
+	had := e != nil && e.failures > 0 // a key may be there for pending attempts only
+	clearKey(e, k, l.keys)
 	fns := l.onCleared
 	l.mu.Unlock()
 	if had {
@@ -190,7 +289,18 @@ func (l *LoginLimiter) OnCleared(f func(name, addr string)) {
 func (l *LoginLimiter) SucceededElsewhere(name, addr string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	delete(l.keys, pairKey(name, addr))
+	k := pairKey(name, addr)
+	clearKey(l.keys[k], k, l.keys)
+}
+
+// clearKey forgets the failures of e, key k of keys; a key with pending
+// attempts keeps their count (End takes them off). mu must be held.
+func clearKey(e *loginKey, k string, keys map[string]*loginKey) {
+	if e != nil && e.pending > 0 {
+		*e = loginKey{pending: e.pending, last: e.last}
+		return
+	}
+	delete(keys, k)
 }
 
 // Size returns the number of keys held.
@@ -204,7 +314,7 @@ func (l *LoginLimiter) Size() int {
 // mu must be held.
 func (l *LoginLimiter) prune(now time.Time) {
 	for k, e := range l.keys {
-		if now.Sub(e.last) > l.o.Forget && !e.until.After(now) {
+		if now.Sub(e.last) > l.o.Forget && !e.until.After(now) && e.pending == 0 {
 			delete(l.keys, k)
 		}
 	}
@@ -213,7 +323,7 @@ func (l *LoginLimiter) prune(now time.Time) {
 	}
 	cut := now.Add(-l.o.Forget / 2)
 	for k, e := range l.keys {
-		if e.last.Before(cut) || len(l.keys) >= loginKeys/2 {
+		if e.pending == 0 && (e.last.Before(cut) || len(l.keys) >= loginKeys/2) {
 			delete(l.keys, k)
 		}
 	}

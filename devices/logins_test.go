@@ -1,6 +1,8 @@
 package devices
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -79,5 +81,95 @@ func TestLoginLimiterKeys(t *testing.T) {
 	now = now.Add(o.Base)
 	if w := l.Wait("dave", "203.0.113.9"); w != 0 {
 		t.Fatalf("still closed after its time: %v", w)
+	}
+}
+
+// TestLoginLimiterBegin: attempts being checked count against their keys'
+// free failures: a pair lets PairFree attempts through at once and an
+// address AddrFree; the next waits in Begin until one ends, then goes on
+// if the key is still open, or gets the key's wait if the ended attempts
+// closed it; once a key has used its free failures it lets one attempt
+// through at a time when it reopens; a success while others are pending
+// keeps their count, so their End does not take another's place.
+func TestLoginLimiterBegin(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	l := NewLoginLimiter(&LoginLimitOptions{Now: func() time.Time { return now }})
+	o := l.Options()
+	begin := func(name, addr string) time.Duration {
+		t.Helper()
+		w, err := l.Begin(context.Background(), name, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	// busy reports whether Begin waits for the attempts being checked.
+	busy := func(name, addr string) bool {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		w, err := l.Begin(ctx, name, addr)
+		if err == nil && w == 0 {
+			l.End(name, addr)
+		}
+		return errors.Is(err, context.DeadlineExceeded)
+	}
+	for i := range o.PairFree {
+		if w := begin("bob", "10.0.0.1"); w != 0 {
+			t.Fatalf("attempt %d held: %v", i, w)
+		}
+	}
+	if !busy("bob", "10.0.0.1") {
+		t.Fatalf("attempt %d went ahead at once", o.PairFree+1)
+	}
+	if w := l.Wait("bob", "10.0.0.1"); w != 0 {
+		t.Fatalf("Wait reports pending attempts as closed: %v", w)
+	}
+	// One waits; a success and its End let it on.
+	got := make(chan time.Duration)
+	go func() {
+		w, _ := l.Begin(context.Background(), "bob", "10.0.0.1")
+		got <- w
+	}()
+	l.Succeeded("bob", "10.0.0.1")
+	l.End("bob", "10.0.0.1")
+	if w := <-got; w != 0 {
+		t.Fatalf("the waiting attempt after a success: %v", w)
+	}
+	if !busy("bob", "10.0.0.1") {
+		t.Fatal("the success's End freed two places")
+	}
+	// One waits; the others fail and close the pair: it gets the wait.
+	go func() {
+		w, _ := l.Begin(context.Background(), "bob", "10.0.0.1")
+		got <- w
+	}()
+	for range o.PairFree {
+		l.Failed("bob", "10.0.0.1")
+		l.End("bob", "10.0.0.1")
+	}
+	if w := <-got; w != o.Base {
+		t.Fatalf("the waiting attempt after %d failures: wait %v, want %v", o.PairFree, w, o.Base)
+	}
+	now = now.Add(o.Base)
+	if w := begin("bob", "10.0.0.1"); w != 0 {
+		t.Fatalf("reopened: wait %v", w)
+	}
+	if !busy("bob", "10.0.0.1") {
+		t.Fatal("a reopened key let a second attempt through at once")
+	}
+	l.End("bob", "10.0.0.1")
+
+	// An address: AddrFree attempts of as many names at once.
+	for i := range o.AddrFree {
+		if w := begin(fmt.Sprint("n", i), "10.0.0.2"); w != 0 {
+			t.Fatalf("name %d held: %v", i, w)
+		}
+	}
+	if !busy("another", "10.0.0.2") {
+		t.Fatalf("name %d went ahead at once", o.AddrFree+1)
+	}
+	if w := begin("bob", "10.0.0.3"); w != 0 {
+		t.Fatalf("another address held: %v", w)
 	}
 }

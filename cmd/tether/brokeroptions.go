@@ -43,6 +43,8 @@ func brokerOptions(cfg configs.Config) broker.Options {
 		MaxKeepalive:     m.MaxKeepalive,
 
 		MaxSubscriptionsPerClient: m.MaxSubscriptionsPerClient,
+		MaxTopicLevels:            m.MaxTopicLevels,
+		MaxSessionsPerUser:        m.MaxSessionsPerUser,
 
 		ReadBufferSize:  m.ReadBufferSize,
 		WriteBufferSize: m.WriteBufferSize,

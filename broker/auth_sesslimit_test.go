@@ -1,0 +1,102 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	paho5 "github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+)
+
+// connack5 connects an MQTT 5 client with Session Expiry Interval expiry
+// (clean start when 0) and returns the CONNACK's reason code; the client
+// disconnects at once when it is accepted.
+func connack5(t *testing.T, addr, id, user, pass string, expiry uint32) byte {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := paho5.NewClient(paho5.ClientConfig{Conn: conn})
+	cp := &paho5.Connect{ClientID: id, KeepAlive: 30, CleanStart: expiry == 0, Username: user, UsernameFlag: true,
+		Password: []byte(pass), PasswordFlag: true, Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ca, err := c.Connect(ctx, cp)
+	if ca == nil {
+		t.Fatalf("connect %s: no CONNACK: %v", id, err)
+	}
+	if ca.ReasonCode == 0 {
+		_ = c.Disconnect(&paho5.Disconnect{})
+		<-c.Done()
+	}
+	return ca.ReasonCode
+}
+
+// TestSessionsPerUser: with mqtt.max_sessions_per_user 3, a viewer holds
+// 3 persistent sessions, online or offline: a fourth under a new client id
+// is refused with 0x97 (3.1.1: 0x03) and leaves no session, while taking
+// over one of its own, a session that ends with its connection, another
+// user's sessions, an admin's and a device's are allowed; a session that
+// ends makes room.
+func TestSessionsPerUser(t *testing.T) {
+	o := DefaultOptions()
+	o.MaxSessionsPerUser = 3
+	e := startLimitEnv(t, t.TempDir(), o, RetainedLimitOptions{})
+	vpass, opass, apass := e.user(t, "vi", "viewer"), e.user(t, "op", "operator"), e.user(t, "ad", "admin")
+
+	for i := range 3 {
+		if code := connack5(t, e.tcp, fmt.Sprint("vi-", i), "vi", vpass, 3600); code != 0 {
+			t.Fatalf("session %d: CONNACK 0x%02x", i, code)
+		}
+	}
+	live, _ := dial5(t, e.tcp, "vi-1", "vi", vpass, 3600) // its own, online again
+	if code := connack5(t, e.tcp, "vi-3", "vi", vpass, 3600); code != 0x97 {
+		t.Fatalf("a fourth persistent session: CONNACK 0x%02x, want 0x97", code)
+	}
+	if _, ok := e.b.Server.Clients.Get("vi-3"); ok {
+		t.Fatal("the refused CONNECT left a session")
+	}
+	c3 := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + e.tcp).SetClientID("vi-4").
+		SetUsername("vi").SetPassword(vpass).SetProtocolVersion(4).SetCleanSession(false).
+		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second))
+	tok := c3.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.(*paho3.ConnectToken).ReturnCode() != 0x03 {
+		t.Fatalf("a 3.1.1 persistent session past the bound: %v, return code %d, want 3", tok.Error(), tok.(*paho3.ConnectToken).ReturnCode())
+	}
+	for i := range 3 {
+		if code := connack5(t, e.tcp, fmt.Sprint("ad-", i), "ad", apass, 3600); code != 0 {
+			t.Fatalf("admin's session %d: CONNACK 0x%02x", i, code)
+		}
+	}
+	for _, c := range []struct {
+		what, id, user, pass string
+		expiry               uint32
+	}{
+		{"its own offline session", "vi-2", "vi", vpass, 3600},
+		{"a session that ends with its connection", "vi-clean", "vi", vpass, 0},
+		{"another user's", "op-0", "op", opass, 3600},
+		{"an admin's fourth", "ad-3", "ad", apass, 3600},
+		{"a device's", "dv", "dv", e.device(t, "dv"), 3600},
+	} {
+		if code := connack5(t, e.tcp, c.id, c.user, c.pass, c.expiry); code != 0 {
+			t.Fatalf("%s: CONNACK 0x%02x", c.what, code)
+		}
+	}
+	// vi-0 comes back with a session that ends with its connection: room
+	// for one more.
+	if code := connack5(t, e.tcp, "vi-0", "vi", vpass, 0); code != 0 {
+		t.Fatalf("vi-0 without expiry: CONNACK 0x%02x", code)
+	}
+	if code := connack5(t, e.tcp, "vi-3", "vi", vpass, 3600); code != 0 {
+		t.Fatalf("after a session ended: CONNACK 0x%02x", code)
+	}
+	live.close()
+	if n := authCount(t, e.auth.m.failures.WithLabelValues("session_limit", "tcp")); n != 2 {
+		t.Fatalf("tether_auth_failures_total{reason=session_limit} %v, want 2", n)
+	}
+}
