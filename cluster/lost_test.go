@@ -81,3 +81,25 @@ func TestLostNodeHeardAgain(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDeadNodeForgotten: a node that vanishes from the bus without a
+// goodbye (its NATS server gone, as when its process is killed) is still
+// forgotten about peerExpiry after its last beat: the node that forgets
+// it hears the bus itself (caughtUp answers at once).
+func TestDeadNodeForgotten(t *testing.T) {
+	nodes := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	gone := make(chan string, 1)
+	a.node.SetNodeGone(func(name string) { gone <- name })
+	start := time.Now()
+	b.node.ns.Shutdown()
+	select {
+	case name := <-gone:
+		if name != b.node.Name() {
+			t.Fatalf("%s took %s for gone", a.node.Name(), name)
+		}
+		t.Logf("%s forgot %s after %v", a.node.Name(), name, time.Since(start).Round(time.Millisecond))
+	case <-time.After(4 * peerExpiry):
+		t.Fatalf("%s still hears %d nodes, %v after %s vanished", a.node.Name(), len(a.node.Nodes()), 4*peerExpiry, b.node.Name())
+	}
+}
