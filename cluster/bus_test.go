@@ -157,3 +157,48 @@ func (c *slowReader) Read(p []byte) (int, error) {
 	time.Sleep(cmp.Or(c.every, 10*time.Millisecond))
 	return c.Conn.Read(p[:min(len(p), 16<<10)])
 }
+
+// TestBusSlowReaderForgetsNobody: a node whose bus reader is behind (the
+// NATS server holds a window of messages for it, 20 MiB, which its
+// reader, throttled to about 1.6 MB/s, takes some 13 s to read: as the
+// receiving node of TestClusterFlowControl under the race detector at
+// load 16, whose beats from the others took up to 16 s to reach it) hears
+// the other node's beats only after them, and does not take it for gone
+// meanwhile (caughtUp): it used to (for 6 s), as if the other had died,
+// and so would take over its sessions (a shared session store).
+func TestBusSlowReaderForgetsNobody(t *testing.T) {
+	a := startNodeWith(t, Options{Node: "s1", Listen: "127.0.0.1:0", Secret: testSecret, FlowWait: time.Second})
+	b := startNodeWith(t, Options{Node: "s2", Listen: "127.0.0.1:0", Peers: []string{a.node.RouteAddr()}, Secret: testSecret, FlowWait: time.Second,
+		busConn: func(c net.Conn) net.Conn { return &slowReader{Conn: c} }})
+	waitMesh(t, []*testNode{a, b})
+	var gone atomic.Int64
+	b.node.SetNodeGone(func(string) { gone.Add(1) })
+	var got inbox
+	sub := testmqtt.Client(t, b.addr, "forget-sub", true, false, got.add)
+	testmqtt.WaitToken(t, "subscribe", sub.Subscribe("forget/#", 1, nil))
+	waitRoute(t, a, b, "forget/x")
+	pub := testmqtt.Client(t, a.addr, "forget-pub", true, false, nil)
+	// 24 MiB: the window (20 MiB) full, and some waiting for room.
+	const n, size = 48, 512 << 10
+	var toks []paho.Token
+	for i := range n {
+		buf := make([]byte, size)
+		binary.BigEndian.PutUint64(buf, uint64(i))
+		toks = append(toks, pub.Publish("forget/x", 1, false, buf))
+	}
+	for _, tok := range toks {
+		testmqtt.WaitTokenFor(t, "publish", tok, 60*time.Second)
+	}
+	testmqtt.CheckFor(t, 90*time.Second, func() error {
+		if c := len(got.all()); c < n {
+			return fmt.Errorf("%d of %d acknowledged messages delivered (s2 took s1 for gone %d times)", c, n, gone.Load())
+		}
+		return nil
+	})
+	if g := gone.Load(); g != 0 {
+		t.Errorf("s2, its bus reader behind, took s1 for gone %d times", g)
+	}
+	if l := testmqtt.Counter(t, b.node.m.dropped.WithLabelValues("lost")); l != 0 {
+		t.Errorf("messages counted as lost: %v", l)
+	}
+}

@@ -44,5 +44,10 @@
 // on the other nodes through a credit window per stream of messages
 // between two nodes (flow.go): a publisher whose message would overfill
 // the window waits, as for a slow local subscriber, so the receiving
-// node's bus buffer never overflows.
+// node's bus buffer never overflows. A node forgets another not heard
+// for a while only once it hears the bus itself (a node whose own
+// connection is behind hears the others late); one forgotten while it
+// was alive, late, is told apart when it is heard again, and the
+// messages for its subscribers not sent to it meanwhile are counted
+// (peers.go: lostPeer).
 package cluster

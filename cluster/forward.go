@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -90,10 +91,15 @@ func (n *Node) forward(pk packets.Packet, e *early, cl *mqtt.Client) {
 		return
 	}
 	peers := *n.peers.Load()
+	var assigned map[string][]string
+	if lost := *n.lost.Load(); len(lost) > 0 {
+		defer func() {
+			n.missedLost(name, lost, func(key string) bool { return served(assigned, n.local.Load(), key) })
+		}()
+	}
 	if len(peers) == 0 {
 		return
 	}
-	var assigned map[string][]string
 	if e != nil {
 		assigned = e.assigned // the groups stay where OnPublish gave them
 	} else {
@@ -127,6 +133,20 @@ func (n *Node) forward(pk packets.Packet, e *early, cl *mqtt.Client) {
 		}
 		n.m.sent.Inc()
 	}
+}
+
+// served reports whether the shared group key is served by this node
+// (local) or given to another (assigned).
+func served(assigned map[string][]string, local *interest, key string) bool {
+	if _, here := local.shared[key]; here {
+		return true
+	}
+	for _, keys := range assigned {
+		if slices.Contains(keys, key) {
+			return true
+		}
+	}
+	return false
 }
 
 // assignShared gives each shared group that matches name and has no

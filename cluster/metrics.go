@@ -16,7 +16,7 @@ type metrics struct {
 }
 
 // dropReasons are tether_cluster_messages_dropped_total's reasons.
-var dropReasons = []string{"send", "slow", "malformed", "loop", "inject", "encode"}
+var dropReasons = []string{"send", "slow", "malformed", "loop", "inject", "encode", "lost"}
 
 func newMetrics() *metrics {
 	m := &metrics{
@@ -25,7 +25,7 @@ func newMetrics() *metrics {
 		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_messages_received_total",
 			Help: "Messages from other nodes delivered into this node's engine."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_cluster_messages_dropped_total",
-			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode."}, []string{"reason"}),
+			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode, lost (not sent to a node taken for gone that was heard again: alive, late)."}, []string{"reason"}),
 		notDurable: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_acks_not_durable_total",
 			Help: "QoS 1/2 messages for persistent sessions on other nodes acknowledged before every such node confirmed their commit (it did not answer within 2 s, or was gone from the bus)."}),
 		flowWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_waits_total",

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -93,9 +94,13 @@ type Node struct {
 	hook     *hook
 	m        *metrics
 
-	// mu guards the writes of peers (copy on write) and version.
-	mu      sync.Mutex
-	peers   atomic.Pointer[map[string]*peer]
+	// mu guards the writes of peers and lost (copy on write) and
+	// version.
+	mu    sync.Mutex
+	peers atomic.Pointer[map[string]*peer]
+	// lost is the runs of other nodes this node took for gone (expire),
+	// until each is heard again (peers.go: lostPeer).
+	lost    atomic.Pointer[map[string]*lostPeer]
 	local   atomic.Pointer[interest] // this node's clients' filters
 	version uint64
 	// localDurable is the filters of this node's persistent sessions,
@@ -138,12 +143,17 @@ type Node struct {
 	lastRecv int64
 	lastAt   time.Time
 
-	subs []*nats.Subscription
+	subs    []*nats.Subscription
+	beatSub *nats.Subscription // of subjBeat (caughtUp)
+	// expiring: a look for the nodes not heard from is under way (expire).
+	expiring atomic.Bool
 	// lifeMu guards closed and the wg.Add of goroutines started from
 	// bus callbacks, so that none starts once Close waits.
 	lifeMu    sync.Mutex
 	closed    bool
 	stop      chan struct{}
+	stopCtx   context.Context // done once stop is closed
+	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -201,8 +211,11 @@ func New(o Options) (*Node, error) {
 	if o.joinMax > 0 {
 		n.join.max = o.joinMax
 	}
+	n.stopCtx, n.cancel = context.WithCancel(context.Background())
 	empty := map[string]*peer{}
 	n.peers.Store(&empty)
+	noneLost := map[string]*lostPeer{}
+	n.lost.Store(&noneLost)
 	n.local.Store(newInterest(0, nil))
 	if o.NATSURL == "" {
 		_, _ = rand.Read(b[:])
@@ -321,8 +334,11 @@ func (n *Node) subscribe() error {
 			n.unsubscribe()
 			return fmt.Errorf("cluster: subscribe %s: %w", s.subject, err)
 		}
-		if s.subject == subjMsg+n.name {
+		switch s.subject {
+		case subjMsg + n.name:
 			_ = sub.SetPendingLimits(1<<16, 256<<20)
+		case subjBeat:
+			n.beatSub = sub
 		}
 		n.subs = append(n.subs, sub)
 	}
@@ -341,6 +357,7 @@ func (n *Node) Close() error {
 		n.closed = true
 		n.lifeMu.Unlock()
 		close(n.stop)
+		n.cancel()
 		n.wg.Wait()
 		_ = n.nc.Flush()
 		n.nc.Close()

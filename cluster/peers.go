@@ -1,10 +1,12 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"regexp"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -208,9 +210,17 @@ func (n *Node) onBeat(m *nats.Msg) {
 	}
 	now := time.Now()
 	var ask, greet, again bool
+	var back *lostPeer
 	n.update(b.Node, func(old *peer) *peer {
 		p := &peer{name: b.Node, inst: b.Inst, seen: now, heard: now, clients: b.Clients, rate: b.Rate,
 			hearsUs: b.Hears == nil || slices.Contains(b.Hears, n.name)}
+		if old == nil {
+			if back = n.takeLost(b.Node); back != nil && back.inst == b.Inst {
+				// The run taken for gone: its filters as they were (asked
+				// for again below if they changed meanwhile).
+				p.in, p.dur = back.in, back.dur
+			}
+		}
 		if old != nil && old.inst == b.Inst {
 			p.in, p.dur, p.asked, p.win, p.heard = old.in, old.dur, old.asked, old.win, old.heard
 			// Heard again after a gap (its beats missed, or it did not
@@ -228,6 +238,7 @@ func (n *Node) onBeat(m *nats.Msg) {
 		}
 		return p
 	})
+	n.backAgain(b.Node, b.Inst, back)
 	if ask {
 		_ = n.nc.Publish(subjWant+b.Node, nil)
 	}
@@ -251,7 +262,11 @@ func (n *Node) onInterest(m *nats.Msg) {
 	if len(a.Durable) > 0 {
 		dur = newInterest(a.Version, a.Durable)
 	}
+	var back *lostPeer
 	n.update(a.Node, func(old *peer) *peer {
+		if old == nil {
+			back = n.takeLost(a.Node)
+		}
 		if old == nil || old.inst != a.Inst {
 			now := time.Now()
 			return &peer{name: a.Node, inst: a.Inst, seen: now, heard: now, in: in, dur: dur}
@@ -260,6 +275,7 @@ func (n *Node) onInterest(m *nats.Msg) {
 		p.in, p.dur = in, dur
 		return &p
 	})
+	n.backAgain(a.Node, a.Inst, back)
 }
 
 func (n *Node) onBye(m *nats.Msg) {
@@ -268,27 +284,57 @@ func (n *Node) onBye(m *nats.Msg) {
 		return
 	}
 	left := false
+	var back *lostPeer
 	n.update(b.Node, func(old *peer) *peer {
 		if old != nil && old.inst != b.Inst {
 			return old // a newer run of it already
 		}
+		if old == nil {
+			back = n.takeLost(b.Node)
+		}
 		left = old != nil
 		return nil
 	})
+	n.backAgain(b.Node, b.Inst, back)
 	n.log.Info("node left", "peer", b.Node)
 	if left {
 		n.nodeGone(b.Node)
 	}
 }
 
-// expire forgets the nodes not heard for peerExpiry.
+// expire forgets the nodes not heard for peerExpiry, once this node has
+// made sure that it hears the bus itself (caughtUp, on a goroutine of
+// its own: the beats go on meanwhile): a node whose own bus connection
+// is behind hears every other node late, and must not take them for gone
+// for that. A run of a node forgotten here is remembered (lostPeer)
+// until it is heard again or for lostKept.
 func (n *Node) expire(now time.Time) {
+	n.forgetLost(now)
+	silent := false
+	for _, p := range *n.peers.Load() {
+		silent = silent || now.Sub(p.seen) > peerExpiry
+	}
+	if !silent || !n.expiring.CompareAndSwap(false, true) {
+		return
+	}
+	n.goBackground(func() {
+		defer n.expiring.Store(false)
+		if n.caughtUp() {
+			n.forget(time.Now())
+		}
+	})
+}
+
+// forget forgets the nodes not heard for peerExpiry at now.
+func (n *Node) forget(now time.Time) {
 	for name, p := range *n.peers.Load() {
 		if now.Sub(p.seen) > peerExpiry {
 			lost := false
 			n.update(name, func(old *peer) *peer {
 				if old != nil && now.Sub(old.seen) > peerExpiry {
-					n.log.Warn("node lost: not heard from", "peer", name, "for", now.Sub(old.seen).Round(time.Second))
+					n.log.Warn("node lost: not heard from; messages for its subscribers are not sent to it until it is heard again",
+						"peer", name, "for", now.Sub(old.seen).Round(time.Second))
+					n.rememberLost(old, now)
 					lost = true
 					return nil
 				}
@@ -298,6 +344,147 @@ func (n *Node) expire(now time.Time) {
 				n.nodeGone(name)
 			}
 		}
+	}
+}
+
+// caughtUp reports whether this node has taken in what the bus held for
+// it: a round trip to its NATS server, whose answer comes after all it
+// queued for this node before (waited for at most peerExpiry), and no
+// beat left waiting for its handler. When this node's bus reader is
+// behind (the NATS server holds the windows' messages for it ahead of the
+// beats, or the process is starved of CPU), or its connection is busy
+// sending (its requests, the answers to the server's pings among them,
+// wait behind its own messages, and its reader waits for those answers),
+// the beats of the others reach it late, and it does not take them for
+// gone: TestBusSlowReaderForgetsNobody. Its connection down: true, the
+// others are forgotten as before.
+func (n *Node) caughtUp() bool {
+	if n.nc.Status() != nats.CONNECTED {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(n.stopCtx, peerExpiry)
+	defer cancel()
+	err := n.nc.FlushWithContext(ctx)
+	switch {
+	case n.stopCtx.Err() != nil:
+		return false // closing: nobody is forgotten now
+	case err != nil && n.nc.Status() != nats.CONNECTED:
+		return true
+	case err != nil:
+		n.log.Info("not forgetting the nodes not heard from: this node's own bus connection is behind", "waited", peerExpiry, "error", err)
+		return false
+	}
+	if q, _, err := n.beatSub.Pending(); err == nil && q > 0 {
+		return false // the next beat looks again, once they are handled
+	}
+	return true
+}
+
+// lostPeer is a run of another node that this node took for gone
+// (expire; not one that said goodbye): its filters, and the messages
+// for its subscribers that were not sent to it meanwhile. If that run is
+// heard again (it was alive, only late: its beats delayed past
+// peerExpiry, or a partition), its filters are taken up at once, not
+// after the round trip of asking for them, which to a node whose bus
+// reader is behind takes seconds; and what it was not sent is counted
+// (tether_cluster_messages_dropped_total{reason="lost"}) and logged:
+// acknowledged messages are not lost silently.
+type lostPeer struct {
+	inst    string
+	in, dur *interest
+	at      time.Time
+
+	mu      sync.Mutex
+	missed  uint64 // messages for its subscribers not sent
+	settled bool   // heard again: counted directly
+}
+
+// lostKept bounds how long a lost run is remembered (one that does not
+// come back: its node was killed or restarted, and nothing counts the
+// messages for its subscribers).
+const lostKept = 10 * time.Minute
+
+// rememberLost keeps what p was (n.mu held).
+func (n *Node) rememberLost(p *peer, now time.Time) {
+	cur := *n.lost.Load()
+	next := make(map[string]*lostPeer, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	next[p.name] = &lostPeer{inst: p.inst, in: p.in, dur: p.dur, at: now}
+	n.lost.Store(&next)
+}
+
+// takeLost removes and returns the lost run of name (n.mu held); nil
+// when there is none.
+func (n *Node) takeLost(name string) *lostPeer {
+	cur := *n.lost.Load()
+	l := cur[name]
+	if l == nil {
+		return nil
+	}
+	next := make(map[string]*lostPeer, len(cur))
+	for k, v := range cur {
+		if k != name {
+			next[k] = v
+		}
+	}
+	n.lost.Store(&next)
+	return l
+}
+
+// forgetLost drops the lost runs remembered for longer than lostKept.
+func (n *Node) forgetLost(now time.Time) {
+	for name, l := range *n.lost.Load() {
+		if now.Sub(l.at) > lostKept {
+			n.mu.Lock()
+			if cur := (*n.lost.Load())[name]; cur == l {
+				n.takeLost(name)
+			}
+			n.mu.Unlock()
+		}
+	}
+}
+
+// backAgain counts and logs what a lost run, heard again as inst, was not
+// sent while it was taken for gone; nothing when l is nil or another run.
+func (n *Node) backAgain(name, inst string, l *lostPeer) {
+	if l == nil || l.inst != inst {
+		return
+	}
+	l.mu.Lock()
+	l.settled = true
+	missed := l.missed
+	l.mu.Unlock()
+	if missed > 0 {
+		n.m.dropped.WithLabelValues("lost").Add(float64(missed))
+	}
+	n.log.Warn("node heard again after it was taken for lost: it was alive, late; the messages for its subscribers published meanwhile were not sent to it",
+		"peer", name, "after", time.Since(l.at).Round(time.Millisecond), "messages", missed)
+}
+
+// missedLost notes, for each lost run with a subscriber for name (a
+// plain filter, or a shared group that no node serves: served says which
+// are), that a message was not sent to it (forward).
+func (n *Node) missedLost(name string, lost map[string]*lostPeer, served func(key string) bool) {
+	for _, l := range lost {
+		if l.in == nil {
+			continue
+		}
+		missed := l.in.matches(name)
+		if !missed {
+			l.in.eachShared(name, func(key string) { missed = missed || !served(key) })
+		}
+		if !missed {
+			continue
+		}
+		l.mu.Lock()
+		if l.settled {
+			n.m.dropped.WithLabelValues("lost").Inc() // heard again just now
+		} else {
+			l.missed++
+		}
+		l.mu.Unlock()
 	}
 }
 
