@@ -175,9 +175,13 @@ func (l *LoginLimiter) Begin(ctx context.Context, name, addr string) (time.Durat
 func (l *LoginLimiter) End(name, addr string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := l.o.Now()
 	for _, k := range [2]string{pairKey(name, addr), addrKey(addr)} {
 		if e := l.keys[k]; e != nil && e.pending > 0 {
 			e.pending--
+			if e.pending == 0 && e.failures == 0 && !e.until.After(now) {
+				delete(l.keys, k) // held only for the attempts being checked
+			}
 		}
 	}
 	if l.ended != nil {

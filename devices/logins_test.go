@@ -173,3 +173,35 @@ func TestLoginLimiterBegin(t *testing.T) {
 		t.Fatalf("another address held: %v", w)
 	}
 }
+
+// TestLoginLimiterEndForgetsEmptyKeys: the keys Begin made only to count
+// an attempt being checked go with its End when it left no failure (a
+// success clears its pair: on a node that took the login, as on the
+// others, only the address's failures stay); a failure's stay.
+func TestLoginLimiterEndForgetsEmptyKeys(t *testing.T) {
+	l := NewLoginLimiter(nil)
+	attempt := func(outcome func()) {
+		t.Helper()
+		if w, err := l.Begin(context.Background(), "carol", "10.0.0.9"); err != nil || w != 0 {
+			t.Fatalf("Begin: %v, %v", w, err)
+		}
+		outcome()
+		l.End("carol", "10.0.0.9")
+	}
+	attempt(func() { l.Succeeded("carol", "10.0.0.9") })
+	if n := l.Size(); n != 0 {
+		t.Fatalf("after a success: %d keys, want 0", n)
+	}
+	attempt(func() {}) // neither (a CONNECT refused for another reason)
+	if n := l.Size(); n != 0 {
+		t.Fatalf("after an attempt with no outcome: %d keys, want 0", n)
+	}
+	attempt(func() { l.Failed("carol", "10.0.0.9") })
+	if n := l.Size(); n != 2 {
+		t.Fatalf("after a failure: %d keys, want 2 (pair and address)", n)
+	}
+	attempt(func() { l.Succeeded("carol", "10.0.0.9") })
+	if n := l.Size(); n != 1 {
+		t.Fatalf("after a failure and a success: %d keys, want 1 (the address's)", n)
+	}
+}
