@@ -215,8 +215,9 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) (lost int, err 
 func (t *Telemetry) addPoints(i int, now time.Time) {
 	o := t.order
 	d := o.devs[i]
-	for _, k := range o.points(i) {
-		p := &o.batch[k]
+	pts := o.points(i)
+	for k := range pts {
+		p := &pts[k]
 		t.chunks.add(d, p.ts, p.json, now, t.rollups)
 	}
 }
