@@ -171,7 +171,7 @@ type queued struct {
 	device  string
 	ts      int64 // Unix ms
 	json    []byte
-	arrived time.Time
+	arrived int64 // Unix ns (a time.Time would be 24 bytes, with a pointer)
 	// keys is the version of the keys of json (metricNames.filterKeys):
 	// points with the same version, other than 0, have the same keys.
 	keys uint64
@@ -304,6 +304,17 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 // metrics with a new name once the device has MaxDeviceMetrics are left
 // out and counted; a sample left with none is not stored.
 func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
+	return t.add(device, s, arrived.UnixNano())
+}
+
+// AddNow is Add of a sample received now, read from the wall clock alone
+// (arrivalNow): what the MQTT hook calls for each message.
+func (t *Telemetry) AddNow(device string, s Sample) bool {
+	return t.add(device, s, arrivalNow())
+}
+
+// add is Add with arrived in Unix nanoseconds.
+func (t *Telemetry) add(device string, s Sample, arrived int64) bool {
 	if t.closed.Load() {
 		t.m.dropped.Inc()
 		return false
@@ -315,11 +326,11 @@ func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 			return false
 		}
 	}
-	ts := s.TS
-	if ts.IsZero() {
-		ts = arrived
+	ts := arrived / int64(time.Millisecond)
+	if !s.TS.IsZero() {
+		ts = s.TS.UnixMilli()
 	}
-	p := queued{device: device, ts: ts.UnixMilli(), json: json, arrived: arrived, keys: keys}
+	p := queued{device: device, ts: ts, json: json, arrived: arrived, keys: keys}
 	if !t.budget.take(p.cost()) {
 		t.m.dropped.Inc()
 		return false

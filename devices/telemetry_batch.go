@@ -36,7 +36,7 @@ type batchOrder struct {
 	// seen its latest arrival (for the last values, without reading the
 	// points again).
 	keys []uint64
-	seen []time.Time
+	seen []int64 // Unix ns
 
 	// Last values: members of the device being merged, an index of them
 	// when there are many, and the patches' bytes.
@@ -90,9 +90,7 @@ func (o *batchOrder) group(batch []queued) {
 		if p.keys != o.keys[i] {
 			o.keys[i] = 0
 		}
-		if p.arrived.After(o.seen[i]) {
-			o.seen[i] = p.arrived
-		}
+		o.seen[i] = max(o.seen[i], p.arrived)
 		o.starts[i]++
 		o.of = append(o.of, i)
 	}
@@ -123,7 +121,6 @@ func (o *batchOrder) points(i int) []pointRef { return o.sorted[o.starts[i]:o.st
 // done lets the batch's points go.
 func (o *batchOrder) done() {
 	clear(o.sorted)
-	clear(o.seen)
 	clear(o.devs)
 	clear(o.idx)
 	clear(o.lasts)
@@ -144,7 +141,7 @@ func (o *batchOrder) lastValues() []LastValue {
 		}
 		o.members = o.members[:0]
 		indexed := false
-		seen := o.seen[i]
+		seen := time.Unix(0, o.seen[i])
 		for k := range o.points(i) {
 			p := &o.points(i)[k]
 			n := 0
@@ -177,7 +174,7 @@ func (o *batchOrder) sameKeys(i int) (values []byte, seen time.Time, ok bool) {
 		return nil, time.Time{}, false
 	}
 	pts := o.points(i)
-	return pts[len(pts)-1].json, o.seen[i], true
+	return pts[len(pts)-1].json, time.Unix(0, o.seen[i]), true
 }
 
 // setMember sets metric k (member n of its point) to v in the device's

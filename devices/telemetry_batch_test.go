@@ -255,3 +255,44 @@ func TestTelemetryLastSeenLatestArrival(t *testing.T) {
 		}
 	}
 }
+
+// TestTelemetryAddNowArrival: AddNow (the hook's call) stamps a point
+// without a timestamp, and its device's last_seen, with the wall clock
+// read once (arrivalNow), to the millisecond a chunk stores: between
+// time.Now before and after the call. A point with its own timestamp
+// keeps it.
+func TestTelemetryAddNowArrival(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	before := time.Now()
+	if !tel.AddNow("d1", mustSample(t, `{"t":1}`)) {
+		t.Fatal("AddNow refused")
+	}
+	after := time.Now()
+	own := time.Date(2026, 1, 1, 3, 0, 0, 7e6, time.UTC)
+	if !tel.AddNow("d2", mustSample(t, `{"t":2,"ts":"2026-01-01T03:00:00.007Z"}`)) {
+		t.Fatal("AddNow refused")
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pts, err := tel.Points(ctx, "d1", before.Add(-time.Second), after.Add(time.Second), 10)
+	if err != nil || len(pts) != 1 {
+		t.Fatalf("points %v, %v", pts, err)
+	}
+	if got := pts[0].TS.UnixMilli(); got < before.UnixMilli() || got > after.UnixMilli() {
+		t.Errorf("timestamp %v, want within [%v, %v]", pts[0].TS, before, after)
+	}
+	pts, err = tel.Points(ctx, "d2", own.Add(-time.Second), own.Add(time.Second), 10)
+	if err != nil || len(pts) != 1 || !pts[0].TS.Equal(own) {
+		t.Fatalf("own timestamp: points %v, %v; want at %v", pts, err, own)
+	}
+	d, err := testRegistry(t, db).Device(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.LastSeen == nil || d.LastSeen.Before(before.Truncate(time.Microsecond)) || d.LastSeen.After(after) {
+		t.Errorf("last_seen %v, want within [%v, %v]", d.LastSeen, before, after)
+	}
+}
