@@ -191,7 +191,7 @@ type Telemetry struct {
 	log  *slog.Logger
 	opts TelemetryOptions
 
-	queue   chan queued
+	queue   *pointQueue
 	flushes chan chan error
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -266,7 +266,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		db:      db,
 		log:     opts.Logger.With("component", "telemetry"),
 		opts:    opts,
-		queue:   make(chan queued, opts.QueueSize),
+		queue:   newPointQueue(opts.QueueSize),
 		flushes: make(chan chan error),
 		stop:    make(chan struct{}),
 		last:    opts.LastValues,
@@ -335,20 +335,19 @@ func (t *Telemetry) add(device string, s Sample, arrived int64) bool {
 		t.m.dropped.Inc()
 		return false
 	}
-	select {
-	case t.queue <- p:
-		if len(t.queue) >= t.wakeAt {
-			select {
-			case t.wake <- struct{}{}:
-			default:
-			}
-		}
-		return true
-	default:
+	n, ok := t.queue.push(&p)
+	if !ok {
 		t.budget.give(p.cost())
 		t.m.dropped.Inc()
 		return false
 	}
+	if n >= t.wakeAt {
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
 }
 
 // cost is the bytes a queued point holds, for the queue's byte bound.

@@ -1,0 +1,97 @@
+package devices
+
+import (
+	"math/bits"
+	"sync/atomic"
+)
+
+// pointQueue is the bounded queue between the telemetry hook, which runs
+// on every publisher's goroutine, and the writer: a ring of slots, each
+// with a sequence number that says whether it is free or filled (Dmitry
+// Vyukov's bounded queue, with one consumer). A point is queued with one
+// compare-and-swap and taken without one: a channel took a lock on both
+// sides, and the writer a select per point.
+//
+// It holds at most size points (a slot count rounded up to a power of
+// two beside it, so that a position's slot is a mask away).
+type pointQueue struct {
+	slots []queueSlot
+	mask  uint64
+	size  uint64
+	_     [64]byte // tail, which producers write, on a line of its own
+	tail  atomic.Uint64
+	_     [56]byte
+	// head is the next position the writer takes; published is head as
+	// of the writer's last take, which producers read for the bound.
+	head      uint64
+	published atomic.Uint64
+}
+
+// queueSlot is a point's place in the ring: seq is its position when
+// free for that position's producer, and the position + 1 once filled.
+type queueSlot struct {
+	seq atomic.Uint64
+	p   queued
+}
+
+func newPointQueue(size int) *pointQueue {
+	n := uint64(1) << bits.Len64(uint64(max(size, 1))-1)
+	q := &pointQueue{slots: make([]queueSlot, n), mask: n - 1, size: uint64(max(size, 1))}
+	for i := range q.slots {
+		q.slots[i].seq.Store(uint64(i))
+	}
+	return q
+}
+
+// push queues p and returns how many points were queued then (p
+// included), or false when the queue is full. It never blocks.
+func (q *pointQueue) push(p *queued) (int, bool) {
+	for {
+		pos := q.tail.Load()
+		if pos-q.published.Load() >= q.size {
+			return 0, false
+		}
+		s := &q.slots[pos&q.mask]
+		seq := s.seq.Load()
+		switch {
+		case seq == pos:
+			if q.tail.CompareAndSwap(pos, pos+1) {
+				s.p = *p
+				s.seq.Store(pos + 1)
+				return int(pos + 1 - q.published.Load()), true
+			}
+		case seq < pos:
+			// The slot's point of the last lap is not taken yet.
+			return 0, false
+		}
+		// Another producer took pos: try the next.
+	}
+}
+
+// take calls fn with up to n of the queued points, in order (the point
+// is valid during the call), and stops at the first one that is still
+// being queued. It is the writer's alone.
+func (q *pointQueue) take(n int, fn func(p *queued)) {
+	head := q.head
+	for ; n > 0; n-- {
+		s := &q.slots[head&q.mask]
+		if s.seq.Load() != head+1 {
+			break
+		}
+		fn(&s.p)
+		s.p = queued{} // let the point go
+		s.seq.Store(head + q.mask + 1)
+		head++
+		if head-q.head == 1024 { // free room for producers as it goes
+			q.head = head
+			q.published.Store(head)
+		}
+	}
+	q.head = head
+	q.published.Store(head)
+}
+
+// len is how many points are queued (or being queued).
+func (q *pointQueue) len() int {
+	return int(q.tail.Load() - q.published.Load())
+}
