@@ -94,7 +94,7 @@ func (m *metricNames) merge(device string, obj []byte) {
 	dn := m.device(device)
 	if dn == nil {
 		dn = &deviceNames{}
-		m.per.Store(device, dn)
+		m.per.store(device, dn)
 	}
 	// Names are only added: the keys memo stays right.
 	hs = append(hs, dn.hs...)
