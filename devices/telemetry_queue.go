@@ -2,6 +2,7 @@ package devices
 
 import (
 	"math/bits"
+	"runtime"
 	"sync/atomic"
 )
 
@@ -68,15 +69,18 @@ func (q *pointQueue) push(p *queued) (int, bool) {
 	}
 }
 
-// take calls fn with up to n of the queued points, in order (the point
-// is valid during the call), and stops at the first one that is still
-// being queued. It is the writer's alone.
+// take calls fn with n of the queued points (n at most len), in order
+// (the point is valid during the call). A point whose producer has taken
+// its slot but not yet filled it is waited for: it is a few instructions
+// away (unless its goroutine was preempted there), and a point that
+// another producer queued after it, whose Add has returned, must not be
+// left behind by Flush. It is the writer's alone.
 func (q *pointQueue) take(n int, fn func(p *queued)) {
 	head := q.head
 	for ; n > 0; n-- {
 		s := &q.slots[head&q.mask]
-		if s.seq.Load() != head+1 {
-			break
+		for s.seq.Load() != head+1 {
+			runtime.Gosched()
 		}
 		fn(&s.p)
 		s.p = queued{} // let the point go

@@ -22,7 +22,7 @@ func TestPointQueueBound(t *testing.T) {
 				t.Fatalf("size %d: push beyond the bound taken (len %d)", size, q.len())
 			}
 			var got []int64
-			q.take(2, func(p *queued) { got = append(got, p.ts) })
+			q.take(min(2, size), func(p *queued) { got = append(got, p.ts) })
 			if _, ok := q.push(&queued{ts: -1}); !ok && size > 1 {
 				t.Fatalf("size %d: no room after a take", size)
 			}
