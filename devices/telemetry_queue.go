@@ -13,11 +13,11 @@ import (
 // compare-and-swap and taken without one: a channel took a lock on both
 // sides, and the writer a select per point.
 //
-// It holds at most size points (a slot count rounded up to a power of
-// two beside it, so that a position's slot is a mask away).
+// It holds at most size points, a slot each (position p's slot is p mod
+// size: a mask when size is a power of two, as by default).
 type pointQueue struct {
 	slots []queueSlot
-	mask  uint64
+	mask  uint64 // size-1 when size is a power of two, else 0
 	size  uint64
 	_     [64]byte // tail, which producers write, on a line of its own
 	tail  atomic.Uint64
@@ -36,12 +36,23 @@ type queueSlot struct {
 }
 
 func newPointQueue(size int) *pointQueue {
-	n := uint64(1) << bits.Len64(uint64(max(size, 1))-1)
-	q := &pointQueue{slots: make([]queueSlot, n), mask: n - 1, size: uint64(max(size, 1))}
+	n := uint64(max(size, 1))
+	q := &pointQueue{slots: make([]queueSlot, n), size: n}
+	if bits.OnesCount64(n) == 1 {
+		q.mask = n - 1
+	}
 	for i := range q.slots {
 		q.slots[i].seq.Store(uint64(i))
 	}
 	return q
+}
+
+// slot is position pos's slot.
+func (q *pointQueue) slot(pos uint64) *queueSlot {
+	if q.mask != 0 || q.size == 1 {
+		return &q.slots[pos&q.mask]
+	}
+	return &q.slots[pos%q.size]
 }
 
 // push queues p and returns how many points were queued then (p
@@ -52,7 +63,7 @@ func (q *pointQueue) push(p *queued) (int, bool) {
 		if pos-q.published.Load() >= q.size {
 			return 0, false
 		}
-		s := &q.slots[pos&q.mask]
+		s := q.slot(pos)
 		seq := s.seq.Load()
 		switch {
 		case seq == pos:
@@ -78,13 +89,13 @@ func (q *pointQueue) push(p *queued) (int, bool) {
 func (q *pointQueue) take(n int, fn func(p *queued)) {
 	head := q.head
 	for ; n > 0; n-- {
-		s := &q.slots[head&q.mask]
+		s := q.slot(head)
 		for s.seq.Load() != head+1 {
 			runtime.Gosched()
 		}
 		fn(&s.p)
 		s.p = queued{} // let the point go
-		s.seq.Store(head + q.mask + 1)
+		s.seq.Store(head + q.size)
 		head++
 		if head-q.head == 1024 { // free room for producers as it goes
 			q.head = head
