@@ -14,7 +14,11 @@ import (
 // point or per device once the writer has warmed up. It is the writer
 // goroutine's own.
 type batchOrder struct {
-	idx    map[string]int // device → its index in devs
+	idx map[*deviceNames]int // device → its index in devs
+	// byID is the index of each device id in devs: a device forgotten
+	// and registered again has new names, and its points still go with
+	// its id's (one group per id).
+	byID   map[string]int
 	devs   []string
 	starts []int // device i's points are sorted[starts[i]:starts[i+1]]
 	of     []int // per point of the batch: its device's index
@@ -60,22 +64,27 @@ type lastMember struct{ k, v []byte }
 const memberIndexFrom = 16
 
 func newBatchOrder() *batchOrder {
-	return &batchOrder{idx: make(map[string]int), memIdx: make(map[string]int)}
+	return &batchOrder{idx: make(map[*deviceNames]int), byID: make(map[string]int), memIdx: make(map[string]int)}
 }
 
 // group orders batch by device, and each device's points by timestamp
 // (stable: equal timestamps keep their arrival order).
 func (o *batchOrder) group(batch []queued) {
 	clear(o.idx)
+	clear(o.byID)
 	o.devs, o.starts, o.of = o.devs[:0], o.starts[:0], o.of[:0]
 	o.latest, o.unsorted, o.keys, o.seen = o.latest[:0], o.unsorted[:0], o.keys[:0], o.seen[:0]
 	for k := range batch {
 		p := &batch[k]
-		i, ok := o.idx[p.device]
+		i, ok := o.idx[p.dev]
+		if !ok {
+			i, ok = o.byID[p.dev.id]
+			o.idx[p.dev] = i
+		}
 		if !ok {
 			i = len(o.devs)
-			o.idx[p.device] = i
-			o.devs = append(o.devs, p.device)
+			o.idx[p.dev], o.byID[p.dev.id] = i, i
+			o.devs = append(o.devs, p.dev.id)
 			o.starts = append(o.starts, 0)
 			o.latest = append(o.latest, p.ts)
 			o.unsorted = append(o.unsorted, false)
@@ -122,6 +131,7 @@ func (o *batchOrder) done() {
 	clear(o.sorted)
 	clear(o.devs)
 	clear(o.idx)
+	clear(o.byID)
 	clear(o.lasts)
 	clear(o.members[:cap(o.members)]) // each device's merge reused it
 }

@@ -42,6 +42,7 @@ type metricNames struct {
 // one with the same keys (what a device usually sends) is let through
 // without hashing each.
 type deviceNames struct {
+	id   string // the device's
 	hs   []uint64
 	keys []byte // per key: its length (2 bytes), its raw bytes
 	// memo is the hash (keysHash) and version (metricNames.versions) of
@@ -182,7 +183,7 @@ func (m *metricNames) load(ctx context.Context, last LastValues) error {
 		eachMember(obj, func(k, _ []byte) { hs = append(hs, maphash.Bytes(m.seed, k)) })
 		slices.Sort(hs)
 		m.mu.Lock()
-		m.per.store(id, &deviceNames{hs: slices.Compact(hs)})
+		m.per.store(id, &deviceNames{id: id, hs: slices.Compact(hs)})
 		m.mu.Unlock()
 	})
 	if err != nil {
@@ -212,10 +213,18 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 // there, as names are in hs: with a seed drawn at start-up, two key lists
 // of one device colliding is a chance of about 2^-64 a sample.)
 func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []byte, refused int, version uint64) {
+	out, refused, version, _ := m.admit(device, obj, hash)
+	return out, refused, version
+}
+
+// admit is filterKeys, and also returns device's names when obj is not
+// refused whole (Add queues them with the point: the writer groups a
+// batch by them, without reading each point's device id).
+func (m *metricNames) admit(device string, obj []byte, hash uint64) (_ []byte, refused int, version uint64, _ *deviceNames) {
 	if hash != 0 {
 		if dn := m.per.fast(device); dn != nil {
 			if v := dn.memo.get(hash); v != 0 {
-				return obj, 0, v
+				return obj, 0, v, dn
 			}
 		}
 	}
@@ -223,7 +232,7 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 	defer m.mu.Unlock()
 	dn := m.device(device)
 	if dn != nil && dn.keys != nil && hash == 0 && sameKeys(obj, dn.keys) {
-		return obj, 0, dn.memo.version.Load()
+		return obj, 0, dn.memo.version.Load(), dn
 	}
 	var hs []uint64
 	if dn != nil {
@@ -260,7 +269,7 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 		kept++
 	})
 	if dn == nil && (added || refused == 0) {
-		dn = &deviceNames{}
+		dn = &deviceNames{id: device}
 		m.per.store(device, dn)
 	}
 	if added {
@@ -271,18 +280,18 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 		dn.keys = appendKeys(dn.keys[:0], obj)
 		if dn.keys == nil {
 			dn.memo.set(0, 0)
-			return obj, 0, 0
+			return obj, 0, 0, dn
 		}
 		if hash == 0 {
 			hash = keysHash(obj)
 		}
 		m.versions++
 		dn.memo.set(hash, m.versions)
-		return obj, 0, m.versions
+		return obj, 0, m.versions, dn
 	case kept == 0:
-		return nil, refused, 0
+		return nil, refused, 0, nil
 	}
-	return append(out, '}'), refused, 0
+	return append(out, '}'), refused, 0, dn
 }
 
 // appendMember appends "k":v to an object being built, after a comma

@@ -93,7 +93,7 @@ func (m *metricNames) merge(device string, obj []byte) {
 	defer m.mu.Unlock()
 	dn := m.device(device)
 	if dn == nil {
-		dn = &deviceNames{}
+		dn = &deviceNames{id: device}
 		m.per.store(device, dn)
 	}
 	// Names are only added: the keys memo stays right.

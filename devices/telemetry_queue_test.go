@@ -56,9 +56,9 @@ func TestPointQueueConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			dev := fmt.Sprint("d", w)
+			dev := &deviceNames{id: fmt.Sprint("d", w)}
 			for i := range each {
-				if _, ok := q.push(&queued{device: dev, ts: int64(i), json: []byte{'{', '}'}}); !ok {
+				if _, ok := q.push(&queued{dev: dev, ts: int64(i), json: []byte{'{', '}'}}); !ok {
 					refused[w]++
 				}
 			}
@@ -69,10 +69,10 @@ func TestPointQueueConcurrent(t *testing.T) {
 	last := map[string]int64{}
 	taken := 0
 	check := func(p *queued) {
-		if prev, ok := last[p.device]; ok && p.ts <= prev {
-			t.Errorf("%s: %d after %d", p.device, p.ts, prev)
+		if prev, ok := last[p.dev.id]; ok && p.ts <= prev {
+			t.Errorf("%s: %d after %d", p.dev.id, p.ts, prev)
 		}
-		last[p.device] = p.ts
+		last[p.dev.id] = p.ts
 		taken++
 	}
 	for finished := false; !finished; {
