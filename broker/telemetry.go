@@ -123,7 +123,7 @@ func (h *TelemetryHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 		h.reject(cl, id, pk, err)
 		return
 	}
-	h.store.Add(id, s, time.Now())
+	h.store.AddNow(id, s)
 }
 
 // mapped finds the first telemetry.topics entry that topic matches and

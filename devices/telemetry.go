@@ -168,10 +168,14 @@ type Point struct {
 
 // queued is a point waiting for the writer.
 type queued struct {
-	device  string
+	// dev is its device's metric names, which name the device (dev.id):
+	// 8 bytes rather than a string's 16, and the writer groups a batch
+	// by it without hashing each point's id (in its packet's topic, a
+	// cache miss a point).
+	dev     *deviceNames
 	ts      int64 // Unix ms
 	json    []byte
-	arrived time.Time
+	arrived int64 // Unix ns (a time.Time would be 24 bytes, with a pointer)
 	// keys is the version of the keys of json (metricNames.filterKeys):
 	// points with the same version, other than 0, have the same keys.
 	keys uint64
@@ -191,7 +195,7 @@ type Telemetry struct {
 	log  *slog.Logger
 	opts TelemetryOptions
 
-	queue   chan queued
+	queue   *pointQueue
 	flushes chan chan error
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -266,7 +270,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		db:      db,
 		log:     opts.Logger.With("component", "telemetry"),
 		opts:    opts,
-		queue:   make(chan queued, opts.QueueSize),
+		queue:   newPointQueue(opts.QueueSize),
 		flushes: make(chan chan error),
 		stop:    make(chan struct{}),
 		last:    opts.LastValues,
@@ -304,44 +308,54 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 // metrics with a new name once the device has MaxDeviceMetrics are left
 // out and counted; a sample left with none is not stored.
 func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
+	return t.add(device, s, arrived.UnixNano())
+}
+
+// AddNow is Add of a sample received now, read from the wall clock alone
+// (arrivalNow): what the MQTT hook calls for each message.
+func (t *Telemetry) AddNow(device string, s Sample) bool {
+	return t.add(device, s, arrivalNow())
+}
+
+// add is Add with arrived in Unix nanoseconds.
+func (t *Telemetry) add(device string, s Sample, arrived int64) bool {
 	if t.closed.Load() {
 		t.m.dropped.Inc()
 		return false
 	}
-	json, refused, keys := t.names.filterKeys(device, s.JSON, s.keys)
+	json, refused, keys, dev := t.names.admit(device, s.JSON, s.keys)
 	if refused > 0 {
 		t.m.metricsRefused.Add(float64(refused))
 		if json == nil {
 			return false
 		}
 	}
-	ts := s.TS
-	if ts.IsZero() {
-		ts = arrived
+	ts := arrived / int64(time.Millisecond)
+	if !s.TS.IsZero() {
+		ts = s.TS.UnixMilli()
 	}
-	p := queued{device: device, ts: ts.UnixMilli(), json: json, arrived: arrived, keys: keys}
+	p := queued{dev: dev, ts: ts, json: json, arrived: arrived, keys: keys}
 	if !t.budget.take(p.cost()) {
 		t.m.dropped.Inc()
 		return false
 	}
-	select {
-	case t.queue <- p:
-		if len(t.queue) >= t.wakeAt {
-			select {
-			case t.wake <- struct{}{}:
-			default:
-			}
-		}
-		return true
-	default:
+	n, ok := t.queue.push(&p)
+	if !ok {
 		t.budget.give(p.cost())
 		t.m.dropped.Inc()
 		return false
 	}
+	if n >= t.wakeAt {
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
 }
 
 // cost is the bytes a queued point holds, for the queue's byte bound.
-func (p *queued) cost() int64 { return int64(len(p.json)+len(p.device)) + entryOverhead }
+func (p *queued) cost() int64 { return int64(len(p.json)+len(p.dev.id)) + entryOverhead }
 
 // DeleteDeviceData deletes a deleted device's history and rollups in tx,
 // the registry's delete transaction (DeviceData).

@@ -255,3 +255,95 @@ func TestTelemetryLastSeenLatestArrival(t *testing.T) {
 		}
 	}
 }
+
+// TestTelemetryAddNowArrival: AddNow (the hook's call) stamps a point
+// without a timestamp, and its device's last_seen, with the wall clock
+// read once (arrivalNow), to the millisecond a chunk stores: between
+// time.Now before and after the call. A point with its own timestamp
+// keeps it.
+func TestTelemetryAddNowArrival(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	before := time.Now()
+	if !tel.AddNow("d1", mustSample(t, `{"t":1}`)) {
+		t.Fatal("AddNow refused")
+	}
+	after := time.Now()
+	own := time.Date(2026, 1, 1, 3, 0, 0, 7e6, time.UTC)
+	if !tel.AddNow("d2", mustSample(t, `{"t":2,"ts":"2026-01-01T03:00:00.007Z"}`)) {
+		t.Fatal("AddNow refused")
+	}
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pts, err := tel.Points(ctx, "d1", before.Add(-time.Second), after.Add(time.Second), 10)
+	if err != nil || len(pts) != 1 {
+		t.Fatalf("points %v, %v", pts, err)
+	}
+	if got := pts[0].TS.UnixMilli(); got < before.UnixMilli() || got > after.UnixMilli() {
+		t.Errorf("timestamp %v, want within [%v, %v]", pts[0].TS, before, after)
+	}
+	pts, err = tel.Points(ctx, "d2", own.Add(-time.Second), own.Add(time.Second), 10)
+	if err != nil || len(pts) != 1 || !pts[0].TS.Equal(own) {
+		t.Fatalf("own timestamp: points %v, %v; want at %v", pts, err, own)
+	}
+	d, err := testRegistry(t, db).Device(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.LastSeen == nil || d.LastSeen.Before(before.Truncate(time.Microsecond)) || d.LastSeen.After(after) {
+		t.Errorf("last_seen %v, want within [%v, %v]", d.LastSeen, before, after)
+	}
+}
+
+// TestTelemetryDeviceForgottenInBatch: the writer groups a batch by the
+// devices' metric names (queued.dev); a device forgotten (deleted) and
+// publishing again under its id within one batch has new names, and its
+// points still make one device of the batch: every point stored once,
+// in one history, and its last values and last_seen the latest.
+func TestTelemetryDeviceForgottenInBatch(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Date(2026, 1, 1, 3, 0, 0, 0, time.UTC)
+	add := func(dev, payload string, sec int) {
+		t.Helper()
+		if !tel.Add(dev, mustSample(t, payload), base.Add(time.Duration(sec)*time.Second)) {
+			t.Fatal("Add refused")
+		}
+	}
+	add("d1", `{"t":1,"u":1}`, 1)
+	add("d2", `{"t":1}`, 1)
+	add("d1", `{"t":2,"u":2}`, 2)
+	tel.DeviceDeleted("d1")
+	add("d1", `{"t":3}`, 3)
+	add("d2", `{"t":2}`, 3)
+	add("d1", `{"t":4}`, 4)
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pts, err := tel.Points(ctx, "d1", base, base.Add(time.Minute), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []any
+	for _, p := range pts {
+		got = append(got, p.Values["t"])
+	}
+	if fmt.Sprint(got) != "[1 2 3 4]" {
+		t.Errorf("d1's points: %v, want t 1 2 3 4", got)
+	}
+	var chunks int
+	if err := db.R.QueryRowContext(ctx, `SELECT count(*) FROM telemetry_chunks WHERE device_id = 'd1'`).Scan(&chunks); err != nil || chunks != 1 {
+		t.Errorf("d1's chunk rows: %d, %v; want 1", chunks, err)
+	}
+	reg := testRegistry(t, db)
+	d, err := reg.Device(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(d.LastValues) != fmt.Sprint(map[string]any{"t": 4.0, "u": 2.0}) || d.LastSeen == nil || !d.LastSeen.Equal(base.Add(4*time.Second)) {
+		t.Errorf("d1: last values %v, last seen %v", d.LastValues, d.LastSeen)
+	}
+}

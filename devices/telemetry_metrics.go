@@ -48,7 +48,7 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 			Help: "Time the last telemetry batch took to write."}),
 	}
 	m.all = metrics{m.stored, dropped, m.writeErrors, m.pruned, m.batches, refused, m.rejected, m.lastBatch,
-		gaugeFunc("queue_length", "Telemetry points waiting to be written.", func() float64 { return float64(len(t.queue)) }),
+		gaugeFunc("queue_length", "Telemetry points waiting to be written.", func() float64 { return float64(t.queue.len()) }),
 		gaugeFunc("queue_bytes", "Bytes of telemetry points waiting to be written or being written (bounded by telemetry.queue_bytes).",
 			func() float64 { return float64(t.budget.held()) }),
 	}

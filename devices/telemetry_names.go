@@ -25,15 +25,16 @@ const MaxDeviceMetrics = 1024
 // *deviceNames (sync.Map: reads take no lock), whose memo of keys is
 // known by the keys' hash, which the parser gives (Sample.keys), and read
 // under a sequence count (keysMemo). Everything else (new keys, new
-// names, refusals) takes mu.
+// names, refusals) takes mu. per is a deviceIndex, not a sync.Map: its
+// lookup took about twice as long (2026-12-02).
 type metricNames struct {
 	seed maphash.Seed
 
 	// mu serialises the changes of per, of each deviceNames' hs and
 	// keys, and of versions.
 	mu       sync.Mutex
-	per      sync.Map // device id → *deviceNames
-	versions uint64   // the last keys version given
+	per      deviceIndex // device id → *deviceNames
+	versions uint64      // the last keys version given
 }
 
 // deviceNames is one device's names: their sorted hashes, and the keys
@@ -41,11 +42,95 @@ type metricNames struct {
 // one with the same keys (what a device usually sends) is let through
 // without hashing each.
 type deviceNames struct {
+	id   string // the device's
 	hs   []uint64
 	keys []byte // per key: its length (2 bytes), its raw bytes
 	// memo is the hash (keysHash) and version (metricNames.versions) of
 	// keys, both 0 when keys is nil, read without mu.
 	memo keysMemo
+	// gone is set when the device is forgotten (deviceIndex.delete).
+	gone atomic.Bool
+}
+
+// deviceIndex maps device ids to their names. Readers look a device up
+// without a lock in read, a map never changed once published; the
+// devices added since (under metricNames.mu) are in dirty, and a device
+// forgotten is marked gone in read. The lookups under the lock that read
+// missed are counted, and once they reach an eighth of read's size (or
+// dirty's, if larger) read is made again from both: so a copy of n
+// devices follows at least n/8 lookups, and a new device is found without
+// the lock soon after it first reports.
+type deviceIndex struct {
+	read   atomic.Pointer[map[string]*deviceNames]
+	dirty  map[string]*deviceNames
+	misses int
+	gone   int // entries of read marked gone
+}
+
+// fast returns device's names if read has them, without a lock; nil
+// means: ask get, under metricNames.mu.
+func (x *deviceIndex) fast(device string) *deviceNames {
+	if r := x.read.Load(); r != nil {
+		if dn := (*r)[device]; dn != nil && !dn.gone.Load() {
+			return dn
+		}
+	}
+	return nil
+}
+
+// get returns device's names, or nil (under metricNames.mu).
+func (x *deviceIndex) get(device string) *deviceNames {
+	if dn := x.fast(device); dn != nil {
+		return dn
+	}
+	if len(x.dirty) == 0 && x.gone == 0 {
+		return nil // read is all there is
+	}
+	dn := x.dirty[device]
+	x.misses++
+	if r := x.read.Load(); r == nil || x.misses >= max(len(*r)/8, len(x.dirty)) {
+		x.publish()
+	}
+	return dn
+}
+
+// store adds device's names (under metricNames.mu; the device has none).
+func (x *deviceIndex) store(device string, dn *deviceNames) {
+	if x.dirty == nil {
+		x.dirty = make(map[string]*deviceNames)
+	}
+	x.dirty[device] = dn
+}
+
+// delete forgets device's names (under metricNames.mu).
+func (x *deviceIndex) delete(device string) {
+	if _, ok := x.dirty[device]; ok {
+		delete(x.dirty, device)
+		return
+	}
+	if dn := x.fast(device); dn != nil {
+		dn.gone.Store(true)
+		x.gone++
+	}
+}
+
+// publish makes read anew from read and dirty (under metricNames.mu).
+func (x *deviceIndex) publish() {
+	var old map[string]*deviceNames
+	if r := x.read.Load(); r != nil {
+		old = *r
+	}
+	r := make(map[string]*deviceNames, len(old)-x.gone+len(x.dirty))
+	for id, dn := range old {
+		if !dn.gone.Load() {
+			r[id] = dn
+		}
+	}
+	for id, dn := range x.dirty {
+		r[id] = dn
+	}
+	x.read.Store(&r)
+	x.dirty, x.misses, x.gone = nil, 0, 0
 }
 
 // keysMemo is a device's memo's hash and version, set under
@@ -85,13 +170,8 @@ func newMetricNames() *metricNames {
 	return &metricNames{seed: maphash.MakeSeed()}
 }
 
-// device returns device's names, or nil.
-func (m *metricNames) device(device string) *deviceNames {
-	if v, ok := m.per.Load(device); ok {
-		return v.(*deviceNames)
-	}
-	return nil
-}
+// device returns device's names, or nil (under mu).
+func (m *metricNames) device(device string) *deviceNames { return m.per.get(device) }
 
 // load reads every device's known names from its last values.
 func (m *metricNames) load(ctx context.Context, last LastValues) error {
@@ -102,11 +182,16 @@ func (m *metricNames) load(ctx context.Context, last LastValues) error {
 		var hs []uint64
 		eachMember(obj, func(k, _ []byte) { hs = append(hs, maphash.Bytes(m.seed, k)) })
 		slices.Sort(hs)
-		m.per.Store(id, &deviceNames{hs: slices.Compact(hs)})
+		m.mu.Lock()
+		m.per.store(id, &deviceNames{id: id, hs: slices.Compact(hs)})
+		m.mu.Unlock()
 	})
 	if err != nil {
 		return fmt.Errorf("telemetry: metric names: %w", err)
 	}
+	m.mu.Lock()
+	m.per.publish()
+	m.mu.Unlock()
 	return nil
 }
 
@@ -128,10 +213,18 @@ func (m *metricNames) filter(device string, obj []byte) ([]byte, int) {
 // there, as names are in hs: with a seed drawn at start-up, two key lists
 // of one device colliding is a chance of about 2^-64 a sample.)
 func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []byte, refused int, version uint64) {
+	out, refused, version, _ := m.admit(device, obj, hash)
+	return out, refused, version
+}
+
+// admit is filterKeys, and also returns device's names when obj is not
+// refused whole (Add queues them with the point: the writer groups a
+// batch by them, without reading each point's device id).
+func (m *metricNames) admit(device string, obj []byte, hash uint64) (_ []byte, refused int, version uint64, _ *deviceNames) {
 	if hash != 0 {
-		if dn := m.device(device); dn != nil {
+		if dn := m.per.fast(device); dn != nil {
 			if v := dn.memo.get(hash); v != 0 {
-				return obj, 0, v
+				return obj, 0, v, dn
 			}
 		}
 	}
@@ -139,7 +232,7 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 	defer m.mu.Unlock()
 	dn := m.device(device)
 	if dn != nil && dn.keys != nil && hash == 0 && sameKeys(obj, dn.keys) {
-		return obj, 0, dn.memo.version.Load()
+		return obj, 0, dn.memo.version.Load(), dn
 	}
 	var hs []uint64
 	if dn != nil {
@@ -176,8 +269,8 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 		kept++
 	})
 	if dn == nil && (added || refused == 0) {
-		dn = &deviceNames{}
-		m.per.Store(device, dn)
+		dn = &deviceNames{id: device}
+		m.per.store(device, dn)
 	}
 	if added {
 		dn.hs = hs
@@ -187,18 +280,18 @@ func (m *metricNames) filterKeys(device string, obj []byte, hash uint64) (_ []by
 		dn.keys = appendKeys(dn.keys[:0], obj)
 		if dn.keys == nil {
 			dn.memo.set(0, 0)
-			return obj, 0, 0
+			return obj, 0, 0, dn
 		}
 		if hash == 0 {
 			hash = keysHash(obj)
 		}
 		m.versions++
 		dn.memo.set(hash, m.versions)
-		return obj, 0, m.versions
+		return obj, 0, m.versions, dn
 	case kept == 0:
-		return nil, refused, 0
+		return nil, refused, 0, nil
 	}
-	return append(out, '}'), refused, 0
+	return append(out, '}'), refused, 0, dn
 }
 
 // appendMember appends "k":v to an object being built, after a comma
@@ -261,7 +354,7 @@ func sameKeys(obj, keys []byte) bool {
 // under its id starts clean).
 func (m *metricNames) forget(device string) {
 	m.mu.Lock()
-	m.per.Delete(device)
+	m.per.delete(device)
 	m.mu.Unlock()
 }
 

@@ -93,8 +93,8 @@ func (m *metricNames) merge(device string, obj []byte) {
 	defer m.mu.Unlock()
 	dn := m.device(device)
 	if dn == nil {
-		dn = &deviceNames{}
-		m.per.Store(device, dn)
+		dn = &deviceNames{id: device}
+		m.per.store(device, dn)
 	}
 	// Names are only added: the keys memo stays right.
 	hs = append(hs, dn.hs...)

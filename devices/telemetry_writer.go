@@ -45,20 +45,15 @@ func (t *Telemetry) write() {
 	// writer from Flush and Close), writing full batches as it goes.
 	take := func() error {
 		var err error
-		for n := len(t.queue); n > 0; n-- {
-			select {
-			case p := <-t.queue:
-				batch = append(batch, p)
-				batchBytes += p.cost()
-				if full() {
-					if e := flush(); e != nil {
-						err = e
-					}
+		t.queue.take(t.queue.len(), func(p *queued) {
+			batch = append(batch, *p)
+			batchBytes += p.cost()
+			if full() {
+				if e := flush(); e != nil {
+					err = e
 				}
-			default:
-				return err
 			}
-		}
+		})
 		return err
 	}
 	var lastDropped int64
@@ -134,7 +129,7 @@ func (t *Telemetry) writeBatch(batch []queued) error {
 	t.m.stored.Add(float64(len(batch) - lost))
 	t.m.batches.Inc()
 	t.m.lastBatch.Set(took.Seconds())
-	t.log.Debug("telemetry: batch written", "points", len(batch), "took", took, "queued", len(t.queue))
+	t.log.Debug("telemetry: batch written", "points", len(batch), "took", took, "queued", t.queue.len())
 	return nil
 }
 
@@ -215,8 +210,9 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) (lost int, err 
 func (t *Telemetry) addPoints(i int, now time.Time) {
 	o := t.order
 	d := o.devs[i]
-	for _, k := range o.points(i) {
-		p := &o.batch[k]
+	pts := o.points(i)
+	for k := range pts {
+		p := &pts[k]
 		t.chunks.add(d, p.ts, p.json, now, t.rollups)
 	}
 }

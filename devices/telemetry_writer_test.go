@@ -316,7 +316,7 @@ func TestTelemetryConcurrentSmallBatches(t *testing.T) {
 	if stored, dropped := r.tel.Stats(); stored != devs*points || dropped != 0 {
 		t.Errorf("stored %d, dropped %d; want %d, 0", stored, dropped, devs*points)
 	}
-	if n := len(r.tel.queue); n != 0 {
+	if n := r.tel.queue.len(); n != 0 {
 		t.Errorf("%d points still counted as waiting", n)
 	}
 	t.Logf("%d flushes while publishing", flushes)
