@@ -37,38 +37,41 @@ func connack5(t *testing.T, addr, id, user, pass string, expiry uint32) byte {
 	return ca.ReasonCode
 }
 
-// TestSessionsPerUser: with mqtt.max_sessions_per_user 3, a viewer holds
-// 3 persistent sessions, online or offline: a fourth under a new client id
+// TestSessionsPerUser: at the default mqtt.max_sessions_per_user (10), a
+// viewer holds 10 persistent sessions, online or offline: one more under a new client id
 // is refused with 0x97 (3.1.1: 0x03) and leaves no session, while taking
 // over one of its own, a session that ends with its connection, another
 // user's sessions, an admin's and a device's are allowed; a session that
 // ends makes room.
 func TestSessionsPerUser(t *testing.T) {
 	o := DefaultOptions()
-	o.MaxSessionsPerUser = 3
+	n := o.MaxSessionsPerUser
+	if n != 10 {
+		t.Fatalf("mqtt.max_sessions_per_user defaults to %d, README says 10", n)
+	}
 	e := startLimitEnv(t, t.TempDir(), o, RetainedLimitOptions{})
 	vpass, opass, apass := e.user(t, "vi", "viewer"), e.user(t, "op", "operator"), e.user(t, "ad", "admin")
 
-	for i := range 3 {
+	for i := range n {
 		if code := connack5(t, e.tcp, fmt.Sprint("vi-", i), "vi", vpass, 3600); code != 0 {
 			t.Fatalf("session %d: CONNACK 0x%02x", i, code)
 		}
 	}
 	live, _ := dial5(t, e.tcp, "vi-1", "vi", vpass, 3600) // its own, online again
-	if code := connack5(t, e.tcp, "vi-3", "vi", vpass, 3600); code != 0x97 {
-		t.Fatalf("a fourth persistent session: CONNACK 0x%02x, want 0x97", code)
+	if code := connack5(t, e.tcp, fmt.Sprint("vi-", n), "vi", vpass, 3600); code != 0x97 {
+		t.Fatalf("one persistent session past the bound: CONNACK 0x%02x, want 0x97", code)
 	}
-	if _, ok := e.b.Server.Clients.Get("vi-3"); ok {
+	if _, ok := e.b.Server.Clients.Get(fmt.Sprint("vi-", n)); ok {
 		t.Fatal("the refused CONNECT left a session")
 	}
-	c3 := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + e.tcp).SetClientID("vi-4").
+	c3 := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + e.tcp).SetClientID(fmt.Sprint("vi-", n+1)).
 		SetUsername("vi").SetPassword(vpass).SetProtocolVersion(4).SetCleanSession(false).
 		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second))
 	tok := c3.Connect()
 	if !tok.WaitTimeout(10*time.Second) || tok.(*paho3.ConnectToken).ReturnCode() != 0x03 {
 		t.Fatalf("a 3.1.1 persistent session past the bound: %v, return code %d, want 3", tok.Error(), tok.(*paho3.ConnectToken).ReturnCode())
 	}
-	for i := range 3 {
+	for i := range n {
 		if code := connack5(t, e.tcp, fmt.Sprint("ad-", i), "ad", apass, 3600); code != 0 {
 			t.Fatalf("admin's session %d: CONNACK 0x%02x", i, code)
 		}
@@ -80,7 +83,7 @@ func TestSessionsPerUser(t *testing.T) {
 		{"its own offline session", "vi-2", "vi", vpass, 3600},
 		{"a session that ends with its connection", "vi-clean", "vi", vpass, 0},
 		{"another user's", "op-0", "op", opass, 3600},
-		{"an admin's fourth", "ad-3", "ad", apass, 3600},
+		{"an admin's one past the bound", fmt.Sprint("ad-", n), "ad", apass, 3600},
 		{"a device's", "dv", "dv", e.device(t, "dv"), 3600},
 	} {
 		if code := connack5(t, e.tcp, c.id, c.user, c.pass, c.expiry); code != 0 {
@@ -92,7 +95,7 @@ func TestSessionsPerUser(t *testing.T) {
 	if code := connack5(t, e.tcp, "vi-0", "vi", vpass, 0); code != 0 {
 		t.Fatalf("vi-0 without expiry: CONNACK 0x%02x", code)
 	}
-	if code := connack5(t, e.tcp, "vi-3", "vi", vpass, 3600); code != 0 {
+	if code := connack5(t, e.tcp, fmt.Sprint("vi-", n), "vi", vpass, 3600); code != 0 {
 		t.Fatalf("after a session ended: CONNACK 0x%02x", code)
 	}
 	live.close()
