@@ -189,3 +189,28 @@ func TestJoinAgainAfterBusReturns(t *testing.T) {
 	_ = a.node.Close()
 	_ = b.node.Close()
 }
+
+// TestCloseWithBusGone: a node whose external NATS server has gone
+// leaves at once when closed. It waited for a PONG that could not come
+// for the whole of nats.go's Flush timeout (10 s), on top of the
+// broker's shutdown_grace.
+func TestCloseWithBusGone(t *testing.T) {
+	ns := startExternalNATS(t, 0)
+	a := startNodeWith(t, Options{Node: "n1", NATSURL: "nats://" + ns.Addr().String()})
+	waitReady(t, a, 20*time.Second)
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if a.node.Healthy() == nil {
+			return errors.New("n1 still ready with the bus down")
+		}
+		return nil
+	})
+	t0 := time.Now()
+	_ = a.node.Close()
+	// Not a speed claim: Close does nothing that takes time with the bus
+	// gone; 10 s is what it waited before.
+	if took := time.Since(t0); took > 5*time.Second {
+		t.Fatalf("Close took %v with the bus gone", took)
+	}
+}

@@ -359,7 +359,14 @@ func (n *Node) Close() error {
 		close(n.stop)
 		n.cancel()
 		n.wg.Wait()
-		_ = n.nc.Flush()
+		// What is queued goes out while the bus is up (nats.go's Flush
+		// waits up to 10 s for the server's answer). With the bus down
+		// no answer can come: waiting would only add 10 s to shutdown.
+		if n.nc.Status() == nats.CONNECTED {
+			_ = n.nc.Flush()
+		} else if b, err := n.nc.Buffered(); err == nil && b > 0 {
+			n.log.Warn("cluster bus down while leaving: messages buffered for it are lost", "bytes", b)
+		}
 		n.nc.Close()
 		if n.ns != nil {
 			n.ns.Shutdown()
