@@ -83,3 +83,11 @@ func (c *packetLimitConn) frame(p []byte) error {
 	}
 	return nil
 }
+
+// noteBrokerFault records in errs a connection lost to a packet
+// limitPackets refused, so that the run says why its connections drop.
+func noteBrokerFault(errs *errorKinds, err error) {
+	if errors.Is(err, errPacketTooLarge) || errors.Is(err, errPacketMalformed) {
+		errs.note("connection lost", err)
+	}
+}

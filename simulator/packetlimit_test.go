@@ -3,8 +3,10 @@ package simulator
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -166,5 +168,24 @@ func TestPacketLimitFraming(t *testing.T) {
 				t.Errorf("%s in reads of %d: not at a packet's start after the stream", tc.name, chunk)
 			}
 		}
+	}
+}
+
+// TestBenchSaysWhyBrokerDrops: a bench run against a broker that
+// announces a 256 MiB packet to each client says why its connections
+// were lost.
+func TestBenchSaysWhyBrokerDrops(t *testing.T) {
+	addr := hostileBroker(t, []byte{0x30, 0xff, 0xff, 0xff, 0x7f})
+	ep, _ := ParseEndpoint(addr, "", "")
+	// The packet comes with the CONNACK: each client loses its connection
+	// as soon as it has connected, well within the run.
+	res, err := RunBench(t.Context(), BenchConfig{Endpoint: ep, Scenario: ScenarioConns, Conns: 3,
+		Duration: time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("connection lost: %v: more than %d bytes (", errPacketTooLarge, MaxBrokerPacket)
+	if len(res.Errors) != 1 || !strings.HasPrefix(res.Errors[0], want) {
+		t.Fatalf("errors %q, want [%q…]", res.Errors, want)
 	}
 }
