@@ -119,6 +119,9 @@ func (h *TelemetryHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	if !ok {
 		return
 	}
+	if err == nil && !s.TS.IsZero() {
+		err = s.CheckAhead(time.Now())
+	}
 	if err != nil {
 		h.reject(cl, id, pk, err)
 		return

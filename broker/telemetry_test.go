@@ -305,9 +305,17 @@ func TestTelemetryHookStoresAndRoutes(t *testing.T) {
 			watcher.subscribe(t, "devices/+/telemetry", 1)
 			dev := n.connect(t, k, "dev-1", true, nil)
 
-			good := []string{`{"temp":21.5,"on":true}`, `{"temp":22,"ts":"2026-01-01T00:00:00Z"}`, `{"mode":"eco"}`, `{"v":{"a":1}}`}
+			// A ts an hour ahead of the server's clock is stored; one more
+			// than devices.MaxTelemetryAhead ahead (2999: history that
+			// retention would never prune) is not.
+			ahead := func(d time.Duration) string {
+				return fmt.Sprintf(`{"ahead":1,"ts":%d}`, time.Now().Add(d).UnixMilli())
+			}
+			good := []string{`{"temp":21.5,"on":true}`, `{"temp":22,"ts":"2026-01-01T00:00:00Z"}`, `{"mode":"eco"}`, `{"v":{"a":1}}`,
+				ahead(time.Hour)}
 			bad := []string{`not json`, `[1,2,3]`, `{"v":NaN}`, `{"v":[1]}`, `{"v":{"a":[1]}}`, `{"v":null}`, `"str"`,
-				strings.Repeat("[", 1<<20-200), strings.Repeat(`{"a":`, 4000) + "1" + strings.Repeat("}", 4000)}
+				strings.Repeat("[", 1<<20-200), strings.Repeat(`{"a":`, 4000) + "1" + strings.Repeat("}", 4000),
+				ahead(devices.MaxTelemetryAhead + time.Hour), `{"temp":20,"ts":"2999-12-31T00:00:00Z"}`}
 			for _, p := range good {
 				dev.publish(t, "devices/dev-1/telemetry", []byte(p), 1)
 			}
@@ -328,7 +336,7 @@ func TestTelemetryHookStoresAndRoutes(t *testing.T) {
 				}
 				return nil
 			})
-			pts, err := n.tel.Points(ctx, "dev-1", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), time.Now().Add(time.Minute), 100)
+			pts, err := n.tel.Points(ctx, "dev-1", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), time.Now().Add(2*time.Hour), 100)
 			if err != nil || len(pts) != len(good)+1 {
 				t.Fatalf("points %v, %v", pts, err)
 			}

@@ -489,9 +489,12 @@ func TestTelemetryHugeNumbers(t *testing.T) {
 }
 
 // A device's string that a spreadsheet would run as a formula is not one
-// in the CSV.
+// in the CSV, also where a spreadsheet splitting rows at ';' or a tab
+// would start a cell.
 func TestCSVText(t *testing.T) {
-	for in, want := range map[string]string{"=cmd()": "'=cmd()", "+1": "'+1", "@x": "'@x", "ok": "ok", "": ""} {
+	for in, want := range map[string]string{"=cmd()": "'=cmd()", "+1": "'+1", "@x": "'@x", "ok": "ok", "": "",
+		"a;=1+1": "a;'=1+1", "x\t@SUM(A1)": "x\t'@SUM(A1)", ";-2;+3": ";'-2;'+3", "=a;b;@c": "'=a;b;'@c",
+		"\t=x": "'\t'=x", "a;b": "a;b", "a=b;c+d": "a=b;c+d", "k;": "k;"} {
 		if got := csvText(in); got != want {
 			t.Errorf("csvText(%q) = %q, want %q", in, got, want)
 		}

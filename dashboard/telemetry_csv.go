@@ -47,13 +47,36 @@ func csvHeader(w http.ResponseWriter, id, kind string) *csv.Writer {
 	return csv.NewWriter(w)
 }
 
-// csvText is a device's string as a CSV cell: one that a spreadsheet would
-// take for a formula gets a leading quote.
+// formulaStart holds the bytes with which a spreadsheet takes a cell for
+// a formula.
+const formulaStart = "=+-@\t\r"
+
+// csvText is a device's string as a CSV cell: where a spreadsheet would
+// see a cell that starts a formula, a quote goes first. That is at the
+// start, and after each ';' and tab: a spreadsheet whose list separator
+// is ';' (the default in much of Europe) splits a row there, quotes or
+// not, so "a;=1+1" was a cell "=1+1" to it.
 func csvText(s string) string {
-	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
-		return "'" + s
+	guard := func(i int) bool {
+		return i < len(s) && strings.IndexByte(formulaStart, s[i]) >= 0 && (i == 0 || s[i-1] == ';' || s[i-1] == '\t')
 	}
-	return s
+	n := 0
+	for i := range len(s) {
+		if guard(i) {
+			n++
+		}
+	}
+	if n == 0 {
+		return s
+	}
+	b := make([]byte, 0, len(s)+n)
+	for i := range len(s) {
+		if guard(i) {
+			b = append(b, '\'')
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
 }
 
 func csvFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }

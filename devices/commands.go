@@ -61,6 +61,12 @@ const (
 	MaxCommandResult      = 64 << 10 // bytes of result JSON
 	MaxCommandError       = 1024     // bytes of an error message
 	MaxCommandName        = 64
+	// MaxCommandDepth is how deep objects and arrays may nest in params
+	// and in a result, as in a twin's patch (MaxTwinDepth): a device's
+	// result of 64 KiB nested 10,000 deep, which Go's decoder takes,
+	// overflowed the browser's stack when the dashboard showed it, and
+	// the device page's command history stayed empty for everyone.
+	MaxCommandDepth = MaxTwinDepth
 )
 
 // Command is one command sent to a device, as the API shows it (SPEC §6).
@@ -230,6 +236,9 @@ func (nc *NewCommand) Check() error {
 		if len(p) > MaxCommandParams {
 			return invalid("params", "larger than %d bytes", MaxCommandParams)
 		}
+		if jsonDeeperThan([]byte(p), MaxCommandDepth) {
+			return invalid("params", "objects and arrays nested deeper than %d levels", MaxCommandDepth)
+		}
 		var m map[string]json.RawMessage
 		if p[0] != '{' || json.Unmarshal([]byte(p), &m) != nil {
 			return invalid("params", "must be a JSON object")
@@ -330,7 +339,8 @@ func (c *Commands) RecordDelivered(id, device string) {
 // ignored: the caller need not know the command open (in a cluster, one
 // created through another node may not be known here yet). What
 // is stored is text both databases take: a result that is not valid
-// UTF-8 is dropped (the command fails, saying so); the error message has
+// UTF-8, or is nested deeper than MaxCommandDepth, is dropped (the command
+// fails, saying so); the error message has
 // U+0000 and invalid bytes replaced, and is cut at a character's edge.
 func (c *Commands) RecordResponse(id, device string, ok bool, result []byte, errMsg string) {
 	switch {
@@ -341,6 +351,11 @@ func (c *Commands) RecordResponse(id, device string, ok bool, result []byte, err
 		}
 	case !utf8.Valid(result):
 		result, ok, errMsg = nil, false, "result is not valid UTF-8"
+	case jsonDeeperThan(result, MaxCommandDepth):
+		result = nil
+		if ok {
+			ok, errMsg = false, fmt.Sprintf("result nested deeper than %d levels", MaxCommandDepth)
+		}
 	}
 	errMsg = strings.ReplaceAll(strings.ToValidUTF8(errMsg, "\uFFFD"), "\x00", "\uFFFD")
 	if len(errMsg) > MaxCommandError {

@@ -247,3 +247,53 @@ func TestCommandTextBothDatabasesTake(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandNestingBounded: params and a device's result nested deeper
+// than MaxCommandDepth are refused (params: an invalid error; a result:
+// dropped, the command failed, saying so), as deep as that they are
+// taken. A device's result nested 10,000 deep overflowed the dashboard's
+// stack and left the device's command history empty for everyone.
+func TestCommandNestingBounded(t *testing.T) {
+	ctx := context.Background()
+	c := openTestCommands(t)
+	nested := func(depth int) []byte { // {"a": [[...]]}, depth levels in all
+		return []byte(`{"a":` + strings.Repeat("[", depth-1) + strings.Repeat("]", depth-1) + `}`)
+	}
+	var inv *InvalidError
+	if _, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "x", Params: nested(MaxCommandDepth + 1)}); !errors.As(err, &inv) {
+		t.Errorf("params %d deep: Create says %v", MaxCommandDepth+1, err)
+	}
+	if _, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "x", Params: nested(MaxCommandDepth)}); err != nil {
+		t.Errorf("params %d deep: %v", MaxCommandDepth, err)
+	}
+	for _, tc := range []struct {
+		depth      int
+		ok         bool
+		errMsg     string
+		wantStatus string
+		wantError  string
+	}{
+		{10000, true, "", StatusFailed, fmt.Sprintf("result nested deeper than %d levels", MaxCommandDepth)},
+		{MaxCommandDepth + 1, true, "", StatusFailed, fmt.Sprintf("result nested deeper than %d levels", MaxCommandDepth)},
+		{MaxCommandDepth + 1, false, "sensor gone", StatusFailed, "sensor gone"},
+		{MaxCommandDepth, true, "", StatusSucceeded, ""},
+	} {
+		cmd, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "x", Timeout: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.RecordResponse(cmd.ID, "d1", tc.ok, nested(tc.depth), tc.errMsg)
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		got, err := c.Wait(wctx, cmd.ID)
+		cancel()
+		if err != nil {
+			t.Fatalf("result %d deep: %v", tc.depth, err)
+		}
+		if got.Status != tc.wantStatus || got.Error != tc.wantError {
+			t.Errorf("result %d deep, ok %v: %s %q, want %s %q", tc.depth, tc.ok, got.Status, got.Error, tc.wantStatus, tc.wantError)
+		}
+		if kept := got.Result != nil; kept != (tc.depth <= MaxCommandDepth) {
+			t.Errorf("result %d deep: kept %v (%.40s)", tc.depth, kept, got.Result)
+		}
+	}
+}

@@ -39,6 +39,23 @@ var (
 	maxTelemetryTS = time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
+// MaxTelemetryAhead is how far ahead of the server's clock a payload's
+// "ts" may be (CheckAhead): a device's clock set a little ahead, or local
+// time sent as UTC, is taken. History is pruned by age, so a point
+// stamped in 2999 would outlive telemetry.retention by a millennium: a
+// device could fill the disk with history nothing prunes.
+const MaxTelemetryAhead = 24 * time.Hour
+
+// CheckAhead reports ErrTelemetryBadTS when s carries a "ts" more than
+// MaxTelemetryAhead after now. It is the hook's check, apart from the
+// parser, which reads no clock.
+func (s Sample) CheckAhead(now time.Time) error {
+	if !s.TS.IsZero() && s.TS.Sub(now) > MaxTelemetryAhead {
+		return fmt.Errorf("%w: %s is more than 24 h ahead of the server's clock", ErrTelemetryBadTS, s.TS.Format(time.RFC3339))
+	}
+	return nil
+}
+
 // Sample is one parsed telemetry payload.
 type Sample struct {
 	// TS is the payload's "ts", or the zero time when it had none.

@@ -151,8 +151,9 @@ type Result struct {
 	ConnectSeconds float64 `json:"connect_s"`
 	ConnectErrors  int64   `json:"connect_errors"`
 	connectTook    time.Duration
-	// Errors lists each kind of connect error with its count, in the
-	// order first seen.
+	// Errors lists each kind of connect error, and of connection lost to
+	// a packet the broker should not have sent (MaxBrokerPacket), with
+	// its count, in the order first seen.
 	Errors []string `json:"errors,omitempty"`
 
 	Sent           int64   `json:"sent"`

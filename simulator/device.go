@@ -65,7 +65,7 @@ func newDevice(f *fleetRun, cred Credential, prof *Profile, seed uint64) *device
 		keepAlive: f.cfg.KeepAlive,
 		clean:     f.cfg.CleanSession,
 		onMessage: d.onMessage,
-		onLost:    func(error) { d.send(event{lost: true}) },
+		onLost:    func(err error) { noteBrokerFault(d.fleet.errs, err); d.send(event{lost: true}) },
 		track:     d.setConn,
 	}
 	if w := prof.Will; w != nil {

@@ -122,7 +122,7 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 			c.Close(websocket.StatusProtocolError, "mqtt subprotocol required")
 			return nil, fmt.Errorf("websocket handshake: broker did not accept subprotocol mqtt")
 		}
-		c.SetReadLimit(-1) // MQTT packets span messages; paho bounds their size.
+		c.SetReadLimit(-1) // MQTT packets span messages; limitPackets bounds them (openFn).
 		// The NetConn lives until it is closed, so it gets its own context.
 		return websocket.NetConn(context.Background(), c, websocket.MessageBinary), nil
 	}
@@ -172,13 +172,16 @@ func (d *dialer) tlsContext() tlsexplain.Context {
 }
 
 // openFn returns the paho hook that opens a connection and hands it to
-// track (which may be nil) so the caller can close it abruptly.
+// track (which may be nil) so the caller can close it abruptly. paho
+// reads the connection through limitPackets: it has no bound of its own
+// on the packets a broker sends.
 func (d *dialer) openFn(track func(net.Conn)) mqtt.OpenConnectionFunc {
 	return func(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 		conn, err := d.dial(context.Background())
 		if err != nil {
 			return nil, fmt.Errorf("dial %s: %w", d.ep.URL(), err)
 		}
+		conn = limitPackets(conn, MaxBrokerPacket)
 		if track != nil {
 			track(conn)
 		}

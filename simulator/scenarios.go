@@ -40,7 +40,7 @@ func (b *benchRun) spec(name string) clientSpec {
 		password:  b.cfg.Password,
 		keepAlive: 60 * time.Second,
 		clean:     true,
-		onLost:    func(error) { b.lost.Add(1) },
+		onLost:    func(err error) { b.lost.Add(1); noteBrokerFault(b.errs, err) },
 	}
 }
 

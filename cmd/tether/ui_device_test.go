@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -190,4 +191,50 @@ func TestUIDeviceHostileTelemetry(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#cmd-send")),
 		chromedp.WaitVisible(chromedp.CSS(`#command-rows tr[data-id]`)))
 	step(t, ctx, "the device answers it", chromedp.WaitVisible(chromedp.CSS(`#command-rows tr[data-status="succeeded"]`)))
+}
+
+// TestUIDeviceRetainedResponses: a device's retained messages on its
+// responses/+ topics (it may set up to 10,000) name commands that do not
+// exist; the device page fetches a command's record only for a command it
+// shows. Before, each view of the page fetched every one of them: 2,000
+// retained messages made one view send 2,000 requests.
+func TestUIDeviceRetainedResponses(t *testing.T) {
+	a := uiApp(t, t.TempDir())
+	ctx := uiBrowser(t)
+	base := "http://" + a.httpAddr()
+	admin := uiLogin(t, base, "admin", uiAdminPassword)
+	var dev registered
+	admin.do("POST", "/devices", map[string]any{"id": "resp-1", "type": "meter"}, &dev)
+	d := connectDevice(t, a.mqttAddr(), dev.ID, dev.Secret)
+	const junk = 300 // within limits.device_publish_burst: not slowed down
+	for i := range junk {
+		tok := d.c.Publish(fmt.Sprintf("devices/resp-1/responses/junk-%03d", i), 1, true, `{"status":"ok"}`)
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("retained response %d: %v", i, tok.Error())
+		}
+	}
+	// fetched counts the page's requests for single commands' records.
+	fetched := func() (n int) {
+		for _, line := range strings.Split(httpGet(t, base+"/metrics"), "\n") {
+			if strings.HasPrefix(line, "tether_http_requests_total{") && strings.Contains(line, `route="GET /api/v1/commands/{cmdId}"`) {
+				v, _ := strconv.Atoi(line[strings.LastIndexByte(line, ' ')+1:])
+				n += v
+			}
+		}
+		return n
+	}
+	step(t, ctx, "log in", loginSteps(base, "admin", uiAdminPassword)...)
+	step(t, ctx, "device page", chromedp.Navigate(base+"/#/devices/resp-1"),
+		chromedp.WaitVisible(chromedp.CSS("#commands")),
+		waitJS(`window.tetherLive.client.connected && window.tetherLive.subs.has('devices/resp-1/responses/+')`))
+	// The retained messages come when the page subscribes, before the
+	// command it sends now and its response.
+	step(t, ctx, "send a command", chromedp.SendKeys(chromedp.CSS("#cmd-name"), "reboot"),
+		chromedp.Click(chromedp.CSS("#cmd-send")),
+		chromedp.WaitVisible(chromedp.CSS(`#command-rows tr[data-status="succeeded"]`)))
+	// The command's own record is fetched once a second while it is open:
+	// a few times, however slow the machine, against one per junk id.
+	if n := fetched(); n >= junk/10 {
+		t.Fatalf("the page fetched %d command records for 1 command and %d retained responses", n, junk)
+	}
 }

@@ -63,8 +63,15 @@ export function commandConsole(id) {
     try { const r = await get(`/devices/${enc(id)}/commands?limit=25`); (r.commands || []).forEach(put); } catch { /* shown empty */ }
     draw();
   })();
-  // A response closes a command: fetch its final record at once.
-  const off = live.on(`devices/${id}/responses/+`, (topic) => refresh(topic.slice(topic.lastIndexOf('/') + 1)));
+  // A response closes a command: fetch its final record at once, for a
+  // command the page shows (one sent by others is added by the
+  // subscription below, and the timer catches its outcome). Any other id
+  // is the device's to choose: its retained messages on responses/+ (up
+  // to 10,000) made every view of the page fetch one record each.
+  const off = live.on(`devices/${id}/responses/+`, (topic) => {
+    const cid = topic.slice(topic.lastIndexOf('/') + 1);
+    if (cmds.has(cid)) refresh(cid);
+  });
   // Commands sent by others (CLI, API, another dashboard) appear too.
   const offSent = live.on(`devices/${id}/commands/+`, (_t, text) => {
     try { const m = JSON.parse(text); if (m.id && !cmds.has(m.id)) refresh(m.id); } catch { /* not ours */ }

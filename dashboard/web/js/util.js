@@ -103,7 +103,26 @@ export function fmtBytes(n) {
   return n.toFixed(i ? 1 : 0) + ' ' + u[i];
 }
 
-export function pretty(v) { return JSON.stringify(v ?? {}, null, 2); }
+// prettyDepth is how deep pretty shows a document: the server bounds
+// twins, command params and results at 32 levels, but a record stored
+// before it did (a device's result nested 10,000 deep) made
+// JSON.stringify overflow the stack, and its indentation grows with the
+// square of the depth.
+const prettyDepth = 64;
+
+// pretty is v as indented JSON, or a note when it nests deeper than
+// prettyDepth levels.
+export function pretty(v) {
+  v = v ?? {};
+  const todo = [[v, 1]];
+  while (todo.length) {
+    const [x, d] = todo.pop();
+    if (x === null || typeof x !== 'object') continue;
+    if (d > prettyDepth) return `(nested deeper than ${prettyDepth} levels: not shown; the API returns it)`;
+    for (const k in x) todo.push([x[k], d + 1]);
+  }
+  return JSON.stringify(v, null, 2);
+}
 
 // copy puts text on the clipboard; plain-http pages have no Clipboard API.
 export async function copy(text, button) {
