@@ -52,7 +52,7 @@ type PublishLimit struct {
 	// first is checked before the rate in OnPublish: the gate's check of
 	// mqtt.max_topic_levels when this hook is the first with an OnPublish
 	// after the gate (broker.New), nil otherwise.
-	first func(*mqtt.Client, packets.Packet) (packets.Packet, error)
+	first func(*mqtt.Client, *packets.Packet) error
 
 	throttled *prometheus.CounterVec
 	delay     prometheus.Counter
@@ -88,7 +88,7 @@ func (l *PublishLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		return pk, nil
 	}
 	if l.first != nil {
-		if pk, err := l.first(cl, pk); err != nil {
+		if err := l.first(cl, &pk); err != nil {
 			return pk, err
 		}
 		if l.o.DeviceRate <= 0 && l.o.PerClient <= 0 {
