@@ -401,7 +401,9 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		if expire {
 			a.unheld(cl) // the engine drops the session
 		} else {
-			a.holdSession(string(cl.Properties.Username), cl.ID) // a session restored at start-up comes here first
+			if name := string(cl.Properties.Username); !a.reg.HasDevice(name) {
+				a.holdSession(name, cl.ID) // a session restored at start-up comes here first
+			}
 		}
 	}
 	a.forgetSubscribe(cl)

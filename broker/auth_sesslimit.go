@@ -55,7 +55,9 @@ func persists(cl *mqtt.Client) bool {
 // engine's clients under ownMu, 100,000 of them on a big broker.
 //
 // The index is a superset: every client id whose session may count
-// towards name is in name's set. A persistent session enters the engine
+// towards name is in name's set. Devices' sessions are left out (about
+// 300 bytes each): a user's name is never a registered device's id, and
+// a device's sessions go with it. A persistent session enters the engine
 // only through a CONNECT's claim (indexed there, under the identity's
 // name, which OnConnect makes the session's username) or restored from
 // the session store at start-up (the engine's loadClients calls

@@ -154,13 +154,18 @@ func fillSessions(t *testing.T, addr, prefix, user, pass string, from, n int) []
 // session comes and goes: taken over under its client id (still one),
 // replaced by a clean start (room for one more), expired (room), restored
 // at a restart (still counted), its user deleted (the name starts at
-// none).
+// none). A device's sessions are not indexed.
 func TestSessionsPerUserTransitions(t *testing.T) {
 	o := DefaultOptions()
 	n := o.MaxSessionsPerUser
 	dir := t.TempDir()
 	e := startLimitEnv(t, dir, o, RetainedLimitOptions{})
 	vpass := e.user(t, "vi", "viewer")
+	dpass := e.device(t, "dv")
+	if code := connack5(t, e.tcp, "dv", "dv", dpass, 3600); code != 0 {
+		t.Fatalf("device: CONNACK 0x%02x", code)
+	}
+	waitHeld(t, e.auth, "dv") // a device's session is not indexed
 
 	// Taken over again and again under one client id: one session.
 	for range 2 * n {
@@ -201,6 +206,10 @@ func TestSessionsPerUserTransitions(t *testing.T) {
 	e.stop(t)
 	e = startLimitEnv(t, dir, o, RetainedLimitOptions{})
 	waitHeld(t, e.auth, "vi", ids...)
+	if _, ok := e.b.Server.Clients.Get("dv"); !ok {
+		t.Fatal("the device's session was not restored")
+	}
+	waitHeld(t, e.auth, "dv")
 	if code := connack5(t, e.tcp, "vi-over", "vi", vpass, 3600); code != 0x97 {
 		t.Fatalf("past the bound after a restart: CONNACK 0x%02x, want 0x97", code)
 	}
