@@ -19,6 +19,10 @@ type gate struct {
 	// reads: the gate's own OnPacketRead calls read; the access hook's
 	// does instead, when it is the Auth hook.
 	reads bool
+	// published: the gate's own OnPublish checks a PUBLISH's levels
+	// (deepPublish); the publish rates' does instead, when it is the
+	// first hook with one (broker.New).
+	published bool
 }
 
 func (g *gate) ID() string { return "tether-gate" }
@@ -30,7 +34,7 @@ func (g *gate) Provides(b byte) bool {
 	case mqtt.OnPacketRead:
 		return g.reads
 	case mqtt.OnPublish:
-		return g.b.opts.MaxTopicLevels > 0
+		return g.published
 	}
 	return false
 }

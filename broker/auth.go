@@ -116,6 +116,9 @@ type Auth struct {
 	// refusals.
 	maxSessions    int
 	sessionsLogged *logevery.Keys
+	// held indexes the persistent sessions by name, for
+	// maxSessions (auth_sesslimit.go).
+	held heldIndex
 	// purger deletes purged sessions from the session store.
 	purger SessionPurger
 	// retained is the retained index (the broker's RetainedLimit hook,
@@ -394,6 +397,15 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		a.ending.Store(cl, struct{}{}) // before it leaves clients: always in one of them
 	}
 	a.unclaim(cl)
+	if !cl.Net.Inline {
+		if expire {
+			a.unheld(cl) // the engine drops the session
+		} else {
+			if name := string(cl.Properties.Username); !a.reg.HasDevice(name) {
+				a.holdSession(name, cl.ID) // a session restored at start-up comes here first
+			}
+		}
+	}
 	a.forgetSubscribe(cl)
 	a.established.Delete(cl)
 	a.forgetExpiry(cl)
@@ -423,6 +435,7 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 
 // OnClientExpired forgets an expired session's identity.
 func (a *Auth) OnClientExpired(cl *mqtt.Client) {
+	a.unheld(cl)
 	a.sessions.Delete(cl.ID)
 	a.willFrom.Delete(cl.ID)
 }

@@ -54,6 +54,9 @@ func (a *Auth) claim(cl *mqtt.Client, c *conn) packets.Code {
 		return packets.ErrQuotaExceeded
 	}
 	a.claims.Store(cl.ID, &claim{cl: cl, c: c})
+	if !c.anonymous && c.id.Kind != devices.KindDevice && persists(cl) {
+		a.holdSession(c.id.Name, cl.ID)
+	}
 	return packets.CodeSuccess
 }
 

@@ -39,6 +39,7 @@ func (a *Auth) purgeSession(cl *mqtt.Client) {
 	a.srv.UnsubscribeClient(cl) // the store's hook deletes the subscriptions
 	cl.ClearInflights()
 	a.srv.Clients.Delete(cl.ID)
+	a.unheld(cl)
 	if v, ok := a.sessions.Load(cl.ID); ok {
 		a.sessions.CompareAndDelete(cl.ID, v)
 	}

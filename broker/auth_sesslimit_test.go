@@ -103,3 +103,126 @@ func TestSessionsPerUser(t *testing.T) {
 		t.Fatalf("tether_auth_failures_total{reason=session_limit} %v, want 2", n)
 	}
 }
+
+// heldIDs returns the client ids the session index holds under name.
+func heldIDs(a *Auth, name string) map[string]bool {
+	a.held.mu.Lock()
+	defer a.held.mu.Unlock()
+	got := map[string]bool{}
+	if s := a.held.sets[name]; s != nil {
+		for id := range s.ids {
+			got[id] = true
+		}
+	}
+	return got
+}
+
+// waitHeld polls until the session index holds exactly ids under name.
+func waitHeld(t *testing.T, a *Auth, name string, ids ...string) {
+	t.Helper()
+	checkFor(t, 10*time.Second, func() error {
+		got := heldIDs(a, name)
+		if len(got) != len(ids) {
+			return fmt.Errorf("index of %s: %v, want %v", name, got, ids)
+		}
+		for _, id := range ids {
+			if !got[id] {
+				return fmt.Errorf("index of %s: %v, want %v", name, got, ids)
+			}
+		}
+		return nil
+	})
+}
+
+// fillSessions connects n persistent sessions of user under ids
+// prefix-0.., each accepted.
+func fillSessions(t *testing.T, addr, prefix, user, pass string, from, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := from; i < from+n; i++ {
+		id := fmt.Sprint(prefix, i)
+		if code := connack5(t, addr, id, user, pass, 3600); code != 0 {
+			t.Fatalf("session %s: CONNACK 0x%02x", id, code)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// TestSessionsPerUserTransitions: the per-user count of persistent
+// sessions (an index, not a walk over every client) follows each way a
+// session comes and goes: taken over under its client id (still one),
+// replaced by a clean start (room for one more), expired (room), restored
+// at a restart (still counted), its user deleted (the name starts at
+// none). A device's sessions are not indexed.
+func TestSessionsPerUserTransitions(t *testing.T) {
+	o := DefaultOptions()
+	n := o.MaxSessionsPerUser
+	dir := t.TempDir()
+	e := startLimitEnv(t, dir, o, RetainedLimitOptions{})
+	vpass := e.user(t, "vi", "viewer")
+	dpass := e.device(t, "dv")
+	if code := connack5(t, e.tcp, "dv", "dv", dpass, 3600); code != 0 {
+		t.Fatalf("device: CONNACK 0x%02x", code)
+	}
+	waitHeld(t, e.auth, "dv") // a device's session is not indexed
+
+	// Taken over again and again under one client id: one session.
+	for range 2 * n {
+		if code := connack5(t, e.tcp, "vi-same", "vi", vpass, 3600); code != 0 {
+			t.Fatalf("vi-same again: CONNACK 0x%02x", code)
+		}
+	}
+	waitHeld(t, e.auth, "vi", "vi-same")
+	ids := append([]string{"vi-same"}, fillSessions(t, e.tcp, "vi-", "vi", vpass, 1, n-1)...)
+	if code := connack5(t, e.tcp, "vi-over", "vi", vpass, 3600); code != 0x97 {
+		t.Fatalf("past the bound: CONNACK 0x%02x, want 0x97", code)
+	}
+	waitHeld(t, e.auth, "vi", ids...)
+
+	// A clean start under vi-same replaces its persistent session.
+	if code := connack5(t, e.tcp, "vi-same", "vi", vpass, 0); code != 0 {
+		t.Fatalf("clean start: CONNACK 0x%02x", code)
+	}
+	waitHeld(t, e.auth, "vi", ids[1:]...)
+	if code := connack5(t, e.tcp, "vi-short", "vi", vpass, 1); code != 0 {
+		t.Fatalf("after the clean start: CONNACK 0x%02x", code)
+	}
+	if code := connack5(t, e.tcp, "vi-over", "vi", vpass, 3600); code != 0x97 {
+		t.Fatalf("past the bound again: CONNACK 0x%02x, want 0x97", code)
+	}
+
+	// vi-short's session expires a second after it disconnected.
+	waitHeld(t, e.auth, "vi", ids[1:]...)
+	if _, ok := e.b.Server.Clients.Get("vi-short"); ok {
+		t.Fatal("the engine still holds the expired session")
+	}
+	ids = append(ids[1:], "vi-new")
+	if code := connack5(t, e.tcp, "vi-new", "vi", vpass, 3600); code != 0 {
+		t.Fatalf("after the expiry: CONNACK 0x%02x", code)
+	}
+
+	// A restart restores the sessions, and they count.
+	e.stop(t)
+	e = startLimitEnv(t, dir, o, RetainedLimitOptions{})
+	waitHeld(t, e.auth, "vi", ids...)
+	if _, ok := e.b.Server.Clients.Get("dv"); !ok {
+		t.Fatal("the device's session was not restored")
+	}
+	waitHeld(t, e.auth, "dv")
+	if code := connack5(t, e.tcp, "vi-over", "vi", vpass, 3600); code != 0x97 {
+		t.Fatalf("past the bound after a restart: CONNACK 0x%02x, want 0x97", code)
+	}
+	if code := connack5(t, e.tcp, ids[0], "vi", vpass, 3600); code != 0 {
+		t.Fatalf("its own restored session: CONNACK 0x%02x", code)
+	}
+
+	// The user deleted: its sessions go, and the name created again
+	// starts with none.
+	if err := e.reg.DeleteUser(context.Background(), "vi"); err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, e.auth, "vi")
+	vpass = e.user(t, "vi", "viewer")
+	fillSessions(t, e.tcp, "vi-again-", "vi", vpass, 0, n)
+}

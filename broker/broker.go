@@ -121,6 +121,17 @@ func New(opts Options) (*Broker, error) {
 	if err := srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
 	}
+	if opts.MaxTopicLevels > 0 {
+		// The levels of a PUBLISH are checked in the first OnPublish:
+		// the publish rates' when it comes first after the gate (the
+		// hooks between have none), in its OnPublish, which it has
+		// anyway; else the gate's own.
+		if pl, ok := firstHook(opts.Hooks).(*PublishLimit); ok && !hook.Provides(mqtt.OnPublish) {
+			pl.first = g.deepPublish
+		} else {
+			g.published = true
+		}
+	}
 	for _, h := range opts.Hooks {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
@@ -366,3 +377,11 @@ func Transport(cl *mqtt.Client) string { return cl.Net.Listener }
 
 // errShuttingDown refuses a CONNECT that arrives during shutdown.
 var errShuttingDown = errors.New("broker shutting down")
+
+// firstHook is the first of hooks, nil if none.
+func firstHook(hooks []mqtt.Hook) mqtt.Hook {
+	if len(hooks) == 0 {
+		return nil
+	}
+	return hooks[0]
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
 )
 
 // deepTopic is prefix followed by levels made up to n levels in all.
@@ -23,9 +24,51 @@ func deepTopic(prefix string, n int) string {
 // disconnected), retained or not, and is neither retained nor routed; a
 // will CONNACK 0x90. Admins are held to it too. The engine adds nothing
 // for what is refused (a filter or retained topic of 30,000 levels cost it
-// 19 MB), and the refusals are counted, not as ACL denials.
+// 19 MB), and the refusals are counted, not as ACL denials. The same
+// whether the gate checks a PUBLISH in its own OnPublish or in the
+// publish rates' hook's, as tether serve has it.
 func TestTopicLevels(t *testing.T) {
-	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), DefaultRetainedLimitOptions())
+	t.Run("gate", func(t *testing.T) { testTopicLevels(t) })
+	t.Run("publish-rates", func(t *testing.T) {
+		testTopicLevels(t, NewPublishLimit(PublishLimitOptions{DeviceRate: 100, PerClient: 1000}))
+	})
+}
+
+// TestTopicLevelsOneCall: with the hooks in tether serve's order (the
+// publish rates first, then the retained bounds), the levels of a
+// PUBLISH are checked in the publish rates' OnPublish: the gate adds no
+// OnPublish call of its own (some 55 ns a message), nor does the publish
+// rates' hook with no rate.
+func TestTopicLevelsOneCall(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		pl   PublishLimitOptions
+	}{{"rates", PublishLimitOptions{DeviceRate: 100}}, {"no-rates", PublishLimitOptions{}}} {
+		t.Run(c.name, func(t *testing.T) {
+			pl := NewPublishLimit(c.pl)
+			e := startLimitEnv(t, t.TempDir(), DefaultOptions(), DefaultRetainedLimitOptions(), pl)
+			var got []string
+			for _, h := range engineHooks(e.b.Server).GetAll() {
+				if h.Provides(mqtt.OnPublish) {
+					got = append(got, h.ID())
+				}
+			}
+			// The retained bounds' and the session store's follow.
+			if len(got) == 0 || got[0] != "tether-publish-limit" || slices.Contains(got, "tether-gate") {
+				t.Fatalf("hooks called on each PUBLISH: %q, want the publish rates' first and not the gate's", got)
+			}
+			c3, lost := dial3(t, e.tcp, "lv", "lv", e.device(t, "lv"), true)
+			c3.Publish(deepTopic("devices/lv/responses/", 33), 1, true, "1")
+			waitLost(t, lost, "a 3.1.1 publish of 33 levels at QoS 1")
+			if p := e.b.levelsRefused.publish.Load(); p != 1 {
+				t.Fatalf("refused publishes: %d, want 1", p)
+			}
+		})
+	}
+}
+
+func testTopicLevels(t *testing.T, first ...mqtt.Hook) {
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), DefaultRetainedLimitOptions(), first...)
 	if got := len(strings.Split(deepTopic("devices/lv/commands/", 32), "/")); got != 32 {
 		t.Fatalf("deepTopic made %d levels", got)
 	}

@@ -49,6 +49,10 @@ type PublishLimit struct {
 	o PublishLimitOptions
 
 	clients sync.Map // *mqtt.Client -> *rate.Limiter (nil: unlimited)
+	// first is checked before the rate in OnPublish: the gate's check of
+	// mqtt.max_topic_levels when this hook is the first with an OnPublish
+	// after the gate (broker.New), nil otherwise.
+	first func(*mqtt.Client, *packets.Packet) error
 
 	throttled *prometheus.CounterVec
 	delay     prometheus.Counter
@@ -74,13 +78,22 @@ func (l *PublishLimit) ID() string { return "tether-publish-limit" }
 
 // Provides implements mqtt.Hook.
 func (l *PublishLimit) Provides(b byte) bool {
-	return (l.o.DeviceRate > 0 || l.o.PerClient > 0) && (b == mqtt.OnPublish || b == mqtt.OnDisconnect)
+	rated := l.o.DeviceRate > 0 || l.o.PerClient > 0
+	return rated && b == mqtt.OnDisconnect || (rated || l.first != nil) && b == mqtt.OnPublish
 }
 
-// OnPublish waits until cl's rate allows pk.
+// OnPublish checks pk with first, then waits until cl's rate allows it.
 func (l *PublishLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
+	}
+	if l.first != nil {
+		if err := l.first(cl, &pk); err != nil {
+			return pk, err
+		}
+		if l.o.DeviceRate <= 0 && l.o.PerClient <= 0 {
+			return pk, nil // no rates: no bucket (OnDisconnect, which drops them, is not called)
+		}
 	}
 	lim, kind := l.limiter(cl)
 	if lim == nil {

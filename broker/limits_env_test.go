@@ -32,8 +32,8 @@ type limitEnv struct {
 }
 
 // startLimitEnv starts the broker with o (listeners aside) and the
-// retained bounds rl.
-func startLimitEnv(t *testing.T, dir string, o Options, rl RetainedLimitOptions) *limitEnv {
+// retained bounds rl, after the hooks first if any.
+func startLimitEnv(t *testing.T, dir string, o Options, rl RetainedLimitOptions, first ...mqtt.Hook) *limitEnv {
 	t.Helper()
 	ctx := context.Background()
 	e := &limitEnv{dir: dir}
@@ -53,7 +53,7 @@ func startLimitEnv(t *testing.T, dir string, o Options, rl RetainedLimitOptions)
 	rl.Identity, rl.Logger = e.auth.Identity, authLogger()
 	e.lim = NewRetainedLimit(rl)
 	o.TCPAddr, o.Logger, o.Access = "127.0.0.1:0", authLogger(), e.auth
-	o.Hooks = []mqtt.Hook{e.lim, e.store}
+	o.Hooks = append(first, e.lim, e.store)
 	if e.b, err = New(o); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"hash/maphash"
 	"log/slog"
 	"strings"
 	"sync"
@@ -79,7 +80,17 @@ func DefaultRetainedLimitOptions() RetainedLimitOptions {
 // cluster's injector: BrokerOrigins) and $SYS (the engine's, rewritten
 // every sys_interval without hooks) belong to nobody; $SYS ones are not
 // counted at all. Bytes are the topic, the payload and the properties
-// that are kept with the message.
+// that are kept with the message, and retainedLevelCost for each level
+// of the engine's topic index that the retained topics need: a node per
+// level, some 600 bytes whatever its length (docs/upstream.md item 22),
+// which a million messages of 32 levels made 19 GB the bounds did not
+// see. A level is a prefix of the topic (a, a/b, a/b/c for a/b/c): for
+// all retained messages together each prefix counts once, however many
+// topics share it, as the engine keeps one node; for a device, each
+// prefix its own retained topics need counts once, even where another's
+// topic needs it too (what the device's messages would cost on their
+// own). Both follow the topics retained now: a prefix stops counting
+// when the last topic that needs it goes.
 //
 // The check runs in OnPublish on the publisher's goroutine, in memory
 // (one map lookup under a mutex). A retained PUBLISH with a payload that
@@ -124,6 +135,11 @@ type RetainedLimit struct {
 	topics map[string]retainedEntry
 	owners map[string]*retainedUsage
 	total  retainedUsage
+	// levels counts, for each prefix of the retained topics (by its
+	// hash, seeded with seed), the topics that need it: the total's
+	// levels (retainedLevelCost each).
+	levels map[uint64]int32
+	seed   maphash.Seed
 	// under holds, per device id, the retained topics under
 	// devices/{id}/, whoever set them (Under): the engine's own wildcard
 	// lookup of them races with its writes (docs/upstream.md item 6).
@@ -143,6 +159,36 @@ type retainedUsage struct {
 	// topics are the owner's topics (nil for the total): what a deleted
 	// device leaves (Owned).
 	topics map[string]struct{}
+	// levels counts, for each prefix of the owner's topics, the topics
+	// that need it (nil for the total: RetainedLimit.levels).
+	levels map[uint64]int32
+}
+
+// retainedLevelCost is what a level of a retained topic counts for: the
+// engine's node in its topic index, 608 bytes on mochi v2.7.9 whatever
+// the level's length (BenchmarkTopicLevelCost), and this index's own
+// counts of it, two map entries: 57 bytes (BenchmarkRetainedLevelIndex).
+const retainedLevelCost = 665
+
+// forLevels calls f with the hash of each prefix of topic that is a
+// level of the engine's index (a, a/b, a/b/c for a/b/c; "" and /a for
+// /a), reading the topic once.
+func (l *RetainedLimit) forLevels(topic string, f func(uint64)) {
+	var h maphash.Hash
+	h.SetSeed(l.seed)
+	from := 0
+	for i := 0; i <= len(topic); i++ {
+		if i == len(topic) || topic[i] == '/' {
+			h.WriteString(topic[from:i])
+			f(h.Sum64())
+			from = i
+		}
+	}
+}
+
+// charged is the bytes u counts for: its messages' and its levels'.
+func (u *retainedUsage) charged(levels int) int64 {
+	return u.bytes + int64(levels)*retainedLevelCost
 }
 
 // The limits a refusal names (tether_mqtt_retained_refused_total{limit}).
@@ -166,11 +212,12 @@ func NewRetainedLimit(o RetainedLimitOptions) *RetainedLimit {
 		o: o, log: log.With("component", "broker"), logged: logevery.New(retainedLogEvery),
 		broker: map[string]bool{mqtt.InlineClientId: true},
 		topics: map[string]retainedEntry{}, owners: map[string]*retainedUsage{}, under: map[string]map[string]struct{}{},
+		levels: map[uint64]int32{}, seed: maphash.MakeSeed(),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_mqtt_retained_refused_total",
 			Help: "Retained PUBLISH packets refused (not retained, not routed) and retained wills sent unretained because they would pass a bound, by limit (device_messages, device_bytes: mqtt.max_retained_*_per_device; messages, bytes: mqtt.max_retained_messages, mqtt.max_retained_bytes)."},
 			[]string{"limit"}),
 		bytes: prometheus.NewDesc("tether_mqtt_retained_bytes",
-			"Bytes of the retained messages held (topics, payloads and properties; $SYS excepted), counted against mqtt.max_retained_bytes.", nil, nil),
+			"Bytes counted for the retained messages held against mqtt.max_retained_bytes: their topics, payloads and properties, and 665 for each level of the topic index they need ($SYS excepted).", nil, nil),
 	}
 	for _, id := range o.BrokerOrigins {
 		l.broker[id] = true
@@ -281,8 +328,9 @@ func (l *RetainedLimit) setLocked(topic string, e retainedEntry, ok bool) {
 	if old, had := l.topics[topic]; had {
 		l.total.count--
 		l.total.bytes -= old.size
+		var u *retainedUsage
 		if old.owner != "" {
-			u := l.owners[old.owner]
+			u = l.owners[old.owner]
 			u.count--
 			u.bytes -= old.size
 			delete(u.topics, topic)
@@ -290,6 +338,12 @@ func (l *RetainedLimit) setLocked(topic string, e retainedEntry, ok bool) {
 				delete(l.owners, old.owner)
 			}
 		}
+		l.forLevels(topic, func(h uint64) {
+			unref(l.levels, h)
+			if u != nil {
+				unref(u.levels, h)
+			}
+		})
 		delete(l.topics, topic)
 		if id := deviceOfTopic(topic); id != "" {
 			delete(l.under[id], topic)
@@ -310,16 +364,32 @@ func (l *RetainedLimit) setLocked(topic string, e retainedEntry, ok bool) {
 	}
 	l.total.count++
 	l.total.bytes += e.size
+	var u *retainedUsage
 	if e.owner != "" {
-		u := l.owners[e.owner]
+		u = l.owners[e.owner]
 		if u == nil {
-			u = &retainedUsage{topics: map[string]struct{}{}}
+			u = &retainedUsage{topics: map[string]struct{}{}, levels: map[uint64]int32{}}
 			l.owners[e.owner] = u
 		}
 		u.count++
 		u.bytes += e.size
 		u.topics[topic] = struct{}{}
 	}
+	l.forLevels(topic, func(h uint64) {
+		l.levels[h]++
+		if u != nil {
+			u.levels[h]++
+		}
+	})
+}
+
+// unref takes one topic off prefix h's count in m.
+func unref(m map[uint64]int32, h uint64) {
+	if m[h] <= 1 {
+		delete(m, h)
+		return
+	}
+	m[h]--
 }
 
 // loadLocked builds the index from the engine's retained messages. The
@@ -331,6 +401,7 @@ func (l *RetainedLimit) loadLocked() {
 		return
 	}
 	l.topics, l.owners, l.total = map[string]retainedEntry{}, map[string]*retainedUsage{}, retainedUsage{}
+	l.levels = map[uint64]int32{}
 	l.under = map[string]map[string]struct{}{}
 	for topic, pk := range srv.Topics.Retained.GetAll() {
 		if len(pk.Payload) == 0 || isSysTopic(topic) {
@@ -361,24 +432,42 @@ func (l *RetainedLimit) check(cl *mqtt.Client, topic string, size int64) string 
 			u = *p
 		}
 		own := had && old.owner == me // it replaces its own message
-		var mine int64
+		add := size
 		if own {
-			mine = old.size
+			add -= old.size // and needs no new level
+		} else {
+			add += l.newLevels(topic, u.levels) * retainedLevelCost
 		}
 		switch {
 		case l.o.DeviceMessages > 0 && !own && u.count+1 > l.o.DeviceMessages:
 			return limitDeviceMessages
-		case l.o.DeviceBytes > 0 && size > mine && u.bytes-mine+size > l.o.DeviceBytes:
+		case l.o.DeviceBytes > 0 && add > 0 && u.charged(len(u.levels))+add > l.o.DeviceBytes:
 			return limitDeviceBytes
 		}
+	}
+	add := size - old.size
+	if !had {
+		add += l.newLevels(topic, l.levels) * retainedLevelCost
 	}
 	switch {
 	case l.o.MaxMessages > 0 && !had && l.total.count+1 > l.o.MaxMessages:
 		return limitMessages
-	case l.o.MaxBytes > 0 && size > old.size && l.total.bytes-old.size+size > l.o.MaxBytes:
+	case l.o.MaxBytes > 0 && add > 0 && l.total.charged(len(l.levels))+add > l.o.MaxBytes:
 		return limitBytes
 	}
 	return ""
+}
+
+// newLevels counts the levels of topic that m (a count of prefixes) does
+// not hold yet.
+func (l *RetainedLimit) newLevels(topic string, m map[uint64]int32) int64 {
+	var n int64
+	l.forLevels(topic, func(h uint64) {
+		if m[h] == 0 {
+			n++
+		}
+	})
+	return n
 }
 
 // refuse counts a refusal and logs the first of cl's per minute (never
@@ -405,7 +494,8 @@ func retainedLimitKey(limit string) string {
 }
 
 // RetainedUsage returns the retained messages counted for owner (a
-// device's id; "" for all of them): how many, and their bytes.
+// device's id; "" for all of them): how many, and the bytes they count
+// for (their topics, payloads and properties, and their levels).
 func (l *RetainedLimit) RetainedUsage(owner string) (count, bytes int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -413,10 +503,10 @@ func (l *RetainedLimit) RetainedUsage(owner string) (count, bytes int64) {
 		l.loadLocked()
 	}
 	if owner == "" {
-		return l.total.count, l.total.bytes
+		return l.total.count, l.total.charged(len(l.levels))
 	}
 	if u := l.owners[owner]; u != nil {
-		return u.count, u.bytes
+		return u.count, u.charged(len(u.levels))
 	}
 	return 0, 0
 }
@@ -489,7 +579,7 @@ func (l *RetainedLimit) Describe(ch chan<- *prometheus.Desc) {
 func (l *RetainedLimit) Collect(ch chan<- prometheus.Metric) {
 	l.refused.Collect(ch)
 	l.mu.Lock()
-	b := l.total.bytes
+	b := l.total.charged(len(l.levels))
 	l.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(l.bytes, prometheus.GaugeValue, float64(b))
 }

@@ -36,12 +36,38 @@ func refusedCount(t *testing.T, l *RetainedLimit, limit string) float64 {
 }
 
 // usage fails the test unless owner's retained messages are count and
-// size bytes.
+// size bytes (topics, payloads, properties), besides their levels:
+// retainedLevelCost for each prefix their topics need (levelBytes).
 func usage(t *testing.T, l *RetainedLimit, owner string, count, size int64) {
 	t.Helper()
-	if c, b := l.RetainedUsage(owner); c != count || b != size {
-		t.Fatalf("retained of %q: %d messages, %d bytes; want %d, %d", owner, c, b, count, size)
+	topics := l.Owned(owner)
+	if owner == "" {
+		topics = nil
+		for topic, pk := range l.srv.Load().Topics.Retained.GetAll() {
+			if len(pk.Payload) > 0 && !isSysTopic(topic) {
+				topics = append(topics, topic)
+			}
+		}
 	}
+	size += levelBytes(topics...)
+	if c, b := l.RetainedUsage(owner); c != count || b != size {
+		t.Fatalf("retained of %q: %d messages, %d bytes; want %d, %d (%d of levels)", owner, c, b, count, size, levelBytes(topics...))
+	}
+}
+
+// levelBytes is what the levels of topics count for: retainedLevelCost
+// for each distinct prefix (a, a/b, a/b/c for a/b/c).
+func levelBytes(topics ...string) int64 {
+	prefixes := map[string]bool{}
+	for _, topic := range topics {
+		for i := range len(topic) {
+			if topic[i] == '/' {
+				prefixes[topic[:i]] = true
+			}
+		}
+		prefixes[topic] = true
+	}
+	return int64(len(prefixes)) * retainedLevelCost
 }
 
 // received collects a watcher's payloads until a marker arrives.
@@ -63,13 +89,14 @@ func drain(t *testing.T, l *lim5, marker string) []string {
 }
 
 // TestRetainedLimitDevice: with mqtt.max_retained_messages_per_device 3
-// and mqtt.max_retained_bytes_per_device 1,000, an MQTT 5 device's
+// and mqtt.max_retained_bytes_per_device 1,000 besides six levels (its
+// topics devices/r5/responses/{n} need 3 levels and 1 each), an MQTT 5 device's
 // retained publishes past either bound get PUBACK or PUBREC 0x97 and are
 // neither retained nor routed; replacing its own message with one no
 // larger, and deleting, always work, and a deletion frees room.
 func TestRetainedLimitDevice(t *testing.T) {
 	e := startLimitEnv(t, t.TempDir(), DefaultOptions(),
-		RetainedLimitOptions{DeviceMessages: 3, DeviceBytes: 1000})
+		RetainedLimitOptions{DeviceMessages: 3, DeviceBytes: 1000 + 6*retainedLevelCost})
 	watcher, _ := dial5(t, e.tcp, "watcher", "root", e.user(t, "root", devices.RoleAdmin), 0)
 	watcher.sub(t, "devices/r5/responses/#")
 	d, _ := dial5(t, e.tcp, "r5", "r5", e.device(t, "r5"), 0)
@@ -123,9 +150,10 @@ func TestRetainedLimitDevice(t *testing.T) {
 	}
 	usage(t, e.lim, "r5", 3, 37+40+37)
 
-	// Bytes: 114 held (40, 37, 37). Replacing its own 37-byte message by
-	// 22+850 stays within 1,000 (949), by 22+930 does not (1,029); with
-	// one deleted (912 held), a new 120-byte message does not either.
+	// Bytes: 114 held (40, 37, 37), and six levels. Replacing its own
+	// 37-byte message by 22+850 stays within 1,000 (949), by 22+930 does
+	// not (1,029); with one deleted (912 held, and five levels), a new
+	// 120-byte message on a new level does not either.
 	big := bytes.Repeat([]byte("x"), 1000)
 	if code := d.pub(t, topic(3), big[:850], 1, true); code != 0 {
 		t.Fatalf("own replacement within the bytes bound: 0x%02x", code)
@@ -215,7 +243,8 @@ func sysRetained(b *Broker) int { return len(retainedTopics(b, "$SYS/")) }
 // the broker's own messages are never refused.
 func TestRetainedLimitGlobal(t *testing.T) {
 	// 5: the device's status, 2 of the device's, 2 of the admin's.
-	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{MaxMessages: 5, MaxBytes: 2000})
+	const maxBytes = 10_000 // some 6,000 of levels in the end
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), RetainedLimitOptions{MaxMessages: 5, MaxBytes: maxBytes})
 	g1, _ := dial5(t, e.tcp, "g1", "g1", e.device(t, "g1"), 0)
 	admin, _ := dial5(t, e.tcp, "admin-1", "root", e.user(t, "root", devices.RoleAdmin), 0)
 	for i, c := range []*lim5{g1, g1, admin, admin} {
@@ -249,19 +278,22 @@ func TestRetainedLimitGlobal(t *testing.T) {
 	if c, _ := e.lim.RetainedUsage(""); c != 6 {
 		t.Fatalf("counted %d, want 6", c)
 	}
-	// Bytes: deleting three makes room for messages, not for 2,000 bytes.
+	// Bytes: deleting three makes room for messages, not for 10,000
+	// bytes; config/big needs two levels again.
 	for _, topic := range []string{"config/2", "config/3", "devices/g1/twin/desired"} {
 		admin.pub(t, topic, nil, 1, true)
 	}
 	_, held := e.lim.RetainedUsage("")
-	room := 2000 - held - int64(len("config/big"))
+	room := maxBytes - held - int64(len("config/big")) - 2*retainedLevelCost
 	if code := admin.pub(t, "config/big", bytes.Repeat([]byte("x"), int(room)+1), 1, true); code != 0x97 {
 		t.Fatalf("past the global bytes: 0x%02x", code)
 	}
 	if code := admin.pub(t, "config/big", bytes.Repeat([]byte("x"), int(room)), 1, true); code != 0 {
 		t.Fatalf("within the global bytes: 0x%02x", code)
 	}
-	usage(t, e.lim, "", 4, 2000)
+	if c, b := e.lim.RetainedUsage(""); c != 4 || b != maxBytes {
+		t.Fatalf("retained: %d messages, %d bytes, want 4, %d", c, b, maxBytes)
+	}
 	if n := refusedCount(t, e.lim, limitBytes); n != 1 {
 		t.Fatalf("refused bytes %v, want 1", n)
 	}
@@ -493,4 +525,80 @@ func testDeletedDeviceRetained(t *testing.T, rl RetainedLimitOptions) {
 	if want := []string{"admin's", "admin's", "new", "new"}; !slices.Equal(got, want) {
 		t.Fatalf("a subscriber of tele/dd/# got %q, want %q", got, want)
 	}
+}
+
+// TestRetainedLimitLevels: at the defaults, a device retaining one-byte
+// messages on topics of 32 levels, each new but for the first three, is
+// held to mqtt.max_retained_bytes_per_device (16 MiB) by what the
+// engine's index keeps for the levels (some 20 KB a message), not
+// allowed its 10,000 messages (190 MB of index); messages whose topics
+// share all but their last level count one level each.
+func TestRetainedLimitLevels(t *testing.T) {
+	o := DefaultOptions()
+	if o.MaxTopicLevels != 32 {
+		t.Fatalf("mqtt.max_topic_levels defaults to %d, README says 32", o.MaxTopicLevels)
+	}
+	rl := DefaultRetainedLimitOptions()
+	e := startLimitEnv(t, t.TempDir(), o, rl)
+	d, _ := dial5(t, e.tcp, "deep", "deep", e.device(t, "deep"), 0)
+	deep := func(i int, shared bool) string {
+		var b strings.Builder
+		b.WriteString("devices/deep/responses")
+		for j := range 28 {
+			if shared {
+				fmt.Fprintf(&b, "/s%d", j)
+			} else {
+				fmt.Fprintf(&b, "/u%d-%d", i, j)
+			}
+		}
+		fmt.Fprintf(&b, "/%d", i)
+		return b.String()
+	}
+	accepted := 0
+	for i := range 1000 {
+		code := d.pub(t, deep(i, false), []byte("v"), 1, true)
+		if code == packets.ErrQuotaExceeded.Code {
+			break
+		}
+		if code != 0 {
+			t.Fatalf("publish %d: 0x%02x", i, code)
+		}
+		accepted++
+	}
+	// devices, devices/deep, devices/deep/responses once; 29 levels, the
+	// topic and the payload each.
+	want, held := 0, int64(3*retainedLevelCost)
+	for held+29*retainedLevelCost+int64(len(deep(want, false))+1) <= rl.DeviceBytes {
+		held += 29*retainedLevelCost + int64(len(deep(want, false))+1)
+		want++
+	}
+	if accepted != want {
+		t.Fatalf("%d messages of 32 levels accepted, want %d (16 MiB at some 19.4 KB each)", accepted, want)
+	}
+	if n := refusedCount(t, e.lim, limitDeviceBytes); n != 1 {
+		t.Fatalf("refused device_bytes %v, want 1", n)
+	}
+	topics := e.lim.Owned("deep")
+	if c, b := e.lim.RetainedUsage("deep"); c != int64(accepted) || b > rl.DeviceBytes || b < levelBytes(topics...) {
+		t.Fatalf("device holds %d messages, %d bytes", c, b)
+	}
+
+	// Deleted, they free their levels; sharing all but the last level,
+	// 1,000 fit.
+	for _, topic := range topics {
+		if code := d.pub(t, topic, nil, 1, true); code != 0 {
+			t.Fatalf("delete %s: 0x%02x", topic, code)
+		}
+	}
+	usage(t, e.lim, "deep", 0, 0)
+	for i := range 1000 {
+		if code := d.pub(t, deep(i, true), []byte("v"), 1, true); code != 0 {
+			t.Fatalf("shared publish %d: 0x%02x", i, code)
+		}
+	}
+	var size int64
+	for i := range 1000 {
+		size += int64(len(deep(i, true)) + 1)
+	}
+	usage(t, e.lim, "deep", 1000, size)
 }

@@ -101,8 +101,13 @@ type Audit struct {
 	mu      sync.Mutex
 	closed  bool
 	refused map[string]*refusedWindow // by address (auditRefusedOther: the rest)
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	// begun is refused's minutes in the order they began, from
+	// begun[head]; an entry whose minute refused no longer holds is
+	// skipped (refusedAged).
+	begun []refusedBegun
+	head  int
+	stop  chan struct{}
+	wg    sync.WaitGroup
 }
 
 // Refused logins are written at most auditRefusedPerMinute a minute per
@@ -128,6 +133,13 @@ type refusedWindow struct {
 	since       time.Time
 	noted, more int
 	via         string
+}
+
+// refusedBegun is a minute of refused logins as it began: its address and
+// window.
+type refusedBegun struct {
+	key string
+	w   *refusedWindow
 }
 
 // maxAuditField bounds each text field of an entry.
@@ -237,7 +249,7 @@ func (a *Audit) admitRefused(e AuditEntry) bool {
 	key := e.Remote
 	w := a.refused[key]
 	if w == nil && len(a.refused) >= auditRefusedAddrs {
-		a.summarizeRefused(e.Time)
+		a.refusedAged(e.Time)
 		if len(a.refused) >= auditRefusedAddrs {
 			key = auditRefusedOther
 			w = a.refused[key]
@@ -250,6 +262,7 @@ func (a *Audit) admitRefused(e AuditEntry) bool {
 	if w == nil {
 		w = &refusedWindow{since: e.Time}
 		a.refused[key] = w
+		a.begin(key, w)
 	}
 	w.via = e.Via
 	if w.noted < auditRefusedPerMinute {
@@ -269,6 +282,43 @@ func (a *Audit) summarizeRefused(now time.Time) {
 			a.summarize(key, w)
 		}
 	}
+}
+
+// refusedAged ends the minutes that ended by now, oldest first, as
+// summarizeRefused does, but reading only those and the ones already
+// ended otherwise: a new address with every address followed costs O(1)
+// amortised, where a walk over the 10,000 cost each one 10,000 steps. The
+// minutes are in the order they began, which is the order of their
+// times but for stamps taken a moment apart by concurrent callers: such
+// a minute ends with the first that began before it (the minute's sweep
+// in prune ends every one in time). mu must be held.
+func (a *Audit) refusedAged(now time.Time) {
+	for ; a.head < len(a.begun); a.head++ {
+		b := a.begun[a.head]
+		if a.refused[b.key] != b.w {
+			continue // ended already
+		}
+		if now.Sub(b.w.since) < time.Minute {
+			break
+		}
+		a.summarize(b.key, b.w)
+	}
+}
+
+// begin appends the minute w of address key to begun, first dropping the
+// ended ones when they make up most of it; mu must be held.
+func (a *Audit) begin(key string, w *refusedWindow) {
+	if n := len(a.begun) - a.head; n >= 64 && n > 2*len(a.refused) || a.head > len(a.begun)/2 {
+		live := a.begun[:0]
+		for _, b := range a.begun[a.head:] {
+			if a.refused[b.key] == b.w {
+				live = append(live, b)
+			}
+		}
+		clear(a.begun[len(live):])
+		a.begun, a.head = live, 0
+	}
+	a.begun = append(a.begun, refusedBegun{key, w})
 }
 
 // summarize ends the minute w of address key: one entry for the refused

@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -142,5 +143,60 @@ func TestAuditRefusedLoginsBounded(t *testing.T) {
 	}
 	if len(folded) != 2 || !strings.HasPrefix(folded[0], "10.0.0.1: 5 more") || !strings.HasPrefix(folded[1], "10.0.0.1: 80 more") {
 		t.Errorf("folded entries, newest first: %q; want 10.0.0.1's 5 more and 80 more", folded)
+	}
+}
+
+// TestAuditRefusedAddressesBounded: with auditRefusedAddrs addresses
+// followed, a new address shares the others' allowance ("*") until a
+// followed minute is over; then it has its own minute again, while the
+// shared one, begun later, goes on.
+func TestAuditRefusedAddressesBounded(t *testing.T) {
+	_, db := openTestRegistry(t)
+	a := openTestAudit(t, db, nil)
+	t0 := time.Now().Add(-time.Hour)
+	note := func(at time.Time, remote string, n int) {
+		for i := range n {
+			a.Note(AuditEntry{Time: at.Add(time.Duration(i) * time.Millisecond), Action: AuditLoginRefused, Via: "http", Remote: remote, Detail: "throttled"})
+		}
+	}
+	drained := func() {
+		waitFor(t, func() bool { return len(a.queue) == 0 })
+	}
+	for i := range auditRefusedAddrs {
+		note(t0, fmt.Sprintf("10.0.%d.%d", i/256, i%256), 1)
+		if i%1000 == 999 {
+			drained() // the 10,000 rows are not what is tested: none dropped
+		}
+	}
+	note(t0.Add(time.Second), "10.9.9.9", 3)             // shares "*"
+	note(t0.Add(60500*time.Millisecond), "10.8.8.8", 25) // t0's minutes are over: its own
+	note(t0.Add(60600*time.Millisecond), "10.7.7.7", 25) // and so on
+	drained()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.Dropped(); n != 0 {
+		t.Fatalf("%d entries dropped", n)
+	}
+	list, _, err := a.List(context.Background(), AuditQuery{Limit: MaxPage, Action: AuditLoginRefused}) // newest first: 10.8.8.8's are on it
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows, folded int
+	for _, e := range list {
+		if e.Remote != "10.8.8.8" {
+			continue
+		}
+		if strings.Contains(e.Detail, "more refused logins") {
+			folded++
+			if !strings.HasPrefix(e.Detail, "5 more refused logins from this address") {
+				t.Errorf("10.8.8.8's summary: %q", e.Detail)
+			}
+			continue
+		}
+		rows++
+	}
+	if rows != auditRefusedPerMinute || folded != 1 {
+		t.Fatalf("10.8.8.8: %d rows and %d summaries, want %d and 1 (its own minute)", rows, folded, auditRefusedPerMinute)
 	}
 }
