@@ -228,3 +228,18 @@ func TestTelemetryPruneToSize(t *testing.T) {
 		t.Errorf("under the bound: pruned %d, %v", again, err)
 	}
 }
+
+// BenchmarkValueRate is the per-device value check alone, as Add makes it
+// for each sample (4 values, far under the bound):
+//
+//	go test -run XXX -bench ValueRate ./devices/
+func BenchmarkValueRate(b *testing.B) {
+	r := newValueRate(1000, 10000)
+	var tat atomic.Int64
+	now := time.Now().UnixNano()
+	for i := range b.N {
+		if !r.allow(&tat, 4, now+int64(i)*int64(time.Second)) {
+			b.Fatal("refused")
+		}
+	}
+}
