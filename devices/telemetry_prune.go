@@ -337,8 +337,8 @@ func rowBytes(device string, data []byte) int64 { return int64(len(data) + 2*len
 // chunks (the newest rows are the devices' open chunks, still growing).
 // Rows are counted on SQLite by count(*), which SQLite answers from the
 // smallest index, (ts_max, id): about 15 bytes a row, some 40 MB for
-// 10 GB of history, read from the page cache in tens of milliseconds
-// once a minute; on PostgreSQL the statistics' n_live_tup (whose files
+// 10 GB of history (2.6 million rows: 52–250 ms from the page cache at
+// load average 10, once a minute); on PostgreSQL the statistics' n_live_tup (whose files
 // do not shrink when rows are deleted: their room is reused once
 // vacuumed), at most the table's files (pg_total_relation_size). The
 // rollups are not counted: they are kept by telemetry.rollup_retention.
