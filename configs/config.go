@@ -137,6 +137,13 @@ type Telemetry struct {
 	// QueueBytes bounds the memory of the points waiting to be written,
 	// beside their number.
 	QueueBytes int64 `yaml:"queue_bytes"`
+	// DeviceValuesRate bounds the metric values each device may have
+	// stored, a second, in bursts of DeviceValuesBurst; 0 = no bound.
+	DeviceValuesRate  int `yaml:"device_values_rate"`
+	DeviceValuesBurst int `yaml:"device_values_burst"`
+	// RetentionSize bounds the history's size on disk, in bytes; 0 =
+	// no bound.
+	RetentionSize int64 `yaml:"retention_size"`
 	// Topics map other topics to a device's telemetry (rules.go).
 	// Reloaded on SIGHUP.
 	Topics []TelemetryTopic `yaml:"topics"`
@@ -323,10 +330,11 @@ func Default() Config {
 			HandshakeTimeout: 10 * time.Second,
 			WSCompression:    WSCompressionNoContext, // docs/PERFORMANCE.md
 		},
-		TLS:       TLS{ReloadInterval: 10 * time.Second},
-		Auth:      Auth{TokenTTL: 12 * time.Hour, Rules: []Rule{}},
-		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20, Topics: []TelemetryTopic{}},
-		Audit:     Audit{Retention: 90 * 24 * time.Hour},
+		TLS:  TLS{ReloadInterval: 10 * time.Second},
+		Auth: Auth{TokenTTL: 12 * time.Hour, Rules: []Rule{}},
+		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20,
+			DeviceValuesRate: 1000, DeviceValuesBurst: 10000, RetentionSize: 10 << 30, Topics: []TelemetryTopic{}},
+		Audit: Audit{Retention: 90 * 24 * time.Hour},
 		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second,
 			DevicePublishRate: 100, DevicePublishBurst: 500},
 		Security: Security{BanThreshold: 20, BanWindow: 5 * time.Minute, BanDuration: 15 * time.Minute,
@@ -497,6 +505,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Telemetry.QueueBytes < 1<<20 {
 		bad("telemetry.queue_bytes", "%d is too small (at least 1048576: one 64 KiB payload must fit many times over)", c.Telemetry.QueueBytes)
+	}
+	if c.Telemetry.DeviceValuesRate < 0 {
+		bad("telemetry.device_values_rate", "%d is negative (0 = no bound)", c.Telemetry.DeviceValuesRate)
+	}
+	if c.Telemetry.DeviceValuesRate > 0 && c.Telemetry.DeviceValuesBurst < 256 {
+		bad("telemetry.device_values_burst", "%d is too small (at least 256: a payload of 256 metrics must fit)", c.Telemetry.DeviceValuesBurst)
+	}
+	if c.Telemetry.RetentionSize < 0 || (c.Telemetry.RetentionSize > 0 && c.Telemetry.RetentionSize < 64<<20) {
+		bad("telemetry.retention_size", "%d is not a size in bytes of at least 67108864 (64 MiB), or 0 for no bound", c.Telemetry.RetentionSize)
 	}
 	rules.Check(c.Auth.Rules, bad)
 	validateCluster(c.Cluster, bad)

@@ -145,6 +145,19 @@ type TelemetryOptions struct {
 	// PruneInterval is how often expired points are pruned (default one
 	// minute, or Retention/10 if shorter).
 	PruneInterval time.Duration
+	// DeviceValuesRate bounds the metric values each device may have
+	// stored, a second on average (telemetry_rate.go); 0 means no bound.
+	// A sample that would pass it is not stored (whole), counted and
+	// logged at most once a minute per device.
+	DeviceValuesRate int
+	// DeviceValuesBurst is the most values a device may have stored at
+	// once beyond DeviceValuesRate (default: a second of it, at least
+	// MaxTelemetryMetrics, so that any one sample fits).
+	DeviceValuesBurst int
+	// RetentionSize bounds the history's size on disk, in bytes
+	// (telemetry_prune.go); 0 means no bound. Past it the pruner
+	// removes the oldest history rows, of all devices, until under it.
+	RetentionSize int64
 	// PruneChunk is how many history rows (each up to 1,024 points) one
 	// pruning transaction deletes (default 200), so pruning never holds
 	// the writer for long. A row goes when its latest point has expired.
@@ -220,6 +233,10 @@ type Telemetry struct {
 	// names (telemetry_names.go).
 	budget byteBudget
 	names  *metricNames
+	// rate bounds each device's stored values (DeviceValuesRate);
+	// rateLogged throttles its log, once a minute per device.
+	rate       valueRate
+	rateLogged *logevery.Keys
 	// refresh takes the devices whose names are read again
 	// (telemetry_names_shared.go); nil on SQLite.
 	refresh chan string
@@ -263,6 +280,9 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.DeviceValuesRate > 0 && opts.DeviceValuesBurst <= 0 {
+		opts.DeviceValuesBurst = max(opts.DeviceValuesRate, MaxTelemetryMetrics)
+	}
 	if err := db.Migrate(ctx, "telemetry", Schema{SQLite: telemetrySchema, Postgres: telemetrySchemaPostgres}); err != nil {
 		return nil, err
 	}
@@ -282,6 +302,9 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		wake:    make(chan struct{}, 1),
 		wakeAt:  max(opts.QueueSize/4, 1),
 		logged:  logevery.New(time.Minute),
+
+		rate:       newValueRate(opts.DeviceValuesRate, opts.DeviceValuesBurst),
+		rateLogged: logevery.New(time.Minute),
 	}
 	t.m = newTelemetryMetrics(t)
 	if t.last != nil {
@@ -306,7 +329,9 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 // blocks: when the queue is full, by count or by bytes (or the store
 // closed), the point is dropped and counted, and Add returns false. The
 // metrics with a new name once the device has MaxDeviceMetrics are left
-// out and counted; a sample left with none is not stored.
+// out and counted; a sample left with none is not stored. A sample that
+// would take its device past DeviceValuesRate is not stored either,
+// counted and logged (at most once a minute per device).
 func (t *Telemetry) Add(device string, s Sample, arrived time.Time) bool {
 	return t.add(device, s, arrived.UnixNano())
 }
@@ -329,6 +354,10 @@ func (t *Telemetry) add(device string, s Sample, arrived int64) bool {
 		if json == nil {
 			return false
 		}
+	}
+	if t.rate.interval > 0 && !t.rate.allow(&dev.tat, s.N-refused, arrived) {
+		t.overRate(device, dev, s.N-refused, arrived)
+		return false
 	}
 	ts := arrived / int64(time.Millisecond)
 	if !s.TS.IsZero() {

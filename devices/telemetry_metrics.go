@@ -7,6 +7,12 @@ import (
 // telemetryMetrics are the store's counts (metrics.go).
 type telemetryMetrics struct {
 	stored, dropped, writeErrors, pruned, batches prometheus.Counter
+	// overRate are points not stored because their device was over
+	// DeviceValuesRate; prunedSize points pruned by RetentionSize.
+	overRate, prunedSize prometheus.Counter
+	// historyBytes is the raw history's size as the pruner last
+	// estimated it (historySize; telemetry.retention_size).
+	historyBytes prometheus.Gauge
 	// dbErrors are points dropped because the database refused their
 	// device's writes.
 	dbErrors prometheus.Counter
@@ -32,14 +38,23 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		"reason", "device_metric_limit")
 	dropped := counterVec(prometheus.CounterOpts{Name: "tether_telemetry_points_dropped_total",
 		Help: "Telemetry points routed but not stored, by reason: queue_full (the write queue was full: telemetry.queue_size points or telemetry.queue_bytes), " +
-			"db_error (the database refused their device's writes; the other devices' points of the batch were stored)."},
-		"reason", "queue_full", "db_error")
+			"db_error (the database refused their device's writes; the other devices' points of the batch were stored), " +
+			"device_rate (their device was over telemetry.device_values_rate)."},
+		"reason", "queue_full", "db_error", "device_rate")
+	pruned := counterVec(prometheus.CounterOpts{Name: "tether_telemetry_points_pruned_total",
+		Help: "Telemetry points deleted from the history (folded into the minute rollups), by reason: retention (older than telemetry.retention), " +
+			"size (the oldest, while the history was larger than telemetry.retention_size)."},
+		"reason", "retention", "size")
 	m := &telemetryMetrics{
-		stored:         counter("points_stored_total", "Telemetry points written to the history."),
-		dropped:        dropped.WithLabelValues("queue_full"),
-		dbErrors:       dropped.WithLabelValues("db_error"),
-		writeErrors:    counter("write_errors_total", "Telemetry batches that failed to write (all of their points lost)."),
-		pruned:         counter("points_pruned_total", "Telemetry points deleted by retention."),
+		stored:      counter("points_stored_total", "Telemetry points written to the history."),
+		dropped:     dropped.WithLabelValues("queue_full"),
+		dbErrors:    dropped.WithLabelValues("db_error"),
+		writeErrors: counter("write_errors_total", "Telemetry batches that failed to write (all of their points lost)."),
+		pruned:      pruned.WithLabelValues("retention"),
+		prunedSize:  pruned.WithLabelValues("size"),
+		overRate:    dropped.WithLabelValues("device_rate"),
+		historyBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_history_bytes",
+			Help: "Size of the raw telemetry history (the points, not the rollups) as the pruner last estimated it, in bytes, bounded by telemetry.retention_size."}),
 		batches:        counter("batches_total", "Telemetry batches written."),
 		metricsRefused: refused.WithLabelValues("device_metric_limit"),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_telemetry_payloads_rejected_total",
@@ -47,7 +62,7 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		lastBatch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_last_batch_seconds",
 			Help: "Time the last telemetry batch took to write."}),
 	}
-	m.all = metrics{m.stored, dropped, m.writeErrors, m.pruned, m.batches, refused, m.rejected, m.lastBatch,
+	m.all = metrics{m.stored, dropped, m.writeErrors, pruned, m.historyBytes, m.batches, refused, m.rejected, m.lastBatch,
 		gaugeFunc("queue_length", "Telemetry points waiting to be written.", func() float64 { return float64(t.queue.len()) }),
 		gaugeFunc("queue_bytes", "Bytes of telemetry points waiting to be written or being written (bounded by telemetry.queue_bytes).",
 			func() float64 { return float64(t.budget.held()) }),

@@ -50,6 +50,9 @@ type deviceNames struct {
 	memo keysMemo
 	// gone is set when the device is forgotten (deviceIndex.delete).
 	gone atomic.Bool
+	// tat is the device's value-rate bucket (valueRate.allow), overRate
+	// its samples refused by it since the last log line of them.
+	tat, overRate atomic.Int64
 }
 
 // deviceIndex maps device ids to their names. Readers look a device up

@@ -38,6 +38,9 @@ func (t *Telemetry) prune() {
 			if n > 0 {
 				t.log.Debug("telemetry: pruned", "points", n)
 			}
+			if _, err := t.PruneToSize(ctx); err != nil && ctx.Err() == nil {
+				t.log.Error("telemetry: prune to telemetry.retention_size", "error", err)
+			}
 			cutoff := time.Now().Add(-t.opts.RollupRetention)
 			err = t.pruneMinutesBefore(ctx, cutoff)
 			if hour := expiredHour(cutoff); err == nil && hour != lastHour {
@@ -69,7 +72,7 @@ func (t *Telemetry) PruneBefore(ctx context.Context, cutoff time.Time) (int64, e
 	after := pruneCursor{ts: math.MinInt64}
 	kept := 0
 	for {
-		rows, points, newer, err := t.pruneChunk(ctx, cutoff, &after)
+		rows, points, _, newer, err := t.pruneChunk(ctx, cutoff, &after, 0)
 		if err != nil {
 			return total, err
 		}
@@ -93,14 +96,17 @@ type pruneCursor struct{ ts, id int64 }
 
 // pruneChunk moves up to PruneChunk expired rows after *after into the
 // minute rollups and deletes them, in one transaction, and returns how
-// many rows it read and how many points went. A row of a chunk format
+// many rows it read, how many points went and about how many bytes of
+// the history they held (rowBytes). With a budget above 0 it stops after
+// the row that takes those bytes to budget (rows is then less than
+// PruneChunk). A row of a chunk format
 // this release does not know (a newer release wrote it, in a cluster
 // being upgraded) is left as it is, for a node that reads it, and counted
 // in newer: deleting it would lose its points without their rollups.
-func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pruneCursor) (rows, points int64, newer int, err error) {
+func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pruneCursor, budget int64) (rows, points, bytes int64, newer int, err error) {
 	tx, err := t.db.W.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	defer tx.Rollback()
 	q := `SELECT id, device_id, ts_max, data FROM telemetry_chunks
@@ -113,7 +119,7 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pru
 	}
 	rs, err := tx.QueryContext(ctx, q, cutoff.UnixMilli(), after.ts, after.ts, after.id, t.opts.PruneChunk)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	r := newRollups(false, t.db.Dialect)
 	now := time.Now()
@@ -124,7 +130,7 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pru
 		var data []byte
 		if err := rs.Scan(&id, &device, &tsMax, &data); err != nil {
 			rs.Close()
-			return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+			return 0, 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 		}
 		rows++
 		*after = pruneCursor{ts: tsMax, id: id}
@@ -134,8 +140,12 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pru
 			continue
 		}
 		ids = append(ids, id)
+		bytes += rowBytes(device, data)
 		if err != nil { // nothing to keep of it
 			t.log.Error("telemetry prune: stored chunk does not decode", "device", device, "error", err)
+			if budget > 0 && bytes >= budget {
+				break
+			}
 			continue
 		}
 		points += int64(len(c.ts))
@@ -147,31 +157,34 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pru
 				}
 			}
 		}
+		if budget > 0 && bytes >= budget {
+			break
+		}
 	}
 	rs.Close()
 	if err := rs.Err(); err != nil {
-		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	if len(ids) == 0 {
-		return rows, 0, newer, nil
+		return rows, 0, 0, newer, nil
 	}
 	if err := r.write(ctx, tx); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	del, err := tx.PrepareContext(ctx, `DELETE FROM telemetry_chunks WHERE id = ?`)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
 	defer del.Close()
 	for _, id := range ids {
 		if _, err := del.ExecContext(ctx, id); err != nil {
-			return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+			return 0, 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
+		return 0, 0, 0, 0, fmt.Errorf("telemetry prune: %w", err)
 	}
-	return rows, points, newer, nil
+	return rows, points, bytes, newer, nil
 }
 
 // PruneRollupsBefore deletes the rollups of minutes and hours that began
@@ -232,4 +245,124 @@ func (t *Telemetry) pruneRows(ctx context.Context, q string, args ...any) error 
 			return fmt.Errorf("telemetry prune rollups: %w", err)
 		}
 	}
+}
+
+// sizeGuard is how recent a history row the size bound leaves alone:
+// the rows written within it are the devices' open chunks, which the
+// writer is still rewriting (a rewrite that finds its row gone drops the
+// batch's points of that device).
+const sizeGuard = time.Minute
+
+// sizeLock is the PostgreSQL advisory lock a node holds while it prunes
+// to the size bound, so that two nodes measuring the same excess do not
+// both remove it.
+const sizeLock = 0x7465746865720002
+
+// PruneToSize measures the history (historySize) and, when it is larger
+// than RetentionSize, deletes the oldest history rows of all devices,
+// by their latest point, folding them into the minute rollups as
+// retention does, until the bytes they held cover the excess (and a
+// hundredth of the bound more, so that a history growing at the bound
+// is not pruned a few rows at every pass). It logs once what it
+// removed and why, and returns how many points went. Rows whose latest
+// point is less than sizeGuard old stay: if they alone pass the bound,
+// it says so. The hourly rollups are kept, and so are the minute ones,
+// by telemetry.rollup_retention alone.
+func (t *Telemetry) PruneToSize(ctx context.Context) (int64, error) {
+	size, err := t.historySize(ctx)
+	if err != nil {
+		return 0, err
+	}
+	t.m.historyBytes.Set(float64(size))
+	limit := t.opts.RetentionSize
+	if limit <= 0 || size <= limit {
+		return 0, nil
+	}
+	if t.db.Dialect == database.Postgres {
+		conn, err := t.db.W.Conn(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("telemetry prune to size: %w", err)
+		}
+		defer conn.Close()
+		var mine bool
+		if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock(?)`, int64(sizeLock)).Scan(&mine); err != nil {
+			return 0, fmt.Errorf("telemetry prune to size: %w", err)
+		}
+		if !mine {
+			return 0, nil // another node is at it
+		}
+		defer conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock(?)`, int64(sizeLock))
+	}
+	excess := size - limit + limit/100
+	start := time.Now()
+	after := pruneCursor{ts: math.MinInt64}
+	var points, freed int64
+	var last int64 // the latest point of the last row removed
+	for freed < excess {
+		rows, n, b, _, err := t.pruneChunk(ctx, start.Add(-sizeGuard), &after, excess-freed)
+		points += n
+		freed += b
+		t.m.prunedSize.Add(float64(n))
+		if err != nil {
+			return points, err
+		}
+		if n > 0 {
+			last = after.ts
+		}
+		if rows < int64(t.opts.PruneChunk) {
+			break
+		}
+	}
+	args := []any{"size_bytes", size, "retention_size", limit, "points", points, "bytes_removed", freed,
+		"took", time.Since(start).Round(time.Millisecond)}
+	if points > 0 {
+		args = append(args, "latest_point_removed", time.UnixMilli(last).UTC())
+	}
+	if freed < excess {
+		t.log.Warn("telemetry: history larger than telemetry.retention_size; pruned the oldest points of all devices down to those of the last minute, which alone pass it (raise telemetry.retention_size, or lower telemetry.device_values_rate)", args...)
+	} else {
+		t.log.Warn("telemetry: history larger than telemetry.retention_size; pruned the oldest points of all devices (raise telemetry.retention_size to keep telemetry.retention)", args...)
+	}
+	return points, nil
+}
+
+// rowBytes is about what a history row takes on disk: its chunk, its
+// device id in the row and in its index, and the rest of the row and
+// its two index entries.
+func rowBytes(device string, data []byte) int64 { return int64(len(data) + 2*len(device) + 64) }
+
+// historySize estimates the raw history's size on disk, in bytes,
+// without reading it: its rows times the average size (as rowBytes
+// counts it) of its 256 oldest rows, the next to go, which are complete
+// chunks (the newest rows are the devices' open chunks, still growing).
+// Rows are counted on SQLite by count(*), which SQLite answers from the
+// smallest index, (ts_max, id): about 15 bytes a row, some 40 MB for
+// 10 GB of history (2.6 million rows: 52–250 ms from the page cache at
+// load average 10, once a minute); on PostgreSQL the statistics' n_live_tup (whose files
+// do not shrink when rows are deleted: their room is reused once
+// vacuumed), at most the table's files (pg_total_relation_size). The
+// rollups are not counted: they are kept by telemetry.rollup_retention.
+func (t *Telemetry) historySize(ctx context.Context) (int64, error) {
+	const avgOldest = `SELECT avg(%s + 2*length(device_id) + 64)
+		FROM (SELECT data, device_id FROM telemetry_chunks ORDER BY ts_max, id LIMIT 256) oldest`
+	var rows, files int64
+	var avg sql.NullFloat64
+	var err error
+	if t.db.Dialect != database.Postgres {
+		err = t.db.R.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM telemetry_chunks), -1, (`+
+			fmt.Sprintf(avgOldest, "length(data)")+`)`).Scan(&rows, &files, &avg)
+	} else {
+		err = t.db.R.QueryRowContext(ctx, `SELECT
+			COALESCE((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'telemetry_chunks'::regclass), 0),
+			pg_total_relation_size('telemetry_chunks'), (`+
+			fmt.Sprintf(avgOldest, "pg_column_size(data)")+`)`).Scan(&rows, &files, &avg)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("telemetry: history size: %w", err)
+	}
+	size := int64(float64(rows) * avg.Float64)
+	if files >= 0 {
+		size = min(size, files)
+	}
+	return size, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,9 +23,9 @@ const limitsAdminPassword = "limits-admin-password-1"
 
 // limitsProcess runs the binary with anonymous MQTT off and an admin, and
 // returns it with an API session as the admin.
-func limitsProcess(t *testing.T) (*process, *apiSession) {
+func limitsProcess(t *testing.T, env ...string) (*process, *apiSession) {
 	t.Helper()
-	p := startProcessAuth(t, "TETHER_ADMIN_PASSWORD="+limitsAdminPassword, "TETHER_TELEMETRY_FLUSH_INTERVAL=50ms")
+	p := startProcessAuth(t, append([]string{"TETHER_ADMIN_PASSWORD=" + limitsAdminPassword, "TETHER_TELEMETRY_FLUSH_INTERVAL=50ms"}, env...)...)
 	api := &apiSession{base: "http://" + p.http, client: &http.Client{Timeout: 30 * time.Second}}
 	t.Cleanup(api.client.CloseIdleConnections)
 	var tok struct{ Token string }
@@ -213,9 +214,12 @@ func TestSIGTERMUnderFlood(t *testing.T) {
 // points, then as their encoding). The black-box run measured a 189 MB
 // answer (3,000 points of 63 KB) raising the peak RSS by 768 MB before,
 // by 210 MB after. (These 600 points are 36 MB: the answer stops at
-// about 32 MiB and says it is truncated.)
+// about 32 MiB and says it is truncated.) The device stores its 154,200
+// values at once, 2.6 minutes' worth of telemetry.device_values_rate:
+// the bound is off here, where the answer's size is what is tested, so
+// that the fixture takes seconds.
 func TestTelemetryAnswerMemory(t *testing.T) {
-	p, api := limitsProcess(t)
+	p, api := limitsProcess(t, "TETHER_TELEMETRY_DEVICE_VALUES_RATE=0")
 	dev := paho3Device(t, p.mqtt, "wordy", api.register(t, "wordy"), true)
 	defer dev.Disconnect(0)
 	const n = 600
@@ -289,4 +293,79 @@ func TestTelemetryAnswerMemory(t *testing.T) {
 	if grew > 2*size {
 		t.Errorf("the answer of %d bytes raised the server's peak RSS by %d bytes: more than twice the answer", size, grew)
 	}
+}
+
+// TestDeviceValuesRate: at the defaults (telemetry.device_values_rate
+// 1,000 values a second, bursts of 10,000) a device publishing 400
+// payloads of 256 metrics within its publish rate (102,400 values: 25,600
+// a second is what limits.device_publish_rate lets it send) has its
+// burst and rate stored and no more; every message is routed to a
+// subscriber as usual; the rest is counted as device_rate and logged,
+// naming the device; another device publishing meanwhile loses nothing.
+func TestDeviceValuesRate(t *testing.T) {
+	p, api := limitsProcess(t)
+	evil := paho3Device(t, p.mqtt, "evil", api.register(t, "evil"), true)
+	defer evil.Disconnect(0)
+	calm := paho3Device(t, p.mqtt, "calm", api.register(t, "calm"), true)
+	defer calm.Disconnect(0)
+	var routed atomic.Int64
+	watch := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + p.mqtt).SetClientID("watch").
+		SetUsername("admin").SetPassword(limitsAdminPassword).SetCleanSession(true).SetAutoReconnect(false))
+	waitPaho(t, watch.Connect())
+	defer watch.Disconnect(0)
+	waitPaho(t, watch.Subscribe("devices/evil/telemetry", 1, func(paho3.Client, paho3.Message) { routed.Add(1) }))
+
+	const n, metrics = 400, 256
+	start := time.Now()
+	for i := range n {
+		b := []byte{'{'}
+		for j := range metrics {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = fmt.Appendf(b, `"m%d":%d.%d`, j, i, j)
+		}
+		waitPaho(t, evil.Publish("devices/evil/telemetry", 1, false, append(b, '}')))
+		if i%20 == 0 {
+			waitPaho(t, calm.Publish("devices/calm/telemetry", 1, false, fmt.Sprintf(`{"seq":%d}`, i)))
+		}
+	}
+	elapsed := time.Since(start)
+	metricsURL := "http://" + p.http + "/metrics"
+	var stored, refused float64
+	checkFor(t, 30*time.Second, func() error {
+		stored = scrapeCounter(t, metricsURL, "tether_telemetry_points_stored_total")
+		refused = scrapeCounter(t, metricsURL, `tether_telemetry_points_dropped_total{reason="device_rate"}`)
+		if stored+refused != n+n/20 || routed.Load() != n {
+			return fmt.Errorf("stored %v and refused %v of %d points, %d of %d routed", stored, refused, n+n/20, routed.Load(), n)
+		}
+		return nil
+	})
+	count := func(id string) int {
+		var pts struct{ Points []json.RawMessage }
+		if code := api.do(t, "GET", "/devices/"+id+"/telemetry?limit=10000&from="+start.Add(-time.Minute).UTC().Format(time.RFC3339), nil, &pts); code != 200 {
+			t.Fatalf("GET telemetry of %s: %d", id, code)
+		}
+		return len(pts.Points)
+	}
+	if c := count("calm"); c != n/20 {
+		t.Errorf("calm: %d points stored, want %d", c, n/20)
+	}
+	// The burst, then the rate for as long as the device published (and
+	// a second more for the last hook after its PUBACK).
+	most := (10000 + 1000*(elapsed+time.Second).Seconds()) / metrics
+	if got := count("evil"); got < 10000/metrics || float64(got) > most || float64(got) != stored-n/20 {
+		t.Errorf("evil: %d points stored in %s, want %d to %.0f (counted %v)", got, elapsed, 10000/metrics, most, stored-n/20)
+	}
+	if refused == 0 {
+		t.Fatalf("nothing refused: the publisher took %s", elapsed)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		for _, l := range strings.Split(p.logText(), "\n") {
+			if strings.Contains(l, "telemetry.device_values_rate") && strings.Contains(l, `"device":"evil"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no log line of the device over the rate")
+	})
 }
