@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -320,4 +321,56 @@ func TestTelemetryConcurrentSmallBatches(t *testing.T) {
 		t.Errorf("%d points still counted as waiting", n)
 	}
 	t.Logf("%d flushes while publishing", flushes)
+}
+
+// TestTelemetryTailBesideItsBase: a device's open chunk is two rows, its
+// base and its tail; a tail row is inserted only while its base row is
+// there, and a chunk whose base row is gone (pruned, or its device
+// deleted meanwhile) is dropped: its points are not written again, and
+// the device's next points start a new chunk.
+func TestTelemetryTailBesideItsBase(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	add := func(i int) {
+		t.Helper()
+		s := mustSample(t, fmt.Sprintf(`{"v":%d}`, i))
+		s.TS = base.Add(time.Duration(i) * time.Second)
+		if !tel.Add("d1", s, time.Now()) {
+			t.Fatal("Add refused")
+		}
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := func() (rows, points int) {
+		t.Helper()
+		if err := db.R.QueryRow(`SELECT count(*), coalesce(sum(n), 0) FROM telemetry_chunks WHERE device_id = 'd1'`).Scan(&rows, &points); err != nil {
+			t.Fatal(err)
+		}
+		return rows, points
+	}
+	// One point a flush: the first two are written whole into the base
+	// row, the third is the tail's first.
+	add(0)
+	add(1)
+	if rows, points := stored(); rows != 1 || points != 2 {
+		t.Fatalf("%d rows, %d points; want the base row with 2", rows, points)
+	}
+	if _, err := db.W.Exec(`DELETE FROM telemetry_chunks WHERE device_id = 'd1'`); err != nil {
+		t.Fatal(err)
+	}
+	add(2)
+	if rows, points := stored(); rows != 0 || points != 0 {
+		t.Fatalf("%d rows, %d points; want none: a tail without its base", rows, points)
+	}
+	add(3)
+	if rows, points := stored(); rows != 1 || points != 1 {
+		t.Fatalf("%d rows, %d points; want a new chunk of the point after", rows, points)
+	}
+	pts, err := tel.Points(ctx, "d1", base, base.Add(time.Hour), MaxTelemetryPoints)
+	if err != nil || len(pts) != 1 || pts[0].Values["v"] != 3.0 {
+		t.Fatalf("points %v, %v; want the fourth alone", pts, err)
+	}
 }
