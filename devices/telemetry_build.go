@@ -21,16 +21,19 @@ import (
 // is on disk.
 //
 // On disk it is two rows: the base (its first based points, rewritten
-// when the tail has grown to half its size, and when the chunk is
-// complete) and the tail (the points after them, rewritten each flush).
+// when the tail has grown to half its size, when the points added since
+// the last write are many (wholeEvery), and when the chunk is complete)
+// and the tail (the points after them, rewritten each flush otherwise).
 // Each row's encoding is kept (chunkAppender) and the points added since
-// its last write are encoded onto it, so a point is encoded once into the
-// tail and once into the base, however often either is rewritten.
+// its last write are encoded onto it, so a point is encoded at most once
+// into the tail and once into the base, however often either is
+// rewritten.
 type openChunk struct {
 	device string
 	id     int64 // base row id; 0 until inserted
 	tailID int64 // tail row id; 0 if none
 	based  int   // points in the base row
+	wrote  int   // points at the last write
 	rebase bool  // a point sorts into the base: rewrite it
 	data   chunkData
 	idx    map[string]int // column of a metric name
@@ -49,6 +52,22 @@ type openChunk struct {
 	// after based as last written, so that a write encodes only the
 	// points added since (nil: none yet, or the points were sorted).
 	whole, tail *chunkAppender
+}
+
+// wholeEvery: a write that adds at least 1/wholeEvery of a chunk's points
+// rewrites the whole chunk into its base row rather than the tail. At
+// the rates where a device's chunk fills in a few writes, a tail costs a
+// statement and an encoding of its points more (they are encoded again
+// into the base when it is rewritten) to save writing again at most
+// wholeEvery times the new points' bytes; a device that adds a few
+// points a write still gets a tail.
+const wholeEvery = 8
+
+// tailWrite reports whether the chunk's next write rewrites its tail
+// row alone (else the whole chunk into its base row).
+func (c *openChunk) tailWrite() bool {
+	n := len(c.data.ts)
+	return c.id != 0 && !c.rebase && n-c.based <= c.based/2 && n < c.maxPoints && (n-c.wrote)*wholeEvery < n
 }
 
 // fits reports whether a point at ts may join the chunk.
@@ -320,6 +339,28 @@ func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r
 	c.add(ts, obj, r)
 }
 
+// encodeNew encodes the points added to the chunks pending from from on
+// (a device's, whose points a batch adds together) onto the row each
+// chunk's write will rewrite (tailWrite), while the points are in the
+// caches: writeChunks then copies the encodings out. (Without it, the
+// write encodes them: the migration's.)
+func (b *chunkBuilder) encodeNew(from int) {
+	for _, c := range b.pending[from:] {
+		c.sort()
+		if c.tailWrite() {
+			if c.tail == nil {
+				c.tail = b.spare.appender(c.based)
+			}
+			c.tail.extend(&b.enc, &c.data)
+			continue
+		}
+		if c.whole == nil {
+			c.whole = b.spare.appender(0)
+		}
+		c.whole.extend(&b.enc, &c.data)
+	}
+}
+
 // write inserts or rewrites every pending chunk in tx. A rewrite that
 // finds no row (the device was deleted, or the chunk pruned) drops the
 // chunk: its points are not written again.
@@ -342,7 +383,9 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, s *chunkStmt
 		c.sort()
 		c.dirty = false
 		n := len(c.data.ts)
-		if c.id != 0 && !c.rebase && n-c.based <= c.based/2 && n < c.maxPoints {
+		tail := c.tailWrite()
+		c.wrote = n
+		if tail {
 			gone, err := b.writeTail(ctx, tx, s, c, &buf)
 			if err != nil {
 				return err

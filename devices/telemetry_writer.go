@@ -226,15 +226,17 @@ func stmtContext(d database.Dialect, ctx context.Context) context.Context {
 }
 
 // addPoints adds the points of the batch's device i to its open chunk
-// and to the hourly rollups.
+// and to the hourly rollups, and encodes them (chunkBuilder.encodeNew).
 func (t *Telemetry) addPoints(i int, now time.Time) {
 	o := t.order
 	d := o.devs[i]
 	pts := o.points(i)
+	from := len(t.chunks.pending)
 	for k := range pts {
 		p := &pts[k]
 		t.chunks.add(d, p.ts, p.json, now, t.rollups)
 	}
+	t.chunks.encodeNew(from)
 }
 
 // devicesWrite is a batch written again device by device, each under a
