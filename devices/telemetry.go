@@ -296,7 +296,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 		last:    opts.LastValues,
 		budget:  byteBudget{max: opts.QueueBytes},
 		names:   newMetricNames(),
-		chunks:  newChunkBuilder(),
+		chunks:  newChunkBuilder(db.Dialect),
 		rollups: newRollups(true, db.Dialect),
 		order:   newBatchOrder(),
 		wake:    make(chan struct{}, 1),

@@ -176,7 +176,7 @@ func BenchmarkChunkAdd(b *testing.B) {
 	for i := range payloads {
 		payloads[i] = fmt.Appendf(nil, `{"temp":%d.5,"hum":%d,"on":true,"fw":"1.2.3"}`, 20+i, 40+i)
 	}
-	cb, r := newChunkBuilder(), newRollups(true, database.SQLite)
+	cb, r := newChunkBuilder(database.SQLite), newRollups(true, database.SQLite)
 	base := time.Now().Add(-time.Hour).UnixMilli()
 	now := time.Now()
 	b.ResetTimer()

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/tether-iot/tether/devices/database"
 )
 
 // openChunk is a device's latest history chunk while it may still grow:
@@ -19,16 +21,19 @@ import (
 // is on disk.
 //
 // On disk it is two rows: the base (its first based points, rewritten
-// when the tail has grown to half its size, and when the chunk is
-// complete) and the tail (the points after them, rewritten each flush).
+// when the tail has grown to half its size, when the points added since
+// the last write are many (wholeEvery), and when the chunk is complete)
+// and the tail (the points after them, rewritten each flush otherwise).
 // Each row's encoding is kept (chunkAppender) and the points added since
-// its last write are encoded onto it, so a point is encoded once into the
-// tail and once into the base, however often either is rewritten.
+// its last write are encoded onto it, so a point is encoded at most once
+// into the tail and once into the base, however often either is
+// rewritten.
 type openChunk struct {
 	device string
 	id     int64 // base row id; 0 until inserted
 	tailID int64 // tail row id; 0 if none
 	based  int   // points in the base row
+	wrote  int   // points at the last write
 	rebase bool  // a point sorts into the base: rewrite it
 	data   chunkData
 	idx    map[string]int // column of a metric name
@@ -47,6 +52,22 @@ type openChunk struct {
 	// after based as last written, so that a write encodes only the
 	// points added since (nil: none yet, or the points were sorted).
 	whole, tail *chunkAppender
+}
+
+// wholeEvery: a write that adds at least 1/wholeEvery of a chunk's points
+// rewrites the whole chunk into its base row rather than the tail. At
+// the rates where a device's chunk fills in a few writes, a tail costs a
+// statement and an encoding of its points more (they are encoded again
+// into the base when it is rewritten) to save writing again at most
+// wholeEvery times the new points' bytes; a device that adds a few
+// points a write still gets a tail.
+const wholeEvery = 8
+
+// tailWrite reports whether the chunk's next write rewrites its tail
+// row alone (else the whole chunk into its base row).
+func (c *openChunk) tailWrite() bool {
+	n := len(c.data.ts)
+	return c.id != 0 && !c.rebase && n-c.based <= c.based/2 && n < c.maxPoints && (n-c.wrote)*wholeEvery < n
 }
 
 // fits reports whether a point at ts may join the chunk.
@@ -189,6 +210,7 @@ func (c *openChunk) sort() {
 // for its lifetime (each device's open chunk carries over to the next
 // batch); the migration uses a fresh one per transaction.
 type chunkBuilder struct {
+	dialect database.Dialect
 	open    map[string]*openChunk
 	pending []*openChunk // changed since the last write, in order
 	enc     encoder
@@ -286,8 +308,8 @@ func (s *spareArrays) col(n, size int) ([]uint32, []float64) {
 	return nil, nil
 }
 
-func newChunkBuilder() *chunkBuilder {
-	return &chunkBuilder{open: make(map[string]*openChunk)}
+func newChunkBuilder(d database.Dialect) *chunkBuilder {
+	return &chunkBuilder{dialect: d, open: make(map[string]*openChunk)}
 }
 
 // add adds one point of device; points of a device should come in time
@@ -317,22 +339,43 @@ func (b *chunkBuilder) add(device string, ts int64, obj []byte, now time.Time, r
 	c.add(ts, obj, r)
 }
 
+// encodeNew encodes the points added to the chunks pending from from on
+// (a device's, whose points a batch adds together) onto the row each
+// chunk's write will rewrite (tailWrite), while the points are in the
+// caches: writeChunks then copies the encodings out. (Without it, the
+// write encodes them: the migration's.)
+func (b *chunkBuilder) encodeNew(from int) {
+	for _, c := range b.pending[from:] {
+		c.sort()
+		if c.tailWrite() {
+			if c.tail == nil {
+				c.tail = b.spare.appender(c.based)
+			}
+			c.tail.extend(&b.enc, &c.data)
+			continue
+		}
+		if c.whole == nil {
+			c.whole = b.spare.appender(0)
+		}
+		c.whole.extend(&b.enc, &c.data)
+	}
+}
+
 // write inserts or rewrites every pending chunk in tx. A rewrite that
 // finds no row (the device was deleted, or the chunk pruned) drops the
 // chunk: its points are not written again.
 func (b *chunkBuilder) write(ctx context.Context, tx *sql.Tx) error {
-	ins, upd, err := prepareChunkWrites(ctx, tx, "telemetry_chunks")
+	s, err := prepareChunkWrites(ctx, tx, b.dialect, "telemetry_chunks")
 	if err != nil {
 		return err
 	}
-	defer ins.Close()
-	defer upd.Close()
-	return b.writeChunks(ctx, tx, ins, upd, b.pending)
+	defer s.close()
+	return b.writeChunks(ctx, tx, s, b.pending)
 }
 
 // writeChunks writes the pending chunks cs as write does, with the
 // statements prepareChunkWrites prepared in tx.
-func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sql.Stmt, cs []*openChunk) error {
+func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, s *chunkStmts, cs []*openChunk) error {
 	b.last = nil
 	buf := b.buf[:0]
 	defer func() { b.buf = buf }()
@@ -340,8 +383,10 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 		c.sort()
 		c.dirty = false
 		n := len(c.data.ts)
-		if c.id != 0 && !c.rebase && n-c.based <= c.based/2 && n < c.maxPoints {
-			gone, err := b.writeTail(ctx, tx, ins, upd, c, &buf)
+		tail := c.tailWrite()
+		c.wrote = n
+		if tail {
+			gone, err := b.writeTail(ctx, tx, s, c, &buf)
 			if err != nil {
 				return err
 			}
@@ -352,8 +397,8 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 		}
 		// The whole chunk into the base row.
 		if c.tailID != 0 {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM telemetry_chunks WHERE id = ?`, c.tailID); err != nil {
-				return fmt.Errorf("telemetry write: %w", err)
+			if err := s.delete(ctx, tx, c.tailID); err != nil {
+				return err
 			}
 			c.tailID = 0
 		}
@@ -366,7 +411,7 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 			c.tail.reset(n)
 		}
 		if len(buf) <= chunkMaxBytes || n == 1 {
-			gone, err := putChunk(ctx, ins, upd, c.device, &c.id, c.data.ts, buf)
+			gone, err := s.put(ctx, c.device, &c.id, c.data.ts, buf)
 			if err != nil {
 				return err
 			}
@@ -386,7 +431,7 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 		for i := 0; i < n; i += per {
 			sub := c.data.slice(i, min(i+per, n))
 			buf = b.enc.chunk(buf[:0], sub)
-			if _, err := putChunk(ctx, ins, upd, c.device, &c.id, sub.ts, buf); err != nil {
+			if _, err := s.put(ctx, c.device, &c.id, sub.ts, buf); err != nil {
 				return err
 			}
 			c.id = 0 // the next part is a row of its own
@@ -401,58 +446,140 @@ func (b *chunkBuilder) writeChunks(ctx context.Context, tx *sql.Tx, ins, upd *sq
 
 // writeTail writes the points after the base row into the tail row; gone
 // reports that the base row is not there (the device was deleted).
-func (b *chunkBuilder) writeTail(ctx context.Context, tx *sql.Tx, ins, upd *sql.Stmt, c *openChunk, buf *[]byte) (gone bool, err error) {
-	if c.tailID == 0 {
-		// A new tail row would outlive a deleted device's trigger.
-		var one int
-		switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM telemetry_chunks WHERE id = ?`, c.id).Scan(&one); {
-		case errors.Is(err, sql.ErrNoRows):
-			return true, nil
-		case err != nil:
-			return false, fmt.Errorf("telemetry write: %w", err)
-		}
-	}
+func (b *chunkBuilder) writeTail(ctx context.Context, tx *sql.Tx, s *chunkStmts, c *openChunk, buf *[]byte) (gone bool, err error) {
 	if c.tail == nil {
 		c.tail = b.spare.appender(c.based)
 	}
 	*buf = c.tail.chunk(&b.enc, (*buf)[:0], &c.data)
-	return putChunk(ctx, ins, upd, c.device, &c.tailID, c.data.ts[c.based:], *buf)
+	ts := c.data.ts[c.based:]
+	if c.tailID == 0 {
+		// A new tail row would outlive a deleted device's rows: it is
+		// inserted only beside its base row.
+		return s.insertBeside(ctx, tx, c.device, c.id, &c.tailID, ts, *buf)
+	}
+	return s.put(ctx, c.device, &c.tailID, ts, *buf)
+}
+
+// chunkStmts are the statements that write the rows of a chunk table
+// (telemetry_chunks or telemetry_1m) in one transaction. On SQLite a row
+// is inserted by an Exec and its id read from the result: a query
+// (RETURNING) costs the driver and database/sql about twice an Exec; on
+// PostgreSQL, which has no last insert id, with RETURNING.
+type chunkStmts struct {
+	dialect  database.Dialect
+	table    string
+	ins, upd *sql.Stmt
+	// SQLite: a row inserted beside another (insertBeside) and a row
+	// deleted, prepared when first needed.
+	beside, del *sql.Stmt
 }
 
 // prepareChunkWrites prepares the insert and the rewrite of a row of a
 // chunk table (telemetry_chunks or telemetry_1m).
-func prepareChunkWrites(ctx context.Context, tx *sql.Tx, table string) (ins, upd *sql.Stmt, err error) {
-	ins, err = tx.PrepareContext(ctx,
-		`INSERT INTO `+table+`(device_id, ts_min, ts_max, n, data) VALUES (?,?,?,?,?) RETURNING id`)
-	if err != nil {
-		return nil, nil, fmt.Errorf("telemetry write: prepare: %w", err)
+func prepareChunkWrites(ctx context.Context, tx *sql.Tx, d database.Dialect, table string) (*chunkStmts, error) {
+	s := &chunkStmts{dialect: d, table: table}
+	insert := `INSERT INTO ` + table + `(device_id, ts_min, ts_max, n, data) VALUES (?,?,?,?,?)`
+	if d != database.SQLite {
+		insert += ` RETURNING id`
 	}
-	upd, err = tx.PrepareContext(ctx,
-		`UPDATE `+table+` SET ts_min = ?, ts_max = ?, n = ?, data = ? WHERE id = ?`)
-	if err != nil {
-		ins.Close()
-		return nil, nil, fmt.Errorf("telemetry write: prepare: %w", err)
+	var err error
+	if s.ins, err = tx.PrepareContext(ctx, insert); err != nil {
+		return nil, fmt.Errorf("telemetry write: prepare: %w", err)
 	}
-	return ins, upd, nil
+	if s.upd, err = tx.PrepareContext(ctx,
+		`UPDATE `+table+` SET ts_min = ?, ts_max = ?, n = ?, data = ? WHERE id = ?`); err != nil {
+		s.close()
+		return nil, fmt.Errorf("telemetry write: prepare: %w", err)
+	}
+	return s, nil
 }
 
-// putChunk inserts the chunk whose timestamps are ts (encoded as data)
-// if *id is 0, setting *id, else rewrites row *id; gone reports that the
-// row was not there.
-func putChunk(ctx context.Context, ins, upd *sql.Stmt, device string, id *int64, ts []int64, data []byte) (gone bool, err error) {
+func (s *chunkStmts) close() {
+	for _, st := range []*sql.Stmt{s.ins, s.upd, s.beside, s.del} {
+		if st != nil {
+			st.Close()
+		}
+	}
+}
+
+// put inserts the chunk whose timestamps are ts (encoded as data) if *id
+// is 0, setting *id, else rewrites row *id; gone reports that the row was
+// not there.
+func (s *chunkStmts) put(ctx context.Context, device string, id *int64, ts []int64, data []byte) (gone bool, err error) {
 	lo, hi := ts[0], ts[len(ts)-1]
 	if *id == 0 {
-		if err := ins.QueryRowContext(ctx, device, lo, hi, len(ts), data).Scan(id); err != nil {
+		if s.dialect == database.SQLite {
+			res, err := s.ins.ExecContext(ctx, device, lo, hi, len(ts), data)
+			if err == nil {
+				*id, err = res.LastInsertId()
+			}
+			if err != nil {
+				return false, fmt.Errorf("telemetry write: insert: %w", err)
+			}
+			return false, nil
+		}
+		if err := s.ins.QueryRowContext(ctx, device, lo, hi, len(ts), data).Scan(id); err != nil {
 			return false, fmt.Errorf("telemetry write: insert: %w", err)
 		}
 		return false, nil
 	}
-	res, err := upd.ExecContext(ctx, lo, hi, len(ts), data, *id)
+	res, err := s.upd.ExecContext(ctx, lo, hi, len(ts), data, *id)
 	if err != nil {
 		return false, fmt.Errorf("telemetry write: update: %w", err)
 	}
 	n, _ := res.RowsAffected()
 	return n == 0, nil
+}
+
+// insertBeside inserts the chunk as put does, if row beside is there;
+// gone reports that it is not (and nothing was inserted).
+func (s *chunkStmts) insertBeside(ctx context.Context, tx *sql.Tx, device string, beside int64, id *int64, ts []int64, data []byte) (gone bool, err error) {
+	if s.dialect != database.SQLite {
+		var one int
+		switch err := tx.QueryRowContext(ctx, `SELECT 1 FROM `+s.table+` WHERE id = ?`, beside).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			return true, nil
+		case err != nil:
+			return false, fmt.Errorf("telemetry write: %w", err)
+		}
+		return s.put(ctx, device, id, ts, data)
+	}
+	if s.beside == nil {
+		if s.beside, err = tx.PrepareContext(ctx, `INSERT INTO `+s.table+`(device_id, ts_min, ts_max, n, data)
+			SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM `+s.table+` WHERE id = ?)`); err != nil {
+			return false, fmt.Errorf("telemetry write: prepare: %w", err)
+		}
+	}
+	res, err := s.beside.ExecContext(ctx, device, ts[0], ts[len(ts)-1], len(ts), data, beside)
+	var n int64
+	if err == nil {
+		if n, err = res.RowsAffected(); n == 1 {
+			*id, err = res.LastInsertId()
+		}
+	}
+	if err != nil {
+		return false, fmt.Errorf("telemetry write: insert: %w", err)
+	}
+	return n == 0, nil
+}
+
+// delete deletes row id.
+func (s *chunkStmts) delete(ctx context.Context, tx *sql.Tx, id int64) error {
+	var err error
+	if s.dialect != database.SQLite {
+		_, err = tx.ExecContext(ctx, `DELETE FROM `+s.table+` WHERE id = ?`, id)
+	} else {
+		if s.del == nil {
+			if s.del, err = tx.PrepareContext(ctx, `DELETE FROM `+s.table+` WHERE id = ?`); err != nil {
+				return fmt.Errorf("telemetry write: prepare: %w", err)
+			}
+		}
+		_, err = s.del.ExecContext(ctx, id)
+	}
+	if err != nil {
+		return fmt.Errorf("telemetry write: %w", err)
+	}
+	return nil
 }
 
 // written ends a write: on success the pending chunks are on disk; on

@@ -84,7 +84,7 @@ func (t *Telemetry) migrateStep(ctx context.Context) (rows, points int64, err er
 	if err != nil {
 		return 0, 0, fmt.Errorf("telemetry migration: %w", err)
 	}
-	b, r := newChunkBuilder(), newRollups(true, t.db.Dialect)
+	b, r := newChunkBuilder(t.db.Dialect), newRollups(true, t.db.Dialect)
 	now := time.Now()
 	var ids []int64
 	var compact bytes.Buffer

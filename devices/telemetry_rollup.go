@@ -410,18 +410,17 @@ func (r *rollups) write(ctx context.Context, tx *sql.Tx) error {
 			return err
 		}
 	}
-	ins, upd, err := prepareChunkWrites(ctx, tx, "telemetry_1m")
+	s, err := prepareChunkWrites(ctx, tx, r.dialect, "telemetry_1m")
 	if err != nil {
 		return err
 	}
-	defer ins.Close()
-	defer upd.Close()
+	defer s.close()
 	var buf []byte
 	for _, c := range r.pending {
 		c.dirty = false
 		d := c.chunk()
 		buf = encodeChunk(buf[:0], d)
-		gone, err := putChunk(ctx, ins, upd, c.device, &c.id, d.ts, buf)
+		gone, err := s.put(ctx, c.device, &c.id, d.ts, buf)
 		if err != nil {
 			return fmt.Errorf("telemetry rollups: %w", err)
 		}

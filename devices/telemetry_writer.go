@@ -157,6 +157,7 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) (lost int, err 
 	defer dev.close()
 	failed, err := (&batchWrite{name: "telemetry write", n: len(o.devs),
 		all: func(ctx context.Context, tx *sql.Tx) error {
+			ctx = stmtContext(t.db.Dialect, ctx)
 			if err := t.chunks.write(ctx, tx); err != nil {
 				return err
 			}
@@ -168,10 +169,13 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) (lost int, err 
 			}
 			return nil
 		},
-		again: func(ctx context.Context, tx *sql.Tx) error { return dev.start(ctx, tx, t, now) },
+		again: func(ctx context.Context, tx *sql.Tx) error {
+			return dev.start(stmtContext(t.db.Dialect, ctx), tx, t, now)
+		},
 		one: func(ctx context.Context, tx *sql.Tx, j int) error {
+			ctx = stmtContext(t.db.Dialect, ctx)
 			i := dev.order[j]
-			if err := t.chunks.writeChunks(ctx, tx, dev.ins, dev.upd, dev.chunks(t, j)); err != nil {
+			if err := t.chunks.writeChunks(ctx, tx, dev.stmts, dev.chunks(t, j)); err != nil {
 				return err
 			}
 			if err := t.rollups.writeHours(ctx, tx, dev.hours[o.devs[i]]); err != nil {
@@ -205,26 +209,44 @@ func (t *Telemetry) writeTx(ctx context.Context, batch []queued) (lost int, err 
 	return lost, nil
 }
 
+// stmtContext is the context of the writer's statements in a
+// transaction begun with ctx. On SQLite it is ctx without its end: the
+// driver watches a context that can end with a goroutine a statement
+// (a few microseconds each, and a write runs thousands of statements),
+// while none of these statements can run long (each writes a row or a
+// few; a wait for the database's lock ends at busy_timeout, 10 s). The
+// transaction still ends with ctx: database/sql rolls it back once the
+// statement running ends, and the statements after it and Commit fail.
+// On PostgreSQL, where a statement may wait on the network, ctx itself.
+func stmtContext(d database.Dialect, ctx context.Context) context.Context {
+	if d == database.SQLite {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
+}
+
 // addPoints adds the points of the batch's device i to its open chunk
-// and to the hourly rollups.
+// and to the hourly rollups, and encodes them (chunkBuilder.encodeNew).
 func (t *Telemetry) addPoints(i int, now time.Time) {
 	o := t.order
 	d := o.devs[i]
 	pts := o.points(i)
+	from := len(t.chunks.pending)
 	for k := range pts {
 		p := &pts[k]
 		t.chunks.add(d, p.ts, p.json, now, t.rollups)
 	}
+	t.chunks.encodeNew(from)
 }
 
 // devicesWrite is a batch written again device by device, each under a
 // savepoint (batchWrite): the devices in the order they are written, the
 // pending chunks and hourly rollups of each, and the statements.
 type devicesWrite struct {
-	order    []int // the batch's device indexes, by id on PostgreSQL
-	from     []int // chunks.pending[from[j]:from[j+1]] are order[j]'s
-	hours    map[string][]hourKey
-	ins, upd *sql.Stmt
+	order []int // the batch's device indexes, by id on PostgreSQL
+	from  []int // chunks.pending[from[j]:from[j+1]] are order[j]'s
+	hours map[string][]hourKey
+	stmts *chunkStmts
 }
 
 // start starts the batch again in tx: what the first transaction wrote
@@ -260,7 +282,7 @@ func (w *devicesWrite) start(ctx context.Context, tx *sql.Tx, t *Telemetry, now 
 		slices.SortFunc(keys, compareHourKeys)
 	}
 	var err error
-	w.ins, w.upd, err = prepareChunkWrites(ctx, tx, "telemetry_chunks")
+	w.stmts, err = prepareChunkWrites(ctx, tx, t.db.Dialect, "telemetry_chunks")
 	return err
 }
 
@@ -270,9 +292,8 @@ func (w *devicesWrite) chunks(t *Telemetry, j int) []*openChunk {
 }
 
 func (w *devicesWrite) close() {
-	if w.ins != nil {
-		w.ins.Close()
-		w.upd.Close()
+	if w.stmts != nil {
+		w.stmts.close()
 	}
 }
 

@@ -1,8 +1,10 @@
 package devices
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -320,4 +322,144 @@ func TestTelemetryConcurrentSmallBatches(t *testing.T) {
 		t.Errorf("%d points still counted as waiting", n)
 	}
 	t.Logf("%d flushes while publishing", flushes)
+}
+
+// TestTelemetryTailBesideItsBase: a device's open chunk is two rows, its
+// base and its tail; a tail row is inserted only while its base row is
+// there, and a chunk whose base row is gone (pruned, or its device
+// deleted meanwhile) is dropped: its points are not written again, and
+// the device's next points start a new chunk.
+func TestTelemetryTailBesideItsBase(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	add := func(i int) {
+		t.Helper()
+		s := mustSample(t, fmt.Sprintf(`{"v":%d}`, i))
+		s.TS = base.Add(time.Duration(i) * time.Second)
+		if !tel.Add("d1", s, time.Now()) {
+			t.Fatal("Add refused")
+		}
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := func() (rows, points int) {
+		t.Helper()
+		if err := db.R.QueryRow(`SELECT count(*), coalesce(sum(n), 0) FROM telemetry_chunks WHERE device_id = 'd1'`).Scan(&rows, &points); err != nil {
+			t.Fatal(err)
+		}
+		return rows, points
+	}
+	// One point a flush: the first wholeEvery are written whole into the
+	// base row (each write adds at least 1/wholeEvery of the points), the
+	// next is the tail's first.
+	for i := range wholeEvery {
+		add(i)
+	}
+	if rows, points := stored(); rows != 1 || points != wholeEvery {
+		t.Fatalf("%d rows, %d points; want the base row with %d", rows, points, wholeEvery)
+	}
+	if _, err := db.W.Exec(`DELETE FROM telemetry_chunks WHERE device_id = 'd1'`); err != nil {
+		t.Fatal(err)
+	}
+	add(wholeEvery)
+	if rows, points := stored(); rows != 0 || points != 0 {
+		t.Fatalf("%d rows, %d points; want none: a tail without its base", rows, points)
+	}
+	add(wholeEvery + 1)
+	if rows, points := stored(); rows != 1 || points != 1 {
+		t.Fatalf("%d rows, %d points; want a new chunk of the point after", rows, points)
+	}
+	pts, err := tel.Points(ctx, "d1", base, base.Add(time.Hour), MaxTelemetryPoints)
+	if err != nil || len(pts) != 1 || pts[0].Values["v"] != float64(wholeEvery+1) {
+		t.Fatalf("points %v, %v; want the fourth alone", pts, err)
+	}
+}
+
+// TestTelemetryManyPointsAWriteOneRow: a write that adds at least
+// 1/wholeEvery of a chunk's points rewrites the whole chunk into its base
+// row (no tail row, whose points would be encoded twice), and a device
+// that adds a few points a write still gets a tail; either way the rows
+// hold every point, and a chunk written complete is the full encoder's
+// bytes.
+func TestTelemetryManyPointsAWriteOneRow(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "d1", "d2")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	base := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	next := map[string]int{}
+	add := func(dev string, n int) {
+		t.Helper()
+		for range n {
+			i := next[dev]
+			next[dev]++
+			s := mustSample(t, fmt.Sprintf(`{"v":%d.5,"s":"x%d"}`, i%50, i%3))
+			s.TS = base.Add(time.Duration(i) * time.Second)
+			if !tel.Add(dev, s, time.Now()) {
+				t.Fatal("Add refused")
+			}
+		}
+	}
+	rows := func(dev string) (n int) {
+		t.Helper()
+		if err := db.R.QueryRow(`SELECT count(*) FROM telemetry_chunks WHERE device_id = ?`, dev).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for w := range 4 {
+		add("d1", 100) // 100, 200, 300, 400 points: each write at least 1/wholeEvery
+		add("d2", 1+w%2)
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := rows("d1"); n != 1 {
+			t.Fatalf("write %d: d1 has %d rows, want its base alone", w+1, n)
+		}
+	}
+	for range 40 {
+		add("d2", 1)
+		if err := tel.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := rows("d2"); n != 2 {
+		t.Fatalf("d2, a point a write: %d rows, want a base and a tail", n)
+	}
+	add("d1", 2000) // past a complete chunk
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"d1", "d2"} {
+		pts, err := tel.Points(ctx, dev, base, base.Add(2*time.Hour), MaxTelemetryPoints)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pts) != next[dev] {
+			t.Fatalf("%s: %d points, want %d", dev, len(pts), next[dev])
+		}
+		for i, p := range pts {
+			if !p.TS.Equal(base.Add(time.Duration(i)*time.Second)) || p.Values["v"] != float64(i%50)+0.5 || p.Values["s"] != fmt.Sprintf("x%d", i%3) {
+				t.Fatalf("%s point %d: %v %v", dev, i, p.TS, p.Values)
+			}
+		}
+	}
+	// d1's first chunk, written complete, is what the full encoder makes of
+	// its points.
+	var data []byte
+	if err := db.R.QueryRow(`SELECT data FROM telemetry_chunks WHERE device_id = 'd1' ORDER BY ts_min LIMIT 1`).Scan(&data); err != nil {
+		t.Fatal(err)
+	}
+	c, err := decodeChunk(data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.ts) < 400 {
+		t.Fatalf("d1's first chunk: %d points, want it complete", len(c.ts))
+	}
+	if again := encodeChunk(nil, c); !bytes.Equal(again, data) {
+		t.Fatalf("d1's first chunk: %d bytes stored, the full encoder makes %d", len(data), len(again))
+	}
 }
