@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,7 +26,15 @@ const limitsAdminPassword = "limits-admin-password-1"
 // returns it with an API session as the admin.
 func limitsProcess(t *testing.T, env ...string) (*process, *apiSession) {
 	t.Helper()
-	p := startProcessAuth(t, append([]string{"TETHER_ADMIN_PASSWORD=" + limitsAdminPassword, "TETHER_TELEMETRY_FLUSH_INTERVAL=50ms"}, env...)...)
+	return limitsProcessIn(t, t.TempDir(), env...)
+}
+
+// limitsProcessIn is limitsProcess on the data directory dir (which may
+// hold an earlier run's data: the admin password is then the earlier
+// one, the same).
+func limitsProcessIn(t *testing.T, dir string, env ...string) (*process, *apiSession) {
+	t.Helper()
+	p := startProcessArgs(t, []string{"--data-dir", dir}, append([]string{"TETHER_ADMIN_PASSWORD=" + limitsAdminPassword, "TETHER_TELEMETRY_FLUSH_INTERVAL=50ms"}, env...)...)
 	api := &apiSession{base: "http://" + p.http, client: &http.Client{Timeout: 30 * time.Second}}
 	t.Cleanup(api.client.CloseIdleConnections)
 	var tok struct{ Token string }
@@ -214,30 +223,34 @@ func TestSIGTERMUnderFlood(t *testing.T) {
 // points, then as their encoding). The black-box run measured a 189 MB
 // answer (3,000 points of 63 KB) raising the peak RSS by 768 MB before,
 // by 210 MB after. (These 600 points are 36 MB: the answer stops at
-// about 32 MiB and says it is truncated.) The device stores its 154,200
-// values at once, 2.6 minutes' worth of telemetry.device_values_rate:
-// the bound is off here, where the answer's size is what is tested, so
-// that the fixture takes seconds.
+// about 32 MiB and says it is truncated.) The fixture, 154,200 values of
+// one device, is 2.6 minutes' worth of telemetry.device_values_rate at
+// the defaults: it is written into the data directory by the history
+// store itself while the server is stopped, and the server, at its
+// defaults, answers the query.
 func TestTelemetryAnswerMemory(t *testing.T) {
-	p, api := limitsProcess(t, "TETHER_TELEMETRY_DEVICE_VALUES_RATE=0")
-	dev := paho3Device(t, p.mqtt, "wordy", api.register(t, "wordy"), true)
-	defer dev.Disconnect(0)
+	dir := t.TempDir()
+	p, api := limitsProcessIn(t, dir)
+	api.register(t, "wordy")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.exited; err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.logText())
+	}
 	const n = 600
-	m := map[string]any{}
-	for i := range 255 {
-		m[fmt.Sprintf("m%03d_%s", i, strings.Repeat("n", 95))] = strings.Repeat("v", 130)
-	}
 	start := time.Now().Add(-time.Hour).UnixMilli()
-	var last paho3.Token
-	for i := range n {
-		m["ts"], m["i"] = start+int64(i), i
-		b, _ := json.Marshal(m)
-		last = dev.Publish("devices/wordy/telemetry", 1, false, b)
-		if i%100 == 99 {
-			waitPaho(t, last)
+	seedTelemetry(t, dir, "wordy", func(i int) map[string]any {
+		if i == n {
+			return nil
 		}
-	}
-	waitPaho(t, last)
+		m := map[string]any{"ts": start + int64(i), "i": i}
+		for k := range 255 {
+			m[fmt.Sprintf("m%03d_%s", k, strings.Repeat("n", 95))] = strings.Repeat("v", 130)
+		}
+		return m
+	})
+	p, api = limitsProcessIn(t, dir)
 	checkFor(t, 30*time.Second, func() error {
 		var r struct{ Buckets []devices.Bucket }
 		if code := api.do(t, "GET", "/devices/wordy/telemetry?step=2h&from="+strconv.FormatInt(start-1, 10), nil, &r); code != 200 {
@@ -368,4 +381,43 @@ func TestDeviceValuesRate(t *testing.T) {
 		}
 		return fmt.Errorf("no log line of the device over the rate")
 	})
+}
+
+// seedTelemetry stores the samples next gives (i from 0, until it returns
+// nil) as device's history in data directory dir, through the history
+// store (parsed as the broker parses a payload), while no server runs on
+// it: a fixture larger than a device may store through MQTT at once.
+func seedTelemetry(t *testing.T, dir, device string, next func(i int) map[string]any) {
+	t.Helper()
+	db, err := devices.OpenDB(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	tel, err := devices.OpenTelemetry(context.Background(), db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		m := next(i)
+		if m == nil {
+			break
+		}
+		b, _ := json.Marshal(m)
+		s, err := devices.ParseTelemetry(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !tel.Add(device, s, time.Now()) {
+			t.Fatalf("sample %d not queued", i)
+		}
+		if i%100 == 99 {
+			if err := tel.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tel.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
