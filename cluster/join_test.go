@@ -167,14 +167,7 @@ func TestJoinAgainAfterBusReturns(t *testing.T) {
 	pub := testmqtt.Client(t, a.addr, "pub-a", true, true, nil)
 
 	port := ns.Addr().(*net.TCPAddr).Port
-	ns.Shutdown()
-	ns.WaitForShutdown()
-	testmqtt.CheckFor(t, 10*time.Second, func() error {
-		if a.node.Healthy() == nil {
-			return errors.New("n1 still ready with the bus down")
-		}
-		return nil
-	})
+	stopBus(t, ns, a)
 	t0 := time.Now()
 	startExternalNATS(t, port)
 	waitReady(t, a, 20*time.Second)
@@ -198,14 +191,7 @@ func TestCloseWithBusGone(t *testing.T) {
 	ns := startExternalNATS(t, 0)
 	a := startNodeWith(t, Options{Node: "n1", NATSURL: "nats://" + ns.Addr().String()})
 	waitReady(t, a, 20*time.Second)
-	ns.Shutdown()
-	ns.WaitForShutdown()
-	testmqtt.CheckFor(t, 10*time.Second, func() error {
-		if a.node.Healthy() == nil {
-			return errors.New("n1 still ready with the bus down")
-		}
-		return nil
-	})
+	stopBus(t, ns, a)
 	t0 := time.Now()
 	_ = a.node.Close()
 	// Not a speed claim: Close does nothing that takes time with the bus
@@ -213,4 +199,18 @@ func TestCloseWithBusGone(t *testing.T) {
 	if took := time.Since(t0); took > 5*time.Second {
 		t.Fatalf("Close took %v with the bus gone", took)
 	}
+}
+
+// stopBus stops the external NATS server ns and waits until node a says
+// it is not ready.
+func stopBus(t *testing.T, ns *server.Server, a *testNode) {
+	t.Helper()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if a.node.Healthy() == nil {
+			return errors.New(a.node.name + " still ready with the bus down")
+		}
+		return nil
+	})
 }
