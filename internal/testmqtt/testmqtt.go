@@ -64,12 +64,17 @@ func Logger() *slog.Logger {
 // persistent. ordered runs onMsg on paho's router goroutine in arrival
 // order. It is disconnected when the test ends. It waits up to 20 s for
 // the CONNACK: a broker under the race detector on a loaded 2-core
-// machine has taken over 5 s to answer.
+// machine has taken over 5 s to answer. A publish may wait up to 2 minutes
+// for the client to take it: a broker holding publishers back (backpressure,
+// the cluster's credit window) under the race detector on a loaded machine
+// has kept one waiting past paho's default of 30 s (TestClusterFlowControl,
+// "publish was broken by timeout" at load 13), which the tests do not
+// measure: they check what is delivered.
 func Client(t *testing.T, addr, id string, clean, ordered bool, onMsg func(paho.Message)) paho.Client {
 	t.Helper()
 	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetProtocolVersion(4).
 		SetCleanSession(clean).SetAutoReconnect(false).SetConnectRetry(false).
-		SetConnectTimeout(20 * time.Second).SetOrderMatters(ordered)
+		SetConnectTimeout(20 * time.Second).SetWriteTimeout(2 * time.Minute).SetOrderMatters(ordered)
 	if onMsg != nil {
 		o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMsg(m) })
 	}
