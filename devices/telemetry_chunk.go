@@ -78,6 +78,19 @@ type chunkData struct {
 	spare *spareArrays
 }
 
+// heapSize is about how many bytes c holds decoded.
+func (c *chunkData) heapSize() int {
+	n := 64 + 8*cap(c.ts)
+	for j := range c.cols {
+		col := &c.cols[j]
+		n += 128 + len(col.name) + 4*cap(col.syms) + 8*cap(col.nums)
+		for _, d := range col.dict {
+			n += 16 + len(d)
+		}
+	}
+	return n
+}
+
 // chunkCol is one metric's values: per point a symbol, and the number
 // where the symbol is symNumber.
 type chunkCol struct {

@@ -40,29 +40,47 @@ func queryRange(from, to time.Time) (lo, hi int64) {
 // or telemetry_1m) that may hold points in [lo, hi] (Unix ms), in order of
 // their first point, decoded. fn returns false to stop.
 func (t *Telemetry) eachChunk(ctx context.Context, table, device string, lo, hi int64, fn func(*chunkData) bool) error {
+	return t.eachChunkFrom(ctx, table, device, lo, hi, chunkCursor{}, func(c *chunkData, _ chunkCursor) bool { return fn(c) })
+}
+
+// chunkCursor is a chunk row's place in eachChunk's order: its first
+// point's time and its id. The zero cursor is before every row.
+type chunkCursor struct {
+	ts, id int64
+	set    bool
+}
+
+// eachChunkFrom is eachChunk from the row at cursor from on (that row
+// included), giving fn each row's cursor as well.
+func (t *Telemetry) eachChunkFrom(ctx context.Context, table, device string, lo, hi int64, from chunkCursor, fn func(*chunkData, chunkCursor) bool) error {
 	span := chunkSpan
 	if table == "telemetry_1m" {
 		span = minuteChunkSpan
 	}
-	rows, err := t.db.R.QueryContext(ctx,
-		`SELECT data FROM `+table+`
-		  WHERE device_id = ? AND ts_min BETWEEN ? AND ? AND ts_max >= ?
-		  ORDER BY ts_min, id`,
-		device, lo-span.Milliseconds(), hi, lo)
+	q := `SELECT ts_min, id, data FROM ` + table + `
+		  WHERE device_id = ? AND ts_min BETWEEN ? AND ? AND ts_max >= ?`
+	args := []any{device, lo - span.Milliseconds(), hi, lo}
+	if from.set {
+		q += ` AND (ts_min > ? OR (ts_min = ? AND id >= ?))`
+		args = append(args, from.ts, from.ts, from.id)
+	}
+	rows, err := t.db.R.QueryContext(ctx, q+` ORDER BY ts_min, id`, args...)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
+		var at chunkCursor
 		var data []byte
-		if err := rows.Scan(&data); err != nil {
+		if err := rows.Scan(&at.ts, &at.id, &data); err != nil {
 			return err
 		}
+		at.set = true
 		c, err := decodeChunk(data, nil)
 		if err != nil {
 			return fmt.Errorf("stored chunk: %w", err)
 		}
-		if !fn(c) {
+		if !fn(c, at) {
 			return nil
 		}
 	}
@@ -93,37 +111,30 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 		return invalid("to", "is before from")
 	}
 	lo, hi := queryRange(from, to)
+	// The points go out a page at a time, each page's rows read and
+	// closed before its points go out: a client reading its answer slowly
+	// holds no read transaction open (which would keep SQLite's WAL from
+	// being checkpointed), and the chunks decoded at once stay near
+	// pointsPageBytes instead of every chunk of up to limit points (10,000
+	// points of 255 long metrics decoded to about 650 MB before the first
+	// went out, when the answer stops at 32 MiB). Chunks come in order of
+	// their first point and keep their points in time order, so once a
+	// chunk starting at F is read, no later chunk holds a point before F:
+	// a page reads chunks until it holds pointsPageBytes and the next
+	// chunk starts after the earliest point it holds, and gives out the
+	// points before that next chunk's start; the next page starts at
+	// that chunk. (A page's rows are read apart from the last page's: a
+	// point written meanwhile may be in the answer or not.)
 	type ref struct {
 		ts int64
 		c  *chunkData
 		i  int
 	}
-	var got []ref
-	err := t.eachChunk(ctx, "telemetry_chunks", device, lo, hi, func(c *chunkData) bool {
-		// Chunks come in order of their first point: once limit points
-		// are in hand and this chunk starts after the last of them,
-		// nothing later can be among the earliest.
-		if len(got) >= limit && c.ts[0] > got[limit-1].ts {
-			return false
-		}
-		for i, ts := range c.ts {
-			if ts >= lo && ts <= hi {
-				got = append(got, ref{ts, c, i})
-			}
-		}
-		if len(got) >= limit {
-			slices.SortStableFunc(got, func(a, b ref) int { return cmp.Compare(a.ts, b.ts) })
-			got = got[:limit]
-		}
-		return true
-	})
-	if err != nil {
-		return fmt.Errorf("telemetry points: %w", err)
-	}
-	slices.SortStableFunc(got, func(a, b ref) int { return cmp.Compare(a.ts, b.ts) })
+	var pending []ref // the points read and not given out, in time order
+	given := 0
 	texts := map[string]any{} // decoded dictionary values
-	for _, g := range got {
-		p := Point{TS: time.UnixMilli(g.ts).UTC(), Values: map[string]any{}}
+	give := func(g ref) error {
+		p := Point{TS: time.UnixMilli(g.ts).UTC(), Values: make(map[string]any, len(g.c.cols))}
 		for j := range g.c.cols {
 			col := &g.c.cols[j]
 			switch s := col.syms[g.i]; {
@@ -136,17 +147,69 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 					if err := json.Unmarshal([]byte(text), &v); err != nil {
 						return fmt.Errorf("telemetry points: stored value: %w", err)
 					}
+					if len(texts) >= 4096 {
+						clear(texts)
+					}
 					texts[text] = v
 				}
 				p.Values[col.name] = v
 			}
 		}
-		if err := fn(p); err != nil {
-			return err
-		}
+		given++
+		return fn(p)
 	}
-	return nil
+	var at chunkCursor
+	for {
+		var next chunkCursor // where the next page starts (unset: no next page)
+		held := 0
+		err := t.eachChunkFrom(ctx, "telemetry_chunks", device, lo, hi, at, func(c *chunkData, cur chunkCursor) bool {
+			want := limit - given
+			// Once limit points are in hand and this chunk starts after
+			// the last of them, nothing later can be among the earliest.
+			if len(pending) >= want && c.ts[0] > pending[want-1].ts {
+				return false
+			}
+			if held >= pointsPageBytes && len(pending) > 0 && pending[0].ts < c.ts[0] {
+				next = cur
+				return false
+			}
+			for i, ts := range c.ts {
+				if ts >= lo && ts <= hi {
+					pending = append(pending, ref{ts, c, i})
+				}
+			}
+			slices.SortStableFunc(pending, func(a, b ref) int { return cmp.Compare(a.ts, b.ts) })
+			if len(pending) > want {
+				clear(pending[want:])
+				pending = pending[:want]
+			}
+			held += c.heapSize()
+			return true
+		})
+		if err != nil {
+			return fmt.Errorf("telemetry points: %w", err)
+		}
+		until := int64(math.MaxInt64)
+		if next.set {
+			until = next.ts
+		}
+		k := 0
+		for ; k < len(pending) && pending[k].ts < until; k++ {
+			if err := give(pending[k]); err != nil {
+				return err
+			}
+		}
+		pending = append([]ref(nil), pending[k:]...)
+		if !next.set || given >= limit {
+			return nil
+		}
+		at = next
+	}
 }
+
+// pointsPageBytes is about how much decoded chunk memory EachPoint holds
+// before it gives points out.
+const pointsPageBytes = 8 << 20
 
 // Buckets returns, for each step-long bucket (aligned to multiples of step
 // since the Unix epoch) in [from, to] that holds points, the min, avg, max

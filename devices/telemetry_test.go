@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -505,5 +506,76 @@ func TestTelemetryFlushUnderLoad(t *testing.T) {
 	}
 	if stored, _ := tel.Stats(); stored != n {
 		t.Fatalf("Stats says %d stored, the table %d", stored, n)
+	}
+}
+
+// TestTelemetryPointsPaged: a query gives its first points out before it
+// has decoded every chunk up to its limit (2,400 points of 255 long
+// metrics, in about 400 chunks decoded to about 49 MB: all of it was held
+// before the first point went out, when a viewer's answer stops at 32
+// MiB; 10,000 such points, 200 MB), and
+// the pages together give every point once, in time order, points of one
+// millisecond across pages included.
+func TestTelemetryPointsPaged(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t, "w")
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour})
+	const n = 2400
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	var b strings.Builder
+	for i := range n {
+		b.Reset()
+		fmt.Fprintf(&b, `{"i":%d`, i)
+		for k := range 255 {
+			fmt.Fprintf(&b, `,"m%03d_%s":"%s"`, k, strings.Repeat("n", 95), strings.Repeat("v", 130))
+		}
+		b.WriteString("}")
+		s := mustSample(t, b.String())
+		s.TS = base.Add(time.Duration(i/2) * time.Millisecond) // two points a millisecond
+		if !tel.Add("w", s, time.Now()) {
+			t.Fatalf("point %d refused", i)
+		}
+		if i%100 == 99 {
+			if err := tel.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var rows int
+	if err := db.R.QueryRow(`SELECT count(*) FROM telemetry_chunks WHERE device_id = 'w'`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	var before, first runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var got []int
+	last := time.Time{}
+	err := tel.EachPoint(ctx, "w", base, base.Add(time.Hour), MaxTelemetryPoints, func(p Point) error {
+		if got == nil {
+			runtime.GC()
+			runtime.ReadMemStats(&first)
+		}
+		if p.TS.Before(last) {
+			t.Fatalf("point %v after %v", p.TS, last)
+		}
+		last = p.TS
+		got = append(got, int(p.Values["i"].(float64)))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if i >= len(got) || got[i] != i {
+			t.Fatalf("%d points; at %d: want point %d, got %v", len(got), i, i, got[i:min(i+3, len(got))])
+		}
+	}
+	if len(got) != n {
+		t.Fatalf("%d points, want %d", len(got), n)
+	}
+	held := int64(first.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("%d chunk rows; live heap when the first point went out: +%d bytes", rows, held)
+	if held > 24<<20 {
+		t.Errorf("the first point went out with %d more bytes live: the query decoded (nearly) every chunk first", held)
 	}
 }

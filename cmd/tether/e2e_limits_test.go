@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -250,7 +251,8 @@ func TestTelemetryAnswerMemory(t *testing.T) {
 		}
 		return m
 	})
-	p, api = limitsProcessIn(t, dir)
+	// gctrace: each collection logs the heap it found live (see liveHeapMB).
+	p, api = limitsProcessIn(t, dir, "GODEBUG=gctrace=1")
 	checkFor(t, 30*time.Second, func() error {
 		var r struct{ Buckets []devices.Bucket }
 		if code := api.do(t, "GET", "/devices/wordy/telemetry?step=2h&from="+strconv.FormatInt(start-1, 10), nil, &r); code != 200 {
@@ -270,6 +272,8 @@ func TestTelemetryAnswerMemory(t *testing.T) {
 	if !ok {
 		t.Skip("no /proc/PID/status here")
 	}
+	baseLive, _ := liveHeapMB(p.logText())
+	logAt := len(p.logText())
 	req, _ := http.NewRequest("GET", api.base+"/api/v1/devices/wordy/telemetry?limit=10000&from="+strconv.FormatInt(start-1, 10), nil)
 	req.Header.Set("Authorization", "Bearer "+api.token)
 	res, err := api.client.Do(req)
@@ -299,13 +303,40 @@ func TestTelemetryAnswerMemory(t *testing.T) {
 	res.Body.Close()
 	after, _ := procStatusKiB(pid, "VmHWM")
 	grew := (after - before) * 1024
-	t.Logf("answer of %d bytes (%d points): the peak RSS grew by %d bytes (%.1f times)", size, points, grew, float64(grew)/float64(size))
 	if res.StatusCode != 200 || points < n*3/4 || points >= n || !bytes.Contains(tail, []byte(`],"truncated":true,"next_from":`)) {
 		t.Fatalf("status %d, %d points, ending %q; want 200, the points of 32 MiB, truncated", res.StatusCode, points, tail)
 	}
-	if grew > 2*size {
-		t.Errorf("the answer of %d bytes raised the server's peak RSS by %d bytes: more than twice the answer", size, grew)
+	// What the server held is the heap its collections found live while
+	// it answered, over what was live before; the peak RSS is logged, not
+	// judged. At GOGC 200 (tether serve's default) the heap may grow to
+	// three times what is live before a collection, and on a loaded
+	// machine the collector runs late: the peak RSS grew 1.4 times the
+	// answer at load 2 and 3.0-3.6 times at load 7-12. Before the answer
+	// was streamed, it was held as points and again as their encoding
+	// (the peak RSS 4.3 times the answer). Before the store gave points
+	// out a page at a time, every chunk up to the limit was decoded first:
+	// the live heap grew 1.2-2.1 times the answer at load 10-22; 0.5 after.
+	_, most := liveHeapMB(p.logText()[logAt:])
+	held := int64(most-baseLive) << 20
+	t.Logf("answer of %d bytes (%d points): the live heap grew by at most %d bytes (%.1f times); the peak RSS by %d bytes (%.1f times)",
+		size, points, held, float64(held)/float64(size), grew, float64(grew)/float64(size))
+	if held > 2*size {
+		t.Errorf("the answer of %d bytes raised the server's live heap by %d bytes: more than twice the answer", size, held)
 	}
+}
+
+// gcLive matches a gctrace line's heap sizes: before, after, and live
+// after marking ("gc 7 @1.2s 3%: ... ms cpu, 12->14->6 MB, 24 MB goal").
+var gcLive = regexp.MustCompile(`(?m)^gc \d+ @.*?, (\d+)->(\d+)->(\d+) MB`)
+
+// liveHeapMB is the live heap, in MB, of the last and of the largest
+// gctrace line in log (0 when there are none).
+func liveHeapMB(log string) (last, most int) {
+	for _, m := range gcLive.FindAllStringSubmatch(log, -1) {
+		last, _ = strconv.Atoi(m[3])
+		most = max(most, last)
+	}
+	return last, most
 }
 
 // TestDeviceValuesRate: at the defaults (telemetry.device_values_rate
