@@ -159,6 +159,7 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 		return fn(p)
 	}
 	var at chunkCursor
+	floor := lo
 	for {
 		var next chunkCursor // where the next page starts (unset: no next page)
 		held := 0
@@ -174,7 +175,9 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 				return false
 			}
 			for i, ts := range c.ts {
-				if ts >= lo && ts <= hi {
+				// (ts >= floor: a chunk rewritten since the last page
+				// began cannot give out a point before one given.)
+				if ts >= floor && ts <= hi {
 					pending = append(pending, ref{ts, c, i})
 				}
 			}
@@ -203,7 +206,7 @@ func (t *Telemetry) EachPoint(ctx context.Context, device string, from, to time.
 		if !next.set || given >= limit {
 			return nil
 		}
-		at = next
+		at, floor = next, next.ts
 	}
 }
 
