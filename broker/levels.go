@@ -36,9 +36,10 @@ import (
 //
 // Each is counted in tether_mqtt_topic_levels_refused_total{what} and
 // logged at most once a minute per client. Such a refusal is not an ACL
-// denial: it does not count towards bans. What the engine holds already
-// (a persistent session's filters, retained messages, restored at start)
-// is left as it is.
+// denial: it does not count towards bans. What the session store holds
+// from before the bound (or under a higher one) is not loaded at start:
+// the store drops its deeper filters and retained topics
+// (sessions.Options.MaxTopicLevels).
 
 // topicLevelsLogEvery is how often a client's refusals are logged.
 const topicLevelsLogEvery = time.Minute

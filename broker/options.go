@@ -123,14 +123,14 @@ func DefaultOptions() Options {
 		// thousand filters cost a session about 3 MB.
 		MaxSubscriptionsPerClient: 1000,
 		// 1,000 filters of 8 levels none of which another shares; each
-		// level costs about 665 bytes: some 5 MB.
+		// level costs about 645 bytes: some 5 MB.
 		MaxSubscriptionLevelsPerClient: 8000,
 		// Real topics have a handful; each level of a filter or retained
 		// topic is a node of the engine's tree, about 600 bytes.
 		MaxTopicLevels: 32,
 		// A person's scripts and integrations have a few persistent
-		// sessions; each may hold 1,000 subscriptions of up to 32
-		// levels, some 19 MB at worst.
+		// sessions; each may hold 1,000 subscriptions needing up to
+		// 8,000 levels, some 5.5 MB at worst.
 		MaxSessionsPerUser: 10,
 	}
 }

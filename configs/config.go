@@ -321,13 +321,14 @@ func Default() Config {
 			MaxSubscriptionsPerClient: 1000,
 			// 1,000 filters of 8 levels none of which another shares:
 			// each level is a node of the broker's topic tree, some
-			// 665 bytes, so about 5 MB.
+			// 645 bytes, so about 5 MB.
 			MaxSubscriptionLevelsPerClient: 8000,
 			// Real topics have a handful of levels; each level of a
 			// filter or retained topic costs the engine about 600 bytes.
 			MaxTopicLevels: 32,
 			// A person's scripts and integrations have a few; each
-			// may hold 1,000 subscriptions, some 19 MB at worst.
+			// may hold 1,000 subscriptions needing 8,000 levels, some
+			// 5.5 MB at worst.
 			MaxSessionsPerUser: 10,
 		},
 		HTTP: HTTP{
