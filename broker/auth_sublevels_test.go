@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -123,7 +124,8 @@ const levelsGranted = 533
 // filters of 16 levels; the 534th is refused, though the 1,000 filters'
 // bound is far. The levels are counted from what the engine holds: a
 // session restored at start-up, one taken over by a second connection,
-// and one deleted by an admin (which starts clean) count right.
+// and one deleted by an admin or expired (the next starts clean) count
+// right.
 func TestSubscriptionLevelLimitViewer(t *testing.T) {
 	dir := t.TempDir()
 	e := startLimitEnv(t, dir, DefaultOptions(), DefaultRetainedLimitOptions())
@@ -182,10 +184,29 @@ func TestSubscriptionLevelLimitViewer(t *testing.T) {
 	if ca.SessionPresent {
 		t.Fatal("session present after its deletion")
 	}
-	got = c3.sub(t, viewerFilters(1000, 600)...)
-	for i, code := range got {
-		if want := byte(1); i < levelsGranted && code != want || i >= levelsGranted && code != 0x97 {
-			t.Fatalf("after the deletion, filter %d: 0x%02x", i, code)
+	wantBound := func(what string, got []byte) {
+		t.Helper()
+		for i, code := range got {
+			if want := byte(1); i < levelsGranted && code != want || i >= levelsGranted && code != 0x97 {
+				t.Fatalf("%s, filter %d: 0x%02x", what, i, code)
+			}
 		}
 	}
+	wantBound("after the deletion", c3.sub(t, viewerFilters(1000, 600)...))
+
+	// Expired: the next connection starts clean.
+	c4, _ := dial5(t, e.tcp, "eve-2", "eve", pass, 1)
+	wantBound("a session of 1 s", c4.sub(t, filters...))
+	c4.close()
+	checkFor(t, 10*time.Second, func() error {
+		if n := engineSubs(e.b, "eve-2"); n != -1 {
+			return fmt.Errorf("session eve-2 holds %d subscriptions, not expired yet", n)
+		}
+		return nil
+	})
+	c4, ca = dial5(t, e.tcp, "eve-2", "eve", pass, 1)
+	if ca.SessionPresent {
+		t.Fatal("session present after its expiry")
+	}
+	wantBound("after the expiry", c4.sub(t, viewerFilters(2000, 600)...))
 }
