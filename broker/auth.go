@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -111,6 +112,14 @@ type Auth struct {
 	// throttles the log of its refusals.
 	maxSubs    int
 	subsLogged *logevery.Keys
+	// maxLevels is mqtt.max_subscription_levels_per_client (0: none) and
+	// topicLevels mqtt.max_topic_levels; subLevels maps a connected
+	// *mqtt.Client to the *subLevels count of its session's filters,
+	// once it has many (auth_sublevels.go); levelSeed seeds the hashes.
+	maxLevels   int
+	topicLevels int
+	subLevels   sync.Map
+	levelSeed   maphash.Seed
 	// maxSessions is mqtt.max_sessions_per_user (0: none;
 	// auth_sesslimit.go); sessionsLogged throttles the log of its
 	// refusals.
@@ -191,6 +200,7 @@ func NewAuth(opts AuthOptions) *Auth {
 		stop:  make(chan struct{}),
 
 		subsLogged: logevery.New(subsLogEvery),
+		levelSeed:  maphash.MakeSeed(),
 	}
 	a.stopCtx, a.stopWait = context.WithCancel(context.Background())
 	a.purger = opts.Sessions
@@ -242,7 +252,9 @@ func (a *Auth) Provides(b byte) bool {
 		mqtt.OnClientExpired, mqtt.OnPacketRead:
 		return true
 	case mqtt.OnSubscribed:
-		return a.maxSubs > 0
+		return a.maxSubs > 0 || a.maxLevels > 0
+	case mqtt.OnUnsubscribed:
+		return a.maxLevels > 0
 	}
 	return false
 }
@@ -407,6 +419,7 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		}
 	}
 	a.forgetSubscribe(cl)
+	a.forgetLevels(cl)
 	a.established.Delete(cl)
 	a.forgetExpiry(cl)
 	// A connection taken over, here (the engine marks it before the new

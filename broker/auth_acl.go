@@ -195,21 +195,12 @@ func (a *Auth) resolveAlias(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	return pk, false
 }
 
-// unshare returns the filter of a shared subscription "$share/group/filter".
-// Like the engine (mqtt.IsSharedFilter), it takes $share in any case: a
-// $SHARE/g/secret/# that the engine serves as a shared subscription to
-// secret/# must be checked as secret/#, or a deny rule on it would not
-// bind.
-func unshare(filter string) string {
-	if !mqtt.IsSharedFilter(filter) {
-		return filter
-	}
-	_, rest, _ := strings.Cut(filter, "/")
-	if _, f, ok := strings.Cut(rest, "/"); ok {
-		return f
-	}
-	return filter
-}
+// unshare returns the filter of a shared subscription "$share/group/filter"
+// (topic.Unshare). Like the engine (mqtt.IsSharedFilter), it takes $share
+// in any case: a $SHARE/g/secret/# that the engine serves as a shared
+// subscription to secret/# must be checked as secret/#, or a deny rule on
+// it would not bind.
+func unshare(filter string) string { return topicpkg.Unshare(filter) }
 
 func withinAny(filter string, patterns []string) bool {
 	for _, p := range patterns {

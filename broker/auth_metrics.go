@@ -15,6 +15,9 @@ type authMetrics struct {
 	purged   prometheus.Counter
 	// subsRefused: filters refused for mqtt.max_subscriptions_per_client.
 	subsRefused prometheus.Counter
+	// levelsRefused: filters refused for
+	// mqtt.max_subscription_levels_per_client.
+	levelsRefused prometheus.Counter
 }
 
 func newAuthMetrics() *authMetrics {
@@ -49,11 +52,14 @@ func newAuthMetrics() *authMetrics {
 		subsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_mqtt_subscriptions_refused_total", Help: "SUBSCRIBE filters refused (0x97 quota exceeded; 3.1.1: 0x80) because the client's session held mqtt.max_subscriptions_per_client subscriptions.",
 		}),
+		levelsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tether_mqtt_subscription_levels_refused_total", Help: "SUBSCRIBE filters refused (0x97 quota exceeded; 3.1.1: 0x80) because the levels of the topic index the client's session's filters need would pass mqtt.max_subscription_levels_per_client.",
+		}),
 	}
 }
 
 func (m *authMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.expired, m.presence, m.wills, m.purged, m.subsRefused}
+	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.expired, m.presence, m.wills, m.purged, m.subsRefused, m.levelsRefused}
 }
 
 // Describe implements prometheus.Collector.

@@ -43,7 +43,7 @@ func (a *Auth) limitSubscriptions(n int) { a.maxSubs = n }
 // other packet forgets them. It costs one atomic load per packet when no
 // SUBSCRIBE is pending.
 func (a *Auth) noteSubscribe(cl *mqtt.Client, pk packets.Packet) {
-	if a.bans == nil && a.maxSubs <= 0 {
+	if a.bans == nil && a.maxSubs <= 0 && a.maxLevels <= 0 {
 		return
 	}
 	if pk.FixedHeader.Type != packets.Subscribe {
@@ -89,27 +89,39 @@ func (a *Auth) subscribeFilter(cl *mqtt.Client, filter string) (*pendingSubscrib
 	return nil, 0, false
 }
 
-// overSubscriptions reports whether granting filter would pass cl's bound,
-// when filter is one of the SUBSCRIBE cl is sending; it marks the filter
-// so that OnSubscribed gives it 0x97, and counts and logs the refusal.
-// The engine adds each filter it grants before it checks the next one, so
+// overSubscriptions reports whether granting filter would pass cl's
+// bounds (mqtt.max_subscriptions_per_client, then
+// mqtt.max_subscription_levels_per_client: auth_sublevels.go), when
+// filter is one of the SUBSCRIBE cl is sending; it marks the filter so
+// that OnSubscribed gives it 0x97, and counts and logs the refusal. The
+// engine adds each filter it grants before it checks the next one, so
 // the count is exact within a packet too.
 func (a *Auth) overSubscriptions(cl *mqtt.Client, filter string) bool {
-	if a.maxSubs <= 0 {
+	if a.maxSubs <= 0 && a.maxLevels <= 0 {
 		return false
 	}
 	p, i, ok := a.subscribeFilter(cl, filter)
 	if !ok {
 		return false
 	}
-	if _, held := cl.State.Subscriptions.Get(filter); held || cl.State.Subscriptions.Len() < a.maxSubs {
+	if _, held := cl.State.Subscriptions.Get(filter); held {
+		return false
+	}
+	n, key, limit := cl.State.Subscriptions.Len(), "", 0
+	switch {
+	case a.maxSubs > 0 && n >= a.maxSubs:
+		a.m.subsRefused.Inc()
+		key, limit = "mqtt.max_subscriptions_per_client", a.maxSubs
+	case a.overLevels(cl, filter, n):
+		a.m.levelsRefused.Inc()
+		key, limit = "mqtt.max_subscription_levels_per_client", a.maxLevels
+	default:
 		return false
 	}
 	p.over[i] = true
-	a.m.subsRefused.Inc()
 	if a.subsLogged.Allow(cl.ID, time.Now()) {
-		a.log.Warn("subscription refused: over mqtt.max_subscriptions_per_client (first this minute for this client)",
-			"client", cl.ID, "filter", filter, "limit", a.maxSubs)
+		a.log.Warn("subscription refused: over "+key+" (first this minute for this client)",
+			"client", cl.ID, "filter", filter, "limit", limit)
 	}
 	return true
 }

@@ -91,6 +91,9 @@ func New(opts Options) (*Broker, error) {
 	if h, ok := access.(interface{ limitSubscriptions(int) }); ok {
 		h.limitSubscriptions(opts.MaxSubscriptionsPerClient) // it refuses the filters beyond
 	}
+	if h, ok := access.(interface{ limitSubscriptionLevels(levels, topicLevels int) }); ok {
+		h.limitSubscriptionLevels(opts.MaxSubscriptionLevelsPerClient, opts.MaxTopicLevels) // and the levels beyond
+	}
 	if h, ok := access.(interface{ limitSessions(int) }); ok {
 		h.limitSessions(opts.MaxSessionsPerUser) // it refuses the persistent sessions beyond
 	}

@@ -96,3 +96,42 @@ func BenchmarkRetainedLevelIndex(b *testing.B) {
 		b.ReportMetric((per[33]-per[1])/32, "B/level")
 	}
 }
+
+// sharedTopic is a topic of levels levels whose first levels-1 are the
+// same for every i: only its last level is its own.
+func sharedTopic(i, levels int) string {
+	return strings.Repeat("l/", levels-1) + fmt.Sprint("t", i)
+}
+
+// BenchmarkSubscriptionPrefixCost measures what the engine keeps for n
+// filters of one client of 32 levels each, with no level shared
+// (distinct) and with the first 31 levels the same for all (shared): the
+// heap per filter. Its topic index keeps one node per prefix, whoever
+// and however many filters need it, so the shared filters cost one node
+// and the subscription each, the distinct ones 32 nodes each
+// (mqtt.max_subscription_levels_per_client counts prefixes once).
+func BenchmarkSubscriptionPrefixCost(b *testing.B) {
+	const n, levels = 1000, 32
+	for _, shape := range []string{"distinct", "shared"} {
+		b.Run(shape, func(b *testing.B) {
+			for range b.N {
+				srv := mqtt.New(&mqtt.Options{InlineClient: false})
+				filters := make([]string, n)
+				for i := range n {
+					if shape == "distinct" {
+						filters[i] = levelTopic(i, levels)
+					} else {
+						filters[i] = sharedTopic(i, levels)
+					}
+				}
+				before := heapNow()
+				for i, f := range filters {
+					srv.Topics.Subscribe("c", packets.Subscription{Filter: f, Identifier: i})
+				}
+				b.ReportMetric(float64(heapNow()-before)/n, "B/filter")
+				runtime.KeepAlive(srv)
+				runtime.KeepAlive(filters)
+			}
+		})
+	}
+}

@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"hash/maphash"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	topicpkg "github.com/tether-iot/tether/devices/topic"
 )
 
 // Topic levels (mqtt.max_topic_levels): the engine keeps subscriptions and
@@ -33,9 +36,10 @@ import (
 //
 // Each is counted in tether_mqtt_topic_levels_refused_total{what} and
 // logged at most once a minute per client. Such a refusal is not an ACL
-// denial: it does not count towards bans. What the engine holds already
-// (a persistent session's filters, retained messages, restored at start)
-// is left as it is.
+// denial: it does not count towards bans. What the session store holds
+// from before the bound (or under a higher one) is not loaded at start:
+// the store drops its deeper filters and retained topics
+// (sessions.Options.MaxTopicLevels).
 
 // topicLevelsLogEvery is how often a client's refusals are logged.
 const topicLevelsLogEvery = time.Minute
@@ -52,9 +56,7 @@ type topicLevelsRefused struct {
 
 // tooManyLevels reports whether topic (a topic name or filter) has more
 // than max levels; max 0 is no bound.
-func tooManyLevels(topic string, max int) bool {
-	return max > 0 && strings.Count(topic, "/") >= max
-}
+func tooManyLevels(topic string, max int) bool { return topicpkg.TooDeep(topic, max) }
 
 // deepSubscribe gives each filter of a SUBSCRIBE with too many levels the
 // filter deepFilter, so that the engine refuses it (read calls it).
@@ -117,10 +119,55 @@ func (g *gate) logLevels(cl *mqtt.Client, what, topic string) {
 	if !g.b.levelsLogged.Allow(cl.ID, time.Now()) {
 		return
 	}
-	levels := strings.Count(topic, "/") + 1
+	levels := topicpkg.Levels(topic)
 	if len(topic) > 128 {
 		topic = strings.ToValidUTF8(topic[:128], "") + "…"
 	}
 	g.b.log.Warn("topic refused: more levels than mqtt.max_topic_levels (first this minute for this client)",
 		"client", cl.ID, "what", what, "topic", topic, "levels", levels, "limit", g.b.opts.MaxTopicLevels)
+}
+
+// A prefix of a topic or filter (a, a/b, a/b/c for a/b/c; "" and /a for
+// /a) is a node of the engine's topic index, one for all the topics and
+// filters that need it, retained or subscribed, whoever holds them
+// (BenchmarkTopicLevelCost, BenchmarkSubscriptionPrefixCost). The bounds
+// that count levels (mqtt.max_retained_bytes and its per-device bound:
+// retained_limit.go; mqtt.max_subscription_levels_per_client:
+// auth_sublevels.go) count each prefix their topics need once, in a map
+// from the prefix's hash to the number of topics that need it.
+
+// forPrefixes calls f with the hash (seeded with seed) of each prefix of
+// topic, reading the topic once.
+func forPrefixes(seed maphash.Seed, topic string, f func(uint64)) {
+	var h maphash.Hash
+	h.SetSeed(seed)
+	from := 0
+	for i := 0; i <= len(topic); i++ {
+		if i == len(topic) || topic[i] == '/' {
+			h.WriteString(topic[from:i])
+			f(h.Sum64())
+			from = i
+		}
+	}
+}
+
+// newPrefixes counts the prefixes of topic that m (a count of prefixes)
+// does not hold yet.
+func newPrefixes(seed maphash.Seed, topic string, m map[uint64]int32) int64 {
+	var n int64
+	forPrefixes(seed, topic, func(h uint64) {
+		if m[h] == 0 {
+			n++
+		}
+	})
+	return n
+}
+
+// unref takes one topic off prefix h's count in m.
+func unref(m map[uint64]int32, h uint64) {
+	if m[h] <= 1 {
+		delete(m, h)
+		return
+	}
+	m[h]--
 }

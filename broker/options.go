@@ -70,6 +70,12 @@ type Options struct {
 	// subscriptions one client's session may hold; 0 for no limit. The
 	// access hook enforces it (Auth; auth_subs.go).
 	MaxSubscriptionsPerClient int
+	// MaxSubscriptionLevelsPerClient is
+	// mqtt.max_subscription_levels_per_client: the levels of the engine's
+	// topic index one client's session's filters may need, each prefix
+	// once; 0 for no limit. The access hook enforces it (Auth;
+	// auth_sublevels.go).
+	MaxSubscriptionLevelsPerClient int
 	// MaxSessionsPerUser is mqtt.max_sessions_per_user: the persistent
 	// sessions a viewer or an operator may hold; 0 for no limit. The
 	// access hook enforces it (Auth; auth_sesslimit.go).
@@ -116,12 +122,15 @@ func DefaultOptions() Options {
 		// Far above the dashboard's dozen or so and a device's two; a
 		// thousand filters cost a session about 3 MB.
 		MaxSubscriptionsPerClient: 1000,
+		// 1,000 filters of 8 levels none of which another shares; each
+		// level costs about 645 bytes: some 5 MB.
+		MaxSubscriptionLevelsPerClient: 8000,
 		// Real topics have a handful; each level of a filter or retained
 		// topic is a node of the engine's tree, about 600 bytes.
 		MaxTopicLevels: 32,
 		// A person's scripts and integrations have a few persistent
-		// sessions; each may hold 1,000 subscriptions of up to 32
-		// levels, some 19 MB at worst.
+		// sessions; each may hold 1,000 subscriptions needing up to
+		// 8,000 levels, some 5.5 MB at worst.
 		MaxSessionsPerUser: 10,
 	}
 }

@@ -171,20 +171,8 @@ type retainedUsage struct {
 const retainedLevelCost = 665
 
 // forLevels calls f with the hash of each prefix of topic that is a
-// level of the engine's index (a, a/b, a/b/c for a/b/c; "" and /a for
-// /a), reading the topic once.
-func (l *RetainedLimit) forLevels(topic string, f func(uint64)) {
-	var h maphash.Hash
-	h.SetSeed(l.seed)
-	from := 0
-	for i := 0; i <= len(topic); i++ {
-		if i == len(topic) || topic[i] == '/' {
-			h.WriteString(topic[from:i])
-			f(h.Sum64())
-			from = i
-		}
-	}
-}
+// level of the engine's index (forPrefixes).
+func (l *RetainedLimit) forLevels(topic string, f func(uint64)) { forPrefixes(l.seed, topic, f) }
 
 // charged is the bytes u counts for: its messages' and its levels'.
 func (u *retainedUsage) charged(levels int) int64 {
@@ -383,15 +371,6 @@ func (l *RetainedLimit) setLocked(topic string, e retainedEntry, ok bool) {
 	})
 }
 
-// unref takes one topic off prefix h's count in m.
-func unref(m map[uint64]int32, h uint64) {
-	if m[h] <= 1 {
-		delete(m, h)
-		return
-	}
-	m[h]--
-}
-
 // loadLocked builds the index from the engine's retained messages. The
 // engine's copy is taken under the lock, so a change made meanwhile is
 // either in it or synced after it.
@@ -461,13 +440,7 @@ func (l *RetainedLimit) check(cl *mqtt.Client, topic string, size int64) string 
 // newLevels counts the levels of topic that m (a count of prefixes) does
 // not hold yet.
 func (l *RetainedLimit) newLevels(topic string, m map[uint64]int32) int64 {
-	var n int64
-	l.forLevels(topic, func(h uint64) {
-		if m[h] == 0 {
-			n++
-		}
-	})
-	return n
+	return newPrefixes(l.seed, topic, m)
 }
 
 // refuse counts a refusal and logs the first of cl's per minute (never

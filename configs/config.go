@@ -90,6 +90,10 @@ type MQTT struct {
 	// MaxSubscriptionsPerClient: subscriptions one client's session may
 	// hold; 0 = unlimited.
 	MaxSubscriptionsPerClient int `yaml:"max_subscriptions_per_client"`
+	// MaxSubscriptionLevelsPerClient: levels of the topic index one
+	// client's session's filters may need, each prefix once; 0 =
+	// unlimited.
+	MaxSubscriptionLevelsPerClient int `yaml:"max_subscription_levels_per_client"`
 	// MaxTopicLevels: levels a topic name or filter may have; 0 =
 	// unlimited.
 	MaxTopicLevels int `yaml:"max_topic_levels"`
@@ -315,11 +319,16 @@ func Default() Config {
 			// The dashboard holds a dozen or so, a device two; each
 			// costs a session about 3 KB.
 			MaxSubscriptionsPerClient: 1000,
+			// 1,000 filters of 8 levels none of which another shares:
+			// each level is a node of the broker's topic tree, some
+			// 645 bytes, so about 5 MB.
+			MaxSubscriptionLevelsPerClient: 8000,
 			// Real topics have a handful of levels; each level of a
 			// filter or retained topic costs the engine about 600 bytes.
 			MaxTopicLevels: 32,
 			// A person's scripts and integrations have a few; each
-			// may hold 1,000 subscriptions, some 19 MB at worst.
+			// may hold 1,000 subscriptions needing 8,000 levels, some
+			// 5.5 MB at worst.
 			MaxSessionsPerUser: 10,
 		},
 		HTTP: HTTP{
@@ -455,6 +464,7 @@ func (c *Config) Validate() error {
 		{"mqtt.max_retained_messages_per_device", c.MQTT.MaxRetainedMessagesPerDevice},
 		{"mqtt.max_retained_bytes_per_device", c.MQTT.MaxRetainedBytesPerDevice},
 		{"mqtt.max_subscriptions_per_client", int64(c.MQTT.MaxSubscriptionsPerClient)},
+		{"mqtt.max_subscription_levels_per_client", int64(c.MQTT.MaxSubscriptionLevelsPerClient)},
 		{"mqtt.max_topic_levels", int64(c.MQTT.MaxTopicLevels)},
 		{"mqtt.max_sessions_per_user", int64(c.MQTT.MaxSessionsPerUser)},
 	} {

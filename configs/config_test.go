@@ -128,6 +128,7 @@ func TestValidate(t *testing.T) {
 		{"mqtt.receive_maximum", func(c *Config) { c.MQTT.ReceiveMaximum = 0 }},
 		{"mqtt.max_session_expiry", func(c *Config) { c.MQTT.MaxSessionExpiry = -time.Second }},
 		{"mqtt.max_message_expiry", func(c *Config) { c.MQTT.MaxMessageExpiry = -time.Second }},
+		{"mqtt.max_subscription_levels_per_client", func(c *Config) { c.MQTT.MaxSubscriptionLevelsPerClient = -1 }},
 		{"mqtt.sys_interval", func(c *Config) { c.MQTT.SysInterval = time.Millisecond }},
 		{"mqtt.connect_timeout", func(c *Config) { c.MQTT.ConnectTimeout = 0 }},
 		{"mqtt.shutdown_grace", func(c *Config) { c.MQTT.ShutdownGrace = -1 }},
@@ -248,6 +249,8 @@ func TestApplyEnv(t *testing.T) {
 			func(c Config) bool {
 				return reflect.DeepEqual(c.HTTP.TrustedProxies, []string{"10.0.0.1", "192.168.0.0/16"})
 			}, ""},
+		{"subscription levels", map[string]string{"TETHER_MQTT_MAX_SUBSCRIPTION_LEVELS_PER_CLIENT": "0"},
+			func(c Config) bool { return c.MQTT.MaxSubscriptionLevelsPerClient == 0 }, ""},
 		{"data dir", map[string]string{"TETHER_DATA_DIR": "/var/lib/tether"},
 			func(c Config) bool { return c.DataDir == "/var/lib/tether" }, ""},
 		{"other TETHER_ variables are not keys", map[string]string{"TETHER_TOKEN": "x", "TETHER_ADMIN_PASSWORD": "y"},

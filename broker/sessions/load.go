@@ -13,6 +13,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/devices/topic"
 )
 
 // The engine reads the store once, at start-up, through the Stored*
@@ -195,8 +197,11 @@ func (s *Store) StoredClients() (v []storage.Client, err error) {
 	return v, err
 }
 
-// StoredSubscriptions implements mqtt.Hook.
+// StoredSubscriptions implements mqtt.Hook. A subscription whose filter
+// has more levels than mqtt.max_topic_levels (deep) is not loaded, and is
+// deleted from the store.
 func (s *Store) StoredSubscriptions() (v []storage.Subscription, err error) {
+	var deep []op
 	err = s.query(s.mine(`SELECT data FROM mqtt_subscriptions`, "client_id"), func(r *sql.Rows) error {
 		var b []byte
 		var sub storage.Subscription
@@ -207,11 +212,51 @@ func (s *Store) StoredSubscriptions() (v []storage.Subscription, err error) {
 			s.log.Warn("session store: unreadable subscription skipped", "error", err)
 			return nil
 		}
+		if s.deepFilter(sub.Filter) {
+			deep = append(deep, newOp(opSubDelete, sub.Client, sub.Filter))
+			return nil
+		}
 		v = append(v, sub)
 		s.persist.add(sub.Client, packets.Subscription{Filter: sub.Filter})
 		return nil
 	})
+	s.dropDeep(deepSubscription, deep)
 	return v, err
+}
+
+// The topic levels' bound (mqtt.max_topic_levels) came after some records
+// were stored, or was lowered since: the engine would load a subscription
+// or a retained message with more levels, whose nodes of its topic index
+// nothing bounds, and a deep retained message could not even be cleared
+// over MQTT, as a PUBLISH to its topic is refused. Such records are not
+// loaded, and are deleted from the store (through the writer, like any
+// change: a resync writes what the engine holds, without them), counted
+// in tether_store_deep_removed_total{what} and logged, how many, never a
+// topic or payload.
+
+// What a deep record is (tether_store_deep_removed_total{what}).
+const (
+	deepSubscription = "subscription"
+	deepRetained     = "retained"
+)
+
+// deepFilter reports whether a stored subscription's filter has more
+// levels than mqtt.max_topic_levels (a shared subscription's counted as
+// its filter, as the broker does).
+func (s *Store) deepFilter(filter string) bool {
+	return topic.TooDeep(topic.Unshare(filter), s.opts.MaxTopicLevels)
+}
+
+// dropDeep deletes the deep records found at load (ops), counts and logs
+// them.
+func (s *Store) dropDeep(what string, ops []op) {
+	if len(ops) == 0 {
+		return
+	}
+	s.w.enqueue(ops...)
+	s.metrics.deep.WithLabelValues(what).Add(float64(len(ops)))
+	s.log.Warn("session store: removed stored records with more levels than mqtt.max_topic_levels (stored before the bound, or under a higher one)",
+		"what", what, "count", len(ops), "limit", s.opts.MaxTopicLevels)
 }
 
 func (s *Store) storedMessages(q string) (v []storage.Message, err error) {
@@ -236,9 +281,22 @@ func (s *Store) StoredInflightMessages() ([]storage.Message, error) {
 	return s.storedMessages(s.mine(`SELECT data, payload FROM mqtt_inflight`, "client_id") + ` ORDER BY client_id, packet_id`)
 }
 
-// StoredRetainedMessages implements mqtt.Hook.
+// StoredRetainedMessages implements mqtt.Hook. A retained message whose
+// topic has more levels than mqtt.max_topic_levels is not loaded, and is
+// deleted from the store.
 func (s *Store) StoredRetainedMessages() ([]storage.Message, error) {
-	return s.storedMessages(s.mine(`SELECT data, payload FROM mqtt_retained`, "node"))
+	all, err := s.storedMessages(s.mine(`SELECT data, payload FROM mqtt_retained`, "node"))
+	var deep []op
+	v := all[:0]
+	for _, m := range all {
+		if topic.TooDeep(m.TopicName, s.opts.MaxTopicLevels) {
+			deep = append(deep, newOp(opRetainedDelete, m.TopicName))
+			continue
+		}
+		v = append(v, m)
+	}
+	s.dropDeep(deepRetained, deep)
+	return v, err
 }
 
 // StoredSysInfo implements mqtt.Hook.

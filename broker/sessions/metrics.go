@@ -7,6 +7,9 @@ type storeMetrics struct {
 	commits, ops, errors, dropped, unsafeAcks prometheus.Counter
 	queueDropped, queueDelivered              prometheus.Counter
 	commitSeconds                             prometheus.Histogram
+	// deep counts the records removed at load for having more levels
+	// than mqtt.max_topic_levels, by what (load.go).
+	deep *prometheus.CounterVec
 
 	queueBytes func() int   // set by newStore
 	healthy    func() error // set by newStore
@@ -30,6 +33,8 @@ func newStoreMetrics() *storeMetrics {
 			Help: "QoS 1/2 messages refused for a persistent session because its queue (or all queues together) was full."}),
 		queueDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_mqtt_queue_delivered_total",
 			Help: "Queued messages handed to a persistent session's inflight window."}),
+		deep: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_store_deep_removed_total",
+			Help: "Stored subscriptions and retained messages with more levels than mqtt.max_topic_levels (stored before the bound, or under a higher one): not loaded at start, and deleted from the store, by what (subscription, retained)."}, []string{"what"}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tether_store_commit_seconds",
 			Help:    "Time to write and commit one session store batch.",
@@ -61,7 +66,7 @@ func newStoreMetrics() *storeMetrics {
 
 // collectors are the store's metrics.
 func (m *storeMetrics) collectors() []prometheus.Collector {
-	cs := []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.queueDropped, m.queueDelivered, m.commitSeconds}
+	cs := []prometheus.Collector{m.commits, m.ops, m.errors, m.dropped, m.unsafeAcks, m.queueDropped, m.queueDelivered, m.deep, m.commitSeconds}
 	for _, g := range m.gauges {
 		cs = append(cs, g)
 	}

@@ -199,6 +199,7 @@ func (s *Store) purgeRows(ctx context.Context, id string) error {
 // loadInflight; loadQueues).
 func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) (*mqtt.Client, error) {
 	var subs []packets.Subscription
+	var deep []op // filters deeper than mqtt.max_topic_levels (load.go)
 	rows, err := s.db.W.QueryContext(ctx, `SELECT data FROM mqtt_subscriptions WHERE client_id = ?`, c.ID)
 	if err != nil {
 		return nil, err
@@ -213,6 +214,10 @@ func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) (*
 		if json.Unmarshal(b, &sub) != nil {
 			continue
 		}
+		if s.deepFilter(sub.Filter) {
+			deep = append(deep, newOp(opSubDelete, c.ID, sub.Filter))
+			continue
+		}
 		subs = append(subs, packets.Subscription{Filter: sub.Filter, RetainHandling: sub.RetainHandling, Qos: sub.Qos,
 			RetainAsPublished: sub.RetainAsPublished, NoLocal: sub.NoLocal, Identifier: sub.Identifier})
 	}
@@ -220,6 +225,7 @@ func (s *Store) load(ctx context.Context, srv *mqtt.Server, c storage.Client) (*
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	s.dropDeep(deepSubscription, deep)
 	var inflight []storage.Message
 	rows, err = s.db.W.QueryContext(ctx, `SELECT data, payload FROM mqtt_inflight WHERE client_id = ? ORDER BY packet_id`, c.ID)
 	if err != nil {

@@ -111,6 +111,10 @@ type Options struct {
 	// Refused, if set, is called when a message is refused for a session
 	// because its queue is full.
 	Refused func(clientID string, pk packets.Packet, reason string)
+	// MaxTopicLevels is mqtt.max_topic_levels (0: no bound): the
+	// subscriptions and retained messages stored with more levels are
+	// not loaded, and are deleted (load.go).
+	MaxTopicLevels int
 	// Legacy is the path of a database that may hold sessions from before
 	// the store had a file of its own (tether.db); they are moved here
 	// once.

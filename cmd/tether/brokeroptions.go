@@ -42,9 +42,10 @@ func brokerOptions(cfg configs.Config) broker.Options {
 		ConnectTimeout:   m.ConnectTimeout,
 		MaxKeepalive:     m.MaxKeepalive,
 
-		MaxSubscriptionsPerClient: m.MaxSubscriptionsPerClient,
-		MaxTopicLevels:            m.MaxTopicLevels,
-		MaxSessionsPerUser:        m.MaxSessionsPerUser,
+		MaxSubscriptionsPerClient:      m.MaxSubscriptionsPerClient,
+		MaxSubscriptionLevelsPerClient: m.MaxSubscriptionLevelsPerClient,
+		MaxTopicLevels:                 m.MaxTopicLevels,
+		MaxSessionsPerUser:             m.MaxSessionsPerUser,
 
 		ReadBufferSize:  m.ReadBufferSize,
 		WriteBufferSize: m.WriteBufferSize,

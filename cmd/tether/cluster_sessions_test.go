@@ -226,3 +226,60 @@ func TestClusterPostgresSessionMoves(t *testing.T) {
 	}
 	receives(sub, "bye", 5)
 }
+
+// TestClusterSubscriptionLevels: two real nodes on one PostgreSQL, at the
+// defaults (mqtt.max_subscription_levels_per_client 8,000). A viewer's
+// persistent session on A holds the 533 filters of 16 levels (none
+// shared past devices/) that fit; when the viewer reconnects on B, the
+// session moves there with its filters, which still count: a new filter
+// is refused with 0x97, a held one granted, and an UNSUBSCRIBE frees a
+// filter's levels for another.
+func TestClusterSubscriptionLevels(t *testing.T) {
+	pg := testpg.New(t)
+	url := pg.NewDatabase(t)
+	bin := tetherBinary(t)
+	routes := []string{freeAddr(t), freeAddr(t)}
+	nodes := make([]*tetherProc, 2)
+	for i := range nodes {
+		nodes[i] = newTetherProc(t, bin, "TETHER_ADMIN_PASSWORD="+accessAdminPassword,
+			fmt.Sprintf("TETHER_CLUSTER_NODE=sl%d", i+1), "TETHER_CLUSTER_LISTEN="+routes[i],
+			"TETHER_CLUSTER_PEERS="+strings.Join(routes, ","), "TETHER_CLUSTER_SECRET="+testClusterSecret)
+		nodes[i].args = []string{"--allow-anonymous=false", "--postgres", url}
+		nodes[i].start(t)
+	}
+	a, b := nodes[0], nodes[1]
+	admin := accessLogin(t, a, "admin", accessAdminPassword)
+	pw := accessUser(t, a, admin, "sl-viewer", "viewer")
+	o := mqOpts{id: "sl-sub", user: "sl-viewer", pass: pw, expiry: 3600}
+	filter := func(i int) string { return fmt.Sprintf("devices/d%04d/", i) + strings.Repeat("x/", 13) + "y" } // 16 levels
+	const fit = 533                                                                                           // 16 + 532 × 15 = 7,996
+	m := mustMQ(t, a.mqtt, o)
+	for i := range fit + 1 {
+		want := byte(1)
+		if i == fit {
+			want = 0x97
+		}
+		if code := m.sub(t, filter(i)); code != want {
+			t.Fatalf("on A, filter %d: SUBACK 0x%02x, want 0x%02x", i, code, want)
+		}
+	}
+	m.close()
+
+	m = mustMQ(t, b.mqtt, o)
+	if !m.present {
+		t.Fatalf("no session on B\nB:\n%s", b.log())
+	}
+	if code := m.sub(t, filter(fit)); code != 0x97 {
+		t.Fatalf("on B, a new filter: SUBACK 0x%02x, want 0x97", code)
+	}
+	if code := m.sub(t, filter(3)); code != 1 {
+		t.Fatalf("on B, a held filter: SUBACK 0x%02x, want 1", code)
+	}
+	m.unsub(t, filter(0))
+	if code := m.sub(t, filter(fit)); code != 1 {
+		t.Fatalf("on B after an UNSUBSCRIBE: SUBACK 0x%02x, want 1", code)
+	}
+	if code := m.sub(t, filter(fit+1)); code != 0x97 {
+		t.Fatalf("on B at the bound again: SUBACK 0x%02x, want 0x97", code)
+	}
+}

@@ -128,6 +128,7 @@ func sessionOptions(cfg configs.Config, legacy string, d *deviceData, log *slog.
 		MaxQueuedMessages: cfg.MQTT.MaxQueuedMessages,
 		MaxQueuedBytes:    cfg.MQTT.MaxQueuedBytes,
 		MaxStoreBytes:     cfg.MQTT.MaxQueueStoreBytes,
+		MaxTopicLevels:    cfg.MQTT.MaxTopicLevels,
 		Deliveries:        []mqtt.Hook{d.commandHook},
 		Refused:           d.commandHook.Refused,
 	}

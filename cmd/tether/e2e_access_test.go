@@ -193,6 +193,16 @@ func (m *mq) sub(t *testing.T, filter string) byte {
 	return sa.Reasons[0]
 }
 
+// unsub unsubscribes from filter and waits for the UNSUBACK.
+func (m *mq) unsub(t *testing.T, filter string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := m.c.Unsubscribe(ctx, &paho.Unsubscribe{Topics: []string{filter}}); err != nil {
+		t.Fatalf("unsubscribe %s: %v", filter, err)
+	}
+}
+
 // pub publishes at QoS 1 and returns the PUBACK reason code.
 func (m *mq) pub(t *testing.T, topic, payload string) byte {
 	t.Helper()

@@ -3,10 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/broker/sessions"
 
 	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/devices"
@@ -134,5 +138,83 @@ func TestClusterRetainedBound(t *testing.T) {
 		if n, _ := a.retainLimit.RetainedUsage("node1-client"); n != 0 {
 			t.Fatalf("%s counts %d copies for their publisher", a.cluster.Name(), n)
 		}
+	}
+}
+
+// TestDeepRetainedServe: retained messages with more levels than
+// mqtt.max_topic_levels, as a Tether without the bound stored them
+// (written here into the data directory by the session store while the
+// server is stopped), are not loaded by tether serve: they are deleted
+// from the store and counted on /metrics, and the others are delivered.
+func TestDeepRetainedServe(t *testing.T) {
+	cfg := testConfig(t)
+	st, err := sessions.Open(cfg.DataDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Init(nil); err != nil {
+		t.Fatal(err)
+	}
+	deep := "seed/" + strings.Repeat("l/", cfg.MQTT.MaxTopicLevels) + "x"
+	for topic, payload := range map[string]string{"seed/kept": "kept", deep: "deep"} {
+		st.PutRetained(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+			TopicName: topic, Payload: []byte(payload), Created: time.Now().Unix()})
+	}
+	<-st.Barrier()
+	st.Close()
+
+	a := startTestApp(t, cfg)
+	if n := scrapeCounter(t, "http://"+a.httpAddr()+"/metrics", `tether_store_deep_removed_total{what="retained"}`); n != 1 {
+		t.Fatalf(`tether_store_deep_removed_total{what="retained"} %v, want 1`, n)
+	}
+	if _, ok := a.broker.Server.Topics.Retained.Get(deep); ok {
+		t.Fatal("the deep retained message was loaded")
+	}
+	m := mustMQ(t, a.mqttAddr(), mqOpts{id: "reader"})
+	if code := m.sub(t, "seed/#"); code > 2 {
+		t.Fatalf("SUBACK 0x%02x", code)
+	}
+	m.waitFor(t, onTopic("seed/kept"), onTopic(deep))
+	m.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// It was deleted: the next start finds none.
+	a = startTestApp(t, cfg)
+	if n := scrapeCounter(t, "http://"+a.httpAddr()+"/metrics", `tether_store_deep_removed_total{what="retained"}`); n != 0 {
+		t.Fatalf(`after a restart: tether_store_deep_removed_total{what="retained"} %v, want 0`, n)
+	}
+	if _, ok := a.broker.Server.Topics.Retained.Get("seed/kept"); !ok {
+		t.Fatal("seed/kept not retained after a restart")
+	}
+}
+
+// TestSubscriptionLevelsServe: tether serve takes
+// mqtt.max_subscription_levels_per_client from its configuration and
+// counts the refusals on /metrics.
+func TestSubscriptionLevelsServe(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Auth.AllowAnonymous = false
+	cfg.MQTT.MaxSubscriptionLevelsPerClient = 5
+	a := startTestApp(t, cfg)
+	_, secret, err := a.registry.CreateDevice(context.Background(), devices.NewDevice{ID: "lv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mustMQ(t, a.mqttAddr(), mqOpts{id: "lv", user: "lv", pass: secret})
+	// devices, lv, commands, a: 4; then b and b/c: 6; b alone: 5.
+	for _, s := range []struct {
+		filter string
+		want   byte
+	}{{"devices/lv/commands/a", 1}, {"devices/lv/commands/b/c", 0x97}, {"devices/lv/commands/b", 1}} {
+		if code := m.sub(t, s.filter); code != s.want {
+			t.Fatalf("%s: SUBACK 0x%02x, want 0x%02x", s.filter, code, s.want)
+		}
+	}
+	if n := scrapeCounter(t, "http://"+a.httpAddr()+"/metrics", "tether_mqtt_subscription_levels_refused_total"); n != 1 {
+		t.Fatalf("tether_mqtt_subscription_levels_refused_total %v, want 1", n)
 	}
 }
