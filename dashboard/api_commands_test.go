@@ -44,6 +44,9 @@ type dataEnv struct {
 // dataEnvOptions are newDataEnv's options.
 type dataEnvOptions struct {
 	access bool
+	// valuesRate and valuesBurst are the telemetry's
+	// DeviceValuesRate and DeviceValuesBurst (0: no bound).
+	valuesRate, valuesBurst int
 }
 
 // withAccess gives the broker the real access hook (anonymous clients
@@ -71,7 +74,8 @@ func newDataEnv(t testing.TB, opts ...func(*dataEnvOptions)) *dataEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log, LastValues: reg})
+	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log, LastValues: reg,
+		DeviceValuesRate: do.valuesRate, DeviceValuesBurst: do.valuesBurst})
 	if err != nil {
 		t.Fatal(err)
 	}
