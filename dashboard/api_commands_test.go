@@ -44,6 +44,9 @@ type dataEnv struct {
 // dataEnvOptions are newDataEnv's options.
 type dataEnvOptions struct {
 	access bool
+	// valuesRate and valuesBurst are the telemetry's
+	// DeviceValuesRate and DeviceValuesBurst (0: no bound).
+	valuesRate, valuesBurst int
 }
 
 // withAccess gives the broker the real access hook (anonymous clients
@@ -71,7 +74,8 @@ func newDataEnv(t testing.TB, opts ...func(*dataEnvOptions)) *dataEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log, LastValues: reg})
+	tel, err := devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{FlushInterval: 20 * time.Millisecond, Logger: log, LastValues: reg,
+		DeviceValuesRate: do.valuesRate, DeviceValuesBurst: do.valuesBurst})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -490,15 +494,37 @@ func TestTelemetryHugeNumbers(t *testing.T) {
 
 // A device's string that a spreadsheet would run as a formula is not one
 // in the CSV, also where a spreadsheet splitting rows at ';' or a tab
-// would start a cell.
+// would start a cell, or at a line break inside a quoted field (which a
+// spreadsheet reading with ';' does not take for quoted: see csvText).
 func TestCSVText(t *testing.T) {
 	for in, want := range map[string]string{"=cmd()": "'=cmd()", "+1": "'+1", "@x": "'@x", "ok": "ok", "": "",
 		"a;=1+1": "a;'=1+1", "x\t@SUM(A1)": "x\t'@SUM(A1)", ";-2;+3": ";'-2;'+3", "=a;b;@c": "'=a;b;'@c",
-		"\t=x": "'\t'=x", "a;b": "a;b", "a=b;c+d": "a=b;c+d", "k;": "k;"} {
+		"\t=x": "'\t'=x", "a;b": "a;b", "a=b;c+d": "a=b;c+d", "k;": "k;",
+		"e\n=2+2": "e\n'=2+2", "g\r=4+4": "g\r'=4+4", "h\r\n-1": "h\r\n'-1", "\r@x": "'\r'@x", "l\nm": "l\nm"} {
 		if got := csvText(in); got != want {
 			t.Errorf("csvText(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// FuzzCSVText: whatever a device's string, no cell a spreadsheet could
+// make of its CSV cell, splitting at ';', tab, CR or LF, starts a
+// formula, and all it adds are quotes.
+func FuzzCSVText(f *testing.F) {
+	for _, s := range []string{"=cmd()", "a;=1+1", "x\t@SUM(A1)", "e\n=2+2", "\r\n+1", "'=x", "a;'-1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := csvText(s)
+		for i := range len(got) {
+			if strings.IndexByte(formulaStart, got[i]) >= 0 && (i == 0 || strings.IndexByte(cellBreak, got[i-1]) >= 0) {
+				t.Fatalf("csvText(%q) = %q: a cell starts with %q at %d", s, got, got[i], i)
+			}
+		}
+		if strings.ReplaceAll(got, "'", "") != strings.ReplaceAll(s, "'", "") {
+			t.Fatalf("csvText(%q) = %q: more than quotes added", s, got)
+		}
+	})
 }
 
 // TestTwinPatchNumberOutOfRange: a desired patch holding a number no

@@ -117,7 +117,37 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return registryError(err, "device")
 	}
-	return writeJSON(w, http.StatusOK, d)
+	ans := deviceAnswer{Device: d}
+	if a.telemetry != nil {
+		ns := notStored{NotStored: a.telemetry.NotStored(id)}
+		if a.nodes != nil {
+			for _, n := range a.nodes() {
+				if n.Self {
+					ns.Node = n.Name
+				}
+			}
+		}
+		ans.TelemetryNotStored = &ns
+	}
+	return writeJSON(w, http.StatusOK, ans)
+}
+
+// deviceAnswer is GET /devices/{id}'s answer: the device, and what
+// telemetry.device_values_rate kept out of its history.
+type deviceAnswer struct {
+	devices.Device
+	// TelemetryNotStored is absent when the server keeps no history.
+	TelemetryNotStored *notStored `json:"telemetry_not_stored,omitempty"`
+}
+
+// notStored is the device's samples routed but not stored because it
+// was over telemetry.device_values_rate, counted by the node that
+// answers (the bound is per node) since it started: samples, last_at
+// (to the second; null if none), since, and node (its name in a
+// cluster).
+type notStored struct {
+	devices.NotStored
+	Node string `json:"node,omitempty"`
 }
 
 // updateDevice: PATCH /devices/{id} {"name"?, "type"?, "labels"?,

@@ -5,8 +5,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 func TestDeviceLifecycle(t *testing.T) {
@@ -314,5 +316,57 @@ func TestDeviceTopicsAPI(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("GET %s: %s lacks %s", id, body, want)
 		}
+	}
+}
+
+// TestDeviceTelemetryNotStored: a device over
+// telemetry.device_values_rate has its samples routed but not stored;
+// GET /devices/{id} says how many and when the last was, to a viewer
+// too, and another device shows none.
+func TestDeviceTelemetryNotStored(t *testing.T) {
+	e := newDataEnv(t, func(o *dataEnvOptions) { o.valuesRate, o.valuesBurst = 1, 256 })
+	e.createDevice(devices.NewDevice{ID: "flood"})
+	e.createDevice(devices.NewDevice{ID: "calm"})
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range 200 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `"m%d":%d`, i, i)
+	}
+	b.WriteString("}")
+	start := time.Now().UTC().Truncate(time.Second)
+	dev := e.device(t, "flood", "")
+	for range 3 { // 200 values fit the burst of 256, the next two do not
+		dev.Publish("devices/flood/telemetry", 1, false, b.String()).Wait()
+	}
+	e.device(t, "calm", "").Publish("devices/calm/telemetry", 1, false, `{"t":1}`).Wait()
+	type answer struct {
+		ID                 string `json:"id"`
+		TelemetryNotStored *struct {
+			Samples int64      `json:"samples"`
+			LastAt  *time.Time `json:"last_at"`
+			Since   time.Time  `json:"since"`
+		} `json:"telemetry_not_stored"`
+	}
+	var got answer
+	testmqtt.CheckFor(t, 5*time.Second, func() error {
+		res, body := e.do("GET", "/devices/flood", e.tokens["viewer"], nil)
+		e.mustStatus(res, body, 200)
+		got = decode[answer](t, body)
+		if ns := got.TelemetryNotStored; ns == nil || ns.Samples != 2 {
+			return fmt.Errorf("flood: %s, want 2 samples not stored", body)
+		}
+		return nil
+	})
+	ns := got.TelemetryNotStored
+	if ns.LastAt == nil || ns.LastAt.Before(start) || ns.LastAt.After(time.Now()) || ns.Since.After(*ns.LastAt) {
+		t.Errorf("flood: last at %v, since %v; want a time since %v", ns.LastAt, ns.Since, start)
+	}
+	res, body := e.do("GET", "/devices/calm", e.tokens["viewer"], nil)
+	e.mustStatus(res, body, 200)
+	if ns := decode[answer](t, body).TelemetryNotStored; ns == nil || ns.Samples != 0 || ns.LastAt != nil {
+		t.Errorf("calm: %s, want none not stored", body)
 	}
 }

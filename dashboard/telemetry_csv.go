@@ -51,14 +51,35 @@ func csvHeader(w http.ResponseWriter, id, kind string) *csv.Writer {
 // a formula.
 const formulaStart = "=+-@\t\r"
 
+// cellBreak holds the bytes after which a spreadsheet reading this CSV
+// with another separator starts a cell: ';' and tab (list separators of
+// their own, ';' the default in much of Europe), and CR and LF (a row).
+const cellBreak = ";\t\r\n"
+
 // csvText is a device's string as a CSV cell: where a spreadsheet would
 // see a cell that starts a formula, a quote goes first. That is at the
-// start, and after each ';' and tab: a spreadsheet whose list separator
-// is ';' (the default in much of Europe) splits a row there, quotes or
-// not, so "a;=1+1" was a cell "=1+1" to it.
+// start (OWASP's CSV injection guidance), and after each ';', tab, CR or
+// LF. Quoting the field (RFC 4180) does not do it, as seen in LibreOffice
+// Calc 7.4 (Debian 12), converting crafted files headless
+// (soffice --infilter="CSV:59,34,76,1,,0,false,false,false,false,false,-1,true"
+// --convert-to fods, and with 44, and 9, for the separator):
+//   - read with ',' (as written), the cells a;=1+1 and "b;=2+2" are
+//     kept whole, as text; =7+7 alone is a formula (14; also with no
+//     filter options: it evaluates formulas by default);
+//   - read with ';', the row 2026-…,"b;=2+2",6 is the cells 2026-…,"b and
+//     =2+2",6, a formula (Err:509 here, but h;=HYPERLINK("http://x";"y");z
+//     made a working HYPERLINK): a quote opens a quoted field only at the
+//     start of a cell, and there it is ts,"b. The same with tab;
+//   - read with ';', a quoted field holding a line break, 2026-…,"e⏎=2+2",7,
+//     is two rows, the second starting with the formula =2+2",7;
+//   - read with ';', g;'=9+9 is the cell '=9+9,13: text, no formula.
+//
+// So the quote stays, visible where the file is read with ','
+// (a;'=1+1), since nothing else keeps the formula out where it is read
+// with ';'.
 func csvText(s string) string {
 	guard := func(i int) bool {
-		return i < len(s) && strings.IndexByte(formulaStart, s[i]) >= 0 && (i == 0 || s[i-1] == ';' || s[i-1] == '\t')
+		return i < len(s) && strings.IndexByte(formulaStart, s[i]) >= 0 && (i == 0 || strings.IndexByte(cellBreak, s[i-1]) >= 0)
 	}
 	n := 0
 	for i := range len(s) {

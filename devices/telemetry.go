@@ -237,6 +237,8 @@ type Telemetry struct {
 	// rateLogged throttles its log, once a minute per device.
 	rate       valueRate
 	rateLogged *logevery.Keys
+	// opened is when the store opened: the start of NotStored's counts.
+	opened time.Time
 	// refresh takes the devices whose names are read again
 	// (telemetry_names_shared.go); nil on SQLite.
 	refresh chan string
@@ -305,6 +307,7 @@ func OpenTelemetry(ctx context.Context, db *DB, o *TelemetryOptions) (*Telemetry
 
 		rate:       newValueRate(opts.DeviceValuesRate, opts.DeviceValuesBurst),
 		rateLogged: logevery.New(time.Minute),
+		opened:     time.Now().UTC().Truncate(time.Millisecond),
 	}
 	t.m = newTelemetryMetrics(t)
 	if t.last != nil {

@@ -17,8 +17,9 @@ import (
 // TestTelemetryDeviceValuesRate: a device's stored values are bounded by
 // DeviceValuesRate in bursts of DeviceValuesBurst; a sample that would
 // pass it is not stored (whole), counted and logged once a minute per
-// device with how many were not stored; another device has its own
-// bound; the bound refills with time.
+// device with how many were not stored, and shown (NotStored) with when
+// the last was; another device has its own bound; the bound refills with
+// time.
 func TestTelemetryDeviceValuesRate(t *testing.T) {
 	ctx := context.Background()
 	db := openTestDB(t, "flood", "calm")
@@ -63,6 +64,18 @@ func TestTelemetryDeviceValuesRate(t *testing.T) {
 	}
 	if n := count(tel.m.overRate); n != 4 {
 		t.Errorf("points counted over the rate: %d, want 4", n)
+	}
+	// What the device's owner sees (GET /devices/{id}): 4 samples since
+	// the store opened, the last at +61s; none of calm, nor of a device
+	// that never reported.
+	ns := tel.NotStored("flood")
+	if ns.Samples != 4 || ns.LastAt == nil || !ns.LastAt.Equal(t0.Add(61*time.Second)) || ns.Since.IsZero() || ns.Since.After(time.Now()) {
+		t.Errorf("flood not stored: %+v, want 4, the last at %s", ns, t0.Add(61*time.Second))
+	}
+	for _, device := range []string{"calm", "nobody"} {
+		if ns := tel.NotStored(device); ns.Samples != 0 || ns.LastAt != nil || ns.Since.IsZero() {
+			t.Errorf("%s not stored: %+v, want none", device, ns)
+		}
 	}
 	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
 	var over []string

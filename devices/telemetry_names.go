@@ -50,9 +50,13 @@ type deviceNames struct {
 	memo keysMemo
 	// gone is set when the device is forgotten (deviceIndex.delete).
 	gone atomic.Bool
-	// tat is the device's value-rate bucket (valueRate.allow), overRate
-	// its samples refused by it since the last log line of them.
-	tat, overRate atomic.Int64
+	// tat is the device's value-rate bucket (valueRate.allow).
+	tat atomic.Int64
+	// notStored counts the device's samples the value rate refused since
+	// the store opened, notStoredAt is when the last was (Unix ns; set
+	// once a second at most), notStoredLogged is notStored at the last
+	// log line of them (Telemetry.overRate).
+	notStored, notStoredAt, notStoredLogged atomic.Int64
 }
 
 // deviceIndex maps device ids to their names. Readers look a device up
@@ -175,6 +179,17 @@ func newMetricNames() *metricNames {
 
 // device returns device's names, or nil (under mu).
 func (m *metricNames) device(device string) *deviceNames { return m.per.get(device) }
+
+// lookup returns device's names, or nil, without holding mu when the
+// lock-free index has them.
+func (m *metricNames) lookup(device string) *deviceNames {
+	if dn := m.per.fast(device); dn != nil {
+		return dn
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.per.get(device)
+}
 
 // load reads every device's known names from its last values.
 func (m *metricNames) load(ctx context.Context, last LastValues) error {

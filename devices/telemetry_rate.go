@@ -55,16 +55,48 @@ func (r valueRate) allow(tat *atomic.Int64, n int, now int64) bool {
 }
 
 // overRate counts a sample of device (whose names are dn) refused by the
-// value rate, and logs the first of each device per minute, with how
-// many of its points were not stored since the last such line (never
-// the values).
+// value rate, notes when (to the second: the time is stored only when
+// its second changes, so a device over its rate costs the publish path
+// one atomic add and a load), and logs the first of each device per
+// minute, with how many of its samples were not stored since the last
+// such line (never the values).
 func (t *Telemetry) overRate(device string, dn *deviceNames, values int, arrived int64) {
 	t.m.overRate.Inc()
-	n := dn.overRate.Add(1)
+	n := dn.notStored.Add(1)
+	if dn.notStoredAt.Load()/int64(time.Second) != arrived/int64(time.Second) {
+		dn.notStoredAt.Store(arrived)
+	}
 	if t.rateLogged.Allow(device, time.Unix(0, arrived)) {
-		dn.overRate.Add(-n)
+		since := n - dn.notStoredLogged.Swap(n)
 		t.log.Warn("telemetry: device over telemetry.device_values_rate: points routed but not stored (first this minute for this device)",
-			"device", device, "points_not_stored", n, "values", values,
+			"device", device, "points_not_stored", since, "values", values,
 			"rate", t.opts.DeviceValuesRate, "burst", t.opts.DeviceValuesBurst)
 	}
+}
+
+// NotStored is what telemetry.device_values_rate kept out of a device's
+// history on this node since it started: the samples routed but not
+// stored, and when the last was (to the second; nil if none).
+type NotStored struct {
+	Samples int64      `json:"samples"`
+	LastAt  *time.Time `json:"last_at"`
+	Since   time.Time  `json:"since"`
+}
+
+// NotStored returns what the value rate kept out of device's history on
+// this node since the store opened. It reads two atomics; no database.
+func (t *Telemetry) NotStored(device string) NotStored {
+	ns := NotStored{Since: t.opened}
+	dn := t.names.lookup(device)
+	if dn == nil {
+		return ns
+	}
+	// The time first: a sample refused between the two reads then
+	// shows in the count, not a time without it.
+	at := dn.notStoredAt.Load()
+	if ns.Samples = dn.notStored.Load(); ns.Samples > 0 && at != 0 {
+		last := time.Unix(0, at).UTC()
+		ns.LastAt = &last
+	}
+	return ns
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
+	"github.com/tether-iot/tether/configs"
 )
 
 // TestUIDeviceHistoryErrors: when the device page's history query fails
@@ -108,6 +110,59 @@ func TestUIDeviceHistoryErrors(t *testing.T) {
 	mode.Store("pass")
 	step(t, ctx, "and it succeeds again", rangeButton("1 h"),
 		waitJS(`document.querySelector('#history-error').hidden`), waitJS(points+` >= 20`))
+}
+
+// TestUIDeviceNotStored: a device over telemetry.device_values_rate has
+// samples routed but not stored; its page says how many, to a viewer
+// too, and when the last was; a device under it shows nothing of the
+// kind.
+func TestUIDeviceNotStored(t *testing.T) {
+	a := uiApp(t, t.TempDir(), func(c *configs.Config) { c.Telemetry.DeviceValuesRate, c.Telemetry.DeviceValuesBurst = 1, 256 })
+	ctx := uiBrowser(t)
+	base := "http://" + a.httpAddr()
+	admin := uiLogin(t, base, "admin", uiAdminPassword)
+	admin.do("POST", "/users", map[string]string{"username": "vera", "password": "vera-password-1", "role": "viewer"}, nil)
+	var flood, calm registered
+	admin.do("POST", "/devices", map[string]any{"id": "flood-1", "type": "meter"}, &flood)
+	admin.do("POST", "/devices", map[string]any{"id": "calm-1", "type": "meter"}, &calm)
+	many := make(map[string]any, 200)
+	for i := range 200 {
+		many[fmt.Sprintf("m%03d", i)] = i
+	}
+	d := connectDevice(t, a.mqttAddr(), flood.ID, flood.Secret)
+	for range 3 { // 200 values fit the burst of 256; the next two samples do not
+		d.publish(many)
+	}
+	connectDevice(t, a.mqttAddr(), calm.ID, calm.Secret).publish(map[string]any{"t": 1})
+	checkFor(t, 10*time.Second, func() error {
+		var got struct {
+			NotStored struct {
+				Samples int `json:"samples"`
+			} `json:"telemetry_not_stored"`
+		}
+		admin.do("GET", "/devices/flood-1", nil, &got)
+		if got.NotStored.Samples != 2 {
+			return fmt.Errorf("samples not stored: %d, want 2", got.NotStored.Samples)
+		}
+		return nil
+	})
+
+	notStored := `(document.querySelector('#telemetry-not-stored') || {}).textContent || ''`
+	step(t, ctx, "log in as a viewer", loginSteps(base, "vera", "vera-password-1")...)
+	step(t, ctx, "the page of the device over its rate", chromedp.Navigate(base+"/#/devices/flood-1"),
+		chromedp.WaitVisible(chromedp.CSS("#commands")),
+		waitJS(notStored+`.includes('2 samples over the stored-values rate (telemetry.device_values_rate)')`),
+		waitJS(notStored+`.includes('the last just now') || `+notStored+`.includes(' s ago')`))
+	step(t, ctx, "the page of a device under it", chromedp.Navigate(base+"/#/devices/calm-1"),
+		chromedp.WaitVisible(chromedp.CSS("#commands")),
+		waitJS(`document.querySelector('#device-details').textContent.includes('Registered')`))
+	shown, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!!document.querySelector('#telemetry-not-stored')`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shown {
+		t.Error("calm-1's page shows samples not stored")
+	}
 }
 
 // TestUIDeviceHostileTelemetry: the broker routes telemetry the server

@@ -33,6 +33,7 @@ const MAX_POINTS = 4000;
 const MAX_METRICS = 1024; // devices.MaxDeviceMetrics
 const MAX_TEXT = 256;     // devices.MaxMetricString
 const MAX_CHARTS = 64;
+const NOT_STORED_EVERY = 30000;
 
 export function deviceView(main, [id]) {
   const cleanups = [];
@@ -80,7 +81,19 @@ export function deviceView(main, [id]) {
       row('Type', dev.type || '—'),
       row('Labels', Object.keys(dev.labels || {}).length ? Object.entries(dev.labels).map(([k, v]) => h('span', { class: 'label-tag', text: v ? `${k}=${v}` : k })) : '—'),
       row('Enabled', dev.enabled === false ? 'no — connections are refused' : 'yes'),
-      dev.created_at ? row('Registered', fmtTime(dev.created_at)) : null);
+      dev.created_at ? row('Registered', fmtTime(dev.created_at)) : null,
+      notStoredRow(dev.telemetry_not_stored));
+  };
+  // What telemetry.device_values_rate kept out of the history (the
+  // server counts it per node, since the node started): shown once the
+  // device went over it.
+  const notStoredRow = (ns) => {
+    if (!ns || !(ns.samples > 0)) return null;
+    const n = Number(ns.samples).toLocaleString();
+    const text = `${n} sample${ns.samples === 1 ? '' : 's'} over the stored-values rate (telemetry.device_values_rate): routed, not in the history; the last ${fmtAgo(ns.last_at)}`;
+    const where = `counted ${ns.node ? 'by node ' + ns.node + ' ' : ''}since ${fmtTime(ns.since)}`;
+    return [h('dt', { text: 'Not stored' }),
+      h('dd', { id: 'telemetry-not-stored' }, h('span', { class: 'warn-text', text }), h('div', { class: 'muted small', text: where }))];
   };
 
   // Latest values and charts.
@@ -241,6 +254,19 @@ export function deviceView(main, [id]) {
   })();
   const ago = setInterval(drawDetails, 15000);
   cleanups.push(() => clearInterval(ago));
+  // The count of samples not stored grows while the device is over its
+  // rate: read it again every NOT_STORED_EVERY ms (the rest of the page
+  // follows the device's status over MQTT).
+  const recount = setInterval(async () => {
+    if (!dev || document.hidden) return;
+    try {
+      const d = await get('/devices/' + enc(id));
+      if (closed || !dev) return;
+      dev.telemetry_not_stored = d.telemetry_not_stored;
+      drawDetails();
+    } catch { /* the next round tries again */ }
+  }, NOT_STORED_EVERY);
+  cleanups.push(() => clearInterval(recount));
 
   return () => {
     closed = true;
