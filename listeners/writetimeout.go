@@ -15,8 +15,7 @@ import (
 // so every publisher of a message it subscribes to at QoS 1/2: with
 // keep-alive 0 (no deadline from the engine), for good. One viewer
 // subscribing to devices/# at QoS 1 and reading nothing stopped the QoS
-// 1/2 traffic of the whole fleet (docs/upstream.md, "A client that stops
-// reading blocks its publishers").
+// 1/2 traffic of the whole fleet (docs/upstream.md item 24).
 //
 // writeTimeoutConn closes that window: a write that makes no progress
 // for the write timeout fails, the engine drops the client, and its
