@@ -132,12 +132,18 @@ func (c *writeTimeoutConn) NetConn() net.Conn { return c.Conn }
 // SetWriteDeadline sets the caller's write deadline; the timeout still
 // applies when it is later (or zero).
 func (c *writeTimeoutConn) SetWriteDeadline(t time.Time) error {
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.explicit = t
-	d := time.Now().Add(c.timeout)
+	d := now.Add(c.timeout)
 	if !t.IsZero() && t.Before(d) {
 		d = t
+	} else if c.armed.Sub(now) >= c.timeout/2 {
+		// The timeout's own deadline, still far enough off: Write would
+		// leave it too. (The engine sets its keep-alive deadline at every
+		// packet it reads; this spares most of them a second call.)
+		return nil
 	}
 	c.armed = d
 	return c.Conn.SetWriteDeadline(d)
