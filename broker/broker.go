@@ -156,10 +156,10 @@ func New(opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker: mqtt.proxy_protocol_from: %w", err)
 	}
 	if opts.TCPAddr != "" {
-		b.TCP = listeners.NewTCP(opts.TCPAddr, &listeners.TCPOptions{ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
+		b.TCP = listeners.NewTCP(opts.TCPAddr, &listeners.TCPOptions{ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers, WriteTimeout: opts.WriteTimeout})
 	}
 	if opts.TLS != nil && opts.TLSAddr != "" {
-		b.TLS = listeners.NewTCP(opts.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers})
+		b.TLS = listeners.NewTCP(opts.TLSAddr, &listeners.TCPOptions{TLS: opts.TLS, ConnectTimeout: ct, MaxPacketSize: mps, Limits: lim, ProxyProtocolFrom: balancers, WriteTimeout: opts.WriteTimeout})
 	}
 	proxies, err := forwarded.ParseProxies(opts.TrustedProxies)
 	if err != nil {

@@ -66,6 +66,11 @@ type Options struct {
 	SysInterval time.Duration
 	// ConnectTimeout is mqtt.connect_timeout.
 	ConnectTimeout time.Duration
+	// WriteTimeout is limits.write_timeout: how long a write to an MQTT
+	// client over TCP or TLS may make no progress before the client is
+	// dropped; 0 for none. (WebSocket clients: the HTTP listeners, which
+	// cmd/tether wraps with listeners.WriteTimeoutListener.)
+	WriteTimeout time.Duration
 	// MaxSubscriptionsPerClient is mqtt.max_subscriptions_per_client: the
 	// subscriptions one client's session may hold; 0 for no limit. The
 	// access hook enforces it (Auth; auth_subs.go).
@@ -115,6 +120,7 @@ func DefaultOptions() Options {
 		MaxSessionExpiry: 7 * 24 * time.Hour,
 		SysInterval:      time.Second,
 		ConnectTimeout:   10 * time.Second,
+		WriteTimeout:     10 * time.Second,
 		ReadBufferSize:   2048,
 		WriteBufferSize:  2048,
 		WSCompression:    websocket.CompressionNoContextTakeover,

@@ -264,6 +264,10 @@ type Limits struct {
 	// ConnectionRatePerIP: new MQTT connections per second from one
 	// address (a burst of as many is allowed).
 	ConnectionRatePerIP int `yaml:"connection_rate_per_ip"`
+	// MaxPendingConnectionsPerIP: connections from one address that are
+	// not a logged-in MQTT client: MQTT until the broker has answered its
+	// CONNECT, HTTP ones unless they carry MQTT over WebSocket.
+	MaxPendingConnectionsPerIP int `yaml:"max_pending_connections_per_ip"`
 	// PublishRatePerClient: PUBLISH packets per second from one client;
 	// a faster client is slowed down, not disconnected.
 	PublishRatePerClient int `yaml:"publish_rate_per_client"`
@@ -277,6 +281,11 @@ type Limits struct {
 	// HTTPReadTimeout: time allowed to read a whole HTTP request, headers
 	// and body.
 	HTTPReadTimeout time.Duration `yaml:"http_read_timeout"`
+	// WriteTimeout: how long a write to a connection (MQTT over every
+	// transport, HTTP) may make no progress before the connection is
+	// closed: a client that stops reading would otherwise block, for good,
+	// every publisher of a message it subscribes to at QoS 1/2.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
 }
 
 // Default returns the built-in defaults; configs/tether.yaml states the same.
@@ -344,8 +353,9 @@ func Default() Config {
 		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20,
 			DeviceValuesRate: 1000, DeviceValuesBurst: 10000, RetentionSize: 10 << 30, Topics: []TelemetryTopic{}},
 		Audit: Audit{Retention: 90 * 24 * time.Hour},
-		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second,
-			DevicePublishRate: 100, DevicePublishBurst: 500},
+		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second, WriteTimeout: 10 * time.Second,
+			MaxPendingConnectionsPerIP: 1024,
+			DevicePublishRate:          100, DevicePublishBurst: 500},
 		Security: Security{BanThreshold: 20, BanWindow: 5 * time.Minute, BanDuration: 15 * time.Minute,
 			BanExempt: []string{"127.0.0.0/8", "::1"}},
 		Cluster: Cluster{Peers: []string{}},
@@ -496,6 +506,7 @@ func (c *Config) Validate() error {
 		{"telemetry.flush_interval", c.Telemetry.FlushInterval}, {"telemetry.retention", c.Telemetry.Retention},
 		{"audit.retention", c.Audit.Retention},
 		{"telemetry.rollup_retention", c.Telemetry.RollupRetention},
+		{"limits.write_timeout", c.Limits.WriteTimeout},
 	} {
 		if d.d <= 0 {
 			bad(d.key, "must be a positive duration such as 10s")
@@ -548,6 +559,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxConnectionsPerIP < 0 {
 		bad("limits.max_connections_per_ip", "must not be negative")
+	}
+	if c.Limits.MaxPendingConnectionsPerIP < 0 {
+		bad("limits.max_pending_connections_per_ip", "must not be negative (0 = unlimited)")
 	}
 	if c.Limits.ConnectionRatePerIP < 0 {
 		bad("limits.connection_rate_per_ip", "must not be negative (0 = unlimited)")

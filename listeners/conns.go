@@ -136,6 +136,12 @@ func (c *conns) admit(conn net.Conn) (net.Conn, func(net.Conn, error), error) {
 		return nil, nil, ErrClosed
 	}
 	release, ok := c.limits.admit(conn.RemoteAddr())
+	var answered func()
+	if ok {
+		if answered, ok = c.limits.admitPending(conn.RemoteAddr()); !ok {
+			release()
+		}
+	}
 	if !ok {
 		c.mu.Unlock()
 		c.stats.Refused.Add(1)
@@ -153,7 +159,9 @@ func (c *conns) admit(conn net.Conn) (net.Conn, func(net.Conn, error), error) {
 	c.stats.Open.Add(1)
 	// The packet size limit, and the guard against packets the engine
 	// would crash on (guard.go), whatever the limit.
-	var ec net.Conn = &limitConn{Conn: newAckConn(cc), max: c.maxPacketSize}
+	lc := &limitConn{Conn: newAckConn(cc), max: c.maxPacketSize}
+	lc.answered.Store(&answered) // until the broker's first packet, the CONNACK
+	var ec net.Conn = lc
 	// [MQTT-3.1.4] The server may close a connection that sends no CONNECT
 	// within a reasonable time: the engine replaces this deadline with the
 	// keep-alive one once CONNECT is read.
@@ -163,6 +171,9 @@ func (c *conns) admit(conn net.Conn) (net.Conn, func(net.Conn, error), error) {
 	done := func(ec net.Conn, err error) {
 		if f := ec.(*limitConn).engineDone.Swap(nil); f != nil {
 			(*f)(err)
+		}
+		if f := ec.(*limitConn).answered.Swap(nil); f != nil {
+			(*f)()
 		}
 		_ = ec.Close()
 		c.log.Debug("mqtt connection ended", "transport", c.id, "remote", conn.RemoteAddr().String(), "error", err)

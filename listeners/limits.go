@@ -18,6 +18,11 @@ type LimitOptions struct {
 	// ConnectionRatePerIP is how many new connections per second one
 	// address may open, with a burst of as many.
 	ConnectionRatePerIP int
+	// MaxPendingPerIP caps the connections from one address that are not
+	// a logged-in MQTT client: an MQTT connection (any transport) until
+	// the broker has answered its CONNECT, and an HTTP connection for its
+	// whole life unless it becomes MQTT over WebSocket (PendingListener).
+	MaxPendingPerIP int
 }
 
 // Limiter admits or refuses new connections by the LimitOptions. One
@@ -31,17 +36,18 @@ type Limiter struct {
 	opts LimitOptions
 
 	// refused counts refusals by limit: tether_connections_limited_total.
-	refused                                                *prometheus.CounterVec
-	refusedTotal, refusedPerIP, refusedRate, refusedBanned prometheus.Counter
+	refused                                                                *prometheus.CounterVec
+	refusedTotal, refusedPerIP, refusedRate, refusedBanned, refusedPending prometheus.Counter
 
 	// banned, when set, refuses an address that is banned (SetBanned).
 	banned func(ip string) bool
 
 	// mu guards the fields below.
-	mu    sync.Mutex
-	open  int
-	addrs map[string]*addrLimit
-	swept time.Time
+	mu      sync.Mutex
+	open    int
+	addrs   map[string]*addrLimit
+	swept   time.Time
+	pending map[string]int // connections not logged in, by address
 }
 
 // addrLimit is one address's open connections and connection-rate bucket.
@@ -55,15 +61,17 @@ type addrLimit struct {
 // still reports its (zero) counts.
 func NewLimiter(opts LimitOptions) *Limiter {
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_connections_limited_total",
-		Help: "MQTT connections refused by a connection limit or a ban, by limit (banned: the address is banned)."}, []string{"limit"})
+		Help: "Connections refused by a connection limit or a ban, by limit (banned: the address is banned; max_pending_connections_per_ip: MQTT before its CONNECT is answered, and HTTP)."}, []string{"limit"})
 	return &Limiter{
-		opts:          opts,
-		addrs:         map[string]*addrLimit{},
-		refused:       refused,
-		refusedTotal:  refused.WithLabelValues("max_connections"),
-		refusedPerIP:  refused.WithLabelValues("max_connections_per_ip"),
-		refusedRate:   refused.WithLabelValues("connection_rate_per_ip"),
-		refusedBanned: refused.WithLabelValues("banned"),
+		opts:           opts,
+		addrs:          map[string]*addrLimit{},
+		pending:        map[string]int{},
+		refusedPending: refused.WithLabelValues("max_pending_connections_per_ip"),
+		refused:        refused,
+		refusedTotal:   refused.WithLabelValues("max_connections"),
+		refusedPerIP:   refused.WithLabelValues("max_connections_per_ip"),
+		refusedRate:    refused.WithLabelValues("connection_rate_per_ip"),
+		refusedBanned:  refused.WithLabelValues("banned"),
 	}
 }
 
@@ -84,7 +92,7 @@ func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
 		l.refusedBanned.Inc()
 		return nil, false
 	}
-	if l.opts == (LimitOptions{}) {
+	if l.opts.MaxConnections == 0 && l.opts.MaxConnectionsPerIP == 0 && l.opts.ConnectionRatePerIP == 0 {
 		return func() {}, true
 	}
 	now := time.Now()
@@ -124,6 +132,34 @@ func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
 			l.open--
 			a.open--
 			l.forgetIdle(ip, a)
+		})
+	}, true
+}
+
+// admitPending reserves one of addr's places for a connection that is not
+// a logged-in MQTT client (LimitOptions.MaxPendingPerIP). It returns the
+// release to call (idempotent) once it is one, or when it ends; or ok
+// false, and counts the refusal. Without the limit it admits everything.
+func (l *Limiter) admitPending(addr net.Addr) (release func(), ok bool) {
+	if l == nil || l.opts.MaxPendingPerIP <= 0 {
+		return func() {}, true
+	}
+	ip := addrIP(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.pending[ip] >= l.opts.MaxPendingPerIP {
+		l.refusedPending.Inc()
+		return nil, false
+	}
+	l.pending[ip]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.pending[ip]--; l.pending[ip] <= 0 {
+				delete(l.pending, ip)
+			}
 		})
 	}, true
 }

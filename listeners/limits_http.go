@@ -3,7 +3,9 @@ package listeners
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,3 +68,73 @@ func (l *HTTPLimit) Describe(ch chan<- *prometheus.Desc) { l.tooLarge.Describe(c
 
 // Collect implements prometheus.Collector.
 func (l *HTTPLimit) Collect(ch chan<- prometheus.Metric) { l.tooLarge.Collect(ch) }
+
+// PendingListener holds the HTTP connections ln accepts to the limiter's
+// MaxPendingPerIP, per address: one over it is closed at once, before a
+// byte is read, and counted (tether_connections_limited_total{limit=
+// "max_pending_connections_per_ip"}). A connection keeps its place until
+// it closes (idle keep-alive included: http.Server holds those for its
+// IdleTimeout), or until it becomes MQTT over WebSocket, which the
+// WebSocket listener then admits as MQTT. Addresses exempt reports
+// (trusted reverse proxies, whose clients all share their address) are
+// not held to it. A nil limiter or no limit returns ln as it is.
+func (l *Limiter) PendingListener(ln net.Listener, exempt func(netip.Addr) bool) net.Listener {
+	if l == nil || l.opts.MaxPendingPerIP <= 0 {
+		return ln
+	}
+	return &pendingListener{Listener: ln, lim: l, exempt: exempt}
+}
+
+type pendingListener struct {
+	net.Listener
+	lim    *Limiter
+	exempt func(netip.Addr) bool
+}
+
+func (l *pendingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil && l.exempt != nil && l.exempt(ap.Addr().Unmap()) {
+			return c, nil
+		}
+		release, ok := l.lim.admitPending(c.RemoteAddr())
+		if !ok {
+			_ = c.Close()
+			continue
+		}
+		return &pendingConn{Conn: c, release: release}, nil
+	}
+}
+
+// pendingConn is an HTTP connection holding a place; Close releases it.
+type pendingConn struct {
+	net.Conn
+	release func() // idempotent
+}
+
+func (c *pendingConn) Close() error {
+	c.release()
+	return c.Conn.Close()
+}
+
+// NetConn is the connection underneath (as tls.Conn's).
+func (c *pendingConn) NetConn() net.Conn { return c.Conn }
+
+// releasePending releases the place of the HTTP connection under conn (a
+// hijacked one, under TLS or the write timeout's wrapper), if it holds one.
+func releasePending(conn net.Conn) {
+	for conn != nil {
+		if p, ok := conn.(*pendingConn); ok {
+			p.release()
+			return
+		}
+		u, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			return
+		}
+		conn = u.NetConn()
+	}
+}

@@ -50,6 +50,10 @@ type limitConn struct {
 	// engineDone runs once the engine is done with the connection
 	// (OnEngineDone).
 	engineDone atomic.Pointer[func(error)]
+	// answered releases the connection's place among its address's
+	// connections not logged in (LimitOptions.MaxPendingPerIP) at the
+	// broker's first packet, the CONNACK; nil once released.
+	answered atomic.Pointer[func()]
 
 	// Read's state: only the engine's read goroutine touches it.
 	frame framer
@@ -129,6 +133,11 @@ func (c *limitConn) Read(p []byte) (int, error) {
 // packets, one or several at a time. What is not written fails with
 // net.ErrClosed, as it would once the connection is closed.
 func (c *limitConn) Write(p []byte) (int, error) {
+	if c.answered.Load() != nil {
+		if f := c.answered.Swap(nil); f != nil {
+			(*f)()
+		}
+	}
 	if c.disconnected.Load() {
 		return 0, net.ErrClosed
 	}

@@ -23,6 +23,7 @@ type TCP struct {
 	addr     string
 	tls      *tls.Config
 	proxyHdr *forwarded.Proxies
+	wtimeout time.Duration // writes making no progress this long fail; 0: none
 
 	// lmu guards the fields below.
 	lmu     sync.Mutex
@@ -49,6 +50,10 @@ type TCPOptions struct {
 	// ProxyProtocolFrom are the load balancers whose PROXY protocol
 	// header (v1 or v2) is read (mqtt.proxy_protocol_from); nil: nobody's.
 	ProxyProtocolFrom *forwarded.Proxies
+	// WriteTimeout is how long a write to a client may make no progress
+	// before it fails and the client is dropped (limits.write_timeout,
+	// see writeTimeoutConn); 0 means none.
+	WriteTimeout time.Duration
 }
 
 // NewTCP returns a listener for addr ("host:port"; port 0 picks one).
@@ -61,7 +66,7 @@ func NewTCP(addr string, opts *TCPOptions) *TCP {
 		id = TLSTransport
 	}
 	l := &TCP{conns: newConns(id, connectTimeout(opts.ConnectTimeout), opts.MaxPacketSize), addr: addr, tls: opts.TLS,
-		proxyHdr: opts.ProxyProtocolFrom}
+		proxyHdr: opts.ProxyProtocolFrom, wtimeout: opts.WriteTimeout}
 	l.limits = opts.Limits
 	return l
 }
@@ -147,6 +152,7 @@ func (l *TCP) Serve(establish mqttl.EstablishFn) {
 // starts TLS on a TLS listener (the handshake runs on the engine's first
 // read, within the connect timeout), and hands the connection on.
 func (l *TCP) accept(conn net.Conn) {
+	conn = WithWriteTimeout(conn, l.wtimeout) // the raw socket, under PROXY and TLS
 	if !l.proxyHdr.Empty() {
 		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && l.proxyHdr.Contains(ap.Addr().Unmap()) {
 			if l.connectTimeout > 0 {

@@ -219,6 +219,9 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// the request and the response are freed instead of being held for
 	// the connection's lifetime. An idle WebSocket client costs about
 	// 15 KiB less (TestMeasureIdleMemory, docs/PERFORMANCE.md).
+	// It is MQTT from here on: its place among its address's HTTP
+	// connections goes, and hand admits it as an MQTT connection.
+	releasePending(hw.conn)
 	l.wg.Add(1) // ServeHTTP's own Add is still held, so CloseConns waits for this one
 	go func() {
 		defer l.wg.Done()

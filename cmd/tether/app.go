@@ -25,6 +25,7 @@ import (
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/devices/database"
 	"github.com/tether-iot/tether/listeners"
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 // app is a running Tether: broker, HTTP servers and their shared parts.
@@ -437,7 +438,17 @@ func (a *app) serve() error {
 		return a.clusterHealthy()
 	}
 	httpLog := a.base.With("component", "http")
+	proxies, err := forwarded.ParseProxies(a.cfg.HTTP.TrustedProxies)
+	if err != nil {
+		return fmt.Errorf("http.trusted_proxies: %w", err)
+	}
 	serve := func(ln net.Listener, mqttHandler http.Handler, secure bool) {
+		// limits.max_pending_connections_per_ip (a trusted proxy's
+		// clients share its address: it is not held to it); under TLS, a
+		// client that reads nothing (a response, MQTT over WebSocket) is
+		// dropped after limits.write_timeout.
+		ln = b.Limits.PendingListener(ln, proxies.Contains)
+		ln = listeners.WriteTimeoutListener(ln, a.cfg.Limits.WriteTimeout)
 		srv := &http.Server{
 			Handler: a.httpLimit.Handler(dashboard.NewHandler(dashboard.Options{
 				MQTT: mqttHandler, Metrics: a.metrics, Ready: ready, Warnings: a.warnings, Logger: httpLog,

@@ -40,6 +40,7 @@ func brokerOptions(cfg configs.Config) broker.Options {
 		MaxMessageExpiry: m.MaxMessageExpiry,
 		SysInterval:      m.SysInterval,
 		ConnectTimeout:   m.ConnectTimeout,
+		WriteTimeout:     cfg.Limits.WriteTimeout,
 		MaxKeepalive:     m.MaxKeepalive,
 
 		MaxSubscriptionsPerClient:      m.MaxSubscriptionsPerClient,
@@ -54,6 +55,7 @@ func brokerOptions(cfg configs.Config) broker.Options {
 			MaxConnections:      cfg.Limits.MaxConnections,
 			MaxConnectionsPerIP: cfg.Limits.MaxConnectionsPerIP,
 			ConnectionRatePerIP: cfg.Limits.ConnectionRatePerIP,
+			MaxPendingPerIP:     cfg.Limits.MaxPendingConnectionsPerIP,
 		},
 		ProxyProtocolFrom: m.ProxyProtocolFrom,
 		TrustedProxies:    cfg.HTTP.TrustedProxies,
