@@ -368,6 +368,11 @@ func (c *wsConn) Write(p []byte) (int, error) {
 // from a server) into its write buffer and flushes it whole: that buffer
 // is made wsControlBufferSize bytes (hijackWriter) instead of net/http's
 // 4 KiB, which an idle connection kept.
+//
+// A pong waits for a message being written, however long that write is
+// blocked by a client that does not read, as the engine's PINGRESP waits
+// over TCP (coder/websocket's own lock gave up after 5 s and ended the
+// connection); Close ends such a write within a second.
 type wsOut struct {
 	conn net.Conn
 
