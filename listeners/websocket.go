@@ -207,8 +207,8 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.SetReadLimit(-1) // MQTT packets span messages: the packet size limit applies (limitConn, the engine)
-	conn := &wsConn{ws: c, raw: hw.conn, remote: l.remoteAddr(r, hw.conn.RemoteAddr()), br: hw.br, src: hw.src}
-	if w.Header().Get("Sec-WebSocket-Extensions") != "" {
+	conn := &wsConn{ws: c, raw: hw.conn, remote: l.remoteAddr(r, hw.conn.RemoteAddr()), br: hw.br, src: hw.src, out: hw.out}
+	if hw.deflate {
 		// permessage-deflate: a message's bytes in the buffer are not its
 		// length, and coder/websocket reads every frame.
 		conn.br, conn.src = nil, nil

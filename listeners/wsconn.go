@@ -36,10 +36,18 @@ const wsReadBufferSize = 1024
 // client's burst of packets (one per message, as clients send them) in
 // one read and the acknowledgements it writes go out in one write
 // (ackConn), as over TCP.
+//
+// A Write frames its binary message itself and writes it to the socket
+// in one write (wsOut), past coder/websocket's writer (its two
+// channel locks, close-state checks and the copy into its buffer per
+// message: BenchmarkWebSocketWrite); coder/websocket still writes the
+// control frames (pongs, close) through the same wsOut, frame by frame.
+// With compression coder/websocket writes everything.
 type wsConn struct {
 	ws     *websocket.Conn
 	raw    net.Conn      // the hijacked connection: deadlines and the local address
 	remote net.Addr      // the client's address (WebSocket.remoteAddr)
+	out    *wsOut        // the socket's write side; nil: write through coder/websocket (compression)
 	br     *bufio.Reader // coder/websocket's read buffer, to look ahead; nil: do not (compression)
 	// src is what br reads from; nil: no raw reads (compression).
 	src *wsSource
@@ -340,10 +348,113 @@ func unmask(dst, src, key []byte) {
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
+	if c.out != nil {
+		return c.out.writeBinary(p)
+	}
 	if err := c.ws.Write(context.Background(), websocket.MessageBinary, p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// wsOut is the write side of a WebSocket connection's socket, shared by
+// the engine's writes (wsConn.Write: each one binary message, framed
+// here) and coder/websocket's control frames (its write buffer flushes
+// into Write), so that frames go out whole and in order: each is one
+// Write of the socket under mu. No binary message follows a close frame
+// [RFC 6455 5.5.1].
+//
+// coder/websocket writes a control frame (at most 127 bytes, unmasked
+// from a server) into its write buffer and flushes it whole: that buffer
+// is made wsControlBufferSize bytes (hijackWriter) instead of net/http's
+// 4 KiB, which an idle connection kept.
+//
+// A pong waits for a message being written, however long that write is
+// blocked by a client that does not read, as the engine's PINGRESP waits
+// over TCP (coder/websocket's own lock gave up after 5 s and ended the
+// connection); Close ends such a write within a second.
+type wsOut struct {
+	conn net.Conn
+
+	// mu guards the fields below and the socket's writes.
+	mu        sync.Mutex
+	closeSent bool  // a close frame was written
+	err       error // a write failed: the stream may hold part of a frame
+}
+
+// wsControlBufferSize is coder/websocket's write buffer when it writes
+// only control frames: a header of 2 bytes and at most 125 of payload.
+const wsControlBufferSize = 128
+
+// wsFramePool holds the buffers a binary message of up to
+// wsMaxCopiedMessage bytes is framed in, so that header and payload go
+// out in one write; an idle connection keeps none.
+var wsFramePool = sync.Pool{New: func() any { b := make([]byte, 0, wsMaxCopiedMessage+wsMaxFrameHeader); return &b }}
+
+const (
+	// wsMaxCopiedMessage: a larger message is written with its header
+	// from the caller's buffer (net.Buffers: one writev on TCP).
+	wsMaxCopiedMessage = 4096
+	wsMaxFrameHeader   = 10
+)
+
+// appendFrameHeader appends the header of an unmasked, final binary
+// frame of n payload bytes (RFC 6455 5.2).
+func appendFrameHeader(b []byte, n int) []byte {
+	switch {
+	case n < 126:
+		return append(b, 0x82, byte(n))
+	case n <= 0xffff:
+		return append(b, 0x82, 126, byte(n>>8), byte(n))
+	}
+	return binary.BigEndian.AppendUint64(append(b, 0x82, 127), uint64(n))
+}
+
+// writeBinary writes p as one binary message.
+func (o *wsOut) writeBinary(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.err != nil:
+		return 0, o.err
+	case o.closeSent:
+		return 0, net.ErrClosed
+	}
+	var err error
+	if len(p) <= wsMaxCopiedMessage {
+		bp := wsFramePool.Get().(*[]byte)
+		b := append(appendFrameHeader((*bp)[:0], len(p)), p...)
+		_, err = o.conn.Write(b)
+		*bp = b[:0]
+		wsFramePool.Put(bp)
+	} else {
+		var head [wsMaxFrameHeader]byte
+		bufs := net.Buffers{appendFrameHeader(head[:0], len(p)), p}
+		_, err = bufs.WriteTo(o.conn)
+	}
+	if err != nil {
+		o.err = err
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Write is what coder/websocket's write buffer flushes: one whole
+// control frame.
+func (o *wsOut) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return 0, o.err
+	}
+	n, err := o.conn.Write(p)
+	if err != nil {
+		o.err = err
+	}
+	if len(p) > 0 && p[0]&0x0f == 0x8 {
+		o.closeSent = true
+	}
+	return n, err
 }
 
 // Close sends a close frame (within a second) and closes the connection,
@@ -377,13 +488,17 @@ func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadl
 func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
 
 // hijackWriter keeps the connection websocket.Accept hijacks, and gives
-// it a read buffer of wsReadBufferSize instead of net/http's 4 KiB, which
-// an idle connection would keep for its whole life (TestMeasureIdleMemory).
+// it a read buffer of wsReadBufferSize instead of net/http's 4 KiB, and,
+// without compression, a write buffer of wsControlBufferSize instead of
+// net/http's 4 KiB: buffers an idle connection would keep for its whole
+// life (TestMeasureIdleMemory).
 type hijackWriter struct {
 	http.ResponseWriter
-	conn net.Conn
-	br   *bufio.Reader // the read buffer handed to coder/websocket
-	src  *wsSource     // what br reads
+	conn    net.Conn
+	br      *bufio.Reader // the read buffer handed to coder/websocket
+	src     *wsSource     // what br reads
+	out     *wsOut        // the socket's write side; nil with compression
+	deflate bool          // permessage-deflate was negotiated
 }
 
 func (w *hijackWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -403,6 +518,14 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	brw.Reader = bufio.NewReaderSize(w.src, wsReadBufferSize)
 	w.br = brw.Reader
+	// Accept has set the response's headers: with permessage-deflate,
+	// coder/websocket writes (and compresses) every message itself.
+	w.deflate = w.Header().Get("Sec-WebSocket-Extensions") != ""
+	if !w.deflate {
+		// A server's coder/websocket writes through brw.Writer.
+		w.out = &wsOut{conn: conn}
+		brw.Writer = bufio.NewWriterSize(w.out, wsControlBufferSize)
+	}
 	// coder/websocket resets the reader onto the connection it is given:
 	// give it one that reads through src.
 	return &srcConn{Conn: conn, src: w.src}, brw, nil

@@ -2,6 +2,7 @@ package listeners
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -69,6 +70,67 @@ func TestUnmask(t *testing.T) {
 		unmask(got, src, key)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("len %d: %x, want %x", n, got, want)
+		}
+	}
+}
+
+// BenchmarkWebSocketWrite is the engine's writes to a WebSocket client
+// over real loopback TCP: one Write of a 96-byte packet (a QoS 1
+// PUBLISH with a 64-byte payload) or of a 2 KiB burst (the engine's
+// write buffer, mqtt's ClientNetWriteBufferSize, flushed), each going out
+// as one binary message, while the client reads and discards them. The
+// "tcp" cases write the same bytes through the TCP listener (the same
+// connection wrappers): the cost of the WebSocket layer is the
+// difference. Run with -benchmem.
+//
+//	go test -run XXX -bench WebSocketWrite -benchmem ./listeners/
+func BenchmarkWebSocketWrite(b *testing.B) {
+	for _, size := range []int{96, 2048} {
+		pkt := bytes.Repeat([]byte{0x32}, size)
+		b.Run(fmt.Sprintf("ws/%d", size), func(b *testing.B) {
+			conns := make(chan net.Conn, 1)
+			url := wsServer(b, NewWebSocket(&WebSocketOptions{ConnectTimeout: -1}), func(_ string, c net.Conn) error {
+				conns <- c
+				_, _ = io.Copy(io.Discard, c)
+				return nil
+			})
+			c, br := rawUpgrade(b, url, nil)
+			go func() { _, _ = io.Copy(io.Discard, br) }()
+			benchWrites(b, <-conns, pkt)
+			_ = c.Close()
+		})
+		b.Run(fmt.Sprintf("tcp/%d", size), func(b *testing.B) {
+			l := NewTCP("127.0.0.1:0", &TCPOptions{ConnectTimeout: -1})
+			if err := l.Init(nil); err != nil {
+				b.Fatal(err)
+			}
+			conns := make(chan net.Conn, 1)
+			go l.Serve(func(_ string, c net.Conn) error {
+				conns <- c
+				_, _ = io.Copy(io.Discard, c)
+				return nil
+			})
+			defer func() {
+				l.Stop()
+				l.CloseConns()
+			}()
+			c, err := net.Dial("tcp", l.Address())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+			benchWrites(b, <-conns, pkt)
+		})
+	}
+}
+
+func benchWrites(b *testing.B, c net.Conn, pkt []byte) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(pkt)))
+	for b.Loop() {
+		if _, err := c.Write(pkt); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
