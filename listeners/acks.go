@@ -129,11 +129,14 @@ func (c *ackConn) flushLocked() error {
 	return err
 }
 
-// Close sends what is held (within a second), then closes.
+// Close sends what is held (within a second), then closes. The deadline
+// is set before the lock is taken: a write holding the lock, blocked on a
+// client that reads nothing, would otherwise keep Close (the engine
+// stopping the client, a take-over) waiting until it ends.
 func (c *ackConn) Close() error {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.mu.Lock()
 	if len(c.pending) > 0 && c.err == nil {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = c.flushLocked()
 	}
 	c.pending = nil

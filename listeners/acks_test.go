@@ -264,3 +264,36 @@ func TestTCPListenerHoldsAcks(t *testing.T) {
 		})
 	}
 }
+
+// TestAckConnCloseDuringBlockedWrite: Close ends a write that a client
+// reading nothing has blocked (the engine stopping such a client, or a
+// take-over of its session), instead of waiting for it for good.
+func TestAckConnCloseDuringBlockedWrite(t *testing.T) {
+	a, b := net.Pipe() // b is never read: a's writes block
+	defer b.Close()
+	c := newAckConn(a)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, 100)) // not an acknowledgement: written through
+		wrote <- err
+	}()
+	// Until the write holds the lock.
+	deadline := time.Now().Add(10 * time.Second)
+	for c.mu.TryLock() {
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("the write never started")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second): // a hang guard, not a speed claim
+		t.Fatal("Close still waits for a write the client never reads")
+	}
+	if err := <-wrote; err == nil {
+		t.Error("the blocked write reported success")
+	}
+}
