@@ -138,6 +138,9 @@ func DefaultOptions() Options {
 		// sessions; each may hold 1,000 subscriptions needing up to
 		// 8,000 levels, some 5.5 MB at worst.
 		MaxSessionsPerUser: 10,
+		// Connections from one address not yet answered (MQTT) or open
+		// (HTTP): an address may not hold the server's descriptors.
+		Limits: listeners.LimitOptions{MaxPendingPerIP: 1024},
 	}
 }
 
