@@ -266,3 +266,39 @@ func TestRiceCostHist(t *testing.T) {
 		}
 	}
 }
+
+// TestBitWriterBytes: the bit writer, which gathers bits into 64-bit
+// words, writes the bytes of the plainest writer (one bit at a time),
+// for widths 0 to 64, whatever it has gathered, and appendTo and size
+// agree with done at every step.
+func TestBitWriterBytes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(19, 3))
+	for run := range 200 {
+		var w bitWriter
+		var want []byte
+		nbits := 0
+		for range rng.IntN(300) {
+			n := rng.IntN(65)
+			v := rng.Uint64() // bits above n must be ignored
+			w.bits(v, n)
+			for k := n - 1; k >= 0; k-- {
+				if nbits%8 == 0 {
+					want = append(want, 0)
+				}
+				if v>>k&1 == 1 {
+					want[nbits/8] |= 0x80 >> (nbits % 8)
+				}
+				nbits++
+			}
+			if got := w.appendTo([]byte{0xAA}); !slices.Equal(got[1:], want) || got[0] != 0xAA {
+				t.Fatalf("run %d: appendTo after %d bits: %x, want %x", run, nbits, got[1:], want)
+			}
+			if w.size() != len(want) {
+				t.Fatalf("run %d: size %d after %d bits, want %d", run, w.size(), nbits, len(want))
+			}
+		}
+		if got := w.done(); !slices.Equal(got, want) {
+			t.Fatalf("run %d: done %x, want %x", run, got, want)
+		}
+	}
+}
