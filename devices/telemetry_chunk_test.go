@@ -21,12 +21,17 @@ func testChunk(n int, seed uint64) *chunkData {
 		c.ts = append(c.ts, t)
 		for j := range c.cols {
 			c.cols[j].syms = append(c.cols[j].syms, symAbsent)
-			c.cols[j].nums = append(c.cols[j].nums, 0)
+			if c.cols[j].nums != nil {
+				c.cols[j].nums = append(c.cols[j].nums, 0)
+			}
 		}
 		temp = math.Round((temp+rng.Float64()*0.6-0.3)*100) / 100
 		count = math.Round((count+0.0017)*10000) / 10000
 		set := func(name string, v float64) {
 			col := c.col(name, idx)
+			if col.nums == nil { // as the writer's chunks: no numbers yet
+				col.nums = c.numsFor(col)
+			}
 			col.syms[i], col.nums[i] = symNumber, v
 		}
 		set("temperature", temp)
@@ -157,6 +162,7 @@ func TestTelemetryChunkVersion1(t *testing.T) {
 		idx[col.name] = i
 	}
 	cnt := want.col("count", idx)
+	cnt.nums = want.numsFor(cnt)
 	for i := range want.ts {
 		cnt.syms[i], cnt.nums[i] = symNumber, float64(i*i)
 	}
