@@ -140,14 +140,21 @@ func benchRoutingPairs(b *testing.B, n int) {
 }
 
 // pairsSummary is the median of the pairs' ratios xs and a 95 %
-// confidence interval of it: the 2.5th and 97.5th percentiles of the
-// medians of 10,000 resamples of the pairs, drawn with replacement (a
-// percentile bootstrap; its seed is fixed, so the same pairs give the
-// same interval).
+// confidence interval of it (medianCI).
 func pairsSummary(what string, xs []float64) string {
 	if len(xs) == 0 {
 		return what + ": no pairs\n"
 	}
+	med, lo, hi := medianCI(xs)
+	return fmt.Sprintf("%s: median %+.2f %%, 95 %% CI [%+.2f, %+.2f] %% (%d pairs, bootstrap of the median)\n",
+		what, 100*med, 100*lo, 100*hi, len(xs))
+}
+
+// medianCI returns the median of xs (not empty) and a 95 % confidence
+// interval of it: the 2.5th and 97.5th percentiles of the medians of
+// 10,000 resamples of xs, drawn with replacement (a percentile
+// bootstrap; its seed is fixed, so the same xs give the same interval).
+func medianCI(xs []float64) (med, lo, hi float64) {
 	const resamples = 10000
 	rng := rand.New(rand.NewPCG(19, 5))
 	meds := make([]float64, resamples)
@@ -159,9 +166,7 @@ func pairsSummary(what string, xs []float64) string {
 		meds[k] = median(re)
 	}
 	slices.Sort(meds)
-	lo, hi := meds[resamples*25/1000], meds[resamples*975/1000-1]
-	return fmt.Sprintf("%s: median %+.2f %%, 95 %% CI [%+.2f, %+.2f] %% (%d pairs, bootstrap of the median)\n",
-		what, 100*median(xs), 100*lo, 100*hi, len(xs))
+	return median(slices.Clone(xs)), meds[resamples*25/1000], meds[resamples*975/1000-1]
 }
 
 // median is the median of xs, which it sorts.
