@@ -55,9 +55,8 @@ const benchDevices = 1000
 // pairs' ratios vary far less than the runs do; the interval says how
 // far the median can be trusted. In this mode each run is one call at
 // the -benchtime count (the framework's first call, at b.N = 1, returns
-// at once). Ten pairs at 3,000,000 messages take about 10 minutes of the
-// process's CPU (under a minute a pair on a quiet 2-core machine; see
-// docs/PERFORMANCE.md).
+// at once). A pair at 3,000,000 messages takes about 40 s on a quiet
+// 2-core machine (ten: 6.5 minutes; see docs/PERFORMANCE.md).
 func BenchmarkTelemetryRouting(b *testing.B) {
 	if n, _ := strconv.Atoi(os.Getenv("TELEMETRY_BENCH_PAIRS")); n > 0 {
 		benchRoutingPairs(b, n)
