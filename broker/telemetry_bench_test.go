@@ -6,9 +6,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -42,7 +44,24 @@ const benchDevices = 1000
 //	TELEMETRY_BENCH_ROUNDS=3 ...            # off, on, off, on, off, on
 //	TELEMETRY_BENCH_SUBS=10 ...             # fan-out to 10 subscribers
 //	TELEMETRY_BENCH_RATE=100000 ... -benchtime 6000000x  # 60 s at 100,000/s
+//	TELEMETRY_BENCH_PAIRS=12 ... -benchtime 3000000x -timeout 60m  # paired, below
+//
+// TELEMETRY_BENCH_PAIRS=N runs N pairs of one run with the history off
+// and one with it on, the order alternating from pair to pair, and then
+// prints, for each pair, (on − off)/off of cpu-us/msg and on/off − 1 of
+// routed/s, and for each the median over the pairs with a bootstrap 95 %
+// confidence interval of the median (pairsSummary). A busy spell on a
+// shared machine slows both runs of a pair more often than one, so the
+// pairs' ratios vary far less than the runs do; the interval says how
+// far the median can be trusted. In this mode each run is one call at
+// the -benchtime count (the framework's first call, at b.N = 1, returns
+// at once). A pair at 3,000,000 messages takes about 40 s on a quiet
+// 2-core machine (ten: 6.5 minutes; see docs/PERFORMANCE.md).
 func BenchmarkTelemetryRouting(b *testing.B) {
+	if n, _ := strconv.Atoi(os.Getenv("TELEMETRY_BENCH_PAIRS")); n > 0 {
+		benchRoutingPairs(b, n)
+		return
+	}
 	rounds := 1
 	if n, _ := strconv.Atoi(os.Getenv("TELEMETRY_BENCH_ROUNDS")); n > 0 {
 		rounds = n
@@ -52,13 +71,114 @@ func BenchmarkTelemetryRouting(b *testing.B) {
 	for range rounds {
 		for _, history := range []bool{false, true} {
 			b.Run(fmt.Sprintf("history=%v", history), func(b *testing.B) {
-				benchRouting(b, history)
+				_ = benchRouting(b, history)
 			})
 		}
 	}
 }
 
-func benchRouting(b *testing.B, history bool) {
+// routingRun is what one run of benchRouting measured.
+type routingRun struct {
+	cpuPerMsg float64 // µs of the process's CPU a message
+	routed    float64 // messages routed a second
+	lost      int64   // not routed, and points dropped
+}
+
+// benchRoutingPairs runs pairs history off and on, n of them, and prints
+// the pairs and their summary.
+func benchRoutingPairs(b *testing.B, n int) {
+	type pair struct {
+		order   string
+		off, on routingRun
+	}
+	pairs := make([]pair, 0, n)
+	start := time.Now()
+	for i := range n {
+		// Alternating the order: a machine that grows busier or quieter
+		// over the minutes, or a run that suffers from the one before,
+		// leans on each side as often.
+		order := []bool{false, true}
+		if i%2 == 1 {
+			order = []bool{true, false}
+		}
+		var p pair
+		for _, history := range order {
+			ok := b.Run(fmt.Sprintf("pair=%d/history=%v", i+1, history), func(b *testing.B) {
+				if b.N == 1 {
+					return // the framework's first call; the -benchtime count follows
+				}
+				r := benchRouting(b, history)
+				if history {
+					p.on = r
+				} else {
+					p.off = r
+				}
+			})
+			if !ok {
+				return
+			}
+		}
+		p.order = map[bool]string{false: "off,on", true: "on,off"}[order[0]]
+		pairs = append(pairs, p)
+	}
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "\nTelemetryRouting pairs (%d, %v, %d CPUs):\n", len(pairs), time.Since(start).Round(time.Second), runtime.NumCPU())
+	fmt.Fprintf(&out, "%4s  %-6s  %9s  %9s  %10s  %10s  %10s  %10s  %s\n", "pair", "order", "cpu off", "cpu on", "(on-off)/off", "routed off", "routed on", "on/off-1", "lost off, on")
+	cpu := make([]float64, len(pairs))
+	rate := make([]float64, len(pairs))
+	for i, p := range pairs {
+		cpu[i] = (p.on.cpuPerMsg - p.off.cpuPerMsg) / p.off.cpuPerMsg
+		rate[i] = p.on.routed/p.off.routed - 1
+		fmt.Fprintf(&out, "%4d  %-6s  %9.3f  %9.3f  %+11.2f%%  %10.0f  %10.0f  %+9.2f%%  %d, %d\n", i+1, p.order,
+			p.off.cpuPerMsg, p.on.cpuPerMsg, 100*cpu[i], p.off.routed, p.on.routed, 100*rate[i], p.off.lost, p.on.lost)
+	}
+	out.WriteString(pairsSummary("CPU a message, (on - off)/off", cpu))
+	out.WriteString(pairsSummary("routed/s, on/off - 1", rate))
+	// Printed, not logged: a parent benchmark's log is not shown.
+	fmt.Print(out.String())
+}
+
+// pairsSummary is the median of the pairs' ratios xs and a 95 %
+// confidence interval of it (medianCI).
+func pairsSummary(what string, xs []float64) string {
+	if len(xs) == 0 {
+		return what + ": no pairs\n"
+	}
+	med, lo, hi := medianCI(xs)
+	return fmt.Sprintf("%s: median %+.2f %%, 95 %% CI [%+.2f, %+.2f] %% (%d pairs, bootstrap of the median)\n",
+		what, 100*med, 100*lo, 100*hi, len(xs))
+}
+
+// medianCI returns the median of xs (not empty) and a 95 % confidence
+// interval of it: the 2.5th and 97.5th percentiles of the medians of
+// 10,000 resamples of xs, drawn with replacement (a percentile
+// bootstrap; its seed is fixed, so the same xs give the same interval).
+func medianCI(xs []float64) (med, lo, hi float64) {
+	const resamples = 10000
+	rng := rand.New(rand.NewPCG(19, 5))
+	meds := make([]float64, resamples)
+	re := make([]float64, len(xs))
+	for k := range meds {
+		for i := range re {
+			re[i] = xs[rng.IntN(len(xs))]
+		}
+		meds[k] = median(re)
+	}
+	slices.Sort(meds)
+	return median(slices.Clone(xs)), meds[resamples*25/1000], meds[resamples*975/1000-1]
+}
+
+// median is the median of xs, which it sorts.
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	n := len(xs)
+	if n%2 == 1 {
+		return xs[n/2]
+	}
+	return (xs[n/2-1] + xs[n/2]) / 2
+}
+
+func benchRouting(b *testing.B, history bool) routingRun {
 	ctx := context.Background()
 	log := storeLogger()
 	o := DefaultOptions()
@@ -234,7 +354,8 @@ func benchRouting(b *testing.B, history bool) {
 	}
 	routed := time.Duration(lastAt.Load() - start.UnixNano())
 	b.Logf("subscribers %d: received by broker %d, dropped by broker %d, routed %d in %v", subs, atomic.LoadInt64(&br.Server.Info.MessagesReceived), atomic.LoadInt64(&br.Server.Info.MessagesDropped), received.Load(), routed)
-	b.ReportMetric(float64(received.Load())/routed.Seconds(), "routed/s")
+	res := routingRun{routed: float64(received.Load()) / routed.Seconds(), lost: deliveries - received.Load()}
+	b.ReportMetric(res.routed, "routed/s")
 	b.ReportMetric(float64(deliveries-received.Load()), "not-routed")
 	if tel != nil {
 		if err := tel.Flush(ctx); err != nil {
@@ -244,12 +365,15 @@ func benchRouting(b *testing.B, history bool) {
 		stored, dropped := tel.Stats()
 		b.ReportMetric(float64(stored)/el.Seconds(), "stored/s")
 		b.ReportMetric(float64(dropped), "dropped")
+		res.lost += dropped
 	}
 	// The CPU the broker took for the messages (and the writer for the
 	// points), beside the clients' share, the same with history off and on.
 	cpu := cputime.Process() - cpu0
-	b.ReportMetric(float64(cpu.Microseconds())/float64(total), "cpu-us/msg")
+	res.cpuPerMsg = float64(cpu.Microseconds()) / float64(total)
+	b.ReportMetric(res.cpuPerMsg, "cpu-us/msg")
 	b.StopTimer()
+	return res
 }
 
 // benchValuesRate is the benchmarks' telemetry.device_values_rate (and

@@ -26,6 +26,9 @@ func appendRun(t testing.TB, seed uint64, ops []byte, whole, tail *chunkAppender
 	ts, walk, count := int64(1795662000000), 21.5, 1000.0
 	set := func(i int, name string, v float64) {
 		col := c.col(name, idx)
+		if col.nums == nil { // as the writer's chunks: no numbers yet
+			col.nums = c.numsFor(col)
+		}
 		col.syms[i], col.nums[i] = symNumber, v
 	}
 	check := func() {
@@ -67,7 +70,9 @@ func appendRun(t testing.TB, seed uint64, ops []byte, whole, tail *chunkAppender
 		c.ts = append(c.ts, ts)
 		for j := range c.cols {
 			c.cols[j].syms = append(c.cols[j].syms, symAbsent)
-			c.cols[j].nums = append(c.cols[j].nums, 0)
+			if c.cols[j].nums != nil {
+				c.cols[j].nums = append(c.cols[j].nums, 0)
+			}
 		}
 		switch op >> 2 & 7 {
 		case 0, 1:

@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"encoding/binary"
 	"errors"
 	"math/bits"
 )
@@ -15,9 +16,11 @@ var errChunkCorrupt = errors.New("telemetry chunk: corrupt")
 var errChunkNewer = errors.New("telemetry chunk: written by a newer release of Tether (format version unknown to this one)")
 
 // bitWriter appends bits, most significant first; done returns them.
+// It gathers them in a 64-bit word and appends whole words, eight bytes
+// at a time (the bytes are those a byte at a time would give).
 type bitWriter struct {
 	b   []byte
-	acc uint64 // the last n bits written, not yet in b (n < 8 between calls)
+	acc uint64 // the last n bits written, not yet in b (n < 64 between calls)
 	n   int
 }
 
@@ -31,43 +34,47 @@ func (w *bitWriter) bit(v bool) {
 
 // bits writes the low n bits of v (n ≤ 64).
 func (w *bitWriter) bits(v uint64, n int) {
-	for n > 0 {
-		take := min(n, 56-w.n)
-		w.acc = w.acc<<take | (v>>(n-take))&(1<<take-1)
-		w.n += take
-		n -= take
-		for w.n >= 8 {
-			w.n -= 8
-			w.b = append(w.b, byte(w.acc>>w.n))
-		}
+	v &= uint64(1)<<n - 1 // all of v at n = 64
+	free := 64 - w.n
+	if n < free {
+		w.acc = w.acc<<n | v
+		w.n += n
+		return
 	}
+	// The word fills: its 64 bits out, the rest of v kept.
+	rest := n - free
+	w.b = binary.BigEndian.AppendUint64(w.b, w.acc<<free|v>>rest) // acc<<64 is 0
+	w.acc = v & (uint64(1)<<rest - 1)
+	w.n = rest
+}
+
+// tail appends the bits not yet in w.b to dst, the last byte padded with
+// zero bits.
+func (w *bitWriter) tail(dst []byte) []byte {
+	left := w.acc << (64 - w.n) // the n bits, most significant first
+	for k := 0; k < w.n; k += 8 {
+		dst = append(dst, byte(left>>56))
+		left <<= 8
+	}
+	return dst
 }
 
 // done returns the bytes written, the last one padded with zero bits.
 func (w *bitWriter) done() []byte {
-	if w.n > 0 {
-		w.b = append(w.b, byte(w.acc<<(8-w.n)))
-		w.n = 0
-	}
+	w.b = w.tail(w.b)
+	w.acc, w.n = 0, 0
 	return w.b
 }
 
 // appendTo appends the bytes written so far to dst as done would return
 // them, and leaves w as it is, to be written on.
 func (w *bitWriter) appendTo(dst []byte) []byte {
-	dst = append(dst, w.b...)
-	if w.n > 0 {
-		dst = append(dst, byte(w.acc<<(8-w.n)))
-	}
-	return dst
+	return w.tail(append(dst, w.b...))
 }
 
 // size is len(w.appendTo(nil)).
 func (w *bitWriter) size() int {
-	if w.n > 0 {
-		return len(w.b) + 1
-	}
-	return len(w.b)
+	return len(w.b) + (w.n+7)/8
 }
 
 // bitReader reads what a bitWriter wrote.

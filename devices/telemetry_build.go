@@ -96,7 +96,9 @@ func (c *openChunk) add(ts int64, obj []byte, r *rollups) {
 	for i := range c.data.cols {
 		col := &c.data.cols[i]
 		col.syms = append(col.syms, symAbsent)
-		col.nums = append(col.nums, 0)
+		if col.nums != nil {
+			col.nums = append(col.nums, 0)
+		}
 	}
 	// One pass over obj's members, as eachMember reads them. A device
 	// usually sends its metrics in the same order: member m is most
@@ -158,6 +160,9 @@ func (c *openChunk) set(n, i int, v []byte, ts int64, r *rollups) {
 		col.setDict(n, v)
 		return
 	}
+	if col.nums == nil { // the column's first number
+		col.nums = c.data.numsFor(col)
+	}
 	col.syms[n], col.nums[n] = symNumber, f
 	if r != nil {
 		for len(c.hours) <= i {
@@ -197,11 +202,18 @@ func (c *openChunk) sort() {
 	c.data.ts = ts
 	for j := range c.data.cols {
 		col := &c.data.cols[j]
-		syms, nums := make([]uint32, len(perm)), make([]float64, len(perm))
+		syms := make([]uint32, len(perm))
 		for i, p := range perm {
-			syms[i], nums[i] = col.syms[p], col.nums[p]
+			syms[i] = col.syms[p]
 		}
-		col.syms, col.nums = syms, nums
+		col.syms = syms
+		if col.nums != nil {
+			nums := make([]float64, len(perm))
+			for i, p := range perm {
+				nums[i] = col.nums[p]
+			}
+			col.nums = nums
+		}
 	}
 	c.sorted = true
 }
@@ -267,8 +279,10 @@ func (s *spareArrays) keep(d *chunkData) {
 		s.ts = append(s.ts, d.ts[:0])
 	}
 	for _, col := range d.cols {
-		if len(s.syms) < maxSpare && cap(col.syms) == cap(col.nums) {
+		if len(s.syms) < maxSpare {
 			s.syms = append(s.syms, col.syms[:0])
+		}
+		if len(s.nums) < maxSpare && col.nums != nil {
 			s.nums = append(s.nums, col.nums[:0])
 		}
 	}
@@ -291,21 +305,34 @@ func (s *spareArrays) timestamps(size int) []int64 {
 	return make([]int64, 0, size)
 }
 
-// col returns arrays for a new column of a chunk of n points so far
-// (absent at each) that hold size points, or nils.
-func (s *spareArrays) col(n, size int) ([]uint32, []float64) {
+// symbols returns an array for the symbols of a new column of a chunk of n
+// points so far (absent at each) that holds size points, or nil.
+func (s *spareArrays) symbols(n, size int) []uint32 {
 	for len(s.syms) > 0 {
-		last := len(s.syms) - 1
-		syms, nums := s.syms[last], s.nums[last]
-		s.syms, s.nums = s.syms[:last], s.nums[:last]
+		syms := s.syms[len(s.syms)-1]
+		s.syms = s.syms[:len(s.syms)-1]
 		if cap(syms) >= max(n, size) {
-			syms, nums = syms[:n], nums[:n]
+			syms = syms[:n]
 			clear(syms)
-			clear(nums)
-			return syms, nums
+			return syms
 		}
 	}
-	return nil, nil
+	return nil
+}
+
+// numbers returns an array for a column's numbers at n points so far
+// (zero at each) that holds size points, or nil.
+func (s *spareArrays) numbers(n, size int) []float64 {
+	for len(s.nums) > 0 {
+		nums := s.nums[len(s.nums)-1]
+		s.nums = s.nums[:len(s.nums)-1]
+		if cap(nums) >= max(n, size) {
+			nums = nums[:n]
+			clear(nums)
+			return nums
+		}
+	}
+	return nil
 }
 
 func newChunkBuilder(d database.Dialect) *chunkBuilder {

@@ -92,7 +92,9 @@ func (c *chunkData) heapSize() int {
 }
 
 // chunkCol is one metric's values: per point a symbol, and the number
-// where the symbol is symNumber.
+// where the symbol is symNumber. nums is as long as syms, or, in the
+// writer's chunks, nil while the column has no number (a string or
+// boolean metric's column then holds 4 bytes a point, not 12).
 type chunkCol struct {
 	name string
 	syms []uint32
@@ -122,13 +124,27 @@ func (c *chunkData) colIndex(name string, idx map[string]int) int {
 	idx[name] = len(c.cols)
 	col := chunkCol{name: name, plain: !strings.ContainsAny(name, `\"`)}
 	if c.spare != nil {
-		col.syms, col.nums = c.spare.col(len(c.ts), cap(c.ts))
+		col.syms = c.spare.symbols(len(c.ts), cap(c.ts))
 	}
 	if col.syms == nil {
-		col.syms, col.nums = make([]uint32, len(c.ts), cap(c.ts)), make([]float64, len(c.ts), cap(c.ts))
+		col.syms = make([]uint32, len(c.ts), cap(c.ts))
 	}
 	c.cols = append(c.cols, col)
 	return len(c.cols) - 1
+}
+
+// numsFor returns the numbers of col, a column of c that has none yet
+// (nil), zero at each point so far: as long as its symbols, and as
+// large.
+func (c *chunkData) numsFor(col *chunkCol) []float64 {
+	var nums []float64
+	if c.spare != nil {
+		nums = c.spare.numbers(len(col.syms), cap(col.syms))
+	}
+	if nums == nil {
+		nums = make([]float64, len(col.syms), cap(col.syms))
+	}
+	return nums
 }
 
 // setDict sets point i of the column to the JSON value v (copied when
@@ -159,7 +175,10 @@ func (col *chunkCol) setDict(i int, v []byte) {
 func (c *chunkData) slice(i, j int) *chunkData {
 	s := &chunkData{ts: c.ts[i:j], cols: make([]chunkCol, len(c.cols))}
 	for k, col := range c.cols {
-		s.cols[k] = chunkCol{name: col.name, syms: col.syms[i:j], nums: col.nums[i:j], dict: col.dict}
+		s.cols[k] = chunkCol{name: col.name, syms: col.syms[i:j], dict: col.dict}
+		if col.nums != nil {
+			s.cols[k].nums = col.nums[i:j]
+		}
 	}
 	return s
 }

@@ -21,12 +21,17 @@ func testChunk(n int, seed uint64) *chunkData {
 		c.ts = append(c.ts, t)
 		for j := range c.cols {
 			c.cols[j].syms = append(c.cols[j].syms, symAbsent)
-			c.cols[j].nums = append(c.cols[j].nums, 0)
+			if c.cols[j].nums != nil {
+				c.cols[j].nums = append(c.cols[j].nums, 0)
+			}
 		}
 		temp = math.Round((temp+rng.Float64()*0.6-0.3)*100) / 100
 		count = math.Round((count+0.0017)*10000) / 10000
 		set := func(name string, v float64) {
 			col := c.col(name, idx)
+			if col.nums == nil { // as the writer's chunks: no numbers yet
+				col.nums = c.numsFor(col)
+			}
 			col.syms[i], col.nums[i] = symNumber, v
 		}
 		set("temperature", temp)
@@ -157,6 +162,7 @@ func TestTelemetryChunkVersion1(t *testing.T) {
 		idx[col.name] = i
 	}
 	cnt := want.col("count", idx)
+	cnt.nums = want.numsFor(cnt)
 	for i := range want.ts {
 		cnt.syms[i], cnt.nums[i] = symNumber, float64(i*i)
 	}
@@ -263,6 +269,42 @@ func TestRiceCostHist(t *testing.T) {
 		}
 		if got > best+best/50 {
 			t.Errorf("%d half bits, the best k takes %d (%v)", got, best, hist)
+		}
+	}
+}
+
+// TestBitWriterBytes: the bit writer, which gathers bits into 64-bit
+// words, writes the bytes of the plainest writer (one bit at a time),
+// for widths 0 to 64, whatever it has gathered, and appendTo and size
+// agree with done at every step.
+func TestBitWriterBytes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(19, 3))
+	for run := range 200 {
+		var w bitWriter
+		var want []byte
+		nbits := 0
+		for range rng.IntN(300) {
+			n := rng.IntN(65)
+			v := rng.Uint64() // bits above n must be ignored
+			w.bits(v, n)
+			for k := n - 1; k >= 0; k-- {
+				if nbits%8 == 0 {
+					want = append(want, 0)
+				}
+				if v>>k&1 == 1 {
+					want[nbits/8] |= 0x80 >> (nbits % 8)
+				}
+				nbits++
+			}
+			if got := w.appendTo([]byte{0xAA}); !slices.Equal(got[1:], want) || got[0] != 0xAA {
+				t.Fatalf("run %d: appendTo after %d bits: %x, want %x", run, nbits, got[1:], want)
+			}
+			if w.size() != len(want) {
+				t.Fatalf("run %d: size %d after %d bits, want %d", run, w.size(), nbits, len(want))
+			}
+		}
+		if got := w.done(); !slices.Equal(got, want) {
+			t.Fatalf("run %d: done %x, want %x", run, got, want)
 		}
 	}
 }

@@ -187,12 +187,17 @@ func referenceAdd(c *openChunk, ts int64, obj []byte, r *rollups) {
 	c.data.ts = append(c.data.ts, ts)
 	for i := range c.data.cols {
 		c.data.cols[i].syms = append(c.data.cols[i].syms, symAbsent)
-		c.data.cols[i].nums = append(c.data.cols[i].nums, 0)
+		if c.data.cols[i].nums != nil {
+			c.data.cols[i].nums = append(c.data.cols[i].nums, 0)
+		}
 	}
 	eachMember(obj, func(k, v []byte) {
 		i := c.data.colIndex(metricName(k), c.idx)
 		col := &c.data.cols[i]
 		if f, err := parseNumber(v); err == nil && v[0] != '"' {
+			if col.nums == nil {
+				col.nums = make([]float64, len(col.syms))
+			}
 			col.syms[n], col.nums[n] = symNumber, f
 			r.add(c.device, col.name, ts, f, time.Time{})
 			return
@@ -217,5 +222,52 @@ func TestKeysHashLong(t *testing.T) {
 	}
 	if s, err := ParseTelemetryShared(a); err != nil || s.keys != keysHash(a) {
 		t.Errorf("parsed: %x %v, want %x", s.keys, err, keysHash(a))
+	}
+}
+
+// TestChunkColumnNumbersOnlyWhenNumeric: a writer's column of strings and
+// booleans keeps no numbers (4 bytes a point, not 12); a column whose
+// first number comes late gets them then, zero before; and the chunk,
+// its points out of order and sorted, decodes to every value.
+func TestChunkColumnNumbersOnlyWhenNumeric(t *testing.T) {
+	var spare spareArrays
+	c := &openChunk{device: "d", idx: map[string]int{}, sorted: true, maxPoints: chunkPoints}
+	c.data.spare = &spare
+	r := newRollups(true, database.SQLite)
+	base := int64(1795662000000)
+	for i, p := range []string{
+		`{"temp":21.5,"on":true,"fw":"1.2.3"}`,
+		`{"temp":21.6,"on":false,"fw":"1.2.3","mode":"eco"}`,
+		`{"temp":21.4,"on":true,"fw":"1.2.4","mode":7}`,
+	} {
+		s, err := ParseTelemetryShared([]byte(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.add(base+int64(1000*(3-i)), s.JSON, r) // newest first
+	}
+	col := func(name string) *chunkCol { return &c.data.cols[c.idx[name]] }
+	if col("on").nums != nil || col("fw").nums != nil {
+		t.Errorf("string and boolean columns hold %d and %d numbers, want none", len(col("on").nums), len(col("fw").nums))
+	}
+	if m := col("mode"); len(m.nums) != 3 || m.nums[2] != 7 || m.syms[0] != symAbsent {
+		t.Fatalf("mixed column: syms %v nums %v", m.syms, m.nums)
+	}
+	c.sort()
+	if col("on").nums != nil || col("mode").nums[0] != 7 || col("temp").nums[0] != 21.4 {
+		t.Fatalf("sorted: on %v, mode %v, temp %v", col("on").nums, col("mode").nums, col("temp").nums)
+	}
+	got, err := decodeChunk(encodeChunk(nil, &c.data), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameChunk(t, &c.data, got)
+	if tail := c.data.slice(1, 3); tail.cols[c.idx["fw"]].nums != nil || len(tail.cols[c.idx["mode"]].nums) != 2 {
+		t.Errorf("slice: fw %v, mode %v", tail.cols[c.idx["fw"]].nums, tail.cols[c.idx["mode"]].nums)
+	}
+	// Recycled: the numbers' arrays go to numeric columns only.
+	spare.keep(&c.data)
+	if len(spare.syms) != 4 || len(spare.nums) != 2 {
+		t.Errorf("kept %d symbol and %d number arrays, want 4 and 2", len(spare.syms), len(spare.nums))
 	}
 }
