@@ -58,7 +58,14 @@ func TestWriteTimeout(t *testing.T) {
 
 	t.Run("slow", func(t *testing.T) {
 		s, c := smallTCPPair(t, false)
-		w := WithWriteTimeout(s, timeout)
+		// A longer timeout here: the reader's pauses (30 ms) must stay
+		// well inside half of it even when a loaded machine (-race, other
+		// tests) leaves the reader's goroutine unscheduled for a while;
+		// with 300 ms it failed once at load 15. The write as a whole
+		// still takes longer than the timeout (32 MiB in 256 KiB reads,
+		// 30 ms apart: about 4 s), which is what this case is about.
+		const slowTimeout = 2 * time.Second
+		w := WithWriteTimeout(s, slowTimeout)
 		big := make([]byte, 32<<20) // beyond the kernel's buffers
 		done := make(chan int64)
 		go func() {
@@ -71,7 +78,7 @@ func TestWriteTimeout(t *testing.T) {
 				if err != nil {
 					break
 				}
-				time.Sleep(timeout / 10) // a slow reader, whose progress never stops for the timeout
+				time.Sleep(30 * time.Millisecond) // a slow reader, whose progress never stops for the timeout
 			}
 			done <- got
 		}()
