@@ -386,7 +386,7 @@ func (o *wsOut) writeBinary(p []byte) (int, error) {
 	} else {
 		var head [wsMaxFrameHeader]byte
 		bufs := net.Buffers{wsframe.AppendHeader(head[:0], wsframe.OpBinary, len(p)), p}
-		_, err = bufs.WriteTo(o.conn)
+		_, err = writeBuffers(o.conn, &bufs)
 	}
 	if err != nil {
 		o.err = err
