@@ -320,6 +320,10 @@ func (c *wsConn) SetDeadline(t time.Time) error      { return c.conn.SetDeadline
 func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.conn.SetReadDeadline(t) }
 func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
 
+// maxUpgradeResponse bounds the upgrade's response, headers and the
+// refusal's reason, in bytes.
+const maxUpgradeResponse = 64 << 10
+
 // wsAcceptGUID is RFC 6455's key suffix (4.2.2).
 const wsAcceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -342,7 +346,9 @@ func wsUpgrade(ctx context.Context, conn net.Conn, host, path string) (*wsConn, 
 	if _, err := io.WriteString(conn, req); err != nil {
 		return nil, wsHandshakeErr(ctx, err)
 	}
-	br := bufio.NewReaderSize(conn, 4096)
+	// The response is read through a bound (a broker's headers without
+	// end are refused); what was read past it is the stream's start.
+	br := bufio.NewReaderSize(&io.LimitedReader{R: conn, N: maxUpgradeResponse}, 4096)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		return nil, wsHandshakeErr(ctx, err)

@@ -292,6 +292,40 @@ func TestWSClientHandshakeRefused(t *testing.T) {
 	}
 }
 
+// A response whose headers do not end within maxUpgradeResponse bytes is
+// refused, rather than read for as long as the broker sends.
+func TestWSClientHandshakeBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nX-Endless: ")
+		chunk := bytes.Repeat([]byte{'a'}, 4096)
+		for { // until the client hangs up
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := wsUpgrade(ctx, conn, ln.Addr().String(), "/mqtt"); err == nil || ctx.Err() != nil {
+		t.Fatalf("upgrade: %v (context: %v), want a refusal before the deadline", err, ctx.Err())
+	}
+}
+
 // A connection the simulator drops (churn, over TCP and WebSocket) is
 // reported lost by paho at once, with an error that is net.ErrClosed:
 // paho took a read error reading "use of closed network connection" for
