@@ -139,6 +139,11 @@ func (c *wsConn) Read(p []byte) (int, error) {
 			continue
 		}
 		if err := c.frame(h, head); err != nil {
+			if c.closed.Load() {
+				// Closed here: the broker's answer to the close frame
+				// (or anything else) does not hide that.
+				err = errWSClosed
+			}
 			c.rerr = err
 			break
 		}
