@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -446,4 +447,45 @@ func dialNetConn(b *testing.B, addr string) net.Conn {
 	}
 	c.SetReadLimit(-1)
 	return websocket.NetConn(context.Background(), c, websocket.MessageBinary)
+}
+
+// wss: the client upgrades on a TLS connection (dialTLS) and its messages
+// go both ways, here through coder/websocket's server echoing them.
+func TestWSClientOverTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		for {
+			typ, m, err := ws.Read(r.Context())
+			if err != nil || ws.Write(r.Context(), typ, m) != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	ep, err := ParseEndpoint("wss://"+strings.TrimPrefix(srv.URL, "https://")+"/mqtt", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := newDialer(ep, TLSOptions{InsecureSkipVerify: true}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.dial(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := bytes.Repeat([]byte("wss"), 1000)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: %v", err)
+	}
 }
