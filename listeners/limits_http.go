@@ -123,6 +123,9 @@ func (c *pendingConn) Close() error {
 // NetConn is the connection underneath (as tls.Conn's).
 func (c *pendingConn) NetConn() net.Conn { return c.Conn }
 
+// WriteBuffers writes v through the connection underneath (buffersWriter).
+func (c *pendingConn) WriteBuffers(v *net.Buffers) (int64, error) { return writeBuffers(c.Conn, v) }
+
 // releasePending releases the place of the HTTP connection under conn (a
 // hijacked one, under TLS or the write timeout's wrapper), if it holds one.
 func releasePending(conn net.Conn) {

@@ -99,6 +99,50 @@ func (c *writeTimeoutConn) Write(p []byte) (int, error) {
 	}
 }
 
+// WriteBuffers writes v as Write writes a slice, and in one writev when
+// the connection underneath can (see buffersWriter): net.Buffers writes
+// through a wrapper one buffer at a time, so a WebSocket message over
+// wsMaxCopiedMessage (header and payload) took two writes.
+func (c *writeTimeoutConn) WriteBuffers(v *net.Buffers) (int64, error) {
+	var n int64
+	for {
+		c.arm(false)
+		k, err := writeBuffers(c.Conn, v)
+		n += k
+		if err == nil {
+			return n, nil
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		if k == 0 || c.callerExpired() {
+			_ = c.Conn.Close() // as Write
+			return n, err
+		}
+		c.arm(true)
+	}
+}
+
+// buffersWriter is a connection wrapper that writes a net.Buffers whole,
+// through the wrapped connection's own (one writev on a *net.TCPConn):
+// net.Buffers.WriteTo uses writev only on the net package's connections,
+// and writes through anything else one buffer at a time. Each wrapper of
+// a connection that carries WebSocket implements it (writeTimeoutConn,
+// pendingConn), by WriteBuffers on what it wraps.
+type buffersWriter interface {
+	// WriteBuffers writes v, consuming it as net.Buffers.WriteTo does.
+	WriteBuffers(v *net.Buffers) (int64, error)
+}
+
+// writeBuffers writes v to c: through c's WriteBuffers if it has one,
+// else with v.WriteTo (writev on the net package's connections).
+func writeBuffers(c net.Conn, v *net.Buffers) (int64, error) {
+	if bw, ok := c.(buffersWriter); ok {
+		return bw.WriteBuffers(v)
+	}
+	return v.WriteTo(c)
+}
+
 // arm sets the write deadline to the timeout from now (or the caller's,
 // if earlier) when less than half the timeout is left, or always if force.
 func (c *writeTimeoutConn) arm(force bool) {

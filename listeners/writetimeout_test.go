@@ -100,3 +100,41 @@ func TestWriteTimeout(t *testing.T) {
 		}
 	})
 }
+
+// WriteBuffers (a large WebSocket message: header and payload in one
+// writev) keeps Write's bound: to a client that reads nothing it fails
+// once the timeout passes without progress, and closes the connection;
+// to one that reads, it goes through whole.
+func TestWriteTimeoutBuffers(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	t.Run("stuck", func(t *testing.T) {
+		s, c := smallTCPPair(t, true)
+		w := WithWriteTimeout(s, timeout)
+		v := net.Buffers{[]byte{0x82, 127}, make([]byte, 4<<20)}
+		n, err := writeBuffers(w, &v)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || n == 2+4<<20 {
+			t.Fatalf("write to a client that reads nothing: %d bytes, %v", n, err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("the connection was not closed: %v", err)
+		}
+	})
+	t.Run("reading", func(t *testing.T) {
+		s, c := smallTCPPair(t, false)
+		w := WithWriteTimeout(s, timeout)
+		got := make(chan int64, 1)
+		go func() {
+			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, _ := io.CopyN(io.Discard, c, 2+8<<20)
+			got <- n
+		}()
+		v := net.Buffers{[]byte{0x82, 127}, make([]byte, 8<<20)}
+		if n, err := writeBuffers(w, &v); err != nil || n != 2+8<<20 {
+			t.Fatalf("%d bytes, %v", n, err)
+		}
+		if n := <-got; n != 2+8<<20 {
+			t.Fatalf("the client read %d bytes", n)
+		}
+	})
+}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/tether-iot/tether/internal/wsframe"
 )
 
 // wsReadBufferSize is the read buffer of a WebSocket connection, under
@@ -107,7 +109,7 @@ func (c *wsConn) Read(p []byte) (int, error) {
 				// message open is taken, so coder/websocket's state is
 				// that of a reader between messages, as before.
 				b, _ := c.br.Peek(head + size)
-				unmask(p[n:n+size], b[head:], b[head-4:head])
+				wsframe.Mask(p[n:n+size], b[head:head+size], [4]byte(b[head-4:head]))
 				_, _ = c.br.Discard(head + size)
 				n += size
 				continue
@@ -190,9 +192,8 @@ func (c *wsConn) readRaw(p []byte) int {
 		if !whole {
 			break
 		}
-		var key [4]byte // the payload moves over it
-		copy(key[:], p[used+head-4:used+head])
-		unmask(p[out:out+size], p[used+head:used+head+size], key[:])
+		key := [4]byte(p[used+head-4 : used+head]) // the payload moves over it
+		wsframe.Mask(p[out:out+size], p[used+head:used+head+size], key)
 		out += size
 		used += head + size
 	}
@@ -256,35 +257,16 @@ func (c *wsConn) nextWhole() (head, size int, whole bool) {
 // masked binary message. head is the header's length (mask key
 // included), size the payload's.
 func frameHead(b []byte, k int) (head, size int, whole bool) {
-	if len(b) < 2 {
-		return 0, 0, false
-	}
 	// FIN, no RSV bits, binary; masked, as a client's frames must be (an
 	// unmasked one is left to coder/websocket, which refuses it).
-	if b[0] != 0x82 || b[1]&0x80 == 0 {
+	if len(b) < 2 || b[0] != 0x80|wsframe.OpBinary || b[1]&0x80 == 0 {
 		return 0, 0, false
 	}
-	head, n := 2, uint64(b[1]&0x7f)
-	switch n {
-	case 126:
-		head = 4
-	case 127:
-		head = 10
-	}
-	head += 4 // mask key
-	if len(b) < head {
+	h, head, ok := wsframe.Parse(b)
+	if !ok || uint64(k-head) < h.Len {
 		return 0, 0, false
 	}
-	switch n {
-	case 126:
-		n = uint64(binary.BigEndian.Uint16(b[2:4]))
-	case 127:
-		n = binary.BigEndian.Uint64(b[2:10])
-	}
-	if uint64(k-head) < n {
-		return 0, 0, false
-	}
-	return head, int(n), true
+	return head, int(h.Len), true
 }
 
 // wsSource is what a WebSocket connection's read buffer (br, which
@@ -331,20 +313,6 @@ func (s *wsSource) putBack(b []byte) {
 	}
 	s.carry = s.carry[:len(b)]
 	copy(s.carry, b)
-}
-
-// unmask copies src to dst (len(dst) == len(src)) undoing the client's
-// masking with key (4 bytes, RFC 6455 5.3), 8 bytes at a time.
-func unmask(dst, src, key []byte) {
-	k4 := binary.LittleEndian.Uint32(key)
-	k8 := uint64(k4) | uint64(k4)<<32
-	i := 0
-	for ; i+8 <= len(src); i += 8 {
-		binary.LittleEndian.PutUint64(dst[i:], binary.LittleEndian.Uint64(src[i:])^k8)
-	}
-	for ; i < len(src); i++ {
-		dst[i] = src[i] ^ key[i&3]
-	}
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
@@ -398,18 +366,6 @@ const (
 	wsMaxFrameHeader   = 10
 )
 
-// appendFrameHeader appends the header of an unmasked, final binary
-// frame of n payload bytes (RFC 6455 5.2).
-func appendFrameHeader(b []byte, n int) []byte {
-	switch {
-	case n < 126:
-		return append(b, 0x82, byte(n))
-	case n <= 0xffff:
-		return append(b, 0x82, 126, byte(n>>8), byte(n))
-	}
-	return binary.BigEndian.AppendUint64(append(b, 0x82, 127), uint64(n))
-}
-
 // writeBinary writes p as one binary message.
 func (o *wsOut) writeBinary(p []byte) (int, error) {
 	o.mu.Lock()
@@ -423,14 +379,14 @@ func (o *wsOut) writeBinary(p []byte) (int, error) {
 	var err error
 	if len(p) <= wsMaxCopiedMessage {
 		bp := wsFramePool.Get().(*[]byte)
-		b := append(appendFrameHeader((*bp)[:0], len(p)), p...)
+		b := append(wsframe.AppendHeader((*bp)[:0], wsframe.OpBinary, len(p)), p...)
 		_, err = o.conn.Write(b)
 		*bp = b[:0]
 		wsFramePool.Put(bp)
 	} else {
 		var head [wsMaxFrameHeader]byte
-		bufs := net.Buffers{appendFrameHeader(head[:0], len(p)), p}
-		_, err = bufs.WriteTo(o.conn)
+		bufs := net.Buffers{wsframe.AppendHeader(head[:0], wsframe.OpBinary, len(p)), p}
+		_, err = writeBuffers(o.conn, &bufs)
 	}
 	if err != nil {
 		o.err = err

@@ -55,25 +55,6 @@ func BenchmarkWebSocketRead(b *testing.B) {
 	b.ReportMetric(float64(reads)/float64(b.N), "reads/burst")
 }
 
-// unmask undoes the client's masking for every length and offset of the
-// key, as the byte-at-a-time definition does.
-func TestUnmask(t *testing.T) {
-	key := []byte{0x12, 0x34, 0x56, 0x78}
-	for n := range 40 {
-		src := make([]byte, n)
-		want := make([]byte, n)
-		for i := range src {
-			src[i] = byte(i * 7)
-			want[i] = src[i] ^ key[i%4]
-		}
-		got := make([]byte, n)
-		unmask(got, src, key)
-		if !bytes.Equal(got, want) {
-			t.Fatalf("len %d: %x, want %x", n, got, want)
-		}
-	}
-}
-
 // BenchmarkWebSocketWrite is the engine's writes to a WebSocket client
 // over real loopback TCP: one Write of a 96-byte packet (a QoS 1
 // PUBLISH with a 64-byte payload) or of a 2 KiB burst (the engine's

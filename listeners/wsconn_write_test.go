@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,5 +246,73 @@ func TestWebSocketNoWriteAfterClose(t *testing.T) {
 	}
 	if rest, err := io.ReadAll(br); len(rest) > 0 {
 		t.Fatalf("% x after the close frame (%v), want nothing", rest, err)
+	}
+}
+
+// syscallCounter is a TCP connection that counts the writes handed to
+// its socket: a Write is one write, a WriteBuffers one writev.
+type syscallCounter struct {
+	*net.TCPConn
+	writes *atomic.Int64
+}
+
+func (c *syscallCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.TCPConn.Write(p)
+}
+
+func (c *syscallCounter) WriteBuffers(v *net.Buffers) (int64, error) {
+	c.writes.Add(1)
+	return v.WriteTo(c.TCPConn)
+}
+
+type countingListener struct {
+	net.Listener
+	writes *atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &syscallCounter{TCPConn: c.(*net.TCPConn), writes: l.writes}, nil
+}
+
+// TestWebSocketLargeMessageOneWrite: a message over wsMaxCopiedMessage
+// (header and payload from the caller's buffer) goes to the socket in one
+// writev, as on a bare TCP connection, under the wrappers cmd/tether puts
+// around an HTTP connection (the pending-connection limit, the write
+// timeout), which hid the socket from net.Buffers: two writes.
+func TestWebSocketLargeMessageOneWrite(t *testing.T) {
+	var writes atomic.Int64
+	msg := bytes.Repeat([]byte{0x35}, 70000)
+	written := make(chan int64, 1)
+	l := NewWebSocket(&WebSocketOptions{ConnectTimeout: -1})
+	go l.Serve(func(_ string, c net.Conn) error {
+		before := writes.Load()
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		written <- writes.Load() - before
+		_, err := io.Copy(io.Discard, c)
+		return err
+	})
+	srv := httptest.NewUnstartedServer(l)
+	lim := NewLimiter(LimitOptions{MaxPendingPerIP: 100})
+	srv.Listener = WriteTimeoutListener(lim.PendingListener(&countingListener{Listener: srv.Listener, writes: &writes}, nil), 10*time.Second)
+	srv.Start()
+	t.Cleanup(func() {
+		l.Stop()
+		l.CloseConns()
+		srv.Close()
+	})
+	c, br := rawUpgrade(t, "ws"+strings.TrimPrefix(srv.URL, "http")+"/mqtt", nil)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if op, payload := readServerFrame(t, br); op != 0x82 || !bytes.Equal(payload, msg) {
+		t.Fatalf("frame %#x of %d bytes, want 0x82 and %d", op, len(payload), len(msg))
+	}
+	if n := <-written; n != 1 {
+		t.Fatalf("a %d-byte message took %d writes to the socket, want 1 (writev)", len(msg), n)
 	}
 }

@@ -222,6 +222,7 @@ func (d *device) awaitLost(ctx context.Context) {
 			d.client.Disconnect(0)
 			return
 		case <-ctx.Done():
+			d.client.Disconnect(0) // nothing else will: run ends
 			return
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,7 +12,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/coder/websocket"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/tether-iot/tether/internal/tlsexplain"
@@ -62,14 +62,14 @@ func (o TLSOptions) HTTPClient(timeout time.Duration) (*http.Client, error) {
 }
 
 // dialer opens the network connection under each MQTT client. It does this
-// itself instead of leaving it to paho so that every transport, WebSocket
-// included, goes through coder/websocket and one timeout, and so that the
-// simulator can drop a connection abruptly (churn) by closing it.
+// itself instead of leaving it to paho so that every transport goes
+// through one timeout, WebSocket through the simulator's own lean client
+// (wsConn), and so that the simulator can drop a connection abruptly
+// (churn) by closing it.
 type dialer struct {
 	ep      Endpoint
-	tls     *tls.Config  // nil for tcp and ws
-	caFile  string       // TLSOptions.CAFile, for explanations
-	http    *http.Client // for ws and wss
+	tls     *tls.Config // nil for tcp and ws
+	caFile  string      // TLSOptions.CAFile, for explanations
 	timeout time.Duration
 }
 
@@ -82,12 +82,6 @@ func newDialer(ep Endpoint, opts TLSOptions, timeout time.Duration) (*dialer, er
 			return nil, fmt.Errorf("new dialer: %w", err)
 		}
 		d.tls = cfg
-	}
-	if ep.Transport == TransportWS || ep.Transport == TransportWSS {
-		d.http = &http.Client{Transport: &http.Transport{
-			DialTLSContext:    func(ctx context.Context, _, addr string) (net.Conn, error) { return d.dialTLS(ctx, addr) },
-			DisableKeepAlives: true,
-		}}
 	}
 	return d, nil
 }
@@ -103,28 +97,24 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 	case TransportTLS:
 		return d.dialTLS(ctx, d.ep.Host)
 	case TransportWS, TransportWSS:
-		scheme := "http"
+		var conn net.Conn
+		var err error
 		if d.ep.Transport == TransportWSS {
-			scheme = "https"
+			conn, err = d.dialTLS(ctx, d.ep.Host)
+		} else {
+			var nd net.Dialer
+			conn, err = nd.DialContext(ctx, "tcp", d.ep.Host)
 		}
-		u := url.URL{Scheme: scheme, Host: d.ep.Host, Path: d.ep.Path}
-		c, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
-			HTTPClient:   d.http,
-			Subprotocols: []string{"mqtt"},
-		})
 		if err != nil {
-			if resp != nil {
-				return nil, fmt.Errorf("websocket handshake: status %d: %w", resp.StatusCode, err)
-			}
-			return nil, fmt.Errorf("websocket handshake: %w", err)
+			return nil, err
 		}
-		if c.Subprotocol() != "mqtt" {
-			c.Close(websocket.StatusProtocolError, "mqtt subprotocol required")
-			return nil, fmt.Errorf("websocket handshake: broker did not accept subprotocol mqtt")
+		ws, err := wsUpgrade(ctx, conn, d.ep.Host, d.ep.Path)
+		if err != nil {
+			conn.Close()
+			return nil, err
 		}
-		c.SetReadLimit(-1) // MQTT packets span messages; limitPackets bounds them (openFn).
-		// The NetConn lives until it is closed, so it gets its own context.
-		return websocket.NetConn(context.Background(), c, websocket.MessageBinary), nil
+		// MQTT packets span messages; limitPackets bounds them (openFn).
+		return ws, nil
 	}
 	return nil, fmt.Errorf("dial: unknown transport %q", d.ep.Transport)
 }
@@ -181,10 +171,40 @@ func (d *dialer) openFn(track func(net.Conn)) mqtt.OpenConnectionFunc {
 		if err != nil {
 			return nil, fmt.Errorf("dial %s: %w", d.ep.URL(), err)
 		}
-		conn = limitPackets(conn, MaxBrokerPacket)
+		conn = limitPackets(&closedConn{Conn: conn}, MaxBrokerPacket)
 		if track != nil {
 			track(conn)
 		}
 		return conn, nil
 	}
+}
+
+// errClosed is what a read returns once the connection was closed here
+// (by the simulator's churn or reboot, or by paho): it wraps
+// net.ErrClosed, but its text is not net.ErrClosed's. paho (v1.5.1,
+// startIncoming) takes a read error whose text holds "use of closed
+// network connection" for a close of its own and stops reading without
+// reporting the loss: a connection the simulator dropped stayed
+// "connected", and its device waited out awaitLost's 10 s, until paho
+// was told to disconnect. A close paho makes itself (Disconnect) is
+// reported too, and paho ignores it (it is disconnecting).
+var errClosed error = closedError{}
+
+type closedError struct{}
+
+func (closedError) Error() string { return "connection closed" }
+func (closedError) Unwrap() error { return net.ErrClosed }
+
+// closedConn reads as its connection does, but a read that fails because
+// the connection was closed fails with errClosed.
+type closedConn struct {
+	net.Conn
+}
+
+func (c *closedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && errors.Is(err, net.ErrClosed) {
+		err = errClosed
+	}
+	return n, err
 }

@@ -25,7 +25,8 @@
 // waited for before the function that started it returns.
 //
 // Files, by noun: endpoint.go (broker URL and transport), dial.go (TCP, TLS
-// and WebSocket connections), client.go (paho options), credentials.go,
+// and WebSocket connections), wsconn.go (the WebSocket client: upgrade and
+// frames, on internal/wsframe), client.go (paho options), credentials.go,
 // provision.go (HTTP bulk registration), profile.go and generator.go
 // (fleet YAML and metric generators), device.go, commands.go and twin.go
 // (one simulated device), sim.go (the fleet run), stats.go (counters,
