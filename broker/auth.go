@@ -157,6 +157,13 @@ type Auth struct {
 	elsewhere atomic.Pointer[func(clientID string, o SessionOwner) bool]
 	// expiry ends connections whose credentials expire (auth_expiry.go).
 	expiry expiries
+	// revs are the last revocations, for the connections that were
+	// logging in as they were made (auth_revlog.go).
+	revs revLog
+	// checked, when not nil, is called by OnConnect between the
+	// credentials' check and the listing of the connection: tests make
+	// their changes there.
+	checked atomic.Pointer[func(cl *mqtt.Client)]
 
 	// stopMu guards stopped and wg.Add, so that no revocation starts
 	// once Stop waits.
@@ -304,6 +311,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return a.refuse(cl, user, packets.ErrBanned, "banned")
 	}
 	var c *conn
+	var from uint64
 	if pass == "" {
 		// No credentials (a name alone is none): anonymous, if allowed.
 		if !a.anon {
@@ -321,6 +329,8 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return a.refuse(cl, user, packets.ErrConnectionRateExceeded, "throttled")
 		}
 		defer end() // once Failed or Succeeded has recorded the attempt
+		// Before the check: recheck reads the revocations made since.
+		from = a.revs.mark()
 		id, err := a.reg.Authenticate(context.Background(), user, pass)
 		if err != nil {
 			if !errors.Is(err, devices.ErrUnauthorized) {
@@ -331,6 +341,9 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		if id.Kind == devices.KindDevice && cl.ID != id.Name {
 			// A device's client id is its id (SPEC §5).
 			return a.refuse(cl, user, packets.ErrClientIdentifierNotValid, "client_id")
+		}
+		if f := a.checked.Load(); f != nil {
+			(*f)(cl)
 		}
 		c = a.newConn(id, false, cl.ID)
 		if id.Kind != devices.KindDevice && a.reg.HasDevice(cl.ID) {
@@ -370,6 +383,11 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		a.rebuild(c)
 	} else {
 		a.fresh(c)
+	}
+	if a.recheck(cl, c, from) {
+		// Revoked or banned while it logged in: it ends as the
+		// connections listed then did (before its CONNACK: cut off).
+		return nil
 	}
 	a.m.logins.WithLabelValues(c.id.Kind, transport).Inc()
 	a.log.Debug("client authenticated", "client", cl.ID, "kind", c.id.Kind, "name", c.id.Name, "via", c.id.Via, "transport", transport, "remote", cl.Net.Remote)
@@ -483,6 +501,7 @@ func (a *Auth) conn(cl *mqtt.Client) *conn {
 // its sessions (auth_purge.go). Registry.OnRevoke calls it after the
 // change is committed; it does not block the caller.
 func (a *Auth) revoke(rv devices.Revocation) {
+	a.revs.add(rv) // before clients is read: see auth_revlog.go
 	a.stopMu.Lock()
 	defer a.stopMu.Unlock()
 	if a.stopped {

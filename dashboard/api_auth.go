@@ -211,6 +211,15 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.logins.Succeeded(name, addr)
 	tok, exp, err := a.reg.IssueSession(r.Context(), u, a.ttl)
+	if errors.Is(err, devices.ErrUnauthorized) {
+		// The password or role changed (or the user went) after the
+		// password was checked: the session would not belong to
+		// credentials that hold.
+		a.metrics.logins.WithLabelValues("failed").Inc()
+		a.recordRefusal(r, req.Username, "credentials changed during login")
+		a.log.Info("api: login refused: the user's password or role changed during it", "user", u.Username, "remote", addr)
+		return unauthorized("credentials changed during login: log in again")
+	}
 	if err != nil {
 		return err
 	}

@@ -63,16 +63,35 @@ func (r *Registry) loadKey(ctx context.Context) error {
 // subject u.Username, a random jti and an expiry ttl from now. It is the
 // login response's token, the cookie's value, a Bearer token and the MQTT
 // password over WebSocket.
+//
+// The session belongs to the password AuthenticateUser checked (u from
+// AuthenticateUser or CreateUser; a User made otherwise gets the user's
+// password of now). A user whose password or role has changed since that
+// check, or who has been deleted (and maybe created again), gets no
+// session: ErrUnauthorized, so that a login racing an administrator's
+// change cannot come out with a session the change did not end. On a
+// shared database (PostgreSQL) the user's row is read again first, for
+// another node's change. A change that lands after this check still ends
+// the session: VerifySession compares the session's password with the
+// user's current one.
 func (r *Registry) IssueSession(ctx context.Context, u User, ttl time.Duration) (string, time.Time, error) {
 	if ttl <= 0 {
 		return "", time.Time{}, fmt.Errorf("issue session: %w", invalid("ttl", "must be positive"))
 	}
+	r.refreshName(ctx, u.Username) // PostgreSQL: another node's changes
 	r.mu.RLock()
 	c, ok := r.users[u.Username]
 	key := r.key
 	r.mu.RUnlock()
 	if !ok {
-		return "", time.Time{}, fmt.Errorf("issue session for %q: %w", u.Username, ErrNotFound)
+		return "", time.Time{}, fmt.Errorf("issue session for %q: %w: no such user", u.Username, ErrUnauthorized)
+	}
+	hash := c.hash
+	if u.checked != "" {
+		if string(c.hash) != u.checked || c.role != u.Role {
+			return "", time.Time{}, fmt.Errorf("issue session for %q: %w: password or role changed since it was checked", u.Username, ErrUnauthorized)
+		}
+		hash = []byte(u.checked)
 	}
 	now := time.Now()
 	exp := now.Add(ttl).Truncate(time.Second)
@@ -84,7 +103,7 @@ func (r *Registry) IssueSession(ctx context.Context, u User, ttl time.Duration) 
 			IssuedAt:  jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(exp),
 		},
-		PasswordVersion: passwordVersion(key, c.hash),
+		PasswordVersion: passwordVersion(key, hash),
 	})
 	s, err := tok.SignedString(key)
 	if err != nil {

@@ -15,6 +15,12 @@ type User struct {
 	Username  string    `json:"username"`
 	Role      string    `json:"role"`
 	CreatedAt time.Time `json:"created_at"`
+
+	// checked is the password hash AuthenticateUser compared the password
+	// with (or CreateUser made): IssueSession binds the session to it, and
+	// refuses one whose user has had their password or role changed since
+	// (a login racing the change must not outlive it).
+	checked string
 }
 
 // Bounds on passwords (bcrypt reads at most 72 bytes).
@@ -92,7 +98,7 @@ func (r *Registry) createUser(ctx context.Context, username, password, role stri
 	if taken {
 		return User{}, fmt.Errorf("%w: %q is taken by a device or a user", ErrConflict, username)
 	}
-	u := User{Username: username, Role: role, CreatedAt: time.Now().UTC()}
+	u := User{Username: username, Role: role, CreatedAt: time.Now().UTC(), checked: string(hash)}
 	if _, err := r.db.W.ExecContext(ctx, `INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)`,
 		username, string(hash), role, fmtTime(u.CreatedAt)); err != nil {
 		if isConstraint(err) {
@@ -184,7 +190,7 @@ func (r *Registry) deleteUser(ctx context.Context, username string) error {
 	if u.role == RoleAdmin && admins == 1 {
 		return ErrLastAdmin
 	}
-	if _, err := r.db.W.ExecContext(ctx, `DELETE FROM users WHERE username = ?`, username); err != nil {
+	if err := r.keepAnAdmin(ctx, `DELETE FROM users WHERE username = ?`, username); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -263,7 +269,7 @@ func (r *Registry) updateUser(ctx context.Context, username string, p UserUpdate
 	if !changed {
 		return false, nil
 	}
-	if _, err := r.db.W.ExecContext(ctx, `UPDATE users SET password_hash = ?, role = ? WHERE username = ?`,
+	if err := r.keepAnAdmin(ctx, `UPDATE users SET password_hash = ?, role = ? WHERE username = ?`,
 		string(c.hash), c.role, username); err != nil {
 		return false, err
 	}
@@ -273,8 +279,58 @@ func (r *Registry) updateUser(ctx context.Context, username string, p UserUpdate
 	return true, nil
 }
 
+// keepAnAdmin runs the statement query (a user's change or deletion) in a
+// transaction that is rolled back, as ErrLastAdmin, if it leaves no user
+// with the admin role. The callers' check against the cache answers
+// first; this one holds across nodes (PostgreSQL), whose caches may not
+// have seen each other's latest changes: the admins' rows are locked
+// before the change (FOR UPDATE), so two demotions at once on two nodes
+// are decided one after the other, and the second finds the first's.
+// On SQLite writes are serialised already.
+func (r *Registry) keepAnAdmin(ctx context.Context, query string, args ...any) error {
+	tx, err := r.db.W.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	lock := `SELECT username FROM users WHERE role = ?`
+	if r.shared() {
+		lock += ` FOR UPDATE`
+	}
+	before, err := countRows(ctx, tx, lock, RoleAdmin)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+		return err
+	}
+	after, err := countRows(ctx, tx, `SELECT username FROM users WHERE role = ?`, RoleAdmin)
+	if err != nil {
+		return err
+	}
+	if before > 0 && after == 0 {
+		return ErrLastAdmin
+	}
+	return tx.Commit()
+}
+
+// countRows counts the rows query returns.
+func countRows(ctx context.Context, tx *sql.Tx, query string, args ...any) (int, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	return n, errors.Join(rows.Err(), rows.Close())
+}
+
 // AuthenticateUser checks a user's password; any failure is
-// ErrUnauthorized.
+// ErrUnauthorized. The User it returns remembers the password hash it
+// checked, for IssueSession: a session issued from it belongs to that
+// password, whatever happens to the user between the two calls.
 func (r *Registry) AuthenticateUser(ctx context.Context, username, password string) (User, error) {
 	r.refreshName(ctx, username) // PostgreSQL: another node's changes
 	r.mu.RLock()
@@ -287,7 +343,7 @@ func (r *Registry) AuthenticateUser(ctx context.Context, username, password stri
 	if len(password) > MaxPassword || !r.checkPassword(ctx, c.hash, password) {
 		return User{}, fmt.Errorf("authenticate user: %w", ErrUnauthorized)
 	}
-	return User{Username: username, Role: c.role}, nil
+	return User{Username: username, Role: c.role, checked: string(c.hash)}, nil
 }
 
 // EnsureAdmin creates user "admin" with role admin when there are no users
