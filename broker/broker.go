@@ -134,7 +134,7 @@ func New(opts Options) (*Broker, error) {
 		// hooks between have none), in its OnPublish, which it has
 		// anyway; else the gate's own.
 		if pl, ok := firstHook(opts.Hooks).(*PublishLimit); ok && !hook.Provides(mqtt.OnPublish) {
-			pl.first = g.deepPublish
+			pl.levels = g
 		} else {
 			g.published = true
 		}
