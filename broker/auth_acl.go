@@ -148,7 +148,7 @@ func isSysTopic(topic string) bool {
 // topic aliases (resolveAlias), and notes the filters of a SUBSCRIBE being
 // answered (auth_subs.go).
 func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if a.read != nil {
+	if a.read != nil && readMends(&pk) {
 		pk = a.read(cl, pk)
 	}
 	a.noteSubscribe(cl, pk)
