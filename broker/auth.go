@@ -259,7 +259,7 @@ func (a *Auth) Provides(b byte) bool {
 		mqtt.OnClientExpired, mqtt.OnPacketRead:
 		return true
 	case mqtt.OnSubscribed:
-		return a.maxSubs > 0 || a.maxLevels > 0
+		return a.notesSubscribes()
 	case mqtt.OnUnsubscribed:
 		return a.maxLevels > 0
 	}

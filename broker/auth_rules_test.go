@@ -401,3 +401,45 @@ func TestGrantNamingAllDevicesRefused(t *testing.T) {
 	}
 	_ = victim
 }
+
+// TestACLSplitsOnlyForRules: a topic is split into levels only for an
+// identity that has rules for the access checked, or a device's patterns:
+// an anonymous client's or a user's check with no rule binding it takes
+// the topic whole, and allocates nothing even for a topic deeper than the
+// 16 levels split without allocating. The answers are those of the rules.
+func TestACLSplitsOnlyForRules(t *testing.T) {
+	e := startAuthEnv(t, true)
+	anon := e.auth.newConn(devices.Identity{}, true, "anon-1")
+	viewer := e.auth.newConn(devices.Identity{Kind: devices.KindUser, Name: "v1", Role: devices.RoleViewer}, false, "v1")
+	deep := "devices/d1/" + strings.Repeat("x/", 20) + "telemetry"
+	for _, c := range []struct {
+		name  string
+		c     *conn
+		write bool
+		want  bool
+	}{{"anonymous publish", anon, true, true}, {"anonymous delivery", anon, false, true},
+		{"viewer publish", viewer, true, false}, {"viewer delivery", viewer, false, true}} {
+		if got := c.c.allows(deep, c.write); got != c.want {
+			t.Errorf("%s: allowed %v, want %v", c.name, got, c.want)
+		}
+		if n := testing.AllocsPerRun(100, func() { c.c.allows(deep, c.write) }); n != 0 {
+			t.Errorf("%s: %v allocations per check, want 0 (the topic split into levels)", c.name, n)
+		}
+	}
+	// With rules for the access, they decide, on the topic's levels.
+	e.auth.SetRules(mustRules(t, rules.Rule{Effect: "deny", Access: "subscribe", Topic: "devices/d1/#"},
+		rules.Rule{Effect: "allow", Access: "publish", Topic: "devices/+/x/#", Who: "role:viewer"}))
+	e.auth.fresh(anon) // as the access check does (these two are not connected)
+	e.auth.fresh(viewer)
+	for _, c := range []struct {
+		name  string
+		c     *conn
+		write bool
+		want  bool
+	}{{"anonymous publish", anon, true, true}, {"anonymous delivery", anon, false, false},
+		{"viewer publish", viewer, true, true}, {"viewer delivery", viewer, false, false}} {
+		if got := c.c.allows(deep, c.write); got != c.want {
+			t.Errorf("with rules: %s: allowed %v, want %v", c.name, got, c.want)
+		}
+	}
+}

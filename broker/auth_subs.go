@@ -38,12 +38,22 @@ type pendingSubscribe struct {
 // bound); broker.New calls it before the engine starts.
 func (a *Auth) limitSubscriptions(n int) { a.maxSubs = n }
 
-// noteSubscribe remembers the filters of a SUBSCRIBE until the client's
-// next packet (the engine answers a SUBSCRIBE before it reads on); any
-// other packet forgets them. It costs one atomic load per packet when no
-// SUBSCRIBE is pending.
+// notesSubscribes reports whether the hook notes the filters of each
+// SUBSCRIBE (noteSubscribe): for bans, which count refused subscriptions,
+// and for the bounds on subscriptions.
+func (a *Auth) notesSubscribes() bool { return a.bans != nil || a.maxSubs > 0 || a.maxLevels > 0 }
+
+// noteSubscribe remembers the filters of a SUBSCRIBE until the engine has
+// checked them: OnSubscribed, which the engine calls once it has, forgets
+// them. A SUBSCRIBE the engine refuses before (one without filters) is
+// forgotten at the client's next packet, or as it disconnects. While
+// none is pending, it costs one atomic load per packet, and so do the
+// access checks of deliveries (subscribeFilter): the window stays open
+// only while a SUBSCRIBE is being checked, not until the subscriber
+// sends its next packet, which a client that only receives may not do
+// for a keep-alive's time (TestSubscribeWindowsClose).
 func (a *Auth) noteSubscribe(cl *mqtt.Client, pk packets.Packet) {
-	if a.bans == nil && a.maxSubs <= 0 && a.maxLevels <= 0 {
+	if !a.notesSubscribes() {
 		return
 	}
 	if pk.FixedHeader.Type != packets.Subscribe {
@@ -126,14 +136,19 @@ func (a *Auth) overSubscriptions(cl *mqtt.Client, filter string) bool {
 	return true
 }
 
-// OnSubscribed gives the filters refused for the bound reason code 0x97
-// quota exceeded rather than the engine's 0x87 for a refused access check
-// (3.1.1 has only 0x80 failure, which the engine has set already). The
-// engine calls it with the SUBACK's own reason codes, before it writes
-// the SUBACK.
+// OnSubscribed forgets the SUBSCRIBE (noteSubscribe), whose filters the
+// engine has checked, and gives the filters refused for the bound reason
+// code 0x97 quota exceeded rather than the engine's 0x87 for a refused
+// access check (3.1.1 has only 0x80 failure, which the engine has set
+// already). The engine calls it with the SUBACK's own reason codes, before
+// it writes the SUBACK.
 func (a *Auth) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	v, ok := a.subscribing.Load(cl)
-	if !ok || cl.Properties.ProtocolVersion < 5 {
+	v, ok := a.subscribing.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	a.nSubscribing.Add(-1)
+	if cl.Properties.ProtocolVersion < 5 {
 		return
 	}
 	p := v.(*pendingSubscribe)

@@ -72,7 +72,7 @@ func BenchmarkTopicLevelsGate(b *testing.B) {
 				pl := NewPublishLimit(PublishLimitOptions{DeviceRate: 100})
 				hooks = append(hooks, pl, NewRetainedLimit(DefaultRetainedLimitOptions()))
 				if c.folded {
-					pl.first = g.deepPublish
+					pl.levels = g
 				}
 			}
 			g.published = c.levels > 0 && !c.folded

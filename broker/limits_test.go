@@ -2,13 +2,16 @@ package broker
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/devices"
 )
@@ -108,5 +111,48 @@ func TestPublishLimitFlooder(t *testing.T) {
 	// detector, busy machine) for the bucket to refill as it reads.
 	if n := testCounter(t, lim.throttled.WithLabelValues("other")); n < 1 {
 		t.Errorf("no packet was throttled")
+	}
+}
+
+// TestPublishLimitNoAlloc: the publish rates' OnPublish, which checks a
+// PUBLISH's levels (mqtt.max_topic_levels) for the gate when it is the
+// first hook after it (broker.New), allocates nothing for a PUBLISH let
+// through, whether the client is held to a rate or not. The check through
+// a func value made the packet escape: 896 bytes per PUBLISH.
+func TestPublishLimitNoAlloc(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		o    PublishLimitOptions
+	}{{"levels only", PublishLimitOptions{}}, {"rated", PublishLimitOptions{PerClient: 1_000_000_000}}} {
+		t.Run(c.name, func(t *testing.T) {
+			o := DefaultOptions()
+			o.AllowAnonymous = true
+			l := NewPublishLimit(c.o)
+			o.Logger, o.Hooks = storeLogger(), []mqtt.Hook{l}
+			b, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.MaxTopicLevels <= 0 || !l.Provides(mqtt.OnPublish) {
+				t.Fatalf("the levels are not checked in the rates' OnPublish (max %d)", o.MaxTopicLevels)
+			}
+			cl := b.Server.NewClient(nil, "tcp", "pub", false)
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "devices/d1/telemetry", Payload: []byte(`{"t":1}`)}
+			if _, err := l.OnPublish(cl, pk); err != nil {
+				t.Fatal(err)
+			}
+			if n := testing.AllocsPerRun(1000, func() {
+				if _, err := l.OnPublish(cl, pk); err != nil {
+					t.Fatal(err)
+				}
+			}); n != 0 {
+				t.Errorf("OnPublish allocates %v times per PUBLISH, want 0", n)
+			}
+			deep := pk
+			deep.TopicName = strings.Repeat("a/", o.MaxTopicLevels) + "a"
+			if _, err := l.OnPublish(cl, deep); !errors.Is(err, packets.ErrRejectPacket) {
+				t.Errorf("a PUBLISH with too many levels: %v, want it refused", err)
+			}
+		})
 	}
 }

@@ -18,8 +18,9 @@ import (
 // client's send queue (mqtt.client_queue_size slots) without waiting, so a
 // dashboard subscribing to devices/+/status of 10,000 devices got a few
 // hundred of them and the rest were dropped. The engine does this on the
-// subscribing client's own goroutine, between OnSubscribed and the next
-// packet it reads; in that window this hook writes each retained message
+// subscribing client's own goroutine, between OnSubscribed and the end
+// of the SUBSCRIBE's processing (OnPacketProcessed); in that window this
+// hook writes each retained message
 // the queue could not take straight to the client's connection, which
 // blocks only that client's own goroutine until its socket accepts it.
 // QoS 1/2 messages get a packet id and an in-flight record as the engine
@@ -30,8 +31,8 @@ type Retained struct {
 
 	// subscribing maps a client in that window to its SUBSCRIBE filters.
 	subscribing sync.Map // *mqtt.Client -> []packets.Subscription
-	// open counts the windows, so that OnPacketRead costs one atomic load
-	// when none is open.
+	// open counts the windows, so that OnPacketProcessed costs one atomic
+	// load when none is open.
 	open atomic.Int64
 
 	written prometheus.Counter
@@ -53,17 +54,19 @@ func (r *Retained) ID() string { return "tether-retained" }
 
 // ProvidesVaries tells an engine that lists hooks per event once (a
 // proposed mochi change, docs/upstream.md section 4) that Provides
-// changes at run time (OnPacketRead) and must be asked before each call.
+// changes at run time (OnPacketProcessed) and must be asked before each
+// call.
 func (r *Retained) ProvidesVaries() bool { return true }
 
 // Provides implements mqtt.Hook.
 func (r *Retained) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPacketRead:
-		// Asked before every packet read: provided only while a window is
-		// open, so that the engine does not copy each packet in and out of
-		// a hook that has nothing to do (BenchmarkHookDispatch). A window
-		// opens on the client's own goroutine, before its next read.
+	case mqtt.OnPacketProcessed:
+		// Asked after every packet processed: provided only while a window
+		// is open, so that the engine does not copy each packet into a
+		// hook that has nothing to do (BenchmarkHookDispatch). A window
+		// opens and closes within the processing of one SUBSCRIBE, on the
+		// client's own goroutine.
 		return r.open.Load() > 0
 	case mqtt.OnSubscribed, mqtt.OnPublishDropped, mqtt.OnDisconnect:
 		return true
@@ -90,11 +93,18 @@ func (r *Retained) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte
 	}
 }
 
-// OnPacketRead closes the window: the client's next packet is read only
-// after the engine has finished with its SUBSCRIBE.
-func (r *Retained) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	r.close(cl)
-	return pk, nil
+// OnPacketProcessed closes the window as the engine is done with the
+// SUBSCRIBE: it calls it after it has sent the retained messages
+// (mochi's Server.processPacket, after processSubscribe). Closed then,
+// not at the client's next packet, the window is open only while a
+// SUBSCRIBE is being answered: a subscriber that sends nothing more (one
+// that only receives, until its next PINGREQ) kept it open, and made
+// every other client's packet pay this hook's call and a map lookup
+// (TestSubscribeWindowsClose).
+func (r *Retained) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
+	if pk.FixedHeader.Type == packets.Subscribe {
+		r.close(cl)
+	}
 }
 
 // OnDisconnect forgets the client.

@@ -1,12 +1,18 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	paho5 "github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/devices"
 )
 
 // startRetainedBroker starts a broker with the default 256-slot send
@@ -79,5 +85,78 @@ func TestRetainedBeyondSendQueue(t *testing.T) {
 	t.Logf("written past the send queue: %v", testCounter(t, r.written))
 	if d := atomic.LoadInt64(&b.Server.Info.MessagesDropped); d != 0 {
 		t.Errorf("MessagesDropped = %d, want 0", d)
+	}
+}
+
+// TestSubscribeWindowsClose: once the engine is done with a SUBSCRIBE
+// (its SUBACK and its retained messages sent), neither the access hook
+// nor the retained hook keeps anything open for it, though the client
+// sends nothing more. Both kept it until the client's next packet, which
+// a subscriber that only receives sends a keep-alive later: meanwhile
+// every packet of every client paid the retained hook's call and a map
+// lookup, and every delivery's access check another. The 3.1.1 client
+// (paho.mqtt.golang) sends nothing after its SUBSCRIBE, and found both
+// open 10 s later before the fix; paho.golang's MQTT 5 client sends a
+// packet of its own at once, which closed them even then.
+func TestSubscribeWindowsClose(t *testing.T) {
+	r := NewRetained()
+	e := startLimitEnv(t, t.TempDir(), DefaultOptions(), DefaultRetainedLimitOptions(), r)
+	r.Attach(e.b.Server)
+	if !e.auth.notesSubscribes() {
+		t.Fatal("the access hook notes no SUBSCRIBE at the defaults")
+	}
+	pass := e.user(t, "watcher", devices.RoleViewer)
+	if err := e.b.Server.Publish("devices/d1/status", []byte(`{"online":true}`), true, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, version := range []string{"5", "3.1.1"} {
+		t.Run(version, func(t *testing.T) {
+			id := "watcher-" + version
+			if version == "5" {
+				l, _ := dial5(t, e.tcp, id, "watcher", pass, 0)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				sa, err := l.c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{
+					{Topic: "devices/+/status"}, {Topic: "secret/#"}}})
+				// paho reports the refused filter as an error; the SUBACK tells.
+				if sa == nil || len(sa.Reasons) != 2 || sa.Reasons[0] != 0 || sa.Reasons[1] != packets.ErrNotAuthorized.Code {
+					t.Fatalf("SUBACK %v: %v", sa, err)
+				}
+				select {
+				case <-l.got:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no retained message")
+				}
+			} else {
+				got := make(chan struct{}, 1)
+				c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + e.tcp).SetClientID(id).
+					SetUsername("watcher").SetPassword(pass).SetAutoReconnect(false))
+				waitToken(t, "connect", c.Connect())
+				t.Cleanup(func() { c.Disconnect(0) })
+				waitToken(t, "subscribe", c.Subscribe("devices/+/status", 0, func(paho3.Client, paho3.Message) {
+					select {
+					case got <- struct{}{}:
+					default:
+					}
+				}))
+				select {
+				case <-got:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no retained message")
+				}
+			}
+			checkFor(t, 10*time.Second, func() error {
+				if n := e.auth.nSubscribing.Load(); n != 0 {
+					return fmt.Errorf("the access hook holds %d SUBSCRIBE(s) the engine is done with", n)
+				}
+				if n := r.open.Load(); n != 0 {
+					return fmt.Errorf("the retained hook has %d window(s) open", n)
+				}
+				if r.Provides(mqtt.OnPacketProcessed) || r.Provides(mqtt.OnPacketRead) {
+					return fmt.Errorf("the retained hook still asks for every packet")
+				}
+				return nil
+			})
+		})
 	}
 }
