@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +51,9 @@ func (g *gate) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 // become none at all (unheld), and a SUBSCRIBE's filters with too many
 // levels become invalid ones (deepSubscribe).
 func (g *gate) read(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Publish && len(pk.Payload) >= ownTopicPayload {
+		pk.TopicName = strings.Clone(pk.TopicName) // not a view of the whole packet (ownTopicPayload)
+	}
 	return g.deepSubscribe(cl, unheld(cl, g.ids.in(cl, pk)))
 }
 
@@ -118,7 +122,20 @@ func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return err
 	}
 	g.boundKeepalive(cl)
+	g.boundAliases(cl)
 	return nil
+}
+
+// boundAliases holds the topic aliases the broker sends a client to the
+// number it takes from clients (Capabilities: 64): the engine uses as
+// many as the client's CONNECT allows, up to 65,535, and keeps each
+// alias's topic for as long as the connection lasts.
+func (g *gate) boundAliases(cl *mqtt.Client) {
+	max := g.b.Server.Options.Capabilities.TopicAliasMaximum
+	if cl.Properties.Props.TopicAliasMaximum > max {
+		cl.Properties.Props.TopicAliasMaximum = max
+		cl.State.TopicAliases.Outbound = mqtt.NewOutboundTopicAliases(max)
+	}
 }
 
 // boundKeepalive holds an MQTT 5 client that asks for no keep alive, or
@@ -149,6 +166,11 @@ func (g *gate) boundKeepalive(cl *mqtt.Client) {
 // for311. An answer to a packet renumbered on its way in gets the
 // client's packet id back (packetIDs).
 func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	// First: a large QoS 0 message the send queue counted is no longer
+	// queued (sendqueue.go). One field load for any other packet.
+	if pk.Ignore && g.b.sendq != nil {
+		g.b.sendq.written(cl, &pk)
+	}
 	pk = g.ids.out(cl, pk)
 	if cl.Properties.ProtocolVersion != 5 {
 		return for311(cl, pk)

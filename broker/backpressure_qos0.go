@@ -84,6 +84,11 @@ func queued(cl *mqtt.Client) {
 	atomic.AddInt32((*int32)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(qtyField).UnsafeAddr())), 1)
 }
 
+// unqueued counts a packet taken off cl's send queue, as its writer does.
+func unqueued(cl *mqtt.Client) {
+	atomic.AddInt32((*int32)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(qtyField).UnsafeAddr())), -1)
+}
+
 // drainLag is a subscriber whose send queue has overflowed: it counts the
 // PUBLISH packets written to it since, the progress a wait for it looks
 // for.

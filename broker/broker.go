@@ -41,6 +41,9 @@ type Broker struct {
 	Handshakes *listeners.HandshakeFailures
 
 	clock *clientClock // when each client connected (Clients)
+	// sendq counts the bytes of large QoS 0 messages in the clients'
+	// send queues (sendqueue.go); nil when both bounds are off.
+	sendq *sendQueue
 
 	// levelsRefused and levelsLogged: topics refused for
 	// mqtt.max_topic_levels (levels.go).
@@ -121,6 +124,10 @@ func New(opts Options) (*Broker, error) {
 			hook = &diverted{Hook: inner, d: d}
 		}
 	}
+	if opts.ClientQueueBytes > 0 || opts.ClientQueueTotalBytes > 0 {
+		b.sendq = newSendQueue(srv, b.log, opts.ClientQueueBytes, opts.ClientQueueTotalBytes)
+		hook = &queuedACL{Hook: hook, q: b.sendq}
+	}
 	if err := srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
 	}
@@ -145,6 +152,12 @@ func New(opts Options) (*Broker, error) {
 		// hook, the session store included.
 		if err := srv.AddHook(h.tail(), nil); err != nil {
 			return nil, fmt.Errorf("broker: add access tail hook: %w", err)
+		}
+	}
+	if b.sendq != nil {
+		// The last OnPublish: it records a message as the engine routes it.
+		if err := srv.AddHook(&sendQueueHook{q: b.sendq}, nil); err != nil {
+			return nil, fmt.Errorf("broker: add send queue hook: %w", err)
 		}
 	}
 
