@@ -147,6 +147,10 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	if l.stuck.Load() {
 		return
 	}
+	counted, ok := b.sendq.claim(cl, &out)
+	if !ok {
+		return // past a byte bound of the send queue: dropped for cl, and counted
+	}
 	listeners.FlushAcks(from.Net.Conn) // the PUBACKs of the packets before
 	b.waits.Inc()
 	start := time.Now()
@@ -167,6 +171,9 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	}, timer, l.sent.Load, need, &rounds)
 	timer.Stop()
 	b.waited.Add(time.Since(start).Seconds())
+	if !put && counted {
+		b.sendq.release(cl, int64(len(out.Payload)))
+	}
 	if !held {
 		l.resume.Store(l.sent.Load() + need)
 		l.stuck.Store(true)
@@ -180,12 +187,16 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// directCopy is the QoS 0 packet the engine would have queued for cl:
+// directCopy is the QoS 0 packet the engine would have queued for cl
+// (sharing pk's payload):
 // with an MQTT 5 client's subscription identifiers and its topic alias
 // (the topic name is sent with it, so the client learns the alias even if
 // the engine dropped the packet that would have told it).
 func (b *Backpressure) directCopy(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet) (packets.Packet, bool) {
+	body := pk.Payload // shared, as the send queue's copies share it: nothing writes it
+	pk.Payload = nil
 	out := pk.Copy(false)
+	out.Payload = body
 	out.FixedHeader.Retain = false
 	if cl.Properties.ProtocolVersion < 5 {
 		return out, true

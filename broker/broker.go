@@ -127,6 +127,11 @@ func New(opts Options) (*Broker, error) {
 	if opts.ClientQueueBytes > 0 || opts.ClientQueueTotalBytes > 0 {
 		b.sendq = newSendQueue(srv, b.log, opts.ClientQueueBytes, opts.ClientQueueTotalBytes)
 		hook = &queuedACL{Hook: hook, q: b.sendq}
+		for _, h := range opts.Hooks {
+			if bp, ok := h.(*Backpressure); ok {
+				bp.sendq = b.sendq // what it queues itself is counted too
+			}
+		}
 	}
 	if err := srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)

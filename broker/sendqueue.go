@@ -203,7 +203,9 @@ func (q *sendQueue) deliver(cl *mqtt.Client, topic string) bool {
 		q.drop(cl, reason, size)
 		return false
 	}
-	if cl.Properties.Props.TopicAliasMaximum > 0 { // as the engine does
+	out.Ignore = true // marked for the gate's release
+	// The topic alias as the engine gives it.
+	if cl.Properties.Props.TopicAliasMaximum > 0 {
 		alias, exists := cl.State.TopicAliases.Outbound.Set(r.base.TopicName)
 		if alias > 0 {
 			out.Properties.TopicAlias, out.Properties.TopicAliasFlag = alias, true
@@ -226,7 +228,7 @@ func (q *sendQueue) deliver(cl *mqtt.Client, topic string) bool {
 }
 
 // copyFor is the QoS 0 packet the engine would queue for cl, sharing r's
-// payload and marked for the gate's release, without its topic alias;
+// payload, without its topic alias;
 // false if it would not be QoS 0, or if cl's subscription is not found.
 func (q *sendQueue) copyFor(cl *mqtt.Client, r *route) (packets.Packet, bool) {
 	qos := r.base.FixedHeader.Qos
@@ -254,8 +256,30 @@ func (q *sendQueue) copyFor(cl *mqtt.Client, r *route) (packets.Packet, bool) {
 		}
 		sort.Ints(out.Properties.SubscriptionIdentifier)
 	}
-	out.Ignore = true
 	return out, true
+}
+
+// claim counts out, a QoS 0 copy Backpressure queues for cl itself after
+// the engine found cl's queue full, as deliver counts its own: counted
+// says whether it was (a large message; then marked, and released by the
+// gate when written, or by Backpressure if it is not queued after all),
+// ok false that it is past a bound and dropped (counted and logged). A
+// nil queue counts nothing.
+func (q *sendQueue) claim(cl *mqtt.Client, out *packets.Packet) (counted, ok bool) {
+	if q == nil || len(out.Payload) < largeMessage || out.FixedHeader.Qos > 0 {
+		return false, true
+	}
+	size := int64(len(out.Payload))
+	switch reason := q.admit(cl, size); reason {
+	case admitted:
+		out.Ignore = true
+		return true, true
+	case clientClosed:
+		return false, false
+	default:
+		q.drop(cl, reason, size)
+		return false, false
+	}
 }
 
 // isQueued reports whether pk is a message this queue counted.
