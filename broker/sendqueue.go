@@ -404,6 +404,15 @@ func (q *sendQueue) drop(cl *mqtt.Client, reason int, size int64) {
 // mqtt.client_queue_bytes and for mqtt.client_queue_total_bytes.
 func (q *sendQueue) Dropped(reason int) int64 { return q.dropped[reason].Load() }
 
+// droppedAll is how many large QoS 0 messages were dropped for both
+// bounds; 0 for a nil queue (both off).
+func (q *sendQueue) droppedAll() int64 {
+	if q == nil {
+		return 0
+	}
+	return q.dropped[dropClientBytes].Load() + q.dropped[dropTotalBytes].Load()
+}
+
 // sendQueueHook is the last OnPublish: it records large messages as they
 // are routed (sendQueue.publish), and forgets clients that disconnect.
 type sendQueueHook struct {

@@ -548,3 +548,60 @@ func testmqttClient(t *testing.T, addr, id string, onMsg func(paho.Message)) pah
 	t.Helper()
 	return testmqtt.Client(t, addr, id, true, true, onMsg)
 }
+
+// A large message that finds a viewer's queue full of small ones goes to
+// Backpressure, whose own copy shares the payload and is counted while it
+// waits for room; when the wait times out it is released: nothing stays
+// counted for a message that was never queued.
+func TestSendQueueBytesBackpressureCopy(t *testing.T) {
+	b, addr := startSendQueueBroker(t, func(o *Options) { o.WriteTimeout = 10 * time.Minute })
+	stuckViewer(t, addr, "bp-stuck", "big/#", true)
+	var seen atomic.Int64
+	probe := storeClient(t, addr, "bp-probe", true, func(paho.Message) { seen.Add(1) })
+	waitToken(t, "subscribe", probe.Subscribe("big/#", 0, nil))
+	pub := storeClient(t, addr, "device", true, nil)
+	publish := func(topic string, p []byte) { waitToken(t, "publish", pub.Publish(topic, 0, false, p)) }
+	small := bytes.Repeat([]byte{'s'}, 100)
+	// Small messages, one routed at a time, until the viewer's queue is
+	// full to the last slot (and Backpressure has not waited for it yet,
+	// which would mark it stuck and skip it).
+	cl, ok := b.Server.Clients.Get("bp-stuck")
+	if !ok {
+		t.Fatal("the viewer is gone")
+	}
+	for queueLen(cl) < cap(queue(cl)) {
+		batch := max(1, (cap(queue(cl))-queueLen(cl))/2) // never more than the room left
+		want := seen.Load() + int64(batch)
+		for range batch {
+			publish("big/small", small)
+		}
+		checkFor(t, time.Minute, func() error {
+			if seen.Load() < want {
+				return fmt.Errorf("the probe has %d of %d messages", seen.Load(), want)
+			}
+			return nil
+		})
+	}
+	waits := testCounter(t, b.sendqBackpressure().waits)
+	publish("big/large", bytes.Repeat([]byte{'L'}, 16<<10))
+	routedUpTo(t, addr, publish)
+	if q := b.clientQueuedBytes("bp-stuck"); q != 0 {
+		t.Errorf("%d bytes counted for a message that was never queued", q)
+	}
+	if q := b.queuedBytes(); q != 0 {
+		t.Errorf("%d bytes counted in all", q)
+	}
+	if w := testCounter(t, b.sendqBackpressure().waits); w != waits+1 {
+		t.Errorf("Backpressure waited %v times for the large message, want once", w-waits)
+	}
+}
+
+// sendqBackpressure is the Backpressure hook the broker counts for.
+func (b *Broker) sendqBackpressure() *Backpressure {
+	for _, h := range b.opts.Hooks {
+		if bp, ok := h.(*Backpressure); ok {
+			return bp
+		}
+	}
+	panic("no Backpressure hook")
+}
