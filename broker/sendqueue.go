@@ -45,6 +45,11 @@ import (
 // the engine would do otherwise (a QoS 1/2 delivery, a full queue, a
 // subscription it cannot find) is left to the engine.
 //
+// A retained copy of a message shares its topic string, so a new
+// subscription's retained delivery that comes while the same message is
+// still being routed is taken for it (at most once per subscription the
+// routing found): it goes out with the retain flag the routing gives.
+//
 // Left out: QoS 1/2 messages (bounded by mqtt.max_inflight per client;
 // their bytes are not counted), and messages under largeMessage bytes
 // (256 of them in a queue are at most 2 MiB).
