@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -48,13 +49,15 @@ func (g *gate) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 }
 
 // readMends reports whether read can change pk: a QoS 1 or 2 PUBLISH, a
-// PUBREL, a SUBSCRIBE or an UNSUBSCRIBE. The rest, QoS 0 PUBLISH
-// packets above all, skip it, and the copies of the packet in and out of
-// its steps (TestReadMends, BenchmarkRoutedQoS0Hooks).
+// PUBLISH of any QoS with a payload of ownTopicPayload or more (its topic
+// gets a string of its own), a PUBREL, a SUBSCRIBE or an UNSUBSCRIBE. The
+// rest, small QoS 0 PUBLISH packets above all, skip it, and the copies of
+// the packet in and out of its steps (TestReadMends,
+// BenchmarkRoutedQoS0Hooks).
 func readMends(pk *packets.Packet) bool {
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
-		return pk.FixedHeader.Qos > 0
+		return pk.FixedHeader.Qos > 0 || len(pk.Payload) >= ownTopicPayload
 	case packets.Pubrel, packets.Subscribe, packets.Unsubscribe:
 		return true
 	}
@@ -68,6 +71,9 @@ func readMends(pk *packets.Packet) bool {
 // levels become invalid ones (deepSubscribe). Callers call it only for
 // the packets readMends reports.
 func (g *gate) read(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Publish && len(pk.Payload) >= ownTopicPayload {
+		pk.TopicName = strings.Clone(pk.TopicName) // not a view of the whole packet (ownTopicPayload)
+	}
 	return g.deepSubscribe(cl, unheld(cl, g.ids.in(cl, pk)))
 }
 
@@ -136,7 +142,20 @@ func (g *gate) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return err
 	}
 	g.boundKeepalive(cl)
+	g.boundAliases(cl)
 	return nil
+}
+
+// boundAliases holds the topic aliases the broker sends a client to the
+// number it takes from clients (Capabilities: 64): the engine uses as
+// many as the client's CONNECT allows, up to 65,535, and keeps each
+// alias's topic for as long as the connection lasts.
+func (g *gate) boundAliases(cl *mqtt.Client) {
+	max := g.b.Server.Options.Capabilities.TopicAliasMaximum
+	if cl.Properties.Props.TopicAliasMaximum > max {
+		cl.Properties.Props.TopicAliasMaximum = max
+		cl.State.TopicAliases.Outbound = mqtt.NewOutboundTopicAliases(max)
+	}
 }
 
 // boundKeepalive holds an MQTT 5 client that asks for no keep alive, or
@@ -167,7 +186,11 @@ func (g *gate) boundKeepalive(cl *mqtt.Client) {
 // for311. An answer to a packet renumbered on its way in gets the
 // client's packet id back (packetIDs).
 func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	// A step for a PUBLISH goes here, before the return below.
+	// First: a large QoS 0 message the send queue counted is no longer
+	// queued (sendqueue.go). One field load for any other packet.
+	if pk.Ignore && g.b.sendq != nil {
+		g.b.sendq.written(cl, &pk)
+	}
 	if pk.FixedHeader.Type == packets.Publish {
 		// A PUBLISH, QoS 0 ones above all, passes as it is: nothing
 		// below changes one (ids.out renumbers answers; for311 changes

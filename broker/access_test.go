@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -63,6 +64,16 @@ func TestReadMends(t *testing.T) {
 		if pk, err := g.OnPacketRead(cl, packet(c.typ, c.qos)); err != nil || !c.mends && !reflect.DeepEqual(pk, packet(c.typ, c.qos)) {
 			t.Errorf("%s: the gate's OnPacketRead changed a packet it need not read: %+v %v", c.name, pk, err)
 		}
+	}
+	// A large QoS 0 PUBLISH is read: its topic gets a string of its own
+	// (sendqueue.go, ownTopicPayload), not a view of the whole packet.
+	big := packet(packets.Publish, 0)
+	big.Payload = make([]byte, ownTopicPayload)
+	if !readMends(&big) {
+		t.Errorf("PUBLISH QoS 0 of %d bytes: readMends false, want true (its topic must be copied)", len(big.Payload))
+	}
+	if pk, _ := g.OnPacketRead(cl, big); unsafe.StringData(pk.TopicName) == unsafe.StringData(big.TopicName) {
+		t.Errorf("PUBLISH QoS 0 of %d bytes: the topic is still the packet's", len(big.Payload))
 	}
 	for _, v := range []byte{4, 5} {
 		to := b.Server.NewClient(nil, "tcp", "c2", false)

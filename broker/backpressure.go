@@ -66,6 +66,10 @@ type Backpressure struct {
 	drains sync.Map // *mqtt.Client -> *drainLag
 	nDrain atomic.Int64
 
+	// sendq counts what it queues itself in bytes, as the broker's
+	// deliveries are (sendqueue.go); set by broker.New, nil if off.
+	sendq *sendQueue
+
 	waits, waited, timeouts, delivered prometheus.Counter
 }
 

@@ -84,6 +84,11 @@ func queued(cl *mqtt.Client) {
 	atomic.AddInt32((*int32)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(qtyField).UnsafeAddr())), 1)
 }
 
+// unqueued counts a packet taken off cl's send queue, as its writer does.
+func unqueued(cl *mqtt.Client) {
+	atomic.AddInt32((*int32)(unsafe.Pointer(reflect.ValueOf(cl).Elem().FieldByIndex(qtyField).UnsafeAddr())), -1)
+}
+
 // drainLag is a subscriber whose send queue has overflowed: it counts the
 // PUBLISH packets written to it since, the progress a wait for it looks
 // for.
@@ -142,6 +147,10 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	if l.stuck.Load() {
 		return
 	}
+	counted, ok := b.sendq.claim(cl, &out)
+	if !ok {
+		return // past a byte bound of the send queue: dropped for cl, and counted
+	}
 	listeners.FlushAcks(from.Net.Conn) // the PUBACKs of the packets before
 	b.waits.Inc()
 	start := time.Now()
@@ -162,6 +171,9 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	}, timer, l.sent.Load, need, &rounds)
 	timer.Stop()
 	b.waited.Add(time.Since(start).Seconds())
+	if !put && counted {
+		b.sendq.release(cl, int64(len(out.Payload)))
+	}
 	if !held {
 		l.resume.Store(l.sent.Load() + need)
 		l.stuck.Store(true)
@@ -175,12 +187,16 @@ func (b *Backpressure) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// directCopy is the QoS 0 packet the engine would have queued for cl:
+// directCopy is the QoS 0 packet the engine would have queued for cl
+// (sharing pk's payload):
 // with an MQTT 5 client's subscription identifiers and its topic alias
 // (the topic name is sent with it, so the client learns the alias even if
 // the engine dropped the packet that would have told it).
 func (b *Backpressure) directCopy(srv *mqtt.Server, cl *mqtt.Client, pk packets.Packet) (packets.Packet, bool) {
+	body := pk.Payload // shared, as the send queue's copies share it: nothing writes it
+	pk.Payload = nil
 	out := pk.Copy(false)
+	out.Payload = body
 	out.FixedHeader.Retain = false
 	if cl.Properties.ProtocolVersion < 5 {
 		return out, true

@@ -17,13 +17,13 @@ import (
 func startBackpressureBroker(t *testing.T, maxWait time.Duration, tune ...func(*Options)) (*Broker, *Backpressure) {
 	t.Helper()
 	o := DefaultOptions() // client_queue_size 256, max_inflight 1024
-	for _, f := range tune {
-		f(&o)
-	}
 	o.TCPAddr = "127.0.0.1:0"
 	o.AllowAnonymous = true
 	bp := NewBackpressure(maxWait)
 	o.Logger, o.Hooks = storeLogger(), []mqtt.Hook{bp}
+	for _, f := range tune {
+		f(&o)
+	}
 	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)

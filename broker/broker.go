@@ -45,6 +45,9 @@ type Broker struct {
 	// benchmarks that call them as the engine does
 	// (BenchmarkRoutedQoS0Hooks).
 	hooks []mqtt.Hook
+	// sendq counts the bytes of large QoS 0 messages in the clients'
+	// send queues (sendqueue.go); nil when both bounds are off.
+	sendq *sendQueue
 
 	// levelsRefused and levelsLogged: topics refused for
 	// mqtt.max_topic_levels (levels.go).
@@ -125,6 +128,15 @@ func New(opts Options) (*Broker, error) {
 			hook = &diverted{Hook: inner, d: d}
 		}
 	}
+	if opts.ClientQueueBytes > 0 || opts.ClientQueueTotalBytes > 0 {
+		b.sendq = newSendQueue(srv, b.log, opts.ClientQueueBytes, opts.ClientQueueTotalBytes)
+		hook = &queuedACL{Hook: hook, q: b.sendq}
+		for _, h := range opts.Hooks {
+			if bp, ok := h.(*Backpressure); ok {
+				bp.sendq = b.sendq // what it queues itself is counted too
+			}
+		}
+	}
 	if err := b.addHook(hook); err != nil {
 		return nil, fmt.Errorf("broker: add access hook: %w", err)
 	}
@@ -149,6 +161,12 @@ func New(opts Options) (*Broker, error) {
 		// hook, the session store included.
 		if err := b.addHook(h.tail()); err != nil {
 			return nil, fmt.Errorf("broker: add access tail hook: %w", err)
+		}
+	}
+	if b.sendq != nil {
+		// The last OnPublish: it records a message as the engine routes it.
+		if err := srv.AddHook(&sendQueueHook{q: b.sendq}, nil); err != nil {
+			return nil, fmt.Errorf("broker: add send queue hook: %w", err)
 		}
 	}
 

@@ -70,7 +70,7 @@ func connectPacket(version byte, id string) []byte {
 
 // dialConnect connects over TCP, sends CONNECT and returns the connection
 // and the first packet the broker answers with (header byte and body).
-func dialConnect(t *testing.T, addr string, version byte, id string) (net.Conn, byte, []byte) {
+func dialConnect(t testing.TB, addr string, version byte, id string) (net.Conn, byte, []byte) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -54,5 +54,8 @@
 // Backpressure held the publisher back first. A QoS 0 PUBLISH waits only
 // for the rate limit. (A new subscription's retained messages beyond its
 // send queue are written on the subscriber's goroutine, retained.go: they
-// hold up that subscriber, never a publisher.)
+// hold up that subscriber, never a publisher.) A large QoS 0 message
+// (8 KiB or more) past a send queue's bytes (mqtt.client_queue_bytes,
+// mqtt.client_queue_total_bytes; sendqueue.go) is dropped for that
+// subscriber, not waited for.
 package broker

@@ -7,7 +7,9 @@ import (
 )
 
 // Figures returns the engine's statistics (its $SYS figures, read with
-// atomic loads) and each enabled listener's.
+// atomic loads) and each enabled listener's. MessagesDropped includes the
+// large QoS 0 messages dropped for the send queues' byte bounds
+// (sendqueue.go), which the engine does not count.
 func (b *Broker) Figures() info.Figures {
 	i := b.Server.Info.Clone()
 	f := info.Figures{
@@ -21,7 +23,7 @@ func (b *Broker) Figures() info.Figures {
 		ClientsTotal:        i.ClientsTotal,
 		MessagesReceived:    i.MessagesReceived,
 		MessagesSent:        i.MessagesSent,
-		MessagesDropped:     i.MessagesDropped,
+		MessagesDropped:     i.MessagesDropped + b.sendq.droppedAll(),
 		Retained:            i.Retained,
 		Inflight:            i.Inflight,
 		InflightDropped:     i.InflightDropped,

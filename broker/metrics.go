@@ -36,7 +36,7 @@ func NewCollector(b *Broker) *Collector {
 		packetsOut:      d("mqtt_packets_sent_total", "MQTT packets sent."),
 		msgsIn:          d("mqtt_messages_received_total", "PUBLISH messages received."),
 		msgsOut:         d("mqtt_messages_sent_total", "PUBLISH messages sent."),
-		msgsDropped:     d("mqtt_messages_dropped_total", "PUBLISH messages dropped because a subscriber's queue was full."),
+		msgsDropped:     d("mqtt_messages_dropped_total", "PUBLISH messages dropped for a subscriber, by reason: its send queue full (client_queue_size), or a large QoS 0 message past mqtt.client_queue_bytes or mqtt.client_queue_total_bytes.", "reason"),
 		retained:        d("mqtt_retained_messages", "Retained messages held."),
 		inflight:        d("mqtt_inflight_messages", "QoS 1/2 messages in flight."),
 		inflightDropped: d("mqtt_inflight_dropped_total", "QoS 1/2 messages dropped from flight (expired or over the limit)."),
@@ -76,7 +76,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	n(c.packetsOut, &i.PacketsSent)
 	n(c.msgsIn, &i.MessagesReceived)
 	n(c.msgsOut, &i.MessagesSent)
-	n(c.msgsDropped, &i.MessagesDropped)
+	ch <- prometheus.MustNewConstMetric(c.msgsDropped, prometheus.CounterValue, float64(atomic.LoadInt64(&i.MessagesDropped)), "client_queue_size")
+	for reason, name := range dropReasonNames {
+		var v int64
+		if q := c.b.sendq; q != nil {
+			v = q.Dropped(reason)
+		}
+		ch <- prometheus.MustNewConstMetric(c.msgsDropped, prometheus.CounterValue, float64(v), name)
+	}
 	g(c.retained, &i.Retained)
 	g(c.inflight, &i.Inflight)
 	n(c.inflightDropped, &i.InflightDropped)

@@ -54,6 +54,12 @@ type Options struct {
 	// ClientQueueSize is mqtt.client_queue_size: packets waiting to be
 	// written to one client.
 	ClientQueueSize int32
+	// ClientQueueBytes and ClientQueueTotalBytes are
+	// mqtt.client_queue_bytes and mqtt.client_queue_total_bytes: bytes of
+	// large QoS 0 messages one client's send queue, and all clients'
+	// together, may hold (sendqueue.go); 0 for no bound.
+	ClientQueueBytes      int64
+	ClientQueueTotalBytes int64
 	// ReceiveMaximum is mqtt.receive_maximum.
 	ReceiveMaximum uint16
 	// MaxInflight is mqtt.max_inflight.
@@ -113,17 +119,19 @@ type Options struct {
 // listener off.
 func DefaultOptions() Options {
 	return Options{
-		MaxPacketSize:    1 << 20,
-		ClientQueueSize:  256,
-		ReceiveMaximum:   256,
-		MaxInflight:      1024,
-		MaxSessionExpiry: 7 * 24 * time.Hour,
-		SysInterval:      time.Second,
-		ConnectTimeout:   10 * time.Second,
-		WriteTimeout:     10 * time.Second,
-		ReadBufferSize:   2048,
-		WriteBufferSize:  2048,
-		WSCompression:    websocket.CompressionNoContextTakeover,
+		MaxPacketSize:         1 << 20,
+		ClientQueueSize:       256,
+		ClientQueueBytes:      8 << 20,
+		ClientQueueTotalBytes: 256 << 20,
+		ReceiveMaximum:        256,
+		MaxInflight:           1024,
+		MaxSessionExpiry:      7 * 24 * time.Hour,
+		SysInterval:           time.Second,
+		ConnectTimeout:        10 * time.Second,
+		WriteTimeout:          10 * time.Second,
+		ReadBufferSize:        2048,
+		WriteBufferSize:       2048,
+		WSCompression:         websocket.CompressionNoContextTakeover,
 
 		// Far above the dashboard's dozen or so and a device's two; a
 		// thousand filters cost a session about 3 MB.

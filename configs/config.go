@@ -59,14 +59,19 @@ type Log struct {
 
 // MQTT configures the MQTT listeners and the engine's capabilities.
 type MQTT struct {
-	Addr             string        `yaml:"addr"`
-	TLSAddr          string        `yaml:"tls_addr"`
-	MaxPacketSize    uint32        `yaml:"max_packet_size"`
-	ClientQueueSize  int32         `yaml:"client_queue_size"`
-	ReceiveMaximum   uint16        `yaml:"receive_maximum"`
-	MaxInflight      uint16        `yaml:"max_inflight"`
-	BackpressureWait time.Duration `yaml:"backpressure_wait"`
-	MaxSessionExpiry time.Duration `yaml:"max_session_expiry"`
+	Addr            string `yaml:"addr"`
+	TLSAddr         string `yaml:"tls_addr"`
+	MaxPacketSize   uint32 `yaml:"max_packet_size"`
+	ClientQueueSize int32  `yaml:"client_queue_size"`
+	// ClientQueueBytes and ClientQueueTotalBytes: bytes of large QoS 0
+	// messages (payload of 8 KiB or more) one client's send queue, and
+	// all clients' together, may hold; 0 = no bound.
+	ClientQueueBytes      int64         `yaml:"client_queue_bytes"`
+	ClientQueueTotalBytes int64         `yaml:"client_queue_total_bytes"`
+	ReceiveMaximum        uint16        `yaml:"receive_maximum"`
+	MaxInflight           uint16        `yaml:"max_inflight"`
+	BackpressureWait      time.Duration `yaml:"backpressure_wait"`
+	MaxSessionExpiry      time.Duration `yaml:"max_session_expiry"`
 	// Offline queues of persistent sessions, on disk (SPEC §9).
 	MaxQueuedMessages  int           `yaml:"max_queued_messages"`
 	MaxQueuedBytes     int64         `yaml:"max_queued_bytes"`
@@ -294,14 +299,19 @@ func Default() Config {
 		DataDir: "./data",
 		Log:     Log{Level: "info", Format: "text"},
 		MQTT: MQTT{
-			Addr:             ":1883",
-			TLSAddr:          ":8883",
-			MaxPacketSize:    1 << 20,
-			ClientQueueSize:  256,
-			ReceiveMaximum:   256,
-			MaxInflight:      1024,
-			BackpressureWait: time.Second,
-			MaxSessionExpiry: 7 * 24 * time.Hour,
+			Addr:            ":1883",
+			TLSAddr:         ":8883",
+			MaxPacketSize:   1 << 20,
+			ClientQueueSize: 256,
+			// 8 MiB of large QoS 0 messages per client's send queue,
+			// 256 MiB for all together: 256 slots of 1 MiB messages
+			// were 256 MiB per subscriber that stops reading.
+			ClientQueueBytes:      8 << 20,
+			ClientQueueTotalBytes: 256 << 20,
+			ReceiveMaximum:        256,
+			MaxInflight:           1024,
+			BackpressureWait:      time.Second,
+			MaxSessionExpiry:      7 * 24 * time.Hour,
 			// 100,000 messages or 64 MiB per session; 1 GiB for all
 			// queues together, so that they cannot fill a small disk.
 			MaxQueuedMessages:  100_000,
@@ -449,6 +459,14 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.ClientQueueSize < 1 {
 		bad("mqtt.client_queue_size", "must be at least 1")
+	}
+	if c.MQTT.ClientQueueBytes < 0 {
+		bad("mqtt.client_queue_bytes", "must not be negative (0 = no bound)")
+	}
+	if c.MQTT.ClientQueueTotalBytes < 0 {
+		bad("mqtt.client_queue_total_bytes", "must not be negative (0 = no bound)")
+	} else if c.MQTT.ClientQueueTotalBytes > 0 && c.MQTT.ClientQueueTotalBytes < c.MQTT.ClientQueueBytes {
+		bad("mqtt.client_queue_total_bytes", "must be at least mqtt.client_queue_bytes (%d), or 0 for no bound", c.MQTT.ClientQueueBytes)
 	}
 	if c.MQTT.ReceiveMaximum < 1 {
 		bad("mqtt.receive_maximum", "must be at least 1")
