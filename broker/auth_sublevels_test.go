@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,9 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/internal/testlog"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // levelsOptions are the defaults with
@@ -209,4 +213,30 @@ func TestSubscriptionLevelLimitViewer(t *testing.T) {
 		t.Fatal("session present after its expiry")
 	}
 	wantBound("after the expiry", c4.sub(t, viewerFilters(2000, 600)...))
+}
+
+// TestSubscriptionLevelRefusalLogShort: the line that logs a filter
+// refused over mqtt.max_subscription_levels_per_client holds the filter
+// shortened (logtext.Short), not its 20 KB a client may send every
+// minute.
+func TestSubscriptionLevelRefusalLogShort(t *testing.T) {
+	var buf testlog.Buffer
+	e := startLimitEnvLog(t, t.TempDir(), levelsOptions(20), RetainedLimitOptions{},
+		slog.New(slog.NewTextHandler(&buf, nil)))
+	c, _ := dial5(t, e.tcp, "v5", "v5", e.device(t, "v5"), 0)
+	long := deepFilterOf("devices/v5/commands", strings.Repeat("x", 20_000), 30)
+	if got := c.sub(t, long); !slices.Equal(got, []byte{0x97}) {
+		t.Fatalf("SUBACK %x", got)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if !strings.Contains(buf.String(), "subscription refused") {
+			return fmt.Errorf("not logged yet: %q", buf.String())
+		}
+		return nil
+	})
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(line, "subscription refused") && (len(line) > 1000 || !strings.Contains(line, "bytes)")) {
+			t.Fatalf("refusal logged with the filter whole (%d bytes): %.300s", len(line), line)
+		}
+	}
 }

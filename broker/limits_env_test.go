@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -35,6 +36,12 @@ type limitEnv struct {
 // retained bounds rl, after the hooks first if any.
 func startLimitEnv(t *testing.T, dir string, o Options, rl RetainedLimitOptions, first ...mqtt.Hook) *limitEnv {
 	t.Helper()
+	return startLimitEnvLog(t, dir, o, rl, authLogger(), first...)
+}
+
+// startLimitEnvLog is startLimitEnv with the access hook logging to log.
+func startLimitEnvLog(t *testing.T, dir string, o Options, rl RetainedLimitOptions, log *slog.Logger, first ...mqtt.Hook) *limitEnv {
+	t.Helper()
 	ctx := context.Background()
 	e := &limitEnv{dir: dir}
 	var err error
@@ -48,7 +55,7 @@ func startLimitEnv(t *testing.T, dir string, o Options, rl RetainedLimitOptions,
 	if e.store, err = sessions.Open(dir, &sessions.Options{Logger: authLogger()}); err != nil {
 		t.Fatal(err)
 	}
-	e.auth = NewAuth(AuthOptions{Registry: e.reg, Logger: authLogger(), Sessions: e.store,
+	e.auth = NewAuth(AuthOptions{Registry: e.reg, Logger: log, Sessions: e.store,
 		Logins: devices.NewLoginLimiter(&devices.LoginLimitOptions{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond})})
 	rl.Identity, rl.Logger = e.auth.Identity, authLogger()
 	e.lim = NewRetainedLimit(rl)
