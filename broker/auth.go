@@ -120,7 +120,11 @@ type Auth struct {
 	maxLevels   int
 	topicLevels int
 	subLevels   sync.Map
-	levelSeed   maphash.Seed
+	// restoredOver holds the ids of the sessions restored over
+	// maxLevels (checkRestored); nRestoredOver counts them.
+	restoredOver  sync.Map
+	nRestoredOver atomic.Int64
+	levelSeed     maphash.Seed
 	// maxSessions is mqtt.max_sessions_per_user (0: none;
 	// auth_sesslimit.go); sessionsLogged throttles the log of its
 	// refusals.

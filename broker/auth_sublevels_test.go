@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -237,6 +238,62 @@ func TestSubscriptionLevelRefusalLogShort(t *testing.T) {
 	for _, line := range strings.Split(buf.String(), "\n") {
 		if strings.Contains(line, "subscription refused") && (len(line) > 1000 || !strings.Contains(line, "bytes)")) {
 			t.Fatalf("refusal logged with the filter whole (%d bytes): %.300s", len(line), line)
+		}
+	}
+}
+
+// TestRestoredSessionOverSubscriptionBound: persistent sessions that
+// subscribed under the default bounds are restored after a restart with
+// lower ones (mqtt.max_subscriptions_per_client 4,
+// max_subscription_levels_per_client 40, max_topic_levels 8): each keeps
+// its filters, a held one is granted again, a new one (however short)
+// is refused with 0x97, and each is counted in
+// tether_mqtt_sessions_over_subscription_bound_total{limit}. The session
+// over the level bound holds 3 filters: at 8 levels a filter, 4 could
+// not need more than 40, but its restored ones are deeper than 8.
+func TestRestoredSessionOverSubscriptionBound(t *testing.T) {
+	dir := t.TempDir()
+	e := startLimitEnv(t, dir, DefaultOptions(), RetainedLimitOptions{})
+	deepSecret, manySecret := e.device(t, "deep"), e.device(t, "many")
+	p, q := "devices/deep/commands", "devices/many/commands"
+	deep := []string{deepFilterOf(p, "a", 30), deepFilterOf(p, "b", 30), p + "/s"} // 58 levels
+	many := []string{q + "/a", q + "/b", q + "/c", q + "/d", q + "/e"}             // 5 filters
+	for _, s := range []struct {
+		id, secret string
+		filters    []string
+	}{{"deep", deepSecret, deep}, {"many", manySecret, many}} {
+		c, _ := dial5(t, e.tcp, s.id, s.id, s.secret, 3600)
+		if got := c.sub(t, s.filters...); bytes.Count(got, []byte{1}) != len(s.filters) {
+			t.Fatalf("%s under the default bounds: SUBACK %x", s.id, got)
+		}
+		c.close()
+	}
+	e.stop(t)
+
+	o := DefaultOptions()
+	o.MaxSubscriptionsPerClient, o.MaxSubscriptionLevelsPerClient, o.MaxTopicLevels = 4, 40, 8
+	e = startLimitEnv(t, dir, o, RetainedLimitOptions{})
+	for _, limit := range []string{"max_subscriptions_per_client", "max_subscription_levels_per_client"} {
+		if n := authCount(t, e.auth.m.overBound.WithLabelValues(limit)); n != 1 {
+			t.Errorf("tether_mqtt_sessions_over_subscription_bound_total{limit=%q} = %v, want 1", limit, n)
+		}
+	}
+	for _, s := range []struct {
+		id, secret, held, fresh string
+		n                       int
+	}{{"deep", deepSecret, p + "/s", p + "/z", 3}, {"many", manySecret, q + "/c", q + "/z", 5}} {
+		if n := engineSubs(e.b, s.id); n != s.n {
+			t.Fatalf("restored session %s holds %d subscriptions, want %d", s.id, n, s.n)
+		}
+		c, ca := dial5(t, e.tcp, s.id, s.id, s.secret, 3600)
+		if !ca.SessionPresent {
+			t.Fatalf("%s: session not present after the restart", s.id)
+		}
+		if got := c.sub(t, s.held, s.fresh); !slices.Equal(got, []byte{1, 0x97}) {
+			t.Fatalf("%s: a held filter again and a new one: SUBACK %x, want 01 97", s.id, got)
+		}
+		if n := engineSubs(e.b, s.id); n != s.n {
+			t.Fatalf("%s holds %d subscriptions, want %d", s.id, n, s.n)
 		}
 	}
 }
