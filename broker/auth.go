@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-iot/tether/broker/rules"
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/addrkey"
 	"github.com/tether-iot/tether/internal/logevery"
 )
 
@@ -119,7 +120,11 @@ type Auth struct {
 	maxLevels   int
 	topicLevels int
 	subLevels   sync.Map
-	levelSeed   maphash.Seed
+	// restoredOver holds the ids of the sessions restored over
+	// maxLevels (checkRestored); nRestoredOver counts them.
+	restoredOver  sync.Map
+	nRestoredOver atomic.Int64
+	levelSeed     maphash.Seed
 	// maxSessions is mqtt.max_sessions_per_user (0: none;
 	// auth_sesslimit.go); sessionsLogged throttles the log of its
 	// refusals.
@@ -373,7 +378,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	cl.Properties.Username = []byte(c.id.Name)
-	a.login.Succeeded(user, remoteIP(cl.Net.Remote))
+	a.login.Succeeded(user, addrkey.Host(cl.Net.Remote))
 	a.clients.Store(cl, c)
 	a.watchExpiry(cl, c)
 	if c.id.Kind == devices.KindDevice {
@@ -399,7 +404,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 func (a *Auth) refuse(cl *mqtt.Client, user string, code packets.Code, reason string) error {
 	a.m.failures.WithLabelValues(reason, Transport(cl)).Inc()
 	a.failed(cl, user, reason)
-	a.reg.LoginRefused(user, remoteIP(cl.Net.Remote), "mqtt/"+Transport(cl), reason) // the audit log, if any
+	a.reg.LoginRefused(user, addrkey.Host(cl.Net.Remote), "mqtt/"+Transport(cl), reason) // the audit log, if any
 	a.log.Debug("login refused", "client", cl.ID, "username", user, "remote", cl.Net.Remote, "reason", reason)
 	return Refuse(a.srv, cl, code)
 }

@@ -5,6 +5,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // isBanned reports whether a CONNECT as user from cl's address is refused
@@ -12,7 +13,7 @@ import (
 // before the ban; later ones are closed at accept by the listeners'
 // Limiter) or user's at that address.
 func (a *Auth) isBanned(cl *mqtt.Client, user string) bool {
-	_, banned := a.bans.Banned(user, remoteIP(cl.Net.Remote))
+	_, banned := a.bans.Banned(user, addrkey.Host(cl.Net.Remote))
 	return banned
 }
 
@@ -33,12 +34,13 @@ func (a *Auth) aclRefused(cl *mqtt.Client, action, topic string) {
 	if c == nil || c.revoked {
 		return
 	}
-	a.bans.Refused(devices.Refusal{Kind: "acl", Address: remoteIP(cl.Net.Remote), Identity: c.id.Name,
+	a.bans.Refused(devices.Refusal{Kind: "acl", Address: addrkey.Host(cl.Net.Remote), Identity: c.id.Name,
 		Detail: action + " " + topic})
 }
 
 // endBanned disconnects the clients a new ban covers: every client from a
-// banned address, or the banned identity's clients from its address. MQTT
+// banned address (an IPv6 ban: from its /64), or the banned identity's
+// clients from its address. MQTT
 // 5 clients get DISCONNECT 0x98 administrative action (0x8A banned is a
 // CONNACK code only); their next CONNECT is refused. Bans.OnBan calls it
 // on a goroutine of its own.
@@ -50,7 +52,7 @@ func (a *Auth) endBanned(ban devices.Ban) {
 	var ts []target
 	a.clients.Range(func(k, v any) bool {
 		cl, c := k.(*mqtt.Client), v.(*conn)
-		if c.revoked || remoteIP(cl.Net.Remote) != ban.Address || (ban.Identity != "" && c.id.Name != ban.Identity) {
+		if c.revoked || addrkey.Of(cl.Net.Remote) != ban.Address || (ban.Identity != "" && c.id.Name != ban.Identity) {
 			return true
 		}
 		ts = append(ts, target{cl, c})

@@ -1,10 +1,11 @@
 package broker
 
 import (
-	"net"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // defaultLoginHold is the longest a CONNECT is held because its name and
@@ -29,7 +30,7 @@ const defaultLoginHold = 5 * time.Second
 // is not guessed: its login is only held while its key is closed, and a
 // fleet behind one address reconnects at once.
 func (a *Auth) holdLogin(cl *mqtt.Client, user string) (ok bool, end func()) {
-	addr := remoteIP(cl.Net.Remote)
+	addr := addrkey.Host(cl.Net.Remote)
 	if a.reg.HasDevice(user) {
 		w := a.login.Wait(user, addr)
 		if w == 0 {
@@ -73,14 +74,6 @@ func (a *Auth) sleep(d time.Duration) bool {
 // not close its key further.
 func (a *Auth) failed(cl *mqtt.Client, user, reason string) {
 	if reason == "bad_credentials" || reason == "client_id" {
-		a.login.Failed(user, remoteIP(cl.Net.Remote))
+		a.login.Failed(user, addrkey.Host(cl.Net.Remote))
 	}
-}
-
-// remoteIP is the address part of host:port.
-func remoteIP(remote string) string {
-	if h, _, err := net.SplitHostPort(remote); err == nil {
-		return h
-	}
-	return remote
 }

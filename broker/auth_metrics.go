@@ -18,6 +18,9 @@ type authMetrics struct {
 	// levelsRefused: filters refused for
 	// mqtt.max_subscription_levels_per_client.
 	levelsRefused prometheus.Counter
+	// overBound: sessions restored at start-up holding more than a
+	// subscription bound allows, by limit (auth_sublevels.go).
+	overBound *prometheus.CounterVec
 }
 
 func newAuthMetrics() *authMetrics {
@@ -55,11 +58,14 @@ func newAuthMetrics() *authMetrics {
 		levelsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tether_mqtt_subscription_levels_refused_total", Help: "SUBSCRIBE filters refused (0x97 quota exceeded; 3.1.1: 0x80) because the levels of the topic index the client's session's filters need would pass mqtt.max_subscription_levels_per_client.",
 		}),
+		overBound: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_mqtt_sessions_over_subscription_bound_total", Help: "Sessions restored at start-up that held more than a subscription bound allows (it was lowered since), by limit (max_subscriptions_per_client, max_subscription_levels_per_client): they keep their filters, and new ones are refused until they are back under it.",
+		}, []string{"limit"}),
 	}
 }
 
 func (m *authMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.expired, m.presence, m.wills, m.purged, m.subsRefused, m.levelsRefused}
+	return []prometheus.Collector{m.logins, m.failures, m.delayed, m.denied, m.revoked, m.expired, m.presence, m.wills, m.purged, m.subsRefused, m.levelsRefused, m.overBound}
 }
 
 // Describe implements prometheus.Collector.

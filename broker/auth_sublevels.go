@@ -49,6 +49,15 @@ import (
 // (BenchmarkSubscriptionLevels). The count goes with the connection: the
 // next one, after a restart, a take-over, an expiry or an admin's
 // DELETE /sessions, reads the engine again.
+//
+// A session restored at start-up may hold more than a bound allows, when
+// the bound was lowered since it subscribed: it keeps its filters (one it
+// holds is granted again), and each new filter is refused until
+// UNSUBSCRIBEs bring it back under the bound. Such sessions are counted
+// in tether_mqtt_sessions_over_subscription_bound_total{limit} and
+// logged once at start-up (checkRestored); one over the level bound
+// never takes the shortcut above, as its filters may be deeper than
+// mqtt.max_topic_levels is now.
 
 // subLevels is one connection's count of the prefixes its session's
 // filters need, once it has many filters (see above).
@@ -85,7 +94,7 @@ func (a *Auth) overLevels(cl *mqtt.Client, filter string, held int) bool {
 	var s *subLevels
 	if v, ok := a.subLevels.Load(cl); ok {
 		s = v.(*subLevels)
-	} else if a.topicLevels > 0 && (held+1)*a.topicLevels <= a.maxLevels {
+	} else if a.topicLevels > 0 && (held+1)*a.topicLevels <= a.maxLevels && !a.wasRestoredOver(cl.ID) {
 		return false // they cannot need more
 	} else {
 		s = a.countLevels(cl)
@@ -102,6 +111,51 @@ func (a *Auth) overLevels(cl *mqtt.Client, filter string, held int) bool {
 	s.filters[filter] = struct{}{}
 	forPrefixes(a.levelSeed, f, func(h uint64) { s.prefixes[h]++ })
 	return false
+}
+
+// wasRestoredOver reports whether the session of id was restored over
+// mqtt.max_subscription_levels_per_client (checkRestored).
+func (a *Auth) wasRestoredOver(id string) bool {
+	if a.nRestoredOver.Load() == 0 {
+		return false
+	}
+	_, ok := a.restoredOver.Load(id)
+	return ok
+}
+
+// checkRestored counts (and logs, once) the sessions the engine restored
+// at start-up that hold more than mqtt.max_subscriptions_per_client or
+// mqtt.max_subscription_levels_per_client allow; OnStarted calls it.
+func (a *Auth) checkRestored() {
+	if a.srv == nil || a.maxSubs <= 0 && a.maxLevels <= 0 {
+		return
+	}
+	var overSubs, overLevels int
+	for id, cl := range a.srv.Clients.GetAll() {
+		subs := cl.State.Subscriptions.GetAll()
+		if a.maxSubs > 0 && len(subs) > a.maxSubs {
+			overSubs++
+			a.m.overBound.WithLabelValues("max_subscriptions_per_client").Inc()
+		}
+		if a.maxLevels <= 0 || len(subs) == 0 {
+			continue
+		}
+		prefixes := map[uint64]int32{}
+		for filter := range subs {
+			forPrefixes(a.levelSeed, topicpkg.Unshare(filter), func(h uint64) { prefixes[h]++ })
+		}
+		if len(prefixes) > a.maxLevels {
+			overLevels++
+			a.m.overBound.WithLabelValues("max_subscription_levels_per_client").Inc()
+			a.restoredOver.Store(id, struct{}{})
+			a.nRestoredOver.Add(1)
+		}
+	}
+	if overSubs+overLevels > 0 {
+		a.log.Warn("sessions restored over a subscription bound keep their filters; their new filters are refused until they are under it",
+			"over_max_subscriptions_per_client", overSubs, "max_subscriptions_per_client", a.maxSubs,
+			"over_max_subscription_levels_per_client", overLevels, "max_subscription_levels_per_client", a.maxLevels)
+	}
 }
 
 // countLevels counts the prefixes of the filters cl's session holds now

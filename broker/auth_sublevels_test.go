@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -9,6 +11,9 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/internal/testlog"
+	"github.com/tether-iot/tether/internal/testmqtt"
 )
 
 // levelsOptions are the defaults with
@@ -209,4 +214,86 @@ func TestSubscriptionLevelLimitViewer(t *testing.T) {
 		t.Fatal("session present after its expiry")
 	}
 	wantBound("after the expiry", c4.sub(t, viewerFilters(2000, 600)...))
+}
+
+// TestSubscriptionLevelRefusalLogShort: the line that logs a filter
+// refused over mqtt.max_subscription_levels_per_client holds the filter
+// shortened (logtext.Short), not its 20 KB a client may send every
+// minute.
+func TestSubscriptionLevelRefusalLogShort(t *testing.T) {
+	var buf testlog.Buffer
+	e := startLimitEnvLog(t, t.TempDir(), levelsOptions(20), RetainedLimitOptions{},
+		slog.New(slog.NewTextHandler(&buf, nil)))
+	c, _ := dial5(t, e.tcp, "v5", "v5", e.device(t, "v5"), 0)
+	long := deepFilterOf("devices/v5/commands", strings.Repeat("x", 20_000), 30)
+	if got := c.sub(t, long); !slices.Equal(got, []byte{0x97}) {
+		t.Fatalf("SUBACK %x", got)
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		if !strings.Contains(buf.String(), "subscription refused") {
+			return fmt.Errorf("not logged yet: %q", buf.String())
+		}
+		return nil
+	})
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.Contains(line, "subscription refused") && (len(line) > 1000 || !strings.Contains(line, "bytes)")) {
+			t.Fatalf("refusal logged with the filter whole (%d bytes): %.300s", len(line), line)
+		}
+	}
+}
+
+// TestRestoredSessionOverSubscriptionBound: persistent sessions that
+// subscribed under the default bounds are restored after a restart with
+// lower ones (mqtt.max_subscriptions_per_client 4,
+// max_subscription_levels_per_client 40, max_topic_levels 8): each keeps
+// its filters, a held one is granted again, a new one (however short)
+// is refused with 0x97, and each is counted in
+// tether_mqtt_sessions_over_subscription_bound_total{limit}. The session
+// over the level bound holds 3 filters: at 8 levels a filter, 4 could
+// not need more than 40, but its restored ones are deeper than 8.
+func TestRestoredSessionOverSubscriptionBound(t *testing.T) {
+	dir := t.TempDir()
+	e := startLimitEnv(t, dir, DefaultOptions(), RetainedLimitOptions{})
+	deepSecret, manySecret := e.device(t, "deep"), e.device(t, "many")
+	p, q := "devices/deep/commands", "devices/many/commands"
+	deep := []string{deepFilterOf(p, "a", 30), deepFilterOf(p, "b", 30), p + "/s"} // 58 levels
+	many := []string{q + "/a", q + "/b", q + "/c", q + "/d", q + "/e"}             // 5 filters
+	for _, s := range []struct {
+		id, secret string
+		filters    []string
+	}{{"deep", deepSecret, deep}, {"many", manySecret, many}} {
+		c, _ := dial5(t, e.tcp, s.id, s.id, s.secret, 3600)
+		if got := c.sub(t, s.filters...); bytes.Count(got, []byte{1}) != len(s.filters) {
+			t.Fatalf("%s under the default bounds: SUBACK %x", s.id, got)
+		}
+		c.close()
+	}
+	e.stop(t)
+
+	o := DefaultOptions()
+	o.MaxSubscriptionsPerClient, o.MaxSubscriptionLevelsPerClient, o.MaxTopicLevels = 4, 40, 8
+	e = startLimitEnv(t, dir, o, RetainedLimitOptions{})
+	for _, limit := range []string{"max_subscriptions_per_client", "max_subscription_levels_per_client"} {
+		if n := authCount(t, e.auth.m.overBound.WithLabelValues(limit)); n != 1 {
+			t.Errorf("tether_mqtt_sessions_over_subscription_bound_total{limit=%q} = %v, want 1", limit, n)
+		}
+	}
+	for _, s := range []struct {
+		id, secret, held, fresh string
+		n                       int
+	}{{"deep", deepSecret, p + "/s", p + "/z", 3}, {"many", manySecret, q + "/c", q + "/z", 5}} {
+		if n := engineSubs(e.b, s.id); n != s.n {
+			t.Fatalf("restored session %s holds %d subscriptions, want %d", s.id, n, s.n)
+		}
+		c, ca := dial5(t, e.tcp, s.id, s.id, s.secret, 3600)
+		if !ca.SessionPresent {
+			t.Fatalf("%s: session not present after the restart", s.id)
+		}
+		if got := c.sub(t, s.held, s.fresh); !slices.Equal(got, []byte{1, 0x97}) {
+			t.Fatalf("%s: a held filter again and a new one: SUBACK %x, want 01 97", s.id, got)
+		}
+		if n := engineSubs(e.b, s.id); n != s.n {
+			t.Fatalf("%s holds %d subscriptions, want %d", s.id, n, s.n)
+		}
+	}
 }

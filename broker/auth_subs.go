@@ -6,6 +6,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/internal/logtext"
 )
 
 // Subscriptions per client (mqtt.max_subscriptions_per_client): the
@@ -131,7 +133,7 @@ func (a *Auth) overSubscriptions(cl *mqtt.Client, filter string) bool {
 	p.over[i] = true
 	if a.subsLogged.Allow(cl.ID, time.Now()) {
 		a.log.Warn("subscription refused: over "+key+" (first this minute for this client)",
-			"client", cl.ID, "filter", filter, "limit", limit)
+			"client", logtext.Short(cl.ID), "filter", logtext.Short(filter), "limit", limit)
 	}
 	return true
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tether-iot/tether/internal/logtext"
 )
 
 // engineLog is the slog.Handler the engine (and the hooks it hands a
@@ -23,8 +25,8 @@ import (
 //   - an attribute named like a secret or a payload (password, secret,
 //     token, payload, will, auth) is replaced by "[redacted]", and one of
 //     any other type the handler does not know to be safe by its type
-//     name; strings (client ids are the client's to choose) are cut to
-//     maxLogString bytes;
+//     name; strings (client ids are the client's to choose) are cut
+//     (logtext.Short);
 //
 // and at WARN and above, the same message for the same client is written
 // once per window (a minute): the repeats are counted and written as one
@@ -44,8 +46,7 @@ func newEngineLog(inner slog.Handler, window time.Duration) *engineLog {
 }
 
 const (
-	maxLogString = 256
-	maxFoldKeys  = 1024
+	maxFoldKeys = 1024
 )
 
 // Enabled implements slog.Handler.
@@ -102,7 +103,7 @@ func cleanAttr(a slog.Attr) slog.Attr {
 	}
 	switch a.Value.Kind() {
 	case slog.KindString:
-		return slog.String(a.Key, cut(a.Value.String()))
+		return slog.String(a.Key, logtext.Short(a.Value.String()))
 	case slog.KindGroup:
 		as := a.Value.Group()
 		clean := make([]any, len(as))
@@ -121,7 +122,7 @@ func cleanAttr(a slog.Attr) slog.Attr {
 		case net.Addr:
 			return slog.String(a.Key, v.String())
 		case error:
-			return slog.String(a.Key, cut(v.Error()))
+			return slog.String(a.Key, logtext.Short(v.Error()))
 		case nil:
 			return a
 		default:
@@ -143,14 +144,6 @@ func secretKey(k string) bool {
 	return false
 }
 
-// cut shortens s to maxLogString bytes.
-func cut(s string) string {
-	if len(s) <= maxLogString {
-		return s
-	}
-	return s[:maxLogString] + fmt.Sprintf("…(%d bytes)", len(s))
-}
-
 // packetSummary describes pk without its payload or credentials.
 func packetSummary(pk *packets.Packet) string {
 	name, ok := packets.PacketNames[pk.FixedHeader.Type]
@@ -159,7 +152,7 @@ func packetSummary(pk *packets.Packet) string {
 	}
 	s := fmt.Sprintf("%s id=%d qos=%d", name, pk.PacketID, pk.FixedHeader.Qos)
 	if pk.FixedHeader.Type == packets.Publish {
-		s += fmt.Sprintf(" topic=%q payload_bytes=%d", cut(pk.TopicName), len(pk.Payload))
+		s += fmt.Sprintf(" topic=%q payload_bytes=%d", logtext.Short(pk.TopicName), len(pk.Payload))
 	}
 	return s
 }

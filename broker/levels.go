@@ -2,7 +2,6 @@ package broker
 
 import (
 	"hash/maphash"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	topicpkg "github.com/tether-iot/tether/devices/topic"
+	"github.com/tether-iot/tether/internal/logtext"
 )
 
 // Topic levels (mqtt.max_topic_levels): the engine keeps subscriptions and
@@ -113,18 +113,15 @@ func (g *gate) deepWill(cl *mqtt.Client, pk packets.Packet) error {
 	return Refuse(g.b.Server, cl, packets.ErrTopicNameInvalid)
 }
 
-// logLevels logs the first refusal of cl's in a minute: the topic is cut,
-// as it may be 64 KiB long.
+// logLevels logs the first refusal of cl's in a minute: the topic and
+// client id are cut (logtext.Short), as they may be 64 KiB long.
 func (g *gate) logLevels(cl *mqtt.Client, what, topic string) {
 	if !g.b.levelsLogged.Allow(cl.ID, time.Now()) {
 		return
 	}
-	levels := topicpkg.Levels(topic)
-	if len(topic) > 128 {
-		topic = strings.ToValidUTF8(topic[:128], "") + "…"
-	}
 	g.b.log.Warn("topic refused: more levels than mqtt.max_topic_levels (first this minute for this client)",
-		"client", cl.ID, "what", what, "topic", topic, "levels", levels, "limit", g.b.opts.MaxTopicLevels)
+		"client", logtext.Short(cl.ID), "what", what, "topic", logtext.Short(topic), "levels", topicpkg.Levels(topic),
+		"limit", g.b.opts.MaxTopicLevels)
 }
 
 // A prefix of a topic or filter (a, a/b, a/b/c for a/b/c; "" and /a for

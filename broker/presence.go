@@ -113,6 +113,7 @@ func (a *Auth) publishStatus(id string, s Status) {
 // that have connected since.
 func (a *Auth) OnStarted() {
 	a.started.Store(true)
+	a.checkRestored()
 	now := time.Now().UTC().Format(time.RFC3339)
 	for topic, pk := range a.srv.Topics.Retained.GetAll() {
 		rest, ok := strings.CutPrefix(topic, "devices/")

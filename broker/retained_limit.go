@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/internal/logevery"
+	"github.com/tether-iot/tether/internal/logtext"
 )
 
 // RetainedLimitOptions bound the retained messages the broker holds
@@ -449,7 +450,7 @@ func (l *RetainedLimit) refuse(cl *mqtt.Client, topic, limit, what string) {
 	l.refused.WithLabelValues(limit).Inc()
 	if l.logged.Allow(cl.ID, time.Now()) {
 		l.log.Warn("retained message refused: over "+retainedLimitKey(limit)+" (first this minute for this client)",
-			"client", cl.ID, "topic", topic, "limit", limit, "what", what)
+			"client", logtext.Short(cl.ID), "topic", logtext.Short(topic), "limit", limit, "what", what)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/tether-iot/tether/devices"
 	"github.com/tether-iot/tether/devices/topic"
 	"github.com/tether-iot/tether/internal/logevery"
+	"github.com/tether-iot/tether/internal/logtext"
 )
 
 // TelemetryHook feeds what devices publish as telemetry to the telemetry
@@ -192,8 +193,8 @@ func (h *TelemetryHook) reject(cl *mqtt.Client, id string, pk packets.Packet, er
 	h.store.Reject(err)
 	// Keyed by the publisher: for a device, its id.
 	if h.logged.Allow(cl.ID, time.Now()) {
-		h.log.Info("telemetry not stored (first this minute for this device)", "device", id, "client", cl.ID,
-			"topic", pk.TopicName, "reason", devices.RejectReason(err), "bytes", len(pk.Payload))
+		h.log.Info("telemetry not stored (first this minute for this device)", "device", id, "client", logtext.Short(cl.ID),
+			"topic", logtext.Short(pk.TopicName), "reason", devices.RejectReason(err), "bytes", len(pk.Payload))
 	}
 }
 

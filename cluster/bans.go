@@ -3,12 +3,12 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // Subjects of the cluster's one login throttle and ban list (ShareBans).
@@ -74,7 +74,7 @@ func (n *Node) ShareBans(bans *devices.Bans, limiter *devices.LoginLimiter) erro
 				return
 			}
 			r.Refusal.Node = r.Node
-			if r.Refusal.Kind == "login" && net.ParseIP(r.Refusal.Address) != nil && limiter != nil {
+			if r.Refusal.Kind == "login" && addrkey.Valid(r.Refusal.Address) && limiter != nil {
 				limiter.FailedElsewhere(r.Refusal.Identity, r.Refusal.Address)
 			}
 			bans.RefusedElsewhere(r.Refusal)

@@ -9,6 +9,9 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/nats-io/nats.go"
+
+	topicpkg "github.com/tether-iot/tether/devices/topic"
+	"github.com/tether-iot/tether/internal/logtext"
 )
 
 // hook is the node's engine hook.
@@ -181,6 +184,12 @@ func (n *Node) assignShared(name string, peers map[string]*peer) map[string][]st
 	return out
 }
 
+// tooDeep reports whether topic has more levels than mqtt.max_topic_levels
+// (Options.MaxTopicLevels) allows.
+func (n *Node) tooDeep(topic string) bool {
+	return n.maxLevels > 0 && topicpkg.Levels(topic) > n.maxLevels
+}
+
 // onMessage injects a message from another node into this node's engine.
 func (n *Node) onMessage(m *nats.Msg) {
 	origin := m.Header.Get(hdrOrigin)
@@ -203,16 +212,25 @@ func (n *Node) onMessage(m *nats.Msg) {
 			n.serving[key] = true
 		}
 	}
-	srv := n.srv.Load()
-	n.holding.Store(true)
-	err = srv.InjectPacket(n.injector, pk)
-	n.holding.Store(false)
-	n.injections.Add(1)
-	if err != nil {
-		n.m.dropped.WithLabelValues("inject").Inc()
-		n.log.Debug("bus message not delivered", "from", origin, "error", err)
+	if n.tooDeep(pk.TopicName) {
+		// Refused as this node's clients' would be; the sender's flow
+		// credit and durable wait are answered below, as for any
+		// message that was not delivered.
+		n.m.dropped.WithLabelValues("topic_levels").Inc()
+		n.log.Debug("bus message refused: more topic levels than mqtt.max_topic_levels", "from", origin,
+			"topic", logtext.Short(pk.TopicName), "limit", n.maxLevels)
 	} else {
-		n.m.received.Inc()
+		srv := n.srv.Load()
+		n.holding.Store(true)
+		err = srv.InjectPacket(n.injector, pk)
+		n.holding.Store(false)
+		n.injections.Add(1)
+		if err != nil {
+			n.m.dropped.WithLabelValues("inject").Inc()
+			n.log.Debug("bus message not delivered", "from", origin, "error", err)
+		} else {
+			n.m.received.Inc()
+		}
 	}
 	n.serving = nil
 	if v := m.Header.Get(hdrSeq); v != "" {

@@ -13,10 +13,13 @@ type metrics struct {
 	flowWaits, flowWaited, flowTimeouts prometheus.Counter
 	// busLost counts the bus connection's losses.
 	busLost prometheus.Counter
+	// retainedDeep counts retained copies from other nodes refused for
+	// mqtt.max_topic_levels (retained.go).
+	retainedDeep prometheus.Counter
 }
 
 // dropReasons are tether_cluster_messages_dropped_total's reasons.
-var dropReasons = []string{"send", "slow", "malformed", "loop", "inject", "encode", "lost"}
+var dropReasons = []string{"send", "slow", "malformed", "loop", "inject", "encode", "lost", "topic_levels"}
 
 func newMetrics() *metrics {
 	m := &metrics{
@@ -25,7 +28,7 @@ func newMetrics() *metrics {
 		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_messages_received_total",
 			Help: "Messages from other nodes delivered into this node's engine."}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_cluster_messages_dropped_total",
-			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode, lost (not sent to a node taken for gone that was heard again: alive, late)."}, []string{"reason"}),
+			Help: "Bus messages lost, by reason: send, slow (this node fell behind), malformed, loop, inject, encode, lost (not sent to a node taken for gone that was heard again: alive, late), topic_levels (refused here: more topic levels than mqtt.max_topic_levels)."}, []string{"reason"}),
 		notDurable: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_acks_not_durable_total",
 			Help: "QoS 1/2 messages for persistent sessions on other nodes acknowledged before every such node confirmed their commit (it did not answer within 2 s, or was gone from the bus)."}),
 		flowWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_waits_total",
@@ -34,6 +37,8 @@ func newMetrics() *metrics {
 			Help: "Time publishers were held back for other nodes."}),
 		flowTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_flow_timeouts_total",
 			Help: "Waits for another node that did not take in messages within mqtt.backpressure_wait; it is not waited for again until it answers."}),
+		retainedDeep: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_retained_deep_refused_total",
+			Help: "Retained messages copied from another node that were refused: more topic levels than mqtt.max_topic_levels."}),
 		busLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_cluster_bus_lost_total",
 			Help: "Times this node's connection to the cluster bus was lost (the NATS server closed it, for one as a slow consumer, or the network failed); messages in flight to or from this node then may be lost."}),
 	}
@@ -53,6 +58,7 @@ func (n *Node) Describe(ch chan<- *prometheus.Desc) {
 	n.m.flowWaited.Describe(ch)
 	n.m.flowTimeouts.Describe(ch)
 	n.m.busLost.Describe(ch)
+	n.m.retainedDeep.Describe(ch)
 	ch <- nodesDesc
 	ch <- busUpDesc
 }
@@ -67,6 +73,7 @@ func (n *Node) Collect(ch chan<- prometheus.Metric) {
 	n.m.flowWaited.Collect(ch)
 	n.m.flowTimeouts.Collect(ch)
 	n.m.busLost.Collect(ch)
+	n.m.retainedDeep.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(nodesDesc, prometheus.GaugeValue, float64(len(*n.peers.Load())+1))
 	up := 0.0
 	if n.busUp() == nil {

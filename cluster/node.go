@@ -43,6 +43,11 @@ type Options struct {
 	// to take in what this node sent it (mqtt.backpressure_wait;
 	// flow.go); 0: no flow control, a node that falls behind drops.
 	FlowWait time.Duration
+	// MaxTopicLevels is mqtt.max_topic_levels (0: none): a message from
+	// another node, routed live or a retained copy, whose topic has more
+	// levels is refused here as this node's clients' would be (another
+	// node may run with a higher bound, or none: a rolling change).
+	MaxTopicLevels int
 	// MaxPayload is the largest message the bus carries (bytes); 0:
 	// 8 MiB. Give the MQTT packet size limit and some room.
 	MaxPayload int
@@ -93,6 +98,8 @@ type Node struct {
 	injector *mqtt.Client // injects the bus's messages; set by Attach
 	hook     *hook
 	m        *metrics
+	// maxLevels is Options.MaxTopicLevels.
+	maxLevels int
 
 	// mu guards the writes of peers and lost (copy on write) and
 	// version.
@@ -205,6 +212,7 @@ func New(o Options) (*Node, error) {
 	n := &Node{
 		name: o.Node, inst: hex.EncodeToString(b[:]), log: log.With("component", "cluster", "node", o.Node),
 		peersWanted: len(o.Peers) > 0, flowWait: o.FlowWait, changed: make(chan struct{}, 1), stop: make(chan struct{}), m: newMetrics(),
+		maxLevels: max(o.MaxTopicLevels, 0),
 	}
 	n.hook = &hook{n: n}
 	n.join.max = joinMax

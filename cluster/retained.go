@@ -205,6 +205,10 @@ func (n *Node) syncRetained(peer string, all bool) (done bool) {
 		if c, err := strconv.ParseInt(m.Header.Get(hdrCreated), 10, 64); err == nil && c > 0 && c <= pk.Created {
 			pk.Created = c
 		}
+		if len(pk.Payload) > 0 && n.tooDeep(pk.TopicName) {
+			n.m.retainedDeep.Inc() // as this node's clients' would be
+			continue
+		}
 		if len(pk.Payload) == 0 {
 			// A deletion there: it wins over an older message here.
 			if !all && m.Header.Get(hdrDeleted) != "" {

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // auditSchema is the "audit" component's migrations (DB.Migrate): the
@@ -246,7 +248,7 @@ func (a *Audit) enqueue(e AuditEntry) {
 // admitRefused reports whether the refused login e is to be written, or
 // only counted in its address's minute; mu must be held.
 func (a *Audit) admitRefused(e AuditEntry) bool {
-	key := e.Remote
+	key := addrkey.Of(e.Remote) // an IPv6 client's /64 is one address
 	w := a.refused[key]
 	if w == nil && len(a.refused) >= auditRefusedAddrs {
 		a.refusedAged(e.Time)

@@ -2,12 +2,15 @@ package devices
 
 import (
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // BanOptions shape Bans; see NewBans for the defaults of zero fields.
@@ -55,9 +58,11 @@ type Refusal struct {
 }
 
 // Ban is a key refused for a while: a whole address, or one identity at
-// one address.
+// one address. An address is its addrkey.Of: an IPv6 address's ban
+// covers its /64 ("ip:2001:db8:1:2::/64"), which its client owns whole.
 type Ban struct {
-	// Key names the ban: "ip:ADDRESS" or "id:IDENTITY@ADDRESS".
+	// Key names the ban: "ip:ADDRESS" or "id:IDENTITY@ADDRESS", ADDRESS
+	// an addrkey.Of.
 	Key string `json:"key"`
 	// Kind is "address" or "identity".
 	Kind     string    `json:"kind"`
@@ -180,9 +185,24 @@ func (b *Bans) OnBan(f func(Ban)) {
 	b.onBan = append(b.onBan, f)
 }
 
-// AddressKey and IdentityKey name a ban's keys.
-func AddressKey(addr string) string            { return "ip:" + addr }
-func IdentityKey(identity, addr string) string { return "id:" + identity + "@" + addr }
+// AddressKey and IdentityKey name a ban's keys; addr may be an address
+// or its key (addrkey.Of).
+func AddressKey(addr string) string            { return "ip:" + addrkey.Of(addr) }
+func IdentityKey(identity, addr string) string { return "id:" + identity + "@" + addrkey.Of(addr) }
+
+// normalKey is key with its address keyed by addrkey.Of: the key of the
+// same ban, as written by an older node (a full IPv6 address) or typed
+// by an admin.
+func normalKey(key string) string {
+	kind, addr, identity := splitBanKey(key)
+	if !addrkey.Valid(addr) {
+		return key
+	}
+	if kind == "address" {
+		return AddressKey(addr)
+	}
+	return IdentityKey(identity, addr)
+}
 
 // LoginFailed records a failed login as name from addr (hand it to
 // LoginLimiter.OnFailure).
@@ -226,14 +246,16 @@ func (b *Bans) refused(r Refusal, local bool) {
 		b.prune(now)
 	}
 	// An identity's ACL denials are its own: they ban it at its address,
-	// not the address's other clients (a site behind one NAT).
+	// not the address's other clients (a site behind one NAT). The keys
+	// hold the address's key: an IPv6 client's /64.
+	key := addrkey.Of(r.Address)
 	if !b.exempt(r.Address) && (r.Kind != "acl" || r.Identity == "") {
-		if ban := b.count(AddressKey(r.Address), "address", r.Address, "", now, local); ban != nil {
+		if ban := b.count(AddressKey(key), "address", key, "", now, local); ban != nil {
 			fresh = append(fresh, *ban)
 		}
 	}
 	if r.Identity != "" {
-		if ban := b.count(IdentityKey(r.Identity, r.Address), "identity", r.Address, r.Identity, now, local); ban != nil {
+		if ban := b.count(IdentityKey(r.Identity, key), "identity", key, r.Identity, now, local); ban != nil {
 			fresh = append(fresh, *ban)
 		}
 	}
@@ -293,15 +315,17 @@ func (b *Bans) bannedKey(key string, now time.Time) bool {
 	return ban != nil && ban.Until.After(now)
 }
 
-// exempt reports whether addr may never be banned as a whole.
+// exempt reports whether addr may never be banned as a whole: its key
+// (an IPv6 address's /64) holds an exempt address or a trusted proxy.
 func (b *Bans) exempt(addr string) bool {
-	ip := net.ParseIP(addr)
-	if ip == nil {
+	p, ok := addrkey.Prefix(addr)
+	if !ok {
 		return false
 	}
 	for _, nets := range [2][]*net.IPNet{b.o.Exempt, b.o.TrustedProxies} {
 		for _, n := range nets {
-			if n.Contains(ip) {
+			first, ok := netip.AddrFromSlice(n.IP)
+			if n.Contains(p.Addr().AsSlice()) || ok && p.Contains(first.Unmap()) {
 				return true
 			}
 		}
@@ -309,7 +333,8 @@ func (b *Bans) exempt(addr string) bool {
 	return false
 }
 
-// AddressBanned reports whether every connection from addr is refused.
+// AddressBanned reports whether every connection from addr (an address,
+// or its key) is refused.
 func (b *Bans) AddressBanned(addr string) bool {
 	if !b.Enabled() {
 		return false
@@ -338,8 +363,10 @@ func (b *Bans) Banned(identity, addr string) (Ban, bool) {
 }
 
 // Lift ends the ban key (and forgets its refusals); false when there is
-// no such ban in force.
+// no such ban in force. An IPv6 address in key may be given in full: the
+// ban of its /64 is lifted.
 func (b *Bans) Lift(key string) (Ban, bool) {
+	key = normalKey(key)
 	now := b.o.Now()
 	b.mu.Lock()
 	ban, ok := b.active[key]

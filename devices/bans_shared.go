@@ -1,8 +1,9 @@
 package devices
 
 import (
-	"net"
 	"time"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // BanShare carries what this node's Bans see to the other nodes of a
@@ -45,7 +46,7 @@ func (b *Bans) Share(s BanShare) {
 // decides, and sends the ban (Adopt). The throttle counts failed logins
 // the same way (LoginLimiter.FailedElsewhere).
 func (b *Bans) RefusedElsewhere(r Refusal) {
-	if b == nil || (r.Kind != "login" && r.Kind != "acl") || net.ParseIP(r.Address) == nil {
+	if b == nil || (r.Kind != "login" && r.Kind != "acl") || !addrkey.Valid(r.Address) {
 		return
 	}
 	b.refused(r, false)
@@ -56,11 +57,13 @@ func (b *Bans) RefusedElsewhere(r Refusal) {
 // already or lifted it since; it ends the key's connections here as a
 // ban of its own would (OnBan), without auditing or counting it again
 // (tether_banned counts it among the bans in force). It reports
-// whether the ban was taken up.
+// whether the ban was taken up. Its address is keyed here (addrkey.Of):
+// an older node's ban of a full IPv6 address bans its /64.
 func (b *Bans) Adopt(ban Ban) bool {
-	if !b.Enabled() || net.ParseIP(ban.Address) == nil {
+	if !b.Enabled() || !addrkey.Valid(ban.Address) {
 		return false
 	}
+	ban.Address = addrkey.Of(ban.Address)
 	switch ban.Kind {
 	case "address":
 		ban.Key, ban.Identity = AddressKey(ban.Address), ""
@@ -109,6 +112,7 @@ func (b *Bans) LiftElsewhere(key string, since, until time.Time) {
 	if b == nil {
 		return
 	}
+	key = normalKey(key)
 	now := b.o.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -126,3 +126,39 @@ func TestLoginLimiterOnFailureFeedsBans(t *testing.T) {
 		t.Fatal("the limiter's failures did not reach the bans")
 	}
 }
+
+// TestBansIPv6Keys: a ban of an IPv6 address is its /64's; a /64 that
+// holds a trusted proxy or an exempt address is never banned whole (its
+// clients' identities still are); another node's ban of a full IPv6
+// address (an older node) is taken up as its /64's, and a lift may name
+// the address in full.
+func TestBansIPv6Keys(t *testing.T) {
+	_, proxy, _ := net.ParseCIDR("2001:db8:5:5::1/128")
+	b := NewBans(&BanOptions{Threshold: 2, TrustedProxies: []*net.IPNet{proxy}})
+	b.LoginFailed("x", "2001:db8:1:2::1")
+	b.LoginFailed("y", "[2001:db8:1:2::2]:1883")
+	if !b.AddressBanned("2001:db8:1:2:abcd::1") || b.AddressBanned("2001:db8:1:3::1") {
+		t.Fatal("the /64 is not banned, or its neighbour is")
+	}
+	for range 3 {
+		b.LoginFailed("z", "2001:db8:5:5::9") // a client beside the proxy
+	}
+	if b.AddressBanned("2001:db8:5:5::1") {
+		t.Fatal("the trusted proxy's /64 was banned")
+	}
+	if _, ok := b.Banned("z", "2001:db8:5:5::9"); !ok {
+		t.Fatal("the identity beside the proxy is not banned")
+	}
+	if _, ok := b.Lift("ip:2001:db8:1:2::77"); !ok || b.AddressBanned("2001:db8:1:2::1") {
+		t.Fatal("lifting by a full address of the /64")
+	}
+	c := NewBans(&BanOptions{Threshold: 2})
+	now := time.Now()
+	if !c.Adopt(Ban{Kind: "address", Address: "2001:db8:7:7::3", Since: now, Until: now.Add(time.Minute)}) ||
+		!c.AddressBanned("2001:db8:7:7::4") {
+		t.Fatal("another node's ban of a full IPv6 address does not cover its /64")
+	}
+	if c.Adopt(Ban{Kind: "address", Address: "2001:db8::/48", Since: now, Until: now.Add(time.Minute)}) {
+		t.Fatal("adopted a ban of a /48")
+	}
+}

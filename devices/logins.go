@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // LoginLimitOptions shape a LoginLimiter; zero fields take the defaults.
@@ -90,8 +92,10 @@ func NewLoginLimiter(o *LoginLimitOptions) *LoginLimiter {
 // Options returns the limiter's options, defaults filled in.
 func (l *LoginLimiter) Options() LoginLimitOptions { return l.o }
 
-func pairKey(name, addr string) string { return "p\x00" + name + "\x00" + addr }
-func addrKey(addr string) string       { return "a\x00" + addr }
+// pairKey and addrKey are a login's keys; an address counts by its
+// addrkey.Of (an IPv6 client by its /64, which it owns whole).
+func pairKey(name, addr string) string { return "p\x00" + name + "\x00" + addrkey.Of(addr) }
+func addrKey(addr string) string       { return "a\x00" + addrkey.Of(addr) }
 
 // Wait returns how long a login as name from addr stays closed; 0 means
 // go ahead and check the credentials. addr is the client's IP address

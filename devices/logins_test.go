@@ -205,3 +205,37 @@ func TestLoginLimiterEndForgetsEmptyKeys(t *testing.T) {
 		t.Fatalf("after a failure and a success: %d keys, want 1 (the address's)", n)
 	}
 }
+
+// TestLoginThrottleCountsIPv6By64: an IPv6 client owns a /64, so failed
+// logins from any addresses of one /64 count as from one address (a new
+// address per guess gains nothing), and another /64 is not held up.
+func TestLoginThrottleCountsIPv6By64(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	l := NewLoginLimiter(&LoginLimitOptions{Now: func() time.Time { return now }})
+	o := l.Options()
+	for i := range o.PairFree {
+		l.Failed("alice", fmt.Sprintf("2001:db8:1:2::%x", i+1))
+	}
+	if w := l.Wait("alice", "2001:db8:1:2:ffff:ffff:ffff:fffe"); w != o.Base {
+		t.Fatalf("alice from a fresh address of the /64: wait %v, want %v", w, o.Base)
+	}
+	if w := l.Wait("alice", "2001:db8:1:3::1"); w != 0 {
+		t.Fatalf("alice from another /64 waits %v", w)
+	}
+	for i := range o.AddrFree {
+		l.Failed(fmt.Sprintf("u%d", i), fmt.Sprintf("[2001:db8:9:9:%x::1]:1883", i))
+	}
+	if w := l.Wait("bob", "2001:db8:9:9::77"); w == 0 {
+		t.Fatal("a spray from one /64 does not close it for other names")
+	}
+	// IPv4 as it was, mapped or not.
+	for range o.PairFree {
+		l.Failed("carol", "::ffff:192.0.2.7")
+	}
+	if w := l.Wait("carol", "192.0.2.7"); w == 0 {
+		t.Fatal("an IPv4-mapped address counts apart from its IPv4 address")
+	}
+	if w := l.Wait("carol", "192.0.2.8"); w != 0 {
+		t.Fatalf("carol from the next IPv4 address waits %v", w)
+	}
+}

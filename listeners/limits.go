@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // LimitOptions are the connection limits. 0 means unlimited.
@@ -14,6 +16,8 @@ type LimitOptions struct {
 	// MaxConnections caps open MQTT connections over all listeners.
 	MaxConnections int
 	// MaxConnectionsPerIP caps open MQTT connections from one address.
+	// Every per-address limit keys an address by addrkey.Of: an IPv6
+	// address by its /64.
 	MaxConnectionsPerIP int
 	// ConnectionRatePerIP is how many new connections per second one
 	// address may open, with a burst of as many.
@@ -87,7 +91,7 @@ func (l *Limiter) admit(addr net.Addr) (release func(), ok bool) {
 	if l == nil {
 		return func() {}, true
 	}
-	ip := addrIP(addr)
+	ip := addrKey(addr)
 	if l.banned != nil && l.banned(ip) {
 		l.refusedBanned.Inc()
 		return nil, false
@@ -144,7 +148,7 @@ func (l *Limiter) admitPending(addr net.Addr) (release func(), ok bool) {
 	if l == nil || l.opts.MaxPendingPerIP <= 0 {
 		return func() {}, true
 	}
-	ip := addrIP(addr)
+	ip := addrKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.pending[ip] >= l.opts.MaxPendingPerIP {
@@ -189,19 +193,13 @@ func (l *Limiter) sweep(now time.Time) {
 	}
 }
 
-// addrIP is the address's IP as text (the whole string if it has none).
-func addrIP(addr net.Addr) string {
-	switch a := addr.(type) {
-	case *net.TCPAddr:
-		return a.IP.String()
-	case nil:
+// addrKey is the key of the address addr is from (addrkey.Of: an IPv6
+// client is held to its limits by its /64).
+func addrKey(addr net.Addr) string {
+	if addr == nil {
 		return ""
 	}
-	s := addr.String()
-	if host, _, err := net.SplitHostPort(s); err == nil {
-		return host
-	}
-	return s
+	return addrkey.Of(addr.String())
 }
 
 // Describe implements prometheus.Collector.

@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // HTTPLimit caps the size of HTTP request bodies. A request that declares
@@ -97,7 +99,7 @@ func (l *pendingListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil && l.exempt != nil && l.exempt(ap.Addr().Unmap()) {
+		if a, ok := addrkey.Addr(c.RemoteAddr().String()); ok && l.exempt != nil && l.exempt(a) {
 			return c, nil
 		}
 		release, ok := l.lim.admitPending(c.RemoteAddr())

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tether-iot/tether/internal/testmqtt"
+	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
 func tcpAddr(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 1234} }
@@ -176,5 +177,82 @@ func TestLimiterBanned(t *testing.T) {
 	}
 	if int64(testmqtt.Counter(t, l.refusedBanned)) != 1 || int64(testmqtt.Counter(t, l.refusedTotal))+int64(testmqtt.Counter(t, l.refusedPerIP))+int64(testmqtt.Counter(t, l.refusedRate)) != 0 {
 		t.Fatal("refusals counted under the wrong limit")
+	}
+}
+
+// An IPv6 client owns a /64: over real sockets (IPv6 loopback, with a
+// PROXY protocol header naming each connection's client as a load
+// balancer would), limits.max_pending_connections_per_ip holds the
+// addresses of one /64 to one count, and another /64 to its own.
+func TestPendingConnectionsIPv6By64(t *testing.T) {
+	probe, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	probe.Close()
+	from, err := forwarded.ParseProxies([]string{"::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := NewLimiter(LimitOptions{MaxPendingPerIP: 2})
+	l := NewTCP("[::1]:0", &TCPOptions{Limits: lim, ConnectTimeout: 5 * time.Second, ProxyProtocolFrom: from})
+	if err := l.Init(nil); err != nil {
+		t.Fatal(err)
+	}
+	// A stand-in engine that never answers a CONNECT: each connection
+	// keeps its pending place until the client closes it.
+	go l.Serve(func(id string, c net.Conn) error {
+		_, err := io.Copy(io.Discard, c)
+		return err
+	})
+	defer func() {
+		l.Stop()
+		l.CloseConns()
+	}()
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	// served dials as src and reports whether the listener handed the
+	// connection on (Accepted) or refused it (Refused).
+	served := func(src string) bool {
+		t.Helper()
+		st := l.Stats()
+		accepted := st.Accepted.Load()
+		before := accepted + st.Refused.Load()
+		c, err := net.Dial("tcp6", l.Address())
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+		if _, err := io.WriteString(c, "PROXY TCP6 "+src+" ::1 40000 1883\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(20 * time.Second); st.Accepted.Load()+st.Refused.Load() == before; {
+			if time.Now().After(deadline) {
+				t.Fatalf("connection from %s: neither accepted nor refused", src)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return st.Accepted.Load() > accepted
+	}
+	for _, c := range []struct {
+		src  string
+		want bool
+	}{
+		{"2001:db8:1:2::1", true},
+		{"2001:db8:1:2:ffff::7", true},
+		{"2001:db8:1:2::3", false}, // a third address of the same /64
+		{"2001:db8:1:3::1", true},  // another /64
+		{"::ffff:192.0.2.1", true},
+	} {
+		if got := served(c.src); got != c.want {
+			t.Fatalf("connection from %s: served %v, want %v", c.src, got, c.want)
+		}
+	}
+	if got := int64(testmqtt.Counter(t, lim.refusedPending)); got != 1 {
+		t.Errorf("refusals counted: %d, want 1", got)
 	}
 }

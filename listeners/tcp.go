@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
 	mqttl "github.com/mochi-mqtt/server/v2/listeners"
 
+	"github.com/tether-iot/tether/internal/addrkey"
 	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
@@ -154,7 +154,7 @@ func (l *TCP) Serve(establish mqttl.EstablishFn) {
 func (l *TCP) accept(conn net.Conn) {
 	conn = WithWriteTimeout(conn, l.wtimeout) // the raw socket, under PROXY and TLS
 	if !l.proxyHdr.Empty() {
-		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && l.proxyHdr.Contains(ap.Addr().Unmap()) {
+		if a, ok := addrkey.Addr(conn.RemoteAddr().String()); ok && l.proxyHdr.Contains(a) {
 			if l.connectTimeout > 0 {
 				_ = conn.SetReadDeadline(time.Now().Add(l.connectTimeout))
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	mqttl "github.com/mochi-mqtt/server/v2/listeners"
 
+	"github.com/tether-iot/tether/internal/logtext"
 	"github.com/tether-iot/tether/listeners/forwarded"
 )
 
@@ -195,7 +196,7 @@ func (l *WebSocket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Accept has written the response.
 		l.stats.Refused.Add(1)
-		l.opts.Failures.refused(l.log, RefusedHandshake, l.refusalAttrs(r, "", "error", clip(err.Error()))...)
+		l.opts.Failures.refused(l.log, RefusedHandshake, l.refusalAttrs(r, "", "error", logtext.Short(err.Error()))...)
 		return
 	}
 	if c.Subprotocol() == "" {
@@ -239,25 +240,17 @@ func (l *WebSocket) refuse(w http.ResponseWriter, r *http.Request, code int, rea
 // refusalAttrs are the log attributes of a refused upgrade: what the
 // browser sent and who sent it. Header values are cut short.
 func (l *WebSocket) refusalAttrs(r *http.Request, setting string, more ...any) []any {
-	attrs := []any{"transport", l.id, "origin", clip(r.Header.Get("Origin")), "host", clip(r.Host),
+	attrs := []any{"transport", l.id, "origin", logtext.Short(r.Header.Get("Origin")), "host", logtext.Short(r.Host),
 		"peer", r.RemoteAddr, "client", l.opts.Proxies.ClientIP(r)}
 	for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
 		if v := r.Header.Get(k); v != "" {
-			attrs = append(attrs, strings.ToLower(k), clip(v))
+			attrs = append(attrs, strings.ToLower(k), logtext.Short(v))
 		}
 	}
 	if setting != "" {
 		attrs = append(attrs, "allow_with", setting)
 	}
 	return append(attrs, more...)
-}
-
-// clip shortens a header value for the log.
-func clip(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "…"
-	}
-	return s
 }
 
 // probe answers GET /mqtt?origin=O: would an upgrade from a page of

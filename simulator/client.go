@@ -78,7 +78,9 @@ func (g gate) acquire(ctx context.Context) error {
 
 func (g gate) release() { <-g }
 
-// connect connects c through the gate and waits at most timeout.
+// connect connects c through the gate and waits at most timeout. A
+// connection the broker closed before its CONNACK is explained
+// (explainClosed).
 func (g gate) connect(ctx context.Context, c mqtt.Client, timeout time.Duration) error {
 	if err := g.acquire(ctx); err != nil {
 		return err
@@ -88,7 +90,7 @@ func (g gate) connect(ctx context.Context, c mqtt.Client, timeout time.Duration)
 	if !t.WaitTimeout(timeout + time.Second) {
 		return errTimeout
 	}
-	return t.Error()
+	return explainClosed(t.Error(), cap(g))
 }
 
 // backoff is an exponential backoff with full jitter.

@@ -32,7 +32,7 @@ func (a *app) joinCluster() (err error) {
 	a.cluster, err = cluster.New(cluster.Options{
 		Node: cfg.Cluster.Node, Listen: cfg.Cluster.Listen, Peers: cfg.Cluster.Peers, Secret: cfg.Cluster.Secret, NATSURL: cfg.Cluster.NATSURL,
 		TLSCert: cfg.Cluster.TLSCert, TLSKey: cfg.Cluster.TLSKey, TLSCA: cfg.Cluster.TLSCA,
-		MaxPayload: int(cfg.MQTT.MaxPacketSize) + 64<<10, FlowWait: cfg.MQTT.BackpressureWait, Logger: a.base,
+		MaxPayload: int(cfg.MQTT.MaxPacketSize) + 64<<10, FlowWait: cfg.MQTT.BackpressureWait, MaxTopicLevels: cfg.MQTT.MaxTopicLevels, Logger: a.base,
 	})
 	if err != nil {
 		return err

@@ -5,11 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tether-iot/tether/configs"
 	"github.com/tether-iot/tether/internal/testlog"
+	"github.com/tether-iot/tether/internal/testmqtt"
 	"github.com/tether-iot/tether/simulator"
 )
 
@@ -140,5 +144,58 @@ func TestBenchSaysWhy(t *testing.T) {
 	}
 	if n := strings.Count(stderr.String(), "bench: first connect error"); n != 1 {
 		t.Errorf("%d first-error lines:\n%s", n, stderr.String())
+	}
+}
+
+// TestBenchNamesPendingLimit: bench connections that Tether closes at
+// accept for limits.max_pending_connections_per_ip (more connections from
+// one address waiting for their CONNACK than it allows: what
+// --connect-concurrency above 1,024 meets at the defaults) fail with an
+// error that names the limit and how to raise it, not a bare EOF. Here
+// idle connections from the bench's own address hold the limit's places.
+func TestBenchNamesPendingLimit(t *testing.T) {
+	t.Setenv("TETHER_ADMIN_PASSWORD", simAdminPassword)
+	cfg := testConfig(t)
+	cfg.Auth.AllowAnonymous = false
+	cfg.MQTT.TLSAddr, cfg.HTTP.HTTPSAddr = configs.Off, configs.Off
+	cfg.MQTT.ConnectTimeout = 5 * time.Minute // the idle holders stay for the test
+	cfg.Limits.MaxPendingConnectionsPerIP = 4
+	a := startTestApp(t, cfg)
+	for range 5 { // the fifth is refused: the four hold every place
+		c, err := net.Dial("tcp", a.mqttAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	// /metrics from another address: the holders fill 127.0.0.1's places
+	// on every listener.
+	const refused = `tether_connections_limited_total{limit="max_pending_connections_per_ip"} `
+	testmqtt.CheckFor(t, 20*time.Second, func() error {
+		res, err := httpFrom("127.0.0.2").Get("http://" + a.httpAddr() + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, refused); ok && v != "0" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no refusal counted yet")
+	})
+	var stdout, stderr bytes.Buffer
+	err := runBench(context.Background(), []string{
+		"--broker", "tcp://" + a.mqttAddr(), "--username", "admin", "--password", simAdminPassword,
+		"--scenario", "conns", "--conns", "3", "--duration", "1s", "--progress", "-1s",
+	}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "all 3 connections failed") {
+		t.Fatalf("bench: %v\n%s", err, stderr.String())
+	}
+	for _, want := range []string{"limits.max_pending_connections_per_ip", "TETHER_LIMITS_MAX_PENDING_CONNECTIONS_PER_IP", "--connect-concurrency"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("bench error does not say %q: %v", want, err)
+		}
 	}
 }

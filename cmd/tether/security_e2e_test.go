@@ -531,3 +531,35 @@ func TestUISecurity(t *testing.T) {
 	step(t, ctx, "a viewer asks for the page", chromedp.Navigate(base+"/#/security"),
 		waitJS(`!document.querySelector('#ban-table') && !!document.querySelector('#n-online')`))
 }
+
+// TestBanIPv6By64: an IPv6 client owns its /64, so refused logins from
+// addresses of one /64 (here through the trusted proxy, as X-Forwarded-
+// For) ban the /64 ("ip:2001:db8:1:2::/64"): a fresh address of it is
+// refused, another /64 logs in; GET /security and the audit log name
+// the /64, and an admin lifts it by that key, its "/" escaped as %2F.
+func TestBanIPv6By64(t *testing.T) {
+	a, admin := secApp(t)
+	for i := range 5 {
+		xff := fmt.Sprintf("2001:db8:1:2::%x", i+1)
+		if st, _ := loginFrom(t, a, "127.0.0.5", xff, fmt.Sprintf("spray6-%d", i), "wrong-password"); st != http.StatusUnauthorized {
+			t.Fatalf("wrong login from %s: %d", xff, st)
+		}
+	}
+	if st, code := loginFrom(t, a, "127.0.0.5", "2001:db8:1:2:ffff::9", "admin", secAdminPassword); st != http.StatusForbidden || code != "banned" {
+		t.Fatalf("a fresh address of the banned /64: %d %s", st, code)
+	}
+	if st, _ := loginFrom(t, a, "127.0.0.5", "2001:db8:1:3::1", "admin", secAdminPassword); st != http.StatusOK {
+		t.Fatalf("another /64: %d", st)
+	}
+	const key = "ip:2001:db8:1:2::/64"
+	var s securityBody
+	admin.do("GET", "/security", nil, &s)
+	if !s.banned(key) || len(s.Bans) != 1 || s.Bans[0].Address != "2001:db8:1:2::/64" {
+		t.Fatalf("GET /security: %+v", s.Bans)
+	}
+	admin.do("DELETE", "/security/bans/ip:2001:db8:1:2::%2F64", nil, nil)
+	if st, _ := loginFrom(t, a, "127.0.0.5", "2001:db8:1:2::1", "admin", secAdminPassword); st != http.StatusOK {
+		t.Fatalf("after the lift: %d", st)
+	}
+	auditHas(t, admin, "banned "+key, "ban_lifted "+key)
+}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/tether-iot/tether/internal/addrkey"
 )
 
 // Proxies are the reverse proxies and load balancers whose word about the
@@ -179,17 +181,10 @@ func hasPort(host string) bool {
 	return strings.Count(host, ":") == 1
 }
 
-// peerAddr is r's RemoteAddr as an address (zero when it is not one).
+// PeerAddr is r's RemoteAddr as an address (zero when it is not one).
 func PeerAddr(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err == nil {
-		return ap.Addr().Unmap()
-	}
-	a, err := netip.ParseAddr(r.RemoteAddr)
-	if err == nil {
-		return a.Unmap()
-	}
-	return netip.Addr{}
+	a, _ := addrkey.Addr(r.RemoteAddr)
+	return a
 }
 
 // forwardedFor is the chain of client addresses, nearest last: every
@@ -214,19 +209,12 @@ func forwardedFor(h http.Header) []string {
 
 // parseHop parses one forwarding hop: "192.0.2.1", "2001:db8::1",
 // "[2001:db8::1]", "192.0.2.1:4711" or "[2001:db8::1]:4711".
+// A zone (a sender's own interface name) is refused.
 func parseHop(s string) (netip.Addr, bool) {
-	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-		return a.Unmap(), true
+	if strings.Contains(s, "%") {
+		return netip.Addr{}, false
 	}
-	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Addr().Zone() == "" {
-		return ap.Addr().Unmap(), true
-	}
-	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
-		if a, err := netip.ParseAddr(s[1 : len(s)-1]); err == nil && a.Is6() && a.Zone() == "" {
-			return a.Unmap(), true
-		}
-	}
-	return netip.Addr{}, false
+	return addrkey.Addr(s)
 }
 
 // lastListValue is the right-most entry of a comma-separated header.
