@@ -237,14 +237,16 @@ func (t *Telemetry) pruneMinutesToSize(ctx context.Context, budget int64) (rows,
 // first, until about budget bytes went (perRow each of the total rows),
 // keeping the hour of now and the one before. Each round it finds the
 // oldest and newest hour (hourSpan), takes the rows of an hour to be the
-// average over them, and deletes half the hours that would take (at
-// least one): older hours may hold more rows than the average (a
-// backfill), and a round too many costs less than hours deleted for
-// nothing. It returns how many rows went and the oldest hour kept.
+// average over them, or what the hours of the round before held if more,
+// and deletes half the hours that would take (one in the first round):
+// the oldest hours may hold more rows than the average (a backfill), and
+// a round too many costs less than hours deleted for nothing. It returns
+// how many rows went and the oldest hour kept.
 func (t *Telemetry) pruneHoursToSize(ctx context.Context, budget int64, perRow float64, total int64, now time.Time) (removed, oldestKept int64, err error) {
 	hour := time.Hour.Milliseconds()
 	guard := floorDiv(now.UnixMilli(), hour)*hour - hour
 	oldestKept = math.MinInt64
+	var seen float64 // rows an hour in the round before; 0 before the first
 	for float64(removed)*perRow < float64(budget) {
 		oldest, newest, ok, err := t.hourSpan(ctx)
 		if err != nil || !ok {
@@ -254,12 +256,16 @@ func (t *Telemetry) pruneHoursToSize(ctx context.Context, budget int64, perRow f
 		if oldest >= guard {
 			return removed, oldestKept, nil
 		}
-		perHour := max(1, float64(total-removed)/float64((newest-oldest)/hour+1))
+		perHour := max(1, seen, float64(total-removed)/float64((newest-oldest)/hour+1))
 		need := math.Ceil((float64(budget) - float64(removed)*perRow) / (perHour * perRow))
-		k := max(1, int64(need)/2)
+		k := int64(1)
+		if seen > 0 {
+			k = max(1, int64(need)/2)
+		}
 		cutoff := min(oldest+k*hour, guard)
 		n, err := t.pruneHoursBefore(ctx, time.UnixMilli(cutoff))
 		removed += n
+		seen = float64(n) / float64((cutoff-oldest)/hour)
 		t.m.hoursPruned[1].Add(float64(n))
 		if err != nil {
 			return removed, oldestKept, err
