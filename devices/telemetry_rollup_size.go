@@ -152,6 +152,15 @@ func (t *Telemetry) PruneRollupsToSize(ctx context.Context) error {
 	minutes, freed, err := t.pruneMinutesToSize(ctx, excess)
 	t.m.minutesPruned[1].Add(float64(minutes))
 	var hours, oldestKept int64 = 0, math.MinInt64
+	if err == nil && freed < excess && t.db.Dialect != database.Postgres {
+		// SQLite's counts are exact at once: what the minutes freed is
+		// what the estimate lost (pageShare of their average, not the
+		// sum of each row's).
+		var now rollupSizes
+		if now, err = t.rollupSize(ctx); err == nil {
+			freed = size - (now.minutes + now.hours)
+		}
+	}
 	if err == nil && freed < excess && s.hourRows > 0 {
 		perRow := float64(s.hours) / float64(s.hourRows)
 		hours, oldestKept, err = t.pruneHoursToSize(ctx, excess-freed, perRow, s.hourRows, start)

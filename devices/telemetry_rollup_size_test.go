@@ -452,3 +452,40 @@ func gaugeValue(g prometheus.Gauge) float64 {
 	}
 	return m.GetGauge().GetValue()
 }
+
+// TestTelemetryPruneRollupsToSizeDenseBackfill: when the oldest hours
+// hold many more rows than the average (a backfill of many metrics long
+// ago, then a few metrics since), the size bound removes about what it
+// must of them, not hours reckoned at the average density (which would
+// take the backfill and many hours after it).
+func TestTelemetryPruneRollupsToSizeDenseBackfill(t *testing.T) {
+	ctx := context.Background()
+	devs := []string{"a", "b", "c", "d"}
+	db := openTestDB(t, devs...)
+	opts := TelemetryOptions{PruneInterval: time.Hour, Retention: 60 * 24 * time.Hour}
+	tel := openTestTelemetry(t, db, &opts)
+	now := time.Now()
+	fillRollups(t, tel, devs, 40, 24, 15*time.Minute, now.Add(-400*time.Hour), 0)
+	fillRollups(t, tel, devs, 2, 400, time.Hour, now, 0)
+	tel.Close()
+	waitRollupStats(t, db)
+	s0, err := tel.rollupSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dense := float64(s0.hours) / float64(s0.hourRows) * float64(len(devs)*40*24)
+	opts.RollupRetentionSize = s0.hours - int64(dense/2)
+	tel = openTestTelemetry(t, db, &opts)
+	if err := tel.PruneRollupsToSize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitRollupStats(t, db)
+	s1, err := tel.rollupSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := opts.RollupRetentionSize
+	if size := s1.minutes + s1.hours; size > bound || size < bound*9/10 {
+		t.Errorf("rollups of %d bytes after pruning to %d (from %d; the backfill's hours hold %.0f)", size, bound, s0.minutes+s0.hours, dense)
+	}
+}
