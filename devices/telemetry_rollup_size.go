@@ -187,7 +187,7 @@ func (t *Telemetry) PruneRollupsToSize(ctx context.Context) error {
 
 // pruneMinutesToSize deletes the oldest minute chunks (by their latest
 // minute), PruneChunk rows per statement, until the bytes they held (as
-// rowBytes counts them) reach budget or none is left, and returns how
+// rollupSize counts them) reach budget or none is left, and returns how
 // many rows and bytes went.
 func (t *Telemetry) pruneMinutesToSize(ctx context.Context, budget int64) (rows, freed int64, err error) {
 	// A row's bytes as rollupSize counts them: on SQLite its page share,
