@@ -153,6 +153,9 @@ type Telemetry struct {
 	// RetentionSize bounds the history's size on disk, in bytes; 0 =
 	// no bound.
 	RetentionSize int64 `yaml:"retention_size"`
+	// RollupRetentionSize bounds the rollups' size on disk, in bytes; 0
+	// = no bound (rollup_retention alone).
+	RollupRetentionSize int64 `yaml:"rollup_retention_size"`
 	// Topics map other topics to a device's telemetry (rules.go).
 	// Reloaded on SIGHUP.
 	Topics []TelemetryTopic `yaml:"topics"`
@@ -361,7 +364,7 @@ func Default() Config {
 		TLS:  TLS{ReloadInterval: 10 * time.Second},
 		Auth: Auth{TokenTTL: 12 * time.Hour, Rules: []Rule{}},
 		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20,
-			DeviceValuesRate: 1000, DeviceValuesBurst: 10000, RetentionSize: 10 << 30, Topics: []TelemetryTopic{}},
+			DeviceValuesRate: 1000, DeviceValuesBurst: 10000, RetentionSize: 10 << 30, RollupRetentionSize: 100 << 30, Topics: []TelemetryTopic{}},
 		Audit: Audit{Retention: 90 * 24 * time.Hour},
 		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second, WriteTimeout: 10 * time.Second,
 			MaxPendingConnectionsPerIP: 1024,
@@ -553,6 +556,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Telemetry.RetentionSize < 0 || (c.Telemetry.RetentionSize > 0 && c.Telemetry.RetentionSize < 64<<20) {
 		bad("telemetry.retention_size", "%d is not a size in bytes of at least 67108864 (64 MiB), or 0 for no bound", c.Telemetry.RetentionSize)
+	}
+	if c.Telemetry.RollupRetentionSize < 0 || (c.Telemetry.RollupRetentionSize > 0 && c.Telemetry.RollupRetentionSize < 64<<20) {
+		bad("telemetry.rollup_retention_size", "%d is not a size in bytes of at least 67108864 (64 MiB), or 0 for no bound", c.Telemetry.RollupRetentionSize)
 	}
 	rules.Check(c.Auth.Rules, bad)
 	validateCluster(c.Cluster, bad)

@@ -157,6 +157,8 @@ func TestValidate(t *testing.T) {
 		{"telemetry.device_values_burst", func(c *Config) { c.Telemetry.DeviceValuesBurst = 255 }},
 		{"telemetry.retention_size", func(c *Config) { c.Telemetry.RetentionSize = -1 }},
 		{"telemetry.retention_size", func(c *Config) { c.Telemetry.RetentionSize = 10 }},
+		{"telemetry.rollup_retention_size", func(c *Config) { c.Telemetry.RollupRetentionSize = -1 }},
+		{"telemetry.rollup_retention_size", func(c *Config) { c.Telemetry.RollupRetentionSize = 64<<20 - 1 }},
 		{"limits.device_publish_rate", func(c *Config) { c.Limits.DevicePublishRate = -1 }},
 		{"limits.device_publish_burst", func(c *Config) { c.Limits.DevicePublishBurst = 0 }},
 		{"cluster.node", func(c *Config) { c.Cluster.Node = "a.b" }},

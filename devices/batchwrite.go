@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -99,16 +100,33 @@ type itemFailure struct {
 // timeout) fails the whole batch, as it did before there were savepoints:
 // no item is dropped for a fault of the database, and no item waits on a
 // fault every following item would meet (SQLite's busy_timeout is 10 s).
+//
+// A batch that outlasts ctx fails with an error that says so: database/sql
+// rolls its transaction back when ctx ends, and on SQLite the statements
+// run on to their end (stmtContext), so the next one found the
+// transaction gone ("transaction has already been committed or rolled
+// back", which said nothing of time; seen under a flood of backdated
+// samples of 64 metrics, each point new hourly rows).
 func (w *batchWrite) run(ctx context.Context, db *sql.DB) ([]itemFailure, error) {
 	_, stmt, err := w.pass(ctx, db, false)
 	if !stmt || ctx.Err() != nil {
-		return nil, err
+		return nil, w.outOfTime(ctx, err)
 	}
 	failed, _, err := w.pass(ctx, db, true)
 	if err != nil {
-		return nil, err
+		return nil, w.outOfTime(ctx, err)
 	}
 	return failed, nil
+}
+
+// outOfTime returns err, or if ctx ended and the transaction is gone for
+// it, an error that says so (not a context error: such a batch is not
+// written again, as before).
+func (w *batchWrite) outOfTime(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil || !errors.Is(err, sql.ErrTxDone) {
+		return err
+	}
+	return fmt.Errorf("%s: the batch took longer than its transaction may (%v), which was rolled back: too much to write at once", w.name, ctx.Err())
 }
 
 // pass writes the batch in one transaction: with all, or (isolate) item

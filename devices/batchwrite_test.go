@@ -3,7 +3,9 @@ package devices
 import (
 	"context"
 	"database/sql"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-iot/tether/devices/database"
 )
@@ -124,5 +126,36 @@ func killOnce(t *testing.T, db *DB, table string) {
 		if _, err := db.W.Exec(q); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestBatchWriteOutOfTime: a batch whose transaction outlasts its context
+// (database/sql rolls it back; on SQLite the statements run on without
+// the context, stmtContext, and the next finds the transaction gone)
+// fails with an error that says it took too long, not that the
+// transaction "has already been committed or rolled back".
+func TestBatchWriteOutOfTime(t *testing.T) {
+	db := openBackendDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := (&batchWrite{name: "test write", n: 1,
+		all: func(ctx context.Context, tx *sql.Tx) error {
+			<-ctx.Done() // a batch that takes longer than its time
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				_, err := tx.ExecContext(stmtContext(database.SQLite, ctx), `SELECT 1`)
+				if err != nil || time.Now().After(deadline) {
+					return err
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		},
+		one: func(context.Context, *sql.Tx, int) error { return nil },
+	}).run(ctx, db.W)
+	if err == nil || !strings.Contains(err.Error(), "took longer") || strings.Contains(err.Error(), "already been committed") {
+		t.Fatalf("error %v, want one that says the batch took too long", err)
+	}
+	if database.IsTransient(err) {
+		t.Errorf("%v is transient: the batch would be written again, for as long", err)
 	}
 }

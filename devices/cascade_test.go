@@ -150,13 +150,22 @@ func TestDeleteDeviceAllOrNothing(t *testing.T) {
 }
 
 // The stores' migrations leave no trigger on the registry's table: each
-// store owns its tables.
+// store owns its tables. The one exception is a store's triggers on its
+// own tables: telemetry step 7 keeps the rollups' rows and bytes
+// (telemetry_rollup_sizes, read for telemetry.rollup_retention_size) by
+// triggers on telemetry_1m and telemetry_1h, on SQLite, where counting
+// 10⁸ hourly rows once a minute would read them all. Exactly these.
 func TestNoTriggersAcrossOwners(t *testing.T) {
 	f := openCascade(t)
+	own := map[string]string{
+		"telemetry_1m_size_insert": "telemetry_1m", "telemetry_1m_size_update": "telemetry_1m",
+		"telemetry_1m_size_delete": "telemetry_1m",
+		"telemetry_1h_size_insert": "telemetry_1h", "telemetry_1h_size_delete": "telemetry_1h",
+	}
 	var names []string
-	q := `SELECT name FROM sqlite_master WHERE type = 'trigger'`
+	q := `SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'`
 	if f.db.Dialect == database.Postgres {
-		q = `SELECT tgname FROM pg_trigger WHERE NOT tgisinternal`
+		q = `SELECT tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal`
 	}
 	rows, err := f.db.R.Query(q)
 	if err != nil {
@@ -164,11 +173,13 @@ func TestNoTriggersAcrossOwners(t *testing.T) {
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
+		var n, table string
+		if err := rows.Scan(&n, &table); err != nil {
 			t.Fatal(err)
 		}
-		names = append(names, n)
+		if f.db.Dialect == database.Postgres || own[n] != table {
+			names = append(names, n+" on "+table)
+		}
 	}
 	if len(names) != 0 {
 		t.Errorf("triggers left: %v", names)

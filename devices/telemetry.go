@@ -101,6 +101,36 @@ var telemetrySchema = []string{
 	// primary key (pruneHoursBefore): the index on ts took a third of
 	// their room.
 	`DROP INDEX IF EXISTS telemetry_1h_ts;`,
+	// 7: the rollups' rows and bytes, kept by triggers on their own
+	// tables (rollupSize reads them for telemetry.rollup_retention_size:
+	// counting 10⁸ hourly rows once a minute would read them all). The
+	// bytes are what varies per row (rollupRowBytes adds the rest). An
+	// upsert that updates an hourly row fires no INSERT trigger; a
+	// rewritten minute chunk fires the UPDATE one. PostgreSQL has its
+	// statistics instead (no trigger: every writer would wait on one
+	// counter row). One transaction: an interrupted start counts again.
+	`CREATE TABLE telemetry_rollup_sizes (
+		tbl   TEXT PRIMARY KEY,
+		rows  INTEGER NOT NULL,
+		bytes INTEGER NOT NULL
+	);
+	INSERT INTO telemetry_rollup_sizes SELECT 'telemetry_1m', count(*), COALESCE(sum(length(data) + 2*length(device_id)), 0) FROM telemetry_1m;
+	INSERT INTO telemetry_rollup_sizes SELECT 'telemetry_1h', count(*), COALESCE(sum(length(device_id) + length(metric)), 0) FROM telemetry_1h;
+	CREATE TRIGGER telemetry_1m_size_insert AFTER INSERT ON telemetry_1m BEGIN
+		UPDATE telemetry_rollup_sizes SET rows = rows + 1, bytes = bytes + length(NEW.data) + 2*length(NEW.device_id) WHERE tbl = 'telemetry_1m';
+	END;
+	CREATE TRIGGER telemetry_1m_size_update AFTER UPDATE OF device_id, data ON telemetry_1m BEGIN
+		UPDATE telemetry_rollup_sizes SET bytes = bytes + length(NEW.data) + 2*length(NEW.device_id) - length(OLD.data) - 2*length(OLD.device_id) WHERE tbl = 'telemetry_1m';
+	END;
+	CREATE TRIGGER telemetry_1m_size_delete AFTER DELETE ON telemetry_1m BEGIN
+		UPDATE telemetry_rollup_sizes SET rows = rows - 1, bytes = bytes - length(OLD.data) - 2*length(OLD.device_id) WHERE tbl = 'telemetry_1m';
+	END;
+	CREATE TRIGGER telemetry_1h_size_insert AFTER INSERT ON telemetry_1h BEGIN
+		UPDATE telemetry_rollup_sizes SET rows = rows + 1, bytes = bytes + length(NEW.device_id) + length(NEW.metric) WHERE tbl = 'telemetry_1h';
+	END;
+	CREATE TRIGGER telemetry_1h_size_delete AFTER DELETE ON telemetry_1h BEGIN
+		UPDATE telemetry_rollup_sizes SET rows = rows - 1, bytes = bytes - length(OLD.device_id) - length(OLD.metric) WHERE tbl = 'telemetry_1h';
+	END;`,
 }
 
 // Chunk bounds: points in one history row, the time they may span, and
@@ -158,6 +188,11 @@ type TelemetryOptions struct {
 	// (telemetry_prune.go); 0 means no bound. Past it the pruner
 	// removes the oldest history rows, of all devices, until under it.
 	RetentionSize int64
+	// RollupRetentionSize bounds the rollups' size on disk, in bytes
+	// (telemetry_rollup_size.go); 0 means no bound. Past it the pruner
+	// removes the oldest minute rollups, then whole oldest hours of the
+	// hourly ones, until under it.
+	RollupRetentionSize int64
 	// PruneChunk is how many history rows (each up to 1,024 points) one
 	// pruning transaction deletes (default 200), so pruning never holds
 	// the writer for long. A row goes when its latest point has expired.

@@ -13,6 +13,12 @@ type telemetryMetrics struct {
 	// historyBytes is the raw history's size as the pruner last
 	// estimated it (historySize; telemetry.retention_size).
 	historyBytes prometheus.Gauge
+	// rollupBytes is the rollups' size as the pruner last estimated it
+	// (rollupSize; telemetry.rollup_retention_size); minutesPruned and
+	// hoursPruned are rollup rows deleted, by reason (retention, size:
+	// rollupReasons).
+	rollupBytes                prometheus.Gauge
+	minutesPruned, hoursPruned [2]prometheus.Counter
 	// dbErrors are points dropped because the database refused their
 	// device's writes.
 	dbErrors prometheus.Counter
@@ -45,6 +51,10 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		Help: "Telemetry points deleted from the history (folded into the minute rollups), by reason: retention (older than telemetry.retention), " +
 			"size (the oldest, while the history was larger than telemetry.retention_size)."},
 		"reason", "retention", "size")
+	rollupsPruned := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_telemetry_rollups_pruned_total",
+		Help: "Rollup rows deleted, by rollup (minute: a chunk of one device's minutes, up to 240 of them; hour: one metric's hour of one device) " +
+			"and reason: retention (older than telemetry.rollup_retention), size (the oldest, while the rollups were larger than telemetry.rollup_retention_size)."},
+		[]string{"rollup", "reason"})
 	m := &telemetryMetrics{
 		stored:      counter("points_stored_total", "Telemetry points written to the history."),
 		dropped:     dropped.WithLabelValues("queue_full"),
@@ -55,6 +65,8 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		overRate:    dropped.WithLabelValues("device_rate"),
 		historyBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_history_bytes",
 			Help: "Size of the raw telemetry history (the points, not the rollups) as the pruner last estimated it, in bytes, bounded by telemetry.retention_size."}),
+		rollupBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_rollup_bytes",
+			Help: "Size of the telemetry rollups (per minute and per hour) as the pruner last estimated it, in bytes, bounded by telemetry.rollup_retention_size."}),
 		batches:        counter("batches_total", "Telemetry batches written."),
 		metricsRefused: refused.WithLabelValues("device_metric_limit"),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_telemetry_payloads_rejected_total",
@@ -62,7 +74,11 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		lastBatch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_last_batch_seconds",
 			Help: "Time the last telemetry batch took to write."}),
 	}
-	m.all = metrics{m.stored, dropped, m.writeErrors, pruned, m.historyBytes, m.batches, refused, m.rejected, m.lastBatch,
+	for i, reason := range [2]string{"retention", "size"} {
+		m.minutesPruned[i] = rollupsPruned.WithLabelValues("minute", reason)
+		m.hoursPruned[i] = rollupsPruned.WithLabelValues("hour", reason)
+	}
+	m.all = metrics{m.stored, dropped, m.writeErrors, pruned, m.historyBytes, rollupsPruned, m.rollupBytes, m.batches, refused, m.rejected, m.lastBatch,
 		gaugeFunc("queue_length", "Telemetry points waiting to be written.", func() float64 { return float64(t.queue.len()) }),
 		gaugeFunc("queue_bytes", "Bytes of telemetry points waiting to be written or being written (bounded by telemetry.queue_bytes).",
 			func() float64 { return float64(t.budget.held()) }),

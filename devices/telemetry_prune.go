@@ -42,14 +42,20 @@ func (t *Telemetry) prune() {
 				t.log.Error("telemetry: prune to telemetry.retention_size", "error", err)
 			}
 			cutoff := time.Now().Add(-t.opts.RollupRetention)
-			err = t.pruneMinutesBefore(ctx, cutoff)
+			n, err = t.pruneMinutesBefore(ctx, cutoff)
+			t.m.minutesPruned[0].Add(float64(n))
 			if hour := expiredHour(cutoff); err == nil && hour != lastHour {
-				if err = t.pruneHoursBefore(ctx, cutoff); err == nil {
+				n, err = t.pruneHoursBefore(ctx, cutoff)
+				t.m.hoursPruned[0].Add(float64(n))
+				if err == nil {
 					lastHour = hour
 				}
 			}
 			if err != nil && ctx.Err() == nil {
 				t.log.Error("telemetry: prune rollups", "error", err)
+			}
+			if err := t.PruneRollupsToSize(ctx); err != nil && ctx.Err() == nil {
+				t.log.Error("telemetry: prune to telemetry.rollup_retention_size", "error", err)
 			}
 		}
 	}
@@ -190,26 +196,46 @@ func (t *Telemetry) pruneChunk(ctx context.Context, cutoff time.Time, after *pru
 // PruneRollupsBefore deletes the rollups of minutes and hours that began
 // before cutoff, a few hundred rows per transaction.
 func (t *Telemetry) PruneRollupsBefore(ctx context.Context, cutoff time.Time) error {
-	if err := t.pruneMinutesBefore(ctx, cutoff); err != nil {
+	n, err := t.pruneMinutesBefore(ctx, cutoff)
+	t.m.minutesPruned[0].Add(float64(n))
+	if err != nil {
 		return err
 	}
-	return t.pruneHoursBefore(ctx, cutoff)
+	n, err = t.pruneHoursBefore(ctx, cutoff)
+	t.m.hoursPruned[0].Add(float64(n))
+	return err
 }
 
 // pruneMinutesBefore deletes the minute chunks of minutes before cutoff,
-// by their index on ts_max.
-func (t *Telemetry) pruneMinutesBefore(ctx context.Context, cutoff time.Time) error {
+// by their index on ts_max, and returns how many rows went.
+func (t *Telemetry) pruneMinutesBefore(ctx context.Context, cutoff time.Time) (int64, error) {
 	return t.pruneRows(ctx,
 		`DELETE FROM telemetry_1m WHERE id IN (SELECT id FROM telemetry_1m WHERE ts_max < ? ORDER BY ts_max LIMIT ?)`,
 		cutoff.UnixMilli())
 }
 
 // pruneHoursBefore deletes the hourly rollups of hours that began before
-// cutoff. telemetry_1h has no index on ts (it took a third of the
-// table's room): each device's expired hours are found by the primary
-// key (device_id, ts, metric), device after device. The pruner runs it
-// once an hour, when a new hour expires.
-func (t *Telemetry) pruneHoursBefore(ctx context.Context, cutoff time.Time) error {
+// cutoff, and returns how many rows went. telemetry_1h has no index on ts
+// (it took a third of the table's room): each device's expired hours are
+// found by the primary key (device_id, ts, metric), device after device
+// (eachHourDevice). The pruner runs it once an hour, when a new hour
+// expires, and to the size bound (pruneHoursToSize).
+func (t *Telemetry) pruneHoursBefore(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	err := t.eachHourDevice(ctx, func(device string) error {
+		n, err := t.pruneRows(ctx,
+			`DELETE FROM telemetry_1h WHERE (device_id, ts, metric) IN
+			   (SELECT device_id, ts, metric FROM telemetry_1h WHERE device_id = ? AND ts < ? ORDER BY ts LIMIT ?)`,
+			device, cutoff.UnixMilli())
+		total += n
+		return err
+	})
+	return total, err
+}
+
+// eachHourDevice calls fn with each device that has hourly rollups, in
+// order, found one by one by the primary key.
+func (t *Telemetry) eachHourDevice(ctx context.Context, fn func(device string) error) error {
 	device, next := "", `SELECT device_id FROM telemetry_1h WHERE device_id >= ? ORDER BY device_id LIMIT 1`
 	for {
 		err := t.db.R.QueryRowContext(ctx, next, device).Scan(&device)
@@ -220,29 +246,29 @@ func (t *Telemetry) pruneHoursBefore(ctx context.Context, cutoff time.Time) erro
 		if err != nil {
 			return fmt.Errorf("telemetry prune rollups: %w", err)
 		}
-		if err := t.pruneRows(ctx,
-			`DELETE FROM telemetry_1h WHERE (device_id, ts, metric) IN
-			   (SELECT device_id, ts, metric FROM telemetry_1h WHERE device_id = ? AND ts < ? ORDER BY ts LIMIT ?)`,
-			device, cutoff.UnixMilli()); err != nil {
+		if err := fn(device); err != nil {
 			return err
 		}
 	}
 }
 
 // pruneRows runs the DELETE q with args and PruneChunk until it deletes
-// fewer rows than that.
-func (t *Telemetry) pruneRows(ctx context.Context, q string, args ...any) error {
+// fewer rows than that, and returns how many it deleted.
+func (t *Telemetry) pruneRows(ctx context.Context, q string, args ...any) (int64, error) {
 	args = append(args, t.opts.PruneChunk)
+	var total int64
 	for {
 		res, err := t.db.W.ExecContext(ctx, q, args...)
 		if err != nil {
-			return fmt.Errorf("telemetry prune rollups: %w", err)
+			return total, fmt.Errorf("telemetry prune rollups: %w", err)
 		}
-		if n, _ := res.RowsAffected(); n < int64(t.opts.PruneChunk) {
-			return nil
+		n, _ := res.RowsAffected()
+		total += n
+		if n < int64(t.opts.PruneChunk) {
+			return total, nil
 		}
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("telemetry prune rollups: %w", err)
+			return total, fmt.Errorf("telemetry prune rollups: %w", err)
 		}
 	}
 }
@@ -257,6 +283,27 @@ const sizeGuard = time.Minute
 // to the size bound, so that two nodes measuring the same excess do not
 // both remove it.
 const sizeLock = 0x7465746865720002
+
+// tryLock takes, on PostgreSQL, the advisory lock key on a connection
+// of its own, if no other node holds it (mine); release lets it go. On
+// SQLite, with one writer, it is always mine.
+func (t *Telemetry) tryLock(ctx context.Context, key int64) (release func(), mine bool, err error) {
+	if t.db.Dialect != database.Postgres {
+		return func() {}, true, nil
+	}
+	conn, err := t.db.W.Conn(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock(?)`, key).Scan(&mine); err != nil || !mine {
+		conn.Close()
+		return nil, false, err
+	}
+	return func() {
+		conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock(?)`, key)
+		conn.Close()
+	}, true, nil
+}
 
 // PruneToSize measures the history (historySize) and, when it is larger
 // than RetentionSize, deletes the oldest history rows of all devices,
@@ -278,21 +325,14 @@ func (t *Telemetry) PruneToSize(ctx context.Context) (int64, error) {
 	if limit <= 0 || size <= limit {
 		return 0, nil
 	}
-	if t.db.Dialect == database.Postgres {
-		conn, err := t.db.W.Conn(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("telemetry prune to size: %w", err)
-		}
-		defer conn.Close()
-		var mine bool
-		if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock(?)`, int64(sizeLock)).Scan(&mine); err != nil {
-			return 0, fmt.Errorf("telemetry prune to size: %w", err)
-		}
-		if !mine {
-			return 0, nil // another node is at it
-		}
-		defer conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock(?)`, int64(sizeLock))
+	release, mine, err := t.tryLock(ctx, sizeLock)
+	if err != nil {
+		return 0, fmt.Errorf("telemetry prune to size: %w", err)
 	}
+	if !mine {
+		return 0, nil // another node is at it
+	}
+	defer release()
 	excess := size - limit + limit/100
 	start := time.Now()
 	after := pruneCursor{ts: math.MinInt64}
@@ -329,36 +369,52 @@ func (t *Telemetry) PruneToSize(ctx context.Context) (int64, error) {
 // rowBytes is about what a history row takes on disk: its chunk, its
 // device id in the row and in its index, and the rest of the row and
 // its two index entries.
-func rowBytes(device string, data []byte) int64 { return int64(len(data) + 2*len(device) + 64) }
+func rowBytes(device string, data []byte) int64 {
+	return int64(len(data) + 2*len(device) + chunkRowOverhead)
+}
+
+// chunkRowOverhead is what rowBytes adds to a row's chunk and device ids.
+const chunkRowOverhead = 64
 
 // historySize estimates the raw history's size on disk, in bytes,
-// without reading it: its rows times the average size (as rowBytes
-// counts it) of its 256 oldest rows, the next to go, which are complete
-// chunks (the newest rows are the devices' open chunks, still growing).
-// Rows are counted on SQLite by count(*), which SQLite answers from the
-// smallest index, (ts_max, id): about 15 bytes a row, some 40 MB for
-// 10 GB of history (2.6 million rows: 52–250 ms from the page cache at
-// load average 10, once a minute); on PostgreSQL the statistics' n_live_tup (whose files
-// do not shrink when rows are deleted: their room is reused once
-// vacuumed), at most the table's files (pg_total_relation_size). The
-// rollups are not counted: they are kept by telemetry.rollup_retention.
+// without reading it (chunksSize of telemetry_chunks). The rollups are
+// not counted: they are bounded apart (rollupSize).
 func (t *Telemetry) historySize(ctx context.Context) (int64, error) {
-	const avgOldest = `SELECT avg(%s + 2*length(device_id) + 64)
-		FROM (SELECT data, device_id FROM telemetry_chunks ORDER BY ts_max, id LIMIT 256) oldest`
+	size, err := t.chunksSize(ctx, "telemetry_chunks")
+	if err != nil {
+		return 0, fmt.Errorf("telemetry: history size: %w", err)
+	}
+	return size, nil
+}
+
+// chunksSize estimates the size on disk of a table of chunks
+// (telemetry_chunks, telemetry_1m), in bytes, without reading it: its
+// rows times the average size (as rowBytes counts it) of its 256 oldest
+// rows, the next to go, which are complete chunks (the newest rows of the
+// history are the devices' open chunks, still growing). Rows are counted
+// on SQLite by count(*), which SQLite answers from the smallest index,
+// (ts_max, id): about 15 bytes a row, some 40 MB for 10 GB of history
+// (2.6 million rows: 52–250 ms from the page cache at load average 10,
+// once a minute); on PostgreSQL the statistics' n_live_tup (whose files
+// do not shrink when rows are deleted: their room is reused once
+// vacuumed), at most the table's files (pg_total_relation_size).
+func (t *Telemetry) chunksSize(ctx context.Context, table string) (int64, error) {
+	avgOldest := `SELECT avg(%s + 2*length(device_id) + ` + fmt.Sprint(chunkRowOverhead) + `)
+		FROM (SELECT data, device_id FROM ` + table + ` ORDER BY ts_max, id LIMIT 256) oldest`
 	var rows, files int64
 	var avg sql.NullFloat64
 	var err error
 	if t.db.Dialect != database.Postgres {
-		err = t.db.R.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM telemetry_chunks), -1, (`+
+		err = t.db.R.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM `+table+`), -1, (`+
 			fmt.Sprintf(avgOldest, "length(data)")+`)`).Scan(&rows, &files, &avg)
 	} else {
 		err = t.db.R.QueryRowContext(ctx, `SELECT
-			COALESCE((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'telemetry_chunks'::regclass), 0),
-			pg_total_relation_size('telemetry_chunks'), (`+
+			COALESCE((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = '`+table+`'::regclass), 0),
+			pg_total_relation_size('`+table+`'), (`+
 			fmt.Sprintf(avgOldest, "pg_column_size(data)")+`)`).Scan(&rows, &files, &avg)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("telemetry: history size: %w", err)
+		return 0, err
 	}
 	size := int64(float64(rows) * avg.Float64)
 	if files >= 0 {

@@ -44,16 +44,17 @@ func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, l
 		}
 	}()
 	if d.telemetry, err = devices.OpenTelemetry(ctx, db, &devices.TelemetryOptions{
-		FlushInterval:     cfg.Telemetry.FlushInterval,
-		QueueSize:         cfg.Telemetry.QueueSize,
-		QueueBytes:        cfg.Telemetry.QueueBytes,
-		Retention:         cfg.Telemetry.Retention,
-		RollupRetention:   cfg.Telemetry.RollupRetention,
-		RetentionSize:     cfg.Telemetry.RetentionSize,
-		DeviceValuesRate:  cfg.Telemetry.DeviceValuesRate,
-		DeviceValuesBurst: cfg.Telemetry.DeviceValuesBurst,
-		Logger:            log,
-		LastValues:        reg,
+		FlushInterval:       cfg.Telemetry.FlushInterval,
+		QueueSize:           cfg.Telemetry.QueueSize,
+		QueueBytes:          cfg.Telemetry.QueueBytes,
+		Retention:           cfg.Telemetry.Retention,
+		RollupRetention:     cfg.Telemetry.RollupRetention,
+		RetentionSize:       cfg.Telemetry.RetentionSize,
+		RollupRetentionSize: cfg.Telemetry.RollupRetentionSize,
+		DeviceValuesRate:    cfg.Telemetry.DeviceValuesRate,
+		DeviceValuesBurst:   cfg.Telemetry.DeviceValuesBurst,
+		Logger:              log,
+		LastValues:          reg,
 	}); err != nil {
 		return nil, err
 	}
