@@ -20,6 +20,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/internal/testmqtt"
 )
@@ -422,6 +423,24 @@ func TestSendQueueTotalBytes(t *testing.T) {
 	}
 	if d := b.sendq.Dropped(dropClientBytes); d != 0 {
 		t.Errorf("%d dropped for mqtt.client_queue_bytes, which no viewer reached", d)
+	}
+	// /metrics says which bound dropped them.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(b))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byReason := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() == "tether_mqtt_messages_dropped_total" {
+			for _, m := range mf.GetMetric() {
+				byReason[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got, want := byReason["client_queue_total_bytes"], float64(b.sendq.Dropped(dropTotalBytes)); got != want || got == 0 {
+		t.Errorf("tether_mqtt_messages_dropped_total{reason=\"client_queue_total_bytes\"} = %v, want %v (all: %v)", got, want, byReason)
 	}
 	logged := logs.dropLogs()
 	if len(logged) == 0 {
