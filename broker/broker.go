@@ -165,7 +165,7 @@ func New(opts Options) (*Broker, error) {
 	}
 	if b.sendq != nil {
 		// The last OnPublish: it records a message as the engine routes it.
-		if err := srv.AddHook(&sendQueueHook{q: b.sendq}, nil); err != nil {
+		if err := b.addHook(&sendQueueHook{q: b.sendq}); err != nil {
 			return nil, fmt.Errorf("broker: add send queue hook: %w", err)
 		}
 	}
