@@ -253,6 +253,9 @@ func (t *purgeTail) Provides(b byte) bool { return b == mqtt.OnWill || b == mqtt
 // OnWill implements mqtt.Hook.
 func (t *purgeTail) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	will = t.a.checkWill(cl, will)
+	if t.a.takenOverWill(cl, will) {
+		return mqtt.Will{}, nil
+	}
 	t.a.delayWill(cl, will)
 	return will, nil
 }

@@ -135,6 +135,33 @@ func (a *Auth) delayWill(cl *mqtt.Client, will mqtt.Will) {
 	a.willFrom.Store(cl.ID, cl) // the engine queues it under cl.ID next
 }
 
+// takenOverWill reports whether will, delayed, is that of a connection
+// whose session another connection has taken over, and if so makes the
+// engine drop it (no delay: it goes at once, with no topic, to no one). A
+// new connection to the session cancels a waiting will [MQTT-3.1.3-9]:
+// the engine deletes the client id's waiting will after the new
+// connection's CONNACK, but the old connection's goroutine queues its will
+// (under the same client id) whenever it gets to it, which on a loaded
+// machine can be after the new connection has itself ended and queued its
+// own: the old will then replaced the new one, and went after the delay in
+// its place (TestNewConnectionsWillOutlivesTakeover, once in 21 runs at
+// load 6). The engine marks the old connection taken over right after it
+// stops it, and lists the new one right after that; a will queued before
+// either is cancelled by the new connection's CONNACK, as before.
+func (a *Auth) takenOverWill(cl *mqtt.Client, will mqtt.Will) bool {
+	if will.TopicName == "" || cl.Properties.Will.WillDelayInterval == 0 {
+		return false
+	}
+	if !cl.IsTakenOver() {
+		if cur, ok := a.srv.Clients.Get(cl.ID); !ok || cur == cl {
+			return false
+		}
+	}
+	cl.Properties.Will.WillDelayInterval = 0 // the engine reads it after the hooks
+	a.log.Debug("will cancelled: the session was taken over before its delay passed", "client", cl.ID)
+	return true
+}
+
 // cancelWill removes the will cl's connection left waiting, if any: a
 // newer connection with the client id took the session (on another node:
 // movedAway). The engine keeps waiting wills by client id alone: one that
