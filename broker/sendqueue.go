@@ -144,7 +144,17 @@ func (q *sendQueue) publish(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if len(pk.Payload) < largeMessage || pk.TopicName == "" || queueField == nil || qtyField == nil {
 		return pk
 	}
-	pk.TopicName = strings.Clone(pk.TopicName)
+	if pk.FixedHeader.Qos == 0 {
+		pk.TopicName = strings.Clone(pk.TopicName)
+	}
+	// A QoS 1/2 message keeps the topic string it has: the session
+	// store's OnPublish, before this one, gave it one of its own and keys
+	// its routing by that string's address (sessions.Store.Divert, its
+	// OnPublished); a second copy here hid the message from the store,
+	// which then queued it for a persistent session that the engine
+	// delivered it to as well (TestClusterDurableBurst: 57 of 96 delivered
+	// twice). Without the store, a client's PUBLISH of this size already
+	// has a topic string of its own (gate.read).
 	r := &route{key: unsafe.StringData(pk.TopicName), base: pk, body: pk.Payload}
 	r.base.Payload = nil
 	q.routes.Store(r.key, r)

@@ -624,3 +624,34 @@ func (b *Broker) sendqBackpressure() *Backpressure {
 	}
 	panic("no Backpressure hook")
 }
+
+// TestSendQueueKeepsQoS12Topics: the send queue's OnPublish gives a large
+// QoS 0 message a topic string of its own, but leaves a QoS 1/2 one's
+// as it finds it: the session store, an earlier OnPublish, keys its
+// routing by that string's address, and a second copy hid the message
+// from it (a persistent session got it twice: TestClusterDurableBurst,
+// 57 of 96). Both are routed here, under the string they leave with.
+func TestSendQueueKeepsQoS12Topics(t *testing.T) {
+	q := newSendQueue(nil, slog.New(slog.NewTextHandler(io.Discard, nil)), 8<<20, 256<<20)
+	h := &sendQueueHook{q: q}
+	cl := &mqtt.Client{Net: mqtt.ClientConnection{Inline: true}}
+	for qos := range byte(3) {
+		topic := strings.Clone("big/frame")
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic, Payload: make([]byte, largeMessage)}
+		out, err := h.OnPublish(cl, pk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		same := unsafe.StringData(out.TopicName) == unsafe.StringData(topic)
+		if want := qos > 0; same != want {
+			t.Errorf("QoS %d: the topic string kept: %v, want %v", qos, same, want)
+		}
+		if _, ok := q.routes.Load(unsafe.StringData(out.TopicName)); !ok {
+			t.Errorf("QoS %d: not routed under the topic it leaves with", qos)
+		}
+		h.OnPublished(cl, out)
+		if n := q.nRoutes.Load(); n != 0 {
+			t.Errorf("QoS %d: %d routes left after OnPublished", qos, n)
+		}
+	}
+}
