@@ -9,6 +9,8 @@ const FETCH_EACH = 10;          // devices asked about one by one per 500 ms
 const RELOAD_EVERY = 30000;     // ms between registry loads for many unknown ids
 const MISSING_FOR = 60000;      // ms an id the registry has not is not asked about again
 const MISSING_MAX = 10000;      // such ids remembered
+const FETCH_EVERY = 500;        // ms between lookups of unknown ids
+const RETRY_MAX = 30000;        // ms between lookups at most, while they fail
 
 class Fleet {
   constructor() {
@@ -22,6 +24,7 @@ class Fleet {
     this.early = new Map();   // id -> status received before the first load
     this.statuses = 0;
     this.fetchTimer = 0;
+    this.fetchDelay = FETCH_EVERY;
     this.stopLive = null;
   }
 
@@ -110,26 +113,38 @@ class Fleet {
   // ids than that are answered by loading the registry again (at most
   // every 30 s), so that statuses for many ids never become as many
   // requests. An id the registry does not have is remembered as missing.
+  // An id whose lookup failed otherwise (the network, a proxy's 502) is
+  // asked about again, after twice as long each time, up to 30 s: the
+  // device would otherwise stay a stub until the next load.
   fetchUnknownSoon() {
     if (this.fetchTimer) return;
     this.fetchTimer = setTimeout(async () => {
+      let failed = false;
       try {
         if (this.unknown.size > FETCH_EACH && Date.now() - this.loadedAt > RELOAD_EVERY) {
           const ids = [...this.unknown];
           this.unknown.clear();
-          try { await this.load(true); } catch { for (const id of ids) this.unknown.add(id); return; }
+          try { await this.load(true); } catch { for (const id of ids) this.unknown.add(id); failed = true; return; }
           for (const id of ids) if (!this.byId.has(id) || this.byId.get(id)._stub) this.gone(id);
         } else {
+          const retry = [];
           for (const id of [...this.unknown].slice(0, FETCH_EACH)) {
             this.unknown.delete(id);
-            try { this.put(await get('/devices/' + enc(id))); } catch (e) { if (e.status === 404) this.gone(id); }
+            try { this.put(await get('/devices/' + enc(id))); } catch (e) {
+              if (e.status === 404) this.gone(id);
+              else if (e.status !== 401 && e.status !== 403) retry.push(id);
+            }
           }
+          // To the end: the others are asked about first.
+          for (const id of retry) if (this.byId.has(id) && this.byId.get(id)._stub) this.unknown.add(id);
+          failed = retry.length > 0;
         }
       } finally {
+        this.fetchDelay = failed ? Math.min(this.fetchDelay * 2, RETRY_MAX) : FETCH_EVERY;
         this.fetchTimer = 0;
         if (this.unknown.size) this.fetchUnknownSoon();
       }
-    }, 500);
+    }, this.fetchDelay);
   }
 
   // deleted: an empty status is the broker deleting a deleted device's
