@@ -1,6 +1,7 @@
 package simulator
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -93,7 +94,11 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 	switch d.ep.Transport {
 	case TransportTCP:
 		var nd net.Dialer
-		return nd.DialContext(ctx, "tcp", d.ep.Host)
+		conn, err := nd.DialContext(ctx, "tcp", d.ep.Host)
+		if err != nil {
+			return nil, err
+		}
+		return readBuffered(conn), nil
 	case TransportTLS:
 		return d.dialTLS(ctx, d.ep.Host)
 	case TransportWS, TransportWSS:
@@ -178,6 +183,26 @@ func (d *dialer) openFn(track func(net.Conn)) mqtt.OpenConnectionFunc {
 		return conn, nil
 	}
 }
+
+// tcpClientReadBuffer holds a burst of small packets (a subscriber's
+// QoS 0 stream, a publisher's acknowledgements) for one read of the
+// socket. paho reads a packet's first byte, its length a byte at a time
+// and then its body: three reads, each a system call on a bare TCP
+// connection, where TLS and the WebSocket client (wsClientReadBuffer)
+// read ahead. Small, because `tether sim` holds one per device.
+const tcpClientReadBuffer = 2 << 10
+
+// bufferedConn reads its connection through a buffer.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func readBuffered(c net.Conn) net.Conn {
+	return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, tcpClientReadBuffer)}
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // errClosed is what a read returns once the connection was closed here
 // (by the simulator's churn or reboot, or by paho): it wraps
