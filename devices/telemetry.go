@@ -256,6 +256,11 @@ type Telemetry struct {
 	chunks  *chunkBuilder
 	rollups *rollups
 	order   *batchOrder
+	// segs and partLasts are the writer's scratch: the segments of the
+	// batch one transaction writes (writeBatch), and their devices' last
+	// values.
+	segs      []segment
+	partLasts []LastValue
 	// wake tells the writer that the queue is filling up (wakeAt).
 	wake   chan struct{}
 	wakeAt int
@@ -279,6 +284,9 @@ type Telemetry struct {
 	refresh chan string
 
 	m *telemetryMetrics
+	// maxTxRows is the most rows a write transaction has written
+	// (partRows), for tests.
+	maxTxRows atomic.Int64
 	// logged throttles the writer's failures: once a minute per device.
 	logged *logevery.Keys
 }

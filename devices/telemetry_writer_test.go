@@ -463,3 +463,98 @@ func TestTelemetryManyPointsAWriteOneRow(t *testing.T) {
 		t.Fatalf("d1's first chunk: %d bytes stored, the full encoder makes %d", len(data), len(again))
 	}
 }
+
+// TestTelemetryBackdatedFloodSplitsTransactions: devices publishing, at
+// the default bounds (telemetry.device_values_rate's 1,000 values a
+// second, bursts of 10,000), samples of 64 numbers each stamped an hour
+// before the last (a backfill, or a device choosing its timestamps to
+// make the writer work) make each point 64 new hourly rows. The writer
+// writes such a batch in several transactions of about txRows rows each
+// (before, in one: 2.6 million rows of 1,000 such devices outlasted the
+// transaction's minute and the whole batch was lost), and every point is
+// stored, with its hourly rollups and its device's last values.
+// On PostgreSQL the rows each transaction inserted are counted apart, by
+// the transaction id the server stamps on each row (xmin).
+func TestTelemetryBackdatedFloodSplitsTransactions(t *testing.T) {
+	const devs, samples, metrics = 8, 150, 64 // 150 samples of 64: within a burst of 10,000 values
+	ids := make([]string, devs)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("flood-%d", i)
+	}
+	db := openTestDB(t, ids...)
+	tel := openTestTelemetry(t, db, &TelemetryOptions{FlushInterval: time.Hour, // one batch, on Flush
+		DeviceValuesRate: 1000, DeviceValuesBurst: 10000})
+	newest := time.Now().Truncate(time.Hour).Add(-time.Hour)
+	for j := range samples { // newest first, each an hour before the last
+		for _, id := range ids {
+			var b strings.Builder
+			b.WriteByte('{')
+			for m := range metrics {
+				if m > 0 {
+					b.WriteByte(',')
+				}
+				fmt.Fprintf(&b, `"m%02d":%d`, m, j+m)
+			}
+			b.WriteByte('}')
+			s := mustSample(t, b.String())
+			s.TS = newest.Add(-time.Duration(j) * time.Hour)
+			if !tel.Add(id, s, time.Now()) {
+				t.Fatalf("%s: sample %d not queued", id, j)
+			}
+		}
+	}
+	if err := tel.Flush(context.Background()); err != nil {
+		t.Fatalf("the flood's batch failed: %v", err)
+	}
+	rows := devs * samples * metrics
+	stored, dropped := tel.Stats()
+	if stored != devs*samples || dropped != 0 || count(tel.m.writeErrors) != 0 || count(tel.m.dbErrors) != 0 || count(tel.m.overRate) != 0 {
+		t.Errorf("stored %d, dropped %d, failed batches %d, db_error %d, device_rate %d; want %d stored, nothing lost",
+			stored, dropped, count(tel.m.writeErrors), count(tel.m.dbErrors), count(tel.m.overRate), devs*samples)
+	}
+	// One point past txRows at most: its metrics' rows, its chunk and
+	// its device's last values.
+	if most := tel.maxTxRows.Load(); most > txRows+MaxTelemetryMetrics+2 {
+		t.Errorf("a transaction wrote %d rows, want at most about %d", most, txRows)
+	}
+	if n := count(tel.m.transactions); n < int64((rows+txRows-1)/txRows) {
+		t.Errorf("%d transactions for %d hourly rows, want at least %d", n, rows, (rows+txRows-1)/txRows)
+	}
+	var got int
+	if err := db.R.QueryRow(`SELECT count(*) FROM telemetry_1h`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != rows {
+		t.Errorf("%d hourly rows, want %d", got, rows)
+	}
+	if testPG != nil {
+		var most int
+		if err := db.R.QueryRow(`SELECT max(n) FROM (SELECT count(*) AS n FROM telemetry_1h GROUP BY xmin::text) AS t`).Scan(&most); err != nil {
+			t.Fatal(err)
+		}
+		if most > txRows+MaxTelemetryMetrics {
+			t.Errorf("one PostgreSQL transaction inserted %d hourly rows, want at most about %d", most, txRows)
+		}
+	}
+	oldest := newest.Add(-(samples - 1) * time.Hour)
+	for _, id := range ids {
+		pts, err := tel.Points(context.Background(), id, oldest, newest.Add(time.Minute), 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pts) != samples || len(pts[0].Values) != metrics || pts[0].Values["m00"] != float64(samples-1) {
+			t.Errorf("%s: %d points stored, want %d", id, len(pts), samples)
+		}
+		var raw []byte
+		if err := db.R.QueryRow(`SELECT COALESCE(last_values, '{}') FROM devices WHERE id = ?`, id).Scan(&raw); err != nil {
+			t.Fatal(err)
+		}
+		var lv map[string]any
+		if err := json.Unmarshal(raw, &lv); err != nil {
+			t.Fatal(err)
+		}
+		if len(lv) != metrics || lv["m00"] != float64(0) || lv["m63"] != float64(63) {
+			t.Errorf("%s: last values %s, want the newest sample's (m00 0 … m63 63)", id, raw)
+		}
+	}
+}
