@@ -14,9 +14,9 @@ import (
 // (and when Add finds the queue filling up), not on every point: a writer
 // that blocks on the queue is woken by nearly every point, and each
 // wake-up costs both goroutines more CPU than taking the point. It writes
-// the points taken in one transaction every FlushInterval, on Flush and
-// on Close, and sooner when the batch is full (BatchSize points or
-// maxBatchBytes). While points are being dropped it logs once per
+// the points taken as one batch (writeBatch) every FlushInterval, on
+// Flush and on Close, and sooner when the batch is full (BatchSize points
+// or maxBatchBytes). While points are being dropped it logs once per
 // interval.
 func (t *Telemetry) write() {
 	defer t.wg.Done()
@@ -99,7 +99,7 @@ func (t *Telemetry) pollEvery() time.Duration {
 	return max(min(t.opts.FlushInterval/4, 10*time.Millisecond), time.Millisecond)
 }
 
-// maxBatchBytes is the most bytes of points one transaction writes: half
+// maxBatchBytes is the most bytes of points one batch writes: half
 // the queue's bound, at most 32 MiB (a second of points at 200,000 a
 // second), so that a batch of large payloads does not hold the writer
 // (and its memory) for long.
