@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"database/sql"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,11 +115,22 @@ func holdWrites(t *testing.T, db *DB, table string) (release func()) {
 // a network fault would midway through a batch.
 func killOnce(t *testing.T, db *DB, table string) {
 	t.Helper()
+	killAt(t, db, table, 1)
+}
+
+// killAt is killOnce at each of the rows ns (counted from 1) written
+// into table, committed or not.
+func killAt(t *testing.T, db *DB, table string, ns ...int) {
+	t.Helper()
+	in := make([]string, len(ns))
+	for i, n := range ns {
+		in[i] = strconv.Itoa(n)
+	}
 	for _, q := range []string{
 		`CREATE SEQUENCE kill_` + table,
 		`CREATE FUNCTION kill_` + table + `() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
-			IF nextval('kill_` + table + `') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+			IF nextval('kill_` + table + `') IN (` + strings.Join(in, ",") + `) THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
 			RETURN NEW;
 		END $$`,
 		`CREATE TRIGGER kill_` + table + ` BEFORE INSERT OR UPDATE ON ` + table + ` FOR EACH ROW EXECUTE FUNCTION kill_` + table + `()`,

@@ -158,8 +158,9 @@ type TelemetryOptions struct {
 	// QueueBytes bounds the memory of the points waiting, and of the
 	// batch being written, beside their number (default 64 MiB).
 	QueueBytes int64
-	// BatchSize is the most points written in one transaction (default
-	// 262144). The writer writes what it has taken every FlushInterval,
+	// BatchSize is the most points written in one batch (default
+	// 262144), in one transaction unless they make more than txRows
+	// rows (writeBatch). The writer writes what it has taken every FlushInterval,
 	// or sooner when it has BatchSize points (or half of QueueBytes, at
 	// most 32 MiB, of them). Each write costs a few statements per device
 	// besides its points (the open chunk's row, the hourly rollups, the
@@ -230,9 +231,9 @@ type queued struct {
 }
 
 // Telemetry is the telemetry history: a bounded queue that a batch writer
-// drains into SQLite, one transaction per batch, into compressed chunks
-// and hourly rollups, updating each device's last values and last_seen in
-// the same transaction; a pruner that folds expired history into minute
+// drains into SQLite, one transaction per batch (or per txRows rows of
+// it), into compressed chunks and hourly rollups, updating each device's
+// last values and last_seen in the same transaction; a pruner that folds expired history into minute
 // rollups a few rows per transaction, and drops rollups past their
 // retention; and queries over time ranges (telemetry_query.go).
 //
@@ -256,6 +257,11 @@ type Telemetry struct {
 	chunks  *chunkBuilder
 	rollups *rollups
 	order   *batchOrder
+	// segs and partLasts are the writer's scratch: the segments of the
+	// batch one transaction writes (writeBatch), and their devices' last
+	// values.
+	segs      []segment
+	partLasts []LastValue
 	// wake tells the writer that the queue is filling up (wakeAt).
 	wake   chan struct{}
 	wakeAt int
@@ -279,6 +285,9 @@ type Telemetry struct {
 	refresh chan string
 
 	m *telemetryMetrics
+	// maxTxRows is the most rows a write transaction has written
+	// (partRows), for tests.
+	maxTxRows atomic.Int64
 	// logged throttles the writer's failures: once a minute per device.
 	logged *logevery.Keys
 }

@@ -7,6 +7,9 @@ import (
 // telemetryMetrics are the store's counts (metrics.go).
 type telemetryMetrics struct {
 	stored, dropped, writeErrors, pruned, batches prometheus.Counter
+	// transactions are the writer's committed transactions: a batch is
+	// written in several when it would write more than txRows rows.
+	transactions prometheus.Counter
 	// overRate are points not stored because their device was over
 	// DeviceValuesRate; prunedSize points pruned by RetentionSize.
 	overRate, prunedSize prometheus.Counter
@@ -59,7 +62,7 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		stored:      counter("points_stored_total", "Telemetry points written to the history."),
 		dropped:     dropped.WithLabelValues("queue_full"),
 		dbErrors:    dropped.WithLabelValues("db_error"),
-		writeErrors: counter("write_errors_total", "Telemetry batches that failed to write (all of their points lost)."),
+		writeErrors: counter("write_errors_total", "Telemetry batches that failed to write (the points of the transaction that failed, and of the batch's transactions after it, lost)."),
 		pruned:      pruned.WithLabelValues("retention"),
 		prunedSize:  pruned.WithLabelValues("size"),
 		overRate:    dropped.WithLabelValues("device_rate"),
@@ -67,7 +70,9 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 			Help: "Size of the raw telemetry history (the points, not the rollups) as the pruner last estimated it, in bytes, bounded by telemetry.retention_size."}),
 		rollupBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tether_telemetry_rollup_bytes",
 			Help: "Size of the telemetry rollups (per minute and per hour) as the pruner last estimated it, in bytes, bounded by telemetry.rollup_retention_size."}),
-		batches:        counter("batches_total", "Telemetry batches written."),
+		batches: counter("batches_total", "Telemetry batches written."),
+		transactions: counter("write_transactions_total", "Transactions the telemetry writer committed: a batch that would write more than 32,768 rows "+
+			"(hourly rollups, history chunks, last values) is written in several, each committed on its own."),
 		metricsRefused: refused.WithLabelValues("device_metric_limit"),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tether_telemetry_payloads_rejected_total",
 			Help: "Telemetry payloads routed but not stored because they are not a valid JSON object of metrics, by reason."}, []string{"reason"}),
@@ -78,7 +83,7 @@ func newTelemetryMetrics(t *Telemetry) *telemetryMetrics {
 		m.minutesPruned[i] = rollupsPruned.WithLabelValues("minute", reason)
 		m.hoursPruned[i] = rollupsPruned.WithLabelValues("hour", reason)
 	}
-	m.all = metrics{m.stored, dropped, m.writeErrors, pruned, m.historyBytes, rollupsPruned, m.rollupBytes, m.batches, refused, m.rejected, m.lastBatch,
+	m.all = metrics{m.stored, dropped, m.writeErrors, pruned, m.historyBytes, rollupsPruned, m.rollupBytes, m.batches, m.transactions, refused, m.rejected, m.lastBatch,
 		gaugeFunc("queue_length", "Telemetry points waiting to be written.", func() float64 { return float64(t.queue.len()) }),
 		gaugeFunc("queue_bytes", "Bytes of telemetry points waiting to be written or being written (bounded by telemetry.queue_bytes).",
 			func() float64 { return float64(t.budget.held()) }),

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -461,5 +462,194 @@ func TestTelemetryManyPointsAWriteOneRow(t *testing.T) {
 	}
 	if again := encodeChunk(nil, c); !bytes.Equal(again, data) {
 		t.Fatalf("d1's first chunk: %d bytes stored, the full encoder makes %d", len(data), len(again))
+	}
+}
+
+// backdatedFlood is a store (telemetry.device_values_rate's default
+// bounds: 1,000 values a second, bursts of 10,000; everything else at
+// its default but FlushInterval, so that a Flush is one batch) and
+// devices that each queue samples of 64 numbers, the newest first, each
+// stamped an hour before the last (a backfill, or a device choosing its
+// timestamps to make the writer work): each point makes 64 new hourly
+// rows. 8 devices of 150 samples (within a burst) make 76,800 rows, more
+// than two transactions' worth (txRows).
+type backdatedFlood struct {
+	t      *testing.T
+	db     *DB
+	tel    *Telemetry
+	ids    []string
+	newest time.Time
+	logs   *testlog.Buffer
+}
+
+const floodDevices, floodSamples, floodMetrics = 8, 150, 64
+
+func newBackdatedFlood(t *testing.T) *backdatedFlood {
+	t.Helper()
+	f := &backdatedFlood{t: t, newest: time.Now().Truncate(time.Hour).Add(-time.Hour), logs: &testlog.Buffer{}}
+	for i := range floodDevices {
+		f.ids = append(f.ids, fmt.Sprintf("flood-%d", i))
+	}
+	f.db = openTestDB(t, f.ids...)
+	f.tel = openTestTelemetry(t, f.db, &TelemetryOptions{FlushInterval: time.Hour,
+		DeviceValuesRate: 1000, DeviceValuesBurst: 10000, Logger: slog.New(slog.NewTextHandler(f.logs, nil))})
+	return f
+}
+
+// flood queues the samples (sample j of metric m is j+m) and flushes
+// them.
+func (f *backdatedFlood) flood() error {
+	f.t.Helper()
+	for j := range floodSamples {
+		for _, id := range f.ids {
+			var b strings.Builder
+			b.WriteByte('{')
+			for m := range floodMetrics {
+				if m > 0 {
+					b.WriteByte(',')
+				}
+				fmt.Fprintf(&b, `"m%02d":%d`, m, j+m)
+			}
+			b.WriteByte('}')
+			s := mustSample(f.t, b.String())
+			s.TS = f.newest.Add(-time.Duration(j) * time.Hour)
+			if !f.tel.Add(id, s, time.Now()) {
+				f.t.Fatalf("%s: sample %d not queued", id, j)
+			}
+		}
+	}
+	return f.tel.Flush(context.Background())
+}
+
+// check checks that every point of the devices stored is there, with
+// its hourly rows and its device's last values (the newest sample's),
+// and that nothing of the others is.
+func (f *backdatedFlood) check(stored ...string) {
+	f.t.Helper()
+	t := f.t
+	var rows int
+	if err := f.db.R.QueryRow(`SELECT count(*) FROM telemetry_1h`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if want := len(stored) * floodSamples * floodMetrics; rows != want {
+		t.Errorf("%d hourly rows, want %d", rows, want)
+	}
+	oldest := f.newest.Add(-(floodSamples - 1) * time.Hour)
+	for _, id := range f.ids {
+		want := slices.Contains(stored, id)
+		pts, err := f.tel.Points(context.Background(), id, oldest, f.newest.Add(time.Minute), 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want && (len(pts) != floodSamples || len(pts[0].Values) != floodMetrics || pts[0].Values["m00"] != float64(floodSamples-1)) ||
+			!want && len(pts) != 0 {
+			t.Errorf("%s: %d points stored, want %d", id, len(pts), map[bool]int{true: floodSamples}[want])
+		}
+		var raw []byte
+		if err := f.db.R.QueryRow(`SELECT COALESCE(last_values, '{}') FROM devices WHERE id = ?`, id).Scan(&raw); err != nil {
+			t.Fatal(err)
+		}
+		var lv map[string]any
+		if err := json.Unmarshal(raw, &lv); err != nil {
+			t.Fatal(err)
+		}
+		if want && (len(lv) != floodMetrics || lv["m00"] != float64(0) || lv["m63"] != float64(63)) || !want && len(lv) != 0 {
+			t.Errorf("%s: last values %s, want the newest sample's (m00 0 … m63 63)", id, raw)
+		}
+	}
+}
+
+// TestTelemetryBackdatedFloodSplitsTransactions: a backdated flood
+// (backdatedFlood: 76,800 new hourly rows in one batch) is written in
+// several transactions of about txRows rows each, a device's points
+// split between two where a transaction ends (before, in one: 2.6
+// million rows of 1,000 such devices outlasted the transaction's minute
+// and the whole batch was lost), and every point is stored, with its
+// hourly rollups and its device's last values. On PostgreSQL the rows
+// each transaction inserted are counted apart, by the transaction id
+// the server stamps on each row (xmin).
+func TestTelemetryBackdatedFloodSplitsTransactions(t *testing.T) {
+	f := newBackdatedFlood(t)
+	tel := f.tel
+	if err := f.flood(); err != nil {
+		t.Fatalf("the flood's batch failed: %v", err)
+	}
+	const rows = floodDevices * floodSamples * floodMetrics
+	stored, dropped := tel.Stats()
+	if stored != floodDevices*floodSamples || dropped != 0 || count(tel.m.writeErrors) != 0 || count(tel.m.dbErrors) != 0 || count(tel.m.overRate) != 0 {
+		t.Errorf("stored %d, dropped %d, failed batches %d, db_error %d, device_rate %d; want %d stored, nothing lost",
+			stored, dropped, count(tel.m.writeErrors), count(tel.m.dbErrors), count(tel.m.overRate), floodDevices*floodSamples)
+	}
+	// One point past txRows at most: its metrics' rows, its chunk and
+	// its device's last values.
+	if most := tel.maxTxRows.Load(); most > txRows+MaxTelemetryMetrics+2 {
+		t.Errorf("a transaction wrote %d rows, want at most about %d", most, txRows)
+	}
+	if n := count(tel.m.transactions); n < (rows+txRows-1)/txRows {
+		t.Errorf("%d transactions for %d hourly rows, want at least %d", n, rows, (rows+txRows-1)/txRows)
+	}
+	if testPG != nil {
+		var most int
+		if err := f.db.R.QueryRow(`SELECT max(n) FROM (SELECT count(*) AS n FROM telemetry_1h GROUP BY xmin::text) AS t`).Scan(&most); err != nil {
+			t.Fatal(err)
+		}
+		if most > txRows+MaxTelemetryMetrics {
+			t.Errorf("one PostgreSQL transaction inserted %d hourly rows, want at most about %d", most, txRows)
+		}
+	}
+	f.check(f.ids...)
+}
+
+// TestTelemetryBackdatedFloodRefusedDevice: in a backdated flood written
+// in several transactions, a device whose hourly rows the database
+// refuses (its points split between two of them) loses its points alone,
+// in both, counted as db_error; the other devices' are stored.
+func TestTelemetryBackdatedFloodRefusedDevice(t *testing.T) {
+	f := newBackdatedFlood(t)
+	// Device 3's rows are the 28,800th to the 38,400th: past txRows.
+	refuseDevice(t, f.db, "telemetry_1h", "flood-3")
+	if err := f.flood(); err != nil {
+		t.Fatalf("the flood's batch failed: %v", err)
+	}
+	stored, _ := f.tel.Stats()
+	if want := (floodDevices - 1) * floodSamples; stored != int64(want) || count(f.tel.m.dbErrors) != floodSamples || count(f.tel.m.writeErrors) != 0 {
+		t.Errorf("stored %d, db_error %d, failed batches %d; want %d, %d, 0", stored, count(f.tel.m.dbErrors), count(f.tel.m.writeErrors), want, floodSamples)
+	}
+	if n := count(f.tel.m.transactions); n < 3 {
+		t.Errorf("%d transactions, want the flood split into at least 3", n)
+	}
+	f.check(slices.DeleteFunc(slices.Clone(f.ids), func(id string) bool { return id == "flood-3" })...)
+}
+
+// TestTelemetryBackdatedFloodLostConnection: PostgreSQL ends the
+// writer's connection in the second transaction of a backdated flood's
+// batch (after the first was committed), and again in the transaction
+// that writes it again device by device (batchWrite), so that it is
+// written a third time (retryTransient), from what the first committed:
+// nothing is lost or written twice.
+func TestTelemetryBackdatedFloodLostConnection(t *testing.T) {
+	if testPG == nil {
+		t.Skip("PostgreSQL only: SQLite has no connection to lose")
+	}
+	f := newBackdatedFlood(t)
+	killAt(t, f.db, "telemetry_1h", txRows+1000, txRows+3000) // hourly rows of the second transaction, and of its second try
+	if err := f.flood(); err != nil {
+		t.Fatalf("the flood's batch failed: %v", err)
+	}
+	stored, _ := f.tel.Stats()
+	if stored != floodDevices*floodSamples || count(f.tel.m.dbErrors) != 0 || count(f.tel.m.writeErrors) != 0 {
+		t.Errorf("stored %d, db_error %d, failed batches %d; want %d, 0, 0", stored, count(f.tel.m.dbErrors), count(f.tel.m.writeErrors), floodDevices*floodSamples)
+	}
+	f.check(f.ids...)
+	if out := f.logs.String(); !strings.Contains(out, "batch written after a fault of the database") || !strings.Contains(out, "attempts=2") {
+		t.Errorf("want the second transaction written on its second attempt:\n%s", out)
+	}
+	// Each point once: the hourly rows count one number each.
+	var most int64
+	if err := f.db.R.QueryRow(`SELECT max(n) FROM telemetry_1h`).Scan(&most); err != nil {
+		t.Fatal(err)
+	}
+	if most != 1 {
+		t.Errorf("an hourly row counts %d numbers, want 1 (each point written once)", most)
 	}
 }
