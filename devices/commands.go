@@ -302,19 +302,21 @@ func cmdArgs(cmd Command) []any {
 }
 
 // RecordSent queues a command that an operator published over MQTT. nc
-// must have passed Check. It never blocks; it returns false (and counts)
-// when the queue is full. A command id already open is left as it is (a
-// retransmission).
-func (c *Commands) RecordSent(nc NewCommand) bool {
+// must have passed Check. An id that is another open command's (or this
+// one's, sent again) is replaced with a new one, in nc: a command's
+// answer closes that command and no other, and each command sent is
+// recorded. It never blocks; it returns false (and counts) when the queue
+// is full.
+func (c *Commands) RecordSent(nc *NewCommand) bool {
 	c.mu.Lock()
-	_, dup := c.open[nc.ID]
-	if !dup {
-		c.open[nc.ID] = nc.DeviceID
+	for {
+		if _, dup := c.open[nc.ID]; !dup {
+			break
+		}
+		nc.ID = NewCommandID()
 	}
+	c.open[nc.ID] = nc.DeviceID
 	c.mu.Unlock()
-	if dup {
-		return true
-	}
 	if !c.enqueue(commandOp{kind: 'c', cmd: nc.command(time.Now().UTC())}) {
 		c.mu.Lock()
 		delete(c.open, nc.ID)

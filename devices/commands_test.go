@@ -99,7 +99,7 @@ func TestCommandLifecycle(t *testing.T) {
 	if _, err := c.Expire(ctx, done.ID); err != nil {
 		t.Fatal(err)
 	}
-	c.RecordSent(NewCommand{ID: "reused", DeviceID: "d1", Name: "x", Params: []byte("{}"), Timeout: time.Minute})
+	c.RecordSent(&NewCommand{ID: "reused", DeviceID: "d1", Name: "x", Params: []byte("{}"), Timeout: time.Minute})
 	c.RecordResponse("cmd-nope", "d1", true, nil, "")
 	testmqtt.CheckFor(t, 5*time.Second, func() error {
 		late, unknown := c.ResponseStats()
