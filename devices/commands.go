@@ -109,7 +109,11 @@ type CommandsOptions struct {
 	QueueSize int
 	// QueueBytes bounds their memory beside their number (default 16 MiB).
 	QueueBytes int64
-	Logger     *slog.Logger
+	// MaxPerDevice bounds the commands kept for one device: beyond it,
+	// the oldest are deleted, whatever their status, at the next sweep
+	// (commands.max_per_device). 0 keeps them all.
+	MaxPerDevice int
+	Logger       *slog.Logger
 }
 
 // Commands stores commands and their outcomes ("commands" component).
@@ -136,6 +140,9 @@ type Commands struct {
 	open map[string]string
 	// changed maps a command id to a channel closed at its next change.
 	changed map[string]chan struct{}
+	// grown holds the devices with commands recorded since the last
+	// sweep, whose oldest it deletes past MaxPerDevice (prune).
+	grown map[string]struct{}
 
 	m *commandMetrics
 	// logged throttles the writer's failures: once a minute per device.
@@ -288,6 +295,7 @@ func (c *Commands) Create(ctx context.Context, nc NewCommand) (Command, error) {
 	c.mu.Lock()
 	c.open[cmd.ID] = cmd.DeviceID
 	c.mu.Unlock()
+	c.grew(cmd.DeviceID)
 	c.share([]change{{ID: cmd.ID, Device: cmd.DeviceID}})
 	c.m.created[0].Inc()
 	return cmd, nil
