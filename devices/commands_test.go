@@ -100,7 +100,7 @@ func TestCommandLifecycle(t *testing.T) {
 	if _, err := c.Expire(ctx, done.ID); err != nil {
 		t.Fatal(err)
 	}
-	c.RecordSent(&NewCommand{ID: "reused", DeviceID: "d1", Name: "x", Params: []byte("{}"), Timeout: time.Minute})
+	c.RecordSent(&NewCommand{ID: "reused", DeviceID: "d1", Name: "wipe", Params: []byte(`{"all":true}`), Timeout: time.Minute})
 	c.RecordResponse("cmd-nope", "d1", true, nil, "")
 	testmqtt.CheckFor(t, 5*time.Second, func() error {
 		late, unknown := c.ResponseStats()
@@ -110,6 +110,22 @@ func TestCommandLifecycle(t *testing.T) {
 		}
 		return fmt.Errorf("late %d unknown %d, reused id open %v", late, unknown, open)
 	})
+	// The command sent with it is recorded all the same, under an id of
+	// its own, failed, saying so: an operator could otherwise send any
+	// command unrecorded by giving it a done command's id.
+	list, _, err := c.List(ctx, "d1", 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wipe *Command
+	for i := range list {
+		if list[i].Name == "wipe" {
+			wipe = &list[i]
+		}
+	}
+	if wipe == nil || wipe.ID == "reused" || wipe.Status != StatusFailed || string(wipe.Params) != `{"all":true}` || !strings.Contains(wipe.Error, "reused") {
+		t.Fatalf("the command sent with a done command's id: %+v in %+v", wipe, list)
+	}
 }
 
 func TestCommandCheckAndList(t *testing.T) {

@@ -197,6 +197,9 @@ func (c *Commands) applyOp(ctx context.Context, tx *sql.Tx, op *commandOp) (opDo
 			return opDone{}, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
 		}
 		if (Command{Status: status}).Done() {
+			if err := c.recordReused(ctx, tx, op.cmd); err != nil {
+				return opDone{}, err
+			}
 			return opDone{ch: change{ID: op.cmd.ID, Done: true}}, nil
 		}
 		return opDone{}, nil
@@ -357,4 +360,22 @@ func (c *Commands) pruneDevice(ctx context.Context, device string) ([]string, er
 		return nil, fmt.Errorf("prune %s: %w", device, err)
 	}
 	return ids, nil
+}
+
+// recordReused records cmd, published over MQTT with the id of a command
+// that is done: the device received it under that id, its answer is
+// taken as a late one to that command, and yet it is recorded, under an
+// id of its own, failed, saying so. A command sent is never missing from
+// the history, whatever id its sender chose (SPEC §7).
+func (c *Commands) recordReused(ctx context.Context, tx *sql.Tx, cmd Command) error {
+	reused := cmd.ID
+	cmd.ID, cmd.Status = NewCommandID(), StatusFailed
+	msg := "sent over MQTT with the id of an earlier command, " + reused + ": its answer cannot be told from that command's, which is done"
+	if _, err := tx.ExecContext(ctx, `INSERT INTO commands(id, device_id, name, params, status, created_at, updated_at, expires_at, error)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, append(cmdArgs(cmd), msg)...); err != nil {
+		return fmt.Errorf("commands write: insert %s (reusing %s): %w", cmd.ID, reused, err)
+	}
+	c.m.failed.Inc()
+	c.grew(cmd.DeviceID)
+	return nil
 }
