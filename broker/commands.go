@@ -200,8 +200,9 @@ func (h *CommandHook) responseRefusal(cl *mqtt.Client, device, cmdID string) str
 // devices.MaxCommandTimeout.
 func (h *CommandHook) operatorCommand(cl *mqtt.Client, pk packets.Packet, device, name string) (packets.Packet, error) {
 	var m operatorMessage
-	if err := json.Unmarshal(pk.Payload, &m); err != nil {
-		return pk, h.refuseCommand(cl, pk, packets.ErrPayloadFormatInvalid, "payload", err)
+	if json.Unmarshal(pk.Payload, &m) != nil {
+		// Not the decoder's error in the log: it quotes the payload.
+		return pk, h.refuseCommand(cl, pk, packets.ErrPayloadFormatInvalid, "payload", errors.New("not a JSON object with a string id, params and a numeric timeout"))
 	}
 	nc := devices.NewCommand{ID: m.ID, DeviceID: device, Name: name, Params: m.Params}
 	if m.Timeout != 0 {
