@@ -157,7 +157,7 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		var r responseMessage
 		if err := json.Unmarshal(pk.Payload, &r); err != nil {
 			h.store.RecordResponse(cmdID, id, false, nil, "response is not a JSON object: "+err.Error())
-			h.log.Debug("command response not understood", "device", id, "command", cmdID, "error", err)
+			h.log.Debug("command response not understood: not a JSON object", "device", id, "command", cmdID) // not err: it quotes the payload
 			return pk, nil
 		}
 		switch r.Status {
