@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -327,6 +326,16 @@ func TestCommandsPerDeviceBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	// Each in a millisecond of its own (times are milliseconds; ties are
+	// ordered by id, as the database collates it).
+	nextMilli := func(after time.Time) {
+		testmqtt.CheckFor(t, 5*time.Second, func() error {
+			if time.Now().UnixMilli() <= after.UnixMilli() {
+				return fmt.Errorf("the clock is still at %d", after.UnixMilli())
+			}
+			return nil
+		})
+	}
 	var older []Command
 	for range 5 {
 		cmd, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "set", Timeout: time.Hour})
@@ -334,20 +343,12 @@ func TestCommandsPerDeviceBound(t *testing.T) {
 			t.Fatal(err)
 		}
 		older = append(older, cmd)
+		nextMilli(cmd.CreatedAt)
 	}
 	other, err := c.Create(ctx, NewCommand{DeviceID: "d2", Name: "set", Timeout: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The newer ones come a millisecond later at least (times are
-	// milliseconds).
-	last := older[4].CreatedAt.UnixMilli()
-	testmqtt.CheckFor(t, 5*time.Second, func() error {
-		if time.Now().UnixMilli() <= last {
-			return fmt.Errorf("the clock is still at %d", last)
-		}
-		return nil
-	})
 	newer := make([]NewCommand, 3)
 	for i := range newer {
 		newer[i] = NewCommand{DeviceID: "d1", Name: "set", Params: []byte("{}"), Timeout: time.Hour}
@@ -358,10 +359,6 @@ func TestCommandsPerDeviceBound(t *testing.T) {
 			t.Fatal("queue full")
 		}
 	}
-	sort.Slice(older, func(i, j int) bool {
-		a, b := older[i].CreatedAt.UnixMilli(), older[j].CreatedAt.UnixMilli() // as stored
-		return a < b || a == b && older[i].ID < older[j].ID
-	})
 	testmqtt.CheckFor(t, 10*time.Second, func() error {
 		list, _, err := c.List(ctx, "d1", 100, "")
 		if err != nil {
