@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tether-iot/tether/devices"
+	"github.com/tether-iot/tether/internal/logtext"
 )
 
 // CommandHook tracks commands (SPEC §7) through the broker:
@@ -53,6 +56,9 @@ type CommandHook struct {
 
 	// ignored counts responses that closed nothing, by reason.
 	ignored *prometheus.CounterVec
+	// refused counts publishes on command topics refused as no command
+	// the broker could record, by reason.
+	refused *prometheus.CounterVec
 }
 
 type inflightKey struct {
@@ -72,14 +78,26 @@ func NewCommandHook(store *devices.Commands, log *slog.Logger) *CommandHook {
 			Help: "Messages on devices/{id}/responses/{cmdId} that closed no command, by reason: " +
 				"other_device (the command is addressed to another device), not_device (not sent by device {id} itself).",
 		}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_command_publishes_refused_total",
+			Help: "PUBLISH packets on devices/{id}/commands/... refused as no command the broker could record, by reason: " +
+				"topic (not devices/{id}/commands/{name}, or a name the API refuses), payload (not a JSON object, or a field the API refuses), " +
+				"queue_full (the command store's queue).",
+		}, []string{"reason"}),
 	}
 }
 
 // Describe implements prometheus.Collector.
-func (h *CommandHook) Describe(ch chan<- *prometheus.Desc) { h.ignored.Describe(ch) }
+func (h *CommandHook) Describe(ch chan<- *prometheus.Desc) {
+	h.ignored.Describe(ch)
+	h.refused.Describe(ch)
+}
 
 // Collect implements prometheus.Collector.
-func (h *CommandHook) Collect(ch chan<- prometheus.Metric) { h.ignored.Collect(ch) }
+func (h *CommandHook) Collect(ch chan<- prometheus.Metric) {
+	h.ignored.Collect(ch)
+	h.refused.Collect(ch)
+}
 
 // Attach gives the hook the engine it publishes on.
 func (h *CommandHook) Attach(srv *mqtt.Server) { h.pub.attach(srv) }
@@ -96,10 +114,18 @@ func (h *CommandHook) Provides(b byte) bool {
 
 // commandMessage is the payload on devices/{id}/commands/{name}.
 type commandMessage struct {
+	ID     string          `json:"id"`
+	Params json.RawMessage `json:"params"`
+	TS     string          `json:"ts"`
+}
+
+// operatorMessage is what the broker reads of a command published on
+// devices/{id}/commands/{name}: its own "ts" replaces any the publisher
+// gave, so that is not read.
+type operatorMessage struct {
 	ID      string          `json:"id"`
 	Params  json.RawMessage `json:"params"`
-	TS      string          `json:"ts"`
-	Timeout float64         `json:"timeout,omitempty"`
+	Timeout float64         `json:"timeout"`
 }
 
 // responseMessage is the payload on devices/{id}/responses/{cmdId}.
@@ -110,12 +136,17 @@ type responseMessage struct {
 }
 
 // OnPublish records commands from operators and responses from devices.
+// A PUBLISH on a device's command topics that cannot be recorded as a
+// command is refused (refuseCommand): SPEC §7, commands are recorded
+// whoever sends them.
 func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if id, name, ok := splitDeviceTopic(pk.TopicName, "commands"); ok {
-		if cl.Net.Inline {
-			return pk, nil // Send recorded it
+	if isCommandTopic(pk.TopicName) && !cl.Net.Inline { // Send records its own
+		id, name, ok := splitDeviceTopic(pk.TopicName, "commands")
+		if !ok {
+			return pk, h.refuseCommand(cl, pk, packets.ErrTopicNameInvalid, "topic",
+				errors.New("not devices/{id}/commands/{name}"))
 		}
-		return h.operatorCommand(cl, pk, id, name), nil
+		return h.operatorCommand(cl, pk, id, name)
 	}
 	if id, cmdID, ok := splitDeviceTopic(pk.TopicName, "responses"); ok && !cl.Net.Inline {
 		if reason := h.responseRefusal(cl, id, cmdID); reason != "" {
@@ -126,7 +157,7 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		var r responseMessage
 		if err := json.Unmarshal(pk.Payload, &r); err != nil {
 			h.store.RecordResponse(cmdID, id, false, nil, "response is not a JSON object: "+err.Error())
-			h.log.Debug("command response not understood", "device", id, "command", cmdID, "error", err)
+			h.log.Debug("command response not understood: not a JSON object", "device", id, "command", cmdID) // not err: it quotes the payload
 			return pk, nil
 		}
 		switch r.Status {
@@ -158,34 +189,75 @@ func (h *CommandHook) responseRefusal(cl *mqtt.Client, device, cmdID string) str
 }
 
 // operatorCommand records a command published over MQTT and returns the
-// packet rewritten as the broker sends commands.
-func (h *CommandHook) operatorCommand(cl *mqtt.Client, pk packets.Packet, device, name string) packets.Packet {
-	var m commandMessage
-	if err := json.Unmarshal(pk.Payload, &m); err != nil {
-		h.log.Debug("command not recorded: payload is not a JSON object", "device", device, "client", cl.ID, "error", err)
-		return pk
+// packet rewritten as the broker sends commands. A command it cannot
+// record is refused: a payload that is not a JSON object or whose fields
+// the API would refuse (params, timeout: 0x99 payload format invalid), a
+// name it would refuse (0x90 topic name invalid), a full queue (0x89
+// server busy). An id that is not valid, or is another open command's,
+// is replaced with one of the broker's (RecordSent), so that the device's
+// answer closes this command and no other. A Message Expiry Interval
+// stands for a timeout the payload does not give, up to
+// devices.MaxCommandTimeout.
+func (h *CommandHook) operatorCommand(cl *mqtt.Client, pk packets.Packet, device, name string) (packets.Packet, error) {
+	var m operatorMessage
+	if json.Unmarshal(pk.Payload, &m) != nil {
+		// Not the decoder's error in the log: it quotes the payload.
+		return pk, h.refuseCommand(cl, pk, packets.ErrPayloadFormatInvalid, "payload", errors.New("not a JSON object with a string id, params and a numeric timeout"))
 	}
 	nc := devices.NewCommand{ID: m.ID, DeviceID: device, Name: name, Params: m.Params}
-	if m.Timeout > 0 {
-		nc.Timeout = time.Duration(m.Timeout * float64(time.Second))
+	if m.Timeout != 0 {
+		nc.Timeout = time.Duration(min(m.Timeout, float64(math.MaxInt64/time.Second)) * float64(time.Second))
 	} else if pk.Properties.MessageExpiryInterval > 0 {
-		nc.Timeout = time.Duration(pk.Properties.MessageExpiryInterval) * time.Second
+		nc.Timeout = min(time.Duration(pk.Properties.MessageExpiryInterval)*time.Second, devices.MaxCommandTimeout)
 	}
 	if err := nc.Check(); err != nil {
 		var ie *devices.InvalidError
-		if !errors.As(err, &ie) || ie.Field != "id" {
-			h.log.Debug("command not recorded", "device", device, "client", cl.ID, "error", err)
-			return pk
+		if errors.As(err, &ie) && ie.Field == "id" {
+			nc.ID = "" // an unusable id: give it one
+			err = nc.Check()
 		}
-		nc.ID = "" // an unusable id: give it one
-		if err := nc.Check(); err != nil {
-			return pk
+		if err != nil {
+			code := packets.ErrPayloadFormatInvalid
+			if errors.As(err, &ie) && (ie.Field == "name" || ie.Field == "device_id") {
+				code = packets.ErrTopicNameInvalid
+			}
+			return pk, h.refuseCommand(cl, pk, code, "payload", err)
 		}
 	}
-	if !h.store.RecordSent(nc) {
-		h.log.Debug("command not recorded: queue full", "device", device, "command", nc.ID)
+	if !h.store.RecordSent(&nc) {
+		return pk, h.refuseCommand(cl, pk, packets.ErrServerBusy, "queue_full", errors.New("the command store's queue is full"))
 	}
-	return commandPacket(pk, nc, time.Now())
+	return commandPacket(pk, nc, time.Now()), nil
+}
+
+// refuseCommand refuses a PUBLISH on a device's command topics that is
+// not recorded as a command, as any refused publish (refusePublish): an
+// MQTT 5 client at QoS 1/2 gets code, a 3.1.1 one is disconnected, QoS 0
+// is dropped; it is neither retained nor routed. It is counted by reason
+// (tether_command_publishes_refused_total).
+func (h *CommandHook) refuseCommand(cl *mqtt.Client, pk packets.Packet, code packets.Code, reason string, err error) error {
+	h.refused.WithLabelValues(reason).Inc()
+	h.log.Debug("command refused: not recorded", "topic", logtext.Short(pk.TopicName), "client", logtext.Short(cl.ID), "reason", reason, "error", err)
+	if refusePublish(cl, pk, code) {
+		cl.Stop(code)
+	}
+	return packets.ErrRejectPacket // the engine neither retains nor routes it
+}
+
+// isCommandTopic reports whether topic is devices/{any}/commands or lies
+// beneath it: the topics a device's commands/# subscription takes.
+func isCommandTopic(topic string) bool {
+	const prefix = "devices/"
+	if !strings.HasPrefix(topic, prefix) {
+		return false
+	}
+	rest := topic[len(prefix):]
+	i := strings.IndexByte(rest, '/')
+	if i < 0 {
+		return false
+	}
+	rest = rest[i+1:]
+	return rest == "commands" || strings.HasPrefix(rest, "commands/")
 }
 
 // commandPacket sets pk's payload and properties for command nc.
@@ -193,9 +265,8 @@ func commandPacket(pk packets.Packet, nc devices.NewCommand, now time.Time) pack
 	pk.Payload, _ = json.Marshal(commandMessage{ID: nc.ID, Params: nc.Params, TS: now.UTC().Format(time.RFC3339Nano)})
 	pk.Properties.ResponseTopic = "devices/" + nc.DeviceID + "/responses/" + nc.ID
 	pk.Properties.CorrelationData = []byte(nc.ID)
-	if pk.Properties.MessageExpiryInterval == 0 {
-		pk.Properties.MessageExpiryInterval = uint32(max(nc.Timeout/time.Second, 1))
-	}
+	// A session holds the command no longer than the command lives.
+	pk.Properties.MessageExpiryInterval = uint32(max(nc.Timeout/time.Second, 1))
 	pk.FixedHeader.Retain = false
 	return pk
 }

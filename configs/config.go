@@ -34,6 +34,7 @@ type Config struct {
 	TLS       TLS       `yaml:"tls"`
 	Auth      Auth      `yaml:"auth"`
 	Telemetry Telemetry `yaml:"telemetry"`
+	Commands  Commands  `yaml:"commands"`
 	Audit     Audit     `yaml:"audit"`
 	Limits    Limits    `yaml:"limits"`
 	Security  Security  `yaml:"security"`
@@ -159,6 +160,13 @@ type Telemetry struct {
 	// Topics map other topics to a device's telemetry (rules.go).
 	// Reloaded on SIGHUP.
 	Topics []TelemetryTopic `yaml:"topics"`
+}
+
+// Commands configures the command history (SPEC §7).
+type Commands struct {
+	// MaxPerDevice bounds the commands kept for one device: beyond it
+	// the oldest are deleted, whatever their status. 0 = no bound.
+	MaxPerDevice int `yaml:"max_per_device"`
 }
 
 // Audit configures the audit log (GET /api/v1/audit).
@@ -365,7 +373,8 @@ func Default() Config {
 		Auth: Auth{TokenTTL: 12 * time.Hour, Rules: []Rule{}},
 		Telemetry: Telemetry{Retention: 7 * 24 * time.Hour, RollupRetention: 400 * 24 * time.Hour, FlushInterval: time.Second, QueueSize: 262144, QueueBytes: 64 << 20,
 			DeviceValuesRate: 1000, DeviceValuesBurst: 10000, RetentionSize: 10 << 30, RollupRetentionSize: 100 << 30, Topics: []TelemetryTopic{}},
-		Audit: Audit{Retention: 90 * 24 * time.Hour},
+		Commands: Commands{MaxPerDevice: 1000},
+		Audit:    Audit{Retention: 90 * 24 * time.Hour},
 		Limits: Limits{HTTPMaxBodyBytes: 1 << 20, HTTPReadTimeout: 30 * time.Second, WriteTimeout: 10 * time.Second,
 			MaxPendingConnectionsPerIP: 1024,
 			DevicePublishRate:          100, DevicePublishBurst: 500},
@@ -498,6 +507,7 @@ func (c *Config) Validate() error {
 		{"mqtt.max_subscription_levels_per_client", int64(c.MQTT.MaxSubscriptionLevelsPerClient)},
 		{"mqtt.max_topic_levels", int64(c.MQTT.MaxTopicLevels)},
 		{"mqtt.max_sessions_per_user", int64(c.MQTT.MaxSessionsPerUser)},
+		{"commands.max_per_device", int64(c.Commands.MaxPerDevice)},
 	} {
 		if n.v < 0 {
 			bad(n.key, "must not be negative (0 = unlimited)")

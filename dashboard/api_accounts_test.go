@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -386,4 +387,34 @@ func TestAuditUnavailableWithoutStore(t *testing.T) {
 	e := newAPIEnv(t)
 	res, body := e.do("GET", "/audit", e.tokens["admin"], nil)
 	e.mustStatus(res, body, http.StatusServiceUnavailable)
+}
+
+// TestTokenChurnBounded: a user's tokens created in an hour, revoked ones
+// included, are bounded (devices.MaxTokensPerUserPerHour); beyond, 429
+// with Retry-After, and other users go on. Each creation and revocation
+// is an audit entry kept 90 days: a viewer creating and revoking tokens
+// in a loop wrote 816 pairs a second from one client.
+func TestTokenChurnBounded(t *testing.T) {
+	e := newAPIEnv(t)
+	created := 1 // withUsers gave the viewer its token
+	for ; created <= devices.MaxTokensPerUserPerHour; created++ {
+		res, body := e.do("POST", "/tokens", e.tokens["viewer"], map[string]any{"name": "churn"})
+		if res.StatusCode == http.StatusTooManyRequests {
+			break
+		}
+		e.mustStatus(res, body, 201)
+		tok := decode[tokenResponse](t, body)
+		res, body = e.do("DELETE", "/tokens/"+tok.ID, e.tokens["viewer"], nil)
+		e.mustStatus(res, body, 204)
+	}
+	if created != devices.MaxTokensPerUserPerHour {
+		t.Fatalf("refused after %d tokens created, want %d", created, devices.MaxTokensPerUserPerHour)
+	}
+	res, body := e.do("POST", "/tokens", e.tokens["viewer"], map[string]any{"name": "churn"})
+	e.mustStatus(res, body, http.StatusTooManyRequests)
+	if ra, err := strconv.Atoi(res.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 3600 {
+		t.Fatalf("Retry-After %q", res.Header.Get("Retry-After"))
+	}
+	res, body = e.do("POST", "/tokens", e.tokens["operator"], map[string]any{"name": "mine"})
+	e.mustStatus(res, body, 201)
 }

@@ -87,13 +87,16 @@ func (a *API) sendCommand(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithDeadline(r.Context(), cmd.ExpiresAt)
 	defer cancel()
 	got, err := a.commands.Wait(ctx, cmd.ID)
+	if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+		// Time is up: close it now rather than at the next sweep.
+		got, err = a.commands.Expire(r.Context(), cmd.ID)
+	}
 	switch {
 	case err == nil:
-	case errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil:
-		// Time is up: close it now rather than at the next sweep.
-		if got, err = a.commands.Expire(r.Context(), cmd.ID); err != nil {
-			return err
-		}
+	case errors.Is(err, devices.ErrNotFound):
+		// Deleted meanwhile: its device, or commands.max_per_device
+		// newer commands of its device.
+		return registryError(err, "command")
 	default:
 		return err
 	}

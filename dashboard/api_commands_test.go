@@ -47,6 +47,8 @@ type dataEnvOptions struct {
 	// valuesRate and valuesBurst are the telemetry's
 	// DeviceValuesRate and DeviceValuesBurst (0: no bound).
 	valuesRate, valuesBurst int
+	// maxCommands is the commands' MaxPerDevice (0: no bound).
+	maxCommands int
 }
 
 // withAccess gives the broker the real access hook (anonymous clients
@@ -79,7 +81,7 @@ func newDataEnv(t testing.TB, opts ...func(*dataEnvOptions)) *dataEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmds, err := devices.OpenCommands(ctx, db, &devices.CommandsOptions{SweepInterval: 50 * time.Millisecond, Logger: log})
+	cmds, err := devices.OpenCommands(ctx, db, &devices.CommandsOptions{SweepInterval: 50 * time.Millisecond, MaxPerDevice: do.maxCommands, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -612,5 +614,38 @@ func TestCommandWaitClientGone(t *testing.T) {
 	e.mustStatus(res, body, 200)
 	if !strings.Contains(string(body), `"status":"pending"`) {
 		t.Fatalf("the command is not pending: %s", body)
+	}
+}
+
+// TestCommandWaitPruned: a command deleted while its request waits for it
+// (its device had commands.max_per_device newer ones) is answered 404,
+// not 500 with an error logged.
+func TestCommandWaitPruned(t *testing.T) {
+	e := newDataEnv(t, func(o *dataEnvOptions) { o.maxCommands = 1 })
+	e.createDevice(devices.NewDevice{ID: "dev-1"})
+	done := make(chan *http.Response, 1)
+	go func() {
+		res, _ := e.do("POST", "/devices/dev-1/commands", e.tokens["operator"], map[string]any{"name": "first", "wait": true, "timeout": 60})
+		done <- res
+	}()
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		res, body := e.do("GET", "/devices/dev-1/commands", e.tokens["viewer"], nil)
+		if res.StatusCode != 200 || !strings.Contains(string(body), `"first"`) {
+			return fmt.Errorf("no command yet: %s", body)
+		}
+		return nil
+	})
+	res, body := e.do("POST", "/devices/dev-1/commands", e.tokens["operator"], map[string]any{"name": "second", "timeout": 60})
+	e.mustStatus(res, body, 202)
+	select {
+	case res := <-done:
+		if res.StatusCode != http.StatusNotFound {
+			t.Fatalf("the waiting request: %s, want 404", res.Status)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiting request is still waiting after 30s")
+	}
+	if logs := e.logs.String(); strings.Contains(logs, "level=ERROR") {
+		t.Fatalf("logged as an error:\n%s", logs)
 	}
 }

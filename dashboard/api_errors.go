@@ -74,6 +74,7 @@ func unauthorized(msg string) *apiError {
 // 409. Errors it does not know become a 500 whose cause is only logged.
 func registryError(err error, what string) error {
 	var inv *devices.InvalidError
+	var rate *devices.RateError
 	var ae *apiError
 	switch {
 	case err == nil:
@@ -82,6 +83,9 @@ func registryError(err error, what string) error {
 		return ae
 	case errors.As(err, &inv):
 		return &apiError{Status: http.StatusBadRequest, Code: codeInvalid, Msg: inv.Error(), Err: err}
+	case errors.As(err, &rate):
+		return &apiError{Status: http.StatusTooManyRequests, Code: codeTooManyRequests, Msg: rate.Msg,
+			RetryAfter: max(1, int(rate.RetryAfter.Seconds()+0.999)), Err: err}
 	case errors.Is(err, devices.ErrNotFound):
 		return &apiError{Status: http.StatusNotFound, Code: codeNotFound, Msg: what + " not found", Err: err}
 	case errors.Is(err, devices.ErrLastAdmin):

@@ -109,7 +109,11 @@ type CommandsOptions struct {
 	QueueSize int
 	// QueueBytes bounds their memory beside their number (default 16 MiB).
 	QueueBytes int64
-	Logger     *slog.Logger
+	// MaxPerDevice bounds the commands kept for one device: beyond it,
+	// the oldest are deleted, whatever their status, at the next sweep
+	// (commands.max_per_device). 0 keeps them all.
+	MaxPerDevice int
+	Logger       *slog.Logger
 }
 
 // Commands stores commands and their outcomes ("commands" component).
@@ -136,6 +140,9 @@ type Commands struct {
 	open map[string]string
 	// changed maps a command id to a channel closed at its next change.
 	changed map[string]chan struct{}
+	// grown holds the devices with commands recorded since the last
+	// sweep, whose oldest it deletes past MaxPerDevice (prune).
+	grown map[string]struct{}
 
 	m *commandMetrics
 	// logged throttles the writer's failures: once a minute per device.
@@ -288,6 +295,7 @@ func (c *Commands) Create(ctx context.Context, nc NewCommand) (Command, error) {
 	c.mu.Lock()
 	c.open[cmd.ID] = cmd.DeviceID
 	c.mu.Unlock()
+	c.grew(cmd.DeviceID)
 	c.share([]change{{ID: cmd.ID, Device: cmd.DeviceID}})
 	c.m.created[0].Inc()
 	return cmd, nil
@@ -302,19 +310,21 @@ func cmdArgs(cmd Command) []any {
 }
 
 // RecordSent queues a command that an operator published over MQTT. nc
-// must have passed Check. It never blocks; it returns false (and counts)
-// when the queue is full. A command id already open is left as it is (a
-// retransmission).
-func (c *Commands) RecordSent(nc NewCommand) bool {
+// must have passed Check. An id that is another open command's (or this
+// one's, sent again) is replaced with a new one, in nc: a command's
+// answer closes that command and no other, and each command sent is
+// recorded. It never blocks; it returns false (and counts) when the queue
+// is full.
+func (c *Commands) RecordSent(nc *NewCommand) bool {
 	c.mu.Lock()
-	_, dup := c.open[nc.ID]
-	if !dup {
-		c.open[nc.ID] = nc.DeviceID
+	for {
+		if _, dup := c.open[nc.ID]; !dup {
+			break
+		}
+		nc.ID = NewCommandID()
 	}
+	c.open[nc.ID] = nc.DeviceID
 	c.mu.Unlock()
-	if dup {
-		return true
-	}
 	if !c.enqueue(commandOp{kind: 'c', cmd: nc.command(time.Now().UTC())}) {
 		c.mu.Lock()
 		delete(c.open, nc.ID)

@@ -8,6 +8,7 @@ type commandMetrics struct {
 	succeeded, failed, expired, delivered    prometheus.Counter
 	lateResponses, unknownResponses, dropped prometheus.Counter
 	writeErrors, dbErrors, unknownDevice     prometheus.Counter
+	pruned                                   prometheus.Counter
 	all                                      metrics
 }
 
@@ -23,6 +24,8 @@ func newCommandMetrics(c *Commands) *commandMetrics {
 	lost := vec("updates_dropped_total", "Command updates dropped because the write queue was full, their batch failed to write "+
 		"(write_error), the database refused them (db_error), or (commands published over MQTT) they named no registered device.",
 		"reason", "queue_full", "write_error", "db_error", "unknown_device")
+	pruned := prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_commands_pruned_total",
+		Help: "Commands deleted, whatever their status, because their device had more than commands.max_per_device."})
 	delivered := prometheus.NewCounter(prometheus.CounterOpts{Name: "tether_commands_delivered_total", Help: "Commands the device received."})
 	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tether_commands_open", Help: "Commands pending or delivered."}, func() float64 {
 		c.mu.Lock()
@@ -41,7 +44,8 @@ func newCommandMetrics(c *Commands) *commandMetrics {
 		writeErrors:      lost.WithLabelValues("write_error"),
 		dbErrors:         lost.WithLabelValues("db_error"),
 		unknownDevice:    lost.WithLabelValues("unknown_device"),
-		all:              metrics{created, outcomes, delivered, responses, lost, open},
+		pruned:           pruned,
+		all:              metrics{created, outcomes, delivered, responses, lost, open, pruned},
 	}
 }
 

@@ -99,7 +99,7 @@ func TestCommandLifecycle(t *testing.T) {
 	if _, err := c.Expire(ctx, done.ID); err != nil {
 		t.Fatal(err)
 	}
-	c.RecordSent(NewCommand{ID: "reused", DeviceID: "d1", Name: "x", Params: []byte("{}"), Timeout: time.Minute})
+	c.RecordSent(&NewCommand{ID: "reused", DeviceID: "d1", Name: "wipe", Params: []byte(`{"all":true}`), Timeout: time.Minute})
 	c.RecordResponse("cmd-nope", "d1", true, nil, "")
 	testmqtt.CheckFor(t, 5*time.Second, func() error {
 		late, unknown := c.ResponseStats()
@@ -109,6 +109,22 @@ func TestCommandLifecycle(t *testing.T) {
 		}
 		return fmt.Errorf("late %d unknown %d, reused id open %v", late, unknown, open)
 	})
+	// The command sent with it is recorded all the same, under an id of
+	// its own, failed, saying so: an operator could otherwise send any
+	// command unrecorded by giving it a done command's id.
+	list, _, err := c.List(ctx, "d1", 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wipe *Command
+	for i := range list {
+		if list[i].Name == "wipe" {
+			wipe = &list[i]
+		}
+	}
+	if wipe == nil || wipe.ID == "reused" || wipe.Status != StatusFailed || string(wipe.Params) != `{"all":true}` || !strings.Contains(wipe.Error, "reused") {
+		t.Fatalf("the command sent with a done command's id: %+v in %+v", wipe, list)
+	}
 }
 
 func TestCommandCheckAndList(t *testing.T) {
@@ -295,5 +311,76 @@ func TestCommandNestingBounded(t *testing.T) {
 		if kept := got.Result != nil; kept != (tc.depth <= MaxCommandDepth) {
 			t.Errorf("result %d deep: kept %v (%.40s)", tc.depth, kept, got.Result)
 		}
+	}
+}
+
+// TestCommandsPerDeviceBound: past MaxPerDevice, a device's oldest
+// commands are deleted within a sweep, whatever their status (these are
+// all open), and are no longer open; another device's are left alone.
+// Without the bound an operator's commands of 60 KiB params over MQTT
+// grew the database by 20 MB/s, never pruned.
+func TestCommandsPerDeviceBound(t *testing.T) {
+	ctx := context.Background()
+	c, err := OpenCommands(ctx, openTestDB(t, "d1", "d2"), &CommandsOptions{SweepInterval: 20 * time.Millisecond, MaxPerDevice: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	// Each in a millisecond of its own (times are milliseconds; ties are
+	// ordered by id, as the database collates it).
+	nextMilli := func(after time.Time) {
+		testmqtt.CheckFor(t, 5*time.Second, func() error {
+			if time.Now().UnixMilli() <= after.UnixMilli() {
+				return fmt.Errorf("the clock is still at %d", after.UnixMilli())
+			}
+			return nil
+		})
+	}
+	var older []Command
+	for range 5 {
+		cmd, err := c.Create(ctx, NewCommand{DeviceID: "d1", Name: "set", Timeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		older = append(older, cmd)
+		nextMilli(cmd.CreatedAt)
+	}
+	other, err := c.Create(ctx, NewCommand{DeviceID: "d2", Name: "set", Timeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := make([]NewCommand, 3)
+	for i := range newer {
+		newer[i] = NewCommand{DeviceID: "d1", Name: "set", Params: []byte("{}"), Timeout: time.Hour}
+		if err := newer[i].Check(); err != nil {
+			t.Fatal(err)
+		}
+		if !c.RecordSent(&newer[i]) {
+			t.Fatal("queue full")
+		}
+	}
+	testmqtt.CheckFor(t, 10*time.Second, func() error {
+		list, _, err := c.List(ctx, "d1", 100, "")
+		if err != nil {
+			return err
+		}
+		if len(list) != 5 || count(c.m.pruned) != 3 {
+			return fmt.Errorf("%d commands kept, %v pruned", len(list), count(c.m.pruned))
+		}
+		return nil
+	})
+	for i, cmd := range older {
+		_, open := c.OpenFor(cmd.ID)
+		if _, err := c.Get(ctx, cmd.ID); (i < 3) != errors.Is(err, ErrNotFound) || open != (i >= 3) {
+			t.Errorf("command %d of 5 (oldest first): open %v, %v", i, open, err)
+		}
+	}
+	for _, nc := range newer {
+		if _, open := c.OpenFor(nc.ID); !open {
+			t.Errorf("a newer command %s is not open", nc.ID)
+		}
+	}
+	if _, err := c.Get(ctx, other.ID); err != nil {
+		t.Errorf("d2's command: %v", err)
 	}
 }

@@ -40,6 +40,9 @@ func (c *Commands) run() {
 			if err := c.sweep(); err != nil {
 				c.log.Error("commands: expire", "error", err)
 			}
+			if err := c.prune(); err != nil {
+				c.log.Error("commands: prune", "error", err)
+			}
 		case <-c.stop:
 			for {
 				batch = batch[:0]
@@ -182,6 +185,7 @@ func (c *Commands) applyOp(ctx context.Context, tx *sql.Tx, op *commandOp) (opDo
 			return opDone{}, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
 		}
 		if n, _ := res.RowsAffected(); n > 0 {
+			c.grew(op.cmd.DeviceID)
 			// Wake a Wait that found the command open but not yet
 			// written.
 			return opDone{ch: change{ID: op.cmd.ID, Device: op.cmd.DeviceID}}, nil
@@ -193,6 +197,9 @@ func (c *Commands) applyOp(ctx context.Context, tx *sql.Tx, op *commandOp) (opDo
 			return opDone{}, fmt.Errorf("commands write: insert %s: %w", op.cmd.ID, err)
 		}
 		if (Command{Status: status}).Done() {
+			if err := c.recordReused(ctx, tx, op.cmd); err != nil {
+				return opDone{}, err
+			}
 			return opDone{ch: change{ID: op.cmd.ID, Done: true}}, nil
 		}
 		return opDone{}, nil
@@ -264,5 +271,111 @@ func (c *Commands) sweep() error {
 		changes = append(changes, change{ID: id, Done: true})
 	}
 	c.share(changes)
+	return nil
+}
+
+// grew notes that device has a new command recorded, for prune.
+func (c *Commands) grew(device string) {
+	if c.o.MaxPerDevice <= 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.grown == nil {
+		c.grown = map[string]struct{}{}
+	}
+	c.grown[device] = struct{}{}
+	c.mu.Unlock()
+}
+
+// pruneCommands deletes a device's commands older than its newest
+// MaxPerDevice (the third argument is MaxPerDevice-1), along the index
+// commands_device.
+const pruneCommands = `DELETE FROM commands WHERE device_id = ? AND (created_at, id) <
+	(SELECT created_at, id FROM commands WHERE device_id = ? ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?)
+	RETURNING id`
+
+// prune deletes, for each device with commands recorded since the last
+// sweep, its oldest commands beyond MaxPerDevice, whatever their status:
+// a client that may send commands (an operator, the API) cannot grow the
+// history without bound, 64 KiB of params at a time, nor the commands
+// held open in memory. A deleted open command is closed for its watchers
+// (an answer to it is then unknown). Each device's first deletion a
+// minute is logged; all are counted (tether_commands_pruned_total).
+func (c *Commands) prune() error {
+	c.mu.Lock()
+	grown := c.grown
+	c.grown = nil
+	c.mu.Unlock()
+	if len(grown) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var changes []change
+	var err error
+	for device := range grown {
+		if err != nil {
+			c.grew(device) // the next sweep tries again
+			continue
+		}
+		var ids []string
+		if ids, err = c.pruneDevice(ctx, device); err != nil {
+			c.grew(device)
+			continue
+		}
+		if len(ids) == 0 {
+			continue
+		}
+		c.m.pruned.Add(float64(len(ids)))
+		if c.logged.Allow("prune/"+device, time.Now()) {
+			c.log.Warn("commands: the oldest commands of a device deleted: over commands.max_per_device (first this minute for this device)",
+				"device", device, "deleted", len(ids), "max", c.o.MaxPerDevice)
+		}
+		for _, id := range ids {
+			c.notify(id, true)
+			changes = append(changes, change{ID: id, Done: true})
+		}
+	}
+	c.share(changes)
+	return err
+}
+
+// pruneDevice deletes device's commands beyond MaxPerDevice and returns
+// their ids.
+func (c *Commands) pruneDevice(ctx context.Context, device string) ([]string, error) {
+	rows, err := c.db.W.QueryContext(ctx, pruneCommands, device, device, c.o.MaxPerDevice-1)
+	if err != nil {
+		return nil, fmt.Errorf("prune %s: %w", device, err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("prune %s: %w", device, err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("prune %s: %w", device, err)
+	}
+	return ids, nil
+}
+
+// recordReused records cmd, published over MQTT with the id of a command
+// that is done: the device received it under that id, its answer is
+// taken as a late one to that command, and yet it is recorded, under an
+// id of its own, failed, saying so. A command sent is never missing from
+// the history, whatever id its sender chose (SPEC §7).
+func (c *Commands) recordReused(ctx context.Context, tx *sql.Tx, cmd Command) error {
+	reused := cmd.ID
+	cmd.ID, cmd.Status = NewCommandID(), StatusFailed
+	msg := "sent over MQTT with the id of an earlier command, " + reused + ": its answer cannot be told from that command's, which is done"
+	if _, err := tx.ExecContext(ctx, `INSERT INTO commands(id, device_id, name, params, status, created_at, updated_at, expires_at, error)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, append(cmdArgs(cmd), msg)...); err != nil {
+		return fmt.Errorf("commands write: insert %s (reusing %s): %w", cmd.ID, reused, err)
+	}
+	c.m.failed.Inc()
+	c.grew(cmd.DeviceID)
 	return nil
 }

@@ -44,6 +44,9 @@ type Registry struct {
 	writeMu sync.Mutex
 	// stores are told of the devices deleted (Attach); guarded by writeMu.
 	stores []DeviceData
+	// tokensMade holds, per user, when the tokens created for them in
+	// the last hour were (MaxTokensPerUserPerHour); guarded by writeMu.
+	tokensMade map[string][]time.Time
 
 	// mu guards the caches below.
 	mu      sync.RWMutex

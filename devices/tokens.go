@@ -27,6 +27,22 @@ const TokenPrefix = "tth_"
 // count until revoked).
 const MaxTokensPerUser = 100
 
+// MaxTokensPerUserPerHour bounds the tokens created for one user in an
+// hour, revoked ones included (counted by each node): creating and
+// revoking tokens, each an audit entry kept for audit.retention, cost a
+// viewer nothing, 816 pairs a second from one client (830 KB/s of audit
+// log and token rows, 90 days' worth).
+const MaxTokensPerUserPerHour = 2 * MaxTokensPerUser
+
+// RateError is a request refused because too many like it came lately:
+// one more is taken after RetryAfter.
+type RateError struct {
+	Msg        string
+	RetryAfter time.Duration
+}
+
+func (e *RateError) Error() string { return e.Msg }
+
 // CreateToken issues a token for username named name (a label for people);
 // ttl 0 means it never expires. Returns the plaintext, shown only now.
 func (r *Registry) CreateToken(ctx context.Context, username, name string, ttl time.Duration) (string, Token, error) {
@@ -62,6 +78,15 @@ func (r *Registry) createToken(ctx context.Context, username, name string, ttl t
 	if n >= MaxTokensPerUser {
 		return "", Token{}, invalid("username", "%q has %d tokens already: revoke some first", username, n)
 	}
+	now := time.Now()
+	made := r.tokensMade[username]
+	for len(made) > 0 && now.Sub(made[0]) >= time.Hour {
+		made = made[1:]
+	}
+	if len(made) >= MaxTokensPerUserPerHour {
+		return "", Token{}, &RateError{RetryAfter: made[0].Add(time.Hour).Sub(now),
+			Msg: fmt.Sprintf("%d tokens were created for %q in the last hour: try again later", len(made), username)}
+	}
 	plain := TokenPrefix + newSecret()
 	d := digest(plain)
 	t := Token{ID: randomID("tok-", 12), Name: name, Username: username, CreatedAt: time.Now().UTC()}
@@ -82,6 +107,10 @@ func (r *Registry) createToken(ctx context.Context, username, name string, ttl t
 	r.mu.Lock()
 	r.tokens[d] = c
 	r.mu.Unlock()
+	if r.tokensMade == nil {
+		r.tokensMade = map[string][]time.Time{}
+	}
+	r.tokensMade[username] = append(made, now)
 	return plain, t, nil
 }
 

@@ -61,7 +61,7 @@ func openDeviceData(cfg configs.Config, db *devices.DB, reg *devices.Registry, l
 	// On a shared database a device's metric names are read again when it
 	// connects here: the cap is the cluster's, not each node's.
 	reg.OnOnline(d.telemetry.RefreshNames)
-	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{Logger: log}); err != nil {
+	if d.commands, err = devices.OpenCommands(ctx, db, &devices.CommandsOptions{MaxPerDevice: cfg.Commands.MaxPerDevice, Logger: log}); err != nil {
 		return nil, err
 	}
 	if d.twins, err = devices.OpenTwins(ctx, db, &devices.TwinsOptions{Logger: log}); err != nil {
