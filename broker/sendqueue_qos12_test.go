@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tether-iot/tether/broker/sessions"
 )
@@ -309,3 +311,87 @@ func testStuckPersistentSessions(t *testing.T, connect func(t *testing.T, addr, 
 }
 
 
+
+// An MQTT 5 subscriber at QoS 1 that reads everything and acknowledges
+// nothing gets DISCONNECT 0x97 quota exceeded once it is past
+// mqtt.client_queue_bytes and has acknowledged nothing for a round.
+func TestSendQueueQoS1DisconnectQuotaExceeded(t *testing.T) {
+	b, addr := startSendQueueBroker(t)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var buf bytes.Buffer
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: "deaf5"}}
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "big/#", Qos: 1}}}
+	if err := connect.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SubscribeEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	type last struct {
+		typ    byte
+		reason byte
+	}
+	done := make(chan last, 1)
+	suback := make(chan struct{})
+	go func() {
+		var l last
+		for {
+			hb, err := r.ReadByte()
+			if err != nil {
+				done <- l
+				return
+			}
+			n, _, err := packets.DecodeLength(r)
+			if err != nil {
+				done <- l
+				return
+			}
+			body := make([]byte, n)
+			if _, err := io.ReadFull(r, body); err != nil {
+				done <- l
+				return
+			}
+			l = last{typ: hb >> 4}
+			if l.typ == packets.Disconnect && n > 0 {
+				l.reason = body[0]
+			}
+			if l.typ == packets.Suback {
+				close(suback)
+			}
+		}
+	}()
+	select {
+	case <-suback:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no SUBACK")
+	}
+	pub := storeClient(t, addr, "device", true, nil)
+	const size = 1_000_000
+	for i := 0; i < 32; i++ {
+		testmqttWait(t, pub.Publish("big/frame", 1, false, numbered(i, size)))
+		if d := b.sendq.Disconnected(dropClientBytes); d > 0 {
+			break
+		}
+	}
+	select {
+	case l := <-done:
+		if l.typ != packets.Disconnect || l.reason != packets.ErrQuotaExceeded.Code {
+			t.Errorf("the connection ended after packet type %d reason %#x, want DISCONNECT %#x", l.typ, l.reason, packets.ErrQuotaExceeded.Code)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("still connected")
+	}
+	if d := b.sendq.Disconnected(dropClientBytes); d != 1 {
+		t.Errorf("%d disconnected for mqtt.client_queue_bytes, want 1", d)
+	}
+}
