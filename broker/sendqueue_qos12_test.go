@@ -310,8 +310,6 @@ func testStuckPersistentSessions(t *testing.T, connect func(t *testing.T, addr, 
 	}
 }
 
-
-
 // An MQTT 5 subscriber at QoS 1 that reads everything and acknowledges
 // nothing gets DISCONNECT 0x97 quota exceeded once it is past
 // mqtt.client_queue_bytes and has acknowledged nothing for a round.
