@@ -484,7 +484,7 @@ func (h *sendQueueHook) ID() string { return "tether-sendqueue" }
 func (h *sendQueueHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnDisconnect,
-		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnPublishDropped:
+		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped:
 		return true
 	}
 	return false
@@ -514,13 +514,6 @@ func (h *sendQueueHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 // OnQosDropped implements mqtt.Hook.
 func (h *sendQueueHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.q.qosDone(cl, pk.PacketID)
-}
-
-// OnPublishDropped implements mqtt.Hook.
-func (h *sendQueueHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
-	if pk.FixedHeader.Qos > 0 && len(pk.Payload) >= largeMessage {
-		h.q.qosRolledBack(cl)
-	}
 }
 
 // queuedACL is the access hook (with any Diverter) with the send queue's

@@ -18,8 +18,9 @@ import (
 // one count per client with its large QoS 0 messages) from when it enters
 // the in-flight store (OnQosPublish: the engine's deliveries, and the
 // session store's, which tells the send queue hook of each) until it
-// leaves it (OnQosComplete, OnQosDropped, or the engine taking it back
-// when the send queue is full) or its client disconnects.
+// leaves it (OnQosComplete, OnQosDropped; or the engine took it back,
+// its send queue full, which it tells no hook: such a message is found
+// gone when the client is next past a bound) or its client disconnects.
 //
 // A QoS 1/2 message is never dropped for these bounds: SPEC §9 slows
 // publishers down for a subscriber that falls behind rather than dropping
@@ -92,6 +93,10 @@ func (q *sendQueue) qosPublish(cl *mqtt.Client, pk *packets.Packet) {
 			c.mu.Unlock()
 			return
 		}
+		if c.reconcileLocked(q, cl) {
+			c.mu.Unlock()
+			continue // it held less than counted
+		}
 		if c.released == nil {
 			c.released = make(chan struct{})
 		}
@@ -131,23 +136,20 @@ func (q *sendQueue) qosDone(cl *mqtt.Client, id uint16) {
 	c.mu.Unlock()
 }
 
-// qosRolledBack releases what the engine took back out of cl's in-flight
-// store when its send queue was full (it tells the hooks only that a
-// message was dropped).
-func (q *sendQueue) qosRolledBack(cl *mqtt.Client) {
-	v, ok := q.clients.Load(cl)
-	if !ok {
-		return
-	}
-	c := v.(*queueBytes)
-	c.mu.Lock()
+// reconcileLocked releases what c counts of messages cl's in-flight
+// store no longer holds: those the engine took back when cl's send queue
+// was full (it deletes them after telling the hooks that a message was
+// dropped, so they are found here). It reports whether it released any.
+func (c *queueBytes) reconcileLocked(q *sendQueue, cl *mqtt.Client) bool {
+	released := false
 	for id, size := range c.inflight {
 		if _, ok := cl.State.Inflight.Get(id); !ok {
 			delete(c.inflight, id)
 			c.releaseLocked(q, size)
+			released = true
 		}
 	}
-	c.mu.Unlock()
+	return released
 }
 
 // disconnect ends cl, stuck past a bound with the QoS 1/2 message of

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -391,5 +392,44 @@ func TestSendQueueQoS1DisconnectQuotaExceeded(t *testing.T) {
 	}
 	if d := b.sendq.Disconnected(dropClientBytes); d != 1 {
 		t.Errorf("%d disconnected for mqtt.client_queue_bytes, want 1", d)
+	}
+}
+
+// The engine takes a QoS 1/2 message back out of a subscriber's
+// in-flight store when its send queue is full, telling the hooks only
+// that a message was dropped, before it deletes it: what it took back is
+// released when the subscriber is next past a bound, rather than counted
+// until the client leaves (which had a healthy subscriber with nothing in
+// flight wait a round for an acknowledgement that could not come, and be
+// disconnected).
+func TestSendQueueQoS12ReleasesWhatTheEngineTookBack(t *testing.T) {
+	srv := mqtt.New(nil)
+	q := newSendQueue(srv, slog.New(slog.NewTextHandler(io.Discard, nil)), 8<<20, 256<<20)
+	q.wait = 5 * time.Second
+	cl := srv.NewClient(nil, "test", "sub", false)
+	publish := func(id uint16) {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+			TopicName: "big/frame", Payload: make([]byte, 1<<20), Origin: "device"}
+		cl.State.Inflight.Set(pk)
+		q.qosPublish(cl, &pk)
+	}
+	for id := range uint16(8) {
+		publish(id + 1)
+	}
+	for id := range uint16(4) {
+		cl.State.Inflight.Delete(id + 1) // taken back, no hook told
+	}
+	publish(9)
+	if d := q.Disconnected(dropClientBytes); d != 0 {
+		t.Errorf("%d disconnected, want none: 5 MiB are in flight", d)
+	}
+	if n := q.bytes.Load(); n != 5<<20 {
+		t.Errorf("%d bytes counted, want %d (what is in flight)", n, 5<<20)
+	}
+	for id := range uint16(9) {
+		q.qosDone(cl, id+1)
+	}
+	if n := q.bytes.Load(); n != 0 {
+		t.Errorf("%d bytes counted once all were acknowledged", n)
 	}
 }
