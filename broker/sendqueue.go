@@ -135,6 +135,7 @@ type queueBytes struct {
 	// a publisher that waits for room.
 	released chan struct{}
 	stuck    bool // disconnected for a bound
+	stuckFor int  // which: dropClientBytes or dropTotalBytes
 }
 
 // route is a large message being routed.

@@ -74,8 +74,9 @@ func (q *sendQueue) qosPublish(cl *mqtt.Client, pk *packets.Packet) {
 	for round := 0; ; round++ {
 		c.mu.Lock()
 		if c.stuck {
+			reason := c.stuckFor
 			c.mu.Unlock()
-			q.lost(cl, 1, dropClientBytes)
+			q.lost(cl, 1, reason)
 			return
 		}
 		reason := q.admitLocked(c, size, !wait || round >= qosWaitRounds)
@@ -109,9 +110,7 @@ func (q *sendQueue) qosPublish(cl *mqtt.Client, pk *packets.Packet) {
 		}
 		select {
 		case <-released: // it acknowledged something: slow, not stuck
-			if !timer.Stop() {
-				<-timer.C
-			}
+			timer.Stop() // no stale tick after it (Go 1.23 timers)
 			continue
 		case <-timer.C:
 		}
@@ -157,7 +156,9 @@ func (c *queueBytes) reconcileLocked(q *sendQueue, cl *mqtt.Client) bool {
 func (q *sendQueue) disconnect(cl *mqtt.Client, c *queueBytes, reason int, size int64) {
 	c.mu.Lock()
 	already := c.stuck
-	c.stuck = true
+	if !already {
+		c.stuck, c.stuckFor = true, reason
+	}
 	held, n := len(c.inflight), c.n
 	c.mu.Unlock()
 	if already {
