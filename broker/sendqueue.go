@@ -103,6 +103,10 @@ type sendQueue struct {
 	// disconnected: subscribers disconnected for a bound, stuck with
 	// QoS 1/2 messages (sendqueue_qos12.go).
 	disconnected [nDropReasons]atomic.Int64
+	// tracked: QoS 1/2 messages counted in all clients' in-flight
+	// stores, so that an acknowledgement costs one atomic load while
+	// there are none.
+	tracked atomic.Int64
 	// wait is a round of waiting for a QoS 1/2 subscriber past a bound
 	// to acknowledge something (mqtt.backpressure_wait).
 	wait time.Duration
@@ -426,6 +430,7 @@ func (q *sendQueue) forget(cl *mqtt.Client) {
 	n := c.n
 	c.n, c.closed = 0, true
 	q.bytes.Add(-n)
+	q.tracked.Add(-int64(len(c.inflight)))
 	c.inflight = nil
 	if c.released != nil {
 		close(c.released)

@@ -84,6 +84,8 @@ func (q *sendQueue) qosPublish(cl *mqtt.Client, pk *packets.Packet) {
 			if old, ok := c.inflight[pk.PacketID]; ok {
 				// Left by a delivery the engine took back unseen.
 				c.releaseLocked(q, old)
+			} else {
+				q.tracked.Add(1)
 			}
 			if c.inflight == nil {
 				c.inflight = map[uint16]int64{}
@@ -122,6 +124,9 @@ func (q *sendQueue) qosPublish(cl *mqtt.Client, pk *packets.Packet) {
 // qosDone releases the QoS 1/2 message cl's in-flight store no longer
 // holds under id.
 func (q *sendQueue) qosDone(cl *mqtt.Client, id uint16) {
+	if q.tracked.Load() == 0 {
+		return
+	}
 	v, ok := q.clients.Load(cl)
 	if !ok {
 		return
@@ -130,6 +135,7 @@ func (q *sendQueue) qosDone(cl *mqtt.Client, id uint16) {
 	c.mu.Lock()
 	if size, ok := c.inflight[id]; ok {
 		delete(c.inflight, id)
+		q.tracked.Add(-1)
 		c.releaseLocked(q, size)
 	}
 	c.mu.Unlock()
@@ -144,6 +150,7 @@ func (c *queueBytes) reconcileLocked(q *sendQueue, cl *mqtt.Client) bool {
 	for id, size := range c.inflight {
 		if _, ok := cl.State.Inflight.Get(id); !ok {
 			delete(c.inflight, id)
+			q.tracked.Add(-1)
 			c.releaseLocked(q, size)
 			released = true
 		}

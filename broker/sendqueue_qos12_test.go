@@ -432,7 +432,7 @@ func TestSendQueueQoS12ReleasesWhatTheEngineTookBack(t *testing.T) {
 	for id := range uint16(9) {
 		q.qosDone(cl, id+1)
 	}
-	if n := q.bytes.Load(); n != 0 {
-		t.Errorf("%d bytes counted once all were acknowledged", n)
+	if n, k := q.bytes.Load(), q.tracked.Load(); n != 0 || k != 0 {
+		t.Errorf("%d bytes, %d messages counted once all were acknowledged", n, k)
 	}
 }
