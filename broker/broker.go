@@ -134,6 +134,7 @@ func New(opts Options) (*Broker, error) {
 		for _, h := range opts.Hooks {
 			if bp, ok := h.(*Backpressure); ok {
 				bp.sendq = b.sendq // what it queues itself is counted too
+				b.sendq.wait = bp.maxWait
 			}
 		}
 	}
@@ -165,8 +166,14 @@ func New(opts Options) (*Broker, error) {
 	}
 	if b.sendq != nil {
 		// The last OnPublish: it records a message as the engine routes it.
-		if err := b.addHook(&sendQueueHook{q: b.sendq}); err != nil {
+		sqh := &sendQueueHook{q: b.sendq}
+		if err := b.addHook(sqh); err != nil {
 			return nil, fmt.Errorf("broker: add send queue hook: %w", err)
+		}
+		for _, h := range opts.Hooks {
+			if d, ok := h.(interface{ AddDeliveries(...mqtt.Hook) }); ok {
+				d.AddDeliveries(sqh) // the QoS 1/2 messages it hands out are counted too
+			}
 		}
 	}
 

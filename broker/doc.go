@@ -57,5 +57,7 @@
 // hold up that subscriber, never a publisher.) A large QoS 0 message
 // (8 KiB or more) past a send queue's bytes (mqtt.client_queue_bytes,
 // mqtt.client_queue_total_bytes; sendqueue.go) is dropped for that
-// subscriber, not waited for.
+// subscriber, not waited for; a large QoS 1/2 message past them waits for
+// its subscriber to acknowledge something, and a subscriber that
+// acknowledges nothing for a round is disconnected (sendqueue_qos12.go).
 package broker

@@ -57,7 +57,8 @@ type Options struct {
 	// ClientQueueBytes and ClientQueueTotalBytes are
 	// mqtt.client_queue_bytes and mqtt.client_queue_total_bytes: bytes of
 	// large QoS 0 messages one client's send queue, and all clients'
-	// together, may hold (sendqueue.go); 0 for no bound.
+	// together, may hold, and of large QoS 1/2 messages unacknowledged
+	// (sendqueue.go, sendqueue_qos12.go); 0 for no bound.
 	ClientQueueBytes      int64
 	ClientQueueTotalBytes int64
 	// ReceiveMaximum is mqtt.receive_maximum.

@@ -50,9 +50,18 @@ import (
 // still being routed is taken for it (at most once per subscription the
 // routing found): it goes out with the retain flag the routing gives.
 //
-// Left out: QoS 1/2 messages (bounded by mqtt.max_inflight per client;
-// their bytes are not counted), and messages under largeMessage bytes
-// (256 of them in a queue are at most 2 MiB).
+// QoS 1/2 messages (sendqueue_qos12.go) are counted against the same
+// bounds, from when the engine (or the session store's pump) puts them in
+// a subscriber's in-flight store (OnQosPublish) until the subscriber
+// acknowledges them or they are dropped from it: the engine keeps a copy
+// of each, payload included, until then. One past a bound is not dropped:
+// its publisher waits for the subscriber to acknowledge (slowed down, not
+// dropped), and a subscriber that acknowledges nothing for a round of
+// mqtt.backpressure_wait is stuck and disconnected (MQTT 5: DISCONNECT
+// 0x97); its messages stay in its session if it is persistent.
+//
+// Left out: messages under largeMessage bytes (256 of them in a queue
+// are at most 2 MiB).
 
 const (
 	// largeMessage: payloads from this size on are counted in send
@@ -91,6 +100,16 @@ type sendQueue struct {
 	bytes   atomic.Int64 // in all clients' queues
 	clients sync.Map     // *mqtt.Client → *queueBytes
 	dropped [nDropReasons]atomic.Int64
+	// disconnected: subscribers disconnected for a bound, stuck with
+	// QoS 1/2 messages (sendqueue_qos12.go).
+	disconnected [nDropReasons]atomic.Int64
+	// tracked: QoS 1/2 messages counted in all clients' in-flight
+	// stores, so that an acknowledgement costs one atomic load while
+	// there are none.
+	tracked atomic.Int64
+	// wait is a round of waiting for a QoS 1/2 subscriber past a bound
+	// to acknowledge something (mqtt.backpressure_wait).
+	wait time.Duration
 
 	// routes: the large messages being routed, by their topic string's
 	// address (*byte → *route); nRoutes how many, so that the access
@@ -104,14 +123,23 @@ type sendQueue struct {
 }
 
 func newSendQueue(srv *mqtt.Server, log *slog.Logger, perClient, total int64) *sendQueue {
-	return &sendQueue{srv: srv, log: log, logged: logevery.New(sendQueueLogEvery), perClient: perClient, total: total}
+	return &sendQueue{srv: srv, log: log, logged: logevery.New(sendQueueLogEvery), perClient: perClient, total: total, wait: time.Second}
 }
 
-// queueBytes is one client's bytes of large QoS 0 messages queued.
+// queueBytes is one client's bytes of large messages queued: QoS 0 ones
+// in its send queue, QoS 1/2 ones in its in-flight store.
 type queueBytes struct {
 	mu     sync.Mutex
 	n      int64
 	closed bool // the client disconnected: nothing more is counted
+
+	// inflight: the QoS 1/2 messages counted, by packet id.
+	inflight map[uint16]int64
+	// released is closed, and cleared, when bytes are released; made by
+	// a publisher that waits for room.
+	released chan struct{}
+	stuck    bool // disconnected for a bound
+	stuckFor int  // which: dropClientBytes or dropTotalBytes
 }
 
 // route is a large message being routed.
@@ -331,13 +359,19 @@ func (q *sendQueue) admit(cl *mqtt.Client, size int64) int {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return q.admitLocked(c, size, false)
+}
+
+// admitLocked is admit with c locked; force counts size whatever the
+// bounds.
+func (q *sendQueue) admitLocked(c *queueBytes, size int64, force bool) int {
 	if c.closed {
 		return clientClosed
 	}
-	if q.perClient > 0 && c.n > 0 && c.n+size > q.perClient {
+	if !force && q.perClient > 0 && c.n > 0 && c.n+size > q.perClient {
 		return dropClientBytes
 	}
-	if n := q.bytes.Add(size); q.total > 0 && n > q.total {
+	if n := q.bytes.Add(size); !force && q.total > 0 && n > q.total {
 		q.bytes.Add(-size)
 		return dropTotalBytes
 	}
@@ -353,11 +387,21 @@ func (q *sendQueue) release(cl *mqtt.Client, size int64) {
 	}
 	c := v.(*queueBytes)
 	c.mu.Lock()
+	c.releaseLocked(q, size)
+	c.mu.Unlock()
+}
+
+// releaseLocked uncounts size bytes of c, and wakes whoever waits for
+// room in it.
+func (c *queueBytes) releaseLocked(q *sendQueue, size int64) {
 	if !c.closed && c.n >= size {
 		c.n -= size
 		q.bytes.Add(-size)
 	}
-	c.mu.Unlock()
+	if c.released != nil {
+		close(c.released)
+		c.released = nil
+	}
 }
 
 // written releases what pk counted, if it is one of this queue's: the
@@ -386,6 +430,12 @@ func (q *sendQueue) forget(cl *mqtt.Client) {
 	n := c.n
 	c.n, c.closed = 0, true
 	q.bytes.Add(-n)
+	q.tracked.Add(-int64(len(c.inflight)))
+	c.inflight = nil
+	if c.released != nil {
+		close(c.released)
+		c.released = nil
+	}
 	c.mu.Unlock()
 	if n == 0 || !cl.Closed() {
 		return
@@ -438,7 +488,12 @@ type sendQueueHook struct {
 func (h *sendQueueHook) ID() string { return "tether-sendqueue" }
 
 func (h *sendQueueHook) Provides(b byte) bool {
-	return b == mqtt.OnPublish || b == mqtt.OnPublished || b == mqtt.OnDisconnect
+	switch b {
+	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnDisconnect,
+		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped:
+		return true
+	}
+	return false
 }
 
 // OnPublish implements mqtt.Hook.
@@ -451,6 +506,21 @@ func (h *sendQueueHook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.q.pu
 
 // OnDisconnect implements mqtt.Hook.
 func (h *sendQueueHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.q.forget(cl) }
+
+// OnQosPublish implements mqtt.Hook.
+func (h *sendQueueHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	h.q.qosPublish(cl, &pk)
+}
+
+// OnQosComplete implements mqtt.Hook.
+func (h *sendQueueHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	h.q.qosDone(cl, pk.PacketID)
+}
+
+// OnQosDropped implements mqtt.Hook.
+func (h *sendQueueHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.q.qosDone(cl, pk.PacketID)
+}
 
 // queuedACL is the access hook (with any Diverter) with the send queue's
 // delivery behind its delivery check.

@@ -66,7 +66,9 @@ type MQTT struct {
 	ClientQueueSize int32  `yaml:"client_queue_size"`
 	// ClientQueueBytes and ClientQueueTotalBytes: bytes of large QoS 0
 	// messages (payload of 8 KiB or more) one client's send queue, and
-	// all clients' together, may hold; 0 = no bound.
+	// all clients' together, may hold, and of large QoS 1/2 messages
+	// unacknowledged (a client stuck past them is disconnected); 0 = no
+	// bound.
 	ClientQueueBytes      int64         `yaml:"client_queue_bytes"`
 	ClientQueueTotalBytes int64         `yaml:"client_queue_total_bytes"`
 	ReceiveMaximum        uint16        `yaml:"receive_maximum"`

@@ -28,8 +28,14 @@ import (
 // slots. Appends to one queue take its lock and go to the writer in
 // sequence order, so what is committed is always a prefix of the queue.
 
-// readAhead is the most queued messages an online session holds in memory.
-const readAhead = 256
+// readAhead is the most queued messages an online session holds in
+// memory, and readAheadBytes the most bytes of them (beyond its first):
+// 256 queued messages of 1 MB were 256 MB read from disk for each
+// session that came back to them.
+const (
+	readAhead      = 256
+	readAheadBytes = 8 << 20
+)
 
 // route is one message's persistent recipients, from OnPublish to
 // OnPublished. to is not changed after OnPublish.
@@ -61,6 +67,7 @@ type queue struct {
 	sent    int64 // the highest sequence number handed to the window
 	loaded  int64 // the highest sequence number in buf, or sent
 	buf     []item
+	bufSize int64            // the bytes of buf's messages
 	caught  bool             // buf holds every queued message after sent
 	cl      *mqtt.Client     // the connection draining it; nil when offline
 	running bool             // a pump runs for it
@@ -117,8 +124,9 @@ func (s *Store) enqueueMessage(id string, it item, data, payload []byte) (*batch
 	s.total.Add(it.size)
 	start := false
 	if q.cl != nil {
-		if q.caught && len(q.buf) < readAhead {
+		if q.caught && len(q.buf) < readAhead && (len(q.buf) == 0 || q.bufSize+it.size <= readAheadBytes) {
 			q.buf = append(q.buf, it)
+			q.bufSize += it.size
 			q.loaded = it.seq
 		} else {
 			q.caught = false
@@ -160,7 +168,7 @@ func (s *Store) online(cl *mqtt.Client) {
 	q := s.queueFor(cl.ID)
 	q.mu.Lock()
 	q.cl = cl
-	q.buf, q.caught = nil, false
+	q.buf, q.bufSize, q.caught = nil, 0, false
 	if q.count == 0 {
 		// Nothing queued: what comes next can go through memory.
 		q.caught, q.loaded = true, q.next-1
@@ -187,7 +195,7 @@ func (s *Store) offline(cl *mqtt.Client) {
 	q.mu.Lock()
 	if q.cl == cl {
 		q.cl = nil
-		q.buf, q.caught = nil, false
+		q.buf, q.bufSize, q.caught = nil, 0, false
 		q.loaded = q.sent
 	}
 	q.mu.Unlock()
@@ -224,7 +232,7 @@ func (s *Store) dropQueue(id string) {
 	q := v.(*queue)
 	q.mu.Lock()
 	s.total.Add(-q.bytes)
-	q.count, q.bytes, q.buf, q.cl, q.out = 0, 0, nil, nil, nil
+	q.count, q.bytes, q.buf, q.bufSize, q.cl, q.out = 0, 0, nil, 0, nil, nil
 	q.mu.Unlock()
 	q.signal()
 }
@@ -273,7 +281,7 @@ func (s *Store) pump(q *queue) {
 		if len(q.buf) == 0 {
 			after := q.loaded
 			q.mu.Unlock()
-			items, err := s.readQueue(q.id, after, readAhead)
+			items, err := s.readQueue(q.id, after, readAhead, readAheadBytes)
 			if err != nil {
 				s.log.Error("session queue: read failed", "client", q.id, "error", err)
 				wait(time.Second)
@@ -287,6 +295,7 @@ func (s *Store) pump(q *queue) {
 			for _, it := range items {
 				if it.seq > q.loaded {
 					q.buf = append(q.buf, it)
+					q.bufSize += it.size
 					q.loaded = it.seq
 				}
 			}
@@ -305,8 +314,11 @@ func (s *Store) pump(q *queue) {
 		n := min(room, len(q.buf))
 		batch := q.buf[:n:n]
 		q.buf = q.buf[n:]
+		for _, it := range batch {
+			q.bufSize -= it.size
+		}
 		if len(q.buf) == 0 {
-			q.buf = nil
+			q.buf, q.bufSize = nil, 0
 		}
 		q.mu.Unlock()
 		for _, it := range batch {
@@ -329,7 +341,7 @@ func (s *Store) pump(q *queue) {
 func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) bool {
 	q.mu.Lock()
 	if q.cl != cl {
-		q.buf, q.caught, q.loaded = nil, false, q.sent
+		q.buf, q.bufSize, q.caught, q.loaded = nil, 0, false, q.sent
 		q.mu.Unlock()
 		return false
 	}
@@ -359,7 +371,7 @@ func (s *Store) deliver(q *queue, cl *mqtt.Client, it item) bool {
 	added, ok := q.reserve(cl, &out)
 	if !ok {
 		q.mu.Lock()
-		q.buf, q.caught, q.loaded = nil, false, q.sent
+		q.buf, q.bufSize, q.caught, q.loaded = nil, 0, false, q.sent
 		q.mu.Unlock()
 		return false
 	}
@@ -412,8 +424,9 @@ func (q *queue) reserve(cl *mqtt.Client, out *packets.Packet) (added, ok bool) {
 	return false, false
 }
 
-// readQueue reads up to n of session id's queued messages after seq.
-func (s *Store) readQueue(id string, after int64, n int) ([]item, error) {
+// readQueue reads up to n of session id's queued messages after seq, and
+// no more once they hold maxBytes (at least one).
+func (s *Store) readQueue(id string, after int64, n int, maxBytes int64) ([]item, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	rows, err := s.db.R.QueryContext(ctx, `SELECT seq, qos, retain, sub_ids, data, payload, expires_at
@@ -423,6 +436,7 @@ func (s *Store) readQueue(id string, after int64, n int) ([]item, error) {
 	}
 	defer rows.Close()
 	var out []item
+	var size int64
 	for rows.Next() {
 		var it item
 		var qos, retain int
@@ -443,6 +457,9 @@ func (s *Store) readQueue(id string, after int64, n int) ([]item, error) {
 		it.pk = m.ToPacket()
 		it.pk.Expiry = expires
 		out = append(out, it)
+		if size += it.size; size >= maxBytes {
+			break
+		}
 	}
 	return out, rows.Err()
 }

@@ -2,14 +2,18 @@ package sessions
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	paho5 "github.com/eclipse/paho.golang/paho"
+	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/tether-iot/tether/broker"
 	"github.com/tether-iot/tether/internal/testmqtt"
@@ -254,5 +258,65 @@ func TestQueuedDeliveryLeavesClientPacketIDsFree(t *testing.T) {
 		c.Close()
 		waitOffline(t, n.store, "ids-sub")
 		waitToken(t, "publish", pub.Publish("ids/x", 1, false, "again"))
+	}
+}
+
+// A session coming back to a queue of large messages reads them from
+// disk a few MiB at a time (readAheadBytes), not 256 at once (256 MB of
+// 1 MB messages, for each such session), and still gets them all, in
+// order.
+func TestQueueReadAheadBytes(t *testing.T) {
+	n := startStoreNode(t, t.TempDir(), nil)
+	sub := storeClient(t, n.addr, "big-sub", false, nil)
+	waitToken(t, "subscribe", sub.Subscribe("big/#", 1, nil))
+	sub.Disconnect(100)
+	waitOffline(t, n.store, "big-sub")
+	pub := storeClient(t, n.addr, "big-pub", true, nil)
+	const count, size = 20, 1_000_000
+	for i := range count {
+		p := make([]byte, size)
+		copy(p, fmt.Sprintf("b-%d", i))
+		testmqtt.WaitTokenFor(t, "publish", pub.Publish("big/x", 1, false, p), time.Minute)
+	}
+	items, err := n.store.readQueue("big-sub", 0, readAhead, readAheadBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before int64
+	for _, it := range items[:len(items)-1] {
+		before += it.size
+	}
+	if len(items) >= count || before >= readAheadBytes {
+		t.Errorf("read ahead %d of %d messages of %d bytes, %d bytes before the last; want at most %d bytes before the last",
+			len(items), count, size, before, readAheadBytes)
+	}
+	var mu sync.Mutex
+	var got []string // the messages' names, in order, each once
+	storeClient(t, n.addr, "big-sub", false, func(m paho.Message) {
+		p := m.Payload()
+		if i := bytes.IndexByte(p, 0); i > 0 {
+			p = p[:i]
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Contains(got, string(p)) {
+			got = append(got, string(p))
+		}
+	})
+	list := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+	checkFor(t, time.Minute, func() error {
+		if p := list(); len(p) < count {
+			return fmt.Errorf("received %d of %d", len(p), count)
+		}
+		return nil
+	})
+	for i, p := range list()[:count] {
+		if want := fmt.Sprintf("b-%d", i); p != want {
+			t.Fatalf("message %d is %q, want %q", i, p, want)
+		}
 	}
 }

@@ -531,6 +531,12 @@ func (s *Store) Divert(cl *mqtt.Client, topic string) bool {
 	return ok && v.(*route).to[cl.ID]
 }
 
+// AddDeliveries adds hooks to Options.Deliveries (the broker's count of
+// in-flight bytes); call it before the broker starts.
+func (s *Store) AddDeliveries(h ...mqtt.Hook) {
+	s.opts.Deliveries = append(s.opts.Deliveries[:len(s.opts.Deliveries):len(s.opts.Deliveries)], h...)
+}
+
 // SetACL gives the store the broker's access check for deliveries: a
 // message is queued only for a session that may read it, and checked
 // again when it leaves the queue.
