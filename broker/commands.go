@@ -111,23 +111,30 @@ type responseMessage struct {
 
 // OnPublish records commands from operators and responses from devices.
 func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	h.publish(cl, &pk)
+	return pk, nil
+}
+
+// publish is OnPublish on the packet in place (hookSet).
+func (h *CommandHook) publish(cl *mqtt.Client, pk *packets.Packet) {
 	if id, name, ok := splitDeviceTopic(pk.TopicName, "commands"); ok {
 		if cl.Net.Inline {
-			return pk, nil // Send recorded it
+			return // Send recorded it
 		}
-		return h.operatorCommand(cl, pk, id, name), nil
+		*pk = h.operatorCommand(cl, *pk, id, name)
+		return
 	}
 	if id, cmdID, ok := splitDeviceTopic(pk.TopicName, "responses"); ok && !cl.Net.Inline {
 		if reason := h.responseRefusal(cl, id, cmdID); reason != "" {
 			h.ignored.WithLabelValues(reason).Inc()
 			h.log.Debug("command response ignored", "device", id, "command", cmdID, "client", cl.ID, "reason", reason)
-			return pk, nil
+			return
 		}
 		var r responseMessage
 		if err := json.Unmarshal(pk.Payload, &r); err != nil {
 			h.store.RecordResponse(cmdID, id, false, nil, "response is not a JSON object: "+err.Error())
 			h.log.Debug("command response not understood", "device", id, "command", cmdID, "error", err)
-			return pk, nil
+			return
 		}
 		switch r.Status {
 		case "ok":
@@ -138,7 +145,6 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 			h.store.RecordResponse(cmdID, id, false, r.Result, fmt.Sprintf("response status %q is neither ok nor error", r.Status))
 		}
 	}
-	return pk, nil
 }
 
 // responseRefusal says why a response from cl on
@@ -287,10 +293,15 @@ func (h *CommandHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 
 // OnPacketSent marks a QoS 0 command delivered once written to its device.
 func (h *CommandHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
+	h.packetSent(cl, &pk)
+}
+
+// packetSent is OnPacketSent for the packet by pointer (hookSet).
+func (h *CommandHook) packetSent(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Qos != 0 || pk.FixedHeader.Type != packets.Publish || len(pk.Properties.CorrelationData) == 0 {
 		return
 	}
-	if id, ok := h.commandFor(cl, pk); ok {
+	if id, ok := h.commandFor(cl, *pk); ok {
 		h.store.RecordDelivered(id, cl.ID)
 	}
 }
