@@ -138,8 +138,9 @@ func (r *route) subscription(srv *mqtt.Server, id string) (packets.Subscription,
 	return packets.Subscription{}, false
 }
 
-// publish records pk, if large, as being routed; it returns pk with a
-// topic string of its own, the route's key.
+// publish records pk, if large, as being routed, and gives a QoS 0 one a
+// topic string of its own, the route's key. For a small one it is a
+// length check on the packet in place (hookSet calls it directly).
 func (q *sendQueue) publish(cl *mqtt.Client, pk *packets.Packet) {
 	if len(pk.Payload) < largeMessage || pk.TopicName == "" || queueField == nil || qtyField == nil {
 		return
