@@ -42,10 +42,15 @@ func (g *gate) Provides(b byte) bool {
 
 // OnPacketRead mends a packet a client sent (read).
 func (g *gate) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if readMends(&pk) {
-		pk = g.read(cl, pk)
-	}
+	g.packetRead(cl, &pk)
 	return pk, nil
+}
+
+// packetRead is OnPacketRead on the packet in place (hookSet).
+func (g *gate) packetRead(cl *mqtt.Client, pk *packets.Packet) {
+	if readMends(pk) {
+		*pk = g.read(cl, *pk)
+	}
 }
 
 // readMends reports whether read can change pk: a QoS 1 or 2 PUBLISH, a
@@ -186,17 +191,28 @@ func (g *gate) boundKeepalive(cl *mqtt.Client) {
 // for311. An answer to a packet renumbered on its way in gets the
 // client's packet id back (packetIDs).
 func (g *gate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	g.packetEncode(cl, &pk)
+	return pk
+}
+
+// packetEncode is OnPacketEncode on the packet in place (hookSet).
+func (g *gate) packetEncode(cl *mqtt.Client, pk *packets.Packet) {
 	// First: a large QoS 0 message the send queue counted is no longer
 	// queued (sendqueue.go). One field load for any other packet.
 	if pk.Ignore && g.b.sendq != nil {
-		g.b.sendq.written(cl, &pk)
+		g.b.sendq.written(cl, pk)
 	}
 	if pk.FixedHeader.Type == packets.Publish {
 		// A PUBLISH, QoS 0 ones above all, passes as it is: nothing
 		// below changes one (ids.out renumbers answers; for311 changes
 		// DISCONNECT, CONNACK and SUBACK packets; the rest is a CONNACK's).
-		return pk
+		return
 	}
+	*pk = g.encodeOther(cl, *pk)
+}
+
+// encodeOther is OnPacketEncode for a packet other than a PUBLISH.
+func (g *gate) encodeOther(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	pk = g.ids.out(cl, pk)
 	if cl.Properties.ProtocolVersion != 5 {
 		return for311(cl, pk)

@@ -155,25 +155,32 @@ func isSysTopic(topic string) bool {
 // topic aliases (resolveAlias), and notes the filters of a SUBSCRIBE being
 // answered (auth_subs.go).
 func (a *Auth) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if a.read != nil && readMends(&pk) {
-		pk = a.read(cl, pk)
+	err := a.packetRead(cl, &pk)
+	return pk, err
+}
+
+// packetRead is OnPacketRead on the packet in place (hookSet); its only
+// error is packets.ErrRejectPacket.
+func (a *Auth) packetRead(cl *mqtt.Client, pk *packets.Packet) error {
+	if a.read != nil && readMends(pk) {
+		*pk = a.read(cl, *pk)
 	}
 	a.noteSubscribe(cl, pk)
 	if pk.FixedHeader.Type == packets.Publish && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 && !cl.Net.Inline {
 		var ok bool
-		if pk, ok = a.resolveAlias(cl, pk); !ok {
-			return pk, packets.ErrRejectPacket // the engine closes the connection
+		if *pk, ok = a.resolveAlias(cl, *pk); !ok {
+			return packets.ErrRejectPacket // the engine closes the connection
 		}
 	}
 	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || mqtt.IsValidFilter(pk.TopicName, true) {
-		return pk, nil
+		return nil
 	}
 	a.m.denied.WithLabelValues("publish").Inc()
 	a.aclRefused(cl, "publish", pk.TopicName)
-	if refusePublish(cl, pk, packets.ErrNotAuthorized) {
-		return pk, packets.ErrRejectPacket // the engine closes the connection
+	if refusePublish(cl, *pk, packets.ErrNotAuthorized) {
+		return packets.ErrRejectPacket // the engine closes the connection
 	}
-	return pk, nil // the engine drops it
+	return nil // the engine drops it
 }
 
 // resolveAlias applies the Topic Alias of an MQTT 5 PUBLISH before the

@@ -36,7 +36,7 @@ func BenchmarkSubscriptionLevels(b *testing.B) {
 				b.ReportAllocs()
 				b.ResetTimer()
 				for range b.N {
-					e.auth.noteSubscribe(cl, pk)
+					e.auth.noteSubscribe(cl, &pk)
 					if e.auth.overSubscriptions(cl, pk.Filters[0].Filter) {
 						b.Fatal("refused")
 					}

@@ -54,7 +54,7 @@ func (a *Auth) notesSubscribes() bool { return a.bans != nil || a.maxSubs > 0 ||
 // only while a SUBSCRIBE is being checked, not until the subscriber
 // sends its next packet, which a client that only receives may not do
 // for a keep-alive's time (TestSubscribeWindowsClose).
-func (a *Auth) noteSubscribe(cl *mqtt.Client, pk packets.Packet) {
+func (a *Auth) noteSubscribe(cl *mqtt.Client, pk *packets.Packet) {
 	if !a.notesSubscribes() {
 		return
 	}

@@ -178,6 +178,23 @@ func (b *Backpressure) Provides(e byte) bool {
 	return false
 }
 
+// idle reports whether OnPublish has nothing to do for pk: nobody is
+// behind, or pk is one it does not hold back.
+func (b *Backpressure) idle(cl *mqtt.Client, pk *packets.Packet) bool {
+	return b.nBehind.Load() == 0 || pk.FixedHeader.Qos == 0 || cl.Net.Inline && cl.Net.Listener != BusListener
+}
+
+// publish is OnPublish for the packet by pointer (hookSet): the packet
+// is copied only for a message held back.
+func (b *Backpressure) publish(cl *mqtt.Client, pk *packets.Packet) error {
+	if b.idle(cl, pk) {
+		return nil
+	}
+	npk, err := b.OnPublish(cl, *pk)
+	*pk = npk
+	return err
+}
+
 // highWater is the number of messages in flight to cl above which
 // publishers wait for it. The engine's in-flight store holds every QoS 1/2
 // message not yet acknowledged, including those still in the send queue
@@ -256,7 +273,7 @@ func (b *Backpressure) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 // while a subscriber it goes to is behind; at most maxWait in all. With
 // nobody behind it is one atomic load.
 func (b *Backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if b.nBehind.Load() == 0 || pk.FixedHeader.Qos == 0 || cl.Net.Inline && cl.Net.Listener != BusListener {
+	if b.idle(cl, &pk) {
 		return pk, nil
 	}
 	srv := b.srv.Load()

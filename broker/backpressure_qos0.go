@@ -114,6 +114,11 @@ func (l *drainLag) written(cl *mqtt.Client) {
 // OnPacketSent implements mqtt.Hook: counts PUBLISH packets written to a
 // subscriber that overflowed. With none, it is one atomic load.
 func (b *Backpressure) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	b.packetSent(cl, &pk)
+}
+
+// packetSent is OnPacketSent for the packet by pointer (hookSet).
+func (b *Backpressure) packetSent(cl *mqtt.Client, pk *packets.Packet) {
 	if b.nDrain.Load() == 0 || pk.FixedHeader.Type != packets.Publish {
 		return
 	}

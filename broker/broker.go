@@ -41,7 +41,10 @@ type Broker struct {
 	Handshakes *listeners.HandshakeFailures
 
 	clock *clientClock // when each client connected (Clients)
-	// hooks are the engine's hooks in its order (addHook), for the
+	// set is Tether's hooks (addHook), which the engine has as one
+	// (hookSet).
+	set *hookSet
+	// hooks are the engine's hooks in its order (the set), for the
 	// benchmarks that call them as the engine does
 	// (BenchmarkRoutedQoS0Hooks).
 	hooks []mqtt.Hook
@@ -76,7 +79,7 @@ func New(opts Options) (*Broker, error) {
 		InlineClient:           true,
 	})
 	b := &Broker{Server: srv, opts: opts, log: log.With("component", "broker"), done: make(chan struct{}), clock: newClientClock(),
-		levelsLogged: logevery.New(topicLevelsLogEvery)}
+		levelsLogged: logevery.New(topicLevelsLogEvery), set: newHookSet(srv.Log)}
 
 	g := &gate{b: b}
 	if err := b.addHook(g); err != nil {
@@ -176,6 +179,12 @@ func New(opts Options) (*Broker, error) {
 			}
 		}
 	}
+	// Every hook has its settings now: the engine gets them as one.
+	b.set.build()
+	if err := srv.AddHook(b.set, nil); err != nil {
+		return nil, fmt.Errorf("broker: add hooks: %w", err)
+	}
+	b.hooks = append(b.hooks, b.set)
 
 	ct, mps := opts.ConnectTimeout, opts.MaxPacketSize
 	b.Limits = listeners.NewLimiter(opts.Limits)
@@ -410,14 +419,8 @@ func Transport(cl *mqtt.Client) string { return cl.Net.Listener }
 // errShuttingDown refuses a CONNECT that arrives during shutdown.
 var errShuttingDown = errors.New("broker shutting down")
 
-// addHook adds h to the engine's hooks, and to b.hooks.
-func (b *Broker) addHook(h mqtt.Hook) error {
-	if err := b.Server.AddHook(h, nil); err != nil {
-		return err
-	}
-	b.hooks = append(b.hooks, h)
-	return nil
-}
+// addHook adds h to Tether's hooks (b.set), after those added before.
+func (b *Broker) addHook(h mqtt.Hook) error { return b.set.add(b.Server, h) }
 
 // firstHook is the first of hooks, nil if none.
 func firstHook(hooks []mqtt.Hook) mqtt.Hook {

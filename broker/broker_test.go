@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -194,9 +195,14 @@ func TestCollector(t *testing.T) {
 	if v := value("tether_bytes_received_total", "tcp"); v < float64(len(connectPacket(4, "metrics"))) {
 		t.Errorf("tether_bytes_received_total{transport=tcp} = %v", v)
 	}
-	if v := value("tether_bytes_sent_total", "tcp"); v < 4 {
-		t.Errorf("tether_bytes_sent_total{transport=tcp} = %v, want the CONNACK", v)
-	}
+	// The listener counts what it wrote once the write has returned,
+	// which may be after the client has read it.
+	checkFor(t, 5*time.Second, func() error {
+		if v := value("tether_bytes_sent_total", "tcp"); v < 4 {
+			return fmt.Errorf("tether_bytes_sent_total{transport=tcp} = %v, want the CONNACK", v)
+		}
+		return nil
+	})
 	if v := value("tether_mqtt_packets_received_total", ""); v < 1 {
 		t.Errorf("tether_mqtt_packets_received_total = %v", v)
 	}

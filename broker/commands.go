@@ -140,25 +140,33 @@ type responseMessage struct {
 // command is refused (refuseCommand): SPEC §7, commands are recorded
 // whoever sends them.
 func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	err := h.publish(cl, &pk)
+	return pk, err
+}
+
+// publish is OnPublish on the packet in place (hookSet).
+func (h *CommandHook) publish(cl *mqtt.Client, pk *packets.Packet) error {
 	if isCommandTopic(pk.TopicName) && !cl.Net.Inline { // Send records its own
 		id, name, ok := splitDeviceTopic(pk.TopicName, "commands")
 		if !ok {
-			return pk, h.refuseCommand(cl, pk, packets.ErrTopicNameInvalid, "topic",
+			return h.refuseCommand(cl, *pk, packets.ErrTopicNameInvalid, "topic",
 				errors.New("not devices/{id}/commands/{name}"))
 		}
-		return h.operatorCommand(cl, pk, id, name)
+		npk, err := h.operatorCommand(cl, *pk, id, name)
+		*pk = npk
+		return err
 	}
 	if id, cmdID, ok := splitDeviceTopic(pk.TopicName, "responses"); ok && !cl.Net.Inline {
 		if reason := h.responseRefusal(cl, id, cmdID); reason != "" {
 			h.ignored.WithLabelValues(reason).Inc()
 			h.log.Debug("command response ignored", "device", id, "command", cmdID, "client", cl.ID, "reason", reason)
-			return pk, nil
+			return nil
 		}
 		var r responseMessage
 		if err := json.Unmarshal(pk.Payload, &r); err != nil {
 			h.store.RecordResponse(cmdID, id, false, nil, "response is not a JSON object: "+err.Error())
 			h.log.Debug("command response not understood: not a JSON object", "device", id, "command", cmdID) // not err: it quotes the payload
-			return pk, nil
+			return nil
 		}
 		switch r.Status {
 		case "ok":
@@ -169,7 +177,7 @@ func (h *CommandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 			h.store.RecordResponse(cmdID, id, false, r.Result, fmt.Sprintf("response status %q is neither ok nor error", r.Status))
 		}
 	}
-	return pk, nil
+	return nil
 }
 
 // responseRefusal says why a response from cl on
@@ -358,10 +366,15 @@ func (h *CommandHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 
 // OnPacketSent marks a QoS 0 command delivered once written to its device.
 func (h *CommandHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, b []byte) {
+	h.packetSent(cl, &pk)
+}
+
+// packetSent is OnPacketSent for the packet by pointer (hookSet).
+func (h *CommandHook) packetSent(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Qos != 0 || pk.FixedHeader.Type != packets.Publish || len(pk.Properties.CorrelationData) == 0 {
 		return
 	}
-	if id, ok := h.commandFor(cl, pk); ok {
+	if id, ok := h.commandFor(cl, *pk); ok {
 		h.store.RecordDelivered(id, cl.ID)
 	}
 }

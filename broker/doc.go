@@ -8,6 +8,16 @@
 // itself (clients, sessions, figures) it gives as plain values of
 // broker/info, so that the dashboard does not depend on the engine.
 //
+// # Tether's hooks as one
+//
+// The engine has one hook, hookSet (hookset.go), which calls Tether's
+// hooks in the order New adds them with the engine's semantics. For the
+// events the engine has per message it decides once which hooks provide
+// them (asking again only the hooks whose answer varies: ProvidesVaries)
+// and passes the packet by pointer to this package's hooks; the engine
+// itself asked each hook before each call and copied the 800-byte packet
+// into and out of each.
+//
 // # What blocks a publisher
 //
 // The engine reads each client's packets on that client's own goroutine,

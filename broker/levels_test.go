@@ -48,9 +48,9 @@ func TestTopicLevelsOneCall(t *testing.T) {
 			pl := NewPublishLimit(c.pl)
 			e := startLimitEnv(t, t.TempDir(), DefaultOptions(), DefaultRetainedLimitOptions(), pl)
 			var got []string
-			for _, h := range engineHooks(e.b.Server).GetAll() {
-				if h.Provides(mqtt.OnPublish) {
-					got = append(got, h.ID())
+			for _, en := range e.b.set.on[mqtt.OnPublish] { // the hooks the engine's one calls (hookSet)
+				if en.h.Provides(mqtt.OnPublish) {
+					got = append(got, en.h.ID())
 				}
 			}
 			// The retained bounds' and the session store's follow.

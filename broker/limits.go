@@ -88,23 +88,29 @@ func (l *PublishLimit) Provides(b byte) bool {
 // OnPublish checks pk's levels (levels), then waits until cl's rate
 // allows it.
 func (l *PublishLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	err := l.publish(cl, &pk)
+	return pk, err
+}
+
+// publish is OnPublish on the packet in place (hookSet).
+func (l *PublishLimit) publish(cl *mqtt.Client, pk *packets.Packet) error {
 	if cl.Net.Inline {
-		return pk, nil
+		return nil
 	}
 	if l.levels != nil {
-		if err := l.levels.deepPublish(cl, &pk); err != nil {
-			return pk, err
+		if err := l.levels.deepPublish(cl, pk); err != nil {
+			return err
 		}
 		if l.o.DeviceRate <= 0 && l.o.PerClient <= 0 {
-			return pk, nil // no rates: no bucket (OnDisconnect, which drops them, is not called)
+			return nil // no rates: no bucket (OnDisconnect, which drops them, is not called)
 		}
 	}
 	lim, kind := l.limiter(cl)
 	if lim == nil {
-		return pk, nil
+		return nil
 	}
 	if lim.Allow() {
-		return pk, nil // within the rate: Allow allocates nothing (Reserve allocates its *Reservation)
+		return nil // within the rate: Allow allocates nothing (Reserve allocates its *Reservation)
 	}
 	if d := lim.Reserve().Delay(); d > 0 {
 		l.throttled.WithLabelValues(kind).Inc()
@@ -112,7 +118,7 @@ func (l *PublishLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		listeners.FlushAcks(cl.Net.Conn) // the PUBACKs of the packets before
 		time.Sleep(d)
 	}
-	return pk, nil
+	return nil
 }
 
 type limited struct {

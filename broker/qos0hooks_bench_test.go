@@ -155,7 +155,7 @@ var errNotYet = errors.New("not yet")
 //     each call, the packet copied in and out): ns/op, allocs/op and
 //     cpu-ns/msg (the process's CPU time, which a busy machine inflates
 //     less than the time) are per message, the engine's own work left
-//     out.
+//     out. The engine's hooks are the broker's hookSet, its only one.
 //   - routed: the same messages over TCP, the engine's work and the
 //     benchmark's clients included: cpu-us/msg is the process's CPU time
 //     per message.

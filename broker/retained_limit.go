@@ -246,18 +246,24 @@ func (l *RetainedLimit) OnStarted() {
 
 // OnPublish refuses a retained message that would pass a bound.
 func (l *RetainedLimit) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	return pk, l.publish(cl, &pk)
+}
+
+// publish is OnPublish for the packet by pointer (hookSet); it changes
+// nothing in it.
+func (l *RetainedLimit) publish(cl *mqtt.Client, pk *packets.Packet) error {
 	if !pk.FixedHeader.Retain || len(pk.Payload) == 0 || cl.Net.Inline || isSysTopic(pk.TopicName) {
-		return pk, nil
+		return nil
 	}
-	limit := l.check(cl, pk.TopicName, retainedSize(pk))
+	limit := l.check(cl, pk.TopicName, retainedSize(*pk))
 	if limit == "" {
-		return pk, nil
+		return nil
 	}
 	l.refuse(cl, pk.TopicName, limit, "publish")
-	if refusePublish(cl, pk, packets.ErrQuotaExceeded) {
+	if refusePublish(cl, *pk, packets.ErrQuotaExceeded) {
 		cl.Stop(packets.ErrQuotaExceeded)
 	}
-	return pk, packets.ErrRejectPacket // the engine neither retains nor routes it
+	return packets.ErrRejectPacket // the engine neither retains nor routes it
 }
 
 // OnWill sends a retained will that would pass a bound unretained.

@@ -166,11 +166,12 @@ func (r *route) subscription(srv *mqtt.Server, id string) (packets.Subscription,
 	return packets.Subscription{}, false
 }
 
-// publish records pk, if large, as being routed; it returns pk with a
-// topic string of its own, the route's key.
-func (q *sendQueue) publish(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// publish records pk, if large, as being routed, and gives a QoS 0 one a
+// topic string of its own, the route's key. For a small one it is a
+// length check on the packet in place (hookSet calls it directly).
+func (q *sendQueue) publish(cl *mqtt.Client, pk *packets.Packet) {
 	if len(pk.Payload) < largeMessage || pk.TopicName == "" || queueField == nil || qtyField == nil {
-		return pk
+		return
 	}
 	if pk.FixedHeader.Qos == 0 {
 		pk.TopicName = strings.Clone(pk.TopicName)
@@ -183,7 +184,7 @@ func (q *sendQueue) publish(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	// delivered it to as well (TestClusterDurableBurst: 57 of 96 delivered
 	// twice). Without the store, a client's PUBLISH of this size already
 	// has a topic string of its own (gate.read).
-	r := &route{key: unsafe.StringData(pk.TopicName), base: pk, body: pk.Payload}
+	r := &route{key: unsafe.StringData(pk.TopicName), base: *pk, body: pk.Payload}
 	r.base.Payload = nil
 	q.routes.Store(r.key, r)
 	q.nRoutes.Add(1)
@@ -192,11 +193,10 @@ func (q *sendQueue) publish(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			q.unroute(old.(*route))
 		}
 	}
-	return pk
 }
 
 // published forgets pk's route: it has been routed.
-func (q *sendQueue) published(cl *mqtt.Client, pk packets.Packet) {
+func (q *sendQueue) published(cl *mqtt.Client, pk *packets.Packet) {
 	if len(pk.Payload) < largeMessage || pk.TopicName == "" {
 		return
 	}
@@ -498,11 +498,12 @@ func (h *sendQueueHook) Provides(b byte) bool {
 
 // OnPublish implements mqtt.Hook.
 func (h *sendQueueHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	return h.q.publish(cl, pk), nil
+	h.q.publish(cl, &pk)
+	return pk, nil
 }
 
 // OnPublished implements mqtt.Hook.
-func (h *sendQueueHook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.q.published(cl, pk) }
+func (h *sendQueueHook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.q.published(cl, &pk) }
 
 // OnDisconnect implements mqtt.Hook.
 func (h *sendQueueHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.q.forget(cl) }

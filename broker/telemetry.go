@@ -98,7 +98,10 @@ func (h *TelemetryHook) SetTopics(ts []TelemetryTopic) {
 }
 
 // OnPublished queues a telemetry payload for the history writer.
-func (h *TelemetryHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+func (h *TelemetryHook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.published(cl, &pk) }
+
+// published is OnPublished for the packet by pointer (hookSet).
+func (h *TelemetryHook) published(cl *mqtt.Client, pk *packets.Packet) {
 	var s devices.Sample
 	var err error
 	id, ok := DeviceTopic(pk.TopicName, "telemetry")
@@ -124,7 +127,7 @@ func (h *TelemetryHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 		err = s.CheckAhead(time.Now())
 	}
 	if err != nil {
-		h.reject(cl, id, pk, err)
+		h.reject(cl, id, *pk, err)
 		return
 	}
 	h.store.AddNow(id, s)

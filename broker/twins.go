@@ -44,7 +44,10 @@ func (h *TwinHook) ID() string { return "tether-twins" }
 func (h *TwinHook) Provides(b byte) bool { return b == mqtt.OnPublished }
 
 // OnPublished queues a reported-state patch.
-func (h *TwinHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+func (h *TwinHook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.published(cl, &pk) }
+
+// published is OnPublished for the packet by pointer (hookSet).
+func (h *TwinHook) published(cl *mqtt.Client, pk *packets.Packet) {
 	id, ok := DeviceTopic(pk.TopicName, "twin/reported")
 	if !ok || cl.Net.Inline {
 		return

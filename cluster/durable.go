@@ -80,6 +80,10 @@ func (s *sentEarly) take(cl *mqtt.Client) *early {
 	return v.(*early)
 }
 
+// SkipsQoS0 tells the broker's hook set (broker.hookSet) that OnPublish
+// does nothing for a QoS 0 PUBLISH (OnPublished forwards every one).
+func (h *hook) SkipsQoS0(event byte) bool { return event == mqtt.OnPublish }
+
 // OnPublish sends a client's QoS 1/2 message to the nodes whose
 // persistent sessions it matches, and waits for their commits.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {

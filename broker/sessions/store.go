@@ -415,6 +415,13 @@ func (s *Store) forgetRoute(st *pubState) {
 	}
 }
 
+// SkipsQoS0 tells the broker's hook set (broker.hookSet) that OnPublish
+// and OnPublished do nothing for a QoS 0 PUBLISH: it does not copy one
+// into them.
+func (s *Store) SkipsQoS0(event byte) bool {
+	return event == mqtt.OnPublish || event == mqtt.OnPublished
+}
+
 // OnPublish makes a QoS 1/2 PUBLISH durable before the engine acknowledges
 // it: the retained copy, and the message in the queue of each persistent
 // session it goes to, are queued together and the publisher waits for
