@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/eclipse/paho.golang/paho"
 )
 
 // TestAccessCommandsRecorded: everything an operator publishes on a
@@ -29,16 +26,6 @@ func TestAccessCommandsRecorded(t *testing.T) {
 	open := accessCommand(t, p, admin, "dev-c", "set-rate", `{"rate":5}`)
 	dev.waitFor(t, contains(open), nil)
 
-	publish := func(topic, payload string) byte {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		pr, err := op.c.Publish(ctx, &paho.Publish{Topic: topic, Payload: []byte(payload), QoS: 1, Retain: true})
-		if pr == nil {
-			t.Fatalf("publish %s: %v (no PUBACK)", topic, err)
-		}
-		return pr.ReasonCode
-	}
 	for _, tc := range []struct {
 		name, topic, payload string
 		code                 byte
@@ -50,12 +37,12 @@ func TestAccessCommandsRecorded(t *testing.T) {
 		{"no name", "devices/dev-c/commands", `{"params":{}}`, 0x90},
 		{"name of two levels", "devices/dev-c/commands/wipe/now", `{"params":{}}`, 0x90},
 	} {
-		if code := publish(tc.topic, tc.payload); code != tc.code {
+		if code := op.retain(t, tc.topic, tc.payload); code != tc.code {
 			t.Errorf("%s: PUBACK 0x%02x, want 0x%02x", tc.name, code, tc.code)
 		}
 	}
 	// Another command's id, open: recorded under an id of its own.
-	if code := publish("devices/dev-c/commands/wipe", `{"id":"`+open+`","params":{"all":true},"ts":1}`); code != 0 {
+	if code := op.retain(t, "devices/dev-c/commands/wipe", `{"id":"`+open+`","params":{"all":true},"ts":1}`); code != 0 {
 		t.Fatalf("a command reusing an open id: PUBACK 0x%02x", code)
 	}
 	got := dev.waitFor(t, contains(`"all":true`), func(m message) bool {
